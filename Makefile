@@ -1,0 +1,72 @@
+# Aurae appliance. The two commands: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+BUILD := $(CURDIR)/build
+PORT  ?= 8443
+APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
+                musl-tools cpio zstd busybox-static iproute2 binutils file
+
+.PHONY: deps build kernel pki image run stop test test-host test-appliance bench lint clean
+
+# Installs what the build needs (Debian 12, as root). Quick when everything is present.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v cargo >/dev/null || { echo "deps: cargo (rustup) is required" >&2; exit 1; }
+
+build: deps
+	init/build-static.sh $(BUILD)/bin
+
+kernel: deps
+	kernel/build.sh $(BUILD)/kernel
+
+# The deployment's PKI: CA, node certificate and the admin client certificate. Kept across
+# rebuilds; `make clean` removes it.
+pki: build
+	@[ -f $(BUILD)/pki/ca.key ] || $(BUILD)/bin/auraed pki init $(BUILD)/pki
+	@printf 'address = "127.0.0.1:%s"\nca = "pki/ca.crt"\ncert = "pki/client.crt"\nkey = "pki/client.key"\nserver_name = "localhost"\n' $(PORT) > $(BUILD)/aer.toml
+
+image: build kernel pki
+	rootfs/pack.sh $(BUILD)
+	@echo "image: kernel $$(stat -c %s $(BUILD)/kernel/bzImage) B + initramfs (base+pki) $$(cat $(BUILD)/initramfs/{base,pki}.cpio.zst | wc -c) B"
+
+# Boots the appliance in the background, waits until it serves, and shows how to use it.
+run: image
+	@mkdir -p $(BUILD)/run
+	@if [ -f $(BUILD)/run/qemu.pid ] && kill -0 $$(cat $(BUILD)/run/qemu.pid) 2>/dev/null; then \
+	  echo "run: already running (make stop first)"; exit 1; fi
+	@PORT=$(PORT) setsid qemu/run > $(BUILD)/run/console.log 2>&1 < /dev/null & echo $$! > $(BUILD)/run/qemu.pid
+	@echo "run: booting (console: $(BUILD)/run/console.log)"
+	@for i in $$(seq 1 240); do \
+	  $(BUILD)/bin/aer --config $(BUILD)/aer.toml --timeout 2 health >/dev/null 2>&1 && break; \
+	  kill -0 $$(cat $(BUILD)/run/qemu.pid) 2>/dev/null || { echo "run: QEMU exited"; tail -30 $(BUILD)/run/console.log; exit 1; }; \
+	  sleep 0.5; done
+	@$(BUILD)/bin/aer --config $(BUILD)/aer.toml node info
+	@echo; echo "The appliance is serving. Try:"; \
+	echo "  export AURAE_CONFIG=$(BUILD)/aer.toml PATH=$(BUILD)/bin:\$$PATH"; \
+	echo "  aer health"; echo "  aer node info --json"; echo "  aer node shutdown     # or: make stop"
+
+stop:
+	@$(BUILD)/bin/aer --config $(BUILD)/aer.toml node shutdown || { [ -f $(BUILD)/run/qemu.pid ] && kill $$(cat $(BUILD)/run/qemu.pid); }
+	@rm -f $(BUILD)/run/qemu.pid
+
+test-host: deps
+	cargo test --workspace --locked --exclude aurae-appliance-tests
+
+# Boots the real image under QEMU (TCG) and drives the real API. Never skipped here.
+test-appliance: image
+	AURAE_APPLIANCE=$(BUILD) cargo test --locked -p aurae-appliance-tests -- --test-threads=1 --nocapture
+
+test: test-host test-appliance
+
+bench: image
+	tests/bench.sh $(BUILD)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,274 @@
+//! `aer`, the Aurae client: the same binary as auraed (run as `aer`, or `auraed aer ...`).
+//!
+//! Exit codes: 0 success; 1 the node answered with an error (or NOT_SERVING);
+//! 2 usage or configuration error; 3 the node could not be reached (connection or TLS).
+
+pub mod config;
+
+use crate::pb;
+use crate::server::tls::TlsFiles;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(name = "aer", version, about = "Aurae client: talk to an auraed node over mTLS")]
+pub struct Aer {
+    /// Config file (default: $AURAE_CONFIG, else ~/.config/aurae/aer.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Node address, HOST:PORT.
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    /// CA certificate that signed the node's certificate.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// Name to verify in the node's certificate (default: the host part of --addr).
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for the node to answer.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The node itself.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// grpc.health.v1 status (exit 1 unless SERVING).
+    Health {
+        /// Service to ask about ("" = the whole node).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Version, mode, kernel, cgroup controllers, KVM, identity.
+    Info,
+    /// Stop workloads and power the node off (a daemon just exits).
+    Shutdown {
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u32,
+    },
+    /// Stop workloads and reboot the node (PID 1 only).
+    Reboot {
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u32,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+pub enum CliError {
+    Usage(String),
+    Connect(String),
+    Remote(tonic::Status),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Remote(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Connect(_) => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) => write!(f, "{m}"),
+            CliError::Connect(m) => write!(f, "cannot reach the node: {m}"),
+            CliError::Remote(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+/// How to reach a node: resolved from flags and config.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    pub tls: TlsFiles,
+    pub server_name: String,
+    pub timeout: Duration,
+}
+
+impl Target {
+    /// Connects with mTLS.
+    pub async fn connect(&self) -> Result<Channel, CliError> {
+        let material = self.tls.load().map_err(|e| CliError::Usage(e.to_string()))?;
+        let endpoint = Endpoint::from_shared(format!("https://{}", self.addr))
+            .map_err(|e| CliError::Usage(format!("--addr '{}': {e}", self.addr)))?
+            .tls_config(material.client_config(&self.server_name))
+            .map_err(|e| CliError::Usage(format!("TLS config: {e}")))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout);
+        endpoint.connect().await.map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e))))
+    }
+}
+
+/// Renders an error with its sources ("transport error: tls handshake: ...").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn resolve(a: &Aer) -> Result<Target, CliError> {
+    let file = match config::FileConfig::locate(a.config.as_deref()) {
+        Some(p) => config::FileConfig::load(&p).map_err(CliError::Usage)?,
+        None => config::FileConfig::default(),
+    };
+    let need = |flag: Option<&PathBuf>, file: Option<PathBuf>, name: &str| {
+        flag.cloned().or(file).ok_or_else(|| {
+            CliError::Usage(format!("no {name} given: pass --{name} FILE or set `{name} = ...` in the config file (--config / $AURAE_CONFIG)"))
+        })
+    };
+    let addr = a.addr.clone().or(file.address).unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT));
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
+    let server_name = a.server_name.clone().or(file.server_name).unwrap_or_else(|| host.to_owned());
+    Ok(Target {
+        tls: TlsFiles { ca: need(a.ca.as_ref(), file.ca, "ca")?, cert: need(a.cert.as_ref(), file.cert, "cert")?, key: need(a.key.as_ref(), file.key, "key")? },
+        addr,
+        server_name,
+        timeout: Duration::from_secs(a.timeout),
+    })
+}
+
+/// Entry point; `args` includes argv[0].
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let a = match Aer::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&a)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aer: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(a: &Aer) -> Result<(), CliError> {
+    let target = resolve(a)?;
+    let ch = target.connect().await?;
+    match &a.command {
+        Command::Health { service } => {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+            let r = c
+                .check(tonic_health::pb::HealthCheckRequest { service: service.clone() })
+                .await
+                .map_err(remote)?
+                .into_inner();
+            let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_else(|_| r.status.to_string());
+            if a.json {
+                println!("{}", json!({ "service": service, "status": status }));
+            } else {
+                println!("{status}");
+            }
+            if status != "SERVING" {
+                return Err(CliError::Remote(tonic::Status::unavailable(format!("health: {status}"))));
+            }
+        }
+        Command::Node(cmd) => {
+            let mut c = pb::node_client::NodeClient::new(ch);
+            match cmd {
+                NodeCmd::Info => print_info(&c.info(pb::NodeInfoRequest {}).await.map_err(remote)?.into_inner(), a.json),
+                NodeCmd::Shutdown { grace_ms } => {
+                    c.shutdown(pb::ShutdownRequest { grace_period_millis: *grace_ms }).await.map_err(remote)?;
+                    done(a.json, "shutdown requested");
+                }
+                NodeCmd::Reboot { grace_ms } => {
+                    c.reboot(pb::ShutdownRequest { grace_period_millis: *grace_ms }).await.map_err(remote)?;
+                    done(a.json, "reboot requested");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remote(s: tonic::Status) -> CliError {
+    CliError::Remote(s)
+}
+
+fn done(json: bool, what: &str) {
+    if json {
+        println!("{}", json!({ "ok": true, "message": what }));
+    } else {
+        println!("{what}");
+    }
+}
+
+fn print_info(i: &pb::NodeInfo, as_json: bool) {
+    let mode = pb::Mode::try_from(i.mode).map(|m| m.as_str_name()).unwrap_or("MODE_UNSPECIFIED");
+    let mode = mode.trim_start_matches("MODE_").to_lowercase();
+    let failures: Vec<_> = i.init_failures.iter().map(|f| json!({ "step": f.step, "error": f.error })).collect();
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "auraed_version": i.auraed_version, "mode": mode, "pid": i.pid,
+                "kernel_release": i.kernel_release, "kernel_version": i.kernel_version,
+                "hostname": i.hostname, "uptime_millis": i.uptime_millis,
+                "cgroup_controllers": i.cgroup_controllers, "kvm_usable": i.kvm_usable,
+                "kvm_detail": i.kvm_detail, "spiffe_id": i.spiffe_id, "peer_spiffe_id": i.peer_spiffe_id,
+                "init_failures": failures, "serving_since_boot_micros": i.serving_since_boot_micros,
+                "auraed_rss_bytes": i.auraed_rss_bytes,
+            })
+        );
+        return;
+    }
+    println!("auraed      {} ({mode}, pid {})", i.auraed_version, i.pid);
+    println!("hostname    {}", i.hostname);
+    println!("kernel      {} {}", i.kernel_release, i.kernel_version);
+    println!("uptime      {:.1} s (serving {:.3} s after kernel start)", i.uptime_millis as f64 / 1e3, i.serving_since_boot_micros as f64 / 1e6);
+    println!("cgroups     {}", if i.cgroup_controllers.is_empty() { "(none)".into() } else { i.cgroup_controllers.join(" ") });
+    println!("kvm         {} ({})", if i.kvm_usable { "usable" } else { "not usable" }, i.kvm_detail);
+    println!("identity    {}", i.spiffe_id);
+    println!("you are     {}", i.peer_spiffe_id);
+    println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
+    for f in &i.init_failures {
+        println!("INIT FAILED {}: {}", f.step, f.error);
+    }
+}

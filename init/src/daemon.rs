@@ -1,0 +1,109 @@
+//! The server side of auraed: PID 1 or a daemon. Brings the node up, serves the API until a
+//! power action arrives, then powers off / reboots (PID 1) or exits (daemon).
+
+use crate::init::{self, power::PowerAction};
+use crate::server::{self, tls::TlsFiles, NodeContext};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the appliance's PKI layer puts the node's certificates.
+pub const DEFAULT_PKI_DIR: &str = "/etc/aurae/pki";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Directory with ca.crt, server.crt and server.key.
+    #[arg(long, default_value = DEFAULT_PKI_DIR)]
+    pub pki_dir: PathBuf,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Runs auraed as PID 1. Never returns.
+pub fn run_pid1() -> ! {
+    crate::logging::install_panic_hook();
+    let (cfg, report) = init::pid1_bringup();
+    let files = TlsFiles::in_dir(std::path::Path::new(DEFAULT_PKI_DIR), "server");
+    let (action, grace) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt
+            .block_on(serve_until_power_action(true, cfg.listen, files, report))
+            .unwrap_or((PowerAction::PowerOff, Duration::from_secs(1))),
+        Err(e) => {
+            tracing::error!("cannot build the async runtime: {e}; powering off");
+            (PowerAction::PowerOff, Duration::from_secs(1))
+        }
+    };
+    init::power::finish_pid1(action, grace)
+}
+
+/// Runs auraed as a daemon. Returns the process exit code.
+pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
+    let Some(level) = crate::logging::parse_level(&args.log_level) else {
+        eprintln!("auraed: --log-level '{}' is not one of error, warn, info, debug, trace", args.log_level);
+        return std::process::ExitCode::from(2);
+    };
+    crate::logging::init(level, false);
+    crate::logging::install_panic_hook();
+    tracing::info!("auraed {} starting as a daemon (pid {})", crate::VERSION, std::process::id());
+    let report = init::daemon_bringup();
+    let files = TlsFiles::in_dir(&args.pki_dir, "server");
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot build the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve_until_power_action(false, args.listen, files, report)) {
+        Ok(_) => {
+            tracing::info!("auraed stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until a power action (rpc, signal, power button) and returns it with the grace
+/// period for stopping workloads. Err only when serving was impossible.
+async fn serve_until_power_action(
+    pid1: bool,
+    listen: SocketAddr,
+    files: TlsFiles,
+    mut report: init::InitReport,
+) -> Result<(PowerAction, Duration), server::ServerError> {
+    if let Err(e) = init::reaper::spawn_reaper_task() {
+        tracing::error!("cannot watch SIGCHLD: {e}");
+        report.failures.push(init::InitFailure { step: "reaper".into(), error: e.to_string() });
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Err(e) = init::power::watch_signals(tx.clone(), pid1) {
+        tracing::error!("cannot watch shutdown signals: {e}");
+    }
+    if pid1 {
+        let n = init::power::watch_power_button(tx.clone());
+        tracing::info!("watching {n} input device(s) for the power button");
+    }
+    let spiffe_id = files.load().ok().and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem)).unwrap_or_default();
+    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx));
+
+    let mut chosen = None;
+    let served = server::serve(listen, &files, ctx.clone(), async { chosen = rx.recv().await }).await;
+    if let Err(e) = served {
+        if !pid1 {
+            return Err(e);
+        }
+        // PID 1 stays up and still obeys signals and the power button, so the operator
+        // sees the failure on the console and can act.
+        tracing::error!("cannot serve the API: {e}; waiting for a shutdown signal or the power button");
+        chosen = rx.recv().await;
+    }
+    Ok((chosen.unwrap_or(PowerAction::PowerOff), ctx.grace()))
+}

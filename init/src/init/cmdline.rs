@@ -1,0 +1,162 @@
+//! The `aurae.*=` kernel command-line parameters that configure the appliance.
+//!
+//! | parameter | meaning | default |
+//! |---|---|---|
+//! | `aurae.log=LEVEL` | error, warn, info, debug, trace | `info` |
+//! | `aurae.hostname=NAME` | the node's hostname | `aurae` |
+//! | `aurae.iface=NAME` | the uplink interface | `eth0` |
+//! | `aurae.ip=A.B.C.D/N` | static IPv4 address of the uplink | none (link only brought up) |
+//! | `aurae.gw=A.B.C.D` | default gateway | none |
+//! | `aurae.listen=ADDR:PORT` | where the API listens | `0.0.0.0:8443` |
+//! | `aurae.bridge=NAME` | bridge that child instances' TAPs attach to | `aurae0` |
+//! | `aurae.bridge_ip=A.B.C.D/N` | the bridge's address | `10.254.0.1/24` |
+
+use std::net::{Ipv4Addr, SocketAddr};
+use tracing::Level;
+
+/// An IPv4 address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').ok_or_else(|| format!("'{s}' is not A.B.C.D/N"))?;
+        let addr = a.parse().map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let prefix: u8 = p.parse().map_err(|_| format!("'{p}' is not a prefix length"))?;
+        if prefix > 32 {
+            return Err(format!("prefix /{prefix} is longer than 32"));
+        }
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The appliance configuration read from the kernel command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootConfig {
+    pub log_level: Level,
+    pub hostname: String,
+    pub iface: String,
+    pub ip: Option<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub listen: SocketAddr,
+    pub bridge: String,
+    pub bridge_ip: Ipv4Cidr,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            log_level: Level::INFO,
+            hostname: "aurae".into(),
+            iface: "eth0".into(),
+            ip: None,
+            gateway: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT)),
+            bridge: "aurae0".into(),
+            bridge_ip: Ipv4Cidr { addr: Ipv4Addr::new(10, 254, 0, 1), prefix: 24 },
+        }
+    }
+}
+
+impl BootConfig {
+    /// Parses a kernel command line. Unknown or malformed `aurae.*` parameters are reported
+    /// as warnings and leave the default in place; they never stop the boot.
+    pub fn parse(cmdline: &str) -> (BootConfig, Vec<String>) {
+        let mut cfg = BootConfig::default();
+        let mut warnings = Vec::new();
+        for tok in cmdline.split_whitespace() {
+            let Some(rest) = tok.strip_prefix("aurae.") else { continue };
+            let (key, val) = rest.split_once('=').unwrap_or((rest, ""));
+            let res: Result<(), String> = match key {
+                "log" => crate::logging::parse_level(val)
+                    .map(|l| cfg.log_level = l)
+                    .ok_or_else(|| format!("'{val}' is not a log level (error|warn|info|debug|trace)")),
+                "hostname" if valid_hostname(val) => {
+                    cfg.hostname = val.into();
+                    Ok(())
+                }
+                "hostname" => Err(format!("'{val}' is not a valid hostname")),
+                "iface" if valid_ifname(val) => {
+                    cfg.iface = val.into();
+                    Ok(())
+                }
+                "bridge" if valid_ifname(val) => {
+                    cfg.bridge = val.into();
+                    Ok(())
+                }
+                "iface" | "bridge" => Err(format!("'{val}' is not an interface name (1-15 chars, no '/')")),
+                "ip" => val.parse().map(|c| cfg.ip = Some(c)),
+                "bridge_ip" => val.parse().map(|c| cfg.bridge_ip = c),
+                "gw" => val
+                    .parse()
+                    .map(|g| cfg.gateway = Some(g))
+                    .map_err(|_| format!("'{val}' is not an IPv4 address")),
+                "listen" => val
+                    .parse()
+                    .map(|l| cfg.listen = l)
+                    .map_err(|_| format!("'{val}' is not ADDR:PORT")),
+                _ => Err("unknown parameter".into()),
+            };
+            if let Err(e) = res {
+                warnings.push(format!("ignoring aurae.{key}: {e}"));
+            }
+        }
+        (cfg, warnings)
+    }
+}
+
+fn valid_hostname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', no whitespace.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty() && s.len() < 16 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_nothing_given() {
+        let (cfg, w) = BootConfig::parse("console=ttyS0 quiet");
+        assert_eq!(cfg, BootConfig::default());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn parses_every_parameter() {
+        let (cfg, w) = BootConfig::parse(
+            "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
+             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(cfg.log_level, Level::DEBUG);
+        assert_eq!(cfg.hostname, "node-1");
+        assert_eq!(cfg.iface, "eth1");
+        assert_eq!(cfg.ip, Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 0, 2, 15), prefix: 24 }));
+        assert_eq!(cfg.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.bridge, "br9");
+        assert_eq!(cfg.bridge_ip.to_string(), "10.9.0.1/16");
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_defaults() {
+        let (cfg, w) = BootConfig::parse("aurae.ip=10.0.0.1/40 aurae.gw=nope aurae.log=loud aurae.bogus=1 aurae.iface=a/b");
+        assert_eq!(cfg, BootConfig::default());
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert!(w[0].contains("aurae.ip") && w[0].contains("/40"));
+    }
+}

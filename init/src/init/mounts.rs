@@ -1,0 +1,48 @@
+//! The pseudo-filesystems PID 1 mounts before anything else.
+
+use nix::mount::{mount, MsFlags};
+use std::path::Path;
+
+/// One mount PID 1 performs.
+pub struct MountSpec {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: &'static str,
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
+/// In order: later targets live inside earlier ones.
+pub const PID1_MOUNTS: &[MountSpec] = &[
+    MountSpec { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    MountSpec { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    MountSpec { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: MsFlags::MS_NOSUID, data: "mode=0755" },
+    MountSpec {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: "newinstance,ptmxmode=0666,mode=0620",
+    },
+    MountSpec { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: NOSUID_NODEV, data: "mode=1777" },
+    MountSpec { source: "run", target: "/run", fstype: "tmpfs", flags: NOSUID_NODEV, data: "mode=0755" },
+    MountSpec { source: "tmp", target: "/tmp", fstype: "tmpfs", flags: NOSUID_NODEV, data: "mode=1777" },
+    MountSpec {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "nsdelegate",
+    },
+];
+
+/// Mounts one filesystem, creating its mount point first.
+pub fn mount_one(m: &MountSpec) -> Result<(), String> {
+    std::fs::create_dir_all(m.target).map_err(|e| format!("mkdir {}: {e}", m.target))?;
+    let data = (!m.data.is_empty()).then_some(m.data);
+    mount(Some(m.source), Path::new(m.target), Some(m.fstype), m.flags, data)
+        .map_err(|e| format!("mount {} on {}: {e}", m.fstype, m.target))
+}

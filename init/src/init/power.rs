@@ -1,0 +1,111 @@
+//! Shutdown and reboot: signals, the ACPI power button, and the final sequence
+//! (stop everything, sync, power off) that PID 1 runs instead of exiting.
+
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the node does once the server has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    PowerOff,
+    Reboot,
+    /// Daemon mode: stop serving and exit the process.
+    Exit,
+}
+
+pub type PowerSender = mpsc::UnboundedSender<PowerAction>;
+
+/// Forwards SIGTERM, SIGPWR (poweroff) and SIGINT (Ctrl-Alt-Del as PID 1: reboot) to `tx`.
+pub fn watch_signals(tx: PowerSender, pid1: bool) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR))?;
+    let (off, cad) = if pid1 { (PowerAction::PowerOff, PowerAction::Reboot) } else { (PowerAction::Exit, PowerAction::Exit) };
+    tokio::spawn(async move {
+        loop {
+            let action = tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); off }
+                _ = pwr.recv() => { tracing::info!("SIGPWR: shutting down"); off }
+                _ = int.recv() => { tracing::info!("SIGINT: {}", if pid1 { "rebooting" } else { "shutting down" }); cad }
+            };
+            if tx.send(action).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+const EV_KEY: u16 = 1;
+const KEY_POWER: u16 = 116;
+/// `struct input_event` on 64-bit: timeval (16) + type (2) + code (2) + value (4).
+const INPUT_EVENT_SIZE: usize = 24;
+
+/// Watches every /dev/input/event* for KEY_POWER (the ACPI power button) on its own thread.
+/// Returns how many devices are watched.
+pub fn watch_power_button(tx: PowerSender) -> usize {
+    let Ok(entries) = std::fs::read_dir("/dev/input") else { return 0 };
+    let mut watched = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("event") {
+            continue;
+        }
+        let Ok(mut f) = std::fs::File::open(&path) else { continue };
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new().name("power-button".into()).spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; INPUT_EVENT_SIZE];
+            while f.read_exact(&mut buf).is_ok() {
+                let ty = u16::from_ne_bytes([buf[16], buf[17]]);
+                let code = u16::from_ne_bytes([buf[18], buf[19]]);
+                let value = i32::from_ne_bytes([buf[20], buf[21], buf[22], buf[23]]);
+                if ty == EV_KEY && code == KEY_POWER && value == 1 {
+                    tracing::info!("power button pressed: shutting down");
+                    if tx.send(PowerAction::PowerOff).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        if spawned.is_ok() {
+            watched += 1;
+        }
+    }
+    watched
+}
+
+/// PID 1's last act: terminate every other process (grace, then SIGKILL), sync, and power
+/// off or reboot. Never returns; if the reboot syscall fails it parks forever (PID 1 may
+/// not exit, or the kernel panics).
+pub fn finish_pid1(action: PowerAction, grace: Duration) -> ! {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    tracing::info!("stopping all processes (grace {} ms)", grace.as_millis());
+    let all = Pid::from_raw(-1);
+    let _ = kill(all, Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        super::reaper::Reaper::global().reap_all();
+        // kill(-1, 0) fails with ESRCH once no other process is left.
+        if kill(all, None).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(all, Signal::SIGKILL);
+    super::reaper::Reaper::global().reap_all();
+    nix::unistd::sync();
+    let how = match action {
+        PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        PowerAction::PowerOff | PowerAction::Exit => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+    };
+    tracing::info!("{how:?}");
+    // reboot() returns only on failure (Infallible on success).
+    let Err(e) = nix::sys::reboot::reboot(how);
+    tracing::error!("reboot({how:?}) failed: {e}; halting here");
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,147 @@
+//! auraed: PID 1 / daemon, certificate tooling, and (as `aer`) the client.
+
+use auraed::{cli, daemon, pki, spawn::cpio};
+use clap::{Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "auraed", version, about = "Aurae node runtime (PID 1 or daemon); `aer` is the same binary")]
+struct Auraed {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    daemon: daemon::DaemonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the API as a daemon (the default).
+    Daemon(daemon::DaemonArgs),
+    /// Mint certificates.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Pack a reproducible newc cpio archive from a spec (see spawn/cpio.rs).
+    Mkcpio {
+        spec: PathBuf,
+        out: PathBuf,
+        /// Directory `file` sources are relative to.
+        #[arg(long, default_value = ".")]
+        base: PathBuf,
+    },
+    /// The client, as `auraed aer ...` (same as running the binary as `aer`).
+    #[command(disable_help_flag = true)]
+    Aer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCmd {
+    /// Create DIR with a CA, a node certificate (server.crt) and a client certificate (client.crt).
+    Init {
+        dir: PathBuf,
+        #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// The node's name (its SPIFFE ID is spiffe://DOMAIN/node/NAME).
+        #[arg(long, default_value = "aurae")]
+        node: String,
+        /// Extra DNS names for the node certificate.
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Extra IP addresses for the node certificate.
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// The client's name (spiffe://DOMAIN/client/NAME).
+        #[arg(long, default_value = "admin")]
+        client: String,
+    },
+    /// Add a client certificate DIR/NAME.crt signed by DIR/ca.key.
+    Client {
+        dir: PathBuf,
+        name: String,
+        #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        daemon::run_pid1();
+    }
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "aer") {
+        return cli::main(std::env::args_os());
+    }
+    let a = match Auraed::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match a.command {
+        None => daemon::run_daemon(a.daemon),
+        Some(Cmd::Daemon(d)) => daemon::run_daemon(d),
+        Some(Cmd::Aer { args }) => cli::main(std::iter::once("aer".to_owned()).chain(args)),
+        Some(Cmd::Pki(p)) => report(run_pki(p)),
+        Some(Cmd::Mkcpio { spec, out, base }) => report(mkcpio(&spec, &out, &base)),
+    }
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auraed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_pki(p: PkiCmd) -> Result<(), String> {
+    let e = |e: pki::PkiError| e.to_string();
+    match p {
+        PkiCmd::Init { dir, trust_domain, node, mut dns, mut ip, client } => {
+            if dir.join("ca.key").exists() {
+                return Err(format!("{} already holds a CA; refusing to overwrite it", dir.display()));
+            }
+            let ca = pki::mint_ca(&trust_domain).map_err(e)?;
+            dns.extend(["auraed".into(), "localhost".into(), node.clone()]);
+            ip.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from([10, 0, 2, 15])]);
+            let server = pki::mint_leaf(
+                &ca,
+                &pki::spiffe_id(&trust_domain, &format!("node/{node}")),
+                &node,
+                pki::LeafKind::Server { dns: &dns, ips: &ip },
+                3650,
+            )
+            .map_err(e)?;
+            let cl = pki::mint_leaf(&ca, &pki::spiffe_id(&trust_domain, &format!("client/{client}")), &client, pki::LeafKind::Client, 365).map_err(e)?;
+            pki::write_pair(&dir, "ca", &ca).map_err(e)?;
+            pki::write_pair(&dir, "server", &server).map_err(e)?;
+            pki::write_pair(&dir, "client", &cl).map_err(e)?;
+            println!("wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client})", dir.display());
+            Ok(())
+        }
+        PkiCmd::Client { dir, name, trust_domain, days } => {
+            let ca = pki::read_pair(&dir, "ca").map_err(e)?;
+            let cl = pki::mint_leaf(&ca, &pki::spiffe_id(&trust_domain, &format!("client/{name}")), &name, pki::LeafKind::Client, days).map_err(e)?;
+            pki::write_pair(&dir, &name, &cl).map_err(e)?;
+            println!("wrote {0}/{name}.{{crt,key}}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn mkcpio(spec: &std::path::Path, out: &std::path::Path, base: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
+    let entries = cpio::parse_spec(&text, base).map_err(|e| format!("{}: {e}", spec.display()))?;
+    let mut buf = Vec::new();
+    cpio::write_archive(&entries, &mut buf).map_err(|e| e.to_string())?;
+    std::fs::write(out, buf).map_err(|e| format!("{}: {e}", out.display()))
+}

@@ -1,0 +1,159 @@
+//! The few netdevice ioctls PID 1 needs at boot (link up, IPv4 address, default route,
+//! bridge). Kept here, behind safe functions; the kernel structs are declared locally because
+//! libc's coverage of them differs between its glibc and musl flavours.
+
+use std::ffi::c_ulong;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SIOCADDRT: c_ulong = 0x890B;
+const SIOCGIFFLAGS: c_ulong = 0x8913;
+const SIOCSIFFLAGS: c_ulong = 0x8914;
+const SIOCSIFADDR: c_ulong = 0x8916;
+const SIOCSIFNETMASK: c_ulong = 0x891C;
+const SIOCBRADDBR: c_ulong = 0x89A0;
+const RTF_UP: u16 = 0x1;
+const RTF_GATEWAY: u16 = 0x2;
+const IFNAMSIZ: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+union IfrData {
+    addr: libc::sockaddr_in,
+    flags: libc::c_short,
+    _pad: [u8; 24],
+}
+
+/// `struct ifreq`.
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    data: IfrData,
+}
+
+/// `struct rtentry` from include/uapi/linux/route.h.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: c_ulong,
+    rt_dst: libc::sockaddr_in,
+    rt_gateway: libc::sockaddr_in,
+    rt_genmask: libc::sockaddr_in,
+    rt_flags: u16,
+    rt_pad2: i16,
+    rt_pad3: c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: i16,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: c_ulong,
+    rt_window: c_ulong,
+    rt_irtt: u16,
+}
+
+fn sockaddr(a: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+fn ifname(name: &str) -> io::Result<[u8; IFNAMSIZ]> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() >= IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name '{name}' must be 1-15 bytes")));
+    }
+    let mut out = [0u8; IFNAMSIZ];
+    out[..b.len()].copy_from_slice(b);
+    Ok(out)
+}
+
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers; the returned fd is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ioctl<T>(req: c_ulong, arg: *mut T, what: &str) -> io::Result<()> {
+    let sock = control_socket()?;
+    // SAFETY: every caller passes a pointer to a live, correctly laid out struct for `req`.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), req as _, arg) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn ifreq(name: &str) -> io::Result<IfReq> {
+    Ok(IfReq { name: ifname(name)?, data: IfrData { _pad: [0; 24] } })
+}
+
+/// Sets IFF_UP on an interface.
+pub fn link_up(name: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    ioctl(SIOCGIFFLAGS, &mut req, &format!("get flags of {name}"))?;
+    // SAFETY: SIOCGIFFLAGS filled the `flags` member of the union.
+    let flags = unsafe { req.data.flags };
+    req.data.flags = flags | libc::IFF_UP as libc::c_short;
+    ioctl(SIOCSIFFLAGS, &mut req, &format!("bring {name} up"))
+}
+
+/// Assigns an IPv4 address and netmask to an interface.
+pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.data.addr = sockaddr(addr);
+    ioctl(SIOCSIFADDR, &mut req, &format!("set address {addr} on {name}"))?;
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+    req.data.addr = sockaddr(Ipv4Addr::from(mask));
+    ioctl(SIOCSIFNETMASK, &mut req, &format!("set netmask /{prefix} on {name}"))
+}
+
+/// Adds the IPv4 default route via `gw`.
+pub fn add_default_route(gw: Ipv4Addr) -> io::Result<()> {
+    let mut rt = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr(Ipv4Addr::UNSPECIFIED),
+        rt_gateway: sockaddr(gw),
+        rt_genmask: sockaddr(Ipv4Addr::UNSPECIFIED),
+        rt_flags: RTF_UP | RTF_GATEWAY,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: std::ptr::null_mut(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    ioctl(SIOCADDRT, &mut rt, &format!("add default route via {gw}"))
+}
+
+/// Creates a Linux bridge.
+pub fn create_bridge(name: &str) -> io::Result<()> {
+    let mut n = ifname(name)?;
+    ioctl(SIOCBRADDBR, n.as_mut_ptr(), &format!("create bridge {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_layouts_match_the_kernel() {
+        assert_eq!(std::mem::size_of::<IfReq>(), 40);
+        assert_eq!(std::mem::size_of::<RtEntry>(), 120);
+    }
+
+    #[test]
+    fn interface_names_are_bounded() {
+        assert!(ifname("eth0").is_ok());
+        assert!(ifname("").is_err());
+        assert!(ifname("a-very-long-name0").is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! Facts about the node reported by `NodeInfo`: kernel, uptime, KVM usability, memory.
+
+use std::os::fd::AsRawFd;
+
+/// Kernel release and version (`uname -r`, `uname -v`).
+pub fn kernel() -> (String, String) {
+    match nix::sys::utsname::uname() {
+        Ok(u) => (u.release().to_string_lossy().into_owned(), u.version().to_string_lossy().into_owned()),
+        Err(_) => (String::new(), String::new()),
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// auraed's resident set size in bytes (VmRSS from /proc/self/status).
+pub fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_API_VERSION: i32 = 12;
+
+/// Whether KVM can really run guests here, and why (not). KVM counts as usable only when
+/// the CPU advertises vmx or svm *and* /dev/kvm opens and speaks API 12: some hosts expose
+/// a /dev/kvm that merely emulates guest kernel code.
+pub fn kvm_usable() -> (bool, String) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| l.split_whitespace())
+        .find(|f| *f == "vmx" || *f == "svm");
+    let Some(flag) = flag else {
+        return (false, "the CPU advertises neither vmx nor svm".into());
+    };
+    let f = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(f) => f,
+        Err(e) => return (false, format!("/dev/kvm: {e}")),
+    };
+    // SAFETY: KVM_GET_API_VERSION takes no argument; the fd is open for the call's duration.
+    let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+    if v != KVM_API_VERSION {
+        return (false, format!("/dev/kvm answers API version {v}, expected {KVM_API_VERSION}"));
+    }
+    (true, format!("{flag} present, /dev/kvm API {v}"))
+}

@@ -1,0 +1,163 @@
+//! Certificate minting with rcgen: a CA, node (server) certificates and client certificates,
+//! each carrying a SPIFFE ID as a URI SAN. Files are PEM; keys are written 0600.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use std::{fs, io::Write, net::IpAddr, os::unix::fs::OpenOptionsExt, path::{Path, PathBuf}};
+
+pub const DEFAULT_TRUST_DOMAIN: &str = "aurae.local";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io { path: path.to_owned(), source }
+}
+
+/// A certificate and its private key, PEM encoded.
+pub struct Minted {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// `spiffe://<trust domain>/<path>`.
+pub fn spiffe_id(trust_domain: &str, path: &str) -> String {
+    format!("spiffe://{trust_domain}/{}", path.trim_start_matches('/'))
+}
+
+fn validate_path_segment(what: &str, s: &str) -> Result<(), PkiError> {
+    if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(PkiError::Invalid(format!("{what} '{s}' must be 1-63 characters of [A-Za-z0-9._-]")));
+    }
+    Ok(())
+}
+
+/// Mints a self-signed CA for `trust_domain`.
+pub fn mint_ca(trust_domain: &str) -> Result<Minted, PkiError> {
+    validate_path_segment("trust domain", trust_domain)?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, format!("Aurae CA ({trust_domain})"));
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.subject_alt_names = vec![SanType::URI(spiffe_id(trust_domain, "").try_into()?)];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2044, 1, 1);
+    let cert = p.self_signed(&key)?;
+    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// What a leaf certificate is for.
+pub enum LeafKind<'a> {
+    /// A node's serving certificate: DNS names and IPs it is reached by.
+    Server { dns: &'a [String], ips: &'a [IpAddr] },
+    Client,
+}
+
+/// Mints a leaf signed by the CA, with `spiffe_id` as URI SAN.
+pub fn mint_leaf(ca: &Minted, spiffe: &str, common_name: &str, kind: LeafKind<'_>, ttl_days: u32) -> Result<Minted, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    p.subject_alt_names = vec![SanType::URI(spiffe.try_into()?)];
+    match kind {
+        LeafKind::Server { dns, ips } => {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            for d in dns {
+                p.subject_alt_names.push(SanType::DnsName(d.as_str().try_into()?));
+            }
+            p.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));
+        }
+        LeafKind::Client => p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
+    let now = std::time::SystemTime::now();
+    p.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    p.not_after = (now + std::time::Duration::from_secs(u64::from(ttl_days) * 86400)).into();
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Writes `<dir>/<stem>.crt` (0644) and `<dir>/<stem>.key` (0600).
+pub fn write_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_file(&dir.join(format!("{stem}.crt")), m.cert_pem.as_bytes(), 0o644)?;
+    write_file(&dir.join(format!("{stem}.key")), m.key_pem.as_bytes(), 0o600)
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(path).map_err(io_err(path))?;
+    f.write_all(data).map_err(io_err(path))
+}
+
+/// Reads `<dir>/<stem>.crt` and `.key`.
+pub fn read_pair(dir: &Path, stem: &str) -> Result<Minted, PkiError> {
+    let c = dir.join(format!("{stem}.crt"));
+    let k = dir.join(format!("{stem}.key"));
+    Ok(Minted {
+        cert_pem: fs::read_to_string(&c).map_err(io_err(&c))?,
+        key_pem: fs::read_to_string(&k).map_err(io_err(&k))?,
+    })
+}
+
+/// The SPIFFE ID (first `spiffe://` URI SAN) of a DER certificate.
+pub fn spiffe_id_of_der(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_owned()),
+        _ => None,
+    })
+}
+
+/// The SPIFFE ID of the first certificate in a PEM string.
+pub fn spiffe_id_of_pem(pem: &str) -> Option<String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    spiffe_id_of_der(&p.contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_carries_its_spiffe_id_and_chains_to_the_ca() {
+        let ca = mint_ca("test.local").unwrap();
+        let id = spiffe_id("test.local", "client/alice");
+        let leaf = mint_leaf(&ca, &id, "alice", LeafKind::Client, 1).unwrap();
+        assert_eq!(spiffe_id_of_pem(&leaf.cert_pem).as_deref(), Some("spiffe://test.local/client/alice"));
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).unwrap();
+        let (_, leaf_pem) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+        let ca_x = ca_pem.parse_x509().unwrap();
+        let leaf_x = leaf_pem.parse_x509().unwrap();
+        assert_eq!(leaf_x.issuer(), ca_x.subject());
+    }
+
+    #[test]
+    fn bad_trust_domain_is_refused() {
+        assert!(matches!(mint_ca("a/b"), Err(PkiError::Invalid(m)) if m.contains("a/b")));
+    }
+
+    #[test]
+    fn keys_are_private_on_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        write_pair(d.path(), "ca", &mint_ca("t.local").unwrap()).unwrap();
+        let mode = fs::metadata(d.path().join("ca.key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,204 @@
+//! Host tier: auraed as a daemon on 127.0.0.1 with a throwaway PKI, driven over the real
+//! network stack with the real client code.
+
+use auraed::cli::Target;
+use auraed::pb;
+use auraed::pki;
+use auraed::server::tls::TlsFiles;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+    pki: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn mint(dir: &Path, domain: &str) {
+    let ca = pki::mint_ca(domain).unwrap();
+    let dns = ["localhost".to_owned()];
+    let ips = ["127.0.0.1".parse().unwrap()];
+    let server = pki::mint_leaf(&ca, &pki::spiffe_id(domain, "node/test"), "test", pki::LeafKind::Server { dns: &dns, ips: &ips }, 1).unwrap();
+    let client = pki::mint_leaf(&ca, &pki::spiffe_id(domain, "client/tester"), "tester", pki::LeafKind::Client, 1).unwrap();
+    pki::write_pair(dir, "ca", &ca).unwrap();
+    pki::write_pair(dir, "server", &server).unwrap();
+    pki::write_pair(dir, "client", &client).unwrap();
+}
+
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    mint(&pki_dir, "host.test");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_auraed"))
+        .args(["--listen", &addr, "--pki-dir"])
+        .arg(&pki_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "auraed did not listen on {addr} within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon { child, addr, pki: pki_dir, _dir: dir }
+}
+
+fn target(d: &Daemon, tls: TlsFiles) -> Target {
+    Target { addr: d.addr.clone(), tls, server_name: "localhost".into(), timeout: Duration::from_secs(10) }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn mtls_client_gets_serving_health_and_node_info() {
+    let d = start();
+    let t = target(&d, TlsFiles::in_dir(&d.pki, "client"));
+    rt().block_on(async {
+        let ch = t.connect().await.unwrap();
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+        for service in ["", "aurae.v0.Node", "aurae.v0.Runtime", "aurae.v0.Workloads"] {
+            let r = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+            assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "service '{service}'");
+        }
+        let info = pb::node_client::NodeClient::new(ch.clone()).info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.mode, pb::Mode::Daemon as i32);
+        assert_eq!(info.pid, d.child.id());
+        assert_eq!(info.spiffe_id, "spiffe://host.test/node/test");
+        assert_eq!(info.peer_spiffe_id, "spiffe://host.test/client/tester");
+        assert_eq!(info.auraed_version, auraed::VERSION);
+        assert!(info.auraed_rss_bytes > 0);
+        // Workloads not built yet say so, with the code a client can act on.
+        let e = pb::runtime_client::RuntimeClient::new(ch)
+            .run_cell(pb::Cell { name: "c".into(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("RunCell"), "{}", e.message());
+    });
+}
+
+#[test]
+fn plaintext_client_is_refused() {
+    let d = start();
+    rt().block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr)).unwrap().connect().await;
+        let refused = match ch {
+            Err(_) => true,
+            Ok(ch) => pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.is_err(),
+        };
+        assert!(refused, "a plaintext client got an answer");
+    });
+}
+
+#[test]
+fn client_from_another_ca_is_refused() {
+    let d = start();
+    let other = tempfile::tempdir().unwrap();
+    mint(other.path(), "evil.test");
+    // Trusts the real server (its CA), but presents a certificate from a different CA.
+    let tls = TlsFiles { ca: d.pki.join("ca.crt"), cert: other.path().join("client.crt"), key: other.path().join("client.key") };
+    let t = target(&d, tls);
+    rt().block_on(async {
+        let refused = match t.connect().await {
+            Err(_) => true,
+            Ok(ch) => pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.is_err(),
+        };
+        assert!(refused, "a client certificate from a foreign CA was accepted");
+    });
+}
+
+#[test]
+fn client_without_certificate_is_refused() {
+    let d = start();
+    rt().block_on(async {
+        let ca = std::fs::read_to_string(d.pki.join("ca.crt")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", d.addr)).unwrap().tls_config(tls).unwrap().connect().await;
+        let refused = match ch {
+            Err(_) => true,
+            Ok(ch) => pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.is_err(),
+        };
+        assert!(refused, "a client with no certificate was accepted");
+    });
+}
+
+#[test]
+fn shutdown_rpc_stops_the_daemon_cleanly_and_reboot_is_refused() {
+    let mut d = start();
+    let t = target(&d, TlsFiles::in_dir(&d.pki, "client"));
+    rt().block_on(async {
+        let mut c = pb::node_client::NodeClient::new(t.connect().await.unwrap());
+        let e = c.reboot(pb::ShutdownRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        c.shutdown(pb::ShutdownRequest::default()).await.unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            assert!(st.success(), "auraed exited with {st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "auraed still running 10 s after Shutdown");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn aer_cli_exit_codes() {
+    let d = start();
+    let aer = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_auraed"))
+            .arg("aer")
+            .args(["--addr", &d.addr, "--server-name", "localhost"])
+            .arg("--ca")
+            .arg(d.pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(d.pki.join("client.crt"))
+            .arg("--key")
+            .arg(d.pki.join("client.key"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = aer(&["--json", "node", "info"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["mode"], "daemon");
+    assert_eq!(v["peer_spiffe_id"], "spiffe://host.test/client/tester");
+    let h = aer(&["health"]);
+    assert_eq!(h.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&h.stdout).trim(), "SERVING");
+    assert_eq!(aer(&["node", "reboot"]).status.code(), Some(1), "a refused rpc exits 1");
+    assert_eq!(aer(&["node", "bogus"]).status.code(), Some(2), "a usage error exits 2");
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_auraed"))
+        .args(["aer", "--addr", &format!("127.0.0.1:{}", free_port()), "--timeout", "2"])
+        .arg("--ca")
+        .arg(d.pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(d.pki.join("client.crt"))
+        .arg("--key")
+        .arg(d.pki.join("client.key"))
+        .arg("health")
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(3), "{}", String::from_utf8_lossy(&unreachable.stderr));
+}

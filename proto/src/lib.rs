@@ -1,0 +1,10 @@
+//! The Aurae API contract. Everything here is generated from `proto/aurae/v0/*.proto`;
+//! the rest of the workspace reaches it through `aurae_proto::v0`.
+
+#[allow(clippy::all, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+pub mod v0 {
+    tonic::include_proto!("aurae.v0");
+}
+
+/// Encoded `FileDescriptorSet` of the Aurae API, served by gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/aurae_descriptor.bin"));

@@ -1,0 +1,1 @@
+//! Helpers for the appliance tier (see tests/appliance.rs).
