@@ -4,7 +4,11 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["aurae/v0/runtime.proto", "aurae/v0/workloads.proto", "aurae/v0/node.proto"];
+    let protos = [
+        "aurae/v0/runtime.proto",
+        "aurae/v0/workloads.proto",
+        "aurae/v0/node.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -44,12 +44,19 @@ pub fn run_pid1() -> ! {
 /// Runs auraed as a daemon. Returns the process exit code.
 pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
     let Some(level) = crate::logging::parse_level(&args.log_level) else {
-        eprintln!("auraed: --log-level '{}' is not one of error, warn, info, debug, trace", args.log_level);
+        eprintln!(
+            "auraed: --log-level '{}' is not one of error, warn, info, debug, trace",
+            args.log_level
+        );
         return std::process::ExitCode::from(2);
     };
     crate::logging::init(level, false);
     crate::logging::install_panic_hook();
-    tracing::info!("auraed {} starting as a daemon (pid {})", crate::VERSION, std::process::id());
+    tracing::info!(
+        "auraed {} starting as a daemon (pid {})",
+        crate::VERSION,
+        std::process::id()
+    );
     let report = init::daemon_bringup();
     let files = TlsFiles::in_dir(&args.pki_dir, "server");
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -81,7 +88,10 @@ async fn serve_until_power_action(
 ) -> Result<(PowerAction, Duration), server::ServerError> {
     if let Err(e) = init::reaper::spawn_reaper_task() {
         tracing::error!("cannot watch SIGCHLD: {e}");
-        report.failures.push(init::InitFailure { step: "reaper".into(), error: e.to_string() });
+        report.failures.push(init::InitFailure {
+            step: "reaper".into(),
+            error: e.to_string(),
+        });
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     if let Err(e) = init::power::watch_signals(tx.clone(), pid1) {
@@ -91,7 +101,11 @@ async fn serve_until_power_action(
         let n = init::power::watch_power_button(tx.clone());
         tracing::info!("watching {n} input device(s) for the power button");
     }
-    let spiffe_id = files.load().ok().and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem)).unwrap_or_default();
+    let spiffe_id = files
+        .load()
+        .ok()
+        .and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem))
+        .unwrap_or_default();
     let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx));
 
     let mut chosen = None;

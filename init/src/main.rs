@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "auraed", version, about = "Aurae node runtime (PID 1 or daemon); `aer` is the same binary")]
+#[command(
+    name = "auraed",
+    version,
+    about = "Aurae node runtime (PID 1 or daemon); `aer` is the same binary"
+)]
 struct Auraed {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -106,9 +110,19 @@ fn report(r: Result<(), String>) -> ExitCode {
 fn run_pki(p: PkiCmd) -> Result<(), String> {
     let e = |e: pki::PkiError| e.to_string();
     match p {
-        PkiCmd::Init { dir, trust_domain, node, mut dns, mut ip, client } => {
+        PkiCmd::Init {
+            dir,
+            trust_domain,
+            node,
+            mut dns,
+            mut ip,
+            client,
+        } => {
             if dir.join("ca.key").exists() {
-                return Err(format!("{} already holds a CA; refusing to overwrite it", dir.display()));
+                return Err(format!(
+                    "{} already holds a CA; refusing to overwrite it",
+                    dir.display()
+                ));
             }
             let ca = pki::mint_ca(&trust_domain).map_err(e)?;
             dns.extend(["auraed".into(), "localhost".into(), node.clone()]);
@@ -121,16 +135,38 @@ fn run_pki(p: PkiCmd) -> Result<(), String> {
                 3650,
             )
             .map_err(e)?;
-            let cl = pki::mint_leaf(&ca, &pki::spiffe_id(&trust_domain, &format!("client/{client}")), &client, pki::LeafKind::Client, 365).map_err(e)?;
+            let cl = pki::mint_leaf(
+                &ca,
+                &pki::spiffe_id(&trust_domain, &format!("client/{client}")),
+                &client,
+                pki::LeafKind::Client,
+                365,
+            )
+            .map_err(e)?;
             pki::write_pair(&dir, "ca", &ca).map_err(e)?;
             pki::write_pair(&dir, "server", &server).map_err(e)?;
             pki::write_pair(&dir, "client", &cl).map_err(e)?;
-            println!("wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client})", dir.display());
+            println!(
+                "wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client})",
+                dir.display()
+            );
             Ok(())
         }
-        PkiCmd::Client { dir, name, trust_domain, days } => {
+        PkiCmd::Client {
+            dir,
+            name,
+            trust_domain,
+            days,
+        } => {
             let ca = pki::read_pair(&dir, "ca").map_err(e)?;
-            let cl = pki::mint_leaf(&ca, &pki::spiffe_id(&trust_domain, &format!("client/{name}")), &name, pki::LeafKind::Client, days).map_err(e)?;
+            let cl = pki::mint_leaf(
+                &ca,
+                &pki::spiffe_id(&trust_domain, &format!("client/{name}")),
+                &name,
+                pki::LeafKind::Client,
+                days,
+            )
+            .map_err(e)?;
             pki::write_pair(&dir, &name, &cl).map_err(e)?;
             println!("wrote {0}/{name}.{{crt,key}}", dir.display());
             Ok(())

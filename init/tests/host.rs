@@ -1,6 +1,8 @@
 //! Host tier: auraed as a daemon on 127.0.0.1 with a throwaway PKI, driven over the real
 //! network stack with the real client code.
 
+#![allow(clippy::unwrap_used)]
+
 use auraed::cli::Target;
 use auraed::pb;
 use auraed::pki;
@@ -24,15 +26,33 @@ impl Drop for Daemon {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn mint(dir: &Path, domain: &str) {
     let ca = pki::mint_ca(domain).unwrap();
     let dns = ["localhost".to_owned()];
     let ips = ["127.0.0.1".parse().unwrap()];
-    let server = pki::mint_leaf(&ca, &pki::spiffe_id(domain, "node/test"), "test", pki::LeafKind::Server { dns: &dns, ips: &ips }, 1).unwrap();
-    let client = pki::mint_leaf(&ca, &pki::spiffe_id(domain, "client/tester"), "tester", pki::LeafKind::Client, 1).unwrap();
+    let server = pki::mint_leaf(
+        &ca,
+        &pki::spiffe_id(domain, "node/test"),
+        "test",
+        pki::LeafKind::Server { dns: &dns, ips: &ips },
+        1,
+    )
+    .unwrap();
+    let client = pki::mint_leaf(
+        &ca,
+        &pki::spiffe_id(domain, "client/tester"),
+        "tester",
+        pki::LeafKind::Client,
+        1,
+    )
+    .unwrap();
     pki::write_pair(dir, "ca", &ca).unwrap();
     pki::write_pair(dir, "server", &server).unwrap();
     pki::write_pair(dir, "client", &client).unwrap();
@@ -55,15 +75,28 @@ fn start() -> Daemon {
         assert!(Instant::now() < deadline, "auraed did not listen on {addr} within 20 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Daemon { child, addr, pki: pki_dir, _dir: dir }
+    Daemon {
+        child,
+        addr,
+        pki: pki_dir,
+        _dir: dir,
+    }
 }
 
 fn target(d: &Daemon, tls: TlsFiles) -> Target {
-    Target { addr: d.addr.clone(), tls, server_name: "localhost".into(), timeout: Duration::from_secs(10) }
+    Target {
+        addr: d.addr.clone(),
+        tls,
+        server_name: "localhost".into(),
+        timeout: Duration::from_secs(10),
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -74,10 +107,24 @@ fn mtls_client_gets_serving_health_and_node_info() {
         let ch = t.connect().await.unwrap();
         let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
         for service in ["", "aurae.v0.Node", "aurae.v0.Runtime", "aurae.v0.Workloads"] {
-            let r = h.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-            assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "service '{service}'");
+            let r = h
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                r.status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "service '{service}'"
+            );
         }
-        let info = pb::node_client::NodeClient::new(ch.clone()).info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        let info = pb::node_client::NodeClient::new(ch.clone())
+            .info(pb::NodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(info.mode, pb::Mode::Daemon as i32);
         assert_eq!(info.pid, d.child.id());
         assert_eq!(info.spiffe_id, "spiffe://host.test/node/test");
@@ -86,7 +133,10 @@ fn mtls_client_gets_serving_health_and_node_info() {
         assert!(info.auraed_rss_bytes > 0);
         // Workloads not built yet say so, with the code a client can act on.
         let e = pb::runtime_client::RuntimeClient::new(ch)
-            .run_cell(pb::Cell { name: "c".into(), ..Default::default() })
+            .run_cell(pb::Cell {
+                name: "c".into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
@@ -98,10 +148,16 @@ fn mtls_client_gets_serving_health_and_node_info() {
 fn plaintext_client_is_refused() {
     let d = start();
     rt().block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr)).unwrap().connect().await;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr))
+            .unwrap()
+            .connect()
+            .await;
         let refused = match ch {
             Err(_) => true,
-            Ok(ch) => pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.is_err(),
+            Ok(ch) => pb::node_client::NodeClient::new(ch)
+                .info(pb::NodeInfoRequest {})
+                .await
+                .is_err(),
         };
         assert!(refused, "a plaintext client got an answer");
     });
@@ -113,12 +169,19 @@ fn client_from_another_ca_is_refused() {
     let other = tempfile::tempdir().unwrap();
     mint(other.path(), "evil.test");
     // Trusts the real server (its CA), but presents a certificate from a different CA.
-    let tls = TlsFiles { ca: d.pki.join("ca.crt"), cert: other.path().join("client.crt"), key: other.path().join("client.key") };
+    let tls = TlsFiles {
+        ca: d.pki.join("ca.crt"),
+        cert: other.path().join("client.crt"),
+        key: other.path().join("client.key"),
+    };
     let t = target(&d, tls);
     rt().block_on(async {
         let refused = match t.connect().await {
             Err(_) => true,
-            Ok(ch) => pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.is_err(),
+            Ok(ch) => pb::node_client::NodeClient::new(ch)
+                .info(pb::NodeInfoRequest {})
+                .await
+                .is_err(),
         };
         assert!(refused, "a client certificate from a foreign CA was accepted");
     });
@@ -132,10 +195,18 @@ fn client_without_certificate_is_refused() {
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))
             .domain_name("localhost");
-        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", d.addr)).unwrap().tls_config(tls).unwrap().connect().await;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", d.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await;
         let refused = match ch {
             Err(_) => true,
-            Ok(ch) => pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await.is_err(),
+            Ok(ch) => pb::node_client::NodeClient::new(ch)
+                .info(pb::NodeInfoRequest {})
+                .await
+                .is_err(),
         };
         assert!(refused, "a client with no certificate was accepted");
     });
@@ -200,5 +271,10 @@ fn aer_cli_exit_codes() {
         .arg("health")
         .output()
         .unwrap();
-    assert_eq!(unreachable.status.code(), Some(3), "{}", String::from_utf8_lossy(&unreachable.stderr));
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&unreachable.stderr)
+    );
 }

@@ -121,7 +121,10 @@ impl Target {
             .map_err(|e| CliError::Usage(format!("TLS config: {e}")))?
             .connect_timeout(self.timeout)
             .timeout(self.timeout);
-        endpoint.connect().await.map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e))))
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e))))
     }
 }
 
@@ -147,11 +150,26 @@ fn resolve(a: &Aer) -> Result<Target, CliError> {
             CliError::Usage(format!("no {name} given: pass --{name} FILE or set `{name} = ...` in the config file (--config / $AURAE_CONFIG)"))
         })
     };
-    let addr = a.addr.clone().or(file.address).unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT));
-    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
-    let server_name = a.server_name.clone().or(file.server_name).unwrap_or_else(|| host.to_owned());
+    let addr = a
+        .addr
+        .clone()
+        .or(file.address)
+        .unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT));
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    let server_name = a
+        .server_name
+        .clone()
+        .or(file.server_name)
+        .unwrap_or_else(|| host.to_owned());
     Ok(Target {
-        tls: TlsFiles { ca: need(a.ca.as_ref(), file.ca, "ca")?, cert: need(a.cert.as_ref(), file.cert, "cert")?, key: need(a.key.as_ref(), file.key, "key")? },
+        tls: TlsFiles {
+            ca: need(a.ca.as_ref(), file.ca, "ca")?,
+            cert: need(a.cert.as_ref(), file.cert, "cert")?,
+            key: need(a.key.as_ref(), file.key, "key")?,
+        },
         addr,
         server_name,
         timeout: Duration::from_secs(a.timeout),
@@ -194,7 +212,9 @@ async fn run(a: &Aer) -> Result<(), CliError> {
         Command::Health { service } => {
             let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
             let r = c
-                .check(tonic_health::pb::HealthCheckRequest { service: service.clone() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.clone(),
+                })
                 .await
                 .map_err(remote)?
                 .into_inner();
@@ -207,19 +227,32 @@ async fn run(a: &Aer) -> Result<(), CliError> {
                 println!("{status}");
             }
             if status != "SERVING" {
-                return Err(CliError::Remote(tonic::Status::unavailable(format!("health: {status}"))));
+                return Err(CliError::Remote(tonic::Status::unavailable(format!(
+                    "health: {status}"
+                ))));
             }
         }
         Command::Node(cmd) => {
             let mut c = pb::node_client::NodeClient::new(ch);
             match cmd {
-                NodeCmd::Info => print_info(&c.info(pb::NodeInfoRequest {}).await.map_err(remote)?.into_inner(), a.json),
+                NodeCmd::Info => print_info(
+                    &c.info(pb::NodeInfoRequest {}).await.map_err(remote)?.into_inner(),
+                    a.json,
+                ),
                 NodeCmd::Shutdown { grace_ms } => {
-                    c.shutdown(pb::ShutdownRequest { grace_period_millis: *grace_ms }).await.map_err(remote)?;
+                    c.shutdown(pb::ShutdownRequest {
+                        grace_period_millis: *grace_ms,
+                    })
+                    .await
+                    .map_err(remote)?;
                     done(a.json, "shutdown requested");
                 }
                 NodeCmd::Reboot { grace_ms } => {
-                    c.reboot(pb::ShutdownRequest { grace_period_millis: *grace_ms }).await.map_err(remote)?;
+                    c.reboot(pb::ShutdownRequest {
+                        grace_period_millis: *grace_ms,
+                    })
+                    .await
+                    .map_err(remote)?;
                     done(a.json, "reboot requested");
                 }
             }
@@ -241,9 +274,15 @@ fn done(json: bool, what: &str) {
 }
 
 fn print_info(i: &pb::NodeInfo, as_json: bool) {
-    let mode = pb::Mode::try_from(i.mode).map(|m| m.as_str_name()).unwrap_or("MODE_UNSPECIFIED");
+    let mode = pb::Mode::try_from(i.mode)
+        .map(|m| m.as_str_name())
+        .unwrap_or("MODE_UNSPECIFIED");
     let mode = mode.trim_start_matches("MODE_").to_lowercase();
-    let failures: Vec<_> = i.init_failures.iter().map(|f| json!({ "step": f.step, "error": f.error })).collect();
+    let failures: Vec<_> = i
+        .init_failures
+        .iter()
+        .map(|f| json!({ "step": f.step, "error": f.error }))
+        .collect();
     if as_json {
         println!(
             "{}",
@@ -262,9 +301,24 @@ fn print_info(i: &pb::NodeInfo, as_json: bool) {
     println!("auraed      {} ({mode}, pid {})", i.auraed_version, i.pid);
     println!("hostname    {}", i.hostname);
     println!("kernel      {} {}", i.kernel_release, i.kernel_version);
-    println!("uptime      {:.1} s (serving {:.3} s after kernel start)", i.uptime_millis as f64 / 1e3, i.serving_since_boot_micros as f64 / 1e6);
-    println!("cgroups     {}", if i.cgroup_controllers.is_empty() { "(none)".into() } else { i.cgroup_controllers.join(" ") });
-    println!("kvm         {} ({})", if i.kvm_usable { "usable" } else { "not usable" }, i.kvm_detail);
+    println!(
+        "uptime      {:.1} s (serving {:.3} s after kernel start)",
+        i.uptime_millis as f64 / 1e3,
+        i.serving_since_boot_micros as f64 / 1e6
+    );
+    println!(
+        "cgroups     {}",
+        if i.cgroup_controllers.is_empty() {
+            "(none)".into()
+        } else {
+            i.cgroup_controllers.join(" ")
+        }
+    );
+    println!(
+        "kvm         {} ({})",
+        if i.kvm_usable { "usable" } else { "not usable" },
+        i.kvm_detail
+    );
     println!("identity    {}", i.spiffe_id);
     println!("you are     {}", i.peer_spiffe_id);
     println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);

@@ -1,7 +1,10 @@
 //! The cgroup v2 tree auraed owns: controllers enabled at the root and in `aurae/`, the
 //! parent of every workload's cgroup. Paths are parameters so tests can use a fixture dir.
 
-use std::{fs, io, path::{Path, PathBuf}};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 /// Controllers auraed enables for its workloads, in the order the kernel lists them.
 pub const WANTED_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids"];
@@ -11,7 +14,10 @@ pub const WORKLOADS_CGROUP: &str = "aurae";
 
 /// Reads a cgroup's space-separated controller list file.
 pub fn read_controllers(path: &Path) -> io::Result<Vec<String>> {
-    Ok(fs::read_to_string(path)?.split_whitespace().map(str::to_owned).collect())
+    Ok(fs::read_to_string(path)?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Enables each wanted controller that `dir/cgroup.controllers` offers in
@@ -21,11 +27,19 @@ pub fn enable_controllers(dir: &Path) -> (Vec<String>, Vec<String>) {
     let mut errors = Vec::new();
     let offered = match read_controllers(&dir.join("cgroup.controllers")) {
         Ok(c) => c,
-        Err(e) => return (Vec::new(), vec![format!("read {}/cgroup.controllers: {e}", dir.display())]),
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![format!("read {}/cgroup.controllers: {e}", dir.display())],
+            )
+        }
     };
     for c in WANTED_CONTROLLERS {
         if !offered.iter().any(|o| o == c) {
-            errors.push(format!("controller '{c}' is not offered by the kernel in {}", dir.display()));
+            errors.push(format!(
+                "controller '{c}' is not offered by the kernel in {}",
+                dir.display()
+            ));
             continue;
         }
         if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
@@ -60,7 +74,10 @@ mod tests {
         fs::write(d.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         // A plain file stands in for the kernel's: each write replaces it, so the last wins.
         let (_, errors) = enable_controllers(d.path());
-        assert_eq!(fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(), "+pids");
+        assert_eq!(
+            fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("'cpuset'")));
         assert!(errors.iter().any(|e| e.contains("'io'")));

@@ -63,7 +63,10 @@ impl Default for BootConfig {
             gateway: None,
             listen: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT)),
             bridge: "aurae0".into(),
-            bridge_ip: Ipv4Cidr { addr: Ipv4Addr::new(10, 254, 0, 1), prefix: 24 },
+            bridge_ip: Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 254, 0, 1),
+                prefix: 24,
+            },
         }
     }
 }
@@ -75,7 +78,9 @@ impl BootConfig {
         let mut cfg = BootConfig::default();
         let mut warnings = Vec::new();
         for tok in cmdline.split_whitespace() {
-            let Some(rest) = tok.strip_prefix("aurae.") else { continue };
+            let Some(rest) = tok.strip_prefix("aurae.") else {
+                continue;
+            };
             let (key, val) = rest.split_once('=').unwrap_or((rest, ""));
             let res: Result<(), String> = match key {
                 "log" => crate::logging::parse_level(val)
@@ -145,7 +150,13 @@ mod tests {
         assert_eq!(cfg.log_level, Level::DEBUG);
         assert_eq!(cfg.hostname, "node-1");
         assert_eq!(cfg.iface, "eth1");
-        assert_eq!(cfg.ip, Some(Ipv4Cidr { addr: Ipv4Addr::new(10, 0, 2, 15), prefix: 24 }));
+        assert_eq!(
+            cfg.ip,
+            Some(Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 0, 2, 15),
+                prefix: 24
+            })
+        );
         assert_eq!(cfg.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.bridge, "br9");
@@ -154,7 +165,8 @@ mod tests {
 
     #[test]
     fn bad_values_warn_and_keep_defaults() {
-        let (cfg, w) = BootConfig::parse("aurae.ip=10.0.0.1/40 aurae.gw=nope aurae.log=loud aurae.bogus=1 aurae.iface=a/b");
+        let (cfg, w) =
+            BootConfig::parse("aurae.ip=10.0.0.1/40 aurae.gw=nope aurae.log=loud aurae.bogus=1 aurae.iface=a/b");
         assert_eq!(cfg, BootConfig::default());
         assert_eq!(w.len(), 5, "{w:?}");
         assert!(w[0].contains("aurae.ip") && w[0].contains("/40"));

@@ -31,7 +31,10 @@ impl InitReport {
     fn fail(&mut self, step: &str, error: impl Into<String>) {
         let error = error.into();
         tracing::error!("init step '{step}' failed: {error}");
-        self.failures.push(InitFailure { step: step.into(), error });
+        self.failures.push(InitFailure {
+            step: step.into(),
+            error,
+        });
     }
 }
 
@@ -92,7 +95,10 @@ pub fn daemon_bringup() -> InitReport {
     let dir = PathBuf::from(CGROUP_ROOT).join(own.trim_start_matches('/'));
     match cgroup::read_controllers(&dir.join("cgroup.controllers")) {
         Ok(c) => report.controllers = c,
-        Err(e) => report.fail("cgroup", format!("read {}/cgroup.controllers: {e} (is cgroup v2 mounted?)", dir.display())),
+        Err(e) => report.fail(
+            "cgroup",
+            format!("read {}/cgroup.controllers: {e} (is cgroup v2 mounted?)", dir.display()),
+        ),
     }
     report.workloads_cgroup = dir;
     report

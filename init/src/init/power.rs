@@ -21,7 +21,11 @@ pub fn watch_signals(tx: PowerSender, pid1: bool) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR))?;
-    let (off, cad) = if pid1 { (PowerAction::PowerOff, PowerAction::Reboot) } else { (PowerAction::Exit, PowerAction::Exit) };
+    let (off, cad) = if pid1 {
+        (PowerAction::PowerOff, PowerAction::Reboot)
+    } else {
+        (PowerAction::Exit, PowerAction::Exit)
+    };
     tokio::spawn(async move {
         loop {
             let action = tokio::select! {
@@ -45,14 +49,18 @@ const INPUT_EVENT_SIZE: usize = 24;
 /// Watches every /dev/input/event* for KEY_POWER (the ACPI power button) on its own thread.
 /// Returns how many devices are watched.
 pub fn watch_power_button(tx: PowerSender) -> usize {
-    let Ok(entries) = std::fs::read_dir("/dev/input") else { return 0 };
+    let Ok(entries) = std::fs::read_dir("/dev/input") else {
+        return 0;
+    };
     let mut watched = 0;
     for e in entries.flatten() {
         let path = e.path();
         if !e.file_name().to_string_lossy().starts_with("event") {
             continue;
         }
-        let Ok(mut f) = std::fs::File::open(&path) else { continue };
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
         let tx = tx.clone();
         let spawned = std::thread::Builder::new().name("power-button".into()).spawn(move || {
             use std::io::Read;
@@ -76,6 +84,21 @@ pub fn watch_power_button(tx: PowerSender) -> usize {
     watched
 }
 
+/// Whether any process other than PID 1 and kernel threads is left (kernel threads have an
+/// empty cmdline). `kill(-1, 0)` cannot tell: it counts kernel threads too.
+fn other_user_processes() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != 1 && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
+    })
+}
+
 /// PID 1's last act: terminate every other process (grace, then SIGKILL), sync, and power
 /// off or reboot. Never returns; if the reboot syscall fails it parks forever (PID 1 may
 /// not exit, or the kernel panics).
@@ -88,8 +111,7 @@ pub fn finish_pid1(action: PowerAction, grace: Duration) -> ! {
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline {
         super::reaper::Reaper::global().reap_all();
-        // kill(-1, 0) fails with ESRCH once no other process is left.
-        if kill(all, None).is_err() {
+        if !other_user_processes() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

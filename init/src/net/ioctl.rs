@@ -54,7 +54,9 @@ fn sockaddr(a: Ipv4Addr) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(a).to_be(),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -62,7 +64,10 @@ fn sockaddr(a: Ipv4Addr) -> libc::sockaddr_in {
 fn ifname(name: &str) -> io::Result<[u8; IFNAMSIZ]> {
     let b = name.as_bytes();
     if b.is_empty() || b.len() >= IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name '{name}' must be 1-15 bytes")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name '{name}' must be 1-15 bytes"),
+        ));
     }
     let mut out = [0u8; IFNAMSIZ];
     out[..b.len()].copy_from_slice(b);
@@ -91,7 +96,10 @@ fn ioctl<T>(req: c_ulong, arg: *mut T, what: &str) -> io::Result<()> {
 }
 
 fn ifreq(name: &str) -> io::Result<IfReq> {
-    Ok(IfReq { name: ifname(name)?, data: IfrData { _pad: [0; 24] } })
+    Ok(IfReq {
+        name: ifname(name)?,
+        data: IfrData { _pad: [0; 24] },
+    })
 }
 
 /// Sets IFF_UP on an interface.
@@ -109,7 +117,11 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let mut req = ifreq(name)?;
     req.data.addr = sockaddr(addr);
     ioctl(SIOCSIFADDR, &mut req, &format!("set address {addr} on {name}"))?;
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
     req.data.addr = sockaddr(Ipv4Addr::from(mask));
     ioctl(SIOCSIFNETMASK, &mut req, &format!("set netmask /{prefix} on {name}"))
 }

@@ -17,13 +17,19 @@ pub fn bring_up(cfg: &BootConfig) -> Vec<(String, String)> {
     };
     step("lo up".into(), ioctl::link_up("lo"));
     if let Some(ip) = cfg.ip {
-        step(format!("{} address {ip}", cfg.iface), ioctl::set_ipv4(&cfg.iface, ip.addr, ip.prefix));
+        step(
+            format!("{} address {ip}", cfg.iface),
+            ioctl::set_ipv4(&cfg.iface, ip.addr, ip.prefix),
+        );
     }
     step(format!("{} up", cfg.iface), ioctl::link_up(&cfg.iface));
     if let Some(gw) = cfg.gateway {
         step(format!("default route via {gw}"), ioctl::add_default_route(gw));
     }
-    step(format!("bridge {} created", cfg.bridge), ioctl::create_bridge(&cfg.bridge));
+    step(
+        format!("bridge {} created", cfg.bridge),
+        ioctl::create_bridge(&cfg.bridge),
+    );
     step(
         format!("bridge {} address {}", cfg.bridge, cfg.bridge_ip),
         ioctl::set_ipv4(&cfg.bridge, cfg.bridge_ip.addr, cfg.bridge_ip.prefix),

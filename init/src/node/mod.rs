@@ -5,13 +5,18 @@ use std::os::fd::AsRawFd;
 /// Kernel release and version (`uname -r`, `uname -v`).
 pub fn kernel() -> (String, String) {
     match nix::sys::utsname::uname() {
-        Ok(u) => (u.release().to_string_lossy().into_owned(), u.version().to_string_lossy().into_owned()),
+        Ok(u) => (
+            u.release().to_string_lossy().into_owned(),
+            u.version().to_string_lossy().into_owned(),
+        ),
         Err(_) => (String::new(), String::new()),
     }
 }
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// auraed's resident set size in bytes (VmRSS from /proc/self/status).
@@ -46,7 +51,10 @@ pub fn kvm_usable() -> (bool, String) {
     // SAFETY: KVM_GET_API_VERSION takes no argument; the fd is open for the call's duration.
     let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
     if v != KVM_API_VERSION {
-        return (false, format!("/dev/kvm answers API version {v}, expected {KVM_API_VERSION}"));
+        return (
+            false,
+            format!("/dev/kvm answers API version {v}, expected {KVM_API_VERSION}"),
+        );
     }
     (true, format!("{flag} present, /dev/kvm API {v}"))
 }

@@ -2,10 +2,16 @@
 //! each carrying a SPIFFE ID as a URI SAN. Files are PEM; keys are written 0600.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
-use std::{fs, io::Write, net::IpAddr, os::unix::fs::OpenOptionsExt, path::{Path, PathBuf}};
+use std::{
+    fs,
+    io::Write,
+    net::IpAddr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "aurae.local";
 
@@ -20,7 +26,10 @@ pub enum PkiError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_owned(), source }
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -36,7 +45,9 @@ pub fn spiffe_id(trust_domain: &str, path: &str) -> String {
 
 fn validate_path_segment(what: &str, s: &str) -> Result<(), PkiError> {
     if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-        return Err(PkiError::Invalid(format!("{what} '{s}' must be 1-63 characters of [A-Za-z0-9._-]")));
+        return Err(PkiError::Invalid(format!(
+            "{what} '{s}' must be 1-63 characters of [A-Za-z0-9._-]"
+        )));
     }
     Ok(())
 }
@@ -47,25 +58,42 @@ pub fn mint_ca(trust_domain: &str) -> Result<Minted, PkiError> {
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, format!("Aurae CA ({trust_domain})"));
+    p.distinguished_name
+        .push(DnType::CommonName, format!("Aurae CA ({trust_domain})"));
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.subject_alt_names = vec![SanType::URI(spiffe_id(trust_domain, "").try_into()?)];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2044, 1, 1);
     let cert = p.self_signed(&key)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// What a leaf certificate is for.
 pub enum LeafKind<'a> {
     /// A node's serving certificate: DNS names and IPs it is reached by.
-    Server { dns: &'a [String], ips: &'a [IpAddr] },
+    Server {
+        dns: &'a [String],
+        ips: &'a [IpAddr],
+    },
     Client,
 }
 
 /// Mints a leaf signed by the CA, with `spiffe_id` as URI SAN.
-pub fn mint_leaf(ca: &Minted, spiffe: &str, common_name: &str, kind: LeafKind<'_>, ttl_days: u32) -> Result<Minted, PkiError> {
+pub fn mint_leaf(
+    ca: &Minted,
+    spiffe: &str,
+    common_name: &str,
+    kind: LeafKind<'_>,
+    ttl_days: u32,
+) -> Result<Minted, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
@@ -89,7 +117,10 @@ pub fn mint_leaf(ca: &Minted, spiffe: &str, common_name: &str, kind: LeafKind<'_
     p.not_before = (now - std::time::Duration::from_secs(3600)).into();
     p.not_after = (now + std::time::Duration::from_secs(u64::from(ttl_days) * 86400)).into();
     let cert = p.signed_by(&key, &issuer)?;
-    Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Minted {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Writes `<dir>/<stem>.crt` (0644) and `<dir>/<stem>.key` (0600).
@@ -100,7 +131,13 @@ pub fn write_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> {
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(path).map_err(io_err(path))?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
     f.write_all(data).map_err(io_err(path))
 }
 
@@ -139,7 +176,10 @@ mod tests {
         let ca = mint_ca("test.local").unwrap();
         let id = spiffe_id("test.local", "client/alice");
         let leaf = mint_leaf(&ca, &id, "alice", LeafKind::Client, 1).unwrap();
-        assert_eq!(spiffe_id_of_pem(&leaf.cert_pem).as_deref(), Some("spiffe://test.local/client/alice"));
+        assert_eq!(
+            spiffe_id_of_pem(&leaf.cert_pem).as_deref(),
+            Some("spiffe://test.local/client/alice")
+        );
         let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).unwrap();
         let (_, leaf_pem) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
         let ca_x = ca_pem.parse_x509().unwrap();

@@ -9,7 +9,10 @@ pub mod workloads_api;
 use crate::init::{power::PowerSender, InitReport};
 use crate::pb;
 use std::net::SocketAddr;
-use std::sync::{atomic::{AtomicU32, AtomicU64, Ordering}, Arc};
+use std::sync::{
+    atomic::{AtomicU32, AtomicU64, Ordering},
+    Arc,
+};
 use std::time::Duration;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -81,7 +84,10 @@ impl NodeContext {
                 .report
                 .failures
                 .iter()
-                .map(|f| pb::InitFailure { step: f.step.clone(), error: f.error.clone() })
+                .map(|f| pb::InitFailure {
+                    step: f.step.clone(),
+                    error: f.error.clone(),
+                })
                 .collect(),
             serving_since_boot_micros: self.serving_since_boot_micros.load(Ordering::Relaxed),
             auraed_rss_bytes: crate::node::rss_bytes(),
@@ -98,18 +104,27 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let material = tls.load()?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::runtime_server::RuntimeServer<runtime_api::RuntimeApi>>().await;
-    health_reporter.set_serving::<pb::workloads_server::WorkloadsServer<workloads_api::WorkloadsApi>>().await;
-    health_reporter.set_serving::<pb::node_server::NodeServer<node_api::NodeApi>>().await;
+    health_reporter
+        .set_serving::<pb::runtime_server::RuntimeServer<runtime_api::RuntimeApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::workloads_server::WorkloadsServer<workloads_api::WorkloadsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::node_server::NodeServer<node_api::NodeApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(aurae_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServerError::Bind { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: listen, source })?;
     let local = listener.local_addr().unwrap_or(listen);
     let since_boot = crate::logging::boot_clock();
-    ctx.serving_since_boot_micros.store(since_boot.as_micros() as u64, Ordering::Relaxed);
+    ctx.serving_since_boot_micros
+        .store(since_boot.as_micros() as u64, Ordering::Relaxed);
     tracing::info!(
         "serving mTLS gRPC on {local} as {} ({:.3} s after kernel start)",
         ctx.spiffe_id,

@@ -7,7 +7,10 @@ use tonic::{Request, Response, Status};
 pub struct RuntimeApi;
 
 fn not_yet(rpc: &str, issue: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented in auraed {} yet ({issue})", crate::VERSION))
+    Status::unimplemented(format!(
+        "{rpc} is not implemented in auraed {} yet ({issue})",
+        crate::VERSION
+    ))
 }
 
 #[tonic::async_trait]
@@ -18,7 +21,10 @@ impl Runtime for RuntimeApi {
     async fn run_cell(&self, _: Request<pb::Cell>) -> Result<Response<pb::CellStatus>, Status> {
         Err(not_yet("RunCell", "executables and cells: issue #3"))
     }
-    async fn run_virtual_machine(&self, _: Request<pb::VirtualMachine>) -> Result<Response<pb::VirtualMachineStatus>, Status> {
+    async fn run_virtual_machine(
+        &self,
+        _: Request<pb::VirtualMachine>,
+    ) -> Result<Response<pb::VirtualMachineStatus>, Status> {
         Err(not_yet("RunVirtualMachine", "auraed's VMM: issue #4"))
     }
     async fn spawn(&self, _: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {

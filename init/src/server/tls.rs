@@ -19,7 +19,10 @@ pub struct TlsFileError {
 }
 
 fn read(path: &Path) -> Result<String, TlsFileError> {
-    std::fs::read_to_string(path).map_err(|source| TlsFileError { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| TlsFileError {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The loaded PEM material.
@@ -31,11 +34,19 @@ pub struct TlsMaterial {
 
 impl TlsFiles {
     pub fn in_dir(dir: &Path, stem: &str) -> TlsFiles {
-        TlsFiles { ca: dir.join("ca.crt"), cert: dir.join(format!("{stem}.crt")), key: dir.join(format!("{stem}.key")) }
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+        }
     }
 
     pub fn load(&self) -> Result<TlsMaterial, TlsFileError> {
-        Ok(TlsMaterial { ca_pem: read(&self.ca)?, cert_pem: read(&self.cert)?, key_pem: read(&self.key)? })
+        Ok(TlsMaterial {
+            ca_pem: read(&self.ca)?,
+            cert_pem: read(&self.cert)?,
+            key_pem: read(&self.key)?,
+        })
     }
 }
 

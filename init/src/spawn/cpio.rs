@@ -22,10 +22,35 @@ pub enum CpioError {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    Dir { path: String, mode: u32, uid: u32, gid: u32 },
-    File { path: String, data: Vec<u8>, mode: u32, uid: u32, gid: u32 },
-    Node { path: String, mode: u32, uid: u32, gid: u32, block: bool, major: u32, minor: u32 },
-    Symlink { path: String, target: String, mode: u32, uid: u32, gid: u32 },
+    Dir {
+        path: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    File {
+        path: String,
+        data: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Node {
+        path: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        block: bool,
+        major: u32,
+        minor: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 const S_IFDIR: u32 = 0o040000;
@@ -43,8 +68,12 @@ pub fn parse_spec(spec: &str, base: &Path) -> Result<Vec<Entry>, CpioError> {
         if t.is_empty() || t[0].starts_with('#') {
             continue;
         }
-        let err = |msg: &str| CpioError::Spec { line, msg: msg.to_owned() };
-        let num = |s: &str, radix: u32| u32::from_str_radix(s, radix).map_err(|_| err(&format!("'{s}' is not a number")));
+        let err = |msg: &str| CpioError::Spec {
+            line,
+            msg: msg.to_owned(),
+        };
+        let num =
+            |s: &str, radix: u32| u32::from_str_radix(s, radix).map_err(|_| err(&format!("'{s}' is not a number")));
         let path = |s: &str| -> Result<String, CpioError> {
             let p = s.trim_start_matches('/');
             if p.is_empty() || p.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -53,11 +82,25 @@ pub fn parse_spec(spec: &str, base: &Path) -> Result<Vec<Entry>, CpioError> {
             Ok(p.to_owned())
         };
         let e = match (t[0], t.len()) {
-            ("dir", 5) => Entry::Dir { path: path(t[1])?, mode: num(t[2], 8)?, uid: num(t[3], 10)?, gid: num(t[4], 10)? },
+            ("dir", 5) => Entry::Dir {
+                path: path(t[1])?,
+                mode: num(t[2], 8)?,
+                uid: num(t[3], 10)?,
+                gid: num(t[4], 10)?,
+            },
             ("file", 6) => {
                 let src = base.join(t[2]);
-                let data = std::fs::read(&src).map_err(|source| CpioError::Io { path: src.clone(), source })?;
-                Entry::File { path: path(t[1])?, data, mode: num(t[3], 8)?, uid: num(t[4], 10)?, gid: num(t[5], 10)? }
+                let data = std::fs::read(&src).map_err(|source| CpioError::Io {
+                    path: src.clone(),
+                    source,
+                })?;
+                Entry::File {
+                    path: path(t[1])?,
+                    data,
+                    mode: num(t[3], 8)?,
+                    uid: num(t[4], 10)?,
+                    gid: num(t[5], 10)?,
+                }
             }
             ("nod", 8) => Entry::Node {
                 path: path(t[1])?,
@@ -72,28 +115,52 @@ pub fn parse_spec(spec: &str, base: &Path) -> Result<Vec<Entry>, CpioError> {
                 major: num(t[6], 10)?,
                 minor: num(t[7], 10)?,
             },
-            ("slink", 6) => Entry::Symlink { path: path(t[1])?, target: t[2].to_owned(), mode: num(t[3], 8)?, uid: num(t[4], 10)?, gid: num(t[5], 10)? },
-            _ => return Err(err(&format!("cannot read '{raw}' (see the spec format in spawn/cpio.rs)"))),
+            ("slink", 6) => Entry::Symlink {
+                path: path(t[1])?,
+                target: t[2].to_owned(),
+                mode: num(t[3], 8)?,
+                uid: num(t[4], 10)?,
+                gid: num(t[5], 10)?,
+            },
+            _ => {
+                return Err(err(&format!(
+                    "cannot read '{raw}' (see the spec format in spawn/cpio.rs)"
+                )))
+            }
         };
         out.push(e);
     }
     Ok(out)
 }
 
-fn header(w: &mut impl Write, ino: u32, mode: u32, uid: u32, gid: u32, size: usize, rdev: (u32, u32), name: &str) -> io::Result<usize> {
+/// The fields of one newc header that vary between records.
+struct Header {
+    ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: usize,
+    rdev: (u32, u32),
+}
+
+fn header(w: &mut impl Write, h: Header, name: &str) -> io::Result<usize> {
     let namesize = name.len() + 1;
-    let h = format!(
+    let text = format!(
         "070701{ino:08X}{mode:08X}{uid:08X}{gid:08X}{nlink:08X}{mtime:08X}{size:08X}{dmaj:08X}{dmin:08X}{rmaj:08X}{rmin:08X}{namesize:08X}{check:08X}",
-        nlink = if mode & S_IFDIR != 0 { 2 } else { 1 },
+        ino = h.ino,
+        mode = h.mode,
+        uid = h.uid,
+        gid = h.gid,
+        nlink = if h.mode & S_IFDIR != 0 { 2 } else { 1 },
         mtime = 0,
-        size = size,
+        size = h.size,
         dmaj = 0,
         dmin = 0,
-        rmaj = rdev.0,
-        rmin = rdev.1,
+        rmaj = h.rdev.0,
+        rmin = h.rdev.1,
         check = 0
     );
-    w.write_all(h.as_bytes())?;
+    w.write_all(text.as_bytes())?;
     w.write_all(name.as_bytes())?;
     w.write_all(&[0])?;
     let n = 110 + namesize;
@@ -112,25 +179,100 @@ pub fn write_archive(entries: &[Entry], w: &mut impl Write) -> io::Result<()> {
         let ino = 721 + i as u32;
         match e {
             Entry::Dir { path, mode, uid, gid } => {
-                header(w, ino, S_IFDIR | mode, *uid, *gid, 0, (0, 0), path)?;
+                header(
+                    w,
+                    Header {
+                        ino,
+                        mode: S_IFDIR | mode,
+                        uid: *uid,
+                        gid: *gid,
+                        size: 0,
+                        rdev: (0, 0),
+                    },
+                    path,
+                )?;
             }
-            Entry::File { path, data, mode, uid, gid } => {
-                header(w, ino, S_IFREG | mode, *uid, *gid, data.len(), (0, 0), path)?;
+            Entry::File {
+                path,
+                data,
+                mode,
+                uid,
+                gid,
+            } => {
+                header(
+                    w,
+                    Header {
+                        ino,
+                        mode: S_IFREG | mode,
+                        uid: *uid,
+                        gid: *gid,
+                        size: data.len(),
+                        rdev: (0, 0),
+                    },
+                    path,
+                )?;
                 w.write_all(data)?;
                 pad(w, data.len())?;
             }
-            Entry::Node { path, mode, uid, gid, block, major, minor } => {
+            Entry::Node {
+                path,
+                mode,
+                uid,
+                gid,
+                block,
+                major,
+                minor,
+            } => {
                 let ty = if *block { S_IFBLK } else { S_IFCHR };
-                header(w, ino, ty | mode, *uid, *gid, 0, (*major, *minor), path)?;
+                header(
+                    w,
+                    Header {
+                        ino,
+                        mode: ty | mode,
+                        uid: *uid,
+                        gid: *gid,
+                        size: 0,
+                        rdev: (*major, *minor),
+                    },
+                    path,
+                )?;
             }
-            Entry::Symlink { path, target, mode, uid, gid } => {
-                header(w, ino, S_IFLNK | mode, *uid, *gid, target.len(), (0, 0), path)?;
+            Entry::Symlink {
+                path,
+                target,
+                mode,
+                uid,
+                gid,
+            } => {
+                header(
+                    w,
+                    Header {
+                        ino,
+                        mode: S_IFLNK | mode,
+                        uid: *uid,
+                        gid: *gid,
+                        size: target.len(),
+                        rdev: (0, 0),
+                    },
+                    path,
+                )?;
                 w.write_all(target.as_bytes())?;
                 pad(w, target.len())?;
             }
         }
     }
-    header(w, 0, 0, 0, 0, 0, (0, 0), "TRAILER!!!")?;
+    header(
+        w,
+        Header {
+            ino: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            rdev: (0, 0),
+        },
+        "TRAILER!!!",
+    )?;
     Ok(())
 }
 

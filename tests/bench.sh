@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make bench`: boot figures and sizes of the appliance, measured here, printed as a table.
+#   tests/bench.sh BUILD_DIR [RUNS]
+# Boots the appliance RUNS times (default 5) under QEMU (TCG unless ACCEL says otherwise);
+# for each boot: QEMU start → health SERVING (host wall clock, includes the TLS handshake),
+# kernel start → auraed serving (guest CLOCK_BOOTTIME, from NodeInfo), auraed RSS idle.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+B=$(cd "${1:?usage: bench.sh BUILD_DIR [RUNS]}" && pwd)
+RUNS=${2:-5}
+aer() { "$B/bin/aer" --addr "127.0.0.1:$port" --server-name localhost --ca "$B/pki/ca.crt" \
+        --cert "$B/pki/client.crt" --key "$B/pki/client.key" "$@"; }
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp); trap 'rm -f "$log"' EXIT
+qemu_ms=(); kernel_ms=(); rss=()
+for i in $(seq 1 "$RUNS"); do
+    t0=$(date +%s%N)
+    BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} "$here/qemu/run" > "$log" 2>&1 &
+    qpid=$!
+    until aer --timeout 2 health >/dev/null 2>&1; do
+        kill -0 $qpid 2>/dev/null || { echo "bench: QEMU exited"; cat "$log"; exit 1; }
+        [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 120 ] || { echo "bench: no SERVING in 120 s"; cat "$log"; kill $qpid; exit 1; }
+        sleep 0.05
+    done
+    t1=$(date +%s%N)
+    sleep 2 # let the node settle before reading idle RSS
+    info=$(aer --json node info)
+    qemu_ms+=($(( (t1 - t0) / 1000000 )))
+    kernel_ms+=($(echo "$info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["serving_since_boot_micros"]//1000)'))
+    rss+=($(echo "$info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["auraed_rss_bytes"]//1024)'))
+    aer node shutdown --grace-ms 1000 >/dev/null
+    wait $qpid
+done
+stats() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "p50 %d, min %d, max %d (n=%d)", a[int((NR+1)/2)], a[1], a[NR], NR}'; }
+k=$(stat -c %s "$B/kernel/bzImage"); base=$(stat -c %s "$B/initramfs/base.cpio.zst"); pki=$(stat -c %s "$B/initramfs/pki.cpio.zst")
+echo
+echo "== Aurae bench ($(date -u +%F), accel ${ACCEL:-tcg}, $(nproc) cores, Linux $(cat "$B/kernel/version"), auraed $(cat "$B/bin/auraed.libc"))"
+printf '%-44s %s\n' "QEMU start -> health SERVING (ms)" "$(stats "${qemu_ms[@]}")"
+printf '%-44s %s\n' "kernel start -> auraed serving (ms, guest)" "$(stats "${kernel_ms[@]}")"
+printf '%-44s %s\n' "auraed idle RSS (KiB)" "$(stats "${rss[@]}")"
+printf '%-44s %d\n' "kernel bzImage (bytes)" "$k"
+printf '%-44s %d\n' "initramfs base+pki, zstd (bytes)" "$((base + pki))"
+printf '%-44s %d (%.2f MiB; target <= 8 MiB)\n' "appliance kernel+initramfs (bytes)" "$((k + base + pki))" "$(echo "($k+$base+$pki)/1048576" | bc -l)"
+printf '%-44s %d\n' "toolbox layer, optional (bytes)" "$(stat -c %s "$B/initramfs/toolbox.cpio.zst")"
+printf '%-44s %d\n' "auraed static binary (bytes)" "$(stat -c %s "$B/bin/auraed")"
