@@ -49,6 +49,11 @@ fn free_port() -> u16 {
 impl Appliance {
     /// Boots the appliance and waits (up to `deadline`) until health is SERVING.
     pub fn boot(build: &std::path::Path, deadline: Duration) -> Appliance {
+        Appliance::boot_with(build, deadline, &[])
+    }
+
+    /// Like `boot`, with extra `qemu/run` environment (e.g. `("MACHINE", "microvm")`).
+    pub fn boot_with(build: &std::path::Path, deadline: Duration, env: &[(&str, &str)]) -> Appliance {
         let dir = tempfile::tempdir().expect("tempdir");
         let console = dir.path().join("console.log");
         let qmp = dir.path().join("qmp.sock");
@@ -61,6 +66,7 @@ impl Appliance {
             .env("QMP", &qmp)
             .env("NO_REBOOT", "1")
             .env("ACCEL", "tcg")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)

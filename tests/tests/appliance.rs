@@ -121,3 +121,27 @@ fn power_button_powers_off_cleanly() {
     );
     assert!(log.contains("reboot: Power down"), "{log}");
 }
+
+#[test]
+fn boots_on_microvm_too() {
+    let build = appliance_or_skip!();
+    let mut a = Appliance::boot_with(&build, BOOT_DEADLINE, &[("MACHINE", "microvm")]);
+    let t = a.target();
+    rt().block_on(async {
+        let mut c = pb::node_client::NodeClient::new(t.connect().await.unwrap());
+        let info = c.info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.mode, pb::Mode::Pid1 as i32);
+        assert!(
+            info.init_failures.is_empty(),
+            "init failures on microvm: {:?}",
+            info.init_failures
+        );
+        c.shutdown(pb::ShutdownRequest {
+            grace_period_millis: 1000,
+        })
+        .await
+        .unwrap();
+    });
+    let st = a.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "QEMU (microvm) exit {st}\n{}", a.console_log());
+}
