@@ -177,43 +177,16 @@ fn pad(w: &mut impl Write, n: usize) -> io::Result<usize> {
 pub fn write_archive(entries: &[Entry], w: &mut impl Write) -> io::Result<()> {
     for (i, e) in entries.iter().enumerate() {
         let ino = 721 + i as u32;
-        match e {
-            Entry::Dir { path, mode, uid, gid } => {
-                header(
-                    w,
-                    Header {
-                        ino,
-                        mode: S_IFDIR | mode,
-                        uid: *uid,
-                        gid: *gid,
-                        size: 0,
-                        rdev: (0, 0),
-                    },
-                    path,
-                )?;
-            }
+        // Each record: header, then its payload (file data or link target), padded to 4.
+        let (path, mode, uid, gid, rdev, payload): (&str, u32, u32, u32, (u32, u32), &[u8]) = match e {
+            Entry::Dir { path, mode, uid, gid } => (path, S_IFDIR | mode, *uid, *gid, (0, 0), &[]),
             Entry::File {
                 path,
                 data,
                 mode,
                 uid,
                 gid,
-            } => {
-                header(
-                    w,
-                    Header {
-                        ino,
-                        mode: S_IFREG | mode,
-                        uid: *uid,
-                        gid: *gid,
-                        size: data.len(),
-                        rdev: (0, 0),
-                    },
-                    path,
-                )?;
-                w.write_all(data)?;
-                pad(w, data.len())?;
-            }
+            } => (path, S_IFREG | mode, *uid, *gid, (0, 0), data),
             Entry::Node {
                 path,
                 mode,
@@ -224,18 +197,7 @@ pub fn write_archive(entries: &[Entry], w: &mut impl Write) -> io::Result<()> {
                 minor,
             } => {
                 let ty = if *block { S_IFBLK } else { S_IFCHR };
-                header(
-                    w,
-                    Header {
-                        ino,
-                        mode: ty | mode,
-                        uid: *uid,
-                        gid: *gid,
-                        size: 0,
-                        rdev: (*major, *minor),
-                    },
-                    path,
-                )?;
+                (path, ty | mode, *uid, *gid, (*major, *minor), &[])
             }
             Entry::Symlink {
                 path,
@@ -243,23 +205,22 @@ pub fn write_archive(entries: &[Entry], w: &mut impl Write) -> io::Result<()> {
                 mode,
                 uid,
                 gid,
-            } => {
-                header(
-                    w,
-                    Header {
-                        ino,
-                        mode: S_IFLNK | mode,
-                        uid: *uid,
-                        gid: *gid,
-                        size: target.len(),
-                        rdev: (0, 0),
-                    },
-                    path,
-                )?;
-                w.write_all(target.as_bytes())?;
-                pad(w, target.len())?;
-            }
-        }
+            } => (path, S_IFLNK | mode, *uid, *gid, (0, 0), target.as_bytes()),
+        };
+        header(
+            w,
+            Header {
+                ino,
+                mode,
+                uid,
+                gid,
+                size: payload.len(),
+                rdev,
+            },
+            path,
+        )?;
+        w.write_all(payload)?;
+        pad(w, payload.len())?;
     }
     header(
         w,
