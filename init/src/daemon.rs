@@ -109,7 +109,14 @@ async fn serve_until_power_action(
     let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx));
 
     let mut chosen = None;
-    let served = server::serve(listen, &files, ctx.clone(), async { chosen = rx.recv().await }).await;
+    // On a power action, workloads are stopped while the API still answers, so Wait and
+    // followed Logs calls end with the workloads' final state instead of holding up shutdown.
+    let stop_workloads = async {
+        chosen = rx.recv().await;
+        tracing::info!("stopping workloads (grace {:?})", ctx.grace());
+        ctx.runtime.stop_all(ctx.grace()).await;
+    };
+    let served = server::serve(listen, &files, ctx.clone(), stop_workloads).await;
     if let Err(e) = served {
         if !pid1 {
             return Err(e);

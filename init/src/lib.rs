@@ -11,6 +11,7 @@ pub mod logging;
 pub mod net;
 pub mod node;
 pub mod pki;
+pub mod runtime;
 pub mod server;
 pub mod spawn;
 

@@ -74,6 +74,11 @@ enum PkiCmd {
 }
 
 fn main() -> ExitCode {
+    // A cell's holder is PID 1 of the cell's pid namespace, so this check comes first.
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    if args.first().is_some_and(|a| a == auraed::runtime::holder::ARGV0) {
+        auraed::runtime::holder::main(&args);
+    }
     if std::process::id() == 1 {
         daemon::run_pid1();
     }

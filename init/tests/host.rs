@@ -144,15 +144,37 @@ fn mtls_client_gets_serving_health_and_node_info() {
         assert_eq!(info.auraed_version, auraed::VERSION);
         assert!(info.auraed_rss_bytes > 0);
         // Workloads not built yet say so, with the code a client can act on.
-        let e = pb::runtime_client::RuntimeClient::new(ch)
-            .run_cell(pb::Cell {
-                name: "c".into(),
+        let mut rt = pb::runtime_client::RuntimeClient::new(ch);
+        let e = rt
+            .run_virtual_machine(pb::VirtualMachine {
+                name: "vm".into(),
                 ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("RunCell"), "{}", e.message());
+        assert!(e.message().contains("RunVirtualMachine"), "{}", e.message());
+        // Bad input is refused at the edge, naming the field, whatever the host's cgroups.
+        for (name, field) in [("..", "name: '..'"), ("a/../b", "name: 'a/../b'"), ("", "name: ''")] {
+            let e = rt
+                .run_cell(pb::Cell {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name:?}: {}", e.message());
+            assert!(e.message().starts_with(field), "{name:?}: {}", e.message());
+        }
+        let e = rt
+            .run_executable(pb::Executable {
+                name: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("argv: is empty"), "{}", e.message());
     });
 }
 

@@ -1,9 +1,11 @@
 //! `aer`, the Aurae client: the same binary as auraed (run as `aer`, or `auraed aer ...`).
 //!
 //! Exit codes: 0 success; 1 the node answered with an error (or NOT_SERVING);
-//! 2 usage or configuration error; 3 the node could not be reached (connection or TLS).
+//! 2 usage or configuration error; 3 the node could not be reached (connection or TLS);
+//! 4 the awaited executable did not exit 0 (`exec --wait`, `exec -f`, `wait`).
 
 pub mod config;
+pub mod workloads;
 
 use crate::pb;
 use crate::server::tls::TlsFiles;
@@ -56,6 +58,23 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Run an executable: aer exec NAME [--cell C] [-e K=V] [--wait|-f] -- PROGRAM ARGS...
+    Exec(workloads::ExecArgs),
+    /// List cells and executables.
+    Ps,
+    /// An executable's status.
+    Status { name: String },
+    /// An executable's stdout and stderr.
+    Logs(workloads::LogsArgs),
+    /// Stop an executable: signal, grace period, then cgroup.kill.
+    Stop(workloads::StopArgs),
+    /// Wait for an executable to end (exit 4 unless it exited 0).
+    Wait { name: String },
+    /// Forget an ended executable: its cgroup, logs and (if private) its cell.
+    Free { name: String },
+    /// Cells: create, status, stop, wait, free, freeze, thaw.
+    #[command(subcommand)]
+    Cell(workloads::CellCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +99,8 @@ pub enum CliError {
     Usage(String),
     Connect(String),
     Remote(tonic::Status),
+    /// The workload ran, but did not exit 0.
+    Workload(String),
 }
 
 impl CliError {
@@ -88,6 +109,7 @@ impl CliError {
             CliError::Remote(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Connect(_) => 3,
+            CliError::Workload(_) => 4,
         }
     }
 }
@@ -98,6 +120,7 @@ impl std::fmt::Display for CliError {
             CliError::Usage(m) => write!(f, "{m}"),
             CliError::Connect(m) => write!(f, "cannot reach the node: {m}"),
             CliError::Remote(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+            CliError::Workload(m) => write!(f, "{m}"),
         }
     }
 }
@@ -112,15 +135,27 @@ pub struct Target {
 }
 
 impl Target {
-    /// Connects with mTLS.
+    /// Connects with mTLS; every call is bounded by `timeout`.
     pub async fn connect(&self) -> Result<Channel, CliError> {
+        self.connect_with(Some(self.timeout)).await
+    }
+
+    /// Connects with mTLS for calls that may rightly take long (wait, follow, stop).
+    pub async fn connect_unbounded(&self) -> Result<Channel, CliError> {
+        self.connect_with(None).await
+    }
+
+    async fn connect_with(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
         let material = self.tls.load().map_err(|e| CliError::Usage(e.to_string()))?;
         let endpoint = Endpoint::from_shared(format!("https://{}", self.addr))
             .map_err(|e| CliError::Usage(format!("--addr '{}': {e}", self.addr)))?
             .tls_config(material.client_config(&self.server_name))
             .map_err(|e| CliError::Usage(format!("TLS config: {e}")))?
-            .connect_timeout(self.timeout)
-            .timeout(self.timeout);
+            .connect_timeout(self.timeout);
+        let endpoint = match call_timeout {
+            Some(t) => endpoint.timeout(t),
+            None => endpoint,
+        };
         endpoint
             .connect()
             .await
@@ -206,7 +241,20 @@ where
 }
 
 async fn run(a: &Aer) -> Result<(), CliError> {
+    use workloads::Op;
     let target = resolve(a)?;
+    let exe = pb::WorkloadKind::Executable;
+    match &a.command {
+        Command::Exec(e) => return workloads::exec(e, &target, a.json).await,
+        Command::Ps => return workloads::ps(target.connect().await?, a.json).await,
+        Command::Status { name } => return workloads::lifecycle(&target, exe, name, Op::Status, a.json).await,
+        Command::Logs(l) => return workloads::logs(l, &target).await,
+        Command::Stop(s) => return workloads::lifecycle(&target, exe, &s.name, Op::Stop(s), a.json).await,
+        Command::Wait { name } => return workloads::lifecycle(&target, exe, name, Op::Wait, a.json).await,
+        Command::Free { name } => return workloads::lifecycle(&target, exe, name, Op::Free, a.json).await,
+        Command::Cell(c) => return workloads::cell(c, &target, a.json).await,
+        Command::Health { .. } | Command::Node(_) => {}
+    }
     let ch = target.connect().await?;
     match &a.command {
         Command::Health { service } => {
@@ -257,6 +305,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
                 }
             }
         }
+        _ => {}
     }
     Ok(())
 }

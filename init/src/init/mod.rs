@@ -81,8 +81,10 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     (cfg, report)
 }
 
-/// Daemon bring-up on a host with its own init: become the subreaper and read (not change)
-/// the cgroup controllers available to auraed's own cgroup.
+/// Daemon bring-up on a host with its own init: become the subreaper and prepare
+/// `<auraed's cgroup>/aurae` for workloads. auraed does not move itself, so its own cgroup
+/// can offer controllers to that child only when nothing else runs in it (e.g. a systemd
+/// unit with `Delegate=yes`); cells on a host without them refuse the limits that need them.
 pub fn daemon_bringup() -> InitReport {
     let mut report = InitReport::default();
     if let Err(e) = reaper::become_subreaper() {
@@ -93,13 +95,28 @@ pub fn daemon_bringup() -> InitReport {
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
         .unwrap_or_else(|| "/".into());
     let dir = PathBuf::from(CGROUP_ROOT).join(own.trim_start_matches('/'));
-    match cgroup::read_controllers(&dir.join("cgroup.controllers")) {
-        Ok(c) => report.controllers = c,
-        Err(e) => report.fail(
+    if let Err(e) = cgroup::read_controllers(&dir.join("cgroup.controllers")) {
+        report.fail(
             "cgroup",
-            format!("read {}/cgroup.controllers: {e} (is cgroup v2 mounted?)", dir.display()),
-        ),
+            format!(
+                "read {}/cgroup.controllers: {e} (is cgroup v2 mounted at {CGROUP_ROOT}?)",
+                dir.display()
+            ),
+        );
+        report.workloads_cgroup = dir;
+        return report;
     }
-    report.workloads_cgroup = dir;
+    // Best effort: refused (EBUSY) while other processes share auraed's cgroup.
+    let (_, refused) = cgroup::enable_controllers(&dir);
+    for r in refused {
+        tracing::warn!("cgroup: {r}");
+    }
+    let workloads = dir.join(cgroup::WORKLOADS_CGROUP);
+    if let Err(e) = std::fs::create_dir_all(&workloads) {
+        report.fail("cgroup", format!("mkdir {}: {e}", workloads.display()));
+    }
+    let (enabled, _) = cgroup::enable_controllers(&workloads);
+    report.controllers = enabled;
+    report.workloads_cgroup = workloads;
     report
 }

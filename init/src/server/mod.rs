@@ -1,6 +1,8 @@
 //! The gRPC server: mTLS on every listener, the Aurae services, `grpc.health.v1` and server
 //! reflection. Handlers are thin; nothing here touches /sys or /proc directly.
 
+pub mod convert;
+pub mod errors;
 pub mod node_api;
 pub mod runtime_api;
 pub mod tls;
@@ -35,6 +37,7 @@ pub struct NodeContext {
     pub report: InitReport,
     pub spiffe_id: String,
     pub power: PowerSender,
+    pub runtime: Arc<crate::runtime::Runtime>,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -43,7 +46,9 @@ pub const DEFAULT_GRACE_MS: u32 = 10_000;
 
 impl NodeContext {
     pub fn new(pid1: bool, report: InitReport, spiffe_id: String, power: PowerSender) -> NodeContext {
+        let runtime = Arc::new(crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None));
         NodeContext {
+            runtime,
             pid1,
             report,
             spiffe_id,
@@ -136,8 +141,14 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::node_server::NodeServer::new(node_api::NodeApi { ctx: ctx.clone() }))
-        .add_service(pb::runtime_server::RuntimeServer::new(runtime_api::RuntimeApi))
-        .add_service(pb::workloads_server::WorkloadsServer::new(workloads_api::WorkloadsApi))
+        .add_service(pb::runtime_server::RuntimeServer::new(runtime_api::RuntimeApi {
+            rt: ctx.runtime.clone(),
+        }))
+        .add_service(pb::workloads_server::WorkloadsServer::new(
+            workloads_api::WorkloadsApi {
+                rt: ctx.runtime.clone(),
+            },
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

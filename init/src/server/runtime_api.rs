@@ -1,10 +1,15 @@
-//! The `Runtime` service. The workloads themselves arrive with later issues; until then
-//! each rpc answers UNIMPLEMENTED and says which issue brings it.
+//! The `Runtime` service: thin handlers over `runtime::Runtime`. Executables and cells run;
+//! VMs, instances and pods come with later issues and answer UNIMPLEMENTED until then.
 
-use crate::pb::{self, runtime_server::Runtime};
+use super::convert;
+use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
+use crate::runtime::Runtime;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct RuntimeApi;
+pub struct RuntimeApi {
+    pub rt: Arc<Runtime>,
+}
 
 fn not_yet(rpc: &str, issue: &str) -> Status {
     Status::unimplemented(format!(
@@ -14,22 +19,37 @@ fn not_yet(rpc: &str, issue: &str) -> Status {
 }
 
 #[tonic::async_trait]
-impl Runtime for RuntimeApi {
-    async fn run_executable(&self, _: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
-        Err(not_yet("RunExecutable", "executables and cells: issue #3"))
+impl RuntimeRpc for RuntimeApi {
+    async fn run_executable(&self, r: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
+        let spec = convert::executable(r.into_inner())?;
+        let view = self.rt.run_executable(spec).await?;
+        Ok(Response::new(convert::exec_status(view)))
     }
-    async fn run_cell(&self, _: Request<pb::Cell>) -> Result<Response<pb::CellStatus>, Status> {
-        Err(not_yet("RunCell", "executables and cells: issue #3"))
+
+    async fn run_cell(&self, r: Request<pb::Cell>) -> Result<Response<pb::CellStatus>, Status> {
+        let c = r.into_inner();
+        if c.image.is_some() {
+            return Err(Status::unimplemented(format!(
+                "image: OCI images in cells are not implemented in auraed {} yet (a later issue); omit `image` to create the cell",
+                crate::VERSION
+            )));
+        }
+        let spec = convert::cell(c)?;
+        let view = self.rt.run_cell(spec).await?;
+        Ok(Response::new(convert::cell_status(view)))
     }
+
     async fn run_virtual_machine(
         &self,
         _: Request<pb::VirtualMachine>,
     ) -> Result<Response<pb::VirtualMachineStatus>, Status> {
         Err(not_yet("RunVirtualMachine", "auraed's VMM: issue #4"))
     }
+
     async fn spawn(&self, _: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
         Err(not_yet("Spawn", "auraed's VMM and Spawn: issue #4"))
     }
+
     async fn run_pod(&self, _: Request<pb::Pod>) -> Result<Response<pb::PodStatus>, Status> {
         Err(not_yet("RunPod", "pods: a later issue"))
     }

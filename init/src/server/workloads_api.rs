@@ -1,41 +1,147 @@
-//! The `Workloads` lifecycle service. No workload kind is implemented yet, so List is empty
-//! and the per-workload rpcs answer UNIMPLEMENTED.
+//! The `Workloads` lifecycle service: status, list, stop, wait, free, logs, freeze, thaw.
 
+use super::convert;
 use crate::pb::{self, workloads_server::Workloads};
+use crate::runtime::logs::{Batch, Stream};
+use crate::runtime::{Kind, Runtime};
 use std::pin::Pin;
-use tokio_stream::Stream;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream as TokioStream;
 use tonic::{Request, Response, Status};
 
-pub struct WorkloadsApi;
-
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "Workloads.{rpc} is not implemented in auraed {} yet: no workload kind runs on this node (issue #3 brings executables and cells)",
-        crate::VERSION
-    ))
+pub struct WorkloadsApi {
+    pub rt: Arc<Runtime>,
 }
 
-type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+type LogStream = Pin<Box<dyn TokioStream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+/// Lines per message batch read from a log buffer.
+const LOG_BATCH: usize = 256;
+
+fn entries(batch: Batch) -> impl Iterator<Item = pb::LogEntry> {
+    let dropped = batch.dropped;
+    batch.lines.into_iter().enumerate().map(move |(i, l)| pb::LogEntry {
+        timestamp_unix_nanos: l.unix_nanos,
+        stream: match l.stream {
+            Stream::Stdout => pb::LogStream::Stdout,
+            Stream::Stderr => pb::LogStream::Stderr,
+            Stream::Console => pb::LogStream::Console,
+        } as i32,
+        line: l.bytes,
+        dropped_before: if i == 0 { dropped } else { 0 },
+    })
+}
 
 #[tonic::async_trait]
 impl Workloads for WorkloadsApi {
-    async fn status(&self, _: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
-        Err(not_yet("Status"))
+    async fn status(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
+        Ok(Response::new(convert::workload_status(self.rt.status(kind, &name)?)))
     }
-    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        Ok(Response::new(pb::ListResponse { workloads: Vec::new() }))
+
+    async fn list(&self, r: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let kind = convert::kind(r.into_inner().kind, "kind")?;
+        let workloads = self.rt.list(kind).into_iter().map(convert::workload_status).collect();
+        Ok(Response::new(pb::ListResponse { workloads }))
     }
-    async fn stop(&self, _: Request<pb::StopRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
-        Err(not_yet("Stop"))
+
+    async fn stop(&self, r: Request<pb::StopRequest>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let r = r.into_inner();
+        let (kind, name) = convert::workload_ref(r.workload, "workload")?;
+        let signal = match r.signal {
+            0 => libc::SIGTERM,
+            s if (1..=64).contains(&s) => s as i32,
+            s => {
+                return Err(Status::invalid_argument(format!(
+                    "signal: {s} is not a signal number (1..=64)"
+                )))
+            }
+        };
+        let grace = Duration::from_millis(match r.grace_period_millis {
+            0 => 10_000,
+            ms => u64::from(ms),
+        });
+        Ok(Response::new(convert::workload_status(
+            self.rt.stop(kind, &name, signal, grace).await?,
+        )))
     }
-    async fn wait(&self, _: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
-        Err(not_yet("Wait"))
+
+    async fn wait(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
+        Ok(Response::new(convert::workload_status(
+            self.rt.wait(kind, &name).await?,
+        )))
     }
-    async fn free(&self, _: Request<pb::WorkloadRef>) -> Result<Response<pb::FreeResponse>, Status> {
-        Err(not_yet("Free"))
+
+    async fn free(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::FreeResponse>, Status> {
+        let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
+        self.rt.free(kind, &name).await?;
+        Ok(Response::new(pb::FreeResponse {}))
     }
+
     type LogsStream = LogStream;
-    async fn logs(&self, _: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
-        Err(not_yet("Logs"))
+    async fn logs(&self, r: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = r.into_inner();
+        let (kind, name) = convert::workload_ref(r.workload, "workload")?;
+        if kind != Kind::Executable {
+            return Err(Status::failed_precondition(format!(
+                "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {name} lists them)"
+            )));
+        }
+        let buf = self.rt.logs(&name)?;
+        let mut cursor = buf.start_cursor(r.tail_lines);
+        let end = buf.end_cursor();
+        let follow = r.follow;
+        let mut changed = buf.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                changed.borrow_and_update();
+                let batch = buf.read(&mut cursor, LOG_BATCH);
+                let (empty, closed) = (batch.lines.is_empty(), batch.closed);
+                for e in entries(batch) {
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                if !follow && cursor >= end {
+                    return;
+                }
+                if empty {
+                    if closed {
+                        return;
+                    }
+                    tokio::select! {
+                        r = changed.changed() => if r.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn freeze(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        self.freeze_or_thaw(r.into_inner(), true).await
+    }
+
+    async fn thaw(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        self.freeze_or_thaw(r.into_inner(), false).await
+    }
+}
+
+impl WorkloadsApi {
+    async fn freeze_or_thaw(&self, r: pb::WorkloadRef, frozen: bool) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let (kind, name) = convert::workload_ref(Some(r), "workload")?;
+        if kind != Kind::Cell {
+            return Err(Status::failed_precondition(
+                "workload.kind: only cells can be frozen; freeze the executable's cell",
+            ));
+        }
+        let v = self.rt.freeze(&name, frozen).await?;
+        Ok(Response::new(convert::workload_status(crate::runtime::View::Cell(
+            Box::new(v),
+        ))))
     }
 }

@@ -1,0 +1,508 @@
+//! Cells: a cgroup v2 node plus the namespaces of its holder process. Executables started
+//! in a cell join those namespaces, so they share a process tree, localhost, hostname and
+//! the cell's /tmp. Nested cells (`a/b`) nest both the cgroup and the namespaces.
+
+use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
+use super::error::{Result, RuntimeError};
+use super::holder::Setup;
+use super::names::CellName;
+use super::spec::{CellSpec, Isolation, Resources};
+use super::sys::start::{start_holder, StartError};
+use super::{poll_until, Phase, Runtime};
+use crate::init::reaper::Exit;
+use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The leaf cgroup of a cell's holder.
+pub const HOLDER_LEAF: &str = "_init";
+/// How long to wait for the kernel to empty a killed cgroup.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+struct Holder {
+    pid: Pid,
+    pidfd: Arc<OwnedFd>,
+}
+
+#[derive(Debug, Clone)]
+struct CellState {
+    phase: Phase,
+    error: String,
+    stopping: bool,
+}
+
+pub struct Cell {
+    pub name: CellName,
+    pub isolation: Isolation,
+    /// Made for one executable that named no cell; it ends when that executable does.
+    pub implicit: bool,
+    pub dir: CgroupDir,
+    holder: OnceLock<Holder>,
+    state: watch::Sender<CellState>,
+    /// Serialises stop, freeze and thaw.
+    op: tokio::sync::Mutex<()>,
+}
+
+/// A cell's status.
+#[derive(Debug, Clone)]
+pub struct CellView {
+    pub name: String,
+    pub phase: Phase,
+    pub resources: Resources,
+    pub isolation: Isolation,
+    pub usage: Usage,
+    pub executables: Vec<String>,
+    pub error: String,
+    pub holder_pid: u32,
+}
+
+/// Namespaces the holder creates. The cgroup namespace is per executable (see sys::start).
+fn clone_flags(i: &Isolation) -> libc::c_int {
+    [
+        (i.pid, libc::CLONE_NEWPID),
+        (i.mount, libc::CLONE_NEWNS),
+        (i.network, libc::CLONE_NEWNET),
+        (i.ipc, libc::CLONE_NEWIPC),
+        (i.uts, libc::CLONE_NEWUTS),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |f, (_, flag)| f | flag)
+}
+
+impl Cell {
+    fn new(name: CellName, isolation: Isolation, implicit: bool, dir: CgroupDir) -> Cell {
+        Cell {
+            name,
+            isolation,
+            implicit,
+            dir,
+            holder: OnceLock::new(),
+            state: watch::channel(CellState {
+                phase: Phase::Starting,
+                error: String::new(),
+                stopping: false,
+            })
+            .0,
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.borrow().phase
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.state.send_modify(|s| s.phase = phase);
+    }
+
+    /// The holder's pidfd: what a process joins to live in this cell.
+    pub fn pidfd(&self) -> Option<Arc<OwnedFd>> {
+        self.holder.get().map(|h| h.pidfd.clone())
+    }
+
+    pub fn holder_pid(&self) -> Option<Pid> {
+        self.holder.get().map(|h| h.pid)
+    }
+
+    /// Pids of the cell's workloads (everything but holders), here and in nested cells.
+    pub fn workload_pids(&self) -> Vec<i32> {
+        fn walk(d: &CgroupDir, out: &mut Vec<i32>) {
+            if d.path().file_name().is_some_and(|n| n == HOLDER_LEAF) {
+                return;
+            }
+            out.extend(d.procs());
+            if let Ok(rd) = std::fs::read_dir(d.path()) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        walk(&CgroupDir::new(e.path()), out);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir, &mut out);
+        out
+    }
+
+    /// Called when the holder is reaped.
+    fn holder_ended(&self, exit: Option<Exit>) {
+        let stopping = self.state.borrow().stopping;
+        if !stopping {
+            tracing::warn!("cell {}: its init process ended unexpectedly ({exit:?})", self.name);
+            // Whatever else is left (with a shared pid namespace nothing else dies with
+            // the holder) goes too: a cell without its namespaces is not a cell.
+            let _ = self.dir.kill();
+        }
+        self.state.send_modify(|s| {
+            if stopping {
+                s.phase = Phase::Stopped;
+            } else {
+                s.phase = Phase::Failed;
+                s.error = format!("the cell's init process ended unexpectedly ({exit:?}); its processes were killed");
+            }
+        });
+    }
+
+    /// Ends a private cell because its executable ended: everything left in it is killed.
+    pub(super) fn end_with_owner(&self) {
+        self.state.send_modify(|s| s.stopping = true);
+        if let Err(e) = self.dir.kill() {
+            tracing::error!("cell {}: cgroup.kill: {e}", self.name);
+        }
+    }
+
+    /// Waits until the cell has ended.
+    pub async fn wait(&self) {
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| s.phase.ended()).await;
+    }
+}
+
+fn start_error(e: StartError, what: &str) -> RuntimeError {
+    match e {
+        StartError::Sys {
+            errno: nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOMEM,
+            ..
+        } => RuntimeError::Exhausted(format!("cannot start {what}: {e} (out of processes or memory)")),
+        StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
+        other => RuntimeError::Precondition(format!("cannot start {what}: {other}")),
+    }
+}
+
+/// Refuses a cpuset list that is malformed or names cpus/nodes the parent does not have.
+fn check_cpuset(requested: &str, effective: Option<String>, field: &str) -> Result<()> {
+    let want = cpuset::parse_list(requested)
+        .ok_or_else(|| RuntimeError::invalid(field, format!("'{requested}' is not a kernel list like '0-1,3'")))?;
+    let have_text = effective.unwrap_or_default();
+    let have = cpuset::parse_list(&have_text).unwrap_or_default();
+    let missing: Vec<String> = want.iter().filter(|c| !have.contains(c)).map(u32::to_string).collect();
+    if !missing.is_empty() {
+        return Err(RuntimeError::invalid(
+            field,
+            format!(
+                "{} not available here (available: {})",
+                missing.join(","),
+                have_text.trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    pub(super) fn cell(&self, name: &str) -> Result<Arc<Cell>> {
+        let found = CellName::parse(name)
+            .ok()
+            .and_then(|n| self.table().cells.get(&n).cloned());
+        found.ok_or_else(|| RuntimeError::NotFound(format!("no cell named '{name}' (aer ps lists them)")))
+    }
+
+    /// Checks a spec against this node before anything is created.
+    fn check_cell(&self, spec: &CellSpec) -> Result<(Option<Arc<Cell>>, CgroupDir)> {
+        let parent = match spec.name.parent() {
+            None => None,
+            Some(p) => {
+                let c = self.cell(p.as_str()).map_err(|_| {
+                    RuntimeError::NotFound(format!(
+                        "cell '{}' needs its parent cell '{p}', which does not exist; create it first",
+                        spec.name
+                    ))
+                })?;
+                if c.phase() != Phase::Running {
+                    return Err(RuntimeError::Precondition(format!(
+                        "parent cell '{p}' is {:?}, not running",
+                        c.phase()
+                    )));
+                }
+                if c.implicit {
+                    return Err(RuntimeError::Precondition(format!(
+                        "'{p}' is the private cell of executable '{p}'; nest cells only in cells made with RunCell"
+                    )));
+                }
+                Some(c)
+            }
+        };
+        let parent_dir = parent.as_ref().map_or_else(|| self.root.clone(), |p| p.dir.clone());
+        let offered = parent_dir.subtree_control();
+        for c in CONTROLLERS {
+            let fields = (c.fields)(&spec.resources);
+            if !fields.is_empty() && !offered.iter().any(|o| o == c.name) {
+                return Err(RuntimeError::Precondition(format!(
+                    "{}: needs the cgroup v2 '{}' controller, which this node does not offer here (usable: {}); drop the limit or use a node that has it",
+                    fields.join(", "),
+                    c.name,
+                    if offered.is_empty() { "none".into() } else { offered.join(" ") }
+                )));
+            }
+        }
+        let r = &spec.resources;
+        if let Some(cpus) = &r.cpuset_cpus {
+            check_cpuset(cpus, parent_dir.read("cpuset.cpus.effective"), "resources.cpuset_cpus")?;
+        }
+        if let Some(mems) = &r.cpuset_mems {
+            check_cpuset(mems, parent_dir.read("cpuset.mems.effective"), "resources.cpuset_mems")?;
+        }
+        for (i, m) in r.io_max.iter().enumerate() {
+            if !std::path::Path::new(&format!("/sys/dev/block/{}:{}", m.major, m.minor)).exists() {
+                return Err(RuntimeError::invalid(
+                    format!("resources.io_max[{i}].device"),
+                    format!(
+                        "no block device {}:{} on this node (see /sys/dev/block)",
+                        m.major, m.minor
+                    ),
+                ));
+            }
+        }
+        Ok((parent, parent_dir))
+    }
+
+    /// Creates a cell and starts its holder. On any failure nothing is left behind.
+    pub async fn run_cell(&self, spec: CellSpec) -> Result<CellView> {
+        let c = self.create_cell(spec, false).await?;
+        Ok(self.cell_view(&c))
+    }
+
+    pub(super) async fn create_cell(&self, spec: CellSpec, implicit: bool) -> Result<Arc<Cell>> {
+        self.usable()?;
+        let (parent, parent_dir) = self.check_cell(&spec)?;
+        let dir = parent_dir.child(spec.name.leaf());
+        let cell = Arc::new(Cell::new(spec.name.clone(), spec.isolation, implicit, dir));
+        {
+            let mut t = self.table();
+            if t.cells.contains_key(&spec.name) {
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "a cell named '{}' already exists; free it first or choose another name",
+                    spec.name
+                )));
+            }
+            t.cells.insert(spec.name.clone(), cell.clone());
+        }
+        match self.start_cell(&cell, &spec, parent.as_deref()).await {
+            Ok(()) => Ok(cell),
+            Err(e) => {
+                self.discard_cell_now(&cell).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_cell(&self, cell: &Arc<Cell>, spec: &CellSpec, parent: Option<&Cell>) -> Result<()> {
+        cell.dir.create()?;
+        cell.dir.enable_all_for_children()?;
+        for c in CONTROLLERS {
+            (c.apply)(&cell.dir, &spec.resources)?;
+        }
+        let leaf = cell.dir.child(HOLDER_LEAF);
+        leaf.create()?;
+        let exe = self
+            .exe
+            .clone()
+            .ok_or_else(|| RuntimeError::Precondition("auraed cannot open its own executable".into()))?;
+        let i = spec.isolation;
+        let setup = Setup {
+            new_mount: i.mount,
+            new_pid: i.pid,
+            new_net: i.network,
+            new_uts: i.uts,
+        };
+        let started = start_holder(
+            parent.and_then(Cell::pidfd),
+            leaf.open_fd()?,
+            clone_flags(&i),
+            exe,
+            vec![setup.encode(), spec.name.leaf().to_owned()],
+        )
+        .await
+        .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
+        // The holder must outlive every workload of the cell: never the OOM killer's pick.
+        let _ = std::fs::write(format!("/proc/{}/oom_score_adj", started.pid), "-1000");
+        let pidfd = started
+            .pidfd
+            .map(Arc::new)
+            .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
+        let _ = cell.holder.set(Holder {
+            pid: started.pid,
+            pidfd,
+        });
+        cell.set_phase(Phase::Running);
+        let watcher = cell.clone();
+        let exit = started.exit;
+        tokio::spawn(async move { watcher.holder_ended(exit.await.ok()) });
+        tracing::info!("cell {} running (holder pid {})", spec.name, started.pid);
+        Ok(())
+    }
+
+    /// Kills whatever a cell holds and removes it from the node and the table.
+    pub(super) async fn discard_cell_now(&self, cell: &Cell) {
+        cell.state.send_modify(|s| s.stopping = true);
+        let _ = cell.dir.kill();
+        poll_until(Instant::now() + KILL_WAIT, || !cell.dir.populated()).await;
+        if let Err(e) = cell.dir.remove_tree() {
+            tracing::warn!("cell {}: {e}", cell.name);
+        }
+        self.table().cells.remove(&cell.name);
+    }
+
+    pub fn cell_view(&self, c: &Cell) -> CellView {
+        let executables = self
+            .table()
+            .execs
+            .values()
+            .filter(|e| e.cell == c.name)
+            .map(|e| e.name.to_string())
+            .collect();
+        let (phase, error) = {
+            let s = c.state.borrow();
+            (s.phase, s.error.clone())
+        };
+        CellView {
+            name: c.name.to_string(),
+            phase,
+            resources: c.dir.resources(),
+            isolation: c.isolation,
+            usage: c.dir.usage(),
+            executables,
+            error,
+            holder_pid: c.holder_pid().map_or(0, |p| p.as_raw() as u32),
+        }
+    }
+
+    /// Graceful stop: `signal` to every workload process of the cell and its nested cells,
+    /// `grace`, then `cgroup.kill` of the whole subtree (holders included).
+    pub(super) async fn stop_cell(&self, cell: &Arc<Cell>, signal: i32, grace: Duration) {
+        let _op = cell.op.lock().await;
+        if cell.phase().ended() {
+            return;
+        }
+        let nested: Vec<Arc<Cell>> = self
+            .table()
+            .cells
+            .values()
+            .filter(|c| c.name.is_within(&cell.name))
+            .cloned()
+            .collect();
+        for c in &nested {
+            c.state.send_modify(|s| s.stopping = true);
+        }
+        if cell.dir.frozen() {
+            let _ = cell.dir.set_frozen(false);
+        }
+        let deadline = Instant::now() + grace;
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+            for pid in cell.workload_pids() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+        }
+        poll_until(deadline, || cell.workload_pids().is_empty()).await;
+        if let Err(e) = cell.dir.kill() {
+            tracing::error!("cell {}: cgroup.kill: {e}", cell.name);
+        }
+        poll_until(Instant::now() + KILL_WAIT, || !cell.dir.populated()).await;
+        for c in &nested {
+            let _ = tokio::time::timeout(KILL_WAIT, c.wait()).await;
+        }
+    }
+
+    pub async fn freeze(&self, name: &str, frozen: bool) -> Result<CellView> {
+        let cell = self.cell(name)?;
+        let _op = cell.op.lock().await;
+        let want = if frozen { Phase::Running } else { Phase::Frozen };
+        if cell.phase() != want {
+            return Err(RuntimeError::Precondition(format!(
+                "cell '{name}' is {:?}; only a {} cell can be {}",
+                cell.phase(),
+                if frozen { "running" } else { "frozen" },
+                if frozen { "frozen" } else { "thawed" }
+            )));
+        }
+        cell.dir.set_frozen(frozen)?;
+        if !poll_until(Instant::now() + KILL_WAIT, || cell.dir.frozen() == frozen).await {
+            return Err(RuntimeError::Precondition(format!(
+                "cell '{name}' did not {} within {KILL_WAIT:?}",
+                if frozen { "freeze" } else { "thaw" }
+            )));
+        }
+        cell.set_phase(if frozen { Phase::Frozen } else { Phase::Running });
+        Ok(self.cell_view(&cell))
+    }
+
+    pub(super) async fn free_cell(&self, name: &str) -> Result<()> {
+        let cell = self.cell(name)?;
+        if cell.implicit {
+            return Err(RuntimeError::Precondition(format!(
+                "cell '{name}' belongs to executable '{name}'; free the executable instead"
+            )));
+        }
+        if !cell.phase().ended() {
+            return Err(RuntimeError::Precondition(format!(
+                "cell '{name}' is {:?}; stop it first (aer cell stop {name})",
+                cell.phase()
+            )));
+        }
+        let (cells, execs): (Vec<_>, Vec<_>) = {
+            let t = self.table();
+            (
+                t.cells
+                    .values()
+                    .filter(|c| c.name.is_within(&cell.name))
+                    .cloned()
+                    .collect(),
+                t.execs
+                    .values()
+                    .filter(|e| e.cell.is_within(&cell.name))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for e in &execs {
+            e.wait().await;
+        }
+        let _ = cell.dir.kill();
+        poll_until(Instant::now() + KILL_WAIT, || !cell.dir.populated()).await;
+        cell.dir.remove_tree()?;
+        let mut t = self.table();
+        for e in &execs {
+            t.execs.remove(&e.name);
+        }
+        for c in &cells {
+            t.cells.remove(&c.name);
+        }
+        tracing::info!("cell {name} freed with {} executable(s)", execs.len());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_follow_isolation() {
+        let all = clone_flags(&Isolation::default());
+        assert_eq!(all & libc::CLONE_NEWNET, libc::CLONE_NEWNET);
+        let host_net = Isolation {
+            network: false,
+            ..Isolation::default()
+        };
+        assert_eq!(clone_flags(&host_net) & libc::CLONE_NEWNET, 0);
+        assert_eq!(clone_flags(&host_net) & libc::CLONE_NEWPID, libc::CLONE_NEWPID);
+    }
+
+    #[test]
+    fn cpusets_must_exist_here() {
+        assert!(check_cpuset("0-1", Some("0-3\n".into()), "f").is_ok());
+        let e = check_cpuset("0,5", Some("0-3\n".into()), "resources.cpuset_cpus").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "resources.cpuset_cpus: 5 not available here (available: 0-3)"
+        );
+        assert!(check_cpuset("x", Some("0".into()), "f")
+            .unwrap_err()
+            .to_string()
+            .contains("kernel list"));
+    }
+}

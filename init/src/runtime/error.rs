@@ -1,0 +1,50 @@
+//! The runtime's errors. `server::errors` maps each variant to exactly one gRPC code.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A field is malformed or out of range (INVALID_ARGUMENT).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The named thing does not exist (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken (ALREADY_EXISTS).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The node or the workload is not in a state that allows this (FAILED_PRECONDITION).
+    #[error("{0}")]
+    Precondition(String),
+    /// The node ran out of something (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Exhausted(String),
+    /// A file operation failed (INTERNAL).
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A system call failed (INTERNAL, or RESOURCE_EXHAUSTED for EAGAIN/ENOMEM).
+    #[error("{what}: {errno}")]
+    Sys { what: String, errno: nix::errno::Errno },
+}
+
+impl RuntimeError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+        RuntimeError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn sys(what: impl Into<String>, errno: nix::errno::Errno) -> RuntimeError {
+        RuntimeError::Sys {
+            what: what.into(),
+            errno,
+        }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -1,0 +1,398 @@
+//! Executables: a process (and whatever it forks) in a leaf cgroup of a cell, with its
+//! stdout/stderr captured. One without a cell gets a private cell named after it, which
+//! ends when the executable does.
+
+use super::cell::Cell;
+use super::cgroup::CgroupDir;
+use super::error::{Result, RuntimeError};
+use super::logs::{self, LogBuffer};
+use super::names::{CellName, ExecName};
+use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
+use super::sys::child::Stage;
+use super::sys::start::{start_exec, ExecInput, StartError};
+use super::{poll_until, Phase, Runtime};
+use crate::init::reaper::Exit;
+use nix::errno::Errno;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// An executable's status.
+#[derive(Debug, Clone, Default)]
+pub struct ExecView {
+    pub name: String,
+    pub cell: String,
+    pub phase: Option<Phase>,
+    pub pid: u32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub started_unix_nanos: i64,
+    pub ended_unix_nanos: i64,
+    pub cpu_usage_micros: u64,
+    pub memory_peak_bytes: u64,
+    pub error: String,
+}
+
+pub struct Executable {
+    pub name: ExecName,
+    pub cell: CellName,
+    /// The private cell, when the request named none.
+    own_cell: Option<Arc<Cell>>,
+    pub dir: CgroupDir,
+    pub logs: Arc<LogBuffer>,
+    state: watch::Sender<ExecView>,
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Executable {
+    pub fn phase(&self) -> Phase {
+        self.state.borrow().phase.unwrap_or(Phase::Starting)
+    }
+
+    /// Status; usage is live while running and final once ended.
+    pub fn view(&self) -> ExecView {
+        let mut v = self.state.borrow().clone();
+        if v.phase == Some(Phase::Running) {
+            let u = self.dir.usage();
+            v.cpu_usage_micros = u.cpu_usage_micros;
+            v.memory_peak_bytes = u.memory_peak_bytes;
+        }
+        v
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| s.phase.is_some_and(Phase::ended)).await;
+    }
+
+    /// Records how the main process ended, with final usage from its cgroup.
+    fn finish(&self, exit: Option<Exit>) {
+        let u = self.dir.usage();
+        self.state.send_modify(|s| {
+            s.ended_unix_nanos = logs::now_unix_nanos();
+            s.cpu_usage_micros = u.cpu_usage_micros;
+            s.memory_peak_bytes = u.memory_peak_bytes;
+            s.oom_killed = u.memory_oom_kill_events > 0;
+            match exit {
+                Some(Exit::Code(c)) => {
+                    s.phase = Some(Phase::Exited);
+                    s.exit_code = Some(c);
+                }
+                Some(Exit::Signal(sig)) => {
+                    s.phase = Some(Phase::Killed);
+                    s.signal = Some(sig);
+                }
+                None => {
+                    s.phase = Some(Phase::Failed);
+                    s.error = "auraed lost track of the process".into();
+                }
+            }
+        });
+        if let Some(c) = &self.own_cell {
+            c.end_with_owner();
+        }
+        tracing::info!("executable {} ended: {exit:?}", self.name);
+    }
+
+    /// `signal` to every process of the executable, `grace`, then `cgroup.kill`.
+    pub async fn stop(&self, signal: i32, grace: Duration) {
+        let _op = self.op.lock().await;
+        if !self.phase().ended() {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+                for pid in self.dir.procs() {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+            }
+            poll_until(Instant::now() + grace, || self.dir.procs().is_empty()).await;
+        }
+        // Also after the main process ended: its daemonized children die here.
+        if let Err(e) = self.dir.kill() {
+            tracing::error!("executable {}: cgroup.kill: {e}", self.name);
+        }
+        poll_until(Instant::now() + KILL_WAIT, || !self.dir.populated()).await;
+        let _ = tokio::time::timeout(KILL_WAIT, self.wait()).await;
+    }
+}
+
+/// Finds argv[0]: absolute paths are used as given (their errors come from execve, inside
+/// the cell's mount namespace); bare names are looked up in PATH.
+fn resolve(argv0: &str, path_var: &str) -> Result<String> {
+    if argv0.starts_with('/') {
+        return Ok(argv0.to_owned());
+    }
+    if argv0.contains('/') {
+        return Err(RuntimeError::invalid(
+            "argv[0]",
+            format!("'{argv0}' is a relative path; give an absolute path or a bare name looked up in PATH"),
+        ));
+    }
+    path_var
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(argv0))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or_else(|| RuntimeError::NotFound(format!("argv[0]: '{argv0}' is not found in PATH ({path_var})")))
+}
+
+fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> RuntimeError {
+    let StartError::Child { stage, errno } = e else {
+        return match e {
+            StartError::Sys {
+                errno: Errno::EAGAIN | Errno::ENOMEM,
+                ..
+            } => RuntimeError::Exhausted(format!(
+                "cannot start '{}': {e} (the cell's pids.max, or the node, is out of processes or memory)",
+                spec.name
+            )),
+            StartError::Sys { what, errno } => RuntimeError::sys(format!("start '{}': {what}", spec.name), errno),
+            other => RuntimeError::Precondition(format!("cannot start '{}': {other}", spec.name)),
+        };
+    };
+    let err = Errno::from_raw(errno);
+    match (stage, err) {
+        (Stage::Exec, Errno::ENOENT) => RuntimeError::NotFound(format!("argv[0]: '{program}' does not exist")),
+        (Stage::Exec, Errno::EACCES) => RuntimeError::Precondition(format!(
+            "argv[0]: '{program}' is not executable (EACCES); chmod +x it, or run it through its interpreter"
+        )),
+        (Stage::Exec, Errno::ENOEXEC) => RuntimeError::invalid(
+            "argv[0]",
+            format!("'{program}' is not a program this kernel can run (ENOEXEC)"),
+        ),
+        (Stage::Cwd, _) => RuntimeError::invalid(
+            "cwd",
+            format!("'{}' cannot be entered inside the cell: {err}", spec.cwd.display()),
+        ),
+        (Stage::Uid, _) => RuntimeError::invalid("uid", format!("cannot switch to uid {:?}: {err}", spec.uid)),
+        (Stage::Gid | Stage::Groups, _) => {
+            RuntimeError::invalid("gid", format!("cannot switch to gid {:?}: {err}", spec.gid))
+        }
+        (stage, _) => RuntimeError::Precondition(format!("cannot {} for '{}': {err}", stage.describe(), spec.name)),
+    }
+}
+
+impl Runtime {
+    pub(super) fn exec(&self, name: &str) -> Result<Arc<Executable>> {
+        let found = ExecName::parse(name)
+            .ok()
+            .and_then(|n| self.table().execs.get(&n).cloned());
+        found.ok_or_else(|| RuntimeError::NotFound(format!("no executable named '{name}' (aer ps lists them)")))
+    }
+
+    pub fn logs(&self, name: &str) -> Result<Arc<LogBuffer>> {
+        Ok(self.exec(name)?.logs.clone())
+    }
+
+    /// Starts an executable; returns once it runs (execve succeeded) or with why not.
+    /// On failure nothing is left behind: no table entry, cgroup or private cell.
+    pub async fn run_executable(&self, spec: ExecutableSpec) -> Result<ExecView> {
+        self.usable()?;
+        let path_var = spec.env.get("PATH").map_or(DEFAULT_PATH, String::as_str).to_owned();
+        let program = resolve(&spec.argv[0], &path_var)?;
+        if self.table().execs.contains_key(&spec.name) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "an executable named '{}' already exists; free it (aer free {0}) or choose another name",
+                spec.name
+            )));
+        }
+        let (cell, own) = match &spec.cell {
+            Some(name) => {
+                let c = self.cell(name.as_str())?;
+                match c.phase() {
+                    Phase::Running => {}
+                    Phase::Frozen => {
+                        return Err(RuntimeError::Precondition(format!(
+                            "cell '{name}' is frozen; thaw it first (aer cell thaw {name})"
+                        )))
+                    }
+                    p => {
+                        return Err(RuntimeError::Precondition(format!(
+                            "cell '{name}' is {p:?}; start executables only in running cells"
+                        )))
+                    }
+                }
+                (c, false)
+            }
+            None => {
+                let own = CellSpec {
+                    name: CellName::of_executable(&spec.name),
+                    resources: Resources::default(),
+                    isolation: Isolation::default(),
+                };
+                let c = self.create_cell(own, true).await.map_err(|e| match e {
+                    RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
+                        "a cell named '{0}' exists, and an executable without `cell` gets a private cell named after it; pass cell: '{0}' to run inside it, or choose another name",
+                        spec.name
+                    )),
+                    other => other,
+                })?;
+                (c, true)
+            }
+        };
+        let e = Arc::new(Executable {
+            name: spec.name.clone(),
+            cell: cell.name.clone(),
+            own_cell: own.then(|| cell.clone()),
+            dir: cell.dir.child(&format!("_x.{}", spec.name)),
+            logs: Arc::new(LogBuffer::new(logs::DEFAULT_CAPACITY, 2)),
+            state: watch::channel(ExecView {
+                name: spec.name.to_string(),
+                cell: cell.name.to_string(),
+                phase: Some(Phase::Starting),
+                ..Default::default()
+            })
+            .0,
+            op: tokio::sync::Mutex::new(()),
+        });
+        let taken = {
+            let mut t = self.table();
+            let taken = t.execs.contains_key(&spec.name);
+            if !taken {
+                t.execs.insert(spec.name.clone(), e.clone());
+            }
+            taken
+        };
+        if taken {
+            if own {
+                self.discard_cell_now(&cell).await;
+            }
+            return Err(RuntimeError::AlreadyExists(format!(
+                "an executable named '{}' already exists; free it or choose another name",
+                spec.name
+            )));
+        }
+        match self.start_exec(&e, &cell, &spec, &program, &path_var).await {
+            Ok(()) => Ok(e.view()),
+            Err(err) => {
+                let _ = e.dir.kill();
+                poll_until(Instant::now() + KILL_WAIT, || !e.dir.populated()).await;
+                let _ = e.dir.remove_tree();
+                self.table().execs.remove(&e.name);
+                if own {
+                    self.discard_cell_now(&cell).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn start_exec(
+        &self,
+        e: &Arc<Executable>,
+        cell: &Arc<Cell>,
+        spec: &ExecutableSpec,
+        program: &str,
+        path_var: &str,
+    ) -> Result<()> {
+        e.dir.create()?;
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
+            what: "open",
+            path: "/dev/null".into(),
+            source,
+        })?;
+        let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !spec.env.contains_key("PATH") {
+            env.push(("PATH".into(), path_var.to_owned()));
+        }
+        let input = ExecInput {
+            path: program.to_owned(),
+            argv: spec.argv.clone(),
+            env,
+            cwd: spec.cwd.to_string_lossy().into_owned(),
+            uid: spec.uid,
+            gid: spec.gid,
+            new_cgroup_ns: cell.isolation.cgroup,
+            stdin: devnull.into(),
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let started = start_exec(cell.pidfd(), e.dir.open_fd()?, input)
+            .await
+            .map_err(|err| exec_start_error(err, spec, program))?;
+        let started_at = logs::now_unix_nanos();
+        e.state.send_modify(|s| {
+            s.phase = Some(Phase::Running);
+            s.pid = started.pid.as_raw() as u32;
+            s.started_unix_nanos = started_at;
+        });
+        for (fd, stream) in [(out_r, logs::Stream::Stdout), (err_r, logs::Stream::Stderr)] {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => {
+                    tokio::spawn(logs::pump(rx, e.logs.clone(), stream));
+                }
+                Err(err) => {
+                    tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);
+                    e.logs.close_writer();
+                }
+            }
+        }
+        let watcher = e.clone();
+        let exit = started.exit;
+        tokio::spawn(async move { watcher.finish(exit.await.ok()) });
+        tracing::info!(
+            "executable {} running in cell {} (pid {})",
+            e.name,
+            cell.name,
+            started.pid
+        );
+        Ok(())
+    }
+
+    pub(super) async fn free_exec(&self, name: &str) -> Result<()> {
+        let e = self.exec(name)?;
+        if !e.phase().ended() {
+            return Err(RuntimeError::Precondition(format!(
+                "executable '{name}' is {:?}; stop it first (aer stop {name}) or wait for it (aer wait {name})",
+                e.phase()
+            )));
+        }
+        let _op = e.op.lock().await;
+        let _ = e.dir.kill();
+        poll_until(Instant::now() + KILL_WAIT, || !e.dir.populated()).await;
+        e.dir.remove_tree()?;
+        self.table().execs.remove(&e.name);
+        if let Some(c) = &e.own_cell {
+            self.discard_cell_now(c).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_bare_names_in_path_and_refuses_relative_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let prog = d.path().join("tool");
+        std::fs::write(&prog, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = format!("/nonexistent:{}", d.path().display());
+        assert!(
+            matches!(resolve("tool", &path), Err(RuntimeError::NotFound(_))),
+            "not executable: skipped"
+        );
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(resolve("tool", &path).unwrap(), prog.to_string_lossy());
+        assert_eq!(resolve("/x/y", &path).unwrap(), "/x/y");
+        let e = resolve("./tool", &path).unwrap_err();
+        assert!(e.to_string().starts_with("argv[0]: './tool' is a relative path"), "{e}");
+        let e = resolve("nope", "/a:/b").unwrap_err();
+        assert_eq!(e.to_string(), "argv[0]: 'nope' is not found in PATH (/a:/b)");
+    }
+}

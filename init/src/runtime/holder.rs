@@ -1,0 +1,135 @@
+//! `aurae-cell-init`: the first process of every cell. auraed clones it into the cell's new
+//! namespaces and cgroup and re-executes itself under this name. It makes the cell's private
+//! mounts (/proc for the new pid namespace, a tmpfs /tmp shared by the cell's executables, a
+//! read-only /sys for the new network namespace), sets the hostname, brings up loopback,
+//! reports ready on fd 3, then lives as the cell's init: it reaps the cell's orphans until
+//! the cell is killed. Every other process of the cell joins its namespaces.
+
+use super::sys::child::{fail, report, Stage};
+use nix::mount::{mount, MsFlags};
+use std::os::fd::RawFd;
+
+pub const ARGV0: &str = "aurae-cell-init";
+const REPORT: RawFd = 3;
+
+/// What to set up, as passed on the command line (`aurae-cell-init FLAGS HOSTNAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Setup {
+    pub new_mount: bool,
+    pub new_pid: bool,
+    pub new_net: bool,
+    pub new_uts: bool,
+}
+
+impl Setup {
+    pub fn encode(&self) -> String {
+        let bit = |b: bool, v: u8| if b { v } else { 0 };
+        (bit(self.new_mount, 1) | bit(self.new_pid, 2) | bit(self.new_net, 4) | bit(self.new_uts, 8)).to_string()
+    }
+
+    pub fn decode(s: &str) -> Option<Setup> {
+        let v: u8 = s.parse().ok()?;
+        Some(Setup {
+            new_mount: v & 1 != 0,
+            new_pid: v & 2 != 0,
+            new_net: v & 4 != 0,
+            new_uts: v & 8 != 0,
+        })
+    }
+}
+
+fn check<T>(r: nix::Result<T>, stage: Stage) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            report(REPORT, stage, e as i32);
+            std::process::exit(127)
+        }
+    }
+}
+
+/// Entry point (argv[0] == ARGV0). Never returns.
+pub fn main(args: &[String]) -> ! {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    // Every signal stays pending; only SIGCHLD is ever waited for.
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    let (Some(setup), Some(hostname)) = (args.get(1).and_then(|s| Setup::decode(s)), args.get(2)) else {
+        fail(REPORT, Stage::Args)
+    };
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if setup.new_mount {
+        check(
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            ),
+            Stage::MountPrivate,
+        );
+        if setup.new_pid {
+            check(
+                mount(
+                    Some("proc"),
+                    "/proc",
+                    Some("proc"),
+                    nodev | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                ),
+                Stage::MountProc,
+            );
+        }
+        check(
+            mount(Some("tmpfs"), "/tmp", Some("tmpfs"), nodev, Some("mode=1777")),
+            Stage::MountTmp,
+        );
+        if setup.new_net {
+            check(
+                mount(
+                    Some("sysfs"),
+                    "/sys",
+                    Some("sysfs"),
+                    nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                ),
+                Stage::MountSys,
+            );
+        }
+    }
+    if setup.new_uts {
+        check(nix::unistd::sethostname(hostname), Stage::Hostname);
+    }
+    if setup.new_net {
+        if let Err(e) = crate::net::ioctl::link_up("lo") {
+            report(REPORT, Stage::Loopback, e.raw_os_error().unwrap_or(0));
+            std::process::exit(127)
+        }
+    }
+    report(REPORT, Stage::Ready, 0);
+    let _ = nix::unistd::close(REPORT);
+    let chld = SigSet::from(Signal::SIGCHLD);
+    loop {
+        let _ = chld.wait();
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_round_trips() {
+        for v in 0..16u8 {
+            let s = Setup::decode(&v.to_string()).unwrap();
+            assert_eq!(s.encode(), v.to_string());
+        }
+        assert_eq!(Setup::decode("x"), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! A workload's log: timestamped lines from its stdout and stderr in a bounded buffer.
+//! When full, the oldest lines go and are counted; every line has a sequence number, so a
+//! reader that falls behind learns exactly how many it missed. Readers never block the
+//! pipes' reader task: they copy out under a short lock and wait on a watch channel.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+/// Bytes a log may hold (line bytes plus [`LINE_OVERHEAD`] per line).
+pub const DEFAULT_CAPACITY: usize = 8 << 20;
+/// Accounting cost of one line beyond its bytes (its record in the buffer).
+pub const LINE_OVERHEAD: usize = 48;
+/// Longer lines are split.
+pub const MAX_LINE: usize = 16 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Console,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub seq: u64,
+    pub unix_nanos: i64,
+    pub stream: Stream,
+    pub bytes: Vec<u8>,
+}
+
+struct Inner {
+    lines: VecDeque<Line>,
+    /// Sequence number of the next line to be pushed.
+    next_seq: u64,
+    bytes: usize,
+    open_writers: u32,
+}
+
+pub struct LogBuffer {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    /// Bumped on every push and when the last writer closes.
+    changed: watch::Sender<u64>,
+}
+
+/// A batch for a reader: lines from its cursor on, and how many it lost before them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub dropped: u64,
+    pub lines: Vec<Line>,
+    /// True when no more lines can ever arrive.
+    pub closed: bool,
+}
+
+pub fn now_unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl LogBuffer {
+    pub fn new(capacity: usize, writers: u32) -> LogBuffer {
+        LogBuffer {
+            inner: Mutex::new(Inner {
+                lines: VecDeque::new(),
+                next_seq: 0,
+                bytes: 0,
+                open_writers: writers,
+            }),
+            capacity,
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, stream: Stream, bytes: Vec<u8>) {
+        let seq = {
+            let mut g = self.lock();
+            let cost = bytes.len() + LINE_OVERHEAD;
+            while g.bytes + cost > self.capacity {
+                match g.lines.pop_front() {
+                    Some(old) => g.bytes -= old.bytes.len() + LINE_OVERHEAD,
+                    None => break,
+                }
+            }
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            g.bytes += cost;
+            g.lines.push_back(Line {
+                seq,
+                unix_nanos: now_unix_nanos(),
+                stream,
+                bytes,
+            });
+            seq
+        };
+        self.changed.send_replace(seq + 1);
+    }
+
+    /// A writer (a pipe) reached EOF.
+    pub fn close_writer(&self) {
+        let mut g = self.lock();
+        g.open_writers = g.open_writers.saturating_sub(1);
+        drop(g);
+        self.changed.send_modify(|v| *v = v.wrapping_add(0));
+    }
+
+    /// Where a reader starts: the oldest line, or `tail` lines before the end.
+    pub fn start_cursor(&self, tail: Option<u64>) -> u64 {
+        let g = self.lock();
+        let first = g.lines.front().map_or(g.next_seq, |l| l.seq);
+        match tail {
+            Some(n) => g.next_seq.saturating_sub(n).max(first),
+            None => first,
+        }
+    }
+
+    /// The cursor just past the newest line.
+    pub fn end_cursor(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Up to `max` lines from `cursor` on; advances the cursor.
+    pub fn read(&self, cursor: &mut u64, max: usize) -> Batch {
+        let g = self.lock();
+        let first = g.lines.front().map_or(g.next_seq, |l| l.seq);
+        let dropped = first.saturating_sub(*cursor);
+        let from = (*cursor).max(first);
+        let skip = (from - first) as usize;
+        let lines: Vec<Line> = g.lines.iter().skip(skip).take(max).cloned().collect();
+        *cursor = from + lines.len() as u64;
+        Batch {
+            dropped,
+            closed: g.open_writers == 0 && *cursor >= g.next_seq,
+            lines,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Lines dropped so far (sequence numbers no longer held).
+    pub fn dropped_total(&self) -> u64 {
+        let g = self.lock();
+        g.lines.front().map_or(g.next_seq, |l| l.seq)
+    }
+}
+
+/// Reads a pipe to EOF, splitting it into lines. Runs as a tokio task; a flood only fills
+/// the bounded buffer, and the pipe's writer waits when the kernel pipe is full.
+pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Arc<LogBuffer>, stream: Stream) {
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &chunk[..n];
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            partial.extend_from_slice(&rest[..i]);
+            buf.push(stream, std::mem::take(&mut partial));
+            rest = &rest[i + 1..];
+        }
+        partial.extend_from_slice(rest);
+        while partial.len() >= MAX_LINE {
+            let tail = partial.split_off(MAX_LINE);
+            buf.push(stream, std::mem::replace(&mut partial, tail));
+        }
+    }
+    if !partial.is_empty() {
+        buf.push(stream, partial);
+    }
+    buf.close_writer();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_oldest_and_counts_exactly() {
+        let b = LogBuffer::new(10 * (LINE_OVERHEAD + 4), 1);
+        for i in 0..25u32 {
+            b.push(Stream::Stdout, format!("{i:04}").into_bytes());
+        }
+        let mut cur = b.start_cursor(None);
+        assert_eq!(cur, 15);
+        let mut cur0 = 0;
+        let batch = b.read(&mut cur0, 100);
+        assert_eq!(batch.dropped, 15);
+        assert_eq!(batch.lines.len(), 10);
+        assert_eq!(batch.lines[0].bytes, b"0015");
+        assert!(!batch.closed);
+        b.close_writer();
+        let batch = b.read(&mut cur, 3);
+        assert_eq!((batch.dropped, batch.lines.len(), batch.closed), (0, 3, false));
+        let batch = b.read(&mut cur, 100);
+        assert_eq!((batch.lines.len(), batch.closed), (7, true));
+        assert_eq!(b.dropped_total(), 15);
+    }
+
+    #[test]
+    fn tail_starts_near_the_end() {
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1);
+        for i in 0..5u8 {
+            b.push(Stream::Stderr, vec![b'0' + i]);
+        }
+        let mut cur = b.start_cursor(Some(2));
+        let batch = b.read(&mut cur, 10);
+        assert_eq!(batch.lines.iter().map(|l| l.bytes[0]).collect::<Vec<_>>(), b"34");
+    }
+
+    #[tokio::test]
+    async fn pump_splits_lines_and_flushes_the_last_partial_one() {
+        let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let b = std::sync::Arc::new(LogBuffer::new(DEFAULT_CAPACITY, 1));
+        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut tx = tx;
+            tx.write_all(b"one\ntwo\nthr").await.unwrap();
+            tx.write_all(b"ee").await.unwrap();
+        }
+        task.await.unwrap();
+        let mut cur = 0;
+        let batch = b.read(&mut cur, 10);
+        let got: Vec<_> = batch
+            .lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .collect();
+        assert_eq!(got, ["one", "two", "three"]);
+        assert!(batch.closed);
+    }
+}

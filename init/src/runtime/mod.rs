@@ -1,0 +1,236 @@
+//! The runtime: executables and cells, and the table of workloads. The server hands it
+//! validated specs (`spec`), it answers with plain status structs; it never sees protobuf.
+//!
+//! cgroup layout under the workloads root (`/sys/fs/cgroup/aurae` on the appliance):
+//!
+//! ```text
+//! aurae/<cell>/            the cell: its limits apply here; controllers enabled for children
+//! aurae/<cell>/_init       the cell's holder (`aurae-cell-init`), owner of its namespaces
+//! aurae/<cell>/_x.<exe>    one leaf per executable: its own usage, peak memory, OOM count
+//! aurae/<cell>/<child>/    a nested cell, same shape
+//! ```
+//! Processes live only in leaves, which is cgroup v2's no-internal-process rule. Names never
+//! start with `_`, so these leaves cannot collide with cells.
+
+pub mod cell;
+pub mod cgroup;
+pub mod error;
+pub mod executable;
+pub mod holder;
+pub mod logs;
+pub mod names;
+pub mod spec;
+pub mod sys;
+
+use cgroup::CgroupDir;
+use error::{Result, RuntimeError};
+use names::{CellName, ExecName};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use cell::{Cell, CellView};
+pub use executable::{ExecView, Executable};
+
+/// Where a workload is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Running,
+    Exited,
+    Killed,
+    Failed,
+    Frozen,
+    Stopped,
+}
+
+impl Phase {
+    pub fn ended(self) -> bool {
+        matches!(self, Phase::Exited | Phase::Killed | Phase::Failed | Phase::Stopped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Executable,
+    Cell,
+}
+
+#[derive(Debug, Clone)]
+pub enum View {
+    Executable(ExecView),
+    Cell(Box<CellView>),
+}
+
+#[derive(Default)]
+struct Table {
+    cells: BTreeMap<CellName, Arc<Cell>>,
+    execs: BTreeMap<ExecName, Arc<Executable>>,
+}
+
+pub struct Runtime {
+    root: CgroupDir,
+    /// Why workloads cannot run on this node, when they cannot.
+    unusable: Option<String>,
+    /// auraed's own executable, re-executed as each cell's holder.
+    exe: Option<Arc<OwnedFd>>,
+    table: Mutex<Table>,
+}
+
+/// Polling interval for cgroup state changes (populated, frozen).
+const POLL: Duration = Duration::from_millis(5);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+fn is_cgroup2(path: &std::path::Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+impl Runtime {
+    /// A runtime creating workloads under `root`. `init_error` is set when bring-up could
+    /// not prepare the cgroup tree; every Run* then fails with it.
+    pub fn new(root: PathBuf, init_error: Option<String>) -> Runtime {
+        let exe = std::fs::File::open("/proc/self/exe").map(|f| Arc::new(OwnedFd::from(f)));
+        let unusable = match (&init_error, &exe) {
+            (Some(e), _) => Some(e.clone()),
+            _ if !root.is_dir() || !is_cgroup2(&root) => Some(format!(
+                "{} is not a cgroup v2 directory auraed owns (is cgroup2 mounted at /sys/fs/cgroup?)",
+                root.display()
+            )),
+            (None, Err(e)) => Some(format!("cannot open auraed's own executable: {e}")),
+            _ => None,
+        };
+        if let Some(why) = &unusable {
+            tracing::warn!("workloads cannot run on this node: {why}");
+        }
+        Runtime {
+            root: CgroupDir::new(root),
+            unusable,
+            exe: exe.ok(),
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn usable(&self) -> Result<()> {
+        match &self.unusable {
+            Some(why) => Err(RuntimeError::Precondition(format!(
+                "this node cannot run workloads: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Controllers workloads may use (enabled in the workloads root).
+    pub fn controllers(&self) -> Vec<String> {
+        self.root.subtree_control()
+    }
+
+    pub fn status(&self, kind: Kind, name: &str) -> Result<View> {
+        match kind {
+            Kind::Executable => Ok(View::Executable(self.exec(name)?.view())),
+            Kind::Cell => {
+                let c = self.cell(name)?;
+                Ok(View::Cell(Box::new(self.cell_view(&c))))
+            }
+        }
+    }
+
+    pub fn list(&self, kind: Option<Kind>) -> Vec<View> {
+        let (cells, execs): (Vec<_>, Vec<_>) = {
+            let t = self.table();
+            (t.cells.values().cloned().collect(), t.execs.values().cloned().collect())
+        };
+        let mut out = Vec::new();
+        if kind != Some(Kind::Executable) {
+            out.extend(cells.iter().map(|c| View::Cell(Box::new(self.cell_view(c)))));
+        }
+        if kind != Some(Kind::Cell) {
+            out.extend(execs.iter().map(|e| View::Executable(e.view())));
+        }
+        out
+    }
+
+    pub async fn stop(&self, kind: Kind, name: &str, signal: i32, grace: Duration) -> Result<View> {
+        match kind {
+            Kind::Executable => {
+                let e = self.exec(name)?;
+                e.stop(signal, grace).await;
+                Ok(View::Executable(e.view()))
+            }
+            Kind::Cell => {
+                let c = self.cell(name)?;
+                self.stop_cell(&c, signal, grace).await;
+                Ok(View::Cell(Box::new(self.cell_view(&c))))
+            }
+        }
+    }
+
+    pub async fn wait(&self, kind: Kind, name: &str) -> Result<View> {
+        match kind {
+            Kind::Executable => {
+                let e = self.exec(name)?;
+                e.wait().await;
+                Ok(View::Executable(e.view()))
+            }
+            Kind::Cell => {
+                let c = self.cell(name)?;
+                c.wait().await;
+                Ok(View::Cell(Box::new(self.cell_view(&c))))
+            }
+        }
+    }
+
+    pub async fn free(&self, kind: Kind, name: &str) -> Result<()> {
+        match kind {
+            Kind::Executable => self.free_exec(name).await,
+            Kind::Cell => self.free_cell(name).await,
+        }
+    }
+
+    /// At power-off: stop every top-level cell (and so every workload) within `grace`.
+    pub async fn stop_all(&self, grace: Duration) {
+        let tops: Vec<Arc<Cell>> = self
+            .table()
+            .cells
+            .values()
+            .filter(|c| c.name.parent().is_none())
+            .cloned()
+            .collect();
+        let stops = tops.iter().map(|c| self.stop_cell(c, libc::SIGTERM, grace));
+        futures_join_all(stops).await;
+    }
+}
+
+/// Runs futures concurrently on this task and waits for all (no extra dependency).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Waits until `cond` holds or `deadline` passes; true when it held.
+async fn poll_until(deadline: tokio::time::Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! Validated requests: what the server hands the runtime after checking every field once.
+//! Nothing here knows about protobuf; `server::convert` builds these.
+
+use super::names::{CellName, ExecName};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// PATH used to find argv[0] and given to the process when the request sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone)]
+pub struct ExecutableSpec {
+    pub name: ExecName,
+    /// Non-empty; argv[0] is resolved against PATH by the runtime.
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// None: a fresh cell of its own, named after the executable, with default isolation.
+    pub cell: Option<CellName>,
+}
+
+/// cgroup v2 limits; `None` leaves the kernel default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_weight: Option<u64>,
+    /// (quota, period) in microseconds.
+    pub cpu_max: Option<(u64, u64)>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub memory_min: Option<u64>,
+    pub memory_low: Option<u64>,
+    pub memory_high: Option<u64>,
+    pub memory_max: Option<u64>,
+    pub swap_max: Option<u64>,
+    pub pids_max: Option<u64>,
+    pub io_weight: Option<u64>,
+    pub io_max: Vec<IoMax>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoMax {
+    pub major: u32,
+    pub minor: u32,
+    pub rbps: Option<u64>,
+    pub wbps: Option<u64>,
+    pub riops: Option<u64>,
+    pub wiops: Option<u64>,
+}
+
+/// Which namespaces a cell gets new (true) or shares with its enclosing cell or the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    pub pid: bool,
+    pub mount: bool,
+    pub network: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub cgroup: bool,
+}
+
+impl Default for Isolation {
+    /// Deny by default: every namespace new.
+    fn default() -> Isolation {
+        Isolation {
+            pid: true,
+            mount: true,
+            network: true,
+            ipc: true,
+            uts: true,
+            cgroup: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CellSpec {
+    pub name: CellName,
+    pub resources: Resources,
+    pub isolation: Isolation,
+}

@@ -1,0 +1,287 @@
+//! What a freshly cloned child runs. Everything is prepared by the parent (C strings,
+//! pointer arrays, fds) so the child only makes system calls: no allocation, no locks, no
+//! panics. A failure is reported over a close-on-exec pipe as (stage, errno) and the child
+//! exits 127; for an executable, EOF on that pipe means `execve` succeeded.
+
+use std::ffi::{c_char, CString};
+use std::os::fd::RawFd;
+
+/// Where a child failed, reported to the parent.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Ready = 0,
+    Stdio = 1,
+    Cwd = 2,
+    Groups = 3,
+    Gid = 4,
+    Uid = 5,
+    Exec = 6,
+    MountPrivate = 7,
+    MountProc = 8,
+    MountTmp = 9,
+    MountSys = 10,
+    Hostname = 11,
+    Loopback = 12,
+    Args = 13,
+    CgroupNs = 14,
+}
+
+impl Stage {
+    pub fn from_u32(v: u32) -> Option<Stage> {
+        use Stage::*;
+        [
+            Ready,
+            Stdio,
+            Cwd,
+            Groups,
+            Gid,
+            Uid,
+            Exec,
+            MountPrivate,
+            MountProc,
+            MountTmp,
+            MountSys,
+            Hostname,
+            Loopback,
+            Args,
+            CgroupNs,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stage::Ready => "ready",
+            Stage::Stdio => "set up stdin/stdout/stderr",
+            Stage::Cwd => "change to the working directory",
+            Stage::Groups => "drop supplementary groups",
+            Stage::Gid => "set the group id",
+            Stage::Uid => "set the user id",
+            Stage::Exec => "execute the program",
+            Stage::MountPrivate => "make the cell's mounts private",
+            Stage::MountProc => "mount the cell's /proc",
+            Stage::MountTmp => "mount the cell's /tmp",
+            Stage::MountSys => "mount the cell's /sys",
+            Stage::Hostname => "set the cell's hostname",
+            Stage::Loopback => "bring up the cell's loopback",
+            Stage::Args => "parse the cell init's arguments",
+            Stage::CgroupNs => "make its cgroup namespace",
+        }
+    }
+}
+
+/// Writes (stage, errno) to the report pipe. Async-signal-safe.
+pub fn report(fd: RawFd, stage: Stage, errno: i32) {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes 8 bytes from a live stack buffer to an fd we own.
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn fail(fd: RawFd, stage: Stage) -> ! {
+    report(fd, stage, errno());
+    // SAFETY: _exit ends the child without running the parent's atexit handlers.
+    unsafe { libc::_exit(127) }
+}
+
+/// Decodes a report message.
+pub fn decode(msg: &[u8; 8]) -> (Option<Stage>, i32) {
+    let mut s = [0u8; 4];
+    let mut e = [0u8; 4];
+    s.copy_from_slice(&msg[..4]);
+    e.copy_from_slice(&msg[4..]);
+    (Stage::from_u32(u32::from_ne_bytes(s)), i32::from_ne_bytes(e))
+}
+
+/// Everything an executable's child needs, prepared before the clone.
+pub struct ExecPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const c_char>,
+    cwd: CString,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub new_cgroup_ns: bool,
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    pub report: RawFd,
+}
+
+impl ExecPlan {
+    /// None when a string contains a NUL byte (the server refuses those earlier).
+    pub fn new(path: &str, argv: &[String], env: &[(String, String)], cwd: &str) -> Option<ExecPlan> {
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_str()).ok())
+            .collect::<Option<_>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+            .collect::<Option<_>>()?;
+        let ptrs = |v: &[CString]| v.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect();
+        Some(ExecPlan {
+            path: CString::new(path).ok()?,
+            argv_ptrs: ptrs(&argv),
+            envp_ptrs: ptrs(&envp),
+            _argv: argv,
+            _envp: envp,
+            cwd: CString::new(cwd).ok()?,
+            uid: None,
+            gid: None,
+            new_cgroup_ns: false,
+            stdin: -1,
+            stdout: -1,
+            stderr: -1,
+            report: -1,
+        })
+    }
+}
+
+/// Resets signals the process inherits from auraed (mask, and dispositions such as the
+/// SIGPIPE that Rust ignores), which `execve` would otherwise keep.
+fn reset_signals() {
+    // SAFETY: sigset operations on a local set, then sigprocmask/signal with valid
+    // arguments; all async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// The executable's child: stdio, cwd, credentials, exec. Never returns.
+pub fn exec_child(p: &ExecPlan) -> ! {
+    reset_signals();
+    // SAFETY: each call is a plain system call on fds and C strings prepared by the parent
+    // and alive for the child's whole life (the child's copy of the parent's memory).
+    unsafe {
+        libc::setsid();
+        if libc::dup2(p.stdin, 0) < 0 || libc::dup2(p.stdout, 1) < 0 || libc::dup2(p.stderr, 2) < 0 {
+            fail(p.report, Stage::Stdio);
+        }
+        // Every inherited fd above stderr closes at exec (belt and braces: auraed opens
+        // everything close-on-exec already). 4 = CLOSE_RANGE_CLOEXEC.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+        if libc::chdir(p.cwd.as_ptr()) < 0 {
+            fail(p.report, Stage::Cwd);
+        }
+        if p.new_cgroup_ns && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
+            fail(p.report, Stage::CgroupNs);
+        }
+        if let Some(gid) = p.gid {
+            if libc::setgroups(0, std::ptr::null()) < 0 {
+                fail(p.report, Stage::Groups);
+            }
+            if libc::setgid(gid) < 0 {
+                fail(p.report, Stage::Gid);
+            }
+        }
+        if let Some(uid) = p.uid {
+            if libc::setuid(uid) < 0 {
+                fail(p.report, Stage::Uid);
+            }
+        }
+        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+    }
+    fail(p.report, Stage::Exec)
+}
+
+/// How a cell's holder is started: auraed's own executable, re-executed as
+/// `aurae-cell-init` (see `runtime::holder`). A fresh image keeps the holder small: a
+/// forked copy would pin a snapshot of auraed's heap for the life of the cell.
+pub struct HolderPlan {
+    exe: RawFd,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    pub report: RawFd,
+}
+
+impl HolderPlan {
+    /// `exe` is an fd on auraed's executable; `args` follow argv[0].
+    pub fn new(exe: RawFd, args: &[String]) -> Option<HolderPlan> {
+        let argv: Vec<CString> = std::iter::once(crate::runtime::holder::ARGV0.to_owned())
+            .chain(args.iter().cloned())
+            .map(|a| CString::new(a).ok())
+            .collect::<Option<_>>()?;
+        Some(HolderPlan {
+            exe,
+            argv_ptrs: argv.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect(),
+            _argv: argv,
+            report: -1,
+        })
+    }
+}
+
+/// The holder's child: report pipe on fd 3, then exec auraed as `aurae-cell-init`.
+pub fn holder_child(p: &HolderPlan) -> ! {
+    let env: [*const c_char; 1] = [std::ptr::null()];
+    // SAFETY: system calls on fds and C strings prepared by the parent. dup2 onto 3 clears
+    // close-on-exec for the report pipe only; when it already is 3, clear it by hand.
+    unsafe {
+        libc::setsid();
+        if p.report == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0);
+        } else if libc::dup2(p.report, 3) < 0 {
+            fail(p.report, Stage::Stdio);
+        }
+        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if devnull >= 0 {
+            libc::dup2(devnull, 0);
+            libc::dup2(devnull, 1);
+            libc::dup2(devnull, 2);
+        }
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 4u32);
+        libc::syscall(
+            libc::SYS_execveat,
+            p.exe,
+            c"".as_ptr(),
+            p.argv_ptrs.as_ptr(),
+            env.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    fail(3, Stage::Exec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe with a valid 2-element array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        report(fds[1], Stage::Cwd, libc::ENOENT);
+        let mut buf = [0u8; 8];
+        // SAFETY: reads into a live 8-byte buffer.
+        assert_eq!(unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), 8) }, 8);
+        assert_eq!(decode(&buf), (Some(Stage::Cwd), libc::ENOENT));
+        // SAFETY: closing fds this test owns.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+
+    #[test]
+    fn plans_refuse_nul_bytes() {
+        assert!(ExecPlan::new("/bin/true", &["a\0b".into()], &[], "/").is_none());
+        assert!(ExecPlan::new("/bin/true", &["true".into()], &[], "/").is_some());
+    }
+}

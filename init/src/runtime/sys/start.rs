@@ -1,0 +1,194 @@
+//! Starting processes. Each start runs on a fresh OS thread that (for a process inside a
+//! cell) first joins the cell holder's namespaces, then `clone3`s the child straight into
+//! its cgroup and reads the child's report pipe. The thread then ends, so no auraed thread
+//! ever stays inside a cell's namespaces, and the tokio thread never blocks.
+
+use super::child::{self, ExecPlan, HolderPlan, Stage};
+use super::clone::{clone3, Forked};
+use crate::init::reaper::{Exit, Reaper};
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Every namespace a holder can own; joining all of them puts a thread exactly where the
+/// cell's processes live (shared ones are the enclosing cell's or the host's).
+const ALL_NS: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: Errno },
+    /// The child reported a failure before it was running.
+    #[error("could not {}: {}", stage.describe(), Errno::from_raw(*errno))]
+    Child { stage: Stage, errno: i32 },
+    #[error("the child exited before it reported ready")]
+    Vanished,
+}
+
+pub struct Started {
+    pub pid: Pid,
+    pub pidfd: Option<OwnedFd>,
+    pub exit: oneshot::Receiver<Exit>,
+}
+
+/// What an executable's child needs; plain data so it can cross to the start thread.
+pub struct ExecInput {
+    pub path: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Give the process a cgroup namespace rooted at its own cgroup.
+    pub new_cgroup_ns: bool,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts an executable in `cgroup`, inside the namespaces of the holder `join`.
+pub async fn start_exec(join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Result<Started, StartError> {
+    on_fresh_thread(move || {
+        enter(join.as_deref())?;
+        let mut plan = ExecPlan::new(&input.path, &input.argv, &input.env, &input.cwd).ok_or(StartError::Child {
+            stage: Stage::Exec,
+            errno: libc::EINVAL,
+        })?;
+        plan.uid = input.uid;
+        plan.gid = input.gid;
+        plan.new_cgroup_ns = input.new_cgroup_ns;
+        plan.stdin = input.stdin.as_raw_fd();
+        plan.stdout = input.stdout.as_raw_fd();
+        plan.stderr = input.stderr.as_raw_fd();
+        launch(0, &cgroup, false, |report| {
+            plan.report = report;
+            child::exec_child(&plan)
+        })
+    })
+    .await
+}
+
+/// Starts a cell's holder (auraed's executable `exe` as `aurae-cell-init ARGS`) in
+/// `cgroup` with new namespaces `flags`, nested in the holder `join`'s namespaces (or
+/// auraed's own).
+pub async fn start_holder(
+    join: Option<Arc<OwnedFd>>,
+    cgroup: OwnedFd,
+    flags: libc::c_int,
+    exe: Arc<OwnedFd>,
+    args: Vec<String>,
+) -> Result<Started, StartError> {
+    on_fresh_thread(move || {
+        enter(join.as_deref())?;
+        let mut plan = HolderPlan::new(exe.as_raw_fd(), &args).ok_or(StartError::Child {
+            stage: Stage::Args,
+            errno: libc::EINVAL,
+        })?;
+        launch(flags, &cgroup, true, |report| {
+            plan.report = report;
+            child::holder_child(&plan)
+        })
+    })
+    .await
+}
+
+async fn on_fresh_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StartError> + Send + 'static,
+) -> Result<T, StartError> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("aurae-start".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| StartError::Sys {
+            what: "start a thread",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
+        })?;
+    rx.await.unwrap_or(Err(StartError::Vanished))
+}
+
+/// Blocks every signal on this thread (they go to the tokio thread, and the child starts
+/// with them blocked until it resets its mask), then joins the holder's namespaces.
+fn enter(join: Option<&OwnedFd>) -> Result<(), StartError> {
+    // SAFETY: pthread_sigmask on a filled local set for the calling thread only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+    let Some(pidfd) = join else { return Ok(()) };
+    // A thread may only switch mount namespace with a filesystem context of its own.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(|errno| StartError::Sys {
+        what: "unshare(CLONE_FS)",
+        errno,
+    })?;
+    // SAFETY: setns with a live pidfd and namespace flags; affects this thread only.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), ALL_NS) } < 0 {
+        return Err(StartError::Sys {
+            what: "join the cell's namespaces (setns)",
+            errno: Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Clones `body` into `cgroup`, registered with the reaper, and waits for its report:
+/// EOF (exec succeeded) for an executable, a Ready message for a holder.
+fn launch(
+    flags: libc::c_int,
+    cgroup: &OwnedFd,
+    holder: bool,
+    body: impl FnOnce(libc::c_int) -> std::convert::Infallible,
+) -> Result<Started, StartError> {
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| StartError::Sys { what: "pipe2", errno })?;
+    let mut pidfd = None;
+    let (pid, exit) = Reaper::global().spawn_with(|| {
+        // SAFETY: the child runs only `body`, which makes system calls on data prepared
+        // before the clone and ends in execve or _exit.
+        match unsafe { clone3(flags, cgroup.as_fd(), holder) } {
+            Ok(Forked::Child) => match body(w.as_raw_fd()) {},
+            Ok(Forked::Parent { pid, pidfd: fd }) => {
+                pidfd = fd;
+                Ok(pid)
+            }
+            Err(errno) => Err(StartError::Sys { what: "clone3", errno }),
+        }
+    })?;
+    drop(w);
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    let mut file = std::fs::File::from(r);
+    while got < msg.len() {
+        match file.read(&mut msg[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let outcome = match (got, child::decode(&msg)) {
+        (0, _) if !holder => Ok(()),
+        (8, (Some(Stage::Ready), _)) if holder => Ok(()),
+        (8, (Some(stage), errno)) => Err(StartError::Child { stage, errno }),
+        _ => Err(StartError::Vanished),
+    };
+    match outcome {
+        Ok(()) => Ok(Started { pid, pidfd, exit }),
+        Err(e) => {
+            // The child exits right after reporting; wait until it is reaped so its
+            // cgroup is empty when the caller cleans up.
+            let _ = exit.blocking_recv();
+            Err(e)
+        }
+    }
+}

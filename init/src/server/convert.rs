@@ -1,0 +1,437 @@
+//! The one place requests become validated runtime specs and runtime views become
+//! protobuf. Every field is checked here, once; errors name the field and the fix.
+
+use crate::pb;
+use crate::runtime::cgroup::Usage;
+use crate::runtime::error::RuntimeError;
+use crate::runtime::names::{CellName, ExecName};
+use crate::runtime::spec::{CellSpec, ExecutableSpec, IoMax, Isolation, Resources};
+use crate::runtime::{CellView, ExecView, Kind, Phase, View};
+use std::path::PathBuf;
+
+const MAX_ARGS: usize = 4096;
+const MAX_ARG_BYTES: usize = 1 << 20;
+const MAX_BYTES: u64 = 1 << 62;
+const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+const PID_MAX_LIMIT: u64 = 4_194_304;
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::invalid(field, reason)
+}
+
+fn no_nul(field: &str, s: &str) -> Result<(), RuntimeError> {
+    if s.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+pub fn executable(e: pb::Executable) -> Result<ExecutableSpec, RuntimeError> {
+    let name = ExecName::parse(&e.name).map_err(|n| invalid("name", n.to_string()))?;
+    if e.argv.is_empty() || e.argv[0].is_empty() {
+        return Err(invalid(
+            "argv",
+            "is empty; give the program and its arguments, e.g. [\"/bin/sleep\", \"10\"]",
+        ));
+    }
+    if e.argv.len() > MAX_ARGS {
+        return Err(invalid(
+            "argv",
+            format!("has {} entries; the limit is {MAX_ARGS}", e.argv.len()),
+        ));
+    }
+    let bytes: usize =
+        e.argv.iter().map(String::len).sum::<usize>() + e.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+    if bytes > MAX_ARG_BYTES {
+        return Err(invalid(
+            "argv",
+            format!("argv and env total {bytes} bytes; the limit is {MAX_ARG_BYTES}"),
+        ));
+    }
+    for (i, a) in e.argv.iter().enumerate() {
+        no_nul(&format!("argv[{i}]"), a)?;
+    }
+    for (k, v) in &e.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(invalid(
+                format!("env[{k:?}]"),
+                "a variable name must be non-empty and contain no '='",
+            ));
+        }
+        no_nul(&format!("env[{k:?}]"), k)?;
+        no_nul(&format!("env[{k:?}]"), v)?;
+    }
+    let cwd = if e.cwd.is_empty() { "/".to_owned() } else { e.cwd };
+    no_nul("cwd", &cwd)?;
+    if !cwd.starts_with('/') {
+        return Err(invalid(
+            "cwd",
+            format!("'{cwd}' is relative; give an absolute directory"),
+        ));
+    }
+    let cell = match e.cell.as_str() {
+        "" => None,
+        c => Some(CellName::parse(c).map_err(|n| invalid("cell", n.to_string()))?),
+    };
+    Ok(ExecutableSpec {
+        name,
+        argv: e.argv,
+        env: e.env.into_iter().collect(),
+        cwd: PathBuf::from(cwd),
+        uid: e.uid,
+        gid: e.gid.or(e.uid),
+        cell,
+    })
+}
+
+fn range(field: &str, v: Option<u64>, lo: u64, hi: u64, hint: &str) -> Result<Option<u64>, RuntimeError> {
+    match v {
+        Some(v) if v < lo || v > hi => Err(invalid(field, format!("{v} is out of range {lo}..={hi}{hint}"))),
+        other => Ok(other),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.trim().to_owned())
+}
+
+pub fn resources(r: Option<pb::CellResources>) -> Result<Resources, RuntimeError> {
+    let Some(r) = r else { return Ok(Resources::default()) };
+    let f = |n: &str| format!("resources.{n}");
+    let cpu_max = match r.cpu_max {
+        None => None,
+        Some(m) => {
+            let period = if m.period_micros == 0 { 100_000 } else { m.period_micros };
+            range(&f("cpu_max.period_micros"), Some(period), 1_000, 1_000_000, "")?;
+            range(
+                &f("cpu_max.quota_micros"),
+                Some(m.quota_micros),
+                1_000,
+                period.saturating_mul(1024),
+                " (quota is CPU time per period, at least 1 ms)",
+            )?;
+            Some((m.quota_micros, period))
+        }
+    };
+    let memory_max = range(
+        &f("memory_max_bytes"),
+        r.memory_max_bytes,
+        MIN_MEMORY_LIMIT,
+        MAX_BYTES,
+        "; omit it for no limit",
+    )?;
+    let memory_high = range(
+        &f("memory_high_bytes"),
+        r.memory_high_bytes,
+        MIN_MEMORY_LIMIT,
+        MAX_BYTES,
+        "; omit it for no limit",
+    )?;
+    let memory_min = range(&f("memory_min_bytes"), r.memory_min_bytes, 0, MAX_BYTES, "")?;
+    let memory_low = range(&f("memory_low_bytes"), r.memory_low_bytes, 0, MAX_BYTES, "")?;
+    if let Some(max) = memory_max {
+        for (name, v) in [("memory_min_bytes", memory_min), ("memory_low_bytes", memory_low)] {
+            if v.is_some_and(|v| v > max) {
+                return Err(invalid(f(name), format!("is above memory_max_bytes ({max})")));
+            }
+        }
+    }
+    let mut io_max = Vec::new();
+    for (i, m) in r.io_max.into_iter().enumerate() {
+        let field = f(&format!("io_max[{i}]"));
+        let (major, minor) = m
+            .device
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.device"),
+                    format!("'{}' is not MAJOR:MINOR like '254:0'", m.device),
+                )
+            })?;
+        let lim = |n: &str, v| range(&format!("{field}.{n}"), v, 1, MAX_BYTES, "");
+        let limits = IoMax {
+            major,
+            minor,
+            rbps: lim("read_bytes_per_second", m.read_bytes_per_second)?,
+            wbps: lim("write_bytes_per_second", m.write_bytes_per_second)?,
+            riops: lim("read_iops", m.read_iops)?,
+            wiops: lim("write_iops", m.write_iops)?,
+        };
+        if [limits.rbps, limits.wbps, limits.riops, limits.wiops]
+            .iter()
+            .all(Option::is_none)
+        {
+            return Err(invalid(field, "sets no limit; set at least one of the four"));
+        }
+        io_max.push(limits);
+    }
+    Ok(Resources {
+        cpu_weight: range(&f("cpu_weight"), r.cpu_weight, 1, 10_000, "")?,
+        cpu_max,
+        cpuset_cpus: non_empty(r.cpuset_cpus),
+        cpuset_mems: non_empty(r.cpuset_mems),
+        memory_min,
+        memory_low,
+        memory_high,
+        memory_max,
+        swap_max: range(&f("swap_max_bytes"), r.swap_max_bytes, 0, MAX_BYTES, "")?,
+        pids_max: range(&f("pids_max"), r.pids_max, 1, PID_MAX_LIMIT, "")?,
+        io_weight: range(&f("io_weight"), r.io_weight, 1, 10_000, "")?,
+        io_max,
+    })
+}
+
+pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
+    let name = CellName::parse(&c.name).map_err(|n| invalid("name", n.to_string()))?;
+    let i = c.isolation.unwrap_or_default();
+    Ok(CellSpec {
+        name,
+        resources: resources(c.resources)?,
+        isolation: Isolation {
+            pid: !i.share_host_pid,
+            mount: !i.share_host_mount,
+            network: !i.share_host_network,
+            ipc: !i.share_host_ipc,
+            uts: !i.share_host_uts,
+            cgroup: !i.share_host_cgroup,
+        },
+    })
+}
+
+pub fn kind(k: i32, field: &str) -> Result<Option<Kind>, RuntimeError> {
+    match pb::WorkloadKind::try_from(k) {
+        Ok(pb::WorkloadKind::Unspecified) => Ok(None),
+        Ok(pb::WorkloadKind::Executable) => Ok(Some(Kind::Executable)),
+        Ok(pb::WorkloadKind::Cell) => Ok(Some(Kind::Cell)),
+        Ok(other) => Err(RuntimeError::Precondition(format!(
+            "{field}: {} workloads are not implemented in auraed {} yet (issue #4 brings VMs and instances)",
+            other.as_str_name(),
+            crate::VERSION
+        ))),
+        Err(_) => Err(invalid(field, format!("{k} is not a WorkloadKind"))),
+    }
+}
+
+/// The kind and name a WorkloadRef names; the kind is required.
+pub fn workload_ref(r: Option<pb::WorkloadRef>, field: &str) -> Result<(Kind, String), RuntimeError> {
+    let r = r.ok_or_else(|| invalid(field, "is missing; name the workload (kind and name)"))?;
+    let kind = kind(r.kind, &format!("{field}.kind"))?.ok_or_else(|| {
+        invalid(
+            format!("{field}.kind"),
+            "is unspecified; say WORKLOAD_KIND_EXECUTABLE or WORKLOAD_KIND_CELL",
+        )
+    })?;
+    if r.name.is_empty() {
+        return Err(invalid(format!("{field}.name"), "is empty"));
+    }
+    Ok((kind, r.name))
+}
+
+pub fn phase(p: Option<Phase>) -> i32 {
+    (match p {
+        None => pb::WorkloadState::Unspecified,
+        Some(Phase::Starting) => pb::WorkloadState::Starting,
+        Some(Phase::Running) => pb::WorkloadState::Running,
+        Some(Phase::Exited) => pb::WorkloadState::Exited,
+        Some(Phase::Killed) => pb::WorkloadState::Killed,
+        Some(Phase::Failed) => pb::WorkloadState::Failed,
+        Some(Phase::Frozen) => pb::WorkloadState::Frozen,
+        Some(Phase::Stopped) => pb::WorkloadState::Stopped,
+    }) as i32
+}
+
+pub fn exec_status(v: ExecView) -> pb::ExecutableStatus {
+    pb::ExecutableStatus {
+        name: v.name,
+        cell: v.cell,
+        state: phase(v.phase),
+        pid: v.pid,
+        exit_code: v.exit_code,
+        signal: v.signal,
+        oom_killed: v.oom_killed,
+        started_at_unix_nanos: v.started_unix_nanos,
+        ended_at_unix_nanos: v.ended_unix_nanos,
+        cpu_usage_micros: v.cpu_usage_micros,
+        memory_peak_bytes: v.memory_peak_bytes,
+        error: v.error,
+    }
+}
+
+fn resources_pb(r: Resources) -> pb::CellResources {
+    pb::CellResources {
+        cpu_weight: r.cpu_weight,
+        cpu_max: r.cpu_max.map(|(q, p)| pb::CpuMax {
+            quota_micros: q,
+            period_micros: p,
+        }),
+        cpuset_cpus: r.cpuset_cpus.unwrap_or_default(),
+        cpuset_mems: r.cpuset_mems.unwrap_or_default(),
+        memory_min_bytes: r.memory_min,
+        memory_low_bytes: r.memory_low,
+        memory_high_bytes: r.memory_high,
+        memory_max_bytes: r.memory_max,
+        swap_max_bytes: r.swap_max,
+        pids_max: r.pids_max,
+        io_weight: r.io_weight,
+        io_max: r
+            .io_max
+            .into_iter()
+            .map(|m| pb::IoMax {
+                device: format!("{}:{}", m.major, m.minor),
+                read_bytes_per_second: m.rbps,
+                write_bytes_per_second: m.wbps,
+                read_iops: m.riops,
+                write_iops: m.wiops,
+            })
+            .collect(),
+    }
+}
+
+fn usage_pb(u: Usage) -> pb::CellUsage {
+    pb::CellUsage {
+        cpu_usage_micros: u.cpu_usage_micros,
+        cpu_throttled_micros: u.cpu_throttled_micros,
+        cpu_nr_throttled: u.cpu_nr_throttled,
+        memory_current_bytes: u.memory_current_bytes,
+        memory_peak_bytes: u.memory_peak_bytes,
+        memory_oom_events: u.memory_oom_events,
+        memory_oom_kill_events: u.memory_oom_kill_events,
+        pids_current: u.pids_current,
+    }
+}
+
+pub fn cell_status(v: CellView) -> pb::CellStatus {
+    let i = v.isolation;
+    pb::CellStatus {
+        name: v.name,
+        state: phase(Some(v.phase)),
+        resources: Some(resources_pb(v.resources)),
+        isolation: Some(pb::CellIsolation {
+            share_host_pid: !i.pid,
+            share_host_mount: !i.mount,
+            share_host_network: !i.network,
+            share_host_ipc: !i.ipc,
+            share_host_uts: !i.uts,
+            share_host_cgroup: !i.cgroup,
+        }),
+        usage: Some(usage_pb(v.usage)),
+        executables: v.executables,
+        error: v.error,
+    }
+}
+
+pub fn workload_status(v: View) -> pb::WorkloadStatus {
+    pb::WorkloadStatus {
+        status: Some(match v {
+            View::Executable(e) => pb::workload_status::Status::Executable(exec_status(e)),
+            View::Cell(c) => pb::workload_status::Status::Cell(cell_status(*c)),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exe(name: &str, argv: &[&str]) -> pb::Executable {
+        pb::Executable {
+            name: name.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn executable_errors_name_the_field() {
+        let msg = |e: pb::Executable| executable(e).unwrap_err().to_string();
+        assert!(msg(exe("", &["/bin/true"])).starts_with("name: '' is empty"));
+        assert!(msg(exe("a/b", &["/bin/true"])).starts_with("name: 'a/b' may not contain '/'"));
+        assert!(msg(exe("ok", &[])).starts_with("argv: is empty"));
+        assert!(msg(exe("ok", &["/bin/true", "a\0"])).starts_with("argv[1]: contains a NUL"));
+        let mut e = exe("ok", &["/bin/true"]);
+        e.cwd = "tmp".into();
+        assert!(msg(e).starts_with("cwd: 'tmp' is relative"));
+        let mut e = exe("ok", &["/bin/true"]);
+        e.cell = "../x".into();
+        assert!(msg(e).starts_with("cell: "));
+        let mut e = exe("ok", &["/bin/true"]);
+        e.uid = Some(1000);
+        let s = executable(e).unwrap();
+        assert_eq!((s.uid, s.gid, s.cwd.to_str()), (Some(1000), Some(1000), Some("/")));
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        let msg = |r: pb::CellResources| resources(Some(r)).unwrap_err().to_string();
+        assert_eq!(
+            msg(pb::CellResources {
+                cpu_weight: Some(0),
+                ..Default::default()
+            }),
+            "resources.cpu_weight: 0 is out of range 1..=10000"
+        );
+        assert!(msg(pb::CellResources {
+            memory_max_bytes: Some(4096),
+            ..Default::default()
+        })
+        .starts_with("resources.memory_max_bytes: 4096 is out of range"));
+        assert!(msg(pb::CellResources {
+            pids_max: Some(0),
+            ..Default::default()
+        })
+        .starts_with("resources.pids_max"));
+        assert!(msg(pb::CellResources {
+            cpu_max: Some(pb::CpuMax {
+                quota_micros: 10,
+                period_micros: 0
+            }),
+            ..Default::default()
+        })
+        .starts_with("resources.cpu_max.quota_micros: 10 is out of range 1000..=102400000"));
+        assert!(msg(pb::CellResources {
+            memory_max_bytes: Some(1 << 20),
+            memory_min_bytes: Some(2 << 20),
+            ..Default::default()
+        })
+        .contains("above memory_max_bytes"));
+        assert!(msg(pb::CellResources {
+            io_max: vec![pb::IoMax {
+                device: "sda".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .starts_with("resources.io_max[0].device"));
+        let ok = resources(Some(pb::CellResources {
+            cpu_max: Some(pb::CpuMax {
+                quota_micros: 50_000,
+                period_micros: 0,
+            }),
+            memory_max_bytes: Some(64 << 20),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(ok.cpu_max, Some((50_000, 100_000)));
+    }
+
+    #[test]
+    fn isolation_is_deny_by_default() {
+        let c = cell(pb::Cell {
+            name: "web".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.isolation, Isolation::default());
+        let c = cell(pb::Cell {
+            name: "web".into(),
+            isolation: Some(pb::CellIsolation {
+                share_host_network: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!c.isolation.network && c.isolation.pid);
+    }
+}
