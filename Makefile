@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BUILD := $(CURDIR)/build
 PORT  ?= 8443
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
-                musl-tools cpio zstd busybox-static iproute2 binutils file
+                musl-tools cpio zstd busybox-static iproute2 binutils file crun
 
 .PHONY: deps build kernel pki image run stop test test-host test-appliance bench lint clean
 
@@ -62,6 +62,7 @@ test-appliance: image
 test: test-host test-appliance
 
 bench: image
+	rootfs/pack-bench.sh $(BUILD)
 	tests/bench.sh $(BUILD)
 
 lint:

@@ -43,3 +43,26 @@ printf '%-44s %d\n' "initramfs base+pki, zstd (bytes)" "$((base + pki))"
 printf '%-44s %d (%.2f MiB; target <= 8 MiB)\n' "appliance kernel+initramfs (bytes)" "$((k + base + pki))" "$(echo "($k+$base+$pki)/1048576" | bc -l)"
 printf '%-44s %d\n' "toolbox layer, optional (bytes)" "$(stat -c %s "$B/initramfs/toolbox.cpio.zst")"
 printf '%-44s %d\n' "auraed static binary (bytes)" "$(stat -c %s "$B/bin/auraed")"
+
+# Runtime figures, measured inside one more boot (with the bench-only layer: crun, an OCI
+# bundle and a client certificate) by `auraed bench-runtime`, run as an executable in a cell
+# that shares the node's network and mounts.
+if [ -f "$B/initramfs/bench.cpio.zst" ]; then
+    echo
+    echo "== runtime (inside the appliance, accel ${ACCEL:-tcg}, ${BENCH_N:-100} samples each)"
+    BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} MEM=2048M LAYERS="base pki toolbox bench" \
+        "$here/qemu/run" > "$log" 2>&1 &
+    qpid=$!
+    t0=$(date +%s)
+    until aer --timeout 2 health >/dev/null 2>&1; do
+        kill -0 $qpid 2>/dev/null || { echo "bench: QEMU exited"; cat "$log"; exit 1; }
+        [ $(( $(date +%s) - t0 )) -lt 120 ] || { echo "bench: no SERVING in 120 s"; cat "$log"; kill $qpid; exit 1; }
+        sleep 0.1
+    done
+    aer cell create benchhost --share net,mount >/dev/null
+    aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
+        --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
+        || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
+    aer node shutdown --grace-ms 1000 >/dev/null
+    wait $qpid
+fi

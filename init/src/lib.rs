@@ -4,6 +4,7 @@
 //! Data flows one way: request → validation (once, at the edge, in `server`) → runtime →
 //! system calls. See ARCHITECTURE.md.
 
+pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod init;

@@ -34,6 +34,9 @@ enum Cmd {
         #[arg(long, default_value = ".")]
         base: PathBuf,
     },
+    /// Runtime figures for `make bench`, run inside the appliance (see bench.rs).
+    #[command(hide = true)]
+    BenchRuntime(auraed::bench::BenchArgs),
     /// The client, as `auraed aer ...` (same as running the binary as `aer`).
     #[command(disable_help_flag = true)]
     Aer {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Some(Cmd::Aer { args }) => cli::main(std::iter::once("aer".to_owned()).chain(args)),
         Some(Cmd::Pki(p)) => report(run_pki(p)),
         Some(Cmd::Mkcpio { spec, out, base }) => report(mkcpio(&spec, &out, &base)),
+        Some(Cmd::BenchRuntime(b)) => auraed::bench::main(b),
     }
 }
 

@@ -174,3 +174,191 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// A client of the appliance's runtime with helpers for tests: run a shell script in a
+/// cell, wait for it, and collect its output.
+#[derive(Clone)]
+pub struct Client {
+    pub runtime: auraed::pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
+    pub workloads: auraed::pb::workloads_client::WorkloadsClient<tonic::transport::Channel>,
+}
+
+use auraed::pb;
+
+pub fn exe_ref(name: &str) -> pb::WorkloadRef {
+    pb::WorkloadRef {
+        kind: pb::WorkloadKind::Executable as i32,
+        name: name.into(),
+    }
+}
+
+pub fn cell_ref(name: &str) -> pb::WorkloadRef {
+    pb::WorkloadRef {
+        kind: pb::WorkloadKind::Cell as i32,
+        name: name.into(),
+    }
+}
+
+/// `/bin/sh -c script` as an Executable.
+pub fn sh(name: &str, cell: &str, script: &str) -> pb::Executable {
+    pb::Executable {
+        name: name.into(),
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        cell: cell.into(),
+        ..Default::default()
+    }
+}
+
+impl Client {
+    /// Connects without a per-call deadline (Wait and followed Logs may take long); callers
+    /// bound whole steps with `tokio::time::timeout`.
+    pub async fn connect(a: &Appliance) -> Client {
+        let mut t = a.target();
+        t.timeout = Duration::from_secs(600);
+        let ch = t.connect().await.expect("connect to the appliance");
+        Client {
+            runtime: pb::runtime_client::RuntimeClient::new(ch.clone()),
+            workloads: pb::workloads_client::WorkloadsClient::new(ch),
+        }
+    }
+
+    pub async fn cell(&self, c: pb::Cell) -> Result<pb::CellStatus, tonic::Status> {
+        self.runtime.clone().run_cell(c).await.map(|r| r.into_inner())
+    }
+
+    pub async fn exec(&self, e: pb::Executable) -> Result<pb::ExecutableStatus, tonic::Status> {
+        self.runtime.clone().run_executable(e).await.map(|r| r.into_inner())
+    }
+
+    pub async fn wait(&self, name: &str) -> pb::ExecutableStatus {
+        let w = tokio::time::timeout(Duration::from_secs(120), self.workloads.clone().wait(exe_ref(name)))
+            .await
+            .expect("executable ended within 120 s")
+            .expect("Wait")
+            .into_inner();
+        match w.status {
+            Some(pb::workload_status::Status::Executable(e)) => e,
+            other => panic!("Wait returned {other:?}"),
+        }
+    }
+
+    pub async fn cell_status(&self, name: &str) -> pb::CellStatus {
+        let w = self
+            .workloads
+            .clone()
+            .status(cell_ref(name))
+            .await
+            .expect("Status")
+            .into_inner();
+        match w.status {
+            Some(pb::workload_status::Status::Cell(c)) => c,
+            other => panic!("Status returned {other:?}"),
+        }
+    }
+
+    /// Every log entry of an ended (or running, without follow) executable.
+    pub async fn log_entries(&self, name: &str, follow: bool) -> Vec<pb::LogEntry> {
+        let mut s = self
+            .workloads
+            .clone()
+            .logs(pb::LogsRequest {
+                workload: Some(exe_ref(name)),
+                follow,
+                tail_lines: None,
+            })
+            .await
+            .expect("Logs")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = s.message().await.expect("log stream") {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Stdout of an executable, one string, lines joined with '\n'.
+    pub async fn stdout(&self, name: &str) -> String {
+        self.log_entries(name, false)
+            .await
+            .into_iter()
+            .filter(|e| e.stream == pb::LogStream::Stdout as i32)
+            .map(|e| String::from_utf8_lossy(&e.line).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub async fn free(&self, name: &str) {
+        self.workloads.clone().free(exe_ref(name)).await.expect("Free");
+    }
+
+    /// Runs a script in `cell` ("" = a private cell), waits, returns (status, stdout), frees it.
+    pub async fn run_sh(&self, name: &str, cell: &str, script: &str) -> (pb::ExecutableStatus, String) {
+        self.exec(sh(name, cell, script))
+            .await
+            .unwrap_or_else(|e| panic!("run {name}: {e:?}"));
+        let st = self.wait(name).await;
+        let out = self.stdout(name).await;
+        self.free(name).await;
+        (st, out)
+    }
+
+    /// Runs a script with the node's own view (a cell sharing every host namespace, so
+    /// /proc, /sys/fs/cgroup, the hostname and eth0 are the node's) and returns its stdout.
+    pub async fn on_node(&self, script: &str) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        if self.cell_status_opt("probe").await.is_none() {
+            self.cell(pb::Cell {
+                name: "probe".into(),
+                isolation: Some(pb::CellIsolation {
+                    share_host_pid: true,
+                    share_host_mount: true,
+                    share_host_network: true,
+                    share_host_ipc: true,
+                    share_host_uts: true,
+                    share_host_cgroup: true,
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("probe cell");
+        }
+        let name = format!("probe-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (st, out) = self.run_sh(&name, "probe", script).await;
+        assert_eq!(st.exit_code, Some(0), "probe script failed: {script}\n{out}");
+        out
+    }
+
+    pub async fn cell_status_opt(&self, name: &str) -> Option<pb::CellStatus> {
+        let w = self.workloads.clone().status(cell_ref(name)).await.ok()?.into_inner();
+        match w.status {
+            Some(pb::workload_status::Status::Cell(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Zombie processes anywhere on the node ("pid (comm) Z ..." lines of /proc/*/stat).
+    pub async fn zombies(&self) -> String {
+        self.on_node(
+            r#"for s in /proc/[0-9]*/stat; do read -r l < "$s" 2>/dev/null || continue; case "$l" in *") Z "*) echo "$l";; esac; done; true"#,
+        )
+        .await
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -57,7 +57,7 @@ pub struct ExecInput {
 /// Starts an executable in `cgroup`, inside the namespaces of the holder `join`.
 pub async fn start_exec(join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Result<Started, StartError> {
     on_fresh_thread(move || {
-        enter(join.as_deref())?;
+        enter(join.as_deref(), ALL_NS)?;
         let mut plan = ExecPlan::new(&input.path, &input.argv, &input.env, &input.cwd).ok_or(StartError::Child {
             stage: Stage::Exec,
             errno: libc::EINVAL,
@@ -86,8 +86,16 @@ pub async fn start_holder(
     exe: Arc<OwnedFd>,
     args: Vec<String>,
 ) -> Result<Started, StartError> {
+    // The kernel creates a pid namespace only as a child of the caller's active one, which
+    // setns cannot change: a nested cell's new pid namespace is therefore a sibling of its
+    // parent's, not inside it. Every other namespace nests.
+    let join_flags = if flags & libc::CLONE_NEWPID != 0 {
+        ALL_NS & !libc::CLONE_NEWPID
+    } else {
+        ALL_NS
+    };
     on_fresh_thread(move || {
-        enter(join.as_deref())?;
+        enter(join.as_deref(), join_flags)?;
         let mut plan = HolderPlan::new(exe.as_raw_fd(), &args).ok_or(StartError::Child {
             stage: Stage::Args,
             errno: libc::EINVAL,
@@ -118,7 +126,7 @@ async fn on_fresh_thread<T: Send + 'static>(
 
 /// Blocks every signal on this thread (they go to the tokio thread, and the child starts
 /// with them blocked until it resets its mask), then joins the holder's namespaces.
-fn enter(join: Option<&OwnedFd>) -> Result<(), StartError> {
+fn enter(join: Option<&OwnedFd>, flags: libc::c_int) -> Result<(), StartError> {
     // SAFETY: pthread_sigmask on a filled local set for the calling thread only.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -132,7 +140,7 @@ fn enter(join: Option<&OwnedFd>) -> Result<(), StartError> {
         errno,
     })?;
     // SAFETY: setns with a live pidfd and namespace flags; affects this thread only.
-    if unsafe { libc::setns(pidfd.as_raw_fd(), ALL_NS) } < 0 {
+    if unsafe { libc::setns(pidfd.as_raw_fd(), flags) } < 0 {
         return Err(StartError::Sys {
             what: "join the cell's namespaces (setns)",
             errno: Errno::last(),

@@ -1,0 +1,242 @@
+//! `auraed bench-runtime`: the runtime figures of `make bench`, measured inside the appliance
+//! so the API round trip and its baselines (a bare fork+exec+wait, crun) run on the same
+//! kernel, CPU and moment. `tests/bench.sh` starts it as an executable in a cell that shares
+//! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
+
+use crate::cli::{config::FileConfig, CliError, Target};
+use crate::pb::{self, runtime_client::RuntimeClient, workloads_client::WorkloadsClient};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// aer config file to reach the node.
+    #[arg(long)]
+    config: PathBuf,
+    /// Samples per figure.
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    /// OCI bundle running /bin/true, for the crun baseline (skipped when absent).
+    #[arg(long)]
+    crun_bundle: Option<PathBuf>,
+    #[arg(long, default_value = "/usr/bin/crun")]
+    crun: PathBuf,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn report(what: &str, mut s: Vec<Duration>) {
+    s.sort();
+    let pick = |q: f64| s[((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1];
+    println!(
+        "{what:<52} p50 {:8.3} ms  p99 {:8.3} ms  (n={})",
+        ms(pick(0.5)),
+        ms(pick(0.99)),
+        s.len()
+    );
+}
+
+struct Api {
+    rt: RuntimeClient<Channel>,
+    wl: WorkloadsClient<Channel>,
+}
+
+fn exe(name: String, cell: &str) -> pb::Executable {
+    pb::Executable {
+        name,
+        argv: vec!["/bin/true".into()],
+        cell: cell.into(),
+        ..Default::default()
+    }
+}
+
+fn wref(kind: pb::WorkloadKind, name: &str) -> pb::WorkloadRef {
+    pb::WorkloadRef {
+        kind: kind as i32,
+        name: name.into(),
+    }
+}
+
+impl Api {
+    async fn run_and_free(&mut self, name: String, cell: &str) -> Result<Duration, tonic::Status> {
+        let t = Instant::now();
+        self.rt.run_executable(exe(name.clone(), cell)).await?;
+        self.wl.status(wref(pb::WorkloadKind::Executable, &name)).await?;
+        let d = t.elapsed();
+        self.wl.wait(wref(pb::WorkloadKind::Executable, &name)).await?;
+        self.wl.free(wref(pb::WorkloadKind::Executable, &name)).await?;
+        Ok(d)
+    }
+
+    async fn cell_cycle(&mut self, i: usize) -> Result<Duration, tonic::Status> {
+        let (cell, name) = (format!("cyc-{i}"), format!("cyc-x-{i}"));
+        let t = Instant::now();
+        self.rt
+            .run_cell(pb::Cell {
+                name: cell.clone(),
+                ..Default::default()
+            })
+            .await?;
+        self.rt.run_executable(exe(name.clone(), &cell)).await?;
+        self.wl.wait(wref(pb::WorkloadKind::Executable, &name)).await?;
+        self.wl
+            .stop(pb::StopRequest {
+                workload: Some(wref(pb::WorkloadKind::Cell, &cell)),
+                signal: 0,
+                grace_period_millis: 1000,
+            })
+            .await?;
+        self.wl.free(wref(pb::WorkloadKind::Cell, &cell)).await?;
+        Ok(t.elapsed())
+    }
+}
+
+async fn bench(a: BenchArgs) -> Result<(), CliError> {
+    let file = FileConfig::load(&a.config).map_err(CliError::Usage)?;
+    let need = |o: Option<PathBuf>, what: &str| o.ok_or_else(|| CliError::Usage(format!("{what} missing in config")));
+    let target = Target {
+        addr: file
+            .address
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT)),
+        tls: crate::server::tls::TlsFiles {
+            ca: need(file.ca.clone(), "ca")?,
+            cert: need(file.cert.clone(), "cert")?,
+            key: need(file.key.clone(), "key")?,
+        },
+        server_name: file.server_name.clone().unwrap_or_else(|| "localhost".into()),
+        timeout: Duration::from_secs(60),
+    };
+    let ch = target.connect().await?;
+    let mut api = Api {
+        rt: RuntimeClient::new(ch.clone()),
+        wl: WorkloadsClient::new(ch.clone()),
+    };
+    let r = CliError::Remote;
+    let n = a.n.max(1);
+
+    let mut bare = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        std::process::Command::new("/bin/true")
+            .status()
+            .map_err(|e| CliError::Usage(format!("/bin/true: {e}")))?;
+        bare.push(t.elapsed());
+    }
+    report("bare fork+exec+wait of /bin/true (in a cell)", bare);
+
+    api.rt
+        .run_cell(pb::Cell {
+            name: "bench".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(r)?;
+    let mut in_cell = Vec::new();
+    for i in 0..n {
+        in_cell.push(api.run_and_free(format!("b-{i}"), "bench").await.map_err(r)?);
+    }
+    report("RunExecutable + Status, existing cell", in_cell);
+    let mut private = Vec::new();
+    for i in 0..n {
+        private.push(api.run_and_free(format!("p-{i}"), "").await.map_err(r)?);
+    }
+    report("RunExecutable + Status, private cell (new ns)", private);
+
+    let mut cycles = Vec::new();
+    for i in 0..n {
+        cycles.push(api.cell_cycle(i).await.map_err(r)?);
+    }
+    report("cell create + run true + wait + stop + free", cycles);
+
+    match &a.crun_bundle {
+        Some(bundle) if bundle.join("config.json").exists() => {
+            let mut crun = Vec::new();
+            for i in 0..n {
+                let t = Instant::now();
+                let st = std::process::Command::new(&a.crun)
+                    .arg("run")
+                    .arg("--bundle")
+                    .arg(bundle)
+                    .arg(format!("crun-{i}"))
+                    .stdin(std::process::Stdio::null())
+                    .status()
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", a.crun.display())))?;
+                if !st.success() {
+                    return Err(CliError::Usage(format!("crun run failed: {st}")));
+                }
+                crun.push(t.elapsed());
+            }
+            report("crun run of the same (bundle running /bin/true)", crun);
+        }
+        _ => println!("crun baseline: SKIP (no bundle given)"),
+    }
+
+    // Sustained rate: 16 starts in flight at a time, each waited for and freed.
+    let total = (n * 4).max(64);
+    let t = Instant::now();
+    let mut set: tokio::task::JoinSet<Result<Duration, tonic::Status>> = tokio::task::JoinSet::new();
+    for i in 0..total {
+        if set.len() >= 16 {
+            if let Some(res) = set.join_next().await {
+                res.map_err(|e| CliError::Usage(e.to_string()))?.map_err(r)?;
+            }
+        }
+        let mut api = Api {
+            rt: RuntimeClient::new(ch.clone()),
+            wl: WorkloadsClient::new(ch.clone()),
+        };
+        set.spawn(async move { api.run_and_free(format!("s-{i}"), "bench").await });
+    }
+    while let Some(res) = set.join_next().await {
+        res.map_err(|e| CliError::Usage(e.to_string()))?.map_err(r)?;
+    }
+    println!(
+        "{:<52} {:8.1} /s  ({total} started, waited and freed, 16 in flight)",
+        "executables sustained",
+        total as f64 / t.elapsed().as_secs_f64()
+    );
+
+    // RSS with 1000 finished executables kept (status and logs held, not freed).
+    for i in 0..1000 {
+        api.rt.run_executable(exe(format!("k-{i}"), "bench")).await.map_err(r)?;
+    }
+    for i in 0..1000 {
+        api.wl
+            .wait(wref(pb::WorkloadKind::Executable, &format!("k-{i}")))
+            .await
+            .map_err(r)?;
+    }
+    let info = pb::node_client::NodeClient::new(ch)
+        .info(pb::NodeInfoRequest {})
+        .await
+        .map_err(r)?
+        .into_inner();
+    println!(
+        "{:<52} {:8.2} MiB",
+        "auraed RSS with 1000 finished executables kept",
+        info.auraed_rss_bytes as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+pub fn main(a: BenchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(bench(a)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Packs the bench-only layer BUILD_DIR/initramfs/bench.cpio.zst: crun with its shared
+# libraries (the baseline `make bench` compares cells against), an OCI bundle that runs
+# /bin/true, and an admin client certificate so the bench client can run inside the node.
+# Never part of the appliance image.
+#   rootfs/pack-bench.sh BUILD_DIR
+set -euo pipefail
+B=$(cd "${1:?usage: pack-bench.sh BUILD_DIR}" && pwd)
+crun=$(command -v crun || true)
+[ -n "$crun" ] || { echo "pack-bench: crun missing (apt-get install crun)" >&2; exit 1; }
+stage=$B/bench; rm -rf "$stage"; mkdir -p "$stage/lib" "$stage/bundle"
+spec=$B/initramfs/bench.spec
+{
+    for d in /usr /usr/bin /lib /lib/x86_64-linux-gnu /lib64 /bench /bench/bundle /bench/bundle/rootfs \
+             /bench/bundle/rootfs/bin /bench/bundle/rootfs/proc /bench/bundle/rootfs/dev \
+             /bench/bundle/rootfs/sys /bench/bundle/rootfs/tmp /etc /etc/aurae /etc/aurae/bench; do
+        echo "dir $d 0755 0 0"
+    done
+    cp "$crun" "$stage/crun"; echo "file /usr/bin/crun bench/crun 0755 0 0"
+    for lib in $(ldd "$crun" | awk '/=>/ {print $3} /^\t\/lib64/ {print $1}' | sort -u); do
+        real=$(readlink -f "$lib"); n=$(basename "$lib")
+        cp "$real" "$stage/lib/$n"
+        case "$lib" in /lib64/*) echo "file /lib64/$n bench/lib/$n 0755 0 0" ;;
+                       *) echo "file /lib/x86_64-linux-gnu/$n bench/lib/$n 0755 0 0" ;; esac
+    done
+    cp /bin/busybox "$stage/busybox"
+    echo "file /bench/bundle/rootfs/bin/busybox bench/busybox 0755 0 0"
+    echo "slink /bench/bundle/rootfs/bin/true busybox 0777 0 0"
+    (cd "$stage/bundle" && "$crun" spec)
+    python3 - "$stage/bundle/config.json" <<'PY'
+import json, sys
+p = sys.argv[1]; c = json.load(open(p))
+c["process"]["args"] = ["/bin/true"]; c["process"]["terminal"] = False
+c["root"] = {"path": "rootfs", "readonly": True}
+c["linux"]["cgroupsPath"] = "/crunbench"
+json.dump(c, open(p, "w"), indent=1, sort_keys=True)
+PY
+    echo "file /bench/bundle/config.json bench/bundle/config.json 0644 0 0"
+    for f in ca.crt client.crt client.key; do echo "file /etc/aurae/bench/$f pki/$f 0600 0 0"; done
+    printf 'address = "127.0.0.1:8443"\nca = "ca.crt"\ncert = "client.crt"\nkey = "client.key"\nserver_name = "localhost"\n' > "$stage/aer.toml"
+    echo "file /etc/aurae/bench/aer.toml bench/aer.toml 0644 0 0"
+} > "$spec"
+"$B/bin/auraed" mkcpio --base "$B" "$spec" "$B/initramfs/bench.cpio"
+zstd -q -19 -T0 --no-check -f "$B/initramfs/bench.cpio" -o "$B/initramfs/bench.cpio.zst" && rm -f "$B/initramfs/bench.cpio"
+echo "rootfs: bench    $(stat -c %s "$B/initramfs/bench.cpio.zst") bytes (crun $("$crun" --version | head -1 | cut -d' ' -f3), bench only)"

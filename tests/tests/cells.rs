@@ -1,0 +1,435 @@
+//! Appliance tier, issue #3: cells on the appliance's real cgroup v2 — each limit asserted
+//! by its effect (OOM kill, throttling, failed fork), each namespace by what a process in the
+//! cell sees, the sidecar pattern, nesting, freeze/thaw, and refusals that leave nothing.
+
+#![allow(clippy::unwrap_used)]
+
+use aurae_appliance_tests::{appliance_or_skip, cell_ref, eventually, rt, sh, Appliance, Client};
+use auraed::pb;
+use std::time::Duration;
+use tonic::Code;
+
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+fn cell(name: &str, r: pb::CellResources) -> pb::Cell {
+    pb::Cell {
+        name: name.into(),
+        resources: Some(r),
+        ..Default::default()
+    }
+}
+
+async fn stop_cell(c: &Client, name: &str) -> pb::CellStatus {
+    let w = c
+        .workloads
+        .clone()
+        .stop(pb::StopRequest {
+            workload: Some(cell_ref(name)),
+            signal: 0,
+            grace_period_millis: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match w.status {
+        Some(pb::workload_status::Status::Cell(s)) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn limits_take_effect() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot(&build, BOOT_DEADLINE);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+
+        // memory.max: the hog is OOM-killed and the cell counts the kill.
+        c.cell(cell(
+            "mem",
+            pb::CellResources {
+                memory_max_bytes: Some(16 << 20),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+        c.exec(sh("hog", "mem", "x=aaaaaaaa; while :; do x=$x$x; done"))
+            .await
+            .unwrap();
+        let st = c.wait("hog").await;
+        assert!(st.oom_killed, "{st:?}");
+        assert_eq!((st.state, st.signal), (pb::WorkloadState::Killed as i32, Some(9)));
+        assert!(st.memory_peak_bytes > 8 << 20, "{st:?}");
+        let cs = c.cell_status("mem").await;
+        let u = cs.usage.unwrap();
+        assert!(u.memory_oom_kill_events >= 1, "{u:?}");
+        assert_eq!(
+            cs.resources.unwrap().memory_max_bytes,
+            Some(16 << 20),
+            "read back from memory.max"
+        );
+        assert_eq!(
+            cs.state,
+            pb::WorkloadState::Running as i32,
+            "the cell survives its member's OOM"
+        );
+
+        // cpu.max: a spinner is throttled, and cpu.stat says so.
+        c.cell(cell(
+            "cpu",
+            pb::CellResources {
+                cpu_max: Some(pb::CpuMax {
+                    quota_micros: 10_000,
+                    period_micros: 100_000,
+                }),
+                cpu_weight: Some(50),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+        c.exec(sh("spin", "cpu", "while :; do :; done")).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                c.cell_status("cpu").await.usage.unwrap().cpu_nr_throttled >= 3
+            })
+            .await
+        );
+        let cs = c.cell_status("cpu").await;
+        let r = cs.resources.unwrap();
+        assert_eq!(
+            r.cpu_max,
+            Some(pb::CpuMax {
+                quota_micros: 10_000,
+                period_micros: 100_000
+            })
+        );
+        assert_eq!(r.cpu_weight, Some(50));
+        assert!(cs.usage.unwrap().cpu_throttled_micros > 0);
+        stop_cell(&c, "cpu").await;
+
+        // pids.max: forks beyond the limit fail inside the cell (the cell's init is one pid).
+        c.cell(cell(
+            "pids",
+            pb::CellResources {
+                pids_max: Some(4),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+        c.exec(sh(
+            "forker",
+            "pids",
+            "for i in 1 2 3 4 5 6; do sleep 1000 & done 2>&1; echo forked",
+        ))
+        .await
+        .unwrap();
+        let st = c.wait("forker").await;
+        let err: String = c
+            .log_entries("forker", false)
+            .await
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.line).into_owned() + "\n")
+            .collect();
+        assert!(
+            err.contains("can't fork") || err.contains("Resource temporarily unavailable"),
+            "{st:?}\n{err}"
+        );
+        let u = c.cell_status("pids").await.usage.unwrap();
+        assert!(u.pids_current <= 4, "{u:?}");
+        stop_cell(&c, "pids").await;
+
+        // Refusals: bad names and out-of-range limits; nothing is created for any of them.
+        let before = c.on_node("ls /sys/fs/cgroup/aurae").await;
+        let refuse = |name: &str, r: pb::CellResources| cell(name, r);
+        let cases = [
+            (refuse("..", Default::default()), Code::InvalidArgument, "name: '..'"),
+            (
+                refuse("a//b", Default::default()),
+                Code::InvalidArgument,
+                "name: 'a//b'",
+            ),
+            (refuse("", Default::default()), Code::InvalidArgument, "name: ''"),
+            (
+                refuse(&"y".repeat(64), Default::default()),
+                Code::InvalidArgument,
+                "name: ",
+            ),
+            (
+                refuse("Bad!", Default::default()),
+                Code::InvalidArgument,
+                "name: 'Bad!'",
+            ),
+            (
+                refuse("orphan/child", Default::default()),
+                Code::NotFound,
+                "cell 'orphan/child' needs its parent",
+            ),
+            (
+                refuse(
+                    "w",
+                    pb::CellResources {
+                        cpu_weight: Some(0),
+                        ..Default::default()
+                    },
+                ),
+                Code::InvalidArgument,
+                "resources.cpu_weight: 0 is out of range",
+            ),
+            (
+                refuse(
+                    "m",
+                    pb::CellResources {
+                        memory_max_bytes: Some(4096),
+                        ..Default::default()
+                    },
+                ),
+                Code::InvalidArgument,
+                "resources.memory_max_bytes: 4096 is out of range",
+            ),
+            (
+                refuse(
+                    "p",
+                    pb::CellResources {
+                        pids_max: Some(0),
+                        ..Default::default()
+                    },
+                ),
+                Code::InvalidArgument,
+                "resources.pids_max",
+            ),
+            (
+                refuse(
+                    "s",
+                    pb::CellResources {
+                        cpuset_cpus: "7".into(),
+                        ..Default::default()
+                    },
+                ),
+                Code::InvalidArgument,
+                "resources.cpuset_cpus: 7 not available here",
+            ),
+            (
+                refuse(
+                    "d",
+                    pb::CellResources {
+                        io_max: vec![pb::IoMax {
+                            device: "250:7".into(),
+                            read_iops: Some(10),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                Code::InvalidArgument,
+                "resources.io_max[0].device: no block device 250:7",
+            ),
+            (
+                refuse("mem", Default::default()),
+                Code::AlreadyExists,
+                "a cell named 'mem' already exists",
+            ),
+        ];
+        for (req, code, msg) in cases {
+            let name = req.name.clone();
+            let e = c.cell(req).await.unwrap_err();
+            assert_eq!(e.code(), code, "{name:?}: {}", e.message());
+            assert!(e.message().starts_with(msg), "{name:?}: {}", e.message());
+        }
+        assert_eq!(
+            c.on_node("ls /sys/fs/cgroup/aurae").await,
+            before,
+            "refusals created nothing"
+        );
+
+        // Limits that are accepted are read back from the kernel's files.
+        let cs = c
+            .cell(cell(
+                "tuned",
+                pb::CellResources {
+                    cpuset_cpus: "0".into(),
+                    memory_high_bytes: Some(64 << 20),
+                    memory_low_bytes: Some(1 << 20),
+                    io_weight: Some(200),
+                    swap_max_bytes: Some(0),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        let r = cs.resources.unwrap();
+        assert_eq!(r.cpuset_cpus, "0");
+        assert_eq!(r.memory_high_bytes, Some(64 << 20));
+        assert_eq!(r.memory_low_bytes, Some(1 << 20));
+        assert_eq!(r.io_weight, Some(200));
+        assert_eq!(r.swap_max_bytes, Some(0));
+    });
+}
+
+#[test]
+fn namespaces_isolate_and_cells_share_within() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot(&build, BOOT_DEADLINE);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        c.cell(pb::Cell {
+            name: "iso".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+        // Sidecars: a server and a client in one cell talk over 127.0.0.1 and share /tmp.
+        c.exec(sh("server", "iso", "echo from-server > /tmp/shared; nc -l -p 8080"))
+            .await
+            .unwrap();
+        let (st, out) = c
+            .run_sh(
+                "client",
+                "iso",
+                "until [ -f /tmp/shared ]; do sleep 0.1; done; cat /tmp/shared; \
+                 until echo ping | nc 127.0.0.1 8080; do sleep 0.2; done",
+            )
+            .await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        assert_eq!(out.lines().next(), Some("from-server"), "shared /tmp: {out}");
+        assert_eq!(c.wait("server").await.exit_code, Some(0));
+        assert_eq!(c.stdout("server").await, "ping", "received over the cell's loopback");
+
+        // What a process in the cell sees: its own pid namespace (the cell init is pid 1),
+        // hostname, network (loopback only) and cgroup root; the node's /tmp is not its /tmp.
+        c.exec(sh("sleeper", "iso", "sleep 1000")).await.unwrap();
+        let (_, out) = c
+            .run_sh(
+                "look",
+                "iso",
+                "cd /proc && echo pids [0-9]*; echo init $(tr '\\0' ' ' < /proc/1/cmdline); \
+                 echo host $(hostname); echo links $(ls /sys/class/net); \
+                 echo devs $(tail -n +3 /proc/net/dev | cut -d: -f1); echo cg $(cat /proc/self/cgroup); \
+                 echo tmp $(ls /tmp)",
+            )
+            .await;
+        let field = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k} ")))
+                .unwrap_or_else(|| panic!("{k} missing in {out}"))
+                .trim()
+                .to_owned()
+        };
+        let pids: Vec<u32> = field("pids").split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert!(pids.contains(&1) && pids.len() <= 4, "only the cell's processes: {out}");
+        assert!(field("init").starts_with("aurae-cell-init"), "{out}");
+        assert_eq!(field("host"), "iso");
+        assert_eq!(field("links"), "lo");
+        assert_eq!(field("devs"), "lo", "no eth0 in the cell");
+        assert_eq!(field("cg"), "0::/");
+        assert_eq!(field("tmp"), "shared", "the cell's own tmpfs");
+        let node = c
+            .on_node("hostname; echo $(ls /sys/class/net); ls -d /proc/[0-9]* | wc -l")
+            .await;
+        let mut node = node.lines();
+        assert_eq!(node.next(), Some("aurae"));
+        assert!(node.next().unwrap().contains("eth0"));
+        assert!(node.next().unwrap().trim().parse::<u32>().unwrap() > pids.len() as u32);
+
+        // Sharing the host network namespace when asked.
+        c.cell(pb::Cell {
+            name: "hostnet".into(),
+            isolation: Some(pb::CellIsolation {
+                share_host_network: true,
+                share_host_uts: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (_, out) = c.run_sh("net", "hostnet", "cat /proc/net/dev; hostname").await;
+        assert!(out.contains("eth0") && out.ends_with("aurae"), "{out}");
+
+        // Nested cells: own cgroup below the parent's (no process in the parent itself),
+        // own hostname, limits of their own.
+        let cs = c
+            .cell(cell(
+                "iso/inner",
+                pb::CellResources {
+                    pids_max: Some(50),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(cs.resources.unwrap().pids_max, Some(50));
+        let (st, out) = c.run_sh("innerlook", "iso/inner", "hostname").await;
+        assert_eq!((st.exit_code, out.as_str()), (Some(0), "inner"));
+        let tree = c
+            .on_node("cd /sys/fs/cgroup/aurae/iso && ls -d */ && cat cgroup.procs inner/cgroup.procs | wc -l")
+            .await;
+        assert!(
+            tree.contains("inner/") && tree.contains("_init/") && tree.contains("_x.sleeper/"),
+            "{tree}"
+        );
+        assert_eq!(tree.lines().last(), Some("0"), "no process in an inner node: {tree}");
+
+        // Freeze and thaw.
+        c.exec(sh("ticker", "iso/inner", "while :; do sleep 0.05; done"))
+            .await
+            .unwrap();
+        let frz = c
+            .workloads
+            .clone()
+            .freeze(cell_ref("iso/inner"))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::workload_status::Status::Cell(s)) = frz.status else {
+            panic!()
+        };
+        assert_eq!(s.state, pb::WorkloadState::Frozen as i32);
+        assert_eq!(
+            c.on_node("grep frozen /sys/fs/cgroup/aurae/iso/inner/cgroup.events")
+                .await,
+            "frozen 1"
+        );
+        let e = c.exec(sh("late", "iso/inner", "true")).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+        c.workloads.clone().thaw(cell_ref("iso/inner")).await.unwrap();
+        assert_eq!(
+            c.cell_status("iso/inner").await.state,
+            pb::WorkloadState::Running as i32
+        );
+        assert_eq!(
+            c.on_node("grep frozen /sys/fs/cgroup/aurae/iso/inner/cgroup.events")
+                .await,
+            "frozen 0"
+        );
+
+        // Free refuses a running cell; stop kills every member, nested ones too; free
+        // removes the whole subtree.
+        let e = c.workloads.clone().free(cell_ref("iso")).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains("stop it first"), "{}", e.message());
+        let s = stop_cell(&c, "iso").await;
+        assert_eq!(s.state, pb::WorkloadState::Stopped as i32, "{s:?}");
+        for name in ["sleeper", "ticker"] {
+            assert_eq!(c.wait(name).await.state, pb::WorkloadState::Killed as i32, "{name}");
+        }
+        assert_eq!(
+            c.cell_status("iso/inner").await.state,
+            pb::WorkloadState::Stopped as i32
+        );
+        c.workloads.clone().free(cell_ref("iso")).await.unwrap();
+        assert!(c.cell_status_opt("iso/inner").await.is_none());
+        assert_eq!(
+            c.on_node("[ -e /sys/fs/cgroup/aurae/iso ] && echo left; true").await,
+            ""
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || async { c.zombies().await.is_empty() }).await,
+            "zombies: {}",
+            c.zombies().await
+        );
+    });
+}

@@ -1,0 +1,259 @@
+//! Appliance tier, issue #3 (and #2's reaping): executables in the real appliance — output,
+//! exit status, errors that change nothing, stop that leaves nothing, orphans reaped, a
+//! flood of output accounted exactly, and 200 concurrent starts.
+
+#![allow(clippy::unwrap_used)]
+
+use aurae_appliance_tests::{appliance_or_skip, eventually, exe_ref, rt, sh, Appliance, Client};
+use auraed::pb;
+use std::time::Duration;
+use tonic::Code;
+
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+fn code_of(r: Result<pb::ExecutableStatus, tonic::Status>) -> (Code, String) {
+    let e = r.expect_err("the request must be refused");
+    (e.code(), e.message().to_owned())
+}
+
+/// Names of the cgroups under the workloads root, as the node sees them.
+async fn workload_cgroups(c: &Client) -> Vec<String> {
+    c.on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
+        .await
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn executables_run_report_stop_and_clean_up() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot(&build, BOOT_DEADLINE);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+
+        // Output, exit code, timing and its private cell.
+        let st = c
+            .exec(sh("hello", "", "echo out; echo err >&2; hostname; exit 3"))
+            .await
+            .unwrap();
+        assert_eq!(st.state, pb::WorkloadState::Running as i32, "{st:?}");
+        assert!(st.pid > 0 && st.started_at_unix_nanos > 0);
+        assert_eq!(st.cell, "hello");
+        let st = c.wait("hello").await;
+        assert_eq!(
+            (st.state, st.exit_code, st.signal),
+            (pb::WorkloadState::Exited as i32, Some(3), None)
+        );
+        assert!(st.ended_at_unix_nanos >= st.started_at_unix_nanos);
+        let entries = c.log_entries("hello", false).await;
+        let lines: Vec<(i32, String)> = entries
+            .iter()
+            .map(|e| (e.stream, String::from_utf8_lossy(&e.line).into_owned()))
+            .collect();
+        assert!(
+            lines.contains(&(pb::LogStream::Stdout as i32, "out".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&(pb::LogStream::Stderr as i32, "err".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&(pb::LogStream::Stdout as i32, "hello".into())),
+            "own hostname: {lines:?}"
+        );
+        assert_eq!(
+            c.cell_status("hello").await.state,
+            pb::WorkloadState::Stopped as i32,
+            "a private cell ends with its executable"
+        );
+        assert!(workload_cgroups(&c).await.contains(&"hello".to_owned()));
+        c.free("hello").await;
+        assert_eq!(
+            c.workloads.clone().status(exe_ref("hello")).await.unwrap_err().code(),
+            Code::NotFound
+        );
+        assert!(c.cell_status_opt("hello").await.is_none());
+        assert!(
+            !workload_cgroups(&c).await.contains(&"hello".to_owned()),
+            "free removes the cgroup"
+        );
+
+        // Each refusal has its code, names the field, and leaves nothing behind.
+        let before = workload_cgroups(&c).await;
+        let bin = |name: &str, argv0: &str| pb::Executable {
+            name: name.into(),
+            argv: vec![argv0.into()],
+            ..Default::default()
+        };
+        let (code, msg) = code_of(c.exec(bin("nf", "no-such-program")).await);
+        assert_eq!(code, Code::NotFound, "{msg}");
+        assert!(
+            msg.starts_with("argv[0]: 'no-such-program' is not found in PATH"),
+            "{msg}"
+        );
+        let (code, msg) = code_of(c.exec(bin("nf", "/no/such/file")).await);
+        assert_eq!(code, Code::NotFound, "{msg}");
+        assert!(msg.contains("'/no/such/file' does not exist"), "{msg}");
+        let (code, msg) = code_of(c.exec(bin("nx", "/dev/null")).await);
+        assert_eq!(code, Code::FailedPrecondition, "{msg}");
+        assert!(msg.contains("is not executable"), "{msg}");
+        let (code, msg) = code_of(c.exec(sh("nc", "nope", "true")).await);
+        assert_eq!(code, Code::NotFound, "{msg}");
+        assert!(msg.contains("no cell named 'nope'"), "{msg}");
+        let mut bad_cwd = sh("cwd", "", "true");
+        bad_cwd.cwd = "/no/such/dir".into();
+        let (code, msg) = code_of(c.exec(bad_cwd).await);
+        assert_eq!(code, Code::InvalidArgument, "{msg}");
+        assert!(msg.starts_with("cwd: '/no/such/dir' cannot be entered"), "{msg}");
+        for bad in ["..", "", "a/b", "Upper", "sp ace", &"x".repeat(64)] {
+            let (code, msg) = code_of(c.exec(sh(bad, "", "true")).await);
+            assert_eq!(code, Code::InvalidArgument, "{bad:?}: {msg}");
+            assert!(msg.starts_with("name: "), "{bad:?}: {msg}");
+        }
+        c.exec(sh("taken", "", "sleep 1000")).await.unwrap();
+        let (code, msg) = code_of(c.exec(sh("taken", "", "true")).await);
+        assert_eq!(code, Code::AlreadyExists, "{msg}");
+        let mut after = workload_cgroups(&c).await;
+        after.retain(|n| n != "taken");
+        assert_eq!(before, after, "refused requests left no cgroup");
+
+        // Stop: SIGTERM first; it is ignored here, so cgroup.kill ends everything, including
+        // a daemonized (setsid, reparented) grandchild. Host pids make them checkable.
+        c.cell(pb::Cell {
+            name: "hostpid".into(),
+            isolation: Some(pb::CellIsolation {
+                share_host_pid: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.exec(sh(
+            "stubborn",
+            "hostpid",
+            "trap '' TERM; (setsid sleep 1000 & echo $!); sleep 1000 & echo $!; wait",
+        ))
+        .await
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                c.stdout("stubborn").await.lines().count() == 2
+            })
+            .await
+        );
+        let pids: Vec<String> = c.stdout("stubborn").await.lines().map(str::to_owned).collect();
+        let alive = |p: &[String]| format!("for p in {}; do [ -e /proc/$p ] && echo $p; done; true", p.join(" "));
+        assert_eq!(c.on_node(&alive(&pids)).await.lines().count(), 2, "both children run");
+        let stopped = c
+            .workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(exe_ref("stubborn")),
+                signal: 0,
+                grace_period_millis: 300,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(pb::workload_status::Status::Executable(st)) = stopped.status else {
+            panic!("{stopped:?}")
+        };
+        assert_eq!(
+            (st.state, st.signal),
+            (pb::WorkloadState::Killed as i32, Some(9)),
+            "{st:?}"
+        );
+        assert_eq!(c.on_node(&alive(&pids)).await, "", "nothing survives stop");
+
+        // Orphans are reaped: by auraed (PID 1) when the cell shares the host pid namespace,
+        // by the cell's init otherwise. No zombie anywhere on the node afterwards.
+        let (st, out) = c.run_sh("orphan", "hostpid", "(sleep 0.3; exit 7) & echo $!").await;
+        assert_eq!(st.exit_code, Some(0));
+        let orphan = out.trim().to_owned();
+        c.cell(pb::Cell {
+            name: "nsreap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.run_sh("orphan2", "nsreap", "(sleep 0.3; exit 7) & exit 0").await;
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                c.on_node(&alive(std::slice::from_ref(&orphan))).await.is_empty() && c.zombies().await.is_empty()
+            })
+            .await,
+            "orphan {orphan} reaped; zombies: {}",
+            c.zombies().await
+        );
+    });
+}
+
+#[test]
+fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot(&build, BOOT_DEADLINE);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        const N: u64 = 100_000;
+        c.exec(sh("flood", "", &format!("seq 1 {N}"))).await.unwrap();
+        let follow = c.log_entries("flood", true).await;
+        for (how, entries) in [
+            ("followed", follow),
+            ("read after exit", c.log_entries("flood", false).await),
+        ] {
+            let mut expect = 1u64;
+            let mut dropped = 0;
+            for e in &entries {
+                let n: u64 = String::from_utf8_lossy(&e.line).parse().unwrap();
+                dropped += e.dropped_before;
+                assert_eq!(n, expect + e.dropped_before, "{how}: a gap not counted before line {n}");
+                expect = n + 1;
+            }
+            assert_eq!(expect, N + 1, "{how}: the last line arrived");
+            assert_eq!(
+                entries.len() as u64 + dropped,
+                N,
+                "{how}: every line arrived or was counted"
+            );
+            eprintln!("flood {how}: {} lines, {dropped} dropped", entries.len());
+        }
+        assert_eq!(c.wait("flood").await.exit_code, Some(0));
+        c.free("flood").await;
+
+        // 200 concurrent RunExecutable calls, each in a private cell.
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let c = c.clone();
+            set.spawn(async move { c.exec(sh(&format!("many-{i}"), "", "exit 0")).await });
+        }
+        let mut ok = 0;
+        while let Some(r) = set.join_next().await {
+            r.unwrap()
+                .unwrap_or_else(|e| panic!("a concurrent start failed: {e:?}"));
+            ok += 1;
+        }
+        assert_eq!(ok, 200);
+        for i in 0..200 {
+            let name = format!("many-{i}");
+            assert_eq!(c.wait(&name).await.exit_code, Some(0), "{name}");
+            c.free(&name).await;
+        }
+        assert!(
+            eventually(Duration::from_secs(30), || async { c.zombies().await.is_empty() }).await,
+            "all 200 reaped"
+        );
+        let left = workload_cgroups(&c).await;
+        assert!(!left.iter().any(|n| n.starts_with("many-")), "{left:?}");
+        let list = c
+            .workloads
+            .clone()
+            .list(pb::ListRequest { kind: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.workloads.len(), 1, "only the probe cell is left: {list:?}");
+    });
+}
