@@ -59,7 +59,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         [ $(( $(date +%s) - t0 )) -lt 120 ] || { echo "bench: no SERVING in 120 s"; cat "$log"; kill $qpid; exit 1; }
         sleep 0.1
     done
-    aer cell create benchhost --share net,mount >/dev/null
+    aer cell create benchhost --share net,mount,cgroup >/dev/null
     aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
         --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
         || { echo "bench: bench-runtime failed"; tail -50 "$log"; }

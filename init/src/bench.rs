@@ -129,6 +129,14 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
     }
     report("bare fork+exec+wait of /bin/true (in a cell)", bare);
 
+    let mut floor = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let _ = api.wl.status(wref(pb::WorkloadKind::Cell, "none")).await;
+        floor.push(t.elapsed());
+    }
+    report("one API round trip (Status of a missing cell)", floor);
+
     api.rt
         .run_cell(pb::Cell {
             name: "bench".into(),
@@ -160,6 +168,9 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
                 let t = Instant::now();
                 let st = std::process::Command::new(&a.crun)
                     .arg("run")
+                    // The appliance's root is the initramfs (rootfs), where pivot_root is
+                    // impossible; auraed's cells do not pivot either.
+                    .arg("--no-pivot")
                     .arg("--bundle")
                     .arg(bundle)
                     .arg(format!("crun-{i}"))

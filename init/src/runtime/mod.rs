@@ -79,8 +79,10 @@ pub struct Runtime {
     table: Mutex<Table>,
 }
 
-/// Polling interval for cgroup state changes (populated, frozen).
-const POLL: Duration = Duration::from_millis(5);
+/// Polling interval for cgroup state changes (populated, frozen): starts short, because a
+/// killed cgroup usually empties within a millisecond, and backs off to `POLL_MAX`.
+const POLL_MIN: Duration = Duration::from_micros(500);
+const POLL_MAX: Duration = Duration::from_millis(10);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 fn is_cgroup2(path: &std::path::Path) -> bool {
@@ -224,6 +226,7 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 
 /// Waits until `cond` holds or `deadline` passes; true when it held.
 async fn poll_until(deadline: tokio::time::Instant, mut cond: impl FnMut() -> bool) -> bool {
+    let mut pause = POLL_MIN;
     loop {
         if cond() {
             return true;
@@ -231,6 +234,7 @@ async fn poll_until(deadline: tokio::time::Instant, mut cond: impl FnMut() -> bo
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
 }

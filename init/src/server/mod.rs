@@ -100,6 +100,21 @@ impl NodeContext {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: a response's headers, body and
+/// trailers go out as separate small writes, and waiting to coalesce them costs a round trip.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        Ok(s)
+    })
+}
+
 /// Binds `listen` and serves until `shutdown` resolves; in-flight calls are finished first.
 pub async fn serve(
     listen: SocketAddr,
@@ -149,7 +164,7 @@ pub async fn serve(
                 rt: ctx.runtime.clone(),
             },
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }

@@ -147,18 +147,45 @@ impl ExecPlan {
     }
 }
 
+/// The kernel's `struct sigaction` on x86_64 (what `rt_sigaction` takes).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
 /// Resets signals the process inherits from auraed (mask, and dispositions such as the
-/// SIGPIPE that Rust ignores), which `execve` would otherwise keep.
+/// SIGPIPE that Rust ignores), which `execve` would otherwise keep. Raw system calls: the
+/// child shares auraed's memory, and libc's wrappers may take locks.
 fn reset_signals() {
-    // SAFETY: sigset operations on a local set, then sigprocmask/signal with valid
-    // arguments; all async-signal-safe.
+    let dfl = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    let empty: u64 = 0;
+    // SAFETY: rt_sigprocmask and rt_sigaction with pointers to live locals and the kernel's
+    // 8-byte sigset size.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            0usize,
+            8usize,
+        );
         for sig in 1..32 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    0usize,
+                    8usize,
+                );
             }
         }
     }

@@ -4,7 +4,7 @@
 //! ever stays inside a cell's namespaces, and the tokio thread never blocks.
 
 use super::child::{self, ExecPlan, HolderPlan, Stage};
-use super::clone::{clone3, Forked};
+use super::clone::{clone3_vm, ChildFn};
 use crate::init::reaper::{Exit, Reaper};
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -155,19 +155,24 @@ fn launch(
     flags: libc::c_int,
     cgroup: &OwnedFd,
     holder: bool,
-    body: impl FnOnce(libc::c_int) -> std::convert::Infallible,
+    mut body: impl FnMut(libc::c_int) -> std::convert::Infallible,
 ) -> Result<Started, StartError> {
     let (r, w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| StartError::Sys { what: "pipe2", errno })?;
     let mut pidfd = None;
+    let report = w.as_raw_fd();
+    let mut body = move || body(report);
+    let mut child: ChildFn<'_> = &mut body;
+    let mut stack = None;
     let (pid, exit) = Reaper::global().spawn_with(|| {
         // SAFETY: the child runs only `body`, which makes system calls on data prepared
-        // before the clone and ends in execve or _exit.
-        match unsafe { clone3(flags, cgroup.as_fd(), holder) } {
-            Ok(Forked::Child) => match body(w.as_raw_fd()) {},
-            Ok(Forked::Parent { pid, pidfd: fd }) => {
-                pidfd = fd;
-                Ok(pid)
+        // before the clone and ends in execve or _exit. `child`, `plan` and the stack live
+        // in this frame until the report pipe says the child has exec'd, or it has exited.
+        match unsafe { clone3_vm(flags, cgroup.as_fd(), holder, &mut child) } {
+            Ok(c) => {
+                pidfd = c.pidfd;
+                stack = Some(c.stack);
+                Ok(c.pid)
             }
             Err(errno) => Err(StartError::Sys { what: "clone3", errno }),
         }
@@ -191,11 +196,16 @@ fn launch(
         _ => Err(StartError::Vanished),
     };
     match outcome {
-        Ok(()) => Ok(Started { pid, pidfd, exit }),
+        Ok(()) => {
+            // EOF on a close-on-exec pipe: the child runs its new program, off our memory.
+            drop(stack);
+            Ok(Started { pid, pidfd, exit })
+        }
         Err(e) => {
-            // The child exits right after reporting; wait until it is reaped so its
-            // cgroup is empty when the caller cleans up.
+            // The child exits right after reporting; wait until it is reaped (so it is off
+            // its stack, and its cgroup is empty when the caller cleans up).
             let _ = exit.blocking_recv();
+            drop(stack);
             Err(e)
         }
     }
