@@ -46,7 +46,11 @@ run: image
 	@$(BUILD)/bin/aer --config $(BUILD)/aer.toml node info
 	@echo; echo "The appliance is serving. Try:"; \
 	echo "  export AURAE_CONFIG=$(BUILD)/aer.toml PATH=$(BUILD)/bin:\$$PATH"; \
-	echo "  aer health"; echo "  aer node info --json"; echo "  aer node shutdown     # or: make stop"
+	echo "  aer health"; echo "  aer node info --json"; \
+	echo "  aer exec hello -f -- /bin/sh -c 'echo hello from cell \$$(hostname); ls /proc'"; \
+	echo "  aer cell create web --memory-max 64M --pids-max 100 && aer exec srv --cell web -- /bin/sleep 1000"; \
+	echo "  aer ps; aer cell status web"; \
+	echo "  aer node shutdown     # or: make stop"
 
 stop:
 	@$(BUILD)/bin/aer --config $(BUILD)/aer.toml node shutdown || { [ -f $(BUILD)/run/qemu.pid ] && kill $$(cat $(BUILD)/run/qemu.pid); }
