@@ -40,7 +40,7 @@ run: image
 	@PORT=$(PORT) setsid qemu/run > $(BUILD)/run/console.log 2>&1 < /dev/null & echo $$! > $(BUILD)/run/qemu.pid
 	@echo "run: booting (console: $(BUILD)/run/console.log)"
 	@for i in $$(seq 1 240); do \
-	  $(BUILD)/bin/aer --config $(BUILD)/aer.toml --timeout 2 health >/dev/null 2>&1 && break; \
+	  $(BUILD)/bin/aer --config $(BUILD)/aer.toml --timeout 0.5 health >/dev/null 2>&1 && break; \
 	  kill -0 $$(cat $(BUILD)/run/qemu.pid) 2>/dev/null || { echo "run: QEMU exited"; tail -30 $(BUILD)/run/console.log; exit 1; }; \
 	  sleep 0.5; done
 	@$(BUILD)/bin/aer --config $(BUILD)/aer.toml node info

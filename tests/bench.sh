@@ -17,7 +17,7 @@ for i in $(seq 1 "$RUNS"); do
     t0=$(date +%s%N)
     BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} "$here/qemu/run" > "$log" 2>&1 &
     qpid=$!
-    until aer --timeout 2 health >/dev/null 2>&1; do
+    until aer --timeout 0.25 health >/dev/null 2>&1; do
         kill -0 $qpid 2>/dev/null || { echo "bench: QEMU exited"; cat "$log"; exit 1; }
         [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 120 ] || { echo "bench: no SERVING in 120 s"; cat "$log"; kill $qpid; exit 1; }
         sleep 0.05
@@ -54,7 +54,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         "$here/qemu/run" > "$log" 2>&1 &
     qpid=$!
     t0=$(date +%s)
-    until aer --timeout 2 health >/dev/null 2>&1; do
+    until aer --timeout 0.25 health >/dev/null 2>&1; do
         kill -0 $qpid 2>/dev/null || { echo "bench: QEMU exited"; cat "$log"; exit 1; }
         [ $(( $(date +%s) - t0 )) -lt 120 ] || { echo "bench: no SERVING in 120 s"; cat "$log"; kill $qpid; exit 1; }
         sleep 0.1

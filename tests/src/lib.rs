@@ -111,7 +111,7 @@ impl Appliance {
 
     async fn health_serving(&self) -> bool {
         let mut t = self.target();
-        t.timeout = Duration::from_secs(2);
+        t.timeout = Duration::from_millis(500);
         let Ok(ch) = t.connect().await else { return false };
         let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
         matches!(h.check(tonic_health::pb::HealthCheckRequest::default()).await,
@@ -162,10 +162,28 @@ impl Appliance {
 }
 
 impl Drop for Appliance {
+    /// SIGTERM to `qemu/run`, which stops QEMU and cleans up; SIGKILL only as a last resort
+    /// (it would leave QEMU running as an orphan).
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_runner(&mut self.child);
     }
+}
+
+/// Stops a `qemu/run` child: SIGTERM (passed on to QEMU), up to 10 s, then SIGKILL.
+pub fn stop_runner(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

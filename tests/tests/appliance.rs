@@ -145,3 +145,99 @@ fn boots_on_microvm_too() {
     let st = a.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "QEMU (microvm) exit {st}\n{}", a.console_log());
 }
+
+/// `NET=tap`: the runner makes a network namespace with a bridge and a TAP, runs QEMU in it,
+/// and removes it afterwards. The node is reachable there (and only there) over mTLS.
+#[test]
+fn boots_on_a_tap_inside_its_own_network_namespace() {
+    use std::process::{Command, Stdio};
+    let build = appliance_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console.log");
+    let log = std::fs::File::create(&console).unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    struct Runner(std::process::Child);
+    impl Drop for Runner {
+        fn drop(&mut self) {
+            aurae_appliance_tests::stop_runner(&mut self.0);
+        }
+    }
+    let qemu = Command::new(root.join("qemu/run"))
+        .env("BUILD", &build)
+        .env("NET", "tap")
+        .env("NO_REBOOT", "1")
+        .env("ACCEL", "tcg")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut qemu = Runner(qemu);
+    let netns = format!("aurae-run-{}", qemu.0.id());
+    let pki = build.join("pki");
+    let aer = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .arg(build.join("bin/auraed"))
+            .args([
+                "aer",
+                "--addr",
+                "10.0.2.15:8443",
+                "--server-name",
+                "localhost",
+                "--timeout",
+                "3",
+            ])
+            .arg("--ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("client.crt"))
+            .arg("--key")
+            .arg(pki.join("client.key"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        if aer(&["health"]).status.success() {
+            break;
+        }
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if let Ok(Some(st)) = qemu.0.try_wait() {
+            panic!("QEMU exited ({st}) before serving on the TAP\n{log}");
+        }
+        if start.elapsed() > BOOT_DEADLINE {
+            panic!("not serving on the TAP within {BOOT_DEADLINE:?}\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("TAP: serving after {:.1} s in {netns}", start.elapsed().as_secs_f64());
+    let info = aer(&["--json", "node", "info"]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("\"mode\":\"pid1\""), "{text}");
+    let host_view = Command::new("ip").args(["link", "show", "tap0"]).output().unwrap();
+    assert!(
+        !host_view.status.success(),
+        "the TAP must not exist outside the namespace"
+    );
+    assert!(aer(&["node", "shutdown", "--grace-ms", "1000"]).status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        if let Some(st) = qemu.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "QEMU did not exit after Shutdown");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        st.success(),
+        "QEMU exit {st}\n{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
+    );
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&netns),
+        "the runner removed its network namespace"
+    );
+}

@@ -308,7 +308,7 @@ fn namespaces_isolate_and_cells_share_within() {
                 "cd /proc && echo pids [0-9]*; echo init $(tr '\\0' ' ' < /proc/1/cmdline); \
                  echo host $(hostname); echo links $(ls /sys/class/net); \
                  echo devs $(tail -n +3 /proc/net/dev | cut -d: -f1); echo cg $(cat /proc/self/cgroup); \
-                 echo tmp $(ls /tmp)",
+                 echo tmp $(ls /tmp); echo comms $(cat /proc/[0-9]*/comm)",
             )
             .await;
         let field = |k: &str| {
@@ -321,6 +321,10 @@ fn namespaces_isolate_and_cells_share_within() {
         let pids: Vec<u32> = field("pids").split_whitespace().map(|p| p.parse().unwrap()).collect();
         assert!(pids.contains(&1) && pids.len() <= 4, "only the cell's processes: {out}");
         assert!(field("init").starts_with("aurae-cell-init"), "{out}");
+        assert!(
+            field("comms").split(' ').any(|c| c == "sleep"),
+            "sees its sidecar: {out}"
+        );
         assert_eq!(field("host"), "iso");
         assert_eq!(field("links"), "lo");
         assert_eq!(field("devs"), "lo", "no eth0 in the cell");

@@ -40,9 +40,10 @@ pub struct Aer {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Seconds to wait for the node to answer.
-    #[arg(long, global = true, default_value_t = 10)]
-    timeout: u64,
+    /// Seconds to wait for the node to answer (connection, TLS handshake and each call;
+    /// fractions allowed).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    timeout: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,10 +157,16 @@ impl Target {
             Some(t) => endpoint.timeout(t),
             None => endpoint,
         };
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e))))
+        // connect_timeout bounds only the TCP connect; a forwarding proxy (QEMU's user
+        // network) accepts at once and may then hold the TLS handshake for seconds.
+        match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+            Ok(r) => r.map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e)))),
+            Err(_) => Err(CliError::Connect(format!(
+                "{}: no answer within {:.1} s",
+                self.addr,
+                self.timeout.as_secs_f64()
+            ))),
+        }
     }
 }
 
@@ -207,7 +214,10 @@ fn resolve(a: &Aer) -> Result<Target, CliError> {
         },
         addr,
         server_name,
-        timeout: Duration::from_secs(a.timeout),
+        timeout: Duration::try_from_secs_f64(a.timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| CliError::Usage(format!("--timeout {}: give a positive number of seconds", a.timeout)))?,
     })
 }
 

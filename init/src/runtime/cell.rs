@@ -173,6 +173,22 @@ fn start_error(e: StartError, what: &str) -> RuntimeError {
     }
 }
 
+/// Refuses limits whose controller is not among those `offered` to the new cell.
+fn check_controllers(r: &Resources, offered: &[String]) -> Result<()> {
+    for c in CONTROLLERS {
+        let fields = (c.fields)(r);
+        if !fields.is_empty() && !offered.iter().any(|o| o == c.name) {
+            return Err(RuntimeError::Precondition(format!(
+                "{}: needs the cgroup v2 '{}' controller, which this node does not offer here (usable: {}); drop the limit or use a node that has it",
+                fields.join(", "),
+                c.name,
+                if offered.is_empty() { "none".into() } else { offered.join(" ") }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a cpuset list that is malformed or names cpus/nodes the parent does not have.
 fn check_cpuset(requested: &str, effective: Option<String>, field: &str) -> Result<()> {
     let want = cpuset::parse_list(requested)
@@ -227,18 +243,7 @@ impl Runtime {
             }
         };
         let parent_dir = parent.as_ref().map_or_else(|| self.root.clone(), |p| p.dir.clone());
-        let offered = parent_dir.subtree_control();
-        for c in CONTROLLERS {
-            let fields = (c.fields)(&spec.resources);
-            if !fields.is_empty() && !offered.iter().any(|o| o == c.name) {
-                return Err(RuntimeError::Precondition(format!(
-                    "{}: needs the cgroup v2 '{}' controller, which this node does not offer here (usable: {}); drop the limit or use a node that has it",
-                    fields.join(", "),
-                    c.name,
-                    if offered.is_empty() { "none".into() } else { offered.join(" ") }
-                )));
-            }
-        }
+        check_controllers(&spec.resources, &parent_dir.subtree_control())?;
         let r = &spec.resources;
         if let Some(cpus) = &r.cpuset_cpus {
             check_cpuset(cpus, parent_dir.read("cpuset.cpus.effective"), "resources.cpuset_cpus")?;
@@ -490,6 +495,32 @@ mod tests {
         };
         assert_eq!(clone_flags(&host_net) & libc::CLONE_NEWNET, 0);
         assert_eq!(clone_flags(&host_net) & libc::CLONE_NEWPID, libc::CLONE_NEWPID);
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_is_refused_by_name() {
+        let offered = vec!["cpu".to_owned(), "pids".to_owned()];
+        let r = Resources {
+            memory_max: Some(1 << 20),
+            swap_max: Some(0),
+            ..Default::default()
+        };
+        let e = check_controllers(&r, &offered).unwrap_err();
+        assert!(matches!(e, RuntimeError::Precondition(_)));
+        assert_eq!(
+            e.to_string(),
+            "memory_max_bytes, swap_max_bytes: needs the cgroup v2 'memory' controller, which this node does not offer here (usable: cpu pids); drop the limit or use a node that has it"
+        );
+        let ok = Resources {
+            cpu_weight: Some(10),
+            pids_max: Some(5),
+            ..Default::default()
+        };
+        assert!(check_controllers(&ok, &offered).is_ok());
+        assert!(
+            check_controllers(&Resources::default(), &[]).is_ok(),
+            "no limits need no controller"
+        );
     }
 
     #[test]
