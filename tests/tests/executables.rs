@@ -191,6 +191,28 @@ fn executables_run_report_stop_and_clean_up() {
     });
 }
 
+/// Lines are "N ..." for N = 1..=total: each gap must equal the drop count reported before
+/// the next line, and every line must have arrived or been counted. Returns lines dropped.
+fn check_accounting(how: &str, entries: &[pb::LogEntry], total: u64) -> u64 {
+    let mut expect = 1u64;
+    let mut dropped = 0;
+    for e in entries {
+        let text = String::from_utf8_lossy(&e.line);
+        let n: u64 = text.split(' ').next().unwrap().parse().unwrap();
+        dropped += e.dropped_before;
+        assert_eq!(n, expect + e.dropped_before, "{how}: a gap not counted before line {n}");
+        expect = n + 1;
+    }
+    assert_eq!(expect, total + 1, "{how}: the last line arrived");
+    assert_eq!(
+        entries.len() as u64 + dropped,
+        total,
+        "{how}: every line arrived or was counted"
+    );
+    eprintln!("{how}: {} lines, {dropped} dropped", entries.len());
+    dropped
+}
+
 #[test]
 fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
     let build = appliance_or_skip!();
@@ -200,28 +222,26 @@ fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
         const N: u64 = 100_000;
         c.exec(sh("flood", "", &format!("seq 1 {N}"))).await.unwrap();
         let follow = c.log_entries("flood", true).await;
-        for (how, entries) in [
-            ("followed", follow),
-            ("read after exit", c.log_entries("flood", false).await),
-        ] {
-            let mut expect = 1u64;
-            let mut dropped = 0;
-            for e in &entries {
-                let n: u64 = String::from_utf8_lossy(&e.line).parse().unwrap();
-                dropped += e.dropped_before;
-                assert_eq!(n, expect + e.dropped_before, "{how}: a gap not counted before line {n}");
-                expect = n + 1;
-            }
-            assert_eq!(expect, N + 1, "{how}: the last line arrived");
-            assert_eq!(
-                entries.len() as u64 + dropped,
-                N,
-                "{how}: every line arrived or was counted"
-            );
-            eprintln!("flood {how}: {} lines, {dropped} dropped", entries.len());
-        }
+        check_accounting("flood followed", &follow, N);
+        check_accounting("flood read after exit", &c.log_entries("flood", false).await, N);
         assert_eq!(c.wait("flood").await.exit_code, Some(0));
         c.free("flood").await;
+
+        // 100 000 lines of ~130 bytes overflow the 8 MiB buffer while nobody reads: the
+        // oldest go, counted exactly, and meanwhile another workload runs as usual.
+        let big = format!("awk 'BEGIN {{ for (i = 1; i <= {N}; i++) printf \"%d %0120d\\n\", i, 0 }}'");
+        c.exec(sh("bigflood", "", &big)).await.unwrap();
+        let (st, out) = c.run_sh("bystander", "", "echo alive").await;
+        assert_eq!(
+            (st.exit_code, out.as_str()),
+            (Some(0), "alive"),
+            "not blocked by the flood"
+        );
+        assert_eq!(c.wait("bigflood").await.exit_code, Some(0));
+        let kept = c.log_entries("bigflood", false).await;
+        let dropped = check_accounting("overflowing flood", &kept, N);
+        assert!(dropped > 0, "an 8 MiB buffer cannot hold ~17 MB of lines");
+        c.free("bigflood").await;
 
         // 200 concurrent RunExecutable calls, each in a private cell.
         let mut set = tokio::task::JoinSet::new();

@@ -111,13 +111,13 @@ impl LogBuffer {
         self.changed.send_modify(|v| *v = v.wrapping_add(0));
     }
 
-    /// Where a reader starts: the oldest line, or `tail` lines before the end.
+    /// Where a reader starts: the very first line ever written, or `tail` lines before the
+    /// end. Lines no longer held between there and the oldest kept line are reported as
+    /// dropped by the first `read`, so a reader always learns what it missed.
     pub fn start_cursor(&self, tail: Option<u64>) -> u64 {
-        let g = self.lock();
-        let first = g.lines.front().map_or(g.next_seq, |l| l.seq);
         match tail {
-            Some(n) => g.next_seq.saturating_sub(n).max(first),
-            None => first,
+            Some(n) => self.lock().next_seq.saturating_sub(n),
+            None => 0,
         }
     }
 
@@ -144,12 +144,6 @@ impl LogBuffer {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
-    }
-
-    /// Lines dropped so far (sequence numbers no longer held).
-    pub fn dropped_total(&self) -> u64 {
-        let g = self.lock();
-        g.lines.front().map_or(g.next_seq, |l| l.seq)
     }
 }
 
@@ -191,20 +185,25 @@ mod tests {
         for i in 0..25u32 {
             b.push(Stream::Stdout, format!("{i:04}").into_bytes());
         }
-        let mut cur = b.start_cursor(None);
-        assert_eq!(cur, 15);
-        let mut cur0 = 0;
-        let batch = b.read(&mut cur0, 100);
-        assert_eq!(batch.dropped, 15);
+        let mut from_start = b.start_cursor(None);
+        assert_eq!(from_start, 0);
+        let batch = b.read(&mut from_start, 100);
+        assert_eq!(
+            batch.dropped, 15,
+            "a reader from the start learns what went before it came"
+        );
         assert_eq!(batch.lines.len(), 10);
         assert_eq!(batch.lines[0].bytes, b"0015");
         assert!(!batch.closed);
+        let mut tail = b.start_cursor(Some(12));
+        let batch = b.read(&mut tail, 100);
+        assert_eq!((batch.dropped, batch.lines.len()), (2, 10), "2 of the last 12 are gone");
+        let mut cur = 15;
         b.close_writer();
         let batch = b.read(&mut cur, 3);
         assert_eq!((batch.dropped, batch.lines.len(), batch.closed), (0, 3, false));
         let batch = b.read(&mut cur, 100);
         assert_eq!((batch.lines.len(), batch.closed), (7, true));
-        assert_eq!(b.dropped_total(), 15);
     }
 
     #[test]
