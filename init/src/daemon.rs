@@ -126,5 +126,8 @@ async fn serve_until_power_action(
         tracing::error!("cannot serve the API: {e}; waiting for a shutdown signal or the power button");
         chosen = rx.recv().await;
     }
+    if !pid1 {
+        ctx.runtime.remove_all();
+    }
     Ok((chosen.unwrap_or(PowerAction::PowerOff), ctx.grace()))
 }

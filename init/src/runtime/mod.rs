@@ -208,6 +208,22 @@ impl Runtime {
         let stops = tops.iter().map(|c| self.stop_cell(c, libc::SIGTERM, grace));
         futures_join_all(stops).await;
     }
+
+    /// When a daemon exits: after `stop_all`, remove every cell's cgroup and the workloads
+    /// root itself, so the host's cgroup tree is left as auraed found it.
+    pub fn remove_all(&self) {
+        let cells: Vec<Arc<Cell>> = self.table().cells.values().cloned().collect();
+        for c in cells.iter().filter(|c| c.name.parent().is_none()) {
+            if let Err(e) = c.dir.remove_tree() {
+                tracing::warn!("cell {}: {e}", c.name);
+            }
+        }
+        if self.unusable.is_none() {
+            if let Err(e) = std::fs::remove_dir(self.root.path()) {
+                tracing::warn!("remove {}: {e}", self.root.path().display());
+            }
+        }
+    }
 }
 
 /// Runs futures concurrently on this task and waits for all (no extra dependency).
