@@ -80,6 +80,32 @@ fn executables_run_report_stop_and_clean_up() {
             "free removes the cgroup"
         );
 
+        // argv without a shell, env (nothing inherited but a default PATH), cwd, uid/gid.
+        let mut who = pb::Executable {
+            name: "who".into(),
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "id -u; id -g; id -G; pwd; echo $GREETING; echo $PATH; env | wc -l".into(),
+            ],
+            cwd: "/tmp".into(),
+            uid: Some(1000),
+            ..Default::default()
+        };
+        who.env.insert("GREETING".into(), "hi there".into());
+        c.exec(who).await.unwrap();
+        assert_eq!(c.wait("who").await.exit_code, Some(0));
+        let out = c.stdout("who").await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(&lines[..5], ["1000", "1000", "1000", "/tmp", "hi there"], "{out}");
+        assert_eq!(lines[5], "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let vars: u32 = lines[6].trim().parse().unwrap();
+        assert!(
+            vars <= 4,
+            "only GREETING, PATH and what sh sets itself (PWD, SHLVL): {out}"
+        );
+        c.free("who").await;
+
         // Each refusal has its code, names the field, and leaves nothing behind.
         let before = workload_cgroups(&c).await;
         let bin = |name: &str, argv0: &str| pb::Executable {
