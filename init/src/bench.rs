@@ -3,7 +3,7 @@
 //! kernel, CPU and moment. `tests/bench.sh` starts it as an executable in a cell that shares
 //! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
 
-use crate::cli::{config::FileConfig, CliError, Target};
+use crate::cli::{config::FileConfig, workloads::wref, CliError, Target};
 use crate::pb::{self, runtime_client::RuntimeClient, workloads_client::WorkloadsClient};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,13 +51,6 @@ fn exe(name: String, cell: &str) -> pb::Executable {
         argv: vec!["/bin/true".into()],
         cell: cell.into(),
         ..Default::default()
-    }
-}
-
-fn wref(kind: pb::WorkloadKind, name: &str) -> pb::WorkloadRef {
-    pb::WorkloadRef {
-        kind: kind as i32,
-        name: name.into(),
     }
 }
 

@@ -300,7 +300,7 @@ fn print_status(w: &pb::WorkloadStatus, as_json: bool) {
     }
 }
 
-fn wref(kind: pb::WorkloadKind, name: &str) -> pb::WorkloadRef {
+pub(crate) fn wref(kind: pb::WorkloadKind, name: &str) -> pb::WorkloadRef {
     pb::WorkloadRef {
         kind: kind as i32,
         name: name.to_owned(),

@@ -8,9 +8,8 @@ use super::holder::Setup;
 use super::names::CellName;
 use super::spec::{CellSpec, Isolation, Resources};
 use super::sys::start::{start_holder, StartError};
-use super::{poll_until, Phase, Runtime};
+use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
-use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,13 +18,6 @@ use tokio::time::Instant;
 
 /// The leaf cgroup of a cell's holder.
 pub const HOLDER_LEAF: &str = "_init";
-/// How long to wait for the kernel to empty a killed cgroup.
-const KILL_WAIT: Duration = Duration::from_secs(10);
-
-struct Holder {
-    pid: Pid,
-    pidfd: Arc<OwnedFd>,
-}
 
 #[derive(Debug, Clone)]
 struct CellState {
@@ -40,7 +32,8 @@ pub struct Cell {
     /// Made for one executable that named no cell; it ends when that executable does.
     pub implicit: bool,
     pub dir: CgroupDir,
-    holder: OnceLock<Holder>,
+    /// The holder's pidfd, once it runs.
+    holder: OnceLock<Arc<OwnedFd>>,
     state: watch::Sender<CellState>,
     /// Serialises stop, freeze and thaw.
     op: tokio::sync::Mutex<()>,
@@ -56,7 +49,6 @@ pub struct CellView {
     pub usage: Usage,
     pub executables: Vec<String>,
     pub error: String,
-    pub holder_pid: u32,
 }
 
 /// Namespaces the holder creates. The cgroup namespace is per executable (see sys::start).
@@ -101,31 +93,12 @@ impl Cell {
 
     /// The holder's pidfd: what a process joins to live in this cell.
     pub fn pidfd(&self) -> Option<Arc<OwnedFd>> {
-        self.holder.get().map(|h| h.pidfd.clone())
-    }
-
-    pub fn holder_pid(&self) -> Option<Pid> {
-        self.holder.get().map(|h| h.pid)
+        self.holder.get().cloned()
     }
 
     /// Pids of the cell's workloads (everything but holders), here and in nested cells.
     pub fn workload_pids(&self) -> Vec<i32> {
-        fn walk(d: &CgroupDir, out: &mut Vec<i32>) {
-            if d.path().file_name().is_some_and(|n| n == HOLDER_LEAF) {
-                return;
-            }
-            out.extend(d.procs());
-            if let Ok(rd) = std::fs::read_dir(d.path()) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        walk(&CgroupDir::new(e.path()), out);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.dir, &mut out);
-        out
+        self.dir.procs_below(HOLDER_LEAF)
     }
 
     /// Called when the holder is reaped.
@@ -329,10 +302,7 @@ impl Runtime {
             .pidfd
             .map(Arc::new)
             .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
-        let _ = cell.holder.set(Holder {
-            pid: started.pid,
-            pidfd,
-        });
+        let _ = cell.holder.set(pidfd);
         cell.set_phase(Phase::Running);
         let watcher = cell.clone();
         let exit = started.exit;
@@ -344,8 +314,7 @@ impl Runtime {
     /// Kills whatever a cell holds and removes it from the node and the table.
     pub(super) async fn discard_cell_now(&self, cell: &Cell) {
         cell.state.send_modify(|s| s.stopping = true);
-        let _ = cell.dir.kill();
-        poll_until(Instant::now() + KILL_WAIT, || !cell.dir.populated()).await;
+        kill_and_wait(&cell.dir).await;
         if let Err(e) = cell.dir.remove_tree() {
             tracing::warn!("cell {}: {e}", cell.name);
         }
@@ -372,7 +341,6 @@ impl Runtime {
             usage: c.dir.usage(),
             executables,
             error,
-            holder_pid: c.holder_pid().map_or(0, |p| p.as_raw() as u32),
         }
     }
 
@@ -396,17 +364,7 @@ impl Runtime {
         if cell.dir.frozen() {
             let _ = cell.dir.set_frozen(false);
         }
-        let deadline = Instant::now() + grace;
-        if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
-            for pid in cell.workload_pids() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-            }
-        }
-        poll_until(deadline, || cell.workload_pids().is_empty()).await;
-        if let Err(e) = cell.dir.kill() {
-            tracing::error!("cell {}: cgroup.kill: {e}", cell.name);
-        }
-        poll_until(Instant::now() + KILL_WAIT, || !cell.dir.populated()).await;
+        terminate(&cell.dir, || cell.workload_pids(), signal, grace).await;
         for c in &nested {
             let _ = tokio::time::timeout(KILL_WAIT, c.wait()).await;
         }
@@ -466,8 +424,7 @@ impl Runtime {
         for e in &execs {
             e.wait().await;
         }
-        let _ = cell.dir.kill();
-        poll_until(Instant::now() + KILL_WAIT, || !cell.dir.populated()).await;
+        kill_and_wait(&cell.dir).await;
         cell.dir.remove_tree()?;
         let mut t = self.table();
         for e in &execs {

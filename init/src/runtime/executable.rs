@@ -10,7 +10,7 @@ use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
 use super::sys::start::{start_exec, ExecInput, StartError};
-use super::{poll_until, Phase, Runtime};
+use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use nix::errno::Errno;
 use std::os::unix::fs::PermissionsExt;
@@ -18,9 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
-
-const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// An executable's status.
 #[derive(Debug, Clone, Default)]
@@ -103,19 +100,12 @@ impl Executable {
     /// `signal` to every process of the executable, `grace`, then `cgroup.kill`.
     pub async fn stop(&self, signal: i32, grace: Duration) {
         let _op = self.op.lock().await;
-        if !self.phase().ended() {
-            if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
-                for pid in self.dir.procs() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-                }
-            }
-            poll_until(Instant::now() + grace, || self.dir.procs().is_empty()).await;
+        if self.phase().ended() {
+            // The main process is gone; daemonized children left in the leaf die here.
+            kill_and_wait(&self.dir).await;
+        } else {
+            terminate(&self.dir, || self.dir.procs(), signal, grace).await;
         }
-        // Also after the main process ended: its daemonized children die here.
-        if let Err(e) = self.dir.kill() {
-            tracing::error!("executable {}: cgroup.kill: {e}", self.name);
-        }
-        poll_until(Instant::now() + KILL_WAIT, || !self.dir.populated()).await;
         let _ = tokio::time::timeout(KILL_WAIT, self.wait()).await;
     }
 }
@@ -274,8 +264,7 @@ impl Runtime {
         match self.start_exec(&e, &cell, &spec, &program, &path_var).await {
             Ok(()) => Ok(e.view()),
             Err(err) => {
-                let _ = e.dir.kill();
-                poll_until(Instant::now() + KILL_WAIT, || !e.dir.populated()).await;
+                kill_and_wait(&e.dir).await;
                 let _ = e.dir.remove_tree();
                 self.table().execs.remove(&e.name);
                 if own {
@@ -361,8 +350,7 @@ impl Runtime {
             )));
         }
         let _op = e.op.lock().await;
-        let _ = e.dir.kill();
-        poll_until(Instant::now() + KILL_WAIT, || !e.dir.populated()).await;
+        kill_and_wait(&e.dir).await;
         e.dir.remove_tree()?;
         self.table().execs.remove(&e.name);
         if let Some(c) = &e.own_cell {

@@ -84,6 +84,8 @@ pub struct Runtime {
 const POLL_MIN: Duration = Duration::from_micros(500);
 const POLL_MAX: Duration = Duration::from_millis(10);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the kernel to empty a killed cgroup, or to freeze one.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 fn is_cgroup2(path: &std::path::Path) -> bool {
     nix::sys::statfs::statfs(path)
@@ -238,6 +240,28 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
         }
     })
     .await
+}
+
+/// `cgroup.kill`s `dir` and its descendants and waits (up to `KILL_WAIT`) until no process
+/// is left in them.
+async fn kill_and_wait(dir: &CgroupDir) {
+    if let Err(e) = dir.kill() {
+        tracing::error!("{}: cgroup.kill: {e}", dir.path().display());
+    }
+    poll_until(tokio::time::Instant::now() + KILL_WAIT, || !dir.populated()).await;
+}
+
+/// A graceful end: `signal` to every process `pids` lists, up to `grace` for them to go,
+/// then [`kill_and_wait`] for whatever is left in `dir`.
+async fn terminate(dir: &CgroupDir, pids: impl Fn() -> Vec<i32>, signal: i32, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        for pid in pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+    poll_until(deadline, || pids().is_empty()).await;
+    kill_and_wait(dir).await;
 }
 
 /// Waits until `cond` holds or `deadline` passes; true when it held.

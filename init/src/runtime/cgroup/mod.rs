@@ -10,6 +10,7 @@ pub mod pids;
 
 use super::error::{Result, RuntimeError};
 use super::spec::Resources;
+use crate::init::cgroup::read_controllers;
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -104,12 +105,12 @@ impl CgroupDir {
 
     /// Controllers this cgroup's children may use.
     pub fn subtree_control(&self) -> Vec<String> {
-        words(self.read("cgroup.subtree_control").as_deref())
+        read_controllers(&self.path.join("cgroup.subtree_control")).unwrap_or_default()
     }
 
     /// Controllers offered to this cgroup by its parent.
     pub fn controllers(&self) -> Vec<String> {
-        words(self.read("cgroup.controllers").as_deref())
+        read_controllers(&self.path.join("cgroup.controllers")).unwrap_or_default()
     }
 
     /// Enables every controller offered here for the children.
@@ -130,11 +131,13 @@ impl CgroupDir {
             .collect()
     }
 
-    /// Pids in this cgroup and every descendant.
-    pub fn procs_recursive(&self) -> Vec<i32> {
+    /// Pids in this cgroup and every descendant, except in descendants named `skip`.
+    pub fn procs_below(&self, skip: &str) -> Vec<i32> {
         let mut out = self.procs();
         for d in self.subdirs() {
-            out.extend(d.procs_recursive());
+            if d.path.file_name().is_some_and(|n| n != skip) {
+                out.extend(d.procs_below(skip));
+            }
         }
         out
     }
@@ -217,10 +220,6 @@ impl CgroupDir {
     }
 }
 
-fn words(s: Option<&str>) -> Vec<String> {
-    s.unwrap_or_default().split_whitespace().map(str::to_owned).collect()
-}
-
 /// Value of `key` in a "key value" per line file (cpu.stat, memory.events, cgroup.events).
 pub fn keyed(text: Option<&str>, key: &str) -> Option<u64> {
     text?.lines().find_map(|l| {
@@ -287,6 +286,26 @@ mod tests {
         );
         assert!(c.populated());
         assert!(!c.frozen());
+    }
+
+    #[test]
+    fn procs_below_walks_descendants_but_skips_the_named_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let c = CgroupDir::new(d.path());
+        for (dir, pids) in [
+            ("", "1\n"),
+            ("_init", "2\n"),
+            ("_x.a", "3\n4\n"),
+            ("b", ""),
+            ("b/_init", "5\n"),
+            ("b/_x.c", "6\n"),
+        ] {
+            fs::create_dir_all(d.path().join(dir)).unwrap();
+            fs::write(d.path().join(dir).join("cgroup.procs"), pids).unwrap();
+        }
+        let mut pids = c.procs_below("_init");
+        pids.sort();
+        assert_eq!(pids, [1, 3, 4, 6]);
     }
 
     #[test]

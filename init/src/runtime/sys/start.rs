@@ -13,14 +13,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Every namespace a holder can own; joining all of them puts a thread exactly where the
-/// cell's processes live (shared ones are the enclosing cell's or the host's).
-const ALL_NS: libc::c_int = libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWCGROUP;
+/// Every namespace a holder owns; joining all of them puts a thread exactly where the
+/// cell's processes live (shared ones are the enclosing cell's or the host's). The cgroup
+/// namespace is not among them: with `nsdelegate`, a process may only be cloned into a
+/// cgroup inside its cgroup namespace, so each executable makes its own after the clone.
+const ALL_NS: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
