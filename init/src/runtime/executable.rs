@@ -68,9 +68,16 @@ impl Executable {
         let _ = rx.wait_for(|s| s.phase.is_some_and(Phase::ended)).await;
     }
 
-    /// Records how the main process ended, with final usage from its cgroup.
-    fn finish(&self, exit: Option<Exit>) {
+    /// Records how the main process ended, with final usage from its cgroup. A private
+    /// cell ends first, so whoever waits on the executable finds its cell ended too.
+    async fn finish(&self, exit: Option<Exit>) {
         let u = self.dir.usage();
+        if let Some(c) = &self.own_cell {
+            c.end_with_owner();
+            if tokio::time::timeout(KILL_WAIT, c.wait()).await.is_err() {
+                tracing::error!("executable {}: its private cell did not end", self.name);
+            }
+        }
         self.state.send_modify(|s| {
             s.ended_unix_nanos = logs::now_unix_nanos();
             s.cpu_usage_micros = u.cpu_usage_micros;
@@ -91,9 +98,6 @@ impl Executable {
                 }
             }
         });
-        if let Some(c) = &self.own_cell {
-            c.end_with_owner();
-        }
         tracing::info!("executable {} ended: {exit:?}", self.name);
     }
 
@@ -331,7 +335,7 @@ impl Runtime {
         }
         let watcher = e.clone();
         let exit = started.exit;
-        tokio::spawn(async move { watcher.finish(exit.await.ok()) });
+        tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
         tracing::info!(
             "executable {} running in cell {} (pid {})",
             e.name,
