@@ -4,7 +4,8 @@
 #
 #   rootfs/pack.sh BUILD_DIR
 # reads  BUILD_DIR/bin/auraed (static), BUILD_DIR/pki/{ca,server}.{crt,key}
-# writes BUILD_DIR/initramfs/{base,pki,toolbox}.cpio.zst and BUILD_DIR/initramfs/appliance.cpio
+# reads  BUILD_DIR/kernel/bzImage (for the boot layer)
+# writes BUILD_DIR/initramfs/{base,pki,toolbox,boot}.cpio.zst and BUILD_DIR/initramfs/appliance.cpio
 # Reproducible: same inputs give the same bytes (mtime 0, fixed inode order, zstd -19 -T1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,4 +43,11 @@ mkdir -p "$B/toolbox" && cp "$bb" "$B/toolbox/busybox"
 } > "$out/toolbox.spec"
 mk "$out/toolbox.spec" "$out/toolbox.cpio" && z "$out/toolbox.cpio"
 
-for l in base pki toolbox; do printf 'rootfs: %-8s %8d bytes\n' "$l" "$(stat -c %s "$out/$l.cpio.zst")"; done
+# Boot: the node's own kernel, which RunVirtualMachine and Spawn hand to guests.
+cat > "$out/boot.spec" <<SPEC
+dir /boot 0755 0 0
+file /boot/vmlinuz kernel/bzImage 0644 0 0
+SPEC
+mk "$out/boot.spec" "$out/boot.cpio" && z "$out/boot.cpio"
+
+for l in base pki toolbox boot; do printf 'rootfs: %-8s %8d bytes\n' "$l" "$(stat -c %s "$out/$l.cpio.zst")"; done

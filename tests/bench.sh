@@ -50,7 +50,7 @@ printf '%-44s %d\n' "auraed static binary (bytes)" "$(stat -c %s "$B/bin/auraed"
 if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     echo
     echo "== runtime (inside the appliance, accel ${ACCEL:-tcg}, ${BENCH_N:-100} samples each)"
-    BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} MEM=2048M LAYERS="base pki toolbox bench" \
+    BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} MEM=2048M LAYERS="base pki toolbox boot bench" \
         "$here/qemu/run" > "$log" 2>&1 &
     qpid=$!
     t0=$(date +%s)

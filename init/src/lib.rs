@@ -15,6 +15,7 @@ pub mod pki;
 pub mod runtime;
 pub mod server;
 pub mod spawn;
+pub mod vmm;
 
 pub use aurae_proto::v0 as pb;
 

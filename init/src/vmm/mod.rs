@@ -1,0 +1,270 @@
+//! auraed's own VMM. It runs as a process of its own (auraed re-executed as `aurae-vmm`),
+//! started by the runtime inside the VM's cell, so the guest's memory and the vCPU threads
+//! are charged to that cell's cgroup and a VMM fault cannot touch PID 1.
+//!
+//! Protocol with the runtime: the configuration is argv[1] (JSON); the guest's serial console
+//! is stdout; the VMM's own messages are stderr, the first of which is either
+//! [`READY`] or an error. The exit code says how the guest ended ([`ExitCode`]). SIGTERM asks
+//! the guest to shut down (Ctrl-Alt-Del on the i8042); SIGKILL (cgroup.kill) is the hard stop.
+
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+
+use devices::{ConsoleOut, GuestExit, IrqTrigger, PortBus};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{mpsc, Arc, Mutex};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+pub const ARGV0: &str = "aurae-vmm";
+/// The VMM's first line on stderr once every vCPU runs.
+pub const READY: &str = "aurae-vmm: guest running";
+pub const MAX_VCPUS: u32 = 32;
+pub const MIN_MEMORY: u64 = 64 << 20;
+pub const MAX_MEMORY: u64 = boot::MMIO_START;
+
+/// How the VMM process ends; the runtime turns it into the VM's state and exit reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    PowerOff = 0,
+    Error = 1,
+    Reset = 3,
+    TripleFault = 4,
+}
+
+impl ExitCode {
+    pub fn reason(code: i32) -> &'static str {
+        match code {
+            0 => "guest powered off",
+            3 => "guest reset (reboot ends the VM)",
+            4 => "guest triple fault",
+            _ => "the VMM failed (see the stderr lines in its logs)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub kernel: String,
+    pub initramfs: Option<String>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum VmmError {
+    #[error("{0}")]
+    Boot(#[from] boot::BootError),
+    #[error("KVM {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+/// Entry point (argv[0] == ARGV0). Never returns.
+pub fn main(args: &[String]) -> ! {
+    let cfg = match args.get(1).map(|a| serde_json::from_str::<VmConfig>(a)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => fatal(&format!("bad configuration: {e}")),
+        None => fatal("usage: aurae-vmm CONFIG_JSON (started by auraed)"),
+    };
+    // SIGTERM is handled on a thread of its own (see below); the vCPU threads inherit the mask.
+    let term = nix::sys::signal::SigSet::from_iter([nix::sys::signal::Signal::SIGTERM]);
+    let _ = term.thread_block();
+    match run(&cfg, term) {
+        Ok(exit) => {
+            eprintln!(
+                "aurae-vmm: {}",
+                ExitCode::reason(match exit {
+                    GuestExit::PowerOff => ExitCode::PowerOff as i32,
+                    GuestExit::Reset => ExitCode::Reset as i32,
+                    GuestExit::TripleFault => ExitCode::TripleFault as i32,
+                })
+            );
+            std::process::exit(match exit {
+                GuestExit::PowerOff => ExitCode::PowerOff as i32,
+                GuestExit::Reset => ExitCode::Reset as i32,
+                GuestExit::TripleFault => ExitCode::TripleFault as i32,
+            })
+        }
+        Err(e) => fatal(&e.to_string()),
+    }
+}
+
+fn fatal(msg: &str) -> ! {
+    eprintln!("aurae-vmm: error: {msg}");
+    std::process::exit(ExitCode::Error as i32)
+}
+
+struct Machine {
+    vm: VmFd,
+    bus: Arc<Mutex<PortBus>>,
+    end: mpsc::Sender<Result<GuestExit, String>>,
+}
+
+fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmError> {
+    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    let mem = boot::memory(cfg.memory_bytes)?;
+    register_memory(&vm, &mem)?;
+    vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    vm.create_pit2(kvm_bindings::kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("create PIT"))?;
+
+    let entry = boot::load(
+        &mem,
+        std::path::Path::new(&cfg.kernel),
+        cfg.initramfs.as_deref().map(std::path::Path::new),
+        &cfg.cmdline,
+        cfg.vcpus,
+    )?;
+
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+    vm.register_irqfd(&irq, devices::COM1_IRQ).map_err(kvm_err("register serial irqfd"))?;
+    // SAFETY: fd 1 is the stdout pipe the runtime gave this process; nothing else owns it.
+    let stdout = unsafe { OwnedFd::from_raw_fd(1) };
+    let bus = Arc::new(Mutex::new(PortBus {
+        serial: vm_superio::Serial::new(IrqTrigger(irq), ConsoleOut::new(stdout)),
+    }));
+
+    let (end_tx, end_rx) = mpsc::channel();
+    let machine = Arc::new(Machine {
+        vm,
+        bus: bus.clone(),
+        end: end_tx.clone(),
+    });
+    let cpuid = cpu::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        let fd = machine.vm.create_vcpu(u64::from(id)).map_err(kvm_err("create vCPU"))?;
+        cpu::setup(&fd, &cpuid, id, cfg.vcpus, entry.rip).map_err(kvm_err("set up vCPU"))?;
+        vcpus.push(fd);
+    }
+    for (id, fd) in vcpus.into_iter().enumerate() {
+        let m = machine.clone();
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu_loop(fd, &m))
+            .map_err(io("start vCPU thread"))?;
+    }
+    // SIGTERM: the graceful stop. Without a guest-side channel yet, it ends the VM as a
+    // power-off would, after the console is drained.
+    std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || {
+            if term.wait().is_ok() {
+                let _ = end_tx.send(Ok(GuestExit::PowerOff));
+            }
+        })
+        .map_err(io("start signal thread"))?;
+    eprintln!(
+        "{READY}: {} vCPUs, {} MiB",
+        cfg.vcpus,
+        cfg.memory_bytes >> 20
+    );
+    let end = end_rx.recv().unwrap_or(Err("every vCPU thread ended".into()));
+    if let Ok(mut b) = bus.lock() {
+        b.serial.writer_mut().drain();
+    }
+    drop(mem);
+    end.map_err(|e| VmmError::Io {
+        what: "vCPU",
+        source: std::io::Error::other(e),
+    })
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, r) in mem.iter().enumerate() {
+        let host = r
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmmError::Io {
+                what: "guest memory",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: r.start_addr().raw_value(),
+            memory_size: r.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives every vCPU: run()
+        // keeps it until the process exits.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map guest memory"))?;
+    }
+    Ok(())
+}
+
+fn vcpu_loop(mut fd: VcpuFd, m: &Machine) {
+    let end = loop {
+        match fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if let Ok(mut b) = m.bus.lock() {
+                    b.read(port, data);
+                }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let exit = m.bus.lock().ok().and_then(|mut b| b.write(port, data));
+                if let Some(e) = exit {
+                    break Ok(e);
+                }
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::Hlt) => {}
+            Ok(VcpuExit::Shutdown) => break Ok(GuestExit::TripleFault),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                break Err(format!("KVM entry failed: reason {reason:#x} on CPU {cpu}"))
+            }
+            Ok(VcpuExit::InternalError) => break Err("KVM internal error".into()),
+            Ok(other) => break Err(format!("unexpected vCPU exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => break Err(format!("KVM_RUN: {e}")),
+        }
+    };
+    let _ = m.end.send(end);
+}
+
+/// Whether this node can run VMs: /dev/kvm opens and speaks the stable API.
+pub fn kvm_usable() -> Result<(), String> {
+    Kvm::new()
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm is not usable here ({e})"))
+}
+
+/// Checks a kernel image's format (bzImage "HdrS" or ELF64) without loading it.
+pub fn check_kernel(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut head = vec![0u8; 0x206];
+    let n = f.read(&mut head).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if n >= 5 && &head[..4] == b"\x7fELF" && head[4] == 2 {
+        return Ok(());
+    }
+    if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        return Ok(());
+    }
+    Err(format!("{} is neither a bzImage nor a 64-bit ELF vmlinux", path.display()))
+}
