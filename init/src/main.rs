@@ -82,10 +82,11 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == auraed::runtime::holder::ARGV0) {
         auraed::runtime::holder::main(&args);
     }
-    if args
-        .first()
-        .is_some_and(|a| std::path::Path::new(a).file_name().is_some_and(|n| n == auraed::vmm::ARGV0))
-    {
+    if args.first().is_some_and(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .is_some_and(|n| n == auraed::vmm::ARGV0)
+    }) {
         auraed::vmm::main(&args);
     }
     if std::process::id() == 1 {

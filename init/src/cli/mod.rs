@@ -5,6 +5,7 @@
 //! 4 the awaited executable did not exit 0 (`exec --wait`, `exec -f`, `wait`).
 
 pub mod config;
+pub mod vm;
 pub mod workloads;
 
 use crate::pb;
@@ -76,6 +77,9 @@ enum Command {
     /// Cells: create, status, stop, wait, free, freeze, thaw.
     #[command(subcommand)]
     Cell(workloads::CellCmd),
+    /// Virtual machines run by auraed's VMM: run, ls, status, logs, stop, wait, free.
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +267,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
         Command::Wait { name } => return workloads::lifecycle(&target, exe, name, Op::Wait, a.json).await,
         Command::Free { name } => return workloads::lifecycle(&target, exe, name, Op::Free, a.json).await,
         Command::Cell(c) => return workloads::cell(c, &target, a.json).await,
+        Command::Vm(v) => return vm::vm(v, &target, a.json).await,
         Command::Health { .. } | Command::Node(_) => {}
     }
     let ch = target.connect().await?;

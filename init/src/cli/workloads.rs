@@ -49,13 +49,13 @@ pub struct StopArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    name: String,
-    /// Keep streaming new lines until the executable ends.
+    pub name: String,
+    /// Keep streaming new lines until the workload ends.
     #[arg(short, long)]
-    follow: bool,
+    pub follow: bool,
     /// Start this many lines before the end.
     #[arg(long)]
-    tail: Option<u64>,
+    pub tail: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,7 +165,7 @@ fn parse_signal(s: &str) -> Result<u32, CliError> {
         .ok_or_else(|| usage(format!("--signal '{s}': not a signal name or number")))
 }
 
-fn state_name(s: i32) -> String {
+pub(crate) fn state_name(s: i32) -> String {
     pb::WorkloadState::try_from(s)
         .map(|s| s.as_str_name().trim_start_matches("WORKLOAD_STATE_").to_lowercase())
         .unwrap_or_else(|_| s.to_string())
@@ -296,6 +296,7 @@ fn print_status(w: &pb::WorkloadStatus, as_json: bool) {
     match &w.status {
         Some(pb::workload_status::Status::Executable(e)) => print_exec(e, as_json),
         Some(pb::workload_status::Status::Cell(c)) => print_cell(c, as_json),
+        Some(pb::workload_status::Status::VirtualMachine(v)) => super::vm::print_vm(v, as_json),
         _ => println!("{w:?}"),
     }
 }
@@ -317,11 +318,17 @@ fn outcome(w: &pb::WorkloadStatus) -> Result<(), CliError> {
     }
 }
 
-async fn stream_logs(ch: Channel, name: &str, follow: bool, tail: Option<u64>) -> Result<(), CliError> {
+pub(crate) async fn stream_logs(
+    ch: Channel,
+    kind: pb::WorkloadKind,
+    name: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<(), CliError> {
     let mut c = pb::workloads_client::WorkloadsClient::new(ch);
     let mut s = c
         .logs(pb::LogsRequest {
-            workload: Some(wref(pb::WorkloadKind::Executable, name)),
+            workload: Some(wref(kind, name)),
             follow,
             tail_lines: tail,
         })
@@ -377,7 +384,7 @@ pub async fn exec(a: &ExecArgs, target: &super::Target, as_json: bool) -> Result
     }
     let long = target.connect_unbounded().await?;
     if a.follow {
-        stream_logs(long.clone(), &a.name, true, None).await?;
+        stream_logs(long.clone(), pb::WorkloadKind::Executable, &a.name, true, None).await?;
     }
     let w = pb::workloads_client::WorkloadsClient::new(long)
         .wait(wref(pb::WorkloadKind::Executable, &a.name))
@@ -403,6 +410,7 @@ pub async fn ps(ch: Channel, as_json: bool) -> Result<(), CliError> {
             .filter_map(|w| match &w.status {
                 Some(pb::workload_status::Status::Executable(e)) => Some(exec_json(e)),
                 Some(pb::workload_status::Status::Cell(c)) => Some(cell_json(c)),
+                Some(pb::workload_status::Status::VirtualMachine(v)) => Some(super::vm::vm_json(v)),
                 _ => None,
             })
             .collect();
@@ -428,6 +436,16 @@ pub async fn ps(ch: Channel, as_json: bool) -> Result<(), CliError> {
                 e.pid,
                 e.cell,
                 ended(e)
+            ),
+            Some(pb::workload_status::Status::VirtualMachine(v)) => println!(
+                "{:<11} {:<24} {:<9} {:<8} {} vCPU, {} MiB {}",
+                "vm",
+                v.name,
+                state_name(v.state),
+                v.vmm_pid,
+                v.vcpus,
+                v.memory_bytes >> 20,
+                v.exit_reason
             ),
             _ => {}
         }
@@ -492,7 +510,7 @@ pub async fn logs(a: &LogsArgs, target: &super::Target) -> Result<(), CliError> 
     } else {
         target.connect().await?
     };
-    stream_logs(ch, &a.name, a.follow, a.tail).await
+    stream_logs(ch, pb::WorkloadKind::Executable, &a.name, a.follow, a.tail).await
 }
 
 pub async fn cell(cmd: &CellCmd, target: &super::Target, as_json: bool) -> Result<(), CliError> {

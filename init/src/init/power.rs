@@ -124,10 +124,37 @@ pub fn finish_pid1(action: PowerAction, grace: Duration) -> ! {
         PowerAction::PowerOff | PowerAction::Exit => nix::sys::reboot::RebootMode::RB_POWER_OFF,
     };
     tracing::info!("{how:?}");
+    if under_aurae_vmm() {
+        tell_aurae_vmm(action);
+    }
     // reboot() returns only on failure (Infallible on success).
     let Err(e) = nix::sys::reboot::reboot(how);
     tracing::error!("reboot({how:?}) failed: {e}; halting here");
     loop {
         std::thread::park();
     }
+}
+
+/// Whether this kernel was booted by auraed's VMM, which sets `aurae.vmm=1`.
+fn under_aurae_vmm() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == "aurae.vmm=1"))
+}
+
+/// Without ACPI a guest kernel can reboot (i8042) but not power off: it would halt its CPUs
+/// and the VM would linger. auraed's VMM offers a port for this; writing it ends the VM at
+/// once, so the disks were synced before.
+fn tell_aurae_vmm(action: PowerAction) {
+    let port = crate::vmm::devices::POWER_PORT;
+    let value = match action {
+        PowerAction::Reboot => crate::vmm::devices::REBOOT,
+        PowerAction::PowerOff | PowerAction::Exit => crate::vmm::devices::POWER_OFF,
+    };
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    if unsafe { libc::ioperm(u64::from(port), 1, 1) } != 0 {
+        tracing::warn!("ioperm({port:#x}): {}", std::io::Error::last_os_error());
+        return;
+    }
+    // SAFETY: the port belongs to auraed's VMM (see vmm::devices); the write has no effect
+    // on this guest's memory.
+    unsafe { std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
 }

@@ -43,8 +43,22 @@ pub struct Executable {
     own_cell: Option<Arc<Cell>>,
     pub dir: CgroupDir,
     pub logs: Arc<LogBuffer>,
+    /// What stdout is in the logs: Stdout, or Console for a VMM.
+    stdout_as: logs::Stream,
     state: watch::Sender<ExecView>,
     op: tokio::sync::Mutex<()>,
+}
+
+/// How to start an executable (see [`Runtime::launch`]).
+pub(super) struct Launch {
+    pub program: String,
+    pub path_var: String,
+    /// Namespaces of the private cell, when the spec names no cell.
+    pub isolation: Isolation,
+    /// Limits of the private cell.
+    pub resources: Resources,
+    pub stdout_as: logs::Stream,
+    pub listed: bool,
 }
 
 impl Executable {
@@ -193,7 +207,29 @@ impl Runtime {
         self.usable()?;
         let path_var = spec.env.get("PATH").map_or(DEFAULT_PATH, String::as_str).to_owned();
         let program = resolve(&spec.argv[0], &path_var)?;
-        if self.table().execs.contains_key(&spec.name) {
+        let how = Launch {
+            program,
+            path_var,
+            isolation: Isolation::default(),
+            resources: Resources::default(),
+            stdout_as: logs::Stream::Stdout,
+            listed: true,
+        };
+        Ok(self.launch(spec, how).await?.view())
+    }
+
+    /// Starts `spec` as `how` says. Unlisted executables (a VM's VMM) are not in the table;
+    /// their owner keeps them.
+    pub(super) async fn launch(&self, spec: ExecutableSpec, how: Launch) -> Result<Arc<Executable>> {
+        let Launch {
+            program,
+            path_var,
+            isolation,
+            resources,
+            stdout_as,
+            listed,
+        } = how;
+        if listed && self.table().execs.contains_key(&spec.name) {
             return Err(RuntimeError::AlreadyExists(format!(
                 "an executable named '{}' already exists; free it (aer free {0}) or choose another name",
                 spec.name
@@ -220,8 +256,8 @@ impl Runtime {
             None => {
                 let own = CellSpec {
                     name: CellName::of_executable(&spec.name),
-                    resources: Resources::default(),
-                    isolation: Isolation::default(),
+                    resources,
+                    isolation,
                 };
                 let c = self.create_cell(own, true).await.map_err(|e| match e {
                     RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
@@ -239,6 +275,7 @@ impl Runtime {
             own_cell: own.then(|| cell.clone()),
             dir: cell.dir.child(&format!("_x.{}", spec.name)),
             logs: Arc::new(LogBuffer::new(logs::DEFAULT_CAPACITY, 2)),
+            stdout_as,
             state: watch::channel(ExecView {
                 name: spec.name.to_string(),
                 cell: cell.name.to_string(),
@@ -248,7 +285,7 @@ impl Runtime {
             .0,
             op: tokio::sync::Mutex::new(()),
         });
-        let taken = {
+        let taken = listed && {
             let mut t = self.table();
             let taken = t.execs.contains_key(&spec.name);
             if !taken {
@@ -266,11 +303,13 @@ impl Runtime {
             )));
         }
         match self.start_exec(&e, &cell, &spec, &program, &path_var).await {
-            Ok(()) => Ok(e.view()),
+            Ok(()) => Ok(e),
             Err(err) => {
                 kill_and_wait(&e.dir).await;
                 let _ = e.dir.remove_tree();
-                self.table().execs.remove(&e.name);
+                if listed {
+                    self.table().execs.remove(&e.name);
+                }
                 if own {
                     self.discard_cell_now(&cell).await;
                 }
@@ -322,7 +361,7 @@ impl Runtime {
             s.pid = started.pid.as_raw() as u32;
             s.started_unix_nanos = started_at;
         });
-        for (fd, stream) in [(out_r, logs::Stream::Stdout), (err_r, logs::Stream::Stderr)] {
+        for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
             match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
                 Ok(rx) => {
                     tokio::spawn(logs::pump(rx, e.logs.clone(), stream));
@@ -347,6 +386,13 @@ impl Runtime {
 
     pub(super) async fn free_exec(&self, name: &str) -> Result<()> {
         let e = self.exec(name)?;
+        self.discard_exec(&e, name).await?;
+        self.table().execs.remove(&e.name);
+        Ok(())
+    }
+
+    /// Removes an ended executable's cgroup and private cell.
+    pub(super) async fn discard_exec(&self, e: &Executable, name: &str) -> Result<()> {
         if !e.phase().ended() {
             return Err(RuntimeError::Precondition(format!(
                 "executable '{name}' is {:?}; stop it first (aer stop {name}) or wait for it (aer wait {name})",
@@ -356,7 +402,6 @@ impl Runtime {
         let _op = e.op.lock().await;
         kill_and_wait(&e.dir).await;
         e.dir.remove_tree()?;
-        self.table().execs.remove(&e.name);
         if let Some(c) = &e.own_cell {
             self.discard_cell_now(c).await;
         }

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod names;
 pub mod spec;
 pub mod sys;
+pub mod vm;
 
 use cgroup::CgroupDir;
 use error::{Result, RuntimeError};
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use cell::{Cell, CellView};
 pub use executable::{ExecView, Executable};
+pub use vm::{VirtualMachine, VmView};
 
 /// Where a workload is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +58,21 @@ impl Phase {
 pub enum Kind {
     Executable,
     Cell,
+    VirtualMachine,
 }
 
 #[derive(Debug, Clone)]
 pub enum View {
     Executable(ExecView),
     Cell(Box<CellView>),
+    VirtualMachine(VmView),
 }
 
 #[derive(Default)]
 struct Table {
     cells: BTreeMap<CellName, Arc<Cell>>,
     execs: BTreeMap<ExecName, Arc<Executable>>,
+    vms: BTreeMap<ExecName, Arc<VirtualMachine>>,
 }
 
 pub struct Runtime {
@@ -143,20 +148,39 @@ impl Runtime {
                 let c = self.cell(name)?;
                 Ok(View::Cell(Box::new(self.cell_view(&c))))
             }
+            Kind::VirtualMachine => Ok(View::VirtualMachine(self.vm(name)?.view())),
+        }
+    }
+
+    /// The log buffer of a workload that has one (executables, VMs).
+    pub fn logs_of(&self, kind: Kind, name: &str) -> Result<Arc<logs::LogBuffer>> {
+        match kind {
+            Kind::Executable => self.logs(name),
+            Kind::VirtualMachine => Ok(self.vm(name)?.logs()),
+            Kind::Cell => Err(RuntimeError::Precondition(format!(
+                "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {name} lists them)"
+            ))),
         }
     }
 
     pub fn list(&self, kind: Option<Kind>) -> Vec<View> {
-        let (cells, execs): (Vec<_>, Vec<_>) = {
+        let (cells, execs, vms): (Vec<_>, Vec<_>, Vec<_>) = {
             let t = self.table();
-            (t.cells.values().cloned().collect(), t.execs.values().cloned().collect())
+            (
+                t.cells.values().cloned().collect(),
+                t.execs.values().cloned().collect(),
+                t.vms.values().cloned().collect(),
+            )
         };
         let mut out = Vec::new();
-        if kind != Some(Kind::Executable) {
+        if kind.is_none() || kind == Some(Kind::Cell) {
             out.extend(cells.iter().map(|c| View::Cell(Box::new(self.cell_view(c)))));
         }
-        if kind != Some(Kind::Cell) {
+        if kind.is_none() || kind == Some(Kind::Executable) {
             out.extend(execs.iter().map(|e| View::Executable(e.view())));
+        }
+        if kind.is_none() || kind == Some(Kind::VirtualMachine) {
+            out.extend(vms.iter().map(|v| View::VirtualMachine(v.view())));
         }
         out
     }
@@ -173,6 +197,11 @@ impl Runtime {
                 self.stop_cell(&c, signal, grace).await;
                 Ok(View::Cell(Box::new(self.cell_view(&c))))
             }
+            Kind::VirtualMachine => {
+                let v = self.vm(name)?;
+                self.stop_vm(&v, grace).await;
+                Ok(View::VirtualMachine(v.view()))
+            }
         }
     }
 
@@ -188,6 +217,11 @@ impl Runtime {
                 c.wait().await;
                 Ok(View::Cell(Box::new(self.cell_view(&c))))
             }
+            Kind::VirtualMachine => {
+                let v = self.vm(name)?;
+                v.wait().await;
+                Ok(View::VirtualMachine(v.view()))
+            }
         }
     }
 
@@ -195,6 +229,7 @@ impl Runtime {
         match kind {
             Kind::Executable => self.free_exec(name).await,
             Kind::Cell => self.free_cell(name).await,
+            Kind::VirtualMachine => self.free_vm(name).await,
         }
     }
 

@@ -80,3 +80,17 @@ pub struct CellSpec {
     pub resources: Resources,
     pub isolation: Isolation,
 }
+
+/// A virtual machine run by auraed's VMM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: ExecName,
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    /// Limits for the VM's own cell.
+    pub resources: Resources,
+}

@@ -5,8 +5,8 @@ use crate::pb;
 use crate::runtime::cgroup::Usage;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{CellSpec, ExecutableSpec, IoMax, Isolation, Resources};
-use crate::runtime::{CellView, ExecView, Kind, Phase, View};
+use crate::runtime::spec::{CellSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
+use crate::runtime::{CellView, ExecView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
 
 const MAX_ARGS: usize = 4096;
@@ -199,11 +199,100 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
     })
 }
 
+/// The node's own kernel, which a VM gets when the request names none.
+pub const NODE_KERNEL: &str = "/boot/vmlinuz";
+pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check";
+const MIB: u64 = 1 << 20;
+
+fn node_path(field: &str, p: &str) -> Result<PathBuf, RuntimeError> {
+    no_nul(field, p)?;
+    if !p.starts_with('/') {
+        return Err(invalid(
+            field,
+            format!("'{p}' is relative; give an absolute path on the node"),
+        ));
+    }
+    Ok(PathBuf::from(p))
+}
+
+pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
+    let name = ExecName::parse(&v.name).map_err(|n| invalid("name", n.to_string()))?;
+    let kernel = match v.kernel_path.as_str() {
+        "" => PathBuf::from(NODE_KERNEL),
+        k => node_path("kernel_path", k)?,
+    };
+    let initramfs = match v.initramfs_path.as_str() {
+        "" => None,
+        i => Some(node_path("initramfs_path", i)?),
+    };
+    let cmdline = match v.kernel_cmdline.trim() {
+        "" => DEFAULT_VM_CMDLINE.to_owned(),
+        c => c.to_owned(),
+    };
+    no_nul("kernel_cmdline", &cmdline)?;
+    if cmdline.len() >= crate::vmm::boot::CMDLINE_MAX {
+        return Err(invalid(
+            "kernel_cmdline",
+            format!(
+                "is {} bytes; the limit is {}",
+                cmdline.len(),
+                crate::vmm::boot::CMDLINE_MAX - 1
+            ),
+        ));
+    }
+    let vcpus = match v.vcpus {
+        0 => 1,
+        n if n <= crate::vmm::MAX_VCPUS => n,
+        n => {
+            return Err(invalid(
+                "vcpus",
+                format!("{n} is out of range 1..={}", crate::vmm::MAX_VCPUS),
+            ))
+        }
+    };
+    let memory_bytes = match v.memory_bytes {
+        0 => 128 * MIB,
+        m if m % MIB != 0 => return Err(invalid("memory_bytes", format!("{m} is not a whole number of MiB"))),
+        m if !(crate::vmm::MIN_MEMORY..=crate::vmm::MAX_MEMORY).contains(&m) => {
+            return Err(invalid(
+                "memory_bytes",
+                format!(
+                    "{} MiB is out of range {}..={} MiB",
+                    m / MIB,
+                    crate::vmm::MIN_MEMORY / MIB,
+                    crate::vmm::MAX_MEMORY / MIB
+                ),
+            ))
+        }
+        m => m,
+    };
+    if !v.disks.is_empty() {
+        return Err(RuntimeError::Precondition(
+            "disks: virtio-blk disks are not implemented in this auraed yet; boot from an initramfs".into(),
+        ));
+    }
+    if v.network {
+        return Err(RuntimeError::Precondition(
+            "network: virtio-net is not implemented in this auraed yet; leave network false".into(),
+        ));
+    }
+    Ok(VmSpec {
+        name,
+        kernel,
+        initramfs,
+        cmdline,
+        vcpus: vcpus as u8,
+        memory_bytes,
+        resources: resources(v.resources)?,
+    })
+}
+
 pub fn kind(k: i32, field: &str) -> Result<Option<Kind>, RuntimeError> {
     match pb::WorkloadKind::try_from(k) {
         Ok(pb::WorkloadKind::Unspecified) => Ok(None),
         Ok(pb::WorkloadKind::Executable) => Ok(Some(Kind::Executable)),
         Ok(pb::WorkloadKind::Cell) => Ok(Some(Kind::Cell)),
+        Ok(pb::WorkloadKind::VirtualMachine) => Ok(Some(Kind::VirtualMachine)),
         Ok(other) => Err(RuntimeError::Precondition(format!(
             "{field}: {} workloads are not implemented in auraed {} yet (issue #4 brings VMs and instances)",
             other.as_str_name(),
@@ -321,11 +410,27 @@ pub fn cell_status(v: CellView) -> pb::CellStatus {
     }
 }
 
+pub fn vm_status(v: VmView) -> pb::VirtualMachineStatus {
+    pb::VirtualMachineStatus {
+        name: v.name,
+        state: phase(v.phase),
+        vcpus: v.vcpus,
+        memory_bytes: v.memory_bytes,
+        tap_device: v.tap,
+        exit_reason: v.exit_reason,
+        error: v.error,
+        vmm_pid: v.pid,
+        cpu_usage_micros: v.cpu_usage_micros,
+        memory_peak_bytes: v.memory_peak_bytes,
+    }
+}
+
 pub fn workload_status(v: View) -> pb::WorkloadStatus {
     pb::WorkloadStatus {
         status: Some(match v {
             View::Executable(e) => pb::workload_status::Status::Executable(exec_status(e)),
             View::Cell(c) => pb::workload_status::Status::Cell(cell_status(*c)),
+            View::VirtualMachine(v) => pb::workload_status::Status::VirtualMachine(vm_status(v)),
         }),
     }
 }

@@ -41,9 +41,11 @@ impl RuntimeRpc for RuntimeApi {
 
     async fn run_virtual_machine(
         &self,
-        _: Request<pb::VirtualMachine>,
+        r: Request<pb::VirtualMachine>,
     ) -> Result<Response<pb::VirtualMachineStatus>, Status> {
-        Err(not_yet("RunVirtualMachine", "auraed's VMM: issue #4"))
+        let spec = convert::virtual_machine(r.into_inner())?;
+        let view = self.rt.run_vm(spec).await?;
+        Ok(Response::new(convert::vm_status(view)))
     }
 
     async fn spawn(&self, _: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {

@@ -84,12 +84,7 @@ impl Workloads for WorkloadsApi {
     async fn logs(&self, r: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = r.into_inner();
         let (kind, name) = convert::workload_ref(r.workload, "workload")?;
-        if kind != Kind::Executable {
-            return Err(Status::failed_precondition(format!(
-                "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {name} lists them)"
-            )));
-        }
-        let buf = self.rt.logs(&name)?;
+        let buf = self.rt.logs_of(kind, &name)?;
         let mut cursor = buf.start_cursor(r.tail_lines);
         let end = buf.end_cursor();
         let follow = r.follow;

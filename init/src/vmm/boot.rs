@@ -75,7 +75,8 @@ pub fn memory(bytes: u64) -> Result<GuestMemoryMmap, BootError> {
 }
 
 fn write<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, val: T, at: u64) -> Result<(), BootError> {
-    mem.write_obj(val, GuestAddress(at)).map_err(|e| BootError::Memory(format!("write at {at:#x}: {e}")))
+    mem.write_obj(val, GuestAddress(at))
+        .map_err(|e| BootError::Memory(format!("write at {at:#x}: {e}")))
 }
 
 /// Loads everything and returns the kernel's 64-bit entry point.
@@ -94,30 +95,31 @@ pub fn load(
         })
     };
     let mut k = open("kernel", kernel)?;
-    let (rip, kernel_end, mut params) = match loader::bzimage::BzImage::load(mem, None, &mut k, Some(GuestAddress(HIMEM))) {
-        Ok(r) => {
-            let mut p = boot_params::default();
-            if let Some(h) = r.setup_header {
-                p.hdr = h;
-            }
-            // The 64-bit entry point sits 0x200 past the protected-mode code.
-            (r.kernel_load.raw_value() + 0x200, r.kernel_end, p)
-        }
-        Err(bz) => {
-            let r = loader::elf::Elf::load(mem, None, &mut k, Some(GuestAddress(HIMEM))).map_err(|elf| {
-                BootError::Kernel {
-                    path: kernel.display().to_string(),
-                    bz: bz.to_string(),
-                    elf: elf.to_string(),
+    let (rip, kernel_end, mut params) =
+        match loader::bzimage::BzImage::load(mem, None, &mut k, Some(GuestAddress(HIMEM))) {
+            Ok(r) => {
+                let mut p = boot_params::default();
+                if let Some(h) = r.setup_header {
+                    p.hdr = h;
                 }
-            })?;
-            let mut p = boot_params::default();
-            p.hdr.boot_flag = 0xaa55;
-            p.hdr.header = 0x5372_6448;
-            p.hdr.kernel_alignment = 0x0100_0000;
-            (r.kernel_load.raw_value(), r.kernel_end, p)
-        }
-    };
+                // The 64-bit entry point sits 0x200 past the protected-mode code.
+                (r.kernel_load.raw_value() + 0x200, r.kernel_end, p)
+            }
+            Err(bz) => {
+                let r = loader::elf::Elf::load(mem, None, &mut k, Some(GuestAddress(HIMEM))).map_err(|elf| {
+                    BootError::Kernel {
+                        path: kernel.display().to_string(),
+                        bz: bz.to_string(),
+                        elf: elf.to_string(),
+                    }
+                })?;
+                let mut p = boot_params::default();
+                p.hdr.boot_flag = 0xaa55;
+                p.hdr.header = 0x5372_6448;
+                p.hdr.kernel_alignment = 0x0100_0000;
+                (r.kernel_load.raw_value(), r.kernel_end, p)
+            }
+        };
     let mem_end = mem.last_addr().raw_value() + 1;
 
     // Command line.
@@ -177,7 +179,11 @@ pub fn load(
         (HIMEM, mem_end - HIMEM, 1),
     ];
     for (i, (addr, size, type_)) in e820.into_iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry { addr, size, r#type: type_ };
+        params.e820_table[i] = boot_e820_entry {
+            addr,
+            size,
+            r#type: type_,
+        };
     }
     params.e820_entries = e820.len() as u8;
     write(mem, params, ZERO_PAGE)?;
@@ -252,7 +258,9 @@ fn mptable(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), BootError> {
 
     let end = table_addr + table.len() as u64;
     if end > 0xa0000 {
-        return Err(BootError::Memory(format!("MP table for {vcpus} vCPUs does not fit below 640 KiB")));
+        return Err(BootError::Memory(format!(
+            "MP table for {vcpus} vCPUs does not fit below 640 KiB"
+        )));
     }
     mem.write_slice(&mpf, GuestAddress(MPTABLE))
         .and_then(|()| mem.write_slice(&table, GuestAddress(table_addr)))

@@ -33,6 +33,7 @@ pub enum ExitCode {
     Error = 1,
     Reset = 3,
     TripleFault = 4,
+    Stopped = 5,
 }
 
 impl ExitCode {
@@ -41,6 +42,7 @@ impl ExitCode {
             0 => "guest powered off",
             3 => "guest reset (reboot ends the VM)",
             4 => "guest triple fault",
+            5 => "stopped on request",
             _ => "the VMM failed (see the stderr lines in its logs)",
         }
     }
@@ -65,10 +67,7 @@ enum VmmError {
         source: kvm_ioctls::Error,
     },
     #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, source: std::io::Error },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -91,19 +90,14 @@ pub fn main(args: &[String]) -> ! {
     let _ = term.thread_block();
     match run(&cfg, term) {
         Ok(exit) => {
-            eprintln!(
-                "aurae-vmm: {}",
-                ExitCode::reason(match exit {
-                    GuestExit::PowerOff => ExitCode::PowerOff as i32,
-                    GuestExit::Reset => ExitCode::Reset as i32,
-                    GuestExit::TripleFault => ExitCode::TripleFault as i32,
-                })
-            );
-            std::process::exit(match exit {
-                GuestExit::PowerOff => ExitCode::PowerOff as i32,
-                GuestExit::Reset => ExitCode::Reset as i32,
-                GuestExit::TripleFault => ExitCode::TripleFault as i32,
-            })
+            let code = match exit {
+                GuestExit::PowerOff => ExitCode::PowerOff,
+                GuestExit::Reset => ExitCode::Reset,
+                GuestExit::TripleFault => ExitCode::TripleFault,
+                GuestExit::Stopped => ExitCode::Stopped,
+            } as i32;
+            eprintln!("aurae-vmm: {}", ExitCode::reason(code));
+            std::process::exit(code)
         }
         Err(e) => fatal(&e.to_string()),
     }
@@ -142,7 +136,8 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
     )?;
 
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
-    vm.register_irqfd(&irq, devices::COM1_IRQ).map_err(kvm_err("register serial irqfd"))?;
+    vm.register_irqfd(&irq, devices::COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
     // SAFETY: fd 1 is the stdout pipe the runtime gave this process; nothing else owns it.
     let stdout = unsafe { OwnedFd::from_raw_fd(1) };
     let bus = Arc::new(Mutex::new(PortBus {
@@ -169,21 +164,16 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
             .spawn(move || vcpu_loop(fd, &m))
             .map_err(io("start vCPU thread"))?;
     }
-    // SIGTERM: the graceful stop. Without a guest-side channel yet, it ends the VM as a
-    // power-off would, after the console is drained.
+    // SIGTERM: the VMM ends the VM after draining the console.
     std::thread::Builder::new()
         .name("sigterm".into())
         .spawn(move || {
             if term.wait().is_ok() {
-                let _ = end_tx.send(Ok(GuestExit::PowerOff));
+                let _ = end_tx.send(Ok(GuestExit::Stopped));
             }
         })
         .map_err(io("start signal thread"))?;
-    eprintln!(
-        "{READY}: {} vCPUs, {} MiB",
-        cfg.vcpus,
-        cfg.memory_bytes >> 20
-    );
+    eprintln!("{READY}: {} vCPUs, {} MiB", cfg.vcpus, cfg.memory_bytes >> 20);
     let end = end_rx.recv().unwrap_or(Err("every vCPU thread ended".into()));
     if let Ok(mut b) = bus.lock() {
         b.serial.writer_mut().drain();
@@ -254,17 +244,82 @@ pub fn kvm_usable() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm is not usable here ({e})"))
 }
 
-/// Checks a kernel image's format (bzImage "HdrS" or ELF64) without loading it.
+/// Checks a kernel image's format without loading it: a bzImage ("HdrS" at 0x202), or an
+/// x86-64 ELF that carries the kernel's own "Linux" or "Xen" ELF notes (so an ordinary
+/// program is not mistaken for a vmlinux).
 pub fn check_kernel(path: &std::path::Path) -> Result<(), String> {
-    use std::io::Read;
+    use std::io::{Read, Seek, SeekFrom};
+    let ctx = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut head = vec![0u8; 0x206];
-    let n = f.read(&mut head).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if n >= 5 && &head[..4] == b"\x7fELF" && head[4] == 2 {
-        return Ok(());
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]).map_err(ctx)? {
+            0 => break,
+            k => n += k,
+        }
     }
     if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
         return Ok(());
     }
-    Err(format!("{} is neither a bzImage nor a 64-bit ELF vmlinux", path.display()))
+    let not = || format!("{} is neither a bzImage nor an x86-64 vmlinux", path.display());
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(x)
+    };
+    if n < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || u16_at(&head, 18) != 62 {
+        return Err(not());
+    }
+    let (phoff, phentsize, phnum) = (u64_at(&head, 32), u16_at(&head, 54), u16_at(&head, 56));
+    for i in 0..u64::from(phnum.min(64)) {
+        let mut ph = [0u8; 56];
+        f.seek(SeekFrom::Start(phoff + i * u64::from(phentsize))).map_err(ctx)?;
+        f.read_exact(&mut ph).map_err(ctx)?;
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != 4 {
+            continue; // not PT_NOTE
+        }
+        let (off, size) = (u64_at(&ph, 8), u64_at(&ph, 32).min(64 << 10));
+        let mut notes = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(off)).map_err(ctx)?;
+        f.read_exact(&mut notes).map_err(ctx)?;
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let word = |o: usize| u32::from_le_bytes([notes[o], notes[o + 1], notes[o + 2], notes[o + 3]]) as usize;
+            let (namesz, descsz) = (word(at), word(at + 4));
+            let name = notes.get(at + 12..at + 12 + namesz).unwrap_or(&[]);
+            if name == b"Linux\0" || name == b"Xen\0" {
+                return Ok(());
+            }
+            at += 12 + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
+        }
+    }
+    Err(not())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_kernels_and_refuses_programs() {
+        let dir = tempfile::tempdir().unwrap();
+        let bz = dir.path().join("bz");
+        let mut img = vec![0u8; 0x400];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&bz, &img).unwrap();
+        assert!(check_kernel(&bz).is_ok());
+        let e = check_kernel(std::path::Path::new("/proc/self/exe")).unwrap_err();
+        assert!(e.contains("neither a bzImage nor"), "{e}");
+        let zeros = dir.path().join("z");
+        std::fs::write(&zeros, [0u8; 10]).unwrap();
+        assert!(check_kernel(&zeros).is_err());
+        assert!(check_kernel(&dir.path().join("missing"))
+            .unwrap_err()
+            .contains("cannot open"));
+        if let Ok(v) = std::env::var("AURAE_VMLINUX") {
+            check_kernel(std::path::Path::new(&v)).unwrap();
+        }
+    }
 }

@@ -1,0 +1,180 @@
+//! `aer vm ...`: virtual machines run by auraed's own VMM.
+
+use super::workloads::{lifecycle, parse_bytes, state_name, stream_logs, LogsArgs, Op, StopArgs};
+use super::CliError;
+use crate::pb;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Boot a VM: aer vm run NAME [--kernel K] [--initramfs I] [--cmdline C] [--vcpus N] [--memory 256M] [-f]
+    Run(Box<VmRun>),
+    /// List VMs.
+    Ls,
+    Status {
+        name: String,
+    },
+    /// The VM's serial console (and the VMM's own messages on stderr).
+    Logs(LogsArgs),
+    /// Stop the VM: the VMM ends it at once (hard stop after --grace-ms if it does not).
+    Stop(StopArgs),
+    Wait {
+        name: String,
+    },
+    /// Remove an ended VM: its cell, cgroup and logs.
+    Free {
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VmRun {
+    name: String,
+    /// bzImage or ELF vmlinux on the node (default: the node's own kernel, /boot/vmlinuz).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Initramfs on the node.
+    #[arg(long)]
+    initramfs: Option<String>,
+    /// The whole kernel command line (default: console=ttyS0 reboot=k panic=-1 pci=off
+    /// tsc=reliable no_timer_check).
+    #[arg(long)]
+    cmdline: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory, with an optional K/M/G suffix.
+    #[arg(long, default_value = "128M")]
+    memory: String,
+    /// memory.max of the VM's cell (guest memory plus the VMM).
+    #[arg(long)]
+    memory_max: Option<String>,
+    /// Stream the console here until the VM ends.
+    #[arg(short, long)]
+    follow: bool,
+}
+
+pub fn vm_json(v: &pb::VirtualMachineStatus) -> Value {
+    json!({
+        "kind": "vm", "name": v.name, "state": state_name(v.state), "vcpus": v.vcpus,
+        "memory_bytes": v.memory_bytes, "tap_device": v.tap_device, "exit_reason": v.exit_reason,
+        "error": v.error, "vmm_pid": v.vmm_pid, "cpu_usage_micros": v.cpu_usage_micros,
+        "memory_peak_bytes": v.memory_peak_bytes,
+    })
+}
+
+pub fn print_vm(v: &pb::VirtualMachineStatus, as_json: bool) {
+    if as_json {
+        println!("{}", vm_json(v));
+        return;
+    }
+    println!("vm          {}", v.name);
+    println!("state       {} {}", state_name(v.state), v.exit_reason);
+    println!("vcpus       {}", v.vcpus);
+    println!("memory      {} MiB", v.memory_bytes >> 20);
+    println!("vmm pid     {}", v.vmm_pid);
+    println!("cpu         {:.3} s", v.cpu_usage_micros as f64 / 1e6);
+    println!("memory peak {:.1} MiB", v.memory_peak_bytes as f64 / 1048576.0);
+    if !v.tap_device.is_empty() {
+        println!("tap         {}", v.tap_device);
+    }
+    if !v.error.is_empty() {
+        println!("error       {}", v.error);
+    }
+}
+
+pub async fn vm(cmd: &VmCmd, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let k = pb::WorkloadKind::VirtualMachine;
+    match cmd {
+        VmCmd::Run(r) => run(r, target, as_json).await,
+        VmCmd::Ls => {
+            let l = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
+                .list(pb::ListRequest { kind: k as i32 })
+                .await
+                .map_err(CliError::Remote)?
+                .into_inner();
+            let vms = l.workloads.iter().filter_map(|w| match &w.status {
+                Some(pb::workload_status::Status::VirtualMachine(v)) => Some(v),
+                _ => None,
+            });
+            if as_json {
+                println!("{}", Value::Array(vms.map(vm_json).collect()));
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<9} {:<6} {:<9} {:<8} EXIT",
+                "NAME", "STATE", "VCPUS", "MEMORY", "VMM PID"
+            );
+            for v in vms {
+                println!(
+                    "{:<24} {:<9} {:<6} {:<9} {:<8} {}",
+                    v.name,
+                    state_name(v.state),
+                    v.vcpus,
+                    format!("{}M", v.memory_bytes >> 20),
+                    v.vmm_pid,
+                    v.exit_reason
+                );
+            }
+            Ok(())
+        }
+        VmCmd::Status { name } => lifecycle(target, k, name, Op::Status, as_json).await,
+        VmCmd::Logs(l) => {
+            let ch = if l.follow {
+                target.connect_unbounded().await?
+            } else {
+                target.connect().await?
+            };
+            stream_logs(ch, k, &l.name, l.follow, l.tail).await
+        }
+        VmCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
+        VmCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
+        VmCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+    }
+}
+
+async fn run(r: &VmRun, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let req = pb::VirtualMachine {
+        name: r.name.clone(),
+        kernel_path: r.kernel.clone().unwrap_or_default(),
+        initramfs_path: r.initramfs.clone().unwrap_or_default(),
+        kernel_cmdline: r.cmdline.clone().unwrap_or_default(),
+        vcpus: r.vcpus,
+        memory_bytes: parse_bytes("memory", &r.memory)?,
+        disks: Vec::new(),
+        network: false,
+        resources: Some(pb::CellResources {
+            memory_max_bytes: r
+                .memory_max
+                .as_deref()
+                .map(|m| parse_bytes("memory-max", m))
+                .transpose()?,
+            ..Default::default()
+        }),
+    };
+    // Booting waits for the VMM to start the vCPUs, which can take a while under TCG.
+    let v = pb::runtime_client::RuntimeClient::new(target.connect_unbounded().await?)
+        .run_virtual_machine(req)
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    if !r.follow {
+        print_vm(&v, as_json);
+        return Ok(());
+    }
+    let long = target.connect_unbounded().await?;
+    stream_logs(long.clone(), pb::WorkloadKind::VirtualMachine, &r.name, true, None).await?;
+    let w = pb::workloads_client::WorkloadsClient::new(long)
+        .wait(super::workloads::wref(pb::WorkloadKind::VirtualMachine, &r.name))
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    if let Some(pb::workload_status::Status::VirtualMachine(v)) = &w.status {
+        if as_json {
+            print_vm(v, true);
+        } else {
+            eprintln!("aer: vm {} {}: {}", v.name, state_name(v.state), v.exit_reason);
+        }
+    }
+    Ok(())
+}

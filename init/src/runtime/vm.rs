@@ -1,0 +1,249 @@
+//! Virtual machines: the VMM process (`aurae-vmm`, see `crate::vmm`) run as an unlisted
+//! executable in a private cell named after the VM. The cell shares the node's network
+//! namespace (the VM's TAP lives on the node's bridge) and has every other namespace new; its
+//! cgroup accounts the guest's memory and the vCPU threads and takes the VM's limits.
+//!
+//! ```text
+//! aurae/<vm>/_init        the cell's holder
+//! aurae/<vm>/_x.<vm>      the VMM process: guest memory, vCPU threads, devices
+//! ```
+
+use super::error::{Result, RuntimeError};
+use super::executable::{Executable, Launch};
+use super::logs::{self, LogBuffer};
+use super::names::ExecName;
+use super::spec::{ExecutableSpec, Isolation, VmSpec};
+use super::{Phase, Runtime};
+use crate::vmm::{self, VmConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long RunVirtualMachine waits for the VMM to report its vCPUs running.
+const READY_WAIT: Duration = Duration::from_secs(20);
+const ERROR_PREFIX: &str = "aurae-vmm: error: ";
+
+pub struct VirtualMachine {
+    pub name: ExecName,
+    pub spec: VmSpec,
+    vmm: Arc<Executable>,
+    stop_requested: AtomicBool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VmView {
+    pub name: String,
+    pub phase: Option<Phase>,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub tap: String,
+    pub exit_reason: String,
+    pub error: String,
+    pub pid: u32,
+    pub cpu_usage_micros: u64,
+    pub memory_peak_bytes: u64,
+}
+
+impl VirtualMachine {
+    pub fn logs(&self) -> Arc<LogBuffer> {
+        self.vmm.logs.clone()
+    }
+
+    pub fn view(&self) -> VmView {
+        let e = self.vmm.view();
+        let mut v = VmView {
+            name: self.name.to_string(),
+            vcpus: u32::from(self.spec.vcpus),
+            memory_bytes: self.spec.memory_bytes,
+            pid: e.pid,
+            cpu_usage_micros: e.cpu_usage_micros,
+            memory_peak_bytes: e.memory_peak_bytes,
+            ..Default::default()
+        };
+        let phase = e.phase.unwrap_or(Phase::Starting);
+        let stopped = self.stop_requested.load(Ordering::Relaxed);
+        v.phase = Some(match phase {
+            Phase::Exited | Phase::Killed if stopped && e.exit_code != Some(vmm::ExitCode::Error as i32) => {
+                Phase::Stopped
+            }
+            Phase::Exited => match e.exit_code {
+                Some(0 | 3 | 4 | 5) => Phase::Exited,
+                code => {
+                    v.error = self
+                        .vmm
+                        .logs
+                        .last_with(logs::Stream::Stderr, ERROR_PREFIX)
+                        .unwrap_or_else(|| format!("the VMM exited with {code:?}"));
+                    Phase::Failed
+                }
+            },
+            Phase::Failed => {
+                v.error = e.error.clone();
+                Phase::Failed
+            }
+            p => p,
+        });
+        v.exit_reason = match (phase, e.exit_code, e.signal) {
+            (Phase::Exited, Some(c), _) => vmm::ExitCode::reason(c).to_owned(),
+            (Phase::Killed, _, _) if stopped => "stopped (the VMM was killed after the grace period)".into(),
+            (Phase::Killed, _, Some(s)) if e.oom_killed => format!("the VMM was OOM-killed (signal {s})"),
+            (Phase::Killed, _, Some(s)) => format!("the VMM was killed by signal {s}"),
+            _ => String::new(),
+        };
+        v
+    }
+
+    pub async fn wait(&self) {
+        self.vmm.wait().await;
+    }
+}
+
+impl Runtime {
+    pub(super) fn vm(&self, name: &str) -> Result<Arc<VirtualMachine>> {
+        let found = ExecName::parse(name)
+            .ok()
+            .and_then(|n| self.table().vms.get(&n).cloned());
+        found.ok_or_else(|| RuntimeError::NotFound(format!("no virtual machine named '{name}' (aer vm ls lists them)")))
+    }
+
+    /// Boots a VM; returns once its vCPUs run, or with why they do not. On failure nothing
+    /// is left behind.
+    pub async fn run_vm(&self, spec: VmSpec) -> Result<VmView> {
+        self.usable()?;
+        vmm::kvm_usable()
+            .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
+        vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::Invalid {
+            field: "kernel_path".into(),
+            reason: e,
+        })?;
+        if let Some(i) = &spec.initramfs {
+            std::fs::File::open(i).map_err(|e| RuntimeError::Invalid {
+                field: "initramfs_path".into(),
+                reason: format!("cannot open {}: {e}", i.display()),
+            })?;
+        }
+        if self.table().vms.contains_key(&spec.name) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "a virtual machine named '{0}' already exists; free it (aer vm free {0}) or choose another name",
+                spec.name
+            )));
+        }
+        let config = VmConfig {
+            kernel: spec.kernel.to_string_lossy().into_owned(),
+            initramfs: spec.initramfs.as_ref().map(|p| p.to_string_lossy().into_owned()),
+            cmdline: spec.cmdline.clone(),
+            vcpus: spec.vcpus,
+            memory_bytes: spec.memory_bytes,
+        };
+        let json = serde_json::to_string(&config)
+            .map_err(|e| RuntimeError::Precondition(format!("VMM configuration: {e}")))?;
+        let exec = ExecutableSpec {
+            name: spec.name.clone(),
+            argv: vec![vmm::ARGV0.to_owned(), json],
+            env: Default::default(),
+            cwd: "/".into(),
+            uid: None,
+            gid: None,
+            cell: None,
+        };
+        let how = Launch {
+            program: "/proc/self/exe".into(),
+            path_var: String::new(),
+            isolation: Isolation {
+                network: false,
+                ..Isolation::default()
+            },
+            resources: spec.resources.clone(),
+            stdout_as: logs::Stream::Console,
+            listed: false,
+        };
+        let vmm = self.launch(exec, how).await.map_err(|e| match e {
+            RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
+                "a cell named '{0}' exists, and a VM runs in a cell named after it; choose another name",
+                spec.name
+            )),
+            other => other,
+        })?;
+        let vm = Arc::new(VirtualMachine {
+            name: spec.name.clone(),
+            spec,
+            vmm,
+            stop_requested: AtomicBool::new(false),
+        });
+        let ready = self.await_ready(&vm).await;
+        if let Err(e) = ready {
+            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+            let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
+            return Err(e);
+        }
+        let taken = {
+            let mut t = self.table();
+            let taken = t.vms.contains_key(&vm.name);
+            if !taken {
+                t.vms.insert(vm.name.clone(), vm.clone());
+            }
+            taken
+        };
+        if taken {
+            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+            let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
+            return Err(RuntimeError::AlreadyExists(format!(
+                "a virtual machine named '{}' already exists; choose another name",
+                vm.name
+            )));
+        }
+        tracing::info!("vm {} running", vm.name);
+        Ok(vm.view())
+    }
+
+    async fn await_ready(&self, vm: &VirtualMachine) -> Result<()> {
+        let logs = vm.vmm.logs.clone();
+        let mut changed = logs.subscribe();
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            if logs.last_with(logs::Stream::Stderr, vmm::READY).is_some() {
+                return Ok(());
+            }
+            if let Some(e) = logs.last_with(logs::Stream::Stderr, ERROR_PREFIX) {
+                return Err(RuntimeError::Precondition(format!(
+                    "the VMM could not start the guest: {e}"
+                )));
+            }
+            if vm.vmm.phase().ended() {
+                return Err(RuntimeError::Precondition(format!(
+                    "the VMM ended before the guest ran: {:?}",
+                    vm.vmm.view()
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(RuntimeError::Precondition(format!(
+                        "the VMM did not start the guest within {} s", READY_WAIT.as_secs()
+                    )));
+                }
+                _ = changed.changed() => {}
+                _ = vm.vmm.wait() => {}
+            }
+        }
+    }
+
+    /// Graceful: SIGTERM to the VMM, which asks the guest to end; after `grace`, cgroup.kill.
+    pub async fn stop_vm(&self, vm: &VirtualMachine, grace: Duration) {
+        if !vm.vmm.phase().ended() {
+            vm.stop_requested.store(true, Ordering::Relaxed);
+        }
+        vm.vmm.stop(libc::SIGTERM, grace).await;
+    }
+
+    pub(super) async fn free_vm(&self, name: &str) -> Result<()> {
+        let vm = self.vm(name)?;
+        if !vm.vmm.phase().ended() {
+            return Err(RuntimeError::Precondition(format!(
+                "virtual machine '{name}' is running; stop it first (aer vm stop {name})"
+            )));
+        }
+        self.discard_exec(&vm.vmm, name).await?;
+        self.table().vms.remove(&vm.name);
+        Ok(())
+    }
+}

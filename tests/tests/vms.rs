@@ -1,0 +1,254 @@
+//! Appliance tier, issue #4: virtual machines run by auraed's own VMM, inside the appliance
+//! booted under TCG with emulated SVM (`-cpu qemu64,+svm,+npt`), so the appliance's
+//! /dev/kvm works. The guests are the node's own kernel (/boot/vmlinuz) with a tiny busybox
+//! initramfs the test builds on the node.
+
+#![allow(clippy::unwrap_used)]
+
+use aurae_appliance_tests::{appliance_or_skip, eventually, rt, Appliance, Client};
+use auraed::pb;
+use std::time::Duration;
+use tonic::Code;
+
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+/// A nested guest under TCG needs seconds to reach its /init.
+const GUEST_DEADLINE: Duration = Duration::from_secs(120);
+
+fn vm_ref(name: &str) -> pb::WorkloadRef {
+    pb::WorkloadRef {
+        kind: pb::WorkloadKind::VirtualMachine as i32,
+        name: name.into(),
+    }
+}
+
+/// Builds /var/tmp/<name>.cpio on the node: busybox plus an /init running `script`.
+/// (/var, unlike a cell's /tmp, is the node's, so the VM's cell sees it.)
+async fn guest_initramfs(c: &Client, name: &str, script: &str) -> String {
+    let path = format!("/var/tmp/{name}.cpio");
+    let init = format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc p /proc\n{script}\n");
+    c.on_node(&format!(
+        "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc $d/dev /var/tmp; cp /bin/busybox $d/bin/; \
+         cat > $d/init <<'INIT'\n{init}INIT\nchmod +x $d/init; cd $d && find . | cpio -o -H newc > {path} 2>/dev/null; rm -rf $d"
+    ))
+    .await;
+    path
+}
+
+fn vm(name: &str, initramfs: &str, vcpus: u32) -> pb::VirtualMachine {
+    pb::VirtualMachine {
+        name: name.into(),
+        initramfs_path: initramfs.into(),
+        vcpus,
+        memory_bytes: 128 << 20,
+        ..Default::default()
+    }
+}
+
+async fn vm_status(c: &Client, name: &str) -> Result<pb::VirtualMachineStatus, tonic::Status> {
+    let w = c.workloads.clone().status(vm_ref(name)).await?.into_inner();
+    match w.status {
+        Some(pb::workload_status::Status::VirtualMachine(v)) => Ok(v),
+        other => panic!("Status returned {other:?}"),
+    }
+}
+
+async fn console(c: &Client, name: &str) -> String {
+    let mut s = c
+        .workloads
+        .clone()
+        .logs(pb::LogsRequest {
+            workload: Some(vm_ref(name)),
+            follow: false,
+            tail_lines: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = String::new();
+    while let Some(e) = s.message().await.unwrap() {
+        if e.stream == pb::LogStream::Console as i32 {
+            out.push_str(&String::from_utf8_lossy(&e.line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn wait_vm(c: &Client, name: &str) -> pb::VirtualMachineStatus {
+    let w = tokio::time::timeout(GUEST_DEADLINE, c.workloads.clone().wait(vm_ref(name)))
+        .await
+        .expect("the VM ended in time")
+        .unwrap()
+        .into_inner();
+    match w.status {
+        Some(pb::workload_status::Status::VirtualMachine(v)) => v,
+        other => panic!("Wait returned {other:?}"),
+    }
+}
+
+async fn cgroups(c: &Client) -> String {
+    c.on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
+        .await
+}
+
+#[test]
+fn virtual_machines_boot_log_stop_and_leave_nothing() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot(&build, BOOT_DEADLINE);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        let before = cgroups(&c).await;
+
+        // A guest that prints and reboots: the reboot ends the VM.
+        let img = guest_initramfs(
+            &c,
+            "hello",
+            "echo hello from the guest, cpus: $(grep -c ^processor /proc/cpuinfo); reboot -f",
+        )
+        .await;
+        let st = c
+            .runtime
+            .clone()
+            .run_virtual_machine(vm("hello", &img, 2))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.state, pb::WorkloadState::Running as i32, "{st:?}");
+        assert!(st.vmm_pid > 0 && st.vcpus == 2 && st.memory_bytes == 128 << 20);
+        let st = wait_vm(&c, "hello").await;
+        let log = console(&c, "hello").await;
+        assert_eq!(st.state, pb::WorkloadState::Exited as i32, "{st:?}\n{log}");
+        assert!(st.exit_reason.contains("reset"), "{st:?}");
+        assert!(log.contains("Linux version"), "the kernel's console: {log}");
+        assert!(log.contains("hello from the guest, cpus: 2"), "both vCPUs up: {log}");
+        c.workloads.clone().free(vm_ref("hello")).await.unwrap();
+        assert_eq!(vm_status(&c, "hello").await.unwrap_err().code(), Code::NotFound);
+
+        // A long-lived guest: accounted in its own cell, stopped on request, freed.
+        let img = guest_initramfs(&c, "idle", "echo idle guest up; while true; do sleep 1; done").await;
+        let st = c
+            .runtime
+            .clone()
+            .run_virtual_machine(vm("idle", &img, 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            eventually(GUEST_DEADLINE, || async {
+                console(&c, "idle").await.contains("idle guest up")
+            })
+            .await,
+            "{}",
+            console(&c, "idle").await
+        );
+        let procs = c.on_node("cat /sys/fs/cgroup/aurae/idle/_x.idle/cgroup.procs").await;
+        // (KVM's own worker kthreads join the creating process's cgroup too.)
+        assert!(
+            procs.lines().any(|p| p == st.vmm_pid.to_string()),
+            "the VMM lives in the VM's cell: {procs}"
+        );
+        let charged: u64 = c
+            .on_node("cat /sys/fs/cgroup/aurae/idle/memory.current")
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            charged > 8 << 20,
+            "guest memory is charged to the VM's cell: {charged} B"
+        );
+        let comms = c.on_node(&format!("cat /proc/{}/task/*/comm", st.vmm_pid)).await;
+        assert!(comms.contains("vcpu0"), "named vCPU threads: {comms}");
+        let stopped = c
+            .workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(vm_ref("idle")),
+                signal: 0,
+                grace_period_millis: 5000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match stopped.status {
+            Some(pb::workload_status::Status::VirtualMachine(v)) => {
+                assert_eq!(v.state, pb::WorkloadState::Stopped as i32, "{v:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = c.workloads.clone().free(vm_ref("nope")).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        c.workloads.clone().free(vm_ref("idle")).await.unwrap();
+        assert_eq!(cgroups(&c).await, before, "free removes the VM's cell");
+        let left = c.on_node("ps -o pid,comm | grep -c aurae-vmm || true").await;
+        assert_eq!(left.trim(), "0", "no VMM left");
+
+        // Refusals name the field and create nothing.
+        let bad: Vec<(pb::VirtualMachine, Code, &str)> = vec![
+            (
+                pb::VirtualMachine {
+                    memory_bytes: 1 << 20,
+                    ..vm("b1", &img, 1)
+                },
+                Code::InvalidArgument,
+                "memory_bytes",
+            ),
+            (
+                pb::VirtualMachine {
+                    vcpus: 99,
+                    ..vm("b2", &img, 1)
+                },
+                Code::InvalidArgument,
+                "vcpus",
+            ),
+            (
+                pb::VirtualMachine {
+                    kernel_path: "/nope".into(),
+                    ..vm("b3", &img, 1)
+                },
+                Code::InvalidArgument,
+                "kernel_path",
+            ),
+            (
+                pb::VirtualMachine {
+                    kernel_path: "/bin/busybox".into(),
+                    ..vm("b4", &img, 1)
+                },
+                Code::InvalidArgument,
+                "kernel_path",
+            ),
+            (
+                vm("b5", "/var/tmp/missing.cpio", 1),
+                Code::InvalidArgument,
+                "initramfs_path",
+            ),
+            (vm("Bad Name", &img, 1), Code::InvalidArgument, "name"),
+            (
+                pb::VirtualMachine {
+                    disks: vec![pb::Disk {
+                        path: "/x".into(),
+                        read_only: true,
+                    }],
+                    ..vm("b6", &img, 1)
+                },
+                Code::FailedPrecondition,
+                "disks",
+            ),
+        ];
+        for (req, code, field) in bad {
+            let e = c.runtime.clone().run_virtual_machine(req).await.unwrap_err();
+            assert_eq!(e.code(), code, "{e:?}");
+            assert!(e.message().contains(field), "names {field}: {}", e.message());
+        }
+        assert_eq!(cgroups(&c).await, before, "refusals leave no cgroup");
+        let l = c
+            .workloads
+            .clone()
+            .list(pb::ListRequest {
+                kind: pb::WorkloadKind::VirtualMachine as i32,
+            })
+            .await
+            .unwrap();
+        assert!(l.into_inner().workloads.is_empty());
+    });
+}
