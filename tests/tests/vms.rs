@@ -53,6 +53,10 @@ async fn vm_status(c: &Client, name: &str) -> Result<pb::VirtualMachineStatus, t
 }
 
 async fn console(c: &Client, name: &str) -> String {
+    stream(c, name, pb::LogStream::Console).await
+}
+
+async fn stream(c: &Client, name: &str, which: pb::LogStream) -> String {
     let mut s = c
         .workloads
         .clone()
@@ -66,7 +70,7 @@ async fn console(c: &Client, name: &str) -> String {
         .into_inner();
     let mut out = String::new();
     while let Some(e) = s.message().await.unwrap() {
-        if e.stream == pb::LogStream::Console as i32 {
+        if e.stream == which as i32 {
             out.push_str(&String::from_utf8_lossy(&e.line));
             out.push('\n');
         }
@@ -124,15 +128,21 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         c.workloads.clone().free(vm_ref("hello")).await.unwrap();
         assert_eq!(vm_status(&c, "hello").await.unwrap_err().code(), Code::NotFound);
 
-        // A long-lived guest: accounted in its own cell, stopped on request, freed.
-        let img = guest_initramfs(&c, "idle", "echo idle guest up; while true; do sleep 1; done").await;
-        let st = c
-            .runtime
-            .clone()
-            .run_virtual_machine(vm("idle", &img, 1))
-            .await
-            .unwrap()
-            .into_inner();
+        // A long-lived guest on the node's bridge: reachable over its TAP, accounted in its
+        // own cell, stopped on request, freed with its TAP.
+        let img = guest_initramfs(
+            &c,
+            "idle",
+            "ip addr add 10.254.0.9/24 dev eth0; ip link set eth0 up; echo idle guest up; \
+             while true; do echo hi from the guest | nc -l -p 7000; done",
+        )
+        .await;
+        let req = pb::VirtualMachine {
+            network: true,
+            ..vm("idle", &img, 1)
+        };
+        let st = c.runtime.clone().run_virtual_machine(req).await.unwrap().into_inner();
+        assert!(!st.tap_device.is_empty(), "{st:?}");
         assert!(
             eventually(GUEST_DEADLINE, || async {
                 console(&c, "idle").await.contains("idle guest up")
@@ -156,6 +166,20 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         assert!(
             charged > 8 << 20,
             "guest memory is charged to the VM's cell: {charged} B"
+        );
+        let reply = c
+            .on_node("ping -c 1 -W 5 10.254.0.9 >/dev/null; nc 10.254.0.9 7000 </dev/null; true")
+            .await;
+        assert!(
+            reply.contains("hi from the guest"),
+            "TCP over virtio-net and the bridge: {reply}\n{}\n{}",
+            stream(&c, "idle", pb::LogStream::Stderr).await,
+            console(&c, "idle").await
+        );
+        let links = c.on_node("ip -o link").await;
+        assert!(
+            links.contains(&format!("{}: ", st.tap_device)) && links.contains("master aurae0"),
+            "{links}"
         );
         let comms = c.on_node(&format!("cat /proc/{}/task/*/comm", st.vmm_pid)).await;
         assert!(comms.contains("vcpu0"), "named vCPU threads: {comms}");
@@ -182,6 +206,8 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         assert_eq!(cgroups(&c).await, before, "free removes the VM's cell");
         let left = c.on_node("ps -o pid,comm | grep -c aurae-vmm || true").await;
         assert_eq!(left.trim(), "0", "no VMM left");
+        let links = c.on_node("ip -o link").await;
+        assert!(!links.contains(&st.tap_device), "the TAP went with the VM: {links}");
 
         // Refusals name the field and create nothing.
         let bad: Vec<(pb::VirtualMachine, Code, &str)> = vec![

@@ -49,6 +49,9 @@ pub struct VmRun {
     /// memory.max of the VM's cell (guest memory plus the VMM).
     #[arg(long)]
     memory_max: Option<String>,
+    /// A virtio-net NIC on a TAP on the node's bridge (aurae0).
+    #[arg(long)]
+    net: bool,
     /// Stream the console here until the VM ends.
     #[arg(short, long)]
     follow: bool,
@@ -142,7 +145,7 @@ async fn run(r: &VmRun, target: &super::Target, as_json: bool) -> Result<(), Cli
         vcpus: r.vcpus,
         memory_bytes: parse_bytes("memory", &r.memory)?,
         disks: Vec::new(),
-        network: false,
+        network: r.net,
         resources: Some(pb::CellResources {
             memory_max_bytes: r
                 .memory_max

@@ -25,6 +25,8 @@ pub struct InitReport {
     pub controllers: Vec<String>,
     /// The cgroup under which workloads are created.
     pub workloads_cgroup: PathBuf,
+    /// The bridge VMs' and instances' TAPs attach to, when bring-up made it.
+    pub bridge: Option<(String, cmdline::Ipv4Cidr)>,
 }
 
 impl InitReport {
@@ -68,7 +70,11 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     if let Err(e) = nix::unistd::sethostname(&cfg.hostname) {
         report.fail("hostname", e.to_string());
     }
-    for (step, e) in crate::net::bring_up(&cfg) {
+    let net_failures = crate::net::bring_up(&cfg);
+    if !net_failures.iter().any(|(step, _)| step.starts_with("bridge")) {
+        report.bridge = Some((cfg.bridge.clone(), cfg.bridge_ip));
+    }
+    for (step, e) in net_failures {
         report.fail(&step, e);
     }
     let (dir, controllers, errors) = cgroup::setup_workloads_root(std::path::Path::new(CGROUP_ROOT));

@@ -13,6 +13,12 @@ const SIOCSIFFLAGS: c_ulong = 0x8914;
 const SIOCSIFADDR: c_ulong = 0x8916;
 const SIOCSIFNETMASK: c_ulong = 0x891C;
 const SIOCBRADDBR: c_ulong = 0x89A0;
+const SIOCBRADDIF: c_ulong = 0x89A2;
+const SIOCGIFINDEX: c_ulong = 0x8933;
+/// _IOW('T', 202, int)
+const TUNSETIFF: c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
 const RTF_UP: u16 = 0x1;
 const RTF_GATEWAY: u16 = 0x2;
 const IFNAMSIZ: usize = 16;
@@ -22,6 +28,7 @@ const IFNAMSIZ: usize = 16;
 union IfrData {
     addr: libc::sockaddr_in,
     flags: libc::c_short,
+    index: libc::c_int,
     _pad: [u8; 24],
 }
 
@@ -150,6 +157,38 @@ pub fn add_default_route(gw: Ipv4Addr) -> io::Result<()> {
 pub fn create_bridge(name: &str) -> io::Result<()> {
     let mut n = ifname(name)?;
     ioctl(SIOCBRADDBR, n.as_mut_ptr(), &format!("create bridge {name}"))
+}
+
+/// Adds interface `port` to bridge `bridge`.
+pub fn bridge_add(bridge: &str, port: &str) -> io::Result<()> {
+    let mut req = ifreq(port)?;
+    ioctl(SIOCGIFINDEX, &mut req, &format!("find {port}"))?;
+    // SAFETY: SIOCGIFINDEX filled the union's int member.
+    let index = unsafe { req.data.index };
+    let mut br = ifreq(bridge)?;
+    br.data = IfrData { index };
+    ioctl(SIOCBRADDIF, &mut br, &format!("add {port} to bridge {bridge}"))
+}
+
+/// Creates TAP `name` (no packet-info header) owned by the returned fd: the interface goes
+/// away when the fd is closed, so a VMM that dies leaves no TAP behind.
+pub fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    let mut req = ifreq(name)?;
+    req.data = IfrData {
+        flags: IFF_TAP | IFF_NO_PI,
+    };
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let fd = OwnedFd::from(tun);
+    // SAFETY: req is a live `struct ifreq`, as TUNSETIFF expects.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("create TAP {name}: {e}")));
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]

@@ -82,6 +82,10 @@ pub struct Runtime {
     /// auraed's own executable, re-executed as each cell's holder.
     exe: Option<Arc<OwnedFd>>,
     table: Mutex<Table>,
+    /// The bridge for VM TAPs and its subnet, when the node has one.
+    bridge: Option<(String, crate::init::cmdline::Ipv4Cidr)>,
+    /// TAP/MAC numbers handed out so far.
+    taps: std::sync::atomic::AtomicU32,
 }
 
 /// Polling interval for cgroup state changes (populated, frozen): starts short, because a
@@ -120,7 +124,13 @@ impl Runtime {
             unusable,
             exe: exe.ok(),
             table: Mutex::new(Table::default()),
+            bridge: None,
+            taps: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    pub fn set_bridge(&mut self, bridge: Option<(String, crate::init::cmdline::Ipv4Cidr)>) {
+        self.bridge = bridge;
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {

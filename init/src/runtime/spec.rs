@@ -91,6 +91,8 @@ pub struct VmSpec {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
+    /// A virtio-net NIC on a TAP on the node's bridge.
+    pub network: bool,
     /// Limits for the VM's own cell.
     pub resources: Resources,
 }

@@ -26,6 +26,8 @@ const ERROR_PREFIX: &str = "aurae-vmm: error: ";
 pub struct VirtualMachine {
     pub name: ExecName,
     pub spec: VmSpec,
+    /// The TAP on the node's bridge, when the VM has a NIC.
+    pub tap: Option<String>,
     vmm: Arc<Executable>,
     stop_requested: AtomicBool,
 }
@@ -55,6 +57,7 @@ impl VirtualMachine {
             name: self.name.to_string(),
             vcpus: u32::from(self.spec.vcpus),
             memory_bytes: self.spec.memory_bytes,
+            tap: self.tap.clone().unwrap_or_default(),
             pid: e.pid,
             cpu_usage_micros: e.cpu_usage_micros,
             memory_peak_bytes: e.memory_peak_bytes,
@@ -128,7 +131,27 @@ impl Runtime {
                 spec.name
             )));
         }
+        let net = match (&self.bridge, spec.network) {
+            (_, false) => None,
+            (None, true) => {
+                return Err(RuntimeError::Precondition(
+                    "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)".into(),
+                ))
+            }
+            (Some((bridge, _)), true) => {
+                let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let b = n.to_be_bytes();
+                Some(vmm::NetConfig {
+                    tap: format!("atap{n}"),
+                    bridge: bridge.clone(),
+                    // Locally administered, unicast: 02:41 ("A") then the TAP number.
+                    mac: [0x02, 0x41, b[0], b[1], b[2], b[3]],
+                })
+            }
+        };
+        let tap = net.as_ref().map(|n| n.tap.clone());
         let config = VmConfig {
+            net,
             kernel: spec.kernel.to_string_lossy().into_owned(),
             initramfs: spec.initramfs.as_ref().map(|p| p.to_string_lossy().into_owned()),
             cmdline: spec.cmdline.clone(),
@@ -167,6 +190,7 @@ impl Runtime {
         let vm = Arc::new(VirtualMachine {
             name: spec.name.clone(),
             spec,
+            tap,
             vmm,
             stop_requested: AtomicBool::new(false),
         });

@@ -271,11 +271,6 @@ pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
             "disks: virtio-blk disks are not implemented in this auraed yet; boot from an initramfs".into(),
         ));
     }
-    if v.network {
-        return Err(RuntimeError::Precondition(
-            "network: virtio-net is not implemented in this auraed yet; leave network false".into(),
-        ));
-    }
     Ok(VmSpec {
         name,
         kernel,
@@ -283,6 +278,7 @@ pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
         cmdline,
         vcpus: vcpus as u8,
         memory_bytes,
+        network: v.network,
         resources: resources(v.resources)?,
     })
 }

@@ -46,7 +46,9 @@ pub const DEFAULT_GRACE_MS: u32 = 10_000;
 
 impl NodeContext {
     pub fn new(pid1: bool, report: InitReport, spiffe_id: String, power: PowerSender) -> NodeContext {
-        let runtime = Arc::new(crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None));
+        let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
+        runtime.set_bridge(report.bridge.clone());
+        let runtime = Arc::new(runtime);
         NodeContext {
             runtime,
             pid1,

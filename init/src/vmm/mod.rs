@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod virtio_net;
 
 use devices::{ConsoleOut, GuestExit, IrqTrigger, PortBus};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -55,6 +56,15 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
+    /// virtio-net backed by this TAP (created by the VMM, gone with it), on `bridge`.
+    pub net: Option<NetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    pub bridge: String,
+    pub mac: [u8; 6],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,13 +121,14 @@ fn fatal(msg: &str) -> ! {
 struct Machine {
     vm: VmFd,
     bus: Arc<Mutex<PortBus>>,
+    net: Option<Arc<virtio_net::VirtioNet>>,
     end: mpsc::Sender<Result<GuestExit, String>>,
 }
 
 fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmError> {
     let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-    let mem = boot::memory(cfg.memory_bytes)?;
+    let mem = Arc::new(boot::memory(cfg.memory_bytes)?);
     register_memory(&vm, &mem)?;
     vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set TSS address"))?;
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
@@ -127,11 +138,35 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
     })
     .map_err(kvm_err("create PIT"))?;
 
+    let mut cmdline = cfg.cmdline.clone();
+    let net = match &cfg.net {
+        None => None,
+        Some(n) => {
+            let tap = crate::net::ioctl::open_tap(&n.tap).map_err(io("TAP"))?;
+            crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(io("bridge"))?;
+            crate::net::ioctl::link_up(&n.tap).map_err(io("TAP up"))?;
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+            vm.register_irqfd(&irq, virtio_net::IRQ)
+                .map_err(kvm_err("register virtio-net irqfd"))?;
+            let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq).map_err(|e| VmmError::Io {
+                what: "virtio-net",
+                source: std::io::Error::other(e),
+            })?;
+            let rx = dev.clone();
+            std::thread::Builder::new()
+                .name("net-rx".into())
+                .spawn(move || rx.rx_loop())
+                .map_err(io("start virtio-net thread"))?;
+            cmdline.push(' ');
+            cmdline.push_str(&virtio_net::cmdline_param());
+            Some(dev)
+        }
+    };
     let entry = boot::load(
         &mem,
         std::path::Path::new(&cfg.kernel),
         cfg.initramfs.as_deref().map(std::path::Path::new),
-        &cfg.cmdline,
+        &cmdline,
         cfg.vcpus,
     )?;
 
@@ -148,6 +183,7 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
     let machine = Arc::new(Machine {
         vm,
         bus: bus.clone(),
+        net,
         end: end_tx.clone(),
     });
     let cpuid = cpu::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
@@ -173,7 +209,15 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
             }
         })
         .map_err(io("start signal thread"))?;
-    eprintln!("{READY}: {} vCPUs, {} MiB", cfg.vcpus, cfg.memory_bytes >> 20);
+    eprintln!(
+        "{READY}: {} vCPUs, {} MiB{}",
+        cfg.vcpus,
+        cfg.memory_bytes >> 20,
+        cfg.net
+            .as_ref()
+            .map(|n| format!(", virtio-net on TAP {} (bridge {})", n.tap, n.bridge))
+            .unwrap_or_default()
+    );
     let end = end_rx.recv().unwrap_or(Err("every vCPU thread ended".into()));
     if let Ok(mut b) = bus.lock() {
         b.serial.writer_mut().drain();
@@ -221,8 +265,15 @@ fn vcpu_loop(mut fd: VcpuFd, m: &Machine) {
                     break Ok(e);
                 }
             }
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::MmioRead(addr, data)) => match (&m.net, mmio_offset(addr)) {
+                (Some(n), Some(off)) => n.read(off, data),
+                _ => data.fill(0xff),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let (Some(n), Some(off)) = (&m.net, mmio_offset(addr)) {
+                    n.write(off, data);
+                }
+            }
             Ok(VcpuExit::Hlt) => {}
             Ok(VcpuExit::Shutdown) => break Ok(GuestExit::TripleFault),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
@@ -235,6 +286,11 @@ fn vcpu_loop(mut fd: VcpuFd, m: &Machine) {
         }
     };
     let _ = m.end.send(end);
+}
+
+fn mmio_offset(addr: u64) -> Option<u64> {
+    addr.checked_sub(virtio_net::MMIO_BASE)
+        .filter(|o| *o < virtio_net::MMIO_SIZE)
 }
 
 /// Whether this node can run VMs: /dev/kvm opens and speaks the stable API.
