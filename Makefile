@@ -26,6 +26,7 @@ kernel: deps
 # rebuilds; `make clean` removes it.
 pki: build
 	@[ -f $(BUILD)/pki/ca.key ] || $(BUILD)/bin/auraed pki init $(BUILD)/pki
+	@[ -f $(BUILD)/pki/spawn-ca.key ] || $(BUILD)/bin/auraed pki spawn-ca $(BUILD)/pki
 	@printf 'address = "127.0.0.1:%s"\nca = "pki/ca.crt"\ncert = "pki/client.crt"\nkey = "pki/client.key"\nserver_name = "localhost"\n' $(PORT) > $(BUILD)/aer.toml
 
 image: build kernel pki

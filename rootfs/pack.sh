@@ -24,6 +24,8 @@ dir /etc/aurae/pki 0700 0 0
 file /etc/aurae/pki/ca.crt pki/ca.crt 0644 0 0
 file /etc/aurae/pki/server.crt pki/server.crt 0644 0 0
 file /etc/aurae/pki/server.key pki/server.key 0600 0 0
+file /etc/aurae/pki/spawn-ca.crt pki/spawn-ca.crt 0644 0 0
+file /etc/aurae/pki/spawn-ca.key pki/spawn-ca.key 0600 0 0
 SPEC
 mk "$out/pki.spec" "$out/pki.cpio" && z "$out/pki.cpio"
 

@@ -3,12 +3,12 @@
 //! kernel, CPU and moment. `tests/bench.sh` starts it as an executable in a cell that shares
 //! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
 
+use crate::cli::Conn as Channel;
 use crate::cli::{config::FileConfig, workloads::wref, CliError, Target};
 use crate::pb::{self, runtime_client::RuntimeClient, workloads_client::WorkloadsClient};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -92,6 +92,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
     let file = FileConfig::load(&a.config).map_err(CliError::Usage)?;
     let need = |o: Option<PathBuf>, what: &str| o.ok_or_else(|| CliError::Usage(format!("{what} missing in config")));
     let target = Target {
+        instance: None,
         addr: file
             .address
             .clone()

@@ -106,7 +106,8 @@ async fn serve_until_power_action(
         .ok()
         .and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem))
         .unwrap_or_default();
-    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx));
+    let pki_dir = files.cert.parent().map(std::path::Path::to_path_buf);
+    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx, pki_dir));
 
     let mut chosen = None;
     // On a power action, workloads are stopped while the API still answers, so Wait and

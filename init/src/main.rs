@@ -65,6 +65,14 @@ enum PkiCmd {
         #[arg(long, default_value = "admin")]
         client: String,
     },
+    /// Add the node's spawn CA (DIR/spawn-ca.{crt,key}) to a PKI made before Spawn existed.
+    SpawnCa {
+        dir: PathBuf,
+        #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, default_value = "aurae")]
+        node: String,
+    },
     /// Add a client certificate DIR/NAME.crt signed by DIR/ca.key.
     Client {
         dir: PathBuf,
@@ -123,9 +131,32 @@ fn report(r: Result<(), String>) -> ExitCode {
     }
 }
 
+/// The node's intermediate CA for Spawn: it signs the SVIDs of the instances the node
+/// spawns (and their own intermediates), so the root key never leaves the build host.
+fn write_spawn_ca(dir: &std::path::Path, ca: &pki::Minted, trust_domain: &str, node: &str) -> Result<(), String> {
+    let m = pki::mint_intermediate(
+        ca,
+        &pki::spiffe_id(trust_domain, &format!("node/{node}/spawn-ca")),
+        &format!("Aurae spawn CA ({node})"),
+        std::time::Duration::from_secs(10 * 365 * 86400),
+    )
+    .map_err(|e| e.to_string())?;
+    pki::write_pair(dir, "spawn-ca", &m).map_err(|e| e.to_string())
+}
+
 fn run_pki(p: PkiCmd) -> Result<(), String> {
     let e = |e: pki::PkiError| e.to_string();
     match p {
+        PkiCmd::SpawnCa {
+            dir,
+            trust_domain,
+            node,
+        } => {
+            let ca = pki::read_pair(&dir, "ca").map_err(e)?;
+            write_spawn_ca(&dir, &ca, &trust_domain, &node)?;
+            println!("wrote {}/spawn-ca.{{crt,key}}", dir.display());
+            Ok(())
+        }
         PkiCmd::Init {
             dir,
             trust_domain,
@@ -160,6 +191,7 @@ fn run_pki(p: PkiCmd) -> Result<(), String> {
             )
             .map_err(e)?;
             pki::write_pair(&dir, "ca", &ca).map_err(e)?;
+            write_spawn_ca(&dir, &ca, &trust_domain, &node)?;
             pki::write_pair(&dir, "server", &server).map_err(e)?;
             pki::write_pair(&dir, "client", &cl).map_err(e)?;
             println!(

@@ -89,12 +89,19 @@ fn target(d: &Daemon, tls: TlsFiles) -> Target {
         tls,
         server_name: "localhost".into(),
         timeout: Duration::from_secs(10),
+        instance: None,
     }
 }
 
 /// True when the node refused us: at connection (TLS handshake) or on the first rpc (with
 /// TLS 1.3 the server may reject the client certificate after the client's handshake ends).
-async fn refused<E>(ch: Result<tonic::transport::Channel, E>) -> bool {
+async fn refused<T, E>(ch: Result<T, E>) -> bool
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     match ch {
         Err(_) => true,
         Ok(ch) => pb::node_client::NodeClient::new(ch)

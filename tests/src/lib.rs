@@ -106,6 +106,7 @@ impl Appliance {
             tls: TlsFiles::in_dir(&self.build.join("pki"), "client"),
             server_name: "localhost".into(),
             timeout: Duration::from_secs(10),
+            instance: None,
         }
     }
 
@@ -197,8 +198,9 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// cell, wait for it, and collect its output.
 #[derive(Clone)]
 pub struct Client {
-    pub runtime: auraed::pb::runtime_client::RuntimeClient<tonic::transport::Channel>,
-    pub workloads: auraed::pb::workloads_client::WorkloadsClient<tonic::transport::Channel>,
+    pub runtime: auraed::pb::runtime_client::RuntimeClient<auraed::cli::Conn>,
+    pub workloads: auraed::pb::workloads_client::WorkloadsClient<auraed::cli::Conn>,
+    pub node: auraed::pb::node_client::NodeClient<auraed::cli::Conn>,
 }
 
 use auraed::pb;
@@ -231,12 +233,20 @@ impl Client {
     /// Connects without a per-call deadline (Wait and followed Logs may take long); callers
     /// bound whole steps with `tokio::time::timeout`.
     pub async fn connect(a: &Appliance) -> Client {
+        Client::connect_to(a, None).await
+    }
+
+    /// A client of a spawned descendant (`child` or `child/grandchild`), reached through
+    /// the appliance, which forwards the calls.
+    pub async fn connect_to(a: &Appliance, instance: Option<&str>) -> Client {
         let mut t = a.target();
         t.timeout = Duration::from_secs(600);
+        t.instance = instance.map(str::to_owned);
         let ch = t.connect().await.expect("connect to the appliance");
         Client {
             runtime: pb::runtime_client::RuntimeClient::new(ch.clone()),
-            workloads: pb::workloads_client::WorkloadsClient::new(ch),
+            workloads: pb::workloads_client::WorkloadsClient::new(ch.clone()),
+            node: pb::node_client::NodeClient::new(ch),
         }
     }
 

@@ -17,6 +17,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// A connection to a node, with the `aurae-instance` header set when the call is for a
+/// descendant (`--instance a/b`).
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, InstanceHeader>;
+
+/// Adds `aurae-instance: PATH` to every call (see server/forward.rs).
+#[derive(Debug, Clone)]
+pub struct InstanceHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for InstanceHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(crate::server::forward::HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "aer", version, about = "Aurae client: talk to an auraed node over mTLS")]
 pub struct Aer {
@@ -41,6 +58,10 @@ pub struct Aer {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Talk to a spawned instance through this node (and its ancestors): `child` or
+    /// `child/grandchild`.
+    #[arg(long, global = true)]
+    instance: Option<String>,
     /// Seconds to wait for the node to answer (connection, TLS handshake and each call;
     /// fractions allowed).
     #[arg(long, global = true, default_value_t = 10.0)]
@@ -80,6 +101,11 @@ enum Command {
     /// Virtual machines run by auraed's VMM: run, ls, status, logs, stop, wait, free.
     #[command(subcommand)]
     Vm(vm::VmCmd),
+    /// Boot a copy of auraed in a microVM; reach it with `aer --instance NAME ...`.
+    Spawn(vm::SpawnArgs),
+    /// Spawned instances: ls, status, logs, stop, wait, free.
+    #[command(subcommand)]
+    Instance(vm::InstanceCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,20 +163,37 @@ pub struct Target {
     pub tls: TlsFiles,
     pub server_name: String,
     pub timeout: Duration,
+    /// `a/b`: the call is for instance b of instance a of this node.
+    pub instance: Option<String>,
 }
 
 impl Target {
     /// Connects with mTLS; every call is bounded by `timeout`.
-    pub async fn connect(&self) -> Result<Channel, CliError> {
+    pub async fn connect(&self) -> Result<Conn, CliError> {
         self.connect_with(Some(self.timeout)).await
     }
 
     /// Connects with mTLS for calls that may rightly take long (wait, follow, stop).
-    pub async fn connect_unbounded(&self) -> Result<Channel, CliError> {
+    pub async fn connect_unbounded(&self) -> Result<Conn, CliError> {
         self.connect_with(None).await
     }
 
-    async fn connect_with(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
+    async fn connect_with(&self, call_timeout: Option<Duration>) -> Result<Conn, CliError> {
+        let header = match &self.instance {
+            None => None,
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| CliError::Usage(format!("--instance '{p}': use names like a/b")))?,
+            ),
+        };
+        let ch = self.channel(call_timeout).await?;
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            ch,
+            InstanceHeader(header),
+        ))
+    }
+
+    async fn channel(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
         let material = self.tls.load().map_err(|e| CliError::Usage(e.to_string()))?;
         let endpoint = Endpoint::from_shared(format!("https://{}", self.addr))
             .map_err(|e| CliError::Usage(format!("--addr '{}': {e}", self.addr)))?
@@ -222,6 +265,7 @@ fn resolve(a: &Aer) -> Result<Target, CliError> {
             .ok()
             .filter(|t| !t.is_zero())
             .ok_or_else(|| CliError::Usage(format!("--timeout {}: give a positive number of seconds", a.timeout)))?,
+        instance: a.instance.clone(),
     })
 }
 
@@ -268,6 +312,8 @@ async fn run(a: &Aer) -> Result<(), CliError> {
         Command::Free { name } => return workloads::lifecycle(&target, exe, name, Op::Free, a.json).await,
         Command::Cell(c) => return workloads::cell(c, &target, a.json).await,
         Command::Vm(v) => return vm::vm(v, &target, a.json).await,
+        Command::Spawn(s) => return vm::spawn(s, &target, a.json).await,
+        Command::Instance(i) => return vm::instance(i, &target, a.json).await,
         Command::Health { .. } | Command::Node(_) => {}
     }
     let ch = target.connect().await?;

@@ -1,4 +1,5 @@
-//! `aer vm ...`: virtual machines run by auraed's own VMM.
+//! `aer vm ...` (virtual machines run by auraed's own VMM), `aer spawn` and
+//! `aer instance ...` (copies of auraed in microVMs).
 
 use super::workloads::{lifecycle, parse_bytes, state_name, stream_logs, LogsArgs, Op, StopArgs};
 use super::CliError;
@@ -180,4 +181,137 @@ async fn run(r: &VmRun, target: &super::Target, as_json: bool) -> Result<(), Cli
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    name: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory, with an optional K/M/G suffix.
+    #[arg(long, default_value = "256M")]
+    memory: String,
+    /// Lifetime of the child's SVID in seconds.
+    #[arg(long, default_value_t = 86400)]
+    svid_ttl: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// List spawned instances.
+    Ls,
+    Status {
+        name: String,
+    },
+    /// The instance's console.
+    Logs(LogsArgs),
+    /// Ask the child to power off (its workloads get --grace-ms), then end its VM.
+    Stop(StopArgs),
+    Wait {
+        name: String,
+    },
+    /// Remove an ended instance: its VM, cell, image and address.
+    Free {
+        name: String,
+    },
+}
+
+pub fn instance_json(i: &pb::InstanceStatus) -> Value {
+    json!({
+        "kind": "instance", "name": i.name, "state": state_name(i.state),
+        "isolation": pb::IsolationKind::try_from(i.isolation).map(|k| k.as_str_name()).unwrap_or("?"),
+        "address": i.address, "spiffe_id": i.spiffe_id, "error": i.error,
+        "vm": i.vm.as_ref().map(vm_json),
+    })
+}
+
+pub fn print_instance(i: &pb::InstanceStatus, as_json: bool) {
+    if as_json {
+        println!("{}", instance_json(i));
+        return;
+    }
+    let vm = i.vm.clone().unwrap_or_default();
+    println!("instance    {}", i.name);
+    println!("state       {} {}", state_name(i.state), vm.exit_reason);
+    println!(
+        "isolation   {}",
+        pb::IsolationKind::try_from(i.isolation)
+            .map(|k| k.as_str_name().trim_start_matches("ISOLATION_KIND_").to_lowercase())
+            .unwrap_or_default()
+    );
+    println!("address     {}", i.address);
+    println!("spiffe id   {}", i.spiffe_id);
+    println!(
+        "vm          {} vCPU, {} MiB, tap {}, vmm pid {}",
+        vm.vcpus,
+        vm.memory_bytes >> 20,
+        vm.tap_device,
+        vm.vmm_pid
+    );
+    println!("reach it    aer --instance {} node info", i.name);
+    if !i.error.is_empty() {
+        println!("error       {}", i.error);
+    }
+}
+
+pub async fn spawn(a: &SpawnArgs, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let req = pb::Instance {
+        name: a.name.clone(),
+        isolation: pb::IsolationKind::Vm as i32,
+        vcpus: a.vcpus,
+        memory_bytes: parse_bytes("memory", &a.memory)?,
+        svid_ttl_seconds: a.svid_ttl,
+    };
+    // Spawn returns once the child serves: seconds under TCG.
+    let i = pb::runtime_client::RuntimeClient::new(target.connect_unbounded().await?)
+        .spawn(req)
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    print_instance(&i, as_json);
+    Ok(())
+}
+
+pub async fn instance(cmd: &InstanceCmd, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let k = pb::WorkloadKind::Instance;
+    match cmd {
+        InstanceCmd::Ls => {
+            let l = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
+                .list(pb::ListRequest { kind: k as i32 })
+                .await
+                .map_err(CliError::Remote)?
+                .into_inner();
+            let all = l.workloads.iter().filter_map(|w| match &w.status {
+                Some(pb::workload_status::Status::Instance(i)) => Some(i),
+                _ => None,
+            });
+            if as_json {
+                println!("{}", Value::Array(all.map(instance_json).collect()));
+                return Ok(());
+            }
+            println!("{:<24} {:<9} {:<21} SPIFFE ID", "NAME", "STATE", "ADDRESS");
+            for i in all {
+                println!(
+                    "{:<24} {:<9} {:<21} {}",
+                    i.name,
+                    state_name(i.state),
+                    i.address,
+                    i.spiffe_id
+                );
+            }
+            Ok(())
+        }
+        InstanceCmd::Status { name } => lifecycle(target, k, name, Op::Status, as_json).await,
+        InstanceCmd::Logs(l) => {
+            let ch = if l.follow {
+                target.connect_unbounded().await?
+            } else {
+                target.connect().await?
+            };
+            stream_logs(ch, k, &l.name, l.follow, l.tail).await
+        }
+        InstanceCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
+        InstanceCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
+        InstanceCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+    }
 }

@@ -2,11 +2,11 @@
 //! `aer cell ...`.
 
 use super::CliError;
+use super::Conn as Channel;
 use crate::pb;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::io::Write;
-use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -297,6 +297,7 @@ fn print_status(w: &pb::WorkloadStatus, as_json: bool) {
         Some(pb::workload_status::Status::Executable(e)) => print_exec(e, as_json),
         Some(pb::workload_status::Status::Cell(c)) => print_cell(c, as_json),
         Some(pb::workload_status::Status::VirtualMachine(v)) => super::vm::print_vm(v, as_json),
+        Some(pb::workload_status::Status::Instance(i)) => super::vm::print_instance(i, as_json),
         _ => println!("{w:?}"),
     }
 }
@@ -411,6 +412,7 @@ pub async fn ps(ch: Channel, as_json: bool) -> Result<(), CliError> {
                 Some(pb::workload_status::Status::Executable(e)) => Some(exec_json(e)),
                 Some(pb::workload_status::Status::Cell(c)) => Some(cell_json(c)),
                 Some(pb::workload_status::Status::VirtualMachine(v)) => Some(super::vm::vm_json(v)),
+                Some(pb::workload_status::Status::Instance(i)) => Some(super::vm::instance_json(i)),
                 _ => None,
             })
             .collect();
@@ -436,6 +438,15 @@ pub async fn ps(ch: Channel, as_json: bool) -> Result<(), CliError> {
                 e.pid,
                 e.cell,
                 ended(e)
+            ),
+            Some(pb::workload_status::Status::Instance(i)) => println!(
+                "{:<11} {:<24} {:<9} {:<8} {} {}",
+                "instance",
+                i.name,
+                state_name(i.state),
+                i.vm.as_ref().map_or(0, |v| v.vmm_pid),
+                i.address,
+                i.spiffe_id
             ),
             Some(pb::workload_status::Status::VirtualMachine(v)) => println!(
                 "{:<11} {:<24} {:<9} {:<8} {} vCPU, {} MiB {}",

@@ -123,6 +123,81 @@ pub fn mint_leaf(
     })
 }
 
+/// The first certificate of a PEM chain (the one whose key signs).
+pub fn first_pem(chain: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    match chain.find(END) {
+        Some(i) => &chain[..i + END.len()],
+        None => chain,
+    }
+}
+
+fn signed(issuer: &Minted, p: CertificateParams) -> Result<Minted, PkiError> {
+    let issuer_key = KeyPair::from_pem(&issuer.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(first_pem(&issuer.cert_pem), issuer_key)?;
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok(Minted {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn validity(p: &mut CertificateParams, ttl: std::time::Duration) {
+    let now = std::time::SystemTime::now();
+    // An hour of slack for a child whose clock is a little behind.
+    p.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    p.not_after = (now + ttl).into();
+}
+
+/// An intermediate CA that may sign SVIDs (and further intermediates) for spawned
+/// instances. `issuer` is the first certificate of its `cert_pem` chain.
+pub fn mint_intermediate(
+    issuer: &Minted,
+    spiffe: &str,
+    cn: &str,
+    ttl: std::time::Duration,
+) -> Result<Minted, PkiError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    p.subject_alt_names = vec![SanType::URI(spiffe.try_into()?)];
+    validity(&mut p, ttl);
+    signed(issuer, p)
+}
+
+/// A short-lived X.509 SVID for a spawned instance: serves its API and is its client
+/// identity, with `spiffe` as URI SAN plus the names and addresses it is reached by.
+pub fn mint_svid(
+    issuer: &Minted,
+    spiffe: &str,
+    cn: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+    ttl: std::time::Duration,
+) -> Result<Minted, PkiError> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.subject_alt_names = vec![SanType::URI(spiffe.try_into()?)];
+    for d in dns {
+        p.subject_alt_names.push(SanType::DnsName(d.as_str().try_into()?));
+    }
+    p.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));
+    validity(&mut p, ttl);
+    signed(issuer, p)
+}
+
 /// Writes `<dir>/<stem>.crt` (0644) and `<dir>/<stem>.key` (0600).
 pub fn write_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;

@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod error;
 pub mod executable;
 pub mod holder;
+pub mod instance;
 pub mod logs;
 pub mod names;
 pub mod spec;
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 pub use cell::{Cell, CellView};
 pub use executable::{ExecView, Executable};
+pub use instance::{Instance, InstanceSpec, InstanceView, SpawnIdentity};
 pub use vm::{VirtualMachine, VmView};
 
 /// Where a workload is in its life.
@@ -59,6 +61,7 @@ pub enum Kind {
     Executable,
     Cell,
     VirtualMachine,
+    Instance,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,7 @@ pub enum View {
     Executable(ExecView),
     Cell(Box<CellView>),
     VirtualMachine(VmView),
+    Instance(Box<InstanceView>),
 }
 
 #[derive(Default)]
@@ -73,6 +77,9 @@ struct Table {
     cells: BTreeMap<CellName, Arc<Cell>>,
     execs: BTreeMap<ExecName, Arc<Executable>>,
     vms: BTreeMap<ExecName, Arc<VirtualMachine>>,
+    instances: BTreeMap<ExecName, Arc<Instance>>,
+    /// Host numbers on the bridge taken by instances.
+    hosts: std::collections::BTreeSet<u8>,
 }
 
 pub struct Runtime {
@@ -86,6 +93,7 @@ pub struct Runtime {
     bridge: Option<(String, crate::init::cmdline::Ipv4Cidr)>,
     /// TAP/MAC numbers handed out so far.
     taps: std::sync::atomic::AtomicU32,
+    spawn_identity: Option<SpawnIdentity>,
 }
 
 /// Polling interval for cgroup state changes (populated, frozen): starts short, because a
@@ -126,7 +134,12 @@ impl Runtime {
             table: Mutex::new(Table::default()),
             bridge: None,
             taps: std::sync::atomic::AtomicU32::new(0),
+            spawn_identity: None,
         }
+    }
+
+    pub fn set_spawn_identity(&mut self, id: SpawnIdentity) {
+        self.spawn_identity = Some(id);
     }
 
     pub fn set_bridge(&mut self, bridge: Option<(String, crate::init::cmdline::Ipv4Cidr)>) {
@@ -159,6 +172,7 @@ impl Runtime {
                 Ok(View::Cell(Box::new(self.cell_view(&c))))
             }
             Kind::VirtualMachine => Ok(View::VirtualMachine(self.vm(name)?.view())),
+            Kind::Instance => Ok(View::Instance(Box::new(self.instance(name)?.view()))),
         }
     }
 
@@ -167,6 +181,7 @@ impl Runtime {
         match kind {
             Kind::Executable => self.logs(name),
             Kind::VirtualMachine => Ok(self.vm(name)?.logs()),
+            Kind::Instance => Ok(self.instance(name)?.vm.logs()),
             Kind::Cell => Err(RuntimeError::Precondition(format!(
                 "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {name} lists them)"
             ))),
@@ -174,12 +189,13 @@ impl Runtime {
     }
 
     pub fn list(&self, kind: Option<Kind>) -> Vec<View> {
-        let (cells, execs, vms): (Vec<_>, Vec<_>, Vec<_>) = {
+        let (cells, execs, vms, instances): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = {
             let t = self.table();
             (
                 t.cells.values().cloned().collect(),
                 t.execs.values().cloned().collect(),
                 t.vms.values().cloned().collect(),
+                t.instances.values().cloned().collect(),
             )
         };
         let mut out = Vec::new();
@@ -191,6 +207,9 @@ impl Runtime {
         }
         if kind.is_none() || kind == Some(Kind::VirtualMachine) {
             out.extend(vms.iter().map(|v| View::VirtualMachine(v.view())));
+        }
+        if kind.is_none() || kind == Some(Kind::Instance) {
+            out.extend(instances.iter().map(|i| View::Instance(Box::new(i.view()))));
         }
         out
     }
@@ -212,6 +231,11 @@ impl Runtime {
                 self.stop_vm(&v, grace).await;
                 Ok(View::VirtualMachine(v.view()))
             }
+            Kind::Instance => {
+                let i = self.instance(name)?;
+                self.stop_instance(&i, grace).await;
+                Ok(View::Instance(Box::new(i.view())))
+            }
         }
     }
 
@@ -232,6 +256,11 @@ impl Runtime {
                 v.wait().await;
                 Ok(View::VirtualMachine(v.view()))
             }
+            Kind::Instance => {
+                let i = self.instance(name)?;
+                i.vm.wait().await;
+                Ok(View::Instance(Box::new(i.view())))
+            }
         }
     }
 
@@ -240,6 +269,7 @@ impl Runtime {
             Kind::Executable => self.free_exec(name).await,
             Kind::Cell => self.free_cell(name).await,
             Kind::VirtualMachine => self.free_vm(name).await,
+            Kind::Instance => self.free_instance(name).await,
         }
     }
 

@@ -99,6 +99,10 @@ impl VirtualMachine {
     pub async fn wait(&self) {
         self.vmm.wait().await;
     }
+
+    pub fn ended(&self) -> bool {
+        self.vmm.phase().ended()
+    }
 }
 
 impl Runtime {
@@ -112,6 +116,11 @@ impl Runtime {
     /// Boots a VM; returns once its vCPUs run, or with why they do not. On failure nothing
     /// is left behind.
     pub async fn run_vm(&self, spec: VmSpec) -> Result<VmView> {
+        Ok(self.boot_vm(spec, true).await?.view())
+    }
+
+    /// Boots a VM; `listed` VMs are in the table (instances keep theirs themselves).
+    pub(super) async fn boot_vm(&self, spec: VmSpec, listed: bool) -> Result<Arc<VirtualMachine>> {
         self.usable()?;
         vmm::kvm_usable()
             .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
@@ -125,7 +134,7 @@ impl Runtime {
                 reason: format!("cannot open {}: {e}", i.display()),
             })?;
         }
-        if self.table().vms.contains_key(&spec.name) {
+        if listed && self.table().vms.contains_key(&spec.name) {
             return Err(RuntimeError::AlreadyExists(format!(
                 "a virtual machine named '{0}' already exists; free it (aer vm free {0}) or choose another name",
                 spec.name
@@ -200,7 +209,7 @@ impl Runtime {
             let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
             return Err(e);
         }
-        let taken = {
+        let taken = listed && {
             let mut t = self.table();
             let taken = t.vms.contains_key(&vm.name);
             if !taken {
@@ -217,7 +226,7 @@ impl Runtime {
             )));
         }
         tracing::info!("vm {} running", vm.name);
-        Ok(vm.view())
+        Ok(vm)
     }
 
     async fn await_ready(&self, vm: &VirtualMachine) -> Result<()> {
@@ -266,8 +275,13 @@ impl Runtime {
                 "virtual machine '{name}' is running; stop it first (aer vm stop {name})"
             )));
         }
-        self.discard_exec(&vm.vmm, name).await?;
+        self.discard_vm(&vm).await?;
         self.table().vms.remove(&vm.name);
         Ok(())
+    }
+
+    /// Removes an ended VM's cell and cgroup.
+    pub(super) async fn discard_vm(&self, vm: &VirtualMachine) -> Result<()> {
+        self.discard_exec(&vm.vmm, vm.name.as_str()).await
     }
 }

@@ -6,7 +6,7 @@ use crate::runtime::cgroup::Usage;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{CellSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
-use crate::runtime::{CellView, ExecView, Kind, Phase, View, VmView};
+use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
 
 const MAX_ARGS: usize = 4096;
@@ -289,6 +289,7 @@ pub fn kind(k: i32, field: &str) -> Result<Option<Kind>, RuntimeError> {
         Ok(pb::WorkloadKind::Executable) => Ok(Some(Kind::Executable)),
         Ok(pb::WorkloadKind::Cell) => Ok(Some(Kind::Cell)),
         Ok(pb::WorkloadKind::VirtualMachine) => Ok(Some(Kind::VirtualMachine)),
+        Ok(pb::WorkloadKind::Instance) => Ok(Some(Kind::Instance)),
         Ok(other) => Err(RuntimeError::Precondition(format!(
             "{field}: {} workloads are not implemented in auraed {} yet (issue #4 brings VMs and instances)",
             other.as_str_name(),
@@ -421,12 +422,65 @@ pub fn vm_status(v: VmView) -> pb::VirtualMachineStatus {
     }
 }
 
+pub fn instance_status(v: InstanceView) -> pb::InstanceStatus {
+    pb::InstanceStatus {
+        name: v.name,
+        state: phase(v.phase),
+        isolation: pb::IsolationKind::Vm as i32,
+        address: v.address,
+        spiffe_id: v.spiffe_id,
+        error: v.error,
+        vm: Some(vm_status(v.vm)),
+    }
+}
+
+const MAX_SVID_TTL: u32 = 30 * 86400;
+
+pub fn instance(i: pb::Instance) -> Result<InstanceSpec, RuntimeError> {
+    let name = ExecName::parse(&i.name).map_err(|n| invalid("name", n.to_string()))?;
+    match pb::IsolationKind::try_from(i.isolation) {
+        Ok(pb::IsolationKind::Unspecified | pb::IsolationKind::Vm) => {}
+        Ok(pb::IsolationKind::Cell) => {
+            return Err(RuntimeError::Precondition(
+                "isolation: cell instances (the fallback where KVM is unusable) are not implemented yet; use VM".into(),
+            ))
+        }
+        Err(_) => return Err(invalid("isolation", format!("{} is not an IsolationKind", i.isolation))),
+    }
+    let vm = virtual_machine(pb::VirtualMachine {
+        name: i.name.clone(),
+        vcpus: i.vcpus,
+        memory_bytes: match i.memory_bytes {
+            0 => 256 * MIB,
+            m => m,
+        },
+        ..Default::default()
+    })?;
+    let ttl = match i.svid_ttl_seconds {
+        0 => 86400,
+        t if (60..=MAX_SVID_TTL).contains(&t) => t,
+        t => {
+            return Err(invalid(
+                "svid_ttl_seconds",
+                format!("{t} is out of range 60..={MAX_SVID_TTL} (0 means 24 h)"),
+            ))
+        }
+    };
+    Ok(InstanceSpec {
+        name,
+        vcpus: vm.vcpus,
+        memory_bytes: vm.memory_bytes,
+        svid_ttl: std::time::Duration::from_secs(u64::from(ttl)),
+    })
+}
+
 pub fn workload_status(v: View) -> pb::WorkloadStatus {
     pb::WorkloadStatus {
         status: Some(match v {
             View::Executable(e) => pb::workload_status::Status::Executable(exec_status(e)),
             View::Cell(c) => pb::workload_status::Status::Cell(cell_status(*c)),
             View::VirtualMachine(v) => pb::workload_status::Status::VirtualMachine(vm_status(v)),
+            View::Instance(i) => pb::workload_status::Status::Instance(instance_status(*i)),
         }),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod errors;
+pub mod forward;
 pub mod node_api;
 pub mod runtime_api;
 pub mod tls;
@@ -45,9 +46,22 @@ pub struct NodeContext {
 pub const DEFAULT_GRACE_MS: u32 = 10_000;
 
 impl NodeContext {
-    pub fn new(pid1: bool, report: InitReport, spiffe_id: String, power: PowerSender) -> NodeContext {
+    pub fn new(
+        pid1: bool,
+        report: InitReport,
+        spiffe_id: String,
+        power: PowerSender,
+        pki_dir: Option<std::path::PathBuf>,
+    ) -> NodeContext {
         let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
         runtime.set_bridge(report.bridge.clone());
+        // Spawn needs the spawn CA beside the node's own certificate.
+        if let Some(dir) = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty()) {
+            runtime.set_spawn_identity(crate::runtime::SpawnIdentity {
+                pki_dir: dir,
+                spiffe_id: spiffe_id.clone(),
+            });
+        }
         let runtime = Arc::new(runtime);
         NodeContext {
             runtime,
@@ -155,6 +169,9 @@ pub async fn serve(
 
     Server::builder()
         .tls_config(material.server_config())?
+        .layer(forward::ForwardLayer {
+            rt: ctx.runtime.clone(),
+        })
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::node_server::NodeServer::new(node_api::NodeApi { ctx: ctx.clone() }))

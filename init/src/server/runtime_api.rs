@@ -48,8 +48,10 @@ impl RuntimeRpc for RuntimeApi {
         Ok(Response::new(convert::vm_status(view)))
     }
 
-    async fn spawn(&self, _: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
-        Err(not_yet("Spawn", "auraed's VMM and Spawn: issue #4"))
+    async fn spawn(&self, r: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let spec = convert::instance(r.into_inner())?;
+        let view = self.rt.spawn(spec).await?;
+        Ok(Response::new(convert::instance_status(view)))
     }
 
     async fn run_pod(&self, _: Request<pb::Pod>) -> Result<Response<pb::PodStatus>, Status> {

@@ -2,3 +2,4 @@
 //! with Spawn, will pack a child's initramfs from the parent's own binary).
 
 pub mod cpio;
+pub mod image;

@@ -29,6 +29,10 @@ fn cpuid_for(base: &CpuId, id: u8, count: u8) -> CpuId {
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 e.edx |= 1 << 28; // HTT: the count above is valid
+                                  // "Running under a hypervisor": without it the guest ignores the KVM leaves,
+                                  // so no kvm-clock (and no wall clock from the host: a child would think
+                                  // it is 1999 and refuse every certificate).
+                e.ecx |= 1 << 31;
             }
             0xb | 0x1f => e.edx = u32::from(id),
             _ => {}

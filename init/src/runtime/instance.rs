@@ -1,0 +1,355 @@
+//! Spawn: a copy of auraed booted in a microVM. The parent hands the child its own kernel,
+//! an initramfs built from its own binary (`spawn::image`), a fresh SVID minted by its spawn
+//! CA, an address on its bridge, and reaches the child's API over mTLS with its own identity.
+//!
+//! Addressing: the child's eth0 is `<bridge subnet>.N`; the child's own bridge (for
+//! grandchildren) is `10.(a+1).N.0/24` when the parent's bridge is `10.a.b.0/24`, so the two
+//! subnets a node sees (its eth0 and its bridge) never overlap along a line of descent.
+
+use super::error::{Result, RuntimeError};
+use super::names::ExecName;
+use super::spec::{Resources, VmSpec};
+use super::vm::{VirtualMachine, VmView};
+use super::{Phase, Runtime};
+use crate::pb;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where child images are written (RAM on the appliance).
+const IMAGE_DIR: &str = "/run/aurae/instances";
+pub const CHILD_PORT: u16 = 8443;
+/// How long Spawn waits for the child to serve (TCG boots of nested guests take seconds).
+const SERVING_WAIT: Duration = Duration::from_secs(60);
+
+/// What a node needs to spawn: its PKI directory (ca.crt, server.*, spawn-ca.*) and
+/// its own SPIFFE ID, under which children are named.
+#[derive(Debug, Clone)]
+pub struct SpawnIdentity {
+    pub pki_dir: PathBuf,
+    pub spiffe_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub name: ExecName,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    pub svid_ttl: Duration,
+}
+
+pub struct Instance {
+    pub name: ExecName,
+    pub vm: Arc<VirtualMachine>,
+    pub address: SocketAddr,
+    pub spiffe_id: String,
+    /// mTLS channel to the child's API, as the parent.
+    pub channel: tonic::transport::Channel,
+    host: u8,
+    image: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceView {
+    pub name: String,
+    pub phase: Option<Phase>,
+    pub address: String,
+    pub spiffe_id: String,
+    pub error: String,
+    pub vm: VmView,
+}
+
+impl Instance {
+    pub fn view(&self) -> InstanceView {
+        let vm = self.vm.view();
+        InstanceView {
+            name: self.name.to_string(),
+            phase: vm.phase,
+            address: self.address.to_string(),
+            spiffe_id: self.spiffe_id.clone(),
+            error: vm.error.clone(),
+            vm,
+        }
+    }
+}
+
+fn pre(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::Precondition(msg.into())
+}
+
+impl Runtime {
+    pub(super) fn instance(&self, name: &str) -> Result<Arc<Instance>> {
+        let found = ExecName::parse(name)
+            .ok()
+            .and_then(|n| self.table().instances.get(&n).cloned());
+        found.ok_or_else(|| RuntimeError::NotFound(format!("no instance named '{name}' (aer instance ls lists them)")))
+    }
+
+    /// The channel to a running child, for forwarding.
+    pub fn instance_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
+        let i = self.instance(name)?;
+        if i.vm.ended() {
+            return Err(pre(format!("instance '{name}' has ended")));
+        }
+        Ok(i.channel.clone())
+    }
+
+    /// Boots a child auraed in a microVM and returns once it serves.
+    pub async fn spawn(&self, spec: InstanceSpec) -> Result<InstanceView> {
+        self.usable()?;
+        let Some(id) = self.spawn_identity.clone() else {
+            return Err(pre(
+                "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})",
+            ));
+        };
+        let Some((bridge, subnet)) = self.bridge.clone() else {
+            return Err(pre(
+                "this node has no bridge for instances (auraed makes one only as PID 1)",
+            ));
+        };
+        crate::vmm::kvm_usable().map_err(|why| {
+            pre(format!(
+                "{why}; isolation: VM instances need KVM, and the cell fallback is not implemented yet"
+            ))
+        })?;
+        if self.table().instances.contains_key(&spec.name) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "an instance named '{0}' already exists; free it (aer instance free {0}) or choose another name",
+                spec.name
+            )));
+        }
+        let host = self.take_host(subnet.prefix)?;
+        let result = self.spawn_on(&spec, &id, &bridge, subnet, host).await;
+        match result {
+            Ok(i) => {
+                let v = i.view();
+                self.table().instances.insert(spec.name.clone(), i);
+                Ok(v)
+            }
+            Err(e) => {
+                self.table().hosts.remove(&host);
+                Err(e)
+            }
+        }
+    }
+
+    fn take_host(&self, prefix: u8) -> Result<u8> {
+        if prefix != 24 {
+            return Err(pre(format!(
+                "instances need a /24 bridge subnet; this node's is /{prefix}"
+            )));
+        }
+        let mut t = self.table();
+        // From the top down, away from addresses people pick by hand for plain VMs.
+        let free = (2..=254u8).rev().find(|h| !t.hosts.contains(h));
+        let Some(h) = free else {
+            return Err(RuntimeError::Exhausted("every address on the bridge is taken".into()));
+        };
+        t.hosts.insert(h);
+        Ok(h)
+    }
+
+    async fn spawn_on(
+        &self,
+        spec: &InstanceSpec,
+        id: &SpawnIdentity,
+        bridge: &str,
+        subnet: crate::init::cmdline::Ipv4Cidr,
+        host: u8,
+    ) -> Result<Arc<Instance>> {
+        let [a, b, c, _] = subnet.addr.octets();
+        let ip = Ipv4Addr::new(a, b, c, host);
+        let child_bridge = Ipv4Addr::new(a, b.wrapping_add(1), host, 1);
+        let spiffe_id = format!("{}/instance/{}", id.spiffe_id, spec.name);
+        let pki = mint_child(id, &spiffe_id, spec, ip)?;
+        std::fs::create_dir_all(IMAGE_DIR).map_err(|source| RuntimeError::Io {
+            what: "mkdir",
+            path: IMAGE_DIR.into(),
+            source,
+        })?;
+        let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
+        crate::spawn::image::write(&image, &pki).map_err(pre)?;
+        let cmdline = format!(
+            "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}/24",
+            crate::server::convert::DEFAULT_VM_CMDLINE,
+            spec.name,
+            subnet.addr
+        );
+        let vm_spec = VmSpec {
+            name: spec.name.clone(),
+            kernel: crate::server::convert::NODE_KERNEL.into(),
+            initramfs: Some(image.clone()),
+            cmdline,
+            vcpus: spec.vcpus,
+            memory_bytes: spec.memory_bytes,
+            network: true,
+            resources: Resources::default(),
+        };
+        tracing::info!("spawning instance {} at {ip} on {bridge} as {spiffe_id}", spec.name);
+        let vm = match self.boot_vm(vm_spec, false).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = std::fs::remove_file(&image);
+                return Err(e);
+            }
+        };
+        let address = SocketAddr::from((ip, CHILD_PORT));
+        let channel = match child_channel(id, spec.name.as_str(), address) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stop_vm(&vm, Duration::ZERO).await;
+                let _ = self.discard_vm(&vm).await;
+                let _ = std::fs::remove_file(&image);
+                return Err(e);
+            }
+        };
+        let instance = Arc::new(Instance {
+            name: spec.name.clone(),
+            vm,
+            address,
+            spiffe_id,
+            channel,
+            host,
+            image,
+        });
+        if let Err(e) = self.await_serving(&instance).await {
+            self.stop_vm(&instance.vm, Duration::ZERO).await;
+            let _ = self.discard_vm(&instance.vm).await;
+            let _ = std::fs::remove_file(&instance.image);
+            return Err(e);
+        }
+        Ok(instance)
+    }
+
+    async fn await_serving(&self, i: &Instance) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + SERVING_WAIT;
+        loop {
+            if i.vm.ended() {
+                return Err(pre(format!(
+                    "the child's VM ended before it served: {} {}",
+                    i.vm.view().exit_reason,
+                    i.vm.view().error
+                )));
+            }
+            let mut h = tonic_health::pb::health_client::HealthClient::new(i.channel.clone());
+            let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            let last = match tokio::time::timeout(Duration::from_secs(2), h.check(req)).await {
+                Ok(Ok(r)) if r.get_ref().status == 1 => return Ok(()),
+                Ok(Ok(r)) => format!("health status {}", r.get_ref().status),
+                Ok(Err(e)) => e.message().to_owned(),
+                Err(_) => "no answer within 2 s".into(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(pre(format!(
+                    "the child did not serve at {} within {} s (last: {last}); its console ended with: {}",
+                    i.address,
+                    SERVING_WAIT.as_secs(),
+                    console_tail(&i.vm, 8)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Graceful: the child is asked to power off (over its API) and given `grace`; then
+    /// the VM is stopped by its VMM.
+    pub async fn stop_instance(&self, i: &Instance, grace: Duration) {
+        if !i.vm.ended() {
+            let mut n = pb::node_client::NodeClient::new(i.channel.clone());
+            let req = pb::ShutdownRequest {
+                grace_period_millis: grace.as_millis().min(u128::from(u32::MAX)) as u32,
+            };
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), n.shutdown(req)).await {
+                tracing::warn!("instance {}: shutdown request: {e}", i.name);
+            }
+            let _ = tokio::time::timeout(grace + Duration::from_secs(2), i.vm.wait()).await;
+        }
+        self.stop_vm(&i.vm, Duration::from_secs(2)).await;
+    }
+
+    pub(super) async fn free_instance(&self, name: &str) -> Result<()> {
+        let i = self.instance(name)?;
+        if !i.vm.ended() {
+            return Err(pre(format!(
+                "instance '{name}' is running; stop it first (aer instance stop {name})"
+            )));
+        }
+        self.discard_vm(&i.vm).await?;
+        let _ = std::fs::remove_file(&i.image);
+        let mut t = self.table();
+        t.instances.remove(&i.name);
+        t.hosts.remove(&i.host);
+        Ok(())
+    }
+}
+
+/// The last `n` console lines of a VM, joined with " | ".
+fn console_tail(vm: &VirtualMachine, n: u64) -> String {
+    let logs = vm.logs();
+    let mut cursor = logs.start_cursor(Some(n));
+    let batch = logs.read(&mut cursor, n as usize);
+    batch
+        .lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn mint_child(
+    id: &SpawnIdentity,
+    spiffe_id: &str,
+    spec: &InstanceSpec,
+    ip: Ipv4Addr,
+) -> Result<crate::spawn::image::ChildPki> {
+    let pki_err = |e: crate::pki::PkiError| pre(format!("minting the child's identity: {e}"));
+    let spawn_ca = crate::pki::read_pair(&id.pki_dir, "spawn-ca").map_err(pki_err)?;
+    let ca_path = id.pki_dir.join("ca.crt");
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| RuntimeError::Io {
+        what: "read",
+        path: ca_path,
+        source,
+    })?;
+    let name = spec.name.to_string();
+    let mut server = crate::pki::mint_svid(
+        &spawn_ca,
+        spiffe_id,
+        &name,
+        std::slice::from_ref(&name),
+        &[ip.into()],
+        spec.svid_ttl,
+    )
+    .map_err(pki_err)?;
+    server.cert_pem.push_str(&spawn_ca.cert_pem);
+    let mut child_ca = crate::pki::mint_intermediate(
+        &spawn_ca,
+        &format!("{spiffe_id}/spawn-ca"),
+        &format!("Aurae spawn CA ({name})"),
+        spec.svid_ttl,
+    )
+    .map_err(pki_err)?;
+    child_ca.cert_pem.push_str(&spawn_ca.cert_pem);
+    Ok(crate::spawn::image::ChildPki {
+        ca_pem,
+        server,
+        spawn_ca: child_ca,
+    })
+}
+
+/// A lazily connecting mTLS channel to the child, verified as `name` against the root CA,
+/// presenting this node's own certificate.
+fn child_channel(id: &SpawnIdentity, name: &str, address: SocketAddr) -> Result<tonic::transport::Channel> {
+    let files = crate::server::tls::TlsFiles::in_dir(&id.pki_dir, "server");
+    let tls = files
+        .load()
+        .map_err(|e| pre(format!("this node's TLS material: {e}")))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .and_then(|e| {
+            e.connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .tls_config(tls.client_config(name))
+        })
+        .map_err(|e| pre(format!("endpoint for {address}: {e}")))?;
+    Ok(endpoint.connect_lazy())
+}

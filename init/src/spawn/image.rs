@@ -1,0 +1,70 @@
+//! A child instance's initramfs: the appliance's base skeleton (`rootfs/base.spec`, compiled
+//! in) with this very auraed binary as /init, the node's own kernel at /boot/vmlinuz (so the
+//! child can spawn in turn), and the child's identity under /etc/aurae/pki.
+
+use super::cpio::{self, Entry};
+use crate::pki::Minted;
+use std::path::Path;
+
+const BASE_SPEC: &str = include_str!("../../../rootfs/base.spec");
+const NODE_KERNEL: &str = crate::server::convert::NODE_KERNEL;
+
+/// The identity a parent hands its child.
+pub struct ChildPki {
+    /// Trust bundle: the root CA the child verifies its callers (and its parent) against.
+    pub ca_pem: String,
+    /// The child's SVID with the chain up to (not including) the root.
+    pub server: Minted,
+    /// The child's own spawn CA (for grandchildren), with its chain.
+    pub spawn_ca: Minted,
+}
+
+fn file(path: &str, data: &[u8], mode: u32) -> Entry {
+    Entry::File {
+        path: path.into(),
+        data: data.to_vec(),
+        mode,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+/// Writes the child's initramfs to `out`.
+pub fn write(out: &Path, pki: &ChildPki) -> Result<(), String> {
+    // The base spec packs build/bin/auraed as /init; here it is this process's own binary.
+    let spec = BASE_SPEC.replace(" bin/auraed ", " /proc/self/exe ");
+    let mut entries = cpio::parse_spec(&spec, Path::new("/")).map_err(|e| format!("base skeleton: {e}"))?;
+    // The parent delegates its own kernel, so the child can spawn in turn.
+    if let Ok(k) = std::fs::read(NODE_KERNEL) {
+        entries.push(Entry::Dir {
+            path: "/boot".into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+        entries.push(file(NODE_KERNEL, &k, 0o644));
+    }
+    entries.extend([
+        file("/etc/aurae/pki/ca.crt", pki.ca_pem.as_bytes(), 0o644),
+        file("/etc/aurae/pki/server.crt", pki.server.cert_pem.as_bytes(), 0o644),
+        file("/etc/aurae/pki/server.key", pki.server.key_pem.as_bytes(), 0o600),
+        file("/etc/aurae/pki/spawn-ca.crt", pki.spawn_ca.cert_pem.as_bytes(), 0o644),
+        file("/etc/aurae/pki/spawn-ca.key", pki.spawn_ca.key_pem.as_bytes(), 0o600),
+    ]);
+    let tmp = out.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // It holds the child's private keys.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut f = std::io::BufWriter::new(f);
+        cpio::write_archive(&entries, &mut f)?;
+        std::io::Write::flush(&mut f)?;
+        std::fs::rename(&tmp, out)
+    };
+    write().map_err(|e| format!("write {}: {e}", out.display()))
+}
