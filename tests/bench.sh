@@ -44,6 +44,46 @@ printf '%-44s %d (%.2f MiB; target <= 8 MiB)\n' "appliance kernel+initramfs (byt
 printf '%-44s %d\n' "toolbox layer, optional (bytes)" "$(stat -c %s "$B/initramfs/toolbox.cpio.zst")"
 printf '%-44s %d\n' "auraed static binary (bytes)" "$(stat -c %s "$B/bin/auraed")"
 
+# VMs and Spawn, driven from here with aer (each step takes seconds under TCG, so the
+# client's round trip does not matter): Spawn -> child serving (host wall clock) and the
+# child's own kernel start -> serving; the VMM's memory beyond guest memory (RSS of every
+# mapping but the guest RAM); VMs created per second (RunVirtualMachine returns once the
+# vCPUs run; guests keep booting meanwhile).
+vm_bench() {
+    local n=${BENCH_SPAWNS:-5} i t0 t1 spawn_ms=() child_ms=()
+    echo
+    echo "== VMs and Spawn (auraed's VMM under the appliance's KVM, itself under ${ACCEL:-tcg}; nested)"
+    aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup >/dev/null
+    aer exec mkguest --cell benchnode --wait -- /bin/sh -c 'set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc /var/tmp
+        cp /bin/busybox $d/bin/; printf "#!/bin/busybox sh\n/bin/busybox sleep 100000\n" > $d/init; chmod +x $d/init
+        cd $d && find . | cpio -o -H newc > /var/tmp/idle.cpio 2>/dev/null' >/dev/null
+    for i in $(seq 1 "$n"); do
+        t0=$(date +%s%N)
+        aer --timeout 300 spawn "b$i" >/dev/null || { echo "bench: spawn failed"; return; }
+        t1=$(date +%s%N)
+        spawn_ms+=($(( (t1 - t0) / 1000000 )))
+        child_ms+=($(aer --instance "b$i" --json node info | python3 -c 'import json,sys; print(json.load(sys.stdin)["serving_since_boot_micros"]//1000)'))
+        aer --timeout 60 instance stop "b$i" --grace-ms 1000 >/dev/null; aer instance free "b$i" >/dev/null
+    done
+    printf '%-44s %s\n' "Spawn -> child serving (ms, host)" "$(stats "${spawn_ms[@]}")"
+    printf '%-44s %s\n' "child kernel start -> serving (ms, child)" "$(stats "${child_ms[@]}")"
+
+    aer --timeout 120 vm run ovh --memory 128M --initramfs /var/tmp/idle.cpio >/dev/null
+    sleep 5
+    local pid; pid=$(aer --json vm status ovh | python3 -c 'import json,sys; print(json.load(sys.stdin)["vmm_pid"])')
+    aer exec ovhread --cell benchnode -f -- /bin/sh -c "awk '/^Size:/{guest=(\$2==131072)} /^Rss:/{ if (guest) g+=\$2; else o+=\$2 } END {print o, g}' /proc/$pid/smaps" > /tmp/aurae-ovh.$$ 2>/dev/null || true
+    read -r ovh guest < /tmp/aurae-ovh.$$ || true; rm -f /tmp/aurae-ovh.$$
+    printf '%-44s %s KiB (guest RAM touched: %s KiB; target <= 3072)\n' "VMM RSS beyond guest memory" "${ovh:-?}" "${guest:-?}"
+    aer vm stop ovh --grace-ms 1000 >/dev/null; aer vm free ovh >/dev/null
+
+    local vms=${BENCH_VMS:-10}
+    t0=$(date +%s%N)
+    for i in $(seq 1 "$vms"); do aer --timeout 120 vm run "r$i" --memory 64M --initramfs /var/tmp/idle.cpio >/dev/null; done
+    t1=$(date +%s%N)
+    printf '%-44s %.1f (%d VMs in %d ms)\n' "VMs created per second (sequential)" "$(echo "$vms * 1000000000 / ($t1 - $t0)" | bc -l)" "$vms" "$(( (t1 - t0) / 1000000 ))"
+    for i in $(seq 1 "$vms"); do aer vm stop "r$i" --grace-ms 500 >/dev/null; aer vm free "r$i" >/dev/null; done
+}
+
 # Runtime figures, measured inside one more boot (with the bench-only layer: crun, an OCI
 # bundle and a client certificate) by `auraed bench-runtime`, run as an executable in a cell
 # that shares the node's network and mounts.
@@ -63,6 +103,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
         --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
         || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
+    vm_bench
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid
 fi

@@ -153,14 +153,25 @@ fn mtls_client_gets_serving_health_and_node_info() {
         // Workloads not built yet say so, with the code a client can act on.
         let mut rt = pb::runtime_client::RuntimeClient::new(ch);
         let e = rt
-            .run_virtual_machine(pb::VirtualMachine {
-                name: "vm".into(),
+            .run_pod(pb::Pod {
+                name: "p".into(),
                 ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("RunVirtualMachine"), "{}", e.message());
+        assert!(e.message().contains("RunPod"), "{}", e.message());
+        // A VM's kernel is checked before anything is created.
+        let e = rt
+            .run_virtual_machine(pb::VirtualMachine {
+                name: "vm".into(),
+                kernel_path: "relative/bzImage".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().starts_with("kernel_path"), "{}", e.message());
         // Bad input is refused at the edge, naming the field, whatever the host's cgroups.
         for (name, field) in [("..", "name: '..'"), ("a/../b", "name: 'a/../b'"), ("", "name: ''")] {
             let e = rt

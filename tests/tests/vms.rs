@@ -209,6 +209,46 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         let links = c.on_node("ip -o link").await;
         assert!(!links.contains(&st.tap_device), "the TAP went with the VM: {links}");
 
+        // Disks: a read-write image the guest writes (seen on the node afterwards) and a
+        // read-only one it reads but cannot write.
+        c.on_node(
+            "dd if=/dev/zero of=/var/tmp/rw.img bs=1M count=4 2>/dev/null; \
+             dd if=/dev/zero of=/var/tmp/ro.img bs=1M count=4 2>/dev/null; \
+             printf node-data | dd of=/var/tmp/ro.img conv=notrunc 2>/dev/null",
+        )
+        .await;
+        let img = guest_initramfs(
+            &c,
+            "disks",
+            "mount -t devtmpfs dev /dev; printf written-by-guest | dd of=/dev/vda conv=notrunc 2>/dev/null; sync; \
+             echo ro: $(head -c 9 /dev/vdb); \
+             if printf x | dd of=/dev/vdb conv=notrunc,fsync 2>/dev/null; then echo ro write ok; else echo ro write refused; fi; \
+             reboot -f",
+        )
+        .await;
+        let req = pb::VirtualMachine {
+            disks: vec![
+                pb::Disk {
+                    path: "/var/tmp/rw.img".into(),
+                    read_only: false,
+                },
+                pb::Disk {
+                    path: "/var/tmp/ro.img".into(),
+                    read_only: true,
+                },
+            ],
+            ..vm("disks", &img, 1)
+        };
+        c.runtime.clone().run_virtual_machine(req).await.unwrap();
+        let st = wait_vm(&c, "disks").await;
+        let log = console(&c, "disks").await;
+        assert_eq!(st.state, pb::WorkloadState::Exited as i32, "{st:?}\n{log}");
+        assert!(log.contains("ro: node-data"), "the guest reads the read-only disk: {log}");
+        assert!(log.contains("ro write refused"), "and cannot write it: {log}");
+        let head = c.on_node("head -c 16 /var/tmp/rw.img; echo; head -c 9 /var/tmp/ro.img").await;
+        assert_eq!(head, "written-by-guest\nnode-data", "what the guest wrote is on the node's image");
+        c.workloads.clone().free(vm_ref("disks")).await.unwrap();
+
         // Refusals name the field and create nothing.
         let bad: Vec<(pb::VirtualMachine, Code, &str)> = vec![
             (
@@ -252,15 +292,27 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
             (
                 pb::VirtualMachine {
                     disks: vec![pb::Disk {
-                        path: "/x".into(),
+                        path: "/var/tmp/missing.img".into(),
                         read_only: true,
                     }],
                     ..vm("b6", &img, 1)
                 },
-                Code::FailedPrecondition,
-                "disks",
+                Code::InvalidArgument,
+                "disks[0].path",
+            ),
+            (
+                pb::VirtualMachine {
+                    disks: vec![pb::Disk {
+                        path: "/var/tmp/odd.img".into(),
+                        read_only: false,
+                    }],
+                    ..vm("b7", &img, 1)
+                },
+                Code::InvalidArgument,
+                "512-byte sectors",
             ),
         ];
+        c.on_node("head -c 1000 /dev/zero > /var/tmp/odd.img").await;
         for (req, code, field) in bad {
             let e = c.runtime.clone().run_virtual_machine(req).await.unwrap_err();
             assert_eq!(e.code(), code, "{e:?}");

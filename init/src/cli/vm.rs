@@ -53,6 +53,9 @@ pub struct VmRun {
     /// A virtio-net NIC on a TAP on the node's bridge (aurae0).
     #[arg(long)]
     net: bool,
+    /// A raw disk image on the node as virtio-blk (/dev/vda, vdb, ...); `PATH` or `PATH:ro`.
+    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    disks: Vec<String>,
     /// Stream the console here until the VM ends.
     #[arg(short, long)]
     follow: bool,
@@ -145,7 +148,20 @@ async fn run(r: &VmRun, target: &super::Target, as_json: bool) -> Result<(), Cli
         kernel_cmdline: r.cmdline.clone().unwrap_or_default(),
         vcpus: r.vcpus,
         memory_bytes: parse_bytes("memory", &r.memory)?,
-        disks: Vec::new(),
+        disks: r
+            .disks
+            .iter()
+            .map(|d| match d.strip_suffix(":ro") {
+                Some(p) => pb::Disk {
+                    path: p.into(),
+                    read_only: true,
+                },
+                None => pb::Disk {
+                    path: d.clone(),
+                    read_only: false,
+                },
+            })
+            .collect(),
         network: r.net,
         resources: Some(pb::CellResources {
             memory_max_bytes: r

@@ -184,6 +184,7 @@ impl Runtime {
             vcpus: spec.vcpus,
             memory_bytes: spec.memory_bytes,
             network: true,
+            disks: Vec::new(),
             resources: Resources::default(),
         };
         tracing::info!("spawning instance {} at {ip} on {bridge} as {spiffe_id}", spec.name);

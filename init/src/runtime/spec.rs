@@ -81,6 +81,12 @@ pub struct CellSpec {
     pub isolation: Isolation,
 }
 
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
 /// A virtual machine run by auraed's VMM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -93,6 +99,8 @@ pub struct VmSpec {
     pub memory_bytes: u64,
     /// A virtio-net NIC on a TAP on the node's bridge.
     pub network: bool,
+    /// Raw disk images, as virtio-blk devices in this order.
+    pub disks: Vec<DiskSpec>,
     /// Limits for the VM's own cell.
     pub resources: Resources,
 }

@@ -105,6 +105,39 @@ impl VirtualMachine {
     }
 }
 
+/// A disk must be a regular file or block device of whole 512-byte sectors that auraed can
+/// open as asked (read-write unless read-only).
+fn check_disk(d: &super::spec::DiskSpec) -> std::result::Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!d.read_only)
+        .open(&d.path)
+        .map_err(|e| {
+            format!(
+                "cannot open {} {}: {e}",
+                d.path.display(),
+                if d.read_only {
+                    "read-only"
+                } else {
+                    "read-write (or set read_only)"
+                }
+            )
+        })?;
+    let m = f.metadata().map_err(|e| format!("{}: {e}", d.path.display()))?;
+    if !(m.file_type().is_file() || m.file_type().is_block_device()) {
+        return Err(format!("{} is not a regular file or block device", d.path.display()));
+    }
+    if m.file_type().is_file() && (m.len() == 0 || m.len() % 512 != 0) {
+        return Err(format!(
+            "{} is {} bytes; a raw image is a non-zero number of 512-byte sectors",
+            d.path.display(),
+            m.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Runtime {
     pub(super) fn vm(&self, name: &str) -> Result<Arc<VirtualMachine>> {
         let found = ExecName::parse(name)
@@ -159,8 +192,22 @@ impl Runtime {
             }
         };
         let tap = net.as_ref().map(|n| n.tap.clone());
+        for (i, d) in spec.disks.iter().enumerate() {
+            check_disk(d).map_err(|reason| RuntimeError::Invalid {
+                field: format!("disks[{i}].path"),
+                reason,
+            })?;
+        }
         let config = VmConfig {
             net,
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| vmm::DiskConfig {
+                    path: d.path.to_string_lossy().into_owned(),
+                    read_only: d.read_only,
+                })
+                .collect(),
             kernel: spec.kernel.to_string_lossy().into_owned(),
             initramfs: spec.initramfs.as_ref().map(|p| p.to_string_lossy().into_owned()),
             cmdline: spec.cmdline.clone(),

@@ -5,7 +5,7 @@ use crate::pb;
 use crate::runtime::cgroup::Usage;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{CellSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
+use crate::runtime::spec::{CellSpec, DiskSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
 
@@ -203,6 +203,7 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
 pub const NODE_KERNEL: &str = "/boot/vmlinuz";
 pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check";
 const MIB: u64 = 1 << 20;
+const MAX_DISKS: usize = 8;
 
 fn node_path(field: &str, p: &str) -> Result<PathBuf, RuntimeError> {
     no_nul(field, p)?;
@@ -266,11 +267,23 @@ pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
         }
         m => m,
     };
-    if !v.disks.is_empty() {
-        return Err(RuntimeError::Precondition(
-            "disks: virtio-blk disks are not implemented in this auraed yet; boot from an initramfs".into(),
+    if v.disks.len() > MAX_DISKS {
+        return Err(invalid(
+            "disks",
+            format!("{} disks; the limit is {MAX_DISKS}", v.disks.len()),
         ));
     }
+    let disks = v
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Ok(DiskSpec {
+                path: node_path(&format!("disks[{i}].path"), &d.path)?,
+                read_only: d.read_only,
+            })
+        })
+        .collect::<Result<Vec<_>, RuntimeError>>()?;
     Ok(VmSpec {
         name,
         kernel,
@@ -279,6 +292,7 @@ pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
         vcpus: vcpus as u8,
         memory_bytes,
         network: v.network,
+        disks,
         resources: resources(v.resources)?,
     })
 }

@@ -10,6 +10,8 @@
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod virtio_blk;
+pub mod virtio_mmio;
 pub mod virtio_net;
 
 use devices::{ConsoleOut, GuestExit, IrqTrigger, PortBus};
@@ -58,6 +60,15 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// virtio-net backed by this TAP (created by the VMM, gone with it), on `bridge`.
     pub net: Option<NetConfig>,
+    /// virtio-blk disks, in order (/dev/vda, vdb, ... in the guest).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: String,
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,7 +132,8 @@ fn fatal(msg: &str) -> ! {
 struct Machine {
     vm: VmFd,
     bus: Arc<Mutex<PortBus>>,
-    net: Option<Arc<virtio_net::VirtioNet>>,
+    /// virtio-mmio devices by slot (see `virtio_mmio::slot_base`).
+    mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>>,
     end: mpsc::Sender<Result<GuestExit, String>>,
 }
 
@@ -139,29 +151,49 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
     .map_err(kvm_err("create PIT"))?;
 
     let mut cmdline = cfg.cmdline.clone();
-    let net = match &cfg.net {
-        None => None,
-        Some(n) => {
-            let tap = crate::net::ioctl::open_tap(&n.tap).map_err(io("TAP"))?;
-            crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(io("bridge"))?;
-            crate::net::ioctl::link_up(&n.tap).map_err(io("TAP up"))?;
-            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
-            vm.register_irqfd(&irq, virtio_net::IRQ)
-                .map_err(kvm_err("register virtio-net irqfd"))?;
-            let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq).map_err(|e| VmmError::Io {
-                what: "virtio-net",
-                source: std::io::Error::other(e),
-            })?;
-            let rx = dev.clone();
-            std::thread::Builder::new()
-                .name("net-rx".into())
-                .spawn(move || rx.rx_loop())
-                .map_err(io("start virtio-net thread"))?;
-            cmdline.push(' ');
-            cmdline.push_str(&virtio_net::cmdline_param());
-            Some(dev)
+    let mut mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>> = Vec::new();
+    let mut irq_for = |vm: &VmFd, slot: usize| -> Result<EventFd, VmmError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+        vm.register_irqfd(&irq, virtio_mmio::slot_irq(slot))
+            .map_err(kvm_err("register virtio irqfd"))?;
+        cmdline.push(' ');
+        cmdline.push_str(&virtio_mmio::cmdline_param(slot));
+        Ok(irq)
+    };
+    let other = |what: &'static str| {
+        move |e: String| VmmError::Io {
+            what,
+            source: std::io::Error::other(e),
         }
     };
+    if let Some(n) = &cfg.net {
+        let tap = crate::net::ioctl::open_tap(&n.tap).map_err(io("TAP"))?;
+        crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(io("bridge"))?;
+        crate::net::ioctl::link_up(&n.tap).map_err(io("TAP up"))?;
+        let irq = irq_for(&vm, mmio.len())?;
+        let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq).map_err(other("virtio-net"))?;
+        let rx = dev.clone();
+        std::thread::Builder::new()
+            .name("net-rx".into())
+            .spawn(move || rx.rx_loop())
+            .map_err(io("start virtio-net thread"))?;
+        mmio.push(dev);
+    }
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(|e| VmmError::Io {
+                what: "disk",
+                source: std::io::Error::new(e.kind(), format!("{}: {e}", d.path)),
+            })?;
+        let irq = irq_for(&vm, mmio.len())?;
+        let serial = format!("aurae-disk{i}");
+        let dev =
+            virtio_blk::VirtioBlk::new(mem.clone(), file, d.read_only, &serial, irq).map_err(other("virtio-blk"))?;
+        mmio.push(dev);
+    }
     let entry = boot::load(
         &mem,
         std::path::Path::new(&cfg.kernel),
@@ -183,7 +215,7 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
     let machine = Arc::new(Machine {
         vm,
         bus: bus.clone(),
-        net,
+        mmio,
         end: end_tx.clone(),
     });
     let cpuid = cpu::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
@@ -265,13 +297,13 @@ fn vcpu_loop(mut fd: VcpuFd, m: &Machine) {
                     break Ok(e);
                 }
             }
-            Ok(VcpuExit::MmioRead(addr, data)) => match (&m.net, mmio_offset(addr)) {
-                (Some(n), Some(off)) => n.read(off, data),
-                _ => data.fill(0xff),
+            Ok(VcpuExit::MmioRead(addr, data)) => match m.device_at(addr) {
+                Some((d, off)) => d.read(off, data),
+                None => data.fill(0xff),
             },
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if let (Some(n), Some(off)) = (&m.net, mmio_offset(addr)) {
-                    n.write(off, data);
+                if let Some((d, off)) = m.device_at(addr) {
+                    d.write(off, data);
                 }
             }
             Ok(VcpuExit::Hlt) => {}
@@ -288,9 +320,13 @@ fn vcpu_loop(mut fd: VcpuFd, m: &Machine) {
     let _ = m.end.send(end);
 }
 
-fn mmio_offset(addr: u64) -> Option<u64> {
-    addr.checked_sub(virtio_net::MMIO_BASE)
-        .filter(|o| *o < virtio_net::MMIO_SIZE)
+impl Machine {
+    /// The virtio device whose window holds `addr`, and the offset into it.
+    fn device_at(&self, addr: u64) -> Option<(&Arc<dyn virtio_mmio::MmioDevice>, u64)> {
+        let off = addr.checked_sub(virtio_mmio::MMIO_BASE)?;
+        let slot = (off / virtio_mmio::MMIO_SIZE) as usize;
+        self.mmio.get(slot).map(|d| (d, off % virtio_mmio::MMIO_SIZE))
+    }
 }
 
 /// Whether this node can run VMs: /dev/kvm opens and speaks the stable API.

@@ -1,0 +1,161 @@
+//! The virtio-mmio transport (virtio 1.x, register layout version 2) shared by the VMM's
+//! virtio devices: feature negotiation, queue setup, status and interrupt registers. The
+//! device-specific parts (config space, what a queue notification does) stay in each device.
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Each device gets a 4 KiB window from here on, and IRQ `FIRST_IRQ + slot`.
+pub const MMIO_BASE: u64 = 0xd000_0000;
+pub const MMIO_SIZE: u64 = 0x1000;
+pub const FIRST_IRQ: u32 = 5;
+/// IO-APIC pins 5..=23 minus nothing else in use: 19 device slots.
+pub const MAX_DEVICES: usize = 19;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const QUEUE_MAX: u16 = 256;
+
+pub fn slot_base(slot: usize) -> u64 {
+    MMIO_BASE + slot as u64 * MMIO_SIZE
+}
+
+pub fn slot_irq(slot: usize) -> u32 {
+    FIRST_IRQ + slot as u32
+}
+
+/// The kernel parameter that tells the guest where a device is.
+pub fn cmdline_param(slot: usize) -> String {
+    format!("virtio_mmio.device=4K@{:#x}:{}", slot_base(slot), slot_irq(slot))
+}
+
+/// A device behind an MMIO window (offsets are relative to its base).
+pub trait MmioDevice: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+/// What a register write asks the device to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    None,
+    /// The driver put buffers on this queue.
+    Notify(usize),
+    /// The driver made this queue ready.
+    Ready(usize),
+}
+
+pub struct Transport {
+    pub queues: Vec<Queue>,
+    device_id: u32,
+    features: u64,
+    queue_sel: usize,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+}
+
+fn put(data: &mut [u8], bytes: &[u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = bytes.get(i).copied().unwrap_or(0);
+    }
+}
+
+impl Transport {
+    pub fn new(device_id: u32, features: u64, queues: usize) -> Result<Transport, String> {
+        let queues = (0..queues)
+            .map(|_| Queue::new(QUEUE_MAX).map_err(|e| format!("virtqueue: {e:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Transport {
+            queues,
+            device_id,
+            features: features | VIRTIO_F_VERSION_1,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt_status: 0,
+        })
+    }
+
+    /// A register read; `config` is the device's configuration space (offset 0x100 on).
+    pub fn read(&self, offset: u64, data: &mut [u8], config: &[u8]) {
+        if offset >= 0x100 {
+            let at = (offset - 0x100) as usize;
+            put(data, config.get(at..).unwrap_or(&[]));
+            return;
+        }
+        let q = self.queues.get(self.queue_sel);
+        let v: u32 = match offset {
+            0x00 => 0x7472_6976, // "virt"
+            0x04 => 2,
+            0x08 => self.device_id,
+            0x0c => 0x4155_5241, // "AURA"
+            0x10 => match self.device_features_sel {
+                0 => self.features as u32,
+                1 => (self.features >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => q.map_or(0, |q| u32::from(q.max_size())),
+            0x44 => q.map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt_status,
+            0x70 => self.status,
+            _ => 0, // includes ConfigGeneration: the config never changes
+        };
+        put(data, &v.to_le_bytes());
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Event {
+        if offset >= 0x100 {
+            return Event::None;
+        }
+        let mut b = [0u8; 4];
+        put(&mut b, data);
+        let v = u32::from_le_bytes(b);
+        let sel = self.queue_sel;
+        let q = self.queues.get_mut(sel);
+        match (offset, q) {
+            (0x14, _) => self.device_features_sel = v,
+            (0x20, _) if self.driver_features_sel <= 1 => {
+                let shift = 32 * self.driver_features_sel;
+                self.driver_features |= (u64::from(v) << shift) & self.features;
+            }
+            (0x24, _) => self.driver_features_sel = v,
+            (0x30, _) => self.queue_sel = v as usize,
+            (0x38, Some(q)) => q.set_size(v as u16),
+            (0x44, Some(q)) => {
+                q.set_ready(v == 1);
+                if v == 1 {
+                    return Event::Ready(sel);
+                }
+            }
+            (0x50, _) => return Event::Notify(v as usize),
+            (0x64, _) => self.interrupt_status &= !v,
+            (0x70, _) => {
+                if v == 0 {
+                    self.queues.iter_mut().for_each(QueueT::reset);
+                    self.driver_features = 0;
+                    self.interrupt_status = 0;
+                }
+                self.status = v;
+            }
+            (0x80, Some(q)) => q.set_desc_table_address(Some(v), None),
+            (0x84, Some(q)) => q.set_desc_table_address(None, Some(v)),
+            (0x90, Some(q)) => q.set_avail_ring_address(Some(v), None),
+            (0x94, Some(q)) => q.set_avail_ring_address(None, Some(v)),
+            (0xa0, Some(q)) => q.set_used_ring_address(Some(v), None),
+            (0xa4, Some(q)) => q.set_used_ring_address(None, Some(v)),
+            _ => {}
+        }
+        Event::None
+    }
+
+    /// Marks used buffers and raises the device's (edge) interrupt.
+    pub fn signal(&mut self, irq: &EventFd) {
+        self.interrupt_status |= 1;
+        if let Err(e) = irq.write(1) {
+            eprintln!("aurae-vmm: virtio irq: {e}");
+        }
+    }
+}
