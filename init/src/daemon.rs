@@ -22,6 +22,12 @@ pub struct DaemonArgs {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Set by Spawn's cell fallback: this auraed is a child instance in its own cell.
+    #[arg(long, hide = true)]
+    pub spawned_in_cell: bool,
+    /// With --spawned-in-cell: make bridge aurae0 with this address for grandchildren.
+    #[arg(long, hide = true)]
+    pub bridge_ip: Option<crate::init::cmdline::Ipv4Cidr>,
 }
 
 /// Runs auraed as PID 1. Never returns.
@@ -57,7 +63,11 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
         crate::VERSION,
         std::process::id()
     );
-    let report = init::daemon_bringup();
+    let report = if args.spawned_in_cell {
+        init::cell_instance_bringup(args.bridge_ip)
+    } else {
+        init::daemon_bringup()
+    };
     let files = TlsFiles::in_dir(&args.pki_dir, "server");
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

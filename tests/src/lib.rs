@@ -330,6 +330,21 @@ impl Client {
         (st, out)
     }
 
+    /// Runs `argv` in a private cell, waits, returns (status, stdout), frees it.
+    pub async fn run_sh_argv(&self, name: &str, argv: &[&str]) -> (pb::ExecutableStatus, String) {
+        self.exec(pb::Executable {
+            name: name.into(),
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run {name}: {e:?}"));
+        let st = self.wait(name).await;
+        let out = self.stdout(name).await;
+        self.free(name).await;
+        (st, out)
+    }
+
     /// Runs a script with the node's own view (a cell sharing every host namespace, so
     /// /proc, /sys/fs/cgroup, the hostname and eth0 are the node's) and returns its stdout.
     pub async fn on_node(&self, script: &str) -> String {

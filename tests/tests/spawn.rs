@@ -186,3 +186,73 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         assert!(l.unwrap().into_inner().workloads.is_empty());
     });
 }
+
+/// Where KVM is unusable (the appliance booted without SVM), Spawn falls back to a cell: the
+/// child auraed runs as a daemon in a cell of its own with a veth onto the bridge, says so in
+/// its node info, runs workloads, and spawns a grandchild (a cell again) in turn.
+#[test]
+fn without_kvm_spawn_falls_back_to_a_cell() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot_with(&build, BOOT_DEADLINE, &[("CPU", "qemu64,-svm")]);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        let me = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert!(!me.kvm_usable, "booted without SVM: {me:?}");
+        let before = c
+            .on_node("ls -d /sys/fs/cgroup/aurae/*/; ip -o link | cut -d: -f2")
+            .await;
+
+        let e = c
+            .runtime
+            .clone()
+            .spawn(pb::Instance {
+                name: "v1".into(),
+                isolation: pb::IsolationKind::Vm as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().starts_with("isolation"), "{e:?}");
+
+        let child = spawn(&c, "c1").await;
+        assert_eq!(child.isolation, pb::IsolationKind::Cell as i32, "{child:?}");
+        assert!(child.vm.is_none() && child.pid > 0);
+        let cc = Client::connect_to(&a, Some("c1")).await;
+        let info = cc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            info.isolation,
+            pb::IsolationKind::Cell as i32,
+            "node info says cell: {info:?}"
+        );
+        assert_eq!(info.mode, pb::Mode::Daemon as i32);
+        assert_eq!(info.hostname, "c1");
+        assert_eq!(info.spiffe_id, child.spiffe_id);
+        assert_eq!(info.peer_spiffe_id, me.spiffe_id);
+        assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
+        assert!(info.cgroup_controllers.contains(&"memory".to_owned()), "{info:?}");
+
+        let (st, out) = cc.run_sh_argv("v", &["/bin/auraed", "--version"]).await;
+        assert_eq!(st.exit_code, Some(0));
+        assert_eq!(out.trim(), format!("auraed {}", me.auraed_version));
+
+        let g = spawn(&cc, "g1").await;
+        assert_eq!(g.isolation, pb::IsolationKind::Cell as i32);
+        let gc = Client::connect_to(&a, Some("c1/g1")).await;
+        let ginfo = gc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            (ginfo.hostname.as_str(), ginfo.isolation),
+            ("g1", pb::IsolationKind::Cell as i32)
+        );
+        assert_eq!(ginfo.peer_spiffe_id, child.spiffe_id);
+
+        assert_eq!(stop_and_free(&cc, "g1").await.state, pb::WorkloadState::Stopped as i32);
+        assert_eq!(stop_and_free(&c, "c1").await.state, pb::WorkloadState::Stopped as i32);
+        let after = c
+            .on_node("ls -d /sys/fs/cgroup/aurae/*/; ip -o link | cut -d: -f2")
+            .await;
+        assert_eq!(after, before, "no cell, cgroup or veth left");
+        let files = c.on_node("ls /run/aurae/instances | wc -l").await;
+        assert_eq!(files.trim(), "0", "the child's keys are gone");
+    });
+}

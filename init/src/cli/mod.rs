@@ -275,6 +275,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // `aer ps | head` should end quietly when head does, like any other CLI (Rust ignores
+    // SIGPIPE by default, and printing then panics).
+    // SAFETY: restoring a default signal disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let a = match Aer::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -384,6 +388,11 @@ fn done(json: bool, what: &str) {
 }
 
 fn print_info(i: &pb::NodeInfo, as_json: bool) {
+    let spawned = match pb::IsolationKind::try_from(i.isolation) {
+        Ok(pb::IsolationKind::Vm) => "vm",
+        Ok(pb::IsolationKind::Cell) => "cell",
+        _ => "",
+    };
     let mode = pb::Mode::try_from(i.mode)
         .map(|m| m.as_str_name())
         .unwrap_or("MODE_UNSPECIFIED");
@@ -403,7 +412,7 @@ fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "cgroup_controllers": i.cgroup_controllers, "kvm_usable": i.kvm_usable,
                 "kvm_detail": i.kvm_detail, "spiffe_id": i.spiffe_id, "peer_spiffe_id": i.peer_spiffe_id,
                 "init_failures": failures, "serving_since_boot_micros": i.serving_since_boot_micros,
-                "auraed_rss_bytes": i.auraed_rss_bytes,
+                "auraed_rss_bytes": i.auraed_rss_bytes, "isolation": spawned,
             })
         );
         return;
@@ -430,6 +439,9 @@ fn print_info(i: &pb::NodeInfo, as_json: bool) {
         i.kvm_detail
     );
     println!("identity    {}", i.spiffe_id);
+    if !spawned.is_empty() {
+        println!("spawned as  {spawned} (isolation)");
+    }
     println!("you are     {}", i.peer_spiffe_id);
     println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
     for f in &i.init_failures {

@@ -210,6 +210,9 @@ pub struct SpawnArgs {
     /// Lifetime of the child's SVID in seconds.
     #[arg(long, default_value_t = 86400)]
     svid_ttl: u32,
+    /// vm or cell (default: vm where KVM is usable, else cell).
+    #[arg(long)]
+    isolation: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,7 +239,7 @@ pub fn instance_json(i: &pb::InstanceStatus) -> Value {
     json!({
         "kind": "instance", "name": i.name, "state": state_name(i.state),
         "isolation": pb::IsolationKind::try_from(i.isolation).map(|k| k.as_str_name()).unwrap_or("?"),
-        "address": i.address, "spiffe_id": i.spiffe_id, "error": i.error,
+        "address": i.address, "spiffe_id": i.spiffe_id, "error": i.error, "pid": i.pid,
         "vm": i.vm.as_ref().map(vm_json),
     })
 }
@@ -246,9 +249,12 @@ pub fn print_instance(i: &pb::InstanceStatus, as_json: bool) {
         println!("{}", instance_json(i));
         return;
     }
-    let vm = i.vm.clone().unwrap_or_default();
     println!("instance    {}", i.name);
-    println!("state       {} {}", state_name(i.state), vm.exit_reason);
+    println!(
+        "state       {} {}",
+        state_name(i.state),
+        i.vm.as_ref().map_or("", |v| v.exit_reason.as_str())
+    );
     println!(
         "isolation   {}",
         pb::IsolationKind::try_from(i.isolation)
@@ -257,13 +263,16 @@ pub fn print_instance(i: &pb::InstanceStatus, as_json: bool) {
     );
     println!("address     {}", i.address);
     println!("spiffe id   {}", i.spiffe_id);
-    println!(
-        "vm          {} vCPU, {} MiB, tap {}, vmm pid {}",
-        vm.vcpus,
-        vm.memory_bytes >> 20,
-        vm.tap_device,
-        vm.vmm_pid
-    );
+    match &i.vm {
+        Some(vm) => println!(
+            "vm          {} vCPU, {} MiB, tap {}, vmm pid {}",
+            vm.vcpus,
+            vm.memory_bytes >> 20,
+            vm.tap_device,
+            vm.vmm_pid
+        ),
+        None => println!("process     pid {} (in a cell of its own)", i.pid),
+    }
     println!("reach it    aer --instance {} node info", i.name);
     if !i.error.is_empty() {
         println!("error       {}", i.error);
@@ -271,9 +280,15 @@ pub fn print_instance(i: &pb::InstanceStatus, as_json: bool) {
 }
 
 pub async fn spawn(a: &SpawnArgs, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let isolation = match a.isolation.as_deref() {
+        None => pb::IsolationKind::Unspecified,
+        Some("vm") => pb::IsolationKind::Vm,
+        Some("cell") => pb::IsolationKind::Cell,
+        Some(o) => return Err(CliError::Usage(format!("--isolation '{o}': choose vm or cell"))),
+    };
     let req = pb::Instance {
         name: a.name.clone(),
-        isolation: pb::IsolationKind::Vm as i32,
+        isolation: isolation as i32,
         vcpus: a.vcpus,
         memory_bytes: parse_bytes("memory", &a.memory)?,
         svid_ttl_seconds: a.svid_ttl,

@@ -51,6 +51,8 @@ pub struct BootConfig {
     pub listen: SocketAddr,
     pub bridge: String,
     pub bridge_ip: Ipv4Cidr,
+    /// Booted by auraed's VMM (a spawned instance): power off through the VMM's port.
+    pub vmm: bool,
 }
 
 impl Default for BootConfig {
@@ -67,6 +69,7 @@ impl Default for BootConfig {
                 addr: Ipv4Addr::new(10, 254, 0, 1),
                 prefix: 24,
             },
+            vmm: false,
         }
     }
 }
@@ -110,6 +113,13 @@ impl BootConfig {
                     .parse()
                     .map(|l| cfg.listen = l)
                     .map_err(|_| format!("'{val}' is not ADDR:PORT")),
+                "vmm" => match val {
+                    "0" | "1" => {
+                        cfg.vmm = val == "1";
+                        Ok(())
+                    }
+                    _ => Err(format!("'{val}' is not 0 or 1")),
+                },
                 _ => Err("unknown parameter".into()),
             };
             if let Err(e) = res {

@@ -27,6 +27,8 @@ pub struct InitReport {
     pub workloads_cgroup: PathBuf,
     /// The bridge VMs' and instances' TAPs attach to, when bring-up made it.
     pub bridge: Option<(String, cmdline::Ipv4Cidr)>,
+    /// How this node was spawned, when it is a spawned instance.
+    pub spawned_as: Option<crate::pb::IsolationKind>,
 }
 
 impl InitReport {
@@ -70,6 +72,9 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     if let Err(e) = nix::unistd::sethostname(&cfg.hostname) {
         report.fail("hostname", e.to_string());
     }
+    if cfg.vmm {
+        report.spawned_as = Some(crate::pb::IsolationKind::Vm);
+    }
     let net_failures = crate::net::bring_up(&cfg);
     if !net_failures.iter().any(|(step, _)| step.starts_with("bridge")) {
         report.bridge = Some((cfg.bridge.clone(), cfg.bridge_ip));
@@ -85,6 +90,59 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     report.controllers = controllers;
     report.workloads_cgroup = dir;
     (cfg, report)
+}
+
+/// Bring-up of a child auraed that Spawn runs in a cell (its own mount, cgroup, pid and
+/// network namespaces): mount cgroup2 (rooted at the cell's leaf by the cgroup namespace),
+/// move itself into `_auraed` so the root may hand controllers down, and prepare `aurae`.
+pub fn cell_instance_bringup(bridge_ip: Option<cmdline::Ipv4Cidr>) -> InitReport {
+    let mut report = InitReport {
+        spawned_as: Some(crate::pb::IsolationKind::Cell),
+        ..InitReport::default()
+    };
+    if let Err(e) = reaper::become_subreaper() {
+        report.fail("subreaper", e.to_string());
+    }
+    let root = std::path::Path::new(CGROUP_ROOT);
+    let mounted = nix::mount::mount(
+        Some("cgroup2"),
+        root,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        Some("nsdelegate"),
+    );
+    if let Err(e) = mounted {
+        report.fail("cgroup", format!("mount cgroup2 on {CGROUP_ROOT}: {e}"));
+    }
+    let own = root.join("_auraed");
+    let moved = std::fs::create_dir_all(&own)
+        .and_then(|()| std::fs::write(own.join("cgroup.procs"), std::process::id().to_string()));
+    if let Err(e) = moved {
+        report.fail("cgroup", format!("move into {}: {e}", own.display()));
+    }
+    let (dir, controllers, errors) = cgroup::setup_workloads_root(root);
+    for e in errors {
+        report.fail("cgroup", e);
+    }
+    report.controllers = controllers;
+    report.workloads_cgroup = dir;
+    // A bridge of its own in its network namespace, so it can spawn in turn.
+    if let Some(ip) = bridge_ip {
+        let cfg = cmdline::BootConfig {
+            bridge_ip: ip,
+            ..cmdline::BootConfig::default()
+        };
+        let steps = [
+            crate::net::ioctl::create_bridge(&cfg.bridge),
+            crate::net::ioctl::set_ipv4(&cfg.bridge, ip.addr, ip.prefix),
+            crate::net::ioctl::link_up(&cfg.bridge),
+        ];
+        match steps.into_iter().find_map(Result::err) {
+            None => report.bridge = Some((cfg.bridge, ip)),
+            Some(e) => report.fail("bridge", e.to_string()),
+        }
+    }
+    report
 }
 
 /// Daemon bring-up on a host with its own init: become the subreaper and prepare

@@ -137,7 +137,8 @@ pub fn finish_pid1(action: PowerAction, grace: Duration) -> ! {
 
 /// Whether this kernel was booted by auraed's VMM, which sets `aurae.vmm=1`.
 fn under_aurae_vmm() -> bool {
-    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == "aurae.vmm=1"))
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    super::cmdline::BootConfig::parse(&cmdline).0.vmm
 }
 
 /// Without ACPI a guest kernel can reboot (i8042) but not power off: it would halt its CPUs

@@ -5,6 +5,7 @@
 //! netlink stack in PID 1. TAP attachment (later) will use the same wrapper style.
 
 pub mod ioctl;
+pub mod netlink;
 
 use crate::init::cmdline::BootConfig;
 

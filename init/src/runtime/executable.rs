@@ -62,6 +62,12 @@ pub(super) struct Launch {
 }
 
 impl Executable {
+    /// The pid of the private cell's holder (whose namespaces the executable shares).
+    pub fn own_cell_holder_pid(&self) -> Option<i32> {
+        let fd = self.own_cell.as_ref()?.pidfd()?;
+        super::sys::pidfd_pid(&fd)
+    }
+
     pub fn phase(&self) -> Phase {
         self.state.borrow().phase.unwrap_or(Phase::Starting)
     }

@@ -7,13 +7,16 @@
 //! subnets a node sees (its eth0 and its bridge) never overlap along a line of descent.
 
 use super::error::{Result, RuntimeError};
+use super::executable::{Executable, Launch};
+use super::logs::{self, LogBuffer};
 use super::names::ExecName;
-use super::spec::{Resources, VmSpec};
+use super::spec::{ExecutableSpec, Isolation, Resources, VmSpec};
 use super::vm::{VirtualMachine, VmView};
 use super::{Phase, Runtime};
 use crate::pb;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,46 +34,120 @@ pub struct SpawnIdentity {
     pub spiffe_id: String,
 }
 
+/// Where a child runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationKind {
+    Vm,
+    Cell,
+}
+
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
     pub name: ExecName,
+    /// None: a VM where KVM is usable, else a cell.
+    pub isolation: Option<IsolationKind>,
     pub vcpus: u8,
     pub memory_bytes: u64,
     pub svid_ttl: Duration,
 }
 
+/// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
+/// own with a veth onto the bridge.
+pub enum Body {
+    Vm(Arc<VirtualMachine>),
+    Cell(Arc<Executable>),
+}
+
+impl Body {
+    pub fn ended(&self) -> bool {
+        match self {
+            Body::Vm(v) => v.ended(),
+            Body::Cell(e) => e.phase().ended(),
+        }
+    }
+
+    pub async fn wait(&self) {
+        match self {
+            Body::Vm(v) => v.wait().await,
+            Body::Cell(e) => e.wait().await,
+        }
+    }
+
+    /// The VM's console, or the cell child's stdout/stderr.
+    pub fn logs(&self) -> Arc<LogBuffer> {
+        match self {
+            Body::Vm(v) => v.logs(),
+            Body::Cell(e) => e.logs.clone(),
+        }
+    }
+
+    /// How it ended, for errors.
+    fn outcome(&self) -> String {
+        match self {
+            Body::Vm(v) => {
+                let v = v.view();
+                format!("{} {}", v.exit_reason, v.error)
+            }
+            Body::Cell(e) => format!("{:?}", e.view()),
+        }
+    }
+}
+
 pub struct Instance {
     pub name: ExecName,
-    pub vm: Arc<VirtualMachine>,
+    pub body: Body,
     pub address: SocketAddr,
     pub spiffe_id: String,
     /// mTLS channel to the child's API, as the parent.
     pub channel: tonic::transport::Channel,
     host: u8,
-    image: PathBuf,
+    /// The child's image (VM) or PKI directory (cell): it holds the child's keys.
+    files: PathBuf,
+    stop_requested: AtomicBool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct InstanceView {
     pub name: String,
     pub phase: Option<Phase>,
+    pub isolation: Option<IsolationKind>,
     pub address: String,
     pub spiffe_id: String,
     pub error: String,
-    pub vm: VmView,
+    pub vm: Option<VmView>,
+    /// The child auraed's pid on this node (the VMM's for a VM).
+    pub pid: u32,
 }
 
 impl Instance {
     pub fn view(&self) -> InstanceView {
-        let vm = self.vm.view();
-        InstanceView {
+        let mut v = InstanceView {
             name: self.name.to_string(),
-            phase: vm.phase,
             address: self.address.to_string(),
             spiffe_id: self.spiffe_id.clone(),
-            error: vm.error.clone(),
-            vm,
+            ..Default::default()
+        };
+        match &self.body {
+            Body::Vm(vm) => {
+                let vm = vm.view();
+                v.isolation = Some(IsolationKind::Vm);
+                v.phase = vm.phase;
+                v.error = vm.error.clone();
+                v.pid = vm.pid;
+                v.vm = Some(vm);
+            }
+            Body::Cell(e) => {
+                let e = e.view();
+                v.isolation = Some(IsolationKind::Cell);
+                v.pid = e.pid;
+                v.error = e.error;
+                v.phase = match e.phase {
+                    Some(p) if p.ended() && self.stop_requested.load(Ordering::Relaxed) => Some(Phase::Stopped),
+                    p => p,
+                };
+            }
         }
+        v
     }
 }
 
@@ -89,7 +166,7 @@ impl Runtime {
     /// The channel to a running child, for forwarding.
     pub fn instance_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
         let i = self.instance(name)?;
-        if i.vm.ended() {
+        if i.body.ended() {
             return Err(pre(format!("instance '{name}' has ended")));
         }
         Ok(i.channel.clone())
@@ -108,11 +185,20 @@ impl Runtime {
                 "this node has no bridge for instances (auraed makes one only as PID 1)",
             ));
         };
-        crate::vmm::kvm_usable().map_err(|why| {
-            pre(format!(
-                "{why}; isolation: VM instances need KVM, and the cell fallback is not implemented yet"
-            ))
-        })?;
+        let kvm = crate::vmm::kvm_usable();
+        let isolation = match (spec.isolation, kvm) {
+            (Some(IsolationKind::Vm), Err(why)) => {
+                return Err(pre(format!(
+                    "isolation: {why}; a VM instance needs KVM (leave isolation unset to fall back to a cell)"
+                )))
+            }
+            (Some(i), _) => i,
+            (None, Ok(())) => IsolationKind::Vm,
+            (None, Err(why)) => {
+                tracing::info!("spawn {}: {why}; falling back to a cell", spec.name);
+                IsolationKind::Cell
+            }
+        };
         if self.table().instances.contains_key(&spec.name) {
             return Err(RuntimeError::AlreadyExists(format!(
                 "an instance named '{0}' already exists; free it (aer instance free {0}) or choose another name",
@@ -120,7 +206,7 @@ impl Runtime {
             )));
         }
         let host = self.take_host(subnet.prefix)?;
-        let result = self.spawn_on(&spec, &id, &bridge, subnet, host).await;
+        let result = self.spawn_on(&spec, isolation, &id, &bridge, subnet, host).await;
         match result {
             Ok(i) => {
                 let v = i.view();
@@ -150,9 +236,11 @@ impl Runtime {
         Ok(h)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn spawn_on(
         &self,
         spec: &InstanceSpec,
+        isolation: IsolationKind,
         id: &SpawnIdentity,
         bridge: &str,
         subnet: crate::init::cmdline::Ipv4Cidr,
@@ -168,69 +256,170 @@ impl Runtime {
             path: IMAGE_DIR.into(),
             source,
         })?;
-        let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
-        crate::spawn::image::write(&image, &pki).map_err(pre)?;
-        let cmdline = format!(
-            "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}/24",
-            crate::server::convert::DEFAULT_VM_CMDLINE,
-            spec.name,
-            subnet.addr
-        );
-        let vm_spec = VmSpec {
-            name: spec.name.clone(),
-            kernel: crate::server::convert::NODE_KERNEL.into(),
-            initramfs: Some(image.clone()),
-            cmdline,
-            vcpus: spec.vcpus,
-            memory_bytes: spec.memory_bytes,
-            network: true,
-            disks: Vec::new(),
-            resources: Resources::default(),
-        };
-        tracing::info!("spawning instance {} at {ip} on {bridge} as {spiffe_id}", spec.name);
-        let vm = match self.boot_vm(vm_spec, false).await {
-            Ok(vm) => vm,
-            Err(e) => {
-                let _ = std::fs::remove_file(&image);
-                return Err(e);
+        let (body, files) = match isolation {
+            IsolationKind::Vm => {
+                let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
+                crate::spawn::image::write(&image, &pki).map_err(pre)?;
+                let cmdline = format!(
+                    "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}/24",
+                    crate::server::convert::DEFAULT_VM_CMDLINE,
+                    spec.name,
+                    subnet.addr
+                );
+                let vm_spec = VmSpec {
+                    name: spec.name.clone(),
+                    kernel: crate::server::convert::NODE_KERNEL.into(),
+                    initramfs: Some(image.clone()),
+                    cmdline,
+                    vcpus: spec.vcpus,
+                    memory_bytes: spec.memory_bytes,
+                    network: true,
+                    disks: Vec::new(),
+                    resources: Resources::default(),
+                };
+                tracing::info!(
+                    "spawning instance {} (VM) at {ip} on {bridge} as {spiffe_id}",
+                    spec.name
+                );
+                match self.boot_vm(vm_spec, false).await {
+                    Ok(vm) => (Body::Vm(vm), image),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&image);
+                        return Err(e);
+                    }
+                }
+            }
+            IsolationKind::Cell => {
+                let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
+                crate::spawn::image::write_pki_dir(&dir, &pki).map_err(pre)?;
+                tracing::info!(
+                    "spawning instance {} (cell) at {ip} on {bridge} as {spiffe_id}",
+                    spec.name
+                );
+                match self
+                    .start_cell_child(spec, &dir, bridge, ip, subnet.addr, child_bridge)
+                    .await
+                {
+                    Ok(e) => (Body::Cell(e), dir),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e);
+                    }
+                }
             }
         };
         let address = SocketAddr::from((ip, CHILD_PORT));
-        let channel = match child_channel(id, spec.name.as_str(), address) {
-            Ok(c) => c,
-            Err(e) => {
-                self.stop_vm(&vm, Duration::ZERO).await;
-                let _ = self.discard_vm(&vm).await;
-                let _ = std::fs::remove_file(&image);
-                return Err(e);
-            }
-        };
-        let instance = Arc::new(Instance {
+        let instance = Instance {
             name: spec.name.clone(),
-            vm,
+            body,
             address,
             spiffe_id,
-            channel,
+            channel: tonic::transport::Endpoint::from_static("https://0.0.0.0:1").connect_lazy(),
             host,
-            image,
-        });
-        if let Err(e) = self.await_serving(&instance).await {
-            self.stop_vm(&instance.vm, Duration::ZERO).await;
-            let _ = self.discard_vm(&instance.vm).await;
-            let _ = std::fs::remove_file(&instance.image);
-            return Err(e);
+            files,
+            stop_requested: AtomicBool::new(false),
+        };
+        let ready = match child_channel(id, spec.name.as_str(), address) {
+            Ok(channel) => {
+                let instance = Instance { channel, ..instance };
+                match self.await_serving(&instance).await {
+                    Ok(()) => return Ok(Arc::new(instance)),
+                    Err(e) => (instance, e),
+                }
+            }
+            Err(e) => (instance, e),
+        };
+        let (instance, err) = ready;
+        self.kill_instance(&instance).await;
+        let _ = self.discard_instance(&instance).await;
+        Err(err)
+    }
+
+    /// The cell fallback: the child auraed as a daemon in a private cell with every
+    /// namespace new, and a veth pair from the bridge to its eth0.
+    async fn start_cell_child(
+        &self,
+        spec: &InstanceSpec,
+        pki_dir: &std::path::Path,
+        bridge: &str,
+        ip: Ipv4Addr,
+        gateway: Ipv4Addr,
+        child_bridge: Ipv4Addr,
+    ) -> Result<Arc<Executable>> {
+        let exec = ExecutableSpec {
+            name: spec.name.clone(),
+            argv: vec![
+                "auraed".into(),
+                "daemon".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{CHILD_PORT}"),
+                "--pki-dir".into(),
+                pki_dir.to_string_lossy().into_owned(),
+                "--spawned-in-cell".into(),
+                "--bridge-ip".into(),
+                format!("{child_bridge}/24"),
+            ],
+            env: Default::default(),
+            cwd: "/".into(),
+            uid: None,
+            gid: None,
+            cell: None,
+        };
+        let how = Launch {
+            program: "/proc/self/exe".into(),
+            path_var: String::new(),
+            isolation: Isolation::default(),
+            resources: Resources {
+                memory_max: Some(spec.memory_bytes),
+                ..Resources::default()
+            },
+            stdout_as: logs::Stream::Stdout,
+            listed: false,
+        };
+        let e = self.launch(exec, how).await?;
+        let holder = e.own_cell_holder_pid();
+        let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host_end = format!("aveth{n}");
+        let plumbed = match holder {
+            None => Err(pre("the child's cell has no holder to take its network namespace from")),
+            Some(pid) => plumb_veth(&host_end, pid, bridge, ip, gateway).await,
+        };
+        if let Err(err) = plumbed {
+            e.stop(libc::SIGKILL, Duration::ZERO).await;
+            let _ = self.discard_exec(&e, spec.name.as_str()).await;
+            return Err(err);
         }
-        Ok(instance)
+        Ok(e)
+    }
+
+    async fn kill_instance(&self, i: &Instance) {
+        match &i.body {
+            Body::Vm(vm) => self.stop_vm(vm, Duration::ZERO).await,
+            Body::Cell(e) => e.stop(libc::SIGKILL, Duration::ZERO).await,
+        }
+    }
+
+    async fn discard_instance(&self, i: &Instance) -> Result<()> {
+        match &i.body {
+            Body::Vm(vm) => self.discard_vm(vm).await?,
+            Body::Cell(e) => self.discard_exec(e, i.name.as_str()).await?,
+        }
+        let _ = if i.files.is_dir() {
+            std::fs::remove_dir_all(&i.files)
+        } else {
+            std::fs::remove_file(&i.files)
+        };
+        Ok(())
     }
 
     async fn await_serving(&self, i: &Instance) -> Result<()> {
         let deadline = tokio::time::Instant::now() + SERVING_WAIT;
         loop {
-            if i.vm.ended() {
+            if i.body.ended() {
                 return Err(pre(format!(
-                    "the child's VM ended before it served: {} {}",
-                    i.vm.view().exit_reason,
-                    i.vm.view().error
+                    "the child ended before it served: {}; its log ended with: {}",
+                    i.body.outcome(),
+                    log_tail(&i.body.logs(), 8)
                 )));
             }
             let mut h = tonic_health::pb::health_client::HealthClient::new(i.channel.clone());
@@ -246,7 +435,7 @@ impl Runtime {
                     "the child did not serve at {} within {} s (last: {last}); its console ended with: {}",
                     i.address,
                     SERVING_WAIT.as_secs(),
-                    console_tail(&i.vm, 8)
+                    log_tail(&i.body.logs(), 8)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -256,7 +445,8 @@ impl Runtime {
     /// Graceful: the child is asked to power off (over its API) and given `grace`; then
     /// the VM is stopped by its VMM.
     pub async fn stop_instance(&self, i: &Instance, grace: Duration) {
-        if !i.vm.ended() {
+        if !i.body.ended() {
+            i.stop_requested.store(true, Ordering::Relaxed);
             let mut n = pb::node_client::NodeClient::new(i.channel.clone());
             let req = pb::ShutdownRequest {
                 grace_period_millis: grace.as_millis().min(u128::from(u32::MAX)) as u32,
@@ -264,20 +454,22 @@ impl Runtime {
             if let Err(e) = tokio::time::timeout(Duration::from_secs(5), n.shutdown(req)).await {
                 tracing::warn!("instance {}: shutdown request: {e}", i.name);
             }
-            let _ = tokio::time::timeout(grace + Duration::from_secs(2), i.vm.wait()).await;
+            let _ = tokio::time::timeout(grace + Duration::from_secs(2), i.body.wait()).await;
         }
-        self.stop_vm(&i.vm, Duration::from_secs(2)).await;
+        match &i.body {
+            Body::Vm(vm) => self.stop_vm(vm, Duration::from_secs(2)).await,
+            Body::Cell(e) => e.stop(libc::SIGTERM, Duration::from_secs(2)).await,
+        }
     }
 
     pub(super) async fn free_instance(&self, name: &str) -> Result<()> {
         let i = self.instance(name)?;
-        if !i.vm.ended() {
+        if !i.body.ended() {
             return Err(pre(format!(
                 "instance '{name}' is running; stop it first (aer instance stop {name})"
             )));
         }
-        self.discard_vm(&i.vm).await?;
-        let _ = std::fs::remove_file(&i.image);
+        self.discard_instance(&i).await?;
         let mut t = self.table();
         t.instances.remove(&i.name);
         t.hosts.remove(&i.host);
@@ -285,9 +477,8 @@ impl Runtime {
     }
 }
 
-/// The last `n` console lines of a VM, joined with " | ".
-fn console_tail(vm: &VirtualMachine, n: u64) -> String {
-    let logs = vm.logs();
+/// The last `n` lines of a log, joined with " | ".
+fn log_tail(logs: &LogBuffer, n: u64) -> String {
     let mut cursor = logs.start_cursor(Some(n));
     let batch = logs.read(&mut cursor, n as usize);
     batch
@@ -353,4 +544,31 @@ fn child_channel(id: &SpawnIdentity, name: &str, address: SocketAddr) -> Result<
         })
         .map_err(|e| pre(format!("endpoint for {address}: {e}")))?;
     Ok(endpoint.connect_lazy())
+}
+
+/// Creates the veth pair (the host end on `bridge`, the peer as eth0 in the network
+/// namespace of `holder`) and gives eth0 its address and default route, from a thread
+/// that enters that namespace.
+async fn plumb_veth(host_end: &str, holder: i32, bridge: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<()> {
+    use crate::net::{ioctl, netlink};
+    let io = |e: std::io::Error| pre(format!("veth for the child: {e}"));
+    netlink::create_veth(host_end, "eth0", holder as u32).map_err(io)?;
+    ioctl::bridge_add(bridge, host_end).map_err(io)?;
+    ioctl::link_up(host_end).map_err(io)?;
+    let ns = format!("/proc/{holder}/ns/net");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("veth-setup".into())
+        .spawn(move || {
+            let r = (|| -> std::io::Result<()> {
+                let f = std::fs::File::open(&ns)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                ioctl::set_ipv4("eth0", ip, 24)?;
+                ioctl::link_up("eth0")?;
+                ioctl::add_default_route(gateway)
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(io)?;
+    rx.await.map_err(|_| pre("veth setup thread died"))?.map_err(io)
 }

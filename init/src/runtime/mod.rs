@@ -181,7 +181,7 @@ impl Runtime {
         match kind {
             Kind::Executable => self.logs(name),
             Kind::VirtualMachine => Ok(self.vm(name)?.logs()),
-            Kind::Instance => Ok(self.instance(name)?.vm.logs()),
+            Kind::Instance => Ok(self.instance(name)?.body.logs()),
             Kind::Cell => Err(RuntimeError::Precondition(format!(
                 "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {name} lists them)"
             ))),
@@ -258,7 +258,7 @@ impl Runtime {
             }
             Kind::Instance => {
                 let i = self.instance(name)?;
-                i.vm.wait().await;
+                i.body.wait().await;
                 Ok(View::Instance(Box::new(i.view())))
             }
         }

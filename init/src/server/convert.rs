@@ -4,6 +4,7 @@
 use crate::pb;
 use crate::runtime::cgroup::Usage;
 use crate::runtime::error::RuntimeError;
+use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{CellSpec, DiskSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
@@ -440,11 +441,16 @@ pub fn instance_status(v: InstanceView) -> pb::InstanceStatus {
     pb::InstanceStatus {
         name: v.name,
         state: phase(v.phase),
-        isolation: pb::IsolationKind::Vm as i32,
+        isolation: match v.isolation {
+            Some(IsolationKind::Vm) => pb::IsolationKind::Vm,
+            Some(IsolationKind::Cell) => pb::IsolationKind::Cell,
+            None => pb::IsolationKind::Unspecified,
+        } as i32,
         address: v.address,
         spiffe_id: v.spiffe_id,
         error: v.error,
-        vm: Some(vm_status(v.vm)),
+        vm: v.vm.map(vm_status),
+        pid: v.pid,
     }
 }
 
@@ -452,15 +458,12 @@ const MAX_SVID_TTL: u32 = 30 * 86400;
 
 pub fn instance(i: pb::Instance) -> Result<InstanceSpec, RuntimeError> {
     let name = ExecName::parse(&i.name).map_err(|n| invalid("name", n.to_string()))?;
-    match pb::IsolationKind::try_from(i.isolation) {
-        Ok(pb::IsolationKind::Unspecified | pb::IsolationKind::Vm) => {}
-        Ok(pb::IsolationKind::Cell) => {
-            return Err(RuntimeError::Precondition(
-                "isolation: cell instances (the fallback where KVM is unusable) are not implemented yet; use VM".into(),
-            ))
-        }
+    let isolation = match pb::IsolationKind::try_from(i.isolation) {
+        Ok(pb::IsolationKind::Unspecified) => None,
+        Ok(pb::IsolationKind::Vm) => Some(IsolationKind::Vm),
+        Ok(pb::IsolationKind::Cell) => Some(IsolationKind::Cell),
         Err(_) => return Err(invalid("isolation", format!("{} is not an IsolationKind", i.isolation))),
-    }
+    };
     let vm = virtual_machine(pb::VirtualMachine {
         name: i.name.clone(),
         vcpus: i.vcpus,
@@ -482,6 +485,7 @@ pub fn instance(i: pb::Instance) -> Result<InstanceSpec, RuntimeError> {
     };
     Ok(InstanceSpec {
         name,
+        isolation,
         vcpus: vm.vcpus,
         memory_bytes: vm.memory_bytes,
         svid_ttl: std::time::Duration::from_secs(u64::from(ttl)),

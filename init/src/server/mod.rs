@@ -112,6 +112,7 @@ impl NodeContext {
                 .collect(),
             serving_since_boot_micros: self.serving_since_boot_micros.load(Ordering::Relaxed),
             auraed_rss_bytes: crate::node::rss_bytes(),
+            isolation: self.report.spawned_as.unwrap_or(pb::IsolationKind::Unspecified) as i32,
         }
     }
 }

@@ -68,3 +68,32 @@ pub fn write(out: &Path, pki: &ChildPki) -> Result<(), String> {
     };
     write().map_err(|e| format!("write {}: {e}", out.display()))
 }
+
+/// Writes the child's PKI files into `dir` (0700) for a child that runs in a cell.
+pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let files = [
+        ("ca.crt", pki.ca_pem.as_str(), 0o644),
+        ("server.crt", pki.server.cert_pem.as_str(), 0o644),
+        ("server.key", pki.server.key_pem.as_str(), 0o600),
+        ("spawn-ca.crt", pki.spawn_ca.cert_pem.as_str(), 0o644),
+        ("spawn-ca.key", pki.spawn_ca.key_pem.as_str(), 0o600),
+    ];
+    for (name, data, mode) in files {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
