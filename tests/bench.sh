@@ -42,6 +42,8 @@ printf '%-44s %d\n' "kernel bzImage (bytes)" "$k"
 printf '%-44s %d\n' "initramfs base+pki, zstd (bytes)" "$((base + pki))"
 printf '%-44s %d (%.2f MiB; target <= 8 MiB)\n' "appliance kernel+initramfs (bytes)" "$((k + base + pki))" "$(echo "($k+$base+$pki)/1048576" | bc -l)"
 printf '%-44s %d\n' "toolbox layer, optional (bytes)" "$(stat -c %s "$B/initramfs/toolbox.cpio.zst")"
+bootl=$(stat -c %s "$B/initramfs/boot.cpio.zst")
+printf '%-44s %d (with it, the appliance is %.2f MiB)\n' "boot layer: the kernel for VMs/Spawn (bytes)" "$bootl" "$(echo "($k+$base+$pki+$bootl)/1048576" | bc -l)"
 printf '%-44s %d\n' "auraed static binary (bytes)" "$(stat -c %s "$B/bin/auraed")"
 
 # VMs and Spawn, driven from here with aer (each step takes seconds under TCG, so the
@@ -71,9 +73,12 @@ vm_bench() {
     aer --timeout 120 vm run ovh --memory 128M --initramfs /var/tmp/idle.cpio >/dev/null
     sleep 5
     local pid; pid=$(aer --json vm status ovh | python3 -c 'import json,sys; print(json.load(sys.stdin)["vmm_pid"])')
-    aer exec ovhread --cell benchnode -f -- /bin/sh -c "awk '/^Size:/{guest=(\$2==131072)} /^Rss:/{ if (guest) g+=\$2; else o+=\$2 } END {print o, g}' /proc/$pid/smaps" > /tmp/aurae-ovh.$$ 2>/dev/null || true
-    read -r ovh guest < /tmp/aurae-ovh.$$ || true; rm -f /tmp/aurae-ovh.$$
-    printf '%-44s %s KiB (guest RAM touched: %s KiB; target <= 3072)\n' "VMM RSS beyond guest memory" "${ovh:-?}" "${guest:-?}"
+    aer exec ovhsig --cell benchnode --wait -- /bin/kill -USR1 "$pid" >/dev/null
+    sleep 1
+    local line; line=$(aer vm logs ovh 2>&1 | grep 'aurae-vmm: memory:' | tail -1)
+    ovh=$(echo "$line" | sed -n 's/.*VMM overhead \([0-9]*\) KiB.*/\1/p')
+    guest=$(echo "$line" | sed -n 's/.*guest RAM resident \([0-9]*\) KiB.*/\1/p')
+    printf '%-44s %s KiB (guest RAM resident: %s KiB; target <= 3072)\n' "VMM RSS beyond guest memory" "${ovh:-?}" "${guest:-?}"
     aer vm stop ovh --grace-ms 1000 >/dev/null; aer vm free ovh >/dev/null
 
     local vms=${BENCH_VMS:-10}

@@ -13,20 +13,46 @@ pub enum VmCmd {
     Run(Box<VmRun>),
     /// List VMs.
     Ls,
+    /// status, logs (the serial console; the VMM's own messages on stderr), stop (the VMM
+    /// ends the VM at once; cgroup.kill after --grace-ms), wait, free (its cell and logs).
+    #[command(flatten)]
+    Life(Life),
+}
+
+/// What VMs and instances share: status, logs, stop, wait, free.
+#[derive(Debug, Subcommand)]
+pub enum Life {
     Status {
         name: String,
     },
-    /// The VM's serial console (and the VMM's own messages on stderr).
+    /// The console (a VM's serial port; a cell child's output).
     Logs(LogsArgs),
-    /// Stop the VM: the VMM ends it at once (hard stop after --grace-ms if it does not).
+    /// Stop it (grace period, then a hard stop).
     Stop(StopArgs),
     Wait {
         name: String,
     },
-    /// Remove an ended VM: its cell, cgroup and logs.
+    /// Remove it once ended, with everything it held.
     Free {
         name: String,
     },
+}
+
+async fn life(cmd: &Life, k: pb::WorkloadKind, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    match cmd {
+        Life::Status { name } => lifecycle(target, k, name, Op::Status, as_json).await,
+        Life::Logs(l) => {
+            let ch = if l.follow {
+                target.connect_unbounded().await?
+            } else {
+                target.connect().await?
+            };
+            stream_logs(ch, k, &l.name, l.follow, l.tail).await
+        }
+        Life::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
+        Life::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
+        Life::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+    }
 }
 
 #[derive(Debug, Args)]
@@ -125,18 +151,7 @@ pub async fn vm(cmd: &VmCmd, target: &super::Target, as_json: bool) -> Result<()
             }
             Ok(())
         }
-        VmCmd::Status { name } => lifecycle(target, k, name, Op::Status, as_json).await,
-        VmCmd::Logs(l) => {
-            let ch = if l.follow {
-                target.connect_unbounded().await?
-            } else {
-                target.connect().await?
-            };
-            stream_logs(ch, k, &l.name, l.follow, l.tail).await
-        }
-        VmCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
-        VmCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
-        VmCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+        VmCmd::Life(l) => life(l, k, target, as_json).await,
     }
 }
 
@@ -219,20 +234,10 @@ pub struct SpawnArgs {
 pub enum InstanceCmd {
     /// List spawned instances.
     Ls,
-    Status {
-        name: String,
-    },
-    /// The instance's console.
-    Logs(LogsArgs),
-    /// Ask the child to power off (its workloads get --grace-ms), then end its VM.
-    Stop(StopArgs),
-    Wait {
-        name: String,
-    },
-    /// Remove an ended instance: its VM, cell, image and address.
-    Free {
-        name: String,
-    },
+    /// status, logs, stop (the child is asked to power off; its workloads get --grace-ms),
+    /// wait, free (its VM or cell, image, keys and address).
+    #[command(flatten)]
+    Life(Life),
 }
 
 pub fn instance_json(i: &pb::InstanceStatus) -> Value {
@@ -332,17 +337,6 @@ pub async fn instance(cmd: &InstanceCmd, target: &super::Target, as_json: bool) 
             }
             Ok(())
         }
-        InstanceCmd::Status { name } => lifecycle(target, k, name, Op::Status, as_json).await,
-        InstanceCmd::Logs(l) => {
-            let ch = if l.follow {
-                target.connect_unbounded().await?
-            } else {
-                target.connect().await?
-            };
-            stream_logs(ch, k, &l.name, l.follow, l.tail).await
-        }
-        InstanceCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
-        InstanceCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
-        InstanceCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+        InstanceCmd::Life(l) => life(l, k, target, as_json).await,
     }
 }

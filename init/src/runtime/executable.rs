@@ -224,6 +224,36 @@ impl Runtime {
         Ok(self.launch(spec, how).await?.view())
     }
 
+    /// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
+    /// daemon ...`) as an unlisted executable in a private cell of its own named `name`.
+    pub(super) async fn launch_self(
+        &self,
+        name: &ExecName,
+        argv: Vec<String>,
+        isolation: Isolation,
+        resources: Resources,
+        stdout_as: logs::Stream,
+    ) -> Result<Arc<Executable>> {
+        let spec = ExecutableSpec {
+            name: name.clone(),
+            argv,
+            env: Default::default(),
+            cwd: "/".into(),
+            uid: None,
+            gid: None,
+            cell: None,
+        };
+        let how = Launch {
+            program: "/proc/self/exe".into(),
+            path_var: String::new(),
+            isolation,
+            resources,
+            stdout_as,
+            listed: false,
+        };
+        self.launch(spec, how).await
+    }
+
     /// Starts `spec` as `how` says. Unlisted executables (a VM's VMM) are not in the table;
     /// their owner keeps them.
     pub(super) async fn launch(&self, spec: ExecutableSpec, how: Launch) -> Result<Arc<Executable>> {

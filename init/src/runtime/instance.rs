@@ -7,10 +7,10 @@
 //! subnets a node sees (its eth0 and its bridge) never overlap along a line of descent.
 
 use super::error::{Result, RuntimeError};
-use super::executable::{Executable, Launch};
+use super::executable::Executable;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
-use super::spec::{ExecutableSpec, Isolation, Resources, VmSpec};
+use super::spec::{Isolation, Resources, VmSpec};
 use super::vm::{VirtualMachine, VmView};
 use super::{Phase, Runtime};
 use crate::pb;
@@ -346,37 +346,24 @@ impl Runtime {
         gateway: Ipv4Addr,
         child_bridge: Ipv4Addr,
     ) -> Result<Arc<Executable>> {
-        let exec = ExecutableSpec {
-            name: spec.name.clone(),
-            argv: vec![
-                "auraed".into(),
-                "daemon".into(),
-                "--listen".into(),
-                format!("0.0.0.0:{CHILD_PORT}"),
-                "--pki-dir".into(),
-                pki_dir.to_string_lossy().into_owned(),
-                "--spawned-in-cell".into(),
-                "--bridge-ip".into(),
-                format!("{child_bridge}/24"),
-            ],
-            env: Default::default(),
-            cwd: "/".into(),
-            uid: None,
-            gid: None,
-            cell: None,
+        let argv = vec![
+            "auraed".into(),
+            "daemon".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{CHILD_PORT}"),
+            "--pki-dir".into(),
+            pki_dir.to_string_lossy().into_owned(),
+            "--spawned-in-cell".into(),
+            "--bridge-ip".into(),
+            format!("{child_bridge}/24"),
+        ];
+        let resources = Resources {
+            memory_max: Some(spec.memory_bytes),
+            ..Resources::default()
         };
-        let how = Launch {
-            program: "/proc/self/exe".into(),
-            path_var: String::new(),
-            isolation: Isolation::default(),
-            resources: Resources {
-                memory_max: Some(spec.memory_bytes),
-                ..Resources::default()
-            },
-            stdout_as: logs::Stream::Stdout,
-            listed: false,
-        };
-        let e = self.launch(exec, how).await?;
+        let e = self
+            .launch_self(&spec.name, argv, Isolation::default(), resources, logs::Stream::Stdout)
+            .await?;
         let holder = e.own_cell_holder_pid();
         let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host_end = format!("aveth{n}");

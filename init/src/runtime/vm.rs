@@ -9,10 +9,10 @@
 //! ```
 
 use super::error::{Result, RuntimeError};
-use super::executable::{Executable, Launch};
+use super::executable::Executable;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
-use super::spec::{ExecutableSpec, Isolation, VmSpec};
+use super::spec::{Isolation, VmSpec};
 use super::{Phase, Runtime};
 use crate::vmm::{self, VmConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,27 +216,21 @@ impl Runtime {
         };
         let json = serde_json::to_string(&config)
             .map_err(|e| RuntimeError::Precondition(format!("VMM configuration: {e}")))?;
-        let exec = ExecutableSpec {
-            name: spec.name.clone(),
-            argv: vec![vmm::ARGV0.to_owned(), json],
-            env: Default::default(),
-            cwd: "/".into(),
-            uid: None,
-            gid: None,
-            cell: None,
+        let isolation = Isolation {
+            network: false,
+            ..Isolation::default()
         };
-        let how = Launch {
-            program: "/proc/self/exe".into(),
-            path_var: String::new(),
-            isolation: Isolation {
-                network: false,
-                ..Isolation::default()
-            },
-            resources: spec.resources.clone(),
-            stdout_as: logs::Stream::Console,
-            listed: false,
-        };
-        let vmm = self.launch(exec, how).await.map_err(|e| match e {
+        let argv = vec![vmm::ARGV0.to_owned(), json];
+        let launched = self
+            .launch_self(
+                &spec.name,
+                argv,
+                isolation,
+                spec.resources.clone(),
+                logs::Stream::Console,
+            )
+            .await;
+        let vmm = launched.map_err(|e| match e {
             RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
                 "a cell named '{0}' exists, and a VM runs in a cell named after it; choose another name",
                 spec.name

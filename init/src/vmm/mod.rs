@@ -107,7 +107,8 @@ pub fn main(args: &[String]) -> ! {
         None => fatal("usage: aurae-vmm CONFIG_JSON (started by auraed)"),
     };
     // SIGTERM is handled on a thread of its own (see below); the vCPU threads inherit the mask.
-    let term = nix::sys::signal::SigSet::from_iter([nix::sys::signal::Signal::SIGTERM]);
+    use nix::sys::signal::Signal;
+    let term = nix::sys::signal::SigSet::from_iter([Signal::SIGTERM, Signal::SIGUSR1]);
     let _ = term.thread_block();
     match run(&cfg, term) {
         Ok(exit) => {
@@ -232,12 +233,19 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
             .spawn(move || vcpu_loop(fd, &m))
             .map_err(io("start vCPU thread"))?;
     }
-    // SIGTERM: the VMM ends the VM after draining the console.
+    // SIGTERM: the VMM ends the VM after draining the console. SIGUSR1: it reports its
+    // memory (for `make bench`).
+    let guest = mem.clone();
     std::thread::Builder::new()
-        .name("sigterm".into())
-        .spawn(move || {
-            if term.wait().is_ok() {
-                let _ = end_tx.send(Ok(GuestExit::Stopped));
+        .name("signals".into())
+        .spawn(move || loop {
+            match term.wait() {
+                Ok(nix::sys::signal::Signal::SIGUSR1) => eprintln!("aurae-vmm: {}", memory_report(&guest)),
+                Ok(_) => {
+                    let _ = end_tx.send(Ok(GuestExit::Stopped));
+                    return;
+                }
+                Err(_) => return,
             }
         })
         .map_err(io("start signal thread"))?;
@@ -318,6 +326,37 @@ fn vcpu_loop(mut fd: VcpuFd, m: &Machine) {
         }
     };
     let _ = m.end.send(end);
+}
+
+/// "rss R KiB, guest RAM resident G KiB, VMM overhead R-G KiB": VmRSS, and how much of it is
+/// guest RAM (mincore over the guest mapping).
+fn memory_report(mem: &GuestMemoryMmap) -> String {
+    let rss_kib: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let mut resident_pages = 0u64;
+    for r in mem.iter() {
+        let Ok(host) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = r.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: [host, host+len) is the region's live mapping; vec has one byte per page.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            resident_pages += vec.iter().filter(|b| *b & 1 == 1).count() as u64;
+        }
+    }
+    let guest_kib = resident_pages * 4;
+    format!(
+        "memory: rss {rss_kib} KiB, guest RAM resident {guest_kib} KiB, VMM overhead {} KiB",
+        rss_kib.saturating_sub(guest_kib)
+    )
 }
 
 impl Machine {
