@@ -133,8 +133,9 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         let img = guest_initramfs(
             &c,
             "idle",
-            "ip addr add 10.254.0.9/24 dev eth0; ip link set eth0 up; echo idle guest up; \
-             while true; do echo hi from the guest | nc -l -p 7000; done",
+            "mount -t devtmpfs dev /dev; ip addr add 10.254.0.9/24 dev eth0; ip link set eth0 up; \
+             (dd if=/dev/input/event0 bs=24 count=1 >/dev/null 2>&1; echo guest got the power key; reboot -f) & \
+             echo idle guest up; while true; do echo hi from the guest | nc -l -p 7000; done",
         )
         .await;
         let req = pb::VirtualMachine {
@@ -194,12 +195,17 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
             .await
             .unwrap()
             .into_inner();
+        // A graceful stop: the VMM presses Power on the guest's i8042 keyboard; this guest
+        // answers by rebooting, which ends the VM well within the grace period.
         match stopped.status {
             Some(pb::workload_status::Status::VirtualMachine(v)) => {
-                assert_eq!(v.state, pb::WorkloadState::Stopped as i32, "{v:?}")
+                assert_eq!(v.state, pb::WorkloadState::Stopped as i32, "{v:?}");
+                assert!(v.exit_reason.contains("guest reset"), "the guest ended itself: {v:?}");
             }
             other => panic!("{other:?}"),
         }
+        let log = console(&c, "idle").await;
+        assert!(log.contains("guest got the power key"), "{log}");
         let e = c.workloads.clone().free(vm_ref("nope")).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         c.workloads.clone().free(vm_ref("idle")).await.unwrap();

@@ -65,7 +65,7 @@ pub struct VmRun {
     #[arg(long)]
     initramfs: Option<String>,
     /// The whole kernel command line (default: console=ttyS0 reboot=k panic=-1 pci=off
-    /// tsc=reliable no_timer_check).
+    /// tsc=reliable no_timer_check i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd).
     #[arg(long)]
     cmdline: Option<String>,
     #[arg(long, default_value_t = 1)]

@@ -46,21 +46,49 @@ const KEY_POWER: u16 = 116;
 /// `struct input_event` on 64-bit: timeval (16) + type (2) + code (2) + value (4).
 const INPUT_EVENT_SIZE: usize = 24;
 
-/// Watches every /dev/input/event* for KEY_POWER (the ACPI power button) on its own thread.
-/// Returns how many devices are watched.
+/// Watches every /dev/input/event* for KEY_POWER (the ACPI power button, or the Power key
+/// of a keyboard: auraed's VMM presses it to ask a guest to stop), one thread per device.
+/// Input devices can register just after PID 1 starts (serio probes asynchronously), so the
+/// directory is scanned again every second for ten seconds. Returns how many devices were
+/// watched at the first scan.
 pub fn watch_power_button(tx: PowerSender) -> usize {
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let first = scan_input_devices(&tx, &watched);
+    let rescan = std::thread::Builder::new().name("input-scan".into()).spawn(move || {
+        for _ in 0..10 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            scan_input_devices(&tx, &watched);
+        }
+    });
+    if let Err(e) = rescan {
+        tracing::warn!("cannot rescan input devices: {e}");
+    }
+    first
+}
+
+/// Starts a watcher for each event device not yet in `watched`; returns how many it started.
+fn scan_input_devices(
+    tx: &PowerSender,
+    watched: &std::sync::Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
+) -> usize {
     let Ok(entries) = std::fs::read_dir("/dev/input") else {
         return 0;
     };
-    let mut watched = 0;
+    let mut started = 0;
     for e in entries.flatten() {
         let path = e.path();
         if !e.file_name().to_string_lossy().starts_with("event") {
             continue;
         }
+        let mut seen = watched.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&path) {
+            continue;
+        }
         let Ok(mut f) = std::fs::File::open(&path) else {
             continue;
         };
+        seen.insert(path);
+        drop(seen);
         let tx = tx.clone();
         let spawned = std::thread::Builder::new().name("power-button".into()).spawn(move || {
             use std::io::Read;
@@ -78,10 +106,10 @@ pub fn watch_power_button(tx: PowerSender) -> usize {
             }
         });
         if spawned.is_ok() {
-            watched += 1;
+            started += 1;
         }
     }
-    watched
+    started
 }
 
 /// Whether any process other than PID 1 and kernel threads is left (kernel threads have an

@@ -202,7 +202,10 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
 
 /// The node's own kernel, which a VM gets when the request names none.
 pub const NODE_KERNEL: &str = "/boot/vmlinuz";
-pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check";
+/// The i8042 parameters keep Linux from probing beyond what the VMM's controller offers
+/// (it has a keyboard with a Power key, for graceful stops, and nothing else).
+pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 const MIB: u64 = 1 << 20;
 const MAX_DISKS: usize = 8;
 

@@ -1,6 +1,7 @@
 //! Port I/O devices: the 8250 console (COM1, vm-superio) whose output goes to the VMM's
-//! stdout (auraed reads it into the VM's log buffer), the i8042 reset line, and Aurae's
-//! power port through which an auraed guest says "power off" or "reboot".
+//! stdout (auraed reads it into the VM's log buffer), the i8042 controller (`i8042.rs`:
+//! reset line and a keyboard with a Power key), and Aurae's power port through which an
+//! auraed guest says "power off" or "reboot".
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -9,9 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub const COM1: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
-const I8042_DATA: u16 = 0x60;
-const I8042_CMD: u16 = 0x64;
-const I8042_RESET: u8 = 0xfe;
+pub const KBD_IRQ: u32 = 1;
 /// Aurae's power port: an auraed guest writes POWER_OFF or REBOOT here as its last act.
 pub const POWER_PORT: u16 = 0x600;
 pub const POWER_OFF: u8 = 1;
@@ -73,9 +72,30 @@ impl Write for ConsoleOut {
 
 pub struct PortBus {
     pub serial: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
+    pub kbd: super::i8042::I8042,
+    pub kbd_irq: EventFd,
 }
 
 impl PortBus {
+    fn kbd_action(&self, a: super::i8042::Action) -> Option<GuestExit> {
+        match a {
+            super::i8042::Action::None => None,
+            super::i8042::Action::Reset => Some(GuestExit::Reset),
+            super::i8042::Action::Interrupt => {
+                if let Err(e) = self.kbd_irq.write(1) {
+                    eprintln!("aurae-vmm: keyboard irq: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Asks the guest to shut down: the Power key on the i8042 keyboard.
+    pub fn press_power(&mut self) {
+        let a = self.kbd.press_power();
+        let _ = self.kbd_action(a);
+    }
+
     /// A port read; unclaimed ports read as zero, the PCI config window as "no device".
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
         data.fill(0);
@@ -85,7 +105,13 @@ impl PortBus {
                     *d = self.serial.read((p - COM1) as u8);
                 }
             }
-            I8042_DATA | I8042_CMD => {}
+            p @ (super::i8042::DATA | super::i8042::CMD) => {
+                let (v, action) = self.kbd.read(p);
+                if let Some(d) = data.first_mut() {
+                    *d = v;
+                }
+                self.kbd_action(action);
+            }
             p if PCI_CONFIG.contains(&p) => data.fill(0xff),
             _ => {}
         }
@@ -101,7 +127,10 @@ impl PortBus {
                 }
                 None
             }
-            I8042_CMD if v == I8042_RESET => Some(GuestExit::Reset),
+            p @ (super::i8042::DATA | super::i8042::CMD) => {
+                let action = self.kbd.write(p, v);
+                self.kbd_action(action)
+            }
             POWER_PORT if v == POWER_OFF => Some(GuestExit::PowerOff),
             POWER_PORT if v == REBOOT => Some(GuestExit::Reset),
             _ => None,

@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod i8042;
 pub mod virtio_blk;
 pub mod virtio_mmio;
 pub mod virtio_net;
@@ -208,8 +209,13 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
         .map_err(kvm_err("register serial irqfd"))?;
     // SAFETY: fd 1 is the stdout pipe the runtime gave this process; nothing else owns it.
     let stdout = unsafe { OwnedFd::from_raw_fd(1) };
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+    vm.register_irqfd(&kbd_irq, devices::KBD_IRQ)
+        .map_err(kvm_err("register keyboard irqfd"))?;
     let bus = Arc::new(Mutex::new(PortBus {
         serial: vm_superio::Serial::new(IrqTrigger(irq), ConsoleOut::new(stdout)),
+        kbd: i8042::I8042::default(),
+        kbd_irq,
     }));
 
     let (end_tx, end_rx) = mpsc::channel();
@@ -233,19 +239,26 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
             .spawn(move || vcpu_loop(fd, &m))
             .map_err(io("start vCPU thread"))?;
     }
-    // SIGTERM: the VMM ends the VM after draining the console. SIGUSR1: it reports its
-    // memory (for `make bench`).
+    // SIGTERM: the graceful stop. The VMM presses Power on the guest's keyboard and lets the
+    // guest decide; the runtime kills the VMM after the grace period. SIGUSR1: it reports
+    // its memory (for `make bench`).
     let guest = mem.clone();
+    let keys = bus.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             match term.wait() {
                 Ok(nix::sys::signal::Signal::SIGUSR1) => eprintln!("aurae-vmm: {}", memory_report(&guest)),
                 Ok(_) => {
+                    eprintln!("aurae-vmm: asked to stop: pressing the guest's Power key");
+                    if let Ok(mut b) = keys.lock() {
+                        b.press_power();
+                    }
+                }
+                Err(_) => {
                     let _ = end_tx.send(Ok(GuestExit::Stopped));
                     return;
                 }
-                Err(_) => return,
             }
         })
         .map_err(io("start signal thread"))?;

@@ -1,0 +1,164 @@
+//! Just enough of an i8042 keyboard controller for Linux's i8042 + atkbd drivers (booted with
+//! `i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd`, so atkbd never talks to the keyboard
+//! itself): the controller self-test, the command byte, the reset line, and an output buffer
+//! through which the VMM presses keys. Its one use: pressing Power asks the guest to shut
+//! down (a graceful stop without ACPI).
+
+use std::collections::VecDeque;
+
+pub const DATA: u16 = 0x60;
+pub const CMD: u16 = 0x64;
+
+const STATUS_OBF: u8 = 0x01;
+const STATUS_SYS: u8 = 0x04;
+const STATUS_CMD: u8 = 0x08;
+const CTR_SYS: u8 = 0x04;
+const CTR_KBDINT: u8 = 0x01;
+const CTR_XLATE: u8 = 0x40;
+
+/// What a register access asks of the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// Raise IRQ 1: a byte waits in the output buffer.
+    Interrupt,
+    /// The guest pulsed the reset line.
+    Reset,
+}
+
+pub struct I8042 {
+    ctr: u8,
+    status: u8,
+    out: VecDeque<u8>,
+    /// The command whose parameter the next data write is.
+    pending: Option<u8>,
+    last: u8,
+}
+
+impl Default for I8042 {
+    fn default() -> I8042 {
+        I8042 {
+            ctr: CTR_KBDINT | CTR_SYS | CTR_XLATE,
+            status: STATUS_SYS,
+            out: VecDeque::new(),
+            pending: None,
+            last: 0,
+        }
+    }
+}
+
+impl I8042 {
+    fn push(&mut self, b: u8) -> Action {
+        self.out.push_back(b);
+        self.status |= STATUS_OBF;
+        if self.ctr & CTR_KBDINT != 0 {
+            Action::Interrupt
+        } else {
+            Action::None
+        }
+    }
+
+    pub fn read(&mut self, port: u16) -> (u8, Action) {
+        match port {
+            CMD => (self.status, Action::None),
+            _ => {
+                if let Some(b) = self.out.pop_front() {
+                    self.last = b;
+                }
+                if self.out.is_empty() {
+                    self.status &= !STATUS_OBF;
+                    (self.last, Action::None)
+                } else {
+                    // More keys wait: the guest gets another (edge) interrupt.
+                    let more = if self.ctr & CTR_KBDINT != 0 {
+                        Action::Interrupt
+                    } else {
+                        Action::None
+                    };
+                    (self.last, more)
+                }
+            }
+        }
+    }
+
+    pub fn write(&mut self, port: u16, v: u8) -> Action {
+        if port == CMD {
+            self.status |= STATUS_CMD;
+            self.pending = None;
+            return match v {
+                0x20 => {
+                    let c = self.ctr;
+                    self.push(c)
+                }
+                0x60 | 0xd1 | 0xd2 | 0xd3 | 0xd4 => {
+                    self.pending = Some(v);
+                    Action::None
+                }
+                0xaa => {
+                    self.status |= STATUS_SYS;
+                    self.push(0x55)
+                }
+                0xab => self.push(0x00), // keyboard interface test: OK
+                0xa9 => self.push(0xff), // no aux port
+                0xd0 => self.push(0x01), // output port: A20 on, no reset pending
+                0xfe => Action::Reset,
+                _ => Action::None, // enable/disable ports and the rest: nothing to do
+            };
+        }
+        self.status &= !STATUS_CMD;
+        match self.pending.take() {
+            Some(0x60) => {
+                self.ctr = v;
+                Action::None
+            }
+            Some(0xd1) if v & 0x01 == 0 => Action::Reset,
+            Some(0xd2) => self.push(v),
+            // To the keyboard itself (not used with dumbkbd): acknowledge.
+            None => self.push(0xfa),
+            _ => Action::None,
+        }
+    }
+
+    /// Presses and releases the Power key (scan code set 1 when the controller translates,
+    /// which is how Linux sets it up; set 2 otherwise).
+    pub fn press_power(&mut self) -> Action {
+        let keys: [u8; 5] = if self.ctr & CTR_XLATE != 0 {
+            [0xe0, 0x5e, 0xe0, 0xde, 0]
+        } else {
+            [0xe0, 0x37, 0xe0, 0xf0, 0x37]
+        };
+        let n = if self.ctr & CTR_XLATE != 0 { 4 } else { 5 };
+        let mut a = Action::None;
+        for k in &keys[..n] {
+            a = self.push(*k);
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_probe_sequence_and_a_power_key() {
+        let mut k = I8042::default();
+        assert_eq!(k.read(CMD).0 & STATUS_OBF, 0);
+        assert_eq!(k.write(CMD, 0xaa), Action::Interrupt);
+        assert_eq!(k.read(CMD).0 & STATUS_OBF, STATUS_OBF);
+        assert_eq!(k.read(DATA).0, 0x55);
+        k.write(CMD, 0x20);
+        let ctr = k.read(DATA).0;
+        k.write(CMD, 0x60);
+        assert_eq!(k.write(DATA, ctr & !CTR_KBDINT), Action::None);
+        assert_eq!(k.press_power(), Action::None, "no interrupt while disabled");
+        k.write(CMD, 0x60);
+        k.write(DATA, ctr);
+        let mut got = Vec::new();
+        while k.read(CMD).0 & STATUS_OBF != 0 {
+            got.push(k.read(DATA).0);
+        }
+        assert_eq!(got, [0xe0, 0x5e, 0xe0, 0xde]);
+        assert_eq!(k.write(CMD, 0xfe), Action::Reset);
+    }
+}
