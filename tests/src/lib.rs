@@ -319,30 +319,29 @@ impl Client {
         self.workloads.clone().free(exe_ref(name)).await.expect("Free");
     }
 
-    /// Runs a script in `cell` ("" = a private cell), waits, returns (status, stdout), frees it.
-    pub async fn run_sh(&self, name: &str, cell: &str, script: &str) -> (pb::ExecutableStatus, String) {
-        self.exec(sh(name, cell, script))
-            .await
-            .unwrap_or_else(|e| panic!("run {name}: {e:?}"));
-        let st = self.wait(name).await;
-        let out = self.stdout(name).await;
-        self.free(name).await;
+    /// Runs `e`, waits, returns (status, stdout), frees it.
+    pub async fn run(&self, e: pb::Executable) -> (pb::ExecutableStatus, String) {
+        let name = e.name.clone();
+        self.exec(e).await.unwrap_or_else(|err| panic!("run {name}: {err:?}"));
+        let st = self.wait(&name).await;
+        let out = self.stdout(&name).await;
+        self.free(&name).await;
         (st, out)
     }
 
+    /// Runs a script in `cell` ("" = a private cell), waits, returns (status, stdout), frees it.
+    pub async fn run_sh(&self, name: &str, cell: &str, script: &str) -> (pb::ExecutableStatus, String) {
+        self.run(sh(name, cell, script)).await
+    }
+
     /// Runs `argv` in a private cell, waits, returns (status, stdout), frees it.
-    pub async fn run_sh_argv(&self, name: &str, argv: &[&str]) -> (pb::ExecutableStatus, String) {
-        self.exec(pb::Executable {
+    pub async fn run_argv(&self, name: &str, argv: &[&str]) -> (pb::ExecutableStatus, String) {
+        self.run(pb::Executable {
             name: name.into(),
             argv: argv.iter().map(|a| (*a).to_owned()).collect(),
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("run {name}: {e:?}"));
-        let st = self.wait(name).await;
-        let out = self.stdout(name).await;
-        self.free(name).await;
-        (st, out)
     }
 
     /// Runs a script with the node's own view (a cell sharing every host namespace, so

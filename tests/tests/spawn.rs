@@ -232,7 +232,7 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
         assert!(info.cgroup_controllers.contains(&"memory".to_owned()), "{info:?}");
 
-        let (st, out) = cc.run_sh_argv("v", &["/bin/auraed", "--version"]).await;
+        let (st, out) = cc.run_argv("v", &["/bin/auraed", "--version"]).await;
         assert_eq!(st.exit_code, Some(0));
         assert_eq!(out.trim(), format!("auraed {}", me.auraed_version));
 
