@@ -134,7 +134,8 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
             &c,
             "idle",
             "mount -t devtmpfs dev /dev; ip addr add 10.254.0.9/24 dev eth0; ip link set eth0 up; \
-             (dd if=/dev/input/event0 bs=24 count=1 >/dev/null 2>&1; echo guest got the power key; reboot -f) & \
+             (until [ -e /dev/input/event0 ]; do sleep 0.1; done; \
+              dd if=/dev/input/event0 bs=24 count=1 >/dev/null 2>&1 && echo guest got the power key; reboot -f) & \
              echo idle guest up; while true; do echo hi from the guest | nc -l -p 7000; done",
         )
         .await;
