@@ -309,7 +309,7 @@ pub fn kind(k: i32, field: &str) -> Result<Option<Kind>, RuntimeError> {
         Ok(pb::WorkloadKind::VirtualMachine) => Ok(Some(Kind::VirtualMachine)),
         Ok(pb::WorkloadKind::Instance) => Ok(Some(Kind::Instance)),
         Ok(other) => Err(RuntimeError::Precondition(format!(
-            "{field}: {} workloads are not implemented in auraed {} yet (issue #4 brings VMs and instances)",
+            "{field}: {} workloads are not implemented in auraed {} yet (pods come with a later issue)",
             other.as_str_name(),
             crate::VERSION
         ))),

@@ -1,5 +1,5 @@
-//! The `Runtime` service: thin handlers over `runtime::Runtime`. Executables and cells run;
-//! VMs, instances and pods come with later issues and answer UNIMPLEMENTED until then.
+//! The `Runtime` service: thin handlers over `runtime::Runtime`. Executables, cells, VMs and
+//! instances run; pods come with a later issue and answer UNIMPLEMENTED until then.
 
 use super::convert;
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
