@@ -1,7 +1,5 @@
 //! Facts about the node reported by `NodeInfo`: kernel, uptime, KVM usability, memory.
 
-use std::os::fd::AsRawFd;
-
 /// Kernel release and version (`uname -r`, `uname -v`).
 pub fn kernel() -> (String, String) {
     match nix::sys::utsname::uname() {
@@ -28,7 +26,6 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 const KVM_API_VERSION: i32 = 12;
 
 /// Whether KVM can really run guests here, and why (not). KVM counts as usable only when
@@ -44,12 +41,11 @@ pub fn kvm_usable() -> (bool, String) {
     let Some(flag) = flag else {
         return (false, "the CPU advertises neither vmx nor svm".into());
     };
-    let f = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Ok(f) => f,
+    let kvm = match kvm_ioctls::Kvm::new() {
+        Ok(k) => k,
         Err(e) => return (false, format!("/dev/kvm: {e}")),
     };
-    // SAFETY: KVM_GET_API_VERSION takes no argument; the fd is open for the call's duration.
-    let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+    let v = kvm.get_api_version();
     if v != KVM_API_VERSION {
         return (
             false,

@@ -251,6 +251,9 @@ impl Runtime {
         let child_bridge = Ipv4Addr::new(a, b.wrapping_add(1), host, 1);
         let spiffe_id = format!("{}/instance/{}", id.spiffe_id, spec.name);
         let pki = mint_child(id, &spiffe_id, spec, ip)?;
+        // The channel is lazy: made now, so bad TLS material fails before anything boots.
+        let address = SocketAddr::from((ip, CHILD_PORT));
+        let channel = child_channel(id, spec.name.as_str(), address)?;
         std::fs::create_dir_all(IMAGE_DIR).map_err(|source| RuntimeError::Io {
             what: "mkdir",
             path: IMAGE_DIR.into(),
@@ -308,31 +311,24 @@ impl Runtime {
                 }
             }
         };
-        let address = SocketAddr::from((ip, CHILD_PORT));
         let instance = Instance {
             name: spec.name.clone(),
             body,
             address,
             spiffe_id,
-            channel: tonic::transport::Endpoint::from_static("https://0.0.0.0:1").connect_lazy(),
+            channel,
             host,
             files,
             stop_requested: AtomicBool::new(false),
         };
-        let ready = match child_channel(id, spec.name.as_str(), address) {
-            Ok(channel) => {
-                let instance = Instance { channel, ..instance };
-                match self.await_serving(&instance).await {
-                    Ok(()) => return Ok(Arc::new(instance)),
-                    Err(e) => (instance, e),
-                }
+        match self.await_serving(&instance).await {
+            Ok(()) => Ok(Arc::new(instance)),
+            Err(e) => {
+                self.kill_instance(&instance).await;
+                let _ = self.discard_instance(&instance).await;
+                Err(e)
             }
-            Err(e) => (instance, e),
-        };
-        let (instance, err) = ready;
-        self.kill_instance(&instance).await;
-        let _ = self.discard_instance(&instance).await;
-        Err(err)
+        }
     }
 
     /// The cell fallback: the child auraed as a daemon in a private cell with every

@@ -70,7 +70,7 @@ impl VirtualMachine {
                 Phase::Stopped
             }
             Phase::Exited => match e.exit_code {
-                Some(0 | 3 | 4 | 5) => Phase::Exited,
+                Some(0 | 3 | 4) => Phase::Exited,
                 code => {
                     v.error = self
                         .vmm

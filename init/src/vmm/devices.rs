@@ -23,8 +23,6 @@ pub enum GuestExit {
     PowerOff,
     Reset,
     TripleFault,
-    /// The VMM was asked to stop (SIGTERM).
-    Stopped,
 }
 
 pub struct IrqTrigger(pub EventFd);

@@ -5,7 +5,8 @@
 //! Protocol with the runtime: the configuration is argv[1] (JSON); the guest's serial console
 //! is stdout; the VMM's own messages are stderr, the first of which is either
 //! [`READY`] or an error. The exit code says how the guest ended ([`ExitCode`]). SIGTERM asks
-//! the guest to shut down (Ctrl-Alt-Del on the i8042); SIGKILL (cgroup.kill) is the hard stop.
+//! the guest to shut down (the Power key on the i8042 keyboard); SIGKILL (cgroup.kill) is the
+//! hard stop. SIGUSR1 prints the VMM's memory use on stderr.
 
 pub mod boot;
 pub mod cpu;
@@ -37,7 +38,6 @@ pub enum ExitCode {
     Error = 1,
     Reset = 3,
     TripleFault = 4,
-    Stopped = 5,
 }
 
 impl ExitCode {
@@ -46,7 +46,6 @@ impl ExitCode {
             0 => "guest powered off",
             3 => "guest reset (reboot ends the VM)",
             4 => "guest triple fault",
-            5 => "stopped on request",
             _ => "the VMM failed (see the stderr lines in its logs)",
         }
     }
@@ -117,7 +116,6 @@ pub fn main(args: &[String]) -> ! {
                 GuestExit::PowerOff => ExitCode::PowerOff,
                 GuestExit::Reset => ExitCode::Reset,
                 GuestExit::TripleFault => ExitCode::TripleFault,
-                GuestExit::Stopped => ExitCode::Stopped,
             } as i32;
             eprintln!("aurae-vmm: {}", ExitCode::reason(code));
             std::process::exit(code)
@@ -223,7 +221,7 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
         vm,
         bus: bus.clone(),
         mmio,
-        end: end_tx.clone(),
+        end: end_tx,
     });
     let cpuid = cpu::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
     let mut vcpus = Vec::new();
@@ -255,8 +253,9 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
                         b.press_power();
                     }
                 }
-                Err(_) => {
-                    let _ = end_tx.send(Ok(GuestExit::Stopped));
+                Err(e) => {
+                    // Stops then fall back to cgroup.kill after the grace period.
+                    eprintln!("aurae-vmm: cannot wait for signals any more: {e}");
                     return;
                 }
             }
@@ -275,7 +274,6 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
     if let Ok(mut b) = bus.lock() {
         b.serial.writer_mut().drain();
     }
-    drop(mem);
     end.map_err(|e| VmmError::Io {
         what: "vCPU",
         source: std::io::Error::other(e),
@@ -381,11 +379,12 @@ impl Machine {
     }
 }
 
-/// Whether this node can run VMs: /dev/kvm opens and speaks the stable API.
+/// Whether this node can run VMs (the same test `NodeInfo.kvm_usable` reports).
 pub fn kvm_usable() -> Result<(), String> {
-    Kvm::new()
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm is not usable here ({e})"))
+    match crate::node::kvm_usable() {
+        (true, _) => Ok(()),
+        (false, why) => Err(format!("KVM is not usable here ({why})")),
+    }
 }
 
 /// Checks a kernel image's format without loading it: a bzImage ("HdrS" at 0x202), or an
