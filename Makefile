@@ -64,13 +64,13 @@ test-host: deps
 test-appliance: image
 	AURAE_APPLIANCE=$(BUILD) cargo test --locked -p aurae-appliance-tests -- --test-threads=1 --nocapture
 
-test: test-host test-appliance
+test: lint test-host test-appliance
 
 bench: image
 	rootfs/pack-bench.sh $(BUILD)
 	tests/bench.sh $(BUILD)
 
-lint:
+lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -58,23 +58,40 @@ fn mint(dir: &Path, domain: &str) {
     pki::write_pair(dir, "client", &client).unwrap();
 }
 
+/// Starts a daemon on a port the kernel picks (`127.0.0.1:0`) and learns the address from
+/// its "serving ... on ADDR" log line. Picking a free port first and passing it would race
+/// with the other tests of this binary, which run in parallel: two daemons could be handed
+/// the same port, and a test would then talk to (or shut down) another test's daemon.
 fn start() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
     mint(&pki_dir, "host.test");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_auraed"))
-        .args(["--listen", &addr, "--pki-dir"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auraed"))
+        .args(["--listen", "127.0.0.1:0", "--pki-dir"])
         .arg(&pki_dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "auraed did not listen on {addr} within 20 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    // Passes the log on to the test's stderr, and the address to the test once.
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(rest) = line.split(" on ").nth(1).filter(|_| line.contains("serving mTLS gRPC")) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("auraed did not log its serving address within 60 s: {:?}", child.wait());
+        }
+    };
     Daemon {
         child,
         addr,
@@ -256,13 +273,13 @@ fn shutdown_rpc_stops_the_daemon_cleanly_and_reboot_is_refused() {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         c.shutdown(pb::ShutdownRequest::default()).await.unwrap();
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(st) = d.child.try_wait().unwrap() {
             assert!(st.success(), "auraed exited with {st}");
             break;
         }
-        assert!(Instant::now() < deadline, "auraed still running 10 s after Shutdown");
+        assert!(Instant::now() < deadline, "auraed still running 60 s after Shutdown");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -295,7 +312,8 @@ fn aer_cli_exit_codes() {
     assert_eq!(aer(&["node", "reboot"]).status.code(), Some(1), "a refused rpc exits 1");
     assert_eq!(aer(&["node", "bogus"]).status.code(), Some(2), "a usage error exits 2");
     let unreachable = Command::new(env!("CARGO_BIN_EXE_auraed"))
-        .args(["aer", "--addr", &format!("127.0.0.1:{}", free_port()), "--timeout", "2"])
+        // The daemons listen on 127.0.0.1 only, so nothing answers on 127.0.0.3.
+        .args(["aer", "--addr", &format!("127.0.0.3:{}", free_port()), "--timeout", "2"])
         .arg("--ca")
         .arg(d.pki.join("ca.crt"))
         .arg("--cert")

@@ -30,8 +30,13 @@ macro_rules! appliance_or_skip {
     };
 }
 
+/// QEMU start → SERVING on the machine the tests' budgets were sized on (p50 1.8 s).
+pub const REFERENCE_BOOT: Duration = Duration::from_secs(2);
+
 pub struct Appliance {
     pub child: Child,
+    /// QEMU start → health SERVING, as measured by `boot`.
+    pub boot_time: Duration,
     pub port: u16,
     pub console: PathBuf,
     pub qmp: PathBuf,
@@ -74,6 +79,7 @@ impl Appliance {
             .expect("start qemu/run");
         let mut a = Appliance {
             child,
+            boot_time: Duration::ZERO,
             port,
             console,
             qmp,
@@ -87,9 +93,11 @@ impl Appliance {
                 panic!("QEMU exited ({st}) before the API served\n{}", a.console_log());
             }
             if rt.block_on(a.health_serving()) {
+                a.boot_time = start.elapsed();
                 eprintln!(
-                    "appliance: SERVING after {:.1} s (QEMU start → health)",
-                    start.elapsed().as_secs_f64()
+                    "appliance: SERVING after {:.1} s (QEMU start → health); test budgets ×{:.2}",
+                    a.boot_time.as_secs_f64(),
+                    a.slowness()
                 );
                 return a;
             }
@@ -98,6 +106,18 @@ impl Appliance {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// How much slower than the reference machine this one is, from the measured boot
+    /// (never below 1: a fast machine keeps the stated budgets).
+    pub fn slowness(&self) -> f64 {
+        (self.boot_time.as_secs_f64() / REFERENCE_BOOT.as_secs_f64()).max(1.0)
+    }
+
+    /// A budget sized on the reference machine, scaled to this one. Tests wait on
+    /// conditions with these as upper bounds; nothing is timed against them.
+    pub fn budget(&self, reference: Duration) -> Duration {
+        reference.mul_f64(self.slowness())
     }
 
     pub fn target(&self) -> Target {

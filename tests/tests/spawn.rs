@@ -11,7 +11,9 @@ use std::time::Duration;
 use tonic::Code;
 
 const BOOT_DEADLINE: Duration = Duration::from_secs(120);
-const SPAWN_DEADLINE: Duration = Duration::from_secs(180);
+/// Spawn → serving, on the reference machine: 4 s for a child, ~17 s for a VM grandchild;
+/// 37 s was seen on a busy machine 1.7× slower. Scaled by `Appliance::budget`.
+const SPAWN_BUDGET: Duration = Duration::from_secs(180);
 
 fn instance_ref(name: &str) -> pb::WorkloadRef {
     pb::WorkloadRef {
@@ -20,14 +22,18 @@ fn instance_ref(name: &str) -> pb::WorkloadRef {
     }
 }
 
-async fn spawn(c: &Client, name: &str) -> pb::InstanceStatus {
-    let req = pb::Instance {
+/// Spawns `name` with the test's budget as the call's gRPC deadline, which auraed follows
+/// (and passes down when the call is forwarded), so a slow machine only makes it wait longer.
+async fn spawn(a: &Appliance, c: &Client, name: &str) -> pb::InstanceStatus {
+    let budget = a.budget(SPAWN_BUDGET);
+    let mut req = tonic::Request::new(pb::Instance {
         name: name.into(),
         ..Default::default()
-    };
-    tokio::time::timeout(SPAWN_DEADLINE, c.runtime.clone().spawn(req))
+    });
+    req.set_timeout(budget);
+    tokio::time::timeout(budget + Duration::from_secs(10), c.runtime.clone().spawn(req))
         .await
-        .expect("Spawn returned in time")
+        .expect("Spawn answered within its deadline")
         .unwrap_or_else(|e| panic!("Spawn {name}: {e:?}"))
         .into_inner()
 }
@@ -65,7 +71,7 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         let me = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
         let before = c.on_node("ls /sys/fs/cgroup/aurae; ip -o link | cut -d: -f2").await;
 
-        let child = spawn(&c, "c1").await;
+        let child = spawn(&a, &c, "c1").await;
         assert_eq!(child.state, pb::WorkloadState::Running as i32, "{child:?}");
         assert_eq!(child.isolation, pb::IsolationKind::Vm as i32);
         assert_eq!(child.spiffe_id, format!("{}/instance/c1", me.spiffe_id));
@@ -99,13 +105,30 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         assert_eq!(cc.stdout("v").await.trim(), format!("auraed {}", me.auraed_version));
 
         // Depth two: the child spawns a grandchild; the test reaches it through both.
-        let g = spawn(&cc, "g1").await;
+        let g = spawn(&a, &cc, "g1").await;
         assert_eq!(g.spiffe_id, format!("{}/instance/g1", child.spiffe_id));
         let gc = Client::connect_to(&a, Some("c1/g1")).await;
         let ginfo = gc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
         assert_eq!((ginfo.pid, ginfo.hostname.as_str()), (1, "g1"));
         assert_eq!(ginfo.spiffe_id, g.spiffe_id);
         assert_eq!(ginfo.peer_spiffe_id, child.spiffe_id);
+
+        // A child that cannot serve within the time allowed: DEADLINE_EXCEEDED, saying how
+        // far it got, and nothing left behind (no instance, cell, TAP or image).
+        let e = c
+            .runtime
+            .clone()
+            .spawn(pb::Instance {
+                name: "late".into(),
+                serving_timeout_millis: 300,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("within"), "{e:?}");
+        let st = c.workloads.clone().status(instance_ref("late")).await.unwrap_err();
+        assert_eq!(st.code(), Code::NotFound, "{st:?}");
 
         // Unknown instances and bad requests: clear errors, nothing created.
         let e = Client::connect_to(&a, Some("nope"))
@@ -215,7 +238,7 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().starts_with("isolation"), "{e:?}");
 
-        let child = spawn(&c, "c1").await;
+        let child = spawn(&a, &c, "c1").await;
         assert_eq!(child.isolation, pb::IsolationKind::Cell as i32, "{child:?}");
         assert!(child.vm.is_none() && child.pid > 0);
         let cc = Client::connect_to(&a, Some("c1")).await;
@@ -236,7 +259,7 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert_eq!(st.exit_code, Some(0));
         assert_eq!(out.trim(), format!("auraed {}", me.auraed_version));
 
-        let g = spawn(&cc, "g1").await;
+        let g = spawn(&a, &cc, "g1").await;
         assert_eq!(g.isolation, pb::IsolationKind::Cell as i32);
         let gc = Client::connect_to(&a, Some("c1/g1")).await;
         let ginfo = gc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();

@@ -85,6 +85,9 @@ pub struct VmRun {
     /// Stream the console here until the VM ends.
     #[arg(short, long)]
     follow: bool,
+    /// Seconds to wait for the VMM to run the guest (default: the node's, 60 s).
+    #[arg(long, value_name = "SECS")]
+    ready_timeout: Option<f64>,
 }
 
 pub fn vm_json(v: &pb::VirtualMachineStatus) -> Value {
@@ -186,6 +189,7 @@ async fn run(r: &VmRun, target: &super::Target, as_json: bool) -> Result<(), Cli
                 .transpose()?,
             ..Default::default()
         }),
+        ready_timeout_millis: secs_to_millis("ready-timeout", r.ready_timeout)?,
     };
     // Booting waits for the VMM to start the vCPUs, which can take a while under TCG.
     let v = pb::runtime_client::RuntimeClient::new(target.connect_unbounded().await?)
@@ -228,6 +232,21 @@ pub struct SpawnArgs {
     /// vm or cell (default: vm where KVM is usable, else cell).
     #[arg(long)]
     isolation: Option<String>,
+    /// Seconds to wait for the child to serve (default: the node's, 300 s).
+    #[arg(long, value_name = "SECS")]
+    serving_timeout: Option<f64>,
+}
+
+/// A `--…-timeout SECS` flag as the API's milliseconds (0 = the node's default).
+fn secs_to_millis(flag: &str, secs: Option<f64>) -> Result<u32, CliError> {
+    match secs {
+        None => Ok(0),
+        Some(s) if s > 0.0 && s * 1000.0 <= f64::from(u32::MAX) => Ok((s * 1000.0).ceil() as u32),
+        Some(s) => Err(CliError::Usage(format!(
+            "--{flag} {s}: give a positive number of seconds (at most {})",
+            u32::MAX / 1000
+        ))),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,6 +316,7 @@ pub async fn spawn(a: &SpawnArgs, target: &super::Target, as_json: bool) -> Resu
         vcpus: a.vcpus,
         memory_bytes: parse_bytes("memory", &a.memory)?,
         svid_ttl_seconds: a.svid_ttl,
+        serving_timeout_millis: secs_to_millis("serving-timeout", a.serving_timeout)?,
     };
     // Spawn returns once the child serves: seconds under TCG.
     let i = pb::runtime_client::RuntimeClient::new(target.connect_unbounded().await?)

@@ -16,6 +16,9 @@ pub enum RuntimeError {
     /// The node or the workload is not in a state that allows this (FAILED_PRECONDITION).
     #[error("{0}")]
     Precondition(String),
+    /// A workload did not get ready within the time the caller allowed (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The node ran out of something (RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Exhausted(String),

@@ -2,9 +2,11 @@
 //! an initramfs built from its own binary (`spawn::image`), a fresh SVID minted by its spawn
 //! CA, an address on its bridge, and reaches the child's API over mTLS with its own identity.
 //!
-//! Addressing: the child's eth0 is `<bridge subnet>.N`; the child's own bridge (for
-//! grandchildren) is `10.(a+1).N.0/24` when the parent's bridge is `10.a.b.0/24`, so the two
-//! subnets a node sees (its eth0 and its bridge) never overlap along a line of descent.
+//! Addressing is `spawn::addressing`: the child's eth0 is host N on this node's bridge, its
+//! own bridge is one generation down, and no two subnets along a line of descent overlap.
+//!
+//! Spawn waits for the child to serve as long as the caller does (`serving_within`, from
+//! the caller's gRPC deadline); when it gives up it says how far the child got.
 
 use super::error::{Result, RuntimeError};
 use super::executable::Executable;
@@ -23,8 +25,6 @@ use std::time::Duration;
 /// Where child images are written (RAM on the appliance).
 const IMAGE_DIR: &str = "/run/aurae/instances";
 pub const CHILD_PORT: u16 = 8443;
-/// How long Spawn waits for the child to serve (TCG boots of nested guests take seconds).
-const SERVING_WAIT: Duration = Duration::from_secs(60);
 
 /// What a node needs to spawn: its PKI directory (ca.crt, server.*, spawn-ca.*) and
 /// its own SPIFFE ID, under which children are named.
@@ -49,6 +49,8 @@ pub struct InstanceSpec {
     pub vcpus: u8,
     pub memory_bytes: u64,
     pub svid_ttl: Duration,
+    /// How long Spawn may wait for the child to serve (see `server::deadline`).
+    pub serving_within: Duration,
 }
 
 /// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
@@ -205,8 +207,13 @@ impl Runtime {
                 spec.name
             )));
         }
-        let host = self.take_host(subnet.prefix)?;
-        let result = self.spawn_on(&spec, isolation, &id, &bridge, subnet, host).await;
+        let deadline = tokio::time::Instant::now() + spec.serving_within;
+        // Checked before a host number is taken: a node too deep to have children says so.
+        crate::spawn::addressing::child_net(subnet, 254).map_err(|e| pre(e.to_string()))?;
+        let host = self.take_host()?;
+        let result = self
+            .spawn_on(&spec, isolation, &id, &bridge, subnet, host, deadline)
+            .await;
         match result {
             Ok(i) => {
                 let v = i.view();
@@ -220,12 +227,7 @@ impl Runtime {
         }
     }
 
-    fn take_host(&self, prefix: u8) -> Result<u8> {
-        if prefix != 24 {
-            return Err(pre(format!(
-                "instances need a /24 bridge subnet; this node's is /{prefix}"
-            )));
-        }
+    fn take_host(&self) -> Result<u8> {
         let mut t = self.table();
         // From the top down, away from addresses people pick by hand for plain VMs.
         let free = (2..=254u8).rev().find(|h| !t.hosts.contains(h));
@@ -245,10 +247,10 @@ impl Runtime {
         bridge: &str,
         subnet: crate::init::cmdline::Ipv4Cidr,
         host: u8,
+        deadline: tokio::time::Instant,
     ) -> Result<Arc<Instance>> {
-        let [a, b, c, _] = subnet.addr.octets();
-        let ip = Ipv4Addr::new(a, b, c, host);
-        let child_bridge = Ipv4Addr::new(a, b.wrapping_add(1), host, 1);
+        let net = crate::spawn::addressing::child_net(subnet, host).map_err(|e| pre(e.to_string()))?;
+        let (ip, child_bridge) = (net.ip, net.bridge);
         let spiffe_id = format!("{}/instance/{}", id.spiffe_id, spec.name);
         let pki = mint_child(id, &spiffe_id, spec, ip)?;
         // The channel is lazy: made now, so bad TLS material fails before anything boots.
@@ -264,10 +266,10 @@ impl Runtime {
                 let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
                 crate::spawn::image::write(&image, &pki).map_err(pre)?;
                 let cmdline = format!(
-                    "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}/24",
+                    "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}",
                     crate::server::convert::DEFAULT_VM_CMDLINE,
                     spec.name,
-                    subnet.addr
+                    net.gateway
                 );
                 let vm_spec = VmSpec {
                     name: spec.name.clone(),
@@ -279,6 +281,7 @@ impl Runtime {
                     network: true,
                     disks: Vec::new(),
                     resources: Resources::default(),
+                    ready_within: deadline.saturating_duration_since(tokio::time::Instant::now()),
                 };
                 tracing::info!(
                     "spawning instance {} (VM) at {ip} on {bridge} as {spiffe_id}",
@@ -300,7 +303,7 @@ impl Runtime {
                     spec.name
                 );
                 match self
-                    .start_cell_child(spec, &dir, bridge, ip, subnet.addr, child_bridge)
+                    .start_cell_child(spec, &dir, bridge, ip, net.gateway, child_bridge)
                     .await
                 {
                     Ok(e) => (Body::Cell(e), dir),
@@ -321,7 +324,7 @@ impl Runtime {
             files,
             stop_requested: AtomicBool::new(false),
         };
-        match self.await_serving(&instance).await {
+        match self.await_serving(&instance, deadline).await {
             Ok(()) => Ok(Arc::new(instance)),
             Err(e) => {
                 self.kill_instance(&instance).await;
@@ -340,7 +343,7 @@ impl Runtime {
         bridge: &str,
         ip: Ipv4Addr,
         gateway: Ipv4Addr,
-        child_bridge: Ipv4Addr,
+        child_bridge: crate::init::cmdline::Ipv4Cidr,
     ) -> Result<Arc<Executable>> {
         let argv = vec![
             "auraed".into(),
@@ -351,7 +354,7 @@ impl Runtime {
             pki_dir.to_string_lossy().into_owned(),
             "--spawned-in-cell".into(),
             "--bridge-ip".into(),
-            format!("{child_bridge}/24"),
+            child_bridge.to_string(),
         ];
         let resources = Resources {
             memory_max: Some(spec.memory_bytes),
@@ -395,8 +398,9 @@ impl Runtime {
         Ok(())
     }
 
-    async fn await_serving(&self, i: &Instance) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + SERVING_WAIT;
+    /// Probes the child's health until it serves, it ends, or `deadline` passes.
+    async fn await_serving(&self, i: &Instance, deadline: tokio::time::Instant) -> Result<()> {
+        let started = tokio::time::Instant::now();
         loop {
             if i.body.ended() {
                 return Err(pre(format!(
@@ -407,18 +411,23 @@ impl Runtime {
             }
             let mut h = tonic_health::pb::health_client::HealthClient::new(i.channel.clone());
             let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-            let last = match tokio::time::timeout(Duration::from_secs(2), h.check(req)).await {
+            let probe = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(2));
+            let last = match tokio::time::timeout(probe, h.check(req)).await {
                 Ok(Ok(r)) if r.get_ref().status == 1 => return Ok(()),
                 Ok(Ok(r)) => format!("health status {}", r.get_ref().status),
                 Ok(Err(e)) => e.message().to_owned(),
-                Err(_) => "no answer within 2 s".into(),
+                Err(_) => format!("no answer within {probe:?}"),
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(pre(format!(
-                    "the child did not serve at {} within {} s (last: {last}); its console ended with: {}",
+                let logs = i.body.logs();
+                return Err(RuntimeError::DeadlineExceeded(format!(
+                    "the child did not serve at {} within {:.1} s (the caller's deadline, or serving_timeout_millis): {}; last probe: {last}; its console ended with: {}",
                     i.address,
-                    SERVING_WAIT.as_secs(),
-                    log_tail(&i.body.logs(), 8)
+                    started.elapsed().as_secs_f64(),
+                    progress(&logs),
+                    log_tail(&logs, 8)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -457,6 +466,23 @@ impl Runtime {
         t.instances.remove(&i.name);
         t.hosts.remove(&i.host);
         Ok(())
+    }
+}
+
+/// How far a child that does not serve yet got, read from its console (a VM's serial
+/// port, or the cell child's stderr): auraed logs "starting" first thing as PID 1 or daemon.
+fn progress(logs: &LogBuffer) -> String {
+    let mut cursor = logs.start_cursor(None);
+    let batch = logs.read(&mut cursor, usize::MAX);
+    let lines = batch.dropped as usize + batch.lines.len();
+    let auraed = batch
+        .lines
+        .iter()
+        .any(|l| String::from_utf8_lossy(&l.bytes).contains("starting as"));
+    match (lines, auraed) {
+        (0, _) => "it has printed nothing yet (its kernel is still booting)".into(),
+        (n, false) => format!("its kernel printed {n} line(s) but auraed has not started yet"),
+        (n, true) => format!("auraed started ({n} console line(s)) but does not serve yet"),
     }
 }
 

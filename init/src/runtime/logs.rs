@@ -163,6 +163,8 @@ impl LogBuffer {
 pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Arc<LogBuffer>, stream: Stream) {
     let mut chunk = vec![0u8; 64 << 10];
     let mut partial: Vec<u8> = Vec::new();
+    // The unfinished line went out in MAX_LINE pieces: its newline ends it, adding nothing.
+    let mut continued = false;
     loop {
         let n = match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -171,19 +173,33 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Ar
         let mut rest = &chunk[..n];
         while let Some(i) = rest.iter().position(|b| *b == b'\n') {
             partial.extend_from_slice(&rest[..i]);
-            buf.push(stream, std::mem::take(&mut partial));
+            if !(continued && partial.is_empty()) {
+                push_split(&buf, stream, std::mem::take(&mut partial));
+            }
+            continued = false;
             rest = &rest[i + 1..];
         }
         partial.extend_from_slice(rest);
+        // An unfinished line is held back only up to MAX_LINE: the rest goes out now.
         while partial.len() >= MAX_LINE {
             let tail = partial.split_off(MAX_LINE);
             buf.push(stream, std::mem::replace(&mut partial, tail));
+            continued = true;
         }
     }
     if !partial.is_empty() {
         buf.push(stream, partial);
     }
     buf.close_writer();
+}
+
+/// Pushes one complete line as pieces of at most MAX_LINE bytes.
+fn push_split(buf: &LogBuffer, stream: Stream, mut line: Vec<u8>) {
+    while line.len() > MAX_LINE {
+        let tail = line.split_off(MAX_LINE);
+        buf.push(stream, std::mem::replace(&mut line, tail));
+    }
+    buf.push(stream, line);
 }
 
 #[cfg(test)]
@@ -226,6 +242,40 @@ mod tests {
         let mut cur = b.start_cursor(Some(2));
         let batch = b.read(&mut cur, 10);
         assert_eq!(batch.lines.iter().map(|l| l.bytes[0]).collect::<Vec<_>>(), b"34");
+    }
+
+    async fn pumped(writes: &[&[u8]]) -> Vec<Vec<u8>> {
+        let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let b = std::sync::Arc::new(LogBuffer::new(DEFAULT_CAPACITY, 1));
+        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut tx = tx;
+            for w in writes {
+                tx.write_all(w).await.unwrap();
+            }
+        }
+        task.await.unwrap();
+        let mut cur = 0;
+        b.read(&mut cur, 1000).lines.into_iter().map(|l| l.bytes).collect()
+    }
+
+    #[tokio::test]
+    async fn no_line_is_longer_than_max_line_however_it_arrives() {
+        // One 40 000-byte line and its newline in a single write (as `dd bs=64k` does).
+        let mut one = vec![b'x'; 40_000];
+        one.push(b'\n');
+        one.extend_from_slice(b"next\n");
+        let got = pumped(&[&one]).await;
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(lens, [MAX_LINE, MAX_LINE, 40_000 - 2 * MAX_LINE, 4]);
+        assert_eq!(got[3], b"next");
+        // The same line in pieces, and one exactly MAX_LINE long: never an empty piece.
+        let mut exact = vec![b'y'; MAX_LINE];
+        exact.push(b'\n');
+        let got = pumped(&[&one[..10_000], &one[10_000..], &exact]).await;
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(lens, [MAX_LINE, MAX_LINE, 40_000 - 2 * MAX_LINE, 4, MAX_LINE]);
     }
 
     #[tokio::test]

@@ -103,4 +103,7 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Limits for the VM's own cell.
     pub resources: Resources,
+    /// How long to wait for the VMM to run the vCPUs (the caller's deadline, see
+    /// `server::deadline`).
+    pub ready_within: std::time::Duration,
 }

@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long RunVirtualMachine waits for the VMM to report its vCPUs running.
-const READY_WAIT: Duration = Duration::from_secs(20);
 const ERROR_PREFIX: &str = "aurae-vmm: error: ";
 
 pub struct VirtualMachine {
@@ -273,7 +271,7 @@ impl Runtime {
     async fn await_ready(&self, vm: &VirtualMachine) -> Result<()> {
         let logs = vm.vmm.logs.clone();
         let mut changed = logs.subscribe();
-        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        let deadline = tokio::time::Instant::now() + vm.spec.ready_within;
         loop {
             if logs.last_with(logs::Stream::Stderr, vmm::READY).is_some() {
                 return Ok(());
@@ -291,8 +289,9 @@ impl Runtime {
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(RuntimeError::Precondition(format!(
-                        "the VMM did not start the guest within {} s", READY_WAIT.as_secs()
+                    return Err(RuntimeError::DeadlineExceeded(format!(
+                        "the VMM did not start the guest within {:.1} s (the caller's deadline, or ready_timeout_millis)",
+                        vm.spec.ready_within.as_secs_f64()
                     )));
                 }
                 _ = changed.changed() => {}

@@ -1,6 +1,7 @@
 //! The one place requests become validated runtime specs and runtime views become
 //! protobuf. Every field is checked here, once; errors name the field and the fix.
 
+use super::deadline::wait_budget;
 use crate::pb;
 use crate::runtime::cgroup::Usage;
 use crate::runtime::error::RuntimeError;
@@ -9,6 +10,7 @@ use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{CellSpec, DiskSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
+use std::time::Duration;
 
 const MAX_ARGS: usize = 4096;
 const MAX_ARG_BYTES: usize = 1 << 20;
@@ -220,7 +222,17 @@ fn node_path(field: &str, p: &str) -> Result<PathBuf, RuntimeError> {
     Ok(PathBuf::from(p))
 }
 
-pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
+/// How long RunVirtualMachine waits for the vCPUs when neither request nor caller says.
+pub const DEFAULT_VM_READY: Duration = Duration::from_secs(60);
+/// How long Spawn waits for the child to serve when neither request nor caller says.
+pub const DEFAULT_SPAWN_SERVING: Duration = Duration::from_secs(300);
+
+fn millis(v: u32) -> Option<Duration> {
+    (v > 0).then(|| Duration::from_millis(u64::from(v)))
+}
+
+/// A VM request; `caller` is the caller's gRPC timeout, which bounds the wait for the vCPUs.
+pub fn virtual_machine(v: pb::VirtualMachine, caller: Option<Duration>) -> Result<VmSpec, RuntimeError> {
     let name = ExecName::parse(&v.name).map_err(|n| invalid("name", n.to_string()))?;
     let kernel = match v.kernel_path.as_str() {
         "" => PathBuf::from(NODE_KERNEL),
@@ -298,6 +310,7 @@ pub fn virtual_machine(v: pb::VirtualMachine) -> Result<VmSpec, RuntimeError> {
         network: v.network,
         disks,
         resources: resources(v.resources)?,
+        ready_within: wait_budget(millis(v.ready_timeout_millis), caller, DEFAULT_VM_READY),
     })
 }
 
@@ -459,7 +472,9 @@ pub fn instance_status(v: InstanceView) -> pb::InstanceStatus {
 
 const MAX_SVID_TTL: u32 = 30 * 86400;
 
-pub fn instance(i: pb::Instance) -> Result<InstanceSpec, RuntimeError> {
+/// A Spawn request; `caller` is the caller's gRPC timeout, which bounds the wait for the
+/// child to serve.
+pub fn instance(i: pb::Instance, caller: Option<Duration>) -> Result<InstanceSpec, RuntimeError> {
     let name = ExecName::parse(&i.name).map_err(|n| invalid("name", n.to_string()))?;
     let isolation = match pb::IsolationKind::try_from(i.isolation) {
         Ok(pb::IsolationKind::Unspecified) => None,
@@ -467,15 +482,18 @@ pub fn instance(i: pb::Instance) -> Result<InstanceSpec, RuntimeError> {
         Ok(pb::IsolationKind::Cell) => Some(IsolationKind::Cell),
         Err(_) => return Err(invalid("isolation", format!("{} is not an IsolationKind", i.isolation))),
     };
-    let vm = virtual_machine(pb::VirtualMachine {
-        name: i.name.clone(),
-        vcpus: i.vcpus,
-        memory_bytes: match i.memory_bytes {
-            0 => 256 * MIB,
-            m => m,
+    let vm = virtual_machine(
+        pb::VirtualMachine {
+            name: i.name.clone(),
+            vcpus: i.vcpus,
+            memory_bytes: match i.memory_bytes {
+                0 => 256 * MIB,
+                m => m,
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    })?;
+        None,
+    )?;
     let ttl = match i.svid_ttl_seconds {
         0 => 86400,
         t if (60..=MAX_SVID_TTL).contains(&t) => t,
@@ -491,7 +509,8 @@ pub fn instance(i: pb::Instance) -> Result<InstanceSpec, RuntimeError> {
         isolation,
         vcpus: vm.vcpus,
         memory_bytes: vm.memory_bytes,
-        svid_ttl: std::time::Duration::from_secs(u64::from(ttl)),
+        svid_ttl: Duration::from_secs(u64::from(ttl)),
+        serving_within: wait_budget(millis(i.serving_timeout_millis), caller, DEFAULT_SPAWN_SERVING),
     })
 }
 

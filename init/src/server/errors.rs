@@ -13,6 +13,7 @@ impl From<RuntimeError> for Status {
             RuntimeError::AlreadyExists(_) => Status::already_exists(msg),
             RuntimeError::Precondition(_) => Status::failed_precondition(msg),
             RuntimeError::Exhausted(_) => Status::resource_exhausted(msg),
+            RuntimeError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             RuntimeError::Sys {
                 errno: Errno::EAGAIN | Errno::ENOMEM,
                 ..

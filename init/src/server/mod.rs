@@ -2,6 +2,7 @@
 //! reflection. Handlers are thin; nothing here touches /sys or /proc directly.
 
 pub mod convert;
+pub mod deadline;
 pub mod errors;
 pub mod forward;
 pub mod node_api;

@@ -43,13 +43,15 @@ impl RuntimeRpc for RuntimeApi {
         &self,
         r: Request<pb::VirtualMachine>,
     ) -> Result<Response<pb::VirtualMachineStatus>, Status> {
-        let spec = convert::virtual_machine(r.into_inner())?;
+        let caller = super::deadline::caller_timeout(r.metadata());
+        let spec = convert::virtual_machine(r.into_inner(), caller)?;
         let view = self.rt.run_vm(spec).await?;
         Ok(Response::new(convert::vm_status(view)))
     }
 
     async fn spawn(&self, r: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
-        let spec = convert::instance(r.into_inner())?;
+        let caller = super::deadline::caller_timeout(r.metadata());
+        let spec = convert::instance(r.into_inner(), caller)?;
         let view = self.rt.spawn(spec).await?;
         Ok(Response::new(convert::instance_status(view)))
     }

@@ -1,0 +1,86 @@
+//! The caller's deadline. A gRPC client states how long it will wait in the `grpc-timeout`
+//! header; an rpc that waits for a workload to get ready (a VM's vCPUs, a spawned child
+//! serving) waits as long as the caller does, not for a window fixed in auraed, so a slow
+//! machine needs only a patient caller. The wait ends a little before the caller gives up,
+//! so the caller receives auraed's own error (how far the workload got) rather than a bare
+//! DEADLINE_EXCEEDED.
+
+use std::time::Duration;
+use tonic::metadata::MetadataMap;
+
+pub const HEADER: &str = "grpc-timeout";
+
+/// The caller's timeout, when it sent a well-formed `grpc-timeout`.
+pub fn caller_timeout(md: &MetadataMap) -> Option<Duration> {
+    parse_grpc_timeout(md.get(HEADER)?.to_str().ok()?)
+}
+
+/// `grpc-timeout`: at most 8 ASCII digits and a unit (H, M, S, m, u, n), per the gRPC
+/// over HTTP/2 spec.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long an rpc may wait for its workload to get ready: the limit the request states
+/// and the caller's own deadline, whichever is shorter, less a margin (a tenth, at most
+/// 2 s) so auraed's answer arrives before the caller stops listening; `default` when
+/// neither is given.
+pub fn wait_budget(stated: Option<Duration>, caller: Option<Duration>, default: Duration) -> Duration {
+    let caller = caller.map(|c| c.saturating_sub((c / 10).min(Duration::from_secs(2))));
+    match (stated, caller) {
+        (Some(s), Some(c)) => s.min(c),
+        (Some(s), None) => s,
+        (None, Some(c)) => c,
+        (None, None) => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit_and_refuses_malformed_values() {
+        assert_eq!(parse_grpc_timeout("3H"), Some(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("180S"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "10", "10s", "123456789S", "-1S", "1.5S", "1 S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_shorter_limit_wins_and_the_caller_hears_back_before_its_deadline() {
+        let s = Duration::from_secs;
+        assert_eq!(wait_budget(None, None, s(300)), s(300));
+        assert_eq!(wait_budget(Some(s(30)), None, s(300)), s(30));
+        assert_eq!(wait_budget(None, Some(s(10)), s(300)), s(9), "a tenth kept back");
+        assert_eq!(wait_budget(None, Some(s(600)), s(300)), s(598), "at most 2 s kept back");
+        assert_eq!(wait_budget(Some(s(30)), Some(s(600)), s(300)), s(30));
+        assert_eq!(wait_budget(Some(s(900)), Some(s(600)), s(300)), s(598));
+    }
+
+    #[test]
+    fn reads_the_header_from_metadata() {
+        let mut md = MetadataMap::new();
+        assert_eq!(caller_timeout(&md), None);
+        md.insert(HEADER, "250m".parse().unwrap());
+        assert_eq!(caller_timeout(&md), Some(Duration::from_millis(250)));
+    }
+}
