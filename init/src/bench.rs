@@ -97,7 +97,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
             .address
             .clone()
             .unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PORT)),
-        tls: crate::server::tls::TlsFiles {
+        tls: crate::pki::tls::TlsFiles {
             ca: need(file.ca.clone(), "ca")?,
             cert: need(file.cert.clone(), "cert")?,
             key: need(file.key.clone(), "key")?,

@@ -2,7 +2,8 @@
 //! power action arrives, then powers off / reboots (PID 1) or exits (daemon).
 
 use crate::init::{self, power::PowerAction};
-use crate::server::{self, tls::TlsFiles, NodeContext};
+use crate::pki::tls::TlsFiles;
+use crate::server::{self, NodeContext};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

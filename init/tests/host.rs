@@ -6,7 +6,7 @@
 use auraed::cli::Target;
 use auraed::pb;
 use auraed::pki;
-use auraed::server::tls::TlsFiles;
+use auraed::pki::tls::TlsFiles;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

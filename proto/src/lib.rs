@@ -8,3 +8,8 @@ pub mod v0 {
 
 /// Encoded `FileDescriptorSet` of the Aurae API, served by gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/aurae_descriptor.bin"));
+
+/// Metadata header naming the spawned descendant a call is for (`child/grandchild`): the
+/// node forwards such a call hop by hop instead of serving it (see auraed's
+/// `server/forward.rs`). Part of the contract, so clients and servers share one spelling.
+pub const INSTANCE_HEADER: &str = "aurae-instance";

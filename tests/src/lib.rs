@@ -2,7 +2,7 @@
 //! `qemu/run`), wait for the API with a deadline, and fail with the console log attached.
 
 use auraed::cli::Target;
-use auraed::server::tls::TlsFiles;
+use auraed::pki::tls::TlsFiles;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

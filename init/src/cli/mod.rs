@@ -9,7 +9,7 @@ pub mod vm;
 pub mod workloads;
 
 use crate::pb;
-use crate::server::tls::TlsFiles;
+use crate::pki::tls::TlsFiles;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ pub struct InstanceHeader(Option<tonic::metadata::MetadataValue<tonic::metadata:
 impl tonic::service::Interceptor for InstanceHeader {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
-            req.metadata_mut().insert(crate::server::forward::HEADER, v.clone());
+            req.metadata_mut().insert(aurae_proto::INSTANCE_HEADER, v.clone());
         }
         Ok(req)
     }

@@ -1,6 +1,8 @@
 //! Certificate minting with rcgen: a CA, node (server) certificates and client certificates,
 //! each carrying a SPIFFE ID as a URI SAN. Files are PEM; keys are written 0600.
 
+pub mod tls;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,

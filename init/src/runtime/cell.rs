@@ -4,11 +4,13 @@
 
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
 use super::error::{Result, RuntimeError};
+use super::executable::Executable;
 use super::holder::Setup;
 use super::names::CellName;
 use super::spec::{CellSpec, Isolation, Resources};
 use super::sys::start::{start_holder, StartError};
-use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
+use super::table::Workload;
+use super::{kill_and_wait, poll_until, terminate, Kind, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
@@ -184,10 +186,7 @@ fn check_cpuset(requested: &str, effective: Option<String>, field: &str) -> Resu
 
 impl Runtime {
     pub(super) fn cell(&self, name: &str) -> Result<Arc<Cell>> {
-        let found = CellName::parse(name)
-            .ok()
-            .and_then(|n| self.table().cells.get(&n).cloned());
-        found.ok_or_else(|| RuntimeError::NotFound(format!("no cell named '{name}' (aer ps lists them)")))
+        self.table().get::<Cell>(name)
     }
 
     /// Checks a spec against this node before anything is created.
@@ -249,16 +248,7 @@ impl Runtime {
         let (parent, parent_dir) = self.check_cell(&spec)?;
         let dir = parent_dir.child(spec.name.leaf());
         let cell = Arc::new(Cell::new(spec.name.clone(), spec.isolation, implicit, dir));
-        {
-            let mut t = self.table();
-            if t.cells.contains_key(&spec.name) {
-                return Err(RuntimeError::AlreadyExists(format!(
-                    "a cell named '{}' already exists; free it first or choose another name",
-                    spec.name
-                )));
-            }
-            t.cells.insert(spec.name.clone(), cell.clone());
-        }
+        self.table().insert_unique(Workload::Cell(cell.clone()))?;
         match self.start_cell(&cell, &spec, parent.as_deref()).await {
             Ok(()) => Ok(cell),
             Err(e) => {
@@ -318,14 +308,13 @@ impl Runtime {
         if let Err(e) = cell.dir.remove_tree() {
             tracing::warn!("cell {}: {e}", cell.name);
         }
-        self.table().cells.remove(&cell.name);
+        self.table().remove(Kind::Cell, cell.name.as_str());
     }
 
     pub fn cell_view(&self, c: &Cell) -> CellView {
         let executables = self
             .table()
-            .execs
-            .values()
+            .all::<Executable>()
             .filter(|e| e.cell == c.name)
             .map(|e| e.name.to_string())
             .collect();
@@ -353,8 +342,7 @@ impl Runtime {
         }
         let nested: Vec<Arc<Cell>> = self
             .table()
-            .cells
-            .values()
+            .all::<Cell>()
             .filter(|c| c.name.is_within(&cell.name))
             .cloned()
             .collect();
@@ -393,8 +381,8 @@ impl Runtime {
         Ok(self.cell_view(&cell))
     }
 
-    pub(super) async fn free_cell(&self, name: &str) -> Result<()> {
-        let cell = self.cell(name)?;
+    pub(super) async fn free_cell(&self, cell: &Arc<Cell>) -> Result<()> {
+        let name = &cell.name;
         if cell.implicit {
             return Err(RuntimeError::Precondition(format!(
                 "cell '{name}' belongs to executable '{name}'; free the executable instead"
@@ -409,13 +397,11 @@ impl Runtime {
         let (cells, execs): (Vec<_>, Vec<_>) = {
             let t = self.table();
             (
-                t.cells
-                    .values()
+                t.all::<Cell>()
                     .filter(|c| c.name.is_within(&cell.name))
                     .cloned()
                     .collect(),
-                t.execs
-                    .values()
+                t.all::<Executable>()
                     .filter(|e| e.cell.is_within(&cell.name))
                     .cloned()
                     .collect(),
@@ -428,10 +414,10 @@ impl Runtime {
         cell.dir.remove_tree()?;
         let mut t = self.table();
         for e in &execs {
-            t.execs.remove(&e.name);
+            t.remove(Kind::Executable, e.name.as_str());
         }
         for c in &cells {
-            t.cells.remove(&c.name);
+            t.remove(Kind::Cell, c.name.as_str());
         }
         tracing::info!("cell {name} freed with {} executable(s)", execs.len());
         Ok(())

@@ -10,7 +10,8 @@ use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
 use super::sys::start::{start_exec, ExecInput, StartError};
-use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
+use super::table::Workload;
+use super::{kill_and_wait, terminate, Kind, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use nix::errno::Errno;
 use std::os::unix::fs::PermissionsExt;
@@ -196,17 +197,6 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> Runt
 }
 
 impl Runtime {
-    pub(super) fn exec(&self, name: &str) -> Result<Arc<Executable>> {
-        let found = ExecName::parse(name)
-            .ok()
-            .and_then(|n| self.table().execs.get(&n).cloned());
-        found.ok_or_else(|| RuntimeError::NotFound(format!("no executable named '{name}' (aer ps lists them)")))
-    }
-
-    pub fn logs(&self, name: &str) -> Result<Arc<LogBuffer>> {
-        Ok(self.exec(name)?.logs.clone())
-    }
-
     /// Starts an executable; returns once it runs (execve succeeded) or with why not.
     /// On failure nothing is left behind: no table entry, cgroup or private cell.
     pub async fn run_executable(&self, spec: ExecutableSpec) -> Result<ExecView> {
@@ -265,11 +255,8 @@ impl Runtime {
             stdout_as,
             listed,
         } = how;
-        if listed && self.table().execs.contains_key(&spec.name) {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "an executable named '{}' already exists; free it (aer free {0}) or choose another name",
-                spec.name
-            )));
+        if listed {
+            self.table().vacant(Kind::Executable, spec.name.as_str())?;
         }
         let (cell, own) = match &spec.cell {
             Some(name) => {
@@ -321,22 +308,15 @@ impl Runtime {
             .0,
             op: tokio::sync::Mutex::new(()),
         });
-        let taken = listed && {
-            let mut t = self.table();
-            let taken = t.execs.contains_key(&spec.name);
-            if !taken {
-                t.execs.insert(spec.name.clone(), e.clone());
+        if listed {
+            // Checked again: another request may have taken the name while the cell was made.
+            let inserted = self.table().insert_unique(Workload::Executable(e.clone()));
+            if let Err(taken) = inserted {
+                if own {
+                    self.discard_cell_now(&cell).await;
+                }
+                return Err(taken);
             }
-            taken
-        };
-        if taken {
-            if own {
-                self.discard_cell_now(&cell).await;
-            }
-            return Err(RuntimeError::AlreadyExists(format!(
-                "an executable named '{}' already exists; free it or choose another name",
-                spec.name
-            )));
         }
         match self.start_exec(&e, &cell, &spec, &program, &path_var).await {
             Ok(()) => Ok(e),
@@ -344,7 +324,7 @@ impl Runtime {
                 kill_and_wait(&e.dir).await;
                 let _ = e.dir.remove_tree();
                 if listed {
-                    self.table().execs.remove(&e.name);
+                    self.table().remove(Kind::Executable, e.name.as_str());
                 }
                 if own {
                     self.discard_cell_now(&cell).await;
@@ -420,10 +400,9 @@ impl Runtime {
         Ok(())
     }
 
-    pub(super) async fn free_exec(&self, name: &str) -> Result<()> {
-        let e = self.exec(name)?;
-        self.discard_exec(&e, name).await?;
-        self.table().execs.remove(&e.name);
+    pub(super) async fn free_exec(&self, e: &Arc<Executable>) -> Result<()> {
+        self.discard_exec(e, e.name.as_str()).await?;
+        self.table().remove(Kind::Executable, e.name.as_str());
         Ok(())
     }
 

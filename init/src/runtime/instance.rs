@@ -13,8 +13,9 @@ use super::executable::Executable;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::spec::{Isolation, Resources, VmSpec};
+use super::table::Workload;
 use super::vm::{VirtualMachine, VmView};
-use super::{Phase, Runtime};
+use super::{Kind, Phase, Runtime};
 use crate::pb;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -158,16 +159,9 @@ fn pre(msg: impl Into<String>) -> RuntimeError {
 }
 
 impl Runtime {
-    pub(super) fn instance(&self, name: &str) -> Result<Arc<Instance>> {
-        let found = ExecName::parse(name)
-            .ok()
-            .and_then(|n| self.table().instances.get(&n).cloned());
-        found.ok_or_else(|| RuntimeError::NotFound(format!("no instance named '{name}' (aer instance ls lists them)")))
-    }
-
     /// The channel to a running child, for forwarding.
     pub fn instance_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
-        let i = self.instance(name)?;
+        let i = self.table().get::<Instance>(name)?;
         if i.body.ended() {
             return Err(pre(format!("instance '{name}' has ended")));
         }
@@ -201,12 +195,7 @@ impl Runtime {
                 IsolationKind::Cell
             }
         };
-        if self.table().instances.contains_key(&spec.name) {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "an instance named '{0}' already exists; free it (aer instance free {0}) or choose another name",
-                spec.name
-            )));
-        }
+        self.table().vacant(Kind::Instance, spec.name.as_str())?;
         let deadline = tokio::time::Instant::now() + spec.serving_within;
         // Checked before a host number is taken: a node too deep to have children says so.
         crate::spawn::addressing::child_net(subnet, 254).map_err(|e| pre(e.to_string()))?;
@@ -217,7 +206,13 @@ impl Runtime {
         match result {
             Ok(i) => {
                 let v = i.view();
-                self.table().instances.insert(spec.name.clone(), i);
+                let inserted = self.table().insert_unique(Workload::Instance(i.clone()));
+                if let Err(taken) = inserted {
+                    self.kill_instance(&i).await;
+                    let _ = self.discard_instance(&i).await;
+                    self.table().hosts.remove(&host);
+                    return Err(taken);
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -267,13 +262,13 @@ impl Runtime {
                 crate::spawn::image::write(&image, &pki).map_err(pre)?;
                 let cmdline = format!(
                     "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}",
-                    crate::server::convert::DEFAULT_VM_CMDLINE,
+                    crate::vmm::DEFAULT_VM_CMDLINE,
                     spec.name,
                     net.gateway
                 );
                 let vm_spec = VmSpec {
                     name: spec.name.clone(),
-                    kernel: crate::server::convert::NODE_KERNEL.into(),
+                    kernel: crate::vmm::NODE_KERNEL.into(),
                     initramfs: Some(image.clone()),
                     cmdline,
                     vcpus: spec.vcpus,
@@ -454,16 +449,16 @@ impl Runtime {
         }
     }
 
-    pub(super) async fn free_instance(&self, name: &str) -> Result<()> {
-        let i = self.instance(name)?;
+    pub(super) async fn free_instance(&self, i: &Arc<Instance>) -> Result<()> {
+        let name = &i.name;
         if !i.body.ended() {
             return Err(pre(format!(
                 "instance '{name}' is running; stop it first (aer instance stop {name})"
             )));
         }
-        self.discard_instance(&i).await?;
+        self.discard_instance(i).await?;
         let mut t = self.table();
-        t.instances.remove(&i.name);
+        t.remove(Kind::Instance, name.as_str());
         t.hosts.remove(&i.host);
         Ok(())
     }
@@ -541,7 +536,7 @@ fn mint_child(
 /// A lazily connecting mTLS channel to the child, verified as `name` against the root CA,
 /// presenting this node's own certificate.
 fn child_channel(id: &SpawnIdentity, name: &str, address: SocketAddr) -> Result<tonic::transport::Channel> {
-    let files = crate::server::tls::TlsFiles::in_dir(&id.pki_dir, "server");
+    let files = crate::pki::tls::TlsFiles::in_dir(&id.pki_dir, "server");
     let tls = files
         .load()
         .map_err(|e| pre(format!("this node's TLS material: {e}")))?;

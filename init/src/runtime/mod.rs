@@ -22,16 +22,16 @@ pub mod logs;
 pub mod names;
 pub mod spec;
 pub mod sys;
+pub(crate) mod table;
 pub mod vm;
 
 use cgroup::CgroupDir;
 use error::{Result, RuntimeError};
-use names::{CellName, ExecName};
-use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use table::{Table, Workload};
 
 pub use cell::{Cell, CellView};
 pub use executable::{ExecView, Executable};
@@ -56,10 +56,11 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Workload kinds, in the order `List` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
-    Executable,
     Cell,
+    Executable,
     VirtualMachine,
     Instance,
 }
@@ -70,16 +71,6 @@ pub enum View {
     Cell(Box<CellView>),
     VirtualMachine(VmView),
     Instance(Box<InstanceView>),
-}
-
-#[derive(Default)]
-struct Table {
-    cells: BTreeMap<CellName, Arc<Cell>>,
-    execs: BTreeMap<ExecName, Arc<Executable>>,
-    vms: BTreeMap<ExecName, Arc<VirtualMachine>>,
-    instances: BTreeMap<ExecName, Arc<Instance>>,
-    /// Host numbers on the bridge taken by instances.
-    hosts: std::collections::BTreeSet<u8>,
 }
 
 pub struct Runtime {
@@ -164,121 +155,45 @@ impl Runtime {
         self.root.subtree_control()
     }
 
-    pub fn status(&self, kind: Kind, name: &str) -> Result<View> {
-        match kind {
-            Kind::Executable => Ok(View::Executable(self.exec(name)?.view())),
-            Kind::Cell => {
-                let c = self.cell(name)?;
-                Ok(View::Cell(Box::new(self.cell_view(&c))))
-            }
-            Kind::VirtualMachine => Ok(View::VirtualMachine(self.vm(name)?.view())),
-            Kind::Instance => Ok(View::Instance(Box::new(self.instance(name)?.view()))),
-        }
+    fn lookup(&self, kind: Kind, name: &str) -> Result<Workload> {
+        self.table().lookup(kind, name)
     }
 
-    /// The log buffer of a workload that has one (executables, VMs).
+    pub fn status(&self, kind: Kind, name: &str) -> Result<View> {
+        Ok(self.lookup(kind, name)?.view(self))
+    }
+
+    /// The log buffer of a workload that has one (executables, VMs, instances).
     pub fn logs_of(&self, kind: Kind, name: &str) -> Result<Arc<logs::LogBuffer>> {
-        match kind {
-            Kind::Executable => self.logs(name),
-            Kind::VirtualMachine => Ok(self.vm(name)?.logs()),
-            Kind::Instance => Ok(self.instance(name)?.body.logs()),
-            Kind::Cell => Err(RuntimeError::Precondition(format!(
-                "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {name} lists them)"
-            ))),
-        }
+        self.lookup(kind, name)?.logs()
     }
 
     pub fn list(&self, kind: Option<Kind>) -> Vec<View> {
-        let (cells, execs, vms, instances): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = {
-            let t = self.table();
-            (
-                t.cells.values().cloned().collect(),
-                t.execs.values().cloned().collect(),
-                t.vms.values().cloned().collect(),
-                t.instances.values().cloned().collect(),
-            )
-        };
-        let mut out = Vec::new();
-        if kind.is_none() || kind == Some(Kind::Cell) {
-            out.extend(cells.iter().map(|c| View::Cell(Box::new(self.cell_view(c)))));
-        }
-        if kind.is_none() || kind == Some(Kind::Executable) {
-            out.extend(execs.iter().map(|e| View::Executable(e.view())));
-        }
-        if kind.is_none() || kind == Some(Kind::VirtualMachine) {
-            out.extend(vms.iter().map(|v| View::VirtualMachine(v.view())));
-        }
-        if kind.is_none() || kind == Some(Kind::Instance) {
-            out.extend(instances.iter().map(|i| View::Instance(Box::new(i.view()))));
-        }
-        out
+        let all = self.table().list(kind);
+        all.iter().map(|w| w.view(self)).collect()
     }
 
     pub async fn stop(&self, kind: Kind, name: &str, signal: i32, grace: Duration) -> Result<View> {
-        match kind {
-            Kind::Executable => {
-                let e = self.exec(name)?;
-                e.stop(signal, grace).await;
-                Ok(View::Executable(e.view()))
-            }
-            Kind::Cell => {
-                let c = self.cell(name)?;
-                self.stop_cell(&c, signal, grace).await;
-                Ok(View::Cell(Box::new(self.cell_view(&c))))
-            }
-            Kind::VirtualMachine => {
-                let v = self.vm(name)?;
-                self.stop_vm(&v, grace).await;
-                Ok(View::VirtualMachine(v.view()))
-            }
-            Kind::Instance => {
-                let i = self.instance(name)?;
-                self.stop_instance(&i, grace).await;
-                Ok(View::Instance(Box::new(i.view())))
-            }
-        }
+        let w = self.lookup(kind, name)?;
+        w.stop(self, signal, grace).await;
+        Ok(w.view(self))
     }
 
     pub async fn wait(&self, kind: Kind, name: &str) -> Result<View> {
-        match kind {
-            Kind::Executable => {
-                let e = self.exec(name)?;
-                e.wait().await;
-                Ok(View::Executable(e.view()))
-            }
-            Kind::Cell => {
-                let c = self.cell(name)?;
-                c.wait().await;
-                Ok(View::Cell(Box::new(self.cell_view(&c))))
-            }
-            Kind::VirtualMachine => {
-                let v = self.vm(name)?;
-                v.wait().await;
-                Ok(View::VirtualMachine(v.view()))
-            }
-            Kind::Instance => {
-                let i = self.instance(name)?;
-                i.body.wait().await;
-                Ok(View::Instance(Box::new(i.view())))
-            }
-        }
+        let w = self.lookup(kind, name)?;
+        w.wait().await;
+        Ok(w.view(self))
     }
 
     pub async fn free(&self, kind: Kind, name: &str) -> Result<()> {
-        match kind {
-            Kind::Executable => self.free_exec(name).await,
-            Kind::Cell => self.free_cell(name).await,
-            Kind::VirtualMachine => self.free_vm(name).await,
-            Kind::Instance => self.free_instance(name).await,
-        }
+        self.lookup(kind, name)?.free(self).await
     }
 
     /// At power-off: stop every top-level cell (and so every workload) within `grace`.
     pub async fn stop_all(&self, grace: Duration) {
         let tops: Vec<Arc<Cell>> = self
             .table()
-            .cells
-            .values()
+            .all::<Cell>()
             .filter(|c| c.name.parent().is_none())
             .cloned()
             .collect();
@@ -289,7 +204,7 @@ impl Runtime {
     /// When a daemon exits: after `stop_all`, remove every cell's cgroup and the workloads
     /// root itself, so the host's cgroup tree is left as auraed found it.
     pub fn remove_all(&self) {
-        let cells: Vec<Arc<Cell>> = self.table().cells.values().cloned().collect();
+        let cells: Vec<Arc<Cell>> = self.table().all::<Cell>().cloned().collect();
         for c in cells.iter().filter(|c| c.name.parent().is_none()) {
             if let Err(e) = c.dir.remove_tree() {
                 tracing::warn!("cell {}: {e}", c.name);

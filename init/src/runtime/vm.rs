@@ -13,7 +13,8 @@ use super::executable::Executable;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::spec::{Isolation, VmSpec};
-use super::{Phase, Runtime};
+use super::table::Workload;
+use super::{Kind, Phase, Runtime};
 use crate::vmm::{self, VmConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,13 +138,6 @@ fn check_disk(d: &super::spec::DiskSpec) -> std::result::Result<(), String> {
 }
 
 impl Runtime {
-    pub(super) fn vm(&self, name: &str) -> Result<Arc<VirtualMachine>> {
-        let found = ExecName::parse(name)
-            .ok()
-            .and_then(|n| self.table().vms.get(&n).cloned());
-        found.ok_or_else(|| RuntimeError::NotFound(format!("no virtual machine named '{name}' (aer vm ls lists them)")))
-    }
-
     /// Boots a VM; returns once its vCPUs run, or with why they do not. On failure nothing
     /// is left behind.
     pub async fn run_vm(&self, spec: VmSpec) -> Result<VmView> {
@@ -165,11 +159,8 @@ impl Runtime {
                 reason: format!("cannot open {}: {e}", i.display()),
             })?;
         }
-        if listed && self.table().vms.contains_key(&spec.name) {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "a virtual machine named '{0}' already exists; free it (aer vm free {0}) or choose another name",
-                spec.name
-            )));
+        if listed {
+            self.table().vacant(Kind::VirtualMachine, spec.name.as_str())?;
         }
         let net = match (&self.bridge, spec.network) {
             (_, false) => None,
@@ -248,21 +239,13 @@ impl Runtime {
             let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
             return Err(e);
         }
-        let taken = listed && {
-            let mut t = self.table();
-            let taken = t.vms.contains_key(&vm.name);
-            if !taken {
-                t.vms.insert(vm.name.clone(), vm.clone());
+        if listed {
+            let inserted = self.table().insert_unique(Workload::VirtualMachine(vm.clone()));
+            if let Err(taken) = inserted {
+                vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+                let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
+                return Err(taken);
             }
-            taken
-        };
-        if taken {
-            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
-            let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
-            return Err(RuntimeError::AlreadyExists(format!(
-                "a virtual machine named '{}' already exists; choose another name",
-                vm.name
-            )));
         }
         tracing::info!("vm {} running", vm.name);
         Ok(vm)
@@ -308,15 +291,15 @@ impl Runtime {
         vm.vmm.stop(libc::SIGTERM, grace).await;
     }
 
-    pub(super) async fn free_vm(&self, name: &str) -> Result<()> {
-        let vm = self.vm(name)?;
+    pub(super) async fn free_vm(&self, vm: &Arc<VirtualMachine>) -> Result<()> {
+        let name = &vm.name;
         if !vm.vmm.phase().ended() {
             return Err(RuntimeError::Precondition(format!(
                 "virtual machine '{name}' is running; stop it first (aer vm stop {name})"
             )));
         }
-        self.discard_vm(&vm).await?;
-        self.table().vms.remove(&vm.name);
+        self.discard_vm(vm).await?;
+        self.table().remove(Kind::VirtualMachine, name.as_str());
         Ok(())
     }
 

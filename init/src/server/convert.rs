@@ -202,12 +202,6 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
     })
 }
 
-/// The node's own kernel, which a VM gets when the request names none.
-pub const NODE_KERNEL: &str = "/boot/vmlinuz";
-/// The i8042 parameters keep Linux from probing beyond what the VMM's controller offers
-/// (it has a keyboard with a Power key, for graceful stops, and nothing else).
-pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 const MIB: u64 = 1 << 20;
 const MAX_DISKS: usize = 8;
 
@@ -235,7 +229,7 @@ fn millis(v: u32) -> Option<Duration> {
 pub fn virtual_machine(v: pb::VirtualMachine, caller: Option<Duration>) -> Result<VmSpec, RuntimeError> {
     let name = ExecName::parse(&v.name).map_err(|n| invalid("name", n.to_string()))?;
     let kernel = match v.kernel_path.as_str() {
-        "" => PathBuf::from(NODE_KERNEL),
+        "" => PathBuf::from(crate::vmm::NODE_KERNEL),
         k => node_path("kernel_path", k)?,
     };
     let initramfs = match v.initramfs_path.as_str() {
@@ -243,7 +237,7 @@ pub fn virtual_machine(v: pb::VirtualMachine, caller: Option<Duration>) -> Resul
         i => Some(node_path("initramfs_path", i)?),
     };
     let cmdline = match v.kernel_cmdline.trim() {
-        "" => DEFAULT_VM_CMDLINE.to_owned(),
+        "" => crate::vmm::DEFAULT_VM_CMDLINE.to_owned(),
         c => c.to_owned(),
     };
     no_nul("kernel_cmdline", &cmdline)?;

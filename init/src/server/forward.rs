@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tower_service::Service;
 
-pub const HEADER: &str = "aurae-instance";
+pub const HEADER: &str = aurae_proto::INSTANCE_HEADER;
 
 #[derive(Clone)]
 pub struct ForwardLayer {

@@ -7,7 +7,6 @@ pub mod errors;
 pub mod forward;
 pub mod node_api;
 pub mod runtime_api;
-pub mod tls;
 pub mod workloads_api;
 
 use crate::init::{power::PowerSender, InitReport};
@@ -24,7 +23,7 @@ use tonic::transport::Server;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("TLS material: {0}")]
-    Tls(#[from] tls::TlsFileError),
+    Tls(#[from] crate::pki::tls::TlsFileError),
     #[error("listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC transport: {0}")]
@@ -136,7 +135,7 @@ fn incoming(
 /// Binds `listen` and serves until `shutdown` resolves; in-flight calls are finished first.
 pub async fn serve(
     listen: SocketAddr,
-    tls: &tls::TlsFiles,
+    tls: &crate::pki::tls::TlsFiles,
     ctx: Arc<NodeContext>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {

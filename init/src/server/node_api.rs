@@ -31,7 +31,7 @@ impl NodeApi {
 #[tonic::async_trait]
 impl Node for NodeApi {
     async fn info(&self, req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
-        let peer = super::tls::peer_spiffe_id(&req);
+        let peer = crate::pki::tls::peer_spiffe_id(&req);
         Ok(Response::new(self.ctx.node_info(peer)))
     }
 

@@ -7,7 +7,7 @@ use crate::pki::Minted;
 use std::path::Path;
 
 const BASE_SPEC: &str = include_str!("../../../rootfs/base.spec");
-const NODE_KERNEL: &str = crate::server::convert::NODE_KERNEL;
+const NODE_KERNEL: &str = crate::vmm::NODE_KERNEL;
 
 /// The identity a parent hands its child.
 pub struct ChildPki {

@@ -25,6 +25,12 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion}
 use vmm_sys_util::eventfd::EventFd;
 
 pub const ARGV0: &str = "aurae-vmm";
+/// The node's own kernel, which a VM (and every spawned child) gets when none is named.
+pub const NODE_KERNEL: &str = "/boot/vmlinuz";
+/// The i8042 parameters keep Linux from probing beyond what the VMM's controller offers
+/// (it has a keyboard with a Power key, for graceful stops, and nothing else).
+pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 /// The VMM's first line on stderr once every vCPU runs.
 pub const READY: &str = "aurae-vmm: guest running";
 pub const MAX_VCPUS: u32 = 32;

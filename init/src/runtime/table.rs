@@ -1,0 +1,267 @@
+//! The workload table: every workload this node runs, one entry per (kind, name), and the
+//! one place where a kind's lifecycle (view, wait, stop, free, logs) is chosen. A new kind
+//! adds a variant here and a file of its own; nothing else matches on kinds.
+//!
+//! Executables, VMs and instances also own a cell named after them (private cells), so
+//! the cell namespace is shared: each kind's `Run*` maps a cell-name collision to a message
+//! of its own.
+
+use super::cell::Cell;
+use super::error::{Result, RuntimeError};
+use super::executable::Executable;
+use super::instance::Instance;
+use super::logs::LogBuffer;
+use super::vm::VirtualMachine;
+use super::{Kind, Runtime, View};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One workload of any kind.
+#[derive(Clone)]
+pub(crate) enum Workload {
+    Cell(Arc<Cell>),
+    Executable(Arc<Executable>),
+    VirtualMachine(Arc<VirtualMachine>),
+    Instance(Arc<Instance>),
+}
+
+impl Kind {
+    /// What users call it, in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Cell => "cell",
+            Kind::Executable => "executable",
+            Kind::VirtualMachine => "virtual machine",
+            Kind::Instance => "instance",
+        }
+    }
+
+    /// The `aer` words for this kind's commands ("" for executables: `aer free NAME`).
+    fn cli(self) -> &'static str {
+        match self {
+            Kind::Cell => "cell ",
+            Kind::Executable => "",
+            Kind::VirtualMachine => "vm ",
+            Kind::Instance => "instance ",
+        }
+    }
+
+    fn ls(self) -> &'static str {
+        match self {
+            Kind::Cell | Kind::Executable => "aer ps",
+            Kind::VirtualMachine => "aer vm ls",
+            Kind::Instance => "aer instance ls",
+        }
+    }
+}
+
+/// A workload type that lives in the table under one kind.
+pub(crate) trait Entry: Sized {
+    const KIND: Kind;
+    fn of(w: &Workload) -> Option<&Arc<Self>>;
+}
+
+macro_rules! entry {
+    ($t:ty, $kind:ident) => {
+        impl Entry for $t {
+            const KIND: Kind = Kind::$kind;
+            fn of(w: &Workload) -> Option<&Arc<Self>> {
+                match w {
+                    Workload::$kind(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+entry!(Cell, Cell);
+entry!(Executable, Executable);
+entry!(VirtualMachine, VirtualMachine);
+entry!(Instance, Instance);
+
+fn not_found(kind: Kind, name: &str) -> RuntimeError {
+    RuntimeError::NotFound(format!("no {} named '{name}' ({} lists them)", kind.noun(), kind.ls()))
+}
+
+pub(crate) fn already_exists(kind: Kind, name: &str) -> RuntimeError {
+    let article = if kind == Kind::Executable || kind == Kind::Instance {
+        "an"
+    } else {
+        "a"
+    };
+    RuntimeError::AlreadyExists(format!(
+        "{article} {} named '{name}' already exists; free it (aer {}free {name}) or choose another name",
+        kind.noun(),
+        kind.cli()
+    ))
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    entries: BTreeMap<(Kind, String), Workload>,
+    /// Host numbers on the bridge taken by instances.
+    pub hosts: BTreeSet<u8>,
+}
+
+impl Table {
+    pub fn get<T: Entry>(&self, name: &str) -> Result<Arc<T>> {
+        self.entries
+            .get(&(T::KIND, name.to_owned()))
+            .and_then(T::of)
+            .cloned()
+            .ok_or_else(|| not_found(T::KIND, name))
+    }
+
+    pub fn lookup(&self, kind: Kind, name: &str) -> Result<Workload> {
+        self.entries
+            .get(&(kind, name.to_owned()))
+            .cloned()
+            .ok_or_else(|| not_found(kind, name))
+    }
+
+    /// ALREADY_EXISTS when `name` is taken for `kind`.
+    pub fn vacant(&self, kind: Kind, name: &str) -> Result<()> {
+        match self.entries.contains_key(&(kind, name.to_owned())) {
+            true => Err(already_exists(kind, name)),
+            false => Ok(()),
+        }
+    }
+
+    pub fn insert_unique(&mut self, w: Workload) -> Result<()> {
+        let key = (w.kind(), w.name());
+        self.vacant(key.0, &key.1)?;
+        self.entries.insert(key, w);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, kind: Kind, name: &str) {
+        self.entries.remove(&(kind, name.to_owned()));
+    }
+
+    /// Every workload of `kind` (all when None), cells first, each kind by name.
+    pub fn list(&self, kind: Option<Kind>) -> Vec<Workload> {
+        self.entries
+            .iter()
+            .filter(|((k, _), _)| kind.is_none() || kind == Some(*k))
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+
+    pub fn all<T: Entry + 'static>(&self) -> impl Iterator<Item = &Arc<T>> {
+        self.entries
+            .range((T::KIND, String::new())..)
+            .take_while(|((k, _), _)| *k == T::KIND)
+            .filter_map(|(_, w)| T::of(w))
+    }
+}
+
+impl Workload {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Workload::Cell(_) => Kind::Cell,
+            Workload::Executable(_) => Kind::Executable,
+            Workload::VirtualMachine(_) => Kind::VirtualMachine,
+            Workload::Instance(_) => Kind::Instance,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Workload::Cell(c) => c.name.to_string(),
+            Workload::Executable(e) => e.name.to_string(),
+            Workload::VirtualMachine(v) => v.name.to_string(),
+            Workload::Instance(i) => i.name.to_string(),
+        }
+    }
+
+    pub fn view(&self, rt: &Runtime) -> View {
+        match self {
+            Workload::Cell(c) => View::Cell(Box::new(rt.cell_view(c))),
+            Workload::Executable(e) => View::Executable(e.view()),
+            Workload::VirtualMachine(v) => View::VirtualMachine(v.view()),
+            Workload::Instance(i) => View::Instance(Box::new(i.view())),
+        }
+    }
+
+    pub async fn wait(&self) {
+        match self {
+            Workload::Cell(c) => c.wait().await,
+            Workload::Executable(e) => e.wait().await,
+            Workload::VirtualMachine(v) => v.wait().await,
+            Workload::Instance(i) => i.body.wait().await,
+        }
+    }
+
+    /// Graceful stop: `signal` (processes) or the workload's own polite request (a VM's
+    /// Power key, a child's Shutdown rpc), `grace`, then everything is killed.
+    pub async fn stop(&self, rt: &Runtime, signal: i32, grace: Duration) {
+        match self {
+            Workload::Cell(c) => rt.stop_cell(c, signal, grace).await,
+            Workload::Executable(e) => e.stop(signal, grace).await,
+            Workload::VirtualMachine(v) => rt.stop_vm(v, grace).await,
+            Workload::Instance(i) => rt.stop_instance(i, grace).await,
+        }
+    }
+
+    /// Removes an ended workload and everything it holds; FAILED_PRECONDITION while it runs.
+    pub async fn free(&self, rt: &Runtime) -> Result<()> {
+        match self {
+            Workload::Cell(c) => rt.free_cell(c).await,
+            Workload::Executable(e) => rt.free_exec(e).await,
+            Workload::VirtualMachine(v) => rt.free_vm(v).await,
+            Workload::Instance(i) => rt.free_instance(i).await,
+        }
+    }
+
+    pub fn logs(&self) -> Result<Arc<LogBuffer>> {
+        match self {
+            Workload::Executable(e) => Ok(e.logs.clone()),
+            Workload::VirtualMachine(v) => Ok(v.logs()),
+            Workload::Instance(i) => Ok(i.body.logs()),
+            Workload::Cell(c) => Err(RuntimeError::Precondition(format!(
+                "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {} lists them)",
+                c.name
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_kind_and_the_command_that_helps() {
+        assert_eq!(
+            not_found(Kind::VirtualMachine, "v").to_string(),
+            "no virtual machine named 'v' (aer vm ls lists them)"
+        );
+        assert_eq!(
+            not_found(Kind::Cell, "nope").to_string(),
+            "no cell named 'nope' (aer ps lists them)"
+        );
+        assert_eq!(
+            already_exists(Kind::Cell, "mem").to_string(),
+            "a cell named 'mem' already exists; free it (aer cell free mem) or choose another name"
+        );
+        assert_eq!(
+            already_exists(Kind::Executable, "x").to_string(),
+            "an executable named 'x' already exists; free it (aer free x) or choose another name"
+        );
+        assert_eq!(
+            already_exists(Kind::Instance, "c1").to_string(),
+            "an instance named 'c1' already exists; free it (aer instance free c1) or choose another name"
+        );
+    }
+
+    #[test]
+    fn an_empty_table_finds_nothing_and_every_name_is_vacant() {
+        let t = Table::default();
+        assert!(matches!(t.get::<Cell>("a"), Err(RuntimeError::NotFound(_))));
+        assert!(matches!(t.lookup(Kind::Instance, "a"), Err(RuntimeError::NotFound(_))));
+        assert!(t.vacant(Kind::Executable, "a").is_ok());
+        assert!(t.list(None).is_empty());
+        assert_eq!(t.all::<Executable>().count(), 0);
+    }
+}
