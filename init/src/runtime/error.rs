@@ -29,6 +29,9 @@ pub enum RuntimeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Spawn could not make or reach a child (the code depends on the cause).
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
     /// A system call failed (INTERNAL, or RESOURCE_EXHAUSTED for EAGAIN/ENOMEM).
     #[error("{what}: {errno}")]
     Sys { what: String, errno: nix::errno::Errno },

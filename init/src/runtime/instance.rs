@@ -1,12 +1,10 @@
-//! Spawn: a copy of auraed booted in a microVM. The parent hands the child its own kernel,
-//! an initramfs built from its own binary (`spawn::image`), a fresh SVID minted by its spawn
-//! CA, an address on its bridge, and reaches the child's API over mTLS with its own identity.
-//!
-//! Addressing is `spawn::addressing`: the child's eth0 is host N on this node's bridge, its
-//! own bridge is one generation down, and no two subnets along a line of descent overlap.
-//!
-//! Spawn waits for the child to serve as long as the caller does (`serving_within`, from
-//! the caller's gRPC deadline); when it gives up it says how far the child got.
+//! Instances: the workload a Spawn makes, a copy of auraed in a microVM (or, where KVM is
+//! unusable, in a cell of its own). The runtime owns the body (the VM or the cell child),
+//! its place in the table and its lifecycle; `crate::spawn` supplies the pieces: the
+//! child's address (`addressing`), identity, image, veth, and `child`, the code that talks
+//! to it. Spawn waits for the child to serve as long as the caller does
+//! (`serving_within`, from the caller's gRPC deadline) and says how far it got when it
+//! gives up.
 
 use super::error::{Result, RuntimeError};
 use super::executable::Executable;
@@ -16,8 +14,9 @@ use super::spec::{Isolation, Resources, VmSpec};
 use super::table::Workload;
 use super::vm::{VirtualMachine, VmView};
 use super::{Kind, Phase, Runtime};
-use crate::pb;
-use std::net::{Ipv4Addr, SocketAddr};
+pub use crate::spawn::identity::SpawnIdentity;
+use crate::spawn::{addressing, child, SpawnError};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,14 +25,6 @@ use std::time::Duration;
 /// Where child images are written (RAM on the appliance).
 const IMAGE_DIR: &str = "/run/aurae/instances";
 pub const CHILD_PORT: u16 = 8443;
-
-/// What a node needs to spawn: its PKI directory (ca.crt, server.*, spawn-ca.*) and
-/// its own SPIFFE ID, under which children are named.
-#[derive(Debug, Clone)]
-pub struct SpawnIdentity {
-    pub pki_dir: PathBuf,
-    pub spiffe_id: String,
-}
 
 /// Where a child runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +41,7 @@ pub struct InstanceSpec {
     pub vcpus: u8,
     pub memory_bytes: u64,
     pub svid_ttl: Duration,
-    /// How long Spawn may wait for the child to serve (see `server::deadline`).
+    /// How long Spawn may wait for the child to serve (from the caller's deadline).
     pub serving_within: Duration,
 }
 
@@ -83,16 +74,31 @@ impl Body {
             Body::Cell(e) => e.logs.clone(),
         }
     }
+}
 
-    /// How it ended, for errors.
-    fn outcome(&self) -> String {
-        match self {
+impl child::Watched for Body {
+    fn ended(&self) -> Option<String> {
+        if !Body::ended(self) {
+            return None;
+        }
+        Some(match self {
             Body::Vm(v) => {
                 let v = v.view();
                 format!("{} {}", v.exit_reason, v.error)
             }
             Body::Cell(e) => format!("{:?}", e.view()),
-        }
+        })
+    }
+
+    fn console(&self) -> Vec<String> {
+        let logs = self.logs();
+        let mut cursor = logs.start_cursor(None);
+        let batch = logs.read(&mut cursor, usize::MAX);
+        batch
+            .lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .collect()
     }
 }
 
@@ -198,7 +204,7 @@ impl Runtime {
         self.table().vacant(Kind::Instance, spec.name.as_str())?;
         let deadline = tokio::time::Instant::now() + spec.serving_within;
         // Checked before a host number is taken: a node too deep to have children says so.
-        crate::spawn::addressing::child_net(subnet, 254).map_err(|e| pre(e.to_string()))?;
+        addressing::child_net(subnet, 254).map_err(SpawnError::from)?;
         let host = self.take_host()?;
         let result = self
             .spawn_on(&spec, isolation, &id, &bridge, subnet, host, deadline)
@@ -244,27 +250,28 @@ impl Runtime {
         host: u8,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Instance>> {
-        let net = crate::spawn::addressing::child_net(subnet, host).map_err(|e| pre(e.to_string()))?;
-        let (ip, child_bridge) = (net.ip, net.bridge);
-        let spiffe_id = format!("{}/instance/{}", id.spiffe_id, spec.name);
-        let pki = mint_child(id, &spiffe_id, spec, ip)?;
-        // The channel is lazy: made now, so bad TLS material fails before anything boots.
-        let address = SocketAddr::from((ip, CHILD_PORT));
-        let channel = child_channel(id, spec.name.as_str(), address)?;
-        std::fs::create_dir_all(IMAGE_DIR).map_err(|source| RuntimeError::Io {
-            what: "mkdir",
-            path: IMAGE_DIR.into(),
-            source,
-        })?;
+        let net = addressing::child_net(subnet, host).map_err(SpawnError::from)?;
+        let spiffe_id = id.child_id(spec.name.as_str());
+        let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
+        let address = SocketAddr::from((net.ip, CHILD_PORT));
+        let channel = child::channel(&id.pki_dir, spec.name.as_str(), address)?;
+        std::fs::create_dir_all(IMAGE_DIR).map_err(SpawnError::io("mkdir", IMAGE_DIR))?;
+        tracing::info!(
+            "spawning instance {} ({isolation:?}) at {} on {bridge} as {spiffe_id}",
+            spec.name,
+            net.ip
+        );
         let (body, files) = match isolation {
             IsolationKind::Vm => {
                 let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
-                crate::spawn::image::write(&image, &pki).map_err(pre)?;
+                crate::spawn::image::write(&image, &pki)?;
                 let cmdline = format!(
-                    "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={ip}/24 aurae.gw={} aurae.bridge_ip={child_bridge}",
+                    "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={}/24 aurae.gw={} aurae.bridge_ip={}",
                     crate::vmm::DEFAULT_VM_CMDLINE,
                     spec.name,
-                    net.gateway
+                    net.ip,
+                    net.gateway,
+                    net.bridge
                 );
                 let vm_spec = VmSpec {
                     name: spec.name.clone(),
@@ -278,10 +285,6 @@ impl Runtime {
                     resources: Resources::default(),
                     ready_within: deadline.saturating_duration_since(tokio::time::Instant::now()),
                 };
-                tracing::info!(
-                    "spawning instance {} (VM) at {ip} on {bridge} as {spiffe_id}",
-                    spec.name
-                );
                 match self.boot_vm(vm_spec, false).await {
                     Ok(vm) => (Body::Vm(vm), image),
                     Err(e) => {
@@ -292,15 +295,8 @@ impl Runtime {
             }
             IsolationKind::Cell => {
                 let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
-                crate::spawn::image::write_pki_dir(&dir, &pki).map_err(pre)?;
-                tracing::info!(
-                    "spawning instance {} (cell) at {ip} on {bridge} as {spiffe_id}",
-                    spec.name
-                );
-                match self
-                    .start_cell_child(spec, &dir, bridge, ip, net.gateway, child_bridge)
-                    .await
-                {
+                crate::spawn::image::write_pki_dir(&dir, &pki)?;
+                match self.start_cell_child(spec, &dir, bridge, net).await {
                     Ok(e) => (Body::Cell(e), dir),
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&dir);
@@ -319,12 +315,12 @@ impl Runtime {
             files,
             stop_requested: AtomicBool::new(false),
         };
-        match self.await_serving(&instance, deadline).await {
+        match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
             Ok(()) => Ok(Arc::new(instance)),
             Err(e) => {
                 self.kill_instance(&instance).await;
                 let _ = self.discard_instance(&instance).await;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -336,9 +332,7 @@ impl Runtime {
         spec: &InstanceSpec,
         pki_dir: &std::path::Path,
         bridge: &str,
-        ip: Ipv4Addr,
-        gateway: Ipv4Addr,
-        child_bridge: crate::init::cmdline::Ipv4Cidr,
+        net: addressing::ChildNet,
     ) -> Result<Arc<Executable>> {
         let argv = vec![
             "auraed".into(),
@@ -349,7 +343,7 @@ impl Runtime {
             pki_dir.to_string_lossy().into_owned(),
             "--spawned-in-cell".into(),
             "--bridge-ip".into(),
-            child_bridge.to_string(),
+            net.bridge.to_string(),
         ];
         let resources = Resources {
             memory_max: Some(spec.memory_bytes),
@@ -358,12 +352,14 @@ impl Runtime {
         let e = self
             .launch_self(&spec.name, argv, Isolation::default(), resources, logs::Stream::Stdout)
             .await?;
-        let holder = e.own_cell_holder_pid();
         let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let host_end = format!("aveth{n}");
-        let plumbed = match holder {
-            None => Err(pre("the child's cell has no holder to take its network namespace from")),
-            Some(pid) => plumb_veth(&host_end, pid, bridge, ip, gateway).await,
+        let plumbed = match e.own_cell_holder_pid() {
+            None => Err(RuntimeError::Precondition(
+                "the child's cell has no holder to take its network namespace from".into(),
+            )),
+            Some(pid) => crate::spawn::veth::plumb(&format!("aveth{n}"), pid, bridge, net.ip, net.gateway)
+                .await
+                .map_err(RuntimeError::from),
         };
         if let Err(err) = plumbed {
             e.stop(libc::SIGKILL, Duration::ZERO).await;
@@ -393,52 +389,12 @@ impl Runtime {
         Ok(())
     }
 
-    /// Probes the child's health until it serves, it ends, or `deadline` passes.
-    async fn await_serving(&self, i: &Instance, deadline: tokio::time::Instant) -> Result<()> {
-        let started = tokio::time::Instant::now();
-        loop {
-            if i.body.ended() {
-                return Err(pre(format!(
-                    "the child ended before it served: {}; its log ended with: {}",
-                    i.body.outcome(),
-                    log_tail(&i.body.logs(), 8)
-                )));
-            }
-            let mut h = tonic_health::pb::health_client::HealthClient::new(i.channel.clone());
-            let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-            let probe = deadline
-                .saturating_duration_since(tokio::time::Instant::now())
-                .min(Duration::from_secs(2));
-            let last = match tokio::time::timeout(probe, h.check(req)).await {
-                Ok(Ok(r)) if r.get_ref().status == 1 => return Ok(()),
-                Ok(Ok(r)) => format!("health status {}", r.get_ref().status),
-                Ok(Err(e)) => e.message().to_owned(),
-                Err(_) => format!("no answer within {probe:?}"),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                let logs = i.body.logs();
-                return Err(RuntimeError::DeadlineExceeded(format!(
-                    "the child did not serve at {} within {:.1} s (the caller's deadline, or serving_timeout_millis): {}; last probe: {last}; its console ended with: {}",
-                    i.address,
-                    started.elapsed().as_secs_f64(),
-                    progress(&logs),
-                    log_tail(&logs, 8)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// Graceful: the child is asked to power off (over its API) and given `grace`; then
     /// the VM is stopped by its VMM.
     pub async fn stop_instance(&self, i: &Instance, grace: Duration) {
         if !i.body.ended() {
             i.stop_requested.store(true, Ordering::Relaxed);
-            let mut n = pb::node_client::NodeClient::new(i.channel.clone());
-            let req = pb::ShutdownRequest {
-                grace_period_millis: grace.as_millis().min(u128::from(u32::MAX)) as u32,
-            };
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), n.shutdown(req)).await {
+            if let Err(e) = child::request_shutdown(&i.channel, grace).await {
                 tracing::warn!("instance {}: shutdown request: {e}", i.name);
             }
             let _ = tokio::time::timeout(grace + Duration::from_secs(2), i.body.wait()).await;
@@ -462,117 +418,4 @@ impl Runtime {
         t.hosts.remove(&i.host);
         Ok(())
     }
-}
-
-/// How far a child that does not serve yet got, read from its console (a VM's serial
-/// port, or the cell child's stderr): auraed logs "starting" first thing as PID 1 or daemon.
-fn progress(logs: &LogBuffer) -> String {
-    let mut cursor = logs.start_cursor(None);
-    let batch = logs.read(&mut cursor, usize::MAX);
-    let lines = batch.dropped as usize + batch.lines.len();
-    let auraed = batch
-        .lines
-        .iter()
-        .any(|l| String::from_utf8_lossy(&l.bytes).contains("starting as"));
-    match (lines, auraed) {
-        (0, _) => "it has printed nothing yet (its kernel is still booting)".into(),
-        (n, false) => format!("its kernel printed {n} line(s) but auraed has not started yet"),
-        (n, true) => format!("auraed started ({n} console line(s)) but does not serve yet"),
-    }
-}
-
-/// The last `n` lines of a log, joined with " | ".
-fn log_tail(logs: &LogBuffer, n: u64) -> String {
-    let mut cursor = logs.start_cursor(Some(n));
-    let batch = logs.read(&mut cursor, n as usize);
-    batch
-        .lines
-        .iter()
-        .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
-fn mint_child(
-    id: &SpawnIdentity,
-    spiffe_id: &str,
-    spec: &InstanceSpec,
-    ip: Ipv4Addr,
-) -> Result<crate::spawn::image::ChildPki> {
-    let pki_err = |e: crate::pki::PkiError| pre(format!("minting the child's identity: {e}"));
-    let spawn_ca = crate::pki::read_pair(&id.pki_dir, "spawn-ca").map_err(pki_err)?;
-    let ca_path = id.pki_dir.join("ca.crt");
-    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| RuntimeError::Io {
-        what: "read",
-        path: ca_path,
-        source,
-    })?;
-    let name = spec.name.to_string();
-    let mut server = crate::pki::mint_svid(
-        &spawn_ca,
-        spiffe_id,
-        &name,
-        std::slice::from_ref(&name),
-        &[ip.into()],
-        spec.svid_ttl,
-    )
-    .map_err(pki_err)?;
-    server.cert_pem.push_str(&spawn_ca.cert_pem);
-    let mut child_ca = crate::pki::mint_intermediate(
-        &spawn_ca,
-        &format!("{spiffe_id}/spawn-ca"),
-        &format!("Aurae spawn CA ({name})"),
-        spec.svid_ttl,
-    )
-    .map_err(pki_err)?;
-    child_ca.cert_pem.push_str(&spawn_ca.cert_pem);
-    Ok(crate::spawn::image::ChildPki {
-        ca_pem,
-        server,
-        spawn_ca: child_ca,
-    })
-}
-
-/// A lazily connecting mTLS channel to the child, verified as `name` against the root CA,
-/// presenting this node's own certificate.
-fn child_channel(id: &SpawnIdentity, name: &str, address: SocketAddr) -> Result<tonic::transport::Channel> {
-    let files = crate::pki::tls::TlsFiles::in_dir(&id.pki_dir, "server");
-    let tls = files
-        .load()
-        .map_err(|e| pre(format!("this node's TLS material: {e}")))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
-        .and_then(|e| {
-            e.connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .tls_config(tls.client_config(name))
-        })
-        .map_err(|e| pre(format!("endpoint for {address}: {e}")))?;
-    Ok(endpoint.connect_lazy())
-}
-
-/// Creates the veth pair (the host end on `bridge`, the peer as eth0 in the network
-/// namespace of `holder`) and gives eth0 its address and default route, from a thread
-/// that enters that namespace.
-async fn plumb_veth(host_end: &str, holder: i32, bridge: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<()> {
-    use crate::net::{ioctl, netlink};
-    let io = |e: std::io::Error| pre(format!("veth for the child: {e}"));
-    netlink::create_veth(host_end, "eth0", holder as u32).map_err(io)?;
-    ioctl::bridge_add(bridge, host_end).map_err(io)?;
-    ioctl::link_up(host_end).map_err(io)?;
-    let ns = format!("/proc/{holder}/ns/net");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("veth-setup".into())
-        .spawn(move || {
-            let r = (|| -> std::io::Result<()> {
-                let f = std::fs::File::open(&ns)?;
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                ioctl::set_ipv4("eth0", ip, 24)?;
-                ioctl::link_up("eth0")?;
-                ioctl::add_default_route(gateway)
-            })();
-            let _ = tx.send(r);
-        })
-        .map_err(io)?;
-    rx.await.map_err(|_| pre("veth setup thread died"))?.map_err(io)
 }

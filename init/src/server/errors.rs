@@ -1,24 +1,113 @@
-//! The one place runtime errors become gRPC statuses.
+//! The one place domain errors become gRPC statuses. Handlers use `?`; every variant of
+//! every layer's error maps here, by cause, and the message is the error's own text.
 
+use crate::pki::PkiError;
 use crate::runtime::error::RuntimeError;
+use crate::spawn::SpawnError;
 use nix::errno::Errno;
-use tonic::Status;
+use tonic::{Code, Status};
+
+/// Out of a resource the node has a finite amount of: the caller may retry later or ask
+/// for less. Everything else an I/O error means is auraed's or the node's fault.
+fn io_code(e: &std::io::Error) -> Code {
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOSPC | Errno::EDQUOT | Errno::ENOMEM | Errno::EAGAIN | Errno::EMFILE | Errno::ENFILE) => {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
+    }
+}
+
+fn spawn_code(e: &SpawnError) -> Code {
+    match e {
+        SpawnError::Address(_) | SpawnError::Ended(_) => Code::FailedPrecondition,
+        SpawnError::Identity(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Code::FailedPrecondition
+        }
+        SpawnError::Identity(PkiError::Io { source, .. }) => io_code(source),
+        SpawnError::Identity(_) | SpawnError::Tls(_) | SpawnError::Skeleton(_) => Code::Internal,
+        SpawnError::Io { source, .. } | SpawnError::Veth(source) => io_code(source),
+        SpawnError::NotServing(_) => Code::DeadlineExceeded,
+    }
+}
+
+fn runtime_code(e: &RuntimeError) -> Code {
+    match e {
+        RuntimeError::Invalid { .. } => Code::InvalidArgument,
+        RuntimeError::NotFound(_) => Code::NotFound,
+        RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
+        RuntimeError::Precondition(_) => Code::FailedPrecondition,
+        RuntimeError::Exhausted(_) => Code::ResourceExhausted,
+        RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RuntimeError::Spawn(s) => spawn_code(s),
+        RuntimeError::Io { source, .. } => io_code(source),
+        RuntimeError::Sys {
+            errno: Errno::EAGAIN | Errno::ENOMEM | Errno::ENOSPC,
+            ..
+        } => Code::ResourceExhausted,
+        RuntimeError::Sys { .. } => Code::Internal,
+    }
+}
 
 impl From<RuntimeError> for Status {
     fn from(e: RuntimeError) -> Status {
-        let msg = e.to_string();
-        match e {
-            RuntimeError::Invalid { .. } => Status::invalid_argument(msg),
-            RuntimeError::NotFound(_) => Status::not_found(msg),
-            RuntimeError::AlreadyExists(_) => Status::already_exists(msg),
-            RuntimeError::Precondition(_) => Status::failed_precondition(msg),
-            RuntimeError::Exhausted(_) => Status::resource_exhausted(msg),
-            RuntimeError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
-            RuntimeError::Sys {
-                errno: Errno::EAGAIN | Errno::ENOMEM,
-                ..
-            } => Status::resource_exhausted(msg),
-            RuntimeError::Io { .. } | RuntimeError::Sys { .. } => Status::internal(msg),
-        }
+        Status::new(runtime_code(&e), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(errno: Errno) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno as i32)
+    }
+
+    #[test]
+    fn io_errors_keep_their_errno() {
+        let full = RuntimeError::Spawn(SpawnError::Io {
+            what: "write",
+            path: "/run/aurae/instances/c1.cpio".into(),
+            source: io(Errno::ENOSPC),
+        });
+        let s = Status::from(full);
+        assert_eq!(s.code(), Code::ResourceExhausted, "ENOSPC writing the child's image");
+        assert!(
+            s.message().starts_with("write /run/aurae/instances/c1.cpio: "),
+            "{}",
+            s.message()
+        );
+        let e = RuntimeError::Io {
+            what: "read",
+            path: "/x".into(),
+            source: io(Errno::EIO),
+        };
+        assert_eq!(Status::from(e).code(), Code::Internal);
+    }
+
+    #[test]
+    fn spawn_errors_map_by_cause() {
+        let missing = SpawnError::Identity(PkiError::Io {
+            path: "/etc/aurae/pki/spawn-ca.crt".into(),
+            source: io(Errno::ENOENT),
+        });
+        assert_eq!(
+            spawn_code(&missing),
+            Code::FailedPrecondition,
+            "no spawn CA on this node"
+        );
+        assert_eq!(
+            spawn_code(&SpawnError::Identity(PkiError::Invalid("x".into()))),
+            Code::Internal
+        );
+        assert_eq!(
+            spawn_code(&SpawnError::NotServing("late".into())),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            spawn_code(&SpawnError::Ended("exited".into())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(spawn_code(&SpawnError::Tls("bad key".into())), Code::Internal);
     }
 }

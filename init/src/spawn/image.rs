@@ -3,6 +3,7 @@
 //! child can spawn in turn), and the child's identity under /etc/aurae/pki.
 
 use super::cpio::{self, Entry};
+use super::SpawnError;
 use crate::pki::Minted;
 use std::path::Path;
 
@@ -30,10 +31,10 @@ fn file(path: &str, data: &[u8], mode: u32) -> Entry {
 }
 
 /// Writes the child's initramfs to `out`.
-pub fn write(out: &Path, pki: &ChildPki) -> Result<(), String> {
+pub fn write(out: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
     // The base spec packs build/bin/auraed as /init; here it is this process's own binary.
     let spec = BASE_SPEC.replace(" bin/auraed ", " /proc/self/exe ");
-    let mut entries = cpio::parse_spec(&spec, Path::new("/")).map_err(|e| format!("base skeleton: {e}"))?;
+    let mut entries = cpio::parse_spec(&spec, Path::new("/")).map_err(|e| SpawnError::Skeleton(e.to_string()))?;
     // The parent delegates its own kernel, so the child can spawn in turn.
     if let Ok(k) = std::fs::read(NODE_KERNEL) {
         entries.push(Entry::Dir {
@@ -66,17 +67,17 @@ pub fn write(out: &Path, pki: &ChildPki) -> Result<(), String> {
         std::io::Write::flush(&mut f)?;
         std::fs::rename(&tmp, out)
     };
-    write().map_err(|e| format!("write {}: {e}", out.display()))
+    write().map_err(SpawnError::io("write", out))
 }
 
 /// Writes the child's PKI files into `dir` (0700) for a child that runs in a cell.
-pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), String> {
+pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        .map_err(SpawnError::io("mkdir", dir))?;
     let files = [
         ("ca.crt", pki.ca_pem.as_str(), 0o644),
         ("server.crt", pki.server.cert_pem.as_str(), 0o644),
@@ -93,7 +94,7 @@ pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), String> {
             .mode(mode)
             .open(&path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()))
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
+            .map_err(SpawnError::io("write", &path))?;
     }
     Ok(())
 }

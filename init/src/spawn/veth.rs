@@ -1,0 +1,40 @@
+//! The cell fallback's network: a veth pair from this node's bridge into the child's
+//! network namespace, where it becomes eth0 with the child's address and default route.
+
+use super::SpawnError;
+use crate::net::{ioctl, netlink};
+use std::net::Ipv4Addr;
+
+/// Creates the veth pair (the host end `host_end` on `bridge`, the peer as eth0 in the
+/// network namespace of `holder`) and gives eth0 `ip`/24 and a default route via
+/// `gateway`, from a thread that enters that namespace (the runtime thread never does).
+pub async fn plumb(
+    host_end: &str,
+    holder: i32,
+    bridge: &str,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Result<(), SpawnError> {
+    netlink::create_veth(host_end, "eth0", holder as u32).map_err(SpawnError::Veth)?;
+    ioctl::bridge_add(bridge, host_end).map_err(SpawnError::Veth)?;
+    ioctl::link_up(host_end).map_err(SpawnError::Veth)?;
+    let ns = format!("/proc/{holder}/ns/net");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("veth-setup".into())
+        .spawn(move || {
+            let r = (|| -> std::io::Result<()> {
+                let f = std::fs::File::open(&ns)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                ioctl::set_ipv4("eth0", ip, 24)?;
+                ioctl::link_up("eth0")?;
+                ioctl::add_default_route(gateway)
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(SpawnError::Veth)?;
+    let joined = rx
+        .await
+        .map_err(|_| SpawnError::Veth(std::io::Error::other("the veth setup thread ended without an answer")))?;
+    joined.map_err(SpawnError::Veth)
+}
