@@ -8,14 +8,14 @@ pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod init;
-pub mod logging;
-pub mod net;
-pub mod node;
+pub(crate) mod logging;
+pub(crate) mod net;
+pub(crate) mod node;
 pub mod pki;
-pub mod runtime;
-pub mod server;
+pub(crate) mod runtime;
+pub(crate) mod server;
 pub mod spawn;
-pub mod vmm;
+pub(crate) mod vmm;
 
 pub use aurae_proto::v0 as pb;
 
@@ -24,3 +24,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The TCP port auraed serves on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8443;
+
+/// The roles auraed plays when re-executed under another argv[0] (see `main.rs`).
+pub mod roles {
+    /// A cell's first process, holder of its namespaces.
+    pub use crate::runtime::holder::{main as cell_init, ARGV0 as CELL_INIT};
+    /// A VM's VMM, one process per VM.
+    pub use crate::vmm::{main as vmm, ARGV0 as VMM};
+}

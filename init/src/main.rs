@@ -87,15 +87,15 @@ enum PkiCmd {
 fn main() -> ExitCode {
     // A cell's holder is PID 1 of the cell's pid namespace, so this check comes first.
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    if args.first().is_some_and(|a| a == auraed::runtime::holder::ARGV0) {
-        auraed::runtime::holder::main(&args);
+    if args.first().is_some_and(|a| a == auraed::roles::CELL_INIT) {
+        auraed::roles::cell_init(&args);
     }
     if args.first().is_some_and(|a| {
         std::path::Path::new(a)
             .file_name()
-            .is_some_and(|n| n == auraed::vmm::ARGV0)
+            .is_some_and(|n| n == auraed::roles::VMM)
     }) {
-        auraed::vmm::main(&args);
+        auraed::roles::vmm(&args);
     }
     if std::process::id() == 1 {
         daemon::run_pid1();

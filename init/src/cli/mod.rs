@@ -114,12 +114,12 @@ enum NodeCmd {
     Info,
     /// Stop workloads and power the node off (a daemon just exits).
     Shutdown {
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = crate::runtime::DEFAULT_GRACE_MS)]
         grace_ms: u32,
     },
     /// Stop workloads and reboot the node (PID 1 only).
     Reboot {
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = crate::runtime::DEFAULT_GRACE_MS)]
         grace_ms: u32,
     },
 }

@@ -43,7 +43,7 @@ pub struct StopArgs {
     #[arg(long, default_value = "TERM")]
     signal: String,
     /// Milliseconds to wait before cgroup.kill.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = crate::runtime::DEFAULT_GRACE_MS)]
     grace_ms: u32,
 }
 

@@ -12,18 +12,18 @@
 //! Processes live only in leaves, which is cgroup v2's no-internal-process rule. Names never
 //! start with `_`, so these leaves cannot collide with cells.
 
-pub mod cell;
-pub mod cgroup;
-pub mod error;
-pub mod executable;
+pub(crate) mod cell;
+pub(crate) mod cgroup;
+pub(crate) mod error;
+pub(crate) mod executable;
 pub mod holder;
-pub mod instance;
-pub mod logs;
-pub mod names;
-pub mod spec;
-pub mod sys;
+pub(crate) mod instance;
+pub(crate) mod logs;
+pub(crate) mod names;
+pub(crate) mod spec;
+pub(crate) mod sys;
 pub(crate) mod table;
-pub mod vm;
+pub(crate) mod vm;
 
 use cgroup::CgroupDir;
 use error::{Result, RuntimeError};
@@ -34,9 +34,9 @@ use std::time::Duration;
 use table::{Table, Workload};
 
 pub use cell::{Cell, CellView};
-pub use executable::{ExecView, Executable};
-pub use instance::{Instance, InstanceSpec, InstanceView, SpawnIdentity};
-pub use vm::{VirtualMachine, VmView};
+pub use executable::ExecView;
+pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
+pub use vm::VmView;
 
 /// Where a workload is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,9 @@ pub struct Runtime {
 /// killed cgroup usually empties within a millisecond, and backs off to `POLL_MAX`.
 const POLL_MIN: Duration = Duration::from_micros(500);
 const POLL_MAX: Duration = Duration::from_millis(10);
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopped workload gets to end by itself before it is killed, unless the
+/// request says otherwise. The one definition; the API and the CLI use it.
+pub const DEFAULT_GRACE_MS: u32 = 10_000;
 /// How long to wait for the kernel to empty a killed cgroup, or to freeze one.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -148,11 +150,6 @@ impl Runtime {
             ))),
             None => Ok(()),
         }
-    }
-
-    /// Controllers workloads may use (enabled in the workloads root).
-    pub fn controllers(&self) -> Vec<String> {
-        self.root.subtree_control()
     }
 
     fn lookup(&self, kind: Kind, name: &str) -> Result<Workload> {

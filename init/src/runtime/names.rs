@@ -68,14 +68,37 @@ pub struct ExecName(String);
 
 impl ExecName {
     pub fn parse(s: &str) -> Result<ExecName, NameError> {
+        Self::parse_one(
+            s,
+            "is empty; give the executable a name like 'web'",
+            "may not contain '/'; put the executable in a cell with `cell` instead",
+        )
+    }
+
+    /// A virtual machine's name: one segment, like an executable's.
+    pub fn parse_vm(s: &str) -> Result<ExecName, NameError> {
+        Self::parse_one(
+            s,
+            "is empty; give the virtual machine a name like 'vm1'",
+            "may not contain '/'; a virtual machine's name is one segment like 'vm1'",
+        )
+    }
+
+    /// An instance's name: one segment; deeper instances are spawned by their parent.
+    pub fn parse_instance(s: &str) -> Result<ExecName, NameError> {
+        Self::parse_one(
+            s,
+            "is empty; give the instance a name like 'c1'",
+            "may not contain '/'; to spawn inside a child, send Spawn to the child (aer --instance CHILD spawn NAME)",
+        )
+    }
+
+    fn parse_one(s: &str, empty: &str, slash: &str) -> Result<ExecName, NameError> {
         if s.is_empty() {
-            return Err(refuse(s, "is empty; give the executable a name like 'web'"));
+            return Err(refuse(s, empty));
         }
         if s.contains('/') {
-            return Err(refuse(
-                s,
-                "may not contain '/'; put the executable in a cell with `cell` instead",
-            ));
+            return Err(refuse(s, slash));
         }
         check_segment(s, s)?;
         Ok(ExecName(s.to_owned()))
@@ -184,5 +207,16 @@ mod tests {
             .to_string()
             .contains("limit is 8"));
         assert!(ExecName::parse("a/b").unwrap_err().to_string().contains("'/'"));
+        let vm = ExecName::parse_vm("a/b").unwrap_err().to_string();
+        assert!(
+            vm.contains("virtual machine's name is one segment") && !vm.contains("cell"),
+            "{vm}"
+        );
+        let i = ExecName::parse_instance("c1/g1").unwrap_err().to_string();
+        assert!(i.contains("aer --instance CHILD spawn NAME"), "{i}");
+        assert!(ExecName::parse_vm("")
+            .unwrap_err()
+            .to_string()
+            .contains("virtual machine"));
     }
 }

@@ -204,6 +204,8 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
 
 const MIB: u64 = 1 << 20;
 const MAX_DISKS: usize = 8;
+// Every disk and the NIC take one virtio-mmio slot (window and IRQ) of the VMM.
+const _: () = assert!(MAX_DISKS < crate::vmm::virtio_mmio::MAX_DEVICES);
 
 fn node_path(field: &str, p: &str) -> Result<PathBuf, RuntimeError> {
     no_nul(field, p)?;
@@ -227,7 +229,7 @@ fn millis(v: u32) -> Option<Duration> {
 
 /// A VM request; `caller` is the caller's gRPC timeout, which bounds the wait for the vCPUs.
 pub fn virtual_machine(v: pb::VirtualMachine, caller: Option<Duration>) -> Result<VmSpec, RuntimeError> {
-    let name = ExecName::parse(&v.name).map_err(|n| invalid("name", n.to_string()))?;
+    let name = ExecName::parse_vm(&v.name).map_err(|n| invalid("name", n.to_string()))?;
     let kernel = match v.kernel_path.as_str() {
         "" => PathBuf::from(crate::vmm::NODE_KERNEL),
         k => node_path("kernel_path", k)?,
@@ -469,7 +471,7 @@ const MAX_SVID_TTL: u32 = 30 * 86400;
 /// A Spawn request; `caller` is the caller's gRPC timeout, which bounds the wait for the
 /// child to serve.
 pub fn instance(i: pb::Instance, caller: Option<Duration>) -> Result<InstanceSpec, RuntimeError> {
-    let name = ExecName::parse(&i.name).map_err(|n| invalid("name", n.to_string()))?;
+    let name = ExecName::parse_instance(&i.name).map_err(|n| invalid("name", n.to_string()))?;
     let isolation = match pb::IsolationKind::try_from(i.isolation) {
         Ok(pb::IsolationKind::Unspecified) => None,
         Ok(pb::IsolationKind::Vm) => Some(IsolationKind::Vm),

@@ -43,7 +43,7 @@ pub struct NodeContext {
     grace_ms: AtomicU32,
 }
 
-pub const DEFAULT_GRACE_MS: u32 = 10_000;
+pub use crate::runtime::DEFAULT_GRACE_MS;
 
 impl NodeContext {
     pub fn new(

@@ -59,7 +59,7 @@ impl Workloads for WorkloadsApi {
             }
         };
         let grace = Duration::from_millis(match r.grace_period_millis {
-            0 => 10_000,
+            0 => u64::from(crate::runtime::DEFAULT_GRACE_MS),
             ms => u64::from(ms),
         });
         Ok(Response::new(convert::workload_status(

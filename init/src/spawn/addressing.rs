@@ -58,16 +58,16 @@ pub fn child_net(bridge: Ipv4Cidr, host: u8) -> Result<ChildNet, AddressError> {
     })
 }
 
-/// Whether two subnets share any address.
-pub fn overlap(a: Ipv4Cidr, b: Ipv4Cidr) -> bool {
-    let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
-    let m = mask(a.prefix.min(b.prefix));
-    u32::from(a.addr) & m == u32::from(b.addr) & m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether two subnets share any address.
+    fn overlap(a: Ipv4Cidr, b: Ipv4Cidr) -> bool {
+        let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+        let m = mask(a.prefix.min(b.prefix));
+        u32::from(a.addr) & m == u32::from(b.addr) & m
+    }
 
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()

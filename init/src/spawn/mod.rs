@@ -4,12 +4,12 @@
 //! that speaks the API to a child (channel, health, shutdown). The runtime keeps the
 //! instance as a workload (its VM or cell, its place in the table) and orchestrates these.
 
-pub mod addressing;
-pub mod child;
+pub(crate) mod addressing;
+pub(crate) mod child;
 pub mod cpio;
-pub mod identity;
-pub mod image;
-pub mod veth;
+pub(crate) mod identity;
+pub(crate) mod image;
+pub(crate) mod veth;
 
 use std::path::PathBuf;
 
