@@ -13,6 +13,36 @@ pub fn build_dir() -> Option<PathBuf> {
     std::env::var_os("AURAE_APPLIANCE").map(PathBuf::from)
 }
 
+/// How long the first boot of a test binary may take before it fails with the console
+/// log: generous, because it is the only thing measured before budgets can scale.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The appliance this test binary's tests share, booted by the first test that asks; the
+/// tests run one at a time (`--test-threads=1`), each cleaning up after itself. QEMU ends
+/// with the test process (`qemu/run` watches it). None when AURAE_APPLIANCE is unset.
+pub fn shared() -> Option<&'static Appliance> {
+    static SHARED: std::sync::OnceLock<Appliance> = std::sync::OnceLock::new();
+    let build = build_dir()?;
+    Some(SHARED.get_or_init(|| Appliance::boot(&build, BOOT_DEADLINE)))
+}
+
+/// The shared appliance, or a loud SKIP; `make test-appliance` always sets AURAE_APPLIANCE.
+#[macro_export]
+macro_rules! shared_or_skip {
+    () => {
+        match $crate::shared() {
+            Some(a) => a,
+            None => {
+                eprintln!(
+                    "SKIP {}: AURAE_APPLIANCE is not set (run `make test-appliance`, which builds and boots the image)",
+                    module_path!()
+                );
+                return;
+            }
+        }
+    };
+}
+
 /// Returns the build dir or prints a loud SKIP; `make test-appliance` always sets it.
 #[macro_export]
 macro_rules! appliance_or_skip {
@@ -71,6 +101,7 @@ impl Appliance {
             .env("QMP", &qmp)
             .env("NO_REBOOT", "1")
             .env("ACCEL", "tcg")
+            .env("WATCH_PID", std::process::id().to_string())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -388,6 +419,48 @@ impl Client {
         let (st, out) = self.run_sh(&name, "probe", script).await;
         assert_eq!(st.exit_code, Some(0), "probe script failed: {script}\n{out}");
         out
+    }
+
+    /// What a test could leave behind on the node: every workload in the table (all kinds)
+    /// and every cgroup under the workloads root, except the probe cell's.
+    pub async fn leftovers(&self) -> (Vec<String>, Vec<String>) {
+        let cgroups = self
+            .on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
+            .await
+            .lines()
+            .filter(|n| *n != "probe")
+            .map(str::to_owned)
+            .collect();
+        let list = self
+            .workloads
+            .clone()
+            .list(pb::ListRequest { kind: 0 })
+            .await
+            .expect("List")
+            .into_inner();
+        let workloads = list
+            .workloads
+            .iter()
+            .filter_map(|w| match &w.status {
+                Some(pb::workload_status::Status::Cell(c)) if c.name == "probe" => None,
+                Some(pb::workload_status::Status::Executable(e)) if e.cell == "probe" => None,
+                Some(s) => Some(format!("{s:?}").chars().take(120).collect()),
+                None => None,
+            })
+            .collect();
+        (workloads, cgroups)
+    }
+
+    /// Asserts the node holds no workload and no cgroup beyond the probe's, and no zombie.
+    pub async fn assert_left_nothing(&self, test: &str) {
+        let (workloads, cgroups) = self.leftovers().await;
+        assert!(workloads.is_empty(), "{test} left workloads: {workloads:#?}");
+        assert!(cgroups.is_empty(), "{test} left cgroups: {cgroups:?}");
+        assert!(
+            eventually(Duration::from_secs(30), || async { self.zombies().await.is_empty() }).await,
+            "{test} left zombies: {}",
+            self.zombies().await
+        );
     }
 
     pub async fn cell_status_opt(&self, name: &str) -> Option<pb::CellStatus> {

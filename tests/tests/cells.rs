@@ -1,15 +1,14 @@
-//! Appliance tier, issue #3: cells on the appliance's real cgroup v2 — each limit asserted
-//! by its effect (OOM kill, throttling, failed fork), each namespace by what a process in the
-//! cell sees, the sidecar pattern, nesting, freeze/thaw, and refusals that leave nothing.
+//! Appliance tier: cells on the appliance's real cgroup v2 — each limit asserted by its
+//! effect (OOM kill, throttling, failed fork), each namespace by what a process in the cell
+//! sees, the sidecar pattern, nesting, freeze/thaw, and refusals that leave nothing. One
+//! appliance serves every test of this file; each test cleans up and asserts it left nothing.
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, cell_ref, eventually, rt, sh, Appliance, Client};
+use aurae_appliance_tests::{cell_ref, eventually, rt, sh, shared_or_skip, Client};
 use auraed::pb;
 use std::time::Duration;
 use tonic::Code;
-
-const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 
 fn cell(name: &str, r: pb::CellResources) -> pb::Cell {
     pb::Cell {
@@ -37,13 +36,17 @@ async fn stop_cell(c: &Client, name: &str) -> pb::CellStatus {
     }
 }
 
-#[test]
-fn limits_take_effect() {
-    let build = appliance_or_skip!();
-    let a = Appliance::boot(&build, BOOT_DEADLINE);
-    rt().block_on(async {
-        let c = Client::connect(&a).await;
+/// Stops and frees a cell with everything in it, nested cells and executables included.
+async fn remove_cell(c: &Client, name: &str) {
+    stop_cell(c, name).await;
+    c.workloads.clone().free(cell_ref(name)).await.unwrap();
+}
 
+#[test]
+fn memory_max_oom_kills_the_hog_and_the_cell_counts_it() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // memory.max: the hog is OOM-killed and the cell counts the kill.
         c.cell(cell(
             "mem",
@@ -74,7 +77,17 @@ fn limits_take_effect() {
             pb::WorkloadState::Running as i32,
             "the cell survives its member's OOM"
         );
+        remove_cell(&c, "mem").await;
+        c.assert_left_nothing("memory_max_oom_kills_the_hog_and_the_cell_counts_it")
+            .await;
+    });
+}
 
+#[test]
+fn cpu_max_throttles_a_spinner_and_cpu_stat_says_so() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // cpu.max: a spinner is throttled, and cpu.stat says so.
         c.cell(cell(
             "cpu",
@@ -91,7 +104,7 @@ fn limits_take_effect() {
         .unwrap();
         c.exec(sh("spin", "cpu", "while :; do :; done")).await.unwrap();
         assert!(
-            eventually(Duration::from_secs(30), || async {
+            eventually(a.budget(Duration::from_secs(30)), || async {
                 c.cell_status("cpu").await.usage.unwrap().cpu_nr_throttled >= 3
             })
             .await
@@ -108,7 +121,17 @@ fn limits_take_effect() {
         assert_eq!(r.cpu_weight, Some(50));
         assert!(cs.usage.unwrap().cpu_throttled_micros > 0);
         stop_cell(&c, "cpu").await;
+        c.workloads.clone().free(cell_ref("cpu")).await.unwrap();
+        c.assert_left_nothing("cpu_max_throttles_a_spinner_and_cpu_stat_says_so")
+            .await;
+    });
+}
 
+#[test]
+fn pids_max_makes_forks_fail_inside_the_cell() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // pids.max: forks beyond the limit fail inside the cell (the cell's init is one pid).
         c.cell(cell(
             "pids",
@@ -140,8 +163,18 @@ fn limits_take_effect() {
         let u = c.cell_status("pids").await.usage.unwrap();
         assert!(u.pids_current <= 4, "{u:?}");
         stop_cell(&c, "pids").await;
+        c.workloads.clone().free(cell_ref("pids")).await.unwrap();
+        c.assert_left_nothing("pids_max_makes_forks_fail_inside_the_cell").await;
+    });
+}
 
+#[test]
+fn refusals_name_the_field_and_create_nothing() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // Refusals: bad names and out-of-range limits; nothing is created for any of them.
+        c.cell(cell("taken", Default::default())).await.unwrap();
         let before = c.on_node("ls /sys/fs/cgroup/aurae").await;
         let refuse = |name: &str, r: pb::CellResources| cell(name, r);
         let cases = [
@@ -227,9 +260,9 @@ fn limits_take_effect() {
                 "resources.io_max[0].device: no block device 250:7",
             ),
             (
-                refuse("mem", Default::default()),
+                refuse("taken", Default::default()),
                 Code::AlreadyExists,
-                "a cell named 'mem' already exists",
+                "a cell named 'taken' already exists; free it (aer cell free taken)",
             ),
         ];
         for (req, code, msg) in cases {
@@ -243,7 +276,17 @@ fn limits_take_effect() {
             before,
             "refusals created nothing"
         );
+        remove_cell(&c, "taken").await;
+        c.assert_left_nothing("refusals_name_the_field_and_create_nothing")
+            .await;
+    });
+}
 
+#[test]
+fn accepted_limits_are_read_back_from_the_kernel() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // Limits that are accepted are read back from the kernel's files.
         let cs = c
             .cell(cell(
@@ -265,22 +308,23 @@ fn limits_take_effect() {
         assert_eq!(r.memory_low_bytes, Some(1 << 20));
         assert_eq!(r.io_weight, Some(200));
         assert_eq!(r.swap_max_bytes, Some(0));
+        remove_cell(&c, "tuned").await;
+        c.assert_left_nothing("accepted_limits_are_read_back_from_the_kernel")
+            .await;
     });
 }
 
 #[test]
-fn namespaces_isolate_and_cells_share_within() {
-    let build = appliance_or_skip!();
-    let a = Appliance::boot(&build, BOOT_DEADLINE);
+fn sidecars_in_one_cell_share_loopback_and_tmp() {
+    let a = shared_or_skip!();
     rt().block_on(async {
-        let c = Client::connect(&a).await;
+        let c = Client::connect(a).await;
         c.cell(pb::Cell {
             name: "iso".into(),
             ..Default::default()
         })
         .await
         .unwrap();
-
         // Sidecars: a server and a client in one cell talk over 127.0.0.1 and share /tmp.
         c.exec(sh("server", "iso", "echo from-server > /tmp/shared; nc -l -p 8080"))
             .await
@@ -297,7 +341,24 @@ fn namespaces_isolate_and_cells_share_within() {
         assert_eq!(out.lines().next(), Some("from-server"), "shared /tmp: {out}");
         assert_eq!(c.wait("server").await.exit_code, Some(0));
         assert_eq!(c.stdout("server").await, "ping", "received over the cell's loopback");
+        remove_cell(&c, "iso").await;
+        c.assert_left_nothing("sidecars_in_one_cell_share_loopback_and_tmp")
+            .await;
+    });
+}
 
+#[test]
+fn a_process_in_a_cell_sees_only_the_cells_namespaces() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        c.cell(pb::Cell {
+            name: "iso".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.run_sh("mark", "iso", "echo x > /tmp/shared").await;
         // What a process in the cell sees: its own pid namespace (the cell init is pid 1),
         // hostname, network (loopback only) and cgroup root; the node's /tmp is not its /tmp.
         c.exec(sh("sleeper", "iso", "sleep 1000")).await.unwrap();
@@ -337,7 +398,17 @@ fn namespaces_isolate_and_cells_share_within() {
         assert_eq!(node.next(), Some("aurae"));
         assert!(node.next().unwrap().contains("eth0"));
         assert!(node.next().unwrap().trim().parse::<u32>().unwrap() > pids.len() as u32);
+        remove_cell(&c, "iso").await;
+        c.assert_left_nothing("a_process_in_a_cell_sees_only_the_cells_namespaces")
+            .await;
+    });
+}
 
+#[test]
+fn the_host_network_is_shared_only_when_asked() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // Sharing the host network namespace when asked.
         c.cell(pb::Cell {
             name: "hostnet".into(),
@@ -352,7 +423,24 @@ fn namespaces_isolate_and_cells_share_within() {
         .unwrap();
         let (_, out) = c.run_sh("net", "hostnet", "cat /proc/net/dev; hostname").await;
         assert!(out.contains("eth0") && out.ends_with("aurae"), "{out}");
+        remove_cell(&c, "hostnet").await;
+        c.assert_left_nothing("the_host_network_is_shared_only_when_asked")
+            .await;
+    });
+}
 
+#[test]
+fn nested_cells_freeze_thaw_and_stop_and_free_as_a_subtree() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        c.cell(pb::Cell {
+            name: "iso".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.exec(sh("sleeper", "iso", "sleep 1000")).await.unwrap();
         // Nested cells: own cgroup below the parent's (no process in the parent itself),
         // own hostname, limits of their own.
         let cs = c
@@ -430,10 +518,7 @@ fn namespaces_isolate_and_cells_share_within() {
             c.on_node("[ -e /sys/fs/cgroup/aurae/iso ] && echo left; true").await,
             ""
         );
-        assert!(
-            eventually(Duration::from_secs(30), || async { c.zombies().await.is_empty() }).await,
-            "zombies: {}",
-            c.zombies().await
-        );
+        c.assert_left_nothing("nested_cells_freeze_thaw_and_stop_and_free_as_a_subtree")
+            .await;
     });
 }

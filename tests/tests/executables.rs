@@ -1,15 +1,14 @@
-//! Appliance tier, issue #3 (and #2's reaping): executables in the real appliance — output,
-//! exit status, errors that change nothing, stop that leaves nothing, orphans reaped, a
-//! flood of output accounted exactly, and 200 concurrent starts.
+//! Appliance tier: executables in the real appliance — output, exit status, errors that
+//! change nothing, stop that leaves nothing, orphans reaped, long lines split, a flood of
+//! output accounted exactly, and 200 concurrent starts. One appliance serves every test of
+//! this file; each test cleans up and asserts it left nothing.
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, eventually, exe_ref, rt, sh, Appliance, Client};
+use aurae_appliance_tests::{eventually, exe_ref, rt, sh, shared_or_skip, Client};
 use auraed::pb;
 use std::time::Duration;
 use tonic::Code;
-
-const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 
 fn code_of(r: Result<pb::ExecutableStatus, tonic::Status>) -> (Code, String) {
     let e = r.expect_err("the request must be refused");
@@ -25,14 +24,47 @@ async fn workload_cgroups(c: &Client) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn executables_run_report_stop_and_clean_up() {
-    let build = appliance_or_skip!();
-    let a = Appliance::boot(&build, BOOT_DEADLINE);
-    rt().block_on(async {
-        let c = Client::connect(&a).await;
+/// A cell sharing the node's pid namespace, so pids in it can be checked from the node.
+async fn host_pid_cell(c: &Client, name: &str) {
+    c.cell(pb::Cell {
+        name: name.into(),
+        isolation: Some(pb::CellIsolation {
+            share_host_pid: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
 
-        // Output, exit code, timing and its private cell.
+async fn stop_and_free_cell(c: &Client, name: &str) {
+    c.workloads
+        .clone()
+        .stop(pb::StopRequest {
+            workload: Some(aurae_appliance_tests::cell_ref(name)),
+            signal: 0,
+            grace_period_millis: 200,
+        })
+        .await
+        .unwrap();
+    c.workloads
+        .clone()
+        .free(aurae_appliance_tests::cell_ref(name))
+        .await
+        .unwrap();
+}
+
+/// A shell line that prints those of `pids` still alive on the node.
+fn alive(pids: &[String]) -> String {
+    format!("for p in {}; do [ -e /proc/$p ] && echo $p; done; true", pids.join(" "))
+}
+
+#[test]
+fn output_exit_status_and_a_private_cell_that_ends_with_it() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         let st = c
             .exec(sh("hello", "", "echo out; echo err >&2; hostname; exit 3"))
             .await
@@ -79,8 +111,15 @@ fn executables_run_report_stop_and_clean_up() {
             !workload_cgroups(&c).await.contains(&"hello".to_owned()),
             "free removes the cgroup"
         );
+        c.assert_left_nothing("output_exit_status").await;
+    });
+}
 
-        // argv without a shell, env (nothing inherited but a default PATH), cwd, uid/gid.
+#[test]
+fn argv_env_cwd_and_ids_are_as_asked_with_nothing_inherited() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         let mut who = pb::Executable {
             name: "who".into(),
             argv: vec![
@@ -105,9 +144,15 @@ fn executables_run_report_stop_and_clean_up() {
             "only GREETING, PATH and what sh sets itself (PWD, SHLVL): {out}"
         );
         c.free("who").await;
+        c.assert_left_nothing("argv_env_cwd").await;
+    });
+}
 
-        // Each refusal has its code, names the field, and leaves nothing behind.
-        let before = workload_cgroups(&c).await;
+#[test]
+fn each_refusal_has_its_code_names_the_field_and_leaves_nothing() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         let bin = |name: &str, argv0: &str| pb::Executable {
             name: name.into(),
             argv: vec![argv0.into()],
@@ -138,25 +183,39 @@ fn executables_run_report_stop_and_clean_up() {
             assert_eq!(code, Code::InvalidArgument, "{bad:?}: {msg}");
             assert!(msg.starts_with("name: "), "{bad:?}: {msg}");
         }
+        c.assert_left_nothing("refusals").await;
+        // A taken name: refused, and the running one untouched.
         c.exec(sh("taken", "", "sleep 1000")).await.unwrap();
         let (code, msg) = code_of(c.exec(sh("taken", "", "true")).await);
         assert_eq!(code, Code::AlreadyExists, "{msg}");
-        let mut after = workload_cgroups(&c).await;
-        after.retain(|n| n != "taken");
-        assert_eq!(before, after, "refused requests left no cgroup");
+        assert!(msg.contains("aer free taken"), "{msg}");
+        let st = c.workloads.clone().status(exe_ref("taken")).await.unwrap().into_inner();
+        let Some(pb::workload_status::Status::Executable(st)) = st.status else {
+            panic!()
+        };
+        assert_eq!(st.state, pb::WorkloadState::Running as i32, "{st:?}");
+        c.workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(exe_ref("taken")),
+                signal: 9,
+                grace_period_millis: 1,
+            })
+            .await
+            .unwrap();
+        c.free("taken").await;
+        c.assert_left_nothing("refusals").await;
+    });
+}
 
-        // Stop: SIGTERM first; it is ignored here, so cgroup.kill ends everything, including
-        // a daemonized (setsid, reparented) grandchild. Host pids make them checkable.
-        c.cell(pb::Cell {
-            name: "hostpid".into(),
-            isolation: Some(pb::CellIsolation {
-                share_host_pid: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+/// SIGTERM first; it is ignored here, so cgroup.kill ends everything, including a
+/// daemonized (setsid, reparented) grandchild. Host pids make them checkable.
+#[test]
+fn stop_kills_the_whole_cgroup_even_a_daemonized_grandchild() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        host_pid_cell(&c, "hostpid").await;
         c.exec(sh(
             "stubborn",
             "hostpid",
@@ -165,13 +224,12 @@ fn executables_run_report_stop_and_clean_up() {
         .await
         .unwrap();
         assert!(
-            eventually(Duration::from_secs(30), || async {
+            eventually(a.budget(Duration::from_secs(30)), || async {
                 c.stdout("stubborn").await.lines().count() == 2
             })
             .await
         );
         let pids: Vec<String> = c.stdout("stubborn").await.lines().map(str::to_owned).collect();
-        let alive = |p: &[String]| format!("for p in {}; do [ -e /proc/$p ] && echo $p; done; true", p.join(" "));
         assert_eq!(c.on_node(&alive(&pids)).await.lines().count(), 2, "both children run");
         let stopped = c
             .workloads
@@ -193,10 +251,21 @@ fn executables_run_report_stop_and_clean_up() {
             "{st:?}"
         );
         assert_eq!(c.on_node(&alive(&pids)).await, "", "nothing survives stop");
+        c.free("stubborn").await;
+        stop_and_free_cell(&c, "hostpid").await;
+        c.assert_left_nothing("stop").await;
+    });
+}
 
-        // Orphans are reaped: by auraed (PID 1) when the cell shares the host pid namespace,
-        // by the cell's init otherwise. No zombie anywhere on the node afterwards.
-        let (st, out) = c.run_sh("orphan", "hostpid", "(sleep 0.3; exit 7) & echo $!").await;
+/// Orphans are reaped: by auraed (PID 1) when the cell shares the host pid namespace, by
+/// the cell's init otherwise. No zombie anywhere on the node afterwards.
+#[test]
+fn orphans_are_reaped_by_pid1_and_by_cell_inits() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        host_pid_cell(&c, "hostpid2").await;
+        let (st, out) = c.run_sh("orphan", "hostpid2", "(sleep 0.3; exit 7) & echo $!").await;
         assert_eq!(st.exit_code, Some(0));
         let orphan = out.trim().to_owned();
         c.cell(pb::Cell {
@@ -207,13 +276,39 @@ fn executables_run_report_stop_and_clean_up() {
         .unwrap();
         c.run_sh("orphan2", "nsreap", "(sleep 0.3; exit 7) & exit 0").await;
         assert!(
-            eventually(Duration::from_secs(30), || async {
+            eventually(a.budget(Duration::from_secs(30)), || async {
                 c.on_node(&alive(std::slice::from_ref(&orphan))).await.is_empty() && c.zombies().await.is_empty()
             })
             .await,
             "orphan {orphan} reaped; zombies: {}",
             c.zombies().await
         );
+        stop_and_free_cell(&c, "hostpid2").await;
+        stop_and_free_cell(&c, "nsreap").await;
+        c.assert_left_nothing("orphans").await;
+    });
+}
+
+/// A line far longer than 16 KiB written whole in one write() (dd bs=64k) arrives as
+/// pieces of at most 16 KiB, in order, with nothing lost.
+#[test]
+fn a_long_line_written_at_once_is_split_at_16_kib() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let script = "head -c 40000 /dev/zero | tr '\\0' x > /tmp/l; echo >> /tmp/l; echo end >> /tmp/l; dd if=/tmp/l bs=64k 2>/dev/null";
+        c.exec(sh("long", "", script)).await.unwrap();
+        assert_eq!(c.wait("long").await.exit_code, Some(0));
+        let lens: Vec<usize> = c
+            .log_entries("long", false)
+            .await
+            .iter()
+            .filter(|e| e.stream == pb::LogStream::Stdout as i32)
+            .map(|e| e.line.len())
+            .collect();
+        assert_eq!(lens, [16384, 16384, 40000 - 2 * 16384, 3], "{lens:?}");
+        c.free("long").await;
+        c.assert_left_nothing("long_line").await;
     });
 }
 
@@ -240,11 +335,10 @@ fn check_accounting(how: &str, entries: &[pb::LogEntry], total: u64) -> u64 {
 }
 
 #[test]
-fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
-    let build = appliance_or_skip!();
-    let a = Appliance::boot(&build, BOOT_DEADLINE);
+fn a_followed_flood_arrives_complete_or_counted() {
+    let a = shared_or_skip!();
     rt().block_on(async {
-        let c = Client::connect(&a).await;
+        let c = Client::connect(a).await;
         const N: u64 = 100_000;
         c.exec(sh("flood", "", &format!("seq 1 {N}"))).await.unwrap();
         let follow = c.log_entries("flood", true).await;
@@ -252,9 +346,18 @@ fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
         check_accounting("flood read after exit", &c.log_entries("flood", false).await, N);
         assert_eq!(c.wait("flood").await.exit_code, Some(0));
         c.free("flood").await;
+        c.assert_left_nothing("flood").await;
+    });
+}
 
-        // 100 000 lines of ~130 bytes overflow the 8 MiB buffer while nobody reads: the
-        // oldest go, counted exactly, and meanwhile another workload runs as usual.
+/// 100 000 lines of ~130 bytes overflow the 8 MiB buffer while nobody reads: the oldest
+/// go, counted exactly, and meanwhile another workload runs as usual.
+#[test]
+fn an_overflowing_flood_is_counted_exactly_and_blocks_nobody() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        const N: u64 = 100_000;
         let big = format!("awk 'BEGIN {{ for (i = 1; i <= {N}; i++) printf \"%d %0120d\\n\", i, 0 }}'");
         c.exec(sh("bigflood", "", &big)).await.unwrap();
         let (st, out) = c.run_sh("bystander", "", "echo alive").await;
@@ -268,8 +371,15 @@ fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
         let dropped = check_accounting("overflowing flood", &kept, N);
         assert!(dropped > 0, "an 8 MiB buffer cannot hold ~17 MB of lines");
         c.free("bigflood").await;
+        c.assert_left_nothing("bigflood").await;
+    });
+}
 
-        // 200 concurrent RunExecutable calls, each in a private cell.
+#[test]
+fn two_hundred_concurrent_starts_all_succeed_and_all_are_reaped() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..200 {
             let c = c.clone();
@@ -287,19 +397,6 @@ fn a_flood_of_output_is_complete_or_counted_and_200_starts_all_succeed() {
             assert_eq!(c.wait(&name).await.exit_code, Some(0), "{name}");
             c.free(&name).await;
         }
-        assert!(
-            eventually(Duration::from_secs(30), || async { c.zombies().await.is_empty() }).await,
-            "all 200 reaped"
-        );
-        let left = workload_cgroups(&c).await;
-        assert!(!left.iter().any(|n| n.starts_with("many-")), "{left:?}");
-        let list = c
-            .workloads
-            .clone()
-            .list(pb::ListRequest { kind: 0 })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(list.workloads.len(), 1, "only the probe cell is left: {list:?}");
+        c.assert_left_nothing("200 starts").await;
     });
 }

@@ -1,17 +1,17 @@
-//! Appliance tier, issue #4: virtual machines run by auraed's own VMM, inside the appliance
+//! Appliance tier: virtual machines run by auraed's own VMM, inside the appliance
 //! booted under TCG with emulated SVM (`-cpu qemu64,+svm,+npt`), so the appliance's
 //! /dev/kvm works. The guests are the node's own kernel (/boot/vmlinuz) with a tiny busybox
-//! initramfs the test builds on the node.
+//! initramfs the test builds on the node. One appliance serves every test of this file;
+//! each test cleans up and asserts it left nothing.
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, eventually, rt, Appliance, Client};
+use aurae_appliance_tests::{eventually, rt, shared_or_skip, Appliance, Client};
 use auraed::pb;
 use std::time::Duration;
 use tonic::Code;
 
-const BOOT_DEADLINE: Duration = Duration::from_secs(120);
-/// A nested guest under TCG needs seconds to reach its /init.
+/// A nested guest under TCG needs seconds to reach its /init; scaled by `Appliance::budget`.
 const GUEST_DEADLINE: Duration = Duration::from_secs(120);
 
 fn vm_ref(name: &str) -> pb::WorkloadRef {
@@ -78,8 +78,8 @@ async fn stream(c: &Client, name: &str, which: pb::LogStream) -> String {
     out
 }
 
-async fn wait_vm(c: &Client, name: &str) -> pb::VirtualMachineStatus {
-    let w = tokio::time::timeout(GUEST_DEADLINE, c.workloads.clone().wait(vm_ref(name)))
+async fn wait_vm(a: &Appliance, c: &Client, name: &str) -> pb::VirtualMachineStatus {
+    let w = tokio::time::timeout(a.budget(GUEST_DEADLINE), c.workloads.clone().wait(vm_ref(name)))
         .await
         .expect("the VM ended in time")
         .unwrap()
@@ -96,13 +96,10 @@ async fn cgroups(c: &Client) -> String {
 }
 
 #[test]
-fn virtual_machines_boot_log_stop_and_leave_nothing() {
-    let build = appliance_or_skip!();
-    let a = Appliance::boot(&build, BOOT_DEADLINE);
+fn a_guest_prints_from_both_vcpus_and_its_reboot_ends_the_vm() {
+    let a = shared_or_skip!();
     rt().block_on(async {
-        let c = Client::connect(&a).await;
-        let before = cgroups(&c).await;
-
+        let c = Client::connect(a).await;
         // A guest that prints and reboots: the reboot ends the VM.
         let img = guest_initramfs(
             &c,
@@ -119,7 +116,7 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
             .into_inner();
         assert_eq!(st.state, pb::WorkloadState::Running as i32, "{st:?}");
         assert!(st.vmm_pid > 0 && st.vcpus == 2 && st.memory_bytes == 128 << 20);
-        let st = wait_vm(&c, "hello").await;
+        let st = wait_vm(a, &c, "hello").await;
         let log = console(&c, "hello").await;
         assert_eq!(st.state, pb::WorkloadState::Exited as i32, "{st:?}\n{log}");
         assert!(st.exit_reason.contains("reset"), "{st:?}");
@@ -128,6 +125,17 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         c.workloads.clone().free(vm_ref("hello")).await.unwrap();
         assert_eq!(vm_status(&c, "hello").await.unwrap_err().code(), Code::NotFound);
 
+        c.on_node("rm -f /var/tmp/hello.cpio").await;
+        c.assert_left_nothing("a_guest_prints_from_both_vcpus_and_its_reboot_ends_the_vm")
+            .await;
+    });
+}
+
+#[test]
+fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // A long-lived guest on the node's bridge: reachable over its TAP, accounted in its
         // own cell, stopped on request, freed with its TAP.
         let img = guest_initramfs(
@@ -146,7 +154,7 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         let st = c.runtime.clone().run_virtual_machine(req).await.unwrap().into_inner();
         assert!(!st.tap_device.is_empty(), "{st:?}");
         assert!(
-            eventually(GUEST_DEADLINE, || async {
+            eventually(a.budget(GUEST_DEADLINE), || async {
                 console(&c, "idle").await.contains("idle guest up")
             })
             .await,
@@ -210,12 +218,23 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         let e = c.workloads.clone().free(vm_ref("nope")).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         c.workloads.clone().free(vm_ref("idle")).await.unwrap();
-        assert_eq!(cgroups(&c).await, before, "free removes the VM's cell");
+        assert!(!cgroups(&c).await.contains("idle"), "free removes the VM's cell");
         let left = c.on_node("ps -o pid,comm | grep -c aurae-vmm || true").await;
         assert_eq!(left.trim(), "0", "no VMM left");
         let links = c.on_node("ip -o link").await;
         assert!(!links.contains(&st.tap_device), "the TAP went with the VM: {links}");
 
+        c.on_node("rm -f /var/tmp/idle.cpio").await;
+        c.assert_left_nothing("a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully")
+            .await;
+    });
+}
+
+#[test]
+fn a_guest_writes_its_read_write_disk_and_cannot_write_a_read_only_one() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
         // Disks: a read-write image the guest writes (seen on the node afterwards) and a
         // read-only one it reads but cannot write.
         c.on_node(
@@ -247,7 +266,7 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
             ..vm("disks", &img, 1)
         };
         c.runtime.clone().run_virtual_machine(req).await.unwrap();
-        let st = wait_vm(&c, "disks").await;
+        let st = wait_vm(a, &c, "disks").await;
         let log = console(&c, "disks").await;
         assert_eq!(st.state, pb::WorkloadState::Exited as i32, "{st:?}\n{log}");
         assert!(log.contains("ro: node-data"), "the guest reads the read-only disk: {log}");
@@ -256,6 +275,18 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
         assert_eq!(head, "written-by-guest\nnode-data", "what the guest wrote is on the node's image");
         c.workloads.clone().free(vm_ref("disks")).await.unwrap();
 
+        c.on_node("rm -f /var/tmp/rw.img /var/tmp/ro.img /var/tmp/disks.cpio").await;
+        c.assert_left_nothing("a_guest_writes_its_read_write_disk_and_cannot_write_a_read_only_one").await;
+    });
+}
+
+#[test]
+fn refusals_name_the_field_and_create_nothing() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let before = cgroups(&c).await;
+        let img = guest_initramfs(&c, "refused", "reboot -f").await;
         // Refusals name the field and create nothing.
         let bad: Vec<(pb::VirtualMachine, Code, &str)> = vec![
             (
@@ -335,5 +366,8 @@ fn virtual_machines_boot_log_stop_and_leave_nothing() {
             .await
             .unwrap();
         assert!(l.into_inner().workloads.is_empty());
+        c.on_node("rm -f /var/tmp/odd.img /var/tmp/refused.cpio").await;
+        c.assert_left_nothing("refusals_name_the_field_and_create_nothing")
+            .await;
     });
 }
