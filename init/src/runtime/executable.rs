@@ -60,6 +60,8 @@ pub(super) struct Launch {
     pub resources: Resources,
     pub stdout_as: logs::Stream,
     pub listed: bool,
+    /// Handed to the program as fd 3 (a VMM's control socket).
+    pub control: Option<std::os::fd::OwnedFd>,
 }
 
 impl Executable {
@@ -210,12 +212,14 @@ impl Runtime {
             resources: Resources::default(),
             stdout_as: logs::Stream::Stdout,
             listed: true,
+            control: None,
         };
         Ok(self.launch(spec, how).await?.view())
     }
 
     /// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
-    /// daemon ...`) as an unlisted executable in a private cell of its own named `name`.
+    /// daemon ...`) as an unlisted executable in a private cell of its own named `name`,
+    /// with `control` (if any) as its fd 3.
     pub(super) async fn launch_self(
         &self,
         name: &ExecName,
@@ -223,6 +227,7 @@ impl Runtime {
         isolation: Isolation,
         resources: Resources,
         stdout_as: logs::Stream,
+        control: Option<std::os::fd::OwnedFd>,
     ) -> Result<Arc<Executable>> {
         let spec = ExecutableSpec {
             name: name.clone(),
@@ -240,6 +245,7 @@ impl Runtime {
             resources,
             stdout_as,
             listed: false,
+            control,
         };
         self.launch(spec, how).await
     }
@@ -254,6 +260,7 @@ impl Runtime {
             resources,
             stdout_as,
             listed,
+            control,
         } = how;
         if listed {
             self.table().vacant(Kind::Executable, spec.name.as_str())?;
@@ -318,7 +325,7 @@ impl Runtime {
                 return Err(taken);
             }
         }
-        match self.start_exec(&e, &cell, &spec, &program, &path_var).await {
+        match self.start_exec(&e, &cell, &spec, &program, &path_var, control).await {
             Ok(()) => Ok(e),
             Err(err) => {
                 kill_and_wait(&e.dir).await;
@@ -341,6 +348,7 @@ impl Runtime {
         spec: &ExecutableSpec,
         program: &str,
         path_var: &str,
+        control: Option<std::os::fd::OwnedFd>,
     ) -> Result<()> {
         e.dir.create()?;
         let pipe =
@@ -367,6 +375,7 @@ impl Runtime {
             stdin: devnull.into(),
             stdout: out_w,
             stderr: err_w,
+            control,
         };
         let started = start_exec(cell.pidfd(), e.dir.open_fd()?, input)
             .await

@@ -350,7 +350,14 @@ impl Runtime {
             ..Resources::default()
         };
         let e = self
-            .launch_self(&spec.name, argv, Isolation::default(), resources, logs::Stream::Stdout)
+            .launch_self(
+                &spec.name,
+                argv,
+                Isolation::default(),
+                resources,
+                logs::Stream::Stdout,
+                None,
+            )
             .await?;
         let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let plumbed = match e.own_cell_holder_pid() {

@@ -142,17 +142,6 @@ impl LogBuffer {
         }
     }
 
-    /// The newest kept line of `stream` that starts with `prefix`, without the prefix.
-    pub fn last_with(&self, stream: Stream, prefix: &str) -> Option<String> {
-        let g = self.lock();
-        g.lines
-            .iter()
-            .rev()
-            .filter(|l| l.stream == stream)
-            .find_map(|l| l.bytes.strip_prefix(prefix.as_bytes()))
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

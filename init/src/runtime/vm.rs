@@ -15,12 +15,23 @@ use super::names::ExecName;
 use super::spec::{Isolation, VmSpec};
 use super::table::Workload;
 use super::{Kind, Phase, Runtime};
+use crate::vmm::protocol::{self, Event, ExitReason};
 use crate::vmm::{self, VmConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
-const ERROR_PREFIX: &str = "aurae-vmm: error: ";
+/// What the VMM has said on its control socket (`vmm::protocol`).
+#[derive(Debug, Clone, Default)]
+struct Reported {
+    ready: bool,
+    exit: Option<ExitReason>,
+    error: Option<String>,
+    /// The socket reached EOF: the VMM has said all it will.
+    closed: bool,
+}
 
 pub struct VirtualMachine {
     pub name: ExecName,
@@ -29,6 +40,7 @@ pub struct VirtualMachine {
     pub tap: Option<String>,
     vmm: Arc<Executable>,
     stop_requested: AtomicBool,
+    reported: watch::Sender<Reported>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -64,29 +76,26 @@ impl VirtualMachine {
         };
         let phase = e.phase.unwrap_or(Phase::Starting);
         let stopped = self.stop_requested.load(Ordering::Relaxed);
+        let said = self.reported.borrow().clone();
         v.phase = Some(match phase {
-            Phase::Exited | Phase::Killed if stopped && e.exit_code != Some(vmm::ExitCode::Error as i32) => {
-                Phase::Stopped
+            Phase::Exited | Phase::Killed if stopped && said.error.is_none() => Phase::Stopped,
+            Phase::Exited if said.exit.is_some() => Phase::Exited,
+            Phase::Exited => {
+                v.error = said
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("the VMM exited with {:?} without saying why", e.exit_code));
+                Phase::Failed
             }
-            Phase::Exited => match e.exit_code {
-                Some(0 | 3 | 4) => Phase::Exited,
-                code => {
-                    v.error = self
-                        .vmm
-                        .logs
-                        .last_with(logs::Stream::Stderr, ERROR_PREFIX)
-                        .unwrap_or_else(|| format!("the VMM exited with {code:?}"));
-                    Phase::Failed
-                }
-            },
             Phase::Failed => {
                 v.error = e.error.clone();
                 Phase::Failed
             }
             p => p,
         });
-        v.exit_reason = match (phase, e.exit_code, e.signal) {
-            (Phase::Exited, Some(c), _) => vmm::ExitCode::reason(c).to_owned(),
+        v.exit_reason = match (phase, said.exit, e.signal) {
+            (Phase::Exited, Some(r), _) => r.describe().to_owned(),
+            (Phase::Exited, None, _) => "the VMM failed (see error)".into(),
             (Phase::Killed, _, _) if stopped => "stopped (the VMM was killed after the grace period)".into(),
             (Phase::Killed, _, Some(s)) if e.oom_killed => format!("the VMM was OOM-killed (signal {s})"),
             (Phase::Killed, _, Some(s)) => format!("the VMM was killed by signal {s}"),
@@ -95,8 +104,11 @@ impl VirtualMachine {
         v
     }
 
+    /// Waits until the VMM has ended and said all it will (so `view` has the exit reason).
     pub async fn wait(&self) {
         self.vmm.wait().await;
+        let mut said = self.reported.subscribe();
+        let _ = tokio::time::timeout(super::KILL_WAIT, said.wait_for(|r| r.closed)).await;
     }
 
     pub fn ended(&self) -> bool {
@@ -203,20 +215,23 @@ impl Runtime {
             vcpus: spec.vcpus,
             memory_bytes: spec.memory_bytes,
         };
-        let json = serde_json::to_string(&config)
-            .map_err(|e| RuntimeError::Precondition(format!("VMM configuration: {e}")))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|source| RuntimeError::Io {
+            what: "socketpair",
+            path: "(the VMM's control socket)".into(),
+            source,
+        })?;
         let isolation = Isolation {
             network: false,
             ..Isolation::default()
         };
-        let argv = vec![vmm::ARGV0.to_owned(), json];
         let launched = self
             .launch_self(
                 &spec.name,
-                argv,
+                vec![vmm::ARGV0.to_owned()],
                 isolation,
                 spec.resources.clone(),
                 logs::Stream::Console,
+                Some(theirs.into()),
             )
             .await;
         let vmm = launched.map_err(|e| match e {
@@ -232,7 +247,9 @@ impl Runtime {
             tap,
             vmm,
             stop_requested: AtomicBool::new(false),
+            reported: watch::channel(Reported::default()).0,
         });
+        tokio::spawn(converse(ours, config, vm.clone()));
         let ready = self.await_ready(&vm).await;
         if let Err(e) = ready {
             vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
@@ -252,19 +269,19 @@ impl Runtime {
     }
 
     async fn await_ready(&self, vm: &VirtualMachine) -> Result<()> {
-        let logs = vm.vmm.logs.clone();
-        let mut changed = logs.subscribe();
+        let mut said = vm.reported.subscribe();
         let deadline = tokio::time::Instant::now() + vm.spec.ready_within;
         loop {
-            if logs.last_with(logs::Stream::Stderr, vmm::READY).is_some() {
+            let now = said.borrow_and_update().clone();
+            if now.ready {
                 return Ok(());
             }
-            if let Some(e) = logs.last_with(logs::Stream::Stderr, ERROR_PREFIX) {
+            if let Some(e) = now.error {
                 return Err(RuntimeError::Precondition(format!(
                     "the VMM could not start the guest: {e}"
                 )));
             }
-            if vm.vmm.phase().ended() {
+            if vm.vmm.phase().ended() || now.closed {
                 return Err(RuntimeError::Precondition(format!(
                     "the VMM ended before the guest ran: {:?}",
                     vm.vmm.view()
@@ -277,7 +294,7 @@ impl Runtime {
                         vm.spec.ready_within.as_secs_f64()
                     )));
                 }
-                _ = changed.changed() => {}
+                _ = said.changed() => {}
                 _ = vm.vmm.wait() => {}
             }
         }
@@ -307,4 +324,45 @@ impl Runtime {
     pub(super) async fn discard_vm(&self, vm: &VirtualMachine) -> Result<()> {
         self.discard_exec(&vm.vmm, vm.name.as_str()).await
     }
+}
+
+/// The runtime's side of the control socket: sends the configuration, then records each
+/// event until the VMM closes the socket (it exits, however it ends).
+async fn converse(sock: std::os::unix::net::UnixStream, config: VmConfig, vm: Arc<VirtualMachine>) {
+    let record = |f: &dyn Fn(&mut Reported)| vm.reported.send_modify(|r| f(r));
+    let sock = match sock
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(sock))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            record(&|r| {
+                r.error = Some(format!("control socket: {e}"));
+                r.closed = true;
+            });
+            return;
+        }
+    };
+    let (rx, mut tx) = sock.into_split();
+    if let Err(e) = tx.write_all(&protocol::encode(&config)).await {
+        tracing::warn!("vm {}: sending the configuration: {e}", vm.name);
+    }
+    let mut lines = tokio::io::BufReader::new(rx);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => match protocol::decode::<Event>(line.trim_ascii_end()) {
+                Ok(Event::Ready { .. }) => record(&|r| r.ready = true),
+                Ok(Event::Exit { reason }) => record(&|r| r.exit = Some(reason)),
+                Ok(Event::Error { message }) => record(&|r| r.error = Some(message.clone())),
+                Err(e) => {
+                    tracing::warn!("vm {}: {e}", vm.name);
+                    record(&|r| r.error = Some(e.clone()));
+                }
+            },
+        }
+    }
+    record(&|r| r.closed = true);
 }

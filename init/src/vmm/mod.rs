@@ -2,16 +2,17 @@
 //! started by the runtime inside the VM's cell, so the guest's memory and the vCPU threads
 //! are charged to that cell's cgroup and a VMM fault cannot touch PID 1.
 //!
-//! Protocol with the runtime: the configuration is argv[1] (JSON); the guest's serial console
-//! is stdout; the VMM's own messages are stderr, the first of which is either
-//! [`READY`] or an error. The exit code says how the guest ended ([`ExitCode`]). SIGTERM asks
-//! the guest to shut down (the Power key on the i8042 keyboard); SIGKILL (cgroup.kill) is the
-//! hard stop. SIGUSR1 prints the VMM's memory use on stderr.
+//! Protocol with the runtime (`protocol`): typed messages on the control socket, fd 3: the
+//! configuration comes in, `Ready`, `Exit(reason)` or `Error` go out. The guest's serial
+//! console is stdout; stderr is the VMM's log for people. SIGTERM asks the guest to shut
+//! down (the Power key on the i8042 keyboard); SIGKILL (cgroup.kill) is the hard stop.
+//! SIGUSR1 logs the VMM's memory use on stderr (for `make bench`).
 
 pub mod boot;
 pub mod cpu;
 pub mod devices;
 pub mod i8042;
+pub mod protocol;
 pub mod virtio_blk;
 pub mod virtio_mmio;
 pub mod virtio_net;
@@ -31,31 +32,13 @@ pub const NODE_KERNEL: &str = "/boot/vmlinuz";
 /// (it has a keyboard with a Power key, for graceful stops, and nothing else).
 pub const DEFAULT_VM_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check \
      i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
-/// The VMM's first line on stderr once every vCPU runs.
-pub const READY: &str = "aurae-vmm: guest running";
 pub const MAX_VCPUS: u32 = 32;
 pub const MIN_MEMORY: u64 = 64 << 20;
 pub const MAX_MEMORY: u64 = boot::MMIO_START;
 
-/// How the VMM process ends; the runtime turns it into the VM's state and exit reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitCode {
-    PowerOff = 0,
-    Error = 1,
-    Reset = 3,
-    TripleFault = 4,
-}
-
-impl ExitCode {
-    pub fn reason(code: i32) -> &'static str {
-        match code {
-            0 => "guest powered off",
-            3 => "guest reset (reboot ends the VM)",
-            4 => "guest triple fault",
-            _ => "the VMM failed (see the stderr lines in its logs)",
-        }
-    }
-}
+/// The VMM's exit status: 0 once the guest ended (the reason went out as `Exit`), 1 after
+/// an `Error`. The runtime reads the reason from the protocol, not from this.
+const EXIT_FAILED: i32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -106,33 +89,62 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 }
 
 /// Entry point (argv[0] == ARGV0). Never returns.
-pub fn main(args: &[String]) -> ! {
-    let cfg = match args.get(1).map(|a| serde_json::from_str::<VmConfig>(a)) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => fatal(&format!("bad configuration: {e}")),
-        None => fatal("usage: aurae-vmm CONFIG_JSON (started by auraed)"),
+pub fn main(_args: &[String]) -> ! {
+    use std::io::{BufRead, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 3 is the control socket the runtime set up for this process before execve;
+    // nothing else in this process owns it.
+    let control = unsafe { std::os::unix::net::UnixStream::from_raw_fd(protocol::CONTROL_FD) };
+    let mut events = match control.try_clone() {
+        Ok(w) => w,
+        Err(e) => fatal(None, &format!("control socket: {e} (aurae-vmm is started by auraed)")),
+    };
+    let mut line = Vec::new();
+    let cfg = match std::io::BufReader::new(control).read_until(b'\n', &mut line) {
+        Ok(n) if n > 0 => match protocol::decode::<VmConfig>(line.trim_ascii_end()) {
+            Ok(c) => c,
+            Err(e) => fatal(Some(&mut events), &format!("bad configuration: {e}")),
+        },
+        Ok(_) => fatal(Some(&mut events), "no configuration on the control socket"),
+        Err(e) => fatal(Some(&mut events), &format!("control socket: {e}")),
     };
     // SIGTERM is handled on a thread of its own (see below); the vCPU threads inherit the mask.
     use nix::sys::signal::Signal;
     let term = nix::sys::signal::SigSet::from_iter([Signal::SIGTERM, Signal::SIGUSR1]);
     let _ = term.thread_block();
-    match run(&cfg, term) {
+    let ready = |vcpus: u8| {
+        let e = protocol::Event::Ready {
+            vcpus,
+            memory_bytes: cfg.memory_bytes,
+            tap: cfg.net.as_ref().map(|n| n.tap.clone()),
+        };
+        events.try_clone().and_then(|mut w| w.write_all(&protocol::encode(&e)))
+    };
+    match run(&cfg, term, ready) {
         Ok(exit) => {
-            let code = match exit {
-                GuestExit::PowerOff => ExitCode::PowerOff,
-                GuestExit::Reset => ExitCode::Reset,
-                GuestExit::TripleFault => ExitCode::TripleFault,
-            } as i32;
-            eprintln!("aurae-vmm: {}", ExitCode::reason(code));
-            std::process::exit(code)
+            let reason = match exit {
+                GuestExit::PowerOff => protocol::ExitReason::PowerOff,
+                GuestExit::Reset => protocol::ExitReason::Reset,
+                GuestExit::TripleFault => protocol::ExitReason::TripleFault,
+            };
+            eprintln!("aurae-vmm: {}", reason.describe());
+            let _ = events.write_all(&protocol::encode(&protocol::Event::Exit { reason }));
+            std::process::exit(0)
         }
-        Err(e) => fatal(&e.to_string()),
+        Err(e) => fatal(Some(&mut events), &e.to_string()),
     }
 }
 
-fn fatal(msg: &str) -> ! {
+/// Reports `msg` as an `Error` event (and on stderr) and exits.
+fn fatal(events: Option<&mut std::os::unix::net::UnixStream>, msg: &str) -> ! {
     eprintln!("aurae-vmm: error: {msg}");
-    std::process::exit(ExitCode::Error as i32)
+    if let Some(w) = events {
+        let e = protocol::Event::Error {
+            message: msg.to_owned(),
+        };
+        let _ = std::io::Write::write_all(w, &protocol::encode(&e));
+    }
+    std::process::exit(EXIT_FAILED)
 }
 
 struct Machine {
@@ -143,7 +155,11 @@ struct Machine {
     end: mpsc::Sender<Result<GuestExit, String>>,
 }
 
-fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmError> {
+fn run(
+    cfg: &VmConfig,
+    term: nix::sys::signal::SigSet,
+    ready: impl FnOnce(u8) -> std::io::Result<()>,
+) -> Result<GuestExit, VmmError> {
     let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     let mem = Arc::new(boot::memory(cfg.memory_bytes)?);
@@ -267,8 +283,9 @@ fn run(cfg: &VmConfig, term: nix::sys::signal::SigSet) -> Result<GuestExit, VmmE
             }
         })
         .map_err(io("start signal thread"))?;
+    ready(cfg.vcpus).map_err(io("report ready on the control socket"))?;
     eprintln!(
-        "{READY}: {} vCPUs, {} MiB{}",
+        "aurae-vmm: guest running: {} vCPUs, {} MiB{}",
         cfg.vcpus,
         cfg.memory_bytes >> 20,
         cfg.net

@@ -114,8 +114,13 @@ pub struct ExecPlan {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
+    /// Handed to the program as fd 3 (a VMM's control socket), or -1.
+    pub control: RawFd,
     pub report: RawFd,
 }
+
+/// Where a process finds the control socket it was given (see `vmm::protocol`).
+pub const CONTROL_FD: RawFd = 3;
 
 impl ExecPlan {
     /// None when a string contains a NUL byte (the server refuses those earlier).
@@ -142,6 +147,7 @@ impl ExecPlan {
             stdin: -1,
             stdout: -1,
             stderr: -1,
+            control: -1,
             report: -1,
         })
     }
@@ -198,34 +204,57 @@ pub fn exec_child(p: &ExecPlan) -> ! {
     // and alive for the child's whole life (the child's copy of the parent's memory).
     unsafe {
         libc::setsid();
-        if libc::dup2(p.stdin, 0) < 0 || libc::dup2(p.stdout, 1) < 0 || libc::dup2(p.stderr, 2) < 0 {
-            fail(p.report, Stage::Stdio);
+        // The report pipe moves out of the way if it sits where the control socket goes.
+        let mut report = p.report;
+        if p.control >= 0 && report == CONTROL_FD {
+            report = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, CONTROL_FD + 1);
+            if report < 0 {
+                fail(p.report, Stage::Stdio);
+            }
         }
-        // Every inherited fd above stderr closes at exec (belt and braces: auraed opens
-        // everything close-on-exec already). 4 = CLOSE_RANGE_CLOEXEC.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+        if libc::dup2(p.stdin, 0) < 0 || libc::dup2(p.stdout, 1) < 0 || libc::dup2(p.stderr, 2) < 0 {
+            fail(report, Stage::Stdio);
+        }
+        // dup2 onto fd 3 clears close-on-exec there; a control fd already at 3 has it
+        // cleared in place.
+        let first_closed = if p.control < 0 {
+            CONTROL_FD
+        } else {
+            let ok = if p.control == CONTROL_FD {
+                libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) >= 0
+            } else {
+                libc::dup2(p.control, CONTROL_FD) >= 0
+            };
+            if !ok {
+                fail(report, Stage::Stdio);
+            }
+            CONTROL_FD + 1
+        };
+        // Every other inherited fd closes at exec (belt and braces: auraed opens everything
+        // close-on-exec already). 4 = CLOSE_RANGE_CLOEXEC.
+        libc::syscall(libc::SYS_close_range, first_closed as u32, u32::MAX, 4u32);
         if libc::chdir(p.cwd.as_ptr()) < 0 {
-            fail(p.report, Stage::Cwd);
+            fail(report, Stage::Cwd);
         }
         if p.new_cgroup_ns && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
-            fail(p.report, Stage::CgroupNs);
+            fail(report, Stage::CgroupNs);
         }
         if let Some(gid) = p.gid {
             if libc::setgroups(0, std::ptr::null()) < 0 {
-                fail(p.report, Stage::Groups);
+                fail(report, Stage::Groups);
             }
             if libc::setgid(gid) < 0 {
-                fail(p.report, Stage::Gid);
+                fail(report, Stage::Gid);
             }
         }
         if let Some(uid) = p.uid {
             if libc::setuid(uid) < 0 {
-                fail(p.report, Stage::Uid);
+                fail(report, Stage::Uid);
             }
         }
         libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());
+        fail(report, Stage::Exec)
     }
-    fail(p.report, Stage::Exec)
 }
 
 /// How a cell's holder is started: auraed's own executable, re-executed as

@@ -50,6 +50,8 @@ pub struct ExecInput {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Handed to the program as fd 3 (a VMM's control socket).
+    pub control: Option<OwnedFd>,
 }
 
 /// Starts an executable in `cgroup`, inside the namespaces of the holder `join`.
@@ -66,6 +68,7 @@ pub async fn start_exec(join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: Exec
         plan.stdin = input.stdin.as_raw_fd();
         plan.stdout = input.stdout.as_raw_fd();
         plan.stderr = input.stderr.as_raw_fd();
+        plan.control = input.control.as_ref().map_or(-1, |f| f.as_raw_fd());
         launch(0, &cgroup, false, |report| {
             plan.report = report;
             child::exec_child(&plan)
