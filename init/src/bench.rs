@@ -33,7 +33,7 @@ fn report(what: &str, mut s: Vec<Duration>) {
     s.sort();
     let pick = |q: f64| s[((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1];
     println!(
-        "{what:<52} p50 {:8.3} ms  p99 {:8.3} ms  (n={})",
+        "{what:<58} p50 {:8.3} ms  p99 {:8.3} ms  (n={})",
         ms(pick(0.5)),
         ms(pick(0.99)),
         s.len()
@@ -55,14 +55,23 @@ fn exe(name: String, cell: &str) -> pb::Executable {
 }
 
 impl Api {
-    async fn run_and_free(&mut self, name: String, cell: &str) -> Result<Duration, tonic::Status> {
+    /// RunExecutable + Status as the client sees it, and RunExecutable as auraed spent it
+    /// (the `aurae-server-micros` response header).
+    async fn run_and_free(&mut self, name: String, cell: &str) -> Result<(Duration, Duration), tonic::Status> {
         let t = Instant::now();
-        self.rt.run_executable(exe(name.clone(), cell)).await?;
+        let r = self.rt.run_executable(exe(name.clone(), cell)).await?;
         self.wl.status(wref(pb::WorkloadKind::Executable, &name)).await?;
         let d = t.elapsed();
+        let server = r
+            .metadata()
+            .get(crate::server::runtime_api::SERVER_MICROS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+            .unwrap_or_default();
         self.wl.wait(wref(pb::WorkloadKind::Executable, &name)).await?;
         self.wl.free(wref(pb::WorkloadKind::Executable, &name)).await?;
-        Ok(d)
+        Ok((d, server))
     }
 
     async fn cell_cycle(&mut self, i: usize) -> Result<Duration, tonic::Status> {
@@ -138,16 +147,25 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
         })
         .await
         .map_err(r)?;
-    let mut in_cell = Vec::new();
+    let (mut in_cell, mut in_cell_server) = (Vec::new(), Vec::new());
     for i in 0..n {
-        in_cell.push(api.run_and_free(format!("b-{i}"), "bench").await.map_err(r)?);
+        let (d, s) = api.run_and_free(format!("b-{i}"), "bench").await.map_err(r)?;
+        in_cell.push(d);
+        in_cell_server.push(s);
     }
     report("RunExecutable + Status, existing cell", in_cell);
-    let mut private = Vec::new();
+    report(
+        "RunExecutable server-side (inside auraed), existing cell",
+        in_cell_server,
+    );
+    let (mut private, mut private_server) = (Vec::new(), Vec::new());
     for i in 0..n {
-        private.push(api.run_and_free(format!("p-{i}"), "").await.map_err(r)?);
+        let (d, s) = api.run_and_free(format!("p-{i}"), "").await.map_err(r)?;
+        private.push(d);
+        private_server.push(s);
     }
     report("RunExecutable + Status, private cell (new ns)", private);
+    report("RunExecutable server-side, private cell", private_server);
 
     let mut cycles = Vec::new();
     for i in 0..n {
@@ -184,7 +202,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
     // Sustained rate: 16 starts in flight at a time, each waited for and freed.
     let total = (n * 4).max(64);
     let t = Instant::now();
-    let mut set: tokio::task::JoinSet<Result<Duration, tonic::Status>> = tokio::task::JoinSet::new();
+    let mut set: tokio::task::JoinSet<Result<(Duration, Duration), tonic::Status>> = tokio::task::JoinSet::new();
     for i in 0..total {
         if set.len() >= 16 {
             if let Some(res) = set.join_next().await {
@@ -201,7 +219,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
         res.map_err(|e| CliError::Usage(e.to_string()))?.map_err(r)?;
     }
     println!(
-        "{:<52} {:8.1} /s  ({total} started, waited and freed, 16 in flight)",
+        "{:<58} {:8.1} /s  ({total} started, waited and freed, 16 in flight)",
         "executables sustained",
         total as f64 / t.elapsed().as_secs_f64()
     );
@@ -222,7 +240,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
         .map_err(r)?
         .into_inner();
     println!(
-        "{:<52} {:8.2} MiB",
+        "{:<58} {:8.2} MiB",
         "auraed RSS with 1000 finished executables kept",
         info.auraed_rss_bytes as f64 / 1048576.0
     );

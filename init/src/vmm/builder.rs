@@ -1,0 +1,175 @@
+//! Builds and runs a machine from its configuration: guest memory, the in-kernel irqchip
+//! and PIT, the devices, the kernel image, the vCPU threads and the signal thread; returns
+//! how the guest ended.
+
+use super::devices::{self, ConsoleOut, GuestExit, IrqTrigger, PortBus};
+use super::{boot, cpu, i8042, io, kvm_err, memory, vcpu, virtio_blk, virtio_mmio, virtio_net, VmConfig, VmmError};
+use kvm_ioctls::{Kvm, VmFd};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{mpsc, Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+pub(super) struct Machine {
+    pub vm: VmFd,
+    pub bus: Arc<Mutex<PortBus>>,
+    /// virtio-mmio devices by slot (see `virtio_mmio::slot_base`).
+    pub mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>>,
+    pub end: mpsc::Sender<Result<GuestExit, String>>,
+}
+
+impl Machine {
+    /// The virtio device whose window holds `addr`, and the offset into it.
+    pub(super) fn device_at(&self, addr: u64) -> Option<(&Arc<dyn virtio_mmio::MmioDevice>, u64)> {
+        let off = addr.checked_sub(virtio_mmio::MMIO_BASE)?;
+        let slot = (off / virtio_mmio::MMIO_SIZE) as usize;
+        self.mmio.get(slot).map(|d| (d, off % virtio_mmio::MMIO_SIZE))
+    }
+}
+
+pub(super) fn run(
+    cfg: &VmConfig,
+    term: nix::sys::signal::SigSet,
+    ready: impl FnOnce(u8) -> std::io::Result<()>,
+) -> Result<GuestExit, VmmError> {
+    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    let mem = Arc::new(boot::memory(cfg.memory_bytes)?);
+    memory::register(&vm, &mem)?;
+    vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    vm.create_pit2(kvm_bindings::kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("create PIT"))?;
+
+    let mut cmdline = cfg.cmdline.clone();
+    let mut mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>> = Vec::new();
+    let mut irq_for = |vm: &VmFd, slot: usize| -> Result<EventFd, VmmError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+        vm.register_irqfd(&irq, virtio_mmio::slot_irq(slot))
+            .map_err(kvm_err("register virtio irqfd"))?;
+        cmdline.push(' ');
+        cmdline.push_str(&virtio_mmio::cmdline_param(slot));
+        Ok(irq)
+    };
+    let other = |what: &'static str| {
+        move |e: String| VmmError::Io {
+            what,
+            source: std::io::Error::other(e),
+        }
+    };
+    if let Some(n) = &cfg.net {
+        let tap = crate::net::ioctl::open_tap(&n.tap).map_err(io("TAP"))?;
+        crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(io("bridge"))?;
+        crate::net::ioctl::link_up(&n.tap).map_err(io("TAP up"))?;
+        let irq = irq_for(&vm, mmio.len())?;
+        let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq).map_err(other("virtio-net"))?;
+        let rx = dev.clone();
+        std::thread::Builder::new()
+            .name("net-rx".into())
+            .spawn(move || rx.rx_loop())
+            .map_err(io("start virtio-net thread"))?;
+        mmio.push(dev);
+    }
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(|e| VmmError::Io {
+                what: "disk",
+                source: std::io::Error::new(e.kind(), format!("{}: {e}", d.path)),
+            })?;
+        let irq = irq_for(&vm, mmio.len())?;
+        let serial = format!("aurae-disk{i}");
+        let dev =
+            virtio_blk::VirtioBlk::new(mem.clone(), file, d.read_only, &serial, irq).map_err(other("virtio-blk"))?;
+        mmio.push(dev);
+    }
+    let entry = boot::load(
+        &mem,
+        std::path::Path::new(&cfg.kernel),
+        cfg.initramfs.as_deref().map(std::path::Path::new),
+        &cmdline,
+        cfg.vcpus,
+    )?;
+
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+    vm.register_irqfd(&irq, devices::COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    // SAFETY: fd 1 is the stdout pipe the runtime gave this process; nothing else owns it.
+    let stdout = unsafe { OwnedFd::from_raw_fd(1) };
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+    vm.register_irqfd(&kbd_irq, devices::KBD_IRQ)
+        .map_err(kvm_err("register keyboard irqfd"))?;
+    let bus = Arc::new(Mutex::new(PortBus {
+        serial: vm_superio::Serial::new(IrqTrigger(irq), ConsoleOut::new(stdout)),
+        kbd: i8042::I8042::default(),
+        kbd_irq,
+    }));
+
+    let (end_tx, end_rx) = mpsc::channel();
+    let machine = Arc::new(Machine {
+        vm,
+        bus: bus.clone(),
+        mmio,
+        end: end_tx,
+    });
+    let cpuid = cpu::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        let fd = machine.vm.create_vcpu(u64::from(id)).map_err(kvm_err("create vCPU"))?;
+        cpu::setup(&fd, &cpuid, id, cfg.vcpus, entry.rip).map_err(kvm_err("set up vCPU"))?;
+        vcpus.push(fd);
+    }
+    for (id, fd) in vcpus.into_iter().enumerate() {
+        let m = machine.clone();
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run(fd, &m))
+            .map_err(io("start vCPU thread"))?;
+    }
+    // SIGTERM: the graceful stop. The VMM presses Power on the guest's keyboard and lets the
+    // guest decide; the runtime kills the VMM after the grace period. SIGUSR1: it reports
+    // its memory (for `make bench`).
+    let guest = mem.clone();
+    let keys = bus.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match term.wait() {
+                Ok(nix::sys::signal::Signal::SIGUSR1) => eprintln!("aurae-vmm: {}", memory::report(&guest)),
+                Ok(_) => {
+                    eprintln!("aurae-vmm: asked to stop: pressing the guest's Power key");
+                    if let Ok(mut b) = keys.lock() {
+                        b.press_power();
+                    }
+                }
+                Err(e) => {
+                    // Stops then fall back to cgroup.kill after the grace period.
+                    eprintln!("aurae-vmm: cannot wait for signals any more: {e}");
+                    return;
+                }
+            }
+        })
+        .map_err(io("start signal thread"))?;
+    ready(cfg.vcpus).map_err(io("report ready on the control socket"))?;
+    eprintln!(
+        "aurae-vmm: guest running: {} vCPUs, {} MiB{}",
+        cfg.vcpus,
+        cfg.memory_bytes >> 20,
+        cfg.net
+            .as_ref()
+            .map(|n| format!(", virtio-net on TAP {} (bridge {})", n.tap, n.bridge))
+            .unwrap_or_default()
+    );
+    let end = end_rx.recv().unwrap_or(Err("every vCPU thread ended".into()));
+    if let Ok(mut b) = bus.lock() {
+        b.serial.writer_mut().drain();
+    }
+    end.map_err(|e| VmmError::Io {
+        what: "vCPU",
+        source: std::io::Error::other(e),
+    })
+}
