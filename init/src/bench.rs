@@ -4,7 +4,7 @@
 //! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
 
 use crate::cli::Conn as Channel;
-use crate::cli::{config::FileConfig, workloads::wref, CliError, Target};
+use crate::cli::{config::FileConfig, workload::wref, CliError, Target};
 use crate::pb::{self, runtime_client::RuntimeClient, workloads_client::WorkloadsClient};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,14 +4,18 @@
 //! 2 usage or configuration error; 3 the node could not be reached (connection or TLS);
 //! 4 the awaited executable did not exit 0 (`exec --wait`, `exec -f`, `wait`).
 
+mod cell;
 pub mod config;
-pub mod vm;
-pub mod workloads;
+mod exec;
+mod instance;
+mod node;
+mod print;
+mod vm;
+pub mod workload;
 
 use crate::pb;
 use crate::pki::tls::TlsFiles;
 use clap::{Parser, Subcommand};
-use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -74,7 +78,7 @@ pub struct Aer {
 enum Command {
     /// The node itself.
     #[command(subcommand)]
-    Node(NodeCmd),
+    Node(node::NodeCmd),
     /// grpc.health.v1 status (exit 1 unless SERVING).
     Health {
         /// Service to ask about ("" = the whole node).
@@ -82,46 +86,30 @@ enum Command {
         service: String,
     },
     /// Run an executable: aer exec NAME [--cell C] [-e K=V] [--wait|-f] -- PROGRAM ARGS...
-    Exec(workloads::ExecArgs),
+    Exec(exec::ExecArgs),
     /// List cells and executables.
     Ps,
     /// An executable's status.
     Status { name: String },
     /// An executable's stdout and stderr.
-    Logs(workloads::LogsArgs),
+    Logs(workload::LogsArgs),
     /// Stop an executable: signal, grace period, then cgroup.kill.
-    Stop(workloads::StopArgs),
+    Stop(workload::StopArgs),
     /// Wait for an executable to end (exit 4 unless it exited 0).
     Wait { name: String },
     /// Forget an ended executable: its cgroup, logs and (if private) its cell.
     Free { name: String },
     /// Cells: create, status, stop, wait, free, freeze, thaw.
     #[command(subcommand)]
-    Cell(workloads::CellCmd),
+    Cell(cell::CellCmd),
     /// Virtual machines run by auraed's VMM: run, ls, status, logs, stop, wait, free.
     #[command(subcommand)]
     Vm(vm::VmCmd),
     /// Boot a copy of auraed in a microVM; reach it with `aer --instance NAME ...`.
-    Spawn(vm::SpawnArgs),
+    Spawn(instance::SpawnArgs),
     /// Spawned instances: ls, status, logs, stop, wait, free.
     #[command(subcommand)]
-    Instance(vm::InstanceCmd),
-}
-
-#[derive(Debug, Subcommand)]
-enum NodeCmd {
-    /// Version, mode, kernel, cgroup controllers, KVM, identity.
-    Info,
-    /// Stop workloads and power the node off (a daemon just exits).
-    Shutdown {
-        #[arg(long, default_value_t = crate::runtime::DEFAULT_GRACE_MS)]
-        grace_ms: u32,
-    },
-    /// Stop workloads and reboot the node (PID 1 only).
-    Reboot {
-        #[arg(long, default_value_t = crate::runtime::DEFAULT_GRACE_MS)]
-        grace_ms: u32,
-    },
+    Instance(instance::InstanceCmd),
 }
 
 /// A failure, with the exit code it maps to.
@@ -303,148 +291,22 @@ where
 }
 
 async fn run(a: &Aer) -> Result<(), CliError> {
-    use workloads::Op;
+    use workload::Op;
     let target = resolve(a)?;
     let exe = pb::WorkloadKind::Executable;
     match &a.command {
-        Command::Exec(e) => return workloads::exec(e, &target, a.json).await,
-        Command::Ps => return workloads::ps(target.connect().await?, a.json).await,
-        Command::Status { name } => return workloads::lifecycle(&target, exe, name, Op::Status, a.json).await,
-        Command::Logs(l) => return workloads::logs(l, &target).await,
-        Command::Stop(s) => return workloads::lifecycle(&target, exe, &s.name, Op::Stop(s), a.json).await,
-        Command::Wait { name } => return workloads::lifecycle(&target, exe, name, Op::Wait, a.json).await,
-        Command::Free { name } => return workloads::lifecycle(&target, exe, name, Op::Free, a.json).await,
-        Command::Cell(c) => return workloads::cell(c, &target, a.json).await,
-        Command::Vm(v) => return vm::vm(v, &target, a.json).await,
-        Command::Spawn(s) => return vm::spawn(s, &target, a.json).await,
-        Command::Instance(i) => return vm::instance(i, &target, a.json).await,
-        Command::Health { .. } | Command::Node(_) => {}
-    }
-    let ch = target.connect().await?;
-    match &a.command {
-        Command::Health { service } => {
-            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
-            let r = c
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: service.clone(),
-                })
-                .await
-                .map_err(remote)?
-                .into_inner();
-            let status = tonic_health::pb::health_check_response::ServingStatus::try_from(r.status)
-                .map(|s| s.as_str_name().to_owned())
-                .unwrap_or_else(|_| r.status.to_string());
-            if a.json {
-                println!("{}", json!({ "service": service, "status": status }));
-            } else {
-                println!("{status}");
-            }
-            if status != "SERVING" {
-                return Err(CliError::Remote(tonic::Status::unavailable(format!(
-                    "health: {status}"
-                ))));
-            }
-        }
-        Command::Node(cmd) => {
-            let mut c = pb::node_client::NodeClient::new(ch);
-            match cmd {
-                NodeCmd::Info => print_info(
-                    &c.info(pb::NodeInfoRequest {}).await.map_err(remote)?.into_inner(),
-                    a.json,
-                ),
-                NodeCmd::Shutdown { grace_ms } => {
-                    c.shutdown(pb::ShutdownRequest {
-                        grace_period_millis: *grace_ms,
-                    })
-                    .await
-                    .map_err(remote)?;
-                    done(a.json, "shutdown requested");
-                }
-                NodeCmd::Reboot { grace_ms } => {
-                    c.reboot(pb::ShutdownRequest {
-                        grace_period_millis: *grace_ms,
-                    })
-                    .await
-                    .map_err(remote)?;
-                    done(a.json, "reboot requested");
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-fn remote(s: tonic::Status) -> CliError {
-    CliError::Remote(s)
-}
-
-fn done(json: bool, what: &str) {
-    if json {
-        println!("{}", json!({ "ok": true, "message": what }));
-    } else {
-        println!("{what}");
-    }
-}
-
-fn print_info(i: &pb::NodeInfo, as_json: bool) {
-    let spawned = match pb::IsolationKind::try_from(i.isolation) {
-        Ok(pb::IsolationKind::Vm) => "vm",
-        Ok(pb::IsolationKind::Cell) => "cell",
-        _ => "",
-    };
-    let mode = pb::Mode::try_from(i.mode)
-        .map(|m| m.as_str_name())
-        .unwrap_or("MODE_UNSPECIFIED");
-    let mode = mode.trim_start_matches("MODE_").to_lowercase();
-    let failures: Vec<_> = i
-        .init_failures
-        .iter()
-        .map(|f| json!({ "step": f.step, "error": f.error }))
-        .collect();
-    if as_json {
-        println!(
-            "{}",
-            json!({
-                "auraed_version": i.auraed_version, "mode": mode, "pid": i.pid,
-                "kernel_release": i.kernel_release, "kernel_version": i.kernel_version,
-                "hostname": i.hostname, "uptime_millis": i.uptime_millis,
-                "cgroup_controllers": i.cgroup_controllers, "kvm_usable": i.kvm_usable,
-                "kvm_detail": i.kvm_detail, "spiffe_id": i.spiffe_id, "peer_spiffe_id": i.peer_spiffe_id,
-                "init_failures": failures, "serving_since_boot_micros": i.serving_since_boot_micros,
-                "auraed_rss_bytes": i.auraed_rss_bytes, "isolation": spawned,
-            })
-        );
-        return;
-    }
-    println!("auraed      {} ({mode}, pid {})", i.auraed_version, i.pid);
-    println!("hostname    {}", i.hostname);
-    println!("kernel      {} {}", i.kernel_release, i.kernel_version);
-    println!(
-        "uptime      {:.1} s (serving {:.3} s after kernel start)",
-        i.uptime_millis as f64 / 1e3,
-        i.serving_since_boot_micros as f64 / 1e6
-    );
-    println!(
-        "cgroups     {}",
-        if i.cgroup_controllers.is_empty() {
-            "(none)".into()
-        } else {
-            i.cgroup_controllers.join(" ")
-        }
-    );
-    println!(
-        "kvm         {} ({})",
-        if i.kvm_usable { "usable" } else { "not usable" },
-        i.kvm_detail
-    );
-    println!("identity    {}", i.spiffe_id);
-    if !spawned.is_empty() {
-        println!("spawned as  {spawned} (isolation)");
-    }
-    println!("you are     {}", i.peer_spiffe_id);
-    println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
-    for f in &i.init_failures {
-        println!("INIT FAILED {}: {}", f.step, f.error);
+        Command::Exec(e) => exec::exec(e, &target, a.json).await,
+        Command::Ps => exec::ps(target.connect().await?, a.json).await,
+        Command::Status { name } => workload::lifecycle(&target, exe, name, Op::Status, a.json).await,
+        Command::Logs(l) => exec::logs(l, &target).await,
+        Command::Stop(s) => workload::lifecycle(&target, exe, &s.name, Op::Stop(s), a.json).await,
+        Command::Wait { name } => workload::lifecycle(&target, exe, name, Op::Wait, a.json).await,
+        Command::Free { name } => workload::lifecycle(&target, exe, name, Op::Free, a.json).await,
+        Command::Cell(c) => cell::cell(c, &target, a.json).await,
+        Command::Vm(v) => vm::vm(v, &target, a.json).await,
+        Command::Spawn(s) => instance::spawn(s, &target, a.json).await,
+        Command::Instance(i) => instance::instance(i, &target, a.json).await,
+        Command::Health { service } => node::health(target.connect().await?, service, a.json).await,
+        Command::Node(cmd) => node::node(target.connect().await?, cmd, a.json).await,
     }
 }

@@ -1,0 +1,141 @@
+//! `aer cell ...`: create (with limits and shared namespaces), and the shared lifecycle.
+
+use super::print::print_cell;
+use super::workload::{lifecycle, parse_bytes, usage, Op, StopArgs};
+use super::CliError;
+use crate::pb;
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum CellCmd {
+    /// Create a cell (cgroup + new namespaces).
+    Create(Box<CellCreate>),
+    Status {
+        name: String,
+    },
+    /// SIGTERM (or --signal) to its processes, grace, then cgroup.kill.
+    Stop(StopArgs),
+    Wait {
+        name: String,
+    },
+    /// Remove a stopped cell, its nested cells and their executables.
+    Free {
+        name: String,
+    },
+    Freeze {
+        name: String,
+    },
+    Thaw {
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CellCreate {
+    /// `name` or `parent/name`.
+    name: String,
+    /// cpu.weight (1..10000).
+    #[arg(long)]
+    cpu_weight: Option<u64>,
+    /// cpu.max as QUOTA or QUOTA/PERIOD in microseconds (e.g. 50000/100000).
+    #[arg(long)]
+    cpu_max: Option<String>,
+    /// cpuset.cpus (e.g. 0-1).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// cpuset.mems.
+    #[arg(long)]
+    mems: Option<String>,
+    /// Bytes, with an optional K/M/G suffix (powers of 1024).
+    #[arg(long)]
+    memory_min: Option<String>,
+    #[arg(long)]
+    memory_low: Option<String>,
+    #[arg(long)]
+    memory_high: Option<String>,
+    #[arg(long)]
+    memory_max: Option<String>,
+    #[arg(long)]
+    swap_max: Option<String>,
+    #[arg(long)]
+    pids_max: Option<u64>,
+    /// io.weight (1..10000).
+    #[arg(long)]
+    io_weight: Option<u64>,
+    /// Host namespaces to share instead of new ones: pid,mount,net,ipc,uts,cgroup.
+    #[arg(long, value_delimiter = ',')]
+    share: Vec<String>,
+}
+
+pub async fn cell(cmd: &CellCmd, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let k = pb::WorkloadKind::Cell;
+    match cmd {
+        CellCmd::Create(c) => create(c, target, as_json).await,
+        CellCmd::Status { name } => lifecycle(target, k, name, Op::Status, as_json).await,
+        CellCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
+        CellCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
+        CellCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+        CellCmd::Freeze { name } => lifecycle(target, k, name, Op::Freeze, as_json).await,
+        CellCmd::Thaw { name } => lifecycle(target, k, name, Op::Thaw, as_json).await,
+    }
+}
+
+async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let bytes = |flag: &str, v: &Option<String>| v.as_deref().map(|s| parse_bytes(flag, s)).transpose();
+    let cpu_max = match &c.cpu_max {
+        None => None,
+        Some(s) => {
+            let (q, p) = s.split_once('/').unwrap_or((s, "0"));
+            let n = |x: &str| {
+                x.parse::<u64>()
+                    .map_err(|_| usage(format!("--cpu-max '{s}': use QUOTA or QUOTA/PERIOD in microseconds")))
+            };
+            Some(pb::CpuMax {
+                quota_micros: n(q)?,
+                period_micros: n(p)?,
+            })
+        }
+    };
+    let mut iso = pb::CellIsolation::default();
+    for s in &c.share {
+        match s.as_str() {
+            "pid" => iso.share_host_pid = true,
+            "mount" | "mnt" => iso.share_host_mount = true,
+            "net" | "network" => iso.share_host_network = true,
+            "ipc" => iso.share_host_ipc = true,
+            "uts" => iso.share_host_uts = true,
+            "cgroup" => iso.share_host_cgroup = true,
+            other => {
+                return Err(usage(format!(
+                    "--share '{other}': choose from pid,mount,net,ipc,uts,cgroup"
+                )))
+            }
+        }
+    }
+    let cell = pb::Cell {
+        name: c.name.clone(),
+        resources: Some(pb::CellResources {
+            cpu_weight: c.cpu_weight,
+            cpu_max,
+            cpuset_cpus: c.cpus.clone().unwrap_or_default(),
+            cpuset_mems: c.mems.clone().unwrap_or_default(),
+            memory_min_bytes: bytes("memory-min", &c.memory_min)?,
+            memory_low_bytes: bytes("memory-low", &c.memory_low)?,
+            memory_high_bytes: bytes("memory-high", &c.memory_high)?,
+            memory_max_bytes: bytes("memory-max", &c.memory_max)?,
+            swap_max_bytes: bytes("swap-max", &c.swap_max)?,
+            pids_max: c.pids_max,
+            io_weight: c.io_weight,
+            io_max: Vec::new(),
+        }),
+        isolation: Some(iso),
+        image: None,
+    };
+    let s = pb::runtime_client::RuntimeClient::new(target.connect().await?)
+        .run_cell(cell)
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    print_cell(&s, as_json);
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! How `aer` prints what a node answers: one text layout and one JSON shape per workload
+//! kind and for the node, used by every command.
+
+use crate::pb;
+use serde_json::{json, Value};
+
+pub(crate) fn state_name(s: i32) -> String {
+    pb::WorkloadState::try_from(s)
+        .map(|s| s.as_str_name().trim_start_matches("WORKLOAD_STATE_").to_lowercase())
+        .unwrap_or_else(|_| s.to_string())
+}
+
+pub(crate) fn exec_json(s: &pb::ExecutableStatus) -> Value {
+    json!({
+        "kind": "executable", "name": s.name, "cell": s.cell, "state": state_name(s.state), "pid": s.pid,
+        "exit_code": s.exit_code, "signal": s.signal, "oom_killed": s.oom_killed,
+        "started_at_unix_nanos": s.started_at_unix_nanos, "ended_at_unix_nanos": s.ended_at_unix_nanos,
+        "cpu_usage_micros": s.cpu_usage_micros, "memory_peak_bytes": s.memory_peak_bytes, "error": s.error,
+    })
+}
+
+pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
+    let r = s.resources.clone().unwrap_or_default();
+    let u = s.usage.unwrap_or_default();
+    let i = s.isolation.unwrap_or_default();
+    json!({
+        "kind": "cell", "name": s.name, "state": state_name(s.state), "executables": s.executables, "error": s.error,
+        "resources": {
+            "cpu_weight": r.cpu_weight, "cpu_max": r.cpu_max.map(|m| json!({"quota_micros": m.quota_micros, "period_micros": m.period_micros})),
+            "cpuset_cpus": r.cpuset_cpus, "cpuset_mems": r.cpuset_mems, "memory_min_bytes": r.memory_min_bytes,
+            "memory_low_bytes": r.memory_low_bytes, "memory_high_bytes": r.memory_high_bytes,
+            "memory_max_bytes": r.memory_max_bytes, "swap_max_bytes": r.swap_max_bytes, "pids_max": r.pids_max,
+            "io_weight": r.io_weight,
+        },
+        "isolation": {
+            "share_host_pid": i.share_host_pid, "share_host_mount": i.share_host_mount,
+            "share_host_network": i.share_host_network, "share_host_ipc": i.share_host_ipc,
+            "share_host_uts": i.share_host_uts, "share_host_cgroup": i.share_host_cgroup,
+        },
+        "usage": {
+            "cpu_usage_micros": u.cpu_usage_micros, "cpu_throttled_micros": u.cpu_throttled_micros,
+            "cpu_nr_throttled": u.cpu_nr_throttled, "memory_current_bytes": u.memory_current_bytes,
+            "memory_peak_bytes": u.memory_peak_bytes, "memory_oom_events": u.memory_oom_events,
+            "memory_oom_kill_events": u.memory_oom_kill_events, "pids_current": u.pids_current,
+        },
+    })
+}
+
+pub fn vm_json(v: &pb::VirtualMachineStatus) -> Value {
+    json!({
+        "kind": "vm", "name": v.name, "state": state_name(v.state), "vcpus": v.vcpus,
+        "memory_bytes": v.memory_bytes, "tap_device": v.tap_device, "exit_reason": v.exit_reason,
+        "error": v.error, "vmm_pid": v.vmm_pid, "cpu_usage_micros": v.cpu_usage_micros,
+        "memory_peak_bytes": v.memory_peak_bytes,
+    })
+}
+
+pub fn instance_json(i: &pb::InstanceStatus) -> Value {
+    json!({
+        "kind": "instance", "name": i.name, "state": state_name(i.state),
+        "isolation": pb::IsolationKind::try_from(i.isolation).map(|k| k.as_str_name()).unwrap_or("?"),
+        "address": i.address, "spiffe_id": i.spiffe_id, "error": i.error, "pid": i.pid,
+        "vm": i.vm.as_ref().map(vm_json),
+    })
+}
+
+pub(crate) fn ended(s: &pb::ExecutableStatus) -> String {
+    match (s.exit_code, s.signal) {
+        (Some(c), _) => format!("exit {c}"),
+        (_, Some(sig)) => format!(
+            "signal {}{}",
+            nix::sys::signal::Signal::try_from(sig).map_or(sig.to_string(), |s| s.as_str().to_owned()),
+            if s.oom_killed { " (OOM)" } else { "" }
+        ),
+        _ => String::new(),
+    }
+}
+
+pub(crate) fn print_exec(s: &pb::ExecutableStatus, as_json: bool) {
+    if as_json {
+        println!("{}", exec_json(s));
+        return;
+    }
+    println!("executable  {} (cell {})", s.name, s.cell);
+    println!("state       {} {}", state_name(s.state), ended(s));
+    println!("pid         {}", s.pid);
+    println!("cpu         {:.3} s", s.cpu_usage_micros as f64 / 1e6);
+    println!("memory peak {:.1} MiB", s.memory_peak_bytes as f64 / 1048576.0);
+    if s.oom_killed {
+        println!("oom killed  yes");
+    }
+    if !s.error.is_empty() {
+        println!("error       {}", s.error);
+    }
+}
+
+pub(crate) fn print_cell(s: &pb::CellStatus, as_json: bool) {
+    if as_json {
+        println!("{}", cell_json(s));
+        return;
+    }
+    let v = cell_json(s);
+    println!("cell        {}", s.name);
+    println!("state       {}", state_name(s.state));
+    let set: Vec<String> = v["resources"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| !v.is_null() && v.as_str() != Some(""))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "limits      {}",
+        if set.is_empty() { "(none)".into() } else { set.join(" ") }
+    );
+    let shared: Vec<&str> = v["isolation"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.trim_start_matches("share_host_"))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "namespaces  {}",
+        if shared.is_empty() {
+            "all new".into()
+        } else {
+            format!("new, except host {}", shared.join(","))
+        }
+    );
+    let u = s.usage.unwrap_or_default();
+    println!(
+        "usage       cpu {:.3} s (throttled {} times, {:.3} s), memory {:.1} MiB (peak {:.1}), pids {}, oom kills {}",
+        u.cpu_usage_micros as f64 / 1e6,
+        u.cpu_nr_throttled,
+        u.cpu_throttled_micros as f64 / 1e6,
+        u.memory_current_bytes as f64 / 1048576.0,
+        u.memory_peak_bytes as f64 / 1048576.0,
+        u.pids_current,
+        u.memory_oom_kill_events
+    );
+    println!("executables {}", s.executables.join(" "));
+    if !s.error.is_empty() {
+        println!("error       {}", s.error);
+    }
+}
+
+pub fn print_vm(v: &pb::VirtualMachineStatus, as_json: bool) {
+    if as_json {
+        println!("{}", vm_json(v));
+        return;
+    }
+    println!("vm          {}", v.name);
+    println!("state       {} {}", state_name(v.state), v.exit_reason);
+    println!("vcpus       {}", v.vcpus);
+    println!("memory      {} MiB", v.memory_bytes >> 20);
+    println!("vmm pid     {}", v.vmm_pid);
+    println!("cpu         {:.3} s", v.cpu_usage_micros as f64 / 1e6);
+    println!("memory peak {:.1} MiB", v.memory_peak_bytes as f64 / 1048576.0);
+    if !v.tap_device.is_empty() {
+        println!("tap         {}", v.tap_device);
+    }
+    if !v.error.is_empty() {
+        println!("error       {}", v.error);
+    }
+}
+
+pub fn print_instance(i: &pb::InstanceStatus, as_json: bool) {
+    if as_json {
+        println!("{}", instance_json(i));
+        return;
+    }
+    println!("instance    {}", i.name);
+    println!(
+        "state       {} {}",
+        state_name(i.state),
+        i.vm.as_ref().map_or("", |v| v.exit_reason.as_str())
+    );
+    println!(
+        "isolation   {}",
+        pb::IsolationKind::try_from(i.isolation)
+            .map(|k| k.as_str_name().trim_start_matches("ISOLATION_KIND_").to_lowercase())
+            .unwrap_or_default()
+    );
+    println!("address     {}", i.address);
+    println!("spiffe id   {}", i.spiffe_id);
+    match &i.vm {
+        Some(vm) => println!(
+            "vm          {} vCPU, {} MiB, tap {}, vmm pid {}",
+            vm.vcpus,
+            vm.memory_bytes >> 20,
+            vm.tap_device,
+            vm.vmm_pid
+        ),
+        None => println!("process     pid {} (in a cell of its own)", i.pid),
+    }
+    println!("reach it    aer --instance {} node info", i.name);
+    if !i.error.is_empty() {
+        println!("error       {}", i.error);
+    }
+}
+
+pub(crate) fn print_status(w: &pb::WorkloadStatus, as_json: bool) {
+    match &w.status {
+        Some(pb::workload_status::Status::Executable(e)) => print_exec(e, as_json),
+        Some(pb::workload_status::Status::Cell(c)) => print_cell(c, as_json),
+        Some(pb::workload_status::Status::VirtualMachine(v)) => print_vm(v, as_json),
+        Some(pb::workload_status::Status::Instance(i)) => print_instance(i, as_json),
+        _ => println!("{w:?}"),
+    }
+}
+
+pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
+    let spawned = match pb::IsolationKind::try_from(i.isolation) {
+        Ok(pb::IsolationKind::Vm) => "vm",
+        Ok(pb::IsolationKind::Cell) => "cell",
+        _ => "",
+    };
+    let mode = pb::Mode::try_from(i.mode)
+        .map(|m| m.as_str_name())
+        .unwrap_or("MODE_UNSPECIFIED");
+    let mode = mode.trim_start_matches("MODE_").to_lowercase();
+    let failures: Vec<_> = i
+        .init_failures
+        .iter()
+        .map(|f| json!({ "step": f.step, "error": f.error }))
+        .collect();
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "auraed_version": i.auraed_version, "mode": mode, "pid": i.pid,
+                "kernel_release": i.kernel_release, "kernel_version": i.kernel_version,
+                "hostname": i.hostname, "uptime_millis": i.uptime_millis,
+                "cgroup_controllers": i.cgroup_controllers, "kvm_usable": i.kvm_usable,
+                "kvm_detail": i.kvm_detail, "spiffe_id": i.spiffe_id, "peer_spiffe_id": i.peer_spiffe_id,
+                "init_failures": failures, "serving_since_boot_micros": i.serving_since_boot_micros,
+                "auraed_rss_bytes": i.auraed_rss_bytes, "isolation": spawned,
+            })
+        );
+        return;
+    }
+    println!("auraed      {} ({mode}, pid {})", i.auraed_version, i.pid);
+    println!("hostname    {}", i.hostname);
+    println!("kernel      {} {}", i.kernel_release, i.kernel_version);
+    println!(
+        "uptime      {:.1} s (serving {:.3} s after kernel start)",
+        i.uptime_millis as f64 / 1e3,
+        i.serving_since_boot_micros as f64 / 1e6
+    );
+    println!(
+        "cgroups     {}",
+        if i.cgroup_controllers.is_empty() {
+            "(none)".into()
+        } else {
+            i.cgroup_controllers.join(" ")
+        }
+    );
+    println!(
+        "kvm         {} ({})",
+        if i.kvm_usable { "usable" } else { "not usable" },
+        i.kvm_detail
+    );
+    println!("identity    {}", i.spiffe_id);
+    if !spawned.is_empty() {
+        println!("spawned as  {spawned} (isolation)");
+    }
+    println!("you are     {}", i.peer_spiffe_id);
+    println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
+    for f in &i.init_failures {
+        println!("INIT FAILED {}: {}", f.step, f.error);
+    }
+}
+
+pub(crate) fn done(json: bool, what: &str) {
+    if json {
+        println!("{}", json!({ "ok": true, "message": what }));
+    } else {
+        println!("{what}");
+    }
+}
