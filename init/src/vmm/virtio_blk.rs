@@ -7,7 +7,7 @@ use super::virtio_mmio::{Event, MmioDevice, Transport};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -20,6 +20,28 @@ const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 const SECTOR: u64 = 512;
+/// The most a request copies at once, whatever length the guest's descriptor claims.
+const CHUNK: usize = 64 << 10;
+
+/// Runs `f` over `d` in pieces of at most CHUNK bytes: (guest address, file offset, buffer),
+/// advancing `offset` past the descriptor.
+fn each_chunk(
+    d: &Desc,
+    offset: &mut u64,
+    mut f: impl FnMut(GuestAddress, u64, &mut [u8]) -> Result<(), u8>,
+) -> Result<(), u8> {
+    let len = d.len as usize;
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        let at = d.addr.checked_add(done as u64).ok_or(S_IOERR)?;
+        f(at, *offset, &mut buf[..n])?;
+        *offset = offset.checked_add(n as u64).ok_or(S_IOERR)?;
+        done += n;
+    }
+    Ok(())
+}
 
 pub struct VirtioBlk {
     mem: Arc<GuestMemoryMmap>,
@@ -90,21 +112,29 @@ impl VirtioBlk {
         let result: Result<(), u8> = (|| match kind {
             T_IN => {
                 for d in data {
-                    let mut buf = vec![0u8; d.len as usize];
-                    self.file.read_exact_at(&mut buf, offset).map_err(|_| S_IOERR)?;
-                    mem.write_slice(&buf, d.addr).map_err(|_| S_IOERR)?;
-                    offset += u64::from(d.len);
-                    written += d.len;
+                    // The guest says where and how much: checked against its memory before
+                    // anything is read, and copied in bounded chunks.
+                    if !d.write_only || !mem.check_range(d.addr, d.len as usize) {
+                        return Err(S_IOERR);
+                    }
+                    each_chunk(d, &mut offset, |at, file_off, buf| {
+                        self.file.read_exact_at(buf, file_off).map_err(|_| S_IOERR)?;
+                        mem.write_slice(buf, at).map_err(|_| S_IOERR)
+                    })?;
+                    written = written.saturating_add(d.len);
                 }
                 Ok(())
             }
             T_OUT if self.read_only => Err(S_IOERR),
             T_OUT => {
                 for d in data {
-                    let mut buf = vec![0u8; d.len as usize];
-                    mem.read_slice(&mut buf, d.addr).map_err(|_| S_IOERR)?;
-                    self.file.write_all_at(&buf, offset).map_err(|_| S_IOERR)?;
-                    offset += u64::from(d.len);
+                    if d.write_only || !mem.check_range(d.addr, d.len as usize) {
+                        return Err(S_IOERR);
+                    }
+                    each_chunk(d, &mut offset, |at, file_off, buf| {
+                        mem.read_slice(buf, at).map_err(|_| S_IOERR)?;
+                        self.file.write_all_at(buf, file_off).map_err(|_| S_IOERR)
+                    })?;
                 }
                 Ok(())
             }
@@ -113,7 +143,7 @@ impl VirtioBlk {
                 if let Some(d) = data.first() {
                     let n = (d.len as usize).min(self.id.len());
                     mem.write_slice(&self.id[..n], d.addr).map_err(|_| S_IOERR)?;
-                    written += n as u32;
+                    written = written.saturating_add(n as u32);
                 }
                 Ok(())
             }
@@ -124,7 +154,7 @@ impl VirtioBlk {
             Err(c) => c,
         };
         if mem.write_slice(&[code], status.addr).is_ok() {
-            written += 1;
+            written = written.saturating_add(1);
         }
         written
     }
@@ -162,5 +192,180 @@ impl MmioDevice for VirtioBlk {
         if event == Event::Notify(0) {
             self.process();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::virtio_mmio::testing::{r32, setup_queue, w32};
+    use super::*;
+    use std::io::Write;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress as GA;
+
+    const WO: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    struct Rig {
+        mem: Arc<GuestMemoryMmap>,
+        disk: tempfile::NamedTempFile,
+        dev: Arc<VirtioBlk>,
+        irq: EventFd,
+    }
+
+    /// A 4 MiB guest, an 8-sector disk whose sector i is filled with byte i, and the device.
+    fn rig(read_only: bool) -> Rig {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GA(0), 4 << 20)]).unwrap());
+        let mut disk = tempfile::NamedTempFile::new().unwrap();
+        for i in 0..8u8 {
+            disk.write_all(&[i; 512]).unwrap();
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk.path())
+            .unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let dev = VirtioBlk::new(mem.clone(), file, read_only, "aurae-disk0", irq.try_clone().unwrap()).unwrap();
+        Rig { mem, disk, dev, irq }
+    }
+
+    fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GA(HDR)).unwrap();
+    }
+
+    /// Posts `chain` on queue 0 (the rings of `q`, one per test: they keep their indices),
+    /// notifies, and returns (status byte, used length).
+    fn submit(r: &Rig, q: &MockSplitQueue<GuestMemoryMmap>, chain: &[RawDescriptor]) -> (u8, u32) {
+        q.build_desc_chain(chain).unwrap();
+        setup_queue(&*r.dev, 0, q, 16);
+        r.mem.write_obj(0xeeu8, GA(STATUS)).unwrap();
+        w32(&*r.dev, 0x50, 0);
+        // The newest used element: ring[idx - 1] is (id: u32, len: u32) after flags and idx.
+        let idx = r.mem.read_obj::<u16>(q.used_addr().unchecked_add(2)).unwrap();
+        let elem = q.used_addr().unchecked_add(4 + 8 * u64::from(idx.wrapping_sub(1) % 16));
+        let used_len = r.mem.read_obj::<u32>(elem.unchecked_add(4)).unwrap();
+        (r.mem.read_obj::<u8>(GA(STATUS)).unwrap(), used_len)
+    }
+
+    #[test]
+    fn reads_a_sector_into_the_guest_and_raises_the_interrupt() {
+        let r = rig(false);
+        let q = MockSplitQueue::new(&*r.mem, 16);
+        header(&r.mem, T_IN, 3);
+        let (status, used) = submit(&r, &q, &[desc(HDR, 16, 0), desc(DATA, 512, WO), desc(STATUS, 1, WO)]);
+        assert_eq!((status, used), (S_OK, 513));
+        let mut got = [0u8; 512];
+        r.mem.read_slice(&mut got, GA(DATA)).unwrap();
+        assert_eq!(got, [3u8; 512]);
+        assert_eq!(r.irq.read().unwrap(), 1, "one interrupt");
+        assert_eq!(r32(&*r.dev, 0x60), 1, "interrupt status says used buffers");
+        assert_eq!(r32(&*r.dev, 0x100), 8, "capacity: 8 sectors");
+    }
+
+    #[test]
+    fn writes_reach_the_image_unless_the_disk_is_read_only() {
+        let r = rig(false);
+        let q = MockSplitQueue::new(&*r.mem, 16);
+        r.mem.write_slice(&[0xab; 512], GA(DATA)).unwrap();
+        header(&r.mem, T_OUT, 5);
+        let (status, _) = submit(&r, &q, &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WO)]);
+        assert_eq!(status, S_OK);
+        let img = std::fs::read(r.disk.path()).unwrap();
+        assert_eq!(&img[5 * 512..6 * 512], &[0xab; 512][..]);
+
+        let ro = rig(true);
+
+        let qo = MockSplitQueue::new(&*ro.mem, 16);
+        ro.mem.write_slice(&[0xab; 512], GA(DATA)).unwrap();
+        header(&ro.mem, T_OUT, 5);
+        let (status, _) = submit(&ro, &qo, &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WO)]);
+        assert_eq!(status, S_IOERR, "a read-only disk refuses writes");
+        let img = std::fs::read(ro.disk.path()).unwrap();
+        assert_eq!(&img[5 * 512..6 * 512], &[5u8; 512][..], "and the image is unchanged");
+    }
+
+    #[test]
+    fn get_id_returns_the_serial() {
+        let r = rig(true);
+        let q = MockSplitQueue::new(&*r.mem, 16);
+        header(&r.mem, T_GET_ID, 0);
+        let (status, _) = submit(&r, &q, &[desc(HDR, 16, 0), desc(DATA, 20, WO), desc(STATUS, 1, WO)]);
+        assert_eq!(status, S_OK);
+        let mut id = [0u8; 11];
+        r.mem.read_slice(&mut id, GA(DATA)).unwrap();
+        assert_eq!(&id, b"aurae-disk0");
+    }
+
+    #[test]
+    fn hostile_chains_fail_the_request_and_leave_the_image_alone() {
+        let r = rig(false);
+        let q = MockSplitQueue::new(&*r.mem, 16);
+        let before = std::fs::read(r.disk.path()).unwrap();
+        // A 64 MiB buffer in a 4 MiB guest: refused before anything is allocated or copied.
+        header(&r.mem, T_IN, 0);
+        let (status, _) = submit(
+            &r,
+            &q,
+            &[desc(HDR, 16, 0), desc(DATA, 64 << 20, WO), desc(STATUS, 1, WO)],
+        );
+        assert_eq!(status, S_IOERR);
+        header(&r.mem, T_OUT, 0);
+        let (status, _) = submit(
+            &r,
+            &q,
+            &[desc(HDR, 16, 0), desc(DATA, 64 << 20, 0), desc(STATUS, 1, WO)],
+        );
+        assert_eq!(status, S_IOERR);
+        // A chain longer than 4 GiB in all is cut short by the queue: no status, nothing done.
+        header(&r.mem, T_OUT, 0);
+        let cut = submit(
+            &r,
+            &q,
+            &[desc(HDR, 16, 0), desc(DATA, u32::MAX - 15, 0), desc(STATUS, 1, WO)],
+        );
+        assert_eq!(cut, (0xee, 0));
+        // Data beyond the end of guest memory; a sector beyond the image; a sector number
+        // whose byte offset overflows; a read into a buffer the device may not write.
+        header(&r.mem, T_IN, 0);
+        let (status, _) = submit(
+            &r,
+            &q,
+            &[desc(HDR, 16, 0), desc((4 << 20) - 8, 512, WO), desc(STATUS, 1, WO)],
+        );
+        assert_eq!(status, S_IOERR);
+        for sector in [8, u64::MAX / 2] {
+            header(&r.mem, T_IN, sector);
+            let (status, _) = submit(&r, &q, &[desc(HDR, 16, 0), desc(DATA, 512, WO), desc(STATUS, 1, WO)]);
+            assert_eq!(status, S_IOERR, "sector {sector}");
+        }
+        header(&r.mem, T_IN, 0);
+        let (status, _) = submit(&r, &q, &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, WO)]);
+        assert_eq!(status, S_IOERR, "IN into a read-only buffer");
+        // Malformed requests: no status descriptor, a short header, an unknown type.
+        header(&r.mem, T_IN, 0);
+        assert_eq!(
+            submit(&r, &q, &[desc(HDR, 16, 0)]),
+            (0xee, 0),
+            "no status: nothing written"
+        );
+        assert_eq!(
+            submit(&r, &q, &[desc(HDR, 8, 0), desc(STATUS, 1, WO)]).1,
+            0,
+            "short header"
+        );
+        header(&r.mem, 77, 0);
+        assert_eq!(submit(&r, &q, &[desc(HDR, 16, 0), desc(STATUS, 1, WO)]).0, S_UNSUPP);
+        assert_eq!(std::fs::read(r.disk.path()).unwrap(), before, "the image is unchanged");
     }
 }

@@ -159,3 +159,119 @@ impl Transport {
         }
     }
 }
+
+/// Driving a device through its registers the way a guest driver does, for the device tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::MmioDevice;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestMemoryMmap;
+
+    pub fn w32(dev: &dyn MmioDevice, offset: u64, v: u32) {
+        dev.write(offset, &v.to_le_bytes());
+    }
+
+    pub fn r32(dev: &dyn MmioDevice, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        dev.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Points queue `q` at the mock's rings and makes it ready.
+    pub fn setup_queue(dev: &dyn MmioDevice, q: u32, mock: &MockSplitQueue<GuestMemoryMmap>, size: u16) {
+        let lo_hi = |a: u64| (a as u32, (a >> 32) as u32);
+        w32(dev, 0x30, q);
+        w32(dev, 0x38, u32::from(size));
+        for (reg, addr) in [
+            (0x80, mock.desc_table_addr().0),
+            (0x90, mock.avail_addr().0),
+            (0xa0, mock.used_addr().0),
+        ] {
+            let (lo, hi) = lo_hi(addr);
+            w32(dev, reg, lo);
+            w32(dev, reg + 4, hi);
+        }
+        w32(dev, 0x44, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(t: &Transport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b, &[1, 2, 3]);
+        u32::from_le_bytes(b)
+    }
+
+    fn set(t: &mut Transport, offset: u64, v: u32) -> Event {
+        t.write(offset, &v.to_le_bytes())
+    }
+
+    #[test]
+    fn identifies_itself_as_a_virtio_1_mmio_device() {
+        let t = Transport::new(2, 1 << 5, 1).unwrap();
+        assert_eq!(reg(&t, 0x00), 0x7472_6976, "magic 'virt'");
+        assert_eq!(reg(&t, 0x04), 2, "register layout version 2");
+        assert_eq!(reg(&t, 0x08), 2, "device id");
+        assert_eq!(reg(&t, 0x34), 256, "queue size max");
+    }
+
+    #[test]
+    fn the_driver_gets_only_features_the_device_offers() {
+        let mut t = Transport::new(1, 1 << 5, 1).unwrap();
+        set(&mut t, 0x14, 1);
+        assert_eq!(reg(&t, 0x10), 1, "VERSION_1 in the high word");
+        set(&mut t, 0x24, 0);
+        set(&mut t, 0x20, u32::MAX);
+        set(&mut t, 0x24, 1);
+        set(&mut t, 0x20, u32::MAX);
+        assert_eq!(t.driver_features, (1 << 5) | VIRTIO_F_VERSION_1, "unknown bits dropped");
+        set(&mut t, 0x24, 7);
+        set(&mut t, 0x20, u32::MAX);
+        assert_eq!(
+            t.driver_features,
+            (1 << 5) | VIRTIO_F_VERSION_1,
+            "a bogus select is ignored"
+        );
+    }
+
+    #[test]
+    fn a_hostile_queue_select_or_offset_is_harmless() {
+        let mut t = Transport::new(1, 0, 2).unwrap();
+        set(&mut t, 0x30, 999);
+        assert_eq!(reg(&t, 0x34), 0, "no such queue: size 0");
+        assert_eq!(set(&mut t, 0x44, 1), Event::None, "no such queue: cannot be made ready");
+        set(&mut t, 0x38, 4096);
+        set(&mut t, 0x80, 0xdead_beef);
+        assert!(t.queues.iter().all(|q| !q.ready()));
+        // Config space reads past its end are zeros; writes to it are ignored.
+        let mut b = [0xffu8; 8];
+        t.read(0x100 + 2, &mut b, &[1, 2, 3]);
+        assert_eq!(b, [3, 0, 0, 0, 0, 0, 0, 0]);
+        let mut far = [0xffu8; 4];
+        t.read(u64::MAX, &mut far, &[1, 2, 3]);
+        assert_eq!(far, [0; 4]);
+        assert_eq!(set(&mut t, 0x100, 1), Event::None);
+        assert_eq!(
+            set(&mut t, 0x50, 7),
+            Event::Notify(7),
+            "the device ignores unknown queues"
+        );
+    }
+
+    #[test]
+    fn writing_status_zero_resets_queues_and_interrupts() {
+        let mut t = Transport::new(1, 0, 1).unwrap();
+        set(&mut t, 0x30, 0);
+        assert_eq!(set(&mut t, 0x44, 1), Event::Ready(0));
+        assert!(t.queues[0].ready());
+        t.interrupt_status = 1;
+        set(&mut t, 0x70, 0xf);
+        assert_eq!(reg(&t, 0x70), 0xf);
+        set(&mut t, 0x70, 0);
+        assert!(!t.queues[0].ready());
+        assert_eq!((reg(&t, 0x60), reg(&t, 0x70)), (0, 0));
+    }
+}
