@@ -90,13 +90,16 @@ impl child::Watched for Body {
         })
     }
 
+    /// A VM's serial console (not its VMM's own messages); a cell child's whole output.
     fn console(&self) -> Vec<String> {
         let logs = self.logs();
         let mut cursor = logs.start_cursor(None);
         let batch = logs.read(&mut cursor, usize::MAX);
+        let vm = matches!(self, Body::Vm(_));
         batch
             .lines
             .iter()
+            .filter(|l| !vm || l.stream == logs::Stream::Console)
             .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
             .collect()
     }

@@ -54,7 +54,8 @@ pub async fn wait_serving(
         let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
         let probe = deadline
             .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(2));
+            .min(Duration::from_secs(2))
+            .max(Duration::from_millis(100));
         let last = match tokio::time::timeout(probe, h.check(req)).await {
             Ok(Ok(r)) if r.get_ref().status == 1 => return Ok(()),
             Ok(Ok(r)) => format!("health status {}", r.get_ref().status),
