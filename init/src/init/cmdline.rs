@@ -21,14 +21,31 @@ pub struct Ipv4Cidr {
     pub prefix: u8,
 }
 
+/// Why a value of the kernel command line (or a flag) was not taken; says what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("'{0}' is not A.B.C.D/N")]
+    NotCidr(String),
+    #[error("'{0}' is not an IPv4 address")]
+    NotIpv4(String),
+    #[error("'{0}' is not a prefix length")]
+    NotPrefix(String),
+    #[error("prefix /{0} is longer than 32")]
+    PrefixTooLong(u8),
+    #[error("'{value}' is not {expected}")]
+    Not { value: String, expected: &'static str },
+    #[error("unknown parameter")]
+    Unknown,
+}
+
 impl std::str::FromStr for Ipv4Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s.split_once('/').ok_or_else(|| format!("'{s}' is not A.B.C.D/N"))?;
-        let addr = a.parse().map_err(|_| format!("'{a}' is not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| format!("'{p}' is not a prefix length"))?;
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let (a, p) = s.split_once('/').ok_or_else(|| ValueError::NotCidr(s.into()))?;
+        let addr = a.parse().map_err(|_| ValueError::NotIpv4(a.into()))?;
+        let prefix: u8 = p.parse().map_err(|_| ValueError::NotPrefix(p.into()))?;
         if prefix > 32 {
-            return Err(format!("prefix /{prefix} is longer than 32"));
+            return Err(ValueError::PrefixTooLong(prefix));
         }
         Ok(Ipv4Cidr { addr, prefix })
     }
@@ -85,15 +102,19 @@ impl BootConfig {
                 continue;
             };
             let (key, val) = rest.split_once('=').unwrap_or((rest, ""));
-            let res: Result<(), String> = match key {
+            let not = |expected| ValueError::Not {
+                value: val.into(),
+                expected,
+            };
+            let res: Result<(), ValueError> = match key {
                 "log" => crate::logging::parse_level(val)
                     .map(|l| cfg.log_level = l)
-                    .ok_or_else(|| format!("'{val}' is not a log level (error|warn|info|debug|trace)")),
+                    .ok_or_else(|| not("a log level (error|warn|info|debug|trace)")),
                 "hostname" if valid_hostname(val) => {
                     cfg.hostname = val.into();
                     Ok(())
                 }
-                "hostname" => Err(format!("'{val}' is not a valid hostname")),
+                "hostname" => Err(not("a valid hostname")),
                 "iface" if valid_ifname(val) => {
                     cfg.iface = val.into();
                     Ok(())
@@ -102,25 +123,22 @@ impl BootConfig {
                     cfg.bridge = val.into();
                     Ok(())
                 }
-                "iface" | "bridge" => Err(format!("'{val}' is not an interface name (1-15 chars, no '/')")),
+                "iface" | "bridge" => Err(not("an interface name (1-15 chars, no '/')")),
                 "ip" => val.parse().map(|c| cfg.ip = Some(c)),
                 "bridge_ip" => val.parse().map(|c| cfg.bridge_ip = c),
                 "gw" => val
                     .parse()
                     .map(|g| cfg.gateway = Some(g))
-                    .map_err(|_| format!("'{val}' is not an IPv4 address")),
-                "listen" => val
-                    .parse()
-                    .map(|l| cfg.listen = l)
-                    .map_err(|_| format!("'{val}' is not ADDR:PORT")),
+                    .map_err(|_| ValueError::NotIpv4(val.into())),
+                "listen" => val.parse().map(|l| cfg.listen = l).map_err(|_| not("ADDR:PORT")),
                 "vmm" => match val {
                     "0" | "1" => {
                         cfg.vmm = val == "1";
                         Ok(())
                     }
-                    _ => Err(format!("'{val}' is not 0 or 1")),
+                    _ => Err(not("0 or 1")),
                 },
-                _ => Err("unknown parameter".into()),
+                _ => Err(ValueError::Unknown),
             };
             if let Err(e) = res {
                 warnings.push(format!("ignoring aurae.{key}: {e}"));

@@ -59,7 +59,7 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     crate::logging::init(cfg.log_level, true);
     tracing::info!("auraed {} starting as PID 1", crate::VERSION);
     for (step, e) in early {
-        report.fail(&step, e);
+        report.fail(&step, e.to_string());
     }
     for w in warnings {
         tracing::warn!("kernel command line: {w}");
@@ -80,7 +80,7 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
         report.bridge = Some((cfg.bridge.clone(), cfg.bridge_ip));
     }
     for (step, e) in net_failures {
-        report.fail(&step, e);
+        report.fail(&step, e.to_string());
     }
     let (dir, controllers, errors) = cgroup::setup_workloads_root(std::path::Path::new(CGROUP_ROOT));
     for e in errors {

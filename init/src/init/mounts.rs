@@ -75,10 +75,32 @@ pub const PID1_MOUNTS: &[MountSpec] = &[
     },
 ];
 
+/// Why a bring-up mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mkdir {target}: {source}")]
+    Mkdir {
+        target: &'static str,
+        source: std::io::Error,
+    },
+    #[error("mount {fstype} on {target}: {source}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        source: nix::Error,
+    },
+}
+
 /// Mounts one filesystem, creating its mount point first.
-pub fn mount_one(m: &MountSpec) -> Result<(), String> {
-    std::fs::create_dir_all(m.target).map_err(|e| format!("mkdir {}: {e}", m.target))?;
+pub fn mount_one(m: &MountSpec) -> Result<(), MountError> {
+    std::fs::create_dir_all(m.target).map_err(|source| MountError::Mkdir {
+        target: m.target,
+        source,
+    })?;
     let data = (!m.data.is_empty()).then_some(m.data);
-    mount(Some(m.source), Path::new(m.target), Some(m.fstype), m.flags, data)
-        .map_err(|e| format!("mount {} on {}: {e}", m.fstype, m.target))
+    mount(Some(m.source), Path::new(m.target), Some(m.fstype), m.flags, data).map_err(|source| MountError::Mount {
+        fstype: m.fstype,
+        target: m.target,
+        source,
+    })
 }

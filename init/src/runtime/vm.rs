@@ -117,34 +117,35 @@ impl VirtualMachine {
 }
 
 /// A disk must be a regular file or block device of whole 512-byte sectors that auraed can
-/// open as asked (read-write unless read-only).
-fn check_disk(d: &super::spec::DiskSpec) -> std::result::Result<(), String> {
+/// open as asked (read-write unless read-only). Refusals name the disk's field.
+fn check_disk(i: usize, d: &super::spec::DiskSpec) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
+    let refuse = |reason: String| RuntimeError::invalid(format!("disks[{i}].path"), reason);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(!d.read_only)
         .open(&d.path)
         .map_err(|e| {
-            format!(
-                "cannot open {} {}: {e}",
-                d.path.display(),
-                if d.read_only {
-                    "read-only"
-                } else {
-                    "read-write (or set read_only)"
-                }
-            )
+            let how = if d.read_only {
+                "read-only"
+            } else {
+                "read-write (or set read_only)"
+            };
+            refuse(format!("cannot open {} {how}: {e}", d.path.display()))
         })?;
-    let m = f.metadata().map_err(|e| format!("{}: {e}", d.path.display()))?;
+    let m = f.metadata().map_err(|e| refuse(format!("{}: {e}", d.path.display())))?;
     if !(m.file_type().is_file() || m.file_type().is_block_device()) {
-        return Err(format!("{} is not a regular file or block device", d.path.display()));
+        return Err(refuse(format!(
+            "{} is not a regular file or block device",
+            d.path.display()
+        )));
     }
     if m.file_type().is_file() && (m.len() == 0 || m.len() % 512 != 0) {
-        return Err(format!(
+        return Err(refuse(format!(
             "{} is {} bytes; a raw image is a non-zero number of 512-byte sectors",
             d.path.display(),
             m.len()
-        ));
+        )));
     }
     Ok(())
 }
@@ -161,10 +162,7 @@ impl Runtime {
         self.usable()?;
         vmm::kvm_usable()
             .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
-        vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::Invalid {
-            field: "kernel_path".into(),
-            reason: e,
-        })?;
+        vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
         if let Some(i) = &spec.initramfs {
             std::fs::File::open(i).map_err(|e| RuntimeError::Invalid {
                 field: "initramfs_path".into(),
@@ -194,10 +192,7 @@ impl Runtime {
         };
         let tap = net.as_ref().map(|n| n.tap.clone());
         for (i, d) in spec.disks.iter().enumerate() {
-            check_disk(d).map_err(|reason| RuntimeError::Invalid {
-                field: format!("disks[{i}].path"),
-                reason,
-            })?;
+            check_disk(i, d)?;
         }
         let config = VmConfig {
             net,
@@ -359,7 +354,7 @@ async fn converse(sock: std::os::unix::net::UnixStream, config: VmConfig, vm: Ar
                 Ok(Event::Error { message }) => record(&|r| r.error = Some(message.clone())),
                 Err(e) => {
                     tracing::warn!("vm {}: {e}", vm.name);
-                    record(&|r| r.error = Some(e.clone()));
+                    record(&|r| r.error = Some(e.to_string()));
                 }
             },
         }

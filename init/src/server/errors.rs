@@ -28,6 +28,7 @@ fn spawn_code(e: &SpawnError) -> Code {
         SpawnError::Identity(_) | SpawnError::Tls(_) | SpawnError::Skeleton(_) => Code::Internal,
         SpawnError::Io { source, .. } | SpawnError::Veth(source) => io_code(source),
         SpawnError::NotServing(_) => Code::DeadlineExceeded,
+        SpawnError::Refused(s) => s.code(),
     }
 }
 

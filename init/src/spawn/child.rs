@@ -77,15 +77,15 @@ pub async fn wait_serving(
 
 /// Asks the child to power off; its workloads get `grace`. The answer comes at once (the
 /// child powers off after replying); a child that does not answer is ended by the caller.
-pub async fn request_shutdown(channel: &tonic::transport::Channel, grace: Duration) -> Result<(), String> {
+pub async fn request_shutdown(channel: &tonic::transport::Channel, grace: Duration) -> Result<(), SpawnError> {
     let mut n = pb::node_client::NodeClient::new(channel.clone());
     let req = pb::ShutdownRequest {
         grace_period_millis: grace.as_millis().min(u128::from(u32::MAX)) as u32,
     };
     match tokio::time::timeout(Duration::from_secs(5), n.shutdown(req)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.message().to_owned()),
-        Err(_) => Err("no answer within 5 s".into()),
+        Ok(Err(e)) => Err(SpawnError::Refused(e)),
+        Err(_) => Err(SpawnError::NotServing("no answer to Shutdown within 5 s".into())),
     }
 }
 

@@ -42,9 +42,12 @@ pub enum SpawnError {
     /// The child's VM or cell ended before it served (FAILED_PRECONDITION).
     #[error("the child ended before it served: {0}")]
     Ended(String),
-    /// The child did not serve within the time allowed (DEADLINE_EXCEEDED).
+    /// The child did not serve (or answer) within the time allowed (DEADLINE_EXCEEDED).
     #[error("{0}")]
     NotServing(String),
+    /// The child answered a request of its parent with an error (its code is kept).
+    #[error("the child refused: {}", .0.message())]
+    Refused(tonic::Status),
 }
 
 impl SpawnError {

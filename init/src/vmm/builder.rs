@@ -14,7 +14,7 @@ pub(super) struct Machine {
     pub bus: Arc<Mutex<PortBus>>,
     /// virtio-mmio devices by slot (see `virtio_mmio::slot_base`).
     pub mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>>,
-    pub end: mpsc::Sender<Result<GuestExit, String>>,
+    pub end: mpsc::Sender<Result<GuestExit, vcpu::VcpuError>>,
 }
 
 impl Machine {
@@ -54,18 +54,12 @@ pub(super) fn run(
         cmdline.push_str(&virtio_mmio::cmdline_param(slot));
         Ok(irq)
     };
-    let other = |what: &'static str| {
-        move |e: String| VmmError::Io {
-            what,
-            source: std::io::Error::other(e),
-        }
-    };
     if let Some(n) = &cfg.net {
         let tap = crate::net::ioctl::open_tap(&n.tap).map_err(io("TAP"))?;
         crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(io("bridge"))?;
         crate::net::ioctl::link_up(&n.tap).map_err(io("TAP up"))?;
         let irq = irq_for(&vm, mmio.len())?;
-        let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq).map_err(other("virtio-net"))?;
+        let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq)?;
         let rx = dev.clone();
         std::thread::Builder::new()
             .name("net-rx".into())
@@ -84,8 +78,7 @@ pub(super) fn run(
             })?;
         let irq = irq_for(&vm, mmio.len())?;
         let serial = format!("aurae-disk{i}");
-        let dev =
-            virtio_blk::VirtioBlk::new(mem.clone(), file, d.read_only, &serial, irq).map_err(other("virtio-blk"))?;
+        let dev = virtio_blk::VirtioBlk::new(mem.clone(), file, d.read_only, &serial, irq)?;
         mmio.push(dev);
     }
     let entry = boot::load(
@@ -165,14 +158,11 @@ pub(super) fn run(
             .map(|n| format!(", virtio-net on TAP {} (bridge {})", n.tap, n.bridge))
             .unwrap_or_default()
     );
-    let end = end_rx.recv().unwrap_or(Err("every vCPU thread ended".into()));
+    let end = end_rx.recv().unwrap_or(Err(vcpu::VcpuError::AllGone));
     if let Ok(mut b) = bus.lock() {
         b.serial.writer_mut().drain();
     }
-    end.map_err(|e| VmmError::Io {
-        what: "vCPU",
-        source: std::io::Error::other(e),
-    })
+    Ok(end?)
 }
 
 vmm_sys_util::ioctl_io_nr!(KVM_REINJECT_CONTROL, kvm_bindings::KVMIO, 0x71);

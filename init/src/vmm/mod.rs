@@ -77,7 +77,16 @@ enum VmmError {
     },
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Device(#[from] virtio_mmio::DeviceError),
+    #[error("vCPU: {0}")]
+    Vcpu(#[from] vcpu::VcpuError),
 }
+
+/// KVM cannot run guests on this node; says why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("KVM is not usable here ({0})")]
+pub struct KvmUnusable(pub String);
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
@@ -147,10 +156,10 @@ fn fatal(events: Option<&mut std::os::unix::net::UnixStream>, msg: &str) -> ! {
 }
 
 /// Whether this node can run VMs (the same test `NodeInfo.kvm_usable` reports).
-pub fn kvm_usable() -> Result<(), String> {
+pub fn kvm_usable() -> Result<(), KvmUnusable> {
     match crate::node::kvm_usable() {
         (true, _) => Ok(()),
-        (false, why) => Err(format!("KVM is not usable here ({why})")),
+        (false, why) => Err(KvmUnusable(why)),
     }
 }
 

@@ -53,9 +53,14 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     line
 }
 
+/// A line that is not a message of the protocol.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed control message: {0}")]
+pub struct Malformed(#[from] serde_json::Error);
+
 /// One line as a message.
-pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(line).map_err(|e| format!("malformed control message: {e}"))
+pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, Malformed> {
+    Ok(serde_json::from_slice(line)?)
 }
 
 #[cfg(test)]
@@ -83,6 +88,7 @@ mod tests {
         }
         assert!(decode::<Event>(b"{\"event\":\"nonsense\"}")
             .unwrap_err()
+            .to_string()
             .contains("malformed"));
     }
 

@@ -5,6 +5,21 @@ use super::builder::Machine;
 use super::devices::GuestExit;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+/// Why a vCPU stopped running the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM entry failed: reason {reason:#x} on CPU {cpu}")]
+    FailEntry { reason: u64, cpu: u32 },
+    #[error("KVM internal error")]
+    Internal,
+    #[error("unexpected vCPU exit {0}")]
+    Unexpected(String),
+    #[error("KVM_RUN: {0}")]
+    Run(kvm_ioctls::Error),
+    #[error("every vCPU thread ended")]
+    AllGone,
+}
+
 pub(super) fn run(mut fd: VcpuFd, m: &Machine) {
     let end = loop {
         match fd.run() {
@@ -30,13 +45,11 @@ pub(super) fn run(mut fd: VcpuFd, m: &Machine) {
             }
             Ok(VcpuExit::Hlt) => {}
             Ok(VcpuExit::Shutdown) => break Ok(GuestExit::TripleFault),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                break Err(format!("KVM entry failed: reason {reason:#x} on CPU {cpu}"))
-            }
-            Ok(VcpuExit::InternalError) => break Err("KVM internal error".into()),
-            Ok(other) => break Err(format!("unexpected vCPU exit {other:?}")),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => break Err(VcpuError::FailEntry { reason, cpu }),
+            Ok(VcpuExit::InternalError) => break Err(VcpuError::Internal),
+            Ok(other) => break Err(VcpuError::Unexpected(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => break Err(format!("KVM_RUN: {e}")),
+            Err(e) => break Err(VcpuError::Run(e)),
         }
     };
     let _ = m.end.send(end);

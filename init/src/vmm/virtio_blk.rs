@@ -3,7 +3,7 @@
 //! image, flush with fdatasync, and the device ID. A read-only disk is offered with
 //! VIRTIO_BLK_F_RO and refuses writes with an I/O error.
 
-use super::virtio_mmio::{Event, MmioDevice, Transport};
+use super::virtio_mmio::{DeviceError, Event, MmioDevice, Transport};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use virtio_queue::QueueT;
@@ -67,8 +67,14 @@ impl VirtioBlk {
         read_only: bool,
         serial: &str,
         irq: EventFd,
-    ) -> Result<Arc<VirtioBlk>, String> {
-        let size = file.metadata().map_err(|e| format!("disk size: {e}"))?.len();
+    ) -> Result<Arc<VirtioBlk>, DeviceError> {
+        let size = file
+            .metadata()
+            .map_err(|source| DeviceError::Io {
+                what: "disk size",
+                source,
+            })?
+            .len();
         let mut id = [0u8; 20];
         for (d, s) in id.iter_mut().zip(serial.bytes()) {
             *d = s;

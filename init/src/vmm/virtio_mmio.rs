@@ -27,6 +27,15 @@ pub fn cmdline_param(slot: usize) -> String {
     format!("virtio_mmio.device=4K@{:#x}:{}", slot_base(slot), slot_irq(slot))
 }
 
+/// Why a virtio device could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("virtqueue: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
 /// A device behind an MMIO window (offsets are relative to its base).
 pub trait MmioDevice: Send + Sync {
     fn read(&self, offset: u64, data: &mut [u8]);
@@ -62,9 +71,9 @@ fn put(data: &mut [u8], bytes: &[u8]) {
 }
 
 impl Transport {
-    pub fn new(device_id: u32, features: u64, queues: usize) -> Result<Transport, String> {
+    pub fn new(device_id: u32, features: u64, queues: usize) -> Result<Transport, DeviceError> {
         let queues = (0..queues)
-            .map(|_| Queue::new(QUEUE_MAX).map_err(|e| format!("virtqueue: {e:?}")))
+            .map(|_| Queue::new(QUEUE_MAX))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Transport {
             queues,

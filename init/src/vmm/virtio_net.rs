@@ -6,7 +6,7 @@
 //! blocks on the TAP and waits (condvar) for the guest to post buffers when none are left.
 //! Interrupts are edge-triggered through an irqfd.
 
-use super::virtio_mmio::{Event, MmioDevice, Transport};
+use super::virtio_mmio::{DeviceError, Event, MmioDevice, Transport};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,7 +32,12 @@ pub struct VirtioNet {
 }
 
 impl VirtioNet {
-    pub fn new(mem: Arc<GuestMemoryMmap>, tap: OwnedFd, mac: [u8; 6], irq: EventFd) -> Result<Arc<VirtioNet>, String> {
+    pub fn new(
+        mem: Arc<GuestMemoryMmap>,
+        tap: OwnedFd,
+        mac: [u8; 6],
+        irq: EventFd,
+    ) -> Result<Arc<VirtioNet>, DeviceError> {
         Ok(Arc::new(VirtioNet {
             mem,
             tap: tap.into(),
