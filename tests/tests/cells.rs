@@ -319,12 +319,7 @@ fn sidecars_in_one_cell_share_loopback_and_tmp() {
     let a = shared_or_skip!();
     rt().block_on(async {
         let c = Client::connect(a).await;
-        c.cell(pb::Cell {
-            name: "iso".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        c.cell(cell("iso", Default::default())).await.unwrap();
         // Sidecars: a server and a client in one cell talk over 127.0.0.1 and share /tmp.
         c.exec(sh("server", "iso", "echo from-server > /tmp/shared; nc -l -p 8080"))
             .await
@@ -352,12 +347,7 @@ fn a_process_in_a_cell_sees_only_the_cells_namespaces() {
     let a = shared_or_skip!();
     rt().block_on(async {
         let c = Client::connect(a).await;
-        c.cell(pb::Cell {
-            name: "iso".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        c.cell(cell("iso", Default::default())).await.unwrap();
         c.run_sh("mark", "iso", "echo x > /tmp/shared").await;
         // What a process in the cell sees: its own pid namespace (the cell init is pid 1),
         // hostname, network (loopback only) and cgroup root; the node's /tmp is not its /tmp.
@@ -434,12 +424,7 @@ fn nested_cells_freeze_thaw_and_stop_and_free_as_a_subtree() {
     let a = shared_or_skip!();
     rt().block_on(async {
         let c = Client::connect(a).await;
-        c.cell(pb::Cell {
-            name: "iso".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        c.cell(cell("iso", Default::default())).await.unwrap();
         c.exec(sh("sleeper", "iso", "sleep 1000")).await.unwrap();
         // Nested cells: own cgroup below the parent's (no process in the parent itself),
         // own hostname, limits of their own.
