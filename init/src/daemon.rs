@@ -28,7 +28,7 @@ pub struct DaemonArgs {
     pub spawned_in_cell: bool,
     /// With --spawned-in-cell: make bridge aurae0 with this address for grandchildren.
     #[arg(long, hide = true)]
-    pub bridge_ip: Option<crate::init::cmdline::Ipv4Cidr>,
+    pub bridge_ip: Option<crate::net::Ipv4Cidr>,
 }
 
 /// Runs auraed as PID 1. Never returns.

@@ -11,51 +11,9 @@
 //! | `aurae.bridge=NAME` | bridge that child instances' TAPs attach to | `aurae0` |
 //! | `aurae.bridge_ip=A.B.C.D/N` | the bridge's address | `10.254.0.1/24` |
 
+pub use crate::net::cidr::{Ipv4Cidr, ValueError};
 use std::net::{Ipv4Addr, SocketAddr};
 use tracing::Level;
-
-/// An IPv4 address with its prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-/// Why a value of the kernel command line (or a flag) was not taken; says what is expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ValueError {
-    #[error("'{0}' is not A.B.C.D/N")]
-    NotCidr(String),
-    #[error("'{0}' is not an IPv4 address")]
-    NotIpv4(String),
-    #[error("'{0}' is not a prefix length")]
-    NotPrefix(String),
-    #[error("prefix /{0} is longer than 32")]
-    PrefixTooLong(u8),
-    #[error("'{value}' is not {expected}")]
-    Not { value: String, expected: &'static str },
-    #[error("unknown parameter")]
-    Unknown,
-}
-
-impl std::str::FromStr for Ipv4Cidr {
-    type Err = ValueError;
-    fn from_str(s: &str) -> Result<Self, ValueError> {
-        let (a, p) = s.split_once('/').ok_or_else(|| ValueError::NotCidr(s.into()))?;
-        let addr = a.parse().map_err(|_| ValueError::NotIpv4(a.into()))?;
-        let prefix: u8 = p.parse().map_err(|_| ValueError::NotPrefix(p.into()))?;
-        if prefix > 32 {
-            return Err(ValueError::PrefixTooLong(prefix));
-        }
-        Ok(Ipv4Cidr { addr, prefix })
-    }
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// The appliance configuration read from the kernel command line.
 #[derive(Debug, Clone, PartialEq)]

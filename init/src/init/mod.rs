@@ -75,7 +75,13 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     if cfg.vmm {
         report.spawned_as = Some(crate::pb::IsolationKind::Vm);
     }
-    let net_failures = crate::net::bring_up(&cfg);
+    let net_failures = crate::net::bring_up(&crate::net::Plan {
+        iface: &cfg.iface,
+        ip: cfg.ip,
+        gateway: cfg.gateway,
+        bridge: &cfg.bridge,
+        bridge_ip: cfg.bridge_ip,
+    });
     if !net_failures.iter().any(|(step, _)| step.starts_with("bridge")) {
         report.bridge = Some((cfg.bridge.clone(), cfg.bridge_ip));
     }

@@ -4,13 +4,11 @@
 
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
 use super::error::{Result, RuntimeError};
-use super::executable::Executable;
 use super::holder::Setup;
 use super::names::CellName;
 use super::spec::{CellSpec, Isolation, Resources};
 use super::sys::start::{start_holder, StartError};
-use super::table::Workload;
-use super::{kill_and_wait, poll_until, terminate, Kind, Phase, Runtime, KILL_WAIT};
+use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
@@ -248,7 +246,7 @@ impl Runtime {
         let (parent, parent_dir) = self.check_cell(&spec)?;
         let dir = parent_dir.child(spec.name.leaf());
         let cell = Arc::new(Cell::new(spec.name.clone(), spec.isolation, implicit, dir));
-        self.table().insert_unique(Workload::Cell(cell.clone()))?;
+        self.table().insert(cell.clone())?;
         match self.start_cell(&cell, &spec, parent.as_deref()).await {
             Ok(()) => Ok(cell),
             Err(e) => {
@@ -308,14 +306,13 @@ impl Runtime {
         if let Err(e) = cell.dir.remove_tree() {
             tracing::warn!("cell {}: {e}", cell.name);
         }
-        self.table().remove(Kind::Cell, cell.name.as_str());
+        self.table().remove::<Cell>(cell.name.as_str());
     }
 
     pub fn cell_view(&self, c: &Cell) -> CellView {
         let executables = self
-            .table()
-            .all::<Executable>()
-            .filter(|e| e.cell == c.name)
+            .executables_in(&c.name, false)
+            .iter()
             .map(|e| e.name.to_string())
             .collect();
         let (phase, error) = {
@@ -394,30 +391,22 @@ impl Runtime {
                 cell.phase()
             )));
         }
-        let (cells, execs): (Vec<_>, Vec<_>) = {
-            let t = self.table();
-            (
-                t.all::<Cell>()
-                    .filter(|c| c.name.is_within(&cell.name))
-                    .cloned()
-                    .collect(),
-                t.all::<Executable>()
-                    .filter(|e| e.cell.is_within(&cell.name))
-                    .cloned()
-                    .collect(),
-            )
-        };
+        let cells: Vec<Arc<Cell>> = self
+            .table()
+            .all::<Cell>()
+            .filter(|c| c.name.is_within(&cell.name))
+            .cloned()
+            .collect();
+        let execs = self.executables_in(&cell.name, true);
         for e in &execs {
             e.wait().await;
         }
         kill_and_wait(&cell.dir).await;
         cell.dir.remove_tree()?;
+        self.forget_executables(&execs);
         let mut t = self.table();
-        for e in &execs {
-            t.remove(Kind::Executable, e.name.as_str());
-        }
         for c in &cells {
-            t.remove(Kind::Cell, c.name.as_str());
+            t.remove::<Cell>(c.name.as_str());
         }
         tracing::info!("cell {name} freed with {} executable(s)", execs.len());
         Ok(())

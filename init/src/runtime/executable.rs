@@ -10,8 +10,7 @@ use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
 use super::sys::start::{start_exec, ExecInput, StartError};
-use super::table::Workload;
-use super::{kill_and_wait, terminate, Kind, Phase, Runtime, KILL_WAIT};
+use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use nix::errno::Errno;
 use std::os::unix::fs::PermissionsExt;
@@ -263,7 +262,7 @@ impl Runtime {
             control,
         } = how;
         if listed {
-            self.table().vacant(Kind::Executable, spec.name.as_str())?;
+            self.table().vacant::<Executable>(spec.name.as_str())?;
         }
         let (cell, own) = match &spec.cell {
             Some(name) => {
@@ -317,7 +316,7 @@ impl Runtime {
         });
         if listed {
             // Checked again: another request may have taken the name while the cell was made.
-            let inserted = self.table().insert_unique(Workload::Executable(e.clone()));
+            let inserted = self.table().insert(e.clone());
             if let Err(taken) = inserted {
                 if own {
                     self.discard_cell_now(&cell).await;
@@ -331,7 +330,7 @@ impl Runtime {
                 kill_and_wait(&e.dir).await;
                 let _ = e.dir.remove_tree();
                 if listed {
-                    self.table().remove(Kind::Executable, e.name.as_str());
+                    self.table().remove::<Executable>(e.name.as_str());
                 }
                 if own {
                     self.discard_cell_now(&cell).await;
@@ -411,8 +410,25 @@ impl Runtime {
 
     pub(super) async fn free_exec(&self, e: &Arc<Executable>) -> Result<()> {
         self.discard_exec(e, e.name.as_str()).await?;
-        self.table().remove(Kind::Executable, e.name.as_str());
+        self.table().remove::<Executable>(e.name.as_str());
         Ok(())
+    }
+
+    /// The listed executables of cell `c` (and, with `nested`, of the cells inside it).
+    pub(super) fn executables_in(&self, c: &CellName, nested: bool) -> Vec<Arc<Executable>> {
+        self.table()
+            .all::<Executable>()
+            .filter(|e| if nested { e.cell.is_within(c) } else { e.cell == *c })
+            .cloned()
+            .collect()
+    }
+
+    /// Drops ended executables from the table (their cgroups went with their cell).
+    pub(super) fn forget_executables(&self, execs: &[Arc<Executable>]) {
+        let mut t = self.table();
+        for e in execs {
+            t.remove::<Executable>(e.name.as_str());
+        }
     }
 
     /// Removes an ended executable's cgroup and private cell.

@@ -9,7 +9,7 @@ use super::sys::child::{fail, report, Stage};
 use nix::mount::{mount, MsFlags};
 use std::os::fd::RawFd;
 
-pub const ARGV0: &str = "aurae-cell-init";
+pub use super::sys::child::HOLDER_ARGV0 as ARGV0;
 const REPORT: RawFd = 3;
 
 /// What to set up, as passed on the command line (`aurae-cell-init FLAGS HOSTNAME`).

@@ -11,9 +11,8 @@ use super::executable::Executable;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::spec::{Isolation, Resources, VmSpec};
-use super::table::Workload;
 use super::vm::{VirtualMachine, VmView};
-use super::{Kind, Phase, Runtime};
+use super::{Phase, Runtime};
 pub use crate::spawn::identity::SpawnIdentity;
 use crate::spawn::{addressing, child, SpawnError};
 use std::net::SocketAddr;
@@ -204,7 +203,7 @@ impl Runtime {
                 IsolationKind::Cell
             }
         };
-        self.table().vacant(Kind::Instance, spec.name.as_str())?;
+        self.table().vacant::<Instance>(spec.name.as_str())?;
         let deadline = tokio::time::Instant::now() + spec.serving_within;
         // Checked before a host number is taken: a node too deep to have children says so.
         addressing::child_net(subnet, 254).map_err(SpawnError::from)?;
@@ -215,7 +214,7 @@ impl Runtime {
         match result {
             Ok(i) => {
                 let v = i.view();
-                let inserted = self.table().insert_unique(Workload::Instance(i.clone()));
+                let inserted = self.table().insert(i.clone());
                 if let Err(taken) = inserted {
                     self.kill_instance(&i).await;
                     let _ = self.discard_instance(&i).await;
@@ -249,7 +248,7 @@ impl Runtime {
         isolation: IsolationKind,
         id: &SpawnIdentity,
         bridge: &str,
-        subnet: crate::init::cmdline::Ipv4Cidr,
+        subnet: crate::net::Ipv4Cidr,
         host: u8,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Instance>> {
@@ -424,7 +423,7 @@ impl Runtime {
         }
         self.discard_instance(i).await?;
         let mut t = self.table();
-        t.remove(Kind::Instance, name.as_str());
+        t.remove::<Instance>(name.as_str());
         t.hosts.remove(&i.host);
         Ok(())
     }

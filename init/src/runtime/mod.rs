@@ -81,7 +81,7 @@ pub struct Runtime {
     exe: Option<Arc<OwnedFd>>,
     table: Mutex<Table>,
     /// The bridge for VM TAPs and its subnet, when the node has one.
-    bridge: Option<(String, crate::init::cmdline::Ipv4Cidr)>,
+    bridge: Option<(String, crate::net::Ipv4Cidr)>,
     /// TAP/MAC numbers handed out so far.
     taps: std::sync::atomic::AtomicU32,
     spawn_identity: Option<SpawnIdentity>,
@@ -135,7 +135,7 @@ impl Runtime {
         self.spawn_identity = Some(id);
     }
 
-    pub fn set_bridge(&mut self, bridge: Option<(String, crate::init::cmdline::Ipv4Cidr)>) {
+    pub fn set_bridge(&mut self, bridge: Option<(String, crate::net::Ipv4Cidr)>) {
         self.bridge = bridge;
     }
 

@@ -56,10 +56,12 @@ impl Kind {
     }
 }
 
-/// A workload type that lives in the table under one kind.
+/// A workload type that lives in the table under one kind. The kinds' own files never
+/// name `Workload`: they put themselves in the table through this trait.
 pub(crate) trait Entry: Sized {
     const KIND: Kind;
     fn of(w: &Workload) -> Option<&Arc<Self>>;
+    fn wrap(x: Arc<Self>) -> Workload;
 }
 
 macro_rules! entry {
@@ -71,6 +73,9 @@ macro_rules! entry {
                     Workload::$kind(x) => Some(x),
                     _ => None,
                 }
+            }
+            fn wrap(x: Arc<Self>) -> Workload {
+                Workload::$kind(x)
             }
         }
     };
@@ -120,23 +125,25 @@ impl Table {
             .ok_or_else(|| not_found(kind, name))
     }
 
-    /// ALREADY_EXISTS when `name` is taken for `kind`.
-    pub fn vacant(&self, kind: Kind, name: &str) -> Result<()> {
-        match self.entries.contains_key(&(kind, name.to_owned())) {
-            true => Err(already_exists(kind, name)),
+    /// ALREADY_EXISTS when `name` is taken for `T`'s kind.
+    pub fn vacant<T: Entry>(&self, name: &str) -> Result<()> {
+        match self.entries.contains_key(&(T::KIND, name.to_owned())) {
+            true => Err(already_exists(T::KIND, name)),
             false => Ok(()),
         }
     }
 
-    pub fn insert_unique(&mut self, w: Workload) -> Result<()> {
+    /// Adds `x` under its kind and name; ALREADY_EXISTS when the name is taken.
+    pub fn insert<T: Entry>(&mut self, x: Arc<T>) -> Result<()> {
+        let w = T::wrap(x);
         let key = (w.kind(), w.name());
-        self.vacant(key.0, &key.1)?;
+        self.vacant::<T>(&key.1)?;
         self.entries.insert(key, w);
         Ok(())
     }
 
-    pub fn remove(&mut self, kind: Kind, name: &str) {
-        self.entries.remove(&(kind, name.to_owned()));
+    pub fn remove<T: Entry>(&mut self, name: &str) {
+        self.entries.remove(&(T::KIND, name.to_owned()));
     }
 
     /// Every workload of `kind` (all when None), cells first, each kind by name.
@@ -260,7 +267,7 @@ mod tests {
         let t = Table::default();
         assert!(matches!(t.get::<Cell>("a"), Err(RuntimeError::NotFound(_))));
         assert!(matches!(t.lookup(Kind::Instance, "a"), Err(RuntimeError::NotFound(_))));
-        assert!(t.vacant(Kind::Executable, "a").is_ok());
+        assert!(t.vacant::<Executable>("a").is_ok());
         assert!(t.list(None).is_empty());
         assert_eq!(t.all::<Executable>().count(), 0);
     }

@@ -13,8 +13,7 @@ use super::executable::Executable;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::spec::{Isolation, VmSpec};
-use super::table::Workload;
-use super::{Kind, Phase, Runtime};
+use super::{Phase, Runtime};
 use crate::vmm::protocol::{self, Event, ExitReason};
 use crate::vmm::{self, VmConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,7 +169,7 @@ impl Runtime {
             })?;
         }
         if listed {
-            self.table().vacant(Kind::VirtualMachine, spec.name.as_str())?;
+            self.table().vacant::<VirtualMachine>(spec.name.as_str())?;
         }
         let net = match (&self.bridge, spec.network) {
             (_, false) => None,
@@ -252,7 +251,7 @@ impl Runtime {
             return Err(e);
         }
         if listed {
-            let inserted = self.table().insert_unique(Workload::VirtualMachine(vm.clone()));
+            let inserted = self.table().insert(vm.clone());
             if let Err(taken) = inserted {
                 vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
                 let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
@@ -311,7 +310,7 @@ impl Runtime {
             )));
         }
         self.discard_vm(vm).await?;
-        self.table().remove(Kind::VirtualMachine, name.as_str());
+        self.table().remove::<VirtualMachine>(name.as_str());
         Ok(())
     }
 

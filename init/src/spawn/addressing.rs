@@ -10,7 +10,7 @@
 //! which leaves room for more generations than forwarding allows; past `10.MIN_OCTET`,
 //! where QEMU's user network (10.0.2.0/24) and other hand-made nets live, Spawn refuses.
 
-use crate::init::cmdline::Ipv4Cidr;
+use crate::net::Ipv4Cidr;
 use std::net::Ipv4Addr;
 
 /// The lowest second octet a child's bridge may take.

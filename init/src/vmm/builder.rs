@@ -3,28 +3,12 @@
 //! how the guest ended.
 
 use super::devices::{self, ConsoleOut, GuestExit, IrqTrigger, PortBus};
-use super::{boot, cpu, i8042, io, kvm_err, memory, vcpu, virtio_blk, virtio_mmio, virtio_net, VmConfig, VmmError};
+use super::vcpu::{self, Machine};
+use super::{boot, cpu, i8042, io, kvm_err, memory, virtio_blk, virtio_mmio, virtio_net, VmConfig, VmmError};
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
-
-pub(super) struct Machine {
-    pub vm: VmFd,
-    pub bus: Arc<Mutex<PortBus>>,
-    /// virtio-mmio devices by slot (see `virtio_mmio::slot_base`).
-    pub mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>>,
-    pub end: mpsc::Sender<Result<GuestExit, vcpu::VcpuError>>,
-}
-
-impl Machine {
-    /// The virtio device whose window holds `addr`, and the offset into it.
-    pub(super) fn device_at(&self, addr: u64) -> Option<(&Arc<dyn virtio_mmio::MmioDevice>, u64)> {
-        let off = addr.checked_sub(virtio_mmio::MMIO_BASE)?;
-        let slot = (off / virtio_mmio::MMIO_SIZE) as usize;
-        self.mmio.get(slot).map(|d| (d, off % virtio_mmio::MMIO_SIZE))
-    }
-}
 
 pub(super) fn run(
     cfg: &VmConfig,

@@ -1,9 +1,29 @@
 //! A vCPU thread's loop: run the vCPU, hand each exit to the port bus or the virtio device
 //! it addresses, and report how the guest ended.
 
-use super::builder::Machine;
-use super::devices::GuestExit;
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use super::devices::{GuestExit, PortBus};
+use super::virtio_mmio;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use std::sync::{mpsc, Arc, Mutex};
+
+/// What the vCPU threads share: the VM, the port bus, the virtio devices and the channel on
+/// which the first vCPU to stop says how the guest ended.
+pub(super) struct Machine {
+    pub vm: VmFd,
+    pub bus: Arc<Mutex<PortBus>>,
+    /// virtio-mmio devices by slot (see `virtio_mmio::slot_base`).
+    pub mmio: Vec<Arc<dyn virtio_mmio::MmioDevice>>,
+    pub end: mpsc::Sender<Result<GuestExit, VcpuError>>,
+}
+
+impl Machine {
+    /// The virtio device whose window holds `addr`, and the offset into it.
+    pub(super) fn device_at(&self, addr: u64) -> Option<(&Arc<dyn virtio_mmio::MmioDevice>, u64)> {
+        let off = addr.checked_sub(virtio_mmio::MMIO_BASE)?;
+        let slot = (off / virtio_mmio::MMIO_SIZE) as usize;
+        self.mmio.get(slot).map(|d| (d, off % virtio_mmio::MMIO_SIZE))
+    }
+}
 
 /// Why a vCPU stopped running the guest.
 #[derive(Debug, thiserror::Error)]

@@ -119,6 +119,9 @@ pub struct ExecPlan {
     pub report: RawFd,
 }
 
+/// argv[0] of a cell's holder: auraed re-executed as a cell's init (`runtime::holder`).
+pub const HOLDER_ARGV0: &str = "aurae-cell-init";
+
 /// Where a process finds the control socket it was given (see `vmm::protocol`).
 pub const CONTROL_FD: RawFd = 3;
 
@@ -270,7 +273,7 @@ pub struct HolderPlan {
 impl HolderPlan {
     /// `exe` is an fd on auraed's executable; `args` follow argv[0].
     pub fn new(exe: RawFd, args: &[String]) -> Option<HolderPlan> {
-        let argv: Vec<CString> = std::iter::once(crate::runtime::holder::ARGV0.to_owned())
+        let argv: Vec<CString> = std::iter::once(HOLDER_ARGV0.to_owned())
             .chain(args.iter().cloned())
             .map(|a| CString::new(a).ok())
             .collect::<Option<_>>()?;
