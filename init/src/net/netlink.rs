@@ -1,10 +1,12 @@
-//! The one rtnetlink request ioctls cannot make: a veth pair whose peer is created directly
-//! inside another network namespace (a cell's), for Spawn's cell fallback.
+//! The rtnetlink requests ioctls cannot make, for Spawn's cell fallback: a veth pair whose
+//! peer is created directly inside another network namespace (a cell's), and deleting a
+//! link by name.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
@@ -59,10 +61,26 @@ fn veth_request(host: &str, peer: &str, peer_netns_pid: u32) -> Vec<u8> {
 /// process `peer_netns_pid`.
 pub fn create_veth(host: &str, peer: &str, peer_netns_pid: u32) -> io::Result<()> {
     let body = veth_request(host, peer, peer_netns_pid);
+    request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &body)
+        .map_err(|e| io::Error::new(e.kind(), format!("create veth {host}/{peer}: {e}")))
+}
+
+/// Deletes link `name` (both ends, for a veth). A link that is already gone is not an error.
+pub fn delete_link(name: &str) -> io::Result<()> {
+    let mut body = vec![0u8; IFINFOMSG_LEN];
+    self::name(&mut body, name);
+    match request(RTM_DELLINK, 0, &body) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("delete link {name}: {e}"))),
+    }
+}
+
+/// Sends one rtnetlink request (`body` = ifinfomsg and attributes) and reads its ack.
+fn request(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
     let mut msg = Vec::with_capacity(16 + body.len());
     msg.extend(((16 + body.len()) as u32).to_ne_bytes());
-    msg.extend(RTM_NEWLINK.to_ne_bytes());
-    msg.extend((NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).to_ne_bytes());
+    msg.extend(kind.to_ne_bytes());
+    msg.extend((NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
     msg.extend(1u32.to_ne_bytes()); // seq
     msg.extend(0u32.to_ne_bytes()); // pid: the kernel
     msg.extend(body);
@@ -109,12 +127,9 @@ pub fn create_veth(host: &str, peer: &str, peer_netns_pid: u32) -> io::Result<()
         if code == 0 {
             return Ok(());
         }
-        let e = io::Error::from_raw_os_error(-code);
-        return Err(io::Error::new(e.kind(), format!("create veth {host}/{peer}: {e}")));
+        return Err(io::Error::from_raw_os_error(-code));
     }
-    Err(io::Error::other(format!(
-        "create veth {host}/{peer}: unexpected netlink reply"
-    )))
+    Err(io::Error::other("unexpected netlink reply"))
 }
 
 #[cfg(test)]

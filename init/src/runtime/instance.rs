@@ -114,6 +114,8 @@ pub struct Instance {
     host: u8,
     /// The child's image (VM) or PKI directory (cell): it holds the child's keys.
     files: PathBuf,
+    /// The host end of a cell child's veth, removed at Free.
+    veth: Option<String>,
     stop_requested: AtomicBool,
 }
 
@@ -263,7 +265,7 @@ impl Runtime {
             spec.name,
             net.ip
         );
-        let (body, files) = match isolation {
+        let (body, files, veth) = match isolation {
             IsolationKind::Vm => {
                 let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
                 crate::spawn::image::write(&image, &pki)?;
@@ -288,7 +290,7 @@ impl Runtime {
                     ready_within: deadline.saturating_duration_since(tokio::time::Instant::now()),
                 };
                 match self.boot_vm(vm_spec, false).await {
-                    Ok(vm) => (Body::Vm(vm), image),
+                    Ok(vm) => (Body::Vm(vm), image, None),
                     Err(e) => {
                         let _ = std::fs::remove_file(&image);
                         return Err(e);
@@ -299,7 +301,7 @@ impl Runtime {
                 let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
                 crate::spawn::image::write_pki_dir(&dir, &pki)?;
                 match self.start_cell_child(spec, &dir, bridge, net).await {
-                    Ok(e) => (Body::Cell(e), dir),
+                    Ok((e, veth)) => (Body::Cell(e), dir, Some(veth)),
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e);
@@ -315,6 +317,7 @@ impl Runtime {
             channel,
             host,
             files,
+            veth,
             stop_requested: AtomicBool::new(false),
         };
         match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
@@ -328,14 +331,15 @@ impl Runtime {
     }
 
     /// The cell fallback: the child auraed as a daemon in a private cell with every
-    /// namespace new, and a veth pair from the bridge to its eth0.
+    /// namespace new, and a veth pair from the bridge to its eth0; returns the child and the
+    /// veth's host end.
     async fn start_cell_child(
         &self,
         spec: &InstanceSpec,
         pki_dir: &std::path::Path,
         bridge: &str,
         net: addressing::ChildNet,
-    ) -> Result<Arc<Executable>> {
+    ) -> Result<(Arc<Executable>, String)> {
         let argv = vec![
             "auraed".into(),
             "daemon".into(),
@@ -362,20 +366,22 @@ impl Runtime {
             )
             .await?;
         let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host_end = format!("aveth{n}");
         let plumbed = match e.own_cell_holder_pid() {
             None => Err(RuntimeError::Precondition(
                 "the child's cell has no holder to take its network namespace from".into(),
             )),
-            Some(pid) => crate::spawn::veth::plumb(&format!("aveth{n}"), pid, bridge, net.ip, net.gateway)
+            Some(pid) => crate::spawn::veth::plumb(&host_end, pid, bridge, net.ip, net.gateway)
                 .await
                 .map_err(RuntimeError::from),
         };
         if let Err(err) = plumbed {
             e.stop(libc::SIGKILL, Duration::ZERO).await;
             let _ = self.discard_exec(&e, spec.name.as_str()).await;
+            let _ = crate::spawn::veth::remove(&host_end);
             return Err(err);
         }
-        Ok(e)
+        Ok((e, host_end))
     }
 
     async fn kill_instance(&self, i: &Instance) {
@@ -389,6 +395,11 @@ impl Runtime {
         match &i.body {
             Body::Vm(vm) => self.discard_vm(vm).await?,
             Body::Cell(e) => self.discard_exec(e, i.name.as_str()).await?,
+        }
+        if let Some(veth) = &i.veth {
+            if let Err(e) = crate::spawn::veth::remove(veth) {
+                tracing::warn!("instance {}: {e}", i.name);
+            }
         }
         let _ = if i.files.is_dir() {
             std::fs::remove_dir_all(&i.files)

@@ -8,6 +8,12 @@ use std::net::Ipv4Addr;
 /// Creates the veth pair (the host end `host_end` on `bridge`, the peer as eth0 in the
 /// network namespace of `holder`) and gives eth0 `ip`/24 and a default route via
 /// `gateway`, from a thread that enters that namespace (the runtime thread never does).
+/// Removes the pair by its host end (the peer goes with it). The kernel would remove it
+/// when the child's network namespace dies, but asynchronously; Free must leave nothing.
+pub fn remove(host_end: &str) -> Result<(), SpawnError> {
+    netlink::delete_link(host_end).map_err(SpawnError::Veth)
+}
+
 pub async fn plumb(
     host_end: &str,
     holder: i32,
