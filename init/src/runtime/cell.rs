@@ -5,9 +5,10 @@
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
 use super::error::{Result, RuntimeError};
 use super::holder::Setup;
+use super::launcher::Launcher;
 use super::names::CellName;
 use super::spec::{CellSpec, Isolation, Resources};
-use super::sys::start::{start_holder, StartError};
+use super::sys::start::StartError;
 use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use std::os::fd::OwnedFd;
@@ -32,6 +33,7 @@ pub struct Cell {
     /// Made for one executable that named no cell; it ends when that executable does.
     pub implicit: bool,
     pub dir: CgroupDir,
+    sys: Arc<dyn Launcher>,
     /// The holder's pidfd, once it runs.
     holder: OnceLock<Arc<OwnedFd>>,
     state: watch::Sender<CellState>,
@@ -66,12 +68,13 @@ fn clone_flags(i: &Isolation) -> libc::c_int {
 }
 
 impl Cell {
-    fn new(name: CellName, isolation: Isolation, implicit: bool, dir: CgroupDir) -> Cell {
+    fn new(name: CellName, isolation: Isolation, implicit: bool, dir: CgroupDir, sys: Arc<dyn Launcher>) -> Cell {
         Cell {
             name,
             isolation,
             implicit,
             dir,
+            sys,
             holder: OnceLock::new(),
             state: watch::channel(CellState {
                 phase: Phase::Starting,
@@ -108,7 +111,7 @@ impl Cell {
             tracing::warn!("cell {}: its init process ended unexpectedly ({exit:?})", self.name);
             // Whatever else is left (with a shared pid namespace nothing else dies with
             // the holder) goes too: a cell without its namespaces is not a cell.
-            let _ = self.dir.kill();
+            let _ = self.sys.kill(&self.dir);
         }
         self.state.send_modify(|s| {
             if stopping {
@@ -123,7 +126,7 @@ impl Cell {
     /// Ends a private cell because its executable ended: everything left in it is killed.
     pub(super) fn end_with_owner(&self) {
         self.state.send_modify(|s| s.stopping = true);
-        if let Err(e) = self.dir.kill() {
+        if let Err(e) = self.sys.kill(&self.dir) {
             tracing::error!("cell {}: cgroup.kill: {e}", self.name);
         }
     }
@@ -245,7 +248,13 @@ impl Runtime {
         self.usable()?;
         let (parent, parent_dir) = self.check_cell(&spec)?;
         let dir = parent_dir.child(spec.name.leaf());
-        let cell = Arc::new(Cell::new(spec.name.clone(), spec.isolation, implicit, dir));
+        let cell = Arc::new(Cell::new(
+            spec.name.clone(),
+            spec.isolation,
+            implicit,
+            dir,
+            self.sys.clone(),
+        ));
         self.table().insert(cell.clone())?;
         match self.start_cell(&cell, &spec, parent.as_deref()).await {
             Ok(()) => Ok(cell),
@@ -275,15 +284,17 @@ impl Runtime {
             new_net: i.network,
             new_uts: i.uts,
         };
-        let started = start_holder(
-            parent.and_then(Cell::pidfd),
-            leaf.open_fd()?,
-            clone_flags(&i),
-            exe,
-            vec![setup.encode(), spec.name.leaf().to_owned()],
-        )
-        .await
-        .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
+        let started = self
+            .sys
+            .start_holder(
+                parent.and_then(Cell::pidfd),
+                leaf.open_fd()?,
+                clone_flags(&i),
+                exe,
+                vec![setup.encode(), spec.name.leaf().to_owned()],
+            )
+            .await
+            .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
         // The holder must outlive every workload of the cell: never the OOM killer's pick.
         let _ = std::fs::write(format!("/proc/{}/oom_score_adj", started.pid), "-1000");
         let pidfd = started
@@ -302,7 +313,7 @@ impl Runtime {
     /// Kills whatever a cell holds and removes it from the node and the table.
     pub(super) async fn discard_cell_now(&self, cell: &Cell) {
         cell.state.send_modify(|s| s.stopping = true);
-        kill_and_wait(&cell.dir).await;
+        kill_and_wait(&*self.sys, &cell.dir).await;
         if let Err(e) = cell.dir.remove_tree() {
             tracing::warn!("cell {}: {e}", cell.name);
         }
@@ -349,7 +360,7 @@ impl Runtime {
         if cell.dir.frozen() {
             let _ = cell.dir.set_frozen(false);
         }
-        terminate(&cell.dir, || cell.workload_pids(), signal, grace).await;
+        terminate(&*self.sys, &cell.dir, || cell.workload_pids(), signal, grace).await;
         for c in &nested {
             let _ = tokio::time::timeout(KILL_WAIT, c.wait()).await;
         }
@@ -401,7 +412,7 @@ impl Runtime {
         for e in &execs {
             e.wait().await;
         }
-        kill_and_wait(&cell.dir).await;
+        kill_and_wait(&*self.sys, &cell.dir).await;
         cell.dir.remove_tree()?;
         self.forget_executables(&execs);
         let mut t = self.table();

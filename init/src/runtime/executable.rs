@@ -5,11 +5,12 @@
 use super::cell::Cell;
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
+use super::launcher::Launcher;
 use super::logs::{self, LogBuffer};
 use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
-use super::sys::start::{start_exec, ExecInput, StartError};
+use super::sys::start::{ExecInput, StartError};
 use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use nix::errno::Errno;
@@ -42,6 +43,7 @@ pub struct Executable {
     /// The private cell, when the request named none.
     own_cell: Option<Arc<Cell>>,
     pub dir: CgroupDir,
+    sys: Arc<dyn Launcher>,
     pub logs: Arc<LogBuffer>,
     /// What stdout is in the logs: Stdout, or Console for a VMM.
     stdout_as: logs::Stream,
@@ -128,9 +130,9 @@ impl Executable {
         let _op = self.op.lock().await;
         if self.phase().ended() {
             // The main process is gone; daemonized children left in the leaf die here.
-            kill_and_wait(&self.dir).await;
+            kill_and_wait(&*self.sys, &self.dir).await;
         } else {
-            terminate(&self.dir, || self.dir.procs(), signal, grace).await;
+            terminate(&*self.sys, &self.dir, || self.dir.procs(), signal, grace).await;
         }
         let _ = tokio::time::timeout(KILL_WAIT, self.wait()).await;
     }
@@ -303,6 +305,7 @@ impl Runtime {
             cell: cell.name.clone(),
             own_cell: own.then(|| cell.clone()),
             dir: cell.dir.child(&format!("_x.{}", spec.name)),
+            sys: self.sys.clone(),
             logs: Arc::new(LogBuffer::new(logs::DEFAULT_CAPACITY, 2)),
             stdout_as,
             state: watch::channel(ExecView {
@@ -327,7 +330,7 @@ impl Runtime {
         match self.start_exec(&e, &cell, &spec, &program, &path_var, control).await {
             Ok(()) => Ok(e),
             Err(err) => {
-                kill_and_wait(&e.dir).await;
+                kill_and_wait(&*self.sys, &e.dir).await;
                 let _ = e.dir.remove_tree();
                 if listed {
                     self.table().remove::<Executable>(e.name.as_str());
@@ -376,7 +379,9 @@ impl Runtime {
             stderr: err_w,
             control,
         };
-        let started = start_exec(cell.pidfd(), e.dir.open_fd()?, input)
+        let started = self
+            .sys
+            .start_exec(cell.pidfd(), e.dir.open_fd()?, input)
             .await
             .map_err(|err| exec_start_error(err, spec, program))?;
         let started_at = logs::now_unix_nanos();
@@ -440,7 +445,7 @@ impl Runtime {
             )));
         }
         let _op = e.op.lock().await;
-        kill_and_wait(&e.dir).await;
+        kill_and_wait(&*self.sys, &e.dir).await;
         e.dir.remove_tree()?;
         if let Some(c) = &e.own_cell {
             self.discard_cell_now(c).await;

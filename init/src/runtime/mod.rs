@@ -18,6 +18,7 @@ pub(crate) mod error;
 pub(crate) mod executable;
 pub mod holder;
 pub(crate) mod instance;
+pub(crate) mod launcher;
 pub(crate) mod logs;
 pub(crate) mod names;
 pub(crate) mod spec;
@@ -27,6 +28,7 @@ pub(crate) mod vm;
 
 use cgroup::CgroupDir;
 use error::{Result, RuntimeError};
+use launcher::{Launcher, SysLauncher};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -80,6 +82,8 @@ pub struct Runtime {
     /// auraed's own executable, re-executed as each cell's holder.
     exe: Option<Arc<OwnedFd>>,
     table: Mutex<Table>,
+    /// Starts and kills processes: the system calls, or a fake in tests.
+    sys: Arc<dyn Launcher>,
     /// The bridge for VM TAPs and its subnet, when the node has one.
     bridge: Option<(String, crate::net::Ipv4Cidr)>,
     /// TAP/MAC numbers handed out so far.
@@ -125,10 +129,20 @@ impl Runtime {
             unusable,
             exe: exe.ok(),
             table: Mutex::new(Table::default()),
+            sys: Arc::new(SysLauncher),
             bridge: None,
             taps: std::sync::atomic::AtomicU32::new(0),
             spawn_identity: None,
         }
+    }
+
+    /// A runtime on a fixture directory whose processes `sys` fakes (tests only).
+    #[cfg(test)]
+    pub(crate) fn with_launcher(root: PathBuf, sys: Arc<dyn Launcher>) -> Runtime {
+        let mut rt = Runtime::new(root, None);
+        rt.unusable = None;
+        rt.sys = sys;
+        rt
     }
 
     pub fn set_spawn_identity(&mut self, id: SpawnIdentity) {
@@ -231,8 +245,8 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 
 /// `cgroup.kill`s `dir` and its descendants and waits (up to `KILL_WAIT`) until no process
 /// is left in them.
-async fn kill_and_wait(dir: &CgroupDir) {
-    if let Err(e) = dir.kill() {
+async fn kill_and_wait(sys: &dyn Launcher, dir: &CgroupDir) {
+    if let Err(e) = sys.kill(dir) {
         tracing::error!("{}: cgroup.kill: {e}", dir.path().display());
     }
     poll_until(tokio::time::Instant::now() + KILL_WAIT, || !dir.populated()).await;
@@ -240,7 +254,7 @@ async fn kill_and_wait(dir: &CgroupDir) {
 
 /// A graceful end: `signal` to every process `pids` lists, up to `grace` for them to go,
 /// then [`kill_and_wait`] for whatever is left in `dir`.
-async fn terminate(dir: &CgroupDir, pids: impl Fn() -> Vec<i32>, signal: i32, grace: Duration) {
+async fn terminate(sys: &dyn Launcher, dir: &CgroupDir, pids: impl Fn() -> Vec<i32>, signal: i32, grace: Duration) {
     let deadline = tokio::time::Instant::now() + grace;
     if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
         for pid in pids() {
@@ -248,7 +262,7 @@ async fn terminate(dir: &CgroupDir, pids: impl Fn() -> Vec<i32>, signal: i32, gr
         }
     }
     poll_until(deadline, || pids().is_empty()).await;
-    kill_and_wait(dir).await;
+    kill_and_wait(sys, dir).await;
 }
 
 /// Waits until `cond` holds or `deadline` passes; true when it held.
@@ -265,3 +279,6 @@ async fn poll_until(deadline: tokio::time::Instant, mut cond: impl FnMut() -> bo
         pause = (pause * 2).min(POLL_MAX);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The seam between the runtime's bookkeeping and the system calls that start and kill
+//! processes. [`SysLauncher`] is the real one: `runtime/sys` (clone3 straight into the
+//! cgroup, the reaper's exit channel) and `cgroup.kill`. Tests use `testing::FakeLauncher`,
+//! which hands out pids and exits on demand and keeps `cgroup.procs`/`cgroup.events` in a
+//! fixture directory, so creation, refusals, collisions, stop, free and phase changes are
+//! unit tests that need neither root nor QEMU.
+
+use super::cgroup::CgroupDir;
+use super::error::Result;
+use super::sys::start::{self, ExecInput, StartError, Started};
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub(crate) type Starting = Pin<Box<dyn Future<Output = std::result::Result<Started, StartError>> + Send>>;
+
+pub(crate) trait Launcher: Send + Sync {
+    /// Starts an executable in the cgroup `cgroup`, inside the namespaces of holder `join`.
+    fn start_exec(&self, join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Starting;
+    /// Starts a cell's init (`exe` re-executed with `args`) in `cgroup` with new namespaces
+    /// `flags`, nested in holder `join`'s.
+    fn start_holder(
+        &self,
+        join: Option<Arc<OwnedFd>>,
+        cgroup: OwnedFd,
+        flags: libc::c_int,
+        exe: Arc<OwnedFd>,
+        args: Vec<String>,
+    ) -> Starting;
+    /// SIGKILLs every process in `dir` and below, atomically.
+    fn kill(&self, dir: &CgroupDir) -> Result<()>;
+}
+
+/// The real system calls.
+pub(crate) struct SysLauncher;
+
+impl Launcher for SysLauncher {
+    fn start_exec(&self, join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Starting {
+        Box::pin(start::start_exec(join, cgroup, input))
+    }
+
+    fn start_holder(
+        &self,
+        join: Option<Arc<OwnedFd>>,
+        cgroup: OwnedFd,
+        flags: libc::c_int,
+        exe: Arc<OwnedFd>,
+        args: Vec<String>,
+    ) -> Starting {
+        Box::pin(start::start_holder(join, cgroup, flags, exe, args))
+    }
+
+    fn kill(&self, dir: &CgroupDir) -> Result<()> {
+        dir.kill()
+    }
+}
+
+/// A launcher for tests: no process is ever created.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::init::reaper::Exit;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use tokio::sync::oneshot;
+
+    struct Proc {
+        pid: i32,
+        cgroup: PathBuf,
+        exit: oneshot::Sender<Exit>,
+    }
+
+    /// Pids start far above any kernel's pid_max, so a signal the runtime sends to one
+    /// (ESRCH) can never reach a real process.
+    const FIRST_PID: i32 = 1 << 28;
+
+    pub(crate) struct FakeLauncher {
+        root: PathBuf,
+        procs: Mutex<Vec<Proc>>,
+        next: Mutex<i32>,
+        /// The next start of an executable fails with this.
+        pub fail_next_exec: Mutex<Option<StartError>>,
+    }
+
+    impl FakeLauncher {
+        pub fn new(root: &Path) -> Arc<FakeLauncher> {
+            Arc::new(FakeLauncher {
+                root: root.to_owned(),
+                procs: Mutex::new(Vec::new()),
+                next: Mutex::new(FIRST_PID),
+                fail_next_exec: Mutex::new(None),
+            })
+        }
+
+        fn start(&self, cgroup: OwnedFd) -> std::result::Result<Started, StartError> {
+            use std::os::fd::AsRawFd;
+            let path =
+                std::fs::read_link(format!("/proc/self/fd/{}", cgroup.as_raw_fd())).map_err(|_| StartError::Sys {
+                    what: "readlink",
+                    errno: nix::errno::Errno::EBADF,
+                })?;
+            let pid = {
+                let mut n = self.next.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            let (tx, rx) = oneshot::channel();
+            self.procs.lock().unwrap().push(Proc {
+                pid,
+                cgroup: path,
+                exit: tx,
+            });
+            self.sync_files();
+            // A pidfd stands in as an fd of no importance.
+            let pidfd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+            Ok(Started {
+                pid: nix::unistd::Pid::from_raw(pid),
+                pidfd,
+                exit: rx,
+            })
+        }
+
+        /// Pids of the fake processes in `dir` exactly.
+        pub fn pids_in(&self, dir: &Path) -> Vec<i32> {
+            let procs = self.procs.lock().unwrap();
+            procs.iter().filter(|p| p.cgroup == dir).map(|p| p.pid).collect()
+        }
+
+        /// Fake process `pid` exits by itself with `code`.
+        pub fn exit(&self, pid: i32, code: i32) {
+            let gone: Vec<Proc> = {
+                let mut procs = self.procs.lock().unwrap();
+                let (gone, kept) = std::mem::take(&mut *procs).into_iter().partition(|p| p.pid == pid);
+                *procs = kept;
+                gone
+            };
+            self.sync_files();
+            for p in gone {
+                let _ = p.exit.send(Exit::Code(code));
+            }
+        }
+
+        pub fn running(&self) -> usize {
+            self.procs.lock().unwrap().len()
+        }
+
+        /// Writes each fixture cgroup's `cgroup.procs` and `cgroup.events` as the kernel
+        /// would, and removes them where nothing runs (so the runtime can rmdir).
+        fn sync_files(&self) {
+            let procs = self.procs.lock().unwrap();
+            let mut dirs = vec![self.root.clone()];
+            let mut i = 0;
+            while i < dirs.len() {
+                if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+                    dirs.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                }
+                i += 1;
+            }
+            for d in dirs {
+                let here: Vec<String> = procs
+                    .iter()
+                    .filter(|p| p.cgroup == d)
+                    .map(|p| p.pid.to_string())
+                    .collect();
+                let below = procs.iter().any(|p| p.cgroup.starts_with(&d));
+                let (procs_file, events) = (d.join("cgroup.procs"), d.join("cgroup.events"));
+                if here.is_empty() {
+                    let _ = std::fs::remove_file(procs_file);
+                } else {
+                    let _ = std::fs::write(procs_file, here.join("\n") + "\n");
+                }
+                if below {
+                    let _ = std::fs::write(events, "populated 1\nfrozen 0\n");
+                } else {
+                    let _ = std::fs::remove_file(events);
+                }
+            }
+        }
+    }
+
+    impl Launcher for FakeLauncher {
+        fn start_exec(&self, _join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Starting {
+            // The pipes' write ends go now: the log readers see EOF, as after a quiet exit.
+            drop(input);
+            let r = match self.fail_next_exec.lock().unwrap().take() {
+                Some(e) => Err(e),
+                None => self.start(cgroup),
+            };
+            Box::pin(async move { r })
+        }
+
+        fn start_holder(
+            &self,
+            _join: Option<Arc<OwnedFd>>,
+            cgroup: OwnedFd,
+            _flags: libc::c_int,
+            _exe: Arc<OwnedFd>,
+            _args: Vec<String>,
+        ) -> Starting {
+            let r = self.start(cgroup);
+            Box::pin(async move { r })
+        }
+
+        fn kill(&self, dir: &CgroupDir) -> Result<()> {
+            let gone: Vec<Proc> = {
+                let mut procs = self.procs.lock().unwrap();
+                let (gone, kept) = std::mem::take(&mut *procs)
+                    .into_iter()
+                    .partition(|p| p.cgroup.starts_with(dir.path()));
+                *procs = kept;
+                gone
+            };
+            self.sync_files();
+            for p in gone {
+                let _ = p.exit.send(Exit::Signal(libc::SIGKILL));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The runtime's lifecycle without root or QEMU: a fixture directory stands in for the
+//! workloads cgroup and `FakeLauncher` for clone3, the reaper and cgroup.kill. Each test
+//! asserts on the fixture tree (the cgroups the runtime made or removed), the fake's
+//! processes and the table, never only on a return value.
+
+use super::launcher::testing::FakeLauncher;
+use super::names::{CellName, ExecName};
+use super::spec::{CellSpec, ExecutableSpec};
+use super::sys::child::Stage;
+use super::sys::start::StartError;
+use super::{Kind, Phase, Runtime, RuntimeError, View};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    fake: Arc<FakeLauncher>,
+    rt: Runtime,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("aurae");
+    std::fs::create_dir(&root).unwrap();
+    let fake = FakeLauncher::new(&root);
+    let rt = Runtime::with_launcher(root.clone(), fake.clone());
+    Rig {
+        _dir: dir,
+        root,
+        fake,
+        rt,
+    }
+}
+
+fn cell(name: &str) -> CellSpec {
+    CellSpec {
+        name: CellName::parse(name).unwrap(),
+        resources: Default::default(),
+        isolation: Default::default(),
+    }
+}
+
+fn exe(name: &str, cell: Option<&str>) -> ExecutableSpec {
+    ExecutableSpec {
+        name: ExecName::parse(name).unwrap(),
+        argv: vec!["/bin/true".into()],
+        env: Default::default(),
+        cwd: "/".into(),
+        uid: None,
+        gid: None,
+        cell: cell.map(|c| CellName::parse(c).unwrap()),
+    }
+}
+
+/// Every directory below `root`, relative, sorted: the cgroups the runtime left.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                todo.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn phase(v: View) -> Option<Phase> {
+    match v {
+        View::Cell(c) => Some(c.phase),
+        View::Executable(e) => e.phase,
+        View::VirtualMachine(v) => v.phase,
+        View::Instance(i) => i.phase,
+    }
+}
+
+const GRACE: Duration = Duration::from_millis(20);
+
+#[tokio::test]
+async fn a_cell_runs_its_init_in_a_leaf_of_its_own_and_free_leaves_nothing() {
+    let r = rig();
+    let v = r.rt.run_cell(cell("web")).await.unwrap();
+    assert_eq!(v.phase, Phase::Running);
+    assert_eq!(tree(&r.root), ["web", "web/_init"]);
+    assert_eq!(r.fake.pids_in(&r.root.join("web/_init")).len(), 1, "the cell's init");
+
+    let e = r.rt.run_cell(cell("web")).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::AlreadyExists(_)), "{e}");
+    assert!(e.to_string().starts_with("a cell named 'web' already exists"), "{e}");
+    assert_eq!(r.fake.running(), 1, "a refused duplicate starts nothing");
+
+    let e = r.rt.free(Kind::Cell, "web").await.unwrap_err();
+    assert!(e.to_string().contains("stop it first"), "{e}");
+    assert_eq!(tree(&r.root), ["web", "web/_init"], "a refused free changes nothing");
+
+    let v = r.rt.stop(Kind::Cell, "web", libc::SIGTERM, GRACE).await.unwrap();
+    assert_eq!(phase(v), Some(Phase::Stopped));
+    assert_eq!(r.fake.running(), 0, "stop killed the cell's init");
+    r.rt.free(Kind::Cell, "web").await.unwrap();
+    assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
+    assert!(r.rt.list(None).is_empty());
+    let e = r.rt.status(Kind::Cell, "web").unwrap_err();
+    assert_eq!(e.to_string(), "no cell named 'web' (aer ps lists them)");
+}
+
+#[tokio::test]
+async fn an_executable_gets_a_private_cell_that_ends_with_it_and_goes_at_free() {
+    let r = rig();
+    let v = r.rt.run_executable(exe("job", None)).await.unwrap();
+    assert_eq!(v.phase, Some(Phase::Running));
+    assert_eq!(tree(&r.root), ["job", "job/_init", "job/_x.job"]);
+    let pid = r.fake.pids_in(&r.root.join("job/_x.job"))[0];
+    assert_eq!(v.pid, pid as u32);
+
+    r.fake.exit(pid, 3);
+    let v = r.rt.wait(Kind::Executable, "job").await.unwrap();
+    let View::Executable(v) = v else { panic!() };
+    assert_eq!((v.phase, v.exit_code), (Some(Phase::Exited), Some(3)));
+    assert_eq!(
+        phase(r.rt.status(Kind::Cell, "job").unwrap()),
+        Some(Phase::Stopped),
+        "the private cell ended before the exit was published"
+    );
+    assert_eq!(r.fake.running(), 0);
+
+    let e = r.rt.free(Kind::Cell, "job").await.unwrap_err();
+    assert!(e.to_string().contains("free the executable instead"), "{e}");
+    r.rt.free(Kind::Executable, "job").await.unwrap();
+    assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
+    assert!(
+        r.rt.list(None).is_empty(),
+        "neither the executable nor its cell is listed"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_start_leaves_no_cgroup_no_private_cell_and_no_entry() {
+    let r = rig();
+    *r.fake.fail_next_exec.lock().unwrap() = Some(StartError::Child {
+        stage: Stage::Exec,
+        errno: libc::ENOENT,
+    });
+    let e = r.rt.run_executable(exe("nope", None)).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::NotFound(_)), "{e:?}");
+    assert_eq!(e.to_string(), "argv[0]: '/bin/true' does not exist");
+    assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
+    assert!(r.rt.list(None).is_empty());
+    assert_eq!(r.fake.running(), 0, "the private cell's init was killed");
+
+    // The same name works afterwards: nothing of the refused one is in the way.
+    r.rt.run_executable(exe("nope", None)).await.unwrap();
+}
+
+#[tokio::test]
+async fn names_collide_across_kinds_with_a_message_that_says_what_to_do() {
+    let r = rig();
+    r.rt.run_cell(cell("web")).await.unwrap();
+    let e = r.rt.run_executable(exe("web", None)).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::AlreadyExists(_)), "{e}");
+    assert!(e.to_string().contains("pass cell: 'web' to run inside it"), "{e}");
+    assert_eq!(tree(&r.root), ["web", "web/_init"]);
+
+    r.rt.run_executable(exe("srv", Some("web"))).await.unwrap();
+    let e = r.rt.run_executable(exe("srv", Some("web"))).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with("an executable named 'srv' already exists"),
+        "{e}"
+    );
+    assert_eq!(tree(&r.root), ["web", "web/_init", "web/_x.srv"]);
+    assert_eq!(r.fake.running(), 2);
+
+    let e = r.rt.run_executable(exe("x", Some("nope"))).await.unwrap_err();
+    assert!(e.to_string().starts_with("no cell named 'nope'"), "{e}");
+}
+
+#[tokio::test]
+async fn stopping_a_cell_stops_nested_cells_and_free_removes_the_subtree() {
+    let r = rig();
+    let e = r.rt.run_cell(cell("a/b")).await.unwrap_err();
+    assert!(e.to_string().contains("needs its parent cell 'a'"), "{e}");
+    assert!(tree(&r.root).is_empty());
+
+    r.rt.run_cell(cell("a")).await.unwrap();
+    r.rt.run_cell(cell("a/b")).await.unwrap();
+    r.rt.run_executable(exe("x", Some("a/b"))).await.unwrap();
+    assert_eq!(tree(&r.root), ["a", "a/_init", "a/b", "a/b/_init", "a/b/_x.x"]);
+
+    let v = r.rt.stop(Kind::Cell, "a", libc::SIGTERM, GRACE).await.unwrap();
+    assert_eq!(phase(v), Some(Phase::Stopped));
+    assert_eq!(phase(r.rt.status(Kind::Cell, "a/b").unwrap()), Some(Phase::Stopped));
+    let View::Executable(x) = r.rt.wait(Kind::Executable, "x").await.unwrap() else {
+        panic!()
+    };
+    assert_eq!((x.phase, x.signal), (Some(Phase::Killed), Some(libc::SIGKILL)));
+    assert_eq!(r.fake.running(), 0);
+
+    r.rt.free(Kind::Cell, "a").await.unwrap();
+    assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
+    assert!(r.rt.list(None).is_empty(), "nested cell and executable went too");
+}
+
+#[tokio::test]
+async fn a_cell_whose_init_dies_fails_and_its_processes_go() {
+    let r = rig();
+    r.rt.run_cell(cell("web")).await.unwrap();
+    r.rt.run_executable(exe("srv", Some("web"))).await.unwrap();
+    let init = r.fake.pids_in(&r.root.join("web/_init"))[0];
+    r.fake.exit(init, 1);
+    let View::Cell(c) = r.rt.wait(Kind::Cell, "web").await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.phase, Phase::Failed);
+    assert!(c.error.contains("ended unexpectedly"), "{}", c.error);
+    let View::Executable(x) = r.rt.wait(Kind::Executable, "srv").await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        x.phase,
+        Some(Phase::Killed),
+        "a cell without its namespaces is not a cell"
+    );
+    assert_eq!(r.fake.running(), 0);
+}
