@@ -7,7 +7,7 @@
 //! gives up.
 
 use super::error::{Result, RuntimeError};
-use super::executable::Executable;
+use super::process::Process;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::spec::{Isolation, Resources, VmSpec};
@@ -48,7 +48,7 @@ pub struct InstanceSpec {
 /// own with a veth onto the bridge.
 pub enum Body {
     Vm(Arc<VirtualMachine>),
-    Cell(Arc<Executable>),
+    Cell(Arc<Process>),
 }
 
 impl Body {
@@ -339,7 +339,7 @@ impl Runtime {
         pki_dir: &std::path::Path,
         bridge: &str,
         net: addressing::ChildNet,
-    ) -> Result<(Arc<Executable>, String)> {
+    ) -> Result<(Arc<Process>, String)> {
         let argv = vec![
             "auraed".into(),
             "daemon".into(),
@@ -377,7 +377,7 @@ impl Runtime {
         };
         if let Err(err) = plumbed {
             e.stop(libc::SIGKILL, Duration::ZERO).await;
-            let _ = self.discard_exec(&e, spec.name.as_str()).await;
+            let _ = self.discard_process(&e, spec.name.as_str()).await;
             let _ = crate::spawn::veth::remove(&host_end);
             return Err(err);
         }
@@ -394,7 +394,7 @@ impl Runtime {
     async fn discard_instance(&self, i: &Instance) -> Result<()> {
         match &i.body {
             Body::Vm(vm) => self.discard_vm(vm).await?,
-            Body::Cell(e) => self.discard_exec(e, i.name.as_str()).await?,
+            Body::Cell(e) => self.discard_process(e, i.name.as_str()).await?,
         }
         if let Some(veth) = &i.veth {
             if let Err(e) = crate::spawn::veth::remove(veth) {

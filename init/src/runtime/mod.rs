@@ -21,6 +21,7 @@ pub(crate) mod instance;
 pub(crate) mod launcher;
 pub(crate) mod logs;
 pub(crate) mod names;
+pub(crate) mod process;
 pub(crate) mod spec;
 pub(crate) mod sys;
 pub(crate) mod table;
@@ -36,8 +37,8 @@ use std::time::Duration;
 use table::{Table, Workload};
 
 pub use cell::{Cell, CellView};
-pub use executable::ExecView;
 pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
+pub use process::ExecView;
 pub use vm::VmView;
 
 /// Where a workload is in its life.

@@ -9,7 +9,7 @@
 //! ```
 
 use super::error::{Result, RuntimeError};
-use super::executable::Executable;
+use super::process::Process;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::spec::{Isolation, VmSpec};
@@ -37,7 +37,7 @@ pub struct VirtualMachine {
     pub spec: VmSpec,
     /// The TAP on the node's bridge, when the VM has a NIC.
     pub tap: Option<String>,
-    vmm: Arc<Executable>,
+    vmm: Arc<Process>,
     stop_requested: AtomicBool,
     reported: watch::Sender<Reported>,
 }
@@ -247,14 +247,14 @@ impl Runtime {
         let ready = self.await_ready(&vm).await;
         if let Err(e) = ready {
             vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
-            let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
+            let _ = self.discard_process(&vm.vmm, vm.name.as_str()).await;
             return Err(e);
         }
         if listed {
             let inserted = self.table().insert(vm.clone());
             if let Err(taken) = inserted {
                 vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
-                let _ = self.discard_exec(&vm.vmm, vm.name.as_str()).await;
+                let _ = self.discard_process(&vm.vmm, vm.name.as_str()).await;
                 return Err(taken);
             }
         }
@@ -316,7 +316,7 @@ impl Runtime {
 
     /// Removes an ended VM's cell and cgroup.
     pub(super) async fn discard_vm(&self, vm: &VirtualMachine) -> Result<()> {
-        self.discard_exec(&vm.vmm, vm.name.as_str()).await
+        self.discard_process(&vm.vmm, vm.name.as_str()).await
     }
 }
 

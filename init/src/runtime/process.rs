@@ -1,0 +1,390 @@
+//! The process primitive every process-backed workload shares: a process (and whatever it
+//! forks) in a leaf cgroup of a cell, its pid, its exit watched, stdout/stderr pumped into a
+//! log, stopped by signal then cgroup.kill, and discarded with its cgroup. Executables are
+//! listed processes (`executable.rs`); a VM's VMM and a cell-fallback child are unlisted
+//! ones their workloads own. A process that names no cell gets a private cell named after
+//! it, which ends when the process does.
+
+use super::cell::Cell;
+use super::cgroup::CgroupDir;
+use super::error::{Result, RuntimeError};
+use super::launcher::Launcher;
+use super::logs::{self, LogBuffer};
+use super::names::{CellName, ExecName};
+use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources};
+use super::sys::child::Stage;
+use super::sys::start::{ExecInput, StartError};
+use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
+use crate::init::reaper::Exit;
+use nix::errno::Errno;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// An executable's status.
+#[derive(Debug, Clone, Default)]
+pub struct ExecView {
+    pub name: String,
+    pub cell: String,
+    pub phase: Option<Phase>,
+    pub pid: u32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub started_unix_nanos: i64,
+    pub ended_unix_nanos: i64,
+    pub cpu_usage_micros: u64,
+    pub memory_peak_bytes: u64,
+    pub error: String,
+}
+
+pub struct Process {
+    pub name: ExecName,
+    pub cell: CellName,
+    /// The private cell, when the request named none.
+    own_cell: Option<Arc<Cell>>,
+    pub dir: CgroupDir,
+    sys: Arc<dyn Launcher>,
+    pub logs: Arc<LogBuffer>,
+    /// What stdout is in the logs: Stdout, or Console for a VMM.
+    stdout_as: logs::Stream,
+    state: watch::Sender<ExecView>,
+    op: tokio::sync::Mutex<()>,
+}
+
+/// How to start an executable (see [`Runtime::launch`]).
+pub(super) struct Launch {
+    pub program: String,
+    pub path_var: String,
+    /// Namespaces of the private cell, when the spec names no cell.
+    pub isolation: Isolation,
+    /// Limits of the private cell.
+    pub resources: Resources,
+    pub stdout_as: logs::Stream,
+    pub listed: bool,
+    /// Handed to the program as fd 3 (a VMM's control socket).
+    pub control: Option<std::os::fd::OwnedFd>,
+}
+
+impl Process {
+    /// The pid of the private cell's holder (whose namespaces the executable shares).
+    pub fn own_cell_holder_pid(&self) -> Option<i32> {
+        let fd = self.own_cell.as_ref()?.pidfd()?;
+        super::sys::pidfd_pid(&fd)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.borrow().phase.unwrap_or(Phase::Starting)
+    }
+
+    /// Status; usage is live while running and final once ended.
+    pub fn view(&self) -> ExecView {
+        let mut v = self.state.borrow().clone();
+        if v.phase == Some(Phase::Running) {
+            let u = self.dir.usage();
+            v.cpu_usage_micros = u.cpu_usage_micros;
+            v.memory_peak_bytes = u.memory_peak_bytes;
+        }
+        v
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| s.phase.is_some_and(Phase::ended)).await;
+    }
+
+    /// Records how the main process ended, with final usage from its cgroup. A private
+    /// cell ends first, so whoever waits on the executable finds its cell ended too.
+    async fn finish(&self, exit: Option<Exit>) {
+        let u = self.dir.usage();
+        if let Some(c) = &self.own_cell {
+            c.end_with_owner();
+            if tokio::time::timeout(KILL_WAIT, c.wait()).await.is_err() {
+                tracing::error!("executable {}: its private cell did not end", self.name);
+            }
+        }
+        self.state.send_modify(|s| {
+            s.ended_unix_nanos = logs::now_unix_nanos();
+            s.cpu_usage_micros = u.cpu_usage_micros;
+            s.memory_peak_bytes = u.memory_peak_bytes;
+            s.oom_killed = u.memory_oom_kill_events > 0;
+            match exit {
+                Some(Exit::Code(c)) => {
+                    s.phase = Some(Phase::Exited);
+                    s.exit_code = Some(c);
+                }
+                Some(Exit::Signal(sig)) => {
+                    s.phase = Some(Phase::Killed);
+                    s.signal = Some(sig);
+                }
+                None => {
+                    s.phase = Some(Phase::Failed);
+                    s.error = "auraed lost track of the process".into();
+                }
+            }
+        });
+        tracing::info!("executable {} ended: {exit:?}", self.name);
+    }
+
+    /// `signal` to every process of the executable, `grace`, then `cgroup.kill`.
+    pub async fn stop(&self, signal: i32, grace: Duration) {
+        let _op = self.op.lock().await;
+        if self.phase().ended() {
+            // The main process is gone; daemonized children left in the leaf die here.
+            kill_and_wait(&*self.sys, &self.dir).await;
+        } else {
+            terminate(&*self.sys, &self.dir, || self.dir.procs(), signal, grace).await;
+        }
+        let _ = tokio::time::timeout(KILL_WAIT, self.wait()).await;
+    }
+}
+
+fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> RuntimeError {
+    let StartError::Child { stage, errno } = e else {
+        return match e {
+            StartError::Sys {
+                errno: Errno::EAGAIN | Errno::ENOMEM,
+                ..
+            } => RuntimeError::Exhausted(format!(
+                "cannot start '{}': {e} (the cell's pids.max, or the node, is out of processes or memory)",
+                spec.name
+            )),
+            StartError::Sys { what, errno } => RuntimeError::sys(format!("start '{}': {what}", spec.name), errno),
+            other => RuntimeError::Precondition(format!("cannot start '{}': {other}", spec.name)),
+        };
+    };
+    let err = Errno::from_raw(errno);
+    match (stage, err) {
+        (Stage::Exec, Errno::ENOENT) => RuntimeError::NotFound(format!("argv[0]: '{program}' does not exist")),
+        (Stage::Exec, Errno::EACCES) => RuntimeError::Precondition(format!(
+            "argv[0]: '{program}' is not executable (EACCES); chmod +x it, or run it through its interpreter"
+        )),
+        (Stage::Exec, Errno::ENOEXEC) => RuntimeError::invalid(
+            "argv[0]",
+            format!("'{program}' is not a program this kernel can run (ENOEXEC)"),
+        ),
+        (Stage::Cwd, _) => RuntimeError::invalid(
+            "cwd",
+            format!("'{}' cannot be entered inside the cell: {err}", spec.cwd.display()),
+        ),
+        (Stage::Uid, _) => RuntimeError::invalid("uid", format!("cannot switch to uid {:?}: {err}", spec.uid)),
+        (Stage::Gid | Stage::Groups, _) => {
+            RuntimeError::invalid("gid", format!("cannot switch to gid {:?}: {err}", spec.gid))
+        }
+        (stage, _) => RuntimeError::Precondition(format!("cannot {} for '{}': {err}", stage.describe(), spec.name)),
+    }
+}
+
+impl Runtime {
+    /// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
+    /// daemon ...`) as an unlisted executable in a private cell of its own named `name`,
+    /// with `control` (if any) as its fd 3.
+    pub(super) async fn launch_self(
+        &self,
+        name: &ExecName,
+        argv: Vec<String>,
+        isolation: Isolation,
+        resources: Resources,
+        stdout_as: logs::Stream,
+        control: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Arc<Process>> {
+        let spec = ExecutableSpec {
+            name: name.clone(),
+            argv,
+            env: Default::default(),
+            cwd: "/".into(),
+            uid: None,
+            gid: None,
+            cell: None,
+        };
+        let how = Launch {
+            program: "/proc/self/exe".into(),
+            path_var: String::new(),
+            isolation,
+            resources,
+            stdout_as,
+            listed: false,
+            control,
+        };
+        self.launch(spec, how).await
+    }
+
+    /// Starts `spec` as `how` says. Unlisted executables (a VM's VMM) are not in the table;
+    /// their owner keeps them.
+    pub(super) async fn launch(&self, spec: ExecutableSpec, how: Launch) -> Result<Arc<Process>> {
+        let Launch {
+            program,
+            path_var,
+            isolation,
+            resources,
+            stdout_as,
+            listed,
+            control,
+        } = how;
+        if listed {
+            self.table().vacant::<Process>(spec.name.as_str())?;
+        }
+        let (cell, own) = match &spec.cell {
+            Some(name) => {
+                let c = self.cell(name.as_str())?;
+                match c.phase() {
+                    Phase::Running => {}
+                    Phase::Frozen => {
+                        return Err(RuntimeError::Precondition(format!(
+                            "cell '{name}' is frozen; thaw it first (aer cell thaw {name})"
+                        )))
+                    }
+                    p => {
+                        return Err(RuntimeError::Precondition(format!(
+                            "cell '{name}' is {p:?}; start executables only in running cells"
+                        )))
+                    }
+                }
+                (c, false)
+            }
+            None => {
+                let own = CellSpec {
+                    name: CellName::of_executable(&spec.name),
+                    resources,
+                    isolation,
+                };
+                let c = self.create_cell(own, true).await.map_err(|e| match e {
+                    RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
+                        "a cell named '{0}' exists, and an executable without `cell` gets a private cell named after it; pass cell: '{0}' to run inside it, or choose another name",
+                        spec.name
+                    )),
+                    other => other,
+                })?;
+                (c, true)
+            }
+        };
+        let e = Arc::new(Process {
+            name: spec.name.clone(),
+            cell: cell.name.clone(),
+            own_cell: own.then(|| cell.clone()),
+            dir: cell.dir.child(&format!("_x.{}", spec.name)),
+            sys: self.sys.clone(),
+            logs: Arc::new(LogBuffer::new(logs::DEFAULT_CAPACITY, 2)),
+            stdout_as,
+            state: watch::channel(ExecView {
+                name: spec.name.to_string(),
+                cell: cell.name.to_string(),
+                phase: Some(Phase::Starting),
+                ..Default::default()
+            })
+            .0,
+            op: tokio::sync::Mutex::new(()),
+        });
+        if listed {
+            // Checked again: another request may have taken the name while the cell was made.
+            let inserted = self.table().insert(e.clone());
+            if let Err(taken) = inserted {
+                if own {
+                    self.discard_cell_now(&cell).await;
+                }
+                return Err(taken);
+            }
+        }
+        match self.start_exec(&e, &cell, &spec, &program, &path_var, control).await {
+            Ok(()) => Ok(e),
+            Err(err) => {
+                kill_and_wait(&*self.sys, &e.dir).await;
+                let _ = e.dir.remove_tree();
+                if listed {
+                    self.table().remove::<Process>(e.name.as_str());
+                }
+                if own {
+                    self.discard_cell_now(&cell).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn start_exec(
+        &self,
+        e: &Arc<Process>,
+        cell: &Arc<Cell>,
+        spec: &ExecutableSpec,
+        program: &str,
+        path_var: &str,
+        control: Option<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        e.dir.create()?;
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
+            what: "open",
+            path: "/dev/null".into(),
+            source,
+        })?;
+        let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !spec.env.contains_key("PATH") {
+            env.push(("PATH".into(), path_var.to_owned()));
+        }
+        let input = ExecInput {
+            path: program.to_owned(),
+            argv: spec.argv.clone(),
+            env,
+            cwd: spec.cwd.to_string_lossy().into_owned(),
+            uid: spec.uid,
+            gid: spec.gid,
+            new_cgroup_ns: cell.isolation.cgroup,
+            stdin: devnull.into(),
+            stdout: out_w,
+            stderr: err_w,
+            control,
+        };
+        let started = self
+            .sys
+            .start_exec(cell.pidfd(), e.dir.open_fd()?, input)
+            .await
+            .map_err(|err| exec_start_error(err, spec, program))?;
+        let started_at = logs::now_unix_nanos();
+        e.state.send_modify(|s| {
+            s.phase = Some(Phase::Running);
+            s.pid = started.pid.as_raw() as u32;
+            s.started_unix_nanos = started_at;
+        });
+        for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(rx) => {
+                    tokio::spawn(logs::pump(rx, e.logs.clone(), stream));
+                }
+                Err(err) => {
+                    tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);
+                    e.logs.close_writer();
+                }
+            }
+        }
+        let watcher = e.clone();
+        let exit = started.exit;
+        tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
+        tracing::info!(
+            "executable {} running in cell {} (pid {})",
+            e.name,
+            cell.name,
+            started.pid
+        );
+        Ok(())
+    }
+
+    /// Removes an ended executable's cgroup and private cell.
+    pub(super) async fn discard_process(&self, e: &Process, name: &str) -> Result<()> {
+        if !e.phase().ended() {
+            return Err(RuntimeError::Precondition(format!(
+                "executable '{name}' is {:?}; stop it first (aer stop {name}) or wait for it (aer wait {name})",
+                e.phase()
+            )));
+        }
+        let _op = e.op.lock().await;
+        kill_and_wait(&*self.sys, &e.dir).await;
+        e.dir.remove_tree()?;
+        if let Some(c) = &e.own_cell {
+            self.discard_cell_now(c).await;
+        }
+        Ok(())
+    }
+}
