@@ -7,9 +7,9 @@
 //! gives up.
 
 use super::error::{Result, RuntimeError};
-use super::process::Process;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
+use super::process::Process;
 use super::spec::{Isolation, Resources, VmSpec};
 use super::vm::{VirtualMachine, VmView};
 use super::{Phase, Runtime};

@@ -9,9 +9,9 @@
 //! ```
 
 use super::error::{Result, RuntimeError};
-use super::process::Process;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
+use super::process::Process;
 use super::spec::{Isolation, VmSpec};
 use super::{Phase, Runtime};
 use crate::vmm::protocol::{self, Event, ExitReason};
