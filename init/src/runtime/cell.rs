@@ -5,7 +5,7 @@
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
 use super::error::{Result, RuntimeError};
 use super::holder::Setup;
-use super::launcher::Launcher;
+use super::launcher::{ExecStarter, Launcher};
 use super::names::CellName;
 use super::spec::{CellSpec, Isolation, Resources};
 use super::sys::start::StartError;
@@ -36,6 +36,8 @@ pub struct Cell {
     sys: Arc<dyn Launcher>,
     /// The holder's pidfd, once it runs.
     holder: OnceLock<Arc<OwnedFd>>,
+    /// Starts the cell's executables while the cell runs.
+    starter: std::sync::Mutex<Option<Arc<dyn ExecStarter>>>,
     state: watch::Sender<CellState>,
     /// Serialises stop, freeze and thaw.
     op: tokio::sync::Mutex<()>,
@@ -76,6 +78,7 @@ impl Cell {
             dir,
             sys,
             holder: OnceLock::new(),
+            starter: std::sync::Mutex::new(None),
             state: watch::channel(CellState {
                 phase: Phase::Starting,
                 error: String::new(),
@@ -104,8 +107,15 @@ impl Cell {
         self.dir.procs_below(HOLDER_LEAF)
     }
 
+    /// What starts executables in this cell; None once the cell has ended.
+    pub fn starter(&self) -> Option<Arc<dyn ExecStarter>> {
+        self.starter.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Called when the holder is reaped.
     fn holder_ended(&self, exit: Option<Exit>) {
+        // Its thread lets go of the cell's namespaces.
+        self.starter.lock().unwrap_or_else(|p| p.into_inner()).take();
         let stopping = self.state.borrow().stopping;
         if !stopping {
             tracing::warn!("cell {}: its init process ended unexpectedly ({exit:?})", self.name);
@@ -301,7 +311,12 @@ impl Runtime {
             .pidfd
             .map(Arc::new)
             .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
+        let starter = self
+            .sys
+            .starter(pidfd.clone())
+            .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)));
         let _ = cell.holder.set(pidfd);
+        *cell.starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(starter?);
         cell.set_phase(Phase::Running);
         let watcher = cell.clone();
         let exit = started.exit;

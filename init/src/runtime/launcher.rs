@@ -1,6 +1,6 @@
 //! The seam between the runtime's bookkeeping and the system calls that start and kill
 //! processes. [`SysLauncher`] is the real one: `runtime/sys` (clone3 straight into the
-//! cgroup, the reaper's exit channel) and `cgroup.kill`. Tests use `testing::FakeLauncher`,
+//! cgroup, the reaper's exit channel, a starter thread per cell) and `cgroup.kill`. Tests use `testing::FakeLauncher`,
 //! which hands out pids and exits on demand and keeps `cgroup.procs`/`cgroup.events` in a
 //! fixture directory, so creation, refusals, collisions, stop, free and phase changes are
 //! unit tests that need neither root nor QEMU.
@@ -12,12 +12,19 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 pub(crate) type Starting = Pin<Box<dyn Future<Output = std::result::Result<Started, StartError>> + Send>>;
 
+/// Starts the executables of one cell (see `sys::start::Starter`).
+pub(crate) trait ExecStarter: Send + Sync {
+    /// Starts an executable in the cgroup `cgroup`, inside the cell's namespaces.
+    fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting;
+}
+
 pub(crate) trait Launcher: Send + Sync {
-    /// Starts an executable in the cgroup `cgroup`, inside the namespaces of holder `join`.
-    fn start_exec(&self, join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Starting;
+    /// The starter for executables of the cell whose init is `join`, made once the init runs.
+    fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError>;
     /// Starts a cell's init (`exe` re-executed with `args`) in `cgroup` with new namespaces
     /// `flags`, nested in holder `join`'s.
     fn start_holder(
@@ -35,9 +42,21 @@ pub(crate) trait Launcher: Send + Sync {
 /// The real system calls.
 pub(crate) struct SysLauncher;
 
+impl ExecStarter for start::Starter {
+    fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
+        let queued: std::result::Result<oneshot::Receiver<_>, StartError> = self.submit(cgroup, input);
+        Box::pin(async move {
+            match queued {
+                Ok(rx) => rx.await.unwrap_or(Err(StartError::Vanished)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
 impl Launcher for SysLauncher {
-    fn start_exec(&self, join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Starting {
-        Box::pin(start::start_exec(join, cgroup, input))
+    fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
+        Ok(Arc::new(start::Starter::new(join)?))
     }
 
     fn start_holder(
@@ -76,6 +95,7 @@ pub(crate) mod testing {
     const FIRST_PID: i32 = 1 << 28;
 
     pub(crate) struct FakeLauncher {
+        me: std::sync::Weak<FakeLauncher>,
         root: PathBuf,
         procs: Mutex<Vec<Proc>>,
         next: Mutex<i32>,
@@ -85,7 +105,8 @@ pub(crate) mod testing {
 
     impl FakeLauncher {
         pub fn new(root: &Path) -> Arc<FakeLauncher> {
-            Arc::new(FakeLauncher {
+            Arc::new_cyclic(|me| FakeLauncher {
+                me: me.clone(),
                 root: root.to_owned(),
                 procs: Mutex::new(Vec::new()),
                 next: Mutex::new(FIRST_PID),
@@ -179,15 +200,25 @@ pub(crate) mod testing {
         }
     }
 
-    impl Launcher for FakeLauncher {
-        fn start_exec(&self, _join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Starting {
+    /// A cell's starter: the fake itself.
+    struct FakeStarter(Arc<FakeLauncher>);
+
+    impl ExecStarter for FakeStarter {
+        fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
             // The pipes' write ends go now: the log readers see EOF, as after a quiet exit.
             drop(input);
-            let r = match self.fail_next_exec.lock().unwrap().take() {
+            let r = match self.0.fail_next_exec.lock().unwrap().take() {
                 Some(e) => Err(e),
-                None => self.start(cgroup),
+                None => self.0.start(cgroup),
             };
             Box::pin(async move { r })
+        }
+    }
+
+    impl Launcher for FakeLauncher {
+        fn starter(&self, _join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
+            let me = self.me.upgrade().ok_or(StartError::Vanished)?;
+            Ok(Arc::new(FakeStarter(me)))
         }
 
         fn start_holder(

@@ -337,9 +337,14 @@ impl Runtime {
             stderr: err_w,
             control,
         };
-        let started = self
-            .sys
-            .start_exec(cell.pidfd(), e.dir.open_fd()?, input)
+        let starter = cell.starter().ok_or_else(|| {
+            RuntimeError::Precondition(format!(
+                "cell '{}' has ended; start executables only in running cells",
+                cell.name
+            ))
+        })?;
+        let started = starter
+            .start_exec(e.dir.open_fd()?, input)
             .await
             .map_err(|err| exec_start_error(err, spec, program))?;
         let started_at = logs::now_unix_nanos();

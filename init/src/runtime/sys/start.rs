@@ -1,7 +1,8 @@
-//! Starting processes. Each start runs on a fresh OS thread that (for a process inside a
-//! cell) first joins the cell holder's namespaces, then `clone3`s the child straight into
-//! its cgroup and reads the child's report pipe. The thread then ends, so no auraed thread
-//! ever stays inside a cell's namespaces, and the tokio thread never blocks.
+//! Starting processes. A cell's init starts on a fresh OS thread that joins the enclosing
+//! cell's namespaces (if any), `clone3`s the child straight into its cgroup, reads its
+//! report pipe and ends. Executables start on their cell's `Starter`: one long-lived thread
+//! per cell that joined the cell's namespaces once and lives as long as the cell. No auraed
+//! thread but those stays inside a cell's namespaces, and the tokio thread never blocks.
 
 use super::child::{self, ExecPlan, HolderPlan, Stage};
 use super::clone::{clone3_vm, ChildFn};
@@ -20,7 +21,7 @@ use tokio::sync::oneshot;
 const ALL_NS: libc::c_int =
     libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
     #[error("{what}: {errno}")]
     Sys { what: &'static str, errno: Errno },
@@ -54,27 +55,74 @@ pub struct ExecInput {
     pub control: Option<OwnedFd>,
 }
 
-/// Starts an executable in `cgroup`, inside the namespaces of the holder `join`.
-pub async fn start_exec(join: Option<Arc<OwnedFd>>, cgroup: OwnedFd, input: ExecInput) -> Result<Started, StartError> {
-    on_fresh_thread(move || {
-        enter(join.as_deref(), ALL_NS)?;
-        let mut plan = ExecPlan::new(&input.path, &input.argv, &input.env, &input.cwd).ok_or(StartError::Child {
-            stage: Stage::Exec,
-            errno: libc::EINVAL,
-        })?;
-        plan.uid = input.uid;
-        plan.gid = input.gid;
-        plan.new_cgroup_ns = input.new_cgroup_ns;
-        plan.stdin = input.stdin.as_raw_fd();
-        plan.stdout = input.stdout.as_raw_fd();
-        plan.stderr = input.stderr.as_raw_fd();
-        plan.control = input.control.as_ref().map_or(-1, |f| f.as_raw_fd());
-        launch(0, &cgroup, false, |report| {
-            plan.report = report;
-            child::exec_child(&plan)
-        })
+/// A thread that joins one cell's namespaces once and then starts each executable of that
+/// cell: no thread creation, `unshare` or `setns` per start. Starts in one cell take turns;
+/// the thread ends (and lets go of the cell's namespaces) when the `Starter` is dropped.
+pub struct Starter {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+struct Job {
+    cgroup: OwnedFd,
+    input: ExecInput,
+    reply: oneshot::Sender<Result<Started, StartError>>,
+}
+
+impl Starter {
+    pub fn new(join: Arc<OwnedFd>) -> Result<Starter, StartError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("aurae-starter".into())
+            .spawn(move || {
+                // A failure to join is every job's answer: the cell cannot start anything.
+                let entered = enter(Some(&join), ALL_NS);
+                drop(join);
+                for job in rx {
+                    let r = match &entered {
+                        Ok(()) => exec_here(&job.cgroup, job.input),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = job.reply.send(r);
+                }
+            })
+            .map_err(|e| StartError::Sys {
+                what: "start a thread",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
+            })?;
+        Ok(Starter { jobs })
+    }
+
+    /// Queues a start; the answer comes on the receiver once the child has exec'd or failed.
+    pub fn submit(
+        &self,
+        cgroup: OwnedFd,
+        input: ExecInput,
+    ) -> Result<oneshot::Receiver<Result<Started, StartError>>, StartError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { cgroup, input, reply })
+            .map_err(|_| StartError::Vanished)?;
+        Ok(rx)
+    }
+}
+
+/// Starts an executable from the calling thread, which is already in the cell's namespaces.
+fn exec_here(cgroup: &OwnedFd, input: ExecInput) -> Result<Started, StartError> {
+    let mut plan = ExecPlan::new(&input.path, &input.argv, &input.env, &input.cwd).ok_or(StartError::Child {
+        stage: Stage::Exec,
+        errno: libc::EINVAL,
+    })?;
+    plan.uid = input.uid;
+    plan.gid = input.gid;
+    plan.new_cgroup_ns = input.new_cgroup_ns;
+    plan.stdin = input.stdin.as_raw_fd();
+    plan.stdout = input.stdout.as_raw_fd();
+    plan.stderr = input.stderr.as_raw_fd();
+    plan.control = input.control.as_ref().map_or(-1, |f| f.as_raw_fd());
+    launch(0, cgroup, false, |report| {
+        plan.report = report;
+        child::exec_child(&plan)
     })
-    .await
 }
 
 /// Starts a cell's holder (auraed's executable `exe` as `aurae-cell-init ARGS`) in
