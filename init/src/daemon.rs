@@ -118,7 +118,8 @@ async fn serve_until_power_action(
         .and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem))
         .unwrap_or_default();
     let pki_dir = files.cert.parent().map(std::path::Path::to_path_buf);
-    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx, pki_dir));
+    let runtime = Arc::new(assemble_runtime(&report, &spiffe_id, pki_dir));
+    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx, runtime));
 
     let mut chosen = None;
     // On a power action, workloads are stopped while the API still answers, so Wait and
@@ -142,4 +143,18 @@ async fn serve_until_power_action(
         ctx.runtime.remove_all();
     }
     Ok((chosen.unwrap_or(PowerAction::PowerOff), ctx.grace()))
+}
+
+/// The node's runtime: workloads under the cgroup bring-up prepared, VM TAPs and instances
+/// on its bridge, and Spawn when the PKI has a spawn CA beside the node's own certificate.
+fn assemble_runtime(report: &init::InitReport, spiffe_id: &str, pki_dir: Option<PathBuf>) -> crate::runtime::Runtime {
+    let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
+    runtime.set_bridge(report.bridge.clone());
+    if let Some(dir) = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty()) {
+        runtime.set_spawn_identity(crate::runtime::SpawnIdentity {
+            pki_dir: dir,
+            spiffe_id: spiffe_id.to_owned(),
+        });
+    }
+    runtime
 }

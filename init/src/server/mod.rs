@@ -46,23 +46,14 @@ pub struct NodeContext {
 pub use crate::runtime::DEFAULT_GRACE_MS;
 
 impl NodeContext {
+    /// The server's view of a node whose runtime `daemon.rs` assembled.
     pub fn new(
         pid1: bool,
         report: InitReport,
         spiffe_id: String,
         power: PowerSender,
-        pki_dir: Option<std::path::PathBuf>,
+        runtime: Arc<crate::runtime::Runtime>,
     ) -> NodeContext {
-        let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
-        runtime.set_bridge(report.bridge.clone());
-        // Spawn needs the spawn CA beside the node's own certificate.
-        if let Some(dir) = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty()) {
-            runtime.set_spawn_identity(crate::runtime::SpawnIdentity {
-                pki_dir: dir,
-                spiffe_id: spiffe_id.clone(),
-            });
-        }
-        let runtime = Arc::new(runtime);
         NodeContext {
             runtime,
             pid1,
