@@ -149,14 +149,7 @@ impl Cell {
 }
 
 fn start_error(e: StartError, what: &str) -> RuntimeError {
-    match e {
-        StartError::Sys {
-            errno: nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOMEM,
-            ..
-        } => RuntimeError::Exhausted(format!("cannot start {what}: {e} (out of processes or memory)")),
-        StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
-        other => RuntimeError::Precondition(format!("cannot start {what}: {other}")),
-    }
+    super::process::start_failure(e, what, "out of processes or memory")
 }
 
 /// Refuses limits whose controller is not among those `offered` to the new cell.
