@@ -98,7 +98,7 @@ impl Api {
 }
 
 async fn bench(a: BenchArgs) -> Result<(), CliError> {
-    let file = FileConfig::load(&a.config).map_err(CliError::Usage)?;
+    let file = FileConfig::load(&a.config).map_err(|e| CliError::Usage(e.to_string()))?;
     let need = |o: Option<PathBuf>, what: &str| o.ok_or_else(|| CliError::Usage(format!("{what} missing in config")));
     let target = Target {
         instance: None,

@@ -121,7 +121,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(r: Result<(), String>) -> ExitCode {
+/// Why an `auraed pki ...` or `auraed mkcpio` command failed; says which file.
+#[derive(Debug, thiserror::Error)]
+enum ToolError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{} already holds a CA; refusing to overwrite it", .0.display())]
+    CaExists(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Spec { path: PathBuf, message: String },
+}
+
+fn report(r: Result<(), ToolError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -133,26 +146,24 @@ fn report(r: Result<(), String>) -> ExitCode {
 
 /// The node's intermediate CA for Spawn: it signs the SVIDs of the instances the node
 /// spawns (and their own intermediates), so the root key never leaves the build host.
-fn write_spawn_ca(dir: &std::path::Path, ca: &pki::Minted, trust_domain: &str, node: &str) -> Result<(), String> {
+fn write_spawn_ca(dir: &std::path::Path, ca: &pki::Minted, trust_domain: &str, node: &str) -> Result<(), ToolError> {
     let m = pki::mint_intermediate(
         ca,
         &pki::spiffe_id(trust_domain, &format!("node/{node}/spawn-ca")),
         &format!("Aurae spawn CA ({node})"),
         std::time::Duration::from_secs(10 * 365 * 86400),
-    )
-    .map_err(|e| e.to_string())?;
-    pki::write_pair(dir, "spawn-ca", &m).map_err(|e| e.to_string())
+    )?;
+    Ok(pki::write_pair(dir, "spawn-ca", &m)?)
 }
 
-fn run_pki(p: PkiCmd) -> Result<(), String> {
-    let e = |e: pki::PkiError| e.to_string();
+fn run_pki(p: PkiCmd) -> Result<(), ToolError> {
     match p {
         PkiCmd::SpawnCa {
             dir,
             trust_domain,
             node,
         } => {
-            let ca = pki::read_pair(&dir, "ca").map_err(e)?;
+            let ca = pki::read_pair(&dir, "ca")?;
             write_spawn_ca(&dir, &ca, &trust_domain, &node)?;
             println!("wrote {}/spawn-ca.{{crt,key}}", dir.display());
             Ok(())
@@ -166,12 +177,9 @@ fn run_pki(p: PkiCmd) -> Result<(), String> {
             client,
         } => {
             if dir.join("ca.key").exists() {
-                return Err(format!(
-                    "{} already holds a CA; refusing to overwrite it",
-                    dir.display()
-                ));
+                return Err(ToolError::CaExists(dir));
             }
-            let ca = pki::mint_ca(&trust_domain).map_err(e)?;
+            let ca = pki::mint_ca(&trust_domain)?;
             dns.extend(["auraed".into(), "localhost".into(), node.clone()]);
             ip.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from([10, 0, 2, 15])]);
             let server = pki::mint_leaf(
@@ -180,20 +188,18 @@ fn run_pki(p: PkiCmd) -> Result<(), String> {
                 &node,
                 pki::LeafKind::Server { dns: &dns, ips: &ip },
                 3650,
-            )
-            .map_err(e)?;
+            )?;
             let cl = pki::mint_leaf(
                 &ca,
                 &pki::spiffe_id(&trust_domain, &format!("client/{client}")),
                 &client,
                 pki::LeafKind::Client,
                 365,
-            )
-            .map_err(e)?;
-            pki::write_pair(&dir, "ca", &ca).map_err(e)?;
+            )?;
+            pki::write_pair(&dir, "ca", &ca)?;
             write_spawn_ca(&dir, &ca, &trust_domain, &node)?;
-            pki::write_pair(&dir, "server", &server).map_err(e)?;
-            pki::write_pair(&dir, "client", &cl).map_err(e)?;
+            pki::write_pair(&dir, "server", &server)?;
+            pki::write_pair(&dir, "client", &cl)?;
             println!(
                 "wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client})",
                 dir.display()
@@ -206,26 +212,32 @@ fn run_pki(p: PkiCmd) -> Result<(), String> {
             trust_domain,
             days,
         } => {
-            let ca = pki::read_pair(&dir, "ca").map_err(e)?;
+            let ca = pki::read_pair(&dir, "ca")?;
             let cl = pki::mint_leaf(
                 &ca,
                 &pki::spiffe_id(&trust_domain, &format!("client/{name}")),
                 &name,
                 pki::LeafKind::Client,
                 days,
-            )
-            .map_err(e)?;
-            pki::write_pair(&dir, &name, &cl).map_err(e)?;
+            )?;
+            pki::write_pair(&dir, &name, &cl)?;
             println!("wrote {0}/{name}.{{crt,key}}", dir.display());
             Ok(())
         }
     }
 }
 
-fn mkcpio(spec: &std::path::Path, out: &std::path::Path, base: &std::path::Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
-    let entries = cpio::parse_spec(&text, base).map_err(|e| format!("{}: {e}", spec.display()))?;
+fn mkcpio(spec: &std::path::Path, out: &std::path::Path, base: &std::path::Path) -> Result<(), ToolError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| ToolError::Io { path, source }
+    };
+    let text = std::fs::read_to_string(spec).map_err(io(spec))?;
+    let entries = cpio::parse_spec(&text, base).map_err(|e| ToolError::Spec {
+        path: spec.to_owned(),
+        message: e.to_string(),
+    })?;
     let mut buf = Vec::new();
-    cpio::write_archive(&entries, &mut buf).map_err(|e| e.to_string())?;
-    std::fs::write(out, buf).map_err(|e| format!("{}: {e}", out.display()))
+    cpio::write_archive(&entries, &mut buf).map_err(io(out))?;
+    std::fs::write(out, buf).map_err(io(out))
 }

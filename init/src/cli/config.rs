@@ -21,11 +21,26 @@ pub struct FileConfig {
     pub server_name: Option<String>,
 }
 
+/// Why the config file cannot be used; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {}: {source}", path.display())]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
 impl FileConfig {
     /// Reads a config file; relative certificate paths are taken relative to the file.
-    pub fn load(path: &Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-        let mut c: FileConfig = toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut c: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.ca, &mut c.cert, &mut c.key].into_iter().flatten() {
             if p.is_relative() {
@@ -62,6 +77,6 @@ mod tests {
         let c = FileConfig::load(&f).unwrap();
         assert_eq!(c.ca.unwrap(), d.path().join("pki/ca.crt"));
         std::fs::write(&f, "adress = \"x\"\n").unwrap();
-        assert!(FileConfig::load(&f).unwrap_err().contains("adress"));
+        assert!(FileConfig::load(&f).unwrap_err().to_string().contains("adress"));
     }
 }

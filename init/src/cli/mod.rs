@@ -219,7 +219,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn resolve(a: &Aer) -> Result<Target, CliError> {
     let file = match config::FileConfig::locate(a.config.as_deref()) {
-        Some(p) => config::FileConfig::load(&p).map_err(CliError::Usage)?,
+        Some(p) => config::FileConfig::load(&p).map_err(|e| CliError::Usage(e.to_string()))?,
         None => config::FileConfig::default(),
     };
     let need = |flag: Option<&PathBuf>, file: Option<PathBuf>, name: &str| {
