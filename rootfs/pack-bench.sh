@@ -42,4 +42,6 @@ PY
 } > "$spec"
 "$B/bin/auraed" mkcpio --base "$B" "$spec" "$B/initramfs/bench.cpio"
 zstd -q -19 -T0 --no-check -f "$B/initramfs/bench.cpio" -o "$B/initramfs/bench.cpio.zst" && rm -f "$B/initramfs/bench.cpio"
+# It holds a client key: 0600 like the pki layer.
+chmod 600 "$B/initramfs/bench.cpio.zst"
 echo "rootfs: bench    $(stat -c %s "$B/initramfs/bench.cpio.zst") bytes (crun $("$crun" --version | head -1 | cut -d' ' -f3), bench only)"

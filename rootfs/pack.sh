@@ -27,7 +27,10 @@ file /etc/aurae/pki/server.key pki/server.key 0600 0 0
 file /etc/aurae/pki/spawn-ca.crt pki/spawn-ca.crt 0644 0 0
 file /etc/aurae/pki/spawn-ca.key pki/spawn-ca.key 0600 0 0
 SPEC
+# The pki layer holds the node's private keys: mkcpio writes it 0600 (it carries a 0600
+# file) and zstd keeps that mode; checked here all the same.
 mk "$out/pki.spec" "$out/pki.cpio" && z "$out/pki.cpio"
+[ "$(stat -c %a "$out/pki.cpio.zst")" = 600 ] || { echo "rootfs: $out/pki.cpio.zst must be mode 0600" >&2; exit 1; }
 
 # Toolbox: Debian's static busybox and its applets, for tests and the demo.
 bb=/bin/busybox

@@ -239,5 +239,25 @@ fn mkcpio(spec: &std::path::Path, out: &std::path::Path, base: &std::path::Path)
     })?;
     let mut buf = Vec::new();
     cpio::write_archive(&entries, &mut buf).map_err(io(out))?;
-    std::fs::write(out, buf).map_err(io(out))
+    // An archive that carries a file only its owner may read (a private key) is itself
+    // readable by root only, on the build host too; the rest are world-readable.
+    let secret = entries
+        .iter()
+        .any(|e| matches!(e, cpio::Entry::File { mode, .. } if mode & 0o077 == 0));
+    let mode = if secret { 0o600 } else { 0o644 };
+    write_with_mode(out, &buf, mode).map_err(io(out))
+}
+
+/// Writes `data` to `path` with exactly `mode` (also when the file already existed).
+fn write_with_mode(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(data)
 }

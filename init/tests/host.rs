@@ -330,3 +330,60 @@ fn aer_cli_exit_codes() {
         String::from_utf8_lossy(&unreachable.stderr)
     );
 }
+
+/// Puts a raw `aurae-instance` header (any bytes) on every request, as a hostile client can.
+#[derive(Clone)]
+struct RawInstanceHeader<S>(S, http::HeaderValue);
+
+impl<S, B> tower_service::Service<http::Request<B>> for RawInstanceHeader<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        req.headers_mut().insert("aurae-instance", self.1.clone());
+        self.0.call(req)
+    }
+}
+
+/// A malformed `aurae-instance` header (not ASCII, empty segment, bad name, too deep) is
+/// INVALID_ARGUMENT and the call is never served here: a Shutdown meant for a child must
+/// not power off this node.
+#[test]
+fn a_malformed_instance_header_is_refused_and_never_served_here() {
+    let d = start();
+    let files = TlsFiles::in_dir(&d.pki, "client");
+    rt().block_on(async {
+        let tls = files.load().unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", d.addr))
+            .unwrap()
+            .tls_config(tls.client_config("localhost"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for bad in [&b"c1\x80"[..], b"c1//g1", b"../c1", b"Bad", b"a/b/c/d/e/f/g/h/i"] {
+            let hv = http::HeaderValue::from_bytes(bad).unwrap();
+            let mut node = pb::node_client::NodeClient::new(RawInstanceHeader(ch.clone(), hv));
+            let e = node.info(pb::NodeInfoRequest {}).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+            assert!(e.message().starts_with("aurae-instance: "), "{bad:?}: {}", e.message());
+            let e = node.shutdown(pb::ShutdownRequest::default()).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        }
+        // Still serving: none of those Shutdowns reached this node.
+        let info = pb::node_client::NodeClient::new(ch)
+            .info(pb::NodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.pid, d.child.id());
+    });
+}

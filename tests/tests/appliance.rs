@@ -29,6 +29,77 @@ fn auraed_binary_is_static() {
     eprintln!("auraed: static, {} bytes, libc {}", elf.len(), libc.trim());
 }
 
+/// (name, mode, data) of every entry of a newc cpio archive.
+fn cpio_entries(a: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+    let hex = |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap() as usize;
+    let pad4 = |n: usize| (n + 3) & !3;
+    let (mut at, mut out) = (0, Vec::new());
+    while at + 110 <= a.len() {
+        assert_eq!(&a[at..at + 6], b"070701", "newc magic at {at}");
+        let field = |i: usize| hex(&a[at + 6 + 8 * i..at + 14 + 8 * i]);
+        let (mode, size, namesize) = (field(1) as u32, field(6), field(11));
+        let name_end = at + 110 + namesize - 1;
+        let name = String::from_utf8_lossy(&a[at + 110..name_end]).into_owned();
+        let data_at = pad4(at + 110 + namesize);
+        if name == "TRAILER!!!" {
+            break;
+        }
+        out.push((name, mode, a[data_at..data_at + size].to_vec()));
+        at = pad4(data_at + size);
+    }
+    out
+}
+
+/// Every private key in every built layer is readable by root only, so is every layer file
+/// that holds one, and no layer carries the root CA's key (it stays on the build host).
+#[test]
+fn layers_keep_private_keys_private_and_never_carry_the_root_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let build = appliance_or_skip!();
+    let root_key = std::fs::read_to_string(build.join("pki/ca.key")).unwrap();
+    let root_body: String = root_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut keys = 0;
+    for layer in std::fs::read_dir(build.join("initramfs")).unwrap().flatten() {
+        let path = layer.path();
+        if !path.to_string_lossy().ends_with(".cpio.zst") {
+            continue;
+        }
+        let out = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "zstd -dc {}", path.display());
+        let entries = cpio_entries(&out.stdout);
+        let mut holds_key = false;
+        for (name, mode, data) in &entries {
+            let text = String::from_utf8_lossy(data);
+            let flat: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+            assert!(
+                root_body.is_empty() || !flat.contains(&root_body),
+                "{} carries the root CA key as {name}",
+                path.display()
+            );
+            if text.contains("PRIVATE KEY-----") {
+                holds_key = true;
+                keys += 1;
+                assert_eq!(
+                    mode & 0o777,
+                    0o600,
+                    "{name} in {} is {:o}",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        if holds_key {
+            let mode = layer.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} holds private keys but is {mode:o}", path.display());
+        }
+    }
+    assert!(keys >= 2, "the node's key and its spawn CA's key were found ({keys})");
+}
+
 #[test]
 fn boots_serves_as_pid1_and_powers_off_on_the_rpc() {
     let build = appliance_or_skip!();

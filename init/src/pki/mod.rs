@@ -11,7 +11,7 @@ use std::{
     fs,
     io::Write,
     net::IpAddr,
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -207,6 +207,8 @@ pub fn write_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> {
     write_file(&dir.join(format!("{stem}.key")), m.key_pem.as_bytes(), 0o600)
 }
 
+/// Writes `data` with exactly `mode`: a key that already existed with a looser mode is
+/// narrowed before its new bytes go in.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let mut f = fs::OpenOptions::new()
         .create(true)
@@ -214,6 +216,8 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
         .truncate(true)
         .mode(mode)
         .open(path)
+        .map_err(io_err(path))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(path))?;
     f.write_all(data).map_err(io_err(path))
 }
@@ -270,11 +274,15 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_private_on_disk() {
-        use std::os::unix::fs::PermissionsExt;
+    fn keys_are_private_on_disk_even_when_the_file_was_there_before() {
         let d = tempfile::tempdir().unwrap();
+        let mode = |f: &str| fs::metadata(d.path().join(f)).unwrap().permissions().mode() & 0o777;
         write_pair(d.path(), "ca", &mint_ca("t.local").unwrap()).unwrap();
-        let mode = fs::metadata(d.path().join("ca.key")).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        assert_eq!(mode("ca.key"), 0o600);
+        assert_eq!(mode("ca.crt"), 0o644);
+        // A key file left world-readable (by hand, or by an older version) is narrowed.
+        fs::set_permissions(d.path().join("ca.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        write_pair(d.path(), "ca", &mint_ca("t.local").unwrap()).unwrap();
+        assert_eq!(mode("ca.key"), 0o600);
     }
 }

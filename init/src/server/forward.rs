@@ -42,10 +42,33 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, std::convert
 
 /// Splits "a/b/c" into ("a", Some("b/c")).
 pub fn split_path(path: &str) -> (&str, Option<&str>) {
-    match path.trim_matches('/').split_once('/') {
+    match path.split_once('/') {
         Some((first, rest)) => (first, Some(rest)),
-        None => (path.trim_matches('/'), None),
+        None => (path, None),
     }
+}
+
+/// The descendant path a call names, checked before anything else happens: a header that
+/// is present but not a valid path is refused, never read as absent (which would serve a
+/// call meant for a child, a Shutdown say, on this node).
+pub fn instance_path(value: Option<&HeaderValue>) -> Result<Option<String>, tonic::Status> {
+    let Some(v) = value else { return Ok(None) };
+    let refuse = |why: String| tonic::Status::invalid_argument(format!("{HEADER}: {why}"));
+    let path = v
+        .to_str()
+        .map_err(|_| refuse("is not printable ASCII; name descendants like 'child' or 'child/grandchild'".into()))?;
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.len() > crate::runtime::names::MAX_DEPTH {
+        return Err(refuse(format!(
+            "'{path}' is {} levels deep; the limit is {}",
+            segments.len(),
+            crate::runtime::names::MAX_DEPTH
+        )));
+    }
+    for s in segments {
+        crate::runtime::names::ExecName::parse_instance(s).map_err(|e| refuse(format!("in '{path}': {e}")))?;
+    }
+    Ok(Some(path.to_owned()))
 }
 
 impl<S> Service<Request<Body>> for Forward<S>
@@ -62,13 +85,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> BoxFuture {
-        let Some(path) = req
-            .headers()
-            .get(HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-        else {
-            return Box::pin(self.inner.call(req));
+        let path = match instance_path(req.headers().get(HEADER)) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Box::pin(self.inner.call(req)),
+            Err(s) => return Box::pin(async move { Ok(s.into_http()) }),
         };
         let (first, rest) = split_path(&path);
         match rest.map(HeaderValue::from_str) {
@@ -115,6 +135,28 @@ mod tests {
     fn splits_instance_paths() {
         assert_eq!(split_path("a"), ("a", None));
         assert_eq!(split_path("a/b/c"), ("a", Some("b/c")));
-        assert_eq!(split_path("/a/b/"), ("a", Some("b")));
+    }
+
+    #[test]
+    fn a_malformed_instance_header_is_refused_not_ignored() {
+        let v = |b: &[u8]| HeaderValue::from_bytes(b).unwrap();
+        assert_eq!(instance_path(None).unwrap(), None);
+        assert_eq!(instance_path(Some(&v(b"c1/g1"))).unwrap().as_deref(), Some("c1/g1"));
+        for bad in [
+            &b"c1\x80"[..],
+            b"",
+            b"c1/",
+            b"/c1",
+            b"c1//g1",
+            b"C1",
+            b"../c1",
+            b"a/b/c/d/e/f/g/h/i",
+        ] {
+            let e = instance_path(Some(&v(bad))).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(e.message().starts_with("aurae-instance: "), "{bad:?}: {}", e.message());
+        }
+        let e = instance_path(Some(&v(b"a/b/c/d/e/f/g/h/i"))).unwrap_err();
+        assert!(e.message().contains("9 levels deep; the limit is 8"), "{}", e.message());
     }
 }
