@@ -76,7 +76,7 @@ impl Body {
 }
 
 impl child::Watched for Body {
-    fn ended(&self) -> Option<String> {
+    fn outcome(&self) -> Option<String> {
         if !Body::ended(self) {
             return None;
         }
@@ -207,12 +207,12 @@ impl Runtime {
         };
         self.table().vacant::<Instance>(spec.name.as_str())?;
         let deadline = tokio::time::Instant::now() + spec.serving_within;
-        // Checked before a host number is taken: a node too deep to have children says so.
-        addressing::child_net(subnet, 254).map_err(SpawnError::from)?;
         let host = self.take_host()?;
-        let result = self
-            .spawn_on(&spec, isolation, &id, &bridge, subnet, host, deadline)
-            .await;
+        // A node too deep to have children says so here; the host number goes back below.
+        let result = match addressing::child_net(subnet, host) {
+            Ok(net) => self.spawn_on(&spec, isolation, &id, &bridge, net, host, deadline).await,
+            Err(e) => Err(SpawnError::from(e).into()),
+        };
         match result {
             Ok(i) => {
                 let v = i.view();
@@ -250,11 +250,10 @@ impl Runtime {
         isolation: IsolationKind,
         id: &SpawnIdentity,
         bridge: &str,
-        subnet: crate::net::Ipv4Cidr,
+        net: addressing::ChildNet,
         host: u8,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<Instance>> {
-        let net = addressing::child_net(subnet, host).map_err(SpawnError::from)?;
         let spiffe_id = id.child_id(spec.name.as_str());
         let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
         let address = SocketAddr::from((net.ip, CHILD_PORT));

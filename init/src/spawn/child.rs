@@ -29,7 +29,7 @@ pub fn channel(pki_dir: &Path, name: &str, address: SocketAddr) -> Result<tonic:
 /// runtime owns.
 pub trait Watched {
     /// How it ended, once it has.
-    fn ended(&self) -> Option<String>;
+    fn outcome(&self) -> Option<String>;
     /// Its console so far: a VM's serial port, a cell child's output.
     fn console(&self) -> Vec<String>;
 }
@@ -44,7 +44,7 @@ pub async fn wait_serving(
 ) -> Result<(), SpawnError> {
     let started = Instant::now();
     loop {
-        if let Some(how) = body.ended() {
+        if let Some(how) = body.outcome() {
             return Err(SpawnError::Ended(format!(
                 "{how}; its console ended with: {}",
                 tail(&body.console(), 8)
@@ -137,7 +137,7 @@ mod tests {
     }
 
     impl Watched for Booting {
-        fn ended(&self) -> Option<String> {
+        fn outcome(&self) -> Option<String> {
             self.ended.clone()
         }
         fn console(&self) -> Vec<String> {
