@@ -150,15 +150,21 @@ pub(crate) mod testing {
 
         /// Fake process `pid` exits by itself with `code`.
         pub fn exit(&self, pid: i32, code: i32) {
+            self.end(|p| p.pid == pid, Exit::Code(code));
+        }
+
+        /// Ends every fake process `which` picks, as the kernel would: gone from the
+        /// fixture's files, then its exit delivered.
+        fn end(&self, which: impl Fn(&Proc) -> bool, how: Exit) {
             let gone: Vec<Proc> = {
                 let mut procs = self.procs.lock().unwrap();
-                let (gone, kept) = std::mem::take(&mut *procs).into_iter().partition(|p| p.pid == pid);
+                let (gone, kept) = std::mem::take(&mut *procs).into_iter().partition(|p| which(p));
                 *procs = kept;
                 gone
             };
             self.sync_files();
             for p in gone {
-                let _ = p.exit.send(Exit::Code(code));
+                let _ = p.exit.send(how);
             }
         }
 
@@ -234,18 +240,7 @@ pub(crate) mod testing {
         }
 
         fn kill(&self, dir: &CgroupDir) -> Result<()> {
-            let gone: Vec<Proc> = {
-                let mut procs = self.procs.lock().unwrap();
-                let (gone, kept) = std::mem::take(&mut *procs)
-                    .into_iter()
-                    .partition(|p| p.cgroup.starts_with(dir.path()));
-                *procs = kept;
-                gone
-            };
-            self.sync_files();
-            for p in gone {
-                let _ = p.exit.send(Exit::Signal(libc::SIGKILL));
-            }
+            self.end(|p| p.cgroup.starts_with(dir.path()), Exit::Signal(libc::SIGKILL));
             Ok(())
         }
     }
