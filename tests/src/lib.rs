@@ -421,16 +421,20 @@ impl Client {
         out
     }
 
+    /// Names of the cgroups directly under the workloads root, as the node sees them.
+    pub async fn workload_cgroups(&self) -> Vec<String> {
+        self.on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
+            .await
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// What a test could leave behind on the node: every workload in the table (all kinds)
     /// and every cgroup under the workloads root, except the probe cell's.
     pub async fn leftovers(&self) -> (Vec<String>, Vec<String>) {
-        let cgroups = self
-            .on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
-            .await
-            .lines()
-            .filter(|n| *n != "probe")
-            .map(str::to_owned)
-            .collect();
+        let mut cgroups = self.workload_cgroups().await;
+        cgroups.retain(|n| n != "probe");
         let list = self
             .workloads
             .clone()

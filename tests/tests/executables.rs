@@ -15,15 +15,6 @@ fn code_of(r: Result<pb::ExecutableStatus, tonic::Status>) -> (Code, String) {
     (e.code(), e.message().to_owned())
 }
 
-/// Names of the cgroups under the workloads root, as the node sees them.
-async fn workload_cgroups(c: &Client) -> Vec<String> {
-    c.on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
-        .await
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// A cell sharing the node's pid namespace, so pids in it can be checked from the node.
 async fn host_pid_cell(c: &Client, name: &str) {
     c.cell(pb::Cell {
@@ -100,7 +91,7 @@ fn output_exit_status_and_a_private_cell_that_ends_with_it() {
             pb::WorkloadState::Stopped as i32,
             "a private cell ends with its executable"
         );
-        assert!(workload_cgroups(&c).await.contains(&"hello".to_owned()));
+        assert!(c.workload_cgroups().await.contains(&"hello".to_owned()));
         c.free("hello").await;
         assert_eq!(
             c.workloads.clone().status(exe_ref("hello")).await.unwrap_err().code(),
@@ -108,7 +99,7 @@ fn output_exit_status_and_a_private_cell_that_ends_with_it() {
         );
         assert!(c.cell_status_opt("hello").await.is_none());
         assert!(
-            !workload_cgroups(&c).await.contains(&"hello".to_owned()),
+            !c.workload_cgroups().await.contains(&"hello".to_owned()),
             "free removes the cgroup"
         );
         c.assert_left_nothing("output_exit_status").await;

@@ -90,11 +90,6 @@ async fn wait_vm(a: &Appliance, c: &Client, name: &str) -> pb::VirtualMachineSta
     }
 }
 
-async fn cgroups(c: &Client) -> String {
-    c.on_node("cd /sys/fs/cgroup/aurae && for d in */; do echo ${d%/}; done")
-        .await
-}
-
 #[test]
 fn a_guest_prints_from_both_vcpus_and_its_reboot_ends_the_vm() {
     let a = shared_or_skip!();
@@ -218,7 +213,10 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
         let e = c.workloads.clone().free(vm_ref("nope")).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         c.workloads.clone().free(vm_ref("idle")).await.unwrap();
-        assert!(!cgroups(&c).await.contains("idle"), "free removes the VM's cell");
+        assert!(
+            !c.workload_cgroups().await.contains(&"idle".to_owned()),
+            "free removes the VM's cell"
+        );
         let left = c.on_node("ps -o pid,comm | grep -c aurae-vmm || true").await;
         assert_eq!(left.trim(), "0", "no VMM left");
         let links = c.on_node("ip -o link").await;
@@ -285,7 +283,7 @@ fn refusals_name_the_field_and_create_nothing() {
     let a = shared_or_skip!();
     rt().block_on(async {
         let c = Client::connect(a).await;
-        let before = cgroups(&c).await;
+        let before = c.workload_cgroups().await;
         let img = guest_initramfs(&c, "refused", "reboot -f").await;
         // Refusals name the field and create nothing.
         let bad: Vec<(pb::VirtualMachine, Code, &str)> = vec![
@@ -356,7 +354,7 @@ fn refusals_name_the_field_and_create_nothing() {
             assert_eq!(e.code(), code, "{e:?}");
             assert!(e.message().contains(field), "names {field}: {}", e.message());
         }
-        assert_eq!(cgroups(&c).await, before, "refusals leave no cgroup");
+        assert_eq!(c.workload_cgroups().await, before, "refusals leave no cgroup");
         let l = c
             .workloads
             .clone()
