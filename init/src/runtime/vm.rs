@@ -320,17 +320,20 @@ impl Runtime {
     }
 }
 
+/// The most one control message may hold. The VMM is auraed's own code, but it runs beside
+/// a guest: a compromised one must not grow PID 1's memory with one endless line.
+const MAX_CONTROL_MESSAGE: u64 = 64 << 10;
+
 /// The runtime's side of the control socket: sends the configuration, then records each
 /// event until the VMM closes the socket (it exits, however it ends).
 async fn converse(sock: std::os::unix::net::UnixStream, config: VmConfig, vm: Arc<VirtualMachine>) {
-    let record = |f: &dyn Fn(&mut Reported)| vm.reported.send_modify(|r| f(r));
     let sock = match sock
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(sock))
     {
         Ok(s) => s,
         Err(e) => {
-            record(&|r| {
+            vm.reported.send_modify(|r| {
                 r.error = Some(format!("control socket: {e}"));
                 r.closed = true;
             });
@@ -341,22 +344,83 @@ async fn converse(sock: std::os::unix::net::UnixStream, config: VmConfig, vm: Ar
     if let Err(e) = tx.write_all(&protocol::encode(&config)).await {
         tracing::warn!("vm {}: sending the configuration: {e}", vm.name);
     }
-    let mut lines = tokio::io::BufReader::new(rx);
+    read_events(tokio::io::BufReader::new(rx), |event| match event {
+        Ok(Event::Ready { .. }) => vm.reported.send_modify(|r| r.ready = true),
+        Ok(Event::Exit { reason }) => vm.reported.send_modify(|r| r.exit = Some(reason)),
+        Ok(Event::Error { message }) => vm.reported.send_modify(|r| r.error = Some(message)),
+        Err(e) => {
+            tracing::warn!("vm {}: {e}", vm.name);
+            vm.reported.send_modify(|r| r.error = Some(e));
+        }
+    })
+    .await;
+    vm.reported.send_modify(|r| r.closed = true);
+}
+
+/// Hands each event (or why a line is not one) to `on` until EOF. A line longer than
+/// MAX_CONTROL_MESSAGE ends the conversation with an error instead of being buffered.
+async fn read_events<R: tokio::io::AsyncBufRead + Unpin>(mut r: R, mut on: impl FnMut(Result<Event, String>)) {
+    use tokio::io::AsyncReadExt;
     let mut line = Vec::new();
     loop {
         line.clear();
-        match lines.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => match protocol::decode::<Event>(line.trim_ascii_end()) {
-                Ok(Event::Ready { .. }) => record(&|r| r.ready = true),
-                Ok(Event::Exit { reason }) => record(&|r| r.exit = Some(reason)),
-                Ok(Event::Error { message }) => record(&|r| r.error = Some(message.clone())),
-                Err(e) => {
-                    tracing::warn!("vm {}: {e}", vm.name);
-                    record(&|r| r.error = Some(e.to_string()));
-                }
-            },
+        match (&mut r).take(MAX_CONTROL_MESSAGE).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n as u64 == MAX_CONTROL_MESSAGE && !line.ends_with(b"\n") => {
+                on(Err(format!(
+                    "a control message longer than {MAX_CONTROL_MESSAGE} bytes; the VMM is not trusted further"
+                )));
+                return;
+            }
+            Ok(_) => on(protocol::decode::<Event>(line.trim_ascii_end()).map_err(|e| e.to_string())),
         }
     }
-    record(&|r| r.closed = true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn events(input: &[u8]) -> Vec<Result<Event, String>> {
+        let mut got = Vec::new();
+        read_events(input, |e| got.push(e)).await;
+        got
+    }
+
+    #[tokio::test]
+    async fn events_are_read_line_by_line_and_junk_is_reported() {
+        let mut input = protocol::encode(&Event::Ready {
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            tap: None,
+        });
+        input.extend_from_slice(b"not json\n");
+        input.extend(protocol::encode(&Event::Exit {
+            reason: ExitReason::Reset,
+        }));
+        let got = events(&input).await;
+        assert_eq!(got.len(), 3);
+        assert!(matches!(got[0], Ok(Event::Ready { vcpus: 1, .. })));
+        assert!(got[1].as_ref().unwrap_err().contains("malformed"));
+        assert_eq!(
+            got[2].as_ref().unwrap(),
+            &Event::Exit {
+                reason: ExitReason::Reset
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_ends_the_conversation_without_buffering_it() {
+        // 1 MiB without a newline, then a well-formed event that must not be believed.
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend(protocol::encode(&Event::Ready {
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            tap: None,
+        }));
+        let got = events(&input).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].as_ref().unwrap_err().contains("longer than 65536 bytes"));
+    }
 }
