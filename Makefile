@@ -22,11 +22,12 @@ build: deps
 kernel: deps
 	kernel/build.sh $(BUILD)/kernel
 
-# The deployment's PKI: CA, node certificate and the admin client certificate. Kept across
-# rebuilds; `make clean` removes it.
+# The deployment's PKI: CA, node certificate, the admin client certificate and the policy
+# (client/admin is admin). Kept across rebuilds; `make clean` removes it.
 pki: build
 	@[ -f $(BUILD)/pki/ca.key ] || $(BUILD)/bin/auraed pki init $(BUILD)/pki
 	@[ -f $(BUILD)/pki/spawn-ca.key ] || $(BUILD)/bin/auraed pki spawn-ca $(BUILD)/pki
+	@[ -f $(BUILD)/pki/policy.toml ] || $(BUILD)/bin/auraed pki grant $(BUILD)/pki spiffe://aurae.local/client/admin admin
 	@printf 'address = "127.0.0.1:%s"\nca = "pki/ca.crt"\ncert = "pki/client.crt"\nkey = "pki/client.key"\nserver_name = "localhost"\n' $(PORT) > $(BUILD)/aer.toml
 
 image: build kernel pki

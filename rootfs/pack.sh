@@ -26,6 +26,7 @@ file /etc/aurae/pki/server.crt pki/server.crt 0644 0 0
 file /etc/aurae/pki/server.key pki/server.key 0600 0 0
 file /etc/aurae/pki/spawn-ca.crt pki/spawn-ca.crt 0644 0 0
 file /etc/aurae/pki/spawn-ca.key pki/spawn-ca.key 0600 0 0
+file /etc/aurae/pki/policy.toml pki/policy.toml 0644 0 0
 SPEC
 # The pki layer holds the node's private keys: mkcpio writes it 0600 (it carries a 0600
 # file) and zstd keeps that mode; checked here all the same.

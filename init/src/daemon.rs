@@ -118,8 +118,11 @@ async fn serve_until_power_action(
         .and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem))
         .unwrap_or_default();
     let pki_dir = files.cert.parent().map(std::path::Path::to_path_buf);
-    let runtime = Arc::new(assemble_runtime(&report, &spiffe_id, pki_dir));
-    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx, runtime));
+    let policy = load_policy(pki_dir.as_deref());
+    let runtime = Arc::new(assemble_runtime(&report, &spiffe_id, pki_dir, policy.as_ref().ok()));
+    let root = files.load().ok().and_then(|m| crate::pki::first_der(&m.ca_pem));
+    let auth = server::authz::Authorizer::new(policy, &spiffe_id, root);
+    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth));
 
     let mut chosen = None;
     // On a power action, workloads are stopped while the API still answers, so Wait and
@@ -145,15 +148,42 @@ async fn serve_until_power_action(
     Ok((chosen.unwrap_or(PowerAction::PowerOff), ctx.grace()))
 }
 
+/// The node's policy (`policy.toml` beside its certificates), or why it has none; a node
+/// without one serves but refuses every call with that reason.
+fn load_policy(pki_dir: Option<&std::path::Path>) -> Result<crate::pki::policy::Policy, String> {
+    let dir = pki_dir.ok_or_else(|| "no PKI directory".to_owned())?;
+    match crate::pki::policy::Policy::load(dir) {
+        Ok(p) => {
+            tracing::info!(
+                "policy: {} rule(s) from {}",
+                p.rules.len(),
+                dir.join(crate::pki::policy::FILE_NAME).display()
+            );
+            Ok(p)
+        }
+        Err(e) => {
+            tracing::error!("policy: {e}; every call will be refused (create it with `auraed pki grant`)");
+            Err(e.to_string())
+        }
+    }
+}
+
 /// The node's runtime: workloads under the cgroup bring-up prepared, VM TAPs and instances
 /// on its bridge, and Spawn when the PKI has a spawn CA beside the node's own certificate.
-fn assemble_runtime(report: &init::InitReport, spiffe_id: &str, pki_dir: Option<PathBuf>) -> crate::runtime::Runtime {
+/// Children get a policy derived from `policy` (see `Policy::for_child`).
+fn assemble_runtime(
+    report: &init::InitReport,
+    spiffe_id: &str,
+    pki_dir: Option<PathBuf>,
+    policy: Option<&crate::pki::policy::Policy>,
+) -> crate::runtime::Runtime {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
     runtime.set_bridge(report.bridge.clone());
     if let Some(dir) = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty()) {
         runtime.set_spawn_identity(crate::runtime::SpawnIdentity {
             pki_dir: dir,
             spiffe_id: spiffe_id.to_owned(),
+            policy: policy.cloned().unwrap_or_default(),
         });
     }
     runtime

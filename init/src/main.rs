@@ -73,14 +73,35 @@ enum PkiCmd {
         #[arg(long, default_value = "aurae")]
         node: String,
     },
-    /// Add a client certificate DIR/NAME.crt signed by DIR/ca.key.
+    /// Add a client certificate DIR/NAME.{crt,key} signed by DIR/ca.key, and give its ID
+    /// (spiffe://DOMAIN/client/NAME) ROLE in DIR/policy.toml.
     Client {
         dir: PathBuf,
         name: String,
+        /// reader (health, info, list, status, logs, wait), operator (+ run, stop, free,
+        /// freeze, thaw) or admin (everything, power included).
+        #[arg(long, default_value = "reader")]
+        role: String,
         #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Sign with DIR/ISSUER.{crt,key} instead of the root CA (DIR/ca): the certificate
+        /// then carries the issuer's chain. Nodes accept a client only from the root.
+        #[arg(long, default_value = "ca")]
+        issuer: String,
+    },
+    /// Give a SPIFFE ID (or, with --prefix, every ID under it) a role in DIR/policy.toml,
+    /// creating the file if needed. Replaces an entry for the same ID or prefix.
+    Grant {
+        dir: PathBuf,
+        /// spiffe://DOMAIN/PATH
+        id: String,
+        /// reader, operator or admin.
+        role: String,
+        /// Match ID and every ID below it (whole path segments), not ID alone.
+        #[arg(long)]
+        prefix: bool,
     },
 }
 
@@ -126,6 +147,8 @@ fn main() -> ExitCode {
 enum ToolError {
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Policy(#[from] pki::policy::PolicyError),
     #[error("{} already holds a CA; refusing to overwrite it", .0.display())]
     CaExists(PathBuf),
     #[error("{}: {source}", path.display())]
@@ -151,7 +174,8 @@ fn write_spawn_ca(dir: &std::path::Path, ca: &pki::Minted, trust_domain: &str, n
         ca,
         &pki::spiffe_id(trust_domain, &format!("node/{node}/spawn-ca")),
         &format!("Aurae spawn CA ({node})"),
-        std::time::Duration::from_secs(10 * 365 * 86400),
+        // A year at most: a node's spawn CA is re-issued, never kept for a decade.
+        std::time::Duration::from_secs(365 * 86400),
     )?;
     Ok(pki::write_pair(dir, "spawn-ca", &m)?)
 }
@@ -200,31 +224,75 @@ fn run_pki(p: PkiCmd) -> Result<(), ToolError> {
             write_spawn_ca(&dir, &ca, &trust_domain, &node)?;
             pki::write_pair(&dir, "server", &server)?;
             pki::write_pair(&dir, "client", &cl)?;
+            let client_id = pki::spiffe_id(&trust_domain, &format!("client/{client}"));
+            grant(&dir, &client_id, pki::policy::Role::Admin, false)?;
             println!(
-                "wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client})",
+                "wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client}, admin in {0}/policy.toml)",
                 dir.display()
             );
+            Ok(())
+        }
+        PkiCmd::Grant { dir, id, role, prefix } => {
+            let role = pki::policy::Role::parse(&role)?;
+            grant(&dir, &id, role, prefix)?;
+            let what = if prefix { "every ID under " } else { "" };
+            println!("{}/policy.toml: {what}{id} is {role}", dir.display());
             Ok(())
         }
         PkiCmd::Client {
             dir,
             name,
+            role,
             trust_domain,
             days,
+            issuer,
         } => {
-            let ca = pki::read_pair(&dir, "ca")?;
-            let cl = pki::mint_leaf(
+            let role = pki::policy::Role::parse(&role)?;
+            let ca = pki::read_pair(&dir, &issuer)?;
+            let mut cl = pki::mint_leaf(
                 &ca,
                 &pki::spiffe_id(&trust_domain, &format!("client/{name}")),
                 &name,
                 pki::LeafKind::Client,
                 days,
             )?;
+            if issuer != "ca" {
+                cl.cert_pem.push_str(&ca.cert_pem);
+            }
             pki::write_pair(&dir, &name, &cl)?;
-            println!("wrote {0}/{name}.{{crt,key}}", dir.display());
+            let id = pki::spiffe_id(&trust_domain, &format!("client/{name}"));
+            grant(&dir, &id, role, false)?;
+            println!(
+                "wrote {0}/{name}.{{crt,key}}; {id} is {role} in {0}/policy.toml",
+                dir.display()
+            );
             Ok(())
         }
     }
+}
+
+/// Records `id` (or every ID under it) as `role` in `<dir>/policy.toml`, creating it.
+fn grant(dir: &std::path::Path, id: &str, role: pki::policy::Role, prefix: bool) -> Result<(), ToolError> {
+    use pki::policy::{Policy, FILE_NAME};
+    let path = dir.join(FILE_NAME);
+    let mut policy = match std::fs::read_to_string(&path) {
+        Ok(text) => Policy::parse(&text, &path.display().to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Policy::default(),
+        Err(source) => return Err(ToolError::Io { path, source }),
+    };
+    if prefix {
+        policy.grant_prefix(id, role);
+    } else {
+        policy.grant(id, role);
+    }
+    // Parse what is about to be written, so a bad ID never lands in the file.
+    Policy::parse(&policy.render(), &path.display().to_string())?;
+    let tmp = path.with_extension("toml.tmp");
+    write_with_mode(&tmp, policy.render().as_bytes(), 0o644).map_err(|source| ToolError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| ToolError::Io { path, source })
 }
 
 fn mkcpio(spec: &std::path::Path, out: &std::path::Path, base: &std::path::Path) -> Result<(), ToolError> {

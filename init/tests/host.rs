@@ -6,6 +6,7 @@
 use auraed::cli::Target;
 use auraed::pb;
 use auraed::pki;
+use auraed::pki::policy::{Policy, Role};
 use auraed::pki::tls::TlsFiles;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -56,6 +57,23 @@ fn mint(dir: &Path, domain: &str) {
     pki::write_pair(dir, "ca", &ca).unwrap();
     pki::write_pair(dir, "server", &server).unwrap();
     pki::write_pair(dir, "client", &client).unwrap();
+    // Beside the admin: a reader, an operator, a client the policy does not name, and a
+    // certificate shaped like a spawned instance's SVID (signed by the same CA).
+    let mut policy = Policy::default();
+    policy.grant(&pki::spiffe_id(domain, "client/tester"), Role::Admin);
+    for (stem, path, role) in [
+        ("rita", "client/rita", Some(Role::Reader)),
+        ("otto", "client/otto", Some(Role::Operator)),
+        ("sam", "client/sam", None),
+        ("inst", "node/test/instance/c1", None),
+    ] {
+        let m = pki::mint_leaf(&ca, &pki::spiffe_id(domain, path), stem, pki::LeafKind::Client, 1).unwrap();
+        pki::write_pair(dir, stem, &m).unwrap();
+        if let Some(r) = role {
+            policy.grant(&pki::spiffe_id(domain, path), r);
+        }
+    }
+    std::fs::write(dir.join("policy.toml"), policy.render()).unwrap();
 }
 
 /// Starts a daemon on a port the kernel picks (`127.0.0.1:0`) and learns the address from
@@ -66,6 +84,10 @@ fn start() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
     mint(&pki_dir, "host.test");
+    start_in(dir, pki_dir)
+}
+
+fn start_in(dir: tempfile::TempDir, pki_dir: std::path::PathBuf) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_auraed"))
         .args(["--listen", "127.0.0.1:0", "--pki-dir"])
         .arg(&pki_dir)
@@ -98,6 +120,17 @@ fn start() -> Daemon {
         pki: pki_dir,
         _dir: dir,
     }
+}
+
+fn client(d: &Daemon, stem: &str) -> Target {
+    target(
+        d,
+        TlsFiles {
+            ca: d.pki.join("ca.crt"),
+            cert: d.pki.join(format!("{stem}.crt")),
+            key: d.pki.join(format!("{stem}.key")),
+        },
+    )
 }
 
 fn target(d: &Daemon, tls: TlsFiles) -> Target {
@@ -331,11 +364,11 @@ fn aer_cli_exit_codes() {
     );
 }
 
-/// Puts a raw `aurae-instance` header (any bytes) on every request, as a hostile client can.
+/// Puts a raw header (any bytes) on every request, as a hostile client can.
 #[derive(Clone)]
-struct RawInstanceHeader<S>(S, http::HeaderValue);
+struct RawHeader<S>(S, &'static str, http::HeaderValue);
 
-impl<S, B> tower_service::Service<http::Request<B>> for RawInstanceHeader<S>
+impl<S, B> tower_service::Service<http::Request<B>> for RawHeader<S>
 where
     S: tower_service::Service<http::Request<B>>,
 {
@@ -348,7 +381,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        req.headers_mut().insert("aurae-instance", self.1.clone());
+        req.headers_mut().insert(self.1, self.2.clone());
         self.0.call(req)
     }
 }
@@ -371,7 +404,7 @@ fn a_malformed_instance_header_is_refused_and_never_served_here() {
             .unwrap();
         for bad in [&b"c1\x80"[..], b"c1//g1", b"../c1", b"Bad", b"a/b/c/d/e/f/g/h/i"] {
             let hv = http::HeaderValue::from_bytes(bad).unwrap();
-            let mut node = pb::node_client::NodeClient::new(RawInstanceHeader(ch.clone(), hv));
+            let mut node = pb::node_client::NodeClient::new(RawHeader(ch.clone(), "aurae-instance", hv));
             let e = node.info(pb::NodeInfoRequest {}).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
             assert!(e.message().starts_with("aurae-instance: "), "{bad:?}: {}", e.message());
@@ -385,5 +418,181 @@ fn a_malformed_instance_header_is_refused_and_never_served_here() {
             .unwrap()
             .into_inner();
         assert_eq!(info.pid, d.child.id());
+    });
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, needs: &str) -> String {
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains(needs), "{}", e.message());
+    e.message().to_owned()
+}
+
+/// Each role gets what it needs and nothing more; a client the policy does not name and a
+/// spawned instance's SVID get nothing, health included; the node is unchanged after.
+#[test]
+fn roles_gate_every_rpc_and_a_denial_names_caller_method_and_role() {
+    let d = start();
+    rt().block_on(async {
+        let conn = |stem: &'static str| {
+            let t = client(&d, stem);
+            async move { t.connect().await.unwrap() }
+        };
+        let rita = conn("rita").await;
+        let mut work = pb::workloads_client::WorkloadsClient::new(rita.clone());
+        let before = work.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        let info = pb::node_client::NodeClient::new(rita.clone())
+            .info(pb::NodeInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                info.caller_spiffe_id.as_str(),
+                info.caller_role.as_str(),
+                info.forwarded
+            ),
+            ("spiffe://host.test/client/rita", "reader", false)
+        );
+        assert_eq!(info.policy.len(), 3, "{:?}", info.policy);
+        let e = work.status(auraed::pb::WorkloadRef {
+            kind: pb::WorkloadKind::Executable as i32,
+            name: "nope".into(),
+        });
+        assert_eq!(e.await.unwrap_err().code(), tonic::Code::NotFound, "a reader may ask");
+        let m = denied(
+            pb::runtime_client::RuntimeClient::new(rita.clone())
+                .run_executable(pb::Executable {
+                    name: "x".into(),
+                    argv: vec!["/bin/true".into()],
+                    ..Default::default()
+                })
+                .await,
+            "needs operator",
+        );
+        assert_eq!(
+            m,
+            "spiffe://host.test/client/rita has role reader on this node; aurae.v0.Runtime/RunExecutable needs operator"
+        );
+        denied(
+            pb::node_client::NodeClient::new(rita.clone())
+                .shutdown(pb::ShutdownRequest::default())
+                .await,
+            "needs admin",
+        );
+        // Authorization comes before forwarding: a reader's Shutdown for a child is refused
+        // here, not passed on (and not NOT_FOUND, which would tell a reader what exists).
+        let mut fwd =
+            pb::node_client::NodeClient::new(RawHeader(rita.clone(), "aurae-instance", "c1".try_into().unwrap()));
+        denied(fwd.shutdown(pb::ShutdownRequest::default()).await, "needs admin");
+        // Only a node's parent may name someone else as the caller.
+        let mut spoof = pb::node_client::NodeClient::new(RawHeader(
+            rita.clone(),
+            "aurae-caller",
+            "spiffe://host.test/client/tester".try_into().unwrap(),
+        ));
+        denied(
+            spoof.shutdown(pb::ShutdownRequest::default()).await,
+            "only from the node that spawned it",
+        );
+
+        let otto = conn("otto").await;
+        denied(
+            pb::node_client::NodeClient::new(otto.clone())
+                .shutdown(pb::ShutdownRequest::default())
+                .await,
+            "aurae.v0.Node/Shutdown needs admin",
+        );
+        denied(
+            pb::runtime_client::RuntimeClient::new(otto.clone())
+                .run_virtual_machine(pb::VirtualMachine {
+                    name: "vm".into(),
+                    kernel_path: "/etc/shadow".into(),
+                    ..Default::default()
+                })
+                .await,
+            "kernel_path, a file on the node, needs admin",
+        );
+
+        for stem in ["sam", "inst"] {
+            let ch = conn(stem).await;
+            let m = denied(
+                tonic_health::pb::health_client::HealthClient::new(ch.clone())
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await,
+                "has no role on this node",
+            );
+            assert!(m.contains("grpc.health.v1.Health/Check needs reader"), "{m}");
+            denied(
+                pb::node_client::NodeClient::new(ch.clone())
+                    .info(pb::NodeInfoRequest {})
+                    .await,
+                "no role",
+            );
+            denied(
+                pb::node_client::NodeClient::new(ch)
+                    .shutdown(pb::ShutdownRequest::default())
+                    .await,
+                "no role",
+            );
+        }
+        // Nothing changed, and the node still serves.
+        let after = work.list(pb::ListRequest::default()).await.unwrap().into_inner();
+        assert_eq!(before, after);
+        assert!(d_alive(&d));
+    });
+}
+
+fn d_alive(d: &Daemon) -> bool {
+    Command::new("kill")
+        .args(["-0", &d.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// `aer` says "permission denied: ..." on one line and exits 1.
+#[test]
+fn aer_shows_a_denial_on_one_line_with_exit_code_1() {
+    let d = start();
+    let out = Command::new(env!("CARGO_BIN_EXE_auraed"))
+        .arg("aer")
+        .args(["--addr", &d.addr, "--server-name", "localhost"])
+        .arg("--ca")
+        .arg(d.pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(d.pki.join("rita.crt"))
+        .arg("--key")
+        .arg(d.pki.join("rita.key"))
+        .args(["node", "shutdown"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("permission denied: spiffe://host.test/client/rita has role reader on this node; aurae.v0.Node/Shutdown needs admin"),
+        "{err}"
+    );
+    assert!(d_alive(&d));
+}
+
+/// A node without a policy serves nobody and says why, instead of serving everybody.
+#[test]
+fn a_node_without_a_policy_refuses_every_call_and_says_why() {
+    let d = {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("pki");
+        mint(&pki_dir, "host.test");
+        std::fs::remove_file(pki_dir.join("policy.toml")).unwrap();
+        start_in(dir, pki_dir)
+    };
+    rt().block_on(async {
+        let ch = client(&d, "client").connect().await.unwrap();
+        let m = denied(
+            pb::node_client::NodeClient::new(ch).info(pb::NodeInfoRequest {}).await,
+            "policy.toml",
+        );
+        assert!(m.contains("every call is refused"), "{m}");
     });
 }

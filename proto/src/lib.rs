@@ -13,3 +13,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// node forwards such a call hop by hop instead of serving it (see auraed's
 /// `server/forward.rs`). Part of the contract, so clients and servers share one spelling.
 pub const INSTANCE_HEADER: &str = "aurae-instance";
+
+/// Metadata header a parent sets on a call it forwards to its child: the SPIFFE ID of the
+/// original caller, whom the child then authorizes with its own policy. A node honours it
+/// only from the certificate of the node that spawned it (see auraed's `server/authz.rs`).
+pub const CALLER_HEADER: &str = "aurae-caller";

@@ -152,9 +152,14 @@ impl Appliance {
     }
 
     pub fn target(&self) -> Target {
+        self.target_as(TlsFiles::in_dir(&self.build.join("pki"), "client"))
+    }
+
+    /// The appliance, reached with another client identity (see `TestRoles`).
+    pub fn target_as(&self, tls: TlsFiles) -> Target {
         Target {
             addr: format!("127.0.0.1:{}", self.port),
-            tls: TlsFiles::in_dir(&self.build.join("pki"), "client"),
+            tls,
             server_name: "localhost".into(),
             timeout: Duration::from_secs(10),
             instance: None,
@@ -290,7 +295,11 @@ impl Client {
     /// A client of a spawned descendant (`child` or `child/grandchild`), reached through
     /// the appliance, which forwards the calls.
     pub async fn connect_to(a: &Appliance, instance: Option<&str>) -> Client {
-        let mut t = a.target();
+        Client::connect_with(a.target(), instance).await
+    }
+
+    /// Like `connect_to`, as another client identity.
+    pub async fn connect_with(mut t: Target, instance: Option<&str>) -> Client {
         t.timeout = Duration::from_secs(600);
         t.instance = instance.map(str::to_owned);
         let ch = t.connect().await.expect("connect to the appliance");
@@ -499,5 +508,60 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Client identities with roles, for tests of authorization: certificates minted with the
+/// build's CA for `spiffe://aurae.local/client/NAME`, and an initramfs layer (boot with
+/// `("EXTRA_LAYER", layer)`) whose policy.toml is the build's plus these entries.
+pub struct TestRoles {
+    dir: tempfile::TempDir,
+    pub layer: PathBuf,
+}
+
+impl TestRoles {
+    pub fn new(build: &std::path::Path, roles: &[(&str, auraed::pki::policy::Role)]) -> TestRoles {
+        use auraed::pki::{self, policy::Policy};
+        use auraed::spawn::cpio::Entry;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = pki::read_pair(&build.join("pki"), "ca").expect("the build's CA");
+        let mut policy = Policy::load(&build.join("pki")).expect("the build's policy");
+        for (name, role) in roles {
+            let id = pki::spiffe_id(pki::DEFAULT_TRUST_DOMAIN, &format!("client/{name}"));
+            let m = pki::mint_leaf(&ca, &id, name, pki::LeafKind::Client, 1).expect("mint");
+            pki::write_pair(dir.path(), name, &m).expect("write");
+            policy.grant(&id, *role);
+        }
+        std::fs::copy(build.join("pki/ca.crt"), dir.path().join("ca.crt")).expect("ca.crt");
+        let dirs = ["/etc", "/etc/aurae"].map(|p| Entry::Dir {
+            path: p.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+        let mut entries: Vec<Entry> = dirs.into_iter().collect();
+        entries.push(Entry::Dir {
+            path: "/etc/aurae/pki".into(),
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+        });
+        entries.push(Entry::File {
+            path: "/etc/aurae/pki/policy.toml".into(),
+            data: policy.render().into_bytes(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+        let mut buf = Vec::new();
+        auraed::spawn::cpio::write_archive(&entries, &mut buf).expect("cpio");
+        let layer = dir.path().join("roles.cpio");
+        std::fs::write(&layer, buf).expect("write layer");
+        TestRoles { dir, layer }
+    }
+
+    /// The TLS files of client `name`.
+    pub fn tls(&self, name: &str) -> TlsFiles {
+        TlsFiles::in_dir(self.dir.path(), name)
     }
 }

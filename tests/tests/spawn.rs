@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, rt, Appliance, Client};
+use aurae_appliance_tests::{appliance_or_skip, rt, Appliance, Client, TestRoles};
 use auraed::pb;
+use auraed::pki::policy::Role;
 use std::time::Duration;
 use tonic::Code;
 
@@ -57,6 +58,217 @@ async fn stop_and_free(c: &Client, name: &str) -> pb::InstanceStatus {
     }
 }
 
+/// Runs `argv` inside instance `cc` in a cell sharing the instance's network and mounts
+/// (where a compromised workload finds the instance's keys). Returns the exit code and
+/// everything it printed.
+async fn run_inside(cc: &Client, argv: Vec<String>) -> (Option<i32>, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if cc.cell_status_opt("attack").await.is_none() {
+        cc.cell(pb::Cell {
+            name: "attack".into(),
+            isolation: Some(pb::CellIsolation {
+                share_host_network: true,
+                share_host_mount: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let name = format!("attack-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    cc.exec(pb::Executable {
+        name: name.clone(),
+        argv,
+        cell: "attack".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let st = cc.wait(&name).await;
+    let out = cc
+        .log_entries(&name, false)
+        .await
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.line).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    cc.free(&name).await;
+    (st.exit_code, out)
+}
+
+/// `aer ARGS` from inside instance `cc` with the certificate `{pki}/{stem}.crt` against
+/// `addr`.
+async fn aer_inside(
+    cc: &Client,
+    pki: &str,
+    stem: &str,
+    server_name: &str,
+    addr: &str,
+    args: &[&str],
+) -> (Option<i32>, String) {
+    let mut argv: Vec<String> = vec![
+        "/bin/aer".into(),
+        "--addr".into(),
+        addr.into(),
+        "--server-name".into(),
+        server_name.into(),
+        "--timeout".into(),
+        "30".into(),
+        "--ca".into(),
+        format!("{pki}/ca.crt"),
+        "--cert".into(),
+        format!("{pki}/{stem}.crt"),
+        "--key".into(),
+        format!("{pki}/{stem}.key"),
+    ];
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    run_inside(cc, argv).await
+}
+
+/// A compromised instance signs itself `client/admin` with its own spawn CA: every node it
+/// tries (`targets`: client, server name, address) refuses the certificate.
+async fn assert_forged_admin_refused(cc: &Client, pki: &str, targets: &[(&Client, &str, &str)]) {
+    let (code, out) = run_inside(
+        cc,
+        [
+            "/bin/auraed",
+            "pki",
+            "client",
+            pki,
+            "admin",
+            "--issuer",
+            "spawn-ca",
+            "--role",
+            "admin",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert_eq!(code, Some(0), "the child can sign with its own CA: {out}");
+    for (target, server_name, addr) in targets {
+        let before = workloads(target).await;
+        for args in [&["node", "info"][..], &["node", "shutdown"]] {
+            let (code, out) = aer_inside(cc, pki, "admin", server_name, addr, args).await;
+            assert_eq!(code, Some(1), "forged client/admin, aer {args:?} against {addr}: {out}");
+            assert!(
+                out.contains("permission denied: the client certificate is refused: spiffe://aurae.local/client/admin is not signed by the root CA"),
+                "forged client/admin against {addr}: {out}"
+            );
+        }
+        assert_eq!(before, workloads(target).await);
+    }
+}
+
+/// Kind, name and state of every workload on the node behind `c`.
+async fn workloads(c: &Client) -> Vec<String> {
+    let l = c
+        .workloads
+        .clone()
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    l.workloads
+        .iter()
+        .map(|w| match &w.status {
+            Some(pb::workload_status::Status::Executable(e)) => format!("executable {} {}", e.name, e.state),
+            Some(pb::workload_status::Status::Cell(e)) => format!("cell {} {}", e.name, e.state),
+            Some(pb::workload_status::Status::VirtualMachine(e)) => format!("vm {} {}", e.name, e.state),
+            Some(pb::workload_status::Status::Instance(e)) => format!("instance {} {}", e.name, e.state),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Every attack of a spawned instance's SVID on another node (its parent, a sibling) is
+/// PERMISSION_DENIED, and the attacked node's workloads are what they were.
+async fn assert_instance_has_no_rights(
+    cc: &Client,
+    pki: &str,
+    me: &str,
+    target: &Client,
+    server_name: &str,
+    addr: &str,
+) {
+    let before = workloads(target).await;
+    for args in [
+        &["health"][..],
+        &["node", "info"],
+        &["exec", "pwned", "--", "/bin/true"],
+        &["vm", "run", "pwned"],
+        &["node", "shutdown"],
+    ] {
+        let (code, out) = aer_inside(cc, pki, "server", server_name, addr, args).await;
+        assert_eq!(code, Some(1), "aer {args:?} against {addr}: {out}");
+        assert!(
+            out.contains(&format!("permission denied: {me} has no role on this node")),
+            "aer {args:?} against {addr}: {out}"
+        );
+    }
+    assert_eq!(
+        before,
+        workloads(target).await,
+        "the attacked node's workloads are unchanged"
+    );
+}
+
+/// A reader reads and an operator operates, at `instance` (reached through forwarding) as
+/// on the appliance: each node authorizes the original caller with its own policy.
+async fn assert_roles_hold(a: &Appliance, roles: &TestRoles, instance: Option<&str>, peer: &str) {
+    let at = instance.unwrap_or("the appliance");
+    let r = Client::connect_with(a.target_as(roles.tls("test-reader")), instance).await;
+    r.workloads.clone().list(pb::ListRequest::default()).await.unwrap();
+    let info = r.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            info.caller_spiffe_id.as_str(),
+            info.caller_role.as_str(),
+            info.forwarded,
+            info.peer_spiffe_id.as_str()
+        ),
+        (
+            "spiffe://aurae.local/client/test-reader",
+            "reader",
+            instance.is_some(),
+            peer
+        ),
+        "at {at}"
+    );
+    let e = r
+        .runtime
+        .clone()
+        .run_executable(pb::Executable {
+            name: "denied".into(),
+            argv: vec!["/bin/true".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "at {at}: {e:?}");
+    assert!(e.message().contains("RunExecutable needs operator"), "at {at}: {e:?}");
+    let e = r
+        .node
+        .clone()
+        .shutdown(pb::ShutdownRequest::default())
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("Shutdown needs admin"), "at {at}: {e:?}");
+    let o = Client::connect_with(a.target_as(roles.tls("test-operator")), instance).await;
+    let info = o.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.caller_role, "operator", "at {at}");
+    let e = o
+        .node
+        .clone()
+        .shutdown(pb::ShutdownRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "at {at}: {e:?}");
+    let (st, _) = o.run_argv("op", &["/bin/auraed", "--version"]).await;
+    assert_eq!(st.exit_code, Some(0), "an operator runs executables at {at}");
+}
+
 async fn node_view(c: &Client) -> String {
     c.on_node("ls /sys/fs/cgroup/aurae; ip -o link | cut -d: -f2; cat /sys/fs/cgroup/aurae/memory.current")
         .await
@@ -65,10 +277,15 @@ async fn node_view(c: &Client) -> String {
 #[test]
 fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
     let build = appliance_or_skip!();
-    let a = Appliance::boot(&build, BOOT_DEADLINE);
+    let roles = TestRoles::new(
+        &build,
+        &[("test-reader", Role::Reader), ("test-operator", Role::Operator)],
+    );
+    let a = Appliance::boot_with(&build, BOOT_DEADLINE, &[("EXTRA_LAYER", roles.layer.to_str().unwrap())]);
     rt().block_on(async {
         let c = Client::connect(&a).await;
         let me = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_roles_hold(&a, &roles, None, "spiffe://aurae.local/client/test-reader").await;
         let before = c.on_node("ls /sys/fs/cgroup/aurae; ip -o link | cut -d: -f2").await;
 
         let child = spawn(&a, &c, "c1").await;
@@ -90,8 +307,33 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         assert_eq!(info.hostname, "c1");
         assert_eq!(info.kernel_release, me.kernel_release, "the parent's own kernel");
         assert_eq!(info.spiffe_id, child.spiffe_id);
-        assert_eq!(info.peer_spiffe_id, me.spiffe_id, "mTLS hop: the parent is the caller");
+        assert_eq!(info.peer_spiffe_id, me.spiffe_id, "mTLS hop: the parent delivered it");
+        assert_eq!(
+            (
+                info.caller_spiffe_id.as_str(),
+                info.caller_role.as_str(),
+                info.forwarded
+            ),
+            (me.peer_spiffe_id.as_str(), "admin", true),
+            "authorized as the original caller, with the child's own policy"
+        );
+        assert_eq!(info.parent_spiffe_id, me.spiffe_id);
         assert!(info.kvm_usable, "{info:?}");
+
+        // A sibling, then the attacks: c1's own SVID, used from inside c1, against the
+        // parent and against c2. Both refuse everything and change nothing.
+        let sibling = spawn(&a, &c, "c2").await;
+        let sc = Client::connect_to(&a, Some("c2")).await;
+        let pki = "/etc/aurae/pki";
+        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &c, "auraed", "10.254.0.1:8443").await;
+        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &sc, "c2", &sibling.address).await;
+        assert_forged_admin_refused(
+            &cc,
+            pki,
+            &[(&c, "auraed", "10.254.0.1:8443"), (&sc, "c2", &sibling.address)],
+        )
+        .await;
+        assert_eq!(stop_and_free(&c, "c2").await.state, pb::WorkloadState::Stopped as i32);
 
         // An executable in the child.
         cc.exec(pb::Executable {
@@ -112,6 +354,13 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         assert_eq!((ginfo.pid, ginfo.hostname.as_str()), (1, "g1"));
         assert_eq!(ginfo.spiffe_id, g.spiffe_id);
         assert_eq!(ginfo.peer_spiffe_id, child.spiffe_id);
+        assert_eq!(
+            (ginfo.caller_spiffe_id.as_str(), ginfo.caller_role.as_str()),
+            (me.peer_spiffe_id.as_str(), "admin"),
+            "still the original caller two hops down"
+        );
+        assert_roles_hold(&a, &roles, Some("c1"), &me.spiffe_id).await;
+        assert_roles_hold(&a, &roles, Some("c1/g1"), &child.spiffe_id).await;
 
         // A child that cannot serve within the time allowed: DEADLINE_EXCEEDED, saying how
         // far it got, and nothing left behind (no instance, cell, TAP or image).
@@ -252,7 +501,19 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert_eq!(info.hostname, "c1");
         assert_eq!(info.spiffe_id, child.spiffe_id);
         assert_eq!(info.peer_spiffe_id, me.spiffe_id);
+        assert_eq!(info.caller_spiffe_id, me.peer_spiffe_id);
         assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
+        // The cell child's SVID, from inside it, against the parent: refused.
+        assert_instance_has_no_rights(
+            &cc,
+            "/run/aurae/instances/c1",
+            &child.spiffe_id,
+            &c,
+            "auraed",
+            "10.254.0.1:8443",
+        )
+        .await;
+        assert_forged_admin_refused(&cc, "/run/aurae/instances/c1", &[(&c, "auraed", "10.254.0.1:8443")]).await;
         assert!(info.cgroup_controllers.contains(&"memory".to_owned()), "{info:?}");
 
         let (st, out) = cc.run_argv("v", &["/bin/auraed", "--version"]).await;

@@ -138,6 +138,9 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Usage(m) => write!(f, "{m}"),
             CliError::Connect(m) => write!(f, "cannot reach the node: {m}"),
+            CliError::Remote(s) if s.code() == tonic::Code::PermissionDenied => {
+                write!(f, "permission denied: {}", s.message())
+            }
             CliError::Remote(s) => write!(f, "{:?}: {}", s.code(), s.message()),
             CliError::Workload(m) => write!(f, "{m}"),
         }

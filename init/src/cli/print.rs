@@ -229,6 +229,18 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
         .iter()
         .map(|f| json!({ "step": f.step, "error": f.error }))
         .collect();
+    let rule = |r: &pb::PolicyRule| {
+        if r.prefix.is_empty() {
+            (r.id.clone(), "")
+        } else {
+            (r.prefix.clone(), " and below")
+        }
+    };
+    let policy: Vec<_> = i
+        .policy
+        .iter()
+        .map(|r| json!({ "id": r.id, "prefix": r.prefix, "role": r.role }))
+        .collect();
     if as_json {
         println!(
             "{}",
@@ -240,6 +252,8 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "kvm_detail": i.kvm_detail, "spiffe_id": i.spiffe_id, "peer_spiffe_id": i.peer_spiffe_id,
                 "init_failures": failures, "serving_since_boot_micros": i.serving_since_boot_micros,
                 "auraed_rss_bytes": i.auraed_rss_bytes, "isolation": spawned,
+                "caller_spiffe_id": i.caller_spiffe_id, "caller_role": i.caller_role,
+                "forwarded": i.forwarded, "parent_spiffe_id": i.parent_spiffe_id, "policy": policy,
             })
         );
         return;
@@ -269,7 +283,17 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
     if !spawned.is_empty() {
         println!("spawned as  {spawned} (isolation)");
     }
-    println!("you are     {}", i.peer_spiffe_id);
+    println!("you are     {} (role {})", i.caller_spiffe_id, i.caller_role);
+    if i.forwarded {
+        println!("via         {} (forwarded)", i.peer_spiffe_id);
+    }
+    if !i.parent_spiffe_id.is_empty() {
+        println!("parent      {}", i.parent_spiffe_id);
+    }
+    for r in &i.policy {
+        let (who, below) = rule(r);
+        println!("policy      {:<8} {who}{below}", r.role);
+    }
     println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
     for f in &i.init_failures {
         println!("INIT FAILED {}: {}", f.step, f.error);

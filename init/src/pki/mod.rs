@@ -1,6 +1,8 @@
 //! Certificate minting with rcgen: a CA, node (server) certificates and client certificates,
 //! each carrying a SPIFFE ID as a URI SAN. Files are PEM; keys are written 0600.
 
+pub mod chain;
+pub mod policy;
 pub mod tls;
 
 use rcgen::{
@@ -96,9 +98,6 @@ pub fn mint_leaf(
     kind: LeafKind<'_>,
     ttl_days: u32,
 ) -> Result<Minted, PkiError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let key = KeyPair::generate()?;
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, common_name);
@@ -118,11 +117,7 @@ pub fn mint_leaf(
     let now = std::time::SystemTime::now();
     p.not_before = (now - std::time::Duration::from_secs(3600)).into();
     p.not_after = (now + std::time::Duration::from_secs(u64::from(ttl_days) * 86400)).into();
-    let cert = p.signed_by(&key, &issuer)?;
-    Ok(Minted {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    signed(ca, p)
 }
 
 /// The first certificate of a PEM chain (the one whose key signs).
@@ -134,9 +129,21 @@ pub fn first_pem(chain: &str) -> &str {
     }
 }
 
-fn signed(issuer: &Minted, p: CertificateParams) -> Result<Minted, PkiError> {
+/// Signs `p` with `issuer`; the certificate never outlives its issuer (its expiry is cut
+/// to the issuer's).
+fn signed(issuer: &Minted, mut p: CertificateParams) -> Result<Minted, PkiError> {
+    let issuer_pem = first_pem(&issuer.cert_pem);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(issuer_pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("issuer certificate: {e}")))?;
+    let issuer_cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::Invalid(format!("issuer certificate: {e}")))?;
+    let issuer_expiry = issuer_cert.validity().not_after.to_datetime();
+    if p.not_after > issuer_expiry {
+        p.not_after = issuer_expiry;
+    }
     let issuer_key = KeyPair::from_pem(&issuer.key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(first_pem(&issuer.cert_pem), issuer_key)?;
+    let issuer = Issuer::from_ca_cert_pem(issuer_pem, issuer_key)?;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     Ok(Minted {
@@ -152,8 +159,17 @@ fn validity(p: &mut CertificateParams, ttl: std::time::Duration) {
     p.not_after = (now + ttl).into();
 }
 
+/// How many CAs may follow a spawn CA in a chain: one per level of nesting still allowed
+/// below it (a node's own spawn CA is at depth 0, its child's at 1, ...).
+pub fn spawn_ca_path_len(spiffe: &str) -> u8 {
+    let depth = spiffe.split('/').filter(|s| *s == "instance").count();
+    let max = crate::runtime::names::MAX_DEPTH;
+    u8::try_from(max.saturating_sub(1).saturating_sub(depth)).unwrap_or(0)
+}
+
 /// An intermediate CA that may sign SVIDs (and further intermediates) for spawned
-/// instances. `issuer` is the first certificate of its `cert_pem` chain.
+/// instances, with the pathLen its depth allows (`spawn_ca_path_len`); what it may sign is
+/// checked by every node (`chain`). `issuer` is the first certificate of its `cert_pem` chain.
 pub fn mint_intermediate(
     issuer: &Minted,
     spiffe: &str,
@@ -163,7 +179,7 @@ pub fn mint_intermediate(
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(spawn_ca_path_len(spiffe)));
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -242,6 +258,13 @@ pub fn spiffe_id_of_der(der: &[u8]) -> Option<String> {
     })
 }
 
+/// The DER bytes of the first certificate in a PEM string.
+pub fn first_der(pem: &str) -> Option<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .map(|(_, p)| p.contents)
+}
+
 /// The SPIFFE ID of the first certificate in a PEM string.
 pub fn spiffe_id_of_pem(pem: &str) -> Option<String> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
@@ -266,6 +289,27 @@ mod tests {
         let ca_x = ca_pem.parse_x509().unwrap();
         let leaf_x = leaf_pem.parse_x509().unwrap();
         assert_eq!(leaf_x.issuer(), ca_x.subject());
+    }
+
+    #[test]
+    fn spawn_cas_are_path_constrained_and_nothing_outlives_its_issuer() {
+        let ca = mint_ca("t.local").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let node = mint_intermediate(&ca, "spiffe://t.local/node/n/spawn-ca", "n", hour).unwrap();
+        let child = mint_intermediate(&node, "spiffe://t.local/node/n/instance/c1/spawn-ca", "c1", 100 * hour).unwrap();
+        let parse = |pem: &str| x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1;
+        let (n, c) = (parse(&node.cert_pem), parse(&child.cert_pem));
+        let (n, c) = (n.parse_x509().unwrap(), c.parse_x509().unwrap());
+        let path_len = |x: &x509_parser::certificate::X509Certificate<'_>| {
+            x.basic_constraints().unwrap().unwrap().value.path_len_constraint
+        };
+        assert_eq!(path_len(&n), Some(7));
+        assert_eq!(path_len(&c), Some(6));
+        assert_eq!(
+            c.validity().not_after,
+            n.validity().not_after,
+            "cut to the issuer's expiry"
+        );
     }
 
     #[test]

@@ -103,6 +103,22 @@ where
                 req.headers_mut().remove(HEADER);
             }
         }
+        // The child authorizes the original caller, whom the authorization layer (in front
+        // of this one) has already let through here.
+        match req
+            .extensions()
+            .get::<super::authz::Caller>()
+            .and_then(|c| HeaderValue::from_str(&c.id).ok())
+        {
+            Some(v) => {
+                req.headers_mut().insert(super::authz::CALLER_HEADER, v);
+            }
+            None => {
+                let s =
+                    tonic::Status::permission_denied(format!("{HEADER}: the call has no authorized caller to forward"));
+                return Box::pin(async move { Ok(s.into_http()) });
+            }
+        }
         let channel = self.rt.instance_channel(first);
         let first = first.to_owned();
         Box::pin(async move {

@@ -1,6 +1,7 @@
 //! The gRPC server: mTLS on every listener, the Aurae services, `grpc.health.v1` and server
 //! reflection. Handlers are thin; nothing here touches /sys or /proc directly.
 
+pub mod authz;
 pub mod convert;
 pub mod deadline;
 pub mod errors;
@@ -39,6 +40,7 @@ pub struct NodeContext {
     pub spiffe_id: String,
     pub power: PowerSender,
     pub runtime: Arc<crate::runtime::Runtime>,
+    pub auth: Arc<authz::Authorizer>,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -53,9 +55,11 @@ impl NodeContext {
         spiffe_id: String,
         power: PowerSender,
         runtime: Arc<crate::runtime::Runtime>,
+        auth: authz::Authorizer,
     ) -> NodeContext {
         NodeContext {
             runtime,
+            auth: Arc::new(auth),
             pid1,
             report,
             spiffe_id,
@@ -76,7 +80,9 @@ impl NodeContext {
         Duration::from_millis(u64::from(self.grace_ms.load(Ordering::Relaxed)))
     }
 
-    pub fn node_info(&self, peer_spiffe_id: String) -> pb::NodeInfo {
+    /// What `Node.Info` answers to `caller`, delivered by `peer_spiffe_id`.
+    pub fn node_info(&self, peer_spiffe_id: String, caller: Option<&authz::Caller>) -> pb::NodeInfo {
+        let policy = self.auth.policy();
         let (kernel_release, kernel_version) = crate::node::kernel();
         let (kvm_usable, kvm_detail) = crate::node::kvm_usable();
         pb::NodeInfo {
@@ -104,6 +110,30 @@ impl NodeContext {
             serving_since_boot_micros: self.serving_since_boot_micros.load(Ordering::Relaxed),
             auraed_rss_bytes: crate::node::rss_bytes(),
             isolation: self.report.spawned_as.unwrap_or(pb::IsolationKind::Unspecified) as i32,
+            caller_spiffe_id: caller.map(|c| c.id.clone()).unwrap_or_default(),
+            caller_role: caller.map(|c| c.role.to_string()).unwrap_or_default(),
+            forwarded: caller.is_some_and(|c| c.via.is_some()),
+            policy: policy
+                .map(|p| {
+                    p.rules
+                        .iter()
+                        .map(|r| pb::PolicyRule {
+                            id: if r.is_prefix() {
+                                String::new()
+                            } else {
+                                r.pattern().to_owned()
+                            },
+                            prefix: if r.is_prefix() {
+                                r.pattern().to_owned()
+                            } else {
+                                String::new()
+                            },
+                            role: r.role.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            parent_spiffe_id: policy.and_then(|p| p.parent.clone()).unwrap_or_default(),
         }
     }
 }
@@ -161,6 +191,8 @@ pub async fn serve(
 
     Server::builder()
         .tls_config(material.server_config())?
+        // Outermost: nothing runs, here or in a child, before the caller is authorized.
+        .layer(authz::AuthzLayer { auth: ctx.auth.clone() })
         .layer(forward::ForwardLayer {
             rt: ctx.runtime.clone(),
         })

@@ -32,7 +32,7 @@ impl NodeApi {
 impl Node for NodeApi {
     async fn info(&self, req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
         let peer = crate::pki::tls::peer_spiffe_id(&req);
-        Ok(Response::new(self.ctx.node_info(peer)))
+        Ok(Response::new(self.ctx.node_info(peer, super::authz::Caller::of(&req))))
     }
 
     async fn shutdown(&self, req: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownResponse>, Status> {

@@ -1,8 +1,10 @@
 //! The `Runtime` service: thin handlers over `runtime::Runtime`. Executables, cells, VMs and
 //! instances run; pods come with a later issue and answer UNIMPLEMENTED until then.
 
+use super::authz::Caller;
 use super::convert;
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
+use crate::pki::policy::Role;
 use crate::runtime::Runtime;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +62,17 @@ impl RuntimeRpc for RuntimeApi {
         &self,
         r: Request<pb::VirtualMachine>,
     ) -> Result<Response<pb::VirtualMachineStatus>, Status> {
+        let vm = r.get_ref();
+        let node_files = [
+            ("kernel_path", !vm.kernel_path.is_empty()),
+            ("initramfs_path", !vm.initramfs_path.is_empty()),
+            ("disks", !vm.disks.is_empty()),
+        ];
+        if let Some((field, _)) = node_files.iter().find(|(_, set)| *set) {
+            // An operator boots the node's own kernel; files of the node's choosing are
+            // the admin's (a disk can be any block device or file auraed can open).
+            Caller::require(&r, Role::Admin, &format!("{field}, a file on the node,"))?;
+        }
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = convert::virtual_machine(r.into_inner(), caller)?;
         let view = self.rt.run_vm(spec).await?;

@@ -1,4 +1,5 @@
-//! Who a child is: its SVID and its own spawn CA, minted by this node's spawn CA.
+//! Who a child is and who may call it: its SVID and its own spawn CA, minted by this
+//! node's spawn CA, and its policy, derived from this node's.
 
 use super::image::ChildPki;
 use super::SpawnError;
@@ -6,12 +7,13 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What a node needs to spawn: its PKI directory (ca.crt, server.*, spawn-ca.*) and
-/// its own SPIFFE ID, under which children are named.
+/// What a node needs to spawn: its PKI directory (ca.crt, server.*, spawn-ca.*), its own
+/// SPIFFE ID, under which children are named, and its policy, from which theirs derive.
 #[derive(Debug, Clone)]
 pub struct SpawnIdentity {
     pub pki_dir: PathBuf,
     pub spiffe_id: String,
+    pub policy: crate::pki::policy::Policy,
 }
 
 impl SpawnIdentity {
@@ -48,6 +50,7 @@ impl SpawnIdentity {
             ca_pem,
             server,
             spawn_ca: child_ca,
+            policy: self.policy.for_child(&self.spiffe_id).render(),
         })
     }
 }
@@ -72,6 +75,11 @@ mod tests {
         let id = SpawnIdentity {
             pki_dir: d.path().to_owned(),
             spiffe_id: "spiffe://t.test/node/n".into(),
+            policy: crate::pki::policy::Policy::parse(
+                "[[allow]]\nid = \"spiffe://t.test/client/admin\"\nrole = \"admin\"\n",
+                "p",
+            )
+            .unwrap(),
         };
         let pki = id
             .mint_child("c1", Ipv4Addr::new(10, 254, 0, 254), Duration::from_secs(600))
@@ -85,6 +93,12 @@ mod tests {
             "the chain up to the root"
         );
         assert_eq!(pki.ca_pem, ca.cert_pem);
+        let policy = crate::pki::policy::Policy::parse(&pki.policy, "child").unwrap();
+        assert_eq!(policy.parent.as_deref(), Some("spiffe://t.test/node/n"));
+        assert_eq!(
+            policy.role_of("spiffe://t.test/client/admin"),
+            Some(crate::pki::policy::Role::Admin)
+        );
     }
 
     #[test]
@@ -93,6 +107,7 @@ mod tests {
         let id = SpawnIdentity {
             pki_dir: d.path().to_owned(),
             spiffe_id: "spiffe://t.test/node/n".into(),
+            policy: Default::default(),
         };
         let Err(e) = id.mint_child("c1", Ipv4Addr::LOCALHOST, Duration::from_secs(60)) else {
             panic!("minted without a spawn CA")

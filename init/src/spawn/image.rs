@@ -18,6 +18,8 @@ pub struct ChildPki {
     pub server: Minted,
     /// The child's own spawn CA (for grandchildren), with its chain.
     pub spawn_ca: Minted,
+    /// The child's policy.toml: its parent is admin, the parent's clients keep their roles.
+    pub policy: String,
 }
 
 fn file(path: &str, data: &[u8], mode: u32) -> Entry {
@@ -51,6 +53,7 @@ pub fn write(out: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
         file("/etc/aurae/pki/server.key", pki.server.key_pem.as_bytes(), 0o600),
         file("/etc/aurae/pki/spawn-ca.crt", pki.spawn_ca.cert_pem.as_bytes(), 0o644),
         file("/etc/aurae/pki/spawn-ca.key", pki.spawn_ca.key_pem.as_bytes(), 0o600),
+        file("/etc/aurae/pki/policy.toml", pki.policy.as_bytes(), 0o644),
     ]);
     let tmp = out.with_extension("tmp");
     let write = || -> std::io::Result<()> {
@@ -84,6 +87,7 @@ pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
         ("server.key", pki.server.key_pem.as_str(), 0o600),
         ("spawn-ca.crt", pki.spawn_ca.cert_pem.as_str(), 0o644),
         ("spawn-ca.key", pki.spawn_ca.key_pem.as_str(), 0o600),
+        ("policy.toml", pki.policy.as_str(), 0o644),
     ];
     for (name, data, mode) in files {
         let path = dir.join(name);

@@ -1,0 +1,419 @@
+//! Authorization: one tower layer in front of every service (health and reflection
+//! included, and before forwarding), so no handler runs and no call leaves for a child
+//! before the caller's role is checked against the method's.
+//!
+//! The caller is the SPIFFE ID in the peer certificate that mTLS verified, except on a
+//! call the node's own parent forwards: the parent names the original caller in the
+//! `aurae-caller` header and this node authorizes *that* ID with its own policy. The header
+//! is honoured from the parent's certificate alone; from anyone else it is refused.
+
+use crate::pki::policy::{Policy, Role};
+use http::{HeaderValue, Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+use tower_service::Service;
+
+pub const CALLER_HEADER: &str = aurae_proto::CALLER_HEADER;
+
+/// The role each rpc needs. A test checks that this covers every method of every service
+/// the server registers, so an rpc added without a role fails the build's tests.
+pub const METHODS: &[(&str, Role)] = &[
+    ("/aurae.v0.Node/Info", Role::Reader),
+    ("/aurae.v0.Node/Shutdown", Role::Admin),
+    ("/aurae.v0.Node/Reboot", Role::Admin),
+    ("/aurae.v0.Runtime/RunExecutable", Role::Operator),
+    ("/aurae.v0.Runtime/RunCell", Role::Operator),
+    // Admin when the VM names files on the node (see `runtime_api`).
+    ("/aurae.v0.Runtime/RunVirtualMachine", Role::Operator),
+    ("/aurae.v0.Runtime/Spawn", Role::Operator),
+    ("/aurae.v0.Runtime/RunPod", Role::Operator),
+    ("/aurae.v0.Workloads/Status", Role::Reader),
+    ("/aurae.v0.Workloads/List", Role::Reader),
+    ("/aurae.v0.Workloads/Stop", Role::Operator),
+    ("/aurae.v0.Workloads/Wait", Role::Reader),
+    ("/aurae.v0.Workloads/Free", Role::Operator),
+    ("/aurae.v0.Workloads/Logs", Role::Reader),
+    ("/aurae.v0.Workloads/Freeze", Role::Operator),
+    ("/aurae.v0.Workloads/Thaw", Role::Operator),
+    ("/grpc.health.v1.Health/Check", Role::Reader),
+    ("/grpc.health.v1.Health/Watch", Role::Reader),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Role::Reader,
+    ),
+];
+
+/// The role `path` needs; a method nobody listed needs admin (and is then UNIMPLEMENTED).
+pub fn required_role(path: &str) -> Role {
+    METHODS
+        .iter()
+        .find(|(m, _)| *m == path)
+        .map_or(Role::Admin, |(_, r)| *r)
+}
+
+/// Who a call is authorized as. Handlers read it from the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The ID authorized: the original caller of a forwarded call, else the peer.
+    pub id: String,
+    pub role: Role,
+    /// The parent that delivered a forwarded call (the mTLS peer), if forwarded.
+    pub via: Option<String>,
+}
+
+impl Caller {
+    /// The caller of `req`, when it reached a handler through the layer.
+    pub fn of<T>(req: &tonic::Request<T>) -> Option<&Caller> {
+        req.extensions().get::<Caller>()
+    }
+
+    /// Refuses unless the caller has `role`; `why` says what about the request needs it.
+    pub fn require<T>(req: &tonic::Request<T>, role: Role, why: &str) -> Result<(), Status> {
+        match Caller::of(req) {
+            Some(c) if c.role >= role => Ok(()),
+            Some(c) => Err(Status::permission_denied(format!(
+                "{} has role {} on this node; {why} needs {role}",
+                c.id, c.role
+            ))),
+            None => Err(Status::permission_denied(format!("{why} needs {role}"))),
+        }
+    }
+}
+
+/// The node's policy (or why it has none), its trust domain and root CA.
+pub struct Authorizer {
+    policy: Result<Policy, String>,
+    /// `spiffe://<domain>/`: callers from another trust domain have no role.
+    domain_root: String,
+    /// The root CA (DER): peer chains must reach it through CAs that sign only inside their
+    /// own subtree (`pki::chain`). None: no peer is accepted.
+    root: Option<Vec<u8>>,
+    /// Chains already checked (a connection presents the same one on every call), with the
+    /// SPIFFE ID or the refusal. Bounded: cleared when full.
+    checked: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Result<String, String>>>,
+}
+
+const CHECKED_CAP: usize = 256;
+
+impl Authorizer {
+    /// `policy` is the loaded policy or the reason there is none; without one every call is
+    /// refused with that reason (deny by default: a node never serves without a policy).
+    pub fn new(policy: Result<Policy, String>, node_id: &str, root: Option<Vec<u8>>) -> Authorizer {
+        let domain = node_id
+            .trim_start_matches("spiffe://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        Authorizer {
+            policy,
+            domain_root: format!("spiffe://{domain}/"),
+            root,
+            checked: Default::default(),
+        }
+    }
+
+    /// The SPIFFE ID of a peer that presented `chain` (leaf first, as verified by mTLS), if
+    /// a CA entitled to sign that ID issued it; else PERMISSION_DENIED saying why.
+    pub fn identify(&self, chain: &[&[u8]]) -> Result<String, Status> {
+        let key = chain.concat();
+        let cached = match self.checked.lock() {
+            Ok(m) => m.get(&key).cloned(),
+            Err(_) => None,
+        };
+        let verdict = match cached {
+            Some(v) => v,
+            None => {
+                let v = match &self.root {
+                    None => Err("this node has no root CA to check callers against".to_owned()),
+                    Some(root) => crate::pki::chain::check(chain, root).and_then(|()| {
+                        chain
+                            .first()
+                            .and_then(|leaf| crate::pki::spiffe_id_of_der(leaf))
+                            .ok_or_else(|| "no SPIFFE ID".to_owned())
+                    }),
+                };
+                if let Ok(mut m) = self.checked.lock() {
+                    if m.len() >= CHECKED_CAP {
+                        m.clear();
+                    }
+                    m.insert(key, v.clone());
+                }
+                v
+            }
+        };
+        verdict.map_err(|why| Status::permission_denied(format!("the client certificate is refused: {why}")))
+    }
+
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref().ok()
+    }
+
+    /// Decides a call to `method` from `peer` (the verified certificate's SPIFFE ID), which
+    /// may carry `forwarded_for` (the `aurae-caller` header).
+    pub fn decide(
+        &self,
+        method: &str,
+        peer: Option<&str>,
+        forwarded_for: Option<&HeaderValue>,
+    ) -> Result<Caller, Status> {
+        let method_name = method.trim_start_matches('/');
+        let need = required_role(method);
+        let policy = self.policy.as_ref().map_err(|why| {
+            Status::permission_denied(format!("this node has no usable policy ({why}); every call is refused"))
+        })?;
+        let Some(peer) = peer.filter(|p| p.starts_with(&self.domain_root)) else {
+            return Err(Status::permission_denied(format!(
+                "the client certificate carries no SPIFFE ID of this trust domain ({}…); {method_name} needs {need}",
+                self.domain_root
+            )));
+        };
+        let (id, via) = match forwarded_for {
+            None => (peer.to_owned(), None),
+            Some(v) => {
+                if policy.parent.as_deref() != Some(peer) {
+                    return Err(Status::permission_denied(format!(
+                        "{peer} sent {CALLER_HEADER}, which this node accepts only from the node that spawned it"
+                    )));
+                }
+                let original = v
+                    .to_str()
+                    .ok()
+                    .filter(|o| o.starts_with(&self.domain_root) && crate::pki::policy::check_spiffe_id(o).is_ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("{CALLER_HEADER}: not a SPIFFE ID of this trust domain"))
+                    })?;
+                (original.to_owned(), Some(peer.to_owned()))
+            }
+        };
+        let shown = match &via {
+            Some(v) => format!("{id} (forwarded by {v})"),
+            None => id.clone(),
+        };
+        match policy.role_of(&id) {
+            Some(role) if role >= need => Ok(Caller { id, role, via }),
+            Some(role) => Err(Status::permission_denied(format!(
+                "{shown} has role {role} on this node; {method_name} needs {need}"
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "{shown} has no role on this node (its policy names no such ID); {method_name} needs {need}"
+            ))),
+        }
+    }
+}
+
+/// The SPIFFE ID of the peer of an http request served over mTLS, once its chain passed
+/// the subtree rule; Ok(None) when it presented no certificate.
+fn peer_id(auth: &Authorizer, req: &Request<Body>) -> Result<Option<String>, Status> {
+    let Some(certs) = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+    else {
+        return Ok(None);
+    };
+    let chain: Vec<&[u8]> = certs.iter().map(|c| c.as_ref()).collect();
+    auth.identify(&chain).map(Some)
+}
+
+#[derive(Clone)]
+pub struct AuthzLayer {
+    pub auth: Arc<Authorizer>,
+}
+
+impl<S> tower_layer::Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+    fn layer(&self, inner: S) -> Authz<S> {
+        Authz {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authz<S> {
+    inner: S,
+    auth: Arc<Authorizer>,
+}
+
+type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+impl<S> Service<Request<Body>> for Authz<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let decision = peer_id(&self.auth, &req).and_then(|peer| {
+            self.auth
+                .decide(req.uri().path(), peer.as_deref(), req.headers().get(CALLER_HEADER))
+        });
+        match decision {
+            Ok(caller) => {
+                req.headers_mut().remove(CALLER_HEADER);
+                req.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                tracing::info!("denied {}: {}", req.uri().path(), status.message());
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADMIN: &str = "spiffe://t.test/client/admin";
+    const READER: &str = "spiffe://t.test/client/rita";
+    const PARENT: &str = "spiffe://t.test/node/n";
+    const SELF: &str = "spiffe://t.test/node/n/instance/c1";
+
+    fn child() -> Authorizer {
+        let top = Policy::parse(
+            &format!(
+                "[[allow]]\nid = \"{ADMIN}\"\nrole = \"admin\"\n[[allow]]\nid = \"{READER}\"\nrole = \"reader\"\n"
+            ),
+            "p",
+        )
+        .unwrap();
+        Authorizer::new(Ok(top.for_child(PARENT)), SELF, None)
+    }
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn every_rpc_the_server_registers_has_a_role_and_no_role_names_a_missing_rpc() {
+        use prost::Message;
+        let mut served = Vec::new();
+        for set in [
+            aurae_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(set).unwrap();
+            for f in set.file {
+                for s in &f.service {
+                    for m in &s.method {
+                        served.push(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
+                    }
+                }
+            }
+        }
+        for m in &served {
+            assert!(
+                METHODS.iter().any(|(p, _)| p == m),
+                "{m} has no role in server/authz.rs METHODS: add one"
+            );
+        }
+        for (p, _) in METHODS {
+            assert!(
+                served.contains(&p.to_string()),
+                "METHODS names {p}, which no service has"
+            );
+        }
+    }
+
+    #[test]
+    fn roles_gate_methods_and_the_denial_names_caller_method_and_role() {
+        let a = child();
+        assert_eq!(
+            a.decide("/aurae.v0.Workloads/List", Some(READER), None).unwrap().role,
+            Role::Reader
+        );
+        let e = a
+            .decide("/aurae.v0.Runtime/RunExecutable", Some(READER), None)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            e.message(),
+            "spiffe://t.test/client/rita has role reader on this node; aurae.v0.Runtime/RunExecutable needs operator"
+        );
+        assert!(a.decide("/aurae.v0.Node/Shutdown", Some(ADMIN), None).is_ok());
+        assert_eq!(required_role("/x.Y/Z"), Role::Admin);
+    }
+
+    #[test]
+    fn an_instance_has_no_right_on_its_siblings_or_children_and_unknown_ids_none() {
+        let a = child();
+        for who in [
+            "spiffe://t.test/node/n/instance/c2",
+            "spiffe://t.test/node/n/instance/c1/instance/g1",
+            SELF,
+            "spiffe://other.test/client/admin",
+        ] {
+            let e = a.decide("/grpc.health.v1.Health/Check", Some(who), None).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}");
+        }
+        let e = a.decide("/aurae.v0.Node/Info", None, None).unwrap_err();
+        assert!(e.message().contains("no SPIFFE ID"), "{}", e.message());
+    }
+
+    #[test]
+    fn the_parent_is_admin_and_a_forwarded_call_is_authorized_as_the_original_caller() {
+        let a = child();
+        assert_eq!(
+            a.decide("/aurae.v0.Node/Shutdown", Some(PARENT), None).unwrap().role,
+            Role::Admin
+        );
+        let c = a
+            .decide("/aurae.v0.Workloads/List", Some(PARENT), Some(&hv(READER)))
+            .unwrap();
+        assert_eq!(
+            c,
+            Caller {
+                id: READER.into(),
+                role: Role::Reader,
+                via: Some(PARENT.into())
+            }
+        );
+        let e = a
+            .decide("/aurae.v0.Node/Shutdown", Some(PARENT), Some(&hv(READER)))
+            .unwrap_err();
+        assert!(
+            e.message()
+                .contains("(forwarded by spiffe://t.test/node/n) has role reader"),
+            "{}",
+            e.message()
+        );
+        // Only the parent may speak for someone else.
+        let e = a
+            .decide("/aurae.v0.Workloads/List", Some(READER), Some(&hv(ADMIN)))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let e = a
+            .decide(
+                "/aurae.v0.Workloads/List",
+                Some(PARENT),
+                Some(&hv("spiffe://other.test/client/admin")),
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_node_without_a_policy_refuses_everyone_and_says_why() {
+        let a = Authorizer::new(Err("policy.toml: no such file".into()), SELF, None);
+        let e = a.decide("/aurae.v0.Node/Info", Some(ADMIN), None).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("policy.toml: no such file"), "{}", e.message());
+    }
+}
