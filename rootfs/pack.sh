@@ -3,9 +3,10 @@
 # `cat base pki [toolbox]` is one initramfs and one generic base image serves many nodes.
 #
 #   rootfs/pack.sh BUILD_DIR
-# reads  BUILD_DIR/bin/auraed (static), BUILD_DIR/pki/{ca,server}.{crt,key}
+# reads  BUILD_DIR/bin/auraed (static), BUILD_DIR/pki/{ca,server,spawn-ca}.{crt,key}, policy.toml
 # reads  BUILD_DIR/kernel/bzImage (for the boot layer)
-# writes BUILD_DIR/initramfs/{base,pki,toolbox,boot}.cpio.zst and BUILD_DIR/initramfs/appliance.cpio
+# writes BUILD_DIR/initramfs/{base,pki,toolbox,boot}.cpio.zst and BUILD_DIR/initramfs/appliance.cpio,
+#        and pki-NAME.cpio.zst for each BUILD_DIR/pki/nodes/NAME (made by `auraed pki node`)
 # Reproducible: same inputs give the same bytes (mtime 0, fixed inode order, zstd -19 -T1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,21 +18,33 @@ z() { zstd -q -19 -T1 --no-check -f "$1" -o "$1.zst" && rm -f "$1"; }
 
 mk "$here/base.spec" "$out/base.cpio" && z "$out/base.cpio"
 
-cat > "$out/pki.spec" <<SPEC
+# The pki layer from a PKI directory SRC (relative to BUILD_DIR) into LAYER.cpio.zst.
+pki_layer() {
+    local src=$1 layer=$2
+    cat > "$out/$layer.spec" <<SPEC
 dir /etc 0755 0 0
 dir /etc/aurae 0755 0 0
 dir /etc/aurae/pki 0700 0 0
-file /etc/aurae/pki/ca.crt pki/ca.crt 0644 0 0
-file /etc/aurae/pki/server.crt pki/server.crt 0644 0 0
-file /etc/aurae/pki/server.key pki/server.key 0600 0 0
-file /etc/aurae/pki/spawn-ca.crt pki/spawn-ca.crt 0644 0 0
-file /etc/aurae/pki/spawn-ca.key pki/spawn-ca.key 0600 0 0
-file /etc/aurae/pki/policy.toml pki/policy.toml 0644 0 0
+file /etc/aurae/pki/ca.crt $src/ca.crt 0644 0 0
+file /etc/aurae/pki/server.crt $src/server.crt 0644 0 0
+file /etc/aurae/pki/server.key $src/server.key 0600 0 0
+file /etc/aurae/pki/spawn-ca.crt $src/spawn-ca.crt 0644 0 0
+file /etc/aurae/pki/spawn-ca.key $src/spawn-ca.key 0600 0 0
+file /etc/aurae/pki/policy.toml $src/policy.toml 0644 0 0
 SPEC
-# The pki layer holds the node's private keys: mkcpio writes it 0600 (it carries a 0600
-# file) and zstd keeps that mode; checked here all the same.
-mk "$out/pki.spec" "$out/pki.cpio" && z "$out/pki.cpio"
-[ "$(stat -c %a "$out/pki.cpio.zst")" = 600 ] || { echo "rootfs: $out/pki.cpio.zst must be mode 0600" >&2; exit 1; }
+    # It holds the node's private keys: mkcpio writes it 0600 (it carries a 0600 file) and
+    # zstd keeps that mode; checked here all the same.
+    mk "$out/$layer.spec" "$out/$layer.cpio" && z "$out/$layer.cpio"
+    [ "$(stat -c %a "$out/$layer.cpio.zst")" = 600 ] || { echo "rootfs: $out/$layer.cpio.zst must be mode 0600" >&2; exit 1; }
+}
+pki_layer pki pki
+# One more per node that `auraed pki node DIR NAME` gave an identity of its own.
+for d in "$B"/pki/nodes/*/; do
+    [ -d "$d" ] || continue
+    n=$(basename "$d")
+    pki_layer "pki/nodes/$n" "pki-$n"
+    printf 'rootfs: %-8s %8d bytes (node %s)\n' "pki-$n" "$(stat -c %s "$out/pki-$n.cpio.zst")" "$n"
+done
 
 # Toolbox: Debian's static busybox and its applets, for tests and the demo.
 bb=/bin/busybox

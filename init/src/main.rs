@@ -91,6 +91,21 @@ enum PkiCmd {
         #[arg(long, default_value = "ca")]
         issuer: String,
     },
+    /// Issue node NAME an identity of its own in DIR/nodes/NAME: its key and server
+    /// certificate (spiffe://DOMAIN/node/NAME), its own spawn CA, the root CA certificate
+    /// and DIR/policy.toml. `rootfs/pack.sh` packs it as the layer pki-NAME.
+    Node {
+        dir: PathBuf,
+        name: String,
+        #[arg(long, default_value = pki::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Extra DNS names for the node certificate (NAME, auraed and localhost are always in).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses the node is reached at (127.0.0.1 is always in).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+    },
     /// Give a SPIFFE ID (or, with --prefix, every ID under it) a role in DIR/policy.toml,
     /// creating the file if needed. Replaces an entry for the same ID or prefix.
     Grant {
@@ -229,6 +244,44 @@ fn run_pki(p: PkiCmd) -> Result<(), ToolError> {
             println!(
                 "wrote {0}/ca.{{crt,key}}, {0}/server.{{crt,key}} (node {node}), {0}/client.{{crt,key}} ({client}, admin in {0}/policy.toml)",
                 dir.display()
+            );
+            Ok(())
+        }
+        PkiCmd::Node {
+            dir,
+            name,
+            trust_domain,
+            mut dns,
+            mut ip,
+        } => {
+            let ca = pki::read_pair(&dir, "ca")?;
+            let policy = dir.join(pki::policy::FILE_NAME);
+            let policy_text = std::fs::read_to_string(&policy).map_err(|source| ToolError::Io {
+                path: policy.clone(),
+                source,
+            })?;
+            let out = dir.join("nodes").join(&name);
+            dns.extend([name.clone(), "auraed".into(), "localhost".into()]);
+            ip.push(IpAddr::from([127, 0, 0, 1]));
+            let server = pki::mint_leaf(
+                &ca,
+                &pki::spiffe_id(&trust_domain, &format!("node/{name}")),
+                &name,
+                pki::LeafKind::Server { dns: &dns, ips: &ip },
+                365,
+            )?;
+            pki::write_pair(&out, "server", &server)?;
+            write_spawn_ca(&out, &ca, &trust_domain, &name)?;
+            for (file, data) in [
+                ("ca.crt", ca.cert_pem.as_str()),
+                (pki::policy::FILE_NAME, policy_text.as_str()),
+            ] {
+                let path = out.join(file);
+                write_with_mode(&path, data.as_bytes(), 0o644).map_err(|source| ToolError::Io { path, source })?;
+            }
+            println!(
+                "wrote {}/{{server,spawn-ca}}.{{crt,key}}, ca.crt, policy.toml (node {name})",
+                out.display()
             );
             Ok(())
         }

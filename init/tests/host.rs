@@ -596,3 +596,63 @@ fn a_node_without_a_policy_refuses_every_call_and_says_why() {
         assert!(m.contains("every call is refused"), "{m}");
     });
 }
+
+/// `auraed pki node` gives each node its own key, server certificate and spawn CA, all
+/// signed by the root, with the keys 0600 and the spawn CA valid a year at most.
+#[test]
+fn pki_node_issues_every_node_an_identity_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("pki");
+    let auraed = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_auraed")).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dir_s = dir.to_str().unwrap();
+    auraed(&["pki", "init", dir_s]);
+    auraed(&["pki", "node", dir_s, "n1", "--ip", "10.1.0.5"]);
+    auraed(&["pki", "node", dir_s, "n2"]);
+    let read = |n: &str, f: &str| std::fs::read_to_string(dir.join("nodes").join(n).join(f)).unwrap();
+    for f in ["server.key", "spawn-ca.key", "server.crt", "spawn-ca.crt"] {
+        assert_ne!(read("n1", f), read("n2", f), "{f} is per node");
+    }
+    assert_ne!(
+        read("n1", "server.key"),
+        std::fs::read_to_string(dir.join("server.key")).unwrap()
+    );
+    assert_eq!(
+        pki::spiffe_id_of_pem(&read("n1", "server.crt")).as_deref(),
+        Some("spiffe://aurae.local/node/n1")
+    );
+    assert_eq!(
+        pki::spiffe_id_of_pem(&read("n2", "spawn-ca.crt")).as_deref(),
+        Some("spiffe://aurae.local/node/n2/spawn-ca")
+    );
+    let root = pki::first_der(&std::fs::read_to_string(dir.join("ca.crt")).unwrap()).unwrap();
+    for (n, f) in [("n1", "server.crt"), ("n2", "spawn-ca.crt")] {
+        let leaf = pki::first_der(&read(n, f)).unwrap();
+        pki::chain::check(&[&leaf], &root).unwrap();
+    }
+    let pem = read("n1", "spawn-ca.crt");
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    let c = p.parse_x509().unwrap();
+    let days = (c.validity().not_after.timestamp() - c.validity().not_before.timestamp()) / 86400;
+    assert!(days <= 366, "a node's spawn CA lives a year at most: {days} days");
+    for f in ["server.key", "spawn-ca.key"] {
+        let mode = std::fs::metadata(dir.join("nodes/n1").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert_eq!(
+        read("n1", "policy.toml"),
+        std::fs::read_to_string(dir.join("policy.toml")).unwrap()
+    );
+    assert!(read("n1", "server.crt").contains("-----BEGIN CERTIFICATE-----"));
+}
