@@ -97,6 +97,58 @@ impl Api {
     }
 }
 
+/// What the authorization layer adds to each call, measured on this node's own policy and
+/// root and the bench client's certificate, in this process: `identify` (the subtree rule
+/// on the chain, every signature verified; then cached per chain, as a connection's later
+/// calls are) and `decide` (the policy lookup). Beside the round trip above, it shows the
+/// layer's share of one call.
+fn authorization_cost(target: &Target, n: usize) -> Result<(), CliError> {
+    use crate::pki::{policy::Policy, revoked::Revoked};
+    use crate::server::authz::Authorizer;
+    let usage = |e: String| CliError::Usage(e);
+    let tls = target.tls.load().map_err(|e| usage(e.to_string()))?;
+    let pki = std::path::Path::new("/etc/aurae/pki");
+    let policy = Policy::load(pki).map_err(|e| usage(e.to_string()))?;
+    let node = std::fs::read_to_string(pki.join("server.crt")).map_err(|e| usage(format!("server.crt: {e}")))?;
+    let node_id = crate::pki::spiffe_id_of_pem(&node).unwrap_or_default();
+    let root = crate::pki::first_der(&tls.ca_pem);
+    let chain: Vec<Vec<u8>> = rustls::pki_types::pem::PemObject::pem_slice_iter(tls.cert_pem.as_bytes())
+        .filter_map(|c: Result<rustls::pki_types::CertificateDer<'static>, _>| c.ok())
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+    let method = "/aurae.v0.Workloads/Status";
+    let once = |auth: &Authorizer| -> Result<(), CliError> {
+        let id = auth.identify(&refs).map_err(CliError::Remote)?;
+        auth.decide(method, Some(&id), None).map_err(CliError::Remote)?;
+        Ok(())
+    };
+    let (mut first, mut cached) = (Vec::new(), Vec::new());
+    let warm = Authorizer::new(
+        Ok(policy.clone()),
+        &node_id,
+        root.clone(),
+        std::sync::Arc::new(Revoked::default()),
+    );
+    for _ in 0..n {
+        let fresh = Authorizer::new(
+            Ok(policy.clone()),
+            &node_id,
+            root.clone(),
+            std::sync::Arc::new(Revoked::default()),
+        );
+        let t = Instant::now();
+        once(&fresh)?;
+        first.push(t.elapsed());
+        let t = Instant::now();
+        once(&warm)?;
+        cached.push(t.elapsed());
+    }
+    report("authorization, a connection's first call (chain verified)", first);
+    report("authorization, every later call (chain cached)", cached);
+    Ok(())
+}
+
 async fn bench(a: BenchArgs) -> Result<(), CliError> {
     let file = FileConfig::load(&a.config).map_err(|e| CliError::Usage(e.to_string()))?;
     let need = |o: Option<PathBuf>, what: &str| o.ok_or_else(|| CliError::Usage(format!("{what} missing in config")));
@@ -139,6 +191,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
         floor.push(t.elapsed());
     }
     report("one API round trip (Status of a missing cell)", floor);
+    authorization_cost(&target, n)?;
 
     api.rt
         .run_cell(pb::Cell {

@@ -112,17 +112,36 @@ async fn serve_until_power_action(
         let n = init::power::watch_power_button(tx.clone());
         tracing::info!("watching {n} input device(s) for the power button");
     }
-    let spiffe_id = files
-        .load()
-        .ok()
+    let material = files.load().ok();
+    let spiffe_id = material
+        .as_ref()
         .and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem))
         .unwrap_or_default();
+    // The node's certificate, renewable in place (serve reports a broken one).
+    let identity = material.as_ref().and_then(|m| {
+        crate::pki::tls::LiveIdentity::from_pem(&m.cert_pem, &m.key_pem)
+            .map(Arc::new)
+            .map_err(|e| tracing::error!("node certificate: {e}"))
+            .ok()
+    });
     let pki_dir = files.cert.parent().map(std::path::Path::to_path_buf);
     let policy = load_policy(pki_dir.as_deref());
-    let runtime = Arc::new(assemble_runtime(&report, &spiffe_id, pki_dir, policy.as_ref().ok()));
-    let root = files.load().ok().and_then(|m| crate::pki::first_der(&m.ca_pem));
-    let auth = server::authz::Authorizer::new(policy, &spiffe_id, root);
-    let ctx = Arc::new(NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth));
+    let root_pem = material.as_ref().map(|m| m.ca_pem.clone());
+    // Filled by the runtime when it frees an instance, read by authorization.
+    let revoked = Arc::new(crate::pki::revoked::Revoked::default());
+    let runtime = Arc::new(assemble_runtime(
+        &report,
+        &spiffe_id,
+        pki_dir.clone(),
+        policy.as_ref().ok(),
+        identity.clone().zip(root_pem.clone()),
+        revoked.clone(),
+    ));
+    let root = root_pem.as_deref().and_then(crate::pki::first_der);
+    let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
+    let mut ctx = NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth, identity);
+    ctx.pki_dir = pki_dir;
+    let ctx = Arc::new(ctx);
 
     let mut chosen = None;
     // On a power action, workloads are stopped while the API still answers, so Wait and
@@ -176,14 +195,20 @@ fn assemble_runtime(
     spiffe_id: &str,
     pki_dir: Option<PathBuf>,
     policy: Option<&crate::pki::policy::Policy>,
+    tls: Option<(Arc<crate::pki::tls::LiveIdentity>, String)>,
+    revoked: Arc<crate::pki::revoked::Revoked>,
 ) -> crate::runtime::Runtime {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
     runtime.set_bridge(report.bridge.clone());
-    if let Some(dir) = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty()) {
+    let dir = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty());
+    if let (Some(dir), Some((identity, root_pem))) = (dir, tls) {
         runtime.set_spawn_identity(crate::runtime::SpawnIdentity {
             pki_dir: dir,
             spiffe_id: spiffe_id.to_owned(),
             policy: policy.cloned().unwrap_or_default(),
+            identity,
+            root_pem,
+            revoked,
         });
     }
     runtime

@@ -536,6 +536,14 @@ fn roles_gate_every_rpc_and_a_denial_names_caller_method_and_role() {
                 "no role",
             );
         }
+        // RenewIdentity is for a node's own parent alone; this node has none.
+        let tester = conn("client").await;
+        denied(
+            pb::node_client::NodeClient::new(tester)
+                .renew_identity(pb::RenewIdentityRequest::default())
+                .await,
+            "may not renew this node's identity: no node spawned it",
+        );
         // Nothing changed, and the node still serves.
         let after = work.list(pb::ListRequest::default()).await.unwrap().into_inner();
         assert_eq!(before, after);
@@ -655,4 +663,59 @@ fn pki_node_issues_every_node_an_identity_of_its_own() {
         std::fs::read_to_string(dir.join("policy.toml")).unwrap()
     );
     assert!(read("n1", "server.crt").contains("-----BEGIN CERTIFICATE-----"));
+}
+
+/// A certificate the root signed but without a SPIFFE ID of this trust domain (none at
+/// all, or another domain's) ends at the TLS handshake: no rpc, health included, runs.
+#[test]
+fn certificates_without_a_spiffe_id_of_this_domain_are_refused_at_the_handshake() {
+    let d = start();
+    let ca = pki::read_pair(&d.pki, "ca").unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, rcgen::KeyPair::from_pem(&ca.key_pem).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (stem, uri) in [
+        ("nouri", None),
+        ("foreign", Some("spiffe://evil.test/client/tester")),
+        ("https", Some("https://host.test/client/tester")),
+    ] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["x.test".to_owned()]).unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some(u) = uri {
+            p.subject_alt_names.push(rcgen::SanType::URI(u.try_into().unwrap()));
+        }
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.path().join(format!("{stem}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        let t = target(
+            &d,
+            TlsFiles {
+                ca: d.pki.join("ca.crt"),
+                cert: dir.path().join(format!("{stem}.crt")),
+                key: dir.path().join(format!("{stem}.key")),
+            },
+        );
+        rt().block_on(async {
+            let r = match t.connect().await {
+                Err(_) => None,
+                Ok(ch) => Some(
+                    tonic_health::pb::health_client::HealthClient::new(ch)
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await,
+                ),
+            };
+            match r {
+                None => {}
+                // TLS 1.3: the client's handshake ends before the server's verdict arrives;
+                // the refusal is then a transport error, never a gRPC answer.
+                Some(Err(e)) => assert_ne!(
+                    e.code(),
+                    tonic::Code::PermissionDenied,
+                    "{stem}: answered by gRPC: {e:?}"
+                ),
+                Some(Ok(_)) => panic!("{stem}: served"),
+            }
+        });
+    }
+    assert!(d_alive(&d));
 }

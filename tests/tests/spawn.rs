@@ -26,9 +26,15 @@ fn instance_ref(name: &str) -> pb::WorkloadRef {
 /// Spawns `name` with the test's budget as the call's gRPC deadline, which auraed follows
 /// (and passes down when the call is forwarded), so a slow machine only makes it wait longer.
 async fn spawn(a: &Appliance, c: &Client, name: &str) -> pb::InstanceStatus {
+    spawn_with(a, c, name, 0).await
+}
+
+/// `spawn` with an SVID lifetime (0: the default hour).
+async fn spawn_with(a: &Appliance, c: &Client, name: &str, svid_ttl_seconds: u32) -> pb::InstanceStatus {
     let budget = a.budget(SPAWN_BUDGET);
     let mut req = tonic::Request::new(pb::Instance {
         name: name.into(),
+        svid_ttl_seconds,
         ..Default::default()
     });
     req.set_timeout(budget);
@@ -269,6 +275,43 @@ async fn assert_roles_hold(a: &Appliance, roles: &TestRoles, instance: Option<&s
     assert_eq!(st.exit_code, Some(0), "an operator runs executables at {at}");
 }
 
+/// A child's keys as an attacker who copied them would hold them: its SVID ("server") and
+/// a certificate ("forged", for `forged_id`) signed with its spawn CA.
+struct Stolen {
+    dir: tempfile::TempDir,
+}
+
+impl Stolen {
+    async fn take(c: &Client, pki: &str, forged_id: &str) -> Stolen {
+        let dir = tempfile::tempdir().unwrap();
+        let get = |f: &str| format!("cat {pki}/{f}");
+        let mut files = std::collections::HashMap::new();
+        for f in ["server.crt", "server.key", "spawn-ca.crt", "spawn-ca.key", "ca.crt"] {
+            let text = c.on_node(&get(f)).await;
+            std::fs::write(dir.path().join(f), &text).unwrap();
+            files.insert(f, text);
+        }
+        let ca = auraed::pki::Minted {
+            cert_pem: files["spawn-ca.crt"].clone(),
+            key_pem: files["spawn-ca.key"].clone(),
+        };
+        let mut m = auraed::pki::mint_svid(&ca, forged_id, "x9", &[], &[], Duration::from_secs(600)).unwrap();
+        m.cert_pem.push_str(&ca.cert_pem);
+        auraed::pki::write_pair(dir.path(), "forged", &m).unwrap();
+        Stolen { dir }
+    }
+
+    async fn node_info(&self, a: &Appliance, stem: &str) -> Result<pb::NodeInfo, tonic::Status> {
+        let t = a.target_as(auraed::pki::tls::TlsFiles::in_dir(self.dir.path(), stem));
+        let c = Client::connect_with(t, None).await;
+        c.node
+            .clone()
+            .info(pb::NodeInfoRequest {})
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
 async fn node_view(c: &Client) -> String {
     c.on_node("ls /sys/fs/cgroup/aurae; ip -o link | cut -d: -f2; cat /sys/fs/cgroup/aurae/memory.current")
         .await
@@ -487,7 +530,9 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().starts_with("isolation"), "{e:?}");
 
-        let child = spawn(&a, &c, "c1").await;
+        // A 60 s SVID: the parent renews it (and the child its own child's) at half-life.
+        let spawned_at = std::time::Instant::now();
+        let child = spawn_with(&a, &c, "c1", 60).await;
         assert_eq!(child.isolation, pb::IsolationKind::Cell as i32, "{child:?}");
         assert!(child.vm.is_none() && child.pid > 0);
         let cc = Client::connect_to(&a, Some("c1")).await;
@@ -530,8 +575,52 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         );
         assert_eq!(ginfo.peer_spiffe_id, child.spiffe_id);
 
+        // Three minutes on, three lifetimes of c1's first SVID: both descendants are still
+        // reached, because each parent renewed its child in place.
+        let three_minutes = Duration::from_secs(180);
+        tokio::time::sleep(three_minutes.saturating_sub(spawned_at.elapsed())).await;
+        let info = cc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            info.identity_renewed_unix_seconds > 0,
+            "c1 renewed: {}",
+            info.identity_note
+        );
+        assert!(
+            info.identity_not_after_unix_seconds > now,
+            "c1's SVID is current: {}",
+            info.identity_note
+        );
+        let ginfo = gc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert!(
+            ginfo.identity_renewed_unix_seconds > 0,
+            "g1 renewed by c1: {}",
+            ginfo.identity_note
+        );
+        assert!(ginfo.identity_not_after_unix_seconds > now);
+
+        // Revocation at Free: c1's own SVID, and a certificate its spawn CA signs inside its
+        // subtree, are refused by the parent from the moment c1 is freed.
+        let stolen = Stolen::take(
+            &c,
+            "/run/aurae/instances/c1",
+            &format!("{}/instance/x9", child.spiffe_id),
+        )
+        .await;
+        for stem in ["server", "forged"] {
+            let e = stolen.node_info(&a, stem).await.unwrap_err();
+            assert!(e.message().contains("has no role"), "before Free, {stem}: {e:?}");
+        }
         assert_eq!(stop_and_free(&cc, "g1").await.state, pb::WorkloadState::Stopped as i32);
         assert_eq!(stop_and_free(&c, "c1").await.state, pb::WorkloadState::Stopped as i32);
+        for stem in ["server", "forged"] {
+            let e = stolen.node_info(&a, stem).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{stem}: {e:?}");
+            assert!(e.message().contains("revoked"), "after Free, {stem}: {e:?}");
+        }
         let after = c
             .on_node("ls -d /sys/fs/cgroup/aurae/*/; ip -o link | cut -d: -f2")
             .await;

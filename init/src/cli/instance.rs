@@ -15,8 +15,8 @@ pub struct SpawnArgs {
     /// Guest memory, with an optional K/M/G suffix.
     #[arg(long, default_value = "256M")]
     memory: String,
-    /// Lifetime of the child's SVID in seconds.
-    #[arg(long, default_value_t = 86400)]
+    /// Lifetime of the child's SVID in seconds (renewed by this node at half-life).
+    #[arg(long, default_value_t = 3600)]
     svid_ttl: u32,
     /// vm or cell (default: vm where KVM is usable, else cell).
     #[arg(long)]

@@ -254,6 +254,9 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "auraed_rss_bytes": i.auraed_rss_bytes, "isolation": spawned,
                 "caller_spiffe_id": i.caller_spiffe_id, "caller_role": i.caller_role,
                 "forwarded": i.forwarded, "parent_spiffe_id": i.parent_spiffe_id, "policy": policy,
+                "identity_not_after_unix_seconds": i.identity_not_after_unix_seconds,
+                "identity_renewed_unix_seconds": i.identity_renewed_unix_seconds,
+                "identity_note": i.identity_note,
             })
         );
         return;
@@ -289,6 +292,9 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
     }
     if !i.parent_spiffe_id.is_empty() {
         println!("parent      {}", i.parent_spiffe_id);
+    }
+    if !i.identity_note.is_empty() {
+        println!("certificate {}", i.identity_note);
     }
     for r in &i.policy {
         let (who, below) = rule(r);

@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod policy;
+pub mod revoked;
 pub mod tls;
 
 use rcgen::{
@@ -152,10 +153,13 @@ fn signed(issuer: &Minted, mut p: CertificateParams) -> Result<Minted, PkiError>
     })
 }
 
+/// How far back a certificate's validity starts: slack for a child whose clock is a
+/// little behind its parent's.
+pub const BACKDATE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn validity(p: &mut CertificateParams, ttl: std::time::Duration) {
     let now = std::time::SystemTime::now();
-    // An hour of slack for a child whose clock is a little behind.
-    p.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    p.not_before = (now - BACKDATE).into();
     p.not_after = (now + ttl).into();
 }
 
@@ -223,6 +227,19 @@ pub fn write_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> {
     write_file(&dir.join(format!("{stem}.key")), m.key_pem.as_bytes(), 0o600)
 }
 
+/// Replaces `<dir>/<stem>.{crt,key}` as a pair: both are written under temporary names,
+/// then renamed, so a reader never sees a certificate with another's key.
+pub fn replace_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> {
+    let tmp = format!(".{stem}.new");
+    write_pair(dir, &tmp, m)?;
+    for ext in ["key", "crt"] {
+        let from = dir.join(format!("{tmp}.{ext}"));
+        let to = dir.join(format!("{stem}.{ext}"));
+        fs::rename(&from, &to).map_err(io_err(&to))?;
+    }
+    Ok(())
+}
+
 /// Writes `data` with exactly `mode`: a key that already existed with a looser mode is
 /// narrowed before its new bytes go in.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
@@ -263,6 +280,13 @@ pub fn first_der(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .ok()
         .map(|(_, p)| p.contents)
+}
+
+/// When a DER certificate expires.
+pub fn not_after_of_der(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    let secs = u64::try_from(c.validity().not_after.timestamp()).ok()?;
+    Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// The SPIFFE ID of the first certificate in a PEM string.

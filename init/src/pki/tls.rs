@@ -1,7 +1,16 @@
-//! mTLS material for the server and the client, and the peer's verified identity.
+//! mTLS: material from files, the server's and a parent's rustls configurations (SPIFFE
+//! checked at the handshake, a child pinned to its exact ID), the node's renewable
+//! certificate, and the peer's verified identity.
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// Paths of a CA bundle, a certificate and its key.
 #[derive(Debug, Clone)]
@@ -51,14 +60,6 @@ impl TlsFiles {
 }
 
 impl TlsMaterial {
-    /// Server side: a client certificate chained to the CA is required.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
-    }
-
     /// Client side: verify the server against the CA under `server_name`.
     pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
         ClientTlsConfig::new()
@@ -73,4 +74,296 @@ pub fn peer_spiffe_id<T>(req: &tonic::Request<T>) -> String {
     req.peer_certs()
         .and_then(|certs| certs.first().and_then(|c| crate::pki::spiffe_id_of_der(c.as_ref())))
         .unwrap_or_default()
+}
+
+/// The node's own certificate and key, replaceable while it serves: renewal swaps them and
+/// the next handshake, as server or as client of a child, presents the new ones.
+#[derive(Debug)]
+pub struct LiveIdentity {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+    state: std::sync::RwLock<IdentityState>,
+}
+
+/// What NodeInfo says about the node's certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityState {
+    pub not_after: SystemTime,
+    pub not_before: SystemTime,
+    /// When a parent last renewed it (None: as loaded at start).
+    pub renewed: Option<SystemTime>,
+}
+
+/// Why TLS material is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{0}")]
+    Pem(String),
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("trust anchors: {0}")]
+    Verifier(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsSetupError::Pem(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::Pem("no certificate in the PEM".into()));
+    }
+    Ok(certs)
+}
+
+fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    let at = |t: i64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    Some((
+        at(c.validity().not_before.timestamp()),
+        at(c.validity().not_after.timestamp()),
+    ))
+}
+
+fn certified(cert_pem: &str, key_pem: &str) -> Result<(Arc<CertifiedKey>, IdentityState), TlsSetupError> {
+    let chain = certs(cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsSetupError::Pem(format!("private key PEM: {e}")))?;
+    let (not_before, not_after) =
+        validity(chain[0].as_ref()).ok_or_else(|| TlsSetupError::Pem("unparsable certificate".into()))?;
+    let ck = CertifiedKey::from_der(chain, key, &provider())?;
+    Ok((
+        Arc::new(ck),
+        IdentityState {
+            not_after,
+            not_before,
+            renewed: None,
+        },
+    ))
+}
+
+impl LiveIdentity {
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<LiveIdentity, TlsSetupError> {
+        let (ck, state) = certified(cert_pem, key_pem)?;
+        Ok(LiveIdentity {
+            current: std::sync::RwLock::new(ck),
+            state: std::sync::RwLock::new(state),
+        })
+    }
+
+    /// Swaps in a renewed certificate and key (checked to match) for every later handshake.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsSetupError> {
+        let (ck, mut state) = certified(cert_pem, key_pem)?;
+        state.renewed = Some(SystemTime::now());
+        if let Ok(mut c) = self.current.write() {
+            *c = ck;
+        }
+        if let Ok(mut s) = self.state.write() {
+            *s = state;
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> Option<IdentityState> {
+        self.state.read().ok().map(|s| *s)
+    }
+
+    fn key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveIdentity {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.key()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.key()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn roots(root_pem: &str) -> Result<Arc<rustls::RootCertStore>, TlsSetupError> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in certs(root_pem)? {
+        store.add(c)?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// The one SPIFFE ID (URI SAN) of a DER certificate, when it belongs to `domain_root`
+/// (`spiffe://DOMAIN/`).
+fn spiffe_in_domain(der: &[u8], domain_root: &str) -> Result<String, rustls::Error> {
+    crate::pki::spiffe_id_of_der(der)
+        .filter(|id| id.starts_with(domain_root) && crate::pki::policy::check_spiffe_id(id).is_ok())
+        .ok_or_else(|| rustls::Error::General(format!("the certificate carries no SPIFFE ID of {domain_root}")))
+}
+
+/// Client certificates: chained to the root (webpki), and carrying a SPIFFE ID of this
+/// trust domain; anything else ends at the handshake.
+#[derive(Debug)]
+struct SpiffeClients {
+    inner: Arc<dyn ClientCertVerifier>,
+    domain_root: String,
+}
+
+impl ClientCertVerifier for SpiffeClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        spiffe_in_domain(end_entity.as_ref(), &self.domain_root)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `spiffe://DOMAIN/` of a SPIFFE ID.
+pub fn domain_root(id: &str) -> String {
+    let domain = id.trim_start_matches("spiffe://").split('/').next().unwrap_or_default();
+    format!("spiffe://{domain}/")
+}
+
+/// The server side: `identity` served, clients verified against `root_pem` and refused at
+/// the handshake unless they carry a SPIFFE ID of `node_id`'s trust domain.
+pub fn server_config(
+    root_pem: &str,
+    identity: Arc<LiveIdentity>,
+    node_id: &str,
+) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(root_pem)?, provider())
+        .build()
+        .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    let verifier = SpiffeClients {
+        inner,
+        domain_root: domain_root(node_id),
+    };
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(identity);
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(c)
+}
+
+/// A child's serving certificate: chained to the root, the child's exact SPIFFE ID, and
+/// issued by a CA entitled to (`pki::chain`), so no sibling can stand in for it.
+#[derive(Debug)]
+struct PinnedChild {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expected: String,
+    root_der: Vec<u8>,
+}
+
+impl ServerCertVerifier for PinnedChild {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let id = crate::pki::spiffe_id_of_der(end_entity.as_ref());
+        if id.as_deref() != Some(self.expected.as_str()) {
+            return Err(rustls::Error::General(format!(
+                "the child presented {}, not {}",
+                id.unwrap_or_else(|| "no SPIFFE ID".into()),
+                self.expected
+            )));
+        }
+        let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
+        chain.extend(intermediates.iter().map(|c| c.as_ref()));
+        crate::pki::chain::check(&chain, &self.root_der).map_err(rustls::Error::General)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The client side of a parent's channel to its child: presents `identity` (renewed in
+/// place) and accepts only the child `expected`.
+pub fn child_client_config(
+    root_pem: &str,
+    identity: Arc<LiveIdentity>,
+    expected: &str,
+) -> Result<rustls::ClientConfig, TlsSetupError> {
+    let root_der = certs(root_pem)?
+        .into_iter()
+        .next()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(root_pem)?, provider())
+        .build()
+        .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedChild {
+            inner,
+            expected: expected.to_owned(),
+            root_der,
+        }))
+        .with_client_cert_resolver(identity);
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(c)
 }

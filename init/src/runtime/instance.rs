@@ -117,6 +117,81 @@ pub struct Instance {
     /// The host end of a cell child's veth, removed at Free.
     veth: Option<String>,
     stop_requested: AtomicBool,
+    /// Every certificate this node issued the child (SVID and spawn CA, each renewal's
+    /// too), DER: revoked when it is freed.
+    issued: std::sync::Mutex<Vec<Vec<u8>>>,
+    svid_ttl: Duration,
+}
+
+impl Instance {
+    fn record_issued(&self, pki: &crate::spawn::image::ChildPki) {
+        if let Ok(mut v) = self.issued.lock() {
+            let now = std::time::SystemTime::now();
+            // Expired ones need no revoking.
+            v.retain(|d| crate::pki::not_after_of_der(d).is_some_and(|t| t > now));
+            v.extend(
+                [&pki.server.cert_pem, &pki.spawn_ca.cert_pem]
+                    .into_iter()
+                    .filter_map(|p| crate::pki::first_der(p)),
+            );
+        }
+    }
+}
+
+/// When to renew a certificate that expires at `not_after`: at half its remaining life.
+fn half_life(not_after: Option<std::time::SystemTime>) -> Duration {
+    not_after
+        .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+        .map_or(Duration::from_secs(1), |left| (left / 2).max(Duration::from_secs(1)))
+}
+
+/// Renews the child's SVID and spawn CA at half their life, over the parent's channel,
+/// for as long as the child is in the table. A failed renewal is retried after a tenth of
+/// the SVID's lifetime; the child keeps serving its old certificate until it expires.
+async fn renew_at_half_life(inst: std::sync::Weak<Instance>, id: SpawnIdentity, first: Duration) {
+    let mut next = first;
+    loop {
+        tokio::time::sleep(next).await;
+        let Some(i) = inst.upgrade() else { return };
+        if i.body.ended() || i.stop_requested.load(Ordering::Relaxed) {
+            return;
+        }
+        let retry = (i.svid_ttl / 10).max(Duration::from_secs(1));
+        next = match renew(&i, &id).await {
+            Ok(not_after) => half_life(not_after),
+            Err(e) => {
+                tracing::warn!("instance {}: renewing its identity: {e}; retrying in {retry:?}", i.name);
+                retry
+            }
+        };
+    }
+}
+
+async fn renew(i: &Instance, id: &SpawnIdentity) -> std::result::Result<Option<std::time::SystemTime>, String> {
+    let ip = match i.address.ip() {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(_) => return Err("the child has no IPv4 address".into()),
+    };
+    let pki = id
+        .mint_child(i.name.as_str(), ip, i.svid_ttl)
+        .map_err(|e| e.to_string())?;
+    i.record_issued(&pki);
+    let req = crate::pb::RenewIdentityRequest {
+        svid_pem: pki.server.cert_pem.clone(),
+        svid_key_pem: pki.server.key_pem.clone(),
+        spawn_ca_pem: pki.spawn_ca.cert_pem.clone(),
+        spawn_ca_key_pem: pki.spawn_ca.key_pem.clone(),
+    };
+    let mut client = crate::pb::node_client::NodeClient::new(i.channel.clone());
+    let bound = (i.svid_ttl / 4).max(Duration::from_secs(5));
+    match tokio::time::timeout(bound, client.renew_identity(req)).await {
+        Ok(Ok(_)) => {
+            tracing::info!("instance {}: identity renewed", i.name);
+            Ok(crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d)))
+        }
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err(format!("no answer within {bound:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -257,7 +332,7 @@ impl Runtime {
         let spiffe_id = id.child_id(spec.name.as_str());
         let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
         let address = SocketAddr::from((net.ip, CHILD_PORT));
-        let channel = child::channel(&id.pki_dir, spec.name.as_str(), address)?;
+        let channel = child::channel(id, spec.name.as_str(), &spiffe_id, address)?;
         std::fs::create_dir_all(IMAGE_DIR).map_err(SpawnError::io("mkdir", IMAGE_DIR))?;
         tracing::info!(
             "spawning instance {} ({isolation:?}) at {} on {bridge} as {spiffe_id}",
@@ -318,9 +393,19 @@ impl Runtime {
             files,
             veth,
             stop_requested: AtomicBool::new(false),
+            issued: Default::default(),
+            svid_ttl: spec.svid_ttl,
         };
+        instance.record_issued(&pki);
         match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
-            Ok(()) => Ok(Arc::new(instance)),
+            Ok(()) => {
+                let instance = Arc::new(instance);
+                let first = half_life(
+                    crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d)),
+                );
+                tokio::spawn(renew_at_half_life(Arc::downgrade(&instance), id.clone(), first));
+                Ok(instance)
+            }
             Err(e) => {
                 self.kill_instance(&instance).await;
                 let _ = self.discard_instance(&instance).await;
@@ -391,6 +476,10 @@ impl Runtime {
     }
 
     async fn discard_instance(&self, i: &Instance) -> Result<()> {
+        // From now on nothing the child was issued, or signed, is accepted here.
+        if let (Some(id), Ok(issued)) = (&self.spawn_identity, i.issued.lock()) {
+            id.revoked.revoke(issued.iter().cloned());
+        }
         match &i.body {
             Body::Vm(vm) => self.discard_vm(vm).await?,
             Body::Cell(e) => self.discard_process(e, i.name.as_str()).await?,

@@ -26,6 +26,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Node/Info", Role::Reader),
     ("/aurae.v0.Node/Shutdown", Role::Admin),
     ("/aurae.v0.Node/Reboot", Role::Admin),
+    // And only from the node's own parent, directly (see `node_api`).
+    ("/aurae.v0.Node/RenewIdentity", Role::Admin),
     ("/aurae.v0.Runtime/RunExecutable", Role::Operator),
     ("/aurae.v0.Runtime/RunCell", Role::Operator),
     // Admin when the VM names files on the node (see `runtime_api`).
@@ -96,6 +98,8 @@ pub struct Authorizer {
     /// Chains already checked (a connection presents the same one on every call), with the
     /// SPIFFE ID or the refusal. Bounded: cleared when full.
     checked: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Result<String, String>>>,
+    /// Certificates of instances this node freed (shared with the runtime, which adds them).
+    revoked: Arc<crate::pki::revoked::Revoked>,
 }
 
 const CHECKED_CAP: usize = 256;
@@ -103,7 +107,12 @@ const CHECKED_CAP: usize = 256;
 impl Authorizer {
     /// `policy` is the loaded policy or the reason there is none; without one every call is
     /// refused with that reason (deny by default: a node never serves without a policy).
-    pub fn new(policy: Result<Policy, String>, node_id: &str, root: Option<Vec<u8>>) -> Authorizer {
+    pub fn new(
+        policy: Result<Policy, String>,
+        node_id: &str,
+        root: Option<Vec<u8>>,
+        revoked: Arc<crate::pki::revoked::Revoked>,
+    ) -> Authorizer {
         let domain = node_id
             .trim_start_matches("spiffe://")
             .split('/')
@@ -114,12 +123,31 @@ impl Authorizer {
             domain_root: format!("spiffe://{domain}/"),
             root,
             checked: Default::default(),
+            revoked,
+        }
+    }
+
+    /// Whether `chain` reaches this node's root through entitled CAs and holds no revoked
+    /// certificate.
+    pub fn check_chain(&self, chain: &[&[u8]]) -> Result<(), String> {
+        if self.revoked.any(chain) {
+            return Err("a certificate in it was revoked".into());
+        }
+        match &self.root {
+            None => Err("this node has no root CA to check against".into()),
+            Some(root) => crate::pki::chain::check(chain, root),
         }
     }
 
     /// The SPIFFE ID of a peer that presented `chain` (leaf first, as verified by mTLS), if
     /// a CA entitled to sign that ID issued it; else PERMISSION_DENIED saying why.
     pub fn identify(&self, chain: &[&[u8]]) -> Result<String, Status> {
+        // Before the cache: a chain accepted a moment ago is refused once revoked.
+        if self.revoked.any(chain) {
+            return Err(Status::permission_denied(
+                "the client certificate is refused: it was revoked (issued to an instance this node has freed)",
+            ));
+        }
         let key = chain.concat();
         let cached = match self.checked.lock() {
             Ok(m) => m.get(&key).cloned(),
@@ -293,7 +321,7 @@ mod tests {
             "p",
         )
         .unwrap();
-        Authorizer::new(Ok(top.for_child(PARENT)), SELF, None)
+        Authorizer::new(Ok(top.for_child(PARENT)), SELF, None, Default::default())
     }
 
     fn hv(s: &str) -> HeaderValue {
@@ -411,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_node_without_a_policy_refuses_everyone_and_says_why() {
-        let a = Authorizer::new(Err("policy.toml: no such file".into()), SELF, None);
+        let a = Authorizer::new(Err("policy.toml: no such file".into()), SELF, None, Default::default());
         let e = a.decide("/aurae.v0.Node/Info", Some(ADMIN), None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("policy.toml: no such file"), "{}", e.message());

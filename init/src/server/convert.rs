@@ -467,6 +467,8 @@ pub fn instance_status(v: InstanceView) -> pb::InstanceStatus {
 }
 
 const MAX_SVID_TTL: u32 = 30 * 86400;
+/// Short-lived: the parent renews it at half-life, so a stolen SVID is worth an hour.
+const DEFAULT_SVID_TTL: u32 = 3600;
 
 /// A Spawn request; `caller` is the caller's gRPC timeout, which bounds the wait for the
 /// child to serve.
@@ -491,12 +493,12 @@ pub fn instance(i: pb::Instance, caller: Option<Duration>) -> Result<InstanceSpe
         None,
     )?;
     let ttl = match i.svid_ttl_seconds {
-        0 => 86400,
+        0 => DEFAULT_SVID_TTL,
         t if (60..=MAX_SVID_TTL).contains(&t) => t,
         t => {
             return Err(invalid(
                 "svid_ttl_seconds",
-                format!("{t} is out of range 60..={MAX_SVID_TTL} (0 means 24 h)"),
+                format!("{t} is out of range 60..={MAX_SVID_TTL} (0 means 1 h)"),
             ))
         }
     };

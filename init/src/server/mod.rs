@@ -18,13 +18,14 @@ use std::sync::{
     Arc,
 };
 use std::time::Duration;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("TLS material: {0}")]
     Tls(#[from] crate::pki::tls::TlsFileError),
+    #[error("TLS setup: {0}")]
+    TlsSetup(#[from] crate::pki::tls::TlsSetupError),
     #[error("listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC transport: {0}")]
@@ -41,6 +42,10 @@ pub struct NodeContext {
     pub power: PowerSender,
     pub runtime: Arc<crate::runtime::Runtime>,
     pub auth: Arc<authz::Authorizer>,
+    /// The node's certificate, renewed in place by its parent (None: loaded at serve).
+    pub identity: Option<Arc<crate::pki::tls::LiveIdentity>>,
+    /// Where the node's certificates live (renewal rewrites them there).
+    pub pki_dir: Option<std::path::PathBuf>,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -56,10 +61,13 @@ impl NodeContext {
         power: PowerSender,
         runtime: Arc<crate::runtime::Runtime>,
         auth: authz::Authorizer,
+        identity: Option<Arc<crate::pki::tls::LiveIdentity>>,
     ) -> NodeContext {
         NodeContext {
             runtime,
             auth: Arc::new(auth),
+            identity,
+            pki_dir: None,
             pid1,
             report,
             spiffe_id,
@@ -83,6 +91,7 @@ impl NodeContext {
     /// What `Node.Info` answers to `caller`, delivered by `peer_spiffe_id`.
     pub fn node_info(&self, peer_spiffe_id: String, caller: Option<&authz::Caller>) -> pb::NodeInfo {
         let policy = self.auth.policy();
+        let identity = self.identity.as_ref().and_then(|i| i.state());
         let (kernel_release, kernel_version) = crate::node::kernel();
         let (kvm_usable, kvm_detail) = crate::node::kvm_usable();
         pb::NodeInfo {
@@ -134,23 +143,96 @@ impl NodeContext {
                 })
                 .unwrap_or_default(),
             parent_spiffe_id: policy.and_then(|p| p.parent.clone()).unwrap_or_default(),
+            identity_not_after_unix_seconds: identity.map_or(0, |s| unix(s.not_after)),
+            identity_renewed_unix_seconds: identity.and_then(|s| s.renewed).map_or(0, unix),
+            identity_note: identity
+                .map(|s| {
+                    identity_note(
+                        s,
+                        policy.is_some_and(|p| p.parent.is_some()),
+                        std::time::SystemTime::now(),
+                    )
+                })
+                .unwrap_or_default(),
         }
     }
 }
 
-/// Accepted connections with Nagle's algorithm off: a response's headers, body and
-/// trailers go out as separate small writes, and waiting to coalesce them costs a round trip.
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// How the node's certificate stands, in a sentence. A spawned node's parent renews it at
+/// half its life; one not renewed well past that says its parent may be gone.
+pub fn identity_note(s: crate::pki::tls::IdentityState, spawned: bool, now: std::time::SystemTime) -> String {
+    let secs = |a: std::time::SystemTime, b: std::time::SystemTime| a.duration_since(b).map_or(0, |d| d.as_secs());
+    let left = secs(s.not_after, now);
+    if left == 0 {
+        return "expired: callers and the parent refuse it".into();
+    }
+    let issued = s.renewed.unwrap_or(s.not_before + crate::pki::BACKDATE);
+    let life = secs(s.not_after, issued);
+    let age = secs(now, issued);
+    let since = match s.renewed {
+        Some(_) => format!("renewed {age} s ago"),
+        None => format!("issued {age} s ago"),
+    };
+    if spawned && age > life * 3 / 4 {
+        format!(
+            "{since} and not renewed past half its life: the parent may be gone; serving until it expires in {left} s"
+        )
+    } else {
+        format!("{since}, expires in {left} s")
+    }
+}
+
+/// How long a connection may take to complete its TLS handshake before it is dropped (so a
+/// client that connects and says nothing holds no task forever).
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepted connections after their TLS handshake (each on its own task, so a slow one
+/// delays nobody), with Nagle's algorithm off: a response's headers, body and trailers go
+/// out as separate small writes, and waiting to coalesce them costs a round trip. A client
+/// the handshake refuses (no certificate, a foreign CA, no SPIFFE ID of this trust domain)
+/// never reaches the gRPC server.
 fn incoming(
     listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|s| {
-        let s = s?;
-        if let Err(e) = s.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, say: wait instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!("TLS handshake with {peer} refused: {e}"),
+                    Err(_) => tracing::info!("TLS handshake with {peer}: nothing within {HANDSHAKE_LIMIT:?}"),
+                }
+            });
         }
-        Ok(s)
-    })
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Binds `listen` and serves until `shutdown` resolves; in-flight calls are finished first.
@@ -161,6 +243,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let material = tls.load()?;
+    let identity = match &ctx.identity {
+        Some(i) => i.clone(),
+        None => Arc::new(crate::pki::tls::LiveIdentity::from_pem(
+            &material.cert_pem,
+            &material.key_pem,
+        )?),
+    };
+    let config = crate::pki::tls::server_config(&material.ca_pem, identity, &ctx.spiffe_id)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::runtime_server::RuntimeServer<runtime_api::RuntimeApi>>()
@@ -190,7 +281,6 @@ pub async fn serve(
     );
 
     Server::builder()
-        .tls_config(material.server_config())?
         // Outermost: nothing runs, here or in a child, before the caller is authorized.
         .layer(authz::AuthzLayer { auth: ctx.auth.clone() })
         .layer(forward::ForwardLayer {
@@ -207,7 +297,31 @@ pub async fn serve(
                 rt: ctx.runtime.clone(),
             },
         ))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, acceptor), shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_note;
+    use crate::pki::tls::IdentityState;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_certificate_note_says_when_a_parent_stopped_renewing() {
+        let now = SystemTime::now();
+        let issued = now - Duration::from_secs(10);
+        let s = IdentityState {
+            not_before: issued - crate::pki::BACKDATE,
+            not_after: issued + Duration::from_secs(60),
+            renewed: Some(issued),
+        };
+        assert_eq!(identity_note(s, true, now), "renewed 10 s ago, expires in 50 s");
+        let late = now + Duration::from_secs(40);
+        assert!(identity_note(s, true, late).contains("the parent may be gone; serving until it expires in 10 s"));
+        // A node nobody spawned has no parent to miss.
+        assert!(!identity_note(s, false, late).contains("parent"));
+        assert!(identity_note(s, true, now + Duration::from_secs(61)).starts_with("expired"));
+    }
 }

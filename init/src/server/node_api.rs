@@ -1,5 +1,6 @@
 //! The `Node` service: node facts and power.
 
+use super::authz::Caller;
 use super::NodeContext;
 use crate::init::power::PowerAction;
 use crate::pb::{self, node_server::Node};
@@ -41,5 +42,94 @@ impl Node for NodeApi {
 
     async fn reboot(&self, req: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownResponse>, Status> {
         self.request_power(PowerAction::Reboot, req.get_ref().grace_period_millis)
+    }
+
+    async fn renew_identity(
+        &self,
+        req: Request<pb::RenewIdentityRequest>,
+    ) -> Result<Response<pb::RenewIdentityResponse>, Status> {
+        let parent = self.ctx.auth.policy().and_then(|p| p.parent.clone());
+        let from_parent = match (Caller::of(&req), &parent) {
+            (Some(c), Some(p)) => c.via.is_none() && &c.id == p,
+            _ => false,
+        };
+        if !from_parent {
+            let who = Caller::of(&req).map_or("the caller", |c| c.id.as_str());
+            return Err(Status::permission_denied(match parent {
+                Some(p) => format!("{who} may not renew this node's identity: only its parent {p} may, directly"),
+                None => format!("{who} may not renew this node's identity: no node spawned it"),
+            }));
+        }
+        let r = req.into_inner();
+        let renewed = renew::check(&self.ctx, &r)?;
+        renew::install(&self.ctx, &r)?;
+        Ok(Response::new(pb::RenewIdentityResponse {
+            not_after_unix_seconds: renewed,
+        }))
+    }
+}
+
+/// Checking and installing a renewed identity.
+mod renew {
+    use super::NodeContext;
+    use crate::pb;
+    use tonic::Status;
+
+    fn bad(field: &str, why: impl std::fmt::Display) -> Status {
+        Status::invalid_argument(format!("{field}: {why}"))
+    }
+
+    /// The new SVID must carry this node's own ID and the spawn CA `<ID>/spawn-ca`, each
+    /// issued by a CA entitled to (so a parent cannot rename its child, nor hand it a CA
+    /// for someone else's subtree). Returns the SVID's expiry (unix seconds).
+    pub fn check(ctx: &NodeContext, r: &pb::RenewIdentityRequest) -> Result<u64, Status> {
+        let own = |pem: &str, want: &str, field: &str| -> Result<u64, Status> {
+            let id = crate::pki::spiffe_id_of_pem(pem).ok_or_else(|| bad(field, "no certificate with a SPIFFE ID"))?;
+            if id != want {
+                return Err(bad(field, format!("carries {id}, not this node's {want}")));
+            }
+            let chain: Vec<Vec<u8>> = rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+                .filter_map(|c: Result<rustls::pki_types::CertificateDer<'static>, _>| c.ok())
+                .map(|c| c.as_ref().to_vec())
+                .collect();
+            let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+            ctx.auth.check_chain(&refs).map_err(|why| bad(field, why))?;
+            let until = chain.first().and_then(|d| crate::pki::not_after_of_der(d));
+            Ok(until.map_or(0, super::super::unix))
+        };
+        let not_after = own(&r.svid_pem, &ctx.spiffe_id, "svid_pem")?;
+        if !r.spawn_ca_pem.is_empty() {
+            own(&r.spawn_ca_pem, &format!("{}/spawn-ca", ctx.spiffe_id), "spawn_ca_pem")?;
+        }
+        Ok(not_after)
+    }
+
+    /// Writes the files (each pair via a temporary name, then renamed) and swaps the live
+    /// certificate; a key that does not match its certificate changes nothing.
+    pub fn install(ctx: &NodeContext, r: &pb::RenewIdentityRequest) -> Result<(), Status> {
+        let identity = ctx
+            .identity
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node serves no renewable identity"))?;
+        // Validate the key before anything is written.
+        crate::pki::tls::LiveIdentity::from_pem(&r.svid_pem, &r.svid_key_pem).map_err(|e| bad("svid_key_pem", e))?;
+        if let Some(dir) = &ctx.pki_dir {
+            let mut pairs = vec![("server", &r.svid_pem, &r.svid_key_pem)];
+            if !r.spawn_ca_pem.is_empty() {
+                pairs.push(("spawn-ca", &r.spawn_ca_pem, &r.spawn_ca_key_pem));
+            }
+            for (stem, cert, key) in pairs {
+                let m = crate::pki::Minted {
+                    cert_pem: cert.clone(),
+                    key_pem: key.clone(),
+                };
+                crate::pki::replace_pair(dir, stem, &m).map_err(|e| Status::internal(e.to_string()))?;
+            }
+        }
+        identity
+            .replace(&r.svid_pem, &r.svid_key_pem)
+            .map_err(|e| bad("svid_key_pem", e))?;
+        tracing::info!("identity renewed by the parent");
+        Ok(())
     }
 }

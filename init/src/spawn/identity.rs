@@ -14,6 +14,12 @@ pub struct SpawnIdentity {
     pub pki_dir: PathBuf,
     pub spiffe_id: String,
     pub policy: crate::pki::policy::Policy,
+    /// This node's certificate (renewed in place), presented to its children.
+    pub identity: std::sync::Arc<crate::pki::tls::LiveIdentity>,
+    /// The root CA (PEM) children are verified against.
+    pub root_pem: String,
+    /// Where the certificates of freed children go (authorization refuses them).
+    pub revoked: std::sync::Arc<crate::pki::revoked::Revoked>,
 }
 
 impl SpawnIdentity {
@@ -59,6 +65,11 @@ impl SpawnIdentity {
 mod tests {
     use super::*;
 
+    fn test_identity(ca: &crate::pki::Minted) -> std::sync::Arc<crate::pki::tls::LiveIdentity> {
+        let leaf = crate::pki::mint_leaf(ca, "spiffe://t.test/node/n", "n", crate::pki::LeafKind::Client, 1).unwrap();
+        std::sync::Arc::new(crate::pki::tls::LiveIdentity::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap())
+    }
+
     #[test]
     fn a_child_is_named_under_its_parent_and_its_svid_chains_to_the_spawn_ca() {
         let d = tempfile::tempdir().unwrap();
@@ -75,6 +86,9 @@ mod tests {
         let id = SpawnIdentity {
             pki_dir: d.path().to_owned(),
             spiffe_id: "spiffe://t.test/node/n".into(),
+            identity: test_identity(&ca),
+            root_pem: ca.cert_pem.clone(),
+            revoked: Default::default(),
             policy: crate::pki::policy::Policy::parse(
                 "[[allow]]\nid = \"spiffe://t.test/client/admin\"\nrole = \"admin\"\n",
                 "p",
@@ -108,6 +122,9 @@ mod tests {
             pki_dir: d.path().to_owned(),
             spiffe_id: "spiffe://t.test/node/n".into(),
             policy: Default::default(),
+            identity: test_identity(&crate::pki::mint_ca("t.test").unwrap()),
+            root_pem: String::new(),
+            revoked: Default::default(),
         };
         let Err(e) = id.mint_child("c1", Ipv4Addr::LOCALHOST, Duration::from_secs(60)) else {
             panic!("minted without a spawn CA")
