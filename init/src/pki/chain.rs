@@ -13,7 +13,7 @@
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// How deep a chain may be: root, node spawn CA, one CA per nesting level, the leaf.
-const MAX_CHAIN: usize = crate::runtime::names::MAX_DEPTH + 3;
+const MAX_CHAIN: usize = super::MAX_NESTING + 3;
 
 /// The single SPIFFE ID of `cert`, or why it has none.
 fn sole_spiffe_id<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, String> {

@@ -20,6 +20,10 @@ use std::{
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "aurae.local";
 
+/// How deep spawned instances nest below a node (the runtime refuses deeper names, see
+/// `runtime::names::MAX_DEPTH`); spawn CAs' path lengths and chain lengths follow from it.
+pub const MAX_NESTING: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
@@ -167,7 +171,7 @@ fn validity(p: &mut CertificateParams, ttl: std::time::Duration) {
 /// below it (a node's own spawn CA is at depth 0, its child's at 1, ...).
 pub fn spawn_ca_path_len(spiffe: &str) -> u8 {
     let depth = spiffe.split('/').filter(|s| *s == "instance").count();
-    let max = crate::runtime::names::MAX_DEPTH;
+    let max = MAX_NESTING;
     u8::try_from(max.saturating_sub(1).saturating_sub(depth)).unwrap_or(0)
 }
 

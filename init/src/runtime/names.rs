@@ -5,7 +5,7 @@
 use std::fmt;
 
 pub const MAX_SEGMENT: usize = 63;
-pub const MAX_DEPTH: usize = 8;
+pub const MAX_DEPTH: usize = crate::pki::MAX_NESTING;
 
 /// Why a name was refused; `Display` says what to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
