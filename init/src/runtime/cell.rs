@@ -149,7 +149,7 @@ impl Cell {
 }
 
 fn start_error(e: StartError, what: &str) -> RuntimeError {
-    super::process::start_failure(e, what, "out of processes or memory")
+    RuntimeError::start_failure(e, what, "out of processes or memory")
 }
 
 /// Refuses limits whose controller is not among those `offered` to the new cell.

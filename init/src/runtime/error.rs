@@ -38,6 +38,22 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// The one mapping of a start that failed before the child ran: out of pids or memory
+    /// is RESOURCE_EXHAUSTED (with `exhausted` saying where to look), another system call
+    /// INTERNAL with its errno, anything else FAILED_PRECONDITION. `what` names the thing
+    /// started.
+    pub fn start_failure(e: super::sys::start::StartError, what: &str, exhausted: &str) -> RuntimeError {
+        use super::sys::start::StartError;
+        match e {
+            StartError::Sys {
+                errno: nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOMEM,
+                ..
+            } => RuntimeError::Exhausted(format!("cannot start {what}: {e} ({exhausted})")),
+            StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
+            other => RuntimeError::Precondition(format!("cannot start {what}: {other}")),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
         RuntimeError::Invalid {
             field: field.into(),

@@ -139,23 +139,9 @@ impl Process {
     }
 }
 
-/// The one mapping of a start that failed before the child ran: out of pids or memory is
-/// RESOURCE_EXHAUSTED (with `exhausted` saying where to look), another system call INTERNAL
-/// with its errno, anything else FAILED_PRECONDITION. `what` names the thing started.
-pub(super) fn start_failure(e: StartError, what: &str, exhausted: &str) -> RuntimeError {
-    match e {
-        StartError::Sys {
-            errno: Errno::EAGAIN | Errno::ENOMEM,
-            ..
-        } => RuntimeError::Exhausted(format!("cannot start {what}: {e} ({exhausted})")),
-        StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
-        other => RuntimeError::Precondition(format!("cannot start {what}: {other}")),
-    }
-}
-
 fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> RuntimeError {
     let StartError::Child { stage, errno } = e else {
-        return start_failure(
+        return RuntimeError::start_failure(
             e,
             &format!("'{}'", spec.name),
             "the cell's pids.max, or the node, is out of processes or memory",
