@@ -164,6 +164,7 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
             key: need(file.key.clone(), "key")?,
         },
         server_name: file.server_name.clone().unwrap_or_else(|| "localhost".into()),
+        server_id: None,
         timeout: Duration::from_secs(60),
     };
     let ch = target.connect().await?;

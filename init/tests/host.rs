@@ -138,6 +138,7 @@ fn target(d: &Daemon, tls: TlsFiles) -> Target {
         addr: d.addr.clone(),
         tls,
         server_name: "localhost".into(),
+        server_id: None,
         timeout: Duration::from_secs(10),
         instance: None,
     }
@@ -718,4 +719,55 @@ fn certificates_without_a_spiffe_id_of_this_domain_are_refused_at_the_handshake(
         });
     }
     assert!(d_alive(&d));
+}
+
+/// A compromised child can sign, inside its own subtree, a server certificate for any DNS
+/// name. aer accepts only a node the root CA certified (or the exact ID it is told), so such
+/// a certificate cannot stand in for a node, whatever name it carries.
+#[test]
+fn aer_refuses_a_server_certificate_a_spawn_ca_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    mint(&pki_dir, "host.test");
+    let ca = pki::read_pair(&pki_dir, "ca").unwrap();
+    let hour = Duration::from_secs(3600);
+    let spawn_ca = pki::mint_intermediate(&ca, "spiffe://host.test/node/test/spawn-ca", "s", hour).unwrap();
+    let id = "spiffe://host.test/node/test/instance/x";
+    let mut svid = pki::mint_svid(
+        &spawn_ca,
+        id,
+        "x",
+        &["localhost".into()],
+        &["127.0.0.1".parse().unwrap()],
+        hour,
+    )
+    .unwrap();
+    svid.cert_pem.push_str(&spawn_ca.cert_pem);
+    pki::write_pair(&pki_dir, "server", &svid).unwrap();
+    let d = start_in(dir, pki_dir);
+    let aer = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_auraed"))
+            .arg("aer")
+            .args(["--addr", &d.addr, "--server-name", "localhost"])
+            .arg("--ca")
+            .arg(d.pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(d.pki.join("client.crt"))
+            .arg("--key")
+            .arg(d.pki.join("client.key"))
+            .args(extra)
+            .args(["node", "info"])
+            .output()
+            .unwrap()
+    };
+    let out = aer(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the server presented {id}, not a node the root CA certified")),
+        "{err}"
+    );
+    // Told exactly whom to expect, aer talks to it.
+    let out = aer(&["--server-id", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

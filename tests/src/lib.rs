@@ -161,6 +161,7 @@ impl Appliance {
             addr: format!("127.0.0.1:{}", self.port),
             tls,
             server_name: "localhost".into(),
+            server_id: None,
             timeout: Duration::from_secs(10),
             instance: None,
         }

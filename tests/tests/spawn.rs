@@ -103,22 +103,31 @@ async fn run_inside(cc: &Client, argv: Vec<String>) -> (Option<i32>, String) {
     (st.exit_code, out)
 }
 
+/// A node an attacker inside a child dials: name on its certificate, address, and the
+/// SPIFFE ID aer must see (None: a node the root certified, as aer requires by default).
+#[derive(Clone, Copy)]
+struct Dial<'a> {
+    name: &'a str,
+    addr: &'a str,
+    id: Option<&'a str>,
+}
+
+/// The appliance, from its children.
+const PARENT: Dial<'static> = Dial {
+    name: "auraed",
+    addr: "10.254.0.1:8443",
+    id: None,
+};
+
 /// `aer ARGS` from inside instance `cc` with the certificate `{pki}/{stem}.crt` against
-/// `addr`.
-async fn aer_inside(
-    cc: &Client,
-    pki: &str,
-    stem: &str,
-    server_name: &str,
-    addr: &str,
-    args: &[&str],
-) -> (Option<i32>, String) {
+/// `to`.
+async fn aer_inside(cc: &Client, pki: &str, stem: &str, to: Dial<'_>, args: &[&str]) -> (Option<i32>, String) {
     let mut argv: Vec<String> = vec![
         "/bin/aer".into(),
         "--addr".into(),
-        addr.into(),
+        to.addr.into(),
         "--server-name".into(),
-        server_name.into(),
+        to.name.into(),
         "--timeout".into(),
         "30".into(),
         "--ca".into(),
@@ -128,13 +137,16 @@ async fn aer_inside(
         "--key".into(),
         format!("{pki}/{stem}.key"),
     ];
+    if let Some(id) = to.id {
+        argv.extend(["--server-id".into(), id.into()]);
+    }
     argv.extend(args.iter().map(|s| (*s).to_owned()));
     run_inside(cc, argv).await
 }
 
 /// A compromised instance signs itself `client/admin` with its own spawn CA: every node it
-/// tries (`targets`: client, server name, address) refuses the certificate.
-async fn assert_forged_admin_refused(cc: &Client, pki: &str, targets: &[(&Client, &str, &str)]) {
+/// tries (`targets`: a client of it, and how the attacker dials it) refuses the certificate.
+async fn assert_forged_admin_refused(cc: &Client, pki: &str, targets: &[(&Client, Dial<'_>)]) {
     let (code, out) = run_inside(
         cc,
         [
@@ -153,10 +165,10 @@ async fn assert_forged_admin_refused(cc: &Client, pki: &str, targets: &[(&Client
     )
     .await;
     assert_eq!(code, Some(0), "the child can sign with its own CA: {out}");
-    for (target, server_name, addr) in targets {
-        let before = workloads(target).await;
+    for (target, to) in targets {
+        let (before, addr) = (workloads(target).await, to.addr);
         for args in [&["node", "info"][..], &["node", "shutdown"]] {
-            let (code, out) = aer_inside(cc, pki, "admin", server_name, addr, args).await;
+            let (code, out) = aer_inside(cc, pki, "admin", *to, args).await;
             assert_eq!(code, Some(1), "forged client/admin, aer {args:?} against {addr}: {out}");
             assert!(
                 out.contains("permission denied: the client certificate is refused: spiffe://aurae.local/client/admin is not signed by the root CA"),
@@ -190,15 +202,8 @@ async fn workloads(c: &Client) -> Vec<String> {
 
 /// Every attack of a spawned instance's SVID on another node (its parent, a sibling) is
 /// PERMISSION_DENIED, and the attacked node's workloads are what they were.
-async fn assert_instance_has_no_rights(
-    cc: &Client,
-    pki: &str,
-    me: &str,
-    target: &Client,
-    server_name: &str,
-    addr: &str,
-) {
-    let before = workloads(target).await;
+async fn assert_instance_has_no_rights(cc: &Client, pki: &str, me: &str, target: &Client, to: Dial<'_>) {
+    let (before, addr) = (workloads(target).await, to.addr);
     for args in [
         &["health"][..],
         &["node", "info"],
@@ -206,7 +211,7 @@ async fn assert_instance_has_no_rights(
         &["vm", "run", "pwned"],
         &["node", "shutdown"],
     ] {
-        let (code, out) = aer_inside(cc, pki, "server", server_name, addr, args).await;
+        let (code, out) = aer_inside(cc, pki, "server", to, args).await;
         assert_eq!(code, Some(1), "aer {args:?} against {addr}: {out}");
         assert!(
             out.contains(&format!("permission denied: {me} has no role on this node")),
@@ -368,14 +373,14 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         let sibling = spawn(&a, &c, "c2").await;
         let sc = Client::connect_to(&a, Some("c2")).await;
         let pki = "/etc/aurae/pki";
-        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &c, "auraed", "10.254.0.1:8443").await;
-        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &sc, "c2", &sibling.address).await;
-        assert_forged_admin_refused(
-            &cc,
-            pki,
-            &[(&c, "auraed", "10.254.0.1:8443"), (&sc, "c2", &sibling.address)],
-        )
-        .await;
+        let c2 = Dial {
+            name: "c2",
+            addr: &sibling.address,
+            id: Some(&sibling.spiffe_id),
+        };
+        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &c, PARENT).await;
+        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &sc, c2).await;
+        assert_forged_admin_refused(&cc, pki, &[(&c, PARENT), (&sc, c2)]).await;
         assert_eq!(stop_and_free(&c, "c2").await.state, pb::WorkloadState::Stopped as i32);
 
         // An executable in the child.
@@ -549,16 +554,9 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert_eq!(info.caller_spiffe_id, me.peer_spiffe_id);
         assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
         // The cell child's SVID, from inside it, against the parent: refused.
-        assert_instance_has_no_rights(
-            &cc,
-            "/run/aurae/instances/c1",
-            &child.spiffe_id,
-            &c,
-            "auraed",
-            "10.254.0.1:8443",
-        )
-        .await;
-        assert_forged_admin_refused(&cc, "/run/aurae/instances/c1", &[(&c, "auraed", "10.254.0.1:8443")]).await;
+        let pki = "/run/aurae/instances/c1";
+        assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &c, PARENT).await;
+        assert_forged_admin_refused(&cc, pki, &[(&c, PARENT)]).await;
         assert!(info.cgroup_controllers.contains(&"memory".to_owned()), "{info:?}");
 
         let (st, out) = cc.run_argv("v", &["/bin/auraed", "--version"]).await;

@@ -6,6 +6,7 @@
 //! cert = "/path/client.crt"
 //! key = "/path/client.key"
 //! server_name = "auraed"     # name checked against the server certificate
+//! server_id = "spiffe://aurae.local/node/aurae"   # optional: the exact ID it must carry
 //! ```
 
 use serde::Deserialize;
@@ -19,6 +20,7 @@ pub struct FileConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub server_name: Option<String>,
+    pub server_id: Option<String>,
 }
 
 /// Why the config file cannot be used; names the file.

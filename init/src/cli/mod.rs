@@ -14,7 +14,7 @@ mod vm;
 pub mod workload;
 
 use crate::pb;
-use crate::pki::tls::TlsFiles;
+use crate::pki::tls::{ServerId, TlsConnector, TlsFiles};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +59,10 @@ pub struct Aer {
     /// Name to verify in the node's certificate (default: the host part of --addr).
     #[arg(long, global = true)]
     server_name: Option<String>,
+    /// The SPIFFE ID the node must present (default: any node the root CA certified,
+    /// spiffe://DOMAIN/node/NAME; a spawned instance is reached with --instance instead).
+    #[arg(long, global = true)]
+    server_id: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -153,6 +157,8 @@ pub struct Target {
     pub addr: String,
     pub tls: TlsFiles,
     pub server_name: String,
+    /// The SPIFFE ID the node must present; None: any node the root certified.
+    pub server_id: Option<String>,
     pub timeout: Duration,
     /// `a/b`: the call is for instance b of instance a of this node.
     pub instance: Option<String>,
@@ -186,10 +192,18 @@ impl Target {
 
     async fn channel(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
         let material = self.tls.load().map_err(|e| CliError::Usage(e.to_string()))?;
-        let endpoint = Endpoint::from_shared(format!("https://{}", self.addr))
+        let expect = match &self.server_id {
+            Some(id) => ServerId::Exact(id.clone()),
+            None => ServerId::TopNode,
+        };
+        let config = material
+            .checked_client_config(expect)
+            .map_err(|e| CliError::Usage(format!("TLS config: {e}")))?;
+        let connector = TlsConnector::new(&self.addr, &self.server_name, config)
+            .map_err(|e| CliError::Usage(format!("--server-name: {e}")))?;
+        // Plain "http": the connector does TLS itself, checking the node's SPIFFE ID too.
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| CliError::Usage(format!("--addr '{}': {e}", self.addr)))?
-            .tls_config(material.client_config(&self.server_name))
-            .map_err(|e| CliError::Usage(format!("TLS config: {e}")))?
             .connect_timeout(self.timeout);
         let endpoint = match call_timeout {
             Some(t) => endpoint.timeout(t),
@@ -197,7 +211,7 @@ impl Target {
         };
         // connect_timeout bounds only the TCP connect; a forwarding proxy (QEMU's user
         // network) accepts at once and may then hold the TLS handshake for seconds.
-        match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+        match tokio::time::timeout(self.timeout, endpoint.connect_with_connector(connector)).await {
             Ok(r) => r.map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e)))),
             Err(_) => Err(CliError::Connect(format!(
                 "{}: no answer within {:.1} s",
@@ -244,6 +258,7 @@ fn resolve(a: &Aer) -> Result<Target, CliError> {
         .clone()
         .or(file.server_name)
         .unwrap_or_else(|| host.to_owned());
+    let server_id = a.server_id.clone().or(file.server_id);
     Ok(Target {
         tls: TlsFiles {
             ca: need(a.ca.as_ref(), file.ca, "ca")?,
@@ -252,6 +267,7 @@ fn resolve(a: &Aer) -> Result<Target, CliError> {
         },
         addr,
         server_name,
+        server_id,
         timeout: Duration::try_from_secs_f64(a.timeout)
             .ok()
             .filter(|t| !t.is_zero())

@@ -207,6 +207,34 @@ fn spiffe_in_domain(der: &[u8], domain_root: &str) -> Result<String, rustls::Err
         .ok_or_else(|| rustls::Error::General(format!("the certificate carries no SPIFFE ID of {domain_root}")))
 }
 
+/// The handshake-signature methods of a verifier that wraps webpki's (`self.inner`): they
+/// are webpki's own; the wrappers only add checks on the certificate.
+macro_rules! signatures_by_inner {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
+}
+
 /// Client certificates: chained to the root (webpki), and carrying a SPIFFE ID of this
 /// trust domain; anything else ends at the handshake.
 #[derive(Debug)]
@@ -231,27 +259,7 @@ impl ClientCertVerifier for SpiffeClients {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    signatures_by_inner!();
 }
 
 /// `spiffe://DOMAIN/` of a SPIFFE ID.
@@ -282,16 +290,48 @@ pub fn server_config(
     Ok(c)
 }
 
-/// A child's serving certificate: chained to the root, the child's exact SPIFFE ID, and
-/// issued by a CA entitled to (`pki::chain`), so no sibling can stand in for it.
+/// Which server a client accepts, beyond a chain to the root and the name it dialled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerId {
+    /// Exactly this SPIFFE ID: a parent's channel to its child, or `aer --server-id`.
+    Exact(String),
+    /// A node the root itself certified (`spiffe://DOMAIN/node/NAME`): what `aer` talks to
+    /// unless told otherwise (descendants are reached through it by forwarding). No spawn
+    /// CA can issue such an ID, so no compromised child can stand in for a node.
+    TopNode,
+}
+
+impl ServerId {
+    fn accepts(&self, id: &str) -> bool {
+        match self {
+            ServerId::Exact(e) => e == id,
+            ServerId::TopNode => id
+                .strip_prefix("spiffe://")
+                .and_then(|r| r.split_once("/node/"))
+                .is_some_and(|(_, name)| !name.is_empty() && !name.contains('/')),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerId::Exact(e) => f.write_str(e),
+            ServerId::TopNode => f.write_str("a node the root CA certified (spiffe://DOMAIN/node/NAME)"),
+        }
+    }
+}
+
+/// A server's certificate: chained to the root for the name dialled (webpki), the
+/// expected SPIFFE ID, and issued by a CA entitled to (`pki::chain`).
 #[derive(Debug)]
-struct PinnedChild {
+struct CheckedServer {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
-    expected: String,
+    expect: ServerId,
     root_der: Vec<u8>,
 }
 
-impl ServerCertVerifier for PinnedChild {
+impl ServerCertVerifier for CheckedServer {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -304,11 +344,11 @@ impl ServerCertVerifier for PinnedChild {
             .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         let id = crate::pki::spiffe_id_of_der(end_entity.as_ref());
-        if id.as_deref() != Some(self.expected.as_str()) {
+        if !id.as_deref().is_some_and(|i| self.expect.accepts(i)) {
             return Err(rustls::Error::General(format!(
-                "the child presented {}, not {}",
+                "the server presented {}, not {}",
                 id.unwrap_or_else(|| "no SPIFFE ID".into()),
-                self.expected
+                self.expect
             )));
         }
         let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
@@ -317,27 +357,23 @@ impl ServerCertVerifier for PinnedChild {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
+    signatures_by_inner!();
+}
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+fn checked_server(root_pem: &str, expect: ServerId) -> Result<Arc<CheckedServer>, TlsSetupError> {
+    let root_der = certs(root_pem)?
+        .into_iter()
+        .next()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(root_pem)?, provider())
+        .build()
+        .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+    Ok(Arc::new(CheckedServer {
+        inner,
+        expect,
+        root_der,
+    }))
 }
 
 /// The client side of a parent's channel to its child: presents `identity` (renewed in
@@ -347,23 +383,92 @@ pub fn child_client_config(
     identity: Arc<LiveIdentity>,
     expected: &str,
 ) -> Result<rustls::ClientConfig, TlsSetupError> {
-    let root_der = certs(root_pem)?
-        .into_iter()
-        .next()
-        .map(|c| c.as_ref().to_vec())
-        .unwrap_or_default();
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(root_pem)?, provider())
-        .build()
-        .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
     let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedChild {
-            inner,
-            expected: expected.to_owned(),
-            root_der,
-        }))
+        .with_custom_certificate_verifier(checked_server(root_pem, ServerId::Exact(expected.to_owned()))?)
         .with_client_cert_resolver(identity);
     c.alpn_protocols = vec![b"h2".to_vec()];
     Ok(c)
+}
+
+impl TlsMaterial {
+    /// A client's configuration (`aer`, tests, the bench): this material's certificate,
+    /// and a server accepted only as `expect`.
+    pub fn checked_client_config(&self, expect: ServerId) -> Result<rustls::ClientConfig, TlsSetupError> {
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| TlsSetupError::Pem(format!("private key PEM: {e}")))?;
+        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(checked_server(&self.ca_pem, expect)?)
+            .with_client_auth_cert(certs(&self.cert_pem)?, key)?;
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(c)
+    }
+}
+
+/// Connects TCP (no Nagle) to one address and runs the TLS handshake with a checked
+/// configuration; tonic gets the stream over plain "http" (its own TLS cannot check IDs).
+#[derive(Clone)]
+pub struct TlsConnector {
+    address: String,
+    server_name: ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl TlsConnector {
+    pub fn new(address: &str, server_name: &str, config: rustls::ClientConfig) -> Result<TlsConnector, TlsSetupError> {
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| TlsSetupError::Pem(format!("server name '{server_name}': {e}")))?;
+        Ok(TlsConnector {
+            address: address.to_owned(),
+            server_name,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+pub type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TlsIo>> + Send>>;
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Connecting {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&this.address).await?;
+            tcp.set_nodelay(true)?;
+            let tls = this.tls.connect(this.server_name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerId;
+
+    #[test]
+    fn aer_accepts_only_nodes_the_root_certified_unless_pinned() {
+        assert!(ServerId::TopNode.accepts("spiffe://aurae.local/node/aurae"));
+        for no in [
+            "spiffe://aurae.local/node/aurae/instance/c1",
+            "spiffe://aurae.local/client/admin",
+            "spiffe://aurae.local/node/",
+            "spiffe://aurae.local/node/aurae/spawn-ca",
+        ] {
+            assert!(!ServerId::TopNode.accepts(no), "{no}");
+        }
+        let c1 = "spiffe://aurae.local/node/aurae/instance/c1";
+        assert!(ServerId::Exact(c1.into()).accepts(c1));
+        assert!(!ServerId::Exact(c1.into()).accepts("spiffe://aurae.local/node/aurae/instance/c2"));
+    }
 }

@@ -20,56 +20,13 @@ pub fn channel(
 ) -> Result<tonic::transport::Channel, SpawnError> {
     let config = crate::pki::tls::child_client_config(&id.root_pem, id.identity.clone(), child_id)
         .map_err(|e| SpawnError::Tls(e.to_string()))?;
-    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
-        .map_err(|e| SpawnError::Tls(format!("server name {name}: {e}")))?;
-    let connector = TlsConnector {
-        address,
-        server_name,
-        tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
-    };
-    // Plain "http": the connector below does TLS itself (tonic's own TLS cannot pin an ID).
+    let connector = crate::pki::tls::TlsConnector::new(&address.to_string(), name, config)
+        .map_err(|e| SpawnError::Tls(e.to_string()))?;
+    // Plain "http": the connector does TLS itself (tonic's own TLS cannot pin an ID).
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| SpawnError::Tls(format!("endpoint for {address}: {e}")))?
         .connect_timeout(Duration::from_secs(2));
     Ok(endpoint.connect_with_connector_lazy(connector))
-}
-
-/// Connects TCP (no Nagle) and runs the TLS handshake with the pinned configuration.
-#[derive(Clone)]
-struct TlsConnector {
-    address: SocketAddr,
-    server_name: rustls::pki_types::ServerName<'static>,
-    tls: tokio_rustls::TlsConnector,
-}
-
-type Connecting = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = std::io::Result<
-                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-                >,
-            > + Send,
-    >,
->;
-
-impl tower_service::Service<http::Uri> for TlsConnector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Connecting;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Connecting {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = tokio::net::TcpStream::connect(this.address).await?;
-            tcp.set_nodelay(true)?;
-            let tls = this.tls.connect(this.server_name, tcp).await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
-    }
 }
 
 /// What the wait needs to know about the child's body (its VM or its cell), which the
