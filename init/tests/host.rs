@@ -122,6 +122,22 @@ fn start_in(dir: tempfile::TempDir, pki_dir: std::path::PathBuf) -> Daemon {
     }
 }
 
+/// `aer ARGS` against daemon `d` as the client `{stem}.crt` of its PKI.
+fn aer_as(d: &Daemon, stem: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_auraed"))
+        .arg("aer")
+        .args(["--addr", &d.addr, "--server-name", "localhost"])
+        .arg("--ca")
+        .arg(d.pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(d.pki.join(format!("{stem}.crt")))
+        .arg("--key")
+        .arg(d.pki.join(format!("{stem}.key")))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn client(d: &Daemon, stem: &str) -> Target {
     target(
         d,
@@ -321,20 +337,7 @@ fn shutdown_rpc_stops_the_daemon_cleanly_and_reboot_is_refused() {
 #[test]
 fn aer_cli_exit_codes() {
     let d = start();
-    let aer = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_auraed"))
-            .arg("aer")
-            .args(["--addr", &d.addr, "--server-name", "localhost"])
-            .arg("--ca")
-            .arg(d.pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(d.pki.join("client.crt"))
-            .arg("--key")
-            .arg(d.pki.join("client.key"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let aer = |args: &[&str]| aer_as(&d, "client", args);
     let ok = aer(&["--json", "node", "info"]);
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
@@ -564,18 +567,7 @@ fn d_alive(d: &Daemon) -> bool {
 #[test]
 fn aer_shows_a_denial_on_one_line_with_exit_code_1() {
     let d = start();
-    let out = Command::new(env!("CARGO_BIN_EXE_auraed"))
-        .arg("aer")
-        .args(["--addr", &d.addr, "--server-name", "localhost"])
-        .arg("--ca")
-        .arg(d.pki.join("ca.crt"))
-        .arg("--cert")
-        .arg(d.pki.join("rita.crt"))
-        .arg("--key")
-        .arg(d.pki.join("rita.key"))
-        .args(["node", "shutdown"])
-        .output()
-        .unwrap();
+    let out = aer_as(&d, "rita", &["node", "shutdown"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -746,19 +738,8 @@ fn aer_refuses_a_server_certificate_a_spawn_ca_issued() {
     pki::write_pair(&pki_dir, "server", &svid).unwrap();
     let d = start_in(dir, pki_dir);
     let aer = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_auraed"))
-            .arg("aer")
-            .args(["--addr", &d.addr, "--server-name", "localhost"])
-            .arg("--ca")
-            .arg(d.pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(d.pki.join("client.crt"))
-            .arg("--key")
-            .arg(d.pki.join("client.key"))
-            .args(extra)
-            .args(["node", "info"])
-            .output()
-            .unwrap()
+        let args: Vec<&str> = extra.iter().copied().chain(["node", "info"]).collect();
+        aer_as(&d, "client", &args)
     };
     let out = aer(&[]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
