@@ -289,7 +289,7 @@ fn run_pki(p: PkiCmd) -> Result<(), ToolError> {
             let role = pki::policy::Role::parse(&role)?;
             grant(&dir, &id, role, prefix)?;
             let what = if prefix { "every ID under " } else { "" };
-            println!("{}/policy.toml: {what}{id} is {role}", dir.display());
+            println!("{}/policy.toml: {what}{id} is {role}{RESTART}", dir.display());
             Ok(())
         }
         PkiCmd::Client {
@@ -316,13 +316,16 @@ fn run_pki(p: PkiCmd) -> Result<(), ToolError> {
             let id = pki::spiffe_id(&trust_domain, &format!("client/{name}"));
             grant(&dir, &id, role, false)?;
             println!(
-                "wrote {0}/{name}.{{crt,key}}; {id} is {role} in {0}/policy.toml",
+                "wrote {0}/{name}.{{crt,key}}; {id} is {role} in {0}/policy.toml{RESTART}",
                 dir.display()
             );
             Ok(())
         }
     }
 }
+
+/// What a policy change needs before a node obeys it.
+const RESTART: &str = " (a node reads its policy at start: repack its pki layer, e.g. `make image`, and restart it)";
 
 /// Records `id` (or every ID under it) as `role` in `<dir>/policy.toml`, creating it.
 fn grant(dir: &std::path::Path, id: &str, role: pki::policy::Role, prefix: bool) -> Result<(), ToolError> {
