@@ -56,9 +56,9 @@ vm_bench() {
     echo
     echo "== VMs and Spawn (auraed's VMM under the appliance's KVM, itself under ${ACCEL:-tcg}; nested)"
     aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup >/dev/null
-    aer exec mkguest --cell benchnode --wait -- /bin/sh -c 'set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc /var/tmp
+    aer exec mkguest --cell benchnode --wait -- /bin/sh -c 'set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc /var/lib/aurae/vm
         cp /bin/busybox $d/bin/; printf "#!/bin/busybox sh\n/bin/busybox sleep 100000\n" > $d/init; chmod +x $d/init
-        cd $d && find . | cpio -o -H newc > /var/tmp/idle.cpio 2>/dev/null' >/dev/null
+        cd $d && find . | cpio -o -H newc > /var/lib/aurae/vm/idle.cpio 2>/dev/null' >/dev/null
     for i in $(seq 1 "$n"); do
         t0=$(date +%s%N)
         aer --timeout 300 spawn "b$i" >/dev/null || { echo "bench: spawn failed"; return; }
@@ -70,7 +70,7 @@ vm_bench() {
     printf '%-44s %s\n' "Spawn -> child serving (ms, host)" "$(stats "${spawn_ms[@]}")"
     printf '%-44s %s\n' "child kernel start -> serving (ms, child)" "$(stats "${child_ms[@]}")"
 
-    aer --timeout 120 vm run ovh --memory 128M --initramfs /var/tmp/idle.cpio >/dev/null
+    aer --timeout 120 vm run ovh --memory 128M --initramfs /var/lib/aurae/vm/idle.cpio >/dev/null
     sleep 5
     local pid; pid=$(aer --json vm status ovh | python3 -c 'import json,sys; print(json.load(sys.stdin)["vmm_pid"])')
     aer exec ovhsig --cell benchnode --wait -- /bin/kill -USR1 "$pid" >/dev/null
@@ -83,7 +83,7 @@ vm_bench() {
 
     local vms=${BENCH_VMS:-10}
     t0=$(date +%s%N)
-    for i in $(seq 1 "$vms"); do aer --timeout 120 vm run "r$i" --memory 64M --initramfs /var/tmp/idle.cpio >/dev/null; done
+    for i in $(seq 1 "$vms"); do aer --timeout 120 vm run "r$i" --memory 64M --initramfs /var/lib/aurae/vm/idle.cpio >/dev/null; done
     t1=$(date +%s%N)
     printf '%-44s %.1f (%d VMs in %d ms)\n' "VMs created per second (sequential)" "$(echo "$vms * 1000000000 / ($t1 - $t0)" | bc -l)" "$vms" "$(( (t1 - t0) / 1000000 ))"
     for i in $(seq 1 "$vms"); do aer vm stop "r$i" --grace-ms 500 >/dev/null; aer vm free "r$i" >/dev/null; done

@@ -34,7 +34,12 @@ pub struct DaemonArgs {
 /// Runs auraed as PID 1. Never returns.
 pub fn run_pid1() -> ! {
     crate::logging::install_panic_hook();
-    let (cfg, report) = init::pid1_bringup();
+    let (cfg, mut report) = init::pid1_bringup();
+    // Where clients put VM kernels, initramfs images and disks (runtime::vm).
+    let vm_dir = crate::runtime::vm::VM_FILE_DIRS[0];
+    if let Err(e) = std::fs::create_dir_all(vm_dir) {
+        report.fail(&format!("mkdir {vm_dir}"), e.to_string());
+    }
     let files = TlsFiles::in_dir(std::path::Path::new(DEFAULT_PKI_DIR), "server");
     let (action, grace) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt

@@ -21,13 +21,13 @@ fn vm_ref(name: &str) -> pb::WorkloadRef {
     }
 }
 
-/// Builds /var/tmp/<name>.cpio on the node: busybox plus an /init running `script`.
-/// (/var, unlike a cell's /tmp, is the node's, so the VM's cell sees it.)
+/// Builds /var/lib/aurae/vm/<name>.cpio on the node (the directory VM files must be in):
+/// busybox plus an /init running `script`.
 async fn guest_initramfs(c: &Client, name: &str, script: &str) -> String {
-    let path = format!("/var/tmp/{name}.cpio");
+    let path = format!("/var/lib/aurae/vm/{name}.cpio");
     let init = format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc p /proc\n{script}\n");
     c.on_node(&format!(
-        "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc $d/dev /var/tmp; cp /bin/busybox $d/bin/; \
+        "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc $d/dev /var/lib/aurae/vm; cp /bin/busybox $d/bin/; \
          cat > $d/init <<'INIT'\n{init}INIT\nchmod +x $d/init; cd $d && find . | cpio -o -H newc > {path} 2>/dev/null; rm -rf $d"
     ))
     .await;
@@ -120,7 +120,7 @@ fn a_guest_prints_from_both_vcpus_and_its_reboot_ends_the_vm() {
         c.workloads.clone().free(vm_ref("hello")).await.unwrap();
         assert_eq!(vm_status(&c, "hello").await.unwrap_err().code(), Code::NotFound);
 
-        c.on_node("rm -f /var/tmp/hello.cpio").await;
+        c.on_node("rm -f /var/lib/aurae/vm/hello.cpio").await;
         c.assert_left_nothing("a_guest_prints_from_both_vcpus_and_its_reboot_ends_the_vm")
             .await;
     });
@@ -222,7 +222,7 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
         let links = c.on_node("ip -o link").await;
         assert!(!links.contains(&st.tap_device), "the TAP went with the VM: {links}");
 
-        c.on_node("rm -f /var/tmp/idle.cpio").await;
+        c.on_node("rm -f /var/lib/aurae/vm/idle.cpio").await;
         c.assert_left_nothing("a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully")
             .await;
     });
@@ -236,9 +236,9 @@ fn a_guest_writes_its_read_write_disk_and_cannot_write_a_read_only_one() {
         // Disks: a read-write image the guest writes (seen on the node afterwards) and a
         // read-only one it reads but cannot write.
         c.on_node(
-            "dd if=/dev/zero of=/var/tmp/rw.img bs=1M count=4 2>/dev/null; \
-             dd if=/dev/zero of=/var/tmp/ro.img bs=1M count=4 2>/dev/null; \
-             printf node-data | dd of=/var/tmp/ro.img conv=notrunc 2>/dev/null",
+            "dd if=/dev/zero of=/var/lib/aurae/vm/rw.img bs=1M count=4 2>/dev/null; \
+             dd if=/dev/zero of=/var/lib/aurae/vm/ro.img bs=1M count=4 2>/dev/null; \
+             printf node-data | dd of=/var/lib/aurae/vm/ro.img conv=notrunc 2>/dev/null",
         )
         .await;
         let img = guest_initramfs(
@@ -253,11 +253,11 @@ fn a_guest_writes_its_read_write_disk_and_cannot_write_a_read_only_one() {
         let req = pb::VirtualMachine {
             disks: vec![
                 pb::Disk {
-                    path: "/var/tmp/rw.img".into(),
+                    path: "/var/lib/aurae/vm/rw.img".into(),
                     read_only: false,
                 },
                 pb::Disk {
-                    path: "/var/tmp/ro.img".into(),
+                    path: "/var/lib/aurae/vm/ro.img".into(),
                     read_only: true,
                 },
             ],
@@ -269,11 +269,11 @@ fn a_guest_writes_its_read_write_disk_and_cannot_write_a_read_only_one() {
         assert_eq!(st.state, pb::WorkloadState::Exited as i32, "{st:?}\n{log}");
         assert!(log.contains("ro: node-data"), "the guest reads the read-only disk: {log}");
         assert!(log.contains("ro write refused"), "and cannot write it: {log}");
-        let head = c.on_node("head -c 16 /var/tmp/rw.img; echo; head -c 9 /var/tmp/ro.img").await;
+        let head = c.on_node("head -c 16 /var/lib/aurae/vm/rw.img; echo; head -c 9 /var/lib/aurae/vm/ro.img").await;
         assert_eq!(head, "written-by-guest\nnode-data", "what the guest wrote is on the node's image");
         c.workloads.clone().free(vm_ref("disks")).await.unwrap();
 
-        c.on_node("rm -f /var/tmp/rw.img /var/tmp/ro.img /var/tmp/disks.cpio").await;
+        c.on_node("rm -f /var/lib/aurae/vm/rw.img /var/lib/aurae/vm/ro.img /var/lib/aurae/vm/disks.cpio").await;
         c.assert_left_nothing("a_guest_writes_its_read_write_disk_and_cannot_write_a_read_only_one").await;
     });
 }
@@ -320,7 +320,7 @@ fn refusals_name_the_field_and_create_nothing() {
                 "kernel_path",
             ),
             (
-                vm("b5", "/var/tmp/missing.cpio", 1),
+                vm("b5", "/var/lib/aurae/vm/missing.cpio", 1),
                 Code::InvalidArgument,
                 "initramfs_path",
             ),
@@ -328,7 +328,7 @@ fn refusals_name_the_field_and_create_nothing() {
             (
                 pb::VirtualMachine {
                     disks: vec![pb::Disk {
-                        path: "/var/tmp/missing.img".into(),
+                        path: "/var/lib/aurae/vm/missing.img".into(),
                         read_only: true,
                     }],
                     ..vm("b6", &img, 1)
@@ -339,7 +339,7 @@ fn refusals_name_the_field_and_create_nothing() {
             (
                 pb::VirtualMachine {
                     disks: vec![pb::Disk {
-                        path: "/var/tmp/odd.img".into(),
+                        path: "/var/lib/aurae/vm/odd.img".into(),
                         read_only: false,
                     }],
                     ..vm("b7", &img, 1)
@@ -347,8 +347,49 @@ fn refusals_name_the_field_and_create_nothing() {
                 Code::InvalidArgument,
                 "512-byte sectors",
             ),
+            // Attacks: the node's keys and devices, a FIFO (which would block whoever opens
+            // it), a symlink out of the VM directory. Each is refused by field, and the
+            // node keeps serving (checked below).
+            (
+                vm("k1", "/etc/aurae/pki/spawn-ca.key", 1),
+                Code::InvalidArgument,
+                "initramfs_path: /etc/aurae/pki/spawn-ca.key resolves to /etc/aurae/pki/spawn-ca.key, outside /var/lib/aurae/vm and /boot",
+            ),
+            (
+                pb::VirtualMachine {
+                    disks: vec![pb::Disk {
+                        path: "/dev/console".into(),
+                        read_only: false,
+                    }],
+                    ..vm("k2", &img, 1)
+                },
+                Code::InvalidArgument,
+                "disks[0].path: /dev/console resolves to /dev/console, outside",
+            ),
+            (
+                pb::VirtualMachine {
+                    kernel_path: "/var/lib/aurae/vm/fifo".into(),
+                    ..vm("k3", &img, 1)
+                },
+                Code::InvalidArgument,
+                "kernel_path: /var/lib/aurae/vm/fifo is not a regular file",
+            ),
+            (
+                vm("k4", "/var/lib/aurae/vm/fifo", 1),
+                Code::InvalidArgument,
+                "initramfs_path: /var/lib/aurae/vm/fifo is not a regular file",
+            ),
+            (
+                vm("k5", "/var/lib/aurae/vm/key", 1),
+                Code::InvalidArgument,
+                "initramfs_path: /var/lib/aurae/vm/key resolves to /etc/aurae/pki/server.key, outside",
+            ),
         ];
-        c.on_node("head -c 1000 /dev/zero > /var/tmp/odd.img").await;
+        c.on_node(
+            "head -c 1000 /dev/zero > /var/lib/aurae/vm/odd.img; mkfifo /var/lib/aurae/vm/fifo; \
+             ln -s /etc/aurae/pki/server.key /var/lib/aurae/vm/key",
+        )
+        .await;
         for (req, code, field) in bad {
             let e = c.runtime.clone().run_virtual_machine(req).await.unwrap_err();
             assert_eq!(e.code(), code, "{e:?}");
@@ -364,7 +405,14 @@ fn refusals_name_the_field_and_create_nothing() {
             .await
             .unwrap();
         assert!(l.into_inner().workloads.is_empty());
-        c.on_node("rm -f /var/tmp/odd.img /var/tmp/refused.cpio").await;
+        let h = c
+            .node
+            .clone()
+            .info(pb::NodeInfoRequest {})
+            .await
+            .expect("the node still serves after the attacks");
+        assert_eq!(h.into_inner().pid, 1);
+        c.on_node("cd /var/lib/aurae/vm && rm -f odd.img refused.cpio fifo key").await;
         c.assert_left_nothing("refusals_name_the_field_and_create_nothing")
             .await;
     });

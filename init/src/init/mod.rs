@@ -32,7 +32,7 @@ pub struct InitReport {
 }
 
 impl InitReport {
-    fn fail(&mut self, step: &str, error: impl Into<String>) {
+    pub fn fail(&mut self, step: &str, error: impl Into<String>) {
         let error = error.into();
         tracing::error!("init step '{step}' failed: {error}");
         self.failures.push(InitFailure {

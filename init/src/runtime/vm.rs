@@ -16,6 +16,7 @@ use super::spec::{Isolation, VmSpec};
 use super::{Phase, Runtime};
 use crate::vmm::protocol::{self, Event, ExitReason};
 use crate::vmm::{self, VmConfig};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,38 +116,81 @@ impl VirtualMachine {
     }
 }
 
-/// A disk must be a regular file or block device of whole 512-byte sectors that auraed can
-/// open as asked (read-write unless read-only). Refusals name the disk's field.
-fn check_disk(i: usize, d: &super::spec::DiskSpec) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let refuse = |reason: String| RuntimeError::invalid(format!("disks[{i}].path"), reason);
+/// Where files a client names for a VM may live: the VM directory (made by PID 1 at boot)
+/// and the node's kernel directory. Nothing else of the node (its keys under /etc/aurae and
+/// /run/aurae, its disks under /dev) can be handed to a guest.
+pub const VM_FILE_DIRS: [&str; 2] = ["/var/lib/aurae/vm", "/boot"];
+
+/// What a VM file is used as, for its checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum VmFile {
+    Kernel,
+    Initramfs,
+    Disk { read_only: bool },
+}
+
+/// Resolves and checks a client-named VM file, off the runtime thread: it must resolve
+/// (symlinks followed) inside `VM_FILE_DIRS`, open `O_NOFOLLOW|O_NONBLOCK` (so a FIFO or a
+/// device cannot block), and be a regular file (a disk may also be a block device there);
+/// a kernel must be a bzImage or PVH ELF, a disk whole 512-byte sectors. Returns the
+/// resolved path. Refusals are INVALID_ARGUMENT naming `field`.
+async fn checked_vm_file(field: String, path: PathBuf, kind: VmFile) -> Result<PathBuf> {
+    let f = field.clone();
+    tokio::task::spawn_blocking(move || check_vm_file(&field, &path, kind))
+        .await
+        .map_err(|e| RuntimeError::invalid(f, format!("the check did not finish: {e}")))?
+}
+
+fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let refuse = |reason: String| RuntimeError::invalid(field, reason);
+    let real = std::fs::canonicalize(path).map_err(|e| refuse(format!("cannot resolve {}: {e}", path.display())))?;
+    if !VM_FILE_DIRS.iter().any(|d| real.starts_with(d)) {
+        return Err(refuse(format!(
+            "{} resolves to {}, outside {}: put VM files in {}",
+            path.display(),
+            real.display(),
+            VM_FILE_DIRS.join(" and "),
+            VM_FILE_DIRS[0]
+        )));
+    }
+    let write = matches!(kind, VmFile::Disk { read_only: false });
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .write(!d.read_only)
-        .open(&d.path)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&real)
         .map_err(|e| {
-            let how = if d.read_only {
-                "read-only"
-            } else {
-                "read-write (or set read_only)"
+            let how = match kind {
+                VmFile::Disk { read_only: false } => " read-write (or set read_only)",
+                VmFile::Disk { read_only: true } => " read-only",
+                _ => "",
             };
-            refuse(format!("cannot open {} {how}: {e}", d.path.display()))
+            refuse(format!("cannot open {}{how}: {e}", real.display()))
         })?;
-    let m = f.metadata().map_err(|e| refuse(format!("{}: {e}", d.path.display())))?;
-    if !(m.file_type().is_file() || m.file_type().is_block_device()) {
-        return Err(refuse(format!(
-            "{} is not a regular file or block device",
-            d.path.display()
-        )));
+    let m = f.metadata().map_err(|e| refuse(format!("{}: {e}", real.display())))?;
+    let t = m.file_type();
+    let block_ok = matches!(kind, VmFile::Disk { .. });
+    if !(t.is_file() || (block_ok && t.is_block_device())) {
+        let what = if block_ok {
+            "a regular file or block device"
+        } else {
+            "a regular file"
+        };
+        return Err(refuse(format!("{} is not {what}", real.display())));
     }
-    if m.file_type().is_file() && (m.len() == 0 || m.len() % 512 != 0) {
-        return Err(refuse(format!(
-            "{} is {} bytes; a raw image is a non-zero number of 512-byte sectors",
-            d.path.display(),
-            m.len()
-        )));
+    match kind {
+        VmFile::Kernel => vmm::check_kernel(&real).map_err(|e| refuse(e.to_string()))?,
+        VmFile::Disk { .. } if t.is_file() && (m.len() == 0 || m.len() % 512 != 0) => {
+            return Err(refuse(format!(
+                "{} is {} bytes; a raw image is a non-zero number of 512-byte sectors",
+                real.display(),
+                m.len()
+            )))
+        }
+        _ => {}
     }
-    Ok(())
+    Ok(real)
 }
 
 impl Runtime {
@@ -161,12 +205,20 @@ impl Runtime {
         self.usable()?;
         vmm::kvm_usable()
             .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
-        vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
-        if let Some(i) = &spec.initramfs {
-            std::fs::File::open(i).map_err(|e| RuntimeError::Invalid {
-                field: "initramfs_path".into(),
-                reason: format!("cannot open {}: {e}", i.display()),
-            })?;
+        // Client-named files (a listed VM's) are resolved and checked off this thread;
+        // an instance's own kernel and image are auraed's.
+        let mut spec = spec;
+        if listed {
+            spec.kernel = checked_vm_file("kernel_path".into(), spec.kernel.clone(), VmFile::Kernel).await?;
+            if let Some(i) = spec.initramfs.take() {
+                spec.initramfs = Some(checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs).await?);
+            }
+            for (i, d) in spec.disks.iter_mut().enumerate() {
+                let kind = VmFile::Disk { read_only: d.read_only };
+                d.path = checked_vm_file(format!("disks[{i}].path"), d.path.clone(), kind).await?;
+            }
+        } else {
+            vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
         }
         if listed {
             self.table().vacant::<VirtualMachine>(spec.name.as_str())?;
@@ -190,9 +242,6 @@ impl Runtime {
             }
         };
         let tap = net.as_ref().map(|n| n.tap.clone());
-        for (i, d) in spec.disks.iter().enumerate() {
-            check_disk(i, d)?;
-        }
         let config = VmConfig {
             net,
             disks: spec
