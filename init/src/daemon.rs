@@ -35,6 +35,7 @@ pub struct DaemonArgs {
 pub fn run_pid1() -> ! {
     crate::logging::install_panic_hook();
     let (cfg, mut report) = init::pid1_bringup();
+    raise_nofile(&mut report);
     // Where clients put VM kernels, initramfs images and disks (runtime::vm).
     let vm_dir = crate::runtime::vm::VM_FILE_DIRS[0];
     if let Err(e) = std::fs::create_dir_all(vm_dir) {
@@ -170,6 +171,22 @@ async fn serve_until_power_action(
         ctx.runtime.remove_all();
     }
     Ok((chosen.unwrap_or(PowerAction::PowerOff), ctx.grace()))
+}
+
+/// PID 1 starts with the kernel's default of 1024 descriptors, which 1024 idle connections
+/// exhaust. Raise the soft and hard limits to the kernel's ceiling (`fs/nr_open`), capped
+/// at 1 Mi; workloads inherit nothing from this (their cells set their own).
+fn raise_nofile(report: &mut init::InitReport) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    match setrlimit(Resource::RLIMIT_NOFILE, ceiling, ceiling) {
+        Ok(()) => tracing::info!("RLIMIT_NOFILE {ceiling}"),
+        Err(e) => report.fail("RLIMIT_NOFILE", e.to_string()),
+    }
 }
 
 /// The node's policy (`policy.toml` beside its certificates), or why it has none; a node

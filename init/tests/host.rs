@@ -321,6 +321,20 @@ fn shutdown_rpc_stops_the_daemon_cleanly_and_reboot_is_refused() {
         let mut c = pb::node_client::NodeClient::new(t.connect().await.unwrap());
         let e = c.reboot(pb::ShutdownRequest::default()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        // A power action is never held off for longer than five minutes.
+        let e = c
+            .shutdown(pb::ShutdownRequest {
+                grace_period_millis: 300_001,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("grace_period_millis: 300001 is above the limit 300000"),
+            "{}",
+            e.message()
+        );
         c.shutdown(pb::ShutdownRequest::default()).await.unwrap();
     });
     let deadline = Instant::now() + Duration::from_secs(60);

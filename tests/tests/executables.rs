@@ -391,3 +391,92 @@ fn two_hundred_concurrent_starts_all_succeed_and_all_are_reaped() {
         c.assert_left_nothing("200 starts").await;
     });
 }
+
+/// 500 TCP connections that never send a ClientHello and one that stops halfway through
+/// its handshake do not keep a real client out: the oldest pending handshakes are evicted.
+/// Once they go, PID 1's descriptors are back to what they were. PID 1's descriptor limit
+/// is raised at boot; a workload still starts with the conventional 1024. (The idle
+/// connections come from inside the node: QEMU's user network hands the guest only about
+/// two new host connections a second, which would queue the real client behind them.)
+#[test]
+fn idle_connections_and_a_stalled_handshake_do_not_keep_a_real_client_out() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let fds = || async {
+            c.on_node("ls /proc/1/fd | wc -l")
+                .await
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        };
+        let limits = c
+            .on_node("grep 'open files' /proc/1/limits; grep 'open files' /proc/self/limits")
+            .await;
+        let mut lines = limits.lines();
+        assert!(
+            !lines.next().unwrap_or_default().contains(" 1024 "),
+            "PID 1 raised its limit: {limits}"
+        );
+        assert!(
+            lines.next().unwrap_or_default().split_whitespace().nth(3) == Some("1024"),
+            "a workload's soft limit is 1024: {limits}"
+        );
+        let before = fds().await;
+        // 500 connections that say nothing (each nc reads a FIFO nobody writes), and one
+        // that sends the 5-byte header of a TLS handshake record, then nothing.
+        c.exec(sh(
+            "idle",
+            "probe",
+            "cd /tmp && rm -f idle.fifo && mkfifo idle.fifo; \
+             for i in $(seq 500); do nc 127.0.0.1 8443 < idle.fifo & done; exec 3>idle.fifo; \
+             (printf '\\026\\003\\001\\002\\000'; sleep 600) | nc 127.0.0.1 8443 & \
+             echo started; sleep 600",
+        ))
+        .await
+        .unwrap();
+        let opened = eventually(a.budget(Duration::from_secs(30)), || async {
+            fds().await > before + 200
+        })
+        .await;
+        assert!(
+            opened,
+            "the idle connections reached PID 1: {} descriptors",
+            fds().await
+        );
+        let t = std::time::Instant::now();
+        let fresh = Client::connect(a).await;
+        let info = fresh
+            .node
+            .clone()
+            .info(pb::NodeInfoRequest {})
+            .await
+            .expect("a real client is served");
+        let took = t.elapsed();
+        eprintln!(
+            "idle connections: PID 1 holds {} descriptors (was {before}); a real client served in {took:?}",
+            fds().await
+        );
+        assert_eq!(info.into_inner().pid, 1);
+        assert!(
+            took < a.budget(Duration::from_secs(2)),
+            "served after {took:?} behind 500 idle connections"
+        );
+        drop(fresh);
+        c.workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(exe_ref("idle")),
+                signal: 9,
+                grace_period_millis: 0,
+            })
+            .await
+            .unwrap();
+        c.free("idle").await;
+        let settled = eventually(a.budget(Duration::from_secs(30)), || async {
+            fds().await <= before + 2
+        })
+        .await;
+        assert!(settled, "PID 1's descriptors back to {before}: now {}", fds().await);
+    });
+}

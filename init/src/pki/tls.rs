@@ -69,13 +69,6 @@ impl TlsMaterial {
     }
 }
 
-/// The verified SPIFFE ID of the caller, or "" when the certificate carries none.
-pub fn peer_spiffe_id<T>(req: &tonic::Request<T>) -> String {
-    req.peer_certs()
-        .and_then(|certs| certs.first().and_then(|c| crate::pki::spiffe_id_of_der(c.as_ref())))
-        .unwrap_or_default()
-}
-
 /// The node's own certificate and key, replaceable while it serves: renewal swaps them and
 /// the next handshake, as server or as client of a child, presents the new ones.
 #[derive(Debug)]

@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 use tower_service::Service;
 
@@ -239,8 +238,8 @@ impl Authorizer {
 fn peer_id(auth: &Authorizer, req: &Request<Body>) -> Result<Option<String>, Status> {
     let Some(certs) = req
         .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|i| i.peer_certs())
+        .get::<super::listen::PeerInfo>()
+        .and_then(|i| i.certs.clone())
     else {
         return Ok(None);
     };
@@ -297,7 +296,12 @@ where
                 Box::pin(self.inner.call(req))
             }
             Err(status) => {
-                tracing::info!("denied {}: {}", req.uri().path(), status.message());
+                let from = req
+                    .extensions()
+                    .get::<super::listen::PeerInfo>()
+                    .and_then(|p| p.remote)
+                    .map_or_else(String::new, |a| format!(" from {a}"));
+                tracing::info!("denied {}{from}: {}", req.uri().path(), status.message());
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

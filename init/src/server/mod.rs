@@ -6,6 +6,7 @@ pub mod convert;
 pub mod deadline;
 pub mod errors;
 pub mod forward;
+pub mod listen;
 pub mod node_api;
 pub mod runtime_api;
 pub mod workloads_api;
@@ -51,6 +52,9 @@ pub struct NodeContext {
 }
 
 pub use crate::runtime::DEFAULT_GRACE_MS;
+
+/// Concurrent HTTP/2 streams (calls) per connection.
+pub const MAX_STREAMS: u32 = 256;
 
 impl NodeContext {
     /// The server's view of a node whose runtime `daemon.rs` assembled.
@@ -186,55 +190,6 @@ pub fn identity_note(s: crate::pki::tls::IdentityState, spawned: bool, now: std:
     }
 }
 
-/// How long a connection may take to complete its TLS handshake before it is dropped (so a
-/// client that connects and says nothing holds no task forever).
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
-
-type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-
-/// Accepted connections after their TLS handshake (each on its own task, so a slow one
-/// delays nobody), with Nagle's algorithm off: a response's headers, body and trailers go
-/// out as separate small writes, and waiting to coalesce them costs a round trip. A client
-/// the handshake refuses (no certificate, a foreign CA, no SPIFFE ID of this trust domain)
-/// never reaches the gRPC server.
-fn incoming(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = tx.closed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors, say: wait instead of spinning.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY: {e}");
-            }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
-                    Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!("TLS handshake with {peer} refused: {e}"),
-                    Err(_) => tracing::info!("TLS handshake with {peer}: nothing within {HANDSHAKE_LIMIT:?}"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 /// Binds `listen` and serves until `shutdown` resolves; in-flight calls are finished first.
 pub async fn serve(
     listen: SocketAddr,
@@ -281,6 +236,11 @@ pub async fn serve(
     );
 
     Server::builder()
+        // A client gets this many calls in flight per connection, and a peer that stops
+        // answering HTTP/2 pings is dropped.
+        .max_concurrent_streams(Some(MAX_STREAMS))
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         // Outermost: nothing runs, here or in a child, before the caller is authorized.
         .layer(authz::AuthzLayer { auth: ctx.auth.clone() })
         .layer(forward::ForwardLayer {
@@ -297,7 +257,7 @@ pub async fn serve(
                 rt: ctx.runtime.clone(),
             },
         ))
-        .serve_with_incoming_shutdown(incoming(listener, acceptor), shutdown)
+        .serve_with_incoming_shutdown(listen::incoming(listener, acceptor), shutdown)
         .await?;
     Ok(())
 }

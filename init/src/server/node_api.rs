@@ -7,6 +7,10 @@ use crate::pb::{self, node_server::Node};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// The longest a client may ask workloads to be given at Shutdown or Reboot: a power
+/// action is never held off for longer.
+pub const MAX_GRACE_MS: u32 = 300_000;
+
 pub struct NodeApi {
     pub ctx: Arc<NodeContext>,
 }
@@ -17,6 +21,11 @@ impl NodeApi {
             return Err(Status::failed_precondition(
                 "auraed runs as a daemon here, not as PID 1: it will not reboot the host (use Shutdown to stop the daemon)",
             ));
+        }
+        if grace_ms > MAX_GRACE_MS {
+            return Err(Status::invalid_argument(format!(
+                "grace_period_millis: {grace_ms} is above the limit {MAX_GRACE_MS} (5 minutes)"
+            )));
         }
         let action = if self.ctx.pid1 { action } else { PowerAction::Exit };
         self.ctx.set_grace(grace_ms);
@@ -32,8 +41,12 @@ impl NodeApi {
 #[tonic::async_trait]
 impl Node for NodeApi {
     async fn info(&self, req: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfo>, Status> {
-        let peer = crate::pki::tls::peer_spiffe_id(&req);
-        Ok(Response::new(self.ctx.node_info(peer, super::authz::Caller::of(&req))))
+        let caller = Caller::of(&req);
+        // The mTLS peer: the parent that delivered a forwarded call, else the caller.
+        let peer = caller
+            .map(|c| c.via.clone().unwrap_or_else(|| c.id.clone()))
+            .unwrap_or_default();
+        Ok(Response::new(self.ctx.node_info(peer, caller)))
     }
 
     async fn shutdown(&self, req: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownResponse>, Status> {

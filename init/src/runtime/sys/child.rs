@@ -200,9 +200,31 @@ fn reset_signals() {
     }
 }
 
+/// Workloads start with the conventional soft limit of 1024 descriptors (what a service
+/// gets from systemd), not PID 1's raised one: programs that walk every possible
+/// descriptor stay fast. The hard limit stays, so a workload may raise its own.
+const WORKLOAD_NOFILE_SOFT: u64 = 1024;
+
+fn reset_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit system calls with a pointer to a live local.
+    unsafe {
+        if libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_NOFILE, &mut lim as *mut libc::rlimit) == 0
+            && lim.rlim_cur > WORKLOAD_NOFILE_SOFT
+        {
+            lim.rlim_cur = WORKLOAD_NOFILE_SOFT;
+            libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_NOFILE, &lim as *const libc::rlimit);
+        }
+    }
+}
+
 /// The executable's child: stdio, cwd, credentials, exec. Never returns.
 pub fn exec_child(p: &ExecPlan) -> ! {
     reset_signals();
+    reset_nofile();
     // SAFETY: each call is a plain system call on fds and C strings prepared by the parent
     // and alive for the child's whole life (the child's copy of the parent's memory).
     unsafe {
@@ -288,6 +310,7 @@ impl HolderPlan {
 
 /// The holder's child: report pipe on fd 3, then exec auraed as `aurae-cell-init`.
 pub fn holder_child(p: &HolderPlan) -> ! {
+    reset_nofile();
     let env: [*const c_char; 1] = [std::ptr::null()];
     // SAFETY: system calls on fds and C strings prepared by the parent. dup2 onto 3 clears
     // close-on-exec for the report pipe only; when it already is 3, clear it by hand.
