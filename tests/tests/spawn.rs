@@ -427,6 +427,32 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         let st = c.workloads.clone().status(instance_ref("late")).await.unwrap_err();
         assert_eq!(st.code(), Code::NotFound, "{st:?}");
 
+        // A caller that gives up after a second (`aer --timeout 1 spawn c9`): the Spawn
+        // finishes or fails in a task of its own, whatever it made for c9 is removed, and
+        // the name works again at once.
+        let mut req = tonic::Request::new(pb::Instance {
+            name: "c9".into(),
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(1));
+        let e = c.runtime.clone().spawn(req).await.unwrap_err();
+        assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e:?}");
+        let settled = aurae_appliance_tests::eventually(a.budget(SPAWN_BUDGET), || async {
+            a.console_log().contains("Instance c9: ") && a.console_log().contains("the name is free")
+        })
+        .await;
+        assert!(settled, "the abandoned Spawn of c9 ended:\n{}", a.console_log());
+        let st = c.workloads.clone().status(instance_ref("c9")).await.unwrap_err();
+        assert_eq!(st.code(), Code::NotFound, "{st:?}");
+        let left = c.on_node("ls /sys/fs/cgroup/aurae /run/aurae/instances").await;
+        assert!(
+            !left.lines().any(|l| l.starts_with("c9")),
+            "nothing of c9 is left: {left}"
+        );
+        let again = spawn(&a, &c, "c9").await;
+        assert_eq!(again.state, pb::WorkloadState::Running as i32, "{again:?}");
+        assert_eq!(stop_and_free(&c, "c9").await.state, pb::WorkloadState::Stopped as i32);
+
         // Unknown instances and bad requests: clear errors, nothing created.
         let e = Client::connect_to(&a, Some("nope"))
             .await

@@ -5,7 +5,7 @@ use super::authz::Caller;
 use super::convert;
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
 use crate::pki::policy::Role;
-use crate::runtime::Runtime;
+use crate::runtime::{Kind, Runtime};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -23,6 +23,46 @@ fn timed<T>(since: Instant, msg: T) -> Response<T> {
     }
     r
 }
+
+/// Runs `work` (a VM boot or a Spawn, which take seconds and create a cell, a VMM, an
+/// address, an image) on a task of its own, so a caller that goes away mid-way (its
+/// deadline passed, it disconnected: tonic then drops this handler) cannot leave it half
+/// done. Whatever finishes after the caller has gone is stopped and freed, so nothing
+/// stays behind and the name can be used again at once.
+async fn detached<T: Send + 'static>(
+    rt: Arc<Runtime>,
+    work: impl std::future::Future<Output = Result<T, crate::runtime::error::RuntimeError>> + Send + 'static,
+    kind: Kind,
+    name: String,
+) -> Result<T, Status> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = work.await;
+        match tx.send(r) {
+            Ok(()) => {}
+            // It succeeded, but nobody is waiting for the answer any more.
+            Err(Ok(_)) => {
+                tracing::info!("{kind:?} {name}: the caller went away before it was ready; removing it");
+                if let Err(e) = rt.stop(kind, &name, libc::SIGTERM, UNDO_GRACE).await {
+                    tracing::warn!("{kind:?} {name}: stop after the caller left: {e}");
+                }
+                if let Err(e) = rt.free(kind, &name).await {
+                    tracing::warn!("{kind:?} {name}: free after the caller left: {e}");
+                }
+                tracing::info!("{kind:?} {name}: removed; the name is free");
+            }
+            // It failed, and cleaned up after itself as every failed start does.
+            Err(Err(e)) => tracing::info!("{kind:?} {name}: the caller went away; it failed ({e}); the name is free"),
+        }
+    });
+    match rx.await {
+        Ok(r) => r.map_err(Status::from),
+        Err(_) => Err(Status::internal("the task running this call ended without an answer")),
+    }
+}
+
+/// How long a VM or child nobody waited for is given to power off before it is killed.
+const UNDO_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
@@ -75,14 +115,20 @@ impl RuntimeRpc for RuntimeApi {
         }
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = convert::virtual_machine(r.into_inner(), caller)?;
-        let view = self.rt.run_vm(spec).await?;
+        let rt = self.rt.clone();
+        let name = spec.name.to_string();
+        let work = async move { rt.run_vm(spec).await };
+        let view = detached(self.rt.clone(), work, Kind::VirtualMachine, name).await?;
         Ok(Response::new(convert::vm_status(view)))
     }
 
     async fn spawn(&self, r: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = convert::instance(r.into_inner(), caller)?;
-        let view = self.rt.spawn(spec).await?;
+        let rt = self.rt.clone();
+        let name = spec.name.to_string();
+        let work = async move { rt.spawn(spec).await };
+        let view = detached(self.rt.clone(), work, Kind::Instance, name).await?;
         Ok(Response::new(convert::instance_status(view)))
     }
 
