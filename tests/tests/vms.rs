@@ -162,6 +162,12 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
             procs.lines().any(|p| p == st.vmm_pid.to_string()),
             "the VMM lives in the VM's cell: {procs}"
         );
+        let max = c.on_node("cat /sys/fs/cgroup/aurae/idle/memory.max").await;
+        assert_eq!(
+            max.trim(),
+            ((128u64 << 20) + (64 << 20)).to_string(), // guest RAM + runtime::vm::VMM_MEMORY_OVERHEAD
+            "a VM's cell is bounded by default: guest RAM + the VMM's overhead"
+        );
         let charged: u64 = c
             .on_node("cat /sys/fs/cgroup/aurae/idle/memory.current")
             .await

@@ -64,9 +64,57 @@ pub fn setup_workloads_root(root: &Path) -> (PathBuf, Vec<String>, Vec<String>) 
     (dir, enabled, errors)
 }
 
+/// The ceilings PID 1 puts on the whole workloads root, so that no workload (a fork bomb, a
+/// leak, a cell or VM without limits) can take what PID 1 needs to keep serving: memory
+/// below the node's total by a reserve of 1/16 (at least 64 MiB), and pids below the
+/// kernel's `pid_max` by 1024. Returns (file, value) pairs.
+pub fn workload_ceilings(mem_total: u64, pid_max: u64) -> [(&'static str, u64); 2] {
+    let reserve = (mem_total / 16).max(64 << 20);
+    [
+        ("memory.max", mem_total.saturating_sub(reserve)),
+        ("pids.max", pid_max.saturating_sub(1024).max(1)),
+    ]
+}
+
+/// Writes `workload_ceilings` for this node into `dir` (the workloads root); errors say which
+/// file.
+pub fn apply_workload_ceilings(dir: &Path) -> Vec<String> {
+    let mem_total = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (Some(mem_total), Some(pid_max)) = (mem_total, pid_max) else {
+        return vec!["workload ceilings: cannot read MemTotal or pid_max".into()];
+    };
+    let mut errors = Vec::new();
+    for (file, value) in workload_ceilings(mem_total, pid_max) {
+        match fs::write(dir.join(file), value.to_string()) {
+            Ok(()) => tracing::info!("workloads {file} {value}"),
+            Err(e) => errors.push(format!("write {}/{file}: {e}", dir.display())),
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workloads_root_leaves_pid1_a_reserve() {
+        let gib = 1u64 << 30;
+        assert_eq!(
+            workload_ceilings(gib, 32768),
+            [("memory.max", gib - (64 << 20)), ("pids.max", 31744)]
+        );
+        assert_eq!(workload_ceilings(16 * gib, 4194304)[0], ("memory.max", 15 * gib));
+        assert_eq!(workload_ceilings(0, 0), [("memory.max", 0), ("pids.max", 1)]);
+    }
 
     #[test]
     fn enables_only_offered_controllers_and_reports_the_rest() {

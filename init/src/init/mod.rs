@@ -88,7 +88,8 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     for (step, e) in net_failures {
         report.fail(&step, e.to_string());
     }
-    let (dir, controllers, errors) = cgroup::setup_workloads_root(std::path::Path::new(CGROUP_ROOT));
+    let (dir, controllers, mut errors) = cgroup::setup_workloads_root(std::path::Path::new(CGROUP_ROOT));
+    errors.extend(cgroup::apply_workload_ceilings(&dir));
     for e in errors {
         report.fail("cgroup", e);
     }

@@ -26,6 +26,11 @@ pub enum Action {
     Reset,
 }
 
+/// Bytes the output buffer holds at most. A guest that writes commands and never reads
+/// their answers (or a VMM pressing keys nobody reads) cannot grow it: further bytes are
+/// dropped, as a real controller's one-byte buffer would.
+pub const OUT_CAP: usize = 16;
+
 pub struct I8042 {
     ctr: u8,
     status: u8,
@@ -49,6 +54,9 @@ impl Default for I8042 {
 
 impl I8042 {
     fn push(&mut self, b: u8) -> Action {
+        if self.out.len() >= OUT_CAP {
+            return Action::None;
+        }
         self.out.push_back(b);
         self.status |= STATUS_OBF;
         if self.ctr & CTR_KBDINT != 0 {
@@ -139,6 +147,17 @@ impl I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_that_never_reads_cannot_grow_the_output_buffer() {
+        let mut k = I8042::default();
+        for _ in 0..100_000 {
+            // Controller self-test: each answers 0x55 into the output buffer.
+            k.write(CMD, 0xaa);
+        }
+        assert!(k.out.len() <= OUT_CAP, "{}", k.out.len());
+        assert_eq!(k.read(DATA).0, 0x55);
+    }
 
     #[test]
     fn linux_probe_sequence_and_a_power_key() {
