@@ -52,6 +52,12 @@ pub fn spiffe_id(trust_domain: &str, path: &str) -> String {
     format!("spiffe://{trust_domain}/{}", path.trim_start_matches('/'))
 }
 
+/// `spiffe://DOMAIN/`, the root of the trust domain of the SPIFFE ID `id`.
+pub fn domain_root(id: &str) -> String {
+    let domain = id.trim_start_matches("spiffe://").split('/').next().unwrap_or_default();
+    format!("spiffe://{domain}/")
+}
+
 fn validate_path_segment(what: &str, s: &str) -> Result<(), PkiError> {
     if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
         return Err(PkiError::Invalid(format!(

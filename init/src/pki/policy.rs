@@ -234,12 +234,7 @@ impl Policy {
     /// their behalf is authorized as them). Nothing else, in particular no other instance
     /// and no other node, has any right on the child.
     pub fn for_child(&self, parent_id: &str) -> Policy {
-        let domain = parent_id
-            .trim_start_matches("spiffe://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let clients = format!("spiffe://{domain}/client");
+        let clients = format!("{}client", super::domain_root(parent_id));
         let mut rules = vec![Rule {
             matcher: Matcher::Exact(parent_id.to_owned()),
             role: Role::Admin,

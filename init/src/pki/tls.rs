@@ -255,12 +255,6 @@ impl ClientCertVerifier for SpiffeClients {
     signatures_by_inner!();
 }
 
-/// `spiffe://DOMAIN/` of a SPIFFE ID.
-pub fn domain_root(id: &str) -> String {
-    let domain = id.trim_start_matches("spiffe://").split('/').next().unwrap_or_default();
-    format!("spiffe://{domain}/")
-}
-
 /// The server side: `identity` served, clients verified against `root_pem` and refused at
 /// the handshake unless they carry a SPIFFE ID of `node_id`'s trust domain.
 pub fn server_config(
@@ -273,7 +267,7 @@ pub fn server_config(
         .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
     let verifier = SpiffeClients {
         inner,
-        domain_root: domain_root(node_id),
+        domain_root: crate::pki::domain_root(node_id),
     };
     let mut c = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

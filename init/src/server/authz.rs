@@ -112,14 +112,9 @@ impl Authorizer {
         root: Option<Vec<u8>>,
         revoked: Arc<crate::pki::revoked::Revoked>,
     ) -> Authorizer {
-        let domain = node_id
-            .trim_start_matches("spiffe://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
         Authorizer {
             policy,
-            domain_root: format!("spiffe://{domain}/"),
+            domain_root: crate::pki::domain_root(node_id),
             root,
             checked: Default::default(),
             revoked,
