@@ -112,10 +112,7 @@ fn authorization_cost(target: &Target, n: usize) -> Result<(), CliError> {
     let node = std::fs::read_to_string(pki.join("server.crt")).map_err(|e| usage(format!("server.crt: {e}")))?;
     let node_id = crate::pki::spiffe_id_of_pem(&node).unwrap_or_default();
     let root = crate::pki::first_der(&tls.ca_pem);
-    let chain: Vec<Vec<u8>> = rustls::pki_types::pem::PemObject::pem_slice_iter(tls.cert_pem.as_bytes())
-        .filter_map(|c: Result<rustls::pki_types::CertificateDer<'static>, _>| c.ok())
-        .map(|c| c.as_ref().to_vec())
-        .collect();
+    let chain = crate::pki::chain_der(&tls.cert_pem);
     let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
     let method = "/aurae.v0.Workloads/Status";
     let once = |auth: &Authorizer| -> Result<(), CliError> {

@@ -113,18 +113,10 @@ mod tests {
 
     const H: Duration = Duration::from_secs(3600);
 
-    fn der(pem: &str) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for p in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
-            out.push(p.unwrap().contents);
-        }
-        out
-    }
-
     fn check_pem(chain: &str, root: &Minted) -> Result<(), String> {
-        let c = der(chain);
+        let c = crate::pki::chain_der(chain);
         let refs: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
-        check(&refs, &der(&root.cert_pem)[0])
+        check(&refs, &crate::pki::chain_der(&root.cert_pem)[0])
     }
 
     /// root → node spawn CA → c1 SVID and c1's spawn CA (as a node's `mint_child` does).

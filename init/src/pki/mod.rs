@@ -285,6 +285,13 @@ pub fn spiffe_id_of_der(der: &[u8]) -> Option<String> {
     })
 }
 
+/// Every certificate of a PEM chain, DER, in order (blocks that do not parse are skipped).
+pub fn chain_der(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(|p| p.ok().map(|p| p.contents))
+        .collect()
+}
+
 /// The DER bytes of the first certificate in a PEM string.
 pub fn first_der(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())

@@ -348,11 +348,7 @@ impl ServerCertVerifier for CheckedServer {
 }
 
 fn checked_server(root_pem: &str, expect: ServerId) -> Result<Arc<CheckedServer>, TlsSetupError> {
-    let root_der = certs(root_pem)?
-        .into_iter()
-        .next()
-        .map(|c| c.as_ref().to_vec())
-        .unwrap_or_default();
+    let root_der = crate::pki::first_der(root_pem).unwrap_or_default();
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(root_pem)?, provider())
         .build()
         .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;

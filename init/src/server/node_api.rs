@@ -101,10 +101,7 @@ mod renew {
             if id != want {
                 return Err(bad(field, format!("carries {id}, not this node's {want}")));
             }
-            let chain: Vec<Vec<u8>> = rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
-                .filter_map(|c: Result<rustls::pki_types::CertificateDer<'static>, _>| c.ok())
-                .map(|c| c.as_ref().to_vec())
-                .collect();
+            let chain = crate::pki::chain_der(pem);
             let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
             ctx.auth.check_chain(&refs).map_err(|why| bad(field, why))?;
             let until = chain.first().and_then(|d| crate::pki::not_after_of_der(d));
