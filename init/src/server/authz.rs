@@ -67,6 +67,11 @@ pub struct Caller {
     pub via: Option<String>,
 }
 
+/// The refusal of `who`, whose role here is `has`, for `what`, which needs `need`.
+fn lacks(who: &str, has: Role, what: &str, need: Role) -> Status {
+    Status::permission_denied(format!("{who} has role {has} on this node; {what} needs {need}"))
+}
+
 impl Caller {
     /// The caller of `req`, when it reached a handler through the layer.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&Caller> {
@@ -77,10 +82,7 @@ impl Caller {
     pub fn require<T>(req: &tonic::Request<T>, role: Role, why: &str) -> Result<(), Status> {
         match Caller::of(req) {
             Some(c) if c.role >= role => Ok(()),
-            Some(c) => Err(Status::permission_denied(format!(
-                "{} has role {} on this node; {why} needs {role}",
-                c.id, c.role
-            ))),
+            Some(c) => Err(lacks(&c.id, c.role, why, role)),
             None => Err(Status::permission_denied(format!("{why} needs {role}"))),
         }
     }
@@ -127,8 +129,13 @@ impl Authorizer {
         if self.revoked.any(chain) {
             return Err("a certificate in it was revoked".into());
         }
+        self.rooted(chain)
+    }
+
+    /// The subtree rule (`pki::chain`) against this node's root CA.
+    fn rooted(&self, chain: &[&[u8]]) -> Result<(), String> {
         match &self.root {
-            None => Err("this node has no root CA to check against".into()),
+            None => Err("this node has no root CA to check certificates against".into()),
             Some(root) => crate::pki::chain::check(chain, root),
         }
     }
@@ -150,15 +157,12 @@ impl Authorizer {
         let verdict = match cached {
             Some(v) => v,
             None => {
-                let v = match &self.root {
-                    None => Err("this node has no root CA to check callers against".to_owned()),
-                    Some(root) => crate::pki::chain::check(chain, root).and_then(|()| {
-                        chain
-                            .first()
-                            .and_then(|leaf| crate::pki::spiffe_id_of_der(leaf))
-                            .ok_or_else(|| "no SPIFFE ID".to_owned())
-                    }),
-                };
+                let v = self.rooted(chain).and_then(|()| {
+                    chain
+                        .first()
+                        .and_then(|leaf| crate::pki::spiffe_id_of_der(leaf))
+                        .ok_or_else(|| "no SPIFFE ID".to_owned())
+                });
                 if let Ok(mut m) = self.checked.lock() {
                     if m.len() >= CHECKED_CAP {
                         m.clear();
@@ -218,9 +222,7 @@ impl Authorizer {
         };
         match policy.role_of(&id) {
             Some(role) if role >= need => Ok(Caller { id, role, via }),
-            Some(role) => Err(Status::permission_denied(format!(
-                "{shown} has role {role} on this node; {method_name} needs {need}"
-            ))),
+            Some(role) => Err(lacks(&shown, role, method_name, need)),
             None => Err(Status::permission_denied(format!(
                 "{shown} has no role on this node (its policy names no such ID); {method_name} needs {need}"
             ))),
