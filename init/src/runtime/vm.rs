@@ -160,7 +160,7 @@ fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<Pa
         )));
     }
     let write = matches!(kind, VmFile::Disk { read_only: false });
-    let f = std::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(write)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -185,7 +185,7 @@ fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<Pa
         return Err(refuse(format!("{} is not {what}", real.display())));
     }
     match kind {
-        VmFile::Kernel => vmm::check_kernel(&real).map_err(|e| refuse(e.to_string()))?,
+        VmFile::Kernel => vmm::check_kernel_file(&mut f, &real).map_err(|e| refuse(e.to_string()))?,
         VmFile::Disk { .. } if t.is_file() && (m.len() == 0 || m.len() % 512 != 0) => {
             return Err(refuse(format!(
                 "{} is {} bytes; a raw image is a non-zero number of 512-byte sectors",

@@ -17,15 +17,21 @@ pub enum KernelImageError {
 /// x86-64 ELF that carries the kernel's own "Linux" or "Xen" ELF notes (so an ordinary
 /// program is not mistaken for a vmlinux).
 pub fn check_kernel(path: &Path) -> Result<(), KernelImageError> {
+    let mut f = std::fs::File::open(path).map_err(|source| KernelImageError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_kernel_file(&mut f, path)
+}
+
+/// `check_kernel` on a file already open (`path` names it in errors): a caller that opened
+/// it with its own flags checks what it opened, not whatever the path names by then.
+pub fn check_kernel_file(f: &mut std::fs::File, path: &Path) -> Result<(), KernelImageError> {
     use std::io::{Read, Seek, SeekFrom};
     let ctx = |source| KernelImageError::Read {
         path: path.to_owned(),
         source,
     };
-    let mut f = std::fs::File::open(path).map_err(|source| KernelImageError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
     let mut head = vec![0u8; 0x206];
     let mut n = 0;
     while n < head.len() {

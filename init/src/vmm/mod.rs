@@ -163,4 +163,4 @@ pub fn kvm_usable() -> Result<(), KvmUnusable> {
     }
 }
 
-pub use kernel::check_kernel;
+pub use kernel::{check_kernel, check_kernel_file};
