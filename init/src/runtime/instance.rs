@@ -138,6 +138,11 @@ impl Instance {
     }
 }
 
+/// When the child's SVID in `pki` expires.
+fn svid_expiry(pki: &crate::spawn::image::ChildPki) -> Option<std::time::SystemTime> {
+    crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d))
+}
+
 /// When to renew a certificate that expires at `not_after`: at half its remaining life.
 fn half_life(not_after: Option<std::time::SystemTime>) -> Duration {
     not_after
@@ -187,7 +192,7 @@ async fn renew(i: &Instance, id: &SpawnIdentity) -> std::result::Result<Option<s
     match tokio::time::timeout(bound, client.renew_identity(req)).await {
         Ok(Ok(_)) => {
             tracing::info!("instance {}: identity renewed", i.name);
-            Ok(crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d)))
+            Ok(svid_expiry(&pki))
         }
         Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
         Err(_) => Err(format!("no answer within {bound:?}")),
@@ -400,9 +405,7 @@ impl Runtime {
         match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
             Ok(()) => {
                 let instance = Arc::new(instance);
-                let first = half_life(
-                    crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d)),
-                );
+                let first = half_life(svid_expiry(&pki));
                 tokio::spawn(renew_at_half_life(Arc::downgrade(&instance), id.clone(), first));
                 Ok(instance)
             }
