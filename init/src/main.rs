@@ -277,7 +277,7 @@ fn run_pki(p: PkiCmd) -> Result<(), ToolError> {
                 (pki::policy::FILE_NAME, policy_text.as_str()),
             ] {
                 let path = out.join(file);
-                write_with_mode(&path, data.as_bytes(), 0o644).map_err(|source| ToolError::Io { path, source })?;
+                pki::write_with_mode(&path, data.as_bytes(), 0o644).map_err(|source| ToolError::Io { path, source })?;
             }
             println!(
                 "wrote {}/{{server,spawn-ca}}.{{crt,key}}, ca.crt, policy.toml (node {name})",
@@ -344,7 +344,7 @@ fn grant(dir: &std::path::Path, id: &str, role: pki::policy::Role, prefix: bool)
     // Parse what is about to be written, so a bad ID never lands in the file.
     Policy::parse(&policy.render(), &path.display().to_string())?;
     let tmp = path.with_extension("toml.tmp");
-    write_with_mode(&tmp, policy.render().as_bytes(), 0o644).map_err(|source| ToolError::Io {
+    pki::write_with_mode(&tmp, policy.render().as_bytes(), 0o644).map_err(|source| ToolError::Io {
         path: tmp.clone(),
         source,
     })?;
@@ -369,19 +369,5 @@ fn mkcpio(spec: &std::path::Path, out: &std::path::Path, base: &std::path::Path)
         .iter()
         .any(|e| matches!(e, cpio::Entry::File { mode, .. } if mode & 0o077 == 0));
     let mode = if secret { 0o600 } else { 0o644 };
-    write_with_mode(out, &buf, mode).map_err(io(out))
-}
-
-/// Writes `data` to `path` with exactly `mode` (also when the file already existed).
-fn write_with_mode(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(data)
+    pki::write_with_mode(out, &buf, mode).map_err(io(out))
 }

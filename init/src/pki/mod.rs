@@ -250,19 +250,22 @@ pub fn replace_pair(dir: &Path, stem: &str, m: &Minted) -> Result<(), PkiError> 
     Ok(())
 }
 
-/// Writes `data` with exactly `mode`: a key that already existed with a looser mode is
-/// narrowed before its new bytes go in.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+/// Writes `data` with exactly `mode`: a file (a key) that already existed with a looser
+/// mode is narrowed before its new bytes go in. Every file auraed writes that may hold a
+/// secret goes through here.
+pub fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(mode)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(path))?;
-    f.write_all(data).map_err(io_err(path))
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(data)
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    write_with_mode(path, data, mode).map_err(io_err(path))
 }
 
 /// Reads `<dir>/<stem>.crt` and `.key`.

@@ -75,7 +75,7 @@ pub fn write(out: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
 
 /// Writes the child's PKI files into `dir` (0700) for a child that runs in a cell.
 pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -91,14 +91,7 @@ pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
     ];
     for (name, data, mode) in files {
         let path = dir.join(name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()))
-            .map_err(SpawnError::io("write", &path))?;
+        crate::pki::write_with_mode(&path, data.as_bytes(), mode).map_err(SpawnError::io("write", &path))?;
     }
     Ok(())
 }
