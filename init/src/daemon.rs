@@ -34,7 +34,25 @@ pub struct DaemonArgs {
 /// Runs auraed as PID 1. Never returns.
 pub fn run_pid1() -> ! {
     crate::logging::install_panic_hook();
+    // First of all: off the initramfs, so cells can pivot_root (see init::switch_root).
+    let switched = init::switch_root::leave_initramfs();
+    if let Ok(true) = switched {
+        // The same program from the new root; the initramfs copy of it is freed.
+        let argv: Vec<std::ffi::CString> = std::env::args_os()
+            .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
+            .collect();
+        let err = nix::unistd::execv(c"/init", &argv);
+        // Still running: the copy in memory works as well, it only costs its size twice.
+        eprintln!("auraed: re-exec from the new root failed ({err:?}); continuing");
+    }
     let (cfg, mut report) = init::pid1_bringup();
+    match switched {
+        Err(e) => report.fail(
+            "leave the initramfs",
+            format!("{e}; cells cannot have a root of their own"),
+        ),
+        Ok(_) => tracing::debug!("root: not the initramfs; cells can pivot_root"),
+    }
     raise_nofile(&mut report);
     // Where clients put VM kernels, initramfs images and disks (runtime::vm).
     let vm_dir = crate::runtime::vm::VM_FILE_DIRS[0];
@@ -222,6 +240,9 @@ fn assemble_runtime(
 ) -> crate::runtime::Runtime {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
     runtime.set_bridge(report.bridge.clone());
+    if let Some(d) = &pki_dir {
+        runtime.hide_from_cells(d);
+    }
     let dir = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty());
     if let (Some(dir), Some((identity, root_pem))) = (dir, tls) {
         runtime.set_spawn_identity(crate::runtime::SpawnIdentity {

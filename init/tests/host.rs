@@ -531,6 +531,34 @@ fn roles_gate_every_rpc_and_a_denial_names_caller_method_and_role() {
                 .await,
             "kernel_path, a file on the node, needs admin",
         );
+        // A cell without confinement is the node's root: admin only, like node files.
+        for (conf, what) in [
+            (
+                pb::CellConfinement {
+                    privileged: true,
+                    ..Default::default()
+                },
+                "confinement.privileged needs admin",
+            ),
+            (
+                pb::CellConfinement {
+                    seccomp: pb::SeccompProfile::Unconfined as i32,
+                    ..Default::default()
+                },
+                "confinement.seccomp UNCONFINED needs admin",
+            ),
+        ] {
+            denied(
+                pb::runtime_client::RuntimeClient::new(otto.clone())
+                    .run_cell(pb::Cell {
+                        name: "wide".into(),
+                        confinement: Some(conf),
+                        ..Default::default()
+                    })
+                    .await,
+                what,
+            );
+        }
 
         for stem in ["sam", "inst"] {
             let ch = conn(stem).await;

@@ -405,8 +405,9 @@ impl Client {
         .await
     }
 
-    /// Runs a script with the node's own view (a cell sharing every host namespace, so
-    /// /proc, /sys/fs/cgroup, the hostname and eth0 are the node's) and returns its stdout.
+    /// Runs a script with the node's own view (a privileged cell sharing every host
+    /// namespace, so /proc, /sys/fs/cgroup, the hostname, eth0 and every capability are the
+    /// node's) and returns its stdout.
     pub async fn on_node(&self, script: &str) -> String {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         if self.cell_status_opt("probe").await.is_none() {
@@ -419,6 +420,10 @@ impl Client {
                     share_host_ipc: true,
                     share_host_uts: true,
                     share_host_cgroup: true,
+                }),
+                confinement: Some(pb::CellConfinement {
+                    privileged: true,
+                    ..Default::default()
                 }),
                 ..Default::default()
             })

@@ -532,3 +532,176 @@ fn the_workloads_root_leaves_pid1_a_reserve() {
         );
     });
 }
+
+/// The attacks of issue #10, from a default cell: each must fail and change nothing.
+const ATTACKS: &str = r#"
+echo "id $(id -u)"
+grep -E '^(CapEff|CapPrm|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\t' | tr ':' ' '
+echo "pid1caps $(grep CapEff /proc/1/status | tr -d '\t')"
+echo "etc-aurae [$(ls -A /etc/aurae)]"
+echo "boot [$(ls -A /boot)]"
+echo "vmfiles [$(ls -A /var/lib/aurae 2>&1)]"
+[ -e /run/aurae ] && echo "run-aurae visible"
+[ -e /etc/aurae/pki/spawn-ca.key ] && echo "key visible"
+echo "dev $(ls /dev | tr '\n' ' ')"
+umount /proc 2>/dev/null; echo "umount $?"
+echo 0 > /proc/sys/kernel/sysrq 2>/dev/null; echo "sysctl $?"
+mknod /tmp/disk b 254 0 2>/dev/null; echo "mknod $?"
+mount -t tmpfs x /tmp 2>/dev/null; echo "mount $?"
+unshare -U true 2>/dev/null; echo "unshare $?"
+touch /bin/planted 2>/dev/null; echo "write-base $?"
+echo "interrupts $(wc -c < /proc/interrupts)"
+echo "firmware [$(ls -A /sys/firmware)]"
+echo x > /dev/shm/s && echo x > /tmp/t && echo x > /run/r && echo "scratch ok"
+echo "tmpsize $(df -k /tmp | tail -1 | awk '{print $2}')"
+"#;
+
+fn fields(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_default_cell_is_confined_like_an_oci_container_and_attacks_fail() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let node_before = c
+            .on_node("cat /proc/sys/kernel/sysrq; ls /etc/aurae/pki | wc -l; ls /bin | wc -l")
+            .await;
+        // An executable without a cell gets a private, default cell.
+        let (st, out) = c.run_sh("attacker", "", ATTACKS).await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        let f = fields(&out);
+        let get = |k: &str| {
+            f.get(k)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("{k} missing in:\n{out}"))
+        };
+        assert_eq!(get("id"), "0", "root in the cell, but without the node's powers");
+        // Docker's default set without MKNOD; inheritable and ambient empty, as runc has
+        // done since CVE-2022-24769.
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(get(set), "00000000a00425fb", "{set}: {out}");
+        }
+        assert_eq!(get("CapInh"), "0000000000000000");
+        assert_eq!(get("CapAmb"), "0000000000000000");
+        assert_eq!(get("NoNewPrivs"), "1");
+        assert_eq!(get("Seccomp"), "2", "a seccomp filter is in force");
+        assert_eq!(
+            get("pid1caps"),
+            "CapEff:0000000000000000",
+            "the cell's init holds nothing"
+        );
+        assert_eq!(get("etc-aurae"), "[]", "the node's keys are not there");
+        assert_eq!(get("boot"), "[]");
+        assert_eq!(get("vmfiles"), "[]");
+        assert!(
+            !out.contains("run-aurae visible") && !out.contains("key visible"),
+            "{out}"
+        );
+        assert_eq!(
+            get("dev"),
+            "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+        );
+        for attack in ["umount", "sysctl", "mknod", "mount", "unshare", "write-base"] {
+            assert_ne!(get(attack), "0", "{attack} must fail: {out}");
+        }
+        assert_eq!(get("interrupts"), "0", "masked");
+        assert_eq!(get("firmware"), "[]", "masked");
+        assert!(
+            out.contains("scratch ok"),
+            "its own /tmp, /run and /dev/shm are writable: {out}"
+        );
+        assert_eq!(get("tmpsize"), "262144", "/tmp is size-limited (256 MiB)");
+        // Nothing changed on the node.
+        let node_after = c
+            .on_node("cat /proc/sys/kernel/sysrq; ls /etc/aurae/pki | wc -l; ls /bin | wc -l")
+            .await;
+        assert_eq!(node_before, node_after);
+        c.assert_left_nothing("a_default_cell_is_confined_like_an_oci_container_and_attacks_fail")
+            .await;
+    });
+}
+
+#[test]
+fn cap_add_gives_exactly_that_capability_and_privileged_cells_say_so() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let st = c
+            .cell(pb::Cell {
+                name: "netadm".into(),
+                confinement: Some(pb::CellConfinement {
+                    cap_add: vec!["NET_ADMIN".into()],
+                    cap_drop: vec!["cap_kill".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let conf = st.confinement.clone().unwrap();
+        assert!(conf.own_root && !conf.privileged);
+        assert!(conf.capabilities.contains(&"NET_ADMIN".to_owned()));
+        assert!(!conf.capabilities.contains(&"KILL".to_owned()));
+        let (_, out) = c
+            .run_sh("caps", "netadm", "grep CapEff /proc/self/status | tr -d '\\t'")
+            .await;
+        // Default 0xa00425fb, plus NET_ADMIN (bit 12), minus KILL (bit 5).
+        assert_eq!(
+            out.trim(),
+            format!("CapEff:{:016x}", (0xa004_25fbu64 | 1 << 12) & !(1 << 5))
+        );
+        remove_cell(&c, "netadm").await;
+
+        let bad = c
+            .cell(pb::Cell {
+                name: "badcap".into(),
+                confinement: Some(pb::CellConfinement {
+                    cap_add: vec!["NET_ADMINN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(bad.message().contains("confinement.cap_add"), "{}", bad.message());
+
+        // An admin may ask for a privileged cell; its status says what it is.
+        let st = c
+            .cell(pb::Cell {
+                name: "wide".into(),
+                confinement: Some(pb::CellConfinement {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let conf = st.confinement.unwrap();
+        assert!(conf.privileged && !conf.own_root);
+        assert_eq!(conf.seccomp, pb::SeccompProfile::Unconfined as i32);
+        let (_, out) = c
+            .run_sh(
+                "wide-look",
+                "wide",
+                "grep -E 'CapEff|Seccomp:' /proc/self/status | tr -d '\\t'; ls /etc/aurae/pki | wc -l",
+            )
+            .await;
+        let mut l = out.lines();
+        assert_eq!(l.next(), Some("CapEff:000001ffffffffff"), "{out}");
+        assert_eq!(l.next(), Some("Seccomp:0"), "{out}");
+        assert!(
+            l.next().unwrap().trim().parse::<u32>().unwrap() > 0,
+            "sees the node's files: {out}"
+        );
+        remove_cell(&c, "wide").await;
+        c.assert_left_nothing("cap_add_gives_exactly_that_capability_and_privileged_cells_say_so")
+            .await;
+    });
+}

@@ -64,8 +64,8 @@ async fn stop_and_free(c: &Client, name: &str) -> pb::InstanceStatus {
     }
 }
 
-/// Runs `argv` inside instance `cc` in a cell sharing the instance's network and mounts
-/// (where a compromised workload finds the instance's keys). Returns the exit code and
+/// Runs `argv` inside instance `cc` in a privileged cell sharing the instance's network and
+/// mounts (where a compromised workload would find the instance's keys). Returns the exit code and
 /// everything it printed.
 async fn run_inside(cc: &Client, argv: Vec<String>) -> (Option<i32>, String) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -75,6 +75,11 @@ async fn run_inside(cc: &Client, argv: Vec<String>) -> (Option<i32>, String) {
             isolation: Some(pb::CellIsolation {
                 share_host_network: true,
                 share_host_mount: true,
+                ..Default::default()
+            }),
+            // The worst case: a workload that already has everything the instance has.
+            confinement: Some(pb::CellConfinement {
+                privileged: true,
                 ..Default::default()
             }),
             ..Default::default()

@@ -65,6 +65,18 @@ pub struct CellCreate {
     /// Host namespaces to share instead of new ones: pid,mount,net,ipc,uts,cgroup.
     #[arg(long, value_delimiter = ',')]
     share: Vec<String>,
+    /// Capabilities to add to the default set (NET_ADMIN,SYS_PTRACE,... or ALL).
+    #[arg(long, value_delimiter = ',')]
+    cap_add: Vec<String>,
+    /// Capabilities to drop from the default set (applied before --cap-add; ALL drops all).
+    #[arg(long, value_delimiter = ',')]
+    cap_drop: Vec<String>,
+    /// seccomp profile: default, or unconfined (admin only).
+    #[arg(long, default_value = "default")]
+    seccomp: String,
+    /// The node's filesystem, every capability, no seccomp (admin only).
+    #[arg(long)]
+    privileged: bool,
 }
 
 pub async fn cell(cmd: &CellCmd, target: &super::Target, as_json: bool) -> Result<(), CliError> {
@@ -112,8 +124,19 @@ async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result
             }
         }
     }
+    let seccomp = match c.seccomp.as_str() {
+        "default" => pb::SeccompProfile::Unspecified,
+        "unconfined" => pb::SeccompProfile::Unconfined,
+        other => return Err(usage(format!("--seccomp '{other}': choose default or unconfined"))),
+    };
     let cell = pb::Cell {
         name: c.name.clone(),
+        confinement: Some(pb::CellConfinement {
+            cap_add: c.cap_add.clone(),
+            cap_drop: c.cap_drop.clone(),
+            seccomp: seccomp as i32,
+            privileged: c.privileged,
+        }),
         resources: Some(pb::CellResources {
             cpu_weight: c.cpu_weight,
             cpu_max,

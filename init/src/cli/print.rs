@@ -19,10 +19,18 @@ pub(crate) fn exec_json(s: &pb::ExecutableStatus) -> Value {
     })
 }
 
+fn seccomp_name(v: i32) -> &'static str {
+    match pb::SeccompProfile::try_from(v) {
+        Ok(pb::SeccompProfile::Unconfined) => "unconfined",
+        _ => "default",
+    }
+}
+
 pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
     let r = s.resources.clone().unwrap_or_default();
     let u = s.usage.unwrap_or_default();
     let i = s.isolation.unwrap_or_default();
+    let c = s.confinement.clone().unwrap_or_default();
     json!({
         "kind": "cell", "name": s.name, "state": state_name(s.state), "executables": s.executables, "error": s.error,
         "resources": {
@@ -36,6 +44,10 @@ pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
             "share_host_pid": i.share_host_pid, "share_host_mount": i.share_host_mount,
             "share_host_network": i.share_host_network, "share_host_ipc": i.share_host_ipc,
             "share_host_uts": i.share_host_uts, "share_host_cgroup": i.share_host_cgroup,
+        },
+        "confinement": {
+            "capabilities": c.capabilities, "seccomp": seccomp_name(c.seccomp),
+            "privileged": c.privileged, "own_root": c.own_root,
         },
         "usage": {
             "cpu_usage_micros": u.cpu_usage_micros, "cpu_throttled_micros": u.cpu_throttled_micros,
@@ -132,6 +144,25 @@ pub(crate) fn print_cell(s: &pb::CellStatus, as_json: bool) {
             format!("new, except host {}", shared.join(","))
         }
     );
+    let c = s.confinement.clone().unwrap_or_default();
+    if c.privileged {
+        println!("confinement PRIVILEGED: the node's filesystem, every capability, no seccomp");
+    } else {
+        println!(
+            "confinement {}, seccomp {}, capabilities {}",
+            if c.own_root {
+                "own root"
+            } else {
+                "NODE'S FILESYSTEM (shares the mount namespace)"
+            },
+            seccomp_name(c.seccomp),
+            if c.capabilities.is_empty() {
+                "none".into()
+            } else {
+                c.capabilities.join(",")
+            }
+        );
+    }
     let u = s.usage.unwrap_or_default();
     println!(
         "usage       cpu {:.3} s (throttled {} times, {:.3} s), memory {:.1} MiB (peak {:.1}), pids {}, oom kills {}",

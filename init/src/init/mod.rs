@@ -6,6 +6,7 @@ pub mod cmdline;
 pub mod mounts;
 pub mod power;
 pub mod reaper;
+pub mod switch_root;
 
 use cmdline::BootConfig;
 use std::path::PathBuf;

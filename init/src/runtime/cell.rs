@@ -3,11 +3,12 @@
 //! the cell's /tmp. Nested cells (`a/b`) nest both the cgroup and the namespaces.
 
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
+use super::confine::ExecLimits;
 use super::error::{Result, RuntimeError};
 use super::holder::Setup;
 use super::launcher::{ExecStarter, Launcher};
 use super::names::CellName;
-use super::spec::{CellSpec, Isolation, Resources};
+use super::spec::{CellSpec, Confinement, Isolation, Resources};
 use super::sys::start::StartError;
 use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
@@ -30,6 +31,9 @@ struct CellState {
 pub struct Cell {
     pub name: CellName,
     pub isolation: Isolation,
+    pub confinement: Confinement,
+    /// What each of its processes gets at exec (capabilities, no_new_privs, seccomp).
+    pub limits: ExecLimits,
     /// Made for one executable that named no cell; it ends when that executable does.
     pub implicit: bool,
     pub dir: CgroupDir,
@@ -50,6 +54,7 @@ pub struct CellView {
     pub phase: Phase,
     pub resources: Resources,
     pub isolation: Isolation,
+    pub confinement: Confinement,
     pub usage: Usage,
     pub executables: Vec<String>,
     pub error: String,
@@ -70,10 +75,12 @@ fn clone_flags(i: &Isolation) -> libc::c_int {
 }
 
 impl Cell {
-    fn new(name: CellName, isolation: Isolation, implicit: bool, dir: CgroupDir, sys: Arc<dyn Launcher>) -> Cell {
+    fn new(spec: &CellSpec, limits: ExecLimits, implicit: bool, dir: CgroupDir, sys: Arc<dyn Launcher>) -> Cell {
         Cell {
-            name,
-            isolation,
+            name: spec.name.clone(),
+            isolation: spec.isolation,
+            confinement: spec.confinement,
+            limits,
             implicit,
             dir,
             sys,
@@ -251,13 +258,11 @@ impl Runtime {
         self.usable()?;
         let (parent, parent_dir) = self.check_cell(&spec)?;
         let dir = parent_dir.child(spec.name.leaf());
-        let cell = Arc::new(Cell::new(
-            spec.name.clone(),
-            spec.isolation,
-            implicit,
-            dir,
-            self.sys.clone(),
-        ));
+        let limits = spec
+            .confinement
+            .exec_limits()
+            .map_err(|e| RuntimeError::Precondition(format!("cell '{}': {e}", spec.name)))?;
+        let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;
         match self.start_cell(&cell, &spec, parent.as_deref()).await {
             Ok(()) => Ok(cell),
@@ -286,7 +291,12 @@ impl Runtime {
             new_pid: i.pid,
             new_net: i.network,
             new_uts: i.uts,
+            own_root: i.mount && !spec.confinement.privileged,
         };
+        let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
+        if setup.own_root {
+            args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned()));
+        }
         let started = self
             .sys
             .start_holder(
@@ -294,7 +304,7 @@ impl Runtime {
                 leaf.open_fd()?,
                 clone_flags(&i),
                 exe,
-                vec![setup.encode(), spec.name.leaf().to_owned()],
+                args,
             )
             .await
             .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
@@ -343,6 +353,7 @@ impl Runtime {
             phase,
             resources: c.dir.resources(),
             isolation: c.isolation,
+            confinement: c.confinement,
             usage: c.dir.usage(),
             executables,
             error,

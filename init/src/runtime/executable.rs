@@ -4,7 +4,7 @@
 use super::error::{Result, RuntimeError};
 use super::names::CellName;
 use super::process::{ExecView, Launch};
-use super::spec::{ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
+use super::spec::{Confinement, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::{logs, Runtime};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -50,6 +50,7 @@ impl Runtime {
             path_var,
             isolation: Isolation::default(),
             resources: Resources::default(),
+            confinement: Confinement::default(),
             stdout_as: logs::Stream::Stdout,
             listed: true,
             control: None,

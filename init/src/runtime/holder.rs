@@ -1,10 +1,13 @@
 //! `aurae-cell-init`: the first process of every cell. auraed clones it into the cell's new
-//! namespaces and cgroup and re-executes itself under this name. It makes the cell's private
-//! mounts (/proc for the new pid namespace, a tmpfs /tmp shared by the cell's executables, a
-//! read-only /sys for the new network namespace), sets the hostname, brings up loopback,
-//! reports ready on fd 3, then lives as the cell's init: it reaps the cell's orphans until
-//! the cell is killed. Every other process of the cell joins its namespaces.
+//! namespaces and cgroup and re-executes itself under this name. It makes the cell's mounts:
+//! a root of its own (`confine::root`: the node's base read-only without its secrets, its
+//! own /proc, /sys, /dev, /tmp and /run, OCI's masked paths), or for a privileged cell only
+//! a private /proc, /tmp and /sys over the node's filesystem. It sets the hostname, brings
+//! up loopback, gives up every capability of its own, reports ready on fd 3, then lives as
+//! the cell's init: it reaps the cell's orphans until the cell is killed. Every other
+//! process of the cell joins its namespaces.
 
+use super::confine::{caps, root};
 use super::sys::child::{fail, report, Stage};
 use nix::mount::{mount, MsFlags};
 use std::os::fd::RawFd;
@@ -12,19 +15,27 @@ use std::os::fd::RawFd;
 pub use super::sys::child::HOLDER_ARGV0 as ARGV0;
 const REPORT: RawFd = 3;
 
-/// What to set up, as passed on the command line (`aurae-cell-init FLAGS HOSTNAME`).
+/// What to set up, as passed on the command line (`aurae-cell-init FLAGS HOSTNAME
+/// [HIDDEN...]`, HIDDEN: the node's directories a cell's own root covers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Setup {
     pub new_mount: bool,
     pub new_pid: bool,
     pub new_net: bool,
     pub new_uts: bool,
+    /// A root of its own (`confine::root`); needs `new_mount`.
+    pub own_root: bool,
 }
 
 impl Setup {
     pub fn encode(&self) -> String {
         let bit = |b: bool, v: u8| if b { v } else { 0 };
-        (bit(self.new_mount, 1) | bit(self.new_pid, 2) | bit(self.new_net, 4) | bit(self.new_uts, 8)).to_string()
+        (bit(self.new_mount, 1)
+            | bit(self.new_pid, 2)
+            | bit(self.new_net, 4)
+            | bit(self.new_uts, 8)
+            | bit(self.own_root, 16))
+        .to_string()
     }
 
     pub fn decode(s: &str) -> Option<Setup> {
@@ -34,6 +45,7 @@ impl Setup {
             new_pid: v & 2 != 0,
             new_net: v & 4 != 0,
             new_uts: v & 8 != 0,
+            own_root: v & 16 != 0,
         })
     }
 }
@@ -68,6 +80,20 @@ pub fn main(args: &[String]) -> ! {
             ),
             Stage::MountPrivate,
         );
+    }
+    if setup.new_mount && setup.own_root {
+        let hidden: Vec<std::path::PathBuf> = args.iter().skip(3).map(Into::into).collect();
+        if let Err((step, errno)) = root::enter(std::path::Path::new("/"), &hidden) {
+            let stage = match step {
+                root::Step::Root => Stage::MountRoot,
+                root::Step::Dev => Stage::MountDev,
+                root::Step::Pivot => Stage::PivotRoot,
+                root::Step::Mask => Stage::MaskPaths,
+            };
+            report(REPORT, stage, errno as i32);
+            std::process::exit(127)
+        }
+    } else if setup.new_mount {
         if setup.new_pid {
             check(
                 mount(
@@ -106,6 +132,8 @@ pub fn main(args: &[String]) -> ! {
             std::process::exit(127)
         }
     }
+    // The cell's init needs no privilege to reap: a workload that reaches it finds nothing.
+    drop_privileges();
     report(REPORT, Stage::Ready, 0);
     let _ = nix::unistd::close(REPORT);
     let chld = SigSet::from(Signal::SIGCHLD);
@@ -120,13 +148,24 @@ pub fn main(args: &[String]) -> ! {
     }
 }
 
+/// Clears every capability set of this process and sets `no_new_privs`.
+fn drop_privileges() {
+    for cap in 0..=caps::LAST {
+        // SAFETY: prctl with integer arguments; affects this process only.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    }
+    super::sys::child::set_caps(caps::CapSet::NONE);
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn setup_round_trips() {
-        for v in 0..16u8 {
+        for v in 0..32u8 {
             let s = Setup::decode(&v.to_string()).unwrap();
             assert_eq!(s.encode(), v.to_string());
         }

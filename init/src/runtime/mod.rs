@@ -14,6 +14,7 @@
 
 pub(crate) mod cell;
 pub(crate) mod cgroup;
+pub(crate) mod confine;
 pub(crate) mod error;
 pub(crate) mod executable;
 pub mod holder;
@@ -90,6 +91,8 @@ pub struct Runtime {
     /// TAP/MAC numbers handed out so far.
     taps: std::sync::atomic::AtomicU32,
     spawn_identity: Option<SpawnIdentity>,
+    /// Directories of the node no confined cell sees (its keys, VM files).
+    hidden: Vec<PathBuf>,
 }
 
 /// Polling interval for cgroup state changes (populated, frozen): starts short, because a
@@ -134,6 +137,7 @@ impl Runtime {
             bridge: None,
             taps: std::sync::atomic::AtomicU32::new(0),
             spawn_identity: None,
+            hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
         }
     }
 
@@ -148,6 +152,11 @@ impl Runtime {
 
     pub fn set_spawn_identity(&mut self, id: SpawnIdentity) {
         self.spawn_identity = Some(id);
+    }
+
+    /// Adds the node's PKI directory (wherever it is) to what confined cells never see.
+    pub fn hide_from_cells(&mut self, pki_dir: &std::path::Path) {
+        self.hidden = confine::hidden_paths(pki_dir);
     }
 
     pub fn set_bridge(&mut self, bridge: Option<(String, crate::net::Ipv4Cidr)>) {

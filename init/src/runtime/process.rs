@@ -11,7 +11,7 @@ use super::error::{Result, RuntimeError};
 use super::launcher::Launcher;
 use super::logs::{self, LogBuffer};
 use super::names::{CellName, ExecName};
-use super::spec::{CellSpec, ExecutableSpec, Isolation, Resources};
+use super::spec::{CellSpec, Confinement, ExecutableSpec, Isolation, Resources};
 use super::sys::child::Stage;
 use super::sys::start::{ExecInput, StartError};
 use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
@@ -60,6 +60,8 @@ pub(super) struct Launch {
     pub isolation: Isolation,
     /// Limits of the private cell.
     pub resources: Resources,
+    /// Confinement of the private cell.
+    pub confinement: Confinement,
     pub stdout_as: logs::Stream,
     pub listed: bool,
     /// Handed to the program as fd 3 (a VMM's control socket).
@@ -196,6 +198,8 @@ impl Runtime {
             path_var: String::new(),
             isolation,
             resources,
+            // auraed's own helpers (a VM's VMM, a spawned instance in a cell) need the node.
+            confinement: Confinement::PRIVILEGED,
             stdout_as,
             listed: false,
             control,
@@ -211,6 +215,7 @@ impl Runtime {
             path_var,
             isolation,
             resources,
+            confinement,
             stdout_as,
             listed,
             control,
@@ -241,6 +246,7 @@ impl Runtime {
                     name: CellName::of_executable(&spec.name),
                     resources,
                     isolation,
+                    confinement,
                 };
                 let c = self.create_cell(own, true).await.map_err(|e| match e {
                     RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
@@ -330,6 +336,7 @@ impl Runtime {
             stdout: out_w,
             stderr: err_w,
             control,
+            limits: cell.limits.clone(),
         };
         let starter = cell.starter().ok_or_else(|| {
             RuntimeError::Precondition(format!(

@@ -1,6 +1,7 @@
 //! Validated requests: what the server hands the runtime after checking every field once.
 //! Nothing here knows about protobuf; `server::convert` builds these.
 
+pub use super::confine::Confinement;
 use super::names::{CellName, ExecName};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,6 +80,7 @@ pub struct CellSpec {
     pub name: CellName,
     pub resources: Resources,
     pub isolation: Isolation,
+    pub confinement: Confinement,
 }
 
 #[derive(Debug, Clone)]

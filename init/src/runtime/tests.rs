@@ -39,6 +39,7 @@ fn cell(name: &str) -> CellSpec {
         name: CellName::parse(name).unwrap(),
         resources: Default::default(),
         isolation: Default::default(),
+        confinement: Default::default(),
     }
 }
 

@@ -4,10 +4,11 @@
 use super::deadline::wait_budget;
 use crate::pb;
 use crate::runtime::cgroup::Usage;
+use crate::runtime::confine::caps::CapSet;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{CellSpec, DiskSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
+use crate::runtime::spec::{CellSpec, Confinement, DiskSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -185,11 +186,62 @@ pub fn resources(r: Option<pb::CellResources>) -> Result<Resources, RuntimeError
     })
 }
 
+/// A cell's confinement; `privileged` and an unconfined seccomp profile need the admin
+/// role, which the handler checks (`needs_admin`).
+fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeError> {
+    let c = c.unwrap_or_default();
+    let seccomp = match pb::SeccompProfile::try_from(c.seccomp) {
+        Ok(pb::SeccompProfile::Unspecified | pb::SeccompProfile::Default) => true,
+        Ok(pb::SeccompProfile::Unconfined) => false,
+        Err(_) => {
+            return Err(invalid(
+                "confinement.seccomp",
+                format!("{} is not a SeccompProfile (DEFAULT or UNCONFINED)", c.seccomp),
+            ))
+        }
+    };
+    if c.privileged {
+        if !c.cap_add.is_empty() || !c.cap_drop.is_empty() || c.seccomp != 0 {
+            return Err(invalid(
+                "confinement.privileged",
+                "a privileged cell keeps every capability and has no seccomp profile; leave cap_add, cap_drop and seccomp unset",
+            ));
+        }
+        return Ok(Confinement::PRIVILEGED);
+    }
+    let caps = CapSet::adjusted(&c.cap_add, &c.cap_drop).map_err(|e| {
+        let field = if c.cap_add.iter().any(|a| e.contains(&format!("'{a}'"))) {
+            "confinement.cap_add"
+        } else {
+            "confinement.cap_drop"
+        };
+        invalid(field, e)
+    })?;
+    Ok(Confinement {
+        caps,
+        seccomp,
+        privileged: false,
+    })
+}
+
+/// Which part of a cell request needs the admin role, if any.
+pub fn needs_admin(c: &pb::Cell) -> Option<&'static str> {
+    let conf = c.confinement.as_ref()?;
+    if conf.privileged {
+        Some("confinement.privileged")
+    } else if conf.seccomp == pb::SeccompProfile::Unconfined as i32 {
+        Some("confinement.seccomp UNCONFINED")
+    } else {
+        None
+    }
+}
+
 pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
     let name = CellName::parse(&c.name).map_err(|n| invalid("name", n.to_string()))?;
     let i = c.isolation.unwrap_or_default();
     Ok(CellSpec {
         name,
+        confinement: confinement(c.confinement)?,
         resources: resources(c.resources)?,
         isolation: Isolation {
             pid: !i.share_host_pid,
@@ -431,6 +483,16 @@ pub fn cell_status(v: CellView) -> pb::CellStatus {
         usage: Some(usage_pb(v.usage)),
         executables: v.executables,
         error: v.error,
+        confinement: Some(pb::CellConfinementStatus {
+            capabilities: v.confinement.caps.names().into_iter().map(str::to_owned).collect(),
+            seccomp: if v.confinement.seccomp {
+                pb::SeccompProfile::Default
+            } else {
+                pb::SeccompProfile::Unconfined
+            } as i32,
+            privileged: v.confinement.privileged,
+            own_root: i.mount && !v.confinement.privileged,
+        }),
     }
 }
 
@@ -626,5 +688,72 @@ mod tests {
         })
         .unwrap();
         assert!(!c.isolation.network && c.isolation.pid);
+    }
+
+    fn confined(c: pb::CellConfinement) -> Result<CellSpec, RuntimeError> {
+        cell(pb::Cell {
+            name: "web".into(),
+            confinement: Some(c),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn confinement_is_oci_default_and_refusals_name_the_field() {
+        let c = cell(pb::Cell {
+            name: "web".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.confinement, Confinement::default());
+        assert!(c.confinement.seccomp && !c.confinement.privileged);
+        let e = confined(pb::CellConfinement {
+            cap_drop: vec!["BOGUS".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("confinement.cap_drop"), "{e}");
+        let e = confined(pb::CellConfinement {
+            privileged: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("confinement.privileged"), "{e}");
+        let e = confined(pb::CellConfinement {
+            seccomp: 7,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("confinement.seccomp"), "{e}");
+        let p = pb::Cell {
+            name: "w".into(),
+            confinement: Some(pb::CellConfinement {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(needs_admin(&p), Some("confinement.privileged"));
+        assert_eq!(
+            confined(p.confinement.clone().unwrap()).unwrap().confinement,
+            Confinement::PRIVILEGED
+        );
+        let added = confined(pb::CellConfinement {
+            cap_add: vec!["NET_ADMIN".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(added.confinement.caps.has("NET_ADMIN"));
+        assert_eq!(
+            needs_admin(&pb::Cell {
+                confinement: Some(pb::CellConfinement {
+                    cap_add: vec!["NET_ADMIN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            None
+        );
     }
 }

@@ -86,6 +86,9 @@ impl RuntimeRpc for RuntimeApi {
 
     async fn run_cell(&self, r: Request<pb::Cell>) -> Result<Response<pb::CellStatus>, Status> {
         let since = Instant::now();
+        if let Some(field) = convert::needs_admin(r.get_ref()) {
+            Caller::require(&r, Role::Admin, field)?;
+        }
         let c = r.into_inner();
         if c.image.is_some() {
             return Err(Status::unimplemented(format!(

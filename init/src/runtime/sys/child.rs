@@ -3,6 +3,8 @@
 //! panics. A failure is reported over a close-on-exec pipe as (stage, errno) and the child
 //! exits 127; for an executable, EOF on that pipe means `execve` succeeded.
 
+use crate::runtime::confine::caps::{self, CapSet};
+use crate::runtime::confine::{seccomp, ExecLimits};
 use std::ffi::{c_char, CString};
 use std::os::fd::RawFd;
 
@@ -25,6 +27,12 @@ pub enum Stage {
     Loopback = 12,
     Args = 13,
     CgroupNs = 14,
+    MountRoot = 15,
+    MountDev = 16,
+    PivotRoot = 17,
+    MaskPaths = 18,
+    Capabilities = 19,
+    Seccomp = 20,
 }
 
 impl Stage {
@@ -46,6 +54,12 @@ impl Stage {
             Loopback,
             Args,
             CgroupNs,
+            MountRoot,
+            MountDev,
+            PivotRoot,
+            MaskPaths,
+            Capabilities,
+            Seccomp,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -68,6 +82,12 @@ impl Stage {
             Stage::Loopback => "bring up the cell's loopback",
             Stage::Args => "parse the cell init's arguments",
             Stage::CgroupNs => "make its cgroup namespace",
+            Stage::MountRoot => "build the cell's root (read-only base, /proc, /sys, /tmp, /run)",
+            Stage::MountDev => "build the cell's /dev",
+            Stage::PivotRoot => "enter the cell's root (pivot_root; is PID 1 still on the initramfs?)",
+            Stage::MaskPaths => "mask the cell's /proc and /sys paths",
+            Stage::Capabilities => "reduce its capabilities",
+            Stage::Seccomp => "install the seccomp profile",
         }
     }
 }
@@ -117,6 +137,20 @@ pub struct ExecPlan {
     /// Handed to the program as fd 3 (a VMM's control socket), or -1.
     pub control: RawFd,
     pub report: RawFd,
+    /// Capabilities kept in every set; None keeps all.
+    pub caps: Option<CapSet>,
+    pub no_new_privs: bool,
+    /// seccomp programs to install, in order (their instructions live in `_profile`).
+    seccomp: [Option<SockFprog>; 2],
+    _profile: Option<std::sync::Arc<seccomp::Profile>>,
+}
+
+/// `struct sock_fprog` (include/uapi/linux/filter.h).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockFprog {
+    len: libc::c_ushort,
+    filter: *const seccompiler::sock_filter,
 }
 
 /// argv[0] of a cell's holder: auraed re-executed as a cell's init (`runtime::holder`).
@@ -152,7 +186,88 @@ impl ExecPlan {
             stderr: -1,
             control: -1,
             report: -1,
+            caps: None,
+            no_new_privs: false,
+            seccomp: [None, None],
+            _profile: None,
         })
+    }
+
+    /// What the child applies just before exec (see `confine::ExecLimits`).
+    pub fn confine(&mut self, limits: &ExecLimits) {
+        self.caps = limits.caps;
+        self.no_new_privs = limits.no_new_privs;
+        if let Some(p) = &limits.seccomp {
+            let prog = |v: &seccompiler::BpfProgram| SockFprog {
+                len: v.len() as libc::c_ushort,
+                filter: v.as_ptr(),
+            };
+            self.seccomp = [Some(prog(&p.main)), p.clone3_enosys.as_ref().map(prog)];
+            self._profile = Some(p.clone());
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct` and `__user_cap_data_struct` (linux/capability.h).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Narrows this process's effective, permitted and inheritable sets to `keep` (they can
+/// only shrink). Raw system calls; returns false on failure.
+pub fn set_caps(keep: CapSet) -> bool {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget/capset with a live header and the two-element array version 3 expects.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) < 0 {
+            return false;
+        }
+        for (i, d) in data.iter_mut().enumerate() {
+            let k = (keep.0 >> (32 * i)) as u32;
+            d.effective &= k;
+            d.permitted &= k;
+            d.inheritable &= k;
+        }
+        libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) == 0
+    }
+}
+
+/// Drops from the bounding set every capability not in `keep` (needs CAP_SETPCAP, so
+/// before any uid change) and clears the ambient set.
+fn bound_caps(keep: CapSet) -> bool {
+    // SAFETY: prctl with integer arguments; affects this process only.
+    unsafe {
+        for cap in 0..=caps::LAST {
+            if keep.0 & (1 << cap) == 0
+                && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                return false;
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) == 0
     }
 }
 
@@ -264,6 +379,11 @@ pub fn exec_child(p: &ExecPlan) -> ! {
         if p.new_cgroup_ns && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
             fail(report, Stage::CgroupNs);
         }
+        if let Some(keep) = p.caps {
+            if !bound_caps(keep) {
+                fail(report, Stage::Capabilities);
+            }
+        }
         if let Some(gid) = p.gid {
             if libc::setgroups(0, std::ptr::null()) < 0 {
                 fail(report, Stage::Groups);
@@ -275,6 +395,26 @@ pub fn exec_child(p: &ExecPlan) -> ! {
         if let Some(uid) = p.uid {
             if libc::setuid(uid) < 0 {
                 fail(report, Stage::Uid);
+            }
+        }
+        if let Some(keep) = p.caps {
+            if !set_caps(keep) {
+                fail(report, Stage::Capabilities);
+            }
+        }
+        if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(report, Stage::Seccomp);
+        }
+        // Last: after this only what the profile allows (execve, write, exit) is left.
+        for prog in p.seccomp.iter().flatten() {
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                prog as *const SockFprog,
+            ) < 0
+            {
+                fail(report, Stage::Seccomp);
             }
         }
         libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr());

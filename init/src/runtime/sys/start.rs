@@ -53,6 +53,8 @@ pub struct ExecInput {
     pub stderr: OwnedFd,
     /// Handed to the program as fd 3 (a VMM's control socket).
     pub control: Option<OwnedFd>,
+    /// Capabilities, no_new_privs and seccomp, applied just before exec.
+    pub limits: crate::runtime::confine::ExecLimits,
 }
 
 /// A thread that joins one cell's namespaces once and then starts each executable of that
@@ -119,6 +121,7 @@ fn exec_here(cgroup: &OwnedFd, input: ExecInput) -> Result<Started, StartError> 
     plan.stdout = input.stdout.as_raw_fd();
     plan.stderr = input.stderr.as_raw_fd();
     plan.control = input.control.as_ref().map_or(-1, |f| f.as_raw_fd());
+    plan.confine(&input.limits);
     launch(0, cgroup, false, |report| {
         plan.report = report;
         child::exec_child(&plan)

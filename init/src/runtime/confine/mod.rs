@@ -1,0 +1,94 @@
+//! What confines a cell beyond its namespaces and cgroup: a root of its own (`root`), a
+//! reduced capability set (`caps`), `no_new_privs` and a seccomp profile (`seccomp`). The
+//! defaults are an OCI runtime's; a cell may add or drop capabilities, and an admin may ask
+//! for no seccomp profile or for a privileged cell.
+
+pub mod caps;
+pub mod root;
+pub mod seccomp;
+
+use caps::CapSet;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A cell's confinement, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confinement {
+    /// Capabilities its processes keep, in every set (bounding, permitted, effective,
+    /// inheritable; ambient is cleared).
+    pub caps: CapSet,
+    /// Docker's default seccomp profile for `caps` (else none).
+    pub seccomp: bool,
+    /// The node's own filesystem (with a private /proc, /sys and /tmp), every capability,
+    /// no seccomp, no `no_new_privs`: auraed's own helpers (a VM's VMM, a spawned instance
+    /// in a cell) and cells an admin asks for.
+    pub privileged: bool,
+}
+
+impl Default for Confinement {
+    fn default() -> Confinement {
+        Confinement {
+            caps: CapSet::default_set(),
+            seccomp: true,
+            privileged: false,
+        }
+    }
+}
+
+impl Confinement {
+    pub const PRIVILEGED: Confinement = Confinement {
+        caps: CapSet::ALL,
+        seccomp: false,
+        privileged: true,
+    };
+
+    /// What the processes of a cell get at exec, compiled once per capability set.
+    pub fn exec_limits(&self) -> Result<ExecLimits, String> {
+        if self.privileged {
+            return Ok(ExecLimits::default());
+        }
+        let profile = if self.seccomp {
+            Some(profile_for(self.caps)?)
+        } else {
+            None
+        };
+        Ok(ExecLimits {
+            caps: Some(self.caps),
+            no_new_privs: true,
+            seccomp: profile,
+        })
+    }
+}
+
+/// What an executable's child applies just before `execve` (see `sys::child`).
+#[derive(Debug, Clone, Default)]
+pub struct ExecLimits {
+    /// None: keep every capability.
+    pub caps: Option<CapSet>,
+    pub no_new_privs: bool,
+    pub seccomp: Option<Arc<seccomp::Profile>>,
+}
+
+fn profile_for(caps: CapSet) -> Result<Arc<seccomp::Profile>, String> {
+    static CACHE: OnceLock<Mutex<HashMap<CapSet, Arc<seccomp::Profile>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&caps) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(seccomp::compile(caps)?);
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(caps, p.clone());
+    Ok(p)
+}
+
+/// Directories of the node a cell's root never shows: its keys and VM files.
+pub fn hidden_paths(pki_dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = ["/etc/aurae", "/boot", "/var/lib/aurae"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if !v.iter().any(|h| pki_dir.starts_with(h)) {
+        v.push(pki_dir.to_path_buf());
+    }
+    v
+}

@@ -1,0 +1,245 @@
+//! A cell's root of its own, built by the cell's init (`runtime::holder`) in the cell's new
+//! mount namespace and entered with `pivot_root`, as OCI runtimes do:
+//!
+//! - the source tree (today the node's base filesystem; an image's rootfs later: only the
+//!   source changes) bound read-only, without the mounts below it, with the node's secrets
+//!   covered (`/etc/aurae`, `/boot`, `/var/lib/aurae`, the daemon's PKI directory);
+//! - its own `/proc` (the cell's pid namespace), a read-only `/sys`;
+//! - a private `/dev`: a small tmpfs with null, zero, full, random, urandom and tty, its own
+//!   devpts, a size-limited `/dev/shm` and `mqueue`; read-only once made, so no node device
+//!   can be added to it;
+//! - its own size-limited `/tmp` and `/run` (tmpfs pages are charged to the cell that writes);
+//! - OCI's masked paths (empty) and read-only paths.
+//!
+//! Writable mounts are all `nodev`. `pivot_root(2)` needs the current root to be a mount
+//! with a parent, which the initramfs is not: PID 1 leaves it first (`init::switch_root`).
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+/// Where the new root is assembled: a directory every root has. In the cell's own mount
+/// namespace a bind over it changes nothing for the node.
+const STAGE: &str = "/tmp";
+
+/// Paths OCI's default spec masks: files become /dev/null, directories an empty tmpfs.
+pub const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// Paths OCI's default spec makes read-only.
+pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Size limits of the cell's own tmpfs mounts (tmpfs `size=`).
+pub const TMP_SIZE: &str = "256m";
+pub const RUN_SIZE: &str = "64m";
+pub const SHM_SIZE: &str = "64m";
+
+/// The device nodes of a cell's /dev: name, major, minor.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Which step failed, for the holder's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Root,
+    Dev,
+    Pivot,
+    Mask,
+}
+
+type StepResult = Result<(), (Step, Errno)>;
+
+fn at(step: Step) -> impl Fn(Errno) -> (Step, Errno) {
+    move |e| (step, e)
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+
+fn tmpfs(target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data))
+}
+
+/// Builds the root from `source` with `hide` covered and enters it. Call in a fresh,
+/// private mount namespace; `new_pid` says whether /proc shows only the cell.
+pub fn enter(source: &Path, hide: &[PathBuf]) -> StepResult {
+    let root = Path::new(STAGE);
+    mount(Some(source), root, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(at(Step::Root))?;
+    for h in hide {
+        let Ok(rel) = h.strip_prefix("/") else { continue };
+        let target = root.join(rel);
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => {
+                tmpfs(&target, NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, "size=4k,mode=0755").map_err(at(Step::Root))?
+            }
+            Ok(m) if m.is_file() => bind_null(Path::new("/dev/null"), &target).map_err(at(Step::Root))?,
+            _ => {}
+        }
+    }
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(at(Step::Root))?;
+    mount(
+        Some("sysfs"),
+        &root.join("sys"),
+        Some("sysfs"),
+        NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(at(Step::Root))?;
+    make_dev(&root.join("dev"))?;
+    tmpfs(&root.join("tmp"), nodev, &format!("mode=1777,size={TMP_SIZE}")).map_err(at(Step::Root))?;
+    tmpfs(&root.join("run"), nodev, &format!("mode=0755,size={RUN_SIZE}")).map_err(at(Step::Root))?;
+    // Read-only from here on; the mounts above stay as they are.
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(at(Step::Root))?;
+    pivot(root)?;
+    mask()
+}
+
+/// A private /dev on `dev`.
+fn make_dev(dev: &Path) -> StepResult {
+    let e = at(Step::Dev);
+    tmpfs(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0755,size=64k").map_err(&e)?;
+    let rw = Mode::from_bits_truncate(0o666);
+    for (name, major, minor) in DEVICES {
+        mknod(&dev.join(name), SFlag::S_IFCHR, rw, makedev(*major, *minor)).map_err(&e)?;
+    }
+    for d in ["pts", "shm", "mqueue"] {
+        nix::unistd::mkdir(&dev.join(d), Mode::from_bits_truncate(0o755)).map_err(&e)?;
+    }
+    mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(&e)?;
+    tmpfs(
+        &dev.join("shm"),
+        NOSUID_NODEV_NOEXEC,
+        &format!("mode=1777,size={SHM_SIZE}"),
+    )
+    .map_err(&e)?;
+    mount(
+        Some("mqueue"),
+        &dev.join("mqueue"),
+        Some("mqueue"),
+        NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(&e)?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .map_err(|io| (Step::Dev, Errno::from_raw(io.raw_os_error().unwrap_or(libc::EIO))))?;
+    }
+    mount(
+        None::<&str>,
+        dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(&e)
+}
+
+/// `pivot_root(".", ".")` and a lazy unmount of the old root stacked under the new one:
+/// no directory for the old root is needed, and nothing of it stays reachable.
+fn pivot(root: &Path) -> StepResult {
+    let e = at(Step::Pivot);
+    nix::unistd::chdir(root).map_err(&e)?;
+    nix::unistd::pivot_root(".", ".").map_err(&e)?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(&e)?;
+    nix::unistd::chdir("/").map_err(&e)
+}
+
+/// Binds `null` over the file `target` after checking that `null` really is the null
+/// device (a cell must not be able to swap in a file of its own).
+fn bind_null(null: &Path, target: &Path) -> nix::Result<()> {
+    let st = nix::sys::stat::stat(null)?;
+    let is_null =
+        SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFCHR && st.st_rdev == makedev(1, 3);
+    if !is_null {
+        return Err(Errno::EPERM);
+    }
+    mount(Some(null), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+}
+
+/// OCI's masked and read-only paths, inside the new root. Paths this kernel lacks are
+/// skipped.
+fn mask() -> StepResult {
+    let e = at(Step::Mask);
+    for p in MASKED {
+        let path = Path::new(p);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                tmpfs(path, NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY, "size=4k,mode=0555").map_err(&e)?
+            }
+            Ok(m) if m.is_file() || m.file_type().is_char_device() => {
+                bind_null(Path::new("/dev/null"), path).map_err(&e)?
+            }
+            _ => {}
+        }
+    }
+    for p in READ_ONLY {
+        let path = Path::new(p);
+        if std::fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(&e)?;
+        mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(&e)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! The cells' seccomp profile: Docker's default allow-list for x86_64 (moby
+//! `profiles/seccomp/default.json`), compiled to BPF with `seccompiler`. As in Docker, the
+//! list depends on the cell's capabilities: `mount`, `unshare`, `setns` and namespace flags
+//! to `clone` are allowed only with SYS_ADMIN, `ptrace`-like calls with SYS_PTRACE, and so on.
+//! Anything else fails with EPERM; 32-bit (i386/x32) system calls are refused outright.
+//!
+//! A filter returns one action for every matched call, so `clone3` (ENOSYS, which makes
+//! glibc fall back to `clone`, whose flags a filter can see) is a second, tiny filter; the
+//! kernel reports the errno of the most recently installed filter first.
+
+use super::caps::CapSet;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+macro_rules! sys {
+    ($($name:ident),* $(,)?) => { &[$(libc::$name),*] };
+}
+
+/// Allowed whatever the capabilities.
+const ALWAYS: &[libc::c_long] = sys!(
+    SYS_accept,
+    SYS_accept4,
+    SYS_access,
+    SYS_adjtimex,
+    SYS_alarm,
+    SYS_arch_prctl,
+    SYS_bind,
+    SYS_brk,
+    SYS_capget,
+    SYS_capset,
+    SYS_chdir,
+    SYS_chmod,
+    SYS_chown,
+    SYS_clock_adjtime,
+    SYS_clock_getres,
+    SYS_clock_gettime,
+    SYS_clock_nanosleep,
+    SYS_close,
+    SYS_close_range,
+    SYS_connect,
+    SYS_copy_file_range,
+    SYS_creat,
+    SYS_dup,
+    SYS_dup2,
+    SYS_dup3,
+    SYS_epoll_create,
+    SYS_epoll_create1,
+    SYS_epoll_ctl,
+    SYS_epoll_ctl_old,
+    SYS_epoll_pwait,
+    SYS_epoll_pwait2,
+    SYS_epoll_wait,
+    SYS_epoll_wait_old,
+    SYS_eventfd,
+    SYS_eventfd2,
+    SYS_execve,
+    SYS_execveat,
+    SYS_exit,
+    SYS_exit_group,
+    SYS_faccessat,
+    SYS_faccessat2,
+    SYS_fadvise64,
+    SYS_fallocate,
+    SYS_fanotify_mark,
+    SYS_fchdir,
+    SYS_fchmod,
+    SYS_fchmodat,
+    SYS_fchown,
+    SYS_fchownat,
+    SYS_fcntl,
+    SYS_fdatasync,
+    SYS_fgetxattr,
+    SYS_flistxattr,
+    SYS_flock,
+    SYS_fork,
+    SYS_fremovexattr,
+    SYS_fsetxattr,
+    SYS_fstat,
+    SYS_fstatfs,
+    SYS_fsync,
+    SYS_ftruncate,
+    SYS_futex,
+    SYS_futex_waitv,
+    SYS_futimesat,
+    SYS_getcpu,
+    SYS_getcwd,
+    SYS_getdents,
+    SYS_getdents64,
+    SYS_getegid,
+    SYS_geteuid,
+    SYS_getgid,
+    SYS_getgroups,
+    SYS_getitimer,
+    SYS_getpeername,
+    SYS_getpgid,
+    SYS_getpgrp,
+    SYS_getpid,
+    SYS_getppid,
+    SYS_getpriority,
+    SYS_getrandom,
+    SYS_getresgid,
+    SYS_getresuid,
+    SYS_getrlimit,
+    SYS_get_robust_list,
+    SYS_getrusage,
+    SYS_getsid,
+    SYS_getsockname,
+    SYS_getsockopt,
+    SYS_get_thread_area,
+    SYS_gettid,
+    SYS_gettimeofday,
+    SYS_getuid,
+    SYS_getxattr,
+    SYS_inotify_add_watch,
+    SYS_inotify_init,
+    SYS_inotify_init1,
+    SYS_inotify_rm_watch,
+    SYS_io_cancel,
+    SYS_ioctl,
+    SYS_io_destroy,
+    SYS_io_getevents,
+    SYS_ioprio_get,
+    SYS_ioprio_set,
+    SYS_io_setup,
+    SYS_io_submit,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_io_uring_setup,
+    SYS_kill,
+    SYS_landlock_add_rule,
+    SYS_landlock_create_ruleset,
+    SYS_landlock_restrict_self,
+    SYS_lchown,
+    SYS_lgetxattr,
+    SYS_link,
+    SYS_linkat,
+    SYS_listen,
+    SYS_listxattr,
+    SYS_llistxattr,
+    SYS_lremovexattr,
+    SYS_lseek,
+    SYS_lsetxattr,
+    SYS_lstat,
+    SYS_madvise,
+    SYS_membarrier,
+    SYS_memfd_create,
+    SYS_memfd_secret,
+    SYS_mincore,
+    SYS_mkdir,
+    SYS_mkdirat,
+    SYS_mknod,
+    SYS_mknodat,
+    SYS_mlock,
+    SYS_mlock2,
+    SYS_mlockall,
+    SYS_mmap,
+    SYS_modify_ldt,
+    SYS_mprotect,
+    SYS_mq_getsetattr,
+    SYS_mq_notify,
+    SYS_mq_open,
+    SYS_mq_timedreceive,
+    SYS_mq_timedsend,
+    SYS_mq_unlink,
+    SYS_mremap,
+    SYS_msgctl,
+    SYS_msgget,
+    SYS_msgrcv,
+    SYS_msgsnd,
+    SYS_msync,
+    SYS_munlock,
+    SYS_munlockall,
+    SYS_munmap,
+    SYS_name_to_handle_at,
+    SYS_nanosleep,
+    SYS_newfstatat,
+    SYS_open,
+    SYS_openat,
+    SYS_openat2,
+    SYS_pause,
+    SYS_pidfd_open,
+    SYS_pidfd_send_signal,
+    SYS_pipe,
+    SYS_pipe2,
+    SYS_pkey_alloc,
+    SYS_pkey_free,
+    SYS_pkey_mprotect,
+    SYS_poll,
+    SYS_ppoll,
+    SYS_prctl,
+    SYS_pread64,
+    SYS_preadv,
+    SYS_preadv2,
+    SYS_prlimit64,
+    SYS_process_mrelease,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_pselect6,
+    SYS_ptrace,
+    SYS_pwrite64,
+    SYS_pwritev,
+    SYS_pwritev2,
+    SYS_read,
+    SYS_readahead,
+    SYS_readlink,
+    SYS_readlinkat,
+    SYS_readv,
+    SYS_recvfrom,
+    SYS_recvmmsg,
+    SYS_recvmsg,
+    SYS_remap_file_pages,
+    SYS_removexattr,
+    SYS_rename,
+    SYS_renameat,
+    SYS_renameat2,
+    SYS_restart_syscall,
+    SYS_rmdir,
+    SYS_rseq,
+    SYS_rt_sigaction,
+    SYS_rt_sigpending,
+    SYS_rt_sigprocmask,
+    SYS_rt_sigqueueinfo,
+    SYS_rt_sigreturn,
+    SYS_rt_sigsuspend,
+    SYS_rt_sigtimedwait,
+    SYS_rt_tgsigqueueinfo,
+    SYS_sched_getaffinity,
+    SYS_sched_getattr,
+    SYS_sched_getparam,
+    SYS_sched_get_priority_max,
+    SYS_sched_get_priority_min,
+    SYS_sched_getscheduler,
+    SYS_sched_rr_get_interval,
+    SYS_sched_setaffinity,
+    SYS_sched_setattr,
+    SYS_sched_setparam,
+    SYS_sched_setscheduler,
+    SYS_sched_yield,
+    SYS_seccomp,
+    SYS_select,
+    SYS_semctl,
+    SYS_semget,
+    SYS_semop,
+    SYS_semtimedop,
+    SYS_sendfile,
+    SYS_sendmmsg,
+    SYS_sendmsg,
+    SYS_sendto,
+    SYS_setfsgid,
+    SYS_setfsuid,
+    SYS_setgid,
+    SYS_setgroups,
+    SYS_setitimer,
+    SYS_setpgid,
+    SYS_setpriority,
+    SYS_setregid,
+    SYS_setresgid,
+    SYS_setresuid,
+    SYS_setreuid,
+    SYS_setrlimit,
+    SYS_set_robust_list,
+    SYS_setsid,
+    SYS_setsockopt,
+    SYS_set_thread_area,
+    SYS_set_tid_address,
+    SYS_setuid,
+    SYS_setxattr,
+    SYS_shmat,
+    SYS_shmctl,
+    SYS_shmdt,
+    SYS_shmget,
+    SYS_shutdown,
+    SYS_sigaltstack,
+    SYS_signalfd,
+    SYS_signalfd4,
+    SYS_socketpair,
+    SYS_splice,
+    SYS_stat,
+    SYS_statfs,
+    SYS_statx,
+    SYS_symlink,
+    SYS_symlinkat,
+    SYS_sync,
+    SYS_sync_file_range,
+    SYS_syncfs,
+    SYS_sysinfo,
+    SYS_tee,
+    SYS_tgkill,
+    SYS_time,
+    SYS_timer_create,
+    SYS_timer_delete,
+    SYS_timer_getoverrun,
+    SYS_timer_gettime,
+    SYS_timer_settime,
+    SYS_timerfd_create,
+    SYS_timerfd_gettime,
+    SYS_timerfd_settime,
+    SYS_times,
+    SYS_tkill,
+    SYS_truncate,
+    SYS_umask,
+    SYS_uname,
+    SYS_unlink,
+    SYS_unlinkat,
+    SYS_utime,
+    SYS_utimensat,
+    SYS_utimes,
+    SYS_vfork,
+    SYS_vmsplice,
+    SYS_wait4,
+    SYS_waitid,
+    SYS_write,
+    SYS_writev,
+);
+
+/// Allowed whatever the capabilities, by number: calls the libc crate names for no x86_64
+/// target (io_pgetevents).
+const ALWAYS_BY_NUMBER: &[libc::c_long] = &[333];
+
+/// Allowed only to a cell that holds the capability.
+const BY_CAP: &[(&str, &[libc::c_long])] = &[
+    ("DAC_READ_SEARCH", sys!(SYS_open_by_handle_at)),
+    (
+        "SYS_ADMIN",
+        sys!(
+            SYS_bpf,
+            SYS_clone,
+            SYS_clone3,
+            SYS_fanotify_init,
+            SYS_fsconfig,
+            SYS_fsmount,
+            SYS_fsopen,
+            SYS_fspick,
+            SYS_lookup_dcookie,
+            SYS_mount,
+            SYS_mount_setattr,
+            SYS_move_mount,
+            SYS_open_tree,
+            SYS_perf_event_open,
+            SYS_quotactl,
+            SYS_quotactl_fd,
+            SYS_setdomainname,
+            SYS_sethostname,
+            SYS_setns,
+            SYS_syslog,
+            SYS_umount2,
+            SYS_unshare
+        ),
+    ),
+    ("SYS_BOOT", sys!(SYS_reboot)),
+    ("SYS_CHROOT", sys!(SYS_chroot)),
+    ("SYS_MODULE", sys!(SYS_delete_module, SYS_init_module, SYS_finit_module)),
+    ("SYS_PACCT", sys!(SYS_acct)),
+    ("SYS_PTRACE", sys!(SYS_kcmp, SYS_pidfd_getfd, SYS_process_madvise)),
+    ("SYS_RAWIO", sys!(SYS_iopl, SYS_ioperm)),
+    ("SYS_TIME", sys!(SYS_settimeofday, SYS_clock_settime)),
+    ("SYS_TTY_CONFIG", sys!(SYS_vhangup)),
+    (
+        "SYS_NICE",
+        sys!(
+            SYS_get_mempolicy,
+            SYS_mbind,
+            SYS_set_mempolicy,
+            SYS_set_mempolicy_home_node
+        ),
+    ),
+    ("SYSLOG", sys!(SYS_syslog)),
+    ("BPF", sys!(SYS_bpf)),
+    ("PERFMON", sys!(SYS_perf_event_open)),
+];
+
+/// Namespace flags `clone` may not carry without SYS_ADMIN (CLONE_NEWNS, NEWCGROUP, NEWUTS,
+/// NEWIPC, NEWUSER, NEWPID, NEWNET): Docker's 2114060288.
+const CLONE_NS_FLAGS: u64 = 0x7E02_0000;
+
+/// `personality` values Docker allows: PER_LINUX, UNAME26, PER_LINUX32, their mix, and a query.
+const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
+const AF_VSOCK: u64 = 40;
+
+/// The compiled profile for one capability set: two programs, installed in this order.
+#[derive(Debug)]
+pub struct Profile {
+    pub main: BpfProgram,
+    pub clone3_enosys: Option<BpfProgram>,
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+}
+
+/// Compiles the profile for a cell holding `caps`.
+pub fn compile(caps: CapSet) -> Result<Profile, String> {
+    let err = |e: seccompiler::BackendError| format!("seccomp profile: {e}");
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let allow_always = |rules: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: libc::c_long| {
+        rules.insert(nr, Vec::new());
+    };
+    for nr in ALWAYS.iter().chain(ALWAYS_BY_NUMBER) {
+        allow_always(&mut rules, *nr);
+    }
+    for (cap, calls) in BY_CAP {
+        if caps.has(cap) {
+            for nr in *calls {
+                allow_always(&mut rules, *nr);
+            }
+        }
+    }
+    let admin = caps.has("SYS_ADMIN");
+    if !admin {
+        let no_ns =
+            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(CLONE_NS_FLAGS), 0).map_err(err)?]).map_err(err)?;
+        rules.insert(libc::SYS_clone, vec![no_ns]);
+    }
+    let socket = SeccompRule::new(vec![cond(0, SeccompCmpOp::Ne, AF_VSOCK).map_err(err)?]).map_err(err)?;
+    rules.insert(libc::SYS_socket, vec![socket]);
+    let personality = PERSONALITIES
+        .iter()
+        .map(|v| SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, *v)?]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    rules.insert(libc::SYS_personality, personality);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    let main: BpfProgram = filter.try_into().map_err(err)?;
+    let clone3_enosys = if admin {
+        None
+    } else {
+        let f = SeccompFilter::new(
+            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            TargetArch::x86_64,
+        )
+        .map_err(err)?;
+        Some(f.try_into().map_err(err)?)
+    };
+    Ok(Profile { main, clone3_enosys })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_profile_compiles_and_fits_the_kernel_limit() {
+        let p = compile(CapSet::default_set()).unwrap();
+        // BPF_MAXINSNS: the kernel refuses longer programs.
+        assert!(p.main.len() < 4096, "{} instructions", p.main.len());
+        assert!(p.clone3_enosys.is_some());
+        let all = compile(CapSet::ALL).unwrap();
+        assert!(all.clone3_enosys.is_none());
+        assert!(all.main.len() > p.main.len());
+    }
+
+    #[test]
+    fn no_call_is_both_always_allowed_and_gated() {
+        for (cap, calls) in BY_CAP {
+            for nr in *calls {
+                assert!(!ALWAYS.contains(nr), "{nr} is gated by {cap} and allowed always");
+            }
+        }
+        for gated in [
+            libc::SYS_mount,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_keyctl,
+            libc::SYS_add_key,
+        ] {
+            assert!(!ALWAYS.contains(&gated));
+        }
+    }
+}
