@@ -6,6 +6,7 @@
 #   rootfs/pack-bench.sh BUILD_DIR
 set -euo pipefail
 B=$(cd "${1:?usage: pack-bench.sh BUILD_DIR}" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
 crun=$(command -v crun || true)
 [ -n "$crun" ] || { echo "pack-bench: crun missing (apt-get install crun)" >&2; exit 1; }
 stage=$B/bench; rm -rf "$stage"; mkdir -p "$stage/lib" "$stage/bundle"
@@ -27,12 +28,31 @@ spec=$B/initramfs/bench.spec
     echo "file /bench/bundle/rootfs/bin/busybox bench/busybox 0755 0 0"
     echo "slink /bench/bundle/rootfs/bin/true busybox 0777 0 0"
     (cd "$stage/bundle" && "$crun" spec)
-    python3 - "$stage/bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]; c = json.load(open(p))
+    # crun gets what a default cell gets: pivot_root and a read-only root, OCI's masked and
+    # read-only paths (crun spec's defaults), the same capabilities, no_new_privs, and the
+    # same seccomp allow-list (the names read from auraed's own table).
+    python3 - "$stage/bundle/config.json" "$here/../init/src/runtime/confine/seccomp.rs" <<'PY'
+import json, re, sys
+p, table = sys.argv[1], open(sys.argv[2]).read()
+always = table[table.index("const ALWAYS:"):table.index("const ALWAYS_BY_NUMBER")]
+names = sorted(set(re.findall(r"SYS_(\w+)", always)) | {"io_pgetevents"})
+c = json.load(open(p))
 c["process"]["args"] = ["/bin/true"]; c["process"]["terminal"] = False
+c["process"]["noNewPrivileges"] = True
+caps = ["CAP_" + n for n in ("CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP "
+        "NET_BIND_SERVICE NET_RAW SYS_CHROOT AUDIT_WRITE SETFCAP").split()]
+c["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
 c["root"] = {"path": "rootfs", "readonly": True}
 c["linux"]["cgroupsPath"] = "/crunbench"
+c["linux"]["seccomp"] = {
+    "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "architectures": ["SCMP_ARCH_X86_64"],
+    "syscalls": [
+        {"names": names, "action": "SCMP_ACT_ALLOW"},
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+         "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+        {"names": ["chroot", "socket", "personality"], "action": "SCMP_ACT_ALLOW"},
+    ]}
 json.dump(c, open(p, "w"), indent=1, sort_keys=True)
 PY
     echo "file /bench/bundle/config.json bench/bundle/config.json 0644 0 0"

@@ -55,7 +55,7 @@ vm_bench() {
     local n=${BENCH_SPAWNS:-5} i t0 t1 spawn_ms=() child_ms=()
     echo
     echo "== VMs and Spawn (auraed's VMM under the appliance's KVM, itself under ${ACCEL:-tcg}; nested)"
-    aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup >/dev/null
+    aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup --privileged >/dev/null
     aer exec mkguest --cell benchnode --wait -- /bin/sh -c 'set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc /var/lib/aurae/vm
         cp /bin/busybox $d/bin/; printf "#!/bin/busybox sh\n/bin/busybox sleep 100000\n" > $d/init; chmod +x $d/init
         cd $d && find . | cpio -o -H newc > /var/lib/aurae/vm/idle.cpio 2>/dev/null' >/dev/null
@@ -104,7 +104,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         [ $(( $(date +%s) - t0 )) -lt 120 ] || { echo "bench: no SERVING in 120 s"; cat "$log"; kill $qpid; exit 1; }
         sleep 0.1
     done
-    aer cell create benchhost --share net,mount,cgroup >/dev/null
+    aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
     aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
         --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
         || { echo "bench: bench-runtime failed"; tail -50 "$log"; }

@@ -74,12 +74,17 @@ impl Api {
         Ok((d, server))
     }
 
-    async fn cell_cycle(&mut self, i: usize) -> Result<Duration, tonic::Status> {
+    async fn cell_cycle(
+        &mut self,
+        i: usize,
+        confinement: Option<pb::CellConfinement>,
+    ) -> Result<Duration, tonic::Status> {
         let (cell, name) = (format!("cyc-{i}"), format!("cyc-x-{i}"));
         let t = Instant::now();
         self.rt
             .run_cell(pb::Cell {
                 name: cell.clone(),
+                confinement,
                 ..Default::default()
             })
             .await?;
@@ -191,38 +196,53 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
     report("one API round trip (Status of a missing cell)", floor);
     authorization_cost(&target, n)?;
 
-    api.rt
-        .run_cell(pb::Cell {
-            name: "bench".into(),
+    // The same starts in a confined cell (the default) and in a privileged one (no root of
+    // its own, every capability, no seccomp): the cost of the confinement, same boot.
+    let privileged = || {
+        Some(pb::CellConfinement {
+            privileged: true,
             ..Default::default()
         })
-        .await
-        .map_err(r)?;
-    let (mut in_cell, mut in_cell_server) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let (d, s) = api.run_and_free(format!("b-{i}"), "bench").await.map_err(r)?;
-        in_cell.push(d);
-        in_cell_server.push(s);
+    };
+    for (cell, confinement) in [("bench", None), ("bench-priv", privileged())] {
+        api.rt
+            .run_cell(pb::Cell {
+                name: cell.into(),
+                confinement,
+                ..Default::default()
+            })
+            .await
+            .map_err(r)?;
     }
-    report("RunExecutable + Status, existing cell", in_cell);
-    report(
-        "RunExecutable server-side (inside auraed), existing cell",
-        in_cell_server,
-    );
+    for (cell, what) in [("bench", "confined"), ("bench-priv", "privileged")] {
+        let (mut in_cell, mut in_cell_server) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let (d, s) = api.run_and_free(format!("b-{cell}-{i}"), cell).await.map_err(r)?;
+            in_cell.push(d);
+            in_cell_server.push(s);
+        }
+        report(&format!("RunExecutable + Status, existing {what} cell"), in_cell);
+        report(
+            &format!("RunExecutable server-side (inside auraed), {what} cell"),
+            in_cell_server,
+        );
+    }
     let (mut private, mut private_server) = (Vec::new(), Vec::new());
     for i in 0..n {
         let (d, s) = api.run_and_free(format!("p-{i}"), "").await.map_err(r)?;
         private.push(d);
         private_server.push(s);
     }
-    report("RunExecutable + Status, private cell (new ns)", private);
+    report("RunExecutable + Status, private cell (new ns, confined)", private);
     report("RunExecutable server-side, private cell", private_server);
 
-    let mut cycles = Vec::new();
-    for i in 0..n {
-        cycles.push(api.cell_cycle(i).await.map_err(r)?);
+    for (what, confinement) in [("confined (default)", None), ("privileged", privileged())] {
+        let mut cycles = Vec::new();
+        for i in 0..n {
+            cycles.push(api.cell_cycle(i, confinement.clone()).await.map_err(r)?);
+        }
+        report(&format!("cell create + run true + wait + stop + free, {what}"), cycles);
     }
-    report("cell create + run true + wait + stop + free", cycles);
 
     match &a.crun_bundle {
         Some(bundle) if bundle.join("config.json").exists() => {
@@ -231,9 +251,6 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
                 let t = Instant::now();
                 let st = std::process::Command::new(&a.crun)
                     .arg("run")
-                    // The appliance's root is the initramfs (rootfs), where pivot_root is
-                    // impossible; auraed's cells do not pivot either.
-                    .arg("--no-pivot")
                     .arg("--bundle")
                     .arg(bundle)
                     .arg(format!("crun-{i}"))
@@ -245,7 +262,10 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
                 }
                 crun.push(t.elapsed());
             }
-            report("crun run of the same (bundle running /bin/true)", crun);
+            report(
+                "crun run of the same (pivot_root, masked paths, same caps and seccomp)",
+                crun,
+            );
         }
         _ => println!("crun baseline: SKIP (no bundle given)"),
     }

@@ -240,6 +240,9 @@ fn assemble_runtime(
 ) -> crate::runtime::Runtime {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
     runtime.set_bridge(report.bridge.clone());
+    if let Some(max) = report.max_workloads {
+        runtime.set_max_workloads(max);
+    }
     if let Some(d) = &pki_dir {
         runtime.hide_from_cells(d);
     }

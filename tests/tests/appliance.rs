@@ -312,3 +312,134 @@ fn boots_on_a_tap_inside_its_own_network_namespace() {
         "the runner removed its network namespace"
     );
 }
+
+/// Ceilings, on a node booted with `aurae.max_workloads=6`: a fork bomb in a cell without
+/// limits runs into the workloads root's default pids/memory ceiling while PID 1 keeps
+/// answering, and stopping the cell ends all of it; the seventh workload is refused with
+/// RESOURCE_EXHAUSTED, and nothing is created for it.
+#[test]
+fn a_fork_bomb_and_the_workload_beyond_the_maximum_leave_pid1_serving() {
+    use aurae_appliance_tests::{eventually, sh, Client};
+    let build = appliance_or_skip!();
+    // 512 MiB: the bomb meets the memory ceiling after a few thousand processes.
+    let mut a = Appliance::boot_with(
+        &build,
+        BOOT_DEADLINE,
+        &[("EXTRA_CMDLINE", "aurae.max_workloads=6"), ("MEM", "512M")],
+    );
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        let ceiling: u64 = c
+            .on_node("cat /sys/fs/cgroup/aurae/pids.max")
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        // The probe cell goes: the node is to hold only what this test counts.
+        c.workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(aurae_appliance_tests::cell_ref("probe")),
+                signal: 0,
+                grace_period_millis: 0,
+            })
+            .await
+            .unwrap();
+        c.workloads
+            .clone()
+            .free(aurae_appliance_tests::cell_ref("probe"))
+            .await
+            .unwrap();
+        c.cell(pb::Cell {
+            name: "bomb".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.exec(sh("fuse", "bomb", "f() { f | f & }; f; sleep 1000"))
+            .await
+            .unwrap();
+        // Until it meets a ceiling of the workloads root: its pids.max (then every fork in
+        // it fails) or its memory.max (then the OOM killer acts inside it).
+        let t = std::time::Instant::now();
+        let full = eventually(a.budget(Duration::from_secs(120)), || async {
+            let u = c.cell_status("bomb").await.usage.unwrap();
+            u.pids_current + 2 >= ceiling || u.memory_oom_events > 0
+        })
+        .await;
+        let u = c.cell_status("bomb").await.usage.unwrap();
+        eprintln!(
+            "fork bomb: {} pids (ceiling {ceiling}), {} OOM kills, {:.0} MiB after {:.1} s",
+            u.pids_current,
+            u.memory_oom_kill_events,
+            u.memory_current_bytes as f64 / 1048576.0,
+            t.elapsed().as_secs_f64()
+        );
+        assert!(full, "the bomb never reached a ceiling: {u:?}");
+        // PID 1 still answers while the bomb runs, and stopping the cell ends it all.
+        let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.pid, 1);
+        let stopped = tokio::time::timeout(
+            a.budget(Duration::from_secs(60)),
+            c.workloads.clone().stop(pb::StopRequest {
+                workload: Some(aurae_appliance_tests::cell_ref("bomb")),
+                signal: 0,
+                grace_period_millis: 0,
+            }),
+        )
+        .await;
+        assert!(matches!(stopped, Ok(Ok(_))), "{stopped:?}");
+        c.workloads
+            .clone()
+            .free(aurae_appliance_tests::cell_ref("bomb"))
+            .await
+            .unwrap();
+
+        for i in 0..6 {
+            c.cell(pb::Cell {
+                name: format!("w{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let e = c
+            .cell(pb::Cell {
+                name: "w6".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("aurae.max_workloads"), "{}", e.message());
+        let e = c
+            .runtime
+            .clone()
+            .run_executable(pb::Executable {
+                name: "one-more".into(),
+                argv: vec!["/bin/true".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        let all = c
+            .workloads
+            .clone()
+            .list(pb::ListRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .workloads;
+        assert_eq!(all.len(), 6, "nothing kept for the refused ones: {all:?}");
+        c.node
+            .clone()
+            .shutdown(pb::ShutdownRequest {
+                grace_period_millis: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    assert!(a.wait_exit(BOOT_DEADLINE).success());
+}

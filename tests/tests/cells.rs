@@ -508,7 +508,7 @@ fn nested_cells_freeze_thaw_and_stop_and_free_as_a_subtree() {
     });
 }
 
-/// PID 1 bounds the whole workloads root below the node's memory and pid_max, so no
+/// PID 1 bounds the whole workloads root below the node's memory and task ceiling, so no
 /// workload can take what PID 1 needs to keep serving.
 #[test]
 fn the_workloads_root_leaves_pid1_a_reserve() {
@@ -518,15 +518,15 @@ fn the_workloads_root_leaves_pid1_a_reserve() {
         let v = c
             .on_node(
                 "grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2; cat /proc/sys/kernel/pid_max; \
-                 cat /sys/fs/cgroup/aurae/memory.max /sys/fs/cgroup/aurae/pids.max",
+                 cat /proc/sys/kernel/threads-max /sys/fs/cgroup/aurae/memory.max /sys/fs/cgroup/aurae/pids.max",
             )
             .await;
         let n: Vec<u64> = v.lines().map(|l| l.trim().parse().unwrap()).collect();
-        let [mem_kib, pid_max, memory_max, pids_max] = n[..] else {
+        let [mem_kib, pid_max, threads_max, memory_max, pids_max] = n[..] else {
             panic!("{v}")
         };
         assert_eq!(
-            auraed::init::cgroup::workload_ceilings(mem_kib * 1024, pid_max),
+            auraed::init::cgroup::workload_ceilings(mem_kib * 1024, pid_max, threads_max),
             [("memory.max", memory_max), ("pids.max", pids_max)],
             "{v}"
         );

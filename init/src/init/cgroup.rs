@@ -66,13 +66,16 @@ pub fn setup_workloads_root(root: &Path) -> (PathBuf, Vec<String>, Vec<String>) 
 
 /// The ceilings PID 1 puts on the whole workloads root, so that no workload (a fork bomb, a
 /// leak, a cell or VM without limits) can take what PID 1 needs to keep serving: memory
-/// below the node's total by a reserve of 1/16 (at least 64 MiB), and pids below the
-/// kernel's `pid_max` by 1024. Returns (file, value) pairs.
-pub fn workload_ceilings(mem_total: u64, pid_max: u64) -> [(&'static str, u64); 2] {
+/// below the node's total by a reserve of 1/16 (at least 64 MiB), and tasks below the
+/// kernel's own task ceiling by 1024. That ceiling is the smaller of `pid_max` and
+/// `threads-max` (the kernel sizes the latter from RAM, ~4000 tasks on 512 MiB, and no
+/// capability exempts a fork from it): PID 1 must still be able to start its threads
+/// when every workload pid is taken. Returns (file, value) pairs.
+pub fn workload_ceilings(mem_total: u64, pid_max: u64, threads_max: u64) -> [(&'static str, u64); 2] {
     let reserve = (mem_total / 16).max(64 << 20);
     [
         ("memory.max", mem_total.saturating_sub(reserve)),
-        ("pids.max", pid_max.saturating_sub(1024).max(1)),
+        ("pids.max", pid_max.min(threads_max).saturating_sub(1024).max(1)),
     ]
 }
 
@@ -85,14 +88,17 @@ pub fn apply_workload_ceilings(dir: &Path) -> Vec<String> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
     });
-    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let (Some(mem_total), Some(pid_max)) = (mem_total, pid_max) else {
-        return vec!["workload ceilings: cannot read MemTotal or pid_max".into()];
+    let sysctl = |name: &str| {
+        fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let (Some(mem_total), Some(pid_max), Some(threads_max)) = (mem_total, sysctl("pid_max"), sysctl("threads-max"))
+    else {
+        return vec!["workload ceilings: cannot read MemTotal, pid_max or threads-max".into()];
     };
     let mut errors = Vec::new();
-    for (file, value) in workload_ceilings(mem_total, pid_max) {
+    for (file, value) in workload_ceilings(mem_total, pid_max, threads_max) {
         match fs::write(dir.join(file), value.to_string()) {
             Ok(()) => tracing::info!("workloads {file} {value}"),
             Err(e) => errors.push(format!("write {}/{file}: {e}", dir.display())),
@@ -109,11 +115,16 @@ mod tests {
     fn the_workloads_root_leaves_pid1_a_reserve() {
         let gib = 1u64 << 30;
         assert_eq!(
-            workload_ceilings(gib, 32768),
+            workload_ceilings(gib, 32768, 100_000),
             [("memory.max", gib - (64 << 20)), ("pids.max", 31744)]
         );
-        assert_eq!(workload_ceilings(16 * gib, 4194304)[0], ("memory.max", 15 * gib));
-        assert_eq!(workload_ceilings(0, 0), [("memory.max", 0), ("pids.max", 1)]);
+        // A small node: threads-max, not pid_max, is the kernel's real ceiling.
+        assert_eq!(workload_ceilings(gib / 2, 32768, 3900)[1], ("pids.max", 2876));
+        assert_eq!(
+            workload_ceilings(16 * gib, 4194304, 100_000)[0],
+            ("memory.max", 15 * gib)
+        );
+        assert_eq!(workload_ceilings(0, 0, 0), [("memory.max", 0), ("pids.max", 1)]);
     }
 
     #[test]

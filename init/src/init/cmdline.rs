@@ -10,6 +10,7 @@
 //! | `aurae.listen=ADDR:PORT` | where the API listens | `0.0.0.0:8443` |
 //! | `aurae.bridge=NAME` | bridge that child instances' TAPs attach to | `aurae0` |
 //! | `aurae.bridge_ip=A.B.C.D/N` | the bridge's address | `10.254.0.1/24` |
+//! | `aurae.max_workloads=N` | workloads the node keeps at once (1..=65536) | `4096` |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,7 +29,15 @@ pub struct BootConfig {
     pub bridge_ip: Ipv4Cidr,
     /// Booted by auraed's VMM (a spawned instance): power off through the VMM's port.
     pub vmm: bool,
+    /// How many workloads (table entries: cells, private cells included, executables,
+    /// VMs, instances) the node keeps at once.
+    pub max_workloads: usize,
 }
+
+/// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
+/// their cells several times over, while bounding what the table and log buffers hold.
+pub const DEFAULT_MAX_WORKLOADS: usize = 4096;
+const MAX_WORKLOADS_LIMIT: usize = 65536;
 
 impl Default for BootConfig {
     fn default() -> Self {
@@ -45,6 +54,7 @@ impl Default for BootConfig {
                 prefix: 24,
             },
             vmm: false,
+            max_workloads: DEFAULT_MAX_WORKLOADS,
         }
     }
 }
@@ -89,6 +99,13 @@ impl BootConfig {
                     .map(|g| cfg.gateway = Some(g))
                     .map_err(|_| ValueError::NotIpv4(val.into())),
                 "listen" => val.parse().map(|l| cfg.listen = l).map_err(|_| not("ADDR:PORT")),
+                "max_workloads" => match val.parse::<usize>() {
+                    Ok(n) if (1..=MAX_WORKLOADS_LIMIT).contains(&n) => {
+                        cfg.max_workloads = n;
+                        Ok(())
+                    }
+                    _ => Err(not("a number of workloads, 1..=65536")),
+                },
                 "vmm" => match val {
                     "0" | "1" => {
                         cfg.vmm = val == "1";
@@ -130,7 +147,7 @@ mod tests {
     fn parses_every_parameter() {
         let (cfg, w) = BootConfig::parse(
             "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
-             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16",
+             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(cfg.log_level, Level::DEBUG);
@@ -147,6 +164,12 @@ mod tests {
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.bridge, "br9");
         assert_eq!(cfg.bridge_ip.to_string(), "10.9.0.1/16");
+        assert_eq!(cfg.max_workloads, 40);
+        for bad in ["0", "65537", "x"] {
+            let (cfg, w) = BootConfig::parse(&format!("aurae.max_workloads={bad}"));
+            assert_eq!(cfg.max_workloads, DEFAULT_MAX_WORKLOADS);
+            assert!(w[0].contains("1..=65536"), "{w:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct InitReport {
     pub bridge: Option<(String, cmdline::Ipv4Cidr)>,
     /// How this node was spawned, when it is a spawned instance.
     pub spawned_as: Option<crate::pb::IsolationKind>,
+    /// `aurae.max_workloads` (None: the default).
+    pub max_workloads: Option<usize>,
 }
 
 impl InitReport {
@@ -76,6 +78,7 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
     if cfg.vmm {
         report.spawned_as = Some(crate::pb::IsolationKind::Vm);
     }
+    report.max_workloads = Some(cfg.max_workloads);
     let net_failures = crate::net::bring_up(&crate::net::Plan {
         iface: &cfg.iface,
         ip: cfg.ip,

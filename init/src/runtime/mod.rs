@@ -154,6 +154,11 @@ impl Runtime {
         self.spawn_identity = Some(id);
     }
 
+    /// At most `max` workloads at once (see `table::Table::insert`).
+    pub fn set_max_workloads(&mut self, max: usize) {
+        self.table().max = max;
+    }
+
     /// Adds the node's PKI directory (wherever it is) to what confined cells never see.
     pub fn hide_from_cells(&mut self, pki_dir: &std::path::Path) {
         self.hidden = confine::hidden_paths(pki_dir);

@@ -102,11 +102,23 @@ pub(crate) fn already_exists(kind: Kind, name: &str) -> RuntimeError {
     ))
 }
 
-#[derive(Default)]
 pub(crate) struct Table {
     entries: BTreeMap<(Kind, String), Workload>,
     /// Host numbers on the bridge taken by instances.
     pub hosts: BTreeSet<u8>,
+    /// At most this many entries (`aurae.max_workloads`): each holds memory (status, logs)
+    /// until it is freed, so their number is bounded.
+    pub max: usize,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table {
+            entries: BTreeMap::new(),
+            hosts: BTreeSet::new(),
+            max: crate::init::cmdline::DEFAULT_MAX_WORKLOADS,
+        }
+    }
 }
 
 impl Table {
@@ -133,11 +145,18 @@ impl Table {
         }
     }
 
-    /// Adds `x` under its kind and name; ALREADY_EXISTS when the name is taken.
+    /// Adds `x` under its kind and name; ALREADY_EXISTS when the name is taken,
+    /// RESOURCE_EXHAUSTED when the node holds its maximum of workloads.
     pub fn insert<T: Entry>(&mut self, x: Arc<T>) -> Result<()> {
         let w = T::wrap(x);
         let key = (w.kind(), w.name());
         self.vacant::<T>(&key.1)?;
+        if self.entries.len() >= self.max {
+            return Err(RuntimeError::Exhausted(format!(
+                "this node holds {} workloads (cells, private cells of executables, executables, VMs and instances, ended ones until freed), its maximum; free some (aer ps, aer free NAME) or boot with a larger aurae.max_workloads",
+                self.entries.len()
+            )));
+        }
         self.entries.insert(key, w);
         Ok(())
     }

@@ -227,3 +227,25 @@ async fn a_cell_whose_init_dies_fails_and_its_processes_go() {
     );
     assert_eq!(r.fake.running(), 0);
 }
+
+#[tokio::test]
+async fn the_workload_beyond_the_maximum_is_refused_and_leaves_nothing() {
+    let mut r = rig();
+    r.rt.set_max_workloads(3);
+    r.rt.run_cell(cell("a")).await.unwrap();
+    r.rt.run_cell(cell("b")).await.unwrap();
+    // An executable without a cell needs two entries (its private cell and itself).
+    let e = r.rt.run_executable(exe("x", None)).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::Exhausted(_)), "{e}");
+    assert!(e.to_string().contains("aurae.max_workloads"), "{e}");
+    assert_eq!(
+        tree(&r.root),
+        ["a", "a/_init", "b", "b/_init"],
+        "its private cell went too"
+    );
+    r.rt.run_cell(cell("c")).await.unwrap();
+    let e = r.rt.run_cell(cell("d")).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::Exhausted(_)), "{e}");
+    assert_eq!(r.rt.list(None).len(), 3, "the maximum, never more");
+    assert!(!tree(&r.root).iter().any(|d| d.starts_with('d')), "{:?}", tree(&r.root));
+}

@@ -320,12 +320,22 @@ fn reset_signals() {
 /// descriptor stay fast. The hard limit stays, so a workload may raise its own.
 const WORKLOAD_NOFILE_SOFT: u64 = 1024;
 
-fn reset_nofile() {
+/// Resource limits a workload starts with. RLIMIT_NOFILE: see above. RLIMIT_NPROC:
+/// unlimited, as container engines start containers. It counts processes per uid
+/// node-wide, and every cell's root is the node's uid 0, so a fork bomb in one cell would
+/// otherwise stop every other cell from forking; each cell's pids.max (and the workloads
+/// root's) is the bound instead. Raising it needs CAP_SYS_RESOURCE, which the child still
+/// has here.
+fn reset_limits() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit system calls with a pointer to a live local.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit/setrlimit system calls with pointers to live locals.
     unsafe {
         if libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_NOFILE, &mut lim as *mut libc::rlimit) == 0
             && lim.rlim_cur > WORKLOAD_NOFILE_SOFT
@@ -333,13 +343,18 @@ fn reset_nofile() {
             lim.rlim_cur = WORKLOAD_NOFILE_SOFT;
             libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_NOFILE, &lim as *const libc::rlimit);
         }
+        libc::syscall(
+            libc::SYS_setrlimit,
+            libc::RLIMIT_NPROC,
+            &unlimited as *const libc::rlimit,
+        );
     }
 }
 
 /// The executable's child: stdio, cwd, credentials, exec. Never returns.
 pub fn exec_child(p: &ExecPlan) -> ! {
     reset_signals();
-    reset_nofile();
+    reset_limits();
     // SAFETY: each call is a plain system call on fds and C strings prepared by the parent
     // and alive for the child's whole life (the child's copy of the parent's memory).
     unsafe {
@@ -450,7 +465,7 @@ impl HolderPlan {
 
 /// The holder's child: report pipe on fd 3, then exec auraed as `aurae-cell-init`.
 pub fn holder_child(p: &HolderPlan) -> ! {
-    reset_nofile();
+    reset_limits();
     let env: [*const c_char; 1] = [std::ptr::null()];
     // SAFETY: system calls on fds and C strings prepared by the parent. dup2 onto 3 clears
     // close-on-exec for the report pipe only; when it already is 3, clear it by hand.
