@@ -436,7 +436,6 @@ fn a_fork_bomb_and_the_workload_beyond_the_maximum_leave_pid1_serving() {
             .clone()
             .shutdown(pb::ShutdownRequest {
                 grace_period_millis: 1000,
-                ..Default::default()
             })
             .await
             .unwrap();
