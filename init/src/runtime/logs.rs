@@ -8,12 +8,21 @@ use std::sync::Mutex;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-/// Bytes a log may hold (line bytes plus [`LINE_OVERHEAD`] per line).
+/// The memory a log may take, all of it counted: the line records, the bytes and what
+/// the allocator adds to each.
 pub const DEFAULT_CAPACITY: usize = 8 << 20;
-/// Accounting cost of one line beyond its bytes (its record in the buffer).
-pub const LINE_OVERHEAD: usize = 48;
 /// Longer lines are split.
 pub const MAX_LINE: usize = 16 << 10;
+/// What the allocator adds to each line's bytes: a header, and rounding to 16 bytes.
+const ALLOC_OVERHEAD: usize = 16;
+/// At most one line per this many bytes of capacity: the record ring (48 bytes a slot,
+/// allocated for the most lines it ever held) stays a fixed, small share of the capacity.
+const BYTES_PER_RECORD: usize = 512;
+
+/// What one line's bytes take on the heap.
+fn heap_cost(len: usize) -> usize {
+    len.div_ceil(16) * 16 + ALLOC_OVERHEAD
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -34,13 +43,17 @@ struct Inner {
     lines: VecDeque<Line>,
     /// Sequence number of the next line to be pushed.
     next_seq: u64,
+    /// Heap taken by the kept lines' bytes (`heap_cost` of each).
     bytes: usize,
     open_writers: u32,
 }
 
 pub struct LogBuffer {
     inner: Mutex<Inner>,
-    capacity: usize,
+    /// Heap the kept lines' bytes may take: the capacity less the record ring at its largest.
+    byte_budget: usize,
+    /// Most lines kept at once.
+    max_lines: usize,
     /// Bumped on every push and when the last writer closes.
     changed: watch::Sender<u64>,
 }
@@ -62,7 +75,16 @@ pub fn now_unix_nanos() -> i64 {
 }
 
 impl LogBuffer {
+    /// A buffer whose memory, all counted, stays within `capacity` bytes.
     pub fn new(capacity: usize, writers: u32) -> LogBuffer {
+        // A power of two: the ring grows by doubling, so it never has more slots than this.
+        let lines = (capacity / BYTES_PER_RECORD).max(1);
+        let max_lines = 1 << (usize::BITS - 1 - lines.leading_zeros());
+        let byte_budget = capacity.saturating_sub(max_lines * std::mem::size_of::<Line>());
+        LogBuffer::with_limits(byte_budget, max_lines, writers)
+    }
+
+    fn with_limits(byte_budget: usize, max_lines: usize, writers: u32) -> LogBuffer {
         LogBuffer {
             inner: Mutex::new(Inner {
                 lines: VecDeque::new(),
@@ -70,22 +92,34 @@ impl LogBuffer {
                 bytes: 0,
                 open_writers: writers,
             }),
-            capacity,
+            byte_budget,
+            max_lines,
             changed: watch::channel(0).0,
         }
+    }
+
+    /// The heap this buffer holds now, as the allocator sees it: the record ring (every
+    /// slot it has) and each kept line's bytes (their capacity, rounded, plus a header).
+    pub fn held_bytes(&self) -> usize {
+        let g = self.lock();
+        g.lines.capacity() * std::mem::size_of::<Line>()
+            + g.lines.iter().map(|l| heap_cost(l.bytes.capacity())).sum::<usize>()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, stream: Stream, bytes: Vec<u8>) {
+    pub fn push(&self, stream: Stream, mut bytes: Vec<u8>) {
+        // A piece split off a longer line, or a line read into a growing buffer, may carry
+        // far more capacity than bytes: keep only the bytes.
+        bytes.shrink_to_fit();
         let seq = {
             let mut g = self.lock();
-            let cost = bytes.len() + LINE_OVERHEAD;
-            while g.bytes + cost > self.capacity {
+            let cost = heap_cost(bytes.capacity());
+            while g.bytes + cost > self.byte_budget || g.lines.len() >= self.max_lines {
                 match g.lines.pop_front() {
-                    Some(old) => g.bytes -= old.bytes.len() + LINE_OVERHEAD,
+                    Some(old) => g.bytes -= heap_cost(old.bytes.capacity()),
                     None => break,
                 }
             }
@@ -197,7 +231,8 @@ mod tests {
 
     #[test]
     fn drops_oldest_and_counts_exactly() {
-        let b = LogBuffer::new(10 * (LINE_OVERHEAD + 4), 1);
+        // Ten 4-byte lines fit; an eleventh does not.
+        let b = LogBuffer::with_limits(10 * heap_cost(4), 64, 1);
         for i in 0..25u32 {
             b.push(Stream::Stdout, format!("{i:04}").into_bytes());
         }
@@ -220,6 +255,34 @@ mod tests {
         assert_eq!((batch.dropped, batch.lines.len(), batch.closed), (0, 3, false));
         let batch = b.read(&mut cur, 100);
         assert_eq!((batch.lines.len(), batch.closed), (7, true));
+    }
+
+    #[test]
+    fn the_memory_held_stays_within_the_capacity_whatever_the_lines() {
+        const CAP: usize = 1 << 20;
+        // One-byte lines (the most records), then long lines cut in pieces from a larger
+        // allocation (the most spare capacity), then a mix.
+        let b = LogBuffer::new(CAP, 1);
+        for _ in 0..200_000 {
+            b.push(Stream::Stdout, vec![b'x']);
+        }
+        assert!(b.held_bytes() <= CAP, "{} > {CAP}", b.held_bytes());
+        assert_eq!(
+            b.end_cursor() - b.lock().lines.front().unwrap().seq,
+            2048,
+            "a line per 512 bytes"
+        );
+        for _ in 0..100 {
+            let mut big = Vec::with_capacity(4 * MAX_LINE);
+            big.resize(3 * MAX_LINE, b'y');
+            push_split(&b, Stream::Stdout, big);
+        }
+        assert!(b.held_bytes() <= CAP, "{} > {CAP}", b.held_bytes());
+        for i in 0..50_000usize {
+            b.push(Stream::Stderr, vec![b'z'; i % 700]);
+        }
+        assert!(b.held_bytes() <= CAP, "{} > {CAP}", b.held_bytes());
+        assert!(b.held_bytes() > CAP / 2, "and the capacity is used: {}", b.held_bytes());
     }
 
     #[test]

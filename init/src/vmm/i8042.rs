@@ -180,4 +180,27 @@ mod tests {
         assert_eq!(got, [0xe0, 0x5e, 0xe0, 0xde]);
         assert_eq!(k.write(CMD, 0xfe), Action::Reset);
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any sequence of port reads and writes: no panic, the output buffer bounded.
+            #[test]
+            fn random_port_traffic_keeps_the_buffer_bounded(
+                ops in proptest::collection::vec((prop_oneof![Just(DATA), Just(CMD), any::<u16>()], any::<u8>(), any::<bool>()), 1..512),
+            ) {
+                let mut k = I8042::default();
+                for (port, value, write) in ops {
+                    if write {
+                        k.write(port, value);
+                    } else {
+                        k.read(port);
+                    }
+                    prop_assert!(k.out.len() <= OUT_CAP);
+                }
+            }
+        }
+    }
 }

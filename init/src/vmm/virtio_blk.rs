@@ -47,6 +47,9 @@ pub struct VirtioBlk {
     mem: Arc<GuestMemoryMmap>,
     file: std::fs::File,
     read_only: bool,
+    /// The image's size in bytes when the VM started: no request reaches beyond it, so
+    /// the file never grows.
+    capacity: u64,
     /// Config space: capacity in 512-byte sectors.
     config: [u8; 8],
     id: [u8; 20],
@@ -84,6 +87,7 @@ impl VirtioBlk {
             mem,
             file,
             read_only,
+            capacity: size / SECTOR * SECTOR,
             config: (size / SECTOR).to_le_bytes(),
             id,
             irq,
@@ -114,6 +118,14 @@ impl VirtioBlk {
         sector.copy_from_slice(&hdr[8..16]);
         let mut offset = u64::from_le_bytes(sector).saturating_mul(SECTOR);
         let data = &descs[1..descs.len() - 1];
+        // Every byte a read or write touches lies inside the image: checked before any I/O.
+        if matches!(kind, T_IN | T_OUT) {
+            let total = data.iter().fold(0u64, |t, d| t.saturating_add(u64::from(d.len)));
+            if offset.checked_add(total).is_none_or(|end| end > self.capacity) {
+                let _ = mem.write_slice(&[S_IOERR], status.addr);
+                return 1;
+            }
+        }
         let mut written = 0u32;
         let result: Result<(), u8> = (|| match kind {
             T_IN => {
@@ -372,6 +384,68 @@ mod tests {
         );
         header(&r.mem, 77, 0);
         assert_eq!(submit(&r, &q, &[desc(HDR, 16, 0), desc(STATUS, 1, WO)]).0, S_UNSUPP);
+        // A write that starts inside the image and runs past its end: refused whole.
+        header(&r.mem, T_OUT, 7);
+        let (status, _) = submit(&r, &q, &[desc(HDR, 16, 0), desc(DATA, 1024, 0), desc(STATUS, 1, WO)]);
+        assert_eq!(status, S_IOERR, "a write past the end");
         assert_eq!(std::fs::read(r.disk.path()).unwrap(), before, "the image is unchanged");
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A descriptor a hostile guest might post: anywhere (often inside the 4 MiB
+        /// guest, sometimes beyond it), any length (often small), any flags.
+        fn any_desc() -> impl Strategy<Value = RawDescriptor> {
+            let addr = prop_oneof![3 => 0u64..(4 << 20), 1 => any::<u64>()];
+            let len = prop_oneof![3 => 0u32..4096, 1 => any::<u32>()];
+            (addr, len, prop_oneof![Just(0u16), Just(WO)]).prop_map(|(a, l, f)| desc(a, l, f))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any request on any chain: no panic, the image never changes size, and the
+            /// device still serves a good read afterwards.
+            #[test]
+            fn random_chains_never_panic_or_grow_the_image(
+                kind in prop_oneof![Just(T_IN), Just(T_OUT), Just(T_FLUSH), Just(T_GET_ID), any::<u32>()],
+                sector in prop_oneof![0u64..16, any::<u64>()],
+                chain in proptest::collection::vec(any_desc(), 1..6),
+            ) {
+                let r = rig(false);
+                let q = MockSplitQueue::create(&*r.mem, GA(0x38_0000), 16);
+                header(&r.mem, kind, sector);
+                q.build_desc_chain(&chain).unwrap();
+                setup_queue(&*r.dev, 0, &q, 16);
+                w32(&*r.dev, 0x50, 0);
+                prop_assert_eq!(std::fs::metadata(r.disk.path()).unwrap().len(), 8 * 512);
+                header(&r.mem, T_IN, 2);
+                q.build_desc_chain(&[desc(HDR, 16, 0), desc(DATA, 512, WO), desc(STATUS, 1, WO)]).unwrap();
+                w32(&*r.dev, 0x50, 0);
+                let mut got = [0u8; 512];
+                r.mem.read_slice(&mut got, GA(DATA)).unwrap();
+                prop_assert_eq!(r.mem.read_obj::<u8>(GA(STATUS)).unwrap(), S_OK);
+            }
+
+            /// Any register or config-space access of any width at any offset: no panic.
+            #[test]
+            fn random_mmio_accesses_never_panic(
+                ops in proptest::collection::vec((0u64..0x1100, 0usize..9, any::<u64>(), any::<bool>()), 1..64),
+            ) {
+                let r = rig(false);
+                for (offset, width, value, write) in ops {
+                    let bytes = value.to_le_bytes();
+                    if write {
+                        r.dev.write(offset, &bytes[..width]);
+                    } else {
+                        let mut b = vec![0u8; width];
+                        r.dev.read(offset, &mut b);
+                    }
+                }
+                prop_assert_eq!(std::fs::metadata(r.disk.path()).unwrap().len(), 8 * 512);
+            }
+        }
     }
 }
