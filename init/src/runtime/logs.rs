@@ -100,7 +100,8 @@ impl LogBuffer {
 
     /// The heap this buffer holds now, as the allocator sees it: the record ring (every
     /// slot it has) and each kept line's bytes (their capacity, rounded, plus a header).
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         let g = self.lock();
         g.lines.capacity() * std::mem::size_of::<Line>()
             + g.lines.iter().map(|l| heap_cost(l.bytes.capacity())).sum::<usize>()
