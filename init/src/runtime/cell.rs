@@ -258,10 +258,7 @@ impl Runtime {
         self.usable()?;
         let (parent, parent_dir) = self.check_cell(&spec)?;
         let dir = parent_dir.child(spec.name.leaf());
-        let limits = spec
-            .confinement
-            .exec_limits()
-            .map_err(|e| RuntimeError::Precondition(format!("cell '{}': {e}", spec.name)))?;
+        let limits = spec.confinement.exec_limits();
         let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;
         match self.start_cell(&cell, &spec, parent.as_deref()).await {

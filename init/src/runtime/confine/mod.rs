@@ -3,6 +3,7 @@
 //! defaults are an OCI runtime's; a cell may add or drop capabilities, and an admin may ask
 //! for no seccomp profile or for a privileged cell.
 
+pub mod bpf;
 pub mod caps;
 pub mod root;
 pub mod seccomp;
@@ -44,20 +45,15 @@ impl Confinement {
     };
 
     /// What the processes of a cell get at exec, compiled once per capability set.
-    pub fn exec_limits(&self) -> Result<ExecLimits, String> {
+    pub fn exec_limits(&self) -> ExecLimits {
         if self.privileged {
-            return Ok(ExecLimits::default());
+            return ExecLimits::default();
         }
-        let profile = if self.seccomp {
-            Some(profile_for(self.caps)?)
-        } else {
-            None
-        };
-        Ok(ExecLimits {
+        ExecLimits {
             caps: Some(self.caps),
             no_new_privs: true,
-            seccomp: profile,
-        })
+            seccomp: self.seccomp.then(|| profile_for(self.caps)),
+        }
     }
 }
 
@@ -70,15 +66,15 @@ pub struct ExecLimits {
     pub seccomp: Option<Arc<seccomp::Profile>>,
 }
 
-fn profile_for(caps: CapSet) -> Result<Arc<seccomp::Profile>, String> {
+fn profile_for(caps: CapSet) -> Arc<seccomp::Profile> {
     static CACHE: OnceLock<Mutex<HashMap<CapSet, Arc<seccomp::Profile>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&caps) {
-        return Ok(p.clone());
+        return p.clone();
     }
-    let p = Arc::new(seccomp::compile(caps)?);
+    let p = Arc::new(seccomp::compile(caps));
     cache.lock().unwrap_or_else(|p| p.into_inner()).insert(caps, p.clone());
-    Ok(p)
+    p
 }
 
 /// Directories of the node a cell's root never shows: its keys and VM files.

@@ -1,18 +1,13 @@
 //! The cells' seccomp profile: Docker's default allow-list for x86_64 (moby
-//! `profiles/seccomp/default.json`), compiled to BPF with `seccompiler`. As in Docker, the
-//! list depends on the cell's capabilities: `mount`, `unshare`, `setns` and namespace flags
-//! to `clone` are allowed only with SYS_ADMIN, `ptrace`-like calls with SYS_PTRACE, and so on.
-//! Anything else fails with EPERM; 32-bit (i386/x32) system calls are refused outright.
-//!
-//! A filter returns one action for every matched call, so `clone3` (ENOSYS, which makes
-//! glibc fall back to `clone`, whose flags a filter can see) is a second, tiny filter; the
-//! kernel reports the errno of the most recently installed filter first.
+//! `profiles/seccomp/default.json`), compiled to BPF as a search tree (`bpf`). As in
+//! Docker, the list depends on the cell's capabilities: `mount`, `unshare`, `setns` and
+//! namespace flags to `clone` are allowed only with SYS_ADMIN, `ptrace`-like calls with
+//! SYS_PTRACE, and so on; `clone3` answers ENOSYS without SYS_ADMIN (its flags are in
+//! memory a filter cannot read; libcs then fall back to `clone`). Anything else fails with
+//! EPERM; another architecture's calls kill the process, x32 calls get EPERM.
 
+use super::bpf::{self, Verdict};
 use super::caps::CapSet;
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
-};
-use std::collections::BTreeMap;
 
 macro_rules! sys {
     ($($name:ident),* $(,)?) => { &[$(libc::$name),*] };
@@ -373,91 +368,106 @@ const BY_CAP: &[(&str, &[libc::c_long])] = &[
 
 /// Namespace flags `clone` may not carry without SYS_ADMIN (CLONE_NEWNS, NEWCGROUP, NEWUTS,
 /// NEWIPC, NEWUSER, NEWPID, NEWNET): Docker's 2114060288.
-const CLONE_NS_FLAGS: u64 = 0x7E02_0000;
+const CLONE_NS_FLAGS: u32 = 0x7E02_0000;
 
 /// `personality` values Docker allows: PER_LINUX, UNAME26, PER_LINUX32, their mix, and a query.
-const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+const PERSONALITIES: &[u32] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
-const AF_VSOCK: u64 = 40;
+const AF_VSOCK: u32 = 40;
 
-/// The compiled profile for one capability set: two programs, installed in this order.
+/// The compiled profile for one capability set.
 #[derive(Debug)]
 pub struct Profile {
-    pub main: BpfProgram,
-    pub clone3_enosys: Option<BpfProgram>,
-}
-
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+    pub prog: Vec<bpf::Insn>,
 }
 
 /// Compiles the profile for a cell holding `caps`.
-pub fn compile(caps: CapSet) -> Result<Profile, String> {
-    let err = |e: seccompiler::BackendError| format!("seccomp profile: {e}");
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let allow_always = |rules: &mut BTreeMap<i64, Vec<SeccompRule>>, nr: libc::c_long| {
-        rules.insert(nr, Vec::new());
-    };
-    for nr in ALWAYS.iter().chain(ALWAYS_BY_NUMBER) {
-        allow_always(&mut rules, *nr);
-    }
+pub fn compile(caps: CapSet) -> Profile {
+    let nr = |n: libc::c_long| n as u32;
+    let mut rules: Vec<(u32, Verdict)> = ALWAYS
+        .iter()
+        .chain(ALWAYS_BY_NUMBER)
+        .map(|n| (nr(*n), Verdict::Allow))
+        .collect();
     for (cap, calls) in BY_CAP {
         if caps.has(cap) {
-            for nr in *calls {
-                allow_always(&mut rules, *nr);
-            }
+            rules.extend(calls.iter().map(|n| (nr(*n), Verdict::Allow)));
         }
     }
-    let admin = caps.has("SYS_ADMIN");
-    if !admin {
-        let no_ns =
-            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(CLONE_NS_FLAGS), 0).map_err(err)?]).map_err(err)?;
-        rules.insert(libc::SYS_clone, vec![no_ns]);
+    if !caps.has("SYS_ADMIN") {
+        rules.push((nr(libc::SYS_clone), Verdict::AllowIfClear(CLONE_NS_FLAGS)));
+        rules.push((nr(libc::SYS_clone3), Verdict::Errno(libc::ENOSYS as u16)));
     }
-    let socket = SeccompRule::new(vec![cond(0, SeccompCmpOp::Ne, AF_VSOCK).map_err(err)?]).map_err(err)?;
-    rules.insert(libc::SYS_socket, vec![socket]);
-    let personality = PERSONALITIES
-        .iter()
-        .map(|v| SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, *v)?]))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err)?;
-    rules.insert(libc::SYS_personality, personality);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Errno(libc::EPERM as u32),
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(err)?;
-    let main: BpfProgram = filter.try_into().map_err(err)?;
-    let clone3_enosys = if admin {
-        None
-    } else {
-        let f = SeccompFilter::new(
-            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-            TargetArch::x86_64,
-        )
-        .map_err(err)?;
-        Some(f.try_into().map_err(err)?)
-    };
-    Ok(Profile { main, clone3_enosys })
+    rules.push((nr(libc::SYS_socket), Verdict::AllowIfNot(AF_VSOCK)));
+    rules.push((nr(libc::SYS_personality), Verdict::AllowIfOneOf(PERSONALITIES)));
+    Profile {
+        prog: bpf::compile(rules, bpf::ret_errno(libc::EPERM as u16)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const X86_64: u32 = 0xc000_003e;
+
+    fn verdict(p: &Profile, call: libc::c_long, arg0: u64) -> u32 {
+        bpf::run(&p.prog, call as u32, X86_64, arg0).0
+    }
+
     #[test]
-    fn the_default_profile_compiles_and_fits_the_kernel_limit() {
-        let p = compile(CapSet::default_set()).unwrap();
-        // BPF_MAXINSNS: the kernel refuses longer programs.
-        assert!(p.main.len() < 4096, "{} instructions", p.main.len());
-        assert!(p.clone3_enosys.is_some());
-        let all = compile(CapSet::ALL).unwrap();
-        assert!(all.clone3_enosys.is_none());
-        assert!(all.main.len() > p.main.len());
+    fn the_default_profile_allows_dockers_list_and_refuses_the_rest() {
+        let p = compile(CapSet::default_set());
+        assert!(p.prog.len() < 1000, "{} instructions", p.prog.len());
+        let eperm = bpf::ret_errno(libc::EPERM as u16);
+        for call in [
+            libc::SYS_read,
+            libc::SYS_execve,
+            libc::SYS_chroot,
+            libc::SYS_io_uring_setup,
+        ] {
+            assert_eq!(verdict(&p, call, 0), bpf::RET_ALLOW, "{call}");
+        }
+        for call in [
+            libc::SYS_mount,
+            libc::SYS_umount2,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_keyctl,
+            libc::SYS_add_key,
+            libc::SYS_bpf,
+            libc::SYS_reboot,
+            libc::SYS_kexec_load,
+            libc::SYS_init_module,
+            libc::SYS_open_by_handle_at,
+        ] {
+            assert_eq!(verdict(&p, call, 0), eperm, "{call}");
+        }
+        assert_eq!(verdict(&p, libc::SYS_clone, libc::SIGCHLD as u64), bpf::RET_ALLOW);
+        assert_eq!(verdict(&p, libc::SYS_clone, libc::CLONE_NEWUSER as u64), eperm);
+        assert_eq!(verdict(&p, libc::SYS_clone3, 0), bpf::ret_errno(libc::ENOSYS as u16));
+        assert_eq!(verdict(&p, libc::SYS_socket, libc::AF_INET as u64), bpf::RET_ALLOW);
+        assert_eq!(verdict(&p, libc::SYS_socket, 40), eperm, "AF_VSOCK");
+        assert_eq!(verdict(&p, libc::SYS_personality, 0xffff_ffff), bpf::RET_ALLOW);
+        assert_eq!(
+            verdict(&p, libc::SYS_personality, 0x0040_0000),
+            eperm,
+            "READ_IMPLIES_EXEC"
+        );
+    }
+
+    #[test]
+    fn calls_gated_on_a_capability_follow_the_cells_set() {
+        let admin = compile(CapSet::adjusted(&["SYS_ADMIN".into()], &[]).unwrap());
+        for call in [libc::SYS_mount, libc::SYS_unshare, libc::SYS_setns, libc::SYS_clone3] {
+            assert_eq!(verdict(&admin, call, 0), bpf::RET_ALLOW, "{call}");
+        }
+        assert_eq!(
+            verdict(&admin, libc::SYS_clone, libc::CLONE_NEWUSER as u64),
+            bpf::RET_ALLOW
+        );
+        let no_chroot = compile(CapSet::adjusted(&[], &["SYS_CHROOT".into()]).unwrap());
+        assert_ne!(verdict(&no_chroot, libc::SYS_chroot, 0), bpf::RET_ALLOW);
     }
 
     #[test]
@@ -467,14 +477,38 @@ mod tests {
                 assert!(!ALWAYS.contains(nr), "{nr} is gated by {cap} and allowed always");
             }
         }
-        for gated in [
-            libc::SYS_mount,
-            libc::SYS_unshare,
-            libc::SYS_setns,
-            libc::SYS_keyctl,
-            libc::SYS_add_key,
-        ] {
-            assert!(!ALWAYS.contains(&gated));
+    }
+
+    /// The kernel accepts the program and enforces it: a forked child installs it, then
+    /// an allowed call works and `unshare` fails with EPERM.
+    #[test]
+    fn the_kernel_accepts_and_enforces_the_profile() {
+        let p = compile(CapSet::default_set());
+        let fprog = libc::sock_fprog {
+            len: p.prog.len() as u16,
+            filter: p.prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: the child makes only system calls on data prepared before the fork and
+        // ends in _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: plain system calls in the forked child.
+            unsafe {
+                let ok = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                    && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog) == 0
+                    && libc::getpid() > 0
+                    && libc::unshare(libc::CLONE_NEWUTS) < 0
+                    && *libc::__errno_location() == libc::EPERM;
+                libc::_exit(if ok { 0 } else { 1 });
+            }
         }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
     }
 }

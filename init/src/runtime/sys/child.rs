@@ -140,8 +140,8 @@ pub struct ExecPlan {
     /// Capabilities kept in every set; None keeps all.
     pub caps: Option<CapSet>,
     pub no_new_privs: bool,
-    /// seccomp programs to install, in order (their instructions live in `_profile`).
-    seccomp: [Option<SockFprog>; 2],
+    /// The seccomp program to install (its instructions live in `_profile`).
+    seccomp: Option<SockFprog>,
     _profile: Option<std::sync::Arc<seccomp::Profile>>,
 }
 
@@ -150,7 +150,7 @@ pub struct ExecPlan {
 #[derive(Clone, Copy)]
 struct SockFprog {
     len: libc::c_ushort,
-    filter: *const seccompiler::sock_filter,
+    filter: *const crate::runtime::confine::bpf::Insn,
 }
 
 /// argv[0] of a cell's holder: auraed re-executed as a cell's init (`runtime::holder`).
@@ -188,7 +188,7 @@ impl ExecPlan {
             report: -1,
             caps: None,
             no_new_privs: false,
-            seccomp: [None, None],
+            seccomp: None,
             _profile: None,
         })
     }
@@ -198,11 +198,10 @@ impl ExecPlan {
         self.caps = limits.caps;
         self.no_new_privs = limits.no_new_privs;
         if let Some(p) = &limits.seccomp {
-            let prog = |v: &seccompiler::BpfProgram| SockFprog {
-                len: v.len() as libc::c_ushort,
-                filter: v.as_ptr(),
-            };
-            self.seccomp = [Some(prog(&p.main)), p.clone3_enosys.as_ref().map(prog)];
+            self.seccomp = Some(SockFprog {
+                len: p.prog.len() as libc::c_ushort,
+                filter: p.prog.as_ptr(),
+            });
             self._profile = Some(p.clone());
         }
     }
@@ -421,7 +420,7 @@ pub fn exec_child(p: &ExecPlan) -> ! {
             fail(report, Stage::Seccomp);
         }
         // Last: after this only what the profile allows (execve, write, exit) is left.
-        for prog in p.seccomp.iter().flatten() {
+        if let Some(prog) = &p.seccomp {
             if libc::syscall(
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER,
