@@ -5,6 +5,8 @@
 //! system calls. See ARCHITECTURE.md.
 
 pub mod bench;
+/// Classic-BPF seccomp programs (cells' profiles, the VMM's jail).
+pub(crate) mod bpf;
 pub mod cli;
 pub mod daemon;
 pub mod init;

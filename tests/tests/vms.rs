@@ -194,6 +194,34 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
         );
         let comms = c.on_node(&format!("cat /proc/{}/task/*/comm", st.vmm_pid)).await;
         assert!(comms.contains("vcpu0"), "named vCPU threads: {comms}");
+        // The VMM is jailed: an unprivileged uid of its own, no capability, no_new_privs, a
+        // seccomp filter on every thread, an empty root, its own network namespace.
+        let jail = c
+            .on_node(&format!(
+                "p={}; grep -E '^(Uid|Gid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t:' '  '; \
+                 echo threads $(grep -h Seccomp: /proc/$p/task/*/status | grep -vc 2); \
+                 echo root [$(ls -A /proc/$p/root/)]; \
+                 [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/1/ns/net)\" ] && echo net node || echo net own",
+                st.vmm_pid
+            ))
+            .await;
+        let field = |k: &str| {
+            jail.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k} ")))
+                .unwrap_or_else(|| panic!("{k} missing in {jail}"))
+                .to_owned()
+        };
+        let uid: Vec<u32> = field("Uid").split_whitespace().map(|u| u.parse().unwrap()).collect();
+        assert!(uid.iter().all(|u| *u == uid[0] && *u >= 200_000), "{jail}");
+        assert!(field("Gid").split_whitespace().all(|g| g == uid[0].to_string()), "{jail}");
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(field(set), "0000000000000000", "{set}: {jail}");
+        }
+        assert_eq!(field("NoNewPrivs"), "1");
+        assert_eq!(field("Seccomp"), "2");
+        assert_eq!(field("threads"), "0", "every thread filtered: {jail}");
+        assert_eq!(field("root"), "[]", "nothing of the node in its root: {jail}");
+        assert_eq!(field("net"), "own");
         let stopped = c
             .workloads
             .clone()

@@ -90,6 +90,8 @@ pub struct Runtime {
     bridge: Option<(String, crate::net::Ipv4Cidr)>,
     /// TAP/MAC numbers handed out so far.
     taps: std::sync::atomic::AtomicU32,
+    /// VMM uids handed out so far (see `vm::VMM_UID_BASE`).
+    vmm_uids: std::sync::atomic::AtomicU32,
     spawn_identity: Option<SpawnIdentity>,
     /// Directories of the node no confined cell sees (its keys, VM files).
     hidden: Vec<PathBuf>,
@@ -136,6 +138,7 @@ impl Runtime {
             sys: Arc::new(SysLauncher),
             bridge: None,
             taps: std::sync::atomic::AtomicU32::new(0),
+            vmm_uids: std::sync::atomic::AtomicU32::new(0),
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
         }

@@ -14,13 +14,13 @@ use super::names::ExecName;
 use super::process::Process;
 use super::spec::{Isolation, VmSpec};
 use super::{Phase, Runtime};
-use crate::vmm::protocol::{self, Event, ExitReason};
+use crate::vmm::protocol::{self, Event, ExitReason, VmFiles};
 use crate::vmm::{self, VmConfig};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 /// What the VMM has said on its control socket (`vmm::protocol`).
@@ -121,6 +121,11 @@ impl VirtualMachine {
 /// with room to spare.
 pub const VMM_MEMORY_OVERHEAD: u64 = 64 << 20;
 
+/// Each VMM runs as a uid (and gid) of its own from this range (see `vmm::jail`): no file
+/// of the node belongs to it, and VMMs cannot signal or trace one another.
+const VMM_UID_BASE: u32 = 200_000;
+const VMM_UIDS: u32 = 100_000;
+
 /// Where files a client names for a VM may live: the VM directory (made by PID 1 at boot)
 /// and the node's kernel directory. Nothing else of the node (its keys under /etc/aurae and
 /// /run/aurae, its disks under /dev) can be handed to a guest.
@@ -138,15 +143,16 @@ enum VmFile {
 /// (symlinks followed) inside `VM_FILE_DIRS`, open `O_NOFOLLOW|O_NONBLOCK` (so a FIFO or a
 /// device cannot block), and be a regular file (a disk may also be a block device there);
 /// a kernel must be a bzImage or PVH ELF, a disk whole 512-byte sectors. Returns the
-/// resolved path. Refusals are INVALID_ARGUMENT naming `field`.
-async fn checked_vm_file(field: String, path: PathBuf, kind: VmFile) -> Result<PathBuf> {
+/// resolved path and the file as opened: that file is what the VMM gets. Refusals are
+/// INVALID_ARGUMENT naming `field`.
+async fn checked_vm_file(field: String, path: PathBuf, kind: VmFile) -> Result<(PathBuf, std::fs::File)> {
     let f = field.clone();
     tokio::task::spawn_blocking(move || check_vm_file(&field, &path, kind))
         .await
         .map_err(|e| RuntimeError::invalid(f, format!("the check did not finish: {e}")))?
 }
 
-fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<PathBuf> {
+fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let refuse = |reason: String| RuntimeError::invalid(field, reason);
     let real = std::fs::canonicalize(path).map_err(|e| refuse(format!("cannot resolve {}: {e}", path.display())))?;
@@ -195,7 +201,54 @@ fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<Pa
         }
         _ => {}
     }
-    Ok(real)
+    Ok((real, f))
+}
+
+/// The files a VM's VMM gets besides the TAP: opened here, off the runtime thread.
+struct Opened {
+    kernel: std::fs::File,
+    initramfs: Option<std::fs::File>,
+    disks: Vec<std::fs::File>,
+}
+
+/// Opens /dev/kvm and an instance's own kernel and image (auraed's files, not a client's).
+async fn open_plain(kernel: PathBuf, initramfs: Option<PathBuf>) -> Result<(std::fs::File, Opened)> {
+    let work = move || -> Result<(std::fs::File, Opened)> {
+        let open = |p: &std::path::Path| {
+            std::fs::File::open(p).map_err(|source| RuntimeError::Io {
+                what: "open",
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let opened = Opened {
+            kernel: open(&kernel)?,
+            initramfs: initramfs.as_deref().map(open).transpose()?,
+            disks: Vec::new(),
+        };
+        Ok((open_kvm()?, opened))
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RuntimeError::Precondition(format!("opening the VM's files did not finish: {e}")))?
+}
+
+fn open_kvm() -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm: {e}; this node cannot run virtual machines")))
+}
+
+/// The VM's TAP, on the bridge and up. It lives as long as a descriptor of it: the VMM's,
+/// once passed.
+fn make_tap(n: &vmm::NetConfig) -> Result<std::os::fd::OwnedFd> {
+    let fail = |e: std::io::Error| RuntimeError::Precondition(format!("network: TAP {}: {e}", n.tap));
+    let tap = crate::net::ioctl::open_tap(&n.tap).map_err(fail)?;
+    crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(fail)?;
+    crate::net::ioctl::link_up(&n.tap).map_err(fail)?;
+    Ok(tap)
 }
 
 impl Runtime {
@@ -213,18 +266,38 @@ impl Runtime {
         // Client-named files (a listed VM's) are resolved and checked off this thread;
         // an instance's own kernel and image are auraed's.
         let mut spec = spec;
-        if listed {
-            spec.kernel = checked_vm_file("kernel_path".into(), spec.kernel.clone(), VmFile::Kernel).await?;
+        let (kvm, opened) = if listed {
+            let (kernel, kernel_file) =
+                checked_vm_file("kernel_path".into(), spec.kernel.clone(), VmFile::Kernel).await?;
+            spec.kernel = kernel;
+            let mut initramfs = None;
             if let Some(i) = spec.initramfs.take() {
-                spec.initramfs = Some(checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs).await?);
+                let (path, file) = checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs).await?;
+                spec.initramfs = Some(path);
+                initramfs = Some(file);
             }
+            let mut disks = Vec::new();
             for (i, d) in spec.disks.iter_mut().enumerate() {
                 let kind = VmFile::Disk { read_only: d.read_only };
-                d.path = checked_vm_file(format!("disks[{i}].path"), d.path.clone(), kind).await?;
+                let (path, file) = checked_vm_file(format!("disks[{i}].path"), d.path.clone(), kind).await?;
+                d.path = path;
+                disks.push(file);
             }
+            let kvm = tokio::task::spawn_blocking(open_kvm)
+                .await
+                .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm did not finish: {e}")))??;
+            (
+                kvm,
+                Opened {
+                    kernel: kernel_file,
+                    initramfs,
+                    disks,
+                },
+            )
         } else {
             vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
-        }
+            open_plain(spec.kernel.clone(), spec.initramfs.clone()).await?
+        };
         if listed {
             self.table().vacant::<VirtualMachine>(spec.name.as_str())?;
         }
@@ -247,7 +320,10 @@ impl Runtime {
             }
         };
         let tap = net.as_ref().map(|n| n.tap.clone());
+        let tap_fd = net.as_ref().map(make_tap).transpose()?;
+        let uid = VMM_UID_BASE + self.vmm_uids.fetch_add(1, Ordering::Relaxed) % VMM_UIDS;
         let config = VmConfig {
+            jail_uid: uid,
             net,
             disks: spec
                 .disks
@@ -268,10 +344,9 @@ impl Runtime {
             path: "(the VMM's control socket)".into(),
             source,
         })?;
-        let isolation = Isolation {
-            network: false,
-            ..Isolation::default()
-        };
+        // Every namespace new, the network's too: the VMM reaches the network only
+        // through its TAP, which it gets as a descriptor.
+        let isolation = Isolation::default();
         // A VM's cell holds its guest RAM and its VMM: bounded by default, so one guest
         // cannot take the node's memory.
         let mut resources = spec.resources.clone();
@@ -303,7 +378,21 @@ impl Runtime {
             stop_requested: AtomicBool::new(false),
             reported: watch::channel(Reported::default()).0,
         });
-        tokio::spawn(converse(ours, config, vm.clone()));
+        let files = VmFiles {
+            kvm: kvm.into(),
+            kernel: opened.kernel.into(),
+            initramfs: opened.initramfs.map(Into::into),
+            disks: opened.disks.into_iter().map(Into::into).collect(),
+            tap: tap_fd,
+        };
+        if let Err(e) = vmm::protocol::send_config(&ours, &config, files) {
+            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+            let _ = self.discard_process(&vm.vmm, vm.name.as_str()).await;
+            return Err(RuntimeError::Precondition(format!(
+                "could not hand the VMM its configuration: {e}"
+            )));
+        }
+        tokio::spawn(converse(ours, vm.clone()));
         let ready = self.await_ready(&vm).await;
         if let Err(e) = ready {
             vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
@@ -336,9 +425,24 @@ impl Runtime {
                 )));
             }
             if vm.vmm.phase().ended() || now.closed {
+                // What the VMM said last (a refusal by its jail, a panic) is the why.
+                let mut at = vm.vmm.logs.start_cursor(Some(4));
+                let said: Vec<String> = vm
+                    .vmm
+                    .logs
+                    .read(&mut at, 4)
+                    .lines
+                    .iter()
+                    .filter(|l| l.stream == logs::Stream::Stderr)
+                    .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+                    .collect();
                 return Err(RuntimeError::Precondition(format!(
-                    "the VMM ended before the guest ran: {:?}",
-                    vm.vmm.view()
+                    "the VMM ended before the guest ran: {}",
+                    if said.is_empty() {
+                        format!("{:?}", vm.vmm.view())
+                    } else {
+                        said.join("; ")
+                    }
                 )));
             }
             tokio::select! {
@@ -384,9 +488,9 @@ impl Runtime {
 /// a guest: a compromised one must not grow PID 1's memory with one endless line.
 const MAX_CONTROL_MESSAGE: u64 = 64 << 10;
 
-/// The runtime's side of the control socket: sends the configuration, then records each
+/// The runtime's side of the control socket, once the configuration is sent: records each
 /// event until the VMM closes the socket (it exits, however it ends).
-async fn converse(sock: std::os::unix::net::UnixStream, config: VmConfig, vm: Arc<VirtualMachine>) {
+async fn converse(sock: std::os::unix::net::UnixStream, vm: Arc<VirtualMachine>) {
     let sock = match sock
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(sock))
@@ -400,11 +504,7 @@ async fn converse(sock: std::os::unix::net::UnixStream, config: VmConfig, vm: Ar
             return;
         }
     };
-    let (rx, mut tx) = sock.into_split();
-    if let Err(e) = tx.write_all(&protocol::encode(&config)).await {
-        tracing::warn!("vm {}: sending the configuration: {e}", vm.name);
-    }
-    read_events(tokio::io::BufReader::new(rx), |event| match event {
+    read_events(tokio::io::BufReader::new(sock), |event| match event {
         Ok(Event::Ready { .. }) => vm.reported.send_modify(|r| r.ready = true),
         Ok(Event::Exit { reason }) => vm.reported.send_modify(|r| r.exit = Some(reason)),
         Ok(Event::Error { message }) => vm.reported.send_modify(|r| r.error = Some(message)),

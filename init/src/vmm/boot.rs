@@ -13,7 +13,7 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{self, KernelLoader};
 use std::fs::File;
-use std::path::Path;
+
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub const GDT_ADDR: u64 = 0x500;
@@ -80,21 +80,21 @@ fn write<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, val: T, at: u64) -> Re
 }
 
 /// Loads everything and returns the kernel's 64-bit entry point.
+/// `kernel` and `initramfs` are open files (the runtime opened them) with their names for
+/// messages.
 pub fn load(
     mem: &GuestMemoryMmap,
-    kernel: &Path,
-    initramfs: Option<&Path>,
+    kernel: (File, &str),
+    initramfs: Option<(File, &str)>,
     cmdline: &str,
     vcpus: u8,
 ) -> Result<Entry, BootError> {
-    let open = |what, p: &Path| {
-        File::open(p).map_err(|source| BootError::Open {
-            what,
-            path: p.display().to_string(),
-            source,
-        })
-    };
-    let mut k = open("kernel", kernel)?;
+    let (mut k, kernel) = kernel;
+    std::io::Seek::rewind(&mut k).map_err(|source| BootError::Open {
+        what: "kernel",
+        path: kernel.to_owned(),
+        source,
+    })?;
     let (rip, kernel_end, mut params) =
         match loader::bzimage::BzImage::load(mem, None, &mut k, Some(GuestAddress(HIMEM))) {
             Ok(r) => {
@@ -108,7 +108,7 @@ pub fn load(
             Err(bz) => {
                 let r = loader::elf::Elf::load(mem, None, &mut k, Some(GuestAddress(HIMEM))).map_err(|elf| {
                     BootError::Kernel {
-                        path: kernel.display().to_string(),
+                        path: kernel.to_owned(),
                         bz: bz.to_string(),
                         elf: elf.to_string(),
                     }
@@ -138,13 +138,12 @@ pub fn load(
     params.hdr.cmdline_size = (bytes.len() - 1) as u32;
 
     // Initramfs, at the top of RAM below what the kernel says it can reach.
-    if let Some(path) = initramfs {
-        let mut f = open("initramfs", path)?;
+    if let Some((mut f, path)) = initramfs {
         let size = f
             .metadata()
             .map_err(|source| BootError::Open {
                 what: "initramfs",
-                path: path.display().to_string(),
+                path: path.to_owned(),
                 source,
             })?
             .len();
@@ -159,13 +158,19 @@ pub fn load(
         let at = limit.checked_sub(size).map(|a| a & !0xfff).filter(|a| *a >= floor);
         let Some(at) = at else {
             return Err(BootError::InitrdTooBig {
-                path: path.display().to_string(),
+                path: path.to_owned(),
                 size,
                 limit,
             });
         };
+        // From its start, whoever read it before (the runtime checks what it passes).
+        std::io::Seek::rewind(&mut f).map_err(|source| BootError::Open {
+            what: "initramfs",
+            path: path.to_owned(),
+            source,
+        })?;
         mem.read_exact_volatile_from(GuestAddress(at), &mut f, size as usize)
-            .map_err(|e| BootError::Memory(format!("reading {}: {e}", path.display())))?;
+            .map_err(|e| BootError::Memory(format!("reading {path}: {e}")))?;
         params.hdr.ramdisk_image = at as u32;
         params.hdr.ramdisk_size = size as u32;
     }
@@ -294,10 +299,9 @@ mod tests {
     #[test]
     fn refuses_a_kernel_that_is_neither_format() {
         let mem = memory(64 << 20).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let k = dir.path().join("k");
-        std::fs::write(&k, vec![0u8; 8192]).unwrap();
-        let e = load(&mem, &k, None, "console=ttyS0", 1).err().unwrap();
+        let mut k = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut k, &[0u8; 8192]).unwrap();
+        let e = load(&mem, (k, "k"), None, "console=ttyS0", 1).err().unwrap();
         assert!(e.to_string().contains("neither a bzImage nor"), "{e}");
     }
 }

@@ -3,8 +3,9 @@
 //! how the guest ended.
 
 use super::devices::{self, ConsoleOut, GuestExit, IrqTrigger, PortBus};
+use super::protocol::VmFiles;
 use super::vcpu::{self, Machine};
-use super::{boot, cpu, i8042, io, kvm_err, memory, virtio_blk, virtio_mmio, virtio_net, VmConfig, VmmError};
+use super::{boot, cpu, i8042, io, jail, kvm_err, memory, virtio_blk, virtio_mmio, virtio_net, VmConfig, VmmError};
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
@@ -12,10 +13,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub(super) fn run(
     cfg: &VmConfig,
+    files: VmFiles,
     term: nix::sys::signal::SigSet,
     ready: impl FnOnce(u8) -> std::io::Result<()>,
 ) -> Result<GuestExit, VmmError> {
-    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the runtime opened /dev/kvm for this VMM and passed it; this is its only owner.
+    let kvm = unsafe { Kvm::from_raw_fd(files.kvm.into_raw_fd()) };
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     let mem = Arc::new(boot::memory(cfg.memory_bytes)?);
     memory::register(&vm, &mem)?;
@@ -38,37 +42,29 @@ pub(super) fn run(
         cmdline.push_str(&virtio_mmio::cmdline_param(slot));
         Ok(irq)
     };
-    if let Some(n) = &cfg.net {
-        let tap = crate::net::ioctl::open_tap(&n.tap).map_err(io("TAP"))?;
-        crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(io("bridge"))?;
-        crate::net::ioctl::link_up(&n.tap).map_err(io("TAP up"))?;
+    // Threads start only once the jail is complete (see below).
+    let mut threads: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
+    if let (Some(n), Some(tap)) = (&cfg.net, files.tap) {
         let irq = irq_for(&vm, mmio.len())?;
         let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq)?;
         let rx = dev.clone();
-        std::thread::Builder::new()
-            .name("net-rx".into())
-            .spawn(move || rx.rx_loop())
-            .map_err(io("start virtio-net thread"))?;
+        threads.push(("net-rx".into(), Box::new(move || rx.rx_loop())));
         mmio.push(dev);
     }
-    for (i, d) in cfg.disks.iter().enumerate() {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!d.read_only)
-            .open(&d.path)
-            .map_err(|e| VmmError::Io {
-                what: "disk",
-                source: std::io::Error::new(e.kind(), format!("{}: {e}", d.path)),
-            })?;
+    for (i, (d, file)) in cfg.disks.iter().zip(files.disks).enumerate() {
         let irq = irq_for(&vm, mmio.len())?;
         let serial = format!("aurae-disk{i}");
-        let dev = virtio_blk::VirtioBlk::new(mem.clone(), file, d.read_only, &serial, irq)?;
+        let dev = virtio_blk::VirtioBlk::new(mem.clone(), file.into(), d.read_only, &serial, irq)?;
         mmio.push(dev);
     }
+    let initramfs = match (files.initramfs, &cfg.initramfs) {
+        (Some(f), Some(name)) => Some((std::fs::File::from(f), name.as_str())),
+        _ => None,
+    };
     let entry = boot::load(
         &mem,
-        std::path::Path::new(&cfg.kernel),
-        cfg.initramfs.as_deref().map(std::path::Path::new),
+        (std::fs::File::from(files.kernel), &cfg.kernel),
+        initramfs,
         &cmdline,
         cfg.vcpus,
     )?;
@@ -103,21 +99,21 @@ pub(super) fn run(
     }
     for (id, fd) in vcpus.into_iter().enumerate() {
         let m = machine.clone();
-        std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, &m))
-            .map_err(io("start vCPU thread"))?;
+        threads.push((format!("vcpu{id}"), Box::new(move || vcpu::run(fd, &m))));
     }
     // SIGTERM: the graceful stop. The VMM presses Power on the guest's keyboard and lets the
     // guest decide; the runtime kills the VMM after the grace period. SIGUSR1: it reports
-    // its memory (for `make bench`).
+    // its memory (for `make bench`), read from a status file opened before the jail.
     let guest = mem.clone();
     let keys = bus.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
+    let status = std::fs::File::open("/proc/self/status").ok();
+    threads.push((
+        "signals".into(),
+        Box::new(move || loop {
             match term.wait() {
-                Ok(nix::sys::signal::Signal::SIGUSR1) => eprintln!("aurae-vmm: {}", memory::report(&guest)),
+                Ok(nix::sys::signal::Signal::SIGUSR1) => {
+                    eprintln!("aurae-vmm: {}", memory::report(&guest, status.as_ref()))
+                }
                 Ok(_) => {
                     eprintln!("aurae-vmm: asked to stop: pressing the guest's Power key");
                     if let Ok(mut b) = keys.lock() {
@@ -130,8 +126,27 @@ pub(super) fn run(
                     return;
                 }
             }
-        })
-        .map_err(io("start signal thread"))?;
+        }),
+    ));
+    // The jail: the node's filesystem gone, an unprivileged uid without capabilities, then
+    // the threads, held at a gate until the seccomp filter covers every one of them, so no
+    // guest instruction runs before the jail is whole.
+    jail::enter(cfg.jail_uid)?;
+    jail::on_refusal()?;
+    let gate = Arc::new(std::sync::Barrier::new(threads.len() + 1));
+    for (name, body) in threads {
+        let g = gate.clone();
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                g.wait();
+                body()
+            })
+            .map_err(io("start a VMM thread"))?;
+    }
+    // On failure the threads stay at the gate and end with the process.
+    jail::install(&jail::filter())?;
+    gate.wait();
     ready(cfg.vcpus).map_err(io("report ready on the control socket"))?;
     eprintln!(
         "aurae-vmm: guest running: {} vCPUs, {} MiB{}",

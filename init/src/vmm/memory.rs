@@ -28,9 +28,14 @@ pub(super) fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError>
 
 /// "rss R KiB, guest RAM resident G KiB, VMM overhead R-G KiB": VmRSS, and how much of it is
 /// guest RAM (mincore over the guest mapping).
-pub(super) fn report(mem: &GuestMemoryMmap) -> String {
-    let rss_kib: u64 = std::fs::read_to_string("/proc/self/status")
-        .ok()
+pub(super) fn report(mem: &GuestMemoryMmap, status: Option<&std::fs::File>) -> String {
+    let rss_kib: u64 = status
+        .and_then(|f| {
+            use std::io::{Read, Seek};
+            let mut f = f;
+            let mut s = String::new();
+            f.rewind().and_then(|_| f.read_to_string(&mut s)).ok().map(|_| s)
+        })
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))

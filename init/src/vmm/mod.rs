@@ -1,6 +1,8 @@
 //! auraed's own VMM. It runs as a process of its own (auraed re-executed as `aurae-vmm`),
 //! started by the runtime inside the VM's cell, so the guest's memory and the vCPU threads
-//! are charged to that cell's cgroup and a VMM fault cannot touch PID 1.
+//! are charged to that cell's cgroup and a VMM fault cannot touch PID 1. It gets every file
+//! as a descriptor and runs the guest from a jail (`jail`): no path, uid, capability or
+//! system call of the node beyond what running the guest needs.
 //!
 //! Protocol with the runtime (`protocol`): typed messages on the control socket, fd 3: the
 //! configuration comes in, `Ready`, `Exit(reason)` or `Error` go out. The guest's serial
@@ -13,6 +15,7 @@ mod builder;
 pub mod cpu;
 pub mod devices;
 pub mod i8042;
+mod jail;
 mod kernel;
 mod memory;
 pub mod protocol;
@@ -46,13 +49,17 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
-    /// virtio-net backed by this TAP (created by the VMM, gone with it), on `bridge`.
+    /// virtio-net backed by this TAP (made by the runtime, gone with the VMM), on `bridge`.
     pub net: Option<NetConfig>,
     /// virtio-blk disks, in order (/dev/vda, vdb, ... in the guest).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// The unprivileged uid (and gid) the VMM runs the guest as (see `jail`).
+    pub jail_uid: u32,
 }
 
+/// Paths in the configuration only name the files for messages: the files themselves come
+/// with it (`protocol::VmFiles`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskConfig {
     pub path: String,
@@ -61,6 +68,7 @@ pub struct DiskConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetConfig {
+    /// The TAP's name (the runtime made it and put it on `bridge`).
     pub tap: String,
     pub bridge: String,
     pub mac: [u8; 6],
@@ -81,6 +89,8 @@ enum VmmError {
     Device(#[from] virtio_mmio::DeviceError),
     #[error("vCPU: {0}")]
     Vcpu(#[from] vcpu::VcpuError),
+    #[error("jail: {0}")]
+    Jail(#[from] jail::JailError),
 }
 
 /// KVM cannot run guests on this node; says why.
@@ -98,7 +108,7 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 
 /// Entry point (argv[0] == ARGV0). Never returns.
 pub fn main(_args: &[String]) -> ! {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use std::os::fd::FromRawFd;
     // SAFETY: fd 3 is the control socket the runtime set up for this process before execve;
     // nothing else in this process owns it.
@@ -107,28 +117,28 @@ pub fn main(_args: &[String]) -> ! {
         Ok(w) => w,
         Err(e) => fatal(None, &format!("control socket: {e} (aurae-vmm is started by auraed)")),
     };
-    let mut line = Vec::new();
-    let cfg = match std::io::BufReader::new(control).read_until(b'\n', &mut line) {
-        Ok(n) if n > 0 => match protocol::decode::<VmConfig>(line.trim_ascii_end()) {
-            Ok(c) => c,
-            Err(e) => fatal(Some(&mut events), &format!("bad configuration: {e}")),
-        },
-        Ok(_) => fatal(Some(&mut events), "no configuration on the control socket"),
-        Err(e) => fatal(Some(&mut events), &format!("control socket: {e}")),
+    let (cfg, files) = match protocol::recv_config(&control) {
+        Ok(c) => c,
+        Err(e) => fatal(Some(&mut events), &e),
     };
     // SIGTERM is handled on a thread of its own (see below); the vCPU threads inherit the mask.
     use nix::sys::signal::Signal;
     let term = nix::sys::signal::SigSet::from_iter([Signal::SIGTERM, Signal::SIGUSR1]);
     let _ = term.thread_block();
+    // A second handle made now: in the jail, duplicating a descriptor is not allowed.
+    let mut ready_w = match events.try_clone() {
+        Ok(w) => w,
+        Err(e) => fatal(Some(&mut events), &format!("control socket: {e}")),
+    };
     let ready = |vcpus: u8| {
         let e = protocol::Event::Ready {
             vcpus,
             memory_bytes: cfg.memory_bytes,
             tap: cfg.net.as_ref().map(|n| n.tap.clone()),
         };
-        events.try_clone().and_then(|mut w| w.write_all(&protocol::encode(&e)))
+        ready_w.write_all(&protocol::encode(&e))
     };
-    match builder::run(&cfg, term, ready) {
+    match builder::run(&cfg, files, term, ready) {
         Ok(exit) => {
             let reason = match exit {
                 GuestExit::PowerOff => protocol::ExitReason::PowerOff,

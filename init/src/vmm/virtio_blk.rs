@@ -393,15 +393,8 @@ mod tests {
 
     mod prop {
         use super::*;
+        use crate::vmm::virtio_mmio::testing::{any_desc, any_mmio_ops, apply_mmio};
         use proptest::prelude::*;
-
-        /// A descriptor a hostile guest might post: anywhere (often inside the 4 MiB
-        /// guest, sometimes beyond it), any length (often small), any flags.
-        fn any_desc() -> impl Strategy<Value = RawDescriptor> {
-            let addr = prop_oneof![3 => 0u64..(4 << 20), 1 => any::<u64>()];
-            let len = prop_oneof![3 => 0u32..4096, 1 => any::<u32>()];
-            (addr, len, prop_oneof![Just(0u16), Just(WO)]).prop_map(|(a, l, f)| desc(a, l, f))
-        }
 
         proptest! {
             #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
@@ -432,18 +425,10 @@ mod tests {
             /// Any register or config-space access of any width at any offset: no panic.
             #[test]
             fn random_mmio_accesses_never_panic(
-                ops in proptest::collection::vec((0u64..0x1100, 0usize..9, any::<u64>(), any::<bool>()), 1..64),
+                ops in any_mmio_ops(),
             ) {
                 let r = rig(false);
-                for (offset, width, value, write) in ops {
-                    let bytes = value.to_le_bytes();
-                    if write {
-                        r.dev.write(offset, &bytes[..width]);
-                    } else {
-                        let mut b = vec![0u8; width];
-                        r.dev.read(offset, &mut b);
-                    }
-                }
+                apply_mmio(&*r.dev, ops);
                 prop_assert_eq!(std::fs::metadata(r.disk.path()).unwrap().len(), 8 * 512);
             }
         }

@@ -186,6 +186,37 @@ pub(crate) mod testing {
         u32::from_le_bytes(b)
     }
 
+    /// A descriptor a hostile guest might post: anywhere (often inside a 4 MiB guest,
+    /// sometimes beyond it), any length (often small), any flags.
+    pub fn any_desc() -> impl proptest::strategy::Strategy<Value = virtio_queue::desc::RawDescriptor> {
+        use proptest::prelude::*;
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        let wo = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+        let addr = prop_oneof![3 => 0u64..(4 << 20), 1 => any::<u64>()];
+        let len = prop_oneof![3 => 0u32..4096, 1 => any::<u32>()];
+        (addr, len, prop_oneof![Just(0u16), Just(wo)])
+            .prop_map(|(a, l, f)| RawDescriptor::from(Descriptor::new(a, l, f, 0)))
+    }
+
+    /// Register accesses (offset, width, value, write?) anywhere in a device's window.
+    pub fn any_mmio_ops() -> impl proptest::strategy::Strategy<Value = Vec<(u64, usize, u64, bool)>> {
+        use proptest::prelude::*;
+        proptest::collection::vec((0u64..0x1100, 0usize..9, any::<u64>(), any::<bool>()), 1..64)
+    }
+
+    /// Makes the accesses `any_mmio_ops` drew.
+    pub fn apply_mmio(dev: &dyn MmioDevice, ops: Vec<(u64, usize, u64, bool)>) {
+        for (offset, width, value, write) in ops {
+            let bytes = value.to_le_bytes();
+            if write {
+                dev.write(offset, &bytes[..width]);
+            } else {
+                let mut b = vec![0u8; width];
+                dev.read(offset, &mut b);
+            }
+        }
+    }
+
     /// Points queue `q` at the mock's rings and makes it ready.
     pub fn setup_queue(dev: &dyn MmioDevice, q: u32, mock: &MockSplitQueue<GuestMemoryMmap>, size: u16) {
         let lo_hi = |a: u64| (a as u32, (a >> 32) as u32);

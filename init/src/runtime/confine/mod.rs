@@ -3,7 +3,6 @@
 //! defaults are an OCI runtime's; a cell may add or drop capabilities, and an admin may ask
 //! for no seccomp profile or for a privileged cell.
 
-pub mod bpf;
 pub mod caps;
 pub mod root;
 pub mod seccomp;

@@ -1,13 +1,13 @@
 //! The cells' seccomp profile: Docker's default allow-list for x86_64 (moby
-//! `profiles/seccomp/default.json`), compiled to BPF as a search tree (`bpf`). As in
+//! `profiles/seccomp/default.json`), compiled to BPF as a search tree (`crate::bpf`). As in
 //! Docker, the list depends on the cell's capabilities: `mount`, `unshare`, `setns` and
 //! namespace flags to `clone` are allowed only with SYS_ADMIN, `ptrace`-like calls with
 //! SYS_PTRACE, and so on; `clone3` answers ENOSYS without SYS_ADMIN (its flags are in
 //! memory a filter cannot read; libcs then fall back to `clone`). Anything else fails with
 //! EPERM; another architecture's calls kill the process, x32 calls get EPERM.
 
-use super::bpf::{self, Verdict};
 use super::caps::CapSet;
+use crate::bpf::{self, Verdict};
 
 macro_rules! sys {
     ($($name:ident),* $(,)?) => { &[$(libc::$name),*] };

@@ -150,7 +150,7 @@ pub struct ExecPlan {
 #[derive(Clone, Copy)]
 struct SockFprog {
     len: libc::c_ushort,
-    filter: *const crate::runtime::confine::bpf::Insn,
+    filter: *const crate::bpf::Insn,
 }
 
 /// argv[0] of a cell's holder: auraed re-executed as a cell's init (`runtime::holder`).

@@ -23,6 +23,8 @@ const RET: u16 = 0x06; // BPF_RET | BPF_K
 
 pub const RET_ALLOW: u32 = 0x7fff_0000;
 pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
+/// SIGSYS to the caller, whose handler can say which call it was.
+pub const RET_TRAP: u32 = 0x0003_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// System calls of the x32 ABI carry this bit.
@@ -38,7 +40,8 @@ pub fn ret_errno(errno: u16) -> u32 {
     RET_ERRNO | u32::from(errno)
 }
 
-/// What a call gets; conditions read the low 32 bits of its first argument.
+/// What a call gets; conditions read the low 32 bits of its first argument, except
+/// `ArgOneOf`, which names the argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
@@ -49,6 +52,8 @@ pub enum Verdict {
     AllowIfNot(u32),
     /// Allowed when it is one of these.
     AllowIfOneOf(&'static [u32]),
+    /// Allowed when argument `.0` is one of these.
+    ArgOneOf(u8, &'static [u32]),
 }
 
 fn stmt(code: u16, k: u32) -> Insn {
@@ -67,10 +72,11 @@ fn action(v: Verdict, deny: u32) -> Vec<Insn> {
         Verdict::Errno(e) => vec![stmt(RET, ret_errno(e))],
         Verdict::AllowIfClear(mask) => vec![ld, jump(JSET, mask, 1, 0), stmt(RET, RET_ALLOW), stmt(RET, deny)],
         Verdict::AllowIfNot(value) => vec![ld, jump(JEQ, value, 1, 0), stmt(RET, RET_ALLOW), stmt(RET, deny)],
-        Verdict::AllowIfOneOf(values) => {
+        Verdict::AllowIfOneOf(values) => action(Verdict::ArgOneOf(0, values), deny),
+        Verdict::ArgOneOf(arg, values) => {
             // n comparisons, then deny at n, allow at n + 1.
             let n = values.len();
-            let mut v = vec![ld];
+            let mut v = vec![stmt(LD_ABS, OFF_ARG0 + 8 * u32::from(arg))];
             for (i, value) in values.iter().enumerate() {
                 v.push(jump(JEQ, *value, (n - i) as u8, 0));
             }
@@ -128,6 +134,12 @@ pub fn compile(mut rules: Vec<(u32, Verdict)>, deny: u32) -> Vec<Insn> {
 /// does not emit.
 #[cfg(test)]
 pub fn run(prog: &[Insn], nr: u32, arch: u32, arg0: u64) -> (u32, usize) {
+    run_args(prog, nr, arch, [arg0, 0])
+}
+
+/// `run` with the first two arguments.
+#[cfg(test)]
+pub fn run_args(prog: &[Insn], nr: u32, arch: u32, args: [u64; 2]) -> (u32, usize) {
     let mut pc = 0usize;
     let mut a = 0u32;
     let mut steps = 0;
@@ -140,7 +152,8 @@ pub fn run(prog: &[Insn], nr: u32, arch: u32, arg0: u64) -> (u32, usize) {
                 a = match i.k {
                     OFF_NR => nr,
                     OFF_ARCH => arch,
-                    OFF_ARG0 => arg0 as u32,
+                    OFF_ARG0 => args[0] as u32,
+                    k if k == OFF_ARG0 + 8 => args[1] as u32,
                     k => panic!("load at {k}"),
                 }
             }
@@ -173,12 +186,13 @@ mod tests {
         rules.push((103, Verdict::AllowIfNot(40)));
         rules.push((105, Verdict::AllowIfOneOf(&[0, 8, 0xffff_ffff])));
         rules.push((107, Verdict::Errno(38)));
+        rules.push((109, Verdict::ArgOneOf(1, &[0xae80])));
         let prog = compile(rules, DENY);
         assert!(prog.len() < 1000, "{}", prog.len());
         let x86 = AUDIT_ARCH_X86_64;
         for nr in 0..700u32 {
             let want = match nr {
-                101 | 103 | 105 => continue,
+                101 | 103 | 105 | 109 => continue,
                 107 => RET_ERRNO | 38,
                 n if n % 2 == 0 && n < 600 => RET_ALLOW,
                 _ => DENY,
@@ -190,6 +204,8 @@ mod tests {
         assert_eq!(run(&prog, 101, x86, 0x11).0, RET_ALLOW);
         assert_eq!(run(&prog, 101, x86, 0x1000_0000).0, DENY, "CLONE_NEWUSER");
         assert_eq!(run(&prog, 103, x86, 2).0, RET_ALLOW);
+        assert_eq!(run_args(&prog, 109, x86, [7, 0xae80]).0, RET_ALLOW, "KVM_RUN on any fd");
+        assert_eq!(run_args(&prog, 109, x86, [0xae80, 0xae01]).0, DENY, "another ioctl");
         assert_eq!(run(&prog, 103, x86, 40).0, DENY);
         for (arg, want) in [(0, RET_ALLOW), (8, RET_ALLOW), (0xffff_ffff, RET_ALLOW), (9, DENY)] {
             assert_eq!(run(&prog, 105, x86, arg).0, want, "personality {arg:#x}");

@@ -1,0 +1,251 @@
+//! The VMM's jail, entered once the machine is built and before any guest code runs, as
+//! Firecracker's jailer does: a mount namespace of its own whose root is an empty,
+//! read-only tmpfs (`pivot_root`, the node's filesystem detached); an unprivileged uid and
+//! gid of its own with no capability in any set and `no_new_privs`; and a seccomp filter
+//! (installed on every thread at once) that allows only the calls a running VMM makes:
+//! reads and writes on the descriptors it already has, `KVM_RUN` and no other ioctl,
+//! memory and thread housekeeping. Anything else ends the VMM: the call traps (SIGSYS),
+//! the handler writes which call it was to the VMM's log and exits. Every file it uses was
+//! opened by the runtime and passed in (`protocol::VmFiles`), so it needs no path.
+
+use crate::bpf::{self, Verdict};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("{what}: {errno}")]
+    Sys {
+        what: &'static str,
+        errno: nix::errno::Errno,
+    },
+}
+
+fn sys(what: &'static str) -> impl Fn(nix::errno::Errno) -> JailError {
+    move |errno| JailError::Sys { what, errno }
+}
+
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+
+/// The only ioctl a running VMM makes.
+static IOCTLS: std::sync::OnceLock<[u32; 1]> = std::sync::OnceLock::new();
+
+/// Enters the mount namespace, root and credentials of the jail. Call on the only thread.
+pub fn enter(uid: u32) -> Result<(), JailError> {
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make mounts private"))?;
+    let nothing = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("aurae-vmm"),
+        "/tmp",
+        Some("tmpfs"),
+        nothing,
+        Some("size=4k,mode=0555"),
+    )
+    .map_err(sys("mount the jail's tmpfs"))?;
+    nix::unistd::chdir("/tmp").map_err(sys("chdir into the jail"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into the jail"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach the node's filesystem"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nothing,
+        None::<&str>,
+    )
+    .map_err(sys("make the jail read-only"))?;
+    // Capabilities: the bounding set first (that needs CAP_SETPCAP), then the ids; leaving
+    // uid 0 clears the permitted and effective sets.
+    for cap in 0..=crate::runtime::confine::caps::LAST {
+        // SAFETY: prctl with integer arguments; affects this process only.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    }
+    nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
+    let gid = nix::unistd::Gid::from_raw(uid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(sys("setresgid"))?;
+    let u = nix::unistd::Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(sys("setresuid"))?;
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc < 0 {
+        return Err(JailError::Sys {
+            what: "no_new_privs",
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! sys {
+    ($($name:ident),* $(,)?) => { [$(libc::$name),*] };
+}
+
+/// What a running VMM calls: its threads' I/O on descriptors it has, memory and thread
+/// housekeeping, signals and time.
+const ALLOWED: [libc::c_long; 40] = sys!(
+    SYS_read,
+    SYS_write,
+    // std writes to sockets with send(MSG_NOSIGNAL): the control socket.
+    SYS_sendto,
+    SYS_readv,
+    SYS_writev,
+    SYS_pread64,
+    SYS_pwrite64,
+    SYS_fdatasync,
+    SYS_fsync,
+    SYS_lseek,
+    SYS_fstat,
+    SYS_statx,
+    SYS_close,
+    SYS_futex,
+    SYS_mmap,
+    SYS_munmap,
+    SYS_mremap,
+    SYS_madvise,
+    SYS_mprotect,
+    SYS_mincore,
+    SYS_brk,
+    SYS_exit,
+    SYS_exit_group,
+    SYS_rt_sigprocmask,
+    SYS_rt_sigaction,
+    SYS_rt_sigreturn,
+    SYS_rt_sigtimedwait,
+    SYS_sigaltstack,
+    SYS_sched_yield,
+    SYS_sched_getaffinity,
+    SYS_clock_gettime,
+    SYS_clock_nanosleep,
+    SYS_nanosleep,
+    SYS_gettid,
+    SYS_getpid,
+    SYS_tgkill,
+    SYS_set_robust_list,
+    SYS_rseq,
+    SYS_getrandom,
+    SYS_restart_syscall,
+);
+
+/// The filter for every thread of a running VMM.
+pub fn filter() -> Vec<bpf::Insn> {
+    let ioctls = IOCTLS.get_or_init(|| [KVM_RUN() as u32]);
+    let mut rules: Vec<(u32, Verdict)> = ALLOWED.iter().map(|n| (*n as u32, Verdict::Allow)).collect();
+    rules.push((libc::SYS_ioctl as u32, Verdict::ArgOneOf(1, ioctls)));
+    // Thread names (std sets them with prctl) and nothing else of prctl.
+    rules.push((
+        libc::SYS_prctl as u32,
+        Verdict::AllowIfOneOf(&[libc::PR_SET_NAME as u32]),
+    ));
+    bpf::compile(rules, bpf::RET_TRAP)
+}
+
+/// Exit status of a VMM the jail stopped (128 + SIGSYS, as a shell reports a signal).
+pub const REFUSED_EXIT: i32 = 128 + libc::SIGSYS;
+
+/// SIGSYS from the filter: says which call was refused, on stderr, and exits. Only
+/// async-signal-safe calls (write, _exit), both allowed by the filter.
+extern "C" fn refused(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // `struct siginfo` for SIGSYS: after signo, errno, code (and padding to 16), the
+    // faulting address, then the call's number (include/uapi/asm-generic/siginfo.h).
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let nr = unsafe { *(info.cast::<u8>().add(24).cast::<libc::c_int>()) };
+    let prefix = b"aurae-vmm: the jail refused system call ";
+    let mut digits = [b'\n'; 12];
+    let mut at = digits.len() - 1;
+    let mut n = nr.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    // SAFETY: write(2) of static and stack buffers to stderr, then _exit; all
+    // async-signal-safe.
+    unsafe {
+        libc::write(2, prefix.as_ptr().cast(), prefix.len());
+        libc::write(2, digits[at..].as_ptr().cast(), digits.len() - at);
+        libc::_exit(REFUSED_EXIT);
+    }
+}
+
+/// Routes SIGSYS to `refused`.
+pub fn on_refusal() -> Result<(), JailError> {
+    // SAFETY: a zeroed sigaction is valid; the handler is an extern "C" fn with the
+    // SA_SIGINFO signature, and sigaction only reads the struct.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = refused;
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(JailError::Sys {
+            what: "SIGSYS handler",
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Installs `filter()` on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
+pub fn install(prog: &[bpf::Insn]) -> Result<(), JailError> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: seccomp(2) reads the program through the pointer, valid for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(JailError::Sys {
+            what: "install the seccomp filter",
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_filter_allows_kvm_run_and_traps_everything_else() {
+        let f = filter();
+        let x86 = 0xc000_003e;
+        let run = |nr: libc::c_long, a0: u64, a1: u64| bpf::run_args(&f, nr as u32, x86, [a0, a1]).0;
+        assert_eq!(run(libc::SYS_ioctl, 9, u64::from(KVM_RUN() as u32)), bpf::RET_ALLOW);
+        assert_eq!(run(libc::SYS_write, 1, 0), bpf::RET_ALLOW);
+        for (nr, a1) in [
+            (libc::SYS_ioctl, 0x8004_ae46u64), // another KVM ioctl
+            (libc::SYS_open, 0),
+            (libc::SYS_openat, 0),
+            (libc::SYS_execve, 0),
+            (libc::SYS_socket, 0),
+            (libc::SYS_clone, 0),
+            (libc::SYS_mount, 0),
+            (libc::SYS_ptrace, 0),
+        ] {
+            assert_eq!(run(nr, 0, a1), bpf::RET_TRAP, "{nr}");
+        }
+        assert_eq!(run(libc::SYS_prctl, libc::PR_SET_NAME as u64, 0), bpf::RET_ALLOW);
+        assert_eq!(run(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS as u64, 0), bpf::RET_TRAP);
+    }
+}
