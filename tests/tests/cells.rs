@@ -705,3 +705,95 @@ fn cap_add_gives_exactly_that_capability_and_privileged_cells_say_so() {
             .await;
     });
 }
+
+/// `user_namespace`: root in the cell is an unprivileged uid on the node, as the node sees
+/// it in /proc; inside, it is root with the default set in its own namespace only.
+#[test]
+fn a_cell_with_a_user_namespace_is_root_only_inside() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let st = c
+            .cell(pb::Cell {
+                name: "userns".into(),
+                confinement: Some(pb::CellConfinement {
+                    user_namespace: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let base = st.confinement.unwrap().user_namespace_root_uid;
+        assert!(base >= 1_000_000, "{base}");
+        let (st, out) = c
+            .run_sh(
+                "inside",
+                "userns",
+                "echo id $(id -u) $(id -g); echo map $(cat /proc/self/uid_map); \
+                 grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -s '\\t:' '  '; \
+                 echo x > /tmp/mine && echo tmp ok; ls /etc/aurae | wc -l; \
+                 cat /dev/null && echo devnull ok",
+            )
+            .await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        let f = fields(&out);
+        let get = |k: &str| {
+            f.get(k)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("{k} missing in:\n{out}"))
+        };
+        assert_eq!(get("id"), "0 0", "root inside");
+        assert_eq!(
+            get("map").split_whitespace().collect::<Vec<_>>(),
+            ["0", &base.to_string(), "65536"]
+        );
+        assert_eq!(get("CapEff"), "00000000a00425fb");
+        assert_eq!(get("Seccomp"), "2");
+        assert!(out.contains("tmp ok") && out.contains("devnull ok"), "{out}");
+        // From the node, the same process is the unprivileged uid.
+        c.exec(sh("sleeper", "userns", "sleep 1000")).await.unwrap();
+        let pid = c
+            .workloads
+            .clone()
+            .status(aurae_appliance_tests::exe_ref("sleeper"))
+            .await
+            .unwrap()
+            .into_inner();
+        let pid = match pid.status {
+            Some(pb::workload_status::Status::Executable(e)) => e.pid,
+            other => panic!("{other:?}"),
+        };
+        let node = c
+            .on_node(&format!(
+                "grep -E '^(Uid|Gid):' /proc/{pid}/status | tr -s '\\t:' '  '; cat /proc/{pid}/uid_map"
+            ))
+            .await;
+        let uid_line = node.lines().find(|l| l.starts_with("Uid")).unwrap();
+        assert!(
+            uid_line.split_whitespace().skip(1).all(|u| u == base.to_string()),
+            "root in the cell is uid {base} on the node: {node}"
+        );
+        remove_cell(&c, "userns").await;
+        // Nested cells and shared namespaces do not mix with it: refused, nothing made.
+        let e = c
+            .cell(pb::Cell {
+                name: "userns2".into(),
+                isolation: Some(pb::CellIsolation {
+                    share_host_network: true,
+                    ..Default::default()
+                }),
+                confinement: Some(pb::CellConfinement {
+                    user_namespace: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("confinement.user_namespace"), "{}", e.message());
+        c.assert_left_nothing("a_cell_with_a_user_namespace_is_root_only_inside")
+            .await;
+    });
+}

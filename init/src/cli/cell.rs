@@ -77,6 +77,9 @@ pub struct CellCreate {
     /// The node's filesystem, every capability, no seccomp (admin only).
     #[arg(long)]
     privileged: bool,
+    /// A user namespace of its own: root in the cell is an unprivileged uid on the node.
+    #[arg(long)]
+    userns: bool,
 }
 
 pub async fn cell(cmd: &CellCmd, target: &super::Target, as_json: bool) -> Result<(), CliError> {
@@ -136,6 +139,7 @@ async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result
             cap_drop: c.cap_drop.clone(),
             seccomp: seccomp as i32,
             privileged: c.privileged,
+            user_namespace: c.userns,
         }),
         resources: Some(pb::CellResources {
             cpu_weight: c.cpu_weight,

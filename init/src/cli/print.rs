@@ -48,6 +48,7 @@ pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
         "confinement": {
             "capabilities": c.capabilities, "seccomp": seccomp_name(c.seccomp),
             "privileged": c.privileged, "own_root": c.own_root,
+            "user_namespace_root_uid": c.user_namespace_root_uid,
         },
         "usage": {
             "cpu_usage_micros": u.cpu_usage_micros, "cpu_throttled_micros": u.cpu_throttled_micros,
@@ -162,6 +163,9 @@ pub(crate) fn print_cell(s: &pb::CellStatus, as_json: bool) {
                 c.capabilities.join(",")
             }
         );
+        if c.user_namespace_root_uid > 0 {
+            println!("userns      root is uid {} on the node", c.user_namespace_root_uid);
+        }
     }
     let u = s.usage.unwrap_or_default();
     println!(

@@ -40,6 +40,9 @@ pub struct Cell {
     sys: Arc<dyn Launcher>,
     /// The holder's pidfd, once it runs.
     holder: OnceLock<Arc<OwnedFd>>,
+    /// Its user namespace (a cell with `confinement.userns`), which executables join, and
+    /// the node uid its root is.
+    userns: OnceLock<(Arc<OwnedFd>, u32)>,
     /// Starts the cell's executables while the cell runs.
     starter: std::sync::Mutex<Option<Arc<dyn ExecStarter>>>,
     state: watch::Sender<CellState>,
@@ -55,6 +58,8 @@ pub struct CellView {
     pub resources: Resources,
     pub isolation: Isolation,
     pub confinement: Confinement,
+    /// The node uid of root in its user namespace, if it has one.
+    pub userns_base: Option<u32>,
     pub usage: Usage,
     pub executables: Vec<String>,
     pub error: String,
@@ -85,6 +90,7 @@ impl Cell {
             dir,
             sys,
             holder: OnceLock::new(),
+            userns: OnceLock::new(),
             starter: std::sync::Mutex::new(None),
             state: watch::channel(CellState {
                 phase: Phase::Starting,
@@ -107,6 +113,16 @@ impl Cell {
     /// The holder's pidfd: what a process joins to live in this cell.
     pub fn pidfd(&self) -> Option<Arc<OwnedFd>> {
         self.holder.get().cloned()
+    }
+
+    /// The cell's user namespace, if it has one of its own.
+    pub fn userns(&self) -> Option<Arc<OwnedFd>> {
+        self.userns.get().map(|(fd, _)| fd.clone())
+    }
+
+    /// The node uid of root in the cell's user namespace.
+    pub fn userns_base(&self) -> Option<u32> {
+        self.userns.get().map(|(_, base)| *base)
     }
 
     /// Pids of the cell's workloads (everything but holders), here and in nested cells.
@@ -222,9 +238,22 @@ impl Runtime {
                         "'{p}' is the private cell of executable '{p}'; nest cells only in cells made with RunCell"
                     )));
                 }
+                if c.confinement.userns || spec.confinement.userns {
+                    return Err(RuntimeError::Precondition(format!(
+                        "cell '{}': nesting and user namespaces do not mix yet; make a top-level cell with its own user namespace",
+                        spec.name
+                    )));
+                }
                 Some(c)
             }
         };
+        let i = spec.isolation;
+        if spec.confinement.userns && !(i.pid && i.mount && i.network && i.ipc && i.uts && i.cgroup) {
+            return Err(RuntimeError::invalid(
+                "confinement.user_namespace",
+                "a cell with a user namespace of its own shares no namespace with the node; drop the isolation.share_host_* settings",
+            ));
+        }
         let parent_dir = parent.as_ref().map_or_else(|| self.root.clone(), |p| p.dir.clone());
         check_controllers(&spec.resources, &parent_dir.subtree_control())?;
         let r = &spec.resources;
@@ -289,7 +318,9 @@ impl Runtime {
             new_net: i.network,
             new_uts: i.uts,
             own_root: i.mount && !spec.confinement.privileged,
+            userns: spec.confinement.userns,
         };
+        let userns_base = spec.confinement.userns.then(|| self.next_userns_base());
         let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
         if setup.own_root {
             args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned()));
@@ -302,11 +333,21 @@ impl Runtime {
                 clone_flags(&i),
                 exe,
                 args,
+                userns_base,
             )
             .await
             .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
         // The holder must outlive every workload of the cell: never the OOM killer's pick.
         let _ = std::fs::write(format!("/proc/{}/oom_score_adj", started.pid), "-1000");
+        if let Some(base) = userns_base {
+            let ns =
+                std::fs::File::open(format!("/proc/{}/ns/user", started.pid)).map_err(|source| RuntimeError::Io {
+                    what: "open the cell's user namespace",
+                    path: format!("/proc/{}/ns/user", started.pid).into(),
+                    source,
+                })?;
+            let _ = cell.userns.set((Arc::new(ns.into()), base));
+        }
         let pidfd = started
             .pidfd
             .map(Arc::new)
@@ -351,6 +392,7 @@ impl Runtime {
             resources: c.dir.resources(),
             isolation: c.isolation,
             confinement: c.confinement,
+            userns_base: c.userns_base(),
             usage: c.dir.usage(),
             executables,
             error,

@@ -25,6 +25,8 @@ pub struct Setup {
     pub new_uts: bool,
     /// A root of its own (`confine::root`); needs `new_mount`.
     pub own_root: bool,
+    /// In a user namespace of its own (devices are bound, not made).
+    pub userns: bool,
 }
 
 impl Setup {
@@ -34,7 +36,8 @@ impl Setup {
             | bit(self.new_pid, 2)
             | bit(self.new_net, 4)
             | bit(self.new_uts, 8)
-            | bit(self.own_root, 16))
+            | bit(self.own_root, 16)
+            | bit(self.userns, 32))
         .to_string()
     }
 
@@ -46,6 +49,7 @@ impl Setup {
             new_net: v & 4 != 0,
             new_uts: v & 8 != 0,
             own_root: v & 16 != 0,
+            userns: v & 32 != 0,
         })
     }
 }
@@ -83,7 +87,7 @@ pub fn main(args: &[String]) -> ! {
     }
     if setup.new_mount && setup.own_root {
         let hidden: Vec<std::path::PathBuf> = args.iter().skip(3).map(Into::into).collect();
-        if let Err((step, errno)) = root::enter(std::path::Path::new("/"), &hidden) {
+        if let Err((step, errno)) = root::enter(std::path::Path::new("/"), &hidden, setup.userns) {
             let stage = match step {
                 root::Step::Root => Stage::MountRoot,
                 root::Step::Dev => Stage::MountDev,
@@ -165,7 +169,7 @@ mod tests {
 
     #[test]
     fn setup_round_trips() {
-        for v in 0..32u8 {
+        for v in 0..64u8 {
             let s = Setup::decode(&v.to_string()).unwrap();
             assert_eq!(s.encode(), v.to_string());
         }

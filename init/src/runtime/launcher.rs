@@ -26,7 +26,8 @@ pub(crate) trait Launcher: Send + Sync {
     /// The starter for executables of the cell whose init is `join`, made once the init runs.
     fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError>;
     /// Starts a cell's init (`exe` re-executed with `args`) in `cgroup` with new namespaces
-    /// `flags`, nested in holder `join`'s.
+    /// `flags`, nested in holder `join`'s; with `userns`, in a user namespace of its own
+    /// whose root is that node uid (and 65535 more ids).
     fn start_holder(
         &self,
         join: Option<Arc<OwnedFd>>,
@@ -34,6 +35,7 @@ pub(crate) trait Launcher: Send + Sync {
         flags: libc::c_int,
         exe: Arc<OwnedFd>,
         args: Vec<String>,
+        userns: Option<u32>,
     ) -> Starting;
     /// SIGKILLs every process in `dir` and below, atomically.
     fn kill(&self, dir: &CgroupDir) -> Result<()>;
@@ -66,8 +68,9 @@ impl Launcher for SysLauncher {
         flags: libc::c_int,
         exe: Arc<OwnedFd>,
         args: Vec<String>,
+        userns: Option<u32>,
     ) -> Starting {
-        Box::pin(start::start_holder(join, cgroup, flags, exe, args))
+        Box::pin(start::start_holder(join, cgroup, flags, exe, args, userns))
     }
 
     fn kill(&self, dir: &CgroupDir) -> Result<()> {
@@ -234,6 +237,7 @@ pub(crate) mod testing {
             _flags: libc::c_int,
             _exe: Arc<OwnedFd>,
             _args: Vec<String>,
+            _userns: Option<u32>,
         ) -> Starting {
             let r = self.start(cgroup);
             Box::pin(async move { r })

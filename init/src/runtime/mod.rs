@@ -92,6 +92,8 @@ pub struct Runtime {
     taps: std::sync::atomic::AtomicU32,
     /// VMM uids handed out so far (see `vm::VMM_UID_BASE`).
     vmm_uids: std::sync::atomic::AtomicU32,
+    /// User namespace id ranges handed out so far (see `next_userns_base`).
+    userns_ranges: std::sync::atomic::AtomicU32,
     spawn_identity: Option<SpawnIdentity>,
     /// Directories of the node no confined cell sees (its keys, VM files).
     hidden: Vec<PathBuf>,
@@ -139,6 +141,7 @@ impl Runtime {
             bridge: None,
             taps: std::sync::atomic::AtomicU32::new(0),
             vmm_uids: std::sync::atomic::AtomicU32::new(0),
+            userns_ranges: std::sync::atomic::AtomicU32::new(0),
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
         }
@@ -155,6 +158,14 @@ impl Runtime {
 
     pub fn set_spawn_identity(&mut self, id: SpawnIdentity) {
         self.spawn_identity = Some(id);
+    }
+
+    /// The node uid that root in the next cell with a user namespace maps to: 65536 ids
+    /// each, from 1000000 on, a range of its own per cell (so cells cannot signal, trace or
+    /// share files with one another's root), reused after 1000 cells.
+    fn next_userns_base(&self) -> u32 {
+        let n = self.userns_ranges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
+        1_000_000 + n * 65_536
     }
 
     /// At most `max` workloads at once (see `table::Table::insert`).

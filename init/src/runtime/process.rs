@@ -336,6 +336,7 @@ impl Runtime {
             stdout: out_w,
             stderr: err_w,
             control,
+            userns: cell.userns(),
             limits: cell.limits.clone(),
         };
         let starter = cell.starter().ok_or_else(|| {

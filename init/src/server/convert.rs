@@ -201,10 +201,10 @@ fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeErr
         }
     };
     if c.privileged {
-        if !c.cap_add.is_empty() || !c.cap_drop.is_empty() || c.seccomp != 0 {
+        if !c.cap_add.is_empty() || !c.cap_drop.is_empty() || c.seccomp != 0 || c.user_namespace {
             return Err(invalid(
                 "confinement.privileged",
-                "a privileged cell keeps every capability and has no seccomp profile; leave cap_add, cap_drop and seccomp unset",
+                "a privileged cell keeps every capability and has no seccomp profile; leave cap_add, cap_drop, seccomp and user_namespace unset",
             ));
         }
         return Ok(Confinement::PRIVILEGED);
@@ -221,6 +221,7 @@ fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeErr
         caps,
         seccomp,
         privileged: false,
+        userns: c.user_namespace,
     })
 }
 
@@ -492,6 +493,7 @@ pub fn cell_status(v: CellView) -> pb::CellStatus {
             } as i32,
             privileged: v.confinement.privileged,
             own_root: i.mount && !v.confinement.privileged,
+            user_namespace_root_uid: v.userns_base.unwrap_or(0),
         }),
     }
 }

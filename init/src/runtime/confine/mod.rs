@@ -24,6 +24,8 @@ pub struct Confinement {
     /// no seccomp, no `no_new_privs`: auraed's own helpers (a VM's VMM, a spawned instance
     /// in a cell) and cells an admin asks for.
     pub privileged: bool,
+    /// A user namespace of its own: root in the cell is an unprivileged uid on the node.
+    pub userns: bool,
 }
 
 impl Default for Confinement {
@@ -32,6 +34,7 @@ impl Default for Confinement {
             caps: CapSet::default_set(),
             seccomp: true,
             privileged: false,
+            userns: false,
         }
     }
 }
@@ -41,6 +44,7 @@ impl Confinement {
         caps: CapSet::ALL,
         seccomp: false,
         privileged: true,
+        userns: false,
     };
 
     /// What the processes of a cell get at exec, compiled once per capability set.

@@ -80,10 +80,14 @@ fn tmpfs(target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
 }
 
 /// Builds the root from `source` with `hide` covered and enters it. Call in a fresh,
-/// private mount namespace; `new_pid` says whether /proc shows only the cell.
-pub fn enter(source: &Path, hide: &[PathBuf]) -> StepResult {
+/// private mount namespace. In a user namespace of its own (`userns`), the mounts copied
+/// from the node are locked to it: the source is bound with them (a bind without them is
+/// refused) and each is covered below, and device nodes are bound from the node's /dev
+/// (nodes made in a user namespace do not open).
+pub fn enter(source: &Path, hide: &[PathBuf], userns: bool) -> StepResult {
     let root = Path::new(STAGE);
-    mount(Some(source), root, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(at(Step::Root))?;
+    let rec = if userns { MsFlags::MS_REC } else { MsFlags::empty() };
+    mount(Some(source), root, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(at(Step::Root))?;
     for h in hide {
         let Ok(rel) = h.strip_prefix("/") else { continue };
         let target = root.join(rel);
@@ -112,7 +116,7 @@ pub fn enter(source: &Path, hide: &[PathBuf]) -> StepResult {
         None::<&str>,
     )
     .map_err(at(Step::Root))?;
-    make_dev(&root.join("dev"))?;
+    make_dev(&root.join("dev"), userns)?;
     tmpfs(&root.join("tmp"), nodev, &format!("mode=1777,size={TMP_SIZE}")).map_err(at(Step::Root))?;
     tmpfs(&root.join("run"), nodev, &format!("mode=0755,size={RUN_SIZE}")).map_err(at(Step::Root))?;
     // Read-only from here on; the mounts above stay as they are.
@@ -128,13 +132,21 @@ pub fn enter(source: &Path, hide: &[PathBuf]) -> StepResult {
     mask()
 }
 
-/// A private /dev on `dev`.
-fn make_dev(dev: &Path) -> StepResult {
+/// A private /dev on `dev`: device nodes made, or (`bind`) bound from the node's /dev.
+fn make_dev(dev: &Path, bind: bool) -> StepResult {
     let e = at(Step::Dev);
     tmpfs(dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0755,size=64k").map_err(&e)?;
     let rw = Mode::from_bits_truncate(0o666);
     for (name, major, minor) in DEVICES {
-        mknod(&dev.join(name), SFlag::S_IFCHR, rw, makedev(*major, *minor)).map_err(&e)?;
+        let node = dev.join(name);
+        if bind {
+            let io = |err: std::io::Error| (Step::Dev, Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)));
+            std::fs::File::create(&node).map_err(io)?;
+            let from = Path::new("/dev").join(name);
+            mount(Some(&from), &node, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(&e)?;
+        } else {
+            mknod(&node, SFlag::S_IFCHR, rw, makedev(*major, *minor)).map_err(&e)?;
+        }
     }
     for d in ["pts", "shm", "mqueue"] {
         nix::unistd::mkdir(&dev.join(d), Mode::from_bits_truncate(0o755)).map_err(&e)?;

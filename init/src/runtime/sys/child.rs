@@ -33,6 +33,7 @@ pub enum Stage {
     MaskPaths = 18,
     Capabilities = 19,
     Seccomp = 20,
+    UserNs = 21,
 }
 
 impl Stage {
@@ -60,6 +61,7 @@ impl Stage {
             MaskPaths,
             Capabilities,
             Seccomp,
+            UserNs,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -88,6 +90,7 @@ impl Stage {
             Stage::MaskPaths => "mask the cell's /proc and /sys paths",
             Stage::Capabilities => "reduce its capabilities",
             Stage::Seccomp => "install the seccomp profile",
+            Stage::UserNs => "enter the cell's user namespace as its root",
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct ExecPlan {
     /// Capabilities kept in every set; None keeps all.
     pub caps: Option<CapSet>,
     pub no_new_privs: bool,
+    /// The cell's user namespace to join (its root becomes the process's ids), or -1.
+    pub userns: RawFd,
     /// The seccomp program to install (its instructions live in `_profile`).
     seccomp: Option<SockFprog>,
     _profile: Option<std::sync::Arc<seccomp::Profile>>,
@@ -188,6 +193,7 @@ impl ExecPlan {
             report: -1,
             caps: None,
             no_new_privs: false,
+            userns: -1,
             seccomp: None,
             _profile: None,
         })
@@ -393,12 +399,22 @@ pub fn exec_child(p: &ExecPlan) -> ! {
         if p.new_cgroup_ns && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
             fail(report, Stage::CgroupNs);
         }
+        // Into the cell's user namespace: ids outside its map mean nothing there, so the
+        // process becomes its root (or the uid/gid asked for, inside the map) below.
+        if p.userns >= 0 && libc::setns(p.userns, libc::CLONE_NEWUSER) < 0 {
+            fail(report, Stage::UserNs);
+        }
+        let in_userns = p.userns >= 0;
+        let (gid, uid) = match in_userns {
+            true => (p.gid.or(Some(0)), p.uid.or(Some(0))),
+            false => (p.gid, p.uid),
+        };
         if let Some(keep) = p.caps {
             if !bound_caps(keep) {
                 fail(report, Stage::Capabilities);
             }
         }
-        if let Some(gid) = p.gid {
+        if let Some(gid) = gid {
             if libc::setgroups(0, std::ptr::null()) < 0 {
                 fail(report, Stage::Groups);
             }
@@ -406,7 +422,7 @@ pub fn exec_child(p: &ExecPlan) -> ! {
                 fail(report, Stage::Gid);
             }
         }
-        if let Some(uid) = p.uid {
+        if let Some(uid) = uid {
             if libc::setuid(uid) < 0 {
                 fail(report, Stage::Uid);
             }
@@ -444,6 +460,8 @@ pub struct HolderPlan {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     pub report: RawFd,
+    /// In a new user namespace: the pipe to wait on until its id maps are written, or -1.
+    pub go: RawFd,
 }
 
 impl HolderPlan {
@@ -458,13 +476,35 @@ impl HolderPlan {
             argv_ptrs: argv.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect(),
             _argv: argv,
             report: -1,
+            go: -1,
         })
+    }
+}
+
+/// In a new user namespace: waits for the id maps, then becomes the namespace's root, so
+/// that the exec that follows gives it the namespace's capabilities.
+fn become_userns_root(p: &HolderPlan) {
+    let mut b = 0u8;
+    // SAFETY: read of one byte into a live local; then id system calls with integers.
+    unsafe {
+        if libc::read(p.go, (&mut b as *mut u8).cast(), 1) != 1 {
+            fail(p.report, Stage::UserNs);
+        }
+        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) < 0
+            || libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) < 0
+            || libc::syscall(libc::SYS_setresuid, 0, 0, 0) < 0
+        {
+            fail(p.report, Stage::UserNs);
+        }
     }
 }
 
 /// The holder's child: report pipe on fd 3, then exec auraed as `aurae-cell-init`.
 pub fn holder_child(p: &HolderPlan) -> ! {
     reset_limits();
+    if p.go >= 0 {
+        become_userns_root(p);
+    }
     let env: [*const c_char; 1] = [std::ptr::null()];
     // SAFETY: system calls on fds and C strings prepared by the parent. dup2 onto 3 clears
     // close-on-exec for the report pipe only; when it already is 3, clear it by hand.

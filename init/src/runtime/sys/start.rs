@@ -53,6 +53,8 @@ pub struct ExecInput {
     pub stderr: OwnedFd,
     /// Handed to the program as fd 3 (a VMM's control socket).
     pub control: Option<OwnedFd>,
+    /// The cell's user namespace, joined by the child (a thread of auraed cannot).
+    pub userns: Option<Arc<OwnedFd>>,
     /// Capabilities, no_new_privs and seccomp, applied just before exec.
     pub limits: crate::runtime::confine::ExecLimits,
 }
@@ -122,7 +124,8 @@ fn exec_here(cgroup: &OwnedFd, input: ExecInput) -> Result<Started, StartError> 
     plan.stderr = input.stderr.as_raw_fd();
     plan.control = input.control.as_ref().map_or(-1, |f| f.as_raw_fd());
     plan.confine(&input.limits);
-    launch(0, cgroup, false, |report| {
+    plan.userns = input.userns.as_ref().map_or(-1, |f| f.as_raw_fd());
+    launch(0, cgroup, false, None, |report| {
         plan.report = report;
         child::exec_child(&plan)
     })
@@ -137,7 +140,13 @@ pub async fn start_holder(
     flags: libc::c_int,
     exe: Arc<OwnedFd>,
     args: Vec<String>,
+    userns: Option<u32>,
 ) -> Result<Started, StartError> {
+    let flags = if userns.is_some() {
+        flags | libc::CLONE_NEWUSER
+    } else {
+        flags
+    };
     // The kernel creates a pid namespace only as a child of the caller's active one, which
     // setns cannot change: a nested cell's new pid namespace is therefore a sibling of its
     // parent's, not inside it. Every other namespace nests.
@@ -152,10 +161,28 @@ pub async fn start_holder(
             stage: Stage::Args,
             errno: libc::EINVAL,
         })?;
-        launch(flags, &cgroup, true, |report| {
+        // With a user namespace the child waits on `go` until its id maps are written.
+        let go = match userns {
+            Some(_) => Some(
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|errno| StartError::Sys { what: "pipe2", errno })?,
+            ),
+            None => None,
+        };
+        let (go_r, go_w) = match go {
+            Some((r, w)) => (Some(r), Some(w)),
+            None => (None, None),
+        };
+        // The read end stays open here until the child has it (its fd table is a copy
+        // made at the clone).
+        plan.go = go_r.as_ref().map_or(-1, |r| r.as_raw_fd());
+        let release = go_w.map(|w| (w, userns.unwrap_or_default()));
+        let started = launch(flags, &cgroup, true, release, |report| {
             plan.report = report;
             child::holder_child(&plan)
-        })
+        });
+        drop(go_r);
+        started
     })
     .await
 }
@@ -201,12 +228,32 @@ fn enter(join: Option<&OwnedFd>, flags: libc::c_int) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Writes a new user namespace's id maps (its root is node id `base`, 65536 ids), then
+/// lets its first process go on (one byte on `go`).
+fn map_ids(pid: Pid, base: u32, go: OwnedFd) -> Result<(), StartError> {
+    let map = format!("0 {base} 65536\n");
+    for file in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{file}"), &map).map_err(|e| StartError::Sys {
+            what: "write the cell's user namespace id map",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+    }
+    nix::unistd::write(&go, &[1]).map_err(|errno| StartError::Sys {
+        what: "release the cell's init",
+        errno,
+    })?;
+    Ok(())
+}
+
 /// Clones `body` into `cgroup`, registered with the reaper, and waits for its report:
-/// EOF (exec succeeded) for an executable, a Ready message for a holder.
+/// EOF (exec succeeded) for an executable, a Ready message for a holder. `release` (a
+/// holder in a new user namespace): the pipe its child waits on and the namespace's base
+/// id, for `map_ids` once the child exists.
 fn launch(
     flags: libc::c_int,
     cgroup: &OwnedFd,
     holder: bool,
+    release: Option<(OwnedFd, u32)>,
     mut body: impl FnMut(libc::c_int) -> std::convert::Infallible,
 ) -> Result<Started, StartError> {
     let (r, w) =
@@ -230,6 +277,11 @@ fn launch(
         }
     })?;
     drop(w);
+    // A failure here closes `go` unwritten: the child reports and exits.
+    let mapped = match release {
+        Some((go, base)) => map_ids(pid, base, go),
+        None => Ok(()),
+    };
     let mut msg = [0u8; 8];
     let mut got = 0;
     let mut file = std::fs::File::from(r);
@@ -242,6 +294,7 @@ fn launch(
         }
     }
     let outcome = match (got, child::decode(&msg)) {
+        _ if mapped.is_err() => mapped,
         (0, _) if !holder => Ok(()),
         (8, (Some(Stage::Ready), _)) if holder => Ok(()),
         (8, (Some(stage), errno)) => Err(StartError::Child { stage, errno }),
