@@ -236,7 +236,15 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
     report("RunExecutable + Status, private cell (new ns, confined)", private);
     report("RunExecutable server-side, private cell", private_server);
 
-    for (what, confinement) in [("confined (default)", None), ("privileged", privileged())] {
+    let userns = Some(pb::CellConfinement {
+        user_namespace: true,
+        ..Default::default()
+    });
+    for (what, confinement) in [
+        ("confined (default)", None),
+        ("confined + userns", userns),
+        ("privileged", privileged()),
+    ] {
         let mut cycles = Vec::new();
         for i in 0..n {
             cycles.push(api.cell_cycle(i, confinement.clone()).await.map_err(r)?);
