@@ -11,6 +11,10 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
+/// A VMM thread to start once the jail is complete: its name, its kind (its filter) and
+/// what it runs.
+type Thread = (String, jail::Kind, Box<dyn FnOnce() + Send>);
+
 pub(super) fn run(
     cfg: &VmConfig,
     files: VmFiles,
@@ -43,7 +47,7 @@ pub(super) fn run(
         Ok(irq)
     };
     // Threads start only once the jail is complete (see below).
-    let mut threads: Vec<(String, jail::Kind, Box<dyn FnOnce() + Send>)> = Vec::new();
+    let mut threads: Vec<Thread> = Vec::new();
     if let (Some(n), Some(tap)) = (&cfg.net, files.tap) {
         let irq = irq_for(&vm, mmio.len())?;
         let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq)?;
