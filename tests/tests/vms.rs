@@ -451,3 +451,52 @@ fn refusals_name_the_field_and_create_nothing() {
             .await;
     });
 }
+
+/// A caller that gives up (`aer --timeout 1 vm run v9 ...`, here a third of a second): the
+/// start finishes or fails in a task of its own, nothing of v9 stays (VM, cell, VMM, TAP),
+/// and the name works again at once.
+#[test]
+fn a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let img = guest_initramfs(&c, "v9", "sleep 1000").await;
+        let links_before = c.on_node("ip -o link | grep -c atap || true").await;
+        let v9 = || pb::VirtualMachine {
+            network: true,
+            ..vm("v9", &img, 1)
+        };
+        let mut req = tonic::Request::new(v9());
+        req.set_timeout(Duration::from_millis(300));
+        let e = c.runtime.clone().run_virtual_machine(req).await.unwrap_err();
+        assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e:?}");
+        let gone = eventually(a.budget(GUEST_DEADLINE), || async {
+            let st = vm_status(&c, "v9").await;
+            let cells = c.workload_cgroups().await;
+            let vmms = c.on_node("ps -o comm | grep -c aurae-vmm || true").await;
+            let links = c.on_node("ip -o link | grep -c atap || true").await;
+            st.is_err() && !cells.contains(&"v9".to_owned()) && vmms.trim() == "0" && links == links_before
+        })
+        .await;
+        assert!(gone, "nothing of v9 is left:\n{}", a.console_log());
+        let st = c.runtime.clone().run_virtual_machine(v9()).await.unwrap().into_inner();
+        assert_eq!(
+            st.state,
+            pb::WorkloadState::Running as i32,
+            "the name works again: {st:?}"
+        );
+        c.workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(vm_ref("v9")),
+                signal: 0,
+                grace_period_millis: 500,
+            })
+            .await
+            .unwrap();
+        c.workloads.clone().free(vm_ref("v9")).await.unwrap();
+        c.on_node("rm -f /var/lib/aurae/vm/v9.cpio").await;
+        c.assert_left_nothing("a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again")
+            .await;
+    });
+}

@@ -40,13 +40,21 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 /// neither is given.
 pub fn wait_budget(stated: Option<Duration>, caller: Option<Duration>, default: Duration) -> Duration {
     let caller = caller.map(|c| c.saturating_sub((c / 10).min(Duration::from_secs(2))));
-    match (stated, caller) {
+    let budget = match (stated, caller) {
         (Some(s), Some(c)) => s.min(c),
         (Some(s), None) => s,
         (None, Some(c)) => c,
         (None, None) => default,
-    }
+    };
+    budget.min(MAX_WAIT)
 }
+
+/// The ceiling on any such wait, whatever the caller states: a request that waits for a
+/// workload holds a task, a stream and what the workload took, and "99999999H" must not
+/// hold them for years. 30 minutes is far beyond a nested Spawn under emulation (~10 s).
+/// (Wait and a followed Logs are not bounded: they last as long as the workload, and
+/// hold only a stream, of which a connection has at most 256.)
+pub const MAX_WAIT: Duration = Duration::from_secs(30 * 60);
 
 #[cfg(test)]
 mod tests {
@@ -74,6 +82,9 @@ mod tests {
         assert_eq!(wait_budget(None, Some(s(600)), s(300)), s(598), "at most 2 s kept back");
         assert_eq!(wait_budget(Some(s(30)), Some(s(600)), s(300)), s(30));
         assert_eq!(wait_budget(Some(s(900)), Some(s(600)), s(300)), s(598));
+        let years = parse_grpc_timeout("99999999H");
+        assert_eq!(wait_budget(None, years, s(300)), MAX_WAIT, "the ceiling holds");
+        assert_eq!(wait_budget(Some(s(1 << 40)), None, s(300)), MAX_WAIT);
     }
 
     #[test]
