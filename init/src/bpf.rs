@@ -36,6 +36,15 @@ const OFF_ARG0: u32 = 16;
 /// Calls tested one after another at the bottom of the tree.
 const LEAF: usize = 4;
 
+/// The `struct sock_fprog` that seccomp(2) takes for `prog`; `prog` must outlive its use.
+/// (`Insn` has `struct sock_filter`'s layout.)
+pub fn fprog(prog: &[Insn]) -> libc::sock_fprog {
+    libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    }
+}
+
 pub fn ret_errno(errno: u16) -> u32 {
     RET_ERRNO | u32::from(errno)
 }

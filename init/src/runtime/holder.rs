@@ -154,10 +154,7 @@ pub fn main(args: &[String]) -> ! {
 
 /// Clears every capability set of this process and sets `no_new_privs`.
 fn drop_privileges() {
-    for cap in 0..=caps::LAST {
-        // SAFETY: prctl with integer arguments; affects this process only.
-        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-    }
+    super::sys::child::bound_caps(caps::CapSet::NONE);
     super::sys::child::set_caps(caps::CapSet::NONE);
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };

@@ -201,10 +201,7 @@ pub fn on_refusal() -> Result<(), JailError> {
 
 /// Installs `filter()` on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
 pub fn install(prog: &[bpf::Insn]) -> Result<(), JailError> {
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
+    let fprog = bpf::fprog(prog);
     // SAFETY: seccomp(2) reads the program through the pointer, valid for the call.
     let rc = unsafe {
         libc::syscall(

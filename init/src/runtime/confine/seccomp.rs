@@ -484,10 +484,7 @@ mod tests {
     #[test]
     fn the_kernel_accepts_and_enforces_the_profile() {
         let p = compile(CapSet::default_set());
-        let fprog = libc::sock_fprog {
-            len: p.prog.len() as u16,
-            filter: p.prog.as_ptr() as *mut libc::sock_filter,
-        };
+        let fprog = bpf::fprog(&p.prog);
         // SAFETY: the child makes only system calls on data prepared before the fork and
         // ends in _exit.
         let pid = unsafe { libc::fork() };

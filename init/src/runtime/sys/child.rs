@@ -146,16 +146,8 @@ pub struct ExecPlan {
     /// The cell's user namespace to join (its root becomes the process's ids), or -1.
     pub userns: RawFd,
     /// The seccomp program to install (its instructions live in `_profile`).
-    seccomp: Option<SockFprog>,
+    seccomp: Option<libc::sock_fprog>,
     _profile: Option<std::sync::Arc<seccomp::Profile>>,
-}
-
-/// `struct sock_fprog` (include/uapi/linux/filter.h).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SockFprog {
-    len: libc::c_ushort,
-    filter: *const crate::bpf::Insn,
 }
 
 /// argv[0] of a cell's holder: auraed re-executed as a cell's init (`runtime::holder`).
@@ -204,10 +196,7 @@ impl ExecPlan {
         self.caps = limits.caps;
         self.no_new_privs = limits.no_new_privs;
         if let Some(p) = &limits.seccomp {
-            self.seccomp = Some(SockFprog {
-                len: p.prog.len() as libc::c_ushort,
-                filter: p.prog.as_ptr(),
-            });
+            self.seccomp = Some(crate::bpf::fprog(&p.prog));
             self._profile = Some(p.clone());
         }
     }
@@ -255,7 +244,7 @@ pub fn set_caps(keep: CapSet) -> bool {
 
 /// Drops from the bounding set every capability not in `keep` (needs CAP_SETPCAP, so
 /// before any uid change) and clears the ambient set.
-fn bound_caps(keep: CapSet) -> bool {
+pub(crate) fn bound_caps(keep: CapSet) -> bool {
     // SAFETY: prctl with integer arguments; affects this process only.
     unsafe {
         for cap in 0..=caps::LAST {
@@ -441,7 +430,7 @@ pub fn exec_child(p: &ExecPlan) -> ! {
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER,
                 0u32,
-                prog as *const SockFprog,
+                prog as *const libc::sock_fprog,
             ) < 0
             {
                 fail(report, Stage::Seccomp);
