@@ -250,12 +250,26 @@ fn pre(msg: impl Into<String>) -> RuntimeError {
 
 impl Runtime {
     /// The channel to a running child, for forwarding.
-    pub fn instance_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
+    /// The channel to a running child, and a future that completes (with how it ended) when
+    /// the child ends: a call in flight to a child that dies would otherwise wait for its
+    /// caller's deadline, as a dead VM's TAP answers nothing, not even a reset.
+    pub fn instance_channel(
+        &self,
+        name: &str,
+    ) -> Result<(
+        tonic::transport::Channel,
+        impl std::future::Future<Output = String> + Send + 'static,
+    )> {
         let i = self.table().get::<Instance>(name)?;
         if i.body.ended() {
             return Err(pre(format!("instance '{name}' has ended")));
         }
-        Ok(i.channel.clone())
+        let channel = i.channel.clone();
+        let ended = async move {
+            i.body.wait().await;
+            child::Watched::outcome(&i.body).unwrap_or_else(|| "ended".into())
+        };
+        Ok((channel, ended))
     }
 
     /// Boots a child auraed in a microVM and returns once it serves.

@@ -122,7 +122,7 @@ where
         let channel = self.rt.instance_channel(first);
         let first = first.to_owned();
         Box::pin(async move {
-            let mut channel = match channel {
+            let (mut channel, ended) = match channel {
                 Ok(c) => c,
                 Err(e) => {
                     let s: tonic::Status = e.into();
@@ -133,10 +133,17 @@ where
             if let Err(e) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
                 return Ok(tonic::Status::unavailable(format!("{HEADER}: instance '{first}': {e}")).into_http());
             }
-            match channel.call(req).await {
-                Ok(r) => Ok(r),
-                Err(e) => Ok(
-                    tonic::Status::unavailable(format!("{HEADER}: instance '{first}' did not answer: {e}")).into_http(),
+            tokio::select! {
+                // An answer that is there wins over the end (a forwarded Shutdown answers, then ends).
+                biased;
+                r = channel.call(req) => match r {
+                    Ok(r) => Ok(r),
+                    Err(e) => Ok(
+                        tonic::Status::unavailable(format!("{HEADER}: instance '{first}' did not answer: {e}")).into_http(),
+                    ),
+                },
+                how = ended => Ok(
+                    tonic::Status::unavailable(format!("{HEADER}: instance '{first}' ended before it answered: {how}")).into_http(),
                 ),
             }
         })
