@@ -290,7 +290,18 @@ impl Runtime {
         let limits = spec.confinement.exec_limits();
         let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;
-        match self.start_cell(&cell, &spec, parent.as_deref()).await {
+        let started = tokio::time::timeout(spec.ready_within, self.start_cell(&cell, &spec, parent.as_deref()));
+        let r = match started.await {
+            Ok(r) => r,
+            // An init that never reports (blocked before it is ready) is killed with the
+            // cell below; the thread that waited for it then sees the pipe close and ends.
+            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+                "cell '{}': its init did not report ready within {:.1} s (the caller's deadline); the cell was removed",
+                spec.name,
+                spec.ready_within.as_secs_f64()
+            ))),
+        };
+        match r {
             Ok(()) => Ok(cell),
             Err(e) => {
                 self.discard_cell_now(&cell).await;

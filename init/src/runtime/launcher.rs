@@ -104,6 +104,8 @@ pub(crate) mod testing {
         next: Mutex<i32>,
         /// The next start of an executable fails with this.
         pub fail_next_exec: Mutex<Option<StartError>>,
+        /// The next holder start never reports ready (its init hangs).
+        pub hang_next_holder: Mutex<bool>,
     }
 
     impl FakeLauncher {
@@ -114,6 +116,7 @@ pub(crate) mod testing {
                 procs: Mutex::new(Vec::new()),
                 next: Mutex::new(FIRST_PID),
                 fail_next_exec: Mutex::new(None),
+                hang_next_holder: Mutex::new(false),
             })
         }
 
@@ -239,6 +242,11 @@ pub(crate) mod testing {
             _args: Vec<String>,
             _userns: Option<u32>,
         ) -> Starting {
+            if std::mem::take(&mut *self.hang_next_holder.lock().unwrap()) {
+                // An init that is there but never reports ready.
+                let _ = self.start(cgroup);
+                return Box::pin(std::future::pending());
+            }
             let r = self.start(cgroup);
             Box::pin(async move { r })
         }

@@ -247,6 +247,7 @@ impl Runtime {
                     resources,
                     isolation,
                     confinement,
+                    ready_within: super::spec::READY_MAX,
                 };
                 let c = self.create_cell(own, true).await.map_err(|e| match e {
                     RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(

@@ -81,7 +81,14 @@ pub struct CellSpec {
     pub resources: Resources,
     pub isolation: Isolation,
     pub confinement: Confinement,
+    /// How long its init may take to report ready (from the caller's deadline; `READY_MAX`
+    /// without one). One that does not is killed and the cell discarded.
+    pub ready_within: std::time::Duration,
 }
+
+/// The longest any start waits for a workload to get ready: a caller's deadline of years
+/// must not hold a task, a cell or a name that long.
+pub const READY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 #[derive(Debug, Clone)]
 pub struct DiskSpec {

@@ -40,6 +40,7 @@ fn cell(name: &str) -> CellSpec {
         resources: Default::default(),
         isolation: Default::default(),
         confinement: Default::default(),
+        ready_within: super::spec::READY_MAX,
     }
 }
 
@@ -137,6 +138,23 @@ async fn an_executable_gets_a_private_cell_that_ends_with_it_and_goes_at_free() 
         r.rt.list(None).is_empty(),
         "neither the executable nor its cell is listed"
     );
+}
+
+/// A cell whose init never says it is ready (blocked before it could) costs its caller
+/// only the deadline: then it is killed, the cell removed and the name free again.
+#[tokio::test]
+async fn a_cell_whose_init_never_reports_is_removed_at_the_callers_deadline() {
+    let r = rig();
+    *r.fake.hang_next_holder.lock().unwrap() = true;
+    let mut spec = cell("stuck");
+    spec.ready_within = std::time::Duration::from_millis(50);
+    let e = r.rt.run_cell(spec).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::DeadlineExceeded(_)), "{e:?}");
+    assert!(e.to_string().contains("did not report ready"), "{e}");
+    assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
+    assert!(r.rt.list(None).is_empty());
+    assert_eq!(r.fake.running(), 0, "the init was killed");
+    r.rt.run_cell(cell("stuck")).await.unwrap();
 }
 
 #[tokio::test]

@@ -252,6 +252,7 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
             uts: !i.share_host_uts,
             cgroup: !i.share_host_cgroup,
         },
+        ready_within: crate::runtime::spec::READY_MAX,
     })
 }
 

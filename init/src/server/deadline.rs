@@ -54,7 +54,7 @@ pub fn wait_budget(stated: Option<Duration>, caller: Option<Duration>, default: 
 /// hold them for years. 30 minutes is far beyond a nested Spawn under emulation (~10 s).
 /// (Wait and a followed Logs are not bounded: they last as long as the workload, and
 /// hold only a stream, of which a connection has at most 256.)
-pub const MAX_WAIT: Duration = Duration::from_secs(30 * 60);
+pub const MAX_WAIT: Duration = crate::runtime::spec::READY_MAX;
 
 #[cfg(test)]
 mod tests {

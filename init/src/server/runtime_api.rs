@@ -24,8 +24,8 @@ fn timed<T>(since: Instant, msg: T) -> Response<T> {
     r
 }
 
-/// Runs `work` (a VM boot or a Spawn, which take seconds and create a cell, a VMM, an
-/// address, an image) on a task of its own, so a caller that goes away mid-way (its
+/// Runs `work` (a start: a VM boot or a Spawn take seconds and create a cell, a VMM, an
+/// address, an image; a cell or an executable, milliseconds) on a task of its own, so a caller that goes away mid-way (its
 /// deadline passed, it disconnected: tonic then drops this handler) cannot leave it half
 /// done. Whatever finishes after the caller has gone is stopped and freed, so nothing
 /// stays behind and the name can be used again at once.
@@ -80,7 +80,9 @@ impl RuntimeRpc for RuntimeApi {
     async fn run_executable(&self, r: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
         let since = Instant::now();
         let spec = convert::executable(r.into_inner())?;
-        let view = self.rt.run_executable(spec).await?;
+        let (rt, name) = (self.rt.clone(), spec.name.to_string());
+        let work = async move { rt.run_executable(spec).await };
+        let view = detached(self.rt.clone(), work, Kind::Executable, name).await?;
         Ok(timed(since, convert::exec_status(view)))
     }
 
@@ -89,6 +91,7 @@ impl RuntimeRpc for RuntimeApi {
         if let Some(field) = convert::needs_admin(r.get_ref()) {
             Caller::require(&r, Role::Admin, field)?;
         }
+        let caller = super::deadline::caller_timeout(r.metadata());
         let c = r.into_inner();
         if c.image.is_some() {
             return Err(Status::unimplemented(format!(
@@ -96,8 +99,11 @@ impl RuntimeRpc for RuntimeApi {
                 crate::VERSION
             )));
         }
-        let spec = convert::cell(c)?;
-        let view = self.rt.run_cell(spec).await?;
+        let mut spec = convert::cell(c)?;
+        spec.ready_within = super::deadline::wait_budget(None, caller, crate::runtime::spec::READY_MAX);
+        let (rt, name) = (self.rt.clone(), spec.name.to_string());
+        let work = async move { rt.run_cell(spec).await };
+        let view = detached(self.rt.clone(), work, Kind::Cell, name).await?;
         Ok(timed(since, convert::cell_status(view)))
     }
 
