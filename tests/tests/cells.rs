@@ -706,6 +706,78 @@ fn cap_add_gives_exactly_that_capability_and_privileged_cells_say_so() {
     });
 }
 
+/// A stricter seccomp profile, chosen per cell by an operator: the `STRICT` level takes out
+/// calls ordinary work does without (here: `personality(PER_LINUX32)`, which `linux32`
+/// makes and a default cell allows), and `seccomp_deny` refuses calls of the cell's own
+/// choosing on top. What the cell still does works; the status says what is in force.
+#[test]
+fn a_cell_can_be_made_stricter_than_the_default() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let probe = "linux32 true 2>/dev/null; echo linux32 $?; mkdir /tmp/d 2>/dev/null; echo mkdir $?; \
+                     echo x > /tmp/f && echo write $?; ls / > /dev/null; echo ls $?";
+        let (_, out) = c.run_sh("lenient", "", probe).await;
+        let f = fields(&out);
+        assert_eq!(
+            f.get("linux32").map(String::as_str),
+            Some("0"),
+            "the default allows it: {out}"
+        );
+        assert_eq!(f.get("mkdir").map(String::as_str), Some("0"), "{out}");
+
+        let st = c
+            .cell(pb::Cell {
+                name: "strict".into(),
+                confinement: Some(pb::CellConfinement {
+                    seccomp: pb::SeccompProfile::Strict as i32,
+                    seccomp_deny: vec!["mkdirat".into(), "mkdir".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let conf = st.confinement.unwrap();
+        assert_eq!(conf.seccomp, pb::SeccompProfile::Strict as i32);
+        assert_eq!(conf.seccomp_deny, ["mkdir", "mkdirat"], "in number order");
+        let (st, out) = c.run_sh("strict-probe", "strict", probe).await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        let f = fields(&out);
+        let get = |k: &str| {
+            f.get(k)
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("{k} missing in:\n{out}"))
+        };
+        assert_ne!(get("linux32"), "0", "STRICT refuses 32-bit personalities: {out}");
+        assert_ne!(get("mkdir"), "0", "the cell's own refusal: {out}");
+        assert_eq!(get("write"), "0", "{out}");
+        assert_eq!(get("ls"), "0", "{out}");
+        remove_cell(&c, "strict").await;
+
+        // A call no profile allows is a mistake, said as such, and nothing is made.
+        let e = c
+            .cell(pb::Cell {
+                name: "typo".into(),
+                confinement: Some(pb::CellConfinement {
+                    seccomp_deny: vec!["mkdri".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("confinement.seccomp_deny") && e.message().contains("'mkdri'"),
+            "{}",
+            e.message()
+        );
+        c.assert_left_nothing("a_cell_can_be_made_stricter_than_the_default")
+            .await;
+    });
+}
+
 /// `user_namespace`: root in the cell is an unprivileged uid on the node, as the node sees
 /// it in /proc; inside, it is root with the default set in its own namespace only.
 #[test]

@@ -71,9 +71,13 @@ pub struct CellCreate {
     /// Capabilities to drop from the default set (applied before --cap-add; ALL drops all).
     #[arg(long, value_delimiter = ',')]
     cap_drop: Vec<String>,
-    /// seccomp profile: default, or unconfined (admin only).
+    /// seccomp profile: default, strict (no io_uring, ptrace, vmsplice, SysV message
+    /// queues; sockets unix/inet/inet6/netlink only), or unconfined (admin only).
     #[arg(long, default_value = "default")]
     seccomp: String,
+    /// System calls to refuse on top of the profile (mkdir,ptrace,...).
+    #[arg(long, value_delimiter = ',', value_name = "CALLS")]
+    seccomp_deny: Vec<String>,
     /// The node's filesystem, every capability, no seccomp (admin only).
     #[arg(long)]
     privileged: bool,
@@ -129,8 +133,13 @@ async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result
     }
     let seccomp = match c.seccomp.as_str() {
         "default" => pb::SeccompProfile::Unspecified,
+        "strict" => pb::SeccompProfile::Strict,
         "unconfined" => pb::SeccompProfile::Unconfined,
-        other => return Err(usage(format!("--seccomp '{other}': choose default or unconfined"))),
+        other => {
+            return Err(usage(format!(
+                "--seccomp '{other}': choose default, strict or unconfined"
+            )))
+        }
     };
     let cell = pb::Cell {
         name: c.name.clone(),
@@ -140,6 +149,7 @@ async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result
             seccomp: seccomp as i32,
             privileged: c.privileged,
             user_namespace: c.userns,
+            seccomp_deny: c.seccomp_deny.clone(),
         }),
         resources: Some(pb::CellResources {
             cpu_weight: c.cpu_weight,

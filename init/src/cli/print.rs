@@ -22,6 +22,7 @@ pub(crate) fn exec_json(s: &pb::ExecutableStatus) -> Value {
 fn seccomp_name(v: i32) -> &'static str {
     match pb::SeccompProfile::try_from(v) {
         Ok(pb::SeccompProfile::Unconfined) => "unconfined",
+        Ok(pb::SeccompProfile::Strict) => "strict",
         _ => "default",
     }
 }
@@ -46,7 +47,7 @@ pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
             "share_host_uts": i.share_host_uts, "share_host_cgroup": i.share_host_cgroup,
         },
         "confinement": {
-            "capabilities": c.capabilities, "seccomp": seccomp_name(c.seccomp),
+            "capabilities": c.capabilities, "seccomp": seccomp_name(c.seccomp), "seccomp_deny": c.seccomp_deny,
             "privileged": c.privileged, "own_root": c.own_root,
             "user_namespace_root_uid": c.user_namespace_root_uid,
         },
@@ -156,7 +157,10 @@ pub(crate) fn print_cell(s: &pb::CellStatus, as_json: bool) {
             } else {
                 "NODE'S FILESYSTEM (shares the mount namespace)"
             },
-            seccomp_name(c.seccomp),
+            match c.seccomp_deny.is_empty() {
+                true => seccomp_name(c.seccomp).to_owned(),
+                false => format!("{} refusing {}", seccomp_name(c.seccomp), c.seccomp_deny.join(",")),
+            },
             if c.capabilities.is_empty() {
                 "none".into()
             } else {

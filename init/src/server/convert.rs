@@ -4,7 +4,7 @@
 use super::deadline::wait_budget;
 use crate::pb;
 use crate::runtime::cgroup::Usage;
-use crate::runtime::confine::caps::CapSet;
+use crate::runtime::confine::{caps::CapSet, seccomp};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::{CellName, ExecName};
@@ -190,24 +190,37 @@ pub fn resources(r: Option<pb::CellResources>) -> Result<Resources, RuntimeError
 /// role, which the handler checks (`needs_admin`).
 fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeError> {
     let c = c.unwrap_or_default();
-    let seccomp = match pb::SeccompProfile::try_from(c.seccomp) {
-        Ok(pb::SeccompProfile::Unspecified | pb::SeccompProfile::Default) => true,
-        Ok(pb::SeccompProfile::Unconfined) => false,
+    let level = match pb::SeccompProfile::try_from(c.seccomp) {
+        Ok(pb::SeccompProfile::Unspecified | pb::SeccompProfile::Default) => Some(seccomp::Level::Default),
+        Ok(pb::SeccompProfile::Strict) => Some(seccomp::Level::Strict),
+        Ok(pb::SeccompProfile::Unconfined) => None,
         Err(_) => {
             return Err(invalid(
                 "confinement.seccomp",
-                format!("{} is not a SeccompProfile (DEFAULT or UNCONFINED)", c.seccomp),
+                format!("{} is not a SeccompProfile (DEFAULT, STRICT or UNCONFINED)", c.seccomp),
             ))
         }
     };
     if c.privileged {
-        if !c.cap_add.is_empty() || !c.cap_drop.is_empty() || c.seccomp != 0 || c.user_namespace {
+        if !c.cap_add.is_empty()
+            || !c.cap_drop.is_empty()
+            || c.seccomp != 0
+            || c.user_namespace
+            || !c.seccomp_deny.is_empty()
+        {
             return Err(invalid(
                 "confinement.privileged",
-                "a privileged cell keeps every capability and has no seccomp profile; leave cap_add, cap_drop, seccomp and user_namespace unset",
+                "a privileged cell keeps every capability and has no seccomp profile; leave cap_add, cap_drop, seccomp, seccomp_deny and user_namespace unset",
             ));
         }
         return Ok(Confinement::PRIVILEGED);
+    }
+    let deny = seccomp::Calls::parse(&c.seccomp_deny).map_err(|e| invalid("confinement.seccomp_deny", e))?;
+    if level.is_none() && !deny.is_empty() {
+        return Err(invalid(
+            "confinement.seccomp_deny",
+            "an UNCONFINED cell has no profile to refuse calls in; leave seccomp_deny empty or choose DEFAULT or STRICT",
+        ));
     }
     let caps = CapSet::adjusted(&c.cap_add, &c.cap_drop).map_err(|e| {
         let field = if c.cap_add.iter().any(|a| e.contains(&format!("'{a}'"))) {
@@ -219,7 +232,7 @@ fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeErr
     })?;
     Ok(Confinement {
         caps,
-        seccomp,
+        seccomp: level.map(|level| seccomp::Spec { level, deny }),
         privileged: false,
         userns: c.user_namespace,
     })
@@ -487,11 +500,16 @@ pub fn cell_status(v: CellView) -> pb::CellStatus {
         error: v.error,
         confinement: Some(pb::CellConfinementStatus {
             capabilities: v.confinement.caps.names().into_iter().map(str::to_owned).collect(),
-            seccomp: if v.confinement.seccomp {
-                pb::SeccompProfile::Default
-            } else {
-                pb::SeccompProfile::Unconfined
+            seccomp: match v.confinement.seccomp.map(|s| s.level) {
+                Some(seccomp::Level::Default) => pb::SeccompProfile::Default,
+                Some(seccomp::Level::Strict) => pb::SeccompProfile::Strict,
+                None => pb::SeccompProfile::Unconfined,
             } as i32,
+            seccomp_deny: v
+                .confinement
+                .seccomp
+                .map(|s| s.deny.names().into_iter().map(str::to_owned).collect())
+                .unwrap_or_default(),
             privileged: v.confinement.privileged,
             own_root: i.mount && !v.confinement.privileged,
             user_namespace_root_uid: v.userns_base.unwrap_or(0),
@@ -709,7 +727,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.confinement, Confinement::default());
-        assert!(c.confinement.seccomp && !c.confinement.privileged);
+        assert!(c.confinement.seccomp == Some(Default::default()) && !c.confinement.privileged);
         let e = confined(pb::CellConfinement {
             cap_drop: vec!["BOGUS".into()],
             ..Default::default()
@@ -758,5 +776,50 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn a_stricter_profile_needs_no_admin_and_bad_call_names_are_refused() {
+        let strict = pb::CellConfinement {
+            seccomp: pb::SeccompProfile::Strict as i32,
+            seccomp_deny: vec!["mkdir".into(), "ptrace".into()],
+            ..Default::default()
+        };
+        let c = confined(strict.clone()).unwrap().confinement.seccomp.unwrap();
+        assert_eq!(c.level, seccomp::Level::Strict);
+        assert_eq!(c.deny.names(), ["mkdir", "ptrace"]);
+        let req = pb::Cell {
+            confinement: Some(strict),
+            ..Default::default()
+        };
+        assert_eq!(needs_admin(&req), None, "stricter is not more power");
+        for (bad, field) in [
+            (
+                pb::CellConfinement {
+                    seccomp_deny: vec!["nosuch".into()],
+                    ..Default::default()
+                },
+                "confinement.seccomp_deny",
+            ),
+            (
+                pb::CellConfinement {
+                    seccomp: pb::SeccompProfile::Unconfined as i32,
+                    seccomp_deny: vec!["mkdir".into()],
+                    ..Default::default()
+                },
+                "confinement.seccomp_deny",
+            ),
+            (
+                pb::CellConfinement {
+                    privileged: true,
+                    seccomp_deny: vec!["mkdir".into()],
+                    ..Default::default()
+                },
+                "confinement.privileged",
+            ),
+        ] {
+            let e = confined(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

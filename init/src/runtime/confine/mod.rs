@@ -1,7 +1,7 @@
 //! What confines a cell beyond its namespaces and cgroup: a root of its own (`root`), a
 //! reduced capability set (`caps`), `no_new_privs` and a seccomp profile (`seccomp`). The
-//! defaults are an OCI runtime's; a cell may add or drop capabilities, and an admin may ask
-//! for no seccomp profile or for a privileged cell.
+//! defaults are an OCI runtime's; a cell may add or drop capabilities and make its seccomp
+//! profile stricter, and an admin may ask for no seccomp profile or for a privileged cell.
 
 pub mod caps;
 pub mod root;
@@ -18,8 +18,9 @@ pub struct Confinement {
     /// Capabilities its processes keep, in every set (bounding, permitted, effective,
     /// inheritable; ambient is cleared).
     pub caps: CapSet,
-    /// Docker's default seccomp profile for `caps` (else none).
-    pub seccomp: bool,
+    /// Docker's default seccomp profile for `caps`, at a level and with refusals of the
+    /// cell's own (None: no seccomp profile).
+    pub seccomp: Option<seccomp::Spec>,
     /// The node's own filesystem (with a private /proc, /sys and /tmp), every capability,
     /// no seccomp, no `no_new_privs`: auraed's own helpers (a VM's VMM, a spawned instance
     /// in a cell) and cells an admin asks for.
@@ -32,7 +33,7 @@ impl Default for Confinement {
     fn default() -> Confinement {
         Confinement {
             caps: CapSet::default_set(),
-            seccomp: true,
+            seccomp: Some(seccomp::Spec::default()),
             privileged: false,
             userns: false,
         }
@@ -42,7 +43,7 @@ impl Default for Confinement {
 impl Confinement {
     pub const PRIVILEGED: Confinement = Confinement {
         caps: CapSet::ALL,
-        seccomp: false,
+        seccomp: None,
         privileged: true,
         userns: false,
     };
@@ -55,7 +56,7 @@ impl Confinement {
         ExecLimits {
             caps: Some(self.caps),
             no_new_privs: true,
-            seccomp: self.seccomp.then(|| profile_for(self.caps)),
+            seccomp: self.seccomp.map(|s| profile_for(self.caps, s)),
         }
     }
 }
@@ -69,14 +70,22 @@ pub struct ExecLimits {
     pub seccomp: Option<Arc<seccomp::Profile>>,
 }
 
-fn profile_for(caps: CapSet) -> Arc<seccomp::Profile> {
-    static CACHE: OnceLock<Mutex<HashMap<CapSet, Arc<seccomp::Profile>>>> = OnceLock::new();
+/// Compiled once per capability set and seccomp choice; the cache holds at most
+/// `PROFILES` (a cell may name its own refusals, so the choices are many).
+fn profile_for(caps: CapSet, spec: seccomp::Spec) -> Arc<seccomp::Profile> {
+    const PROFILES: usize = 64;
+    type Cache = HashMap<(CapSet, seccomp::Spec), Arc<seccomp::Profile>>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&caps) {
+    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&(caps, spec)) {
         return p.clone();
     }
-    let p = Arc::new(seccomp::compile(caps));
-    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(caps, p.clone());
+    let p = Arc::new(seccomp::compile(caps, spec.level, spec.deny));
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= PROFILES {
+        c.clear();
+    }
+    c.insert((caps, spec), p.clone());
     p
 }
 

@@ -5,16 +5,28 @@
 //! SYS_PTRACE, and so on; `clone3` answers ENOSYS without SYS_ADMIN (its flags are in
 //! memory a filter cannot read; libcs then fall back to `clone`). Anything else fails with
 //! EPERM; another architecture's calls kill the process, x32 calls get EPERM.
+//!
+//! Two ways to be stricter, per cell: the `Strict` level (the default without the calls
+//! kernel exploits favour and ordinary services do not make, see `STRICT_DENY`) and a list of
+//! calls of the cell's own to refuse on top (`Calls`).
 
 use super::caps::CapSet;
 use crate::bpf::{self, Verdict};
 
+/// A system call by name (libc's, `SYS_` and the kernel's name) and number.
+type Call = (&'static str, libc::c_long);
+
 macro_rules! sys {
-    ($($name:ident),* $(,)?) => { &[$(libc::$name),*] };
+    ($($name:ident),* $(,)?) => { &[$((stringify!($name), libc::$name)),*] };
+}
+
+/// The kernel's name of a call.
+fn name(c: &Call) -> &'static str {
+    c.0.strip_prefix("SYS_").unwrap_or(c.0)
 }
 
 /// Allowed whatever the capabilities.
-const ALWAYS: &[libc::c_long] = sys!(
+const ALWAYS: &[Call] = sys!(
     SYS_accept,
     SYS_accept4,
     SYS_access,
@@ -312,10 +324,10 @@ const ALWAYS: &[libc::c_long] = sys!(
 
 /// Allowed whatever the capabilities, by number: calls the libc crate names for no x86_64
 /// target (io_pgetevents).
-const ALWAYS_BY_NUMBER: &[libc::c_long] = &[333];
+const ALWAYS_BY_NUMBER: &[Call] = &[("SYS_io_pgetevents", 333)];
 
 /// Allowed only to a cell that holds the capability.
-const BY_CAP: &[(&str, &[libc::c_long])] = &[
+const BY_CAP: &[(&str, &[Call])] = &[
     ("DAC_READ_SEARCH", sys!(SYS_open_by_handle_at)),
     (
         "SYS_ADMIN",
@@ -375,31 +387,141 @@ const PERSONALITIES: &[u32] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 const AF_VSOCK: u32 = 40;
 
-/// The compiled profile for one capability set.
+/// What `Strict` takes out of the default: the interfaces most kernel exploits of recent
+/// years went through and that ordinary services do without. io_uring (most of the kernel
+/// exploits in Google's kCTF of 2022; off in ChromeOS and Android), ptrace and reading or
+/// writing other processes' memory, vmsplice, and System V message queues (the usual
+/// kernel heap-spray primitive). userfaultfd, which stretches race windows, is out of the
+/// default already.
+const STRICT_DENY: &[Call] = sys!(
+    SYS_io_uring_setup,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_ptrace,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_vmsplice,
+    SYS_msgget,
+    SYS_msgsnd,
+    SYS_msgrcv,
+    SYS_msgctl,
+);
+
+/// The socket families `Strict` allows: unix, inet, inet6, netlink (no packet, alg, key,
+/// rds, … whose code is rarely used and often buggy).
+const STRICT_FAMILIES: &[u32] = &[1, 2, 10, 16];
+
+/// `personality` under `Strict`: PER_LINUX and the query only.
+const STRICT_PERSONALITIES: &[u32] = &[0x0, 0xffff_ffff];
+
+/// How far a cell's profile goes beyond Docker's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Level {
+    #[default]
+    Default,
+    Strict,
+}
+
+/// A set of x86_64 system calls (all numbers are below 512).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Calls([u64; 8]);
+
+impl Calls {
+    pub fn insert(&mut self, nr: libc::c_long) {
+        let n = nr as usize;
+        if n < 512 {
+            self.0[n / 64] |= 1 << (n % 64);
+        }
+    }
+
+    pub fn contains(&self, nr: libc::c_long) -> bool {
+        let n = nr as usize;
+        n < 512 && self.0[n / 64] & (1 << (n % 64)) != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The names of the calls in the set, in order of number.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v: Vec<Call> = known().filter(|(_, nr)| self.contains(*nr)).collect();
+        v.sort_by_key(|(_, nr)| *nr);
+        v.dedup_by_key(|(_, nr)| *nr);
+        v.iter().map(name).collect()
+    }
+
+    /// Parses call names ("mkdir", "io_uring_setup") into a set. Only calls some profile
+    /// allows are known: refusing one no profile allows would change nothing.
+    pub fn parse(names: &[String]) -> Result<Calls, String> {
+        let mut set = Calls::default();
+        for given in names {
+            let n = given.trim().strip_prefix("SYS_").unwrap_or(given.trim());
+            match known().find(|c| name(c) == n) {
+                Some((_, nr)) => set.insert(nr),
+                None => {
+                    return Err(format!(
+                        "'{given}' is not a system call that a cell's profile allows; name x86_64 calls as in `man 2 syscalls` (e.g. mkdir, ptrace, io_uring_setup)"
+                    ))
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// A cell's seccomp choice: the level and its own refusals on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Spec {
+    pub level: Level,
+    pub deny: Calls,
+}
+
+/// Every call a profile can allow, by name.
+fn known() -> impl Iterator<Item = Call> {
+    let special: &[Call] = sys!(SYS_clone, SYS_clone3, SYS_socket, SYS_personality);
+    ALWAYS
+        .iter()
+        .chain(ALWAYS_BY_NUMBER)
+        .chain(BY_CAP.iter().flat_map(|(_, calls)| calls.iter()))
+        .chain(special)
+        .copied()
+}
+
+/// The compiled profile for one capability set, level and list of refused calls.
 #[derive(Debug)]
 pub struct Profile {
     pub prog: Vec<bpf::Insn>,
 }
 
-/// Compiles the profile for a cell holding `caps`.
-pub fn compile(caps: CapSet) -> Profile {
+/// Compiles the profile for a cell holding `caps` at `level`, refusing `deny` on top.
+pub fn compile(caps: CapSet, level: Level, deny: Calls) -> Profile {
+    let strict = level == Level::Strict;
     let nr = |n: libc::c_long| n as u32;
     let mut rules: Vec<(u32, Verdict)> = ALWAYS
         .iter()
         .chain(ALWAYS_BY_NUMBER)
-        .map(|n| (nr(*n), Verdict::Allow))
+        .filter(|(_, n)| !(strict && STRICT_DENY.iter().any(|(_, d)| d == n)))
+        .map(|(_, n)| (nr(*n), Verdict::Allow))
         .collect();
     for (cap, calls) in BY_CAP {
         if caps.has(cap) {
-            rules.extend(calls.iter().map(|n| (nr(*n), Verdict::Allow)));
+            rules.extend(calls.iter().map(|(_, n)| (nr(*n), Verdict::Allow)));
         }
     }
     if !caps.has("SYS_ADMIN") {
         rules.push((nr(libc::SYS_clone), Verdict::AllowIfClear(CLONE_NS_FLAGS)));
         rules.push((nr(libc::SYS_clone3), Verdict::Errno(libc::ENOSYS as u16)));
     }
-    rules.push((nr(libc::SYS_socket), Verdict::AllowIfNot(AF_VSOCK)));
-    rules.push((nr(libc::SYS_personality), Verdict::AllowIfOneOf(PERSONALITIES)));
+    if strict {
+        rules.push((nr(libc::SYS_socket), Verdict::AllowIfOneOf(STRICT_FAMILIES)));
+        rules.push((nr(libc::SYS_personality), Verdict::AllowIfOneOf(STRICT_PERSONALITIES)));
+    } else {
+        rules.push((nr(libc::SYS_socket), Verdict::AllowIfNot(AF_VSOCK)));
+        rules.push((nr(libc::SYS_personality), Verdict::AllowIfOneOf(PERSONALITIES)));
+    }
+    // The cell's own refusals fall through to EPERM.
+    rules.retain(|(n, _)| !deny.contains(libc::c_long::from(*n)));
     Profile {
         prog: bpf::compile(rules, bpf::ret_errno(libc::EPERM as u16)),
     }
@@ -417,7 +539,7 @@ mod tests {
 
     #[test]
     fn the_default_profile_allows_dockers_list_and_refuses_the_rest() {
-        let p = compile(CapSet::default_set());
+        let p = compile(CapSet::default_set(), Level::Default, Calls::default());
         assert!(p.prog.len() < 1000, "{} instructions", p.prog.len());
         let eperm = bpf::ret_errno(libc::EPERM as u16);
         for call in [
@@ -458,7 +580,11 @@ mod tests {
 
     #[test]
     fn calls_gated_on_a_capability_follow_the_cells_set() {
-        let admin = compile(CapSet::adjusted(&["SYS_ADMIN".into()], &[]).unwrap());
+        let admin = compile(
+            CapSet::adjusted(&["SYS_ADMIN".into()], &[]).unwrap(),
+            Level::Default,
+            Calls::default(),
+        );
         for call in [libc::SYS_mount, libc::SYS_unshare, libc::SYS_setns, libc::SYS_clone3] {
             assert_eq!(verdict(&admin, call, 0), bpf::RET_ALLOW, "{call}");
         }
@@ -466,16 +592,88 @@ mod tests {
             verdict(&admin, libc::SYS_clone, libc::CLONE_NEWUSER as u64),
             bpf::RET_ALLOW
         );
-        let no_chroot = compile(CapSet::adjusted(&[], &["SYS_CHROOT".into()]).unwrap());
+        let no_chroot = compile(
+            CapSet::adjusted(&[], &["SYS_CHROOT".into()]).unwrap(),
+            Level::Default,
+            Calls::default(),
+        );
         assert_ne!(verdict(&no_chroot, libc::SYS_chroot, 0), bpf::RET_ALLOW);
     }
 
     #[test]
     fn no_call_is_both_always_allowed_and_gated() {
         for (cap, calls) in BY_CAP {
-            for nr in *calls {
-                assert!(!ALWAYS.contains(nr), "{nr} is gated by {cap} and allowed always");
+            for call in *calls {
+                assert!(!ALWAYS.contains(call), "{call:?} is gated by {cap} and allowed always");
             }
+        }
+        for call in STRICT_DENY {
+            assert!(
+                ALWAYS.contains(call),
+                "{call:?}: Strict takes out only what the default allows"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_the_kernels() {
+        assert!(ALWAYS.contains(&("SYS_read", libc::SYS_read)));
+        assert_eq!(
+            known().find(|c| c.1 == libc::SYS_io_uring_setup).map(|c| name(&c)),
+            Some("io_uring_setup")
+        );
+        assert_eq!(known().find(|c| c.1 == 333).map(|c| name(&c)), Some("io_pgetevents"));
+        let set = Calls::parse(&["mkdir".into(), "SYS_ptrace".into(), " mount ".into()]).unwrap();
+        assert_eq!(set.names(), ["mkdir", "ptrace", "mount"]);
+        for bad in ["keyctl", "nosuchcall", "MKDIR", ""] {
+            let e = Calls::parse(&[bad.into()]).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")) && e.contains("man 2 syscalls"), "{e}");
+        }
+    }
+
+    #[test]
+    fn strict_takes_out_what_exploits_use_and_keeps_what_services_use() {
+        let eperm = bpf::ret_errno(libc::EPERM as u16);
+        let p = compile(CapSet::default_set(), Level::Strict, Calls::default());
+        for call in [
+            libc::SYS_io_uring_setup,
+            libc::SYS_userfaultfd,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_writev,
+            libc::SYS_msgget,
+            libc::SYS_keyctl,
+            libc::SYS_mount,
+        ] {
+            assert_eq!(verdict(&p, call, 0), eperm, "{call}");
+        }
+        for call in [libc::SYS_read, libc::SYS_execve, libc::SYS_mmap, libc::SYS_epoll_wait] {
+            assert_eq!(verdict(&p, call, 0), bpf::RET_ALLOW, "{call}");
+        }
+        for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK] {
+            assert_eq!(verdict(&p, libc::SYS_socket, family as u64), bpf::RET_ALLOW, "{family}");
+        }
+        for family in [libc::AF_PACKET, libc::AF_ALG, libc::AF_KEY, libc::AF_VSOCK] {
+            assert_eq!(verdict(&p, libc::SYS_socket, family as u64), eperm, "{family}");
+        }
+        assert_eq!(verdict(&p, libc::SYS_personality, 0xffff_ffff), bpf::RET_ALLOW);
+        assert_eq!(
+            verdict(&p, libc::SYS_personality, 0x0008_0000 | 0x20000),
+            eperm,
+            "linux32"
+        );
+        assert_eq!(verdict(&p, libc::SYS_personality, 0x20000), eperm, "PER_LINUX32");
+    }
+
+    #[test]
+    fn a_cells_own_refusals_come_on_top_of_its_level() {
+        let eperm = bpf::ret_errno(libc::EPERM as u16);
+        let deny = Calls::parse(&["mkdir".into(), "mkdirat".into(), "socket".into()]).unwrap();
+        for level in [Level::Default, Level::Strict] {
+            let p = compile(CapSet::default_set(), level, deny);
+            assert_eq!(verdict(&p, libc::SYS_mkdir, 0), eperm);
+            assert_eq!(verdict(&p, libc::SYS_mkdirat, 0), eperm);
+            assert_eq!(verdict(&p, libc::SYS_socket, libc::AF_UNIX as u64), eperm);
+            assert_eq!(verdict(&p, libc::SYS_rmdir, 0), bpf::RET_ALLOW);
         }
     }
 
@@ -483,7 +681,7 @@ mod tests {
     /// an allowed call works and `unshare` fails with EPERM.
     #[test]
     fn the_kernel_accepts_and_enforces_the_profile() {
-        let p = compile(CapSet::default_set());
+        let p = compile(CapSet::default_set(), Level::Default, Calls::default());
         let fprog = bpf::fprog(&p.prog);
         // SAFETY: the child makes only system calls on data prepared before the fork and
         // ends in _exit.
