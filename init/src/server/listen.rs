@@ -6,13 +6,15 @@
 //!   oldest pending one. Connections that never say anything cannot crowd out a real
 //!   client, even when they all come from the address the client comes from (QEMU's user
 //!   network makes every host connection look alike).
-//! - At most `CONNECTIONS` established connections; beyond that a new one is closed once
-//!   its handshake is done.
+//! - At most `CONNECTIONS` established connections, and `PER_PEER` from one address, so
+//!   one client (or one machine's clients) cannot take every slot; beyond that a new
+//!   connection is closed once its handshake is done.
 //! - TCP keepalive finds peers that vanished; Nagle is off (a response's headers, body and
 //!   trailers go out as separate small writes).
 //! - `accept` errors (out of descriptors) back off instead of spinning.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -24,6 +26,7 @@ use tokio::task::AbortHandle;
 pub const HANDSHAKE: Duration = Duration::from_secs(10);
 pub const PENDING: usize = 256;
 pub const CONNECTIONS: usize = 1024;
+pub const PER_PEER: usize = CONNECTIONS / 4;
 const KEEPALIVE_IDLE_SECS: i32 = 60;
 
 /// What a request's handlers learn about its connection (tonic puts it in the request's
@@ -34,10 +37,55 @@ pub struct PeerInfo {
     pub certs: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
 }
 
-/// An established connection; it holds one of the `CONNECTIONS` slots until dropped.
+/// An established connection; it holds one of the `CONNECTIONS` slots and one of its
+/// address's `PER_PEER` until dropped.
 pub struct Conn {
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     _slot: OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+/// Established connections per peer address.
+#[derive(Default, Clone)]
+struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One of an address's `PER_PEER` slots, given back when dropped.
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
+
+impl PeerCounts {
+    fn take(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> usize {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -111,6 +159,7 @@ pub fn incoming(
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(CONNECTIONS));
+    let peers = PeerCounts::default();
     let pending = Arc::new(Mutex::new(Pending::default()));
     tokio::spawn(async move {
         loop {
@@ -127,8 +176,13 @@ pub fn incoming(
                 }
             };
             tune(&tcp);
-            let (acceptor, tx, slots, pending_for_task) =
-                (acceptor.clone(), tx.clone(), slots.clone(), pending.clone());
+            let (acceptor, tx, slots, peers, pending_for_task) = (
+                acceptor.clone(),
+                tx.clone(),
+                slots.clone(),
+                peers.clone(),
+                pending.clone(),
+            );
             let Ok(mut p) = pending.lock() else { continue };
             let id = p.next;
             p.next += 1;
@@ -142,9 +196,20 @@ pub fn incoming(
                     Ok(Err(e)) => return tracing::info!("TLS handshake with {peer} refused: {e}"),
                     Err(_) => return tracing::info!("TLS handshake with {peer}: nothing within {HANDSHAKE:?}"),
                 };
+                let Some(from_peer) = peers.take(peer.ip(), PER_PEER) else {
+                    return tracing::warn!(
+                        "{peer}: {PER_PEER} connections from {} already open; closing this one",
+                        peer.ip()
+                    );
+                };
                 match slots.try_acquire_owned() {
                     Ok(slot) => {
-                        let _ = tx.send(Ok(Conn { tls, _slot: slot })).await;
+                        let conn = Conn {
+                            tls,
+                            _slot: slot,
+                            _peer: from_peer,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Err(_) => tracing::warn!("{peer}: {CONNECTIONS} connections already open; closing this one"),
                 }
@@ -158,4 +223,24 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_at_most_its_share_of_connections_and_gets_them_back() {
+        let peers = PeerCounts::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.2.2".parse().unwrap(), "10.0.2.3".parse().unwrap());
+        let mut held: Vec<PeerSlot> = (0..PER_PEER).map(|_| peers.take(a, PER_PEER).unwrap()).collect();
+        assert!(peers.take(a, PER_PEER).is_none(), "the next one from a is refused");
+        assert!(peers.take(b, PER_PEER).is_some(), "another address still gets one");
+        assert_eq!(peers.held(b), 0, "a dropped slot is given back");
+        held.pop();
+        assert!(peers.take(a, PER_PEER).is_some(), "a closed connection frees a slot");
+        held.clear();
+        assert_eq!(peers.held(a), 0);
+        assert!(peers.0.lock().unwrap().is_empty(), "nothing kept for addresses gone");
+    }
 }
