@@ -277,6 +277,35 @@ pub fn cell_ref(name: &str) -> pb::WorkloadRef {
 }
 
 /// `/bin/sh -c script` as an Executable.
+/// Output of a probe script that prints one `key value` per line.
+pub struct Fields {
+    map: std::collections::HashMap<String, String>,
+    text: String,
+}
+
+impl Fields {
+    pub fn parse(text: &str) -> Fields {
+        Fields {
+            map: text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect(),
+            text: text.to_owned(),
+        }
+    }
+
+    /// The value of `key`; a missing key fails the test, showing the whole output.
+    pub fn get(&self, key: &str) -> &str {
+        self.opt(key)
+            .unwrap_or_else(|| panic!("{key} missing in:\n{}", self.text))
+    }
+
+    pub fn opt(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(String::as_str)
+    }
+}
+
 pub fn sh(name: &str, cell: &str, script: &str) -> pb::Executable {
     pb::Executable {
         name: name.into(),

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{cell_ref, eventually, rt, sh, shared_or_skip, Client};
+use aurae_appliance_tests::{cell_ref, eventually, rt, sh, shared_or_skip, Client, Fields};
 use auraed::pb;
 use std::time::Duration;
 use tonic::Code;
@@ -556,13 +556,6 @@ echo x > /dev/shm/s && echo x > /tmp/t && echo x > /run/r && echo "scratch ok"
 echo "tmpsize $(df -k /tmp | tail -1 | awk '{print $2}')"
 "#;
 
-fn fields(out: &str) -> std::collections::HashMap<String, String> {
-    out.lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect()
-}
-
 #[test]
 fn a_default_cell_is_confined_like_an_oci_container_and_attacks_fail() {
     let a = shared_or_skip!();
@@ -574,48 +567,43 @@ fn a_default_cell_is_confined_like_an_oci_container_and_attacks_fail() {
         // An executable without a cell gets a private, default cell.
         let (st, out) = c.run_sh("attacker", "", ATTACKS).await;
         assert_eq!(st.exit_code, Some(0), "{out}");
-        let f = fields(&out);
-        let get = |k: &str| {
-            f.get(k)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{k} missing in:\n{out}"))
-        };
-        assert_eq!(get("id"), "0", "root in the cell, but without the node's powers");
+        let f = Fields::parse(&out);
+        assert_eq!(f.get("id"), "0", "root in the cell, but without the node's powers");
         // Docker's default set without MKNOD; inheritable and ambient empty, as runc has
         // done since CVE-2022-24769.
         for set in ["CapEff", "CapPrm", "CapBnd"] {
-            assert_eq!(get(set), "00000000a00425fb", "{set}: {out}");
+            assert_eq!(f.get(set), "00000000a00425fb", "{set}: {out}");
         }
-        assert_eq!(get("CapInh"), "0000000000000000");
-        assert_eq!(get("CapAmb"), "0000000000000000");
-        assert_eq!(get("NoNewPrivs"), "1");
-        assert_eq!(get("Seccomp"), "2", "a seccomp filter is in force");
+        assert_eq!(f.get("CapInh"), "0000000000000000");
+        assert_eq!(f.get("CapAmb"), "0000000000000000");
+        assert_eq!(f.get("NoNewPrivs"), "1");
+        assert_eq!(f.get("Seccomp"), "2", "a seccomp filter is in force");
         assert_eq!(
-            get("pid1caps"),
+            f.get("pid1caps"),
             "CapEff:0000000000000000",
             "the cell's init holds nothing"
         );
-        assert_eq!(get("etc-aurae"), "[]", "the node's keys are not there");
-        assert_eq!(get("boot"), "[]");
-        assert_eq!(get("vmfiles"), "[]");
+        assert_eq!(f.get("etc-aurae"), "[]", "the node's keys are not there");
+        assert_eq!(f.get("boot"), "[]");
+        assert_eq!(f.get("vmfiles"), "[]");
         assert!(
             !out.contains("run-aurae visible") && !out.contains("key visible"),
             "{out}"
         );
         assert_eq!(
-            get("dev"),
+            f.get("dev"),
             "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
         );
         for attack in ["umount", "sysctl", "mknod", "mount", "unshare", "write-base"] {
-            assert_ne!(get(attack), "0", "{attack} must fail: {out}");
+            assert_ne!(f.get(attack), "0", "{attack} must fail: {out}");
         }
-        assert_eq!(get("interrupts"), "0", "masked");
-        assert_eq!(get("firmware"), "[]", "masked");
+        assert_eq!(f.get("interrupts"), "0", "masked");
+        assert_eq!(f.get("firmware"), "[]", "masked");
         assert!(
             out.contains("scratch ok"),
             "its own /tmp, /run and /dev/shm are writable: {out}"
         );
-        assert_eq!(get("tmpsize"), "262144", "/tmp is size-limited (256 MiB)");
+        assert_eq!(f.get("tmpsize"), "262144", "/tmp is size-limited (256 MiB)");
         // Nothing changed on the node.
         let node_after = c
             .on_node("cat /proc/sys/kernel/sysrq; ls /etc/aurae/pki | wc -l; ls /bin | wc -l")
@@ -718,13 +706,9 @@ fn a_cell_can_be_made_stricter_than_the_default() {
         let probe = "linux32 true 2>/dev/null; echo linux32 $?; mkdir /tmp/d 2>/dev/null; echo mkdir $?; \
                      echo x > /tmp/f && echo write $?; ls / > /dev/null; echo ls $?";
         let (_, out) = c.run_sh("lenient", "", probe).await;
-        let f = fields(&out);
-        assert_eq!(
-            f.get("linux32").map(String::as_str),
-            Some("0"),
-            "the default allows it: {out}"
-        );
-        assert_eq!(f.get("mkdir").map(String::as_str), Some("0"), "{out}");
+        let f = Fields::parse(&out);
+        assert_eq!(f.get("linux32"), "0", "the default allows it: {out}");
+        assert_eq!(f.get("mkdir"), "0", "{out}");
 
         let st = c
             .cell(pb::Cell {
@@ -743,16 +727,11 @@ fn a_cell_can_be_made_stricter_than_the_default() {
         assert_eq!(conf.seccomp_deny, ["mkdir", "mkdirat"], "in number order");
         let (st, out) = c.run_sh("strict-probe", "strict", probe).await;
         assert_eq!(st.exit_code, Some(0), "{out}");
-        let f = fields(&out);
-        let get = |k: &str| {
-            f.get(k)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{k} missing in:\n{out}"))
-        };
-        assert_ne!(get("linux32"), "0", "STRICT refuses 32-bit personalities: {out}");
-        assert_ne!(get("mkdir"), "0", "the cell's own refusal: {out}");
-        assert_eq!(get("write"), "0", "{out}");
-        assert_eq!(get("ls"), "0", "{out}");
+        let f = Fields::parse(&out);
+        assert_ne!(f.get("linux32"), "0", "STRICT refuses 32-bit personalities: {out}");
+        assert_ne!(f.get("mkdir"), "0", "the cell's own refusal: {out}");
+        assert_eq!(f.get("write"), "0", "{out}");
+        assert_eq!(f.get("ls"), "0", "{out}");
         remove_cell(&c, "strict").await;
 
         // A call no profile allows is a mistake, said as such, and nothing is made.
@@ -809,19 +788,14 @@ fn a_cell_with_a_user_namespace_is_root_only_inside() {
             )
             .await;
         assert_eq!(st.exit_code, Some(0), "{out}");
-        let f = fields(&out);
-        let get = |k: &str| {
-            f.get(k)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{k} missing in:\n{out}"))
-        };
-        assert_eq!(get("id"), "0 0", "root inside");
+        let f = Fields::parse(&out);
+        assert_eq!(f.get("id"), "0 0", "root inside");
         assert_eq!(
-            get("map").split_whitespace().collect::<Vec<_>>(),
+            f.get("map").split_whitespace().collect::<Vec<_>>(),
             ["0", &base.to_string(), "65536"]
         );
-        assert_eq!(get("CapEff"), "00000000a00425fb");
-        assert_eq!(get("Seccomp"), "2");
+        assert_eq!(f.get("CapEff"), "00000000a00425fb");
+        assert_eq!(f.get("Seccomp"), "2");
         assert!(out.contains("tmp ok") && out.contains("devnull ok"), "{out}");
         // From the node, the same process is the unprivileged uid.
         c.exec(sh("sleeper", "userns", "sleep 1000")).await.unwrap();

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{eventually, rt, shared_or_skip, Appliance, Client};
+use aurae_appliance_tests::{eventually, rt, shared_or_skip, Appliance, Client, Fields};
 use auraed::pb;
 use std::time::Duration;
 use tonic::Code;
@@ -205,23 +205,18 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
                 st.vmm_pid
             ))
             .await;
-        let field = |k: &str| {
-            jail.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k} ")))
-                .unwrap_or_else(|| panic!("{k} missing in {jail}"))
-                .to_owned()
-        };
-        let uid: Vec<u32> = field("Uid").split_whitespace().map(|u| u.parse().unwrap()).collect();
+        let f = Fields::parse(&jail);
+        let uid: Vec<u32> = f.get("Uid").split_whitespace().map(|u| u.parse().unwrap()).collect();
         assert!(uid.iter().all(|u| *u == uid[0] && *u >= 200_000), "{jail}");
-        assert!(field("Gid").split_whitespace().all(|g| g == uid[0].to_string()), "{jail}");
+        assert!(f.get("Gid").split_whitespace().all(|g| g == uid[0].to_string()), "{jail}");
         for set in ["CapEff", "CapPrm", "CapBnd"] {
-            assert_eq!(field(set), "0000000000000000", "{set}: {jail}");
+            assert_eq!(f.get(set), "0000000000000000", "{set}: {jail}");
         }
-        assert_eq!(field("NoNewPrivs"), "1");
-        assert_eq!(field("Seccomp"), "2");
-        assert_eq!(field("threads"), "0", "every thread filtered: {jail}");
-        assert_eq!(field("root"), "[]", "nothing of the node in its root: {jail}");
-        assert_eq!(field("net"), "own");
+        assert_eq!(f.get("NoNewPrivs"), "1");
+        assert_eq!(f.get("Seccomp"), "2");
+        assert_eq!(f.get("threads"), "0", "every thread filtered: {jail}");
+        assert_eq!(f.get("root"), "[]", "nothing of the node in its root: {jail}");
+        assert_eq!(f.get("net"), "own");
         let stopped = c
             .workloads
             .clone()
