@@ -200,6 +200,7 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
             .on_node(&format!(
                 "p={}; grep -E '^(Uid|Gid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t:' '  '; \
                  echo threads $(grep -h Seccomp: /proc/$p/task/*/status | grep -vc 2); \
+                 echo filters $(grep -h Seccomp_filters: /proc/$p/task/*/status | tr -d '\t' | cut -d: -f2 | sort -u); \
                  echo root [$(ls -A /proc/$p/root/)]; \
                  [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/1/ns/net)\" ] && echo net node || echo net own",
                 st.vmm_pid
@@ -215,6 +216,9 @@ fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
         assert_eq!(f.get("NoNewPrivs"), "1");
         assert_eq!(f.get("Seccomp"), "2");
         assert_eq!(f.get("threads"), "0", "every thread filtered: {jail}");
+        // Each thread adds the filter of its kind (vCPU, net-rx, signals, main) to the
+        // process's: two on every thread.
+        assert_eq!(f.get("filters"), "2", "a filter of its own on every thread: {jail}");
         assert_eq!(f.get("root"), "[]", "nothing of the node in its root: {jail}");
         assert_eq!(f.get("net"), "own");
         let stopped = c

@@ -11,6 +11,10 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
+/// A VMM thread to start once the jail is complete: its name, its kind (its filter) and
+/// what it runs.
+type Thread = (String, jail::Kind, Box<dyn FnOnce() + Send>);
+
 pub(super) fn run(
     cfg: &VmConfig,
     files: VmFiles,
@@ -43,12 +47,12 @@ pub(super) fn run(
         Ok(irq)
     };
     // Threads start only once the jail is complete (see below).
-    let mut threads: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
+    let mut threads: Vec<Thread> = Vec::new();
     if let (Some(n), Some(tap)) = (&cfg.net, files.tap) {
         let irq = irq_for(&vm, mmio.len())?;
         let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq)?;
         let rx = dev.clone();
-        threads.push(("net-rx".into(), Box::new(move || rx.rx_loop())));
+        threads.push(("net-rx".into(), jail::Kind::NetRx, Box::new(move || rx.rx_loop())));
         mmio.push(dev);
     }
     for (i, (d, file)) in cfg.disks.iter().zip(files.disks).enumerate() {
@@ -99,7 +103,11 @@ pub(super) fn run(
     }
     for (id, fd) in vcpus.into_iter().enumerate() {
         let m = machine.clone();
-        threads.push((format!("vcpu{id}"), Box::new(move || vcpu::run(fd, &m))));
+        threads.push((
+            format!("vcpu{id}"),
+            jail::Kind::Vcpu,
+            Box::new(move || vcpu::run(fd, &m)),
+        ));
     }
     // SIGTERM: the graceful stop. The VMM presses Power on the guest's keyboard and lets the
     // guest decide; the runtime kills the VMM after the grace period. SIGUSR1: it reports
@@ -109,6 +117,7 @@ pub(super) fn run(
     let status = std::fs::File::open("/proc/self/status").ok();
     threads.push((
         "signals".into(),
+        jail::Kind::Signals,
         Box::new(move || loop {
             match term.wait() {
                 Ok(nix::sys::signal::Signal::SIGUSR1) => {
@@ -134,19 +143,27 @@ pub(super) fn run(
     jail::enter(cfg.jail_uid)?;
     jail::on_refusal()?;
     let gate = Arc::new(std::sync::Barrier::new(threads.len() + 1));
-    for (name, body) in threads {
+    for (name, kind, body) in threads {
         let g = gate.clone();
+        let own = jail::thread_filter(kind);
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
                 g.wait();
+                // Each thread narrows its own calls to its kind's before it does anything.
+                if let Err(e) = jail::install_thread(&own) {
+                    eprintln!("aurae-vmm: {e}");
+                    std::process::exit(1);
+                }
                 body()
             })
             .map_err(io("start a VMM thread"))?;
     }
     // On failure the threads stay at the gate and end with the process.
     jail::install(&jail::filter())?;
+    let main_filter = jail::thread_filter(jail::Kind::Main);
     gate.wait();
+    jail::install_thread(&main_filter)?;
     ready(cfg.vcpus).map_err(io("report ready on the control socket"))?;
     eprintln!(
         "aurae-vmm: guest running: {} vCPUs, {} MiB{}",

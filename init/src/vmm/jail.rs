@@ -86,25 +86,17 @@ pub fn enter(uid: u32) -> Result<(), JailError> {
 }
 
 macro_rules! sys {
-    ($($name:ident),* $(,)?) => { [$(libc::$name),*] };
+    ($($name:ident),* $(,)?) => { &[$(libc::$name),*] };
 }
 
-/// What a running VMM calls: its threads' I/O on descriptors it has, memory and thread
-/// housekeeping, signals and time.
-const ALLOWED: [libc::c_long; 40] = sys!(
-    SYS_read,
+/// What every thread of a running VMM may call: logging to stderr, memory, futexes,
+/// signal masks, time, and its own end; also what std may call on any thread on its own
+/// (hash keys from getrandom, the CPU count).
+const COMMON: &[libc::c_long] = sys!(
+    SYS_getrandom,
+    SYS_sched_getaffinity,
     SYS_write,
-    // std writes to sockets with send(MSG_NOSIGNAL): the control socket.
-    SYS_sendto,
-    SYS_readv,
     SYS_writev,
-    SYS_pread64,
-    SYS_pwrite64,
-    SYS_fdatasync,
-    SYS_fsync,
-    SYS_lseek,
-    SYS_fstat,
-    SYS_statx,
     SYS_close,
     SYS_futex,
     SYS_mmap,
@@ -112,17 +104,14 @@ const ALLOWED: [libc::c_long; 40] = sys!(
     SYS_mremap,
     SYS_madvise,
     SYS_mprotect,
-    SYS_mincore,
     SYS_brk,
     SYS_exit,
     SYS_exit_group,
     SYS_rt_sigprocmask,
     SYS_rt_sigaction,
     SYS_rt_sigreturn,
-    SYS_rt_sigtimedwait,
     SYS_sigaltstack,
     SYS_sched_yield,
-    SYS_sched_getaffinity,
     SYS_clock_gettime,
     SYS_clock_nanosleep,
     SYS_nanosleep,
@@ -131,20 +120,77 @@ const ALLOWED: [libc::c_long; 40] = sys!(
     SYS_tgkill,
     SYS_set_robust_list,
     SYS_rseq,
-    SYS_getrandom,
     SYS_restart_syscall,
 );
 
-/// The filter for every thread of a running VMM.
+/// The kinds of threads a VMM runs, each with a filter of its own on top of the
+/// process's (seccomp filters stack: a call must pass both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Waits for the guest to end and reports on the control socket.
+    Main,
+    /// Runs a vCPU and the devices its exits reach (disk I/O, TX to the TAP).
+    Vcpu,
+    /// Reads frames from the TAP into the guest.
+    NetRx,
+    /// Waits for SIGTERM (press Power) and SIGUSR1 (report memory).
+    Signals,
+}
+
+impl Kind {
+    /// What this kind adds to `COMMON`.
+    fn extra(self) -> &'static [libc::c_long] {
+        match self {
+            // std writes to sockets with send(MSG_NOSIGNAL): the control socket.
+            Kind::Main => sys!(SYS_sendto),
+            Kind::Vcpu => sys!(SYS_read, SYS_pread64, SYS_pwrite64, SYS_fdatasync, SYS_fsync),
+            Kind::NetRx => sys!(SYS_read),
+            // The memory report reads a status file opened before the jail.
+            Kind::Signals => sys!(
+                SYS_rt_sigtimedwait,
+                SYS_mincore,
+                SYS_read,
+                SYS_lseek,
+                SYS_fstat,
+                SYS_statx
+            ),
+        }
+    }
+
+    const ALL: [Kind; 4] = [Kind::Main, Kind::Vcpu, Kind::NetRx, Kind::Signals];
+}
+
+fn kvm_run_only() -> Verdict {
+    Verdict::ArgOneOf(1, IOCTLS.get_or_init(|| [KVM_RUN() as u32]))
+}
+
+/// The filter for the whole process: the union of every kind's calls, plus thread names
+/// (std sets them with prctl) and seccomp itself (each thread then narrows its own).
 pub fn filter() -> Vec<bpf::Insn> {
-    let ioctls = IOCTLS.get_or_init(|| [KVM_RUN() as u32]);
-    let mut rules: Vec<(u32, Verdict)> = ALLOWED.iter().map(|n| (*n as u32, Verdict::Allow)).collect();
-    rules.push((libc::SYS_ioctl as u32, Verdict::ArgOneOf(1, ioctls)));
-    // Thread names (std sets them with prctl) and nothing else of prctl.
+    let mut rules: Vec<(u32, Verdict)> = COMMON
+        .iter()
+        .chain(Kind::ALL.iter().flat_map(|k| k.extra().iter()))
+        .chain(sys!(SYS_seccomp))
+        .map(|n| (*n as u32, Verdict::Allow))
+        .collect();
+    rules.push((libc::SYS_ioctl as u32, kvm_run_only()));
     rules.push((
         libc::SYS_prctl as u32,
         Verdict::AllowIfOneOf(&[libc::PR_SET_NAME as u32]),
     ));
+    bpf::compile(rules, bpf::RET_TRAP)
+}
+
+/// The filter a thread of `kind` adds once it runs in the jail.
+pub fn thread_filter(kind: Kind) -> Vec<bpf::Insn> {
+    let mut rules: Vec<(u32, Verdict)> = COMMON
+        .iter()
+        .chain(kind.extra())
+        .map(|n| (*n as u32, Verdict::Allow))
+        .collect();
+    if kind == Kind::Vcpu {
+        rules.push((libc::SYS_ioctl as u32, kvm_run_only()));
+    }
     bpf::compile(rules, bpf::RET_TRAP)
 }
 
@@ -199,15 +245,24 @@ pub fn on_refusal() -> Result<(), JailError> {
     Ok(())
 }
 
+/// Installs `prog` on the calling thread only.
+pub fn install_thread(prog: &[bpf::Insn]) -> Result<(), JailError> {
+    seccomp(prog, 0)
+}
+
 /// Installs `filter()` on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
 pub fn install(prog: &[bpf::Insn]) -> Result<(), JailError> {
+    seccomp(prog, libc::SECCOMP_FILTER_FLAG_TSYNC)
+}
+
+fn seccomp(prog: &[bpf::Insn], flags: libc::c_ulong) -> Result<(), JailError> {
     let fprog = bpf::fprog(prog);
     // SAFETY: seccomp(2) reads the program through the pointer, valid for the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };
@@ -245,5 +300,17 @@ mod tests {
         }
         assert_eq!(run(libc::SYS_prctl, libc::PR_SET_NAME as u64, 0), bpf::RET_ALLOW);
         assert_eq!(run(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS as u64, 0), bpf::RET_TRAP);
+        // Each kind of thread is narrower: only a vCPU may KVM_RUN or touch a disk, only
+        // the signal thread may wait for signals.
+        let on = |k: Kind, nr: libc::c_long, a1: u64| bpf::run_args(&thread_filter(k), nr as u32, x86, [0, a1]).0;
+        let kvm_run = u64::from(KVM_RUN() as u32);
+        assert_eq!(on(Kind::Vcpu, libc::SYS_ioctl, kvm_run), bpf::RET_ALLOW);
+        assert_eq!(on(Kind::NetRx, libc::SYS_ioctl, kvm_run), bpf::RET_TRAP);
+        assert_eq!(on(Kind::NetRx, libc::SYS_pwrite64, 0), bpf::RET_TRAP);
+        assert_eq!(on(Kind::Main, libc::SYS_rt_sigtimedwait, 0), bpf::RET_TRAP);
+        assert_eq!(on(Kind::Signals, libc::SYS_rt_sigtimedwait, 0), bpf::RET_ALLOW);
+        for k in Kind::ALL {
+            assert_eq!(on(k, libc::SYS_seccomp, 0), bpf::RET_TRAP, "{k:?} cannot install more");
+        }
     }
 }
