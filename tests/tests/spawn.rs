@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, rt, Appliance, Client, TestRoles};
+use aurae_appliance_tests::{appliance_or_skip, rt, Appliance, Client, Fields, TestRoles};
 use auraed::pb;
 use auraed::pki::policy::Role;
 use std::time::Duration;
@@ -588,6 +588,27 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         let pki = "/run/aurae/instances/c1";
         assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &c, PARENT).await;
         assert_forged_admin_refused(&cc, pki, &[(&c, PARENT)]).await;
+        // The cell child has a root of its own: its own PKI directory, none of the node's
+        // keys (with which it could act as its parent towards its siblings), no /boot.
+        let (code, out) = run_inside(
+            &cc,
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "echo etc-aurae [$(ls -A /etc/aurae)]; echo boot [$(ls -A /boot)]; \
+                     echo own [$(ls {pki} | grep -c key)]; \
+                     [ -e /etc/aurae/pki/spawn-ca.key ] && echo node key visible; true"
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{out}");
+        let f = Fields::parse(&out);
+        assert_eq!(f.get("etc-aurae"), "[]", "{out}");
+        assert_eq!(f.get("boot"), "[]", "{out}");
+        assert_ne!(f.get("own"), "[0]", "its own keys are there: {out}");
+        assert!(!out.contains("node key visible"), "{out}");
         assert!(info.cgroup_controllers.contains(&"memory".to_owned()), "{info:?}");
 
         let (st, out) = cc.run_argv("v", &["/bin/auraed", "--version"]).await;

@@ -3,7 +3,7 @@
 //! the cell's /tmp. Nested cells (`a/b`) nest both the cgroup and the namespaces.
 
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
-use super::confine::ExecLimits;
+use super::confine::{root, ExecLimits};
 use super::error::{Result, RuntimeError};
 use super::holder::Setup;
 use super::launcher::{ExecStarter, Launcher};
@@ -335,6 +335,7 @@ impl Runtime {
         let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
         if setup.own_root {
             args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned()));
+            args.extend(spec.binds.iter().map(|b| format!("{}{}", root::BIND_ARG, b.display())));
         }
         let started = self
             .sys

@@ -54,6 +54,7 @@ impl Runtime {
             stdout_as: logs::Stream::Stdout,
             listed: true,
             control: None,
+            binds: Vec::new(),
         };
         Ok(self.launch(spec, how).await?.view())
     }

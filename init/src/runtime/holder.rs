@@ -86,8 +86,14 @@ pub fn main(args: &[String]) -> ! {
         );
     }
     if setup.new_mount && setup.own_root {
-        let hidden: Vec<std::path::PathBuf> = args.iter().skip(3).map(Into::into).collect();
-        if let Err((step, errno)) = root::enter(std::path::Path::new("/"), &hidden, setup.userns) {
+        let (binds, hidden): (Vec<&String>, Vec<&String>) =
+            args.iter().skip(3).partition(|a| a.starts_with(root::BIND_ARG));
+        let binds: Vec<std::path::PathBuf> = binds
+            .iter()
+            .map(|b| b.trim_start_matches(root::BIND_ARG).into())
+            .collect();
+        let hidden: Vec<std::path::PathBuf> = hidden.into_iter().map(Into::into).collect();
+        if let Err((step, errno)) = root::enter(std::path::Path::new("/"), &hidden, &binds, setup.userns) {
             let stage = match step {
                 root::Step::Root => Stage::MountRoot,
                 root::Step::Dev => Stage::MountDev,

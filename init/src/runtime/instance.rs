@@ -10,7 +10,7 @@ use super::error::{Result, RuntimeError};
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::process::Process;
-use super::spec::{Isolation, Resources, VmSpec};
+use super::spec::{Confinement, Isolation, Resources, VmSpec};
 use super::vm::{VirtualMachine, VmView};
 use super::{Phase, Runtime};
 pub use crate::spawn::identity::SpawnIdentity;
@@ -464,6 +464,8 @@ impl Runtime {
                 resources,
                 logs::Stream::Stdout,
                 None,
+                Confinement::INSTANCE,
+                vec![pki_dir.to_owned()],
             )
             .await?;
         let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -66,6 +66,8 @@ pub(super) struct Launch {
     pub listed: bool,
     /// Handed to the program as fd 3 (a VMM's control socket).
     pub control: Option<std::os::fd::OwnedFd>,
+    /// Node directories bound into the private cell's `/run` (see `CellSpec::binds`).
+    pub binds: Vec<std::path::PathBuf>,
 }
 
 impl Process {
@@ -174,7 +176,9 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> Runt
 impl Runtime {
     /// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
     /// daemon ...`) as an unlisted executable in a private cell of its own named `name`,
-    /// with `control` (if any) as its fd 3.
+    /// with `control` (if any) as its fd 3, confined as `confinement` with `binds` (see
+    /// `Launch`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn launch_self(
         &self,
         name: &ExecName,
@@ -183,6 +187,8 @@ impl Runtime {
         resources: Resources,
         stdout_as: logs::Stream,
         control: Option<std::os::fd::OwnedFd>,
+        confinement: Confinement,
+        binds: Vec<std::path::PathBuf>,
     ) -> Result<Arc<Process>> {
         let spec = ExecutableSpec {
             name: name.clone(),
@@ -198,11 +204,11 @@ impl Runtime {
             path_var: String::new(),
             isolation,
             resources,
-            // auraed's own helpers (a VM's VMM, a spawned instance in a cell) need the node.
-            confinement: Confinement::PRIVILEGED,
+            confinement,
             stdout_as,
             listed: false,
             control,
+            binds,
         };
         self.launch(spec, how).await
     }
@@ -219,6 +225,7 @@ impl Runtime {
             stdout_as,
             listed,
             control,
+            binds,
         } = how;
         if listed {
             self.table().vacant::<Process>(spec.name.as_str())?;
@@ -247,6 +254,7 @@ impl Runtime {
                     resources,
                     isolation,
                     confinement,
+                    binds,
                     ready_within: super::spec::READY_MAX,
                 };
                 let c = self.create_cell(own, true).await.map_err(|e| match e {

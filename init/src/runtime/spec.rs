@@ -81,6 +81,9 @@ pub struct CellSpec {
     pub resources: Resources,
     pub isolation: Isolation,
     pub confinement: Confinement,
+    /// Directories of the node bound (read-write) at the same path into the cell's own
+    /// `/run`: auraed's own use, a cell child's PKI directory. Empty for API cells.
+    pub binds: Vec<std::path::PathBuf>,
     /// How long its init may take to report ready (from the caller's deadline; `READY_MAX`
     /// without one). One that does not is killed and the cell discarded.
     pub ready_within: std::time::Duration,

@@ -40,6 +40,7 @@ fn cell(name: &str) -> CellSpec {
         resources: Default::default(),
         isolation: Default::default(),
         confinement: Default::default(),
+        binds: Vec::new(),
         ready_within: super::spec::READY_MAX,
     }
 }

@@ -12,7 +12,7 @@ use super::error::{Result, RuntimeError};
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::process::Process;
-use super::spec::{Isolation, VmSpec};
+use super::spec::{Confinement, Isolation, VmSpec};
 use super::{Phase, Runtime};
 use crate::vmm::protocol::{self, Event, ExitReason, VmFiles};
 use crate::vmm::{self, VmConfig};
@@ -361,6 +361,9 @@ impl Runtime {
                 resources,
                 logs::Stream::Console,
                 Some(theirs.into()),
+                // The VMM needs the node until it jails itself (`vmm::jail`).
+                Confinement::PRIVILEGED,
+                Vec::new(),
             )
             .await;
         let vmm = launched.map_err(|e| match e {

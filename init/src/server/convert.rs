@@ -265,6 +265,7 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
             uts: !i.share_host_uts,
             cgroup: !i.share_host_cgroup,
         },
+        binds: Vec::new(),
         ready_within: crate::runtime::spec::READY_MAX,
     })
 }

@@ -48,6 +48,17 @@ impl Confinement {
         userns: false,
     };
 
+    /// A spawned instance in a cell (Spawn's fallback without KVM): a child auraed that
+    /// makes cells, cgroups, namespaces and mounts of its own, so it keeps every capability
+    /// and has no seccomp profile; but it gets a root of its own, without the node's keys,
+    /// `/boot` or VM files, so a child cannot read the keys its parent acts with.
+    pub const INSTANCE: Confinement = Confinement {
+        caps: CapSet::ALL,
+        seccomp: None,
+        privileged: false,
+        userns: false,
+    };
+
     /// What the processes of a cell get at exec, compiled once per capability set.
     pub fn exec_limits(&self) -> ExecLimits {
         if self.privileged {

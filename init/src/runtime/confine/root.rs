@@ -9,7 +9,9 @@
 //!   devpts, a size-limited `/dev/shm` and `mqueue`; read-only once made, so no node device
 //!   can be added to it;
 //! - its own size-limited `/tmp` and `/run` (tmpfs pages are charged to the cell that writes);
-//! - OCI's masked paths (empty) and read-only paths.
+//! - OCI's masked paths (empty) and read-only paths;
+//! - for auraed's own use only, node directories bound read-write at the same path under
+//!   the cell's `/run` (a cell child's PKI directory).
 //!
 //! Writable mounts are all `nodev`. `pivot_root(2)` needs the current root to be a mount
 //! with a parent, which the initramfs is not: PID 1 leaves it first (`init::switch_root`).
@@ -42,6 +44,9 @@ pub const MASKED: &[&str] = &[
 
 /// Paths OCI's default spec makes read-only.
 pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Marks a bind among the holder's arguments (the others are paths to hide).
+pub const BIND_ARG: &str = "+";
 
 /// Size limits of the cell's own tmpfs mounts (tmpfs `size=`).
 pub const TMP_SIZE: &str = "256m";
@@ -84,7 +89,10 @@ fn tmpfs(target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
 /// from the node are locked to it: the source is bound with them (a bind without them is
 /// refused) and each is covered below, and device nodes are bound from the node's /dev
 /// (nodes made in a user namespace do not open).
-pub fn enter(source: &Path, hide: &[PathBuf], userns: bool) -> StepResult {
+/// `binds` (node directories, each under `/run`) are bound read-write at the same path in
+/// the cell's own `/run`; anything else is refused (EINVAL): creating its mount point would
+/// write to the node's filesystem through the bound source.
+pub fn enter(source: &Path, hide: &[PathBuf], binds: &[PathBuf], userns: bool) -> StepResult {
     let root = Path::new(STAGE);
     let rec = if userns { MsFlags::MS_REC } else { MsFlags::empty() };
     mount(Some(source), root, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(at(Step::Root))?;
@@ -119,6 +127,9 @@ pub fn enter(source: &Path, hide: &[PathBuf], userns: bool) -> StepResult {
     make_dev(&root.join("dev"), userns)?;
     tmpfs(&root.join("tmp"), nodev, &format!("mode=1777,size={TMP_SIZE}")).map_err(at(Step::Root))?;
     tmpfs(&root.join("run"), nodev, &format!("mode=0755,size={RUN_SIZE}")).map_err(at(Step::Root))?;
+    for b in binds {
+        bind_into_run(root, b).map_err(at(Step::Root))?;
+    }
     // Read-only from here on; the mounts above stay as they are.
     mount(
         None::<&str>,
@@ -130,6 +141,29 @@ pub fn enter(source: &Path, hide: &[PathBuf], userns: bool) -> StepResult {
     .map_err(at(Step::Root))?;
     pivot(root)?;
     mask()
+}
+
+/// Binds node directory `dir` (under /run, no `..`) at the same path below `root`, whose
+/// /run is the cell's own tmpfs: its mount point is made there, never on the node.
+fn bind_into_run(root: &Path, dir: &Path) -> nix::Result<()> {
+    use std::path::Component;
+    let under_run = dir
+        .strip_prefix("/run")
+        .ok()
+        .filter(|rel| !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_))));
+    let Some(rel) = under_run else {
+        return Err(Errno::EINVAL);
+    };
+    let target = root.join("run").join(rel);
+    std::fs::create_dir_all(&target).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    mount(Some(dir), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
 }
 
 /// A private /dev on `dev`: device nodes made, or (`bind`) bound from the node's /dev.
@@ -254,4 +288,28 @@ fn mask() -> StepResult {
         .map_err(&e)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bind's mount point is made in the cell's own /run only: a path elsewhere (or one
+    /// that climbs out of /run) would make it in the node's filesystem through the bound
+    /// base, and is refused before anything is touched.
+    #[test]
+    fn binds_outside_the_cells_own_run_are_refused() {
+        let root = Path::new("/nonexistent-stage");
+        for bad in [
+            "/etc/aurae",
+            "/run",
+            "/run/",
+            "/run/../etc",
+            "/run/a/../../etc",
+            "run/x",
+            "/runx/y",
+        ] {
+            assert_eq!(bind_into_run(root, Path::new(bad)), Err(Errno::EINVAL), "{bad}");
+        }
+    }
 }
