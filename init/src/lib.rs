@@ -9,6 +9,8 @@ pub mod bench;
 pub(crate) mod bpf;
 pub mod cli;
 pub mod daemon;
+/// OCI images on the node: the content-addressed store and safe layer unpacking.
+pub mod image;
 pub mod init;
 pub(crate) mod logging;
 pub(crate) mod net;

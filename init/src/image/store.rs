@@ -1,0 +1,270 @@
+//! The store's files: `blobs/sha256/<hex>` (verified blobs), `layers/<chain hex>/fs`
+//! (unpacked layers) and `tmp/` (writes in progress, emptied when the store opens).
+
+use super::{Digest, ImageError};
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub struct Store {
+    root: PathBuf,
+    /// What the store may hold, in bytes (blobs and unpacked layers).
+    limit: u64,
+}
+
+impl Store {
+    /// Opens (making it if needed) the store at `root`, holding at most `limit` bytes.
+    /// What an interrupted write or unpack left in `tmp/` goes.
+    pub fn open(root: &Path, limit: u64) -> Result<Store, ImageError> {
+        let s = Store {
+            root: root.to_owned(),
+            limit,
+        };
+        for d in [s.root.join("blobs/sha256"), s.root.join("layers"), s.tmp_dir()] {
+            std::fs::create_dir_all(&d).map_err(ImageError::io("make the image store's directory", &d))?;
+        }
+        if let Ok(rd) = std::fs::read_dir(s.tmp_dir()) {
+            for e in rd.flatten() {
+                super::unpack::discard(&e.path());
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub(crate) fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.root.join("layers").join(chain.hex())
+    }
+
+    /// Whether blob `d` is in the store with `size` bytes (its digest was checked when it
+    /// was committed).
+    pub fn has_blob(&self, d: &Digest, size: u64) -> bool {
+        std::fs::metadata(self.blob_path(d)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Bytes the store's files take (blocks, so sparse or small files count as they cost).
+    pub fn used(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+            let own = m.blocks() * 512;
+            if !m.is_dir() {
+                return own;
+            }
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum::<u64>())
+                .unwrap_or(0)
+                + own
+        }
+        walk(&self.root)
+    }
+
+    /// Bytes the store may still take.
+    pub fn free(&self) -> u64 {
+        self.limit.saturating_sub(self.used())
+    }
+
+    /// Refuses (`Full`) when `needed` more bytes would take the store past its limit.
+    pub fn reserve(&self, needed: u64) -> Result<(), ImageError> {
+        let used = self.used();
+        if used.saturating_add(needed) > self.limit {
+            return Err(self.full(needed));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn full(&self, needed: u64) -> ImageError {
+        ImageError::Full {
+            store: self.root.clone(),
+            needed,
+            free: self.free(),
+            limit: self.limit,
+        }
+    }
+
+    /// A name in `tmp/` no other write uses.
+    pub(crate) fn tmp_name(&self, what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        self.tmp_dir().join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Writes blob `d` of `size` bytes from `from`: to a temporary file while hashing,
+    /// then, only if the digest and the size match, synced and renamed into place. A blob
+    /// already there is not fetched again. On any failure nothing of it stays.
+    pub fn put_blob(&self, d: &Digest, size: u64, from: &mut dyn Read) -> Result<PathBuf, ImageError> {
+        let dest = self.blob_path(d);
+        if self.has_blob(d, size) {
+            return Ok(dest);
+        }
+        self.reserve(size)?;
+        let tmp = self.tmp_name("blob");
+        let r = self.write_checked(&tmp, d, size, from).and_then(|()| {
+            std::fs::rename(&tmp, &dest).map_err(ImageError::io("commit the blob", &dest))?;
+            sync_dir(dest.parent().unwrap_or(&self.root));
+            Ok(dest)
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    fn write_checked(&self, tmp: &Path, d: &Digest, size: u64, from: &mut dyn Read) -> Result<(), ImageError> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(ImageError::io("write a blob", tmp))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got: u64 = 0;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ImageError::io("read the blob", tmp)(e)),
+            };
+            got += n as u64;
+            if got > size {
+                return Err(ImageError::Mismatch {
+                    what: format!("blob {d}: size"),
+                    expected: format!("{size} bytes"),
+                    got: "more".into(),
+                });
+            }
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n]).map_err(|e| self.write_error(e, size, tmp))?;
+        }
+        if got != size {
+            return Err(ImageError::Mismatch {
+                what: format!("blob {d}: size"),
+                expected: format!("{size} bytes"),
+                got: format!("{got} bytes"),
+            });
+        }
+        let actual = Digest::from_hasher(h);
+        if &actual != d {
+            return Err(ImageError::Mismatch {
+                what: "blob digest".into(),
+                expected: d.to_string(),
+                got: actual.to_string(),
+            });
+        }
+        f.sync_all().map_err(|e| self.write_error(e, size, tmp))
+    }
+
+    /// ENOSPC/EDQUOT while writing is the store being full, said as such.
+    pub(crate) fn write_error(&self, e: std::io::Error, needed: u64, path: &Path) -> ImageError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => self.full(needed),
+            _ => ImageError::io("write to the image store", path)(e),
+        }
+    }
+}
+
+/// fsync of a directory, so a rename in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(limit: u64) -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("images"), limit).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn a_blob_is_committed_only_when_its_digest_and_size_match() {
+        let (_d, s) = store(1 << 20);
+        let data = b"hello layer".to_vec();
+        let d = Digest::of(&data);
+        let p = s.put_blob(&d, data.len() as u64, &mut &data[..]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+        assert!(s.has_blob(&d, data.len() as u64));
+
+        let other = Digest::of(b"something else");
+        let e = s.put_blob(&other, data.len() as u64, &mut &data[..]).unwrap_err();
+        assert!(matches!(e, ImageError::Mismatch { .. }), "{e}");
+        assert!(!s.blob_path(&other).exists(), "a wrong blob is not kept");
+        for (size, what) in [(5, "short"), (50, "long")] {
+            let e = s.put_blob(&Digest::of(b"x"), size, &mut &data[..]).unwrap_err();
+            assert!(e.to_string().contains("size"), "{what}: {e}");
+        }
+        assert_eq!(
+            std::fs::read_dir(s.tmp_dir()).unwrap().count(),
+            0,
+            "no half-written file"
+        );
+    }
+
+    /// A reader that fails half way, as a connection that drops.
+    struct Dropping<'a>(&'a [u8]);
+    impl Read for Dropping<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "gone"));
+            }
+            let n = buf.len().min(self.0.len()).min(3);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_write_leaves_nothing_and_a_retry_completes() {
+        let (_d, s) = store(1 << 20);
+        let data = b"0123456789".to_vec();
+        let d = Digest::of(&data);
+        assert!(s.put_blob(&d, 10, &mut Dropping(&data[..6])).is_err());
+        assert!(!s.blob_path(&d).exists());
+        assert_eq!(std::fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+        s.put_blob(&d, 10, &mut &data[..]).unwrap();
+        // Present: a second put reads nothing.
+        s.put_blob(&d, 10, &mut Dropping(b"")).unwrap();
+        // What a crash left in tmp/ goes when the store opens.
+        std::fs::write(s.tmp_dir().join("blob-1-1"), b"partial").unwrap();
+        let s = Store::open(s.root(), 1 << 20).unwrap();
+        assert_eq!(std::fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+        assert!(s.has_blob(&d, 10));
+    }
+
+    #[test]
+    fn a_full_store_says_so_and_keeps_nothing() {
+        let (_d, s) = store(64 * 1024);
+        let data = vec![7u8; 100 * 1024];
+        let d = Digest::of(&data);
+        let e = s.put_blob(&d, data.len() as u64, &mut &data[..]).unwrap_err();
+        match &e {
+            ImageError::Full { needed, limit, .. } => {
+                assert_eq!((*needed, *limit), (100 * 1024, 64 * 1024));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("is full"), "{e}");
+        assert!(!s.blob_path(&d).exists());
+    }
+}

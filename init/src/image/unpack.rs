@@ -1,0 +1,998 @@
+//! Unpacking a layer into a directory of its own that overlayfs can stack.
+//!
+//! A layer's tar is applied to the view of its parents, as containerd's overlay snapshotter
+//! does: the parents' directories are mounted as an overlay's lower layers with the new
+//! layer's (empty) directory as the upper one, and the tar is written into that mount.
+//! So every path resolves against the whole image below it (an absolute symlink
+//! `lib -> /usr/lib` from a lower layer takes a later `lib/x` to `usr/lib/x`), and the
+//! kernel records deletions the overlay way (a whiteout device, an opaque directory) in
+//! the upper directory, which is then exactly the layer as an overlay lower directory.
+//!
+//! Safety, per entry:
+//! - names with `..` are refused (the whole layer is); absolute names are taken as
+//!   relative to the root;
+//! - every directory a name goes through is opened with `openat2(RESOLVE_IN_ROOT)`, so a
+//!   symlink, absolute or `../../..`, resolves inside the image's root and never outside;
+//! - the entry itself is made with `*at` calls relative to that directory, never following
+//!   a symlink in its last component (a file replaces a symlink, it is not written through
+//!   it); hard links are resolved the same way, inside the root;
+//! - OCI whiteouts: `.wh.NAME` deletes NAME from the layers below, `.wh..wh..opq` hides
+//!   everything the layers below have in its directory (what this layer wrote stays);
+//! - ownership and mode bits (setuid included) as in the tar, as containerd does as root;
+//!   device nodes are made (a cell's image root is mounted `nodev`, so they do not open);
+//! - the uncompressed stream's SHA-256 must be the config's diff ID, or the layer is
+//!   refused; the store's limit holds while writing.
+
+use super::store::Store;
+use super::{Digest, ImageError};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// OCI and Docker layer media types (distributable or not).
+    pub fn of_media_type(mt: &str) -> Result<Compression, ImageError> {
+        let oci = mt
+            .strip_prefix("application/vnd.oci.image.layer.v1.tar")
+            .or_else(|| mt.strip_prefix("application/vnd.oci.image.layer.nondistributable.v1.tar"));
+        match (oci, mt) {
+            (Some(""), _) => Ok(Compression::None),
+            (Some("+gzip"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.gzip") => Ok(Compression::Gzip),
+            (Some("+zstd"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.zstd") => Ok(Compression::Zstd),
+            _ => Err(ImageError::Refused {
+                layer: String::new(),
+                entry: String::new(),
+                why: format!("media type '{mt}' is not a layer auraed can unpack (tar, tar+gzip, tar+zstd)"),
+            }),
+        }
+    }
+}
+
+/// An unpacked layer: the directory an overlay stacks (`dir`), named by its chain ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub chain_id: Digest,
+    pub dir: PathBuf,
+}
+
+impl Store {
+    /// The layer with chain ID `chain`, if it is unpacked.
+    pub fn layer(&self, chain: &Digest) -> Option<Layer> {
+        let dir = self.layer_dir(chain).join("fs");
+        dir.is_dir().then(|| Layer {
+            chain_id: chain.clone(),
+            dir,
+        })
+    }
+
+    /// Unpacks blob `blob` (compressed as `compression`, diff ID `diff_id`) on top of
+    /// `parents` (bottom first), once: a layer with the same chain ID is shared. Blocking;
+    /// run it off the async runtime. On failure nothing of the layer stays.
+    pub fn unpack(
+        &self,
+        parents: &[Layer],
+        blob: &Digest,
+        compression: Compression,
+        diff_id: &Digest,
+    ) -> Result<Layer, ImageError> {
+        let chain = Digest::chain(parents.last().map(|l| &l.chain_id), diff_id);
+        if let Some(l) = self.layer(&chain) {
+            return Ok(l);
+        }
+        let work = Work(self.tmp_name("layer"));
+        let (fs, scratch, mnt) = (work.0.join("fs"), work.0.join("work"), work.0.join("mnt"));
+        for d in [&fs, &scratch, &mnt] {
+            std::fs::create_dir_all(d).map_err(ImageError::io("make a layer's directory", d))?;
+        }
+        let root = if parents.is_empty() {
+            fs.clone()
+        } else {
+            mount_overlay(parents, &fs, &scratch, &mnt)?;
+            mnt.clone()
+        };
+        let file =
+            std::fs::File::open(self.blob_path(blob)).map_err(ImageError::io("open a layer", self.blob_path(blob)))?;
+        let mut stream = Hashing {
+            inner: decompressor(file, compression).map_err(|e| refused(blob, "", e))?,
+            hash: Sha256::new(),
+        };
+        let mut u = Unpacker {
+            store: self,
+            layer: blob,
+            root: open_root(&root)?,
+            overlay: !parents.is_empty(),
+            written: HashSet::new(),
+            budget: self.free(),
+            spent: 0,
+        };
+        {
+            let mut archive = tar::Archive::new(&mut stream);
+            let entries = archive.entries().map_err(|e| refused(blob, "", e.to_string()))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| refused(blob, "", format!("not a tar archive: {e}")))?;
+                u.apply(&mut entry)?;
+            }
+        }
+        // The hash covers the whole stream, padding after the archive included.
+        std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| refused(blob, "", e.to_string()))?;
+        let got = Digest::from_hasher(stream.hash);
+        if &got != diff_id {
+            return Err(ImageError::Mismatch {
+                what: format!("layer {blob}: its uncompressed content (diff ID)"),
+                expected: diff_id.to_string(),
+                got: got.to_string(),
+            });
+        }
+        drop(u);
+        if !parents.is_empty() {
+            nix::mount::umount2(&mnt, nix::mount::MntFlags::empty())
+                .map_err(|e| ImageError::io("unmount a layer's overlay", &mnt)(e.into()))?;
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::remove_dir(&mnt);
+        let dest = self.layer_dir(&chain);
+        match std::fs::rename(&work.0, &dest) {
+            Ok(()) => {}
+            // Unpacked by someone else meanwhile: theirs is the same.
+            Err(_) if self.layer(&chain).is_some() => {}
+            Err(e) => return Err(ImageError::io("commit a layer", &dest)(e)),
+        }
+        super::store::sync_dir(dest.parent().unwrap_or(self.root()));
+        Ok(Layer {
+            chain_id: chain,
+            dir: dest.join("fs"),
+        })
+    }
+}
+
+/// A layer being unpacked in `tmp/`; removed (unmounted first) unless committed.
+struct Work(PathBuf);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            discard(&self.0);
+        }
+    }
+}
+
+/// Removes what an unpack left in `tmp/`, its overlay unmounted first.
+pub(crate) fn discard(p: &Path) {
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        let _ = nix::mount::umount2(&p.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn refused(layer: &Digest, entry: &str, why: impl std::fmt::Display) -> ImageError {
+    ImageError::Refused {
+        layer: layer.to_string(),
+        entry: entry.to_owned(),
+        why: why.to_string(),
+    }
+}
+
+fn mount_overlay(parents: &[Layer], upper: &Path, work: &Path, at: &Path) -> Result<(), ImageError> {
+    let lower: Vec<String> = parents
+        .iter()
+        .rev()
+        .map(|l| l.dir.to_string_lossy().into_owned())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if opts.len() >= 4096 {
+        return Err(ImageError::io("mount a layer's overlay", at)(std::io::Error::other(
+            format!(
+                "{} layers make the overlay's options longer than a page; the store's path is too long for this image",
+                parents.len()
+            ),
+        )));
+    }
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some("overlay"),
+        at,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| ImageError::io("mount a layer's overlay", at)(e.into()))
+}
+
+fn open_root(p: &Path) -> Result<OwnedFd, ImageError> {
+    nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| ImageError::io("open a layer's root", p)(e.into()))
+}
+
+fn decompressor(file: std::fs::File, c: Compression) -> Result<Box<dyn Read>, String> {
+    let r = std::io::BufReader::with_capacity(256 * 1024, file);
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(ZstdFrames::new(r)?),
+    })
+}
+
+/// A zstd stream of one or more frames.
+struct ZstdFrames<R: BufRead> {
+    dec: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: BufRead> ZstdFrames<R> {
+    fn new(r: R) -> Result<Self, String> {
+        let dec = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("not zstd: {e}"))?;
+        Ok(ZstdFrames { dec: Some(dec) })
+    }
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(d) = self.dec.as_mut() else { return Ok(0) };
+            let n = d.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is done: another may follow.
+            let Some(d) = self.dec.take() else { return Ok(0) };
+            let (mut src, dec) = d.into_parts();
+            if src.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            let next = ruzstd::decoding::StreamingDecoder::new_with_decoder(src, dec)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            self.dec = Some(next);
+        }
+    }
+}
+
+/// Hashes what passes through.
+struct Hashing {
+    inner: Box<dyn Read>,
+    hash: Sha256,
+}
+
+impl Read for Hashing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+struct Unpacker<'a> {
+    store: &'a Store,
+    layer: &'a Digest,
+    root: OwnedFd,
+    /// Parents are mounted below: whiteouts have something to delete.
+    overlay: bool,
+    /// Paths this layer wrote (an opaque directory keeps them).
+    written: HashSet<PathBuf>,
+    budget: u64,
+    spent: u64,
+}
+
+/// `p` with `..` taken lexically and never above the root (for a symlink's target from a
+/// directory without symlinks in its path), without `/` and `.`.
+fn clamp(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `rel` without `/`, `.` and with `..` refused.
+fn clean(p: &Path) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return Err("its name climbs out of the root with '..'".into()),
+            Component::Prefix(_) => return Err("not a Unix path".into()),
+        }
+    }
+    Ok(out)
+}
+
+fn in_root(dirfd: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    nix::fcntl::openat2(dirfd, rel, how)
+}
+
+fn is_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<Option<bool>> {
+    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+        )),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `name` in `dir`, a directory with everything in it.
+fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    match is_dir_at(dir, name)? {
+        None => Ok(()),
+        Some(false) => nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir),
+        Some(true) => {
+            let fd = nix::fcntl::openat(
+                dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            for child in children(&fd)? {
+                remove_all_at(fd.as_fd(), &child)?;
+            }
+            nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+        }
+    }
+}
+
+/// The names in directory `fd` (not `.` and `..`).
+fn children(fd: &OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
+    let dup = fd
+        .try_clone()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))?;
+    let mut d = nix::dir::Dir::from_fd(dup)?;
+    let mut v = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            v.push(OsStr::from_bytes(n).to_owned());
+        }
+    }
+    Ok(v)
+}
+
+impl Unpacker<'_> {
+    fn refuse(&self, entry: &Path, why: impl std::fmt::Display) -> ImageError {
+        refused(self.layer, &entry.to_string_lossy(), why)
+    }
+
+    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ImageError> {
+        let raw = entry
+            .path()
+            .map_err(|e| refused(self.layer, "", format!("unreadable name: {e}")))?
+            .into_owned();
+        let rel = clean(&raw).map_err(|why| self.refuse(&raw, why))?;
+        let (Some(name), parent) = (
+            rel.file_name().map(OsStr::to_owned),
+            rel.parent().unwrap_or(Path::new("")),
+        ) else {
+            return Ok(()); // the root itself ("./")
+        };
+        let layer = self.layer;
+        let sys = |e: Errno| refused(layer, &raw.to_string_lossy(), e.desc());
+        if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
+            if !self.overlay {
+                return Ok(()); // nothing below to hide
+            }
+            let dir = match in_root(self.root.as_fd(), parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+                Ok(d) => d,
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(sys(e)),
+            };
+            return if hidden == b".wh..opq" {
+                self.hide_lower(&dir, parent).map_err(sys)
+            } else {
+                remove_all_at(dir.as_fd(), OsStr::from_bytes(hidden)).map_err(sys)
+            };
+        }
+        let dir = self.make_dirs(parent).map_err(|e| self.refuse(&raw, e))?;
+        let h = entry.header();
+        let mode = Mode::from_bits_truncate((h.mode().unwrap_or(0o644) & 0o7777) as libc::mode_t);
+        let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok()).map(Uid::from_raw);
+        let gid = h.gid().ok().and_then(|g| u32::try_from(g).ok()).map(Gid::from_raw);
+        let kind = h.entry_type();
+        let d = dir.as_fd();
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                match is_dir_at(d, &name).map_err(sys)? {
+                    Some(true) => {}
+                    Some(false) => {
+                        remove_all_at(d, &name).map_err(sys)?;
+                        nix::sys::stat::mkdirat(d, name.as_os_str(), mode).map_err(sys)?;
+                    }
+                    None => nix::sys::stat::mkdirat(d, name.as_os_str(), mode).map_err(sys)?,
+                }
+                let fd = nix::fcntl::openat(
+                    d,
+                    name.as_os_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(sys)?;
+                nix::unistd::fchown(&fd, uid, gid).map_err(sys)?;
+                nix::sys::stat::fchmod(&fd, mode).map_err(sys)?;
+            }
+            T::Regular | T::Continuous => {
+                remove_all_at(d, &name).map_err(sys)?;
+                let fd = nix::fcntl::openat(
+                    d,
+                    name.as_os_str(),
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(sys)?;
+                let mut f = std::fs::File::from(fd);
+                self.copy(entry, &mut f, &raw)?;
+                nix::unistd::fchown(&f, uid, gid).map_err(sys)?;
+                // After chown, which clears setuid and setgid.
+                nix::sys::stat::fchmod(&f, mode).map_err(sys)?;
+                if let Ok(mtime) = entry.header().mtime() {
+                    let t = nix::sys::time::TimeSpec::new(mtime as libc::time_t, 0);
+                    let _ = nix::sys::stat::futimens(&f, &t, &t);
+                }
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| self.refuse(&raw, e))?
+                    .ok_or_else(|| self.refuse(&raw, "a symlink without a target"))?
+                    .into_owned();
+                remove_all_at(d, &name).map_err(sys)?;
+                nix::unistd::symlinkat(target.as_os_str(), d, name.as_os_str()).map_err(sys)?;
+                nix::unistd::fchownat(d, name.as_os_str(), uid, gid, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(sys)?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| self.refuse(&raw, e))?
+                    .ok_or_else(|| self.refuse(&raw, "a hard link without a target"))?
+                    .into_owned();
+                let target = clean(&target).map_err(|why| self.refuse(&raw, format!("its link target: {why}")))?;
+                let (Some(tname), tparent) = (target.file_name(), target.parent().unwrap_or(Path::new(""))) else {
+                    return Err(self.refuse(&raw, "a hard link to the root"));
+                };
+                let tdir = in_root(self.root.as_fd(), tparent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(sys)?;
+                remove_all_at(d, &name).map_err(sys)?;
+                nix::unistd::linkat(tdir.as_fd(), tname, d, name.as_os_str(), nix::fcntl::AtFlags::empty())
+                    .map_err(|e| self.refuse(&raw, format!("hard link to '{}': {}", target.display(), e.desc())))?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                let (sflag, dev) = match kind {
+                    T::Char | T::Block => {
+                        let major = h.device_major().ok().flatten().unwrap_or(0);
+                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let f = if kind == T::Char {
+                            SFlag::S_IFCHR
+                        } else {
+                            SFlag::S_IFBLK
+                        };
+                        (f, nix::sys::stat::makedev(u64::from(major), u64::from(minor)))
+                    }
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                remove_all_at(d, &name).map_err(sys)?;
+                nix::sys::stat::mknodat(d, name.as_os_str(), sflag, mode, dev).map_err(sys)?;
+                nix::unistd::fchownat(d, name.as_os_str(), uid, gid, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(sys)?;
+            }
+            other => return Err(self.refuse(&raw, format!("entries of type {other:?} are not supported"))),
+        }
+        self.written.insert(rel);
+        Ok(())
+    }
+
+    /// Opens directory `rel` in the root (resolving in the root), making what is missing
+    /// as `mkdir -p` would in the image: a symlink to nowhere (`lib -> /usr/lib` before
+    /// `/usr/lib` exists) gets the directory it points to, inside the root.
+    fn make_dirs(&self, rel: &Path) -> Result<OwnedFd, String> {
+        self.make_dirs_within(rel, 0)
+    }
+
+    fn make_dirs_within(&self, rel: &Path, links: u32) -> Result<OwnedFd, String> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        match in_root(self.root.as_fd(), rel, flags) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(format!("its directory '{}': {}", rel.display(), e.desc())),
+        }
+        let parts: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
+        let mut at = PathBuf::new();
+        let mut fd = in_root(self.root.as_fd(), &at, flags).map_err(|e| e.desc().to_string())?;
+        for (i, name) in parts.iter().enumerate() {
+            at.push(name);
+            fd = match in_root(self.root.as_fd(), &at, flags) {
+                Ok(next) => next,
+                Err(Errno::ENOENT) => match nix::fcntl::readlinkat(fd.as_fd(), *name) {
+                    Ok(target) => {
+                        if links >= 40 {
+                            return Err(format!("its directory '{}': too many levels of symlinks", at.display()));
+                        }
+                        let base = match Path::new(&target).is_absolute() {
+                            true => PathBuf::new(),
+                            false => self.in_root_path(&fd)?,
+                        };
+                        let mut next = clamp(&base.join(&target));
+                        next.extend(&parts[i + 1..]);
+                        return self.make_dirs_within(&next, links + 1);
+                    }
+                    Err(_) => {
+                        nix::sys::stat::mkdirat(fd.as_fd(), *name, Mode::from_bits_truncate(0o755))
+                            .map_err(|e| format!("make directory '{}': {}", at.display(), e.desc()))?;
+                        in_root(self.root.as_fd(), &at, flags).map_err(|e| e.desc().to_string())?
+                    }
+                },
+                Err(e) => return Err(format!("its directory '{}': {}", at.display(), e.desc())),
+            };
+        }
+        Ok(fd)
+    }
+
+    /// Where directory `fd` is, as a path inside the root (no symlinks in it).
+    fn in_root_path(&self, fd: &OwnedFd) -> Result<PathBuf, String> {
+        use std::os::fd::AsRawFd;
+        let at = |f: &OwnedFd| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        let (dir, root) = (at(fd), at(&self.root));
+        match (dir, root) {
+            (Ok(d), Ok(r)) => d
+                .strip_prefix(&r)
+                .map(Path::to_owned)
+                .map_err(|_| "a directory outside the root".to_owned()),
+            (Err(e), _) | (_, Err(e)) => Err(format!("where is a directory: {e}")),
+        }
+    }
+
+    /// An opaque directory: what the layers below have in `dir` goes (through the
+    /// overlay: whiteouts); what this layer wrote there stays.
+    fn hide_lower(&self, dir: &OwnedFd, rel: &Path) -> nix::Result<()> {
+        for child in children(dir)? {
+            let path = rel.join(&child);
+            if !self.written.contains(&path) {
+                remove_all_at(dir.as_fd(), &child)?;
+            } else if is_dir_at(dir.as_fd(), &child)? == Some(true) {
+                let sub = nix::fcntl::openat(
+                    dir.as_fd(),
+                    child.as_os_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                self.hide_lower(&sub, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, from: &mut dyn Read, to: &mut std::fs::File, entry: &Path) -> Result<(), ImageError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.refuse(entry, format!("reading it: {e}"))),
+            };
+            self.spent += n as u64;
+            if self.spent > self.budget {
+                return Err(self.store.full(self.spent - self.budget));
+            }
+            to.write_all(&buf[..n])
+                .map_err(|e| self.store.write_error(e, n as u64, entry))?;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Layers made in memory for tests: tar archives with any entry, even the malicious
+    //! ones `tar::Builder` refuses to write.
+
+    pub enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a [u8], u32),
+        Owned(&'a str, &'a [u8], u32, u64, u64),
+        Symlink(&'a str, &'a str),
+        Link(&'a str, &'a str),
+        Fifo(&'a str),
+        Char(&'a str, u32, u32),
+    }
+
+    /// A tar of `entries` (names written byte for byte, `..` included).
+    pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_ustar();
+            let (name, data, kind, mode): (&str, &[u8], tar::EntryType, u32) = match e {
+                E::Dir(n) => (n, b"", tar::EntryType::Directory, 0o755),
+                E::File(n, d, m) => (n, d, tar::EntryType::Regular, *m),
+                E::Owned(n, d, m, uid, gid) => {
+                    h.set_uid(*uid);
+                    h.set_gid(*gid);
+                    (n, d, tar::EntryType::Regular, *m)
+                }
+                E::Symlink(n, t) | E::Link(n, t) => {
+                    h.set_link_name_literal(t.as_bytes()).unwrap();
+                    let kind = if matches!(e, E::Symlink(..)) {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    };
+                    (n, b"", kind, 0o777)
+                }
+                E::Fifo(n) => (n, b"", tar::EntryType::Fifo, 0o644),
+                E::Char(n, major, minor) => {
+                    h.set_device_major(*major).unwrap();
+                    h.set_device_minor(*minor).unwrap();
+                    (n, b"", tar::EntryType::Char, 0o600)
+                }
+            };
+            let raw = &mut h.as_ustar_mut().unwrap().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_700_000_000);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{tar_of, E};
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+    }
+
+    fn rig(limit: u64) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("images"), limit).unwrap();
+        Rig { _dir: dir, store }
+    }
+
+    impl Rig {
+        /// Puts `tar` in the store compressed as `c`; returns the blob and the diff ID.
+        fn put(&self, tar: &[u8], c: Compression) -> (Digest, Digest) {
+            let blob = match c {
+                Compression::None => tar.to_vec(),
+                Compression::Gzip => {
+                    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    e.write_all(tar).unwrap();
+                    e.finish().unwrap()
+                }
+                Compression::Zstd => {
+                    let mut out = Vec::new();
+                    ruzstd::encoding::compress(tar, &mut out, ruzstd::encoding::CompressionLevel::Fastest);
+                    out
+                }
+            };
+            let d = Digest::of(&blob);
+            self.store.put_blob(&d, blob.len() as u64, &mut &blob[..]).unwrap();
+            (d, Digest::of(tar))
+        }
+
+        fn layer(&self, parents: &[Layer], entries: &[E<'_>]) -> Result<Layer, ImageError> {
+            let (blob, diff) = self.put(&tar_of(entries), Compression::None);
+            self.store.unpack(parents, &blob, Compression::None, &diff)
+        }
+
+        fn tmp_is_empty(&self) -> bool {
+            std::fs::read_dir(self.store.tmp_dir()).unwrap().count() == 0
+        }
+    }
+
+    /// The layers stacked as a cell would see them (read-only overlay); unmounted on drop.
+    struct Merged(tempfile::TempDir);
+
+    impl Merged {
+        fn of(layers: &[Layer]) -> Merged {
+            let at = tempfile::tempdir().unwrap();
+            let lower: Vec<String> = layers.iter().rev().map(|l| l.dir.display().to_string()).collect();
+            let opts = if lower.len() == 1 {
+                // An overlay needs two lower layers without an upper one.
+                format!("lowerdir={}:{}", lower[0], lower[0])
+            } else {
+                format!("lowerdir={}", lower.join(":"))
+            };
+            nix::mount::mount(
+                Some("overlay"),
+                at.path(),
+                Some("overlay"),
+                nix::mount::MsFlags::MS_RDONLY,
+                Some(opts.as_str()),
+            )
+            .unwrap();
+            Merged(at)
+        }
+
+        fn path(&self, p: &str) -> PathBuf {
+            self.0.path().join(p)
+        }
+    }
+
+    impl Drop for Merged {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn media_types_name_their_compression() {
+        for (mt, c) in [
+            ("application/vnd.oci.image.layer.v1.tar", Compression::None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Compression::Gzip,
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
+        ] {
+            assert_eq!(Compression::of_media_type(mt).unwrap(), c, "{mt}");
+        }
+        let e = Compression::of_media_type("application/vnd.oci.image.layer.v1.tar+bzip2").unwrap_err();
+        assert!(e.to_string().contains("tar+bzip2"), "{e}");
+    }
+
+    #[test]
+    fn a_layer_keeps_files_modes_owners_links_and_special_files() {
+        let r = rig(1 << 30);
+        let l = r
+            .layer(
+                &[],
+                &[
+                    E::Dir("bin/"),
+                    E::File("bin/tool", b"#!/bin/sh\n", 0o755),
+                    E::File("bin/su", b"suid", 0o4755),
+                    E::Owned("home/app/data", b"mine", 0o640, 1000, 1001),
+                    E::Symlink("bin/sh", "busybox"),
+                    E::Link("bin/tool2", "bin/tool"),
+                    E::Fifo("run/pipe"),
+                    E::Char("dev/null", 1, 3),
+                    E::File("./etc/hostname", b"image\n", 0o644),
+                ],
+            )
+            .unwrap();
+        let p = |s: &str| l.dir.join(s);
+        assert_eq!(std::fs::read(p("bin/tool")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(
+            std::fs::metadata(p("bin/tool")).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::metadata(p("bin/su")).unwrap().permissions().mode() & 0o7777,
+            0o4755
+        );
+        let m = std::fs::metadata(p("home/app/data")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1000, 1001, 0o640));
+        assert_eq!(m.mtime(), 1_700_000_000);
+        assert_eq!(std::fs::read_link(p("bin/sh")).unwrap(), Path::new("busybox"));
+        assert_eq!(
+            std::fs::metadata(p("bin/tool2")).unwrap().ino(),
+            std::fs::metadata(p("bin/tool")).unwrap().ino(),
+            "a hard link"
+        );
+        assert!(std::fs::symlink_metadata(p("run/pipe")).unwrap().file_type().is_fifo());
+        let dev = std::fs::symlink_metadata(p("dev/null")).unwrap();
+        assert!(dev.file_type().is_char_device() && dev.rdev() == nix::sys::stat::makedev(1, 3));
+        assert_eq!(std::fs::read(p("etc/hostname")).unwrap(), b"image\n");
+        assert!(r.tmp_is_empty());
+    }
+
+    #[test]
+    fn the_same_layer_on_the_same_parents_is_unpacked_once() {
+        let r = rig(1 << 30);
+        let entries = [E::File("a", b"1", 0o644)];
+        let first = r.layer(&[], &entries).unwrap();
+        std::fs::remove_file(r.store.blob_path(&Digest::of(&tar_of(&entries)))).unwrap();
+        let again = r.layer(&[], &entries).unwrap();
+        assert_eq!(first, again, "shared, and the blob was not read again");
+    }
+
+    #[test]
+    fn gzip_and_zstd_layers_unpack_and_their_diff_id_is_checked() {
+        let r = rig(1 << 30);
+        let tar = tar_of(&[E::File("hello", b"world", 0o644)]);
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let (blob, diff) = r.put(&tar, c);
+            let l = r.store.unpack(&[], &blob, c, &diff).unwrap();
+            assert_eq!(std::fs::read(l.dir.join("hello")).unwrap(), b"world", "{c:?}");
+        }
+        // A diff ID that does not match: refused, nothing kept.
+        let tar = tar_of(&[E::File("other", b"x", 0o644)]);
+        let (blob, _) = r.put(&tar, Compression::Gzip);
+        let wrong = Digest::of(b"not this");
+        let e = r.store.unpack(&[], &blob, Compression::Gzip, &wrong).unwrap_err();
+        assert!(matches!(e, ImageError::Mismatch { .. }), "{e}");
+        assert!(r.store.layer(&wrong).is_none());
+        assert!(r.tmp_is_empty());
+        // Not gzip at all.
+        let (blob, diff) = r.put(b"plain bytes", Compression::None);
+        assert!(r.store.unpack(&[], &blob, Compression::Gzip, &diff).is_err());
+        assert!(r.tmp_is_empty());
+    }
+
+    #[test]
+    fn names_that_climb_out_are_refused_and_symlinks_resolve_inside_the_root() {
+        let r = rig(1 << 30);
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        for bad in [
+            vec![E::File("../escaped", b"x", 0o644)],
+            vec![E::File("a/../../escaped", b"x", 0o644)],
+            vec![E::File("ok", b"x", 0o644), E::Link("l", "../../etc/passwd")],
+        ] {
+            let e = r.layer(&[], &bad).unwrap_err();
+            assert!(matches!(e, ImageError::Refused { .. }), "{e}");
+            assert!(e.to_string().contains(".."), "{e}");
+            assert!(r.tmp_is_empty(), "nothing of a refused layer stays");
+        }
+        // A symlink out of the root, relative or absolute, then a write through it: it
+        // lands inside the image, never on the node.
+        let up = format!("../../../../../../../..{}", outside.path().display());
+        let abs = outside.path().display().to_string();
+        let l = r
+            .layer(
+                &[],
+                &[
+                    E::Symlink("up", &up),
+                    E::File("up/victim", b"owned", 0o644),
+                    E::Symlink("abs", &abs),
+                    E::File("abs/victim2", b"owned", 0o644),
+                    E::Symlink("slash", "/"),
+                    E::File("slash/rootfile", b"in the image", 0o644),
+                ],
+            )
+            .unwrap();
+        assert!(!victim.exists() && !outside.path().join("victim2").exists());
+        let inside = l.dir.join(outside.path().strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read(inside.join("victim")).unwrap(), b"owned");
+        assert_eq!(std::fs::read(inside.join("victim2")).unwrap(), b"owned");
+        assert_eq!(std::fs::read(l.dir.join("rootfile")).unwrap(), b"in the image");
+        // Through a symlink to a directory not there yet: made where it points, inside.
+        let l = r
+            .layer(
+                &[],
+                &[
+                    E::Symlink("lib64", "/usr/lib64"),
+                    E::File("lib64/ld.so", b"ld", 0o755),
+                    E::Symlink("rel", "../../opt/x"),
+                    E::File("rel/y", b"y", 0o644),
+                ],
+            )
+            .unwrap();
+        assert_eq!(std::fs::read(l.dir.join("usr/lib64/ld.so")).unwrap(), b"ld");
+        assert!(std::fs::symlink_metadata(l.dir.join("lib64")).unwrap().is_symlink());
+        assert_eq!(std::fs::read(l.dir.join("opt/x/y")).unwrap(), b"y");
+        let e = r
+            .layer(
+                &[],
+                &[E::Symlink("a", "b"), E::Symlink("b", "a"), E::File("a/x", b"", 0o644)],
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("symbolic links"), "{e}");
+        // A file does not write through a symlink of the same name: it replaces it.
+        let target = outside.path().join("target");
+        std::fs::write(&target, b"node file").unwrap();
+        let l = r
+            .layer(
+                &[],
+                &[
+                    E::Symlink("f", target.to_str().unwrap()),
+                    E::File("f", b"replaced", 0o644),
+                ],
+            )
+            .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"node file");
+        assert_eq!(std::fs::read(l.dir.join("f")).unwrap(), b"replaced");
+    }
+
+    /// The OCI image spec's whiteouts and opaque directories, an absolute symlink a later
+    /// layer writes through, and the stack read back as a cell would see it.
+    #[test]
+    fn upper_layers_delete_hide_and_write_through_lower_symlinks() {
+        let r = rig(1 << 30);
+        let l1 = r
+            .layer(
+                &[],
+                &[
+                    E::Symlink("lib", "/usr/lib"),
+                    E::File("usr/lib/a.so", b"a", 0o644),
+                    E::File("etc/old.conf", b"old", 0o644),
+                    E::File("etc/kept.conf", b"kept", 0o644),
+                    E::File("var/cache/x", b"x", 0o644),
+                    E::File("var/cache/sub/y", b"y", 0o644),
+                    E::File("tree/deep/z", b"z", 0o644),
+                ],
+            )
+            .unwrap();
+        let l2 = r
+            .layer(
+                std::slice::from_ref(&l1),
+                &[
+                    E::File("lib/b.so", b"b", 0o644),
+                    E::File("etc/.wh.old.conf", b"", 0o644),
+                    E::File("var/cache/new", b"new", 0o644),
+                    E::File("var/cache/.wh..wh..opq", b"", 0o644),
+                    E::File(".wh.tree", b"", 0o644),
+                ],
+            )
+            .unwrap();
+        assert_ne!(l2.chain_id, Digest::of(&tar_of(&[E::File("lib/b.so", b"b", 0o644)])));
+        let m = Merged::of(&[l1.clone(), l2.clone()]);
+        assert_eq!(
+            std::fs::read_link(m.path("lib")).unwrap(),
+            Path::new("/usr/lib"),
+            "still a symlink"
+        );
+        assert_eq!(
+            std::fs::read(m.path("usr/lib/b.so")).unwrap(),
+            b"b",
+            "written through it"
+        );
+        assert_eq!(std::fs::read(m.path("usr/lib/a.so")).unwrap(), b"a");
+        assert!(!m.path("etc/old.conf").exists(), "whited out");
+        assert_eq!(std::fs::read(m.path("etc/kept.conf")).unwrap(), b"kept");
+        let cache: HashSet<String> = std::fs::read_dir(m.path("var/cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(cache, HashSet::from(["new".to_owned()]), "opaque: only this layer's");
+        assert!(!m.path("tree").exists(), "a whole directory whited out");
+        // The lower layer itself is untouched; the upper one is an overlay layer.
+        assert!(l1.dir.join("etc/old.conf").exists());
+        let wh = std::fs::symlink_metadata(l2.dir.join("etc/old.conf")).unwrap();
+        assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "an overlay whiteout");
+        assert!(r.tmp_is_empty());
+    }
+
+    #[test]
+    fn a_layer_that_does_not_fit_is_refused_and_leaves_nothing() {
+        let r = rig(1 << 30);
+        let big = vec![0u8; 256 * 1024];
+        let (blob, diff) = r.put(&tar_of(&[E::File("big", &big, 0o644)]), Compression::Gzip);
+        let small = Store::open(r.store.root(), r.store.used() + 64 * 1024).unwrap();
+        let e = small.unpack(&[], &blob, Compression::Gzip, &diff).unwrap_err();
+        assert!(matches!(e, ImageError::Full { .. }), "{e}");
+        assert!(small.layer(&diff).is_none());
+        assert!(r.tmp_is_empty());
+    }
+}
