@@ -9,6 +9,7 @@
 //!   layers below it (an absolute symlink `lib -> /usr/lib` in one layer decides where a
 //!   later `lib/x` lands). Every image with the same layers shares the directories.
 
+pub mod pull;
 pub mod store;
 pub mod unpack;
 
@@ -88,6 +89,21 @@ pub enum ImageError {
     /// A layer tries to write outside its root or holds what cannot be unpacked.
     #[error("layer {layer}: entry '{entry}': {why}; the layer was refused and nothing of it was kept")]
     Refused { layer: String, entry: String, why: String },
+    /// Not a reference (INVALID_ARGUMENT).
+    #[error("{0}")]
+    BadReference(String),
+    /// No such image, tag or blob at the registry (NOT_FOUND), in the registry's words.
+    #[error("{0}")]
+    NotFound(String),
+    /// The registry refused the credentials or the caller's access (PERMISSION_DENIED).
+    #[error("{0}")]
+    Denied(String),
+    /// The registry cannot be reached (UNAVAILABLE).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The registry answered something else that went wrong.
+    #[error("{0}")]
+    Registry(String),
     #[error("{what} ({}): {source}", path.display())]
     Io {
         what: &'static str,

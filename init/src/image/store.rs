@@ -6,6 +6,7 @@ use sha2::{Digest as _, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+#[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
     /// What the store may hold, in bytes (blobs and unpacked layers).
@@ -108,66 +109,42 @@ impl Store {
     /// then, only if the digest and the size match, synced and renamed into place. A blob
     /// already there is not fetched again. On any failure nothing of it stays.
     pub fn put_blob(&self, d: &Digest, size: u64, from: &mut dyn Read) -> Result<PathBuf, ImageError> {
-        let dest = self.blob_path(d);
         if self.has_blob(d, size) {
-            return Ok(dest);
+            return Ok(self.blob_path(d));
         }
-        self.reserve(size)?;
-        let tmp = self.tmp_name("blob");
-        let r = self.write_checked(&tmp, d, size, from).and_then(|()| {
-            std::fs::rename(&tmp, &dest).map_err(ImageError::io("commit the blob", &dest))?;
-            sync_dir(dest.parent().unwrap_or(&self.root));
-            Ok(dest)
-        });
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        let mut w = self.blob_writer(d, size)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => w.write(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ImageError::io("read the blob", self.blob_path(d))(e)),
+            }
         }
-        r
+        w.commit()
     }
 
-    fn write_checked(&self, tmp: &Path, d: &Digest, size: u64, from: &mut dyn Read) -> Result<(), ImageError> {
-        let mut f = std::fs::OpenOptions::new()
+    /// A writer for blob `d` of `size` bytes, for data that arrives in pieces: nothing is
+    /// in the store until `commit` has checked it; dropped uncommitted, it leaves nothing.
+    pub fn blob_writer(&self, d: &Digest, size: u64) -> Result<BlobWriter, ImageError> {
+        self.reserve(size)?;
+        let tmp = self.tmp_name("blob");
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(tmp)
-            .map_err(ImageError::io("write a blob", tmp))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got: u64 = 0;
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ImageError::io("read the blob", tmp)(e)),
-            };
-            got += n as u64;
-            if got > size {
-                return Err(ImageError::Mismatch {
-                    what: format!("blob {d}: size"),
-                    expected: format!("{size} bytes"),
-                    got: "more".into(),
-                });
-            }
-            h.update(&buf[..n]);
-            f.write_all(&buf[..n]).map_err(|e| self.write_error(e, size, tmp))?;
-        }
-        if got != size {
-            return Err(ImageError::Mismatch {
-                what: format!("blob {d}: size"),
-                expected: format!("{size} bytes"),
-                got: format!("{got} bytes"),
-            });
-        }
-        let actual = Digest::from_hasher(h);
-        if &actual != d {
-            return Err(ImageError::Mismatch {
-                what: "blob digest".into(),
-                expected: d.to_string(),
-                got: actual.to_string(),
-            });
-        }
-        f.sync_all().map_err(|e| self.write_error(e, size, tmp))
+            .open(&tmp)
+            .map_err(ImageError::io("write a blob", &tmp))?;
+        Ok(BlobWriter {
+            file,
+            tmp,
+            digest: d.clone(),
+            size,
+            got: 0,
+            hash: Sha256::new(),
+            committed: false,
+            store: self.clone(),
+        })
     }
 
     /// ENOSPC/EDQUOT while writing is the store being full, said as such.
@@ -175,6 +152,72 @@ impl Store {
         match e.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT) => self.full(needed),
             _ => ImageError::io("write to the image store", path)(e),
+        }
+    }
+}
+
+/// A blob being written (see `Store::blob_writer`).
+pub struct BlobWriter {
+    file: std::fs::File,
+    tmp: PathBuf,
+    digest: Digest,
+    size: u64,
+    got: u64,
+    hash: Sha256,
+    committed: bool,
+    store: Store,
+}
+
+impl BlobWriter {
+    /// Appends `bytes`; more than the stated size is refused at once.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        self.got += bytes.len() as u64;
+        if self.got > self.size {
+            return Err(ImageError::Mismatch {
+                what: format!("blob {}: size", self.digest),
+                expected: format!("{} bytes", self.size),
+                got: "more".into(),
+            });
+        }
+        self.hash.update(bytes);
+        self.file
+            .write_all(bytes)
+            .map_err(|e| self.store.write_error(e, self.size, &self.tmp))
+    }
+
+    /// Checks the size and digest, syncs, and renames the blob into place.
+    pub fn commit(mut self) -> Result<PathBuf, ImageError> {
+        let store = self.store.clone();
+        if self.got != self.size {
+            return Err(ImageError::Mismatch {
+                what: format!("blob {}: size", self.digest),
+                expected: format!("{} bytes", self.size),
+                got: format!("{} bytes", self.got),
+            });
+        }
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hash));
+        if actual != self.digest {
+            return Err(ImageError::Mismatch {
+                what: "blob digest".into(),
+                expected: self.digest.to_string(),
+                got: actual.to_string(),
+            });
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| store.write_error(e, self.size, &self.tmp))?;
+        let dest = store.blob_path(&self.digest);
+        std::fs::rename(&self.tmp, &dest).map_err(ImageError::io("commit the blob", &dest))?;
+        self.committed = true;
+        sync_dir(dest.parent().unwrap_or(store.root()));
+        Ok(dest)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }

@@ -460,7 +460,7 @@ impl Unpacker<'_> {
                 // After chown, which clears setuid and setgid.
                 nix::sys::stat::fchmod(&f, mode).map_err(sys)?;
                 if let Ok(mtime) = entry.header().mtime() {
-                    let t = nix::sys::time::TimeSpec::new(mtime as libc::time_t, 0);
+                    let t = nix::sys::time::TimeSpec::from(std::time::Duration::from_secs(mtime));
                     let _ = nix::sys::stat::futimens(&f, &t, &t);
                 }
             }

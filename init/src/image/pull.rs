@@ -1,0 +1,321 @@
+//! Pulling an image from an OCI distribution registry (the v2 API) into the store.
+//!
+//! `oci-client` speaks the protocol: the reference, the image index and the linux/amd64
+//! manifest in it, OCI and Docker media types, anonymous, basic and bearer-token auth.
+//! auraed checks everything it is given: each blob's digest and size as it arrives (a
+//! blob is committed whole and verified, or not at all, see `store`), the config's diff IDs
+//! against the layers, and each layer's uncompressed content against its diff ID when it
+//! is unpacked. Blobs already in the store are not fetched again, so a retried pull
+//! fetches only what an interrupted one did not finish.
+//!
+//! TLS: only the CA certificates given (the node's bundle, per-registry CAs); plain HTTP
+//! only to registries the operator lists as insecure. Credentials are used, never logged.
+
+use super::store::Store;
+use super::unpack::{Compression, Layer};
+use super::{Digest, ImageError};
+use futures_util::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::sync::Arc;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct Registries {
+    /// Registries (`host[:port]`) reached over plain HTTP: only those the operator lists.
+    pub insecure: Vec<String>,
+    /// CA certificates (PEM) HTTPS registries are verified against.
+    pub ca_pem: Vec<Vec<u8>>,
+}
+
+/// A user and password for a registry (basic auth, or a bearer token the registry's token
+/// service gives for them).
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password>)", self.username)
+    }
+}
+
+/// What a pull reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The manifest is known: its digest and the layers (digest, size).
+    Resolved { digest: Digest, layers: Vec<(Digest, u64)> },
+    /// Bytes of a layer so far (`cached`: it was in the store, nothing was fetched).
+    Layer {
+        digest: Digest,
+        done: u64,
+        total: u64,
+        cached: bool,
+    },
+    /// A layer is being unpacked.
+    Unpacking { digest: Digest },
+}
+
+/// A pulled image: its manifest digest, config and unpacked layers (bottom first).
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub reference: String,
+    pub digest: Digest,
+    pub config: Digest,
+    pub config_json: Vec<u8>,
+    pub layers: Vec<Layer>,
+    /// Bytes fetched from the registry this time (0 when everything was in the store).
+    pub fetched: u64,
+    /// Compressed size of the layers.
+    pub size: u64,
+}
+
+/// The largest manifest or config auraed reads into memory.
+const MAX_JSON: u64 = 4 << 20;
+
+/// Parses `reference` as Docker does (`busybox` is `docker.io/library/busybox:latest`).
+pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
+    reference.parse::<Reference>().map_err(|e| {
+        ImageError::BadReference(format!(
+            "'{reference}' is not an image reference ({e}); write REGISTRY/NAME:TAG or NAME@sha256:DIGEST"
+        ))
+    })
+}
+
+fn client(regs: &Registries) -> Result<Client, ImageError> {
+    // reqwest is built without a crypto provider: the process-wide one is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut certs: Vec<Certificate> = regs
+        .ca_pem
+        .iter()
+        .map(|pem| Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.clone(),
+        })
+        .collect();
+    if certs.is_empty() {
+        // Given no roots, the client would look for the system's and panic when there are
+        // none (as in an initramfs). A CA nobody holds the key of verifies nothing.
+        certs.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: crate::pki::mint_ca("unused.invalid")
+                .map_err(|e| ImageError::Registry(format!("a placeholder CA: {e}")))?
+                .cert_pem
+                .into_bytes(),
+        });
+    }
+    let config = ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(regs.insecure.clone()),
+        tls_certs_only: certs,
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        user_agent: concat!("auraed/", env!("CARGO_PKG_VERSION")),
+        ..ClientConfig::default()
+    };
+    Client::try_from(config).map_err(|e| ImageError::Registry(format!("cannot make a registry client: {e}")))
+}
+
+/// The registry's words, mapped to what went wrong.
+fn registry_error(reference: &str, e: OciDistributionError) -> ImageError {
+    use OciDistributionError as E;
+    match e {
+        E::AuthenticationFailure(m) => {
+            ImageError::Denied(format!("{reference}: the registry refused the credentials: {m}"))
+        }
+        E::UnauthorizedError { url } => ImageError::Denied(format!(
+            "{reference}: not authorized at {url}; give credentials that may pull it"
+        )),
+        E::ImageManifestNotFoundError(m) => ImageError::NotFound(format!("{reference}: {m}")),
+        E::RegistryError { envelope, .. } => {
+            let words = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}: {}", e.code, e.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            match envelope.errors.first().map(|e| &e.code) {
+                Some(
+                    OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::NotFound
+                    | OciErrorCode::BlobUnknown,
+                ) => ImageError::NotFound(format!("{reference}: the registry says {words}")),
+                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
+                    ImageError::Denied(format!("{reference}: the registry says {words}"))
+                }
+                _ => ImageError::Registry(format!("{reference}: the registry says {words}")),
+            }
+        }
+        E::ServerError { code, message, url } => match code {
+            404 => ImageError::NotFound(format!("{reference}: {url}: {message}")),
+            401 | 403 => ImageError::Denied(format!("{reference}: {url}: {message}")),
+            _ => ImageError::Registry(format!("{reference}: {url}: HTTP {code}: {message}")),
+        },
+        E::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            let why = chain(&r);
+            let tls = ["certificate", "InvalidContentType", "HandshakeFailure", "tls"]
+                .iter()
+                .any(|w| why.contains(w));
+            ImageError::Unreachable(match tls {
+                true => format!(
+                    "{reference}: TLS with the registry failed (an HTTPS registry needs a CA the node trusts; a plain-HTTP one must be listed as insecure): {why}"
+                ),
+                false => format!("{reference}: cannot reach the registry: {why}"),
+            })
+        }
+        other => ImageError::Registry(format!("{reference}: {}", chain(&other))),
+    }
+}
+
+/// An error with its causes, as one line (reqwest's own message leaves out why).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Pulls `reference` into `store` and unpacks its layers; `progress` hears how it goes.
+pub async fn pull(
+    store: Arc<Store>,
+    reference: &str,
+    credentials: Option<&Credentials>,
+    regs: &Registries,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Pulled, ImageError> {
+    let r = parse_reference(reference)?;
+    let auth = match credentials {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    let client = client(regs)?;
+    let (manifest, digest) = client
+        .pull_image_manifest(&r, &auth)
+        .await
+        .map_err(|e| registry_error(reference, e))?;
+    let digest = Digest::parse(&digest)?;
+    let mut layers = Vec::new();
+    for l in &manifest.layers {
+        let d = Digest::parse(&l.digest)?;
+        let size = u64::try_from(l.size).map_err(|_| ImageError::Registry(format!("layer {d}: a negative size")))?;
+        Compression::of_media_type(&l.media_type)?;
+        layers.push((d, size));
+    }
+    progress(Progress::Resolved {
+        digest: digest.clone(),
+        layers: layers.clone(),
+    });
+    let config = Digest::parse(&manifest.config.digest)?;
+    let config_size = u64::try_from(manifest.config.size).unwrap_or(u64::MAX);
+    if config_size > MAX_JSON {
+        return Err(ImageError::Registry(format!(
+            "{reference}: its config is {config_size} bytes; at most {MAX_JSON} are read"
+        )));
+    }
+    let mut fetched = 0;
+    fetched += fetch(&client, &r, reference, &store, &config, config_size, &mut |_| {}).await?;
+    let config_json = std::fs::read(store.blob_path(&config))
+        .map_err(ImageError::io("read the image's config", store.blob_path(&config)))?;
+    let diff_ids = diff_ids(&config_json, reference)?;
+    if diff_ids.len() != layers.len() {
+        return Err(ImageError::Registry(format!(
+            "{reference}: the manifest has {} layers and the config {} diff IDs",
+            layers.len(),
+            diff_ids.len()
+        )));
+    }
+    for (d, size) in &layers {
+        let cached = store.has_blob(d, *size);
+        if cached {
+            progress(Progress::Layer {
+                digest: d.clone(),
+                done: *size,
+                total: *size,
+                cached: true,
+            });
+            continue;
+        }
+        fetched += fetch(&client, &r, reference, &store, d, *size, &mut |done| {
+            progress(Progress::Layer {
+                digest: d.clone(),
+                done,
+                total: *size,
+                cached: false,
+            })
+        })
+        .await?;
+    }
+    let mut unpacked: Vec<Layer> = Vec::new();
+    for (((d, _), desc), diff_id) in layers.iter().zip(&manifest.layers).zip(diff_ids) {
+        progress(Progress::Unpacking { digest: d.clone() });
+        let compression = Compression::of_media_type(&desc.media_type)?;
+        let (s, parents, blob) = (store.clone(), unpacked.clone(), d.clone());
+        let layer = tokio::task::spawn_blocking(move || s.unpack(&parents, &blob, compression, &diff_id))
+            .await
+            .map_err(|e| ImageError::Registry(format!("the unpacking task ended: {e}")))??;
+        unpacked.push(layer);
+    }
+    Ok(Pulled {
+        reference: reference.to_owned(),
+        digest,
+        config,
+        config_json,
+        layers: unpacked,
+        fetched,
+        size: layers.iter().map(|(_, s)| s).sum(),
+    })
+}
+
+/// Fetches blob `d` of `size` bytes into the store unless it is there; returns the bytes
+/// fetched.
+async fn fetch(
+    client: &Client,
+    r: &Reference,
+    reference: &str,
+    store: &Arc<Store>,
+    d: &Digest,
+    size: u64,
+    on_bytes: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, ImageError> {
+    if store.has_blob(d, size) {
+        return Ok(0);
+    }
+    store.reserve(size)?;
+    let desc = oci_client::manifest::OciDescriptor {
+        digest: d.to_string(),
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    let mut stream = client
+        .pull_blob_stream(r, &desc)
+        .await
+        .map_err(|e| registry_error(reference, e))?;
+    let mut w = store.blob_writer(d, size)?;
+    let mut done = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ImageError::Unreachable(format!("{reference}: blob {d}: the transfer broke off: {e}")))?;
+        w.write(&chunk)?;
+        done += chunk.len() as u64;
+        on_bytes(done);
+    }
+    tokio::task::spawn_blocking(move || w.commit())
+        .await
+        .map_err(|e| ImageError::Registry(format!("the commit task ended: {e}")))??;
+    Ok(done)
+}
+
+/// The config's `rootfs.diff_ids`.
+fn diff_ids(config: &[u8], reference: &str) -> Result<Vec<Digest>, ImageError> {
+    let c: oci_spec::image::ImageConfiguration = serde_json::from_slice(config)
+        .map_err(|e| ImageError::Registry(format!("{reference}: its config is not an OCI image config: {e}")))?;
+    c.rootfs().diff_ids().iter().map(|d| Digest::parse(d)).collect()
+}

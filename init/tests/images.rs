@@ -1,0 +1,424 @@
+//! Host tier: pulling images from a real OCI registry (Debian's `docker-registry`, the
+//! Docker distribution server) on 127.0.0.1, over plain HTTP (listed insecure), HTTPS with
+//! a test CA, and with basic auth. The images are built offline by `tests/images/build.sh`
+//! (umoci, static busybox, crafted layers) and pushed once with skopeo; each test starts
+//! its own registry on that storage. Needs root: unpacking mounts overlays.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use auraed::image::pull::{pull, Credentials, Progress, Registries};
+use auraed::image::store::Store;
+use auraed::image::ImageError;
+use auraed::pki;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (make deps installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A registry process on 127.0.0.1, killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    /// (certificate, key) files for HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// An htpasswd line.
+    htpasswd: Option<String>,
+}
+
+impl Registry {
+    fn start(storage: &Path, o: Options) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = &o.tls {
+            cfg += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        if let Some(line) = &o.htpasswd {
+            let f = dir.path().join("htpasswd");
+            std::fs::write(&f, format!("{line}\n")).unwrap();
+            cfg += &format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", f.display());
+        }
+        let cfg_file = dir.path().join("config.yml");
+        std::fs::write(&cfg_file, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (make deps installs it)");
+        let r = Registry { child, addr, _dir: dir };
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&r.addr).is_err() {
+            assert!(Instant::now() < until, "the registry did not listen on {}", r.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+}
+
+/// Registry storage holding the test images, pushed once per test binary.
+struct Fixture {
+    storage: PathBuf,
+    pki: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images-fixture");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let images = root.join("images");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/build.sh");
+        run(Command::new(script).arg(&images));
+        // A CA and a server certificate for 127.0.0.1, for the HTTPS registry.
+        let pki_dir = root.join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let ca = pki::mint_ca("registry.test").unwrap();
+        let server = pki::mint_leaf(
+            &ca,
+            &pki::spiffe_id("registry.test", "node/registry"),
+            "registry",
+            pki::LeafKind::Server {
+                dns: &["localhost".to_owned()],
+                ips: &["127.0.0.1".parse().unwrap()],
+            },
+            1,
+        )
+        .unwrap();
+        pki::write_pair(&pki_dir, "ca", &ca).unwrap();
+        pki::write_pair(&pki_dir, "server", &server).unwrap();
+        let storage = root.join("storage");
+        let r = Registry::start(&storage, Options::default());
+        for (tag, dest) in [
+            ("busybox", "test/busybox:1"),
+            ("busybox-zstd", "test/busybox:zstd"),
+            ("layered", "test/layered:1"),
+            ("malicious", "test/malicious:1"),
+        ] {
+            run(Command::new("skopeo").args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:{tag}", images.join("layout").display()),
+                &format!("docker://{}/{dest}", r.addr),
+            ]));
+        }
+        Fixture { storage, pki: pki_dir }
+    })
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("images"), 1 << 30).unwrap());
+    Node { _dir: dir, store }
+}
+
+fn insecure(r: &Registry) -> Registries {
+    Registries {
+        insecure: vec![r.addr.clone()],
+        ..Default::default()
+    }
+}
+
+async fn pull_quiet(
+    n: &Node,
+    reference: &str,
+    creds: Option<&Credentials>,
+    regs: &Registries,
+) -> Result<auraed::image::pull::Pulled, ImageError> {
+    pull(n.store.clone(), reference, creds, regs, &mut |_| {}).await
+}
+
+/// The layers stacked read-only, as a cell will see them; unmounted on drop.
+struct Merged(tempfile::TempDir);
+
+impl Merged {
+    fn of(layers: &[auraed::image::unpack::Layer]) -> Merged {
+        let at = tempfile::tempdir().unwrap();
+        let mut lower: Vec<String> = layers.iter().rev().map(|l| l.dir.display().to_string()).collect();
+        if lower.len() == 1 {
+            lower.push(lower[0].clone());
+        }
+        let opts = format!("lowerdir={}", lower.join(":"));
+        nix::mount::mount(
+            Some("overlay"),
+            at.path(),
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(opts.as_str()),
+        )
+        .unwrap();
+        Merged(at)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.0.path().join(p)
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn pull_from_an_insecure_registry_reports_progress_and_a_second_pull_fetches_nothing() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let n = node();
+    let reference = format!("{}/test/busybox:1", r.addr);
+    let mut seen = Vec::new();
+    let p = pull(n.store.clone(), &reference, None, &insecure(&r), &mut |e| seen.push(e))
+        .await
+        .unwrap();
+    assert_eq!(p.layers.len(), 1);
+    assert!(
+        p.fetched > p.size,
+        "layers and config fetched: {} of {}",
+        p.fetched,
+        p.size
+    );
+    let Some(Progress::Resolved { digest, layers }) = seen.first() else {
+        panic!("{seen:?}")
+    };
+    assert_eq!(digest, &p.digest);
+    let last_bytes = seen.iter().rev().find_map(|e| match e {
+        Progress::Layer {
+            done, total, cached, ..
+        } => Some((*done, *total, *cached)),
+        _ => None,
+    });
+    assert_eq!(last_bytes, Some((layers[0].1, layers[0].1, false)), "{seen:?}");
+    assert!(seen.iter().any(|e| matches!(e, Progress::Unpacking { .. })));
+    let root = &p.layers[0].dir;
+    assert!(root.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/os-release"))
+            .unwrap()
+            .lines()
+            .next(),
+        Some("ID=aurae-test")
+    );
+    let config: serde_json::Value = serde_json::from_slice(&p.config_json).unwrap();
+    assert_eq!(config["config"]["WorkingDir"], "/srv");
+
+    // Again: the manifest is checked, nothing else is fetched, the layers are shared.
+    let again = pull_quiet(&n, &reference, None, &insecure(&r)).await.unwrap();
+    assert_eq!((again.fetched, again.digest.clone()), (0, p.digest.clone()));
+    assert_eq!(again.layers, p.layers);
+}
+
+#[tokio::test]
+async fn whiteouts_opaque_directories_and_writes_through_symlinks_survive_the_registry() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let n = node();
+    let p = pull_quiet(&n, &format!("{}/test/layered:1", r.addr), None, &insecure(&r))
+        .await
+        .unwrap();
+    assert_eq!(p.layers.len(), 3);
+    let m = Merged::of(&p.layers);
+    assert!(!m.path("etc/os-release").exists(), "deleted by a whiteout");
+    assert!(m.path("etc/passwd").exists());
+    let cache: Vec<String> = std::fs::read_dir(m.path("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        cache,
+        ["new-entry"],
+        "an opaque directory keeps only its layer's entries"
+    );
+    assert!(std::fs::symlink_metadata(m.path("lib")).unwrap().is_symlink());
+    assert_eq!(
+        std::fs::read(m.path("usr/lib/b.so")).unwrap(),
+        b"b\n",
+        "written through lib -> /usr/lib"
+    );
+    assert_eq!(std::fs::read(m.path("usr/lib/a.so")).unwrap(), b"a\n");
+}
+
+#[tokio::test]
+async fn a_zstd_layer_is_pulled_and_unpacked() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let n = node();
+    let p = pull_quiet(&n, &format!("{}/test/busybox:zstd", r.addr), None, &insecure(&r))
+        .await
+        .unwrap();
+    assert!(p.layers[0].dir.join("bin/busybox").is_file());
+}
+
+#[tokio::test]
+async fn a_malicious_layer_is_refused_and_writes_nothing_outside() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let n = node();
+    let e = pull_quiet(&n, &format!("{}/test/malicious:1", r.addr), None, &insecure(&r))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains("'../escaped'"), "{e}");
+    assert!(!n.store.root().join("escaped").exists() && !n.store.root().join("../escaped").exists());
+    assert_eq!(std::fs::read_dir(n.store.root().join("tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn refusals_say_what_went_wrong_in_the_registrys_words() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let n = node();
+    let regs = insecure(&r);
+    let e = pull_quiet(&n, &format!("{}/test/busybox:nope", r.addr), None, &regs)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::NotFound(_)), "{e}");
+    eprintln!("{e}");
+    let e = pull_quiet(&n, &format!("{}/test/nothing:1", r.addr), None, &regs)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ImageError::NotFound(_)), "{e}");
+    eprintln!("{e}");
+    let e = pull_quiet(&n, "Not A Reference!", None, &regs).await.unwrap_err();
+    assert!(matches!(e, ImageError::BadReference(_)), "{e}");
+    let closed = format!("127.0.0.1:{}", free_port());
+    let e = pull_quiet(
+        &n,
+        &format!("{closed}/test/busybox:1"),
+        None,
+        &Registries {
+            insecure: vec![closed.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ImageError::Unreachable(_)), "{e}");
+    eprintln!("{e}");
+    // Not listed as insecure: HTTPS only, which a plain-HTTP registry does not speak.
+    let e = pull_quiet(&n, &format!("{}/test/busybox:1", r.addr), None, &Registries::default())
+        .await
+        .unwrap_err();
+    assert!(!matches!(e, ImageError::NotFound(_)), "{e}");
+    eprintln!("{e}");
+    assert_eq!(
+        std::fs::read_dir(n.store.root().join("blobs/sha256")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn https_registries_are_verified_against_the_cas_given() {
+    let f = fixture();
+    let tls = Some((f.pki.join("server.crt"), f.pki.join("server.key")));
+    let r = Registry::start(
+        &f.storage,
+        Options {
+            tls,
+            ..Default::default()
+        },
+    );
+    let n = node();
+    let reference = format!("{}/test/busybox:1", r.addr);
+    let e = pull_quiet(&n, &reference, None, &Registries::default())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().to_lowercase().contains("certificate"),
+        "an unknown CA: {e}"
+    );
+    eprintln!("{e}");
+    let regs = Registries {
+        ca_pem: vec![std::fs::read(f.pki.join("ca.crt")).unwrap()],
+        ..Default::default()
+    };
+    let p = pull_quiet(&n, &reference, None, &regs).await.unwrap();
+    assert!(p.layers[0].dir.join("bin/busybox").is_file());
+}
+
+#[tokio::test]
+async fn basic_auth_is_required_and_checked() {
+    let f = fixture();
+    let hash = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
+        .output()
+        .unwrap();
+    let line = format!("puller:{}", String::from_utf8(hash.stdout).unwrap().trim());
+    let r = Registry::start(
+        &f.storage,
+        Options {
+            htpasswd: Some(line),
+            ..Default::default()
+        },
+    );
+    let n = node();
+    let reference = format!("{}/test/busybox:1", r.addr);
+    let regs = insecure(&r);
+    let e = pull_quiet(&n, &reference, None, &regs).await.unwrap_err();
+    assert!(matches!(e, ImageError::Denied(_)), "anonymous: {e}");
+    let wrong = Credentials {
+        username: "puller".into(),
+        password: "wrong".into(),
+    };
+    let e = pull_quiet(&n, &reference, Some(&wrong), &regs).await.unwrap_err();
+    assert!(matches!(e, ImageError::Denied(_)), "wrong password: {e}");
+    eprintln!("{e}");
+    assert!(!e.to_string().contains("wrong"), "the password is never said: {e}");
+    let right = Credentials {
+        username: "puller".into(),
+        password: "s3cret".into(),
+    };
+    let p = pull_quiet(&n, &reference, Some(&right), &regs).await.unwrap();
+    assert!(p.layers[0].dir.join("bin/busybox").is_file());
+}
