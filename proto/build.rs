@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aurae/v0/runtime.proto",
         "aurae/v0/workloads.proto",
         "aurae/v0/node.proto",
+        "aurae/v0/images.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

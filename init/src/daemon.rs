@@ -23,6 +23,15 @@ pub struct DaemonArgs {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// The image store (blobs, unpacked layers, image records).
+    #[arg(long, default_value = IMAGE_STORE)]
+    pub image_store: PathBuf,
+    /// The image store's limit, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub image_store_mib: u64,
+    /// Registries: insecure ones, CA files, credentials (see README).
+    #[arg(long, default_value = REGISTRIES_FILE)]
+    pub registries: PathBuf,
     /// Set by Spawn's cell fallback: this auraed is a child instance in its own cell.
     #[arg(long, hide = true)]
     pub spawned_in_cell: bool,
@@ -62,7 +71,19 @@ pub fn run_pid1() -> ! {
     let files = TlsFiles::in_dir(std::path::Path::new(DEFAULT_PKI_DIR), "server");
     let (action, grace) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt
-            .block_on(serve_until_power_action(true, cfg.listen, files, report))
+            .block_on(serve_until_power_action(
+                true,
+                cfg.listen,
+                files,
+                report,
+                ImageOptions {
+                    store: IMAGE_STORE.into(),
+                    limit: cfg
+                        .images_max_bytes
+                        .unwrap_or_else(|| crate::node::mem_total_bytes() / 4),
+                    registries: REGISTRIES_FILE.into(),
+                },
+            ))
             .unwrap_or((PowerAction::PowerOff, Duration::from_secs(1))),
         Err(e) => {
             tracing::error!("cannot build the async runtime: {e}; powering off");
@@ -101,7 +122,12 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve_until_power_action(false, args.listen, files, report)) {
+    let images = ImageOptions {
+        store: args.image_store.clone(),
+        limit: args.image_store_mib << 20,
+        registries: args.registries.clone(),
+    };
+    match rt.block_on(serve_until_power_action(false, args.listen, files, report, images)) {
         Ok(_) => {
             tracing::info!("auraed stopped");
             std::process::ExitCode::SUCCESS
@@ -115,12 +141,31 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
 
 /// Serves until a power action (rpc, signal, power button) and returns it with the grace
 /// period for stopping workloads. Err only when serving was impossible.
+/// Where the node keeps images (under /var/lib/aurae, which no cell sees).
+pub const IMAGE_STORE: &str = "/var/lib/aurae/images";
+/// The registries file (admin-written, like the rest of /etc/aurae).
+pub const REGISTRIES_FILE: &str = "/etc/aurae/registries.toml";
+
+/// The image store and registries file a node serves images from.
+struct ImageOptions {
+    store: PathBuf,
+    limit: u64,
+    registries: PathBuf,
+}
+
 async fn serve_until_power_action(
     pid1: bool,
     listen: SocketAddr,
     files: TlsFiles,
     mut report: init::InitReport,
+    image_options: ImageOptions,
 ) -> Result<(PowerAction, Duration), server::ServerError> {
+    let images =
+        crate::image::catalog::Images::open(&image_options.store, image_options.limit, &image_options.registries)
+            .map(Arc::new);
+    if let Err(e) = &images {
+        report.fail("images", e.clone());
+    }
     if let Err(e) = init::reaper::spawn_reaper_task() {
         tracing::error!("cannot watch SIGCHLD: {e}");
         report.failures.push(init::InitFailure {
@@ -165,6 +210,7 @@ async fn serve_until_power_action(
     let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
     let mut ctx = NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth, identity);
     ctx.pki_dir = pki_dir;
+    ctx.images = images;
     let ctx = Arc::new(ctx);
 
     let mut chosen = None;

@@ -3,140 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{aer_as, free_port, mint, start, start_in, Daemon};
+
 use auraed::cli::Target;
 use auraed::pb;
 use auraed::pki;
-use auraed::pki::policy::{Policy, Role};
 use auraed::pki::tls::TlsFiles;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Daemon {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-    pki: std::path::PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn mint(dir: &Path, domain: &str) {
-    let ca = pki::mint_ca(domain).unwrap();
-    let dns = ["localhost".to_owned()];
-    let ips = ["127.0.0.1".parse().unwrap()];
-    let server = pki::mint_leaf(
-        &ca,
-        &pki::spiffe_id(domain, "node/test"),
-        "test",
-        pki::LeafKind::Server { dns: &dns, ips: &ips },
-        1,
-    )
-    .unwrap();
-    let client = pki::mint_leaf(
-        &ca,
-        &pki::spiffe_id(domain, "client/tester"),
-        "tester",
-        pki::LeafKind::Client,
-        1,
-    )
-    .unwrap();
-    pki::write_pair(dir, "ca", &ca).unwrap();
-    pki::write_pair(dir, "server", &server).unwrap();
-    pki::write_pair(dir, "client", &client).unwrap();
-    // Beside the admin: a reader, an operator, a client the policy does not name, and a
-    // certificate shaped like a spawned instance's SVID (signed by the same CA).
-    let mut policy = Policy::default();
-    policy.grant(&pki::spiffe_id(domain, "client/tester"), Role::Admin);
-    for (stem, path, role) in [
-        ("rita", "client/rita", Some(Role::Reader)),
-        ("otto", "client/otto", Some(Role::Operator)),
-        ("sam", "client/sam", None),
-        ("inst", "node/test/instance/c1", None),
-    ] {
-        let m = pki::mint_leaf(&ca, &pki::spiffe_id(domain, path), stem, pki::LeafKind::Client, 1).unwrap();
-        pki::write_pair(dir, stem, &m).unwrap();
-        if let Some(r) = role {
-            policy.grant(&pki::spiffe_id(domain, path), r);
-        }
-    }
-    std::fs::write(dir.join("policy.toml"), policy.render()).unwrap();
-}
-
-/// Starts a daemon on a port the kernel picks (`127.0.0.1:0`) and learns the address from
-/// its "serving ... on ADDR" log line. Picking a free port first and passing it would race
-/// with the other tests of this binary, which run in parallel: two daemons could be handed
-/// the same port, and a test would then talk to (or shut down) another test's daemon.
-fn start() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    mint(&pki_dir, "host.test");
-    start_in(dir, pki_dir)
-}
-
-fn start_in(dir: tempfile::TempDir, pki_dir: std::path::PathBuf) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_auraed"))
-        .args(["--listen", "127.0.0.1:0", "--pki-dir"])
-        .arg(&pki_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    // Passes the log on to the test's stderr, and the address to the test once.
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            if let Some(rest) = line.split(" on ").nth(1).filter(|_| line.contains("serving mTLS gRPC")) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            panic!("auraed did not log its serving address within 60 s: {:?}", child.wait());
-        }
-    };
-    Daemon {
-        child,
-        addr,
-        pki: pki_dir,
-        _dir: dir,
-    }
-}
-
-/// `aer ARGS` against daemon `d` as the client `{stem}.crt` of its PKI.
-fn aer_as(d: &Daemon, stem: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_auraed"))
-        .arg("aer")
-        .args(["--addr", &d.addr, "--server-name", "localhost"])
-        .arg("--ca")
-        .arg(d.pki.join("ca.crt"))
-        .arg("--cert")
-        .arg(d.pki.join(format!("{stem}.crt")))
-        .arg("--key")
-        .arg(d.pki.join(format!("{stem}.key")))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn client(d: &Daemon, stem: &str) -> Target {
     target(

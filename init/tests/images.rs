@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use auraed::image::pull::{pull, Credentials, Progress, Registries};
 use auraed::image::store::Store;
 use auraed::image::ImageError;
@@ -421,4 +423,100 @@ async fn basic_auth_is_required_and_checked() {
     };
     let p = pull_quiet(&n, &reference, Some(&right), &regs).await.unwrap();
     assert!(p.layers[0].dir.join("bin/busybox").is_file());
+}
+
+/// The whole path a user takes: `aer image pull` against a daemon whose registries file
+/// lists the registry as insecure, then `ls`, `status`, a second pull, `rm`; roles hold.
+#[test]
+fn aer_image_pull_ls_status_rm_through_the_api() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    common::mint(&pki_dir, "host.test");
+    std::fs::write(
+        dir.path().join("registries.toml"),
+        format!("insecure = [\"{}\"]\n", r.addr),
+    )
+    .unwrap();
+    let d = common::start_in(dir, pki_dir);
+    let aer = |args: &[&str]| common::aer_as(&d, "client", args);
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let reference = format!("{}/test/busybox:1", r.addr);
+    let o = aer(&["image", "pull", &reference]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("1 layers") && out.contains("layer 1/1") && out.contains("unpacking"),
+        "{out}"
+    );
+    assert!(out.contains("workdir    /srv") && out.contains("8080/tcp"), "{out}");
+
+    let o = aer(&["--json", "image", "ls"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["reference"], reference.as_str());
+    assert_eq!(v[0]["config"]["entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(
+        v[0]["config"]["env"],
+        serde_json::json!(["PATH=/bin", "GREETING=image"])
+    );
+
+    let o = aer(&["--json", "image", "pull", &reference]);
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["fetched_bytes"], 0, "a second pull fetches nothing");
+    assert_eq!(again["digest"], v[0]["digest"]);
+    let o = aer(&["--json", "image", "status", again["digest"].as_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "status by digest: {}", text(&o));
+
+    // A reader lists but may not pull or remove; a bad reference names itself.
+    let o = common::aer_as(&d, "rita", &["image", "ls"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = common::aer_as(&d, "rita", &["image", "pull", &reference]);
+    assert!(
+        text(&o).contains("permission denied") && text(&o).contains("Images/Pull"),
+        "{}",
+        text(&o)
+    );
+    let o = aer(&["image", "pull", "Not A Ref"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("InvalidArgument") && text(&o).contains("'Not A Ref'"),
+        "{}",
+        text(&o)
+    );
+    let o = aer(&["image", "pull", &format!("{}/test/busybox:nope", r.addr)]);
+    assert!(
+        text(&o).contains("NotFound") && text(&o).contains("manifest unknown"),
+        "{}",
+        text(&o)
+    );
+
+    let o = aer(&["image", "rm", &reference]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("freed"), "{}", text(&o));
+    let o = aer(&["--json", "image", "ls"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let store = d._dir.path().join("images");
+    assert_eq!(
+        std::fs::read_dir(store.join("blobs/sha256")).unwrap().count(),
+        0,
+        "blobs freed"
+    );
+    assert_eq!(
+        std::fs::read_dir(store.join("layers")).unwrap().count(),
+        0,
+        "layers freed"
+    );
+    let o = aer(&["image", "status", &reference]);
+    assert!(
+        text(&o).contains("NotFound") && text(&o).contains("aer image pull"),
+        "{}",
+        text(&o)
+    );
 }

@@ -7,6 +7,7 @@
 mod cell;
 pub mod config;
 mod exec;
+mod image;
 mod instance;
 mod node;
 mod print;
@@ -109,6 +110,9 @@ enum Command {
     /// Virtual machines run by auraed's VMM: run, ls, status, logs, stop, wait, free.
     #[command(subcommand)]
     Vm(vm::VmCmd),
+    /// OCI images on the node: pull, ls, status, rm.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
     /// Boot a copy of auraed in a microVM; reach it with `aer --instance NAME ...`.
     Spawn(instance::SpawnArgs),
     /// Spawned instances: ls, status, logs, stop, wait, free.
@@ -323,6 +327,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
         Command::Free { name } => workload::lifecycle(&target, exe, name, Op::Free, a.json).await,
         Command::Cell(c) => cell::cell(c, &target, a.json).await,
         Command::Vm(v) => vm::vm(v, &target, a.json).await,
+        Command::Image(i) => image::image(i, &target, a.json).await,
         Command::Spawn(s) => instance::spawn(s, &target, a.json).await,
         Command::Instance(i) => instance::instance(i, &target, a.json).await,
         Command::Health { service } => node::health(target.connect().await?, service, a.json).await,

@@ -345,6 +345,48 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
     }
 }
 
+pub(crate) fn image_json(i: &pb::ImageStatus) -> Value {
+    let c = i.config.clone().unwrap_or_default();
+    json!({
+        "reference": i.reference, "digest": i.digest, "size_bytes": i.size_bytes,
+        "layers": i.layers.iter().map(|l| json!({"digest": l.digest, "size_bytes": l.size_bytes})).collect::<Vec<_>>(),
+        "config": {
+            "entrypoint": c.entrypoint, "cmd": c.cmd, "env": c.env, "working_dir": c.working_dir,
+            "user": c.user, "exposed_ports": c.exposed_ports,
+        },
+        "pulled_unix_seconds": i.pulled_unix_seconds, "fetched_bytes": i.fetched_bytes,
+    })
+}
+
+pub(crate) fn print_image(i: &pb::ImageStatus, as_json: bool) {
+    if as_json {
+        println!("{}", image_json(i));
+        return;
+    }
+    let c = i.config.clone().unwrap_or_default();
+    println!("reference   {}", i.reference);
+    println!("digest      {}", i.digest);
+    println!(
+        "size        {:.1} MiB in {} layers (fetched {:.1} MiB by the last pull)",
+        i.size_bytes as f64 / 1048576.0,
+        i.layers.len(),
+        i.fetched_bytes as f64 / 1048576.0
+    );
+    for l in &i.layers {
+        println!("  layer     {} {:.1} MiB", l.digest, l.size_bytes as f64 / 1048576.0);
+    }
+    println!("entrypoint {:?}", c.entrypoint);
+    println!("cmd        {:?}", c.cmd);
+    println!("env        {}", c.env.join(" "));
+    println!("workdir    {}", c.working_dir);
+    if !c.user.is_empty() {
+        println!("user       {}", c.user);
+    }
+    if !c.exposed_ports.is_empty() {
+        println!("ports      {}", c.exposed_ports.join(" "));
+    }
+}
+
 pub(crate) fn done(json: bool, what: &str) {
     if json {
         println!("{}", json!({ "ok": true, "message": what }));

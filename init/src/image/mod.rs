@@ -9,6 +9,7 @@
 //!   layers below it (an absolute symlink `lib -> /usr/lib` in one layer decides where a
 //!   later `lib/x` lands). Every image with the same layers shares the directories.
 
+pub mod catalog;
 pub mod pull;
 pub mod store;
 pub mod unpack;

@@ -68,6 +68,8 @@ pub struct Pulled {
     pub config: Digest,
     pub config_json: Vec<u8>,
     pub layers: Vec<Layer>,
+    /// The layers' blobs (digest, compressed size), bottom first.
+    pub blobs: Vec<(Digest, u64)>,
     /// Bytes fetched from the registry this time (0 when everything was in the store).
     pub fetched: u64,
     /// Compressed size of the layers.
@@ -271,6 +273,7 @@ pub async fn pull(
         layers: unpacked,
         fetched,
         size: layers.iter().map(|(_, s)| s).sum(),
+        blobs: layers,
     })
 }
 

@@ -82,12 +82,7 @@ pub fn workload_ceilings(mem_total: u64, pid_max: u64, threads_max: u64) -> [(&'
 /// Writes `workload_ceilings` for this node into `dir` (the workloads root); errors say which
 /// file.
 pub fn apply_workload_ceilings(dir: &Path) -> Vec<String> {
-    let mem_total = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-    });
+    let mem_total = Some(crate::node::mem_total_bytes()).filter(|b| *b > 0);
     let sysctl = |name: &str| {
         fs::read_to_string(format!("/proc/sys/kernel/{name}"))
             .ok()

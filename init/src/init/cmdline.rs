@@ -11,6 +11,7 @@
 //! | `aurae.bridge=NAME` | bridge that child instances' TAPs attach to | `aurae0` |
 //! | `aurae.bridge_ip=A.B.C.D/N` | the bridge's address | `10.254.0.1/24` |
 //! | `aurae.max_workloads=N` | workloads the node keeps at once (1..=65536) | `4096` |
+//! | `aurae.images_mib=N` | the image store's limit, in MiB | a quarter of the RAM |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +33,8 @@ pub struct BootConfig {
     /// How many workloads (table entries: cells, private cells included, executables,
     /// VMs, instances) the node keeps at once.
     pub max_workloads: usize,
+    /// The image store's size limit (`aurae.images_mib`); None: a quarter of the RAM.
+    pub images_max_bytes: Option<u64>,
 }
 
 /// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
@@ -55,6 +58,7 @@ impl Default for BootConfig {
             },
             vmm: false,
             max_workloads: DEFAULT_MAX_WORKLOADS,
+            images_max_bytes: None,
         }
     }
 }
@@ -105,6 +109,13 @@ impl BootConfig {
                         Ok(())
                     }
                     _ => Err(not("a number of workloads, 1..=65536")),
+                },
+                "images_mib" => match val.parse::<u64>() {
+                    Ok(n) if n > 0 => {
+                        cfg.images_max_bytes = Some(n << 20);
+                        Ok(())
+                    }
+                    _ => Err(not("a size in MiB above 0")),
                 },
                 "vmm" => match val {
                     "0" | "1" => {

@@ -17,6 +17,18 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// The node's RAM (MemTotal), 0 when unknown.
+pub fn mem_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// auraed's resident set size in bytes (VmRSS from /proc/self/status).
 pub fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

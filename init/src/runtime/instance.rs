@@ -449,6 +449,11 @@ impl Runtime {
             "--pki-dir".into(),
             pki_dir.to_string_lossy().into_owned(),
             "--spawned-in-cell".into(),
+            // Its own root hides /var/lib/aurae; its own /run (64 MiB) holds its images.
+            "--image-store".into(),
+            "/run/aurae/images".into(),
+            "--image-store-mib".into(),
+            "32".into(),
             "--bridge-ip".into(),
             net.bridge.to_string(),
         ];

@@ -41,6 +41,10 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Workloads/Logs", Role::Reader),
     ("/aurae.v0.Workloads/Freeze", Role::Operator),
     ("/aurae.v0.Workloads/Thaw", Role::Operator),
+    ("/aurae.v0.Images/Pull", Role::Operator),
+    ("/aurae.v0.Images/List", Role::Reader),
+    ("/aurae.v0.Images/Status", Role::Reader),
+    ("/aurae.v0.Images/Remove", Role::Operator),
     ("/grpc.health.v1.Health/Check", Role::Reader),
     ("/grpc.health.v1.Health/Watch", Role::Reader),
     (

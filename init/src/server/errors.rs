@@ -50,6 +50,26 @@ fn runtime_code(e: &RuntimeError) -> Code {
     }
 }
 
+fn image_code(e: &crate::image::ImageError) -> Code {
+    use crate::image::ImageError as E;
+    match e {
+        E::BadDigest(_) | E::BadReference(_) => Code::InvalidArgument,
+        E::NotFound(_) => Code::NotFound,
+        E::Denied(_) => Code::PermissionDenied,
+        E::Unreachable(_) => Code::Unavailable,
+        E::Full { .. } => Code::ResourceExhausted,
+        // The registry sent what it promised not to, or a layer breaks the rules.
+        E::Mismatch { .. } | E::Refused { .. } | E::Registry(_) => Code::FailedPrecondition,
+        E::Io { source, .. } => io_code(source),
+    }
+}
+
+impl From<crate::image::ImageError> for Status {
+    fn from(e: crate::image::ImageError) -> Status {
+        Status::new(image_code(&e), e.to_string())
+    }
+}
+
 impl From<RuntimeError> for Status {
     fn from(e: RuntimeError) -> Status {
         Status::new(runtime_code(&e), e.to_string())

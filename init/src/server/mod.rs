@@ -6,6 +6,7 @@ pub mod convert;
 pub mod deadline;
 pub mod errors;
 pub mod forward;
+pub mod images_api;
 pub mod listen;
 pub mod node_api;
 pub mod runtime_api;
@@ -47,6 +48,8 @@ pub struct NodeContext {
     pub identity: Option<Arc<crate::pki::tls::LiveIdentity>>,
     /// Where the node's certificates live (renewal rewrites them there).
     pub pki_dir: Option<std::path::PathBuf>,
+    /// The node's images, or why there are none (the store could not be opened).
+    pub images: Result<Arc<crate::image::catalog::Images>, String>,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -72,6 +75,7 @@ impl NodeContext {
             auth: Arc::new(auth),
             identity,
             pki_dir: None,
+            images: Err("no image store configured".into()),
             pid1,
             report,
             spiffe_id,
@@ -217,6 +221,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<pb::node_server::NodeServer<node_api::NodeApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::images_server::ImagesServer<images_api::ImagesApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(aurae_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -257,6 +264,9 @@ pub async fn serve(
                 rt: ctx.runtime.clone(),
             },
         ))
+        .add_service(pb::images_server::ImagesServer::new(images_api::ImagesApi {
+            images: ctx.images.clone(),
+        }))
         .serve_with_incoming_shutdown(listen::incoming(listener, acceptor), shutdown)
         .await?;
     Ok(())

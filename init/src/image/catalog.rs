@@ -1,0 +1,250 @@
+//! The node's images: which references it has pulled (`refs/`, one JSON record each) over
+//! the store's blobs and layers, the registries file, and removal with the collection of
+//! what no image uses any more.
+
+use super::pull::{self, Credentials, Progress, Pulled, Registries};
+use super::store::Store;
+use super::{Digest, ImageError};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An image the node has: what `Status` and `List` show, and what a cell's root needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// The reference as pulled, in full (`docker.io/library/busybox:latest`).
+    pub reference: String,
+    pub digest: String,
+    pub config: String,
+    /// Per layer, bottom first: blob digest, compressed size, chain ID.
+    pub layers: Vec<(String, u64, String)>,
+    pub pulled_unix_seconds: u64,
+    pub fetched_bytes: u64,
+}
+
+impl Record {
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|(_, s, _)| s).sum()
+    }
+}
+
+/// How the node reaches registries: `/etc/aurae/registries.toml` (admin-written).
+///
+/// ```toml
+/// insecure = ["10.0.2.2:5000"]          # plain HTTP, only these
+/// ca_files = ["/etc/aurae/registry-ca.crt"]
+/// [credentials."registry.example:5000"]
+/// username = "puller"
+/// password = "..."
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistriesFile {
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub credentials: HashMap<String, FileCredentials>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for FileCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileCredentials({}, <password>)", self.username)
+    }
+}
+
+/// Trust bundles a node may have, the first found is used.
+const TRUST_BUNDLES: &[&str] = &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
+
+pub struct Images {
+    store: Arc<Store>,
+    registries: Registries,
+    credentials: HashMap<String, Credentials>,
+    /// Pulls share; a removal (which collects unused blobs) is alone.
+    gate: tokio::sync::RwLock<()>,
+}
+
+impl Images {
+    /// The store at `root` (at most `limit` bytes) with the registries file at
+    /// `registries` (absent: no insecure registries, no credentials).
+    pub fn open(root: &Path, limit: u64, registries: &Path) -> Result<Images, String> {
+        let store = Store::open(root, limit).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(root.join("refs")).map_err(|e| format!("{}: {e}", root.join("refs").display()))?;
+        let file: RegistriesFile = match std::fs::read_to_string(registries) {
+            Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", registries.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistriesFile::default(),
+            Err(e) => return Err(format!("{}: {e}", registries.display())),
+        };
+        let mut ca_pem = Vec::new();
+        if let Some(bundle) = TRUST_BUNDLES.iter().find_map(|b| std::fs::read(b).ok()) {
+            ca_pem.push(bundle);
+        }
+        for f in &file.ca_files {
+            ca_pem.push(
+                std::fs::read(f).map_err(|e| format!("{}: ca_files: {}: {e}", registries.display(), f.display()))?,
+            );
+        }
+        let credentials = file
+            .credentials
+            .into_iter()
+            .map(|(host, c)| {
+                (
+                    host,
+                    Credentials {
+                        username: c.username,
+                        password: c.password,
+                    },
+                )
+            })
+            .collect();
+        Ok(Images {
+            store: Arc::new(store),
+            registries: Registries {
+                insecure: file.insecure,
+                ca_pem,
+            },
+            credentials,
+            gate: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn refs(&self) -> PathBuf {
+        self.store.root().join("refs")
+    }
+
+    fn record_path(&self, reference: &str) -> PathBuf {
+        self.refs().join(Digest::of(reference.as_bytes()).hex())
+    }
+
+    /// Pulls `reference` (credentials from the request, else the registries file) and
+    /// records it.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<Credentials>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Record, ImageError> {
+        let r = pull::parse_reference(reference)?;
+        let full = r.whole();
+        let creds = credentials.or_else(|| self.credentials.get(r.resolve_registry()).cloned());
+        let _shared = self.gate.read().await;
+        let p: Pulled = pull::pull(self.store.clone(), &full, creds.as_ref(), &self.registries, progress).await?;
+        let record = Record {
+            reference: full,
+            digest: p.digest.to_string(),
+            config: p.config.to_string(),
+            layers: p
+                .layers
+                .iter()
+                .zip(&p.blobs)
+                .map(|(l, (d, size))| (d.to_string(), *size, l.chain_id.to_string()))
+                .collect(),
+            pulled_unix_seconds: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            fetched_bytes: p.fetched,
+        };
+        let path = self.record_path(&record.reference);
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| ImageError::Registry(e.to_string()))?;
+        let tmp = self.store.tmp_name("ref");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(ImageError::io("record the image", &path))?;
+        Ok(record)
+    }
+
+    /// Every image the node has, by reference.
+    pub fn list(&self) -> Vec<Record> {
+        let mut v: Vec<Record> = std::fs::read_dir(self.refs())
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice(&b).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a: &Record, b: &Record| a.reference.cmp(&b.reference));
+        v
+    }
+
+    /// The image `reference` names (as pulled, in short or full form, or by digest).
+    pub fn get(&self, reference: &str) -> Result<Record, ImageError> {
+        let all = self.list();
+        let full = pull::parse_reference(reference).map(|r| r.whole()).ok();
+        all.iter()
+            .find(|r| Some(&r.reference) == full.as_ref() || r.reference == reference || r.digest == reference)
+            .cloned()
+            .ok_or_else(|| {
+                ImageError::NotFound(format!(
+                    "no image '{reference}' on this node; pull it first (aer image pull {reference})"
+                ))
+            })
+    }
+
+    /// The image's config JSON (from the store).
+    pub fn config_json(&self, r: &Record) -> Result<Vec<u8>, ImageError> {
+        let d = Digest::parse(&r.config)?;
+        std::fs::read(self.store.blob_path(&d))
+            .map_err(ImageError::io("read the image's config", self.store.blob_path(&d)))
+    }
+
+    /// Forgets `reference` and frees what no other image uses; returns the bytes freed.
+    pub async fn remove(&self, reference: &str) -> Result<u64, ImageError> {
+        let _alone = self.gate.write().await;
+        let r = self.get(reference)?;
+        let before = self.store.used();
+        let path = self.record_path(&r.reference);
+        std::fs::remove_file(&path).map_err(ImageError::io("forget the image", &path))?;
+        let store = self.store.clone();
+        let kept = self.list();
+        tokio::task::spawn_blocking(move || collect(&store, &kept))
+            .await
+            .map_err(|e| ImageError::Registry(format!("the collecting task ended: {e}")))?;
+        Ok(before.saturating_sub(self.store.used()))
+    }
+}
+
+/// Removes the blobs and layers none of `kept` uses.
+fn collect(store: &Store, kept: &[Record]) {
+    let mut blobs: HashSet<String> = HashSet::new();
+    let mut chains: HashSet<String> = HashSet::new();
+    for r in kept {
+        blobs.insert(r.config.clone());
+        for (d, _, c) in &r.layers {
+            blobs.insert(d.clone());
+            chains.insert(c.clone());
+        }
+    }
+    let hex = |s: &String| s.strip_prefix("sha256:").unwrap_or(s).to_owned();
+    let blobs: HashSet<String> = blobs.iter().map(hex).collect();
+    let chains: HashSet<String> = chains.iter().map(hex).collect();
+    let sweep = |dir: PathBuf, keep: &HashSet<String>, is_dir: bool| {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                let _ = if is_dir {
+                    std::fs::remove_dir_all(e.path())
+                } else {
+                    std::fs::remove_file(e.path())
+                };
+            }
+        }
+    };
+    sweep(store.root().join("blobs/sha256"), &blobs, false);
+    sweep(store.root().join("layers"), &chains, true);
+}

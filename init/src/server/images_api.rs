@@ -1,0 +1,155 @@
+//! The `Images` service: pull (streaming progress), list, status, remove.
+
+use crate::image::catalog::{Images, Record};
+use crate::image::pull::{Credentials, Progress};
+use crate::pb::{self, images_server};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct ImagesApi {
+    pub images: Result<Arc<Images>, String>,
+}
+
+impl ImagesApi {
+    fn images(&self) -> Result<&Arc<Images>, Status> {
+        self.images
+            .as_ref()
+            .map_err(|why| Status::failed_precondition(format!("this node has no image store: {why}")))
+    }
+}
+
+/// Bytes between two progress messages of one layer (the first and the last always go).
+const PROGRESS_STEP: u64 = 256 * 1024;
+
+fn progress_pb(p: Progress) -> pb::PullProgress {
+    use pb::pull_progress::Event;
+    let event = match p {
+        Progress::Resolved { digest, layers } => Event::Resolved(pb::PullResolved {
+            digest: digest.to_string(),
+            total_bytes: layers.iter().map(|(_, s)| s).sum(),
+            layers: layers
+                .into_iter()
+                .map(|(d, s)| pb::LayerInfo {
+                    digest: d.to_string(),
+                    size_bytes: s,
+                })
+                .collect(),
+        }),
+        Progress::Layer {
+            digest,
+            done,
+            total,
+            cached,
+        } => Event::Layer(pb::LayerProgress {
+            digest: digest.to_string(),
+            done_bytes: done,
+            total_bytes: total,
+            cached,
+        }),
+        Progress::Unpacking { digest } => Event::Unpacking(digest.to_string()),
+    };
+    pb::PullProgress { event: Some(event) }
+}
+
+/// An image as the API shows it; its config read from the store.
+pub fn image_status(images: &Images, r: &Record) -> pb::ImageStatus {
+    let config = images
+        .config_json(r)
+        .ok()
+        .and_then(|j| serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&j).ok())
+        .and_then(|c| c.config().clone())
+        .map(|c| pb::ImageConfig {
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+            user: c.user().clone().unwrap_or_default(),
+            exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
+        });
+    pb::ImageStatus {
+        reference: r.reference.clone(),
+        digest: r.digest.clone(),
+        size_bytes: r.size(),
+        layers: r
+            .layers
+            .iter()
+            .map(|(d, s, _)| pb::LayerInfo {
+                digest: d.clone(),
+                size_bytes: *s,
+            })
+            .collect(),
+        config,
+        pulled_unix_seconds: r.pulled_unix_seconds,
+        fetched_bytes: r.fetched_bytes,
+    }
+}
+
+type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl images_server::Images for ImagesApi {
+    type PullStream = PullStream;
+
+    async fn pull(&self, r: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
+        let images = self.images()?.clone();
+        let req = r.into_inner();
+        if req.reference.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reference: empty; name an image as REGISTRY/NAME:TAG",
+            ));
+        }
+        let credentials = req.credentials.map(|c| Credentials {
+            username: c.username,
+            password: c.password,
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // The pull finishes in a task of its own: a client that goes away leaves the store
+        // whole (blobs are committed verified or not at all) and the image recorded.
+        tokio::spawn(async move {
+            let events = tx.clone();
+            let mut last: std::collections::HashMap<String, u64> = Default::default();
+            let mut progress = move |p: Progress| {
+                if let Progress::Layer {
+                    digest, done, total, ..
+                } = &p
+                {
+                    let sent = last.entry(digest.to_string()).or_insert(0);
+                    if *done != *total && *done > 0 && done.saturating_sub(*sent) < PROGRESS_STEP {
+                        return;
+                    }
+                    *sent = *done;
+                }
+                let _ = events.try_send(Ok(progress_pb(p)));
+            };
+            let done = match images.pull(&req.reference, credentials, &mut progress).await {
+                Ok(record) => Ok(pb::PullProgress {
+                    event: Some(pb::pull_progress::Event::Done(image_status(&images, &record))),
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.send(done).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list(&self, _: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let images = self.images()?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: images.list().iter().map(|r| image_status(images, r)).collect(),
+        }))
+    }
+
+    async fn status(&self, r: Request<pb::ImageRef>) -> Result<Response<pb::ImageStatus>, Status> {
+        let images = self.images()?;
+        let record = images.get(&r.into_inner().reference)?;
+        Ok(Response::new(image_status(images, &record)))
+    }
+
+    async fn remove(&self, r: Request<pb::ImageRef>) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let images = self.images()?;
+        let freed = images.remove(&r.into_inner().reference).await?;
+        Ok(Response::new(pb::RemoveImageResponse { freed_bytes: freed }))
+    }
+}
