@@ -16,6 +16,10 @@ mkdir -p "$out"
 mk() { "$B/bin/auraed" mkcpio --base "$B" "$1" "$2"; }
 z() { zstd -q -19 -T1 --no-check -f "$1" -o "$1.zst" && rm -f "$1"; }
 
+# The node's trust bundle (HTTPS registries; Debian's ca-certificates on the build host).
+bundle=/etc/ssl/certs/ca-certificates.crt
+[ -s "$bundle" ] || { echo "rootfs: $bundle missing (apt-get install ca-certificates)" >&2; exit 1; }
+cp "$bundle" "$B/ca-certificates.crt"
 mk "$here/base.spec" "$out/base.cpio" && z "$out/base.cpio"
 
 # The pki layer from a PKI directory SRC (relative to BUILD_DIR) into LAYER.cpio.zst.

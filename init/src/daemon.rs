@@ -82,6 +82,7 @@ pub fn run_pid1() -> ! {
                         .images_max_bytes
                         .unwrap_or_else(|| crate::node::mem_total_bytes() / 4),
                     registries: REGISTRIES_FILE.into(),
+                    insecure: cfg.insecure_registries.clone(),
                 },
             ))
             .unwrap_or((PowerAction::PowerOff, Duration::from_secs(1))),
@@ -126,6 +127,7 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
         store: args.image_store.clone(),
         limit: args.image_store_mib << 20,
         registries: args.registries.clone(),
+        insecure: Vec::new(),
     };
     match rt.block_on(serve_until_power_action(false, args.listen, files, report, images)) {
         Ok(_) => {
@@ -151,6 +153,8 @@ struct ImageOptions {
     store: PathBuf,
     limit: u64,
     registries: PathBuf,
+    /// Insecure registries from the kernel command line, besides the file's.
+    insecure: Vec<String>,
 }
 
 async fn serve_until_power_action(
@@ -160,9 +164,13 @@ async fn serve_until_power_action(
     mut report: init::InitReport,
     image_options: ImageOptions,
 ) -> Result<(PowerAction, Duration), server::ServerError> {
-    let images =
-        crate::image::catalog::Images::open(&image_options.store, image_options.limit, &image_options.registries)
-            .map(Arc::new);
+    let images = crate::image::catalog::Images::open(
+        &image_options.store,
+        image_options.limit,
+        &image_options.registries,
+        &image_options.insecure,
+    )
+    .map(Arc::new);
     if let Err(e) = &images {
         report.fail("images", e.clone());
     }

@@ -258,6 +258,7 @@ pub struct Client {
     pub runtime: auraed::pb::runtime_client::RuntimeClient<auraed::cli::Conn>,
     pub workloads: auraed::pb::workloads_client::WorkloadsClient<auraed::cli::Conn>,
     pub node: auraed::pb::node_client::NodeClient<auraed::cli::Conn>,
+    pub images: auraed::pb::images_client::ImagesClient<auraed::cli::Conn>,
 }
 
 use auraed::pb;
@@ -336,6 +337,7 @@ impl Client {
         Client {
             runtime: pb::runtime_client::RuntimeClient::new(ch.clone()),
             workloads: pb::workloads_client::WorkloadsClient::new(ch.clone()),
+            images: pb::images_client::ImagesClient::new(ch.clone()),
             node: pb::node_client::NodeClient::new(ch),
         }
     }

@@ -61,9 +61,6 @@ impl std::fmt::Debug for FileCredentials {
     }
 }
 
-/// Trust bundles a node may have, the first found is used.
-const TRUST_BUNDLES: &[&str] = &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"];
-
 pub struct Images {
     store: Arc<Store>,
     registries: Registries,
@@ -75,7 +72,7 @@ pub struct Images {
 impl Images {
     /// The store at `root` (at most `limit` bytes) with the registries file at
     /// `registries` (absent: no insecure registries, no credentials).
-    pub fn open(root: &Path, limit: u64, registries: &Path) -> Result<Images, String> {
+    pub fn open(root: &Path, limit: u64, registries: &Path, insecure: &[String]) -> Result<Images, String> {
         let store = Store::open(root, limit).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(root.join("refs")).map_err(|e| format!("{}: {e}", root.join("refs").display()))?;
         let file: RegistriesFile = match std::fs::read_to_string(registries) {
@@ -84,7 +81,8 @@ impl Images {
             Err(e) => return Err(format!("{}: {e}", registries.display())),
         };
         let mut ca_pem = Vec::new();
-        if let Some(bundle) = TRUST_BUNDLES.iter().find_map(|b| std::fs::read(b).ok()) {
+        // The node's trust bundle: the first found.
+        if let Some(bundle) = pull::SYSTEM_ROOTS.iter().find_map(|b| std::fs::read(b).ok()) {
             ca_pem.push(bundle);
         }
         for f in &file.ca_files {
@@ -108,7 +106,7 @@ impl Images {
         Ok(Images {
             store: Arc::new(store),
             registries: Registries {
-                insecure: file.insecure,
+                insecure: file.insecure.into_iter().chain(insecure.iter().cloned()).collect(),
                 ca_pem,
             },
             credentials,

@@ -88,10 +88,34 @@ pub fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
     })
 }
 
+/// Where rustls-native-certs (under reqwest) looks for the system's CA certificates.
+pub(crate) const SYSTEM_ROOTS: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// oci-client builds a default reqwest client next to the configured one, and that
+/// panics when the system has no CA certificates at all: refused here with the reason.
+fn system_roots_present() -> bool {
+    let nonempty = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    std::env::var_os("SSL_CERT_FILE").is_some_and(|f| nonempty(std::path::Path::new(&f)))
+        || SYSTEM_ROOTS.iter().any(|p| nonempty(std::path::Path::new(p)))
+}
+
 fn client(regs: &Registries) -> Result<Client, ImageError> {
+    if !system_roots_present() {
+        return Err(ImageError::Registry(format!(
+            "this node has no CA certificates ({}): the registry client needs a system trust bundle (the appliance's base layer has one; on a host, install ca-certificates)",
+            SYSTEM_ROOTS[0]
+        )));
+    }
     // reqwest is built without a crypto provider: the process-wide one is ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut certs: Vec<Certificate> = regs
+    // Only these roots when given (the node's bundle and the listed CA files); else the
+    // system's.
+    let certs: Vec<Certificate> = regs
         .ca_pem
         .iter()
         .map(|pem| Certificate {
@@ -99,17 +123,6 @@ fn client(regs: &Registries) -> Result<Client, ImageError> {
             data: pem.clone(),
         })
         .collect();
-    if certs.is_empty() {
-        // Given no roots, the client would look for the system's and panic when there are
-        // none (as in an initramfs). A CA nobody holds the key of verifies nothing.
-        certs.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data: crate::pki::mint_ca("unused.invalid")
-                .map_err(|e| ImageError::Registry(format!("a placeholder CA: {e}")))?
-                .cert_pem
-                .into_bytes(),
-        });
-    }
     let config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(regs.insecure.clone()),
         tls_certs_only: certs,

@@ -12,6 +12,7 @@
 //! | `aurae.bridge_ip=A.B.C.D/N` | the bridge's address | `10.254.0.1/24` |
 //! | `aurae.max_workloads=N` | workloads the node keeps at once (1..=65536) | `4096` |
 //! | `aurae.images_mib=N` | the image store's limit, in MiB | a quarter of the RAM |
+//! | `aurae.insecure_registries=H:P,...` | registries pulled from over plain HTTP | none |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,6 +36,9 @@ pub struct BootConfig {
     pub max_workloads: usize,
     /// The image store's size limit (`aurae.images_mib`); None: a quarter of the RAM.
     pub images_max_bytes: Option<u64>,
+    /// Registries reached over plain HTTP (`aurae.insecure_registries=HOST:PORT,...`),
+    /// besides those of the registries file.
+    pub insecure_registries: Vec<String>,
 }
 
 /// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
@@ -59,6 +63,7 @@ impl Default for BootConfig {
             vmm: false,
             max_workloads: DEFAULT_MAX_WORKLOADS,
             images_max_bytes: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -110,6 +115,18 @@ impl BootConfig {
                     }
                     _ => Err(not("a number of workloads, 1..=65536")),
                 },
+                "insecure_registries" => {
+                    let hosts: Vec<String> = val.split(',').map(str::to_owned).collect();
+                    let valid = |h: &String| {
+                        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                    };
+                    if hosts.iter().all(valid) {
+                        cfg.insecure_registries = hosts;
+                        Ok(())
+                    } else {
+                        Err(not("HOST[:PORT] names, comma-separated"))
+                    }
+                }
                 "images_mib" => match val.parse::<u64>() {
                     Ok(n) if n > 0 => {
                         cfg.images_max_bytes = Some(n << 20);
@@ -158,7 +175,8 @@ mod tests {
     fn parses_every_parameter() {
         let (cfg, w) = BootConfig::parse(
             "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
-             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40",
+             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40 \
+             aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(cfg.log_level, Level::DEBUG);
@@ -176,6 +194,8 @@ mod tests {
         assert_eq!(cfg.bridge, "br9");
         assert_eq!(cfg.bridge_ip.to_string(), "10.9.0.1/16");
         assert_eq!(cfg.max_workloads, 40);
+        assert_eq!(cfg.images_max_bytes, Some(256 << 20));
+        assert_eq!(cfg.insecure_registries, ["10.0.2.100:5000", "reg.local"]);
         for bad in ["0", "65537", "x"] {
             let (cfg, w) = BootConfig::parse(&format!("aurae.max_workloads={bad}"));
             assert_eq!(cfg.max_workloads, DEFAULT_MAX_WORKLOADS);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod registry;
+
 use auraed::pki;
 use auraed::pki::policy::{Policy, Role};
 use std::path::Path;

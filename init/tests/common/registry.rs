@@ -1,0 +1,145 @@
+//! A real OCI registry for tests (Debian's `docker-registry`) on 127.0.0.1, holding the
+//! test images of `tests/images/build.sh`, pushed once per test binary with skopeo. Shared
+//! by the host tier (`init/tests/images.rs`) and the appliance tier (`tests/tests/images.rs`,
+//! through a forwarding rule of QEMU's user network).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use auraed::pki;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (make deps installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A registry process on 127.0.0.1, killed on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+pub struct Options {
+    /// (certificate, key) files for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// An htpasswd line.
+    pub htpasswd: Option<String>,
+}
+
+impl Registry {
+    pub fn start(storage: &Path, o: Options) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = &o.tls {
+            cfg += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        if let Some(line) = &o.htpasswd {
+            let f = dir.path().join("htpasswd");
+            std::fs::write(&f, format!("{line}\n")).unwrap();
+            cfg += &format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", f.display());
+        }
+        let cfg_file = dir.path().join("config.yml");
+        std::fs::write(&cfg_file, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (make deps installs it)");
+        let r = Registry { child, addr, _dir: dir };
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&r.addr).is_err() {
+            assert!(Instant::now() < until, "the registry did not listen on {}", r.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+}
+
+/// Registry storage holding the test images, pushed once per test binary.
+pub struct Fixture {
+    pub storage: PathBuf,
+    pub pki: PathBuf,
+}
+
+pub fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images-fixture");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let images = root.join("images");
+        // Both test crates sit one level below the workspace.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/build.sh");
+        run(Command::new(script).arg(&images));
+        // A CA and a server certificate for 127.0.0.1, for the HTTPS registry.
+        let pki_dir = root.join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let ca = pki::mint_ca("registry.test").unwrap();
+        let server = pki::mint_leaf(
+            &ca,
+            &pki::spiffe_id("registry.test", "node/registry"),
+            "registry",
+            pki::LeafKind::Server {
+                dns: &["localhost".to_owned()],
+                ips: &["127.0.0.1".parse().unwrap()],
+            },
+            1,
+        )
+        .unwrap();
+        pki::write_pair(&pki_dir, "ca", &ca).unwrap();
+        pki::write_pair(&pki_dir, "server", &server).unwrap();
+        let storage = root.join("storage");
+        let r = Registry::start(&storage, Options::default());
+        for (tag, dest) in [
+            ("busybox", "test/busybox:1"),
+            ("busybox-zstd", "test/busybox:zstd"),
+            ("layered", "test/layered:1"),
+            ("malicious", "test/malicious:1"),
+        ] {
+            run(Command::new("skopeo").args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:{tag}", images.join("layout").display()),
+                &format!("docker://{}/{dest}", r.addr),
+            ]));
+        }
+        Fixture { storage, pki: pki_dir }
+    })
+}
