@@ -50,19 +50,7 @@ struct Merged(tempfile::TempDir);
 impl Merged {
     fn of(layers: &[auraed::image::unpack::Layer]) -> Merged {
         let at = tempfile::tempdir().unwrap();
-        let mut lower: Vec<String> = layers.iter().rev().map(|l| l.dir.display().to_string()).collect();
-        if lower.len() == 1 {
-            lower.push(lower[0].clone());
-        }
-        let opts = format!("lowerdir={}", lower.join(":"));
-        nix::mount::mount(
-            Some("overlay"),
-            at.path(),
-            Some("overlay"),
-            nix::mount::MsFlags::MS_RDONLY,
-            Some(opts.as_str()),
-        )
-        .unwrap();
+        auraed::image::unpack::mount_overlay(layers, None, at.path()).unwrap();
         Merged(at)
     }
 

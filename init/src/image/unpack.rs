@@ -103,7 +103,7 @@ impl Store {
         let root = if parents.is_empty() {
             fs.clone()
         } else {
-            mount_overlay(parents, &fs, &scratch, &mnt)?;
+            mount_overlay(parents, Some((&fs, &scratch)), &mnt)?;
             mnt.clone()
         };
         let file =
@@ -190,35 +190,43 @@ fn refused(layer: &Digest, entry: &str, why: impl std::fmt::Display) -> ImageErr
     }
 }
 
-fn mount_overlay(parents: &[Layer], upper: &Path, work: &Path, at: &Path) -> Result<(), ImageError> {
-    let lower: Vec<String> = parents
+/// Mounts `layers` (bottom first) as an overlay at `at`: with `upper` (its upper and work
+/// directories) writable, else read-only (a single layer is then stacked on itself, as an
+/// overlay without an upper one needs two). nosuid, nodev, noexec: for unpacking and
+/// reading; a cell's root adds exec.
+pub fn mount_overlay(layers: &[Layer], upper: Option<(&Path, &Path)>, at: &Path) -> Result<(), ImageError> {
+    use nix::mount::MsFlags;
+    let mut lower: Vec<String> = layers
         .iter()
         .rev()
         .map(|l| l.dir.to_string_lossy().into_owned())
         .collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        upper.display(),
-        work.display()
-    );
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let opts = match upper {
+        Some((upper, work)) => format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        ),
+        None => {
+            if lower.len() == 1 {
+                lower.push(lower[0].clone());
+            }
+            flags |= MsFlags::MS_RDONLY;
+            format!("lowerdir={}", lower.join(":"))
+        }
+    };
     if opts.len() >= 4096 {
         return Err(ImageError::io("mount a layer's overlay", at)(std::io::Error::other(
             format!(
                 "{} layers make the overlay's options longer than a page; the store's path is too long for this image",
-                parents.len()
+                layers.len()
             ),
         )));
     }
-    use nix::mount::MsFlags;
-    nix::mount::mount(
-        Some("overlay"),
-        at,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(opts.as_str()),
-    )
-    .map_err(|e| ImageError::io("mount a layer's overlay", at)(e.into()))
+    nix::mount::mount(Some("overlay"), at, Some("overlay"), flags, Some(opts.as_str()))
+        .map_err(|e| ImageError::io("mount a layer's overlay", at)(e.into()))
 }
 
 fn open_root(p: &Path) -> Result<OwnedFd, ImageError> {
@@ -725,21 +733,7 @@ mod tests {
     impl Merged {
         fn of(layers: &[Layer]) -> Merged {
             let at = tempfile::tempdir().unwrap();
-            let lower: Vec<String> = layers.iter().rev().map(|l| l.dir.display().to_string()).collect();
-            let opts = if lower.len() == 1 {
-                // An overlay needs two lower layers without an upper one.
-                format!("lowerdir={}:{}", lower[0], lower[0])
-            } else {
-                format!("lowerdir={}", lower.join(":"))
-            };
-            nix::mount::mount(
-                Some("overlay"),
-                at.path(),
-                Some("overlay"),
-                nix::mount::MsFlags::MS_RDONLY,
-                Some(opts.as_str()),
-            )
-            .unwrap();
+            mount_overlay(layers, None, at.path()).unwrap();
             Merged(at)
         }
 
