@@ -26,7 +26,7 @@ impl Store {
         }
         if let Ok(rd) = std::fs::read_dir(s.tmp_dir()) {
             for e in rd.flatten() {
-                super::unpack::discard(&e.path());
+                discard(&e.path());
             }
         }
         Ok(s)
@@ -219,6 +219,16 @@ impl Drop for BlobWriter {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Removes an entry of `tmp/`: a partial blob, or an unpack with its overlay unmounted first.
+pub(crate) fn discard(p: &Path) {
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        let _ = nix::mount::umount2(&p.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -167,20 +167,11 @@ struct Work(PathBuf);
 impl Drop for Work {
     fn drop(&mut self) {
         if self.0.exists() {
-            discard(&self.0);
+            super::store::discard(&self.0);
         }
     }
 }
 
-/// Removes what an unpack left in `tmp/`, its overlay unmounted first.
-pub(crate) fn discard(p: &Path) {
-    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
-        let _ = nix::mount::umount2(&p.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir_all(p);
-    } else {
-        let _ = std::fs::remove_file(p);
-    }
-}
 
 fn refused(layer: &Digest, entry: &str, why: impl std::fmt::Display) -> ImageError {
     ImageError::Refused {
