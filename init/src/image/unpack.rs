@@ -172,7 +172,6 @@ impl Drop for Work {
     }
 }
 
-
 fn refused(layer: &Digest, entry: &str, why: impl std::fmt::Display) -> ImageError {
     ImageError::Refused {
         layer: layer.to_string(),

@@ -9,6 +9,8 @@ use std::path::Path;
 
 const BASE_SPEC: &str = include_str!("../../../rootfs/base.spec");
 const NODE_KERNEL: &str = crate::vmm::NODE_KERNEL;
+/// The node's trust bundle, where the base layer puts it.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The identity a parent hands its child.
 pub struct ChildPki {
@@ -36,6 +38,15 @@ fn file(path: &str, data: &[u8], mode: u32) -> Entry {
 pub fn write(out: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
     // The base spec packs build/bin/auraed as /init; here it is this process's own binary.
     let spec = BASE_SPEC.replace(" bin/auraed ", " /proc/self/exe ");
+    // And its CA bundle (HTTPS registries) is this node's own, if it has one.
+    let spec = match std::path::Path::new(CA_BUNDLE).is_file() {
+        true => spec.replace(" ca-certificates.crt ", &format!(" {CA_BUNDLE} ")),
+        false => spec
+            .lines()
+            .filter(|l| !l.contains("ca-certificates.crt"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
     let mut entries = cpio::parse_spec(&spec, Path::new("/")).map_err(|e| SpawnError::Skeleton(e.to_string()))?;
     // The parent delegates its own kernel, so the child can spawn in turn.
     if let Ok(k) = std::fs::read(NODE_KERNEL) {
@@ -94,4 +105,37 @@ pub fn write_pki_dir(dir: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
         crate::pki::write_with_mode(&path, data.as_bytes(), mode).map_err(SpawnError::io("write", &path))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every source the compiled-in base spec names resolves on a node (the spec's own
+    /// sources are relative to the build directory): this is what Spawn writes.
+    #[test]
+    fn the_childs_initramfs_is_written_from_this_node() {
+        let ca = crate::pki::mint_ca("image.test").unwrap();
+        let copy = |m: &Minted| Minted {
+            cert_pem: m.cert_pem.clone(),
+            key_pem: m.key_pem.clone(),
+        };
+        let pki = ChildPki {
+            ca_pem: ca.cert_pem.clone(),
+            server: copy(&ca),
+            spawn_ca: copy(&ca),
+            policy: String::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("child.cpio");
+        write(&out, &pki).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let has = |name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
+        assert!(has("etc/aurae/pki/server.key") && has("init"));
+        assert_eq!(
+            has("etc/ssl/certs/ca-certificates.crt"),
+            Path::new(CA_BUNDLE).is_file(),
+            "the node's CA bundle goes along when it has one"
+        );
+    }
 }
