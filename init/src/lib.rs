@@ -23,6 +23,19 @@ pub(crate) mod vmm;
 
 pub use aurae_proto::v0 as pb;
 
+/// Renders an error with its sources ("transport error: tls handshake: ..."): clients'
+/// and HTTP crates' own messages often leave out why.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// The version reported by `NodeInfo` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -216,7 +216,7 @@ impl Target {
         // connect_timeout bounds only the TCP connect; a forwarding proxy (QEMU's user
         // network) accepts at once and may then hold the TLS handshake for seconds.
         match tokio::time::timeout(self.timeout, endpoint.connect_with_connector(connector)).await {
-            Ok(r) => r.map_err(|e| CliError::Connect(format!("{}: {}", self.addr, error_chain(&e)))),
+            Ok(r) => r.map_err(|e| CliError::Connect(format!("{}: {}", self.addr, crate::error_chain(&e)))),
             Err(_) => Err(CliError::Connect(format!(
                 "{}: no answer within {:.1} s",
                 self.addr,
@@ -224,18 +224,6 @@ impl Target {
             ))),
         }
     }
-}
-
-/// Renders an error with its sources ("transport error: tls handshake: ...").
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn resolve(a: &Aer) -> Result<Target, CliError> {

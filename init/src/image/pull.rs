@@ -171,7 +171,7 @@ fn registry_error(reference: &str, e: OciDistributionError) -> ImageError {
             _ => ImageError::Registry(format!("{reference}: {url}: HTTP {code}: {message}")),
         },
         E::RequestError(r) if r.is_connect() || r.is_timeout() => {
-            let why = chain(&r);
+            let why = crate::error_chain(&r);
             let tls = ["certificate", "InvalidContentType", "HandshakeFailure", "tls"]
                 .iter()
                 .any(|w| why.contains(w));
@@ -182,20 +182,8 @@ fn registry_error(reference: &str, e: OciDistributionError) -> ImageError {
                 false => format!("{reference}: cannot reach the registry: {why}"),
             })
         }
-        other => ImageError::Registry(format!("{reference}: {}", chain(&other))),
+        other => ImageError::Registry(format!("{reference}: {}", crate::error_chain(&other))),
     }
-}
-
-/// An error with its causes, as one line (reqwest's own message leaves out why).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Pulls `reference` into `store` and unpacks its layers; `progress` hears how it goes.
