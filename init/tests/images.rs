@@ -77,10 +77,10 @@ async fn pull_from_an_insecure_registry_reports_progress_and_a_second_pull_fetch
         .unwrap();
     assert_eq!(p.layers.len(), 1);
     assert!(
-        p.fetched > p.size,
+        p.fetched > p.size(),
         "layers and config fetched: {} of {}",
         p.fetched,
-        p.size
+        p.size()
     );
     let Some(Progress::Resolved { digest, layers }) = seen.first() else {
         panic!("{seen:?}")

@@ -114,10 +114,6 @@ impl Images {
         })
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     fn refs(&self) -> PathBuf {
         self.store.root().join("refs")
     }

@@ -72,8 +72,13 @@ pub struct Pulled {
     pub blobs: Vec<(Digest, u64)>,
     /// Bytes fetched from the registry this time (0 when everything was in the store).
     pub fetched: u64,
+}
+
+impl Pulled {
     /// Compressed size of the layers.
-    pub size: u64,
+    pub fn size(&self) -> u64 {
+        self.blobs.iter().map(|(_, s)| s).sum()
+    }
 }
 
 /// The largest manifest or config auraed reads into memory.
@@ -273,7 +278,6 @@ pub async fn pull(
         config_json,
         layers: unpacked,
         fetched,
-        size: layers.iter().map(|(_, s)| s).sum(),
         blobs: layers,
     })
 }
@@ -292,7 +296,8 @@ async fn fetch(
     if store.has_blob(d, size) {
         return Ok(0);
     }
-    store.reserve(size)?;
+    // Room is reserved (or refused) before the registry is asked for the blob.
+    let mut w = store.blob_writer(d, size)?;
     let desc = oci_client::manifest::OciDescriptor {
         digest: d.to_string(),
         size: i64::try_from(size).unwrap_or(i64::MAX),
@@ -302,7 +307,6 @@ async fn fetch(
         .pull_blob_stream(r, &desc)
         .await
         .map_err(|e| registry_error(reference, e))?;
-    let mut w = store.blob_writer(d, size)?;
     let mut done = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
