@@ -233,7 +233,7 @@ async fn https_registries_are_verified_against_the_cas_given() {
     );
     eprintln!("{e}");
     let regs = Registries {
-        ca_pem: vec![std::fs::read(f.pki.join("ca.crt")).unwrap()],
+        ca_files: vec![f.pki.join("ca.crt")],
         ..Default::default()
     };
     let p = pull_quiet(&n, &reference, None, &regs).await.unwrap();

@@ -45,20 +45,7 @@ pub struct RegistriesFile {
     #[serde(default)]
     pub ca_files: Vec<PathBuf>,
     #[serde(default)]
-    pub credentials: HashMap<String, FileCredentials>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCredentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for FileCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FileCredentials({}, <password>)", self.username)
-    }
+    pub credentials: HashMap<String, Credentials>,
 }
 
 pub struct Images {
@@ -80,36 +67,25 @@ impl Images {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistriesFile::default(),
             Err(e) => return Err(format!("{}: {e}", registries.display())),
         };
-        let mut ca_pem = Vec::new();
-        // The node's trust bundle: the first found.
-        if let Some(bundle) = pull::SYSTEM_ROOTS.iter().find_map(|b| std::fs::read(b).ok()) {
-            ca_pem.push(bundle);
-        }
-        for f in &file.ca_files {
-            ca_pem.push(
-                std::fs::read(f).map_err(|e| format!("{}: ca_files: {}: {e}", registries.display(), f.display()))?,
-            );
-        }
-        let credentials = file
-            .credentials
+        // The node's trust bundle (the first found), then the listed CA files, each checked
+        // now so a wrong registries file is said at boot; they are read at each pull.
+        let mut ca_files: Vec<PathBuf> = pull::SYSTEM_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .find(|b| b.is_file())
             .into_iter()
-            .map(|(host, c)| {
-                (
-                    host,
-                    Credentials {
-                        username: c.username,
-                        password: c.password,
-                    },
-                )
-            })
             .collect();
+        for f in &file.ca_files {
+            std::fs::File::open(f).map_err(|e| format!("{}: ca_files: {}: {e}", registries.display(), f.display()))?;
+            ca_files.push(f.clone());
+        }
         Ok(Images {
             store: Arc::new(store),
             registries: Registries {
                 insecure: file.insecure.into_iter().chain(insecure.iter().cloned()).collect(),
-                ca_pem,
+                ca_files,
             },
-            credentials,
+            credentials: file.credentials,
             gate: tokio::sync::RwLock::new(()),
         })
     }
@@ -241,4 +217,36 @@ fn collect(store: &Store, kept: &[Record]) {
     };
     sweep(store.root().join("blobs/sha256"), &blobs, false);
     sweep(store.root().join("layers"), &chains, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registries_file_names_insecure_registries_cas_and_credentials() {
+        let f: RegistriesFile = toml::from_str(
+            "insecure = [\"10.0.2.100:5000\"]\nca_files = [\"/etc/aurae/ca.crt\"]\n\
+             [credentials.\"reg.example:5000\"]\nusername = \"puller\"\npassword = \"s3cret\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.insecure, ["10.0.2.100:5000"]);
+        assert_eq!(f.ca_files, [PathBuf::from("/etc/aurae/ca.crt")]);
+        let c = &f.credentials["reg.example:5000"];
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("puller", "s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "never printed");
+        let e = toml::from_str::<RegistriesFile>("[credentials.x]\nusername = \"u\"\npasword = \"p\"\n").unwrap_err();
+        assert!(e.to_string().contains("pasword"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_said_when_the_store_opens() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = d.path().join("registries.toml");
+        std::fs::write(&reg, "ca_files = [\"/nonexistent/ca.crt\"]\n").unwrap();
+        let e = Images::open(&d.path().join("images"), 1 << 20, &reg, &[])
+            .err()
+            .unwrap();
+        assert!(e.contains("ca_files") && e.contains("/nonexistent/ca.crt"), "{e}");
+    }
 }

@@ -26,13 +26,15 @@ use std::sync::Arc;
 pub struct Registries {
     /// Registries (`host[:port]`) reached over plain HTTP: only those the operator lists.
     pub insecure: Vec<String>,
-    /// CA certificates (PEM) HTTPS registries are verified against.
-    pub ca_pem: Vec<Vec<u8>>,
+    /// CA certificate files (PEM) HTTPS registries are verified against, read at each
+    /// pull (a node's bundle is 200 KB it need not hold between pulls).
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 /// A user and password for a registry (basic auth, or a bearer token the registry's token
-/// service gives for them).
-#[derive(Clone)]
+/// service gives for them), from a request or the registries file.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -120,14 +122,18 @@ fn client(regs: &Registries) -> Result<Client, ImageError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Only these roots when given (the node's bundle and the listed CA files); else the
     // system's.
-    let certs: Vec<Certificate> = regs
-        .ca_pem
+    let certs = regs
+        .ca_files
         .iter()
-        .map(|pem| Certificate {
-            encoding: CertificateEncoding::Pem,
-            data: pem.clone(),
+        .map(|f| {
+            std::fs::read(f)
+                .map(|data| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                })
+                .map_err(ImageError::io("read a registry CA file", f))
         })
-        .collect();
+        .collect::<Result<Vec<Certificate>, ImageError>>()?;
     let config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(regs.insecure.clone()),
         tls_certs_only: certs,
