@@ -32,7 +32,8 @@ fn mib(b: u64) -> String {
 
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
+    // A node's answer is not trusted to be ASCII: never cut inside a character.
+    hex.get(..12).unwrap_or(hex)
 }
 
 pub(crate) async fn image(cmd: &ImageCmd, target: &Target, as_json: bool) -> Result<(), CliError> {
