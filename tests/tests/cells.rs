@@ -843,3 +843,155 @@ fn a_cell_with_a_user_namespace_is_root_only_inside() {
             .await;
     });
 }
+
+/// Everything an attached process sent, until its `exit`: (stdout, stderr, exit).
+async fn collect(mut s: tonic::Streaming<pb::ExecResponse>) -> (String, String, Option<pb::ExecExit>) {
+    use pb::exec_response::Response as Out;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(m) = s.message().await.unwrap() {
+        match m.response {
+            Some(Out::Stdout(b)) => out.extend(b),
+            Some(Out::Stderr(b)) => err.extend(b),
+            Some(Out::Exit(x)) => {
+                let s = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
+                return (s(out), s(err), Some(x));
+            }
+            _ => {}
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        None,
+    )
+}
+
+fn start(cell: &str, argv: &[&str], tty: bool) -> pb::ExecRequest {
+    pb::ExecRequest {
+        request: Some(pb::exec_request::Request::Start(pb::ExecStart {
+            cell: cell.into(),
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            tty,
+            size: tty.then_some(pb::TerminalSize { rows: 24, columns: 80 }),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        use pb::exec_request::Request as In;
+        let c = Client::connect(a).await;
+        c.cell(cell("att", Default::default())).await.unwrap();
+
+        // Pipes: stdin in, stdout and stderr apart, the exit code last.
+        let input = tokio_stream::iter(vec![
+            start(
+                "att",
+                &["sh", "-c", "read l; echo got:$l; echo oops >&2; exit 7"],
+                false,
+            ),
+            pb::ExecRequest {
+                request: Some(In::Stdin(b"hello\n".to_vec())),
+            },
+        ]);
+        let s = c.runtime.clone().exec(input).await.unwrap().into_inner();
+        let (out, err, exit) = collect(s).await;
+        assert_eq!((out.as_str(), err.as_str()), ("got:hello\n", "oops\n"));
+        assert_eq!(exit.unwrap().exit_code, Some(7));
+
+        // A terminal of the cell's own devpts: its size as the caller said, then resized.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(start("att", &["sh", "-c", "tty; stty size; read l; stty size"], true))
+            .await
+            .unwrap();
+        let mut s = c
+            .runtime
+            .clone()
+            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut first = String::new();
+        while !first.contains("24 80") {
+            match s.message().await.unwrap().and_then(|m| m.response) {
+                Some(pb::exec_response::Response::Stdout(b)) => first.push_str(&String::from_utf8_lossy(&b)),
+                Some(_) => {}
+                None => panic!("ended early: {first:?}"),
+            }
+        }
+        assert_eq!(first, "/dev/pts/0\r\n24 80\r\n");
+        tx.send(pb::ExecRequest {
+            request: Some(In::Resize(pb::TerminalSize { rows: 40, columns: 120 })),
+        })
+        .await
+        .unwrap();
+        tx.send(pb::ExecRequest {
+            request: Some(In::Stdin(b"go\r".to_vec())),
+        })
+        .await
+        .unwrap();
+        let (out, _, exit) = collect(s).await;
+        assert_eq!(out, "go\r\n40 120\r\n", "the terminal echoes input; the new size");
+        assert_eq!(exit.unwrap().exit_code, Some(0));
+
+        // A caller that goes away ends the process and what it started.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(start("att", &["sh", "-c", "sleep 600 & sleep 600"], false))
+            .await
+            .unwrap();
+        let mut s = c
+            .runtime
+            .clone()
+            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = s.message().await.unwrap().unwrap();
+        assert!(matches!(first.response, Some(pb::exec_response::Response::StartedPid(p)) if p > 0));
+        let running = eventually(a.budget(Duration::from_secs(10)), || async {
+            let n = c
+                .on_node("cat /sys/fs/cgroup/aurae/att/_a.*/cgroup.procs 2>/dev/null | wc -l")
+                .await;
+            n.trim().parse::<u32>().unwrap_or(0) >= 2
+        })
+        .await;
+        assert!(running, "sh and its sleeps run in the attached process's leaf");
+        drop(tx);
+        drop(s);
+        assert!(
+            eventually(a.budget(Duration::from_secs(10)), || async {
+                c.on_node("ls -d /sys/fs/cgroup/aurae/att/_a.* 2>/dev/null | wc -l")
+                    .await
+                    .trim()
+                    == "0"
+            })
+            .await,
+            "the attached process's cgroup is gone with its caller"
+        );
+
+        // Refusals: a missing cell, a stream that does not start with `start`.
+        let e = c
+            .runtime
+            .clone()
+            .exec(tokio_stream::iter(vec![start("nope", &["true"], false)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let e = c
+            .runtime
+            .clone()
+            .exec(tokio_stream::iter(vec![pb::ExecRequest {
+                request: Some(In::Stdin(b"x".to_vec())),
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with("start:"), "{}", e.message());
+
+        remove_cell(&c, "att").await;
+        c.assert_left_nothing("exec").await;
+    });
+}

@@ -2,6 +2,7 @@
 //! the store's blobs and layers, the registries file, and removal with the collection of
 //! what no image uses any more.
 
+use super::config::ImageConfig;
 use super::pull::{self, Credentials, Progress, Pulled, Registries};
 use super::store::Store;
 use super::{Digest, ImageError};
@@ -52,8 +53,35 @@ pub struct Images {
     store: Arc<Store>,
     registries: Registries,
     credentials: HashMap<String, Credentials>,
-    /// Pulls share; a removal (which collects unused blobs) is alone.
-    gate: tokio::sync::RwLock<()>,
+    /// Pulls and cells being made share; a removal (which collects unused blobs) is alone.
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// When a cell's image is pulled (Kubernetes' imagePullPolicy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+/// An image ready to be a cell's root. While `hold` lives, no removal can take its layers;
+/// once the cell exists, removal asks which cells use what (`remove`'s `in_use`).
+pub struct Prepared {
+    pub record: Record,
+    /// Unpacked layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+    pub config: ImageConfig,
+    pub hold: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+/// An image a workload uses: `remove` refuses to forget its reference and keeps its layers.
+#[derive(Debug, Clone)]
+pub struct InUse {
+    /// Who uses it ("cell web").
+    pub by: String,
+    pub reference: String,
+    pub chains: Vec<String>,
 }
 
 impl Images {
@@ -86,7 +114,7 @@ impl Images {
                 ca_files,
             },
             credentials: file.credentials,
-            gate: tokio::sync::RwLock::new(()),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -170,26 +198,83 @@ impl Images {
             .map_err(ImageError::io("read the image's config", self.store.blob_path(&d)))
     }
 
+    /// The image `reference` names, pulled first as `policy` says, with its layers held
+    /// until the returned `hold` is dropped.
+    pub async fn prepare(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        credentials: Option<Credentials>,
+    ) -> Result<Prepared, ImageError> {
+        let have = self.get(reference).ok();
+        let record = match (policy, have) {
+            (PullPolicy::Never, None) => {
+                return Err(ImageError::NotFound(format!(
+                    "image '{reference}' is not on this node and the pull policy is NEVER; pull it first (aer image pull {reference}) or use IF_NOT_PRESENT"
+                )))
+            }
+            (PullPolicy::Never | PullPolicy::IfNotPresent, Some(r)) => r,
+            _ => self.pull(reference, credentials, &mut |_| {}).await?,
+        };
+        let hold = self.gate.clone().read_owned().await;
+        // Removed between the pull and the hold: say so rather than use a half-freed image.
+        let record = self.get(&record.reference)?;
+        let mut layers = Vec::with_capacity(record.layers.len());
+        for (blob, _, chain) in &record.layers {
+            let layer = self.store.layer(&Digest::parse(chain)?).ok_or_else(|| {
+                ImageError::NotFound(format!(
+                    "layer {blob} of image '{}' is missing from the store; pull the image again (aer image pull {})",
+                    record.reference, record.reference
+                ))
+            })?;
+            layers.push(layer.dir);
+        }
+        let config = ImageConfig::parse(&self.config_json(&record)?)?;
+        Ok(Prepared {
+            record,
+            layers,
+            config,
+            hold,
+        })
+    }
+
     /// Forgets `reference` and frees what no other image uses; returns the bytes freed.
-    pub async fn remove(&self, reference: &str) -> Result<u64, ImageError> {
+    /// Refused (`InUse`) while a workload `in_use` names uses it; the layers of every image
+    /// in use are kept even when their reference now names another image.
+    pub async fn remove(&self, reference: &str, in_use: impl FnOnce() -> Vec<InUse>) -> Result<u64, ImageError> {
         let _alone = self.gate.write().await;
         let r = self.get(reference)?;
+        let using = in_use();
+        let users: Vec<&str> = using
+            .iter()
+            .filter(|u| u.reference == r.reference)
+            .map(|u| u.by.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ImageError::InUse(format!(
+                "image '{}' is in use by {}; stop and free {} first",
+                r.reference,
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" }
+            )));
+        }
         let before = self.store.used();
         let path = self.record_path(&r.reference);
         std::fs::remove_file(&path).map_err(ImageError::io("forget the image", &path))?;
         let store = self.store.clone();
         let kept = self.list();
-        tokio::task::spawn_blocking(move || collect(&store, &kept))
+        let chains_in_use: Vec<String> = using.into_iter().flat_map(|u| u.chains).collect();
+        tokio::task::spawn_blocking(move || collect(&store, &kept, &chains_in_use))
             .await
             .map_err(|e| ImageError::Registry(format!("the collecting task ended: {e}")))?;
         Ok(before.saturating_sub(self.store.used()))
     }
 }
 
-/// Removes the blobs and layers none of `kept` uses.
-fn collect(store: &Store, kept: &[Record]) {
+/// Removes the blobs and layers none of `kept` uses, keeping the layers `in_use` too.
+fn collect(store: &Store, kept: &[Record], in_use: &[String]) {
     let mut blobs: HashSet<String> = HashSet::new();
-    let mut chains: HashSet<String> = HashSet::new();
+    let mut chains: HashSet<String> = in_use.iter().cloned().collect();
     for r in kept {
         blobs.insert(r.config.clone());
         for (d, _, c) in &r.layers {

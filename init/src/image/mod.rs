@@ -10,6 +10,7 @@
 //!   later `lib/x` lands). Every image with the same layers shares the directories.
 
 pub mod catalog;
+pub mod config;
 pub mod pull;
 pub mod store;
 pub mod unpack;
@@ -105,6 +106,9 @@ pub enum ImageError {
     /// The registry answered something else that went wrong.
     #[error("{0}")]
     Registry(String),
+    /// A workload uses the image (FAILED_PRECONDITION).
+    #[error("{0}")]
+    InUse(String),
     #[error("{what} ({}): {source}", path.display())]
     Io {
         what: &'static str,

@@ -7,8 +7,8 @@ use super::confine::{root, ExecLimits};
 use super::error::{Result, RuntimeError};
 use super::holder::Setup;
 use super::launcher::{ExecStarter, Launcher};
-use super::names::CellName;
-use super::spec::{CellSpec, Confinement, Isolation, Resources};
+use super::names::{CellName, ExecName};
+use super::spec::{CellSpec, Confinement, ExecutableSpec, ImageRoot, Isolation, Resources};
 use super::sys::start::StartError;
 use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
@@ -36,6 +36,8 @@ pub struct Cell {
     pub limits: ExecLimits,
     /// Made for one executable that named no cell; it ends when that executable does.
     pub implicit: bool,
+    /// The image that is its root, if any.
+    pub image: Option<ImageRoot>,
     pub dir: CgroupDir,
     sys: Arc<dyn Launcher>,
     /// The holder's pidfd, once it runs.
@@ -63,6 +65,7 @@ pub struct CellView {
     pub usage: Usage,
     pub executables: Vec<String>,
     pub error: String,
+    pub image: Option<ImageRoot>,
 }
 
 /// Namespaces the holder creates. The cgroup namespace is per executable (see sys::start).
@@ -87,6 +90,7 @@ impl Cell {
             confinement: spec.confinement,
             limits,
             implicit,
+            image: spec.image.clone(),
             dir,
             sys,
             holder: OnceLock::new(),
@@ -123,6 +127,15 @@ impl Cell {
     /// The node uid of root in the cell's user namespace.
     pub fn userns_base(&self) -> Option<u32> {
         self.userns.get().map(|(_, base)| *base)
+    }
+
+    /// The root its processes see, from the node (see `rootfs`).
+    pub fn root(&self) -> Result<super::rootfs::CellRoot> {
+        let pid = self
+            .pidfd()
+            .and_then(|fd| super::sys::pidfd_pid(&fd))
+            .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}' is not running", self.name)))?;
+        super::rootfs::CellRoot::of_pid(pid)
     }
 
     /// Pids of the cell's workloads (everything but holders), here and in nested cells.
@@ -248,6 +261,17 @@ impl Runtime {
             }
         };
         let i = spec.isolation;
+        if spec.image.is_some() && !i.mount {
+            return Err(RuntimeError::invalid(
+                "isolation.share_host_mount",
+                "a cell from an image needs a mount namespace of its own for the image's root; leave share_host_mount unset",
+            ));
+        }
+        if spec.image.is_some() && spec.confinement.userns {
+            return Err(RuntimeError::Precondition(
+                "confinement.user_namespace: cells from images do not have user namespaces yet (the layers' owners would not map); leave it unset".into(),
+            ));
+        }
         if spec.confinement.userns && !(i.pid && i.mount && i.network && i.ipc && i.uts && i.cgroup) {
             return Err(RuntimeError::invalid(
                 "confinement.user_namespace",
@@ -277,9 +301,38 @@ impl Runtime {
         Ok((parent, parent_dir))
     }
 
-    /// Creates a cell and starts its holder. On any failure nothing is left behind.
+    /// Creates a cell and starts its holder, then (a cell from an image) its entrypoint as
+    /// the executable named after the cell. On any failure nothing is left behind.
     pub async fn run_cell(&self, spec: CellSpec) -> Result<CellView> {
+        let entrypoint = match spec.image.as_ref().filter(|i| i.start).map(|i| i.argv.clone()) {
+            None => None,
+            Some(argv) => {
+                let name =
+                    ExecName::parse(spec.name.leaf()).map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
+                self.table().vacant::<super::executable::Executable>(name.as_str()).map_err(|_| {
+                    RuntimeError::AlreadyExists(format!(
+                        "an executable named '{name}' exists, and a cell's image entrypoint runs as the executable named after the cell; free it or choose another cell name"
+                    ))
+                })?;
+                Some((name, argv))
+            }
+        };
         let c = self.create_cell(spec, false).await?;
+        if let Some((name, argv)) = entrypoint {
+            let e = ExecutableSpec {
+                name,
+                argv,
+                env: Default::default(),
+                cwd: None,
+                uid: None,
+                gid: None,
+                cell: Some(c.name.clone()),
+            };
+            if let Err(err) = self.run_executable(e).await {
+                self.discard_cell_now(&c).await;
+                return Err(err.in_entrypoint());
+            }
+        }
         Ok(self.cell_view(&c))
     }
 
@@ -328,13 +381,22 @@ impl Runtime {
             new_pid: i.pid,
             new_net: i.network,
             new_uts: i.uts,
-            own_root: i.mount && !spec.confinement.privileged,
+            own_root: i.mount && (!spec.confinement.privileged || spec.image.is_some()),
             userns: spec.confinement.userns,
         };
         let userns_base = spec.confinement.userns.then(|| self.next_userns_base());
         let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
         if setup.own_root {
-            args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned()));
+            match &spec.image {
+                // The image is the whole root: nothing of the node is in it to cover.
+                Some(image) => args.extend(
+                    image
+                        .layers
+                        .iter()
+                        .map(|l| format!("{}{}", root::LAYER_ARG, l.display())),
+                ),
+                None => args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned())),
+            }
             args.extend(spec.binds.iter().map(|b| format!("{}{}", root::BIND_ARG, b.display())));
         }
         let started = self
@@ -388,6 +450,17 @@ impl Runtime {
         self.table().remove::<Cell>(cell.name.as_str());
     }
 
+    /// Every cell from an image: (cell, the image's reference, its layers' chain IDs).
+    pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
+        self.table()
+            .all::<Cell>()
+            .filter_map(|c| {
+                let i = c.image.as_ref()?;
+                Some((c.name.to_string(), i.reference.clone(), i.chains.clone()))
+            })
+            .collect()
+    }
+
     pub fn cell_view(&self, c: &Cell) -> CellView {
         let executables = self
             .executables_in(&c.name, false)
@@ -408,6 +481,7 @@ impl Runtime {
             usage: c.dir.usage(),
             executables,
             error,
+            image: c.image.clone(),
         }
     }
 

@@ -54,6 +54,21 @@ impl RuntimeError {
         }
     }
 
+    /// The same error, said of a cell image's entrypoint: its field names move under
+    /// `image` (argv[0] is `image.command`'s or the image's entrypoint's first word).
+    pub fn in_entrypoint(self) -> RuntimeError {
+        let say = |m: String| format!("the image's entrypoint: {m}");
+        match self {
+            RuntimeError::Invalid { field, reason } => RuntimeError::Invalid {
+                field: format!("image ({field} of its entrypoint)"),
+                reason,
+            },
+            RuntimeError::NotFound(m) => RuntimeError::NotFound(say(m)),
+            RuntimeError::Precondition(m) => RuntimeError::Precondition(say(m)),
+            other => other,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
         RuntimeError::Invalid {
             field: field.into(),

@@ -16,7 +16,8 @@ pub use super::sys::child::HOLDER_ARGV0 as ARGV0;
 const REPORT: RawFd = 3;
 
 /// What to set up, as passed on the command line (`aurae-cell-init FLAGS HOSTNAME
-/// [HIDDEN...]`, HIDDEN: the node's directories a cell's own root covers).
+/// [ARG...]`, each ARG a node directory its own root covers, `+DIR` a bind into its
+/// `/run`, or `^DIR` an image layer, bottom first: see `confine::root`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Setup {
     pub new_mount: bool,
@@ -86,15 +87,24 @@ pub fn main(args: &[String]) -> ! {
         );
     }
     if setup.new_mount && setup.own_root {
-        let (binds, hidden): (Vec<&String>, Vec<&String>) =
-            args.iter().skip(3).partition(|a| a.starts_with(root::BIND_ARG));
-        let binds: Vec<std::path::PathBuf> = binds
-            .iter()
-            .map(|b| b.trim_start_matches(root::BIND_ARG).into())
-            .collect();
-        let hidden: Vec<std::path::PathBuf> = hidden.into_iter().map(Into::into).collect();
-        if let Err((step, errno)) = root::enter(std::path::Path::new("/"), &hidden, &binds, setup.userns) {
+        let (mut binds, mut layers, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
+        for a in args.iter().skip(3) {
+            if let Some(b) = a.strip_prefix(root::BIND_ARG) {
+                binds.push(std::path::PathBuf::from(b));
+            } else if let Some(l) = a.strip_prefix(root::LAYER_ARG) {
+                layers.push(std::path::PathBuf::from(l));
+            } else {
+                hidden.push(std::path::PathBuf::from(a));
+            }
+        }
+        let source = if layers.is_empty() {
+            root::Source::Node(std::path::Path::new("/"))
+        } else {
+            root::Source::Image(&layers)
+        };
+        if let Err((step, errno)) = root::enter(source, &hidden, &binds, setup.userns) {
             let stage = match step {
+                root::Step::Image => Stage::MountImage,
                 root::Step::Root => Stage::MountRoot,
                 root::Step::Dev => Stage::MountDev,
                 root::Step::Pivot => Stage::PivotRoot,

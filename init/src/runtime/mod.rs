@@ -12,6 +12,7 @@
 //! Processes live only in leaves, which is cgroup v2's no-internal-process rule. Names never
 //! start with `_`, so these leaves cannot collide with cells.
 
+pub(crate) mod attach;
 pub(crate) mod cell;
 pub(crate) mod cgroup;
 pub(crate) mod confine;
@@ -23,6 +24,7 @@ pub(crate) mod launcher;
 pub(crate) mod logs;
 pub(crate) mod names;
 pub(crate) mod process;
+pub(crate) mod rootfs;
 pub(crate) mod spec;
 pub(crate) mod sys;
 pub(crate) mod table;
@@ -39,7 +41,7 @@ use table::{Table, Workload};
 
 pub use cell::{Cell, CellView};
 pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
-pub use process::ExecView;
+pub use process::{ExecView, Process};
 pub use vm::VmView;
 
 /// Where a workload is in its life.

@@ -11,7 +11,7 @@ use super::error::{Result, RuntimeError};
 use super::launcher::Launcher;
 use super::logs::{self, LogBuffer};
 use super::names::{CellName, ExecName};
-use super::spec::{CellSpec, Confinement, ExecutableSpec, Isolation, Resources};
+use super::spec::{CellSpec, Confinement, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
 use super::sys::start::{ExecInput, StartError};
 use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
@@ -54,8 +54,8 @@ pub struct Process {
 
 /// How to start an executable (see [`Runtime::launch`]).
 pub(super) struct Launch {
-    pub program: String,
-    pub path_var: String,
+    /// The program to exec; None: argv[0] looked up in PATH inside the cell.
+    pub program: Option<String>,
     /// Namespaces of the private cell, when the spec names no cell.
     pub isolation: Isolation,
     /// Limits of the private cell.
@@ -68,6 +68,18 @@ pub(super) struct Launch {
     pub control: Option<std::os::fd::OwnedFd>,
     /// Node directories bound into the private cell's `/run` (see `CellSpec::binds`).
     pub binds: Vec<std::path::PathBuf>,
+    /// stdin, stdout and stderr given by the caller (Exec) instead of /dev/null and the
+    /// logs; its leaf cgroup is `_a.NAME` (unlisted, never a listed executable's).
+    pub attach: Option<Attach>,
+}
+
+/// A process's standard fds, held by whoever attached to it (see `attach.rs`).
+pub(super) struct Attach {
+    pub stdin: std::os::fd::OwnedFd,
+    pub stdout: std::os::fd::OwnedFd,
+    pub stderr: std::os::fd::OwnedFd,
+    /// They are a terminal: the process gets it as its controlling terminal.
+    pub tty: bool,
 }
 
 impl Process {
@@ -130,6 +142,18 @@ impl Process {
         tracing::info!("executable {} ended: {exit:?}", self.name);
     }
 
+    /// Sends `signal` (1..=64) to the main process while it runs.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let sig = nix::sys::signal::Signal::try_from(signal)
+            .map_err(|_| RuntimeError::invalid("signal", format!("{signal} is not a signal number (1..=64)")))?;
+        let pid = self.state.borrow().pid;
+        if self.phase() != Phase::Running || pid == 0 {
+            return Err(RuntimeError::Precondition(format!("'{}' is not running", self.name)));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .map_err(|errno| RuntimeError::sys(format!("signal {signal} to '{}'", self.name), errno))
+    }
+
     /// `signal` to every process of the executable, `grace`, then `cgroup.kill`.
     pub async fn stop(&self, signal: i32, grace: Duration) {
         let _op = self.op.lock().await;
@@ -143,7 +167,66 @@ impl Process {
     }
 }
 
-fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> RuntimeError {
+/// What a process gets in its cell: the request's settings over the cell image's.
+struct Prepared {
+    program: String,
+    env: Vec<(String, String)>,
+    cwd: String,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+/// Applies the cell's image defaults (env, working dir, user) under `spec`'s own and finds
+/// the program: in the image's root for a cell from an image, else on the node's.
+fn prepare(cell: &Cell, spec: &ExecutableSpec, program: Option<String>) -> Result<Prepared> {
+    let image = cell.image.as_ref();
+    let mut env: Vec<(String, String)> = image.map(|i| i.env.clone()).unwrap_or_default();
+    for (k, v) in &spec.env {
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(e) => e.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let root = match image {
+        Some(_) => Some(cell.root()?),
+        None => None,
+    };
+    let program = match (program, &root) {
+        (Some(p), _) => p,
+        (None, Some(root)) => root.resolve_program(&spec.argv[0], path_var)?,
+        (None, None) => super::rootfs::resolve_on_node(&spec.argv[0], path_var)?,
+    };
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|c| c.to_string_lossy().into_owned())
+        .or_else(|| image.and_then(|i| i.working_dir.clone()))
+        .unwrap_or_else(|| "/".into());
+    let (uid, gid) = match (spec.uid, image.and_then(|i| i.user.as_deref()), &root) {
+        (None, Some(user), Some(root)) => {
+            let (u, g) = root.resolve_user(user, "image.user")?;
+            (Some(u), Some(spec.gid.unwrap_or(g)))
+        }
+        _ => (spec.uid, spec.gid),
+    };
+    Ok(Prepared {
+        program,
+        env,
+        cwd,
+        uid,
+        gid,
+    })
+}
+
+fn exec_start_error(e: StartError, spec: &ExecutableSpec, p: &Prepared) -> RuntimeError {
+    let program = &p.program;
     let StartError::Child { stage, errno } = e else {
         return RuntimeError::start_failure(
             e,
@@ -161,13 +244,12 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, program: &str) -> Runt
             "argv[0]",
             format!("'{program}' is not a program this kernel can run (ENOEXEC)"),
         ),
-        (Stage::Cwd, _) => RuntimeError::invalid(
-            "cwd",
-            format!("'{}' cannot be entered inside the cell: {err}", spec.cwd.display()),
-        ),
-        (Stage::Uid, _) => RuntimeError::invalid("uid", format!("cannot switch to uid {:?}: {err}", spec.uid)),
+        (Stage::Cwd, _) => {
+            RuntimeError::invalid("cwd", format!("'{}' cannot be entered inside the cell: {err}", p.cwd))
+        }
+        (Stage::Uid, _) => RuntimeError::invalid("uid", format!("cannot switch to uid {:?}: {err}", p.uid)),
         (Stage::Gid | Stage::Groups, _) => {
-            RuntimeError::invalid("gid", format!("cannot switch to gid {:?}: {err}", spec.gid))
+            RuntimeError::invalid("gid", format!("cannot switch to gid {:?}: {err}", p.gid))
         }
         (stage, _) => RuntimeError::Precondition(format!("cannot {} for '{}': {err}", stage.describe(), spec.name)),
     }
@@ -194,14 +276,13 @@ impl Runtime {
             name: name.clone(),
             argv,
             env: Default::default(),
-            cwd: "/".into(),
+            cwd: None,
             uid: None,
             gid: None,
             cell: None,
         };
         let how = Launch {
-            program: "/proc/self/exe".into(),
-            path_var: String::new(),
+            program: Some("/proc/self/exe".into()),
             isolation,
             resources,
             confinement,
@@ -209,6 +290,7 @@ impl Runtime {
             listed: false,
             control,
             binds,
+            attach: None,
         };
         self.launch(spec, how).await
     }
@@ -218,7 +300,6 @@ impl Runtime {
     pub(super) async fn launch(&self, spec: ExecutableSpec, how: Launch) -> Result<Arc<Process>> {
         let Launch {
             program,
-            path_var,
             isolation,
             resources,
             confinement,
@@ -226,6 +307,7 @@ impl Runtime {
             listed,
             control,
             binds,
+            attach,
         } = how;
         if listed {
             self.table().vacant::<Process>(spec.name.as_str())?;
@@ -256,6 +338,7 @@ impl Runtime {
                     confinement,
                     binds,
                     ready_within: super::spec::READY_MAX,
+                    image: None,
                 };
                 let c = self.create_cell(own, true).await.map_err(|e| match e {
                     RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
@@ -271,7 +354,10 @@ impl Runtime {
             name: spec.name.clone(),
             cell: cell.name.clone(),
             own_cell: own.then(|| cell.clone()),
-            dir: cell.dir.child(&format!("_x.{}", spec.name)),
+            dir: cell.dir.child(&match attach {
+                Some(_) => format!("_a.{}", spec.name),
+                None => format!("_x.{}", spec.name),
+            }),
             sys: self.sys.clone(),
             logs: Arc::new(LogBuffer::new(logs::DEFAULT_CAPACITY, 2)),
             stdout_as,
@@ -294,7 +380,7 @@ impl Runtime {
                 return Err(taken);
             }
         }
-        match self.start_exec(&e, &cell, &spec, &program, &path_var, control).await {
+        match self.start_exec(&e, &cell, &spec, program, control, attach).await {
             Ok(()) => Ok(e),
             Err(err) => {
                 kill_and_wait(&*self.sys, &e.dir).await;
@@ -315,35 +401,40 @@ impl Runtime {
         e: &Arc<Process>,
         cell: &Arc<Cell>,
         spec: &ExecutableSpec,
-        program: &str,
-        path_var: &str,
+        program: Option<String>,
         control: Option<std::os::fd::OwnedFd>,
+        attach: Option<Attach>,
     ) -> Result<()> {
+        let p = prepare(cell, spec, program)?;
         e.dir.create()?;
-        let pipe =
-            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno));
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
-            what: "open",
-            path: "/dev/null".into(),
-            source,
-        })?;
-        let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        if !spec.env.contains_key("PATH") {
-            env.push(("PATH".into(), path_var.to_owned()));
-        }
+        let (stdin, stdout, stderr, tty, logged) = match attach {
+            Some(a) => (a.stdin, a.stdout, a.stderr, a.tty, None),
+            None => {
+                let pipe = || {
+                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno))
+                };
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
+                    what: "open",
+                    path: "/dev/null".into(),
+                    source,
+                })?;
+                (devnull.into(), out_w, err_w, false, Some((out_r, err_r)))
+            }
+        };
         let input = ExecInput {
-            path: program.to_owned(),
+            path: p.program.clone(),
             argv: spec.argv.clone(),
-            env,
-            cwd: spec.cwd.to_string_lossy().into_owned(),
-            uid: spec.uid,
-            gid: spec.gid,
+            env: p.env.clone(),
+            cwd: p.cwd.clone(),
+            uid: p.uid,
+            gid: p.gid,
             new_cgroup_ns: cell.isolation.cgroup,
-            stdin: devnull.into(),
-            stdout: out_w,
-            stderr: err_w,
+            stdin,
+            stdout,
+            stderr,
+            tty,
             control,
             userns: cell.userns(),
             limits: cell.limits.clone(),
@@ -357,13 +448,22 @@ impl Runtime {
         let started = starter
             .start_exec(e.dir.open_fd()?, input)
             .await
-            .map_err(|err| exec_start_error(err, spec, program))?;
+            .map_err(|err| exec_start_error(err, spec, &p))?;
         let started_at = logs::now_unix_nanos();
         e.state.send_modify(|s| {
             s.phase = Some(Phase::Running);
             s.pid = started.pid.as_raw() as u32;
             s.started_unix_nanos = started_at;
         });
+        let Some((out_r, err_r)) = logged else {
+            // Attached: its output goes to whoever holds the other ends, not to the logs.
+            e.logs.close_writer();
+            e.logs.close_writer();
+            let watcher = e.clone();
+            let exit = started.exit;
+            tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
+            return Ok(());
+        };
         for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
             match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
                 Ok(rx) => {

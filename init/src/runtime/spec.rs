@@ -15,7 +15,8 @@ pub struct ExecutableSpec {
     /// Non-empty; argv[0] is resolved against PATH by the runtime.
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
-    pub cwd: PathBuf,
+    /// None: the cell's image's working directory, else `/`.
+    pub cwd: Option<PathBuf>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     /// None: a fresh cell of its own, named after the executable, with default isolation.
@@ -87,6 +88,33 @@ pub struct CellSpec {
     /// How long its init may take to report ready (from the caller's deadline; `READY_MAX`
     /// without one). One that does not is killed and the cell discarded.
     pub ready_within: std::time::Duration,
+    /// An image as the cell's root, and what its processes get by default.
+    pub image: Option<ImageRoot>,
+}
+
+/// An image as a cell's root: its layers from the node's store and the defaults of the
+/// processes that run on it (the image's config with the request's overrides applied).
+#[derive(Debug, Clone, Default)]
+pub struct ImageRoot {
+    /// The reference as the node records it.
+    pub reference: String,
+    pub digest: String,
+    /// Unpacked layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// The layers' chain IDs: what the store keeps while the cell lives.
+    pub chains: Vec<String>,
+    /// Every process's environment, before its own.
+    pub env: Vec<(String, String)>,
+    /// Working directory of processes that name none.
+    pub working_dir: Option<String>,
+    /// User of processes that name none, as the image writes it (`uid[:gid]`, `name[:group]`).
+    pub user: Option<String>,
+    pub exposed_ports: Vec<String>,
+    /// The image's entrypoint + cmd with the request's changes (may be empty): what the
+    /// cell's executable of the cell's name runs, and what Exec runs when given no argv.
+    pub argv: Vec<String>,
+    /// Start `argv` when the cell is made (false: processes come with RunExecutable or Exec).
+    pub start: bool,
 }
 
 /// The longest any start waits for a workload to get ready: a caller's deadline of years

@@ -42,6 +42,7 @@ fn cell(name: &str) -> CellSpec {
         confinement: Default::default(),
         binds: Vec::new(),
         ready_within: super::spec::READY_MAX,
+        image: None,
     }
 }
 
@@ -50,7 +51,7 @@ fn exe(name: &str, cell: Option<&str>) -> ExecutableSpec {
         name: ExecName::parse(name).unwrap(),
         argv: vec!["/bin/true".into()],
         env: Default::default(),
-        cwd: "/".into(),
+        cwd: None,
         uid: None,
         gid: None,
         cell: cell.map(|c| CellName::parse(c).unwrap()),

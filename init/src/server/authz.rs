@@ -33,6 +33,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Runtime/RunVirtualMachine", Role::Operator),
     ("/aurae.v0.Runtime/Spawn", Role::Operator),
     ("/aurae.v0.Runtime/RunPod", Role::Operator),
+    ("/aurae.v0.Runtime/Exec", Role::Operator),
     ("/aurae.v0.Workloads/Status", Role::Reader),
     ("/aurae.v0.Workloads/List", Role::Reader),
     ("/aurae.v0.Workloads/Stop", Role::Operator),

@@ -2,13 +2,18 @@
 //! protobuf. Every field is checked here, once; errors name the field and the fix.
 
 use super::deadline::wait_budget;
+use crate::image::catalog::{Prepared, PullPolicy};
+use crate::image::pull::Credentials;
 use crate::pb;
+use crate::runtime::attach::AttachSpec;
 use crate::runtime::cgroup::Usage;
 use crate::runtime::confine::{caps::CapSet, seccomp};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{CellSpec, Confinement, DiskSpec, ExecutableSpec, IoMax, Isolation, Resources, VmSpec};
+use crate::runtime::spec::{
+    CellSpec, Confinement, DiskSpec, ExecutableSpec, ImageRoot, IoMax, Isolation, Resources, VmSpec,
+};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,24 +60,17 @@ pub fn executable(e: pb::Executable) -> Result<ExecutableSpec, RuntimeError> {
     for (i, a) in e.argv.iter().enumerate() {
         no_nul(&format!("argv[{i}]"), a)?;
     }
-    for (k, v) in &e.env {
-        if k.is_empty() || k.contains('=') {
-            return Err(invalid(
-                format!("env[{k:?}]"),
-                "a variable name must be non-empty and contain no '='",
-            ));
+    env_entries("env", &e.env)?;
+    let cwd = match e.cwd.as_str() {
+        "" => None,
+        c => {
+            no_nul("cwd", c)?;
+            if !c.starts_with('/') {
+                return Err(invalid("cwd", format!("'{c}' is relative; give an absolute directory")));
+            }
+            Some(PathBuf::from(c))
         }
-        no_nul(&format!("env[{k:?}]"), k)?;
-        no_nul(&format!("env[{k:?}]"), v)?;
-    }
-    let cwd = if e.cwd.is_empty() { "/".to_owned() } else { e.cwd };
-    no_nul("cwd", &cwd)?;
-    if !cwd.starts_with('/') {
-        return Err(invalid(
-            "cwd",
-            format!("'{cwd}' is relative; give an absolute directory"),
-        ));
-    }
+    };
     let cell = match e.cell.as_str() {
         "" => None,
         c => Some(CellName::parse(c).map_err(|n| invalid("cell", n.to_string()))?),
@@ -81,7 +79,7 @@ pub fn executable(e: pb::Executable) -> Result<ExecutableSpec, RuntimeError> {
         name,
         argv: e.argv,
         env: e.env.into_iter().collect(),
-        cwd: PathBuf::from(cwd),
+        cwd,
         uid: e.uid,
         gid: e.gid.or(e.uid),
         cell,
@@ -250,6 +248,188 @@ pub fn needs_admin(c: &pb::Cell) -> Option<&'static str> {
     }
 }
 
+/// An Exec's `start`, checked.
+pub fn attach(s: pb::ExecStart) -> Result<AttachSpec, RuntimeError> {
+    let cell = CellName::parse(&s.cell).map_err(|n| invalid("start.cell", n.to_string()))?;
+    // The executable's own checks, with the fields under `start`.
+    let argv = if s.argv.is_empty() {
+        vec!["(image entrypoint)".to_owned()]
+    } else {
+        s.argv.clone()
+    };
+    let e = executable(pb::Executable {
+        name: "exec".into(),
+        argv,
+        env: s.env,
+        cwd: s.cwd,
+        uid: s.uid,
+        gid: s.gid,
+        cell: s.cell,
+    })
+    .map_err(|e| match e {
+        RuntimeError::Invalid { field, reason } => invalid(format!("start.{field}"), reason),
+        other => other,
+    })?;
+    let size = s.size.map(|t| {
+        (
+            t.rows.min(u32::from(u16::MAX)) as u16,
+            t.columns.min(u32::from(u16::MAX)) as u16,
+        )
+    });
+    Ok(AttachSpec {
+        cell,
+        argv: s.argv,
+        env: e.env,
+        cwd: e.cwd,
+        uid: e.uid,
+        gid: e.gid,
+        tty: s.tty,
+        size: size.filter(|(r, c)| *r > 0 && *c > 0),
+    })
+}
+
+/// A cell's image request, checked before anything is pulled.
+pub struct ImageRequest {
+    pub reference: String,
+    pub policy: PullPolicy,
+    pub credentials: Option<Credentials>,
+    command: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    no_entrypoint: bool,
+}
+
+fn env_entries(field: &str, env: &std::collections::HashMap<String, String>) -> Result<(), RuntimeError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') {
+            return Err(invalid(
+                format!("{field}[{k:?}]"),
+                "a variable name must be non-empty and contain no '='",
+            ));
+        }
+        no_nul(&format!("{field}[{k:?}]"), k)?;
+        no_nul(&format!("{field}[{k:?}]"), v)?;
+    }
+    Ok(())
+}
+
+pub fn oci_image(i: pb::OciImage) -> Result<ImageRequest, RuntimeError> {
+    let reference = i.reference.trim().to_owned();
+    if reference.is_empty() {
+        return Err(invalid("image.reference", "empty; name an image as REGISTRY/NAME:TAG"));
+    }
+    crate::image::pull::parse_reference(&reference).map_err(|e| invalid("image.reference", e.to_string()))?;
+    let policy = match pb::PullPolicy::try_from(i.pull_policy) {
+        Ok(pb::PullPolicy::Unspecified | pb::PullPolicy::IfNotPresent) => PullPolicy::IfNotPresent,
+        Ok(pb::PullPolicy::Always) => PullPolicy::Always,
+        Ok(pb::PullPolicy::Never) => PullPolicy::Never,
+        Err(_) => {
+            return Err(invalid(
+                "image.pull_policy",
+                format!(
+                    "{} is not a PullPolicy (IF_NOT_PRESENT, ALWAYS or NEVER)",
+                    i.pull_policy
+                ),
+            ))
+        }
+    };
+    if !i.ports.is_empty() {
+        return Err(RuntimeError::Precondition(
+            "image.ports: publishing a cell's ports on the node is not implemented in this auraed yet; leave ports empty and reach the cell from inside the node".into(),
+        ));
+    }
+    for (field, list) in [("image.command", &i.command), ("image.args", &i.args)] {
+        if list.len() > MAX_ARGS {
+            return Err(invalid(
+                field,
+                format!("has {} entries; the limit is {MAX_ARGS}", list.len()),
+            ));
+        }
+        for (n, a) in list.iter().enumerate() {
+            no_nul(&format!("{field}[{n}]"), a)?;
+        }
+    }
+    let bytes: usize = i.command.iter().chain(&i.args).map(String::len).sum::<usize>()
+        + i.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+    if bytes > MAX_ARG_BYTES {
+        return Err(invalid(
+            "image.args",
+            format!("command, args and env total {bytes} bytes; the limit is {MAX_ARG_BYTES}"),
+        ));
+    }
+    env_entries("image.env", &i.env)?;
+    let working_dir = match i.working_dir.as_str() {
+        "" => None,
+        w if !w.starts_with('/') => {
+            return Err(invalid(
+                "image.working_dir",
+                format!("'{w}' is relative; give an absolute directory"),
+            ))
+        }
+        w => {
+            no_nul("image.working_dir", w)?;
+            Some(w.to_owned())
+        }
+    };
+    let user = match i.user.trim() {
+        "" => None,
+        u => {
+            no_nul("image.user", u)?;
+            if u.split(':').count() > 2 || u.split(':').any(str::is_empty) {
+                return Err(invalid(
+                    "image.user",
+                    format!("'{u}' is not uid, uid:gid, name or name:group"),
+                ));
+            }
+            Some(u.to_owned())
+        }
+    };
+    let mut env: Vec<(String, String)> = i.env.into_iter().collect();
+    env.sort();
+    Ok(ImageRequest {
+        reference,
+        policy,
+        credentials: i.credentials.map(|c| Credentials {
+            username: c.username,
+            password: c.password,
+        }),
+        command: i.command,
+        args: i.args,
+        env,
+        working_dir,
+        user,
+        no_entrypoint: i.no_entrypoint,
+    })
+}
+
+/// The image as the cell's root: its layers, and the request's settings over its config.
+pub fn image_root(p: &Prepared, r: ImageRequest) -> Result<ImageRoot, RuntimeError> {
+    let argv = p.config.argv(&r.command, &r.args);
+    if !r.no_entrypoint && argv.first().is_none_or(|a| a.is_empty()) {
+        return Err(invalid(
+            "image.command",
+            format!(
+                "image '{}' names no entrypoint or cmd; give the program to run (command or args)",
+                p.record.reference
+            ),
+        ));
+    }
+    Ok(ImageRoot {
+        reference: p.record.reference.clone(),
+        digest: p.record.digest.clone(),
+        layers: p.layers.clone(),
+        chains: p.record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
+        env: p.config.env_with(r.env.iter().map(|(k, v)| (k, v))),
+        working_dir: r.working_dir.or_else(|| p.config.working_dir.clone()),
+        user: r.user.or_else(|| p.config.user.clone()),
+        exposed_ports: p.config.exposed_ports.clone(),
+        argv,
+        start: !r.no_entrypoint,
+    })
+}
+
 pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
     let name = CellName::parse(&c.name).map_err(|n| invalid("name", n.to_string()))?;
     let i = c.isolation.unwrap_or_default();
@@ -267,6 +447,7 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
         },
         binds: Vec::new(),
         ready_within: crate::runtime::spec::READY_MAX,
+        image: None,
     })
 }
 
@@ -512,8 +693,17 @@ pub fn cell_status(v: CellView) -> pb::CellStatus {
                 .map(|s| s.deny.names().into_iter().map(str::to_owned).collect())
                 .unwrap_or_default(),
             privileged: v.confinement.privileged,
-            own_root: i.mount && !v.confinement.privileged,
+            own_root: i.mount && (!v.confinement.privileged || v.image.is_some()),
             user_namespace_root_uid: v.userns_base.unwrap_or(0),
+        }),
+        image: v.image.map(|i| pb::CellImageStatus {
+            reference: i.reference,
+            digest: i.digest,
+            exposed_ports: i.exposed_ports,
+            entrypoint: i.argv,
+            env: i.env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir: i.working_dir.unwrap_or_default(),
+            user: i.user.unwrap_or_default(),
         }),
     }
 }
@@ -635,7 +825,7 @@ mod tests {
         let mut e = exe("ok", &["/bin/true"]);
         e.uid = Some(1000);
         let s = executable(e).unwrap();
-        assert_eq!((s.uid, s.gid, s.cwd.to_str()), (Some(1000), Some(1000), Some("/")));
+        assert_eq!((s.uid, s.gid, s.cwd), (Some(1000), Some(1000), None));
     }
 
     #[test]

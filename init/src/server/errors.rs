@@ -59,7 +59,7 @@ fn image_code(e: &crate::image::ImageError) -> Code {
         E::Unreachable(_) => Code::Unavailable,
         E::Full { .. } => Code::ResourceExhausted,
         // The registry sent what it promised not to, or a layer breaks the rules.
-        E::Mismatch { .. } | E::Refused { .. } | E::Registry(_) => Code::FailedPrecondition,
+        E::Mismatch { .. } | E::Refused { .. } | E::Registry(_) | E::InUse(_) => Code::FailedPrecondition,
         E::Io { source, .. } => io_code(source),
     }
 }

@@ -1,6 +1,7 @@
 //! The `Images` service: pull (streaming progress), list, status, remove.
 
-use crate::image::catalog::{Images, Record};
+use crate::image::catalog::{Images, InUse, Record};
+use crate::image::config::ImageConfig;
 use crate::image::pull::{Credentials, Progress};
 use crate::pb::{self, images_server};
 use std::pin::Pin;
@@ -10,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 pub struct ImagesApi {
     pub images: Result<Arc<Images>, String>,
+    /// Asked which images its cells use before a removal.
+    pub rt: Arc<crate::runtime::Runtime>,
 }
 
 impl ImagesApi {
@@ -58,15 +61,14 @@ pub fn image_status(images: &Images, r: &Record) -> pb::ImageStatus {
     let config = images
         .config_json(r)
         .ok()
-        .and_then(|j| serde_json::from_slice::<oci_spec::image::ImageConfiguration>(&j).ok())
-        .and_then(|c| c.config().clone())
+        .and_then(|j| ImageConfig::parse(&j).ok())
         .map(|c| pb::ImageConfig {
-            entrypoint: c.entrypoint().clone().unwrap_or_default(),
-            cmd: c.cmd().clone().unwrap_or_default(),
-            env: c.env().clone().unwrap_or_default(),
-            working_dir: c.working_dir().clone().unwrap_or_default(),
-            user: c.user().clone().unwrap_or_default(),
-            exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
+            entrypoint: c.entrypoint,
+            cmd: c.cmd,
+            env: c.env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir: c.working_dir.unwrap_or_default(),
+            user: c.user.unwrap_or_default(),
+            exposed_ports: c.exposed_ports,
         });
     pb::ImageStatus {
         reference: r.reference.clone(),
@@ -149,7 +151,18 @@ impl images_server::Images for ImagesApi {
 
     async fn remove(&self, r: Request<pb::ImageRef>) -> Result<Response<pb::RemoveImageResponse>, Status> {
         let images = self.images()?;
-        let freed = images.remove(&r.into_inner().reference).await?;
+        let rt = self.rt.clone();
+        let in_use = move || {
+            rt.images_in_use()
+                .into_iter()
+                .map(|(cell, reference, chains)| InUse {
+                    by: format!("cell '{cell}'"),
+                    reference,
+                    chains,
+                })
+                .collect()
+        };
+        let freed = images.remove(&r.into_inner().reference, in_use).await?;
         Ok(Response::new(pb::RemoveImageResponse { freed_bytes: freed }))
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC server: mTLS on every listener, the Aurae services, `grpc.health.v1` and server
 //! reflection. Handlers are thin; nothing here touches /sys or /proc directly.
 
+pub mod attach;
 pub mod authz;
 pub mod convert;
 pub mod deadline;
@@ -258,6 +259,7 @@ pub async fn serve(
         .add_service(pb::node_server::NodeServer::new(node_api::NodeApi { ctx: ctx.clone() }))
         .add_service(pb::runtime_server::RuntimeServer::new(runtime_api::RuntimeApi {
             rt: ctx.runtime.clone(),
+            images: ctx.images.clone(),
         }))
         .add_service(pb::workloads_server::WorkloadsServer::new(
             workloads_api::WorkloadsApi {
@@ -266,6 +268,7 @@ pub async fn serve(
         ))
         .add_service(pb::images_server::ImagesServer::new(images_api::ImagesApi {
             images: ctx.images.clone(),
+            rt: ctx.runtime.clone(),
         }))
         .serve_with_incoming_shutdown(listen::incoming(listener, acceptor), shutdown)
         .await?;

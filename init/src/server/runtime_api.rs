@@ -66,6 +66,8 @@ const UNDO_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
+    /// Where a cell's image comes from.
+    pub images: Result<Arc<crate::image::catalog::Images>, String>,
 }
 
 fn not_yet(rpc: &str, issue: &str) -> Status {
@@ -77,6 +79,14 @@ fn not_yet(rpc: &str, issue: &str) -> Status {
 
 #[tonic::async_trait]
 impl RuntimeRpc for RuntimeApi {
+    type ExecStream = super::attach::ExecStream;
+
+    async fn exec(&self, r: Request<tonic::Streaming<pb::ExecRequest>>) -> Result<Response<Self::ExecStream>, Status> {
+        Ok(Response::new(
+            super::attach::exec(self.rt.clone(), r.into_inner()).await?,
+        ))
+    }
+
     async fn run_executable(&self, r: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
         let since = Instant::now();
         let spec = convert::executable(r.into_inner())?;
@@ -92,17 +102,30 @@ impl RuntimeRpc for RuntimeApi {
             Caller::require(&r, Role::Admin, field)?;
         }
         let caller = super::deadline::caller_timeout(r.metadata());
-        let c = r.into_inner();
-        if c.image.is_some() {
-            return Err(Status::unimplemented(format!(
-                "image: OCI images in cells are not implemented in auraed {} yet (a later issue); omit `image` to create the cell",
-                crate::VERSION
-            )));
-        }
+        let mut c = r.into_inner();
+        let image = c.image.take().map(convert::oci_image).transpose()?;
         let mut spec = convert::cell(c)?;
         spec.ready_within = super::deadline::wait_budget(None, caller, crate::runtime::spec::READY_MAX);
+        // Pulled (as its policy says) once the rest of the request is known to be good;
+        // its layers are held until the cell exists.
+        let hold = match image {
+            None => None,
+            Some(req) => {
+                let images = self.images.as_ref().map_err(|why| {
+                    Status::failed_precondition(format!("image: this node has no image store: {why}"))
+                })?;
+                let prepared = images
+                    .prepare(&req.reference, req.policy, req.credentials.clone())
+                    .await?;
+                spec.image = Some(convert::image_root(&prepared, req)?);
+                Some(prepared.hold)
+            }
+        };
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
-        let work = async move { rt.run_cell(spec).await };
+        let work = async move {
+            let _hold = hold;
+            rt.run_cell(spec).await
+        };
         let view = detached(self.rt.clone(), work, Kind::Cell, name).await?;
         Ok(timed(since, convert::cell_status(view)))
     }

@@ -1,9 +1,11 @@
 //! A cell's root of its own, built by the cell's init (`runtime::holder`) in the cell's new
 //! mount namespace and entered with `pivot_root`, as OCI runtimes do:
 //!
-//! - the source tree (today the node's base filesystem; an image's rootfs later: only the
-//!   source changes) bound read-only, without the mounts below it, with the node's secrets
-//!   covered (`/etc/aurae`, `/boot`, `/var/lib/aurae`, the daemon's PKI directory);
+//! - the source tree: the node's base filesystem bound read-only, without the mounts below
+//!   it, with the node's secrets covered (`/etc/aurae`, `/boot`, `/var/lib/aurae`, the
+//!   daemon's PKI directory); or an image: its unpacked layers (read-only) under a
+//!   writable layer of the cell's own, an overlay on a tmpfs that lives in the cell's mount
+//!   namespace only, so the cell's writes are charged to its memory and are gone with it;
 //! - its own `/proc` (the cell's pid namespace), a read-only `/sys`;
 //! - a private `/dev`: a small tmpfs with null, zero, full, random, urandom and tty, its own
 //!   devpts, a size-limited `/dev/shm` and `mqueue`; read-only once made, so no node device
@@ -47,6 +49,21 @@ pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sy
 
 /// Marks a bind among the holder's arguments (the others are paths to hide).
 pub const BIND_ARG: &str = "+";
+/// Marks an image layer among the holder's arguments (bottom first).
+pub const LAYER_ARG: &str = "^";
+
+/// What a cell's root is made of.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A directory of the node, bound read-only.
+    Node(&'a Path),
+    /// An image's unpacked layer directories, bottom first, under a writable layer.
+    Image(&'a [PathBuf]),
+}
+
+/// The mount points a root must have; an image that lacks one gets it made in the cell's
+/// own writable layer.
+const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "run"];
 
 /// Size limits of the cell's own tmpfs mounts (tmpfs `size=`).
 pub const TMP_SIZE: &str = "256m";
@@ -66,6 +83,7 @@ const DEVICES: &[(&str, u64, u64)] = &[
 /// Which step failed, for the holder's report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    Image,
     Root,
     Dev,
     Pivot,
@@ -84,7 +102,8 @@ fn tmpfs(target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
     mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data))
 }
 
-/// Builds the root from `source` with `hide` covered and enters it. Call in a fresh,
+/// Builds the root from `source` with `hide` covered (a node source only) and enters it.
+/// Call in a fresh,
 /// private mount namespace. In a user namespace of its own (`userns`), the mounts copied
 /// from the node are locked to it: the source is bound with them (a bind without them is
 /// refused) and each is covered below, and device nodes are bound from the node's /dev
@@ -92,10 +111,20 @@ fn tmpfs(target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
 /// `binds` (node directories, each under `/run`) are bound read-write at the same path in
 /// the cell's own `/run`; anything else is refused (EINVAL): creating its mount point would
 /// write to the node's filesystem through the bound source.
-pub fn enter(source: &Path, hide: &[PathBuf], binds: &[PathBuf], userns: bool) -> StepResult {
-    let root = Path::new(STAGE);
-    let rec = if userns { MsFlags::MS_REC } else { MsFlags::empty() };
-    mount(Some(source), root, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(at(Step::Root))?;
+pub fn enter(source: Source<'_>, hide: &[PathBuf], binds: &[PathBuf], userns: bool) -> StepResult {
+    let stage = Path::new(STAGE);
+    let image_root = stage.join("root");
+    let (root, hide) = match source {
+        Source::Node(dir) => {
+            let rec = if userns { MsFlags::MS_REC } else { MsFlags::empty() };
+            mount(Some(dir), stage, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(at(Step::Root))?;
+            (stage, hide)
+        }
+        Source::Image(layers) => {
+            mount_image(stage, layers, &image_root).map_err(at(Step::Image))?;
+            (image_root.as_path(), &[][..])
+        }
+    };
     for h in hide {
         let Ok(rel) = h.strip_prefix("/") else { continue };
         let target = root.join(rel);
@@ -130,17 +159,61 @@ pub fn enter(source: &Path, hide: &[PathBuf], binds: &[PathBuf], userns: bool) -
     for b in binds {
         bind_into_run(root, b).map_err(at(Step::Root))?;
     }
-    // Read-only from here on; the mounts above stay as they are.
-    mount(
-        None::<&str>,
-        root,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(at(Step::Root))?;
+    // A node source is read-only from here on (the mounts above stay as they are); an
+    // image's root stays writable, into the cell's own layer.
+    if let Source::Node(_) = source {
+        mount(
+            None::<&str>,
+            root,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(at(Step::Root))?;
+    }
     pivot(root)?;
     mask()
+}
+
+/// Mounts the image's `layers` (bottom first) at `root` under a writable layer on a tmpfs
+/// at `stage`, and makes sure the root's mount points are real directories: one that is a
+/// symlink or a file in the image is refused (ENOTDIR), as a mount over it would land
+/// wherever it points.
+fn mount_image(stage: &Path, layers: &[PathBuf], root: &Path) -> nix::Result<()> {
+    if layers.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    tmpfs(stage, MsFlags::MS_NODEV, "mode=0755")?;
+    let (upper, work) = (stage.join("upper"), stage.join("work"));
+    for d in [&upper, &work, &root.to_path_buf()] {
+        nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
+    }
+    let lower: Vec<String> = layers.iter().rev().map(|l| l.to_string_lossy().into_owned()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if opts.len() >= 4096 {
+        return Err(Errno::E2BIG);
+    }
+    mount(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )?;
+    for m in MOUNT_POINTS {
+        let p = root.join(m);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(Errno::ENOTDIR),
+            Err(_) => nix::unistd::mkdir(&p, Mode::from_bits_truncate(0o755))?,
+        }
+    }
+    Ok(())
 }
 
 /// Binds node directory `dir` (under /run, no `..`) at the same path below `root`, whose

@@ -34,6 +34,7 @@ pub enum Stage {
     Capabilities = 19,
     Seccomp = 20,
     UserNs = 21,
+    MountImage = 22,
 }
 
 impl Stage {
@@ -62,6 +63,7 @@ impl Stage {
             Capabilities,
             Seccomp,
             UserNs,
+            MountImage,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -91,6 +93,7 @@ impl Stage {
             Stage::Capabilities => "reduce its capabilities",
             Stage::Seccomp => "install the seccomp profile",
             Stage::UserNs => "enter the cell's user namespace as its root",
+            Stage::MountImage => "mount the image's root (its layers under a writable layer of the cell's own)",
         }
     }
 }
@@ -137,6 +140,8 @@ pub struct ExecPlan {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
+    /// stdin is a terminal: it becomes the process's controlling terminal.
+    pub tty: bool,
     /// Handed to the program as fd 3 (a VMM's control socket), or -1.
     pub control: RawFd,
     pub report: RawFd,
@@ -181,6 +186,7 @@ impl ExecPlan {
             stdin: -1,
             stdout: -1,
             stderr: -1,
+            tty: false,
             control: -1,
             report: -1,
             caps: None,
@@ -362,6 +368,11 @@ pub fn exec_child(p: &ExecPlan) -> ! {
             }
         }
         if libc::dup2(p.stdin, 0) < 0 || libc::dup2(p.stdout, 1) < 0 || libc::dup2(p.stderr, 2) < 0 {
+            fail(report, Stage::Stdio);
+        }
+        // The new session's controlling terminal: Ctrl-C on it signals the process's
+        // foreground group, as on any terminal.
+        if p.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
             fail(report, Stage::Stdio);
         }
         // dup2 onto fd 3 clears close-on-exec there; a control fd already at 3 has it

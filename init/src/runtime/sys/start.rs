@@ -51,6 +51,8 @@ pub struct ExecInput {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// stdin is a terminal the process takes as its controlling terminal.
+    pub tty: bool,
     /// Handed to the program as fd 3 (a VMM's control socket).
     pub control: Option<OwnedFd>,
     /// The cell's user namespace, joined by the child (a thread of auraed cannot).
@@ -122,6 +124,7 @@ fn exec_here(cgroup: &OwnedFd, input: ExecInput) -> Result<Started, StartError> 
     plan.stdin = input.stdin.as_raw_fd();
     plan.stdout = input.stdout.as_raw_fd();
     plan.stderr = input.stderr.as_raw_fd();
+    plan.tty = input.tty;
     plan.control = input.control.as_ref().map_or(-1, |f| f.as_raw_fd());
     plan.confine(&input.limits);
     plan.userns = input.userns.as_ref().map_or(-1, |f| f.as_raw_fd());

@@ -1,0 +1,181 @@
+//! Processes a client is attached to (`docker exec -it`, `kubectl exec -it`): started in a
+//! running cell with stdin, stdout and stderr handed back to the caller instead of the
+//! logs; with a terminal, a pseudo-terminal of the cell's own devpts. Unlisted: their
+//! attacher owns them and ends them (`detach`) when it goes, so nothing stays behind.
+
+use super::cell::Cell;
+use super::error::{Result, RuntimeError};
+use super::names::{CellName, ExecName};
+use super::process::{Attach, Launch, Process};
+use super::spec::{Confinement, ExecutableSpec, Isolation, Resources};
+use super::{logs, Phase, Runtime};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What to start, validated.
+#[derive(Debug, Clone)]
+pub struct AttachSpec {
+    pub cell: CellName,
+    /// Empty: the cell's image's entrypoint and cmd.
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// A terminal of its own, `size` (rows, columns) when given.
+    pub tty: bool,
+    pub size: Option<(u16, u16)>,
+}
+
+/// The caller's ends of an attached process's fds.
+pub enum AttachedIo {
+    /// The terminal's master: the process's input is written to it, its output read.
+    Tty(OwnedFd),
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+}
+
+pub struct Attached {
+    pub process: Arc<Process>,
+    pub io: AttachedIo,
+}
+
+/// Sets a terminal's window size (rows, columns).
+pub fn resize(master: &OwnedFd, rows: u16, columns: u16) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(RuntimeError::sys("set the terminal's size", nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno))
+}
+
+impl Runtime {
+    /// Starts `spec` in its (running) cell, attached; returns once it runs.
+    pub async fn attach(&self, spec: AttachSpec) -> Result<Attached> {
+        self.usable()?;
+        let cell: Arc<Cell> = self.cell(spec.cell.as_str())?;
+        if cell.phase() != Phase::Running {
+            return Err(RuntimeError::Precondition(format!(
+                "cell '{}' is {:?}; attach only to running cells",
+                spec.cell,
+                cell.phase()
+            )));
+        }
+        let argv = match (spec.argv.is_empty(), &cell.image) {
+            (false, _) => spec.argv.clone(),
+            (true, Some(i)) if !i.argv.is_empty() => i.argv.clone(),
+            (true, _) => {
+                return Err(RuntimeError::invalid(
+                    "start.argv",
+                    format!(
+                        "is empty and cell '{}' has no image entrypoint to run; give the program and its arguments",
+                        spec.cell
+                    ),
+                ))
+            }
+        };
+        let (io, attach) = if spec.tty {
+            let (master, peer) = match &cell.image {
+                // The cell's own devpts, so the process's terminal is /dev/pts/N there.
+                Some(_) => cell.root()?.pty()?,
+                None if cell.confinement.privileged || !cell.isolation.mount => node_pty()?,
+                None => cell.root()?.pty()?,
+            };
+            if let Some((rows, columns)) = spec.size {
+                resize(&master, rows, columns)?;
+            }
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone().map_err(|e| RuntimeError::Io {
+                    what: "dup",
+                    path: "a pseudo-terminal".into(),
+                    source: e,
+                })
+            };
+            let attach = Attach {
+                stdin: dup(&peer)?,
+                stdout: dup(&peer)?,
+                stderr: peer,
+                tty: true,
+            };
+            (AttachedIo::Tty(master), attach)
+        } else {
+            let (in_r, in_w) = pipe()?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let io = AttachedIo::Pipes {
+                stdin: in_w,
+                stdout: out_r,
+                stderr: err_r,
+            };
+            (
+                io,
+                Attach {
+                    stdin: in_r,
+                    stdout: out_w,
+                    stderr: err_w,
+                    tty: false,
+                },
+            )
+        };
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let name = ExecName::parse(&format!("exec-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+            .map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
+        let exec = ExecutableSpec {
+            name,
+            argv,
+            env: spec.env,
+            cwd: spec.cwd,
+            uid: spec.uid,
+            gid: spec.gid,
+            cell: Some(spec.cell),
+        };
+        let how = Launch {
+            program: None,
+            isolation: Isolation::default(),
+            resources: Resources::default(),
+            confinement: Confinement::default(),
+            stdout_as: logs::Stream::Stdout,
+            listed: false,
+            control: None,
+            binds: Vec::new(),
+            attach: Some(attach),
+        };
+        let process = self.launch(exec, how).await?;
+        Ok(Attached { process, io })
+    }
+
+    /// Ends an attached process (what is left of it: its whole leaf cgroup) and removes it.
+    pub async fn detach(&self, p: &Process) {
+        p.stop(libc::SIGKILL, std::time::Duration::ZERO).await;
+        if let Err(e) = self.discard_process(p, p.name.as_str()).await {
+            tracing::warn!("attached process {} in cell {}: {e}", p.name, p.cell);
+        }
+    }
+}
+
+/// A pseudo-terminal of the node's devpts (cells on the node's filesystem).
+fn node_pty() -> Result<(OwnedFd, OwnedFd)> {
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| RuntimeError::sys("open /dev/ptmx", errno))?;
+    super::rootfs::pty_peer(master)
+}

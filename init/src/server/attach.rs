@@ -1,0 +1,274 @@
+//! The Runtime service's `Exec`: a process attached to the caller's bidirectional stream.
+//! One task feeds the caller's messages to the process (stdin, resizes, signals), one
+//! pumps its output back, and the session ends when the process exits (its leaf cgroup is
+//! then killed so every fd of its terminal or pipes closes, the output drains, and `exit`
+//! goes last) or when the caller goes away (the process and all it started are killed).
+
+use super::convert;
+use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
+use crate::runtime::attach::{resize, Attached, AttachedIo};
+use crate::runtime::{Process, Runtime};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Status, Streaming};
+
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecResponse, Status>> + Send>>;
+
+/// The most stdin one message may carry.
+const MAX_STDIN: usize = 1 << 20;
+/// Output is sent in pieces of at most this much.
+const CHUNK: usize = 32 * 1024;
+/// How long output may take to drain once the process is gone.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn out(r: Out) -> Result<pb::ExecResponse, Status> {
+    Ok(pb::ExecResponse { response: Some(r) })
+}
+
+/// Starts the process the stream's first message asks for; the rest runs in a task.
+pub async fn exec(rt: Arc<Runtime>, mut input: Streaming<pb::ExecRequest>) -> Result<ExecStream, Status> {
+    let first = input
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("start: the stream ended before its first message, `start`"))?;
+    let Some(In::Start(start)) = first.request else {
+        return Err(Status::invalid_argument(
+            "start: the first message must be `start` (the cell, argv, tty); stdin, resize and signal come after it",
+        ));
+    };
+    let spec = convert::attach(start)?;
+    let attached = rt.attach(spec).await?;
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(session(rt, attached, input, tx));
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// A terminal's master, read by the output pump and written by the feeder.
+type Master = Arc<AsyncFd<OwnedFd>>;
+
+enum Writer {
+    Tty(Master),
+    Pipe(Option<tokio::net::unix::pipe::Sender>),
+}
+
+/// Why the feeder stopped.
+enum Fed {
+    /// The caller half-closed its side: no more input, the process runs on.
+    Done,
+    /// The caller is gone or broke the protocol: end the process.
+    Gone,
+}
+
+async fn session(
+    rt: Arc<Runtime>,
+    a: Attached,
+    input: Streaming<pb::ExecRequest>,
+    tx: mpsc::Sender<Result<pb::ExecResponse, Status>>,
+) {
+    let p = a.process;
+    let _ = tx.send(out(Out::StartedPid(p.view().pid))).await;
+    let (writer, pump) = match wire(a.io, tx.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx
+                .send(Err(Status::internal(format!("attach to the process's fds: {e}"))))
+                .await;
+            rt.detach(&p).await;
+            return;
+        }
+    };
+    let mut feeder = tokio::spawn(feed(input, writer, p.clone()));
+    let mut fed = false;
+    let gone = loop {
+        tokio::select! {
+            r = &mut feeder, if !fed => match r {
+                Ok(Fed::Done) => fed = true,
+                _ => break true,
+            },
+            _ = p.wait() => break false,
+            _ = tx.closed() => break true,
+        }
+    };
+    feeder.abort();
+    if gone {
+        pump.abort();
+        rt.detach(&p).await;
+        return;
+    }
+    let v = p.view();
+    // Whatever it left running in its leaf holds the terminal or pipes open: killed, so
+    // the output reaches its end.
+    p.stop(libc::SIGKILL, std::time::Duration::ZERO).await;
+    let _ = tokio::time::timeout(DRAIN, pump).await;
+    let _ = tx
+        .send(out(Out::Exit(pb::ExecExit {
+            exit_code: v.exit_code,
+            signal: v.signal,
+            oom_killed: v.oom_killed,
+        })))
+        .await;
+    rt.detach(&p).await;
+}
+
+fn nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// The writer of the process's input and the task pumping its output to `tx`.
+fn wire(
+    io: AttachedIo,
+    tx: mpsc::Sender<Result<pb::ExecResponse, Status>>,
+) -> std::io::Result<(Writer, tokio::task::JoinHandle<()>)> {
+    match io {
+        AttachedIo::Tty(master) => {
+            nonblocking(&master)?;
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open (the same file
+            // description) until the AsyncFd drops it.
+            let m: Master = Arc::new(unsafe { AsyncFd::register(master) }?);
+            let pump = tokio::spawn(pump_tty(m.clone(), tx));
+            Ok((Writer::Tty(m), pump))
+        }
+        AttachedIo::Pipes { stdin, stdout, stderr } => {
+            let w = tokio::net::unix::pipe::Sender::from_owned_fd(stdin)?;
+            let o = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?;
+            let e = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?;
+            let pump = tokio::spawn(async move {
+                let a = pump_pipe(o, tx.clone(), Out::Stdout);
+                let b = pump_pipe(e, tx, Out::Stderr);
+                tokio::join!(a, b);
+            });
+            Ok((Writer::Pipe(Some(w)), pump))
+        }
+    }
+}
+
+async fn pump_pipe(
+    mut r: tokio::net::unix::pipe::Receiver,
+    tx: mpsc::Sender<Result<pb::ExecResponse, Status>>,
+    wrap: fn(Vec<u8>) -> Out,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(out(wrap(buf[..n].to_vec()))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn pump_tty(m: Master, tx: mpsc::Sender<Result<pb::ExecResponse, Status>>) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let Ok(mut guard) = m.readable().await else { return };
+        let r = guard.try_io(|fd| {
+            // SAFETY: reads into a buffer of the length given.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match r {
+            Err(_would_block) => continue,
+            // EIO: every holder of the terminal's other end has gone.
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                if tx.send(out(Out::Stdout(buf[..n].to_vec()))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_tty(m: &Master, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let mut guard = m.writable().await?;
+        match guard.try_io(|fd| {
+            // SAFETY: writes from a buffer of the length given.
+            let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }) {
+            Err(_would_block) => continue,
+            Ok(r) => bytes = &bytes[r?..],
+        }
+    }
+    Ok(())
+}
+
+/// Feeds the caller's messages to the process until the caller half-closes (Done) or is
+/// gone or breaks the protocol (Gone).
+async fn feed(mut input: Streaming<pb::ExecRequest>, mut w: Writer, p: Arc<Process>) -> Fed {
+    loop {
+        let msg = match input.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                close(&mut w).await;
+                return Fed::Done;
+            }
+            Err(_) => return Fed::Gone,
+        };
+        match msg.request {
+            Some(In::Stdin(bytes)) if bytes.len() <= MAX_STDIN => {
+                let r = match &mut w {
+                    Writer::Tty(m) => write_tty(m, &bytes).await,
+                    Writer::Pipe(Some(pipe)) => pipe.write_all(&bytes).await,
+                    // Closed already: later stdin has nowhere to go.
+                    Writer::Pipe(None) => Ok(()),
+                };
+                // The process stopped reading (it closed stdin or is exiting): drop it.
+                if r.is_err() {
+                    if let Writer::Pipe(pipe) = &mut w {
+                        pipe.take();
+                    }
+                }
+            }
+            Some(In::CloseStdin(true)) => close(&mut w).await,
+            Some(In::Resize(s)) => {
+                if let Writer::Tty(m) = &w {
+                    let clamp = |v: u32| v.min(u32::from(u16::MAX)) as u16;
+                    let _ = resize(m.get_ref(), clamp(s.rows), clamp(s.columns));
+                }
+            }
+            Some(In::Signal(sig)) => {
+                let _ = p.signal(sig);
+            }
+            Some(In::CloseStdin(false)) | None => {}
+            // A second start, or stdin over the limit: the protocol is broken.
+            Some(In::Start(_)) | Some(In::Stdin(_)) => return Fed::Gone,
+        }
+    }
+}
+
+async fn close(w: &mut Writer) {
+    match w {
+        // The terminal's end-of-file character (^D), as a person would type it.
+        Writer::Tty(m) => {
+            let _ = write_tty(m, b"\x04").await;
+        }
+        Writer::Pipe(pipe) => {
+            pipe.take();
+        }
+    }
+}
