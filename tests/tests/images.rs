@@ -7,7 +7,7 @@
 #[path = "../../init/tests/common/registry.rs"]
 mod registry;
 
-use aurae_appliance_tests::{appliance_or_skip, rt, Appliance, Client, BOOT_DEADLINE};
+use aurae_appliance_tests::{cell_ref, rt, Appliance, Client, BOOT_DEADLINE};
 use auraed::pb;
 use tonic::Code;
 
@@ -41,25 +41,83 @@ async fn pull(c: &Client, reference: &str) -> (Vec<pb::pull_progress::Event>, Re
     }
 }
 
+/// The appliance and the registry this binary's tests share (one boot); the tests run one
+/// at a time and each leaves the node as it found it.
+struct Shared {
+    a: Appliance,
+    _registry: registry::Registry,
+}
+
+fn shared() -> Option<&'static Shared> {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    let build = aurae_appliance_tests::build_dir()?;
+    Some(SHARED.get_or_init(|| {
+        let f = registry::fixture();
+        let r = registry::Registry::start(&f.storage, registry::Options::default());
+        let port = r.addr.rsplit(':').next().unwrap().to_owned();
+        let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
+        let cmdline = format!("aurae.insecure_registries={REGISTRY}");
+        let a = Appliance::boot_with(
+            &build,
+            BOOT_DEADLINE,
+            &[("GUESTFWD", fwd.as_str()), ("EXTRA_CMDLINE", cmdline.as_str())],
+        );
+        Shared { a, _registry: r }
+    }))
+}
+
+macro_rules! shared_or_skip {
+    () => {
+        match shared() {
+            Some(s) => &s.a,
+            None => {
+                eprintln!(
+                    "SKIP {}: AURAE_APPLIANCE is not set (run `make test-appliance`)",
+                    module_path!()
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn image_cell(name: &str, reference: &str, f: impl FnOnce(&mut pb::OciImage)) -> pb::Cell {
+    let mut image = pb::OciImage {
+        reference: reference.into(),
+        ..Default::default()
+    };
+    f(&mut image);
+    pb::Cell {
+        name: name.into(),
+        image: Some(image),
+        ..Default::default()
+    }
+}
+
+async fn stop_and_free_cell(c: &Client, name: &str) {
+    c.workloads
+        .clone()
+        .stop(pb::StopRequest {
+            workload: Some(cell_ref(name)),
+            signal: 0,
+            grace_period_millis: 500,
+        })
+        .await
+        .unwrap();
+    c.workloads.clone().free(cell_ref(name)).await.unwrap();
+}
+
 #[test]
 fn the_appliance_pulls_from_a_registry_refuses_a_malicious_layer_and_removes_images() {
-    let build = appliance_or_skip!();
-    let f = registry::fixture();
-    let r = registry::Registry::start(&f.storage, registry::Options::default());
-    let port = r.addr.rsplit(':').next().unwrap().to_owned();
-    let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
-    let cmdline = format!("aurae.insecure_registries={REGISTRY}");
-    let a = Appliance::boot_with(
-        &build,
-        BOOT_DEADLINE,
-        &[("GUESTFWD", fwd.as_str()), ("EXTRA_CMDLINE", cmdline.as_str())],
-    );
+    let a = shared_or_skip!();
     rt().block_on(async {
-        let c = Client::connect(&a).await;
+        let c = Client::connect(a).await;
         let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
         assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
 
         let reference = format!("{REGISTRY}/test/busybox:1");
+        // From an empty store, whatever ran before.
+        let _ = c.images.clone().remove(pb::ImageRef { reference: reference.clone() }).await;
         let (events, done) = pull(&c, &reference).await;
         let s = done.unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
         assert_eq!(s.layers.len(), 1);
@@ -114,5 +172,208 @@ fn the_appliance_pulls_from_a_registry_refuses_a_malicious_layer_and_removes_ima
             .on_node("echo $(ls -A /var/lib/aurae/images/blobs/sha256 | wc -l) $(ls -A /var/lib/aurae/images/layers | wc -l)")
             .await;
         assert_eq!(left.trim(), "0 0", "every blob and layer freed (the refused image's too)");
+    });
+}
+
+#[test]
+fn a_cell_from_an_image_runs_its_entrypoint_on_the_images_root_and_forgets_its_writes() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let reference = format!("{REGISTRY}/test/busybox:1");
+
+        // NEVER with the image absent: NOT_FOUND, and nothing made.
+        let e = c
+            .cell(image_cell("web", &reference, |i| i.pull_policy = pb::PullPolicy::Never as i32))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().contains("NEVER"), "{}", e.message());
+        assert!(c.cell_status_opt("web").await.is_none());
+
+        // IF_NOT_PRESENT pulls it; the entrypoint runs as executable `web` with the
+        // image's env (one overridden), in the image's working dir.
+        let s = c
+            .cell(image_cell("web", &reference, |i| {
+                i.env.insert("GREETING".into(), "the request".into());
+            }))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        let img = s.image.clone().unwrap();
+        assert_eq!(img.reference, reference);
+        assert_eq!(img.entrypoint, ["/bin/sh", "-c", "echo hello from $GREETING in $(pwd)"]);
+        assert_eq!(img.exposed_ports, ["8080/tcp"]);
+        assert!(s.confinement.unwrap().own_root);
+        let st = c.wait("web").await;
+        assert_eq!(st.exit_code, Some(0), "{st:?}");
+        assert_eq!(c.stdout("web").await, "hello from the request in /srv");
+
+        // Executables started in the cell run on the image's root too: bare names from the
+        // image's PATH (/bin), the image's files, none of the node's.
+        let (st, out) = c
+            .run(pb::Executable {
+                name: "look".into(),
+                argv: vec!["sh".into(), "-c".into(), "cat /etc/os-release; cat marker; ls /etc/aurae /init /usr/bin/auraed 2>&1; echo x > /srv/written; cat /srv/written".into()],
+                cell: "web".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        assert!(out.contains("ID=aurae-test"), "{out}");
+        assert!(out.contains("from the image"), "the image's working dir: {out}");
+        assert_eq!(out.matches("No such file or directory").count(), 3, "nothing of the node: {out}");
+        assert!(out.ends_with('x'), "{out}");
+        let (st, out) = c
+            .run(pb::Executable {
+                name: "who".into(),
+                argv: vec!["id".into()],
+                cell: "web".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!((st.exit_code, out.as_str()), (Some(0), "uid=0(root) gid=0(root)"));
+
+        // A second cell from the image, as the image's user `app`: the same single unpacked
+        // layer on the node, and no trace of the first cell's write.
+        let s2 = c
+            .cell(image_cell("web2", &reference, |i| {
+                i.user = "app".into();
+                i.command = vec!["/bin/sh".into(), "-c".into()];
+                i.args = vec!["id -u; id -g; cat /srv/written 2>&1; sleep 600".into()];
+            }))
+            .await
+            .unwrap();
+        assert_eq!(s2.image.unwrap().user, "app");
+        let layers = c.on_node("ls /var/lib/aurae/images/layers | wc -l").await;
+        assert_eq!(layers.trim(), "1", "one layer shared by both cells: {layers}");
+        let budget = a.budget(std::time::Duration::from_secs(20));
+        let printed = aurae_appliance_tests::eventually(budget, || async { c.stdout("web2").await.lines().count() >= 3 }).await;
+        let out = c.stdout("web2").await;
+        assert!(printed, "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..2], ["1000", "1000"], "the image's user app: {out}");
+        assert!(lines[2].contains("No such file"), "the other cell's write is not here: {out}");
+
+        // Removing an image a cell uses is refused, naming the cells.
+        let e = c
+            .images
+            .clone()
+            .remove(pb::ImageRef {
+                reference: reference.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("cell 'web'") && e.message().contains("cell 'web2'"), "{}", e.message());
+
+        stop_and_free_cell(&c, "web").await;
+        stop_and_free_cell(&c, "web2").await;
+        // The writes went with the cells; the image's layer never saw them.
+        let left = c.on_node("ls /var/lib/aurae/images/layers/*/fs/srv").await;
+        assert!(!left.contains("written"), "{left}");
+        c.images
+            .clone()
+            .remove(pb::ImageRef { reference })
+            .await
+            .unwrap();
+        c.assert_left_nothing("image cells").await;
+    });
+}
+
+/// A tmux session running a command, read and driven as a person would.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(cmd: &str) -> Tmux {
+        let name = format!("aurae-{}", std::process::id());
+        let ok = std::process::Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "100", "-y", "30", cmd])
+            .status()
+            .expect("tmux (make deps installs it)");
+        assert!(ok.success());
+        Tmux(name)
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let ok = std::process::Command::new("tmux")
+            .args(["send-keys", "-t", &self.0])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn screen(&self) -> String {
+        let o = std::process::Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Waits until the screen holds `text`; the screen on failure.
+    fn wait_for(&self, text: &str, budget: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < budget {
+            if self.screen().contains(text) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the terminal never showed {text:?}:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn aer_run_it_is_a_terminal_a_person_can_use() {
+    let a = shared_or_skip!();
+    let reference = format!("{REGISTRY}/test/busybox:1");
+    let pki = a.build.join("pki");
+    let aer = format!(
+        "{} aer --addr 127.0.0.1:{} --server-name localhost --ca {} --cert {} --key {}",
+        a.build.join("bin/auraed").display(),
+        a.port,
+        pki.join("ca.crt").display(),
+        pki.join("client.crt").display(),
+        pki.join("client.key").display()
+    );
+    let t = Tmux::start(&format!(
+        "{aer} run shell --image {reference} -it --rm -- sh; echo EXIT=$?; sleep 600"
+    ));
+    let budget = a.budget(std::time::Duration::from_secs(60));
+    // The image's working dir in busybox's prompt.
+    t.wait_for("/srv #", budget);
+    t.keys(&["echo hi-$((6*7))", "Enter"]);
+    t.wait_for("hi-42", budget);
+    // The window grows; the process's terminal follows.
+    let ok = std::process::Command::new("tmux")
+        .args(["resize-window", "-t", &t.0, "-x", "120", "-y", "40"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    t.keys(&["stty size", "Enter"]);
+    t.wait_for("40 120", budget);
+    // Ctrl-C stops the foreground command in the cell, not aer: the shell answers again.
+    t.keys(&["sleep 1000", "Enter"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    t.keys(&["C-c"]);
+    t.keys(&["echo after-$((1+1))", "Enter"]);
+    t.wait_for("after-2", budget);
+    t.keys(&["exit 3", "Enter"]);
+    t.wait_for("EXIT=3", budget);
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        assert!(c.cell_status_opt("shell").await.is_none(), "--rm freed the cell");
+        c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
+        c.assert_left_nothing("aer run -it").await;
     });
 }

@@ -34,6 +34,91 @@ pub enum CellCmd {
 pub struct CellCreate {
     /// `name` or `parent/name`.
     name: String,
+    #[command(flatten)]
+    opts: CellOpts,
+    #[command(flatten)]
+    image: ImageOpts,
+    /// Make the cell on the image's root but start nothing in it.
+    #[arg(long, requires = "image")]
+    no_entrypoint: bool,
+    /// Arguments replacing the image's cmd (after `--`).
+    #[arg(last = true, requires = "image")]
+    args: Vec<String>,
+}
+
+/// A cell from an image (`aer cell create --image`, `aer run`).
+#[derive(Debug, Args)]
+pub struct ImageOpts {
+    /// The image to run: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...
+    #[arg(long)]
+    pub image: Option<String>,
+    /// When to pull it: if-not-present, always, never.
+    #[arg(long, value_name = "POLICY", default_value = "if-not-present", requires = "image")]
+    pub pull: String,
+    /// Environment variable KEY=VALUE over the image's (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", requires = "image")]
+    pub env: Vec<String>,
+    /// Replace the image's entrypoint (and drop its cmd); `-- ARGS` follow it.
+    #[arg(long, value_name = "PROGRAM", requires = "image")]
+    pub entrypoint: Option<String>,
+    /// Replace the image's user: uid, uid:gid, name or name:group.
+    #[arg(long, requires = "image")]
+    pub user: Option<String>,
+    /// Replace the image's working directory.
+    #[arg(long, requires = "image")]
+    pub workdir: Option<String>,
+    /// Registry user for the pull (with --password-stdin).
+    #[arg(long, requires = "image")]
+    pub username: Option<String>,
+    /// Read the registry password from stdin (never from the command line).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+}
+
+impl ImageOpts {
+    /// The request's image, with `args` replacing its cmd.
+    pub fn request(&self, args: &[String], no_entrypoint: bool) -> Result<Option<pb::OciImage>, CliError> {
+        let Some(reference) = &self.image else { return Ok(None) };
+        let pull_policy = match self.pull.as_str() {
+            "if-not-present" | "ifnotpresent" | "IfNotPresent" => pb::PullPolicy::IfNotPresent,
+            "always" | "Always" => pb::PullPolicy::Always,
+            "never" | "Never" => pb::PullPolicy::Never,
+            other => {
+                return Err(usage(format!(
+                    "--pull '{other}': choose if-not-present, always or never"
+                )))
+            }
+        };
+        let credentials = match (&self.username, self.password_stdin) {
+            (None, _) => None,
+            (Some(u), true) => Some(pb::RegistryCredentials {
+                username: u.clone(),
+                password: super::image::password_from_stdin()?,
+            }),
+            (Some(_), false) => {
+                return Err(usage(
+                    "--username needs --password-stdin (a password on the command line would show in ps)",
+                ))
+            }
+        };
+        Ok(Some(pb::OciImage {
+            reference: reference.clone(),
+            args: args.to_vec(),
+            ports: Vec::new(),
+            command: self.entrypoint.iter().cloned().collect(),
+            env: super::exec::env_map(&self.env)?,
+            pull_policy: pull_policy as i32,
+            working_dir: self.workdir.clone().unwrap_or_default(),
+            user: self.user.clone().unwrap_or_default(),
+            no_entrypoint,
+            credentials,
+        }))
+    }
+}
+
+/// A cell's limits, namespaces and confinement.
+#[derive(Debug, Args)]
+pub struct CellOpts {
     /// cpu.weight (1..10000).
     #[arg(long)]
     cpu_weight: Option<u64>,
@@ -100,6 +185,25 @@ pub async fn cell(cmd: &CellCmd, target: &super::Target, as_json: bool) -> Resul
 }
 
 async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let image = c.image.request(&c.args, c.no_entrypoint)?;
+    let cell = request(&c.name, &c.opts, image)?;
+    // A pull may take long: the caller's --timeout bounds only the connection then.
+    let ch = if cell.image.is_some() {
+        target.connect_unbounded().await?
+    } else {
+        target.connect().await?
+    };
+    let s = pb::runtime_client::RuntimeClient::new(ch)
+        .run_cell(cell)
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    print_cell(&s, as_json);
+    Ok(())
+}
+
+/// The RunCell request for cell `name`.
+pub fn request(name: &str, c: &CellOpts, image: Option<pb::OciImage>) -> Result<pb::Cell, CliError> {
     let bytes = |flag: &str, v: &Option<String>| v.as_deref().map(|s| parse_bytes(flag, s)).transpose();
     let cpu_max = match &c.cpu_max {
         None => None,
@@ -141,8 +245,8 @@ async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result
             )))
         }
     };
-    let cell = pb::Cell {
-        name: c.name.clone(),
+    Ok(pb::Cell {
+        name: name.to_owned(),
         confinement: Some(pb::CellConfinement {
             cap_add: c.cap_add.clone(),
             cap_drop: c.cap_drop.clone(),
@@ -166,13 +270,6 @@ async fn create(c: &CellCreate, target: &super::Target, as_json: bool) -> Result
             io_max: Vec::new(),
         }),
         isolation: Some(iso),
-        image: None,
-    };
-    let s = pb::runtime_client::RuntimeClient::new(target.connect().await?)
-        .run_cell(cell)
-        .await
-        .map_err(CliError::Remote)?
-        .into_inner();
-    print_cell(&s, as_json);
-    Ok(())
+        image,
+    })
 }

@@ -11,11 +11,18 @@ use serde_json::Value;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Name of the executable ([a-z0-9][a-z0-9._-]*).
+    /// Name of the executable ([a-z0-9][a-z0-9._-]*); with -i/-t (not listed), the cell
+    /// unless --cell names it.
     name: String,
     /// Cell to run in (default: a private cell named after the executable).
     #[arg(long)]
     cell: Option<String>,
+    /// Attached: this terminal's stdin goes to the process (until EOF).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Attached, on a terminal of its own (Ctrl-C and window size reach it).
+    #[arg(short = 't', long)]
+    tty: bool,
     /// Environment variable KEY=VALUE (repeatable); nothing else is inherited.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -37,13 +44,37 @@ pub struct ExecArgs {
     argv: Vec<String>,
 }
 
-pub async fn exec(a: &ExecArgs, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+/// `-e KEY=VALUE` flags as a map.
+pub fn env_map(flags: &[String]) -> Result<std::collections::HashMap<String, String>, CliError> {
     let mut env = std::collections::HashMap::new();
-    for kv in &a.env {
+    for kv in flags {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| usage(format!("--env '{kv}': use KEY=VALUE")))?;
         env.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(env)
+}
+
+pub async fn exec(a: &ExecArgs, target: &super::Target, as_json: bool) -> Result<(), CliError> {
+    let env = env_map(&a.env)?;
+    if a.interactive || a.tty {
+        if a.wait || a.follow {
+            return Err(usage(
+                "-i/-t attach to the process already; leave out --wait and --follow",
+            ));
+        }
+        let session = super::attach::Session {
+            cell: a.cell.clone().unwrap_or_else(|| a.name.clone()),
+            argv: a.argv.clone(),
+            env,
+            cwd: a.cwd.clone().unwrap_or_default(),
+            uid: a.uid,
+            gid: a.gid,
+            stdin: a.interactive,
+            tty: a.tty,
+        };
+        return super::attach::attach(target, session).await;
     }
     let ch = target.connect().await?;
     let s = pb::runtime_client::RuntimeClient::new(ch)

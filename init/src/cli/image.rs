@@ -36,6 +36,15 @@ fn short(digest: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
+/// A registry password: the first line of stdin.
+pub(crate) fn password_from_stdin() -> Result<String, CliError> {
+    let mut p = String::new();
+    std::io::stdin()
+        .read_line(&mut p)
+        .map_err(|e| CliError::Usage(format!("reading the registry password from stdin: {e}")))?;
+    Ok(p.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 pub(crate) async fn image(cmd: &ImageCmd, target: &Target, as_json: bool) -> Result<(), CliError> {
     match cmd {
         ImageCmd::Pull {
@@ -44,16 +53,10 @@ pub(crate) async fn image(cmd: &ImageCmd, target: &Target, as_json: bool) -> Res
             password_stdin,
         } => {
             let credentials = match (username, password_stdin) {
-                (Some(u), true) => {
-                    let mut p = String::new();
-                    std::io::stdin()
-                        .read_line(&mut p)
-                        .map_err(|e| CliError::Usage(format!("--password-stdin: {e}")))?;
-                    Some(pb::RegistryCredentials {
-                        username: u.clone(),
-                        password: p.trim_end_matches(['\n', '\r']).to_owned(),
-                    })
-                }
+                (Some(u), true) => Some(pb::RegistryCredentials {
+                    username: u.clone(),
+                    password: password_from_stdin()?,
+                }),
                 (Some(_), false) => {
                     return Err(CliError::Usage(
                         "--username needs --password-stdin (a password on the command line would show in ps)".into(),

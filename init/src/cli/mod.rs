@@ -4,6 +4,7 @@
 //! 2 usage or configuration error; 3 the node could not be reached (connection or TLS);
 //! 4 the awaited executable did not exit 0 (`exec --wait`, `exec -f`, `wait`).
 
+mod attach;
 mod cell;
 pub mod config;
 mod exec;
@@ -11,6 +12,7 @@ mod image;
 mod instance;
 mod node;
 mod print;
+mod run;
 mod vm;
 pub mod workload;
 
@@ -90,8 +92,12 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
-    /// Run an executable: aer exec NAME [--cell C] [-e K=V] [--wait|-f] -- PROGRAM ARGS...
+    /// Run an executable: aer exec NAME [--cell C] [-e K=V] [--wait|-f] -- PROGRAM ARGS...;
+    /// with -i/-t, a process attached to this terminal: aer exec -it CELL -- sh
     Exec(exec::ExecArgs),
+    /// A cell from an image, its entrypoint running (like docker run):
+    /// aer run NAME --image REF [-e K=V] [-it] [-d] [--rm] -- [ARGS]
+    Run(Box<run::RunArgs>),
     /// List cells and executables.
     Ps,
     /// An executable's status.
@@ -128,6 +134,9 @@ pub enum CliError {
     Remote(tonic::Status),
     /// The workload ran, but did not exit 0.
     Workload(String),
+    /// An attached process ended with this code (`aer run`, `aer exec -i`): aer leaves
+    /// with the same, saying nothing more.
+    Exit(u8),
 }
 
 impl CliError {
@@ -137,6 +146,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Connect(_) => 3,
             CliError::Workload(_) => 4,
+            CliError::Exit(c) => *c,
         }
     }
 }
@@ -151,6 +161,7 @@ impl std::fmt::Display for CliError {
             }
             CliError::Remote(s) => write!(f, "{:?}: {}", s.code(), s.message()),
             CliError::Workload(m) => write!(f, "{m}"),
+            CliError::Exit(c) => write!(f, "exit code {c}"),
         }
     }
 }
@@ -292,8 +303,12 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&a)) {
+    let r = rt.block_on(run(&a));
+    // A read of stdin may still be blocked in its thread (aer run -i): do not wait for it.
+    rt.shutdown_background();
+    match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Exit(c)) => ExitCode::from(c),
         Err(e) => {
             eprintln!("aer: {e}");
             ExitCode::from(e.exit_code())
@@ -307,6 +322,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
     let exe = pb::WorkloadKind::Executable;
     match &a.command {
         Command::Exec(e) => exec::exec(e, &target, a.json).await,
+        Command::Run(r) => run::run(r, &target, a.json).await,
         Command::Ps => exec::ps(target.connect().await?, a.json).await,
         Command::Status { name } => workload::lifecycle(&target, exe, name, Op::Status, a.json).await,
         Command::Logs(l) => exec::logs(l, &target).await,

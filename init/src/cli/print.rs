@@ -51,6 +51,10 @@ pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
             "privileged": c.privileged, "own_root": c.own_root,
             "user_namespace_root_uid": c.user_namespace_root_uid,
         },
+        "image": s.image.as_ref().map(|i| json!({
+            "reference": i.reference, "digest": i.digest, "exposed_ports": i.exposed_ports,
+            "entrypoint": i.entrypoint, "env": i.env, "working_dir": i.working_dir, "user": i.user,
+        })),
         "usage": {
             "cpu_usage_micros": u.cpu_usage_micros, "cpu_throttled_micros": u.cpu_throttled_micros,
             "cpu_nr_throttled": u.cpu_nr_throttled, "memory_current_bytes": u.memory_current_bytes,
@@ -146,6 +150,15 @@ pub(crate) fn print_cell(s: &pb::CellStatus, as_json: bool) {
             format!("new, except host {}", shared.join(","))
         }
     );
+    if let Some(i) = &s.image {
+        println!("image       {} ({})", i.reference, i.digest);
+        if !i.entrypoint.is_empty() {
+            println!("entrypoint  {}", i.entrypoint.join(" "));
+        }
+        if !i.exposed_ports.is_empty() {
+            println!("exposes     {}", i.exposed_ports.join(" "));
+        }
+    }
     let c = s.confinement.clone().unwrap_or_default();
     if c.privileged {
         println!("confinement PRIVILEGED: the node's filesystem, every capability, no seccomp");

@@ -1,0 +1,183 @@
+//! The client side of `Exec`: a process in a cell attached to this terminal (`aer exec -it`,
+//! `aer run -it`). With `-t` this terminal goes raw, so every key (Ctrl-C too) reaches the
+//! process, and window-size changes follow; without, SIGINT and SIGTERM to `aer` are
+//! passed on. stdin goes to the process until it ends here (EOF). `aer` exits with the
+//! process's exit code (128 + N when signal N ended it).
+
+use super::CliError;
+use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
+use std::io::Write;
+use std::os::fd::AsFd;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+/// What to start, and how.
+pub struct Session {
+    pub cell: String,
+    /// Empty: the cell image's entrypoint and cmd.
+    pub argv: Vec<String>,
+    pub env: std::collections::HashMap<String, String>,
+    pub cwd: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// -i: send this terminal's stdin.
+    pub stdin: bool,
+    /// -t: a terminal for the process.
+    pub tty: bool,
+}
+
+/// This terminal in raw mode while it lives; restored when dropped.
+struct Raw(Option<nix::sys::termios::Termios>);
+
+impl Raw {
+    fn enter(on: bool) -> Raw {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        if !on {
+            return Raw(None);
+        }
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(stdin.as_fd()) else {
+            return Raw(None);
+        };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        match tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw) {
+            Ok(()) => Raw(Some(saved)),
+            Err(_) => Raw(None),
+        }
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+/// This terminal's size (rows, columns), if stdout is one.
+fn size() -> Option<pb::TerminalSize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_row > 0).then_some(pb::TerminalSize {
+        rows: u32::from(ws.ws_row),
+        columns: u32::from(ws.ws_col),
+    })
+}
+
+fn msg(r: In) -> pb::ExecRequest {
+    pb::ExecRequest { request: Some(r) }
+}
+
+/// Runs `s` attached; Ok only when it exited 0, else the exit code to leave with.
+pub async fn attach(target: &super::Target, s: Session) -> Result<(), CliError> {
+    let ch = target.connect_unbounded().await?;
+    let (tx, rx) = mpsc::channel::<pb::ExecRequest>(16);
+    let tty = s.tty && nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
+    let start = pb::ExecStart {
+        cell: s.cell,
+        argv: s.argv,
+        env: s.env,
+        cwd: s.cwd,
+        uid: s.uid,
+        gid: s.gid,
+        tty: s.tty,
+        size: if s.tty { size() } else { None },
+    };
+    let _ = tx.send(msg(In::Start(start))).await;
+    let mut output = pb::runtime_client::RuntimeClient::new(ch)
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    let raw = Raw::enter(tty);
+    // Input: stdin (with -i), window changes (with -t), SIGINT/SIGTERM (without -t).
+    let feeder = {
+        let tx = tx.clone();
+        let with_stdin = s.stdin;
+        let with_tty = s.tty;
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut winch = signal(SignalKind::window_change()).ok();
+            let mut int = (!with_tty).then(|| signal(SignalKind::interrupt()).ok()).flatten();
+            let mut term = (!with_tty).then(|| signal(SignalKind::terminate()).ok()).flatten();
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut reading = with_stdin;
+            if !with_stdin {
+                let _ = tx.send(msg(In::CloseStdin(true))).await;
+            }
+            loop {
+                let next = async {
+                    tokio::select! {
+                        r = stdin.read(&mut buf), if reading => Some(match r {
+                            Ok(0) | Err(_) => None,
+                            Ok(n) => Some(In::Stdin(buf[..n].to_vec())),
+                        }),
+                        _ = async { winch.as_mut()?.recv().await }, if winch.is_some() => {
+                            Some(size().map(In::Resize))
+                        }
+                        _ = async { int.as_mut()?.recv().await }, if int.is_some() => Some(Some(In::Signal(libc::SIGINT))),
+                        _ = async { term.as_mut()?.recv().await }, if term.is_some() => Some(Some(In::Signal(libc::SIGTERM))),
+                    }
+                };
+                match next.await {
+                    Some(Some(m)) => {
+                        if tx.send(msg(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // stdin ended: EOF for the process, then only signals and resizes.
+                    Some(None) if reading => {
+                        reading = false;
+                        let _ = tx.send(msg(In::CloseStdin(true))).await;
+                    }
+                    Some(None) => {}
+                    None => return,
+                }
+            }
+        })
+    };
+    drop(tx);
+    let mut exit = None;
+    let ended = loop {
+        match output.message().await {
+            Ok(Some(pb::ExecResponse { response: Some(r) })) => match r {
+                Out::Stdout(b) => {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(&b).and_then(|()| o.flush());
+                }
+                Out::Stderr(b) => {
+                    let mut e = std::io::stderr().lock();
+                    let _ = e.write_all(&b).and_then(|()| e.flush());
+                }
+                Out::Exit(x) => {
+                    exit = Some(x);
+                    break Ok(());
+                }
+                Out::StartedPid(_) => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(CliError::Remote(e)),
+        }
+    };
+    feeder.abort();
+    drop(raw);
+    ended?;
+    match exit {
+        Some(pb::ExecExit { exit_code: Some(0), .. }) => Ok(()),
+        Some(pb::ExecExit { exit_code: Some(c), .. }) => Err(CliError::Exit(c.clamp(1, 255) as u8)),
+        Some(pb::ExecExit { signal: Some(sig), .. }) => Err(CliError::Exit((128 + sig).clamp(1, 255) as u8)),
+        _ => Err(CliError::Workload(
+            "the stream ended before the process's exit status arrived".into(),
+        )),
+    }
+}
