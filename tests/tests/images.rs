@@ -46,6 +46,8 @@ async fn pull(c: &Client, reference: &str) -> (Vec<pb::pull_progress::Event>, Re
 struct Shared {
     a: Appliance,
     _registry: registry::Registry,
+    /// The host's loopback port QEMU forwards to the node's port 8080.
+    web: u16,
 }
 
 fn shared() -> Option<&'static Shared> {
@@ -57,12 +59,22 @@ fn shared() -> Option<&'static Shared> {
         let port = r.addr.rsplit(':').next().unwrap().to_owned();
         let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
         let cmdline = format!("aurae.insecure_registries={REGISTRY}");
+        let web = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hostfwd = format!("{web}:8080");
         let a = Appliance::boot_with(
             &build,
             BOOT_DEADLINE,
-            &[("GUESTFWD", fwd.as_str()), ("EXTRA_CMDLINE", cmdline.as_str())],
+            &[
+                ("GUESTFWD", fwd.as_str()),
+                ("EXTRA_CMDLINE", cmdline.as_str()),
+                ("HOSTFWD", hostfwd.as_str()),
+            ],
         );
-        Shared { a, _registry: r }
+        Shared { a, _registry: r, web }
     }))
 }
 
@@ -268,6 +280,22 @@ fn a_cell_from_an_image_runs_its_entrypoint_on_the_images_root_and_forgets_its_w
 
         stop_and_free_cell(&c, "web").await;
         stop_and_free_cell(&c, "web2").await;
+
+        // The layered image as a cell's root: a deleted file is gone, an opaque directory
+        // shows only the upper layer's entries, a write through the absolute symlink
+        // lib -> /usr/lib landed in /usr/lib.
+        let layered = format!("{REGISTRY}/test/layered:1");
+        c.cell(image_cell("layers", &layered, |i| {
+            i.args = vec!["ls /etc/os-release 2>&1; ls /cache; cat /usr/lib/b.so /lib/a.so".into()];
+        }))
+        .await
+        .unwrap();
+        assert_eq!(c.wait("layers").await.exit_code, Some(0));
+        let out = c.stdout("layers").await;
+        assert!(out.starts_with("ls: /etc/os-release: No such file or directory"), "{out}");
+        assert!(out.ends_with("new-entry\nb\na"), "{out}");
+        stop_and_free_cell(&c, "layers").await;
+        c.images.clone().remove(pb::ImageRef { reference: layered }).await.unwrap();
         // The writes went with the cells; the image's layer never saw them.
         let left = c.on_node("ls /var/lib/aurae/images/layers/*/fs/srv").await;
         assert!(!left.contains("written"), "{left}");
@@ -375,5 +403,93 @@ fn aer_run_it_is_a_terminal_a_person_can_use() {
         assert!(c.cell_status_opt("shell").await.is_none(), "--rm freed the cell");
         c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
         c.assert_left_nothing("aer run -it").await;
+    });
+}
+
+/// GET `path` from 127.0.0.1:`port` on the host; the whole answer, or the error.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn a_published_port_reaches_the_cells_server_from_outside_the_appliance() {
+    let a = shared_or_skip!();
+    let web = shared().unwrap().web;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let reference = format!("{REGISTRY}/test/busybox:1");
+        let site = |name: &str, host_port: u32| {
+            image_cell(name, &reference, |i| {
+                i.command = vec![
+                    "httpd".into(),
+                    "-f".into(),
+                    "-p".into(),
+                    "8080".into(),
+                    "-h".into(),
+                    "/srv".into(),
+                ];
+                i.ports = vec![pb::PortMapping {
+                    host_port,
+                    container_port: 8080,
+                    protocol: "tcp".into(),
+                }];
+            })
+        };
+        let s = c
+            .cell(site("site", 8080))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        assert_eq!(s.ports.len(), 1);
+        assert_eq!((s.ports[0].host_port, s.ports[0].container_port), (8080, 8080));
+        // From this test process: host loopback -> QEMU -> the node's port 8080 -> the
+        // cell's own loopback, where httpd listens.
+        let mut answer = String::new();
+        let served = aurae_appliance_tests::eventually(a.budget(std::time::Duration::from_secs(20)), || {
+            let r = http_get(web, "/marker");
+            if let Ok(t) = &r {
+                answer = t.clone();
+            }
+            let ok = r.is_ok_and(|t| t.contains("from the image"));
+            async move { ok }
+        })
+        .await;
+        assert!(served, "{answer}");
+
+        // The node port is the cell's alone; auraed's own API port cannot be taken either.
+        for (name, port) in [("site2", 8080), ("api", 8443)] {
+            let e = c.cell(site(name, port)).await.unwrap_err();
+            assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+            assert!(
+                e.message().contains(&format!("port {port} of the node is taken")),
+                "{}",
+                e.message()
+            );
+            assert!(c.cell_status_opt(name).await.is_none(), "nothing made");
+        }
+        let e = c
+            .cell(image_cell("udp", &reference, |i| {
+                i.ports = vec![pb::PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: "udp".into(),
+                }]
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+        // Freed with the cell: nothing listens, and the port can be published again.
+        stop_and_free_cell(&c, "site").await;
+        assert!(http_get(web, "/marker").map_or(true, |t| !t.contains("from the image")));
+        c.cell(site("site2", 8080)).await.unwrap();
+        stop_and_free_cell(&c, "site2").await;
+        c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
+        c.assert_left_nothing("published ports").await;
     });
 }

@@ -67,6 +67,9 @@ pub struct ImageOpts {
     /// Replace the image's working directory.
     #[arg(long, requires = "image")]
     pub workdir: Option<String>,
+    /// Publish the cell's TCP port CELL on the node's port HOST (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CELL", requires = "image")]
+    pub publish: Vec<String>,
     /// Registry user for the pull (with --password-stdin).
     #[arg(long, requires = "image")]
     pub username: Option<String>,
@@ -101,10 +104,22 @@ impl ImageOpts {
                 ))
             }
         };
+        let mut ports = Vec::new();
+        for p in &self.publish {
+            let parsed = p.split_once(':').and_then(|(h, c)| {
+                let (c, protocol) = c.split_once('/').unwrap_or((c, "tcp"));
+                Some(pb::PortMapping {
+                    host_port: h.parse().ok()?,
+                    container_port: c.parse().ok()?,
+                    protocol: protocol.to_owned(),
+                })
+            });
+            ports.push(parsed.ok_or_else(|| usage(format!("-p '{p}': use HOST:CELL, e.g. 8080:80")))?);
+        }
         Ok(Some(pb::OciImage {
             reference: reference.clone(),
             args: args.to_vec(),
-            ports: Vec::new(),
+            ports,
             command: self.entrypoint.iter().cloned().collect(),
             env: super::exec::env_map(&self.env)?,
             pull_policy: pull_policy as i32,

@@ -51,6 +51,7 @@ pub(crate) fn cell_json(s: &pb::CellStatus) -> Value {
             "privileged": c.privileged, "own_root": c.own_root,
             "user_namespace_root_uid": c.user_namespace_root_uid,
         },
+        "ports": s.ports.iter().map(|p| json!({"host_port": p.host_port, "container_port": p.container_port, "protocol": p.protocol})).collect::<Vec<_>>(),
         "image": s.image.as_ref().map(|i| json!({
             "reference": i.reference, "digest": i.digest, "exposed_ports": i.exposed_ports,
             "entrypoint": i.entrypoint, "env": i.env, "working_dir": i.working_dir, "user": i.user,
@@ -158,6 +159,14 @@ pub(crate) fn print_cell(s: &pb::CellStatus, as_json: bool) {
         if !i.exposed_ports.is_empty() {
             println!("exposes     {}", i.exposed_ports.join(" "));
         }
+    }
+    if !s.ports.is_empty() {
+        let p: Vec<String> = s
+            .ports
+            .iter()
+            .map(|p| format!("node:{} -> {}/{}", p.host_port, p.container_port, p.protocol))
+            .collect();
+        println!("ports       {}", p.join(", "));
     }
     let c = s.confinement.clone().unwrap_or_default();
     if c.privileged {

@@ -7,6 +7,7 @@
 pub mod cidr;
 pub mod ioctl;
 pub mod netlink;
+pub mod proxy;
 
 pub use cidr::Ipv4Cidr;
 use std::net::Ipv4Addr;

@@ -47,6 +47,8 @@ pub struct Cell {
     userns: OnceLock<(Arc<OwnedFd>, u32)>,
     /// Starts the cell's executables while the cell runs.
     starter: std::sync::Mutex<Option<Arc<dyn ExecStarter>>>,
+    /// Its ports published on the node, released when it ends.
+    ports: std::sync::Mutex<Vec<crate::net::proxy::Published>>,
     state: watch::Sender<CellState>,
     /// Serialises stop, freeze and thaw.
     op: tokio::sync::Mutex<()>,
@@ -66,6 +68,8 @@ pub struct CellView {
     pub executables: Vec<String>,
     pub error: String,
     pub image: Option<ImageRoot>,
+    /// Published ports: (node port, cell port).
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// Namespaces the holder creates. The cgroup namespace is per executable (see sys::start).
@@ -96,6 +100,7 @@ impl Cell {
             holder: OnceLock::new(),
             userns: OnceLock::new(),
             starter: std::sync::Mutex::new(None),
+            ports: std::sync::Mutex::new(Vec::new()),
             state: watch::channel(CellState {
                 phase: Phase::Starting,
                 error: String::new(),
@@ -150,8 +155,9 @@ impl Cell {
 
     /// Called when the holder is reaped.
     fn holder_ended(&self, exit: Option<Exit>) {
-        // Its thread lets go of the cell's namespaces.
+        // Its thread lets go of the cell's namespaces; its node ports are free again.
         self.starter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let stopping = self.state.borrow().stopping;
         if !stopping {
             tracing::warn!("cell {}: its init process ended unexpectedly ({exit:?})", self.name);
@@ -182,6 +188,36 @@ impl Cell {
         let mut rx = self.state.subscribe();
         let _ = rx.wait_for(|s| s.phase.ended()).await;
     }
+}
+
+fn port_error(i: usize, host: u16, e: std::io::Error) -> RuntimeError {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        RuntimeError::AlreadyExists(format!(
+            "image.ports[{i}].host_port: port {host} of the node is taken (by another cell or by auraed); choose another"
+        ))
+    } else {
+        RuntimeError::Precondition(format!("image.ports[{i}].host_port: cannot listen on port {host}: {e}"))
+    }
+}
+
+/// Forwards the bound node ports into the cell's network namespace.
+fn publish(cell: &Cell, bound: Vec<crate::net::proxy::Bound>) -> Result<()> {
+    if bound.is_empty() {
+        return Ok(());
+    }
+    let pidfd = cell
+        .pidfd()
+        .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}' is not running", cell.name)))?;
+    let dialer = crate::net::proxy::Dialer::new(pidfd).map_err(|e| {
+        RuntimeError::Precondition(format!("cell '{}': join its network to publish ports: {e}", cell.name))
+    })?;
+    let mut ports = cell.ports.lock().unwrap_or_else(|p| p.into_inner());
+    for b in bound {
+        let p = crate::net::proxy::publish(b, dialer.clone(), cell.name.to_string())
+            .map_err(|e| RuntimeError::Precondition(format!("cell '{}': publish a port: {e}", cell.name)))?;
+        ports.push(p);
+    }
+    Ok(())
 }
 
 fn start_error(e: StartError, what: &str) -> RuntimeError {
@@ -261,6 +297,12 @@ impl Runtime {
             }
         };
         let i = spec.isolation;
+        if !spec.ports.is_empty() && !i.network {
+            return Err(RuntimeError::invalid(
+                "image.ports",
+                "a cell sharing the node's network listens on the node's ports itself; drop ports or share_host_network",
+            ));
+        }
         if spec.image.is_some() && !i.mount {
             return Err(RuntimeError::invalid(
                 "isolation.share_host_mount",
@@ -341,9 +383,17 @@ impl Runtime {
         let (parent, parent_dir) = self.check_cell(&spec)?;
         let dir = parent_dir.child(spec.name.leaf());
         let limits = spec.confinement.exec_limits();
+        // The node's ports first: one taken is refused before anything is made.
+        let mut bound = Vec::with_capacity(spec.ports.len());
+        for (i, (host, inside)) in spec.ports.iter().enumerate() {
+            bound.push(crate::net::proxy::bind(*host, *inside).map_err(|e| port_error(i, *host, e))?);
+        }
         let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;
-        let started = tokio::time::timeout(spec.ready_within, self.start_cell(&cell, &spec, parent.as_deref()));
+        let started = tokio::time::timeout(spec.ready_within, async {
+            self.start_cell(&cell, &spec, parent.as_deref()).await?;
+            publish(&cell, bound)
+        });
         let r = match started.await {
             Ok(r) => r,
             // An init that never reports (blocked before it is ready) is killed with the
@@ -443,6 +493,7 @@ impl Runtime {
     /// Kills whatever a cell holds and removes it from the node and the table.
     pub(super) async fn discard_cell_now(&self, cell: &Cell) {
         cell.state.send_modify(|s| s.stopping = true);
+        cell.ports.lock().unwrap_or_else(|p| p.into_inner()).clear();
         kill_and_wait(&*self.sys, &cell.dir).await;
         if let Err(e) = cell.dir.remove_tree() {
             tracing::warn!("cell {}: {e}", cell.name);
@@ -482,6 +533,13 @@ impl Runtime {
             executables,
             error,
             image: c.image.clone(),
+            ports: c
+                .ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|p| (p.host_port, p.cell_port))
+                .collect(),
         }
     }
 

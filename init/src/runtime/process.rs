@@ -339,6 +339,7 @@ impl Runtime {
                     binds,
                     ready_within: super::spec::READY_MAX,
                     image: None,
+                    ports: Vec::new(),
                 };
                 let c = self.create_cell(own, true).await.map_err(|e| match e {
                     RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(

@@ -90,6 +90,8 @@ pub struct CellSpec {
     pub ready_within: std::time::Duration,
     /// An image as the cell's root, and what its processes get by default.
     pub image: Option<ImageRoot>,
+    /// TCP ports of the cell published on the node: (node port, cell port).
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// An image as a cell's root: its layers from the node's store and the defaults of the

@@ -43,6 +43,7 @@ fn cell(name: &str) -> CellSpec {
         binds: Vec::new(),
         ready_within: super::spec::READY_MAX,
         image: None,
+        ports: Vec::new(),
     }
 }
 

@@ -299,6 +299,7 @@ pub struct ImageRequest {
     working_dir: Option<String>,
     user: Option<String>,
     no_entrypoint: bool,
+    pub ports: Vec<(u16, u16)>,
 }
 
 fn env_entries(field: &str, env: &std::collections::HashMap<String, String>) -> Result<(), RuntimeError> {
@@ -335,11 +336,7 @@ pub fn oci_image(i: pb::OciImage) -> Result<ImageRequest, RuntimeError> {
             ))
         }
     };
-    if !i.ports.is_empty() {
-        return Err(RuntimeError::Precondition(
-            "image.ports: publishing a cell's ports on the node is not implemented in this auraed yet; leave ports empty and reach the cell from inside the node".into(),
-        ));
-    }
+    let ports = ports(&i.ports)?;
     for (field, list) in [("image.command", &i.command), ("image.args", &i.args)] {
         if list.len() > MAX_ARGS {
             return Err(invalid(
@@ -401,7 +398,41 @@ pub fn oci_image(i: pb::OciImage) -> Result<ImageRequest, RuntimeError> {
         working_dir,
         user,
         no_entrypoint: i.no_entrypoint,
+        ports,
     })
+}
+
+/// Published ports, checked: numbers in range, TCP, each node port once.
+fn ports(list: &[pb::PortMapping]) -> Result<Vec<(u16, u16)>, RuntimeError> {
+    let mut out: Vec<(u16, u16)> = Vec::with_capacity(list.len());
+    for (n, p) in list.iter().enumerate() {
+        let f = |x: &str| format!("image.ports[{n}].{x}");
+        let port = |field: &str, v: u32| {
+            u16::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| invalid(f(field), format!("{v} is not a port (1..=65535)")))
+        };
+        let (host, inside) = (
+            port("host_port", p.host_port)?,
+            port("container_port", p.container_port)?,
+        );
+        match p.protocol.to_ascii_lowercase().as_str() {
+            "" | "tcp" => {}
+            "udp" => {
+                return Err(RuntimeError::Precondition(format!(
+                    "{}: UDP ports are not published by this auraed yet; publish TCP ports",
+                    f("protocol")
+                )))
+            }
+            other => return Err(invalid(f("protocol"), format!("'{other}' is not tcp or udp"))),
+        }
+        if out.iter().any(|(h, _)| *h == host) {
+            return Err(invalid(f("host_port"), format!("node port {host} is published twice")));
+        }
+        out.push((host, inside));
+    }
+    Ok(out)
 }
 
 /// The image as the cell's root: its layers, and the request's settings over its config.
@@ -448,6 +479,7 @@ pub fn cell(c: pb::Cell) -> Result<CellSpec, RuntimeError> {
         binds: Vec::new(),
         ready_within: crate::runtime::spec::READY_MAX,
         image: None,
+        ports: Vec::new(),
     })
 }
 
@@ -705,6 +737,15 @@ pub fn cell_status(v: CellView) -> pb::CellStatus {
             working_dir: i.working_dir.unwrap_or_default(),
             user: i.user.unwrap_or_default(),
         }),
+        ports: v
+            .ports
+            .into_iter()
+            .map(|(h, c)| pb::PortMapping {
+                host_port: h.into(),
+                container_port: c.into(),
+                protocol: "tcp".into(),
+            })
+            .collect(),
     }
 }
 
@@ -1011,6 +1052,74 @@ mod tests {
         ] {
             let e = confined(bad).unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
+        }
+    }
+
+    fn image(f: impl FnOnce(&mut pb::OciImage)) -> Result<ImageRequest, RuntimeError> {
+        let mut i = pb::OciImage {
+            reference: "10.0.2.100:5000/test/busybox:1".into(),
+            ..Default::default()
+        };
+        f(&mut i);
+        oci_image(i)
+    }
+
+    #[test]
+    fn an_image_request_is_checked_before_anything_is_pulled() {
+        let p = |h, c, proto: &str| pb::PortMapping {
+            host_port: h,
+            container_port: c,
+            protocol: proto.into(),
+        };
+        let ok = image(|i| i.ports = vec![p(8080, 80, ""), p(8081, 80, "TCP")]).unwrap();
+        assert_eq!(ok.ports, [(8080, 80), (8081, 80)]);
+        let cases: Vec<(Box<dyn FnOnce(&mut pb::OciImage)>, &str)> = vec![
+            (Box::new(|i| i.reference = " ".into()), "image.reference: empty"),
+            (Box::new(|i| i.reference = "UPPER/Case:1".into()), "image.reference"),
+            (
+                Box::new(|i| i.pull_policy = 9),
+                "image.pull_policy: 9 is not a PullPolicy",
+            ),
+            (
+                Box::new(|i| i.ports = vec![p(0, 80, "")]),
+                "image.ports[0].host_port: 0 is not a port",
+            ),
+            (
+                Box::new(|i| i.ports = vec![p(80, 70000, "")]),
+                "image.ports[0].container_port: 70000",
+            ),
+            (
+                Box::new(|i| i.ports = vec![p(80, 80, ""), p(80, 81, "")]),
+                "image.ports[1].host_port: node port 80 is published twice",
+            ),
+            (
+                Box::new(|i| i.ports = vec![p(80, 80, "sctp")]),
+                "image.ports[0].protocol: 'sctp'",
+            ),
+            (
+                Box::new(|i| i.ports = vec![p(53, 53, "udp")]),
+                "UDP ports are not published",
+            ),
+            (
+                Box::new(|i| i.working_dir = "srv".into()),
+                "image.working_dir: 'srv' is relative",
+            ),
+            (Box::new(|i| i.user = "a:b:c".into()), "image.user: 'a:b:c' is not"),
+            (Box::new(|i| i.user = ":5".into()), "image.user"),
+            (
+                Box::new(|i| {
+                    i.env.insert("A=B".into(), "x".into());
+                }),
+                "image.env[\"A=B\"]",
+            ),
+            (
+                Box::new(|i| i.args = vec!["a\0b".into()]),
+                "image.args[0]: contains a NUL byte",
+            ),
+        ];
+        for (f, want) in cases {
+            let e = image(f).err().unwrap().to_string();
+            assert!(e.contains(want), "{e} (wanted {want})");
         }
     }
 }

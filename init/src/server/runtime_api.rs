@@ -117,6 +117,7 @@ impl RuntimeRpc for RuntimeApi {
                 let prepared = images
                     .prepare(&req.reference, req.policy, req.credentials.clone())
                     .await?;
+                spec.ports = req.ports.clone();
                 spec.image = Some(convert::image_root(&prepared, req)?);
                 Some(prepared.hold)
             }

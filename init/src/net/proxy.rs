@@ -1,0 +1,133 @@
+//! Publishing a cell's TCP ports on the node (`-p HOST:CELL`): auraed listens on the node's
+//! port (every address, so the uplink's too) and joins each accepted connection to a new
+//! connection to `127.0.0.1:CELL` made inside the cell's network namespace. A userspace
+//! proxy rather than netfilter rules: the appliance's kernel has no netfilter, and a cell's
+//! namespace needs no route or address of the node's.
+//!
+//! A connection inside the cell is made by one thread per cell that has joined the cell's
+//! network namespace and does nothing else (sockets belong to the namespace of the thread
+//! that creates them); no tokio thread ever changes namespace. At most `MAX_CONNECTIONS`
+//! connections per published port are open at once; more wait in the listen queue.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use tokio::sync::{oneshot, Semaphore};
+
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// A port bound on the node, not yet forwarding.
+pub struct Bound {
+    pub host_port: u16,
+    pub cell_port: u16,
+    listener: std::net::TcpListener,
+}
+
+/// Binds `host_port` on every node address. EADDRINUSE: someone (another cell, auraed's
+/// own API) has it.
+pub fn bind(host_port: u16, cell_port: u16) -> std::io::Result<Bound> {
+    let listener = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, host_port)))?;
+    listener.set_nonblocking(true)?;
+    Ok(Bound {
+        host_port,
+        cell_port,
+        listener,
+    })
+}
+
+type Dial = (u16, oneshot::Sender<std::io::Result<TcpStream>>);
+
+/// Makes connections inside one cell's network namespace.
+#[derive(Clone)]
+pub struct Dialer(std::sync::mpsc::Sender<Dial>);
+
+impl Dialer {
+    /// A thread in the network namespace of the process `pidfd` names (a cell's init).
+    pub fn new(pidfd: Arc<OwnedFd>) -> std::io::Result<Dialer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Dial>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("aurae-dialer".into()).spawn(move || {
+            // SAFETY: setns with a live pidfd; changes this thread's network namespace only.
+            let joined = unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+            let _ = ready_tx.send(if joined {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            });
+            drop(pidfd);
+            if !joined {
+                return;
+            }
+            for (port, reply) in rx {
+                let _ = reply.send(TcpStream::connect((Ipv4Addr::LOCALHOST, port)));
+            }
+        })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the dialer thread ended before joining the cell"))??;
+        Ok(Dialer(tx))
+    }
+
+    async fn dial(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send((port, tx))
+            .map_err(|_| std::io::Error::other("the cell's dialer has ended"))?;
+        let s = rx
+            .await
+            .map_err(|_| std::io::Error::other("the cell's dialer has ended"))??;
+        s.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(s)
+    }
+}
+
+/// A published port: forwarding until dropped, then the node's port is free again.
+pub struct Published {
+    pub host_port: u16,
+    pub cell_port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts forwarding `b` into the cell `dialer` reaches; `name` is for the logs.
+pub fn publish(b: Bound, dialer: Dialer, name: String) -> std::io::Result<Published> {
+    let listener = tokio::net::TcpListener::from_std(b.listener)?;
+    let (host_port, cell_port) = (b.host_port, b.cell_port);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (mut outside, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("cell {name}: port {host_port}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let dialer = dialer.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match dialer.dial(cell_port).await {
+                    Ok(mut inside) => {
+                        let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                    }
+                    Err(e) => tracing::info!("cell {name}: {peer} -> port {cell_port}: {e}"),
+                }
+            });
+        }
+    });
+    Ok(Published {
+        host_port,
+        cell_port,
+        task,
+    })
+}
