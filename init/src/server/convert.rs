@@ -1066,14 +1066,17 @@ mod tests {
 
     #[test]
     fn an_image_request_is_checked_before_anything_is_pulled() {
-        let p = |h, c, proto: &str| pb::PortMapping {
-            host_port: h,
-            container_port: c,
-            protocol: proto.into(),
-        };
+        fn p(h: u32, c: u32, proto: &str) -> pb::PortMapping {
+            pb::PortMapping {
+                host_port: h,
+                container_port: c,
+                protocol: proto.into(),
+            }
+        }
         let ok = image(|i| i.ports = vec![p(8080, 80, ""), p(8081, 80, "TCP")]).unwrap();
         assert_eq!(ok.ports, [(8080, 80), (8081, 80)]);
-        let cases: Vec<(Box<dyn FnOnce(&mut pb::OciImage)>, &str)> = vec![
+        type Change = Box<dyn FnOnce(&mut pb::OciImage)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|i| i.reference = " ".into()), "image.reference: empty"),
             (Box::new(|i| i.reference = "UPPER/Case:1".into()), "image.reference"),
             (
