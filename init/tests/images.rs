@@ -14,7 +14,6 @@ use auraed::image::store::Store;
 use auraed::image::ImageError;
 use common::free_port;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 struct Node {
@@ -243,16 +242,7 @@ async fn https_registries_are_verified_against_the_cas_given() {
 #[tokio::test]
 async fn basic_auth_is_required_and_checked() {
     let f = fixture();
-    let hash = Command::new("python3")
-        .args([
-            "-W",
-            "ignore",
-            "-c",
-            "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
-        ])
-        .output()
-        .unwrap();
-    let line = format!("puller:{}", String::from_utf8(hash.stdout).unwrap().trim());
+    let line = common::registry::htpasswd("puller", "s3cret");
     let r = Registry::start(
         &f.storage,
         Options {

@@ -548,6 +548,47 @@ where
     }
 }
 
+/// An initramfs layer (boot with `("EXTRA_LAYER", path)`) adding `files` (absolute path,
+/// content, mode), their directories made 0755 (0700 for /etc/aurae/pki).
+pub fn files_layer(path: &std::path::Path, files: &[(&str, &[u8], u32)]) {
+    use auraed::spawn::cpio::Entry;
+    let mut dirs: Vec<String> = Vec::new();
+    for (f, _, _) in files {
+        let mut d = std::path::Path::new(f).parent();
+        let mut chain = Vec::new();
+        while let Some(p) = d.filter(|p| p != &std::path::Path::new("/")) {
+            chain.push(p.to_string_lossy().into_owned());
+            d = p.parent();
+        }
+        for p in chain.into_iter().rev() {
+            if !dirs.contains(&p) {
+                dirs.push(p);
+            }
+        }
+    }
+    let mut entries: Vec<Entry> = dirs
+        .into_iter()
+        .map(|p| Entry::Dir {
+            mode: if p == "/etc/aurae/pki" { 0o700 } else { 0o755 },
+            path: p,
+            uid: 0,
+            gid: 0,
+        })
+        .collect();
+    for (f, data, mode) in files {
+        entries.push(Entry::File {
+            path: (*f).to_owned(),
+            data: data.to_vec(),
+            mode: *mode,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    let mut buf = Vec::new();
+    auraed::spawn::cpio::write_archive(&entries, &mut buf).expect("cpio");
+    std::fs::write(path, buf).expect("write layer");
+}
+
 /// Client identities with roles, for tests of authorization: certificates minted with the
 /// build's CA for `spiffe://aurae.local/client/NAME`, and an initramfs layer (boot with
 /// `("EXTRA_LAYER", layer)`) whose policy.toml is the build's plus these entries.

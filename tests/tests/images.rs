@@ -11,7 +11,12 @@ use aurae_appliance_tests::{cell_ref, rt, Appliance, Client, BOOT_DEADLINE};
 use auraed::pb;
 use tonic::Code;
 
+/// Plain HTTP, listed insecure on the kernel command line.
 const REGISTRY: &str = "10.0.2.100:5000";
+/// HTTPS with a certificate of the test CA, which the node's registries file lists.
+const TLS_REGISTRY: &str = "10.0.2.101:5000";
+/// HTTPS and basic auth; the node's registries file holds the credentials.
+const AUTH_REGISTRY: &str = "10.0.2.102:5000";
 
 /// Pulls `reference`, returning the progress messages and the outcome.
 async fn pull(c: &Client, reference: &str) -> (Vec<pb::pull_progress::Event>, Result<pb::ImageStatus, tonic::Status>) {
@@ -45,7 +50,8 @@ async fn pull(c: &Client, reference: &str) -> (Vec<pb::pull_progress::Event>, Re
 /// at a time and each leaves the node as it found it.
 struct Shared {
     a: Appliance,
-    _registry: registry::Registry,
+    _registries: Vec<registry::Registry>,
+    _layer: tempfile::TempDir,
     /// The host's loopback port QEMU forwards to the node's port 8080.
     web: u16,
 }
@@ -55,10 +61,49 @@ fn shared() -> Option<&'static Shared> {
     let build = aurae_appliance_tests::build_dir()?;
     Some(SHARED.get_or_init(|| {
         let f = registry::fixture();
-        let r = registry::Registry::start(&f.storage, registry::Options::default());
-        let port = r.addr.rsplit(':').next().unwrap().to_owned();
-        let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
+        let tls = || Some((f.pki.join("server.crt"), f.pki.join("server.key")));
+        let registries = vec![
+            registry::Registry::start(&f.storage, registry::Options::default()),
+            registry::Registry::start(
+                &f.storage,
+                registry::Options {
+                    tls: tls(),
+                    ..Default::default()
+                },
+            ),
+            registry::Registry::start(
+                &f.storage,
+                registry::Options {
+                    tls: tls(),
+                    htpasswd: Some(registry::htpasswd("puller", "s3cret")),
+                },
+            ),
+        ];
+        let fwd: Vec<String> = [REGISTRY, TLS_REGISTRY, AUTH_REGISTRY]
+            .iter()
+            .zip(&registries)
+            .map(|(guest, r)| {
+                let port = r.addr.rsplit(':').next().unwrap();
+                format!("tcp:{guest}-cmd:busybox nc 127.0.0.1 {port}")
+            })
+            .collect();
+        let fwd = fwd.join("|");
         let cmdline = format!("aurae.insecure_registries={REGISTRY}");
+        // The node's registries file (admin-written, invisible to cells): the test CA, and
+        // credentials for the registry that wants them.
+        let layer_dir = tempfile::tempdir().unwrap();
+        let layer = layer_dir.path().join("registries.cpio");
+        let conf = format!(
+            "ca_files = [\"/etc/aurae/registry-ca.crt\"]\n[credentials.\"{AUTH_REGISTRY}\"]\nusername = \"puller\"\npassword = \"s3cret\"\n"
+        );
+        let ca = std::fs::read(f.pki.join("ca.crt")).unwrap();
+        aurae_appliance_tests::files_layer(
+            &layer,
+            &[
+                ("/etc/aurae/registries.toml", conf.as_bytes(), 0o600),
+                ("/etc/aurae/registry-ca.crt", &ca, 0o644),
+            ],
+        );
         let web = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -72,9 +117,15 @@ fn shared() -> Option<&'static Shared> {
                 ("GUESTFWD", fwd.as_str()),
                 ("EXTRA_CMDLINE", cmdline.as_str()),
                 ("HOSTFWD", hostfwd.as_str()),
+                ("EXTRA_LAYER", layer.to_str().unwrap()),
             ],
         );
-        Shared { a, _registry: r, web }
+        Shared {
+            a,
+            _registries: registries,
+            _layer: layer_dir,
+            web,
+        }
     }))
 }
 
@@ -491,5 +542,71 @@ fn a_published_port_reaches_the_cells_server_from_outside_the_appliance() {
         stop_and_free_cell(&c, "site2").await;
         c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
         c.assert_left_nothing("published ports").await;
+    });
+}
+
+#[test]
+fn registries_over_https_and_with_basic_auth_serve_cells() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        // HTTPS, verified against the CA the registries file names.
+        let tls_ref = format!("{TLS_REGISTRY}/test/busybox:1");
+        let (_, done) = pull(&c, &tls_ref).await;
+        done.unwrap_or_else(|e| panic!("{e:?}"));
+
+        // Basic auth with the node's credentials, a zstd layer, straight from RunCell.
+        let auth_ref = format!("{AUTH_REGISTRY}/test/busybox:zstd");
+        c.cell(image_cell("zst", &auth_ref, |_| {}))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.wait("zst").await.exit_code, Some(0));
+        assert_eq!(c.stdout("zst").await, "hello from image in /srv");
+
+        // Credentials in the request win over the file's; wrong ones are PERMISSION_DENIED
+        // and never said back.
+        let mut s = c
+            .images
+            .clone()
+            .pull(pb::PullRequest {
+                reference: format!("{AUTH_REGISTRY}/test/layered:1"),
+                credentials: Some(pb::RegistryCredentials {
+                    username: "puller".into(),
+                    password: "not-the-password".into(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let e = loop {
+            match s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the pull ended without an error"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(!e.message().contains("not-the-password"), "{}", e.message());
+
+        // A cell cannot read the node's registries file or the CA it names.
+        let (_, out) = c
+            .run(pb::Executable {
+                name: "peek".into(),
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "cat /etc/aurae/registries.toml; ls /etc/aurae".into(),
+                ],
+                cell: "zst".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(!out.contains("s3cret"), "{out}");
+
+        stop_and_free_cell(&c, "zst").await;
+        for r in [tls_ref, auth_ref] {
+            c.images.clone().remove(pb::ImageRef { reference: r }).await.unwrap();
+        }
+        c.assert_left_nothing("https and auth registries").await;
     });
 }

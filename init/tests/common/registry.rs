@@ -91,6 +91,20 @@ impl Registry {
     }
 }
 
+/// An htpasswd line for `user` with `password` (bcrypt, as the registry wants).
+pub fn htpasswd(user: &str, password: &str) -> String {
+    let hash = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            &format!("import crypt; print(crypt.crypt({password:?}, crypt.mksalt(crypt.METHOD_BLOWFISH)))"),
+        ])
+        .output()
+        .unwrap();
+    format!("{user}:{}", String::from_utf8(hash.stdout).unwrap().trim())
+}
+
 /// Registry storage holding the test images, pushed once per test binary.
 pub struct Fixture {
     pub storage: PathBuf,
@@ -117,7 +131,8 @@ pub fn fixture() -> &'static Fixture {
             "registry",
             pki::LeafKind::Server {
                 dns: &["localhost".to_owned()],
-                ips: &["127.0.0.1".parse().unwrap()],
+                // The host's loopback, and the addresses the appliance tier's guests use.
+                ips: &["127.0.0.1", "10.0.2.101", "10.0.2.102"].map(|ip| ip.parse().unwrap()),
             },
             1,
         )
