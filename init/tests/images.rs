@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use common::registry::{fixture, Options, Registry};
+use common::registry::{fixture, Cutter, Options, Registry};
 
 use auraed::image::pull::{pull, Credentials, Progress, Registries};
 use auraed::image::store::Store;
@@ -365,4 +365,160 @@ fn aer_image_pull_ls_status_rm_through_the_api() {
         "{}",
         text(&o)
     );
+}
+
+/// Every blob in the store, by digest hex, each checked against its name.
+fn verified_blobs(n: &Node) -> Vec<(String, u64)> {
+    use sha2::Digest as _;
+    let dir = n.store.root().join("blobs/sha256");
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let data = std::fs::read(e.path()).unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert_eq!(
+                hex(&sha2::Sha256::digest(&data)),
+                name,
+                "a blob in the store is what its name says"
+            );
+            (name, data.len() as u64)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn tmp_is_empty(n: &Node) -> bool {
+    std::fs::read_dir(n.store.root().join("tmp")).unwrap().count() == 0
+}
+
+#[tokio::test]
+async fn a_pull_cut_mid_layer_leaves_only_verified_blobs_and_a_retry_fetches_the_rest() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    // Responses over 256 KiB are cut half way: the 1 MiB busybox layer never arrives whole.
+    let cut = Cutter::start(&r.addr, 256 * 1024);
+    let n = node();
+    let through = |addr: &str| Registries {
+        insecure: vec![addr.to_owned()],
+        ..Default::default()
+    };
+    let e = pull_quiet(&n, &format!("{}/test/layered:1", cut.addr), None, &through(&cut.addr))
+        .await
+        .unwrap_err();
+    eprintln!("{e}");
+    assert!(matches!(e, ImageError::Unreachable(_) | ImageError::Registry(_)), "{e}");
+    assert!(tmp_is_empty(&n), "nothing half-written");
+    let kept = verified_blobs(&n);
+    assert!(
+        kept.iter().all(|(_, size)| *size < 256 * 1024),
+        "the cut blob is not kept: {kept:?}"
+    );
+    assert!(std::fs::read_dir(n.store.root().join("layers")).unwrap().count() < 3);
+
+    // The registry again, whole: only what is missing travels.
+    let p = pull_quiet(&n, &format!("{}/test/layered:1", r.addr), None, &insecure(&r))
+        .await
+        .unwrap();
+    let kept_bytes: u64 = kept.iter().map(|(_, s)| s).sum();
+    let all: u64 = verified_blobs(&n).iter().map(|(_, s)| s).sum();
+    assert_eq!(
+        p.fetched,
+        all - kept_bytes,
+        "fetched only the blobs the first try did not verify"
+    );
+    assert!(p.fetched > 1 << 20);
+    assert_eq!(std::fs::read_dir(n.store.root().join("layers")).unwrap().count(), 3);
+    assert!(tmp_is_empty(&n));
+}
+
+#[tokio::test]
+async fn a_corrupt_blob_in_the_registry_is_refused_and_a_repaired_one_is_pulled() {
+    let f = fixture();
+    let storage = tempfile::tempdir().unwrap();
+    common::registry::run(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&f.storage)
+            .arg(storage.path()),
+    );
+    let storage = storage.path().join(f.storage.file_name().unwrap());
+    // The largest blob is the busybox layer: one byte of it flipped, the size unchanged.
+    let mut largest: Option<(u64, PathBuf)> = None;
+    let mut dirs = vec![storage.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data") {
+                let len = p.metadata().unwrap().len();
+                if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                    largest = Some((len, p));
+                }
+            }
+        }
+    }
+    let (_, blob) = largest.unwrap();
+    let good = std::fs::read(&blob).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&blob, &bad).unwrap();
+    let r = Registry::start(&storage, Options::default());
+    let n = node();
+    let reference = format!("{}/test/busybox:1", r.addr);
+    let e = pull_quiet(&n, &reference, None, &insecure(&r)).await.unwrap_err();
+    eprintln!("{e}");
+    assert!(matches!(e, ImageError::Mismatch { .. }), "{e}");
+    let digest = blob
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        verified_blobs(&n).iter().all(|(d, _)| *d != digest),
+        "the corrupt blob is not in the store"
+    );
+    assert!(tmp_is_empty(&n));
+    assert_eq!(std::fs::read_dir(n.store.root().join("layers")).unwrap().count(), 0);
+    std::fs::write(&blob, &good).unwrap();
+    let p = pull_quiet(&n, &reference, None, &insecure(&r)).await.unwrap();
+    assert_eq!(p.layers.len(), 1);
+}
+
+#[tokio::test]
+async fn a_full_store_is_refused_with_what_was_needed_and_a_bigger_one_pulls() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("images");
+    let small = Node {
+        _dir: tempfile::tempdir().unwrap(),
+        store: Arc::new(Store::open(&root, 512 * 1024).unwrap()),
+    };
+    let reference = format!("{}/test/busybox:1", r.addr);
+    let e = pull_quiet(&small, &reference, None, &insecure(&r)).await.unwrap_err();
+    eprintln!("{e}");
+    let ImageError::Full { store, needed, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(store, &root);
+    assert!(*needed > 0);
+    assert!(e.to_string().contains("aer image rm"), "{e}");
+    assert!(tmp_is_empty(&small));
+    assert!(small.store.used() <= 512 * 1024);
+    // The same store with room: the pull completes.
+    let roomy = Node {
+        _dir: tempfile::tempdir().unwrap(),
+        store: Arc::new(Store::open(&root, 64 << 20).unwrap()),
+    };
+    pull_quiet(&roomy, &reference, None, &insecure(&r)).await.unwrap();
 }

@@ -315,8 +315,7 @@ async fn fetch(
         .map_err(|e| registry_error(reference, e))?;
     let mut done = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ImageError::Unreachable(format!("{reference}: blob {d}: the transfer broke off: {e}")))?;
+        let chunk = chunk.map_err(|e| transfer_error(reference, d, e))?;
         w.write(&chunk)?;
         done += chunk.len() as u64;
         on_bytes(done);
@@ -332,4 +331,19 @@ fn diff_ids(config: &[u8], reference: &str) -> Result<Vec<Digest>, ImageError> {
     let c: oci_spec::image::ImageConfiguration = serde_json::from_slice(config)
         .map_err(|e| ImageError::Registry(format!("{reference}: its config is not an OCI image config: {e}")))?;
     c.rootfs().diff_ids().iter().map(|d| Digest::parse(d)).collect()
+}
+/// A blob's stream ended in error: the client's own digest check (the registry sent other
+/// bytes than the manifest promised: Mismatch, nothing kept), else a broken transfer.
+fn transfer_error(reference: &str, d: &Digest, e: std::io::Error) -> ImageError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
+    {
+        Some(oci_client::errors::DigestError::VerificationError { expected, actual }) => ImageError::Mismatch {
+            what: format!("{reference}: blob {d} from the registry"),
+            expected: expected.clone(),
+            got: actual.clone(),
+        },
+        _ => ImageError::Unreachable(format!("{reference}: blob {d}: the transfer broke off: {e}")),
+    }
 }

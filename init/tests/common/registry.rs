@@ -158,3 +158,74 @@ pub fn fixture() -> &'static Fixture {
         Fixture { storage, pki: pki_dir }
     })
 }
+
+/// A TCP proxy to `to` that cuts a connection once one response has carried more than
+/// `limit` bytes (the registry "going away" in the middle of a large blob). Bytes from the
+/// client start a new response count. Runs until dropped (its threads end with the sockets).
+pub struct Cutter {
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cutter {
+    pub fn start(to: &str, limit: u64) -> Cutter {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (to, halt) = (to.to_owned(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if halt.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                let count = Arc::new(AtomicU64::new(0));
+                let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let reset = count.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        reset.store(0, Ordering::Relaxed);
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if count.fetch_add(n as u64, Ordering::Relaxed) + n as u64 > limit {
+                            // Half of what fits, then the connection is gone.
+                            let _ = c_out.write_all(&buf[..n / 2]);
+                            break;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                    let _ = s_in.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Cutter { addr, stop }
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
