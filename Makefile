@@ -4,7 +4,7 @@ BUILD := $(CURDIR)/build
 PORT  ?= 8443
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \
-                ca-certificates docker-registry skopeo umoci python3 tmux
+                ca-certificates docker-registry skopeo umoci python3 tmux e2fsprogs
 
 .PHONY: deps build kernel pki image run stop test test-host test-appliance bench lint clean
 

@@ -92,10 +92,57 @@ vm_bench() {
 # Runtime figures, measured inside one more boot (with the bench-only layer: crun, an OCI
 # bundle and a client certificate) by `auraed bench-runtime`, run as an executable in a cell
 # that shares the node's network and mounts.
+# A registry on the host's loopback for the image figures, reached from the guest through a
+# QEMU guestfwd rule (as the appliance tests do): the busybox test image and a generated
+# ~64 MiB image of 4 random layers.
+REG_GUEST=10.0.2.100:5000
+reg_dir=$(mktemp -d)
+reg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$reg_dir/storage" "$reg_port" > "$reg_dir/config.yml"
+docker-registry serve "$reg_dir/config.yml" >/dev/null 2>&1 &
+reg_pid=$!
+trap 'rm -f "$log"; kill $reg_pid 2>/dev/null; rm -rf "$reg_dir"' EXIT
+"$here/tests/images/build.sh" "$B/test-images" >/dev/null
+"$here/tests/images/bench-image.sh" "$B/bench-image" >/dev/null
+until python3 -c "import socket; socket.create_connection(('127.0.0.1', $reg_port), 1)" 2>/dev/null; do sleep 0.1; done
+skopeo copy -q --dest-tls-verify=false "oci:$B/test-images/layout:busybox" "docker://127.0.0.1:$reg_port/test/busybox:1"
+skopeo copy -q --dest-tls-verify=false "oci:$B/bench-image/layout:big" "docker://127.0.0.1:$reg_port/bench/big:1"
+big_layers=$(python3 - "$B/bench-image/layout" <<'PY'
+import json, os, sys
+L = sys.argv[1]
+idx = json.load(open(os.path.join(L, "index.json")))
+m = json.load(open(os.path.join(L, "blobs/sha256", idx["manifests"][0]["digest"].split(":")[1])))
+print(" ".join(l["digest"] for l in m["layers"]))
+PY
+)
+big_bytes=$(du -cb "$B"/bench-image/layout/blobs/sha256/* | tail -1 | cut -f1)
+
+# Pull + unpack of the big image (aer image pull, host wall clock) beside busybox wget of
+# the same blobs in the same boot (the link's limit: QEMU's user network and guestfwd).
+image_bench() {
+    echo
+    echo "== images (pull from a registry on the host through QEMU's user network, accel ${ACCEL:-tcg})"
+    local wget_ms pull_ms t0 t1
+    t0=$(date +%s%N)
+    aer --timeout 600 exec bwget --cell benchhost --wait -- /bin/sh -c \
+        "for d in $big_layers; do wget -q -O /dev/null http://$REG_GUEST/v2/bench/big/blobs/\$d || exit 1; done" >/dev/null \
+        || { echo "bench: wget of the blobs failed"; return; }
+    t1=$(date +%s%N); wget_ms=$(( (t1 - t0) / 1000000 ))
+    aer free bwget >/dev/null
+    t0=$(date +%s%N)
+    aer --timeout 600 image pull "$REG_GUEST/bench/big:1" >/dev/null || { echo "bench: pull failed"; return; }
+    t1=$(date +%s%N); pull_ms=$(( (t1 - t0) / 1000000 ))
+    printf '%-44s %.1f MB/s (%d bytes in %d ms)\n' "raw download of the blobs, busybox wget" "$(echo "$big_bytes / 1000 / $wget_ms" | bc -l)" "$big_bytes" "$wget_ms"
+    printf '%-44s %.1f MB/s (%d ms; %.2f of wget; goal >= 0.8)\n' "image pull + unpack, 4 layers ~64 MiB" "$(echo "$big_bytes / 1000 / $pull_ms" | bc -l)" "$pull_ms" "$(echo "$wget_ms / $pull_ms" | bc -l)"
+    aer image rm "$REG_GUEST/bench/big:1" >/dev/null
+}
+
 if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     echo
     echo "== runtime (inside the appliance, accel ${ACCEL:-tcg}, ${BENCH_N:-100} samples each)"
     BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} MEM=2048M LAYERS="base pki toolbox boot bench" \
+        GUESTFWD="tcp:$REG_GUEST-cmd:busybox nc 127.0.0.1 $reg_port" EXTRA_CMDLINE="aurae.insecure_registries=$REG_GUEST" \
         "$here/qemu/run" > "$log" 2>&1 &
     qpid=$!
     t0=$(date +%s)
@@ -105,9 +152,12 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         sleep 0.1
     done
     aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
+    aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null || echo "bench: pull of the busybox test image failed"
     aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
         --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
+        --image "$REG_GUEST/test/busybox:1" --crun-image-bundle /bench/image-bundle \
         || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
+    image_bench
     vm_bench
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid

@@ -23,6 +23,41 @@ pub struct BenchArgs {
     crun_bundle: Option<PathBuf>,
     #[arg(long, default_value = "/usr/bin/crun")]
     crun: PathBuf,
+    /// An image the node has: cells from it, beside crun on `--crun-image-bundle` (the same
+    /// image unpacked).
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    crun_image_bundle: Option<PathBuf>,
+}
+
+/// `crun run` of `bundle` (/bin/true) `n` times.
+fn crun_runs(
+    crun: &std::path::Path,
+    bundle: &std::path::Path,
+    n: usize,
+    prefix: &str,
+) -> Result<Vec<Duration>, CliError> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let st = std::process::Command::new(crun)
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(format!("{prefix}-{i}"))
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| CliError::Usage(format!("{}: {e}", crun.display())))?;
+        if !st.success() {
+            return Err(CliError::Usage(format!(
+                "crun run of {} failed: {st}",
+                bundle.display()
+            )));
+        }
+        v.push(t.elapsed());
+    }
+    Ok(v)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -99,6 +134,38 @@ impl Api {
             .await?;
         self.wl.free(wref(pb::WorkloadKind::Cell, &cell)).await?;
         Ok(t.elapsed())
+    }
+}
+
+impl Api {
+    /// A cell from `image` whose entrypoint is /bin/true: (RunCell until the entrypoint
+    /// runs, the whole cycle to freed).
+    async fn image_cycle(&mut self, i: usize, image: &str) -> Result<(Duration, Duration), tonic::Status> {
+        let cell = format!("img-{i}");
+        let t = Instant::now();
+        self.rt
+            .run_cell(pb::Cell {
+                name: cell.clone(),
+                image: Some(pb::OciImage {
+                    reference: image.into(),
+                    command: vec!["/bin/true".into()],
+                    pull_policy: pb::PullPolicy::Never as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+        let running = t.elapsed();
+        self.wl.wait(wref(pb::WorkloadKind::Executable, &cell)).await?;
+        self.wl
+            .stop(pb::StopRequest {
+                workload: Some(wref(pb::WorkloadKind::Cell, &cell)),
+                signal: 0,
+                grace_period_millis: 1000,
+            })
+            .await?;
+        self.wl.free(wref(pb::WorkloadKind::Cell, &cell)).await?;
+        Ok((running, t.elapsed()))
     }
 }
 
@@ -253,29 +320,31 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
     }
 
     match &a.crun_bundle {
-        Some(bundle) if bundle.join("config.json").exists() => {
-            let mut crun = Vec::new();
-            for i in 0..n {
-                let t = Instant::now();
-                let st = std::process::Command::new(&a.crun)
-                    .arg("run")
-                    .arg("--bundle")
-                    .arg(bundle)
-                    .arg(format!("crun-{i}"))
-                    .stdin(std::process::Stdio::null())
-                    .status()
-                    .map_err(|e| CliError::Usage(format!("{}: {e}", a.crun.display())))?;
-                if !st.success() {
-                    return Err(CliError::Usage(format!("crun run failed: {st}")));
-                }
-                crun.push(t.elapsed());
-            }
-            report(
-                "crun run of the same (pivot_root, masked paths, same caps and seccomp)",
-                crun,
-            );
-        }
+        Some(bundle) if bundle.join("config.json").exists() => report(
+            "crun run of the same (pivot_root, masked paths, same caps and seccomp)",
+            crun_runs(&a.crun, bundle, n, "crun")?,
+        ),
         _ => println!("crun baseline: SKIP (no bundle given)"),
+    }
+
+    // Cells from a cached image: RunCell returns once the entrypoint runs; then it is
+    // waited for, the cell stopped and freed. Beside crun on the same image unpacked.
+    if let Some(image) = &a.image {
+        let (mut running, mut cycles) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let (d, all) = api.image_cycle(i, image).await.map_err(r)?;
+            running.push(d);
+            cycles.push(all);
+        }
+        report("cell from a cached image -> entrypoint running", running);
+        report("cell from a cached image + run true + wait + stop + free", cycles);
+        match &a.crun_image_bundle {
+            Some(bundle) if bundle.join("config.json").exists() => report(
+                "crun run of the same image unpacked (same confinement)",
+                crun_runs(&a.crun, bundle, n, "crun-img")?,
+            ),
+            _ => println!("crun image baseline: SKIP (no bundle given)"),
+        }
     }
 
     // Sustained rate: 16 starts in flight at a time, each waited for and freed.

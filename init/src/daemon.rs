@@ -69,22 +69,37 @@ pub fn run_pid1() -> ! {
         report.fail(&format!("mkdir {vm_dir}"), e.to_string());
     }
     let files = TlsFiles::in_dir(std::path::Path::new(DEFAULT_PKI_DIR), "server");
+    // The image store: on the data disk when one is named (at most 95% of it), else in RAM
+    // (a quarter of it); aurae.images_mib sets the limit either way.
+    let disk = match &cfg.data_device {
+        None => None,
+        Some(dev) => match init::data::mount_data(dev) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                report.fail("aurae.data", format!("{e}; images are kept in RAM"));
+                None
+            }
+        },
+    };
+    let images = match &disk {
+        Some(d) => ImageOptions {
+            store: std::path::Path::new(init::data::DATA_DIR).join("images"),
+            limit: cfg.images_max_bytes.unwrap_or(d.capacity_bytes / 100 * 95),
+            registries: REGISTRIES_FILE.into(),
+            insecure: cfg.insecure_registries.clone(),
+        },
+        None => ImageOptions {
+            store: IMAGE_STORE.into(),
+            limit: cfg
+                .images_max_bytes
+                .unwrap_or_else(|| crate::node::mem_total_bytes() / 4),
+            registries: REGISTRIES_FILE.into(),
+            insecure: cfg.insecure_registries.clone(),
+        },
+    };
     let (action, grace) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt
-            .block_on(serve_until_power_action(
-                true,
-                cfg.listen,
-                files,
-                report,
-                ImageOptions {
-                    store: IMAGE_STORE.into(),
-                    limit: cfg
-                        .images_max_bytes
-                        .unwrap_or_else(|| crate::node::mem_total_bytes() / 4),
-                    registries: REGISTRIES_FILE.into(),
-                    insecure: cfg.insecure_registries.clone(),
-                },
-            ))
+            .block_on(serve_until_power_action(true, cfg.listen, files, report, images))
             .unwrap_or((PowerAction::PowerOff, Duration::from_secs(1))),
         Err(e) => {
             tracing::error!("cannot build the async runtime: {e}; powering off");

@@ -610,3 +610,99 @@ fn registries_over_https_and_with_basic_auth_serve_cells() {
         c.assert_left_nothing("https and auth registries").await;
     });
 }
+
+#[test]
+fn images_on_the_data_disk_survive_a_reboot() {
+    let Some(build) = aurae_appliance_tests::build_dir() else {
+        eprintln!(
+            "SKIP {}: AURAE_APPLIANCE is not set (run `make test-appliance`)",
+            module_path!()
+        );
+        return;
+    };
+    let f = registry::fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
+    registry::run(std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk));
+    let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.data=/dev/vda");
+    let reference = format!("{REGISTRY}/test/busybox:1");
+    let boot = |fwd: &str| {
+        Appliance::boot_with(
+            &build,
+            BOOT_DEADLINE,
+            &[
+                ("GUESTFWD", fwd),
+                ("EXTRA_CMDLINE", cmdline.as_str()),
+                ("DISK", disk.to_str().unwrap()),
+            ],
+        )
+    };
+    {
+        let r = registry::Registry::start(&f.storage, registry::Options::default());
+        let port = r.addr.rsplit(':').next().unwrap().to_owned();
+        let mut a = boot(&format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}"));
+        rt().block_on(async {
+            let c = Client::connect(&a).await;
+            let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+            assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
+            let (_, done) = pull(&c, &reference).await;
+            done.unwrap();
+            let l = c
+                .images
+                .clone()
+                .list(pb::ListImagesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let store = l.store.unwrap();
+            assert_eq!(store.path, "/var/lib/aurae/data/images");
+            assert!(
+                store.limit_bytes > 40 << 20 && store.limit_bytes < 64 << 20,
+                "{store:?}"
+            );
+            let mounts = c.on_node("grep ' /var/lib/aurae/data ' /proc/mounts").await;
+            assert!(mounts.starts_with("/dev/vda /var/lib/aurae/data ext4 rw"), "{mounts}");
+            c.node
+                .clone()
+                .shutdown(pb::ShutdownRequest {
+                    grace_period_millis: 2000,
+                })
+                .await
+                .unwrap();
+        });
+        a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
+    }
+    // Again from the same disk, with no registry anywhere: the image is there, and a cell
+    // runs from it without pulling.
+    let mut a = boot("");
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        let l = c
+            .images
+            .clone()
+            .list(pb::ListImagesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let refs: Vec<&str> = l.images.iter().map(|i| i.reference.as_str()).collect();
+        assert_eq!(refs, [reference.as_str()]);
+        c.cell(image_cell("kept", &reference, |i| {
+            i.pull_policy = pb::PullPolicy::Never as i32
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        assert_eq!(c.wait("kept").await.exit_code, Some(0));
+        assert_eq!(c.stdout("kept").await, "hello from image in /srv");
+        c.node
+            .clone()
+            .shutdown(pb::ShutdownRequest {
+                grace_period_millis: 2000,
+            })
+            .await
+            .unwrap();
+    });
+    a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
+    // Clean, as a filesystem checker sees it.
+    registry::run(std::process::Command::new("e2fsck").args(["-n", "-f"]).arg(&disk));
+}

@@ -78,6 +78,9 @@ pub(crate) async fn image(cmd: &ImageCmd, target: &Target, as_json: bool) -> Res
                 println!("{}", serde_json::Value::Array(v));
                 return Ok(());
             }
+            if let Some(s) = &l.store {
+                println!("store {}: {} of {} used", s.path, mib(s.used_bytes), mib(s.limit_bytes));
+            }
             println!("{:<50} {:<14} {:>10} {:>6}", "REFERENCE", "DIGEST", "SIZE", "LAYERS");
             for i in &l.images {
                 println!(

@@ -163,6 +163,11 @@ impl Images {
         Ok(record)
     }
 
+    /// Where the store is, what it holds and may hold (bytes).
+    pub fn store_usage(&self) -> (PathBuf, u64, u64) {
+        (self.store.root().to_owned(), self.store.used(), self.store.limit())
+    }
+
     /// Every image the node has, by reference.
     pub fn list(&self) -> Vec<Record> {
         let mut v: Vec<Record> = std::fs::read_dir(self.refs())

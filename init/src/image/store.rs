@@ -32,6 +32,11 @@ impl Store {
         Ok(s)
     }
 
+    /// The most the store may hold, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

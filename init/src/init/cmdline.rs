@@ -13,6 +13,7 @@
 //! | `aurae.max_workloads=N` | workloads the node keeps at once (1..=65536) | `4096` |
 //! | `aurae.images_mib=N` | the image store's limit, in MiB | a quarter of the RAM |
 //! | `aurae.insecure_registries=H:P,...` | registries pulled from over plain HTTP | none |
+//! | `aurae.data=/dev/NAME` | a disk whose filesystem holds the image store | none (RAM) |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,6 +40,8 @@ pub struct BootConfig {
     /// Registries reached over plain HTTP (`aurae.insecure_registries=HOST:PORT,...`),
     /// besides those of the registries file.
     pub insecure_registries: Vec<String>,
+    /// The data disk (`aurae.data=/dev/vdb`): mounted, it holds the image store.
+    pub data_device: Option<std::path::PathBuf>,
 }
 
 /// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
@@ -64,6 +67,7 @@ impl Default for BootConfig {
             max_workloads: DEFAULT_MAX_WORKLOADS,
             images_max_bytes: None,
             insecure_registries: Vec::new(),
+            data_device: None,
         }
     }
 }
@@ -127,6 +131,17 @@ impl BootConfig {
                         Err(not("HOST[:PORT] names, comma-separated"))
                     }
                 }
+                "data" => {
+                    let ok = val.strip_prefix("/dev/").is_some_and(|n| {
+                        !n.is_empty() && n.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+                    });
+                    if ok {
+                        cfg.data_device = Some(val.into());
+                        Ok(())
+                    } else {
+                        Err(not("a device under /dev, e.g. /dev/vdb"))
+                    }
+                }
                 "images_mib" => match val.parse::<u64>() {
                     Ok(n) if n > 0 => {
                         cfg.images_max_bytes = Some(n << 20);
@@ -176,7 +191,7 @@ mod tests {
         let (cfg, w) = BootConfig::parse(
             "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
              aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40 \
-             aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local",
+             aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local aurae.data=/dev/vdb",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(cfg.log_level, Level::DEBUG);
@@ -196,6 +211,12 @@ mod tests {
         assert_eq!(cfg.max_workloads, 40);
         assert_eq!(cfg.images_max_bytes, Some(256 << 20));
         assert_eq!(cfg.insecure_registries, ["10.0.2.100:5000", "reg.local"]);
+        assert_eq!(cfg.data_device.as_deref(), Some(std::path::Path::new("/dev/vdb")));
+        for bad in ["vdb", "/dev/", "/dev/../etc/passwd", "/etc/x"] {
+            let (cfg, w) = BootConfig::parse(&format!("aurae.data={bad}"));
+            assert_eq!(cfg.data_device, None, "{bad}");
+            assert!(w[0].contains("/dev/vdb"), "{w:?}");
+        }
         for bad in ["0", "65537", "x"] {
             let (cfg, w) = BootConfig::parse(&format!("aurae.max_workloads={bad}"));
             assert_eq!(cfg.max_workloads, DEFAULT_MAX_WORKLOADS);

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod cmdline;
+pub mod data;
 pub mod mounts;
 pub mod power;
 pub mod reaper;

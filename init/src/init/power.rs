@@ -147,6 +147,7 @@ pub fn finish_pid1(action: PowerAction, grace: Duration) -> ! {
     let _ = kill(all, Signal::SIGKILL);
     super::reaper::Reaper::global().reap_all();
     nix::unistd::sync();
+    super::data::quiesce();
     let how = match action {
         PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
         PowerAction::PowerOff | PowerAction::Exit => nix::sys::reboot::RebootMode::RB_POWER_OFF,

@@ -138,8 +138,14 @@ impl images_server::Images for ImagesApi {
 
     async fn list(&self, _: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
         let images = self.images()?;
+        let (path, used, limit) = images.store_usage();
         Ok(Response::new(pb::ListImagesResponse {
             images: images.list().iter().map(|r| image_status(images, r)).collect(),
+            store: Some(pb::ImageStore {
+                path: path.to_string_lossy().into_owned(),
+                used_bytes: used,
+                limit_bytes: limit,
+            }),
         }))
     }
 

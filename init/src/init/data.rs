@@ -1,0 +1,95 @@
+//! The operator's data disk (`aurae.data=/dev/vdb`): PID 1 mounts the filesystem on it (any
+//! the kernel knows that is not `nodev`: ext4 on the appliance) at `DATA_DIR`, and the image
+//! store lives there instead of in RAM, so images survive a reboot. At power-off it is
+//! synced and made read-only before the kernel stops.
+
+use nix::mount::{mount, MsFlags};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+/// Where the data disk is mounted (under /var/lib/aurae, which no cell sees).
+pub const DATA_DIR: &str = "/var/lib/aurae/data";
+
+/// A mounted data disk.
+#[derive(Debug, Clone)]
+pub struct DataDisk {
+    pub device: PathBuf,
+    pub fstype: String,
+    /// The filesystem's size.
+    pub capacity_bytes: u64,
+}
+
+/// Filesystem types in `/proc/filesystems` that live on a device.
+fn disk_types(proc_filesystems: &str) -> Vec<String> {
+    proc_filesystems
+        .lines()
+        .filter(|l| !l.starts_with("nodev"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Mounts `device` at `DATA_DIR` with the first filesystem type that takes it.
+pub fn mount_data(device: &Path) -> Result<DataDisk, String> {
+    let dev = device.display();
+    match std::fs::metadata(device) {
+        Ok(m) if m.file_type().is_block_device() => {}
+        Ok(_) => return Err(format!("aurae.data: {dev} is not a block device")),
+        Err(e) => return Err(format!("aurae.data: {dev}: {e} (is the disk attached?)")),
+    }
+    std::fs::create_dir_all(DATA_DIR).map_err(|e| format!("mkdir {DATA_DIR}: {e}"))?;
+    let types = disk_types(&std::fs::read_to_string("/proc/filesystems").unwrap_or_default());
+    // Cells exec from the layers kept here (through their overlay): no noexec. nodev still
+    // holds, and whiteout device nodes need no opening.
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+    let mut tried = Vec::new();
+    for t in &types {
+        match mount(Some(device), DATA_DIR, Some(t.as_str()), flags, None::<&str>) {
+            Ok(()) => {
+                let st = nix::sys::statvfs::statvfs(DATA_DIR).map_err(|e| format!("statvfs {DATA_DIR}: {e}"))?;
+                let capacity_bytes = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
+                tracing::info!("data disk {dev} ({t}, {} MiB) on {DATA_DIR}", capacity_bytes >> 20);
+                return Ok(DataDisk {
+                    device: device.to_owned(),
+                    fstype: t.clone(),
+                    capacity_bytes,
+                });
+            }
+            Err(e) => tried.push(format!("{t}: {e}")),
+        }
+    }
+    Err(format!(
+        "aurae.data: no filesystem this kernel knows on {dev} ({}); make one (mkfs.ext4 {dev}) or drop aurae.data",
+        tried.join(", ")
+    ))
+}
+
+/// Makes the data disk read-only after the last sync (power-off), so its filesystem is
+/// clean on the next boot. Nothing is mounted there: nothing to do.
+pub fn quiesce() {
+    let _ = mount(
+        None::<&str>,
+        DATA_DIR,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_filesystems_on_devices_are_tried() {
+        let pf = "nodev\tsysfs\nnodev\ttmpfs\n\text4\nnodev\toverlay\n\tsquashfs\n\terofs\n";
+        assert_eq!(disk_types(pf), ["ext4", "squashfs", "erofs"]);
+    }
+
+    #[test]
+    fn a_missing_or_wrong_device_says_so() {
+        let e = mount_data(Path::new("/dev/nonexistent-disk")).unwrap_err();
+        assert!(e.contains("is the disk attached"), "{e}");
+        let e = mount_data(Path::new("/dev/null")).unwrap_err();
+        assert!(e.contains("not a block device"), "{e}");
+    }
+}
