@@ -56,6 +56,35 @@ c["linux"]["seccomp"] = {
 json.dump(c, open(p, "w"), indent=1, sort_keys=True)
 PY
     echo "file /bench/bundle/config.json bench/bundle/config.json 0644 0 0"
+    # The busybox test image the bench's registry serves, unpacked for crun: the baseline
+    # of cells from that image (which come from the node's store). Same confinement as the
+    # bundle above; its root writable, as an image cell's is.
+    "$here/../tests/images/build.sh" "$B/test-images" >&2
+    umoci unpack --image "$B/test-images/layout:busybox" "$stage/image-bundle" >&2
+    python3 - "$stage/bundle/config.json" "$stage/image-bundle" <<'PY'
+import json, os, stat, sys
+c = json.load(open(sys.argv[1]))
+c["root"] = {"path": "rootfs", "readonly": False}
+c["linux"]["cgroupsPath"] = "/crunbench-img"
+b = sys.argv[2]
+json.dump(c, open(os.path.join(b, "config.json"), "w"), indent=1, sort_keys=True)
+print("dir /bench/image-bundle 0755 0 0")
+print("file /bench/image-bundle/config.json bench/image-bundle/config.json 0644 0 0")
+root = os.path.join(b, "rootfs")
+for d, dirs, files in os.walk(root):
+    rel = os.path.relpath(d, root)
+    dest = "/bench/image-bundle/rootfs" + ("" if rel == "." else "/" + rel)
+    st = os.lstat(d)
+    print(f"dir {dest} {stat.S_IMODE(st.st_mode):o} {st.st_uid} {st.st_gid}")
+    for n in sorted(files + [x for x in dirs if os.path.islink(os.path.join(d, x))]):
+        p = os.path.join(d, n)
+        st = os.lstat(p)
+        src = os.path.relpath(p, os.path.dirname(os.path.dirname(b)))
+        if stat.S_ISLNK(st.st_mode):
+            print(f"slink {dest}/{n} {os.readlink(p)} 0777 {st.st_uid} {st.st_gid}")
+        elif stat.S_ISREG(st.st_mode):
+            print(f"file {dest}/{n} {src} {stat.S_IMODE(st.st_mode):o} {st.st_uid} {st.st_gid}")
+PY
     for f in ca.crt client.crt client.key; do echo "file /etc/aurae/bench/$f pki/$f 0600 0 0"; done
     printf 'address = "127.0.0.1:8443"\nca = "ca.crt"\ncert = "client.crt"\nkey = "client.key"\nserver_name = "localhost"\n' > "$stage/aer.toml"
     echo "file /etc/aurae/bench/aer.toml bench/aer.toml 0644 0 0"

@@ -131,7 +131,7 @@ image_bench() {
     t1=$(date +%s%N); wget_ms=$(( (t1 - t0) / 1000000 ))
     aer free bwget >/dev/null
     t0=$(date +%s%N)
-    aer --timeout 600 image pull "$REG_GUEST/bench/big:1" >/dev/null || { echo "bench: pull failed"; return; }
+    aer --timeout 600 image pull "$REG_GUEST/bench/big:1" >/dev/null 2>&1 || { echo "bench: pull failed"; return; }
     t1=$(date +%s%N); pull_ms=$(( (t1 - t0) / 1000000 ))
     printf '%-44s %.1f MB/s (%d bytes in %d ms)\n' "raw download of the blobs, busybox wget" "$(echo "$big_bytes / 1000 / $wget_ms" | bc -l)" "$big_bytes" "$wget_ms"
     printf '%-44s %.1f MB/s (%d ms; %.2f of wget; goal >= 0.8)\n' "image pull + unpack, 4 layers ~64 MiB" "$(echo "$big_bytes / 1000 / $pull_ms" | bc -l)" "$pull_ms" "$(echo "$wget_ms / $pull_ms" | bc -l)"
@@ -152,7 +152,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         sleep 0.1
     done
     aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
-    aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null || echo "bench: pull of the busybox test image failed"
+    aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null 2>&1 || echo "bench: pull of the busybox test image failed"
     aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
         --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
         --image "$REG_GUEST/test/busybox:1" --crun-image-bundle /bench/image-bundle \

@@ -146,7 +146,7 @@ impl Store {
             digest: d.clone(),
             size,
             got: 0,
-            hash: Sha256::new(),
+            hash: Some(Sha256::new()),
             committed: false,
             store: self.clone(),
         })
@@ -168,12 +168,21 @@ pub struct BlobWriter {
     digest: Digest,
     size: u64,
     got: u64,
-    hash: Sha256,
+    /// None when the source checks the digest itself (`digest_checked_by_source`).
+    hash: Option<Sha256>,
     committed: bool,
     store: Store,
 }
 
 impl BlobWriter {
+    /// The bytes come from a source that checks them against this digest itself and fails
+    /// before their end when they differ (oci-client's blob stream does): hashing them a
+    /// second time here would double the CPU a pull costs. The size is still checked.
+    pub fn digest_checked_by_source(mut self) -> BlobWriter {
+        self.hash = None;
+        self
+    }
+
     /// Appends `bytes`; more than the stated size is refused at once.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
         self.got += bytes.len() as u64;
@@ -184,7 +193,9 @@ impl BlobWriter {
                 got: "more".into(),
             });
         }
-        self.hash.update(bytes);
+        if let Some(h) = &mut self.hash {
+            h.update(bytes);
+        }
         self.file
             .write_all(bytes)
             .map_err(|e| self.store.write_error(e, self.size, &self.tmp))
@@ -200,13 +211,15 @@ impl BlobWriter {
                 got: format!("{} bytes", self.got),
             });
         }
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hash));
-        if actual != self.digest {
-            return Err(ImageError::Mismatch {
-                what: "blob digest".into(),
-                expected: self.digest.to_string(),
-                got: actual.to_string(),
-            });
+        if let Some(h) = self.hash.take() {
+            let actual = Digest::from_hasher(h);
+            if actual != self.digest {
+                return Err(ImageError::Mismatch {
+                    what: "blob digest".into(),
+                    expected: self.digest.to_string(),
+                    got: actual.to_string(),
+                });
+            }
         }
         self.file
             .sync_all()
