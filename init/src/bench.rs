@@ -124,16 +124,22 @@ impl Api {
             })
             .await?;
         self.rt.run_executable(exe(name.clone(), &cell)).await?;
-        self.wl.wait(wref(pb::WorkloadKind::Executable, &name)).await?;
+        self.wait_then_remove(&name, &cell).await?;
+        Ok(t.elapsed())
+    }
+
+    /// Waits for executable `exe` to end, then stops and frees cell `cell`.
+    async fn wait_then_remove(&mut self, exe: &str, cell: &str) -> Result<(), tonic::Status> {
+        self.wl.wait(wref(pb::WorkloadKind::Executable, exe)).await?;
         self.wl
             .stop(pb::StopRequest {
-                workload: Some(wref(pb::WorkloadKind::Cell, &cell)),
+                workload: Some(wref(pb::WorkloadKind::Cell, cell)),
                 signal: 0,
                 grace_period_millis: 1000,
             })
             .await?;
-        self.wl.free(wref(pb::WorkloadKind::Cell, &cell)).await?;
-        Ok(t.elapsed())
+        self.wl.free(wref(pb::WorkloadKind::Cell, cell)).await?;
+        Ok(())
     }
 }
 
@@ -156,15 +162,7 @@ impl Api {
             })
             .await?;
         let running = t.elapsed();
-        self.wl.wait(wref(pb::WorkloadKind::Executable, &cell)).await?;
-        self.wl
-            .stop(pb::StopRequest {
-                workload: Some(wref(pb::WorkloadKind::Cell, &cell)),
-                signal: 0,
-                grace_period_millis: 1000,
-            })
-            .await?;
-        self.wl.free(wref(pb::WorkloadKind::Cell, &cell)).await?;
+        self.wait_then_remove(&cell, &cell).await?;
         Ok((running, t.elapsed()))
     }
 }

@@ -513,6 +513,41 @@ impl Client {
         );
     }
 
+    /// Stops cell `name` (0.5 s grace) and frees it with everything in it.
+    pub async fn remove_cell(&self, name: &str) -> pb::CellStatus {
+        let w = self
+            .workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(cell_ref(name)),
+                signal: 0,
+                grace_period_millis: 500,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stop cell {name}: {e:?}"))
+            .into_inner();
+        self.workloads
+            .clone()
+            .free(cell_ref(name))
+            .await
+            .unwrap_or_else(|e| panic!("free cell {name}: {e:?}"));
+        match w.status {
+            Some(pb::workload_status::Status::Cell(s)) => s,
+            other => panic!("Stop returned {other:?}"),
+        }
+    }
+
+    /// Shuts the node down (2 s grace).
+    pub async fn shutdown(&self) {
+        self.node
+            .clone()
+            .shutdown(pb::ShutdownRequest {
+                grace_period_millis: 2000,
+            })
+            .await
+            .expect("Shutdown");
+    }
+
     pub async fn cell_status_opt(&self, name: &str) -> Option<pb::CellStatus> {
         let w = self.workloads.clone().status(cell_ref(name)).await.ok()?.into_inner();
         match w.status {

@@ -36,12 +36,6 @@ async fn stop_cell(c: &Client, name: &str) -> pb::CellStatus {
     }
 }
 
-/// Stops and frees a cell with everything in it, nested cells and executables included.
-async fn remove_cell(c: &Client, name: &str) {
-    stop_cell(c, name).await;
-    c.workloads.clone().free(cell_ref(name)).await.unwrap();
-}
-
 #[test]
 fn memory_max_oom_kills_the_hog_and_the_cell_counts_it() {
     let a = shared_or_skip!();
@@ -77,7 +71,7 @@ fn memory_max_oom_kills_the_hog_and_the_cell_counts_it() {
             pb::WorkloadState::Running as i32,
             "the cell survives its member's OOM"
         );
-        remove_cell(&c, "mem").await;
+        c.remove_cell("mem").await;
         c.assert_left_nothing("memory_max_oom_kills_the_hog_and_the_cell_counts_it")
             .await;
     });
@@ -276,7 +270,7 @@ fn refusals_name_the_field_and_create_nothing() {
             before,
             "refusals created nothing"
         );
-        remove_cell(&c, "taken").await;
+        c.remove_cell("taken").await;
         c.assert_left_nothing("refusals_name_the_field_and_create_nothing")
             .await;
     });
@@ -308,7 +302,7 @@ fn accepted_limits_are_read_back_from_the_kernel() {
         assert_eq!(r.memory_low_bytes, Some(1 << 20));
         assert_eq!(r.io_weight, Some(200));
         assert_eq!(r.swap_max_bytes, Some(0));
-        remove_cell(&c, "tuned").await;
+        c.remove_cell("tuned").await;
         c.assert_left_nothing("accepted_limits_are_read_back_from_the_kernel")
             .await;
     });
@@ -336,7 +330,7 @@ fn sidecars_in_one_cell_share_loopback_and_tmp() {
         assert_eq!(out.lines().next(), Some("from-server"), "shared /tmp: {out}");
         assert_eq!(c.wait("server").await.exit_code, Some(0));
         assert_eq!(c.stdout("server").await, "ping", "received over the cell's loopback");
-        remove_cell(&c, "iso").await;
+        c.remove_cell("iso").await;
         c.assert_left_nothing("sidecars_in_one_cell_share_loopback_and_tmp")
             .await;
     });
@@ -388,7 +382,7 @@ fn a_process_in_a_cell_sees_only_the_cells_namespaces() {
         assert_eq!(node.next(), Some("aurae"));
         assert!(node.next().unwrap().contains("eth0"));
         assert!(node.next().unwrap().trim().parse::<u32>().unwrap() > pids.len() as u32);
-        remove_cell(&c, "iso").await;
+        c.remove_cell("iso").await;
         c.assert_left_nothing("a_process_in_a_cell_sees_only_the_cells_namespaces")
             .await;
     });
@@ -413,7 +407,7 @@ fn the_host_network_is_shared_only_when_asked() {
         .unwrap();
         let (_, out) = c.run_sh("net", "hostnet", "cat /proc/net/dev; hostname").await;
         assert!(out.contains("eth0") && out.ends_with("aurae"), "{out}");
-        remove_cell(&c, "hostnet").await;
+        c.remove_cell("hostnet").await;
         c.assert_left_nothing("the_host_network_is_shared_only_when_asked")
             .await;
     });
@@ -643,7 +637,7 @@ fn cap_add_gives_exactly_that_capability_and_privileged_cells_say_so() {
             out.trim(),
             format!("CapEff:{:016x}", (0xa004_25fbu64 | 1 << 12) & !(1 << 5))
         );
-        remove_cell(&c, "netadm").await;
+        c.remove_cell("netadm").await;
 
         let bad = c
             .cell(pb::Cell {
@@ -688,7 +682,7 @@ fn cap_add_gives_exactly_that_capability_and_privileged_cells_say_so() {
             l.next().unwrap().trim().parse::<u32>().unwrap() > 0,
             "sees the node's files: {out}"
         );
-        remove_cell(&c, "wide").await;
+        c.remove_cell("wide").await;
         c.assert_left_nothing("cap_add_gives_exactly_that_capability_and_privileged_cells_say_so")
             .await;
     });
@@ -732,7 +726,7 @@ fn a_cell_can_be_made_stricter_than_the_default() {
         assert_ne!(f.get("mkdir"), "0", "the cell's own refusal: {out}");
         assert_eq!(f.get("write"), "0", "{out}");
         assert_eq!(f.get("ls"), "0", "{out}");
-        remove_cell(&c, "strict").await;
+        c.remove_cell("strict").await;
 
         // A call no profile allows is a mistake, said as such, and nothing is made.
         let e = c
@@ -820,7 +814,7 @@ fn a_cell_with_a_user_namespace_is_root_only_inside() {
             uid_line.split_whitespace().skip(1).all(|u| u == base.to_string()),
             "root in the cell is uid {base} on the node: {node}"
         );
-        remove_cell(&c, "userns").await;
+        c.remove_cell("userns").await;
         // Nested cells and shared namespaces do not mix with it: refused, nothing made.
         let e = c
             .cell(pb::Cell {
@@ -878,6 +872,26 @@ fn start(cell: &str, argv: &[&str], tty: bool) -> pb::ExecRequest {
     }
 }
 
+/// An Exec stream begun with `first`: the sender for later messages, and the answers.
+async fn attach(
+    c: &Client,
+    first: pb::ExecRequest,
+) -> (
+    tokio::sync::mpsc::Sender<pb::ExecRequest>,
+    tonic::Streaming<pb::ExecResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(first).await.unwrap();
+    let s = c
+        .runtime
+        .clone()
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, s)
+}
+
 #[test]
 fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
     let a = shared_or_skip!();
@@ -903,17 +917,11 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
         assert_eq!(exit.unwrap().exit_code, Some(7));
 
         // A terminal of the cell's own devpts: its size as the caller said, then resized.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(start("att", &["sh", "-c", "tty; stty size; read l; stty size"], true))
-            .await
-            .unwrap();
-        let mut s = c
-            .runtime
-            .clone()
-            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, mut s) = attach(
+            &c,
+            start("att", &["sh", "-c", "tty; stty size; read l; stty size"], true),
+        )
+        .await;
         let mut first = String::new();
         while !first.contains("24 80") {
             match s.message().await.unwrap().and_then(|m| m.response) {
@@ -938,17 +946,7 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
         assert_eq!(exit.unwrap().exit_code, Some(0));
 
         // A caller that goes away ends the process and what it started.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(start("att", &["sh", "-c", "sleep 600 & sleep 600"], false))
-            .await
-            .unwrap();
-        let mut s = c
-            .runtime
-            .clone()
-            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, mut s) = attach(&c, start("att", &["sh", "-c", "sleep 600 & sleep 600"], false)).await;
         let first = s.message().await.unwrap().unwrap();
         assert!(matches!(first.response, Some(pb::exec_response::Response::StartedPid(p)) if p > 0));
         let running = eventually(a.budget(Duration::from_secs(10)), || async {
@@ -991,7 +989,7 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().starts_with("start:"), "{}", e.message());
 
-        remove_cell(&c, "att").await;
+        c.remove_cell("att").await;
         c.assert_left_nothing("exec").await;
     });
 }

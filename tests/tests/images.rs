@@ -7,7 +7,7 @@
 #[path = "../../init/tests/common/registry.rs"]
 mod registry;
 
-use aurae_appliance_tests::{cell_ref, rt, Appliance, Client, BOOT_DEADLINE};
+use aurae_appliance_tests::{rt, Appliance, Client, BOOT_DEADLINE};
 use auraed::pb;
 use tonic::Code;
 
@@ -155,19 +155,6 @@ fn image_cell(name: &str, reference: &str, f: impl FnOnce(&mut pb::OciImage)) ->
         image: Some(image),
         ..Default::default()
     }
-}
-
-async fn stop_and_free_cell(c: &Client, name: &str) {
-    c.workloads
-        .clone()
-        .stop(pb::StopRequest {
-            workload: Some(cell_ref(name)),
-            signal: 0,
-            grace_period_millis: 500,
-        })
-        .await
-        .unwrap();
-    c.workloads.clone().free(cell_ref(name)).await.unwrap();
 }
 
 #[test]
@@ -329,8 +316,8 @@ fn a_cell_from_an_image_runs_its_entrypoint_on_the_images_root_and_forgets_its_w
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("cell 'web'") && e.message().contains("cell 'web2'"), "{}", e.message());
 
-        stop_and_free_cell(&c, "web").await;
-        stop_and_free_cell(&c, "web2").await;
+        c.remove_cell("web").await;
+        c.remove_cell("web2").await;
 
         // The layered image as a cell's root: a deleted file is gone, an opaque directory
         // shows only the upper layer's entries, a write through the absolute symlink
@@ -345,7 +332,7 @@ fn a_cell_from_an_image_runs_its_entrypoint_on_the_images_root_and_forgets_its_w
         let out = c.stdout("layers").await;
         assert!(out.starts_with("ls: /etc/os-release: No such file or directory"), "{out}");
         assert!(out.ends_with("new-entry\nb\na"), "{out}");
-        stop_and_free_cell(&c, "layers").await;
+        c.remove_cell("layers").await;
         c.images.clone().remove(pb::ImageRef { reference: layered }).await.unwrap();
         // The writes went with the cells; the image's layer never saw them.
         let left = c.on_node("ls /var/lib/aurae/images/layers/*/fs/srv").await;
@@ -536,10 +523,10 @@ fn a_published_port_reaches_the_cells_server_from_outside_the_appliance() {
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
 
         // Freed with the cell: nothing listens, and the port can be published again.
-        stop_and_free_cell(&c, "site").await;
+        c.remove_cell("site").await;
         assert!(http_get(web, "/marker").map_or(true, |t| !t.contains("from the image")));
         c.cell(site("site2", 8080)).await.unwrap();
-        stop_and_free_cell(&c, "site2").await;
+        c.remove_cell("site2").await;
         c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
         c.assert_left_nothing("published ports").await;
     });
@@ -603,7 +590,7 @@ fn registries_over_https_and_with_basic_auth_serve_cells() {
             .await;
         assert!(!out.contains("s3cret"), "{out}");
 
-        stop_and_free_cell(&c, "zst").await;
+        c.remove_cell("zst").await;
         for r in [tls_ref, auth_ref] {
             c.images.clone().remove(pb::ImageRef { reference: r }).await.unwrap();
         }
@@ -663,13 +650,7 @@ fn images_on_the_data_disk_survive_a_reboot() {
             );
             let mounts = c.on_node("grep ' /var/lib/aurae/data ' /proc/mounts").await;
             assert!(mounts.starts_with("/dev/vda /var/lib/aurae/data ext4 rw"), "{mounts}");
-            c.node
-                .clone()
-                .shutdown(pb::ShutdownRequest {
-                    grace_period_millis: 2000,
-                })
-                .await
-                .unwrap();
+            c.shutdown().await;
         });
         a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
     }
@@ -694,13 +675,7 @@ fn images_on_the_data_disk_survive_a_reboot() {
         .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
         assert_eq!(c.wait("kept").await.exit_code, Some(0));
         assert_eq!(c.stdout("kept").await, "hello from image in /srv");
-        c.node
-            .clone()
-            .shutdown(pb::ShutdownRequest {
-                grace_period_millis: 2000,
-            })
-            .await
-            .unwrap();
+        c.shutdown().await;
     });
     a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
     // Clean, as a filesystem checker sees it.

@@ -7,8 +7,8 @@ use super::cell::Cell;
 use super::error::{Result, RuntimeError};
 use super::names::{CellName, ExecName};
 use super::process::{Attach, Launch, Process};
-use super::spec::{Confinement, ExecutableSpec, Isolation, Resources};
-use super::{logs, Phase, Runtime};
+use super::spec::ExecutableSpec;
+use super::{Phase, Runtime};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -145,18 +145,7 @@ impl Runtime {
             gid: spec.gid,
             cell: Some(spec.cell),
         };
-        let how = Launch {
-            program: None,
-            isolation: Isolation::default(),
-            resources: Resources::default(),
-            confinement: Confinement::default(),
-            stdout_as: logs::Stream::Stdout,
-            listed: false,
-            control: None,
-            binds: Vec::new(),
-            attach: Some(attach),
-        };
-        let process = self.launch(exec, how).await?;
+        let process = self.launch(exec, Launch::new(false, Some(attach))).await?;
         Ok(Attached { process, io })
     }
 

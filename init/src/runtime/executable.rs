@@ -4,8 +4,8 @@
 use super::error::Result;
 use super::names::CellName;
 use super::process::{ExecView, Launch};
-use super::spec::{Confinement, ExecutableSpec, Isolation, Resources};
-use super::{logs, Runtime};
+use super::spec::ExecutableSpec;
+use super::Runtime;
 use std::sync::Arc;
 
 /// An executable is a listed process.
@@ -16,18 +16,7 @@ impl Runtime {
     /// On failure nothing is left behind: no table entry, cgroup or private cell.
     pub async fn run_executable(&self, spec: ExecutableSpec) -> Result<ExecView> {
         self.usable()?;
-        let how = Launch {
-            program: None,
-            isolation: Isolation::default(),
-            resources: Resources::default(),
-            confinement: Confinement::default(),
-            stdout_as: logs::Stream::Stdout,
-            listed: true,
-            control: None,
-            binds: Vec::new(),
-            attach: None,
-        };
-        Ok(self.launch(spec, how).await?.view())
+        Ok(self.launch(spec, Launch::new(true, None)).await?.view())
     }
 
     pub(super) async fn free_exec(&self, e: &Arc<Executable>) -> Result<()> {

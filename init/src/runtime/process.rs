@@ -73,6 +73,25 @@ pub(super) struct Launch {
     pub attach: Option<Attach>,
 }
 
+impl Launch {
+    /// A process of the client's (argv[0] looked up in PATH inside its cell, stdout as
+    /// stdout), in the cell its spec names or a private default one; `listed` in the
+    /// table, or `attach`ed to its caller.
+    pub fn new(listed: bool, attach: Option<Attach>) -> Launch {
+        Launch {
+            program: None,
+            isolation: Isolation::default(),
+            resources: Resources::default(),
+            confinement: Confinement::default(),
+            stdout_as: logs::Stream::Stdout,
+            listed,
+            control: None,
+            binds: Vec::new(),
+            attach,
+        }
+    }
+}
+
 /// A process's standard fds, held by whoever attached to it (see `attach.rs`).
 pub(super) struct Attach {
     pub stdin: std::os::fd::OwnedFd,
