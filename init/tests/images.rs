@@ -522,3 +522,71 @@ async fn a_full_store_is_refused_with_what_was_needed_and_a_bigger_one_pulls() {
     };
     pull_quiet(&roomy, &reference, None, &insecure(&r)).await.unwrap();
 }
+
+/// Every entry below `root`: path, kind, mode, owner, and content or link target.
+fn tree(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let what = if m.is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                dirs.push(p.clone());
+                "dir".to_owned()
+            } else {
+                format!(
+                    "file {}",
+                    hex(&<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&p).unwrap()))
+                )
+            };
+            out.push(format!("{rel} {:o} {}:{} {what}", m.mode() & 0o7777, m.uid(), m.gid()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What `umoci unpack` makes of `tag` of the fixture's layout: its rootfs's tree.
+fn umoci_tree(tag: &str) -> Vec<String> {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    common::registry::run(
+        std::process::Command::new("umoci")
+            .arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:{tag}", f.layout.display()))
+            .arg(&bundle),
+    );
+    tree(&bundle.join("rootfs"))
+}
+
+#[tokio::test]
+async fn layered_and_zstd_images_unpack_exactly_as_umoci_unpacks_them() {
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    for (reference, tag) in [("test/layered:1", "layered"), ("test/busybox:zstd", "busybox")] {
+        let n = node();
+        let p = pull_quiet(&n, &format!("{}/{reference}", r.addr), None, &insecure(&r))
+            .await
+            .unwrap();
+        // One layer is its own tree (an overlay needs two lower layers).
+        let ours = match p.layers.as_slice() {
+            [one] => tree(&one.dir),
+            many => tree(Merged::of(many).0.path()),
+        };
+        let theirs = umoci_tree(tag);
+        let only_ours: Vec<&String> = ours.iter().filter(|e| !theirs.contains(e)).collect();
+        let only_theirs: Vec<&String> = theirs.iter().filter(|e| !ours.contains(e)).collect();
+        assert!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "{reference} differs from umoci's unpack of {tag}:\n ours only: {only_ours:#?}\n umoci only: {only_theirs:#?}"
+        );
+        assert!(ours.len() > 20, "{ours:?}");
+    }
+}

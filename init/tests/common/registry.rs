@@ -109,6 +109,8 @@ pub fn htpasswd(user: &str, password: &str) -> String {
 pub struct Fixture {
     pub storage: PathBuf,
     pub pki: PathBuf,
+    /// The OCI layout the images were built in (tags busybox, layered, ...).
+    pub layout: PathBuf,
 }
 
 pub fn fixture() -> &'static Fixture {
@@ -155,7 +157,11 @@ pub fn fixture() -> &'static Fixture {
                 &format!("docker://{}/{dest}", r.addr),
             ]));
         }
-        Fixture { storage, pki: pki_dir }
+        Fixture {
+            storage,
+            pki: pki_dir,
+            layout: images.join("layout"),
+        }
     })
 }
 
