@@ -17,6 +17,12 @@ const REGISTRY: &str = "10.0.2.100:5000";
 const TLS_REGISTRY: &str = "10.0.2.101:5000";
 /// HTTPS and basic auth; the node's registries file holds the credentials.
 const AUTH_REGISTRY: &str = "10.0.2.102:5000";
+/// Plain HTTP; its busybox layer has one byte flipped.
+const CORRUPT_REGISTRY: &str = "10.0.2.103:5000";
+/// The plain registry through a proxy that cuts every response after 256 KiB.
+const CUT_REGISTRY: &str = "10.0.2.104:5000";
+/// Nothing listens behind it.
+const DOWN_REGISTRY: &str = "10.0.2.105:5000";
 
 /// Pulls `reference`, returning the progress messages and the outcome.
 async fn pull(c: &Client, reference: &str) -> (Vec<pb::pull_progress::Event>, Result<pb::ImageStatus, tonic::Status>) {
@@ -51,7 +57,9 @@ async fn pull(c: &Client, reference: &str) -> (Vec<pb::pull_progress::Event>, Re
 struct Shared {
     a: Appliance,
     _registries: Vec<registry::Registry>,
+    _cutter: registry::Cutter,
     _layer: tempfile::TempDir,
+    _corrupt: tempfile::TempDir,
     /// The host's loopback port QEMU forwards to the node's port 8080.
     web: u16,
 }
@@ -79,16 +87,29 @@ fn shared() -> Option<&'static Shared> {
                 },
             ),
         ];
-        let fwd: Vec<String> = [REGISTRY, TLS_REGISTRY, AUTH_REGISTRY]
+        // And for failures: a registry whose busybox layer has a byte flipped, a proxy to
+        // the plain one that cuts any response after 256 KiB, and a port nothing serves.
+        let corrupt = tempfile::tempdir().unwrap();
+        let (bad_storage, _) = registry::corrupt_copy(&f.storage, corrupt.path());
+        let mut registries = registries;
+        registries.push(registry::Registry::start(&bad_storage, registry::Options::default()));
+        let cutter = registry::Cutter::start(&registries[0].addr, 256 * 1024);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let addrs: Vec<String> = registries
             .iter()
-            .zip(&registries)
-            .map(|(guest, r)| {
-                let port = r.addr.rsplit(':').next().unwrap();
+            .map(|r| r.addr.clone())
+            .chain([cutter.addr.clone(), closed])
+            .collect();
+        let fwd: Vec<String> = [REGISTRY, TLS_REGISTRY, AUTH_REGISTRY, CORRUPT_REGISTRY, CUT_REGISTRY, DOWN_REGISTRY]
+            .iter()
+            .zip(&addrs)
+            .map(|(guest, addr)| {
+                let port = addr.rsplit(':').next().unwrap();
                 format!("tcp:{guest}-cmd:busybox nc 127.0.0.1 {port}")
             })
             .collect();
         let fwd = fwd.join("|");
-        let cmdline = format!("aurae.insecure_registries={REGISTRY}");
+        let cmdline = format!("aurae.insecure_registries={REGISTRY},{CORRUPT_REGISTRY},{CUT_REGISTRY},{DOWN_REGISTRY}");
         // The node's registries file (admin-written, invisible to cells): the test CA, and
         // credentials for the registry that wants them.
         let layer_dir = tempfile::tempdir().unwrap();
@@ -123,7 +144,9 @@ fn shared() -> Option<&'static Shared> {
         Shared {
             a,
             _registries: registries,
+            _cutter: cutter,
             _layer: layer_dir,
+            _corrupt: corrupt,
             web,
         }
     }))
@@ -680,4 +703,69 @@ fn images_on_the_data_disk_survive_a_reboot() {
     a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
     // Clean, as a filesystem checker sees it.
     registry::run(std::process::Command::new("e2fsck").args(["-n", "-f"]).arg(&disk));
+}
+
+/// The pull's error (its progress ignored).
+async fn pull_error(c: &Client, reference: &str) -> tonic::Status {
+    let (_, done) = pull(c, reference).await;
+    done.expect_err("the pull fails")
+}
+
+#[test]
+fn registry_failures_are_said_and_leave_the_store_whole() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let store = || async {
+            c.on_node(
+                "cd /var/lib/aurae/images && echo $(ls blobs/sha256 | wc -l) $(ls layers | wc -l) $(ls tmp | wc -l)",
+            )
+            .await
+            .trim()
+            .to_owned()
+        };
+        assert_eq!(store().await, "0 0 0", "an empty store to begin with");
+
+        let e = pull_error(&c, &format!("{DOWN_REGISTRY}/test/busybox:1")).await;
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        // The busybox layer's bytes are not what the manifest says: refused, not kept.
+        let e = pull_error(&c, &format!("{CORRUPT_REGISTRY}/test/busybox:1")).await;
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("expected sha256:"), "{}", e.message());
+        let after = store().await;
+        assert!(after.ends_with(" 0 0"), "no layer, nothing half-written: {after}");
+        // Cut half way through the layer: UNAVAILABLE, only whole blobs kept.
+        let e = pull_error(&c, &format!("{CUT_REGISTRY}/test/layered:1")).await;
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        let after = store().await;
+        assert!(after.ends_with(" 0 0"), "{after}");
+        // The same image from the whole registry: only what was missing travels (the
+        // store is content-addressed, so blobs kept from the other registry count).
+        let (_, done) = pull(&c, &format!("{REGISTRY}/test/layered:1")).await;
+        let s = done.unwrap();
+        assert!(
+            s.fetched_bytes > 1 << 20 && s.fetched_bytes < s.size_bytes + 4096,
+            "{s:?}"
+        );
+        let kept: u64 = c
+            .on_node("cd /var/lib/aurae/images && echo $(ls blobs/sha256 | wc -l)")
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            kept, 5,
+            "busybox's config (whole and verified, kept from the refused pull), layered's config and three layers"
+        );
+        assert!(store().await.ends_with(" 3 0"));
+        c.images
+            .clone()
+            .remove(pb::ImageRef {
+                reference: format!("{REGISTRY}/test/layered:1"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(store().await, "0 0 0");
+        c.assert_left_nothing("registry failures").await;
+    });
 }

@@ -181,7 +181,9 @@ fn registry_error(reference: &str, e: OciDistributionError) -> ImageError {
             401 | 403 => ImageError::Denied(format!("{reference}: {url}: {message}")),
             _ => ImageError::Registry(format!("{reference}: {url}: HTTP {code}: {message}")),
         },
-        E::RequestError(r) if r.is_connect() || r.is_timeout() => {
+        // Anything that kept the request from an HTTP answer (refused, reset, closed, timed
+        // out, not HTTP at all) is the registry being out of reach, which a retry may cure.
+        E::RequestError(r) if !r.is_builder() => {
             let why = crate::error_chain(&r);
             let tls = ["certificate", "InvalidContentType", "HandshakeFailure", "tls"]
                 .iter()

@@ -235,3 +235,31 @@ impl Drop for Cutter {
         let _ = std::net::TcpStream::connect(&self.addr);
     }
 }
+
+/// A copy of `storage` in `dir` with one byte in the middle of its largest blob (the
+/// busybox layer) flipped, its size unchanged: (the copy, that blob's data file).
+pub fn corrupt_copy(storage: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    run(Command::new("cp").arg("-a").arg(storage).arg(dir));
+    let copy = dir.join(storage.file_name().unwrap());
+    let mut largest: Option<(u64, PathBuf)> = None;
+    let mut dirs = vec![copy.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data") {
+                let len = p.metadata().unwrap().len();
+                if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                    largest = Some((len, p));
+                }
+            }
+        }
+    }
+    let (_, blob) = largest.unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    (copy, blob)
+}
