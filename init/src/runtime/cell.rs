@@ -351,11 +351,11 @@ impl Runtime {
             Some(argv) => {
                 let name =
                     ExecName::parse(spec.name.leaf()).map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
-                self.table().vacant::<super::executable::Executable>(name.as_str()).map_err(|_| {
-                    RuntimeError::AlreadyExists(format!(
+                if !self.executable_name_free(&name) {
+                    return Err(RuntimeError::AlreadyExists(format!(
                         "an executable named '{name}' exists, and a cell's image entrypoint runs as the executable named after the cell; free it or choose another cell name"
-                    ))
-                })?;
+                    )));
+                }
                 Some((name, argv))
             }
         };

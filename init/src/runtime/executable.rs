@@ -2,7 +2,7 @@
 //! RunExecutable, in a cell it names or in a private cell of their own.
 
 use super::error::Result;
-use super::names::CellName;
+use super::names::{CellName, ExecName};
 use super::process::{ExecView, Launch};
 use super::spec::ExecutableSpec;
 use super::Runtime;
@@ -17,6 +17,11 @@ impl Runtime {
     pub async fn run_executable(&self, spec: ExecutableSpec) -> Result<ExecView> {
         self.usable()?;
         Ok(self.launch(spec, Launch::new(true, None)).await?.view())
+    }
+
+    /// Whether no executable has this name.
+    pub(super) fn executable_name_free(&self, name: &ExecName) -> bool {
+        self.table().vacant::<Executable>(name.as_str()).is_ok()
     }
 
     pub(super) async fn free_exec(&self, e: &Arc<Executable>) -> Result<()> {
