@@ -135,6 +135,7 @@ image_bench() {
     t1=$(date +%s%N); pull_ms=$(( (t1 - t0) / 1000000 ))
     printf '%-44s %.1f MB/s (%d bytes in %d ms)\n' "raw download of the blobs, busybox wget" "$(echo "$big_bytes / 1000 / $wget_ms" | bc -l)" "$big_bytes" "$wget_ms"
     printf '%-44s %.1f MB/s (%d ms; %.2f of wget; goal >= 0.8)\n' "image pull + unpack, 4 layers ~64 MiB" "$(echo "$big_bytes / 1000 / $pull_ms" | bc -l)" "$pull_ms" "$(echo "$wget_ms / $pull_ms" | bc -l)"
+    printf '%-44s %d KiB\n' "auraed RSS after the pulls and cells above" "$(aer --json node info | python3 -c 'import json,sys; print(json.load(sys.stdin)["auraed_rss_bytes"]//1024)')"
     aer image rm "$REG_GUEST/bench/big:1" >/dev/null
 }
 
