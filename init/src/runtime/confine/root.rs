@@ -188,16 +188,8 @@ fn mount_image(stage: &Path, layers: &[PathBuf], root: &Path) -> nix::Result<()>
     for d in [&upper, &work, &root.to_path_buf()] {
         nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
     }
-    let lower: Vec<String> = layers.iter().rev().map(|l| l.to_string_lossy().into_owned()).collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        upper.display(),
-        work.display()
-    );
-    if opts.len() >= 4096 {
-        return Err(Errno::E2BIG);
-    }
+    let lower: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+    let opts = crate::image::unpack::overlay_options(&lower, Some((&upper, &work))).ok_or(Errno::E2BIG)?;
     mount(
         Some("overlay"),
         root,
