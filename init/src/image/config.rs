@@ -3,7 +3,8 @@
 //!
 //! - argv: a request's `command` replaces the entrypoint (and drops the image's cmd); its
 //!   `args` replace the cmd; the process runs entrypoint + cmd;
-//! - env: the image's, each overridden by the request's of the same name;
+//! - env: the image's, each overridden by the request's of the same name
+//!   (`runtime::spec::overlay_env`);
 //! - working dir and user: the request's, else the image's.
 
 use super::ImageError;
@@ -63,19 +64,6 @@ impl ImageConfig {
         };
         entrypoint.iter().chain(cmd).cloned().collect()
     }
-
-    /// The image's env with `over` applied (same name: `over` wins; new names follow, in
-    /// `over`'s order).
-    pub fn env_with<'a>(&self, over: impl IntoIterator<Item = (&'a String, &'a String)>) -> Vec<(String, String)> {
-        let mut env = self.env.clone();
-        for (k, v) in over {
-            match env.iter_mut().find(|(ek, _)| ek == k) {
-                Some(e) => e.1 = v.clone(),
-                None => env.push((k.clone(), v.clone())),
-            }
-        }
-        env
-    }
 }
 
 #[cfg(test)]
@@ -134,23 +122,5 @@ mod tests {
         };
         assert_eq!(cmd_only.argv(&[], &s(&["ls", "/"])), ["ls", "/"]);
         assert!(ImageConfig::default().argv(&[], &[]).is_empty());
-    }
-
-    #[test]
-    fn the_requests_env_overrides_the_images() {
-        let c = ImageConfig {
-            env: vec![("PATH".into(), "/bin".into()), ("A".into(), "1".into())],
-            ..Default::default()
-        };
-        let over: Vec<(String, String)> = vec![("A".into(), "2".into()), ("B".into(), "3".into())];
-        let got = c.env_with(over.iter().map(|(k, v)| (k, v)));
-        assert_eq!(
-            got,
-            [
-                ("PATH".into(), "/bin".into()),
-                ("A".into(), "2".into()),
-                ("B".into(), "3".into())
-            ]
-        );
     }
 }

@@ -11,7 +11,7 @@ use super::error::{Result, RuntimeError};
 use super::launcher::Launcher;
 use super::logs::{self, LogBuffer};
 use super::names::{CellName, ExecName};
-use super::spec::{CellSpec, Confinement, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
+use super::spec::{overlay_env, CellSpec, Confinement, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
 use super::sys::start::{ExecInput, StartError};
 use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
@@ -199,13 +199,7 @@ struct Prepared {
 /// the program: in the image's root for a cell from an image, else on the node's.
 fn prepare(cell: &Cell, spec: &ExecutableSpec, program: Option<String>) -> Result<Prepared> {
     let image = cell.image.as_ref();
-    let mut env: Vec<(String, String)> = image.map(|i| i.env.clone()).unwrap_or_default();
-    for (k, v) in &spec.env {
-        match env.iter_mut().find(|(ek, _)| ek == k) {
-            Some(e) => e.1 = v.clone(),
-            None => env.push((k.clone(), v.clone())),
-        }
-    }
+    let mut env = overlay_env(image.map(|i| i.env.clone()).unwrap_or_default(), &spec.env);
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }

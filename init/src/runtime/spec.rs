@@ -9,6 +9,21 @@ use std::path::PathBuf;
 /// PATH used to find argv[0] and given to the process when the request sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// `base` with `over` applied: a name in both takes `over`'s value in `base`'s place; new
+/// names follow in `over`'s order. How a request's env goes over an image's.
+pub fn overlay_env<'a>(
+    mut base: Vec<(String, String)>,
+    over: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<(String, String)> {
+    for (k, v) in over {
+        match base.iter_mut().find(|(bk, _)| bk == k) {
+            Some(e) => e.1 = v.clone(),
+            None => base.push((k.clone(), v.clone())),
+        }
+    }
+    base
+}
+
 #[derive(Debug, Clone)]
 pub struct ExecutableSpec {
     pub name: ExecName,
@@ -148,4 +163,24 @@ pub struct VmSpec {
     /// How long to wait for the VMM to run the vCPUs (the caller's deadline, see
     /// `server::deadline`).
     pub ready_within: std::time::Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_env_over_another_replaces_in_place_and_appends_the_new() {
+        let base = vec![("PATH".into(), "/bin".into()), ("A".into(), "1".into())];
+        let over: Vec<(String, String)> = vec![("A".into(), "2".into()), ("B".into(), "3".into())];
+        let got = overlay_env(base, over.iter().map(|(k, v)| (k, v)));
+        assert_eq!(
+            got,
+            [
+                ("PATH".into(), "/bin".into()),
+                ("A".into(), "2".into()),
+                ("B".into(), "3".into())
+            ]
+        );
+    }
 }

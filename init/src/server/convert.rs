@@ -452,7 +452,7 @@ pub fn image_root(p: &Prepared, r: ImageRequest) -> Result<ImageRoot, RuntimeErr
         digest: p.record.digest.clone(),
         layers: p.layers.clone(),
         chains: p.record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
-        env: p.config.env_with(r.env.iter().map(|(k, v)| (k, v))),
+        env: crate::runtime::spec::overlay_env(p.config.env.clone(), r.env.iter().map(|(k, v)| (k, v))),
         working_dir: r.working_dir.or_else(|| p.config.working_dir.clone()),
         user: r.user.or_else(|| p.config.user.clone()),
         exposed_ports: p.config.exposed_ports.clone(),
