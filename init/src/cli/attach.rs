@@ -172,12 +172,10 @@ pub async fn attach(target: &super::Target, s: Session) -> Result<(), CliError> 
     feeder.abort();
     drop(raw);
     ended?;
-    match exit {
-        Some(pb::ExecExit { exit_code: Some(0), .. }) => Ok(()),
-        Some(pb::ExecExit { exit_code: Some(c), .. }) => Err(CliError::Exit(c.clamp(1, 255) as u8)),
-        Some(pb::ExecExit { signal: Some(sig), .. }) => Err(CliError::Exit((128 + sig).clamp(1, 255) as u8)),
-        _ => Err(CliError::Workload(
-            "the stream ended before the process's exit status arrived".into(),
-        )),
-    }
+    exit.and_then(|x| CliError::from_exit(x.exit_code, x.signal))
+        .unwrap_or_else(|| {
+            Err(CliError::Workload(
+                "the stream ended before the process's exit status arrived".into(),
+            ))
+        })
 }

@@ -151,6 +151,19 @@ impl CliError {
     }
 }
 
+impl CliError {
+    /// How an attached or awaited process ended, as aer's own exit: Ok for code 0, its
+    /// code, 128 + N for signal N; None when neither is known.
+    pub fn from_exit(code: Option<i32>, signal: Option<i32>) -> Option<Result<(), CliError>> {
+        match (code, signal) {
+            (Some(0), _) => Some(Ok(())),
+            (Some(c), _) => Some(Err(CliError::Exit(c.clamp(1, 255) as u8))),
+            (None, Some(sig)) => Some(Err(CliError::Exit((128 + sig).clamp(1, 255) as u8))),
+            (None, None) => None,
+        }
+    }
+}
+
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

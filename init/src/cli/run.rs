@@ -90,12 +90,8 @@ async fn entrypoint(ch: super::Conn, name: &str) -> Result<(), CliError> {
         .map_err(CliError::Remote)?
         .into_inner();
     match &w.status {
-        Some(pb::workload_status::Status::Executable(e)) => match (e.exit_code, e.signal) {
-            (Some(0), _) => Ok(()),
-            (Some(c), _) => Err(CliError::Exit(c.clamp(1, 255) as u8)),
-            (None, Some(sig)) => Err(CliError::Exit((128 + sig).clamp(1, 255) as u8)),
-            _ => Err(CliError::Workload(format!("{name}: {}", e.error))),
-        },
+        Some(pb::workload_status::Status::Executable(e)) => CliError::from_exit(e.exit_code, e.signal)
+            .unwrap_or_else(|| Err(CliError::Workload(format!("{name}: {}", e.error)))),
         _ => Ok(()),
     }
 }
