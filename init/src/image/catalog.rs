@@ -184,11 +184,21 @@ impl Images {
 
     /// The image `reference` names (as pulled, in short or full form, or by digest).
     pub fn get(&self, reference: &str) -> Result<Record, ImageError> {
-        let all = self.list();
         let full = pull::parse_reference(reference).map(|r| r.whole()).ok();
-        all.iter()
+        // A reference has its record at a path of its own: one file read, where a cell
+        // from an image asks. Only a digest (or an unparsable name) needs every record.
+        if let Some(f) = &full {
+            let direct = std::fs::read(self.record_path(f))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                .filter(|r| &r.reference == f);
+            if let Some(r) = direct {
+                return Ok(r);
+            }
+        }
+        self.list()
+            .into_iter()
             .find(|r| Some(&r.reference) == full.as_ref() || r.reference == reference || r.digest == reference)
-            .cloned()
             .ok_or_else(|| {
                 ImageError::NotFound(format!(
                     "no image '{reference}' on this node; pull it first (aer image pull {reference})"
