@@ -513,8 +513,8 @@ impl Client {
         );
     }
 
-    /// Stops cell `name` (0.5 s grace) and frees it with everything in it.
-    pub async fn remove_cell(&self, name: &str) -> pb::CellStatus {
+    /// Stops cell `name` (0.5 s grace) with everything in it; its status after.
+    pub async fn stop_cell(&self, name: &str) -> pb::CellStatus {
         let w = self
             .workloads
             .clone()
@@ -526,15 +526,32 @@ impl Client {
             .await
             .unwrap_or_else(|e| panic!("stop cell {name}: {e:?}"))
             .into_inner();
+        match w.status {
+            Some(pb::workload_status::Status::Cell(s)) => s,
+            other => panic!("Stop returned {other:?}"),
+        }
+    }
+
+    /// Stops cell `name` and frees it with everything in it.
+    pub async fn remove_cell(&self, name: &str) -> pb::CellStatus {
+        let s = self.stop_cell(name).await;
         self.workloads
             .clone()
             .free(cell_ref(name))
             .await
             .unwrap_or_else(|e| panic!("free cell {name}: {e:?}"));
-        match w.status {
-            Some(pb::workload_status::Status::Cell(s)) => s,
-            other => panic!("Stop returned {other:?}"),
-        }
+        s
+    }
+
+    /// `Images.Remove` of `reference`.
+    pub async fn remove_image(&self, reference: &str) -> Result<pb::RemoveImageResponse, tonic::Status> {
+        self.images
+            .clone()
+            .remove(pb::ImageRef {
+                reference: reference.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// Shuts the node down (2 s grace).

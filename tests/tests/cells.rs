@@ -18,24 +18,6 @@ fn cell(name: &str, r: pb::CellResources) -> pb::Cell {
     }
 }
 
-async fn stop_cell(c: &Client, name: &str) -> pb::CellStatus {
-    let w = c
-        .workloads
-        .clone()
-        .stop(pb::StopRequest {
-            workload: Some(cell_ref(name)),
-            signal: 0,
-            grace_period_millis: 500,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match w.status {
-        Some(pb::workload_status::Status::Cell(s)) => s,
-        other => panic!("{other:?}"),
-    }
-}
-
 #[test]
 fn memory_max_oom_kills_the_hog_and_the_cell_counts_it() {
     let a = shared_or_skip!();
@@ -114,7 +96,7 @@ fn cpu_max_throttles_a_spinner_and_cpu_stat_says_so() {
         );
         assert_eq!(r.cpu_weight, Some(50));
         assert!(cs.usage.unwrap().cpu_throttled_micros > 0);
-        stop_cell(&c, "cpu").await;
+        c.stop_cell("cpu").await;
         c.workloads.clone().free(cell_ref("cpu")).await.unwrap();
         c.assert_left_nothing("cpu_max_throttles_a_spinner_and_cpu_stat_says_so")
             .await;
@@ -156,7 +138,7 @@ fn pids_max_makes_forks_fail_inside_the_cell() {
         );
         let u = c.cell_status("pids").await.usage.unwrap();
         assert!(u.pids_current <= 4, "{u:?}");
-        stop_cell(&c, "pids").await;
+        c.stop_cell("pids").await;
         c.workloads.clone().free(cell_ref("pids")).await.unwrap();
         c.assert_left_nothing("pids_max_makes_forks_fail_inside_the_cell").await;
     });
@@ -482,7 +464,7 @@ fn nested_cells_freeze_thaw_and_stop_and_free_as_a_subtree() {
         let e = c.workloads.clone().free(cell_ref("iso")).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(e.message().contains("stop it first"), "{}", e.message());
-        let s = stop_cell(&c, "iso").await;
+        let s = c.stop_cell("iso").await;
         assert_eq!(s.state, pb::WorkloadState::Stopped as i32, "{s:?}");
         for name in ["sleeper", "ticker"] {
             assert_eq!(c.wait(name).await.state, pb::WorkloadState::Killed as i32, "{name}");

@@ -190,7 +190,7 @@ fn the_appliance_pulls_from_a_registry_refuses_a_malicious_layer_and_removes_ima
 
         let reference = format!("{REGISTRY}/test/busybox:1");
         // From an empty store, whatever ran before.
-        let _ = c.images.clone().remove(pb::ImageRef { reference: reference.clone() }).await;
+        let _ = c.remove_image(&reference).await;
         let (events, done) = pull(&c, &reference).await;
         let s = done.unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
         assert_eq!(s.layers.len(), 1);
@@ -231,15 +231,7 @@ fn the_appliance_pulls_from_a_registry_refuses_a_malicious_layer_and_removes_ima
         let list = c.images.clone().list(pb::ListImagesRequest {}).await.unwrap().into_inner();
         let refs: Vec<&str> = list.images.iter().map(|i| i.reference.as_str()).collect();
         assert_eq!(refs, [reference.as_str()], "the malicious image was not recorded");
-        let freed = c
-            .images
-            .clone()
-            .remove(pb::ImageRef {
-                reference: reference.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let freed = c.remove_image(&reference).await.unwrap();
         assert!(freed.freed_bytes > 1 << 20, "{freed:?}");
         let left = c
             .on_node("echo $(ls -A /var/lib/aurae/images/blobs/sha256 | wc -l) $(ls -A /var/lib/aurae/images/layers | wc -l)")
@@ -328,14 +320,7 @@ fn a_cell_from_an_image_runs_its_entrypoint_on_the_images_root_and_forgets_its_w
         assert!(lines[2].contains("No such file"), "the other cell's write is not here: {out}");
 
         // Removing an image a cell uses is refused, naming the cells.
-        let e = c
-            .images
-            .clone()
-            .remove(pb::ImageRef {
-                reference: reference.clone(),
-            })
-            .await
-            .unwrap_err();
+        let e = c.remove_image(&reference).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("cell 'web'") && e.message().contains("cell 'web2'"), "{}", e.message());
 
@@ -356,15 +341,11 @@ fn a_cell_from_an_image_runs_its_entrypoint_on_the_images_root_and_forgets_its_w
         assert!(out.starts_with("ls: /etc/os-release: No such file or directory"), "{out}");
         assert!(out.ends_with("new-entry\nb\na"), "{out}");
         c.remove_cell("layers").await;
-        c.images.clone().remove(pb::ImageRef { reference: layered }).await.unwrap();
+        c.remove_image(&layered).await.unwrap();
         // The writes went with the cells; the image's layer never saw them.
         let left = c.on_node("ls /var/lib/aurae/images/layers/*/fs/srv").await;
         assert!(!left.contains("written"), "{left}");
-        c.images
-            .clone()
-            .remove(pb::ImageRef { reference })
-            .await
-            .unwrap();
+        c.remove_image(&reference).await.unwrap();
         c.assert_left_nothing("image cells").await;
     });
 }
@@ -462,7 +443,7 @@ fn aer_run_it_is_a_terminal_a_person_can_use() {
     rt().block_on(async {
         let c = Client::connect(a).await;
         assert!(c.cell_status_opt("shell").await.is_none(), "--rm freed the cell");
-        c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
+        c.remove_image(&reference).await.unwrap();
         c.assert_left_nothing("aer run -it").await;
     });
 }
@@ -550,7 +531,7 @@ fn a_published_port_reaches_the_cells_server_from_outside_the_appliance() {
         assert!(http_get(web, "/marker").map_or(true, |t| !t.contains("from the image")));
         c.cell(site("site2", 8080)).await.unwrap();
         c.remove_cell("site2").await;
-        c.images.clone().remove(pb::ImageRef { reference }).await.unwrap();
+        c.remove_image(&reference).await.unwrap();
         c.assert_left_nothing("published ports").await;
     });
 }
@@ -615,7 +596,7 @@ fn registries_over_https_and_with_basic_auth_serve_cells() {
 
         c.remove_cell("zst").await;
         for r in [tls_ref, auth_ref] {
-            c.images.clone().remove(pb::ImageRef { reference: r }).await.unwrap();
+            c.remove_image(&r).await.unwrap();
         }
         c.assert_left_nothing("https and auth registries").await;
     });
@@ -758,13 +739,7 @@ fn registry_failures_are_said_and_leave_the_store_whole() {
             "busybox's config (whole and verified, kept from the refused pull), layered's config and three layers"
         );
         assert!(store().await.ends_with(" 3 0"));
-        c.images
-            .clone()
-            .remove(pb::ImageRef {
-                reference: format!("{REGISTRY}/test/layered:1"),
-            })
-            .await
-            .unwrap();
+        c.remove_image(&format!("{REGISTRY}/test/layered:1")).await.unwrap();
         assert_eq!(store().await, "0 0 0");
         c.assert_left_nothing("registry failures").await;
     });
