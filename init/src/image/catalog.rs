@@ -3,6 +3,7 @@
 //! what no image uses any more.
 
 use super::config::ImageConfig;
+use super::load::{self, Offer};
 use super::pull::{self, Credentials, Progress, Pulled, Registries};
 use super::store::Store;
 use super::{Digest, ImageError};
@@ -149,18 +150,53 @@ impl Images {
                 .zip(&p.blobs)
                 .map(|(l, (d, size))| (d.to_string(), *size, l.chain_id.to_string()))
                 .collect(),
-            pulled_unix_seconds: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            pulled_unix_seconds: now_seconds(),
             fetched_bytes: p.fetched,
         };
+        self.record(&record)?;
+        Ok(record)
+    }
+
+    fn record(&self, record: &Record) -> Result<(), ImageError> {
         let path = self.record_path(&record.reference);
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| ImageError::Registry(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(record).map_err(|e| ImageError::Registry(e.to_string()))?;
         let tmp = self.store.tmp_name("ref");
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(ImageError::io("record the image", &path))?;
+            .map_err(ImageError::io("record the image", &path))
+    }
+
+    /// Takes an image from a caller (`load`): its blobs from `data`, checked as a pull
+    /// checks them, then recorded under the offer's reference.
+    pub async fn load<S>(&self, offer: Offer, data: &mut S) -> Result<Record, ImageError>
+    where
+        S: futures_util::Stream<Item = Result<Vec<u8>, ImageError>> + Unpin,
+    {
+        let full = pull::parse_reference(&offer.reference)?.whole();
+        let _shared = self.gate.read().await;
+        let got = load::receive(self.store.clone(), &offer, data).await?;
+        let record = Record {
+            reference: full,
+            digest: offer.digest.to_string(),
+            config: got.config.to_string(),
+            layers: got
+                .layers
+                .iter()
+                .zip(&offer.layers)
+                .map(|(l, o)| (o.digest.to_string(), o.size, l.chain_id.to_string()))
+                .collect(),
+            pulled_unix_seconds: now_seconds(),
+            fetched_bytes: got.bytes,
+        };
+        self.record(&record)?;
+        tracing::info!("image {} loaded: {} bytes received", record.reference, got.bytes);
         Ok(record)
+    }
+
+    /// What `load` needs to give image `r` to another node: the offer and the layer
+    /// blobs' paths (bottom first).
+    pub fn offer(&self, r: &Record) -> Result<(Offer, Vec<PathBuf>), ImageError> {
+        load::offer_of(&self.store, r, self.config_json(r)?)
     }
 
     /// Where the store is, what it holds and may hold (bytes).
@@ -284,6 +320,12 @@ impl Images {
             .map_err(|e| ImageError::Registry(format!("the collecting task ended: {e}")))?;
         Ok(before.saturating_sub(self.store.used()))
     }
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Removes the blobs and layers none of `kept` uses, keeping the layers `in_use` too.

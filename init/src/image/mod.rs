@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod load;
 pub mod pull;
 pub mod store;
 pub mod unpack;

@@ -485,7 +485,7 @@ async fn fetch(
 }
 
 /// The config's `rootfs.diff_ids`.
-fn diff_ids(config: &[u8], reference: &str) -> Result<Vec<Digest>, ImageError> {
+pub(crate) fn diff_ids(config: &[u8], reference: &str) -> Result<Vec<Digest>, ImageError> {
     let c: oci_spec::image::ImageConfiguration = serde_json::from_slice(config)
         .map_err(|e| ImageError::Registry(format!("{reference}: its config is not an OCI image config: {e}")))?;
     c.rootfs().diff_ids().iter().map(|d| Digest::parse(d)).collect()

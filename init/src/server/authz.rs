@@ -46,6 +46,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Images/List", Role::Reader),
     ("/aurae.v0.Images/Status", Role::Reader),
     ("/aurae.v0.Images/Remove", Role::Operator),
+    // A loaded image could claim any reference: a parent giving its child a pod's images.
+    ("/aurae.v0.Images/Load", Role::Admin),
     ("/grpc.health.v1.Health/Check", Role::Reader),
     ("/grpc.health.v1.Health/Watch", Role::Reader),
     (

@@ -6,7 +6,7 @@ use crate::image::pull::{Credentials, Progress};
 use crate::pb::{self, images_server};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 pub struct ImagesApi {
@@ -88,6 +88,33 @@ pub fn image_status(images: &Images, r: &Record) -> pb::ImageStatus {
     }
 }
 
+/// The largest `data` message a load takes.
+const MAX_LOAD_CHUNK: usize = 1 << 20;
+
+/// A load's offer, checked.
+fn offer(i: pb::LoadImage) -> Result<crate::image::load::Offer, Status> {
+    use crate::image::Digest;
+    crate::image::pull::parse_reference(&i.reference)
+        .map_err(|e| Status::invalid_argument(format!("image.reference: {e}")))?;
+    let digest = Digest::parse(&i.digest).map_err(|e| Status::invalid_argument(format!("image.digest: {e}")))?;
+    let mut layers = Vec::with_capacity(i.layers.len());
+    for (n, l) in i.layers.into_iter().enumerate() {
+        let d =
+            Digest::parse(&l.digest).map_err(|e| Status::invalid_argument(format!("image.layers[{n}].digest: {e}")))?;
+        layers.push(crate::image::load::OfferedLayer {
+            digest: d,
+            size: l.size_bytes,
+            sent: l.sent,
+        });
+    }
+    Ok(crate::image::load::Offer {
+        reference: i.reference,
+        digest,
+        config_json: i.config,
+        layers,
+    })
+}
+
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -155,17 +182,49 @@ impl images_server::Images for ImagesApi {
         Ok(Response::new(image_status(images, &record)))
     }
 
+    async fn load(&self, r: Request<tonic::Streaming<pb::LoadRequest>>) -> Result<Response<pb::ImageStatus>, Status> {
+        use pb::load_request::Request as R;
+        let images = self.images()?.clone();
+        let mut stream = r.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("image: the stream ended before its first message"))?;
+        let Some(R::Image(img)) = first.request else {
+            return Err(Status::invalid_argument(
+                "image: the first message must be `image`, the offer, before any data",
+            ));
+        };
+        let offer = offer(img)?;
+        let mut data = stream.map(|m| match m {
+            Ok(pb::LoadRequest {
+                request: Some(R::Data(d)),
+            }) if d.len() <= MAX_LOAD_CHUNK => Ok(d),
+            Ok(pb::LoadRequest {
+                request: Some(R::Data(d)),
+            }) => Err(crate::image::ImageError::Registry(format!(
+                "data: a message of {} bytes; at most {MAX_LOAD_CHUNK} per message",
+                d.len()
+            ))),
+            Ok(_) => Err(crate::image::ImageError::Registry(
+                "image: only the first message may be `image`; the rest are `data`".into(),
+            )),
+            Err(s) => Err(crate::image::ImageError::Unreachable(format!(
+                "the sender's stream broke off: {}",
+                s.message()
+            ))),
+        });
+        let record = images.load(offer, &mut data).await?;
+        Ok(Response::new(image_status(&images, &record)))
+    }
+
     async fn remove(&self, r: Request<pb::ImageRef>) -> Result<Response<pb::RemoveImageResponse>, Status> {
         let images = self.images()?;
         let rt = self.rt.clone();
         let in_use = move || {
             rt.images_in_use()
                 .into_iter()
-                .map(|(cell, reference, chains)| InUse {
-                    by: format!("cell '{cell}'"),
-                    reference,
-                    chains,
-                })
+                .map(|(by, reference, chains)| InUse { by, reference, chains })
                 .collect()
         };
         let freed = images.remove(&r.into_inner().reference, in_use).await?;
