@@ -16,6 +16,8 @@ pub(crate) mod logging;
 pub(crate) mod net;
 pub(crate) mod node;
 pub mod pki;
+/// Pods: what one is (spec, sizing, restart rules) and the calls to its instance.
+pub(crate) mod pod;
 pub(crate) mod runtime;
 pub(crate) mod server;
 pub mod spawn;

@@ -127,6 +127,7 @@ impl ImageOpts {
             user: self.user.clone().unwrap_or_default(),
             no_entrypoint,
             credentials,
+            ..Default::default()
         }))
     }
 }

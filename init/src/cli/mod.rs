@@ -11,6 +11,7 @@ mod exec;
 mod image;
 mod instance;
 mod node;
+mod pod;
 mod print;
 mod run;
 mod vm;
@@ -124,6 +125,10 @@ enum Command {
     /// Spawned instances: ls, status, logs, stop, wait, free.
     #[command(subcommand)]
     Instance(instance::InstanceCmd),
+    /// Pods (containers sharing a network, in an instance of their own): run, ls, status,
+    /// logs, stop, wait, free.
+    #[command(subcommand)]
+    Pod(pod::PodCmd),
 }
 
 /// A failure, with the exit code it maps to.
@@ -347,6 +352,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
         Command::Image(i) => image::image(i, &target, a.json).await,
         Command::Spawn(s) => instance::spawn(s, &target, a.json).await,
         Command::Instance(i) => instance::instance(i, &target, a.json).await,
+        Command::Pod(p) => pod::pod(p, &target, a.json).await,
         Command::Health { service } => node::health(target.connect().await?, service, a.json).await,
         Command::Node(cmd) => node::node(target.connect().await?, cmd, a.json).await,
     }

@@ -271,6 +271,7 @@ pub(crate) fn print_status(w: &pb::WorkloadStatus, as_json: bool) {
         Some(pb::workload_status::Status::Cell(c)) => print_cell(c, as_json),
         Some(pb::workload_status::Status::VirtualMachine(v)) => print_vm(v, as_json),
         Some(pb::workload_status::Status::Instance(i)) => print_instance(i, as_json),
+        Some(pb::workload_status::Status::Pod(p)) => super::pod::print_pod(p, as_json),
         _ => println!("{w:?}"),
     }
 }

@@ -4,6 +4,8 @@
 //! proxy rather than netfilter rules: the appliance's kernel has no netfilter, and a cell's
 //! namespace needs no route or address of the node's.
 //!
+//! A pod's ports go the same way to the pod's address on the node's bridge.
+//!
 //! A connection inside the cell is made by one thread per cell that has joined the cell's
 //! network namespace and does nothing else (sockets belong to the namespace of the thread
 //! that creates them); no tokio thread ever changes namespace. At most `MAX_CONNECTIONS`
@@ -37,9 +39,13 @@ pub fn bind(host_port: u16, cell_port: u16) -> std::io::Result<Bound> {
 
 type Dial = (u16, oneshot::Sender<std::io::Result<TcpStream>>);
 
-/// Makes connections inside one cell's network namespace.
+/// Makes connections inside one cell's network namespace, or (a pod) to an address the
+/// node reaches itself.
 #[derive(Clone)]
-pub struct Dialer(std::sync::mpsc::Sender<Dial>);
+pub enum Dialer {
+    Namespace(std::sync::mpsc::Sender<Dial>),
+    Address(Ipv4Addr),
+}
 
 impl Dialer {
     /// A thread in the network namespace of the process `pidfd` names (a cell's init).
@@ -65,12 +71,16 @@ impl Dialer {
         ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("the dialer thread ended before joining the cell"))??;
-        Ok(Dialer(tx))
+        Ok(Dialer::Namespace(tx))
     }
 
     async fn dial(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+        let tx_dial = match self {
+            Dialer::Address(ip) => return tokio::net::TcpStream::connect((*ip, port)).await,
+            Dialer::Namespace(tx) => tx,
+        };
         let (tx, rx) = oneshot::channel();
-        self.0
+        tx_dial
             .send((port, tx))
             .map_err(|_| std::io::Error::other("the cell's dialer has ended"))?;
         let s = rx

@@ -183,6 +183,11 @@ impl Cell {
         }
     }
 
+    /// The scratch volumes it listed (held until it is freed).
+    pub fn volumes(&self) -> &[super::volume::VolumeSpec] {
+        self.image.as_ref().map_or(&[], |i| &i.volumes)
+    }
+
     /// Waits until the cell has ended.
     pub async fn wait(&self) {
         let mut rx = self.state.subscribe();
@@ -390,6 +395,10 @@ impl Runtime {
         }
         let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;
+        if let Err(e) = self.take_volumes(cell.volumes()) {
+            self.table().remove::<Cell>(cell.name.as_str());
+            return Err(e);
+        }
         let started = tokio::time::timeout(spec.ready_within, async {
             self.start_cell(&cell, &spec, parent.as_deref()).await?;
             publish(&cell, bound)
@@ -439,12 +448,15 @@ impl Runtime {
         if setup.own_root {
             match &spec.image {
                 // The image is the whole root: nothing of the node is in it to cover.
-                Some(image) => args.extend(
-                    image
-                        .layers
-                        .iter()
-                        .map(|l| format!("{}{}", root::LAYER_ARG, l.display())),
-                ),
+                Some(image) => {
+                    args.extend(
+                        image
+                            .layers
+                            .iter()
+                            .map(|l| format!("{}{}", root::LAYER_ARG, l.display())),
+                    );
+                    args.extend(image.mounts.iter().map(super::volume::holder_arg));
+                }
                 None => args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned())),
             }
             args.extend(spec.binds.iter().map(|b| format!("{}{}", root::BIND_ARG, b.display())));
@@ -499,17 +511,22 @@ impl Runtime {
             tracing::warn!("cell {}: {e}", cell.name);
         }
         self.table().remove::<Cell>(cell.name.as_str());
+        self.release_volumes(cell.volumes());
     }
 
-    /// Every cell from an image: (cell, the image's reference, its layers' chain IDs).
+    /// Every image a workload uses: (who, "cell 'web'" or "pod 'p'", the image's
+    /// reference, its layers' chain IDs).
     pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
-        self.table()
+        let mut v: Vec<(String, String, Vec<String>)> = self
+            .table()
             .all::<Cell>()
             .filter_map(|c| {
                 let i = c.image.as_ref()?;
-                Some((c.name.to_string(), i.reference.clone(), i.chains.clone()))
+                Some((format!("cell '{}'", c.name), i.reference.clone(), i.chains.clone()))
             })
-            .collect()
+            .collect();
+        v.extend(self.pod_images());
+        v
     }
 
     pub fn cell_view(&self, c: &Cell) -> CellView {
@@ -620,6 +637,10 @@ impl Runtime {
         let mut t = self.table();
         for c in &cells {
             t.remove::<Cell>(c.name.as_str());
+        }
+        drop(t);
+        for c in &cells {
+            self.release_volumes(c.volumes());
         }
         tracing::info!("cell {name} freed with {} executable(s)", execs.len());
         Ok(())

@@ -87,10 +87,15 @@ pub fn main(args: &[String]) -> ! {
         );
     }
     if setup.new_mount && setup.own_root {
-        let (mut binds, mut layers, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut binds, mut layers, mut hidden, mut volumes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for a in args.iter().skip(3) {
             if let Some(b) = a.strip_prefix(root::BIND_ARG) {
                 binds.push(std::path::PathBuf::from(b));
+            } else if let Some(v) = a.strip_prefix(root::VOLUME_ARG) {
+                match super::volume::parse_holder_arg(v) {
+                    Some(v) => volumes.push(v),
+                    None => fail(REPORT, Stage::Args),
+                }
             } else if let Some(l) = a.strip_prefix(root::LAYER_ARG) {
                 layers.push(std::path::PathBuf::from(l));
             } else {
@@ -100,7 +105,7 @@ pub fn main(args: &[String]) -> ! {
         let source = if layers.is_empty() {
             root::Source::Node(std::path::Path::new("/"))
         } else {
-            root::Source::Image(&layers)
+            root::Source::Image(&layers, &volumes)
         };
         if let Err((step, errno)) = root::enter(source, &hidden, &binds, setup.userns) {
             let stage = match step {

@@ -274,6 +274,21 @@ impl Runtime {
 
     /// Boots a child auraed in a microVM and returns once it serves.
     pub async fn spawn(&self, spec: InstanceSpec) -> Result<InstanceView> {
+        self.table().vacant::<Instance>(spec.name.as_str())?;
+        let i = self.spawn_instance(&spec).await?;
+        let v = i.view();
+        let inserted = self.table().insert(i.clone());
+        if let Err(taken) = inserted {
+            self.kill_instance(&i).await;
+            self.release_instance(&i).await;
+            return Err(taken);
+        }
+        Ok(v)
+    }
+
+    /// Boots a child and returns once it serves, holding its address on the bridge, but
+    /// not in the table: Spawn puts it there, a pod keeps it as its own.
+    pub(super) async fn spawn_instance(&self, spec: &InstanceSpec) -> Result<Arc<Instance>> {
         self.usable()?;
         let Some(id) = self.spawn_identity.clone() else {
             return Err(pre(
@@ -299,31 +314,25 @@ impl Runtime {
                 IsolationKind::Cell
             }
         };
-        self.table().vacant::<Instance>(spec.name.as_str())?;
         let deadline = tokio::time::Instant::now() + spec.serving_within;
         let host = self.take_host()?;
         // A node too deep to have children says so here; the host number goes back below.
         let result = match addressing::child_net(subnet, host) {
-            Ok(net) => self.spawn_on(&spec, isolation, &id, &bridge, net, host, deadline).await,
+            Ok(net) => self.spawn_on(spec, isolation, &id, &bridge, net, host, deadline).await,
             Err(e) => Err(SpawnError::from(e).into()),
         };
-        match result {
-            Ok(i) => {
-                let v = i.view();
-                let inserted = self.table().insert(i.clone());
-                if let Err(taken) = inserted {
-                    self.kill_instance(&i).await;
-                    let _ = self.discard_instance(&i).await;
-                    self.table().hosts.remove(&host);
-                    return Err(taken);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                self.table().hosts.remove(&host);
-                Err(e)
-            }
+        if result.is_err() {
+            self.table().hosts.remove(&host);
         }
+        result
+    }
+
+    /// Removes an ended child's files, veth and address (its VM or cell too).
+    pub(super) async fn release_instance(&self, i: &Instance) {
+        if let Err(e) = self.discard_instance(i).await {
+            tracing::warn!("instance {}: {e}", i.name);
+        }
+        self.table().hosts.remove(&i.host);
     }
 
     fn take_host(&self) -> Result<u8> {
@@ -492,7 +501,7 @@ impl Runtime {
         Ok((e, host_end))
     }
 
-    async fn kill_instance(&self, i: &Instance) {
+    pub(super) async fn kill_instance(&self, i: &Instance) {
         match &i.body {
             Body::Vm(vm) => self.stop_vm(vm, Duration::ZERO).await,
             Body::Cell(e) => e.stop(libc::SIGKILL, Duration::ZERO).await,

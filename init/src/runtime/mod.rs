@@ -23,12 +23,14 @@ pub(crate) mod instance;
 pub(crate) mod launcher;
 pub(crate) mod logs;
 pub(crate) mod names;
+pub(crate) mod pod;
 pub(crate) mod process;
 pub(crate) mod rootfs;
 pub(crate) mod spec;
 pub(crate) mod sys;
 pub(crate) mod table;
 pub(crate) mod vm;
+pub(crate) mod volume;
 
 use cgroup::CgroupDir;
 use error::{Result, RuntimeError};
@@ -69,6 +71,7 @@ pub enum Kind {
     Executable,
     VirtualMachine,
     Instance,
+    Pod,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +80,7 @@ pub enum View {
     Cell(Box<CellView>),
     VirtualMachine(VmView),
     Instance(Box<InstanceView>),
+    Pod(Box<pod::PodView>),
 }
 
 pub struct Runtime {
@@ -99,6 +103,8 @@ pub struct Runtime {
     spawn_identity: Option<SpawnIdentity>,
     /// Directories of the node no confined cell sees (its keys, VM files).
     hidden: Vec<PathBuf>,
+    /// Scratch volumes cells share, with how many cells list each.
+    volumes: Mutex<volume::Volumes>,
 }
 
 /// Polling interval for cgroup state changes (populated, frozen): starts short, because a
@@ -146,6 +152,7 @@ impl Runtime {
             userns_ranges: std::sync::atomic::AtomicU32::new(0),
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
+            volumes: Mutex::new(volume::Volumes::default()),
         }
     }
 
@@ -261,7 +268,7 @@ impl Runtime {
 }
 
 /// Runs futures concurrently on this task and waits for all (no extra dependency).
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+pub(crate) async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
     let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
     std::future::poll_fn(|cx| {
         set.retain_mut(|f| f.as_mut().poll(cx).is_pending());

@@ -132,6 +132,9 @@ pub struct ImageRoot {
     pub argv: Vec<String>,
     /// Start `argv` when the cell is made (false: processes come with RunExecutable or Exec).
     pub start: bool,
+    /// Scratch volumes the cell makes or joins, and where they appear in its root.
+    pub volumes: Vec<super::volume::VolumeSpec>,
+    pub mounts: Vec<super::volume::VolumeMount>,
 }
 
 /// The longest any start waits for a workload to get ready: a caller's deadline of years

@@ -11,6 +11,7 @@ use super::error::{Result, RuntimeError};
 use super::executable::Executable;
 use super::instance::Instance;
 use super::logs::LogBuffer;
+use super::pod::Pod;
 use super::vm::VirtualMachine;
 use super::{Kind, Runtime, View};
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,7 @@ pub(crate) enum Workload {
     Executable(Arc<Executable>),
     VirtualMachine(Arc<VirtualMachine>),
     Instance(Arc<Instance>),
+    Pod(Arc<Pod>),
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Executable => "executable",
             Kind::VirtualMachine => "virtual machine",
             Kind::Instance => "instance",
+            Kind::Pod => "pod",
         }
     }
 
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Executable => "",
             Kind::VirtualMachine => "vm ",
             Kind::Instance => "instance ",
+            Kind::Pod => "pod ",
         }
     }
 
@@ -52,6 +56,7 @@ impl Kind {
             Kind::Cell | Kind::Executable => "aer ps",
             Kind::VirtualMachine => "aer vm ls",
             Kind::Instance => "aer instance ls",
+            Kind::Pod => "aer pod ls",
         }
     }
 }
@@ -84,6 +89,7 @@ entry!(Cell, Cell);
 entry!(Executable, Executable);
 entry!(VirtualMachine, VirtualMachine);
 entry!(Instance, Instance);
+entry!(Pod, Pod);
 
 fn not_found(kind: Kind, name: &str) -> RuntimeError {
     RuntimeError::NotFound(format!("no {} named '{name}' ({} lists them)", kind.noun(), kind.ls()))
@@ -189,6 +195,7 @@ impl Workload {
             Workload::Executable(_) => Kind::Executable,
             Workload::VirtualMachine(_) => Kind::VirtualMachine,
             Workload::Instance(_) => Kind::Instance,
+            Workload::Pod(_) => Kind::Pod,
         }
     }
 
@@ -198,6 +205,7 @@ impl Workload {
             Workload::Executable(e) => e.name.to_string(),
             Workload::VirtualMachine(v) => v.name.to_string(),
             Workload::Instance(i) => i.name.to_string(),
+            Workload::Pod(p) => p.name.to_string(),
         }
     }
 
@@ -207,6 +215,7 @@ impl Workload {
             Workload::Executable(e) => View::Executable(e.view()),
             Workload::VirtualMachine(v) => View::VirtualMachine(v.view()),
             Workload::Instance(i) => View::Instance(Box::new(i.view())),
+            Workload::Pod(p) => View::Pod(Box::new(p.view())),
         }
     }
 
@@ -216,6 +225,7 @@ impl Workload {
             Workload::Executable(e) => e.wait().await,
             Workload::VirtualMachine(v) => v.wait().await,
             Workload::Instance(i) => i.body.wait().await,
+            Workload::Pod(p) => p.wait().await,
         }
     }
 
@@ -227,6 +237,7 @@ impl Workload {
             Workload::Executable(e) => e.stop(signal, grace).await,
             Workload::VirtualMachine(v) => rt.stop_vm(v, grace).await,
             Workload::Instance(i) => rt.stop_instance(i, grace).await,
+            Workload::Pod(p) => rt.stop_pod(p, signal, grace).await,
         }
     }
 
@@ -237,6 +248,7 @@ impl Workload {
             Workload::Executable(e) => rt.free_exec(e).await,
             Workload::VirtualMachine(v) => rt.free_vm(v).await,
             Workload::Instance(i) => rt.free_instance(i).await,
+            Workload::Pod(p) => rt.free_pod(p).await,
         }
     }
 
@@ -248,6 +260,10 @@ impl Workload {
             Workload::Cell(c) => Err(RuntimeError::Precondition(format!(
                 "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {} lists them)",
                 c.name
+            ))),
+            Workload::Pod(p) => Err(RuntimeError::Precondition(format!(
+                "workload.name: a pod's logs are its containers'; name one as {}/CONTAINER",
+                p.name
             ))),
         }
     }

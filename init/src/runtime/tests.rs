@@ -81,6 +81,7 @@ fn phase(v: View) -> Option<Phase> {
         View::Executable(e) => e.phase,
         View::VirtualMachine(v) => v.phase,
         View::Instance(i) => i.phase,
+        View::Pod(_) => None,
     }
 }
 

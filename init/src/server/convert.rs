@@ -14,6 +14,7 @@ use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{
     CellSpec, Confinement, DiskSpec, ExecutableSpec, ImageRoot, IoMax, Isolation, Resources, VmSpec,
 };
+use crate::runtime::volume::{VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -293,13 +294,94 @@ pub struct ImageRequest {
     pub reference: String,
     pub policy: PullPolicy,
     pub credentials: Option<Credentials>,
-    command: Vec<String>,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    working_dir: Option<String>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
     user: Option<String>,
     no_entrypoint: bool,
     pub ports: Vec<(u16, u16)>,
+    volumes: Vec<VolumeSpec>,
+    mounts: Vec<VolumeMount>,
+}
+
+/// The largest memory volume: what a tmpfs of a 2^40-byte node could hold.
+const MAX_VOLUME_BYTES: u64 = 1 << 40;
+const MAX_VOLUMES: usize = 64;
+
+/// Volumes and their mounts, checked: names, unique, every mount names a listed volume at
+/// an absolute path of its own.
+pub fn volumes(
+    field: &str,
+    list: &[pb::Volume],
+    mounts_field: &str,
+    mounts: &[pb::VolumeMount],
+) -> Result<(Vec<VolumeSpec>, Vec<VolumeMount>), RuntimeError> {
+    if list.len() > MAX_VOLUMES || mounts.len() > MAX_VOLUMES {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_VOLUMES} volumes and {MAX_VOLUMES} mounts"),
+        ));
+    }
+    let mut specs: Vec<VolumeSpec> = Vec::with_capacity(list.len());
+    for (n, v) in list.iter().enumerate() {
+        let f = format!("{field}[{n}]");
+        let name = ExecName::parse(&v.name).map_err(|e| invalid(format!("{f}.name"), e.to_string()))?;
+        if specs.iter().any(|s| s.name == name) {
+            return Err(invalid(format!("{f}.name"), format!("volume '{name}' is listed twice")));
+        }
+        let d = v.empty_dir.unwrap_or_default();
+        let size = match (d.memory, d.size_limit_bytes) {
+            (_, 0) => VOLUME_DEFAULT_BYTES,
+            (_, s) if !(MIB..=MAX_VOLUME_BYTES).contains(&s) => {
+                return Err(invalid(
+                    format!("{f}.empty_dir.size_limit_bytes"),
+                    format!("{s} is out of range (1 MiB..=1 TiB)"),
+                ))
+            }
+            (_, s) => s,
+        };
+        specs.push(VolumeSpec {
+            name,
+            memory: d.memory,
+            size_limit: if d.memory { size } else { 0 },
+        });
+    }
+    let mut out: Vec<VolumeMount> = Vec::with_capacity(mounts.len());
+    for (n, m) in mounts.iter().enumerate() {
+        let f = format!("{mounts_field}[{n}]");
+        let Some(spec) = specs.iter().find(|s| s.name.as_str() == m.name) else {
+            return Err(invalid(
+                format!("{f}.name"),
+                format!(
+                    "'{}' is not one of the volumes listed in {field}; list it there",
+                    m.name
+                ),
+            ));
+        };
+        let p = m.mount_path.as_str();
+        no_nul(&format!("{f}.mount_path"), p)?;
+        let normal = std::path::Path::new(p)
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !p.starts_with('/') || p == "/" || !normal || p.len() > 4096 {
+            return Err(invalid(
+                format!("{f}.mount_path"),
+                format!("'{p}' must be an absolute directory other than '/', without '.' or '..'"),
+            ));
+        }
+        let clean = p.trim_end_matches('/').to_owned();
+        if out.iter().any(|o| o.path == clean) {
+            return Err(invalid(format!("{f}.mount_path"), format!("'{p}' is mounted twice")));
+        }
+        out.push(VolumeMount {
+            volume: spec.name.clone(),
+            path: clean,
+            read_only: m.read_only,
+        });
+    }
+    Ok((specs, out))
 }
 
 fn env_entries(field: &str, env: &std::collections::HashMap<String, String>) -> Result<(), RuntimeError> {
@@ -383,9 +465,12 @@ pub fn oci_image(i: pb::OciImage) -> Result<ImageRequest, RuntimeError> {
             Some(u.to_owned())
         }
     };
+    let (volumes, mounts) = volumes("image.volumes", &i.volumes, "image.volume_mounts", &i.volume_mounts)?;
     let mut env: Vec<(String, String)> = i.env.into_iter().collect();
     env.sort();
     Ok(ImageRequest {
+        volumes,
+        mounts,
         reference,
         policy,
         credentials: i.credentials.map(|c| Credentials {
@@ -403,7 +488,7 @@ pub fn oci_image(i: pb::OciImage) -> Result<ImageRequest, RuntimeError> {
 }
 
 /// Published ports, checked: numbers in range, TCP, each node port once.
-fn ports(list: &[pb::PortMapping]) -> Result<Vec<(u16, u16)>, RuntimeError> {
+pub fn ports(list: &[pb::PortMapping]) -> Result<Vec<(u16, u16)>, RuntimeError> {
     let mut out: Vec<(u16, u16)> = Vec::with_capacity(list.len());
     for (n, p) in list.iter().enumerate() {
         let f = |x: &str| format!("image.ports[{n}].{x}");
@@ -458,6 +543,8 @@ pub fn image_root(p: &Prepared, r: ImageRequest) -> Result<ImageRoot, RuntimeErr
         exposed_ports: p.config.exposed_ports.clone(),
         argv,
         start: !r.no_entrypoint,
+        volumes: r.volumes,
+        mounts: r.mounts,
     })
 }
 
@@ -598,11 +685,7 @@ pub fn kind(k: i32, field: &str) -> Result<Option<Kind>, RuntimeError> {
         Ok(pb::WorkloadKind::Cell) => Ok(Some(Kind::Cell)),
         Ok(pb::WorkloadKind::VirtualMachine) => Ok(Some(Kind::VirtualMachine)),
         Ok(pb::WorkloadKind::Instance) => Ok(Some(Kind::Instance)),
-        Ok(other) => Err(RuntimeError::Precondition(format!(
-            "{field}: {} workloads are not implemented in auraed {} yet (pods come with a later issue)",
-            other.as_str_name(),
-            crate::VERSION
-        ))),
+        Ok(pb::WorkloadKind::Pod) => Ok(Some(Kind::Pod)),
         Err(_) => Err(invalid(field, format!("{k} is not a WorkloadKind"))),
     }
 }
@@ -834,6 +917,7 @@ pub fn workload_status(v: View) -> pb::WorkloadStatus {
             View::Cell(c) => pb::workload_status::Status::Cell(cell_status(*c)),
             View::VirtualMachine(v) => pb::workload_status::Status::VirtualMachine(vm_status(v)),
             View::Instance(i) => pb::workload_status::Status::Instance(instance_status(*i)),
+            View::Pod(p) => pb::workload_status::Status::Pod(super::pod_convert::pod_status(*p)),
         }),
     }
 }

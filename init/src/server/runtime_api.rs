@@ -1,10 +1,11 @@
-//! The `Runtime` service: thin handlers over `runtime::Runtime`. Executables, cells, VMs and
-//! instances run; pods come with a later issue and answer UNIMPLEMENTED until then.
+//! The `Runtime` service: thin handlers over `runtime::Runtime` for executables, cells, VMs,
+//! instances and pods.
 
 use super::authz::Caller;
 use super::convert;
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
 use crate::pki::policy::Role;
+use crate::runtime::pod::PodImage;
 use crate::runtime::{Kind, Runtime};
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,13 +69,6 @@ pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
     /// Where a cell's image comes from.
     pub images: Result<Arc<crate::image::catalog::Images>, String>,
-}
-
-fn not_yet(rpc: &str, issue: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented in auraed {} yet ({issue})",
-        crate::VERSION
-    ))
 }
 
 #[tonic::async_trait]
@@ -165,7 +159,46 @@ impl RuntimeRpc for RuntimeApi {
         Ok(Response::new(convert::instance_status(view)))
     }
 
-    async fn run_pod(&self, _: Request<pb::Pod>) -> Result<Response<pb::PodStatus>, Status> {
-        Err(not_yet("RunPod", "pods: a later issue"))
+    async fn run_pod(&self, r: Request<pb::Pod>) -> Result<Response<pb::PodStatus>, Status> {
+        let caller = super::deadline::caller_timeout(r.metadata());
+        let spec = super::pod_convert::pod(r.into_inner(), caller)?;
+        let images = self.images.as_ref().map_err(|why| {
+            Status::failed_precondition(format!(
+                "containers: this node has no image store for their images: {why}"
+            ))
+        })?;
+        // Each image pulled (as its policy says) into this node's store once, before
+        // anything is made; the instance gets them from here.
+        let mut by_ref: Vec<Arc<PodImage>> = Vec::new();
+        let mut per_container = Vec::with_capacity(spec.containers.len());
+        for (n, c) in spec.containers.iter().enumerate() {
+            let named = |s: Status| Status::new(s.code(), format!("containers[{n}].image: {}", s.message()));
+            let prepared = images
+                .prepare(&c.image, c.pull_policy, c.credentials.clone())
+                .await
+                .map_err(|e| named(e.into()))?;
+            let record = prepared.record.clone();
+            // Not held while the pod is made: a held read would wait behind a removal that
+            // waits for it. The pod, once listed, keeps its images from removal.
+            drop(prepared);
+            if let Some(have) = by_ref.iter().find(|i| i.reference == record.reference) {
+                per_container.push(have.clone());
+                continue;
+            }
+            let (offer, paths) = images.offer(&record).map_err(|e| named(e.into()))?;
+            let img = Arc::new(PodImage {
+                reference: record.reference.clone(),
+                digest: record.digest.clone(),
+                chains: record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
+                offer,
+                paths,
+            });
+            by_ref.push(img.clone());
+            per_container.push(img);
+        }
+        let (rt, name) = (self.rt.clone(), spec.name.to_string());
+        let work = async move { rt.run_pod(spec, per_container).await };
+        let view = detached(self.rt.clone(), work, Kind::Pod, name).await?;
+        Ok(Response::new(super::pod_convert::pod_status(view)))
     }
 }

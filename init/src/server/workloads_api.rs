@@ -84,6 +84,9 @@ impl Workloads for WorkloadsApi {
     async fn logs(&self, r: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = r.into_inner();
         let (kind, name) = convert::workload_ref(r.workload, "workload")?;
+        if kind == Kind::Pod {
+            return self.pod_logs(&name, r.follow, r.tail_lines).await;
+        }
         let buf = self.rt.logs_of(kind, &name)?;
         let mut cursor = buf.start_cursor(r.tail_lines);
         let end = buf.end_cursor();
@@ -127,6 +130,34 @@ impl Workloads for WorkloadsApi {
 }
 
 impl WorkloadsApi {
+    /// A pod container's logs (`POD/CONTAINER`): the logs of its current run, read from the
+    /// pod's instance, where they are kept.
+    async fn pod_logs(&self, name: &str, follow: bool, tail_lines: Option<u64>) -> Result<Response<LogStream>, Status> {
+        let Some((pod, container)) = name.split_once('/') else {
+            self.rt.logs_of(Kind::Pod, name)?;
+            return Err(Status::invalid_argument(
+                "workload.name: name a container as POD/CONTAINER",
+            ));
+        };
+        let channel = self.rt.pod_channel(pod)?;
+        let mut client = pb::workloads_client::WorkloadsClient::new(channel);
+        let req = pb::LogsRequest {
+            workload: Some(pb::WorkloadRef {
+                kind: pb::WorkloadKind::Executable as i32,
+                name: container.to_owned(),
+            }),
+            follow,
+            tail_lines,
+        };
+        let stream = client.logs(req).await.map_err(|s| {
+            Status::new(
+                s.code(),
+                format!("pod '{pod}', container '{container}': {}", s.message()),
+            )
+        })?;
+        Ok(Response::new(Box::pin(stream.into_inner())))
+    }
+
     async fn freeze_or_thaw(&self, r: pb::WorkloadRef, frozen: bool) -> Result<Response<pb::WorkloadStatus>, Status> {
         let (kind, name) = convert::workload_ref(Some(r), "workload")?;
         if kind != Kind::Cell {

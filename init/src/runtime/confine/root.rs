@@ -51,14 +51,20 @@ pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sy
 pub const BIND_ARG: &str = "+";
 /// Marks an image layer among the holder's arguments (bottom first).
 pub const LAYER_ARG: &str = "^";
+/// Marks a volume to bind into an image root (`runtime::volume::holder_arg`).
+pub const VOLUME_ARG: &str = "%";
+
+/// A node directory bound into an image root: (source, absolute target, read-only).
+pub type VolumeBind = (PathBuf, PathBuf, bool);
 
 /// What a cell's root is made of.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     /// A directory of the node, bound read-only.
     Node(&'a Path),
-    /// An image's unpacked layer directories, bottom first, under a writable layer.
-    Image(&'a [PathBuf]),
+    /// An image's unpacked layer directories, bottom first, under a writable layer, and
+    /// the volumes bound into it.
+    Image(&'a [PathBuf], &'a [VolumeBind]),
 }
 
 /// The mount points a root must have; an image that lacks one gets it made in the cell's
@@ -120,8 +126,11 @@ pub fn enter(source: Source<'_>, hide: &[PathBuf], binds: &[PathBuf], userns: bo
             mount(Some(dir), stage, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(at(Step::Root))?;
             (stage, hide)
         }
-        Source::Image(layers) => {
+        Source::Image(layers, volumes) => {
             mount_image(stage, layers, &image_root).map_err(at(Step::Image))?;
+            for v in volumes {
+                bind_volume(&image_root, v).map_err(at(Step::Image))?;
+            }
             (image_root.as_path(), &[][..])
         }
     };
@@ -206,6 +215,50 @@ fn mount_image(stage: &Path, layers: &[PathBuf], root: &Path) -> nix::Result<()>
         }
     }
     Ok(())
+}
+
+/// Binds a volume's directory at its target in the image's `root` (nosuid, nodev; read-only
+/// when asked). The target's directories are made in the cell's own layer where the image
+/// lacks them; one that is a symlink or not a directory is refused (ENOTDIR), as the bind
+/// would land wherever it points. Nothing runs in the cell yet, so nothing can swap one in.
+fn bind_volume(root: &Path, (source, target, read_only): &VolumeBind) -> nix::Result<()> {
+    use std::path::Component;
+    let mut at = root.to_path_buf();
+    for c in target.components() {
+        match c {
+            Component::RootDir => continue,
+            Component::Normal(n) => at.push(n),
+            _ => return Err(Errno::EINVAL),
+        }
+        match std::fs::symlink_metadata(&at) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(Errno::ENOTDIR),
+            Err(_) => nix::unistd::mkdir(&at, Mode::from_bits_truncate(0o755))?,
+        }
+    }
+    if at == root {
+        return Err(Errno::EINVAL);
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some(source.as_path()),
+        &at,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let ro = if *read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        None::<&str>,
+        &at,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | ro,
+        None::<&str>,
+    )
 }
 
 /// Binds node directory `dir` (under /run, no `..`) at the same path below `root`, whose

@@ -1,0 +1,198 @@
+//! Scratch volumes that cells from images share (a pod's `emptyDir`s): a directory under
+//! `VOLUMES_DIR` on the node, or a tmpfs of its own there (`memory`), made by the first cell
+//! that lists it and removed with the last. Each cell binds the volumes it mounts into its
+//! image root (`confine::root`), so its writes land in the volume and every cell that mounts
+//! it sees them; nothing else of the node becomes visible.
+
+use super::error::{Result, RuntimeError};
+use super::names::ExecName;
+use super::Runtime;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where volumes live on the node (RAM on the appliance).
+pub const VOLUMES_DIR: &str = "/run/aurae/volumes";
+/// A memory volume's size when its request gives none.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+
+/// A volume a cell makes or joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: ExecName,
+    /// A tmpfs of its own of `size_limit` bytes, rather than a directory.
+    pub memory: bool,
+    pub size_limit: u64,
+}
+
+/// Where one of the cell's volumes appears in its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub volume: ExecName,
+    /// Absolute, normal components only (checked at the edge).
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// Volumes in use: each one's definition and how many cells list it.
+#[derive(Default)]
+pub(crate) struct Volumes(BTreeMap<String, (VolumeSpec, usize)>);
+
+pub fn dir_of(name: &str) -> PathBuf {
+    Path::new(VOLUMES_DIR).join(name)
+}
+
+/// The holder argument that binds `m`: `%rw:SOURCE:TARGET` (the source has no ':').
+pub fn holder_arg(m: &VolumeMount) -> String {
+    let mode = if m.read_only { "ro" } else { "rw" };
+    format!(
+        "{}{mode}:{}:{}",
+        super::confine::root::VOLUME_ARG,
+        dir_of(m.volume.as_str()).display(),
+        m.path
+    )
+}
+
+/// A holder argument back into (source, target in the root, read-only).
+pub fn parse_holder_arg(a: &str) -> Option<(PathBuf, PathBuf, bool)> {
+    let mut parts = a.splitn(3, ':');
+    let ro = match parts.next()? {
+        "ro" => true,
+        "rw" => false,
+        _ => return None,
+    };
+    Some((parts.next()?.into(), parts.next()?.into(), ro))
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Runtime {
+    fn volumes(&self) -> std::sync::MutexGuard<'_, Volumes> {
+        self.volumes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes or joins each of `specs` for a new cell; on failure nothing is taken.
+    pub(super) fn take_volumes(&self, specs: &[VolumeSpec]) -> Result<()> {
+        let mut v = self.volumes();
+        for (i, s) in specs.iter().enumerate() {
+            if let Some((have, _)) = v.0.get(s.name.as_str()) {
+                if have != s {
+                    return Err(RuntimeError::Precondition(format!(
+                        "image.volumes[{i}]: volume '{}' exists on this node as {} and this cell asks for {}; use the same definition or another name",
+                        s.name,
+                        describe(have),
+                        describe(s)
+                    )));
+                }
+            }
+        }
+        let mut made: Vec<&VolumeSpec> = Vec::new();
+        for s in specs {
+            if let Some((_, n)) = v.0.get_mut(s.name.as_str()) {
+                *n += 1;
+                continue;
+            }
+            match make(s) {
+                Ok(()) => {
+                    v.0.insert(s.name.to_string(), (s.clone(), 1));
+                    made.push(s);
+                }
+                Err(e) => {
+                    drop(v);
+                    // Undo this cell's share of every volume taken so far.
+                    let taken: Vec<VolumeSpec> = specs.iter().take_while(|x| x.name != s.name).cloned().collect();
+                    self.release_volumes(&taken);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A cell that listed `specs` is gone: each volume no other cell lists is removed.
+    pub(super) fn release_volumes(&self, specs: &[VolumeSpec]) {
+        let mut v = self.volumes();
+        for s in specs {
+            let last = match v.0.get_mut(s.name.as_str()) {
+                Some((_, n)) => {
+                    *n -= 1;
+                    *n == 0
+                }
+                None => false,
+            };
+            if last {
+                v.0.remove(s.name.as_str());
+                remove(s);
+            }
+        }
+    }
+}
+
+fn describe(s: &VolumeSpec) -> String {
+    match s.memory {
+        true => format!("a memory volume of {} bytes", s.size_limit),
+        false => "a directory".into(),
+    }
+}
+
+fn make(s: &VolumeSpec) -> Result<()> {
+    let dir = dir_of(s.name.as_str());
+    // A leftover of an earlier boot or daemon run holds nothing anyone wants.
+    if dir.exists() {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        std::fs::remove_dir_all(&dir).map_err(io("remove a stale volume", &dir))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(io("make the volume", &dir))?;
+    if s.memory {
+        let data = format!("mode=0777,size={}", s.size_limit);
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+        if let Err(e) = nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), flags, Some(data.as_str())) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(RuntimeError::sys("mount the memory volume's tmpfs", e));
+        }
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        // Any user of any container may write, as an emptyDir allows.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod the volume", &dir))?;
+    }
+    tracing::info!("volume {} made ({})", s.name, describe(s));
+    Ok(())
+}
+
+fn remove(s: &VolumeSpec) {
+    let dir = dir_of(s.name.as_str());
+    if s.memory {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => tracing::info!("volume {} removed", s.name),
+        Err(e) => tracing::warn!("volume {}: remove {}: {e}", s.name, dir.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_survives_the_holder_argument_round_trip() {
+        let m = VolumeMount {
+            volume: ExecName::parse("shared").unwrap(),
+            path: "/usr/share/a:b".into(),
+            read_only: true,
+        };
+        let a = holder_arg(&m);
+        assert_eq!(a, "%ro:/run/aurae/volumes/shared:/usr/share/a:b");
+        let (src, dst, ro) = parse_holder_arg(a.strip_prefix('%').unwrap()).unwrap();
+        assert_eq!(src, PathBuf::from("/run/aurae/volumes/shared"));
+        assert_eq!(dst, PathBuf::from("/usr/share/a:b"));
+        assert!(ro);
+        assert!(parse_holder_arg("xx:/a:/b").is_none());
+        assert!(parse_holder_arg("rw:/a").is_none());
+    }
+}
