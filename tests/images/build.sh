@@ -30,7 +30,7 @@ umoci unpack --rootless --image "$L:busybox" b >/dev/null
 r=b/rootfs
 mkdir -p "$r/bin" "$r/etc" "$r/srv" "$r/tmp" "$r/usr/lib"
 cp /bin/busybox "$r/bin/busybox"
-for a in sh echo cat ls env pwd id true false sleep mkdir rm grep wc test stty tty httpd; do
+for a in sh echo cat ls env pwd id true false sleep mkdir rm grep wc test stty tty httpd wget nc hostname head; do
     ln -s busybox "$r/bin/$a"
 done
 printf 'ID=aurae-test\nNAME="Aurae test image"\n' > "$r/etc/os-release"

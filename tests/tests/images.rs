@@ -84,6 +84,7 @@ fn shared() -> Option<&'static Shared> {
                 registry::Options {
                     tls: tls(),
                     htpasswd: Some(registry::htpasswd("puller", "s3cret")),
+                    ..Default::default()
                 },
             ),
         ];

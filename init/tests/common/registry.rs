@@ -50,6 +50,8 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// An htpasswd line.
     pub htpasswd: Option<String>,
+    /// Where its access log goes (one line per request), when it should keep one.
+    pub access_log: Option<PathBuf>,
 }
 
 impl Registry {
@@ -57,7 +59,8 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
+            o.access_log.is_none(),
             storage.display()
         );
         if let Some((cert, key)) = &o.tls {
@@ -74,11 +77,15 @@ impl Registry {
         }
         let cfg_file = dir.path().join("config.yml");
         std::fs::write(&cfg_file, cfg).unwrap();
+        let log = || match &o.access_log {
+            Some(f) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(f).unwrap()),
+            None => Stdio::null(),
+        };
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log())
+            .stderr(log())
             .spawn()
             .expect("docker-registry (make deps installs it)");
         let r = Registry { child, addr, _dir: dir };

@@ -214,7 +214,31 @@ fn mount_image(stage: &Path, layers: &[PathBuf], root: &Path) -> nix::Result<()>
             Err(_) => nix::unistd::mkdir(&p, Mode::from_bits_truncate(0o755))?,
         }
     }
+    add_hosts(root);
     Ok(())
+}
+
+/// What an image without `/etc/hosts` gets, as Docker and Kubernetes give every container:
+/// `localhost` resolves (a pod's containers reach one another by it). Written into the
+/// cell's own layer; an image whose `/etc` is not a real directory is left as it is.
+fn add_hosts(root: &Path) {
+    let etc = root.join("etc");
+    match std::fs::symlink_metadata(&etc) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => return,
+        Err(_) => {
+            if nix::unistd::mkdir(&etc, Mode::from_bits_truncate(0o755)).is_err() {
+                return;
+            }
+        }
+    }
+    let hosts = etc.join("hosts");
+    if std::fs::symlink_metadata(&hosts).is_err() {
+        let _ = std::fs::write(
+            &hosts,
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+    }
 }
 
 /// Binds a volume's directory at its target in the image's `root` (nosuid, nodev; read-only

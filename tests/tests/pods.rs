@@ -1,0 +1,555 @@
+//! Appliance tier, issue #12: pods. One boot (TCG with emulated SVM, so the node's KVM
+//! runs microVMs) with a real registry behind a guestfwd rule that only the node reaches:
+//! a pod's instance gets its images from the node, never from the registry. The tests run
+//! one at a time on the shared boot and each leaves the node as it found it.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../init/tests/common/registry.rs"]
+mod registry;
+
+use aurae_appliance_tests::{eventually, rt, Appliance, Client, BOOT_DEADLINE};
+use auraed::pb;
+use std::time::Duration;
+use tonic::Code;
+
+/// Plain HTTP, listed insecure on the kernel command line; its access log is kept.
+const REGISTRY: &str = "10.0.2.100:5000";
+/// The node port the pods publish, forwarded from the host's loopback by QEMU.
+const NODE_PORT: u32 = 8080;
+/// RunPod → every container running, on the reference machine: an instance's boot (a VM
+/// under nested KVM in TCG, ~10 s) and its images. Scaled by `Appliance::budget`.
+const POD_BUDGET: Duration = Duration::from_secs(180);
+
+struct Shared {
+    a: Appliance,
+    _registry: registry::Registry,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    /// The host's loopback port QEMU forwards to the node's port 8080.
+    web: u16,
+}
+
+fn shared() -> Option<&'static Shared> {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    let build = aurae_appliance_tests::build_dir()?;
+    Some(SHARED.get_or_init(|| {
+        let f = registry::fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("registry.log");
+        let r = registry::Registry::start(
+            &f.storage,
+            registry::Options {
+                access_log: Some(log.clone()),
+                ..Default::default()
+            },
+        );
+        let port = r.addr.rsplit(':').next().unwrap().to_owned();
+        let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
+        let cmdline = format!("aurae.insecure_registries={REGISTRY}");
+        let web = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hostfwd = format!("{web}:{NODE_PORT}");
+        let a = Appliance::boot_with(
+            &build,
+            BOOT_DEADLINE,
+            &[
+                ("GUESTFWD", fwd.as_str()),
+                ("EXTRA_CMDLINE", cmdline.as_str()),
+                ("HOSTFWD", hostfwd.as_str()),
+            ],
+        );
+        Shared {
+            a,
+            _registry: r,
+            log,
+            _dir: dir,
+            web,
+        }
+    }))
+}
+
+macro_rules! shared_or_skip {
+    () => {
+        match shared() {
+            Some(s) => s,
+            None => {
+                eprintln!(
+                    "SKIP {}: AURAE_APPLIANCE is not set (run `make test-appliance`)",
+                    module_path!()
+                );
+                return;
+            }
+        }
+    };
+}
+
+fn busybox() -> String {
+    format!("{REGISTRY}/test/busybox:1")
+}
+
+fn pod_ref(name: &str) -> pb::WorkloadRef {
+    pb::WorkloadRef {
+        kind: pb::WorkloadKind::Pod as i32,
+        name: name.into(),
+    }
+}
+
+fn container(name: &str, script: &str) -> pb::Container {
+    pb::Container {
+        name: name.into(),
+        image: busybox(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// RunPod with the test's budget as its deadline.
+async fn run_pod(a: &Appliance, c: &Client, pod: pb::Pod) -> Result<pb::PodStatus, tonic::Status> {
+    let budget = a.budget(POD_BUDGET);
+    let mut req = tonic::Request::new(pod);
+    req.set_timeout(budget);
+    tokio::time::timeout(budget + Duration::from_secs(10), c.runtime.clone().run_pod(req))
+        .await
+        .expect("RunPod answered within its deadline")
+        .map(|r| r.into_inner())
+}
+
+async fn pod_status(c: &Client, name: &str) -> pb::PodStatus {
+    let w = c.workloads.clone().status(pod_ref(name)).await.unwrap().into_inner();
+    match w.status {
+        Some(pb::workload_status::Status::Pod(p)) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn stop_and_free(c: &Client, name: &str) -> pb::PodStatus {
+    let w = c
+        .workloads
+        .clone()
+        .stop(pb::StopRequest {
+            workload: Some(pod_ref(name)),
+            signal: 0,
+            grace_period_millis: 2000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.workloads.clone().free(pod_ref(name)).await.unwrap();
+    match w.status {
+        Some(pb::workload_status::Status::Pod(p)) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A container's output so far.
+async fn logs(c: &Client, pod: &str, container: &str) -> String {
+    let mut s = c
+        .workloads
+        .clone()
+        .logs(pb::LogsRequest {
+            workload: Some(pod_ref(&format!("{pod}/{container}"))),
+            follow: false,
+            tail_lines: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = String::new();
+    while let Some(e) = s.message().await.unwrap() {
+        out += &String::from_utf8_lossy(&e.line);
+        out.push('\n');
+    }
+    out
+}
+
+/// GET `path` from the host's side of the node's published port.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: pod\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, body) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_owned())?;
+    head.contains(" 200 ").then(|| body.to_owned())
+}
+
+/// The two-container pod: `web` serves /www (a volume) on port 80, published as the
+/// node's 8080; `side` writes the page, fetches it back from `web` over localhost, and
+/// tries the registry.
+fn site(isolation: pb::IsolationKind) -> pb::Pod {
+    let mut web = container("web", "hostname > /www/web-host; exec httpd -f -p 80 -h /www");
+    web.ports = vec![pb::ContainerPort {
+        container_port: 80,
+        host_port: NODE_PORT,
+        protocol: String::new(),
+    }];
+    web.volume_mounts = vec![pb::VolumeMount {
+        name: "www".into(),
+        mount_path: "/www".into(),
+        read_only: false,
+    }];
+    let mut side = container(
+        "side",
+        &format!(
+            "echo \"hello from $(hostname)\" > /www/index.html
+             until wget -q -O /tmp/got http://localhost:80/index.html; do sleep 0.2; done
+             cp /tmp/got /www/via-localhost
+             if nc -w 3 {} 5000 </dev/null; then echo REGISTRY-REACHED; else echo REGISTRY-UNREACHABLE; fi
+             echo side-ready
+             exec sleep 100000",
+            REGISTRY.split(':').next().unwrap()
+        ),
+    );
+    side.volume_mounts = vec![pb::VolumeMount {
+        name: "www".into(),
+        mount_path: "/www".into(),
+        read_only: false,
+    }];
+    pb::Pod {
+        name: "site".into(),
+        containers: vec![web, side],
+        volumes: vec![pb::Volume {
+            name: "www".into(),
+            empty_dir: Some(pb::EmptyDirVolume {
+                memory: true,
+                size_limit_bytes: 8 << 20,
+            }),
+        }],
+        isolation: isolation as i32,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_two_container_pod_shares_network_hostname_and_a_volume_and_is_reached_through_a_node_port() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        for isolation in [pb::IsolationKind::Vm, pb::IsolationKind::Cell] {
+            let began = std::time::Instant::now();
+            let p = run_pod(a, &c, site(isolation))
+                .await
+                .unwrap_or_else(|e| panic!("RunPod ({isolation:?}): {e:?}\n{}", a.console_log()));
+            eprintln!(
+                "pod ({isolation:?}) running after {:.1} s",
+                began.elapsed().as_secs_f64()
+            );
+            assert_eq!(p.phase, pb::PodPhase::Running as i32, "{p:?}");
+            assert_eq!(p.isolation, isolation as i32, "{p:?}");
+            assert!(!p.pod_ip.is_empty(), "{p:?}");
+            assert_eq!(p.containers.len(), 2);
+            assert!(
+                p.containers
+                    .iter()
+                    .all(|c| c.state == pb::ContainerState::Running as i32),
+                "{p:?}"
+            );
+            assert_eq!(
+                (p.ports[0].host_port, p.ports[0].container_port),
+                (NODE_PORT, 80),
+                "{p:?}"
+            );
+            let budget = a.budget(Duration::from_secs(60));
+            assert!(
+                eventually(budget, || async {
+                    logs(&c, "site", "side").await.contains("side-ready")
+                })
+                .await,
+                "the sidecar never got ready: {}",
+                logs(&c, "site", "side").await
+            );
+            let side = logs(&c, "site", "side").await;
+            assert!(
+                side.contains("REGISTRY-UNREACHABLE"),
+                "the pod reached the registry: {side}"
+            );
+            // From the host test process, through the node's port.
+            let page = tokio::task::spawn_blocking({
+                let port = s.web;
+                move || http_get(port, "/index.html")
+            })
+            .await
+            .unwrap();
+            assert_eq!(page.as_deref(), Some("hello from site\n"), "through the node port");
+            let via = tokio::task::spawn_blocking({
+                let port = s.web;
+                move || (http_get(port, "/via-localhost"), http_get(port, "/web-host"))
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                via.0.as_deref(),
+                Some("hello from site\n"),
+                "the sidecar over localhost"
+            );
+            assert_eq!(via.1.as_deref(), Some("site\n"), "web's hostname is the pod's");
+
+            let st = stop_and_free(&c, "site").await;
+            assert!(
+                st.containers
+                    .iter()
+                    .all(|c| c.state == pb::ContainerState::Terminated as i32),
+                "{st:?}"
+            );
+            let gone = c.workloads.clone().status(pod_ref("site")).await.unwrap_err();
+            assert_eq!(gone.code(), Code::NotFound);
+            // The node port is free again (the next round publishes it anew).
+            c.assert_left_nothing("pod").await;
+        }
+        // The node pulled the image once; the instances got it from the node.
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        let blob_gets: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("GET /v2/test/busybox/blobs/"))
+            .collect();
+        let mut distinct: Vec<&str> = blob_gets
+            .iter()
+            .filter_map(|l| l.split("/blobs/").nth(1))
+            .filter_map(|r| r.split([' ', '"']).next())
+            .collect();
+        let all = distinct.len();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(all, distinct.len(), "a blob was fetched twice: {blob_gets:#?}");
+        assert!(!distinct.is_empty(), "the registry's log shows no blob fetch:\n{log}");
+    });
+}
+
+#[test]
+fn bad_pods_are_refused_with_the_field_named_and_nothing_made() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let one = |f: &dyn Fn(&mut pb::Pod)| {
+            let mut p = pb::Pod {
+                name: "bad".into(),
+                containers: vec![container("a", "sleep 100")],
+                isolation: pb::IsolationKind::Cell as i32,
+                ..Default::default()
+            };
+            f(&mut p);
+            p
+        };
+        let cases: Vec<(pb::Pod, Code, &str)> = vec![
+            (
+                one(&|p| p.containers.push(container("a", "true"))),
+                Code::InvalidArgument,
+                "containers[1].name: 'a' is the name of containers[0] too",
+            ),
+            (
+                // auraed's own API port.
+                one(&|p| {
+                    p.containers[0].ports = vec![pb::ContainerPort {
+                        container_port: 80,
+                        host_port: 8443,
+                        protocol: String::new(),
+                    }]
+                }),
+                Code::AlreadyExists,
+                "containers[0].ports[0].host_port: port 8443 of the node is taken",
+            ),
+            (
+                one(&|p| p.containers[0].image = format!("{REGISTRY}/test/nope:1")),
+                Code::NotFound,
+                "containers[0].image: ",
+            ),
+            (
+                one(&|p| {
+                    p.containers[0].resources = Some(pb::ContainerResources {
+                        requests: None,
+                        limits: Some(pb::ResourceList {
+                            cpu_millis: 0,
+                            memory_bytes: 2 << 30,
+                        }),
+                    })
+                }),
+                Code::ResourceExhausted,
+                "containers[].resources.limits.memory_bytes: the pod's instance needs",
+            ),
+        ];
+        for (pod, code, want) in cases {
+            let e = run_pod(a, &c, pod).await.unwrap_err();
+            assert_eq!(e.code(), code, "{e:?}");
+            assert!(
+                e.message().starts_with(want),
+                "{}\n  should start with: {want}",
+                e.message()
+            );
+            let gone = c.workloads.clone().status(pod_ref("bad")).await.unwrap_err();
+            assert_eq!(gone.code(), Code::NotFound);
+            c.assert_left_nothing("a refused pod").await;
+        }
+    });
+}
+
+/// Waits until pod `name`'s status satisfies `f`, and returns it.
+async fn until_status(
+    a: &Appliance,
+    c: &Client,
+    name: &str,
+    what: &str,
+    f: impl Fn(&pb::PodStatus) -> bool,
+) -> pb::PodStatus {
+    let budget = a.budget(Duration::from_secs(150));
+    let began = std::time::Instant::now();
+    loop {
+        let p = pod_status(c, name).await;
+        if f(&p) {
+            return p;
+        }
+        assert!(began.elapsed() < budget, "pod {name}: never {what}: {p:#?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[test]
+fn containers_restart_as_the_policy_says_with_growing_back_off_and_oom_kills_are_named() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let pod = |name: &str, policy: pb::RestartPolicy, containers: Vec<pb::Container>| pb::Pod {
+            name: name.into(),
+            containers,
+            restart_policy: policy as i32,
+            isolation: pb::IsolationKind::Cell as i32,
+            ..Default::default()
+        };
+
+        // OnFailure: exit 1 restarts, each time after a longer wait.
+        run_pod(
+            a,
+            &c,
+            pod("crash", pb::RestartPolicy::OnFailure, vec![container("c", "exit 1")]),
+        )
+        .await
+        .unwrap();
+        let p = until_status(a, &c, "crash", "waiting after a failure", |p| {
+            p.containers[0].state == pb::ContainerState::Waiting as i32 && p.containers[0].last_termination.is_some()
+        })
+        .await;
+        let cs = &p.containers[0];
+        assert_eq!(cs.reason, "CrashLoopBackOff", "{cs:?}");
+        let t = cs.last_termination.clone().unwrap();
+        assert_eq!((t.exit_code, t.reason.as_str()), (Some(1), "Error"), "{t:?}");
+        let first_wait = cs.next_restart_unix_nanos - t.finished_at_unix_nanos;
+        let p = until_status(a, &c, "crash", "restarted twice", |p| {
+            p.containers[0].restart_count >= 2
+        })
+        .await;
+        let p = if p.containers[0].state == pb::ContainerState::Waiting as i32 {
+            p
+        } else {
+            until_status(a, &c, "crash", "waiting again", |p| {
+                p.containers[0].state == pb::ContainerState::Waiting as i32
+            })
+            .await
+        };
+        let cs = &p.containers[0];
+        let t = cs.last_termination.clone().unwrap();
+        let later_wait = cs.next_restart_unix_nanos - t.finished_at_unix_nanos;
+        assert!(
+            later_wait > first_wait + 5_000_000_000,
+            "the back-off grows: {first_wait} ns, then {later_wait} ns"
+        );
+        assert_eq!(p.phase, pb::PodPhase::Running as i32, "{p:?}");
+        stop_and_free(&c, "crash").await;
+
+        // Always: over its memory limit, the container ends OOMKilled and restarts.
+        let mut hog = container("hog", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done");
+        hog.resources = Some(pb::ContainerResources {
+            requests: None,
+            limits: Some(pb::ResourceList {
+                cpu_millis: 0,
+                memory_bytes: 16 << 20,
+            }),
+        });
+        run_pod(a, &c, pod("hog", pb::RestartPolicy::Always, vec![hog]))
+            .await
+            .unwrap();
+        let p = until_status(a, &c, "hog", "OOMKilled and restarted", |p| {
+            p.containers[0].restart_count >= 1
+                && p.containers[0]
+                    .last_termination
+                    .as_ref()
+                    .is_some_and(|t| t.reason == "OOMKilled")
+        })
+        .await;
+        assert_eq!(p.phase, pb::PodPhase::Running as i32, "{p:?}");
+        stop_and_free(&c, "hog").await;
+
+        // Never: all exit 0 is Succeeded; one that does not is Failed. Neither restarts.
+        run_pod(
+            a,
+            &c,
+            pod(
+                "done",
+                pb::RestartPolicy::Never,
+                vec![container("a", "exit 0"), container("b", "sleep 1")],
+            ),
+        )
+        .await
+        .unwrap();
+        let mut w = tonic::Request::new(pod_ref("done"));
+        w.set_timeout(a.budget(Duration::from_secs(60)));
+        c.workloads.clone().wait(w).await.unwrap();
+        let p = pod_status(&c, "done").await;
+        assert_eq!(p.phase, pb::PodPhase::Succeeded as i32, "{p:?}");
+        assert!(p.containers.iter().all(|c| c.restart_count == 0), "{p:?}");
+        c.workloads.clone().free(pod_ref("done")).await.unwrap();
+
+        run_pod(
+            a,
+            &c,
+            pod(
+                "fail",
+                pb::RestartPolicy::Never,
+                vec![container("a", "exit 0"), container("b", "exit 3")],
+            ),
+        )
+        .await
+        .unwrap();
+        let p = until_status(a, &c, "fail", "Failed", |p| p.phase == pb::PodPhase::Failed as i32).await;
+        let b = &p.containers[1];
+        assert_eq!(b.last_termination.as_ref().and_then(|t| t.exit_code), Some(3), "{p:?}");
+        assert_eq!(b.restart_count, 0);
+        c.workloads.clone().free(pod_ref("fail")).await.unwrap();
+        c.assert_left_nothing("restarts").await;
+    });
+}
+
+#[test]
+fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let p = run_pod(
+            a,
+            &c,
+            pb::Pod {
+                name: "victim".into(),
+                containers: vec![container("c", "exec sleep 100000")],
+                isolation: pb::IsolationKind::Vm as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        let vmm = p.instance.as_ref().unwrap().pid;
+        assert!(vmm > 0, "{p:?}");
+        c.on_node(&format!("kill -9 {vmm}")).await;
+        let p = until_status(a, &c, "victim", "Failed", |p| p.phase == pb::PodPhase::Failed as i32).await;
+        assert!(p.reason.starts_with("its instance ended"), "{p:?}");
+        c.workloads.clone().free(pod_ref("victim")).await.unwrap();
+        c.assert_left_nothing("a killed pod").await;
+    });
+}
