@@ -89,6 +89,63 @@ vm_bench() {
     for i in $(seq 1 "$vms"); do aer vm stop "r$i" --grace-ms 500 >/dev/null; aer vm free "r$i" >/dev/null; done
 }
 
+# Pods: RunPod -> every container running (host wall clock, aer) beside the same by hand
+# (Spawn, then a cell sharing the instance's network, IPC and UTS and a process in it; by
+# hand the instance could not get an image, so this lower bound has none and the pod
+# also sends its image); then idle one-container pods: the VMM's memory beyond guest RAM
+# (its SIGUSR1 report, from the pod's instance console), auraed's RSS per pod, the node's
+# MemAvailable per pod, and what that leaves room for in this 2 GiB appliance.
+pod_bench() {
+    local n=${BENCH_PODS:-5} i t0 t1 pod_ms=() hand_ms=()
+    local img="$REG_GUEST/test/busybox:1"
+    echo
+    echo "== pods (instances are microVMs under the appliance's KVM, itself under ${ACCEL:-tcg}; nested)"
+    for i in $(seq 1 "$n"); do
+        t0=$(date +%s%N)
+        aer --timeout 300 pod run "p$i" --image "$img" --isolation vm -- 'exec sleep 100000' >/dev/null \
+            || { echo "bench: pod run failed"; return; }
+        t1=$(date +%s%N); pod_ms+=($(( (t1 - t0) / 1000000 )))
+        aer --timeout 60 pod stop "p$i" --grace-ms 1000 >/dev/null; aer pod free "p$i" >/dev/null
+        t0=$(date +%s%N)
+        aer --timeout 300 spawn "h$i" --isolation vm >/dev/null || { echo "bench: spawn failed"; return; }
+        aer --instance "h$i" cell create c --share net,ipc,uts >/dev/null
+        aer --instance "h$i" exec c --cell c -- /bin/auraed --version >/dev/null
+        t1=$(date +%s%N); hand_ms+=($(( (t1 - t0) / 1000000 )))
+        aer --timeout 60 instance stop "h$i" --grace-ms 1000 >/dev/null; aer instance free "h$i" >/dev/null
+    done
+    local pod50 hand50
+    pod50=$(printf '%s\n' "${pod_ms[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    hand50=$(printf '%s\n' "${hand_ms[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    printf '%-44s %s\n' "RunPod -> container running (ms, host)" "$(stats "${pod_ms[@]}")"
+    printf '%-44s %s\n' "Spawn + cell + process by hand (ms, host)" "$(stats "${hand_ms[@]}")"
+    printf '%-44s %.2f (goal <= 1.1)\n' "RunPod / by hand, p50" "$(echo "$pod50 / $hand50" | bc -l)"
+
+    local idle=${BENCH_IDLE_PODS:-4} avail0 avail1 rss0 rss1 ovh=() pid line
+    meminfo() { aer exec "mi$1" --cell benchhost --wait -- /bin/sh -c 'grep MemAvailable /proc/meminfo' >/dev/null; aer logs "mi$1" | awk '{print $2}'; aer free "mi$1" >/dev/null; }
+    avail0=$(meminfo a)
+    rss0=$(aer --json node info | python3 -c 'import json,sys; print(json.load(sys.stdin)["auraed_rss_bytes"]//1024)')
+    for i in $(seq 1 "$idle"); do
+        aer --timeout 300 pod run "idle$i" --image "$img" --isolation vm --memory 32M -- 'exec sleep 100000' >/dev/null \
+            || { echo "bench: idle pod failed"; return; }
+    done
+    sleep 5
+    avail1=$(meminfo b)
+    rss1=$(aer --json node info | python3 -c 'import json,sys; print(json.load(sys.stdin)["auraed_rss_bytes"]//1024)')
+    for i in $(seq 1 "$idle"); do
+        pid=$(aer --json pod status "idle$i" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instance"]["pid"])')
+        aer exec "sig$i" --cell benchhost --wait -- /bin/kill -USR1 "$pid" >/dev/null; aer free "sig$i" >/dev/null
+        sleep 1
+        line=$(aer pod logs "idle$i" --instance 2>&1 | grep 'aurae-vmm: memory:' | tail -1)
+        ovh+=($(echo "$line" | sed -n 's/.*VMM overhead \([0-9]*\) KiB.*/\1/p'))
+    done
+    local per=$(( (avail0 - avail1) / idle ))
+    printf '%-44s %s (target <= 3072)\n' "idle pod: VMM beyond guest RAM (KiB)" "$(stats "${ovh[@]}")"
+    printf '%-44s %d\n' "idle pod: auraed RSS on the node (KiB/pod)" "$(( (rss1 - rss0) / idle ))"
+    printf '%-44s %d KiB (guest RAM touched + VMM + node state)\n' "idle pod: node MemAvailable per pod" "$per"
+    printf '%-44s %d (%d running + MemAvailable %d KiB / %d KiB per pod; estimated, not filled)\n' "idle pods this 2 GiB appliance holds" "$(( idle + avail1 / per ))" "$idle" "$avail1" "$per"
+    for i in $(seq 1 "$idle"); do aer --timeout 60 pod stop "idle$i" --grace-ms 500 >/dev/null; aer pod free "idle$i" >/dev/null; done
+}
+
 # Runtime figures, measured inside one more boot (with the bench-only layer: crun, an OCI
 # bundle and a client certificate) by `auraed bench-runtime`, run as an executable in a cell
 # that shares the node's network and mounts.
@@ -160,6 +217,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
     image_bench
     vm_bench
+    pod_bench
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid
 fi

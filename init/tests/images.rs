@@ -566,3 +566,167 @@ async fn layered_and_zstd_images_unpack_exactly_as_umoci_unpacks_them() {
         assert!(ours.len() > 20, "{ours:?}");
     }
 }
+
+fn api(d: &common::Daemon, stem: &str) -> auraed::cli::Target {
+    auraed::cli::Target {
+        addr: d.addr.clone(),
+        tls: auraed::pki::tls::TlsFiles {
+            ca: d.pki.join("ca.crt"),
+            cert: d.pki.join(format!("{stem}.crt")),
+            key: d.pki.join(format!("{stem}.key")),
+        },
+        server_name: "localhost".into(),
+        server_id: None,
+        timeout: std::time::Duration::from_secs(30),
+        instance: None,
+    }
+}
+
+/// The messages of a load of `p` from `n`'s store, with `tamper` applied to the blob
+/// bytes (layer index, bytes) before they are sent.
+fn load_messages(
+    n: &Node,
+    p: &auraed::image::pull::Pulled,
+    sent: bool,
+    tamper: impl Fn(usize, &mut Vec<u8>),
+) -> Vec<auraed::pb::LoadRequest> {
+    use auraed::pb::{load_request::Request as R, LoadImage, LoadLayer, LoadRequest};
+    let mut v = vec![LoadRequest {
+        request: Some(R::Image(LoadImage {
+            reference: p.reference.clone(),
+            digest: p.digest.to_string(),
+            config: p.config_json.clone(),
+            layers: p
+                .blobs
+                .iter()
+                .map(|(d, s)| LoadLayer {
+                    digest: d.to_string(),
+                    size_bytes: *s,
+                    sent,
+                })
+                .collect(),
+        })),
+    }];
+    if sent {
+        for (i, (d, _)) in p.blobs.iter().enumerate() {
+            let mut bytes = std::fs::read(n.store.blob_path(d)).unwrap();
+            tamper(i, &mut bytes);
+            for chunk in bytes.chunks(100_000) {
+                v.push(LoadRequest {
+                    request: Some(R::Data(chunk.to_vec())),
+                });
+            }
+        }
+    }
+    v
+}
+
+/// Images.Load is how a pod's instance gets its images: only an admin (its parent) may
+/// load, and the receiver trusts no byte it is given. A forged layer, a stream that is cut
+/// or too long, and a blob said to be there that is not are each refused: the image is
+/// not recorded, and no blob that failed its check is kept.
+#[test]
+fn a_loaded_image_is_checked_byte_for_byte_and_only_an_admin_may_load() {
+    use auraed::pb;
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let src = node();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reference = format!("{}/test/layered:1", r.addr);
+    let p = rt.block_on(pull_quiet(&src, &reference, None, &insecure(&r))).unwrap();
+    assert!(p.blobs.len() > 1, "a layered image: {:?}", p.blobs);
+    let d = common::start();
+    let store = d._dir.path().join("images");
+    let blobs_kept = || {
+        std::fs::read_dir(store.join("blobs/sha256"))
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    };
+    rt.block_on(async {
+        let load = |stem: &'static str, msgs: Vec<pb::LoadRequest>| {
+            let t = api(&d, stem);
+            async move {
+                let ch = t.connect().await.unwrap();
+                pb::images_client::ImagesClient::new(ch)
+                    .load(tokio_stream::iter(msgs))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        let status = |stem: &'static str| {
+            let t = api(&d, stem);
+            let reference = reference.clone();
+            async move {
+                let ch = t.connect().await.unwrap();
+                pb::images_client::ImagesClient::new(ch)
+                    .status(pb::ImageRef { reference })
+                    .await
+            }
+        };
+        let good = || load_messages(&src, &p, true, |_, _| {});
+
+        // Blobs said to be there that are not.
+        let e = load("client", load_messages(&src, &p, false, |_, _| {}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+        // An operator may pull, but not hand the node an image of its own making.
+        let e = load("otto", good()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert_eq!(status("client").await.unwrap_err().code(), tonic::Code::NotFound);
+
+        // One byte of the top layer changed: refused, and nothing of the image recorded.
+        let forged = load_messages(&src, &p, true, |i, b| {
+            if i == 1 {
+                let mid = b.len() / 2;
+                b[mid] ^= 0x40;
+            }
+        });
+        let e = load("client", forged).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("expected"), "{}", e.message());
+        assert_eq!(status("client").await.unwrap_err().code(), tonic::Code::NotFound);
+
+        // Cut short, and too long.
+        let mut cut = good();
+        cut.pop();
+        let e = load("client", cut).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        let mut long = good();
+        long.push(pb::LoadRequest {
+            request: Some(pb::load_request::Request::Data(b"more".to_vec())),
+        });
+        let e = load("client", long).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert_eq!(status("client").await.unwrap_err().code(), tonic::Code::NotFound);
+
+        // Data before the offer.
+        let e = load(
+            "client",
+            vec![pb::LoadRequest {
+                request: Some(pb::load_request::Request::Data(vec![0; 8])),
+            }],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+        // The real thing: recorded as the sender resolved it, every layer unpacked.
+        let s = load("client", good()).await.unwrap();
+        assert_eq!(
+            (s.reference.as_str(), s.digest.as_str()),
+            (reference.as_str(), p.digest.as_str())
+        );
+        assert_eq!(s.layers.len(), p.blobs.len());
+        assert_eq!(blobs_kept(), p.blobs.len() + 1, "the layers and the config, each once");
+        // Again, with the blobs it has now: nothing sent, the same image.
+        let again = load("client", load_messages(&src, &p, false, |_, _| {})).await.unwrap();
+        assert_eq!(again.digest, s.digest);
+    });
+    let tmp = std::fs::read_dir(store.join("tmp")).map(|rd| rd.count()).unwrap_or(0);
+    assert_eq!(tmp, 0, "a refused load left temporary files");
+}

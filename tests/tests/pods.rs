@@ -553,3 +553,41 @@ fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
         c.assert_left_nothing("a killed pod").await;
     });
 }
+
+/// The image's `/lib` is a symlink to `/usr/lib`: a volume mounted at `/lib/evil` would be
+/// bound wherever the link points while the root is assembled (the node's `/usr/lib`, in
+/// the holder's view). Refused; the node has no such directory, and the volume is gone.
+#[test]
+fn a_volume_mount_through_a_symlink_of_the_image_is_refused_and_touches_nothing() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let e = c
+            .cell(pb::Cell {
+                name: "sneaky".into(),
+                image: Some(pb::OciImage {
+                    reference: busybox(),
+                    volumes: vec![pb::Volume {
+                        name: "v".into(),
+                        empty_dir: None,
+                    }],
+                    volume_mounts: vec![pb::VolumeMount {
+                        name: "v".into(),
+                        mount_path: "/lib/evil".into(),
+                        read_only: false,
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("Not a directory"), "{e:?}");
+        let seen = c
+            .on_node("ls -d /usr/lib/evil /lib/evil /run/aurae/volumes/v 2>/dev/null; true")
+            .await;
+        assert_eq!(seen.trim(), "", "{seen}");
+        c.assert_left_nothing("a refused volume").await;
+    });
+}

@@ -19,7 +19,9 @@ pub enum PodCmd {
     Ls,
     /// A pod's phase, address, ports, containers (state, restarts, last end) and instance.
     Status { name: String },
-    /// A container's output: POD [CONTAINER] (the only one when the pod has one).
+    /// A container's output: POD [CONTAINER] (the only one when the pod has one); with
+    /// --instance, the console of the pod's instance (its VM's serial port, or its auraed's
+    /// output).
     Logs {
         pod: String,
         container: Option<String>,
@@ -27,6 +29,8 @@ pub enum PodCmd {
         follow: bool,
         #[arg(long)]
         tail: Option<u64>,
+        #[arg(long, conflicts_with = "container")]
+        instance: bool,
     },
     /// Stop: SIGTERM (or --signal) to every container, --grace-ms, then the instance.
     Stop(StopArgs),
@@ -505,13 +509,15 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             container,
             follow,
             tail,
+            instance,
         } => {
-            let container = match container {
-                Some(c) => c.clone(),
-                None => only_container(target, pod).await?,
+            let name = match (container, instance) {
+                (_, true) => pod.clone(),
+                (Some(c), false) => format!("{pod}/{c}"),
+                (None, false) => format!("{pod}/{}", only_container(target, pod).await?),
             };
             let l = LogsArgs {
-                name: format!("{pod}/{container}"),
+                name,
                 follow: *follow,
                 tail: *tail,
             };
@@ -651,6 +657,19 @@ pub fn print_pod(p: &pb::PodStatus, as_json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's example manifest is one `aer pod run -f` takes.
+    #[test]
+    fn the_readme_manifest_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("# site.toml").unwrap();
+        let end = start + readme[start..].find("```").unwrap();
+        let p = from_manifest(&readme[start..end], "README.md").unwrap();
+        assert_eq!(p.name, "site");
+        assert_eq!(p.containers.len(), 2);
+        assert_eq!(p.containers[1].env.get("TZ").map(String::as_str), Some("UTC"));
+        assert!(p.volumes[0].empty_dir.unwrap().memory);
+    }
 
     #[test]
     fn a_manifest_reads_with_proto_or_kubernetes_names() {

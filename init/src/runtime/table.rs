@@ -261,10 +261,13 @@ impl Workload {
                 "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {} lists them)",
                 c.name
             ))),
-            Workload::Pod(p) => Err(RuntimeError::Precondition(format!(
-                "workload.name: a pod's logs are its containers'; name one as {}/CONTAINER",
-                p.name
-            ))),
+            // A pod's own log is its instance's console (a container's is `POD/CONTAINER`).
+            Workload::Pod(p) => p.instance().map(|i| i.body.logs()).ok_or_else(|| {
+                RuntimeError::Precondition(format!(
+                    "pod '{}' has no instance yet; name a container as {}/CONTAINER",
+                    p.name, p.name
+                ))
+            }),
         }
     }
 }

@@ -84,7 +84,7 @@ impl Workloads for WorkloadsApi {
     async fn logs(&self, r: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = r.into_inner();
         let (kind, name) = convert::workload_ref(r.workload, "workload")?;
-        if kind == Kind::Pod {
+        if kind == Kind::Pod && name.contains('/') {
             return self.pod_logs(&name, r.follow, r.tail_lines).await;
         }
         let buf = self.rt.logs_of(kind, &name)?;
@@ -134,7 +134,6 @@ impl WorkloadsApi {
     /// pod's instance, where they are kept.
     async fn pod_logs(&self, name: &str, follow: bool, tail_lines: Option<u64>) -> Result<Response<LogStream>, Status> {
         let Some((pod, container)) = name.split_once('/') else {
-            self.rt.logs_of(Kind::Pod, name)?;
             return Err(Status::invalid_argument(
                 "workload.name: name a container as POD/CONTAINER",
             ));

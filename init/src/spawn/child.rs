@@ -1,6 +1,7 @@
-//! The only code that speaks the API to a child: the mTLS channel (this node's own
-//! certificate, the child's SVID verified), the wait until it serves, and the request to
-//! power off. Everything else reaches a child through forwarding (`server/forward.rs`).
+//! Speaking the API to a child: the mTLS channel (this node's own certificate, the child's
+//! SVID verified), the wait until it serves, and the request to power off. A pod's calls
+//! to its instance (`pod/remote.rs`) and clients' forwarded calls (`server/forward.rs`) go
+//! over the same channel.
 
 use super::SpawnError;
 use crate::pb;

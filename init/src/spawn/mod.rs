@@ -1,7 +1,7 @@
 //! Spawn's building blocks, used by the runtime's instance workload: where a child lives
 //! on the network (`addressing`), who it is (`identity`), what it boots (`image`, packed
-//! by `cpio`), how a cell child is wired to the bridge (`veth`), and `child`, the only code
-//! that speaks the API to a child (channel, health, shutdown). The runtime keeps the
+//! by `cpio`), how a cell child is wired to the bridge (`veth`), and `child`: the channel to
+//! a child, its health, its shutdown. The runtime keeps the
 //! instance as a workload (its VM or cell, its place in the table) and orchestrates these.
 
 pub(crate) mod addressing;
