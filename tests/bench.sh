@@ -135,7 +135,7 @@ pod_bench() {
         pid=$(aer --json pod status "idle$i" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instance"]["pid"])')
         aer exec "sig$i" --cell benchhost --wait -- /bin/kill -USR1 "$pid" >/dev/null; aer free "sig$i" >/dev/null
         sleep 1
-        line=$(aer pod logs "idle$i" --instance 2>&1 | grep 'aurae-vmm: memory:' | tail -1)
+        line=$(aer pod logs "idle$i" --console 2>&1 | grep 'aurae-vmm: memory:' | tail -1)
         ovh+=($(echo "$line" | sed -n 's/.*VMM overhead \([0-9]*\) KiB.*/\1/p'))
     done
     local per=$(( (avail0 - avail1) / idle ))

@@ -23,7 +23,7 @@ const POD_BUDGET: Duration = Duration::from_secs(180);
 
 struct Shared {
     a: Appliance,
-    _registry: registry::Registry,
+    registry: registry::Registry,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
     /// The host's loopback port QEMU forwards to the node's port 8080.
@@ -64,7 +64,7 @@ fn shared() -> Option<&'static Shared> {
         );
         Shared {
             a,
-            _registry: r,
+            registry: r,
             log,
             _dir: dir,
             web,
@@ -89,6 +89,12 @@ macro_rules! shared_or_skip {
 
 fn busybox() -> String {
     format!("{REGISTRY}/test/busybox:1")
+}
+
+/// The busybox image under a name only the two-container test uses: the registry's log
+/// shows its manifest asked for by the node.
+fn site_image() -> String {
+    format!("{REGISTRY}/test/podsite:1")
 }
 
 fn pod_ref(name: &str) -> pb::WorkloadRef {
@@ -184,6 +190,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 /// tries the registry.
 fn site(isolation: pb::IsolationKind) -> pb::Pod {
     let mut web = container("web", "hostname > /www/web-host; exec httpd -f -p 80 -h /www");
+    web.image = site_image();
     web.ports = vec![pb::ContainerPort {
         container_port: 80,
         host_port: NODE_PORT,
@@ -206,6 +213,7 @@ fn site(isolation: pb::IsolationKind) -> pb::Pod {
             REGISTRY.split(':').next().unwrap()
         ),
     );
+    side.image = site_image();
     side.volume_mounts = vec![pb::VolumeMount {
         name: "www".into(),
         mount_path: "/www".into(),
@@ -300,14 +308,25 @@ fn a_two_container_pod_shares_network_hostname_and_a_volume_and_is_reached_throu
             );
             let gone = c.workloads.clone().status(pod_ref("site")).await.unwrap_err();
             assert_eq!(gone.code(), Code::NotFound);
+            // No TAP, veth or volume left on the node.
+            let left = c
+                .on_node("ls /sys/class/net | grep -E '^(atap|aveth)' ; ls /run/aurae/volumes 2>/dev/null; true")
+                .await;
+            assert_eq!(left.trim(), "", "left on the node: {left}");
             // The node port is free again (the next round publishes it anew).
             c.assert_left_nothing("pod").await;
         }
-        // The node pulled the image once; the instances got it from the node.
+        // The node fetched each blob once in this boot, whichever image and test asked
+        // first (the store is content-addressed): both pods' instances, both containers
+        // each, got it from the node.
         let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        assert!(
+            log.contains("GET /v2/test/podsite/manifests/"),
+            "the node resolved the image:\n{log}"
+        );
         let blob_gets: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains("GET /v2/test/busybox/blobs/"))
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
             .collect();
         let mut distinct: Vec<&str> = blob_gets
             .iter()
@@ -537,13 +556,29 @@ fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
             &c,
             pb::Pod {
                 name: "victim".into(),
-                containers: vec![container("c", "exec sleep 100000")],
+                // A small instance (32 MiB + the overhead: 128 MiB), which once left its
+                // containers no task to start with.
+                containers: vec![pb::Container {
+                    resources: Some(pb::ContainerResources {
+                        requests: None,
+                        limits: Some(pb::ResourceList {
+                            cpu_millis: 0,
+                            memory_bytes: 32 << 20,
+                        }),
+                    }),
+                    ..container("c", "exec sleep 100000")
+                }],
                 isolation: pb::IsolationKind::Vm as i32,
                 ..Default::default()
             },
         )
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        assert_eq!(
+            p.instance.as_ref().unwrap().vm.as_ref().unwrap().memory_bytes,
+            128 << 20,
+            "{p:?}"
+        );
         let vmm = p.instance.as_ref().unwrap().pid;
         assert!(vmm > 0, "{p:?}");
         c.on_node(&format!("kill -9 {vmm}")).await;
@@ -589,5 +624,193 @@ fn a_volume_mount_through_a_symlink_of_the_image_is_refused_and_touches_nothing(
             .await;
         assert_eq!(seen.trim(), "", "{seen}");
         c.assert_left_nothing("a refused volume").await;
+    });
+}
+
+/// `aer` as the appliance's admin client, with `args`; (exit code, stdout + stderr).
+fn aer(a: &Appliance, args: &[&str]) -> (Option<i32>, String) {
+    let pki = a.build.join("pki");
+    let o = std::process::Command::new(a.build.join("bin/auraed"))
+        .arg("aer")
+        .args(["--addr", &format!("127.0.0.1:{}", a.port), "--server-name", "localhost"])
+        .arg("--ca")
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("client.crt"))
+        .arg("--key")
+        .arg(pki.join("client.key"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
+/// What an operator types: a manifest with Kubernetes' names, `aer pod run -f`, `ls`,
+/// `logs`, `status`, `stop`, `free`; and the one-container form with flags.
+#[test]
+fn aer_pod_runs_a_manifest_and_a_one_container_pod() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("pod.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+name = "hello"
+restartPolicy = "Never"
+isolation = "cell"
+
+[[containers]]
+name = "greeter"
+image = "{}"
+command = ["/bin/sh", "-c"]
+args = ["echo hello from $(hostname) with $GREETING; sleep 100000"]
+env = [{{ name = "GREETING", value = "toml" }}]
+resources = {{ limits = {{ memory = "64Mi", cpu = "500m" }} }}
+"#,
+            busybox()
+        ),
+    )
+    .unwrap();
+    let budget = a.budget(POD_BUDGET).as_secs().to_string();
+    let (code, out) = aer(
+        a,
+        &["--timeout", &budget, "pod", "run", "-f", manifest.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("phase       Running") && out.contains("greeter"), "{out}");
+    let (_, ls) = aer(a, &["pod", "ls"]);
+    assert!(
+        ls.contains("hello") && ls.contains("Running") && ls.contains("1/1"),
+        "{ls}"
+    );
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        assert!(
+            eventually(a.budget(Duration::from_secs(30)), || async {
+                logs(&c, "hello", "greeter")
+                    .await
+                    .contains("hello from hello with toml")
+            })
+            .await
+        );
+    });
+    // One container: its name is implied.
+    let (code, out) = aer(a, &["pod", "logs", "hello"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("hello from hello with toml"), "{out}");
+    let (_, out) = aer(a, &["--json", "pod", "status", "hello"]);
+    assert!(out.contains(r#""isolation":"ISOLATION_KIND_CELL""#), "{out}");
+    assert!(out.contains(r#""state":"Running""#), "{out}");
+    let (code, out) = aer(a, &["pod", "stop", "hello", "--grace-ms", "1000"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = aer(a, &["pod", "free", "hello"]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // A bad manifest says where.
+    std::fs::write(
+        &manifest,
+        "name = \"x\"\n[[containers]]\nname = \"a\"\nimage = \"i\"\nport = 1\n",
+    )
+    .unwrap();
+    let (code, out) = aer(a, &["pod", "run", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("unknown field `port`"), "{out}");
+
+    // The one-container form.
+    let (code, out) = aer(
+        a,
+        &[
+            "--timeout",
+            &budget,
+            "pod",
+            "run",
+            "solo",
+            "--image",
+            &busybox(),
+            "--isolation",
+            "cell",
+            "-e",
+            "X=1",
+            "--",
+            "echo solo $X; sleep 100000",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        assert!(
+            eventually(a.budget(Duration::from_secs(30)), || async {
+                logs(&c, "solo", "solo").await.contains("solo 1")
+            })
+            .await
+        );
+        stop_and_free(&c, "solo").await;
+        c.assert_left_nothing("aer pod").await;
+    });
+}
+
+/// On a node whose CPU has no virtualization (`CPU=qemu64,-svm`), a pod that does not say
+/// how to isolate runs in a cell, and says so.
+#[test]
+fn without_kvm_a_pod_falls_back_to_a_cell_and_says_so() {
+    let s = shared_or_skip!();
+    let build = aurae_appliance_tests::build_dir().unwrap();
+    let port = s.registry.addr.rsplit(':').next().unwrap().to_owned();
+    let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
+    let cmdline = format!("aurae.insecure_registries={REGISTRY}");
+    let a = Appliance::boot_with(
+        &build,
+        BOOT_DEADLINE,
+        &[
+            ("CPU", "qemu64,-svm"),
+            ("GUESTFWD", fwd.as_str()),
+            ("EXTRA_CMDLINE", cmdline.as_str()),
+        ],
+    );
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        let p = run_pod(
+            &a,
+            &c,
+            pb::Pod {
+                name: "auto".into(),
+                containers: vec![container("c", "echo up in $(hostname); exec sleep 100000")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        assert_eq!(p.isolation, pb::IsolationKind::Cell as i32, "{p:?}");
+        assert_eq!(p.phase, pb::PodPhase::Running as i32, "{p:?}");
+        assert!(
+            eventually(a.budget(Duration::from_secs(30)), || async {
+                logs(&c, "auto", "c").await.contains("up in auto")
+            })
+            .await
+        );
+        // Asked for a VM here: refused, saying why, and nothing made.
+        let e = run_pod(
+            &a,
+            &c,
+            pb::Pod {
+                name: "vm".into(),
+                containers: vec![container("c", "sleep 1")],
+                isolation: pb::IsolationKind::Vm as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("KVM"), "{e:?}");
+        stop_and_free(&c, "auto").await;
+        c.assert_left_nothing("a pod without KVM").await;
     });
 }

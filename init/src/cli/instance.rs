@@ -65,13 +65,9 @@ pub async fn instance(cmd: &InstanceCmd, target: &super::Target, as_json: bool) 
     let k = pb::WorkloadKind::Instance;
     match cmd {
         InstanceCmd::Ls => {
-            let l = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
-                .list(pb::ListRequest { kind: k as i32 })
-                .await
-                .map_err(CliError::Remote)?
-                .into_inner();
-            let all = l.workloads.iter().filter_map(|w| match &w.status {
-                Some(pb::workload_status::Status::Instance(i)) => Some(i),
+            let listed = super::workload::list_kind(target, k).await?;
+            let all = listed.iter().filter_map(|w| match w {
+                pb::workload_status::Status::Instance(i) => Some(i),
                 _ => None,
             });
             if as_json {

@@ -2,13 +2,13 @@
 //! writes them) or from flags for a one-container pod, and their lifecycle.
 
 use super::exec::env_map;
-use super::print::instance_json;
+use super::print::{phase_name, pod_json, ports_text, print_pod};
 use super::workload::{lifecycle, parse_bytes, secs_to_millis, stream_logs, LogsArgs, Op, StopArgs};
 use super::CliError;
 use crate::pb;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Subcommand)]
@@ -20,7 +20,7 @@ pub enum PodCmd {
     /// A pod's phase, address, ports, containers (state, restarts, last end) and instance.
     Status { name: String },
     /// A container's output: POD [CONTAINER] (the only one when the pod has one); with
-    /// --instance, the console of the pod's instance (its VM's serial port, or its auraed's
+    /// --console, the console of the pod's instance (its VM's serial port, or its auraed's
     /// output).
     Logs {
         pod: String,
@@ -30,7 +30,7 @@ pub enum PodCmd {
         #[arg(long)]
         tail: Option<u64>,
         #[arg(long, conflicts_with = "container")]
-        instance: bool,
+        console: bool,
     },
     /// Stop: SIGTERM (or --signal) to every container, --grace-ms, then the instance.
     Stop(StopArgs),
@@ -467,13 +467,9 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             Ok(())
         }
         PodCmd::Ls => {
-            let l = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
-                .list(pb::ListRequest { kind: k as i32 })
-                .await
-                .map_err(CliError::Remote)?
-                .into_inner();
-            let all = l.workloads.iter().filter_map(|w| match &w.status {
-                Some(pb::workload_status::Status::Pod(p)) => Some(p),
+            let listed = super::workload::list_kind(target, k).await?;
+            let all = listed.iter().filter_map(|w| match w {
+                pb::workload_status::Status::Pod(p) => Some(p),
                 _ => None,
             });
             if as_json {
@@ -509,9 +505,9 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             container,
             follow,
             tail,
-            instance,
+            console,
         } => {
-            let name = match (container, instance) {
+            let name = match (container, console) {
                 (_, true) => pod.clone(),
                 (Some(c), false) => format!("{pod}/{c}"),
                 (None, false) => format!("{pod}/{}", only_container(target, pod).await?),
@@ -554,103 +550,6 @@ async fn only_container(target: &super::Target, pod: &str) -> Result<String, Cli
             many.len(),
             many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
         ))),
-    }
-}
-
-fn phase_name(p: i32) -> &'static str {
-    match pb::PodPhase::try_from(p) {
-        Ok(pb::PodPhase::Pending) => "Pending",
-        Ok(pb::PodPhase::Running) => "Running",
-        Ok(pb::PodPhase::Succeeded) => "Succeeded",
-        Ok(pb::PodPhase::Failed) => "Failed",
-        Ok(pb::PodPhase::Unknown) => "Unknown",
-        _ => "?",
-    }
-}
-
-fn container_state(c: &pb::ContainerStatus) -> String {
-    match pb::ContainerState::try_from(c.state) {
-        Ok(pb::ContainerState::Running) => "Running".into(),
-        Ok(pb::ContainerState::Waiting) => format!("Waiting ({})", c.reason),
-        Ok(pb::ContainerState::Terminated) => "Terminated".into(),
-        _ => "?".into(),
-    }
-}
-
-fn ports_text(p: &pb::PodStatus) -> String {
-    p.ports
-        .iter()
-        .map(|x| format!("{}->{}/{}", x.host_port, x.container_port, x.protocol))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn termination_text(t: &pb::ContainerTermination) -> String {
-    match (t.exit_code, t.signal) {
-        (Some(c), _) => format!("{} (exit {c})", t.reason),
-        (_, Some(s)) => format!("{} (signal {s})", t.reason),
-        _ => t.reason.clone(),
-    }
-}
-
-pub fn pod_json(p: &pb::PodStatus) -> Value {
-    json!({
-        "kind": "pod", "name": p.name, "phase": phase_name(p.phase), "reason": p.reason,
-        "pod_ip": p.pod_ip,
-        "isolation": pb::IsolationKind::try_from(p.isolation).map(|k| k.as_str_name()).unwrap_or("?"),
-        "ports": p.ports.iter().map(|x| json!({
-            "container": x.container, "host_port": x.host_port,
-            "container_port": x.container_port, "protocol": x.protocol,
-        })).collect::<Vec<_>>(),
-        "containers": p.containers.iter().map(|c| json!({
-            "name": c.name, "image": c.image, "image_digest": c.image_digest,
-            "state": container_state(c), "restart_count": c.restart_count,
-            "last_termination": c.last_termination.as_ref().map(|t| json!({
-                "exit_code": t.exit_code, "signal": t.signal, "reason": t.reason,
-                "started_at_unix_nanos": t.started_at_unix_nanos,
-                "finished_at_unix_nanos": t.finished_at_unix_nanos,
-            })),
-        })).collect::<Vec<_>>(),
-        "instance": p.instance.as_ref().map(instance_json),
-    })
-}
-
-pub fn print_pod(p: &pb::PodStatus, as_json: bool) {
-    if as_json {
-        println!("{}", pod_json(p));
-        return;
-    }
-    let isolation = match pb::IsolationKind::try_from(p.isolation) {
-        Ok(pb::IsolationKind::Vm) => "vm",
-        Ok(pb::IsolationKind::Cell) => "cell",
-        _ => "",
-    };
-    println!("pod         {}", p.name);
-    println!("phase       {}", phase_name(p.phase));
-    if !p.reason.is_empty() {
-        println!("reason      {}", p.reason);
-    }
-    println!("pod ip      {}", p.pod_ip);
-    println!("isolation   {isolation}");
-    if !p.ports.is_empty() {
-        println!("ports       {}", ports_text(p));
-    }
-    for c in &p.containers {
-        let last = c.last_termination.as_ref().map(termination_text).unwrap_or_default();
-        println!(
-            "container   {:<16} {:<28} restarts {:<3} {}",
-            c.name,
-            container_state(c),
-            c.restart_count,
-            if last.is_empty() {
-                String::new()
-            } else {
-                format!("last: {last}")
-            }
-        );
-    }
-    if let Some(i) = &p.instance {
-        println!("instance    {} {}", i.address, i.spiffe_id);
     }
 }
 

@@ -271,7 +271,7 @@ pub(crate) fn print_status(w: &pb::WorkloadStatus, as_json: bool) {
         Some(pb::workload_status::Status::Cell(c)) => print_cell(c, as_json),
         Some(pb::workload_status::Status::VirtualMachine(v)) => print_vm(v, as_json),
         Some(pb::workload_status::Status::Instance(i)) => print_instance(i, as_json),
-        Some(pb::workload_status::Status::Pod(p)) => super::pod::print_pod(p, as_json),
+        Some(pb::workload_status::Status::Pod(p)) => print_pod(p, as_json),
         _ => println!("{w:?}"),
     }
 }
@@ -415,5 +415,102 @@ pub(crate) fn done(json: bool, what: &str) {
         println!("{}", json!({ "ok": true, "message": what }));
     } else {
         println!("{what}");
+    }
+}
+
+pub(crate) fn phase_name(p: i32) -> &'static str {
+    match pb::PodPhase::try_from(p) {
+        Ok(pb::PodPhase::Pending) => "Pending",
+        Ok(pb::PodPhase::Running) => "Running",
+        Ok(pb::PodPhase::Succeeded) => "Succeeded",
+        Ok(pb::PodPhase::Failed) => "Failed",
+        Ok(pb::PodPhase::Unknown) => "Unknown",
+        _ => "?",
+    }
+}
+
+fn container_state(c: &pb::ContainerStatus) -> String {
+    match pb::ContainerState::try_from(c.state) {
+        Ok(pb::ContainerState::Running) => "Running".into(),
+        Ok(pb::ContainerState::Waiting) => format!("Waiting ({})", c.reason),
+        Ok(pb::ContainerState::Terminated) => "Terminated".into(),
+        _ => "?".into(),
+    }
+}
+
+pub(crate) fn ports_text(p: &pb::PodStatus) -> String {
+    p.ports
+        .iter()
+        .map(|x| format!("{}->{}/{}", x.host_port, x.container_port, x.protocol))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn termination_text(t: &pb::ContainerTermination) -> String {
+    match (t.exit_code, t.signal) {
+        (Some(c), _) => format!("{} (exit {c})", t.reason),
+        (_, Some(s)) => format!("{} (signal {s})", t.reason),
+        _ => t.reason.clone(),
+    }
+}
+
+pub fn pod_json(p: &pb::PodStatus) -> Value {
+    json!({
+        "kind": "pod", "name": p.name, "phase": phase_name(p.phase), "reason": p.reason,
+        "pod_ip": p.pod_ip,
+        "isolation": pb::IsolationKind::try_from(p.isolation).map(|k| k.as_str_name()).unwrap_or("?"),
+        "ports": p.ports.iter().map(|x| json!({
+            "container": x.container, "host_port": x.host_port,
+            "container_port": x.container_port, "protocol": x.protocol,
+        })).collect::<Vec<_>>(),
+        "containers": p.containers.iter().map(|c| json!({
+            "name": c.name, "image": c.image, "image_digest": c.image_digest,
+            "state": container_state(c), "restart_count": c.restart_count,
+            "last_termination": c.last_termination.as_ref().map(|t| json!({
+                "exit_code": t.exit_code, "signal": t.signal, "reason": t.reason,
+                "started_at_unix_nanos": t.started_at_unix_nanos,
+                "finished_at_unix_nanos": t.finished_at_unix_nanos,
+            })),
+        })).collect::<Vec<_>>(),
+        "instance": p.instance.as_ref().map(instance_json),
+    })
+}
+
+pub fn print_pod(p: &pb::PodStatus, as_json: bool) {
+    if as_json {
+        println!("{}", pod_json(p));
+        return;
+    }
+    let isolation = match pb::IsolationKind::try_from(p.isolation) {
+        Ok(pb::IsolationKind::Vm) => "vm",
+        Ok(pb::IsolationKind::Cell) => "cell",
+        _ => "",
+    };
+    println!("pod         {}", p.name);
+    println!("phase       {}", phase_name(p.phase));
+    if !p.reason.is_empty() {
+        println!("reason      {}", p.reason);
+    }
+    println!("pod ip      {}", p.pod_ip);
+    println!("isolation   {isolation}");
+    if !p.ports.is_empty() {
+        println!("ports       {}", ports_text(p));
+    }
+    for c in &p.containers {
+        let last = c.last_termination.as_ref().map(termination_text).unwrap_or_default();
+        println!(
+            "container   {:<16} {:<28} restarts {:<3} {}",
+            c.name,
+            container_state(c),
+            c.restart_count,
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!("last: {last}")
+            }
+        );
+    }
+    if let Some(i) = &p.instance {
+        println!("instance    {} {}", i.address, i.spiffe_id);
     }
 }

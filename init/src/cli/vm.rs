@@ -59,13 +59,9 @@ pub async fn vm(cmd: &VmCmd, target: &super::Target, as_json: bool) -> Result<()
     match cmd {
         VmCmd::Run(r) => run(r, target, as_json).await,
         VmCmd::Ls => {
-            let l = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
-                .list(pb::ListRequest { kind: k as i32 })
-                .await
-                .map_err(CliError::Remote)?
-                .into_inner();
-            let vms = l.workloads.iter().filter_map(|w| match &w.status {
-                Some(pb::workload_status::Status::VirtualMachine(v)) => Some(v),
+            let listed = super::workload::list_kind(target, k).await?;
+            let vms = listed.iter().filter_map(|w| match w {
+                pb::workload_status::Status::VirtualMachine(v) => Some(v),
                 _ => None,
             });
             if as_json {

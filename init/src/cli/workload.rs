@@ -71,6 +71,19 @@ pub(crate) async fn life(
     }
 }
 
+/// Every workload of `kind` on the node, as `List` gives them.
+pub(crate) async fn list_kind(
+    target: &super::Target,
+    kind: pb::WorkloadKind,
+) -> Result<Vec<pb::workload_status::Status>, CliError> {
+    let l = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
+        .list(pb::ListRequest { kind: kind as i32 })
+        .await
+        .map_err(CliError::Remote)?
+        .into_inner();
+    Ok(l.workloads.into_iter().filter_map(|w| w.status).collect())
+}
+
 /// status / stop / wait / free / freeze / thaw of one workload.
 pub enum Op<'a> {
     Status,

@@ -196,7 +196,24 @@ impl Images {
     /// What `load` needs to give image `r` to another node: the offer and the layer
     /// blobs' paths (bottom first).
     pub fn offer(&self, r: &Record) -> Result<(Offer, Vec<PathBuf>), ImageError> {
-        load::offer_of(&self.store, r, self.config_json(r)?)
+        let mut layers = Vec::with_capacity(r.layers.len());
+        let mut paths = Vec::with_capacity(r.layers.len());
+        for (d, size, _) in &r.layers {
+            let digest = Digest::parse(d)?;
+            paths.push(self.store.blob_path(&digest));
+            layers.push(load::OfferedLayer {
+                digest,
+                size: *size,
+                sent: true,
+            });
+        }
+        let offer = Offer {
+            reference: r.reference.clone(),
+            digest: Digest::parse(&r.digest)?,
+            config_json: self.config_json(r)?,
+            layers,
+        };
+        Ok((offer, paths))
     }
 
     /// Where the store is, what it holds and may hold (bytes).

@@ -9,7 +9,7 @@ use super::store::Store;
 use super::unpack::{Compression, Layer};
 use super::{Digest, ImageError};
 use futures_util::{Stream, StreamExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The largest config a load takes (as for a pull).
@@ -144,33 +144,4 @@ where
         layers.push(layer);
     }
     Ok(Received { config, layers, bytes })
-}
-
-/// What a sender needs to offer an image it has: the offer (every layer marked sent) and
-/// each layer blob's path, bottom first.
-pub fn offer_of(
-    store: &Store,
-    r: &super::catalog::Record,
-    config_json: Vec<u8>,
-) -> Result<(Offer, Vec<PathBuf>), ImageError> {
-    let mut layers = Vec::with_capacity(r.layers.len());
-    let mut paths = Vec::with_capacity(r.layers.len());
-    for (d, size, _) in &r.layers {
-        let digest = Digest::parse(d)?;
-        paths.push(store.blob_path(&digest));
-        layers.push(OfferedLayer {
-            digest,
-            size: *size,
-            sent: true,
-        });
-    }
-    Ok((
-        Offer {
-            reference: r.reference.clone(),
-            digest: Digest::parse(&r.digest)?,
-            config_json,
-            layers,
-        },
-        paths,
-    ))
 }

@@ -67,15 +67,17 @@ pub fn setup_workloads_root(root: &Path) -> (PathBuf, Vec<String>, Vec<String>) 
 /// The ceilings PID 1 puts on the whole workloads root, so that no workload (a fork bomb, a
 /// leak, a cell or VM without limits) can take what PID 1 needs to keep serving: memory
 /// below the node's total by a reserve of 1/16 (at least 64 MiB), and tasks below the
-/// kernel's own task ceiling by 1024. That ceiling is the smaller of `pid_max` and
-/// `threads-max` (the kernel sizes the latter from RAM, ~4000 tasks on 512 MiB, and no
+/// kernel's own task ceiling by 1024, or by a quarter of it on a small node. That ceiling
+/// is the smaller of `pid_max` and `threads-max` (the kernel sizes the latter from RAM,
+/// ~4000 tasks on 512 MiB, ~900 on the 128 MiB of a small pod's instance, and no
 /// capability exempts a fork from it): PID 1 must still be able to start its threads
 /// when every workload pid is taken. Returns (file, value) pairs.
 pub fn workload_ceilings(mem_total: u64, pid_max: u64, threads_max: u64) -> [(&'static str, u64); 2] {
     let reserve = (mem_total / 16).max(64 << 20);
+    let tasks = pid_max.min(threads_max);
     [
         ("memory.max", mem_total.saturating_sub(reserve)),
-        ("pids.max", pid_max.min(threads_max).saturating_sub(1024).max(1)),
+        ("pids.max", tasks.saturating_sub((tasks / 4).min(1024)).max(1)),
     ]
 }
 
@@ -114,7 +116,10 @@ mod tests {
             [("memory.max", gib - (64 << 20)), ("pids.max", 31744)]
         );
         // A small node: threads-max, not pid_max, is the kernel's real ceiling.
-        assert_eq!(workload_ceilings(gib / 2, 32768, 3900)[1], ("pids.max", 2876));
+        assert_eq!(workload_ceilings(gib / 2, 32768, 3900)[1], ("pids.max", 2925));
+        // A pod's 128 MiB instance (threads-max about 900): a quarter kept back, not
+        // all of it (pids.max 1 left its containers unable to start).
+        assert_eq!(workload_ceilings(gib / 8, 32768, 896)[1], ("pids.max", 672));
         assert_eq!(
             workload_ceilings(16 * gib, 4194304, 100_000)[0],
             ("memory.max", 15 * gib)

@@ -15,7 +15,7 @@ use crate::runtime::spec::{
     CellSpec, Confinement, DiskSpec, ExecutableSpec, ImageRoot, IoMax, Isolation, Resources, VmSpec,
 };
 use crate::runtime::volume::{VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
-use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, View, VmView};
+use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, VmView};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -908,18 +908,6 @@ pub fn instance(i: pb::Instance, caller: Option<Duration>) -> Result<InstanceSpe
         svid_ttl: Duration::from_secs(u64::from(ttl)),
         serving_within: wait_budget(millis(i.serving_timeout_millis), caller, DEFAULT_SPAWN_SERVING),
     })
-}
-
-pub fn workload_status(v: View) -> pb::WorkloadStatus {
-    pb::WorkloadStatus {
-        status: Some(match v {
-            View::Executable(e) => pb::workload_status::Status::Executable(exec_status(e)),
-            View::Cell(c) => pb::workload_status::Status::Cell(cell_status(*c)),
-            View::VirtualMachine(v) => pb::workload_status::Status::VirtualMachine(vm_status(v)),
-            View::Instance(i) => pb::workload_status::Status::Instance(instance_status(*i)),
-            View::Pod(p) => pb::workload_status::Status::Pod(super::pod_convert::pod_status(*p)),
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::convert;
 use crate::pb::{self, workloads_server::Workloads};
 use crate::runtime::logs::{Batch, Stream};
-use crate::runtime::{Kind, Runtime};
+use crate::runtime::{Kind, Runtime, View};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,16 +33,30 @@ fn entries(batch: Batch) -> impl Iterator<Item = pb::LogEntry> {
     })
 }
 
+/// Any workload's status, by its kind (pods from `pod_convert`, the rest from `convert`).
+pub fn workload_status(v: View) -> pb::WorkloadStatus {
+    use pb::workload_status::Status;
+    pb::WorkloadStatus {
+        status: Some(match v {
+            View::Executable(e) => Status::Executable(convert::exec_status(e)),
+            View::Cell(c) => Status::Cell(convert::cell_status(*c)),
+            View::VirtualMachine(v) => Status::VirtualMachine(convert::vm_status(v)),
+            View::Instance(i) => Status::Instance(convert::instance_status(*i)),
+            View::Pod(p) => Status::Pod(super::pod_convert::pod_status(*p)),
+        }),
+    }
+}
+
 #[tonic::async_trait]
 impl Workloads for WorkloadsApi {
     async fn status(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
         let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
-        Ok(Response::new(convert::workload_status(self.rt.status(kind, &name)?)))
+        Ok(Response::new(workload_status(self.rt.status(kind, &name)?)))
     }
 
     async fn list(&self, r: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let kind = convert::kind(r.into_inner().kind, "kind")?;
-        let workloads = self.rt.list(kind).into_iter().map(convert::workload_status).collect();
+        let workloads = self.rt.list(kind).into_iter().map(workload_status).collect();
         Ok(Response::new(pb::ListResponse { workloads }))
     }
 
@@ -62,16 +76,14 @@ impl Workloads for WorkloadsApi {
             0 => u64::from(crate::runtime::DEFAULT_GRACE_MS),
             ms => u64::from(ms),
         });
-        Ok(Response::new(convert::workload_status(
+        Ok(Response::new(workload_status(
             self.rt.stop(kind, &name, signal, grace).await?,
         )))
     }
 
     async fn wait(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
         let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
-        Ok(Response::new(convert::workload_status(
-            self.rt.wait(kind, &name).await?,
-        )))
+        Ok(Response::new(workload_status(self.rt.wait(kind, &name).await?)))
     }
 
     async fn free(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::FreeResponse>, Status> {
@@ -165,8 +177,6 @@ impl WorkloadsApi {
             ));
         }
         let v = self.rt.freeze(&name, frozen).await?;
-        Ok(Response::new(convert::workload_status(crate::runtime::View::Cell(
-            Box::new(v),
-        ))))
+        Ok(Response::new(workload_status(crate::runtime::View::Cell(Box::new(v)))))
     }
 }

@@ -152,6 +152,7 @@ pub fn fixture() -> &'static Fixture {
         let r = Registry::start(&storage, Options::default());
         for (tag, dest) in [
             ("busybox", "test/busybox:1"),
+            ("busybox", "test/podsite:1"),
             ("busybox-zstd", "test/busybox:zstd"),
             ("layered", "test/layered:1"),
             ("malicious", "test/malicious:1"),
