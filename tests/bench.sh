@@ -119,6 +119,10 @@ pod_bench() {
     printf '%-44s %s\n' "RunPod -> container running (ms, host)" "$(stats "${pod_ms[@]}")"
     printf '%-44s %s\n' "Spawn + cell + process by hand (ms, host)" "$(stats "${hand_ms[@]}")"
     printf '%-44s %.2f (goal <= 1.1)\n' "RunPod / by hand, p50" "$(echo "$pod50 / $hand50" | bc -l)"
+    # Where the difference goes: the node logs how long giving the image took.
+    local given=()
+    given=($(grep -o 'given to its instance in [0-9]* ms' "$log" | awk '{print $5}' | head -n "$n"))
+    [ ${#given[@]} -gt 0 ] && printf '%-44s %s\n' "  of which: the image given to the instance (ms)" "$(stats "${given[@]}")"
 
     local idle=${BENCH_IDLE_PODS:-4} avail0 avail1 rss0 rss1 ovh=() pid line
     meminfo() { aer exec "mi$1" --cell benchhost --wait -- /bin/sh -c 'grep MemAvailable /proc/meminfo' >/dev/null; aer logs "mi$1" | awk '{print $2}'; aer free "mi$1" >/dev/null; }

@@ -92,7 +92,7 @@ fn mtls_client_gets_serving_health_and_node_info() {
         assert_eq!(info.peer_spiffe_id, "spiffe://host.test/client/tester");
         assert_eq!(info.auraed_version, auraed::VERSION);
         assert!(info.auraed_rss_bytes > 0);
-        // Workloads not built yet say so, with the code a client can act on.
+        // A pod without containers names the field, before anything is pulled or made.
         let mut rt = pb::runtime_client::RuntimeClient::new(ch);
         let e = rt
             .run_pod(pb::Pod {
@@ -101,8 +101,8 @@ fn mtls_client_gets_serving_health_and_node_info() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("RunPod"), "{}", e.message());
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("containers: is empty"), "{}", e.message());
         // A VM's kernel is checked before anything is created.
         let e = rt
             .run_virtual_machine(pb::VirtualMachine {
