@@ -338,6 +338,11 @@ fn a_two_container_pod_shares_network_hostname_and_a_volume_and_is_reached_throu
         distinct.dedup();
         assert_eq!(all, distinct.len(), "a blob was fetched twice: {blob_gets:#?}");
         assert!(!distinct.is_empty(), "the registry's log shows no blob fetch:\n{log}");
+        // Freed pods hold their image no longer: it stays on the node until removed, and
+        // removing it is not refused. (While a pod holds it, it is: the restarts test.)
+        c.remove_image(&site_image())
+            .await
+            .unwrap_or_else(|e| panic!("a freed pod still holds its image: {e:?}"));
     });
 }
 
@@ -494,6 +499,10 @@ fn containers_restart_as_the_policy_says_with_growing_back_off_and_oom_kills_are
         run_pod(a, &c, pod("hog", pb::RestartPolicy::Always, vec![hog]))
             .await
             .unwrap();
+        // A pod's image cannot be removed from under it; the message names the pod.
+        let e = c.remove_image(&busybox()).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("pod 'hog'"), "{e:?}");
         let p = until_status(a, &c, "hog", "OOMKilled and restarted", |p| {
             p.containers[0].restart_count >= 1
                 && p.containers[0]
