@@ -55,7 +55,6 @@ vm_bench() {
     local n=${BENCH_SPAWNS:-5} i t0 t1 spawn_ms=() child_ms=()
     echo
     echo "== VMs and Spawn (auraed's VMM under the appliance's KVM, itself under ${ACCEL:-tcg}; nested)"
-    aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup --privileged >/dev/null
     aer exec mkguest --cell benchnode --wait -- /bin/sh -c 'set -e; d=$(mktemp -d); mkdir -p $d/bin $d/proc /var/lib/aurae/vm
         cp /bin/busybox $d/bin/; printf "#!/bin/busybox sh\n/bin/busybox sleep 100000\n" > $d/init; chmod +x $d/init
         cd $d && find . | cpio -o -H newc > /var/lib/aurae/vm/idle.cpio 2>/dev/null' >/dev/null
@@ -121,7 +120,7 @@ pod_bench() {
     printf '%-44s %.2f (goal <= 1.1)\n' "RunPod / by hand, p50" "$(echo "$pod50 / $hand50" | bc -l)"
     # Where the difference goes: the node logs how long giving the image took.
     local given=()
-    given=($(grep -o 'given to its instance in [0-9]* ms' "$log" | awk '{print $5}' | head -n "$n"))
+    given=($(grep -o 'given to its instance in [0-9]* ms' "$log" | awk '{print $6}' | head -n "$n"))
     [ ${#given[@]} -gt 0 ] && printf '%-44s %s\n' "  of which: the image given to the instance (ms)" "$(stats "${given[@]}")"
 
     local idle=${BENCH_IDLE_PODS:-4} avail0 avail1 rss0 rss1 ovh=() pid line
@@ -137,7 +136,8 @@ pod_bench() {
     rss1=$(aer --json node info | python3 -c 'import json,sys; print(json.load(sys.stdin)["auraed_rss_bytes"]//1024)')
     for i in $(seq 1 "$idle"); do
         pid=$(aer --json pod status "idle$i" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instance"]["pid"])')
-        aer exec "sig$i" --cell benchhost --wait -- /bin/kill -USR1 "$pid" >/dev/null; aer free "sig$i" >/dev/null
+        # benchnode shares the node's pid namespace, where the VMM's pid is.
+        aer exec "sig$i" --cell benchnode --wait -- /bin/kill -USR1 "$pid" >/dev/null || true; aer free "sig$i" >/dev/null
         sleep 1
         line=$(aer pod logs "idle$i" --console 2>&1 | grep 'aurae-vmm: memory:' | tail -1)
         ovh+=($(echo "$line" | sed -n 's/.*VMM overhead \([0-9]*\) KiB.*/\1/p'))
@@ -214,14 +214,19 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
         sleep 0.1
     done
     aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
+    aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup --privileged >/dev/null
     aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null 2>&1 || echo "bench: pull of the busybox test image failed"
-    aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
-        --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
-        --image "$REG_GUEST/test/busybox:1" --crun-image-bundle /bench/image-bundle \
-        || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
-    image_bench
-    vm_bench
-    pod_bench
+    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods.
+    parts=" ${BENCH_PARTS:-runtime images vms pods} "
+    if [[ $parts == *" runtime "* ]]; then
+        aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
+            --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
+            --image "$REG_GUEST/test/busybox:1" --crun-image-bundle /bench/image-bundle \
+            || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
+    fi
+    [[ $parts == *" images "* ]] && image_bench
+    [[ $parts == *" vms "* ]] && vm_bench
+    [[ $parts == *" pods "* ]] && pod_bench
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid
 fi
