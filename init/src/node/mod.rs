@@ -17,16 +17,27 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// The node's RAM (MemTotal), 0 when unknown.
-pub fn mem_total_bytes() -> u64 {
+/// A `/proc/meminfo` figure (`key` with its colon, e.g. "MemTotal:") in bytes, 0 when
+/// unknown.
+fn meminfo_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The node's RAM (MemTotal), 0 when unknown.
+pub fn mem_total_bytes() -> u64 {
+    meminfo_bytes("MemTotal:")
+}
+
+/// The memory the node could give a new workload now (MemAvailable), 0 when unknown.
+pub fn mem_available_bytes() -> u64 {
+    meminfo_bytes("MemAvailable:")
 }
 
 /// auraed's resident set size in bytes (VmRSS from /proc/self/status).

@@ -195,13 +195,15 @@ impl Cell {
     }
 }
 
-fn port_error(i: usize, host: u16, e: std::io::Error) -> RuntimeError {
+/// Binding node port `host` failed: taken (by a cell, a pod or auraed's own API) is
+/// ALREADY_EXISTS, anything else FAILED_PRECONDITION; `field` names it in the request.
+pub(super) fn port_error(field: &str, host: u16, e: std::io::Error) -> RuntimeError {
     if e.kind() == std::io::ErrorKind::AddrInUse {
         RuntimeError::AlreadyExists(format!(
-            "image.ports[{i}].host_port: port {host} of the node is taken (by another cell or by auraed); choose another"
+            "{field}: port {host} of the node is taken (by a cell, a pod or auraed); choose another"
         ))
     } else {
-        RuntimeError::Precondition(format!("image.ports[{i}].host_port: cannot listen on port {host}: {e}"))
+        RuntimeError::Precondition(format!("{field}: cannot listen on port {host}: {e}"))
     }
 }
 
@@ -391,7 +393,10 @@ impl Runtime {
         // The node's ports first: one taken is refused before anything is made.
         let mut bound = Vec::with_capacity(spec.ports.len());
         for (i, (host, inside)) in spec.ports.iter().enumerate() {
-            bound.push(crate::net::proxy::bind(*host, *inside).map_err(|e| port_error(i, *host, e))?);
+            bound.push(
+                crate::net::proxy::bind(*host, *inside)
+                    .map_err(|e| port_error(&format!("image.ports[{i}].host_port"), *host, e))?,
+            );
         }
         let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;

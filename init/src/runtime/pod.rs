@@ -87,12 +87,6 @@ pub struct PodView {
     pub created_unix_nanos: i64,
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 fn refused(what: &str, s: tonic::Status) -> RuntimeError {
     RuntimeError::Spawn(crate::spawn::SpawnError::Refused(tonic::Status::new(
         s.code(),
@@ -198,10 +192,7 @@ impl Pod {
             name: self.name.to_string(),
             phase,
             reason,
-            pod_ip: instance
-                .as_ref()
-                .map(|i| i.address.split(':').next().unwrap_or_default().to_owned())
-                .unwrap_or_default(),
+            pod_ip: self.instance().map(|i| i.address.ip().to_string()).unwrap_or_default(),
             isolation: instance.as_ref().and_then(|i| i.isolation),
             ports,
             containers,
@@ -210,14 +201,6 @@ impl Pod {
             created_unix_nanos: self.created_unix_nanos,
         }
     }
-}
-
-/// The node's memory available now, from /proc/meminfo.
-fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 impl Runtime {
@@ -242,15 +225,15 @@ impl Runtime {
                 ),
             ));
         }
-        if let Some(avail) = mem_available().filter(|a| memory > *a) {
+        let avail = crate::node::mem_available_bytes();
+        if avail > 0 && memory > avail {
             return Err(RuntimeError::Exhausted(format!(
                 "{field}: the pod's instance needs {} MiB and this node has {} MiB available; ask for less or free workloads",
                 memory / pod::MIB,
                 avail / pod::MIB
             )));
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if usize::from(vcpus) > cpus.max(32) || vcpus > 32 {
+        if vcpus > 32 {
             return Err(RuntimeError::Precondition(format!(
                 "resources.vcpus: the pod asks for {vcpus} vCPUs and an instance has at most 32"
             )));
@@ -261,15 +244,8 @@ impl Runtime {
         let mut bound = Vec::new();
         for (i, c) in spec.containers.iter().enumerate() {
             for (j, (host, inside)) in c.ports.iter().enumerate() {
-                let b = proxy::bind(*host, *inside).map_err(|e| {
-                    let f = format!("containers[{i}].ports[{j}].host_port");
-                    match e.kind() {
-                        std::io::ErrorKind::AddrInUse => RuntimeError::AlreadyExists(format!(
-                            "{f}: port {host} of the node is taken (by a cell, a pod or auraed); choose another"
-                        )),
-                        _ => RuntimeError::Precondition(format!("{f}: cannot listen on port {host}: {e}")),
-                    }
-                })?;
+                let field = format!("containers[{i}].ports[{j}].host_port");
+                let b = proxy::bind(*host, *inside).map_err(|e| super::cell::port_error(&field, *host, e))?;
                 bound.push((c.name.to_string(), b));
             }
         }
@@ -292,7 +268,7 @@ impl Runtime {
             changed: tx,
             ports: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
-            created_unix_nanos: now_nanos(),
+            created_unix_nanos: super::logs::now_unix_nanos(),
         });
         self.table().insert(p.clone())?;
         match self.make_pod(&p, vcpus, memory, images, bound, deadline).await {
@@ -554,7 +530,7 @@ async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel) {
         // Back-off, then the next run; a run that cannot start counts as one that failed.
         loop {
             let wait = pod::backoff(restarts, ran);
-            let until = now_nanos() + i64::try_from(wait.as_nanos()).unwrap_or(i64::MAX);
+            let until = super::logs::now_unix_nanos() + i64::try_from(wait.as_nanos()).unwrap_or(i64::MAX);
             p.update(|s| {
                 if let Some(r) = s.runs.get_mut(n) {
                     r.state = ContainerState::Waiting {
