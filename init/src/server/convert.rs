@@ -870,14 +870,19 @@ const DEFAULT_SVID_TTL: u32 = 3600;
 
 /// A Spawn request; `caller` is the caller's gRPC timeout, which bounds the wait for the
 /// child to serve.
+/// A Spawn's or a pod's `isolation`: None lets the node choose (a VM where KVM is usable).
+pub fn isolation_kind(v: i32) -> Result<Option<IsolationKind>, RuntimeError> {
+    match pb::IsolationKind::try_from(v) {
+        Ok(pb::IsolationKind::Unspecified) => Ok(None),
+        Ok(pb::IsolationKind::Vm) => Ok(Some(IsolationKind::Vm)),
+        Ok(pb::IsolationKind::Cell) => Ok(Some(IsolationKind::Cell)),
+        Err(_) => Err(invalid("isolation", format!("{v} is not an IsolationKind"))),
+    }
+}
+
 pub fn instance(i: pb::Instance, caller: Option<Duration>) -> Result<InstanceSpec, RuntimeError> {
     let name = ExecName::parse_instance(&i.name).map_err(|n| invalid("name", n.to_string()))?;
-    let isolation = match pb::IsolationKind::try_from(i.isolation) {
-        Ok(pb::IsolationKind::Unspecified) => None,
-        Ok(pb::IsolationKind::Vm) => Some(IsolationKind::Vm),
-        Ok(pb::IsolationKind::Cell) => Some(IsolationKind::Cell),
-        Err(_) => return Err(invalid("isolation", format!("{} is not an IsolationKind", i.isolation))),
-    };
+    let isolation = isolation_kind(i.isolation)?;
     let vm = virtual_machine(
         pb::VirtualMachine {
             name: i.name.clone(),

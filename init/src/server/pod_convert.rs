@@ -179,12 +179,7 @@ pub fn pod(p: pb::Pod, caller: Option<Duration>) -> Result<PodSpec, RuntimeError
             ))
         }
     };
-    let isolation = match pb::IsolationKind::try_from(p.isolation) {
-        Ok(pb::IsolationKind::Unspecified) => None,
-        Ok(pb::IsolationKind::Vm) => Some(IsolationKind::Vm),
-        Ok(pb::IsolationKind::Cell) => Some(IsolationKind::Cell),
-        Err(_) => return Err(invalid("isolation", format!("{} is not an IsolationKind", p.isolation))),
-    };
+    let isolation = convert::isolation_kind(p.isolation)?;
     let r = p.resources.unwrap_or_default();
     let vcpus = match r.vcpus {
         0 => None,
