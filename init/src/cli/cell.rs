@@ -106,15 +106,12 @@ impl ImageOpts {
         };
         let mut ports = Vec::new();
         for p in &self.publish {
-            let parsed = p.split_once(':').and_then(|(h, c)| {
-                let (c, protocol) = c.split_once('/').unwrap_or((c, "tcp"));
-                Some(pb::PortMapping {
-                    host_port: h.parse().ok()?,
-                    container_port: c.parse().ok()?,
-                    protocol: protocol.to_owned(),
-                })
+            let (host_port, container_port, protocol) = super::workload::parse_publish(p, "CELL")?;
+            ports.push(pb::PortMapping {
+                host_port,
+                container_port,
+                protocol,
             });
-            ports.push(parsed.ok_or_else(|| usage(format!("-p '{p}': use HOST:CELL, e.g. 8080:80")))?);
         }
         Ok(Some(pb::OciImage {
             reference: reference.clone(),

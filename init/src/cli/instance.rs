@@ -37,12 +37,7 @@ pub enum InstanceCmd {
 }
 
 pub async fn spawn(a: &SpawnArgs, target: &super::Target, as_json: bool) -> Result<(), CliError> {
-    let isolation = match a.isolation.as_deref() {
-        None => pb::IsolationKind::Unspecified,
-        Some("vm") => pb::IsolationKind::Vm,
-        Some("cell") => pb::IsolationKind::Cell,
-        Some(o) => return Err(CliError::Usage(format!("--isolation '{o}': choose vm or cell"))),
-    };
+    let isolation = super::workload::parse_isolation("--isolation", a.isolation.as_deref())?;
     let req = pb::Instance {
         name: a.name.clone(),
         isolation: isolation as i32,

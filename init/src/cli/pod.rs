@@ -3,7 +3,9 @@
 
 use super::exec::env_map;
 use super::print::{phase_name, pod_json, ports_text, print_pod};
-use super::workload::{lifecycle, parse_bytes, secs_to_millis, stream_logs, LogsArgs, Op, StopArgs};
+use super::workload::{
+    lifecycle, parse_bytes, parse_isolation, parse_publish, secs_to_millis, stream_logs, LogsArgs, Op, StopArgs,
+};
 use super::CliError;
 use crate::pb;
 use clap::{Args, Subcommand};
@@ -270,15 +272,6 @@ fn restart_policy(s: Option<&str>) -> Result<pb::RestartPolicy, CliError> {
     })
 }
 
-fn isolation(s: Option<&str>) -> Result<pb::IsolationKind, CliError> {
-    Ok(match s.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("auto") => pb::IsolationKind::Unspecified,
-        Some("vm") => pb::IsolationKind::Vm,
-        Some("cell") => pb::IsolationKind::Cell,
-        Some(o) => return Err(usage(format!("isolation '{o}': choose vm or cell"))),
-    })
-}
-
 fn pull_policy(s: Option<&str>) -> Result<pb::PullPolicy, CliError> {
     Ok(
         match s.map(|s| s.to_ascii_lowercase().replace(['_', '-'], "")).as_deref() {
@@ -393,7 +386,7 @@ fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, CliError> {
                 .transpose()?
                 .unwrap_or(0),
         }),
-        isolation: isolation(f.isolation.as_deref())? as i32,
+        isolation: parse_isolation(&format!("{path}: isolation"), f.isolation.as_deref())? as i32,
         ready_timeout_millis: 0,
     })
 }
@@ -404,15 +397,12 @@ fn from_flags(a: &RunArgs) -> Result<pb::Pod, CliError> {
     };
     let mut ports = Vec::new();
     for p in &a.publish {
-        let parsed = p.split_once(':').and_then(|(h, c)| {
-            let (c, protocol) = c.split_once('/').unwrap_or((c, "tcp"));
-            Some(pb::ContainerPort {
-                host_port: h.parse().ok()?,
-                container_port: c.parse().ok()?,
-                protocol: protocol.to_owned(),
-            })
+        let (host_port, container_port, protocol) = parse_publish(p, "CONTAINER")?;
+        ports.push(pb::ContainerPort {
+            host_port,
+            container_port,
+            protocol,
         });
-        ports.push(parsed.ok_or_else(|| usage(format!("-p '{p}': use HOST:CONTAINER, e.g. 8080:80")))?);
     }
     let limits = a
         .memory
@@ -435,7 +425,7 @@ fn from_flags(a: &RunArgs) -> Result<pb::Pod, CliError> {
             ..Default::default()
         }],
         restart_policy: restart_policy(a.restart.as_deref())? as i32,
-        isolation: isolation(a.isolation.as_deref())? as i32,
+        isolation: parse_isolation("--isolation", a.isolation.as_deref())? as i32,
         ..Default::default()
     })
 }

@@ -71,6 +71,27 @@ pub(crate) async fn life(
     }
 }
 
+/// `-p HOST:INSIDE[/PROTOCOL]` as (node port, port inside, protocol); `inside` names the
+/// other end in the message ("CELL", "CONTAINER").
+pub(crate) fn parse_publish(p: &str, inside: &str) -> Result<(u32, u32, String), CliError> {
+    p.split_once(':')
+        .and_then(|(h, c)| {
+            let (c, protocol) = c.split_once('/').unwrap_or((c, "tcp"));
+            Some((h.parse().ok()?, c.parse().ok()?, protocol.to_owned()))
+        })
+        .ok_or_else(|| CliError::Usage(format!("-p '{p}': use HOST:{inside}, e.g. 8080:80")))
+}
+
+/// `vm` or `cell` (unset: the node chooses); `what` names the flag or field in the message.
+pub(crate) fn parse_isolation(what: &str, s: Option<&str>) -> Result<pb::IsolationKind, CliError> {
+    match s {
+        None => Ok(pb::IsolationKind::Unspecified),
+        Some("vm") => Ok(pb::IsolationKind::Vm),
+        Some("cell") => Ok(pb::IsolationKind::Cell),
+        Some(o) => Err(CliError::Usage(format!("{what} '{o}': choose vm or cell"))),
+    }
+}
+
 /// Every workload of `kind` on the node, as `List` gives them.
 pub(crate) async fn list_kind(
     target: &super::Target,
