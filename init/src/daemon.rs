@@ -309,6 +309,7 @@ fn assemble_runtime(
 ) -> crate::runtime::Runtime {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
     runtime.set_bridge(report.bridge.clone());
+    runtime.set_named_bridges(report.named_bridges.clone());
     if let Some(max) = report.max_workloads {
         runtime.set_max_workloads(max);
     }

@@ -24,6 +24,10 @@ pub struct SpawnArgs {
     /// Seconds to wait for the child to serve (default: the node's, 300 s).
     #[arg(long, value_name = "SECS")]
     serving_timeout: Option<f64>,
+    /// An extra interface (eth1, eth2, ... in order) on a named node bridge:
+    /// BRIDGE=ADDRESS/PREFIX, e.g. lab0=192.168.50.2/24.
+    #[arg(long = "network", value_name = "BRIDGE=ADDR/N")]
+    networks: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +49,7 @@ pub async fn spawn(a: &SpawnArgs, target: &super::Target, as_json: bool) -> Resu
         memory_bytes: parse_bytes("memory", &a.memory)?,
         svid_ttl_seconds: a.svid_ttl,
         serving_timeout_millis: secs_to_millis("serving-timeout", a.serving_timeout)?,
+        networks: super::workload::parse_network(&a.networks)?,
     };
     // Spawn returns once the child serves: seconds under TCG.
     let i = pb::runtime_client::RuntimeClient::new(target.connect_unbounded().await?)

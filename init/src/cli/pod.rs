@@ -1,10 +1,12 @@
-//! `aer pod ...`: pods from a manifest (TOML, field names as in the proto or as Kubernetes
-//! writes them) or from flags for a one-container pod, and their lifecycle.
+//! `aer pod ...`: pods from a manifest (YAML or TOML; field names as in the proto or as
+//! Kubernetes writes them, flat or as a Kubernetes Pod object with `metadata` and `spec`)
+//! or from flags for a one-container pod, and their lifecycle.
 
 use super::exec::env_map;
 use super::print::{phase_name, pod_json, ports_text, print_pod};
 use super::workload::{
-    lifecycle, parse_bytes, parse_isolation, parse_publish, secs_to_millis, stream_logs, LogsArgs, Op, StopArgs,
+    lifecycle, parse_bytes, parse_isolation, parse_network, parse_publish, secs_to_millis, stream_logs, LogsArgs, Op,
+    StopArgs,
 };
 use super::CliError;
 use crate::pb;
@@ -46,7 +48,7 @@ pub enum PodCmd {
 pub struct RunArgs {
     /// The pod's name (with --image), or none with -f.
     name: Option<String>,
-    /// A manifest (TOML).
+    /// A manifest: YAML (.yaml, .yml) or TOML (.toml); `-` reads standard input.
     #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "image")]
     file: Option<std::path::PathBuf>,
     /// The one container's image.
@@ -69,6 +71,10 @@ pub struct RunArgs {
     /// Seconds to wait for every container to run (default: the node's, 300 s).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// An extra interface (eth1, eth2, ... in order) on a named node bridge:
+    /// BRIDGE=ADDRESS/PREFIX, e.g. lab0=192.168.50.2/24.
+    #[arg(long = "network", value_name = "BRIDGE=ADDR/N")]
+    networks: Vec<String>,
     /// The container's args (the image's cmd replaced).
     #[arg(last = true)]
     args: Vec<String>,
@@ -241,6 +247,13 @@ struct PodResourcesFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct NetworkFile {
+    bridge: String,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PodFile {
     name: String,
     containers: Vec<ContainerFile>,
@@ -252,6 +265,8 @@ struct PodFile {
     resources: Option<PodResourcesFile>,
     #[serde(default)]
     isolation: Option<String>,
+    #[serde(default)]
+    networks: Vec<NetworkFile>,
 }
 
 fn usage(m: String) -> CliError {
@@ -304,9 +319,80 @@ fn resource_list(field: &str, r: Option<ResourceListFile>) -> Result<Option<pb::
     }))
 }
 
+/// The fields of a Kubernetes Pod object's `metadata` that mean nothing here and are
+/// ignored; any other is refused, as it would be silently lost.
+const IGNORED_METADATA: [&str; 2] = ["labels", "annotations"];
+
+/// A manifest's text: YAML or TOML by the file's extension (standard input, or another
+/// extension: TOML if it parses as TOML, else YAML), flat or a Kubernetes Pod object.
+fn parse_pod_file(text: &str, path: &str) -> Result<PodFile, CliError> {
+    let ext = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let yaml = match ext.as_deref() {
+        Some("yaml" | "yml" | "json") => true,
+        Some("toml") => false,
+        _ => toml::from_str::<Value>(text).is_err(),
+    };
+    let value: Value = if yaml {
+        serde_yaml_ng::from_str(text).map_err(|e| usage(format!("{path} (YAML): {e}")))?
+    } else {
+        toml::from_str(text).map_err(|e| usage(format!("{path} (TOML): {e}")))?
+    };
+    let value = from_kubernetes(value).map_err(|e| usage(format!("{path}: {e}")))?;
+    serde_json::from_value(value).map_err(|e| usage(format!("{path}: {e}")))
+}
+
+/// A Kubernetes Pod object (`apiVersion`, `kind: Pod`, `metadata.name`, `spec`) as the
+/// flat form: the spec with the name. A flat manifest passes unchanged.
+fn from_kubernetes(v: Value) -> Result<Value, String> {
+    let Value::Object(mut top) = v else {
+        return Err("a manifest is a table of fields (name, containers, ...)".into());
+    };
+    let kube = ["apiVersion", "kind", "metadata", "spec"];
+    if !kube.iter().any(|k| top.contains_key(*k)) {
+        return Ok(Value::Object(top));
+    }
+    match top.remove("kind") {
+        None => {}
+        Some(Value::String(k)) if k == "Pod" => {}
+        Some(k) => return Err(format!("kind {k}: aer pod run takes a Pod")),
+    }
+    match top.remove("apiVersion") {
+        None => {}
+        Some(Value::String(a)) if a == "v1" => {}
+        Some(a) => return Err(format!("apiVersion {a}: a Pod is v1")),
+    }
+    let mut meta = match top.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => return Err("metadata.name: a Kubernetes Pod object names the pod there".into()),
+    };
+    let Some(name) = meta.remove("name") else {
+        return Err("metadata.name: missing".into());
+    };
+    if let Some(k) = meta.keys().find(|k| !IGNORED_METADATA.contains(&k.as_str())) {
+        return Err(format!(
+            "metadata.{k}: not supported (of metadata, only name is read; labels and annotations are ignored)"
+        ));
+    }
+    let mut spec = match top.remove("spec") {
+        Some(Value::Object(s)) => s,
+        _ => return Err("spec: a Kubernetes Pod object has its containers there".into()),
+    };
+    if let Some(k) = top.keys().next() {
+        return Err(format!("{k}: unknown beside apiVersion, kind, metadata and spec"));
+    }
+    if spec.contains_key("name") {
+        return Err("spec.name: the name is metadata.name".into());
+    }
+    spec.insert("name".into(), name);
+    Ok(Value::Object(spec))
+}
+
 /// A manifest's text as a `Pod` request.
 fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, CliError> {
-    let f: PodFile = toml::from_str(text).map_err(|e| usage(format!("{path}: {e}")))?;
+    let f = parse_pod_file(text, path)?;
     let mut containers = Vec::with_capacity(f.containers.len());
     for (n, c) in f.containers.into_iter().enumerate() {
         let field = format!("{path}: containers[{n}]");
@@ -388,6 +474,13 @@ fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, CliError> {
         }),
         isolation: parse_isolation(&format!("{path}: isolation"), f.isolation.as_deref())? as i32,
         ready_timeout_millis: 0,
+        networks: (f.networks.into_iter())
+            .map(|n| pb::NetworkAttachment {
+                bridge: n.bridge,
+                address: n.address,
+                interface: String::new(),
+            })
+            .collect(),
     })
 }
 
@@ -426,6 +519,7 @@ fn from_flags(a: &RunArgs) -> Result<pb::Pod, CliError> {
         }],
         restart_policy: restart_policy(a.restart.as_deref())? as i32,
         isolation: parse_isolation("--isolation", a.isolation.as_deref())? as i32,
+        networks: parse_network(&a.networks)?,
         ..Default::default()
     })
 }
@@ -436,10 +530,20 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
         PodCmd::Run(a) => {
             let mut req = match &a.file {
                 Some(f) => {
-                    let text = std::fs::read_to_string(f).map_err(|e| usage(format!("{}: {e}", f.display())))?;
-                    if a.name.is_some() || !a.publish.is_empty() || !a.env.is_empty() || !a.args.is_empty() {
+                    let text = if f.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin()).map_err(|e| usage(format!("standard input: {e}")))?
+                    } else {
+                        std::fs::read_to_string(f).map_err(|e| usage(format!("{}: {e}", f.display())))?
+                    };
+                    if a.name.is_some()
+                        || !a.publish.is_empty()
+                        || !a.env.is_empty()
+                        || !a.args.is_empty()
+                        || !a.networks.is_empty()
+                    {
                         return Err(usage(
-                            "aer pod run -f FILE: the manifest says it all; drop NAME, -p, -e and ARGS".into(),
+                            "aer pod run -f FILE: the manifest says it all; drop NAME, -p, -e, --network and ARGS"
+                                .into(),
                         ));
                     }
                     from_manifest(&text, &f.display().to_string())?
@@ -612,5 +716,85 @@ emptyDir = { medium = "Memory", sizeLimit = "16Mi" }
                 .contains("containers[0].resources.limits.memory: 'lots'"),
             "{bad}"
         );
+    }
+
+    /// What a Kubernetes user writes from memory: a Pod object in YAML.
+    #[test]
+    fn a_kubernetes_pod_in_yaml_reads_as_the_same_request() {
+        let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: site
+  labels: { app: site }
+spec:
+  restartPolicy: OnFailure
+  networks:
+    - bridge: lab0
+      address: 192.168.50.2/24
+  containers:
+    - name: web
+      image: 10.0.2.100:5000/busybox:1
+      command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+      ports:
+        - containerPort: 80
+          hostPort: 8080
+      resources:
+        limits: { cpu: 500m, memory: 64Mi }
+        requests: { cpu: 0.25 }
+      volumeMounts:
+        - name: www
+          mountPath: /www
+          readOnly: true
+    - name: side
+      image: 10.0.2.100:5000/busybox:1
+      env:
+        - name: A
+          value: "1"
+  volumes:
+    - name: www
+      emptyDir: { medium: Memory, sizeLimit: 16Mi }
+"#;
+        let p = from_manifest(yaml, "pod.yaml").unwrap();
+        assert_eq!(p.name, "site");
+        assert_eq!(p.restart_policy, pb::RestartPolicy::OnFailure as i32);
+        let web = &p.containers[0];
+        assert_eq!((web.ports[0].container_port, web.ports[0].host_port), (80, 8080));
+        let r = web.resources.as_ref().unwrap();
+        assert_eq!(r.limits.as_ref().unwrap().cpu_millis, 500);
+        assert_eq!(r.limits.as_ref().unwrap().memory_bytes, 64 << 20);
+        assert_eq!(r.requests.as_ref().unwrap().cpu_millis, 250);
+        assert!(web.volume_mounts[0].read_only);
+        assert_eq!(p.containers[1].env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(p.volumes[0].empty_dir.as_ref().unwrap().size_limit_bytes, 16 << 20);
+        assert_eq!(
+            (p.networks[0].bridge.as_str(), p.networks[0].address.as_str()),
+            ("lab0", "192.168.50.2/24")
+        );
+        // Flat YAML, and TOML from standard input (no extension), read the same.
+        let flat = "name: one\ncontainers:\n  - name: c\n    image: i\n";
+        assert_eq!(from_manifest(flat, "p.yml").unwrap().containers[0].image, "i");
+        let toml = "name = \"one\"\n[[containers]]\nname = \"c\"\nimage = \"i\"\n";
+        assert_eq!(from_manifest(toml, "-").unwrap().name, "one");
+        assert_eq!(from_manifest(flat, "-").unwrap().name, "one");
+        for (text, want) in [
+            (
+                "kind: Deployment\nmetadata: { name: x }\nspec: {}\n",
+                "kind \"Deployment\": aer pod run takes a Pod",
+            ),
+            ("kind: Pod\nspec: { containers: [] }\n", "metadata.name"),
+            (
+                "kind: Pod\nmetadata: { name: x, namespace: y }\nspec: {}\n",
+                "metadata.namespace: not supported",
+            ),
+            (
+                "kind: Pod\nmetadata: { name: x }\nspec: { nodeName: n, containers: [] }\n",
+                "unknown field `nodeName`",
+            ),
+            ("name: x\ncontainers: [\n", "(YAML)"),
+        ] {
+            let e = from_manifest(text, "p.yaml").unwrap_err().to_string();
+            assert!(e.contains(want), "{e}\n  should contain: {want}");
+        }
     }
 }

@@ -79,8 +79,23 @@ pub fn instance_json(i: &pb::InstanceStatus) -> Value {
         "kind": "instance", "name": i.name, "state": state_name(i.state),
         "isolation": pb::IsolationKind::try_from(i.isolation).map(|k| k.as_str_name()).unwrap_or("?"),
         "address": i.address, "spiffe_id": i.spiffe_id, "error": i.error, "pid": i.pid,
-        "vm": i.vm.as_ref().map(vm_json),
+        "vm": i.vm.as_ref().map(vm_json), "networks": networks_json(&i.networks),
     })
+}
+
+fn networks_json(n: &[pb::NetworkAttachment]) -> Value {
+    Value::Array(
+        n.iter()
+            .map(|a| json!({ "interface": a.interface, "bridge": a.bridge, "address": a.address }))
+            .collect(),
+    )
+}
+
+/// "eth1 192.168.50.2/24 on lab0" per attachment.
+fn print_networks(n: &[pb::NetworkAttachment]) {
+    for a in n {
+        println!("network     {} {} on bridge {}", a.interface, a.address, a.bridge);
+    }
 }
 
 pub(crate) fn ended(s: &pb::ExecutableStatus) -> String {
@@ -248,6 +263,7 @@ pub fn print_instance(i: &pb::InstanceStatus, as_json: bool) {
             .unwrap_or_default()
     );
     println!("address     {}", i.address);
+    print_networks(&i.networks);
     println!("spiffe id   {}", i.spiffe_id);
     match &i.vm {
         Some(vm) => println!(
@@ -318,7 +334,7 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "forwarded": i.forwarded, "parent_spiffe_id": i.parent_spiffe_id, "policy": policy,
                 "identity_not_after_unix_seconds": i.identity_not_after_unix_seconds,
                 "identity_renewed_unix_seconds": i.identity_renewed_unix_seconds,
-                "identity_note": i.identity_note,
+                "identity_note": i.identity_note, "bridges": i.bridges,
             })
         );
         return;
@@ -361,6 +377,9 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
     for r in &i.policy {
         let (who, below) = rule(r);
         println!("policy      {:<8} {who}{below}", r.role);
+    }
+    if !i.bridges.is_empty() {
+        println!("bridges     {} (for pods' extra interfaces)", i.bridges.join(" "));
     }
     println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
     for f in &i.init_failures {
@@ -473,6 +492,7 @@ pub fn pod_json(p: &pb::PodStatus) -> Value {
             })),
         })).collect::<Vec<_>>(),
         "instance": p.instance.as_ref().map(instance_json),
+        "networks": networks_json(&p.networks),
     })
 }
 
@@ -492,6 +512,7 @@ pub fn print_pod(p: &pb::PodStatus, as_json: bool) {
         println!("reason      {}", p.reason);
     }
     println!("pod ip      {}", p.pod_ip);
+    print_networks(&p.networks);
     println!("isolation   {isolation}");
     if !p.ports.is_empty() {
         println!("ports       {}", ports_text(p));

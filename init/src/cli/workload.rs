@@ -92,6 +92,22 @@ pub(crate) fn parse_isolation(what: &str, s: Option<&str>) -> Result<pb::Isolati
     }
 }
 
+/// `--network BRIDGE=ADDR/N` values as attachments (the node checks the rest).
+pub(crate) fn parse_network(values: &[String]) -> Result<Vec<pb::NetworkAttachment>, CliError> {
+    (values.iter())
+        .map(|v| match v.split_once('=') {
+            Some((bridge, address)) if !bridge.is_empty() && address.contains('/') => Ok(pb::NetworkAttachment {
+                bridge: bridge.into(),
+                address: address.into(),
+                interface: String::new(),
+            }),
+            _ => Err(CliError::Usage(format!(
+                "--network '{v}': give BRIDGE=ADDRESS/PREFIX, e.g. lab0=192.168.50.2/24"
+            ))),
+        })
+        .collect()
+}
+
 /// Every workload of `kind` on the node, as `List` gives them.
 pub(crate) async fn list_kind(
     target: &super::Target,

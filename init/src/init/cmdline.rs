@@ -14,6 +14,8 @@
 //! | `aurae.images_mib=N` | the image store's limit, in MiB | a quarter of the RAM |
 //! | `aurae.insecure_registries=H:P,...` | registries pulled from over plain HTTP | none |
 //! | `aurae.data=/dev/NAME` | a disk whose filesystem holds the image store | none (RAM) |
+//! | `aurae.bridges=NAME[=A.B.C.D/N],...` | named bridges pods attach extra interfaces to (`Pod.networks`), with the node's address on each if given | none |
+//! | `aurae.nic=NAME,MAC,A.B.C.D/N` | (set by the parent for a spawned instance, repeatable) name the NIC with this MAC and give it this address | none |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -42,6 +44,10 @@ pub struct BootConfig {
     pub insecure_registries: Vec<String>,
     /// The data disk (`aurae.data=/dev/vdb`): mounted, it holds the image store.
     pub data_device: Option<std::path::PathBuf>,
+    /// Named bridges for pods' extra interfaces (`aurae.bridges=`).
+    pub bridges: Vec<crate::net::NamedBridge>,
+    /// A spawned instance's extra NICs (`aurae.nic=`, one each).
+    pub nics: Vec<crate::net::Nic>,
 }
 
 /// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
@@ -68,6 +74,8 @@ impl Default for BootConfig {
             images_max_bytes: None,
             insecure_registries: Vec::new(),
             data_device: None,
+            bridges: Vec::new(),
+            nics: Vec::new(),
         }
     }
 }
@@ -149,6 +157,8 @@ impl BootConfig {
                     }
                     _ => Err(not("a size in MiB above 0")),
                 },
+                "bridges" => parse_bridges(val).map(|b| cfg.bridges = b),
+                "nic" => parse_nic(val).map(|n| cfg.nics.push(n)),
                 "vmm" => match val {
                     "0" | "1" => {
                         cfg.vmm = val == "1";
@@ -164,6 +174,49 @@ impl BootConfig {
         }
         (cfg, warnings)
     }
+}
+
+/// `lab0,lab1=192.168.50.1/24`: names unique, addresses optional.
+fn parse_bridges(val: &str) -> Result<Vec<crate::net::NamedBridge>, ValueError> {
+    let expected = "NAME[=A.B.C.D/N],... with distinct interface names";
+    let mut out: Vec<crate::net::NamedBridge> = Vec::new();
+    for item in val.split(',') {
+        let (name, address) = match item.split_once('=') {
+            Some((n, a)) => (n, Some(a.parse()?)),
+            None => (item, None),
+        };
+        if !valid_ifname(name) || out.iter().any(|b| b.name == name) {
+            return Err(ValueError::Not {
+                value: val.into(),
+                expected,
+            });
+        }
+        out.push(crate::net::NamedBridge {
+            name: name.into(),
+            address,
+        });
+    }
+    Ok(out)
+}
+
+/// `eth1,02:41:00:00:00:07,192.168.50.3/24`.
+fn parse_nic(val: &str) -> Result<crate::net::Nic, ValueError> {
+    let not = || ValueError::Not {
+        value: val.into(),
+        expected: "NAME,MAC,A.B.C.D/N",
+    };
+    let mut parts = val.split(',');
+    let (Some(name), Some(mac), Some(addr), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(not());
+    };
+    if !valid_ifname(name) {
+        return Err(not());
+    }
+    Ok(crate::net::Nic {
+        name: name.into(),
+        mac: crate::net::ioctl::parse_mac(mac).ok_or_else(not)?,
+        address: addr.parse()?,
+    })
 }
 
 fn valid_hostname(s: &str) -> bool {
@@ -221,6 +274,36 @@ mod tests {
             let (cfg, w) = BootConfig::parse(&format!("aurae.max_workloads={bad}"));
             assert_eq!(cfg.max_workloads, DEFAULT_MAX_WORKLOADS);
             assert!(w[0].contains("1..=65536"), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn named_bridges_and_nics() {
+        let (cfg, w) = BootConfig::parse(
+            "aurae.bridges=lab0,lab1=192.168.50.1/24 aurae.nic=eth1,02:41:00:00:00:0a,192.168.50.3/24 \
+             aurae.nic=eth2,02:41:00:00:01:00,10.1.0.2/16",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(cfg.bridges.len(), 2);
+        assert_eq!((cfg.bridges[0].name.as_str(), cfg.bridges[0].address), ("lab0", None));
+        assert_eq!(
+            cfg.bridges[1].address.map(|a| a.to_string()).as_deref(),
+            Some("192.168.50.1/24")
+        );
+        assert_eq!(cfg.nics[0].mac, [2, 0x41, 0, 0, 0, 10]);
+        assert_eq!(cfg.nics[1].name, "eth2");
+        assert_eq!(cfg.nics[1].address.to_string(), "10.1.0.2/16");
+        for bad in [
+            "aurae.bridges=a,a",
+            "aurae.bridges=a/b",
+            "aurae.bridges=a=1.2.3.4",
+            "aurae.nic=eth1,02:41:00:00:00,1.2.3.4/24",
+            "aurae.nic=eth1,02:41:00:00:00:0a",
+            "aurae.nic=eth1,02:41:00:00:00:0g,1.2.3.4/24",
+        ] {
+            let (cfg, w) = BootConfig::parse(bad);
+            assert!(cfg.bridges.is_empty() && cfg.nics.is_empty(), "{bad}");
+            assert_eq!(w.len(), 1, "{bad}: {w:?}");
         }
     }
 

@@ -29,6 +29,8 @@ pub struct InitReport {
     pub workloads_cgroup: PathBuf,
     /// The bridge VMs' and instances' TAPs attach to, when bring-up made it.
     pub bridge: Option<(String, cmdline::Ipv4Cidr)>,
+    /// The named bridges (`aurae.bridges=`) bring-up made.
+    pub named_bridges: Vec<crate::net::NamedBridge>,
     /// How this node was spawned, when it is a spawned instance.
     pub spawned_as: Option<crate::pb::IsolationKind>,
     /// `aurae.max_workloads` (None: the default).
@@ -86,10 +88,16 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
         gateway: cfg.gateway,
         bridge: &cfg.bridge,
         bridge_ip: cfg.bridge_ip,
+        named: &cfg.bridges,
+        nics: &cfg.nics,
     });
-    if !net_failures.iter().any(|(step, _)| step.starts_with("bridge")) {
+    if !crate::net::bridge_failed(&cfg.bridge, &net_failures) {
         report.bridge = Some((cfg.bridge.clone(), cfg.bridge_ip));
     }
+    report.named_bridges = (cfg.bridges.iter())
+        .filter(|b| !crate::net::bridge_failed(&b.name, &net_failures))
+        .cloned()
+        .collect();
     for (step, e) in net_failures {
         report.fail(&step, e.to_string());
     }

@@ -15,6 +15,7 @@ const SIOCSIFNETMASK: c_ulong = 0x891C;
 const SIOCBRADDBR: c_ulong = 0x89A0;
 const SIOCBRADDIF: c_ulong = 0x89A2;
 const SIOCGIFINDEX: c_ulong = 0x8933;
+const SIOCSIFNAME: c_ulong = 0x8923;
 /// _IOW('T', 202, int)
 const TUNSETIFF: c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
@@ -29,6 +30,7 @@ union IfrData {
     addr: libc::sockaddr_in,
     flags: libc::c_short,
     index: libc::c_int,
+    newname: [u8; IFNAMSIZ],
     _pad: [u8; 24],
 }
 
@@ -117,6 +119,47 @@ pub fn link_up(name: &str) -> io::Result<()> {
     let flags = unsafe { req.data.flags };
     req.data.flags = flags | libc::IFF_UP as libc::c_short;
     ioctl(SIOCSIFFLAGS, &mut req, &format!("bring {name} up"))
+}
+
+/// Renames an interface (it must be down).
+pub fn rename(name: &str, new: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.data.newname = ifname(new)?;
+    ioctl(SIOCSIFNAME, &mut req, &format!("rename {name} to {new}"))
+}
+
+/// The interface with this MAC address, from /sys/class/net.
+pub fn find_by_mac(mac: [u8; 6]) -> io::Result<String> {
+    let want = format_mac(mac);
+    for e in std::fs::read_dir("/sys/class/net")?.flatten() {
+        let addr = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
+        if addr.trim().eq_ignore_ascii_case(&want) {
+            return Ok(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no interface has MAC {want}"),
+    ))
+}
+
+/// `02:41:00:00:00:07`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The inverse of `format_mac`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// Assigns an IPv4 address and netmask to an interface.

@@ -12,13 +12,34 @@ pub mod proxy;
 pub use cidr::Ipv4Cidr;
 use std::net::Ipv4Addr;
 
-/// The node's network at boot: the uplink and the bridge for instances' TAPs.
+/// A named node bridge (`aurae.bridges=`): pods attach extra interfaces to it
+/// (`Pod.networks`). Nothing routes between it and the node's other networks; with an
+/// address the node itself is on it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBridge {
+    pub name: String,
+    pub address: Option<Ipv4Cidr>,
+}
+
+/// A spawned instance's extra NIC (`aurae.nic=`): the interface with `mac` is renamed
+/// `name` and given `address`, with no route beyond its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Cidr,
+}
+
+/// The node's network at boot: the uplink, the bridge for instances' TAPs, the named
+/// bridges, and (in a spawned instance) the extra NICs.
 pub struct Plan<'a> {
     pub iface: &'a str,
     pub ip: Option<Ipv4Cidr>,
     pub gateway: Option<Ipv4Addr>,
     pub bridge: &'a str,
     pub bridge_ip: Ipv4Cidr,
+    pub named: &'a [NamedBridge],
+    pub nics: &'a [Nic],
 }
 
 /// Brings the network up; returns (step, error) for each step that failed.
@@ -48,5 +69,45 @@ pub fn bring_up(cfg: &Plan<'_>) -> Vec<(String, String)> {
         ioctl::set_ipv4(cfg.bridge, cfg.bridge_ip.addr, cfg.bridge_ip.prefix),
     );
     step(format!("bridge {} up", cfg.bridge), ioctl::link_up(cfg.bridge));
+    for b in cfg.named {
+        if b.name == cfg.bridge || b.name == cfg.iface {
+            step(
+                format!("bridge {}", b.name),
+                Err(std::io::Error::other(
+                    "the name is the uplink's or the instances' bridge's",
+                )),
+            );
+            continue;
+        }
+        let made = ioctl::create_bridge(&b.name)
+            .and_then(|()| match b.address {
+                Some(a) => ioctl::set_ipv4(&b.name, a.addr, a.prefix),
+                None => Ok(()),
+            })
+            .and_then(|()| ioctl::link_up(&b.name));
+        let what = b.address.map(|a| format!(" address {a}")).unwrap_or_default();
+        step(format!("bridge {}{what}", b.name), made);
+    }
+    for n in cfg.nics {
+        step(format!("{} address {}", n.name, n.address), nic_up(n));
+    }
     failures
+}
+
+/// Finds the NIC by its MAC, names it, addresses it and brings it up.
+fn nic_up(n: &Nic) -> std::io::Result<()> {
+    let found = ioctl::find_by_mac(n.mac)?;
+    if found != n.name {
+        ioctl::rename(&found, &n.name)?;
+    }
+    ioctl::set_ipv4(&n.name, n.address.addr, n.address.prefix)?;
+    ioctl::link_up(&n.name)
+}
+
+/// Whether a step of bridge `name` is among the failures `bring_up` returned.
+pub fn bridge_failed(name: &str, failures: &[(String, String)]) -> bool {
+    let step = format!("net: bridge {name}");
+    failures
+        .iter()
+        .any(|(s, _)| s == &step || s.strip_prefix(&step).is_some_and(|r| r.starts_with(' ')))
 }

@@ -79,6 +79,8 @@ pub struct PodSpec {
     pub isolation: Option<IsolationKind>,
     /// How long RunPod may take, the instance's boot included.
     pub ready_within: Duration,
+    /// Extra interfaces on named node bridges (eth1, ...).
+    pub networks: Vec<crate::runtime::NetAttachment>,
 }
 
 /// The instance a pod needs: (vCPUs, memory bytes in whole MiB).
@@ -275,6 +277,7 @@ mod tests {
             memory_bytes: None,
             isolation: None,
             ready_within: Duration::from_secs(1),
+            networks: vec![],
         };
         assert_eq!(size(&spec), (2, (64 + 128 + 96) * MIB));
         spec.containers = vec![c(None, Some(MIB + 1))];

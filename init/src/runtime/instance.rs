@@ -10,7 +10,7 @@ use super::error::{Result, RuntimeError};
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::process::Process;
-use super::spec::{Confinement, Isolation, Resources, VmSpec};
+use super::spec::{Confinement, Isolation, NetAttachment, Resources, VmSpec, MAX_ATTACHMENTS};
 use super::vm::{VirtualMachine, VmView};
 use super::{Phase, Runtime};
 pub use crate::spawn::identity::SpawnIdentity;
@@ -42,6 +42,8 @@ pub struct InstanceSpec {
     pub svid_ttl: Duration,
     /// How long Spawn may wait for the child to serve (from the caller's deadline).
     pub serving_within: Duration,
+    /// Extra interfaces on named node bridges: eth1, eth2, ... in this order.
+    pub attachments: Vec<NetAttachment>,
 }
 
 /// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
@@ -114,8 +116,10 @@ pub struct Instance {
     host: u8,
     /// The child's image (VM) or PKI directory (cell): it holds the child's keys.
     files: PathBuf,
-    /// The host end of a cell child's veth, removed at Free.
-    veth: Option<String>,
+    /// The host ends of a cell child's veths (eth0's first), removed at Free.
+    veths: Vec<String>,
+    /// Its extra interfaces (eth1, ...), whose addresses it holds on their bridges.
+    pub attachments: Vec<NetAttachment>,
     stop_requested: AtomicBool,
     /// Every certificate this node issued the child (SVID and spawn CA, each renewal's
     /// too), DER: revoked when it is freed.
@@ -210,6 +214,8 @@ pub struct InstanceView {
     pub vm: Option<VmView>,
     /// The child auraed's pid on this node (the VMM's for a VM).
     pub pid: u32,
+    /// Its extra interfaces: eth1, ... in order.
+    pub attachments: Vec<NetAttachment>,
 }
 
 impl Instance {
@@ -218,6 +224,7 @@ impl Instance {
             name: self.name.to_string(),
             address: self.address.to_string(),
             spiffe_id: self.spiffe_id.clone(),
+            attachments: self.attachments.clone(),
             ..Default::default()
         };
         match &self.body {
@@ -315,24 +322,78 @@ impl Runtime {
             }
         };
         let deadline = tokio::time::Instant::now() + spec.serving_within;
-        let host = self.take_host()?;
+        self.take_attachments(spec, subnet)?;
+        let host = match self.take_host() {
+            Ok(h) => h,
+            Err(e) => {
+                self.give_back(spec.name.as_str(), &spec.attachments, None);
+                return Err(e);
+            }
+        };
         // A node too deep to have children says so here; the host number goes back below.
         let result = match addressing::child_net(subnet, host) {
             Ok(net) => self.spawn_on(spec, isolation, &id, &bridge, net, host, deadline).await,
             Err(e) => Err(SpawnError::from(e).into()),
         };
         if result.is_err() {
-            self.table().hosts.remove(&host);
+            self.give_back(spec.name.as_str(), &spec.attachments, Some(host));
         }
         result
     }
 
-    /// Removes an ended child's files, veth and address (its VM or cell too).
+    /// Removes an ended child's files, veths and addresses (its VM or cell too).
     pub(super) async fn release_instance(&self, i: &Instance) {
         if let Err(e) = self.discard_instance(i).await {
             tracing::warn!("instance {}: {e}", i.name);
         }
-        self.table().hosts.remove(&i.host);
+        self.give_back(i.name.as_str(), &i.attachments, Some(i.host));
+    }
+
+    /// Checks an instance's extra interfaces against the node's named bridges and takes
+    /// their addresses (`give_back` returns them).
+    fn take_attachments(&self, spec: &InstanceSpec, own: crate::net::Ipv4Cidr) -> Result<()> {
+        let list = &spec.attachments;
+        if list.len() > MAX_ATTACHMENTS {
+            return Err(RuntimeError::invalid(
+                "networks",
+                format!(
+                    "{} interfaces asked for; a pod has at most {MAX_ATTACHMENTS} beside eth0 (eth1..=eth{MAX_ATTACHMENTS})",
+                    list.len()
+                ),
+            ));
+        }
+        for i in 0..list.len() {
+            check_attachment(&self.named_bridges, own, list, i)?;
+        }
+        let mut t = self.table();
+        for (i, a) in list.iter().enumerate() {
+            if let Some(owner) = t.attached.get(&(a.bridge.clone(), a.address.addr)) {
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "networks[{i}].address: {} on bridge {} is taken by '{owner}'; choose another address",
+                    a.address.addr, a.bridge
+                )));
+            }
+        }
+        for a in list {
+            t.attached
+                .insert((a.bridge.clone(), a.address.addr), spec.name.to_string());
+        }
+        Ok(())
+    }
+
+    /// Returns an instance's addresses: its host number on the bridge and what it held on
+    /// named bridges.
+    fn give_back(&self, name: &str, attachments: &[NetAttachment], host: Option<u8>) {
+        let mut t = self.table();
+        for a in attachments {
+            let key = (a.bridge.clone(), a.address.addr);
+            if t.attached.get(&key).is_some_and(|o| o == name) {
+                t.attached.remove(&key);
+            }
+        }
+        if let Some(h) = host {
+            t.hosts.remove(&h);
+        }
     }
 
     fn take_host(&self) -> Result<u8> {
@@ -367,11 +428,11 @@ impl Runtime {
             spec.name,
             net.ip
         );
-        let (body, files, veth) = match isolation {
+        let (body, files, veths) = match isolation {
             IsolationKind::Vm => {
                 let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
                 crate::spawn::image::write(&image, &pki)?;
-                let cmdline = format!(
+                let mut cmdline = format!(
                     "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={}/24 aurae.gw={} aurae.bridge_ip={}",
                     crate::vmm::DEFAULT_VM_CMDLINE,
                     spec.name,
@@ -379,6 +440,14 @@ impl Runtime {
                     net.gateway,
                     net.bridge
                 );
+                // The child names each extra NIC by its MAC (`net::Nic`).
+                let mut extra_nics = Vec::new();
+                for (k, a) in spec.attachments.iter().enumerate() {
+                    let (_, mac) = self.next_tap();
+                    let mac_text = crate::net::ioctl::format_mac(mac);
+                    cmdline.push_str(&format!(" aurae.nic=eth{},{mac_text},{}", k + 1, a.address));
+                    extra_nics.push((a.bridge.clone(), mac));
+                }
                 let vm_spec = VmSpec {
                     name: spec.name.clone(),
                     kernel: crate::vmm::NODE_KERNEL.into(),
@@ -387,12 +456,13 @@ impl Runtime {
                     vcpus: spec.vcpus,
                     memory_bytes: spec.memory_bytes,
                     network: true,
+                    extra_nics,
                     disks: Vec::new(),
                     resources: Resources::default(),
                     ready_within: deadline.saturating_duration_since(tokio::time::Instant::now()),
                 };
                 match self.boot_vm(vm_spec, false).await {
-                    Ok(vm) => (Body::Vm(vm), image, None),
+                    Ok(vm) => (Body::Vm(vm), image, Vec::new()),
                     Err(e) => {
                         let _ = std::fs::remove_file(&image);
                         return Err(e);
@@ -403,7 +473,7 @@ impl Runtime {
                 let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
                 crate::spawn::image::write_pki_dir(&dir, &pki)?;
                 match self.start_cell_child(spec, &dir, bridge, net).await {
-                    Ok((e, veth)) => (Body::Cell(e), dir, Some(veth)),
+                    Ok((e, veths)) => (Body::Cell(e), dir, veths),
                     Err(e) => {
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e);
@@ -419,7 +489,8 @@ impl Runtime {
             channel,
             host,
             files,
-            veth,
+            veths,
+            attachments: spec.attachments.clone(),
             stop_requested: AtomicBool::new(false),
             issued: Default::default(),
             svid_ttl: spec.svid_ttl,
@@ -441,15 +512,15 @@ impl Runtime {
     }
 
     /// The cell fallback: the child auraed as a daemon in a private cell with every
-    /// namespace new, and a veth pair from the bridge to its eth0; returns the child and the
-    /// veth's host end.
+    /// namespace new, a veth pair from the bridge to its eth0 and one from each attachment's
+    /// bridge to eth1, ...; returns the child and the veths' host ends.
     async fn start_cell_child(
         &self,
         spec: &InstanceSpec,
         pki_dir: &std::path::Path,
         bridge: &str,
         net: addressing::ChildNet,
-    ) -> Result<(Arc<Process>, String)> {
+    ) -> Result<(Arc<Process>, Vec<String>)> {
         let argv = vec![
             "auraed".into(),
             "daemon".into(),
@@ -482,23 +553,58 @@ impl Runtime {
                 vec![pki_dir.to_owned()],
             )
             .await?;
-        let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let host_end = format!("aveth{n}");
+        let mut veths = Vec::new();
         let plumbed = match e.own_cell_holder_pid() {
             None => Err(RuntimeError::Precondition(
                 "the child's cell has no holder to take its network namespace from".into(),
             )),
-            Some(pid) => crate::spawn::veth::plumb(&host_end, pid, bridge, net.ip, net.gateway)
-                .await
-                .map_err(RuntimeError::from),
+            Some(pid) => self.plumb_cell_child(spec, pid, bridge, net, &mut veths).await,
         };
         if let Err(err) = plumbed {
             e.stop(libc::SIGKILL, Duration::ZERO).await;
             let _ = self.discard_process(&e, spec.name.as_str()).await;
-            let _ = crate::spawn::veth::remove(&host_end);
+            for v in &veths {
+                let _ = crate::spawn::veth::remove(v);
+            }
             return Err(err);
         }
-        Ok((e, host_end))
+        Ok((e, veths))
+    }
+
+    /// eth0 on the bridge, then each attachment; `veths` gets each host end as it is made.
+    async fn plumb_cell_child(
+        &self,
+        spec: &InstanceSpec,
+        holder: i32,
+        bridge: &str,
+        net: addressing::ChildNet,
+        veths: &mut Vec<String>,
+    ) -> Result<()> {
+        use crate::spawn::veth::{plumb, Inside};
+        let eth0 = Inside {
+            name: "eth0",
+            address: crate::net::Ipv4Cidr {
+                addr: net.ip,
+                prefix: 24,
+            },
+            gateway: Some(net.gateway),
+        };
+        let mut wanted = vec![(bridge.to_owned(), "eth0".to_owned(), eth0.address, eth0.gateway)];
+        for (k, a) in spec.attachments.iter().enumerate() {
+            wanted.push((a.bridge.clone(), format!("eth{}", k + 1), a.address, None));
+        }
+        for (on, name, address, gateway) in wanted {
+            let (n, _) = self.next_tap();
+            let host_end = format!("aveth{n}");
+            veths.push(host_end.clone());
+            let inside = Inside {
+                name: &name,
+                address,
+                gateway,
+            };
+            plumb(&host_end, holder, &on, inside).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn kill_instance(&self, i: &Instance) {
@@ -517,7 +623,7 @@ impl Runtime {
             Body::Vm(vm) => self.discard_vm(vm).await?,
             Body::Cell(e) => self.discard_process(e, i.name.as_str()).await?,
         }
-        if let Some(veth) = &i.veth {
+        for veth in &i.veths {
             if let Err(e) = crate::spawn::veth::remove(veth) {
                 tracing::warn!("instance {}: {e}", i.name);
             }
@@ -554,9 +660,139 @@ impl Runtime {
             )));
         }
         self.discard_instance(i).await?;
-        let mut t = self.table();
-        t.remove::<Instance>(name.as_str());
-        t.hosts.remove(&i.host);
+        self.table().remove::<Instance>(name.as_str());
+        self.give_back(name.as_str(), &i.attachments, Some(i.host));
         Ok(())
+    }
+}
+
+/// Checks attachment `i` of `list`: its bridge is one of the node's named bridges, and
+/// once in the list; its address is a host address, in the bridge's subnet when the node
+/// has an address there, and apart from `own` (the instances' bridge, where eth0 is).
+fn check_attachment(
+    bridges: &[crate::net::NamedBridge],
+    own: crate::net::Ipv4Cidr,
+    list: &[NetAttachment],
+    i: usize,
+) -> Result<()> {
+    let a = &list[i];
+    let field = |f: &str| format!("networks[{i}].{f}");
+    let Some(b) = bridges.iter().find(|b| b.name == a.bridge) else {
+        let known = if bridges.is_empty() {
+            "it has none (name them with aurae.bridges= on the node's kernel command line)".to_owned()
+        } else {
+            let names: Vec<&str> = bridges.iter().map(|b| b.name.as_str()).collect();
+            format!("its bridges for pods are {}", names.join(", "))
+        };
+        return Err(RuntimeError::invalid(
+            field("bridge"),
+            format!("this node has no bridge '{}' to attach to; {known}", a.bridge),
+        ));
+    };
+    if let Some(j) = list[..i].iter().position(|x| x.bridge == a.bridge) {
+        return Err(RuntimeError::invalid(
+            field("bridge"),
+            format!(
+                "networks[{j}] is on bridge '{}' already; one interface per bridge",
+                a.bridge
+            ),
+        ));
+    }
+    let ip = a.address;
+    let bad = |why: String| Err(RuntimeError::invalid(field("address"), format!("'{ip}' {why}")));
+    if !(8..=30).contains(&ip.prefix) {
+        return bad("has a prefix outside /8../30".into());
+    }
+    let mask = |p: u8| u32::MAX << (32 - u32::from(p));
+    let host = u32::from(ip.addr) & !mask(ip.prefix);
+    if host == 0 || host == !mask(ip.prefix) {
+        return bad("is its subnet's network or broadcast address; give a host address".into());
+    }
+    if ip.addr.is_loopback() || ip.addr.is_multicast() || ip.addr.is_link_local() {
+        return bad("is a loopback, multicast or link-local address".into());
+    }
+    let shorter = ip.prefix.min(own.prefix);
+    if u32::from(ip.addr) & mask(shorter) == u32::from(own.addr) & mask(shorter) {
+        return bad(format!(
+            "overlaps the subnet of the pod's eth0 ({}/{}); choose a subnet apart from it",
+            std::net::Ipv4Addr::from(u32::from(own.addr) & mask(own.prefix)),
+            own.prefix
+        ));
+    }
+    if let Some(node) = b.address {
+        let net = |c: crate::net::Ipv4Cidr| u32::from(c.addr) & mask(c.prefix);
+        if ip.prefix != node.prefix || net(ip) != net(node) {
+            return bad(format!(
+                "is not in bridge {}'s subnet {}/{}",
+                b.name,
+                std::net::Ipv4Addr::from(net(node)),
+                node.prefix
+            ));
+        }
+        if ip.addr == node.addr {
+            return bad(format!("is the node's own address on bridge {}", b.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Ipv4Cidr, NamedBridge};
+
+    fn att(bridge: &str, address: &str) -> NetAttachment {
+        NetAttachment {
+            bridge: bridge.into(),
+            address: address.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn attachments_are_checked_against_the_node_bridges() {
+        let bridges = [
+            NamedBridge {
+                name: "lab0".into(),
+                address: None,
+            },
+            NamedBridge {
+                name: "lab1".into(),
+                address: Some("192.168.60.1/24".parse().unwrap()),
+            },
+        ];
+        let own: Ipv4Cidr = "10.254.0.1/24".parse().unwrap();
+        let check = |list: &[NetAttachment], i| check_attachment(&bridges, own, list, i).map_err(|e| e.to_string());
+        assert!(check(&[att("lab0", "192.168.50.2/24")], 0).is_ok());
+        assert!(check(&[att("lab1", "192.168.60.9/24")], 0).is_ok());
+        for (list, i, want) in [
+            (vec![att("aurae0", "192.168.50.2/24")], 0, "networks[0].bridge"),
+            (vec![att("nope", "192.168.50.2/24")], 0, "lab0, lab1"),
+            (
+                vec![att("lab0", "192.168.50.2/24"), att("lab0", "192.168.50.3/24")],
+                1,
+                "networks[0] is on bridge 'lab0'",
+            ),
+            (vec![att("lab0", "192.168.50.0/24")], 0, "network or broadcast"),
+            (vec![att("lab0", "192.168.50.255/24")], 0, "network or broadcast"),
+            (vec![att("lab0", "192.168.50.2/32")], 0, "/8../30"),
+            (vec![att("lab0", "127.0.0.2/8")], 0, "loopback"),
+            (
+                vec![att("lab0", "10.254.0.7/24")],
+                0,
+                "overlaps the subnet of the pod's eth0 (10.254.0.0/24)",
+            ),
+            (vec![att("lab0", "10.1.0.7/8")], 0, "overlaps"),
+            (
+                vec![att("lab1", "192.168.61.2/24")],
+                0,
+                "not in bridge lab1's subnet 192.168.60.0/24",
+            ),
+            (vec![att("lab1", "192.168.60.1/24")], 0, "the node's own address"),
+        ] {
+            let e = check(&list, i).unwrap_err();
+            assert!(e.contains(want), "{e} (wanted {want})");
+        }
+        let none = check_attachment(&[], own, &[att("lab0", "192.168.50.2/24")], 0).unwrap_err();
+        assert!(none.to_string().contains("aurae.bridges="), "{none}");
     }
 }

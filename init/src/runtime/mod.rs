@@ -44,6 +44,7 @@ use table::{Table, Workload};
 pub use cell::{Cell, CellView};
 pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
 pub use process::{ExecView, Process};
+pub use spec::NetAttachment;
 pub use vm::VmView;
 
 /// Where a workload is in its life.
@@ -94,6 +95,8 @@ pub struct Runtime {
     sys: Arc<dyn Launcher>,
     /// The bridge for VM TAPs and its subnet, when the node has one.
     bridge: Option<(String, crate::net::Ipv4Cidr)>,
+    /// The named bridges (`aurae.bridges=`) instances' extra interfaces attach to.
+    named_bridges: Vec<crate::net::NamedBridge>,
     /// TAP/MAC numbers handed out so far.
     taps: std::sync::atomic::AtomicU32,
     /// VMM uids handed out so far (see `vm::VMM_UID_BASE`).
@@ -147,6 +150,7 @@ impl Runtime {
             table: Mutex::new(Table::default()),
             sys: Arc::new(SysLauncher),
             bridge: None,
+            named_bridges: Vec::new(),
             taps: std::sync::atomic::AtomicU32::new(0),
             vmm_uids: std::sync::atomic::AtomicU32::new(0),
             userns_ranges: std::sync::atomic::AtomicU32::new(0),
@@ -189,6 +193,10 @@ impl Runtime {
 
     pub fn set_bridge(&mut self, bridge: Option<(String, crate::net::Ipv4Cidr)>) {
         self.bridge = bridge;
+    }
+
+    pub fn set_named_bridges(&mut self, bridges: Vec<crate::net::NamedBridge>) {
+        self.named_bridges = bridges;
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {

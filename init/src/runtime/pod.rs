@@ -85,6 +85,8 @@ pub struct PodView {
     pub instance: Option<InstanceView>,
     pub restart: pod::RestartPolicy,
     pub created_unix_nanos: i64,
+    /// Its extra interfaces: eth1, ... in order.
+    pub networks: Vec<super::NetAttachment>,
 }
 
 fn refused(what: &str, s: tonic::Status) -> RuntimeError {
@@ -199,6 +201,7 @@ impl Pod {
             instance,
             restart: self.spec.restart,
             created_unix_nanos: self.created_unix_nanos,
+            networks: self.spec.networks.clone(),
         }
     }
 }
@@ -317,6 +320,7 @@ impl Runtime {
             memory_bytes: memory,
             svid_ttl: Duration::from_secs(3600),
             serving_within: left(),
+            attachments: p.spec.networks.clone(),
         };
         let i = self.spawn_instance(&ispec).await?;
         let _ = p.instance.set(i.clone());

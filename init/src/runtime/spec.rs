@@ -157,8 +157,10 @@ pub struct VmSpec {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
-    /// A virtio-net NIC on a TAP on the node's bridge.
+    /// A virtio-net NIC on a TAP on the node's bridge (the guest's eth0).
     pub network: bool,
+    /// More NICs, after eth0: each on a TAP on a named node bridge, with this MAC.
+    pub extra_nics: Vec<(String, [u8; 6])>,
     /// Raw disk images, as virtio-blk devices in this order.
     pub disks: Vec<DiskSpec>,
     /// Limits for the VM's own cell.
@@ -167,6 +169,18 @@ pub struct VmSpec {
     /// `server::deadline`).
     pub ready_within: std::time::Duration,
 }
+
+/// An extra interface of an instance (and so of a pod): `ethN` (N from 1, in order) on a
+/// named node bridge (`aurae.bridges=`), with a static address and no route beyond its
+/// subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetAttachment {
+    pub bridge: String,
+    pub address: crate::net::Ipv4Cidr,
+}
+
+/// The most attachments one instance has (eth1..=eth4).
+pub const MAX_ATTACHMENTS: usize = 4;
 
 #[cfg(test)]
 mod tests {

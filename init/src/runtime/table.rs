@@ -112,6 +112,8 @@ pub(crate) struct Table {
     entries: BTreeMap<(Kind, String), Workload>,
     /// Host numbers on the bridge taken by instances.
     pub hosts: BTreeSet<u8>,
+    /// Addresses on named bridges taken by instances' extra interfaces, with the instance.
+    pub attached: BTreeMap<(String, std::net::Ipv4Addr), String>,
     /// At most this many entries (`aurae.max_workloads`): each holds memory (status, logs)
     /// until it is freed, so their number is bounded.
     pub max: usize,
@@ -122,6 +124,7 @@ impl Default for Table {
         Table {
             entries: BTreeMap::new(),
             hosts: BTreeSet::new(),
+            attached: BTreeMap::new(),
             max: crate::init::cmdline::DEFAULT_MAX_WORKLOADS,
         }
     }

@@ -252,6 +252,14 @@ fn make_tap(n: &vmm::NetConfig) -> Result<std::os::fd::OwnedFd> {
 }
 
 impl Runtime {
+    /// A new TAP (or veth) number, and the MAC of a NIC on it: locally administered,
+    /// unicast, 02:41 ("A") then the number.
+    pub(super) fn next_tap(&self) -> (u32, [u8; 6]) {
+        let n = self.taps.fetch_add(1, Ordering::Relaxed);
+        let b = n.to_be_bytes();
+        (n, [0x02, 0x41, b[0], b[1], b[2], b[3]])
+    }
+
     /// Boots a VM; returns once its vCPUs run, or with why they do not. On failure nothing
     /// is left behind.
     pub async fn run_vm(&self, spec: VmSpec) -> Result<VmView> {
@@ -301,30 +309,38 @@ impl Runtime {
         if listed {
             self.table().vacant::<VirtualMachine>(spec.name.as_str())?;
         }
-        let net = match (&self.bridge, spec.network) {
-            (_, false) => None,
+        let mut nets = Vec::new();
+        match (&self.bridge, spec.network) {
+            (_, false) => {}
             (None, true) => {
                 return Err(RuntimeError::Precondition(
                     "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)".into(),
                 ))
             }
             (Some((bridge, _)), true) => {
-                let n = self.taps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let b = n.to_be_bytes();
-                Some(vmm::NetConfig {
+                let (n, mac) = self.next_tap();
+                nets.push(vmm::NetConfig {
                     tap: format!("atap{n}"),
                     bridge: bridge.clone(),
-                    // Locally administered, unicast: 02:41 ("A") then the TAP number.
-                    mac: [0x02, 0x41, b[0], b[1], b[2], b[3]],
-                })
+                    mac,
+                });
             }
         };
-        let tap = net.as_ref().map(|n| n.tap.clone());
-        let tap_fd = net.as_ref().map(make_tap).transpose()?;
+        for (bridge, mac) in &spec.extra_nics {
+            let (n, _) = self.next_tap();
+            nets.push(vmm::NetConfig {
+                tap: format!("atap{n}"),
+                bridge: bridge.clone(),
+                mac: *mac,
+            });
+        }
+        let tap = spec.network.then(|| nets.first().map(|n| n.tap.clone())).flatten();
+        // Each TAP lives as long as its descriptor: one not made drops those made before.
+        let tap_fds = nets.iter().map(make_tap).collect::<Result<Vec<_>>>()?;
         let uid = VMM_UID_BASE + self.vmm_uids.fetch_add(1, Ordering::Relaxed) % VMM_UIDS;
         let config = VmConfig {
             jail_uid: uid,
-            net,
+            nets,
             disks: spec
                 .disks
                 .iter()
@@ -386,7 +402,7 @@ impl Runtime {
             kernel: opened.kernel.into(),
             initramfs: opened.initramfs.map(Into::into),
             disks: opened.disks.into_iter().map(Into::into).collect(),
-            tap: tap_fd,
+            taps: tap_fds,
         };
         if let Err(e) = vmm::protocol::send_config(&ours, &config, files) {
             vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;

@@ -12,7 +12,7 @@ use crate::runtime::error::RuntimeError;
 use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{
-    CellSpec, Confinement, DiskSpec, ExecutableSpec, ImageRoot, IoMax, Isolation, Resources, VmSpec,
+    CellSpec, Confinement, DiskSpec, ExecutableSpec, ImageRoot, IoMax, Isolation, NetAttachment, Resources, VmSpec,
 };
 use crate::runtime::volume::{VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
 use crate::runtime::{CellView, ExecView, InstanceSpec, InstanceView, Kind, Phase, VmView};
@@ -672,6 +672,7 @@ pub fn virtual_machine(v: pb::VirtualMachine, caller: Option<Duration>) -> Resul
         vcpus: vcpus as u8,
         memory_bytes,
         network: v.network,
+        extra_nics: Vec::new(),
         disks,
         resources: resources(v.resources)?,
         ready_within: wait_budget(millis(v.ready_timeout_millis), caller, DEFAULT_VM_READY),
@@ -861,7 +862,50 @@ pub fn instance_status(v: InstanceView) -> pb::InstanceStatus {
         error: v.error,
         vm: v.vm.map(vm_status),
         pid: v.pid,
+        networks: network_status(&v.attachments),
     }
+}
+
+/// Attachments as status: each with its interface in the instance (eth1, ...).
+pub fn network_status(list: &[NetAttachment]) -> Vec<pb::NetworkAttachment> {
+    (list.iter().enumerate())
+        .map(|(k, a)| pb::NetworkAttachment {
+            bridge: a.bridge.clone(),
+            address: a.address.to_string(),
+            interface: format!("eth{}", k + 1),
+        })
+        .collect()
+}
+
+/// A Spawn's or a pod's `networks`: each a bridge name and an address; whether the node
+/// has that bridge and the address is free is the runtime's to say.
+pub fn attachments(list: &[pb::NetworkAttachment]) -> Result<Vec<NetAttachment>, RuntimeError> {
+    (list.iter().enumerate())
+        .map(|(i, a)| {
+            if a.bridge.is_empty() {
+                return Err(invalid(
+                    format!("networks[{i}].bridge"),
+                    "empty; name one of the node's bridges (aer node info lists them)",
+                ));
+            }
+            if !a.interface.is_empty() {
+                return Err(invalid(
+                    format!("networks[{i}].interface"),
+                    "is set by the node (eth1, eth2, ... in order); leave it empty",
+                ));
+            }
+            let address = a.address.parse().map_err(|e| {
+                invalid(
+                    format!("networks[{i}].address"),
+                    format!("{e}; give the interface's address with its prefix, e.g. 192.168.50.2/24"),
+                )
+            })?;
+            Ok(NetAttachment {
+                bridge: a.bridge.clone(),
+                address,
+            })
+        })
+        .collect()
 }
 
 const MAX_SVID_TTL: u32 = 30 * 86400;
@@ -912,6 +956,7 @@ pub fn instance(i: pb::Instance, caller: Option<Duration>) -> Result<InstanceSpe
         memory_bytes: vm.memory_bytes,
         svid_ttl: Duration::from_secs(u64::from(ttl)),
         serving_within: wait_budget(millis(i.serving_timeout_millis), caller, DEFAULT_SPAWN_SERVING),
+        attachments: attachments(&i.networks)?,
     })
 }
 

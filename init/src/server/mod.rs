@@ -164,6 +164,12 @@ impl NodeContext {
                     )
                 })
                 .unwrap_or_default(),
+            bridges: (self.report.named_bridges.iter())
+                .map(|b| match b.address {
+                    Some(a) => format!("{}={a}", b.name),
+                    None => b.name.clone(),
+                })
+                .collect(),
         }
     }
 }

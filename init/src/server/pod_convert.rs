@@ -206,6 +206,7 @@ pub fn pod(p: pb::Pod, caller: Option<Duration>) -> Result<PodSpec, RuntimeError
         memory_bytes: memory,
         isolation,
         ready_within: super::deadline::wait_budget(stated, caller, READY_DEFAULT),
+        networks: super::convert::attachments(&p.networks)?,
     })
 }
 
@@ -276,6 +277,7 @@ pub fn pod_status(v: PodView) -> pb::PodStatus {
             RestartPolicy::Never => pb::RestartPolicy::Never,
         } as i32,
         created_at_unix_nanos: v.created_unix_nanos,
+        networks: super::convert::network_status(&v.networks),
     }
 }
 

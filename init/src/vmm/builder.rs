@@ -48,11 +48,12 @@ pub(super) fn run(
     };
     // Threads start only once the jail is complete (see below).
     let mut threads: Vec<Thread> = Vec::new();
-    if let (Some(n), Some(tap)) = (&cfg.net, files.tap) {
+    // NICs first, in order, so the guest names them eth0, eth1, ... as `cfg.nets` lists them.
+    for (i, (n, tap)) in cfg.nets.iter().zip(files.taps).enumerate() {
         let irq = irq_for(&vm, mmio.len())?;
         let dev = virtio_net::VirtioNet::new(mem.clone(), tap, n.mac, irq)?;
         let rx = dev.clone();
-        threads.push(("net-rx".into(), jail::Kind::NetRx, Box::new(move || rx.rx_loop())));
+        threads.push((format!("net-rx{i}"), jail::Kind::NetRx, Box::new(move || rx.rx_loop())));
         mmio.push(dev);
     }
     for (i, (d, file)) in cfg.disks.iter().zip(files.disks).enumerate() {
@@ -169,10 +170,10 @@ pub(super) fn run(
         "aurae-vmm: guest running: {} vCPUs, {} MiB{}",
         cfg.vcpus,
         cfg.memory_bytes >> 20,
-        cfg.net
-            .as_ref()
+        cfg.nets
+            .iter()
             .map(|n| format!(", virtio-net on TAP {} (bridge {})", n.tap, n.bridge))
-            .unwrap_or_default()
+            .collect::<String>()
     );
     let end = end_rx.recv().unwrap_or(Err(vcpu::VcpuError::AllGone));
     if let Ok(mut b) = bus.lock() {

@@ -49,8 +49,10 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_bytes: u64,
-    /// virtio-net backed by this TAP (made by the runtime, gone with the VMM), on `bridge`.
-    pub net: Option<NetConfig>,
+    /// virtio-net NICs, in order (eth0, eth1, ... in the guest), each backed by a TAP
+    /// (made by the runtime, gone with the VMM) on its bridge.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// virtio-blk disks, in order (/dev/vda, vdb, ... in the guest).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
@@ -134,7 +136,7 @@ pub fn main(_args: &[String]) -> ! {
         let e = protocol::Event::Ready {
             vcpus,
             memory_bytes: cfg.memory_bytes,
-            tap: cfg.net.as_ref().map(|n| n.tap.clone()),
+            tap: cfg.nets.first().map(|n| n.tap.clone()),
         };
         ready_w.write_all(&protocol::encode(&e))
     };

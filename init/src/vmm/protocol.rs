@@ -70,12 +70,12 @@ pub struct VmFiles {
     pub initramfs: Option<OwnedFd>,
     /// In the order of `VmConfig::disks`.
     pub disks: Vec<OwnedFd>,
-    /// The TAP, already on the bridge and up (`VmConfig::net`).
-    pub tap: Option<OwnedFd>,
+    /// The TAPs, already on their bridges and up, in the order of `VmConfig::nets`.
+    pub taps: Vec<OwnedFd>,
 }
 
-/// The most files one configuration carries: /dev/kvm, kernel, initramfs, a TAP and the
-/// disks (the runtime allows at most 16).
+/// The most files one configuration carries: /dev/kvm, kernel, initramfs, the TAPs (at
+/// most 5: eth0 and 4 attachments) and the disks (the runtime allows at most 16).
 const MAX_FILES: usize = 32;
 
 impl VmFiles {
@@ -83,13 +83,13 @@ impl VmFiles {
         let mut v = vec![self.kvm, self.kernel];
         v.extend(self.initramfs);
         v.extend(self.disks);
-        v.extend(self.tap);
+        v.extend(self.taps);
         v
     }
 
     /// The files in the order `into_vec` put them, as `cfg` says which are there.
     fn from_vec(cfg: &super::VmConfig, fds: Vec<OwnedFd>) -> Result<VmFiles, String> {
-        let want = 2 + usize::from(cfg.initramfs.is_some()) + cfg.disks.len() + usize::from(cfg.net.is_some());
+        let want = 2 + usize::from(cfg.initramfs.is_some()) + cfg.disks.len() + cfg.nets.len();
         if fds.len() != want {
             return Err(format!(
                 "{} files came with the configuration, {want} expected",
@@ -103,7 +103,7 @@ impl VmFiles {
             kernel: next()?,
             initramfs: cfg.initramfs.as_ref().map(|_| next()).transpose()?,
             disks: cfg.disks.iter().map(|_| next()).collect::<Result<_, _>>()?,
-            tap: cfg.net.as_ref().map(|_| next()).transpose()?,
+            taps: cfg.nets.iter().map(|_| next()).collect::<Result<_, _>>()?,
         })
     }
 }
@@ -204,7 +204,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             vcpus: 1,
             memory_bytes: 64 << 20,
-            net: None,
+            nets: Vec::new(),
             disks: vec![super::super::DiskConfig {
                 path: "/var/a.img".into(),
                 read_only: true,
@@ -224,7 +224,7 @@ mod tests {
             cmdline: "x".repeat(6000),
             vcpus: 1,
             memory_bytes: 64 << 20,
-            net: None,
+            nets: Vec::new(),
             disks: vec![super::super::DiskConfig {
                 path: "d".into(),
                 read_only: false,
@@ -241,7 +241,7 @@ mod tests {
             kernel: file("kernel"),
             initramfs: Some(file("initramfs")),
             disks: vec![file("disk")],
-            tap: None,
+            taps: Vec::new(),
         };
         let (a, b) = UnixStream::pair().unwrap();
         send_config(&a, &c, files).unwrap();
@@ -265,7 +265,7 @@ mod tests {
             kernel: file("kernel"),
             initramfs: None,
             disks: Vec::new(),
-            tap: None,
+            taps: Vec::new(),
         };
         send_config(&a, &c, one).unwrap();
         assert!(recv_config(&b).unwrap_err().contains("2 files came"));
