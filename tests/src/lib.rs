@@ -224,6 +224,13 @@ impl Drop for Appliance {
     /// (it would leave QEMU running as an orphan).
     fn drop(&mut self) {
         stop_runner(&mut self.child);
+        // A test that failed on a live appliance shows what the node said (its last lines).
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(150)..].join("\n");
+            eprintln!("--- the appliance's console, last 150 lines ---\n{tail}\n--- end of console ---");
+        }
     }
 }
 

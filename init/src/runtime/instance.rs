@@ -703,7 +703,8 @@ fn check_attachment(
     if !(8..=30).contains(&ip.prefix) {
         return bad("has a prefix outside /8../30".into());
     }
-    let mask = |p: u8| u32::MAX << (32 - u32::from(p));
+    // A /0 (a node bridge's own address may have one) masks nothing.
+    let mask = |p: u8| u32::MAX.checked_shl(32 - u32::from(p.min(32))).unwrap_or(0);
     let host = u32::from(ip.addr) & !mask(ip.prefix);
     if host == 0 || host == !mask(ip.prefix) {
         return bad("is its subnet's network or broadcast address; give a host address".into());
