@@ -217,6 +217,48 @@ fn boots_on_microvm_too() {
     assert!(st.success(), "QEMU (microvm) exit {st}\n{}", a.console_log());
 }
 
+/// `aurae.ip=dhcp`: the uplink's address and hostname come from a DHCP lease (QEMU's own
+/// DHCP server, naming the node); the API serves on the leased address (the host's forward
+/// reaches 10.0.2.15 only once it is set) and `NodeInfo` shows the lease. (A router in the
+/// lease, and renewal under a short lease: the fleet test's dnsmasq, not done yet.)
+#[test]
+fn the_uplink_takes_its_address_and_hostname_from_dhcp() {
+    let build = appliance_or_skip!();
+    let a = Appliance::boot_with(
+        &build,
+        BOOT_DEADLINE,
+        &[("UPLINK", "aurae.ip=dhcp"), ("DHCP_HOSTNAME", "leased-node")],
+    );
+    rt().block_on(async {
+        let c = aurae_appliance_tests::Client::connect(&a).await;
+        let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
+        assert_eq!(
+            (info.uplink.as_str(), info.uplink_address.as_str()),
+            ("eth0", "10.0.2.15/24"),
+            "{info:?}"
+        );
+        let l = info
+            .dhcp_lease
+            .clone()
+            .unwrap_or_else(|| panic!("no lease shown: {info:?}"));
+        // QEMU's server under restrict=on names no router (nor DNS): the node adds no route.
+        assert_eq!((l.server.as_str(), l.router.as_str()), ("10.0.2.2", ""), "{l:?}");
+        assert!(l.lease_seconds > 0 && l.renew_seconds < l.lease_seconds, "{l:?}");
+        assert_eq!(l.hostname, "leased-node");
+        assert_eq!(info.hostname, "leased-node", "no aurae.hostname: the lease's");
+        let routes = c.on_node("cat /proc/net/route").await;
+        assert!(
+            routes.lines().any(|r| r.starts_with("eth0\t0002000A\t00000000")),
+            "the leased subnet is on eth0: {routes}"
+        );
+        assert!(
+            !routes.lines().any(|r| r.split('\t').nth(1) == Some("00000000")),
+            "no default route without a router in the lease: {routes}"
+        );
+    });
+}
+
 /// `NET=tap`: the runner makes a network namespace with a bridge and a TAP, runs QEMU in it,
 /// and removes it afterwards. The node is reachable there (and only there) over mTLS.
 #[test]

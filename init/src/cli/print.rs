@@ -335,6 +335,13 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "identity_not_after_unix_seconds": i.identity_not_after_unix_seconds,
                 "identity_renewed_unix_seconds": i.identity_renewed_unix_seconds,
                 "identity_note": i.identity_note, "bridges": i.bridges,
+                "uplink": i.uplink, "uplink_address": i.uplink_address,
+                "dhcp_lease": i.dhcp_lease.as_ref().map(|l| json!({
+                    "address": l.address, "router": l.router, "server": l.server, "dns": l.dns,
+                    "hostname": l.hostname, "lease_seconds": l.lease_seconds,
+                    "renew_seconds": l.renew_seconds, "rebind_seconds": l.rebind_seconds,
+                    "granted_unix_seconds": l.granted_unix_seconds, "renewals": l.renewals,
+                })),
             })
         );
         return;
@@ -377,6 +384,25 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
     for r in &i.policy {
         let (who, below) = rule(r);
         println!("policy      {:<8} {who}{below}", r.role);
+    }
+    if !i.uplink.is_empty() {
+        let addr = if i.uplink_address.is_empty() {
+            "(no address)"
+        } else {
+            &i.uplink_address
+        };
+        match &i.dhcp_lease {
+            Some(l) => println!(
+                "uplink      {} {addr} (DHCP from {}, router {}, lease {} s, renews after {} s, extended {} times)",
+                i.uplink,
+                l.server,
+                if l.router.is_empty() { "none" } else { &l.router },
+                l.lease_seconds,
+                l.renew_seconds,
+                l.renewals
+            ),
+            None => println!("uplink      {} {addr}", i.uplink),
+        }
     }
     if !i.bridges.is_empty() {
         println!("bridges     {} (for pods' extra interfaces)", i.bridges.join(" "));

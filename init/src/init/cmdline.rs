@@ -5,7 +5,7 @@
 //! | `aurae.log=LEVEL` | error, warn, info, debug, trace | `info` |
 //! | `aurae.hostname=NAME` | the node's hostname | `aurae` |
 //! | `aurae.iface=NAME` | the uplink interface | `eth0` |
-//! | `aurae.ip=A.B.C.D/N` | static IPv4 address of the uplink | none (link only brought up) |
+//! | `aurae.ip=A.B.C.D/N` or `dhcp` | static IPv4 address of the uplink, or one leased by DHCP (`net::dhcp`) | none (link only brought up) |
 //! | `aurae.gw=A.B.C.D` | default gateway | none |
 //! | `aurae.listen=ADDR:PORT` | where the API listens | `0.0.0.0:8443` |
 //! | `aurae.bridge=NAME` | bridge that child instances' TAPs attach to | `aurae0` |
@@ -28,6 +28,11 @@ pub struct BootConfig {
     pub hostname: String,
     pub iface: String,
     pub ip: Option<Ipv4Cidr>,
+    /// `aurae.ip=dhcp`: the uplink's address (and route, and hostname unless
+    /// `aurae.hostname` names one) from a DHCP lease.
+    pub dhcp: bool,
+    /// `aurae.hostname` was given (a lease's hostname then does not replace it).
+    pub hostname_given: bool,
     pub gateway: Option<Ipv4Addr>,
     pub listen: SocketAddr,
     pub bridge: String,
@@ -62,6 +67,8 @@ impl Default for BootConfig {
             hostname: "aurae".into(),
             iface: "eth0".into(),
             ip: None,
+            dhcp: false,
+            hostname_given: false,
             gateway: None,
             listen: SocketAddr::from(([0, 0, 0, 0], crate::DEFAULT_PORT)),
             bridge: "aurae0".into(),
@@ -101,6 +108,7 @@ impl BootConfig {
                     .ok_or_else(|| not("a log level (error|warn|info|debug|trace)")),
                 "hostname" if valid_hostname(val) => {
                     cfg.hostname = val.into();
+                    cfg.hostname_given = true;
                     Ok(())
                 }
                 "hostname" => Err(not("a valid hostname")),
@@ -113,7 +121,15 @@ impl BootConfig {
                     Ok(())
                 }
                 "iface" | "bridge" => Err(not("an interface name (1-15 chars, no '/')")),
-                "ip" => val.parse().map(|c| cfg.ip = Some(c)),
+                "ip" if val == "dhcp" => {
+                    cfg.dhcp = true;
+                    cfg.ip = None;
+                    Ok(())
+                }
+                "ip" => val.parse().map(|c| {
+                    cfg.ip = Some(c);
+                    cfg.dhcp = false;
+                }),
                 "bridge_ip" => val.parse().map(|c| cfg.bridge_ip = c),
                 "gw" => val
                     .parse()
@@ -219,7 +235,7 @@ fn parse_nic(val: &str) -> Result<crate::net::Nic, ValueError> {
     })
 }
 
-fn valid_hostname(s: &str) -> bool {
+pub fn valid_hostname(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
@@ -275,6 +291,14 @@ mod tests {
             assert_eq!(cfg.max_workloads, DEFAULT_MAX_WORKLOADS);
             assert!(w[0].contains("1..=65536"), "{w:?}");
         }
+    }
+
+    #[test]
+    fn dhcp_or_a_static_address_whichever_comes_last() {
+        let (cfg, w) = BootConfig::parse("aurae.ip=10.0.2.15/24 aurae.ip=dhcp");
+        assert!(w.is_empty() && cfg.dhcp && cfg.ip.is_none() && !cfg.hostname_given);
+        let (cfg, _) = BootConfig::parse("aurae.ip=dhcp aurae.ip=10.0.2.15/24 aurae.hostname=n1");
+        assert!(!cfg.dhcp && cfg.ip.is_some() && cfg.hostname_given);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct InitReport {
     pub bridge: Option<(String, cmdline::Ipv4Cidr)>,
     /// The named bridges (`aurae.bridges=`) bring-up made.
     pub named_bridges: Vec<crate::net::NamedBridge>,
+    /// The uplink and its static address (`aurae.iface`, `aurae.ip`), or whether DHCP
+    /// leases it (`net::dhcp::current`).
+    pub uplink: Option<(String, Option<cmdline::Ipv4Cidr>, bool)>,
     /// How this node was spawned, when it is a spawned instance.
     pub spawned_as: Option<crate::pb::IsolationKind>,
     /// `aurae.max_workloads` (None: the default).
@@ -82,9 +85,13 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
         report.spawned_as = Some(crate::pb::IsolationKind::Vm);
     }
     report.max_workloads = Some(cfg.max_workloads);
+    report.uplink = Some((cfg.iface.clone(), cfg.ip, cfg.dhcp));
     let net_failures = crate::net::bring_up(&crate::net::Plan {
         iface: &cfg.iface,
         ip: cfg.ip,
+        dhcp: cfg.dhcp.then_some(crate::net::DhcpPlan {
+            set_hostname: !cfg.hostname_given,
+        }),
         gateway: cfg.gateway,
         bridge: &cfg.bridge,
         bridge_ip: cfg.bridge_ip,

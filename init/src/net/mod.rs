@@ -5,12 +5,20 @@
 //! netlink stack in PID 1. TAP attachment (later) will use the same wrapper style.
 
 pub mod cidr;
+pub mod dhcp;
 pub mod ioctl;
 pub mod netlink;
 pub mod proxy;
 
 pub use cidr::Ipv4Cidr;
 use std::net::Ipv4Addr;
+
+/// `aurae.ip=dhcp`.
+#[derive(Debug, Clone, Copy)]
+pub struct DhcpPlan {
+    /// The lease's hostname becomes the node's (no `aurae.hostname` was given).
+    pub set_hostname: bool,
+}
 
 /// A named node bridge (`aurae.bridges=`): pods attach extra interfaces to it
 /// (`Pod.networks`). Nothing routes between it and the node's other networks; with an
@@ -35,6 +43,8 @@ pub struct Nic {
 pub struct Plan<'a> {
     pub iface: &'a str,
     pub ip: Option<Ipv4Cidr>,
+    /// Lease the uplink's address by DHCP (`dhcp`), and its hostname when this is set.
+    pub dhcp: Option<DhcpPlan>,
     pub gateway: Option<Ipv4Addr>,
     pub bridge: &'a str,
     pub bridge_ip: Ipv4Cidr,
@@ -57,6 +67,12 @@ pub fn bring_up(cfg: &Plan<'_>) -> Vec<(String, String)> {
         );
     }
     step(format!("{} up", cfg.iface), ioctl::link_up(cfg.iface));
+    if let Some(d) = cfg.dhcp {
+        step(
+            format!("{} DHCP client started", cfg.iface),
+            dhcp::start(cfg.iface.to_owned(), d.set_hostname),
+        );
+    }
     if let Some(gw) = cfg.gateway {
         step(format!("default route via {gw}"), ioctl::add_default_route(gw));
     }

@@ -102,6 +102,7 @@ impl NodeContext {
     pub fn node_info(&self, peer_spiffe_id: String, caller: Option<&authz::Caller>) -> pb::NodeInfo {
         let policy = self.auth.policy();
         let identity = self.identity.as_ref().and_then(|i| i.state());
+        let lease = crate::net::dhcp::current();
         let (kernel_release, kernel_version) = crate::node::kernel();
         let (kvm_usable, kvm_detail) = crate::node::kvm_usable();
         pb::NodeInfo {
@@ -164,6 +165,24 @@ impl NodeContext {
                     )
                 })
                 .unwrap_or_default(),
+            uplink: self.report.uplink.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+            uplink_address: match (&self.report.uplink, &lease) {
+                (Some((_, _, true)), Some(l)) => l.address.to_string(),
+                (Some((_, Some(ip), false)), _) => ip.to_string(),
+                _ => String::new(),
+            },
+            dhcp_lease: lease.map(|l| pb::DhcpLease {
+                address: l.address.to_string(),
+                router: l.router.map(|r| r.to_string()).unwrap_or_default(),
+                server: l.server.to_string(),
+                dns: l.dns.iter().map(|d| d.to_string()).collect(),
+                hostname: l.hostname.unwrap_or_default(),
+                lease_seconds: l.lease.as_secs() as u32,
+                renew_seconds: l.renew.as_secs() as u32,
+                rebind_seconds: l.rebind.as_secs() as u32,
+                granted_unix_seconds: l.granted_unix_seconds,
+                renewals: l.renewals,
+            }),
             bridges: (self.report.named_bridges.iter())
                 .map(|b| match b.address {
                     Some(a) => format!("{}={a}", b.name),
