@@ -4,9 +4,10 @@ BUILD := $(CURDIR)/build
 PORT  ?= 8443
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \
-                ca-certificates docker-registry skopeo umoci python3 tmux e2fsprogs
+                ca-certificates docker-registry skopeo umoci python3 tmux e2fsprogs \
+                dnsmasq-base ipxe-qemu openssl
 
-.PHONY: deps build kernel pki image run stop test test-host test-appliance bench lint clean
+.PHONY: deps build kernel pki image pxe run stop test test-host test-appliance bench lint clean
 
 # Installs what the build needs (Debian 12, as root). Quick when everything is present.
 deps:
@@ -34,6 +35,10 @@ pki: build
 image: build kernel pki
 	rootfs/pack.sh $(BUILD)
 	@echo "image: kernel $$(stat -c %s $(BUILD)/kernel/bzImage) B + initramfs (base+pki) $$(cat $(BUILD)/initramfs/{base,pki}.cpio.zst | wc -c) B"
+
+# A network boot directory for a fleet: make pxe NODES="52:54:00:00:00:01=node-1 ..."
+pxe: image
+	rootfs/pxe.sh $(BUILD) $(BUILD)/pxe $(NODES)
 
 # Boots the appliance in the background, waits until it serves, and shows how to use it.
 run: image

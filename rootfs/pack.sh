@@ -23,24 +23,7 @@ cp "$bundle" "$B/ca-certificates.crt"
 mk "$here/base.spec" "$out/base.cpio" && z "$out/base.cpio"
 
 # The pki layer from a PKI directory SRC (relative to BUILD_DIR) into LAYER.cpio.zst.
-pki_layer() {
-    local src=$1 layer=$2
-    cat > "$out/$layer.spec" <<SPEC
-dir /etc 0755 0 0
-dir /etc/aurae 0755 0 0
-dir /etc/aurae/pki 0700 0 0
-file /etc/aurae/pki/ca.crt $src/ca.crt 0644 0 0
-file /etc/aurae/pki/server.crt $src/server.crt 0644 0 0
-file /etc/aurae/pki/server.key $src/server.key 0600 0 0
-file /etc/aurae/pki/spawn-ca.crt $src/spawn-ca.crt 0644 0 0
-file /etc/aurae/pki/spawn-ca.key $src/spawn-ca.key 0600 0 0
-file /etc/aurae/pki/policy.toml $src/policy.toml 0644 0 0
-SPEC
-    # It holds the node's private keys: mkcpio writes it 0600 (it carries a 0600 file) and
-    # zstd keeps that mode; checked here all the same.
-    mk "$out/$layer.spec" "$out/$layer.cpio" && z "$out/$layer.cpio"
-    [ "$(stat -c %a "$out/$layer.cpio.zst")" = 600 ] || { echo "rootfs: $out/$layer.cpio.zst must be mode 0600" >&2; exit 1; }
-}
+pki_layer() { "$here/pki-layer.sh" "$B" "$1" "$out/$2.cpio.zst"; }
 pki_layer pki pki
 # One more per node that `auraed pki node DIR NAME` gave an identity of its own.
 for d in "$B"/pki/nodes/*/; do

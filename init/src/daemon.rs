@@ -205,6 +205,17 @@ async fn serve_until_power_action(
         tracing::info!("watching {n} input device(s) for the power button");
     }
     let material = files.load().ok();
+    if pid1 && !files.cert.exists() {
+        // A fleet node whose MAC the boot server does not know booted without a pki layer:
+        // it says so, and what to do, rather than serving with another node's key.
+        tracing::error!(
+            "this machine has no identity ({} is missing) and will not serve. Give it one: \
+             `auraed pki node DIR NAME`, then its pki layer in the initramfs (a PXE boot \
+             directory: rootfs/pxe.sh ... MAC=NAME). Its MACs: {}",
+            files.cert.display(),
+            crate::node::macs().join(", ")
+        );
+    }
     let spiffe_id = material
         .as_ref()
         .and_then(|m| crate::pki::spiffe_id_of_pem(&m.cert_pem))

@@ -220,7 +220,7 @@ fn boots_on_microvm_too() {
 /// `aurae.ip=dhcp`: the uplink's address and hostname come from a DHCP lease (QEMU's own
 /// DHCP server, naming the node); the API serves on the leased address (the host's forward
 /// reaches 10.0.2.15 only once it is set) and `NodeInfo` shows the lease. (A router in the
-/// lease, and renewal under a short lease: the fleet test's dnsmasq, not done yet.)
+/// lease, and renewal under a short lease: fleet.rs, with dnsmasq.)
 #[test]
 fn the_uplink_takes_its_address_and_hostname_from_dhcp() {
     let build = appliance_or_skip!();

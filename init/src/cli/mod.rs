@@ -8,6 +8,7 @@ mod attach;
 mod cell;
 pub mod config;
 mod exec;
+mod fleet;
 mod image;
 mod instance;
 mod node;
@@ -49,8 +50,13 @@ pub struct Aer {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Node address, HOST:PORT.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "nodes")]
     addr: Option<String>,
+    /// Run the command on each of these nodes at once (HOST[:PORT],...; port 8443 if
+    /// none): each node's output under its name; the exit is non-zero if any failed, and
+    /// aer says which.
+    #[arg(long, global = true, value_name = "HOST[:PORT],...")]
+    nodes: Option<String>,
     /// CA certificate that signed the node's certificate.
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
@@ -307,13 +313,24 @@ where
     // SIGPIPE by default, and printing then panics).
     // SAFETY: restoring a default signal disposition has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let a = match Aer::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let a = match Aer::try_parse_from(&args) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // Each node's run has no standard input: one-shot commands, not attached ones.
+    if let Some(list) = &a.nodes {
+        return match fleet::parse_nodes(list) {
+            Ok(nodes) => fleet::fan_out(&args, &nodes, a.json),
+            Err(e) => {
+                eprintln!("aer: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -77,3 +77,21 @@ pub fn kvm_usable() -> (bool, String) {
     }
     (true, format!("{flag} present, /dev/kvm API {v}"))
 }
+
+/// The node's network interfaces with their MACs ("eth0 52:54:00:12:34:56"), loopback aside.
+pub fn macs() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let mac = std::fs::read_to_string(e.path().join("address")).ok()?;
+                    let mac = mac.trim();
+                    (name != "lo" && !mac.is_empty()).then(|| format!("{name} {mac}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Lays out a network boot directory for a fleet: what a TFTP (or HTTP) server hands out.
+#
+#   rootfs/pxe.sh BUILD_DIR OUT_DIR MAC=NAME [MAC=NAME ...]
+#
+# OUT_DIR/boot.ipxe   the iPXE script: the kernel, the shared layers, then the pki layer
+#                     named after the booting machine's MAC (${net0/mac:hexhyp})
+# OUT_DIR/bzImage, base.cpio.zst, toolbox.cpio.zst, boot.cpio.zst   shared by every node
+# OUT_DIR/nodes/52-54-00-00-00-01.cpio.zst   one node's identity (mode 0600)
+#
+# Each NAME gets an identity of its own (`auraed pki node BUILD_DIR/pki NAME`, made once
+# and kept there). A machine whose MAC has no layer boots without an identity: it says so
+# on its console and does not serve. Layers other than the pki ones: PXE_LAYERS.
+# The nodes take their address by DHCP (aurae.ip=dhcp); the DHCP server's fixed leases
+# name them. See README "Deploy" for dnsmasq and for real NICs' PXE ROMs (undionly.kpxe).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+B=$(cd "${1:?usage: pxe.sh BUILD_DIR OUT_DIR MAC=NAME...}" && pwd)
+OUT=${2:?OUT_DIR}
+shift 2
+LAYERS=${PXE_LAYERS:-base toolbox boot}
+mkdir -p "$OUT/nodes"
+cp "$B/kernel/bzImage" "$OUT/bzImage"
+initrds=""
+for l in $LAYERS; do
+    cp "$B/initramfs/$l.cpio.zst" "$OUT/$l.cpio.zst"
+    initrds="${initrds}initrd \${aurae-base}/$l.cpio.zst
+"
+done
+for pair in "$@"; do
+    mac=${pair%%=*}
+    name=${pair#*=}
+    [[ $mac =~ ^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$ ]] || { echo "pxe: '$mac' is not a MAC (in $pair)" >&2; exit 2; }
+    [[ $name =~ ^[a-z0-9][a-z0-9.-]{0,62}$ ]] || { echo "pxe: '$name' is not a node name (in $pair)" >&2; exit 2; }
+    file=$(echo "$mac" | tr 'A-F:' 'a-f-')
+    [ -d "$B/pki/nodes/$name" ] || "$B/bin/auraed" pki node "$B/pki" "$name" >/dev/null
+    "$here/pki-layer.sh" "$B" "pki/nodes/$name" "$OUT/nodes/$file.cpio.zst"
+    rm -f "$OUT/nodes/$file.spec"
+    echo "pxe: $mac -> $name (spiffe://.../node/$name)"
+done
+cat > "$OUT/boot.ipxe" <<IPXE
+#!ipxe
+# Aurae fleet boot (rootfs/pxe.sh): one kernel and shared layers for every machine, and
+# each machine's identity by its MAC. Without one it boots, says so and does not serve.
+isset \${aurae-base} || set aurae-base tftp://\${next-server}
+kernel \${aurae-base}/bzImage console=tty0 console=ttyS0 quiet panic=-1 aurae.ip=dhcp \${aurae-cmdline}
+${initrds}initrd \${aurae-base}/nodes/\${net0/mac:hexhyp}.cpio.zst || echo aurae: no identity for \${net0/mac} on this boot server
+boot
+IPXE
+echo "pxe: $OUT ready ($(du -sh "$OUT" | cut -f1)); serve it over TFTP with boot.ipxe as the boot file"
