@@ -216,8 +216,9 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
     aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup --privileged >/dev/null
     aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null 2>&1 || echo "bench: pull of the busybox test image failed"
-    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods.
-    parts=" ${BENCH_PARTS:-runtime images vms pods} "
+    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods; and
+    # fleet, which boots machines of its own over the network (below).
+    parts=" ${BENCH_PARTS:-runtime images vms pods fleet} "
     if [[ $parts == *" runtime "* ]]; then
         aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
             --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
@@ -230,3 +231,45 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid
 fi
+
+# A fleet booting over the network (issue #13): rootfs/pxe.sh's directory served by
+# qemu/fleet (dnsmasq in a network namespace of its own), power-on -> health SERVING per
+# node, for one machine and for three at once (how one boot server and these two cores
+# take them).
+fleet_bench() {
+    local dir ns t0 t1 ip i count fpid ms one=() three=()
+    dir=$(mktemp -d) && chmod 755 "$dir"   # dnsmasq serves the boot directory as nobody
+    "$here/rootfs/pxe.sh" "$B" "$dir/boot" 52:54:00:b0:00:01=bench-1 52:54:00:b0:00:02=bench-2 \
+        52:54:00:b0:00:03=bench-3 >/dev/null
+    for count in 1 3; do
+        ns=aurae-bench-$$-$count
+        local args=()
+        for i in $(seq 1 "$count"); do args+=("52:54:00:b0:00:0$i=10.44.0.1$i,bench-$i"); done
+        t0=$(date +%s%N)
+        BOOT_DIR=$dir/boot OUT=$dir/out-$count NETNS=$ns "$here/qemu/fleet" "${args[@]}" 2>"$dir/fleet-$count.log" &
+        fpid=$!
+        for i in $(seq 1 "$count"); do
+            ip=10.44.0.1$i
+            until ip netns exec "$ns" "$B/bin/aer" --addr "$ip:8443" --server-name localhost --ca "$B/pki/ca.crt" \
+                --cert "$B/pki/client.crt" --key "$B/pki/client.key" --timeout 0.5 health >/dev/null 2>&1; do
+                kill -0 $fpid 2>/dev/null || { echo "bench: the fleet ended"; cat "$dir/fleet-$count.log"; return; }
+                [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 300 ] || { echo "bench: $ip not serving in 300 s"; kill $fpid; return; }
+                sleep 0.1
+            done
+            t1=$(date +%s%N); ms=$(( (t1 - t0) / 1000000 ))
+            if [ "$count" = 1 ]; then one+=($ms); else three+=($ms); fi
+        done
+        kill -TERM $fpid; wait $fpid 2>/dev/null || true
+    done
+    local per_node shared
+    shared=$(cat "$dir/boot/bzImage" "$dir/boot/"*.cpio.zst | wc -c)
+    per_node=$(stat -c %s "$dir/boot/nodes/52-54-00-b0-00-01.cpio.zst")
+    echo
+    echo "== fleet (PXE: QEMU's iPXE ROM, dnsmasq DHCP + TFTP, TCG, 1 vCPU and 512 MiB per machine)"
+    printf '%-44s %s\n' "power-on -> SERVING, one machine (ms)" "${one[*]}"
+    printf '%-44s %s\n' "power-on -> SERVING, three at once (ms)" "$(stats "${three[@]}")"
+    printf '%-44s %d bytes shared (kernel + layers), %d per node (its pki layer)\n' "boot directory" "$shared" "$per_node"
+    rm -rf "$dir"
+}
+parts=" ${BENCH_PARTS:-runtime images vms pods fleet} "
+[[ $parts == *" fleet "* ]] && fleet_bench

@@ -664,6 +664,20 @@ mod tests {
         assert!(p.volumes[0].empty_dir.unwrap().memory);
     }
 
+    /// What both site manifests (TOML and YAML) say.
+    fn assert_site(p: &pb::Pod) {
+        assert_eq!(p.name, "site");
+        assert_eq!(p.restart_policy, pb::RestartPolicy::OnFailure as i32);
+        let web = &p.containers[0];
+        assert_eq!((web.ports[0].container_port, web.ports[0].host_port), (80, 8080));
+        let r = web.resources.as_ref().unwrap();
+        assert_eq!(r.limits.as_ref().unwrap().cpu_millis, 500);
+        assert_eq!(r.limits.as_ref().unwrap().memory_bytes, 64 << 20);
+        assert_eq!(r.requests.as_ref().unwrap().cpu_millis, 250);
+        assert!(web.volume_mounts[0].read_only);
+        assert_eq!(p.containers[1].env.get("A").map(String::as_str), Some("1"));
+    }
+
     #[test]
     fn a_manifest_reads_with_proto_or_kubernetes_names() {
         let text = r#"
@@ -690,17 +704,8 @@ name = "www"
 emptyDir = { medium = "Memory", sizeLimit = "16Mi" }
 "#;
         let p = from_manifest(text, "pod.toml").unwrap();
-        assert_eq!(p.name, "site");
-        assert_eq!(p.restart_policy, pb::RestartPolicy::OnFailure as i32);
+        assert_site(&p);
         assert_eq!(p.isolation, pb::IsolationKind::Cell as i32);
-        let web = &p.containers[0];
-        assert_eq!((web.ports[0].container_port, web.ports[0].host_port), (80, 8080));
-        let r = web.resources.as_ref().unwrap();
-        assert_eq!(r.limits.as_ref().unwrap().cpu_millis, 500);
-        assert_eq!(r.limits.as_ref().unwrap().memory_bytes, 64 << 20);
-        assert_eq!(r.requests.as_ref().unwrap().cpu_millis, 250);
-        assert!(web.volume_mounts[0].read_only);
-        assert_eq!(p.containers[1].env.get("A").map(String::as_str), Some("1"));
         let v = p.volumes[0].empty_dir.as_ref().unwrap();
         assert!(v.memory);
         assert_eq!(v.size_limit_bytes, 16 << 20);
@@ -756,16 +761,7 @@ spec:
       emptyDir: { medium: Memory, sizeLimit: 16Mi }
 "#;
         let p = from_manifest(yaml, "pod.yaml").unwrap();
-        assert_eq!(p.name, "site");
-        assert_eq!(p.restart_policy, pb::RestartPolicy::OnFailure as i32);
-        let web = &p.containers[0];
-        assert_eq!((web.ports[0].container_port, web.ports[0].host_port), (80, 8080));
-        let r = web.resources.as_ref().unwrap();
-        assert_eq!(r.limits.as_ref().unwrap().cpu_millis, 500);
-        assert_eq!(r.limits.as_ref().unwrap().memory_bytes, 64 << 20);
-        assert_eq!(r.requests.as_ref().unwrap().cpu_millis, 250);
-        assert!(web.volume_mounts[0].read_only);
-        assert_eq!(p.containers[1].env.get("A").map(String::as_str), Some("1"));
+        assert_site(&p);
         assert_eq!(p.volumes[0].empty_dir.as_ref().unwrap().size_limit_bytes, 16 << 20);
         assert_eq!(
             (p.networks[0].bridge.as_str(), p.networks[0].address.as_str()),
