@@ -18,6 +18,7 @@
 //! | `aurae.nic=NAME,MAC,A.B.C.D/N` | (set by the parent for a spawned instance, repeatable) name the NIC with this MAC and give it this address | none |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
+use crate::net::valid_hostname;
 use std::net::{Ipv4Addr, SocketAddr};
 use tracing::Level;
 
@@ -233,10 +234,6 @@ fn parse_nic(val: &str) -> Result<crate::net::Nic, ValueError> {
         mac: crate::net::ioctl::parse_mac(mac).ok_or_else(not)?,
         address: addr.parse()?,
     })
-}
-
-pub fn valid_hostname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Linux interface names: 1..=15 bytes, no '/', no whitespace.

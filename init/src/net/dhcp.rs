@@ -175,7 +175,7 @@ fn lease_of(ack: &Message) -> Result<Lease, String> {
             _ => Vec::new(),
         },
         hostname: match o.get(OptionCode::Hostname) {
-            Some(DhcpOption::Hostname(h)) if crate::init::cmdline::valid_hostname(h) => Some(h.clone()),
+            Some(DhcpOption::Hostname(h)) if super::valid_hostname(h) => Some(h.clone()),
             _ => None,
         },
         lease: Duration::from_secs(u64::from(lease)),

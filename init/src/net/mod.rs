@@ -29,6 +29,20 @@ pub struct NamedBridge {
     pub address: Option<Ipv4Cidr>,
 }
 
+/// An extra interface of an instance (and so of a pod): `ethN` (N from 1, in order) on a
+/// named node bridge, with a static address and no route beyond its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetAttachment {
+    pub bridge: String,
+    pub address: Ipv4Cidr,
+}
+
+/// Hostnames as the node takes them (`aurae.hostname`, a DHCP lease's): 1..=64 of
+/// letters, digits, '-' and '.'.
+pub fn valid_hostname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// A spawned instance's extra NIC (`aurae.nic=`): the interface with `mac` is renamed
 /// `name` and given `address`, with no route beyond its subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -80,7 +80,7 @@ pub struct PodSpec {
     /// How long RunPod may take, the instance's boot included.
     pub ready_within: Duration,
     /// Extra interfaces on named node bridges (eth1, ...).
-    pub networks: Vec<crate::runtime::NetAttachment>,
+    pub networks: Vec<crate::net::NetAttachment>,
 }
 
 /// The instance a pod needs: (vCPUs, memory bytes in whole MiB).

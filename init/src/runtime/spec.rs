@@ -170,14 +170,7 @@ pub struct VmSpec {
     pub ready_within: std::time::Duration,
 }
 
-/// An extra interface of an instance (and so of a pod): `ethN` (N from 1, in order) on a
-/// named node bridge (`aurae.bridges=`), with a static address and no route beyond its
-/// subnet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetAttachment {
-    pub bridge: String,
-    pub address: crate::net::Ipv4Cidr,
-}
+pub use crate::net::NetAttachment;
 
 /// The most attachments one instance has (eth1..=eth4).
 pub const MAX_ATTACHMENTS: usize = 4;
