@@ -26,6 +26,24 @@ pub enum ValueError {
     Unknown,
 }
 
+/// The netmask of a prefix length, as a number (/0: none; beyond 32: all ones).
+pub fn netmask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0)
+}
+
+impl Ipv4Cidr {
+    /// The subnet's network address.
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & netmask(self.prefix))
+    }
+
+    /// Whether the two subnets share any address.
+    pub fn overlaps(self, other: Ipv4Cidr) -> bool {
+        let m = netmask(self.prefix.min(other.prefix));
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+}
+
 impl std::str::FromStr for Ipv4Cidr {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, ValueError> {

@@ -167,12 +167,7 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let mut req = ifreq(name)?;
     req.data.addr = sockaddr(addr);
     ioctl(SIOCSIFADDR, &mut req, &format!("set address {addr} on {name}"))?;
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    };
-    req.data.addr = sockaddr(Ipv4Addr::from(mask));
+    req.data.addr = sockaddr(Ipv4Addr::from(super::cidr::netmask(prefix)));
     ioctl(SIOCSIFNETMASK, &mut req, &format!("set netmask /{prefix} on {name}"))
 }
 

@@ -581,15 +581,11 @@ impl Runtime {
         veths: &mut Vec<String>,
     ) -> Result<()> {
         use crate::spawn::veth::{plumb, Inside};
-        let eth0 = Inside {
-            name: "eth0",
-            address: crate::net::Ipv4Cidr {
-                addr: net.ip,
-                prefix: 24,
-            },
-            gateway: Some(net.gateway),
+        let eth0 = crate::net::Ipv4Cidr {
+            addr: net.ip,
+            prefix: 24,
         };
-        let mut wanted = vec![(bridge.to_owned(), "eth0".to_owned(), eth0.address, eth0.gateway)];
+        let mut wanted = vec![(bridge.to_owned(), "eth0".to_owned(), eth0, Some(net.gateway))];
         for (k, a) in spec.attachments.iter().enumerate() {
             wanted.push((a.bridge.clone(), format!("eth{}", k + 1), a.address, None));
         }
@@ -703,30 +699,27 @@ fn check_attachment(
     if !(8..=30).contains(&ip.prefix) {
         return bad("has a prefix outside /8../30".into());
     }
-    // A /0 (a node bridge's own address may have one) masks nothing.
-    let mask = |p: u8| u32::MAX.checked_shl(32 - u32::from(p.min(32))).unwrap_or(0);
-    let host = u32::from(ip.addr) & !mask(ip.prefix);
-    if host == 0 || host == !mask(ip.prefix) {
+    let host_mask = !crate::net::cidr::netmask(ip.prefix);
+    let host = u32::from(ip.addr) & host_mask;
+    if host == 0 || host == host_mask {
         return bad("is its subnet's network or broadcast address; give a host address".into());
     }
     if ip.addr.is_loopback() || ip.addr.is_multicast() || ip.addr.is_link_local() {
         return bad("is a loopback, multicast or link-local address".into());
     }
-    let shorter = ip.prefix.min(own.prefix);
-    if u32::from(ip.addr) & mask(shorter) == u32::from(own.addr) & mask(shorter) {
+    if ip.overlaps(own) {
         return bad(format!(
             "overlaps the subnet of the pod's eth0 ({}/{}); choose a subnet apart from it",
-            std::net::Ipv4Addr::from(u32::from(own.addr) & mask(own.prefix)),
+            own.network(),
             own.prefix
         ));
     }
     if let Some(node) = b.address {
-        let net = |c: crate::net::Ipv4Cidr| u32::from(c.addr) & mask(c.prefix);
-        if ip.prefix != node.prefix || net(ip) != net(node) {
+        if ip.prefix != node.prefix || ip.network() != node.network() {
             return bad(format!(
                 "is not in bridge {}'s subnet {}/{}",
                 b.name,
-                std::net::Ipv4Addr::from(net(node)),
+                node.network(),
                 node.prefix
             ));
         }

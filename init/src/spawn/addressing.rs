@@ -62,13 +62,6 @@ pub fn child_net(bridge: Ipv4Cidr, host: u8) -> Result<ChildNet, AddressError> {
 mod tests {
     use super::*;
 
-    /// Whether two subnets share any address.
-    fn overlap(a: Ipv4Cidr, b: Ipv4Cidr) -> bool {
-        let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
-        let m = mask(a.prefix.min(b.prefix));
-        u32::from(a.addr) & m == u32::from(b.addr) & m
-    }
-
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()
     }
@@ -95,7 +88,7 @@ mod tests {
                 match child_net(bridge, host) {
                     Ok(c) => {
                         for earlier in &line {
-                            assert!(!overlap(*earlier, c.bridge), "{} overlaps {earlier}", c.bridge);
+                            assert!(!earlier.overlaps(c.bridge), "{} overlaps {earlier}", c.bridge);
                         }
                         line.push(c.bridge);
                     }
@@ -131,9 +124,9 @@ mod tests {
 
     #[test]
     fn overlap_is_symmetric_and_respects_prefixes() {
-        assert!(overlap(cidr("10.0.0.0/8"), cidr("10.254.3.0/24")));
-        assert!(overlap(cidr("10.254.3.0/24"), cidr("10.0.0.0/8")));
-        assert!(!overlap(cidr("10.254.3.0/24"), cidr("10.254.4.0/24")));
-        assert!(overlap(cidr("0.0.0.0/0"), cidr("1.2.3.4/32")));
+        assert!(cidr("10.0.0.0/8").overlaps(cidr("10.254.3.0/24")));
+        assert!(cidr("10.254.3.0/24").overlaps(cidr("10.0.0.0/8")));
+        assert!(!cidr("10.254.3.0/24").overlaps(cidr("10.254.4.0/24")));
+        assert!(cidr("0.0.0.0/0").overlaps(cidr("1.2.3.4/32")));
     }
 }
