@@ -5,9 +5,11 @@ PORT  ?= 8443
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \
                 ca-certificates docker-registry skopeo umoci python3 tmux e2fsprogs \
-                dnsmasq-base ipxe-qemu openssl
+                dnsmasq-base ipxe-qemu openssl ipxe ovmf systemd-boot-efi mtools dosfstools \
+                fdisk
 
-.PHONY: deps build kernel pki image pxe run stop test test-host test-appliance bench lint clean
+.PHONY: deps build kernel kernel-metal pki image uefi pxe run stop test test-host \
+        test-appliance bench lint clean
 
 # Installs what the build needs (Debian 12, as root). Quick when everything is present.
 deps:
@@ -24,6 +26,10 @@ build: deps
 kernel: deps
 	kernel/build.sh $(BUILD)/kernel
 
+# The metal flavor (UEFI, real NICs and disks, a screen): kernel/aurae.config + metal.config.
+kernel-metal: deps
+	kernel/build.sh $(BUILD)/kernel-metal metal
+
 # The deployment's PKI: CA, node certificate, the admin client certificate and the policy
 # (client/admin is admin). Kept across rebuilds; `make clean` removes it.
 pki: build
@@ -36,8 +42,13 @@ image: build kernel pki
 	rootfs/pack.sh $(BUILD)
 	@echo "image: kernel $$(stat -c %s $(BUILD)/kernel/bzImage) B + initramfs (base+pki) $$(cat $(BUILD)/initramfs/{base,pki}.cpio.zst | wc -c) B"
 
+# UEFI media: a Unified Kernel Image, an ESP image and a raw USB stick image (build/uefi/).
+# make uefi NODE=name gives them node NAME's own identity.
+uefi: image kernel-metal
+	rootfs/uefi.sh $(BUILD) $(BUILD)/uefi
+
 # A network boot directory for a fleet: make pxe NODES="52:54:00:00:00:01=node-1 ..."
-pxe: image
+pxe: image kernel-metal
 	rootfs/pxe.sh $(BUILD) $(BUILD)/pxe $(NODES)
 
 # Boots the appliance in the background, waits until it serves, and shows how to use it.
@@ -68,7 +79,7 @@ test-host: deps
 	cargo test --workspace --locked --exclude aurae-appliance-tests
 
 # Boots the real image under QEMU (TCG) and drives the real API. Never skipped here.
-test-appliance: image
+test-appliance: image uefi
 	AURAE_APPLIANCE=$(BUILD) cargo test --locked -p aurae-appliance-tests -- --test-threads=1 --nocapture
 
 test: lint test-host test-appliance

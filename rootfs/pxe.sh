@@ -6,6 +6,10 @@
 # OUT_DIR/boot.ipxe   the iPXE script: the kernel, the shared layers, then the pki layer
 #                     named after the booting machine's MAC (${net0/mac:hexhyp})
 # OUT_DIR/bzImage, base.cpio.zst, toolbox.cpio.zst, boot.cpio.zst   shared by every node
+# OUT_DIR/bzImage-metal   the metal flavor (EFI stub, real NICs), which UEFI machines boot
+# OUT_DIR/ipxe.efi, undionly.kpxe   Debian's iPXE, for machines whose firmware PXE is not
+#                     iPXE: UEFI PXE loads ipxe.efi, a legacy PXE ROM chainloads undionly.kpxe
+#                     (the DHCP server picks the file by client architecture; README "Deploy")
 # OUT_DIR/nodes/52-54-00-00-00-01.cpio.zst   one node's identity (mode 0600)
 #
 # Each NAME gets an identity of its own (`auraed pki node BUILD_DIR/pki NAME`, made once
@@ -21,11 +25,20 @@ shift 2
 LAYERS=${PXE_LAYERS:-base toolbox boot}
 mkdir -p "$OUT/nodes"
 cp "$B/kernel/bzImage" "$OUT/bzImage"
+metal=$B/kernel-metal/bzImage
+[ -f "$metal" ] || { echo "pxe: $metal missing (make kernel-metal): UEFI machines boot it" >&2; exit 1; }
+cp "$metal" "$OUT/bzImage-metal"
+for f in ipxe.efi undionly.kpxe; do
+    [ -f "/usr/lib/ipxe/$f" ] || { echo "pxe: /usr/lib/ipxe/$f missing (apt-get install ipxe)" >&2; exit 1; }
+    cp "/usr/lib/ipxe/$f" "$OUT/$f"
+done
 initrds=""
+names=""
 for l in $LAYERS; do
     cp "$B/initramfs/$l.cpio.zst" "$OUT/$l.cpio.zst"
     initrds="${initrds}initrd \${aurae-base}/$l.cpio.zst
 "
+    names="$names initrd=$l.cpio.zst"
 done
 for pair in "$@"; do
     mac=${pair%%=*}
@@ -42,9 +55,13 @@ cat > "$OUT/boot.ipxe" <<IPXE
 #!ipxe
 # Aurae fleet boot (rootfs/pxe.sh): one kernel and shared layers for every machine, and
 # each machine's identity by its MAC. Without one it boots, says so and does not serve.
+# UEFI machines (ipxe.efi) boot the metal kernel through its EFI stub, which reads the
+# initrds named by initrd= from iPXE's files; BIOS machines boot the minimal one.
 isset \${aurae-base} || set aurae-base tftp://\${next-server}
-kernel \${aurae-base}/bzImage console=tty0 console=ttyS0 quiet panic=-1 aurae.ip=dhcp \${aurae-cmdline}
-${initrds}initrd \${aurae-base}/nodes/\${net0/mac:hexhyp}.cpio.zst || echo aurae: no identity for \${net0/mac} on this boot server
+${initrds}set aurae-initrds${names}
+initrd --name pki.cpio.zst \${aurae-base}/nodes/\${net0/mac:hexhyp}.cpio.zst && set aurae-initrds \${aurae-initrds} initrd=pki.cpio.zst || echo aurae: no identity for \${net0/mac} on this boot server
+set aurae-args console=tty0 console=ttyS0 quiet panic=-1 aurae.ip=dhcp \${aurae-cmdline}
+iseq \${platform} efi && kernel \${aurae-base}/bzImage-metal \${aurae-initrds} \${aurae-args} || kernel \${aurae-base}/bzImage \${aurae-args}
 boot
 IPXE
 echo "pxe: $OUT ready ($(du -sh "$OUT" | cut -f1)); serve it over TFTP with boot.ipxe as the boot file"

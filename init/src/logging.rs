@@ -28,17 +28,67 @@ pub fn parse_level(s: &str) -> Option<Level> {
 }
 
 /// Installs the global subscriber. Safe to call more than once (later calls are ignored).
+/// As PID 1 (`boot_timestamps`), lines also go to the first virtual terminal when the
+/// kernel has one and the console is elsewhere (see [`vt_mirror`]).
 pub fn init(level: Level, boot_timestamps: bool) {
+    let mirror = if boot_timestamps { vt_mirror() } else { None };
+    let writer = Tee(mirror.map(std::sync::Arc::new));
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
         .with_ansi(false)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = if boot_timestamps {
         builder.with_timer(BootClock).try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// The first virtual terminal (`/dev/tty1`), when the kernel has VTs (the `metal` flavor:
+/// a framebuffer or VGA console) and stderr is not already one. On bare metal nobody reads
+/// the serial console: the identity, the addresses and init failures must be on the screen.
+/// Opened non-blocking, so a stopped terminal (Scroll Lock) never holds up PID 1.
+fn vt_mirror() -> Option<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    const TTY_MAJOR: u64 = 4;
+    let is_vt = |rdev: u64| libc::major(rdev) as u64 == TTY_MAJOR && libc::minor(rdev) < 64;
+    let stderr = std::fs::metadata("/proc/self/fd/2").ok()?;
+    if stderr.file_type().is_char_device() && is_vt(stderr.rdev()) {
+        return None;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open("/dev/tty1")
+        .ok()
+}
+
+/// Writes each log line to stderr and, when there is one, to the mirror; a failed mirror
+/// write (a full or stopped terminal) loses that line there, never on stderr.
+#[derive(Clone)]
+struct Tee(Option<std::sync::Arc<std::fs::File>>);
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(f) = &self.0 {
+            // The terminal's line discipline turns \n into \r\n (OPOST|ONLCR by default).
+            let _ = (&**f).write(buf);
+        }
+        // The whole line here, so a short write never sends its start to the mirror twice.
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Tee {
+    type Writer = Tee;
+    fn make_writer(&'a self) -> Tee {
+        self.clone()
+    }
 }
 
 /// Logs panics instead of letting them vanish; a panic in one request's task costs that

@@ -1,8 +1,10 @@
 //! Appliance tier, issue #13: a fleet boots over the network. `rootfs/pxe.sh` lays out a
 //! boot directory (one kernel, the shared layers, one pki layer per known MAC) and
 //! `qemu/fleet` serves it from dnsmasq (DHCP with fixed leases, TFTP) in a network
-//! namespace of its own, to four QEMU machines that boot from their NICs (iPXE, no
-//! `-kernel`). Traffic stays in that namespace: the test reaches the nodes with
+//! namespace of its own, to four QEMU machines that boot from their NICs (no `-kernel`):
+//! three BIOS PCs whose NIC ROM is iPXE, and one UEFI machine (OVMF) whose firmware's own
+//! PXE client loads Debian's `ipxe.efi`, which boots the `metal` kernel through its EFI
+//! stub. Traffic stays in that namespace: the test reaches the nodes with
 //! `ip netns exec NS aer ...`.
 
 #![allow(clippy::unwrap_used)]
@@ -13,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Three known machines (fixed leases, identities fleet-1..3) and one unknown.
+/// fleet-3 is the UEFI machine.
 const KNOWN: [(&str, &str, &str); 3] = [
     ("52:54:00:a0:00:01", "10.44.0.11", "fleet-1"),
     ("52:54:00:a0:00:02", "10.44.0.12", "fleet-2"),
@@ -118,6 +121,7 @@ fn a_fleet_boots_over_the_network_each_node_with_its_own_identity() {
     let netns = format!("aurae-fleet-{}", std::process::id());
     let out = dir.path().join("out");
     let mut args: Vec<String> = KNOWN.iter().map(|(m, ip, n)| format!("{m}={ip},{n}")).collect();
+    args[2].push_str("/uefi");
     args.push(UNKNOWN.into());
     let began = Instant::now();
     let child = Command::new(root().join("qemu/fleet"))
@@ -173,6 +177,16 @@ fn a_fleet_boots_over_the_network_each_node_with_its_own_identity() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 3, "three identities: {ids:?}");
+    // fleet-3 came up through its UEFI firmware's PXE, ipxe.efi and the EFI stub.
+    let uefi = fleet.console(3);
+    for step in [
+        "Start PXE over IPv4",
+        "NBP filename is ipxe.efi",
+        "boot.ipxe",
+        "bzImage-metal",
+    ] {
+        assert!(uefi.contains(step), "fleet-3's console shows '{step}':\n{uefi}");
+    }
 
     // The unknown machine booted, says why it does not serve, and does not.
     let unknown = fleet.console(4);

@@ -1,0 +1,93 @@
+//! Appliance tier, issue #13: the UEFI media. `make uefi` makes a Unified Kernel Image
+//! (systemd's EFI stub, the `metal` kernel, command line, initramfs) on an ESP inside a
+//! raw GPT disk image. Here that image is a USB stick of a q35 machine with OVMF (a copy
+//! of its vars), an e1000e NIC, an NVMe disk and a VGA display — no `-kernel`: the
+//! firmware finds \EFI\BOOT\BOOTX64.EFI and starts it. The node takes its address by DHCP
+//! (QEMU's, `restrict=on`), serves, and shows what it is on the screen too.
+
+#![allow(clippy::unwrap_used)]
+
+use aurae_appliance_tests::{appliance_or_skip, rt, sh, Appliance, Client};
+use auraed::pb;
+use std::time::Duration;
+
+/// Firmware, the stub and a larger kernel under TCG: ~20 s on the reference machine.
+/// A bound for waiting, not a timed claim (`make bench` times it).
+const UEFI_BOOT_DEADLINE: Duration = Duration::from_secs(600);
+
+#[test]
+fn the_usb_stick_boots_under_uefi_takes_dhcp_serves_and_shows_itself_on_screen() {
+    let build = appliance_or_skip!();
+    let usb = build.join("uefi/usb.img");
+    assert!(usb.exists(), "{} missing: make uefi", usb.display());
+    let a = Appliance::boot_with(&build, UEFI_BOOT_DEADLINE, &[("BOOT", "uefi"), ("MACHINE", "q35")]);
+    rt().block_on(async {
+        let c = Client::connect(&a).await;
+        // The uplink came from the DHCP server, not from a command line address.
+        let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.uplink_address, "10.0.2.15/24", "{info:?}");
+        let lease = info.dhcp_lease.as_ref().expect("a DHCP lease");
+        assert_eq!(lease.server, "10.0.2.2", "{lease:?}");
+
+        let facts = c
+            .on_node(
+                "test -d /sys/firmware/efi && echo firmware=efi; \
+                 echo nic=$(basename $(readlink /sys/class/net/eth0/device/driver)); \
+                 ls /sys/block | sed 's/^/disk=/'; \
+                 sed 's/^/fb=/' /proc/fb; \
+                 echo cmdline=$(cat /proc/cmdline); \
+                 echo kernel=$(uname -r)",
+            )
+            .await;
+        assert!(facts.contains("firmware=efi"), "booted through UEFI: {facts}");
+        assert!(facts.contains("nic=e1000e"), "the e1000e NIC is eth0: {facts}");
+        assert!(facts.contains("disk=nvme0n1"), "the NVMe disk is there: {facts}");
+        assert!(
+            facts.contains("EFI VGA"),
+            "the firmware's framebuffer is the console: {facts}"
+        );
+        assert!(facts.contains("aurae.ip=dhcp"), "the UKI's own command line: {facts}");
+
+        // On a machine without a serial console the screen says who the node is, where it
+        // is and whether it serves: auraed mirrors its log to tty1 (read back from vcs1).
+        let screen = c.on_node("tr -s ' ' < /dev/vcs1").await;
+        for what in [
+            "starting as PID 1",
+            "dhcp: eth0 10.0.2.15/24 from 10.0.2.2",
+            "serving mTLS gRPC",
+            &format!("as {}", info.spiffe_id),
+        ] {
+            assert!(screen.contains(what), "the screen shows '{what}':\n{screen}");
+        }
+        assert!(!info.spiffe_id.is_empty());
+
+        // The new devices (framebuffer, terminals, NVMe) are the node's, not a cell's: a
+        // default cell sees none of them and cannot make them.
+        c.cell(pb::Cell {
+            name: "plain".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (st, out) = c
+            .run(sh(
+                "peek",
+                "plain",
+                "for d in /dev/fb0 /dev/tty1 /dev/vcs1 /dev/nvme0n1 /dev/tty0; do \
+                   [ -e $d ] && echo visible $d; done; \
+                 mknod /tmp/vcs c 7 1 2>/dev/null && cat /tmp/vcs && echo made vcs; \
+                 mknod /tmp/fb c 29 0 2>/dev/null && echo made fb; \
+                 mknod /tmp/nvme b 259 0 2>/dev/null && echo made nvme; \
+                 echo done",
+            ))
+            .await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        assert!(out.contains("done"), "{out}");
+        assert!(
+            !out.contains("visible") && !out.contains("made"),
+            "a cell reached a console device: {out}"
+        );
+        c.remove_cell("plain").await;
+        c.assert_left_nothing("uefi").await;
+    });
+}
