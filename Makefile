@@ -6,9 +6,10 @@ APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \
                 ca-certificates docker-registry skopeo umoci python3 tmux e2fsprogs \
                 dnsmasq-base ipxe-qemu openssl ipxe ovmf systemd-boot-efi mtools dosfstools \
-                fdisk
+                fdisk shellcheck python3-pip
+KCONFIGLIB := kconfiglib==14.1.0
 
-.PHONY: deps build kernel kernel-metal pki image uefi pxe run stop test test-host \
+.PHONY: deps build kernel kernel-metal pki image uefi pxe run stop test test-host test-buildroot \
         test-appliance bench lint clean
 
 # Installs what the build needs (Debian 12, as root). Quick when everything is present.
@@ -78,11 +79,18 @@ stop:
 test-host: deps
 	cargo test --workspace --locked --exclude aurae-appliance-tests
 
+# The buildroot/ tree, checked offline (no Buildroot source is reachable here): kconfiglib
+# from PyPI parses it, and its post-image script must make make image's layers, byte for byte.
+test-buildroot: image
+	@[ -f $(BUILD)/pylib/kconfiglib.py ] || python3 -m pip install --quiet --disable-pip-version-check \
+	  --root-user-action=ignore --target $(BUILD)/pylib $(KCONFIGLIB)
+	PYTHONPATH=$(BUILD)/pylib python3 tests/buildroot/check.py $(BUILD)
+
 # Boots the real image under QEMU (TCG) and drives the real API. Never skipped here.
 test-appliance: image uefi
 	AURAE_APPLIANCE=$(BUILD) cargo test --locked -p aurae-appliance-tests -- --test-threads=1 --nocapture
 
-test: lint test-host test-appliance
+test: lint test-host test-buildroot test-appliance
 
 bench: image
 	rootfs/pack-bench.sh $(BUILD)
