@@ -92,7 +92,7 @@ test-appliance: image uefi
 
 test: lint test-host test-buildroot test-appliance
 
-bench: image
+bench: image uefi
 	rootfs/pack-bench.sh $(BUILD)
 	tests/bench.sh $(BUILD)
 

@@ -218,7 +218,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null 2>&1 || echo "bench: pull of the busybox test image failed"
     # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods; and
     # fleet, which boots machines of its own over the network (below).
-    parts=" ${BENCH_PARTS:-runtime images vms pods fleet} "
+    parts=" ${BENCH_PARTS:-runtime images vms pods fleet uefi} "
     if [[ $parts == *" runtime "* ]]; then
         aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
             --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
@@ -271,5 +271,51 @@ fleet_bench() {
     printf '%-44s %d bytes shared (kernel + layers), %d per node (its pki layer)\n' "boot directory" "$shared" "$per_node"
     rm -rf "$dir"
 }
-parts=" ${BENCH_PARTS:-runtime images vms pods fleet} "
+
+# UEFI (issue #13): sizes of the metal kernel and the media `make uefi` makes, power-on ->
+# health SERVING of the USB stick under OVMF (q35, e1000e, DHCP from QEMU), and of one
+# machine booting ipxe.efi over the network under OVMF.
+uefi_bench() {
+    local t0 t1 qpid ms runs=() pxe=() dir ns fpid i
+    [ -f "$B/uefi/usb.img" ] || { echo "bench: $B/uefi/usb.img missing (make uefi)"; return; }
+    for i in 1 2 3; do
+        t0=$(date +%s%N)
+        BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=tcg BOOT=uefi MACHINE=q35 "$here/qemu/run" > "$log" 2>&1 &
+        qpid=$!
+        until aer --timeout 0.5 health >/dev/null 2>&1; do
+            kill -0 $qpid 2>/dev/null || { echo "bench: UEFI QEMU exited"; tail -20 "$log"; return; }
+            [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 300 ] || { echo "bench: UEFI not serving in 300 s"; kill $qpid; return; }
+            sleep 0.1
+        done
+        t1=$(date +%s%N); runs+=($(( (t1 - t0) / 1000000 )))
+        aer node shutdown --grace-ms 1000 >/dev/null; wait $qpid || true
+    done
+    dir=$(mktemp -d) && chmod 755 "$dir"
+    "$here/rootfs/pxe.sh" "$B" "$dir/boot" 52:54:00:b0:00:21=bench-1 >/dev/null
+    for i in 1 2; do
+        ns=aurae-bench-$$-uefi-$i
+        t0=$(date +%s%N)
+        BOOT_DIR=$dir/boot OUT=$dir/out-$i NETNS=$ns "$here/qemu/fleet" "52:54:00:b0:00:21=10.44.0.21,bench-1/uefi" 2>"$dir/fleet.log" &
+        fpid=$!
+        until ip netns exec "$ns" "$B/bin/aer" --addr 10.44.0.21:8443 --server-name localhost --ca "$B/pki/ca.crt" \
+            --cert "$B/pki/client.crt" --key "$B/pki/client.key" --timeout 0.5 health >/dev/null 2>&1; do
+            kill -0 $fpid 2>/dev/null || { echo "bench: the UEFI PXE machine ended"; cat "$dir/fleet.log"; break; }
+            [ $(( ($(date +%s%N) - t0) / 1000000000 )) -lt 300 ] || { echo "bench: UEFI PXE not serving in 300 s"; break; }
+            sleep 0.1
+        done
+        t1=$(date +%s%N); pxe+=($(( (t1 - t0) / 1000000 )))
+        kill -TERM $fpid 2>/dev/null; wait $fpid 2>/dev/null || true
+    done
+    rm -rf "$dir"
+    echo
+    echo "== UEFI (OVMF, q35, TCG, 2 vCPU / 1 GiB from USB; 1 vCPU / 512 MiB over PXE)"
+    printf '%-44s %s\n' "USB stick power-on -> SERVING (ms)" "$(stats "${runs[@]}")"
+    printf '%-44s %s\n' "ipxe.efi PXE power-on -> SERVING (ms)" "$(stats "${pxe[@]}")"
+    printf '%-44s %d (minimal: %d)\n' "metal kernel bzImage (bytes)" "$(stat -c %s "$B/kernel-metal/bzImage")" "$(stat -c %s "$B/kernel/bzImage")"
+    printf '%-44s %d\n' "UKI aurae.efi (bytes)" "$(stat -c %s "$B/uefi/aurae.efi")"
+    printf '%-44s %d (zstd: %d)\n' "ESP image (bytes)" "$(stat -c %s "$B/uefi/esp.img")" "$(zstd -q -c "$B/uefi/esp.img" | wc -c)"
+    printf '%-44s %d\n' "raw USB disk image (bytes)" "$(stat -c %s "$B/uefi/usb.img")"
+}
+parts=" ${BENCH_PARTS:-runtime images vms pods fleet uefi} "
 [[ $parts == *" fleet "* ]] && fleet_bench
+[[ $parts == *" uefi "* ]] && uefi_bench
