@@ -177,6 +177,34 @@ fn a_fleet_boots_over_the_network_each_node_with_its_own_identity() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 3, "three identities: {ids:?}");
+    // The same fleet named once in a config file: `aer --all-nodes`.
+    let conf = dir.path().join("fleet.toml");
+    let pki = build.join("pki");
+    std::fs::write(
+        &conf,
+        format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"\nnodes = [{}]\n",
+            pki.join("ca.crt").display(),
+            pki.join("client.crt").display(),
+            pki.join("client.key").display(),
+            KNOWN.map(|(_, ip, _)| format!("\"{ip}\"")).join(", ")
+        ),
+    )
+    .unwrap();
+    let all = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(build.join("bin/aer"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["--all-nodes", "health"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(all.status.success(), "{text}{}", String::from_utf8_lossy(&all.stderr));
+    for (_, ip, _) in KNOWN {
+        assert!(text.contains(&format!("== {ip}:8443")), "{text}");
+    }
     // fleet-3 came up through its UEFI firmware's PXE, ipxe.efi and the EFI stub.
     let uefi = fleet.console(3);
     for step in [

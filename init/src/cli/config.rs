@@ -7,6 +7,7 @@
 //! key = "/path/client.key"
 //! server_name = "auraed"     # name checked against the server certificate
 //! server_id = "spiffe://aurae.local/node/aurae"   # optional: the exact ID it must carry
+//! nodes = ["10.44.0.11", "10.44.0.12:8443"]   # optional: the fleet `aer --all-nodes` reaches
 //! ```
 
 use serde::Deserialize;
@@ -21,6 +22,8 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     pub server_name: Option<String>,
     pub server_id: Option<String>,
+    /// A fleet's nodes (HOST[:PORT]), for `aer --all-nodes`.
+    pub nodes: Option<Vec<String>>,
 }
 
 /// Why the config file cannot be used; names the file.

@@ -28,7 +28,21 @@ pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
-/// The command line without `--nodes V` / `--nodes=V` and without argv[0].
+/// The nodes the config file lists (`nodes = [...]`), as a --nodes list.
+pub fn config_nodes(explicit: Option<&std::path::Path>) -> Result<String, String> {
+    let path = super::config::FileConfig::locate(explicit)
+        .ok_or("--all-nodes: no config file (--config, $AURAE_CONFIG or ~/.config/aurae/aer.toml)")?;
+    let file = super::config::FileConfig::load(&path).map_err(|e| e.to_string())?;
+    match file.nodes {
+        Some(n) if !n.is_empty() => Ok(n.join(",")),
+        _ => Err(format!(
+            "--all-nodes: {} lists no nodes; add nodes = [\"HOST[:PORT]\", ...]",
+            path.display()
+        )),
+    }
+}
+
+/// The command line without `--nodes V` / `--nodes=V` / `--all-nodes` and without argv[0].
 fn without_nodes(args: &[OsString]) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut skip = false;
@@ -43,6 +57,7 @@ fn without_nodes(args: &[OsString]) -> Vec<OsString> {
         }
         match a.to_str() {
             Some("--nodes") => skip = true,
+            Some("--all-nodes") => {}
             Some(s) if s.starts_with("--nodes=") => {}
             _ => out.push(a.clone()),
         }
@@ -147,10 +162,31 @@ mod tests {
             without_nodes(&args),
             ["--json", "exec", "x", "--", "sh", "--nodes", "c"].map(OsString::from)
         );
+        let args: Vec<OsString> = ["aer", "--all-nodes", "node", "info", "--", "--all-nodes"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(
+            without_nodes(&args),
+            ["node", "info", "--", "--all-nodes"].map(OsString::from)
+        );
         let args: Vec<OsString> = ["aer", "--nodes=a", "node", "info"]
             .iter()
             .map(OsString::from)
             .collect();
         assert_eq!(without_nodes(&args), ["node", "info"].map(OsString::from));
+    }
+
+    #[test]
+    fn all_nodes_come_from_the_config_file_which_must_list_some() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("aer.toml");
+        std::fs::write(&f, "ca = \"ca.crt\"\nnodes = [\"10.0.0.1\", \"10.0.0.2:9000\"]\n").unwrap();
+        assert_eq!(config_nodes(Some(&f)).unwrap(), "10.0.0.1,10.0.0.2:9000");
+        std::fs::write(&f, "ca = \"ca.crt\"\n").unwrap();
+        let e = config_nodes(Some(&f)).unwrap_err();
+        assert!(e.contains("lists no nodes") && e.contains("aer.toml"), "{e}");
+        std::fs::write(&f, "nodes = []\n").unwrap();
+        assert!(config_nodes(Some(&f)).is_err());
     }
 }

@@ -57,6 +57,9 @@ pub struct Aer {
     /// aer says which.
     #[arg(long, global = true, value_name = "HOST[:PORT],...")]
     nodes: Option<String>,
+    /// Like --nodes, with the nodes the config file lists (`nodes = ["HOST[:PORT]", ...]`).
+    #[arg(long, global = true, conflicts_with_all = ["nodes", "addr"])]
+    all_nodes: bool,
     /// CA certificate that signed the node's certificate.
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
@@ -322,7 +325,18 @@ where
         }
     };
     // Each node's run has no standard input: one-shot commands, not attached ones.
-    if let Some(list) = &a.nodes {
+    let listed = if a.all_nodes {
+        match fleet::config_nodes(a.config.as_deref()) {
+            Ok(list) => Some(list),
+            Err(e) => {
+                eprintln!("aer: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        a.nodes.clone()
+    };
+    if let Some(list) = &listed {
         return match fleet::parse_nodes(list) {
             Ok(nodes) => fleet::fan_out(&args, &nodes, a.json),
             Err(e) => {
