@@ -16,6 +16,9 @@
 #   UEFI_LAYERS="base toolbox boot"   the shared layers (the pki layer is added after them)
 #   UEFI_CMDLINE=...   more kernel command line, e.g. "aurae.ip=10.1.2.3/24 aurae.gw=10.1.2.1"
 #                      (the default uplink is DHCP on eth0)
+#   SB_KEY=KEY.pem SB_CERT=CERT.pem   sign the UKI for Secure Boot (sbsign; the key must
+#                      not be passphrase-protected) with a key whose certificate the
+#                      machines' db holds; the firmware then refuses any other image
 # The media hold a private key (the node's): they are written mode 0600.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -79,6 +82,16 @@ for s in osrel:os-release cmdline:cmdline linux:"$kernel" initrd:initrd; do
     end=$(( vma + $(stat -c %s "$file") ))
 done
 objcopy "${args[@]}" "$STUB" "$work/aurae.efi"
+signed=""
+if [ -n "${SB_KEY:-}" ]; then
+    command -v sbsign >/dev/null || { echo "uefi: sbsign missing (apt-get install sbsigntool)" >&2; exit 1; }
+    sbsign --key "$SB_KEY" --cert "${SB_CERT:?SB_CERT: the certificate of SB_KEY}" \
+        --output "$work/aurae.signed.efi" "$work/aurae.efi" 2>/dev/null
+    sbverify --cert "$SB_CERT" "$work/aurae.signed.efi" >/dev/null 2>&1 \
+        || { echo "uefi: the signed UKI does not verify against $SB_CERT" >&2; exit 1; }
+    mv -f "$work/aurae.signed.efi" "$work/aurae.efi"
+    signed=", signed for Secure Boot ($(openssl x509 -noout -subject -in "$SB_CERT" | sed 's/^subject=//'))"
+fi
 
 # The ESP: the UKI plus 2 MiB, at least 8 MiB; mkfs.vfat picks FAT12/16/32 by size (UEFI
 # reads all three). A fixed volume id keeps the image reproducible for the same inputs.
@@ -99,4 +112,4 @@ dd if="$work/esp.img" of="$work/usb.img" bs=1M seek=1 conv=notrunc,sparse status
 
 for f in aurae.efi esp.img usb.img; do mv -f "$work/$f" "$OUT/$f"; done
 echo "uefi: $OUT/aurae.efi $(stat -c %s "$OUT/aurae.efi") B (kernel $(stat -c %s "$kernel") B, initramfs $(stat -c %s "$work/initrd") B)," \
-    "esp.img $(stat -c %s "$OUT/esp.img") B, usb.img $(stat -c %s "$OUT/usb.img") B${NODE:+, identity of node $NODE}"
+    "esp.img $(stat -c %s "$OUT/esp.img") B, usb.img $(stat -c %s "$OUT/usb.img") B${NODE:+, identity of node $NODE}$signed"

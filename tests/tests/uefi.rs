@@ -7,9 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, rt, sh, Appliance, Client};
+use aurae_appliance_tests::{appliance_or_skip, rt, sh, stop_runner, Appliance, Client};
 use auraed::pb;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Firmware, the stub and a larger kernel under TCG: ~20 s on the reference machine.
 /// A bound for waiting, not a timed claim (`make bench` times it).
@@ -90,4 +92,100 @@ fn the_usb_stick_boots_under_uefi_takes_dhcp_serves_and_shows_itself_on_screen()
         c.remove_cell("plain").await;
         c.assert_left_nothing("uefi").await;
     });
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Debian's OVMF test keys: the certificate its snakeoil variables enroll in PK, KEK and
+/// db, and its key (shipped with the passphrase "snakeoil"; sbsign needs it without).
+fn snakeoil_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("snakeoil.key");
+    let st = Command::new("openssl")
+        .args([
+            "pkey",
+            "-in",
+            "/usr/share/ovmf/PkKek-1-snakeoil.key",
+            "-passin",
+            "pass:snakeoil",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl pkey: {st}");
+    (key, PathBuf::from("/usr/share/ovmf/PkKek-1-snakeoil.pem"))
+}
+
+#[test]
+fn under_secure_boot_the_signed_uki_boots_and_an_unsigned_one_is_refused() {
+    let build = appliance_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = snakeoil_key(dir.path());
+    let signed = dir.path().join("signed");
+    let st = Command::new(root().join("rootfs/uefi.sh"))
+        .arg(&build)
+        .arg(&signed)
+        .env("SB_KEY", &key)
+        .env("SB_CERT", &cert)
+        .status()
+        .unwrap();
+    assert!(st.success(), "rootfs/uefi.sh with SB_KEY: {st}");
+
+    // The signed stick boots with Secure Boot on, and the kernel says it is on.
+    {
+        let usb = signed.join("usb.img");
+        let a = Appliance::boot_with(
+            &build,
+            UEFI_BOOT_DEADLINE,
+            &[
+                ("BOOT", "uefi"),
+                ("MACHINE", "q35"),
+                ("SECURE_BOOT", "snakeoil"),
+                ("USB_IMAGE", usb.to_str().unwrap()),
+            ],
+        );
+        rt().block_on(async {
+            let c = Client::connect(&a).await;
+            let log = c.on_node("dmesg | grep -i 'secure boot' || true").await;
+            assert!(log.contains("Secure boot enabled"), "{log}");
+        });
+    }
+
+    // The attack: the firmware is handed an image nobody signed (the unsigned build, as an
+    // attacker's replaced UKI would be). It refuses it, and no kernel ever starts.
+    let console = dir.path().join("unsigned.log");
+    let mut child = Command::new(root().join("qemu/run"))
+        .env("BUILD", &build)
+        .env("BOOT", "uefi")
+        .env("MACHINE", "q35")
+        .env("SECURE_BOOT", "snakeoil")
+        .env("NET", "none")
+        .env("ACCEL", "tcg")
+        .env("NO_REBOOT", "1")
+        .env("WATCH_PID", std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let text = loop {
+        let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+        // OVMF tries the stick, then its own shell (also refused), then gives up.
+        if text.contains("No bootable option") || start.elapsed() > UEFI_BOOT_DEADLINE {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop_runner(&mut child);
+    assert!(
+        text.contains("Access Denied"),
+        "the firmware refused the unsigned UKI:\n{text}"
+    );
+    assert!(
+        !text.contains("Linux version") && !text.contains("starting as PID 1"),
+        "no kernel ran:\n{text}"
+    );
 }
