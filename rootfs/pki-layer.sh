@@ -3,11 +3,19 @@
 #
 #   rootfs/pki-layer.sh BUILD_DIR SRC OUT.cpio.zst
 # SRC is a PKI directory relative to BUILD_DIR (pki, or pki/nodes/NAME from
-# `auraed pki node`). It holds the node's private keys: the layer is mode 0600, checked.
+# `auraed pki node`), or node:NAME: node NAME's own identity, made once with
+# `auraed pki node BUILD_DIR/pki NAME` and kept there (pxe.sh and uefi.sh use this).
+# It holds the node's private keys: the layer is mode 0600, checked.
 set -euo pipefail
 B=$(cd "${1:?usage: pki-layer.sh BUILD_DIR SRC OUT}" && pwd)
 src=${2:?SRC}
 dest=${3:?OUT}
+if [[ $src == node:* ]]; then
+    name=${src#node:}
+    [[ $name =~ ^[a-z0-9][a-z0-9.-]{0,62}$ ]] || { echo "rootfs: '$name' is not a node name (a-z, 0-9, '.', '-')" >&2; exit 2; }
+    [ -d "$B/pki/nodes/$name" ] || "$B/bin/auraed" pki node "$B/pki" "$name" >/dev/null
+    src=pki/nodes/$name
+fi
 spec=${dest%.cpio.zst}.spec
 cpio=${dest%.zst}
 cat > "$spec" <<SPEC

@@ -44,10 +44,8 @@ for pair in "$@"; do
     mac=${pair%%=*}
     name=${pair#*=}
     [[ $mac =~ ^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$ ]] || { echo "pxe: '$mac' is not a MAC (in $pair)" >&2; exit 2; }
-    [[ $name =~ ^[a-z0-9][a-z0-9.-]{0,62}$ ]] || { echo "pxe: '$name' is not a node name (in $pair)" >&2; exit 2; }
     file=$(echo "$mac" | tr 'A-F:' 'a-f-')
-    [ -d "$B/pki/nodes/$name" ] || "$B/bin/auraed" pki node "$B/pki" "$name" >/dev/null
-    "$here/pki-layer.sh" "$B" "pki/nodes/$name" "$OUT/nodes/$file.cpio.zst"
+    "$here/pki-layer.sh" "$B" "node:$name" "$OUT/nodes/$file.cpio.zst"
     rm -f "$OUT/nodes/$file.spec"
     echo "pxe: $mac -> $name (spiffe://.../node/$name)"
 done

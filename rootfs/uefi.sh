@@ -44,13 +44,9 @@ for l in $LAYERS; do
     [ -f "$f" ] || { echo "uefi: layer $f missing (make image)" >&2; exit 1; }
     cat "$f" >> "$work/initrd"
 done
-pki=pki
-if [ -n "${NODE:-}" ]; then
-    [[ $NODE =~ ^[a-z0-9][a-z0-9.-]{0,62}$ ]] || { echo "uefi: NODE '$NODE' is not a node name" >&2; exit 2; }
-    [ -d "$B/pki/nodes/$NODE" ] || "$B/bin/auraed" pki node "$B/pki" "$NODE" >/dev/null
-    pki=pki/nodes/$NODE
-fi
-"$here/pki-layer.sh" "$B" "$pki" "$work/pki.cpio.zst"
+identity=pki
+[ -z "${NODE:-}" ] || identity=node:$NODE
+"$here/pki-layer.sh" "$B" "$identity" "$work/pki.cpio.zst"
 cat "$work/pki.cpio.zst" >> "$work/initrd"
 
 # Both consoles get the kernel's messages; /dev/console (the last) is the serial port, and
