@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The project's top level (where qemu/, rootfs/ and kernel/ are).
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The build dir named by `AURAE_APPLIANCE`, or None (the caller prints SKIP).
 pub fn build_dir() -> Option<PathBuf> {
     std::env::var_os("AURAE_APPLIANCE").map(PathBuf::from)
@@ -93,7 +98,7 @@ impl Appliance {
         let console = dir.path().join("console.log");
         let qmp = dir.path().join("qmp.sock");
         let port = free_port();
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = project_root();
         let log = std::fs::File::create(&console).expect("console log");
         let child = Command::new(root.join("qemu/run"))
             .env("BUILD", build)

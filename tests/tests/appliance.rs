@@ -268,7 +268,7 @@ fn boots_on_a_tap_inside_its_own_network_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console.log");
     let log = std::fs::File::create(&console).unwrap();
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = aurae_appliance_tests::project_root();
     struct Runner(std::process::Child);
     impl Drop for Runner {
         fn drop(&mut self) {

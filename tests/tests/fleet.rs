@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, eventually, rt, stop_runner, Appliance};
+use aurae_appliance_tests::{appliance_or_skip, eventually, project_root as root, rt, stop_runner, Appliance};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,10 +25,6 @@ const UNKNOWN: &str = "52:54:00:a0:00:09";
 /// Four machines booting at once under TCG on two cores, each fetching ~9 MiB by TFTP:
 /// about 30 s on the reference machine; scaled by the measured boot, as other budgets are.
 const FLEET_BUDGET: Duration = Duration::from_secs(240);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// `aer` inside the fleet's namespace, with the build's client identity.
 fn aer(build: &Path, netns: &str, args: &[&str]) -> (Option<i32>, String, String) {

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, rt, sh, stop_runner, Appliance, Client};
+use aurae_appliance_tests::{appliance_or_skip, project_root as root, rt, sh, stop_runner, Appliance, Client};
 use auraed::pb;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -52,6 +52,7 @@ fn the_usb_stick_boots_under_uefi_takes_dhcp_serves_and_shows_itself_on_screen()
 
         // On a machine without a serial console the screen says who the node is, where it
         // is and whether it serves: auraed mirrors its log to tty1 (read back from vcs1).
+        assert!(!info.spiffe_id.is_empty(), "the node has an identity: {info:?}");
         let screen = c.on_node("tr -s ' ' < /dev/vcs1").await;
         for what in [
             "starting as PID 1",
@@ -61,7 +62,6 @@ fn the_usb_stick_boots_under_uefi_takes_dhcp_serves_and_shows_itself_on_screen()
         ] {
             assert!(screen.contains(what), "the screen shows '{what}':\n{screen}");
         }
-        assert!(!info.spiffe_id.is_empty());
 
         // The new devices (framebuffer, terminals, NVMe) are the node's, not a cell's: a
         // default cell sees none of them and cannot make them.
@@ -92,10 +92,6 @@ fn the_usb_stick_boots_under_uefi_takes_dhcp_serves_and_shows_itself_on_screen()
         c.remove_cell("plain").await;
         c.assert_left_nothing("uefi").await;
     });
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Debian's OVMF test keys: the certificate its snakeoil variables enroll in PK, KEK and
