@@ -32,11 +32,16 @@ pub fn shared() -> Option<&'static Appliance> {
 }
 
 /// The shared appliance, or a loud SKIP; `make test-appliance` always sets AURAE_APPLIANCE.
+/// What an earlier test of the same boot left (it failed before its own cleanup) is
+/// removed first, so one failure never fails the tests after it.
 #[macro_export]
 macro_rules! shared_or_skip {
     () => {
         match $crate::shared() {
-            Some(a) => a,
+            Some(a) => {
+                $crate::tidy(a);
+                a
+            }
             None => {
                 eprintln!(
                     "SKIP {}: AURAE_APPLIANCE is not set (run `make test-appliance`, which builds and boots the image)",
@@ -592,6 +597,60 @@ impl Client {
         )
         .await
     }
+}
+
+/// Stops and frees every workload of the shared boot but the probe cell's, saying what it
+/// found: the guard that keeps one failed test from failing the tests after it. Tests clean
+/// up after themselves; this only acts after one that panicked first.
+pub fn tidy(a: &Appliance) {
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        for _ in 0..3 {
+            let list = match c.workloads.clone().list(pb::ListRequest { kind: 0 }).await {
+                Ok(l) => l.into_inner().workloads,
+                Err(e) => {
+                    eprintln!("tidy: List failed: {e:?}");
+                    return;
+                }
+            };
+            use pb::workload_status::Status as S;
+            use pb::WorkloadKind as K;
+            let mut left: Vec<(u8, K, String)> = list
+                .iter()
+                .filter_map(|w| match w.status.as_ref()? {
+                    S::Cell(c) if c.name == "probe" => None,
+                    S::Executable(e) if e.cell == "probe" => None,
+                    S::Pod(p) => Some((0, K::Pod, p.name.clone())),
+                    S::Instance(i) => Some((1, K::Instance, i.name.clone())),
+                    S::VirtualMachine(v) => Some((2, K::VirtualMachine, v.name.clone())),
+                    S::Executable(e) => Some((3, K::Executable, e.name.clone())),
+                    // Outermost first: freeing it frees the cells inside.
+                    S::Cell(c) => Some((4 + c.name.matches('/').count() as u8, K::Cell, c.name.clone())),
+                })
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            left.sort();
+            eprintln!("tidy: an earlier test left {left:?}; removing them");
+            for (_, kind, name) in left {
+                let workload = pb::WorkloadRef {
+                    kind: kind as i32,
+                    name,
+                };
+                let _ = c
+                    .workloads
+                    .clone()
+                    .stop(pb::StopRequest {
+                        workload: Some(workload.clone()),
+                        signal: 0,
+                        grace_period_millis: 500,
+                    })
+                    .await;
+                let _ = c.workloads.clone().free(workload).await;
+            }
+        }
+    });
 }
 
 /// Polls `f` every 50 ms until it returns true or `deadline` passes.

@@ -975,3 +975,63 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
         c.assert_left_nothing("exec").await;
     });
 }
+
+/// Give-ups at every point of a cell's start: 200 `RunCell`s whose deadlines sweep from 0
+/// to three times a measured start, one after another. Each answer agrees with the node:
+/// an answered cell is running (then freed), a refused one leaves nothing. Afterwards no
+/// cgroup, no cell init and no mount of any of them is left on the node.
+#[test]
+fn hundreds_of_give_ups_at_every_point_of_a_start_leave_nothing() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let mounts = "wc -l < /proc/1/mountinfo";
+        let inits = "grep -l '/aurae/soak' /proc/[0-9]*/cgroup 2>/dev/null | wc -l";
+        let (mounts_before, inits_before) = (c.on_node(mounts).await, c.on_node(inits).await);
+        let t = std::time::Instant::now();
+        c.cell(cell("soak-m", Default::default())).await.unwrap();
+        let start = t.elapsed();
+        c.remove_cell("soak-m").await;
+        const N: u32 = 200;
+        let (mut answered, mut refused) = (0, 0);
+        for i in 0..N {
+            let name = format!("soak-g{i}");
+            let mut req = tonic::Request::new(cell(&name, Default::default()));
+            // Up to 3× the start: auraed keeps back up to half of a short deadline.
+            req.set_timeout(start * 3 * i / N);
+            match c.runtime.clone().run_cell(req).await {
+                Ok(st) => {
+                    assert_eq!(st.into_inner().state, pb::WorkloadState::Running as i32, "{name}");
+                    c.remove_cell(&name).await;
+                    answered += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+                        "{name}: {e:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        eprintln!("give-ups: a start takes {start:?}; {answered} answered, {refused} refused");
+        assert!(refused > 0, "no deadline was short enough to refuse");
+        let clean = eventually(a.budget(Duration::from_secs(30)), || async {
+            let cgroups = c.workload_cgroups().await;
+            !cgroups.iter().any(|g| g.starts_with("soak"))
+                && c.on_node(inits).await == inits_before
+                && c.on_node(mounts).await == mounts_before
+        })
+        .await;
+        assert!(
+            clean,
+            "left: cgroups {:?}, inits {} (before {inits_before}), mounts {} (before {mounts_before})\n{}",
+            c.workload_cgroups().await,
+            c.on_node(inits).await,
+            c.on_node(mounts).await,
+            a.console_log()
+        );
+        c.assert_left_nothing("hundreds_of_give_ups_at_every_point_of_a_start_leave_nothing")
+            .await;
+    });
+}

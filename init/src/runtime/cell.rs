@@ -10,7 +10,7 @@ use super::launcher::{ExecStarter, Launcher};
 use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, Confinement, ExecutableSpec, ImageRoot, Isolation, Resources};
 use super::sys::start::StartError;
-use super::{kill_and_wait, poll_until, terminate, Phase, Runtime, KILL_WAIT};
+use super::{poll_until, terminate, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
@@ -404,19 +404,30 @@ impl Runtime {
             self.table().remove::<Cell>(cell.name.as_str());
             return Err(e);
         }
-        let started = tokio::time::timeout(spec.ready_within, async {
-            self.start_cell(&cell, &spec, parent.as_deref()).await?;
-            publish(&cell, bound)
-        });
-        let r = match started.await {
-            Ok(r) => r,
-            // An init that never reports (blocked before it is ready) is killed with the
-            // cell below; the thread that waited for it then sees the pipe close and ends.
-            Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
-                "cell '{}': its init did not report ready within {:.1} s (the caller's deadline); the cell was removed",
-                spec.name,
-                spec.ready_within.as_secs_f64()
-            ))),
+        let r = {
+            let start = async {
+                self.start_cell(&cell, &spec, parent.as_deref()).await?;
+                publish(&cell, bound)
+            };
+            tokio::pin!(start);
+            tokio::select! {
+                r = &mut start => r,
+                () = tokio::time::sleep(spec.ready_within) => {
+                    // The start is never dropped half way: its holder may be cloned into the
+                    // cell's cgroup on another thread at any moment. Kill what is there (an
+                    // init blocked before it is ready dies and its report pipe closes), let the
+                    // start end, then remove the cell with whatever it made.
+                    if let Err(e) = self.sys.kill(&cell.dir) {
+                        tracing::warn!("cell {}: cgroup.kill after its deadline: {e}", spec.name);
+                    }
+                    let _ = start.await;
+                    Err(RuntimeError::DeadlineExceeded(format!(
+                        "cell '{}': its init did not report ready within {:.1} s (the caller's deadline); the cell was removed",
+                        spec.name,
+                        spec.ready_within.as_secs_f64()
+                    )))
+                }
+            }
         };
         match r {
             Ok(()) => Ok(cell),
@@ -511,9 +522,13 @@ impl Runtime {
     pub(super) async fn discard_cell_now(&self, cell: &Cell) {
         cell.state.send_modify(|s| s.stopping = true);
         cell.ports.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        kill_and_wait(&*self.sys, &cell.dir).await;
-        if let Err(e) = cell.dir.remove_tree() {
-            tracing::warn!("cell {}: {e}", cell.name);
+        if let Err(e) = super::remove_for_good(&*self.sys, &cell.dir).await {
+            // Still listed (as failed) so the name is not reused over a cgroup that holds
+            // processes; `free` retries the removal.
+            tracing::error!("cell {}: {e}", cell.name);
+            cell.state.send_modify(|s| s.error = e.to_string());
+            cell.set_phase(Phase::Failed);
+            return;
         }
         self.table().remove::<Cell>(cell.name.as_str());
         self.release_volumes(cell.volumes());
@@ -636,8 +651,7 @@ impl Runtime {
         for e in &execs {
             e.wait().await;
         }
-        kill_and_wait(&*self.sys, &cell.dir).await;
-        cell.dir.remove_tree()?;
+        super::remove_for_good(&*self.sys, &cell.dir).await?;
         self.forget_executables(&execs);
         let mut t = self.table();
         for c in &cells {

@@ -93,6 +93,8 @@ pub(crate) mod testing {
         exit: oneshot::Sender<Exit>,
     }
 
+    type LateStart = oneshot::Sender<std::result::Result<Started, StartError>>;
+
     /// Pids start far above any kernel's pid_max, so a signal the runtime sends to one
     /// (ESRCH) can never reach a real process.
     const FIRST_PID: i32 = 1 << 28;
@@ -104,8 +106,13 @@ pub(crate) mod testing {
         next: Mutex<i32>,
         /// The next start of an executable fails with this.
         pub fail_next_exec: Mutex<Option<StartError>>,
-        /// The next holder start never reports ready (its init hangs).
+        /// The next holder start never reports ready (its init hangs until killed).
         pub hang_next_holder: Mutex<bool>,
+        /// The next holder lands in its cgroup only right after the first `cgroup.kill`
+        /// there: clone3 runs on a thread of its own and goes on even if the start is
+        /// dropped, and this is its worst interleaving with a rollback.
+        pub late_next_holder: Mutex<bool>,
+        late: Mutex<Vec<(OwnedFd, LateStart)>>,
     }
 
     impl FakeLauncher {
@@ -117,6 +124,8 @@ pub(crate) mod testing {
                 next: Mutex::new(FIRST_PID),
                 fail_next_exec: Mutex::new(None),
                 hang_next_holder: Mutex::new(false),
+                late_next_holder: Mutex::new(false),
+                late: Mutex::new(Vec::new()),
             })
         }
 
@@ -127,6 +136,13 @@ pub(crate) mod testing {
                     what: "readlink",
                     errno: nix::errno::Errno::EBADF,
                 })?;
+            if !path.is_dir() {
+                // CLONE_INTO_CGROUP into a removed cgroup fails, as the kernel's does.
+                return Err(StartError::Sys {
+                    what: "clone3",
+                    errno: nix::errno::Errno::ENODEV,
+                });
+            }
             let pid = {
                 let mut n = self.next.lock().unwrap();
                 *n += 1;
@@ -243,9 +259,18 @@ pub(crate) mod testing {
             _userns: Option<u32>,
         ) -> Starting {
             if std::mem::take(&mut *self.hang_next_holder.lock().unwrap()) {
-                // An init that is there but never reports ready.
-                let _ = self.start(cgroup);
-                return Box::pin(std::future::pending());
+                // An init that is there but never reports ready: its report pipe closes
+                // only when it dies.
+                let started = self.start(cgroup);
+                return Box::pin(async move {
+                    let _ = started?.exit.await;
+                    Err(StartError::Vanished)
+                });
+            }
+            if std::mem::take(&mut *self.late_next_holder.lock().unwrap()) {
+                let (tx, rx) = oneshot::channel();
+                self.late.lock().unwrap().push((cgroup, tx));
+                return Box::pin(async move { rx.await.unwrap_or(Err(StartError::Vanished)) });
             }
             let r = self.start(cgroup);
             Box::pin(async move { r })
@@ -253,6 +278,9 @@ pub(crate) mod testing {
 
         fn kill(&self, dir: &CgroupDir) -> Result<()> {
             self.end(|p| p.cgroup.starts_with(dir.path()), Exit::Signal(libc::SIGKILL));
+            for (cgroup, tx) in std::mem::take(&mut *self.late.lock().unwrap()) {
+                let _ = tx.send(self.start(cgroup));
+            }
             Ok(())
         }
     }

@@ -298,6 +298,25 @@ async fn kill_and_wait(sys: &dyn Launcher, dir: &CgroupDir) {
     poll_until(tokio::time::Instant::now() + KILL_WAIT, || !dir.populated()).await;
 }
 
+/// Kills what is in `dir` and below, waits for it to empty, and removes it; again while a
+/// process still lands in it (a start that lost the race with its own rollback clones into
+/// the cgroup after the first kill). A rollback that could not remove the cgroup has not
+/// rolled back: the caller keeps the name taken until this succeeds.
+async fn remove_for_good(sys: &dyn Launcher, dir: &CgroupDir) -> Result<()> {
+    let mut last = Ok(());
+    for _ in 0..REMOVE_TRIES {
+        kill_and_wait(sys, dir).await;
+        last = dir.remove_tree();
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
+/// How often [`remove_for_good`] kills and retries: one racing start can land only once.
+const REMOVE_TRIES: usize = 5;
+
 /// A graceful end: `signal` to every process `pids` lists, up to `grace` for them to go,
 /// then [`kill_and_wait`] for whatever is left in `dir`.
 async fn terminate(sys: &dyn Launcher, dir: &CgroupDir, pids: impl Fn() -> Vec<i32>, signal: i32, grace: Duration) {

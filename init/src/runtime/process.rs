@@ -397,8 +397,9 @@ impl Runtime {
         match self.start_exec(&e, &cell, &spec, program, control, attach).await {
             Ok(()) => Ok(e),
             Err(err) => {
-                kill_and_wait(&*self.sys, &e.dir).await;
-                let _ = e.dir.remove_tree();
+                if let Err(rm) = super::remove_for_good(&*self.sys, &e.dir).await {
+                    tracing::error!("executable {}: {rm}", e.name);
+                }
                 if listed {
                     self.table().remove::<Process>(e.name.as_str());
                 }
@@ -510,8 +511,7 @@ impl Runtime {
             )));
         }
         let _op = e.op.lock().await;
-        kill_and_wait(&*self.sys, &e.dir).await;
-        e.dir.remove_tree()?;
+        super::remove_for_good(&*self.sys, &e.dir).await?;
         if let Some(c) = &e.own_cell {
             self.discard_cell_now(c).await;
         }

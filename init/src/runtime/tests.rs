@@ -161,6 +161,24 @@ async fn a_cell_whose_init_never_reports_is_removed_at_the_callers_deadline() {
     r.rt.run_cell(cell("stuck")).await.unwrap();
 }
 
+/// A start that loses the race with its own rollback: the caller's deadline passes, and
+/// only then does the init land in the cell's cgroup (clone3 runs on a thread of its own).
+/// The rollback waits for the start to end, kills what landed and removes the cgroup, so
+/// nothing runs in a cgroup no workload owns and the name is free.
+#[tokio::test]
+async fn an_init_that_lands_after_the_deadline_is_killed_and_its_cgroup_removed() {
+    let r = rig();
+    *r.fake.late_next_holder.lock().unwrap() = true;
+    let mut spec = cell("late");
+    spec.ready_within = Duration::from_millis(20);
+    let e = r.rt.run_cell(spec).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::DeadlineExceeded(_)), "{e:?}");
+    assert_eq!(r.fake.running(), 0, "the late init was killed");
+    assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
+    assert!(r.rt.list(None).is_empty());
+    r.rt.run_cell(cell("late")).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_refused_start_leaves_no_cgroup_no_private_cell_and_no_entry() {
     let r = rig();

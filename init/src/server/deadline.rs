@@ -34,12 +34,30 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+/// What auraed keeps back from a caller's deadline so its answer is on the wire before the
+/// caller stops listening: a tenth (at most 2 s), and never less than half the deadline or
+/// 100 ms, whichever is smaller, because on a short deadline the transport's own latency
+/// (a loaded machine, an emulated NIC) is most of it.
+pub fn margin(caller: Duration) -> Duration {
+    (caller / 10)
+        .min(Duration::from_secs(2))
+        .max((caller / 2).min(Duration::from_millis(100)))
+}
+
+/// The instant by which a Run* must have answered, when the caller stated a deadline. An
+/// answer that is not ready by then is not sent: the handler answers DEADLINE_EXCEEDED
+/// itself and the work is undone, so "the caller got its answer" and "the caller went away"
+/// never both hold for one call, whatever the machine's speed.
+pub fn answer_by(since: std::time::Instant, caller: Option<Duration>) -> Option<std::time::Instant> {
+    let c = caller?.min(MAX_WAIT);
+    Some(since + c.saturating_sub(margin(c)))
+}
+
 /// How long an rpc may wait for its workload to get ready: the limit the request states
-/// and the caller's own deadline, whichever is shorter, less a margin (a tenth, at most
-/// 2 s) so auraed's answer arrives before the caller stops listening; `default` when
-/// neither is given.
+/// and the caller's own deadline, whichever is shorter, less the [`margin`] so auraed's
+/// answer arrives before the caller stops listening; `default` when neither is given.
 pub fn wait_budget(stated: Option<Duration>, caller: Option<Duration>, default: Duration) -> Duration {
-    let caller = caller.map(|c| c.saturating_sub((c / 10).min(Duration::from_secs(2))));
+    let caller = caller.map(|c| c.saturating_sub(margin(c)));
     let budget = match (stated, caller) {
         (Some(s), Some(c)) => s.min(c),
         (Some(s), None) => s,
@@ -85,6 +103,19 @@ mod tests {
         let years = parse_grpc_timeout("99999999H");
         assert_eq!(wait_budget(None, years, s(300)), MAX_WAIT, "the ceiling holds");
         assert_eq!(wait_budget(Some(s(1 << 40)), None, s(300)), MAX_WAIT);
+    }
+
+    #[test]
+    fn a_short_deadline_keeps_back_enough_for_the_answer_to_travel() {
+        let ms = Duration::from_millis;
+        assert_eq!(margin(ms(300)), ms(100), "at least 100 ms of a 300 ms deadline");
+        assert_eq!(margin(ms(50)), ms(25), "half of a deadline under 200 ms");
+        assert_eq!(margin(ms(0)), ms(0));
+        assert_eq!(margin(ms(10_000)), ms(1000), "a tenth");
+        let t0 = std::time::Instant::now();
+        assert_eq!(answer_by(t0, None), None, "no deadline stated: no answer-by");
+        assert_eq!(answer_by(t0, Some(ms(300))), Some(t0 + ms(200)));
+        assert_eq!(answer_by(t0, Some(ms(1))), Some(t0 + Duration::from_micros(500)));
     }
 
     #[test]

@@ -26,38 +26,75 @@ fn timed<T>(since: Instant, msg: T) -> Response<T> {
 }
 
 /// Runs `work` (a start: a VM boot or a Spawn take seconds and create a cell, a VMM, an
-/// address, an image; a cell or an executable, milliseconds) on a task of its own, so a caller that goes away mid-way (its
-/// deadline passed, it disconnected: tonic then drops this handler) cannot leave it half
-/// done. Whatever finishes after the caller has gone is stopped and freed, so nothing
-/// stays behind and the name can be used again at once.
+/// address, an image; a cell or an executable, milliseconds) on a task of its own, so a
+/// caller that goes away mid-way (its deadline passed, it disconnected: tonic then drops
+/// this handler) cannot leave it half done.
+///
+/// The answer is delivered only if it is ready by `answer_by` (the caller's deadline less a
+/// margin, [`super::deadline::answer_by`]); otherwise this handler answers
+/// DEADLINE_EXCEEDED itself. The task undoes (stops and frees) whatever started unless
+/// this handler took the result *and* confirmed it was still in time, so a workload either
+/// reached its caller or is gone, never both nor neither, on any machine.
 async fn detached<T: Send + 'static>(
     rt: Arc<Runtime>,
     work: impl std::future::Future<Output = Result<T, crate::runtime::error::RuntimeError>> + Send + 'static,
     kind: Kind,
     name: String,
+    (since, caller): (Instant, Option<std::time::Duration>),
 ) -> Result<T, Status> {
+    let answer_by = super::deadline::answer_by(since, caller);
+    let kept_back = caller.map_or(0, |c| super::deadline::margin(c).as_millis());
+    let late = || {
+        Status::deadline_exceeded(format!(
+            "{kind:?} '{name}' was not ready within the caller's deadline (less {kept_back} ms kept back for the answer to travel); it is being removed and its name will be free; give the call a longer timeout"
+        ))
+    };
+    if answer_by.is_some_and(|t| Instant::now() >= t) {
+        // Nothing is started that could not be answered.
+        return Err(late());
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let (confirm, confirmed) = tokio::sync::oneshot::channel::<()>();
+    let undo_name = name.clone();
     tokio::spawn(async move {
+        let name = undo_name;
         let r = work.await;
-        match tx.send(r) {
-            Ok(()) => {}
-            // It succeeded, but nobody is waiting for the answer any more.
-            Err(Ok(_)) => {
-                tracing::info!("{kind:?} {name}: the caller went away before it was ready; removing it");
-                if let Err(e) = rt.stop(kind, &name, libc::SIGTERM, UNDO_GRACE).await {
-                    tracing::warn!("{kind:?} {name}: stop after the caller left: {e}");
-                }
-                if let Err(e) = rt.free(kind, &name).await {
-                    tracing::warn!("{kind:?} {name}: free after the caller left: {e}");
-                }
-                tracing::info!("{kind:?} {name}: removed; the name is free");
-            }
+        let ok = r.is_ok();
+        let delivered = match tx.send(r) {
+            Ok(()) => ok && confirmed.await.is_ok(),
+            Err(Ok(_)) => false,
             // It failed, and cleaned up after itself as every failed start does.
-            Err(Err(e)) => tracing::info!("{kind:?} {name}: the caller went away; it failed ({e}); the name is free"),
+            Err(Err(e)) => {
+                tracing::info!("{kind:?} {name}: the caller went away; it failed ({e}); the name is free");
+                return;
+            }
+        };
+        if ok && !delivered {
+            tracing::info!("{kind:?} {name}: ready after its caller's deadline; removing it");
+            if let Err(e) = rt.stop(kind, &name, libc::SIGTERM, UNDO_GRACE).await {
+                tracing::warn!("{kind:?} {name}: stop after the caller left: {e}");
+            }
+            if let Err(e) = rt.free(kind, &name).await {
+                tracing::warn!("{kind:?} {name}: free after the caller left: {e}");
+            }
+            tracing::info!("{kind:?} {name}: removed; the name is free");
         }
     });
-    match rx.await {
-        Ok(r) => r.map_err(Status::from),
+    let answer = match answer_by {
+        None => rx.await,
+        Some(t) => match tokio::time::timeout_at(t.into(), rx).await {
+            Ok(a) => a,
+            Err(_) => return Err(late()),
+        },
+    };
+    match answer {
+        Ok(Ok(v)) => {
+            if answer_by.is_some_and(|t| Instant::now() >= t) || confirm.send(()).is_err() {
+                return Err(late());
+            }
+            Ok(v)
+        }
+        Ok(Err(e)) => Err(Status::from(e)),
         Err(_) => Err(Status::internal("the task running this call ended without an answer")),
     }
 }
@@ -83,10 +120,11 @@ impl RuntimeRpc for RuntimeApi {
 
     async fn run_executable(&self, r: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
         let since = Instant::now();
+        let caller = super::deadline::caller_timeout(r.metadata());
         let spec = convert::executable(r.into_inner())?;
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
         let work = async move { rt.run_executable(spec).await };
-        let view = detached(self.rt.clone(), work, Kind::Executable, name).await?;
+        let view = detached(self.rt.clone(), work, Kind::Executable, name, (since, caller)).await?;
         Ok(timed(since, convert::exec_status(view)))
     }
 
@@ -121,7 +159,7 @@ impl RuntimeRpc for RuntimeApi {
             let _hold = hold;
             rt.run_cell(spec).await
         };
-        let view = detached(self.rt.clone(), work, Kind::Cell, name).await?;
+        let view = detached(self.rt.clone(), work, Kind::Cell, name, (since, caller)).await?;
         Ok(timed(since, convert::cell_status(view)))
     }
 
@@ -129,6 +167,7 @@ impl RuntimeRpc for RuntimeApi {
         &self,
         r: Request<pb::VirtualMachine>,
     ) -> Result<Response<pb::VirtualMachineStatus>, Status> {
+        let since = Instant::now();
         let vm = r.get_ref();
         let node_files = [
             ("kernel_path", !vm.kernel_path.is_empty()),
@@ -145,21 +184,23 @@ impl RuntimeRpc for RuntimeApi {
         let rt = self.rt.clone();
         let name = spec.name.to_string();
         let work = async move { rt.run_vm(spec).await };
-        let view = detached(self.rt.clone(), work, Kind::VirtualMachine, name).await?;
+        let view = detached(self.rt.clone(), work, Kind::VirtualMachine, name, (since, caller)).await?;
         Ok(Response::new(convert::vm_status(view)))
     }
 
     async fn spawn(&self, r: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = convert::instance(r.into_inner(), caller)?;
         let rt = self.rt.clone();
         let name = spec.name.to_string();
         let work = async move { rt.spawn(spec).await };
-        let view = detached(self.rt.clone(), work, Kind::Instance, name).await?;
+        let view = detached(self.rt.clone(), work, Kind::Instance, name, (since, caller)).await?;
         Ok(Response::new(convert::instance_status(view)))
     }
 
     async fn run_pod(&self, r: Request<pb::Pod>) -> Result<Response<pb::PodStatus>, Status> {
+        let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = super::pod_convert::pod(r.into_inner(), caller)?;
         let images = self.images.as_ref().map_err(|why| {
@@ -198,7 +239,78 @@ impl RuntimeRpc for RuntimeApi {
         }
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
         let work = async move { rt.run_pod(spec, per_container).await };
-        let view = detached(self.rt.clone(), work, Kind::Pod, name).await?;
+        let view = detached(self.rt.clone(), work, Kind::Pod, name, (since, caller)).await?;
         Ok(Response::new(super::pod_convert::pod_status(view)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::launcher::testing::FakeLauncher;
+    use crate::runtime::names::CellName;
+    use crate::runtime::spec::CellSpec;
+    use std::time::Duration;
+    use tonic::Code;
+
+    fn runtime() -> (tempfile::TempDir, Arc<Runtime>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("aurae");
+        std::fs::create_dir(&root).unwrap();
+        let rt = Arc::new(Runtime::with_launcher(root.clone(), FakeLauncher::new(&root)));
+        (dir, rt)
+    }
+
+    fn spec(name: &str) -> CellSpec {
+        CellSpec {
+            name: CellName::parse(name).unwrap(),
+            resources: Default::default(),
+            isolation: Default::default(),
+            confinement: Default::default(),
+            binds: Vec::new(),
+            ready_within: crate::runtime::spec::READY_MAX,
+            image: None,
+            ports: Vec::new(),
+        }
+    }
+
+    /// A start that is ready only after the caller's deadline (less the margin) is not
+    /// answered as a success: the caller hears DEADLINE_EXCEEDED from auraed itself, and
+    /// the cell that did start is removed, so its name is free again.
+    #[tokio::test]
+    async fn a_start_ready_after_the_answer_by_is_refused_and_undone() {
+        let (_d, rt) = runtime();
+        let r2 = rt.clone();
+        let work = async move {
+            let v = r2.run_cell(spec("slow")).await;
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            v
+        };
+        let caller = Some(Duration::from_millis(100));
+        let e = detached(rt.clone(), work, Kind::Cell, "slow".into(), (Instant::now(), caller))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        assert!(e.message().contains("50 ms kept back"), "{}", e.message());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !rt.list(None).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(rt.list(None).is_empty(), "the late cell was removed");
+        rt.run_cell(spec("slow")).await.expect("the name is free again");
+    }
+
+    /// A start ready in time is answered and stays: nothing undoes a delivered answer.
+    #[tokio::test]
+    async fn a_start_ready_in_time_is_answered_and_kept() {
+        let (_d, rt) = runtime();
+        let r2 = rt.clone();
+        let work = async move { r2.run_cell(spec("quick")).await };
+        let caller = Some(Duration::from_secs(30));
+        detached(rt.clone(), work, Kind::Cell, "quick".into(), (Instant::now(), caller))
+            .await
+            .expect("answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(rt.list(None).len(), 1, "the answered cell stays");
     }
 }
