@@ -25,10 +25,29 @@ pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 /// The appliance this test binary's tests share, booted by the first test that asks; the
 /// tests run one at a time (`--test-threads=1`), each cleaning up after itself. QEMU ends
 /// with the test process (`qemu/run` watches it). None when AURAE_APPLIANCE is unset.
+/// Its policy also grants `client/test-operator` the operator role and `client/test-reader`
+/// the reader role ([`shared_roles`]), so any test can act as them.
 pub fn shared() -> Option<&'static Appliance> {
     static SHARED: std::sync::OnceLock<Appliance> = std::sync::OnceLock::new();
     let build = build_dir()?;
-    Some(SHARED.get_or_init(|| Appliance::boot(&build, BOOT_DEADLINE)))
+    let roles = shared_roles()?;
+    Some(SHARED.get_or_init(|| {
+        let layer = roles.layer.to_str().expect("a UTF-8 temp path");
+        Appliance::boot_with(&build, BOOT_DEADLINE, &[("EXTRA_LAYER", layer)])
+    }))
+}
+
+/// The identities the shared appliance grants roles to: `test-operator` and `test-reader`.
+pub fn shared_roles() -> Option<&'static TestRoles> {
+    use auraed::pki::policy::Role;
+    static ROLES: std::sync::OnceLock<TestRoles> = std::sync::OnceLock::new();
+    let build = build_dir()?;
+    Some(ROLES.get_or_init(|| {
+        TestRoles::new(
+            &build,
+            &[("test-operator", Role::Operator), ("test-reader", Role::Reader)],
+        )
+    }))
 }
 
 /// The shared appliance, or a loud SKIP; `make test-appliance` always sets AURAE_APPLIANCE.

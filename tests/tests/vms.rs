@@ -522,3 +522,197 @@ fn a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again() {
             .await;
     });
 }
+
+/// The operator's envelope, attacked as an operator would (a client certificate with role
+/// operator): a VM's VMM cell (privileged, the node's whole filesystem) takes no executable
+/// and no exec; host namespaces, capabilities beyond the default set and privileged or
+/// unconfined cells are refused by name; and the operator's own default cell has the
+/// default capability set, no view of /etc/aurae/pki and no way to signal the node's PID 1.
+/// Each refusal changes nothing.
+#[test]
+fn an_operator_cannot_become_root_on_the_node() {
+    let a = shared_or_skip!();
+    let roles = aurae_appliance_tests::shared_roles().unwrap();
+    rt().block_on(async {
+        let admin = Client::connect(a).await;
+        let op = Client::connect_with(a.target_as(roles.tls("test-operator")), None).await;
+        let img = guest_initramfs(&admin, "t3-vm", "sleep 1000").await;
+        admin
+            .runtime
+            .clone()
+            .run_virtual_machine(vm("t3-vm", &img, 1))
+            .await
+            .unwrap();
+        let cgroups_before = admin.workload_cgroups().await;
+        let vmm_procs =
+            "cat /sys/fs/cgroup/aurae/t3-vm/cgroup.procs /sys/fs/cgroup/aurae/t3-vm/*/cgroup.procs 2>/dev/null | wc -l";
+        let procs_before = admin.on_node(vmm_procs).await;
+
+        // Into the VMM's private cell: an executable, then an exec with a terminal.
+        let e = op
+            .exec(pb::Executable {
+                name: "steal".into(),
+                argv: vec!["/bin/cat".into(), "/etc/aurae/pki/spawn-ca.key".into()],
+                cell: "t3-vm".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message()
+                .contains("cell: cell 't3-vm' is the private cell of virtual machine 't3-vm'"),
+            "{e:?}"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::ExecRequest {
+            request: Some(pb::exec_request::Request::Start(pb::ExecStart {
+                cell: "t3-vm".into(),
+                argv: vec!["/bin/sh".into()],
+                tty: true,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let refused = match op
+            .runtime
+            .clone()
+            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Err(e) => e,
+            Ok(s) => {
+                let mut s = s.into_inner();
+                match s.message().await {
+                    Err(e) => e,
+                    Ok(m) => panic!("an exec in the VMM's cell was answered: {m:?}"),
+                }
+            }
+        };
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("start.cell: cell 't3-vm' is the private cell"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            admin.on_node(vmm_procs).await,
+            procs_before,
+            "nothing joined the VMM's cell"
+        );
+
+        // Powers beyond a default cell's.
+        let ask = |i: pb::CellIsolation, c: pb::CellConfinement| pb::Cell {
+            name: "op-root".into(),
+            isolation: Some(i),
+            confinement: Some(c),
+            ..Default::default()
+        };
+        let caps = |c: &str| pb::CellConfinement {
+            cap_add: vec![c.into()],
+            ..Default::default()
+        };
+        let none = pb::CellIsolation::default();
+        let asks = [
+            (
+                ask(
+                    pb::CellIsolation {
+                        share_host_mount: true,
+                        ..none
+                    },
+                    Default::default(),
+                ),
+                "isolation.share_host_mount",
+            ),
+            (
+                ask(
+                    pb::CellIsolation {
+                        share_host_pid: true,
+                        ..none
+                    },
+                    Default::default(),
+                ),
+                "isolation.share_host_pid",
+            ),
+            (
+                ask(
+                    pb::CellIsolation {
+                        share_host_network: true,
+                        ..none
+                    },
+                    Default::default(),
+                ),
+                "isolation.share_host_network",
+            ),
+            (ask(none, caps("SYS_ADMIN")), "confinement.cap_add SYS_ADMIN"),
+            (ask(none, caps("ALL")), "confinement.cap_add ALL"),
+            (
+                ask(none, caps("DAC_READ_SEARCH")),
+                "confinement.cap_add DAC_READ_SEARCH",
+            ),
+            (
+                ask(
+                    none,
+                    pb::CellConfinement {
+                        privileged: true,
+                        ..Default::default()
+                    },
+                ),
+                "confinement.privileged",
+            ),
+        ];
+        for (req, field) in asks {
+            let e = op.cell(req).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{field}: {e:?}");
+            assert!(
+                e.message().contains(field) && e.message().contains("needs admin"),
+                "{e:?}"
+            );
+        }
+        assert_eq!(admin.workload_cgroups().await, cgroups_before, "no cell was made");
+
+        // What an operator may have: a default cell, with NET_BIND_SERVICE re-added.
+        op.cell(ask(none, caps("NET_BIND_SERVICE"))).await.unwrap();
+        let (st, out) = op
+            .run_sh(
+                "op-look",
+                "op-root",
+                "grep CapEff /proc/self/status; ls /etc/aurae/pki 2>&1 | head -1; readlink /proc/1/ns/pid",
+            )
+            .await;
+        assert_eq!(st.exit_code, Some(0), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        // Docker's default set less MKNOD: 0xa80425fb & !(1 << 27).
+        assert_eq!(lines[0].split_whitespace().nth(1), Some("00000000a00425fb"), "{out}");
+        assert!(
+            lines[1].contains("No such file or directory"),
+            "the node's keys are not there: {out}"
+        );
+        let node_pid_ns = admin.on_node("readlink /proc/1/ns/pid").await;
+        assert_ne!(
+            lines[2].trim(),
+            node_pid_ns.trim(),
+            "the node's PID 1 is out of reach: {out}"
+        );
+        op.free("op-look").await;
+        op.remove_cell("op-root").await;
+
+        admin
+            .workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(vm_ref("t3-vm")),
+                signal: 0,
+                grace_period_millis: 500,
+            })
+            .await
+            .unwrap();
+        admin.workloads.clone().free(vm_ref("t3-vm")).await.unwrap();
+        admin.on_node("rm -f /var/lib/aurae/vm/t3-vm.cpio").await;
+        admin
+            .assert_left_nothing("an_operator_cannot_become_root_on_the_node")
+            .await;
+    });
+}

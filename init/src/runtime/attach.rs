@@ -69,7 +69,7 @@ impl Runtime {
     /// Starts `spec` in its (running) cell, attached; returns once it runs.
     pub async fn attach(&self, spec: AttachSpec) -> Result<Attached> {
         self.usable()?;
-        let cell: Arc<Cell> = self.cell(spec.cell.as_str())?;
+        let cell: Arc<Cell> = self.target_cell(spec.cell.as_str(), "start.cell")?;
         if cell.phase() != Phase::Running {
             return Err(RuntimeError::Precondition(format!(
                 "cell '{}' is {:?}; attach only to running cells",

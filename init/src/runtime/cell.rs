@@ -10,7 +10,7 @@ use super::launcher::{ExecStarter, Launcher};
 use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, Confinement, ExecutableSpec, ImageRoot, Isolation, Resources};
 use super::sys::start::StartError;
-use super::{poll_until, terminate, Phase, Runtime, KILL_WAIT};
+use super::{poll_until, terminate, Kind, Phase, Runtime, KILL_WAIT};
 use crate::init::reaper::Exit;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
@@ -273,6 +273,26 @@ impl Runtime {
     }
 
     /// Checks a spec against this node before anything is created.
+    /// The cell `field` names as the home of a client's process (an executable or an
+    /// exec): one a client made with RunCell, never a private cell of auraed's own. A VM's
+    /// VMM cell is privileged with the node's whole filesystem, an instance's holds the
+    /// child's keys with every capability: a process there would be root on the node.
+    pub(super) fn target_cell(&self, name: &str, field: &'static str) -> Result<Arc<Cell>> {
+        let c = self.cell(name)?;
+        if c.implicit {
+            let owner = [Kind::VirtualMachine, Kind::Instance, Kind::Pod, Kind::Executable]
+                .into_iter()
+                .find(|k| self.table().lookup(*k, name).is_ok())
+                .map_or_else(|| "auraed's own".to_owned(), |k| format!("{} '{name}'", k.noun()));
+            return Err(RuntimeError::PrivateCell {
+                field,
+                cell: name.to_owned(),
+                owner,
+            });
+        }
+        Ok(c)
+    }
+
     fn check_cell(&self, spec: &CellSpec) -> Result<(Option<Arc<Cell>>, CgroupDir)> {
         let parent = match spec.name.parent() {
             None => None,

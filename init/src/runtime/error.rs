@@ -16,6 +16,15 @@ pub enum RuntimeError {
     /// The node or the workload is not in a state that allows this (FAILED_PRECONDITION).
     #[error("{0}")]
     Precondition(String),
+    /// A request named a private cell auraed made for one of its own workloads (a VM's VMM,
+    /// an instance, a pod, an executable): not a target for anyone's processes
+    /// (FAILED_PRECONDITION).
+    #[error("{field}: cell '{cell}' is the private cell of {owner}; only cells made with RunCell take executables (aer cell create NAME, then --cell NAME)")]
+    PrivateCell {
+        field: &'static str,
+        cell: String,
+        owner: String,
+    },
     /// A workload did not get ready within the time the caller allowed (DEADLINE_EXCEEDED).
     #[error("{0}")]
     DeadlineExceeded(String),

@@ -327,7 +327,7 @@ impl Runtime {
         }
         let (cell, own) = match &spec.cell {
             Some(name) => {
-                let c = self.cell(name.as_str())?;
+                let c = self.target_cell(name.as_str(), "cell")?;
                 match c.phase() {
                     Phase::Running => {}
                     Phase::Frozen => {

@@ -289,3 +289,40 @@ async fn the_workload_beyond_the_maximum_is_refused_and_leaves_nothing() {
     assert_eq!(r.rt.list(None).len(), 3, "the maximum, never more");
     assert!(!tree(&r.root).iter().any(|d| d.starts_with('d')), "{:?}", tree(&r.root));
 }
+
+/// A private cell auraed made for one of its own workloads (here an executable's; a VM's
+/// VMM and an instance's are made the same way) takes no one's executable or exec: the
+/// refusal names the field and the owner, and nothing starts there.
+#[tokio::test]
+async fn a_private_cell_is_no_target_for_an_executable_or_an_exec() {
+    let r = rig();
+    r.rt.run_executable(exe("own", None)).await.unwrap();
+    let (running, listed) = (r.fake.running(), r.rt.list(None).len());
+    let e = r.rt.run_executable(exe("intruder", Some("own"))).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::PrivateCell { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "cell: cell 'own' is the private cell of executable 'own'; only cells made with RunCell take executables (aer cell create NAME, then --cell NAME)"
+    );
+    let e =
+        r.rt.attach(super::attach::AttachSpec {
+            cell: CellName::parse("own").unwrap(),
+            argv: vec!["/bin/sh".into()],
+            env: Default::default(),
+            cwd: None,
+            uid: None,
+            gid: None,
+            tty: false,
+            size: None,
+        })
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .starts_with("start.cell: cell 'own' is the private cell of executable 'own'"),
+        "{e}"
+    );
+    assert_eq!(r.fake.running(), running, "nothing started");
+    assert_eq!(r.rt.list(None).len(), listed, "nothing listed");
+}

@@ -56,6 +56,92 @@ pub const METHODS: &[(&str, Role)] = &[
     ),
 ];
 
+/// Request fields that need more than their method's role: an operator gets no more than a
+/// default cell's powers, so host namespaces, capabilities beyond the default set, a
+/// privileged or unconfined cell and files of the node's choosing are the admin's. Dropping
+/// capabilities, a stricter profile or a user namespace are anyone's. `Caller::authorize`
+/// is the one place this table is evaluated; a field a request reports ([`Asks`]) that is
+/// not listed needs admin, and a test checks every reported field is listed.
+pub const FIELDS: &[(&str, &str, Role)] = &[
+    ("/aurae.v0.Runtime/RunCell", "isolation.share_host_pid", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "isolation.share_host_mount", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "isolation.share_host_network", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "isolation.share_host_ipc", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "isolation.share_host_uts", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "isolation.share_host_cgroup", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "confinement.privileged", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "confinement.seccomp", Role::Admin),
+    ("/aurae.v0.Runtime/RunCell", "confinement.cap_add", Role::Admin),
+    ("/aurae.v0.Runtime/RunVirtualMachine", "kernel_path", Role::Admin),
+    ("/aurae.v0.Runtime/RunVirtualMachine", "initramfs_path", Role::Admin),
+    ("/aurae.v0.Runtime/RunVirtualMachine", "disks", Role::Admin),
+];
+
+/// A request that may ask for more than its method's role allows: the `FIELDS` it sets, each
+/// with what it asks for in words ("confinement.cap_add SYS_ADMIN").
+pub trait Asks {
+    const METHOD: &'static str;
+    fn asks(&self) -> Vec<(&'static str, String)>;
+}
+
+impl Asks for crate::pb::Cell {
+    const METHOD: &'static str = "/aurae.v0.Runtime/RunCell";
+    fn asks(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(i) = &self.isolation {
+            for (set, field) in [
+                (i.share_host_pid, "isolation.share_host_pid"),
+                (i.share_host_mount, "isolation.share_host_mount"),
+                (i.share_host_network, "isolation.share_host_network"),
+                (i.share_host_ipc, "isolation.share_host_ipc"),
+                (i.share_host_uts, "isolation.share_host_uts"),
+                (i.share_host_cgroup, "isolation.share_host_cgroup"),
+            ] {
+                if set {
+                    v.push((field, format!("{field} (a namespace of the node's)")));
+                }
+            }
+        }
+        if let Some(c) = &self.confinement {
+            if c.privileged {
+                v.push(("confinement.privileged", "confinement.privileged".to_owned()));
+            }
+            if c.seccomp == crate::pb::SeccompProfile::Unconfined as i32 {
+                v.push(("confinement.seccomp", "confinement.seccomp UNCONFINED".to_owned()));
+            }
+            let beyond = crate::runtime::confine::caps::beyond_default(&c.cap_add);
+            if !beyond.is_empty() {
+                v.push((
+                    "confinement.cap_add",
+                    format!(
+                        "confinement.cap_add {} (beyond the default set: {})",
+                        beyond.join(","),
+                        crate::runtime::confine::caps::DEFAULT.join(",")
+                    ),
+                ));
+            }
+        }
+        v
+    }
+}
+
+impl Asks for crate::pb::VirtualMachine {
+    const METHOD: &'static str = "/aurae.v0.Runtime/RunVirtualMachine";
+    fn asks(&self) -> Vec<(&'static str, String)> {
+        // An operator boots the node's own kernel; files of the node's choosing are the
+        // admin's (a disk can be any block device or file auraed can open).
+        [
+            ("kernel_path", !self.kernel_path.is_empty()),
+            ("initramfs_path", !self.initramfs_path.is_empty()),
+            ("disks", !self.disks.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| (f, format!("{f}, a file on the node,")))
+        .collect()
+    }
+}
+
 /// The role `path` needs; a method nobody listed needs admin (and is then UNIMPLEMENTED).
 pub fn required_role(path: &str) -> Role {
     METHODS
@@ -83,6 +169,19 @@ impl Caller {
     /// The caller of `req`, when it reached a handler through the layer.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&Caller> {
         req.extensions().get::<Caller>()
+    }
+
+    /// Refuses unless the caller has the role every field the request asks for needs
+    /// (`FIELDS`): the one evaluation of that table.
+    pub fn authorize<T: Asks>(req: &tonic::Request<T>) -> Result<(), Status> {
+        for (field, what) in req.get_ref().asks() {
+            let need = FIELDS
+                .iter()
+                .find(|(m, f, _)| *m == T::METHOD && *f == field)
+                .map_or(Role::Admin, |(_, _, r)| *r);
+            Caller::require(req, need, &what)?;
+        }
+        Ok(())
     }
 
     /// Refuses unless the caller has `role`; `why` says what about the request needs it.
@@ -334,6 +433,209 @@ mod tests {
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()
+    }
+
+    fn as_role<T>(msg: T, role: Role) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.extensions_mut().insert(Caller {
+            id: "spiffe://t.test/client/o".into(),
+            role,
+            via: None,
+        });
+        r
+    }
+
+    fn cell_with(i: pb::CellIsolation, c: pb::CellConfinement) -> pb::Cell {
+        pb::Cell {
+            name: "c".into(),
+            isolation: Some(i),
+            confinement: Some(c),
+            ..Default::default()
+        }
+    }
+
+    use crate::pb;
+
+    /// Every field a request can report is in `FIELDS` under its method, and every method
+    /// there is a served one: a new power cannot slip past the table.
+    #[test]
+    fn every_field_a_request_asks_for_is_in_the_table() {
+        let all = cell_with(
+            pb::CellIsolation {
+                share_host_pid: true,
+                share_host_mount: true,
+                share_host_network: true,
+                share_host_ipc: true,
+                share_host_uts: true,
+                share_host_cgroup: true,
+            },
+            pb::CellConfinement {
+                privileged: true,
+                seccomp: pb::SeccompProfile::Unconfined as i32,
+                cap_add: vec!["ALL".into()],
+                ..Default::default()
+            },
+        );
+        let vm = pb::VirtualMachine {
+            kernel_path: "k".into(),
+            initramfs_path: "i".into(),
+            disks: vec![Default::default()],
+            ..Default::default()
+        };
+        let mut reported: Vec<(&str, &str)> = all.asks().iter().map(|(f, _)| (pb::Cell::METHOD, *f)).collect();
+        reported.extend(vm.asks().iter().map(|(f, _)| (pb::VirtualMachine::METHOD, *f)));
+        assert_eq!(reported.len(), FIELDS.len());
+        for (m, f) in &reported {
+            assert!(
+                FIELDS.iter().any(|(tm, tf, _)| tm == m && tf == f),
+                "{m} {f} is reported but not in FIELDS"
+            );
+        }
+        for (m, _, _) in FIELDS {
+            assert!(
+                METHODS.iter().any(|(p, _)| p == m),
+                "FIELDS names {m}, which METHODS lacks"
+            );
+        }
+    }
+
+    /// The operator's envelope: a default cell's powers and nothing more. Each power beyond
+    /// it is refused by name; dropping and stricter settings pass; an admin may ask for all.
+    #[test]
+    fn an_operator_gets_no_more_than_a_default_cells_powers() {
+        let none = pb::CellIsolation::default();
+        let plain = pb::CellConfinement::default();
+        let caps = |c: &[&str]| pb::CellConfinement {
+            cap_add: c.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let refused = [
+            (
+                cell_with(
+                    pb::CellIsolation {
+                        share_host_mount: true,
+                        ..none
+                    },
+                    plain.clone(),
+                ),
+                "isolation.share_host_mount",
+            ),
+            (
+                cell_with(
+                    pb::CellIsolation {
+                        share_host_pid: true,
+                        ..none
+                    },
+                    plain.clone(),
+                ),
+                "isolation.share_host_pid",
+            ),
+            (
+                cell_with(
+                    pb::CellIsolation {
+                        share_host_network: true,
+                        ..none
+                    },
+                    plain.clone(),
+                ),
+                "isolation.share_host_network",
+            ),
+            (
+                cell_with(
+                    pb::CellIsolation {
+                        share_host_ipc: true,
+                        ..none
+                    },
+                    plain.clone(),
+                ),
+                "isolation.share_host_ipc",
+            ),
+            (
+                cell_with(
+                    pb::CellIsolation {
+                        share_host_uts: true,
+                        ..none
+                    },
+                    plain.clone(),
+                ),
+                "isolation.share_host_uts",
+            ),
+            (
+                cell_with(
+                    pb::CellIsolation {
+                        share_host_cgroup: true,
+                        ..none
+                    },
+                    plain.clone(),
+                ),
+                "isolation.share_host_cgroup",
+            ),
+            (cell_with(none, caps(&["ALL"])), "confinement.cap_add ALL"),
+            (cell_with(none, caps(&["SYS_ADMIN"])), "confinement.cap_add SYS_ADMIN"),
+            (
+                cell_with(none, caps(&["DAC_READ_SEARCH"])),
+                "confinement.cap_add DAC_READ_SEARCH",
+            ),
+            (
+                cell_with(none, caps(&["cap_sys_ptrace"])),
+                "confinement.cap_add cap_sys_ptrace",
+            ),
+            (cell_with(none, caps(&["NET_ADMIN"])), "confinement.cap_add NET_ADMIN"),
+            (cell_with(none, caps(&["SYS_MODULE"])), "confinement.cap_add SYS_MODULE"),
+            (cell_with(none, caps(&["MKNOD"])), "confinement.cap_add MKNOD"),
+            (
+                cell_with(
+                    none,
+                    pb::CellConfinement {
+                        privileged: true,
+                        ..Default::default()
+                    },
+                ),
+                "confinement.privileged",
+            ),
+            (
+                cell_with(
+                    none,
+                    pb::CellConfinement {
+                        seccomp: pb::SeccompProfile::Unconfined as i32,
+                        ..Default::default()
+                    },
+                ),
+                "confinement.seccomp UNCONFINED",
+            ),
+        ];
+        for (c, field) in refused {
+            let e = Caller::authorize(&as_role(c.clone(), Role::Operator)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{field}");
+            assert!(e.message().contains(field), "{field}: {}", e.message());
+            assert!(e.message().contains("needs admin"), "{}", e.message());
+            Caller::authorize(&as_role(c, Role::Admin)).expect("an admin may");
+        }
+        let allowed = [
+            cell_with(none, plain.clone()),
+            cell_with(none, caps(&["NET_BIND_SERVICE", "CHOWN"])),
+            cell_with(
+                none,
+                pb::CellConfinement {
+                    cap_drop: vec!["ALL".into()],
+                    cap_add: vec!["NET_BIND_SERVICE".into()],
+                    seccomp: pb::SeccompProfile::Strict as i32,
+                    seccomp_deny: vec!["mkdir".into()],
+                    user_namespace: true,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for c in allowed {
+            Caller::authorize(&as_role(c.clone(), Role::Operator)).unwrap_or_else(|e| panic!("{c:?}: {e:?}"));
+        }
+        let vm = pb::VirtualMachine {
+            disks: vec![Default::default()],
+            ..Default::default()
+        };
+        let e = Caller::authorize(&as_role(vm, Role::Operator)).unwrap_err();
+        assert!(e.message().contains("disks, a file on the node"), "{}", e.message());
+        Caller::authorize(&as_role(pb::VirtualMachine::default(), Role::Operator)).unwrap();
     }
 
     #[test]

@@ -185,8 +185,7 @@ pub fn resources(r: Option<pb::CellResources>) -> Result<Resources, RuntimeError
     })
 }
 
-/// A cell's confinement; `privileged` and an unconfined seccomp profile need the admin
-/// role, which the handler checks (`needs_admin`).
+/// A cell's confinement. What of it needs the admin role is `authz::FIELDS`' to say.
 fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeError> {
     let c = c.unwrap_or_default();
     let level = match pb::SeccompProfile::try_from(c.seccomp) {
@@ -235,18 +234,6 @@ fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeErr
         privileged: false,
         userns: c.user_namespace,
     })
-}
-
-/// Which part of a cell request needs the admin role, if any.
-pub fn needs_admin(c: &pb::Cell) -> Option<&'static str> {
-    let conf = c.confinement.as_ref()?;
-    if conf.privileged {
-        Some("confinement.privileged")
-    } else if conf.seccomp == pb::SeccompProfile::Unconfined as i32 {
-        Some("confinement.seccomp UNCONFINED")
-    } else {
-        None
-    }
 }
 
 /// An Exec's `start`, checked.
@@ -1109,7 +1096,6 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(needs_admin(&p), Some("confinement.privileged"));
         assert_eq!(
             confined(p.confinement.clone().unwrap()).unwrap().confinement,
             Confinement::PRIVILEGED
@@ -1120,16 +1106,6 @@ mod tests {
         })
         .unwrap();
         assert!(added.confinement.caps.has("NET_ADMIN"));
-        assert_eq!(
-            needs_admin(&pb::Cell {
-                confinement: Some(pb::CellConfinement {
-                    cap_add: vec!["NET_ADMIN".into()],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            None
-        );
     }
 
     #[test]
@@ -1142,11 +1118,6 @@ mod tests {
         let c = confined(strict.clone()).unwrap().confinement.seccomp.unwrap();
         assert_eq!(c.level, seccomp::Level::Strict);
         assert_eq!(c.deny.names(), ["mkdir", "ptrace"]);
-        let req = pb::Cell {
-            confinement: Some(strict),
-            ..Default::default()
-        };
-        assert_eq!(needs_admin(&req), None, "stricter is not more power");
         for (bad, field) in [
             (
                 pb::CellConfinement {

@@ -37,7 +37,7 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeError::Invalid { .. } => Code::InvalidArgument,
         RuntimeError::NotFound(_) => Code::NotFound,
         RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
-        RuntimeError::Precondition(_) => Code::FailedPrecondition,
+        RuntimeError::Precondition(_) | RuntimeError::PrivateCell { .. } => Code::FailedPrecondition,
         RuntimeError::Exhausted(_) => Code::ResourceExhausted,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Spawn(s) => spawn_code(s),

@@ -107,6 +107,17 @@ impl CapSet {
     }
 }
 
+/// The names in `add` that reach beyond the default set ("ALL", "SYS_ADMIN"): what only an
+/// admin may ask for. Re-adding a default capability is not beyond it; a name that is no
+/// capability is left to validation, which refuses it by field.
+pub fn beyond_default(add: &[String]) -> Vec<String> {
+    let default = CapSet::default_set().0;
+    add.iter()
+        .filter(|raw| parse(raw).is_ok_and(|bits| bits & !default != 0))
+        .cloned()
+        .collect()
+}
+
 /// One name ("NET_ADMIN", "cap_net_admin" or "ALL") as bits.
 fn parse(raw: &str) -> Result<u64, String> {
     let up = raw.trim().to_ascii_uppercase();
@@ -126,6 +137,23 @@ fn number(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_capabilities_outside_the_default_set_are_beyond_it() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(beyond_default(&v(&["NET_BIND_SERVICE", "cap_chown", "KILL"])).is_empty());
+        assert_eq!(
+            beyond_default(&v(&[
+                "CHOWN",
+                "SYS_ADMIN",
+                "all",
+                "CAP_DAC_READ_SEARCH",
+                "MKNOD",
+                "bogus"
+            ])),
+            v(&["SYS_ADMIN", "all", "CAP_DAC_READ_SEARCH", "MKNOD"])
+        );
+    }
 
     #[test]
     fn the_default_set_is_dockers_without_mknod() {
