@@ -696,7 +696,6 @@ fn an_operator_cannot_become_root_on_the_node() {
             node_pid_ns.trim(),
             "the node's PID 1 is out of reach: {out}"
         );
-        op.free("op-look").await;
         op.remove_cell("op-root").await;
 
         admin
