@@ -659,11 +659,33 @@ fn images_on_the_data_disk_survive_a_reboot() {
         });
         a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
     }
-    // Again from the same disk, with no registry anywhere: the image is there, and a cell
-    // runs from it without pulling.
+    // A leftover in the store's tmp/ as a hostile layer's unpack would leave it after a
+    // crash: a tree 8,000 directories deep (made with debugfs, one step at a time).
+    let script = dir.path().join("deep.debugfs");
+    let mut steps = String::from("cd /images/tmp\nmkdir layer-1-1\ncd layer-1-1\n");
+    for _ in 0..8000 {
+        steps.push_str("mkdir d\ncd d\n");
+    }
+    std::fs::write(&script, steps).unwrap();
+    registry::run(
+        std::process::Command::new("debugfs")
+            .args(["-w", "-f"])
+            .arg(&script)
+            .arg(&disk),
+    );
+    // Again from the same disk, with no registry anywhere: the node starts and serves
+    // (the leftover is moved out of tmp/ and removed on a thread of its own, without
+    // recursion), the image is there, and a cell runs from it without pulling.
     let mut a = boot("");
     rt().block_on(async {
         let c = Client::connect(&a).await;
+        let store = "/var/lib/aurae/data/images";
+        assert_eq!(c.on_node(&format!("ls -A {store}/tmp | wc -l")).await.trim(), "0");
+        let emptied = aurae_appliance_tests::eventually(a.budget(std::time::Duration::from_secs(120)), || async {
+            c.on_node(&format!("ls -A {store}/trash | wc -l")).await.trim() == "0"
+        })
+        .await;
+        assert!(emptied, "the deep leftover is removed:\n{}", a.console_log());
         let l = c
             .images
             .clone()

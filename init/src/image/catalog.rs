@@ -367,7 +367,7 @@ fn collect(store: &Store, kept: &[Record], in_use: &[String]) {
                     continue;
                 }
                 let _ = if is_dir {
-                    std::fs::remove_dir_all(e.path())
+                    super::tree::remove_tree(&e.path())
                 } else {
                     std::fs::remove_file(e.path())
                 };

@@ -14,7 +14,11 @@ pub mod config;
 pub mod load;
 pub mod pull;
 pub mod store;
+pub(crate) mod tar_guard;
+pub(crate) mod tree;
 pub mod unpack;
+#[cfg(test)]
+mod unpack_fuzz;
 
 use sha2::{Digest as _, Sha256};
 use std::path::PathBuf;

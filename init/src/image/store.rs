@@ -24,12 +24,48 @@ impl Store {
         for d in [s.root.join("blobs/sha256"), s.root.join("layers"), s.tmp_dir()] {
             std::fs::create_dir_all(&d).map_err(ImageError::io("make the image store's directory", &d))?;
         }
-        if let Ok(rd) = std::fs::read_dir(s.tmp_dir()) {
+        s.empty_tmp();
+        Ok(s)
+    }
+
+    /// Moves what is left in `tmp/` into `trash/` (a rename each, whatever the tree) and
+    /// removes the trash on a thread of its own: a leftover can be a hostile layer's tree
+    /// thousands of levels deep, which must delay neither the node's start nor its runtime
+    /// thread. Until it is gone it counts as used.
+    fn empty_tmp(&self) {
+        let trash = self.root.join("trash");
+        if std::fs::create_dir_all(&trash).is_err() {
+            return;
+        }
+        if let Ok(rd) = std::fs::read_dir(self.tmp_dir()) {
             for e in rd.flatten() {
-                discard(&e.path());
+                let p = e.path();
+                let _ = nix::mount::umount2(&p.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let to = trash.join(format!(
+                    "{}.{stamp}.{}",
+                    e.file_name().to_string_lossy(),
+                    TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
+                if std::fs::rename(&p, &to).is_err() {
+                    discard(&p);
+                }
             }
         }
-        Ok(s)
+        let spawned = std::thread::Builder::new().name("aurae-trash".into()).spawn(move || {
+            if let Ok(rd) = std::fs::read_dir(&trash) {
+                for e in rd.flatten() {
+                    if let Err(err) = super::tree::remove_tree(&e.path()) {
+                        tracing::warn!("image store: remove {}: {err}", e.path().display());
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("image store: no thread to empty the trash: {e}");
+        }
     }
 
     /// The most the store may hold, in bytes.
@@ -60,20 +96,21 @@ impl Store {
     }
 
     /// Bytes the store's files take (blocks, so sparse or small files count as they cost).
+    /// Iterative, so no tree's depth reaches the thread's stack.
     pub fn used(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            use std::os::unix::fs::MetadataExt;
-            let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
-            let own = m.blocks() * 512;
-            if !m.is_dir() {
-                return own;
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        let mut todo = vec![self.root.clone()];
+        while let Some(p) = todo.pop() {
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    todo.extend(rd.flatten().map(|e| e.path()));
+                }
             }
-            std::fs::read_dir(p)
-                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum::<u64>())
-                .unwrap_or(0)
-                + own
         }
-        walk(&self.root)
+        total
     }
 
     /// Bytes the store may still take.
@@ -240,11 +277,14 @@ impl Drop for BlobWriter {
     }
 }
 
+static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Removes an entry of `tmp/`: a partial blob, or an unpack with its overlay unmounted first.
 pub(crate) fn discard(p: &Path) {
     if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
         let _ = nix::mount::umount2(&p.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir_all(p);
+        // Iterative: a leftover can be a hostile layer's tree of any depth.
+        let _ = super::tree::remove_tree(p);
     } else {
         let _ = std::fs::remove_file(p);
     }
@@ -303,6 +343,38 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    /// A leftover unpack thousands of levels deep (a hostile layer's, from before a crash)
+    /// leaves tmp/ at once when the store opens, and the trash empties on its own thread.
+    #[test]
+    fn a_deep_leftover_is_moved_out_at_once_and_removed_off_the_caller() {
+        use std::os::fd::AsFd;
+        let (d, s) = store(1 << 30);
+        let mut p = s.tmp_dir().join("layer-9-9");
+        std::fs::create_dir(&p).unwrap();
+        let mut fd = nix::fcntl::open(&p, nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
+        for _ in 0..2000 {
+            nix::sys::stat::mkdirat(fd.as_fd(), "d", nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
+            fd = nix::fcntl::openat(
+                fd.as_fd(),
+                "d",
+                nix::fcntl::OFlag::O_RDONLY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+        }
+        drop(fd);
+        p.push("d");
+        let s = Store::open(&d.path().join("images"), 1 << 30).unwrap();
+        assert_eq!(std::fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+        let trash = s.root().join("trash");
+        let mut waited = 0;
+        while std::fs::read_dir(&trash).unwrap().count() > 0 && waited < 60_000 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 10;
+        }
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "the trash was emptied");
     }
 
     #[test]

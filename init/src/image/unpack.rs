@@ -21,14 +21,25 @@
 //! - ownership and mode bits (setuid included) as in the tar, as containerd does as root;
 //!   device nodes are made (a cell's image root is mounted `nodev`, so they do not open);
 //! - the uncompressed stream's SHA-256 must be the config's diff ID, or the layer is
-//!   refused; the store's limit holds while writing.
+//!   refused; the store's limit holds while writing;
+//! - before the tar crate reads a header, `tar_guard` has checked it: extension headers
+//!   (PAX, GNU long names) are capped, the declared data must fit the store, GNU sparse
+//!   entries and floods of entries are refused, and what follows the archive is bounded,
+//!   so no header can make PID 1 allocate or read what it declares;
+//! - an entry may lie at most [`MAX_DEPTH`] directories deep where it really lands (its
+//!   directory's symlinks resolved), so no walk of the store meets an unbounded tree; the
+//!   store's deletes are iterative anyway (`tree.rs`);
+//! - a whiteout of `.`, `..` or nothing is refused by name; an opaque whiteout at a
+//!   layer's root is legal and hides everything below.
 
 use super::store::Store;
+use super::tar_guard::{Breach, Limits, TarGuard};
+use super::tree::{is_dir_at, remove_all_at};
 use super::{Digest, ImageError};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{Mode, SFlag};
-use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use nix::unistd::{Gid, Uid};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -112,25 +123,38 @@ impl Store {
             inner: decompressor(file, compression).map_err(|e| refused(blob, "", e))?,
             hash: Sha256::new(),
         };
+        let root_fd = open_root(&root)?;
+        let budget = self.free();
         let mut u = Unpacker {
             store: self,
             layer: blob,
-            root: open_root(&root)?,
+            root_path: std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&root_fd)))
+                .map_err(ImageError::io("find a layer's root", &root))?,
+            root: root_fd,
             overlay: !parents.is_empty(),
             written: HashSet::new(),
-            budget: self.free(),
+            budget,
             spent: 0,
         };
         {
-            let mut archive = tar::Archive::new(&mut stream);
-            let entries = archive.entries().map_err(|e| refused(blob, "", e.to_string()))?;
+            let (mut guarded, verdict) = TarGuard::new(&mut stream, Limits::for_budget(budget));
+            // The guard's typed refusal, where the tar crate or a read only saw an I/O error.
+            let breach = |e: ImageError| match verdict.borrow_mut().take() {
+                Some(Breach::DataOverBudget { declared, budget }) => self.full(declared - budget),
+                Some(b) => refused(blob, "", b),
+                None => e,
+            };
+            let mut archive = tar::Archive::new(&mut guarded);
+            let entries = archive
+                .entries()
+                .map_err(|e| breach(refused(blob, "", e.to_string())))?;
             for entry in entries {
-                let mut entry = entry.map_err(|e| refused(blob, "", format!("not a tar archive: {e}")))?;
-                u.apply(&mut entry)?;
+                let mut entry = entry.map_err(|e| breach(refused(blob, "", format!("not a tar archive: {e}"))))?;
+                u.apply(&mut entry).map_err(breach)?;
             }
+            // The hash covers the whole stream, padding after the archive included.
+            std::io::copy(&mut guarded, &mut std::io::sink()).map_err(|e| breach(refused(blob, "", e.to_string())))?;
         }
-        // The hash covers the whole stream, padding after the archive included.
-        std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| refused(blob, "", e.to_string()))?;
         let got = Digest::from_hasher(stream.hash);
         if &got != diff_id {
             return Err(ImageError::Mismatch {
@@ -144,7 +168,7 @@ impl Store {
             nix::mount::umount2(&mnt, nix::mount::MntFlags::empty())
                 .map_err(|e| ImageError::io("unmount a layer's overlay", &mnt)(e.into()))?;
         }
-        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = super::tree::remove_tree(&scratch);
         let _ = std::fs::remove_dir(&mnt);
         let dest = self.layer_dir(&chain);
         match std::fs::rename(&work.0, &dest) {
@@ -288,6 +312,8 @@ struct Unpacker<'a> {
     store: &'a Store,
     layer: &'a Digest,
     root: OwnedFd,
+    /// Where `root` is, as `/proc/self/fd` names it.
+    root_path: PathBuf,
     /// Parents are mounted below: whiteouts have something to delete.
     overlay: bool,
     /// Paths this layer wrote (an opaque directory keeps them).
@@ -295,6 +321,11 @@ struct Unpacker<'a> {
     budget: u64,
     spent: u64,
 }
+
+/// How deep an entry may lie in a layer's root, its directories' symlinks resolved. Real
+/// images stay far below (deep `node_modules` trees reach ~100); a deeper tree is an attack
+/// on every walk of the store.
+pub const MAX_DEPTH: usize = 512;
 
 /// `p` with `..` taken lexically and never above the root (for a symlink's target from a
 /// directory without symlinks in its path), without `/` and `.`.
@@ -338,36 +369,6 @@ fn in_root(dirfd: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> nix::Result<Owned
     nix::fcntl::openat2(dirfd, rel, how)
 }
 
-fn is_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<Option<bool>> {
-    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(
-            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
-        )),
-        Err(Errno::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes `name` in `dir`, a directory with everything in it.
-fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
-    match is_dir_at(dir, name)? {
-        None => Ok(()),
-        Some(false) => nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir),
-        Some(true) => {
-            let fd = nix::fcntl::openat(
-                dir,
-                name,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            for child in children(&fd)? {
-                remove_all_at(fd.as_fd(), &child)?;
-            }
-            nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir)
-        }
-    }
-}
-
 /// The names in directory `fd` (not `.` and `..`).
 fn children(fd: &OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
     let dup = fd
@@ -396,6 +397,9 @@ impl Unpacker<'_> {
             .map_err(|e| refused(self.layer, "", format!("unreadable name: {e}")))?
             .into_owned();
         let rel = clean(&raw).map_err(|why| self.refuse(&raw, why))?;
+        if rel.components().count() > MAX_DEPTH {
+            return Err(self.refuse(&raw, format!("it lies more than {MAX_DEPTH} directories deep")));
+        }
         let (Some(name), parent) = (
             rel.file_name().map(OsStr::to_owned),
             rel.parent().unwrap_or(Path::new("")),
@@ -405,6 +409,12 @@ impl Unpacker<'_> {
         let layer = self.layer;
         let sys = |e: Errno| refused(layer, &raw.to_string_lossy(), e.desc());
         if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(self.refuse(
+                    &raw,
+                    "a whiteout of '.' or '..' (or of nothing) hides nothing a layer can name",
+                ));
+            }
             if !self.overlay {
                 return Ok(()); // nothing below to hide
             }
@@ -420,6 +430,19 @@ impl Unpacker<'_> {
             };
         }
         let dir = self.make_dirs(parent).map_err(|e| self.refuse(&raw, e))?;
+        // Symlinks inside the root can take a short name deep: where it really lands counts.
+        let depth = self
+            .in_root_path(&dir)
+            .map_err(|e| self.refuse(&raw, e))?
+            .components()
+            .count()
+            + 1;
+        if depth > MAX_DEPTH {
+            return Err(self.refuse(
+                &raw,
+                format!("through its directory's symlinks it lands {depth} directories deep; at most {MAX_DEPTH}"),
+            ));
+        }
         let h = entry.header();
         let mode = Mode::from_bits_truncate((h.mode().unwrap_or(0o644) & 0o7777) as libc::mode_t);
         let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok()).map(Uid::from_raw);
@@ -563,17 +586,16 @@ impl Unpacker<'_> {
         Ok(fd)
     }
 
-    /// Where directory `fd` is, as a path inside the root (no symlinks in it).
+    /// Where directory `fd` is, as a path inside the root (no symlinks in it). A path
+    /// longer than PATH_MAX is refused with it: deeper than any layer may go.
     fn in_root_path(&self, fd: &OwnedFd) -> Result<PathBuf, String> {
         use std::os::fd::AsRawFd;
-        let at = |f: &OwnedFd| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()));
-        let (dir, root) = (at(fd), at(&self.root));
-        match (dir, root) {
-            (Ok(d), Ok(r)) => d
-                .strip_prefix(&r)
+        match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(d) => d
+                .strip_prefix(&self.root_path)
                 .map(Path::to_owned)
                 .map_err(|_| "a directory outside the root".to_owned()),
-            (Err(e), _) | (_, Err(e)) => Err(format!("where is a directory: {e}")),
+            Err(e) => Err(format!("where is a directory: {e}")),
         }
     }
 
@@ -982,6 +1004,125 @@ mod tests {
         let wh = std::fs::symlink_metadata(l2.dir.join("etc/old.conf")).unwrap();
         assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "an overlay whiteout");
         assert!(r.tmp_is_empty());
+    }
+
+    /// A tar with GNU long names and links, as `tar::Builder` writes them.
+    fn gnu_tar(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn symlink(b: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &b"x"[..]).unwrap();
+    }
+
+    /// Chained symlinks take short names ever deeper: each link points 300 directories
+    /// below the last one's target. The first file lands 301 deep (allowed); the second,
+    /// through both links, 601 deep: refused by name, and the partial layer (600 levels)
+    /// removed with nothing left in tmp/.
+    #[test]
+    fn a_symlink_chain_that_digs_past_the_depth_bound_is_refused() {
+        let r = rig(1 << 30);
+        let before = r.store.used();
+        let hops = "d/".repeat(300);
+        let tar = gnu_tar(|b| {
+            symlink(b, "s1", hops.trim_end_matches('/'));
+            file(b, "s1/f");
+            symlink(b, "s2", &format!("s1/{}", hops.trim_end_matches('/')));
+            file(b, "s2/f");
+        });
+        let (blob, diff) = r.put(&tar, Compression::None);
+        let blob_bytes = r.store.used() - before;
+        let e = r.store.unpack(&[], &blob, Compression::None, &diff).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ImageError::Refused { .. }), "{e}");
+        assert!(
+            msg.contains("s2/f") && msg.contains("601 directories deep; at most 512"),
+            "{msg}"
+        );
+        assert!(r.tmp_is_empty());
+        assert_eq!(r.store.used(), before + blob_bytes, "only the blob stays");
+    }
+
+    /// An opaque whiteout at a layer's root is legal OCI (the layer replaces everything
+    /// below); whiteouts of `.` and `..` hide nothing a layer can name and are refused by
+    /// entry, with the store unchanged.
+    #[test]
+    fn an_opaque_root_is_accepted_and_dot_whiteouts_are_refused_by_name() {
+        let r = rig(1 << 30);
+        let base = r
+            .layer(
+                &[],
+                &[E::File("a", b"a", 0o644), E::Dir("etc"), E::File("etc/x", b"x", 0o644)],
+            )
+            .unwrap();
+        let top = r
+            .layer(
+                std::slice::from_ref(&base),
+                &[E::File(".wh..wh..opq", b"", 0o644), E::File("b", b"b", 0o644)],
+            )
+            .unwrap();
+        let m = Merged::of(&[base.clone(), top]);
+        assert!(m.path("b").exists());
+        assert!(
+            !m.path("a").exists() && !m.path("etc").exists(),
+            "everything below is hidden"
+        );
+        drop(m);
+        for name in [".wh..", ".wh...", "etc/.wh..", "etc/.wh..."] {
+            let before = r.store.used();
+            let (blob, diff) = r.put(&tar_of(&[E::File(name, b"", 0o644)]), Compression::None);
+            let blob_bytes = r.store.used() - before;
+            let e = r
+                .store
+                .unpack(std::slice::from_ref(&base), &blob, Compression::None, &diff)
+                .unwrap_err();
+            assert!(matches!(e, ImageError::Refused { .. }), "{name}: {e}");
+            assert!(e.to_string().contains(&format!("entry '{name}'")), "{e}");
+            assert!(e.to_string().contains("a whiteout of '.' or '..'"), "{e}");
+            assert!(r.tmp_is_empty());
+            assert_eq!(r.store.used(), before + blob_bytes, "{name}");
+        }
+    }
+
+    /// A 4 KiB layer whose extension headers declare 16 GiB (PAX) or 4 GiB (a GNU long
+    /// name) is refused at the header, before a byte of it is read; nothing is kept.
+    #[test]
+    fn huge_extension_headers_are_refused_before_their_data_is_read() {
+        let r = rig(1 << 30);
+        for (kind, size) in [(b'x', 16u64 << 30), (b'L', 4 << 30), (b'K', 1 << 30), (b'g', 1 << 40)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::new(kind));
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_path("././@LongLink").unwrap();
+            h.set_cksum();
+            let mut tar = h.as_bytes().to_vec();
+            tar.extend_from_slice(&[b'a'; 4096]);
+            let (blob, diff) = r.put(&tar, Compression::Gzip);
+            let e = r.store.unpack(&[], &blob, Compression::Gzip, &diff).unwrap_err();
+            assert!(matches!(e, ImageError::Refused { .. }), "{e}");
+            assert!(
+                e.to_string().contains(&format!(
+                    "'{}' extension header declares {size} bytes",
+                    char::from(kind)
+                )),
+                "{e}"
+            );
+            assert!(r.tmp_is_empty());
+        }
     }
 
     #[test]
