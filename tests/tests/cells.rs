@@ -506,6 +506,19 @@ fn the_workloads_root_leaves_pid1_a_reserve() {
             [("memory.max", memory_max), ("pids.max", pids_max)],
             "{v}"
         );
+        // The node's own tmpfs mounts have sizes (unsized, each could take half the RAM).
+        let sizes = c
+            .on_node(
+                "for m in /run /tmp /dev/shm; do echo \"$m $(df -k $m | tail -1 | tr -s ' ' | cut -d' ' -f2)\"; done",
+            )
+            .await;
+        for (line, fraction) in sizes.lines().zip([10, 4, 4]) {
+            let kib: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+            assert!(
+                kib > 0 && kib <= mem_kib / fraction + 4,
+                "{line}: at most 1/{fraction} of {mem_kib} KiB"
+            );
+        }
     });
 }
 

@@ -211,6 +211,8 @@ fn site(isolation: pb::IsolationKind) -> pb::Pod {
              until wget -q -O /tmp/got http://localhost:80/index.html; do sleep 0.2; done
              cp /tmp/got /www/via-localhost
              if nc -w 3 {} 5000 </dev/null; then echo REGISTRY-REACHED; else echo REGISTRY-UNREACHABLE; fi
+             grep CapEff /proc/self/status
+             busybox arping -c 1 -w 1 -U -I eth0 10.254.0.1 2>&1 | head -1 | sed 's/^/SPOOF: /'
              echo side-ready
              exec sleep 100000",
             REGISTRY.split(':').next().unwrap()
@@ -280,6 +282,13 @@ fn a_two_container_pod_shares_network_hostname_and_a_volume_and_is_reached_throu
             assert!(
                 side.contains("REGISTRY-UNREACHABLE"),
                 "the pod reached the registry: {side}"
+            );
+            // No NET_RAW (bit 13): the default set less it, and an ARP announcement of the
+            // bridge's own address (a spoof of another host on it) cannot even open its socket.
+            assert!(side.contains("CapEff:\t00000000a00405fb"), "{side}");
+            assert!(
+                side.contains("SPOOF: arping: socket(AF_PACKET,2,0): Operation not permitted"),
+                "a container forged ARP: {side}"
             );
             // From the host test process, through the node's port.
             let page = tokio::task::spawn_blocking({

@@ -169,7 +169,7 @@ pub struct CellOpts {
     /// Capabilities to drop from the default set (applied before --cap-add; ALL drops all).
     #[arg(long, value_delimiter = ',')]
     cap_drop: Vec<String>,
-    /// seccomp profile: default, strict (no io_uring, ptrace, vmsplice, SysV message
+    /// seccomp profile: default, strict (no ptrace, vmsplice, SysV message
     /// queues; sockets unix/inet/inet6/netlink only), or unconfined (admin only).
     #[arg(long, default_value = "default")]
     seccomp: String,

@@ -137,6 +137,12 @@ fn certified(cert_pem: &str, key_pem: &str) -> Result<(Arc<CertifiedKey>, Identi
     ))
 }
 
+/// Whether `key_pem` is the private key of the leaf in `cert_pem` (any certificate: an
+/// SVID, a spawn CA): Err says why not.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<(), TlsSetupError> {
+    certified(cert_pem, key_pem).map(|_| ())
+}
+
 impl LiveIdentity {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<LiveIdentity, TlsSetupError> {
         let (ck, state) = certified(cert_pem, key_pem)?;
@@ -438,6 +444,17 @@ impl tower_service::Service<http::Uri> for TlsConnector {
 #[cfg(test)]
 mod tests {
     use super::ServerId;
+
+    /// A renewed spawn CA with someone else's key is refused before it is written.
+    #[test]
+    fn a_key_must_be_its_certificates() {
+        let a = crate::pki::mint_ca("t.test").unwrap();
+        let b = crate::pki::mint_ca("t.test").unwrap();
+        super::key_matches(&a.cert_pem, &a.key_pem).unwrap();
+        let e = super::key_matches(&a.cert_pem, &b.key_pem).unwrap_err();
+        assert!(!e.to_string().is_empty());
+        assert!(super::key_matches(&a.cert_pem, "not a key").is_err());
+    }
 
     #[test]
     fn aer_accepts_only_nodes_the_root_certified_unless_pinned() {

@@ -84,7 +84,8 @@ pub async fn load_image(ch: &Channel, offer: &Offer, paths: &[PathBuf], timeout:
 }
 
 /// The cell of container `c` in the instance: its image (loaded before, never pulled
-/// there) as its root, the instance's network, IPC and hostname, the pod's volumes.
+/// there) as its root, the instance's network, IPC and hostname, the pod's volumes, the
+/// default capabilities less NET_RAW.
 pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
     let limits = c.limits;
     let requests = c.requests;
@@ -141,7 +142,12 @@ pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
                 .collect(),
             ..Default::default()
         }),
-        confinement: None,
+        // The containers share the instance's interface on a bridge with other pods'
+        // instances: without NET_RAW no raw or packet socket, so no forged ARP or IP.
+        confinement: Some(pb::CellConfinement {
+            cap_drop: vec!["NET_RAW".into()],
+            ..Default::default()
+        }),
     }
 }
 

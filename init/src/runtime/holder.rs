@@ -132,7 +132,13 @@ pub fn main(args: &[String]) -> ! {
             );
         }
         check(
-            mount(Some("tmpfs"), "/tmp", Some("tmpfs"), nodev, Some("mode=1777")),
+            mount(
+                Some("tmpfs"),
+                "/tmp",
+                Some("tmpfs"),
+                nodev,
+                Some(format!("mode=1777,size={}", super::confine::root::TMP_SIZE).as_str()),
+            ),
             Stage::MountTmp,
         );
         if setup.new_net {

@@ -121,8 +121,13 @@ mod renew {
             .identity
             .as_ref()
             .ok_or_else(|| Status::failed_precondition("this node serves no renewable identity"))?;
-        // Validate the key before anything is written.
-        crate::pki::tls::LiveIdentity::from_pem(&r.svid_pem, &r.svid_key_pem).map_err(|e| bad("svid_key_pem", e))?;
+        // Validate the keys before anything is written: a spawn-CA key that is not its
+        // certificate's would sign children's SVIDs nobody can verify.
+        crate::pki::tls::key_matches(&r.svid_pem, &r.svid_key_pem).map_err(|e| bad("svid_key_pem", e))?;
+        if !r.spawn_ca_pem.is_empty() {
+            crate::pki::tls::key_matches(&r.spawn_ca_pem, &r.spawn_ca_key_pem)
+                .map_err(|e| bad("spawn_ca_key_pem", format!("{e}; it must be the key of spawn_ca_pem")))?;
+        }
         if let Some(dir) = &ctx.pki_dir {
             let mut pairs = vec![("server", &r.svid_pem, &r.svid_key_pem)];
             if !r.spawn_ca_pem.is_empty() {

@@ -74,6 +74,9 @@ const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "run"];
 /// Size limits of the cell's own tmpfs mounts (tmpfs `size=`).
 pub const TMP_SIZE: &str = "256m";
 pub const RUN_SIZE: &str = "64m";
+/// An image cell's writable layer (what it writes over its image): a quarter of the node's
+/// RAM at most, besides the cell's memory.max, which its pages are charged to as well.
+pub const UPPER_SIZE: &str = "25%";
 pub const SHM_SIZE: &str = "64m";
 
 /// The device nodes of a cell's /dev: name, major, minor.
@@ -192,7 +195,7 @@ fn mount_image(stage: &Path, layers: &[PathBuf], root: &Path) -> nix::Result<()>
     if layers.is_empty() {
         return Err(Errno::EINVAL);
     }
-    tmpfs(stage, MsFlags::MS_NODEV, "mode=0755")?;
+    tmpfs(stage, MsFlags::MS_NODEV, &format!("mode=0755,size={UPPER_SIZE}"))?;
     let (upper, work) = (stage.join("upper"), stage.join("work"));
     for d in [&upper, &work, &root.to_path_buf()] {
         nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
