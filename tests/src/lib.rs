@@ -118,6 +118,32 @@ impl Appliance {
 
     /// Like `boot`, with extra `qemu/run` environment (e.g. `("MACHINE", "microvm")`).
     pub fn boot_with(build: &std::path::Path, deadline: Duration, env: &[(&str, &str)]) -> Appliance {
+        let mut a = Appliance::start_with(build, env);
+        let start = Instant::now();
+        let rt = rt();
+        loop {
+            if let Ok(Some(st)) = a.child.try_wait() {
+                panic!("QEMU exited ({st}) before the API served\n{}", a.console_log());
+            }
+            if rt.block_on(a.health_serving()) {
+                a.boot_time = start.elapsed();
+                eprintln!(
+                    "appliance: SERVING after {:.1} s (QEMU start → health); test budgets ×{:.2}",
+                    a.boot_time.as_secs_f64(),
+                    a.slowness()
+                );
+                return a;
+            }
+            if start.elapsed() > deadline {
+                panic!("appliance not SERVING within {deadline:?}\n{}", a.console_log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts QEMU and returns at once, for a node the test cannot reach over the API (it
+    /// watches the console instead); budgets stay unscaled.
+    pub fn start_with(build: &std::path::Path, env: &[(&str, &str)]) -> Appliance {
         let dir = tempfile::tempdir().expect("tempdir");
         let console = dir.path().join("console.log");
         let qmp = dir.path().join("qmp.sock");
@@ -137,7 +163,7 @@ impl Appliance {
             .stderr(log)
             .spawn()
             .expect("start qemu/run");
-        let mut a = Appliance {
+        Appliance {
             child,
             boot_time: Duration::ZERO,
             port,
@@ -145,24 +171,19 @@ impl Appliance {
             qmp,
             build: build.to_owned(),
             _dir: dir,
-        };
+        }
+    }
+
+    /// Waits until `needle` shows up `times` times on the console (or QEMU ends, or
+    /// `deadline` passes); true when it did.
+    pub fn wait_console(&mut self, needle: &str, times: usize, deadline: Duration) -> bool {
         let start = Instant::now();
-        let rt = rt();
         loop {
-            if let Ok(Some(st)) = a.child.try_wait() {
-                panic!("QEMU exited ({st}) before the API served\n{}", a.console_log());
+            if self.console_log().matches(needle).count() >= times {
+                return true;
             }
-            if rt.block_on(a.health_serving()) {
-                a.boot_time = start.elapsed();
-                eprintln!(
-                    "appliance: SERVING after {:.1} s (QEMU start → health); test budgets ×{:.2}",
-                    a.boot_time.as_secs_f64(),
-                    a.slowness()
-                );
-                return a;
-            }
-            if start.elapsed() > deadline {
-                panic!("appliance not SERVING within {deadline:?}\n{}", a.console_log());
+            if start.elapsed() > deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(200));
         }

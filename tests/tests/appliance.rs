@@ -259,6 +259,30 @@ fn the_uplink_takes_its_address_and_hostname_from_dhcp() {
     });
 }
 
+/// A DHCP server that hands out a subnet the node already uses (here QEMU's 10.0.2.0/24,
+/// which the node's named bridge `lab0` holds): the node refuses the lease, says why, and
+/// asks again with back-off, never taking the address or a route from it.
+#[test]
+fn a_lease_inside_the_nodes_own_subnet_is_refused() {
+    let build = appliance_or_skip!();
+    let mut a = Appliance::start_with(
+        &build,
+        &[
+            ("UPLINK", "aurae.ip=dhcp"),
+            ("EXTRA_CMDLINE", "aurae.bridges=lab0=10.0.2.1/24"),
+        ],
+    );
+    let refusal = "dhcp: the ACK's subnet 10.0.2.15/24 overlaps this node's own 10.0.2.1/24";
+    let seen = a.wait_console(refusal, 2, BOOT_DEADLINE);
+    let log = a.console_log();
+    assert!(seen, "the lease was not refused twice:\n{log}");
+    assert!(log.contains("starting over"), "{log}");
+    assert!(
+        !log.contains("dhcp: eth0 10.0.2.15/24 from"),
+        "the node took the lease:\n{log}"
+    );
+}
+
 /// `NET=tap`: the runner makes a network namespace with a bridge and a TAP, runs QEMU in it,
 /// and removes it afterwards. The node is reachable there (and only there) over mTLS.
 #[test]

@@ -131,11 +131,25 @@ fn prefix_of(mask: Ipv4Addr) -> Option<u8> {
     (m.leading_ones() + m.trailing_zeros() == 32).then(|| m.leading_ones() as u8)
 }
 
-/// The lease an ACK grants.
-fn lease_of(ack: &Message) -> Result<Lease, String> {
+/// The shortest lease the node takes (a server's shorter one is stretched to it), so a
+/// hostile or broken server cannot make the client renew in a tight loop.
+const MIN_LEASE: u32 = 60;
+/// The shortest T1 or T2 taken from a server; a shorter one falls back to the default.
+const MIN_T: u32 = 10;
+
+/// The lease an ACK grants. `reserved` are the node's own subnets (the instances' bridge,
+/// the named bridges): a lease inside one would route the node's own traffic to the uplink.
+fn lease_of(ack: &Message, reserved: &[Ipv4Cidr]) -> Result<Lease, String> {
     let o = ack.opts();
     let addr = ack.yiaddr();
-    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+    if addr.is_unspecified()
+        || addr.is_broadcast()
+        || addr.is_multicast()
+        || addr.is_loopback()
+        || addr.is_link_local()
+        || addr.octets()[0] == 0
+        || addr.octets()[0] >= 240
+    {
         return Err(format!("the ACK grants no usable address ({addr})"));
     }
     let prefix = match o.get(OptionCode::SubnetMask) {
@@ -147,6 +161,17 @@ fn lease_of(ack: &Message) -> Result<Lease, String> {
             _ => 24,
         },
     };
+    if prefix == 0 || prefix == 32 {
+        return Err(format!(
+            "the ACK's subnet mask /{prefix} for {addr} leaves no subnet to live on"
+        ));
+    }
+    let subnet = Ipv4Cidr { addr, prefix };
+    if let Some(r) = reserved.iter().find(|r| r.overlaps(subnet)) {
+        return Err(format!(
+            "the ACK's subnet {subnet} overlaps this node's own {r}; a server on the uplink cannot have it"
+        ));
+    }
     let server = match o.get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(s)) => *s,
         _ => return Err("the ACK names no server (option 54)".into()),
@@ -155,20 +180,30 @@ fn lease_of(ack: &Message) -> Result<Lease, String> {
         Some(DhcpOption::AddressLeaseTime(s) | DhcpOption::Renewal(s) | DhcpOption::Rebinding(s)) => Some(*s),
         _ => None,
     };
-    let lease = secs(OptionCode::AddressLeaseTime).unwrap_or(u32::MAX);
+    let lease = secs(OptionCode::AddressLeaseTime).unwrap_or(u32::MAX).max(MIN_LEASE);
     let rebind = secs(OptionCode::Rebinding)
-        .filter(|t| *t <= lease)
+        .filter(|t| *t <= lease && *t >= MIN_T)
         .unwrap_or((u64::from(lease) * 7 / 8) as u32);
     let renew = secs(OptionCode::Renewal)
-        .filter(|t| *t <= rebind)
+        .filter(|t| *t <= rebind && *t >= MIN_T)
         .unwrap_or(lease / 2)
         .min(rebind);
+    // A router the node cannot reach on the leased subnet is no route.
+    let router = match o.get(OptionCode::Router) {
+        Some(DhcpOption::Router(r)) => r.first().copied(),
+        _ => None,
+    };
+    let router = match router {
+        Some(r) if Ipv4Cidr { addr: r, prefix }.network() == subnet.network() && r != addr => Some(r),
+        Some(r) => {
+            tracing::warn!("dhcp: router {r} is not on the leased subnet {subnet}; no default route from this lease");
+            None
+        }
+        None => None,
+    };
     Ok(Lease {
-        address: Ipv4Cidr { addr, prefix },
-        router: match o.get(OptionCode::Router) {
-            Some(DhcpOption::Router(r)) => r.first().copied(),
-            _ => None,
-        },
+        address: subnet,
+        router,
         server,
         dns: match o.get(OptionCode::DomainNameServer) {
             Some(DhcpOption::DomainNameServer(d)) => d.clone(),
@@ -243,7 +278,7 @@ fn is(m: &Message, t: MessageType) -> bool {
 }
 
 /// INIT → BOUND: a lease, however long it takes.
-fn obtain(s: &UdpSocket, mac: [u8; 6], xid: &mut u32) -> Lease {
+fn obtain(s: &UdpSocket, mac: [u8; 6], xid: &mut u32, reserved: &[Ipv4Cidr]) -> Lease {
     let mut wait = FIRST_WAIT;
     loop {
         *xid = xid.wrapping_add(1);
@@ -266,7 +301,7 @@ fn obtain(s: &UdpSocket, mac: [u8; 6], xid: &mut u32) -> Lease {
             is(m, MessageType::Ack) || is(m, MessageType::Nak)
         });
         match ack {
-            Some(m) if is(&m, MessageType::Ack) => match lease_of(&m) {
+            Some(m) if is(&m, MessageType::Ack) => match lease_of(&m, reserved) {
                 Ok(l) => return l,
                 Err(e) => tracing::warn!("dhcp: {e}; starting over"),
             },
@@ -299,7 +334,14 @@ fn apply(iface: &str, l: &Lease, before: Option<&Lease>, set_hostname: bool) {
 
 /// BOUND → RENEWING → REBINDING: the lease extended, or None once it has ended (or a
 /// server refused it).
-fn extend(s: &UdpSocket, mac: [u8; 6], xid: &mut u32, held: &Lease, bound_at: Instant) -> Option<Lease> {
+fn extend(
+    s: &UdpSocket,
+    mac: [u8; 6],
+    xid: &mut u32,
+    held: &Lease,
+    bound_at: Instant,
+    reserved: &[Ipv4Cidr],
+) -> Option<Lease> {
     let at = |d: Duration| bound_at + d;
     std::thread::sleep(at(held.renew).saturating_duration_since(Instant::now()));
     loop {
@@ -325,7 +367,7 @@ fn extend(s: &UdpSocket, mac: [u8; 6], xid: &mut u32, held: &Lease, bound_at: In
         match exchange(s, to, &req, wait, *xid, mac, |m| {
             is(m, MessageType::Ack) || is(m, MessageType::Nak)
         }) {
-            Some(m) if is(&m, MessageType::Ack) => match lease_of(&m) {
+            Some(m) if is(&m, MessageType::Ack) => match lease_of(&m, reserved) {
                 Ok(mut l) => {
                     l.renewals = held.renewals + 1;
                     return Some(l);
@@ -342,14 +384,15 @@ fn extend(s: &UdpSocket, mac: [u8; 6], xid: &mut u32, held: &Lease, bound_at: In
 }
 
 /// Runs the client on `iface` for as long as the node lives (on a thread of its own).
-pub fn start(iface: String, set_hostname: bool) -> std::io::Result<()> {
+/// `reserved`: the node's own subnets, which no lease may overlap.
+pub fn start(iface: String, set_hostname: bool, reserved: Vec<Ipv4Cidr>) -> std::io::Result<()> {
     let mac = mac_of(&iface)?;
     let s = socket(&iface)?;
     std::thread::Builder::new().name("dhcp".into()).spawn(move || {
         // Distinct per node and boot, so two nodes' transactions do not mix.
         let mut xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ (unix_now() as u32);
         loop {
-            let mut lease = obtain(&s, mac, &mut xid);
+            let mut lease = obtain(&s, mac, &mut xid, &reserved);
             apply(&iface, &lease, None, set_hostname);
             tracing::info!(
                 "dhcp: {iface} {} from {} (router {}, lease {} s)",
@@ -360,7 +403,7 @@ pub fn start(iface: String, set_hostname: bool) -> std::io::Result<()> {
             );
             set_current(Some(lease.clone()));
             let mut bound_at = Instant::now();
-            while let Some(next) = extend(&s, mac, &mut xid, &lease, bound_at) {
+            while let Some(next) = extend(&s, mac, &mut xid, &lease, bound_at, &reserved) {
                 apply(&iface, &next, Some(&lease), set_hostname);
                 tracing::info!("dhcp: {iface} {} extended for {} s", next.address, next.lease.as_secs());
                 lease = next;
@@ -440,7 +483,7 @@ mod tests {
         assert!(reply(&ack, 6, MAC).is_none(), "another transaction");
         assert!(reply(&ack, 5, [0; 6]).is_none(), "another client");
         let m = reply(&ack, 5, MAC).unwrap();
-        let l = lease_of(&m).unwrap();
+        let l = lease_of(&m, &[]).unwrap();
         assert_eq!(l.address.to_string(), "10.0.2.15/24");
         assert_eq!(l.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(
@@ -459,7 +502,7 @@ mod tests {
                 DhcpOption::Rebinding(30),
             ],
         );
-        let l = lease_of(&reply(&ack, 5, MAC).unwrap()).unwrap();
+        let l = lease_of(&reply(&ack, 5, MAC).unwrap(), &[]).unwrap();
         assert_eq!((l.renew.as_secs(), l.rebind.as_secs()), (20, 30));
         assert_eq!(l.address.prefix, 8, "no mask: the address's class");
         // What a hostile server says is checked: a hostname the node would not take from
@@ -472,16 +515,16 @@ mod tests {
                 DhcpOption::Hostname("a b;$(reboot)".into()),
             ],
         );
-        assert_eq!(lease_of(&reply(&ack, 5, MAC).unwrap()).unwrap().hostname, None);
+        assert_eq!(lease_of(&reply(&ack, 5, MAC).unwrap(), &[]).unwrap().hostname, None);
         let z = Ipv4Addr::UNSPECIFIED;
         let mut m = Message::new_with_id(5, z, z, z, z, &MAC);
         m.set_opcode(Opcode::BootReply);
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
-        assert!(lease_of(&m).unwrap_err().contains("no usable address"));
+        assert!(lease_of(&m, &[]).unwrap_err().contains("no usable address"));
         assert!(reply(&[0xff; 40], 5, MAC).is_none());
         let no_server = answer(MessageType::Ack, 5, vec![DhcpOption::AddressLeaseTime(100)]);
-        assert!(lease_of(&reply(&no_server, 5, MAC).unwrap())
+        assert!(lease_of(&reply(&no_server, 5, MAC).unwrap(), &[])
             .unwrap_err()
             .contains("option 54"));
         let bad_mask = answer(
@@ -492,6 +535,88 @@ mod tests {
                 DhcpOption::SubnetMask(Ipv4Addr::new(255, 0, 255, 0)),
             ],
         );
-        assert!(lease_of(&reply(&bad_mask, 5, MAC).unwrap()).is_err());
+        assert!(lease_of(&reply(&bad_mask, 5, MAC).unwrap(), &[]).is_err());
+    }
+
+    /// An ACK granting `addr` with `opts` (and a server identifier).
+    fn ack_for(addr: Ipv4Addr, mut opts: Vec<DhcpOption>) -> Message {
+        let z = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(5, z, addr, z, z, &MAC);
+        m.set_opcode(Opcode::BootReply);
+        opts.push(DhcpOption::ServerIdentifier(Ipv4Addr::new(192, 0, 2, 1)));
+        for o in opts {
+            m.opts_mut().insert(o);
+        }
+        m
+    }
+
+    /// What a hostile server on the uplink may try: addresses the node must never take,
+    /// masks that leave no subnet, the node's own subnets, a lease of one second, a router
+    /// off the subnet. Each is refused (the client starts over, backing off) or defused.
+    #[test]
+    fn hostile_acks_are_refused_or_defused() {
+        let mask = |p: u8| DhcpOption::SubnetMask(Ipv4Addr::from(crate::net::cidr::netmask(p)));
+        let aurae0: Ipv4Cidr = "10.254.0.1/24".parse().unwrap();
+        let lab: Ipv4Cidr = "192.168.50.1/24".parse().unwrap();
+        let reserved = [aurae0, lab];
+        for (addr, opts, why) in [
+            (Ipv4Addr::new(127, 0, 0, 5), vec![mask(8)], "no usable address"),
+            (Ipv4Addr::new(169, 254, 1, 1), vec![mask(16)], "no usable address"),
+            (Ipv4Addr::new(224, 0, 0, 9), vec![mask(24)], "no usable address"),
+            (Ipv4Addr::new(0, 1, 2, 3), vec![mask(24)], "no usable address"),
+            (Ipv4Addr::new(250, 1, 2, 3), vec![mask(24)], "no usable address"),
+            (Ipv4Addr::new(198, 51, 100, 7), vec![mask(0)], "/0"),
+            (Ipv4Addr::new(198, 51, 100, 7), vec![mask(32)], "/32"),
+            (
+                Ipv4Addr::new(10, 254, 0, 9),
+                vec![mask(24)],
+                "overlaps this node's own 10.254.0.1/24",
+            ),
+            (
+                Ipv4Addr::new(10, 9, 9, 9),
+                vec![mask(8)],
+                "overlaps this node's own 10.254.0.1/24",
+            ),
+            (
+                Ipv4Addr::new(192, 168, 50, 20),
+                vec![mask(16)],
+                "overlaps this node's own 192.168.50.1/24",
+            ),
+        ] {
+            let e = lease_of(&ack_for(addr, opts), &reserved).unwrap_err();
+            assert!(e.contains(why), "{addr}: {e}");
+        }
+        let ok = Ipv4Addr::new(198, 51, 100, 7);
+        let l = lease_of(
+            &ack_for(
+                ok,
+                vec![
+                    mask(24),
+                    DhcpOption::AddressLeaseTime(1),
+                    DhcpOption::Renewal(0),
+                    DhcpOption::Rebinding(1),
+                    DhcpOption::Router(vec![Ipv4Addr::new(203, 0, 113, 1)]),
+                ],
+            ),
+            &reserved,
+        )
+        .unwrap();
+        assert_eq!(
+            (l.lease.as_secs(), l.renew.as_secs(), l.rebind.as_secs()),
+            (60, 30, 52),
+            "a one-second lease is stretched to a minute, T1/T2 with it"
+        );
+        assert_eq!(l.router, None, "a router off the leased subnet is no route");
+        let l = lease_of(&ack_for(ok, vec![mask(24), DhcpOption::Router(vec![ok])]), &reserved).unwrap();
+        assert_eq!(l.router, None, "the node itself is no router");
+        let l = lease_of(
+            &ack_for(
+                ok,
+                vec![mask(24), DhcpOption::Router(vec![Ipv4Addr::new(198, 51, 100, 1)])],
+            ),
+            &reserved,
+        )
+        .unwrap();
+        assert_eq!(l.router, Some(Ipv4Addr::new(198, 51, 100, 1)));
     }
 }

@@ -84,7 +84,13 @@ pub fn bring_up(cfg: &Plan<'_>) -> Vec<(String, String)> {
     if let Some(d) = cfg.dhcp {
         step(
             format!("{} DHCP client started", cfg.iface),
-            dhcp::start(cfg.iface.to_owned(), d.set_hostname),
+            dhcp::start(
+                cfg.iface.to_owned(),
+                d.set_hostname,
+                std::iter::once(cfg.bridge_ip)
+                    .chain(cfg.named.iter().filter_map(|b| b.address))
+                    .collect(),
+            ),
         );
     }
     if let Some(gw) = cfg.gateway {
