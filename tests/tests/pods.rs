@@ -287,7 +287,7 @@ fn a_two_container_pod_shares_network_hostname_and_a_volume_and_is_reached_throu
             // bridge's own address (a spoof of another host on it) cannot even open its socket.
             assert!(side.contains("CapEff:\t00000000a00405fb"), "{side}");
             assert!(
-                side.contains("SPOOF: arping: socket(AF_PACKET,2,0): Operation not permitted"),
+                side.contains("SPOOF: arping: socket: Operation not permitted"),
                 "a container forged ARP: {side}"
             );
             // From the host test process, through the node's port.
