@@ -161,9 +161,13 @@ impl Images {
         let path = self.record_path(&record.reference);
         let json = serde_json::to_vec_pretty(record).map_err(|e| ImageError::Registry(e.to_string()))?;
         let tmp = self.store.tmp_name("ref");
+        let before = std::fs::symlink_metadata(&path).map_or(0, |m| super::store::cost(&m));
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(ImageError::io("record the image", &path))
+            .map_err(ImageError::io("record the image", &path))?;
+        self.store.count_out(before);
+        self.store.count_in(&path);
+        Ok(())
     }
 
     /// Takes an image from a caller (`load`): its blobs from `data`, checked as a pull
@@ -328,7 +332,9 @@ impl Images {
         }
         let before = self.store.used();
         let path = self.record_path(&r.reference);
-        std::fs::remove_file(&path).map_err(ImageError::io("forget the image", &path))?;
+        self.store
+            .remove_counted(&path)
+            .map_err(ImageError::io("forget the image", &path))?;
         let store = self.store.clone();
         let kept = self.list();
         let chains_in_use: Vec<String> = using.into_iter().flat_map(|u| u.chains).collect();
@@ -359,23 +365,21 @@ fn collect(store: &Store, kept: &[Record], in_use: &[String]) {
     let hex = |s: &String| s.strip_prefix("sha256:").unwrap_or(s).to_owned();
     let blobs: HashSet<String> = blobs.iter().map(hex).collect();
     let chains: HashSet<String> = chains.iter().map(hex).collect();
-    let sweep = |dir: PathBuf, keep: &HashSet<String>, is_dir: bool| {
+    let sweep = |dir: PathBuf, keep: &HashSet<String>| {
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if keep.contains(&name) {
                     continue;
                 }
-                let _ = if is_dir {
-                    super::tree::remove_tree(&e.path())
-                } else {
-                    std::fs::remove_file(e.path())
-                };
+                if let Err(err) = store.remove_counted(&e.path()) {
+                    tracing::warn!("image store: remove {}: {err}", e.path().display());
+                }
             }
         }
     };
-    sweep(store.root().join("blobs/sha256"), &blobs, false);
-    sweep(store.root().join("layers"), &chains, true);
+    sweep(store.root().join("blobs/sha256"), &blobs);
+    sweep(store.root().join("layers"), &chains);
 }
 
 #[cfg(test)]

@@ -1,16 +1,119 @@
 //! The store's files: `blobs/sha256/<hex>` (verified blobs), `layers/<chain hex>/fs`
-//! (unpacked layers) and `tmp/` (writes in progress, emptied when the store opens).
+//! (unpacked layers), `refs/` (records), `tmp/` (writes in progress, emptied when the store
+//! opens) and `trash/` (what is being removed off the caller's thread).
+//!
+//! What it holds is a running count (`Ledger`), not a walk: walking every file on each
+//! `Images.List`, blob or removal would block PID 1's thread as the store grows. The store
+//! is walked once when it opens; after that each change is counted where it happens (a
+//! committed blob, a committed layer measured on the unpack's own thread, a removal
+//! measured before it on a blocking thread). Writes in progress hold a reservation, taken
+//! against the limit before a byte is written, so concurrent pulls together never take
+//! the store past it: `used ≤ limit` after any sequence.
 
 use super::{Digest, ImageError};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
     /// What the store may hold, in bytes (blobs and unpacked layers).
     limit: u64,
+    ledger: Arc<Ledger>,
+}
+
+/// The store's running count, shared by every clone of the store.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// What is in place (blobs, layers, records, trash), per [`cost`].
+    used: AtomicU64,
+    /// What writes in progress were promised (`Reservation`s).
+    reserved: Mutex<u64>,
+}
+
+impl Ledger {
+    fn reserved(&self) -> u64 {
+        *self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+    fn sub(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)));
+    }
+}
+
+/// What an inode costs besides its blocks: so a flood of empty files, directories or
+/// symlinks (no blocks on tmpfs, fast symlinks) counts against the limit too.
+pub const INODE_COST: u64 = 256;
+
+/// What one file, directory or symlink costs the store.
+pub fn cost(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.blocks() * 512 + INODE_COST
+}
+
+/// What `p` and everything below it cost (iterative; a blocking walk: never on the
+/// runtime thread).
+pub fn measure(p: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        total += cost(&m);
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
+
+/// Bytes promised to a write in progress, against the store's limit; given back when
+/// dropped (what was written is counted as `used` when it is committed).
+#[derive(Debug)]
+pub struct Reservation {
+    ledger: Arc<Ledger>,
+    limit: u64,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// `n` more bytes, or Err(bytes free) when they would take the store past its limit.
+    pub fn grow(&mut self, n: u64) -> Result<(), u64> {
+        let mut r = self.ledger.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let used = self.ledger.used.load(Ordering::Relaxed);
+        if used.saturating_add(*r).saturating_add(n) > self.limit {
+            return Err(self.limit.saturating_sub(used.saturating_add(*r)));
+        }
+        *r += n;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Reservation {
+    /// What this holds, moved into a new reservation; this one then holds nothing.
+    pub fn take(&mut self) -> Reservation {
+        Reservation {
+            ledger: self.ledger.clone(),
+            limit: self.limit,
+            bytes: std::mem::take(&mut self.bytes),
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut r = self.ledger.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        *r = r.saturating_sub(self.bytes);
+    }
 }
 
 impl Store {
@@ -20,22 +123,25 @@ impl Store {
         let s = Store {
             root: root.to_owned(),
             limit,
+            ledger: Arc::default(),
         };
         for d in [s.root.join("blobs/sha256"), s.root.join("layers"), s.tmp_dir()] {
             std::fs::create_dir_all(&d).map_err(ImageError::io("make the image store's directory", &d))?;
         }
-        s.empty_tmp();
+        let trash = s.empty_tmp();
+        // The one walk: what is there now, the trash included until it is gone.
+        s.ledger.add(measure(&s.root));
+        s.take_out(trash);
         Ok(s)
     }
 
-    /// Moves what is left in `tmp/` into `trash/` (a rename each, whatever the tree) and
-    /// removes the trash on a thread of its own: a leftover can be a hostile layer's tree
-    /// thousands of levels deep, which must delay neither the node's start nor its runtime
-    /// thread. Until it is gone it counts as used.
-    fn empty_tmp(&self) {
+    /// Moves what is left in `tmp/` into `trash/` (a rename each, whatever the tree): a
+    /// leftover can be a hostile layer's tree thousands of levels deep, which must delay
+    /// neither the node's start nor its runtime thread. Returns the trash directory.
+    fn empty_tmp(&self) -> PathBuf {
         let trash = self.root.join("trash");
         if std::fs::create_dir_all(&trash).is_err() {
-            return;
+            return trash;
         }
         if let Ok(rd) = std::fs::read_dir(self.tmp_dir()) {
             for e in rd.flatten() {
@@ -54,11 +160,19 @@ impl Store {
                 }
             }
         }
+        trash
+    }
+
+    /// Removes what is in `trash` on a thread of its own, counting it out as it goes.
+    fn take_out(&self, trash: PathBuf) {
+        let ledger = self.ledger.clone();
         let spawned = std::thread::Builder::new().name("aurae-trash".into()).spawn(move || {
             if let Ok(rd) = std::fs::read_dir(&trash) {
                 for e in rd.flatten() {
-                    if let Err(err) = super::tree::remove_tree(&e.path()) {
-                        tracing::warn!("image store: remove {}: {err}", e.path().display());
+                    let c = measure(&e.path());
+                    match super::tree::remove_tree(&e.path()) {
+                        Ok(()) => ledger.sub(c),
+                        Err(err) => tracing::warn!("image store: remove {}: {err}", e.path().display()),
                     }
                 }
             }
@@ -66,6 +180,43 @@ impl Store {
         if let Err(e) = spawned {
             tracing::warn!("image store: no thread to empty the trash: {e}");
         }
+    }
+
+    /// Counts `p` (just put in place, whole) as used. Blocking for a directory.
+    pub(crate) fn count_in(&self, p: &Path) {
+        self.ledger.add(measure(p));
+    }
+
+    /// Counts out `n` bytes of what was in place (replaced, say).
+    pub(crate) fn count_out(&self, n: u64) {
+        self.ledger.sub(n);
+    }
+
+    /// Removes `p` (a file or a tree) and counts it out. Blocking: never on the runtime
+    /// thread.
+    pub(crate) fn remove_counted(&self, p: &Path) -> std::io::Result<()> {
+        let c = measure(p);
+        let r = match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => super::tree::remove_tree(p),
+            Ok(_) => std::fs::remove_file(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => Err(e),
+        };
+        if r.is_ok() {
+            self.ledger.sub(c);
+        }
+        r
+    }
+
+    /// A reservation of `n` bytes (Full when they do not fit).
+    pub fn reserve(&self, n: u64) -> Result<Reservation, ImageError> {
+        let mut r = Reservation {
+            ledger: self.ledger.clone(),
+            limit: self.limit,
+            bytes: 0,
+        };
+        r.grow(n).map_err(|_| self.full(n))?;
+        Ok(r)
     }
 
     /// The most the store may hold, in bytes.
@@ -95,36 +246,15 @@ impl Store {
         std::fs::metadata(self.blob_path(d)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
-    /// Bytes the store's files take (blocks, so sparse or small files count as they cost).
-    /// Iterative, so no tree's depth reaches the thread's stack.
+    /// Bytes the store holds and has promised to writes in progress, per [`cost`]: a
+    /// running count, no walk.
     pub fn used(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        let mut total = 0;
-        let mut todo = vec![self.root.clone()];
-        while let Some(p) = todo.pop() {
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                if let Ok(rd) = std::fs::read_dir(&p) {
-                    todo.extend(rd.flatten().map(|e| e.path()));
-                }
-            }
-        }
-        total
+        self.ledger.used.load(Ordering::Relaxed) + self.ledger.reserved()
     }
 
     /// Bytes the store may still take.
     pub fn free(&self) -> u64 {
         self.limit.saturating_sub(self.used())
-    }
-
-    /// Refuses (`Full`) when `needed` more bytes would take the store past its limit.
-    pub fn reserve(&self, needed: u64) -> Result<(), ImageError> {
-        let used = self.used();
-        if used.saturating_add(needed) > self.limit {
-            return Err(self.full(needed));
-        }
-        Ok(())
     }
 
     pub(crate) fn full(&self, needed: u64) -> ImageError {
@@ -170,7 +300,10 @@ impl Store {
     /// A writer for blob `d` of `size` bytes, for data that arrives in pieces: nothing is
     /// in the store until `commit` has checked it; dropped uncommitted, it leaves nothing.
     pub fn blob_writer(&self, d: &Digest, size: u64) -> Result<BlobWriter, ImageError> {
-        self.reserve(size)?;
+        // A blob file costs its blocks, rounded up, and an inode.
+        let reservation = self
+            .reserve(size.div_ceil(4096) * 4096 + INODE_COST)
+            .map_err(|_| self.full(size))?;
         let tmp = self.tmp_name("blob");
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -186,6 +319,7 @@ impl Store {
             hash: Some(Sha256::new()),
             committed: false,
             store: self.clone(),
+            _reservation: reservation,
         })
     }
 
@@ -209,6 +343,7 @@ pub struct BlobWriter {
     hash: Option<Sha256>,
     committed: bool,
     store: Store,
+    _reservation: Reservation,
 }
 
 impl BlobWriter {
@@ -264,6 +399,7 @@ impl BlobWriter {
         let dest = store.blob_path(&self.digest);
         std::fs::rename(&self.tmp, &dest).map_err(ImageError::io("commit the blob", &dest))?;
         self.committed = true;
+        store.count_in(&dest);
         sync_dir(dest.parent().unwrap_or(store.root()));
         Ok(dest)
     }
@@ -343,6 +479,52 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    /// Concurrent writers together never take the store past its limit: each reserves
+    /// before writing, and the one that does not fit is refused (Full) before a byte.
+    #[test]
+    fn concurrent_writers_stay_within_the_limit_and_the_count_matches_a_walk() {
+        let (d, s) = store(1 << 20);
+        let base = s.used();
+        let blobs: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 150 * 1024]).collect();
+        let results: Vec<bool> = std::thread::scope(|t| {
+            let handles: Vec<_> = blobs
+                .iter()
+                .map(|b| {
+                    let s = s.clone();
+                    t.spawn(move || {
+                        let d = Digest::of(b);
+                        let mut w = match s.blob_writer(&d, b.len() as u64) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                assert!(matches!(e, ImageError::Full { .. }), "{e}");
+                                return false;
+                            }
+                        };
+                        assert!(s.used() <= 1 << 20, "reservations past the limit");
+                        for chunk in b.chunks(4096) {
+                            w.write(chunk).unwrap();
+                        }
+                        w.commit().unwrap();
+                        true
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let stored = results.iter().filter(|r| **r).count();
+        assert!((1..12).contains(&stored), "{stored} of 12 fit in 1 MiB");
+        assert!(s.used() <= 1 << 20, "{} > limit", s.used());
+        assert_eq!(s.used(), measure(s.root()), "the running count is what a walk finds");
+        assert!(s.used() > base);
+        // Opened again, the walk finds the same.
+        let again = Store::open(&d.path().join("images"), 1 << 20).unwrap();
+        assert_eq!(again.used(), s.used());
+        // Removing counts out exactly what a walk would.
+        let some = s.blob_path(&Digest::of(&blobs[results.iter().position(|r| *r).unwrap()]));
+        s.remove_counted(&some).unwrap();
+        assert_eq!(s.used(), measure(s.root()));
     }
 
     /// A leftover unpack thousands of levels deep (a hostile layer's, from before a crash)

@@ -133,8 +133,7 @@ impl Store {
             root: root_fd,
             overlay: !parents.is_empty(),
             written: HashSet::new(),
-            budget,
-            spent: 0,
+            reservation: self.reserve(0)?,
         };
         {
             let (mut guarded, verdict) = TarGuard::new(&mut stream, Limits::for_budget(budget));
@@ -163,6 +162,9 @@ impl Store {
                 got: got.to_string(),
             });
         }
+        // The unpacker goes (its descriptors hold the overlay); its reservation stays
+        // until the layer is counted in.
+        let _held = u.reservation.take();
         drop(u);
         if !parents.is_empty() {
             nix::mount::umount2(&mnt, nix::mount::MntFlags::empty())
@@ -172,7 +174,8 @@ impl Store {
         let _ = std::fs::remove_dir(&mnt);
         let dest = self.layer_dir(&chain);
         match std::fs::rename(&work.0, &dest) {
-            Ok(()) => {}
+            // Counted in as it now is; the reservation went with the unpacker.
+            Ok(()) => self.count_in(&dest),
             // Unpacked by someone else meanwhile: theirs is the same.
             Err(_) if self.layer(&chain).is_some() => {}
             Err(e) => return Err(ImageError::io("commit a layer", &dest)(e)),
@@ -318,8 +321,9 @@ struct Unpacker<'a> {
     overlay: bool,
     /// Paths this layer wrote (an opaque directory keeps them).
     written: HashSet<PathBuf>,
-    budget: u64,
-    spent: u64,
+    /// What this layer has written so far (data, an inode per entry, copy-ups), held
+    /// against the store's limit while it unpacks.
+    reservation: super::store::Reservation,
 }
 
 /// How deep an entry may lie in a layer's root, its directories' symlinks resolved. Real
@@ -429,6 +433,8 @@ impl Unpacker<'_> {
                 remove_all_at(dir.as_fd(), OsStr::from_bytes(hidden)).map_err(sys)
             };
         }
+        // Every entry costs an inode at least, whatever its size (empty files, symlinks).
+        self.charge(super::store::INODE_COST)?;
         let dir = self.make_dirs(parent).map_err(|e| self.refuse(&raw, e))?;
         // Symlinks inside the root can take a short name deep: where it really lands counts.
         let depth = self
@@ -511,6 +517,12 @@ impl Unpacker<'_> {
                     return Err(self.refuse(&raw, "a hard link to the root"));
                 };
                 let tdir = in_root(self.root.as_fd(), tparent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(sys)?;
+                if self.overlay {
+                    // A link to a lower layer's file copies it up into this one whole.
+                    let st = nix::sys::stat::fstatat(tdir.as_fd(), tname, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(sys)?;
+                    self.charge(u64::try_from(st.st_blocks).unwrap_or(0) * 512)?;
+                }
                 remove_all_at(d, &name).map_err(sys)?;
                 nix::unistd::linkat(tdir.as_fd(), tname, d, name.as_os_str(), nix::fcntl::AtFlags::empty())
                     .map_err(|e| self.refuse(&raw, format!("hard link to '{}': {}", target.display(), e.desc())))?;
@@ -619,6 +631,11 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// `n` more bytes against the store's limit, or Full.
+    fn charge(&mut self, n: u64) -> Result<(), ImageError> {
+        self.reservation.grow(n).map_err(|_| self.store.full(n))
+    }
+
     fn copy(&mut self, from: &mut dyn Read, to: &mut std::fs::File, entry: &Path) -> Result<(), ImageError> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -628,10 +645,7 @@ impl Unpacker<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.refuse(entry, format!("reading it: {e}"))),
             };
-            self.spent += n as u64;
-            if self.spent > self.budget {
-                return Err(self.store.full(self.spent - self.budget));
-            }
+            self.charge(n as u64)?;
             to.write_all(&buf[..n])
                 .map_err(|e| self.store.write_error(e, n as u64, entry))?;
         }

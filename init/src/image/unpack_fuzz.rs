@@ -176,11 +176,16 @@ proptest! {
         let before = store.used();
         let diff = Digest::of(&tar);
         match store.unpack(&[], &d, c, &diff) {
-            Ok(layer) => prop_assert!(layer.dir.is_dir()),
+            Ok(layer) => {
+                prop_assert!(layer.dir.is_dir());
+                prop_assert_eq!(store.used(), super::store::measure(store.root()), "the count is a walk's");
+                prop_assert!(store.used() <= store.limit());
+            }
             Err(e) => {
                 prop_assert!(!e.to_string().is_empty());
                 prop_assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "tmp/ is empty: {}", e);
                 prop_assert_eq!(store.used(), before, "the store is as it was: {}", e);
+                prop_assert_eq!(store.used(), super::store::measure(store.root()), "the count is a walk's: {}", e);
             }
         }
     }
