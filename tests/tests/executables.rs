@@ -361,7 +361,34 @@ fn an_overflowing_flood_is_counted_exactly_and_blocks_nobody() {
         let kept = c.log_entries("bigflood", false).await;
         let dropped = check_accounting("overflowing flood", &kept, N);
         assert!(dropped > 0, "an 8 MiB buffer cannot hold ~17 MB of lines");
+        // Lines are budgeted by what they cost (a 48-byte record and the bytes): of
+        // `seq 1 100000` an 8 MiB log keeps tens of thousands (a budget of a record per
+        // 512 bytes kept the last 16,384, ~850 KB of the 8 MiB).
+        c.exec(sh("short", "", "seq 1 100000")).await.unwrap();
+        assert_eq!(c.wait("short").await.exit_code, Some(0));
+        let kept = c.log_entries("short", false).await;
+        let lost = check_accounting("short lines", &kept, 100_000);
+        assert!(kept.len() >= 50_000, "kept {} lines, lost {lost}", kept.len());
+        let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert!(
+            info.log_budget_bytes >= 16 << 20 && info.log_held_bytes <= info.log_budget_bytes,
+            "the node-wide ceiling holds: {} of {}",
+            info.log_held_bytes,
+            info.log_budget_bytes
+        );
+        assert!(
+            info.log_held_bytes > 8 << 20,
+            "both logs are counted: {}",
+            info.log_held_bytes
+        );
+        c.free("short").await;
         c.free("bigflood").await;
+        let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        assert!(
+            info.log_held_bytes < 1 << 20,
+            "freed logs give their memory back: {}",
+            info.log_held_bytes
+        );
         c.assert_left_nothing("bigflood").await;
     });
 }

@@ -330,6 +330,7 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "kvm_detail": i.kvm_detail, "spiffe_id": i.spiffe_id, "peer_spiffe_id": i.peer_spiffe_id,
                 "init_failures": failures, "serving_since_boot_micros": i.serving_since_boot_micros,
                 "auraed_rss_bytes": i.auraed_rss_bytes, "isolation": spawned,
+                "log_budget_bytes": i.log_budget_bytes, "log_held_bytes": i.log_held_bytes,
                 "caller_spiffe_id": i.caller_spiffe_id, "caller_role": i.caller_role,
                 "forwarded": i.forwarded, "parent_spiffe_id": i.parent_spiffe_id, "policy": policy,
                 "identity_not_after_unix_seconds": i.identity_not_after_unix_seconds,
@@ -408,6 +409,11 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
         println!("bridges     {} (for pods' extra interfaces)", i.bridges.join(" "));
     }
     println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
+    println!(
+        "logs        {:.1} of {:.0} MiB",
+        i.log_held_bytes as f64 / 1048576.0,
+        i.log_budget_bytes as f64 / 1048576.0
+    );
     for f in &i.init_failures {
         println!("INIT FAILED {}: {}", f.step, f.error);
     }

@@ -2,26 +2,108 @@
 //! When full, the oldest lines go and are counted; every line has a sequence number, so a
 //! reader that falls behind learns exactly how many it missed. Readers never block the
 //! pipes' reader task: they copy out under a short lock and wait on a watch channel.
+//!
+//! Every buffer of the node draws on one [`LogPool`]: all logs together stay within a
+//! node-wide ceiling (they are all in PID 1). A buffer keeps itself within its fair share
+//! of the pool (the pool over the live buffers, at most its own capacity), evicting its
+//! oldest lines; a newcomer that finds the pool full trims the buffers above their share;
+//! a line that still finds no room is dropped and counted like an evicted one. What a
+//! buffer holds is counted as it really costs: the record ring's slots (all it ever
+//! allocated) and each line's bytes as the allocator rounds them, so a flood of short
+//! lines keeps as many as the memory holds, not a fixed number of lines.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-/// The memory a log may take, all of it counted: the line records, the bytes and what
+/// The memory one log may take, all of it counted: the line records, the bytes and what
 /// the allocator adds to each.
 pub const DEFAULT_CAPACITY: usize = 8 << 20;
 /// Longer lines are split.
 pub const MAX_LINE: usize = 16 << 10;
 /// What the allocator adds to each line's bytes: a header, and rounding to 16 bytes.
 const ALLOC_OVERHEAD: usize = 16;
-/// At most one line per this many bytes of capacity: the record ring (48 bytes a slot,
-/// allocated for the most lines it ever held) stays a fixed, small share of the capacity.
-const BYTES_PER_RECORD: usize = 512;
+/// A slot of the record ring.
+const SLOT: usize = std::mem::size_of::<Line>();
 
 /// What one line's bytes take on the heap.
 fn heap_cost(len: usize) -> usize {
     len.div_ceil(16) * 16 + ALLOC_OVERHEAD
+}
+
+/// The node-wide ceiling on all logs: a sixteenth of the node's RAM, between 16 MiB and
+/// 256 MiB.
+pub fn node_budget(mem_bytes: u64) -> usize {
+    usize::try_from(mem_bytes / 16)
+        .unwrap_or(usize::MAX)
+        .clamp(16 << 20, 256 << 20)
+}
+
+/// What every log of the node draws on.
+pub struct LogPool {
+    cap: usize,
+    held: AtomicUsize,
+    buffers: Mutex<Vec<Weak<LogBuffer>>>,
+    /// Lines dropped because the pool had no room even after trimming.
+    refused: AtomicU64,
+}
+
+impl LogPool {
+    pub fn new(cap: usize) -> Arc<LogPool> {
+        Arc::new(LogPool {
+            cap,
+            held: AtomicUsize::new(0),
+            buffers: Mutex::new(Vec::new()),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The ceiling and what all logs hold now.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.cap, self.held.load(Ordering::Relaxed))
+    }
+
+    fn live(&self) -> usize {
+        let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        b.retain(|w| w.strong_count() > 0);
+        b.len().max(1)
+    }
+
+    fn fair_share(&self) -> usize {
+        self.cap / self.live()
+    }
+
+    /// Takes `n` bytes when they fit.
+    fn take(&self, n: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h + n <= self.cap).then_some(h + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| Some(h.saturating_sub(n)));
+    }
+
+    /// Evicts the oldest lines of the buffers above `share` (not `me`, whose lock the
+    /// caller may be about to take) down to it.
+    fn trim_others(&self, share: usize, me: *const LogBuffer) {
+        let others: Vec<Arc<LogBuffer>> = {
+            let b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            b.iter().filter_map(Weak::upgrade).collect()
+        };
+        for o in others.iter().filter(|o| !std::ptr::eq(Arc::as_ptr(o), me)) {
+            // A buffer busy on another thread is left for its own next push.
+            if let Ok(mut g) = o.inner.try_lock() {
+                o.evict_to(&mut g, share, 0);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +127,22 @@ struct Inner {
     next_seq: u64,
     /// Heap taken by the kept lines' bytes (`heap_cost` of each).
     bytes: usize,
+    /// What this buffer has taken from the pool: the ring's slots and `bytes`.
+    taken: usize,
     open_writers: u32,
+}
+
+impl Inner {
+    fn cost(&self) -> usize {
+        self.lines.capacity() * SLOT + self.bytes
+    }
 }
 
 pub struct LogBuffer {
     inner: Mutex<Inner>,
-    /// Heap the kept lines' bytes may take: the capacity less the record ring at its largest.
-    byte_budget: usize,
-    /// Most lines kept at once.
-    max_lines: usize,
+    /// Most this buffer may hold, all counted.
+    capacity: usize,
+    pool: Arc<LogPool>,
     /// Bumped on every push and when the last writer closes.
     changed: watch::Sender<u64>,
 }
@@ -74,28 +163,34 @@ pub fn now_unix_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-impl LogBuffer {
-    /// A buffer whose memory, all counted, stays within `capacity` bytes.
-    pub fn new(capacity: usize, writers: u32) -> LogBuffer {
-        // A power of two: the ring grows by doubling, so it never has more slots than this.
-        let lines = (capacity / BYTES_PER_RECORD).max(1);
-        let max_lines = 1 << (usize::BITS - 1 - lines.leading_zeros());
-        let byte_budget = capacity.saturating_sub(max_lines * std::mem::size_of::<Line>());
-        LogBuffer::with_limits(byte_budget, max_lines, writers)
+impl Drop for LogBuffer {
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.pool.give(g.taken);
     }
+}
 
-    fn with_limits(byte_budget: usize, max_lines: usize, writers: u32) -> LogBuffer {
-        LogBuffer {
+impl LogBuffer {
+    /// A buffer whose memory, all counted, stays within `capacity` bytes and its share of
+    /// `pool`.
+    pub fn new(capacity: usize, writers: u32, pool: &Arc<LogPool>) -> Arc<LogBuffer> {
+        let b = Arc::new(LogBuffer {
             inner: Mutex::new(Inner {
                 lines: VecDeque::new(),
                 next_seq: 0,
                 bytes: 0,
+                taken: 0,
                 open_writers: writers,
             }),
-            byte_budget,
-            max_lines,
+            capacity,
+            pool: pool.clone(),
             changed: watch::channel(0).0,
-        }
+        });
+        pool.buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&b));
+        b
     }
 
     /// The heap this buffer holds now, as the allocator sees it: the record ring (every
@@ -103,25 +198,69 @@ impl LogBuffer {
     #[cfg(test)]
     fn held_bytes(&self) -> usize {
         let g = self.lock();
-        g.lines.capacity() * std::mem::size_of::<Line>()
-            + g.lines.iter().map(|l| heap_cost(l.bytes.capacity())).sum::<usize>()
+        g.lines.capacity() * SLOT + g.lines.iter().map(|l| heap_cost(l.bytes.capacity())).sum::<usize>()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Brings what `g` has taken from the pool in line with what it costs now.
+    fn settle(&self, g: &mut Inner) {
+        let now = g.cost();
+        if now > g.taken {
+            // Only ever called after `take` made room for the growth.
+            self.pool.held.fetch_add(now - g.taken, Ordering::Relaxed);
+        } else {
+            self.pool.give(g.taken - now);
+        }
+        g.taken = now;
+    }
+
+    /// Evicts the oldest lines until the buffer and `extra` more bytes cost at most
+    /// `share`; shrinks a ring that stayed four times larger than its lines need.
+    fn evict_to(&self, g: &mut Inner, share: usize, extra: usize) {
+        while g.cost() + extra > share {
+            match g.lines.pop_front() {
+                Some(old) => g.bytes -= heap_cost(old.bytes.capacity()),
+                None => break,
+            }
+        }
+        if g.lines.capacity() > 4 * g.lines.len() + 16 {
+            g.lines.shrink_to(2 * g.lines.len() + 16);
+        }
+        self.settle(g);
+    }
+
     pub fn push(&self, stream: Stream, mut bytes: Vec<u8>) {
         // A piece split off a longer line, or a line read into a growing buffer, may carry
         // far more capacity than bytes: keep only the bytes.
         bytes.shrink_to_fit();
+        let share = self.capacity.min(self.pool.fair_share());
         let seq = {
             let mut g = self.lock();
             let cost = heap_cost(bytes.capacity());
-            while g.bytes + cost > self.byte_budget || g.lines.len() >= self.max_lines {
-                match g.lines.pop_front() {
-                    Some(old) => g.bytes -= heap_cost(old.bytes.capacity()),
-                    None => break,
+            // The ring doubles when full: its growth is part of this line's cost.
+            let growth = |g: &Inner| match g.lines.len() == g.lines.capacity() {
+                true => g.lines.capacity().max(4) * SLOT,
+                false => 0,
+            };
+            let extra = cost + growth(&g);
+            self.evict_to(&mut g, share, extra);
+            let mut need = cost + growth(&g);
+            if !self.pool.take(need) {
+                drop(g);
+                self.pool.trim_others(share, self);
+                g = self.lock();
+                need = cost + growth(&g);
+                if !self.pool.take(need) {
+                    // No room anywhere: this line is dropped, and counted as lost.
+                    self.pool.refused.fetch_add(1, Ordering::Relaxed);
+                    let seq = g.next_seq;
+                    g.next_seq += 1;
+                    drop(g);
+                    self.changed.send_replace(seq + 1);
+                    return;
                 }
             }
             let seq = g.next_seq;
@@ -133,6 +272,9 @@ impl LogBuffer {
                 stream,
                 bytes,
             });
+            // What was taken covers the growth; settle to what it really is.
+            g.taken += need;
+            self.settle(&mut g);
             seq
         };
         self.changed.send_replace(seq + 1);
@@ -230,32 +372,42 @@ fn push_split(buf: &LogBuffer, stream: Stream, mut line: Vec<u8>) {
 mod tests {
     use super::*;
 
+    fn pool() -> Arc<LogPool> {
+        LogPool::new(1 << 30)
+    }
+
     #[test]
     fn drops_oldest_and_counts_exactly() {
-        // Ten 4-byte lines fit; an eleventh does not.
-        let b = LogBuffer::with_limits(10 * heap_cost(4), 64, 1);
+        // A buffer with room for a few 4-byte lines, in a roomy pool.
+        let b = LogBuffer::new(16 * SLOT + 10 * heap_cost(4), 1, &pool());
         for i in 0..25u32 {
             b.push(Stream::Stdout, format!("{i:04}").into_bytes());
         }
         let mut from_start = b.start_cursor(None);
         assert_eq!(from_start, 0);
         let batch = b.read(&mut from_start, 100);
+        let kept = batch.lines.len() as u64;
+        assert!((4..25).contains(&kept), "{kept}");
         assert_eq!(
-            batch.dropped, 15,
+            batch.dropped,
+            25 - kept,
             "a reader from the start learns what went before it came"
         );
-        assert_eq!(batch.lines.len(), 10);
-        assert_eq!(batch.lines[0].bytes, b"0015");
+        assert_eq!(batch.lines[0].bytes, format!("{:04}", 25 - kept).into_bytes());
         assert!(!batch.closed);
-        let mut tail = b.start_cursor(Some(12));
+        let mut tail = b.start_cursor(Some(kept + 2));
         let batch = b.read(&mut tail, 100);
-        assert_eq!((batch.dropped, batch.lines.len()), (2, 10), "2 of the last 12 are gone");
-        let mut cur = 15;
+        assert_eq!(
+            (batch.dropped, batch.lines.len() as u64),
+            (2, kept),
+            "2 of the last are gone"
+        );
+        let mut cur = 25 - kept;
         b.close_writer();
         let batch = b.read(&mut cur, 3);
         assert_eq!((batch.dropped, batch.lines.len(), batch.closed), (0, 3, false));
         let batch = b.read(&mut cur, 100);
-        assert_eq!((batch.lines.len(), batch.closed), (7, true));
+        assert_eq!((batch.lines.len() as u64, batch.closed), (kept - 3, true));
     }
 
     #[test]
@@ -263,15 +415,16 @@ mod tests {
         const CAP: usize = 1 << 20;
         // One-byte lines (the most records), then long lines cut in pieces from a larger
         // allocation (the most spare capacity), then a mix.
-        let b = LogBuffer::new(CAP, 1);
+        let p = pool();
+        let b = LogBuffer::new(CAP, 1, &p);
         for _ in 0..200_000 {
             b.push(Stream::Stdout, vec![b'x']);
         }
         assert!(b.held_bytes() <= CAP, "{} > {CAP}", b.held_bytes());
-        assert_eq!(
-            b.end_cursor() - b.lock().lines.front().unwrap().seq,
-            2048,
-            "a line per 512 bytes"
+        let kept = b.end_cursor() - b.lock().lines.front().unwrap().seq;
+        assert!(
+            kept as usize >= CAP / (2 * SLOT + heap_cost(1)),
+            "short lines keep as many as the memory holds: {kept}"
         );
         for _ in 0..100 {
             let mut big = Vec::with_capacity(4 * MAX_LINE);
@@ -284,11 +437,67 @@ mod tests {
         }
         assert!(b.held_bytes() <= CAP, "{} > {CAP}", b.held_bytes());
         assert!(b.held_bytes() > CAP / 2, "and the capacity is used: {}", b.held_bytes());
+        assert_eq!(p.usage().1, b.held_bytes(), "the pool counts what the buffer holds");
+        drop(b);
+        assert_eq!(p.usage().1, 0, "and gets it back when the log goes");
+    }
+
+    /// `seq 1 100000` into an 8 MiB log: tens of thousands of lines kept, not 16,384.
+    #[test]
+    fn short_lines_fill_the_log_by_what_they_cost() {
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
+        for i in 1..=100_000u32 {
+            b.push(Stream::Stdout, i.to_string().into_bytes());
+        }
+        let kept = b.lock().lines.len();
+        assert!(kept >= 50_000, "{kept}");
+        assert!(b.held_bytes() <= DEFAULT_CAPACITY);
+    }
+
+    /// All logs of the node together stay within the pool, however many flood at once; a
+    /// newcomer into a full pool still gets its share (the others are trimmed to theirs);
+    /// a line with no room anywhere is dropped and counted.
+    #[test]
+    fn the_node_wide_ceiling_holds_and_shares_fairly() {
+        const POOL: usize = 4 << 20;
+        let p = LogPool::new(POOL);
+        let floods: Vec<Arc<LogBuffer>> = (0..8).map(|_| LogBuffer::new(DEFAULT_CAPACITY, 1, &p)).collect();
+        for round in 0..20_000usize {
+            for b in &floods {
+                b.push(Stream::Stdout, vec![b'f'; 50 + round % 200]);
+            }
+        }
+        let held: usize = floods.iter().map(|b| b.held_bytes()).sum();
+        assert!(held <= POOL, "{held} > {POOL}");
+        assert_eq!(p.usage().1, held);
+        assert!(held > POOL / 2, "the pool is used: {held}");
+        // A newcomer: the pool is full, yet its lines are kept (the others give way).
+        let late = LogBuffer::new(DEFAULT_CAPACITY, 1, &p);
+        for i in 0..2000u32 {
+            late.push(Stream::Stdout, format!("late {i}").into_bytes());
+        }
+        let mut c = 0;
+        let got = late.read(&mut c, usize::MAX);
+        assert!(
+            got.lines.len() > 1000,
+            "the newcomer keeps its share: {}",
+            got.lines.len()
+        );
+        let held: usize = floods.iter().map(|b| b.held_bytes()).sum::<usize>() + late.held_bytes();
+        assert!(held <= POOL, "{held} > {POOL}");
+        // A pool with no room for a single line: it is dropped, and a reader is told.
+        let tiny = LogPool::new(64);
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &tiny);
+        b.push(Stream::Stdout, b"no room".to_vec());
+        let mut c = 0;
+        let batch = b.read(&mut c, 10);
+        assert_eq!((batch.dropped, batch.lines.len()), (1, 0));
+        assert_eq!(tiny.usage().1, 0);
     }
 
     #[test]
     fn tail_starts_near_the_end() {
-        let b = LogBuffer::new(DEFAULT_CAPACITY, 1);
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
         for i in 0..5u8 {
             b.push(Stream::Stderr, vec![b'0' + i]);
         }
@@ -299,7 +508,7 @@ mod tests {
 
     async fn pumped(writes: &[&[u8]]) -> Vec<Vec<u8>> {
         let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
-        let b = std::sync::Arc::new(LogBuffer::new(DEFAULT_CAPACITY, 1));
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
         let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
         {
             use tokio::io::AsyncWriteExt;
@@ -334,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn pump_splits_lines_and_flushes_the_last_partial_one() {
         let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
-        let b = std::sync::Arc::new(LogBuffer::new(DEFAULT_CAPACITY, 1));
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
         let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
         {
             use tokio::io::AsyncWriteExt;

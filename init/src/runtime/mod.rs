@@ -108,6 +108,8 @@ pub struct Runtime {
     hidden: Vec<PathBuf>,
     /// Scratch volumes cells share, with how many cells list each.
     volumes: Mutex<volume::Volumes>,
+    /// What every workload's log draws on: the node-wide ceiling on logs.
+    logs: Arc<logs::LogPool>,
 }
 
 /// Polling interval for cgroup state changes (populated, frozen): starts short, because a
@@ -124,6 +126,18 @@ fn is_cgroup2(path: &std::path::Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
+}
+
+/// The node's RAM (bytes), from /proc/meminfo; 1 GiB when unreadable.
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kib| kib * 1024)
 }
 
 impl Runtime {
@@ -157,7 +171,13 @@ impl Runtime {
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
             volumes: Mutex::new(volume::Volumes::default()),
+            logs: logs::LogPool::new(logs::node_budget(mem_total())),
         }
+    }
+
+    /// The node-wide log ceiling and what all logs hold now (bytes).
+    pub fn log_usage(&self) -> (usize, usize) {
+        self.logs.usage()
     }
 
     /// A runtime on a fixture directory whose processes `sys` fakes (tests only).

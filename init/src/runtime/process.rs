@@ -373,7 +373,7 @@ impl Runtime {
                 None => format!("_x.{}", spec.name),
             }),
             sys: self.sys.clone(),
-            logs: Arc::new(LogBuffer::new(logs::DEFAULT_CAPACITY, 2)),
+            logs: LogBuffer::new(logs::DEFAULT_CAPACITY, 2, &self.logs),
             stdout_as,
             state: watch::channel(ExecView {
                 name: spec.name.to_string(),

@@ -129,6 +129,8 @@ impl NodeContext {
                 .collect(),
             serving_since_boot_micros: self.serving_since_boot_micros.load(Ordering::Relaxed),
             auraed_rss_bytes: crate::node::rss_bytes(),
+            log_budget_bytes: self.runtime.log_usage().0 as u64,
+            log_held_bytes: self.runtime.log_usage().1 as u64,
             isolation: self.report.spawned_as.unwrap_or(pb::IsolationKind::Unspecified) as i32,
             caller_spiffe_id: caller.map(|c| c.id.clone()).unwrap_or_default(),
             caller_role: caller.map(|c| c.role.to_string()).unwrap_or_default(),
