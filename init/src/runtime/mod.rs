@@ -343,7 +343,8 @@ async fn terminate(sys: &dyn Launcher, dir: &CgroupDir, pids: impl Fn() -> Vec<i
     let deadline = tokio::time::Instant::now() + grace;
     if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
         for pid in pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            // Through a pidfd, and only to a member of this workload's cgroup.
+            let _ = sys::signal_member(pid, sig, dir.path());
         }
     }
     poll_until(deadline, || pids().is_empty()).await;

@@ -169,8 +169,11 @@ impl Process {
         if self.phase() != Phase::Running || pid == 0 {
             return Err(RuntimeError::Precondition(format!("'{}' is not running", self.name)));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
-            .map_err(|errno| RuntimeError::sys(format!("signal {signal} to '{}'", self.name), errno))
+        match super::sys::signal_member(pid as i32, sig, self.dir.path()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RuntimeError::Precondition(format!("'{}' is not running", self.name))),
+            Err(errno) => Err(RuntimeError::sys(format!("signal {signal} to '{}'", self.name), errno)),
+        }
     }
 
     /// `signal` to every process of the executable, `grace`, then `cgroup.kill`.
