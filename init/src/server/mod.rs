@@ -135,7 +135,9 @@ impl NodeContext {
             caller_spiffe_id: caller.map(|c| c.id.clone()).unwrap_or_default(),
             caller_role: caller.map(|c| c.role.to_string()).unwrap_or_default(),
             forwarded: caller.is_some_and(|c| c.via.is_some()),
+            // Who may do what is the admin's to read (a reader learns no other identity).
             policy: policy
+                .filter(|_| caller.is_some_and(|c| c.role >= crate::pki::policy::Role::Admin))
                 .map(|p| {
                     p.rules
                         .iter()

@@ -47,16 +47,46 @@ pub fn workload_status(v: View) -> pb::WorkloadStatus {
     }
 }
 
+/// What a caller below operator is not shown: the values of environment variables (a
+/// cell's image env may carry passwords and tokens), each replaced by this; names stay.
+pub const REDACTED: &str = "<redacted>";
+
+/// `w` as `caller` may see it.
+fn for_caller(mut w: pb::WorkloadStatus, caller: Option<&super::authz::Caller>) -> pb::WorkloadStatus {
+    if caller.is_some_and(|c| c.role >= crate::pki::policy::Role::Operator) {
+        return w;
+    }
+    if let Some(pb::workload_status::Status::Cell(c)) = &mut w.status {
+        if let Some(i) = &mut c.image {
+            for e in &mut i.env {
+                let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+                *e = format!("{name}={REDACTED}");
+            }
+        }
+    }
+    w
+}
+
 #[tonic::async_trait]
 impl Workloads for WorkloadsApi {
     async fn status(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let caller = super::authz::Caller::of(&r).cloned();
         let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
-        Ok(Response::new(workload_status(self.rt.status(kind, &name)?)))
+        Ok(Response::new(for_caller(
+            workload_status(self.rt.status(kind, &name)?),
+            caller.as_ref(),
+        )))
     }
 
     async fn list(&self, r: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let caller = super::authz::Caller::of(&r).cloned();
         let kind = convert::kind(r.into_inner().kind, "kind")?;
-        let workloads = self.rt.list(kind).into_iter().map(workload_status).collect();
+        let workloads = self
+            .rt
+            .list(kind)
+            .into_iter()
+            .map(|v| for_caller(workload_status(v), caller.as_ref()))
+            .collect();
         Ok(Response::new(pb::ListResponse { workloads }))
     }
 
@@ -82,8 +112,12 @@ impl Workloads for WorkloadsApi {
     }
 
     async fn wait(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let caller = super::authz::Caller::of(&r).cloned();
         let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
-        Ok(Response::new(workload_status(self.rt.wait(kind, &name).await?)))
+        Ok(Response::new(for_caller(
+            workload_status(self.rt.wait(kind, &name).await?),
+            caller.as_ref(),
+        )))
     }
 
     async fn free(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::FreeResponse>, Status> {
@@ -178,5 +212,57 @@ impl WorkloadsApi {
         }
         let v = self.rt.freeze(&name, frozen).await?;
         Ok(Response::new(workload_status(crate::runtime::View::Cell(Box::new(v)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::policy::Role;
+
+    fn cell_with_env() -> pb::WorkloadStatus {
+        pb::WorkloadStatus {
+            status: Some(pb::workload_status::Status::Cell(pb::CellStatus {
+                name: "db".into(),
+                image: Some(pb::CellImageStatus {
+                    env: vec!["PATH=/bin".into(), "DB_PASSWORD=hunter2".into(), "EMPTY".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn env_of(w: &pb::WorkloadStatus) -> Vec<String> {
+        match &w.status {
+            Some(pb::workload_status::Status::Cell(c)) => c.image.as_ref().unwrap().env.clone(),
+            _ => panic!(),
+        }
+    }
+
+    /// A reader sees the names of a cell's variables, never their values; an operator
+    /// (who could start the cell) and an admin see them whole.
+    #[test]
+    fn readers_see_variable_names_and_no_values() {
+        let as_role = |role| super::super::authz::Caller {
+            id: "spiffe://t.test/client/x".into(),
+            role,
+            via: None,
+        };
+        let r = for_caller(cell_with_env(), Some(&as_role(Role::Reader)));
+        assert_eq!(
+            env_of(&r),
+            ["PATH=<redacted>", "DB_PASSWORD=<redacted>", "EMPTY=<redacted>"]
+        );
+        assert!(!format!("{r:?}").contains("hunter2"));
+        let none = for_caller(cell_with_env(), None);
+        assert!(
+            !format!("{none:?}").contains("hunter2"),
+            "no caller: as little as a reader"
+        );
+        for role in [Role::Operator, Role::Admin] {
+            let w = for_caller(cell_with_env(), Some(&as_role(role)));
+            assert_eq!(env_of(&w)[1], "DB_PASSWORD=hunter2", "{role}");
+        }
     }
 }
