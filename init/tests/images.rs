@@ -40,7 +40,15 @@ async fn pull_quiet(
     creds: Option<&Credentials>,
     regs: &Registries,
 ) -> Result<auraed::image::pull::Pulled, ImageError> {
-    pull(n.store.clone(), reference, creds, regs, &mut |_| {}).await
+    pull(
+        n.store.clone(),
+        reference,
+        creds,
+        regs,
+        &mut |_| {},
+        &mut Default::default(),
+    )
+    .await
 }
 
 /// The layers stacked read-only, as a cell will see them; unmounted on drop.
@@ -71,9 +79,16 @@ async fn pull_from_an_insecure_registry_reports_progress_and_a_second_pull_fetch
     let n = node();
     let reference = format!("{}/test/busybox:1", r.addr);
     let mut seen = Vec::new();
-    let p = pull(n.store.clone(), &reference, None, &insecure(&r), &mut |e| seen.push(e))
-        .await
-        .unwrap();
+    let p = pull(
+        n.store.clone(),
+        &reference,
+        None,
+        &insecure(&r),
+        &mut |e| seen.push(e),
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(p.layers.len(), 1);
     assert!(
         p.fetched > p.size(),
@@ -729,4 +744,91 @@ fn a_loaded_image_is_checked_byte_for_byte_and_only_an_admin_may_load() {
     });
     let tmp = std::fs::read_dir(store.join("tmp")).map(|rd| rd.count()).unwrap_or(0);
     assert_eq!(tmp, 0, "a refused load left temporary files");
+}
+
+/// A registry that accepts and never answers (a stalled pull): removing another image does
+/// not wait behind that pull, and the pull ends when its caller goes away (its connection
+/// to the registry closes), instead of running on unwatched.
+#[test]
+fn a_stalled_pull_holds_up_no_removal_and_ends_with_its_caller() {
+    use std::io::Read;
+    let f = fixture();
+    let r = Registry::start(&f.storage, Options::default());
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_addr = stall.local_addr().unwrap().to_string();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in stall.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = accepted_tx.send(());
+            let closed_tx = closed_tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    common::mint(&pki_dir, "host.test");
+    std::fs::write(
+        dir.path().join("registries.toml"),
+        format!("insecure = [\"{}\", \"{stall_addr}\"]\n", r.addr),
+    )
+    .unwrap();
+    let d = common::start_in(dir, pki_dir);
+    let busybox = format!("{}/test/busybox:1", r.addr);
+    let o = common::aer_as(&d, "client", &["image", "pull", &busybox]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = auraed::cli::Target {
+        addr: d.addr.clone(),
+        tls: auraed::pki::tls::TlsFiles::in_dir(&d.pki, "client"),
+        server_name: "localhost".into(),
+        server_id: None,
+        timeout: std::time::Duration::from_secs(60),
+        instance: None,
+    };
+    let wait = std::time::Duration::from_secs(30);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ch = t.connect().await.unwrap();
+            let mut images = auraed::pb::images_client::ImagesClient::new(ch);
+            let stuck = images
+                .pull(auraed::pb::PullRequest {
+                    reference: format!("{stall_addr}/test/stuck:1"),
+                    credentials: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            tokio::task::spawn_blocking(move || accepted.recv_timeout(wait))
+                .await
+                .unwrap()
+                .expect("the pull reached the stalled registry");
+            // The removal answers while the pull hangs (before: it waited for the pull).
+            let removed = tokio::time::timeout(
+                wait,
+                images.remove(auraed::pb::ImageRef {
+                    reference: busybox.clone(),
+                }),
+            )
+            .await;
+            let freed = removed.expect("Remove waited behind the stalled pull").unwrap();
+            assert!(freed.into_inner().freed_bytes > 0);
+            // The caller goes away: the pull ends and its connection closes.
+            drop(stuck);
+            tokio::task::spawn_blocking(move || closed.recv_timeout(wait))
+                .await
+                .unwrap()
+                .expect("the pull went on after its caller left");
+        });
 }

@@ -54,8 +54,56 @@ pub struct Images {
     store: Arc<Store>,
     registries: Registries,
     credentials: HashMap<String, Credentials>,
-    /// Pulls and cells being made share; a removal (which collects unused blobs) is alone.
+    /// Loads and cells being made share; a removal (which collects unused blobs) is alone.
+    /// Pulls do not take it: a pull from a stalled registry would hold every removal up.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// What pulls in progress will record (blob digests and chain IDs, hex): a removal's
+    /// sweep keeps them. Held only for moments, by a pull pinning and by the sweep.
+    pins: Arc<Pins>,
+}
+
+/// Blobs and layers pulls in progress use, counted per pull.
+#[derive(Debug, Default)]
+pub struct Pins(std::sync::Mutex<HashMap<String, usize>>);
+
+impl Pins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One pull's pins, released when it ends (recorded or failed). `default()`: pins no
+/// catalog sees (a pull into a bare store).
+#[derive(Default)]
+pub struct Pinned {
+    pins: Arc<Pins>,
+    held: Vec<String>,
+}
+
+impl Pinned {
+    /// Pins `digests` (sha256:... or hex) for this pull.
+    pub fn pin<'a>(&mut self, digests: impl IntoIterator<Item = &'a str>) {
+        let mut m = self.pins.lock();
+        for d in digests {
+            let hex = d.strip_prefix("sha256:").unwrap_or(d).to_owned();
+            *m.entry(hex.clone()).or_insert(0) += 1;
+            self.held.push(hex);
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let mut m = self.pins.lock();
+        for h in self.held.drain(..) {
+            if let Some(n) = m.get_mut(&h) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&h);
+                }
+            }
+        }
+    }
 }
 
 /// When a cell's image is pulled (Kubernetes' imagePullPolicy).
@@ -116,6 +164,7 @@ impl Images {
             },
             credentials: file.credentials,
             gate: Arc::new(tokio::sync::RwLock::new(())),
+            pins: Arc::default(),
         })
     }
 
@@ -138,8 +187,19 @@ impl Images {
         let r = pull::parse_reference(reference)?;
         let full = r.whole();
         let creds = credentials.or_else(|| self.credentials.get(r.resolve_registry()).cloned());
-        let _shared = self.gate.read().await;
-        let p: Pulled = pull::pull(self.store.clone(), &full, creds.as_ref(), &self.registries, progress).await?;
+        let mut pinned = Pinned {
+            pins: self.pins.clone(),
+            held: Vec::new(),
+        };
+        let p: Pulled = pull::pull(
+            self.store.clone(),
+            &full,
+            creds.as_ref(),
+            &self.registries,
+            progress,
+            &mut pinned,
+        )
+        .await?;
         let record = Record {
             reference: full,
             digest: p.digest.to_string(),
@@ -338,7 +398,8 @@ impl Images {
         let store = self.store.clone();
         let kept = self.list();
         let chains_in_use: Vec<String> = using.into_iter().flat_map(|u| u.chains).collect();
-        tokio::task::spawn_blocking(move || collect(&store, &kept, &chains_in_use))
+        let pins = self.pins.clone();
+        tokio::task::spawn_blocking(move || collect(&store, &kept, &chains_in_use, &pins))
             .await
             .map_err(|e| ImageError::Registry(format!("the collecting task ended: {e}")))?;
         Ok(before.saturating_sub(self.store.used()))
@@ -351,8 +412,11 @@ fn now_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Removes the blobs and layers none of `kept` uses, keeping the layers `in_use` too.
-fn collect(store: &Store, kept: &[Record], in_use: &[String]) {
+/// Removes the blobs and layers none of `kept` uses, keeping the layers `in_use` and what
+/// pulls in progress have pinned (pinning waits for the sweep; the sweep never waits for a
+/// pull).
+fn collect(store: &Store, kept: &[Record], in_use: &[String], pins: &Pins) {
+    let pinned = pins.lock();
     let mut blobs: HashSet<String> = HashSet::new();
     let mut chains: HashSet<String> = in_use.iter().cloned().collect();
     for r in kept {
@@ -369,7 +433,7 @@ fn collect(store: &Store, kept: &[Record], in_use: &[String]) {
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if keep.contains(&name) {
+                if keep.contains(&name) || pinned.contains_key(&name) {
                     continue;
                 }
                 if let Err(err) = store.remove_counted(&e.path()) {
@@ -385,6 +449,34 @@ fn collect(store: &Store, kept: &[Record], in_use: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a pull in progress has pinned survives a removal's sweep (the pull records it
+    /// next); unpinned, the same sweep takes it, and the count follows.
+    #[test]
+    fn a_sweep_keeps_what_a_pull_in_progress_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("images"), 1 << 30).unwrap();
+        let data = b"a layer blob".to_vec();
+        let blob = Digest::of(&data);
+        store.put_blob(&blob, data.len() as u64, &mut &data[..]).unwrap();
+        let chain = Digest::of(b"chain");
+        let layer = store.root().join("layers").join(chain.hex()).join("fs");
+        std::fs::create_dir_all(&layer).unwrap();
+        store.count_in(&store.root().join("layers").join(chain.hex()));
+        let pins = Arc::new(Pins::default());
+        let mut pinned = Pinned {
+            pins: pins.clone(),
+            held: Vec::new(),
+        };
+        pinned.pin([blob.to_string().as_str(), chain.to_string().as_str()]);
+        collect(&store, &[], &[], &pins);
+        assert!(store.has_blob(&blob, data.len() as u64), "pinned: kept");
+        assert!(layer.is_dir(), "pinned: kept");
+        drop(pinned);
+        collect(&store, &[], &[], &pins);
+        assert!(!store.has_blob(&blob, data.len() as u64) && !layer.exists(), "unpinned: swept");
+        assert_eq!(store.used(), super::super::store::measure(store.root()));
+    }
 
     #[test]
     fn the_registries_file_names_insecure_registries_cas_and_credentials() {

@@ -321,6 +321,7 @@ pub async fn pull(
     credentials: Option<&Credentials>,
     regs: &Registries,
     progress: &mut (dyn FnMut(Progress) + Send),
+    pinned: &mut super::catalog::Pinned,
 ) -> Result<Pulled, ImageError> {
     let r = parse_reference(reference)?;
     let auth = match credentials {
@@ -345,6 +346,9 @@ pub async fn pull(
         layers: layers.clone(),
     });
     let config = Digest::parse(&manifest.config.digest)?;
+    // Pinned before anything is found in the store, so no removal takes it meanwhile.
+    pinned
+        .pin(std::iter::once(manifest.config.digest.as_str()).chain(manifest.layers.iter().map(|l| l.digest.as_str())));
     let config_size = u64::try_from(manifest.config.size).unwrap_or(u64::MAX);
     if config_size > MAX_JSON {
         return Err(ImageError::Registry(format!(
@@ -363,6 +367,17 @@ pub async fn pull(
             diff_ids.len()
         )));
     }
+    // The layers' chain IDs, pinned before any is looked for in the store.
+    let mut chain: Option<Digest> = None;
+    let chains: Vec<String> = diff_ids
+        .iter()
+        .map(|d| {
+            let c = Digest::chain(chain.as_ref(), d);
+            chain = Some(c.clone());
+            c.to_string()
+        })
+        .collect();
+    pinned.pin(chains.iter().map(String::as_str));
     // Each layer is unpacked (on a thread of its own, after its parents) while the next
     // is fetched: the download and the unpacking overlap.
     let mut unpacking: Option<Unpacking> = None;

@@ -134,9 +134,12 @@ impl images_server::Images for ImagesApi {
             password: c.password,
         });
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // The pull finishes in a task of its own: a client that goes away leaves the store
-        // whole (blobs are committed verified or not at all) and the image recorded.
+        // The pull runs in a task of its own, and ends with its caller: a client that goes
+        // away (its stream dropped) cancels it, so nobody's pull runs on unwatched. What was
+        // committed stays whole (blobs verified or not at all, layers unpacked whole); an
+        // unrecorded rest goes at the next removal's sweep.
         tokio::spawn(async move {
+            let gone = tx.clone();
             let events = tx.clone();
             let mut last: std::collections::HashMap<String, u64> = Default::default();
             let mut progress = move |p: Progress| {
@@ -152,7 +155,14 @@ impl images_server::Images for ImagesApi {
                 }
                 let _ = events.try_send(Ok(progress_pb(p)));
             };
-            let done = match images.pull(&req.reference, credentials, &mut progress).await {
+            let pulled = tokio::select! {
+                r = images.pull(&req.reference, credentials, &mut progress) => r,
+                () = gone.closed() => {
+                    tracing::info!("pull of {}: the caller went away; cancelled", req.reference);
+                    return;
+                }
+            };
+            let done = match pulled {
                 Ok(record) => Ok(pb::PullProgress {
                     event: Some(pb::pull_progress::Event::Done(image_status(&images, &record))),
                 }),
