@@ -474,7 +474,10 @@ mod tests {
         assert!(layer.is_dir(), "pinned: kept");
         drop(pinned);
         collect(&store, &[], &[], &pins);
-        assert!(!store.has_blob(&blob, data.len() as u64) && !layer.exists(), "unpinned: swept");
+        assert!(
+            !store.has_blob(&blob, data.len() as u64) && !layer.exists(),
+            "unpinned: swept"
+        );
         assert_eq!(store.used(), super::super::store::measure(store.root()));
     }
 

@@ -133,9 +133,18 @@ impl Runtime {
                 },
             )
         };
+        // A session is a listed executable (`exec-N`): `List` shows it and it counts
+        // against the node's maximum of workloads, like any process a client starts. It
+        // leaves the table when the session ends (`detach`).
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let name = ExecName::parse(&format!("exec-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
-            .map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
+        let name = loop {
+            let name = ExecName::parse(&format!("exec-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+                .map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
+            // A client's own executable may have taken the number: take the next.
+            if self.table().vacant::<Process>(name.as_str()).is_ok() {
+                break name;
+            }
+        };
         let exec = ExecutableSpec {
             name,
             argv,
@@ -145,7 +154,7 @@ impl Runtime {
             gid: spec.gid,
             cell: Some(spec.cell),
         };
-        let process = self.launch(exec, Launch::new(false, Some(attach))).await?;
+        let process = self.launch(exec, Launch::new(true, Some(attach))).await?;
         Ok(Attached { process, io })
     }
 
@@ -154,6 +163,13 @@ impl Runtime {
         p.stop(libc::SIGKILL, std::time::Duration::ZERO).await;
         if let Err(e) = self.discard_process(p, p.name.as_str()).await {
             tracing::warn!("attached process {} in cell {}: {e}", p.name, p.cell);
+        }
+        // Unless a client freed it meanwhile (and a new one took the name).
+        let mut t = self.table();
+        if t.get::<Process>(p.name.as_str())
+            .is_ok_and(|x| std::ptr::eq(Arc::as_ptr(&x), p))
+        {
+            t.remove::<Process>(p.name.as_str());
         }
     }
 }

@@ -206,6 +206,11 @@ impl Runtime {
         self.table().max = max;
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_max_workloads_for_tests(&self, max: usize) {
+        self.table().max = max;
+    }
+
     /// Adds the node's PKI directory (wherever it is) to what confined cells never see.
     pub fn hide_from_cells(&mut self, pki_dir: &std::path::Path) {
         self.hidden = confine::hidden_paths(pki_dir);

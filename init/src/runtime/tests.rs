@@ -326,3 +326,37 @@ async fn a_private_cell_is_no_target_for_an_executable_or_an_exec() {
     assert_eq!(r.fake.running(), running, "nothing started");
     assert_eq!(r.rt.list(None).len(), listed, "nothing listed");
 }
+
+/// An exec session is a workload like any other: `List` shows it (`exec-N`, in its cell),
+/// it counts against the node's maximum (the one beyond is refused, nothing started), and
+/// it leaves the table when the session ends.
+#[tokio::test]
+async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
+    let r = rig();
+    r.rt.run_cell(cell("box")).await.unwrap();
+    let session = || super::attach::AttachSpec {
+        cell: CellName::parse("box").unwrap(),
+        argv: vec!["/bin/sh".into()],
+        env: Default::default(),
+        cwd: None,
+        uid: None,
+        gid: None,
+        tty: false,
+        size: None,
+    };
+    let a = r.rt.attach(session()).await.unwrap();
+    let name = a.process.name.to_string();
+    assert!(name.starts_with("exec-"), "{name}");
+    let listed = r.rt.list(Some(Kind::Executable));
+    assert_eq!(listed.len(), 1, "the session is listed");
+    // At the maximum, the next session is refused and starts nothing.
+    let held = r.rt.list(None).len();
+    r.rt.set_max_workloads_for_tests(held);
+    let running = r.fake.running();
+    let e = r.rt.attach(session()).await.err().unwrap();
+    assert!(matches!(e, RuntimeError::Exhausted(_)), "{e:?}");
+    assert_eq!(r.fake.running(), running);
+    r.rt.detach(&a.process).await;
+    assert!(r.rt.list(Some(Kind::Executable)).is_empty(), "gone with its session");
+    assert!(!tree(&r.root).iter().any(|d| d.contains(&name)), "{:?}", tree(&r.root));
+}
