@@ -22,6 +22,10 @@ pub struct VolumeSpec {
     /// A tmpfs of its own of `size_limit` bytes, rather than a directory.
     pub memory: bool,
     pub size_limit: u64,
+    /// Who made the cell that lists it (the caller's SPIFFE ID): a volume is joined only
+    /// by cells of the same owner, so one client's scratch data is not another's to read
+    /// by guessing its name.
+    pub owner: String,
 }
 
 /// Where one of the cell's volumes appears in its root.
@@ -81,6 +85,12 @@ impl Runtime {
         let mut v = self.volumes();
         for (i, s) in specs.iter().enumerate() {
             if let Some((have, _)) = v.0.get(s.name.as_str()) {
+                if have.owner != s.owner {
+                    return Err(RuntimeError::Precondition(format!(
+                        "image.volumes[{i}]: volume '{}' belongs to another client's cells; a volume is shared only by cells of the client that made it, so choose another name",
+                        s.name
+                    )));
+                }
                 if have != s {
                     return Err(RuntimeError::Precondition(format!(
                         "image.volumes[{i}]: volume '{}' exists on this node as {} and this cell asks for {}; use the same definition or another name",
@@ -178,6 +188,36 @@ fn remove(s: &VolumeSpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A volume in use by one client's cells is not joinable by another client's cell by
+    /// name: refused, naming the field, and the volume's count unchanged. The same
+    /// client's next cell joins it.
+    #[test]
+    fn a_volume_is_joined_only_by_its_owners_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::with_launcher(
+            dir.path().to_owned(),
+            super::super::launcher::testing::FakeLauncher::new(dir.path()),
+        );
+        let spec = |owner: &str| VolumeSpec {
+            name: ExecName::parse("scratch").unwrap(),
+            memory: false,
+            size_limit: 0,
+            owner: owner.into(),
+        };
+        let alice = "spiffe://t.test/client/alice";
+        rt.volumes().0.insert("scratch".into(), (spec(alice), 1));
+        let e = rt.take_volumes(&[spec("spiffe://t.test/client/mallory")]).unwrap_err();
+        assert!(matches!(e, RuntimeError::Precondition(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("image.volumes[0]: volume 'scratch' belongs to another client's cells"),
+            "{e}"
+        );
+        assert_eq!(rt.volumes().0["scratch"].1, 1, "nothing joined");
+        rt.take_volumes(&[spec(alice)]).unwrap();
+        assert_eq!(rt.volumes().0["scratch"].1, 2, "the owner's cell joins");
+    }
 
     #[test]
     fn a_mount_survives_the_holder_argument_round_trip() {

@@ -332,6 +332,8 @@ pub fn volumes(
             name,
             memory: d.memory,
             size_limit: if d.memory { size } else { 0 },
+            // The handler names the caller (`owned_by`).
+            owner: String::new(),
         });
     }
     let mut out: Vec<VolumeMount> = Vec::with_capacity(mounts.len());

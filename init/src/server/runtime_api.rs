@@ -130,6 +130,7 @@ impl RuntimeRpc for RuntimeApi {
     async fn run_cell(&self, r: Request<pb::Cell>) -> Result<Response<pb::CellStatus>, Status> {
         let since = Instant::now();
         Caller::authorize(&r)?;
+        let owner = Caller::of(&r).map(|c| c.id.clone()).unwrap_or_default();
         let caller = super::deadline::caller_timeout(r.metadata());
         let mut c = r.into_inner();
         let image = c.image.take().map(convert::oci_image).transpose()?;
@@ -147,7 +148,11 @@ impl RuntimeRpc for RuntimeApi {
                     .prepare(&req.reference, req.policy, req.credentials.clone())
                     .await?;
                 spec.ports = req.ports.clone();
-                spec.image = Some(convert::image_root(&prepared, req)?);
+                let mut root = convert::image_root(&prepared, req)?;
+                for v in &mut root.volumes {
+                    v.owner = owner.clone();
+                }
+                spec.image = Some(root);
                 Some(prepared.hold)
             }
         };
