@@ -134,6 +134,7 @@ impl Store {
             overlay: !parents.is_empty(),
             written: HashSet::new(),
             reservation: self.reserve(0)?,
+            harden: !nodev_nosuid(self.root()),
         };
         {
             let (mut guarded, verdict) = TarGuard::new(&mut stream, Limits::for_budget(budget));
@@ -324,6 +325,17 @@ struct Unpacker<'a> {
     /// What this layer has written so far (data, an inode per entry, copy-ups), held
     /// against the store's limit while it unpacks.
     reservation: super::store::Reservation,
+    /// The store's filesystem is not mounted nodev and nosuid: device nodes (but a 0:0
+    /// whiteout) are not made and setuid/setgid bits are dropped, so nothing on the node
+    /// can open a layer's disk device or run its setuid binary from the store. (Cells run
+    /// with no_new_privs on a nodev overlay: neither ever worked inside one.)
+    harden: bool,
+}
+
+/// Whether the filesystem at `p` is mounted both nodev and nosuid.
+fn nodev_nosuid(p: &Path) -> bool {
+    use nix::sys::statvfs::FsFlags;
+    nix::sys::statvfs::statvfs(p).is_ok_and(|v| v.flags().contains(FsFlags::ST_NODEV | FsFlags::ST_NOSUID))
 }
 
 /// How deep an entry may lie in a layer's root, its directories' symlinks resolved. Real
@@ -489,6 +501,10 @@ impl Unpacker<'_> {
                 self.copy(entry, &mut f, &raw)?;
                 nix::unistd::fchown(&f, uid, gid).map_err(sys)?;
                 // After chown, which clears setuid and setgid.
+                let mode = match self.harden {
+                    true => mode & !(Mode::S_ISUID | Mode::S_ISGID),
+                    false => mode,
+                };
                 nix::sys::stat::fchmod(&f, mode).map_err(sys)?;
                 if let Ok(mtime) = entry.header().mtime() {
                     let t = nix::sys::time::TimeSpec::from(std::time::Duration::from_secs(mtime));
@@ -528,6 +544,20 @@ impl Unpacker<'_> {
                     .map_err(|e| self.refuse(&raw, format!("hard link to '{}': {}", target.display(), e.desc())))?;
             }
             T::Char | T::Block | T::Fifo => {
+                let special = matches!(kind, T::Char | T::Block)
+                    && (
+                        h.device_major().ok().flatten().unwrap_or(0),
+                        h.device_minor().ok().flatten().unwrap_or(0),
+                    ) != (0, 0);
+                if special && self.harden {
+                    tracing::info!(
+                        "layer {}: device node '{}' not made (the store is not mounted nodev,nosuid)",
+                        self.layer,
+                        raw.display()
+                    );
+                    self.written.insert(rel);
+                    return Ok(());
+                }
                 let (sflag, dev) = match kind {
                     T::Char | T::Block => {
                         let major = h.device_major().ok().flatten().unwrap_or(0);
@@ -808,9 +838,64 @@ mod tests {
         assert!(e.to_string().contains("tar+bzip2"), "{e}");
     }
 
+    /// On a store that is not mounted nodev,nosuid (this test's /tmp), a layer's device
+    /// nodes are not made and its setuid/setgid bits are dropped; on one that is (a tmpfs
+    /// mounted so), they are kept as the tar says.
+    #[test]
+    fn device_nodes_and_setuid_bits_follow_the_stores_mount() {
+        for hardened_store in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            if hardened_store {
+                use nix::mount::MsFlags;
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    dir.path(),
+                    Some("tmpfs"),
+                    MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                    Some("size=64m"),
+                )
+                .unwrap();
+            }
+            let store = Store::open(&dir.path().join("images"), 1 << 30).unwrap();
+            let r = Rig {
+                _dir: tempfile::tempdir().unwrap(),
+                store,
+            };
+            let l = r
+                .layer(
+                    &[],
+                    &[
+                        E::File("bin/su", b"suid", 0o4755),
+                        E::File("bin/wall", b"sgid", 0o2755),
+                        E::Char("dev/sda", 8, 0),
+                        E::Char("dev/zero-zero", 0, 0),
+                    ],
+                )
+                .unwrap();
+            let mode = |f: &str| std::fs::metadata(l.dir.join(f)).unwrap().permissions().mode() & 0o7777;
+            let sda = std::fs::symlink_metadata(l.dir.join("dev/sda"));
+            if hardened_store {
+                assert_eq!((mode("bin/su"), mode("bin/wall")), (0o4755, 0o2755));
+                assert!(sda.unwrap().file_type().is_char_device());
+            } else {
+                assert_eq!((mode("bin/su"), mode("bin/wall")), (0o755, 0o755), "no setuid, setgid");
+                assert!(sda.is_err(), "no device node");
+            }
+            assert!(std::fs::symlink_metadata(l.dir.join("dev/zero-zero"))
+                .unwrap()
+                .file_type()
+                .is_char_device());
+            drop(r);
+            if hardened_store {
+                nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_layer_keeps_files_modes_owners_links_and_special_files() {
         let r = rig(1 << 30);
+        let hardened = !nodev_nosuid(r.store.root());
         let l = r
             .layer(
                 &[],
@@ -835,7 +920,7 @@ mod tests {
         );
         assert_eq!(
             std::fs::metadata(p("bin/su")).unwrap().permissions().mode() & 0o7777,
-            0o4755
+            if hardened { 0o755 } else { 0o4755 }
         );
         let m = std::fs::metadata(p("home/app/data")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1000, 1001, 0o640));
@@ -847,8 +932,13 @@ mod tests {
             "a hard link"
         );
         assert!(std::fs::symlink_metadata(p("run/pipe")).unwrap().file_type().is_fifo());
-        let dev = std::fs::symlink_metadata(p("dev/null")).unwrap();
-        assert!(dev.file_type().is_char_device() && dev.rdev() == nix::sys::stat::makedev(1, 3));
+        match hardened {
+            true => assert!(std::fs::symlink_metadata(p("dev/null")).is_err()),
+            false => {
+                let dev = std::fs::symlink_metadata(p("dev/null")).unwrap();
+                assert!(dev.file_type().is_char_device() && dev.rdev() == nix::sys::stat::makedev(1, 3));
+            }
+        }
         assert_eq!(std::fs::read(p("etc/hostname")).unwrap(), b"image\n");
         assert!(r.tmp_is_empty());
     }

@@ -40,7 +40,8 @@ pub fn mount_data(device: &Path) -> Result<DataDisk, String> {
     let types = disk_types(&std::fs::read_to_string("/proc/filesystems").unwrap_or_default());
     // Cells exec from the layers kept here (through their overlay): no noexec. nodev still
     // holds, and whiteout device nodes need no opening.
-    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+    // nodev,nosuid: the image store lives here, with what layers carry.
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME;
     let mut tried = Vec::new();
     for t in &types {
         match mount(Some(device), DATA_DIR, Some(t.as_str()), flags, None::<&str>) {
