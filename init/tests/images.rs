@@ -832,3 +832,131 @@ fn a_stalled_pull_holds_up_no_removal_and_ends_with_its_caller() {
                 .expect("the pull went on after its caller left");
         });
 }
+
+/// What a hostile registry sends, per request path.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// A 50 MiB manifest, its length stated.
+    BigManifest,
+    /// A manifest that never ends (chunked, no length).
+    EndlessManifest,
+    /// A 404 whose body is 200 MB of words.
+    HugeError,
+    /// A bearer challenge whose token service answers forever.
+    EndlessToken,
+    /// A bearer challenge whose realm is plain HTTP on a host nobody listed.
+    PlainRealm,
+}
+
+/// A registry on 127.0.0.1 that answers every request as `mode` says; its address.
+fn hostile_registry(mode: Hostile) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let me = addr.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let me = me.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut w = c;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let chunked = |w: &mut std::net::TcpStream, head: &str| {
+                        let _ = w.write_all(format!("{head}Transfer-Encoding: chunked\r\n\r\n").as_bytes());
+                        let piece = format!("1000\r\n{}\r\n", "x".repeat(4096));
+                        while w.write_all(piece.as_bytes()).is_ok() {}
+                    };
+                    let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+                    match (mode, path.starts_with("/token")) {
+                        (Hostile::BigManifest, _) => {
+                            let _ = w.write_all(format!("{ok}Content-Length: {}\r\n\r\n", 50 << 20).as_bytes());
+                            let chunk = vec![b' '; 1 << 20];
+                            for _ in 0..50 {
+                                if w.write_all(&chunk).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        (Hostile::EndlessManifest, _) => return chunked(&mut w, ok),
+                        (Hostile::HugeError, _) => {
+                            let _ = w.write_all(
+                                format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", 200_000_000).as_bytes(),
+                            );
+                            let chunk = "no such image ".repeat(1 << 16);
+                            for _ in 0..200 {
+                                if w.write_all(chunk.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        (Hostile::EndlessToken, true) => return chunked(&mut w, "HTTP/1.1 200 OK\r\n"),
+                        (Hostile::EndlessToken, false) | (Hostile::PlainRealm, _) => {
+                            let realm = match mode {
+                                Hostile::EndlessToken => format!("http://{me}/token"),
+                                _ => "http://127.0.0.2:1/token".into(),
+                            };
+                            let _ = w.write_all(
+                                format!(
+                                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"evil\"\r\nContent-Length: 0\r\n\r\n"
+                                )
+                                .as_bytes(),
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A hostile registry cannot make a pull hold more than the caps: a 50 MiB manifest, an
+/// endless one, a 200 MB error body, an endless token are refused once past their cap
+/// (4 MiB, 4 MiB, 64 KiB read and 300 characters said, 64 KiB); a plain-HTTP token realm on
+/// a host nobody listed gets no credentials. The store holds nothing of any of them.
+#[tokio::test]
+async fn a_hostile_registry_is_cut_off_at_every_cap() {
+    let n = node();
+    let creds = Credentials {
+        username: "u".into(),
+        password: "s3cr3t-pw".into(),
+    };
+    for (mode, what) in [
+        (Hostile::BigManifest, "its manifest is larger than 4194304 bytes"),
+        (Hostile::EndlessManifest, "its manifest is larger than 4194304 bytes"),
+        (Hostile::HugeError, "answered HTTP 404"),
+        (Hostile::EndlessToken, "the token response is larger than 65536 bytes"),
+        (
+            Hostile::PlainRealm,
+            "is plain HTTP and its host is not listed as insecure",
+        ),
+    ] {
+        let addr = hostile_registry(mode);
+        let regs = Registries {
+            insecure: vec![addr.clone()],
+            ..Default::default()
+        };
+        let e = pull_quiet(&n, &format!("{addr}/evil/image:1"), Some(&creds), &regs)
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(what), "{what}: {msg}");
+        assert!(msg.len() < 1000, "the registry's words are cut: {} bytes", msg.len());
+        assert!(!msg.contains("s3cr3t-pw"), "no password in {msg}");
+        assert_eq!(
+            std::fs::read_dir(n.store.root().join("blobs/sha256")).unwrap().count(),
+            0
+        );
+    }
+}

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod config;
 pub mod load;
 pub mod pull;
+pub mod registry;
 pub mod store;
 pub(crate) mod tar_guard;
 pub(crate) mod tree;

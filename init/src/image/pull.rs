@@ -1,8 +1,9 @@
 //! Pulling an image from an OCI distribution registry (the v2 API) into the store.
 //!
-//! `oci-client` speaks the protocol: the reference, the image index and the linux/amd64
-//! manifest in it, OCI and Docker media types, anonymous, basic and bearer-token auth.
-//! auraed checks everything it is given: each blob's digest and size as it arrives (a
+//! `registry` speaks the protocol, every answer but a blob's read under a cap: the image
+//! index and the linux/amd64 manifest in it, OCI and Docker media types, anonymous, basic
+//! and bearer-token auth (oci-client lends its reference and manifest types). auraed
+//! checks everything it is given: the manifest against a digest it was pulled by, each blob's digest and size as it arrives (a
 //! blob is committed whole and verified, or not at all, see `store`), the config's diff IDs
 //! against the layers, and each layer's uncompressed content against its diff ID when it
 //! is unpacked. Blobs already in the store are not fetched again, so a retried pull
@@ -15,10 +16,7 @@ use super::store::Store;
 use super::unpack::{Compression, Layer};
 use super::{Digest, ImageError};
 use futures_util::StreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use std::sync::Arc;
 
 /// How to reach registries.
@@ -226,94 +224,6 @@ fn system_roots_present() -> bool {
         || SYSTEM_ROOTS.iter().any(|p| nonempty(std::path::Path::new(p)))
 }
 
-fn client(regs: &Registries) -> Result<Client, ImageError> {
-    if !system_roots_present() {
-        return Err(ImageError::Registry(format!(
-            "this node has no CA certificates ({}): the registry client needs a system trust bundle (the appliance's base layer has one; on a host, install ca-certificates)",
-            SYSTEM_ROOTS[0]
-        )));
-    }
-    // reqwest is built without a crypto provider: the process-wide one is ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // Only these roots when given (the node's bundle and the listed CA files); else the
-    // system's.
-    let certs = regs
-        .ca_files
-        .iter()
-        .map(|f| {
-            std::fs::read(f)
-                .map(|data| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data,
-                })
-                .map_err(ImageError::io("read a registry CA file", f))
-        })
-        .collect::<Result<Vec<Certificate>, ImageError>>()?;
-    let config = ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(regs.insecure.clone()),
-        tls_certs_only: certs,
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
-        user_agent: concat!("auraed/", env!("CARGO_PKG_VERSION")),
-        ..ClientConfig::default()
-    };
-    Client::try_from(config).map_err(|e| ImageError::Registry(format!("cannot make a registry client: {e}")))
-}
-
-/// The registry's words, mapped to what went wrong.
-fn registry_error(reference: &str, e: OciDistributionError) -> ImageError {
-    use OciDistributionError as E;
-    match e {
-        E::AuthenticationFailure(m) => {
-            ImageError::Denied(format!("{reference}: the registry refused the credentials: {m}"))
-        }
-        E::UnauthorizedError { url } => ImageError::Denied(format!(
-            "{reference}: not authorized at {url}; give credentials that may pull it"
-        )),
-        E::ImageManifestNotFoundError(m) => ImageError::NotFound(format!("{reference}: {m}")),
-        E::RegistryError { envelope, .. } => {
-            let words = envelope
-                .errors
-                .iter()
-                .map(|e| format!("{:?}: {}", e.code, e.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            match envelope.errors.first().map(|e| &e.code) {
-                Some(
-                    OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::NotFound
-                    | OciErrorCode::BlobUnknown,
-                ) => ImageError::NotFound(format!("{reference}: the registry says {words}")),
-                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
-                    ImageError::Denied(format!("{reference}: the registry says {words}"))
-                }
-                _ => ImageError::Registry(format!("{reference}: the registry says {words}")),
-            }
-        }
-        E::ServerError { code, message, url } => match code {
-            404 => ImageError::NotFound(format!("{reference}: {url}: {message}")),
-            401 | 403 => ImageError::Denied(format!("{reference}: {url}: {message}")),
-            _ => ImageError::Registry(format!("{reference}: {url}: HTTP {code}: {message}")),
-        },
-        // Anything that kept the request from an HTTP answer (refused, reset, closed, timed
-        // out, not HTTP at all) is the registry being out of reach, which a retry may cure.
-        E::RequestError(r) if !r.is_builder() => {
-            let why = crate::error_chain(&r);
-            let tls = ["certificate", "InvalidContentType", "HandshakeFailure", "tls"]
-                .iter()
-                .any(|w| why.contains(w));
-            ImageError::Unreachable(match tls {
-                true => format!(
-                    "{reference}: TLS with the registry failed (an HTTPS registry needs a CA the node trusts; a plain-HTTP one must be listed as insecure): {why}"
-                ),
-                false => format!("{reference}: cannot reach the registry: {why}"),
-            })
-        }
-        other => ImageError::Registry(format!("{reference}: {}", crate::error_chain(&other))),
-    }
-}
-
 /// Pulls `reference` into `store` and unpacks its layers; `progress` hears how it goes.
 pub async fn pull(
     store: Arc<Store>,
@@ -324,16 +234,14 @@ pub async fn pull(
     pinned: &mut super::catalog::Pinned,
 ) -> Result<Pulled, ImageError> {
     let r = parse_reference(reference)?;
-    let auth = match credentials {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-        None => RegistryAuth::Anonymous,
-    };
-    let client = client(regs)?;
-    let (manifest, digest) = client
-        .pull_image_manifest(&r, &auth)
-        .await
-        .map_err(|e| registry_error(reference, e))?;
-    let digest = Digest::parse(&digest)?;
+    if !system_roots_present() && regs.ca_files.is_empty() {
+        return Err(ImageError::Registry(format!(
+            "this node has no CA certificates ({}): the registry client needs a system trust bundle (the appliance's base layer has one; on a host, install ca-certificates)",
+            SYSTEM_ROOTS[0]
+        )));
+    }
+    let mut client = super::registry::RegistryClient::new(regs, &r, credentials)?;
+    let (manifest, digest) = client.manifest(&r).await?;
     let mut layers = Vec::new();
     for l in &manifest.layers {
         let d = Digest::parse(&l.digest)?;
@@ -356,7 +264,7 @@ pub async fn pull(
         )));
     }
     let mut fetched = 0;
-    fetched += fetch(&client, &r, reference, &store, &config, config_size, &mut |_| {}).await?;
+    fetched += fetch(&mut client, &store, &config, config_size, &mut |_| {}).await?;
     let config_json = std::fs::read(store.blob_path(&config))
         .map_err(ImageError::io("read the image's config", store.blob_path(&config)))?;
     let diff_ids = diff_ids(&config_json, reference)?;
@@ -391,7 +299,7 @@ pub async fn pull(
                 cached: true,
             });
         } else {
-            let got = fetch(&client, &r, reference, &store, d, *size, &mut |done| {
+            let got = fetch(&mut client, &store, d, *size, &mut |done| {
                 progress(Progress::Layer {
                     digest: d.clone(),
                     done,
@@ -455,11 +363,9 @@ pub async fn pull(
 type Unpacking = tokio::task::JoinHandle<Result<Vec<Layer>, ImageError>>;
 
 /// Fetches blob `d` of `size` bytes into the store unless it is there; returns the bytes
-/// fetched.
+/// fetched. The store checks the size as the bytes come and the digest at the end.
 async fn fetch(
-    client: &Client,
-    r: &Reference,
-    reference: &str,
+    client: &mut super::registry::RegistryClient,
     store: &Arc<Store>,
     d: &Digest,
     size: u64,
@@ -468,23 +374,13 @@ async fn fetch(
     if store.has_blob(d, size) {
         return Ok(0);
     }
-    // Room is reserved (or refused) before the registry is asked for the blob. oci-client
-    // checks the stream against the digest and fails its last read when it differs (the
-    // host test `a_corrupt_blob_in_the_registry_…` holds it to that).
-    let mut w = store.blob_writer(d, size)?.digest_checked_by_source();
-    let desc = oci_client::manifest::OciDescriptor {
-        digest: d.to_string(),
-        size: i64::try_from(size).unwrap_or(i64::MAX),
-        ..Default::default()
-    };
-    let mut stream = client
-        .pull_blob_stream(r, &desc)
-        .await
-        .map_err(|e| registry_error(reference, e))?;
+    // Room is reserved (or refused) before the registry is asked for the blob.
+    let mut w = store.blob_writer(d, size)?;
+    let mut stream = client.blob(d, size).await?;
     let mut done = 0u64;
     let began = std::time::Instant::now();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| transfer_error(reference, d, e))?;
+        let chunk = chunk.map_err(|e| client.transfer_error(&e))?;
         w.write(&chunk)?;
         done += chunk.len() as u64;
         on_bytes(done);
@@ -492,10 +388,7 @@ async fn fetch(
     tokio::task::spawn_blocking(move || w.commit())
         .await
         .map_err(|e| ImageError::Registry(format!("the commit task ended: {e}")))??;
-    tracing::info!(
-        "{reference}: blob {d}: {done} bytes fetched in {} ms",
-        began.elapsed().as_millis()
-    );
+    tracing::info!("blob {d}: {done} bytes fetched in {} ms", began.elapsed().as_millis());
     Ok(done)
 }
 
@@ -504,21 +397,6 @@ pub(crate) fn diff_ids(config: &[u8], reference: &str) -> Result<Vec<Digest>, Im
     let c: oci_spec::image::ImageConfiguration = serde_json::from_slice(config)
         .map_err(|e| ImageError::Registry(format!("{reference}: its config is not an OCI image config: {e}")))?;
     c.rootfs().diff_ids().iter().map(|d| Digest::parse(d)).collect()
-}
-/// A blob's stream ended in error: the client's own digest check (the registry sent other
-/// bytes than the manifest promised: Mismatch, nothing kept), else a broken transfer.
-fn transfer_error(reference: &str, d: &Digest, e: std::io::Error) -> ImageError {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<oci_client::errors::DigestError>())
-    {
-        Some(oci_client::errors::DigestError::VerificationError { expected, actual }) => ImageError::Mismatch {
-            what: format!("{reference}: blob {d} from the registry"),
-            expected: expected.clone(),
-            got: actual.clone(),
-        },
-        _ => ImageError::Unreachable(format!("{reference}: blob {d}: the transfer broke off: {e}")),
-    }
 }
 
 #[cfg(test)]

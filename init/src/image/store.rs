@@ -339,7 +339,6 @@ pub struct BlobWriter {
     digest: Digest,
     size: u64,
     got: u64,
-    /// None when the source checks the digest itself (`digest_checked_by_source`).
     hash: Option<Sha256>,
     committed: bool,
     store: Store,
@@ -347,14 +346,6 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// The bytes come from a source that checks them against this digest itself and fails
-    /// before their end when they differ (oci-client's blob stream does): hashing them a
-    /// second time here would double the CPU a pull costs. The size is still checked.
-    pub fn digest_checked_by_source(mut self) -> BlobWriter {
-        self.hash = None;
-        self
-    }
-
     /// Appends `bytes`; more than the stated size is refused at once.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
         self.got += bytes.len() as u64;
