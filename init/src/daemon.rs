@@ -179,11 +179,16 @@ async fn serve_until_power_action(
     mut report: init::InitReport,
     image_options: ImageOptions,
 ) -> Result<(PowerAction, Duration), server::ServerError> {
+    // No pull reaches the instances' bridges unless its registry is listed.
+    let bridges: Vec<crate::net::Ipv4Cidr> = (report.bridge.iter().map(|(_, c)| *c))
+        .chain(report.named_bridges.iter().filter_map(|b| b.address))
+        .collect();
     let images = crate::image::catalog::Images::open(
         &image_options.store,
         image_options.limit,
         &image_options.registries,
         &image_options.insecure,
+        &bridges,
     )
     .map(Arc::new);
     if let Err(e) = &images {

@@ -238,16 +238,30 @@ async fn https_registries_are_verified_against_the_cas_given() {
     );
     let n = node();
     let reference = format!("{}/test/busybox:1", r.addr);
-    let e = pull_quiet(&n, &reference, None, &Registries::default())
-        .await
-        .unwrap_err();
+    // Listed (it is on loopback), with no CA that signed it.
+    let no_ca = Registries {
+        allow: vec![r.addr.clone()],
+        ..Default::default()
+    };
+    let e = pull_quiet(&n, &reference, None, &no_ca).await.unwrap_err();
     assert!(
         e.to_string().to_lowercase().contains("certificate"),
         "an unknown CA: {e}"
     );
     eprintln!("{e}");
+    // On loopback, so listed (`allow`): an unlisted registry there is refused by name.
+    let unlisted = Registries {
+        ca_files: vec![f.pki.join("ca.crt")],
+        ..Default::default()
+    };
+    let e = pull_quiet(&n, &reference, None, &unlisted).await.unwrap_err();
+    assert!(
+        e.to_string().contains("is loopback") && e.to_string().contains("allow"),
+        "{e}"
+    );
     let regs = Registries {
         ca_files: vec![f.pki.join("ca.crt")],
+        allow: vec![r.addr.clone()],
         ..Default::default()
     };
     let p = pull_quiet(&n, &reference, None, &regs).await.unwrap();

@@ -34,6 +34,7 @@ impl Record {
 ///
 /// ```toml
 /// insecure = ["10.0.2.2:5000"]          # plain HTTP, only these
+/// allow = ["127.0.0.1:5443"]            # HTTPS where pulls may not go unless listed
 /// ca_files = ["/etc/aurae/registry-ca.crt"]
 /// [credentials."registry.example:5000"]
 /// username = "puller"
@@ -44,6 +45,10 @@ impl Record {
 pub struct RegistriesFile {
     #[serde(default)]
     pub insecure: Vec<String>,
+    /// HTTPS registries a pull may reach on loopback, link-local, this node's own
+    /// addresses or its instance bridges (the insecure ones may too).
+    #[serde(default)]
+    pub allow: Vec<String>,
     #[serde(default)]
     pub ca_files: Vec<PathBuf>,
     #[serde(default)]
@@ -136,7 +141,13 @@ pub struct InUse {
 impl Images {
     /// The store at `root` (at most `limit` bytes) with the registries file at
     /// `registries` (absent: no insecure registries, no credentials).
-    pub fn open(root: &Path, limit: u64, registries: &Path, insecure: &[String]) -> Result<Images, String> {
+    pub fn open(
+        root: &Path,
+        limit: u64,
+        registries: &Path,
+        insecure: &[String],
+        bridges: &[crate::net::Ipv4Cidr],
+    ) -> Result<Images, String> {
         let store = Store::open(root, limit).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(root.join("refs")).map_err(|e| format!("{}: {e}", root.join("refs").display()))?;
         let file: RegistriesFile = match std::fs::read_to_string(registries) {
@@ -161,6 +172,8 @@ impl Images {
             registries: Registries {
                 insecure: file.insecure.into_iter().chain(insecure.iter().cloned()).collect(),
                 ca_files,
+                allow: file.allow,
+                bridges: bridges.to_vec(),
             },
             credentials: file.credentials,
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -502,7 +515,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let reg = d.path().join("registries.toml");
         std::fs::write(&reg, "ca_files = [\"/nonexistent/ca.crt\"]\n").unwrap();
-        let e = Images::open(&d.path().join("images"), 1 << 20, &reg, &[])
+        let e = Images::open(&d.path().join("images"), 1 << 20, &reg, &[], &[])
             .err()
             .unwrap();
         assert!(e.contains("ca_files") && e.contains("/nonexistent/ca.crt"), "{e}");

@@ -27,6 +27,12 @@ pub struct Registries {
     /// CA certificate files (PEM) HTTPS registries are verified against, read at each
     /// pull (a node's bundle is 200 KB it need not hold between pulls).
     pub ca_files: Vec<std::path::PathBuf>,
+    /// Registries (`host[:port]`) a pull may reach even on loopback, link-local, this
+    /// node's own addresses or its instance bridges (the insecure ones are listed too).
+    pub allow: Vec<String>,
+    /// This node's instance bridges' subnets (`aurae0`, the named bridges): no pull goes
+    /// there unless its registry is listed.
+    pub bridges: Vec<crate::net::Ipv4Cidr>,
 }
 
 /// A user and password for a registry (basic auth, or a bearer token the registry's token

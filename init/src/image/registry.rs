@@ -40,6 +40,104 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// Why a pull may not reach `ip` (unless its registry is listed): loopback, link-local, no
+/// host at all, this node's own address, or one of its instance bridges.
+pub fn refused_address(ip: std::net::IpAddr, bridges: &[crate::net::Ipv4Cidr]) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let own = || {
+        nix::ifaddrs::getifaddrs().is_ok_and(|mut all| {
+            all.any(|i| {
+                i.address.as_ref().is_some_and(|a| {
+                    a.as_sockaddr_in().is_some_and(|s| IpAddr::V4(s.ip()) == ip)
+                        || a.as_sockaddr_in6().is_some_and(|s| IpAddr::V6(s.ip()) == ip)
+                })
+            })
+        })
+    };
+    match ip {
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
+        IpAddr::V4(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => Some("no host"),
+        IpAddr::V4(a)
+            if bridges
+                .iter()
+                .any(|b| b.overlaps(crate::net::Ipv4Cidr { addr: a, prefix: 32 })) =>
+        {
+            Some("one of this node's instance bridges")
+        }
+        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => Some("link-local"),
+        IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => Some("no host"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some_and(|m| m.is_loopback() || m.is_link_local()) => Some("loopback"),
+        _ if own() => Some("this node's own address"),
+        _ => None,
+    }
+}
+
+/// Whether `host` (no port) is one of `listed` (`host` or `host:port` entries).
+fn is_listed(listed: &[String], host: &str) -> bool {
+    listed.iter().any(|l| {
+        let h = l.rsplit_once(':').map_or(l.as_str(), |(h, p)| match p.parse::<u16>() {
+            Ok(_) => h,
+            Err(_) => l.as_str(),
+        });
+        h.trim_start_matches('[').trim_end_matches(']') == host.trim_start_matches('[').trim_end_matches(']')
+    })
+}
+
+/// A refused target, said with the way to allow it.
+fn refused_target(host: &str, why: &str) -> ImageError {
+    ImageError::Denied(format!(
+        "registry host {host} is {why}; a pull goes there only when the node's registries file lists it (insecure = [...] or allow = [...])"
+    ))
+}
+
+/// Checks a URL host that is an IP literal (names are checked as they resolve).
+fn check_literal(host: &str, listed: &[String], bridges: &[crate::net::Ipv4Cidr]) -> Result<(), ImageError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) if !is_listed(listed, host) => match refused_address(ip, bridges) {
+            Some(why) => Err(refused_target(host, why)),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Resolves registry names, dropping the addresses a pull may not reach unless the name
+/// is listed: a name that resolves only to those is refused, so DNS cannot lead a pull
+/// to loopback, the node itself or its instances.
+struct GuardedResolver {
+    listed: Vec<String>,
+    bridges: Vec<crate::net::Ipv4Cidr>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let listed = is_listed(&self.listed, &host);
+        let bridges = self.bridges.clone();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut why = "unresolvable";
+            let ok: Vec<std::net::SocketAddr> = all
+                .into_iter()
+                .filter(|a| match (listed, refused_address(a.ip(), &bridges)) {
+                    (false, Some(w)) => {
+                        why = w;
+                        false
+                    }
+                    _ => true,
+                })
+                .collect();
+            if ok.is_empty() {
+                return Err(refused_target(&host, why).to_string().into());
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 enum Auth {
     None,
     Basic(String, String),
@@ -57,6 +155,9 @@ pub struct RegistryClient {
     creds: Option<Credentials>,
     auth: Auth,
     insecure: Vec<String>,
+    /// Registries allowed anywhere (the insecure and the allowed ones), and the bridges.
+    listed: Vec<String>,
+    bridges: Vec<crate::net::Ipv4Cidr>,
 }
 
 /// What a registry's bytes from a body may come to: cut to `max` characters.
@@ -146,22 +247,36 @@ impl RegistryClient {
             .flatten()
             .collect::<Vec<_>>();
         let insecure = regs.insecure.clone();
-        let allowed = insecure.clone();
+        let listed: Vec<String> = insecure.iter().chain(&regs.allow).cloned().collect();
+        let bridges = regs.bridges.clone();
+        let (allowed, redirect_bridges) = (listed.clone(), bridges.clone());
         let redirects = reqwest::redirect::Policy::custom(move |a| {
             let downgrade = a.previous().last().is_some_and(|p| p.scheme() == "https") && a.url().scheme() != "https";
-            let listed = a
-                .url()
-                .host_str()
-                .is_some_and(|h| allowed.iter().any(|i| i.split(':').next() == Some(h)));
+            let host = a.url().host_str().unwrap_or_default().to_owned();
+            let listed = is_listed(&allowed, &host);
             if a.previous().len() >= REDIRECTS {
                 a.error(format!("more than {REDIRECTS} redirects"))
             } else if downgrade && !listed {
                 a.error("a redirect from HTTPS to plain HTTP")
+            } else if let Err(e) = check_literal(&host, &allowed, &redirect_bridges) {
+                a.error(e.to_string())
             } else {
                 a.follow()
             }
         });
+        let host = r.resolve_registry().to_owned();
+        let bare_host = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(h, p)| match p.parse::<u16>() {
+                Ok(_) => h,
+                Err(_) => host.as_str(),
+            });
+        check_literal(bare_host, &listed, &bridges)?;
         let mut b = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(GuardedResolver {
+                listed: listed.clone(),
+                bridges: bridges.clone(),
+            }))
             .no_proxy()
             .redirect(redirects)
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -173,7 +288,6 @@ impl RegistryClient {
         let http = b
             .build()
             .map_err(|e| ImageError::Registry(format!("cannot make a registry client: {e}")))?;
-        let host = r.resolve_registry().to_owned();
         let scheme = if insecure.contains(&host) { "http" } else { "https" };
         Ok(RegistryClient {
             http,
@@ -183,6 +297,8 @@ impl RegistryClient {
             creds: creds.cloned(),
             auth: Auth::None,
             insecure,
+            listed,
+            bridges,
         })
     }
 
@@ -244,7 +360,7 @@ impl RegistryClient {
                     ))
                 })?;
                 let host = url.host_str().unwrap_or_default().to_owned();
-                let listed = self.insecure.iter().any(|i| i.split(':').next() == Some(host.as_str()));
+                let listed = is_listed(&self.insecure, &host);
                 if url.scheme() != "https" && !listed {
                     return Err(ImageError::Denied(format!(
                         "{}: the token realm {} is plain HTTP and its host is not listed as insecure; credentials go there only over HTTPS",
@@ -252,6 +368,7 @@ impl RegistryClient {
                         cut(&realm, 100)
                     )));
                 }
+                check_literal(&host, &self.listed, &self.bridges)?;
                 let scope = param("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repo));
                 let mut q: Vec<(&str, String)> = vec![("scope", scope)];
                 if let Some(s) = param("service") {
@@ -453,5 +570,38 @@ mod tests {
         assert_eq!((s.as_str(), p), ("basic", vec![("realm".into(), "test".into())]));
         assert_eq!(cut("abcdef", 3), "abc…");
         assert_eq!(cut("ab", 3), "ab");
+    }
+
+    /// Loopback, link-local, no-host addresses, the node's own and its bridges' are
+    /// refused targets; a listed registry is allowed anywhere.
+    #[test]
+    fn pull_targets_off_limits_unless_listed() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let aurae0: crate::net::Ipv4Cidr = "10.254.0.1/24".parse().unwrap();
+        for (a, why) in [
+            ("127.0.0.1", "loopback"),
+            ("127.9.9.9", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("0.0.0.0", "no host"),
+            ("224.0.0.1", "no host"),
+            ("10.254.0.77", "one of this node's instance bridges"),
+            ("::1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("::ffff:127.0.0.1", "loopback"),
+        ] {
+            assert_eq!(refused_address(ip(a), &[aurae0]), Some(why), "{a}");
+        }
+        assert_eq!(refused_address(ip("192.0.2.10"), &[aurae0]), None);
+        assert!(check_literal("127.0.0.1", &[], &[]).is_err());
+        assert!(check_literal("127.0.0.1", &["127.0.0.1:5000".into()], &[]).is_ok());
+        assert!(check_literal("[::1]", &[], &[]).is_err());
+        assert!(
+            check_literal("registry.example", &[], &[]).is_ok(),
+            "names are checked as they resolve"
+        );
+        let e = check_literal("169.254.169.254", &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("link-local") && e.contains("allow = [...]"), "{e}");
+        assert!(is_listed(&["reg.local:5000".into()], "reg.local"));
+        assert!(!is_listed(&["reg.local:5000".into()], "reg"));
     }
 }
