@@ -974,3 +974,150 @@ async fn a_hostile_registry_is_cut_off_at_every_cap() {
         );
     }
 }
+
+mod registry_fuzz {
+    //! The registry client fuzzed: a registry on loopback answers every request with one
+    //! generated answer (a status, odd headers, an auth challenge, a redirect, a stated
+    //! length that lies, a body that is random, manifest-shaped or endless). Each pull
+    //! ends, without a panic, and a failed one leaves nothing in the store.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[derive(Debug, Clone)]
+    struct Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        length: Option<u64>,
+        body: Vec<u8>,
+        endless: bool,
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        let header = prop_oneof![
+            Just((
+                "Content-Type".to_owned(),
+                "application/vnd.oci.image.index.v1+json".to_owned()
+            )),
+            Just((
+                "Content-Type".to_owned(),
+                "application/vnd.oci.image.manifest.v1+json".to_owned()
+            )),
+            Just((
+                "WWW-Authenticate".to_owned(),
+                "Bearer realm=\"http://127.0.0.2:1/t\"".to_owned()
+            )),
+            Just(("WWW-Authenticate".to_owned(), "Bearer realm=\"::\",,,=\"".to_owned())),
+            Just(("WWW-Authenticate".to_owned(), "Basic".to_owned())),
+            Just(("WWW-Authenticate".to_owned(), "Negotiate abc".to_owned())),
+            Just(("Location".to_owned(), "http://169.254.169.254/latest".to_owned())),
+            Just(("Location".to_owned(), "/v2/x/manifests/y".to_owned())),
+            "[a-zA-Z-]{1,12}".prop_map(|k| (k, "x".to_owned())),
+        ];
+        let body = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            Just(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":99999999999},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":-5}]}"#.to_vec()),
+            Just(br#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"architecture":"amd64","os":"linux"}}]}"#.to_vec()),
+            Just(br#"{"errors":[{"code":"DENIED","message":"no"}]}"#.to_vec()),
+            Just(br#"{"token":"t"}"#.to_vec()),
+        ];
+        (
+            prop_oneof![
+                Just(200u16),
+                Just(401),
+                Just(404),
+                Just(500),
+                Just(302),
+                Just(307),
+                100u16..600
+            ],
+            proptest::collection::vec(header, 0..4),
+            prop_oneof![
+                Just(None),
+                Just(Some(0u64)),
+                Just(Some(5)),
+                Just(Some(1 << 40)),
+                any::<u32>().prop_map(|n| Some(u64::from(n)))
+            ],
+            body,
+            prop::bool::weighted(0.15),
+        )
+            .prop_map(|(status, headers, length, body, endless)| Answer {
+                status,
+                headers,
+                length,
+                body,
+                endless,
+            })
+    }
+
+    /// A registry answering every request with `a`; its address.
+    fn serve(a: Answer) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let mut w = c;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut head = format!("HTTP/1.1 {} X\r\n", a.status);
+                        for (k, v) in &a.headers {
+                            head += &format!("{k}: {v}\r\n");
+                        }
+                        if a.endless {
+                            head += "Transfer-Encoding: chunked\r\n\r\n";
+                            let _ = w.write_all(head.as_bytes());
+                            let piece = format!("1000\r\n{}\r\n", "y".repeat(4096));
+                            while w.write_all(piece.as_bytes()).is_ok() {}
+                            return;
+                        }
+                        head += &format!("Content-Length: {}\r\n\r\n", a.length.unwrap_or(a.body.len() as u64));
+                        if w.write_all(head.as_bytes()).is_err() || w.write_all(&a.body).is_err() {
+                            return;
+                        }
+                        if a.length.is_some_and(|n| n != a.body.len() as u64) {
+                            // A stated length that lies: the connection ends here.
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hostile_registry_answers_end_cleanly_and_store_nothing(a in answer()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let n = node();
+            let addr = serve(a);
+            let regs = Registries {
+                insecure: vec![addr.clone()],
+                ..Default::default()
+            };
+            let before = n.store.used();
+            let r = rt.block_on(pull_quiet(&n, &format!("{addr}/fuzz/image:1"), None, &regs));
+            if let Err(e) = r {
+                prop_assert!(!e.to_string().is_empty());
+                prop_assert!(e.to_string().len() < 2000, "a bounded message: {}", e.to_string().len());
+                prop_assert_eq!(n.store.used(), before, "nothing stored: {}", e);
+            }
+        }
+    }
+}
