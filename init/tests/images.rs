@@ -862,15 +862,17 @@ enum Hostile {
     PlainRealm,
 }
 
-/// A registry on 127.0.0.1 that answers every request as `mode` says; its address.
-fn hostile_registry(mode: Hostile) -> String {
-    use std::io::{BufRead, BufReader, Write};
+/// An HTTP/1.1 server on 127.0.0.1 (a thread per connection) that hands each request's
+/// path and the connection to `respond`, which says whether the connection goes on; its
+/// address.
+fn serve_http(respond: impl Fn(&str, &str, &mut std::net::TcpStream) -> bool + Clone + Send + 'static) -> String {
+    use std::io::{BufRead, BufReader};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let me = addr.clone();
     std::thread::spawn(move || {
         for c in l.incoming().flatten() {
-            let me = me.clone();
+            let (me, respond) = (me.clone(), respond.clone());
             std::thread::spawn(move || {
                 let mut r = BufReader::new(c.try_clone().unwrap());
                 let mut w = c;
@@ -886,53 +888,65 @@ fn hostile_registry(mode: Hostile) -> String {
                             break;
                         }
                     }
-                    let chunked = |w: &mut std::net::TcpStream, head: &str| {
-                        let _ = w.write_all(format!("{head}Transfer-Encoding: chunked\r\n\r\n").as_bytes());
-                        let piece = format!("1000\r\n{}\r\n", "x".repeat(4096));
-                        while w.write_all(piece.as_bytes()).is_ok() {}
-                    };
-                    let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n";
-                    match (mode, path.starts_with("/token")) {
-                        (Hostile::BigManifest, _) => {
-                            let _ = w.write_all(format!("{ok}Content-Length: {}\r\n\r\n", 50 << 20).as_bytes());
-                            let chunk = vec![b' '; 1 << 20];
-                            for _ in 0..50 {
-                                if w.write_all(&chunk).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        (Hostile::EndlessManifest, _) => return chunked(&mut w, ok),
-                        (Hostile::HugeError, _) => {
-                            let _ = w.write_all(
-                                format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", 200_000_000).as_bytes(),
-                            );
-                            let chunk = "no such image ".repeat(1 << 16);
-                            for _ in 0..200 {
-                                if w.write_all(chunk.as_bytes()).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        (Hostile::EndlessToken, true) => return chunked(&mut w, "HTTP/1.1 200 OK\r\n"),
-                        (Hostile::EndlessToken, false) | (Hostile::PlainRealm, _) => {
-                            let realm = match mode {
-                                Hostile::EndlessToken => format!("http://{me}/token"),
-                                _ => "http://127.0.0.2:1/token".into(),
-                            };
-                            let _ = w.write_all(
-                                format!(
-                                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"evil\"\r\nContent-Length: 0\r\n\r\n"
-                                )
-                                .as_bytes(),
-                            );
-                        }
+                    if !respond(&me, &path, &mut w) {
+                        return;
                     }
                 }
             });
         }
     });
     addr
+}
+
+/// A registry on 127.0.0.1 that answers every request as `mode` says; its address.
+fn hostile_registry(mode: Hostile) -> String {
+    use std::io::Write;
+    serve_http(move |me, path, w| {
+        // Writes until the reader goes away; the connection ends then.
+        let chunked = |w: &mut std::net::TcpStream, head: &str| -> bool {
+            let _ = w.write_all(format!("{head}Transfer-Encoding: chunked\r\n\r\n").as_bytes());
+            let piece = format!("1000\r\n{}\r\n", "x".repeat(4096));
+            while w.write_all(piece.as_bytes()).is_ok() {}
+            false
+        };
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+        match (mode, path.starts_with("/token")) {
+            (Hostile::BigManifest, _) => {
+                let _ = w.write_all(format!("{ok}Content-Length: {}\r\n\r\n", 50 << 20).as_bytes());
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..50 {
+                    if w.write_all(&chunk).is_err() {
+                        return false;
+                    }
+                }
+            }
+            (Hostile::EndlessManifest, _) => return chunked(w, ok),
+            (Hostile::HugeError, _) => {
+                let _ = w
+                    .write_all(format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", 200_000_000).as_bytes());
+                let chunk = "no such image ".repeat(1 << 16);
+                for _ in 0..200 {
+                    if w.write_all(chunk.as_bytes()).is_err() {
+                        return false;
+                    }
+                }
+            }
+            (Hostile::EndlessToken, true) => return chunked(w, "HTTP/1.1 200 OK\r\n"),
+            (Hostile::EndlessToken, false) | (Hostile::PlainRealm, _) => {
+                let realm = match mode {
+                    Hostile::EndlessToken => format!("http://{me}/token"),
+                    _ => "http://127.0.0.2:1/token".into(),
+                };
+                let _ = w.write_all(
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"evil\"\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        true
+    })
 }
 
 /// A hostile registry cannot make a pull hold more than the caps: a 50 MiB manifest, an
@@ -983,7 +997,7 @@ mod registry_fuzz {
 
     use super::*;
     use proptest::prelude::*;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
 
     #[derive(Debug, Clone)]
     struct Answer {
@@ -1054,49 +1068,25 @@ mod registry_fuzz {
 
     /// A registry answering every request with `a`; its address.
     fn serve(a: Answer) -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                let a = a.clone();
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(c.try_clone().unwrap());
-                    let mut w = c;
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        loop {
-                            let mut h = String::new();
-                            if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                                break;
-                            }
-                        }
-                        let mut head = format!("HTTP/1.1 {} X\r\n", a.status);
-                        for (k, v) in &a.headers {
-                            head += &format!("{k}: {v}\r\n");
-                        }
-                        if a.endless {
-                            head += "Transfer-Encoding: chunked\r\n\r\n";
-                            let _ = w.write_all(head.as_bytes());
-                            let piece = format!("1000\r\n{}\r\n", "y".repeat(4096));
-                            while w.write_all(piece.as_bytes()).is_ok() {}
-                            return;
-                        }
-                        head += &format!("Content-Length: {}\r\n\r\n", a.length.unwrap_or(a.body.len() as u64));
-                        if w.write_all(head.as_bytes()).is_err() || w.write_all(&a.body).is_err() {
-                            return;
-                        }
-                        if a.length.is_some_and(|n| n != a.body.len() as u64) {
-                            // A stated length that lies: the connection ends here.
-                            return;
-                        }
-                    }
-                });
+        serve_http(move |_, _, w| {
+            let mut head = format!("HTTP/1.1 {} X\r\n", a.status);
+            for (k, v) in &a.headers {
+                head += &format!("{k}: {v}\r\n");
             }
-        });
-        addr
+            if a.endless {
+                head += "Transfer-Encoding: chunked\r\n\r\n";
+                let _ = w.write_all(head.as_bytes());
+                let piece = format!("1000\r\n{}\r\n", "y".repeat(4096));
+                while w.write_all(piece.as_bytes()).is_ok() {}
+                return false;
+            }
+            head += &format!("Content-Length: {}\r\n\r\n", a.length.unwrap_or(a.body.len() as u64));
+            if w.write_all(head.as_bytes()).is_err() || w.write_all(&a.body).is_err() {
+                return false;
+            }
+            // A stated length that lies ends the connection here.
+            a.length.is_none_or(|n| n == a.body.len() as u64)
+        })
     }
 
     proptest! {

@@ -347,24 +347,8 @@ mod tests {
     use super::*;
 
     /// A header block of `kind` declaring `size`, checksummed.
-    pub(crate) fn header(name: &str, kind: u8, size: u64) -> [u8; BLOCK] {
-        let mut h = [0u8; BLOCK];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..107].copy_from_slice(b"0000644");
-        let s = format!("{size:011o}");
-        if s.len() == 11 {
-            h[124..135].copy_from_slice(s.as_bytes());
-        } else {
-            h[124] = 0x80;
-            h[128..136].copy_from_slice(&size.to_be_bytes());
-        }
-        h[156] = kind;
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        h
+    fn header(name: &str, kind: u8, size: u64) -> [u8; BLOCK] {
+        crate::image::unpack::testing::raw_header(name.as_bytes(), kind, size, b"", true)
     }
 
     fn run(stream: &[u8], limits: Limits) -> Result<u64, Breach> {

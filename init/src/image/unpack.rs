@@ -687,6 +687,52 @@ pub(crate) mod testing {
     //! Layers made in memory for tests: tar archives with any entry, even the malicious
     //! ones `tar::Builder` refuses to write.
 
+    use super::Compression;
+    use std::io::Write;
+
+    /// `tar` compressed as `c`.
+    pub fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
+        match c {
+            Compression::None => tar.to_vec(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(tar).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => {
+                let mut out = Vec::new();
+                ruzstd::encoding::compress(tar, &mut out, ruzstd::encoding::CompressionLevel::Fastest);
+                out
+            }
+        }
+    }
+
+    /// A raw ustar header block: any name, type byte, size (base-256 past octal's reach)
+    /// and link target, its checksum right or wrong.
+    pub fn raw_header(name: &[u8], kind: u8, size: u64, link: &[u8], good_sum: bool) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        let n = name.len().min(100);
+        h[..n].copy_from_slice(&name[..n]);
+        h[100..107].copy_from_slice(b"0000755");
+        let s = format!("{size:011o}");
+        if s.len() == 11 {
+            h[124..135].copy_from_slice(s.as_bytes());
+        } else {
+            h[124] = 0x80;
+            h[128..136].copy_from_slice(&size.to_be_bytes());
+        }
+        h[156] = kind;
+        let l = link.len().min(100);
+        h[157..157 + l].copy_from_slice(&link[..l]);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        let sum = if good_sum { sum } else { sum ^ 0x55 };
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        h
+    }
+
     pub enum E<'a> {
         Dir(&'a str),
         File(&'a str, &'a [u8], u32),
@@ -759,19 +805,7 @@ mod tests {
     impl Rig {
         /// Puts `tar` in the store compressed as `c`; returns the blob and the diff ID.
         fn put(&self, tar: &[u8], c: Compression) -> (Digest, Digest) {
-            let blob = match c {
-                Compression::None => tar.to_vec(),
-                Compression::Gzip => {
-                    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    e.write_all(tar).unwrap();
-                    e.finish().unwrap()
-                }
-                Compression::Zstd => {
-                    let mut out = Vec::new();
-                    ruzstd::encoding::compress(tar, &mut out, ruzstd::encoding::CompressionLevel::Fastest);
-                    out
-                }
-            };
+            let blob = super::testing::compress(tar, c);
             let d = Digest::of(&blob);
             self.store.put_blob(&d, blob.len() as u64, &mut &blob[..]).unwrap();
             (d, Digest::of(tar))

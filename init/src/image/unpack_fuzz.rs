@@ -8,37 +8,13 @@ use super::store::Store;
 use super::unpack::Compression;
 use super::Digest;
 use proptest::prelude::*;
-use std::io::Write;
 
 const BLOCK: usize = 512;
 
 /// A PAX record giving the next entry a size of ~1 TB.
 const PAX_BOMB: &[u8] = b"21 size=999999999999\n";
 
-/// A raw header block: any name, type, size and link target, checksummed (or not).
-fn header(name: &[u8], kind: u8, size: u64, link: &[u8], good_sum: bool) -> [u8; BLOCK] {
-    let mut h = [0u8; BLOCK];
-    let n = name.len().min(100);
-    h[..n].copy_from_slice(&name[..n]);
-    h[100..107].copy_from_slice(b"0000755");
-    let s = format!("{size:011o}");
-    if s.len() == 11 {
-        h[124..135].copy_from_slice(s.as_bytes());
-    } else {
-        h[124] = 0x80;
-        h[128..136].copy_from_slice(&size.to_be_bytes());
-    }
-    h[156] = kind;
-    let l = link.len().min(100);
-    h[157..157 + l].copy_from_slice(&link[..l]);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    let sum = if good_sum { sum } else { sum ^ 0x55 };
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    h
-}
+use super::unpack::testing::{compress, raw_header as header};
 
 #[derive(Debug, Clone)]
 enum Piece {
@@ -135,22 +111,6 @@ fn stream(pieces: &[Piece], cut: Option<usize>) -> Vec<u8> {
         out.truncate(c % (out.len() + 1));
     }
     out
-}
-
-fn compress(tar: &[u8], c: Compression) -> Vec<u8> {
-    match c {
-        Compression::None => tar.to_vec(),
-        Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(tar).unwrap();
-            e.finish().unwrap()
-        }
-        Compression::Zstd => {
-            let mut out = Vec::new();
-            ruzstd::encoding::compress(tar, &mut out, ruzstd::encoding::CompressionLevel::Fastest);
-            out
-        }
-    }
 }
 
 proptest! {

@@ -109,6 +109,23 @@ pub struct CellSpec {
     pub ports: Vec<(u16, u16)>,
 }
 
+#[cfg(test)]
+impl CellSpec {
+    /// A default cell named `name` (tests).
+    pub(crate) fn named(name: &str) -> CellSpec {
+        CellSpec {
+            name: super::names::CellName::parse(name).unwrap(),
+            resources: Default::default(),
+            isolation: Default::default(),
+            confinement: Default::default(),
+            binds: Vec::new(),
+            ready_within: READY_MAX,
+            image: None,
+            ports: Vec::new(),
+        }
+    }
+}
+
 /// An image as a cell's root: its layers from the node's store and the defaults of the
 /// processes that run on it (the image's config with the request's overrides applied).
 #[derive(Debug, Clone, Default)]

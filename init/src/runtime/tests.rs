@@ -35,15 +35,20 @@ fn rig() -> Rig {
 }
 
 fn cell(name: &str) -> CellSpec {
-    CellSpec {
-        name: CellName::parse(name).unwrap(),
-        resources: Default::default(),
-        isolation: Default::default(),
-        confinement: Default::default(),
-        binds: Vec::new(),
-        ready_within: super::spec::READY_MAX,
-        image: None,
-        ports: Vec::new(),
+    CellSpec::named(name)
+}
+
+/// An exec session of `/bin/sh` in cell `name`, without a terminal.
+fn session(name: &str) -> super::attach::AttachSpec {
+    super::attach::AttachSpec {
+        cell: CellName::parse(name).unwrap(),
+        argv: vec!["/bin/sh".into()],
+        env: Default::default(),
+        cwd: None,
+        uid: None,
+        gid: None,
+        tty: false,
+        size: None,
     }
 }
 
@@ -304,20 +309,7 @@ async fn a_private_cell_is_no_target_for_an_executable_or_an_exec() {
         e.to_string(),
         "cell: cell 'own' is the private cell of executable 'own'; only cells made with RunCell take executables (aer cell create NAME, then --cell NAME)"
     );
-    let e =
-        r.rt.attach(super::attach::AttachSpec {
-            cell: CellName::parse("own").unwrap(),
-            argv: vec!["/bin/sh".into()],
-            env: Default::default(),
-            cwd: None,
-            uid: None,
-            gid: None,
-            tty: false,
-            size: None,
-        })
-        .await
-        .err()
-        .unwrap();
+    let e = r.rt.attach(session("own")).await.err().unwrap();
     assert!(
         e.to_string()
             .starts_with("start.cell: cell 'own' is the private cell of executable 'own'"),
@@ -334,17 +326,7 @@ async fn a_private_cell_is_no_target_for_an_executable_or_an_exec() {
 async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
     let r = rig();
     r.rt.run_cell(cell("box")).await.unwrap();
-    let session = || super::attach::AttachSpec {
-        cell: CellName::parse("box").unwrap(),
-        argv: vec!["/bin/sh".into()],
-        env: Default::default(),
-        cwd: None,
-        uid: None,
-        gid: None,
-        tty: false,
-        size: None,
-    };
-    let a = r.rt.attach(session()).await.unwrap();
+    let a = r.rt.attach(session("box")).await.unwrap();
     let name = a.process.name.to_string();
     assert!(name.starts_with("exec-"), "{name}");
     let listed = r.rt.list(Some(Kind::Executable));
@@ -353,7 +335,7 @@ async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
     let held = r.rt.list(None).len();
     r.rt.set_max_workloads_for_tests(held);
     let running = r.fake.running();
-    let e = r.rt.attach(session()).await.err().unwrap();
+    let e = r.rt.attach(session("box")).await.err().unwrap();
     assert!(matches!(e, RuntimeError::Exhausted(_)), "{e:?}");
     assert_eq!(r.fake.running(), running);
     r.rt.detach(&a.process).await;

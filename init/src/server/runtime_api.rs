@@ -240,7 +240,6 @@ impl RuntimeRpc for RuntimeApi {
 mod tests {
     use super::*;
     use crate::runtime::launcher::testing::FakeLauncher;
-    use crate::runtime::names::CellName;
     use crate::runtime::spec::CellSpec;
     use std::time::Duration;
     use tonic::Code;
@@ -254,16 +253,7 @@ mod tests {
     }
 
     fn spec(name: &str) -> CellSpec {
-        CellSpec {
-            name: CellName::parse(name).unwrap(),
-            resources: Default::default(),
-            isolation: Default::default(),
-            confinement: Default::default(),
-            binds: Vec::new(),
-            ready_within: crate::runtime::spec::READY_MAX,
-            image: None,
-            ports: Vec::new(),
-        }
+        CellSpec::named(name)
     }
 
     /// A start that is ready only after the caller's deadline (less the margin) is not
