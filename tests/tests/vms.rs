@@ -44,6 +44,20 @@ fn vm(name: &str, initramfs: &str, vcpus: u32) -> pb::VirtualMachine {
     }
 }
 
+/// Stops VM `name` (0.5 s grace) and frees it.
+async fn remove_vm(c: &Client, name: &str) {
+    c.workloads
+        .clone()
+        .stop(pb::StopRequest {
+            workload: Some(vm_ref(name)),
+            signal: 0,
+            grace_period_millis: 500,
+        })
+        .await
+        .unwrap();
+    c.workloads.clone().free(vm_ref(name)).await.unwrap();
+}
+
 async fn vm_status(c: &Client, name: &str) -> Result<pb::VirtualMachineStatus, tonic::Status> {
     let w = c.workloads.clone().status(vm_ref(name)).await?.into_inner();
     match w.status {
@@ -467,18 +481,6 @@ fn a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again() {
             network: true,
             ..vm("v9", &img, 1)
         };
-        let stop_and_free = || async {
-            c.workloads
-                .clone()
-                .stop(pb::StopRequest {
-                    workload: Some(vm_ref("v9")),
-                    signal: 0,
-                    grace_period_millis: 500,
-                })
-                .await
-                .unwrap();
-            c.workloads.clone().free(vm_ref("v9")).await.unwrap();
-        };
         let mut refused = None;
         for millis in [300, 100, 20, 1] {
             let mut req = tonic::Request::new(v9());
@@ -491,7 +493,7 @@ fn a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again() {
                         pb::WorkloadState::Running as i32,
                         "answered, so running: {st:?}"
                     );
-                    stop_and_free().await;
+                    remove_vm(&c, "v9").await;
                 }
                 Err(e) => {
                     assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e:?}");
@@ -516,7 +518,7 @@ fn a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again() {
             pb::WorkloadState::Running as i32,
             "the name works again: {st:?}"
         );
-        stop_and_free().await;
+        remove_vm(&c, "v9").await;
         c.on_node("rm -f /var/lib/aurae/vm/v9.cpio").await;
         c.assert_left_nothing("a_caller_that_gives_up_leaves_no_vm_and_the_name_works_again")
             .await;
@@ -698,17 +700,7 @@ fn an_operator_cannot_become_root_on_the_node() {
         );
         op.remove_cell("op-root").await;
 
-        admin
-            .workloads
-            .clone()
-            .stop(pb::StopRequest {
-                workload: Some(vm_ref("t3-vm")),
-                signal: 0,
-                grace_period_millis: 500,
-            })
-            .await
-            .unwrap();
-        admin.workloads.clone().free(vm_ref("t3-vm")).await.unwrap();
+        remove_vm(&admin, "t3-vm").await;
         admin.on_node("rm -f /var/lib/aurae/vm/t3-vm.cpio").await;
         admin
             .assert_left_nothing("an_operator_cannot_become_root_on_the_node")
