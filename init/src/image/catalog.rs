@@ -4,6 +4,7 @@
 
 use super::config::ImageConfig;
 use super::load::{self, Offer};
+use super::pins::{Pinned, Pins};
 use super::pull::{self, Credentials, Progress, Pulled, Registries};
 use super::store::Store;
 use super::{Digest, ImageError};
@@ -65,50 +66,6 @@ pub struct Images {
     /// What pulls in progress will record (blob digests and chain IDs, hex): a removal's
     /// sweep keeps them. Held only for moments, by a pull pinning and by the sweep.
     pins: Arc<Pins>,
-}
-
-/// Blobs and layers pulls in progress use, counted per pull.
-#[derive(Debug, Default)]
-pub struct Pins(std::sync::Mutex<HashMap<String, usize>>);
-
-impl Pins {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One pull's pins, released when it ends (recorded or failed). `default()`: pins no
-/// catalog sees (a pull into a bare store).
-#[derive(Default)]
-pub struct Pinned {
-    pins: Arc<Pins>,
-    held: Vec<String>,
-}
-
-impl Pinned {
-    /// Pins `digests` (sha256:... or hex) for this pull.
-    pub fn pin<'a>(&mut self, digests: impl IntoIterator<Item = &'a str>) {
-        let mut m = self.pins.lock();
-        for d in digests {
-            let hex = d.strip_prefix("sha256:").unwrap_or(d).to_owned();
-            *m.entry(hex.clone()).or_insert(0) += 1;
-            self.held.push(hex);
-        }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        let mut m = self.pins.lock();
-        for h in self.held.drain(..) {
-            if let Some(n) = m.get_mut(&h) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&h);
-                }
-            }
-        }
-    }
 }
 
 /// When a cell's image is pulled (Kubernetes' imagePullPolicy).
@@ -200,10 +157,7 @@ impl Images {
         let r = pull::parse_reference(reference)?;
         let full = r.whole();
         let creds = credentials.or_else(|| self.credentials.get(r.resolve_registry()).cloned());
-        let mut pinned = Pinned {
-            pins: self.pins.clone(),
-            held: Vec::new(),
-        };
+        let mut pinned = Pinned::on(&self.pins);
         let p: Pulled = pull::pull(
             self.store.clone(),
             &full,
@@ -477,10 +431,7 @@ mod tests {
         std::fs::create_dir_all(&layer).unwrap();
         store.count_in(&store.root().join("layers").join(chain.hex()));
         let pins = Arc::new(Pins::default());
-        let mut pinned = Pinned {
-            pins: pins.clone(),
-            held: Vec::new(),
-        };
+        let mut pinned = Pinned::on(&pins);
         pinned.pin([blob.to_string().as_str(), chain.to_string().as_str()]);
         collect(&store, &[], &[], &pins);
         assert!(store.has_blob(&blob, data.len() as u64), "pinned: kept");

@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod config;
 pub mod load;
+pub mod pins;
 pub mod pull;
 pub mod registry;
 pub mod store;

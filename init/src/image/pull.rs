@@ -19,36 +19,7 @@ use futures_util::StreamExt;
 use oci_client::Reference;
 use std::sync::Arc;
 
-/// How to reach registries.
-#[derive(Debug, Clone, Default)]
-pub struct Registries {
-    /// Registries (`host[:port]`) reached over plain HTTP: only those the operator lists.
-    pub insecure: Vec<String>,
-    /// CA certificate files (PEM) HTTPS registries are verified against, read at each
-    /// pull (a node's bundle is 200 KB it need not hold between pulls).
-    pub ca_files: Vec<std::path::PathBuf>,
-    /// Registries (`host[:port]`) a pull may reach even on loopback, link-local, this
-    /// node's own addresses or its instance bridges (the insecure ones are listed too).
-    pub allow: Vec<String>,
-    /// This node's instance bridges' subnets (`aurae0`, the named bridges): no pull goes
-    /// there unless its registry is listed.
-    pub bridges: Vec<crate::net::Ipv4Cidr>,
-}
-
-/// A user and password for a registry (basic auth, or a bearer token the registry's token
-/// service gives for them), from a request or the registries file.
-#[derive(Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <password>)", self.username)
-    }
-}
+pub use super::registry::{Credentials, Registries};
 
 /// What a pull reports as it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +208,7 @@ pub async fn pull(
     credentials: Option<&Credentials>,
     regs: &Registries,
     progress: &mut (dyn FnMut(Progress) + Send),
-    pinned: &mut super::catalog::Pinned,
+    pinned: &mut super::pins::Pinned,
 ) -> Result<Pulled, ImageError> {
     let r = parse_reference(reference)?;
     if !system_roots_present() && regs.ca_files.is_empty() {

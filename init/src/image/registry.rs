@@ -15,7 +15,6 @@
 //! Authorization header on a redirect to another host. Proxies from the environment are
 //! not used.
 
-use super::pull::{Credentials, Registries};
 use super::{Digest, ImageError};
 use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use oci_client::Reference;
@@ -30,6 +29,37 @@ pub const ERROR_BODY_MAX: usize = 64 << 10;
 pub const ERROR_TEXT_MAX: usize = 300;
 /// Redirects followed for one request.
 const REDIRECTS: usize = 5;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct Registries {
+    /// Registries (`host[:port]`) reached over plain HTTP: only those the operator lists.
+    pub insecure: Vec<String>,
+    /// CA certificate files (PEM) HTTPS registries are verified against, read at each
+    /// pull (a node's bundle is 200 KB it need not hold between pulls).
+    pub ca_files: Vec<std::path::PathBuf>,
+    /// Registries (`host[:port]`) a pull may reach even on loopback, link-local, this
+    /// node's own addresses or its instance bridges (the insecure ones are listed too).
+    pub allow: Vec<String>,
+    /// This node's instance bridges' subnets (`aurae0`, the named bridges): no pull goes
+    /// there unless its registry is listed.
+    pub bridges: Vec<crate::net::Ipv4Cidr>,
+}
+
+/// A user and password for a registry (basic auth, or a bearer token the registry's token
+/// service gives for them), from a request or the registries file.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password>)", self.username)
+    }
+}
 
 const INDEX_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
