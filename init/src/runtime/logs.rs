@@ -13,7 +13,7 @@
 //! lines keeps as many as the memory holds, not a fixed number of lines.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -45,9 +45,11 @@ pub fn node_budget(mem_bytes: u64) -> usize {
 pub struct LogPool {
     cap: usize,
     held: AtomicUsize,
+    /// Live logs: counted as they are made and dropped, so a push learns its share
+    /// without walking `buffers`.
+    live: AtomicUsize,
+    /// The logs, for trimming; dead entries go when it is walked or grows.
     buffers: Mutex<Vec<Weak<LogBuffer>>>,
-    /// Lines dropped because the pool had no room even after trimming.
-    refused: AtomicU64,
 }
 
 impl LogPool {
@@ -55,8 +57,8 @@ impl LogPool {
         Arc::new(LogPool {
             cap,
             held: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
             buffers: Mutex::new(Vec::new()),
-            refused: AtomicU64::new(0),
         })
     }
 
@@ -65,14 +67,8 @@ impl LogPool {
         (self.cap, self.held.load(Ordering::Relaxed))
     }
 
-    fn live(&self) -> usize {
-        let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        b.retain(|w| w.strong_count() > 0);
-        b.len().max(1)
-    }
-
     fn fair_share(&self) -> usize {
-        self.cap / self.live()
+        self.cap / self.live.load(Ordering::Relaxed).max(1)
     }
 
     /// Takes `n` bytes when they fit.
@@ -94,7 +90,8 @@ impl LogPool {
     /// caller may be about to take) down to it.
     fn trim_others(&self, share: usize, me: *const LogBuffer) {
         let others: Vec<Arc<LogBuffer>> = {
-            let b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            b.retain(|w| w.strong_count() > 0);
             b.iter().filter_map(Weak::upgrade).collect()
         };
         for o in others.iter().filter(|o| !std::ptr::eq(Arc::as_ptr(o), me)) {
@@ -167,6 +164,7 @@ impl Drop for LogBuffer {
     fn drop(&mut self) {
         let g = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         self.pool.give(g.taken);
+        self.pool.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -186,10 +184,11 @@ impl LogBuffer {
             pool: pool.clone(),
             changed: watch::channel(0).0,
         });
-        pool.buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&b));
+        pool.live.fetch_add(1, Ordering::Relaxed);
+        let mut all = pool.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&b));
+        drop(all);
         b
     }
 
@@ -255,7 +254,6 @@ impl LogBuffer {
                 need = cost + growth(&g);
                 if !self.pool.take(need) {
                     // No room anywhere: this line is dropped, and counted as lost.
-                    self.pool.refused.fetch_add(1, Ordering::Relaxed);
                     let seq = g.next_seq;
                     g.next_seq += 1;
                     drop(g);
