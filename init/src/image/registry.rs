@@ -104,15 +104,18 @@ pub fn refused_address(ip: std::net::IpAddr, bridges: &[crate::net::Ipv4Cidr]) -
     }
 }
 
+/// `host[:port]` without its port (a bare IPv6 address keeps its colons).
+fn host_of(host_port: &str) -> &str {
+    match host_port.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => host_port,
+    }
+}
+
 /// Whether `host` (no port) is one of `listed` (`host` or `host:port` entries).
 fn is_listed(listed: &[String], host: &str) -> bool {
-    listed.iter().any(|l| {
-        let h = l.rsplit_once(':').map_or(l.as_str(), |(h, p)| match p.parse::<u16>() {
-            Ok(_) => h,
-            Err(_) => l.as_str(),
-        });
-        h.trim_start_matches('[').trim_end_matches(']') == host.trim_start_matches('[').trim_end_matches(']')
-    })
+    let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_owned();
+    listed.iter().any(|l| bare(host_of(l)) == bare(host))
 }
 
 /// A refused target, said with the way to allow it.
@@ -295,13 +298,7 @@ impl RegistryClient {
             }
         });
         let host = r.resolve_registry().to_owned();
-        let bare_host = host
-            .rsplit_once(':')
-            .map_or(host.as_str(), |(h, p)| match p.parse::<u16>() {
-                Ok(_) => h,
-                Err(_) => host.as_str(),
-            });
-        check_literal(bare_host, &listed, &bridges)?;
+        check_literal(host_of(&host), &listed, &bridges)?;
         let mut b = reqwest::Client::builder()
             .dns_resolver(std::sync::Arc::new(GuardedResolver {
                 listed: listed.clone(),
