@@ -165,14 +165,12 @@ impl Store {
 
     /// Removes what is in `trash` on a thread of its own, counting it out as it goes.
     fn take_out(&self, trash: PathBuf) {
-        let ledger = self.ledger.clone();
+        let store = self.clone();
         let spawned = std::thread::Builder::new().name("aurae-trash".into()).spawn(move || {
             if let Ok(rd) = std::fs::read_dir(&trash) {
                 for e in rd.flatten() {
-                    let c = measure(&e.path());
-                    match super::tree::remove_tree(&e.path()) {
-                        Ok(()) => ledger.sub(c),
-                        Err(err) => tracing::warn!("image store: remove {}: {err}", e.path().display()),
+                    if let Err(err) = store.remove_counted(&e.path()) {
+                        tracing::warn!("image store: remove {}: {err}", e.path().display());
                     }
                 }
             }
@@ -196,16 +194,10 @@ impl Store {
     /// thread.
     pub(crate) fn remove_counted(&self, p: &Path) -> std::io::Result<()> {
         let c = measure(p);
-        let r = match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => super::tree::remove_tree(p),
-            Ok(_) => std::fs::remove_file(p),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => Err(e),
-        };
-        if r.is_ok() {
-            self.ledger.sub(c);
-        }
-        r
+        // A file or symlink is unlinked, a tree removed iteratively; gone already is fine.
+        super::tree::remove_tree(p)?;
+        self.ledger.sub(c);
+        Ok(())
     }
 
     /// A reservation of `n` bytes (Full when they do not fit).
