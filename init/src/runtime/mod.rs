@@ -128,18 +128,6 @@ fn is_cgroup2(path: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The node's RAM (bytes), from /proc/meminfo; 1 GiB when unreadable.
-fn mem_total() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(1 << 30, |kib| kib * 1024)
-}
-
 impl Runtime {
     /// A runtime creating workloads under `root`. `init_error` is set when bring-up could
     /// not prepare the cgroup tree; every Run* then fails with it.
@@ -171,7 +159,11 @@ impl Runtime {
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
             volumes: Mutex::new(volume::Volumes::default()),
-            logs: logs::LogPool::new(logs::node_budget(mem_total())),
+            // RAM unknown (0): budgeted as 1 GiB.
+            logs: logs::LogPool::new(logs::node_budget(match crate::node::mem_total_bytes() {
+                0 => 1 << 30,
+                m => m,
+            })),
         }
     }
 
@@ -203,11 +195,6 @@ impl Runtime {
 
     /// At most `max` workloads at once (see `table::Table::insert`).
     pub fn set_max_workloads(&mut self, max: usize) {
-        self.table().max = max;
-    }
-
-    #[cfg(test)]
-    pub(crate) fn set_max_workloads_for_tests(&self, max: usize) {
         self.table().max = max;
     }
 

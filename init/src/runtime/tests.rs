@@ -324,7 +324,7 @@ async fn a_private_cell_is_no_target_for_an_executable_or_an_exec() {
 /// it leaves the table when the session ends.
 #[tokio::test]
 async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
-    let r = rig();
+    let mut r = rig();
     r.rt.run_cell(cell("box")).await.unwrap();
     let a = r.rt.attach(session("box")).await.unwrap();
     let name = a.process.name.to_string();
@@ -333,7 +333,7 @@ async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
     assert_eq!(listed.len(), 1, "the session is listed");
     // At the maximum, the next session is refused and starts nothing.
     let held = r.rt.list(None).len();
-    r.rt.set_max_workloads_for_tests(held);
+    r.rt.set_max_workloads(held);
     let running = r.fake.running();
     let e = r.rt.attach(session("box")).await.err().unwrap();
     assert!(matches!(e, RuntimeError::Exhausted(_)), "{e:?}");
