@@ -619,22 +619,36 @@ fn load_messages(
     sent: bool,
     tamper: impl Fn(usize, &mut Vec<u8>),
 ) -> Vec<auraed::pb::LoadRequest> {
+    load_messages_with(n, p, sent, tamper, |_| {})
+}
+
+/// As `load_messages`, with `offer` applied to the first message (the offer).
+fn load_messages_with(
+    n: &Node,
+    p: &auraed::image::pull::Pulled,
+    sent: bool,
+    tamper: impl Fn(usize, &mut Vec<u8>),
+    offer: impl FnOnce(&mut auraed::pb::LoadImage),
+) -> Vec<auraed::pb::LoadRequest> {
     use auraed::pb::{load_request::Request as R, LoadImage, LoadLayer, LoadRequest};
+    let mut image = LoadImage {
+        reference: p.reference.clone(),
+        digest: p.digest.to_string(),
+        manifest: p.manifest_json.clone(),
+        config: p.config_json.clone(),
+        layers: p
+            .blobs
+            .iter()
+            .map(|(d, s)| LoadLayer {
+                digest: d.to_string(),
+                size_bytes: *s,
+                sent,
+            })
+            .collect(),
+    };
+    offer(&mut image);
     let mut v = vec![LoadRequest {
-        request: Some(R::Image(LoadImage {
-            reference: p.reference.clone(),
-            digest: p.digest.to_string(),
-            config: p.config_json.clone(),
-            layers: p
-                .blobs
-                .iter()
-                .map(|(d, s)| LoadLayer {
-                    digest: d.to_string(),
-                    size_bytes: *s,
-                    sent,
-                })
-                .collect(),
-        })),
+        request: Some(R::Image(image)),
     }];
     if sent {
         for (i, (d, _)) in p.blobs.iter().enumerate() {
@@ -697,6 +711,58 @@ fn a_loaded_image_is_checked_byte_for_byte_and_only_an_admin_may_load() {
         };
         let good = || load_messages(&src, &p, true, |_, _| {});
 
+        // The manifest: missing, not the bytes of the digest it is recorded under, or a
+        // manifest of the sender's own making (its digest right) that names another config
+        // or other layers than those sent.
+        let e = load(
+            "client",
+            load_messages_with(&src, &p, true, |_, _| {}, |i| i.manifest.clear()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with("image.manifest:"), "{}", e.message());
+        let e = load(
+            "client",
+            load_messages_with(&src, &p, true, |_, _| {}, |i| i.manifest.push(b' ')),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("its manifest"), "{}", e.message());
+        let forge = |edit: fn(&mut serde_json::Value)| {
+            move |i: &mut pb::LoadImage| {
+                let mut m: serde_json::Value = serde_json::from_slice(&i.manifest).unwrap();
+                edit(&mut m);
+                i.manifest = serde_json::to_vec(&m).unwrap();
+                i.digest = auraed::image::Digest::of(&i.manifest).to_string();
+            }
+        };
+        let other_config = |m: &mut serde_json::Value| {
+            m["config"]["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+        };
+        let e = load(
+            "client",
+            load_messages_with(&src, &p, true, |_, _| {}, forge(other_config)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("the config the manifest names"), "{}", e.message());
+        let one_layer_less = |m: &mut serde_json::Value| {
+            m["layers"].as_array_mut().unwrap().pop();
+        };
+        let e = load(
+            "client",
+            load_messages_with(&src, &p, true, |_, _| {}, forge(one_layer_less)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("the layers the manifest lists"), "{}", e.message());
+        assert_eq!(status("client").await.unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(blobs_kept(), 0, "nothing of an offer whose manifest lies is kept");
+
         // Blobs said to be there that are not.
         let e = load("client", load_messages(&src, &p, false, |_, _| {}))
             .await
@@ -751,7 +817,11 @@ fn a_loaded_image_is_checked_byte_for_byte_and_only_an_admin_may_load() {
             (reference.as_str(), p.digest.as_str())
         );
         assert_eq!(s.layers.len(), p.blobs.len());
-        assert_eq!(blobs_kept(), p.blobs.len() + 1, "the layers and the config, each once");
+        assert_eq!(
+            blobs_kept(),
+            p.blobs.len() + 2,
+            "the layers, the config and the manifest, each once"
+        );
         // Again, with the blobs it has now: nothing sent, the same image.
         let again = load("client", load_messages(&src, &p, false, |_, _| {})).await.unwrap();
         assert_eq!(again.digest, s.digest);

@@ -238,9 +238,19 @@ impl Images {
                 sent: true,
             });
         }
+        let digest = Digest::parse(&r.digest)?;
+        let manifest = self.store.blob_path(&digest);
+        let manifest_json = std::fs::read(&manifest).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageError::NotFound(format!(
+                "image '{}' was pulled before this node kept manifests, so it cannot be given to another node; pull it again (aer image pull {})",
+                r.reference, r.reference
+            )),
+            _ => ImageError::io("read the image's manifest", &manifest)(e),
+        })?;
         let offer = Offer {
             reference: r.reference.clone(),
-            digest: Digest::parse(&r.digest)?,
+            digest,
+            manifest_json,
             config_json: self.config_json(r)?,
             layers,
         };
@@ -387,6 +397,7 @@ fn collect(store: &Store, kept: &[Record], in_use: &[String], pins: &Pins) {
     let mut blobs: HashSet<String> = HashSet::new();
     let mut chains: HashSet<String> = in_use.iter().cloned().collect();
     for r in kept {
+        blobs.insert(r.digest.clone());
         blobs.insert(r.config.clone());
         for (d, _, c) in &r.layers {
             blobs.insert(d.clone());

@@ -1,9 +1,10 @@
 //! Images taken from a caller rather than a registry (`Images.Load`): how a parent gives
 //! a pod's images to the instance the pod runs in. The sender offers what a pull would have
-//! resolved (the config and the layer blobs, bottom first); the receiver checks everything
-//! a pull checks (the config's digest is computed here, each blob's digest and size as it
-//! arrives, each layer against the config's diff IDs when it is unpacked), so a sender can
-//! give it nothing a registry could not have.
+//! resolved (the manifest, the config and the layer blobs, bottom first); the receiver
+//! checks everything a pull checks (the manifest against the digest the image is recorded
+//! under, the config and the layers against the manifest, each blob's digest and size as
+//! it arrives, each layer against the config's diff IDs when it is unpacked), so a sender
+//! can give it nothing a registry could not have.
 
 use super::store::Store;
 use super::unpack::{Compression, Layer};
@@ -14,6 +15,8 @@ use std::sync::Arc;
 
 /// The largest config a load takes (as for a pull).
 pub const MAX_CONFIG: usize = 4 << 20;
+/// The largest manifest a load takes (as for a pull).
+pub use super::registry::MANIFEST_MAX as MAX_MANIFEST;
 
 /// One layer of an offer.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct Offer {
     pub reference: String,
     /// The manifest digest the sender resolved the reference to.
     pub digest: Digest,
+    /// The image manifest's bytes: `digest` is their digest.
+    pub manifest_json: Vec<u8>,
     pub config_json: Vec<u8>,
     pub layers: Vec<OfferedLayer>,
 }
@@ -55,6 +60,60 @@ pub fn compression_of(path: &Path) -> Result<Compression, ImageError> {
     })
 }
 
+/// The offer agrees with its manifest: the manifest's bytes have the digest the image is
+/// recorded under, and it names this config (digest and size) and these layers (digest and
+/// size, in this order). Otherwise a sender could record any config and layers under a
+/// digest it never resolved.
+fn check_manifest(offer: &Offer, config: &Digest) -> Result<(), ImageError> {
+    let r = &offer.reference;
+    if offer.manifest_json.len() > MAX_MANIFEST {
+        return Err(ImageError::Registry(format!(
+            "{r}: its manifest is {} bytes; at most {MAX_MANIFEST} are taken",
+            offer.manifest_json.len()
+        )));
+    }
+    let got = Digest::of(&offer.manifest_json);
+    if got != offer.digest {
+        return Err(ImageError::Mismatch {
+            what: format!("{r}: its manifest"),
+            expected: offer.digest.to_string(),
+            got: got.to_string(),
+        });
+    }
+    let m: oci_client::manifest::OciImageManifest = serde_json::from_slice(&offer.manifest_json)
+        .map_err(|e| ImageError::Registry(format!("{r}: its manifest is not an image manifest: {e}")))?;
+    let mismatch = |what: String, expected: String, got: String| ImageError::Mismatch {
+        what: format!("{r}: {what}"),
+        expected,
+        got,
+    };
+    let named = format!("{} ({} bytes)", m.config.digest, m.config.size);
+    let sent = format!("{config} ({} bytes)", offer.config_json.len());
+    if m.config.digest != config.to_string()
+        || u64::try_from(m.config.size).ok() != Some(offer.config_json.len() as u64)
+    {
+        return Err(mismatch("the config the manifest names".into(), named, sent));
+    }
+    let listed: Vec<String> = m
+        .layers
+        .iter()
+        .map(|l| format!("{} ({} bytes)", l.digest, l.size))
+        .collect();
+    let offered: Vec<String> = offer
+        .layers
+        .iter()
+        .map(|l| format!("{} ({} bytes)", l.digest, l.size))
+        .collect();
+    if listed != offered {
+        return Err(mismatch(
+            "the layers the manifest lists".into(),
+            listed.join(", "),
+            offered.join(", "),
+        ));
+    }
+    Ok(())
+}
+
 /// Takes `offer`'s blobs from `data` into `store` and unpacks its layers. Every blob is
 /// committed whole and verified or not at all; bytes beyond the offer are refused.
 pub async fn receive<S>(store: Arc<Store>, offer: &Offer, data: &mut S) -> Result<Received, ImageError>
@@ -69,6 +128,7 @@ where
         )));
     }
     let config = Digest::of(&offer.config_json);
+    check_manifest(offer, &config)?;
     let diff_ids = super::pull::diff_ids(&offer.config_json, &offer.reference)?;
     if diff_ids.len() != offer.layers.len() {
         return Err(ImageError::Registry(format!(
@@ -78,12 +138,16 @@ where
             diff_ids.len()
         )));
     }
-    let s = store.clone();
-    let json = offer.config_json.clone();
-    let d = config.clone();
-    tokio::task::spawn_blocking(move || s.put_blob(&d, json.len() as u64, &mut json.as_slice()))
-        .await
-        .map_err(|e| ImageError::Registry(format!("the config task ended: {e}")))??;
+    // The manifest and the config, both checked whole already, kept as a pull keeps them.
+    for (d, json) in [
+        (offer.digest.clone(), offer.manifest_json.clone()),
+        (config.clone(), offer.config_json.clone()),
+    ] {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.put_blob(&d, json.len() as u64, &mut json.as_slice()))
+            .await
+            .map_err(|e| ImageError::Registry(format!("the config task ended: {e}")))??;
+    }
     let mut pending: Vec<u8> = Vec::new();
     let mut bytes = 0u64;
     for l in &offer.layers {

@@ -44,6 +44,8 @@ pub struct Pulled {
     pub digest: Digest,
     pub config: Digest,
     pub config_json: Vec<u8>,
+    /// The image manifest's bytes (its digest is `digest`), as kept in the store.
+    pub manifest_json: Vec<u8>,
     pub layers: Vec<Layer>,
     /// The layers' blobs (digest, compressed size), bottom first.
     pub blobs: Vec<(Digest, u64)>,
@@ -218,7 +220,7 @@ pub async fn pull(
         )));
     }
     let mut client = super::registry::RegistryClient::new(regs, &r, credentials)?;
-    let (manifest, digest) = client.manifest(&r).await?;
+    let (manifest, digest, manifest_json) = client.manifest(&r).await?;
     let mut layers = Vec::new();
     for l in &manifest.layers {
         let d = Digest::parse(&l.digest)?;
@@ -232,8 +234,18 @@ pub async fn pull(
     });
     let config = Digest::parse(&manifest.config.digest)?;
     // Pinned before anything is found in the store, so no removal takes it meanwhile.
-    pinned
-        .pin(std::iter::once(manifest.config.digest.as_str()).chain(manifest.layers.iter().map(|l| l.digest.as_str())));
+    let digest_s = digest.to_string();
+    pinned.pin(
+        [digest_s.as_str(), manifest.config.digest.as_str()]
+            .into_iter()
+            .chain(manifest.layers.iter().map(|l| l.digest.as_str())),
+    );
+    // The manifest is kept (it is at most `registry::MANIFEST_MAX` bytes, read already): a load to
+    // another node sends it, and the receiver checks the config and layers against it.
+    let (s, d, json) = (store.clone(), digest.clone(), manifest_json.clone());
+    tokio::task::spawn_blocking(move || s.put_blob(&d, json.len() as u64, &mut json.as_slice()))
+        .await
+        .map_err(|e| ImageError::Registry(format!("the manifest task ended: {e}")))??;
     let config_size = u64::try_from(manifest.config.size).unwrap_or(u64::MAX);
     if config_size > MAX_JSON {
         return Err(ImageError::Registry(format!(
@@ -330,6 +342,7 @@ pub async fn pull(
         digest,
         config,
         config_json,
+        manifest_json,
         layers: unpacked,
         fetched,
         blobs: layers,

@@ -516,9 +516,9 @@ impl RegistryClient {
         Ok((body, media, digest))
     }
 
-    /// The image manifest for linux/amd64 (through an index when the reference names one)
-    /// and its digest.
-    pub async fn manifest(&mut self, r: &Reference) -> Result<(OciImageManifest, Digest), ImageError> {
+    /// The image manifest for linux/amd64 (through an index when the reference names one),
+    /// its digest and its bytes (kept in the store, so `Images.Load` can send them on).
+    pub async fn manifest(&mut self, r: &Reference) -> Result<(OciImageManifest, Digest, Vec<u8>), ImageError> {
         let what = r.digest().or(r.tag()).unwrap_or("latest").to_owned();
         let all: Vec<&str> = INDEX_TYPES.iter().chain(MANIFEST_TYPES).copied().collect();
         let (body, media, digest) = self.fetch_manifest(&what, &all.join(", ")).await?;
@@ -545,7 +545,7 @@ impl RegistryClient {
         };
         let m: OciImageManifest = serde_json::from_slice(&body)
             .map_err(|e| ImageError::Registry(format!("{}: its image manifest: {e}", self.reference)))?;
-        Ok((m, digest))
+        Ok((m, digest, body))
     }
 
     /// Blob `d`'s bytes as they arrive (at most `size`: a longer stated length is refused).

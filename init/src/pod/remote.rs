@@ -29,6 +29,7 @@ pub async fn load_image(ch: &Channel, offer: &Offer, paths: &[PathBuf], timeout:
         request: Some(pb::load_request::Request::Image(pb::LoadImage {
             reference: offer.reference.clone(),
             digest: offer.digest.to_string(),
+            manifest: offer.manifest_json.clone(),
             config: offer.config_json.clone(),
             layers: offer
                 .layers

@@ -97,6 +97,11 @@ fn offer(i: pb::LoadImage) -> Result<crate::image::load::Offer, Status> {
     crate::image::pull::parse_reference(&i.reference)
         .map_err(|e| Status::invalid_argument(format!("image.reference: {e}")))?;
     let digest = Digest::parse(&i.digest).map_err(|e| Status::invalid_argument(format!("image.digest: {e}")))?;
+    if i.manifest.is_empty() {
+        return Err(Status::invalid_argument(
+            "image.manifest: empty; send the image manifest's bytes (their digest is image.digest)",
+        ));
+    }
     let mut layers = Vec::with_capacity(i.layers.len());
     for (n, l) in i.layers.into_iter().enumerate() {
         let d =
@@ -110,6 +115,7 @@ fn offer(i: pb::LoadImage) -> Result<crate::image::load::Offer, Status> {
     Ok(crate::image::load::Offer {
         reference: i.reference,
         digest,
+        manifest_json: i.manifest,
         config_json: i.config,
         layers,
     })
