@@ -27,6 +27,10 @@ pub const HANDSHAKE: Duration = Duration::from_secs(10);
 pub const PENDING: usize = 256;
 pub const CONNECTIONS: usize = 1024;
 pub const PER_PEER: usize = CONNECTIONS / 4;
+/// Open calls from one address that may last as long as a workload runs (`Wait`, a
+/// followed `Logs`): two connections' worth of streams (`MAX_STREAMS` each), so one
+/// address cannot hold a task and a buffer for each of its 256 connections × 256 streams.
+pub const WATCHES_PER_PEER: usize = 2 * super::MAX_STREAMS as usize;
 const KEEPALIVE_IDLE_SECS: i32 = 60;
 
 /// What a request's handlers learn about its connection (tonic puts it in the request's
@@ -45,18 +49,19 @@ pub struct Conn {
     _peer: PeerSlot,
 }
 
-/// Established connections per peer address.
+/// Things held per peer address (established connections; open watches), counted.
 #[derive(Default, Clone)]
-struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+pub struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
-/// One of an address's `PER_PEER` slots, given back when dropped.
-struct PeerSlot {
+/// One of an address's slots, given back when dropped.
+pub struct PeerSlot {
     counts: PeerCounts,
     ip: IpAddr,
 }
 
 impl PeerCounts {
-    fn take(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+    /// One of `ip`'s `max` slots, or None when it holds them all.
+    pub fn take(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
@@ -70,7 +75,7 @@ impl PeerCounts {
     }
 
     #[cfg(test)]
-    fn held(&self, ip: IpAddr) -> usize {
+    pub(crate) fn held(&self, ip: IpAddr) -> usize {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         m.get(&ip).copied().unwrap_or(0)
     }

@@ -294,6 +294,7 @@ pub async fn serve(
         .add_service(pb::workloads_server::WorkloadsServer::new(
             workloads_api::WorkloadsApi {
                 rt: ctx.runtime.clone(),
+                watches: Default::default(),
             },
         ))
         .add_service(pb::images_server::ImagesServer::new(images_api::ImagesApi {

@@ -12,6 +12,26 @@ use tonic::{Request, Response, Status};
 
 pub struct WorkloadsApi {
     pub rt: Arc<Runtime>,
+    /// Open `Wait`s and followed `Logs` per peer address.
+    pub watches: super::listen::PeerCounts,
+}
+
+impl WorkloadsApi {
+    /// A slot for a call that may stay open as long as a workload runs, held until it ends;
+    /// RESOURCE_EXHAUSTED when the caller's address holds `WATCHES_PER_PEER` already. (A
+    /// call made in-process has no address and no limit.)
+    fn watch_slot<T>(&self, r: &Request<T>, what: &str) -> Result<Option<super::listen::PeerSlot>, Status> {
+        use super::listen::{PeerInfo, WATCHES_PER_PEER};
+        let Some(ip) = r.extensions().get::<PeerInfo>().and_then(|p| p.remote).map(|a| a.ip()) else {
+            return Ok(None);
+        };
+        match self.watches.take(ip, WATCHES_PER_PEER) {
+            Some(slot) => Ok(Some(slot)),
+            None => Err(Status::resource_exhausted(format!(
+                "{what}: {ip} has {WATCHES_PER_PEER} Wait and followed Logs calls open on this node, the most one address may; end some (they end with their workload, or when the client closes them)"
+            ))),
+        }
+    }
 }
 
 type LogStream = Pin<Box<dyn TokioStream<Item = Result<pb::LogEntry, Status>> + Send>>;
@@ -112,6 +132,7 @@ impl Workloads for WorkloadsApi {
     }
 
     async fn wait(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
+        let _slot = self.watch_slot(&r, "wait")?;
         let caller = super::authz::Caller::of(&r).cloned();
         let (kind, name) = convert::workload_ref(Some(r.into_inner()), "workload")?;
         Ok(Response::new(for_caller(
@@ -128,10 +149,14 @@ impl Workloads for WorkloadsApi {
 
     type LogsStream = LogStream;
     async fn logs(&self, r: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let slot = match r.get_ref().follow {
+            true => self.watch_slot(&r, "logs --follow")?,
+            false => None,
+        };
         let r = r.into_inner();
         let (kind, name) = convert::workload_ref(r.workload, "workload")?;
         if kind == Kind::Pod && name.contains('/') {
-            return self.pod_logs(&name, r.follow, r.tail_lines).await;
+            return self.pod_logs(&name, r.follow, r.tail_lines, slot).await;
         }
         let buf = self.rt.logs_of(kind, &name)?;
         let mut cursor = buf.start_cursor(r.tail_lines);
@@ -140,6 +165,7 @@ impl Workloads for WorkloadsApi {
         let mut changed = buf.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 changed.borrow_and_update();
                 let batch = buf.read(&mut cursor, LOG_BATCH);
@@ -178,7 +204,13 @@ impl Workloads for WorkloadsApi {
 impl WorkloadsApi {
     /// A pod container's logs (`POD/CONTAINER`): the logs of its current run, read from the
     /// pod's instance, where they are kept.
-    async fn pod_logs(&self, name: &str, follow: bool, tail_lines: Option<u64>) -> Result<Response<LogStream>, Status> {
+    async fn pod_logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail_lines: Option<u64>,
+        slot: Option<super::listen::PeerSlot>,
+    ) -> Result<Response<LogStream>, Status> {
         let Some((pod, container)) = name.split_once('/') else {
             return Err(Status::invalid_argument(
                 "workload.name: name a container as POD/CONTAINER",
@@ -200,7 +232,12 @@ impl WorkloadsApi {
                 format!("pod '{pod}', container '{container}': {}", s.message()),
             )
         })?;
-        Ok(Response::new(Box::pin(stream.into_inner())))
+        // The slot is held for as long as the stream is.
+        let stream = tokio_stream::StreamExt::map(stream.into_inner(), move |e| {
+            let _held = &slot;
+            e
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn freeze_or_thaw(&self, r: pb::WorkloadRef, frozen: bool) -> Result<Response<pb::WorkloadStatus>, Status> {
@@ -264,5 +301,113 @@ mod tests {
             let w = for_caller(cell_with_env(), Some(&as_role(role)));
             assert_eq!(env_of(&w)[1], "DB_PASSWORD=hunter2", "{role}");
         }
+    }
+
+    /// One address holds at most `WATCHES_PER_PEER` open waits and followed logs: the next
+    /// is refused, naming the address and the limit, while other addresses, plain reads of
+    /// a log and the workload itself are untouched; each slot comes back when its call
+    /// ends (the caller closes it, or the workload ends).
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_waits_and_followed_logs() {
+        use super::super::listen::{PeerInfo, WATCHES_PER_PEER};
+        use crate::runtime::launcher::testing::FakeLauncher;
+        use crate::runtime::names::ExecName;
+        use crate::runtime::spec::ExecutableSpec;
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("aurae");
+        std::fs::create_dir(&root).unwrap();
+        let fake = FakeLauncher::new(&root);
+        let rt = Arc::new(Runtime::with_launcher(root.clone(), fake.clone()));
+        let v = rt
+            .run_executable(ExecutableSpec {
+                name: ExecName::parse("long").unwrap(),
+                argv: vec!["/bin/sleep".into(), "1000".into()],
+                env: Default::default(),
+                cwd: None,
+                uid: None,
+                gid: None,
+                cell: None,
+            })
+            .await
+            .unwrap();
+        let api = Arc::new(WorkloadsApi {
+            rt: rt.clone(),
+            watches: Default::default(),
+        });
+        fn from<T>(ip: &str, msg: T) -> Request<T> {
+            let mut r = Request::new(msg);
+            let remote = Some(format!("{ip}:40000").parse().unwrap());
+            r.extensions_mut().insert(PeerInfo { remote, certs: None });
+            r
+        }
+        let workload = || {
+            Some(pb::WorkloadRef {
+                kind: pb::WorkloadKind::Executable as i32,
+                name: "long".into(),
+            })
+        };
+        let logs = |follow| pb::LogsRequest {
+            workload: workload(),
+            follow,
+            tail_lines: None,
+        };
+        let attacker = "10.0.2.2".parse().unwrap();
+        let settle = || async {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        };
+
+        let mut waits = Vec::new();
+        for _ in 0..WATCHES_PER_PEER {
+            let (api, r) = (api.clone(), from("10.0.2.2", workload().unwrap()));
+            waits.push(tokio::spawn(async move { api.wait(r).await }));
+        }
+        settle().await;
+        assert_eq!(api.watches.held(attacker), WATCHES_PER_PEER);
+
+        let e = api.wait(from("10.0.2.2", workload().unwrap())).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message().starts_with(&format!(
+                "wait: 10.0.2.2 has {WATCHES_PER_PEER} Wait and followed Logs calls open"
+            )),
+            "{}",
+            e.message()
+        );
+        let e = api.logs(from("10.0.2.2", logs(true))).await.err().unwrap();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().starts_with("logs --follow: 10.0.2.2"), "{}", e.message());
+        // A log read that ends by itself, another address, and the workload: untouched.
+        let mut plain = api.logs(from("10.0.2.2", logs(false))).await.unwrap().into_inner();
+        while plain.next().await.is_some() {}
+        let other = "10.0.2.3".parse().unwrap();
+        let (api2, r) = (api.clone(), from("10.0.2.3", workload().unwrap()));
+        let elsewhere = tokio::spawn(async move { api2.wait(r).await });
+        settle().await;
+        assert_eq!(api.watches.held(other), 1);
+        let View::Executable(now) = rt.status(Kind::Executable, "long").unwrap() else {
+            panic!("not an executable")
+        };
+        assert_eq!(now.phase, Some(crate::runtime::Phase::Running));
+
+        // A slot comes back when its caller closes the call, and when a followed log ends
+        // (this fake's pipes are closed from the start, so its log ends at once).
+        waits.pop().unwrap().abort();
+        settle().await;
+        assert_eq!(api.watches.held(attacker), WATCHES_PER_PEER - 1);
+        let mut followed = api.logs(from("10.0.2.2", logs(true))).await.unwrap().into_inner();
+        while followed.next().await.is_some() {}
+        settle().await;
+        assert_eq!(api.watches.held(attacker), WATCHES_PER_PEER - 1);
+
+        // And every slot when the workload ends.
+        fake.exit(v.pid as i32, 0);
+        for w in waits {
+            w.await.unwrap().unwrap();
+        }
+        elsewhere.await.unwrap().unwrap();
+        assert_eq!((api.watches.held(attacker), api.watches.held(other)), (0, 0));
     }
 }
