@@ -831,8 +831,9 @@ fn a_loaded_image_is_checked_byte_for_byte_and_only_an_admin_may_load() {
 }
 
 /// A registry that accepts and never answers (a stalled pull): removing another image does
-/// not wait behind that pull, and the pull ends when its caller goes away (its connection
-/// to the registry closes), instead of running on unwatched.
+/// not wait behind that pull, and the pull ends when its caller goes away or its caller's
+/// deadline passes (its connection to the registry closes), instead of running on
+/// unwatched.
 #[test]
 fn a_stalled_pull_holds_up_no_removal_and_ends_with_its_caller() {
     use std::io::Read;
@@ -910,10 +911,28 @@ fn a_stalled_pull_holds_up_no_removal_and_ends_with_its_caller() {
             assert!(freed.into_inner().freed_bytes > 0);
             // The caller goes away: the pull ends and its connection closes.
             drop(stuck);
-            tokio::task::spawn_blocking(move || closed.recv_timeout(wait))
+            let closed = tokio::task::spawn_blocking(move || closed.recv_timeout(wait).map(|()| closed))
                 .await
                 .unwrap()
                 .expect("the pull went on after its caller left");
+            // A caller that stays, with a deadline: the pull ends at the deadline with
+            // DEADLINE_EXCEEDED, and its connection to the registry closes.
+            let mut req = tonic::Request::new(auraed::pb::PullRequest {
+                reference: format!("{stall_addr}/test/stuck:2"),
+                credentials: None,
+            });
+            req.set_timeout(std::time::Duration::from_millis(1500));
+            let mut s = images.pull(req).await.unwrap().into_inner();
+            let e = tokio::time::timeout(wait, s.message())
+                .await
+                .expect("the pull outlived its caller's deadline")
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+            assert!(e.message().contains("within the caller's deadline"), "{}", e.message());
+            tokio::task::spawn_blocking(move || closed.recv_timeout(wait))
+                .await
+                .unwrap()
+                .expect("the registry connection outlived the deadline");
         });
 }
 

@@ -123,12 +123,24 @@ fn offer(i: pb::LoadImage) -> Result<crate::image::load::Offer, Status> {
 
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
 
+/// Resolves at `deadline`, or never when there is none.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[tonic::async_trait]
 impl images_server::Images for ImagesApi {
     type PullStream = PullStream;
 
     async fn pull(&self, r: Request<pb::PullRequest>) -> Result<Response<PullStream>, Status> {
         let images = self.images()?.clone();
+        // The caller's deadline ends the pull as its leaving does: a registry that sends a
+        // byte now and then (never idle long enough for a read timeout) holds it no longer.
+        let caller = super::deadline::caller_timeout(r.metadata());
+        let deadline = caller.map(|t| tokio::time::Instant::now() + t);
         let req = r.into_inner();
         if req.reference.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -165,6 +177,15 @@ impl images_server::Images for ImagesApi {
                 r = images.pull(&req.reference, credentials, &mut progress) => r,
                 () = gone.closed() => {
                     tracing::info!("pull of {}: the caller went away; cancelled", req.reference);
+                    return;
+                }
+                () = until(deadline) => {
+                    let secs = caller.unwrap_or_default().as_secs_f64();
+                    tracing::info!("pull of {}: the caller's deadline ({secs:.1} s) passed; cancelled", req.reference);
+                    let _ = tx.send(Err(Status::deadline_exceeded(format!(
+                        "pull of {}: not done within the caller's deadline ({secs:.1} s); cancelled (blobs already verified stay for the next pull)",
+                        req.reference
+                    )))).await;
                     return;
                 }
             };
