@@ -124,7 +124,9 @@ impl Store {
             hash: Sha256::new(),
         };
         let root_fd = open_root(&root)?;
-        let budget = self.free();
+        // A layer's data is bounded by the store's free space and, on a store larger than
+        // that, by LAYER_DATA_MAX.
+        let budget = self.free().min(LAYER_DATA_MAX);
         let mut u = Unpacker {
             store: self,
             layer: blob,
@@ -139,10 +141,20 @@ impl Store {
         {
             let (mut guarded, verdict) = TarGuard::new(&mut stream, Limits::for_budget(budget));
             // The guard's typed refusal, where the tar crate or a read only saw an I/O error.
-            let breach = |e: ImageError| match verdict.borrow_mut().take() {
+            let breach = |e: ImageError| {
+                match verdict.borrow_mut().take() {
+                Some(Breach::DataOverBudget { declared, budget }) if budget == LAYER_DATA_MAX => refused(
+                    blob,
+                    "",
+                    format!(
+                        "its entries declare at least {declared} bytes of data, more than the {} GiB one layer may unpack to",
+                        LAYER_DATA_MAX >> 30
+                    ),
+                ),
                 Some(Breach::DataOverBudget { declared, budget }) => self.full(declared - budget),
                 Some(b) => refused(blob, "", b),
                 None => e,
+            }
             };
             let mut archive = tar::Archive::new(&mut guarded);
             let entries = archive
@@ -342,6 +354,10 @@ fn nodev_nosuid(p: &Path) -> bool {
 /// images stay far below (deep `node_modules` trees reach ~100); a deeper tree is an attack
 /// on every walk of the store.
 pub const MAX_DEPTH: usize = 512;
+
+/// The most data one layer may unpack to, whatever the store's free space: 16 GiB (the
+/// largest layers of real images, model weights, hold a few GiB).
+pub const LAYER_DATA_MAX: u64 = 16 << 30;
 
 /// `p` with `..` taken lexically and never above the root (for a symlink's target from a
 /// directory without symlinks in its path), without `/` and `.`.
@@ -1272,6 +1288,30 @@ mod tests {
         let e = small.unpack(&[], &blob, Compression::Gzip, &diff).unwrap_err();
         assert!(matches!(e, ImageError::Full { .. }), "{e}");
         assert!(small.layer(&diff).is_none());
+        assert!(r.tmp_is_empty());
+    }
+
+    /// On a store with room for more, a layer whose file declares more than
+    /// `LAYER_DATA_MAX` is refused at its header by that ceiling, naming it.
+    #[test]
+    fn a_layer_over_the_per_layer_ceiling_is_refused_on_any_store() {
+        let r = rig(1 << 50);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(LAYER_DATA_MAX + 1);
+        h.set_mode(0o644);
+        h.set_path("weights").unwrap();
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[0; 4096]);
+        let (blob, diff) = r.put(&tar, Compression::Gzip);
+        let e = r.store.unpack(&[], &blob, Compression::Gzip, &diff).unwrap_err();
+        assert!(matches!(e, ImageError::Refused { .. }), "{e}");
+        assert!(
+            e.to_string().contains("more than the 16 GiB one layer may unpack to"),
+            "{e}"
+        );
+        assert!(r.store.layer(&diff).is_none());
         assert!(r.tmp_is_empty());
     }
 }
