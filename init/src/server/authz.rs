@@ -350,6 +350,19 @@ fn peer_id(auth: &Authorizer, req: &Request<Body>) -> Result<Option<String>, Sta
     auth.identify(&chain).map(Some)
 }
 
+/// Reads that answer from memory at once: a connection runs `QUICK_PER_CONNECTION` of
+/// them at a time (listen.rs), so a flood of them on one connection cannot fill PID 1's
+/// run queue ahead of everyone else's calls. Calls that may rightly last (Wait, Logs,
+/// Exec, Pull, Run*, Stop) are bounded otherwise and take no turn.
+pub const QUICK: &[&str] = &[
+    "/aurae.v0.Node/Info",
+    "/aurae.v0.Workloads/Status",
+    "/aurae.v0.Workloads/List",
+    "/aurae.v0.Images/List",
+    "/aurae.v0.Images/Status",
+    "/grpc.health.v1.Health/Check",
+];
+
 #[derive(Clone)]
 pub struct AuthzLayer {
     pub auth: Arc<Authorizer>,
@@ -396,7 +409,24 @@ where
             Ok(caller) => {
                 req.headers_mut().remove(CALLER_HEADER);
                 req.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(req))
+                let turns = QUICK
+                    .contains(&req.uri().path())
+                    .then(|| {
+                        req.extensions()
+                            .get::<super::listen::PeerInfo>()
+                            .map(|p| p.quick.clone())
+                    })
+                    .flatten();
+                let call = self.inner.call(req);
+                match turns {
+                    // The call waits for one of its connection's turns, parked (not in the
+                    // run queue), and holds it until its answer is made.
+                    Some(turns) => Box::pin(async move {
+                        let _turn = turns.acquire_owned().await;
+                        call.await
+                    }),
+                    None => Box::pin(call),
+                }
             }
             Err(status) => {
                 let from = req
@@ -496,6 +526,21 @@ mod tests {
                 METHODS.iter().any(|(p, _)| p == m),
                 "FIELDS names {m}, which METHODS lacks"
             );
+        }
+    }
+
+    /// Every quick read is a method the node serves (a misspelt path would silently take
+    /// no turn), and none of the calls that may rightly last is among them.
+    #[test]
+    fn quick_reads_are_real_methods_that_answer_at_once() {
+        for m in QUICK {
+            assert!(
+                METHODS.iter().any(|(p, _)| p == m),
+                "QUICK names {m}, which METHODS lacks"
+            );
+        }
+        for lasting in ["Wait", "Logs", "Exec", "Pull", "Load", "Stop", "Watch"] {
+            assert!(!QUICK.iter().any(|m| m.ends_with(&format!("/{lasting}"))), "{lasting}");
         }
     }
 

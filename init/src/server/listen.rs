@@ -34,17 +34,26 @@ pub const WATCHES_PER_PEER: usize = 2 * super::MAX_STREAMS as usize;
 const KEEPALIVE_IDLE_SECS: i32 = 60;
 
 /// What a request's handlers learn about its connection (tonic puts it in the request's
-/// extensions): the peer's address and the certificate chain it presented.
+/// extensions): the peer's address, the certificate chain it presented, and the
+/// connection's turns for quick reads.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote: Option<std::net::SocketAddr>,
     pub certs: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+    /// `QUICK_PER_CONNECTION` permits, one per connection (see `authz::QUICK`).
+    pub quick: Arc<Semaphore>,
 }
+
+/// Quick reads (`Node.Info`, `Status`, `List`, health) one connection has running at once;
+/// its others wait for a turn outside PID 1's run queue. A client that floods its 256
+/// streams with them then delays another connection's call by a few reads, not by 256.
+pub const QUICK_PER_CONNECTION: usize = 4;
 
 /// An established connection; it holds one of the `CONNECTIONS` slots and one of its
 /// address's `PER_PEER` until dropped.
 pub struct Conn {
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    quick: Arc<Semaphore>,
     _slot: OwnedSemaphorePermit,
     _peer: PeerSlot,
 }
@@ -101,6 +110,7 @@ impl tonic::transport::server::Connected for Conn {
         PeerInfo {
             remote: tcp.peer_addr().ok(),
             certs: session.peer_certificates().map(|c| Arc::new(c.to_vec())),
+            quick: self.quick.clone(),
         }
     }
 }
@@ -211,6 +221,7 @@ pub fn incoming(
                     Ok(slot) => {
                         let conn = Conn {
                             tls,
+                            quick: Arc::new(Semaphore::new(QUICK_PER_CONNECTION)),
                             _slot: slot,
                             _peer: from_peer,
                         };

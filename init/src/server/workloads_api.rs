@@ -338,7 +338,11 @@ mod tests {
         fn from<T>(ip: &str, msg: T) -> Request<T> {
             let mut r = Request::new(msg);
             let remote = Some(format!("{ip}:40000").parse().unwrap());
-            r.extensions_mut().insert(PeerInfo { remote, certs: None });
+            r.extensions_mut().insert(PeerInfo {
+                remote,
+                certs: None,
+                quick: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            });
             r
         }
         let workload = || {
