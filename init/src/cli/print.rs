@@ -320,6 +320,14 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
         .map(|r| json!({ "id": r.id, "prefix": r.prefix, "role": r.role }))
         .collect();
     if as_json {
+        let dhcp_lease = i.dhcp_lease.as_ref().map(|l| {
+            json!({
+                "address": l.address, "router": l.router, "server": l.server, "dns": l.dns,
+                "hostname": l.hostname, "lease_seconds": l.lease_seconds,
+                "renew_seconds": l.renew_seconds, "rebind_seconds": l.rebind_seconds,
+                "granted_unix_seconds": l.granted_unix_seconds, "renewals": l.renewals,
+            })
+        });
         println!(
             "{}",
             json!({
@@ -337,12 +345,7 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "identity_renewed_unix_seconds": i.identity_renewed_unix_seconds,
                 "identity_note": i.identity_note, "bridges": i.bridges,
                 "uplink": i.uplink, "uplink_address": i.uplink_address,
-                "dhcp_lease": i.dhcp_lease.as_ref().map(|l| json!({
-                    "address": l.address, "router": l.router, "server": l.server, "dns": l.dns,
-                    "hostname": l.hostname, "lease_seconds": l.lease_seconds,
-                    "renew_seconds": l.renew_seconds, "rebind_seconds": l.rebind_seconds,
-                    "granted_unix_seconds": l.granted_unix_seconds, "renewals": l.renewals,
-                })),
+                "dhcp_lease": dhcp_lease, "auraed_open_fds": i.auraed_open_fds,
             })
         );
         return;
@@ -408,7 +411,11 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
     if !i.bridges.is_empty() {
         println!("bridges     {} (for pods' extra interfaces)", i.bridges.join(" "));
     }
-    println!("auraed rss  {:.1} MiB", i.auraed_rss_bytes as f64 / 1048576.0);
+    println!(
+        "auraed      {:.1} MiB resident, {} open descriptors",
+        i.auraed_rss_bytes as f64 / 1048576.0,
+        i.auraed_open_fds
+    );
     println!(
         "logs        {:.1} of {:.0} MiB",
         i.log_held_bytes as f64 / 1048576.0,

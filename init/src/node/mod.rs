@@ -49,6 +49,11 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// File descriptors this process holds open (0 when /proc is not there).
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |rd| rd.count() as u64)
+}
+
 const KVM_API_VERSION: i32 = 12;
 
 /// Whether KVM can really run guests here, and why (not). KVM counts as usable only when

@@ -129,6 +129,7 @@ impl NodeContext {
                 .collect(),
             serving_since_boot_micros: self.serving_since_boot_micros.load(Ordering::Relaxed),
             auraed_rss_bytes: crate::node::rss_bytes(),
+            auraed_open_fds: crate::node::open_fds(),
             log_budget_bytes: self.runtime.log_usage().0 as u64,
             log_held_bytes: self.runtime.log_usage().1 as u64,
             isolation: self.report.spawned_as.unwrap_or(pb::IsolationKind::Unspecified) as i32,
