@@ -98,7 +98,7 @@ bench: image uefi
 
 lint: deps
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 clean:
 	rm -rf $(BUILD)

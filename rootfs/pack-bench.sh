@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Packs the bench-only layer BUILD_DIR/initramfs/bench.cpio.zst: crun with its shared
-# libraries (the baseline `make bench` compares cells against), an OCI bundle that runs
-# /bin/true, and an admin client certificate so the bench client can run inside the node.
+# Packs the bench-only layer BUILD_DIR/initramfs/bench.cpio.zst: auraed built with the bench
+# drivers (/bench/auraed), crun with its shared libraries (the baseline `make bench`
+# compares cells against), an OCI bundle that runs /bin/true, and admin and reader client
+# certificates so the bench clients can run inside the node.
 # Never part of the appliance image.
 #   rootfs/pack-bench.sh BUILD_DIR
 set -euo pipefail
@@ -11,12 +12,16 @@ crun=$(command -v crun || true)
 [ -n "$crun" ] || { echo "pack-bench: crun missing (apt-get install crun)" >&2; exit 1; }
 stage=$B/bench; rm -rf "$stage"; mkdir -p "$stage/lib" "$stage/bundle"
 spec=$B/initramfs/bench.spec
+# The bench drivers (`auraed bench-runtime`, `auraed bench-soak`) live in a second build of
+# auraed with the `bench` feature, so the appliance's own auraed carries none of them.
+"$here/../init/build-static.sh" "$stage/bin" bench >&2
 {
     for d in /usr /usr/bin /lib /lib/x86_64-linux-gnu /lib64 /bench /bench/bundle /bench/bundle/rootfs \
              /bench/bundle/rootfs/bin /bench/bundle/rootfs/proc /bench/bundle/rootfs/dev \
              /bench/bundle/rootfs/sys /bench/bundle/rootfs/tmp /etc /etc/aurae /etc/aurae/bench; do
         echo "dir $d 0755 0 0"
     done
+    echo "file /bench/auraed bench/bin/auraed 0755 0 0"
     cp "$crun" "$stage/crun"; echo "file /usr/bin/crun bench/crun 0755 0 0"
     for lib in $(ldd "$crun" | awk '/=>/ {print $3} /^\t\/lib64/ {print $1}' | sort -u); do
         real=$(readlink -f "$lib"); n=$(basename "$lib")
@@ -88,6 +93,15 @@ PY
     for f in ca.crt client.crt client.key; do echo "file /etc/aurae/bench/$f pki/$f 0600 0 0"; done
     printf 'address = "127.0.0.1:8443"\nca = "ca.crt"\ncert = "client.crt"\nkey = "client.key"\nserver_name = "localhost"\n' > "$stage/aer.toml"
     echo "file /etc/aurae/bench/aer.toml bench/aer.toml 0644 0 0"
+    # A reader for the soak's List loops: its certificate, and the node's policy with the
+    # reader granted (this layer's policy.toml replaces the pki layer's).
+    cp -a "$B/pki" "$stage/pki"
+    "$B/bin/auraed" pki client "$stage/pki" bench-reader --role reader >&2
+    for f in bench-reader.crt bench-reader.key; do echo "file /etc/aurae/bench/$f bench/pki/$f 0600 0 0"; done
+    echo "dir /etc/aurae/pki 0700 0 0"
+    echo "file /etc/aurae/pki/policy.toml bench/pki/policy.toml 0644 0 0"
+    printf 'address = "127.0.0.1:8443"\nca = "ca.crt"\ncert = "bench-reader.crt"\nkey = "bench-reader.key"\nserver_name = "localhost"\n' > "$stage/reader.toml"
+    echo "file /etc/aurae/bench/reader.toml bench/reader.toml 0644 0 0"
 } > "$spec"
 "$B/bin/auraed" mkcpio --base "$B" "$spec" "$B/initramfs/bench.cpio"
 zstd -q -19 -T0 --no-check -f "$B/initramfs/bench.cpio" -o "$B/initramfs/bench.cpio.zst" && rm -f "$B/initramfs/bench.cpio"

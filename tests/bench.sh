@@ -200,11 +200,38 @@ image_bench() {
     aer image rm "$REG_GUEST/bench/big:1" >/dev/null
 }
 
-if [ -f "$B/initramfs/bench.cpio.zst" ]; then
+# The soak (issue #23): BENCH_SOAK_SECS (default 1800) of a hostile registry's attacks, a
+# reader's List loop and normal pulls and cells, after a minute idle and a minute beside a
+# reader's 256 Images.List streams. `auraed bench-soak` (init/src/bench/soak.rs, the bench
+# layer's /bench/auraed) measures inside the node and prints each figure against its
+# bound. The hostile registry
+# (tests/soak/registry.py) listens on the host's loopback and is reached, like the
+# registry above, through a guestfwd rule.
+HOSTILE_GUEST=10.0.2.101:5001
+hostile_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 "$here/tests/soak/registry.py" "$hostile_port" >/dev/null 2>&1 &
+hostile_pid=$!
+trap 'rm -f "$log"; kill $reg_pid $hostile_pid 2>/dev/null; rm -rf "$reg_dir"' EXIT
+until python3 -c "import socket; socket.create_connection(('127.0.0.1', $hostile_port), 1)" 2>/dev/null; do
+    kill -0 $hostile_pid 2>/dev/null || { echo "bench: the hostile registry did not start"; exit 1; }
+    sleep 0.2
+done
+soak_bench() {
+    local secs=${BENCH_SOAK_SECS:-1800}
     echo
-    echo "== runtime (inside the appliance, accel ${ACCEL:-tcg}, ${BENCH_N:-100} samples each)"
+    echo "== soak (${secs} s; a hostile registry, a reader's List loop, normal pulls and cells; accel ${ACCEL:-tcg})"
+    aer --timeout $((secs + 900)) exec benchsoak --cell benchhost -f -- /bench/auraed bench-soak \
+        --config /etc/aurae/bench/aer.toml --reader-config /etc/aurae/bench/reader.toml \
+        --secs "$secs" --phase-secs "${BENCH_SOAK_PHASE_SECS:-60}" \
+        --image "$REG_GUEST/test/busybox:1" --hostile "$HOSTILE_GUEST" \
+        || echo "bench: soak: a bound was broken or the soak failed (see above)"
+    aer free benchsoak >/dev/null 2>&1 || true
+}
+
+if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     BUILD=$B PORT=$port NO_REBOOT=1 ACCEL=${ACCEL:-tcg} MEM=2048M LAYERS="base pki toolbox boot bench" \
-        GUESTFWD="tcp:$REG_GUEST-cmd:busybox nc 127.0.0.1 $reg_port" EXTRA_CMDLINE="aurae.insecure_registries=$REG_GUEST" \
+        GUESTFWD="tcp:$REG_GUEST-cmd:busybox nc 127.0.0.1 $reg_port|tcp:$HOSTILE_GUEST-cmd:busybox nc 127.0.0.1 $hostile_port" \
+        EXTRA_CMDLINE="aurae.insecure_registries=$REG_GUEST,$HOSTILE_GUEST" \
         "$here/qemu/run" > "$log" 2>&1 &
     qpid=$!
     t0=$(date +%s)
@@ -216,11 +243,13 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
     aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup --privileged >/dev/null
     aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null 2>&1 || echo "bench: pull of the busybox test image failed"
-    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods; and
-    # fleet, which boots machines of its own over the network (below).
-    parts=" ${BENCH_PARTS:-runtime images vms pods fleet uefi} "
+    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods soak; and
+    # fleet and uefi, which boot machines of their own (below).
+    parts=" ${BENCH_PARTS:-runtime images vms pods soak fleet uefi} "
     if [[ $parts == *" runtime "* ]]; then
-        aer --timeout 1800 exec benchrun --cell benchhost -f -- /init bench-runtime \
+        echo
+        echo "== runtime (inside the appliance, accel ${ACCEL:-tcg}, ${BENCH_N:-100} samples each)"
+        aer --timeout 1800 exec benchrun --cell benchhost -f -- /bench/auraed bench-runtime \
             --config /etc/aurae/bench/aer.toml --crun-bundle /bench/bundle --n "${BENCH_N:-100}" \
             --image "$REG_GUEST/test/busybox:1" --crun-image-bundle /bench/image-bundle \
             || { echo "bench: bench-runtime failed"; tail -50 "$log"; }
@@ -228,6 +257,7 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     [[ $parts == *" images "* ]] && image_bench
     [[ $parts == *" vms "* ]] && vm_bench
     [[ $parts == *" pods "* ]] && pod_bench
+    [[ $parts == *" soak "* ]] && soak_bench
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid
 fi
@@ -320,6 +350,7 @@ uefi_bench() {
     printf '%-44s %d (zstd: %d)\n' "ESP image (bytes)" "$(stat -c %s "$B/uefi/esp.img")" "$(zstd -q -c "$B/uefi/esp.img" | wc -c)"
     printf '%-44s %d\n' "raw USB disk image (bytes)" "$(stat -c %s "$B/uefi/usb.img")"
 }
-parts=" ${BENCH_PARTS:-runtime images vms pods fleet uefi} "
+parts=" ${BENCH_PARTS:-runtime images vms pods soak fleet uefi} "
 [[ $parts == *" fleet "* ]] && fleet_bench
 [[ $parts == *" uefi "* ]] && uefi_bench
+exit 0

@@ -3,6 +3,8 @@
 //! kernel, CPU and moment. `tests/bench.sh` starts it as an executable in a cell that shares
 //! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
 
+pub mod soak;
+
 use crate::cli::Conn as Channel;
 use crate::cli::{config::FileConfig, workload::wref, CliError, Target};
 use crate::pb::{self, runtime_client::RuntimeClient, workloads_client::WorkloadsClient};
@@ -216,10 +218,11 @@ fn authorization_cost(target: &Target, n: usize) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn bench(a: BenchArgs) -> Result<(), CliError> {
-    let file = FileConfig::load(&a.config).map_err(|e| CliError::Usage(e.to_string()))?;
+/// The node `config` (an aer config file) names, as a target with call `timeout`.
+fn target_of(config: &std::path::Path, timeout: Duration) -> Result<Target, CliError> {
+    let file = FileConfig::load(config).map_err(|e| CliError::Usage(e.to_string()))?;
     let need = |o: Option<PathBuf>, what: &str| o.ok_or_else(|| CliError::Usage(format!("{what} missing in config")));
-    let target = Target {
+    Ok(Target {
         instance: None,
         addr: file
             .address
@@ -232,8 +235,12 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
         },
         server_name: file.server_name.clone().unwrap_or_else(|| "localhost".into()),
         server_id: None,
-        timeout: Duration::from_secs(60),
-    };
+        timeout,
+    })
+}
+
+async fn bench(a: BenchArgs) -> Result<(), CliError> {
+    let target = target_of(&a.config, Duration::from_secs(60))?;
     let ch = target.connect().await?;
     let mut api = Api {
         rt: RuntimeClient::new(ch.clone()),

@@ -4,6 +4,7 @@
 //! Data flows one way: request → validation (once, at the edge, in `server`) → runtime →
 //! system calls. See ARCHITECTURE.md.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 /// Classic-BPF seccomp programs (cells' profiles, the VMM's jail).
 pub(crate) mod bpf;

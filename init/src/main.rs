@@ -35,8 +35,13 @@ enum Cmd {
         base: PathBuf,
     },
     /// Runtime figures for `make bench`, run inside the appliance (see bench.rs).
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchRuntime(auraed::bench::BenchArgs),
+    /// `make bench`'s soak, run inside the appliance (see bench/soak.rs).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchSoak(auraed::bench::soak::SoakArgs),
     /// The client, as `auraed aer ...` (same as running the binary as `aer`).
     #[command(disable_help_flag = true)]
     Aer {
@@ -153,7 +158,10 @@ fn main() -> ExitCode {
         Some(Cmd::Aer { args }) => cli::main(std::iter::once("aer".to_owned()).chain(args)),
         Some(Cmd::Pki(p)) => report(run_pki(p)),
         Some(Cmd::Mkcpio { spec, out, base }) => report(mkcpio(&spec, &out, &base)),
+        #[cfg(feature = "bench")]
         Some(Cmd::BenchRuntime(b)) => auraed::bench::main(b),
+        #[cfg(feature = "bench")]
+        Some(Cmd::BenchSoak(b)) => auraed::bench::soak::main(b),
     }
 }
 
