@@ -474,25 +474,26 @@ fn soak(a: SoakArgs) -> Result<bool, CliError> {
         &format!("Node.Info beside {} Images.List streams (a reader)", a.streams),
         &latencies(&storm),
     );
-    let storm_ratio = quantile(&latencies(&storm), 0.99).as_secs_f64() / idle_p99.as_secs_f64();
-    ok &= storm_ratio <= STORM_RATIO_MAX;
-    println!(
-        "{:<58} {storm_ratio:.2}x idle  ({} bound <= {STORM_RATIO_MAX}x; {listed} lists answered, {:.0}/s)",
+    // p99 of `l` over the idle p99, against `max`: printed; whether within.
+    let ratio = |what: &str, l: &[Probe], max: f64, more: String| {
+        let r = quantile(&latencies(l), 0.99).as_secs_f64() / idle_p99.as_secs_f64();
+        println!("{what:<58} {r:.2}x idle  ({} bound <= {max}x{more})", verdict(r <= max));
+        r <= max
+    };
+    ok &= ratio(
         "  p99 beside the streams",
-        verdict(storm_ratio <= STORM_RATIO_MAX),
-        listed as f64 / phase.as_secs_f64()
+        &storm,
+        STORM_RATIO_MAX,
+        format!(
+            "; {listed} lists answered, {:.0}/s",
+            listed as f64 / phase.as_secs_f64()
+        ),
     );
     line(
         &format!("Node.Info through the soak ({} s)", soaked.as_secs()),
         &latencies(&soak),
     );
-    let soak_ratio = quantile(&latencies(&soak), 0.99).as_secs_f64() / idle_p99.as_secs_f64();
-    ok &= soak_ratio <= SOAK_RATIO_MAX;
-    println!(
-        "{:<58} {soak_ratio:.2}x idle  ({} bound <= {SOAK_RATIO_MAX}x)",
-        "  p99 through the soak",
-        verdict(soak_ratio <= SOAK_RATIO_MAX)
-    );
+    ok &= ratio("  p99 through the soak", &soak, SOAK_RATIO_MAX, String::new());
 
     let mib = |b: u64| b as f64 / 1048576.0;
     let rss_start = idle.first().map_or(0, |p| p.rss);
