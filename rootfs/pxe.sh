@@ -9,14 +9,14 @@
 # OUT_DIR/bzImage-metal   the metal flavor (EFI stub, real NICs), which UEFI machines boot
 # OUT_DIR/ipxe.efi, undionly.kpxe   Debian's iPXE, for machines whose firmware PXE is not
 #                     iPXE: UEFI PXE loads ipxe.efi, a legacy PXE ROM chainloads undionly.kpxe
-#                     (the DHCP server picks the file by client architecture; README "Deploy")
+#                     (the DHCP server picks the file by client architecture; docs/deploy.md)
 # OUT_DIR/nodes/52-54-00-00-00-01.cpio.zst   one node's identity (mode 0600)
 #
 # Each NAME gets an identity of its own (`auraed pki node BUILD_DIR/pki NAME`, made once
 # and kept there). A machine whose MAC has no layer boots without an identity: it says so
 # on its console and does not serve. Layers other than the pki ones: PXE_LAYERS.
 # The nodes take their address by DHCP (aurae.ip=dhcp); the DHCP server's fixed leases
-# name them. See README "Deploy" for dnsmasq and for real NICs' PXE ROMs (undionly.kpxe).
+# name them. See docs/deploy.md for dnsmasq and for real NICs' PXE ROMs (undionly.kpxe).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 B=$(cd "${1:?usage: pxe.sh BUILD_DIR OUT_DIR MAC=NAME...}" && pwd)

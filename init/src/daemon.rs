@@ -29,7 +29,7 @@ pub struct DaemonArgs {
     /// The image store's limit, in MiB.
     #[arg(long, default_value_t = 1024)]
     pub image_store_mib: u64,
-    /// Registries: insecure ones, CA files, credentials (see README).
+    /// Registries: insecure ones, CA files, credentials (see docs/images.md).
     #[arg(long, default_value = REGISTRIES_FILE)]
     pub registries: PathBuf,
     /// Set by Spawn's cell fallback: this auraed is a child instance in its own cell.

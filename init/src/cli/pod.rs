@@ -651,13 +651,13 @@ async fn only_container(target: &super::Target, pod: &str) -> Result<String, Cli
 mod tests {
     use super::*;
 
-    /// The README's example manifest is one `aer pod run -f` takes.
+    /// The manual's example manifest (docs/pods.md) is one `aer pod run -f` takes.
     #[test]
-    fn the_readme_manifest_parses() {
-        let readme = include_str!("../../../README.md");
+    fn the_manuals_manifest_parses() {
+        let readme = include_str!("../../../docs/pods.md");
         let start = readme.find("# site.toml").unwrap();
         let end = start + readme[start..].find("```").unwrap();
-        let p = from_manifest(&readme[start..end], "README.md").unwrap();
+        let p = from_manifest(&readme[start..end], "docs/pods.md").unwrap();
         assert_eq!(p.name, "site");
         assert_eq!(p.containers.len(), 2);
         assert_eq!(p.containers[1].env.get("TZ").map(String::as_str), Some("UTC"));

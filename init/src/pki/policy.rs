@@ -255,7 +255,7 @@ impl Policy {
     pub fn render(&self) -> String {
         let mut s = String::from(
             "# Who may call this node, and with which role (reader, operator, admin).\n\
-             # See the README (\"Roles and the policy\"). auraed reads this file at start.\n",
+             # See docs/api.md (\"Identities, roles and the policy\"). auraed reads this file at start.\n",
         );
         if let Some(p) = &self.parent {
             s.push_str(&format!(

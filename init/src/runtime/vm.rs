@@ -117,7 +117,7 @@ impl VirtualMachine {
 }
 
 /// What a VM's cell may hold beyond its guest RAM when no `memory.max` is given: the
-/// VMM (about 2.3 MiB measured, see the README), KVM's page tables and the virtio buffers,
+/// VMM (about 2.3 MiB measured, see docs/figures.md), KVM's page tables and the virtio buffers,
 /// with room to spare.
 pub const VMM_MEMORY_OVERHEAD: u64 = 64 << 20;
 
