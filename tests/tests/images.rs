@@ -758,8 +758,8 @@ fn registry_failures_are_said_and_leave_the_store_whole() {
             .parse()
             .unwrap();
         assert_eq!(
-            kept, 5,
-            "busybox's config (whole and verified, kept from the refused pull), layered's config and three layers"
+            kept, 7,
+            "busybox's manifest and config (whole and verified, kept from the refused pull), layered's manifest, config and three layers"
         );
         assert!(store().await.ends_with(" 3 0"));
         c.remove_image(&format!("{REGISTRY}/test/layered:1")).await.unwrap();
