@@ -22,6 +22,7 @@ pub(crate) mod pod;
 pub(crate) mod runtime;
 pub(crate) mod server;
 pub mod spawn;
+pub mod values;
 pub(crate) mod vmm;
 
 pub use aurae_proto::v0 as pb;

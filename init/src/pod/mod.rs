@@ -14,9 +14,9 @@ pub mod remote;
 
 use crate::image::catalog::PullPolicy;
 use crate::image::pull::Credentials;
-use crate::runtime::instance::IsolationKind;
-use crate::runtime::names::ExecName;
-use crate::runtime::volume::{VolumeMount, VolumeSpec};
+use crate::values::names::ExecName;
+use crate::values::volume::{VolumeMount, VolumeSpec};
+use crate::values::IsolationKind;
 use std::time::Duration;
 
 pub const MIB: u64 = 1 << 20;

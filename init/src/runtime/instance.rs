@@ -25,12 +25,7 @@ use std::time::Duration;
 const IMAGE_DIR: &str = "/run/aurae/instances";
 pub const CHILD_PORT: u16 = 8443;
 
-/// Where a child runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IsolationKind {
-    Vm,
-    Cell,
-}
+pub use crate::values::IsolationKind;
 
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {

@@ -22,7 +22,7 @@ pub mod holder;
 pub(crate) mod instance;
 pub(crate) mod launcher;
 pub(crate) mod logs;
-pub(crate) mod names;
+pub(crate) use crate::values::names;
 pub(crate) mod pod;
 pub(crate) mod process;
 pub(crate) mod rootfs;

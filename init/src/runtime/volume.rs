@@ -5,7 +5,6 @@
 //! it sees them; nothing else of the node becomes visible.
 
 use super::error::{Result, RuntimeError};
-use super::names::ExecName;
 use super::Runtime;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,27 +14,7 @@ pub const VOLUMES_DIR: &str = "/run/aurae/volumes";
 /// A memory volume's size when its request gives none.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 
-/// A volume a cell makes or joins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeSpec {
-    pub name: ExecName,
-    /// A tmpfs of its own of `size_limit` bytes, rather than a directory.
-    pub memory: bool,
-    pub size_limit: u64,
-    /// Who made the cell that lists it (the caller's SPIFFE ID): a volume is joined only
-    /// by cells of the same owner, so one client's scratch data is not another's to read
-    /// by guessing its name.
-    pub owner: String,
-}
-
-/// Where one of the cell's volumes appears in its root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeMount {
-    pub volume: ExecName,
-    /// Absolute, normal components only (checked at the edge).
-    pub path: String,
-    pub read_only: bool,
-}
+pub use crate::values::volume::{VolumeMount, VolumeSpec};
 
 /// Volumes in use: each one's definition and how many cells list it.
 #[derive(Default)]
@@ -188,6 +167,7 @@ fn remove(s: &VolumeSpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::values::names::ExecName;
 
     /// A volume in use by one client's cells is not joinable by another client's cell by
     /// name: refused, naming the field, and the volume's count unchanged. The same
