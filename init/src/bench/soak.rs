@@ -393,6 +393,15 @@ async fn store_used(target: &Target) -> Result<u64, CliError> {
     Ok(l.store.map_or(0, |s| s.used_bytes))
 }
 
+/// `store_used`, from a thread that has no runtime of its own.
+fn store_used_now(target: &Target) -> Result<u64, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .block_on(store_used(target))
+}
+
 fn soak(a: SoakArgs) -> Result<bool, CliError> {
     let admin = target_of(&a.config, Duration::from_secs(60))?;
     let reader_t = target_of(&a.reader_config, Duration::from_secs(60))?;
@@ -414,13 +423,7 @@ fn soak(a: SoakArgs) -> Result<bool, CliError> {
     let listed = joined(storm)?;
 
     // 2: the soak.
-    let before = {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CliError::Usage(e.to_string()))?;
-        rt.block_on(store_used(&admin))?
-    };
+    let before = store_used_now(&admin)?;
     probes.phase.store(2, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let (t, s) = (reader_t.clone(), stop.clone());
@@ -446,13 +449,7 @@ fn soak(a: SoakArgs) -> Result<bool, CliError> {
     std::thread::sleep(Duration::from_secs(5));
     probes.stop.store(true, Ordering::Relaxed);
     joined(prober)?;
-    let after = {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CliError::Usage(e.to_string()))?;
-        rt.block_on(store_used(&admin))?
-    };
+    let after = store_used_now(&admin)?;
 
     let (idle, storm, soak, end) = (probes.of(0), probes.of(1), probes.of(2), probes.of(3));
     if idle.is_empty() || storm.is_empty() || soak.is_empty() || end.is_empty() {
