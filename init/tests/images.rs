@@ -306,15 +306,7 @@ async fn basic_auth_is_required_and_checked() {
 fn aer_image_pull_ls_status_rm_through_the_api() {
     let f = fixture();
     let r = Registry::start(&f.storage, Options::default());
-    let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    common::mint(&pki_dir, "host.test");
-    std::fs::write(
-        dir.path().join("registries.toml"),
-        format!("insecure = [\"{}\"]\n", r.addr),
-    )
-    .unwrap();
-    let d = common::start_in(dir, pki_dir);
+    let d = common::start_listing_insecure(&[&r.addr]);
     let aer = |args: &[&str]| common::aer_as(&d, "client", args);
     let text = |o: &std::process::Output| {
         format!(
@@ -853,26 +845,11 @@ fn a_stalled_pull_holds_up_no_removal_and_ends_with_its_caller() {
             });
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let pki_dir = dir.path().join("pki");
-    common::mint(&pki_dir, "host.test");
-    std::fs::write(
-        dir.path().join("registries.toml"),
-        format!("insecure = [\"{}\", \"{stall_addr}\"]\n", r.addr),
-    )
-    .unwrap();
-    let d = common::start_in(dir, pki_dir);
+    let d = common::start_listing_insecure(&[&r.addr, &stall_addr]);
     let busybox = format!("{}/test/busybox:1", r.addr);
     let o = common::aer_as(&d, "client", &["image", "pull", &busybox]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    let t = auraed::cli::Target {
-        addr: d.addr.clone(),
-        tls: auraed::pki::tls::TlsFiles::in_dir(&d.pki, "client"),
-        server_name: "localhost".into(),
-        server_id: None,
-        timeout: std::time::Duration::from_secs(60),
-        instance: None,
-    };
+    let t = api(&d, "client");
     let wait = std::time::Duration::from_secs(30);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

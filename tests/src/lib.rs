@@ -570,6 +570,38 @@ impl Client {
         );
     }
 
+    /// Stops workload `r` (`grace_ms` before the kill) and frees it; its status at the stop.
+    pub async fn stop_and_free(&self, r: pb::WorkloadRef, grace_ms: u32) -> pb::WorkloadStatus {
+        let w = self
+            .workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(r.clone()),
+                signal: 0,
+                grace_period_millis: grace_ms,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stop {}: {e:?}", r.name))
+            .into_inner();
+        self.workloads
+            .clone()
+            .free(r.clone())
+            .await
+            .unwrap_or_else(|e| panic!("free {}: {e:?}", r.name));
+        w
+    }
+
+    /// The workloads of `kind` (`Unspecified`: all) as `List` answers.
+    pub async fn list(&self, kind: pb::WorkloadKind) -> Vec<pb::WorkloadStatus> {
+        self.workloads
+            .clone()
+            .list(pb::ListRequest { kind: kind as i32 })
+            .await
+            .unwrap_or_else(|e| panic!("list: {e:?}"))
+            .into_inner()
+            .workloads
+    }
+
     /// Stops cell `name` (0.5 s grace) with everything in it; its status after.
     pub async fn stop_cell(&self, name: &str) -> pb::CellStatus {
         let w = self

@@ -953,17 +953,9 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
         .await;
         assert!(running, "sh and its sleeps run in the attached process's leaf");
         // The session is a workload: listed (and counted) while it lasts.
-        let listed = c
-            .workloads
-            .clone()
-            .list(pb::ListRequest {
-                kind: pb::WorkloadKind::Executable as i32,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let listed = c.list(pb::WorkloadKind::Executable).await;
         assert!(
-            listed.workloads.iter().any(|w| matches!(&w.status,
+            listed.iter().any(|w| matches!(&w.status,
                 Some(pb::workload_status::Status::Executable(e)) if e.cell == "att" && e.name.starts_with("exec-"))),
             "the session is listed: {listed:?}"
         );

@@ -136,19 +136,7 @@ async fn pod_status(c: &Client, name: &str) -> pb::PodStatus {
 }
 
 async fn stop_and_free(c: &Client, name: &str) -> pb::PodStatus {
-    let w = c
-        .workloads
-        .clone()
-        .stop(pb::StopRequest {
-            workload: Some(pod_ref(name)),
-            signal: 0,
-            grace_period_millis: 2000,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    c.workloads.clone().free(pod_ref(name)).await.unwrap();
-    match w.status {
+    match c.stop_and_free(pod_ref(name), 2000).await.status {
         Some(pb::workload_status::Status::Pod(p)) => p,
         other => panic!("{other:?}"),
     }

@@ -49,19 +49,7 @@ async fn spawn_with(a: &Appliance, c: &Client, name: &str, svid_ttl_seconds: u32
 }
 
 async fn stop_and_free(c: &Client, name: &str) -> pb::InstanceStatus {
-    let w = c
-        .workloads
-        .clone()
-        .stop(pb::StopRequest {
-            workload: Some(instance_ref(name)),
-            signal: 0,
-            grace_period_millis: 2000,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    c.workloads.clone().free(instance_ref(name)).await.unwrap();
-    match w.status {
+    match c.stop_and_free(instance_ref(name), 2000).await.status {
         Some(pb::workload_status::Status::Instance(i)) => i,
         other => panic!("{other:?}"),
     }
@@ -530,14 +518,7 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
             mem < 64 << 20,
             "the guest memory was given back: {mem} B charged to workloads\n{view}"
         );
-        let l = c
-            .workloads
-            .clone()
-            .list(pb::ListRequest {
-                kind: pb::WorkloadKind::Instance as i32,
-            })
-            .await;
-        assert!(l.unwrap().into_inner().workloads.is_empty());
+        assert!(c.list(pb::WorkloadKind::Instance).await.is_empty());
     });
 }
 

@@ -46,16 +46,7 @@ fn vm(name: &str, initramfs: &str, vcpus: u32) -> pb::VirtualMachine {
 
 /// Stops VM `name` (0.5 s grace) and frees it.
 async fn remove_vm(c: &Client, name: &str) {
-    c.workloads
-        .clone()
-        .stop(pb::StopRequest {
-            workload: Some(vm_ref(name)),
-            signal: 0,
-            grace_period_millis: 500,
-        })
-        .await
-        .unwrap();
-    c.workloads.clone().free(vm_ref(name)).await.unwrap();
+    c.stop_and_free(vm_ref(name), 500).await;
 }
 
 async fn vm_status(c: &Client, name: &str) -> Result<pb::VirtualMachineStatus, tonic::Status> {
@@ -443,15 +434,7 @@ fn refusals_name_the_field_and_create_nothing() {
             assert!(e.message().contains(field), "names {field}: {}", e.message());
         }
         assert_eq!(c.workload_cgroups().await, before, "refusals leave no cgroup");
-        let l = c
-            .workloads
-            .clone()
-            .list(pb::ListRequest {
-                kind: pb::WorkloadKind::VirtualMachine as i32,
-            })
-            .await
-            .unwrap();
-        assert!(l.into_inner().workloads.is_empty());
+        assert!(c.list(pb::WorkloadKind::VirtualMachine).await.is_empty());
         let h = c
             .node
             .clone()

@@ -86,6 +86,20 @@ pub fn start() -> Daemon {
     start_in(dir, pki_dir)
 }
 
+/// A daemon (as `start`) whose registries file lists `insecure` as plain-HTTP registries.
+pub fn start_listing_insecure(insecure: &[&str]) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    mint(&pki_dir, "host.test");
+    let listed: Vec<String> = insecure.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        dir.path().join("registries.toml"),
+        format!("insecure = [{}]\n", listed.join(", ")),
+    )
+    .unwrap();
+    start_in(dir, pki_dir)
+}
+
 pub fn start_in(dir: tempfile::TempDir, pki_dir: std::path::PathBuf) -> Daemon {
     // Each daemon has an image store and registries file of its own.
     let mut child = Command::new(env!("CARGO_BIN_EXE_auraed"))
