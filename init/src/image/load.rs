@@ -139,14 +139,14 @@ where
         )));
     }
     // The manifest and the config, both checked whole already, kept as a pull keeps them.
-    for (d, json) in [
-        (offer.digest.clone(), offer.manifest_json.clone()),
-        (config.clone(), offer.config_json.clone()),
+    for (what, d, json) in [
+        ("manifest", offer.digest.clone(), offer.manifest_json.clone()),
+        ("config", config.clone(), offer.config_json.clone()),
     ] {
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.put_blob(&d, json.len() as u64, &mut json.as_slice()))
             .await
-            .map_err(|e| ImageError::Registry(format!("the config task ended: {e}")))??;
+            .map_err(|e| ImageError::Registry(format!("the {what} task ended: {e}")))??;
     }
     let mut pending: Vec<u8> = Vec::new();
     let mut bytes = 0u64;

@@ -71,7 +71,7 @@ pub fn wait_budget(stated: Option<Duration>, caller: Option<Duration>, default: 
 /// workload holds a task, a stream and what the workload took, and "99999999H" must not
 /// hold them for years. 30 minutes is far beyond a nested Spawn under emulation (~10 s).
 /// (Wait and a followed Logs are not bounded: they last as long as the workload, and
-/// hold only a stream, of which a connection has at most 256.)
+/// hold only a stream, of which a connection has at most 256 and an address 512.)
 pub const MAX_WAIT: Duration = crate::runtime::spec::READY_MAX;
 
 #[cfg(test)]
