@@ -99,6 +99,7 @@ bench: image uefi
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+	python3 tests/lint/structure.py
 
 clean:
 	rm -rf $(BUILD)

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Structure rules for init/src that rustc and clippy do not check (make lint runs this).
+
+1. No `Result<_, String>` in non-test code: errors are typed by cause.
+2. `unsafe` only in the wrapper modules named in UNSAFE_HOMES, each with its reason.
+3. No `impl Runtime` outside runtime/mod.rs: kinds own their lifecycles.
+4. No file over MAX_LINES non-test lines.
+5. No module imports a module that imports it back (top-level modules of the crate).
+
+Rules not yet met by the whole tree carry a list of today's exceptions (PENDING below). The
+list may only shrink: a new violation fails, and so does an exception that no longer
+violates (remove it from the list).
+"""
+import os
+import re
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "init", "src")
+MAX_LINES = 600
+
+# Where unsafe code may live, and why. Paths are relative to init/src.
+UNSAFE_HOMES = {
+}
+
+# Today's exceptions, by rule. Each must still be a violation (or the lint fails: remove it).
+PENDING = {
+    "string-errors": {
+        "cli/fleet.rs",
+        "cli/pod.rs",
+        "daemon.rs",
+        "image/catalog.rs",
+        "image/pull.rs",
+        "image/unpack.rs",
+        "init/data.rs",
+        "init/switch_root.rs",
+        "net/dhcp.rs",
+        "pki/chain.rs",
+        "pki/policy.rs",
+        "runtime/confine/caps.rs",
+        "runtime/confine/seccomp.rs",
+        "runtime/instance.rs",
+        "runtime/rootfs.rs",
+        "runtime/vm.rs",
+        "server/authz.rs",
+        "server/images_api.rs",
+        "server/mod.rs",
+        "server/runtime_api.rs",
+        "vmm/protocol.rs",
+    },
+    "unsafe": {
+        "cli/attach.rs",
+        "cli/mod.rs",
+        "init/power.rs",
+        "init/reaper.rs",
+        "net/ioctl.rs",
+        "net/netlink.rs",
+        "net/proxy.rs",
+        "runtime/attach.rs",
+        "runtime/holder.rs",
+        "runtime/rootfs.rs",
+        "runtime/sys/child.rs",
+        "runtime/sys/clone.rs",
+        "runtime/sys/mod.rs",
+        "runtime/sys/start.rs",
+        "server/attach.rs",
+        "vmm/builder.rs",
+        "vmm/jail.rs",
+        "vmm/memory.rs",
+        "vmm/mod.rs",
+        "vmm/protocol.rs",
+    },
+    "impl-runtime": {
+        "runtime/attach.rs",
+        "runtime/cell.rs",
+        "runtime/executable.rs",
+        "runtime/instance.rs",
+        "runtime/pod.rs",
+        "runtime/process.rs",
+        "runtime/vm.rs",
+        "runtime/volume.rs",
+    },
+    "long-files": {
+        "cli/pod.rs",
+        "image/unpack.rs",
+        "runtime/cell.rs",
+        "runtime/instance.rs",
+        "server/convert.rs",
+    },
+    "cycles": set(),
+}
+
+
+def strip_tests(text):
+    """The file without `#[cfg(test)]` items (a test module or function) and without
+    comments' contents, so only the code that ships is counted."""
+    lines = text.split("\n")
+    out = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == "#[cfg(test)]":
+            # Skip the attribute and the item after it, by brace depth.
+            depth = 0
+            opened = False
+            i += 1
+            while i < len(lines):
+                code = re.sub(r"//.*", "", lines[i])
+                code = re.sub(r'"(\\.|[^"\\])*"', '""', code)
+                depth += code.count("{") - code.count("}")
+                if "{" in code:
+                    opened = True
+                i += 1
+                if opened and depth <= 0:
+                    break
+                if not opened and code.rstrip().endswith(";"):
+                    break
+            continue
+        out.append(lines[i])
+        i += 1
+    return out
+
+
+def rust_files():
+    for dirpath, _, files in os.walk(ROOT):
+        for f in sorted(files):
+            if f.endswith(".rs"):
+                full = os.path.join(dirpath, f)
+                rel = os.path.relpath(full, ROOT)
+                if rel == "tests.rs" or rel.endswith("/tests.rs") or "/tests/" in rel:
+                    continue
+                yield rel, full
+
+
+def code_only(line):
+    line = re.sub(r"//.*", "", line)
+    return re.sub(r'"(\\.|[^"\\])*"', '""', line)
+
+
+def string_error(code):
+    """Whether some `Result<T, String>` appears: the second top-level type argument of a
+    `Result<` is exactly `String`."""
+    for m in re.finditer(r"\bResult<", code):
+        depth, args, cur = 1, [], ""
+        for ch in code[m.end():]:
+            if ch in "<([":
+                depth += 1
+            elif ch in ">)]":
+                depth -= 1
+                if depth == 0:
+                    break
+            if ch == "," and depth == 1:
+                args.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        args.append(cur)
+        if len(args) == 2 and args[1].strip() == "String":
+            return True
+    return False
+
+
+def top_module(rel):
+    head = rel.split("/")[0]
+    return head[:-3] if head.endswith(".rs") else head
+
+
+def main():
+    found = {k: set() for k in PENDING}
+    imports = {}
+    for rel, full in rust_files():
+        with open(full, encoding="utf-8") as fh:
+            text = fh.read()
+        body = strip_tests(text)
+        if len(body) > MAX_LINES:
+            found["long-files"].add(rel)
+        code = "\n".join(code_only(l) for l in body)
+        if string_error(code):
+            found["string-errors"].add(rel)
+        if re.search(r"\bunsafe\b", code) and rel not in UNSAFE_HOMES:
+            found["unsafe"].add(rel)
+        if re.search(r"^\s*impl\s+Runtime\s*\{", code, re.M) and rel != "runtime/mod.rs":
+            found["impl-runtime"].add(rel)
+        me = top_module(rel)
+        for m in re.finditer(r"\bcrate::(\w+)", code):
+            if m.group(1) != me:
+                imports.setdefault(me, set()).add(m.group(1))
+        # `use crate::{a, b::c}` groups
+        for m in re.finditer(r"\bcrate::\{([^}]*)\}", code, re.S):
+            for part in re.findall(r"(?:^|,)\s*(\w+)", m.group(1)):
+                if part != me:
+                    imports.setdefault(me, set()).add(part)
+    modules = {top_module(rel) for rel, _ in rust_files()}
+    for a in sorted(imports):
+        for b in sorted(imports[a]):
+            if b in modules and a < b and a in imports.get(b, set()):
+                found["cycles"].add(f"{a}<->{b}")
+
+    failed = False
+    for rule, have in found.items():
+        allowed = PENDING[rule]
+        for v in sorted(have - allowed):
+            print(f"structure: {rule}: {v}", file=sys.stderr)
+            failed = True
+        for v in sorted(allowed - have):
+            print(f"structure: {rule}: {v} is listed as pending but no longer violates: "
+                  f"remove it from PENDING in {__file__}", file=sys.stderr)
+            failed = True
+    for rule, allowed in PENDING.items():
+        if allowed:
+            print(f"structure: {rule}: {len(allowed)} pending")
+    for rel in sorted(UNSAFE_HOMES):
+        if not os.path.exists(os.path.join(ROOT, rel)):
+            print(f"structure: unsafe home {rel} does not exist", file=sys.stderr)
+            failed = True
+    if failed:
+        sys.exit(1)
+    print("structure: ok")
+
+
+if __name__ == "__main__":
+    main()
