@@ -190,9 +190,10 @@ async fn serve_until_power_action(
         &image_options.insecure,
         &bridges,
     )
-    .map(Arc::new);
+    .map(Arc::new)
+    .map_err(Arc::new);
     if let Err(e) = &images {
-        report.fail("images", e.clone());
+        report.fail("images", e.to_string());
     }
     if let Err(e) = init::reaper::spawn_reaper_task() {
         tracing::error!("cannot watch SIGCHLD: {e}");
@@ -294,8 +295,10 @@ fn raise_nofile(report: &mut init::InitReport) {
 
 /// The node's policy (`policy.toml` beside its certificates), or why it has none; a node
 /// without one serves but refuses every call with that reason.
-fn load_policy(pki_dir: Option<&std::path::Path>) -> Result<crate::pki::policy::Policy, String> {
-    let dir = pki_dir.ok_or_else(|| "no PKI directory".to_owned())?;
+fn load_policy(
+    pki_dir: Option<&std::path::Path>,
+) -> Result<crate::pki::policy::Policy, crate::pki::policy::PolicyError> {
+    let dir = pki_dir.ok_or(crate::pki::policy::PolicyError::NoPkiDir)?;
     match crate::pki::policy::Policy::load(dir) {
         Ok(p) => {
             tracing::info!(
@@ -307,7 +310,7 @@ fn load_policy(pki_dir: Option<&std::path::Path>) -> Result<crate::pki::policy::
         }
         Err(e) => {
             tracing::error!("policy: {e}; every call will be refused (create it with `auraed pki grant`)");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }

@@ -11,8 +11,21 @@ use std::process::{Command, ExitCode, Stdio};
 /// The default API port, added to a node given without one.
 const PORT: u16 = crate::DEFAULT_PORT;
 
+/// Why aer has no list of nodes to run on.
+#[derive(Debug, thiserror::Error)]
+pub enum NodesError {
+    #[error("--nodes '{0}': give HOST[:PORT],HOST[:PORT],...")]
+    Empty(String),
+    #[error("--all-nodes: no config file (--config, $AURAE_CONFIG or ~/.config/aurae/aer.toml)")]
+    NoConfig,
+    #[error("{0}")]
+    Config(String),
+    #[error("--all-nodes: {} lists no nodes; add nodes = [\"HOST[:PORT]\", ...]", .0.display())]
+    NoneListed(std::path::PathBuf),
+}
+
 /// `A,B:9000` as addresses (`A:8443`, `B:9000`).
-pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
+pub fn parse_nodes(list: &str) -> Result<Vec<String>, NodesError> {
     let nodes: Vec<String> = list
         .split(',')
         .map(str::trim)
@@ -23,22 +36,18 @@ pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
         })
         .collect();
     if nodes.is_empty() {
-        return Err(format!("--nodes '{list}': give HOST[:PORT],HOST[:PORT],..."));
+        return Err(NodesError::Empty(list.to_owned()));
     }
     Ok(nodes)
 }
 
 /// The nodes the config file lists (`nodes = [...]`), as a --nodes list.
-pub fn config_nodes(explicit: Option<&std::path::Path>) -> Result<String, String> {
-    let path = super::config::FileConfig::locate(explicit)
-        .ok_or("--all-nodes: no config file (--config, $AURAE_CONFIG or ~/.config/aurae/aer.toml)")?;
-    let file = super::config::FileConfig::load(&path).map_err(|e| e.to_string())?;
+pub fn config_nodes(explicit: Option<&std::path::Path>) -> Result<String, NodesError> {
+    let path = super::config::FileConfig::locate(explicit).ok_or(NodesError::NoConfig)?;
+    let file = super::config::FileConfig::load(&path).map_err(|e| NodesError::Config(e.to_string()))?;
     match file.nodes {
         Some(n) if !n.is_empty() => Ok(n.join(",")),
-        _ => Err(format!(
-            "--all-nodes: {} lists no nodes; add nodes = [\"HOST[:PORT]\", ...]",
-            path.display()
-        )),
+        _ => Err(NodesError::NoneListed(path)),
     }
 }
 
@@ -184,7 +193,7 @@ mod tests {
         std::fs::write(&f, "ca = \"ca.crt\"\nnodes = [\"10.0.0.1\", \"10.0.0.2:9000\"]\n").unwrap();
         assert_eq!(config_nodes(Some(&f)).unwrap(), "10.0.0.1,10.0.0.2:9000");
         std::fs::write(&f, "ca = \"ca.crt\"\n").unwrap();
-        let e = config_nodes(Some(&f)).unwrap_err();
+        let e = config_nodes(Some(&f)).unwrap_err().to_string();
         assert!(e.contains("lists no nodes") && e.contains("aer.toml"), "{e}");
         std::fs::write(&f, "nodes = []\n").unwrap();
         assert!(config_nodes(Some(&f)).is_err());

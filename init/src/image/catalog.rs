@@ -104,13 +104,16 @@ impl Images {
         registries: &Path,
         insecure: &[String],
         bridges: &[crate::net::Ipv4Cidr],
-    ) -> Result<Images, String> {
-        let store = Store::open(root, limit).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(root.join("refs")).map_err(|e| format!("{}: {e}", root.join("refs").display()))?;
+    ) -> Result<Images, ImageError> {
+        let store = Store::open(root, limit)?;
+        std::fs::create_dir_all(root.join("refs")).map_err(ImageError::io("create the store", root.join("refs")))?;
         let file: RegistriesFile = match std::fs::read_to_string(registries) {
-            Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", registries.display()))?,
+            Ok(text) => toml::from_str(&text).map_err(|e| ImageError::RegistriesFile {
+                path: registries.to_owned(),
+                why: e.to_string(),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistriesFile::default(),
-            Err(e) => return Err(format!("{}: {e}", registries.display())),
+            Err(e) => return Err(ImageError::io("read the registries file", registries)(e)),
         };
         // The node's trust bundle (the first found), then the listed CA files, each checked
         // now so a wrong registries file is said at boot; they are read at each pull.
@@ -121,7 +124,10 @@ impl Images {
             .into_iter()
             .collect();
         for f in &file.ca_files {
-            std::fs::File::open(f).map_err(|e| format!("{}: ca_files: {}: {e}", registries.display(), f.display()))?;
+            std::fs::File::open(f).map_err(|e| ImageError::RegistriesFile {
+                path: registries.to_owned(),
+                why: format!("ca_files: {}: {e}", f.display()),
+            })?;
             ca_files.push(f.clone());
         }
         Ok(Images {
@@ -479,7 +485,8 @@ mod tests {
         std::fs::write(&reg, "ca_files = [\"/nonexistent/ca.crt\"]\n").unwrap();
         let e = Images::open(&d.path().join("images"), 1 << 20, &reg, &[], &[])
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("ca_files") && e.contains("/nonexistent/ca.crt"), "{e}");
     }
 }

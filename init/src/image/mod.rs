@@ -116,6 +116,12 @@ pub enum ImageError {
     /// A workload uses the image (FAILED_PRECONDITION).
     #[error("{0}")]
     InUse(String),
+    /// This auraed was started without an image store.
+    #[error("no image store configured")]
+    NoStore,
+    /// The registries file is not what the manual describes.
+    #[error("{}: {why}", path.display())]
+    RegistriesFile { path: PathBuf, why: String },
     #[error("{what} ({}): {source}", path.display())]
     Io {
         what: &'static str,
@@ -123,6 +129,9 @@ pub enum ImageError {
         source: std::io::Error,
     },
 }
+
+/// A node's image catalog, or why it has none (shared by the APIs that use it).
+pub type Catalog = Result<std::sync::Arc<catalog::Images>, std::sync::Arc<ImageError>>;
 
 impl ImageError {
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ImageError {

@@ -117,9 +117,28 @@ fn valid_path_component(c: &str) -> bool {
     true
 }
 
-fn parse_parts(s: &str) -> Result<Reference, String> {
+/// Which part of a reference breaks the grammar.
+#[derive(Debug, thiserror::Error)]
+enum BadPart {
+    #[error("it is empty")]
+    Empty,
+    #[error("digest '{0}' is not sha256: and 64 hex digits")]
+    Digest(String),
+    #[error("tag '{0}' must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")]
+    Tag(String),
+    #[error("registry '{0}' is not HOST[:PORT]")]
+    Registry(String),
+    #[error(
+        "name '{0}' must be lowercase letters and digits, separated by '.', '_', '__' or '-', in '/'-separated parts"
+    )]
+    Name(String),
+    #[error("the name is longer than 255 characters")]
+    TooLong,
+}
+
+fn parse_parts(s: &str) -> Result<Reference, BadPart> {
     if s.is_empty() {
-        return Err("it is empty".into());
+        return Err(BadPart::Empty);
     }
     let (rest, digest) = match s.split_once('@') {
         Some((r, d)) => (r, Some(d)),
@@ -130,7 +149,7 @@ fn parse_parts(s: &str) -> Result<Reference, String> {
             .strip_prefix("sha256:")
             .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         if !ok {
-            return Err(format!("digest '{d}' is not sha256: and 64 hex digits"));
+            return Err(BadPart::Digest(d.to_owned()));
         }
     }
     // A ':' after the last '/' starts the tag; one before it is a registry's port.
@@ -145,9 +164,7 @@ fn parse_parts(s: &str) -> Result<Reference, String> {
             && word(t.as_bytes()[0])
             && t.bytes().all(|b| word(b) || b == b'.' || b == b'-');
         if !ok {
-            return Err(format!(
-                "tag '{t}' must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
-            ));
+            return Err(BadPart::Tag(t.to_owned()));
         }
     }
     // The first component is a registry when it looks like a host (a '.', a ':' or
@@ -155,16 +172,14 @@ fn parse_parts(s: &str) -> Result<Reference, String> {
     let (registry, path) = match name.split_once('/') {
         Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
             if !valid_domain(first) {
-                return Err(format!("registry '{first}' is not HOST[:PORT]"));
+                return Err(BadPart::Registry(first.to_owned()));
             }
             (first.to_owned(), path.to_owned())
         }
         _ => ("docker.io".to_owned(), name.to_owned()),
     };
     if path.split('/').any(|c| !valid_path_component(c)) {
-        return Err(format!(
-            "name '{path}' must be lowercase letters and digits, separated by '.', '_', '__' or '-', in '/'-separated parts"
-        ));
+        return Err(BadPart::Name(path));
     }
     let registry = if registry == "index.docker.io" {
         "docker.io".to_owned()
@@ -177,7 +192,7 @@ fn parse_parts(s: &str) -> Result<Reference, String> {
         path
     };
     if repository.len() > 255 {
-        return Err("the name is longer than 255 characters".into());
+        return Err(BadPart::TooLong);
     }
     Ok(match (tag, digest) {
         (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_owned()),

@@ -268,7 +268,30 @@ fn open_root(p: &Path) -> Result<OwnedFd, ImageError> {
         .map_err(|e| ImageError::io("open a layer's root", p)(e.into()))
 }
 
-fn decompressor(file: std::fs::File, c: Compression) -> Result<Box<dyn Read>, String> {
+/// Why one entry (or the layer's stream) cannot be unpacked; said in `ImageError::Refused`.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("not zstd: {0}")]
+    NotZstd(String),
+    #[error("its name climbs out of the root with '..'")]
+    Climbs,
+    #[error("not a Unix path")]
+    NotUnix,
+    #[error("its directory '{}': {}", .0.display(), .1.desc())]
+    Dir(PathBuf, Errno),
+    #[error("its directory '{}': too many levels of symlinks", .0.display())]
+    TooManyLinks(PathBuf),
+    #[error("make directory '{}': {}", .0.display(), .1.desc())]
+    Mkdir(PathBuf, Errno),
+    #[error("{}", .0.desc())]
+    Open(Errno),
+    #[error("a directory outside the root")]
+    OutsideRoot,
+    #[error("where is a directory: {0}")]
+    WhereIs(std::io::Error),
+}
+
+fn decompressor(file: std::fs::File, c: Compression) -> Result<Box<dyn Read>, EntryError> {
     let r = std::io::BufReader::with_capacity(256 * 1024, file);
     Ok(match c {
         Compression::None => Box::new(r),
@@ -283,8 +306,8 @@ struct ZstdFrames<R: BufRead> {
 }
 
 impl<R: BufRead> ZstdFrames<R> {
-    fn new(r: R) -> Result<Self, String> {
-        let dec = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("not zstd: {e}"))?;
+    fn new(r: R) -> Result<Self, EntryError> {
+        let dec = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| EntryError::NotZstd(e.to_string()))?;
         Ok(ZstdFrames { dec: Some(dec) })
     }
 }
@@ -376,14 +399,14 @@ fn clamp(p: &Path) -> PathBuf {
 }
 
 /// `rel` without `/`, `.` and with `..` refused.
-fn clean(p: &Path) -> Result<PathBuf, String> {
+fn clean(p: &Path) -> Result<PathBuf, EntryError> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err("its name climbs out of the root with '..'".into()),
-            Component::Prefix(_) => return Err("not a Unix path".into()),
+            Component::ParentDir => return Err(EntryError::Climbs),
+            Component::Prefix(_) => return Err(EntryError::NotUnix),
         }
     }
     Ok(out)
@@ -601,20 +624,20 @@ impl Unpacker<'_> {
     /// Opens directory `rel` in the root (resolving in the root), making what is missing
     /// as `mkdir -p` would in the image: a symlink to nowhere (`lib -> /usr/lib` before
     /// `/usr/lib` exists) gets the directory it points to, inside the root.
-    fn make_dirs(&self, rel: &Path) -> Result<OwnedFd, String> {
+    fn make_dirs(&self, rel: &Path) -> Result<OwnedFd, EntryError> {
         self.make_dirs_within(rel, 0)
     }
 
-    fn make_dirs_within(&self, rel: &Path, links: u32) -> Result<OwnedFd, String> {
+    fn make_dirs_within(&self, rel: &Path, links: u32) -> Result<OwnedFd, EntryError> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
         match in_root(self.root.as_fd(), rel, flags) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
-            Err(e) => return Err(format!("its directory '{}': {}", rel.display(), e.desc())),
+            Err(e) => return Err(EntryError::Dir(rel.to_owned(), e)),
         }
         let parts: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
         let mut at = PathBuf::new();
-        let mut fd = in_root(self.root.as_fd(), &at, flags).map_err(|e| e.desc().to_string())?;
+        let mut fd = in_root(self.root.as_fd(), &at, flags).map_err(EntryError::Open)?;
         for (i, name) in parts.iter().enumerate() {
             at.push(name);
             fd = match in_root(self.root.as_fd(), &at, flags) {
@@ -622,7 +645,7 @@ impl Unpacker<'_> {
                 Err(Errno::ENOENT) => match nix::fcntl::readlinkat(fd.as_fd(), *name) {
                     Ok(target) => {
                         if links >= 40 {
-                            return Err(format!("its directory '{}': too many levels of symlinks", at.display()));
+                            return Err(EntryError::TooManyLinks(at));
                         }
                         let base = match Path::new(&target).is_absolute() {
                             true => PathBuf::new(),
@@ -634,11 +657,11 @@ impl Unpacker<'_> {
                     }
                     Err(_) => {
                         nix::sys::stat::mkdirat(fd.as_fd(), *name, Mode::from_bits_truncate(0o755))
-                            .map_err(|e| format!("make directory '{}': {}", at.display(), e.desc()))?;
-                        in_root(self.root.as_fd(), &at, flags).map_err(|e| e.desc().to_string())?
+                            .map_err(|e| EntryError::Mkdir(at.clone(), e))?;
+                        in_root(self.root.as_fd(), &at, flags).map_err(EntryError::Open)?
                     }
                 },
-                Err(e) => return Err(format!("its directory '{}': {}", at.display(), e.desc())),
+                Err(e) => return Err(EntryError::Dir(at, e)),
             };
         }
         Ok(fd)
@@ -646,14 +669,14 @@ impl Unpacker<'_> {
 
     /// Where directory `fd` is, as a path inside the root (no symlinks in it). A path
     /// longer than PATH_MAX is refused with it: deeper than any layer may go.
-    fn in_root_path(&self, fd: &OwnedFd) -> Result<PathBuf, String> {
+    fn in_root_path(&self, fd: &OwnedFd) -> Result<PathBuf, EntryError> {
         use std::os::fd::AsRawFd;
         match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
             Ok(d) => d
                 .strip_prefix(&self.root_path)
                 .map(Path::to_owned)
-                .map_err(|_| "a directory outside the root".to_owned()),
-            Err(e) => Err(format!("where is a directory: {e}")),
+                .map_err(|_| EntryError::OutsideRoot),
+            Err(e) => Err(EntryError::WhereIs(e)),
         }
     }
 

@@ -28,15 +28,39 @@ fn disk_types(proc_filesystems: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why the data disk was not mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("aurae.data: {} is not a block device", .0.display())]
+    NotBlock(PathBuf),
+    #[error("aurae.data: {}: {source} (is the disk attached?)", device.display())]
+    Missing { device: PathBuf, source: std::io::Error },
+    #[error("{what} {DATA_DIR}: {why}")]
+    Dir { what: &'static str, why: String },
+    #[error(
+        "aurae.data: no filesystem this kernel knows on {dev} ({tried}); make one (mkfs.ext4 {dev}) or drop aurae.data",
+        dev = .device.display()
+    )]
+    NoFilesystem { device: PathBuf, tried: String },
+}
+
 /// Mounts `device` at `DATA_DIR` with the first filesystem type that takes it.
-pub fn mount_data(device: &Path) -> Result<DataDisk, String> {
+pub fn mount_data(device: &Path) -> Result<DataDisk, DataError> {
     let dev = device.display();
     match std::fs::metadata(device) {
         Ok(m) if m.file_type().is_block_device() => {}
-        Ok(_) => return Err(format!("aurae.data: {dev} is not a block device")),
-        Err(e) => return Err(format!("aurae.data: {dev}: {e} (is the disk attached?)")),
+        Ok(_) => return Err(DataError::NotBlock(device.to_owned())),
+        Err(source) => {
+            return Err(DataError::Missing {
+                device: device.to_owned(),
+                source,
+            })
+        }
     }
-    std::fs::create_dir_all(DATA_DIR).map_err(|e| format!("mkdir {DATA_DIR}: {e}"))?;
+    std::fs::create_dir_all(DATA_DIR).map_err(|e| DataError::Dir {
+        what: "mkdir",
+        why: e.to_string(),
+    })?;
     let types = disk_types(&std::fs::read_to_string("/proc/filesystems").unwrap_or_default());
     // Cells exec from the layers kept here (through their overlay): no noexec. nodev still
     // holds, and whiteout device nodes need no opening.
@@ -46,7 +70,10 @@ pub fn mount_data(device: &Path) -> Result<DataDisk, String> {
     for t in &types {
         match mount(Some(device), DATA_DIR, Some(t.as_str()), flags, None::<&str>) {
             Ok(()) => {
-                let st = nix::sys::statvfs::statvfs(DATA_DIR).map_err(|e| format!("statvfs {DATA_DIR}: {e}"))?;
+                let st = nix::sys::statvfs::statvfs(DATA_DIR).map_err(|e| DataError::Dir {
+                    what: "statvfs",
+                    why: e.to_string(),
+                })?;
                 let capacity_bytes = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
                 tracing::info!("data disk {dev} ({t}, {} MiB) on {DATA_DIR}", capacity_bytes >> 20);
                 return Ok(DataDisk {
@@ -58,10 +85,10 @@ pub fn mount_data(device: &Path) -> Result<DataDisk, String> {
             Err(e) => tried.push(format!("{t}: {e}")),
         }
     }
-    Err(format!(
-        "aurae.data: no filesystem this kernel knows on {dev} ({}); make one (mkfs.ext4 {dev}) or drop aurae.data",
-        tried.join(", ")
-    ))
+    Err(DataError::NoFilesystem {
+        device: device.to_owned(),
+        tried: tried.join(", "),
+    })
 }
 
 /// Makes the data disk read-only after the last sync (power-off), so its filesystem is
@@ -88,9 +115,9 @@ mod tests {
 
     #[test]
     fn a_missing_or_wrong_device_says_so() {
-        let e = mount_data(Path::new("/dev/nonexistent-disk")).unwrap_err();
+        let e = mount_data(Path::new("/dev/nonexistent-disk")).unwrap_err().to_string();
         assert!(e.contains("is the disk attached"), "{e}");
-        let e = mount_data(Path::new("/dev/null")).unwrap_err();
+        let e = mount_data(Path::new("/dev/null")).unwrap_err().to_string();
         assert!(e.contains("not a block device"), "{e}");
     }
 }

@@ -25,18 +25,33 @@ fn root_is_rootfs(mountinfo: &str) -> bool {
     })
 }
 
+/// Which step of leaving the initramfs failed, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct SwitchError {
+    what: String,
+    why: String,
+}
+
+fn failed<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> SwitchError {
+    let what = what.into();
+    move |e| SwitchError {
+        what,
+        why: e.to_string(),
+    }
+}
+
 /// Moves `/` from the initramfs onto a tmpfs. Ok(true): moved (re-execute now); Ok(false):
 /// not on an initramfs, nothing done. Runs before logging exists: errors are returned.
-pub fn leave_initramfs() -> Result<bool, String> {
-    std::fs::create_dir_all("/proc").map_err(|e| format!("mkdir /proc: {e}"))?;
-    mount(Some("proc"), "/proc", Some("proc"), MsFlags::empty(), None::<&str>)
-        .map_err(|e| format!("mount /proc: {e}"))?;
+pub fn leave_initramfs() -> Result<bool, SwitchError> {
+    std::fs::create_dir_all("/proc").map_err(failed("mkdir /proc"))?;
+    mount(Some("proc"), "/proc", Some("proc"), MsFlags::empty(), None::<&str>).map_err(failed("mount /proc"))?;
     let info = std::fs::read_to_string("/proc/self/mountinfo");
     let _ = umount("/proc");
-    if !root_is_rootfs(&info.map_err(|e| format!("read mountinfo: {e}"))?) {
+    if !root_is_rootfs(&info.map_err(failed("read mountinfo"))?) {
         return Ok(false);
     }
-    std::fs::create_dir_all(NEW_ROOT).map_err(|e| format!("mkdir {NEW_ROOT}: {e}"))?;
+    std::fs::create_dir_all(NEW_ROOT).map_err(failed(format!("mkdir {NEW_ROOT}")))?;
     mount(
         Some("rootfs"),
         NEW_ROOT,
@@ -44,14 +59,12 @@ pub fn leave_initramfs() -> Result<bool, String> {
         MsFlags::empty(),
         Some("mode=0755"),
     )
-    .map_err(|e| format!("mount tmpfs on {NEW_ROOT}: {e}"))?;
-    let dev = std::fs::symlink_metadata("/")
-        .map_err(|e| format!("stat /: {e}"))?
-        .dev();
+    .map_err(failed(format!("mount tmpfs on {NEW_ROOT}")))?;
+    let dev = std::fs::symlink_metadata("/").map_err(failed("stat /"))?.dev();
     let mut links = HashMap::new();
     copy_dir(Path::new("/"), Path::new(NEW_ROOT), dev, &mut links)?;
     // Free the initramfs: everything on it but the new root (a mount, left alone).
-    for entry in std::fs::read_dir("/").map_err(|e| format!("read /: {e}"))?.flatten() {
+    for entry in std::fs::read_dir("/").map_err(failed("read /"))?.flatten() {
         let p = entry.path();
         if p != Path::new(NEW_ROOT) {
             let _ = match entry.file_type() {
@@ -60,26 +73,29 @@ pub fn leave_initramfs() -> Result<bool, String> {
             };
         }
     }
-    nix::unistd::chdir(NEW_ROOT).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
+    nix::unistd::chdir(NEW_ROOT).map_err(failed(format!("chdir {NEW_ROOT}")))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| format!("move {NEW_ROOT} to /: {e}"))?;
-    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
-    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+        .map_err(failed(format!("move {NEW_ROOT} to /")))?;
+    nix::unistd::chroot(".").map_err(failed("chroot"))?;
+    nix::unistd::chdir("/").map_err(failed("chdir /"))?;
     Ok(true)
 }
 
 /// Copies the tree at `from` (only what lives on device `dev`) into the directory `to`,
 /// keeping modes, owners, symlinks, device nodes and hard links.
-fn copy_dir(from: &Path, to: &Path, dev: u64, links: &mut HashMap<u64, std::path::PathBuf>) -> Result<(), String> {
-    let read = std::fs::read_dir(from).map_err(|e| format!("read {}: {e}", from.display()))?;
+fn copy_dir(from: &Path, to: &Path, dev: u64, links: &mut HashMap<u64, std::path::PathBuf>) -> Result<(), SwitchError> {
+    let read = std::fs::read_dir(from).map_err(failed(format!("read {}", from.display())))?;
     for entry in read.flatten() {
         let src = entry.path();
         if src == Path::new(NEW_ROOT) {
             continue;
         }
-        let m = std::fs::symlink_metadata(&src).map_err(|e| format!("stat {}: {e}", src.display()))?;
+        let m = std::fs::symlink_metadata(&src).map_err(failed(format!("stat {}", src.display())))?;
         let dst = to.join(entry.file_name());
-        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", dst.display());
+        let fail = |what: &str, e: &dyn std::fmt::Display| SwitchError {
+            what: format!("{what} {}", dst.display()),
+            why: e.to_string(),
+        };
         let t = m.file_type();
         if t.is_dir() {
             std::fs::create_dir(&dst).map_err(|e| fail("mkdir", &e))?;

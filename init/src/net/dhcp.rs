@@ -139,7 +139,22 @@ const MIN_T: u32 = 10;
 
 /// The lease an ACK grants. `reserved` are the node's own subnets (the instances' bridge,
 /// the named bridges): a lease inside one would route the node's own traffic to the uplink.
-fn lease_of(ack: &Message, reserved: &[Ipv4Cidr]) -> Result<Lease, String> {
+/// Why an ACK is not taken.
+#[derive(Debug, thiserror::Error)]
+enum BadAck {
+    #[error("the ACK grants no usable address ({0})")]
+    Address(Ipv4Addr),
+    #[error("subnet mask {0} is not a mask")]
+    Mask(Ipv4Addr),
+    #[error("the ACK's subnet mask /{prefix} for {addr} leaves no subnet to live on")]
+    NoSubnet { prefix: u8, addr: Ipv4Addr },
+    #[error("the ACK's subnet {subnet} overlaps this node's own {own}; a server on the uplink cannot have it")]
+    Overlaps { subnet: Ipv4Cidr, own: Ipv4Cidr },
+    #[error("the ACK names no server (option 54)")]
+    NoServer,
+}
+
+fn lease_of(ack: &Message, reserved: &[Ipv4Cidr]) -> Result<Lease, BadAck> {
     let o = ack.opts();
     let addr = ack.yiaddr();
     if addr.is_unspecified()
@@ -150,10 +165,10 @@ fn lease_of(ack: &Message, reserved: &[Ipv4Cidr]) -> Result<Lease, String> {
         || addr.octets()[0] == 0
         || addr.octets()[0] >= 240
     {
-        return Err(format!("the ACK grants no usable address ({addr})"));
+        return Err(BadAck::Address(addr));
     }
     let prefix = match o.get(OptionCode::SubnetMask) {
-        Some(DhcpOption::SubnetMask(m)) => prefix_of(*m).ok_or_else(|| format!("subnet mask {m} is not a mask"))?,
+        Some(DhcpOption::SubnetMask(m)) => prefix_of(*m).ok_or(BadAck::Mask(*m))?,
         // RFC 2131 lets a server leave it out: the address's class then, as clients do.
         _ => match addr.octets()[0] {
             0..=127 => 8,
@@ -162,19 +177,15 @@ fn lease_of(ack: &Message, reserved: &[Ipv4Cidr]) -> Result<Lease, String> {
         },
     };
     if prefix == 0 || prefix == 32 {
-        return Err(format!(
-            "the ACK's subnet mask /{prefix} for {addr} leaves no subnet to live on"
-        ));
+        return Err(BadAck::NoSubnet { prefix, addr });
     }
     let subnet = Ipv4Cidr { addr, prefix };
     if let Some(r) = reserved.iter().find(|r| r.overlaps(subnet)) {
-        return Err(format!(
-            "the ACK's subnet {subnet} overlaps this node's own {r}; a server on the uplink cannot have it"
-        ));
+        return Err(BadAck::Overlaps { subnet, own: *r });
     }
     let server = match o.get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(s)) => *s,
-        _ => return Err("the ACK names no server (option 54)".into()),
+        _ => return Err(BadAck::NoServer),
     };
     let secs = |code| match o.get(code) {
         Some(DhcpOption::AddressLeaseTime(s) | DhcpOption::Renewal(s) | DhcpOption::Rebinding(s)) => Some(*s),
@@ -521,11 +532,12 @@ mod tests {
         m.set_opcode(Opcode::BootReply);
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 2, 2)));
-        assert!(lease_of(&m, &[]).unwrap_err().contains("no usable address"));
+        assert!(lease_of(&m, &[]).unwrap_err().to_string().contains("no usable address"));
         assert!(reply(&[0xff; 40], 5, MAC).is_none());
         let no_server = answer(MessageType::Ack, 5, vec![DhcpOption::AddressLeaseTime(100)]);
         assert!(lease_of(&reply(&no_server, 5, MAC).unwrap(), &[])
             .unwrap_err()
+            .to_string()
             .contains("option 54"));
         let bad_mask = answer(
             MessageType::Ack,
@@ -583,7 +595,7 @@ mod tests {
                 "overlaps this node's own 192.168.50.1/24",
             ),
         ] {
-            let e = lease_of(&ack_for(addr, opts), &reserved).unwrap_err();
+            let e = lease_of(&ack_for(addr, opts), &reserved).unwrap_err().to_string();
             assert!(e.contains(why), "{addr}: {e}");
         }
         let ok = Ipv4Addr::new(198, 51, 100, 7);

@@ -15,12 +15,42 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// How deep a chain may be: root, node spawn CA, one CA per nesting level, the leaf.
 const MAX_CHAIN: usize = super::MAX_NESTING + 3;
 
+/// Why a presented chain is refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    #[error("unparsable certificate: {0}")]
+    Unparsable(String),
+    #[error("unreadable subjectAltName: {0}")]
+    UnreadableSan(String),
+    #[error("no subjectAltName (no SPIFFE ID)")]
+    NoSan,
+    #[error("no URI SAN (no SPIFFE ID)")]
+    NoUri,
+    #[error("its URI SAN is not a SPIFFE ID")]
+    NotSpiffe,
+    #[error("{0} URI SANs; a SPIFFE certificate has exactly one")]
+    ManyUris(usize),
+    #[error("no certificate")]
+    Empty,
+    #[error("no SPIFFE ID")]
+    NoLeafId,
+    #[error(
+        "{0} is not signed by the root CA or by a spawn CA whose subtree holds it \
+         (a spawned node's CA signs only its own instances)"
+    )]
+    NotRooted(String),
+    #[error("a certificate in it was revoked")]
+    Revoked,
+    #[error("this node has no root CA to check certificates against")]
+    NoRoot,
+}
+
 /// The single SPIFFE ID of `cert`, or why it has none.
-fn sole_spiffe_id<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, String> {
+fn sole_spiffe_id<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, ChainError> {
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| format!("unreadable subjectAltName: {e}"))?
-        .ok_or_else(|| "no subjectAltName (no SPIFFE ID)".to_owned())?;
+        .map_err(|e| ChainError::UnreadableSan(e.to_string()))?
+        .ok_or(ChainError::NoSan)?;
     let uris: Vec<&str> = san
         .value
         .general_names
@@ -32,9 +62,9 @@ fn sole_spiffe_id<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, String> 
         .collect();
     match uris.as_slice() {
         [one] if one.starts_with("spiffe://") => Ok(one),
-        [] => Err("no URI SAN (no SPIFFE ID)".into()),
-        [_] => Err("its URI SAN is not a SPIFFE ID".into()),
-        _ => Err(format!("{} URI SANs; a SPIFFE certificate has exactly one", uris.len())),
+        [] => Err(ChainError::NoUri),
+        [_] => Err(ChainError::NotSpiffe),
+        _ => Err(ChainError::ManyUris(uris.len())),
     }
 }
 
@@ -53,19 +83,19 @@ pub fn may_sign(issuer_id: &str, subject_id: &str) -> bool {
     !name.is_empty() && !name.contains('/')
 }
 
-fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ChainError> {
     X509Certificate::from_der(der)
         .map(|(_, c)| c)
-        .map_err(|e| format!("unparsable certificate: {e}"))
+        .map_err(|e| ChainError::Unparsable(e.to_string()))
 }
 
 /// Checks that `presented` (the peer's chain as sent, leaf first) holds a path of verified
 /// signatures from the leaf to `root_der` in which each CA below the root signs only inside
 /// its own subtree. The error says why not.
-pub fn check(presented: &[&[u8]], root_der: &[u8]) -> Result<(), String> {
+pub fn check(presented: &[&[u8]], root_der: &[u8]) -> Result<(), ChainError> {
     let root = parse(root_der)?;
     let Some((leaf, rest)) = presented.split_first() else {
-        return Err("no certificate".into());
+        return Err(ChainError::Empty);
     };
     let leaf = parse(leaf)?;
     // Junk among the extras is ignored: only a path that verifies counts.
@@ -74,10 +104,7 @@ pub fn check(presented: &[&[u8]], root_der: &[u8]) -> Result<(), String> {
     if reaches_root(&leaf, leaf_id, &pool, &root, 0) {
         Ok(())
     } else {
-        Err(format!(
-            "{leaf_id} is not signed by the root CA or by a spawn CA whose subtree holds it \
-             (a spawned node's CA signs only its own instances)"
-        ))
+        Err(ChainError::NotRooted(leaf_id.to_owned()))
     }
 }
 
@@ -113,7 +140,7 @@ mod tests {
 
     const H: Duration = Duration::from_secs(3600);
 
-    fn check_pem(chain: &str, root: &Minted) -> Result<(), String> {
+    fn check_pem(chain: &str, root: &Minted) -> Result<(), ChainError> {
         let c = crate::pki::chain_der(chain);
         let refs: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
         check(&refs, &crate::pki::chain_der(&root.cert_pem)[0])
@@ -182,7 +209,7 @@ mod tests {
             "spiffe://t.test/node/n/instance/c2",
             "spiffe://t.test/node/other",
         ] {
-            let e = check_pem(&forged(&t, id), &t.root).unwrap_err();
+            let e = check_pem(&forged(&t, id), &t.root).unwrap_err().to_string();
             assert!(e.starts_with(id) && e.contains("subtree"), "{id}: {e}");
         }
     }
@@ -197,7 +224,9 @@ mod tests {
         let chain = format!("{}{}{}", m.cert_pem, fake_node_ca.cert_pem, t.c1.cert_pem);
         assert!(check_pem(&chain, &t.root).is_err());
         // A leaf with no SPIFFE ID, or two.
-        let e = check_pem(&mint_ca("t.test").unwrap().cert_pem, &t.root).unwrap_err();
+        let e = check_pem(&mint_ca("t.test").unwrap().cert_pem, &t.root)
+            .unwrap_err()
+            .to_string();
         assert!(!e.is_empty());
     }
 }

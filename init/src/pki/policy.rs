@@ -71,6 +71,19 @@ pub enum PolicyError {
     Entry { index: usize, message: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("no PKI directory")]
+    NoPkiDir,
+}
+
+/// Why a string is not a SPIFFE ID a policy may name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpiffeIdError {
+    #[error("'{0}' is not a SPIFFE ID (spiffe://DOMAIN/PATH)")]
+    NoScheme(String),
+    #[error("'{0}': the trust domain must be lowercase [a-z0-9.-_]")]
+    Domain(String),
+    #[error("'{0}': path segments must be non-empty [A-Za-z0-9._-], not '.' or '..', without a trailing '/'")]
+    Path(String),
 }
 
 /// How an entry names IDs.
@@ -140,19 +153,17 @@ pub const FILE_NAME: &str = "policy.toml";
 /// A SPIFFE ID as a policy may name it: `spiffe://domain/path`, no query, no fragment, no
 /// empty or dot segments (what the SPIFFE spec allows, so a typo cannot silently match
 /// nothing).
-pub fn check_spiffe_id(id: &str) -> Result<(), String> {
+pub fn check_spiffe_id(id: &str) -> Result<(), SpiffeIdError> {
     let Some(rest) = id.strip_prefix("spiffe://") else {
-        return Err(format!("'{id}' is not a SPIFFE ID (spiffe://DOMAIN/PATH)"));
+        return Err(SpiffeIdError::NoScheme(id.to_owned()));
     };
     let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
     let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
     if !ok(domain) || domain.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!("'{id}': the trust domain must be lowercase [a-z0-9.-_]"));
+        return Err(SpiffeIdError::Domain(id.to_owned()));
     }
     if !path.is_empty() && !path.split('/').all(|s| ok(s) && s != "." && s != "..") {
-        return Err(format!(
-            "'{id}': path segments must be non-empty [A-Za-z0-9._-], not '.' or '..', without a trailing '/'"
-        ));
+        return Err(SpiffeIdError::Path(id.to_owned()));
     }
     Ok(())
 }
@@ -179,7 +190,7 @@ impl Policy {
             };
             let role = Role::parse(&r.role).map_err(|e| entry(e.to_string()))?;
             let rule = Rule { matcher, role };
-            check_spiffe_id(rule.pattern()).map_err(entry)?;
+            check_spiffe_id(rule.pattern()).map_err(|e| entry(e.to_string()))?;
             rules.push(rule);
         }
         Ok(Policy {

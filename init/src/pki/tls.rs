@@ -346,7 +346,7 @@ impl ServerCertVerifier for CheckedServer {
         }
         let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
         chain.extend(intermediates.iter().map(|c| c.as_ref()));
-        crate::pki::chain::check(&chain, &self.root_der).map_err(rustls::Error::General)?;
+        crate::pki::chain::check(&chain, &self.root_der).map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(ok)
     }
 

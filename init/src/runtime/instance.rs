@@ -171,14 +171,27 @@ async fn renew_at_half_life(inst: std::sync::Weak<Instance>, id: SpawnIdentity, 
     }
 }
 
-async fn renew(i: &Instance, id: &SpawnIdentity) -> std::result::Result<Option<std::time::SystemTime>, String> {
+/// Why a child's identity was not renewed (renewal retries).
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error("the child has no IPv4 address")]
+    NoIpv4,
+    #[error("{0}")]
+    Mint(crate::spawn::SpawnError),
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+async fn renew(i: &Instance, id: &SpawnIdentity) -> std::result::Result<Option<std::time::SystemTime>, RenewError> {
     let ip = match i.address.ip() {
         std::net::IpAddr::V4(a) => a,
-        std::net::IpAddr::V6(_) => return Err("the child has no IPv4 address".into()),
+        std::net::IpAddr::V6(_) => return Err(RenewError::NoIpv4),
     };
     let pki = id
         .mint_child(i.name.as_str(), ip, i.svid_ttl)
-        .map_err(|e| e.to_string())?;
+        .map_err(RenewError::Mint)?;
     i.record_issued(&pki);
     let req = crate::pb::RenewIdentityRequest {
         svid_pem: pki.server.cert_pem.clone(),
@@ -193,8 +206,8 @@ async fn renew(i: &Instance, id: &SpawnIdentity) -> std::result::Result<Option<s
             tracing::info!("instance {}: identity renewed", i.name);
             Ok(svid_expiry(&pki))
         }
-        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
-        Err(_) => Err(format!("no answer within {bound:?}")),
+        Ok(Err(s)) => Err(RenewError::Refused(s)),
+        Err(_) => Err(RenewError::NoAnswer(bound)),
     }
 }
 

@@ -97,7 +97,8 @@ impl CellRoot {
     pub fn resolve_user(&self, user: &str, field: &str) -> Result<(u32, u32)> {
         let passwd = self.read_small("/etc/passwd");
         let group = self.read_small("/etc/group");
-        resolve_user(user, passwd.as_deref(), group.as_deref()).map_err(|why| RuntimeError::invalid(field, why))
+        resolve_user(user, passwd.as_deref(), group.as_deref())
+            .map_err(|why| RuntimeError::invalid(field, why.to_string()))
     }
 
     /// A new pseudo-terminal of the cell's own devpts (`/dev/pts/ptmx`): its master and
@@ -164,10 +165,25 @@ pub fn resolve_on_node(argv0: &str, path_var: &str) -> Result<String> {
     })
 }
 
+/// Why an image's user cannot be resolved.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserError {
+    #[error("user '{0}' is not in the image's /etc/passwd; give a uid or a user the image has")]
+    User(String),
+    #[error("user '{0}': its /etc/passwd entry has no numeric uid")]
+    Uid(String),
+    #[error("group '{0}' is not in the image's /etc/group; give a gid or a group the image has")]
+    Group(String),
+}
+
 /// A uid and gid for `user` (see [`CellRoot::resolve_user`]) from the texts of
 /// `/etc/passwd` and `/etc/group`. A numeric uid without a group takes its passwd entry's
 /// group, or 0 as Docker does when it has none.
-pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> std::result::Result<(u32, u32), String> {
+pub fn resolve_user(
+    user: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> std::result::Result<(u32, u32), UserError> {
     let entries = |text: Option<&str>| -> Vec<Vec<String>> {
         text.unwrap_or_default()
             .lines()
@@ -185,12 +201,11 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> st
     let (uid, passwd_gid) = match u.parse::<u32>() {
         Ok(n) => (n, users.iter().find(|f| f[2] == u).and_then(|f| f.get(3)?.parse().ok())),
         Err(_) => {
-            let f = users.iter().find(|f| f[0] == u).ok_or_else(|| {
-                format!("user '{u}' is not in the image's /etc/passwd; give a uid or a user the image has")
-            })?;
-            let uid = f[2]
-                .parse()
-                .map_err(|_| format!("user '{u}': its /etc/passwd entry has no numeric uid"))?;
+            let f = users
+                .iter()
+                .find(|f| f[0] == u)
+                .ok_or_else(|| UserError::User(u.to_owned()))?;
+            let uid = f[2].parse().map_err(|_| UserError::Uid(u.to_owned()))?;
             (uid, f.get(3).and_then(|g| g.parse().ok()))
         }
     };
@@ -202,9 +217,7 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> st
                 .iter()
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| {
-                    format!("group '{g}' is not in the image's /etc/group; give a gid or a group the image has")
-                })?,
+                .ok_or_else(|| UserError::Group(g.to_owned()))?,
         },
     };
     Ok((uid, gid))
@@ -234,8 +247,9 @@ mod tests {
         assert_eq!(r("nobody:33"), Ok((65534, 33)));
         assert!(r("ghost")
             .unwrap_err()
+            .to_string()
             .contains("'ghost' is not in the image's /etc/passwd"));
-        assert!(r("web:ghosts").unwrap_err().contains("group 'ghosts'"));
+        assert!(r("web:ghosts").unwrap_err().to_string().contains("group 'ghosts'"));
         assert!(
             resolve_user("web", None, None).is_err(),
             "no passwd: names do not resolve"

@@ -529,16 +529,25 @@ async fn converse(sock: std::os::unix::net::UnixStream, vm: Arc<VirtualMachine>)
         Ok(Event::Error { message }) => vm.reported.send_modify(|r| r.error = Some(message)),
         Err(e) => {
             tracing::warn!("vm {}: {e}", vm.name);
-            vm.reported.send_modify(|r| r.error = Some(e));
+            vm.reported.send_modify(|r| r.error = Some(e.to_string()));
         }
     })
     .await;
     vm.reported.send_modify(|r| r.closed = true);
 }
 
+/// Why a line from the VMM is not an event.
+#[derive(Debug, thiserror::Error)]
+enum EventError {
+    #[error("a control message longer than {MAX_CONTROL_MESSAGE} bytes; the VMM is not trusted further")]
+    TooLong,
+    #[error("{0}")]
+    Malformed(protocol::Malformed),
+}
+
 /// Hands each event (or why a line is not one) to `on` until EOF. A line longer than
 /// MAX_CONTROL_MESSAGE ends the conversation with an error instead of being buffered.
-async fn read_events<R: tokio::io::AsyncBufRead + Unpin>(mut r: R, mut on: impl FnMut(Result<Event, String>)) {
+async fn read_events<R: tokio::io::AsyncBufRead + Unpin>(mut r: R, mut on: impl FnMut(Result<Event, EventError>)) {
     use tokio::io::AsyncReadExt;
     let mut line = Vec::new();
     loop {
@@ -546,12 +555,10 @@ async fn read_events<R: tokio::io::AsyncBufRead + Unpin>(mut r: R, mut on: impl 
         match (&mut r).take(MAX_CONTROL_MESSAGE).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(n) if n as u64 == MAX_CONTROL_MESSAGE && !line.ends_with(b"\n") => {
-                on(Err(format!(
-                    "a control message longer than {MAX_CONTROL_MESSAGE} bytes; the VMM is not trusted further"
-                )));
+                on(Err(EventError::TooLong));
                 return;
             }
-            Ok(_) => on(protocol::decode::<Event>(line.trim_ascii_end()).map_err(|e| e.to_string())),
+            Ok(_) => on(protocol::decode::<Event>(line.trim_ascii_end()).map_err(EventError::Malformed)),
         }
     }
 }
@@ -562,7 +569,7 @@ mod tests {
 
     async fn events(input: &[u8]) -> Vec<Result<Event, String>> {
         let mut got = Vec::new();
-        read_events(input, |e| got.push(e)).await;
+        read_events(input, |e| got.push(e.map_err(|e| e.to_string()))).await;
         got
     }
 

@@ -7,7 +7,8 @@
 //! `aurae-caller` header and this node authorizes *that* ID with its own policy. The header
 //! is honoured from the parent's certificate alone; from anyone else it is refused.
 
-use crate::pki::policy::{Policy, Role};
+use crate::pki::chain::ChainError;
+use crate::pki::policy::{Policy, PolicyError, Role};
 use http::{HeaderValue, Request, Response};
 use std::future::Future;
 use std::pin::Pin;
@@ -196,7 +197,7 @@ impl Caller {
 
 /// The node's policy (or why it has none), its trust domain and root CA.
 pub struct Authorizer {
-    policy: Result<Policy, String>,
+    policy: Result<Policy, PolicyError>,
     /// `spiffe://<domain>/`: callers from another trust domain have no role.
     domain_root: String,
     /// The root CA (DER): peer chains must reach it through CAs that sign only inside their
@@ -204,7 +205,7 @@ pub struct Authorizer {
     root: Option<Vec<u8>>,
     /// Chains already checked (a connection presents the same one on every call), with the
     /// SPIFFE ID or the refusal. Bounded: cleared when full.
-    checked: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Result<String, String>>>,
+    checked: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Result<String, ChainError>>>,
     /// Certificates of instances this node freed (shared with the runtime, which adds them).
     revoked: Arc<crate::pki::revoked::Revoked>,
 }
@@ -215,7 +216,7 @@ impl Authorizer {
     /// `policy` is the loaded policy or the reason there is none; without one every call is
     /// refused with that reason (deny by default: a node never serves without a policy).
     pub fn new(
-        policy: Result<Policy, String>,
+        policy: Result<Policy, PolicyError>,
         node_id: &str,
         root: Option<Vec<u8>>,
         revoked: Arc<crate::pki::revoked::Revoked>,
@@ -231,17 +232,17 @@ impl Authorizer {
 
     /// Whether `chain` reaches this node's root through entitled CAs and holds no revoked
     /// certificate.
-    pub fn check_chain(&self, chain: &[&[u8]]) -> Result<(), String> {
+    pub fn check_chain(&self, chain: &[&[u8]]) -> Result<(), ChainError> {
         if self.revoked.any(chain) {
-            return Err("a certificate in it was revoked".into());
+            return Err(ChainError::Revoked);
         }
         self.rooted(chain)
     }
 
     /// The subtree rule (`pki::chain`) against this node's root CA.
-    fn rooted(&self, chain: &[&[u8]]) -> Result<(), String> {
+    fn rooted(&self, chain: &[&[u8]]) -> Result<(), ChainError> {
         match &self.root {
-            None => Err("this node has no root CA to check certificates against".into()),
+            None => Err(ChainError::NoRoot),
             Some(root) => crate::pki::chain::check(chain, root),
         }
     }
@@ -267,7 +268,7 @@ impl Authorizer {
                     chain
                         .first()
                         .and_then(|leaf| crate::pki::spiffe_id_of_der(leaf))
-                        .ok_or_else(|| "no SPIFFE ID".to_owned())
+                        .ok_or(ChainError::NoLeafId)
                 });
                 if let Ok(mut m) = self.checked.lock() {
                     if m.len() >= CHECKED_CAP {
@@ -794,7 +795,11 @@ mod tests {
 
     #[test]
     fn a_node_without_a_policy_refuses_everyone_and_says_why() {
-        let a = Authorizer::new(Err("policy.toml: no such file".into()), SELF, None, Default::default());
+        let missing = PolicyError::Io {
+            path: "policy.toml".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        };
+        let a = Authorizer::new(Err(missing), SELF, None, Default::default());
         let e = a.decide("/aurae.v0.Node/Info", Some(ADMIN), None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("policy.toml: no such file"), "{}", e.message());

@@ -213,7 +213,8 @@ fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeErr
         }
         return Ok(Confinement::PRIVILEGED);
     }
-    let deny = seccomp::Calls::parse(&c.seccomp_deny).map_err(|e| invalid("confinement.seccomp_deny", e))?;
+    let deny =
+        seccomp::Calls::parse(&c.seccomp_deny).map_err(|e| invalid("confinement.seccomp_deny", e.to_string()))?;
     if level.is_none() && !deny.is_empty() {
         return Err(invalid(
             "confinement.seccomp_deny",
@@ -221,12 +222,12 @@ fn confinement(c: Option<pb::CellConfinement>) -> Result<Confinement, RuntimeErr
         ));
     }
     let caps = CapSet::adjusted(&c.cap_add, &c.cap_drop).map_err(|e| {
-        let field = if c.cap_add.iter().any(|a| e.contains(&format!("'{a}'"))) {
+        let field = if e.adding {
             "confinement.cap_add"
         } else {
             "confinement.cap_drop"
         };
-        invalid(field, e)
+        invalid(field, e.to_string())
     })?;
     Ok(Confinement {
         caps,

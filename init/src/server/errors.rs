@@ -60,6 +60,7 @@ fn image_code(e: &crate::image::ImageError) -> Code {
         E::Full { .. } => Code::ResourceExhausted,
         // The registry sent what it promised not to, or a layer breaks the rules.
         E::Mismatch { .. } | E::Refused { .. } | E::Registry(_) | E::InUse(_) => Code::FailedPrecondition,
+        E::NoStore | E::RegistriesFile { .. } => Code::FailedPrecondition,
         E::Io { source, .. } => io_code(source),
     }
 }

@@ -10,7 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 pub struct ImagesApi {
-    pub images: Result<Arc<Images>, String>,
+    pub images: crate::image::Catalog,
     /// Asked which images its cells use before a removal.
     pub rt: Arc<crate::runtime::Runtime>,
 }

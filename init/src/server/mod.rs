@@ -51,7 +51,7 @@ pub struct NodeContext {
     /// Where the node's certificates live (renewal rewrites them there).
     pub pki_dir: Option<std::path::PathBuf>,
     /// The node's images, or why there are none (the store could not be opened).
-    pub images: Result<Arc<crate::image::catalog::Images>, String>,
+    pub images: crate::image::Catalog,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -77,7 +77,7 @@ impl NodeContext {
             auth: Arc::new(auth),
             identity,
             pki_dir: None,
-            images: Err("no image store configured".into()),
+            images: Err(Arc::new(crate::image::ImageError::NoStore)),
             pid1,
             report,
             spiffe_id,

@@ -104,7 +104,7 @@ const UNDO_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
     /// Where a cell's image comes from.
-    pub images: Result<Arc<crate::image::catalog::Images>, String>,
+    pub images: crate::image::Catalog,
 }
 
 #[tonic::async_trait]

@@ -121,7 +121,7 @@ pub fn main(_args: &[String]) -> ! {
     };
     let (cfg, files) = match protocol::recv_config(&control) {
         Ok(c) => c,
-        Err(e) => fatal(Some(&mut events), &e),
+        Err(e) => fatal(Some(&mut events), &e.to_string()),
     };
     // SIGTERM is handled on a thread of its own (see below); the vCPU threads inherit the mask.
     use nix::sys::signal::Signal;

@@ -88,16 +88,13 @@ impl VmFiles {
     }
 
     /// The files in the order `into_vec` put them, as `cfg` says which are there.
-    fn from_vec(cfg: &super::VmConfig, fds: Vec<OwnedFd>) -> Result<VmFiles, String> {
+    fn from_vec(cfg: &super::VmConfig, fds: Vec<OwnedFd>) -> Result<VmFiles, ConfigError> {
         let want = 2 + usize::from(cfg.initramfs.is_some()) + cfg.disks.len() + cfg.nets.len();
         if fds.len() != want {
-            return Err(format!(
-                "{} files came with the configuration, {want} expected",
-                fds.len()
-            ));
+            return Err(ConfigError::Files { got: fds.len(), want });
         }
         let mut it = fds.into_iter();
-        let mut next = || it.next().ok_or_else(|| "a file is missing".to_owned());
+        let mut next = || it.next().ok_or(ConfigError::Missing);
         Ok(VmFiles {
             kvm: next()?,
             kernel: next()?,
@@ -130,21 +127,38 @@ pub fn send_config(sock: &UnixStream, cfg: &super::VmConfig, files: VmFiles) -> 
     Ok(())
 }
 
+/// Why the VMM has no configuration to run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{got} files came with the configuration, {want} expected")]
+    Files { got: usize, want: usize },
+    #[error("a file is missing")]
+    Missing,
+    #[error("the configuration is longer than 64 KiB")]
+    TooLong,
+    #[error("control socket: {0}")]
+    Socket(nix::errno::Errno),
+    #[error("no configuration on the control socket")]
+    Empty,
+    #[error("bad configuration: {0}")]
+    Bad(Malformed),
+}
+
 /// Receives the configuration and its files (the VMM's side).
-pub fn recv_config(sock: &UnixStream) -> Result<(super::VmConfig, VmFiles), String> {
+pub fn recv_config(sock: &UnixStream) -> Result<(super::VmConfig, VmFiles), ConfigError> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
     let mut line = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut buf = [0u8; 4096];
     while !line.contains(&b'\n') {
         if line.len() > 64 << 10 {
-            return Err("the configuration is longer than 64 KiB".into());
+            return Err(ConfigError::TooLong);
         }
         let mut space = nix::cmsg_space!([RawFd; MAX_FILES]);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|e| format!("control socket: {e}"))?;
-        for c in msg.cmsgs().map_err(|e| format!("control socket: {e}"))? {
+            .map_err(ConfigError::Socket)?;
+        for c in msg.cmsgs().map_err(ConfigError::Socket)? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel installed these descriptors in this process for us.
                 fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
@@ -152,12 +166,12 @@ pub fn recv_config(sock: &UnixStream) -> Result<(super::VmConfig, VmFiles), Stri
         }
         let n = msg.bytes;
         if n == 0 {
-            return Err("no configuration on the control socket".into());
+            return Err(ConfigError::Empty);
         }
         line.extend_from_slice(&buf[..n]);
     }
     let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
-    let cfg: super::VmConfig = decode(&line[..end]).map_err(|e| format!("bad configuration: {e}"))?;
+    let cfg: super::VmConfig = decode(&line[..end]).map_err(ConfigError::Bad)?;
     let files = VmFiles::from_vec(&cfg, fds)?;
     Ok((cfg, files))
 }
@@ -268,6 +282,6 @@ mod tests {
             taps: Vec::new(),
         };
         send_config(&a, &c, one).unwrap();
-        assert!(recv_config(&b).unwrap_err().contains("2 files came"));
+        assert!(recv_config(&b).unwrap_err().to_string().contains("2 files came"));
     }
 }

@@ -448,22 +448,25 @@ impl Calls {
 
     /// Parses call names ("mkdir", "io_uring_setup") into a set. Only calls some profile
     /// allows are known: refusing one no profile allows would change nothing.
-    pub fn parse(names: &[String]) -> Result<Calls, String> {
+    pub fn parse(names: &[String]) -> Result<Calls, UnknownCall> {
         let mut set = Calls::default();
         for given in names {
             let n = given.trim().strip_prefix("SYS_").unwrap_or(given.trim());
             match known().find(|c| name(c) == n) {
                 Some((_, nr)) => set.insert(nr),
-                None => {
-                    return Err(format!(
-                        "'{given}' is not a system call that a cell's profile allows; name x86_64 calls as in `man 2 syscalls` (e.g. mkdir, ptrace, msgget)"
-                    ))
-                }
+                None => return Err(UnknownCall(given.clone())),
             }
         }
         Ok(set)
     }
 }
+
+/// A name that is no system call a profile allows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "'{0}' is not a system call that a cell's profile allows; name x86_64 calls as in `man 2 syscalls` (e.g. mkdir, ptrace, msgget)"
+)]
+pub struct UnknownCall(pub String);
 
 /// A cell's seccomp choice: the level and its own refusals on top.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -619,7 +622,7 @@ mod tests {
         let set = Calls::parse(&["mkdir".into(), "SYS_ptrace".into(), " mount ".into()]).unwrap();
         assert_eq!(set.names(), ["mkdir", "ptrace", "mount"]);
         for bad in ["keyctl", "nosuchcall", "MKDIR", ""] {
-            let e = Calls::parse(&[bad.into()]).unwrap_err();
+            let e = Calls::parse(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains(&format!("'{bad}'")) && e.contains("man 2 syscalls"), "{e}");
         }
     }
