@@ -414,6 +414,17 @@ mod tests {
                 setup_queue(&*r.dev, 0, &q, 16);
                 w32(&*r.dev, 0x50, 0);
                 prop_assert_eq!(std::fs::metadata(r.disk.path()).unwrap().len(), 8 * 512);
+                // A chain whose writable buffer covers the queue's own rings (a guest breaking
+                // its own queue) leaves the driver's side of the queue undefined: the
+                // follow-up read below is only a fair question when it does not.
+                let ring = 0x38_0000u64..0x38_1000;
+                let wrote_over_ring = chain.iter().map(|d| virtio_queue::desc::split::Descriptor::from(*d)).any(|d| {
+                    let (start, len) = (d.addr().0, u64::from(d.len()));
+                    d.flags() & WO != 0 && start < ring.end && start.saturating_add(len) > ring.start
+                });
+                if wrote_over_ring {
+                    return Ok(());
+                }
                 header(&r.mem, T_IN, 2);
                 q.build_desc_chain(&[desc(HDR, 16, 0), desc(DATA, 512, WO), desc(STATUS, 1, WO)]).unwrap();
                 w32(&*r.dev, 0x50, 0);
