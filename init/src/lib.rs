@@ -16,6 +16,8 @@ pub mod init;
 pub(crate) mod logging;
 pub(crate) mod net;
 pub(crate) mod node;
+/// The few single system calls with no safe wrapper elsewhere (see its doc).
+pub(crate) mod os;
 pub mod pki;
 /// Pods: what one is (spec, sizing, restart rules) and the calls to its instance.
 pub(crate) mod pod;

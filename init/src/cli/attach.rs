@@ -58,17 +58,11 @@ impl Drop for Raw {
 
 /// This terminal's size (rows, columns), if stdout is one.
 fn size() -> Option<pb::TerminalSize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one winsize to a valid pointer.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_row > 0).then_some(pb::TerminalSize {
-        rows: u32::from(ws.ws_row),
-        columns: u32::from(ws.ws_col),
+    use std::os::fd::AsFd;
+    let (rows, columns) = crate::os::tty::window_size(std::io::stdout().as_fd())?;
+    (rows > 0).then_some(pb::TerminalSize {
+        rows: u32::from(rows),
+        columns: u32::from(columns),
     })
 }
 

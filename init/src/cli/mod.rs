@@ -314,8 +314,7 @@ where
 {
     // `aer ps | head` should end quietly when head does, like any other CLI (Rust ignores
     // SIGPIPE by default, and printing then panics).
-    // SAFETY: restoring a default signal disposition has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    crate::os::default_sigpipe();
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     let a = match Aer::try_parse_from(&args) {
         Ok(a) => a,

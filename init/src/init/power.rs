@@ -179,12 +179,7 @@ fn tell_aurae_vmm(action: PowerAction) {
         PowerAction::Reboot => crate::vmm::devices::REBOOT,
         PowerAction::PowerOff | PowerAction::Exit => crate::vmm::devices::POWER_OFF,
     };
-    // SAFETY: ioperm only changes this process's I/O permission bitmap.
-    if unsafe { libc::ioperm(u64::from(port), 1, 1) } != 0 {
-        tracing::warn!("ioperm({port:#x}): {}", std::io::Error::last_os_error());
-        return;
+    if let Err(e) = crate::os::port_write(port, value) {
+        tracing::warn!("ioperm({port:#x}): {e}");
     }
-    // SAFETY: the port belongs to auraed's VMM (see vmm::devices); the write has no effect
-    // on this guest's memory.
-    unsafe { std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack)) };
 }

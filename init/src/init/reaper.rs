@@ -91,7 +91,5 @@ pub fn spawn_reaper_task() -> std::io::Result<()> {
 
 /// Makes auraed the reaper of its descendants' orphans when it is not PID 1.
 pub fn become_subreaper() -> nix::Result<()> {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers and only sets a flag.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    nix::errno::Errno::result(r).map(drop)
+    nix::sys::prctl::set_child_subreaper(true)
 }

@@ -12,7 +12,7 @@
 //! connections per published port are open at once; more wait in the listen queue.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -53,13 +53,10 @@ impl Dialer {
         let (tx, rx) = std::sync::mpsc::channel::<Dial>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("aurae-dialer".into()).spawn(move || {
-            // SAFETY: setns with a live pidfd; changes this thread's network namespace only.
-            let joined = unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
-            let _ = ready_tx.send(if joined {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            });
+            // Changes this thread's network namespace only.
+            let joined = nix::sched::setns(&*pidfd, nix::sched::CloneFlags::CLONE_NEWNET);
+            let _ = ready_tx.send(joined.map_err(std::io::Error::from));
+            let joined = joined.is_ok();
             drop(pidfd);
             if !joined {
                 return;

@@ -10,7 +10,7 @@ use super::process::{Attach, Launch, Process};
 use super::spec::ExecutableSpec;
 use super::{Phase, Runtime};
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,21 +44,6 @@ pub enum AttachedIo {
 pub struct Attached {
     pub process: Arc<Process>,
     pub io: AttachedIo,
-}
-
-/// Sets a terminal's window size (rows, columns).
-pub fn resize(master: &OwnedFd, rows: u16, columns: u16) -> Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: columns,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(RuntimeError::sys("set the terminal's size", nix::errno::Errno::last()));
-    }
-    Ok(())
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -98,7 +83,8 @@ impl Runtime {
                 None => cell.root()?.pty()?,
             };
             if let Some((rows, columns)) = spec.size {
-                resize(&master, rows, columns)?;
+                crate::os::tty::set_window_size(master.as_fd(), rows, columns)
+                    .map_err(|errno| RuntimeError::sys("set the terminal's size", errno))?;
             }
             let dup = |fd: &OwnedFd| {
                 fd.try_clone().map_err(|e| RuntimeError::Io {

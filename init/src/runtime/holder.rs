@@ -183,8 +183,7 @@ pub fn main(args: &[String]) -> ! {
 fn drop_privileges() {
     super::sys::child::bound_caps(caps::CapSet::NONE);
     super::sys::child::set_caps(caps::CapSet::NONE);
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_no_new_privs();
 }
 
 #[cfg(test)]

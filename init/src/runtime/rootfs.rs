@@ -114,28 +114,9 @@ impl CellRoot {
 
 /// The peer (terminal end) of pseudo-terminal master `master`, unlocked.
 pub fn pty_peer(master: OwnedFd) -> Result<(OwnedFd, OwnedFd)> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads one int from a valid pointer.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
-        return Err(RuntimeError::sys("unlock a pseudo-terminal", nix::errno::Errno::last()));
-    }
-    // SAFETY: TIOCGPTPEER returns a new fd for the peer, opened with these flags.
-    let peer = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if peer < 0 {
-        return Err(RuntimeError::sys(
-            "open a pseudo-terminal's peer",
-            nix::errno::Errno::last(),
-        ));
-    }
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok((master, unsafe { OwnedFd::from_raw_fd(peer) }))
+    use std::os::fd::AsFd;
+    let peer = crate::os::tty::peer(master.as_fd()).map_err(|(what, errno)| RuntimeError::sys(what, errno))?;
+    Ok((master, peer))
 }
 
 /// PATH lookup with `usable` deciding what is a program.

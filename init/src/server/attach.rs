@@ -5,13 +5,12 @@
 //! goes last) or when the caller goes away (the process and all it started are killed).
 
 use super::convert;
+use crate::os::tty::AsyncTty;
 use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
-use crate::runtime::attach::{resize, Attached, AttachedIo};
+use crate::runtime::attach::{Attached, AttachedIo};
 use crate::runtime::{Process, Runtime};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -49,7 +48,7 @@ pub async fn exec(rt: Arc<Runtime>, mut input: Streaming<pb::ExecRequest>) -> Re
 }
 
 /// A terminal's master, read by the output pump and written by the feeder.
-type Master = Arc<AsyncFd<OwnedFd>>;
+type Master = Arc<AsyncTty>;
 
 enum Writer {
     Tty(Master),
@@ -115,17 +114,6 @@ async fn session(
     rt.detach(&p).await;
 }
 
-fn nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
-    fcntl(
-        fd,
-        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-    )
-    .map_err(std::io::Error::from)?;
-    Ok(())
-}
-
 /// The writer of the process's input and the task pumping its output to `tx`.
 fn wire(
     io: AttachedIo,
@@ -133,10 +121,7 @@ fn wire(
 ) -> std::io::Result<(Writer, tokio::task::JoinHandle<()>)> {
     match io {
         AttachedIo::Tty(master) => {
-            nonblocking(&master)?;
-            // SAFETY: the AsyncFd owns the OwnedFd, which stays open (the same file
-            // description) until the AsyncFd drops it.
-            let m: Master = Arc::new(unsafe { AsyncFd::register(master) }?);
+            let m: Master = Arc::new(AsyncTty::new(master)?);
             let pump = tokio::spawn(pump_tty(m.clone(), tx));
             Ok((Writer::Tty(m), pump))
         }
@@ -175,46 +160,16 @@ async fn pump_pipe(
 async fn pump_tty(m: Master, tx: mpsc::Sender<Result<pb::ExecResponse, Status>>) {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let Ok(mut guard) = m.readable().await else { return };
-        let r = guard.try_io(|fd| {
-            // SAFETY: reads into a buffer of the length given.
-            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match r {
-            Err(_would_block) => continue,
+        match m.read(&mut buf).await {
             // EIO: every holder of the terminal's other end has gone.
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
                 if tx.send(out(Out::Stdout(buf[..n].to_vec()))).await.is_err() {
                     return;
                 }
             }
         }
     }
-}
-
-async fn write_tty(m: &Master, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        let mut guard = m.writable().await?;
-        match guard.try_io(|fd| {
-            // SAFETY: writes from a buffer of the length given.
-            let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }) {
-            Err(_would_block) => continue,
-            Ok(r) => bytes = &bytes[r?..],
-        }
-    }
-    Ok(())
 }
 
 /// Feeds the caller's messages to the process until the caller half-closes (Done) or is
@@ -232,7 +187,7 @@ async fn feed(mut input: Streaming<pb::ExecRequest>, mut w: Writer, p: Arc<Proce
         match msg.request {
             Some(In::Stdin(bytes)) if bytes.len() <= MAX_STDIN => {
                 let r = match &mut w {
-                    Writer::Tty(m) => write_tty(m, &bytes).await,
+                    Writer::Tty(m) => m.write_all(&bytes).await,
                     Writer::Pipe(Some(pipe)) => pipe.write_all(&bytes).await,
                     // Closed already: later stdin has nowhere to go.
                     Writer::Pipe(None) => Ok(()),
@@ -248,7 +203,7 @@ async fn feed(mut input: Streaming<pb::ExecRequest>, mut w: Writer, p: Arc<Proce
             Some(In::Resize(s)) => {
                 if let Writer::Tty(m) = &w {
                     let clamp = |v: u32| v.min(u32::from(u16::MAX)) as u16;
-                    let _ = resize(m.get_ref(), clamp(s.rows), clamp(s.columns));
+                    let _ = crate::os::tty::set_window_size(m.fd(), clamp(s.rows), clamp(s.columns));
                 }
             }
             Some(In::Signal(sig)) => {
@@ -265,7 +220,7 @@ async fn close(w: &mut Writer) {
     match w {
         // The terminal's end-of-file character (^D), as a person would type it.
         Writer::Tty(m) => {
-            let _ = write_tty(m, b"\x04").await;
+            let _ = m.write_all(b"\x04").await;
         }
         Writer::Pipe(pipe) => {
             pipe.take();

@@ -111,10 +111,7 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 /// Entry point (argv[0] == ARGV0). Never returns.
 pub fn main(_args: &[String]) -> ! {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // SAFETY: fd 3 is the control socket the runtime set up for this process before execve;
-    // nothing else in this process owns it.
-    let control = unsafe { std::os::unix::net::UnixStream::from_raw_fd(protocol::CONTROL_FD) };
+    let control = protocol::control_socket();
     let mut events = match control.try_clone() {
         Ok(w) => w,
         Err(e) => fatal(None, &format!("control socket: {e} (aurae-vmm is started by auraed)")),

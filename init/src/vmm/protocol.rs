@@ -127,6 +127,14 @@ pub fn send_config(sock: &UnixStream, cfg: &super::VmConfig, files: VmFiles) -> 
     Ok(())
 }
 
+/// The control socket (fd `CONTROL_FD`), taken once by the VMM's `main`.
+pub fn control_socket() -> UnixStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 3 is the control socket the runtime set up for this process before execve;
+    // nothing else in this process owns it, and main takes it once.
+    unsafe { UnixStream::from_raw_fd(CONTROL_FD) }
+}
+
 /// Why the VMM has no configuration to run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
