@@ -52,7 +52,6 @@ PENDING = {
         "image/unpack.rs",
         "runtime/cell.rs",
         "runtime/instance.rs",
-        "server/convert.rs",
     },
     "cycles": set(),
 }

@@ -4,10 +4,9 @@
 //! then killed so every fd of its terminal or pipes closes, the output drains, and `exit`
 //! goes last) or when the caller goes away (the process and all it started are killed).
 
-use super::convert;
 use crate::os::tty::AsyncTty;
 use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
-use crate::runtime::attach::{Attached, AttachedIo};
+use crate::runtime::attach::{AttachSpec, Attached, AttachedIo};
 use crate::runtime::{Process, Runtime};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,7 +39,7 @@ pub async fn exec(rt: Arc<Runtime>, mut input: Streaming<pb::ExecRequest>) -> Re
             "start: the first message must be `start` (the cell, argv, tty); stdin, resize and signal come after it",
         ));
     };
-    let spec = convert::attach(start)?;
+    let spec = AttachSpec::try_from(start)?;
     let attached = rt.attach(spec).await?;
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(session(rt, attached, input, tx));

@@ -10,7 +10,6 @@ pub mod forward;
 pub mod images_api;
 pub mod listen;
 pub mod node_api;
-pub mod pod_convert;
 pub mod runtime_api;
 pub mod workloads_api;
 

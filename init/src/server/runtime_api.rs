@@ -2,9 +2,12 @@
 //! instances and pods.
 
 use super::authz::Caller;
-use super::convert;
+use super::convert::{self, Timed};
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
+use crate::pod::PodSpec;
 use crate::runtime::pod::PodImage;
+use crate::runtime::spec::{CellSpec, ExecutableSpec, VmSpec};
+use crate::runtime::InstanceSpec;
 use crate::runtime::{Kind, Runtime};
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,7 +123,7 @@ impl RuntimeRpc for RuntimeApi {
     async fn run_executable(&self, r: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
         let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
-        let spec = convert::executable(r.into_inner())?;
+        let spec = ExecutableSpec::try_from(r.into_inner())?;
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
         let work = async move { rt.run_executable(spec).await };
         let view = detached(self.rt.clone(), work, Kind::Executable, name, (since, caller)).await?;
@@ -133,8 +136,8 @@ impl RuntimeRpc for RuntimeApi {
         let owner = Caller::of(&r).map(|c| c.id.clone()).unwrap_or_default();
         let caller = super::deadline::caller_timeout(r.metadata());
         let mut c = r.into_inner();
-        let image = c.image.take().map(convert::oci_image).transpose()?;
-        let mut spec = convert::cell(c)?;
+        let image = c.image.take().map(convert::ImageRequest::try_from).transpose()?;
+        let mut spec = CellSpec::try_from(c)?;
         spec.ready_within = super::deadline::wait_budget(None, caller, crate::runtime::spec::READY_MAX);
         // Pulled (as its policy says) once the rest of the request is known to be good;
         // its layers are held until the cell exists.
@@ -172,7 +175,7 @@ impl RuntimeRpc for RuntimeApi {
         let since = Instant::now();
         Caller::authorize(&r)?;
         let caller = super::deadline::caller_timeout(r.metadata());
-        let spec = convert::virtual_machine(r.into_inner(), caller)?;
+        let spec = VmSpec::try_from(Timed(r.into_inner(), caller))?;
         let rt = self.rt.clone();
         let name = spec.name.to_string();
         let work = async move { rt.run_vm(spec).await };
@@ -183,7 +186,7 @@ impl RuntimeRpc for RuntimeApi {
     async fn spawn(&self, r: Request<pb::Instance>) -> Result<Response<pb::InstanceStatus>, Status> {
         let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
-        let spec = convert::instance(r.into_inner(), caller)?;
+        let spec = InstanceSpec::try_from(Timed(r.into_inner(), caller))?;
         let rt = self.rt.clone();
         let name = spec.name.to_string();
         let work = async move { rt.spawn(spec).await };
@@ -194,7 +197,7 @@ impl RuntimeRpc for RuntimeApi {
     async fn run_pod(&self, r: Request<pb::Pod>) -> Result<Response<pb::PodStatus>, Status> {
         let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
-        let spec = super::pod_convert::pod(r.into_inner(), caller)?;
+        let spec = PodSpec::try_from(Timed(r.into_inner(), caller))?;
         let images = self.images.as_ref().map_err(|why| {
             Status::failed_precondition(format!(
                 "containers: this node has no image store for their images: {why}"
@@ -232,7 +235,7 @@ impl RuntimeRpc for RuntimeApi {
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
         let work = async move { rt.run_pod(spec, per_container).await };
         let view = detached(self.rt.clone(), work, Kind::Pod, name, (since, caller)).await?;
-        Ok(Response::new(super::pod_convert::pod_status(view)))
+        Ok(Response::new(convert::pod_status(view)))
     }
 }
 

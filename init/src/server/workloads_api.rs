@@ -53,7 +53,7 @@ fn entries(batch: Batch) -> impl Iterator<Item = pb::LogEntry> {
     })
 }
 
-/// Any workload's status, by its kind (pods from `pod_convert`, the rest from `convert`).
+/// Any workload's status, by its kind (`convert::*_status`).
 pub fn workload_status(v: View) -> pb::WorkloadStatus {
     use pb::workload_status::Status;
     pb::WorkloadStatus {
@@ -62,7 +62,7 @@ pub fn workload_status(v: View) -> pb::WorkloadStatus {
             View::Cell(c) => Status::Cell(convert::cell_status(*c)),
             View::VirtualMachine(v) => Status::VirtualMachine(convert::vm_status(v)),
             View::Instance(i) => Status::Instance(convert::instance_status(*i)),
-            View::Pod(p) => Status::Pod(super::pod_convert::pod_status(*p)),
+            View::Pod(p) => Status::Pod(convert::pod_status(*p)),
         }),
     }
 }

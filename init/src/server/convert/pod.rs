@@ -1,7 +1,8 @@
 //! Pods between protobuf and the domain: `Pod` checked into a `pod::PodSpec` (every field
 //! named as the request names it), and a `PodView` back into `PodStatus`.
 
-use super::convert::{self, instance_status};
+use super::{self as convert, instance_status};
+use super::{invalid, Timed};
 use crate::pb;
 use crate::pod::{self, ContainerSpec, ContainerState, PodPhase, PodSpec, ResourceList, RestartPolicy};
 use crate::runtime::error::RuntimeError;
@@ -13,11 +14,7 @@ use std::time::Duration;
 /// The longest RunPod waits without a deadline of the caller's or the request's.
 const READY_DEFAULT: Duration = Duration::from_secs(300);
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::invalid(field, reason)
-}
-
-/// A container's field as `convert::oci_image` names it ("image.args"), as the pod names
+/// A container's field as the image request names it ("image.args"), as the pod names
 /// it ("containers[1].args").
 fn container_field(n: usize, image_field: &str) -> String {
     let rest = image_field.strip_prefix("image.").unwrap_or(image_field);
@@ -89,7 +86,7 @@ fn container(n: usize, c: pb::Container, volumes: &[pb::Volume]) -> Result<Conta
             ));
         }
     }
-    let image = convert::oci_image(pb::OciImage {
+    let image = convert::ImageRequest::try_from(pb::OciImage {
         reference: c.image,
         args: c.args,
         command: c.command,
@@ -130,84 +127,88 @@ fn container(n: usize, c: pb::Container, volumes: &[pb::Volume]) -> Result<Conta
 }
 
 /// A RunPod request, checked before anything is pulled or made.
-pub fn pod(p: pb::Pod, caller: Option<Duration>) -> Result<PodSpec, RuntimeError> {
-    let name = ExecName::parse_instance(&p.name).map_err(|n| invalid("name", n.to_string()))?;
-    if p.containers.is_empty() {
-        return Err(invalid("containers", "is empty; a pod runs at least one container"));
-    }
-    if p.containers.len() > pod::MAX_CONTAINERS {
-        return Err(invalid(
-            "containers",
-            format!("has {}; a pod has at most {}", p.containers.len(), pod::MAX_CONTAINERS),
-        ));
-    }
-    let (volumes, _) = convert::volumes("volumes", &p.volumes, "volume_mounts", &[])?;
-    let mut containers: Vec<ContainerSpec> = Vec::with_capacity(p.containers.len());
-    for (n, c) in p.containers.into_iter().enumerate() {
-        let c = container(n, c, &p.volumes)?;
-        if let Some(m) = containers.iter().position(|o| o.name == c.name) {
+impl TryFrom<Timed<pb::Pod>> for PodSpec {
+    type Error = RuntimeError;
+
+    fn try_from(Timed(p, caller): Timed<pb::Pod>) -> Result<PodSpec, RuntimeError> {
+        let name = ExecName::parse_instance(&p.name).map_err(|n| invalid("name", n.to_string()))?;
+        if p.containers.is_empty() {
+            return Err(invalid("containers", "is empty; a pod runs at least one container"));
+        }
+        if p.containers.len() > pod::MAX_CONTAINERS {
             return Err(invalid(
-                format!("containers[{n}].name"),
-                format!(
-                    "'{}' is the name of containers[{m}] too; names are unique in a pod",
-                    c.name
-                ),
+                "containers",
+                format!("has {}; a pod has at most {}", p.containers.len(), pod::MAX_CONTAINERS),
             ));
         }
-        for (j, (host, _)) in c.ports.iter().enumerate() {
-            let before = containers.iter().flat_map(|o| o.ports.iter()).any(|(h, _)| h == host);
-            if before {
+        let (volumes, _) = convert::volumes("volumes", &p.volumes, "volume_mounts", &[])?;
+        let mut containers: Vec<ContainerSpec> = Vec::with_capacity(p.containers.len());
+        for (n, c) in p.containers.into_iter().enumerate() {
+            let c = container(n, c, &p.volumes)?;
+            if let Some(m) = containers.iter().position(|o| o.name == c.name) {
                 return Err(invalid(
-                    format!("containers[{n}].ports[{j}].host_port"),
-                    format!("node port {host} is published twice in this pod"),
+                    format!("containers[{n}].name"),
+                    format!(
+                        "'{}' is the name of containers[{m}] too; names are unique in a pod",
+                        c.name
+                    ),
                 ));
             }
+            for (j, (host, _)) in c.ports.iter().enumerate() {
+                let before = containers.iter().flat_map(|o| o.ports.iter()).any(|(h, _)| h == host);
+                if before {
+                    return Err(invalid(
+                        format!("containers[{n}].ports[{j}].host_port"),
+                        format!("node port {host} is published twice in this pod"),
+                    ));
+                }
+            }
+            containers.push(c);
         }
-        containers.push(c);
+        let restart = match pb::RestartPolicy::try_from(p.restart_policy) {
+            Ok(pb::RestartPolicy::Unspecified | pb::RestartPolicy::Always) => RestartPolicy::Always,
+            Ok(pb::RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
+            Ok(pb::RestartPolicy::Never) => RestartPolicy::Never,
+            Err(_) => {
+                return Err(invalid(
+                    "restart_policy",
+                    format!(
+                        "{} is not a RestartPolicy (ALWAYS, ON_FAILURE or NEVER)",
+                        p.restart_policy
+                    ),
+                ))
+            }
+        };
+        let isolation = convert::isolation_kind(p.isolation)?;
+        let r = p.resources.unwrap_or_default();
+        let vcpus = match r.vcpus {
+            0 => None,
+            v @ 1..=32 => Some(v as u8),
+            v => return Err(invalid("resources.vcpus", format!("{v} is out of range (1..=32)"))),
+        };
+        let memory = match r.memory_bytes {
+            0 => None,
+            m if m % pod::MIB != 0 || !(pod::MEMORY_MIN..=pod::MEMORY_MAX).contains(&m) => {
+                return Err(invalid(
+                    "resources.memory_bytes",
+                    format!("{m} must be whole MiB in 64 MiB..=3 GiB"),
+                ))
+            }
+            m => Some(m),
+        };
+        let stated = (p.ready_timeout_millis > 0).then(|| Duration::from_millis(u64::from(p.ready_timeout_millis)));
+        Ok(PodSpec {
+            name,
+            containers,
+            volumes,
+            restart,
+            vcpus,
+            memory_bytes: memory,
+            isolation,
+            ready_within: crate::server::deadline::wait_budget(stated, caller, READY_DEFAULT),
+            networks: super::attachments(&p.networks)?,
+        })
     }
-    let restart = match pb::RestartPolicy::try_from(p.restart_policy) {
-        Ok(pb::RestartPolicy::Unspecified | pb::RestartPolicy::Always) => RestartPolicy::Always,
-        Ok(pb::RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
-        Ok(pb::RestartPolicy::Never) => RestartPolicy::Never,
-        Err(_) => {
-            return Err(invalid(
-                "restart_policy",
-                format!(
-                    "{} is not a RestartPolicy (ALWAYS, ON_FAILURE or NEVER)",
-                    p.restart_policy
-                ),
-            ))
-        }
-    };
-    let isolation = convert::isolation_kind(p.isolation)?;
-    let r = p.resources.unwrap_or_default();
-    let vcpus = match r.vcpus {
-        0 => None,
-        v @ 1..=32 => Some(v as u8),
-        v => return Err(invalid("resources.vcpus", format!("{v} is out of range (1..=32)"))),
-    };
-    let memory = match r.memory_bytes {
-        0 => None,
-        m if m % pod::MIB != 0 || !(pod::MEMORY_MIN..=pod::MEMORY_MAX).contains(&m) => {
-            return Err(invalid(
-                "resources.memory_bytes",
-                format!("{m} must be whole MiB in 64 MiB..=3 GiB"),
-            ))
-        }
-        m => Some(m),
-    };
-    let stated = (p.ready_timeout_millis > 0).then(|| Duration::from_millis(u64::from(p.ready_timeout_millis)));
-    Ok(PodSpec {
-        name,
-        containers,
-        volumes,
-        restart,
-        vcpus,
-        memory_bytes: memory,
-        isolation,
-        ready_within: super::deadline::wait_budget(stated, caller, READY_DEFAULT),
-        networks: super::convert::attachments(&p.networks)?,
-    })
 }
 
 pub fn pod_status(v: PodView) -> pb::PodStatus {
@@ -277,7 +278,7 @@ pub fn pod_status(v: PodView) -> pb::PodStatus {
             RestartPolicy::Never => pb::RestartPolicy::Never,
         } as i32,
         created_at_unix_nanos: v.created_unix_nanos,
-        networks: super::convert::network_status(&v.networks),
+        networks: super::network_status(&v.networks),
     }
 }
 
@@ -321,12 +322,12 @@ mod tests {
     fn refused(f: impl FnOnce(&mut pb::Pod)) -> String {
         let mut p = two();
         f(&mut p);
-        pod(p, None).unwrap_err().to_string()
+        PodSpec::try_from(Timed(p, None)).unwrap_err().to_string()
     }
 
     #[test]
     fn a_pod_is_checked_with_fields_named_as_the_request_names_them() {
-        let ok = pod(two(), None).unwrap();
+        let ok = PodSpec::try_from(Timed(two(), None)).unwrap();
         assert_eq!(ok.containers[0].ports, vec![(8080, 80)]);
         assert_eq!(ok.containers[1].mounts[0].path, "/www");
         assert_eq!(ok.restart, RestartPolicy::Always);
