@@ -3,7 +3,8 @@
 
 1. No `Result<_, String>` in non-test code: errors are typed by cause.
 2. `unsafe` only in the wrapper modules named in UNSAFE_HOMES, each with its reason.
-3. No `impl Runtime` outside runtime/mod.rs: kinds own their lifecycles.
+3. No `impl Runtime` outside runtime/mod.rs (the façade, one method per rpc) and no
+   `impl Host` outside runtime/host.rs: kinds own their lifecycles and borrow the Host.
 4. No file over MAX_LINES non-test lines.
 5. No module imports a module that imports it back (top-level modules of the crate).
 
@@ -38,7 +39,7 @@ UNSAFE_HOMES = {
 PENDING = {
     "string-errors": set(),
     "unsafe": set(),
-    "impl-runtime": {
+    "impl-host": {
         "runtime/attach.rs",
         "runtime/cell.rs",
         "runtime/executable.rs",
@@ -46,8 +47,8 @@ PENDING = {
         "runtime/pod.rs",
         "runtime/process.rs",
         "runtime/vm.rs",
-        "runtime/volume.rs",
     },
+    "impl-runtime": set(),
     "long-files": {
         "image/unpack.rs",
         "runtime/cell.rs",
@@ -146,6 +147,8 @@ def main():
             found["unsafe"].add(rel)
         if re.search(r"^\s*impl\s+Runtime\s*\{", code, re.M) and rel != "runtime/mod.rs":
             found["impl-runtime"].add(rel)
+        if re.search(r"^\s*impl\s+Host\s*\{", code, re.M) and rel != "runtime/host.rs":
+            found["impl-host"].add(rel)
         me = top_module(rel)
         for m in re.finditer(r"\bcrate::(\w+)", code):
             if m.group(1) != me:

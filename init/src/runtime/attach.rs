@@ -5,10 +5,11 @@
 
 use super::cell::Cell;
 use super::error::{Result, RuntimeError};
+use super::host::Host;
 use super::names::{CellName, ExecName};
 use super::process::{Attach, Launch, Process};
 use super::spec::ExecutableSpec;
-use super::{Phase, Runtime};
+use super::Phase;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -50,7 +51,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno))
 }
 
-impl Runtime {
+impl Host {
     /// Starts `spec` in its (running) cell, attached; returns once it runs.
     pub async fn attach(&self, spec: AttachSpec) -> Result<Attached> {
         self.usable()?;

@@ -6,11 +6,12 @@ use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
 use super::confine::{root, ExecLimits};
 use super::error::{Result, RuntimeError};
 use super::holder::Setup;
+use super::host::Host;
 use super::launcher::{ExecStarter, Launcher};
 use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, Confinement, ExecutableSpec, ImageRoot, Isolation, Resources};
 use super::sys::start::StartError;
-use super::{poll_until, terminate, Kind, Phase, Runtime, KILL_WAIT};
+use super::{poll_until, terminate, Kind, Phase, KILL_WAIT};
 use crate::init::reaper::Exit;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
@@ -267,7 +268,7 @@ fn check_cpuset(requested: &str, effective: Option<String>, field: &str) -> Resu
     Ok(())
 }
 
-impl Runtime {
+impl Host {
     pub(super) fn cell(&self, name: &str) -> Result<Arc<Cell>> {
         self.table().get::<Cell>(name)
     }
@@ -420,7 +421,7 @@ impl Runtime {
         }
         let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
         self.table().insert(cell.clone())?;
-        if let Err(e) = self.take_volumes(cell.volumes()) {
+        if let Err(e) = self.alloc.volumes().take(cell.volumes()) {
             self.table().remove::<Cell>(cell.name.as_str());
             return Err(e);
         }
@@ -479,7 +480,7 @@ impl Runtime {
             own_root: i.mount && (!spec.confinement.privileged || spec.image.is_some()),
             userns: spec.confinement.userns,
         };
-        let userns_base = spec.confinement.userns.then(|| self.next_userns_base());
+        let userns_base = spec.confinement.userns.then(|| self.alloc.next_userns_base());
         let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
         if setup.own_root {
             match &spec.image {
@@ -551,7 +552,7 @@ impl Runtime {
             return;
         }
         self.table().remove::<Cell>(cell.name.as_str());
-        self.release_volumes(cell.volumes());
+        self.alloc.volumes().release(cell.volumes());
     }
 
     /// Every image a workload uses: (who, "cell 'web'" or "pod 'p'", the image's
@@ -679,7 +680,7 @@ impl Runtime {
         }
         drop(t);
         for c in &cells {
-            self.release_volumes(c.volumes());
+            self.alloc.volumes().release(c.volumes());
         }
         tracing::info!("cell {name} freed with {} executable(s)", execs.len());
         Ok(())

@@ -2,16 +2,16 @@
 //! RunExecutable, in a cell it names or in a private cell of their own.
 
 use super::error::Result;
+use super::host::Host;
 use super::names::{CellName, ExecName};
 use super::process::{ExecView, Launch};
 use super::spec::ExecutableSpec;
-use super::Runtime;
 use std::sync::Arc;
 
 /// An executable is a listed process.
 pub type Executable = super::process::Process;
 
-impl Runtime {
+impl Host {
     /// Starts an executable; returns once it runs (execve succeeded) or with why not.
     /// On failure nothing is left behind: no table entry, cgroup or private cell.
     pub async fn run_executable(&self, spec: ExecutableSpec) -> Result<ExecView> {

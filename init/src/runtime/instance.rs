@@ -7,12 +7,13 @@
 //! gives up.
 
 use super::error::{Result, RuntimeError};
+use super::host::Host;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::process::Process;
 use super::spec::{Confinement, Isolation, NetAttachment, Resources, VmSpec, MAX_ATTACHMENTS};
 use super::vm::{VirtualMachine, VmView};
-use super::{Phase, Runtime};
+use super::Phase;
 pub use crate::spawn::identity::SpawnIdentity;
 use crate::spawn::{addressing, child, SpawnError};
 use std::net::SocketAddr;
@@ -263,7 +264,7 @@ fn pre(msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Precondition(msg.into())
 }
 
-impl Runtime {
+impl Host {
     /// The channel to a running child, for forwarding.
     /// The channel to a running child, and a future that completes (with how it ended) when
     /// the child ends: a call in flight to a child that dies would otherwise wait for its

@@ -19,6 +19,7 @@ pub(crate) mod confine;
 pub(crate) mod error;
 pub(crate) mod executable;
 pub mod holder;
+pub(crate) mod host;
 pub(crate) mod instance;
 pub(crate) mod launcher;
 pub(crate) mod logs;
@@ -33,13 +34,14 @@ pub(crate) mod vm;
 pub(crate) mod volume;
 
 use cgroup::CgroupDir;
-use error::{Result, RuntimeError};
+use error::Result;
+use host::{Allocations, Host};
 use launcher::{Launcher, SysLauncher};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use table::{Table, Workload};
+use table::Table;
 
 pub use cell::{Cell, CellView};
 pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
@@ -84,34 +86,6 @@ pub enum View {
     Pod(Box<pod::PodView>),
 }
 
-pub struct Runtime {
-    root: CgroupDir,
-    /// Why workloads cannot run on this node, when they cannot.
-    unusable: Option<String>,
-    /// auraed's own executable, re-executed as each cell's holder.
-    exe: Option<Arc<OwnedFd>>,
-    table: Mutex<Table>,
-    /// Starts and kills processes: the system calls, or a fake in tests.
-    sys: Arc<dyn Launcher>,
-    /// The bridge for VM TAPs and its subnet, when the node has one.
-    bridge: Option<(String, crate::net::Ipv4Cidr)>,
-    /// The named bridges (`aurae.bridges=`) instances' extra interfaces attach to.
-    named_bridges: Vec<crate::net::NamedBridge>,
-    /// TAP/MAC numbers handed out so far.
-    taps: std::sync::atomic::AtomicU32,
-    /// VMM uids handed out so far (see `vm::VMM_UID_BASE`).
-    vmm_uids: std::sync::atomic::AtomicU32,
-    /// User namespace id ranges handed out so far (see `next_userns_base`).
-    userns_ranges: std::sync::atomic::AtomicU32,
-    spawn_identity: Option<SpawnIdentity>,
-    /// Directories of the node no confined cell sees (its keys, VM files).
-    hidden: Vec<PathBuf>,
-    /// Scratch volumes cells share, with how many cells list each.
-    volumes: Mutex<volume::Volumes>,
-    /// What every workload's log draws on: the node-wide ceiling on logs.
-    logs: Arc<logs::LogPool>,
-}
-
 /// Polling interval for cgroup state changes (populated, frozen): starts short, because a
 /// killed cgroup usually empties within a millisecond, and backs off to `POLL_MAX`.
 const POLL_MIN: Duration = Duration::from_micros(500);
@@ -126,6 +100,12 @@ fn is_cgroup2(path: &std::path::Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
+}
+
+/// The runtime as the server sees it: one method per rpc, each handing the node's `Host` to
+/// the kind that does the work.
+pub struct Runtime {
+    host: Host,
 }
 
 impl Runtime {
@@ -145,7 +125,7 @@ impl Runtime {
         if let Some(why) = &unusable {
             tracing::warn!("workloads cannot run on this node: {why}");
         }
-        Runtime {
+        let host = Host {
             root: CgroupDir::new(root),
             unusable,
             exe: exe.ok(),
@@ -153,135 +133,164 @@ impl Runtime {
             sys: Arc::new(SysLauncher),
             bridge: None,
             named_bridges: Vec::new(),
-            taps: std::sync::atomic::AtomicU32::new(0),
-            vmm_uids: std::sync::atomic::AtomicU32::new(0),
-            userns_ranges: std::sync::atomic::AtomicU32::new(0),
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
-            volumes: Mutex::new(volume::Volumes::default()),
+            alloc: Allocations::default(),
             // RAM unknown (0): budgeted as 1 GiB.
             logs: logs::LogPool::new(logs::node_budget(match crate::node::mem_total_bytes() {
                 0 => 1 << 30,
                 m => m,
             })),
-        }
+        };
+        Runtime { host }
     }
 
     /// The node-wide log ceiling and what all logs hold now (bytes).
     pub fn log_usage(&self) -> (usize, usize) {
-        self.logs.usage()
+        self.host.logs.usage()
     }
 
     /// A runtime on a fixture directory whose processes `sys` fakes (tests only).
     #[cfg(test)]
     pub(crate) fn with_launcher(root: PathBuf, sys: Arc<dyn Launcher>) -> Runtime {
         let mut rt = Runtime::new(root, None);
-        rt.unusable = None;
-        rt.sys = sys;
+        rt.host.unusable = None;
+        rt.host.sys = sys;
         rt
     }
 
     pub fn set_spawn_identity(&mut self, id: SpawnIdentity) {
-        self.spawn_identity = Some(id);
-    }
-
-    /// The node uid that root in the next cell with a user namespace maps to: 65536 ids
-    /// each, from 1000000 on, a range of its own per cell (so cells cannot signal, trace or
-    /// share files with one another's root), reused after 1000 cells.
-    fn next_userns_base(&self) -> u32 {
-        let n = self.userns_ranges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
-        1_000_000 + n * 65_536
+        self.host.spawn_identity = Some(id);
     }
 
     /// At most `max` workloads at once (see `table::Table::insert`).
     pub fn set_max_workloads(&mut self, max: usize) {
-        self.table().max = max;
+        self.host.table().max = max;
     }
 
     /// Adds the node's PKI directory (wherever it is) to what confined cells never see.
     pub fn hide_from_cells(&mut self, pki_dir: &std::path::Path) {
-        self.hidden = confine::hidden_paths(pki_dir);
+        self.host.hidden = confine::hidden_paths(pki_dir);
     }
 
     pub fn set_bridge(&mut self, bridge: Option<(String, crate::net::Ipv4Cidr)>) {
-        self.bridge = bridge;
+        self.host.bridge = bridge;
     }
 
     pub fn set_named_bridges(&mut self, bridges: Vec<crate::net::NamedBridge>) {
-        self.named_bridges = bridges;
+        self.host.named_bridges = bridges;
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    pub async fn run_executable(&self, spec: spec::ExecutableSpec) -> Result<ExecView> {
+        self.host.run_executable(spec).await
     }
 
-    fn usable(&self) -> Result<()> {
-        match &self.unusable {
-            Some(why) => Err(RuntimeError::Precondition(format!(
-                "this node cannot run workloads: {why}"
-            ))),
-            None => Ok(()),
-        }
+    pub async fn run_cell(&self, spec: spec::CellSpec) -> Result<CellView> {
+        self.host.run_cell(spec).await
     }
 
-    fn lookup(&self, kind: Kind, name: &str) -> Result<Workload> {
-        self.table().lookup(kind, name)
+    pub async fn run_vm(&self, spec: spec::VmSpec) -> Result<VmView> {
+        self.host.run_vm(spec).await
+    }
+
+    pub async fn spawn(&self, spec: InstanceSpec) -> Result<InstanceView> {
+        self.host.spawn(spec).await
+    }
+
+    pub async fn run_pod(&self, spec: crate::pod::PodSpec, images: Vec<Arc<pod::PodImage>>) -> Result<pod::PodView> {
+        self.host.run_pod(spec, images).await
+    }
+
+    /// Exec: a process started in a running cell, attached to the caller.
+    pub async fn attach(&self, spec: attach::AttachSpec) -> Result<attach::Attached> {
+        self.host.attach(spec).await
+    }
+
+    /// Ends an attached process and forgets it.
+    pub async fn detach(&self, p: &Process) {
+        self.host.detach(p).await
+    }
+
+    pub async fn freeze(&self, name: &str, frozen: bool) -> Result<CellView> {
+        self.host.freeze(name, frozen).await
+    }
+
+    /// (reference, digest, cells) of every image a cell runs from.
+    pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
+        self.host.images_in_use()
+    }
+
+    /// The channel to instance `name`'s auraed, with its pod (when a pod owns it).
+    pub fn instance_channel(
+        &self,
+        name: &str,
+    ) -> Result<(
+        tonic::transport::Channel,
+        impl std::future::Future<Output = String> + Send + 'static,
+    )> {
+        self.host.instance_channel(name)
+    }
+
+    /// The channel to the instance pod `name` runs in.
+    pub fn pod_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
+        self.host.pod_channel(name)
     }
 
     pub fn status(&self, kind: Kind, name: &str) -> Result<View> {
-        Ok(self.lookup(kind, name)?.view(self))
+        Ok(self.host.lookup(kind, name)?.view(&self.host))
     }
 
     /// The log buffer of a workload that has one (executables, VMs, instances).
     pub fn logs_of(&self, kind: Kind, name: &str) -> Result<Arc<logs::LogBuffer>> {
-        self.lookup(kind, name)?.logs()
+        self.host.lookup(kind, name)?.logs()
     }
 
     pub fn list(&self, kind: Option<Kind>) -> Vec<View> {
-        let all = self.table().list(kind);
-        all.iter().map(|w| w.view(self)).collect()
+        let all = self.host.table().list(kind);
+        all.iter().map(|w| w.view(&self.host)).collect()
     }
 
     pub async fn stop(&self, kind: Kind, name: &str, signal: i32, grace: Duration) -> Result<View> {
-        let w = self.lookup(kind, name)?;
-        w.stop(self, signal, grace).await;
-        Ok(w.view(self))
+        let w = self.host.lookup(kind, name)?;
+        w.stop(&self.host, signal, grace).await;
+        Ok(w.view(&self.host))
     }
 
     pub async fn wait(&self, kind: Kind, name: &str) -> Result<View> {
-        let w = self.lookup(kind, name)?;
+        let w = self.host.lookup(kind, name)?;
         w.wait().await;
-        Ok(w.view(self))
+        Ok(w.view(&self.host))
     }
 
     pub async fn free(&self, kind: Kind, name: &str) -> Result<()> {
-        self.lookup(kind, name)?.free(self).await
+        self.host.lookup(kind, name)?.free(&self.host).await
     }
 
     /// At power-off: stop every top-level cell (and so every workload) within `grace`.
     pub async fn stop_all(&self, grace: Duration) {
         let tops: Vec<Arc<Cell>> = self
+            .host
             .table()
             .all::<Cell>()
             .filter(|c| c.name.parent().is_none())
             .cloned()
             .collect();
-        let stops = tops.iter().map(|c| self.stop_cell(c, libc::SIGTERM, grace));
+        let stops = tops.iter().map(|c| self.host.stop_cell(c, libc::SIGTERM, grace));
         futures_join_all(stops).await;
     }
 
     /// When a daemon exits: after `stop_all`, remove every cell's cgroup and the workloads
     /// root itself, so the host's cgroup tree is left as auraed found it.
     pub fn remove_all(&self) {
-        let cells: Vec<Arc<Cell>> = self.table().all::<Cell>().cloned().collect();
+        let cells: Vec<Arc<Cell>> = self.host.table().all::<Cell>().cloned().collect();
         for c in cells.iter().filter(|c| c.name.parent().is_none()) {
             if let Err(e) = c.dir.remove_tree() {
                 tracing::warn!("cell {}: {e}", c.name);
             }
         }
-        if self.unusable.is_none() {
-            if let Err(e) = std::fs::remove_dir(self.root.path()) {
-                tracing::warn!("remove {}: {e}", self.root.path().display());
+        if self.host.unusable.is_none() {
+            if let Err(e) = std::fs::remove_dir(self.host.root.path()) {
+                tracing::warn!("remove {}: {e}", self.host.root.path().display());
             }
         }
     }

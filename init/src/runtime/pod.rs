@@ -5,9 +5,9 @@
 //! it follows are in `crate::pod`; the calls to the instance in `crate::pod::remote`.
 
 use super::error::{Result, RuntimeError};
+use super::host::Host;
 use super::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
 use super::names::ExecName;
-use super::Runtime;
 use crate::image::load::Offer;
 use crate::net::proxy;
 use crate::pod::{self, remote, ContainerState, PodPhase, PodSpec, Termination};
@@ -206,7 +206,7 @@ impl Pod {
     }
 }
 
-impl Runtime {
+impl Host {
     /// Makes pod `spec`: binds its node ports, spawns its instance, gives it `images` (one
     /// per container, in order), makes each container's cell there and starts its
     /// entrypoint, then publishes the ports. Returns once every container runs; on any

@@ -8,13 +8,14 @@
 use super::cell::Cell;
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
+use super::host::Host;
 use super::launcher::Launcher;
 use super::logs::{self, LogBuffer};
 use super::names::{CellName, ExecName};
 use super::spec::{overlay_env, CellSpec, Confinement, ExecutableSpec, Isolation, Resources, DEFAULT_PATH};
 use super::sys::child::Stage;
 use super::sys::start::{ExecInput, StartError};
-use super::{kill_and_wait, terminate, Phase, Runtime, KILL_WAIT};
+use super::{kill_and_wait, terminate, Phase, KILL_WAIT};
 use crate::init::reaper::Exit;
 use nix::errno::Errno;
 use std::sync::Arc;
@@ -271,7 +272,7 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, p: &Prepared) -> Runti
     }
 }
 
-impl Runtime {
+impl Host {
     /// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
     /// daemon ...`) as an unlisted executable in a private cell of its own named `name`,
     /// with `control` (if any) as its fd 3, confined as `confinement` with `binds` (see

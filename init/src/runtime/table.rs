@@ -9,11 +9,12 @@
 use super::cell::Cell;
 use super::error::{Result, RuntimeError};
 use super::executable::Executable;
+use super::host::Host;
 use super::instance::Instance;
 use super::logs::LogBuffer;
 use super::pod::Pod;
 use super::vm::VirtualMachine;
-use super::{Kind, Runtime, View};
+use super::{Kind, View};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,9 +213,9 @@ impl Workload {
         }
     }
 
-    pub fn view(&self, rt: &Runtime) -> View {
+    pub fn view(&self, host: &Host) -> View {
         match self {
-            Workload::Cell(c) => View::Cell(Box::new(rt.cell_view(c))),
+            Workload::Cell(c) => View::Cell(Box::new(host.cell_view(c))),
             Workload::Executable(e) => View::Executable(e.view()),
             Workload::VirtualMachine(v) => View::VirtualMachine(v.view()),
             Workload::Instance(i) => View::Instance(Box::new(i.view())),
@@ -234,24 +235,24 @@ impl Workload {
 
     /// Graceful stop: `signal` (processes) or the workload's own polite request (a VM's
     /// Power key, a child's Shutdown rpc), `grace`, then everything is killed.
-    pub async fn stop(&self, rt: &Runtime, signal: i32, grace: Duration) {
+    pub async fn stop(&self, host: &Host, signal: i32, grace: Duration) {
         match self {
-            Workload::Cell(c) => rt.stop_cell(c, signal, grace).await,
+            Workload::Cell(c) => host.stop_cell(c, signal, grace).await,
             Workload::Executable(e) => e.stop(signal, grace).await,
-            Workload::VirtualMachine(v) => rt.stop_vm(v, grace).await,
-            Workload::Instance(i) => rt.stop_instance(i, grace).await,
-            Workload::Pod(p) => rt.stop_pod(p, signal, grace).await,
+            Workload::VirtualMachine(v) => host.stop_vm(v, grace).await,
+            Workload::Instance(i) => host.stop_instance(i, grace).await,
+            Workload::Pod(p) => host.stop_pod(p, signal, grace).await,
         }
     }
 
     /// Removes an ended workload and everything it holds; FAILED_PRECONDITION while it runs.
-    pub async fn free(&self, rt: &Runtime) -> Result<()> {
+    pub async fn free(&self, host: &Host) -> Result<()> {
         match self {
-            Workload::Cell(c) => rt.free_cell(c).await,
-            Workload::Executable(e) => rt.free_exec(e).await,
-            Workload::VirtualMachine(v) => rt.free_vm(v).await,
-            Workload::Instance(i) => rt.free_instance(i).await,
-            Workload::Pod(p) => rt.free_pod(p).await,
+            Workload::Cell(c) => host.free_cell(c).await,
+            Workload::Executable(e) => host.free_exec(e).await,
+            Workload::VirtualMachine(v) => host.free_vm(v).await,
+            Workload::Instance(i) => host.free_instance(i).await,
+            Workload::Pod(p) => host.free_pod(p).await,
         }
     }
 

@@ -3,12 +3,13 @@
 //! asserts on the fixture tree (the cgroups the runtime made or removed), the fake's
 //! processes and the table, never only on a return value.
 
+use super::error::RuntimeError;
 use super::launcher::testing::FakeLauncher;
 use super::names::{CellName, ExecName};
 use super::spec::{CellSpec, ExecutableSpec};
 use super::sys::child::Stage;
 use super::sys::start::StartError;
-use super::{Kind, Phase, Runtime, RuntimeError, View};
+use super::{Kind, Phase, Runtime, View};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,11 +9,12 @@
 //! ```
 
 use super::error::{Result, RuntimeError};
+use super::host::Host;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::process::Process;
 use super::spec::{Confinement, Isolation, VmSpec};
-use super::{Phase, Runtime};
+use super::Phase;
 use crate::vmm::protocol::{self, Event, ExitReason, VmFiles};
 use crate::vmm::{self, VmConfig};
 use std::path::PathBuf;
@@ -251,11 +252,11 @@ fn make_tap(n: &vmm::NetConfig) -> Result<std::os::fd::OwnedFd> {
     Ok(tap)
 }
 
-impl Runtime {
+impl Host {
     /// A new TAP (or veth) number, and the MAC of a NIC on it: locally administered,
     /// unicast, 02:41 ("A") then the number.
     pub(super) fn next_tap(&self) -> (u32, [u8; 6]) {
-        let n = self.taps.fetch_add(1, Ordering::Relaxed);
+        let n = self.alloc.next_tap_number();
         let b = n.to_be_bytes();
         (n, [0x02, 0x41, b[0], b[1], b[2], b[3]])
     }
@@ -337,7 +338,7 @@ impl Runtime {
         let tap = spec.network.then(|| nets.first().map(|n| n.tap.clone())).flatten();
         // Each TAP lives as long as its descriptor: one not made drops those made before.
         let tap_fds = nets.iter().map(make_tap).collect::<Result<Vec<_>>>()?;
-        let uid = VMM_UID_BASE + self.vmm_uids.fetch_add(1, Ordering::Relaxed) % VMM_UIDS;
+        let uid = VMM_UID_BASE + self.alloc.next_vmm_uid_number() % VMM_UIDS;
         let config = VmConfig {
             jail_uid: uid,
             nets,

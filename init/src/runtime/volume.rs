@@ -5,7 +5,6 @@
 //! it sees them; nothing else of the node becomes visible.
 
 use super::error::{Result, RuntimeError};
-use super::Runtime;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -54,16 +53,11 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-impl Runtime {
-    fn volumes(&self) -> std::sync::MutexGuard<'_, Volumes> {
-        self.volumes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl Volumes {
     /// Makes or joins each of `specs` for a new cell; on failure nothing is taken.
-    pub(super) fn take_volumes(&self, specs: &[VolumeSpec]) -> Result<()> {
-        let mut v = self.volumes();
+    pub(super) fn take(&mut self, specs: &[VolumeSpec]) -> Result<()> {
         for (i, s) in specs.iter().enumerate() {
-            if let Some((have, _)) = v.0.get(s.name.as_str()) {
+            if let Some((have, _)) = self.0.get(s.name.as_str()) {
                 if have.owner != s.owner {
                     return Err(RuntimeError::Precondition(format!(
                         "image.volumes[{i}]: volume '{}' belongs to another client's cells; a volume is shared only by cells of the client that made it, so choose another name",
@@ -82,20 +76,19 @@ impl Runtime {
         }
         let mut made: Vec<&VolumeSpec> = Vec::new();
         for s in specs {
-            if let Some((_, n)) = v.0.get_mut(s.name.as_str()) {
+            if let Some((_, n)) = self.0.get_mut(s.name.as_str()) {
                 *n += 1;
                 continue;
             }
             match make(s) {
                 Ok(()) => {
-                    v.0.insert(s.name.to_string(), (s.clone(), 1));
+                    self.0.insert(s.name.to_string(), (s.clone(), 1));
                     made.push(s);
                 }
                 Err(e) => {
-                    drop(v);
                     // Undo this cell's share of every volume taken so far.
                     let taken: Vec<VolumeSpec> = specs.iter().take_while(|x| x.name != s.name).cloned().collect();
-                    self.release_volumes(&taken);
+                    self.release(&taken);
                     return Err(e);
                 }
             }
@@ -104,10 +97,9 @@ impl Runtime {
     }
 
     /// A cell that listed `specs` is gone: each volume no other cell lists is removed.
-    pub(super) fn release_volumes(&self, specs: &[VolumeSpec]) {
-        let mut v = self.volumes();
+    pub(super) fn release(&mut self, specs: &[VolumeSpec]) {
         for s in specs {
-            let last = match v.0.get_mut(s.name.as_str()) {
+            let last = match self.0.get_mut(s.name.as_str()) {
                 Some((_, n)) => {
                     *n -= 1;
                     *n == 0
@@ -115,7 +107,7 @@ impl Runtime {
                 None => false,
             };
             if last {
-                v.0.remove(s.name.as_str());
+                self.0.remove(s.name.as_str());
                 remove(s);
             }
         }
@@ -174,11 +166,7 @@ mod tests {
     /// client's next cell joins it.
     #[test]
     fn a_volume_is_joined_only_by_its_owners_cells() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = Runtime::with_launcher(
-            dir.path().to_owned(),
-            super::super::launcher::testing::FakeLauncher::new(dir.path()),
-        );
+        let mut volumes = Volumes::default();
         let spec = |owner: &str| VolumeSpec {
             name: ExecName::parse("scratch").unwrap(),
             memory: false,
@@ -186,17 +174,17 @@ mod tests {
             owner: owner.into(),
         };
         let alice = "spiffe://t.test/client/alice";
-        rt.volumes().0.insert("scratch".into(), (spec(alice), 1));
-        let e = rt.take_volumes(&[spec("spiffe://t.test/client/mallory")]).unwrap_err();
+        volumes.0.insert("scratch".into(), (spec(alice), 1));
+        let e = volumes.take(&[spec("spiffe://t.test/client/mallory")]).unwrap_err();
         assert!(matches!(e, RuntimeError::Precondition(_)), "{e:?}");
         assert!(
             e.to_string()
                 .starts_with("image.volumes[0]: volume 'scratch' belongs to another client's cells"),
             "{e}"
         );
-        assert_eq!(rt.volumes().0["scratch"].1, 1, "nothing joined");
-        rt.take_volumes(&[spec(alice)]).unwrap();
-        assert_eq!(rt.volumes().0["scratch"].1, 2, "the owner's cell joins");
+        assert_eq!(volumes.0["scratch"].1, 1, "nothing joined");
+        volumes.take(&[spec(alice)]).unwrap();
+        assert_eq!(volumes.0["scratch"].1, 2, "the owner's cell joins");
     }
 
     #[test]
