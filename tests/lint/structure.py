@@ -39,15 +39,7 @@ UNSAFE_HOMES = {
 PENDING = {
     "string-errors": set(),
     "unsafe": set(),
-    "impl-host": {
-        "runtime/attach.rs",
-        "runtime/cell.rs",
-        "runtime/executable.rs",
-        "runtime/instance.rs",
-        "runtime/pod.rs",
-        "runtime/process.rs",
-        "runtime/vm.rs",
-    },
+    "impl-host": set(),
     "impl-runtime": set(),
     "long-files": {
         "image/unpack.rs",

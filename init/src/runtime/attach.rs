@@ -3,10 +3,12 @@
 //! logs; with a terminal, a pseudo-terminal of the cell's own devpts. Unlisted: their
 //! attacher owns them and ends them (`detach`) when it goes, so nothing stays behind.
 
+use super::cell;
 use super::cell::Cell;
 use super::error::{Result, RuntimeError};
 use super::host::Host;
 use super::names::{CellName, ExecName};
+use super::process;
 use super::process::{Attach, Launch, Process};
 use super::spec::ExecutableSpec;
 use super::Phase;
@@ -51,113 +53,111 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno))
 }
 
-impl Host {
-    /// Starts `spec` in its (running) cell, attached; returns once it runs.
-    pub async fn attach(&self, spec: AttachSpec) -> Result<Attached> {
-        self.usable()?;
-        let cell: Arc<Cell> = self.target_cell(spec.cell.as_str(), "start.cell")?;
-        if cell.phase() != Phase::Running {
-            return Err(RuntimeError::Precondition(format!(
-                "cell '{}' is {:?}; attach only to running cells",
-                spec.cell,
-                cell.phase()
-            )));
-        }
-        let argv = match (spec.argv.is_empty(), &cell.image) {
-            (false, _) => spec.argv.clone(),
-            (true, Some(i)) if !i.argv.is_empty() => i.argv.clone(),
-            (true, _) => {
-                return Err(RuntimeError::invalid(
-                    "start.argv",
-                    format!(
-                        "is empty and cell '{}' has no image entrypoint to run; give the program and its arguments",
-                        spec.cell
-                    ),
-                ))
-            }
-        };
-        let (io, attach) = if spec.tty {
-            let (master, peer) = match &cell.image {
-                // The cell's own devpts, so the process's terminal is /dev/pts/N there.
-                Some(_) => cell.root()?.pty()?,
-                None if cell.confinement.privileged || !cell.isolation.mount => node_pty()?,
-                None => cell.root()?.pty()?,
-            };
-            if let Some((rows, columns)) = spec.size {
-                crate::os::tty::set_window_size(master.as_fd(), rows, columns)
-                    .map_err(|errno| RuntimeError::sys("set the terminal's size", errno))?;
-            }
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone().map_err(|e| RuntimeError::Io {
-                    what: "dup",
-                    path: "a pseudo-terminal".into(),
-                    source: e,
-                })
-            };
-            let attach = Attach {
-                stdin: dup(&peer)?,
-                stdout: dup(&peer)?,
-                stderr: peer,
-                tty: true,
-            };
-            (AttachedIo::Tty(master), attach)
-        } else {
-            let (in_r, in_w) = pipe()?;
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            let io = AttachedIo::Pipes {
-                stdin: in_w,
-                stdout: out_r,
-                stderr: err_r,
-            };
-            (
-                io,
-                Attach {
-                    stdin: in_r,
-                    stdout: out_w,
-                    stderr: err_w,
-                    tty: false,
-                },
-            )
-        };
-        // A session is a listed executable (`exec-N`): `List` shows it and it counts
-        // against the node's maximum of workloads, like any process a client starts. It
-        // leaves the table when the session ends (`detach`).
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let name = loop {
-            let name = ExecName::parse(&format!("exec-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
-                .map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
-            // A client's own executable may have taken the number: take the next.
-            if self.table().vacant::<Process>(name.as_str()).is_ok() {
-                break name;
-            }
-        };
-        let exec = ExecutableSpec {
-            name,
-            argv,
-            env: spec.env,
-            cwd: spec.cwd,
-            uid: spec.uid,
-            gid: spec.gid,
-            cell: Some(spec.cell),
-        };
-        let process = self.launch(exec, Launch::new(true, Some(attach))).await?;
-        Ok(Attached { process, io })
+/// Starts `spec` in its (running) cell, attached; returns once it runs.
+pub(crate) async fn start(host: &Host, spec: AttachSpec) -> Result<Attached> {
+    host.usable()?;
+    let cell: Arc<Cell> = cell::target(host, spec.cell.as_str(), "start.cell")?;
+    if cell.phase() != Phase::Running {
+        return Err(RuntimeError::Precondition(format!(
+            "cell '{}' is {:?}; attach only to running cells",
+            spec.cell,
+            cell.phase()
+        )));
     }
+    let argv = match (spec.argv.is_empty(), &cell.image) {
+        (false, _) => spec.argv.clone(),
+        (true, Some(i)) if !i.argv.is_empty() => i.argv.clone(),
+        (true, _) => {
+            return Err(RuntimeError::invalid(
+                "start.argv",
+                format!(
+                    "is empty and cell '{}' has no image entrypoint to run; give the program and its arguments",
+                    spec.cell
+                ),
+            ))
+        }
+    };
+    let (io, attach) = if spec.tty {
+        let (master, peer) = match &cell.image {
+            // The cell's own devpts, so the process's terminal is /dev/pts/N there.
+            Some(_) => cell.root()?.pty()?,
+            None if cell.confinement.privileged || !cell.isolation.mount => node_pty()?,
+            None => cell.root()?.pty()?,
+        };
+        if let Some((rows, columns)) = spec.size {
+            crate::os::tty::set_window_size(master.as_fd(), rows, columns)
+                .map_err(|errno| RuntimeError::sys("set the terminal's size", errno))?;
+        }
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|e| RuntimeError::Io {
+                what: "dup",
+                path: "a pseudo-terminal".into(),
+                source: e,
+            })
+        };
+        let attach = Attach {
+            stdin: dup(&peer)?,
+            stdout: dup(&peer)?,
+            stderr: peer,
+            tty: true,
+        };
+        (AttachedIo::Tty(master), attach)
+    } else {
+        let (in_r, in_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let io = AttachedIo::Pipes {
+            stdin: in_w,
+            stdout: out_r,
+            stderr: err_r,
+        };
+        (
+            io,
+            Attach {
+                stdin: in_r,
+                stdout: out_w,
+                stderr: err_w,
+                tty: false,
+            },
+        )
+    };
+    // A session is a listed executable (`exec-N`): `List` shows it and it counts
+    // against the node's maximum of workloads, like any process a client starts. It
+    // leaves the table when the session ends (`detach`).
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let name = loop {
+        let name = ExecName::parse(&format!("exec-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+            .map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
+        // A client's own executable may have taken the number: take the next.
+        if host.table().vacant::<Process>(name.as_str()).is_ok() {
+            break name;
+        }
+    };
+    let exec = ExecutableSpec {
+        name,
+        argv,
+        env: spec.env,
+        cwd: spec.cwd,
+        uid: spec.uid,
+        gid: spec.gid,
+        cell: Some(spec.cell),
+    };
+    let process = process::launch(host, exec, Launch::new(true, Some(attach))).await?;
+    Ok(Attached { process, io })
+}
 
-    /// Ends an attached process (what is left of it: its whole leaf cgroup) and removes it.
-    pub async fn detach(&self, p: &Process) {
-        p.stop(libc::SIGKILL, std::time::Duration::ZERO).await;
-        if let Err(e) = self.discard_process(p, p.name.as_str()).await {
-            tracing::warn!("attached process {} in cell {}: {e}", p.name, p.cell);
-        }
-        // Unless a client freed it meanwhile (and a new one took the name).
-        let mut t = self.table();
-        if t.get::<Process>(p.name.as_str())
-            .is_ok_and(|x| std::ptr::eq(Arc::as_ptr(&x), p))
-        {
-            t.remove::<Process>(p.name.as_str());
-        }
+/// Ends an attached process (what is left of it: its whole leaf cgroup) and removes it.
+pub(crate) async fn end(host: &Host, p: &Process) {
+    p.stop(libc::SIGKILL, std::time::Duration::ZERO).await;
+    if let Err(e) = p.discard(host, p.name.as_str()).await {
+        tracing::warn!("attached process {} in cell {}: {e}", p.name, p.cell);
+    }
+    // Unless a client freed it meanwhile (and a new one took the name).
+    let mut t = host.table();
+    if t.get::<Process>(p.name.as_str())
+        .is_ok_and(|x| std::ptr::eq(Arc::as_ptr(&x), p))
+    {
+        t.remove::<Process>(p.name.as_str());
     }
 }
 

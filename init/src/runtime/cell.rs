@@ -5,10 +5,12 @@
 use super::cgroup::{cpuset, CgroupDir, Usage, CONTROLLERS};
 use super::confine::{root, ExecLimits};
 use super::error::{Result, RuntimeError};
+use super::executable;
 use super::holder::Setup;
 use super::host::Host;
 use super::launcher::{ExecStarter, Launcher};
 use super::names::{CellName, ExecName};
+use super::pod;
 use super::spec::{CellSpec, Confinement, ExecutableSpec, ImageRoot, Isolation, Resources};
 use super::sys::start::StartError;
 use super::{poll_until, terminate, Kind, Phase, KILL_WAIT};
@@ -268,206 +270,16 @@ fn check_cpuset(requested: &str, effective: Option<String>, field: &str) -> Resu
     Ok(())
 }
 
-impl Host {
-    pub(super) fn cell(&self, name: &str) -> Result<Arc<Cell>> {
-        self.table().get::<Cell>(name)
-    }
-
-    /// Checks a spec against this node before anything is created.
-    /// The cell `field` names as the home of a client's process (an executable or an
-    /// exec): one a client made with RunCell, never a private cell of auraed's own. A VM's
-    /// VMM cell is privileged with the node's whole filesystem, an instance's holds the
-    /// child's keys with every capability: a process there would be root on the node.
-    pub(super) fn target_cell(&self, name: &str, field: &'static str) -> Result<Arc<Cell>> {
-        let c = self.cell(name)?;
-        if c.implicit {
-            let owner = [Kind::VirtualMachine, Kind::Instance, Kind::Pod, Kind::Executable]
-                .into_iter()
-                .find(|k| self.table().lookup(*k, name).is_ok())
-                .map_or_else(|| "auraed's own".to_owned(), |k| format!("{} '{name}'", k.noun()));
-            return Err(RuntimeError::PrivateCell {
-                field,
-                cell: name.to_owned(),
-                owner,
-            });
-        }
-        Ok(c)
-    }
-
-    fn check_cell(&self, spec: &CellSpec) -> Result<(Option<Arc<Cell>>, CgroupDir)> {
-        let parent = match spec.name.parent() {
-            None => None,
-            Some(p) => {
-                let c = self.cell(p.as_str()).map_err(|_| {
-                    RuntimeError::NotFound(format!(
-                        "cell '{}' needs its parent cell '{p}', which does not exist; create it first",
-                        spec.name
-                    ))
-                })?;
-                if c.phase() != Phase::Running {
-                    return Err(RuntimeError::Precondition(format!(
-                        "parent cell '{p}' is {:?}, not running",
-                        c.phase()
-                    )));
-                }
-                if c.implicit {
-                    return Err(RuntimeError::Precondition(format!(
-                        "'{p}' is the private cell of executable '{p}'; nest cells only in cells made with RunCell"
-                    )));
-                }
-                if c.confinement.userns || spec.confinement.userns {
-                    return Err(RuntimeError::Precondition(format!(
-                        "cell '{}': nesting and user namespaces do not mix yet; make a top-level cell with its own user namespace",
-                        spec.name
-                    )));
-                }
-                Some(c)
-            }
-        };
-        let i = spec.isolation;
-        if !spec.ports.is_empty() && !i.network {
-            return Err(RuntimeError::invalid(
-                "image.ports",
-                "a cell sharing the node's network listens on the node's ports itself; drop ports or share_host_network",
-            ));
-        }
-        if spec.image.is_some() && !i.mount {
-            return Err(RuntimeError::invalid(
-                "isolation.share_host_mount",
-                "a cell from an image needs a mount namespace of its own for the image's root; leave share_host_mount unset",
-            ));
-        }
-        if spec.image.is_some() && spec.confinement.userns {
-            return Err(RuntimeError::Precondition(
-                "confinement.user_namespace: cells from images do not have user namespaces yet (the layers' owners would not map); leave it unset".into(),
-            ));
-        }
-        if spec.confinement.userns && !(i.pid && i.mount && i.network && i.ipc && i.uts && i.cgroup) {
-            return Err(RuntimeError::invalid(
-                "confinement.user_namespace",
-                "a cell with a user namespace of its own shares no namespace with the node; drop the isolation.share_host_* settings",
-            ));
-        }
-        let parent_dir = parent.as_ref().map_or_else(|| self.root.clone(), |p| p.dir.clone());
-        check_controllers(&spec.resources, &parent_dir.subtree_control())?;
-        let r = &spec.resources;
-        if let Some(cpus) = &r.cpuset_cpus {
-            check_cpuset(cpus, parent_dir.read("cpuset.cpus.effective"), "resources.cpuset_cpus")?;
-        }
-        if let Some(mems) = &r.cpuset_mems {
-            check_cpuset(mems, parent_dir.read("cpuset.mems.effective"), "resources.cpuset_mems")?;
-        }
-        for (i, m) in r.io_max.iter().enumerate() {
-            if !std::path::Path::new(&format!("/sys/dev/block/{}:{}", m.major, m.minor)).exists() {
-                return Err(RuntimeError::invalid(
-                    format!("resources.io_max[{i}].device"),
-                    format!(
-                        "no block device {}:{} on this node (see /sys/dev/block)",
-                        m.major, m.minor
-                    ),
-                ));
-            }
-        }
-        Ok((parent, parent_dir))
-    }
-
-    /// Creates a cell and starts its holder, then (a cell from an image) its entrypoint as
-    /// the executable named after the cell. On any failure nothing is left behind.
-    pub async fn run_cell(&self, spec: CellSpec) -> Result<CellView> {
-        let entrypoint = match spec.image.as_ref().filter(|i| i.start).map(|i| i.argv.clone()) {
-            None => None,
-            Some(argv) => {
-                let name =
-                    ExecName::parse(spec.name.leaf()).map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
-                if !self.executable_name_free(&name) {
-                    return Err(RuntimeError::AlreadyExists(format!(
-                        "an executable named '{name}' exists, and a cell's image entrypoint runs as the executable named after the cell; free it or choose another cell name"
-                    )));
-                }
-                Some((name, argv))
-            }
-        };
-        let c = self.create_cell(spec, false).await?;
-        if let Some((name, argv)) = entrypoint {
-            let e = ExecutableSpec {
-                name,
-                argv,
-                env: Default::default(),
-                cwd: None,
-                uid: None,
-                gid: None,
-                cell: Some(c.name.clone()),
-            };
-            if let Err(err) = self.run_executable(e).await {
-                self.discard_cell_now(&c).await;
-                return Err(err.in_entrypoint());
-            }
-        }
-        Ok(self.cell_view(&c))
-    }
-
-    pub(super) async fn create_cell(&self, spec: CellSpec, implicit: bool) -> Result<Arc<Cell>> {
-        self.usable()?;
-        let (parent, parent_dir) = self.check_cell(&spec)?;
-        let dir = parent_dir.child(spec.name.leaf());
-        let limits = spec.confinement.exec_limits();
-        // The node's ports first: one taken is refused before anything is made.
-        let mut bound = Vec::with_capacity(spec.ports.len());
-        for (i, (host, inside)) in spec.ports.iter().enumerate() {
-            bound.push(
-                crate::net::proxy::bind(*host, *inside)
-                    .map_err(|e| port_error(&format!("image.ports[{i}].host_port"), *host, e))?,
-            );
-        }
-        let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, self.sys.clone()));
-        self.table().insert(cell.clone())?;
-        if let Err(e) = self.alloc.volumes().take(cell.volumes()) {
-            self.table().remove::<Cell>(cell.name.as_str());
-            return Err(e);
-        }
-        let r = {
-            let start = async {
-                self.start_cell(&cell, &spec, parent.as_deref()).await?;
-                publish(&cell, bound)
-            };
-            tokio::pin!(start);
-            tokio::select! {
-                r = &mut start => r,
-                () = tokio::time::sleep(spec.ready_within) => {
-                    // The start is never dropped half way: its holder may be cloned into the
-                    // cell's cgroup on another thread at any moment. Kill what is there (an
-                    // init blocked before it is ready dies and its report pipe closes), let the
-                    // start end, then remove the cell with whatever it made.
-                    if let Err(e) = self.sys.kill(&cell.dir) {
-                        tracing::warn!("cell {}: cgroup.kill after its deadline: {e}", spec.name);
-                    }
-                    let _ = start.await;
-                    Err(RuntimeError::DeadlineExceeded(format!(
-                        "cell '{}': its init did not report ready within {:.1} s (the caller's deadline); the cell was removed",
-                        spec.name,
-                        spec.ready_within.as_secs_f64()
-                    )))
-                }
-            }
-        };
-        match r {
-            Ok(()) => Ok(cell),
-            Err(e) => {
-                self.discard_cell_now(&cell).await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn start_cell(&self, cell: &Arc<Cell>, spec: &CellSpec, parent: Option<&Cell>) -> Result<()> {
-        cell.dir.create()?;
-        cell.dir.enable_all_for_children()?;
+impl Cell {
+    async fn start(self: &Arc<Self>, host: &Host, spec: &CellSpec, parent: Option<&Cell>) -> Result<()> {
+        self.dir.create()?;
+        self.dir.enable_all_for_children()?;
         for c in CONTROLLERS {
-            (c.apply)(&cell.dir, &spec.resources)?;
+            (c.apply)(&self.dir, &spec.resources)?;
         }
-        let leaf = cell.dir.child(HOLDER_LEAF);
+        let leaf = self.dir.child(HOLDER_LEAF);
         leaf.create()?;
-        let exe = self
+        let exe = host
             .exe
             .clone()
             .ok_or_else(|| RuntimeError::Precondition("auraed cannot open its own executable".into()))?;
@@ -480,7 +292,7 @@ impl Host {
             own_root: i.mount && (!spec.confinement.privileged || spec.image.is_some()),
             userns: spec.confinement.userns,
         };
-        let userns_base = spec.confinement.userns.then(|| self.alloc.next_userns_base());
+        let userns_base = spec.confinement.userns.then(|| host.alloc.next_userns_base());
         let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
         if setup.own_root {
             match &spec.image {
@@ -494,11 +306,11 @@ impl Host {
                     );
                     args.extend(image.mounts.iter().map(super::volume::holder_arg));
                 }
-                None => args.extend(self.hidden.iter().map(|h| h.to_string_lossy().into_owned())),
+                None => args.extend(host.hidden.iter().map(|h| h.to_string_lossy().into_owned())),
             }
             args.extend(spec.binds.iter().map(|b| format!("{}{}", root::BIND_ARG, b.display())));
         }
-        let started = self
+        let started = host
             .sys
             .start_holder(
                 parent.and_then(Cell::pidfd),
@@ -509,89 +321,73 @@ impl Host {
                 userns_base,
             )
             .await
-            .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
+            .map_err(|e| start_error(e, &format!("self '{}'", spec.name)))?;
         // The holder must outlive every workload of the cell: never the OOM killer's pick.
         let _ = std::fs::write(format!("/proc/{}/oom_score_adj", started.pid), "-1000");
         if let Some(base) = userns_base {
             let ns =
                 std::fs::File::open(format!("/proc/{}/ns/user", started.pid)).map_err(|source| RuntimeError::Io {
-                    what: "open the cell's user namespace",
+                    what: "open the self's user namespace",
                     path: format!("/proc/{}/ns/user", started.pid).into(),
                     source,
                 })?;
-            let _ = cell.userns.set((Arc::new(ns.into()), base));
+            let _ = self.userns.set((Arc::new(ns.into()), base));
         }
         let pidfd = started
             .pidfd
             .map(Arc::new)
-            .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
-        let starter = self
+            .ok_or_else(|| RuntimeError::Precondition(format!("self '{}': the kernel returned no pidfd", spec.name)))?;
+        let starter = host
             .sys
             .starter(pidfd.clone())
-            .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)));
-        let _ = cell.holder.set(pidfd);
-        *cell.starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(starter?);
-        cell.set_phase(Phase::Running);
-        let watcher = cell.clone();
+            .map_err(|e| start_error(e, &format!("self '{}'", spec.name)));
+        let _ = self.holder.set(pidfd);
+        *self.starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(starter?);
+        self.set_phase(Phase::Running);
+        let watcher = self.clone();
         let exit = started.exit;
         tokio::spawn(async move { watcher.holder_ended(exit.await.ok()) });
-        tracing::info!("cell {} running (holder pid {})", spec.name, started.pid);
+        tracing::info!("self {} running (holder pid {})", spec.name, started.pid);
         Ok(())
     }
 
     /// Kills whatever a cell holds and removes it from the node and the table.
-    pub(super) async fn discard_cell_now(&self, cell: &Cell) {
-        cell.state.send_modify(|s| s.stopping = true);
-        cell.ports.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        if let Err(e) = super::remove_for_good(&*self.sys, &cell.dir).await {
+    pub(super) async fn discard_now(&self, host: &Host) {
+        self.state.send_modify(|s| s.stopping = true);
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if let Err(e) = super::remove_for_good(&*host.sys, &self.dir).await {
             // Still listed (as failed) so the name is not reused over a cgroup that holds
             // processes; `free` retries the removal.
-            tracing::error!("cell {}: {e}", cell.name);
-            cell.state.send_modify(|s| s.error = e.to_string());
-            cell.set_phase(Phase::Failed);
+            tracing::error!("self {}: {e}", self.name);
+            self.state.send_modify(|s| s.error = e.to_string());
+            self.set_phase(Phase::Failed);
             return;
         }
-        self.table().remove::<Cell>(cell.name.as_str());
-        self.alloc.volumes().release(cell.volumes());
+        host.table().remove::<Cell>(self.name.as_str());
+        host.alloc.volumes().release(self.volumes());
     }
 
-    /// Every image a workload uses: (who, "cell 'web'" or "pod 'p'", the image's
-    /// reference, its layers' chain IDs).
-    pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
-        let mut v: Vec<(String, String, Vec<String>)> = self
-            .table()
-            .all::<Cell>()
-            .filter_map(|c| {
-                let i = c.image.as_ref()?;
-                Some((format!("cell '{}'", c.name), i.reference.clone(), i.chains.clone()))
-            })
-            .collect();
-        v.extend(self.pod_images());
-        v
-    }
-
-    pub fn cell_view(&self, c: &Cell) -> CellView {
-        let executables = self
-            .executables_in(&c.name, false)
+    pub(crate) fn view(&self, host: &Host) -> CellView {
+        let executables = executable::in_cell(host, &self.name, false)
             .iter()
             .map(|e| e.name.to_string())
             .collect();
         let (phase, error) = {
-            let s = c.state.borrow();
+            let s = self.state.borrow();
             (s.phase, s.error.clone())
         };
         CellView {
-            name: c.name.to_string(),
+            name: self.name.to_string(),
             phase,
-            resources: c.dir.resources(),
-            isolation: c.isolation,
-            confinement: c.confinement,
-            userns_base: c.userns_base(),
-            usage: c.dir.usage(),
+            resources: self.dir.resources(),
+            isolation: self.isolation,
+            confinement: self.confinement,
+            userns_base: self.userns_base(),
+            usage: self.dir.usage(),
             executables,
             error,
-            image: c.image.clone(),
-            ports: c
+            image: self.image.clone(),
+            ports: self
                 .ports
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -603,88 +399,292 @@ impl Host {
 
     /// Graceful stop: `signal` to every workload process of the cell and its nested cells,
     /// `grace`, then `cgroup.kill` of the whole subtree (holders included).
-    pub(super) async fn stop_cell(&self, cell: &Arc<Cell>, signal: i32, grace: Duration) {
-        let _op = cell.op.lock().await;
-        if cell.phase().ended() {
+    pub(super) async fn stop(self: &Arc<Self>, host: &Host, signal: i32, grace: Duration) {
+        let _op = self.op.lock().await;
+        if self.phase().ended() {
             return;
         }
-        let nested: Vec<Arc<Cell>> = self
+        let nested: Vec<Arc<Cell>> = host
             .table()
             .all::<Cell>()
-            .filter(|c| c.name.is_within(&cell.name))
+            .filter(|c| c.name.is_within(&self.name))
             .cloned()
             .collect();
         for c in &nested {
             c.state.send_modify(|s| s.stopping = true);
         }
-        if cell.dir.frozen() {
-            let _ = cell.dir.set_frozen(false);
+        if self.dir.frozen() {
+            let _ = self.dir.set_frozen(false);
         }
-        terminate(&*self.sys, &cell.dir, || cell.workload_pids(), signal, grace).await;
+        terminate(&*host.sys, &self.dir, || self.workload_pids(), signal, grace).await;
         for c in &nested {
             let _ = tokio::time::timeout(KILL_WAIT, c.wait()).await;
         }
     }
 
-    pub async fn freeze(&self, name: &str, frozen: bool) -> Result<CellView> {
-        let cell = self.cell(name)?;
-        let _op = cell.op.lock().await;
-        let want = if frozen { Phase::Running } else { Phase::Frozen };
-        if cell.phase() != want {
+    pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
+        let name = &self.name;
+        if self.implicit {
             return Err(RuntimeError::Precondition(format!(
-                "cell '{name}' is {:?}; only a {} cell can be {}",
-                cell.phase(),
-                if frozen { "running" } else { "frozen" },
-                if frozen { "frozen" } else { "thawed" }
+                "self '{name}' belongs to executable '{name}'; free the executable instead"
             )));
         }
-        cell.dir.set_frozen(frozen)?;
-        if !poll_until(Instant::now() + KILL_WAIT, || cell.dir.frozen() == frozen).await {
+        if !self.phase().ended() {
             return Err(RuntimeError::Precondition(format!(
-                "cell '{name}' did not {} within {KILL_WAIT:?}",
-                if frozen { "freeze" } else { "thaw" }
+                "self '{name}' is {:?}; stop it first (aer self stop {name})",
+                self.phase()
             )));
         }
-        cell.set_phase(if frozen { Phase::Frozen } else { Phase::Running });
-        Ok(self.cell_view(&cell))
-    }
-
-    pub(super) async fn free_cell(&self, cell: &Arc<Cell>) -> Result<()> {
-        let name = &cell.name;
-        if cell.implicit {
-            return Err(RuntimeError::Precondition(format!(
-                "cell '{name}' belongs to executable '{name}'; free the executable instead"
-            )));
-        }
-        if !cell.phase().ended() {
-            return Err(RuntimeError::Precondition(format!(
-                "cell '{name}' is {:?}; stop it first (aer cell stop {name})",
-                cell.phase()
-            )));
-        }
-        let cells: Vec<Arc<Cell>> = self
+        let cells: Vec<Arc<Cell>> = host
             .table()
             .all::<Cell>()
-            .filter(|c| c.name.is_within(&cell.name))
+            .filter(|c| c.name.is_within(&self.name))
             .cloned()
             .collect();
-        let execs = self.executables_in(&cell.name, true);
+        let execs = executable::in_cell(host, &self.name, true);
         for e in &execs {
             e.wait().await;
         }
-        super::remove_for_good(&*self.sys, &cell.dir).await?;
-        self.forget_executables(&execs);
-        let mut t = self.table();
+        super::remove_for_good(&*host.sys, &self.dir).await?;
+        executable::forget(host, &execs);
+        let mut t = host.table();
         for c in &cells {
             t.remove::<Cell>(c.name.as_str());
         }
         drop(t);
         for c in &cells {
-            self.alloc.volumes().release(c.volumes());
+            host.alloc.volumes().release(c.volumes());
         }
-        tracing::info!("cell {name} freed with {} executable(s)", execs.len());
+        tracing::info!("self {name} freed with {} executable(s)", execs.len());
         Ok(())
     }
+}
+
+pub(super) fn named(host: &Host, name: &str) -> Result<Arc<Cell>> {
+    host.table().get::<Cell>(name)
+}
+
+/// Checks a spec against this node before anything is created.
+/// The cell `field` names as the home of a client's process (an executable or an
+/// exec): one a client made with RunCell, never a private cell of auraed's own. A VM's
+/// VMM cell is privileged with the node's whole filesystem, an instance's holds the
+/// child's keys with every capability: a process there would be root on the node.
+pub(super) fn target(host: &Host, name: &str, field: &'static str) -> Result<Arc<Cell>> {
+    let c = named(host, name)?;
+    if c.implicit {
+        let owner = [Kind::VirtualMachine, Kind::Instance, Kind::Pod, Kind::Executable]
+            .into_iter()
+            .find(|k| host.table().lookup(*k, name).is_ok())
+            .map_or_else(|| "auraed's own".to_owned(), |k| format!("{} '{name}'", k.noun()));
+        return Err(RuntimeError::PrivateCell {
+            field,
+            cell: name.to_owned(),
+            owner,
+        });
+    }
+    Ok(c)
+}
+
+fn check(host: &Host, spec: &CellSpec) -> Result<(Option<Arc<Cell>>, CgroupDir)> {
+    let parent = match spec.name.parent() {
+        None => None,
+        Some(p) => {
+            let c = named(host, p.as_str()).map_err(|_| {
+                RuntimeError::NotFound(format!(
+                    "cell '{}' needs its parent cell '{p}', which does not exist; create it first",
+                    spec.name
+                ))
+            })?;
+            if c.phase() != Phase::Running {
+                return Err(RuntimeError::Precondition(format!(
+                    "parent cell '{p}' is {:?}, not running",
+                    c.phase()
+                )));
+            }
+            if c.implicit {
+                return Err(RuntimeError::Precondition(format!(
+                    "'{p}' is the private cell of executable '{p}'; nest cells only in cells made with RunCell"
+                )));
+            }
+            if c.confinement.userns || spec.confinement.userns {
+                return Err(RuntimeError::Precondition(format!(
+                    "cell '{}': nesting and user namespaces do not mix yet; make a top-level cell with its own user namespace",
+                    spec.name
+                )));
+            }
+            Some(c)
+        }
+    };
+    let i = spec.isolation;
+    if !spec.ports.is_empty() && !i.network {
+        return Err(RuntimeError::invalid(
+            "image.ports",
+            "a cell sharing the node's network listens on the node's ports itself; drop ports or share_host_network",
+        ));
+    }
+    if spec.image.is_some() && !i.mount {
+        return Err(RuntimeError::invalid(
+            "isolation.share_host_mount",
+            "a cell from an image needs a mount namespace of its own for the image's root; leave share_host_mount unset",
+        ));
+    }
+    if spec.image.is_some() && spec.confinement.userns {
+        return Err(RuntimeError::Precondition(
+            "confinement.user_namespace: cells from images do not have user namespaces yet (the layers' owners would not map); leave it unset".into(),
+        ));
+    }
+    if spec.confinement.userns && !(i.pid && i.mount && i.network && i.ipc && i.uts && i.cgroup) {
+        return Err(RuntimeError::invalid(
+            "confinement.user_namespace",
+            "a cell with a user namespace of its own shares no namespace with the node; drop the isolation.share_host_* settings",
+        ));
+    }
+    let parent_dir = parent.as_ref().map_or_else(|| host.root.clone(), |p| p.dir.clone());
+    check_controllers(&spec.resources, &parent_dir.subtree_control())?;
+    let r = &spec.resources;
+    if let Some(cpus) = &r.cpuset_cpus {
+        check_cpuset(cpus, parent_dir.read("cpuset.cpus.effective"), "resources.cpuset_cpus")?;
+    }
+    if let Some(mems) = &r.cpuset_mems {
+        check_cpuset(mems, parent_dir.read("cpuset.mems.effective"), "resources.cpuset_mems")?;
+    }
+    for (i, m) in r.io_max.iter().enumerate() {
+        if !std::path::Path::new(&format!("/sys/dev/block/{}:{}", m.major, m.minor)).exists() {
+            return Err(RuntimeError::invalid(
+                format!("resources.io_max[{i}].device"),
+                format!(
+                    "no block device {}:{} on this node (see /sys/dev/block)",
+                    m.major, m.minor
+                ),
+            ));
+        }
+    }
+    Ok((parent, parent_dir))
+}
+
+/// Creates a cell and starts its holder, then (a cell from an image) its entrypoint as
+/// the executable named after the cell. On any failure nothing is left behind.
+pub(crate) async fn run(host: &Host, spec: CellSpec) -> Result<CellView> {
+    let entrypoint = match spec.image.as_ref().filter(|i| i.start).map(|i| i.argv.clone()) {
+        None => None,
+        Some(argv) => {
+            let name = ExecName::parse(spec.name.leaf()).map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
+            if !executable::name_free(host, &name) {
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "an executable named '{name}' exists, and a cell's image entrypoint runs as the executable named after the cell; free it or choose another cell name"
+                )));
+            }
+            Some((name, argv))
+        }
+    };
+    let c = create(host, spec, false).await?;
+    if let Some((name, argv)) = entrypoint {
+        let e = ExecutableSpec {
+            name,
+            argv,
+            env: Default::default(),
+            cwd: None,
+            uid: None,
+            gid: None,
+            cell: Some(c.name.clone()),
+        };
+        if let Err(err) = executable::run(host, e).await {
+            c.discard_now(host).await;
+            return Err(err.in_entrypoint());
+        }
+    }
+    Ok(c.view(host))
+}
+
+pub(super) async fn create(host: &Host, spec: CellSpec, implicit: bool) -> Result<Arc<Cell>> {
+    host.usable()?;
+    let (parent, parent_dir) = check(host, &spec)?;
+    let dir = parent_dir.child(spec.name.leaf());
+    let limits = spec.confinement.exec_limits();
+    // The node's ports first: one taken is refused before anything is made.
+    let mut bound = Vec::with_capacity(spec.ports.len());
+    for (i, (node_port, inside)) in spec.ports.iter().enumerate() {
+        bound.push(
+            crate::net::proxy::bind(*node_port, *inside)
+                .map_err(|e| port_error(&format!("image.ports[{i}].host_port"), *node_port, e))?,
+        );
+    }
+    let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, host.sys.clone()));
+    host.table().insert(cell.clone())?;
+    if let Err(e) = host.alloc.volumes().take(cell.volumes()) {
+        host.table().remove::<Cell>(cell.name.as_str());
+        return Err(e);
+    }
+    let r = {
+        let start = async {
+            cell.start(host, &spec, parent.as_deref()).await?;
+            publish(&cell, bound)
+        };
+        tokio::pin!(start);
+        tokio::select! {
+            r = &mut start => r,
+            () = tokio::time::sleep(spec.ready_within) => {
+                // The start is never dropped half way: its holder may be cloned into the
+                // cell's cgroup on another thread at any moment. Kill what is there (an
+                // init blocked before it is ready dies and its report pipe closes), let the
+                // start end, then remove the cell with whatever it made.
+                if let Err(e) = host.sys.kill(&cell.dir) {
+                    tracing::warn!("cell {}: cgroup.kill after its deadline: {e}", spec.name);
+                }
+                let _ = start.await;
+                Err(RuntimeError::DeadlineExceeded(format!(
+                    "cell '{}': its init did not report ready within {:.1} s (the caller's deadline); the cell was removed",
+                    spec.name,
+                    spec.ready_within.as_secs_f64()
+                )))
+            }
+        }
+    };
+    match r {
+        Ok(()) => Ok(cell),
+        Err(e) => {
+            cell.discard_now(host).await;
+            Err(e)
+        }
+    }
+}
+
+/// Every image a workload uses: (who, "cell 'web'" or "pod 'p'", the image's
+/// reference, its layers' chain IDs).
+pub(crate) fn images_in_use(host: &Host) -> Vec<(String, String, Vec<String>)> {
+    let mut v: Vec<(String, String, Vec<String>)> = host
+        .table()
+        .all::<Cell>()
+        .filter_map(|c| {
+            let i = c.image.as_ref()?;
+            Some((format!("cell '{}'", c.name), i.reference.clone(), i.chains.clone()))
+        })
+        .collect();
+    v.extend(pod::images(host));
+    v
+}
+
+pub(crate) async fn freeze(host: &Host, name: &str, frozen: bool) -> Result<CellView> {
+    let cell = named(host, name)?;
+    let _op = cell.op.lock().await;
+    let want = if frozen { Phase::Running } else { Phase::Frozen };
+    if cell.phase() != want {
+        return Err(RuntimeError::Precondition(format!(
+            "cell '{name}' is {:?}; only a {} cell can be {}",
+            cell.phase(),
+            if frozen { "running" } else { "frozen" },
+            if frozen { "frozen" } else { "thawed" }
+        )));
+    }
+    cell.dir.set_frozen(frozen)?;
+    if !poll_until(Instant::now() + KILL_WAIT, || cell.dir.frozen() == frozen).await {
+        return Err(RuntimeError::Precondition(format!(
+            "cell '{name}' did not {} within {KILL_WAIT:?}",
+            if frozen { "freeze" } else { "thaw" }
+        )));
+    }
+    cell.set_phase(if frozen { Phase::Frozen } else { Phase::Running });
+    Ok(cell.view(host))
 }
 
 #[cfg(test)]

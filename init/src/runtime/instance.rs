@@ -10,8 +10,10 @@ use super::error::{Result, RuntimeError};
 use super::host::Host;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
+use super::process;
 use super::process::Process;
 use super::spec::{Confinement, Isolation, NetAttachment, Resources, VmSpec, MAX_ATTACHMENTS};
+use super::vm;
 use super::vm::{VirtualMachine, VmView};
 use super::Phase;
 pub use crate::spawn::identity::SpawnIdentity;
@@ -264,411 +266,411 @@ fn pre(msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Precondition(msg.into())
 }
 
-impl Host {
-    /// The channel to a running child, for forwarding.
-    /// The channel to a running child, and a future that completes (with how it ended) when
-    /// the child ends: a call in flight to a child that dies would otherwise wait for its
-    /// caller's deadline, as a dead VM's TAP answers nothing, not even a reset.
-    pub fn instance_channel(
-        &self,
-        name: &str,
-    ) -> Result<(
-        tonic::transport::Channel,
-        impl std::future::Future<Output = String> + Send + 'static,
-    )> {
-        let i = self.table().get::<Instance>(name)?;
-        if i.body.ended() {
-            return Err(pre(format!("instance '{name}' has ended")));
-        }
-        let channel = i.channel.clone();
-        let ended = async move {
-            i.body.wait().await;
-            child::Watched::outcome(&i.body).unwrap_or_else(|| "ended".into())
-        };
-        Ok((channel, ended))
-    }
-
-    /// Boots a child auraed in a microVM and returns once it serves.
-    pub async fn spawn(&self, spec: InstanceSpec) -> Result<InstanceView> {
-        self.table().vacant::<Instance>(spec.name.as_str())?;
-        let i = self.spawn_instance(&spec).await?;
-        let v = i.view();
-        let inserted = self.table().insert(i.clone());
-        if let Err(taken) = inserted {
-            self.kill_instance(&i).await;
-            self.release_instance(&i).await;
-            return Err(taken);
-        }
-        Ok(v)
-    }
-
-    /// Boots a child and returns once it serves, holding its address on the bridge, but
-    /// not in the table: Spawn puts it there, a pod keeps it as its own.
-    pub(super) async fn spawn_instance(&self, spec: &InstanceSpec) -> Result<Arc<Instance>> {
-        self.usable()?;
-        let Some(id) = self.spawn_identity.clone() else {
-            return Err(pre(
-                "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})",
-            ));
-        };
-        let Some((bridge, subnet)) = self.bridge.clone() else {
-            return Err(pre(
-                "this node has no bridge for instances (auraed makes one only as PID 1)",
-            ));
-        };
-        let kvm = crate::vmm::kvm_usable();
-        let isolation = match (spec.isolation, kvm) {
-            (Some(IsolationKind::Vm), Err(why)) => {
-                return Err(pre(format!(
-                    "isolation: {why}; a VM instance needs KVM (leave isolation unset to fall back to a cell)"
-                )))
-            }
-            (Some(i), _) => i,
-            (None, Ok(())) => IsolationKind::Vm,
-            (None, Err(why)) => {
-                tracing::info!("spawn {}: {why}; falling back to a cell", spec.name);
-                IsolationKind::Cell
-            }
-        };
-        let deadline = tokio::time::Instant::now() + spec.serving_within;
-        self.take_attachments(spec, subnet)?;
-        let host = match self.take_host() {
-            Ok(h) => h,
-            Err(e) => {
-                self.give_back(spec.name.as_str(), &spec.attachments, None);
-                return Err(e);
-            }
-        };
-        // A node too deep to have children says so here; the host number goes back below.
-        let result = match addressing::child_net(subnet, host) {
-            Ok(net) => self.spawn_on(spec, isolation, &id, &bridge, net, host, deadline).await,
-            Err(e) => Err(SpawnError::from(e).into()),
-        };
-        if result.is_err() {
-            self.give_back(spec.name.as_str(), &spec.attachments, Some(host));
-        }
-        result
-    }
-
+impl Instance {
     /// Removes an ended child's files, veths and addresses (its VM or cell too).
-    pub(super) async fn release_instance(&self, i: &Instance) {
-        if let Err(e) = self.discard_instance(i).await {
-            tracing::warn!("instance {}: {e}", i.name);
+    pub(super) async fn release(&self, host: &Host) {
+        if let Err(e) = self.discard(host).await {
+            tracing::warn!("instance {}: {e}", self.name);
         }
-        self.give_back(i.name.as_str(), &i.attachments, Some(i.host));
+        give_back(host, self.name.as_str(), &self.attachments, Some(self.host));
     }
 
-    /// Checks an instance's extra interfaces against the node's named bridges and takes
-    /// their addresses (`give_back` returns them).
-    fn take_attachments(&self, spec: &InstanceSpec, own: crate::net::Ipv4Cidr) -> Result<()> {
-        let list = &spec.attachments;
-        if list.len() > MAX_ATTACHMENTS {
-            return Err(RuntimeError::invalid(
-                "networks",
-                format!(
-                    "{} interfaces asked for; a pod has at most {MAX_ATTACHMENTS} beside eth0 (eth1..=eth{MAX_ATTACHMENTS})",
-                    list.len()
-                ),
-            ));
-        }
-        for i in 0..list.len() {
-            check_attachment(&self.named_bridges, own, list, i)?;
-        }
-        let mut t = self.table();
-        for (i, a) in list.iter().enumerate() {
-            if let Some(owner) = t.attached.get(&(a.bridge.clone(), a.address.addr)) {
-                return Err(RuntimeError::AlreadyExists(format!(
-                    "networks[{i}].address: {} on bridge {} is taken by '{owner}'; choose another address",
-                    a.address.addr, a.bridge
-                )));
-            }
-        }
-        for a in list {
-            t.attached
-                .insert((a.bridge.clone(), a.address.addr), spec.name.to_string());
-        }
-        Ok(())
-    }
-
-    /// Returns an instance's addresses: its host number on the bridge and what it held on
-    /// named bridges.
-    fn give_back(&self, name: &str, attachments: &[NetAttachment], host: Option<u8>) {
-        let mut t = self.table();
-        for a in attachments {
-            let key = (a.bridge.clone(), a.address.addr);
-            if t.attached.get(&key).is_some_and(|o| o == name) {
-                t.attached.remove(&key);
-            }
-        }
-        if let Some(h) = host {
-            t.hosts.remove(&h);
-        }
-    }
-
-    fn take_host(&self) -> Result<u8> {
-        let mut t = self.table();
-        // From the top down, away from addresses people pick by hand for plain VMs.
-        let free = (2..=254u8).rev().find(|h| !t.hosts.contains(h));
-        let Some(h) = free else {
-            return Err(RuntimeError::Exhausted("every address on the bridge is taken".into()));
-        };
-        t.hosts.insert(h);
-        Ok(h)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn spawn_on(
-        &self,
-        spec: &InstanceSpec,
-        isolation: IsolationKind,
-        id: &SpawnIdentity,
-        bridge: &str,
-        net: addressing::ChildNet,
-        host: u8,
-        deadline: tokio::time::Instant,
-    ) -> Result<Arc<Instance>> {
-        let spiffe_id = id.child_id(spec.name.as_str());
-        let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
-        let address = SocketAddr::from((net.ip, CHILD_PORT));
-        let channel = child::channel(id, spec.name.as_str(), &spiffe_id, address)?;
-        std::fs::create_dir_all(IMAGE_DIR).map_err(SpawnError::io("mkdir", IMAGE_DIR))?;
-        tracing::info!(
-            "spawning instance {} ({isolation:?}) at {} on {bridge} as {spiffe_id}",
-            spec.name,
-            net.ip
-        );
-        let (body, files, veths) = match isolation {
-            IsolationKind::Vm => {
-                let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
-                crate::spawn::image::write(&image, &pki)?;
-                let mut cmdline = format!(
-                    "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={}/24 aurae.gw={} aurae.bridge_ip={}",
-                    crate::vmm::DEFAULT_VM_CMDLINE,
-                    spec.name,
-                    net.ip,
-                    net.gateway,
-                    net.bridge
-                );
-                // The child names each extra NIC by its MAC (`net::Nic`).
-                let mut extra_nics = Vec::new();
-                for (k, a) in spec.attachments.iter().enumerate() {
-                    let (_, mac) = self.next_tap();
-                    let mac_text = crate::net::ioctl::format_mac(mac);
-                    cmdline.push_str(&format!(" aurae.nic=eth{},{mac_text},{}", k + 1, a.address));
-                    extra_nics.push((a.bridge.clone(), mac));
-                }
-                let vm_spec = VmSpec {
-                    name: spec.name.clone(),
-                    kernel: crate::vmm::NODE_KERNEL.into(),
-                    initramfs: Some(image.clone()),
-                    cmdline,
-                    vcpus: spec.vcpus,
-                    memory_bytes: spec.memory_bytes,
-                    network: true,
-                    extra_nics,
-                    disks: Vec::new(),
-                    resources: Resources::default(),
-                    ready_within: deadline.saturating_duration_since(tokio::time::Instant::now()),
-                };
-                match self.boot_vm(vm_spec, false).await {
-                    Ok(vm) => (Body::Vm(vm), image, Vec::new()),
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&image);
-                        return Err(e);
-                    }
-                }
-            }
-            IsolationKind::Cell => {
-                let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
-                crate::spawn::image::write_pki_dir(&dir, &pki)?;
-                match self.start_cell_child(spec, &dir, bridge, net).await {
-                    Ok((e, veths)) => (Body::Cell(e), dir, veths),
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(e);
-                    }
-                }
-            }
-        };
-        let instance = Instance {
-            name: spec.name.clone(),
-            body,
-            address,
-            spiffe_id,
-            channel,
-            host,
-            files,
-            veths,
-            attachments: spec.attachments.clone(),
-            stop_requested: AtomicBool::new(false),
-            issued: Default::default(),
-            svid_ttl: spec.svid_ttl,
-        };
-        instance.record_issued(&pki);
-        match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
-            Ok(()) => {
-                let instance = Arc::new(instance);
-                let first = half_life(svid_expiry(&pki));
-                tokio::spawn(renew_at_half_life(Arc::downgrade(&instance), id.clone(), first));
-                Ok(instance)
-            }
-            Err(e) => {
-                self.kill_instance(&instance).await;
-                let _ = self.discard_instance(&instance).await;
-                Err(e.into())
-            }
-        }
-    }
-
-    /// The cell fallback: the child auraed as a daemon in a private cell with every
-    /// namespace new, a veth pair from the bridge to its eth0 and one from each attachment's
-    /// bridge to eth1, ...; returns the child and the veths' host ends.
-    async fn start_cell_child(
-        &self,
-        spec: &InstanceSpec,
-        pki_dir: &std::path::Path,
-        bridge: &str,
-        net: addressing::ChildNet,
-    ) -> Result<(Arc<Process>, Vec<String>)> {
-        let argv = vec![
-            "auraed".into(),
-            "daemon".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{CHILD_PORT}"),
-            "--pki-dir".into(),
-            pki_dir.to_string_lossy().into_owned(),
-            "--spawned-in-cell".into(),
-            // Its own root hides /var/lib/aurae; its own /run (64 MiB) holds its images.
-            "--image-store".into(),
-            "/run/aurae/images".into(),
-            "--image-store-mib".into(),
-            "32".into(),
-            "--bridge-ip".into(),
-            net.bridge.to_string(),
-        ];
-        let resources = Resources {
-            memory_max: Some(spec.memory_bytes),
-            ..Resources::default()
-        };
-        let e = self
-            .launch_self(
-                &spec.name,
-                argv,
-                Isolation::default(),
-                resources,
-                logs::Stream::Stdout,
-                None,
-                Confinement::INSTANCE,
-                vec![pki_dir.to_owned()],
-            )
-            .await?;
-        let mut veths = Vec::new();
-        let plumbed = match e.own_cell_holder_pid() {
-            None => Err(RuntimeError::Precondition(
-                "the child's cell has no holder to take its network namespace from".into(),
-            )),
-            Some(pid) => self.plumb_cell_child(spec, pid, bridge, net, &mut veths).await,
-        };
-        if let Err(err) = plumbed {
-            e.stop(libc::SIGKILL, Duration::ZERO).await;
-            let _ = self.discard_process(&e, spec.name.as_str()).await;
-            for v in &veths {
-                let _ = crate::spawn::veth::remove(v);
-            }
-            return Err(err);
-        }
-        Ok((e, veths))
-    }
-
-    /// eth0 on the bridge, then each attachment; `veths` gets each host end as it is made.
-    async fn plumb_cell_child(
-        &self,
-        spec: &InstanceSpec,
-        holder: i32,
-        bridge: &str,
-        net: addressing::ChildNet,
-        veths: &mut Vec<String>,
-    ) -> Result<()> {
-        use crate::spawn::veth::{plumb, Inside};
-        let eth0 = crate::net::Ipv4Cidr {
-            addr: net.ip,
-            prefix: 24,
-        };
-        let mut wanted = vec![(bridge.to_owned(), "eth0".to_owned(), eth0, Some(net.gateway))];
-        for (k, a) in spec.attachments.iter().enumerate() {
-            wanted.push((a.bridge.clone(), format!("eth{}", k + 1), a.address, None));
-        }
-        for (on, name, address, gateway) in wanted {
-            let (n, _) = self.next_tap();
-            let host_end = format!("aveth{n}");
-            veths.push(host_end.clone());
-            let inside = Inside {
-                name: &name,
-                address,
-                gateway,
-            };
-            plumb(&host_end, holder, &on, inside).await?;
-        }
-        Ok(())
-    }
-
-    pub(super) async fn kill_instance(&self, i: &Instance) {
-        match &i.body {
-            Body::Vm(vm) => self.stop_vm(vm, Duration::ZERO).await,
+    pub(super) async fn kill(&self) {
+        match &self.body {
+            Body::Vm(vm) => vm.stop(Duration::ZERO).await,
             Body::Cell(e) => e.stop(libc::SIGKILL, Duration::ZERO).await,
         }
     }
 
-    async fn discard_instance(&self, i: &Instance) -> Result<()> {
+    async fn discard(&self, host: &Host) -> Result<()> {
         // From now on nothing the child was issued, or signed, is accepted here.
-        if let (Some(id), Ok(issued)) = (&self.spawn_identity, i.issued.lock()) {
+        if let (Some(id), Ok(issued)) = (&host.spawn_identity, self.issued.lock()) {
             id.revoked.revoke(issued.iter().cloned());
         }
-        match &i.body {
-            Body::Vm(vm) => self.discard_vm(vm).await?,
-            Body::Cell(e) => self.discard_process(e, i.name.as_str()).await?,
+        match &self.body {
+            Body::Vm(vm) => vm.discard(host).await?,
+            Body::Cell(e) => e.discard(host, self.name.as_str()).await?,
         }
-        for veth in &i.veths {
+        for veth in &self.veths {
             if let Err(e) = crate::spawn::veth::remove(veth) {
-                tracing::warn!("instance {}: {e}", i.name);
+                tracing::warn!("instance {}: {e}", self.name);
             }
         }
-        let _ = if i.files.is_dir() {
-            std::fs::remove_dir_all(&i.files)
+        let _ = if self.files.is_dir() {
+            std::fs::remove_dir_all(&self.files)
         } else {
-            std::fs::remove_file(&i.files)
+            std::fs::remove_file(&self.files)
         };
         Ok(())
     }
 
     /// Graceful: the child is asked to power off (over its API) and given `grace`; then
     /// the VM is stopped by its VMM.
-    pub async fn stop_instance(&self, i: &Instance, grace: Duration) {
-        if !i.body.ended() {
-            i.stop_requested.store(true, Ordering::Relaxed);
-            if let Err(e) = child::request_shutdown(&i.channel, grace).await {
-                tracing::warn!("instance {}: shutdown request: {e}", i.name);
+    pub(crate) async fn stop(&self, grace: Duration) {
+        if !self.body.ended() {
+            self.stop_requested.store(true, Ordering::Relaxed);
+            if let Err(e) = child::request_shutdown(&self.channel, grace).await {
+                tracing::warn!("instance {}: shutdown request: {e}", self.name);
             }
-            let _ = tokio::time::timeout(grace + Duration::from_secs(2), i.body.wait()).await;
+            let _ = tokio::time::timeout(grace + Duration::from_secs(2), self.body.wait()).await;
         }
-        match &i.body {
-            Body::Vm(vm) => self.stop_vm(vm, Duration::from_secs(2)).await,
+        match &self.body {
+            Body::Vm(vm) => vm.stop(Duration::from_secs(2)).await,
             Body::Cell(e) => e.stop(libc::SIGTERM, Duration::from_secs(2)).await,
         }
     }
 
-    pub(super) async fn free_instance(&self, i: &Arc<Instance>) -> Result<()> {
-        let name = &i.name;
-        if !i.body.ended() {
+    pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
+        let name = &self.name;
+        if !self.body.ended() {
             return Err(pre(format!(
                 "instance '{name}' is running; stop it first (aer instance stop {name})"
             )));
         }
-        self.discard_instance(i).await?;
-        self.table().remove::<Instance>(name.as_str());
-        self.give_back(name.as_str(), &i.attachments, Some(i.host));
+        self.discard(host).await?;
+        host.table().remove::<Instance>(name.as_str());
+        give_back(host, name.as_str(), &self.attachments, Some(self.host));
         Ok(())
     }
+}
+
+/// The channel to a running child, for forwarding.
+/// The channel to a running child, and a future that completes (with how it ended) when
+/// the child ends: a call in flight to a child that dies would otherwise wait for its
+/// caller's deadline, as a dead VM's TAP answers nothing, not even a reset.
+pub(crate) fn channel(
+    host: &Host,
+    name: &str,
+) -> Result<(
+    tonic::transport::Channel,
+    impl std::future::Future<Output = String> + Send + 'static,
+)> {
+    let i = host.table().get::<Instance>(name)?;
+    if i.body.ended() {
+        return Err(pre(format!("instance '{name}' has ended")));
+    }
+    let channel = i.channel.clone();
+    let ended = async move {
+        i.body.wait().await;
+        child::Watched::outcome(&i.body).unwrap_or_else(|| "ended".into())
+    };
+    Ok((channel, ended))
+}
+
+/// Boots a child auraed in a microVM and returns once it serves.
+pub(crate) async fn spawn(host: &Host, spec: InstanceSpec) -> Result<InstanceView> {
+    host.table().vacant::<Instance>(spec.name.as_str())?;
+    let i = boot(host, &spec).await?;
+    let v = i.view();
+    let inserted = host.table().insert(i.clone());
+    if let Err(taken) = inserted {
+        i.kill().await;
+        i.release(host).await;
+        return Err(taken);
+    }
+    Ok(v)
+}
+
+/// Boots a child and returns once it serves, holding its address on the bridge, but
+/// not in the table: Spawn puts it there, a pod keeps it as its own.
+pub(super) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instance>> {
+    host.usable()?;
+    let Some(id) = host.spawn_identity.clone() else {
+        return Err(pre(
+            "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})",
+        ));
+    };
+    let Some((bridge, subnet)) = host.bridge.clone() else {
+        return Err(pre(
+            "this node has no bridge for instances (auraed makes one only as PID 1)",
+        ));
+    };
+    let kvm = crate::vmm::kvm_usable();
+    let isolation = match (spec.isolation, kvm) {
+        (Some(IsolationKind::Vm), Err(why)) => {
+            return Err(pre(format!(
+                "isolation: {why}; a VM instance needs KVM (leave isolation unset to fall back to a cell)"
+            )))
+        }
+        (Some(i), _) => i,
+        (None, Ok(())) => IsolationKind::Vm,
+        (None, Err(why)) => {
+            tracing::info!("spawn {}: {why}; falling back to a cell", spec.name);
+            IsolationKind::Cell
+        }
+    };
+    let deadline = tokio::time::Instant::now() + spec.serving_within;
+    take_attachments(host, spec, subnet)?;
+    let host_no = match take_host_number(host) {
+        Ok(h) => h,
+        Err(e) => {
+            give_back(host, spec.name.as_str(), &spec.attachments, None);
+            return Err(e);
+        }
+    };
+    // A node too deep to have children says so here; the host number goes back below.
+    let result = match addressing::child_net(subnet, host_no) {
+        Ok(net) => spawn_on(host, spec, isolation, &id, &bridge, net, host_no, deadline).await,
+        Err(e) => Err(SpawnError::from(e).into()),
+    };
+    if result.is_err() {
+        give_back(host, spec.name.as_str(), &spec.attachments, Some(host_no));
+    }
+    result
+}
+
+/// Checks an instance's extra interfaces against the node's named bridges and takes
+/// their addresses (`give_back` returns them).
+fn take_attachments(host: &Host, spec: &InstanceSpec, own: crate::net::Ipv4Cidr) -> Result<()> {
+    let list = &spec.attachments;
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(RuntimeError::invalid(
+            "networks",
+            format!(
+                "{} interfaces asked for; a pod has at most {MAX_ATTACHMENTS} beside eth0 (eth1..=eth{MAX_ATTACHMENTS})",
+                list.len()
+            ),
+        ));
+    }
+    for i in 0..list.len() {
+        check_attachment(&host.named_bridges, own, list, i)?;
+    }
+    let mut t = host.table();
+    for (i, a) in list.iter().enumerate() {
+        if let Some(owner) = t.attached.get(&(a.bridge.clone(), a.address.addr)) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "networks[{i}].address: {} on bridge {} is taken by '{owner}'; choose another address",
+                a.address.addr, a.bridge
+            )));
+        }
+    }
+    for a in list {
+        t.attached
+            .insert((a.bridge.clone(), a.address.addr), spec.name.to_string());
+    }
+    Ok(())
+}
+
+/// Returns an instance's addresses: its host number on the bridge and what it held on
+/// named bridges.
+fn give_back(host: &Host, name: &str, attachments: &[NetAttachment], host_no: Option<u8>) {
+    let mut t = host.table();
+    for a in attachments {
+        let key = (a.bridge.clone(), a.address.addr);
+        if t.attached.get(&key).is_some_and(|o| o == name) {
+            t.attached.remove(&key);
+        }
+    }
+    if let Some(h) = host_no {
+        t.hosts.remove(&h);
+    }
+}
+
+fn take_host_number(host: &Host) -> Result<u8> {
+    let mut t = host.table();
+    // From the top down, away from addresses people pick by hand for plain VMs.
+    let free = (2..=254u8).rev().find(|h| !t.hosts.contains(h));
+    let Some(h) = free else {
+        return Err(RuntimeError::Exhausted("every address on the bridge is taken".into()));
+    };
+    t.hosts.insert(h);
+    Ok(h)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn spawn_on(
+    host: &Host,
+    spec: &InstanceSpec,
+    isolation: IsolationKind,
+    id: &SpawnIdentity,
+    bridge: &str,
+    net: addressing::ChildNet,
+    host_no: u8,
+    deadline: tokio::time::Instant,
+) -> Result<Arc<Instance>> {
+    let spiffe_id = id.child_id(spec.name.as_str());
+    let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
+    let address = SocketAddr::from((net.ip, CHILD_PORT));
+    let channel = child::channel(id, spec.name.as_str(), &spiffe_id, address)?;
+    std::fs::create_dir_all(IMAGE_DIR).map_err(SpawnError::io("mkdir", IMAGE_DIR))?;
+    tracing::info!(
+        "spawning instance {} ({isolation:?}) at {} on {bridge} as {spiffe_id}",
+        spec.name,
+        net.ip
+    );
+    let (body, files, veths) = match isolation {
+        IsolationKind::Vm => {
+            let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
+            crate::spawn::image::write(&image, &pki)?;
+            let mut cmdline = format!(
+                "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={}/24 aurae.gw={} aurae.bridge_ip={}",
+                crate::vmm::DEFAULT_VM_CMDLINE,
+                spec.name,
+                net.ip,
+                net.gateway,
+                net.bridge
+            );
+            // The child names each extra NIC by its MAC (`net::Nic`).
+            let mut extra_nics = Vec::new();
+            for (k, a) in spec.attachments.iter().enumerate() {
+                let (_, mac) = vm::next_tap(host);
+                let mac_text = crate::net::ioctl::format_mac(mac);
+                cmdline.push_str(&format!(" aurae.nic=eth{},{mac_text},{}", k + 1, a.address));
+                extra_nics.push((a.bridge.clone(), mac));
+            }
+            let vm_spec = VmSpec {
+                name: spec.name.clone(),
+                kernel: crate::vmm::NODE_KERNEL.into(),
+                initramfs: Some(image.clone()),
+                cmdline,
+                vcpus: spec.vcpus,
+                memory_bytes: spec.memory_bytes,
+                network: true,
+                extra_nics,
+                disks: Vec::new(),
+                resources: Resources::default(),
+                ready_within: deadline.saturating_duration_since(tokio::time::Instant::now()),
+            };
+            match vm::boot(host, vm_spec, false).await {
+                Ok(vm) => (Body::Vm(vm), image, Vec::new()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&image);
+                    return Err(e);
+                }
+            }
+        }
+        IsolationKind::Cell => {
+            let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
+            crate::spawn::image::write_pki_dir(&dir, &pki)?;
+            match start_cell_child(host, spec, &dir, bridge, net).await {
+                Ok((e, veths)) => (Body::Cell(e), dir, veths),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let instance = Instance {
+        name: spec.name.clone(),
+        body,
+        address,
+        spiffe_id,
+        channel,
+        host: host_no,
+        files,
+        veths,
+        attachments: spec.attachments.clone(),
+        stop_requested: AtomicBool::new(false),
+        issued: Default::default(),
+        svid_ttl: spec.svid_ttl,
+    };
+    instance.record_issued(&pki);
+    match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
+        Ok(()) => {
+            let instance = Arc::new(instance);
+            let first = half_life(svid_expiry(&pki));
+            tokio::spawn(renew_at_half_life(Arc::downgrade(&instance), id.clone(), first));
+            Ok(instance)
+        }
+        Err(e) => {
+            instance.kill().await;
+            let _ = instance.discard(host).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The cell fallback: the child auraed as a daemon in a private cell with every
+/// namespace new, a veth pair from the bridge to its eth0 and one from each attachment's
+/// bridge to eth1, ...; returns the child and the veths' host ends.
+async fn start_cell_child(
+    host: &Host,
+    spec: &InstanceSpec,
+    pki_dir: &std::path::Path,
+    bridge: &str,
+    net: addressing::ChildNet,
+) -> Result<(Arc<Process>, Vec<String>)> {
+    let argv = vec![
+        "auraed".into(),
+        "daemon".into(),
+        "--listen".into(),
+        format!("0.0.0.0:{CHILD_PORT}"),
+        "--pki-dir".into(),
+        pki_dir.to_string_lossy().into_owned(),
+        "--spawned-in-cell".into(),
+        // Its own root hides /var/lib/aurae; its own /run (64 MiB) holds its images.
+        "--image-store".into(),
+        "/run/aurae/images".into(),
+        "--image-store-mib".into(),
+        "32".into(),
+        "--bridge-ip".into(),
+        net.bridge.to_string(),
+    ];
+    let resources = Resources {
+        memory_max: Some(spec.memory_bytes),
+        ..Resources::default()
+    };
+    let e = process::launch_self(
+        host,
+        &spec.name,
+        argv,
+        Isolation::default(),
+        resources,
+        logs::Stream::Stdout,
+        None,
+        Confinement::INSTANCE,
+        vec![pki_dir.to_owned()],
+    )
+    .await?;
+    let mut veths = Vec::new();
+    let plumbed = match e.own_cell_holder_pid() {
+        None => Err(RuntimeError::Precondition(
+            "the child's cell has no holder to take its network namespace from".into(),
+        )),
+        Some(pid) => plumb_cell_child(host, spec, pid, bridge, net, &mut veths).await,
+    };
+    if let Err(err) = plumbed {
+        e.stop(libc::SIGKILL, Duration::ZERO).await;
+        let _ = e.discard(host, spec.name.as_str()).await;
+        for v in &veths {
+            let _ = crate::spawn::veth::remove(v);
+        }
+        return Err(err);
+    }
+    Ok((e, veths))
+}
+
+/// eth0 on the bridge, then each attachment; `veths` gets each host end as it is made.
+async fn plumb_cell_child(
+    host: &Host,
+    spec: &InstanceSpec,
+    holder: i32,
+    bridge: &str,
+    net: addressing::ChildNet,
+    veths: &mut Vec<String>,
+) -> Result<()> {
+    use crate::spawn::veth::{plumb, Inside};
+    let eth0 = crate::net::Ipv4Cidr {
+        addr: net.ip,
+        prefix: 24,
+    };
+    let mut wanted = vec![(bridge.to_owned(), "eth0".to_owned(), eth0, Some(net.gateway))];
+    for (k, a) in spec.attachments.iter().enumerate() {
+        wanted.push((a.bridge.clone(), format!("eth{}", k + 1), a.address, None));
+    }
+    for (on, name, address, gateway) in wanted {
+        let (n, _) = vm::next_tap(host);
+        let host_end = format!("aveth{n}");
+        veths.push(host_end.clone());
+        let inside = Inside {
+            name: &name,
+            address,
+            gateway,
+        };
+        plumb(&host_end, holder, &on, inside).await?;
+    }
+    Ok(())
 }
 
 /// Checks attachment `i` of `list`: its bridge is one of the node's named bridges, and

@@ -1,5 +1,10 @@
-//! The runtime: executables and cells, and the table of workloads. The server hands it
+//! The runtime: every workload kind, and the table of workloads. The server hands it
 //! validated specs (`spec`), it answers with plain status structs; it never sees protobuf.
+//!
+//! `Runtime` (here) is the façade, one method per rpc. What the kinds share is the `Host`
+//! (`host.rs`); each kind's file creates one with free functions (`vm::run(host, spec)`)
+//! and runs the rest of its life as methods of its own type (`vm.stop(grace)`,
+//! `cell.free(host)`), which `table.rs` dispatches to by kind.
 //!
 //! cgroup layout under the workloads root (`/sys/fs/cgroup/aurae` on the appliance):
 //!
@@ -182,42 +187,42 @@ impl Runtime {
     }
 
     pub async fn run_executable(&self, spec: spec::ExecutableSpec) -> Result<ExecView> {
-        self.host.run_executable(spec).await
+        executable::run(&self.host, spec).await
     }
 
     pub async fn run_cell(&self, spec: spec::CellSpec) -> Result<CellView> {
-        self.host.run_cell(spec).await
+        cell::run(&self.host, spec).await
     }
 
     pub async fn run_vm(&self, spec: spec::VmSpec) -> Result<VmView> {
-        self.host.run_vm(spec).await
+        vm::run(&self.host, spec).await
     }
 
     pub async fn spawn(&self, spec: InstanceSpec) -> Result<InstanceView> {
-        self.host.spawn(spec).await
+        instance::spawn(&self.host, spec).await
     }
 
     pub async fn run_pod(&self, spec: crate::pod::PodSpec, images: Vec<Arc<pod::PodImage>>) -> Result<pod::PodView> {
-        self.host.run_pod(spec, images).await
+        pod::run(&self.host, spec, images).await
     }
 
     /// Exec: a process started in a running cell, attached to the caller.
     pub async fn attach(&self, spec: attach::AttachSpec) -> Result<attach::Attached> {
-        self.host.attach(spec).await
+        attach::start(&self.host, spec).await
     }
 
     /// Ends an attached process and forgets it.
     pub async fn detach(&self, p: &Process) {
-        self.host.detach(p).await
+        attach::end(&self.host, p).await
     }
 
     pub async fn freeze(&self, name: &str, frozen: bool) -> Result<CellView> {
-        self.host.freeze(name, frozen).await
+        cell::freeze(&self.host, name, frozen).await
     }
 
     /// (reference, digest, cells) of every image a cell runs from.
     pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
-        self.host.images_in_use()
+        cell::images_in_use(&self.host)
     }
 
     /// The channel to instance `name`'s auraed, with its pod (when a pod owns it).
@@ -228,12 +233,12 @@ impl Runtime {
         tonic::transport::Channel,
         impl std::future::Future<Output = String> + Send + 'static,
     )> {
-        self.host.instance_channel(name)
+        instance::channel(&self.host, name)
     }
 
     /// The channel to the instance pod `name` runs in.
     pub fn pod_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
-        self.host.pod_channel(name)
+        pod::channel(&self.host, name)
     }
 
     pub fn status(&self, kind: Kind, name: &str) -> Result<View> {
@@ -275,7 +280,7 @@ impl Runtime {
             .filter(|c| c.name.parent().is_none())
             .cloned()
             .collect();
-        let stops = tops.iter().map(|c| self.host.stop_cell(c, libc::SIGTERM, grace));
+        let stops = tops.iter().map(|c| c.stop(&self.host, libc::SIGTERM, grace));
         futures_join_all(stops).await;
     }
 

@@ -6,6 +6,7 @@
 
 use super::error::{Result, RuntimeError};
 use super::host::Host;
+use super::instance;
 use super::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
 use super::names::ExecName;
 use crate::image::load::Offer;
@@ -206,212 +207,16 @@ impl Pod {
     }
 }
 
-impl Host {
-    /// Makes pod `spec`: binds its node ports, spawns its instance, gives it `images` (one
-    /// per container, in order), makes each container's cell there and starts its
-    /// entrypoint, then publishes the ports. Returns once every container runs; on any
-    /// failure nothing is left (instance, cells, ports, name).
-    pub async fn run_pod(&self, spec: PodSpec, images: Vec<Arc<PodImage>>) -> Result<PodView> {
-        self.usable()?;
-        let (vcpus, memory) = pod::size(&spec);
-        let field = if spec.memory_bytes.is_some() {
-            "resources.memory_bytes"
-        } else {
-            "containers[].resources.limits.memory_bytes"
-        };
-        if !(pod::MEMORY_MIN..=pod::MEMORY_MAX).contains(&memory) {
-            return Err(RuntimeError::invalid(
-                field,
-                format!(
-                    "the pod's instance would have {} MiB; it must have 64..=3072 MiB",
-                    memory / pod::MIB
-                ),
-            ));
-        }
-        let avail = crate::node::mem_available_bytes();
-        if avail > 0 && memory > avail {
-            return Err(RuntimeError::Exhausted(format!(
-                "{field}: the pod's instance needs {} MiB and this node has {} MiB available; ask for less or free workloads",
-                memory / pod::MIB,
-                avail / pod::MIB
-            )));
-        }
-        if vcpus > 32 {
-            return Err(RuntimeError::Precondition(format!(
-                "resources.vcpus: the pod asks for {vcpus} vCPUs and an instance has at most 32"
-            )));
-        }
-        self.table().vacant::<Pod>(spec.name.as_str())?;
-        self.table().vacant::<Instance>(spec.name.as_str())?;
-        // The node's ports first: one taken is refused before anything is made.
-        let mut bound = Vec::new();
-        for (i, c) in spec.containers.iter().enumerate() {
-            for (j, (host, inside)) in c.ports.iter().enumerate() {
-                let field = format!("containers[{i}].ports[{j}].host_port");
-                let b = proxy::bind(*host, *inside).map_err(|e| super::cell::port_error(&field, *host, e))?;
-                bound.push((c.name.to_string(), b));
-            }
-        }
-        let deadline = tokio::time::Instant::now() + spec.ready_within;
-        let (tx, _) = watch::channel(());
-        let p = Arc::new(Pod {
-            name: spec.name.clone(),
-            images: images
-                .iter()
-                .map(|i| (i.reference.clone(), i.digest.clone(), i.chains.clone()))
-                .collect(),
-            spec,
-            instance: OnceLock::new(),
-            state: Mutex::new(PodState {
-                making: true,
-                reason: "ContainerCreating".into(),
-                lost: false,
-                runs: Vec::new(),
-            }),
-            changed: tx,
-            ports: Mutex::new(Vec::new()),
-            stopping: AtomicBool::new(false),
-            created_unix_nanos: super::logs::now_unix_nanos(),
-        });
-        self.table().insert(p.clone())?;
-        match self.make_pod(&p, vcpus, memory, images, bound, deadline).await {
-            Ok(()) => {
-                p.update(|s| {
-                    s.making = false;
-                    s.reason.clear();
-                });
-                let ch = p.instance().map(|i| i.channel.clone());
-                if let Some(ch) = ch {
-                    for n in 0..p.spec.containers.len() {
-                        tokio::spawn(supervise(p.clone(), n, ch.clone()));
-                    }
-                }
-                tracing::info!("pod {} running", p.name);
-                Ok(p.view())
-            }
-            Err(e) => {
-                tracing::info!("pod {}: {e}; removing what was made", p.name);
-                p.stopping.store(true, Ordering::Relaxed);
-                p.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
-                if let Some(i) = p.instance() {
-                    self.kill_instance(i).await;
-                    self.release_instance(i).await;
-                }
-                self.table().remove::<Pod>(p.name.as_str());
-                Err(e)
-            }
-        }
-    }
-
-    async fn make_pod(
-        &self,
-        p: &Arc<Pod>,
-        vcpus: u8,
-        memory: u64,
-        images: Vec<Arc<PodImage>>,
-        bound: Vec<(String, proxy::Bound)>,
-        deadline: tokio::time::Instant,
-    ) -> Result<()> {
-        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let ispec = InstanceSpec {
-            name: p.name.clone(),
-            isolation: p.spec.isolation,
-            vcpus,
-            memory_bytes: memory,
-            svid_ttl: Duration::from_secs(3600),
-            serving_within: left(),
-            attachments: p.spec.networks.clone(),
-        };
-        let i = self.spawn_instance(&ispec).await?;
-        let _ = p.instance.set(i.clone());
-        let ch = i.channel.clone();
-        // Each image once, each blob once.
-        let mut given: Vec<&str> = Vec::new();
-        let mut blobs: std::collections::HashSet<String> = Default::default();
-        for img in &images {
-            if given.contains(&img.reference.as_str()) {
-                continue;
-            }
-            given.push(&img.reference);
-            let mut offer = img.offer.clone();
-            for l in &mut offer.layers {
-                l.sent = blobs.insert(l.digest.to_string());
-            }
-            let began = std::time::Instant::now();
-            remote::load_image(&ch, &offer, &img.paths, left().min(CALL_TIMEOUT * 5))
-                .await
-                .map_err(|s| refused(&format!("giving image {} to the pod's instance", img.reference), s))?;
-            tracing::info!(
-                "pod {}: image {} given to its instance in {} ms",
-                p.name,
-                img.reference,
-                began.elapsed().as_millis()
-            );
-        }
-        let mut runs = Vec::with_capacity(p.spec.containers.len());
-        for (n, c) in p.spec.containers.iter().enumerate() {
-            let cell = remote::container_cell(&p.spec, c);
-            let status = remote::run_cell(&ch, cell, left())
-                .await
-                .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
-            let argv = status.image.map(|i| i.entrypoint).unwrap_or_default();
-            if argv.is_empty() {
-                return Err(RuntimeError::invalid(
-                    format!("containers[{n}].command"),
-                    format!("image '{}' names no entrypoint or cmd; give command or args", c.image),
-                ));
-            }
-            let run = remote::start_run(&ch, c.name.as_str(), argv.clone(), left())
-                .await
-                .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
-            runs.push(Run {
-                state: ContainerState::Running {
-                    since_unix_nanos: run.started_at_unix_nanos,
-                },
-                restarts: 0,
-                last: None,
-                argv,
-            });
-        }
-        p.update(|s| s.runs = runs);
-        let ip = match i.address.ip() {
-            std::net::IpAddr::V4(a) => a,
-            std::net::IpAddr::V6(_) => {
-                return Err(RuntimeError::Precondition(
-                    "the pod's instance has no IPv4 address".into(),
-                ))
-            }
-        };
-        let mut ports = p.ports.lock().unwrap_or_else(|x| x.into_inner());
-        for (container, b) in bound {
-            let published = proxy::publish(b, proxy::Dialer::Address(ip), format!("pod {}/{container}", p.name))
-                .map_err(|e| RuntimeError::Precondition(format!("pod '{}': publish a port: {e}", p.name)))?;
-            ports.push(published);
-        }
-        Ok(())
-    }
-
-    /// The channel to a pod's instance (for its containers' logs), and a future that ends
-    /// when the instance does.
-    pub fn pod_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
-        let p = self.table().get::<Pod>(name)?;
-        match p.instance() {
-            Some(i) if !i.body.ended() => Ok(i.channel.clone()),
-            _ => Err(RuntimeError::Precondition(format!(
-                "pod '{name}' has no running instance; its containers' logs went with it"
-            ))),
-        }
-    }
-
+impl Pod {
     /// Graceful: each container's run gets `signal` and `grace`, then the instance powers off.
-    pub async fn stop_pod(&self, p: &Pod, signal: i32, grace: Duration) {
-        p.stopping.store(true, Ordering::Relaxed);
-        p.changed.send_replace(());
-        let Some(i) = p.instance() else { return };
+    pub(crate) async fn stop(&self, signal: i32, grace: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.changed.send_replace(());
+        let Some(i) = self.instance() else { return };
         if !i.body.ended() {
             let running: Vec<String> = {
-                let s = p.state();
-                p.spec
+                let s = self.state();
+                self.spec
                     .containers
                     .iter()
                     .zip(&s.runs)
@@ -421,56 +226,252 @@ impl Host {
             };
             let stops = running.iter().map(|c| async move {
                 if let Err(e) = remote::stop_run(&i.channel, c, signal, grace).await {
-                    tracing::warn!("pod {}: stop container {c}: {}", p.name, e.message());
+                    tracing::warn!("pod {}: stop container {c}: {}", self.name, e.message());
                 }
             });
             crate::runtime::futures_join_all(stops).await;
             // The supervisors see the runs end and record how.
             let settle = tokio::time::Instant::now() + Duration::from_secs(5);
             super::poll_until(settle, || {
-                p.state()
+                self.state()
                     .runs
                     .iter()
                     .all(|r| !matches!(r.state, ContainerState::Running { .. }))
             })
             .await;
         }
-        p.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
-        self.stop_instance(i, INSTANCE_GRACE).await;
-        p.changed.send_replace(());
+        self.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
+        i.stop(INSTANCE_GRACE).await;
+        self.changed.send_replace(());
     }
 
-    pub(super) async fn free_pod(&self, p: &Arc<Pod>) -> Result<()> {
-        if !p.ended() {
+    pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
+        if !self.ended() {
             return Err(RuntimeError::Precondition(format!(
                 "pod '{}' is running; stop it first (aer pod stop {})",
-                p.name, p.name
+                self.name, self.name
             )));
         }
-        if let Some(i) = p.instance() {
+        if let Some(i) = self.instance() {
             if !i.body.ended() {
-                self.stop_instance(i, INSTANCE_GRACE).await;
+                i.stop(INSTANCE_GRACE).await;
             }
-            self.release_instance(i).await;
+            i.release(host).await;
         }
-        p.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
-        self.table().remove::<Pod>(p.name.as_str());
-        tracing::info!("pod {} freed", p.name);
+        self.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
+        host.table().remove::<Pod>(self.name.as_str());
+        tracing::info!("pod {} freed", self.name);
         Ok(())
     }
+}
 
-    /// Every pod's images: (who, reference, chain IDs), so they are not removed under it.
-    pub(super) fn pod_images(&self) -> Vec<(String, String, Vec<String>)> {
-        self.table()
-            .all::<Pod>()
-            .flat_map(|p| {
-                p.images
-                    .iter()
-                    .map(|(r, _, c)| (format!("pod '{}'", p.name), r.clone(), c.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+/// Makes pod `spec`: binds its node ports, spawns its instance, gives it `images` (one
+/// per container, in order), makes each container's cell there and starts its
+/// entrypoint, then publishes the ports. Returns once every container runs; on any
+/// failure nothing is left (instance, cells, ports, name).
+pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) -> Result<PodView> {
+    host.usable()?;
+    let (vcpus, memory) = pod::size(&spec);
+    let field = if spec.memory_bytes.is_some() {
+        "resources.memory_bytes"
+    } else {
+        "containers[].resources.limits.memory_bytes"
+    };
+    if !(pod::MEMORY_MIN..=pod::MEMORY_MAX).contains(&memory) {
+        return Err(RuntimeError::invalid(
+            field,
+            format!(
+                "the pod's instance would have {} MiB; it must have 64..=3072 MiB",
+                memory / pod::MIB
+            ),
+        ));
     }
+    let avail = crate::node::mem_available_bytes();
+    if avail > 0 && memory > avail {
+        return Err(RuntimeError::Exhausted(format!(
+            "{field}: the pod's instance needs {} MiB and this node has {} MiB available; ask for less or free workloads",
+            memory / pod::MIB,
+            avail / pod::MIB
+        )));
+    }
+    if vcpus > 32 {
+        return Err(RuntimeError::Precondition(format!(
+            "resources.vcpus: the pod asks for {vcpus} vCPUs and an instance has at most 32"
+        )));
+    }
+    host.table().vacant::<Pod>(spec.name.as_str())?;
+    host.table().vacant::<Instance>(spec.name.as_str())?;
+    // The node's ports first: one taken is refused before anything is made.
+    let mut bound = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, (node_port, inside)) in c.ports.iter().enumerate() {
+            let field = format!("containers[{i}].ports[{j}].host_port");
+            let b = proxy::bind(*node_port, *inside).map_err(|e| super::cell::port_error(&field, *node_port, e))?;
+            bound.push((c.name.to_string(), b));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + spec.ready_within;
+    let (tx, _) = watch::channel(());
+    let p = Arc::new(Pod {
+        name: spec.name.clone(),
+        images: images
+            .iter()
+            .map(|i| (i.reference.clone(), i.digest.clone(), i.chains.clone()))
+            .collect(),
+        spec,
+        instance: OnceLock::new(),
+        state: Mutex::new(PodState {
+            making: true,
+            reason: "ContainerCreating".into(),
+            lost: false,
+            runs: Vec::new(),
+        }),
+        changed: tx,
+        ports: Mutex::new(Vec::new()),
+        stopping: AtomicBool::new(false),
+        created_unix_nanos: super::logs::now_unix_nanos(),
+    });
+    host.table().insert(p.clone())?;
+    match make(host, &p, vcpus, memory, images, bound, deadline).await {
+        Ok(()) => {
+            p.update(|s| {
+                s.making = false;
+                s.reason.clear();
+            });
+            let ch = p.instance().map(|i| i.channel.clone());
+            if let Some(ch) = ch {
+                for n in 0..p.spec.containers.len() {
+                    tokio::spawn(supervise(p.clone(), n, ch.clone()));
+                }
+            }
+            tracing::info!("pod {} running", p.name);
+            Ok(p.view())
+        }
+        Err(e) => {
+            tracing::info!("pod {}: {e}; removing what was made", p.name);
+            p.stopping.store(true, Ordering::Relaxed);
+            p.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
+            if let Some(i) = p.instance() {
+                i.kill().await;
+                i.release(host).await;
+            }
+            host.table().remove::<Pod>(p.name.as_str());
+            Err(e)
+        }
+    }
+}
+
+async fn make(
+    host: &Host,
+    p: &Arc<Pod>,
+    vcpus: u8,
+    memory: u64,
+    images: Vec<Arc<PodImage>>,
+    bound: Vec<(String, proxy::Bound)>,
+    deadline: tokio::time::Instant,
+) -> Result<()> {
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let ispec = InstanceSpec {
+        name: p.name.clone(),
+        isolation: p.spec.isolation,
+        vcpus,
+        memory_bytes: memory,
+        svid_ttl: Duration::from_secs(3600),
+        serving_within: left(),
+        attachments: p.spec.networks.clone(),
+    };
+    let i = instance::boot(host, &ispec).await?;
+    let _ = p.instance.set(i.clone());
+    let ch = i.channel.clone();
+    // Each image once, each blob once.
+    let mut given: Vec<&str> = Vec::new();
+    let mut blobs: std::collections::HashSet<String> = Default::default();
+    for img in &images {
+        if given.contains(&img.reference.as_str()) {
+            continue;
+        }
+        given.push(&img.reference);
+        let mut offer = img.offer.clone();
+        for l in &mut offer.layers {
+            l.sent = blobs.insert(l.digest.to_string());
+        }
+        let began = std::time::Instant::now();
+        remote::load_image(&ch, &offer, &img.paths, left().min(CALL_TIMEOUT * 5))
+            .await
+            .map_err(|s| refused(&format!("giving image {} to the pod's instance", img.reference), s))?;
+        tracing::info!(
+            "pod {}: image {} given to its instance in {} ms",
+            p.name,
+            img.reference,
+            began.elapsed().as_millis()
+        );
+    }
+    let mut runs = Vec::with_capacity(p.spec.containers.len());
+    for (n, c) in p.spec.containers.iter().enumerate() {
+        let cell = remote::container_cell(&p.spec, c);
+        let status = remote::run_cell(&ch, cell, left())
+            .await
+            .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
+        let argv = status.image.map(|i| i.entrypoint).unwrap_or_default();
+        if argv.is_empty() {
+            return Err(RuntimeError::invalid(
+                format!("containers[{n}].command"),
+                format!("image '{}' names no entrypoint or cmd; give command or args", c.image),
+            ));
+        }
+        let run = remote::start_run(&ch, c.name.as_str(), argv.clone(), left())
+            .await
+            .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
+        runs.push(Run {
+            state: ContainerState::Running {
+                since_unix_nanos: run.started_at_unix_nanos,
+            },
+            restarts: 0,
+            last: None,
+            argv,
+        });
+    }
+    p.update(|s| s.runs = runs);
+    let ip = match i.address.ip() {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(_) => {
+            return Err(RuntimeError::Precondition(
+                "the pod's instance has no IPv4 address".into(),
+            ))
+        }
+    };
+    let mut ports = p.ports.lock().unwrap_or_else(|x| x.into_inner());
+    for (container, b) in bound {
+        let published = proxy::publish(b, proxy::Dialer::Address(ip), format!("pod {}/{container}", p.name))
+            .map_err(|e| RuntimeError::Precondition(format!("pod '{}': publish a port: {e}", p.name)))?;
+        ports.push(published);
+    }
+    Ok(())
+}
+
+/// The channel to a pod's instance (for its containers' logs), and a future that ends
+/// when the instance does.
+pub(crate) fn channel(host: &Host, name: &str) -> Result<tonic::transport::Channel> {
+    let p = host.table().get::<Pod>(name)?;
+    match p.instance() {
+        Some(i) if !i.body.ended() => Ok(i.channel.clone()),
+        _ => Err(RuntimeError::Precondition(format!(
+            "pod '{name}' has no running instance; its containers' logs went with it"
+        ))),
+    }
+}
+
+/// Every pod's images: (who, reference, chain IDs), so they are not removed under it.
+pub(super) fn images(host: &Host) -> Vec<(String, String, Vec<String>)> {
+    host.table()
+        .all::<Pod>()
+        .flat_map(|p| {
+            p.images
+                .iter()
+                .map(|(r, _, c)| (format!("pod '{}'", p.name), r.clone(), c.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Runs container `n` of `p` for as long as its restart policy says: waits for each run

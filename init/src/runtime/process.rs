@@ -5,6 +5,7 @@
 //! ones their workloads own. A process that names no cell gets a private cell named after
 //! it, which ends when the process does.
 
+use super::cell;
 use super::cell::Cell;
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
@@ -272,253 +273,251 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, p: &Prepared) -> Runti
     }
 }
 
-impl Host {
-    /// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
-    /// daemon ...`) as an unlisted executable in a private cell of its own named `name`,
-    /// with `control` (if any) as its fd 3, confined as `confinement` with `binds` (see
-    /// `Launch`).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn launch_self(
-        &self,
-        name: &ExecName,
-        argv: Vec<String>,
-        isolation: Isolation,
-        resources: Resources,
-        stdout_as: logs::Stream,
-        control: Option<std::os::fd::OwnedFd>,
-        confinement: Confinement,
-        binds: Vec<std::path::PathBuf>,
-    ) -> Result<Arc<Process>> {
-        let spec = ExecutableSpec {
-            name: name.clone(),
-            argv,
-            env: Default::default(),
-            cwd: None,
-            uid: None,
-            gid: None,
-            cell: None,
-        };
-        let how = Launch {
-            program: Some("/proc/self/exe".into()),
-            isolation,
-            resources,
-            confinement,
-            stdout_as,
-            listed: false,
-            control,
-            binds,
-            attach: None,
-        };
-        self.launch(spec, how).await
+impl Process {
+    /// Removes an ended executable's cgroup and private cell.
+    pub(super) async fn discard(&self, host: &Host, name: &str) -> Result<()> {
+        if !self.phase().ended() {
+            return Err(RuntimeError::Precondition(format!(
+                "executable '{name}' is {:?}; stop it first (aer stop {name}) or wait for it (aer wait {name})",
+                self.phase()
+            )));
+        }
+        let _op = self.op.lock().await;
+        super::remove_for_good(&*host.sys, &self.dir).await?;
+        if let Some(c) = &self.own_cell {
+            c.discard_now(host).await;
+        }
+        Ok(())
     }
+}
 
-    /// Starts `spec` as `how` says. Unlisted executables (a VM's VMM) are not in the table;
-    /// their owner keeps them.
-    pub(super) async fn launch(&self, spec: ExecutableSpec, how: Launch) -> Result<Arc<Process>> {
-        let Launch {
-            program,
-            isolation,
-            resources,
-            confinement,
-            stdout_as,
-            listed,
-            control,
-            binds,
-            attach,
-        } = how;
-        if listed {
-            self.table().vacant::<Process>(spec.name.as_str())?;
+/// Runs auraed itself again as `argv` (argv[0] picks the role: `aurae-vmm`, `auraed
+/// daemon ...`) as an unlisted executable in a private cell of its own named `name`,
+/// with `control` (if any) as its fd 3, confined as `confinement` with `binds` (see
+/// `Launch`).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn launch_self(
+    host: &Host,
+    name: &ExecName,
+    argv: Vec<String>,
+    isolation: Isolation,
+    resources: Resources,
+    stdout_as: logs::Stream,
+    control: Option<std::os::fd::OwnedFd>,
+    confinement: Confinement,
+    binds: Vec<std::path::PathBuf>,
+) -> Result<Arc<Process>> {
+    let spec = ExecutableSpec {
+        name: name.clone(),
+        argv,
+        env: Default::default(),
+        cwd: None,
+        uid: None,
+        gid: None,
+        cell: None,
+    };
+    let how = Launch {
+        program: Some("/proc/host/exe".into()),
+        isolation,
+        resources,
+        confinement,
+        stdout_as,
+        listed: false,
+        control,
+        binds,
+        attach: None,
+    };
+    launch(host, spec, how).await
+}
+
+/// Starts `spec` as `how` says. Unlisted executables (a VM's VMM) are not in the table;
+/// their owner keeps them.
+pub(super) async fn launch(host: &Host, spec: ExecutableSpec, how: Launch) -> Result<Arc<Process>> {
+    let Launch {
+        program,
+        isolation,
+        resources,
+        confinement,
+        stdout_as,
+        listed,
+        control,
+        binds,
+        attach,
+    } = how;
+    if listed {
+        host.table().vacant::<Process>(spec.name.as_str())?;
+    }
+    let (cell, own) = match &spec.cell {
+        Some(name) => {
+            let c = cell::target(host, name.as_str(), "cell")?;
+            match c.phase() {
+                Phase::Running => {}
+                Phase::Frozen => {
+                    return Err(RuntimeError::Precondition(format!(
+                        "cell '{name}' is frozen; thaw it first (aer cell thaw {name})"
+                    )))
+                }
+                p => {
+                    return Err(RuntimeError::Precondition(format!(
+                        "cell '{name}' is {p:?}; start executables only in running cells"
+                    )))
+                }
+            }
+            (c, false)
         }
-        let (cell, own) = match &spec.cell {
-            Some(name) => {
-                let c = self.target_cell(name.as_str(), "cell")?;
-                match c.phase() {
-                    Phase::Running => {}
-                    Phase::Frozen => {
-                        return Err(RuntimeError::Precondition(format!(
-                            "cell '{name}' is frozen; thaw it first (aer cell thaw {name})"
-                        )))
-                    }
-                    p => {
-                        return Err(RuntimeError::Precondition(format!(
-                            "cell '{name}' is {p:?}; start executables only in running cells"
-                        )))
-                    }
-                }
-                (c, false)
-            }
-            None => {
-                let own = CellSpec {
-                    name: CellName::of_executable(&spec.name),
-                    resources,
-                    isolation,
-                    confinement,
-                    binds,
-                    ready_within: super::spec::READY_MAX,
-                    image: None,
-                    ports: Vec::new(),
-                };
-                let c = self.create_cell(own, true).await.map_err(|e| match e {
-                    RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
-                        "a cell named '{0}' exists, and an executable without `cell` gets a private cell named after it; pass cell: '{0}' to run inside it, or choose another name",
-                        spec.name
-                    )),
-                    other => other,
-                })?;
-                (c, true)
-            }
-        };
-        let e = Arc::new(Process {
-            name: spec.name.clone(),
-            cell: cell.name.clone(),
-            own_cell: own.then(|| cell.clone()),
-            dir: cell.dir.child(&match attach {
-                Some(_) => format!("_a.{}", spec.name),
-                None => format!("_x.{}", spec.name),
-            }),
-            sys: self.sys.clone(),
-            logs: LogBuffer::new(logs::DEFAULT_CAPACITY, 2, &self.logs),
-            stdout_as,
-            state: watch::channel(ExecView {
-                name: spec.name.to_string(),
-                cell: cell.name.to_string(),
-                phase: Some(Phase::Starting),
-                ..Default::default()
-            })
-            .0,
-            op: tokio::sync::Mutex::new(()),
-        });
-        if listed {
-            // Checked again: another request may have taken the name while the cell was made.
-            let inserted = self.table().insert(e.clone());
-            if let Err(taken) = inserted {
-                if own {
-                    self.discard_cell_now(&cell).await;
-                }
-                return Err(taken);
-            }
+        None => {
+            let own = CellSpec {
+                name: CellName::of_executable(&spec.name),
+                resources,
+                isolation,
+                confinement,
+                binds,
+                ready_within: super::spec::READY_MAX,
+                image: None,
+                ports: Vec::new(),
+            };
+            let c = cell::create(host, own, true).await.map_err(|e| match e {
+                RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
+                    "a cell named '{0}' exists, and an executable without `cell` gets a private cell named after it; pass cell: '{0}' to run inside it, or choose another name",
+                    spec.name
+                )),
+                other => other,
+            })?;
+            (c, true)
         }
-        match self.start_exec(&e, &cell, &spec, program, control, attach).await {
-            Ok(()) => Ok(e),
-            Err(err) => {
-                if let Err(rm) = super::remove_for_good(&*self.sys, &e.dir).await {
-                    tracing::error!("executable {}: {rm}", e.name);
-                }
-                if listed {
-                    self.table().remove::<Process>(e.name.as_str());
-                }
-                if own {
-                    self.discard_cell_now(&cell).await;
-                }
-                Err(err)
+    };
+    let e = Arc::new(Process {
+        name: spec.name.clone(),
+        cell: cell.name.clone(),
+        own_cell: own.then(|| cell.clone()),
+        dir: cell.dir.child(&match attach {
+            Some(_) => format!("_a.{}", spec.name),
+            None => format!("_x.{}", spec.name),
+        }),
+        sys: host.sys.clone(),
+        logs: LogBuffer::new(logs::DEFAULT_CAPACITY, 2, &host.logs),
+        stdout_as,
+        state: watch::channel(ExecView {
+            name: spec.name.to_string(),
+            cell: cell.name.to_string(),
+            phase: Some(Phase::Starting),
+            ..Default::default()
+        })
+        .0,
+        op: tokio::sync::Mutex::new(()),
+    });
+    if listed {
+        // Checked again: another request may have taken the name while the cell was made.
+        let inserted = host.table().insert(e.clone());
+        if let Err(taken) = inserted {
+            if own {
+                cell.discard_now(host).await;
             }
+            return Err(taken);
         }
     }
-
-    async fn start_exec(
-        &self,
-        e: &Arc<Process>,
-        cell: &Arc<Cell>,
-        spec: &ExecutableSpec,
-        program: Option<String>,
-        control: Option<std::os::fd::OwnedFd>,
-        attach: Option<Attach>,
-    ) -> Result<()> {
-        let p = prepare(cell, spec, program)?;
-        e.dir.create()?;
-        let (stdin, stdout, stderr, tty, logged) = match attach {
-            Some(a) => (a.stdin, a.stdout, a.stderr, a.tty, None),
-            None => {
-                let pipe = || {
-                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno))
-                };
-                let (out_r, out_w) = pipe()?;
-                let (err_r, err_w) = pipe()?;
-                let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
-                    what: "open",
-                    path: "/dev/null".into(),
-                    source,
-                })?;
-                (devnull.into(), out_w, err_w, false, Some((out_r, err_r)))
+    match start_exec(&e, &cell, &spec, program, control, attach).await {
+        Ok(()) => Ok(e),
+        Err(err) => {
+            if let Err(rm) = super::remove_for_good(&*host.sys, &e.dir).await {
+                tracing::error!("executable {}: {rm}", e.name);
             }
-        };
-        let input = ExecInput {
-            path: p.program.clone(),
-            argv: spec.argv.clone(),
-            env: p.env.clone(),
-            cwd: p.cwd.clone(),
-            uid: p.uid,
-            gid: p.gid,
-            new_cgroup_ns: cell.isolation.cgroup,
-            stdin,
-            stdout,
-            stderr,
-            tty,
-            control,
-            userns: cell.userns(),
-            limits: cell.limits.clone(),
-        };
-        let starter = cell.starter().ok_or_else(|| {
-            RuntimeError::Precondition(format!(
-                "cell '{}' has ended; start executables only in running cells",
-                cell.name
-            ))
-        })?;
-        let started = starter
-            .start_exec(e.dir.open_fd()?, input)
-            .await
-            .map_err(|err| exec_start_error(err, spec, &p))?;
-        let started_at = logs::now_unix_nanos();
-        e.state.send_modify(|s| {
-            s.phase = Some(Phase::Running);
-            s.pid = started.pid.as_raw() as u32;
-            s.started_unix_nanos = started_at;
-        });
-        let Some((out_r, err_r)) = logged else {
-            // Attached: its output goes to whoever holds the other ends, not to the logs.
-            e.logs.close_writer();
-            e.logs.close_writer();
-            let watcher = e.clone();
-            let exit = started.exit;
-            tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
-            return Ok(());
-        };
-        for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
-            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-                Ok(rx) => {
-                    tokio::spawn(logs::pump(rx, e.logs.clone(), stream));
-                }
-                Err(err) => {
-                    tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);
-                    e.logs.close_writer();
-                }
+            if listed {
+                host.table().remove::<Process>(e.name.as_str());
             }
+            if own {
+                cell.discard_now(host).await;
+            }
+            Err(err)
         }
+    }
+}
+
+async fn start_exec(
+    e: &Arc<Process>,
+    cell: &Arc<Cell>,
+    spec: &ExecutableSpec,
+    program: Option<String>,
+    control: Option<std::os::fd::OwnedFd>,
+    attach: Option<Attach>,
+) -> Result<()> {
+    let p = prepare(cell, spec, program)?;
+    e.dir.create()?;
+    let (stdin, stdout, stderr, tty, logged) = match attach {
+        Some(a) => (a.stdin, a.stdout, a.stderr, a.tty, None),
+        None => {
+            let pipe =
+                || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno));
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
+                what: "open",
+                path: "/dev/null".into(),
+                source,
+            })?;
+            (devnull.into(), out_w, err_w, false, Some((out_r, err_r)))
+        }
+    };
+    let input = ExecInput {
+        path: p.program.clone(),
+        argv: spec.argv.clone(),
+        env: p.env.clone(),
+        cwd: p.cwd.clone(),
+        uid: p.uid,
+        gid: p.gid,
+        new_cgroup_ns: cell.isolation.cgroup,
+        stdin,
+        stdout,
+        stderr,
+        tty,
+        control,
+        userns: cell.userns(),
+        limits: cell.limits.clone(),
+    };
+    let starter = cell.starter().ok_or_else(|| {
+        RuntimeError::Precondition(format!(
+            "cell '{}' has ended; start executables only in running cells",
+            cell.name
+        ))
+    })?;
+    let started = starter
+        .start_exec(e.dir.open_fd()?, input)
+        .await
+        .map_err(|err| exec_start_error(err, spec, &p))?;
+    let started_at = logs::now_unix_nanos();
+    e.state.send_modify(|s| {
+        s.phase = Some(Phase::Running);
+        s.pid = started.pid.as_raw() as u32;
+        s.started_unix_nanos = started_at;
+    });
+    let Some((out_r, err_r)) = logged else {
+        // Attached: its output goes to whoever holds the other ends, not to the logs.
+        e.logs.close_writer();
+        e.logs.close_writer();
         let watcher = e.clone();
         let exit = started.exit;
         tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
-        tracing::info!(
-            "executable {} running in cell {} (pid {})",
-            e.name,
-            cell.name,
-            started.pid
-        );
-        Ok(())
-    }
-
-    /// Removes an ended executable's cgroup and private cell.
-    pub(super) async fn discard_process(&self, e: &Process, name: &str) -> Result<()> {
-        if !e.phase().ended() {
-            return Err(RuntimeError::Precondition(format!(
-                "executable '{name}' is {:?}; stop it first (aer stop {name}) or wait for it (aer wait {name})",
-                e.phase()
-            )));
+        return Ok(());
+    };
+    for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => {
+                tokio::spawn(logs::pump(rx, e.logs.clone(), stream));
+            }
+            Err(err) => {
+                tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);
+                e.logs.close_writer();
+            }
         }
-        let _op = e.op.lock().await;
-        super::remove_for_good(&*self.sys, &e.dir).await?;
-        if let Some(c) = &e.own_cell {
-            self.discard_cell_now(c).await;
-        }
-        Ok(())
     }
+    let watcher = e.clone();
+    let exit = started.exit;
+    tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
+    tracing::info!(
+        "executable {} running in cell {} (pid {})",
+        e.name,
+        cell.name,
+        started.pid
+    );
+    Ok(())
 }

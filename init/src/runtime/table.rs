@@ -8,6 +8,7 @@
 
 use super::cell::Cell;
 use super::error::{Result, RuntimeError};
+use super::executable;
 use super::executable::Executable;
 use super::host::Host;
 use super::instance::Instance;
@@ -215,7 +216,7 @@ impl Workload {
 
     pub fn view(&self, host: &Host) -> View {
         match self {
-            Workload::Cell(c) => View::Cell(Box::new(host.cell_view(c))),
+            Workload::Cell(c) => View::Cell(Box::new(c.view(host))),
             Workload::Executable(e) => View::Executable(e.view()),
             Workload::VirtualMachine(v) => View::VirtualMachine(v.view()),
             Workload::Instance(i) => View::Instance(Box::new(i.view())),
@@ -237,22 +238,22 @@ impl Workload {
     /// Power key, a child's Shutdown rpc), `grace`, then everything is killed.
     pub async fn stop(&self, host: &Host, signal: i32, grace: Duration) {
         match self {
-            Workload::Cell(c) => host.stop_cell(c, signal, grace).await,
+            Workload::Cell(c) => c.stop(host, signal, grace).await,
             Workload::Executable(e) => e.stop(signal, grace).await,
-            Workload::VirtualMachine(v) => host.stop_vm(v, grace).await,
-            Workload::Instance(i) => host.stop_instance(i, grace).await,
-            Workload::Pod(p) => host.stop_pod(p, signal, grace).await,
+            Workload::VirtualMachine(v) => v.stop(grace).await,
+            Workload::Instance(i) => i.stop(grace).await,
+            Workload::Pod(p) => p.stop(signal, grace).await,
         }
     }
 
     /// Removes an ended workload and everything it holds; FAILED_PRECONDITION while it runs.
     pub async fn free(&self, host: &Host) -> Result<()> {
         match self {
-            Workload::Cell(c) => host.free_cell(c).await,
-            Workload::Executable(e) => host.free_exec(e).await,
-            Workload::VirtualMachine(v) => host.free_vm(v).await,
-            Workload::Instance(i) => host.free_instance(i).await,
-            Workload::Pod(p) => host.free_pod(p).await,
+            Workload::Cell(c) => c.free(host).await,
+            Workload::Executable(e) => executable::free(host, e).await,
+            Workload::VirtualMachine(v) => v.free(host).await,
+            Workload::Instance(i) => i.free(host).await,
+            Workload::Pod(p) => p.free(host).await,
         }
     }
 

@@ -12,6 +12,7 @@ use super::error::{Result, RuntimeError};
 use super::host::Host;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
+use super::process;
 use super::process::Process;
 use super::spec::{Confinement, Isolation, VmSpec};
 use super::Phase;
@@ -252,188 +253,10 @@ fn make_tap(n: &vmm::NetConfig) -> Result<std::os::fd::OwnedFd> {
     Ok(tap)
 }
 
-impl Host {
-    /// A new TAP (or veth) number, and the MAC of a NIC on it: locally administered,
-    /// unicast, 02:41 ("A") then the number.
-    pub(super) fn next_tap(&self) -> (u32, [u8; 6]) {
-        let n = self.alloc.next_tap_number();
-        let b = n.to_be_bytes();
-        (n, [0x02, 0x41, b[0], b[1], b[2], b[3]])
-    }
-
-    /// Boots a VM; returns once its vCPUs run, or with why they do not. On failure nothing
-    /// is left behind.
-    pub async fn run_vm(&self, spec: VmSpec) -> Result<VmView> {
-        Ok(self.boot_vm(spec, true).await?.view())
-    }
-
-    /// Boots a VM; `listed` VMs are in the table (instances keep theirs themselves).
-    pub(super) async fn boot_vm(&self, spec: VmSpec, listed: bool) -> Result<Arc<VirtualMachine>> {
-        self.usable()?;
-        vmm::kvm_usable()
-            .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
-        // Client-named files (a listed VM's) are resolved and checked off this thread;
-        // an instance's own kernel and image are auraed's.
-        let mut spec = spec;
-        let (kvm, opened) = if listed {
-            let (kernel, kernel_file) =
-                checked_vm_file("kernel_path".into(), spec.kernel.clone(), VmFile::Kernel).await?;
-            spec.kernel = kernel;
-            let mut initramfs = None;
-            if let Some(i) = spec.initramfs.take() {
-                let (path, file) = checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs).await?;
-                spec.initramfs = Some(path);
-                initramfs = Some(file);
-            }
-            let mut disks = Vec::new();
-            for (i, d) in spec.disks.iter_mut().enumerate() {
-                let kind = VmFile::Disk { read_only: d.read_only };
-                let (path, file) = checked_vm_file(format!("disks[{i}].path"), d.path.clone(), kind).await?;
-                d.path = path;
-                disks.push(file);
-            }
-            let kvm = tokio::task::spawn_blocking(open_kvm)
-                .await
-                .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm did not finish: {e}")))??;
-            (
-                kvm,
-                Opened {
-                    kernel: kernel_file,
-                    initramfs,
-                    disks,
-                },
-            )
-        } else {
-            vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
-            open_plain(spec.kernel.clone(), spec.initramfs.clone()).await?
-        };
-        if listed {
-            self.table().vacant::<VirtualMachine>(spec.name.as_str())?;
-        }
-        let mut nets = Vec::new();
-        match (&self.bridge, spec.network) {
-            (_, false) => {}
-            (None, true) => {
-                return Err(RuntimeError::Precondition(
-                    "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)".into(),
-                ))
-            }
-            (Some((bridge, _)), true) => {
-                let (n, mac) = self.next_tap();
-                nets.push(vmm::NetConfig {
-                    tap: format!("atap{n}"),
-                    bridge: bridge.clone(),
-                    mac,
-                });
-            }
-        };
-        for (bridge, mac) in &spec.extra_nics {
-            let (n, _) = self.next_tap();
-            nets.push(vmm::NetConfig {
-                tap: format!("atap{n}"),
-                bridge: bridge.clone(),
-                mac: *mac,
-            });
-        }
-        let tap = spec.network.then(|| nets.first().map(|n| n.tap.clone())).flatten();
-        // Each TAP lives as long as its descriptor: one not made drops those made before.
-        let tap_fds = nets.iter().map(make_tap).collect::<Result<Vec<_>>>()?;
-        let uid = VMM_UID_BASE + self.alloc.next_vmm_uid_number() % VMM_UIDS;
-        let config = VmConfig {
-            jail_uid: uid,
-            nets,
-            disks: spec
-                .disks
-                .iter()
-                .map(|d| vmm::DiskConfig {
-                    path: d.path.to_string_lossy().into_owned(),
-                    read_only: d.read_only,
-                })
-                .collect(),
-            kernel: spec.kernel.to_string_lossy().into_owned(),
-            initramfs: spec.initramfs.as_ref().map(|p| p.to_string_lossy().into_owned()),
-            cmdline: spec.cmdline.clone(),
-            vcpus: spec.vcpus,
-            memory_bytes: spec.memory_bytes,
-        };
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|source| RuntimeError::Io {
-            what: "socketpair",
-            path: "(the VMM's control socket)".into(),
-            source,
-        })?;
-        // Every namespace new, the network's too: the VMM reaches the network only
-        // through its TAP, which it gets as a descriptor.
-        let isolation = Isolation::default();
-        // A VM's cell holds its guest RAM and its VMM: bounded by default, so one guest
-        // cannot take the node's memory.
-        let mut resources = spec.resources.clone();
-        if resources.memory_max.is_none() {
-            resources.memory_max = Some(spec.memory_bytes + VMM_MEMORY_OVERHEAD);
-        }
-        let launched = self
-            .launch_self(
-                &spec.name,
-                vec![vmm::ARGV0.to_owned()],
-                isolation,
-                resources,
-                logs::Stream::Console,
-                Some(theirs.into()),
-                // The VMM needs the node until it jails itself (`vmm::jail`).
-                Confinement::PRIVILEGED,
-                Vec::new(),
-            )
-            .await;
-        let vmm = launched.map_err(|e| match e {
-            RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
-                "a cell named '{0}' exists, and a VM runs in a cell named after it; choose another name",
-                spec.name
-            )),
-            other => other,
-        })?;
-        let vm = Arc::new(VirtualMachine {
-            name: spec.name.clone(),
-            spec,
-            tap,
-            vmm,
-            stop_requested: AtomicBool::new(false),
-            reported: watch::channel(Reported::default()).0,
-        });
-        let files = VmFiles {
-            kvm: kvm.into(),
-            kernel: opened.kernel.into(),
-            initramfs: opened.initramfs.map(Into::into),
-            disks: opened.disks.into_iter().map(Into::into).collect(),
-            taps: tap_fds,
-        };
-        if let Err(e) = vmm::protocol::send_config(&ours, &config, files) {
-            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
-            let _ = self.discard_process(&vm.vmm, vm.name.as_str()).await;
-            return Err(RuntimeError::Precondition(format!(
-                "could not hand the VMM its configuration: {e}"
-            )));
-        }
-        tokio::spawn(converse(ours, vm.clone()));
-        let ready = self.await_ready(&vm).await;
-        if let Err(e) = ready {
-            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
-            let _ = self.discard_process(&vm.vmm, vm.name.as_str()).await;
-            return Err(e);
-        }
-        if listed {
-            let inserted = self.table().insert(vm.clone());
-            if let Err(taken) = inserted {
-                vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
-                let _ = self.discard_process(&vm.vmm, vm.name.as_str()).await;
-                return Err(taken);
-            }
-        }
-        tracing::info!("vm {} running", vm.name);
-        Ok(vm)
-    }
-
-    async fn await_ready(&self, vm: &VirtualMachine) -> Result<()> {
-        let mut said = vm.reported.subscribe();
-        let deadline = tokio::time::Instant::now() + vm.spec.ready_within;
+impl VirtualMachine {
+    async fn await_ready(&self) -> Result<()> {
+        let mut said = self.reported.subscribe();
+        let deadline = tokio::time::Instant::now() + self.spec.ready_within;
         loop {
             let now = said.borrow_and_update().clone();
             if now.ready {
@@ -444,10 +267,10 @@ impl Host {
                     "the VMM could not start the guest: {e}"
                 )));
             }
-            if vm.vmm.phase().ended() || now.closed {
+            if self.vmm.phase().ended() || now.closed {
                 // What the VMM said last (a refusal by its jail, a panic) is the why.
-                let mut at = vm.vmm.logs.start_cursor(Some(4));
-                let said: Vec<String> = vm
+                let mut at = self.vmm.logs.start_cursor(Some(4));
+                let said: Vec<String> = self
                     .vmm
                     .logs
                     .read(&mut at, 4)
@@ -459,7 +282,7 @@ impl Host {
                 return Err(RuntimeError::Precondition(format!(
                     "the VMM ended before the guest ran: {}",
                     if said.is_empty() {
-                        format!("{:?}", vm.vmm.view())
+                        format!("{:?}", self.vmm.view())
                     } else {
                         said.join("; ")
                     }
@@ -469,39 +292,215 @@ impl Host {
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(RuntimeError::DeadlineExceeded(format!(
                         "the VMM did not start the guest within {:.1} s (the caller's deadline, or ready_timeout_millis)",
-                        vm.spec.ready_within.as_secs_f64()
+                        self.spec.ready_within.as_secs_f64()
                     )));
                 }
                 _ = said.changed() => {}
-                _ = vm.vmm.wait() => {}
+                _ = self.vmm.wait() => {}
             }
         }
     }
 
     /// Graceful: SIGTERM to the VMM, which asks the guest to end; after `grace`, cgroup.kill.
-    pub async fn stop_vm(&self, vm: &VirtualMachine, grace: Duration) {
-        if !vm.vmm.phase().ended() {
-            vm.stop_requested.store(true, Ordering::Relaxed);
+    pub(crate) async fn stop(&self, grace: Duration) {
+        if !self.vmm.phase().ended() {
+            self.stop_requested.store(true, Ordering::Relaxed);
         }
-        vm.vmm.stop(libc::SIGTERM, grace).await;
+        self.vmm.stop(libc::SIGTERM, grace).await;
     }
 
-    pub(super) async fn free_vm(&self, vm: &Arc<VirtualMachine>) -> Result<()> {
-        let name = &vm.name;
-        if !vm.vmm.phase().ended() {
+    pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
+        let name = &self.name;
+        if !self.vmm.phase().ended() {
             return Err(RuntimeError::Precondition(format!(
-                "virtual machine '{name}' is running; stop it first (aer vm stop {name})"
+                "virtual machine '{name}' is running; stop it first (aer self stop {name})"
             )));
         }
-        self.discard_vm(vm).await?;
-        self.table().remove::<VirtualMachine>(name.as_str());
+        self.discard(host).await?;
+        host.table().remove::<VirtualMachine>(name.as_str());
         Ok(())
     }
 
     /// Removes an ended VM's cell and cgroup.
-    pub(super) async fn discard_vm(&self, vm: &VirtualMachine) -> Result<()> {
-        self.discard_process(&vm.vmm, vm.name.as_str()).await
+    pub(super) async fn discard(&self, host: &Host) -> Result<()> {
+        self.vmm.discard(host, self.name.as_str()).await
     }
+}
+
+/// A new TAP (or veth) number, and the MAC of a NIC on it: locally administered,
+/// unicast, 02:41 ("A") then the number.
+pub(super) fn next_tap(host: &Host) -> (u32, [u8; 6]) {
+    let n = host.alloc.next_tap_number();
+    let b = n.to_be_bytes();
+    (n, [0x02, 0x41, b[0], b[1], b[2], b[3]])
+}
+
+/// Boots a VM; returns once its vCPUs run, or with why they do not. On failure nothing
+/// is left behind.
+pub(crate) async fn run(host: &Host, spec: VmSpec) -> Result<VmView> {
+    Ok(boot(host, spec, true).await?.view())
+}
+
+/// Boots a VM; `listed` VMs are in the table (instances keep theirs themselves).
+pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<VirtualMachine>> {
+    host.usable()?;
+    vmm::kvm_usable()
+        .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
+    // Client-named files (a listed VM's) are resolved and checked off this thread;
+    // an instance's own kernel and image are auraed's.
+    let mut spec = spec;
+    let (kvm, opened) = if listed {
+        let (kernel, kernel_file) = checked_vm_file("kernel_path".into(), spec.kernel.clone(), VmFile::Kernel).await?;
+        spec.kernel = kernel;
+        let mut initramfs = None;
+        if let Some(i) = spec.initramfs.take() {
+            let (path, file) = checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs).await?;
+            spec.initramfs = Some(path);
+            initramfs = Some(file);
+        }
+        let mut disks = Vec::new();
+        for (i, d) in spec.disks.iter_mut().enumerate() {
+            let kind = VmFile::Disk { read_only: d.read_only };
+            let (path, file) = checked_vm_file(format!("disks[{i}].path"), d.path.clone(), kind).await?;
+            d.path = path;
+            disks.push(file);
+        }
+        let kvm = tokio::task::spawn_blocking(open_kvm)
+            .await
+            .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm did not finish: {e}")))??;
+        (
+            kvm,
+            Opened {
+                kernel: kernel_file,
+                initramfs,
+                disks,
+            },
+        )
+    } else {
+        vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
+        open_plain(spec.kernel.clone(), spec.initramfs.clone()).await?
+    };
+    if listed {
+        host.table().vacant::<VirtualMachine>(spec.name.as_str())?;
+    }
+    let mut nets = Vec::new();
+    match (&host.bridge, spec.network) {
+        (_, false) => {}
+        (None, true) => {
+            return Err(RuntimeError::Precondition(
+                "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)".into(),
+            ))
+        }
+        (Some((bridge, _)), true) => {
+            let (n, mac) = next_tap(host);
+            nets.push(vmm::NetConfig {
+                tap: format!("atap{n}"),
+                bridge: bridge.clone(),
+                mac,
+            });
+        }
+    };
+    for (bridge, mac) in &spec.extra_nics {
+        let (n, _) = next_tap(host);
+        nets.push(vmm::NetConfig {
+            tap: format!("atap{n}"),
+            bridge: bridge.clone(),
+            mac: *mac,
+        });
+    }
+    let tap = spec.network.then(|| nets.first().map(|n| n.tap.clone())).flatten();
+    // Each TAP lives as long as its descriptor: one not made drops those made before.
+    let tap_fds = nets.iter().map(make_tap).collect::<Result<Vec<_>>>()?;
+    let uid = VMM_UID_BASE + host.alloc.next_vmm_uid_number() % VMM_UIDS;
+    let config = VmConfig {
+        jail_uid: uid,
+        nets,
+        disks: spec
+            .disks
+            .iter()
+            .map(|d| vmm::DiskConfig {
+                path: d.path.to_string_lossy().into_owned(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        kernel: spec.kernel.to_string_lossy().into_owned(),
+        initramfs: spec.initramfs.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        cmdline: spec.cmdline.clone(),
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_bytes,
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|source| RuntimeError::Io {
+        what: "socketpair",
+        path: "(the VMM's control socket)".into(),
+        source,
+    })?;
+    // Every namespace new, the network's too: the VMM reaches the network only
+    // through its TAP, which it gets as a descriptor.
+    let isolation = Isolation::default();
+    // A VM's cell holds its guest RAM and its VMM: bounded by default, so one guest
+    // cannot take the node's memory.
+    let mut resources = spec.resources.clone();
+    if resources.memory_max.is_none() {
+        resources.memory_max = Some(spec.memory_bytes + VMM_MEMORY_OVERHEAD);
+    }
+    let launched = process::launch_self(
+        host,
+        &spec.name,
+        vec![vmm::ARGV0.to_owned()],
+        isolation,
+        resources,
+        logs::Stream::Console,
+        Some(theirs.into()), // The VMM needs the node until it jails itself (`vmm::jail`).
+        Confinement::PRIVILEGED,
+        Vec::new(),
+    )
+    .await;
+    let vmm = launched.map_err(|e| match e {
+        RuntimeError::AlreadyExists(_) => RuntimeError::AlreadyExists(format!(
+            "a cell named '{0}' exists, and a VM runs in a cell named after it; choose another name",
+            spec.name
+        )),
+        other => other,
+    })?;
+    let vm = Arc::new(VirtualMachine {
+        name: spec.name.clone(),
+        spec,
+        tap,
+        vmm,
+        stop_requested: AtomicBool::new(false),
+        reported: watch::channel(Reported::default()).0,
+    });
+    let files = VmFiles {
+        kvm: kvm.into(),
+        kernel: opened.kernel.into(),
+        initramfs: opened.initramfs.map(Into::into),
+        disks: opened.disks.into_iter().map(Into::into).collect(),
+        taps: tap_fds,
+    };
+    if let Err(e) = vmm::protocol::send_config(&ours, &config, files) {
+        vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+        let _ = vm.vmm.discard(host, vm.name.as_str()).await;
+        return Err(RuntimeError::Precondition(format!(
+            "could not hand the VMM its configuration: {e}"
+        )));
+    }
+    tokio::spawn(converse(ours, vm.clone()));
+    let ready = vm.await_ready().await;
+    if let Err(e) = ready {
+        vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+        let _ = vm.vmm.discard(host, vm.name.as_str()).await;
+        return Err(e);
+    }
+    if listed {
+        let inserted = host.table().insert(vm.clone());
+        if let Err(taken) = inserted {
+            vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
+            let _ = vm.vmm.discard(host, vm.name.as_str()).await;
+            return Err(taken);
+        }
+    }
+    tracing::info!("vm {} running", vm.name);
+    Ok(vm)
 }
 
 /// The most one control message may hold. The VMM is auraed's own code, but it runs beside
