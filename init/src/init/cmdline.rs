@@ -193,6 +193,56 @@ impl BootConfig {
     }
 }
 
+/// What a parent tells a child auraed it boots in a microVM, on the child's kernel command
+/// line: its name, its address on the parent's bridge and the parent as its gateway, the
+/// subnet of its own bridge (for its children), and one extra NIC per attachment (found by
+/// MAC). The parent writes it with `to_cmdline`; the child reads it back with `parse`, the
+/// same parser as every other `aurae.*` parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildBoot {
+    pub hostname: String,
+    pub ip: Ipv4Cidr,
+    pub gateway: Ipv4Addr,
+    pub bridge_ip: Ipv4Cidr,
+    pub nics: Vec<crate::net::Nic>,
+}
+
+impl ChildBoot {
+    /// The `aurae.*` parameters (`aurae.vmm=1` first: the child powers off through its VMM).
+    pub fn to_cmdline(&self) -> String {
+        let mut s = format!(
+            "aurae.vmm=1 aurae.hostname={} aurae.ip={} aurae.gw={} aurae.bridge_ip={}",
+            self.hostname, self.ip, self.gateway, self.bridge_ip
+        );
+        for n in &self.nics {
+            s.push_str(&format!(
+                " aurae.nic={},{},{}",
+                n.name,
+                crate::net::ioctl::format_mac(n.mac),
+                n.address
+            ));
+        }
+        s
+    }
+
+    /// The child's settings from its command line; None when it was not booted as one (no
+    /// `aurae.vmm=1`, or no address or gateway), with the parser's warnings.
+    pub fn parse(cmdline: &str) -> (Option<ChildBoot>, Vec<String>) {
+        let (cfg, warnings) = BootConfig::parse(cmdline);
+        let child = match (cfg.vmm, cfg.ip, cfg.gateway) {
+            (true, Some(ip), Some(gateway)) => Some(ChildBoot {
+                hostname: cfg.hostname,
+                ip,
+                gateway,
+                bridge_ip: cfg.bridge_ip,
+                nics: cfg.nics,
+            }),
+            _ => None,
+        };
+        (child, warnings)
+    }
+}
+
 /// `lab0,lab1=192.168.50.1/24`: names unique, addresses optional.
 fn parse_bridges(val: &str) -> Result<Vec<crate::net::NamedBridge>, ValueError> {
     let expected = "NAME[=A.B.C.D/N],... with distinct interface names";
@@ -244,6 +294,39 @@ pub fn valid_ifname(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a parent writes, its child reads back whole, among the VM's own parameters.
+    #[test]
+    fn a_childs_boot_settings_round_trip_through_its_command_line() {
+        let boot = ChildBoot {
+            hostname: "web-1".into(),
+            ip: "10.254.0.7/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 254, 0, 1),
+            bridge_ip: "10.254.7.1/24".parse().unwrap(),
+            nics: vec![
+                crate::net::Nic {
+                    name: "eth1".into(),
+                    mac: [0x52, 0x54, 0, 0xab, 0, 3],
+                    address: "192.168.50.2/24".parse().unwrap(),
+                },
+                crate::net::Nic {
+                    name: "eth2".into(),
+                    mac: [0x52, 0x54, 0, 0xab, 0, 4],
+                    address: "192.168.60.9/24".parse().unwrap(),
+                },
+            ],
+        };
+        let line = format!("console=ttyS0 reboot=k {} quiet", boot.to_cmdline());
+        let (back, warnings) = ChildBoot::parse(&line);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(back, Some(boot.clone()));
+        // The same line as a node reads it.
+        let (cfg, _) = BootConfig::parse(&line);
+        assert!(cfg.vmm && cfg.hostname_given);
+        assert_eq!(cfg.nics, boot.nics);
+        // Not a child: no settings.
+        assert_eq!(ChildBoot::parse("console=ttyS0 aurae.ip=10.0.0.2/24").0, None);
+    }
 
     #[test]
     fn defaults_when_nothing_given() {

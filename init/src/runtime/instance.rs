@@ -502,22 +502,29 @@ async fn spawn_on(
         IsolationKind::Vm => {
             let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
             crate::spawn::image::write(&image, &pki)?;
-            let mut cmdline = format!(
-                "{} quiet aurae.vmm=1 aurae.hostname={} aurae.ip={}/24 aurae.gw={} aurae.bridge_ip={}",
-                crate::vmm::DEFAULT_VM_CMDLINE,
-                spec.name,
-                net.ip,
-                net.gateway,
-                net.bridge
-            );
             // The child names each extra NIC by its MAC (`net::Nic`).
             let mut extra_nics = Vec::new();
+            let mut nics = Vec::new();
             for (k, a) in spec.attachments.iter().enumerate() {
                 let (_, mac) = vm::next_tap(host);
-                let mac_text = crate::net::ioctl::format_mac(mac);
-                cmdline.push_str(&format!(" aurae.nic=eth{},{mac_text},{}", k + 1, a.address));
+                nics.push(crate::net::Nic {
+                    name: format!("eth{}", k + 1),
+                    mac,
+                    address: a.address,
+                });
                 extra_nics.push((a.bridge.clone(), mac));
             }
+            let boot = crate::init::cmdline::ChildBoot {
+                hostname: spec.name.to_string(),
+                ip: crate::net::Ipv4Cidr {
+                    addr: net.ip,
+                    prefix: 24,
+                },
+                gateway: net.gateway,
+                bridge_ip: net.bridge,
+                nics,
+            };
+            let cmdline = format!("{} quiet {}", crate::vmm::DEFAULT_VM_CMDLINE, boot.to_cmdline());
             let vm_spec = VmSpec {
                 name: spec.name.clone(),
                 kernel: crate::vmm::NODE_KERNEL.into(),
