@@ -43,8 +43,6 @@ PENDING = {
     "impl-runtime": set(),
     "long-files": {
         "image/unpack.rs",
-        "runtime/cell.rs",
-        "runtime/instance.rs",
     },
     "cycles": set(),
 }

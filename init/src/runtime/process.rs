@@ -317,7 +317,7 @@ pub(super) async fn launch_self(
         cell: None,
     };
     let how = Launch {
-        program: Some("/proc/host/exe".into()),
+        program: Some("/proc/self/exe".into()),
         isolation,
         resources,
         confinement,

@@ -6,16 +6,24 @@
 //! (`serving_within`, from the caller's gRPC deadline) and says how far it got when it
 //! gives up.
 
-use super::error::{Result, RuntimeError};
-use super::host::Host;
-use super::logs::{self, LogBuffer};
-use super::names::ExecName;
-use super::process;
-use super::process::Process;
-use super::spec::{Confinement, Isolation, NetAttachment, Resources, VmSpec, MAX_ATTACHMENTS};
-use super::vm;
-use super::vm::{VirtualMachine, VmView};
-use super::Phase;
+mod addresses;
+mod cell_child;
+mod renew;
+
+use addresses::{give_back, take_attachments, take_host_number};
+use cell_child::start_cell_child;
+use renew::{half_life, renew_at_half_life, svid_expiry};
+
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::host::Host;
+use crate::runtime::logs::{self, LogBuffer};
+use crate::runtime::names::ExecName;
+use crate::runtime::process;
+use crate::runtime::process::Process;
+use crate::runtime::spec::{Confinement, Isolation, NetAttachment, Resources, VmSpec, MAX_ATTACHMENTS};
+use crate::runtime::vm;
+use crate::runtime::vm::{VirtualMachine, VmView};
+use crate::runtime::Phase;
 pub use crate::spawn::identity::SpawnIdentity;
 use crate::spawn::{addressing, child, SpawnError};
 use std::net::SocketAddr;
@@ -137,80 +145,6 @@ impl Instance {
                     .filter_map(|p| crate::pki::first_der(p)),
             );
         }
-    }
-}
-
-/// When the child's SVID in `pki` expires.
-fn svid_expiry(pki: &crate::spawn::image::ChildPki) -> Option<std::time::SystemTime> {
-    crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d))
-}
-
-/// When to renew a certificate that expires at `not_after`: at half its remaining life.
-fn half_life(not_after: Option<std::time::SystemTime>) -> Duration {
-    not_after
-        .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
-        .map_or(Duration::from_secs(1), |left| (left / 2).max(Duration::from_secs(1)))
-}
-
-/// Renews the child's SVID and spawn CA at half their life, over the parent's channel,
-/// for as long as the child is in the table. A failed renewal is retried after a tenth of
-/// the SVID's lifetime; the child keeps serving its old certificate until it expires.
-async fn renew_at_half_life(inst: std::sync::Weak<Instance>, id: SpawnIdentity, first: Duration) {
-    let mut next = first;
-    loop {
-        tokio::time::sleep(next).await;
-        let Some(i) = inst.upgrade() else { return };
-        if i.body.ended() || i.stop_requested.load(Ordering::Relaxed) {
-            return;
-        }
-        let retry = (i.svid_ttl / 10).max(Duration::from_secs(1));
-        next = match renew(&i, &id).await {
-            Ok(not_after) => half_life(not_after),
-            Err(e) => {
-                tracing::warn!("instance {}: renewing its identity: {e}; retrying in {retry:?}", i.name);
-                retry
-            }
-        };
-    }
-}
-
-/// Why a child's identity was not renewed (renewal retries).
-#[derive(Debug, thiserror::Error)]
-enum RenewError {
-    #[error("the child has no IPv4 address")]
-    NoIpv4,
-    #[error("{0}")]
-    Mint(crate::spawn::SpawnError),
-    #[error("{:?}: {}", .0.code(), .0.message())]
-    Refused(tonic::Status),
-    #[error("no answer within {0:?}")]
-    NoAnswer(Duration),
-}
-
-async fn renew(i: &Instance, id: &SpawnIdentity) -> std::result::Result<Option<std::time::SystemTime>, RenewError> {
-    let ip = match i.address.ip() {
-        std::net::IpAddr::V4(a) => a,
-        std::net::IpAddr::V6(_) => return Err(RenewError::NoIpv4),
-    };
-    let pki = id
-        .mint_child(i.name.as_str(), ip, i.svid_ttl)
-        .map_err(RenewError::Mint)?;
-    i.record_issued(&pki);
-    let req = crate::pb::RenewIdentityRequest {
-        svid_pem: pki.server.cert_pem.clone(),
-        svid_key_pem: pki.server.key_pem.clone(),
-        spawn_ca_pem: pki.spawn_ca.cert_pem.clone(),
-        spawn_ca_key_pem: pki.spawn_ca.key_pem.clone(),
-    };
-    let mut client = crate::pb::node_client::NodeClient::new(i.channel.clone());
-    let bound = (i.svid_ttl / 4).max(Duration::from_secs(5));
-    match tokio::time::timeout(bound, client.renew_identity(req)).await {
-        Ok(Ok(_)) => {
-            tracing::info!("instance {}: identity renewed", i.name);
-            Ok(svid_expiry(&pki))
-        }
-        Ok(Err(s)) => Err(RenewError::Refused(s)),
-        Err(_) => Err(RenewError::NoAnswer(bound)),
     }
 }
 
@@ -419,64 +353,6 @@ pub(super) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instanc
     result
 }
 
-/// Checks an instance's extra interfaces against the node's named bridges and takes
-/// their addresses (`give_back` returns them).
-fn take_attachments(host: &Host, spec: &InstanceSpec, own: crate::net::Ipv4Cidr) -> Result<()> {
-    let list = &spec.attachments;
-    if list.len() > MAX_ATTACHMENTS {
-        return Err(RuntimeError::invalid(
-            "networks",
-            format!(
-                "{} interfaces asked for; a pod has at most {MAX_ATTACHMENTS} beside eth0 (eth1..=eth{MAX_ATTACHMENTS})",
-                list.len()
-            ),
-        ));
-    }
-    for i in 0..list.len() {
-        check_attachment(&host.named_bridges, own, list, i)?;
-    }
-    let mut t = host.table();
-    for (i, a) in list.iter().enumerate() {
-        if let Some(owner) = t.attached.get(&(a.bridge.clone(), a.address.addr)) {
-            return Err(RuntimeError::AlreadyExists(format!(
-                "networks[{i}].address: {} on bridge {} is taken by '{owner}'; choose another address",
-                a.address.addr, a.bridge
-            )));
-        }
-    }
-    for a in list {
-        t.attached
-            .insert((a.bridge.clone(), a.address.addr), spec.name.to_string());
-    }
-    Ok(())
-}
-
-/// Returns an instance's addresses: its host number on the bridge and what it held on
-/// named bridges.
-fn give_back(host: &Host, name: &str, attachments: &[NetAttachment], host_no: Option<u8>) {
-    let mut t = host.table();
-    for a in attachments {
-        let key = (a.bridge.clone(), a.address.addr);
-        if t.attached.get(&key).is_some_and(|o| o == name) {
-            t.attached.remove(&key);
-        }
-    }
-    if let Some(h) = host_no {
-        t.hosts.remove(&h);
-    }
-}
-
-fn take_host_number(host: &Host) -> Result<u8> {
-    let mut t = host.table();
-    // From the top down, away from addresses people pick by hand for plain VMs.
-    let free = (2..=254u8).rev().find(|h| !t.hosts.contains(h));
-    let Some(h) = free else {
-        return Err(RuntimeError::Exhausted("every address on the bridge is taken".into()));
-    };
-    t.hosts.insert(h);
-    Ok(h)
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn spawn_on(
     host: &Host,
@@ -585,226 +461,5 @@ async fn spawn_on(
             let _ = instance.discard(host).await;
             Err(e.into())
         }
-    }
-}
-
-/// The cell fallback: the child auraed as a daemon in a private cell with every
-/// namespace new, a veth pair from the bridge to its eth0 and one from each attachment's
-/// bridge to eth1, ...; returns the child and the veths' host ends.
-async fn start_cell_child(
-    host: &Host,
-    spec: &InstanceSpec,
-    pki_dir: &std::path::Path,
-    bridge: &str,
-    net: addressing::ChildNet,
-) -> Result<(Arc<Process>, Vec<String>)> {
-    let argv = vec![
-        "auraed".into(),
-        "daemon".into(),
-        "--listen".into(),
-        format!("0.0.0.0:{CHILD_PORT}"),
-        "--pki-dir".into(),
-        pki_dir.to_string_lossy().into_owned(),
-        "--spawned-in-cell".into(),
-        // Its own root hides /var/lib/aurae; its own /run (64 MiB) holds its images.
-        "--image-store".into(),
-        "/run/aurae/images".into(),
-        "--image-store-mib".into(),
-        "32".into(),
-        "--bridge-ip".into(),
-        net.bridge.to_string(),
-    ];
-    let resources = Resources {
-        memory_max: Some(spec.memory_bytes),
-        ..Resources::default()
-    };
-    let e = process::launch_self(
-        host,
-        &spec.name,
-        argv,
-        Isolation::default(),
-        resources,
-        logs::Stream::Stdout,
-        None,
-        Confinement::INSTANCE,
-        vec![pki_dir.to_owned()],
-    )
-    .await?;
-    let mut veths = Vec::new();
-    let plumbed = match e.own_cell_holder_pid() {
-        None => Err(RuntimeError::Precondition(
-            "the child's cell has no holder to take its network namespace from".into(),
-        )),
-        Some(pid) => plumb_cell_child(host, spec, pid, bridge, net, &mut veths).await,
-    };
-    if let Err(err) = plumbed {
-        e.stop(libc::SIGKILL, Duration::ZERO).await;
-        let _ = e.discard(host, spec.name.as_str()).await;
-        for v in &veths {
-            let _ = crate::spawn::veth::remove(v);
-        }
-        return Err(err);
-    }
-    Ok((e, veths))
-}
-
-/// eth0 on the bridge, then each attachment; `veths` gets each host end as it is made.
-async fn plumb_cell_child(
-    host: &Host,
-    spec: &InstanceSpec,
-    holder: i32,
-    bridge: &str,
-    net: addressing::ChildNet,
-    veths: &mut Vec<String>,
-) -> Result<()> {
-    use crate::spawn::veth::{plumb, Inside};
-    let eth0 = crate::net::Ipv4Cidr {
-        addr: net.ip,
-        prefix: 24,
-    };
-    let mut wanted = vec![(bridge.to_owned(), "eth0".to_owned(), eth0, Some(net.gateway))];
-    for (k, a) in spec.attachments.iter().enumerate() {
-        wanted.push((a.bridge.clone(), format!("eth{}", k + 1), a.address, None));
-    }
-    for (on, name, address, gateway) in wanted {
-        let (n, _) = vm::next_tap(host);
-        let host_end = format!("aveth{n}");
-        veths.push(host_end.clone());
-        let inside = Inside {
-            name: &name,
-            address,
-            gateway,
-        };
-        plumb(&host_end, holder, &on, inside).await?;
-    }
-    Ok(())
-}
-
-/// Checks attachment `i` of `list`: its bridge is one of the node's named bridges, and
-/// once in the list; its address is a host address, in the bridge's subnet when the node
-/// has an address there, and apart from `own` (the instances' bridge, where eth0 is).
-fn check_attachment(
-    bridges: &[crate::net::NamedBridge],
-    own: crate::net::Ipv4Cidr,
-    list: &[NetAttachment],
-    i: usize,
-) -> Result<()> {
-    let a = &list[i];
-    let field = |f: &str| format!("networks[{i}].{f}");
-    let Some(b) = bridges.iter().find(|b| b.name == a.bridge) else {
-        let known = if bridges.is_empty() {
-            "it has none (name them with aurae.bridges= on the node's kernel command line)".to_owned()
-        } else {
-            let names: Vec<&str> = bridges.iter().map(|b| b.name.as_str()).collect();
-            format!("its bridges for pods are {}", names.join(", "))
-        };
-        return Err(RuntimeError::invalid(
-            field("bridge"),
-            format!("this node has no bridge '{}' to attach to; {known}", a.bridge),
-        ));
-    };
-    if let Some(j) = list[..i].iter().position(|x| x.bridge == a.bridge) {
-        return Err(RuntimeError::invalid(
-            field("bridge"),
-            format!(
-                "networks[{j}] is on bridge '{}' already; one interface per bridge",
-                a.bridge
-            ),
-        ));
-    }
-    let ip = a.address;
-    let bad = |why: String| Err(RuntimeError::invalid(field("address"), format!("'{ip}' {why}")));
-    if !(8..=30).contains(&ip.prefix) {
-        return bad("has a prefix outside /8../30".into());
-    }
-    let host_mask = !crate::net::cidr::netmask(ip.prefix);
-    let host = u32::from(ip.addr) & host_mask;
-    if host == 0 || host == host_mask {
-        return bad("is its subnet's network or broadcast address; give a host address".into());
-    }
-    if ip.addr.is_loopback() || ip.addr.is_multicast() || ip.addr.is_link_local() {
-        return bad("is a loopback, multicast or link-local address".into());
-    }
-    if ip.overlaps(own) {
-        return bad(format!(
-            "overlaps the subnet of the pod's eth0 ({}/{}); choose a subnet apart from it",
-            own.network(),
-            own.prefix
-        ));
-    }
-    if let Some(node) = b.address {
-        if ip.prefix != node.prefix || ip.network() != node.network() {
-            return bad(format!(
-                "is not in bridge {}'s subnet {}/{}",
-                b.name,
-                node.network(),
-                node.prefix
-            ));
-        }
-        if ip.addr == node.addr {
-            return bad(format!("is the node's own address on bridge {}", b.name));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::{Ipv4Cidr, NamedBridge};
-
-    fn att(bridge: &str, address: &str) -> NetAttachment {
-        NetAttachment {
-            bridge: bridge.into(),
-            address: address.parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn attachments_are_checked_against_the_node_bridges() {
-        let bridges = [
-            NamedBridge {
-                name: "lab0".into(),
-                address: None,
-            },
-            NamedBridge {
-                name: "lab1".into(),
-                address: Some("192.168.60.1/24".parse().unwrap()),
-            },
-        ];
-        let own: Ipv4Cidr = "10.254.0.1/24".parse().unwrap();
-        let check = |list: &[NetAttachment], i| check_attachment(&bridges, own, list, i).map_err(|e| e.to_string());
-        assert!(check(&[att("lab0", "192.168.50.2/24")], 0).is_ok());
-        assert!(check(&[att("lab1", "192.168.60.9/24")], 0).is_ok());
-        for (list, i, want) in [
-            (vec![att("aurae0", "192.168.50.2/24")], 0, "networks[0].bridge"),
-            (vec![att("nope", "192.168.50.2/24")], 0, "lab0, lab1"),
-            (
-                vec![att("lab0", "192.168.50.2/24"), att("lab0", "192.168.50.3/24")],
-                1,
-                "networks[0] is on bridge 'lab0'",
-            ),
-            (vec![att("lab0", "192.168.50.0/24")], 0, "network or broadcast"),
-            (vec![att("lab0", "192.168.50.255/24")], 0, "network or broadcast"),
-            (vec![att("lab0", "192.168.50.2/32")], 0, "/8../30"),
-            (vec![att("lab0", "127.0.0.2/8")], 0, "loopback"),
-            (
-                vec![att("lab0", "10.254.0.7/24")],
-                0,
-                "overlaps the subnet of the pod's eth0 (10.254.0.0/24)",
-            ),
-            (vec![att("lab0", "10.1.0.7/8")], 0, "overlaps"),
-            (
-                vec![att("lab1", "192.168.61.2/24")],
-                0,
-                "not in bridge lab1's subnet 192.168.60.0/24",
-            ),
-            (vec![att("lab1", "192.168.60.1/24")], 0, "the node's own address"),
-        ] {
-            let e = check(&list, i).unwrap_err();
-            assert!(e.contains(want), "{e} (wanted {want})");
-        }
-        let none = check_attachment(&[], own, &[att("lab0", "192.168.50.2/24")], 0).unwrap_err();
-        assert!(none.to_string().contains("aurae.bridges="), "{none}");
     }
 }
