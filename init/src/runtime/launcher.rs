@@ -233,10 +233,16 @@ pub(crate) mod testing {
 
     impl ExecStarter for FakeStarter {
         fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
+            // execve of a program that is not there fails as the real one does.
+            let missing = input.path.starts_with('/') && !std::path::Path::new(&input.path).exists();
             // The pipes' write ends go now: the log readers see EOF, as after a quiet exit.
             drop(input);
             let r = match self.0.fail_next_exec.lock().unwrap().take() {
                 Some(e) => Err(e),
+                None if missing => Err(StartError::Child {
+                    stage: crate::runtime::sys::child::Stage::Exec,
+                    errno: libc::ENOENT,
+                }),
                 None => self.0.start(cgroup),
             };
             Box::pin(async move { r })

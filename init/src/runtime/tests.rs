@@ -343,3 +343,32 @@ async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
     assert!(r.rt.list(Some(Kind::Executable)).is_empty(), "gone with its session");
     assert!(!tree(&r.root).iter().any(|d| d.contains(&name)), "{:?}", tree(&r.root));
 }
+
+/// auraed runs itself again (a VMM, a cell fallback's child) from /proc/self/exe in a
+/// private cell of its own: the start succeeds, the cell and the process's leaf exist, and
+/// a stop and discard leave nothing. (A wrong program path fails here as execve would.)
+#[tokio::test]
+async fn auraed_runs_itself_again_in_a_private_cell() {
+    let r = rig();
+    let name = ExecName::parse("child-1").unwrap();
+    let p = super::process::launch_self(
+        &r.rt.host,
+        &name,
+        vec!["auraed".into(), "daemon".into()],
+        super::spec::Isolation::default(),
+        super::spec::Resources::default(),
+        super::logs::Stream::Stdout,
+        None,
+        super::spec::Confinement::INSTANCE,
+        Vec::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.phase(), Phase::Running);
+    assert!(r.root.join("child-1").is_dir(), "its private cell");
+    assert_eq!(r.fake.running(), 2, "its cell's init and itself");
+    p.stop(libc::SIGKILL, Duration::ZERO).await;
+    p.discard(&r.rt.host, "child-1").await.unwrap();
+    assert!(!r.root.join("child-1").exists(), "nothing left");
+    assert_eq!(r.fake.running(), 0);
+}
