@@ -238,14 +238,16 @@ async fn serve_until_power_action(
     let root_pem = material.as_ref().map(|m| m.ca_pem.clone());
     // Filled by the runtime when it frees an instance, read by authorization.
     let revoked = Arc::new(crate::pki::revoked::Revoked::default());
-    let runtime = Arc::new(assemble_runtime(
+    let mut runtime = assemble_runtime(
         &report,
         &spiffe_id,
         pki_dir.clone(),
         policy.as_ref().ok(),
         identity.clone().zip(root_pem.clone()),
         revoked.clone(),
-    ));
+    );
+    runtime.set_images(images.clone());
+    let runtime = Arc::new(runtime);
     let root = root_pem.as_deref().and_then(crate::pki::first_der);
     let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
     let mut ctx = NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth, identity);

@@ -41,6 +41,12 @@ pub enum RuntimeError {
     /// Spawn could not make or reach a child (the code depends on the cause).
     #[error(transparent)]
     Spawn(#[from] crate::spawn::SpawnError),
+    /// An image could not be had for `field` (the code is the image error's).
+    #[error("{field}: {source}")]
+    Image {
+        field: String,
+        source: crate::image::ImageError,
+    },
     /// A system call failed (INTERNAL, or RESOURCE_EXHAUSTED for EAGAIN/ENOMEM).
     #[error("{what}: {errno}")]
     Sys { what: String, errno: nix::errno::Errno },

@@ -38,6 +38,8 @@ pub struct Host {
     pub(super) alloc: Allocations,
     /// What every workload's log draws on: the node-wide ceiling on logs.
     pub(super) logs: Arc<logs::LogPool>,
+    /// The node's images (cells and pods run from them), or why it has none.
+    pub(super) images: crate::image::Catalog,
 }
 
 /// Numbers and names workloads take from the node, each handed out here only.

@@ -141,6 +141,7 @@ impl Runtime {
             spawn_identity: None,
             hidden: confine::hidden_paths(std::path::Path::new("/etc/aurae")),
             alloc: Allocations::default(),
+            images: Err(Arc::new(crate::image::ImageError::NoStore)),
             // RAM unknown (0): budgeted as 1 GiB.
             logs: logs::LogPool::new(logs::node_budget(match crate::node::mem_total_bytes() {
                 0 => 1 << 30,
@@ -186,12 +187,35 @@ impl Runtime {
         self.host.named_bridges = bridges;
     }
 
+    /// The node's image store and registries, which cells and pods run from.
+    pub fn set_images(&mut self, images: crate::image::Catalog) {
+        self.host.images = images;
+    }
+
     pub async fn run_executable(&self, spec: spec::ExecutableSpec) -> Result<ExecView> {
         executable::run(&self.host, spec).await
     }
 
+    /// Pulls (as its policy says) the image a new cell asks for and makes it the cell's
+    /// root in `spec`, its volumes owned by `owner`; the layers are kept until the hold
+    /// is dropped (after the cell exists).
+    pub async fn prepare_cell_image(
+        &self,
+        spec: &mut spec::CellSpec,
+        image: spec::ImageRequest,
+        owner: &str,
+    ) -> Result<cell::ImageHold> {
+        cell::prepare_image(&self.host, spec, image, owner).await
+    }
+
     pub async fn run_cell(&self, spec: spec::CellSpec) -> Result<CellView> {
         cell::run(&self.host, spec).await
+    }
+
+    /// Each image a pod's containers name, pulled (as its policy says) into this node's
+    /// store once, in container order, ready to give to the pod's instance.
+    pub async fn pod_images(&self, spec: &crate::pod::PodSpec) -> Result<Vec<Arc<pod::PodImage>>> {
+        pod::prepare_images(&self.host, spec).await
     }
 
     pub async fn run_vm(&self, spec: spec::VmSpec) -> Result<VmView> {

@@ -2,6 +2,7 @@
 //! Nothing here knows about protobuf; `server::convert` builds these.
 
 pub use super::confine::Confinement;
+use super::error::RuntimeError;
 use super::names::{CellName, ExecName};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -126,6 +127,22 @@ impl CellSpec {
     }
 }
 
+/// A cell's image request, checked before anything is pulled.
+pub struct ImageRequest {
+    pub reference: String,
+    pub policy: crate::image::catalog::PullPolicy,
+    pub credentials: Option<crate::image::pull::Credentials>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub no_entrypoint: bool,
+    pub ports: Vec<(u16, u16)>,
+    pub volumes: Vec<crate::values::volume::VolumeSpec>,
+    pub mounts: Vec<crate::values::volume::VolumeMount>,
+}
+
 /// An image as a cell's root: its layers from the node's store and the defaults of the
 /// processes that run on it (the image's config with the request's overrides applied).
 #[derive(Debug, Clone, Default)]
@@ -191,6 +208,36 @@ pub use crate::net::NetAttachment;
 
 /// The most attachments one instance has (eth1..=eth4).
 pub const MAX_ATTACHMENTS: usize = 4;
+
+impl ImageRoot {
+    /// The image as the cell's root: its layers, and the request's settings over its config.
+    pub fn from_prepared(p: &crate::image::catalog::Prepared, r: ImageRequest) -> Result<ImageRoot, RuntimeError> {
+        let argv = p.config.argv(&r.command, &r.args);
+        if !r.no_entrypoint && argv.first().is_none_or(|a| a.is_empty()) {
+            return Err(RuntimeError::invalid(
+                "image.command",
+                format!(
+                    "image '{}' names no entrypoint or cmd; give the program to run (command or args)",
+                    p.record.reference
+                ),
+            ));
+        }
+        Ok(ImageRoot {
+            reference: p.record.reference.clone(),
+            digest: p.record.digest.clone(),
+            layers: p.layers.clone(),
+            chains: p.record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
+            env: overlay_env(p.config.env.clone(), r.env.iter().map(|(k, v)| (k, v))),
+            working_dir: r.working_dir.or_else(|| p.config.working_dir.clone()),
+            user: r.user.or_else(|| p.config.user.clone()),
+            exposed_ports: p.config.exposed_ports.clone(),
+            argv,
+            start: !r.no_entrypoint,
+            volumes: r.volumes,
+            mounts: r.mounts,
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {

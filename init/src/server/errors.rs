@@ -41,6 +41,7 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeError::Exhausted(_) => Code::ResourceExhausted,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Spawn(s) => spawn_code(s),
+        RuntimeError::Image { source, .. } => image_code(source),
         RuntimeError::Io { source, .. } => io_code(source),
         RuntimeError::Sys {
             errno: Errno::EAGAIN | Errno::ENOMEM | Errno::ENOSPC,

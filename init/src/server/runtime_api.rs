@@ -5,8 +5,7 @@ use super::authz::Caller;
 use super::convert::{self, Timed};
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
 use crate::pod::PodSpec;
-use crate::runtime::pod::PodImage;
-use crate::runtime::spec::{CellSpec, ExecutableSpec, VmSpec};
+use crate::runtime::spec::{CellSpec, ExecutableSpec, ImageRequest, VmSpec};
 use crate::runtime::InstanceSpec;
 use crate::runtime::{Kind, Runtime};
 use std::sync::Arc;
@@ -106,8 +105,6 @@ const UNDO_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
-    /// Where a cell's image comes from.
-    pub images: crate::image::Catalog,
 }
 
 #[tonic::async_trait]
@@ -136,28 +133,14 @@ impl RuntimeRpc for RuntimeApi {
         let owner = Caller::of(&r).map(|c| c.id.clone()).unwrap_or_default();
         let caller = super::deadline::caller_timeout(r.metadata());
         let mut c = r.into_inner();
-        let image = c.image.take().map(convert::ImageRequest::try_from).transpose()?;
+        let image = c.image.take().map(ImageRequest::try_from).transpose()?;
         let mut spec = CellSpec::try_from(c)?;
         spec.ready_within = super::deadline::wait_budget(None, caller, crate::runtime::spec::READY_MAX);
         // Pulled (as its policy says) once the rest of the request is known to be good;
         // its layers are held until the cell exists.
         let hold = match image {
             None => None,
-            Some(req) => {
-                let images = self.images.as_ref().map_err(|why| {
-                    Status::failed_precondition(format!("image: this node has no image store: {why}"))
-                })?;
-                let prepared = images
-                    .prepare(&req.reference, req.policy, req.credentials.clone())
-                    .await?;
-                spec.ports = req.ports.clone();
-                let mut root = convert::image_root(&prepared, req)?;
-                for v in &mut root.volumes {
-                    v.owner = owner.clone();
-                }
-                spec.image = Some(root);
-                Some(prepared.hold)
-            }
+            Some(req) => Some(self.rt.prepare_cell_image(&mut spec, req, &owner).await?),
         };
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
         let work = async move {
@@ -198,40 +181,7 @@ impl RuntimeRpc for RuntimeApi {
         let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = PodSpec::try_from(Timed(r.into_inner(), caller))?;
-        let images = self.images.as_ref().map_err(|why| {
-            Status::failed_precondition(format!(
-                "containers: this node has no image store for their images: {why}"
-            ))
-        })?;
-        // Each image pulled (as its policy says) into this node's store once, before
-        // anything is made; the instance gets them from here.
-        let mut by_ref: Vec<Arc<PodImage>> = Vec::new();
-        let mut per_container = Vec::with_capacity(spec.containers.len());
-        for (n, c) in spec.containers.iter().enumerate() {
-            let named = |s: Status| Status::new(s.code(), format!("containers[{n}].image: {}", s.message()));
-            let prepared = images
-                .prepare(&c.image, c.pull_policy, c.credentials.clone())
-                .await
-                .map_err(|e| named(e.into()))?;
-            let record = prepared.record.clone();
-            // Not held while the pod is made: a held read would wait behind a removal that
-            // waits for it. The pod, once listed, keeps its images from removal.
-            drop(prepared);
-            if let Some(have) = by_ref.iter().find(|i| i.reference == record.reference) {
-                per_container.push(have.clone());
-                continue;
-            }
-            let (offer, paths) = images.offer(&record).map_err(|e| named(e.into()))?;
-            let img = Arc::new(PodImage {
-                reference: record.reference.clone(),
-                digest: record.digest.clone(),
-                chains: record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
-                offer,
-                paths,
-            });
-            by_ref.push(img.clone());
-            per_container.push(img);
-        }
+        let per_container = self.rt.pod_images(&spec).await?;
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
         let work = async move { rt.run_pod(spec, per_container).await };
         let view = detached(self.rt.clone(), work, Kind::Pod, name, (since, caller)).await?;

@@ -424,6 +424,38 @@ pub(super) fn target(host: &Host, name: &str, field: &'static str) -> Result<Arc
 
 /// Creates a cell and starts its holder, then (a cell from an image) its entrypoint as
 /// the executable named after the cell. On any failure nothing is left behind.
+/// Layers held for a cell being made: an image removal waits until the cell lists it.
+pub type ImageHold = tokio::sync::OwnedRwLockReadGuard<()>;
+
+/// Pulls (as its policy says) the image `spec` asks for and makes it the cell's root, its
+/// volumes owned by `owner`. The request was checked at the edge; this is the first step
+/// that touches the store or a registry.
+pub(crate) async fn prepare_image(
+    host: &Host,
+    spec: &mut CellSpec,
+    req: crate::runtime::spec::ImageRequest,
+    owner: &str,
+) -> Result<ImageHold> {
+    let images = host
+        .images
+        .as_ref()
+        .map_err(|why| RuntimeError::Precondition(format!("image: this node has no image store: {why}")))?;
+    let prepared = images
+        .prepare(&req.reference, req.policy, req.credentials.clone())
+        .await
+        .map_err(|source| RuntimeError::Image {
+            field: "image".into(),
+            source,
+        })?;
+    spec.ports = req.ports.clone();
+    let mut root = ImageRoot::from_prepared(&prepared, req)?;
+    for v in &mut root.volumes {
+        v.owner = owner.to_owned();
+    }
+    spec.image = Some(root);
+    Ok(prepared.hold)
+}
+
 pub(crate) async fn run(host: &Host, spec: CellSpec) -> Result<CellView> {
     let entrypoint = match spec.image.as_ref().filter(|i| i.start).map(|i| i.argv.clone()) {
         None => None,

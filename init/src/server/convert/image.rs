@@ -1,30 +1,14 @@
 //! A cell's image request (reference, pull policy, command, env, user, volumes and
-//! ports), checked before anything is pulled; and the pulled image as the cell's root.
+//! ports), checked before anything is pulled (the runtime pulls it and makes the root).
 
 use super::{env_entries, invalid, no_nul, MAX_ARGS, MAX_ARG_BYTES, MIB};
-use crate::image::catalog::{Prepared, PullPolicy};
+use crate::image::catalog::PullPolicy;
 use crate::image::pull::Credentials;
 use crate::pb;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::ExecName;
-use crate::runtime::spec::ImageRoot;
+use crate::runtime::spec::ImageRequest;
 use crate::runtime::volume::{VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
-
-/// A cell's image request, checked before anything is pulled.
-pub struct ImageRequest {
-    pub reference: String,
-    pub policy: PullPolicy,
-    pub credentials: Option<Credentials>,
-    pub command: Vec<String>,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub working_dir: Option<String>,
-    user: Option<String>,
-    no_entrypoint: bool,
-    pub ports: Vec<(u16, u16)>,
-    volumes: Vec<VolumeSpec>,
-    mounts: Vec<VolumeMount>,
-}
 
 /// The largest memory volume: what a tmpfs of a 2^40-byte node could hold.
 const MAX_VOLUME_BYTES: u64 = 1 << 40;
@@ -231,32 +215,4 @@ pub fn ports(list: &[pb::PortMapping]) -> Result<Vec<(u16, u16)>, RuntimeError> 
         out.push((host, inside));
     }
     Ok(out)
-}
-
-/// The image as the cell's root: its layers, and the request's settings over its config.
-pub fn image_root(p: &Prepared, r: ImageRequest) -> Result<ImageRoot, RuntimeError> {
-    let argv = p.config.argv(&r.command, &r.args);
-    if !r.no_entrypoint && argv.first().is_none_or(|a| a.is_empty()) {
-        return Err(invalid(
-            "image.command",
-            format!(
-                "image '{}' names no entrypoint or cmd; give the program to run (command or args)",
-                p.record.reference
-            ),
-        ));
-    }
-    Ok(ImageRoot {
-        reference: p.record.reference.clone(),
-        digest: p.record.digest.clone(),
-        layers: p.layers.clone(),
-        chains: p.record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
-        env: crate::runtime::spec::overlay_env(p.config.env.clone(), r.env.iter().map(|(k, v)| (k, v))),
-        working_dir: r.working_dir.or_else(|| p.config.working_dir.clone()),
-        user: r.user.or_else(|| p.config.user.clone()),
-        exposed_ports: p.config.exposed_ports.clone(),
-        argv,
-        start: !r.no_entrypoint,
-        volumes: r.volumes,
-        mounts: r.mounts,
-    })
 }

@@ -86,7 +86,7 @@ fn container(n: usize, c: pb::Container, volumes: &[pb::Volume]) -> Result<Conta
             ));
         }
     }
-    let image = convert::ImageRequest::try_from(pb::OciImage {
+    let image = crate::runtime::spec::ImageRequest::try_from(pb::OciImage {
         reference: c.image,
         args: c.args,
         command: c.command,

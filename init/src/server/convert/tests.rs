@@ -3,7 +3,7 @@
 use super::cell::resources;
 use super::*;
 use crate::runtime::confine::seccomp;
-use crate::runtime::spec::{CellSpec, Confinement, ExecutableSpec, Isolation};
+use crate::runtime::spec::{CellSpec, Confinement, ExecutableSpec, ImageRequest, Isolation};
 
 fn exe(name: &str, argv: &[&str]) -> pb::Executable {
     pb::Executable {

@@ -4,30 +4,24 @@
 //! the next as the restart policy says (Kubernetes' back-off). What a pod is and the rules
 //! it follows are in `crate::pod`; the calls to the instance in `crate::pod::remote`.
 
-use super::error::{Result, RuntimeError};
-use super::host::Host;
-use super::instance;
-use super::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
-use super::names::ExecName;
+mod images;
+
+pub(crate) use images::prepare_images;
+pub use images::PodImage;
+
 use crate::image::load::Offer;
 use crate::net::proxy;
 use crate::pod::{self, remote, ContainerState, PodPhase, PodSpec, Termination};
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::host::Host;
+use crate::runtime::instance;
+use crate::runtime::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
+use crate::runtime::names::ExecName;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// An image a pod's containers use, as this node has it, ready to be given to the pod's
-/// instance.
-pub struct PodImage {
-    pub reference: String,
-    pub digest: String,
-    pub chains: Vec<String>,
-    pub offer: Offer,
-    /// The layer blobs on this node, bottom first.
-    pub paths: Vec<PathBuf>,
-}
 
 /// How long a call to the instance may take when nobody's deadline says otherwise.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,0 +1,57 @@
+//! A pod's images as this node has them: pulled once into the store, then offered to the
+//! pod's instance (which loads what it lacks).
+
+use super::*;
+
+/// An image a pod's containers use, as this node has it, ready to be given to the pod's
+/// instance.
+pub struct PodImage {
+    pub reference: String,
+    pub digest: String,
+    pub chains: Vec<String>,
+    pub offer: Offer,
+    /// The layer blobs on this node, bottom first.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Each image `spec`'s containers name, pulled (as its policy says) into this node's store
+/// once, before anything is made; one entry per container, in order (containers sharing
+/// an image share its entry). The instance gets them from here.
+pub(crate) async fn prepare_images(host: &Host, spec: &PodSpec) -> Result<Vec<Arc<PodImage>>> {
+    let images = host.images.as_ref().map_err(|why| {
+        RuntimeError::Precondition(format!(
+            "containers: this node has no image store for their images: {why}"
+        ))
+    })?;
+    let mut by_ref: Vec<Arc<PodImage>> = Vec::new();
+    let mut per_container = Vec::with_capacity(spec.containers.len());
+    for (n, c) in spec.containers.iter().enumerate() {
+        let named = |source| RuntimeError::Image {
+            field: format!("containers[{n}].image"),
+            source,
+        };
+        let prepared = images
+            .prepare(&c.image, c.pull_policy, c.credentials.clone())
+            .await
+            .map_err(named)?;
+        let record = prepared.record.clone();
+        // Not held while the pod is made: a held read would wait behind a removal that
+        // waits for it. The pod, once listed, keeps its images from removal.
+        drop(prepared);
+        if let Some(have) = by_ref.iter().find(|i| i.reference == record.reference) {
+            per_container.push(have.clone());
+            continue;
+        }
+        let (offer, paths) = images.offer(&record).map_err(named)?;
+        let img = Arc::new(PodImage {
+            reference: record.reference.clone(),
+            digest: record.digest.clone(),
+            chains: record.layers.iter().map(|(_, _, c)| c.clone()).collect(),
+            offer,
+            paths,
+        });
+        by_ref.push(img.clone());
+        per_container.push(img);
+    }
+    Ok(per_container)
+}
