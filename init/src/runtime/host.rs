@@ -25,6 +25,8 @@ pub struct Host {
     /// auraed's own executable, re-executed as each cell's holder.
     pub(super) exe: Option<Arc<OwnedFd>>,
     pub(super) table: Mutex<Table>,
+    /// KVM and TAPs: the node's, or a fake in tests.
+    pub(super) devices: Arc<dyn super::launcher::Devices>,
     /// Starts and kills processes: the system calls, or a fake in tests.
     pub(super) sys: Arc<dyn Launcher>,
     /// The bridge for VM TAPs and its subnet, when the node has one.
@@ -32,6 +34,8 @@ pub struct Host {
     /// The named bridges (`aurae.bridges=`) instances' extra interfaces attach to.
     pub(super) named_bridges: Vec<crate::net::NamedBridge>,
     pub(super) spawn_identity: Option<SpawnIdentity>,
+    /// Where clients' VM files (kernels, initramfs images, disks) may be (`vm::VM_FILE_DIRS`).
+    pub(super) vm_file_dirs: Vec<PathBuf>,
     /// Directories of the node no confined cell sees (its keys, VM files).
     pub(super) hidden: Vec<PathBuf>,
     /// Every counter and shared set workloads draw from.

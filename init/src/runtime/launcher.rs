@@ -39,6 +39,50 @@ pub(crate) trait Launcher: Send + Sync {
     ) -> Starting;
     /// SIGKILLs every process in `dir` and below, atomically.
     fn kill(&self, dir: &CgroupDir) -> Result<()>;
+    /// Removes cgroup `dir` and those below it (rmdir: its interface files go with it);
+    /// fails while a process is in one.
+    fn remove(&self, dir: &CgroupDir) -> Result<()>;
+}
+
+/// The node's devices a VM needs: KVM and TAPs on a bridge. [`NodeDevices`] is the real
+/// one; tests use `testing::FakeDevices`, whose TAPs live as long as their descriptor, as
+/// real ones do, so a test can see one go with its VMM.
+pub(crate) trait Devices: Send + Sync {
+    /// Whether KVM can run guests on this node; why not.
+    fn kvm_usable(&self) -> std::result::Result<(), crate::vmm::KvmUnusable>;
+    /// /dev/kvm opened for one VMM.
+    fn open_kvm(&self) -> Result<std::fs::File>;
+    /// TAP `n.tap` on bridge `n.bridge`, up; it lives as long as the descriptor.
+    fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd>;
+}
+
+/// /dev/kvm and TAPs made with ioctls.
+pub(crate) struct NodeDevices;
+
+impl Devices for NodeDevices {
+    fn kvm_usable(&self) -> std::result::Result<(), crate::vmm::KvmUnusable> {
+        crate::vmm::kvm_usable()
+    }
+
+    fn open_kvm(&self) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_err(|e| {
+                super::error::RuntimeError::Precondition(format!(
+                    "open /dev/kvm: {e}; this node cannot run virtual machines"
+                ))
+            })
+    }
+
+    fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd> {
+        let fail = |e: std::io::Error| super::error::RuntimeError::Precondition(format!("network: TAP {}: {e}", n.tap));
+        let tap = crate::net::ioctl::open_tap(&n.tap).map_err(fail)?;
+        crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(fail)?;
+        crate::net::ioctl::link_up(&n.tap).map_err(fail)?;
+        Ok(tap)
+    }
 }
 
 /// The real system calls.
@@ -75,6 +119,10 @@ impl Launcher for SysLauncher {
 
     fn kill(&self, dir: &CgroupDir) -> Result<()> {
         dir.kill()
+    }
+
+    fn remove(&self, dir: &CgroupDir) -> Result<()> {
+        dir.remove_tree()
     }
 }
 
@@ -113,6 +161,23 @@ pub(crate) mod testing {
         /// dropped, and this is its worst interleaving with a rollback.
         pub late_next_holder: Mutex<bool>,
         late: Mutex<Vec<(OwnedFd, LateStart)>>,
+        /// What the next VMM (`aurae-vmm` with a control socket) does once it has its
+        /// configuration.
+        pub vmm: Mutex<FakeVmm>,
+    }
+
+    /// A fake VMM: it takes its configuration and files (TAPs included) from the control
+    /// socket as the real one does, then says Ready, or fails, or says nothing. It holds
+    /// the files until its process ends (killed, or `exit`ed), then closes them and the
+    /// socket, as an exiting VMM does.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub(crate) enum FakeVmm {
+        #[default]
+        Ready,
+        /// Says Error and exits with this code before any vCPU runs.
+        FailsToBoot(i32),
+        /// Never says Ready (a guest that hangs before its vCPUs start).
+        Silent,
     }
 
     impl FakeLauncher {
@@ -126,7 +191,53 @@ pub(crate) mod testing {
                 hang_next_holder: Mutex::new(false),
                 late_next_holder: Mutex::new(false),
                 late: Mutex::new(Vec::new()),
+                vmm: Mutex::new(FakeVmm::Ready),
             })
+        }
+
+        /// Whether fake process `pid` still runs.
+        pub fn alive(&self, pid: i32) -> bool {
+            self.procs.lock().unwrap().iter().any(|p| p.pid == pid)
+        }
+
+        /// Plays the VMM of process `pid` on `control` (its fd 3), on a thread.
+        fn play_vmm(self: &Arc<Self>, pid: i32, control: OwnedFd) {
+            use crate::vmm::protocol::{self, Event};
+            use std::io::Write;
+            let script = *self.vmm.lock().unwrap();
+            let me = self.clone();
+            std::thread::spawn(move || {
+                let mut sock = std::os::unix::net::UnixStream::from(control);
+                let Ok((cfg, files)) = protocol::recv_config(&sock) else {
+                    return;
+                };
+                match script {
+                    FakeVmm::Ready => {
+                        let tap = cfg.nets.first().map(|n| n.tap.clone());
+                        let ready = Event::Ready {
+                            vcpus: cfg.vcpus,
+                            memory_bytes: cfg.memory_bytes,
+                            tap,
+                        };
+                        let _ = sock.write_all(&protocol::encode(&ready));
+                    }
+                    FakeVmm::FailsToBoot(code) => {
+                        let error = Event::Error {
+                            message: "load the kernel: not a bzImage (fake)".into(),
+                        };
+                        let _ = sock.write_all(&protocol::encode(&error));
+                        drop(files);
+                        drop(sock);
+                        me.exit(pid, code);
+                        return;
+                    }
+                    FakeVmm::Silent => {}
+                }
+                while me.alive(pid) {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                drop(files);
+            });
         }
 
         fn start(&self, cgroup: OwnedFd) -> std::result::Result<Started, StartError> {
@@ -232,9 +343,12 @@ pub(crate) mod testing {
     struct FakeStarter(Arc<FakeLauncher>);
 
     impl ExecStarter for FakeStarter {
-        fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
+        fn start_exec(&self, cgroup: OwnedFd, mut input: ExecInput) -> Starting {
             // execve of a program that is not there fails as the real one does.
             let missing = input.path.starts_with('/') && !std::path::Path::new(&input.path).exists();
+            let vmm = (input.argv.first().map(String::as_str) == Some(crate::vmm::ARGV0))
+                .then(|| input.control.take())
+                .flatten();
             // The pipes' write ends go now: the log readers see EOF, as after a quiet exit.
             drop(input);
             let r = match self.0.fail_next_exec.lock().unwrap().take() {
@@ -245,6 +359,9 @@ pub(crate) mod testing {
                 }),
                 None => self.0.start(cgroup),
             };
+            if let (Ok(started), Some(control)) = (&r, vmm) {
+                self.0.play_vmm(started.pid.as_raw(), control);
+            }
             Box::pin(async move { r })
         }
     }
@@ -288,6 +405,83 @@ pub(crate) mod testing {
                 let _ = tx.send(self.start(cgroup));
             }
             Ok(())
+        }
+
+        /// As rmdir on cgroupfs: EBUSY while a fake process is in the tree; otherwise the
+        /// directories go with the interface files the runtime wrote into them.
+        fn remove(&self, dir: &CgroupDir) -> Result<()> {
+            if self
+                .procs
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.cgroup.starts_with(dir.path()))
+            {
+                return Err(crate::runtime::error::RuntimeError::Sys {
+                    what: format!("rmdir {}", dir.path().display()),
+                    errno: nix::errno::Errno::EBUSY,
+                });
+            }
+            match std::fs::remove_dir_all(dir.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::runtime::error::RuntimeError::Io {
+                    what: "rmdir",
+                    path: dir.path().to_owned(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// KVM that is usable (or not, as set) and TAPs that are one end of a socket pair: a
+    /// TAP is there while a descriptor of it is open, as a real one is.
+    #[derive(Default)]
+    pub(crate) struct FakeDevices {
+        pub kvm_missing: Mutex<Option<String>>,
+        taps: Mutex<std::collections::BTreeMap<String, std::os::unix::net::UnixStream>>,
+    }
+
+    impl FakeDevices {
+        /// Whether TAP `name` was made and a descriptor of it is still open.
+        pub fn tap_alive(&self, name: &str) -> bool {
+            let taps = self.taps.lock().unwrap();
+            let Some(peer) = taps.get(name) else { return false };
+            let _ = peer.set_nonblocking(true);
+            let mut b = [0u8; 1];
+            matches!(std::io::Read::read(&mut &*peer, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+
+        /// The TAPs made so far, by name.
+        pub fn taps(&self) -> Vec<String> {
+            self.taps.lock().unwrap().keys().cloned().collect()
+        }
+    }
+
+    impl Devices for FakeDevices {
+        fn kvm_usable(&self) -> std::result::Result<(), crate::vmm::KvmUnusable> {
+            match &*self.kvm_missing.lock().unwrap() {
+                Some(why) => Err(crate::vmm::KvmUnusable(why.clone())),
+                None => Ok(()),
+            }
+        }
+
+        fn open_kvm(&self) -> Result<std::fs::File> {
+            std::fs::File::open("/dev/null").map_err(|source| crate::runtime::error::RuntimeError::Io {
+                what: "open",
+                path: "/dev/null".into(),
+                source,
+            })
+        }
+
+        fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd> {
+            let (ours, peer) =
+                std::os::unix::net::UnixStream::pair().map_err(|source| crate::runtime::error::RuntimeError::Io {
+                    what: "socketpair",
+                    path: n.tap.clone().into(),
+                    source,
+                })?;
+            self.taps.lock().unwrap().insert(n.tap.clone(), peer);
+            Ok(ours.into())
         }
     }
 }

@@ -136,6 +136,8 @@ impl Runtime {
             exe: exe.ok(),
             table: Mutex::new(Table::default()),
             sys: Arc::new(SysLauncher),
+            devices: Arc::new(launcher::NodeDevices),
+            vm_file_dirs: vm::VM_FILE_DIRS.iter().map(PathBuf::from).collect(),
             bridge: None,
             named_bridges: Vec::new(),
             spawn_identity: None,
@@ -162,6 +164,28 @@ impl Runtime {
         let mut rt = Runtime::new(root, None);
         rt.host.unusable = None;
         rt.host.sys = sys;
+        rt
+    }
+
+    /// With fake devices too, a bridge for TAPs, and clients' VM files taken from
+    /// `vm_files` (tests only).
+    #[cfg(test)]
+    pub(crate) fn with_fakes(
+        root: PathBuf,
+        sys: Arc<dyn Launcher>,
+        devices: Arc<dyn launcher::Devices>,
+        vm_files: PathBuf,
+    ) -> Runtime {
+        let mut rt = Runtime::with_launcher(root, sys);
+        rt.host.devices = devices;
+        rt.host.vm_file_dirs = vec![vm_files];
+        rt.host.bridge = Some((
+            "aurae0".into(),
+            crate::net::Ipv4Cidr {
+                addr: std::net::Ipv4Addr::new(10, 254, 0, 1),
+                prefix: 24,
+            },
+        ));
         rt
     }
 
@@ -313,7 +337,7 @@ impl Runtime {
     pub fn remove_all(&self) {
         let cells: Vec<Arc<Cell>> = self.host.table().all::<Cell>().cloned().collect();
         for c in cells.iter().filter(|c| c.name.parent().is_none()) {
-            if let Err(e) = c.dir.remove_tree() {
+            if let Err(e) = self.host.sys.remove(&c.dir) {
                 tracing::warn!("cell {}: {e}", c.name);
             }
         }
@@ -356,7 +380,7 @@ async fn remove_for_good(sys: &dyn Launcher, dir: &CgroupDir) -> Result<()> {
     let mut last = Ok(());
     for _ in 0..REMOVE_TRIES {
         kill_and_wait(sys, dir).await;
-        last = dir.remove_tree();
+        last = sys.remove(dir);
         if last.is_ok() {
             break;
         }

@@ -10,6 +10,7 @@
 
 use super::error::{Result, RuntimeError};
 use super::host::Host;
+use super::launcher::Devices;
 use super::logs::{self, LogBuffer};
 use super::names::ExecName;
 use super::process;
@@ -147,24 +148,35 @@ enum VmFile {
 /// a kernel must be a bzImage or PVH ELF, a disk whole 512-byte sectors. Returns the
 /// resolved path and the file as opened: that file is what the VMM gets. Refusals are
 /// INVALID_ARGUMENT naming `field`.
-async fn checked_vm_file(field: String, path: PathBuf, kind: VmFile) -> Result<(PathBuf, std::fs::File)> {
+async fn checked_vm_file(
+    field: String,
+    path: PathBuf,
+    kind: VmFile,
+    dirs: Vec<PathBuf>,
+) -> Result<(PathBuf, std::fs::File)> {
     let f = field.clone();
-    tokio::task::spawn_blocking(move || check_vm_file(&field, &path, kind))
+    tokio::task::spawn_blocking(move || check_vm_file(&field, &path, kind, &dirs))
         .await
         .map_err(|e| RuntimeError::invalid(f, format!("the check did not finish: {e}")))?
 }
 
-fn check_vm_file(field: &str, path: &std::path::Path, kind: VmFile) -> Result<(PathBuf, std::fs::File)> {
+fn check_vm_file(
+    field: &str,
+    path: &std::path::Path,
+    kind: VmFile,
+    dirs: &[PathBuf],
+) -> Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let refuse = |reason: String| RuntimeError::invalid(field, reason);
     let real = std::fs::canonicalize(path).map_err(|e| refuse(format!("cannot resolve {}: {e}", path.display())))?;
-    if !VM_FILE_DIRS.iter().any(|d| real.starts_with(d)) {
+    if !dirs.iter().any(|d| real.starts_with(d)) {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(refuse(format!(
             "{} resolves to {}, outside {}: put VM files in {}",
             path.display(),
             real.display(),
-            VM_FILE_DIRS.join(" and "),
-            VM_FILE_DIRS[0]
+            names.join(" and "),
+            names.first().map_or("", String::as_str)
         )));
     }
     let write = matches!(kind, VmFile::Disk { read_only: false });
@@ -214,7 +226,11 @@ struct Opened {
 }
 
 /// Opens /dev/kvm and an instance's own kernel and image (auraed's files, not a client's).
-async fn open_plain(kernel: PathBuf, initramfs: Option<PathBuf>) -> Result<(std::fs::File, Opened)> {
+async fn open_plain(
+    devices: Arc<dyn Devices>,
+    kernel: PathBuf,
+    initramfs: Option<PathBuf>,
+) -> Result<(std::fs::File, Opened)> {
     let work = move || -> Result<(std::fs::File, Opened)> {
         let open = |p: &std::path::Path| {
             std::fs::File::open(p).map_err(|source| RuntimeError::Io {
@@ -228,29 +244,11 @@ async fn open_plain(kernel: PathBuf, initramfs: Option<PathBuf>) -> Result<(std:
             initramfs: initramfs.as_deref().map(open).transpose()?,
             disks: Vec::new(),
         };
-        Ok((open_kvm()?, opened))
+        Ok((devices.open_kvm()?, opened))
     };
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| RuntimeError::Precondition(format!("opening the VM's files did not finish: {e}")))?
-}
-
-fn open_kvm() -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm: {e}; this node cannot run virtual machines")))
-}
-
-/// The VM's TAP, on the bridge and up. It lives as long as a descriptor of it: the VMM's,
-/// once passed.
-fn make_tap(n: &vmm::NetConfig) -> Result<std::os::fd::OwnedFd> {
-    let fail = |e: std::io::Error| RuntimeError::Precondition(format!("network: TAP {}: {e}", n.tap));
-    let tap = crate::net::ioctl::open_tap(&n.tap).map_err(fail)?;
-    crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(fail)?;
-    crate::net::ioctl::link_up(&n.tap).map_err(fail)?;
-    Ok(tap)
 }
 
 impl VirtualMachine {
@@ -344,28 +342,43 @@ pub(crate) async fn run(host: &Host, spec: VmSpec) -> Result<VmView> {
 /// Boots a VM; `listed` VMs are in the table (instances keep theirs themselves).
 pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<VirtualMachine>> {
     host.usable()?;
-    vmm::kvm_usable()
+    host.devices
+        .kvm_usable()
         .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
     // Client-named files (a listed VM's) are resolved and checked off this thread;
     // an instance's own kernel and image are auraed's.
     let mut spec = spec;
     let (kvm, opened) = if listed {
-        let (kernel, kernel_file) = checked_vm_file("kernel_path".into(), spec.kernel.clone(), VmFile::Kernel).await?;
+        let (kernel, kernel_file) = checked_vm_file(
+            "kernel_path".into(),
+            spec.kernel.clone(),
+            VmFile::Kernel,
+            host.vm_file_dirs.clone(),
+        )
+        .await?;
         spec.kernel = kernel;
         let mut initramfs = None;
         if let Some(i) = spec.initramfs.take() {
-            let (path, file) = checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs).await?;
+            let (path, file) =
+                checked_vm_file("initramfs_path".into(), i, VmFile::Initramfs, host.vm_file_dirs.clone()).await?;
             spec.initramfs = Some(path);
             initramfs = Some(file);
         }
         let mut disks = Vec::new();
         for (i, d) in spec.disks.iter_mut().enumerate() {
             let kind = VmFile::Disk { read_only: d.read_only };
-            let (path, file) = checked_vm_file(format!("disks[{i}].path"), d.path.clone(), kind).await?;
+            let (path, file) = checked_vm_file(
+                format!("disks[{i}].path"),
+                d.path.clone(),
+                kind,
+                host.vm_file_dirs.clone(),
+            )
+            .await?;
             d.path = path;
             disks.push(file);
         }
-        let kvm = tokio::task::spawn_blocking(open_kvm)
+        let devices = host.devices.clone();
+        let kvm = tokio::task::spawn_blocking(move || devices.open_kvm())
             .await
             .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm did not finish: {e}")))??;
         (
@@ -378,7 +391,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
         )
     } else {
         vmm::check_kernel(&spec.kernel).map_err(|e| RuntimeError::invalid("kernel_path", e.to_string()))?;
-        open_plain(spec.kernel.clone(), spec.initramfs.clone()).await?
+        open_plain(host.devices.clone(), spec.kernel.clone(), spec.initramfs.clone()).await?
     };
     if listed {
         host.table().vacant::<VirtualMachine>(spec.name.as_str())?;
@@ -410,7 +423,10 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
     }
     let tap = spec.network.then(|| nets.first().map(|n| n.tap.clone())).flatten();
     // Each TAP lives as long as its descriptor: one not made drops those made before.
-    let tap_fds = nets.iter().map(make_tap).collect::<Result<Vec<_>>>()?;
+    let tap_fds = nets
+        .iter()
+        .map(|n| host.devices.make_tap(n))
+        .collect::<Result<Vec<_>>>()?;
     let uid = VMM_UID_BASE + host.alloc.next_vmm_uid_number() % VMM_UIDS;
     let config = VmConfig {
         jail_uid: uid,

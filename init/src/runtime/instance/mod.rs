@@ -319,7 +319,7 @@ pub(super) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instanc
             "this node has no bridge for instances (auraed makes one only as PID 1)",
         ));
     };
-    let kvm = crate::vmm::kvm_usable();
+    let kvm = host.devices.kvm_usable();
     let isolation = match (spec.isolation, kvm) {
         (Some(IsolationKind::Vm), Err(why)) => {
             return Err(pre(format!(

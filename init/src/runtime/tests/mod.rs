@@ -3,13 +3,13 @@
 //! asserts on the fixture tree (the cgroups the runtime made or removed), the fake's
 //! processes and the table, never only on a return value.
 
-use super::error::RuntimeError;
-use super::launcher::testing::FakeLauncher;
-use super::names::{CellName, ExecName};
-use super::spec::{CellSpec, ExecutableSpec};
-use super::sys::child::Stage;
-use super::sys::start::StartError;
-use super::{Kind, Phase, Runtime, View};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::launcher::testing::FakeLauncher;
+use crate::runtime::names::{CellName, ExecName};
+use crate::runtime::spec::{CellSpec, ExecutableSpec};
+use crate::runtime::sys::child::Stage;
+use crate::runtime::sys::start::StartError;
+use crate::runtime::{Kind, Phase, Runtime, View};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +40,8 @@ fn cell(name: &str) -> CellSpec {
 }
 
 /// An exec session of `/bin/sh` in cell `name`, without a terminal.
-fn session(name: &str) -> super::attach::AttachSpec {
-    super::attach::AttachSpec {
+fn session(name: &str) -> crate::runtime::attach::AttachSpec {
+    crate::runtime::attach::AttachSpec {
         cell: CellName::parse(name).unwrap(),
         argv: vec!["/bin/sh".into()],
         env: Default::default(),
@@ -351,15 +351,15 @@ async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
 async fn auraed_runs_itself_again_in_a_private_cell() {
     let r = rig();
     let name = ExecName::parse("child-1").unwrap();
-    let p = super::process::launch_self(
+    let p = crate::runtime::process::launch_self(
         &r.rt.host,
         &name,
         vec!["auraed".into(), "daemon".into()],
-        super::spec::Isolation::default(),
-        super::spec::Resources::default(),
-        super::logs::Stream::Stdout,
+        crate::runtime::spec::Isolation::default(),
+        crate::runtime::spec::Resources::default(),
+        crate::runtime::logs::Stream::Stdout,
         None,
-        super::spec::Confinement::INSTANCE,
+        crate::runtime::spec::Confinement::INSTANCE,
         Vec::new(),
     )
     .await
@@ -372,3 +372,4 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
     assert!(!r.root.join("child-1").exists(), "nothing left");
     assert_eq!(r.fake.running(), 0);
 }
+mod vm;
