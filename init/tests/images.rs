@@ -57,7 +57,7 @@ struct Merged(tempfile::TempDir);
 impl Merged {
     fn of(layers: &[auraed::image::unpack::Layer]) -> Merged {
         let at = tempfile::tempdir().unwrap();
-        auraed::image::unpack::mount_overlay(layers, None, at.path()).unwrap();
+        auraed::image::overlay::mount_overlay(layers, None, at.path()).unwrap();
         Merged(at)
     }
 

@@ -41,9 +41,7 @@ PENDING = {
     "unsafe": set(),
     "impl-host": set(),
     "impl-runtime": set(),
-    "long-files": {
-        "image/unpack.rs",
-    },
+    "long-files": set(),
     "cycles": set(),
 }
 

@@ -12,10 +12,13 @@
 pub mod catalog;
 pub mod config;
 pub mod load;
+pub mod overlay;
+pub(crate) mod paths;
 pub mod pins;
 pub mod pull;
 pub mod registry;
 pub mod store;
+pub(crate) mod streams;
 pub(crate) mod tar_guard;
 pub(crate) mod tree;
 pub mod unpack;

@@ -32,21 +32,24 @@
 //! - a whiteout of `.`, `..` or nothing is refused by name; an opaque whiteout at a
 //!   layer's root is legal and hides everything below.
 
+use super::overlay::mount_overlay;
+use super::paths::{children, clamp, clean, in_root};
 use super::store::Store;
+use super::streams::{decompressor, Hashing};
 use super::tar_guard::{Breach, Limits, TarGuard};
 use super::tree::{is_dir_at, remove_all_at};
 use super::{Digest, ImageError};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::io::{BufRead, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,49 +223,6 @@ fn refused(layer: &Digest, entry: &str, why: impl std::fmt::Display) -> ImageErr
     }
 }
 
-/// Mounts `layers` (bottom first) as an overlay at `at`: with `upper` (its upper and work
-/// directories) writable, else read-only (a single layer is then stacked on itself, as an
-/// overlay without an upper one needs two). nosuid, nodev, noexec: for unpacking and
-/// reading; a cell's root adds exec.
-pub fn mount_overlay(layers: &[Layer], upper: Option<(&Path, &Path)>, at: &Path) -> Result<(), ImageError> {
-    use nix::mount::MsFlags;
-    let mut lower: Vec<&Path> = layers.iter().map(|l| l.dir.as_path()).collect();
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if upper.is_none() {
-        if let [one] = lower[..] {
-            lower.push(one);
-        }
-        flags |= MsFlags::MS_RDONLY;
-    }
-    let Some(opts) = overlay_options(&lower, upper) else {
-        return Err(ImageError::io("mount a layer's overlay", at)(std::io::Error::other(
-            format!(
-                "{} layers make the overlay's options longer than a page; the store's path is too long for this image",
-                layers.len()
-            ),
-        )));
-    };
-    nix::mount::mount(Some("overlay"), at, Some("overlay"), flags, Some(opts.as_str()))
-        .map_err(|e| ImageError::io("mount a layer's overlay", at)(e.into()))
-}
-
-/// The options of an overlay mount: `lower` bottom first (overlayfs wants the top first),
-/// with `upper` (its upper and work directories) writable. None when they are longer than
-/// the page the kernel reads them from.
-pub fn overlay_options(lower: &[&Path], upper: Option<(&Path, &Path)>) -> Option<String> {
-    let lower: Vec<String> = lower.iter().rev().map(|l| l.to_string_lossy().into_owned()).collect();
-    let opts = match upper {
-        Some((upper, work)) => format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        ),
-        None => format!("lowerdir={}", lower.join(":")),
-    };
-    (opts.len() < 4096).then_some(opts)
-}
-
 fn open_root(p: &Path) -> Result<OwnedFd, ImageError> {
     nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| ImageError::io("open a layer's root", p)(e.into()))
@@ -270,7 +230,7 @@ fn open_root(p: &Path) -> Result<OwnedFd, ImageError> {
 
 /// Why one entry (or the layer's stream) cannot be unpacked; said in `ImageError::Refused`.
 #[derive(Debug, thiserror::Error)]
-enum EntryError {
+pub(super) enum EntryError {
     #[error("not zstd: {0}")]
     NotZstd(String),
     #[error("its name climbs out of the root with '..'")]
@@ -289,62 +249,6 @@ enum EntryError {
     OutsideRoot,
     #[error("where is a directory: {0}")]
     WhereIs(std::io::Error),
-}
-
-fn decompressor(file: std::fs::File, c: Compression) -> Result<Box<dyn Read>, EntryError> {
-    let r = std::io::BufReader::with_capacity(256 * 1024, file);
-    Ok(match c {
-        Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(ZstdFrames::new(r)?),
-    })
-}
-
-/// A zstd stream of one or more frames.
-struct ZstdFrames<R: BufRead> {
-    dec: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(r: R) -> Result<Self, EntryError> {
-        let dec = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| EntryError::NotZstd(e.to_string()))?;
-        Ok(ZstdFrames { dec: Some(dec) })
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let Some(d) = self.dec.as_mut() else { return Ok(0) };
-            let n = d.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            // This frame is done: another may follow.
-            let Some(d) = self.dec.take() else { return Ok(0) };
-            let (mut src, dec) = d.into_parts();
-            if src.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let next = ruzstd::decoding::StreamingDecoder::new_with_decoder(src, dec)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            self.dec = Some(next);
-        }
-    }
-}
-
-/// Hashes what passes through.
-struct Hashing {
-    inner: Box<dyn Read>,
-    hash: Sha256,
-}
-
-impl Read for Hashing {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 struct Unpacker<'a> {
@@ -381,65 +285,6 @@ pub const MAX_DEPTH: usize = 512;
 /// The most data one layer may unpack to, whatever the store's free space: 16 GiB (the
 /// largest layers of real images, model weights, hold a few GiB).
 pub const LAYER_DATA_MAX: u64 = 16 << 30;
-
-/// `p` with `..` taken lexically and never above the root (for a symlink's target from a
-/// directory without symlinks in its path), without `/` and `.`.
-fn clamp(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// `rel` without `/`, `.` and with `..` refused.
-fn clean(p: &Path) -> Result<PathBuf, EntryError> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err(EntryError::Climbs),
-            Component::Prefix(_) => return Err(EntryError::NotUnix),
-        }
-    }
-    Ok(out)
-}
-
-fn in_root(dirfd: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    nix::fcntl::openat2(dirfd, rel, how)
-}
-
-/// The names in directory `fd` (not `.` and `..`).
-fn children(fd: &OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
-    let dup = fd
-        .try_clone()
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))?;
-    let mut d = nix::dir::Dir::from_fd(dup)?;
-    let mut v = Vec::new();
-    for e in d.iter() {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            v.push(OsStr::from_bytes(n).to_owned());
-        }
-    }
-    Ok(v)
-}
 
 impl Unpacker<'_> {
     fn refuse(&self, entry: &Path, why: impl std::fmt::Display) -> ImageError {
@@ -879,18 +724,6 @@ mod tests {
         fn drop(&mut self) {
             let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
         }
-    }
-
-    #[test]
-    fn overlay_options_put_the_top_layer_first_and_fit_a_page() {
-        let (a, b) = (Path::new("/s/a"), Path::new("/s/b"));
-        assert_eq!(overlay_options(&[a, b], None).unwrap(), "lowerdir=/s/b:/s/a");
-        assert_eq!(
-            overlay_options(&[a], Some((Path::new("/u"), Path::new("/w")))).unwrap(),
-            "lowerdir=/s/a,upperdir=/u,workdir=/w"
-        );
-        let long = "x".repeat(4096);
-        assert_eq!(overlay_options(&[Path::new(&long)], None), None);
     }
 
     #[test]

@@ -201,7 +201,7 @@ fn mount_image(stage: &Path, layers: &[PathBuf], root: &Path) -> nix::Result<()>
         nix::unistd::mkdir(d, Mode::from_bits_truncate(0o755))?;
     }
     let lower: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
-    let opts = crate::image::unpack::overlay_options(&lower, Some((&upper, &work))).ok_or(Errno::E2BIG)?;
+    let opts = crate::image::overlay::overlay_options(&lower, Some((&upper, &work))).ok_or(Errno::E2BIG)?;
     mount(
         Some("overlay"),
         root,
