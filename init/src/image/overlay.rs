@@ -1,9 +1,15 @@
 //! The overlay mounts layers stack into: the options (top layer first, within a page) and
 //! the mount itself.
 
-use super::unpack::Layer;
-use super::ImageError;
-use std::path::Path;
+use super::{Digest, ImageError};
+use std::path::{Path, PathBuf};
+
+/// An unpacked layer: the directory an overlay stacks (`dir`), named by its chain ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub chain_id: Digest,
+    pub dir: PathBuf,
+}
 
 /// Mounts `layers` (bottom first) as an overlay at `at`: with `upper` (its upper and work
 /// directories) writable, else read-only (a single layer is then stacked on itself, as an

@@ -2,13 +2,35 @@
 //! root, and directories opened with `openat2(RESOLVE_IN_ROOT)` so nothing resolves
 //! outside it.
 
-use super::unpack::EntryError;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+
+/// Why one entry (or the layer's stream) cannot be unpacked; said in `ImageError::Refused`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EntryError {
+    #[error("not zstd: {0}")]
+    NotZstd(String),
+    #[error("its name climbs out of the root with '..'")]
+    Climbs,
+    #[error("not a Unix path")]
+    NotUnix,
+    #[error("its directory '{}': {}", .0.display(), .1.desc())]
+    Dir(PathBuf, Errno),
+    #[error("its directory '{}': too many levels of symlinks", .0.display())]
+    TooManyLinks(PathBuf),
+    #[error("make directory '{}': {}", .0.display(), .1.desc())]
+    Mkdir(PathBuf, Errno),
+    #[error("{}", .0.desc())]
+    Open(Errno),
+    #[error("a directory outside the root")]
+    OutsideRoot,
+    #[error("where is a directory: {0}")]
+    WhereIs(std::io::Error),
+}
 
 /// `p` with `..` taken lexically and never above the root (for a symlink's target from a
 /// directory without symlinks in its path), without `/` and `.`.

@@ -1,7 +1,8 @@
 //! The byte streams a layer passes through before its tar is read: decompression (gzip,
 //! zstd of one or more frames, or none) and the SHA-256 of what comes out (the diff ID).
 
-use super::unpack::{Compression, EntryError};
+use super::paths::EntryError;
+use super::ImageError;
 use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, Read};
 
@@ -58,5 +59,32 @@ impl Read for Hashing {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// OCI and Docker layer media types (distributable or not).
+    pub fn of_media_type(mt: &str) -> Result<Compression, ImageError> {
+        let oci = mt
+            .strip_prefix("application/vnd.oci.image.layer.v1.tar")
+            .or_else(|| mt.strip_prefix("application/vnd.oci.image.layer.nondistributable.v1.tar"));
+        match (oci, mt) {
+            (Some(""), _) => Ok(Compression::None),
+            (Some("+gzip"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.gzip") => Ok(Compression::Gzip),
+            (Some("+zstd"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.zstd") => Ok(Compression::Zstd),
+            _ => Err(ImageError::Refused {
+                layer: String::new(),
+                entry: String::new(),
+                why: format!("media type '{mt}' is not a layer auraed can unpack (tar, tar+gzip, tar+zstd)"),
+            }),
+        }
     }
 }

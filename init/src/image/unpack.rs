@@ -33,8 +33,11 @@
 //!   layer's root is legal and hides everything below.
 
 use super::overlay::mount_overlay;
+pub use super::overlay::Layer;
+use super::paths::EntryError;
 use super::paths::{children, clamp, clean, in_root};
 use super::store::Store;
+pub use super::streams::Compression;
 use super::streams::{decompressor, Hashing};
 use super::tar_guard::{Breach, Limits, TarGuard};
 use super::tree::{is_dir_at, remove_all_at};
@@ -50,40 +53,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// How a layer blob is compressed, from its media type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// OCI and Docker layer media types (distributable or not).
-    pub fn of_media_type(mt: &str) -> Result<Compression, ImageError> {
-        let oci = mt
-            .strip_prefix("application/vnd.oci.image.layer.v1.tar")
-            .or_else(|| mt.strip_prefix("application/vnd.oci.image.layer.nondistributable.v1.tar"));
-        match (oci, mt) {
-            (Some(""), _) => Ok(Compression::None),
-            (Some("+gzip"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.gzip") => Ok(Compression::Gzip),
-            (Some("+zstd"), _) | (_, "application/vnd.docker.image.rootfs.diff.tar.zstd") => Ok(Compression::Zstd),
-            _ => Err(ImageError::Refused {
-                layer: String::new(),
-                entry: String::new(),
-                why: format!("media type '{mt}' is not a layer auraed can unpack (tar, tar+gzip, tar+zstd)"),
-            }),
-        }
-    }
-}
-
-/// An unpacked layer: the directory an overlay stacks (`dir`), named by its chain ID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layer {
-    pub chain_id: Digest,
-    pub dir: PathBuf,
-}
 
 impl Store {
     /// The layer with chain ID `chain`, if it is unpacked.
@@ -226,29 +195,6 @@ fn refused(layer: &Digest, entry: &str, why: impl std::fmt::Display) -> ImageErr
 fn open_root(p: &Path) -> Result<OwnedFd, ImageError> {
     nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| ImageError::io("open a layer's root", p)(e.into()))
-}
-
-/// Why one entry (or the layer's stream) cannot be unpacked; said in `ImageError::Refused`.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum EntryError {
-    #[error("not zstd: {0}")]
-    NotZstd(String),
-    #[error("its name climbs out of the root with '..'")]
-    Climbs,
-    #[error("not a Unix path")]
-    NotUnix,
-    #[error("its directory '{}': {}", .0.display(), .1.desc())]
-    Dir(PathBuf, Errno),
-    #[error("its directory '{}': too many levels of symlinks", .0.display())]
-    TooManyLinks(PathBuf),
-    #[error("make directory '{}': {}", .0.display(), .1.desc())]
-    Mkdir(PathBuf, Errno),
-    #[error("{}", .0.desc())]
-    Open(Errno),
-    #[error("a directory outside the root")]
-    OutsideRoot,
-    #[error("where is a directory: {0}")]
-    WhereIs(std::io::Error),
 }
 
 struct Unpacker<'a> {

@@ -6,12 +6,12 @@
 
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
-use super::instance::SpawnIdentity;
 use super::launcher::Launcher;
 use super::logs;
 use super::table::{Table, Workload};
 use super::volume;
 use super::Kind;
+use crate::spawn::identity::SpawnIdentity;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -270,7 +270,9 @@ impl Runtime {
 
     /// (reference, digest, cells) of every image a cell runs from.
     pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
-        cell::images_in_use(&self.host)
+        let mut v = cell::images(&self.host);
+        v.extend(pod::images(&self.host));
+        v
     }
 
     /// The channel to instance `name`'s auraed, with its pod (when a pod owns it).

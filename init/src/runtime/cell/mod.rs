@@ -11,7 +11,6 @@ use crate::runtime::holder::Setup;
 use crate::runtime::host::Host;
 use crate::runtime::launcher::{ExecStarter, Launcher};
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::pod;
 use crate::runtime::spec::{CellSpec, Confinement, ExecutableSpec, ImageRoot, Isolation, Resources};
 use crate::runtime::sys::start::StartError;
 use crate::runtime::{poll_until, terminate, Kind, Phase, KILL_WAIT};
@@ -543,17 +542,15 @@ pub(super) async fn create(host: &Host, spec: CellSpec, implicit: bool) -> Resul
 
 /// Every image a workload uses: (who, "cell 'web'" or "pod 'p'", the image's
 /// reference, its layers' chain IDs).
-pub(crate) fn images_in_use(host: &Host) -> Vec<(String, String, Vec<String>)> {
-    let mut v: Vec<(String, String, Vec<String>)> = host
-        .table()
+/// (user, reference, chain IDs) of every image a cell runs from.
+pub(crate) fn images(host: &Host) -> Vec<(String, String, Vec<String>)> {
+    host.table()
         .all::<Cell>()
         .filter_map(|c| {
             let i = c.image.as_ref()?;
             Some((format!("cell '{}'", c.name), i.reference.clone(), i.chains.clone()))
         })
-        .collect();
-    v.extend(pod::images(host));
-    v
+        .collect()
 }
 
 pub(crate) async fn freeze(host: &Host, name: &str, frozen: bool) -> Result<CellView> {
