@@ -311,7 +311,7 @@ impl VirtualMachine {
         let name = &self.name;
         if !self.vmm.phase().ended() {
             return Err(RuntimeError::Precondition(format!(
-                "virtual machine '{name}' is running; stop it first (aer self stop {name})"
+                "virtual machine '{name}' is running; stop it first (aer vm stop {name})"
             )));
         }
         self.discard(host).await?;

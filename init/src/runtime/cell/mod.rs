@@ -257,13 +257,13 @@ impl Cell {
                 userns_base,
             )
             .await
-            .map_err(|e| start_error(e, &format!("self '{}'", spec.name)))?;
+            .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)))?;
         // The holder must outlive every workload of the cell: never the OOM killer's pick.
         let _ = std::fs::write(format!("/proc/{}/oom_score_adj", started.pid), "-1000");
         if let Some(base) = userns_base {
             let ns =
                 std::fs::File::open(format!("/proc/{}/ns/user", started.pid)).map_err(|source| RuntimeError::Io {
-                    what: "open the self's user namespace",
+                    what: "open the cell's user namespace",
                     path: format!("/proc/{}/ns/user", started.pid).into(),
                     source,
                 })?;
@@ -272,18 +272,18 @@ impl Cell {
         let pidfd = started
             .pidfd
             .map(Arc::new)
-            .ok_or_else(|| RuntimeError::Precondition(format!("self '{}': the kernel returned no pidfd", spec.name)))?;
+            .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
         let starter = host
             .sys
             .starter(pidfd.clone())
-            .map_err(|e| start_error(e, &format!("self '{}'", spec.name)));
+            .map_err(|e| start_error(e, &format!("cell '{}'", spec.name)));
         let _ = self.holder.set(pidfd);
         *self.starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(starter?);
         self.set_phase(Phase::Running);
         let watcher = self.clone();
         let exit = started.exit;
         tokio::spawn(async move { watcher.holder_ended(exit.await.ok()) });
-        tracing::info!("self {} running (holder pid {})", spec.name, started.pid);
+        tracing::info!("cell {} running (holder pid {})", spec.name, started.pid);
         Ok(())
     }
 
@@ -294,7 +294,7 @@ impl Cell {
         if let Err(e) = super::remove_for_good(&*host.sys, &self.dir).await {
             // Still listed (as failed) so the name is not reused over a cgroup that holds
             // processes; `free` retries the removal.
-            tracing::error!("self {}: {e}", self.name);
+            tracing::error!("cell {}: {e}", self.name);
             self.state.send_modify(|s| s.error = e.to_string());
             self.set_phase(Phase::Failed);
             return;
@@ -362,12 +362,12 @@ impl Cell {
         let name = &self.name;
         if self.implicit {
             return Err(RuntimeError::Precondition(format!(
-                "self '{name}' belongs to executable '{name}'; free the executable instead"
+                "cell '{name}' belongs to executable '{name}'; free the executable instead"
             )));
         }
         if !self.phase().ended() {
             return Err(RuntimeError::Precondition(format!(
-                "self '{name}' is {:?}; stop it first (aer self stop {name})",
+                "cell '{name}' is {:?}; stop it first (aer cell stop {name})",
                 self.phase()
             )));
         }
@@ -391,7 +391,7 @@ impl Cell {
         for c in &cells {
             host.alloc.volumes().release(c.volumes());
         }
-        tracing::info!("self {name} freed with {} executable(s)", execs.len());
+        tracing::info!("cell {name} freed with {} executable(s)", execs.len());
         Ok(())
     }
 }
