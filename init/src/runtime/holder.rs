@@ -5,20 +5,19 @@
 //! a private /proc, /tmp and /sys over the node's filesystem. It sets the hostname, brings
 //! up loopback, gives up every capability of its own, reports ready on fd 3, then lives as
 //! the cell's init: it reaps the cell's orphans until the cell is killed. Every other
-//! process of the cell joins its namespaces.
+//! process of the cell joins its namespaces. What to do it reads from fd 4, a [`Config`].
 
 use super::confine::{caps, root};
 use super::sys::child::{fail, report, Stage};
 use nix::mount::{mount, MsFlags};
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 
 pub use super::sys::child::HOLDER_ARGV0 as ARGV0;
 const REPORT: RawFd = 3;
 
-/// What to set up, as passed on the command line (`aurae-cell-init FLAGS HOSTNAME
-/// [ARG...]`, each ARG a node directory its own root covers, `+DIR` a bind into its
-/// `/run`, or `^DIR` an image layer, bottom first: see `confine::root`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which namespaces are new and what the init mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Setup {
     pub new_mount: bool,
     pub new_pid: bool,
@@ -30,28 +29,43 @@ pub struct Setup {
     pub userns: bool,
 }
 
-impl Setup {
-    pub fn encode(&self) -> String {
-        let bit = |b: bool, v: u8| if b { v } else { 0 };
-        (bit(self.new_mount, 1)
-            | bit(self.new_pid, 2)
-            | bit(self.new_net, 4)
-            | bit(self.new_uts, 8)
-            | bit(self.own_root, 16)
-            | bit(self.userns, 32))
-        .to_string()
+/// Everything the cell's init is told, as one JSON document on fd [`CONFIG_FD`] (as the
+/// VMM gets its configuration on its control socket): no argument to parse, nothing a
+/// path could be mistaken for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    pub setup: Setup,
+    /// The cell's hostname (the leaf of its name).
+    pub hostname: String,
+    /// A root from the node's: node directories its own root covers (keys, VM files).
+    pub hidden: Vec<PathBuf>,
+    /// Node directories bound into its `/run`.
+    pub binds: Vec<PathBuf>,
+    /// A root from an image: its layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// Volumes bound into an image root.
+    pub volumes: Vec<root::VolumeBind>,
+}
+
+/// Where the cell's init finds its `Config`.
+pub const CONFIG_FD: RawFd = 4;
+/// The most a `Config` may be (a cell of 128 layers and 64 volumes needs a few KiB).
+const CONFIG_MAX: u64 = 1 << 20;
+
+impl Config {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn decode(s: &str) -> Option<Setup> {
-        let v: u8 = s.parse().ok()?;
-        Some(Setup {
-            new_mount: v & 1 != 0,
-            new_pid: v & 2 != 0,
-            new_net: v & 4 != 0,
-            new_uts: v & 8 != 0,
-            own_root: v & 16 != 0,
-            userns: v & 32 != 0,
-        })
+    /// Reads and parses the document `r` holds (at most `CONFIG_MAX` bytes).
+    pub fn read(r: impl std::io::Read) -> Option<Config> {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        r.take(CONFIG_MAX + 1).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 > CONFIG_MAX {
+            return None;
+        }
+        serde_json::from_slice(&bytes).ok()
     }
 }
 
@@ -66,13 +80,14 @@ fn check<T>(r: nix::Result<T>, stage: Stage) -> T {
 }
 
 /// Entry point (argv[0] == ARGV0). Never returns.
-pub fn main(args: &[String]) -> ! {
+pub fn main(_args: &[String]) -> ! {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal};
     // Every signal stays pending; only SIGCHLD is ever waited for.
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
-    let (Some(setup), Some(hostname)) = (args.get(1).and_then(|s| Setup::decode(s)), args.get(2)) else {
+    let Some(config) = Config::read(super::sys::child::take_config()) else {
         fail(REPORT, Stage::Args)
     };
+    let (setup, hostname) = (config.setup, config.hostname.as_str());
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if setup.new_mount {
         check(
@@ -87,27 +102,19 @@ pub fn main(args: &[String]) -> ! {
         );
     }
     if setup.new_mount && setup.own_root {
-        let (mut binds, mut layers, mut hidden, mut volumes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for a in args.iter().skip(3) {
-            if let Some(b) = a.strip_prefix(root::BIND_ARG) {
-                binds.push(std::path::PathBuf::from(b));
-            } else if let Some(v) = a.strip_prefix(root::VOLUME_ARG) {
-                match super::volume::parse_holder_arg(v) {
-                    Some(v) => volumes.push(v),
-                    None => fail(REPORT, Stage::Args),
-                }
-            } else if let Some(l) = a.strip_prefix(root::LAYER_ARG) {
-                layers.push(std::path::PathBuf::from(l));
-            } else {
-                hidden.push(std::path::PathBuf::from(a));
-            }
-        }
+        let Config {
+            hidden,
+            binds,
+            layers,
+            volumes,
+            ..
+        } = &config;
         let source = if layers.is_empty() {
             root::Source::Node(std::path::Path::new("/"))
         } else {
-            root::Source::Image(&layers, &volumes)
+            root::Source::Image(layers, volumes)
         };
-        if let Err((step, errno)) = root::enter(source, &hidden, &binds, setup.userns) {
+        if let Err((step, errno)) = root::enter(source, hidden, binds, setup.userns) {
             let stage = match step {
                 root::Step::Image => Stage::MountImage,
                 root::Step::Root => Stage::MountRoot,
@@ -191,11 +198,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn setup_round_trips() {
-        for v in 0..64u8 {
-            let s = Setup::decode(&v.to_string()).unwrap();
-            assert_eq!(s.encode(), v.to_string());
-        }
-        assert_eq!(Setup::decode("x"), None);
+    fn the_config_round_trips_and_an_oversized_one_is_refused() {
+        let c = Config {
+            setup: Setup {
+                new_mount: true,
+                own_root: true,
+                userns: true,
+                ..Setup::default()
+            },
+            hostname: "web".into(),
+            hidden: vec![],
+            binds: vec!["/run/aurae/x".into()],
+            layers: vec!["/var/lib/aurae/data/images/layers/a b".into(), "/l/+^%:".into()],
+            volumes: vec![("/run/aurae/volumes/www".into(), "/srv/www".into(), true)],
+        };
+        assert_eq!(Config::read(&c.encode()[..]), Some(c));
+        let huge = vec![b' '; (CONFIG_MAX + 1) as usize];
+        assert_eq!(Config::read(&huge[..]), None);
+        assert_eq!(Config::read(&b"not json"[..]), None);
     }
 }

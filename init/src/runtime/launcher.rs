@@ -25,7 +25,7 @@ pub(crate) trait ExecStarter: Send + Sync {
 pub(crate) trait Launcher: Send + Sync {
     /// The starter for executables of the cell whose init is `join`, made once the init runs.
     fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError>;
-    /// Starts a cell's init (`exe` re-executed with `args`) in `cgroup` with new namespaces
+    /// Starts a cell's init (`exe` re-executed, told `config`) in `cgroup` with new namespaces
     /// `flags`, nested in holder `join`'s; with `userns`, in a user namespace of its own
     /// whose root is that node uid (and 65535 more ids).
     fn start_holder(
@@ -34,7 +34,7 @@ pub(crate) trait Launcher: Send + Sync {
         cgroup: OwnedFd,
         flags: libc::c_int,
         exe: Arc<OwnedFd>,
-        args: Vec<String>,
+        config: super::holder::Config,
         userns: Option<u32>,
     ) -> Starting;
     /// SIGKILLs every process in `dir` and below, atomically.
@@ -111,10 +111,10 @@ impl Launcher for SysLauncher {
         cgroup: OwnedFd,
         flags: libc::c_int,
         exe: Arc<OwnedFd>,
-        args: Vec<String>,
+        config: super::holder::Config,
         userns: Option<u32>,
     ) -> Starting {
-        Box::pin(start::start_holder(join, cgroup, flags, exe, args, userns))
+        Box::pin(start::start_holder(join, cgroup, flags, exe, config, userns))
     }
 
     fn kill(&self, dir: &CgroupDir) -> Result<()> {
@@ -378,7 +378,7 @@ pub(crate) mod testing {
             cgroup: OwnedFd,
             _flags: libc::c_int,
             _exe: Arc<OwnedFd>,
-            _args: Vec<String>,
+            _config: crate::runtime::holder::Config,
             _userns: Option<u32>,
         ) -> Starting {
             if std::mem::take(&mut *self.hang_next_holder.lock().unwrap()) {

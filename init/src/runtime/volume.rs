@@ -23,26 +23,10 @@ pub fn dir_of(name: &str) -> PathBuf {
     Path::new(VOLUMES_DIR).join(name)
 }
 
-/// The holder argument that binds `m`: `%rw:SOURCE:TARGET` (the source has no ':').
-pub fn holder_arg(m: &VolumeMount) -> String {
-    let mode = if m.read_only { "ro" } else { "rw" };
-    format!(
-        "{}{mode}:{}:{}",
-        super::confine::root::VOLUME_ARG,
-        dir_of(m.volume.as_str()).display(),
-        m.path
-    )
-}
-
-/// A holder argument back into (source, target in the root, read-only).
-pub fn parse_holder_arg(a: &str) -> Option<(PathBuf, PathBuf, bool)> {
-    let mut parts = a.splitn(3, ':');
-    let ro = match parts.next()? {
-        "ro" => true,
-        "rw" => false,
-        _ => return None,
-    };
-    Some((parts.next()?.into(), parts.next()?.into(), ro))
+/// What the cell's init binds for `m`: (the volume's directory on the node, the target in
+/// the cell's root, read-only).
+pub fn bind_of(m: &VolumeMount) -> super::confine::root::VolumeBind {
+    (dir_of(m.volume.as_str()), PathBuf::from(&m.path), m.read_only)
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
@@ -188,19 +172,15 @@ mod tests {
     }
 
     #[test]
-    fn a_mount_survives_the_holder_argument_round_trip() {
+    fn a_mount_binds_the_volumes_directory_at_its_path() {
         let m = VolumeMount {
-            volume: ExecName::parse("shared").unwrap(),
-            path: "/usr/share/a:b".into(),
+            volume: ExecName::parse("www").unwrap(),
+            path: "/srv/www".into(),
             read_only: true,
         };
-        let a = holder_arg(&m);
-        assert_eq!(a, "%ro:/run/aurae/volumes/shared:/usr/share/a:b");
-        let (src, dst, ro) = parse_holder_arg(a.strip_prefix('%').unwrap()).unwrap();
-        assert_eq!(src, PathBuf::from("/run/aurae/volumes/shared"));
-        assert_eq!(dst, PathBuf::from("/usr/share/a:b"));
-        assert!(ro);
-        assert!(parse_holder_arg("xx:/a:/b").is_none());
-        assert!(parse_holder_arg("rw:/a").is_none());
+        assert_eq!(
+            bind_of(&m),
+            (PathBuf::from("/run/aurae/volumes/www"), PathBuf::from("/srv/www"), true)
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::init::reaper::Exit;
 use crate::runtime::cgroup::{CgroupDir, Usage, CONTROLLERS};
-use crate::runtime::confine::{root, ExecLimits};
+use crate::runtime::confine::ExecLimits;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::executable;
 use crate::runtime::holder::Setup;
@@ -229,22 +229,21 @@ impl Cell {
             userns: spec.confinement.userns,
         };
         let userns_base = spec.confinement.userns.then(|| host.alloc.next_userns_base());
-        let mut args = vec![setup.encode(), spec.name.leaf().to_owned()];
+        let mut config = crate::runtime::holder::Config {
+            setup,
+            hostname: spec.name.leaf().to_owned(),
+            ..Default::default()
+        };
         if setup.own_root {
             match &spec.image {
                 // The image is the whole root: nothing of the node is in it to cover.
                 Some(image) => {
-                    args.extend(
-                        image
-                            .layers
-                            .iter()
-                            .map(|l| format!("{}{}", root::LAYER_ARG, l.display())),
-                    );
-                    args.extend(image.mounts.iter().map(super::volume::holder_arg));
+                    config.layers = image.layers.clone();
+                    config.volumes = image.mounts.iter().map(crate::runtime::volume::bind_of).collect();
                 }
-                None => args.extend(host.hidden.iter().map(|h| h.to_string_lossy().into_owned())),
+                None => config.hidden = host.hidden.clone(),
             }
-            args.extend(spec.binds.iter().map(|b| format!("{}{}", root::BIND_ARG, b.display())));
+            config.binds = spec.binds.clone();
         }
         let started = host
             .sys
@@ -253,7 +252,7 @@ impl Cell {
                 leaf.open_fd()?,
                 clone_flags(&i),
                 exe,
-                args,
+                config,
                 userns_base,
             )
             .await

@@ -47,13 +47,6 @@ pub const MASKED: &[&str] = &[
 /// Paths OCI's default spec makes read-only.
 pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// Marks a bind among the holder's arguments (the others are paths to hide).
-pub const BIND_ARG: &str = "+";
-/// Marks an image layer among the holder's arguments (bottom first).
-pub const LAYER_ARG: &str = "^";
-/// Marks a volume to bind into an image root (`runtime::volume::holder_arg`).
-pub const VOLUME_ARG: &str = "%";
-
 /// A node directory bound into an image root: (source, absolute target, read-only).
 pub type VolumeBind = (PathBuf, PathBuf, bool);
 

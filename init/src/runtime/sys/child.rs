@@ -460,24 +460,25 @@ pub struct HolderPlan {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     pub report: RawFd,
+    /// The init's `holder::Config`, moved to fd 4 (`holder::CONFIG_FD`) before exec; at 10
+    /// or above, so moving the report pipe to 3 cannot close it.
+    pub config: RawFd,
     /// In a new user namespace: the pipe to wait on until its id maps are written, or -1.
     pub go: RawFd,
 }
 
 impl HolderPlan {
-    /// `exe` is an fd on auraed's executable; `args` follow argv[0].
-    pub fn new(exe: RawFd, args: &[String]) -> Option<HolderPlan> {
-        let argv: Vec<CString> = std::iter::once(HOLDER_ARGV0.to_owned())
-            .chain(args.iter().cloned())
-            .map(|a| CString::new(a).ok())
-            .collect::<Option<_>>()?;
-        Some(HolderPlan {
+    /// `exe` is an fd on auraed's executable, `config` one on the init's configuration.
+    pub fn new(exe: RawFd, config: RawFd) -> HolderPlan {
+        let argv = vec![CString::new(HOLDER_ARGV0).unwrap_or_default()];
+        HolderPlan {
             exe,
             argv_ptrs: argv.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect(),
             _argv: argv,
             report: -1,
+            config,
             go: -1,
-        })
+        }
     }
 }
 
@@ -499,7 +500,8 @@ fn become_userns_root(p: &HolderPlan) {
     }
 }
 
-/// The holder's child: report pipe on fd 3, then exec auraed as `aurae-cell-init`.
+/// The holder's child: report pipe on fd 3, its configuration on fd 4, then exec auraed as
+/// `aurae-cell-init`.
 pub fn holder_child(p: &HolderPlan) -> ! {
     reset_limits();
     if p.go >= 0 {
@@ -515,13 +517,16 @@ pub fn holder_child(p: &HolderPlan) -> ! {
         } else if libc::dup2(p.report, 3) < 0 {
             fail(p.report, Stage::Stdio);
         }
+        if libc::dup2(p.config, CONFIG_FD) < 0 {
+            fail(3, Stage::Args);
+        }
         let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if devnull >= 0 {
             libc::dup2(devnull, 0);
             libc::dup2(devnull, 1);
             libc::dup2(devnull, 2);
         }
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 4u32);
+        libc::syscall(libc::SYS_close_range, CONFIG_FD as u32 + 1, u32::MAX, 4u32);
         libc::syscall(
             libc::SYS_execveat,
             p.exe,
@@ -532,6 +537,16 @@ pub fn holder_child(p: &HolderPlan) -> ! {
         );
     }
     fail(3, Stage::Exec)
+}
+
+use crate::runtime::holder::CONFIG_FD;
+
+/// The cell's init takes its configuration: fd 4, put there by `holder_child`.
+pub fn take_config() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 4 is the configuration holder_child placed before exec; the init's main
+    // takes it once and nothing else in the process owns it.
+    unsafe { std::fs::File::from_raw_fd(CONFIG_FD) }
 }
 
 #[cfg(test)]

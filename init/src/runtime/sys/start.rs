@@ -10,7 +10,7 @@ use crate::init::reaper::{Exit, Reaper};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -142,7 +142,7 @@ pub async fn start_holder(
     cgroup: OwnedFd,
     flags: libc::c_int,
     exe: Arc<OwnedFd>,
-    args: Vec<String>,
+    config: crate::runtime::holder::Config,
     userns: Option<u32>,
 ) -> Result<Started, StartError> {
     let flags = if userns.is_some() {
@@ -160,10 +160,8 @@ pub async fn start_holder(
     };
     on_fresh_thread(move || {
         enter(join.as_deref(), join_flags)?;
-        let mut plan = HolderPlan::new(exe.as_raw_fd(), &args).ok_or(StartError::Child {
-            stage: Stage::Args,
-            errno: libc::EINVAL,
-        })?;
+        let config = config_file(&config)?;
+        let mut plan = HolderPlan::new(exe.as_raw_fd(), config.as_raw_fd());
         // With a user namespace the child waits on `go` until its id maps are written.
         let go = match userns {
             Some(_) => Some(
@@ -188,6 +186,23 @@ pub async fn start_holder(
         started
     })
     .await
+}
+
+/// The init's configuration in a sealed memory file at fd 10 or above (see `HolderPlan`).
+fn config_file(config: &crate::runtime::holder::Config) -> Result<OwnedFd, StartError> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let sys = |what: &'static str| move |errno| StartError::Sys { what, errno };
+    let fd = memfd_create(c"aurae-cell-config", MFdFlags::MFD_CLOEXEC).map_err(sys("memfd_create"))?;
+    let bytes = config.encode();
+    let mut done = 0;
+    while done < bytes.len() {
+        done += nix::unistd::write(&fd, &bytes[done..]).map_err(sys("write the cell's configuration"))?;
+    }
+    nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekSet).map_err(sys("lseek"))?;
+    let high = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(sys("fcntl"))?;
+    drop(fd);
+    // SAFETY: fcntl just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
 async fn on_fresh_thread<T: Send + 'static>(
