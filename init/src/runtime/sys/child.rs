@@ -5,6 +5,7 @@
 
 use crate::runtime::confine::caps::{self, CapSet};
 use crate::runtime::confine::{seccomp, ExecLimits};
+use crate::runtime::holder::CONFIG_FD;
 use std::ffi::{c_char, CString};
 use std::os::fd::RawFd;
 
@@ -538,8 +539,6 @@ pub fn holder_child(p: &HolderPlan) -> ! {
     }
     fail(3, Stage::Exec)
 }
-
-use crate::runtime::holder::CONFIG_FD;
 
 /// The cell's init takes its configuration: fd 4, put there by `holder_child`.
 pub fn take_config() -> std::fs::File {
