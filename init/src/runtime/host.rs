@@ -25,6 +25,14 @@ pub struct Host {
     /// auraed's own executable, re-executed as each cell's holder.
     pub(super) exe: Option<Arc<OwnedFd>>,
     pub(super) table: Mutex<Table>,
+    /// How the runtime speaks to spawned children: their API, or a fake in tests.
+    pub(super) children: Arc<dyn super::launcher::ChildLink>,
+    /// Where instances' initramfs images and PKI directories are written.
+    pub(super) instance_dir: PathBuf,
+    /// The kernel instances boot (and are given, to spawn in turn).
+    pub(super) node_kernel: PathBuf,
+    /// auraed's own executable as a file (an instance's `/init`).
+    pub(super) own_exe: PathBuf,
     /// KVM and TAPs: the node's, or a fake in tests.
     pub(super) devices: Arc<dyn super::launcher::Devices>,
     /// Starts and kills processes: the system calls, or a fake in tests.

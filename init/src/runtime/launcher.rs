@@ -85,6 +85,52 @@ impl Devices for NodeDevices {
     }
 }
 
+/// A call to a child auraed that answers later.
+pub(crate) type Call<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the runtime speaks to a spawned child over its channel: the wait until it serves
+/// and the request to power off. [`ChildApi`] is the real one (`spawn::child`, gRPC over
+/// mTLS); tests use `testing::FakeChildren`.
+pub(crate) trait ChildLink: Send + Sync {
+    /// Until the child's health is SERVING; fails when `body` ends or `deadline` passes.
+    fn wait_serving<'a>(
+        &'a self,
+        channel: &'a tonic::transport::Channel,
+        address: std::net::SocketAddr,
+        body: &'a (dyn crate::spawn::child::Watched + Sync),
+        deadline: tokio::time::Instant,
+    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+    /// Asks the child to power off, its workloads given `grace`.
+    fn request_shutdown<'a>(
+        &'a self,
+        channel: &'a tonic::transport::Channel,
+        grace: std::time::Duration,
+    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+}
+
+/// The child's API, over the mTLS channel.
+pub(crate) struct ChildApi;
+
+impl ChildLink for ChildApi {
+    fn wait_serving<'a>(
+        &'a self,
+        channel: &'a tonic::transport::Channel,
+        address: std::net::SocketAddr,
+        body: &'a (dyn crate::spawn::child::Watched + Sync),
+        deadline: tokio::time::Instant,
+    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+        Box::pin(crate::spawn::child::wait_serving(channel, address, body, deadline))
+    }
+
+    fn request_shutdown<'a>(
+        &'a self,
+        channel: &'a tonic::transport::Channel,
+        grace: std::time::Duration,
+    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+        Box::pin(crate::spawn::child::request_shutdown(channel, grace))
+    }
+}
+
 /// The real system calls.
 pub(crate) struct SysLauncher;
 
@@ -164,6 +210,11 @@ pub(crate) mod testing {
         /// What the next VMM (`aurae-vmm` with a control socket) does once it has its
         /// configuration.
         pub vmm: Mutex<FakeVmm>,
+        /// Each running fake VMM's files and control socket, closed the moment its process
+        /// ends (as the kernel closes an exiting process's descriptors).
+        #[allow(clippy::type_complexity)]
+        vmm_held:
+            Mutex<std::collections::HashMap<i32, (crate::vmm::protocol::VmFiles, std::os::unix::net::UnixStream)>>,
     }
 
     /// A fake VMM: it takes its configuration and files (TAPs included) from the control
@@ -192,6 +243,7 @@ pub(crate) mod testing {
                 late_next_holder: Mutex::new(false),
                 late: Mutex::new(Vec::new()),
                 vmm: Mutex::new(FakeVmm::Ready),
+                vmm_held: Mutex::new(Default::default()),
             })
         }
 
@@ -233,10 +285,11 @@ pub(crate) mod testing {
                     }
                     FakeVmm::Silent => {}
                 }
-                while me.alive(pid) {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                me.vmm_held.lock().unwrap().insert(pid, (files, sock));
+                if !me.alive(pid) {
+                    // It ended meanwhile: its descriptors go now.
+                    me.vmm_held.lock().unwrap().remove(&pid);
                 }
-                drop(files);
             });
         }
 
@@ -296,6 +349,12 @@ pub(crate) mod testing {
                 gone
             };
             self.sync_files();
+            {
+                let mut held = self.vmm_held.lock().unwrap();
+                for p in &gone {
+                    held.remove(&p.pid);
+                }
+            }
             for p in gone {
                 let _ = p.exit.send(how);
             }
@@ -482,6 +541,71 @@ pub(crate) mod testing {
                 })?;
             self.taps.lock().unwrap().insert(n.tap.clone(), peer);
             Ok(ours.into())
+        }
+    }
+
+    /// Children that serve at once (or never, when `serves` is false: the wait then ends at
+    /// its deadline as the real one does), and that count the Shutdown requests they get.
+    pub(crate) struct FakeChildren {
+        pub serves: Mutex<bool>,
+        /// How many waits for a child to serve have begun.
+        pub waits: std::sync::atomic::AtomicU32,
+        pub shutdowns: std::sync::atomic::AtomicU32,
+        /// What a Shutdown does to the child's body (a test ends its VMM, as a child that
+        /// powers off does); nothing when unset.
+        #[allow(clippy::type_complexity)]
+        pub on_shutdown: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    }
+
+    impl Default for FakeChildren {
+        fn default() -> Self {
+            FakeChildren {
+                serves: Mutex::new(true),
+                waits: Default::default(),
+                shutdowns: Default::default(),
+                on_shutdown: Mutex::new(None),
+            }
+        }
+    }
+
+    impl ChildLink for FakeChildren {
+        fn wait_serving<'a>(
+            &'a self,
+            _channel: &'a tonic::transport::Channel,
+            address: std::net::SocketAddr,
+            body: &'a (dyn crate::spawn::child::Watched + Sync),
+            deadline: tokio::time::Instant,
+        ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+            let serves = *self.serves.lock().unwrap();
+            self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                loop {
+                    if let Some(how) = body.outcome() {
+                        return Err(crate::spawn::SpawnError::Ended(how));
+                    }
+                    if serves {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(crate::spawn::SpawnError::NotServing(format!(
+                            "the child did not serve at {address} (fake)"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+        }
+
+        fn request_shutdown<'a>(
+            &'a self,
+            _channel: &'a tonic::transport::Channel,
+            _grace: std::time::Duration,
+        ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+            self.shutdowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(power_off) = &*self.on_shutdown.lock().unwrap() {
+                power_off();
+            }
+            Box::pin(async { Ok(()) })
         }
     }
 }

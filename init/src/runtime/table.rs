@@ -241,8 +241,8 @@ impl Workload {
             Workload::Cell(c) => c.stop(host, signal, grace).await,
             Workload::Executable(e) => e.stop(signal, grace).await,
             Workload::VirtualMachine(v) => v.stop(grace).await,
-            Workload::Instance(i) => i.stop(grace).await,
-            Workload::Pod(p) => p.stop(signal, grace).await,
+            Workload::Instance(i) => i.stop(host, grace).await,
+            Workload::Pod(p) => p.stop(host, signal, grace).await,
         }
     }
 

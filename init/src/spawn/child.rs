@@ -44,7 +44,7 @@ pub trait Watched {
 pub async fn wait_serving(
     channel: &tonic::transport::Channel,
     address: SocketAddr,
-    body: &impl Watched,
+    body: &(dyn Watched + Sync),
     deadline: Instant,
 ) -> Result<(), SpawnError> {
     let started = Instant::now();

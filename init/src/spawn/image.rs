@@ -8,7 +8,6 @@ use crate::pki::Minted;
 use std::path::Path;
 
 const BASE_SPEC: &str = include_str!("../../../rootfs/base.spec");
-const NODE_KERNEL: &str = crate::vmm::NODE_KERNEL;
 /// The node's trust bundle, where the base layer puts it.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -34,10 +33,11 @@ fn file(path: &str, data: &[u8], mode: u32) -> Entry {
     }
 }
 
-/// Writes the child's initramfs to `out`.
-pub fn write(out: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
+/// Writes the child's initramfs to `out`: `exe` (auraed itself) as its `/init`, and
+/// `kernel` (this node's, when it has one) for the child to spawn in turn.
+pub fn write(out: &Path, pki: &ChildPki, exe: &Path, kernel: &Path) -> Result<(), SpawnError> {
     // The base spec packs build/bin/auraed as /init; here it is this process's own binary.
-    let spec = BASE_SPEC.replace(" bin/auraed ", " /proc/self/exe ");
+    let spec = BASE_SPEC.replace(" bin/auraed ", &format!(" {} ", exe.display()));
     // And its CA bundle (HTTPS registries) is this node's own, if it has one.
     let spec = match std::path::Path::new(CA_BUNDLE).is_file() {
         true => spec.replace(" ca-certificates.crt ", &format!(" {CA_BUNDLE} ")),
@@ -49,14 +49,14 @@ pub fn write(out: &Path, pki: &ChildPki) -> Result<(), SpawnError> {
     };
     let mut entries = cpio::parse_spec(&spec, Path::new("/")).map_err(|e| SpawnError::Skeleton(e.to_string()))?;
     // The parent delegates its own kernel, so the child can spawn in turn.
-    if let Ok(k) = std::fs::read(NODE_KERNEL) {
+    if let Ok(k) = std::fs::read(kernel) {
         entries.push(Entry::Dir {
             path: "/boot".into(),
             mode: 0o755,
             uid: 0,
             gid: 0,
         });
-        entries.push(file(NODE_KERNEL, &k, 0o644));
+        entries.push(file(crate::vmm::NODE_KERNEL, &k, 0o644));
     }
     entries.extend([
         file("/etc/aurae/pki/ca.crt", pki.ca_pem.as_bytes(), 0o644),
@@ -128,7 +128,13 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("child.cpio");
-        write(&out, &pki).unwrap();
+        write(
+            &out,
+            &pki,
+            Path::new("/proc/self/exe"),
+            Path::new(crate::vmm::NODE_KERNEL),
+        )
+        .unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let has = |name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
         assert!(has("etc/aurae/pki/server.key") && has("init"));

@@ -33,7 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Where child images are written (RAM on the appliance).
-const IMAGE_DIR: &str = "/run/aurae/instances";
+/// Where instances' initramfs images and PKI directories go (`Host::instance_dir`).
+pub const INSTANCE_DIR: &str = "/run/aurae/instances";
 pub const CHILD_PORT: u16 = 8443;
 
 pub use crate::values::IsolationKind;
@@ -240,10 +241,10 @@ impl Instance {
 
     /// Graceful: the child is asked to power off (over its API) and given `grace`; then
     /// the VM is stopped by its VMM.
-    pub(crate) async fn stop(&self, grace: Duration) {
+    pub(crate) async fn stop(&self, host: &Host, grace: Duration) {
         if !self.body.ended() {
             self.stop_requested.store(true, Ordering::Relaxed);
-            if let Err(e) = child::request_shutdown(&self.channel, grace).await {
+            if let Err(e) = host.children.request_shutdown(&self.channel, grace).await {
                 tracing::warn!("instance {}: shutdown request: {e}", self.name);
             }
             let _ = tokio::time::timeout(grace + Duration::from_secs(2), self.body.wait()).await;
@@ -368,7 +369,7 @@ async fn spawn_on(
     let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
     let address = SocketAddr::from((net.ip, CHILD_PORT));
     let channel = child::channel(id, spec.name.as_str(), &spiffe_id, address)?;
-    std::fs::create_dir_all(IMAGE_DIR).map_err(SpawnError::io("mkdir", IMAGE_DIR))?;
+    std::fs::create_dir_all(&host.instance_dir).map_err(SpawnError::io("mkdir", &host.instance_dir))?;
     tracing::info!(
         "spawning instance {} ({isolation:?}) at {} on {bridge} as {spiffe_id}",
         spec.name,
@@ -376,8 +377,8 @@ async fn spawn_on(
     );
     let (body, files, veths) = match isolation {
         IsolationKind::Vm => {
-            let image = PathBuf::from(IMAGE_DIR).join(format!("{}.cpio", spec.name));
-            crate::spawn::image::write(&image, &pki)?;
+            let image = host.instance_dir.join(format!("{}.cpio", spec.name));
+            crate::spawn::image::write(&image, &pki, &host.own_exe, &host.node_kernel)?;
             // The child names each extra NIC by its MAC (`net::Nic`).
             let mut extra_nics = Vec::new();
             let mut nics = Vec::new();
@@ -403,7 +404,7 @@ async fn spawn_on(
             let cmdline = format!("{} quiet {}", crate::vmm::DEFAULT_VM_CMDLINE, boot.to_cmdline());
             let vm_spec = VmSpec {
                 name: spec.name.clone(),
-                kernel: crate::vmm::NODE_KERNEL.into(),
+                kernel: host.node_kernel.clone(),
                 initramfs: Some(image.clone()),
                 cmdline,
                 vcpus: spec.vcpus,
@@ -423,7 +424,7 @@ async fn spawn_on(
             }
         }
         IsolationKind::Cell => {
-            let dir = PathBuf::from(IMAGE_DIR).join(spec.name.as_str());
+            let dir = host.instance_dir.join(spec.name.as_str());
             crate::spawn::image::write_pki_dir(&dir, &pki)?;
             match start_cell_child(host, spec, &dir, bridge, net).await {
                 Ok((e, veths)) => (Body::Cell(e), dir, veths),
@@ -449,7 +450,11 @@ async fn spawn_on(
         svid_ttl: spec.svid_ttl,
     };
     instance.record_issued(&pki);
-    match child::wait_serving(&instance.channel, address, &instance.body, deadline).await {
+    match host
+        .children
+        .wait_serving(&instance.channel, address, &instance.body, deadline)
+        .await
+    {
         Ok(()) => {
             let instance = Arc::new(instance);
             let first = half_life(svid_expiry(&pki));

@@ -203,7 +203,7 @@ impl Pod {
 
 impl Pod {
     /// Graceful: each container's run gets `signal` and `grace`, then the instance powers off.
-    pub(crate) async fn stop(&self, signal: i32, grace: Duration) {
+    pub(crate) async fn stop(&self, host: &Host, signal: i32, grace: Duration) {
         self.stopping.store(true, Ordering::Relaxed);
         self.changed.send_replace(());
         let Some(i) = self.instance() else { return };
@@ -235,7 +235,7 @@ impl Pod {
             .await;
         }
         self.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
-        i.stop(INSTANCE_GRACE).await;
+        i.stop(host, INSTANCE_GRACE).await;
         self.changed.send_replace(());
     }
 
@@ -248,7 +248,7 @@ impl Pod {
         }
         if let Some(i) = self.instance() {
             if !i.body.ended() {
-                i.stop(INSTANCE_GRACE).await;
+                i.stop(host, INSTANCE_GRACE).await;
             }
             i.release(host).await;
         }

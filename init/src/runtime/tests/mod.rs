@@ -372,4 +372,5 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
     assert!(!r.root.join("child-1").exists(), "nothing left");
     assert_eq!(r.fake.running(), 0);
 }
+mod instance;
 mod vm;

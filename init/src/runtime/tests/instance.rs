@@ -1,0 +1,208 @@
+//! Spawn without KVM, QEMU or a child: the VM isolation on `FakeDevices` and the fake VMM
+//! (as in `vm.rs`), and `FakeChildren` for the child's API (it serves at once, or never).
+//! Each test checks what is left: the instance's initramfs image, its VM's cgroup and
+//! TAP, the table, and its address on the bridge (taken again by the next Spawn).
+
+use crate::runtime::error::RuntimeError;
+use crate::runtime::instance::{InstanceSpec, IsolationKind};
+use crate::runtime::launcher::testing::{FakeChildren, FakeDevices, FakeLauncher, FakeVmm};
+use crate::runtime::names::ExecName;
+use crate::runtime::{Kind, Phase, Runtime, SpawnIdentity, View};
+use crate::spawn::SpawnError;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    instances: PathBuf,
+    fake: Arc<FakeLauncher>,
+    devices: Arc<FakeDevices>,
+    children: Arc<FakeChildren>,
+    rt: Runtime,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("aurae");
+    let files = dir.path().join("vm");
+    let instances = dir.path().join("instances");
+    let pki = dir.path().join("pki");
+    for d in [&root, &files, &pki] {
+        std::fs::create_dir(d).unwrap();
+    }
+    for f in ["cgroup.controllers", "cgroup.subtree_control"] {
+        std::fs::write(root.join(f), "cpu memory pids\n").unwrap();
+    }
+    // A kernel check_kernel takes, and a small stand-in for auraed as the child's /init.
+    let mut image = vec![0u8; 0x400];
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    let kernel = files.join("bzImage");
+    std::fs::write(&kernel, image).unwrap();
+    let exe = files.join("auraed");
+    std::fs::write(&exe, b"\x7fELF stand-in").unwrap();
+    // The node's PKI: a root CA and a spawn CA under it, as `auraed pki` makes them.
+    let ca = crate::pki::mint_ca("t.test").unwrap();
+    let spawn_ca = crate::pki::mint_intermediate(
+        &ca,
+        "spiffe://t.test/node/n/spawn-ca",
+        "spawn",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    crate::pki::write_pair(&pki, "ca", &ca).unwrap();
+    crate::pki::write_pair(&pki, "spawn-ca", &spawn_ca).unwrap();
+    let leaf = crate::pki::mint_leaf(&ca, "spiffe://t.test/node/n", "n", crate::pki::LeafKind::Client, 1).unwrap();
+    let identity = Arc::new(crate::pki::tls::LiveIdentity::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap());
+    let fake = FakeLauncher::new(&root);
+    let devices = Arc::new(FakeDevices::default());
+    let children = Arc::new(FakeChildren::default());
+    let mut rt = Runtime::with_fakes(root.clone(), fake.clone(), devices.clone(), files);
+    rt.host.children = children.clone();
+    rt.host.instance_dir = instances.clone();
+    rt.host.node_kernel = kernel;
+    rt.host.own_exe = exe;
+    rt.set_spawn_identity(SpawnIdentity {
+        pki_dir: pki,
+        spiffe_id: "spiffe://t.test/node/n".into(),
+        policy: Default::default(),
+        identity,
+        root_pem: ca.cert_pem.clone(),
+        revoked: Default::default(),
+    });
+    Rig {
+        _dir: dir,
+        root,
+        instances,
+        fake,
+        devices,
+        children,
+        rt,
+    }
+}
+
+fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
+    InstanceSpec {
+        name: ExecName::parse_instance(name).unwrap(),
+        isolation: Some(IsolationKind::Vm),
+        vcpus: 1,
+        memory_bytes: 256 << 20,
+        svid_ttl: Duration::from_secs(3600),
+        serving_within,
+        attachments: Vec::new(),
+    }
+}
+
+/// Nothing of instance `name` is left: no table entry, no cgroup, no process, no open TAP,
+/// no initramfs image.
+fn nothing_left(r: &Rig, name: &str) {
+    assert!(matches!(
+        r.rt.status(Kind::Instance, name),
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(!r.root.join(name).exists(), "its VM's cgroup is gone");
+    assert_eq!(r.fake.running(), 0, "no process is left");
+    for tap in r.devices.taps() {
+        assert!(!r.devices.tap_alive(&tap), "TAP {tap} was closed");
+    }
+    let left: Vec<_> = std::fs::read_dir(&r.instances)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the instance's files are gone: {left:?}");
+}
+
+#[tokio::test]
+async fn an_instance_spawns_stops_and_frees_and_gives_its_address_back() {
+    let r = rig();
+    let v = r.rt.spawn(instance("c1", Duration::from_secs(10))).await.unwrap();
+    assert_eq!(v.phase, Some(Phase::Running), "{v:?}");
+    assert_eq!(v.spiffe_id, "spiffe://t.test/node/n/instance/c1");
+    let first = v.address.clone();
+    assert!(r.instances.join("c1.cpio").is_file(), "its initramfs with its PKI");
+    assert!(r.devices.tap_alive("atap0"), "its VM holds its TAP");
+    // The child powers off when asked: its VMM exits.
+    let (fake, leaf) = (r.fake.clone(), r.root.join("c1").join("_x.c1"));
+    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
+        for pid in fake.pids_in(&leaf) {
+            fake.exit(pid, 0);
+        }
+    }));
+    let stopped =
+        r.rt.stop(Kind::Instance, "c1", libc::SIGTERM, Duration::ZERO)
+            .await
+            .unwrap();
+    let View::Instance(s) = stopped else {
+        panic!("{stopped:?}")
+    };
+    assert!(s.phase.is_some_and(Phase::ended), "{s:?}");
+    assert_eq!(
+        r.children.shutdowns.load(Ordering::Relaxed),
+        1,
+        "the child was asked to power off"
+    );
+    r.rt.free(Kind::Instance, "c1").await.unwrap();
+    nothing_left(&r, "c1");
+    // The next instance gets the address back.
+    let again = r.rt.spawn(instance("c2", Duration::from_secs(10))).await.unwrap();
+    assert_eq!(again.address, first);
+}
+
+#[tokio::test]
+async fn a_child_that_never_serves_is_undone_at_its_deadline() {
+    let r = rig();
+    *r.children.serves.lock().unwrap() = false;
+    let e =
+        r.rt.spawn(instance("mute", Duration::from_millis(200)))
+            .await
+            .unwrap_err();
+    assert!(matches!(e, RuntimeError::Spawn(SpawnError::NotServing(_))), "{e:?}");
+    nothing_left(&r, "mute");
+    // The name and the address are free again.
+    *r.children.serves.lock().unwrap() = true;
+    let v = r.rt.spawn(instance("mute", Duration::from_secs(10))).await.unwrap();
+    assert_eq!(v.phase, Some(Phase::Running));
+}
+
+#[tokio::test]
+async fn a_vmm_that_fails_while_spawning_leaves_nothing() {
+    let r = rig();
+    *r.fake.vmm.lock().unwrap() = FakeVmm::FailsToBoot(1);
+    let e = r.rt.spawn(instance("bad", Duration::from_secs(10))).await.unwrap_err();
+    assert!(e.to_string().contains("not a bzImage (fake)"), "{e}");
+    nothing_left(&r, "bad");
+}
+
+#[tokio::test]
+async fn a_child_whose_vm_dies_before_serving_says_so_and_leaves_nothing() {
+    let r = rig();
+    *r.children.serves.lock().unwrap() = false;
+    let spawning = r.rt.spawn(instance("dies", Duration::from_secs(30)));
+    let killer = async {
+        // Once its guest runs and the wait for the child has begun, the VMM dies.
+        while r.children.waits.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for pid in r.fake.pids_in(&r.root.join("dies").join("_x.dies")) {
+            r.fake.exit(pid, 9);
+        }
+    };
+    let (e, ()) = tokio::join!(spawning, killer);
+    let e = e.unwrap_err();
+    assert!(matches!(e, RuntimeError::Spawn(SpawnError::Ended(_))), "{e:?}");
+    nothing_left(&r, "dies");
+}
+
+#[tokio::test]
+async fn without_kvm_a_vm_instance_is_refused_and_nothing_is_made() {
+    let r = rig();
+    *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
+    let e =
+        r.rt.spawn(instance("nokvm", Duration::from_secs(10)))
+            .await
+            .unwrap_err();
+    assert!(matches!(e, RuntimeError::Precondition(_)), "{e:?}");
+    assert!(e.to_string().contains("a VM instance needs KVM"), "{e}");
+    nothing_left(&r, "nokvm");
+}
