@@ -61,40 +61,48 @@ impl SpawnIdentity {
     }
 }
 
+/// A node `spiffe://t.test/node/n` with a root CA and a spawn CA under it written to `dir`,
+/// as `auraed pki` makes them (tests only); also the two CAs.
+#[cfg(test)]
+pub(crate) fn test_spawn_identity(
+    dir: &std::path::Path,
+    policy: crate::pki::policy::Policy,
+) -> (SpawnIdentity, crate::pki::Minted, crate::pki::Minted) {
+    let ca = crate::pki::mint_ca("t.test").unwrap();
+    let spawn_ca = crate::pki::mint_intermediate(
+        &ca,
+        "spiffe://t.test/node/n/spawn-ca",
+        "spawn",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    crate::pki::write_pair(dir, "ca", &ca).unwrap();
+    crate::pki::write_pair(dir, "spawn-ca", &spawn_ca).unwrap();
+    let leaf = crate::pki::mint_leaf(&ca, "spiffe://t.test/node/n", "n", crate::pki::LeafKind::Client, 1).unwrap();
+    let id = SpawnIdentity {
+        pki_dir: dir.to_owned(),
+        spiffe_id: "spiffe://t.test/node/n".into(),
+        identity: std::sync::Arc::new(crate::pki::tls::LiveIdentity::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap()),
+        root_pem: ca.cert_pem.clone(),
+        revoked: Default::default(),
+        policy,
+    };
+    (id, ca, spawn_ca)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn test_identity(ca: &crate::pki::Minted) -> std::sync::Arc<crate::pki::tls::LiveIdentity> {
-        let leaf = crate::pki::mint_leaf(ca, "spiffe://t.test/node/n", "n", crate::pki::LeafKind::Client, 1).unwrap();
-        std::sync::Arc::new(crate::pki::tls::LiveIdentity::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap())
-    }
-
     #[test]
     fn a_child_is_named_under_its_parent_and_its_svid_chains_to_the_spawn_ca() {
         let d = tempfile::tempdir().unwrap();
-        let ca = crate::pki::mint_ca("t.test").unwrap();
-        let spawn_ca = crate::pki::mint_intermediate(
-            &ca,
-            "spiffe://t.test/node/n/spawn-ca",
-            "spawn",
-            Duration::from_secs(3600),
+        let policy = crate::pki::policy::Policy::parse(
+            "[[allow]]\nid = \"spiffe://t.test/client/admin\"\nrole = \"admin\"\n",
+            "p",
         )
         .unwrap();
-        crate::pki::write_pair(d.path(), "ca", &ca).unwrap();
-        crate::pki::write_pair(d.path(), "spawn-ca", &spawn_ca).unwrap();
-        let id = SpawnIdentity {
-            pki_dir: d.path().to_owned(),
-            spiffe_id: "spiffe://t.test/node/n".into(),
-            identity: test_identity(&ca),
-            root_pem: ca.cert_pem.clone(),
-            revoked: Default::default(),
-            policy: crate::pki::policy::Policy::parse(
-                "[[allow]]\nid = \"spiffe://t.test/client/admin\"\nrole = \"admin\"\n",
-                "p",
-            )
-            .unwrap(),
-        };
+        let (id, ca, spawn_ca) = test_spawn_identity(d.path(), policy);
         let pki = id
             .mint_child("c1", Ipv4Addr::new(10, 254, 0, 254), Duration::from_secs(600))
             .unwrap();
@@ -118,14 +126,9 @@ mod tests {
     #[test]
     fn a_node_without_a_spawn_ca_says_which_file_is_missing() {
         let d = tempfile::tempdir().unwrap();
-        let id = SpawnIdentity {
-            pki_dir: d.path().to_owned(),
-            spiffe_id: "spiffe://t.test/node/n".into(),
-            policy: Default::default(),
-            identity: test_identity(&crate::pki::mint_ca("t.test").unwrap()),
-            root_pem: String::new(),
-            revoked: Default::default(),
-        };
+        let (mut id, _, _) = test_spawn_identity(d.path(), Default::default());
+        std::fs::remove_file(d.path().join("spawn-ca.key")).unwrap();
+        id.root_pem = String::new();
         let Err(e) = id.mint_child("c1", Ipv4Addr::LOCALHOST, Duration::from_secs(60)) else {
             panic!("minted without a spawn CA")
         };

@@ -7,7 +7,7 @@ use crate::runtime::error::RuntimeError;
 use crate::runtime::instance::{InstanceSpec, IsolationKind};
 use crate::runtime::launcher::testing::{FakeChildren, FakeDevices, FakeLauncher, FakeVmm};
 use crate::runtime::names::ExecName;
-use crate::runtime::{Kind, Phase, Runtime, SpawnIdentity, View};
+use crate::runtime::{Kind, Phase, Runtime, View};
 use crate::spawn::SpawnError;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -24,54 +24,29 @@ struct Rig {
     rt: Runtime,
 }
 
+/// `vm.rs`'s rig, with a spawn identity, a directory for the instances' files, a small
+/// stand-in for auraed as the child's /init, and children that serve.
 fn rig() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("aurae");
-    let files = dir.path().join("vm");
+    let super::vm::Rig {
+        dir,
+        root,
+        kernel,
+        fake,
+        devices,
+        mut rt,
+    } = super::vm::rig();
     let instances = dir.path().join("instances");
     let pki = dir.path().join("pki");
-    for d in [&root, &files, &pki] {
-        std::fs::create_dir(d).unwrap();
-    }
-    for f in ["cgroup.controllers", "cgroup.subtree_control"] {
-        std::fs::write(root.join(f), "cpu memory pids\n").unwrap();
-    }
-    // A kernel check_kernel takes, and a small stand-in for auraed as the child's /init.
-    let mut image = vec![0u8; 0x400];
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    let kernel = files.join("bzImage");
-    std::fs::write(&kernel, image).unwrap();
-    let exe = files.join("auraed");
+    std::fs::create_dir(&pki).unwrap();
+    let exe = dir.path().join("auraed");
     std::fs::write(&exe, b"\x7fELF stand-in").unwrap();
-    // The node's PKI: a root CA and a spawn CA under it, as `auraed pki` makes them.
-    let ca = crate::pki::mint_ca("t.test").unwrap();
-    let spawn_ca = crate::pki::mint_intermediate(
-        &ca,
-        "spiffe://t.test/node/n/spawn-ca",
-        "spawn",
-        Duration::from_secs(3600),
-    )
-    .unwrap();
-    crate::pki::write_pair(&pki, "ca", &ca).unwrap();
-    crate::pki::write_pair(&pki, "spawn-ca", &spawn_ca).unwrap();
-    let leaf = crate::pki::mint_leaf(&ca, "spiffe://t.test/node/n", "n", crate::pki::LeafKind::Client, 1).unwrap();
-    let identity = Arc::new(crate::pki::tls::LiveIdentity::from_pem(&leaf.cert_pem, &leaf.key_pem).unwrap());
-    let fake = FakeLauncher::new(&root);
-    let devices = Arc::new(FakeDevices::default());
+    let (id, _, _) = crate::spawn::identity::test_spawn_identity(&pki, Default::default());
     let children = Arc::new(FakeChildren::default());
-    let mut rt = Runtime::with_fakes(root.clone(), fake.clone(), devices.clone(), files);
     rt.host.children = children.clone();
     rt.host.instance_dir = instances.clone();
     rt.host.node_kernel = kernel;
     rt.host.own_exe = exe;
-    rt.set_spawn_identity(SpawnIdentity {
-        pki_dir: pki,
-        spiffe_id: "spiffe://t.test/node/n".into(),
-        policy: Default::default(),
-        identity,
-        root_pem: ca.cert_pem.clone(),
-        revoked: Default::default(),
-    });
+    rt.set_spawn_identity(id);
     Rig {
         _dir: dir,
         root,

@@ -12,16 +12,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Rig {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    kernel: PathBuf,
-    fake: Arc<FakeLauncher>,
-    devices: Arc<FakeDevices>,
-    rt: Runtime,
+pub(super) struct Rig {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) root: PathBuf,
+    pub(super) kernel: PathBuf,
+    pub(super) fake: Arc<FakeLauncher>,
+    pub(super) devices: Arc<FakeDevices>,
+    pub(super) rt: Runtime,
 }
 
-fn rig() -> Rig {
+/// A fixture workloads root offering the controllers a VM's cell uses, a directory of
+/// clients' VM files with a kernel `check_kernel` takes, and the fakes.
+pub(super) fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("aurae");
     let files = dir.path().join("vm");
@@ -40,7 +42,7 @@ fn rig() -> Rig {
     let devices = Arc::new(FakeDevices::default());
     let rt = Runtime::with_fakes(root.clone(), fake.clone(), devices.clone(), files);
     Rig {
-        _dir: dir,
+        dir,
         root,
         kernel,
         fake,
