@@ -31,7 +31,8 @@ pub struct Host {
     pub(super) instance_dir: PathBuf,
     /// The kernel instances boot (and are given, to spawn in turn).
     pub(super) node_kernel: PathBuf,
-    /// auraed's own executable as a file (an instance's `/init`).
+    /// auraed's own executable as a file: what `process::launch_self` runs (a VMM, a cell
+    /// fallback's child) and an instance's `/init`; `exe` is the same file, opened once.
     pub(super) own_exe: PathBuf,
     /// KVM and TAPs: the node's, or a fake in tests.
     pub(super) devices: Arc<dyn super::launcher::Devices>,

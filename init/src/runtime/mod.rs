@@ -117,7 +117,8 @@ impl Runtime {
     /// A runtime creating workloads under `root`. `init_error` is set when bring-up could
     /// not prepare the cgroup tree; every Run* then fails with it.
     pub fn new(root: PathBuf, init_error: Option<String>) -> Runtime {
-        let exe = std::fs::File::open("/proc/self/exe").map(|f| Arc::new(OwnedFd::from(f)));
+        let own_exe = PathBuf::from("/proc/self/exe");
+        let exe = std::fs::File::open(&own_exe).map(|f| Arc::new(OwnedFd::from(f)));
         let unusable = match (&init_error, &exe) {
             (Some(e), _) => Some(e.clone()),
             _ if !root.is_dir() || !is_cgroup2(&root) => Some(format!(
@@ -140,7 +141,7 @@ impl Runtime {
             children: Arc::new(launcher::ChildApi),
             instance_dir: PathBuf::from(instance::INSTANCE_DIR),
             node_kernel: PathBuf::from(crate::vmm::NODE_KERNEL),
-            own_exe: PathBuf::from("/proc/self/exe"),
+            own_exe,
             vm_file_dirs: vm::VM_FILE_DIRS.iter().map(PathBuf::from).collect(),
             bridge: None,
             named_bridges: Vec::new(),

@@ -317,7 +317,7 @@ pub(super) async fn launch_self(
         cell: None,
     };
     let how = Launch {
-        program: Some("/proc/self/exe".into()),
+        program: Some(host.own_exe.to_string_lossy().into_owned()),
         isolation,
         resources,
         confinement,
