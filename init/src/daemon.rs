@@ -238,15 +238,15 @@ async fn serve_until_power_action(
     let root_pem = material.as_ref().map(|m| m.ca_pem.clone());
     // Filled by the runtime when it frees an instance, read by authorization.
     let revoked = Arc::new(crate::pki::revoked::Revoked::default());
-    let mut runtime = assemble_runtime(
+    let runtime = assemble_runtime(
         &report,
         &spiffe_id,
         pki_dir.clone(),
         policy.as_ref().ok(),
         identity.clone().zip(root_pem.clone()),
         revoked.clone(),
+        images.clone(),
     );
-    runtime.set_images(images.clone());
     let runtime = Arc::new(runtime);
     let root = root_pem.as_deref().and_then(crate::pki::first_der);
     let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
@@ -327,27 +327,31 @@ fn assemble_runtime(
     policy: Option<&crate::pki::policy::Policy>,
     tls: Option<(Arc<crate::pki::tls::LiveIdentity>, String)>,
     revoked: Arc<crate::pki::revoked::Revoked>,
+    images: crate::image::Catalog,
 ) -> crate::runtime::Runtime {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
-    runtime.set_bridge(report.bridge.clone());
-    runtime.set_named_bridges(report.named_bridges.clone());
-    if let Some(max) = report.max_workloads {
-        runtime.set_max_workloads(max);
-    }
-    if let Some(d) = &pki_dir {
-        runtime.hide_from_cells(d);
-    }
-    let dir = pki_dir.filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty());
-    if let (Some(dir), Some((identity, root_pem))) = (dir, tls) {
-        runtime.set_spawn_identity(crate::runtime::SpawnIdentity {
+    let dir = pki_dir
+        .clone()
+        .filter(|d| d.join("spawn-ca.key").exists() && !spiffe_id.is_empty());
+    let spawn_identity = match (dir, tls) {
+        (Some(dir), Some((identity, root_pem))) => Some(crate::runtime::SpawnIdentity {
             pki_dir: dir,
             spiffe_id: spiffe_id.to_owned(),
             policy: policy.cloned().unwrap_or_default(),
             identity,
             root_pem,
             revoked,
-        });
-    }
+        }),
+        _ => None,
+    };
+    runtime.configure(crate::runtime::Settings {
+        bridge: report.bridge.clone(),
+        named_bridges: report.named_bridges.clone(),
+        max_workloads: report.max_workloads,
+        pki_dir,
+        spawn_identity,
+        images,
+    });
     runtime
 }
 

@@ -57,8 +57,8 @@ impl RuntimeError {
     /// is RESOURCE_EXHAUSTED (with `exhausted` saying where to look), another system call
     /// INTERNAL with its errno, anything else FAILED_PRECONDITION. `what` names the thing
     /// started.
-    pub fn start_failure(e: super::sys::start::StartError, what: &str, exhausted: &str) -> RuntimeError {
-        use super::sys::start::StartError;
+    pub(crate) fn start_failure(e: super::launcher::StartError, what: &str, exhausted: &str) -> RuntimeError {
+        use super::launcher::StartError;
         match e {
             StartError::Sys {
                 errno: nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOMEM,

@@ -1,5 +1,5 @@
 //! The seam between the runtime's bookkeeping and the system calls that start and kill
-//! processes. [`SysLauncher`] is the real one: `runtime/sys` (clone3 straight into the
+//! processes, and the vocabulary both sides speak. `sys::start::SysLauncher` is the real one (clone3 straight into the
 //! cgroup, the reaper's exit channel, a starter thread per cell) and `cgroup.kill`. Tests use `testing::FakeLauncher`,
 //! which hands out pids and exits on demand and keeps `cgroup.procs`/`cgroup.events` in a
 //! fixture directory, so creation, refusals, collisions, stop, free and phase changes are
@@ -7,12 +7,54 @@
 
 use super::cgroup::CgroupDir;
 use super::error::Result;
-use super::sys::start::{self, ExecInput, StartError, Started};
+use super::sys::child::Stage;
+use nix::errno::Errno;
+use nix::unistd::Pid;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: Errno },
+    /// The child reported a failure before it was running.
+    #[error("could not {}: {}", stage.describe(), Errno::from_raw(*errno))]
+    Child { stage: Stage, errno: i32 },
+    #[error("the child exited before it reported ready")]
+    Vanished,
+}
+
+pub(crate) struct Started {
+    pub pid: Pid,
+    pub pidfd: Option<OwnedFd>,
+    pub exit: oneshot::Receiver<crate::init::reaper::Exit>,
+}
+
+/// What an executable's child needs; plain data so it can cross to the start thread.
+pub(crate) struct ExecInput {
+    pub path: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Give the process a cgroup namespace rooted at its own cgroup.
+    pub new_cgroup_ns: bool,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// stdin is a terminal the process takes as its controlling terminal.
+    pub tty: bool,
+    /// Handed to the program as fd 3 (a VMM's control socket).
+    pub control: Option<OwnedFd>,
+    /// The cell's user namespace, joined by the child (a thread of auraed cannot).
+    pub userns: Option<Arc<OwnedFd>>,
+    /// Capabilities, no_new_privs and seccomp, applied just before exec.
+    pub limits: crate::runtime::confine::ExecLimits,
+}
 
 pub(crate) type Starting = Pin<Box<dyn Future<Output = std::result::Result<Started, StartError>> + Send>>;
 
@@ -128,47 +170,6 @@ impl ChildLink for ChildApi {
         grace: std::time::Duration,
     ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
         Box::pin(crate::spawn::child::request_shutdown(channel, grace))
-    }
-}
-
-/// The real system calls.
-pub(crate) struct SysLauncher;
-
-impl ExecStarter for start::Starter {
-    fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
-        let queued: std::result::Result<oneshot::Receiver<_>, StartError> = self.submit(cgroup, input);
-        Box::pin(async move {
-            match queued {
-                Ok(rx) => rx.await.unwrap_or(Err(StartError::Vanished)),
-                Err(e) => Err(e),
-            }
-        })
-    }
-}
-
-impl Launcher for SysLauncher {
-    fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
-        Ok(Arc::new(start::Starter::new(join)?))
-    }
-
-    fn start_holder(
-        &self,
-        join: Option<Arc<OwnedFd>>,
-        cgroup: OwnedFd,
-        flags: libc::c_int,
-        exe: Arc<OwnedFd>,
-        config: super::holder::Config,
-        userns: Option<u32>,
-    ) -> Starting {
-        Box::pin(start::start_holder(join, cgroup, flags, exe, config, userns))
-    }
-
-    fn kill(&self, dir: &CgroupDir) -> Result<()> {
-        dir.kill()
-    }
-
-    fn remove(&self, dir: &CgroupDir) -> Result<()> {
-        dir.remove_tree()
     }
 }
 

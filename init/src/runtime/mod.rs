@@ -41,11 +41,12 @@ pub(crate) mod volume;
 use cgroup::CgroupDir;
 use error::Result;
 use host::{Allocations, Host};
-use launcher::{Launcher, SysLauncher};
+use launcher::Launcher;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use sys::start::SysLauncher;
 use table::Table;
 
 pub use cell::{Cell, CellView};
@@ -107,6 +108,37 @@ fn is_cgroup2(path: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+/// What the daemon sets up before the runtime serves (see [`Runtime::configure`]).
+pub struct Settings {
+    /// The node bridge VM TAPs and instances join, with its address.
+    pub bridge: Option<(String, crate::net::Ipv4Cidr)>,
+    /// The bridges a pod's extra interfaces may name.
+    pub named_bridges: Vec<crate::net::NamedBridge>,
+    /// At most this many workloads at once (see `table::Table::insert`).
+    pub max_workloads: Option<usize>,
+    /// The node's PKI directory, added to what confined cells never see.
+    pub pki_dir: Option<PathBuf>,
+    /// Spawn's CA and policy; without it Spawn is refused.
+    pub spawn_identity: Option<SpawnIdentity>,
+    /// The node's image store and registries, which cells and pods run from.
+    pub images: crate::image::Catalog,
+}
+
+/// What the node's workloads hold (`Runtime::usage`).
+pub struct Usage {
+    /// The node-wide log ceiling and what all logs hold now (bytes).
+    pub log_budget: usize,
+    pub log_held: usize,
+    /// (who, reference, chain IDs) of every image a cell or pod runs from.
+    pub images: Vec<(String, String, Vec<String>)>,
+}
+
+/// A channel to a child auraed and what ends when the child does (see `Runtime::channel`).
+pub struct ChildChannel {
+    pub channel: tonic::transport::Channel,
+    pub ended: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>,
+}
+
 /// The runtime as the server sees it: one method per rpc, each handing the node's `Host` to
 /// the kind that does the work.
 pub struct Runtime {
@@ -158,11 +190,6 @@ impl Runtime {
         Runtime { host }
     }
 
-    /// The node-wide log ceiling and what all logs hold now (bytes).
-    pub fn log_usage(&self) -> (usize, usize) {
-        self.host.logs.usage()
-    }
-
     /// A runtime on a fixture directory whose processes `sys` fakes (tests only).
     #[cfg(test)]
     pub(crate) fn with_launcher(root: PathBuf, sys: Arc<dyn Launcher>) -> Runtime {
@@ -194,57 +221,38 @@ impl Runtime {
         rt
     }
 
-    pub fn set_spawn_identity(&mut self, id: SpawnIdentity) {
-        self.host.spawn_identity = Some(id);
-    }
-
-    /// At most `max` workloads at once (see `table::Table::insert`).
-    pub fn set_max_workloads(&mut self, max: usize) {
-        self.host.table().max = max;
-    }
-
-    /// Adds the node's PKI directory (wherever it is) to what confined cells never see.
-    pub fn hide_from_cells(&mut self, pki_dir: &std::path::Path) {
-        self.host.hidden = confine::hidden_paths(pki_dir);
-    }
-
-    pub fn set_bridge(&mut self, bridge: Option<(String, crate::net::Ipv4Cidr)>) {
-        self.host.bridge = bridge;
-    }
-
-    pub fn set_named_bridges(&mut self, bridges: Vec<crate::net::NamedBridge>) {
-        self.host.named_bridges = bridges;
-    }
-
-    /// The node's image store and registries, which cells and pods run from.
-    pub fn set_images(&mut self, images: crate::image::Catalog) {
-        self.host.images = images;
+    /// What the node's bring-up and PKI give the runtime: bridges, the workload ceiling,
+    /// what cells never see, Spawn's identity and the image store.
+    pub fn configure(&mut self, s: Settings) {
+        self.host.bridge = s.bridge;
+        self.host.named_bridges = s.named_bridges;
+        if let Some(max) = s.max_workloads {
+            self.host.table().max = max;
+        }
+        if let Some(d) = &s.pki_dir {
+            self.host.hidden = confine::hidden_paths(d);
+        }
+        self.host.spawn_identity = s.spawn_identity;
+        self.host.images = s.images;
     }
 
     pub async fn run_executable(&self, spec: spec::ExecutableSpec) -> Result<ExecView> {
         executable::run(&self.host, spec).await
     }
 
-    /// Pulls (as its policy says) the image a new cell asks for and makes it the cell's
-    /// root in `spec`, its volumes owned by `owner`; the layers are kept until the hold
-    /// is dropped (after the cell exists).
-    pub async fn prepare_cell_image(
+    /// A cell; with `image`, pulled (as its policy says) and made the cell's root, its
+    /// volumes owned by `owner`, the layers held until the cell exists.
+    pub async fn run_cell(
         &self,
-        spec: &mut spec::CellSpec,
-        image: spec::ImageRequest,
+        mut spec: spec::CellSpec,
+        image: Option<spec::ImageRequest>,
         owner: &str,
-    ) -> Result<cell::ImageHold> {
-        cell::prepare_image(&self.host, spec, image, owner).await
-    }
-
-    pub async fn run_cell(&self, spec: spec::CellSpec) -> Result<CellView> {
+    ) -> Result<CellView> {
+        let _hold = match image {
+            Some(req) => Some(cell::prepare_image(&self.host, &mut spec, req, owner).await?),
+            None => None,
+        };
         cell::run(&self.host, spec).await
-    }
-
-    /// Each image a pod's containers name, pulled (as its policy says) into this node's
-    /// store once, in container order, ready to give to the pod's instance.
-    pub async fn pod_images(&self, spec: &crate::pod::PodSpec) -> Result<Vec<Arc<pod::PodImage>>> {
-        pod::prepare_images(&self.host, spec).await
     }
 
     pub async fn run_vm(&self, spec: spec::VmSpec) -> Result<VmView> {
@@ -255,7 +263,10 @@ impl Runtime {
         instance::spawn(&self.host, spec).await
     }
 
-    pub async fn run_pod(&self, spec: crate::pod::PodSpec, images: Vec<Arc<pod::PodImage>>) -> Result<pod::PodView> {
+    /// A pod: each image its containers name pulled (as its policy says) into this node's
+    /// store once, then the pod's instance spawned and its containers started.
+    pub async fn run_pod(&self, spec: crate::pod::PodSpec) -> Result<pod::PodView> {
+        let images = pod::prepare_images(&self.host, &spec).await?;
         pod::run(&self.host, spec, images).await
     }
 
@@ -273,27 +284,25 @@ impl Runtime {
         cell::freeze(&self.host, name, frozen).await
     }
 
-    /// (reference, digest, cells) of every image a cell runs from.
-    pub fn images_in_use(&self) -> Vec<(String, String, Vec<String>)> {
-        let mut v = cell::images(&self.host);
-        v.extend(pod::images(&self.host));
-        v
+    /// What the node's workloads hold: the log pool and the images they run from.
+    pub fn usage(&self) -> Usage {
+        let (log_budget, log_held) = self.host.logs.usage();
+        let mut images = cell::images(&self.host);
+        images.extend(pod::images(&self.host));
+        Usage {
+            log_budget,
+            log_held,
+            images,
+        }
     }
 
-    /// The channel to instance `name`'s auraed, with its pod (when a pod owns it).
-    pub fn instance_channel(
-        &self,
-        name: &str,
-    ) -> Result<(
-        tonic::transport::Channel,
-        impl std::future::Future<Output = String> + Send + 'static,
-    )> {
-        instance::channel(&self.host, name)
-    }
-
-    /// The channel to the instance pod `name` runs in.
-    pub fn pod_channel(&self, name: &str) -> Result<tonic::transport::Channel> {
-        pod::channel(&self.host, name)
+    /// The channel to the child auraed of instance `name`, or of the instance pod `name`
+    /// runs in, and what ends when that child does (with how it ended).
+    pub fn channel(&self, kind: Kind, name: &str) -> Result<ChildChannel> {
+        match kind {
+            Kind::Pod => pod::channel(&self.host, name),
+            _ => instance::channel(&self.host, name),
+        }
     }
 
     pub fn status(&self, kind: Kind, name: &str) -> Result<View> {

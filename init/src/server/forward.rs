@@ -119,10 +119,10 @@ where
                 return Box::pin(async move { Ok(s.into_http()) });
             }
         }
-        let channel = self.rt.instance_channel(first);
+        let channel = self.rt.channel(crate::runtime::Kind::Instance, first);
         let first = first.to_owned();
         Box::pin(async move {
-            let (mut channel, ended) = match channel {
+            let crate::runtime::ChildChannel { mut channel, ended } = match channel {
                 Ok(c) => c,
                 Err(e) => {
                     let s: tonic::Status = e.into();

@@ -259,7 +259,8 @@ impl images_server::Images for ImagesApi {
         let images = self.images()?;
         let rt = self.rt.clone();
         let in_use = move || {
-            rt.images_in_use()
+            rt.usage()
+                .images
                 .into_iter()
                 .map(|(by, reference, chains)| InUse { by, reference, chains })
                 .collect()

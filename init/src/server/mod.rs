@@ -104,6 +104,7 @@ impl NodeContext {
         let lease = crate::net::dhcp::current();
         let (kernel_release, kernel_version) = crate::node::kernel();
         let (kvm_usable, kvm_detail) = crate::node::kvm_usable();
+        let usage = self.runtime.usage();
         pb::NodeInfo {
             auraed_version: crate::VERSION.into(),
             mode: if self.pid1 { pb::Mode::Pid1 } else { pb::Mode::Daemon } as i32,
@@ -129,8 +130,8 @@ impl NodeContext {
             serving_since_boot_micros: self.serving_since_boot_micros.load(Ordering::Relaxed),
             auraed_rss_bytes: crate::node::rss_bytes(),
             auraed_open_fds: crate::node::open_fds(),
-            log_budget_bytes: self.runtime.log_usage().0 as u64,
-            log_held_bytes: self.runtime.log_usage().1 as u64,
+            log_budget_bytes: usage.log_budget as u64,
+            log_held_bytes: usage.log_held as u64,
             isolation: self.report.spawned_as.unwrap_or(pb::IsolationKind::Unspecified) as i32,
             caller_spiffe_id: caller.map(|c| c.id.clone()).unwrap_or_default(),
             caller_role: caller.map(|c| c.role.to_string()).unwrap_or_default(),

@@ -136,17 +136,10 @@ impl RuntimeRpc for RuntimeApi {
         let image = c.image.take().map(ImageRequest::try_from).transpose()?;
         let mut spec = CellSpec::try_from(c)?;
         spec.ready_within = super::deadline::wait_budget(None, caller, crate::runtime::spec::READY_MAX);
-        // Pulled (as its policy says) once the rest of the request is known to be good;
-        // its layers are held until the cell exists.
-        let hold = match image {
-            None => None,
-            Some(req) => Some(self.rt.prepare_cell_image(&mut spec, req, &owner).await?),
-        };
+        // The image is pulled (as its policy says) only once the whole request is known to
+        // be good.
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
-        let work = async move {
-            let _hold = hold;
-            rt.run_cell(spec).await
-        };
+        let work = async move { rt.run_cell(spec, image, &owner).await };
         let view = detached(self.rt.clone(), work, Kind::Cell, name, (since, caller)).await?;
         Ok(timed(since, convert::cell_status(view)))
     }
@@ -181,9 +174,8 @@ impl RuntimeRpc for RuntimeApi {
         let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());
         let spec = PodSpec::try_from(Timed(r.into_inner(), caller))?;
-        let per_container = self.rt.pod_images(&spec).await?;
         let (rt, name) = (self.rt.clone(), spec.name.to_string());
-        let work = async move { rt.run_pod(spec, per_container).await };
+        let work = async move { rt.run_pod(spec).await };
         let view = detached(self.rt.clone(), work, Kind::Pod, name, (since, caller)).await?;
         Ok(Response::new(convert::pod_status(view)))
     }
@@ -217,7 +209,7 @@ mod tests {
         let (_d, rt) = runtime();
         let r2 = rt.clone();
         let work = async move {
-            let v = r2.run_cell(spec("slow")).await;
+            let v = r2.run_cell(spec("slow"), None, "").await;
             tokio::time::sleep(Duration::from_millis(120)).await;
             v
         };
@@ -232,7 +224,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(rt.list(None).is_empty(), "the late cell was removed");
-        rt.run_cell(spec("slow")).await.expect("the name is free again");
+        rt.run_cell(spec("slow"), None, "")
+            .await
+            .expect("the name is free again");
     }
 
     /// A start ready in time is answered and stays: nothing undoes a delivered answer.
@@ -240,7 +234,7 @@ mod tests {
     async fn a_start_ready_in_time_is_answered_and_kept() {
         let (_d, rt) = runtime();
         let r2 = rt.clone();
-        let work = async move { r2.run_cell(spec("quick")).await };
+        let work = async move { r2.run_cell(spec("quick"), None, "").await };
         let caller = Some(Duration::from_secs(30));
         detached(rt.clone(), work, Kind::Cell, "quick".into(), (Instant::now(), caller))
             .await

@@ -216,7 +216,7 @@ impl WorkloadsApi {
                 "workload.name: name a container as POD/CONTAINER",
             ));
         };
-        let channel = self.rt.pod_channel(pod)?;
+        let channel = self.rt.channel(crate::runtime::Kind::Pod, pod)?.channel;
         let mut client = pb::workloads_client::WorkloadsClient::new(channel);
         let req = pb::LogsRequest {
             workload: Some(pb::WorkloadRef {

@@ -273,23 +273,24 @@ impl Instance {
 /// The channel to a running child, and a future that completes (with how it ended) when
 /// the child ends: a call in flight to a child that dies would otherwise wait for its
 /// caller's deadline, as a dead VM's TAP answers nothing, not even a reset.
-pub(crate) fn channel(
-    host: &Host,
-    name: &str,
-) -> Result<(
-    tonic::transport::Channel,
-    impl std::future::Future<Output = String> + Send + 'static,
-)> {
+pub(crate) fn channel(host: &Host, name: &str) -> Result<crate::runtime::ChildChannel> {
     let i = host.table().get::<Instance>(name)?;
     if i.body.ended() {
         return Err(pre(format!("instance '{name}' has ended")));
     }
-    let channel = i.channel.clone();
-    let ended = async move {
-        i.body.wait().await;
-        child::Watched::outcome(&i.body).unwrap_or_else(|| "ended".into())
-    };
-    Ok((channel, ended))
+    Ok(Instance::child_channel(i))
+}
+
+impl Instance {
+    /// The channel to this instance's child, and what ends (with how) when the child does.
+    pub(crate) fn child_channel(i: Arc<Instance>) -> crate::runtime::ChildChannel {
+        let channel = i.channel.clone();
+        let ended = Box::pin(async move {
+            i.body.wait().await;
+            child::Watched::outcome(&i.body).unwrap_or_else(|| "ended".into())
+        });
+        crate::runtime::ChildChannel { channel, ended }
+    }
 }
 
 /// Boots a child auraed in a microVM and returns once it serves.

@@ -445,10 +445,10 @@ async fn make(
 
 /// The channel to a pod's instance (for its containers' logs), and a future that ends
 /// when the instance does.
-pub(crate) fn channel(host: &Host, name: &str) -> Result<tonic::transport::Channel> {
+pub(crate) fn channel(host: &Host, name: &str) -> Result<crate::runtime::ChildChannel> {
     let p = host.table().get::<Pod>(name)?;
     match p.instance() {
-        Some(i) if !i.body.ended() => Ok(i.channel.clone()),
+        Some(i) if !i.body.ended() => Ok(Instance::child_channel(i.clone())),
         _ => Err(RuntimeError::Precondition(format!(
             "pod '{name}' has no running instance; its containers' logs went with it"
         ))),

@@ -2,7 +2,6 @@
 //! throw-away threads that join a cell's namespaces to start processes inside it.
 
 pub mod child;
-pub mod clone;
 pub mod start;
 
 /// The pid a pidfd refers to (the `Pid:` line of its fdinfo).

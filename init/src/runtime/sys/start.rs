@@ -3,14 +3,20 @@
 //! report pipe and ends. Executables start on their cell's `Starter`: one long-lived thread
 //! per cell that joined the cell's namespaces once and lives as long as the cell. No auraed
 //! thread but those stays inside a cell's namespaces, and the tokio thread never blocks.
+//!
+//! The start itself is `clone3(2)` with `CLONE_INTO_CGROUP`, so a process is born inside its cgroup and is never
+//! outside one, even for an instant, and with `CLONE_VM` on a stack of its own, like
+//! `posix_spawn`: nothing of auraed's memory is copied for a process that is about to exec.
+//! libc has no `clone_args` on musl, so it is defined here.
 
 use super::child::{self, ExecPlan, HolderPlan, Stage};
-use super::clone::{clone3_vm, ChildFn};
-use crate::init::reaper::{Exit, Reaper};
+use crate::init::reaper::Reaper;
+use crate::runtime::cgroup::CgroupDir;
+use crate::runtime::launcher::{ExecInput, ExecStarter, Launcher, StartError, Started, Starting};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -20,46 +26,6 @@ use tokio::sync::oneshot;
 /// cgroup inside its cgroup namespace, so each executable makes its own after the clone.
 const ALL_NS: libc::c_int =
     libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StartError {
-    #[error("{what}: {errno}")]
-    Sys { what: &'static str, errno: Errno },
-    /// The child reported a failure before it was running.
-    #[error("could not {}: {}", stage.describe(), Errno::from_raw(*errno))]
-    Child { stage: Stage, errno: i32 },
-    #[error("the child exited before it reported ready")]
-    Vanished,
-}
-
-pub struct Started {
-    pub pid: Pid,
-    pub pidfd: Option<OwnedFd>,
-    pub exit: oneshot::Receiver<Exit>,
-}
-
-/// What an executable's child needs; plain data so it can cross to the start thread.
-pub struct ExecInput {
-    pub path: String,
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: String,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// Give the process a cgroup namespace rooted at its own cgroup.
-    pub new_cgroup_ns: bool,
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// stdin is a terminal the process takes as its controlling terminal.
-    pub tty: bool,
-    /// Handed to the program as fd 3 (a VMM's control socket).
-    pub control: Option<OwnedFd>,
-    /// The cell's user namespace, joined by the child (a thread of auraed cannot).
-    pub userns: Option<Arc<OwnedFd>>,
-    /// Capabilities, no_new_privs and seccomp, applied just before exec.
-    pub limits: crate::runtime::confine::ExecLimits,
-}
 
 /// A thread that joins one cell's namespaces once and then starts each executable of that
 /// cell: no thread creation, `unshare` or `setns` per start. Starts in one cell take turns;
@@ -332,4 +298,176 @@ fn launch(
             Err(e)
         }
     }
+}
+
+/// The real system calls.
+pub(crate) struct SysLauncher;
+
+impl ExecStarter for Starter {
+    fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
+        let queued: std::result::Result<oneshot::Receiver<_>, StartError> = self.submit(cgroup, input);
+        Box::pin(async move {
+            match queued {
+                Ok(rx) => rx.await.unwrap_or(Err(StartError::Vanished)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Launcher for SysLauncher {
+    fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
+        Ok(Arc::new(Starter::new(join)?))
+    }
+
+    fn start_holder(
+        &self,
+        join: Option<Arc<OwnedFd>>,
+        cgroup: OwnedFd,
+        flags: libc::c_int,
+        exe: Arc<OwnedFd>,
+        config: crate::runtime::holder::Config,
+        userns: Option<u32>,
+    ) -> Starting {
+        Box::pin(start_holder(join, cgroup, flags, exe, config, userns))
+    }
+
+    fn kill(&self, dir: &CgroupDir) -> crate::runtime::error::Result<()> {
+        dir.kill()
+    }
+
+    fn remove(&self, dir: &CgroupDir) -> crate::runtime::error::Result<()> {
+        dir.remove_tree()
+    }
+}
+
+// --- clone3
+
+/// `struct clone_args` (include/uapi/linux/sched.h), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const SYS_CLONE3: libc::c_long = 435;
+
+/// What a child started by [`clone3_vm`] runs; it must end in `execve` or `_exit`.
+pub type ChildFn<'a> = &'a mut dyn FnMut() -> std::convert::Infallible;
+
+extern "C" fn trampoline(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the `&mut ChildFn` that `clone3_vm` passed, kept alive by the
+    // caller until the child has exec'd or exited; only the child calls it.
+    let f = unsafe { &mut *(arg as *mut ChildFn<'_>) };
+    match f() {}
+}
+
+/// The child's stack. The caller drops it only once the child no longer runs on it: after
+/// its exec (the close-on-exec report pipe reached EOF) or its exit.
+pub struct ChildStack(*mut libc::c_void);
+
+const STACK: usize = 256 << 10;
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: a mapping of STACK bytes made by `clone3_vm`, no longer in use.
+        unsafe { libc::munmap(self.0, STACK) };
+    }
+}
+
+/// A started child: its pid, its pidfd when asked for, and the stack it may still be on.
+pub struct Cloned {
+    pub pid: Pid,
+    pub pidfd: Option<OwnedFd>,
+    pub stack: ChildStack,
+}
+
+/// Starts `child` as a new process in the cgroup `cgroup`, with the namespace `flags`
+/// (CLONE_NEW*), sharing auraed's memory (CLONE_VM) on a stack of its own. Returns at once;
+/// the child runs concurrently until it execs.
+///
+/// # Safety
+/// `child` runs in auraed's address space, concurrently with auraed: it may only make
+/// system calls on data prepared before the call (no heap, no locks) and must end in exec
+/// or `_exit`. `child` and everything it reads must outlive that, as must the returned
+/// stack (see [`ChildStack`]).
+pub unsafe fn clone3_vm(
+    flags: libc::c_int,
+    cgroup: BorrowedFd<'_>,
+    want_pidfd: bool,
+    child: &mut ChildFn<'_>,
+) -> Result<Cloned, Errno> {
+    // SAFETY: an anonymous private mapping, checked for failure below.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let stack = ChildStack(stack);
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: (flags as u32 as u64) | CLONE_INTO_CGROUP | libc::CLONE_VM as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        stack: stack.0 as u64,
+        stack_size: STACK as u64,
+        ..Default::default()
+    };
+    if want_pidfd {
+        args.flags |= libc::CLONE_PIDFD as u64;
+        args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    }
+    let arg = child as *mut ChildFn<'_> as *mut libc::c_void;
+    let ret: isize;
+    // SAFETY: raw clone3. In the parent it returns like any system call (the kernel has
+    // read `args` by then). The child starts at the top of its stack (16-byte aligned: a
+    // fresh mapping) with the parent's registers except rax = 0; it calls
+    // `trampoline(arg)` from r12/r13, which the syscall instruction preserves, and never
+    // returns.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r13",
+            "call r12",
+            "ud2",
+            "2:",
+            inlateout("rax") SYS_CLONE3 as isize => ret,
+            in("rdi") &mut args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") trampoline as extern "C" fn(*mut libc::c_void) -> !,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    if ret < 0 {
+        return Err(Errno::from_raw(-ret as i32));
+    }
+    Ok(Cloned {
+        pid: Pid::from_raw(ret as i32),
+        // SAFETY: the kernel stored a new, owned pidfd when CLONE_PIDFD succeeded.
+        pidfd: (want_pidfd && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        stack,
+    })
 }

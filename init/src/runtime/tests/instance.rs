@@ -46,7 +46,7 @@ fn rig() -> Rig {
     rt.host.instance_dir = instances.clone();
     rt.host.node_kernel = kernel;
     rt.host.own_exe = exe;
-    rt.set_spawn_identity(id);
+    rt.host.spawn_identity = Some(id);
     Rig {
         _dir: dir,
         root,

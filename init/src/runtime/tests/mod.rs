@@ -5,10 +5,10 @@
 
 use crate::runtime::error::RuntimeError;
 use crate::runtime::launcher::testing::FakeLauncher;
+use crate::runtime::launcher::StartError;
 use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{CellSpec, ExecutableSpec};
 use crate::runtime::sys::child::Stage;
-use crate::runtime::sys::start::StartError;
 use crate::runtime::{Kind, Phase, Runtime, View};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,12 +96,12 @@ const GRACE: Duration = Duration::from_millis(20);
 #[tokio::test]
 async fn a_cell_runs_its_init_in_a_leaf_of_its_own_and_free_leaves_nothing() {
     let r = rig();
-    let v = r.rt.run_cell(cell("web")).await.unwrap();
+    let v = r.rt.run_cell(cell("web"), None, "").await.unwrap();
     assert_eq!(v.phase, Phase::Running);
     assert_eq!(tree(&r.root), ["web", "web/_init"]);
     assert_eq!(r.fake.pids_in(&r.root.join("web/_init")).len(), 1, "the cell's init");
 
-    let e = r.rt.run_cell(cell("web")).await.unwrap_err();
+    let e = r.rt.run_cell(cell("web"), None, "").await.unwrap_err();
     assert!(matches!(e, RuntimeError::AlreadyExists(_)), "{e}");
     assert!(e.to_string().starts_with("a cell named 'web' already exists"), "{e}");
     assert_eq!(r.fake.running(), 1, "a refused duplicate starts nothing");
@@ -158,13 +158,13 @@ async fn a_cell_whose_init_never_reports_is_removed_at_the_callers_deadline() {
     *r.fake.hang_next_holder.lock().unwrap() = true;
     let mut spec = cell("stuck");
     spec.ready_within = std::time::Duration::from_millis(50);
-    let e = r.rt.run_cell(spec).await.unwrap_err();
+    let e = r.rt.run_cell(spec, None, "").await.unwrap_err();
     assert!(matches!(e, RuntimeError::DeadlineExceeded(_)), "{e:?}");
     assert!(e.to_string().contains("did not report ready"), "{e}");
     assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
     assert!(r.rt.list(None).is_empty());
     assert_eq!(r.fake.running(), 0, "the init was killed");
-    r.rt.run_cell(cell("stuck")).await.unwrap();
+    r.rt.run_cell(cell("stuck"), None, "").await.unwrap();
 }
 
 /// A start that loses the race with its own rollback: the caller's deadline passes, and
@@ -177,12 +177,12 @@ async fn an_init_that_lands_after_the_deadline_is_killed_and_its_cgroup_removed(
     *r.fake.late_next_holder.lock().unwrap() = true;
     let mut spec = cell("late");
     spec.ready_within = Duration::from_millis(20);
-    let e = r.rt.run_cell(spec).await.unwrap_err();
+    let e = r.rt.run_cell(spec, None, "").await.unwrap_err();
     assert!(matches!(e, RuntimeError::DeadlineExceeded(_)), "{e:?}");
     assert_eq!(r.fake.running(), 0, "the late init was killed");
     assert!(tree(&r.root).is_empty(), "{:?}", tree(&r.root));
     assert!(r.rt.list(None).is_empty());
-    r.rt.run_cell(cell("late")).await.unwrap();
+    r.rt.run_cell(cell("late"), None, "").await.unwrap();
 }
 
 #[tokio::test]
@@ -206,7 +206,7 @@ async fn a_refused_start_leaves_no_cgroup_no_private_cell_and_no_entry() {
 #[tokio::test]
 async fn names_collide_across_kinds_with_a_message_that_says_what_to_do() {
     let r = rig();
-    r.rt.run_cell(cell("web")).await.unwrap();
+    r.rt.run_cell(cell("web"), None, "").await.unwrap();
     let e = r.rt.run_executable(exe("web", None)).await.unwrap_err();
     assert!(matches!(e, RuntimeError::AlreadyExists(_)), "{e}");
     assert!(e.to_string().contains("pass cell: 'web' to run inside it"), "{e}");
@@ -228,12 +228,12 @@ async fn names_collide_across_kinds_with_a_message_that_says_what_to_do() {
 #[tokio::test]
 async fn stopping_a_cell_stops_nested_cells_and_free_removes_the_subtree() {
     let r = rig();
-    let e = r.rt.run_cell(cell("a/b")).await.unwrap_err();
+    let e = r.rt.run_cell(cell("a/b"), None, "").await.unwrap_err();
     assert!(e.to_string().contains("needs its parent cell 'a'"), "{e}");
     assert!(tree(&r.root).is_empty());
 
-    r.rt.run_cell(cell("a")).await.unwrap();
-    r.rt.run_cell(cell("a/b")).await.unwrap();
+    r.rt.run_cell(cell("a"), None, "").await.unwrap();
+    r.rt.run_cell(cell("a/b"), None, "").await.unwrap();
     r.rt.run_executable(exe("x", Some("a/b"))).await.unwrap();
     assert_eq!(tree(&r.root), ["a", "a/_init", "a/b", "a/b/_init", "a/b/_x.x"]);
 
@@ -254,7 +254,7 @@ async fn stopping_a_cell_stops_nested_cells_and_free_removes_the_subtree() {
 #[tokio::test]
 async fn a_cell_whose_init_dies_fails_and_its_processes_go() {
     let r = rig();
-    r.rt.run_cell(cell("web")).await.unwrap();
+    r.rt.run_cell(cell("web"), None, "").await.unwrap();
     r.rt.run_executable(exe("srv", Some("web"))).await.unwrap();
     let init = r.fake.pids_in(&r.root.join("web/_init"))[0];
     r.fake.exit(init, 1);
@@ -276,10 +276,10 @@ async fn a_cell_whose_init_dies_fails_and_its_processes_go() {
 
 #[tokio::test]
 async fn the_workload_beyond_the_maximum_is_refused_and_leaves_nothing() {
-    let mut r = rig();
-    r.rt.set_max_workloads(3);
-    r.rt.run_cell(cell("a")).await.unwrap();
-    r.rt.run_cell(cell("b")).await.unwrap();
+    let r = rig();
+    r.rt.host.table().max = 3;
+    r.rt.run_cell(cell("a"), None, "").await.unwrap();
+    r.rt.run_cell(cell("b"), None, "").await.unwrap();
     // An executable without a cell needs two entries (its private cell and itself).
     let e = r.rt.run_executable(exe("x", None)).await.unwrap_err();
     assert!(matches!(e, RuntimeError::Exhausted(_)), "{e}");
@@ -289,8 +289,8 @@ async fn the_workload_beyond_the_maximum_is_refused_and_leaves_nothing() {
         ["a", "a/_init", "b", "b/_init"],
         "its private cell went too"
     );
-    r.rt.run_cell(cell("c")).await.unwrap();
-    let e = r.rt.run_cell(cell("d")).await.unwrap_err();
+    r.rt.run_cell(cell("c"), None, "").await.unwrap();
+    let e = r.rt.run_cell(cell("d"), None, "").await.unwrap_err();
     assert!(matches!(e, RuntimeError::Exhausted(_)), "{e}");
     assert_eq!(r.rt.list(None).len(), 3, "the maximum, never more");
     assert!(!tree(&r.root).iter().any(|d| d.starts_with('d')), "{:?}", tree(&r.root));
@@ -325,8 +325,8 @@ async fn a_private_cell_is_no_target_for_an_executable_or_an_exec() {
 /// it leaves the table when the session ends.
 #[tokio::test]
 async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
-    let mut r = rig();
-    r.rt.run_cell(cell("box")).await.unwrap();
+    let r = rig();
+    r.rt.run_cell(cell("box"), None, "").await.unwrap();
     let a = r.rt.attach(session("box")).await.unwrap();
     let name = a.process.name.to_string();
     assert!(name.starts_with("exec-"), "{name}");
@@ -334,7 +334,7 @@ async fn exec_sessions_are_listed_counted_and_gone_when_they_end() {
     assert_eq!(listed.len(), 1, "the session is listed");
     // At the maximum, the next session is refused and starts nothing.
     let held = r.rt.list(None).len();
-    r.rt.set_max_workloads(held);
+    r.rt.host.table().max = held;
     let running = r.fake.running();
     let e = r.rt.attach(session("box")).await.err().unwrap();
     assert!(matches!(e, RuntimeError::Exhausted(_)), "{e:?}");

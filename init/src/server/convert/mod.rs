@@ -1,17 +1,16 @@
 //! The one place requests become validated runtime specs and runtime views become
-//! protobuf: one file per request family (`executable`, `cell`, `image`, `vm`, `instance`,
+//! protobuf: one file per request family (`executable`, `cell` with its image, `vm`, `instance`,
 //! `pod`) and one for statuses. Every field is checked here, once; errors name the field
 //! and the fix. What needs more than the method's role is `authz::FIELDS`' to say.
 
 mod cell;
 mod executable;
-mod image;
 mod instance;
 mod pod;
 mod status;
 mod vm;
 
-pub use image::*;
+pub use cell::volumes;
 pub use instance::*;
 pub use pod::*;
 pub use status::*;
