@@ -8,13 +8,17 @@
 use super::cgroup::CgroupDir;
 use super::error::Result;
 use super::sys::child::Stage;
+use crate::pod::remote;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Status;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum StartError {
@@ -148,6 +152,57 @@ pub(crate) trait ChildLink: Send + Sync {
         channel: &'a tonic::transport::Channel,
         grace: std::time::Duration,
     ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+    /// What a pod asks of its instance (`pod::remote`): its images, its containers' cells
+    /// and the runs of their entrypoints.
+    fn pod_calls(&self) -> &dyn PodCalls;
+}
+
+/// A pod's calls to its instance, each over the instance's channel (see `pod::remote`).
+pub(crate) trait PodCalls: Send + Sync {
+    /// Gives the instance image `offer`, the layers in `paths` read from this node's store.
+    fn load_image<'a>(
+        &'a self,
+        ch: &'a Channel,
+        offer: &'a crate::image::load::Offer,
+        paths: &'a [std::path::PathBuf],
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>>;
+    /// Makes a container's cell there.
+    fn run_cell<'a>(
+        &'a self,
+        ch: &'a Channel,
+        cell: crate::pb::Cell,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<crate::pb::CellStatus, Status>>;
+    /// Starts a run of a container's entrypoint.
+    fn start_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>>;
+    /// Until the current run of `container` has ended.
+    fn wait_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+    ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>>;
+    /// Frees an ended run so the next can take its name.
+    fn free_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>>;
+    /// Stops the current run: `signal`, `grace`, then a kill.
+    fn stop_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        signal: i32,
+        grace: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>>;
 }
 
 /// The child's API, over the mTLS channel.
@@ -170,6 +225,68 @@ impl ChildLink for ChildApi {
         grace: std::time::Duration,
     ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
         Box::pin(crate::spawn::child::request_shutdown(channel, grace))
+    }
+
+    fn pod_calls(&self) -> &dyn PodCalls {
+        self
+    }
+}
+
+impl PodCalls for ChildApi {
+    fn load_image<'a>(
+        &'a self,
+        ch: &'a Channel,
+        offer: &'a crate::image::load::Offer,
+        paths: &'a [std::path::PathBuf],
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>> {
+        Box::pin(remote::load_image(ch, offer, paths, timeout))
+    }
+
+    fn run_cell<'a>(
+        &'a self,
+        ch: &'a Channel,
+        cell: crate::pb::Cell,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<crate::pb::CellStatus, Status>> {
+        Box::pin(remote::run_cell(ch, cell, timeout))
+    }
+
+    fn start_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
+        Box::pin(remote::start_run(ch, container, argv, timeout))
+    }
+
+    fn wait_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+    ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
+        Box::pin(remote::wait_run(ch, container))
+    }
+
+    fn free_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>> {
+        Box::pin(remote::free_run(ch, container, timeout))
+    }
+
+    fn stop_run<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        signal: i32,
+        grace: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>> {
+        Box::pin(remote::stop_run(ch, container, signal, grace))
     }
 }
 
@@ -556,6 +673,8 @@ pub(crate) mod testing {
         /// powers off does); nothing when unset.
         #[allow(clippy::type_complexity)]
         pub on_shutdown: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+        /// What the child does with a pod's calls.
+        pub pods: FakePodChild,
     }
 
     impl Default for FakeChildren {
@@ -565,6 +684,7 @@ pub(crate) mod testing {
                 waits: Default::default(),
                 shutdowns: Default::default(),
                 on_shutdown: Mutex::new(None),
+                pods: FakePodChild::default(),
             }
         }
     }
@@ -606,6 +726,199 @@ pub(crate) mod testing {
             if let Some(power_off) = &*self.on_shutdown.lock().unwrap() {
                 power_off();
             }
+            Box::pin(async { Ok(()) })
+        }
+
+        fn pod_calls(&self) -> &dyn PodCalls {
+            &self.pods
+        }
+    }
+
+    /// One run of a container's entrypoint in the fake child: (exit code, signal, when it
+    /// ended) once it has.
+    struct FakeRun {
+        started: i64,
+        ended: Option<(Option<i32>, Option<i32>, i64)>,
+    }
+
+    /// The fake child's side of a pod: a container's cell is made at once with entrypoint
+    /// `/app`; a run lasts until the test ends it (`end_run`) or the pod stops it (SIGTERM
+    /// ends it with that signal); what the pod asked is counted.
+    pub(crate) struct FakePodChild {
+        runs: Mutex<std::collections::HashMap<String, FakeRun>>,
+        changed: tokio::sync::watch::Sender<u64>,
+        pub cells: Mutex<Vec<String>>,
+        pub loads: std::sync::atomic::AtomicU32,
+        pub starts: std::sync::atomic::AtomicU32,
+        pub frees: std::sync::atomic::AtomicU32,
+        pub stops: std::sync::atomic::AtomicU32,
+        /// Starts are refused (the instance's cell is gone, say) while set.
+        pub refuse_starts: Mutex<bool>,
+    }
+
+    impl Default for FakePodChild {
+        fn default() -> Self {
+            FakePodChild {
+                runs: Default::default(),
+                changed: tokio::sync::watch::channel(0).0,
+                cells: Default::default(),
+                loads: Default::default(),
+                starts: Default::default(),
+                frees: Default::default(),
+                stops: Default::default(),
+                refuse_starts: Mutex::new(false),
+            }
+        }
+    }
+
+    impl FakePodChild {
+        /// The current run of `container` ends with `code` (or `signal`).
+        pub fn end_run(&self, container: &str, code: Option<i32>, signal: Option<i32>) {
+            if let Some(r) = self.runs.lock().unwrap().get_mut(container) {
+                if r.ended.is_none() {
+                    r.ended = Some((code, signal, crate::runtime::logs::now_unix_nanos()));
+                }
+            }
+            self.changed.send_modify(|n| *n += 1);
+        }
+
+        /// Whether `container` has a run that has not ended.
+        pub fn running(&self, container: &str) -> bool {
+            self.runs
+                .lock()
+                .unwrap()
+                .get(container)
+                .is_some_and(|r| r.ended.is_none())
+        }
+
+        fn status(container: &str, r: &FakeRun) -> crate::pb::ExecutableStatus {
+            let (exit_code, signal, ended) = r.ended.unwrap_or((None, None, 0));
+            crate::pb::ExecutableStatus {
+                name: container.to_owned(),
+                cell: container.to_owned(),
+                exit_code,
+                signal,
+                started_at_unix_nanos: r.started,
+                ended_at_unix_nanos: ended,
+                ..Default::default()
+            }
+        }
+    }
+
+    impl PodCalls for FakePodChild {
+        fn load_image<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            _offer: &'a crate::image::load::Offer,
+            _paths: &'a [std::path::PathBuf],
+            _timeout: Duration,
+        ) -> Call<'a, std::result::Result<(), Status>> {
+            self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async { Ok(()) })
+        }
+
+        fn run_cell<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            cell: crate::pb::Cell,
+            _timeout: Duration,
+        ) -> Call<'a, std::result::Result<crate::pb::CellStatus, Status>> {
+            self.cells.lock().unwrap().push(cell.name.clone());
+            Box::pin(async move {
+                Ok(crate::pb::CellStatus {
+                    name: cell.name,
+                    image: Some(crate::pb::CellImageStatus {
+                        entrypoint: vec!["/app".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+        }
+
+        fn start_run<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+            _argv: Vec<String>,
+            _timeout: Duration,
+        ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
+            let started = if *self.refuse_starts.lock().unwrap() {
+                Err(Status::failed_precondition(format!(
+                    "cell '{container}' is not running (fake)"
+                )))
+            } else {
+                let mut runs = self.runs.lock().unwrap();
+                match runs.get(container) {
+                    Some(r) if r.ended.is_none() => Err(Status::already_exists(format!(
+                        "an executable named '{container}' exists (fake)"
+                    ))),
+                    _ => {
+                        let r = FakeRun {
+                            started: crate::runtime::logs::now_unix_nanos(),
+                            ended: None,
+                        };
+                        let st = Self::status(container, &r);
+                        runs.insert(container.to_owned(), r);
+                        self.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(st)
+                    }
+                }
+            };
+            self.changed.send_modify(|n| *n += 1);
+            Box::pin(async move { started })
+        }
+
+        fn wait_run<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+        ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
+            let mut changed = self.changed.subscribe();
+            Box::pin(async move {
+                loop {
+                    match self.runs.lock().unwrap().get(container) {
+                        None => return Err(Status::not_found(format!("no executable '{container}' (fake)"))),
+                        Some(r) if r.ended.is_some() => return Ok(Self::status(container, r)),
+                        Some(_) => {}
+                    }
+                    if changed.changed().await.is_err() {
+                        return Err(Status::unavailable("the fake child went away"));
+                    }
+                }
+            })
+        }
+
+        fn free_run<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+            _timeout: Duration,
+        ) -> Call<'a, std::result::Result<(), Status>> {
+            self.frees.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut runs = self.runs.lock().unwrap();
+            let freed = match runs.get(container) {
+                Some(r) if r.ended.is_none() => Err(Status::failed_precondition(format!(
+                    "executable '{container}' is Running; stop it first (fake)"
+                ))),
+                Some(_) => {
+                    runs.remove(container);
+                    Ok(())
+                }
+                None => Err(Status::not_found(format!("no executable '{container}' (fake)"))),
+            };
+            Box::pin(async move { freed })
+        }
+
+        fn stop_run<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+            signal: i32,
+            _grace: Duration,
+        ) -> Call<'a, std::result::Result<(), Status>> {
+            self.stops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.end_run(container, None, Some(signal));
             Box::pin(async { Ok(()) })
         }
     }

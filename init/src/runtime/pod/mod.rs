@@ -16,6 +16,7 @@ use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
 use crate::runtime::instance;
 use crate::runtime::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
+use crate::runtime::launcher::ChildLink;
 use crate::runtime::names::ExecName;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,7 +220,7 @@ impl Pod {
                     .collect()
             };
             let stops = running.iter().map(|c| async move {
-                if let Err(e) = remote::stop_run(&i.channel, c, signal, grace).await {
+                if let Err(e) = host.children.pod_calls().stop_run(&i.channel, c, signal, grace).await {
                     tracing::warn!("pod {}: stop container {c}: {}", self.name, e.message());
                 }
             });
@@ -335,7 +336,7 @@ pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) 
             let ch = p.instance().map(|i| i.channel.clone());
             if let Some(ch) = ch {
                 for n in 0..p.spec.containers.len() {
-                    tokio::spawn(supervise(p.clone(), n, ch.clone()));
+                    tokio::spawn(supervise(p.clone(), n, ch.clone(), host.children.clone()));
                 }
             }
             tracing::info!("pod {} running", p.name);
@@ -376,6 +377,7 @@ async fn make(
     };
     let i = instance::boot(host, &ispec).await?;
     let _ = p.instance.set(i.clone());
+    let calls = host.children.pod_calls();
     let ch = i.channel.clone();
     // Each image once, each blob once.
     let mut given: Vec<&str> = Vec::new();
@@ -390,7 +392,8 @@ async fn make(
             l.sent = blobs.insert(l.digest.to_string());
         }
         let began = std::time::Instant::now();
-        remote::load_image(&ch, &offer, &img.paths, left().min(CALL_TIMEOUT * 5))
+        calls
+            .load_image(&ch, &offer, &img.paths, left().min(CALL_TIMEOUT * 5))
             .await
             .map_err(|s| refused(&format!("giving image {} to the pod's instance", img.reference), s))?;
         tracing::info!(
@@ -403,7 +406,8 @@ async fn make(
     let mut runs = Vec::with_capacity(p.spec.containers.len());
     for (n, c) in p.spec.containers.iter().enumerate() {
         let cell = remote::container_cell(&p.spec, c);
-        let status = remote::run_cell(&ch, cell, left())
+        let status = calls
+            .run_cell(&ch, cell, left())
             .await
             .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
         let argv = status.image.map(|i| i.entrypoint).unwrap_or_default();
@@ -413,7 +417,8 @@ async fn make(
                 format!("image '{}' names no entrypoint or cmd; give command or args", c.image),
             ));
         }
-        let run = remote::start_run(&ch, c.name.as_str(), argv.clone(), left())
+        let run = calls
+            .start_run(&ch, c.name.as_str(), argv.clone(), left())
             .await
             .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
         runs.push(Run {
@@ -470,7 +475,8 @@ pub(super) fn images(host: &Host) -> Vec<(String, String, Vec<String>)> {
 
 /// Runs container `n` of `p` for as long as its restart policy says: waits for each run
 /// to end, records how, and starts the next after the back-off.
-async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel) {
+async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel, children: Arc<dyn ChildLink>) {
+    let calls = children.pod_calls();
     let Some(container) = p.spec.containers.get(n).map(|c| c.name.to_string()) else {
         return;
     };
@@ -478,7 +484,7 @@ async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel) {
     let mut stop = p.changed.subscribe();
     loop {
         let ended = tokio::select! {
-            r = remote::wait_run(&ch, &container) => r,
+            r = calls.wait_run(&ch, &container) => r,
             _ = instance.body.wait() => return,
         };
         let st = match ended {
@@ -556,8 +562,8 @@ async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel) {
                 }
             }
             restarts += 1;
-            let _ = remote::free_run(&ch, &container, CALL_TIMEOUT).await;
-            match remote::start_run(&ch, &container, argv.clone(), CALL_TIMEOUT).await {
+            let _ = calls.free_run(&ch, &container, CALL_TIMEOUT).await;
+            match calls.start_run(&ch, &container, argv.clone(), CALL_TIMEOUT).await {
                 Ok(run) => {
                     p.update(|s| {
                         if let Some(r) = s.runs.get_mut(n) {

@@ -14,19 +14,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Rig {
+pub(super) struct Rig {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    instances: PathBuf,
-    fake: Arc<FakeLauncher>,
-    devices: Arc<FakeDevices>,
-    children: Arc<FakeChildren>,
-    rt: Runtime,
+    pub(super) root: PathBuf,
+    pub(super) instances: PathBuf,
+    pub(super) fake: Arc<FakeLauncher>,
+    pub(super) devices: Arc<FakeDevices>,
+    pub(super) children: Arc<FakeChildren>,
+    pub(super) rt: Runtime,
 }
 
 /// `vm.rs`'s rig, with a spawn identity, a directory for the instances' files, a small
 /// stand-in for auraed as the child's /init, and children that serve.
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     let super::vm::Rig {
         dir,
         root,
@@ -72,7 +72,7 @@ fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
 
 /// Nothing of instance `name` is left: no table entry, no cgroup, no process, no open TAP,
 /// no initramfs image.
-fn nothing_left(r: &Rig, name: &str) {
+pub(super) fn nothing_left(r: &Rig, name: &str) {
     assert!(matches!(
         r.rt.status(Kind::Instance, name),
         Err(RuntimeError::NotFound(_))

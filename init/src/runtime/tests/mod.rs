@@ -373,4 +373,5 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
     assert_eq!(r.fake.running(), 0);
 }
 mod instance;
+mod pod;
 mod vm;

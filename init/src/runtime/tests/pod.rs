@@ -1,0 +1,275 @@
+//! Pods without KVM, QEMU or a child: Spawn's rig (`instance.rs`: the fake VMM, fake
+//! devices, `FakeChildren`) with the fake child's pod side (`FakePodChild`), which makes a
+//! container's cell at once and keeps each run of its entrypoint until the test ends it.
+//! The back-off is the real one (10 s, doubling): the tests pause tokio's clock once the
+//! pod runs, so it passes at once and in order.
+
+use super::instance::{nothing_left, rig, Rig};
+use crate::pod::{ContainerSpec, ContainerState, PodPhase, PodSpec, ResourceList, RestartPolicy, BACKOFF_BASE};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::instance::IsolationKind;
+use crate::runtime::names::ExecName;
+use crate::runtime::pod::{PodImage, PodView};
+use crate::runtime::{Kind, View};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn container(name: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: ExecName::parse(name).unwrap(),
+        image: "registry.test/app:1".into(),
+        pull_policy: crate::image::catalog::PullPolicy::IfNotPresent,
+        credentials: None,
+        command: Vec::new(),
+        args: Vec::new(),
+        env: Vec::new(),
+        working_dir: None,
+        ports: Vec::new(),
+        requests: ResourceList::default(),
+        limits: ResourceList::default(),
+        mounts: Vec::new(),
+    }
+}
+
+fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
+    PodSpec {
+        name: ExecName::parse_instance(name).unwrap(),
+        containers: containers.iter().map(|c| container(c)).collect(),
+        volumes: Vec::new(),
+        restart,
+        vcpus: None,
+        memory_bytes: Some(128 << 20),
+        isolation: Some(IsolationKind::Vm),
+        ready_within: Duration::from_secs(30),
+        networks: Vec::new(),
+    }
+}
+
+/// The pod's image as this node's store would hand it over: one layer, one entry per
+/// container (containers sharing an image share the entry).
+fn images(n: usize) -> Vec<Arc<PodImage>> {
+    let layer = crate::image::Digest::of(b"layer");
+    let img = Arc::new(PodImage {
+        reference: "registry.test/app:1".into(),
+        digest: crate::image::Digest::of(b"manifest").to_string(),
+        chains: vec![layer.to_string()],
+        offer: crate::image::load::Offer {
+            reference: "registry.test/app:1".into(),
+            digest: crate::image::Digest::of(b"manifest"),
+            manifest_json: b"{}".to_vec(),
+            config_json: b"{}".to_vec(),
+            layers: vec![crate::image::load::OfferedLayer {
+                digest: layer,
+                size: 5,
+                sent: true,
+            }],
+        },
+        paths: vec![std::path::PathBuf::from("/nonexistent/layer")],
+    });
+    vec![img; n]
+}
+
+/// Makes pod `spec` as `RunPod` does once its images are on this node.
+async fn run(r: &Rig, spec: PodSpec) -> crate::runtime::error::Result<PodView> {
+    let n = spec.containers.len();
+    crate::runtime::pod::run(&r.rt.host, spec, images(n)).await
+}
+
+/// The child powers off when asked (its VMM exits), as a real one does.
+fn powers_off_when_asked(r: &Rig, name: &str) {
+    let (fake, leaf) = (r.fake.clone(), r.root.join(name).join(format!("_x.{name}")));
+    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
+        for pid in fake.pids_in(&leaf) {
+            fake.exit(pid, 0);
+        }
+    }));
+}
+
+fn view(r: &Rig, name: &str) -> PodView {
+    match r.rt.status(Kind::Pod, name).unwrap() {
+        View::Pod(p) => *p,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Yields (without moving the paused clock) until `cond` holds of the pod's view.
+async fn until(r: &Rig, name: &str, what: &str, cond: impl Fn(&PodView) -> bool) -> PodView {
+    for _ in 0..10_000 {
+        let v = view(r, name);
+        if cond(&v) {
+            return v;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("pod {name}: never {what}: {:?}", view(r, name));
+}
+
+fn waiting_until(v: &PodView, n: usize) -> Option<i64> {
+    match &v.containers[n].state {
+        ContainerState::Waiting {
+            reason,
+            until_unix_nanos,
+        } if reason == "CrashLoopBackOff" => Some(*until_unix_nanos),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_pod_runs_stops_and_frees_and_leaves_nothing() {
+    let r = rig();
+    powers_off_when_asked(&r, "web");
+    let v = run(&r, pod("web", RestartPolicy::Always, &["app", "side"]))
+        .await
+        .unwrap();
+    assert_eq!(v.phase, PodPhase::Running, "{v:?}");
+    assert!(v
+        .containers
+        .iter()
+        .all(|c| matches!(c.state, ContainerState::Running { .. })));
+    let pods = &r.children.pods;
+    assert_eq!(
+        *pods.cells.lock().unwrap(),
+        ["app", "side"],
+        "a cell per container, in order"
+    );
+    assert_eq!(
+        pods.loads.load(Ordering::Relaxed),
+        1,
+        "the image they share was given once"
+    );
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 2);
+    let stopped =
+        r.rt.stop(Kind::Pod, "web", libc::SIGTERM, Duration::from_secs(1))
+            .await
+            .unwrap();
+    let View::Pod(s) = stopped else { panic!("{stopped:?}") };
+    assert_eq!(
+        pods.stops.load(Ordering::Relaxed),
+        2,
+        "each running container was stopped"
+    );
+    assert!(!pods.running("app") && !pods.running("side"));
+    assert!(
+        s.containers.iter().all(|c| c.state == ContainerState::Terminated),
+        "{s:?}"
+    );
+    assert_eq!(
+        r.children.shutdowns.load(Ordering::Relaxed),
+        1,
+        "then its instance powered off"
+    );
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 2, "a stopped pod restarts nothing");
+    r.rt.free(Kind::Pod, "web").await.unwrap();
+    assert!(matches!(r.rt.status(Kind::Pod, "web"), Err(RuntimeError::NotFound(_))));
+    nothing_left(&r, "web");
+}
+
+#[tokio::test]
+async fn a_container_that_fails_waits_its_back_off_then_restarts_and_the_next_wait_doubles() {
+    let r = rig();
+    powers_off_when_asked(&r, "crash");
+    run(&r, pod("crash", RestartPolicy::OnFailure, &["app"])).await.unwrap();
+    let pods = &r.children.pods;
+    tokio::time::pause();
+    pods.end_run("app", Some(1), None);
+    let v = until(&r, "crash", "waiting in its back-off", |v| {
+        waiting_until(v, 0).is_some()
+    })
+    .await;
+    let last = v.containers[0].last.clone().unwrap();
+    assert_eq!(last.exit_code, Some(1));
+    assert_eq!(v.containers[0].restarts, 0);
+    // Not before the back-off...
+    tokio::time::sleep(BACKOFF_BASE - Duration::from_millis(100)).await;
+    assert!(waiting_until(&view(&r, "crash"), 0).is_some(), "still waiting");
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 1);
+    // ...and at once after it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v = until(&r, "crash", "running again", |v| {
+        matches!(v.containers[0].state, ContainerState::Running { .. })
+    })
+    .await;
+    assert_eq!(v.containers[0].restarts, 1);
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 2);
+    assert_eq!(pods.frees.load(Ordering::Relaxed), 1, "the ended run was freed first");
+    // The second failure waits twice as long.
+    pods.end_run("app", Some(2), None);
+    until(&r, "crash", "waiting again", |v| waiting_until(v, 0).is_some()).await;
+    tokio::time::sleep(BACKOFF_BASE * 2 - Duration::from_millis(100)).await;
+    assert!(waiting_until(&view(&r, "crash"), 0).is_some(), "a doubled back-off");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v = until(&r, "crash", "running a third time", |v| v.containers[0].restarts == 2).await;
+    assert!(matches!(v.containers[0].state, ContainerState::Running { .. }), "{v:?}");
+    // A clean exit under OnFailure is the end.
+    pods.end_run("app", Some(0), None);
+    let v = until(&r, "crash", "succeeded", |v| v.phase == PodPhase::Succeeded).await;
+    assert_eq!(v.containers[0].state, ContainerState::Terminated);
+    tokio::time::sleep(BACKOFF_BASE * 10).await;
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 3, "no restart after a success");
+}
+
+#[tokio::test]
+async fn a_restart_the_instance_refuses_counts_as_a_failure_and_backs_off_again() {
+    let r = rig();
+    powers_off_when_asked(&r, "stuck");
+    run(&r, pod("stuck", RestartPolicy::Always, &["app"])).await.unwrap();
+    let pods = &r.children.pods;
+    tokio::time::pause();
+    *pods.refuse_starts.lock().unwrap() = true;
+    pods.end_run("app", Some(0), None);
+    until(&r, "stuck", "waiting", |v| waiting_until(v, 0).is_some()).await;
+    tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(100)).await;
+    // The refused start counted: it waits again, twice as long, with one restart recorded.
+    let v = until(&r, "stuck", "counting the refused restart", |v| {
+        v.containers[0].restarts == 1
+    })
+    .await;
+    assert!(waiting_until(&v, 0).is_some(), "{v:?}");
+    *pods.refuse_starts.lock().unwrap() = false;
+    tokio::time::sleep(BACKOFF_BASE * 2 + Duration::from_millis(100)).await;
+    let v = until(&r, "stuck", "running", |v| {
+        matches!(v.containers[0].state, ContainerState::Running { .. })
+    })
+    .await;
+    assert_eq!(v.containers[0].restarts, 2);
+}
+
+#[tokio::test]
+async fn a_pod_whose_instance_dies_fails_with_the_reason_restarts_nothing_and_frees() {
+    let r = rig();
+    let v = run(&r, pod("lost", RestartPolicy::Always, &["app"])).await.unwrap();
+    assert_eq!(v.phase, PodPhase::Running);
+    // Its VM dies (the VMM is killed).
+    for pid in r.fake.pids_in(&r.root.join("lost").join("_x.lost")) {
+        r.fake.exit(pid, 9);
+    }
+    let v = until(&r, "lost", "failed", |v| v.phase == PodPhase::Failed).await;
+    assert!(v.reason.starts_with("its instance ended"), "{v:?}");
+    tokio::time::pause();
+    tokio::time::sleep(BACKOFF_BASE * 4).await;
+    assert_eq!(
+        r.children.pods.starts.load(Ordering::Relaxed),
+        1,
+        "nothing restarts without an instance"
+    );
+    let e = r.rt.channel(Kind::Pod, "lost").err().unwrap();
+    assert!(e.to_string().contains("has no running instance"), "{e}");
+    r.rt.free(Kind::Pod, "lost").await.unwrap();
+    nothing_left(&r, "lost");
+}
+
+#[tokio::test]
+async fn a_container_whose_cell_is_refused_undoes_the_pod() {
+    let r = rig();
+    *r.children.pods.refuse_starts.lock().unwrap() = true;
+    let e = run(&r, pod("nostart", RestartPolicy::Always, &["app"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("containers[0] (app)"), "{e}");
+    assert!(matches!(
+        r.rt.status(Kind::Pod, "nostart"),
+        Err(RuntimeError::NotFound(_))
+    ));
+    nothing_left(&r, "nostart");
+}
