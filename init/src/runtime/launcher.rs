@@ -85,6 +85,8 @@ pub(crate) trait Launcher: Send + Sync {
     ) -> Starting;
     /// SIGKILLs every process in `dir` and below, atomically.
     fn kill(&self, dir: &CgroupDir) -> Result<()>;
+    /// The pid of the process `pidfd` (a `Started::pidfd`) refers to, while it lives.
+    fn pid_of(&self, pidfd: &OwnedFd) -> Option<i32>;
     /// Removes cgroup `dir` and those below it (rmdir: its interface files go with it);
     /// fails while a process is in one.
     fn remove(&self, dir: &CgroupDir) -> Result<()>;
@@ -100,6 +102,17 @@ pub(crate) trait Devices: Send + Sync {
     fn open_kvm(&self) -> Result<std::fs::File>;
     /// TAP `n.tap` on bridge `n.bridge`, up; it lives as long as the descriptor.
     fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd>;
+    /// A veth pair: `host_end` on `bridge`, up; its peer `inside.name` in the network
+    /// namespace of process `holder`, addressed and up (a cell child's eth0, eth1, ...).
+    fn make_veth<'a>(
+        &'a self,
+        host_end: &'a str,
+        holder: i32,
+        bridge: &'a str,
+        inside: crate::spawn::veth::Inside<'a>,
+    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+    /// Removes the veth pair whose host end is `host_end` (both ends go).
+    fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::spawn::SpawnError>;
 }
 
 /// /dev/kvm and TAPs made with ioctls.
@@ -128,6 +141,20 @@ impl Devices for NodeDevices {
         crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(fail)?;
         crate::net::ioctl::link_up(&n.tap).map_err(fail)?;
         Ok(tap)
+    }
+
+    fn make_veth<'a>(
+        &'a self,
+        host_end: &'a str,
+        holder: i32,
+        bridge: &'a str,
+        inside: crate::spawn::veth::Inside<'a>,
+    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+        Box::pin(crate::spawn::veth::plumb(host_end, holder, bridge, inside))
+    }
+
+    fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::spawn::SpawnError> {
+        crate::spawn::veth::remove(host_end)
     }
 }
 
@@ -333,6 +360,8 @@ pub(crate) mod testing {
         #[allow(clippy::type_complexity)]
         vmm_held:
             Mutex<std::collections::HashMap<i32, (crate::vmm::protocol::VmFiles, std::os::unix::net::UnixStream)>>,
+        /// The stand-in pidfds handed out: descriptor number -> fake pid.
+        pidfds: Mutex<std::collections::HashMap<std::os::fd::RawFd, i32>>,
     }
 
     /// A fake VMM: it takes its configuration and files (TAPs included) from the control
@@ -362,6 +391,7 @@ pub(crate) mod testing {
                 late: Mutex::new(Vec::new()),
                 vmm: Mutex::new(FakeVmm::Ready),
                 vmm_held: Mutex::new(Default::default()),
+                pidfds: Mutex::new(Default::default()),
             })
         }
 
@@ -437,8 +467,12 @@ pub(crate) mod testing {
                 exit: tx,
             });
             self.sync_files();
-            // A pidfd stands in as an fd of no importance.
+            // A pidfd stands in as an fd of no importance, which `pid_of` knows.
             let pidfd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+            if let Some(fd) = &pidfd {
+                use std::os::fd::AsRawFd;
+                self.pidfds.lock().unwrap().insert(fd.as_raw_fd(), pid);
+            }
             Ok(Started {
                 pid: nix::unistd::Pid::from_raw(pid),
                 pidfd,
@@ -576,6 +610,12 @@ pub(crate) mod testing {
             Box::pin(async move { r })
         }
 
+        fn pid_of(&self, pidfd: &OwnedFd) -> Option<i32> {
+            use std::os::fd::AsRawFd;
+            let pid = *self.pidfds.lock().unwrap().get(&pidfd.as_raw_fd())?;
+            self.procs.lock().unwrap().iter().any(|p| p.pid == pid).then_some(pid)
+        }
+
         fn kill(&self, dir: &CgroupDir) -> Result<()> {
             self.end(|p| p.cgroup.starts_with(dir.path()), Exit::Signal(libc::SIGKILL));
             for (cgroup, tx) in std::mem::take(&mut *self.late.lock().unwrap()) {
@@ -616,6 +656,11 @@ pub(crate) mod testing {
     pub(crate) struct FakeDevices {
         pub kvm_missing: Mutex<Option<String>>,
         taps: Mutex<std::collections::BTreeMap<String, std::os::unix::net::UnixStream>>,
+        /// Veth pairs there now: host end -> (bridge, holder pid, inside name, address).
+        pub veths: Mutex<std::collections::BTreeMap<String, (String, i32, String, String)>>,
+        /// The veth made after this many succeed fails (a bridge gone, say).
+        pub veths_fail_after: Mutex<Option<usize>>,
+        veths_made: std::sync::atomic::AtomicUsize,
     }
 
     impl FakeDevices {
@@ -659,6 +704,44 @@ pub(crate) mod testing {
                 })?;
             self.taps.lock().unwrap().insert(n.tap.clone(), peer);
             Ok(ours.into())
+        }
+
+        fn make_veth<'a>(
+            &'a self,
+            host_end: &'a str,
+            holder: i32,
+            bridge: &'a str,
+            inside: crate::spawn::veth::Inside<'a>,
+        ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+            let made = self.veths_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let r = if self.veths_fail_after.lock().unwrap().is_some_and(|n| made >= n) {
+                Err(crate::spawn::SpawnError::Veth(std::io::Error::from_raw_os_error(
+                    libc::ENODEV,
+                )))
+            } else if self.veths.lock().unwrap().contains_key(host_end) {
+                Err(crate::spawn::SpawnError::Veth(std::io::Error::from_raw_os_error(
+                    libc::EEXIST,
+                )))
+            } else {
+                let what = (
+                    bridge.to_owned(),
+                    holder,
+                    inside.name.to_owned(),
+                    inside.address.to_string(),
+                );
+                self.veths.lock().unwrap().insert(host_end.to_owned(), what);
+                Ok(())
+            };
+            Box::pin(async move { r })
+        }
+
+        fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::spawn::SpawnError> {
+            match self.veths.lock().unwrap().remove(host_end) {
+                Some(_) => Ok(()),
+                None => Err(crate::spawn::SpawnError::Veth(std::io::Error::from_raw_os_error(
+                    libc::ENODEV,
+                ))),
+            }
         }
     }
 

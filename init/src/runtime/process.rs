@@ -105,9 +105,9 @@ pub(super) struct Attach {
 
 impl Process {
     /// The pid of the private cell's holder (whose namespaces the executable shares).
-    pub fn own_cell_holder_pid(&self) -> Option<i32> {
+    pub fn own_cell_holder_pid(&self, sys: &dyn Launcher) -> Option<i32> {
         let fd = self.own_cell.as_ref()?.pidfd()?;
-        super::sys::pidfd_pid(&fd)
+        sys.pid_of(&fd)
     }
 
     pub fn phase(&self) -> Phase {

@@ -46,7 +46,7 @@ pub(super) async fn start_cell_child(
     )
     .await?;
     let mut veths = Vec::new();
-    let plumbed = match e.own_cell_holder_pid() {
+    let plumbed = match e.own_cell_holder_pid(host.sys.as_ref()) {
         None => Err(RuntimeError::Precondition(
             "the child's cell has no holder to take its network namespace from".into(),
         )),
@@ -56,7 +56,7 @@ pub(super) async fn start_cell_child(
         e.stop(libc::SIGKILL, Duration::ZERO).await;
         let _ = e.discard(host, spec.name.as_str()).await;
         for v in &veths {
-            let _ = crate::spawn::veth::remove(v);
+            let _ = host.devices.remove_veth(v);
         }
         return Err(err);
     }
@@ -72,7 +72,7 @@ pub(super) async fn plumb_cell_child(
     net: addressing::ChildNet,
     veths: &mut Vec<String>,
 ) -> Result<()> {
-    use crate::spawn::veth::{plumb, Inside};
+    use crate::spawn::veth::Inside;
     let eth0 = crate::net::Ipv4Cidr {
         addr: net.ip,
         prefix: 24,
@@ -90,7 +90,7 @@ pub(super) async fn plumb_cell_child(
             address,
             gateway,
         };
-        plumb(&host_end, holder, &on, inside).await?;
+        host.devices.make_veth(&host_end, holder, &on, inside).await?;
     }
     Ok(())
 }

@@ -227,7 +227,7 @@ impl Instance {
             Body::Cell(e) => e.discard(host, self.name.as_str()).await?,
         }
         for veth in &self.veths {
-            if let Err(e) = crate::spawn::veth::remove(veth) {
+            if let Err(e) = host.devices.remove_veth(veth) {
                 tracing::warn!("instance {}: {e}", self.name);
             }
         }

@@ -332,6 +332,10 @@ impl Launcher for SysLauncher {
         Box::pin(start_holder(join, cgroup, flags, exe, config, userns))
     }
 
+    fn pid_of(&self, pidfd: &OwnedFd) -> Option<i32> {
+        super::pidfd_pid(pidfd)
+    }
+
     fn kill(&self, dir: &CgroupDir) -> crate::runtime::error::Result<()> {
         dir.kill()
     }

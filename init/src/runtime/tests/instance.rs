@@ -181,3 +181,72 @@ async fn without_kvm_a_vm_instance_is_refused_and_nothing_is_made() {
     assert!(e.to_string().contains("a VM instance needs KVM"), "{e}");
     nothing_left(&r, "nokvm");
 }
+
+/// The cell fallback (no KVM): the child auraed in a private cell, wired to the bridge by
+/// a veth pair whose peer is its eth0 in the cell's network namespace.
+fn fallback(r: &Rig, name: &str) -> InstanceSpec {
+    *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
+    let mut spec = instance(name, Duration::from_secs(10));
+    spec.isolation = None;
+    spec
+}
+
+#[tokio::test]
+async fn without_kvm_an_instance_falls_back_to_a_cell_on_a_veth_and_leaves_nothing_when_freed() {
+    let r = rig();
+    let v = r.rt.spawn(fallback(&r, "fb")).await.unwrap();
+    assert_eq!(v.phase, Some(Phase::Running), "{v:?}");
+    assert_eq!(v.isolation, Some(IsolationKind::Cell));
+    assert!(v.vm.is_none(), "no VM: {v:?}");
+    let veths = r.devices.veths.lock().unwrap().clone();
+    assert_eq!(veths.len(), 1, "one veth pair: {veths:?}");
+    let (host_end, (bridge, holder, inside, address)) = veths.iter().next().unwrap();
+    assert!(host_end.starts_with("aveth"), "{host_end}");
+    assert_eq!(bridge, "aurae0");
+    assert_eq!(inside, "eth0");
+    assert_eq!(
+        format!("{address}"),
+        format!("{}/24", v.address.split(':').next().unwrap())
+    );
+    let leaf = r.root.join("fb").join("_x.fb");
+    assert_eq!(r.fake.pids_in(&leaf).len(), 1, "the child auraed runs in its cell");
+    assert!(*holder > 0, "the peer went into the cell holder's namespace");
+    assert!(r.instances.join("fb").is_dir(), "its PKI directory");
+    let fake = r.fake.clone();
+    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
+        for pid in fake.pids_in(&leaf) {
+            fake.exit(pid, 0);
+        }
+    }));
+    r.rt.stop(Kind::Instance, "fb", libc::SIGTERM, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(r.children.shutdowns.load(Ordering::Relaxed), 1);
+    r.rt.free(Kind::Instance, "fb").await.unwrap();
+    assert!(r.devices.veths.lock().unwrap().is_empty(), "the veth pair went with it");
+    nothing_left(&r, "fb");
+    let again = r.rt.spawn(fallback(&r, "fb2")).await.unwrap();
+    assert_eq!(again.address, v.address, "its address was given back");
+}
+
+#[tokio::test]
+async fn a_veth_that_cannot_be_made_undoes_the_cell_fallback() {
+    let r = rig();
+    *r.devices.veths_fail_after.lock().unwrap() = Some(0);
+    let e = r.rt.spawn(fallback(&r, "noveth")).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::Spawn(SpawnError::Veth(_))), "{e:?}");
+    assert!(r.devices.veths.lock().unwrap().is_empty());
+    nothing_left(&r, "noveth");
+}
+
+#[tokio::test]
+async fn a_cell_child_that_never_serves_is_undone_at_its_deadline_with_its_veth() {
+    let r = rig();
+    *r.children.serves.lock().unwrap() = false;
+    let mut spec = fallback(&r, "mutecell");
+    spec.serving_within = Duration::from_millis(200);
+    let e = r.rt.spawn(spec).await.unwrap_err();
+    assert!(matches!(e, RuntimeError::Spawn(SpawnError::NotServing(_))), "{e:?}");
+    assert!(r.devices.veths.lock().unwrap().is_empty(), "its veth is gone");
+    nothing_left(&r, "mutecell");
+}
