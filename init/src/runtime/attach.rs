@@ -58,7 +58,7 @@ pub(crate) async fn start(host: &Host, spec: AttachSpec) -> Result<Attached> {
     host.usable()?;
     let cell: Arc<Cell> = cell::target(host, spec.cell.as_str(), "start.cell")?;
     if cell.phase() != Phase::Running {
-        return Err(RuntimeError::Precondition(format!(
+        return Err(RuntimeError::WrongPhase(format!(
             "cell '{}' is {:?}; attach only to running cells",
             spec.cell,
             cell.phase()

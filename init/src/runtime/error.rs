@@ -13,9 +13,31 @@ pub enum RuntimeError {
     /// The name is taken (ALREADY_EXISTS).
     #[error("{0}")]
     AlreadyExists(String),
-    /// The node or the workload is not in a state that allows this (FAILED_PRECONDITION).
+    /// The node lacks what the request needs: a usable workloads root, KVM, a bridge, a
+    /// cgroup controller or kernel feature, an image store, a spawn identity.
     #[error("{0}")]
-    Precondition(String),
+    NodeLacks(String),
+    /// The workload is not in a phase that allows this: not running, still running,
+    /// frozen, ended, not made yet.
+    #[error("{0}")]
+    WrongPhase(String),
+    /// What the request names is held by another workload or client, or exists with
+    /// another definition (a volume, an executable's private cell).
+    #[error("{0}")]
+    Taken(String),
+    /// This auraed does not do that yet (UDP ports, nested cells with user namespaces,
+    /// image cells with user namespaces, pods over 32 vCPUs).
+    #[error("{0}")]
+    NotYet(String),
+    /// Network plumbing failed: a TAP, a veth, a listening or published port.
+    #[error("{0}")]
+    Network(String),
+    /// A process, a cell's init or a VMM could not be started, or ended before it ran.
+    #[error("{0}")]
+    StartFailed(String),
+    /// The workload named cannot do that by its kind (a cell has no log of its own).
+    #[error("{0}")]
+    Unfit(String),
     /// A request named a private cell auraed made for one of its own workloads (a VM's VMM,
     /// an instance, a pod, an executable): not a target for anyone's processes
     /// (FAILED_PRECONDITION).
@@ -65,7 +87,7 @@ impl RuntimeError {
                 ..
             } => RuntimeError::Exhausted(format!("cannot start {what}: {e} ({exhausted})")),
             StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
-            other => RuntimeError::Precondition(format!("cannot start {what}: {other}")),
+            other => RuntimeError::StartFailed(format!("cannot start {what}: {other}")),
         }
     }
 
@@ -79,7 +101,21 @@ impl RuntimeError {
                 reason,
             },
             RuntimeError::NotFound(m) => RuntimeError::NotFound(say(m)),
-            RuntimeError::Precondition(m) => RuntimeError::Precondition(say(m)),
+            other => other.map_message(say),
+        }
+    }
+
+    /// The same cause, its message rewritten by `f` (for the causes whose message is text).
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> RuntimeError {
+        use RuntimeError as E;
+        match self {
+            E::NodeLacks(m) => E::NodeLacks(f(m)),
+            E::WrongPhase(m) => E::WrongPhase(f(m)),
+            E::Taken(m) => E::Taken(f(m)),
+            E::NotYet(m) => E::NotYet(f(m)),
+            E::Network(m) => E::Network(f(m)),
+            E::StartFailed(m) => E::StartFailed(f(m)),
+            E::Unfit(m) => E::Unfit(f(m)),
             other => other,
         }
     }

@@ -100,7 +100,7 @@ impl Host {
 
     pub(super) fn usable(&self) -> Result<()> {
         match &self.unusable {
-            Some(why) => Err(RuntimeError::Precondition(format!(
+            Some(why) => Err(RuntimeError::NodeLacks(format!(
                 "this node cannot run workloads: {why}"
             ))),
             None => Ok(()),

@@ -129,14 +129,14 @@ impl Devices for NodeDevices {
             .write(true)
             .open("/dev/kvm")
             .map_err(|e| {
-                super::error::RuntimeError::Precondition(format!(
+                super::error::RuntimeError::NodeLacks(format!(
                     "open /dev/kvm: {e}; this node cannot run virtual machines"
                 ))
             })
     }
 
     fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd> {
-        let fail = |e: std::io::Error| super::error::RuntimeError::Precondition(format!("network: TAP {}: {e}", n.tap));
+        let fail = |e: std::io::Error| super::error::RuntimeError::Network(format!("network: TAP {}: {e}", n.tap));
         let tap = crate::net::ioctl::open_tap(&n.tap).map_err(fail)?;
         crate::net::ioctl::bridge_add(&n.bridge, &n.tap).map_err(fail)?;
         crate::net::ioctl::link_up(&n.tap).map_err(fail)?;

@@ -169,11 +169,11 @@ impl Process {
             .map_err(|_| RuntimeError::invalid("signal", format!("{signal} is not a signal number (1..=64)")))?;
         let pid = self.state.borrow().pid;
         if self.phase() != Phase::Running || pid == 0 {
-            return Err(RuntimeError::Precondition(format!("'{}' is not running", self.name)));
+            return Err(RuntimeError::WrongPhase(format!("'{}' is not running", self.name)));
         }
         match super::sys::signal_member(pid as i32, sig, self.dir.path()) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(RuntimeError::Precondition(format!("'{}' is not running", self.name))),
+            Ok(false) => Err(RuntimeError::WrongPhase(format!("'{}' is not running", self.name))),
             Err(errno) => Err(RuntimeError::sys(format!("signal {signal} to '{}'", self.name), errno)),
         }
     }
@@ -255,7 +255,7 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, p: &Prepared) -> Runti
     let err = Errno::from_raw(errno);
     match (stage, err) {
         (Stage::Exec, Errno::ENOENT) => RuntimeError::NotFound(format!("argv[0]: '{program}' does not exist")),
-        (Stage::Exec, Errno::EACCES) => RuntimeError::Precondition(format!(
+        (Stage::Exec, Errno::EACCES) => RuntimeError::StartFailed(format!(
             "argv[0]: '{program}' is not executable (EACCES); chmod +x it, or run it through its interpreter"
         )),
         (Stage::Exec, Errno::ENOEXEC) => RuntimeError::invalid(
@@ -269,7 +269,7 @@ fn exec_start_error(e: StartError, spec: &ExecutableSpec, p: &Prepared) -> Runti
         (Stage::Gid | Stage::Groups, _) => {
             RuntimeError::invalid("gid", format!("cannot switch to gid {:?}: {err}", p.gid))
         }
-        (stage, _) => RuntimeError::Precondition(format!("cannot {} for '{}': {err}", stage.describe(), spec.name)),
+        (stage, _) => RuntimeError::StartFailed(format!("cannot {} for '{}': {err}", stage.describe(), spec.name)),
     }
 }
 
@@ -277,7 +277,7 @@ impl Process {
     /// Removes an ended executable's cgroup and private cell.
     pub(super) async fn discard(&self, host: &Host, name: &str) -> Result<()> {
         if !self.phase().ended() {
-            return Err(RuntimeError::Precondition(format!(
+            return Err(RuntimeError::WrongPhase(format!(
                 "executable '{name}' is {:?}; stop it first (aer stop {name}) or wait for it (aer wait {name})",
                 self.phase()
             )));
@@ -353,12 +353,12 @@ pub(super) async fn launch(host: &Host, spec: ExecutableSpec, how: Launch) -> Re
             match c.phase() {
                 Phase::Running => {}
                 Phase::Frozen => {
-                    return Err(RuntimeError::Precondition(format!(
+                    return Err(RuntimeError::WrongPhase(format!(
                         "cell '{name}' is frozen; thaw it first (aer cell thaw {name})"
                     )))
                 }
                 p => {
-                    return Err(RuntimeError::Precondition(format!(
+                    return Err(RuntimeError::WrongPhase(format!(
                         "cell '{name}' is {p:?}; start executables only in running cells"
                     )))
                 }
@@ -475,7 +475,7 @@ async fn start_exec(
         limits: cell.limits.clone(),
     };
     let starter = cell.starter().ok_or_else(|| {
-        RuntimeError::Precondition(format!(
+        RuntimeError::WrongPhase(format!(
             "cell '{}' has ended; start executables only in running cells",
             cell.name
         ))

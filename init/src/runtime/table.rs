@@ -262,13 +262,13 @@ impl Workload {
             Workload::Executable(e) => Ok(e.logs.clone()),
             Workload::VirtualMachine(v) => Ok(v.logs()),
             Workload::Instance(i) => Ok(i.body.logs()),
-            Workload::Cell(c) => Err(RuntimeError::Precondition(format!(
+            Workload::Cell(c) => Err(RuntimeError::Unfit(format!(
                 "workload.kind: a cell has no log of its own; read the logs of its executables (aer cell status {} lists them)",
                 c.name
             ))),
             // A pod's own log is its instance's console (a container's is `POD/CONTAINER`).
             Workload::Pod(p) => p.instance().map(|i| i.body.logs()).ok_or_else(|| {
-                RuntimeError::Precondition(format!(
+                RuntimeError::WrongPhase(format!(
                     "pod '{}' has no instance yet; name a container as {}/CONTAINER",
                     p.name, p.name
                 ))

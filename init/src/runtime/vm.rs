@@ -248,7 +248,7 @@ async fn open_plain(
     };
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| RuntimeError::Precondition(format!("opening the VM's files did not finish: {e}")))?
+        .map_err(|e| RuntimeError::StartFailed(format!("opening the VM's files did not finish: {e}")))?
 }
 
 impl VirtualMachine {
@@ -261,7 +261,7 @@ impl VirtualMachine {
                 return Ok(());
             }
             if let Some(e) = now.error {
-                return Err(RuntimeError::Precondition(format!(
+                return Err(RuntimeError::StartFailed(format!(
                     "the VMM could not start the guest: {e}"
                 )));
             }
@@ -277,7 +277,7 @@ impl VirtualMachine {
                     .filter(|l| l.stream == logs::Stream::Stderr)
                     .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
                     .collect();
-                return Err(RuntimeError::Precondition(format!(
+                return Err(RuntimeError::StartFailed(format!(
                     "the VMM ended before the guest ran: {}",
                     if said.is_empty() {
                         format!("{:?}", self.vmm.view())
@@ -310,7 +310,7 @@ impl VirtualMachine {
     pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
         let name = &self.name;
         if !self.vmm.phase().ended() {
-            return Err(RuntimeError::Precondition(format!(
+            return Err(RuntimeError::WrongPhase(format!(
                 "virtual machine '{name}' is running; stop it first (aer vm stop {name})"
             )));
         }
@@ -344,7 +344,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
     host.usable()?;
     host.devices
         .kvm_usable()
-        .map_err(|why| RuntimeError::Precondition(format!("{why}; this node cannot run virtual machines")))?;
+        .map_err(|why| RuntimeError::NodeLacks(format!("{why}; this node cannot run virtual machines")))?;
     // Client-named files (a listed VM's) are resolved and checked off this thread;
     // an instance's own kernel and image are auraed's.
     let mut spec = spec;
@@ -380,7 +380,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
         let devices = host.devices.clone();
         let kvm = tokio::task::spawn_blocking(move || devices.open_kvm())
             .await
-            .map_err(|e| RuntimeError::Precondition(format!("open /dev/kvm did not finish: {e}")))??;
+            .map_err(|e| RuntimeError::NodeLacks(format!("open /dev/kvm did not finish: {e}")))??;
         (
             kvm,
             Opened {
@@ -400,7 +400,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
     match (&host.bridge, spec.network) {
         (_, false) => {}
         (None, true) => {
-            return Err(RuntimeError::Precondition(
+            return Err(RuntimeError::NodeLacks(
                 "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)".into(),
             ))
         }
@@ -496,7 +496,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
     if let Err(e) = vmm::protocol::send_config(&ours, &config, files) {
         vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;
         let _ = vm.vmm.discard(host, vm.name.as_str()).await;
-        return Err(RuntimeError::Precondition(format!(
+        return Err(RuntimeError::StartFailed(format!(
             "could not hand the VMM its configuration: {e}"
         )));
     }

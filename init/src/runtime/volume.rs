@@ -43,13 +43,13 @@ impl Volumes {
         for (i, s) in specs.iter().enumerate() {
             if let Some((have, _)) = self.0.get(s.name.as_str()) {
                 if have.owner != s.owner {
-                    return Err(RuntimeError::Precondition(format!(
+                    return Err(RuntimeError::Taken(format!(
                         "image.volumes[{i}]: volume '{}' belongs to another client's cells; a volume is shared only by cells of the client that made it, so choose another name",
                         s.name
                     )));
                 }
                 if have != s {
-                    return Err(RuntimeError::Precondition(format!(
+                    return Err(RuntimeError::Taken(format!(
                         "image.volumes[{i}]: volume '{}' exists on this node as {} and this cell asks for {}; use the same definition or another name",
                         s.name,
                         describe(have),
@@ -160,7 +160,7 @@ mod tests {
         let alice = "spiffe://t.test/client/alice";
         volumes.0.insert("scratch".into(), (spec(alice), 1));
         let e = volumes.take(&[spec("spiffe://t.test/client/mallory")]).unwrap_err();
-        assert!(matches!(e, RuntimeError::Precondition(_)), "{e:?}");
+        assert!(matches!(e, RuntimeError::Taken(_)), "{e:?}");
         assert!(
             e.to_string()
                 .starts_with("image.volumes[0]: volume 'scratch' belongs to another client's cells"),

@@ -37,7 +37,14 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeError::Invalid { .. } => Code::InvalidArgument,
         RuntimeError::NotFound(_) => Code::NotFound,
         RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
-        RuntimeError::Precondition(_) | RuntimeError::PrivateCell { .. } => Code::FailedPrecondition,
+        RuntimeError::NodeLacks(_)
+        | RuntimeError::WrongPhase(_)
+        | RuntimeError::Taken(_)
+        | RuntimeError::NotYet(_)
+        | RuntimeError::Network(_)
+        | RuntimeError::StartFailed(_)
+        | RuntimeError::Unfit(_)
+        | RuntimeError::PrivateCell { .. } => Code::FailedPrecondition,
         RuntimeError::Exhausted(_) => Code::ResourceExhausted,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Spawn(s) => spawn_code(s),
@@ -106,6 +113,31 @@ mod tests {
             source: io(Errno::EIO),
         };
         assert_eq!(Status::from(e).code(), Code::Internal);
+    }
+
+    #[test]
+    fn what_the_request_cannot_meet_here_is_failed_precondition_with_its_words() {
+        type Make = fn(String) -> RuntimeError;
+        let causes: [(Make, &str); 7] = [
+            (RuntimeError::NodeLacks, "no bridge"),
+            (RuntimeError::WrongPhase, "frozen"),
+            (RuntimeError::Taken, "another client's volume"),
+            (RuntimeError::NotYet, "UDP"),
+            (RuntimeError::Network, "TAP"),
+            (RuntimeError::StartFailed, "the VMM ended"),
+            (RuntimeError::Unfit, "a cell has no log"),
+        ];
+        for (make, words) in causes {
+            let s = Status::from(make(words.to_owned()));
+            assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, words));
+            // Rewording (a pod's container fields, an image's entrypoint) keeps the cause.
+            let again = make(words.to_owned()).map_message(|m| format!("x: {m}"));
+            assert_eq!(
+                std::mem::discriminant(&again),
+                std::mem::discriminant(&make(String::new()))
+            );
+            assert_eq!(again.to_string(), format!("x: {words}"));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(in crate::runtime) fn port_error(field: &str, host: u16, e: std::io::Error) 
             "{field}: port {host} of the node is taken (by a cell, a pod or auraed); choose another"
         ))
     } else {
-        RuntimeError::Precondition(format!("{field}: cannot listen on port {host}: {e}"))
+        RuntimeError::Network(format!("{field}: cannot listen on port {host}: {e}"))
     }
 }
 
@@ -28,14 +28,13 @@ pub(super) fn publish(cell: &Cell, bound: Vec<crate::net::proxy::Bound>) -> Resu
     }
     let pidfd = cell
         .pidfd()
-        .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}' is not running", cell.name)))?;
-    let dialer = crate::net::proxy::Dialer::new(pidfd).map_err(|e| {
-        RuntimeError::Precondition(format!("cell '{}': join its network to publish ports: {e}", cell.name))
-    })?;
+        .ok_or_else(|| RuntimeError::WrongPhase(format!("cell '{}' is not running", cell.name)))?;
+    let dialer = crate::net::proxy::Dialer::new(pidfd)
+        .map_err(|e| RuntimeError::Network(format!("cell '{}': join its network to publish ports: {e}", cell.name)))?;
     let mut ports = cell.ports.lock().unwrap_or_else(|p| p.into_inner());
     for b in bound {
         let p = crate::net::proxy::publish(b, dialer.clone(), cell.name.to_string())
-            .map_err(|e| RuntimeError::Precondition(format!("cell '{}': publish a port: {e}", cell.name)))?;
+            .map_err(|e| RuntimeError::Network(format!("cell '{}': publish a port: {e}", cell.name)))?;
         ports.push(p);
     }
     Ok(())
@@ -46,7 +45,7 @@ pub(super) fn check_controllers(r: &Resources, offered: &[String]) -> Result<()>
     for c in CONTROLLERS {
         let fields = (c.fields)(r);
         if !fields.is_empty() && !offered.iter().any(|o| o == c.name) {
-            return Err(RuntimeError::Precondition(format!(
+            return Err(RuntimeError::NodeLacks(format!(
                 "{}: needs the cgroup v2 '{}' controller, which this node does not offer here (usable: {}); drop the limit or use a node that has it",
                 fields.join(", "),
                 c.name,
@@ -88,18 +87,18 @@ pub(super) fn check(host: &Host, spec: &CellSpec) -> Result<(Option<Arc<Cell>>, 
                 ))
             })?;
             if c.phase() != Phase::Running {
-                return Err(RuntimeError::Precondition(format!(
+                return Err(RuntimeError::WrongPhase(format!(
                     "parent cell '{p}' is {:?}, not running",
                     c.phase()
                 )));
             }
             if c.implicit {
-                return Err(RuntimeError::Precondition(format!(
+                return Err(RuntimeError::Taken(format!(
                     "'{p}' is the private cell of executable '{p}'; nest cells only in cells made with RunCell"
                 )));
             }
             if c.confinement.userns || spec.confinement.userns {
-                return Err(RuntimeError::Precondition(format!(
+                return Err(RuntimeError::NotYet(format!(
                     "cell '{}': nesting and user namespaces do not mix yet; make a top-level cell with its own user namespace",
                     spec.name
                 )));
@@ -121,7 +120,7 @@ pub(super) fn check(host: &Host, spec: &CellSpec) -> Result<(Option<Arc<Cell>>, 
         ));
     }
     if spec.image.is_some() && spec.confinement.userns {
-        return Err(RuntimeError::Precondition(
+        return Err(RuntimeError::NotYet(
             "confinement.user_namespace: cells from images do not have user namespaces yet (the layers' owners would not map); leave it unset".into(),
         ));
     }
@@ -167,7 +166,7 @@ mod tests {
             ..Default::default()
         };
         let e = check_controllers(&r, &offered).unwrap_err();
-        assert!(matches!(e, RuntimeError::Precondition(_)));
+        assert!(matches!(e, RuntimeError::NodeLacks(_)));
         assert_eq!(
             e.to_string(),
             "memory_max_bytes, swap_max_bytes: needs the cgroup v2 'memory' controller, which this node does not offer here (usable: cpu pids); drop the limit or use a node that has it"

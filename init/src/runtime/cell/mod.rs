@@ -146,7 +146,7 @@ impl Cell {
         let pid = self
             .pidfd()
             .and_then(|fd| super::sys::pidfd_pid(&fd))
-            .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}' is not running", self.name)))?;
+            .ok_or_else(|| RuntimeError::WrongPhase(format!("cell '{}' is not running", self.name)))?;
         super::rootfs::CellRoot::of_pid(pid)
     }
 
@@ -218,7 +218,7 @@ impl Cell {
         let exe = host
             .exe
             .clone()
-            .ok_or_else(|| RuntimeError::Precondition("auraed cannot open its own executable".into()))?;
+            .ok_or_else(|| RuntimeError::NodeLacks("auraed cannot open its own executable".into()))?;
         let i = spec.isolation;
         let setup = Setup {
             new_mount: i.mount,
@@ -271,7 +271,7 @@ impl Cell {
         let pidfd = started
             .pidfd
             .map(Arc::new)
-            .ok_or_else(|| RuntimeError::Precondition(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
+            .ok_or_else(|| RuntimeError::StartFailed(format!("cell '{}': the kernel returned no pidfd", spec.name)))?;
         let starter = host
             .sys
             .starter(pidfd.clone())
@@ -360,12 +360,12 @@ impl Cell {
     pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
         let name = &self.name;
         if self.implicit {
-            return Err(RuntimeError::Precondition(format!(
+            return Err(RuntimeError::Taken(format!(
                 "cell '{name}' belongs to executable '{name}'; free the executable instead"
             )));
         }
         if !self.phase().ended() {
-            return Err(RuntimeError::Precondition(format!(
+            return Err(RuntimeError::WrongPhase(format!(
                 "cell '{name}' is {:?}; stop it first (aer cell stop {name})",
                 self.phase()
             )));
@@ -437,7 +437,7 @@ pub(crate) async fn prepare_image(
     let images = host
         .images
         .as_ref()
-        .map_err(|why| RuntimeError::Precondition(format!("image: this node has no image store: {why}")))?;
+        .map_err(|why| RuntimeError::NodeLacks(format!("image: this node has no image store: {why}")))?;
     let prepared = images
         .prepare(&req.reference, req.policy, req.credentials.clone())
         .await
@@ -557,7 +557,7 @@ pub(crate) async fn freeze(host: &Host, name: &str, frozen: bool) -> Result<Cell
     let _op = cell.op.lock().await;
     let want = if frozen { Phase::Running } else { Phase::Frozen };
     if cell.phase() != want {
-        return Err(RuntimeError::Precondition(format!(
+        return Err(RuntimeError::WrongPhase(format!(
             "cell '{name}' is {:?}; only a {} cell can be {}",
             cell.phase(),
             if frozen { "running" } else { "frozen" },
@@ -566,7 +566,7 @@ pub(crate) async fn freeze(host: &Host, name: &str, frozen: bool) -> Result<Cell
     }
     cell.dir.set_frozen(frozen)?;
     if !poll_until(Instant::now() + KILL_WAIT, || cell.dir.frozen() == frozen).await {
-        return Err(RuntimeError::Precondition(format!(
+        return Err(RuntimeError::WrongPhase(format!(
             "cell '{name}' did not {} within {KILL_WAIT:?}",
             if frozen { "freeze" } else { "thaw" }
         )));

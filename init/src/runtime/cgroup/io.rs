@@ -22,12 +22,12 @@ pub const IO: Controller = Controller {
 
 fn apply(dir: &CgroupDir, r: &Resources) -> Result<()> {
     if r.io_weight.is_some() && !dir.has("io.weight") {
-        return Err(RuntimeError::Precondition(
+        return Err(RuntimeError::NodeLacks(
             "io_weight: this kernel has no io.weight (it needs CONFIG_BLK_CGROUP_IOCOST); drop the limit".into(),
         ));
     }
     if !r.io_max.is_empty() && !dir.has("io.max") {
-        return Err(RuntimeError::Precondition(
+        return Err(RuntimeError::NodeLacks(
             "io_max: this kernel has no io.max (it needs CONFIG_BLK_DEV_THROTTLING); drop the limit".into(),
         ));
     }

@@ -24,7 +24,7 @@ pub const MEMORY: Controller = Controller {
 
 fn apply(dir: &CgroupDir, r: &Resources) -> Result<()> {
     if r.swap_max.is_some() && !dir.has("memory.swap.max") {
-        return Err(RuntimeError::Precondition(
+        return Err(RuntimeError::NodeLacks(
             "swap_max_bytes: this kernel has no swap accounting (memory.swap.max is missing); drop the limit".into(),
         ));
     }
@@ -65,7 +65,7 @@ mod tests {
             ..Default::default()
         };
         let e = apply(&c, &r).unwrap_err();
-        assert!(matches!(e, RuntimeError::Precondition(_)));
+        assert!(matches!(e, RuntimeError::NodeLacks(_)));
         assert!(!c.has("memory.max"), "nothing written before the refusal");
     }
 

@@ -47,7 +47,7 @@ pub(super) async fn start_cell_child(
     .await?;
     let mut veths = Vec::new();
     let plumbed = match e.own_cell_holder_pid(host.sys.as_ref()) {
-        None => Err(RuntimeError::Precondition(
+        None => Err(RuntimeError::StartFailed(
             "the child's cell has no holder to take its network namespace from".into(),
         )),
         Some(pid) => plumb_cell_child(host, spec, pid, bridge, net, &mut veths).await,

@@ -197,10 +197,6 @@ impl Instance {
     }
 }
 
-fn pre(msg: impl Into<String>) -> RuntimeError {
-    RuntimeError::Precondition(msg.into())
-}
-
 impl Instance {
     /// Removes an ended child's files, veths and addresses (its VM or cell too).
     pub(super) async fn release(&self, host: &Host) {
@@ -258,7 +254,7 @@ impl Instance {
     pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
         let name = &self.name;
         if !self.body.ended() {
-            return Err(pre(format!(
+            return Err(RuntimeError::WrongPhase(format!(
                 "instance '{name}' is running; stop it first (aer instance stop {name})"
             )));
         }
@@ -276,7 +272,7 @@ impl Instance {
 pub(crate) fn channel(host: &Host, name: &str) -> Result<crate::runtime::ChildChannel> {
     let i = host.table().get::<Instance>(name)?;
     if i.body.ended() {
-        return Err(pre(format!("instance '{name}' has ended")));
+        return Err(RuntimeError::WrongPhase(format!("instance '{name}' has ended")));
     }
     Ok(Instance::child_channel(i))
 }
@@ -312,19 +308,19 @@ pub(crate) async fn spawn(host: &Host, spec: InstanceSpec) -> Result<InstanceVie
 pub(super) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instance>> {
     host.usable()?;
     let Some(id) = host.spawn_identity.clone() else {
-        return Err(pre(
-            "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})",
+        return Err(RuntimeError::NodeLacks(
+            "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})".into(),
         ));
     };
     let Some((bridge, subnet)) = host.bridge.clone() else {
-        return Err(pre(
-            "this node has no bridge for instances (auraed makes one only as PID 1)",
+        return Err(RuntimeError::NodeLacks(
+            "this node has no bridge for instances (auraed makes one only as PID 1)".into(),
         ));
     };
     let kvm = host.devices.kvm_usable();
     let isolation = match (spec.isolation, kvm) {
         (Some(IsolationKind::Vm), Err(why)) => {
-            return Err(pre(format!(
+            return Err(RuntimeError::NodeLacks(format!(
                 "isolation: {why}; a VM instance needs KVM (leave isolation unset to fall back to a cell)"
             )))
         }

@@ -19,7 +19,7 @@ pub struct PodImage {
 /// an image share its entry). The instance gets them from here.
 pub(crate) async fn prepare_images(host: &Host, spec: &PodSpec) -> Result<Vec<Arc<PodImage>>> {
     let images = host.images.as_ref().map_err(|why| {
-        RuntimeError::Precondition(format!(
+        RuntimeError::NodeLacks(format!(
             "containers: this node has no image store for their images: {why}"
         ))
     })?;

@@ -242,7 +242,7 @@ impl Pod {
 
     pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
         if !self.ended() {
-            return Err(RuntimeError::Precondition(format!(
+            return Err(RuntimeError::WrongPhase(format!(
                 "pod '{}' is running; stop it first (aer pod stop {})",
                 self.name, self.name
             )));
@@ -290,7 +290,7 @@ pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) 
         )));
     }
     if vcpus > 32 {
-        return Err(RuntimeError::Precondition(format!(
+        return Err(RuntimeError::NotYet(format!(
             "resources.vcpus: the pod asks for {vcpus} vCPUs and an instance has at most 32"
         )));
     }
@@ -433,16 +433,12 @@ async fn make(
     p.update(|s| s.runs = runs);
     let ip = match i.address.ip() {
         std::net::IpAddr::V4(a) => a,
-        std::net::IpAddr::V6(_) => {
-            return Err(RuntimeError::Precondition(
-                "the pod's instance has no IPv4 address".into(),
-            ))
-        }
+        std::net::IpAddr::V6(_) => return Err(RuntimeError::Network("the pod's instance has no IPv4 address".into())),
     };
     let mut ports = p.ports.lock().unwrap_or_else(|x| x.into_inner());
     for (container, b) in bound {
         let published = proxy::publish(b, proxy::Dialer::Address(ip), format!("pod {}/{container}", p.name))
-            .map_err(|e| RuntimeError::Precondition(format!("pod '{}': publish a port: {e}", p.name)))?;
+            .map_err(|e| RuntimeError::Network(format!("pod '{}': publish a port: {e}", p.name)))?;
         ports.push(published);
     }
     Ok(())
@@ -454,7 +450,7 @@ pub(crate) fn channel(host: &Host, name: &str) -> Result<crate::runtime::ChildCh
     let p = host.table().get::<Pod>(name)?;
     match p.instance() {
         Some(i) if !i.body.ended() => Ok(Instance::child_channel(i.clone())),
-        _ => Err(RuntimeError::Precondition(format!(
+        _ => Err(RuntimeError::WrongPhase(format!(
             "pod '{name}' has no running instance; its containers' logs went with it"
         ))),
     }

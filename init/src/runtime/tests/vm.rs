@@ -110,7 +110,7 @@ async fn a_vmm_that_fails_to_boot_says_why_and_leaves_nothing() {
     let r = rig();
     *r.fake.vmm.lock().unwrap() = FakeVmm::FailsToBoot(1);
     let e = r.rt.run_vm(vm(&r, "bad", Duration::from_secs(10))).await.unwrap_err();
-    assert!(matches!(e, RuntimeError::Precondition(_)), "{e:?}");
+    assert!(matches!(e, RuntimeError::StartFailed(_)), "{e:?}");
     assert!(e.to_string().contains("not a bzImage (fake)"), "{e}");
     nothing_left(&r, "bad");
     // The name is free again.
@@ -150,7 +150,7 @@ async fn without_kvm_a_vm_is_refused_and_nothing_is_made() {
     let r = rig();
     *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
     let e = r.rt.run_vm(vm(&r, "nokvm", Duration::from_secs(10))).await.unwrap_err();
-    assert!(matches!(e, RuntimeError::Precondition(_)), "{e:?}");
+    assert!(matches!(e, RuntimeError::NodeLacks(_)), "{e:?}");
     assert!(e.to_string().contains("this node cannot run virtual machines"), "{e}");
     assert!(r.devices.taps().is_empty(), "no TAP was made");
     nothing_left(&r, "nokvm");

@@ -372,7 +372,7 @@ fn ports(list: &[pb::PortMapping]) -> Result<Vec<(u16, u16)>, RuntimeError> {
         match p.protocol.to_ascii_lowercase().as_str() {
             "" | "tcp" => {}
             "udp" => {
-                return Err(RuntimeError::Precondition(format!(
+                return Err(RuntimeError::NotYet(format!(
                     "{}: UDP ports are not published by this auraed yet; publish TCP ports",
                     f("protocol")
                 )))

@@ -29,11 +29,10 @@ fn container_field(n: usize, image_field: &str) -> String {
 fn renamed(n: usize, e: RuntimeError) -> RuntimeError {
     match e {
         RuntimeError::Invalid { field, reason } => invalid(container_field(n, &field), reason),
-        RuntimeError::Precondition(m) => RuntimeError::Precondition(match m.split_once(':') {
+        other => other.map_message(|m| match m.split_once(':') {
             Some((f, rest)) if f.starts_with("image.") => format!("{}:{rest}", container_field(n, f)),
             _ => m,
         }),
-        other => other,
     }
 }
 
