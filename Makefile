@@ -90,7 +90,9 @@ test-buildroot: image
 test-appliance: image uefi
 	AURAE_APPLIANCE=$(BUILD) cargo test --locked -p aurae-appliance-tests -- --test-threads=1 --nocapture
 
-test: lint test-host test-buildroot test-appliance
+# Every tier, each phase timed (tests/all.sh: the kernels build beside the first phases).
+test:
+	tests/all.sh $(BUILD)
 
 bench: image uefi
 	rootfs/pack-bench.sh $(BUILD)

@@ -579,7 +579,7 @@ async fn until_status(
 }
 
 #[test]
-fn containers_restart_as_the_policy_says_with_growing_back_off_and_oom_kills_are_named() {
+fn containers_restart_as_the_policy_says_after_their_back_off_and_oom_kills_are_named() {
     let s = shared_or_skip!();
     let a = &s.a;
     rt().block_on(async {
@@ -592,7 +592,9 @@ fn containers_restart_as_the_policy_says_with_growing_back_off_and_oom_kills_are
             ..Default::default()
         };
 
-        // OnFailure: exit 1 restarts, each time after a longer wait.
+        // OnFailure: exit 1 restarts after the back-off (10 s; that it doubles each time,
+        // and what a refused restart does, are runtime/tests/pod.rs's to show on a fake
+        // child with a paused clock).
         run_pod(
             a,
             &c,
@@ -609,25 +611,11 @@ fn containers_restart_as_the_policy_says_with_growing_back_off_and_oom_kills_are
         let t = cs.last_termination.clone().unwrap();
         assert_eq!((t.exit_code, t.reason.as_str()), (Some(1), "Error"), "{t:?}");
         let first_wait = cs.next_restart_unix_nanos - t.finished_at_unix_nanos;
-        let p = until_status(a, &c, "crash", "restarted twice", |p| {
-            p.containers[0].restart_count >= 2
-        })
-        .await;
-        let p = if p.containers[0].state == pb::ContainerState::Waiting as i32 {
-            p
-        } else {
-            until_status(a, &c, "crash", "waiting again", |p| {
-                p.containers[0].state == pb::ContainerState::Waiting as i32
-            })
-            .await
-        };
-        let cs = &p.containers[0];
-        let t = cs.last_termination.clone().unwrap();
-        let later_wait = cs.next_restart_unix_nanos - t.finished_at_unix_nanos;
         assert!(
-            later_wait > first_wait + 5_000_000_000,
-            "the back-off grows: {first_wait} ns, then {later_wait} ns"
+            (9_000_000_000..=11_000_000_000).contains(&first_wait),
+            "the first back-off is 10 s: {first_wait} ns"
         );
+        let p = until_status(a, &c, "crash", "restarted", |p| p.containers[0].restart_count >= 1).await;
         assert_eq!(p.phase, pb::PodPhase::Running as i32, "{p:?}");
         stop_and_free(&c, "crash").await;
 

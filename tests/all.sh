@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make test`: the static checks, the host tier, the offline Buildroot checks and the
+# appliance tier, in that order, saying how long each phase took (also in BUILD/test-times).
+#
+# The two kernel builds (cached by content hash; minutes each on a fresh machine) start at
+# once in the background, beside the Rust builds of the first phases: a Rust build leaves a
+# core idle for long stretches (one crate at a time near its end, the release link with fat
+# LTO), which the kernel build fills. The appliance tier starts only once nothing else runs.
+#
+# Usage: tests/all.sh BUILD_DIR
+set -euo pipefail
+BUILD=${1:?usage: tests/all.sh BUILD_DIR}
+mkdir -p "$BUILD"
+times=$BUILD/test-times
+: > "$times"
+began=$(date +%s)
+
+phase() {
+    local name=$1 t
+    shift
+    t=$(date +%s)
+    "$@"
+    echo "make test: $name $(( $(date +%s) - t )) s" | tee -a "$times"
+}
+
+make --no-print-directory deps
+klog=$BUILD/kernels.log
+( make --no-print-directory kernel kernel-metal ) > "$klog" 2>&1 &
+kernels=$!
+trap 'kill $kernels 2>/dev/null || true' EXIT
+echo "make test: the kernels build in the background (log: $klog)"
+
+phase lint make --no-print-directory lint
+phase host make --no-print-directory test-host
+t=$(date +%s)
+if ! wait "$kernels"; then
+    tail -40 "$klog" >&2
+    echo "make test: a kernel build failed (log: $klog)" >&2
+    exit 1
+fi
+trap - EXIT
+grep '^kernel: ' "$klog" || true
+echo "make test: waited $(( $(date +%s) - t )) s more for the kernels" | tee -a "$times"
+phase buildroot make --no-print-directory test-buildroot
+phase appliance make --no-print-directory test-appliance
+echo "make test: passed in $(( $(date +%s) - began )) s" | tee -a "$times"
