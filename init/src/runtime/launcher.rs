@@ -179,9 +179,25 @@ pub(crate) trait ChildLink: Send + Sync {
         channel: &'a tonic::transport::Channel,
         grace: std::time::Duration,
     ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+    /// Hands the child a new SVID and spawn CA (RenewIdentity), within `bound`.
+    fn renew_identity<'a>(
+        &'a self,
+        channel: &'a Channel,
+        req: crate::pb::RenewIdentityRequest,
+        bound: Duration,
+    ) -> Call<'a, std::result::Result<(), RenewRefused>>;
     /// What a pod asks of its instance (`pod::remote`): its images, its containers' cells
     /// and the runs of their entrypoints.
     fn pod_calls(&self) -> &dyn PodCalls;
+}
+
+/// Why a child did not take its renewed identity.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RenewRefused {
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(Status),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
 }
 
 /// A pod's calls to its instance, each over the instance's channel (see `pod::remote`).
@@ -252,6 +268,22 @@ impl ChildLink for ChildApi {
         grace: std::time::Duration,
     ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
         Box::pin(crate::spawn::child::request_shutdown(channel, grace))
+    }
+
+    fn renew_identity<'a>(
+        &'a self,
+        channel: &'a Channel,
+        req: crate::pb::RenewIdentityRequest,
+        bound: Duration,
+    ) -> Call<'a, std::result::Result<(), RenewRefused>> {
+        Box::pin(async move {
+            let mut client = crate::pb::node_client::NodeClient::new(channel.clone());
+            match tokio::time::timeout(bound, client.renew_identity(req)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(s)) => Err(RenewRefused::Refused(s)),
+                Err(_) => Err(RenewRefused::NoAnswer(bound)),
+            }
+        })
     }
 
     fn pod_calls(&self) -> &dyn PodCalls {
@@ -758,6 +790,10 @@ pub(crate) mod testing {
         pub on_shutdown: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
         /// What the child does with a pod's calls.
         pub pods: FakePodChild,
+        /// The SVIDs (PEM) handed over by each renewal the child took, in order.
+        pub renewals: Mutex<Vec<String>>,
+        /// Renewals are refused with this while set.
+        pub refuse_renewals: Mutex<Option<Status>>,
     }
 
     impl Default for FakeChildren {
@@ -768,6 +804,8 @@ pub(crate) mod testing {
                 shutdowns: Default::default(),
                 on_shutdown: Mutex::new(None),
                 pods: FakePodChild::default(),
+                renewals: Mutex::new(Vec::new()),
+                refuse_renewals: Mutex::new(None),
             }
         }
     }
@@ -810,6 +848,23 @@ pub(crate) mod testing {
                 power_off();
             }
             Box::pin(async { Ok(()) })
+        }
+
+        fn renew_identity<'a>(
+            &'a self,
+            _channel: &'a Channel,
+            req: crate::pb::RenewIdentityRequest,
+            _bound: Duration,
+        ) -> Call<'a, std::result::Result<(), RenewRefused>> {
+            let refuse = self.refuse_renewals.lock().unwrap().clone();
+            let r = match refuse {
+                Some(s) => Err(RenewRefused::Refused(s)),
+                None => {
+                    self.renewals.lock().unwrap().push(req.svid_pem);
+                    Ok(())
+                }
+            };
+            Box::pin(async move { r })
         }
 
         fn pod_calls(&self) -> &dyn PodCalls {

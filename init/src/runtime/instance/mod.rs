@@ -455,7 +455,12 @@ async fn spawn_on(
         Ok(()) => {
             let instance = Arc::new(instance);
             let first = half_life(svid_expiry(&pki));
-            tokio::spawn(renew_at_half_life(Arc::downgrade(&instance), id.clone(), first));
+            tokio::spawn(renew_at_half_life(
+                Arc::downgrade(&instance),
+                id.clone(),
+                host.children.clone(),
+                first,
+            ));
             Ok(instance)
         }
         Err(e) => {

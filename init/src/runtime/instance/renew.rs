@@ -2,6 +2,7 @@
 //! for the child and hands them over with RenewIdentity; a failure is retried.
 
 use super::*;
+use crate::runtime::launcher::{ChildLink, RenewRefused};
 
 /// When the child's SVID in `pki` expires.
 pub(super) fn svid_expiry(pki: &crate::spawn::image::ChildPki) -> Option<std::time::SystemTime> {
@@ -18,7 +19,12 @@ pub(super) fn half_life(not_after: Option<std::time::SystemTime>) -> Duration {
 /// Renews the child's SVID and spawn CA at half their life, over the parent's channel,
 /// for as long as the child is in the table. A failed renewal is retried after a tenth of
 /// the SVID's lifetime; the child keeps serving its old certificate until it expires.
-pub(super) async fn renew_at_half_life(inst: std::sync::Weak<Instance>, id: SpawnIdentity, first: Duration) {
+pub(super) async fn renew_at_half_life(
+    inst: std::sync::Weak<Instance>,
+    id: SpawnIdentity,
+    children: Arc<dyn ChildLink>,
+    first: Duration,
+) {
     let mut next = first;
     loop {
         tokio::time::sleep(next).await;
@@ -27,7 +33,7 @@ pub(super) async fn renew_at_half_life(inst: std::sync::Weak<Instance>, id: Spaw
             return;
         }
         let retry = (i.svid_ttl / 10).max(Duration::from_secs(1));
-        next = match renew(&i, &id).await {
+        next = match renew(&i, &id, children.as_ref()).await {
             Ok(not_after) => half_life(not_after),
             Err(e) => {
                 tracing::warn!("instance {}: renewing its identity: {e}; retrying in {retry:?}", i.name);
@@ -44,15 +50,14 @@ pub(super) enum RenewError {
     NoIpv4,
     #[error("{0}")]
     Mint(crate::spawn::SpawnError),
-    #[error("{:?}: {}", .0.code(), .0.message())]
-    Refused(tonic::Status),
-    #[error("no answer within {0:?}")]
-    NoAnswer(Duration),
+    #[error("{0}")]
+    Child(RenewRefused),
 }
 
 pub(super) async fn renew(
     i: &Instance,
     id: &SpawnIdentity,
+    children: &dyn ChildLink,
 ) -> std::result::Result<Option<std::time::SystemTime>, RenewError> {
     let ip = match i.address.ip() {
         std::net::IpAddr::V4(a) => a,
@@ -68,14 +73,11 @@ pub(super) async fn renew(
         spawn_ca_pem: pki.spawn_ca.cert_pem.clone(),
         spawn_ca_key_pem: pki.spawn_ca.key_pem.clone(),
     };
-    let mut client = crate::pb::node_client::NodeClient::new(i.channel.clone());
     let bound = (i.svid_ttl / 4).max(Duration::from_secs(5));
-    match tokio::time::timeout(bound, client.renew_identity(req)).await {
-        Ok(Ok(_)) => {
-            tracing::info!("instance {}: identity renewed", i.name);
-            Ok(svid_expiry(&pki))
-        }
-        Ok(Err(s)) => Err(RenewError::Refused(s)),
-        Err(_) => Err(RenewError::NoAnswer(bound)),
-    }
+    children
+        .renew_identity(&i.channel, req, bound)
+        .await
+        .map_err(RenewError::Child)?;
+    tracing::info!("instance {}: identity renewed", i.name);
+    Ok(svid_expiry(&pki))
 }

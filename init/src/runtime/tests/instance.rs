@@ -250,3 +250,65 @@ async fn a_cell_child_that_never_serves_is_undone_at_its_deadline_with_its_veth(
     assert!(r.devices.veths.lock().unwrap().is_empty(), "its veth is gone");
     nothing_left(&r, "mutecell");
 }
+
+/// The DER of the first certificate in `pem`.
+fn der(pem: &str) -> Vec<u8> {
+    crate::pki::first_der(pem).unwrap()
+}
+
+#[tokio::test]
+async fn an_identity_is_renewed_at_half_life_again_and_again_and_all_of_it_is_revoked_at_free() {
+    let r = rig();
+    let mut spec = instance("renewed", Duration::from_secs(10));
+    spec.svid_ttl = Duration::from_secs(60);
+    r.rt.spawn(spec).await.unwrap();
+    tokio::time::pause();
+    // Not before half its life...
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(r.children.renewals.lock().unwrap().is_empty());
+    // ...then at it, and at half the new one's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.children.renewals.lock().unwrap().len(), 1, "renewed at 30 s");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let renewals = r.children.renewals.lock().unwrap().clone();
+    assert_eq!(renewals.len(), 2, "and again 30 s later");
+    assert_ne!(renewals[0], renewals[1], "a new SVID each time");
+    let id = r.rt.host.spawn_identity.clone().unwrap();
+    for pem in &renewals {
+        let cert = der(pem);
+        assert!(!id.revoked.any(&[&cert]), "a live instance's SVID is good");
+    }
+    tokio::time::resume();
+    let (fake, leaf) = (r.fake.clone(), r.root.join("renewed").join("_x.renewed"));
+    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
+        for pid in fake.pids_in(&leaf) {
+            fake.exit(pid, 0);
+        }
+    }));
+    r.rt.stop(Kind::Instance, "renewed", libc::SIGTERM, Duration::ZERO)
+        .await
+        .unwrap();
+    r.rt.free(Kind::Instance, "renewed").await.unwrap();
+    for pem in &renewals {
+        let cert = der(pem);
+        assert!(id.revoked.any(&[&cert]), "every SVID issued to it is revoked at Free");
+    }
+    nothing_left(&r, "renewed");
+}
+
+#[tokio::test]
+async fn a_renewal_the_child_refuses_is_retried_after_a_tenth_of_its_lifetime() {
+    let r = rig();
+    let mut spec = instance("stubborn", Duration::from_secs(10));
+    spec.svid_ttl = Duration::from_secs(60);
+    r.rt.spawn(spec).await.unwrap();
+    *r.children.refuse_renewals.lock().unwrap() = Some(tonic::Status::unavailable("busy (fake)"));
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(r.children.renewals.lock().unwrap().is_empty(), "refused at 30 s");
+    *r.children.refuse_renewals.lock().unwrap() = None;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(r.children.renewals.lock().unwrap().is_empty(), "the retry waits 6 s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.children.renewals.lock().unwrap().len(), 1, "and takes");
+}
