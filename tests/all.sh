@@ -32,6 +32,9 @@ echo "make test: the kernels build in the background (log: $klog)"
 
 phase lint make --no-print-directory lint
 phase host make --no-print-directory test-host
+# auraed for the image (release, fat LTO: one long single-threaded link) while the
+# kernels may still build.
+phase build make --no-print-directory build
 t=$(date +%s)
 if ! wait "$kernels"; then
     tail -40 "$klog" >&2

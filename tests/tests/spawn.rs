@@ -551,12 +551,12 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert!(e.message().starts_with("isolation"), "{e:?}");
 
         // A 60 s SVID: the parent renews it (and the child its own child's) at half-life.
-        let spawned_at = std::time::Instant::now();
         let child = spawn_with(&a, &c, "c1", 60).await;
         assert_eq!(child.isolation, pb::IsolationKind::Cell as i32, "{child:?}");
         assert!(child.vm.is_none() && child.pid > 0);
         let cc = Client::connect_to(&a, Some("c1")).await;
         let info = cc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        let born = info.clone();
         assert_eq!(
             info.isolation,
             pb::IsolationKind::Cell as i32,
@@ -603,39 +603,38 @@ fn without_kvm_spawn_falls_back_to_a_cell() {
         assert_eq!(g.isolation, pb::IsolationKind::Cell as i32);
         let gc = Client::connect_to(&a, Some("c1/g1")).await;
         let ginfo = gc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+        let gborn = ginfo.clone();
         assert_eq!(
             (ginfo.hostname.as_str(), ginfo.isolation),
             ("g1", pb::IsolationKind::Cell as i32)
         );
         assert_eq!(ginfo.peer_spiffe_id, child.spiffe_id);
 
-        // 95 s on, past the end of c1's first SVID (60 s) and its third renewal (each at
-        // half-life): both descendants are still reached, because each parent renewed its
-        // child in place.
-        let later = Duration::from_secs(95);
-        tokio::time::sleep(later.saturating_sub(spawned_at.elapsed())).await;
-        let info = cc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        // Each parent renews its child in place at half-life (c1's SVID lives 60 s; g1's
+        // cannot outlive c1's spawn CA): both come to serve an SVID that ends later than
+        // the one they were born with, over the connections the test already holds. (When
+        // renewal happens and what a refusal does: runtime/tests/instance.rs.)
+        let info_of = |c: &Client| {
+            let mut n = c.node.clone();
+            async move { n.info(pb::NodeInfoRequest {}).await.unwrap().into_inner() }
+        };
+        let renewed = aurae_appliance_tests::eventually(a.budget(Duration::from_secs(120)), || async {
+            info_of(&cc).await.identity_renewed_unix_seconds > 0 && info_of(&gc).await.identity_renewed_unix_seconds > 0
+        })
+        .await;
+        let info = info_of(&cc).await;
+        let ginfo = info_of(&gc).await;
+        assert!(renewed, "c1: {}; g1: {}", info.identity_note, ginfo.identity_note);
         assert!(
-            info.identity_renewed_unix_seconds > 0,
-            "c1 renewed: {}",
+            info.identity_not_after_unix_seconds > born.identity_not_after_unix_seconds,
+            "c1 serves its renewed SVID: {}",
             info.identity_note
         );
         assert!(
-            info.identity_not_after_unix_seconds > now,
-            "c1's SVID is current: {}",
-            info.identity_note
-        );
-        let ginfo = gc.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
-        assert!(
-            ginfo.identity_renewed_unix_seconds > 0,
-            "g1 renewed by c1: {}",
+            ginfo.identity_not_after_unix_seconds > gborn.identity_not_after_unix_seconds,
+            "g1 serves its renewed SVID: {}",
             ginfo.identity_note
         );
-        assert!(ginfo.identity_not_after_unix_seconds > now);
 
         // Revocation at Free: c1's own SVID, and a certificate its spawn CA signs inside its
         // subtree, are refused by the parent from the moment c1 is freed.
