@@ -75,22 +75,6 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    /// The one mapping of a start that failed before the child ran: out of pids or memory
-    /// is RESOURCE_EXHAUSTED (with `exhausted` saying where to look), another system call
-    /// INTERNAL with its errno, anything else FAILED_PRECONDITION. `what` names the thing
-    /// started.
-    pub(crate) fn start_failure(e: super::launcher::StartError, what: &str, exhausted: &str) -> RuntimeError {
-        use super::launcher::StartError;
-        match e {
-            StartError::Sys {
-                errno: nix::errno::Errno::EAGAIN | nix::errno::Errno::ENOMEM,
-                ..
-            } => RuntimeError::Exhausted(format!("cannot start {what}: {e} ({exhausted})")),
-            StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
-            other => RuntimeError::StartFailed(format!("cannot start {what}: {other}")),
-        }
-    }
-
     /// The same error, said of a cell image's entrypoint: its field names move under
     /// `image` (argv[0] is `image.command`'s or the image's entrypoint's first word).
     pub fn in_entrypoint(self) -> RuntimeError {

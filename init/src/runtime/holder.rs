@@ -29,7 +29,7 @@ pub struct Setup {
     pub userns: bool,
 }
 
-/// Everything the cell's init is told, as one JSON document on fd [`CONFIG_FD`] (as the
+/// Everything the cell's init is told, as one JSON document on fd [`CONFIG_FD`](super::sys::child::CONFIG_FD) (as the
 /// VMM gets its configuration on its control socket): no argument to parse, nothing a
 /// path could be mistaken for.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -47,8 +47,6 @@ pub struct Config {
     pub volumes: Vec<root::VolumeBind>,
 }
 
-/// Where the cell's init finds its `Config`.
-pub const CONFIG_FD: RawFd = 4;
 /// The most a `Config` may be (a cell of 128 layers and 64 volumes needs a few KiB).
 const CONFIG_MAX: u64 = 1 << 20;
 

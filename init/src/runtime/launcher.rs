@@ -6,7 +6,7 @@
 //! unit tests that need neither root nor QEMU.
 
 use super::cgroup::CgroupDir;
-use super::error::Result;
+use super::error::{Result, RuntimeError};
 use super::sys::child::Stage;
 use crate::pod::remote;
 use nix::errno::Errno;
@@ -29,6 +29,23 @@ pub(crate) enum StartError {
     Child { stage: Stage, errno: i32 },
     #[error("the child exited before it reported ready")]
     Vanished,
+}
+
+impl StartError {
+    /// The one mapping of a start that failed before the child ran: out of pids or memory
+    /// is RESOURCE_EXHAUSTED (with `exhausted` saying where to look), another system call
+    /// INTERNAL with its errno, anything else FAILED_PRECONDITION. `what` names the thing
+    /// started.
+    pub(crate) fn into_error(self, what: &str, exhausted: &str) -> RuntimeError {
+        match self {
+            StartError::Sys {
+                errno: Errno::EAGAIN | Errno::ENOMEM,
+                ..
+            } => RuntimeError::Exhausted(format!("cannot start {what}: {self} ({exhausted})")),
+            StartError::Sys { what: w, errno } => RuntimeError::sys(format!("start {what}: {w}"), errno),
+            other => RuntimeError::StartFailed(format!("cannot start {what}: {other}")),
+        }
+    }
 }
 
 pub(crate) struct Started {

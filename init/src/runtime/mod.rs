@@ -47,7 +47,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sys::start::SysLauncher;
-use table::Table;
+use table::{Table, Workload};
 
 pub use cell::{Cell, CellView};
 pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
@@ -306,7 +306,7 @@ impl Runtime {
     }
 
     pub fn status(&self, kind: Kind, name: &str) -> Result<View> {
-        Ok(self.host.lookup(kind, name)?.view(&self.host))
+        Ok(view_of(&self.host, &self.host.lookup(kind, name)?))
     }
 
     /// The log buffer of a workload that has one (executables, VMs, instances).
@@ -316,23 +316,23 @@ impl Runtime {
 
     pub fn list(&self, kind: Option<Kind>) -> Vec<View> {
         let all = self.host.table().list(kind);
-        all.iter().map(|w| w.view(&self.host)).collect()
+        all.iter().map(|w| view_of(&self.host, w)).collect()
     }
 
     pub async fn stop(&self, kind: Kind, name: &str, signal: i32, grace: Duration) -> Result<View> {
         let w = self.host.lookup(kind, name)?;
-        w.stop(&self.host, signal, grace).await;
-        Ok(w.view(&self.host))
+        stop_of(&self.host, &w, signal, grace).await;
+        Ok(view_of(&self.host, &w))
     }
 
     pub async fn wait(&self, kind: Kind, name: &str) -> Result<View> {
         let w = self.host.lookup(kind, name)?;
         w.wait().await;
-        Ok(w.view(&self.host))
+        Ok(view_of(&self.host, &w))
     }
 
     pub async fn free(&self, kind: Kind, name: &str) -> Result<()> {
-        self.host.lookup(kind, name)?.free(&self.host).await
+        free_of(&self.host, &self.host.lookup(kind, name)?).await
     }
 
     /// At power-off: stop every top-level cell (and so every workload) within `grace`.
@@ -362,6 +362,42 @@ impl Runtime {
                 tracing::warn!("remove {}: {e}", self.host.root.path().display());
             }
         }
+    }
+}
+
+// What a workload does, handed to its kind with the node's Host. The table only holds
+// workloads (it knows no Host); the façade dispatches.
+
+fn view_of(host: &Host, w: &Workload) -> View {
+    match w {
+        Workload::Cell(c) => View::Cell(Box::new(c.view(host))),
+        Workload::Executable(e) => View::Executable(e.view()),
+        Workload::VirtualMachine(v) => View::VirtualMachine(v.view()),
+        Workload::Instance(i) => View::Instance(Box::new(i.view())),
+        Workload::Pod(p) => View::Pod(Box::new(p.view())),
+    }
+}
+
+/// Graceful stop: `signal` (processes) or the workload's own polite request (a VM's
+/// Power key, a child's Shutdown rpc), `grace`, then everything is killed.
+async fn stop_of(host: &Host, w: &Workload, signal: i32, grace: Duration) {
+    match w {
+        Workload::Cell(c) => c.stop(host, signal, grace).await,
+        Workload::Executable(e) => e.stop(signal, grace).await,
+        Workload::VirtualMachine(v) => v.stop(grace).await,
+        Workload::Instance(i) => i.stop(host, grace).await,
+        Workload::Pod(p) => p.stop(host, signal, grace).await,
+    }
+}
+
+/// Removes an ended workload and everything it holds; FAILED_PRECONDITION while it runs.
+async fn free_of(host: &Host, w: &Workload) -> Result<()> {
+    match w {
+        Workload::Cell(c) => c.free(host).await,
+        Workload::Executable(e) => executable::free(host, e).await,
+        Workload::VirtualMachine(v) => v.free(host).await,
+        Workload::Instance(i) => i.free(host).await,
+        Workload::Pod(p) => p.free(host).await,
     }
 }
 

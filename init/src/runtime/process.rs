@@ -246,8 +246,7 @@ fn prepare(cell: &Cell, spec: &ExecutableSpec, program: Option<String>) -> Resul
 fn exec_start_error(e: StartError, spec: &ExecutableSpec, p: &Prepared) -> RuntimeError {
     let program = &p.program;
     let StartError::Child { stage, errno } = e else {
-        return RuntimeError::start_failure(
-            e,
+        return e.into_error(
             &format!("'{}'", spec.name),
             "the cell's pids.max, or the node, is out of processes or memory",
         );

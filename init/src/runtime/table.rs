@@ -8,17 +8,14 @@
 
 use super::cell::Cell;
 use super::error::{Result, RuntimeError};
-use super::executable;
 use super::executable::Executable;
-use super::host::Host;
 use super::instance::Instance;
 use super::logs::LogBuffer;
 use super::pod::Pod;
 use super::vm::VirtualMachine;
-use super::{Kind, View};
+use super::Kind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// One workload of any kind.
 #[derive(Clone)]
@@ -214,16 +211,6 @@ impl Workload {
         }
     }
 
-    pub fn view(&self, host: &Host) -> View {
-        match self {
-            Workload::Cell(c) => View::Cell(Box::new(c.view(host))),
-            Workload::Executable(e) => View::Executable(e.view()),
-            Workload::VirtualMachine(v) => View::VirtualMachine(v.view()),
-            Workload::Instance(i) => View::Instance(Box::new(i.view())),
-            Workload::Pod(p) => View::Pod(Box::new(p.view())),
-        }
-    }
-
     pub async fn wait(&self) {
         match self {
             Workload::Cell(c) => c.wait().await,
@@ -231,29 +218,6 @@ impl Workload {
             Workload::VirtualMachine(v) => v.wait().await,
             Workload::Instance(i) => i.body.wait().await,
             Workload::Pod(p) => p.wait().await,
-        }
-    }
-
-    /// Graceful stop: `signal` (processes) or the workload's own polite request (a VM's
-    /// Power key, a child's Shutdown rpc), `grace`, then everything is killed.
-    pub async fn stop(&self, host: &Host, signal: i32, grace: Duration) {
-        match self {
-            Workload::Cell(c) => c.stop(host, signal, grace).await,
-            Workload::Executable(e) => e.stop(signal, grace).await,
-            Workload::VirtualMachine(v) => v.stop(grace).await,
-            Workload::Instance(i) => i.stop(host, grace).await,
-            Workload::Pod(p) => p.stop(host, signal, grace).await,
-        }
-    }
-
-    /// Removes an ended workload and everything it holds; FAILED_PRECONDITION while it runs.
-    pub async fn free(&self, host: &Host) -> Result<()> {
-        match self {
-            Workload::Cell(c) => c.free(host).await,
-            Workload::Executable(e) => executable::free(host, e).await,
-            Workload::VirtualMachine(v) => v.free(host).await,
-            Workload::Instance(i) => i.free(host).await,
-            Workload::Pod(p) => p.free(host).await,
         }
     }
 

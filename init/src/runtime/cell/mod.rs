@@ -203,7 +203,7 @@ impl Cell {
 }
 
 fn start_error(e: StartError, what: &str) -> RuntimeError {
-    RuntimeError::start_failure(e, what, "out of processes or memory")
+    e.into_error(what, "out of processes or memory")
 }
 
 impl Cell {

@@ -5,9 +5,11 @@
 
 use crate::runtime::confine::caps::{self, CapSet};
 use crate::runtime::confine::{seccomp, ExecLimits};
-use crate::runtime::holder::CONFIG_FD;
 use std::ffi::{c_char, CString};
 use std::os::fd::RawFd;
+
+/// Where a cell's init finds its `holder::Config` (the child moves it there before exec).
+pub const CONFIG_FD: RawFd = 4;
 
 /// Where a child failed, reported to the parent.
 #[repr(u32)]
@@ -461,7 +463,7 @@ pub struct HolderPlan {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     pub report: RawFd,
-    /// The init's `holder::Config`, moved to fd 4 (`holder::CONFIG_FD`) before exec; at 10
+    /// The init's `holder::Config`, moved to fd 4 (`CONFIG_FD`) before exec; at 10
     /// or above, so moving the report pipe to 3 cannot close it.
     pub config: RawFd,
     /// In a new user namespace: the pipe to wait on until its id maps are written, or -1.
