@@ -1,6 +1,12 @@
 # Aurae appliance. The two commands: `make run` and `make test` (see README.md).
 SHELL := /bin/bash
 BUILD := $(CURDIR)/build
+# Build caches, kept across checkouts and `make clean`: the kernels (kernel/build.sh, by
+# content hash) and Cargo's target directory, shared by every checkout on this machine,
+# so a fresh clone compiles only its own crates once the dependencies have been built.
+# A fresh machine builds everything. Set CARGO_TARGET_DIR to keep a checkout's own.
+export AURAE_CACHE ?= $(HOME)/.cache/aurae
+export CARGO_TARGET_DIR ?= $(AURAE_CACHE)/target
 PORT  ?= 8443
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \

@@ -15,7 +15,7 @@ else
 fi
 RUSTFLAGS="${RUSTFLAGS:-} $flags" cargo build --quiet --release --locked --target "$target" -p auraed \
     ${features:+--features "$features"}
-cp "target/$target/release/auraed" "$out/auraed.tmp" && mv "$out/auraed.tmp" "$out/auraed"
+cp "${CARGO_TARGET_DIR:-target}/$target/release/auraed" "$out/auraed.tmp" && mv "$out/auraed.tmp" "$out/auraed"
 ln -sf auraed "$out/aer"
 echo "$libc" > "$out/auraed.libc"
 if readelf -lW "$out/auraed" | grep -q 'Requesting program interpreter'; then

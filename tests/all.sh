@@ -24,6 +24,16 @@ phase() {
 }
 
 make --no-print-directory deps
+# Cargo's shared cache (see the Makefile) grows by a checkout's own crates each time a new
+# checkout builds; past CACHE_MAX_GIB it is dropped whole and rebuilt.
+target=${CARGO_TARGET_DIR:-}
+if [ -n "$target" ] && [ -d "$target" ]; then
+    gib=$(( $(du -sk "$target" | cut -f1) / 1048576 ))
+    if [ "$gib" -ge "${CACHE_MAX_GIB:-24}" ]; then
+        echo "make test: $target holds $gib GiB; dropping it"
+        rm -rf "$target"
+    fi
+fi
 klog=$BUILD/kernels.log
 ( make --no-print-directory kernel kernel-metal ) > "$klog" 2>&1 &
 kernels=$!

@@ -123,7 +123,15 @@ pub struct Fixture {
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images-fixture");
+        // The target directory may be shared by checkouts (the Makefile's cache): one
+        // fixture per checkout, so two test runs never rebuild each other's.
+        let checkout = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            env!("CARGO_MANIFEST_DIR").hash(&mut h);
+            h.finish()
+        };
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("images-fixture-{checkout:016x}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let images = root.join("images");
