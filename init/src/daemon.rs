@@ -261,7 +261,7 @@ async fn serve_until_power_action(
     let stop_workloads = async {
         chosen = rx.recv().await;
         tracing::info!("stopping workloads (grace {:?})", ctx.grace());
-        ctx.runtime.stop_all(ctx.grace()).await;
+        ctx.runtime.stop_all(ctx.grace(), !pid1).await;
     };
     let served = server::serve(listen, &files, ctx.clone(), stop_workloads).await;
     if let Err(e) = served {
@@ -272,9 +272,6 @@ async fn serve_until_power_action(
         // sees the failure on the console and can act.
         tracing::error!("cannot serve the API: {e}; waiting for a shutdown signal or the power button");
         chosen = rx.recv().await;
-    }
-    if !pid1 {
-        ctx.runtime.remove_all();
     }
     Ok((chosen.unwrap_or(PowerAction::PowerOff), ctx.grace()))
 }

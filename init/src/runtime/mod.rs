@@ -336,7 +336,9 @@ impl Runtime {
     }
 
     /// At power-off: stop every top-level cell (and so every workload) within `grace`.
-    pub async fn stop_all(&self, grace: Duration) {
+    /// With `remove` (a daemon, not PID 1), then remove every cell's cgroup and the
+    /// workloads root itself, so the host's cgroup tree is left as auraed found it.
+    pub async fn stop_all(&self, grace: Duration, remove: bool) {
         let tops: Vec<Arc<Cell>> = self
             .host
             .table()
@@ -346,11 +348,10 @@ impl Runtime {
             .collect();
         let stops = tops.iter().map(|c| c.stop(&self.host, libc::SIGTERM, grace));
         futures_join_all(stops).await;
-    }
-
-    /// When a daemon exits: after `stop_all`, remove every cell's cgroup and the workloads
-    /// root itself, so the host's cgroup tree is left as auraed found it.
-    pub fn remove_all(&self) {
+        if !remove {
+            return;
+        }
+        // Every top-level cell, including one made while the others stopped.
         let cells: Vec<Arc<Cell>> = self.host.table().all::<Cell>().cloned().collect();
         for c in cells.iter().filter(|c| c.name.parent().is_none()) {
             if let Err(e) = self.host.sys.remove(&c.dir) {
