@@ -10,8 +10,8 @@
 //! and `localhost` between its containers), IPC and UTS (the hostname is the pod's name),
 //! with a mount and pid namespace of its own over its image.
 
+pub mod container;
 pub mod manifest;
-pub mod remote;
 
 use crate::image::catalog::PullPolicy;
 use crate::image::pull::Credentials;

@@ -8,7 +8,7 @@
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
 use super::sys::child::Stage;
-use crate::pod::remote;
+use crate::spawn::child::{self as remote, RenewRefused};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::future::Future;
@@ -203,21 +203,12 @@ pub(crate) trait ChildLink: Send + Sync {
         req: crate::pb::RenewIdentityRequest,
         bound: Duration,
     ) -> Call<'a, std::result::Result<(), RenewRefused>>;
-    /// What a pod asks of its instance (`pod::remote`): its images, its containers' cells
+    /// What a pod asks of its instance (`spawn::child`): its images, its containers' cells
     /// and the runs of their entrypoints.
     fn pod_calls(&self) -> &dyn PodCalls;
 }
 
-/// Why a child did not take its renewed identity.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RenewRefused {
-    #[error("{:?}: {}", .0.code(), .0.message())]
-    Refused(Status),
-    #[error("no answer within {0:?}")]
-    NoAnswer(Duration),
-}
-
-/// A pod's calls to its instance, each over the instance's channel (see `pod::remote`).
+/// A pod's calls to its instance, each over the instance's channel (see `spawn::child`).
 pub(crate) trait PodCalls: Send + Sync {
     /// Gives the instance image `offer`, the layers in `paths` read from this node's store.
     fn load_image<'a>(
@@ -293,14 +284,7 @@ impl ChildLink for ChildApi {
         req: crate::pb::RenewIdentityRequest,
         bound: Duration,
     ) -> Call<'a, std::result::Result<(), RenewRefused>> {
-        Box::pin(async move {
-            let mut client = crate::pb::node_client::NodeClient::new(channel.clone());
-            match tokio::time::timeout(bound, client.renew_identity(req)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(s)) => Err(RenewRefused::Refused(s)),
-                Err(_) => Err(RenewRefused::NoAnswer(bound)),
-            }
-        })
+        Box::pin(remote::renew_identity(channel, req, bound))
     }
 
     fn pod_calls(&self) -> &dyn PodCalls {

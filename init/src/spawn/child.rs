@@ -1,13 +1,19 @@
-//! Speaking the API to a child: the mTLS channel (this node's own certificate, the child's
-//! SVID verified), the wait until it serves, and the request to power off. A pod's calls
-//! to its instance (`pod/remote.rs`) and clients' forwarded calls (`server/forward.rs`) go
-//! over the same channel.
+//! Speaking the API to a child, the one client of it: the mTLS channel (this node's own
+//! certificate, the child's SVID verified), the wait until it serves, the request to
+//! power off, the renewal of its identity, and a pod's calls to its instance (give it an
+//! image, make a container's cell, start, wait for, free and stop a run of its
+//! entrypoint). Clients' forwarded calls (`server/forward.rs`) go over the same channel.
+//! The runtime reaches all of it through its `ChildLink` seam.
 
 use super::SpawnError;
+use crate::image::load::Offer;
 use crate::pb;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
 
 /// A lazily connecting mTLS channel to the child `name` (SPIFFE ID `child_id`) at
 /// `address`: this node presents its own certificate (the renewed one, once renewed) and
@@ -108,6 +114,171 @@ pub fn progress(console: &[String]) -> String {
 /// The last `n` lines, joined with " | ".
 pub fn tail(console: &[String], n: usize) -> String {
     console[console.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Why a child did not take its renewed identity.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewRefused {
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(Status),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+/// Hands the child a new SVID and spawn CA (RenewIdentity), within `bound`.
+pub async fn renew_identity(
+    channel: &Channel,
+    req: pb::RenewIdentityRequest,
+    bound: Duration,
+) -> Result<(), RenewRefused> {
+    let mut client = pb::node_client::NodeClient::new(channel.clone());
+    match tokio::time::timeout(bound, client.renew_identity(req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(RenewRefused::Refused(s)),
+        Err(_) => Err(RenewRefused::NoAnswer(bound)),
+    }
+}
+
+// --- a pod's calls to its instance, as the instance's parent (admin there). Nothing here
+// reaches a registry or holds a credential.
+
+/// Bytes per `data` message of a load.
+const CHUNK: usize = 1 << 20;
+
+fn with_timeout<T>(msg: T, timeout: Option<Duration>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = timeout {
+        r.set_timeout(t.max(Duration::from_millis(1)));
+    }
+    r
+}
+
+/// Gives the instance image `offer`, the layers in `paths` (bottom first) streamed from
+/// this node's store. Layers marked not `sent` are ones it has already.
+pub async fn load_image(ch: &Channel, offer: &Offer, paths: &[PathBuf], timeout: Duration) -> Result<(), Status> {
+    let first = pb::LoadRequest {
+        request: Some(pb::load_request::Request::Image(pb::LoadImage {
+            reference: offer.reference.clone(),
+            digest: offer.digest.to_string(),
+            manifest: offer.manifest_json.clone(),
+            config: offer.config_json.clone(),
+            layers: offer
+                .layers
+                .iter()
+                .map(|l| pb::LoadLayer {
+                    digest: l.digest.to_string(),
+                    size_bytes: l.size,
+                    sent: l.sent,
+                })
+                .collect(),
+        })),
+    };
+    let files: Vec<PathBuf> = offer
+        .layers
+        .iter()
+        .zip(paths)
+        .filter(|(l, _)| l.sent)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::LoadRequest>(4);
+    let _ = tx.send(first).await;
+    // The files are read on a blocking thread, a chunk at a time, as the stream drains.
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Read;
+        for f in files {
+            let mut file = std::fs::File::open(&f)?;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                let msg = pb::LoadRequest {
+                    request: Some(pb::load_request::Request::Data(buf)),
+                };
+                if tx.blocking_send(msg).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut client = pb::images_client::ImagesClient::new(ch.clone());
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let answer = client.load(with_timeout(stream, Some(timeout))).await;
+    match reader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Status::internal(format!("reading the image's blobs on this node: {e}"))),
+        Err(e) => return Err(Status::internal(format!("the blob reader ended: {e}"))),
+    }
+    answer.map(|_| ())
+}
+
+pub async fn run_cell(ch: &Channel, cell: pb::Cell, timeout: Duration) -> Result<pb::CellStatus, Status> {
+    let mut client = pb::runtime_client::RuntimeClient::new(ch.clone());
+    Ok(client.run_cell(with_timeout(cell, Some(timeout))).await?.into_inner())
+}
+
+/// Starts a run of the container's entrypoint: the executable named after it, in its cell.
+pub async fn start_run(
+    ch: &Channel,
+    container: &str,
+    argv: Vec<String>,
+    timeout: Duration,
+) -> Result<pb::ExecutableStatus, Status> {
+    let mut client = pb::runtime_client::RuntimeClient::new(ch.clone());
+    let e = pb::Executable {
+        name: container.to_owned(),
+        argv,
+        cell: container.to_owned(),
+        ..Default::default()
+    };
+    Ok(client
+        .run_executable(with_timeout(e, Some(timeout)))
+        .await?
+        .into_inner())
+}
+
+fn exec_ref(container: &str) -> pb::WorkloadRef {
+    pb::WorkloadRef {
+        kind: pb::WorkloadKind::Executable as i32,
+        name: container.to_owned(),
+    }
+}
+
+fn exec_status(s: pb::WorkloadStatus) -> Result<pb::ExecutableStatus, Status> {
+    match s.status {
+        Some(pb::workload_status::Status::Executable(e)) => Ok(e),
+        _ => Err(Status::internal("the instance answered with another kind of workload")),
+    }
+}
+
+/// Waits (as long as it takes) until the current run of `container` has ended.
+pub async fn wait_run(ch: &Channel, container: &str) -> Result<pb::ExecutableStatus, Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    exec_status(client.wait(exec_ref(container)).await?.into_inner())
+}
+
+/// Frees an ended run, so the next one can take its name.
+pub async fn free_run(ch: &Channel, container: &str, timeout: Duration) -> Result<(), Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    client.free(with_timeout(exec_ref(container), Some(timeout))).await?;
+    Ok(())
+}
+
+/// Stops the current run: `signal`, `grace`, then its cell's processes are killed.
+pub async fn stop_run(ch: &Channel, container: &str, signal: i32, grace: Duration) -> Result<(), Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    let req = pb::StopRequest {
+        workload: Some(exec_ref(container)),
+        signal: u32::try_from(signal).unwrap_or(15),
+        grace_period_millis: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
+    };
+    client
+        .stop(with_timeout(req, Some(grace + Duration::from_secs(10))))
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! for the child and hands them over with RenewIdentity; a failure is retried.
 
 use super::*;
-use crate::runtime::launcher::{ChildLink, RenewRefused};
+use crate::runtime::launcher::ChildLink;
+use crate::spawn::child::RenewRefused;
 
 /// When the child's SVID in `pki` expires.
 pub(super) fn svid_expiry(pki: &crate::spawn::image::ChildPki) -> Option<std::time::SystemTime> {

@@ -2,7 +2,7 @@
 //! image cell per container in it, the pod's ports published on this node, and a
 //! supervisor per container that waits for each run of its entrypoint to end and starts
 //! the next as the restart policy says (Kubernetes' back-off). What a pod is and the rules
-//! it follows are in `crate::pod`; the calls to the instance in `crate::pod::remote`.
+//! it follows are in `crate::pod`; the calls to the instance go through the `ChildLink` seam to `crate::spawn::child`.
 
 mod images;
 
@@ -11,7 +11,7 @@ pub use images::PodImage;
 
 use crate::image::load::Offer;
 use crate::net::proxy;
-use crate::pod::{self, remote, ContainerState, PodPhase, PodSpec, Termination};
+use crate::pod::{self, ContainerState, PodPhase, PodSpec, Termination};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
 use crate::runtime::instance;
@@ -405,7 +405,7 @@ async fn make(
     }
     let mut runs = Vec::with_capacity(p.spec.containers.len());
     for (n, c) in p.spec.containers.iter().enumerate() {
-        let cell = remote::container_cell(&p.spec, c);
+        let cell = pod::container::container_cell(&p.spec, c);
         let status = calls
             .run_cell(&ch, cell, left())
             .await
