@@ -34,26 +34,42 @@ if [ -n "$target" ] && [ -d "$target" ]; then
         rm -rf "$target"
     fi
 fi
+# In the background, each in a log of its own: the kernels, and auraed's release build
+# (fat LTO: one long single-threaded link). Cargo locks each profile's directory on its
+# own, so the release build and the debug builds of lint and the host tier run together.
+background() {
+    local name=$1 log=$2 t
+    shift 2
+    (
+        t=$(date +%s)
+        "$@" > "$log" 2>&1
+        echo "make test: $name $(( $(date +%s) - t )) s (in the background)" >> "$times"
+    ) &
+}
 klog=$BUILD/kernels.log
-( make --no-print-directory kernel kernel-metal ) > "$klog" 2>&1 &
+blog=$BUILD/release.log
+background kernels "$klog" make --no-print-directory kernel kernel-metal
 kernels=$!
-trap 'kill $kernels 2>/dev/null || true' EXIT
-echo "make test: the kernels build in the background (log: $klog)"
+background build "$blog" make --no-print-directory build
+release=$!
+trap 'kill $kernels $release 2>/dev/null || true' EXIT
+echo "make test: the kernels and auraed's release build run in the background ($klog, $blog)"
 
 phase lint make --no-print-directory lint
 phase host make --no-print-directory test-host
-# auraed for the image (release, fat LTO: one long single-threaded link) while the
-# kernels may still build.
-phase build make --no-print-directory build
 t=$(date +%s)
-if ! wait "$kernels"; then
-    tail -40 "$klog" >&2
-    echo "make test: a kernel build failed (log: $klog)" >&2
-    exit 1
-fi
+for job in "release:$release:$blog" "kernels:$kernels:$klog"; do
+    IFS=: read -r name pid log <<< "$job"
+    if ! wait "$pid"; then
+        tail -40 "$log" >&2
+        echo "make test: the $name build failed (log: $log)" >&2
+        exit 1
+    fi
+done
 trap - EXIT
-grep '^kernel: ' "$klog" || true
-echo "make test: waited $(( $(date +%s) - t )) s more for the kernels" | tee -a "$times"
+grep -h '^kernel: \|^auraed: ' "$klog" "$blog" || true
+grep 'in the background' "$times" || true
+echo "make test: waited $(( $(date +%s) - t )) s more for them" | tee -a "$times"
 phase buildroot make --no-print-directory test-buildroot
 phase appliance make --no-print-directory test-appliance
 echo "make test: passed in $(( $(date +%s) - began )) s" | tee -a "$times"
