@@ -778,7 +778,7 @@ pub(crate) mod testing {
         }
     }
 
-    /// Children that serve at once (or never, when `serves` is false: the wait then ends at
+    /// Children that serve at once (or not while `serves` is false: the wait then ends at
     /// its deadline as the real one does), and that count the Shutdown requests they get.
     pub(crate) struct FakeChildren {
         pub serves: Mutex<bool>,
@@ -819,14 +819,14 @@ pub(crate) mod testing {
             body: &'a (dyn crate::spawn::child::Watched + Sync),
             deadline: tokio::time::Instant,
         ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
-            let serves = *self.serves.lock().unwrap();
             self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(async move {
                 loop {
                     if let Some(how) = body.outcome() {
                         return Err(crate::spawn::SpawnError::Ended(how));
                     }
-                    if serves {
+                    // Read each time: a test may let a child serve late.
+                    if *self.serves.lock().unwrap() {
                         return Ok(());
                     }
                     if tokio::time::Instant::now() >= deadline {

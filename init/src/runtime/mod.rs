@@ -474,4 +474,4 @@ async fn poll_until(deadline: tokio::time::Instant, mut cond: impl FnMut() -> bo
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -229,6 +229,50 @@ mod tests {
             .expect("the name is free again");
     }
 
+    /// A caller that leaves mid-Spawn (its deadline passes while the child boots) hears
+    /// DEADLINE_EXCEEDED; the child that serves afterwards is stopped and freed, and
+    /// nothing of it is left (image, cgroup, TAP, table entry, address).
+    #[tokio::test]
+    async fn a_caller_that_leaves_mid_spawn_leaves_no_instance() {
+        use crate::runtime::tests::instance::{instance, nothing_left, rig};
+        let r = rig();
+        *r.children.serves.lock().unwrap() = false;
+        let (fake, leaf) = (r.fake.clone(), r.root.join("late").join("_x.late"));
+        *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
+            for pid in fake.pids_in(&leaf) {
+                fake.exit(pid, 0);
+            }
+        }));
+        let rt = r.rt.clone();
+        let work = async move { rt.spawn(instance("late", Duration::from_secs(30))).await };
+        let caller = Some(Duration::from_millis(300));
+        let e = detached(
+            r.rt.clone(),
+            work,
+            Kind::Instance,
+            "late".into(),
+            (Instant::now(), caller),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+        // The child serves only now, after its caller left.
+        *r.children.serves.lock().unwrap() = true;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.children.shutdowns.load(std::sync::atomic::Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while !r.rt.list(None).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            r.children.shutdowns.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the child nobody waited for was asked to power off"
+        );
+        nothing_left(&r, "late");
+    }
+
     /// A start ready in time is answered and stays: nothing undoes a delivered answer.
     #[tokio::test]
     async fn a_start_ready_in_time_is_answered_and_kept() {

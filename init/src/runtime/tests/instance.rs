@@ -14,19 +14,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) struct Rig {
+pub(crate) struct Rig {
     _dir: tempfile::TempDir,
-    pub(super) root: PathBuf,
-    pub(super) instances: PathBuf,
-    pub(super) fake: Arc<FakeLauncher>,
-    pub(super) devices: Arc<FakeDevices>,
-    pub(super) children: Arc<FakeChildren>,
-    pub(super) rt: Runtime,
+    pub(crate) root: PathBuf,
+    pub(crate) instances: PathBuf,
+    pub(crate) fake: Arc<FakeLauncher>,
+    pub(crate) devices: Arc<FakeDevices>,
+    pub(crate) children: Arc<FakeChildren>,
+    pub(crate) rt: Arc<Runtime>,
 }
 
 /// `vm.rs`'s rig, with a spawn identity, a directory for the instances' files, a small
 /// stand-in for auraed as the child's /init, and children that serve.
-pub(super) fn rig() -> Rig {
+pub(crate) fn rig() -> Rig {
     let super::vm::Rig {
         dir,
         root,
@@ -54,11 +54,11 @@ pub(super) fn rig() -> Rig {
         fake,
         devices,
         children,
-        rt,
+        rt: Arc::new(rt),
     }
 }
 
-fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
+pub(crate) fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
     InstanceSpec {
         name: ExecName::parse_instance(name).unwrap(),
         isolation: Some(IsolationKind::Vm),
@@ -72,7 +72,7 @@ fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
 
 /// Nothing of instance `name` is left: no table entry, no cgroup, no process, no open TAP,
 /// no initramfs image.
-pub(super) fn nothing_left(r: &Rig, name: &str) {
+pub(crate) fn nothing_left(r: &Rig, name: &str) {
     assert!(matches!(
         r.rt.status(Kind::Instance, name),
         Err(RuntimeError::NotFound(_))

@@ -372,6 +372,6 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
     assert!(!r.root.join("child-1").exists(), "nothing left");
     assert_eq!(r.fake.running(), 0);
 }
-mod instance;
+pub(crate) mod instance;
 mod pod;
 mod vm;
