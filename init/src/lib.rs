@@ -9,6 +9,7 @@ pub mod bench;
 /// Classic-BPF seccomp programs (cells' profiles, the VMM's jail).
 pub(crate) mod bpf;
 pub mod cli;
+pub mod cpio;
 pub mod daemon;
 /// OCI images on the node: the content-addressed store and safe layer unpacking.
 pub mod image;
@@ -20,10 +21,8 @@ pub(crate) mod node;
 pub(crate) mod os;
 pub mod pki;
 /// Pods: what one is (spec, sizing, restart rules) and the calls to its instance.
-pub(crate) mod pod;
 pub(crate) mod runtime;
 pub(crate) mod server;
-pub mod spawn;
 pub mod values;
 pub(crate) mod vmm;
 

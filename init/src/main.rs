@@ -1,6 +1,6 @@
 //! auraed: PID 1 / daemon, certificate tooling, and (as `aer`) the client.
 
-use auraed::{cli, daemon, pki, spawn::cpio};
+use auraed::{cli, cpio, daemon, pki};
 use clap::{Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ enum Cmd {
     /// Mint certificates.
     #[command(subcommand)]
     Pki(PkiCmd),
-    /// Pack a reproducible newc cpio archive from a spec (see spawn/cpio.rs).
+    /// Pack a reproducible newc cpio archive from a spec (see cpio.rs).
     Mkcpio {
         spec: PathBuf,
         out: PathBuf,

@@ -746,7 +746,7 @@ where
 /// An initramfs layer (boot with `("EXTRA_LAYER", path)`) adding `files` (absolute path,
 /// content, mode), their directories made 0755 (0700 for /etc/aurae/pki).
 pub fn files_layer(path: &std::path::Path, files: &[(&str, &[u8], u32)]) {
-    use auraed::spawn::cpio::Entry;
+    use auraed::cpio::Entry;
     let mut dirs: Vec<String> = Vec::new();
     for (f, _, _) in files {
         let mut d = std::path::Path::new(f).parent();
@@ -780,7 +780,7 @@ pub fn files_layer(path: &std::path::Path, files: &[(&str, &[u8], u32)]) {
         });
     }
     let mut buf = Vec::new();
-    auraed::spawn::cpio::write_archive(&entries, &mut buf).expect("cpio");
+    auraed::cpio::write_archive(&entries, &mut buf).expect("cpio");
     std::fs::write(path, buf).expect("write layer");
 }
 
@@ -794,8 +794,8 @@ pub struct TestRoles {
 
 impl TestRoles {
     pub fn new(build: &std::path::Path, roles: &[(&str, auraed::pki::policy::Role)]) -> TestRoles {
+        use auraed::cpio::Entry;
         use auraed::pki::{self, policy::Policy};
-        use auraed::spawn::cpio::Entry;
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = pki::read_pair(&build.join("pki"), "ca").expect("the build's CA");
         let mut policy = Policy::load(&build.join("pki")).expect("the build's policy");
@@ -827,7 +827,7 @@ impl TestRoles {
             gid: 0,
         });
         let mut buf = Vec::new();
-        auraed::spawn::cpio::write_archive(&entries, &mut buf).expect("cpio");
+        auraed::cpio::write_archive(&entries, &mut buf).expect("cpio");
         let layer = dir.path().join("roles.cpio");
         std::fs::write(&layer, buf).expect("write layer");
         TestRoles { dir, layer }

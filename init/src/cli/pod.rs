@@ -10,7 +10,7 @@ use super::workload::{
 };
 use super::CliError;
 use crate::pb;
-use crate::pod::manifest::{from_manifest, restart_policy, ManifestError};
+use crate::runtime::pod::manifest::{from_manifest, restart_policy, ManifestError};
 use clap::{Args, Subcommand};
 
 fn usage(m: String) -> CliError {

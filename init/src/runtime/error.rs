@@ -62,7 +62,7 @@ pub enum RuntimeError {
     },
     /// Spawn could not make or reach a child (the code depends on the cause).
     #[error(transparent)]
-    Spawn(#[from] crate::spawn::SpawnError),
+    Spawn(#[from] crate::runtime::spawn::SpawnError),
     /// An image could not be had for `field` (the code is the image error's).
     #[error("{field}: {source}")]
     Image {

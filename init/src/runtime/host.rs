@@ -11,7 +11,7 @@ use super::logs;
 use super::table::{Table, Workload};
 use super::volume;
 use super::Kind;
-use crate::spawn::identity::SpawnIdentity;
+use crate::runtime::spawn::identity::SpawnIdentity;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

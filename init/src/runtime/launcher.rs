@@ -8,7 +8,7 @@
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
 use super::sys::child::Stage;
-use crate::spawn::child::{self as remote, RenewRefused};
+use crate::runtime::spawn::child::{self as remote, RenewRefused};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::future::Future;
@@ -126,10 +126,10 @@ pub(crate) trait Devices: Send + Sync {
         host_end: &'a str,
         holder: i32,
         bridge: &'a str,
-        inside: crate::spawn::veth::Inside<'a>,
-    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+        inside: crate::runtime::spawn::veth::Inside<'a>,
+    ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>>;
     /// Removes the veth pair whose host end is `host_end` (both ends go).
-    fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::spawn::SpawnError>;
+    fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::runtime::spawn::SpawnError>;
 }
 
 /// /dev/kvm and TAPs made with ioctls.
@@ -165,13 +165,13 @@ impl Devices for NodeDevices {
         host_end: &'a str,
         holder: i32,
         bridge: &'a str,
-        inside: crate::spawn::veth::Inside<'a>,
-    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
-        Box::pin(crate::spawn::veth::plumb(host_end, holder, bridge, inside))
+        inside: crate::runtime::spawn::veth::Inside<'a>,
+    ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
+        Box::pin(crate::runtime::spawn::veth::plumb(host_end, holder, bridge, inside))
     }
 
-    fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::spawn::SpawnError> {
-        crate::spawn::veth::remove(host_end)
+    fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::runtime::spawn::SpawnError> {
+        crate::runtime::spawn::veth::remove(host_end)
     }
 }
 
@@ -187,15 +187,15 @@ pub(crate) trait ChildLink: Send + Sync {
         &'a self,
         channel: &'a tonic::transport::Channel,
         address: std::net::SocketAddr,
-        body: &'a (dyn crate::spawn::child::Watched + Sync),
+        body: &'a (dyn crate::runtime::spawn::child::Watched + Sync),
         deadline: tokio::time::Instant,
-    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+    ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>>;
     /// Asks the child to power off, its workloads given `grace`.
     fn request_shutdown<'a>(
         &'a self,
         channel: &'a tonic::transport::Channel,
         grace: std::time::Duration,
-    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>>;
+    ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>>;
     /// Hands the child a new SVID and spawn CA (RenewIdentity), within `bound`.
     fn renew_identity<'a>(
         &'a self,
@@ -264,18 +264,20 @@ impl ChildLink for ChildApi {
         &'a self,
         channel: &'a tonic::transport::Channel,
         address: std::net::SocketAddr,
-        body: &'a (dyn crate::spawn::child::Watched + Sync),
+        body: &'a (dyn crate::runtime::spawn::child::Watched + Sync),
         deadline: tokio::time::Instant,
-    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
-        Box::pin(crate::spawn::child::wait_serving(channel, address, body, deadline))
+    ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
+        Box::pin(crate::runtime::spawn::child::wait_serving(
+            channel, address, body, deadline,
+        ))
     }
 
     fn request_shutdown<'a>(
         &'a self,
         channel: &'a tonic::transport::Channel,
         grace: std::time::Duration,
-    ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
-        Box::pin(crate::spawn::child::request_shutdown(channel, grace))
+    ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
+        Box::pin(crate::runtime::spawn::child::request_shutdown(channel, grace))
     }
 
     fn renew_identity<'a>(
@@ -744,17 +746,17 @@ pub(crate) mod testing {
             host_end: &'a str,
             holder: i32,
             bridge: &'a str,
-            inside: crate::spawn::veth::Inside<'a>,
-        ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+            inside: crate::runtime::spawn::veth::Inside<'a>,
+        ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
             let made = self.veths_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let r = if self.veths_fail_after.lock().unwrap().is_some_and(|n| made >= n) {
-                Err(crate::spawn::SpawnError::Veth(std::io::Error::from_raw_os_error(
-                    libc::ENODEV,
-                )))
+                Err(crate::runtime::spawn::SpawnError::Veth(
+                    std::io::Error::from_raw_os_error(libc::ENODEV),
+                ))
             } else if self.veths.lock().unwrap().contains_key(host_end) {
-                Err(crate::spawn::SpawnError::Veth(std::io::Error::from_raw_os_error(
-                    libc::EEXIST,
-                )))
+                Err(crate::runtime::spawn::SpawnError::Veth(
+                    std::io::Error::from_raw_os_error(libc::EEXIST),
+                ))
             } else {
                 let what = (
                     bridge.to_owned(),
@@ -768,12 +770,12 @@ pub(crate) mod testing {
             Box::pin(async move { r })
         }
 
-        fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::spawn::SpawnError> {
+        fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::runtime::spawn::SpawnError> {
             match self.veths.lock().unwrap().remove(host_end) {
                 Some(_) => Ok(()),
-                None => Err(crate::spawn::SpawnError::Veth(std::io::Error::from_raw_os_error(
-                    libc::ENODEV,
-                ))),
+                None => Err(crate::runtime::spawn::SpawnError::Veth(
+                    std::io::Error::from_raw_os_error(libc::ENODEV),
+                )),
             }
         }
     }
@@ -816,21 +818,21 @@ pub(crate) mod testing {
             &'a self,
             _channel: &'a tonic::transport::Channel,
             address: std::net::SocketAddr,
-            body: &'a (dyn crate::spawn::child::Watched + Sync),
+            body: &'a (dyn crate::runtime::spawn::child::Watched + Sync),
             deadline: tokio::time::Instant,
-        ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+        ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
             self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(async move {
                 loop {
                     if let Some(how) = body.outcome() {
-                        return Err(crate::spawn::SpawnError::Ended(how));
+                        return Err(crate::runtime::spawn::SpawnError::Ended(how));
                     }
                     // Read each time: a test may let a child serve late.
                     if *self.serves.lock().unwrap() {
                         return Ok(());
                     }
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(crate::spawn::SpawnError::NotServing(format!(
+                        return Err(crate::runtime::spawn::SpawnError::NotServing(format!(
                             "the child did not serve at {address} (fake)"
                         )));
                     }
@@ -843,7 +845,7 @@ pub(crate) mod testing {
             &'a self,
             _channel: &'a tonic::transport::Channel,
             _grace: std::time::Duration,
-        ) -> Call<'a, std::result::Result<(), crate::spawn::SpawnError>> {
+        ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
             self.shutdowns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(power_off) = &*self.on_shutdown.lock().unwrap() {
                 power_off();

@@ -25,13 +25,13 @@ pub(crate) mod error;
 pub(crate) mod executable;
 pub mod holder;
 pub(crate) mod host;
-pub(crate) mod instance;
 pub(crate) mod launcher;
 pub(crate) mod logs;
 pub(crate) use crate::values::names;
 pub(crate) mod pod;
 pub(crate) mod process;
 pub(crate) mod rootfs;
+pub(crate) mod spawn;
 pub(crate) mod spec;
 pub(crate) mod sys;
 pub(crate) mod table;
@@ -50,8 +50,8 @@ use sys::start::SysLauncher;
 use table::{Table, Workload};
 
 pub use cell::{Cell, CellView};
-pub use instance::{InstanceSpec, InstanceView, SpawnIdentity};
 pub use process::{ExecView, Process};
+pub use spawn::instance::{InstanceSpec, InstanceView, SpawnIdentity};
 pub use spec::NetAttachment;
 pub use vm::VmView;
 
@@ -171,7 +171,7 @@ impl Runtime {
             sys: Arc::new(SysLauncher),
             devices: Arc::new(launcher::NodeDevices),
             children: Arc::new(launcher::ChildApi),
-            instance_dir: PathBuf::from(instance::INSTANCE_DIR),
+            instance_dir: PathBuf::from(spawn::instance::INSTANCE_DIR),
             node_kernel: PathBuf::from(crate::vmm::NODE_KERNEL),
             own_exe,
             vm_file_dirs: vm::VM_FILE_DIRS.iter().map(PathBuf::from).collect(),
@@ -260,12 +260,12 @@ impl Runtime {
     }
 
     pub async fn spawn(&self, spec: InstanceSpec) -> Result<InstanceView> {
-        instance::spawn(&self.host, spec).await
+        spawn::instance::spawn(&self.host, spec).await
     }
 
     /// A pod: each image its containers name pulled (as its policy says) into this node's
     /// store once, then the pod's instance spawned and its containers started.
-    pub async fn run_pod(&self, spec: crate::pod::PodSpec) -> Result<pod::PodView> {
+    pub async fn run_pod(&self, spec: crate::runtime::pod::spec::PodSpec) -> Result<pod::PodView> {
         let images = pod::prepare_images(&self.host, &spec).await?;
         pod::run(&self.host, spec, images).await
     }
@@ -301,7 +301,7 @@ impl Runtime {
     pub fn channel(&self, kind: Kind, name: &str) -> Result<ChildChannel> {
         match kind {
             Kind::Pod => pod::channel(&self.host, name),
-            _ => instance::channel(&self.host, name),
+            _ => spawn::instance::channel(&self.host, name),
         }
     }
 

@@ -9,9 +9,9 @@
 use super::cell::Cell;
 use super::error::{Result, RuntimeError};
 use super::executable::Executable;
-use super::instance::Instance;
 use super::logs::LogBuffer;
 use super::pod::Pod;
+use super::spawn::instance::Instance;
 use super::vm::VirtualMachine;
 use super::Kind;
 use std::collections::{BTreeMap, BTreeSet};

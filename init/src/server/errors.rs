@@ -3,7 +3,7 @@
 
 use crate::pki::PkiError;
 use crate::runtime::error::RuntimeError;
-use crate::spawn::SpawnError;
+use crate::runtime::spawn::SpawnError;
 use nix::errno::Errno;
 use tonic::{Code, Status};
 

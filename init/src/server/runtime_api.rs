@@ -4,7 +4,7 @@
 use super::authz::Caller;
 use super::convert::{self, Timed};
 use crate::pb::{self, runtime_server::Runtime as RuntimeRpc};
-use crate::pod::PodSpec;
+use crate::runtime::pod::spec::PodSpec;
 use crate::runtime::spec::{CellSpec, ExecutableSpec, ImageRequest, VmSpec};
 use crate::runtime::InstanceSpec;
 use crate::runtime::{Kind, Runtime};

@@ -2,22 +2,25 @@
 //! image cell per container in it, the pod's ports published on this node, and a
 //! supervisor per container that waits for each run of its entrypoint to end and starts
 //! the next as the restart policy says (Kubernetes' back-off). What a pod is and the rules
-//! it follows are in `crate::pod`; the calls to the instance go through the `ChildLink` seam to `crate::spawn::child`.
+//! it follows are in `spec.rs`, a manifest a user writes is read in `manifest.rs`; the calls to the instance go through the `ChildLink` seam to `crate::runtime::spawn::child`.
 
+pub(crate) mod container;
 mod images;
+pub mod manifest;
+pub(crate) mod spec;
 
 pub(crate) use images::prepare_images;
 pub use images::PodImage;
 
 use crate::image::load::Offer;
 use crate::net::proxy;
-use crate::pod::{self, ContainerState, PodPhase, PodSpec, Termination};
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
-use crate::runtime::instance;
-use crate::runtime::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
 use crate::runtime::launcher::ChildLink;
 use crate::runtime::names::ExecName;
+use crate::runtime::spawn::instance;
+use crate::runtime::spawn::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
+use spec::{ContainerState, PodPhase, PodSpec, Termination};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,14 +82,14 @@ pub struct PodView {
     pub ports: Vec<(String, u16, u16)>,
     pub containers: Vec<ContainerView>,
     pub instance: Option<InstanceView>,
-    pub restart: pod::RestartPolicy,
+    pub restart: spec::RestartPolicy,
     pub created_unix_nanos: i64,
     /// Its extra interfaces: eth1, ... in order.
     pub networks: Vec<super::NetAttachment>,
 }
 
 fn refused(what: &str, s: tonic::Status) -> RuntimeError {
-    RuntimeError::Spawn(crate::spawn::SpawnError::Refused(tonic::Status::new(
+    RuntimeError::Spawn(crate::runtime::spawn::SpawnError::Refused(tonic::Status::new(
         s.code(),
         format!("{what}: {}", s.message()),
     )))
@@ -175,7 +178,7 @@ impl Pod {
         } else {
             let states: Vec<(ContainerState, Option<Termination>)> =
                 containers.iter().map(|c| (c.state.clone(), c.last.clone())).collect();
-            match pod::phase(&states) {
+            match spec::phase(&states) {
                 PodPhase::Running if body_ended => (PodPhase::Failed, "stopped before its containers ended".into()),
                 p => (p, s.reason.clone()),
             }
@@ -266,18 +269,18 @@ impl Pod {
 /// failure nothing is left (instance, cells, ports, name).
 pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) -> Result<PodView> {
     host.usable()?;
-    let (vcpus, memory) = pod::size(&spec);
+    let (vcpus, memory) = spec::size(&spec);
     let field = if spec.memory_bytes.is_some() {
         "resources.memory_bytes"
     } else {
         "containers[].resources.limits.memory_bytes"
     };
-    if !(pod::MEMORY_MIN..=pod::MEMORY_MAX).contains(&memory) {
+    if !(spec::MEMORY_MIN..=spec::MEMORY_MAX).contains(&memory) {
         return Err(RuntimeError::invalid(
             field,
             format!(
                 "the pod's instance would have {} MiB; it must have 64..=3072 MiB",
-                memory / pod::MIB
+                memory / spec::MIB
             ),
         ));
     }
@@ -285,8 +288,8 @@ pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) 
     if avail > 0 && memory > avail {
         return Err(RuntimeError::Exhausted(format!(
             "{field}: the pod's instance needs {} MiB and this node has {} MiB available; ask for less or free workloads",
-            memory / pod::MIB,
-            avail / pod::MIB
+            memory / spec::MIB,
+            avail / spec::MIB
         )));
     }
     if vcpus > 32 {
@@ -405,7 +408,7 @@ async fn make(
     }
     let mut runs = Vec::with_capacity(p.spec.containers.len());
     for (n, c) in p.spec.containers.iter().enumerate() {
-        let cell = pod::container::container_cell(&p.spec, c);
+        let cell = container::container_cell(&p.spec, c);
         let status = calls
             .run_cell(&ch, cell, left())
             .await
@@ -530,7 +533,7 @@ async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel, childre
         }
         // Back-off, then the next run; a run that cannot start counts as one that failed.
         loop {
-            let wait = pod::backoff(restarts, ran);
+            let wait = spec::backoff(restarts, ran);
             let until = super::logs::now_unix_nanos() + i64::try_from(wait.as_nanos()).unwrap_or(i64::MAX);
             p.update(|s| {
                 if let Some(r) = s.runs.get_mut(n) {

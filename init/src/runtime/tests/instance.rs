@@ -4,11 +4,11 @@
 //! TAP, the table, and its address on the bridge (taken again by the next Spawn).
 
 use crate::runtime::error::RuntimeError;
-use crate::runtime::instance::{InstanceSpec, IsolationKind};
 use crate::runtime::launcher::testing::{FakeChildren, FakeDevices, FakeLauncher, FakeVmm};
 use crate::runtime::names::ExecName;
+use crate::runtime::spawn::instance::{InstanceSpec, IsolationKind};
+use crate::runtime::spawn::SpawnError;
 use crate::runtime::{Kind, Phase, Runtime, View};
-use crate::spawn::SpawnError;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub(crate) fn rig() -> Rig {
     std::fs::create_dir(&pki).unwrap();
     let exe = dir.path().join("auraed");
     std::fs::write(&exe, b"\x7fELF stand-in").unwrap();
-    let (id, _, _) = crate::spawn::identity::test_spawn_identity(&pki, Default::default());
+    let (id, _, _) = crate::runtime::spawn::identity::test_spawn_identity(&pki, Default::default());
     let children = Arc::new(FakeChildren::default());
     rt.host.children = children.clone();
     rt.host.instance_dir = instances.clone();

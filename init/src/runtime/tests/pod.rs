@@ -5,11 +5,13 @@
 //! pod runs, so it passes at once and in order.
 
 use super::instance::{nothing_left, rig, Rig};
-use crate::pod::{ContainerSpec, ContainerState, PodPhase, PodSpec, ResourceList, RestartPolicy, BACKOFF_BASE};
 use crate::runtime::error::RuntimeError;
-use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::ExecName;
+use crate::runtime::pod::spec::{
+    ContainerSpec, ContainerState, PodPhase, PodSpec, ResourceList, RestartPolicy, BACKOFF_BASE,
+};
 use crate::runtime::pod::{PodImage, PodView};
+use crate::runtime::spawn::instance::IsolationKind;
 use crate::runtime::{Kind, View};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

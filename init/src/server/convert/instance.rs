@@ -3,8 +3,8 @@
 use super::{invalid, millis, Timed, MIB};
 use crate::pb;
 use crate::runtime::error::RuntimeError;
-use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::ExecName;
+use crate::runtime::spawn::instance::IsolationKind;
 use crate::runtime::spec::NetAttachment;
 use crate::runtime::InstanceSpec;
 use crate::server::deadline::wait_budget;

@@ -4,11 +4,13 @@
 use super::{self as convert, instance_status};
 use super::{invalid, Timed};
 use crate::pb;
-use crate::pod::{self, ContainerSpec, ContainerState, PodPhase, PodSpec, ResourceList, RestartPolicy};
 use crate::runtime::error::RuntimeError;
-use crate::runtime::instance::IsolationKind;
 use crate::runtime::names::ExecName;
+use crate::runtime::pod::spec::{
+    self as pod, ContainerSpec, ContainerState, PodPhase, PodSpec, ResourceList, RestartPolicy,
+};
 use crate::runtime::pod::PodView;
+use crate::runtime::spawn::instance::IsolationKind;
 use std::time::Duration;
 
 /// The longest RunPod waits without a deadline of the caller's or the request's.

@@ -4,7 +4,7 @@ use super::phase;
 use crate::pb;
 use crate::runtime::cgroup::Usage;
 use crate::runtime::confine::seccomp;
-use crate::runtime::instance::IsolationKind;
+use crate::runtime::spawn::instance::IsolationKind;
 use crate::runtime::spec::{NetAttachment, Resources};
 use crate::runtime::{CellView, ExecView, InstanceView, VmView};
 

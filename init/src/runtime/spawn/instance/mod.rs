@@ -1,6 +1,6 @@
 //! Instances: the workload a Spawn makes, a copy of auraed in a microVM (or, where KVM is
 //! unusable, in a cell of its own). The runtime owns the body (the VM or the cell child),
-//! its place in the table and its lifecycle; `crate::spawn` supplies the pieces: the
+//! its place in the table and its lifecycle; `crate::runtime::spawn` supplies the pieces: the
 //! child's address (`addressing`), identity, image, veth, and `child`, the code that talks
 //! to it. Spawn waits for the child to serve as long as the caller does
 //! (`serving_within`, from the caller's gRPC deadline) and says how far it got when it
@@ -20,12 +20,12 @@ use crate::runtime::logs::{self, LogBuffer};
 use crate::runtime::names::ExecName;
 use crate::runtime::process;
 use crate::runtime::process::Process;
+pub use crate::runtime::spawn::identity::SpawnIdentity;
+use crate::runtime::spawn::{addressing, child, SpawnError};
 use crate::runtime::spec::{Confinement, Isolation, NetAttachment, Resources, VmSpec, MAX_ATTACHMENTS};
 use crate::runtime::vm;
 use crate::runtime::vm::{VirtualMachine, VmView};
 use crate::runtime::Phase;
-pub use crate::spawn::identity::SpawnIdentity;
-use crate::spawn::{addressing, child, SpawnError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +135,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn record_issued(&self, pki: &crate::spawn::image::ChildPki) {
+    fn record_issued(&self, pki: &crate::runtime::spawn::image::ChildPki) {
         if let Ok(mut v) = self.issued.lock() {
             let now = std::time::SystemTime::now();
             // Expired ones need no revoking.
@@ -199,14 +199,14 @@ impl Instance {
 
 impl Instance {
     /// Removes an ended child's files, veths and addresses (its VM or cell too).
-    pub(super) async fn release(&self, host: &Host) {
+    pub(crate) async fn release(&self, host: &Host) {
         if let Err(e) = self.discard(host).await {
             tracing::warn!("instance {}: {e}", self.name);
         }
         give_back(host, self.name.as_str(), &self.attachments, Some(self.host));
     }
 
-    pub(super) async fn kill(&self) {
+    pub(crate) async fn kill(&self) {
         match &self.body {
             Body::Vm(vm) => vm.stop(Duration::ZERO).await,
             Body::Cell(e) => e.stop(libc::SIGKILL, Duration::ZERO).await,
@@ -251,7 +251,7 @@ impl Instance {
         }
     }
 
-    pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
+    pub(crate) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
         let name = &self.name;
         if !self.body.ended() {
             return Err(RuntimeError::WrongPhase(format!(
@@ -305,7 +305,7 @@ pub(crate) async fn spawn(host: &Host, spec: InstanceSpec) -> Result<InstanceVie
 
 /// Boots a child and returns once it serves, holding its address on the bridge, but
 /// not in the table: Spawn puts it there, a pod keeps it as its own.
-pub(super) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instance>> {
+pub(crate) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instance>> {
     host.usable()?;
     let Some(id) = host.spawn_identity.clone() else {
         return Err(RuntimeError::NodeLacks(
@@ -375,7 +375,7 @@ async fn spawn_on(
     let (body, files, veths) = match isolation {
         IsolationKind::Vm => {
             let image = host.instance_dir.join(format!("{}.cpio", spec.name));
-            crate::spawn::image::write(&image, &pki, &host.own_exe, &host.node_kernel)?;
+            crate::runtime::spawn::image::write(&image, &pki, &host.own_exe, &host.node_kernel)?;
             // The child names each extra NIC by its MAC (`net::Nic`).
             let mut extra_nics = Vec::new();
             let mut nics = Vec::new();
@@ -422,7 +422,7 @@ async fn spawn_on(
         }
         IsolationKind::Cell => {
             let dir = host.instance_dir.join(spec.name.as_str());
-            crate::spawn::image::write_pki_dir(&dir, &pki)?;
+            crate::runtime::spawn::image::write_pki_dir(&dir, &pki)?;
             match start_cell_child(host, spec, &dir, bridge, net).await {
                 Ok((e, veths)) => (Body::Cell(e), dir, veths),
                 Err(e) => {

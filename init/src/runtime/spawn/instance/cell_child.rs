@@ -72,7 +72,7 @@ pub(super) async fn plumb_cell_child(
     net: addressing::ChildNet,
     veths: &mut Vec<String>,
 ) -> Result<()> {
-    use crate::spawn::veth::Inside;
+    use crate::runtime::spawn::veth::Inside;
     let eth0 = crate::net::Ipv4Cidr {
         addr: net.ip,
         prefix: 24,

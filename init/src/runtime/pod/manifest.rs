@@ -446,7 +446,7 @@ mod tests {
     /// The manual's example manifest (docs/pods.md) is one `aer pod run -f` takes.
     #[test]
     fn the_manuals_manifest_parses() {
-        let readme = include_str!("../../../docs/pods.md");
+        let readme = include_str!("../../../../docs/pods.md");
         let start = readme.find("# site.toml").unwrap();
         let end = start + readme[start..].find("```").unwrap();
         let p = from_manifest(&readme[start..end], "docs/pods.md").unwrap();

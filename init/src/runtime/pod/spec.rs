@@ -1,17 +1,12 @@
-//! Pods: containers (image cells) that share one network, IPC, hostname and scratch
-//! volumes, inside an instance of their own. This module holds what a pod *is* (its
-//! validated spec, the instance size its containers need, the restart rules and the phase
-//! they lead to) apart from doing it: `remote` speaks to the pod's instance, and the
-//! runtime's `pod` workload spawns the instance, runs the containers there and restarts
-//! them.
+//! What a pod *is*, apart from running it (`super`, the workload): its validated spec, the
+//! instance size its containers need, the restart rules and the phase they lead to. Pods
+//! are containers (image cells) that share one network, IPC, hostname and scratch
+//! volumes, inside an instance of their own.
 //!
 //! The instance is the pod's sandbox: every container is a cell of the instance's own
 //! auraed that shares the instance's network (so the pod has one address, the instance's,
 //! and `localhost` between its containers), IPC and UTS (the hostname is the pod's name),
 //! with a mount and pid namespace of its own over its image.
-
-pub mod container;
-pub mod manifest;
 
 use crate::image::catalog::PullPolicy;
 use crate::image::pull::Credentials;

@@ -3,10 +3,10 @@
 
 use super::*;
 use crate::runtime::launcher::ChildLink;
-use crate::spawn::child::RenewRefused;
+use crate::runtime::spawn::child::RenewRefused;
 
 /// When the child's SVID in `pki` expires.
-pub(super) fn svid_expiry(pki: &crate::spawn::image::ChildPki) -> Option<std::time::SystemTime> {
+pub(super) fn svid_expiry(pki: &crate::runtime::spawn::image::ChildPki) -> Option<std::time::SystemTime> {
     crate::pki::first_der(&pki.server.cert_pem).and_then(|d| crate::pki::not_after_of_der(&d))
 }
 
@@ -50,7 +50,7 @@ pub(super) enum RenewError {
     #[error("the child has no IPv4 address")]
     NoIpv4,
     #[error("{0}")]
-    Mint(crate::spawn::SpawnError),
+    Mint(crate::runtime::spawn::SpawnError),
     #[error("{0}")]
     Child(RenewRefused),
 }

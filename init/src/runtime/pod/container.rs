@@ -3,7 +3,7 @@
 //! and hostname; the pod's volumes; the default capabilities less NET_RAW). The calls that
 //! make it and run its entrypoint are `spawn::child`'s.
 
-use super::{ContainerSpec, PodSpec};
+use super::spec::{ContainerSpec, PodSpec};
 use crate::pb;
 
 /// The cell of container `c` in the instance: its image (loaded before, never pulled

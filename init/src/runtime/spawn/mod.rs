@@ -1,14 +1,14 @@
-//! Spawn's building blocks, used by the runtime's instance workload: where a child lives
-//! on the network (`addressing`), who it is (`identity`), what it boots (`image`, packed
-//! by `cpio`), how a cell child is wired to the bridge (`veth`), and `child`: the channel to
-//! a child, its health, its shutdown. The runtime keeps the
-//! instance as a workload (its VM or cell, its place in the table) and orchestrates these.
+//! Spawn, all of it: the Instance workload (`instance`: a child auraed booted in a microVM,
+//! or in a cell where KVM is unusable, its place in the table, stop, free, renewal) and
+//! what it is built from: where a child lives on the network (`addressing`), who it is
+//! (`identity`), what it boots (`image`, packed by `crate::cpio`), how a cell child is
+//! wired to the bridge (`veth`), and `child`, the one client of a child's API.
 
 pub(crate) mod addressing;
 pub(crate) mod child;
-pub mod cpio;
 pub(crate) mod identity;
 pub(crate) mod image;
+pub(crate) mod instance;
 pub(crate) mod veth;
 
 use std::path::PathBuf;

@@ -2,12 +2,12 @@
 //! in) with this very auraed binary as /init, the node's own kernel at /boot/vmlinuz (so the
 //! child can spawn in turn), and the child's identity under /etc/aurae/pki.
 
-use super::cpio::{self, Entry};
 use super::SpawnError;
+use crate::cpio::{self, Entry};
 use crate::pki::Minted;
 use std::path::Path;
 
-const BASE_SPEC: &str = include_str!("../../../rootfs/base.spec");
+const BASE_SPEC: &str = include_str!("../../../../rootfs/base.spec");
 /// The node's trust bundle, where the base layer puts it.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
