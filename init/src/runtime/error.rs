@@ -13,10 +13,9 @@ pub enum RuntimeError {
     /// The name is taken (ALREADY_EXISTS).
     #[error("{0}")]
     AlreadyExists(String),
-    /// The node lacks what the request needs: a usable workloads root, KVM, a bridge, a
-    /// cgroup controller or kernel feature, an image store, a spawn identity.
-    #[error("{0}")]
-    NodeLacks(String),
+    /// The node lacks what the request needs (see [`Lack`]).
+    #[error(transparent)]
+    NodeLacks(#[from] Lack),
     /// The workload is not in a phase that allows this: not running, still running,
     /// frozen, ended, not made yet.
     #[error("{0}")]
@@ -74,6 +73,45 @@ pub enum RuntimeError {
     Sys { what: String, errno: nix::errno::Errno },
 }
 
+/// What this node lacks for a request, each cause with its own words (all
+/// FAILED_PRECONDITION, chosen in `server/errors.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum Lack {
+    /// Bring-up left no usable workloads root.
+    #[error("this node cannot run workloads: {0}")]
+    Workloads(String),
+    #[error("auraed cannot open its own executable")]
+    OwnExecutable,
+    /// KVM is unusable, or /dev/kvm did not open (why).
+    #[error("{0}; this node cannot run virtual machines")]
+    Kvm(String),
+    /// A VM instance was asked for where KVM is unusable (why).
+    #[error("isolation: {0}; a VM instance needs KVM (leave isolation unset to fall back to a cell)")]
+    KvmForInstance(String),
+    /// No node bridge (auraed makes one only as PID 1); `field` asked for one, for `what`.
+    #[error("{field}this node has no bridge for {what} (auraed makes one only as PID 1)")]
+    Bridge { field: &'static str, what: &'static str },
+    #[error("this node has no spawn identity (PKI directory with spawn-ca.{{crt,key}})")]
+    SpawnIdentity,
+    /// The kernel lacks `what` for the limit in `field`.
+    #[error("{field}: this kernel has no {what}; drop the limit")]
+    KernelFeature { field: &'static str, what: &'static str },
+    /// The limits in `fields` need a cgroup v2 controller the node does not offer there.
+    #[error("{fields}: needs the cgroup v2 '{controller}' controller, which this node does not offer here (usable: {usable}); drop the limit or use a node that has it")]
+    Controller {
+        fields: String,
+        controller: String,
+        usable: String,
+    },
+    /// No image store for `field`'s images (`of` says whose), and why.
+    #[error("{field}: this node has no image store{of}: {why}")]
+    ImageStore {
+        field: &'static str,
+        of: &'static str,
+        why: String,
+    },
+}
+
 impl RuntimeError {
     /// The same error, said of a cell image's entrypoint: its field names move under
     /// `image` (argv[0] is `image.command`'s or the image's entrypoint's first word).
@@ -93,7 +131,6 @@ impl RuntimeError {
     pub fn map_message(self, f: impl FnOnce(String) -> String) -> RuntimeError {
         use RuntimeError as E;
         match self {
-            E::NodeLacks(m) => E::NodeLacks(f(m)),
             E::WrongPhase(m) => E::WrongPhase(f(m)),
             E::Taken(m) => E::Taken(f(m)),
             E::NotYet(m) => E::NotYet(f(m)),

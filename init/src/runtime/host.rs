@@ -5,12 +5,13 @@
 //! `Runtime` façade in `mod.rs` hands it to them.
 
 use super::cgroup::CgroupDir;
-use super::error::{Result, RuntimeError};
+use super::error::Result;
 use super::launcher::Launcher;
 use super::logs;
 use super::table::{Table, Workload};
 use super::volume;
 use super::Kind;
+use crate::runtime::error::Lack;
 use crate::runtime::spawn::identity::SpawnIdentity;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -100,9 +101,7 @@ impl Host {
 
     pub(super) fn usable(&self) -> Result<()> {
         match &self.unusable {
-            Some(why) => Err(RuntimeError::NodeLacks(format!(
-                "this node cannot run workloads: {why}"
-            ))),
+            Some(why) => Err(Lack::Workloads(why.clone()).into()),
             None => Ok(()),
         }
     }

@@ -145,11 +145,7 @@ impl Devices for NodeDevices {
             .read(true)
             .write(true)
             .open("/dev/kvm")
-            .map_err(|e| {
-                super::error::RuntimeError::NodeLacks(format!(
-                    "open /dev/kvm: {e}; this node cannot run virtual machines"
-                ))
-            })
+            .map_err(|e| RuntimeError::from(super::error::Lack::Kvm(format!("open /dev/kvm: {e}"))))
     }
 
     fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd> {

@@ -17,6 +17,7 @@ use super::process;
 use super::process::Process;
 use super::spec::{Confinement, Isolation, VmSpec};
 use super::Phase;
+use crate::runtime::error::Lack;
 use crate::vmm::protocol::{self, Event, ExitReason, VmFiles};
 use crate::vmm::{self, VmConfig};
 use std::path::PathBuf;
@@ -344,7 +345,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
     host.usable()?;
     host.devices
         .kvm_usable()
-        .map_err(|why| RuntimeError::NodeLacks(format!("{why}; this node cannot run virtual machines")))?;
+        .map_err(|why| RuntimeError::from(Lack::Kvm(why.to_string())))?;
     // Client-named files (a listed VM's) are resolved and checked off this thread;
     // an instance's own kernel and image are auraed's.
     let mut spec = spec;
@@ -380,7 +381,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
         let devices = host.devices.clone();
         let kvm = tokio::task::spawn_blocking(move || devices.open_kvm())
             .await
-            .map_err(|e| RuntimeError::NodeLacks(format!("open /dev/kvm did not finish: {e}")))??;
+            .map_err(|e| RuntimeError::from(Lack::Kvm(format!("open /dev/kvm did not finish: {e}"))))??;
         (
             kvm,
             Opened {
@@ -400,9 +401,11 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
     match (&host.bridge, spec.network) {
         (_, false) => {}
         (None, true) => {
-            return Err(RuntimeError::NodeLacks(
-                "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)".into(),
-            ))
+            return Err(Lack::Bridge {
+                field: "network: ",
+                what: "VM TAPs",
+            }
+            .into())
         }
         (Some((bridge, _)), true) => {
             let (n, mac) = next_tap(host);

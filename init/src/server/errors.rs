@@ -119,7 +119,7 @@ mod tests {
     fn what_the_request_cannot_meet_here_is_failed_precondition_with_its_words() {
         type Make = fn(String) -> RuntimeError;
         let causes: [(Make, &str); 7] = [
-            (RuntimeError::NodeLacks, "no bridge"),
+            (RuntimeError::Unfit, "no bridge"),
             (RuntimeError::WrongPhase, "frozen"),
             (RuntimeError::Taken, "another client's volume"),
             (RuntimeError::NotYet, "UDP"),
@@ -137,6 +137,43 @@ mod tests {
                 std::mem::discriminant(&make(String::new()))
             );
             assert_eq!(again.to_string(), format!("x: {words}"));
+        }
+    }
+
+    #[test]
+    fn what_the_node_lacks_says_so_in_its_own_words() {
+        use crate::runtime::error::Lack;
+        let cases = [
+            (
+                Lack::Bridge {
+                    field: "network: ",
+                    what: "VM TAPs",
+                },
+                "network: this node has no bridge for VM TAPs (auraed makes one only as PID 1)",
+            ),
+            (
+                Lack::SpawnIdentity,
+                "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})",
+            ),
+            (
+                Lack::KernelFeature {
+                    field: "io_max",
+                    what: "io.max (it needs CONFIG_BLK_DEV_THROTTLING)",
+                },
+                "io_max: this kernel has no io.max (it needs CONFIG_BLK_DEV_THROTTLING); drop the limit",
+            ),
+            (
+                Lack::ImageStore {
+                    field: "containers",
+                    of: " for their images",
+                    why: "no disk".into(),
+                },
+                "containers: this node has no image store for their images: no disk",
+            ),
+        ];
+        for (lack, words) in cases {
+            let s = Status::from(RuntimeError::from(lack));
+            assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, words));
         }
     }
 

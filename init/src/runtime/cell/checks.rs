@@ -3,6 +3,7 @@
 
 use super::{named, Cell};
 use crate::runtime::cgroup::{cpuset, CgroupDir, CONTROLLERS};
+use crate::runtime::error::Lack;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
 use crate::runtime::spec::{CellSpec, Resources};
@@ -45,12 +46,16 @@ pub(super) fn check_controllers(r: &Resources, offered: &[String]) -> Result<()>
     for c in CONTROLLERS {
         let fields = (c.fields)(r);
         if !fields.is_empty() && !offered.iter().any(|o| o == c.name) {
-            return Err(RuntimeError::NodeLacks(format!(
-                "{}: needs the cgroup v2 '{}' controller, which this node does not offer here (usable: {}); drop the limit or use a node that has it",
-                fields.join(", "),
-                c.name,
-                if offered.is_empty() { "none".into() } else { offered.join(" ") }
-            )));
+            return Err(Lack::Controller {
+                fields: fields.join(", "),
+                controller: c.name.to_owned(),
+                usable: if offered.is_empty() {
+                    "none".into()
+                } else {
+                    offered.join(" ")
+                },
+            }
+            .into());
         }
     }
     Ok(())
@@ -166,7 +171,7 @@ mod tests {
             ..Default::default()
         };
         let e = check_controllers(&r, &offered).unwrap_err();
-        assert!(matches!(e, RuntimeError::NodeLacks(_)));
+        assert!(matches!(e, RuntimeError::NodeLacks(Lack::Controller { .. })));
         assert_eq!(
             e.to_string(),
             "memory_max_bytes, swap_max_bytes: needs the cgroup v2 'memory' controller, which this node does not offer here (usable: cpu pids); drop the limit or use a node that has it"

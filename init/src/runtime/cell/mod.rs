@@ -5,6 +5,7 @@
 use crate::init::reaper::Exit;
 use crate::runtime::cgroup::{CgroupDir, Usage, CONTROLLERS};
 use crate::runtime::confine::ExecLimits;
+use crate::runtime::error::Lack;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::executable;
 use crate::runtime::holder::Setup;
@@ -215,10 +216,7 @@ impl Cell {
         }
         let leaf = self.dir.child(HOLDER_LEAF);
         leaf.create()?;
-        let exe = host
-            .exe
-            .clone()
-            .ok_or_else(|| RuntimeError::NodeLacks("auraed cannot open its own executable".into()))?;
+        let exe = host.exe.clone().ok_or(Lack::OwnExecutable)?;
         let i = spec.isolation;
         let setup = Setup {
             new_mount: i.mount,
@@ -434,10 +432,11 @@ pub(crate) async fn prepare_image(
     req: crate::runtime::spec::ImageRequest,
     owner: &str,
 ) -> Result<ImageHold> {
-    let images = host
-        .images
-        .as_ref()
-        .map_err(|why| RuntimeError::NodeLacks(format!("image: this node has no image store: {why}")))?;
+    let images = host.images.as_ref().map_err(|why| Lack::ImageStore {
+        field: "image",
+        of: "",
+        why: why.to_string(),
+    })?;
     let prepared = images
         .prepare(&req.reference, req.policy, req.credentials.clone())
         .await

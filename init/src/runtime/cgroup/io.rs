@@ -1,7 +1,8 @@
 //! The `io` controller: io.weight and io.max per block device.
 
 use super::{CgroupDir, Controller};
-use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::error::Lack;
+use crate::runtime::error::Result;
 use crate::runtime::spec::{IoMax, Resources};
 
 pub const IO: Controller = Controller {
@@ -22,14 +23,18 @@ pub const IO: Controller = Controller {
 
 fn apply(dir: &CgroupDir, r: &Resources) -> Result<()> {
     if r.io_weight.is_some() && !dir.has("io.weight") {
-        return Err(RuntimeError::NodeLacks(
-            "io_weight: this kernel has no io.weight (it needs CONFIG_BLK_CGROUP_IOCOST); drop the limit".into(),
-        ));
+        return Err(Lack::KernelFeature {
+            field: "io_weight",
+            what: "io.weight (it needs CONFIG_BLK_CGROUP_IOCOST)",
+        }
+        .into());
     }
     if !r.io_max.is_empty() && !dir.has("io.max") {
-        return Err(RuntimeError::NodeLacks(
-            "io_max: this kernel has no io.max (it needs CONFIG_BLK_DEV_THROTTLING); drop the limit".into(),
-        ));
+        return Err(Lack::KernelFeature {
+            field: "io_max",
+            what: "io.max (it needs CONFIG_BLK_DEV_THROTTLING)",
+        }
+        .into());
     }
     if let Some(w) = r.io_weight {
         dir.write_field("io.weight", &format!("default {w}"), "io_weight")?;

@@ -1,7 +1,8 @@
 //! The `memory` controller: memory.min/low/high/max and memory.swap.max.
 
 use super::{read_max, read_non_default, CgroupDir, Controller};
-use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::error::Lack;
+use crate::runtime::error::Result;
 use crate::runtime::spec::Resources;
 
 pub const MEMORY: Controller = Controller {
@@ -24,9 +25,11 @@ pub const MEMORY: Controller = Controller {
 
 fn apply(dir: &CgroupDir, r: &Resources) -> Result<()> {
     if r.swap_max.is_some() && !dir.has("memory.swap.max") {
-        return Err(RuntimeError::NodeLacks(
-            "swap_max_bytes: this kernel has no swap accounting (memory.swap.max is missing); drop the limit".into(),
-        ));
+        return Err(Lack::KernelFeature {
+            field: "swap_max_bytes",
+            what: "swap accounting (memory.swap.max is missing)",
+        }
+        .into());
     }
     // max first, so min/low/high never exceed a limit being lowered.
     for (v, file, field) in [
@@ -65,7 +68,10 @@ mod tests {
             ..Default::default()
         };
         let e = apply(&c, &r).unwrap_err();
-        assert!(matches!(e, RuntimeError::NodeLacks(_)));
+        assert!(matches!(
+            e,
+            crate::runtime::error::RuntimeError::NodeLacks(Lack::KernelFeature { .. })
+        ));
         assert!(!c.has("memory.max"), "nothing written before the refusal");
     }
 

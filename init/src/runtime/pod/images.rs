@@ -2,6 +2,7 @@
 //! pod's instance (which loads what it lacks).
 
 use super::*;
+use crate::runtime::error::Lack;
 
 /// An image a pod's containers use, as this node has it, ready to be given to the pod's
 /// instance.
@@ -19,9 +20,11 @@ pub struct PodImage {
 /// an image share its entry). The instance gets them from here.
 pub(crate) async fn prepare_images(host: &Host, spec: &PodSpec) -> Result<Vec<Arc<PodImage>>> {
     let images = host.images.as_ref().map_err(|why| {
-        RuntimeError::NodeLacks(format!(
-            "containers: this node has no image store for their images: {why}"
-        ))
+        RuntimeError::from(Lack::ImageStore {
+            field: "containers",
+            of: " for their images",
+            why: why.to_string(),
+        })
     })?;
     let mut by_ref: Vec<Arc<PodImage>> = Vec::new();
     let mut per_container = Vec::with_capacity(spec.containers.len());

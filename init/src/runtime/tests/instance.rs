@@ -177,7 +177,13 @@ async fn without_kvm_a_vm_instance_is_refused_and_nothing_is_made() {
         r.rt.spawn(instance("nokvm", Duration::from_secs(10)))
             .await
             .unwrap_err();
-    assert!(matches!(e, RuntimeError::NodeLacks(_)), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            RuntimeError::NodeLacks(crate::runtime::error::Lack::KvmForInstance(_))
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("a VM instance needs KVM"), "{e}");
     nothing_left(&r, "nokvm");
 }

@@ -150,7 +150,10 @@ async fn without_kvm_a_vm_is_refused_and_nothing_is_made() {
     let r = rig();
     *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
     let e = r.rt.run_vm(vm(&r, "nokvm", Duration::from_secs(10))).await.unwrap_err();
-    assert!(matches!(e, RuntimeError::NodeLacks(_)), "{e:?}");
+    assert!(
+        matches!(e, RuntimeError::NodeLacks(crate::runtime::error::Lack::Kvm(_))),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("this node cannot run virtual machines"), "{e}");
     assert!(r.devices.taps().is_empty(), "no TAP was made");
     nothing_left(&r, "nokvm");

@@ -10,6 +10,7 @@ mod addresses;
 mod cell_child;
 mod renew;
 
+use crate::runtime::error::Lack;
 use addresses::{give_back, take_attachments, take_host_number};
 use cell_child::start_cell_child;
 use renew::{half_life, renew_at_half_life, svid_expiry};
@@ -308,22 +309,18 @@ pub(crate) async fn spawn(host: &Host, spec: InstanceSpec) -> Result<InstanceVie
 pub(crate) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instance>> {
     host.usable()?;
     let Some(id) = host.spawn_identity.clone() else {
-        return Err(RuntimeError::NodeLacks(
-            "this node has no spawn identity (PKI directory with spawn-ca.{crt,key})".into(),
-        ));
+        return Err(Lack::SpawnIdentity.into());
     };
     let Some((bridge, subnet)) = host.bridge.clone() else {
-        return Err(RuntimeError::NodeLacks(
-            "this node has no bridge for instances (auraed makes one only as PID 1)".into(),
-        ));
+        return Err(Lack::Bridge {
+            field: "",
+            what: "instances",
+        }
+        .into());
     };
     let kvm = host.devices.kvm_usable();
     let isolation = match (spec.isolation, kvm) {
-        (Some(IsolationKind::Vm), Err(why)) => {
-            return Err(RuntimeError::NodeLacks(format!(
-                "isolation: {why}; a VM instance needs KVM (leave isolation unset to fall back to a cell)"
-            )))
-        }
+        (Some(IsolationKind::Vm), Err(why)) => return Err(Lack::KvmForInstance(why.to_string()).into()),
         (Some(i), _) => i,
         (None, Ok(())) => IsolationKind::Vm,
         (None, Err(why)) => {
