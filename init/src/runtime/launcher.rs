@@ -8,7 +8,7 @@
 use super::cgroup::CgroupDir;
 use super::error::{Result, RuntimeError};
 use super::sys::child::Stage;
-use crate::runtime::spawn::child::{self as remote, RenewRefused};
+use crate::runtime::spawn::child::{self, RenewRefused};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::future::Future;
@@ -183,7 +183,7 @@ pub(crate) trait ChildLink: Send + Sync {
         &'a self,
         channel: &'a tonic::transport::Channel,
         address: std::net::SocketAddr,
-        body: &'a (dyn crate::runtime::spawn::child::Watched + Sync),
+        body: &'a (dyn child::Watched + Sync),
         deadline: tokio::time::Instant,
     ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>>;
     /// Asks the child to power off, its workloads given `grace`.
@@ -260,12 +260,10 @@ impl ChildLink for ChildApi {
         &'a self,
         channel: &'a tonic::transport::Channel,
         address: std::net::SocketAddr,
-        body: &'a (dyn crate::runtime::spawn::child::Watched + Sync),
+        body: &'a (dyn child::Watched + Sync),
         deadline: tokio::time::Instant,
     ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
-        Box::pin(crate::runtime::spawn::child::wait_serving(
-            channel, address, body, deadline,
-        ))
+        Box::pin(child::wait_serving(channel, address, body, deadline))
     }
 
     fn request_shutdown<'a>(
@@ -273,7 +271,7 @@ impl ChildLink for ChildApi {
         channel: &'a tonic::transport::Channel,
         grace: std::time::Duration,
     ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
-        Box::pin(crate::runtime::spawn::child::request_shutdown(channel, grace))
+        Box::pin(child::request_shutdown(channel, grace))
     }
 
     fn renew_identity<'a>(
@@ -282,7 +280,7 @@ impl ChildLink for ChildApi {
         req: crate::pb::RenewIdentityRequest,
         bound: Duration,
     ) -> Call<'a, std::result::Result<(), RenewRefused>> {
-        Box::pin(remote::renew_identity(channel, req, bound))
+        Box::pin(child::renew_identity(channel, req, bound))
     }
 
     fn pod_calls(&self) -> &dyn PodCalls {
@@ -298,7 +296,7 @@ impl PodCalls for ChildApi {
         paths: &'a [std::path::PathBuf],
         timeout: Duration,
     ) -> Call<'a, std::result::Result<(), Status>> {
-        Box::pin(remote::load_image(ch, offer, paths, timeout))
+        Box::pin(child::load_image(ch, offer, paths, timeout))
     }
 
     fn run_cell<'a>(
@@ -307,7 +305,7 @@ impl PodCalls for ChildApi {
         cell: crate::pb::Cell,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<crate::pb::CellStatus, Status>> {
-        Box::pin(remote::run_cell(ch, cell, timeout))
+        Box::pin(child::run_cell(ch, cell, timeout))
     }
 
     fn start_run<'a>(
@@ -317,7 +315,7 @@ impl PodCalls for ChildApi {
         argv: Vec<String>,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
-        Box::pin(remote::start_run(ch, container, argv, timeout))
+        Box::pin(child::start_run(ch, container, argv, timeout))
     }
 
     fn wait_run<'a>(
@@ -325,7 +323,7 @@ impl PodCalls for ChildApi {
         ch: &'a Channel,
         container: &'a str,
     ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
-        Box::pin(remote::wait_run(ch, container))
+        Box::pin(child::wait_run(ch, container))
     }
 
     fn free_run<'a>(
@@ -334,7 +332,7 @@ impl PodCalls for ChildApi {
         container: &'a str,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<(), Status>> {
-        Box::pin(remote::free_run(ch, container, timeout))
+        Box::pin(child::free_run(ch, container, timeout))
     }
 
     fn stop_run<'a>(
@@ -344,7 +342,7 @@ impl PodCalls for ChildApi {
         signal: i32,
         grace: Duration,
     ) -> Call<'a, std::result::Result<(), Status>> {
-        Box::pin(remote::stop_run(ch, container, signal, grace))
+        Box::pin(child::stop_run(ch, container, signal, grace))
     }
 }
 
@@ -814,7 +812,7 @@ pub(crate) mod testing {
             &'a self,
             _channel: &'a tonic::transport::Channel,
             address: std::net::SocketAddr,
-            body: &'a (dyn crate::runtime::spawn::child::Watched + Sync),
+            body: &'a (dyn child::Watched + Sync),
             deadline: tokio::time::Instant,
         ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
             self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

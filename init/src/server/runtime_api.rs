@@ -234,15 +234,10 @@ mod tests {
     /// nothing of it is left (image, cgroup, TAP, table entry, address).
     #[tokio::test]
     async fn a_caller_that_leaves_mid_spawn_leaves_no_instance() {
-        use crate::runtime::tests::instance::{instance, nothing_left, rig};
+        use crate::runtime::tests::instance::{instance, nothing_left, powers_off_when_asked, rig};
         let r = rig();
         *r.children.serves.lock().unwrap() = false;
-        let (fake, leaf) = (r.fake.clone(), r.root.join("late").join("_x.late"));
-        *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
-            for pid in fake.pids_in(&leaf) {
-                fake.exit(pid, 0);
-            }
-        }));
+        powers_off_when_asked(&r, "late");
         let rt = r.rt.clone();
         let work = async move { rt.spawn(instance("late", Duration::from_secs(30))).await };
         let caller = Some(Duration::from_millis(300));

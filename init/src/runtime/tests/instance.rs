@@ -58,6 +58,17 @@ pub(crate) fn rig() -> Rig {
     }
 }
 
+/// The child of instance `name` powers off when asked (its VMM or auraed process exits),
+/// as a real one does.
+pub(crate) fn powers_off_when_asked(r: &Rig, name: &str) {
+    let (fake, leaf) = (r.fake.clone(), r.root.join(name).join(format!("_x.{name}")));
+    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
+        for pid in fake.pids_in(&leaf) {
+            fake.exit(pid, 0);
+        }
+    }));
+}
+
 pub(crate) fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
     InstanceSpec {
         name: ExecName::parse_instance(name).unwrap(),
@@ -98,12 +109,7 @@ async fn an_instance_spawns_stops_and_frees_and_gives_its_address_back() {
     assert!(r.instances.join("c1.cpio").is_file(), "its initramfs with its PKI");
     assert!(r.devices.tap_alive("atap0"), "its VM holds its TAP");
     // The child powers off when asked: its VMM exits.
-    let (fake, leaf) = (r.fake.clone(), r.root.join("c1").join("_x.c1"));
-    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
-        for pid in fake.pids_in(&leaf) {
-            fake.exit(pid, 0);
-        }
-    }));
+    powers_off_when_asked(&r, "c1");
     let stopped =
         r.rt.stop(Kind::Instance, "c1", libc::SIGTERM, Duration::ZERO)
             .await
@@ -218,12 +224,7 @@ async fn without_kvm_an_instance_falls_back_to_a_cell_on_a_veth_and_leaves_nothi
     assert_eq!(r.fake.pids_in(&leaf).len(), 1, "the child auraed runs in its cell");
     assert!(*holder > 0, "the peer went into the cell holder's namespace");
     assert!(r.instances.join("fb").is_dir(), "its PKI directory");
-    let fake = r.fake.clone();
-    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
-        for pid in fake.pids_in(&leaf) {
-            fake.exit(pid, 0);
-        }
-    }));
+    powers_off_when_asked(&r, "fb");
     r.rt.stop(Kind::Instance, "fb", libc::SIGTERM, Duration::ZERO)
         .await
         .unwrap();
@@ -285,12 +286,7 @@ async fn an_identity_is_renewed_at_half_life_again_and_again_and_all_of_it_is_re
         assert!(!id.revoked.any(&[&cert]), "a live instance's SVID is good");
     }
     tokio::time::resume();
-    let (fake, leaf) = (r.fake.clone(), r.root.join("renewed").join("_x.renewed"));
-    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
-        for pid in fake.pids_in(&leaf) {
-            fake.exit(pid, 0);
-        }
-    }));
+    powers_off_when_asked(&r, "renewed");
     r.rt.stop(Kind::Instance, "renewed", libc::SIGTERM, Duration::ZERO)
         .await
         .unwrap();

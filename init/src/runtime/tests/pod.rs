@@ -4,7 +4,7 @@
 //! The back-off is the real one (10 s, doubling): the tests pause tokio's clock once the
 //! pod runs, so it passes at once and in order.
 
-use super::instance::{nothing_left, rig, Rig};
+use super::instance::{nothing_left, powers_off_when_asked, rig, Rig};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::ExecName;
 use crate::runtime::pod::spec::{
@@ -76,16 +76,6 @@ fn images(n: usize) -> Vec<Arc<PodImage>> {
 async fn run(r: &Rig, spec: PodSpec) -> crate::runtime::error::Result<PodView> {
     let n = spec.containers.len();
     crate::runtime::pod::run(&r.rt.host, spec, images(n)).await
-}
-
-/// The child powers off when asked (its VMM exits), as a real one does.
-fn powers_off_when_asked(r: &Rig, name: &str) {
-    let (fake, leaf) = (r.fake.clone(), r.root.join(name).join(format!("_x.{name}")));
-    *r.children.on_shutdown.lock().unwrap() = Some(Box::new(move || {
-        for pid in fake.pids_in(&leaf) {
-            fake.exit(pid, 0);
-        }
-    }));
 }
 
 fn view(r: &Rig, name: &str) -> PodView {
