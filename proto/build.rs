@@ -1,5 +1,6 @@
-//! Compiles `aurae/v0/*.proto` with protox (pure Rust; no system `protoc`) and generates
-//! tonic clients/servers plus the encoded descriptor set served by gRPC reflection.
+//! Compiles `aurae/v0/*.proto` and the vendored Kubernetes CRI (`cri/runtime/v1/api.proto`)
+//! with protox (pure Rust; no system `protoc`) and generates tonic clients/servers plus the
+//! encoded descriptor set served by gRPC reflection.
 
 use std::{env, fs, path::PathBuf};
 
@@ -9,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aurae/v0/workloads.proto",
         "aurae/v0/node.proto",
         "aurae/v0/images.proto",
+        "cri/runtime/v1/api.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

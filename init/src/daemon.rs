@@ -32,6 +32,10 @@ pub struct DaemonArgs {
     /// Registries: insecure ones, CA files, credentials (see docs/images.md).
     #[arg(long, default_value = REGISTRIES_FILE)]
     pub registries: PathBuf,
+    /// Serve the Kubernetes CRI to a kubelet on this unix socket (root only, mode 0600);
+    /// off unless given. /run/aurae/cri.sock is where the appliance puts it.
+    #[arg(long, value_name = "PATH")]
+    pub cri_socket: Option<PathBuf>,
     /// Set by Spawn's cell fallback: this auraed is a child instance in its own cell.
     #[arg(long, hide = true)]
     pub spawned_in_cell: bool,
@@ -87,6 +91,7 @@ pub fn run_pid1() -> ! {
             limit: cfg.images_max_bytes.unwrap_or(d.capacity_bytes / 100 * 95),
             registries: REGISTRIES_FILE.into(),
             insecure: cfg.insecure_registries.clone(),
+            cri_socket: cfg.cri_socket.clone(),
         },
         None => ImageOptions {
             store: IMAGE_STORE.into(),
@@ -95,6 +100,7 @@ pub fn run_pid1() -> ! {
                 .unwrap_or_else(|| crate::node::mem_total_bytes() / 4),
             registries: REGISTRIES_FILE.into(),
             insecure: cfg.insecure_registries.clone(),
+            cri_socket: cfg.cri_socket.clone(),
         },
     };
     let (action, grace) = match runtime() {
@@ -143,6 +149,7 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
         limit: args.image_store_mib << 20,
         registries: args.registries.clone(),
         insecure: Vec::new(),
+        cri_socket: args.cri_socket.clone(),
     };
     match rt.block_on(serve_until_power_action(false, args.listen, files, report, images)) {
         Ok(_) => {
@@ -163,13 +170,15 @@ pub const IMAGE_STORE: &str = "/var/lib/aurae/images";
 /// The registries file (admin-written, like the rest of /etc/aurae).
 pub const REGISTRIES_FILE: &str = "/etc/aurae/registries.toml";
 
-/// The image store and registries file a node serves images from.
+/// The image store and registries file a node serves images from, and where it serves
+/// the CRI (which drives them) to a kubelet.
 struct ImageOptions {
     store: PathBuf,
     limit: u64,
     registries: PathBuf,
     /// Insecure registries from the kernel command line, besides the file's.
     insecure: Vec<String>,
+    cri_socket: Option<PathBuf>,
 }
 
 async fn serve_until_power_action(
@@ -195,6 +204,16 @@ async fn serve_until_power_action(
     if let Err(e) = &images {
         report.fail("images", e.to_string());
     }
+    let cri_listener = match &image_options.cri_socket {
+        None => None,
+        Some(path) => match server::cri_socket::bind(path) {
+            Ok(l) => Some((l, path.clone())),
+            Err(e) => {
+                report.fail("aurae.cri", format!("{e}; the CRI is served on the API port only"));
+                None
+            }
+        },
+    };
     if let Err(e) = init::reaper::spawn_reaper_task() {
         tracing::error!("cannot watch SIGCHLD: {e}");
         report.failures.push(init::InitFailure {
@@ -238,7 +257,7 @@ async fn serve_until_power_action(
     let root_pem = material.as_ref().map(|m| m.ca_pem.clone());
     // Filled by the runtime when it frees an instance, read by authorization.
     let revoked = Arc::new(crate::pki::revoked::Revoked::default());
-    let runtime = assemble_runtime(
+    let (runtime, can_spawn) = assemble_runtime(
         &report,
         &spiffe_id,
         pki_dir.clone(),
@@ -248,12 +267,27 @@ async fn serve_until_power_action(
         images.clone(),
     );
     let runtime = Arc::new(runtime);
+    let facts = crate::cri::NodeFacts {
+        runtime_not_ready: (!can_spawn).then(|| {
+            "this node has no spawn identity (spawn-ca.crt and spawn-ca.key beside its certificate), so it cannot spawn pods' instances".to_owned()
+        }),
+        pod_bridge: report.bridge.as_ref().map(|(_, c)| *c),
+    };
+    let cri = Arc::new(crate::cri::Cri::new(runtime.clone(), images.clone(), facts));
     let root = root_pem.as_deref().and_then(crate::pki::first_der);
     let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
     let mut ctx = NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth, identity);
     ctx.pki_dir = pki_dir;
     ctx.images = images;
+    ctx.cri = Some(cri.clone());
     let ctx = Arc::new(ctx);
+    // The CRI's socket ends with the API: when `serve` returns, `cri_stop` is dropped.
+    let (cri_stop, cri_stopped) = tokio::sync::oneshot::channel::<()>();
+    let cri_task = cri_listener.map(|(listener, path)| {
+        tokio::spawn(server::cri_socket::serve(listener, path, cri, async {
+            let _ = cri_stopped.await;
+        }))
+    });
 
     let mut chosen = None;
     // On a power action, workloads are stopped while the API still answers, so Wait and
@@ -264,6 +298,11 @@ async fn serve_until_power_action(
         ctx.runtime.stop_all(ctx.grace(), !pid1).await;
     };
     let served = server::serve(listen, &files, ctx.clone(), stop_workloads).await;
+    drop(cri_stop);
+    if let Some(task) = cri_task {
+        // Calls in flight on the socket get the grace period workloads got, no more.
+        let _ = tokio::time::timeout(ctx.grace(), task).await;
+    }
     if let Err(e) = served {
         if !pid1 {
             return Err(e);
@@ -316,7 +355,8 @@ fn load_policy(
 
 /// The node's runtime: workloads under the cgroup bring-up prepared, VM TAPs and instances
 /// on its bridge, and Spawn when the PKI has a spawn CA beside the node's own certificate.
-/// Children get a policy derived from `policy` (see `Policy::for_child`).
+/// Children get a policy derived from `policy` (see `Policy::for_child`). Also says whether
+/// the node can spawn (has a spawn identity).
 fn assemble_runtime(
     report: &init::InitReport,
     spiffe_id: &str,
@@ -325,7 +365,7 @@ fn assemble_runtime(
     tls: Option<(Arc<crate::pki::tls::LiveIdentity>, String)>,
     revoked: Arc<crate::pki::revoked::Revoked>,
     images: crate::image::Catalog,
-) -> crate::runtime::Runtime {
+) -> (crate::runtime::Runtime, bool) {
     let mut runtime = crate::runtime::Runtime::new(report.workloads_cgroup.clone(), None);
     let dir = pki_dir
         .clone()
@@ -341,6 +381,7 @@ fn assemble_runtime(
         }),
         _ => None,
     };
+    let can_spawn = spawn_identity.is_some();
     runtime.configure(crate::runtime::Settings {
         bridge: report.bridge.clone(),
         named_bridges: report.named_bridges.clone(),
@@ -349,7 +390,7 @@ fn assemble_runtime(
         spawn_identity,
         images,
     });
-    runtime
+    (runtime, can_spawn)
 }
 
 /// PID 1's one thread of async work. It looks for new I/O every 4 tasks run (tokio's

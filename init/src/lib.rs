@@ -10,6 +10,8 @@ pub mod bench;
 pub(crate) mod bpf;
 pub mod cli;
 pub mod cpio;
+/// The Kubernetes CRI (`runtime.v1`) served to a kubelet: a translation onto the runtime.
+pub(crate) mod cri;
 pub mod daemon;
 /// OCI images on the node: the content-addressed store and safe layer unpacking.
 pub mod image;

@@ -1,12 +1,27 @@
 //! The Aurae API contract. Everything here is generated from `proto/aurae/v0/*.proto`;
-//! the rest of the workspace reaches it through `aurae_proto::v0`.
+//! the rest of the workspace reaches it through `aurae_proto::v0`. Beside it, the Kubernetes
+//! Container Runtime Interface (`proto/cri/runtime/v1/api.proto`, vendored) as
+//! `aurae_proto::cri`, which auraed serves to a kubelet.
 
 #[allow(clippy::all, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 pub mod v0 {
     tonic::include_proto!("aurae.v0");
 }
 
-/// Encoded `FileDescriptorSet` of the Aurae API, served by gRPC server reflection.
+/// The Kubernetes CRI v1 (`runtime.v1`): `RuntimeService` and `ImageService`.
+#[allow(
+    clippy::all,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    rustdoc::invalid_html_tags,
+    rustdoc::bare_urls
+)]
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
+
+/// Encoded `FileDescriptorSet` of the Aurae API and the CRI, served by gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/aurae_descriptor.bin"));
 
 /// Metadata header naming the spawned descendant a call is for (`child/grandchild`): the

@@ -15,6 +15,7 @@
 //! | `aurae.insecure_registries=H:P,...` | registries pulled from over plain HTTP | none |
 //! | `aurae.data=/dev/NAME` | a disk whose filesystem holds the image store | none (RAM) |
 //! | `aurae.bridges=NAME[=A.B.C.D/N],...` | named bridges pods attach extra interfaces to (`Pod.networks`), with the node's address on each if given | none |
+//! | `aurae.cri=PATH` | serve the Kubernetes CRI to a kubelet on this unix socket (root only); `aurae.cri=1` is `/run/aurae/cri.sock` | off |
 //! | `aurae.nic=NAME,MAC,A.B.C.D/N` | (set by the parent for a spawned instance, repeatable) name the NIC with this MAC and give it this address | none |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
@@ -54,6 +55,8 @@ pub struct BootConfig {
     pub bridges: Vec<crate::net::NamedBridge>,
     /// A spawned instance's extra NICs (`aurae.nic=`, one each).
     pub nics: Vec<crate::net::Nic>,
+    /// Where to serve the Kubernetes CRI (`aurae.cri=`); None: only on the API port.
+    pub cri_socket: Option<std::path::PathBuf>,
 }
 
 /// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
@@ -84,6 +87,7 @@ impl Default for BootConfig {
             data_device: None,
             bridges: Vec::new(),
             nics: Vec::new(),
+            cri_socket: None,
         }
     }
 }
@@ -174,6 +178,21 @@ impl BootConfig {
                     }
                     _ => Err(not("a size in MiB above 0")),
                 },
+                "cri" if val == "1" => {
+                    cfg.cri_socket = Some(crate::cri::DEFAULT_SOCKET.into());
+                    Ok(())
+                }
+                "cri" => {
+                    let ok = val.starts_with('/') && val.split('/').all(|seg| seg != "." && seg != "..");
+                    if ok {
+                        cfg.cri_socket = Some(val.into());
+                        Ok(())
+                    } else {
+                        Err(not(
+                            "an absolute path for the CRI socket (or 1 for /run/aurae/cri.sock)",
+                        ))
+                    }
+                }
                 "bridges" => parse_bridges(val).map(|b| cfg.bridges = b),
                 "nic" => parse_nic(val).map(|n| cfg.nics.push(n)),
                 "vmm" => match val {
@@ -340,7 +359,8 @@ mod tests {
         let (cfg, w) = BootConfig::parse(
             "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
              aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40 \
-             aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local aurae.data=/dev/vdb",
+             aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local aurae.data=/dev/vdb \
+             aurae.cri=/run/k/cri.sock",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(cfg.log_level, Level::DEBUG);
@@ -361,6 +381,17 @@ mod tests {
         assert_eq!(cfg.images_max_bytes, Some(256 << 20));
         assert_eq!(cfg.insecure_registries, ["10.0.2.100:5000", "reg.local"]);
         assert_eq!(cfg.data_device.as_deref(), Some(std::path::Path::new("/dev/vdb")));
+        assert_eq!(cfg.cri_socket.as_deref(), Some(std::path::Path::new("/run/k/cri.sock")));
+        let (cfg, _) = BootConfig::parse("aurae.cri=1");
+        assert_eq!(
+            cfg.cri_socket.as_deref(),
+            Some(std::path::Path::new("/run/aurae/cri.sock"))
+        );
+        for bad in ["cri.sock", "/run/../etc/x", ""] {
+            let (cfg, w) = BootConfig::parse(&format!("aurae.cri={bad}"));
+            assert_eq!(cfg.cri_socket, None, "{bad}");
+            assert!(w[0].contains("absolute path"), "{w:?}");
+        }
         for bad in ["vdb", "/dev/", "/dev/../etc/passwd", "/etc/x"] {
             let (cfg, w) = BootConfig::parse(&format!("aurae.data={bad}"));
             assert_eq!(cfg.data_device, None, "{bad}");

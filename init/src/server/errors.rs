@@ -1,6 +1,7 @@
 //! The one place domain errors become gRPC statuses. Handlers use `?`; every variant of
 //! every layer's error maps here, by cause, and the message is the error's own text.
 
+use crate::cri::CriError;
 use crate::pki::PkiError;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::spawn::SpawnError;
@@ -82,6 +83,22 @@ impl From<crate::image::ImageError> for Status {
 impl From<RuntimeError> for Status {
     fn from(e: RuntimeError) -> Status {
         Status::new(runtime_code(&e), e.to_string())
+    }
+}
+
+fn cri_code(e: &CriError) -> Code {
+    match e {
+        CriError::Invalid { .. } => Code::InvalidArgument,
+        CriError::NodeLacks(_) => Code::FailedPrecondition,
+        CriError::Unimplemented { .. } => Code::Unimplemented,
+        CriError::Image(i) => image_code(i),
+        CriError::Runtime(r) => runtime_code(r),
+    }
+}
+
+impl From<CriError> for Status {
+    fn from(e: CriError) -> Status {
+        Status::new(cri_code(&e), e.to_string())
     }
 }
 
@@ -175,6 +192,26 @@ mod tests {
             let s = Status::from(RuntimeError::from(lack));
             assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, words));
         }
+    }
+
+    #[test]
+    fn cri_errors_map_by_cause_and_keep_their_words() {
+        let s = Status::from(CriError::Invalid {
+            field: "image.image",
+            why: "empty".into(),
+        });
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "image.image: empty"));
+        let s = Status::from(CriError::Unimplemented {
+            method: "Exec",
+            why: "not yet",
+        });
+        assert_eq!((s.code(), s.message()), (Code::Unimplemented, "Exec: not yet"));
+        let s = Status::from(CriError::from(crate::image::ImageError::NotFound("gone".into())));
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(
+            Status::from(CriError::NodeLacks("x".into())).code(),
+            Code::FailedPrecondition
+        );
     }
 
     #[test]

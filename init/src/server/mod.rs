@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod authz;
 pub mod convert;
+pub mod cri_socket;
 pub mod deadline;
 pub mod errors;
 pub mod forward;
@@ -51,6 +52,8 @@ pub struct NodeContext {
     pub pki_dir: Option<std::path::PathBuf>,
     /// The node's images, or why there are none (the store could not be opened).
     pub images: crate::image::Catalog,
+    /// The Kubernetes CRI, served on the API port (admin only) beside its own socket.
+    pub cri: Option<Arc<crate::cri::Cri>>,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -77,6 +80,7 @@ impl NodeContext {
             identity,
             pki_dir: None,
             images: Err(Arc::new(crate::image::ImageError::NoStore)),
+            cri: None,
             pid1,
             report,
             spiffe_id,
@@ -301,6 +305,8 @@ pub async fn serve(
             images: ctx.images.clone(),
             rt: ctx.runtime.clone(),
         }))
+        .add_optional_service(ctx.cri.clone().map(cri_socket::runtime_service))
+        .add_optional_service(ctx.cri.clone().map(cri_socket::image_service))
         .serve_with_incoming_shutdown(listen::incoming(listener, acceptor), shutdown)
         .await?;
     Ok(())

@@ -101,8 +101,14 @@ pub fn start_listing_insecure(insecure: &[&str]) -> Daemon {
 }
 
 pub fn start_in(dir: tempfile::TempDir, pki_dir: std::path::PathBuf) -> Daemon {
+    start_with(dir, pki_dir, &[])
+}
+
+/// A daemon (as `start_in`) with more command-line arguments.
+pub fn start_with(dir: tempfile::TempDir, pki_dir: std::path::PathBuf, extra: &[&std::ffi::OsStr]) -> Daemon {
     // Each daemon has an image store and registries file of its own.
     let mut child = Command::new(env!("CARGO_BIN_EXE_auraed"))
+        .args(extra)
         .args(["--listen", "127.0.0.1:0", "--pki-dir"])
         .arg(&pki_dir)
         .arg("--image-store")

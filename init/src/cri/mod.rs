@@ -1,0 +1,95 @@
+//! The Kubernetes Container Runtime Interface (CRI v1, `runtime.v1`): what a kubelet on
+//! the node (over a root-only unix socket) or remote tooling (over the mTLS API port,
+//! admin only) drives the node with. It is a translation onto the same runtime and image
+//! store the Aurae API uses, never a second runtime: images are the node's store seen the
+//! way kubelet expects (`images.rs`), and the runtime's state answers `Status`
+//! (`runtime_service.rs`).
+//!
+//! What kubelet relies on, and why each answer has the shape it has, is in
+//! `docs/cri.md` (and the facts behind it in the project's notes on the CRI).
+
+pub mod images;
+pub mod runtime_service;
+
+use crate::image::ImageError;
+use crate::runtime::error::RuntimeError;
+use std::sync::{Arc, Mutex};
+
+/// The CRI API version kubelet insists on (`kubeRuntimeAPIVersion`).
+pub const KUBELET_API_VERSION: &str = "0.1.0";
+/// What `Version.runtime_api_version` says: the CRI's own version.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// Where a kubelet on the appliance finds the CRI when `aurae.cri` names no other path.
+pub const DEFAULT_SOCKET: &str = "/run/aurae/cri.sock";
+
+/// The runtime handlers a pod may name (Kubernetes' RuntimeClass `handler`): `""` is the
+/// node's default (`vm`), `vm` a spawned microVM, `cell` a spawned instance in a cell.
+pub const HANDLERS: &[&str] = &["", "vm", "cell"];
+
+/// Why a CRI call failed; `server/errors.rs` gives each cause its gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    /// A request field is wrong; the message names it and says what to send.
+    #[error("{field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    /// The node cannot do this now (no image store, no spawn identity, ...).
+    #[error("{0}")]
+    NodeLacks(String),
+    /// A method this auraed does not serve (yet), and what to use instead.
+    #[error("{method}: {why}")]
+    Unimplemented { method: &'static str, why: &'static str },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// What the node is, as far as the CRI's `Status` is concerned; fixed at boot.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// Why pods cannot run here (no spawn identity, ...); None: they can.
+    pub runtime_not_ready: Option<String>,
+    /// The bridge pods get their addresses on (auraed makes one only as PID 1).
+    pub pod_bridge: Option<crate::net::Ipv4Cidr>,
+}
+
+/// The CRI's state: the node's runtime and images, and what kubelet told it.
+pub struct Cri {
+    pub(crate) rt: Arc<crate::runtime::Runtime>,
+    pub(crate) images: crate::image::Catalog,
+    pub(crate) facts: NodeFacts,
+    /// The pod CIDR kubelet gave with `UpdateRuntimeConfig` (node.spec.podCIDR).
+    pod_cidr: Mutex<Option<crate::net::Ipv4Cidr>>,
+}
+
+impl Cri {
+    pub fn new(rt: Arc<crate::runtime::Runtime>, images: crate::image::Catalog, facts: NodeFacts) -> Cri {
+        Cri {
+            rt,
+            images,
+            facts,
+            pod_cidr: Mutex::new(None),
+        }
+    }
+
+    /// The pod CIDR kubelet last gave, if any.
+    pub fn pod_cidr(&self) -> Option<crate::net::Ipv4Cidr> {
+        *self.pod_cidr.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_pod_cidr(&self, c: crate::net::Ipv4Cidr) {
+        *self.pod_cidr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
+    }
+
+    fn images(&self) -> Result<&Arc<crate::image::catalog::Images>, CriError> {
+        self.images
+            .as_ref()
+            .map_err(|why| CriError::NodeLacks(format!("this node has no image store: {why}")))
+    }
+}
+
+/// Nanoseconds since the Unix epoch, as the CRI's timestamps are.
+pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
