@@ -214,7 +214,7 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
         };
         let image = status_of(busybox.clone()).await.unwrap();
         assert_eq!(image.id, id);
-        assert_eq!(image.repo_tags, [busybox.clone()]);
+        assert_eq!(image.repo_tags, [busybox.as_str()]);
         assert_eq!(image.repo_digests.len(), 1);
         let repo_digest = image.repo_digests[0].clone();
         assert!(
@@ -309,7 +309,7 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
         img.remove_image(cri::RemoveImageRequest { image: spec(&podsite) })
             .await
             .unwrap();
-        assert_eq!(status_of(id.clone()).await.unwrap().repo_tags, [busybox.clone()]);
+        assert_eq!(status_of(id.clone()).await.unwrap().repo_tags, [busybox.as_str()]);
         assert!(status_of(podsite.clone()).await.is_none());
         img.remove_image(cri::RemoveImageRequest { image: spec(&id) })
             .await
