@@ -331,13 +331,44 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
             "blobs freed"
         );
 
-        // Pods are not served yet, and say so.
+        // A node that cannot spawn refuses a sandbox, saying why, and lists none after.
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
         let e = run
-            .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: "cell".into(),
+            })
             .await
             .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("spawn identity"), "{e:?}");
+        let e = run
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: "kata".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("runtime_handler: 'kata'"), "{e:?}");
+        let listed = run
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(listed.is_empty(), "{listed:?}");
+        // Not served yet, and said so.
+        let e = run.exec_sync(cri::ExecSyncRequest::default()).await.unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);
-        assert!(e.message().contains("RunPod"), "{e:?}");
     });
 }
 

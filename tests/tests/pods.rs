@@ -963,3 +963,508 @@ fn without_kvm_a_pod_falls_back_to_a_cell_and_says_so() {
         c.assert_left_nothing("a pod without KVM").await;
     });
 }
+
+mod cri_replay {
+    //! Issue #25: the Kubernetes CRI, driven the way kubelet drives a runtime (its order of
+    //! calls, its labels, annotations and log directory, its relist while the pod runs, its
+    //! way of restarting a container), over the API port as the admin, with the `vm`
+    //! handler: the sandbox is a microVM spawned by the node.
+
+    use super::*;
+    use aurae_proto::cri;
+    use cri::image_service_client::ImageServiceClient;
+    use cri::runtime_service_client::RuntimeServiceClient;
+    use std::collections::HashMap;
+
+    type Run = RuntimeServiceClient<auraed::cli::Conn>;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    /// What kubelet sends for pod default/web (uid u-web-1), as `kuberuntime_sandbox.go` does.
+    fn sandbox_config() -> cri::PodSandboxConfig {
+        let labels = map(&[
+            ("io.kubernetes.pod.name", "web"),
+            ("io.kubernetes.pod.namespace", "default"),
+            ("io.kubernetes.pod.uid", "u-web-1"),
+            ("app", "web"),
+        ]);
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u-web-1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: "web".into(),
+            log_directory: "/var/log/pods/default_web_u-web-1".into(),
+            labels,
+            annotations: map(&[("kubernetes.io/config.source", "api"), ("note", "byte for byte: é ✓")]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: "/kubepods/besteffort/podu-web-1".into(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Container `app` of the pod, attempt `attempt`, running `script`.
+    fn container_config(image: &str, attempt: u32, script: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "app".into(),
+                attempt,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                user_specified_image: busybox(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            envs: vec![cri::KeyValue {
+                key: "GREETING".into(),
+                value: "from kubelet".into(),
+            }],
+            labels: map(&[
+                ("io.kubernetes.container.name", "app"),
+                ("io.kubernetes.pod.name", "web"),
+                ("io.kubernetes.pod.namespace", "default"),
+                ("io.kubernetes.pod.uid", "u-web-1"),
+            ]),
+            annotations: map(&[
+                ("io.kubernetes.container.hash", "1a2b3c"),
+                ("io.kubernetes.container.restartCount", &attempt.to_string()),
+                ("io.kubernetes.container.terminationMessagePath", "/dev/termination-log"),
+            ]),
+            log_path: format!("app/{attempt}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 32 << 20,
+                    cpu_period: 100_000,
+                    cpu_quota: 50_000,
+                    cpu_shares: 512,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn status(run: &mut Run, id: &str) -> cri::ContainerStatus {
+        run.container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+    }
+
+    /// kubelet's relist (generic PLEG, every second): all sandboxes and containers, then
+    /// the pod's by its uid label, each one's status. Returns the container states.
+    async fn relist(run: &mut Run) -> Vec<(String, i32)> {
+        run.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap();
+        run.list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap();
+        let by_uid = map(&[("io.kubernetes.pod.uid", "u-web-1")]);
+        let sandboxes = run
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    label_selector: by_uid.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        for s in &sandboxes {
+            let st = run
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: s.id.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(st.status.is_some());
+        }
+        let containers = run
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: by_uid,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        let mut states = Vec::new();
+        for c in containers {
+            let s = status(run, &c.id).await;
+            states.push((c.id, s.state));
+        }
+        states
+    }
+
+    /// Relists every second until container `id` has exited; its status then.
+    async fn until_exited(a: &Appliance, run: &mut Run, id: &str) -> cri::ContainerStatus {
+        let deadline = tokio::time::Instant::now() + a.budget(Duration::from_secs(60));
+        loop {
+            let states = relist(run).await;
+            if states
+                .iter()
+                .any(|(c, s)| c == id && *s == cri::ContainerState::ContainerExited as i32)
+            {
+                return status(run, id).await;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id} never exited: {states:?}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[test]
+    fn kubelets_pod_lifecycle_through_the_cri_on_a_vm_sandbox() {
+        let s = shared_or_skip!();
+        let a = &s.a;
+        rt().block_on(async {
+            let ch = a.target().connect().await.unwrap();
+            let mut run: Run = RuntimeServiceClient::new(ch.clone());
+            let mut img = ImageServiceClient::new(ch);
+            let c = Client::connect(a).await;
+
+            // Connect, then the node's readiness: this node spawns and has its bridge.
+            let v = run
+                .version(cri::VersionRequest {
+                    version: "0.1.0".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(v.version, "0.1.0");
+            img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap();
+            let st = run
+                .status(cri::StatusRequest { verbose: false })
+                .await
+                .unwrap()
+                .into_inner();
+            let conds = st.status.unwrap().conditions;
+            assert!(conds.iter().all(|c| c.status), "the node is Ready: {conds:?}");
+
+            // A handler the node does not have is refused by name, and nothing is made.
+            let e = run
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(sandbox_config()),
+                    runtime_handler: "kata".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.message().contains("'kata'"), "{e:?}");
+
+            // RunPodSandbox → PodSandboxStatus, as SyncPod does.
+            let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+                config: Some(sandbox_config()),
+                runtime_handler: String::new(),
+            });
+            req.set_timeout(a.budget(POD_BUDGET));
+            let sid = run.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id;
+            let sst = run
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: sid.clone(),
+                    verbose: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let pod = sst.info["pod"].clone();
+            let sst = sst.status.unwrap();
+            assert_eq!(sst.state, cri::PodSandboxState::SandboxReady as i32);
+            let ip = sst.network.as_ref().unwrap().ip.clone();
+            assert!(ip.starts_with("10.254.0."), "the pod's IP on the node's bridge: {ip}");
+            let want = sandbox_config();
+            assert_eq!(sst.metadata, want.metadata);
+            assert_eq!(sst.labels, want.labels, "labels echoed byte for byte");
+            assert_eq!(sst.annotations, want.annotations);
+            let ns = sst.linux.unwrap().namespaces.unwrap().options.unwrap();
+            assert_eq!(ns.network, cri::NamespaceMode::Pod as i32, "the pod's network mode");
+            // The sandbox is a pod of the node's own runtime, in a microVM.
+            let ps = pod_status(&c, &pod).await;
+            assert_eq!(ps.isolation, pb::IsolationKind::Vm as i32, "{ps:?}");
+            assert!(ps.containers.is_empty());
+
+            // The image, as EnsureImageExists does: status, a pull when absent, by id after.
+            let have = img
+                .image_status(cri::ImageStatusRequest {
+                    image: Some(cri::ImageSpec {
+                        image: busybox(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .image;
+            let image_id = match have {
+                Some(i) => i.id,
+                None => {
+                    img.pull_image(cri::PullImageRequest {
+                        image: Some(cri::ImageSpec {
+                            image: busybox(),
+                            ..Default::default()
+                        }),
+                        auth: None,
+                        sandbox_config: Some(sandbox_config()),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .image_ref
+                }
+            };
+
+            // CreateContainer → StartContainer; the container runs, then exits with 3.
+            let script = "echo \"$GREETING\"; test \"$(hostname)\" != '' && sleep 2; exit 3";
+            let cid = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(container_config(&image_id, 0, script)),
+                    sandbox_config: Some(sandbox_config()),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            let created = status(&mut run, &cid).await;
+            assert_eq!(created.state, cri::ContainerState::ContainerCreated as i32);
+            run.start_container(cri::StartContainerRequest {
+                container_id: cid.clone(),
+            })
+            .await
+            .unwrap();
+            let ended = until_exited(a, &mut run, &cid).await;
+            assert_eq!((ended.exit_code, ended.reason.as_str()), (3, "Error"), "{ended:?}");
+            assert!(
+                ended.created_at > 0 && ended.started_at > 0 && ended.finished_at >= ended.started_at,
+                "{ended:?}"
+            );
+            assert_eq!(ended.image_ref, image_id);
+            assert_eq!(ended.log_path, "/var/log/pods/default_web_u-web-1/app/0.log");
+            assert_eq!(ended.labels["io.kubernetes.container.name"], "app");
+            assert_eq!(ended.annotations["io.kubernetes.container.restartCount"], "0");
+
+            // kubelet restarts it: a new container, attempt 1, beside the exited one.
+            let cid1 = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(container_config(&image_id, 1, "exit 0")),
+                    sandbox_config: Some(sandbox_config()),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            run.start_container(cri::StartContainerRequest {
+                container_id: cid1.clone(),
+            })
+            .await
+            .unwrap();
+            let ended1 = until_exited(a, &mut run, &cid1).await;
+            assert_eq!((ended1.exit_code, ended1.reason.as_str()), (0, "Completed"));
+            assert_eq!(ended1.metadata.unwrap().attempt, 1);
+            let listed = run
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        pod_sandbox_id: sid.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            assert_eq!(listed.len(), 2, "the exited one stays listed: {listed:?}");
+            assert_eq!(listed[0].id, cid1, "newest first");
+
+            // A long-running container, stopped with a grace period (SIGTERM ends it).
+            let cid2 = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(container_config(&image_id, 2, "exec sleep 600")),
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            run.start_container(cri::StartContainerRequest {
+                container_id: cid2.clone(),
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                status(&mut run, &cid2).await.state,
+                cri::ContainerState::ContainerRunning as i32
+            );
+            let running = run
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        state: Some(cri::ContainerStateValue {
+                            state: cri::ContainerState::ContainerRunning as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            assert_eq!(
+                running.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+                [cid2.as_str()]
+            );
+            run.stop_container(cri::StopContainerRequest {
+                container_id: cid2.clone(),
+                timeout: 10,
+            })
+            .await
+            .unwrap();
+            let stopped = status(&mut run, &cid2).await;
+            assert_eq!(
+                (stopped.state, stopped.exit_code),
+                (cri::ContainerState::ContainerExited as i32, 143),
+                "SIGTERM: {stopped:?}"
+            );
+
+            // Unknown ids: NOT_FOUND for statuses, OK for stops and removals.
+            let e = run
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: "nope".into(),
+                    verbose: false,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound);
+            let e = run
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: "nope".into(),
+                    verbose: false,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound);
+            run.stop_container(cri::StopContainerRequest {
+                container_id: "nope".into(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+            run.remove_container(cri::RemoveContainerRequest {
+                container_id: "nope".into(),
+            })
+            .await
+            .unwrap();
+            run.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: "nope".into(),
+            })
+            .await
+            .unwrap();
+            // Bad input makes nothing: an unknown sandbox, an image the node lacks.
+            let e = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: "nope".into(),
+                    config: Some(container_config(&image_id, 9, "true")),
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+            let e = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(container_config(&format!("{REGISTRY}/test/absent:1"), 9, "true")),
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+            assert!(e.message().contains("pull it first"), "{e:?}");
+            assert_eq!(relist(&mut run).await.len(), 3, "nothing made by the refusals");
+
+            // Teardown as kubelet does: stop the sandbox (NOTREADY, idempotent; no new
+            // container), then the GC removes containers and the sandbox.
+            for _ in 0..2 {
+                run.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: sid.clone(),
+                })
+                .await
+                .unwrap();
+            }
+            let sst = run
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: sid.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            assert_eq!(sst.state, cri::PodSandboxState::SandboxNotready as i32);
+            let e = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(container_config(&image_id, 3, "true")),
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+            for id in [&cid, &cid1, &cid2] {
+                run.remove_container(cri::RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .unwrap();
+            }
+            for _ in 0..2 {
+                run.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: sid.clone(),
+                })
+                .await
+                .unwrap();
+            }
+            let left = run
+                .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
+            assert!(left.is_empty(), "{left:?}");
+            let e = c.workloads.clone().status(pod_ref(&pod)).await.unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "the runtime pod is freed: {e:?}");
+        });
+    }
+}

@@ -11,7 +11,6 @@ use crate::image::catalog::{Images, InUse, Record};
 use crate::image::pull::{parse_reference, Credentials};
 use crate::image::ImageError;
 use aurae_proto::cri;
-use tonic::{Request, Response, Status};
 
 /// Finds the image `spec` names: its id, a reference (short or full), `NAME@sha256:...`, or
 /// a manifest digest. None when the node does not have it.
@@ -237,46 +236,6 @@ impl Cri {
             image_filesystems: vec![usage],
             container_filesystems: Vec::new(),
         })
-    }
-}
-
-/// The `ImageService` kubelet's image manager calls: thin handlers over `Cri`.
-pub struct ImageApi {
-    pub cri: std::sync::Arc<Cri>,
-}
-
-#[tonic::async_trait]
-impl cri::image_service_server::ImageService for ImageApi {
-    async fn list_images(
-        &self,
-        r: Request<cri::ListImagesRequest>,
-    ) -> Result<Response<cri::ListImagesResponse>, Status> {
-        Ok(Response::new(self.cri.list_images(r.into_inner()).await?))
-    }
-
-    async fn image_status(
-        &self,
-        r: Request<cri::ImageStatusRequest>,
-    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        Ok(Response::new(self.cri.image_status(r.into_inner()).await?))
-    }
-
-    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
-        Ok(Response::new(self.cri.pull_image(r.into_inner()).await?))
-    }
-
-    async fn remove_image(
-        &self,
-        r: Request<cri::RemoveImageRequest>,
-    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        Ok(Response::new(self.cri.remove_image(r.into_inner()).await?))
-    }
-
-    async fn image_fs_info(
-        &self,
-        _: Request<cri::ImageFsInfoRequest>,
-    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        Ok(Response::new(self.cri.image_fs_info().await?))
     }
 }
 

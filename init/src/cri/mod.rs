@@ -8,8 +8,11 @@
 //! What kubelet relies on, and why each answer has the shape it has, is in
 //! `docs/cri.md` (and the facts behind it in the project's notes on the CRI).
 
+pub mod container;
 pub mod images;
-pub mod runtime_service;
+pub mod sandbox;
+pub mod state;
+pub mod status;
 
 use crate::image::ImageError;
 use crate::runtime::error::RuntimeError;
@@ -35,6 +38,12 @@ pub enum CriError {
     /// The node cannot do this now (no image store, no spawn identity, ...).
     #[error("{0}")]
     NodeLacks(String),
+    /// No such sandbox or container (kubelet tolerates this between a list and a status).
+    #[error("{0}")]
+    NotFound(String),
+    /// The sandbox or container is not in a state that allows this.
+    #[error("{0}")]
+    WrongState(String),
     /// A method this auraed does not serve (yet), and what to use instead.
     #[error("{method}: {why}")]
     Unimplemented { method: &'static str, why: &'static str },
@@ -60,6 +69,8 @@ pub struct Cri {
     pub(crate) facts: NodeFacts,
     /// The pod CIDR kubelet gave with `UpdateRuntimeConfig` (node.spec.podCIDR).
     pod_cidr: Mutex<Option<crate::net::Ipv4Cidr>>,
+    /// kubelet's sandboxes and containers (held for moments, never across an await).
+    table: Mutex<state::Table>,
 }
 
 impl Cri {
@@ -69,7 +80,12 @@ impl Cri {
             images,
             facts,
             pod_cidr: Mutex::new(None),
+            table: Mutex::new(state::Table::default()),
         }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, state::Table> {
+        self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The pod CIDR kubelet last gave, if any.

@@ -250,6 +250,13 @@ pub(crate) trait PodCalls: Send + Sync {
         signal: i32,
         grace: Duration,
     ) -> Call<'a, std::result::Result<(), Status>>;
+    /// Removes a container's cell and its runs (a sandbox's container, removed).
+    fn remove_cell<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>>;
 }
 
 /// The child's API, over the mTLS channel.
@@ -343,6 +350,15 @@ impl PodCalls for ChildApi {
         grace: Duration,
     ) -> Call<'a, std::result::Result<(), Status>> {
         Box::pin(child::stop_run(ch, container, signal, grace))
+    }
+
+    fn remove_cell<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<(), Status>> {
+        Box::pin(child::remove_cell(ch, container, timeout))
     }
 }
 
@@ -889,6 +905,8 @@ pub(crate) mod testing {
         pub stops: std::sync::atomic::AtomicU32,
         /// Starts are refused (the instance's cell is gone, say) while set.
         pub refuse_starts: Mutex<bool>,
+        /// Cells are refused (a bad image in the instance, say) while set.
+        pub refuse_cells: Mutex<bool>,
     }
 
     impl Default for FakePodChild {
@@ -902,6 +920,7 @@ pub(crate) mod testing {
                 frees: Default::default(),
                 stops: Default::default(),
                 refuse_starts: Mutex::new(false),
+                refuse_cells: Mutex::new(false),
             }
         }
     }
@@ -958,6 +977,13 @@ pub(crate) mod testing {
             cell: crate::pb::Cell,
             _timeout: Duration,
         ) -> Call<'a, std::result::Result<crate::pb::CellStatus, Status>> {
+            if *self.refuse_cells.lock().unwrap() {
+                let e = Status::invalid_argument(format!(
+                    "image.user: no such user in the image (fake, cell {})",
+                    cell.name
+                ));
+                return Box::pin(async move { Err(e) });
+            }
             self.cells.lock().unwrap().push(cell.name.clone());
             Box::pin(async move {
                 Ok(crate::pb::CellStatus {
@@ -1054,6 +1080,19 @@ pub(crate) mod testing {
         ) -> Call<'a, std::result::Result<(), Status>> {
             self.stops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.end_run(container, None, Some(signal));
+            Box::pin(async { Ok(()) })
+        }
+
+        fn remove_cell<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+            _timeout: Duration,
+        ) -> Call<'a, std::result::Result<(), Status>> {
+            self.end_run(container, None, Some(9));
+            self.runs.lock().unwrap().remove(container);
+            self.cells.lock().unwrap().retain(|c| c != container);
+            self.changed.send_modify(|n| *n += 1);
             Box::pin(async { Ok(()) })
         }
     }

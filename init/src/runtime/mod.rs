@@ -109,6 +109,16 @@ fn is_cgroup2(path: &std::path::Path) -> bool {
 }
 
 /// What the daemon sets up before the runtime serves (see [`Runtime::configure`]).
+/// What `Runtime::container` does to a sandbox's container.
+#[derive(Debug, Clone, Copy)]
+pub enum ContainerStep {
+    /// Start its entrypoint, within this long.
+    Start(Duration),
+    /// SIGTERM, this grace, then a kill.
+    Stop(Duration),
+    Remove,
+}
+
 pub struct Settings {
     /// The node bridge VM TAPs and instances join, with its address.
     pub bridge: Option<(String, crate::net::Ipv4Cidr)>,
@@ -268,6 +278,30 @@ impl Runtime {
     pub async fn run_pod(&self, spec: crate::runtime::pod::spec::PodSpec) -> Result<pod::PodView> {
         let images = pod::prepare_images(&self.host, &spec).await?;
         pod::run(&self.host, spec, images).await
+    }
+
+    /// Makes a container in sandbox `pod` (pulling its image here as its policy says), not
+    /// started; within `timeout`.
+    pub async fn create_container(
+        &self,
+        pod: &str,
+        spec: pod::spec::ContainerSpec,
+        timeout: Duration,
+    ) -> Result<pod::ContainerView> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let image = pod::prepare_container_image(&self.host, &spec).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        pod::create_container(&self.host, pod, spec, image, left).await
+    }
+
+    /// A sandbox's container: `Start` its entrypoint, `Stop` it (SIGTERM, the grace, a
+    /// kill), or `Remove` it with its cell. Remove answers no view.
+    pub async fn container(&self, pod: &str, name: &str, step: ContainerStep) -> Result<Option<pod::ContainerView>> {
+        match step {
+            ContainerStep::Start(timeout) => pod::start_container(&self.host, pod, name, timeout).await.map(Some),
+            ContainerStep::Stop(grace) => pod::stop_container(&self.host, pod, name, grace).await.map(Some),
+            ContainerStep::Remove => pod::remove_container(&self.host, pod, name).await.map(|()| None),
+        }
     }
 
     /// Exec: a process started in a running cell, attached to the caller.

@@ -3,8 +3,8 @@
 //! has a kubelet's power over the node, so it is root's alone (mode 0600, in a directory
 //! only root may enter). The same services are on the mTLS API port, admin only.
 
-use crate::cri::{images::ImageApi, runtime_service::RuntimeApi, Cri};
-use aurae_proto::cri::{image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer};
+use super::cri_api::{image_service, runtime_service};
+use crate::cri::Cri;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,14 +22,6 @@ pub enum CriSocketError {
     NotASocket(PathBuf),
     #[error("{0}: the CRI socket's path must be absolute")]
     Relative(PathBuf),
-}
-
-pub fn runtime_service(cri: Arc<Cri>) -> RuntimeServiceServer<RuntimeApi> {
-    RuntimeServiceServer::new(RuntimeApi { cri })
-}
-
-pub fn image_service(cri: Arc<Cri>) -> ImageServiceServer<ImageApi> {
-    ImageServiceServer::new(ImageApi { cri })
 }
 
 /// Makes the socket at `path`: its directory (0700 when auraed makes it), a stale socket

@@ -89,7 +89,8 @@ impl From<RuntimeError> for Status {
 fn cri_code(e: &CriError) -> Code {
     match e {
         CriError::Invalid { .. } => Code::InvalidArgument,
-        CriError::NodeLacks(_) => Code::FailedPrecondition,
+        CriError::NodeLacks(_) | CriError::WrongState(_) => Code::FailedPrecondition,
+        CriError::NotFound(_) => Code::NotFound,
         CriError::Unimplemented { .. } => Code::Unimplemented,
         CriError::Image(i) => image_code(i),
         CriError::Runtime(r) => runtime_code(r),

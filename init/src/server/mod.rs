@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod authz;
 pub mod convert;
+pub mod cri_api;
 pub mod cri_socket;
 pub mod deadline;
 pub mod errors;
@@ -305,8 +306,8 @@ pub async fn serve(
             images: ctx.images.clone(),
             rt: ctx.runtime.clone(),
         }))
-        .add_optional_service(ctx.cri.clone().map(cri_socket::runtime_service))
-        .add_optional_service(ctx.cri.clone().map(cri_socket::image_service))
+        .add_optional_service(ctx.cri.clone().map(cri_api::runtime_service))
+        .add_optional_service(ctx.cri.clone().map(cri_api::image_service))
         .serve_with_incoming_shutdown(listen::incoming(listener, acceptor), shutdown)
         .await?;
     Ok(())

@@ -41,6 +41,7 @@ pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
             args: c.args.clone(),
             env: c.env.iter().cloned().collect(),
             working_dir: c.working_dir.clone().unwrap_or_default(),
+            user: c.user.clone().unwrap_or_default(),
             // The entrypoint's runs are the pod's to start (and restart).
             no_entrypoint: true,
             volumes: pod

@@ -1,26 +1,35 @@
 //! The pod workload: an instance of its own (spawned, not listed among instances) with one
 //! image cell per container in it, the pod's ports published on this node, and a
 //! supervisor per container that waits for each run of its entrypoint to end and starts
-//! the next as the restart policy says (Kubernetes' back-off). What a pod is and the rules
-//! it follows are in `spec.rs`, a manifest a user writes is read in `manifest.rs`; the calls to the instance go through the `ChildLink` seam to `crate::runtime::spawn::child`.
+//! the next as the restart policy says (Kubernetes' back-off, `supervise.rs`). What a pod
+//! is and the rules it follows are in `spec.rs`, a manifest a user writes is read in
+//! `manifest.rs`; the calls to the instance go through the `ChildLink` seam to
+//! `crate::runtime::spawn::child`.
+//!
+//! A pod made as a **sandbox** (the CRI's) starts with no containers: they are made,
+//! started, stopped and removed one at a time (`containers.rs`), none is restarted by
+//! auraed (kubelet does that, as a new container), and the pod lasts until it is stopped.
 
 pub(crate) mod container;
+mod containers;
 mod images;
 pub mod manifest;
 pub(crate) mod spec;
+mod supervise;
 
-pub(crate) use images::prepare_images;
+pub(crate) use containers::{create_container, remove_container, start_container, stop_container};
+
 pub use images::PodImage;
+pub(crate) use images::{prepare_container_image, prepare_images};
 
 use crate::image::load::Offer;
 use crate::net::proxy;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
-use crate::runtime::launcher::ChildLink;
 use crate::runtime::names::ExecName;
 use crate::runtime::spawn::instance;
 use crate::runtime::spawn::instance::{Instance, InstanceSpec, InstanceView, IsolationKind};
-use spec::{ContainerState, PodPhase, PodSpec, Termination};
+use spec::{ContainerSpec, ContainerState, PodPhase, PodSpec, Termination};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,7 +41,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped pod's instance gets to power off once its containers have ended.
 const INSTANCE_GRACE: Duration = Duration::from_secs(2);
 
-struct Run {
+/// One container of a pod: what it is, its image, and where its runs are.
+struct Slot {
+    spec: ContainerSpec,
+    /// The image it runs: (reference, manifest digest, chain IDs).
+    image: (String, String, Vec<String>),
     state: ContainerState,
     restarts: u32,
     last: Option<Termination>,
@@ -45,14 +58,23 @@ struct PodState {
     /// Why the making failed, or why contact with the instance was lost.
     reason: String,
     lost: bool,
-    runs: Vec<Run>,
+    /// In the order they were asked for.
+    containers: Vec<Slot>,
+    /// Images the instance has been given (references), and the blobs sent with them.
+    given: Vec<String>,
+    blobs: std::collections::HashSet<String>,
+}
+
+impl PodState {
+    fn slot(&mut self, name: &str) -> Option<&mut Slot> {
+        self.containers.iter_mut().find(|c| c.spec.name.as_str() == name)
+    }
 }
 
 pub struct Pod {
     pub name: ExecName,
+    /// The pod as asked for; its containers are in `state` (a sandbox's come and go).
     spec: PodSpec,
-    /// Per container, the image it runs: (reference, manifest digest, chain IDs).
-    images: Vec<(String, String, Vec<String>)>,
     instance: OnceLock<Arc<Instance>>,
     state: Mutex<PodState>,
     changed: watch::Sender<()>,
@@ -109,13 +131,17 @@ impl Pod {
         self.instance.get()
     }
 
-    /// Whether it has ended for good: its instance has, or every container has.
+    /// Whether it has ended for good: its instance has, or every container has (a
+    /// sandbox: once stopped).
     pub fn ended(&self) -> bool {
         if self.instance().is_some_and(|i| i.body.ended()) {
             return true;
         }
+        if self.spec.sandbox {
+            return self.stopping.load(Ordering::Relaxed);
+        }
         let s = self.state();
-        !s.making && !s.runs.is_empty() && s.runs.iter().all(|r| r.state == ContainerState::Terminated)
+        !s.making && !s.containers.is_empty() && s.containers.iter().all(|r| r.state == ContainerState::Terminated)
     }
 
     pub async fn wait(&self) {
@@ -140,34 +166,23 @@ impl Pod {
     pub fn view(&self) -> PodView {
         let instance = self.instance().map(|i| i.view());
         let s = self.state();
-        let containers: Vec<ContainerView> = self
-            .spec
-            .containers
-            .iter()
-            .zip(&self.images)
-            .enumerate()
-            .map(|(n, (c, (reference, digest, _)))| {
-                let run = s.runs.get(n);
-                ContainerView {
-                    name: c.name.to_string(),
-                    image: reference.clone(),
-                    image_digest: digest.clone(),
-                    state: run.map_or(
-                        ContainerState::Waiting {
-                            reason: "ContainerCreating".into(),
-                            until_unix_nanos: 0,
-                        },
-                        |r| r.state.clone(),
-                    ),
-                    restarts: run.map_or(0, |r| r.restarts),
-                    last: run.and_then(|r| r.last.clone()),
-                }
+        let containers: Vec<ContainerView> = (s.containers.iter())
+            .map(|c| ContainerView {
+                name: c.spec.name.to_string(),
+                image: c.image.0.clone(),
+                image_digest: c.image.1.clone(),
+                state: c.state.clone(),
+                restarts: c.restarts,
+                last: c.last.clone(),
             })
             .collect();
         let body_ended = self.instance().is_some_and(|i| i.body.ended());
+        let stopping = self.stopping.load(Ordering::Relaxed);
         let (phase, reason) = if s.making {
             (PodPhase::Pending, s.reason.clone())
-        } else if body_ended && !self.stopping.load(Ordering::Relaxed) {
+        } else if self.spec.sandbox && stopping {
+            (PodPhase::Succeeded, "stopped".into())
+        } else if body_ended && !stopping {
             let how = instance
                 .as_ref()
                 .and_then(|i| i.vm.as_ref().map(|v| format!("{} {}", v.exit_reason, v.error)))
@@ -175,6 +190,8 @@ impl Pod {
             (PodPhase::Failed, format!("its instance ended: {}", how.trim()))
         } else if s.lost && !body_ended {
             (PodPhase::Unknown, s.reason.clone())
+        } else if self.spec.sandbox {
+            (PodPhase::Running, s.reason.clone())
         } else {
             let states: Vec<(ContainerState, Option<Termination>)> =
                 containers.iter().map(|c| (c.state.clone(), c.last.clone())).collect();
@@ -183,11 +200,8 @@ impl Pod {
                 p => (p, s.reason.clone()),
             }
         };
-        let ports = self
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().map(|(h, p)| (c.name.to_string(), *h, *p)))
+        let ports = (s.containers.iter())
+            .flat_map(|c| c.spec.ports.iter().map(|(h, p)| (c.spec.name.to_string(), *h, *p)))
             .collect();
         PodView {
             name: self.name.to_string(),
@@ -212,16 +226,10 @@ impl Pod {
         self.changed.send_replace(());
         let Some(i) = self.instance() else { return };
         if !i.body.ended() {
-            let running: Vec<String> = {
-                let s = self.state();
-                self.spec
-                    .containers
-                    .iter()
-                    .zip(&s.runs)
-                    .filter(|(_, r)| matches!(r.state, ContainerState::Running { .. }))
-                    .map(|(c, _)| c.name.to_string())
-                    .collect()
-            };
+            let running: Vec<String> = (self.state().containers.iter())
+                .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+                .map(|c| c.spec.name.to_string())
+                .collect();
             let stops = running.iter().map(|c| async move {
                 if let Err(e) = host.children.pod_calls().stop_run(&i.channel, c, signal, grace).await {
                     tracing::warn!("pod {}: stop container {c}: {}", self.name, e.message());
@@ -231,10 +239,7 @@ impl Pod {
             // The supervisors see the runs end and record how.
             let settle = tokio::time::Instant::now() + Duration::from_secs(5);
             super::poll_until(settle, || {
-                self.state()
-                    .runs
-                    .iter()
-                    .all(|r| !matches!(r.state, ContainerState::Running { .. }))
+                (self.state().containers.iter()).all(|r| !matches!(r.state, ContainerState::Running { .. }))
             })
             .await;
         }
@@ -267,7 +272,7 @@ impl Pod {
 /// per container, in order), makes each container's cell there and starts its
 /// entrypoint, then publishes the ports. Returns once every container runs; on any
 /// failure nothing is left (instance, cells, ports, name).
-pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) -> Result<PodView> {
+pub(crate) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage>>) -> Result<PodView> {
     host.usable()?;
     let (vcpus, memory) = spec::size(&spec);
     let field = if spec.memory_bytes.is_some() {
@@ -310,19 +315,32 @@ pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) 
     }
     let deadline = tokio::time::Instant::now() + spec.ready_within;
     let (tx, _) = watch::channel(());
+    let containers = std::mem::take(&mut spec.containers)
+        .into_iter()
+        .zip(&images)
+        .map(|(c, i)| Slot {
+            spec: c,
+            image: (i.reference.clone(), i.digest.clone(), i.chains.clone()),
+            state: ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                until_unix_nanos: 0,
+            },
+            restarts: 0,
+            last: None,
+            argv: Vec::new(),
+        })
+        .collect();
     let p = Arc::new(Pod {
         name: spec.name.clone(),
-        images: images
-            .iter()
-            .map(|i| (i.reference.clone(), i.digest.clone(), i.chains.clone()))
-            .collect(),
         spec,
         instance: OnceLock::new(),
         state: Mutex::new(PodState {
             making: true,
             reason: "ContainerCreating".into(),
             lost: false,
-            runs: Vec::new(),
+            containers,
+            given: Vec::new(),
+            blobs: Default::default(),
         }),
         changed: tx,
         ports: Mutex::new(Vec::new()),
@@ -336,11 +354,9 @@ pub(crate) async fn run(host: &Host, spec: PodSpec, images: Vec<Arc<PodImage>>) 
                 s.making = false;
                 s.reason.clear();
             });
-            let ch = p.instance().map(|i| i.channel.clone());
-            if let Some(ch) = ch {
-                for n in 0..p.spec.containers.len() {
-                    tokio::spawn(supervise(p.clone(), n, ch.clone(), host.children.clone()));
-                }
+            let names: Vec<String> = (p.state().containers.iter()).map(|c| c.spec.name.to_string()).collect();
+            for name in names {
+                supervise::watch(&p, name, host);
             }
             tracing::info!("pod {} running", p.name);
             Ok(p.view())
@@ -380,60 +396,31 @@ async fn make(
     };
     let i = instance::boot(host, &ispec).await?;
     let _ = p.instance.set(i.clone());
-    let calls = host.children.pod_calls();
     let ch = i.channel.clone();
-    // Each image once, each blob once.
-    let mut given: Vec<&str> = Vec::new();
-    let mut blobs: std::collections::HashSet<String> = Default::default();
     for img in &images {
-        if given.contains(&img.reference.as_str()) {
-            continue;
-        }
-        given.push(&img.reference);
-        let mut offer = img.offer.clone();
-        for l in &mut offer.layers {
-            l.sent = blobs.insert(l.digest.to_string());
-        }
-        let began = std::time::Instant::now();
-        calls
-            .load_image(&ch, &offer, &img.paths, left().min(CALL_TIMEOUT * 5))
-            .await
-            .map_err(|s| refused(&format!("giving image {} to the pod's instance", img.reference), s))?;
-        tracing::info!(
-            "pod {}: image {} given to its instance in {} ms",
-            p.name,
-            img.reference,
-            began.elapsed().as_millis()
-        );
+        give_image(host, p, &ch, img, left().min(CALL_TIMEOUT * 5)).await?;
     }
-    let mut runs = Vec::with_capacity(p.spec.containers.len());
-    for (n, c) in p.spec.containers.iter().enumerate() {
-        let cell = container::container_cell(&p.spec, c);
-        let status = calls
-            .run_cell(&ch, cell, left())
+    let names: Vec<(String, String)> = (p.state().containers.iter())
+        .map(|c| (c.spec.name.to_string(), c.spec.image.clone()))
+        .collect();
+    for (n, (name, image)) in names.iter().enumerate() {
+        let field = format!("containers[{n}]");
+        make_cell(host, p, &ch, name, image, &field, left()).await?;
+        let argv = p.state().slot(name).map(|c| c.argv.clone()).unwrap_or_default();
+        let run = host
+            .children
+            .pod_calls()
+            .start_run(&ch, name, argv, left())
             .await
-            .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
-        let argv = status.image.map(|i| i.entrypoint).unwrap_or_default();
-        if argv.is_empty() {
-            return Err(RuntimeError::invalid(
-                format!("containers[{n}].command"),
-                format!("image '{}' names no entrypoint or cmd; give command or args", c.image),
-            ));
-        }
-        let run = calls
-            .start_run(&ch, c.name.as_str(), argv.clone(), left())
-            .await
-            .map_err(|s| refused(&format!("containers[{n}] ({})", c.name), s))?;
-        runs.push(Run {
-            state: ContainerState::Running {
-                since_unix_nanos: run.started_at_unix_nanos,
-            },
-            restarts: 0,
-            last: None,
-            argv,
+            .map_err(|s| refused(&format!("{field} ({name})"), s))?;
+        p.update(|s| {
+            if let Some(c) = s.slot(name) {
+                c.state = ContainerState::Running {
+                    since_unix_nanos: run.started_at_unix_nanos,
+                };
+            }
         });
     }
-    p.update(|s| s.runs = runs);
     let ip = match i.address.ip() {
         std::net::IpAddr::V4(a) => a,
         std::net::IpAddr::V6(_) => return Err(RuntimeError::Network("the pod's instance has no IPv4 address".into())),
@@ -444,6 +431,84 @@ async fn make(
             .map_err(|e| RuntimeError::Network(format!("pod '{}': publish a port: {e}", p.name)))?;
         ports.push(published);
     }
+    Ok(())
+}
+
+/// Gives `img` to the pod's instance unless it has it: each image once, each blob once.
+async fn give_image(
+    host: &Host,
+    p: &Pod,
+    ch: &tonic::transport::Channel,
+    img: &PodImage,
+    timeout: Duration,
+) -> Result<()> {
+    let offer = {
+        let s = p.state();
+        if s.given.contains(&img.reference) {
+            return Ok(());
+        }
+        let mut offer = img.offer.clone();
+        for l in &mut offer.layers {
+            l.sent = !s.blobs.contains(&l.digest.to_string());
+        }
+        offer
+    };
+    let began = std::time::Instant::now();
+    host.children
+        .pod_calls()
+        .load_image(ch, &offer, &img.paths, timeout)
+        .await
+        .map_err(|s| refused(&format!("giving image {} to the pod's instance", img.reference), s))?;
+    let mut s = p.state();
+    s.given.push(img.reference.clone());
+    s.blobs.extend(offer.layers.iter().map(|l| l.digest.to_string()));
+    tracing::info!(
+        "pod {}: image {} given to its instance in {} ms",
+        p.name,
+        img.reference,
+        began.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Makes container `name`'s cell in the instance and keeps the argv its runs execute.
+async fn make_cell(
+    host: &Host,
+    p: &Pod,
+    ch: &tonic::transport::Channel,
+    name: &str,
+    image: &str,
+    field: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let cell = {
+        let s = p.state();
+        let Some(c) = s.containers.iter().find(|c| c.spec.name.as_str() == name) else {
+            return Err(RuntimeError::NotFound(format!(
+                "pod '{}' has no container '{name}'",
+                p.name
+            )));
+        };
+        container::container_cell(&p.spec, &c.spec)
+    };
+    let status = host
+        .children
+        .pod_calls()
+        .run_cell(ch, cell, timeout)
+        .await
+        .map_err(|s| refused(&format!("{field} ({name})"), s))?;
+    let argv = status.image.map(|i| i.entrypoint).unwrap_or_default();
+    if argv.is_empty() {
+        return Err(RuntimeError::invalid(
+            format!("{field}.command"),
+            format!("image '{image}' names no entrypoint or cmd; give command or args"),
+        ));
+    }
+    p.update(|s| {
+        if let Some(c) = s.slot(name) {
+            c.argv = argv;
+        }
+    });
     Ok(())
 }
 
@@ -464,125 +529,9 @@ pub(super) fn images(host: &Host) -> Vec<(String, String, Vec<String>)> {
     host.table()
         .all::<Pod>()
         .flat_map(|p| {
-            p.images
-                .iter()
-                .map(|(r, _, c)| (format!("pod '{}'", p.name), r.clone(), c.clone()))
+            (p.state().containers.iter())
+                .map(|c| (format!("pod '{}'", p.name), c.image.0.clone(), c.image.2.clone()))
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// Runs container `n` of `p` for as long as its restart policy says: waits for each run
-/// to end, records how, and starts the next after the back-off.
-async fn supervise(p: Arc<Pod>, n: usize, ch: tonic::transport::Channel, children: Arc<dyn ChildLink>) {
-    let calls = children.pod_calls();
-    let Some(container) = p.spec.containers.get(n).map(|c| c.name.to_string()) else {
-        return;
-    };
-    let Some(instance) = p.instance().cloned() else { return };
-    let mut stop = p.changed.subscribe();
-    loop {
-        let ended = tokio::select! {
-            r = calls.wait_run(&ch, &container) => r,
-            _ = instance.body.wait() => return,
-        };
-        let st = match ended {
-            Ok(st) => st,
-            Err(e) => {
-                if p.stopping.load(Ordering::Relaxed) || instance.body.ended() {
-                    return;
-                }
-                p.update(|s| {
-                    s.lost = true;
-                    s.reason = format!("its instance does not answer: {}", e.message());
-                });
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        let t = Termination {
-            exit_code: st.exit_code,
-            signal: st.signal,
-            oom_killed: st.oom_killed,
-            started_unix_nanos: st.started_at_unix_nanos,
-            finished_unix_nanos: st.ended_at_unix_nanos,
-        };
-        let ran = Duration::from_nanos(u64::try_from(t.finished_unix_nanos - t.started_unix_nanos).unwrap_or(0));
-        let restart = !p.stopping.load(Ordering::Relaxed) && p.spec.restart.restarts(&t);
-        let mut restarts: u32 = 0;
-        let mut argv = Vec::new();
-        p.update(|s| {
-            s.lost = false;
-            if let Some(r) = s.runs.get_mut(n) {
-                r.last = Some(t.clone());
-                r.state = ContainerState::Terminated;
-                restarts = r.restarts;
-                argv = r.argv.clone();
-            }
-        });
-        tracing::info!(
-            "pod {}: container {container} ended ({}, code {:?}, signal {:?}){}",
-            p.name,
-            t.reason(),
-            t.exit_code,
-            t.signal,
-            if restart { "; restarting after its back-off" } else { "" }
-        );
-        if !restart {
-            return;
-        }
-        // Back-off, then the next run; a run that cannot start counts as one that failed.
-        loop {
-            let wait = spec::backoff(restarts, ran);
-            let until = super::logs::now_unix_nanos() + i64::try_from(wait.as_nanos()).unwrap_or(i64::MAX);
-            p.update(|s| {
-                if let Some(r) = s.runs.get_mut(n) {
-                    r.state = ContainerState::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        until_unix_nanos: until,
-                    };
-                }
-            });
-            let sleep = tokio::time::sleep(wait);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    r = stop.changed() => if r.is_err() { return },
-                    _ = instance.body.wait() => return,
-                }
-                if p.stopping.load(Ordering::Relaxed) {
-                    p.update(|s| {
-                        if let Some(r) = s.runs.get_mut(n) {
-                            r.state = ContainerState::Terminated;
-                        }
-                    });
-                    return;
-                }
-            }
-            restarts += 1;
-            let _ = calls.free_run(&ch, &container, CALL_TIMEOUT).await;
-            match calls.start_run(&ch, &container, argv.clone(), CALL_TIMEOUT).await {
-                Ok(run) => {
-                    p.update(|s| {
-                        if let Some(r) = s.runs.get_mut(n) {
-                            r.restarts = restarts;
-                            r.state = ContainerState::Running {
-                                since_unix_nanos: run.started_at_unix_nanos,
-                            };
-                        }
-                    });
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("pod {}: restart container {container}: {}", p.name, e.message());
-                    p.update(|s| {
-                        if let Some(r) = s.runs.get_mut(n) {
-                            r.restarts = restarts;
-                        }
-                    });
-                }
-            }
-        }
-    }
 }

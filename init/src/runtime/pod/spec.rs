@@ -61,6 +61,8 @@ pub struct ContainerSpec {
     pub requests: ResourceList,
     pub limits: ResourceList,
     pub mounts: Vec<VolumeMount>,
+    /// Who its processes run as (`uid[:gid]` or a name in the image); None: the image's.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,9 @@ pub struct PodSpec {
     pub vcpus: Option<u8>,
     pub memory_bytes: Option<u64>,
     pub isolation: Option<IsolationKind>,
+    /// A CRI sandbox: made with no containers, which come and go one at a time and are
+    /// never restarted by auraed; it lasts until stopped.
+    pub sandbox: bool,
     /// How long RunPod may take, the instance's boot included.
     pub ready_within: Duration,
     /// Extra interfaces on named node bridges (eth1, ...).
@@ -152,6 +157,8 @@ pub enum ContainerState {
         reason: String,
         until_unix_nanos: i64,
     },
+    /// Made (a sandbox's container: its cell exists), its entrypoint not started yet.
+    Created,
     Running {
         since_unix_nanos: i64,
     },
@@ -263,6 +270,7 @@ mod tests {
                 memory_bytes: mem,
             },
             mounts: vec![],
+            user: None,
         };
         let mut spec = PodSpec {
             name: ExecName::parse("p").unwrap(),
@@ -272,6 +280,7 @@ mod tests {
             vcpus: None,
             memory_bytes: None,
             isolation: None,
+            sandbox: false,
             ready_within: Duration::from_secs(1),
             networks: vec![],
         };

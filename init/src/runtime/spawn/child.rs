@@ -281,6 +281,31 @@ pub async fn stop_run(ch: &Channel, container: &str, signal: i32, grace: Duratio
     Ok(())
 }
 
+/// Removes a container's cell: its processes killed at once, then the cell freed with its
+/// runs. A cell the instance no longer has is removed already.
+pub async fn remove_cell(ch: &Channel, container: &str, timeout: Duration) -> Result<(), Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    let cell = pb::WorkloadRef {
+        kind: pb::WorkloadKind::Cell as i32,
+        name: container.to_owned(),
+    };
+    let stop = pb::StopRequest {
+        workload: Some(cell.clone()),
+        signal: 9,
+        grace_period_millis: 0,
+    };
+    match client.stop(with_timeout(stop, Some(timeout))).await {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+        Err(s) => return Err(s),
+    }
+    match client.free(with_timeout(cell, Some(timeout))).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ fn container(name: &str) -> ContainerSpec {
         requests: ResourceList::default(),
         limits: ResourceList::default(),
         mounts: Vec::new(),
+        user: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
         vcpus: None,
         memory_bytes: Some(128 << 20),
         isolation: Some(IsolationKind::Vm),
+        sandbox: false,
         ready_within: Duration::from_secs(30),
         networks: Vec::new(),
     }
@@ -264,4 +266,127 @@ async fn a_container_whose_cell_is_refused_undoes_the_pod() {
         Err(RuntimeError::NotFound(_))
     ));
     nothing_left(&r, "nostart");
+}
+
+fn sandbox(name: &str) -> PodSpec {
+    PodSpec {
+        sandbox: true,
+        ..pod(name, RestartPolicy::Never, &[])
+    }
+}
+
+/// The CRI's sandbox: a pod with no containers that runs until stopped; containers are
+/// made, started, stopped and removed one at a time, and one that exits is not restarted
+/// (kubelet makes a new one) but stays listed until removed.
+#[tokio::test]
+async fn a_sandbox_takes_containers_one_at_a_time_and_restarts_none() {
+    use crate::runtime::pod::{create_container, remove_container, start_container, stop_container};
+    let r = rig();
+    powers_off_when_asked(&r, "sb");
+    let host = &r.rt.host;
+    let t = Duration::from_secs(10);
+    let v = run(&r, sandbox("sb")).await.unwrap();
+    assert_eq!(v.phase, PodPhase::Running, "an empty sandbox runs: {v:?}");
+    assert!(v.containers.is_empty());
+    let pods = &r.children.pods;
+    assert_eq!(pods.loads.load(Ordering::Relaxed), 0);
+
+    let img = images(1).remove(0);
+    let c = create_container(host, "sb", container("c1"), img.clone(), t)
+        .await
+        .unwrap();
+    assert_eq!(c.state, ContainerState::Created);
+    assert_eq!(*pods.cells.lock().unwrap(), ["c1"]);
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 0, "made, not started");
+    // The same name again: refused, and the first is untouched.
+    let e = create_container(host, "sb", container("c1"), img.clone(), t)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RuntimeError::AlreadyExists(_)), "{e}");
+    let c = start_container(host, "sb", "c1", t).await.unwrap();
+    assert!(matches!(c.state, ContainerState::Running { .. }), "{c:?}");
+    let e = start_container(host, "sb", "c1", t).await.unwrap_err();
+    assert!(e.to_string().contains("only a created container starts"), "{e}");
+
+    // A second container from the same image: the image is given once.
+    create_container(host, "sb", container("c2"), img.clone(), t)
+        .await
+        .unwrap();
+    start_container(host, "sb", "c2", t).await.unwrap();
+    assert_eq!(pods.loads.load(Ordering::Relaxed), 1, "one image, given once");
+
+    // c1 exits with 3: recorded, not restarted, the sandbox still runs.
+    pods.end_run("c1", Some(3), None);
+    let v = until(&r, "sb", "c1 exited", |v| {
+        v.containers[0].state == ContainerState::Terminated
+    })
+    .await;
+    assert_eq!(v.containers[0].last.as_ref().unwrap().exit_code, Some(3));
+    assert_eq!(v.phase, PodPhase::Running, "{v:?}");
+    tokio::time::pause();
+    tokio::time::sleep(BACKOFF_BASE * 2).await;
+    assert_eq!(pods.starts.load(Ordering::Relaxed), 2, "no restart");
+    tokio::time::resume();
+
+    // Stop with a grace: SIGTERM reaches c2's run; stopping again is OK.
+    let c = stop_container(host, "sb", "c2", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(c.state, ContainerState::Terminated);
+    assert_eq!(c.last.as_ref().unwrap().signal, Some(libc::SIGTERM));
+    stop_container(host, "sb", "c2", Duration::from_secs(1)).await.unwrap();
+
+    // Removed: gone from the instance and the pod; removing again is OK.
+    remove_container(host, "sb", "c1").await.unwrap();
+    remove_container(host, "sb", "c1").await.unwrap();
+    assert_eq!(*pods.cells.lock().unwrap(), ["c2"]);
+    assert_eq!(view(&r, "sb").containers.len(), 1);
+
+    // A stopped sandbox takes no container; then it frees and leaves nothing.
+    r.rt.stop(Kind::Pod, "sb", libc::SIGTERM, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let e = create_container(host, "sb", container("c3"), img, t).await.unwrap_err();
+    assert!(e.to_string().contains("is stopped"), "{e}");
+    assert_eq!(view(&r, "sb").phase, PodPhase::Succeeded);
+    r.rt.free(Kind::Pod, "sb").await.unwrap();
+    nothing_left(&r, "sb");
+}
+
+/// A container whose cell the instance refuses is not kept (not its name, not its cell);
+/// a refused start leaves a created container created; a pod made with its containers
+/// takes none one at a time.
+#[tokio::test]
+async fn a_container_the_instance_refuses_is_not_kept() {
+    use crate::runtime::pod::{create_container, start_container};
+    let r = rig();
+    powers_off_when_asked(&r, "sb2");
+    let host = &r.rt.host;
+    let t = Duration::from_secs(10);
+    run(&r, sandbox("sb2")).await.unwrap();
+    let pods = &r.children.pods;
+    *pods.refuse_cells.lock().unwrap() = true;
+    let e = create_container(host, "sb2", container("c1"), images(1).remove(0), t)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("image.user: no such user"), "{e}");
+    assert!(view(&r, "sb2").containers.is_empty(), "not kept");
+    assert!(pods.cells.lock().unwrap().is_empty());
+    *pods.refuse_cells.lock().unwrap() = false;
+    // Its name is free again.
+    create_container(host, "sb2", container("c1"), images(1).remove(0), t)
+        .await
+        .unwrap();
+    *pods.refuse_starts.lock().unwrap() = true;
+    let e = start_container(host, "sb2", "c1", t).await.unwrap_err();
+    assert!(e.to_string().contains("is not running (fake)"), "{e}");
+    assert_eq!(view(&r, "sb2").containers[0].state, ContainerState::Created);
+    *pods.refuse_starts.lock().unwrap() = false;
+    start_container(host, "sb2", "c1", t).await.unwrap();
+
+    powers_off_when_asked(&r, "whole");
+    run(&r, pod("whole", RestartPolicy::Never, &["app"])).await.unwrap();
+    let e = create_container(host, "whole", container("more"), images(1).remove(0), t)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("only a sandbox"), "{e}");
+    assert_eq!(view(&r, "whole").containers.len(), 1);
 }

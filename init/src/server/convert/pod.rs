@@ -124,6 +124,7 @@ fn container(n: usize, c: pb::Container, volumes: &[pb::Volume]) -> Result<Conta
         requests,
         limits,
         mounts,
+        user: None,
     })
 }
 
@@ -206,6 +207,7 @@ impl TryFrom<Timed<pb::Pod>> for PodSpec {
             vcpus,
             memory_bytes: memory,
             isolation,
+            sandbox: false,
             ready_within: crate::server::deadline::wait_budget(stated, caller, READY_DEFAULT),
             networks: super::attachments(&p.networks)?,
         })
@@ -251,6 +253,7 @@ pub fn pod_status(v: PodView) -> pb::PodStatus {
                     ContainerState::Running { since_unix_nanos } => {
                         (pb::ContainerState::Running, String::new(), since_unix_nanos, 0)
                     }
+                    ContainerState::Created => (pb::ContainerState::Waiting, "Created".into(), 0, 0),
                     ContainerState::Terminated => (pb::ContainerState::Terminated, String::new(), 0, 0),
                 };
                 pb::ContainerStatus {

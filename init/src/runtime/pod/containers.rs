@@ -1,0 +1,209 @@
+//! A sandbox's containers, one at a time (the CRI's `CreateContainer`, `StartContainer`,
+//! `StopContainer`, `RemoveContainer`): made in the running pod's instance from an image
+//! this node gives it, started when asked, never restarted by auraed (kubelet makes a new
+//! container instead), stopped with a grace period, removed with their cell.
+//!
+//! Each step changes the pod only when it succeeds: a refused step leaves the container
+//! where it was (a container whose making fails is not kept).
+
+use super::spec::{ContainerSpec, ContainerState};
+use super::{give_image, make_cell, refused, supervise, ContainerView, Pod, PodImage, Slot, CALL_TIMEOUT};
+use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::host::Host;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Containers a sandbox keeps at once, exited ones included (kubelet removes those).
+pub const MAX_SANDBOX_CONTAINERS: usize = 64;
+
+/// The sandbox `pod`, running: where a container can be made or started.
+fn running_sandbox(host: &Host, pod: &str) -> Result<Arc<Pod>> {
+    let p = host.table().get::<Pod>(pod)?;
+    if !p.spec.sandbox {
+        return Err(RuntimeError::WrongPhase(format!(
+            "pod '{pod}' was made with its containers; only a sandbox takes containers one at a time"
+        )));
+    }
+    if p.stopping.load(Ordering::Relaxed) || p.instance().is_none_or(|i| i.body.ended()) {
+        return Err(RuntimeError::WrongPhase(format!(
+            "pod '{pod}' is stopped; its containers cannot be made or started"
+        )));
+    }
+    Ok(p)
+}
+
+fn view_of(p: &Pod, name: &str) -> Result<ContainerView> {
+    (p.view().containers.into_iter())
+        .find(|c| c.name == name)
+        .ok_or_else(|| RuntimeError::NotFound(format!("pod '{}' has no container '{name}'", p.name)))
+}
+
+/// Makes container `spec` in sandbox `pod`: gives its instance `image` (once per image)
+/// and makes the container's cell there. Its entrypoint is not started.
+pub(crate) async fn create_container(
+    host: &Host,
+    pod: &str,
+    spec: ContainerSpec,
+    image: Arc<PodImage>,
+    timeout: Duration,
+) -> Result<ContainerView> {
+    let p = running_sandbox(host, pod)?;
+    let name = spec.name.to_string();
+    let image_name = spec.image.clone();
+    {
+        let mut s = p.state();
+        if s.slot(&name).is_some() {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "pod '{pod}' has a container '{name}' already"
+            )));
+        }
+        if s.containers.len() >= MAX_SANDBOX_CONTAINERS {
+            return Err(RuntimeError::Exhausted(format!(
+                "pod '{pod}' has {MAX_SANDBOX_CONTAINERS} containers, the most a sandbox keeps; remove exited ones first"
+            )));
+        }
+        s.containers.push(Slot {
+            spec,
+            image: (image.reference.clone(), image.digest.clone(), image.chains.clone()),
+            state: ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                until_unix_nanos: 0,
+            },
+            restarts: 0,
+            last: None,
+            argv: Vec::new(),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let made = async {
+        let ch = p
+            .instance()
+            .map(|i| i.channel.clone())
+            .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
+        give_image(host, &p, &ch, &image, left()).await?;
+        make_cell(host, &p, &ch, &name, &image_name, "container", left()).await
+    };
+    match made.await {
+        Ok(()) => {
+            p.update(|s| {
+                if let Some(c) = s.slot(&name) {
+                    c.state = ContainerState::Created;
+                }
+            });
+            tracing::info!("pod {pod}: container {name} created");
+            view_of(&p, &name)
+        }
+        Err(e) => {
+            // Nothing of it stays: not its cell in the instance, not its name here.
+            if let Some(i) = p.instance() {
+                let calls = host.children.pod_calls();
+                if let Err(s) = calls.remove_cell(&i.channel, &name, CALL_TIMEOUT).await {
+                    tracing::warn!("pod {pod}: remove the cell of container {name}: {}", s.message());
+                }
+            }
+            p.update(|s| s.containers.retain(|c| c.spec.name.as_str() != name));
+            Err(e)
+        }
+    }
+}
+
+/// Starts container `name`'s entrypoint (once: a created container only).
+pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout: Duration) -> Result<ContainerView> {
+    let p = running_sandbox(host, pod)?;
+    let argv = {
+        let mut s = p.state();
+        let c = s
+            .slot(name)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'")))?;
+        if c.state != ContainerState::Created {
+            return Err(RuntimeError::WrongPhase(format!(
+                "container '{name}' of pod '{pod}' is {}; only a created container starts (make a new one to run it again)",
+                describe(&c.state)
+            )));
+        }
+        c.argv.clone()
+    };
+    let ch = p
+        .instance()
+        .map(|i| i.channel.clone())
+        .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
+    let run = host
+        .children
+        .pod_calls()
+        .start_run(&ch, name, argv, timeout)
+        .await
+        .map_err(|s| refused(&format!("container '{name}'"), s))?;
+    p.update(|s| {
+        if let Some(c) = s.slot(name) {
+            c.state = ContainerState::Running {
+                since_unix_nanos: run.started_at_unix_nanos,
+            };
+        }
+    });
+    supervise::watch(&p, name.to_owned(), host);
+    tracing::info!("pod {pod}: container {name} started");
+    view_of(&p, name)
+}
+
+fn describe(s: &ContainerState) -> &'static str {
+    match s {
+        ContainerState::Waiting { .. } => "being made",
+        ContainerState::Created => "created",
+        ContainerState::Running { .. } => "running",
+        ContainerState::Terminated => "exited",
+    }
+}
+
+/// Stops container `name`: SIGTERM, `grace`, then its processes are killed. A container
+/// that has exited already (or never started) is stopped: OK.
+pub(crate) async fn stop_container(host: &Host, pod: &str, name: &str, grace: Duration) -> Result<ContainerView> {
+    let p = host.table().get::<Pod>(pod)?;
+    let state = {
+        let mut s = p.state();
+        let c = s
+            .slot(name)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'")))?;
+        if c.state == ContainerState::Created {
+            c.state = ContainerState::Terminated;
+        }
+        c.state.clone()
+    };
+    if let (ContainerState::Running { .. }, Some(i)) = (state, p.instance()) {
+        if !i.body.ended() {
+            let calls = host.children.pod_calls();
+            if let Err(s) = calls.stop_run(&i.channel, name, libc::SIGTERM, grace).await {
+                tracing::warn!("pod {pod}: stop container {name}: {}", s.message());
+            }
+            // The supervisor sees the run end and records how.
+            let settle = tokio::time::Instant::now() + Duration::from_secs(5);
+            crate::runtime::poll_until(settle, || {
+                p.state()
+                    .slot(name)
+                    .is_none_or(|c| !matches!(c.state, ContainerState::Running { .. }))
+            })
+            .await;
+        }
+    }
+    view_of(&p, name)
+}
+
+/// Removes container `name`: killed if it runs, its cell gone from the instance, its name
+/// free. One the pod does not have is removed already (OK).
+pub(crate) async fn remove_container(host: &Host, pod: &str, name: &str) -> Result<()> {
+    let p = host.table().get::<Pod>(pod)?;
+    if p.state().slot(name).is_none() {
+        return Ok(());
+    }
+    if let Some(i) = p.instance().filter(|i| !i.body.ended()) {
+        host.children
+            .pod_calls()
+            .remove_cell(&i.channel, name, CALL_TIMEOUT)
+            .await
+            .map_err(|s| refused(&format!("removing container '{name}'"), s))?;
+    }
+    p.update(|s| s.containers.retain(|c| c.spec.name.as_str() != name));
+    tracing::info!("pod {pod}: container {name} removed");
+    Ok(())
+}
