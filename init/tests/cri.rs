@@ -366,8 +366,13 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
             .into_inner()
             .items;
         assert!(listed.is_empty(), "{listed:?}");
-        // Not served yet, and said so.
+        // An unknown container is NOT_FOUND; what is not served yet says so.
         let e = run.exec_sync(cri::ExecSyncRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = run
+            .list_container_stats(cri::ListContainerStatsRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);
     });
 }

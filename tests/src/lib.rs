@@ -453,15 +453,22 @@ impl Client {
         out
     }
 
-    /// Stdout of an executable, one string, lines joined with '\n'.
+    /// Stdout of an executable, one string, lines joined with '\n' (the pieces of a line
+    /// longer than 16 KiB joined back).
     pub async fn stdout(&self, name: &str) -> String {
-        self.log_entries(name, false)
-            .await
-            .into_iter()
-            .filter(|e| e.stream == pb::LogStream::Stdout as i32)
-            .map(|e| String::from_utf8_lossy(&e.line).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n")
+        let mut out = Vec::new();
+        for e in self.log_entries(name, false).await {
+            if e.stream == pb::LogStream::Stdout as i32 {
+                out.extend_from_slice(&e.line);
+                if !e.partial {
+                    out.push(b'\n');
+                }
+            }
+        }
+        if out.last() == Some(&b'\n') {
+            out.pop();
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     pub async fn free(&self, name: &str) {

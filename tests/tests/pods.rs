@@ -1144,6 +1144,35 @@ mod cri_replay {
         }
     }
 
+    /// The CRI log file at `path` on the node, once it has `n` lines: (stream, tag, text)
+    /// each, its timestamp checked.
+    async fn log_lines(a: &Appliance, c: &Client, path: &str, n: usize) -> Vec<(String, String, String)> {
+        let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(20));
+        let text = loop {
+            let text = c.on_node(&format!("cat {path} 2>/dev/null; true")).await;
+            if text.lines().count() >= n {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never had {n} lines: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        text.lines()
+            .map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let mut next = || {
+                    f.next()
+                        .unwrap_or_else(|| panic!("not a CRI log line: {l:?} in\n{text}"))
+                };
+                let (ts, stream, tag) = (next(), next(), next());
+                assert!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{l}");
+                (stream.to_owned(), tag.to_owned(), f.next().unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+
     #[test]
     fn kubelets_pod_lifecycle_through_the_cri_on_a_vm_sandbox() {
         let s = shared_or_skip!();
@@ -1246,7 +1275,9 @@ mod cri_replay {
             };
 
             // CreateContainer → StartContainer; the container runs, then exits with 3.
-            let script = "echo \"$GREETING\"; test \"$(hostname)\" != '' && sleep 2; exit 3";
+            // A greeting, a 20 000-byte line (split at 16 KiB in the log), a line on stderr.
+            let script =
+                "echo \"$GREETING\"; head -c 20000 /dev/zero | tr '\\0' x; echo; echo oops >&2; sleep 2; exit 3";
             let cid = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
@@ -1274,6 +1305,21 @@ mod cri_replay {
             assert_eq!(ended.log_path, "/var/log/pods/default_web_u-web-1/app/0.log");
             assert_eq!(ended.labels["io.kubernetes.container.name"], "app");
             assert_eq!(ended.annotations["io.kubernetes.container.restartCount"], "0");
+            // Its log file on the node, in the CRI's format, as kubelet and crictl read it.
+            let lines = log_lines(a, &c, &ended.log_path, 4).await;
+            let out: Vec<&(String, String, String)> = lines.iter().filter(|l| l.0 == "stdout").collect();
+            assert_eq!(
+                (out[0].1.as_str(), out[0].2.as_str()),
+                ("F", "from kubelet"),
+                "{lines:?}"
+            );
+            assert_eq!((out[1].1.as_str(), out[1].2.len()), ("P", 16384), "a piece, continued");
+            assert_eq!((out[2].1.as_str(), out[2].2.len()), ("F", 20000 - 16384), "its end");
+            assert!(out[1].2.bytes().chain(out[2].2.bytes()).all(|b| b == b'x'));
+            assert!(
+                lines.iter().any(|l| l == &("stderr".into(), "F".into(), "oops".into())),
+                "{lines:?}"
+            );
 
             // kubelet restarts it: a new container, attempt 1, beside the exited one.
             let cid1 = run
@@ -1312,7 +1358,11 @@ mod cri_replay {
             let cid2 = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
-                    config: Some(container_config(&image_id, 2, "exec sleep 600")),
+                    config: Some(container_config(
+                        &image_id,
+                        2,
+                        "echo before; while sleep 0.2; do test -f /tmp/go && echo after && rm /tmp/go; done",
+                    )),
                     sandbox_config: None,
                 })
                 .await
@@ -1328,6 +1378,56 @@ mod cri_replay {
                 status(&mut run, &cid2).await.state,
                 cri::ContainerState::ContainerRunning as i32
             );
+            // ExecSync, as an exec probe: output apart, the exit code.
+            let sync = |cmd: &str, timeout: i64| cri::ExecSyncRequest {
+                container_id: cid2.clone(),
+                cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+                timeout,
+            };
+            let o = run
+                .exec_sync(sync("echo hi; echo err >&2; exit 7", 10))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (o.stdout.as_slice(), o.stderr.as_slice(), o.exit_code),
+                (&b"hi\n"[..], &b"err\n"[..], 7)
+            );
+            // Past its timeout: DEADLINE_EXCEEDED, and the command is killed.
+            let e = run.exec_sync(sync("sleep 27", 1)).await.unwrap_err();
+            assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+            let cmdlines = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done";
+            let gone = eventually(a.budget(Duration::from_secs(10)), || {
+                let (mut run, req) = (run.clone(), sync(cmdlines, 10));
+                async move {
+                    let o = run.exec_sync(req).await.unwrap().into_inner();
+                    !String::from_utf8_lossy(&o.stdout).contains("sleep 27")
+                }
+            })
+            .await;
+            assert!(gone, "the timed-out command was killed");
+            // kubelet rotates the log: renames it, then ReopenContainerLog; what comes after
+            // goes to a new file.
+            let log = status(&mut run, &cid2).await.log_path;
+            log_lines(a, &c, &log, 1).await;
+            c.on_node(&format!("mv {log} {log}.1")).await;
+            run.reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: cid2.clone(),
+            })
+            .await
+            .unwrap();
+            run.exec_sync(sync("touch /tmp/go", 10)).await.unwrap();
+            let fresh = log_lines(a, &c, &log, 1).await;
+            assert_eq!(fresh[0].2, "after", "{fresh:?}");
+            let old = c.on_node(&format!("cat {log}.1")).await;
+            assert!(old.contains(" stdout F before") && !old.contains("after"), "{old}");
+            let e = run
+                .reopen_container_log(cri::ReopenContainerLogRequest {
+                    container_id: cid.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition, "an exited container: {e:?}");
             let running = run
                 .list_containers(cri::ListContainersRequest {
                     filter: Some(cri::ContainerFilter {

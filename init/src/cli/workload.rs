@@ -200,7 +200,9 @@ pub(crate) async fn stream_logs(
             &mut out
         };
         let _ = w.write_all(&e.line);
-        let _ = w.write_all(b"\n");
+        if !e.partial {
+            let _ = w.write_all(b"\n");
+        }
     }
     let _ = out.flush();
     Ok(())

@@ -10,11 +10,13 @@ use super::{unix_nanos, Cri, CriError};
 use crate::image::catalog::PullPolicy;
 use crate::runtime::pod::spec::{ContainerSpec, ContainerState, PodPhase, ResourceList};
 use crate::runtime::pod::ContainerView;
-use crate::runtime::ContainerStep;
+use crate::runtime::{ContainerStep, Kind};
 use crate::values::names::ExecName;
 use aurae_proto::cri;
 use std::time::Duration;
 
+/// What `ExecSync` keeps of each stream (the CRI's cap; the rest is discarded).
+const EXEC_OUTPUT_CAP: usize = 16 << 20;
 /// How long a container's making or start may take when kubelet states no deadline.
 const CALL_DEFAULT: Duration = Duration::from_secs(120);
 
@@ -64,6 +66,15 @@ pub fn container_spec(config: &cri::ContainerConfig, name: &str, image: &str) ->
         return Err(CriError::Unimplemented {
             method: "CreateContainer",
             why: "config.mounts: host-path mounts (kubelet's /etc/hosts, termination log, volumes) are not served by this auraed yet",
+        });
+    }
+    if !config.log_path.is_empty() && !super::plain_path(&config.log_path, false) {
+        return Err(CriError::Invalid {
+            field: "config.log_path",
+            why: format!(
+                "'{}' is not a path inside the sandbox's log directory (relative, without '..')",
+                config.log_path
+            ),
         });
     }
     if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
@@ -218,6 +229,7 @@ impl Cri {
             annotations: config.annotations,
             created_at: unix_nanos(std::time::SystemTime::now()),
             log_file,
+            reopen: None,
             mounts: config.mounts,
         });
         Ok(cri::CreateContainerResponse { container_id: id })
@@ -231,6 +243,7 @@ impl Cri {
         Some((pod, c.name.clone()))
     }
 
+    /// Starts the entrypoint, and the writer of its log file (from its first line).
     pub async fn start_container(
         &self,
         r: cri::StartContainerRequest,
@@ -241,7 +254,87 @@ impl Cri {
             .ok_or_else(|| no_container(&r.container_id))?;
         let step = ContainerStep::Start(caller.unwrap_or(CALL_DEFAULT));
         self.rt.container(&pod, &name, step).await?;
+        let file = self.table().container(&r.container_id).and_then(|c| c.log_file.clone());
+        if let Some(path) = file {
+            let followed = match self.rt.channel(Kind::Pod, &pod) {
+                Ok(ch) => crate::runtime::spawn::child::follow_logs(&ch.channel, &name).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match followed {
+                Ok(entries) => {
+                    let (tx, rx) = tokio::sync::watch::channel(0);
+                    tokio::spawn(super::logfile::follow(entries, path, rx));
+                    let mut t = self.table();
+                    if let Some(c) = t.container_mut(&r.container_id) {
+                        c.reopen = Some(tx);
+                    }
+                }
+                // The container runs; only its file is missing, and kubelet says so.
+                Err(s) => tracing::warn!(
+                    "CRI: container {}: its log {} cannot follow its output: {}",
+                    r.container_id,
+                    path.display(),
+                    s.message()
+                ),
+            }
+        }
         Ok(())
+    }
+
+    /// kubelet rotated the log file (renamed it): the next line goes to a new one.
+    pub fn reopen_container_log(&self, r: cri::ReopenContainerLogRequest) -> Result<(), CriError> {
+        let (pod, name, reopen) = {
+            let t = self.table();
+            let c = t
+                .container(&r.container_id)
+                .ok_or_else(|| no_container(&r.container_id))?;
+            let pod = t.sandbox(&c.sandbox_id).map(|s| s.pod.clone()).unwrap_or_default();
+            (pod, c.name.clone(), c.reopen.clone())
+        };
+        let running = view(self, &pod)
+            .and_then(|v| v.containers.into_iter().find(|c| c.name == name))
+            .is_some_and(|c| matches!(c.state, ContainerState::Running { .. }));
+        match reopen.filter(|_| running) {
+            Some(tx) => {
+                tx.send_modify(|n| *n += 1);
+                Ok(())
+            }
+            None => Err(CriError::WrongState(format!(
+                "container_id: container '{}' is not running with a log file; nothing to reopen",
+                r.container_id
+            ))),
+        }
+    }
+
+    /// Runs `cmd` in the container to its end (kubelet's exec probes and hooks): killed
+    /// after `timeout` seconds (`DEADLINE_EXCEEDED`), at most 16 MiB of each stream kept.
+    pub async fn exec_sync(
+        &self,
+        r: cri::ExecSyncRequest,
+        caller: Option<Duration>,
+    ) -> Result<cri::ExecSyncResponse, CriError> {
+        let (pod, name) = self
+            .placed(&r.container_id)
+            .ok_or_else(|| no_container(&r.container_id))?;
+        if r.cmd.is_empty() {
+            return Err(CriError::Invalid {
+                field: "cmd",
+                why: "empty; give the command to run".into(),
+            });
+        }
+        let timeout = match u64::try_from(r.timeout) {
+            Ok(s) if s > 0 => Duration::from_secs(s),
+            _ => caller.unwrap_or(crate::runtime::spec::READY_MAX),
+        };
+        let o = self
+            .rt
+            .exec_in_container(&pod, &name, r.cmd, timeout, EXEC_OUTPUT_CAP)
+            .await?;
+        Ok(cri::ExecSyncResponse {
+            stdout: o.stdout,
+            stderr: o.stderr,
+            exit_code: o.exit_code.unwrap_or_else(|| 128 + o.signal.unwrap_or(0)),
+        })
     }
 
     /// SIGTERM, `timeout` seconds, then a kill. Idempotent; an unknown container is stopped.

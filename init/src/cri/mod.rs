@@ -10,6 +10,7 @@
 
 pub mod container;
 pub mod images;
+pub mod logfile;
 pub mod sandbox;
 pub mod state;
 pub mod status;
@@ -102,6 +103,16 @@ impl Cri {
             .as_ref()
             .map_err(|why| CriError::NodeLacks(format!("this node has no image store: {why}")))
     }
+}
+
+/// `path` has no `..` and is absolute (`absolute`) or relative (not): kubelet's log
+/// directory and log paths, checked before anything is written there.
+pub fn plain_path(path: &str, absolute: bool) -> bool {
+    path.starts_with('/') == absolute
+        && !path.contains('\0')
+        && std::path::Path::new(path)
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir))
 }
 
 /// Nanoseconds since the Unix epoch, as the CRI's timestamps are.

@@ -85,6 +85,12 @@ pub fn sandbox_spec(
             });
         }
     }
+    if !config.log_directory.is_empty() && !super::plain_path(&config.log_directory, true) {
+        return Err(CriError::Invalid {
+            field: "config.log_directory",
+            why: format!("'{}' is not an absolute path without '..'", config.log_directory),
+        });
+    }
     let isolation = match handler {
         "" | "vm" => IsolationKind::Vm,
         "cell" => IsolationKind::Cell,

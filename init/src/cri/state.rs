@@ -40,6 +40,8 @@ pub struct Container {
     pub created_at: i64,
     /// `log_directory/log_path`: the file the container's output is written to, when it has one.
     pub log_file: Option<PathBuf>,
+    /// Tells the writer of its log file to reopen it (`ReopenContainerLog`), once started.
+    pub reopen: Option<tokio::sync::watch::Sender<u64>>,
     pub mounts: Vec<cri::Mount>,
 }
 
@@ -72,6 +74,11 @@ impl Table {
 
     pub fn container(&self, id: &str) -> Option<&Container> {
         find(&self.containers, id, |c| &c.id)
+    }
+
+    pub fn container_mut(&mut self, id: &str) -> Option<&mut Container> {
+        let full = self.container(id)?.id.clone();
+        self.containers.iter_mut().find(|c| c.id == full)
     }
 
     /// Sandboxes `filter` selects, newest first (kubelet takes the first as the current).

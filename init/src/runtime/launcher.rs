@@ -257,6 +257,14 @@ pub(crate) trait PodCalls: Send + Sync {
         container: &'a str,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<(), Status>>;
+    /// Runs a command in a container's cell to its end, keeping `cap` bytes per stream.
+    fn exec_in<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        argv: Vec<String>,
+        cap: usize,
+    ) -> Call<'a, std::result::Result<child::ExecOutput, Status>>;
 }
 
 /// The child's API, over the mTLS channel.
@@ -359,6 +367,16 @@ impl PodCalls for ChildApi {
         timeout: Duration,
     ) -> Call<'a, std::result::Result<(), Status>> {
         Box::pin(child::remove_cell(ch, container, timeout))
+    }
+
+    fn exec_in<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        argv: Vec<String>,
+        cap: usize,
+    ) -> Call<'a, std::result::Result<child::ExecOutput, Status>> {
+        Box::pin(child::exec_in(ch, container, argv, cap))
     }
 }
 
@@ -1094,6 +1112,42 @@ pub(crate) mod testing {
             self.cells.lock().unwrap().retain(|c| c != container);
             self.changed.send_modify(|n| *n += 1);
             Box::pin(async { Ok(()) })
+        }
+
+        /// `echo WORDS` prints them, `sleep` never ends, anything else exits with the number
+        /// of its arguments; output is capped as the real call caps it.
+        fn exec_in<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+            argv: Vec<String>,
+            cap: usize,
+        ) -> Call<'a, std::result::Result<child::ExecOutput, Status>> {
+            let has = self.cells.lock().unwrap().iter().any(|c| c == container);
+            Box::pin(async move {
+                if !has {
+                    return Err(Status::not_found(format!("no cell '{container}' (fake)")));
+                }
+                match argv.first().map(String::as_str) {
+                    Some("sleep") => std::future::pending().await,
+                    Some("echo") => {
+                        let mut line = argv[1..].join(" ").into_bytes();
+                        line.push(b'\n');
+                        let truncated = line.len() > cap;
+                        line.truncate(cap);
+                        Ok(child::ExecOutput {
+                            stdout: line,
+                            exit_code: Some(0),
+                            truncated,
+                            ..Default::default()
+                        })
+                    }
+                    _ => Ok(child::ExecOutput {
+                        exit_code: Some(argv.len().saturating_sub(1) as i32),
+                        ..Default::default()
+                    }),
+                }
+            })
         }
     }
 }

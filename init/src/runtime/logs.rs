@@ -116,6 +116,8 @@ pub struct Line {
     pub unix_nanos: i64,
     pub stream: Stream,
     pub bytes: Vec<u8>,
+    /// A piece of a longer line: the next line of the stream continues it.
+    pub partial: bool,
 }
 
 struct Inner {
@@ -231,7 +233,13 @@ impl LogBuffer {
         self.settle(g);
     }
 
-    pub fn push(&self, stream: Stream, mut bytes: Vec<u8>) {
+    /// Pushes a whole line.
+    pub fn push(&self, stream: Stream, bytes: Vec<u8>) {
+        self.push_piece(stream, bytes, false)
+    }
+
+    /// Pushes a line, or with `partial` a piece of one that the next piece continues.
+    pub fn push_piece(&self, stream: Stream, mut bytes: Vec<u8>, partial: bool) {
         // A piece split off a longer line, or a line read into a growing buffer, may carry
         // far more capacity than bytes: keep only the bytes.
         bytes.shrink_to_fit();
@@ -269,6 +277,7 @@ impl LogBuffer {
                 unix_nanos: now_unix_nanos(),
                 stream,
                 bytes,
+                partial,
             });
             // What was taken covers the growth; settle to what it really is.
             g.taken += need;
@@ -327,8 +336,6 @@ impl LogBuffer {
 pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Arc<LogBuffer>, stream: Stream) {
     let mut chunk = vec![0u8; 64 << 10];
     let mut partial: Vec<u8> = Vec::new();
-    // The unfinished line went out in MAX_LINE pieces: its newline ends it, adding nothing.
-    let mut continued = false;
     loop {
         let n = match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -337,18 +344,16 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Ar
         let mut rest = &chunk[..n];
         while let Some(i) = rest.iter().position(|b| *b == b'\n') {
             partial.extend_from_slice(&rest[..i]);
-            if !(continued && partial.is_empty()) {
-                push_split(&buf, stream, std::mem::take(&mut partial));
-            }
-            continued = false;
+            push_split(&buf, stream, std::mem::take(&mut partial));
             rest = &rest[i + 1..];
         }
         partial.extend_from_slice(rest);
-        // An unfinished line is held back only up to MAX_LINE: the rest goes out now.
-        while partial.len() >= MAX_LINE {
+        // An unfinished line is held back only up to MAX_LINE: a piece goes out once more
+        // bytes are known to follow it, marked as continued, so a line exactly MAX_LINE
+        // long is never mistaken for a piece.
+        while partial.len() > MAX_LINE {
             let tail = partial.split_off(MAX_LINE);
-            buf.push(stream, std::mem::replace(&mut partial, tail));
-            continued = true;
+            buf.push_piece(stream, std::mem::replace(&mut partial, tail), true);
         }
     }
     if !partial.is_empty() {
@@ -357,11 +362,12 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Ar
     buf.close_writer();
 }
 
-/// Pushes one complete line as pieces of at most MAX_LINE bytes.
+/// Pushes one complete line as pieces of at most MAX_LINE bytes, all but the last marked
+/// as continued.
 fn push_split(buf: &LogBuffer, stream: Stream, mut line: Vec<u8>) {
     while line.len() > MAX_LINE {
         let tail = line.split_off(MAX_LINE);
-        buf.push(stream, std::mem::replace(&mut line, tail));
+        buf.push_piece(stream, std::mem::replace(&mut line, tail), true);
     }
     buf.push(stream, line);
 }
@@ -518,6 +524,43 @@ mod tests {
         task.await.unwrap();
         let mut cur = 0;
         b.read(&mut cur, 1000).lines.into_iter().map(|l| l.bytes).collect()
+    }
+
+    #[tokio::test]
+    async fn pieces_of_a_long_line_say_the_next_continues_them_and_a_whole_line_does_not() {
+        let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
+        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut tx = tx;
+            let mut long = vec![b'x'; 2 * MAX_LINE + 5];
+            long.push(b'\n');
+            // Exactly MAX_LINE, arriving in two writes, then its newline alone.
+            let exact = vec![b'y'; MAX_LINE];
+            tx.write_all(&long).await.unwrap();
+            tx.write_all(&exact[..100]).await.unwrap();
+            tx.write_all(&exact[100..]).await.unwrap();
+            tx.write_all(b"\nlast").await.unwrap();
+        }
+        task.await.unwrap();
+        let mut cur = 0;
+        let got: Vec<(usize, bool)> = b
+            .read(&mut cur, 100)
+            .lines
+            .iter()
+            .map(|l| (l.bytes.len(), l.partial))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (MAX_LINE, true),
+                (MAX_LINE, true),
+                (5, false),
+                (MAX_LINE, false),
+                (4, false)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -304,6 +304,19 @@ impl Runtime {
         }
     }
 
+    /// Runs `argv` in a sandbox's running container to its end (the CRI's `ExecSync`):
+    /// killed after `timeout`, at most `cap` bytes kept of each stream.
+    pub async fn exec_in_container(
+        &self,
+        pod: &str,
+        name: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<spawn::child::ExecOutput> {
+        pod::exec_in_container(&self.host, pod, name, argv, timeout, cap).await
+    }
+
     /// Exec: a process started in a running cell, attached to the caller.
     pub async fn attach(&self, spec: attach::AttachSpec) -> Result<attach::Attached> {
         attach::start(&self.host, spec).await

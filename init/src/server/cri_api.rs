@@ -29,7 +29,7 @@ pub fn image_service(cri: Arc<Cri>) -> ImageServiceServer<ImageApi> {
     ImageServiceServer::new(ImageApi { cri })
 }
 
-const NOT_YET: &str = "not served by this auraed yet (issue #25 continues: exec, logs, stats)";
+const NOT_YET: &str = "not served by this auraed yet (issue #25 continues: stats)";
 const STREAMING: &str =
     "streaming (exec, attach, port-forward) is not served by this auraed yet; use the Aurae API's Exec";
 const NOT_HERE: &str = "not served by auraed (optional in the CRI; kubelet falls back)";
@@ -165,13 +165,15 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn reopen_container_log(
         &self,
-        _: Request<cri::ReopenContainerLogRequest>,
+        r: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        not_served("ReopenContainerLog", NOT_YET)
+        self.cri.reopen_container_log(r.into_inner())?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        not_served("ExecSync", NOT_YET)
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let caller = budget(r.metadata());
+        Ok(Response::new(self.cri.exec_sync(r.into_inner(), caller).await?))
     }
 
     async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {

@@ -50,6 +50,7 @@ fn entries(batch: Batch) -> impl Iterator<Item = pb::LogEntry> {
         } as i32,
         line: l.bytes,
         dropped_before: if i == 0 { dropped } else { 0 },
+        partial: l.partial,
     })
 }
 

@@ -207,3 +207,45 @@ pub(crate) async fn remove_container(host: &Host, pod: &str, name: &str) -> Resu
     tracing::info!("pod {pod}: container {name} removed");
     Ok(())
 }
+
+/// Runs `argv` in running container `name` to its end, within `timeout` (then it is
+/// killed and the answer is DEADLINE_EXCEEDED), keeping `cap` bytes of each stream.
+pub(crate) async fn exec_in_container(
+    host: &Host,
+    pod: &str,
+    name: &str,
+    argv: Vec<String>,
+    timeout: Duration,
+    cap: usize,
+) -> Result<crate::runtime::spawn::child::ExecOutput> {
+    let p = running_sandbox(host, pod)?;
+    let state = p.state().slot(name).map(|c| c.state.clone());
+    match state {
+        None => return Err(RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'"))),
+        Some(ContainerState::Running { .. }) => {}
+        Some(other) => {
+            return Err(RuntimeError::WrongPhase(format!(
+                "container '{name}' of pod '{pod}' is {}; a command runs only in a running container",
+                describe(&other)
+            )))
+        }
+    }
+    if argv.is_empty() {
+        return Err(RuntimeError::invalid(
+            "cmd",
+            "empty; give the command to run".to_owned(),
+        ));
+    }
+    let ch = p
+        .instance()
+        .map(|i| i.channel.clone())
+        .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
+    let what = argv.join(" ");
+    match tokio::time::timeout(timeout, host.children.pod_calls().exec_in(&ch, name, argv, cap)).await {
+        Ok(r) => r.map_err(|s| refused(&format!("running '{what}' in container '{name}'"), s)),
+        Err(_) => Err(RuntimeError::DeadlineExceeded(format!(
+            "'{what}' in container '{name}' did not end within {} s; it was killed",
+            timeout.as_secs_f64()
+        ))),
+    }
+}

@@ -281,6 +281,77 @@ pub async fn stop_run(ch: &Channel, container: &str, signal: i32, grace: Duratio
     Ok(())
 }
 
+/// The output of the current run of `container` from its first line, followed until
+/// the run ends and its lines are all read.
+pub async fn follow_logs(ch: &Channel, container: &str) -> Result<tonic::Streaming<pb::LogEntry>, Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    let req = pb::LogsRequest {
+        workload: Some(exec_ref(container)),
+        follow: true,
+        tail_lines: None,
+    };
+    Ok(client.logs(req).await?.into_inner())
+}
+
+/// What a command run to its end in a container printed, and how it ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Output past the cap was discarded (the command still ran to its end).
+    pub truncated: bool,
+}
+
+/// Runs `argv` in `container`'s cell without input and waits for its end, keeping at most
+/// `cap` bytes of each stream. Dropped (a deadline passed), the call ends the stream and
+/// the instance kills the process, as it does for any caller that goes away.
+pub async fn exec_in(ch: &Channel, container: &str, argv: Vec<String>, cap: usize) -> Result<ExecOutput, Status> {
+    let mut client = pb::runtime_client::RuntimeClient::new(ch.clone());
+    let start = pb::ExecRequest {
+        request: Some(pb::exec_request::Request::Start(pb::ExecStart {
+            cell: container.to_owned(),
+            argv,
+            ..Default::default()
+        })),
+    };
+    let close = pb::ExecRequest {
+        request: Some(pb::exec_request::Request::CloseStdin(true)),
+    };
+    // The request stream stays open (a closed one would end the session) until this ends.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let _ = tx.send(start).await;
+    let _ = tx.send(close).await;
+    let mut out = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut o = ExecOutput::default();
+    let keep = |to: &mut Vec<u8>, bytes: Vec<u8>, truncated: &mut bool| {
+        let room = cap.saturating_sub(to.len());
+        *truncated |= bytes.len() > room;
+        to.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    };
+    while let Some(m) = out.message().await? {
+        use pb::exec_response::Response as R;
+        match m.response {
+            Some(R::Stdout(b)) => keep(&mut o.stdout, b, &mut o.truncated),
+            Some(R::Stderr(b)) => keep(&mut o.stderr, b, &mut o.truncated),
+            Some(R::Exit(e)) => {
+                o.exit_code = e.exit_code;
+                o.signal = e.signal;
+                drop(tx);
+                return Ok(o);
+            }
+            Some(R::StartedPid(_)) | None => {}
+        }
+    }
+    Err(Status::unavailable(format!(
+        "the instance ended the command in '{container}' without saying how it ended"
+    )))
+}
+
 /// Removes a container's cell: its processes killed at once, then the cell freed with its
 /// runs. A cell the instance no longer has is removed already.
 pub async fn remove_cell(ch: &Channel, container: &str, timeout: Duration) -> Result<(), Status> {

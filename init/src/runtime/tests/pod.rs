@@ -390,3 +390,47 @@ async fn a_container_the_instance_refuses_is_not_kept() {
     assert!(e.to_string().contains("only a sandbox"), "{e}");
     assert_eq!(view(&r, "whole").containers.len(), 1);
 }
+
+/// A command in a sandbox's container (the CRI's ExecSync): its output and code; past
+/// its timeout it is abandoned (the real instance then kills it) with DEADLINE_EXCEEDED;
+/// a container that is not running takes none.
+#[tokio::test]
+async fn a_command_runs_to_its_end_in_a_running_container_or_times_out() {
+    use crate::runtime::pod::{create_container, exec_in_container, start_container};
+    let r = rig();
+    powers_off_when_asked(&r, "sb3");
+    let host = &r.rt.host;
+    let t = Duration::from_secs(10);
+    run(&r, sandbox("sb3")).await.unwrap();
+    create_container(host, "sb3", container("c1"), images(1).remove(0), t)
+        .await
+        .unwrap();
+    let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let e = exec_in_container(host, "sb3", "c1", argv(&["echo", "hi"]), t, 1024)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("only in a running container"), "{e}");
+    start_container(host, "sb3", "c1", t).await.unwrap();
+    let o = exec_in_container(host, "sb3", "c1", argv(&["echo", "hi", "there"]), t, 1024)
+        .await
+        .unwrap();
+    assert_eq!((o.stdout.as_slice(), o.exit_code), (&b"hi there\n"[..], Some(0)));
+    let o = exec_in_container(host, "sb3", "c1", argv(&["echo", "0123456789"]), t, 4)
+        .await
+        .unwrap();
+    assert_eq!((o.stdout.as_slice(), o.truncated), (&b"0123"[..], true), "capped");
+    let o = exec_in_container(host, "sb3", "c1", argv(&["false", "a", "b"]), t, 4)
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, Some(2));
+    tokio::time::pause();
+    let e = exec_in_container(host, "sb3", "c1", argv(&["sleep", "9"]), Duration::from_secs(1), 4)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RuntimeError::DeadlineExceeded(_)), "{e}");
+    assert!(e.to_string().contains("did not end within 1 s"), "{e}");
+    let e = exec_in_container(host, "sb3", "nope", argv(&["true"]), t, 4)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RuntimeError::NotFound(_)), "{e}");
+}
