@@ -1,12 +1,14 @@
 # Aurae appliance. The two commands: `make run` and `make test` (see README.md).
 SHELL := /bin/bash
 BUILD := $(CURDIR)/build
-# Build caches, kept across checkouts and `make clean`: the kernels (kernel/build.sh, by
-# content hash) and Cargo's target directory, shared by every checkout on this machine,
-# so a fresh clone compiles only its own crates once the dependencies have been built.
-# A fresh machine builds everything. Set CARGO_TARGET_DIR to keep a checkout's own.
+# Build caches, kept across `make clean`: the kernels (kernel/build.sh, by content hash,
+# shared by every checkout) and Cargo's target directory, one per checkout path. Not one
+# for all checkouts: Cargo names a workspace's own crates by their path inside it and
+# decides freshness by file times, so two checkouts building into one directory can take
+# each other's generated code (a proto one of them changed) as fresh. A fresh machine
+# builds everything; a new clone at a path used before reuses that path's directory.
 export AURAE_CACHE ?= $(HOME)/.cache/aurae
-export CARGO_TARGET_DIR ?= $(AURAE_CACHE)/target
+export CARGO_TARGET_DIR ?= $(AURAE_CACHE)/targets/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
 PORT  ?= 8443
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev \
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \

@@ -24,8 +24,8 @@ phase() {
 }
 
 make --no-print-directory deps
-# Cargo's shared cache (see the Makefile) grows by a checkout's own crates each time a new
-# checkout builds; past CACHE_MAX_GIB it is dropped whole and rebuilt.
+# Cargo's cache of this checkout (see the Makefile) grows with every change built; past
+# CACHE_MAX_GIB it is dropped whole and rebuilt.
 target=${CARGO_TARGET_DIR:-}
 if [ -n "$target" ] && [ -d "$target" ]; then
     gib=$(( $(du -sk "$target" | cut -f1) / 1048576 ))
