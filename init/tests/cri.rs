@@ -369,8 +369,15 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
         // An unknown container is NOT_FOUND; what is not served yet says so.
         let e = run.exec_sync(cri::ExecSyncRequest::default()).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
-        let e = run
+        let stats = run
             .list_container_stats(cri::ListContainerStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .stats;
+        assert!(stats.is_empty());
+        let e = run
+            .update_container_resources(cri::UpdateContainerResourcesRequest::default())
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);

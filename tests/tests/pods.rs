@@ -1378,6 +1378,43 @@ mod cri_replay {
                 status(&mut run, &cid2).await.state,
                 cri::ContainerState::ContainerRunning as i32
             );
+            // Stats, as kubelet's summary API reads them: CPU (a rate from the second
+            // reading on), memory and its working set, the sandbox's sum and processes.
+            let read = |run: &mut Run| {
+                let (mut run, id) = (run.clone(), cid2.clone());
+                async move {
+                    run.container_stats(cri::ContainerStatsRequest { container_id: id })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .stats
+                        .unwrap()
+                }
+            };
+            let first = read(&mut run).await;
+            assert_eq!(first.attributes.as_ref().unwrap().id, cid2);
+            let mem = first.memory.unwrap();
+            let (set, used) = (mem.working_set_bytes.unwrap().value, mem.usage_bytes.unwrap().value);
+            assert!(set > 0 && set <= used && used < 32 << 20, "{set} of {used}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let second = read(&mut run).await.cpu.unwrap();
+            assert!(second.usage_core_nano_seconds.unwrap().value > 0);
+            assert!(second.usage_nano_cores.is_some(), "a rate from the second reading");
+            let pods = run
+                .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+                    filter: Some(cri::PodSandboxStatsFilter {
+                        id: sid.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats;
+            let linux = pods[0].linux.as_ref().unwrap();
+            assert_eq!(linux.containers.len(), 3, "every container of the sandbox");
+            assert!(linux.process.as_ref().unwrap().process_count.as_ref().unwrap().value >= 1);
+            assert!(linux.memory.as_ref().unwrap().working_set_bytes.as_ref().unwrap().value >= set);
             // ExecSync, as an exec probe: output apart, the exit code.
             let sync = |cmd: &str, timeout: i64| cri::ExecSyncRequest {
                 container_id: cid2.clone(),

@@ -230,6 +230,7 @@ impl Cri {
             created_at: unix_nanos(std::time::SystemTime::now()),
             log_file,
             reopen: None,
+            last_cpu: None,
             mounts: config.mounts,
         });
         Ok(cri::CreateContainerResponse { container_id: id })

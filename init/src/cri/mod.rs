@@ -13,6 +13,7 @@ pub mod images;
 pub mod logfile;
 pub mod sandbox;
 pub mod state;
+pub mod stats;
 pub mod status;
 
 use crate::image::ImageError;

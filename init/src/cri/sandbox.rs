@@ -195,6 +195,7 @@ impl Cri {
             namespaces: linux.security_context.and_then(|s| s.namespace_options),
             ip: view.pod_ip.clone(),
             stopped: false,
+            last_cpu: None,
         };
         tracing::info!(
             "CRI: sandbox {} ({}/{}) is pod {} at {}",

@@ -24,6 +24,8 @@ pub struct Sandbox {
     pub ip: String,
     /// `StopPodSandbox` was called: NOTREADY from then on.
     pub stopped: bool,
+    /// The last CPU reading of its stats (timestamp ns, usage ns), for the rate.
+    pub last_cpu: Option<(i64, u64)>,
 }
 
 pub struct Container {
@@ -42,6 +44,8 @@ pub struct Container {
     pub log_file: Option<PathBuf>,
     /// Tells the writer of its log file to reopen it (`ReopenContainerLog`), once started.
     pub reopen: Option<tokio::sync::watch::Sender<u64>>,
+    /// The last CPU reading of its stats (timestamp ns, usage ns), for the rate.
+    pub last_cpu: Option<(i64, u64)>,
     pub mounts: Vec<cri::Mount>,
 }
 
@@ -147,6 +151,7 @@ mod tests {
             namespaces: None,
             ip: String::new(),
             stopped: false,
+            last_cpu: None,
         }
     }
 

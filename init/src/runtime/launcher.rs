@@ -257,6 +257,13 @@ pub(crate) trait PodCalls: Send + Sync {
         container: &'a str,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<(), Status>>;
+    /// What a container's cell uses now.
+    fn cell_usage<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<crate::pb::CellUsage, Status>>;
     /// Runs a command in a container's cell to its end, keeping `cap` bytes per stream.
     fn exec_in<'a>(
         &'a self,
@@ -377,6 +384,15 @@ impl PodCalls for ChildApi {
         cap: usize,
     ) -> Call<'a, std::result::Result<child::ExecOutput, Status>> {
         Box::pin(child::exec_in(ch, container, argv, cap))
+    }
+
+    fn cell_usage<'a>(
+        &'a self,
+        ch: &'a Channel,
+        container: &'a str,
+        timeout: Duration,
+    ) -> Call<'a, std::result::Result<crate::pb::CellUsage, Status>> {
+        Box::pin(child::cell_usage(ch, container, timeout))
     }
 }
 
@@ -1112,6 +1128,30 @@ pub(crate) mod testing {
             self.cells.lock().unwrap().retain(|c| c != container);
             self.changed.send_modify(|n| *n += 1);
             Box::pin(async { Ok(()) })
+        }
+
+        /// A cell uses 1 ms of CPU per start so far, 1 MiB (256 KiB of it droppable cache)
+        /// and one process.
+        fn cell_usage<'a>(
+            &'a self,
+            _ch: &'a Channel,
+            container: &'a str,
+            _timeout: Duration,
+        ) -> Call<'a, std::result::Result<crate::pb::CellUsage, Status>> {
+            let has = self.cells.lock().unwrap().iter().any(|c| c == container);
+            let starts = u64::from(self.starts.load(std::sync::atomic::Ordering::Relaxed));
+            Box::pin(async move {
+                match has {
+                    true => Ok(crate::pb::CellUsage {
+                        cpu_usage_micros: 1000 * starts,
+                        memory_current_bytes: 1 << 20,
+                        memory_inactive_file_bytes: 256 << 10,
+                        pids_current: 1,
+                        ..Default::default()
+                    }),
+                    false => Err(Status::not_found(format!("no cell '{container}' (fake)"))),
+                }
+            })
         }
 
         /// `echo WORDS` prints them, `sleep` never ends, anything else exits with the number

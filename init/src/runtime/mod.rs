@@ -304,6 +304,11 @@ impl Runtime {
         }
     }
 
+    /// What a sandbox's container uses now (the CRI's stats).
+    pub async fn container_usage(&self, pod: &str, name: &str) -> Result<cgroup::Usage> {
+        pod::container_usage(&self.host, pod, name).await
+    }
+
     /// Runs `argv` in a sandbox's running container to its end (the CRI's `ExecSync`):
     /// killed after `timeout`, at most `cap` bytes kept of each stream.
     pub async fn exec_in_container(

@@ -29,7 +29,6 @@ pub fn image_service(cri: Arc<Cri>) -> ImageServiceServer<ImageApi> {
     ImageServiceServer::new(ImageApi { cri })
 }
 
-const NOT_YET: &str = "not served by this auraed yet (issue #25 continues: stats)";
 const STREAMING: &str =
     "streaming (exec, attach, port-forward) is not served by this auraed yet; use the Aurae API's Exec";
 const NOT_HERE: &str = "not served by auraed (optional in the CRI; kubelet falls back)";
@@ -193,30 +192,30 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        not_served("ContainerStats", NOT_YET)
+        Ok(Response::new(self.cri.container_stats(r.into_inner()).await?))
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        not_served("ListContainerStats", NOT_YET)
+        Ok(Response::new(self.cri.list_container_stats(r.into_inner()).await))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        not_served("PodSandboxStats", NOT_YET)
+        Ok(Response::new(self.cri.pod_sandbox_stats(r.into_inner()).await?))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        not_served("ListPodSandboxStats", NOT_YET)
+        Ok(Response::new(self.cri.list_pod_sandbox_stats(r.into_inner()).await))
     }
 
     async fn checkpoint_container(

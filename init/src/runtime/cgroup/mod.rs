@@ -39,6 +39,9 @@ pub struct Usage {
     pub memory_oom_events: u64,
     pub memory_oom_kill_events: u64,
     pub pids_current: u64,
+    /// Page cache the kernel may drop at once (`memory.stat` inactive_file): what memory
+    /// use less this is the working set kubelet evicts by.
+    pub memory_inactive_file_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +200,7 @@ impl CgroupDir {
     pub fn usage(&self) -> Usage {
         let cpu = self.read("cpu.stat");
         let events = self.read("memory.events");
+        let stat = self.read("memory.stat");
         let num = |f: &str| self.read(f).and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         Usage {
             cpu_usage_micros: keyed(cpu.as_deref(), "usage_usec").unwrap_or(0),
@@ -207,6 +211,7 @@ impl CgroupDir {
             memory_oom_events: keyed(events.as_deref(), "oom").unwrap_or(0),
             memory_oom_kill_events: keyed(events.as_deref(), "oom_kill").unwrap_or(0),
             pids_current: num("pids.current"),
+            memory_inactive_file_bytes: keyed(stat.as_deref(), "inactive_file").unwrap_or(0),
         }
     }
 
@@ -269,6 +274,11 @@ mod tests {
         fs::write(d.path().join("memory.current"), "4096\n").unwrap();
         fs::write(d.path().join("memory.peak"), "8192\n").unwrap();
         fs::write(d.path().join("pids.current"), "3\n").unwrap();
+        fs::write(
+            d.path().join("memory.stat"),
+            "anon 1024\nfile 2048\ninactive_file 1536\n",
+        )
+        .unwrap();
         fs::write(d.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
         let u = c.usage();
         assert_eq!(
@@ -282,6 +292,7 @@ mod tests {
                 memory_oom_events: 2,
                 memory_oom_kill_events: 1,
                 pids_current: 3,
+                memory_inactive_file_bytes: 1536,
             }
         );
         assert!(c.populated());

@@ -249,3 +249,32 @@ pub(crate) async fn exec_in_container(
         ))),
     }
 }
+
+/// What container `name` of sandbox `pod` uses now (its cell in the instance).
+pub(crate) async fn container_usage(host: &Host, pod: &str, name: &str) -> Result<crate::runtime::cgroup::Usage> {
+    let p = running_sandbox(host, pod)?;
+    if p.state().slot(name).is_none() {
+        return Err(RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'")));
+    }
+    let ch = p
+        .instance()
+        .map(|i| i.channel.clone())
+        .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
+    let u = host
+        .children
+        .pod_calls()
+        .cell_usage(&ch, name, CALL_TIMEOUT)
+        .await
+        .map_err(|s| refused(&format!("the usage of container '{name}'"), s))?;
+    Ok(crate::runtime::cgroup::Usage {
+        cpu_usage_micros: u.cpu_usage_micros,
+        cpu_throttled_micros: u.cpu_throttled_micros,
+        cpu_nr_throttled: u.cpu_nr_throttled,
+        memory_current_bytes: u.memory_current_bytes,
+        memory_peak_bytes: u.memory_peak_bytes,
+        memory_oom_events: u.memory_oom_events,
+        memory_oom_kill_events: u.memory_oom_kill_events,
+        pids_current: u.pids_current,
+        memory_inactive_file_bytes: u.memory_inactive_file_bytes,
+    })
+}

@@ -17,7 +17,9 @@ pub mod manifest;
 pub(crate) mod spec;
 mod supervise;
 
-pub(crate) use containers::{create_container, exec_in_container, remove_container, start_container, stop_container};
+pub(crate) use containers::{
+    container_usage, create_container, exec_in_container, remove_container, start_container, stop_container,
+};
 
 pub use images::PodImage;
 pub(crate) use images::{prepare_container_image, prepare_images};

@@ -352,6 +352,24 @@ pub async fn exec_in(ch: &Channel, container: &str, argv: Vec<String>, cap: usiz
     )))
 }
 
+/// What a container's cell uses now (its cgroup in the instance).
+pub async fn cell_usage(ch: &Channel, container: &str, timeout: Duration) -> Result<pb::CellUsage, Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    let cell = pb::WorkloadRef {
+        kind: pb::WorkloadKind::Cell as i32,
+        name: container.to_owned(),
+    };
+    match client
+        .status(with_timeout(cell, Some(timeout)))
+        .await?
+        .into_inner()
+        .status
+    {
+        Some(pb::workload_status::Status::Cell(c)) => Ok(c.usage.unwrap_or_default()),
+        _ => Err(Status::internal("the instance answered with another kind of workload")),
+    }
+}
+
 /// Removes a container's cell: its processes killed at once, then the cell freed with its
 /// runs. A cell the instance no longer has is removed already.
 pub async fn remove_cell(ch: &Channel, container: &str, timeout: Duration) -> Result<(), Status> {

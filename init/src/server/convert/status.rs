@@ -65,6 +65,7 @@ fn usage_pb(u: Usage) -> pb::CellUsage {
         memory_oom_events: u.memory_oom_events,
         memory_oom_kill_events: u.memory_oom_kill_events,
         pids_current: u.pids_current,
+        memory_inactive_file_bytes: u.memory_inactive_file_bytes,
     }
 }
 
