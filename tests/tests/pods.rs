@@ -1605,3 +1605,138 @@ mod cri_replay {
         });
     }
 }
+
+mod cri_cell {
+    //! Issue #25: the `cell` runtime handler (a RuntimeClass whose pods need no KVM): the
+    //! sandbox is an instance in a cell of the node, its containers cells in it.
+
+    use super::*;
+    use aurae_proto::cri;
+    use cri::runtime_service_client::RuntimeServiceClient;
+
+    #[test]
+    fn a_sandbox_with_the_cell_handler_runs_its_container_in_an_instance_in_a_cell() {
+        let s = shared_or_skip!();
+        let a = &s.a;
+        rt().block_on(async {
+            let ch = a.target().connect().await.unwrap();
+            let mut run = RuntimeServiceClient::new(ch.clone());
+            let mut img = cri::image_service_client::ImageServiceClient::new(ch);
+            let c = Client::connect(a).await;
+            let meta = cri::PodSandboxMetadata {
+                name: "celled".into(),
+                uid: "u-celled-1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            };
+            let config = cri::PodSandboxConfig {
+                metadata: Some(meta.clone()),
+                log_directory: "/var/log/pods/default_celled_u-celled-1".into(),
+                labels: [("io.kubernetes.pod.uid".to_owned(), "u-celled-1".to_owned())].into(),
+                ..Default::default()
+            };
+            let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: "cell".into(),
+            });
+            req.set_timeout(a.budget(POD_BUDGET));
+            let sid = run.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id;
+            let st = run
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: sid.clone(),
+                    verbose: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let pod = st.info["pod"].clone();
+            let st = st.status.unwrap();
+            assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+            assert_eq!(st.runtime_handler, "cell");
+            assert!(st.network.unwrap().ip.starts_with("10.254.0."));
+            let ps = pod_status(&c, &pod).await;
+            assert_eq!(ps.isolation, pb::IsolationKind::Cell as i32, "{ps:?}");
+
+            let image = img
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: busybox(),
+                        ..Default::default()
+                    }),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .image_ref;
+            let cid = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: "hello".into(),
+                            attempt: 0,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: image.clone(),
+                            ..Default::default()
+                        }),
+                        command: vec!["/bin/sh".into(), "-c".into(), "echo hello from a cell; exit 0".into()],
+                        log_path: "hello/0.log".into(),
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(config),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            run.start_container(cri::StartContainerRequest {
+                container_id: cid.clone(),
+            })
+            .await
+            .unwrap();
+            let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(60));
+            let ended = loop {
+                let st = run
+                    .container_status(cri::ContainerStatusRequest {
+                        container_id: cid.clone(),
+                        verbose: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status
+                    .unwrap();
+                if st.state == cri::ContainerState::ContainerExited as i32 {
+                    break st;
+                }
+                assert!(std::time::Instant::now() < deadline, "never exited: {st:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            assert_eq!((ended.exit_code, ended.reason.as_str()), (0, "Completed"));
+            let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(20));
+            loop {
+                let log = c.on_node(&format!("cat {} 2>/dev/null; true", ended.log_path)).await;
+                if log.contains(" stdout F hello from a cell") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{log}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            run.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: sid.clone(),
+            })
+            .await
+            .unwrap();
+            run.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sid })
+                .await
+                .unwrap();
+            let e = c.workloads.clone().status(pod_ref(&pod)).await.unwrap_err();
+            assert_eq!(e.code(), Code::NotFound);
+            let (workloads, cgroups) = c.leftovers().await;
+            assert!(workloads.is_empty() && cgroups.is_empty(), "{workloads:?} {cgroups:?}");
+        });
+    }
+}
