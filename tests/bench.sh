@@ -243,9 +243,9 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     aer cell create benchhost --share net,mount,cgroup --privileged >/dev/null
     aer cell create benchnode --share pid,mount,net,ipc,uts,cgroup --privileged >/dev/null
     aer --timeout 300 image pull "$REG_GUEST/test/busybox:1" >/dev/null 2>&1 || echo "bench: pull of the busybox test image failed"
-    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods soak; and
-    # fleet and uefi, which boot machines of their own (below).
-    parts=" ${BENCH_PARTS:-runtime images vms pods soak fleet uefi} "
+    # BENCH_PARTS picks parts of this boot (default all): runtime images vms pods cri soak;
+    # and fleet and uefi, which boot machines of their own (below).
+    parts=" ${BENCH_PARTS:-runtime images vms pods cri soak fleet uefi} "
     if [[ $parts == *" runtime "* ]]; then
         echo
         echo "== runtime (inside the appliance, accel ${ACCEL:-tcg}, ${BENCH_N:-100} samples each)"
@@ -257,6 +257,14 @@ if [ -f "$B/initramfs/bench.cpio.zst" ]; then
     [[ $parts == *" images "* ]] && image_bench
     [[ $parts == *" vms "* ]] && vm_bench
     [[ $parts == *" pods "* ]] && pod_bench
+    if [[ $parts == *" cri "* ]]; then
+        echo
+        echo "== cri (inside the appliance over the API port as the admin; sandboxes nested microVMs, relist on cell sandboxes)"
+        aer --timeout 1800 exec benchcri --cell benchhost -f -- /bench/auraed bench-cri \
+            --config /etc/aurae/bench/aer.toml --image "$REG_GUEST/test/busybox:1" \
+            --n "${BENCH_PODS:-5}" --relist-pods "${BENCH_RELIST_PODS:-20}" \
+            || { echo "bench: bench-cri failed"; tail -50 "$log"; }
+    fi
     [[ $parts == *" soak "* ]] && soak_bench
     aer node shutdown --grace-ms 1000 >/dev/null
     wait $qpid
@@ -350,7 +358,7 @@ uefi_bench() {
     printf '%-44s %d (zstd: %d)\n' "ESP image (bytes)" "$(stat -c %s "$B/uefi/esp.img")" "$(zstd -q -c "$B/uefi/esp.img" | wc -c)"
     printf '%-44s %d\n' "raw USB disk image (bytes)" "$(stat -c %s "$B/uefi/usb.img")"
 }
-parts=" ${BENCH_PARTS:-runtime images vms pods soak fleet uefi} "
+parts=" ${BENCH_PARTS:-runtime images vms pods cri soak fleet uefi} "
 [[ $parts == *" fleet "* ]] && fleet_bench
 [[ $parts == *" uefi "* ]] && uefi_bench
 exit 0

@@ -3,6 +3,7 @@
 //! kernel, CPU and moment. `tests/bench.sh` starts it as an executable in a cell that shares
 //! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
 
+pub mod cri;
 pub mod soak;
 
 use crate::cli::Conn as Channel;
@@ -401,17 +402,22 @@ async fn bench(a: BenchArgs) -> Result<(), CliError> {
 }
 
 pub fn main(a: BenchArgs) -> ExitCode {
+    run("bench", bench(a))
+}
+
+/// Runs a bench driver on a current-thread runtime; a failure is said, prefixed by `what`.
+fn run(what: &str, f: impl std::future::Future<Output = Result<(), CliError>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("bench: {e}");
+            eprintln!("{what}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(bench(a)) {
+    match rt.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bench: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -42,6 +42,10 @@ enum Cmd {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchSoak(auraed::bench::soak::SoakArgs),
+    /// `make bench`'s CRI figures, run inside the appliance (see bench/cri.rs).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchCri(auraed::bench::cri::CriArgs),
     /// The client, as `auraed aer ...` (same as running the binary as `aer`).
     #[command(disable_help_flag = true)]
     Aer {
@@ -162,6 +166,8 @@ fn main() -> ExitCode {
         Some(Cmd::BenchRuntime(b)) => auraed::bench::main(b),
         #[cfg(feature = "bench")]
         Some(Cmd::BenchSoak(b)) => auraed::bench::soak::main(b),
+        #[cfg(feature = "bench")]
+        Some(Cmd::BenchCri(b)) => auraed::bench::cri::main(b),
     }
 }
 

@@ -976,7 +976,7 @@ mod cri_replay {
     use cri::runtime_service_client::RuntimeServiceClient;
     use std::collections::HashMap;
 
-    type Run = RuntimeServiceClient<auraed::cli::Conn>;
+    pub(super) type Run = RuntimeServiceClient<auraed::cli::Conn>;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
@@ -1065,7 +1065,35 @@ mod cri_replay {
         }
     }
 
-    async fn status(run: &mut Run, id: &str) -> cri::ContainerStatus {
+    /// RunPodSandbox with the test's budget as its deadline, then its verbose status,
+    /// READY: (id, the runtime pod behind it, its status).
+    pub(super) async fn run_sandbox(
+        a: &Appliance,
+        run: &mut Run,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> (String, String, cri::PodSandboxStatus) {
+        let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: handler.into(),
+        });
+        req.set_timeout(a.budget(POD_BUDGET));
+        let sid = run.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id;
+        let st = run
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sid.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let pod = st.info["pod"].clone();
+        let st = st.status.unwrap();
+        assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32, "{st:?}");
+        (sid, pod, st)
+    }
+
+    pub(super) async fn status(run: &mut Run, id: &str) -> cri::ContainerStatus {
         run.container_status(cri::ContainerStatusRequest {
             container_id: id.into(),
             verbose: false,
@@ -1146,7 +1174,7 @@ mod cri_replay {
 
     /// The CRI log file at `path` on the node, once it has `n` lines: (stream, tag, text)
     /// each, its timestamp checked.
-    async fn log_lines(a: &Appliance, c: &Client, path: &str, n: usize) -> Vec<(String, String, String)> {
+    pub(super) async fn log_lines(a: &Appliance, c: &Client, path: &str, n: usize) -> Vec<(String, String, String)> {
         let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(20));
         let text = loop {
             let text = c.on_node(&format!("cat {path} 2>/dev/null; true")).await;
@@ -1213,23 +1241,7 @@ mod cri_replay {
             assert!(e.message().contains("'kata'"), "{e:?}");
 
             // RunPodSandbox → PodSandboxStatus, as SyncPod does.
-            let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
-                config: Some(sandbox_config()),
-                runtime_handler: String::new(),
-            });
-            req.set_timeout(a.budget(POD_BUDGET));
-            let sid = run.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id;
-            let sst = run
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: sid.clone(),
-                    verbose: true,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let pod = sst.info["pod"].clone();
-            let sst = sst.status.unwrap();
-            assert_eq!(sst.state, cri::PodSandboxState::SandboxReady as i32);
+            let (sid, pod, sst) = run_sandbox(a, &mut run, sandbox_config(), "").await;
             let ip = sst.network.as_ref().unwrap().ip.clone();
             assert!(ip.starts_with("10.254.0."), "the pod's IP on the node's bridge: {ip}");
             let want = sandbox_config();
@@ -1610,6 +1622,7 @@ mod cri_cell {
     //! Issue #25: the `cell` runtime handler (a RuntimeClass whose pods need no KVM): the
     //! sandbox is an instance in a cell of the node, its containers cells in it.
 
+    use super::cri_replay::{log_lines, run_sandbox, status};
     use super::*;
     use aurae_proto::cri;
     use cri::runtime_service_client::RuntimeServiceClient;
@@ -1635,23 +1648,7 @@ mod cri_cell {
                 labels: [("io.kubernetes.pod.uid".to_owned(), "u-celled-1".to_owned())].into(),
                 ..Default::default()
             };
-            let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: "cell".into(),
-            });
-            req.set_timeout(a.budget(POD_BUDGET));
-            let sid = run.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id;
-            let st = run
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: sid.clone(),
-                    verbose: true,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let pod = st.info["pod"].clone();
-            let st = st.status.unwrap();
-            assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+            let (sid, pod, st) = run_sandbox(a, &mut run, config.clone(), "cell").await;
             assert_eq!(st.runtime_handler, "cell");
             assert!(st.network.unwrap().ip.starts_with("10.254.0."));
             let ps = pod_status(&c, &pod).await;
@@ -1699,16 +1696,7 @@ mod cri_cell {
             .unwrap();
             let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(60));
             let ended = loop {
-                let st = run
-                    .container_status(cri::ContainerStatusRequest {
-                        container_id: cid.clone(),
-                        verbose: false,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .status
-                    .unwrap();
+                let st = status(&mut run, &cid).await;
                 if st.state == cri::ContainerState::ContainerExited as i32 {
                     break st;
                 }
@@ -1716,15 +1704,8 @@ mod cri_cell {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             };
             assert_eq!((ended.exit_code, ended.reason.as_str()), (0, "Completed"));
-            let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(20));
-            loop {
-                let log = c.on_node(&format!("cat {} 2>/dev/null; true", ended.log_path)).await;
-                if log.contains(" stdout F hello from a cell") {
-                    break;
-                }
-                assert!(std::time::Instant::now() < deadline, "{log}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            let log = log_lines(a, &c, &ended.log_path, 1).await;
+            assert_eq!(log[0], ("stdout".into(), "F".into(), "hello from a cell".into()));
             run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: sid.clone(),
             })

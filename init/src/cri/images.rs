@@ -7,7 +7,7 @@
 //! by the id `ImageStatus` or `PullImage` gave it), and so is a digest reference.
 
 use super::{unix_nanos, Cri, CriError};
-use crate::image::catalog::{Images, InUse, Record};
+use crate::image::catalog::{Images, Record};
 use crate::image::pull::{parse_reference, Credentials};
 use crate::image::ImageError;
 use aurae_proto::cri;
@@ -202,13 +202,7 @@ impl Cri {
         };
         for reference in references {
             let rt = self.rt.clone();
-            let in_use = move || {
-                rt.usage()
-                    .images
-                    .into_iter()
-                    .map(|(by, reference, chains)| InUse { by, reference, chains })
-                    .collect()
-            };
+            let in_use = move || rt.usage().images;
             match images.remove(&reference, in_use).await {
                 Ok(_) | Err(ImageError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -139,8 +139,8 @@ pub struct Usage {
     /// The node-wide log ceiling and what all logs hold now (bytes).
     pub log_budget: usize,
     pub log_held: usize,
-    /// (who, reference, chain IDs) of every image a cell or pod runs from.
-    pub images: Vec<(String, String, Vec<String>)>,
+    /// Every image a cell or pod runs from, and who runs it (what a removal keeps).
+    pub images: Vec<crate::image::catalog::InUse>,
 }
 
 /// A channel to a child auraed and what ends when the child does (see `Runtime::channel`).
@@ -341,6 +341,9 @@ impl Runtime {
         let (log_budget, log_held) = self.host.logs.usage();
         let mut images = cell::images(&self.host);
         images.extend(pod::images(&self.host));
+        let images = (images.into_iter())
+            .map(|(by, reference, chains)| crate::image::catalog::InUse { by, reference, chains })
+            .collect();
         Usage {
             log_budget,
             log_held,

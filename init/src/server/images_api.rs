@@ -1,6 +1,6 @@
 //! The `Images` service: pull (streaming progress), list, status, remove.
 
-use crate::image::catalog::{Images, InUse, Record};
+use crate::image::catalog::{Images, Record};
 use crate::image::config::ImageConfig;
 use crate::image::pull::{Credentials, Progress};
 use crate::pb::{self, images_server};
@@ -258,13 +258,7 @@ impl images_server::Images for ImagesApi {
     async fn remove(&self, r: Request<pb::ImageRef>) -> Result<Response<pb::RemoveImageResponse>, Status> {
         let images = self.images()?;
         let rt = self.rt.clone();
-        let in_use = move || {
-            rt.usage()
-                .images
-                .into_iter()
-                .map(|(by, reference, chains)| InUse { by, reference, chains })
-                .collect()
-        };
+        let in_use = move || rt.usage().images;
         let freed = images.remove(&r.into_inner().reference, in_use).await?;
         Ok(Response::new(pb::RemoveImageResponse { freed_bytes: freed }))
     }

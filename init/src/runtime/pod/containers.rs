@@ -63,17 +63,7 @@ pub(crate) async fn create_container(
                 "pod '{pod}' has {MAX_SANDBOX_CONTAINERS} containers, the most a sandbox keeps; remove exited ones first"
             )));
         }
-        s.containers.push(Slot {
-            spec,
-            image: (image.reference.clone(), image.digest.clone(), image.chains.clone()),
-            state: ContainerState::Waiting {
-                reason: "ContainerCreating".into(),
-                until_unix_nanos: 0,
-            },
-            restarts: 0,
-            last: None,
-            argv: Vec::new(),
-        });
+        s.containers.push(Slot::new(spec, &image));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -67,6 +67,23 @@ struct PodState {
     blobs: std::collections::HashSet<String>,
 }
 
+impl Slot {
+    /// A container about to be made in the instance, from `image`.
+    fn new(spec: ContainerSpec, image: &PodImage) -> Slot {
+        Slot {
+            spec,
+            image: (image.reference.clone(), image.digest.clone(), image.chains.clone()),
+            state: ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                until_unix_nanos: 0,
+            },
+            restarts: 0,
+            last: None,
+            argv: Vec::new(),
+        }
+    }
+}
+
 impl PodState {
     fn slot(&mut self, name: &str) -> Option<&mut Slot> {
         self.containers.iter_mut().find(|c| c.spec.name.as_str() == name)
@@ -320,17 +337,7 @@ pub(crate) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage
     let containers = std::mem::take(&mut spec.containers)
         .into_iter()
         .zip(&images)
-        .map(|(c, i)| Slot {
-            spec: c,
-            image: (i.reference.clone(), i.digest.clone(), i.chains.clone()),
-            state: ContainerState::Waiting {
-                reason: "ContainerCreating".into(),
-                until_unix_nanos: 0,
-            },
-            restarts: 0,
-            last: None,
-            argv: Vec::new(),
-        })
+        .map(|(c, i)| Slot::new(c, i))
         .collect();
     let p = Arc::new(Pod {
         name: spec.name.clone(),
