@@ -42,6 +42,9 @@ pub struct DaemonArgs {
     /// With --spawned-in-cell: make bridge aurae0 with this address for grandchildren.
     #[arg(long, hide = true)]
     pub bridge_ip: Option<crate::net::Ipv4Cidr>,
+    /// With --spawned-in-cell: the instance's hostname (its cell's own by default).
+    #[arg(long, hide = true)]
+    pub hostname: Option<String>,
 }
 
 /// Runs auraed as PID 1. Never returns.
@@ -132,7 +135,7 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
         std::process::id()
     );
     let report = if args.spawned_in_cell {
-        init::cell_instance_bringup(args.bridge_ip)
+        init::cell_instance_bringup(args.bridge_ip, args.hostname.as_deref())
     } else {
         init::daemon_bringup()
     };

@@ -999,6 +999,22 @@ mod cri_replay {
             }),
             hostname: "web".into(),
             log_directory: "/var/log/pods/default_web_u-web-1".into(),
+            // hostPort 8080 (forwarded from the host by QEMU) to the pod's port 80, and a
+            // containerPort without a host port, which kubelet sends as documentation.
+            port_mappings: vec![
+                cri::PortMapping {
+                    protocol: cri::Protocol::Tcp as i32,
+                    container_port: 80,
+                    host_port: NODE_PORT as i32,
+                    host_ip: String::new(),
+                },
+                cri::PortMapping {
+                    protocol: cri::Protocol::Tcp as i32,
+                    container_port: 9090,
+                    host_port: 0,
+                    host_ip: String::new(),
+                },
+            ],
             labels,
             annotations: map(&[("kubernetes.io/config.source", "api"), ("note", "byte for byte: é ✓")]),
             linux: Some(cri::LinuxPodSandboxConfig {
@@ -1287,9 +1303,10 @@ mod cri_replay {
             };
 
             // CreateContainer → StartContainer; the container runs, then exits with 3.
-            // A greeting, a 20 000-byte line (split at 16 KiB in the log), a line on stderr.
-            let script =
-                "echo \"$GREETING\"; head -c 20000 /dev/zero | tr '\\0' x; echo; echo oops >&2; sleep 2; exit 3";
+            // A greeting, a 20 000-byte line (split at 16 KiB in the log), its hostname (the
+            // pod's, from the sandbox config), a line on stderr.
+            let script = "echo \"$GREETING\"; head -c 20000 /dev/zero | tr '\\0' x; echo; \
+                          echo \"host $(hostname)\"; echo oops >&2; sleep 2; exit 3";
             let cid = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
@@ -1318,7 +1335,7 @@ mod cri_replay {
             assert_eq!(ended.labels["io.kubernetes.container.name"], "app");
             assert_eq!(ended.annotations["io.kubernetes.container.restartCount"], "0");
             // Its log file on the node, in the CRI's format, as kubelet and crictl read it.
-            let lines = log_lines(a, &c, &ended.log_path, 4).await;
+            let lines = log_lines(a, &c, &ended.log_path, 5).await;
             let out: Vec<&(String, String, String)> = lines.iter().filter(|l| l.0 == "stdout").collect();
             assert_eq!(
                 (out[0].1.as_str(), out[0].2.as_str()),
@@ -1327,6 +1344,7 @@ mod cri_replay {
             );
             assert_eq!((out[1].1.as_str(), out[1].2.len()), ("P", 16384), "a piece, continued");
             assert_eq!((out[2].1.as_str(), out[2].2.len()), ("F", 20000 - 16384), "its end");
+            assert_eq!(out[3].2, "host web", "the sandbox's hostname");
             assert!(out[1].2.bytes().chain(out[2].2.bytes()).all(|b| b == b'x'));
             assert!(
                 lines.iter().any(|l| l == &("stderr".into(), "F".into(), "oops".into())),
@@ -1373,7 +1391,8 @@ mod cri_replay {
                     config: Some(container_config(
                         &image_id,
                         2,
-                        "echo before; while sleep 0.2; do test -f /tmp/go && echo after && rm /tmp/go; done",
+                        "mkdir -p /tmp/www; echo cri-web > /tmp/www/index.html; httpd -p 80 -h /tmp/www; \
+                         echo before; while sleep 0.2; do test -f /tmp/go && echo after && rm /tmp/go; done",
                     )),
                     sandbox_config: None,
                 })
@@ -1390,6 +1409,13 @@ mod cri_replay {
                 status(&mut run, &cid2).await.state,
                 cri::ContainerState::ContainerRunning as i32
             );
+            // The sandbox's host port reaches the container's server through the node.
+            let port = s.web;
+            let served = eventually(a.budget(Duration::from_secs(20)), move || async move {
+                http_get(port, "/index.html").is_some_and(|b| b.contains("cri-web"))
+            })
+            .await;
+            assert!(served, "hostPort {NODE_PORT} → the pod's port 80");
             // Stats, as kubelet's summary API reads them: CPU (a rate from the second
             // reading on), memory and its working set, the sandbox's sum and processes.
             let read = |run: &mut Run| {
@@ -1582,6 +1608,10 @@ mod cri_replay {
                 .status
                 .unwrap();
             assert_eq!(sst.state, cri::PodSandboxState::SandboxNotready as i32);
+            assert!(
+                http_get(s.web, "/index.html").is_none(),
+                "a stopped sandbox's host port is closed"
+            );
             let e = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
@@ -1645,6 +1675,7 @@ mod cri_cell {
             let config = cri::PodSandboxConfig {
                 metadata: Some(meta.clone()),
                 log_directory: "/var/log/pods/default_celled_u-celled-1".into(),
+                hostname: "celled-0".into(),
                 labels: [("io.kubernetes.pod.uid".to_owned(), "u-celled-1".to_owned())].into(),
                 ..Default::default()
             };
@@ -1679,7 +1710,11 @@ mod cri_cell {
                             image: image.clone(),
                             ..Default::default()
                         }),
-                        command: vec!["/bin/sh".into(), "-c".into(), "echo hello from a cell; exit 0".into()],
+                        command: vec![
+                            "/bin/sh".into(),
+                            "-c".into(),
+                            "echo hello from a cell named $(hostname); exit 0".into(),
+                        ],
                         log_path: "hello/0.log".into(),
                         ..Default::default()
                     }),
@@ -1705,7 +1740,10 @@ mod cri_cell {
             };
             assert_eq!((ended.exit_code, ended.reason.as_str()), (0, "Completed"));
             let log = log_lines(a, &c, &ended.log_path, 1).await;
-            assert_eq!(log[0], ("stdout".into(), "F".into(), "hello from a cell".into()));
+            assert_eq!(
+                log[0],
+                ("stdout".into(), "F".into(), "hello from a cell named celled-0".into())
+            );
             run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: sid.clone(),
             })

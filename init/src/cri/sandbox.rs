@@ -60,6 +60,40 @@ pub fn size(
     Ok((vcpus, memory))
 }
 
+/// The host ports of `mappings` (hostPort): (node port, port in the pod), published through
+/// the node's port proxy to the pod's address. A mapping without a host port only
+/// documents the container's port (kubelet sends every containerPort): nothing to do.
+pub fn host_ports(mappings: &[cri::PortMapping]) -> Result<Vec<(u16, u16)>, CriError> {
+    let mut ports = Vec::new();
+    for (n, m) in mappings.iter().enumerate().filter(|(_, m)| m.host_port != 0) {
+        let bad = |why: String| CriError::Invalid {
+            field: "config.port_mappings",
+            why: format!("[{n}]: {why}"),
+        };
+        if m.protocol != cri::Protocol::Tcp as i32 {
+            return Err(bad("only TCP host ports are served on this node".into()));
+        }
+        let port = |p: i32, what: &str| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad(format!("{what} {p} is not a port (1..=65535)")))
+        };
+        let (host, inside) = (
+            port(m.host_port, "host_port")?,
+            port(m.container_port, "container_port")?,
+        );
+        if !matches!(m.host_ip.as_str(), "" | "0.0.0.0") {
+            return Err(bad(format!(
+                "host_ip {} is not served: host ports listen on every address of the node",
+                m.host_ip
+            )));
+        }
+        ports.push((host, inside));
+    }
+    Ok(ports)
+}
+
 /// The runtime pod a sandbox request asks for, checked: every refusal names its field.
 pub fn sandbox_spec(
     config: &cri::PodSandboxConfig,
@@ -114,16 +148,21 @@ pub fn sandbox_spec(
             why: "pods in the node's namespaces (hostNetwork, hostPID, hostIPC) are not served yet",
         });
     }
-    if let Some((n, _)) = config.port_mappings.iter().enumerate().find(|(_, p)| p.host_port > 0) {
-        return Err(CriError::Invalid {
-            field: "config.port_mappings",
-            why: format!("[{n}] asks for a host port; host ports are not served by this auraed yet (use a Service)"),
-        });
-    }
+    let ports = host_ports(&config.port_mappings)?;
     let (vcpus, memory) = size(
         linux.and_then(|l| l.resources.as_ref()),
         linux.and_then(|l| l.overhead.as_ref()),
     )?;
+    let hostname = match config.hostname.as_str() {
+        "" => None,
+        h if crate::net::valid_hostname(h) => Some(h.to_owned()),
+        h => {
+            return Err(CriError::Invalid {
+                field: "config.hostname",
+                why: format!("'{h}' is not a hostname (letters, digits, '-' and '.', at most 64)"),
+            })
+        }
+    };
     let name = ExecName::parse_instance(pod).map_err(|e| CriError::Invalid {
         field: "config.metadata",
         why: e.to_string(),
@@ -139,6 +178,8 @@ pub fn sandbox_spec(
         sandbox: true,
         ready_within,
         networks: Vec::new(),
+        hostname,
+        ports,
     })
 }
 
@@ -393,17 +434,41 @@ mod tests {
         });
         let e = sandbox_spec(&c, "", "cri-1", t).unwrap_err();
         assert!(e.to_string().contains("hostNetwork"), "{e}");
-        let mut c = config();
-        c.port_mappings = vec![cri::PortMapping {
-            container_port: 80,
-            host_port: 8080,
-            ..Default::default()
-        }];
-        let e = sandbox_spec(&c, "", "cri-1", t).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("config.port_mappings: [0] asks for a host port"),
-            "{e}"
+        let pm = |container_port, host_port, protocol: cri::Protocol, host_ip: &str| cri::PortMapping {
+            container_port,
+            host_port,
+            protocol: protocol as i32,
+            host_ip: host_ip.into(),
+        };
+        let ok = [pm(80, 8080, cri::Protocol::Tcp, ""), pm(53, 0, cri::Protocol::Udp, "")];
+        assert_eq!(
+            host_ports(&ok).unwrap(),
+            [(8080, 80)],
+            "a containerPort alone is only documentation"
         );
+        for (bad, words) in [
+            (pm(53, 5353, cri::Protocol::Udp, ""), "[0]: only TCP"),
+            (
+                pm(80, 70000, cri::Protocol::Tcp, ""),
+                "[0]: host_port 70000 is not a port",
+            ),
+            (pm(0, 8080, cri::Protocol::Tcp, ""), "[0]: container_port 0"),
+            (pm(80, 8080, cri::Protocol::Tcp, "127.0.0.1"), "[0]: host_ip 127.0.0.1"),
+        ] {
+            let e = host_ports(&[bad]).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("config.port_mappings: {words}")),
+                "{e}"
+            );
+        }
+        let mut c = config();
+        c.hostname = "web-0".into();
+        assert_eq!(
+            sandbox_spec(&c, "", "cri-1", t).unwrap().hostname.as_deref(),
+            Some("web-0")
+        );
+        c.hostname = "bad host".into();
+        let e = sandbox_spec(&c, "", "cri-1", t).unwrap_err();
+        assert!(e.to_string().starts_with("config.hostname: 'bad host'"), "{e}");
     }
 }

@@ -122,11 +122,22 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
 /// Bring-up of a child auraed that Spawn runs in a cell (its own mount, cgroup, pid and
 /// network namespaces): mount cgroup2 (rooted at the cell's leaf by the cgroup namespace),
 /// move itself into `_auraed` so the root may hand controllers down, and prepare `aurae`.
-pub fn cell_instance_bringup(bridge_ip: Option<cmdline::Ipv4Cidr>) -> InitReport {
+pub fn cell_instance_bringup(bridge_ip: Option<cmdline::Ipv4Cidr>, hostname: Option<&str>) -> InitReport {
     let mut report = InitReport {
         spawned_as: Some(crate::pb::IsolationKind::Cell),
         ..InitReport::default()
     };
+    // Its own UTS namespace: the name its parent gave it (a pod's hostname).
+    if let Some(h) = hostname {
+        match crate::net::valid_hostname(h) {
+            true => {
+                if let Err(e) = nix::unistd::sethostname(h) {
+                    report.fail("hostname", format!("{h}: {e}"));
+                }
+            }
+            false => report.fail("hostname", format!("'{h}' is not a valid hostname; kept the cell's")),
+        }
+    }
     if let Err(e) = reaper::become_subreaper() {
         report.fail("subreaper", e.to_string());
     }

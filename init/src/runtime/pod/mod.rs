@@ -219,8 +219,10 @@ impl Pod {
                 p => (p, s.reason.clone()),
             }
         };
-        let ports = (s.containers.iter())
-            .flat_map(|c| c.spec.ports.iter().map(|(h, p)| (c.spec.name.to_string(), *h, *p)))
+        let ports = (self.spec.ports.iter().map(|(h, p)| (String::new(), *h, *p)))
+            .chain(
+                (s.containers.iter()).flat_map(|c| c.spec.ports.iter().map(|(h, p)| (c.spec.name.to_string(), *h, *p))),
+            )
             .collect();
         PodView {
             name: self.name.to_string(),
@@ -332,6 +334,11 @@ pub(crate) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage
             bound.push((c.name.to_string(), b));
         }
     }
+    for (j, (node_port, inside)) in spec.ports.iter().enumerate() {
+        let field = format!("config.port_mappings[{j}].host_port");
+        let b = proxy::bind(*node_port, *inside).map_err(|e| super::cell::port_error(&field, *node_port, e))?;
+        bound.push((String::new(), b));
+    }
     let deadline = tokio::time::Instant::now() + spec.ready_within;
     let (tx, _) = watch::channel(());
     let containers = std::mem::take(&mut spec.containers)
@@ -402,6 +409,7 @@ async fn make(
         svid_ttl: Duration::from_secs(3600),
         serving_within: left(),
         attachments: p.spec.networks.clone(),
+        hostname: p.spec.hostname.clone(),
     };
     let i = instance::boot(host, &ispec).await?;
     let _ = p.instance.set(i.clone());
@@ -436,7 +444,11 @@ async fn make(
     };
     let mut ports = p.ports.lock().unwrap_or_else(|x| x.into_inner());
     for (container, b) in bound {
-        let published = proxy::publish(b, proxy::Dialer::Address(ip), format!("pod {}/{container}", p.name))
+        let who = match container.as_str() {
+            "" => format!("pod {}", p.name),
+            c => format!("pod {}/{c}", p.name),
+        };
+        let published = proxy::publish(b, proxy::Dialer::Address(ip), who)
             .map_err(|e| RuntimeError::Network(format!("pod '{}': publish a port: {e}", p.name)))?;
         ports.push(published);
     }

@@ -82,6 +82,11 @@ pub struct PodSpec {
     pub ready_within: Duration,
     /// Extra interfaces on named node bridges (eth1, ...).
     pub networks: Vec<crate::net::NetAttachment>,
+    /// Its instance's hostname, which its containers share; None: the pod's name.
+    pub hostname: Option<String>,
+    /// (node port, port in the pod) published for the whole pod (a sandbox's, as the
+    /// CRI's port mappings give them); containers' own are in `containers`.
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// The instance a pod needs: (vCPUs, memory bytes in whole MiB).
@@ -283,6 +288,8 @@ mod tests {
             sandbox: false,
             ready_within: Duration::from_secs(1),
             networks: vec![],
+            hostname: None,
+            ports: vec![],
         };
         assert_eq!(size(&spec), (2, (64 + 128 + 96) * MIB));
         spec.containers = vec![c(None, Some(MIB + 1))];

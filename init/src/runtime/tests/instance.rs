@@ -78,6 +78,7 @@ pub(crate) fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
         svid_ttl: Duration::from_secs(3600),
         serving_within,
         attachments: Vec::new(),
+        hostname: None,
     }
 }
 

@@ -45,6 +45,8 @@ fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
         memory_bytes: Some(128 << 20),
         isolation: Some(IsolationKind::Vm),
         sandbox: false,
+        hostname: None,
+        ports: Vec::new(),
         ready_within: Duration::from_secs(30),
         networks: Vec::new(),
     }

@@ -84,6 +84,7 @@ impl TryFrom<Timed<pb::Instance>> for InstanceSpec {
             svid_ttl: Duration::from_secs(u64::from(ttl)),
             serving_within: wait_budget(millis(i.serving_timeout_millis), caller, DEFAULT_SPAWN_SERVING),
             attachments: attachments(&i.networks)?,
+            hostname: None,
         })
     }
 }

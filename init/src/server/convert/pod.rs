@@ -210,6 +210,8 @@ impl TryFrom<Timed<pb::Pod>> for PodSpec {
             sandbox: false,
             ready_within: crate::server::deadline::wait_budget(stated, caller, READY_DEFAULT),
             networks: super::attachments(&p.networks)?,
+            hostname: None,
+            ports: Vec::new(),
         })
     }
 }

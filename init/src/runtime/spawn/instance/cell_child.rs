@@ -13,7 +13,7 @@ pub(super) async fn start_cell_child(
     bridge: &str,
     net: addressing::ChildNet,
 ) -> Result<(Arc<Process>, Vec<String>)> {
-    let argv = vec![
+    let mut argv: Vec<String> = vec![
         "auraed".into(),
         "daemon".into(),
         "--listen".into(),
@@ -29,6 +29,9 @@ pub(super) async fn start_cell_child(
         "--bridge-ip".into(),
         net.bridge.to_string(),
     ];
+    if let Some(h) = &spec.hostname {
+        argv.extend(["--hostname".into(), h.clone()]);
+    }
     let resources = Resources {
         memory_max: Some(spec.memory_bytes),
         ..Resources::default()

@@ -52,6 +52,8 @@ pub struct InstanceSpec {
     pub serving_within: Duration,
     /// Extra interfaces on named node bridges: eth1, eth2, ... in this order.
     pub attachments: Vec<NetAttachment>,
+    /// The child's hostname (a pod's, as the CRI gives it); None: its name.
+    pub hostname: Option<String>,
 }
 
 /// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
@@ -386,7 +388,7 @@ async fn spawn_on(
                 extra_nics.push((a.bridge.clone(), mac));
             }
             let boot = crate::init::cmdline::ChildBoot {
-                hostname: spec.name.to_string(),
+                hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.to_string()),
                 ip: crate::net::Ipv4Cidr {
                     addr: net.ip,
                     prefix: 24,
