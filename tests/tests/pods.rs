@@ -1586,6 +1586,55 @@ mod cri_replay {
                 .unwrap_err();
             assert_eq!(e.code(), Code::NotFound, "{e:?}");
             assert!(e.message().contains("pull it first"), "{e:?}");
+            // Attacks through kubelet's own fields: a log path out of the pod's log
+            // directory (to write a file of the node's choosing), a privileged container,
+            // a host path mounted in (the node's keys): each refused by field, nothing
+            // written, no container made.
+            type Tweak = Box<dyn Fn(&mut cri::ContainerConfig)>;
+            let attacks: Vec<(Tweak, Code, &str)> = vec![
+                (
+                    Box::new(|c| c.log_path = "../../../../etc/aurae/evil".into()),
+                    Code::InvalidArgument,
+                    "config.log_path:",
+                ),
+                (
+                    Box::new(|c| {
+                        c.linux.as_mut().unwrap().security_context = Some(cri::LinuxContainerSecurityContext {
+                            privileged: true,
+                            ..Default::default()
+                        })
+                    }),
+                    Code::InvalidArgument,
+                    "config.linux.security_context.privileged:",
+                ),
+                (
+                    Box::new(|c| {
+                        c.mounts.push(cri::Mount {
+                            container_path: "/keys".into(),
+                            host_path: "/etc/aurae/pki".into(),
+                            ..Default::default()
+                        })
+                    }),
+                    Code::Unimplemented,
+                    "config.mounts:",
+                ),
+            ];
+            for (tweak, code, words) in attacks {
+                let mut config = container_config(&image_id, 9, "true");
+                tweak(&mut config);
+                let e = run
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: sid.clone(),
+                        config: Some(config),
+                        sandbox_config: None,
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), code, "{e:?}");
+                assert!(e.message().contains(words), "{e:?}");
+            }
+            let evil = c.on_node("test -e /etc/aurae/evil && echo THERE; true").await;
+            assert!(!evil.contains("THERE"), "nothing written outside the log directory");
             assert_eq!(relist(&mut run).await.len(), 3, "nothing made by the refusals");
 
             // Teardown as kubelet does: stop the sandbox (NOTREADY, idempotent; no new
