@@ -1699,7 +1699,9 @@ mod cri_replay {
 
 mod cri_cell {
     //! Issue #25: the `cell` runtime handler (a RuntimeClass whose pods need no KVM): the
-    //! sandbox is an instance in a cell of the node, its containers cells in it.
+    //! sandbox is an instance in a cell of the node, its containers cells in it. Driven in
+    //! crictl's order: `runp`, `create --with-pull` (PullImage, then CreateContainer),
+    //! `start`, `logs` (ContainerStatus, then the file), `exec -s`, `stopp`, `rmp`.
 
     use super::cri_replay::{log_lines, run_sandbox, status};
     use super::*;
@@ -1762,7 +1764,7 @@ mod cri_cell {
                         command: vec![
                             "/bin/sh".into(),
                             "-c".into(),
-                            "echo hello from a cell named $(hostname); exit 0".into(),
+                            "echo hello from a cell named $(hostname); exec sleep 600".into(),
                         ],
                         log_path: "hello/0.log".into(),
                         ..Default::default()
@@ -1778,29 +1780,46 @@ mod cri_cell {
             })
             .await
             .unwrap();
-            let deadline = std::time::Instant::now() + a.budget(Duration::from_secs(60));
-            let ended = loop {
-                let st = status(&mut run, &cid).await;
-                if st.state == cri::ContainerState::ContainerExited as i32 {
-                    break st;
-                }
-                assert!(std::time::Instant::now() < deadline, "never exited: {st:?}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            };
-            assert_eq!((ended.exit_code, ended.reason.as_str()), (0, "Completed"));
-            let log = log_lines(a, &c, &ended.log_path, 1).await;
+            let running = status(&mut run, &cid).await;
+            assert_eq!(running.state, cri::ContainerState::ContainerRunning as i32);
+            let log = log_lines(a, &c, &running.log_path, 1).await;
             assert_eq!(
                 log[0],
                 ("stdout".into(), "F".into(), "hello from a cell named celled-0".into())
             );
+            let o = run
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: cid.clone(),
+                    cmd: vec!["/bin/sh".into(), "-c".into(), "echo probe from $(hostname)".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!((o.stdout.as_slice(), o.exit_code), (&b"probe from celled-0\n"[..], 0));
+            // stopp: the running container is killed with its sandbox; rmp takes both.
             run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: sid.clone(),
             })
             .await
             .unwrap();
+            let stopped = status(&mut run, &cid).await;
+            assert_eq!(
+                stopped.state,
+                cri::ContainerState::ContainerExited as i32,
+                "{stopped:?}"
+            );
             run.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sid })
                 .await
                 .unwrap();
+            let e = run
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: cid,
+                    verbose: false,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "rmp removed its container too");
             let e = c.workloads.clone().status(pod_ref(&pod)).await.unwrap_err();
             assert_eq!(e.code(), Code::NotFound);
             let (workloads, cgroups) = c.leftovers().await;
