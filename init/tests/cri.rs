@@ -59,6 +59,16 @@ async fn over_socket(path: &Path) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// PullImage as kubelet sends it without credentials: the image's id, or the refusal.
+async fn pull(img: &mut ImageServiceClient<tonic::transport::Channel>, image: &str) -> Result<String, tonic::Status> {
+    let r = cri::PullImageRequest {
+        image: spec(image),
+        auth: None,
+        sandbox_config: None,
+    };
+    Ok(img.pull_image(r).await?.into_inner().image_ref)
+}
+
 fn spec(image: &str) -> Option<cri::ImageSpec> {
     Some(cri::ImageSpec {
         image: image.into(),
@@ -187,16 +197,7 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
         assert!(st.image.is_none());
 
         // Pulled: the answer is the id, and the id, the tag and the digest name one image.
-        let id = img
-            .pull_image(cri::PullImageRequest {
-                image: spec(&busybox),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .image_ref;
+        let id = pull(&mut img, &busybox).await.unwrap();
         assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
         let probe = img.clone();
         let status_of = move |s: String| {
@@ -232,16 +233,7 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
         assert!(status_of(short).await.is_none(), "another digest is another image");
 
         // The same image under a second name: one image, two tags, one id.
-        let again = img
-            .pull_image(cri::PullImageRequest {
-                image: spec(&podsite),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .image_ref;
+        let again = pull(&mut img, &podsite).await.unwrap();
         assert_eq!(again, id);
         let list = img
             .list_images(cri::ListImagesRequest { filter: None })
@@ -271,23 +263,11 @@ fn kubelets_connect_check_status_and_image_life_over_the_socket() {
             ("", Code::InvalidArgument, "image.image: empty"),
             ("Not A Ref", Code::InvalidArgument, "'Not A Ref'"),
         ] {
-            let e = img
-                .pull_image(cri::PullImageRequest {
-                    image: spec(bad),
-                    auth: None,
-                    sandbox_config: None,
-                })
-                .await
-                .unwrap_err();
+            let e = pull(&mut img, bad).await.unwrap_err();
             assert_eq!(e.code(), code, "{bad}: {e:?}");
             assert!(e.message().contains(words), "{bad}: {e:?}");
         }
-        let e = img
-            .pull_image(cri::PullImageRequest {
-                image: spec(&format!("{}/test/busybox:nope", reg.addr)),
-                auth: None,
-                sandbox_config: None,
-            })
+        let e = pull(&mut img, &format!("{}/test/busybox:nope", reg.addr))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
