@@ -48,8 +48,9 @@ fn shared() -> Option<&'static Shared> {
         );
         let port = r.addr.rsplit(':').next().unwrap().to_owned();
         let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
-        // lab0: a node bridge for pods' eth1, with no address of the node on it.
-        let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.bridges={LAB}");
+        // lab0: a node bridge for pods' eth1, with no address of the node on it; the CRI
+        // on its socket for a kubelet on the node (aurae.cri=1).
+        let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.bridges={LAB} aurae.cri=1");
         let web = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1227,6 +1228,12 @@ mod cri_replay {
             let mut img = ImageServiceClient::new(ch);
             let c = Client::connect(a).await;
 
+            // `aurae.cri=1`: the socket for a kubelet on the node, root's alone, and no
+            // failure at boot.
+            let mode = c.on_node("stat -c %a /run/aurae/cri.sock").await;
+            assert_eq!(mode.trim(), "600", "{mode}");
+            let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
+            assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
             // Connect, then the node's readiness: this node spawns and has its bridge.
             let v = run
                 .version(cri::VersionRequest {

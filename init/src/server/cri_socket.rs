@@ -1,7 +1,8 @@
 //! The CRI's own listener: a unix socket for a kubelet on the node (`aurae.cri=PATH`,
 //! `auraed daemon --cri-socket PATH`). No TLS and no policy: whoever can open the socket
-//! has a kubelet's power over the node, so it is root's alone (mode 0600, in a directory
-//! only root may enter). The same services are on the mTLS API port, admin only.
+//! has a kubelet's power over the node, so it is root's alone: mode 0600, which the kernel
+//! checks at every connect. Its directory keeps its mode (`/run/aurae` holds what cells
+//! and instances are given too). The same services are on the mTLS API port, admin only.
 
 use super::cri_api::{image_service, runtime_service};
 use crate::cri::Cri;
@@ -24,8 +25,8 @@ pub enum CriSocketError {
     Relative(PathBuf),
 }
 
-/// Makes the socket at `path`: its directory (0700 when auraed makes it), a stale socket
-/// from an earlier run replaced, mode 0600. Anything else already there is left alone.
+/// Makes the socket at `path`: its directory when missing, a stale socket from an earlier
+/// run replaced, mode 0600. Anything else already there is left alone.
 pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CriSocketError> {
     let io = |what, p: &Path| {
         let path = p.to_owned();
@@ -36,7 +37,6 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, CriSocketEr
     }
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -94,7 +94,6 @@ mod tests {
         let l = bind(&path).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(mode(path.parent().unwrap()), 0o700);
         drop(l);
         // A socket left by an earlier run is replaced.
         bind(&path).unwrap();
