@@ -88,6 +88,14 @@ pub fn run_pid1() -> ! {
             }
         },
     };
+    if cfg.cri_socket.is_some() {
+        // A kubelet on the node keeps pods' volumes and logs there (in RAM: see cri.md).
+        for dir in crate::cri::KUBELET_DIRS {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                report.fail(&format!("mkdir {dir}"), e.to_string());
+            }
+        }
+    }
     let images = match &disk {
         Some(d) => ImageOptions {
             store: std::path::Path::new(init::data::DATA_DIR).join("images"),

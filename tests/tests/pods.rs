@@ -1232,6 +1232,10 @@ mod cri_replay {
             // failure at boot.
             let mode = c.on_node("stat -c %a /run/aurae/cri.sock").await;
             assert_eq!(mode.trim(), "600", "{mode}");
+            let dirs = c
+                .on_node("test -d /var/lib/kubelet && test -d /var/log/pods && echo ready")
+                .await;
+            assert_eq!(dirs.trim(), "ready", "kubelet's directories are made at boot");
             let info = c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner();
             assert!(info.init_failures.is_empty(), "{:?}", info.init_failures);
             // Connect, then the node's readiness: this node spawns and has its bridge.

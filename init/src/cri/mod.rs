@@ -27,6 +27,10 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 /// Where a kubelet on the appliance finds the CRI when `aurae.cri` names no other path.
 pub const DEFAULT_SOCKET: &str = "/run/aurae/cri.sock";
 
+/// Where a kubelet on the node keeps pods' volumes, and their logs (kubelet's defaults):
+/// made at boot when the CRI is served on its socket.
+pub const KUBELET_DIRS: [&str; 2] = ["/var/lib/kubelet", "/var/log/pods"];
+
 /// The runtime handlers a pod may name (Kubernetes' RuntimeClass `handler`): `""` is the
 /// node's default (`vm`), `vm` a spawned microVM, `cell` a spawned instance in a cell.
 pub const HANDLERS: &[&str] = &["", "vm", "cell"];
