@@ -35,9 +35,6 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn reserved(&self) -> u64 {
-        *self.reserved.lock().unwrap_or_else(|p| p.into_inner())
-    }
     fn add(&self, n: u64) {
         self.used.fetch_add(n, Ordering::Relaxed);
     }
@@ -99,6 +96,16 @@ impl Reservation {
 }
 
 impl Reservation {
+    /// The write is in place and costs `counted`: counted in as used and this reservation
+    /// given back in one step, under the lock `grow` and `Store::used` read under, so no
+    /// moment counts the write twice (which made a full store refuse a write that fit, and
+    /// `used` read past the limit).
+    pub fn settle(mut self, counted: u64) {
+        let mut r = self.ledger.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        self.ledger.add(counted);
+        *r = r.saturating_sub(std::mem::take(&mut self.bytes));
+    }
+
     /// What this holds, moved into a new reservation; this one then holds nothing.
     pub fn take(&mut self) -> Reservation {
         Reservation {
@@ -241,7 +248,10 @@ impl Store {
     /// Bytes the store holds and has promised to writes in progress, per [`cost`]: a
     /// running count, no walk.
     pub fn used(&self) -> u64 {
-        self.ledger.used.load(Ordering::Relaxed) + self.ledger.reserved()
+        // Under the reservations' lock: a write settling moves its bytes from one to the
+        // other under it, so the sum never counts one twice.
+        let r = self.ledger.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        self.ledger.used.load(Ordering::Relaxed) + *r
     }
 
     /// Bytes the store may still take.
@@ -382,7 +392,7 @@ impl BlobWriter {
         let dest = store.blob_path(&self.digest);
         std::fs::rename(&self.tmp, &dest).map_err(ImageError::io("commit the blob", &dest))?;
         self.committed = true;
-        store.count_in(&dest);
+        self._reservation.take().settle(measure(&dest));
         sync_dir(dest.parent().unwrap_or(store.root()));
         Ok(dest)
     }

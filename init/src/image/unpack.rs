@@ -149,7 +149,7 @@ impl Store {
         }
         // The unpacker goes (its descriptors hold the overlay); its reservation stays
         // until the layer is counted in.
-        let _held = u.reservation.take();
+        let held = u.reservation.take();
         drop(u);
         if !parents.is_empty() {
             nix::mount::umount2(&mnt, nix::mount::MntFlags::empty())
@@ -159,8 +159,8 @@ impl Store {
         let _ = std::fs::remove_dir(&mnt);
         let dest = self.layer_dir(&chain);
         match std::fs::rename(&work.0, &dest) {
-            // Counted in as it now is; the reservation went with the unpacker.
-            Ok(()) => self.count_in(&dest),
+            // Counted in as it now is, its reservation given back in the same step.
+            Ok(()) => held.settle(super::store::measure(&dest)),
             // Unpacked by someone else meanwhile: theirs is the same.
             Err(_) if self.layer(&chain).is_some() => {}
             Err(e) => return Err(ImageError::io("commit a layer", &dest)(e)),
