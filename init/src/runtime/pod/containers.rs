@@ -13,30 +13,39 @@ use crate::runtime::host::Host;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::Channel;
 
 /// Containers a sandbox keeps at once, exited ones included (kubelet removes those).
 pub const MAX_SANDBOX_CONTAINERS: usize = 64;
 
-/// The sandbox `pod`, running: where a container can be made or started.
-fn running_sandbox(host: &Host, pod: &str) -> Result<Arc<Pod>> {
+/// The sandbox `pod`, running, and the channel to its instance: where a container can be
+/// made, started, run a command or be measured.
+fn running_sandbox(host: &Host, pod: &str) -> Result<(Arc<Pod>, Channel)> {
     let p = host.table().get::<Pod>(pod)?;
     if !p.spec.sandbox {
         return Err(RuntimeError::WrongPhase(format!(
             "pod '{pod}' was made with its containers; only a sandbox takes containers one at a time"
         )));
     }
-    if p.stopping.load(Ordering::Relaxed) || p.instance().is_none_or(|i| i.body.ended()) {
-        return Err(RuntimeError::WrongPhase(format!(
+    match p.instance().filter(|i| !i.body.ended()) {
+        Some(i) if !p.stopping.load(Ordering::Relaxed) => {
+            let ch = i.channel.clone();
+            Ok((p, ch))
+        }
+        _ => Err(RuntimeError::WrongPhase(format!(
             "pod '{pod}' is stopped; its containers cannot be made or started"
-        )));
+        ))),
     }
-    Ok(p)
+}
+
+fn no_container(pod: &str, name: &str) -> RuntimeError {
+    RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'"))
 }
 
 fn view_of(p: &Pod, name: &str) -> Result<ContainerView> {
     (p.view().containers.into_iter())
         .find(|c| c.name == name)
-        .ok_or_else(|| RuntimeError::NotFound(format!("pod '{}' has no container '{name}'", p.name)))
+        .ok_or_else(|| no_container(p.name.as_str(), name))
 }
 
 /// Makes container `spec` in sandbox `pod`: gives its instance `image` (once per image)
@@ -48,7 +57,7 @@ pub(crate) async fn create_container(
     image: Arc<PodImage>,
     timeout: Duration,
 ) -> Result<ContainerView> {
-    let p = running_sandbox(host, pod)?;
+    let (p, ch) = running_sandbox(host, pod)?;
     let name = spec.name.to_string();
     let image_name = spec.image.clone();
     {
@@ -68,10 +77,6 @@ pub(crate) async fn create_container(
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let made = async {
-        let ch = p
-            .instance()
-            .map(|i| i.channel.clone())
-            .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
         give_image(host, &p, &ch, &image, left()).await?;
         make_cell(host, &p, &ch, &name, &image_name, "container", left()).await
     };
@@ -87,11 +92,9 @@ pub(crate) async fn create_container(
         }
         Err(e) => {
             // Nothing of it stays: not its cell in the instance, not its name here.
-            if let Some(i) = p.instance() {
-                let calls = host.children.pod_calls();
-                if let Err(s) = calls.remove_cell(&i.channel, &name, CALL_TIMEOUT).await {
-                    tracing::warn!("pod {pod}: remove the cell of container {name}: {}", s.message());
-                }
+            let calls = host.children.pod_calls();
+            if let Err(s) = calls.remove_cell(&ch, &name, CALL_TIMEOUT).await {
+                tracing::warn!("pod {pod}: remove the cell of container {name}: {}", s.message());
             }
             p.update(|s| s.containers.retain(|c| c.spec.name.as_str() != name));
             Err(e)
@@ -101,12 +104,10 @@ pub(crate) async fn create_container(
 
 /// Starts container `name`'s entrypoint (once: a created container only).
 pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout: Duration) -> Result<ContainerView> {
-    let p = running_sandbox(host, pod)?;
+    let (p, ch) = running_sandbox(host, pod)?;
     let argv = {
         let mut s = p.state();
-        let c = s
-            .slot(name)
-            .ok_or_else(|| RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'")))?;
+        let c = s.slot(name).ok_or_else(|| no_container(pod, name))?;
         if c.state != ContainerState::Created {
             return Err(RuntimeError::WrongPhase(format!(
                 "container '{name}' of pod '{pod}' is {}; only a created container starts (make a new one to run it again)",
@@ -115,10 +116,6 @@ pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout:
         }
         c.argv.clone()
     };
-    let ch = p
-        .instance()
-        .map(|i| i.channel.clone())
-        .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
     let run = host
         .children
         .pod_calls()
@@ -152,9 +149,7 @@ pub(crate) async fn stop_container(host: &Host, pod: &str, name: &str, grace: Du
     let p = host.table().get::<Pod>(pod)?;
     let state = {
         let mut s = p.state();
-        let c = s
-            .slot(name)
-            .ok_or_else(|| RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'")))?;
+        let c = s.slot(name).ok_or_else(|| no_container(pod, name))?;
         if c.state == ContainerState::Created {
             c.state = ContainerState::Terminated;
         }
@@ -166,14 +161,7 @@ pub(crate) async fn stop_container(host: &Host, pod: &str, name: &str, grace: Du
             if let Err(s) = calls.stop_run(&i.channel, name, libc::SIGTERM, grace).await {
                 tracing::warn!("pod {pod}: stop container {name}: {}", s.message());
             }
-            // The supervisor sees the run end and records how.
-            let settle = tokio::time::Instant::now() + Duration::from_secs(5);
-            crate::runtime::poll_until(settle, || {
-                p.state()
-                    .slot(name)
-                    .is_none_or(|c| !matches!(c.state, ContainerState::Running { .. }))
-            })
-            .await;
+            p.settled(Some(name)).await;
         }
     }
     view_of(&p, name)
@@ -208,10 +196,10 @@ pub(crate) async fn exec_in_container(
     timeout: Duration,
     cap: usize,
 ) -> Result<crate::runtime::spawn::child::ExecOutput> {
-    let p = running_sandbox(host, pod)?;
+    let (p, ch) = running_sandbox(host, pod)?;
     let state = p.state().slot(name).map(|c| c.state.clone());
     match state {
-        None => return Err(RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'"))),
+        None => return Err(no_container(pod, name)),
         Some(ContainerState::Running { .. }) => {}
         Some(other) => {
             return Err(RuntimeError::WrongPhase(format!(
@@ -226,10 +214,6 @@ pub(crate) async fn exec_in_container(
             "empty; give the command to run".to_owned(),
         ));
     }
-    let ch = p
-        .instance()
-        .map(|i| i.channel.clone())
-        .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
     let what = argv.join(" ");
     match tokio::time::timeout(timeout, host.children.pod_calls().exec_in(&ch, name, argv, cap)).await {
         Ok(r) => r.map_err(|s| refused(&format!("running '{what}' in container '{name}'"), s)),
@@ -242,14 +226,10 @@ pub(crate) async fn exec_in_container(
 
 /// What container `name` of sandbox `pod` uses now (its cell in the instance).
 pub(crate) async fn container_usage(host: &Host, pod: &str, name: &str) -> Result<crate::runtime::cgroup::Usage> {
-    let p = running_sandbox(host, pod)?;
+    let (p, ch) = running_sandbox(host, pod)?;
     if p.state().slot(name).is_none() {
-        return Err(RuntimeError::NotFound(format!("pod '{pod}' has no container '{name}'")));
+        return Err(no_container(pod, name));
     }
-    let ch = p
-        .instance()
-        .map(|i| i.channel.clone())
-        .ok_or_else(|| RuntimeError::WrongPhase(format!("pod '{pod}' has no instance")))?;
     let u = host
         .children
         .pod_calls()

@@ -257,16 +257,23 @@ impl Pod {
                 }
             });
             crate::runtime::futures_join_all(stops).await;
-            // The supervisors see the runs end and record how.
-            let settle = tokio::time::Instant::now() + Duration::from_secs(5);
-            super::poll_until(settle, || {
-                (self.state().containers.iter()).all(|r| !matches!(r.state, ContainerState::Running { .. }))
-            })
-            .await;
+            self.settled(None).await;
         }
         self.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
         i.stop(host, INSTANCE_GRACE).await;
         self.changed.send_replace(());
+    }
+
+    /// Waits (at most 5 s) until the supervisors have recorded the end of the runs just
+    /// stopped: of container `only`, or of every container.
+    async fn settled(&self, only: Option<&str>) {
+        let settle = tokio::time::Instant::now() + Duration::from_secs(5);
+        super::poll_until(settle, || {
+            (self.state().containers.iter())
+                .filter(|c| only.is_none_or(|n| c.spec.name.as_str() == n))
+                .all(|c| !matches!(c.state, ContainerState::Running { .. }))
+        })
+        .await;
     }
 
     pub(super) async fn free(self: &Arc<Self>, host: &Host) -> Result<()> {
