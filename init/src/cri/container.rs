@@ -9,7 +9,7 @@ use super::state::{new_id, Container};
 use super::{unix_nanos, Cri, CriError};
 use crate::image::catalog::PullPolicy;
 use crate::runtime::pod::spec::{ContainerSpec, ContainerState, PodPhase, ResourceList};
-use crate::runtime::pod::ContainerView;
+use crate::runtime::pod::{ContainerView, PodView};
 use crate::runtime::{ContainerStep, Kind};
 use crate::values::names::ExecName;
 use aurae_proto::cri;
@@ -27,8 +27,7 @@ fn limits(r: Option<&cri::LinuxContainerResources>) -> (ResourceList, ResourceLi
         return Default::default();
     };
     let limits = ResourceList {
-        cpu_millis: (r.cpu_quota > 0 && r.cpu_period > 0)
-            .then(|| (r.cpu_quota as u64 * 1000).div_ceil(r.cpu_period as u64)),
+        cpu_millis: super::sandbox::cpu_millis(r),
         memory_bytes: (r.memory_limit_in_bytes > 0).then_some(r.memory_limit_in_bytes as u64),
     };
     let requests = ResourceList {
@@ -258,7 +257,7 @@ impl Cri {
         let file = self.table().container(&r.container_id).and_then(|c| c.log_file.clone());
         if let Some(path) = file {
             let followed = match self.rt.channel(Kind::Pod, &pod) {
-                Ok(ch) => crate::runtime::spawn::child::follow_logs(&ch.channel, &name).await,
+                Ok(ch) => crate::runtime::spawn::child::logs(&ch.channel, &name, true, None).await,
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
             };
             match followed {
@@ -366,10 +365,10 @@ impl Cri {
         Ok(())
     }
 
-    fn container_status_of(&self, c: &Container, pod: Option<&str>) -> cri::ContainerStatus {
-        let v = pod.and_then(|p| view(self, p));
-        let alive = v.as_ref().is_some_and(|v| v.phase == PodPhase::Running);
-        let cv = v.as_ref().and_then(|v| v.containers.iter().find(|x| x.name == c.name));
+    /// `c`'s status from `v`, the view of its sandbox's runtime pod (None: gone).
+    fn container_status_of(c: &Container, v: Option<&PodView>) -> cri::ContainerStatus {
+        let alive = v.is_some_and(|v| v.phase == PodPhase::Running);
+        let cv = v.and_then(|v| v.containers.iter().find(|x| x.name == c.name));
         let (state, started, finished, exit_code, reason) = state_of(cv, alive);
         cri::ContainerStatus {
             id: c.id.clone(),
@@ -402,9 +401,9 @@ impl Cri {
         let c = t
             .container(&r.container_id)
             .ok_or_else(|| no_container(&r.container_id))?;
-        let pod = t.sandbox(&c.sandbox_id).map(|s| s.pod.clone());
+        let v = t.sandbox(&c.sandbox_id).and_then(|s| view(self, &s.pod));
         Ok(cri::ContainerStatusResponse {
-            status: Some(self.container_status_of(c, pod.as_deref())),
+            status: Some(Self::container_status_of(c, v.as_ref())),
             info: Default::default(),
         })
     }
@@ -412,10 +411,16 @@ impl Cri {
     pub fn list_containers(&self, r: cri::ListContainersRequest) -> cri::ListContainersResponse {
         let t = self.table();
         let want = r.filter.as_ref().and_then(|f| f.state).map(|s| s.state);
+        // One view per sandbox, however many of its containers are listed (kubelet lists
+        // every second).
+        let mut views: std::collections::HashMap<&str, Option<PodView>> = Default::default();
         let containers = (t.containers(r.filter.as_ref()).into_iter())
             .map(|c| {
-                let pod = t.sandbox(&c.sandbox_id).map(|s| s.pod.clone());
-                (c, self.container_status_of(c, pod.as_deref()))
+                let v = views.entry(&c.sandbox_id).or_insert_with(|| {
+                    let pod = t.sandbox(&c.sandbox_id).map(|s| s.pod.clone());
+                    pod.and_then(|p| view(self, &p))
+                });
+                (c, Self::container_status_of(c, v.as_ref()))
             })
             .filter(|(_, s)| want.is_none_or(|w| s.state == w))
             .map(|(c, s)| cri::Container {

@@ -22,6 +22,11 @@ const READY_DEFAULT: Duration = Duration::from_secs(240);
 /// `NamespaceMode::NODE`: the pod shares the node's namespace (hostNetwork, hostPID).
 const NODE: i32 = cri::NamespaceMode::Node as i32;
 
+/// Thousandths of a CPU the CFS quota and period allow; None without a quota.
+pub(super) fn cpu_millis(r: &cri::LinuxContainerResources) -> Option<u64> {
+    (r.cpu_quota > 0 && r.cpu_period > 0).then(|| (r.cpu_quota as u64 * 1000).div_ceil(r.cpu_period as u64))
+}
+
 /// (vCPUs, memory bytes) for a pod whose containers together ask for `resources`, plus
 /// the RuntimeClass's `overhead`: what kubelet schedules, with at least auraed's own
 /// overhead for the instance and 128 MiB when no memory limit is given.
@@ -29,10 +34,7 @@ pub fn size(
     resources: Option<&cri::LinuxContainerResources>,
     overhead: Option<&cri::LinuxContainerResources>,
 ) -> Result<(u8, u64), CriError> {
-    let millis = |r: Option<&cri::LinuxContainerResources>| {
-        r.filter(|r| r.cpu_quota > 0 && r.cpu_period > 0)
-            .map_or(0, |r| (r.cpu_quota as u64 * 1000).div_ceil(r.cpu_period as u64))
-    };
+    let millis = |r: Option<&cri::LinuxContainerResources>| r.and_then(cpu_millis).unwrap_or(0);
     let bytes = |r: Option<&cri::LinuxContainerResources>| r.map_or(0, |r| r.memory_limit_in_bytes.max(0) as u64);
     let cpus = (millis(resources) + millis(overhead)).div_ceil(1000).max(1);
     let vcpus = u8::try_from(cpus)

@@ -218,23 +218,16 @@ impl WorkloadsApi {
             ));
         };
         let channel = self.rt.channel(crate::runtime::Kind::Pod, pod)?.channel;
-        let mut client = pb::workloads_client::WorkloadsClient::new(channel);
-        let req = pb::LogsRequest {
-            workload: Some(pb::WorkloadRef {
-                kind: pb::WorkloadKind::Executable as i32,
-                name: container.to_owned(),
-            }),
-            follow,
-            tail_lines,
-        };
-        let stream = client.logs(req).await.map_err(|s| {
-            Status::new(
-                s.code(),
-                format!("pod '{pod}', container '{container}': {}", s.message()),
-            )
-        })?;
+        let stream = crate::runtime::spawn::child::logs(&channel, container, follow, tail_lines)
+            .await
+            .map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("pod '{pod}', container '{container}': {}", s.message()),
+                )
+            })?;
         // The slot is held for as long as the stream is.
-        let stream = tokio_stream::StreamExt::map(stream.into_inner(), move |e| {
+        let stream = tokio_stream::StreamExt::map(stream, move |e| {
             let _held = &slot;
             e
         });

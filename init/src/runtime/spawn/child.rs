@@ -281,14 +281,19 @@ pub async fn stop_run(ch: &Channel, container: &str, signal: i32, grace: Duratio
     Ok(())
 }
 
-/// The output of the current run of `container` from its first line, followed until
-/// the run ends and its lines are all read.
-pub async fn follow_logs(ch: &Channel, container: &str) -> Result<tonic::Streaming<pb::LogEntry>, Status> {
+/// The output of the current run of `container` (its last `tail_lines`, else from its
+/// first line), and with `follow` what comes until the run ends.
+pub async fn logs(
+    ch: &Channel,
+    container: &str,
+    follow: bool,
+    tail_lines: Option<u64>,
+) -> Result<tonic::Streaming<pb::LogEntry>, Status> {
     let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
     let req = pb::LogsRequest {
         workload: Some(exec_ref(container)),
-        follow: true,
-        tail_lines: None,
+        follow,
+        tail_lines,
     };
     Ok(client.logs(req).await?.into_inner())
 }
