@@ -89,10 +89,15 @@ pub fn run_pid1() -> ! {
         },
     };
     if cfg.cri_socket.is_some() {
-        // A kubelet on the node keeps pods' volumes and logs there (in RAM: see cri.md).
-        for dir in crate::cri::KUBELET_DIRS {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                report.fail(&format!("mkdir {dir}"), e.to_string());
+        // A kubelet on the node keeps pods' volumes and logs there: on the data disk when
+        // there is one (they survive a reboot), else in RAM.
+        for (dir, on_disk) in crate::cri::KUBELET_DIRS {
+            let made = match &disk {
+                Some(_) => init::data::bind_from_data(std::path::Path::new(dir), on_disk).map_err(|e| e.to_string()),
+                None => std::fs::create_dir_all(dir).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = made {
+                report.fail(&format!("kubelet's {dir}"), e);
             }
         }
     }
@@ -285,6 +290,7 @@ async fn serve_until_power_action(
         pod_bridge: report.bridge.as_ref().map(|(_, c)| *c),
     };
     let cri = Arc::new(crate::cri::Cri::new(runtime.clone(), images.clone(), facts));
+    tokio::spawn(cri.clone().keep_mounts_fresh());
     let root = root_pem.as_deref().and_then(crate::pki::first_der);
     let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
     let mut ctx = NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth, identity);

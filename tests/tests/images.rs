@@ -617,7 +617,8 @@ fn images_on_the_data_disk_survive_a_reboot() {
     let disk = dir.path().join("data.img");
     std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
     registry::run(std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk));
-    let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.data=/dev/vda");
+    // With the CRI's socket, a kubelet's directories are kept on the disk too.
+    let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.data=/dev/vda aurae.cri=1");
     let reference = format!("{REGISTRY}/test/busybox:1");
     let boot = |fwd: &str| {
         Appliance::boot_with(
@@ -655,6 +656,12 @@ fn images_on_the_data_disk_survive_a_reboot() {
             );
             let mounts = c.on_node("grep ' /var/lib/aurae/data ' /proc/mounts").await;
             assert!(mounts.starts_with("/dev/vda /var/lib/aurae/data ext4 rw"), "{mounts}");
+            let kubelet = c
+                .on_node("grep -c '^/dev/vda /var/lib/kubelet \\|^/dev/vda /var/log/pods ' /proc/mounts")
+                .await;
+            assert_eq!(kubelet.trim(), "2", "kubelet's directories on the disk");
+            c.on_node("echo kept > /var/lib/kubelet/pod-state && echo kept > /var/log/pods/log")
+                .await;
             c.shutdown().await;
         });
         a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
@@ -681,6 +688,8 @@ fn images_on_the_data_disk_survive_a_reboot() {
         let c = Client::connect(&a).await;
         let store = "/var/lib/aurae/data/images";
         assert_eq!(c.on_node(&format!("ls -A {store}/tmp | wc -l")).await.trim(), "0");
+        let kept = c.on_node("cat /var/lib/kubelet/pod-state /var/log/pods/log").await;
+        assert_eq!(kept.trim_end(), "kept\nkept", "kubelet's files survived the reboot");
         let emptied = aurae_appliance_tests::eventually(a.budget(std::time::Duration::from_secs(120)), || async {
             c.on_node(&format!("ls -A {store}/trash | wc -l")).await.trim() == "0"
         })

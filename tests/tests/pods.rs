@@ -192,6 +192,7 @@ fn site(isolation: pb::IsolationKind) -> pb::Pod {
         name: "www".into(),
         mount_path: "/www".into(),
         read_only: false,
+        ..Default::default()
     }];
     let mut side = container(
         "side",
@@ -212,6 +213,7 @@ fn site(isolation: pb::IsolationKind) -> pb::Pod {
         name: "www".into(),
         mount_path: "/www".into(),
         read_only: false,
+        ..Default::default()
     }];
     pb::Pod {
         name: "site".into(),
@@ -222,6 +224,7 @@ fn site(isolation: pb::IsolationKind) -> pb::Pod {
                 memory: true,
                 size_limit_bytes: 8 << 20,
             }),
+            ..Default::default()
         }],
         isolation: isolation as i32,
         ..Default::default()
@@ -748,11 +751,13 @@ fn a_volume_mount_through_a_symlink_of_the_image_is_refused_and_touches_nothing(
                     volumes: vec![pb::Volume {
                         name: "v".into(),
                         empty_dir: None,
+                        ..Default::default()
                     }],
                     volume_mounts: vec![pb::VolumeMount {
                         name: "v".into(),
                         mount_path: "/lib/evil".into(),
                         read_only: false,
+                        ..Default::default()
                     }],
                     ..Default::default()
                 }),
@@ -1018,6 +1023,11 @@ mod cri_replay {
             ],
             labels,
             annotations: map(&[("kubernetes.io/config.source", "api"), ("note", "byte for byte: é ✓")]),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: "/kubepods/besteffort/podu-web-1".into(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -1080,6 +1090,37 @@ mod cri_replay {
             }),
             ..Default::default()
         }
+    }
+
+    /// What kubelet makes on the node for pod `uid` before it creates its containers: its
+    /// /etc/hosts, a termination log per container, a configmap written the atomic-writer
+    /// way (`..data` → a timestamped directory, a symlink per key), an emptyDir; and,
+    /// for the attack, a "configmap" whose key is a symlink to the node's keys.
+    pub(super) const KUBELET_FILES: &str = "P=/var/lib/kubelet/pods/$UID_; \
+        mkdir -p $P/containers/app $P/volumes/kubernetes.io~empty-dir/cache \
+          $P/volumes/kubernetes.io~configmap/conf/..2026_1 $P/volumes/kubernetes.io~configmap/evil && \
+        printf '127.0.0.1 localhost\n10.254.0.9 web\n' > $P/etc-hosts && : > $P/containers/app/t0 && \
+        echo colour=blue > $P/volumes/kubernetes.io~configmap/conf/..2026_1/app.conf && \
+        ln -s ..2026_1 $P/volumes/kubernetes.io~configmap/conf/..data && \
+        ln -s ..data/app.conf $P/volumes/kubernetes.io~configmap/conf/app.conf && \
+        ln -s /etc/aurae/pki $P/volumes/kubernetes.io~configmap/evil/keys && echo made";
+
+    /// kubelet's mounts for a container of pod `uid`: /etc/hosts and the termination log
+    /// (writable files), the configmap (read-only), the emptyDir (writable).
+    pub(super) fn kubelet_mounts(uid: &str) -> Vec<cri::Mount> {
+        let p = format!("/var/lib/kubelet/pods/{uid}");
+        let m = |at: &str, host: String, readonly: bool| cri::Mount {
+            container_path: at.into(),
+            host_path: host,
+            readonly,
+            ..Default::default()
+        };
+        vec![
+            m("/etc/hosts", format!("{p}/etc-hosts"), false),
+            m("/dev/termination-log", format!("{p}/containers/app/t0"), false),
+            m("/etc/conf", format!("{p}/volumes/kubernetes.io~configmap/conf"), true),
+            m("/cache", format!("{p}/volumes/kubernetes.io~empty-dir/cache"), false),
+        ]
     }
 
     /// RunPodSandbox with the test's budget as its deadline, then its verbose status,
@@ -1315,13 +1356,20 @@ mod cri_replay {
 
             // CreateContainer → StartContainer; the container runs, then exits with 3.
             // A greeting, a 20 000-byte line (split at 16 KiB in the log), its hostname (the
-            // pod's, from the sandbox config), a line on stderr.
+            // pod's, from the sandbox config), kubelet's files as it sees them, a line on
+            // stderr; it leaves a note in the emptyDir and a termination message.
+            let made = c.on_node(&KUBELET_FILES.replace("$UID_", "u-web-1")).await;
+            assert_eq!(made.trim(), "made", "{made}");
             let script = "echo \"$GREETING\"; head -c 20000 /dev/zero | tr '\\0' x; echo; \
-                          echo \"host $(hostname)\"; echo oops >&2; sleep 2; exit 3";
+                          echo \"host $(hostname)\"; grep web /etc/hosts; cat /etc/conf/app.conf; \
+                          head -1 /etc/resolv.conf; echo shared > /cache/note; \
+                          echo 'bye: 3' > /dev/termination-log; echo oops >&2; sleep 2; exit 3";
+            let mut first = container_config(&image_id, 0, script);
+            first.mounts = kubelet_mounts("u-web-1");
             let cid = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
-                    config: Some(container_config(&image_id, 0, script)),
+                    config: Some(first),
                     sandbox_config: Some(sandbox_config()),
                 })
                 .await
@@ -1345,8 +1393,12 @@ mod cri_replay {
             assert_eq!(ended.log_path, "/var/log/pods/default_web_u-web-1/app/0.log");
             assert_eq!(ended.labels["io.kubernetes.container.name"], "app");
             assert_eq!(ended.annotations["io.kubernetes.container.restartCount"], "0");
+            assert_eq!(ended.mounts, kubelet_mounts("u-web-1"), "its mounts, as asked");
+            // Its termination message, copied back to the file kubelet made for it.
+            let message = c.on_node("cat /var/lib/kubelet/pods/u-web-1/containers/app/t0").await;
+            assert_eq!(message.trim_end(), "bye: 3");
             // Its log file on the node, in the CRI's format, as kubelet and crictl read it.
-            let lines = log_lines(a, &c, &ended.log_path, 5).await;
+            let lines = log_lines(a, &c, &ended.log_path, 8).await;
             let out: Vec<&(String, String, String)> = lines.iter().filter(|l| l.0 == "stdout").collect();
             assert_eq!(
                 (out[0].1.as_str(), out[0].2.as_str()),
@@ -1356,6 +1408,9 @@ mod cri_replay {
             assert_eq!((out[1].1.as_str(), out[1].2.len()), ("P", 16384), "a piece, continued");
             assert_eq!((out[2].1.as_str(), out[2].2.len()), ("F", 20000 - 16384), "its end");
             assert_eq!(out[3].2, "host web", "the sandbox's hostname");
+            assert_eq!(out[4].2, "10.254.0.9 web", "kubelet's /etc/hosts");
+            assert_eq!(out[5].2, "colour=blue", "the configmap, through its symlinks");
+            assert_eq!(out[6].2, "nameserver 10.96.0.10", "the sandbox's DNS config");
             assert!(out[1].2.bytes().chain(out[2].2.bytes()).all(|b| b == b'x'));
             assert!(
                 lines.iter().any(|l| l == &("stderr".into(), "F".into(), "oops".into())),
@@ -1396,15 +1451,17 @@ mod cri_replay {
             assert_eq!(listed[0].id, cid1, "newest first");
 
             // A long-running container, stopped with a grace period (SIGTERM ends it).
+            let mut long = container_config(
+                &image_id,
+                2,
+                "mkdir -p /tmp/www; echo cri-web > /tmp/www/index.html; httpd -p 80 -h /tmp/www; \
+                 echo before; while sleep 0.2; do test -f /tmp/go && echo after && rm /tmp/go; done",
+            );
+            long.mounts = kubelet_mounts("u-web-1")[2..].to_vec();
             let cid2 = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
-                    config: Some(container_config(
-                        &image_id,
-                        2,
-                        "mkdir -p /tmp/www; echo cri-web > /tmp/www/index.html; httpd -p 80 -h /tmp/www; \
-                         echo before; while sleep 0.2; do test -f /tmp/go && echo after && rm /tmp/go; done",
-                    )),
+                    config: Some(long),
                     sandbox_config: None,
                 })
                 .await
@@ -1479,6 +1536,28 @@ mod cri_replay {
                 (o.stdout.as_slice(), o.stderr.as_slice(), o.exit_code),
                 (&b"hi\n"[..], &b"err\n"[..], 7)
             );
+            // The emptyDir is the pod's: the first container's note is here. The
+            // configmap is read-only, and follows kubelet's update (a new timestamped
+            // directory, `..data` swapped to it).
+            let o = run.exec_sync(sync("cat /cache/note", 10)).await.unwrap().into_inner();
+            assert_eq!(o.stdout, b"shared\n");
+            let o = run
+                .exec_sync(sync("echo x > /etc/conf/app.conf", 10))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_ne!(o.exit_code, 0, "a read-only mount");
+            let conf = "/var/lib/kubelet/pods/u-web-1/volumes/kubernetes.io~configmap/conf";
+            c.on_node(&format!(
+                "mkdir {conf}/..2026_2 && echo colour=green > {conf}/..2026_2/app.conf && ln -sfn ..2026_2 {conf}/..data"
+            ))
+            .await;
+            let refreshed = eventually(a.budget(Duration::from_secs(30)), || {
+                let (mut run, req) = (run.clone(), sync("cat /etc/conf/app.conf", 10));
+                async move { run.exec_sync(req).await.unwrap().into_inner().stdout == b"colour=green\n" }
+            })
+            .await;
+            assert!(refreshed, "the configmap's update reached the container");
             // Past its timeout: DEADLINE_EXCEEDED, and the command is killed.
             let e = run.exec_sync(sync("sleep 27", 1)).await.unwrap_err();
             assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
@@ -1599,8 +1678,9 @@ mod cri_replay {
             assert!(e.message().contains("pull it first"), "{e:?}");
             // Attacks through kubelet's own fields: a log path out of the pod's log
             // directory (to write a file of the node's choosing), a privileged container,
-            // a host path mounted in (the node's keys): each refused by field, nothing
-            // written, no container made.
+            // a host path mounted in (the node's keys), directly or through a symlink in a
+            // volume kubelet made: each refused by field, nothing written, no container
+            // made.
             type Tweak = Box<dyn Fn(&mut cri::ContainerConfig)>;
             let attacks: Vec<(Tweak, Code, &str)> = vec![
                 (
@@ -1626,8 +1706,20 @@ mod cri_replay {
                             ..Default::default()
                         })
                     }),
-                    Code::Unimplemented,
-                    "config.mounts:",
+                    Code::InvalidArgument,
+                    "config.mounts: [0]: host_path '/etc/aurae/pki' is not a file or directory kubelet made",
+                ),
+                (
+                    Box::new(|c| {
+                        c.mounts.push(cri::Mount {
+                            container_path: "/keys".into(),
+                            host_path: "/var/lib/kubelet/pods/u-web-1/volumes/kubernetes.io~configmap/evil".into(),
+                            readonly: true,
+                            ..Default::default()
+                        })
+                    }),
+                    Code::InvalidArgument,
+                    "'keys' leads out of the volume",
                 ),
             ];
             for (tweak, code, words) in attacks {
@@ -1704,6 +1796,7 @@ mod cri_replay {
             assert!(left.is_empty(), "{left:?}");
             let e = c.workloads.clone().status(pod_ref(&pod)).await.unwrap_err();
             assert_eq!(e.code(), Code::NotFound, "the runtime pod is freed: {e:?}");
+            c.on_node("rm -rf /var/lib/kubelet/pods/u-web-1").await;
         });
     }
 }
@@ -1714,7 +1807,7 @@ mod cri_cell {
     //! crictl's order: `runp`, `create --with-pull` (PullImage, then CreateContainer),
     //! `start`, `logs` (ContainerStatus, then the file), `exec -s`, `stopp`, `rmp`.
 
-    use super::cri_replay::{log_lines, run_sandbox, status};
+    use super::cri_replay::{kubelet_mounts, log_lines, run_sandbox, status, KUBELET_FILES};
     use super::*;
     use aurae_proto::cri;
     use cri::runtime_service_client::RuntimeServiceClient;
@@ -1741,6 +1834,8 @@ mod cri_cell {
                 labels: [("io.kubernetes.pod.uid".to_owned(), "u-celled-1".to_owned())].into(),
                 ..Default::default()
             };
+            let made = c.on_node(&KUBELET_FILES.replace("$UID_", "u-celled-1")).await;
+            assert_eq!(made.trim(), "made", "{made}");
             let (sid, pod, st) = run_sandbox(a, &mut run, config.clone(), "cell").await;
             assert_eq!(st.runtime_handler, "cell");
             assert!(st.network.unwrap().ip.starts_with("10.254.0."));
@@ -1778,6 +1873,7 @@ mod cri_cell {
                             "echo hello from a cell named $(hostname); exec sleep 600".into(),
                         ],
                         log_path: "hello/0.log".into(),
+                        mounts: kubelet_mounts("u-celled-1"),
                         ..Default::default()
                     }),
                     sandbox_config: Some(config),
@@ -1808,6 +1904,21 @@ mod cri_cell {
                 .unwrap()
                 .into_inner();
             assert_eq!((o.stdout.as_slice(), o.exit_code), (&b"probe from celled-0\n"[..], 0));
+            // kubelet's files, copied into the instance's own root as in a microVM.
+            let o = run
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: cid.clone(),
+                    cmd: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        "cat /etc/conf/app.conf; grep web /etc/hosts".into(),
+                    ],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "colour=blue\n10.254.0.9 web\n");
             // stopp: the running container is killed with its sandbox; rmp takes both.
             run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: sid.clone(),
@@ -1833,8 +1944,124 @@ mod cri_cell {
             assert_eq!(e.code(), Code::NotFound, "rmp removed its container too");
             let e = c.workloads.clone().status(pod_ref(&pod)).await.unwrap_err();
             assert_eq!(e.code(), Code::NotFound);
+
+            // A hostNetwork pod (kube-proxy's kind): refused by the `vm` handler, by name;
+            // with the node's default, an instance in a cell of the node in the node's
+            // network namespace: its container sees the node's bridge, and the sandbox
+            // has no address of its own (kubelet gives it the node's).
+            let hconfig = cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "hostnet".into(),
+                    uid: "u-hostnet-1".into(),
+                    namespace: "kube-system".into(),
+                    attempt: 0,
+                }),
+                log_directory: "/var/log/pods/kube-system_hostnet_u-hostnet-1".into(),
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    security_context: Some(cri::LinuxSandboxSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            network: cri::NamespaceMode::Node as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let e = run
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(hconfig.clone()),
+                    runtime_handler: "vm".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.message().contains("'vm' cannot run a hostNetwork pod"), "{e:?}");
+            let (hsid, hpod, hst) = run_sandbox(a, &mut run, hconfig.clone(), "").await;
+            assert_eq!(
+                hst.network.unwrap_or_default().ip,
+                "",
+                "the node's addresses, given by kubelet"
+            );
+            let ns = hst.linux.unwrap().namespaces.unwrap().options.unwrap();
+            assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+            let ps = pod_status(&c, &hpod).await;
+            assert_eq!(ps.isolation, pb::IsolationKind::Cell as i32, "{ps:?}");
+            let hcid = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: hsid.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: "agent".into(),
+                            attempt: 0,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: image.clone(),
+                            ..Default::default()
+                        }),
+                        command: vec!["/bin/sleep".into(), "600".into()],
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(hconfig),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            run.start_container(cri::StartContainerRequest {
+                container_id: hcid.clone(),
+            })
+            .await
+            .unwrap();
+            let o = run
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: hcid.clone(),
+                    cmd: vec!["/bin/sh".into(), "-c".into(), "ls /sys/class/net".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let nets = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                nets.split_whitespace().any(|n| n == "aurae0"),
+                "the node's bridge: {nets}"
+            );
+            // The attack: in the node's network, change it (a link, an address on the
+            // node's bridge). Each refused (no NET_ADMIN), and the node unchanged.
+            let o = run
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: hcid.clone(),
+                    cmd: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        "ip link add evil0 type dummy; echo $?; ip addr add 10.254.0.250/24 dev aurae0; echo $?".into(),
+                    ],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let codes: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
+            assert!(
+                codes.len() == 2 && codes.iter().all(|c| c != "0"),
+                "{codes:?} {:?}",
+                o.stderr
+            );
+            let node = c.on_node("ls /sys/class/net; ip addr show aurae0").await;
+            assert!(!node.contains("evil0") && !node.contains("10.254.0.250"), "{node}");
+            run.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: hsid.clone(),
+            })
+            .await
+            .unwrap();
+            run.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: hsid })
+                .await
+                .unwrap();
             let (workloads, cgroups) = c.leftovers().await;
             assert!(workloads.is_empty() && cgroups.is_empty(), "{workloads:?} {cgroups:?}");
+            c.on_node("rm -rf /var/lib/kubelet/pods/u-celled-1").await;
         });
     }
 }

@@ -61,12 +61,6 @@ pub fn container_spec(config: &cri::ContainerConfig, name: &str, image: &str) ->
             why: "missing or empty; send the container's name".into(),
         });
     }
-    if !config.mounts.is_empty() {
-        return Err(CriError::Unimplemented {
-            method: "CreateContainer",
-            why: "config.mounts: host-path mounts (kubelet's /etc/hosts, termination log, volumes) are not served by this auraed yet",
-        });
-    }
     if !config.log_path.is_empty() && !super::plain_path(&config.log_path, false) {
         return Err(CriError::Invalid {
             field: "config.log_path",
@@ -130,6 +124,7 @@ pub fn container_spec(config: &cri::ContainerConfig, name: &str, image: &str) ->
         requests,
         limits,
         mounts: Vec::new(),
+        volumes: Vec::new(),
         user: user(linux.and_then(|l| l.security_context.as_ref())),
     })
 }
@@ -175,7 +170,7 @@ impl Cri {
             field: "config",
             why: "missing; send the ContainerConfig".into(),
         })?;
-        let (sandbox_id, pod, log_directory) = {
+        let (sandbox_id, pod, log_directory, resolv) = {
             let t = self.table();
             let s = t
                 .sandbox(&r.pod_sandbox_id)
@@ -186,7 +181,7 @@ impl Cri {
                     r.pod_sandbox_id
                 )));
             }
-            (s.id.clone(), s.pod.clone(), s.log_directory.clone())
+            (s.id.clone(), s.pod.clone(), s.log_directory.clone(), s.resolv.clone())
         };
         let asked = config.image.clone().unwrap_or_default();
         let images = self.images()?;
@@ -198,7 +193,15 @@ impl Cri {
         })?;
         let id = new_id().map_err(|e| CriError::NodeLacks(format!("no randomness for an id: {e}")))?;
         let name = format!("c-{}", &id[..12]);
-        let spec = container_spec(&config, &name, &record.reference)?;
+        let mut spec = container_spec(&config, &name, &record.reference)?;
+        let planned = super::mounts::plan(
+            &name,
+            &config.mounts,
+            resolv.as_deref(),
+            std::path::Path::new(super::mounts::KUBELET_PODS),
+        )?;
+        spec.volumes = planned.volumes;
+        spec.mounts = planned.mounts;
         let rt = self.rt.clone();
         let timeout = caller.unwrap_or(CALL_DEFAULT);
         let (p, n) = (pod.clone(), name.clone());
@@ -231,7 +234,10 @@ impl Cri {
             reopen: None,
             last_cpu: None,
             mounts: config.mounts,
+            refresh: planned.refresh,
+            read_back: planned.read_back,
         });
+        self.copies.notify_one();
         Ok(cri::CreateContainerResponse { container_id: id })
     }
 
@@ -344,7 +350,11 @@ impl Cri {
         };
         let grace = Duration::from_secs(u64::try_from(r.timeout).unwrap_or(0));
         match self.rt.container(&pod, &name, ContainerStep::Stop(grace)).await {
-            Ok(_) | Err(crate::runtime::error::RuntimeError::NotFound(_)) => Ok(()),
+            Ok(_) => {
+                self.read_back(&r.container_id).await;
+                Ok(())
+            }
+            Err(crate::runtime::error::RuntimeError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -396,14 +406,25 @@ impl Cri {
         }
     }
 
-    pub fn container_status(&self, r: cri::ContainerStatusRequest) -> Result<cri::ContainerStatusResponse, CriError> {
-        let t = self.table();
-        let c = t
-            .container(&r.container_id)
-            .ok_or_else(|| no_container(&r.container_id))?;
-        let v = t.sandbox(&c.sandbox_id).and_then(|s| view(self, &s.pod));
+    /// The container's status; an exited one's termination log is copied back to the node
+    /// first (kubelet reads it when it sees the container exited).
+    pub async fn container_status(
+        &self,
+        r: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, CriError> {
+        let (status, read_back) = {
+            let t = self.table();
+            let c = t
+                .container(&r.container_id)
+                .ok_or_else(|| no_container(&r.container_id))?;
+            let v = t.sandbox(&c.sandbox_id).and_then(|s| view(self, &s.pod));
+            (Self::container_status_of(c, v.as_ref()), !c.read_back.is_empty())
+        };
+        if read_back && status.state == cri::ContainerState::ContainerExited as i32 {
+            self.read_back(&status.id).await;
+        }
         Ok(cri::ContainerStatusResponse {
-            status: Some(Self::container_status_of(c, v.as_ref())),
+            status: Some(status),
             info: Default::default(),
         })
     }
@@ -515,16 +536,6 @@ mod tests {
                     c.linux.as_mut().unwrap().security_context.as_mut().unwrap().privileged = true;
                 }),
                 "config.linux.security_context.privileged:",
-            ),
-            (
-                Box::new(|c| {
-                    c.mounts.push(cri::Mount {
-                        container_path: "/etc/hosts".into(),
-                        host_path: "/var/lib/kubelet/pods/u/etc-hosts".into(),
-                        ..Default::default()
-                    })
-                }),
-                "CreateContainer: config.mounts: host-path mounts",
             ),
         ];
         for (change, words) in cases {

@@ -11,6 +11,7 @@
 pub mod container;
 pub mod images;
 pub mod logfile;
+pub mod mounts;
 pub mod sandbox;
 pub mod state;
 pub mod stats;
@@ -27,9 +28,10 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 /// Where a kubelet on the appliance finds the CRI when `aurae.cri` names no other path.
 pub const DEFAULT_SOCKET: &str = "/run/aurae/cri.sock";
 
-/// Where a kubelet on the node keeps pods' volumes, and their logs (kubelet's defaults):
-/// made at boot when the CRI is served on its socket.
-pub const KUBELET_DIRS: [&str; 2] = ["/var/lib/kubelet", "/var/log/pods"];
+/// Where a kubelet on the node keeps pods' volumes, and their logs (kubelet's defaults),
+/// and their directories on a data disk: made at boot when the CRI is served on its
+/// socket (bound from the data disk when there is one).
+pub const KUBELET_DIRS: [(&str, &str); 2] = [("/var/lib/kubelet", "kubelet"), ("/var/log/pods", "pod-logs")];
 
 /// The runtime handlers a pod may name (Kubernetes' RuntimeClass `handler`): `""` is the
 /// node's default (`vm`), `vm` a spawned microVM, `cell` a spawned instance in a cell.
@@ -77,6 +79,9 @@ pub struct Cri {
     pod_cidr: Mutex<Option<crate::net::Ipv4Cidr>>,
     /// kubelet's sandboxes and containers (held for moments, never across an await).
     table: Mutex<state::Table>,
+    /// Wakes the refresher of read-only copies when a container has some (it sleeps
+    /// otherwise).
+    pub(crate) copies: tokio::sync::Notify,
 }
 
 impl Cri {
@@ -87,6 +92,7 @@ impl Cri {
             facts,
             pod_cidr: Mutex::new(None),
             table: Mutex::new(state::Table::default()),
+            copies: tokio::sync::Notify::new(),
         }
     }
 

@@ -127,8 +127,27 @@ pub fn sandbox_spec(
             why: format!("'{}' is not an absolute path without '..'", config.log_directory),
         });
     }
+    let linux = config.linux.as_ref();
+    let ns = linux
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    if ns.is_some_and(|n| n.pid == NODE || n.ipc == NODE) {
+        return Err(CriError::Unimplemented {
+            method: "RunPodSandbox",
+            why: "pods in the node's PID or IPC namespace (hostPID, hostIPC) are not served",
+        });
+    }
+    // hostNetwork: an instance in a cell of the node, in the node's network namespace.
+    let host_network = ns.is_some_and(|n| n.network == NODE);
     let isolation = match handler {
-        "" | "vm" => IsolationKind::Vm,
+        "" if host_network => IsolationKind::Cell,
+        "" | "vm" if !host_network => IsolationKind::Vm,
+        "vm" => {
+            return Err(CriError::Invalid {
+                field: "runtime_handler",
+                why: "'vm' cannot run a hostNetwork pod (a microVM has a network of its own); use the 'cell' handler or the node's default ''".into(),
+            })
+        }
         "cell" => IsolationKind::Cell,
         other => {
             return Err(CriError::Invalid {
@@ -140,17 +159,12 @@ pub fn sandbox_spec(
             })
         }
     };
-    let linux = config.linux.as_ref();
-    let ns = linux
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref());
-    if ns.is_some_and(|n| n.network == NODE || n.pid == NODE || n.ipc == NODE) {
-        return Err(CriError::Unimplemented {
-            method: "RunPodSandbox",
-            why: "pods in the node's namespaces (hostNetwork, hostPID, hostIPC) are not served yet",
-        });
-    }
-    let ports = host_ports(&config.port_mappings)?;
+    // In the node's network namespace a container binds the node's ports itself (kubelet
+    // sends them as mappings port to same port): nothing to publish.
+    let ports = match host_network {
+        true => Vec::new(),
+        false => host_ports(&config.port_mappings)?,
+    };
     let (vcpus, memory) = size(
         linux.and_then(|l| l.resources.as_ref()),
         linux.and_then(|l| l.overhead.as_ref()),
@@ -182,6 +196,7 @@ pub fn sandbox_spec(
         networks: Vec::new(),
         hostname,
         ports,
+        host_network,
     })
 }
 
@@ -216,6 +231,8 @@ impl Cri {
         let id = new_id().map_err(|e| CriError::NodeLacks(format!("no randomness for an id: {e}")))?;
         let pod = format!("cri-{}", &id[..12]);
         let spec = sandbox_spec(&config, &r.runtime_handler, &pod, caller.unwrap_or(READY_DEFAULT))?;
+        let resolv = super::mounts::resolv_conf(config.dns_config.as_ref())?;
+        let host_network = spec.host_network;
         // What Status says (RuntimeReady false) is the answer here too.
         if let Some(why) = &self.facts.runtime_not_ready {
             return Err(CriError::NodeLacks(why.clone()));
@@ -236,9 +253,14 @@ impl Cri {
             created_at: view.created_unix_nanos,
             log_directory: config.log_directory,
             namespaces: linux.security_context.and_then(|s| s.namespace_options),
-            ip: view.pod_ip.clone(),
+            // kubelet gives a hostNetwork pod the node's addresses itself.
+            ip: match host_network {
+                true => String::new(),
+                false => view.pod_ip.clone(),
+            },
             stopped: false,
             last_cpu: None,
+            resolv,
         };
         tracing::info!(
             "CRI: sandbox {} ({}/{}) is pod {} at {}",
@@ -434,8 +456,33 @@ mod tests {
             }),
             ..Default::default()
         });
+        c.port_mappings = vec![cri::PortMapping {
+            container_port: 9100,
+            host_port: 9100,
+            ..Default::default()
+        }];
+        // hostNetwork: a cell instance in the node's network, its ports the node's own.
+        let s = sandbox_spec(&c, "", "cri-1", t).unwrap();
+        assert!(s.host_network && s.ports.is_empty());
+        assert_eq!(s.isolation, Some(IsolationKind::Cell));
+        assert!(sandbox_spec(&c, "cell", "cri-1", t).unwrap().host_network);
+        let e = sandbox_spec(&c, "vm", "cri-1", t).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("runtime_handler: 'vm' cannot run a hostNetwork pod"),
+            "{e}"
+        );
+        let ns = &mut c
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options;
+        ns.as_mut().unwrap().pid = NODE;
         let e = sandbox_spec(&c, "", "cri-1", t).unwrap_err();
-        assert!(e.to_string().contains("hostNetwork"), "{e}");
+        assert!(e.to_string().contains("hostPID"), "{e}");
         let pm = |container_port, host_port, protocol: cri::Protocol, host_ip: &str| cri::PortMapping {
             container_port,
             host_port,

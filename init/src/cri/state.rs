@@ -26,6 +26,8 @@ pub struct Sandbox {
     pub stopped: bool,
     /// The last CPU reading of its stats (timestamp ns, usage ns), for the rate.
     pub last_cpu: Option<(i64, u64)>,
+    /// The resolv.conf of its DNS configuration, given to each container.
+    pub resolv: Option<String>,
 }
 
 pub struct Container {
@@ -47,6 +49,10 @@ pub struct Container {
     /// The last CPU reading of its stats (timestamp ns, usage ns), for the rate.
     pub last_cpu: Option<(i64, u64)>,
     pub mounts: Vec<cri::Mount>,
+    /// Its read-only copies of kubelet's files, refreshed when they change on the node.
+    pub refresh: Vec<super::mounts::Refresh>,
+    /// Its termination log, copied back once it has exited (then emptied).
+    pub read_back: Vec<super::mounts::ReadBack>,
 }
 
 #[derive(Default)]
@@ -152,6 +158,7 @@ mod tests {
             ip: String::new(),
             stopped: false,
             last_cpu: None,
+            resolv: None,
         }
     }
 

@@ -91,6 +91,35 @@ pub fn mount_data(device: &Path) -> Result<DataDisk, DataError> {
     })
 }
 
+/// Binds `DATA_DIR/name` (made when missing) onto `dir` (nodev, nosuid), so what is kept
+/// there survives a reboot: a kubelet's pods and their logs.
+pub fn bind_from_data(dir: &Path, name: &str) -> Result<(), DataError> {
+    let from = Path::new(DATA_DIR).join(name);
+    let fail = |what: &'static str| {
+        move |e: std::io::Error| DataError::Dir {
+            what,
+            why: e.to_string(),
+        }
+    };
+    std::fs::create_dir_all(&from).map_err(fail("mkdir"))?;
+    std::fs::create_dir_all(dir).map_err(fail("mkdir the target of"))?;
+    let sys = |what: &'static str| {
+        move |e: nix::Error| DataError::Dir {
+            what,
+            why: format!("{}: {e}", dir.display()),
+        }
+    };
+    mount(Some(&from), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind"))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(sys("remount"))
+}
+
 /// Makes the data disk read-only after the last sync (power-off), so its filesystem is
 /// clean on the next boot. Nothing is mounted there: nothing to do.
 pub fn quiesce() {

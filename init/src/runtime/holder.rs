@@ -115,6 +115,7 @@ pub fn main(_args: &[String]) -> ! {
         if let Err((step, errno)) = root::enter(source, hidden, binds, setup.userns) {
             let stage = match step {
                 root::Step::Image => Stage::MountImage,
+                root::Step::Volumes => Stage::MountVolumes,
                 root::Step::Root => Stage::MountRoot,
                 root::Step::Dev => Stage::MountDev,
                 root::Step::Pivot => Stage::PivotRoot,

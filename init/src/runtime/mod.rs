@@ -332,6 +332,18 @@ impl Runtime {
         attach::end(&self.host, p).await
     }
 
+    /// Replaces files of files volume `name` and reads files back from it.
+    pub fn volume_files(
+        &self,
+        name: &str,
+        write: &[volume::VolumeFile],
+        read: &[String],
+        max: usize,
+    ) -> Result<Vec<volume::VolumeFile>> {
+        let volumes = self.host.alloc.volumes();
+        volume::files(&volumes, name, write, read, max)
+    }
+
     pub async fn freeze(&self, name: &str, frozen: bool) -> Result<CellView> {
         cell::freeze(&self.host, name, frozen).await
     }

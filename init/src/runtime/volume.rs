@@ -6,6 +6,7 @@
 
 use super::error::{Result, RuntimeError};
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Where volumes live on the node (RAM on the appliance).
@@ -13,7 +14,7 @@ pub const VOLUMES_DIR: &str = "/run/aurae/volumes";
 /// A memory volume's size when its request gives none.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 
-pub use crate::values::volume::{VolumeMount, VolumeSpec};
+pub use crate::values::volume::{VolumeFile, VolumeMount, VolumeSpec};
 
 /// Volumes in use: each one's definition and how many cells list it.
 #[derive(Default)]
@@ -26,7 +27,11 @@ pub fn dir_of(name: &str) -> PathBuf {
 /// What the cell's init binds for `m`: (the volume's directory on the node, the target in
 /// the cell's root, read-only).
 pub fn bind_of(m: &VolumeMount) -> super::confine::root::VolumeBind {
-    (dir_of(m.volume.as_str()), PathBuf::from(&m.path), m.read_only)
+    let mut source = dir_of(m.volume.as_str());
+    if let Some(sub) = &m.sub_path {
+        source.push(sub);
+    }
+    (source, PathBuf::from(&m.path), m.read_only)
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
@@ -80,6 +85,12 @@ impl Volumes {
         Ok(())
     }
 
+    /// Whether `name` is a files volume in use (the only kind whose files its owner's
+    /// parent may replace or read back).
+    pub(crate) fn is_files(&self, name: &str) -> bool {
+        self.0.get(name).is_some_and(|(s, _)| s.files.is_some())
+    }
+
     /// A cell that listed `specs` is gone: each volume no other cell lists is removed.
     pub(super) fn release(&mut self, specs: &[VolumeSpec]) {
         for s in specs {
@@ -99,6 +110,9 @@ impl Volumes {
 }
 
 fn describe(s: &VolumeSpec) -> String {
+    if let Some(files) = &s.files {
+        return format!("a files volume of {} files", files.len());
+    }
     match s.memory {
         true => format!("a memory volume of {} bytes", s.size_limit),
         false => "a directory".into(),
@@ -113,6 +127,30 @@ fn make(s: &VolumeSpec) -> Result<()> {
         std::fs::remove_dir_all(&dir).map_err(io("remove a stale volume", &dir))?;
     }
     std::fs::create_dir_all(&dir).map_err(io("make the volume", &dir))?;
+    if let Some(files) = &s.files {
+        // Its files and their directories, a page each at least, and room to rename a
+        // refreshed file in beside the old one.
+        let pages: u64 = files
+            .iter()
+            .map(|f| (f.content.len() as u64).div_ceil(4096) * 2 + 2)
+            .sum();
+        let data = format!(
+            "mode=0755,size={},nr_inodes={}",
+            (pages + 16) * 4096,
+            files.len() * 4 + 64
+        );
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+        let written = nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), flags, Some(data.as_str()))
+            .map_err(|e| RuntimeError::sys("mount the files volume's tmpfs", e))
+            .and_then(|()| write_files(&dir, files));
+        if let Err(e) = written {
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        tracing::info!("volume {} made ({})", s.name, describe(s));
+        return Ok(());
+    }
     if s.memory {
         let data = format!("mode=0777,size={}", s.size_limit);
         let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
@@ -131,13 +169,158 @@ fn make(s: &VolumeSpec) -> Result<()> {
 
 fn remove(s: &VolumeSpec) {
     let dir = dir_of(s.name.as_str());
-    if s.memory {
+    if s.memory || s.files.is_some() {
         let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
     }
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => tracing::info!("volume {} removed", s.name),
         Err(e) => tracing::warn!("volume {}: remove {}: {e}", s.name, dir.display()),
     }
+}
+
+/// The most bytes `files` reads back of one file.
+pub const MAX_READ_BYTES: usize = 1 << 20;
+
+/// Replaces `write` in files volume `name` and reads `read` back from it (up to `max`
+/// bytes each; a missing file is left out). NOT_FOUND for a volume this node does not
+/// have as a files volume.
+pub(crate) fn files(
+    volumes: &Volumes,
+    name: &str,
+    write: &[VolumeFile],
+    read: &[String],
+    max: usize,
+) -> Result<Vec<VolumeFile>> {
+    if !volumes.is_files(name) {
+        return Err(RuntimeError::NotFound(format!(
+            "volume: '{name}' is not a files volume of a cell on this node"
+        )));
+    }
+    let dir = dir_of(name);
+    write_files(&dir, write)?;
+    let mut out = Vec::new();
+    for r in read {
+        if let Some(f) = read_beneath(&dir, r, max.min(MAX_READ_BYTES))? {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `files` into the volume at `dir`, each whole: written beside its place and
+/// renamed in, so a reader sees the old file or the new one. Every directory on the way is
+/// opened without following symlinks, so nothing a cell put in the volume can turn a write
+/// elsewhere.
+pub fn write_files(dir: &Path, files: &[VolumeFile]) -> Result<()> {
+    for f in files {
+        write_beneath(dir, f).map_err(|e| RuntimeError::sys("write a file of a files volume", e))?;
+    }
+    Ok(())
+}
+
+fn open_dir_at(at: BorrowedFd<'_>, name: &std::ffi::OsStr) -> nix::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    nix::fcntl::openat(
+        at,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+}
+
+/// The directory of `rel`'s last component, beneath `dir` (made as needed, symlinks never
+/// followed), and that component.
+fn parent_beneath(dir: &Path, rel: &str, make: bool) -> nix::Result<(OwnedFd, std::ffi::OsString)> {
+    use std::path::Component;
+    let mut at = open_dir_at(nix::fcntl::AT_FDCWD, dir.as_os_str())?;
+    let parts: Vec<&std::ffi::OsStr> = Path::new(rel)
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(nix::errno::Errno::EINVAL),
+        })
+        .collect::<nix::Result<_>>()?;
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(nix::errno::Errno::EINVAL);
+    };
+    for p in parents {
+        if make {
+            match nix::sys::stat::mkdirat(&at, *p, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        at = open_dir_at(at.as_fd(), p)?;
+    }
+    Ok((at, last.to_os_string()))
+}
+
+fn write_beneath(dir: &Path, f: &VolumeFile) -> nix::Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::io::Write;
+    let (at, name) = parent_beneath(dir, &f.path, true)?;
+    let mut temp = std::ffi::OsString::from(".aurae-new-");
+    temp.push(&name);
+    let _ = nix::unistd::unlinkat(&at, temp.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    let fd = nix::fcntl::openat(
+        &at,
+        temp.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    let written = file
+        .write_all(&f.content)
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|()| {
+            nix::unistd::fchown(&file, Some(f.uid.into()), Some(f.gid.into()))?;
+            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate((f.mode & 0o777) as libc::mode_t))
+        })
+        .and_then(|()| nix::fcntl::renameat(&at, temp.as_os_str(), &at, name.as_os_str()));
+    if written.is_err() {
+        let _ = nix::unistd::unlinkat(&at, temp.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    written
+}
+
+/// Reads up to `max` bytes of regular file `rel` beneath `dir` (symlinks never followed,
+/// nothing but a regular file opened); None when it is not there.
+pub fn read_beneath(dir: &Path, rel: &str, max: usize) -> Result<Option<VolumeFile>> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    let sys = |e| RuntimeError::sys("read a file of a files volume", e);
+    let (at, name) = match parent_beneath(dir, rel, false) {
+        Ok(x) => x,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(sys(e)),
+    };
+    let fd = match nix::fcntl::openat(
+        &at,
+        name.as_os_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(sys(e)),
+    };
+    let st = nix::sys::stat::fstat(&fd).map_err(sys)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(sys(nix::errno::Errno::EINVAL));
+    }
+    let mut content = Vec::new();
+    std::fs::File::from(fd)
+        .take(max as u64)
+        .read_to_end(&mut content)
+        .map_err(io("read a file of a files volume", dir))?;
+    Ok(Some(VolumeFile {
+        path: rel.to_owned(),
+        content,
+        mode: st.st_mode & 0o777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    }))
 }
 
 #[cfg(test)]
@@ -156,6 +339,7 @@ mod tests {
             memory: false,
             size_limit: 0,
             owner: owner.into(),
+            files: None,
         };
         let alice = "spiffe://t.test/client/alice";
         volumes.0.insert("scratch".into(), (spec(alice), 1));
@@ -177,10 +361,64 @@ mod tests {
             volume: ExecName::parse("www").unwrap(),
             path: "/srv/www".into(),
             read_only: true,
+            sub_path: None,
         };
         assert_eq!(
             bind_of(&m),
             (PathBuf::from("/run/aurae/volumes/www"), PathBuf::from("/srv/www"), true)
         );
+    }
+
+    fn file(path: &str, content: &str) -> VolumeFile {
+        VolumeFile {
+            path: path.into(),
+            content: content.into(),
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// Files land beneath the volume whole, with their mode; a refresh replaces them; a
+    /// file is read back up to the cap.
+    #[test]
+    fn files_are_written_and_read_back_beneath_the_volume() {
+        let t = tempfile::tempdir().unwrap();
+        write_files(t.path(), &[file("a/b/token", "one"), file("hosts", "h")]).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("a/b/token")).unwrap(), "one");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.path().join("hosts")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        write_files(t.path(), &[file("a/b/token", "two")]).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("a/b/token")).unwrap(), "two");
+        let names: Vec<_> = std::fs::read_dir(t.path().join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["token"], "no temporary file left beside it");
+        let back = read_beneath(t.path(), "a/b/token", 2).unwrap().unwrap();
+        assert_eq!(back.content, b"tw", "capped");
+        assert!(read_beneath(t.path(), "missing", 10).unwrap().is_none());
+    }
+
+    /// A symlink a cell planted in its volume does not turn a write or a read elsewhere:
+    /// the node's file is untouched and not read.
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let (vol, outside) = (t.path().join("vol"), t.path().join("outside"));
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("passwd"), "root:x:0:0").unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.join("passwd"), vol.join("file")).unwrap();
+        assert!(write_files(&vol, &[file("dir/passwd", "owned")]).is_err());
+        assert!(read_beneath(&vol, "dir/passwd", 100).is_err());
+        assert!(read_beneath(&vol, "file", 100).is_err(), "a symlink is not opened");
+        assert_eq!(std::fs::read_to_string(outside.join("passwd")).unwrap(), "root:x:0:0");
+        // Writing over the symlink itself replaces the link, not its target.
+        write_files(&vol, &[file("file", "new")]).unwrap();
+        assert_eq!(std::fs::read_to_string(outside.join("passwd")).unwrap(), "root:x:0:0");
+        assert!(!std::fs::symlink_metadata(vol.join("file")).unwrap().is_symlink());
     }
 }

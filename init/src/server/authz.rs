@@ -43,6 +43,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Workloads/Logs", Role::Reader),
     ("/aurae.v0.Workloads/Freeze", Role::Operator),
     ("/aurae.v0.Workloads/Thaw", Role::Operator),
+    // And only from the node's own parent, directly (see `workloads_api`).
+    ("/aurae.v0.Workloads/VolumeFiles", Role::Admin),
     ("/aurae.v0.Images/Pull", Role::Operator),
     ("/aurae.v0.Images/List", Role::Reader),
     ("/aurae.v0.Images/Status", Role::Reader),

@@ -152,7 +152,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Ok(Response::new(self.cri.container_status(r.into_inner())?))
+        Ok(Response::new(self.cri.container_status(r.into_inner()).await?))
     }
 
     async fn update_container_resources(

@@ -299,6 +299,7 @@ pub async fn serve(
         .add_service(pb::workloads_server::WorkloadsServer::new(
             workloads_api::WorkloadsApi {
                 rt: ctx.runtime.clone(),
+                auth: ctx.auth.clone(),
                 watches: Default::default(),
             },
         ))

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 pub struct WorkloadsApi {
     pub rt: Arc<Runtime>,
+    /// Who this node's parent is (VolumeFiles answers it alone).
+    pub auth: Arc<super::authz::Authorizer>,
     /// Open `Wait`s and followed `Logs` per peer address.
     pub watches: super::listen::PeerCounts,
 }
@@ -200,6 +202,48 @@ impl Workloads for WorkloadsApi {
     async fn thaw(&self, r: Request<pb::WorkloadRef>) -> Result<Response<pb::WorkloadStatus>, Status> {
         self.freeze_or_thaw(r.into_inner(), false).await
     }
+
+    async fn volume_files(
+        &self,
+        req: Request<pb::VolumeFilesRequest>,
+    ) -> Result<Response<pb::VolumeFilesResponse>, Status> {
+        let parent = self.auth.policy().and_then(|p| p.parent.clone());
+        let caller = super::authz::Caller::of(&req);
+        let from_parent = match (caller, &parent) {
+            (Some(c), Some(p)) => c.via.is_none() && &c.id == p,
+            _ => false,
+        };
+        if !from_parent {
+            let who = caller.map_or("the caller", |c| c.id.as_str());
+            return Err(Status::permission_denied(match parent {
+                Some(p) => format!("{who} may not reach this node's files volumes: only its parent {p} may, directly"),
+                None => format!("{who} may not reach this node's files volumes: no node spawned it"),
+            }));
+        }
+        let r = req.into_inner();
+        let write = convert::volume_files("write", &r.write)?;
+        for (n, p) in r.read.iter().enumerate() {
+            if !crate::values::volume::relative_normal(p) {
+                return Err(Status::invalid_argument(format!(
+                    "read[{n}]: '{p}' must be relative, without '.' or '..'"
+                )));
+            }
+        }
+        let max = match r.read_max_bytes as usize {
+            0 => 4096,
+            m if m > crate::runtime::volume::MAX_READ_BYTES => {
+                return Err(Status::invalid_argument(format!(
+                    "read_max_bytes: {m} is over {}",
+                    crate::runtime::volume::MAX_READ_BYTES
+                )))
+            }
+            m => m,
+        };
+        let read = self.rt.volume_files(&r.volume, &write, &r.read, max)?;
+        Ok(Response::new(pb::VolumeFilesResponse {
+            read: read.iter().map(crate::runtime::pod::container::file_pb).collect(),
+        }))
+    }
 }
 
 impl WorkloadsApi {
@@ -297,6 +341,70 @@ mod tests {
         }
     }
 
+    /// VolumeFiles is the node's parent's alone, directly: an admin of the node, a call
+    /// the parent forwards for someone else, and any caller of a node no one spawned are
+    /// refused before anything is read or written; the parent's own call is still checked
+    /// (a path out of the volume, a volume that is not a files volume).
+    #[tokio::test]
+    async fn volume_files_answers_the_parent_alone() {
+        use crate::pki::policy::Policy;
+        use crate::server::authz::{Authorizer, Caller};
+        const PARENT: &str = "spiffe://t.test/node/n";
+        const ADMIN: &str = "spiffe://t.test/client/admin";
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("aurae");
+        std::fs::create_dir(&root).unwrap();
+        let fake = crate::runtime::launcher::testing::FakeLauncher::new(&root);
+        let rt = Arc::new(Runtime::with_launcher(root, fake));
+        let top = Policy::parse(&format!("[[allow]]\nid = \"{ADMIN}\"\nrole = \"admin\"\n"), "p").unwrap();
+        let api = |policy: Option<Policy>| WorkloadsApi {
+            rt: rt.clone(),
+            auth: Arc::new(Authorizer::new(
+                policy.ok_or(crate::pki::policy::PolicyError::UnknownRole("none".into())),
+                "spiffe://t.test/node/n/instance/c1",
+                None,
+                Default::default(),
+            )),
+            watches: Default::default(),
+        };
+        let call = |id: &str, via: Option<&str>, path: &str| {
+            let mut r = Request::new(pb::VolumeFilesRequest {
+                volume: "c-1-m0".into(),
+                write: vec![pb::VolumeFile {
+                    path: path.into(),
+                    content: b"owned".to_vec(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            r.extensions_mut().insert(Caller {
+                id: id.into(),
+                role: Role::Admin,
+                via: via.map(Into::into),
+            });
+            r
+        };
+        let child = api(Some(top.for_child(PARENT)));
+        for (who, via) in [(ADMIN, None), (ADMIN, Some(PARENT)), (PARENT, Some(PARENT))] {
+            let e = child.volume_files(call(who, via, "token")).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who} via {via:?}");
+            assert!(e.message().contains("only its parent"), "{e:?}");
+        }
+        let e = api(Some(top.clone()))
+            .volume_files(call(PARENT, None, "token"))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("no node spawned it"), "{e:?}");
+        let e = child
+            .volume_files(call(PARENT, None, "../../etc/passwd"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("write[0].path:"), "{e:?}");
+        let e = child.volume_files(call(PARENT, None, "token")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "no such files volume: {e:?}");
+    }
+
     /// One address holds at most `WATCHES_PER_PEER` open waits and followed logs: the next
     /// is refused, naming the address and the limit, while other addresses, plain reads of
     /// a log and the workload itself are untouched; each slot comes back when its call
@@ -327,6 +435,12 @@ mod tests {
             .unwrap();
         let api = Arc::new(WorkloadsApi {
             rt: rt.clone(),
+            auth: Arc::new(crate::server::authz::Authorizer::new(
+                Err(crate::pki::policy::PolicyError::UnknownRole("test".into())),
+                "spiffe://t.test/node",
+                None,
+                Default::default(),
+            )),
             watches: Default::default(),
         });
         fn from<T>(ip: &str, msg: T) -> Request<T> {

@@ -86,6 +86,7 @@ const DEVICES: &[(&str, u64, u64)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Image,
+    Volumes,
     Root,
     Dev,
     Pivot,
@@ -122,11 +123,8 @@ pub fn enter(source: Source<'_>, hide: &[PathBuf], binds: &[PathBuf], userns: bo
             mount(Some(dir), stage, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>).map_err(at(Step::Root))?;
             (stage, hide)
         }
-        Source::Image(layers, volumes) => {
+        Source::Image(layers, _) => {
             mount_image(stage, layers, &image_root).map_err(at(Step::Image))?;
-            for v in volumes {
-                bind_volume(&image_root, v).map_err(at(Step::Image))?;
-            }
             (image_root.as_path(), &[][..])
         }
     };
@@ -164,6 +162,14 @@ pub fn enter(source: Source<'_>, hide: &[PathBuf], binds: &[PathBuf], userns: bo
     for b in binds {
         bind_into_run(root, b).map_err(at(Step::Root))?;
     }
+    // After the root's own mounts, so a volume at /dev/termination-log or under /tmp is
+    // seen rather than covered by them; before /dev is sealed, so its file can be made.
+    if let Source::Image(_, volumes) = source {
+        for v in volumes {
+            bind_volume(root, v).map_err(at(Step::Volumes))?;
+        }
+    }
+    seal_dev(&root.join("dev"))?;
     // A node source is read-only from here on (the mounts above stay as they are); an
     // image's root stays writable, into the cell's own layer.
     if let Source::Node(_) = source {
@@ -237,22 +243,41 @@ fn add_hosts(root: &Path) {
     }
 }
 
-/// Binds a volume's directory at its target in the image's `root` (nosuid, nodev; read-only
-/// when asked). The target's directories are made in the cell's own layer where the image
-/// lacks them; one that is a symlink or not a directory is refused (ENOTDIR), as the bind
+/// Binds a volume's directory (or a file of a files volume) at its target in the image's
+/// `root` (nosuid, nodev; read-only when asked). The target's directories, and a file's
+/// target, are made in the cell's own layer where the image lacks them; a file's target
+/// that is a symlink is replaced there by a file; a directory on the way that is a
+/// symlink or not a directory is refused (ENOTDIR), as the bind
 /// would land wherever it points. Nothing runs in the cell yet, so nothing can swap one in.
 fn bind_volume(root: &Path, (source, target, read_only): &VolumeBind) -> nix::Result<()> {
     use std::path::Component;
+    // A file of a files volume lands on a file: made empty where the image lacks it.
+    let file = std::fs::symlink_metadata(source).map_err(io_errno)?.is_file();
     let mut at = root.to_path_buf();
-    for c in target.components() {
+    let parts: Vec<Component> = target.components().filter(|c| *c != Component::RootDir).collect();
+    for (i, c) in parts.iter().enumerate() {
         match c {
-            Component::RootDir => continue,
             Component::Normal(n) => at.push(n),
             _ => return Err(Errno::EINVAL),
         }
+        let last_file = file && i + 1 == parts.len();
         match std::fs::symlink_metadata(&at) {
-            Ok(md) if md.is_dir() => {}
+            Ok(md) if md.is_dir() && !last_file => {}
+            Ok(md) if md.is_file() && last_file => {}
+            Ok(md) if md.is_symlink() && last_file => {
+                // The image's symlink (a resolv.conf pointing elsewhere): replaced in the
+                // cell's own layer by the file, never followed.
+                std::fs::remove_file(&at).map_err(io_errno)?;
+                std::fs::File::create_new(&at).map_err(io_errno)?;
+            }
             Ok(_) => return Err(Errno::ENOTDIR),
+            Err(_) if last_file => {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&at)
+                    .map_err(io_errno)?;
+            }
             Err(_) => nix::unistd::mkdir(&at, Mode::from_bits_truncate(0o755))?,
         }
     }
@@ -279,6 +304,10 @@ fn bind_volume(root: &Path, (source, target, read_only): &VolumeBind) -> nix::Re
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | ro,
         None::<&str>,
     )
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Binds node directory `dir` (under /run, no `..`) at the same path below `root`, whose
@@ -355,6 +384,11 @@ fn make_dev(dev: &Path, bind: bool) -> StepResult {
         std::os::unix::fs::symlink(to, dev.join(link))
             .map_err(|io| (Step::Dev, Errno::from_raw(io.raw_os_error().unwrap_or(libc::EIO))))?;
     }
+    Ok(())
+}
+
+/// Makes the private /dev read-only: nothing can be added to it from inside the cell.
+fn seal_dev(dev: &Path) -> StepResult {
     mount(
         None::<&str>,
         dev,
@@ -362,7 +396,7 @@ fn make_dev(dev: &Path, bind: bool) -> StepResult {
         MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(&e)
+    .map_err(at(Step::Dev))
 }
 
 /// `pivot_root(".", ".")` and a lazy unmount of the old root stacked under the new one:

@@ -5,6 +5,7 @@
 
 use super::spec::{ContainerSpec, PodSpec};
 use crate::pb;
+use crate::values::volume::VolumeSpec;
 
 /// The cell of container `c` in the instance: its image (loaded before, never pulled
 /// there) as its root, the instance's network, IPC and hostname, the pod's volumes, the
@@ -44,17 +45,7 @@ pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
             user: c.user.clone().unwrap_or_default(),
             // The entrypoint's runs are the pod's to start (and restart).
             no_entrypoint: true,
-            volumes: pod
-                .volumes
-                .iter()
-                .map(|v| pb::Volume {
-                    name: v.name.to_string(),
-                    empty_dir: Some(pb::EmptyDirVolume {
-                        memory: v.memory,
-                        size_limit_bytes: v.size_limit,
-                    }),
-                })
-                .collect(),
+            volumes: pod.volumes.iter().chain(&c.volumes).map(volume).collect(),
             volume_mounts: c
                 .mounts
                 .iter()
@@ -62,6 +53,7 @@ pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
                     name: m.volume.to_string(),
                     mount_path: m.path.clone(),
                     read_only: m.read_only,
+                    sub_path: m.sub_path.clone().unwrap_or_default(),
                 })
                 .collect(),
             ..Default::default()
@@ -72,5 +64,38 @@ pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
             cap_drop: vec!["NET_RAW".into()],
             ..Default::default()
         }),
+    }
+}
+
+/// A volume as the instance is asked for it: a files volume with its files, else an
+/// emptyDir.
+fn volume(v: &VolumeSpec) -> pb::Volume {
+    match &v.files {
+        Some(files) => pb::Volume {
+            name: v.name.to_string(),
+            empty_dir: None,
+            files: Some(pb::FilesVolume {
+                files: files.iter().map(file_pb).collect(),
+            }),
+        },
+        None => pb::Volume {
+            name: v.name.to_string(),
+            empty_dir: Some(pb::EmptyDirVolume {
+                memory: v.memory,
+                size_limit_bytes: v.size_limit,
+            }),
+            files: None,
+        },
+    }
+}
+
+/// A file of a files volume as the instance is sent it.
+pub fn file_pb(f: &crate::values::volume::VolumeFile) -> pb::VolumeFile {
+    pb::VolumeFile {
+        path: f.path.clone(),
+        content: f.content.clone(),
+        mode: f.mode,
+        uid: f.uid,
+        gid: f.gid,
     }
 }

@@ -384,6 +384,7 @@ pub fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, ManifestError> {
                     name: m.name,
                     mount_path: m.mount_path,
                     read_only: m.read_only,
+                    ..Default::default()
                 })
                 .collect(),
             image_pull_credentials: None,
@@ -411,6 +412,7 @@ pub fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, ManifestError> {
                     .transpose()?
                     .unwrap_or(0),
             }),
+            ..Default::default()
         });
     }
     let r = f.resources.unwrap_or_default();

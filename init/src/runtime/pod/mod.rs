@@ -417,6 +417,7 @@ async fn make(
         serving_within: left(),
         attachments: p.spec.networks.clone(),
         hostname: p.spec.hostname.clone(),
+        host_network: p.spec.host_network,
     };
     let i = instance::boot(host, &ispec).await?;
     let _ = p.instance.set(i.clone());

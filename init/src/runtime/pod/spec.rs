@@ -61,6 +61,9 @@ pub struct ContainerSpec {
     pub requests: ResourceList,
     pub limits: ResourceList,
     pub mounts: Vec<VolumeMount>,
+    /// Volumes of its own, beside the pod's (a CRI container's files: kubelet's mounts,
+    /// resolv.conf; its emptyDirs, which containers of the sandbox join by name).
+    pub volumes: Vec<VolumeSpec>,
     /// Who its processes run as (`uid[:gid]` or a name in the image); None: the image's.
     pub user: Option<String>,
 }
@@ -87,6 +90,9 @@ pub struct PodSpec {
     /// (node port, port in the pod) published for the whole pod (a sandbox's, as the
     /// CRI's port mappings give them); containers' own are in `containers`.
     pub ports: Vec<(u16, u16)>,
+    /// Its instance in the node's network namespace (a CRI `hostNetwork` sandbox, with the
+    /// `cell` handler): its containers use the node's network, addresses and ports.
+    pub host_network: bool,
 }
 
 /// The instance a pod needs: (vCPUs, memory bytes in whole MiB).
@@ -275,6 +281,7 @@ mod tests {
                 memory_bytes: mem,
             },
             mounts: vec![],
+            volumes: vec![],
             user: None,
         };
         let mut spec = PodSpec {
@@ -290,6 +297,7 @@ mod tests {
             networks: vec![],
             hostname: None,
             ports: vec![],
+            host_network: false,
         };
         assert_eq!(size(&spec), (2, (64 + 128 + 96) * MIB));
         spec.containers = vec![c(None, Some(MIB + 1))];

@@ -377,6 +377,20 @@ pub async fn cell_usage(ch: &Channel, container: &str, timeout: Duration) -> Res
 
 /// Removes a container's cell: its processes killed at once, then the cell freed with its
 /// runs. A cell the instance no longer has is removed already.
+/// Replaces files of the instance's files volume and reads files back (the CRI's copies
+/// of kubelet's files: a refreshed token, a termination log).
+pub async fn volume_files(
+    ch: &Channel,
+    req: pb::VolumeFilesRequest,
+    timeout: Duration,
+) -> Result<pb::VolumeFilesResponse, Status> {
+    let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
+    Ok(client
+        .volume_files(with_timeout(req, Some(timeout)))
+        .await?
+        .into_inner())
+}
+
 pub async fn remove_cell(ch: &Channel, container: &str, timeout: Duration) -> Result<(), Status> {
     let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());
     let cell = pb::WorkloadRef {

@@ -38,6 +38,7 @@ pub enum Stage {
     Seccomp = 20,
     UserNs = 21,
     MountImage = 22,
+    MountVolumes = 23,
 }
 
 impl Stage {
@@ -67,6 +68,7 @@ impl Stage {
             Seccomp,
             UserNs,
             MountImage,
+            MountVolumes,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -97,6 +99,9 @@ impl Stage {
             Stage::Seccomp => "install the seccomp profile",
             Stage::UserNs => "enter the cell's user namespace as its root",
             Stage::MountImage => "mount the image's root (its layers under a writable layer of the cell's own)",
+            Stage::MountVolumes => {
+                "bind its volumes into its root (is a mount path a symlink, or a file where a directory goes?)"
+            }
         }
     }
 }

@@ -79,6 +79,7 @@ pub(crate) fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
         serving_within,
         attachments: Vec::new(),
         hostname: None,
+        host_network: false,
     }
 }
 
@@ -235,6 +236,33 @@ async fn without_kvm_an_instance_falls_back_to_a_cell_on_a_veth_and_leaves_nothi
     nothing_left(&r, "fb");
     let again = r.rt.spawn(fallback(&r, "fb2")).await.unwrap();
     assert_eq!(again.address, v.address, "its address was given back");
+}
+
+/// A hostNetwork pod's instance: a cell in the node's network namespace, so no veth, and
+/// its API on a loopback port of the node rather than an address on the bridge; only a
+/// cell can be one.
+#[tokio::test]
+async fn an_instance_in_the_nodes_network_has_no_veth_and_serves_on_loopback() {
+    let r = rig();
+    let mut spec = fallback(&r, "hostnet");
+    spec.host_network = true;
+    let e = r.rt.spawn(spec.clone()).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("isolation: an instance in the node's network"),
+        "{e}"
+    );
+    spec.isolation = Some(IsolationKind::Cell);
+    let v = r.rt.spawn(spec).await.unwrap();
+    assert_eq!(v.isolation, Some(IsolationKind::Cell));
+    assert!(v.address.starts_with("127.0.0.1:"), "{}", v.address);
+    assert!(r.devices.veths.lock().unwrap().is_empty(), "no veth pair");
+    powers_off_when_asked(&r, "hostnet");
+    r.rt.stop(Kind::Instance, "hostnet", libc::SIGTERM, Duration::ZERO)
+        .await
+        .unwrap();
+    r.rt.free(Kind::Instance, "hostnet").await.unwrap();
+    nothing_left(&r, "hostnet");
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ fn container(name: &str) -> ContainerSpec {
         requests: ResourceList::default(),
         limits: ResourceList::default(),
         mounts: Vec::new(),
+        volumes: Vec::new(),
         user: None,
     }
 }
@@ -49,6 +50,7 @@ fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
         ports: Vec::new(),
         ready_within: Duration::from_secs(30),
         networks: Vec::new(),
+        host_network: false,
     }
 }
 

@@ -13,7 +13,8 @@ use crate::runtime::confine::{caps::CapSet, seccomp};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::{CellName, ExecName};
 use crate::runtime::spec::{CellSpec, Confinement, ImageRequest, IoMax, Isolation, Resources};
-use crate::runtime::volume::{VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
+use crate::runtime::volume::{VolumeFile, VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
+use crate::values::volume::{relative_normal, MAX_VOLUME_FILES, MAX_VOLUME_FILES_BYTES};
 
 pub fn resources(r: Option<pb::CellResources>) -> Result<Resources, RuntimeError> {
     let Some(r) = r else { return Ok(Resources::default()) };
@@ -184,6 +185,52 @@ impl TryFrom<pb::Cell> for CellSpec {
 const MAX_VOLUME_BYTES: u64 = 1 << 40;
 const MAX_VOLUMES: usize = 64;
 
+/// A files volume's files, checked: relative paths of their own, none inside another
+/// (a file is not a directory), within the caps; permission bits only.
+pub fn volume_files(field: &str, files: &[pb::VolumeFile]) -> Result<Vec<VolumeFile>, RuntimeError> {
+    if files.len() > MAX_VOLUME_FILES {
+        return Err(invalid(
+            field,
+            format!("{} files; at most {MAX_VOLUME_FILES}", files.len()),
+        ));
+    }
+    let bytes: usize = files.iter().map(|x| x.content.len()).sum();
+    if bytes > MAX_VOLUME_FILES_BYTES {
+        return Err(invalid(
+            field,
+            format!("{bytes} bytes in all; at most {MAX_VOLUME_FILES_BYTES}"),
+        ));
+    }
+    let mut out: Vec<VolumeFile> = Vec::with_capacity(files.len());
+    for (n, x) in files.iter().enumerate() {
+        let p = x.path.trim_end_matches('/');
+        if !relative_normal(p) {
+            return Err(invalid(
+                format!("{field}[{n}].path"),
+                format!("'{}' must be relative, without '.' or '..'", x.path),
+            ));
+        }
+        let inside = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
+        if let Some(o) = out.iter().find(|o| inside(&o.path, p) || inside(p, &o.path)) {
+            return Err(invalid(
+                format!("{field}[{n}].path"),
+                format!(
+                    "'{p}' and '{}' cannot both be files; give each file a path of its own",
+                    o.path
+                ),
+            ));
+        }
+        out.push(VolumeFile {
+            path: p.to_owned(),
+            content: x.content.clone(),
+            mode: x.mode & 0o777,
+            uid: x.uid,
+            gid: x.gid,
+        });
+    }
+    Ok(out)
+}
+
 /// Volumes and their mounts, checked: names, unique, every mount names a listed volume at
 /// an absolute path of its own.
 pub fn volumes(
@@ -205,6 +252,22 @@ pub fn volumes(
         if specs.iter().any(|s| s.name == name) {
             return Err(invalid(format!("{f}.name"), format!("volume '{name}' is listed twice")));
         }
+        if let Some(files) = &v.files {
+            if v.empty_dir.is_some() {
+                return Err(invalid(
+                    format!("{f}.files"),
+                    "a volume is an empty_dir or a files volume, not both; send one",
+                ));
+            }
+            specs.push(VolumeSpec {
+                name,
+                memory: true,
+                size_limit: 0,
+                owner: String::new(),
+                files: Some(volume_files(&format!("{f}.files.files"), &files.files)?),
+            });
+            continue;
+        }
         let d = v.empty_dir.unwrap_or_default();
         let size = match (d.memory, d.size_limit_bytes) {
             (_, 0) => VOLUME_DEFAULT_BYTES,
@@ -222,6 +285,7 @@ pub fn volumes(
             size_limit: if d.memory { size } else { 0 },
             // The handler names the caller (`owned_by`).
             owner: String::new(),
+            files: None,
         });
     }
     let mut out: Vec<VolumeMount> = Vec::with_capacity(mounts.len());
@@ -252,10 +316,33 @@ pub fn volumes(
         if out.iter().any(|o| o.path == clean) {
             return Err(invalid(format!("{f}.mount_path"), format!("'{p}' is mounted twice")));
         }
+        let sub_path = match (m.sub_path.as_str(), &spec.files) {
+            ("", _) => None,
+            (sub, Some(files)) => {
+                let sub = sub.trim_end_matches('/');
+                let held = files
+                    .iter()
+                    .any(|x| x.path == sub || x.path.strip_prefix(sub).is_some_and(|r| r.starts_with('/')));
+                if !relative_normal(sub) || !held {
+                    return Err(invalid(
+                        format!("{f}.sub_path"),
+                        format!("'{sub}' is not a file or directory of volume '{}'; name one of its files' paths (or a parent of one)", m.name),
+                    ));
+                }
+                Some(sub.to_owned())
+            }
+            (_, None) => {
+                return Err(invalid(
+                    format!("{f}.sub_path"),
+                    "only a files volume's mount names a sub_path; mount the whole volume",
+                ))
+            }
+        };
         out.push(VolumeMount {
             volume: spec.name.clone(),
             path: clean,
             read_only: m.read_only,
+            sub_path,
         });
     }
     Ok((specs, out))

@@ -85,6 +85,7 @@ impl TryFrom<Timed<pb::Instance>> for InstanceSpec {
             serving_within: wait_budget(millis(i.serving_timeout_millis), caller, DEFAULT_SPAWN_SERVING),
             attachments: attachments(&i.networks)?,
             hostname: None,
+            host_network: false,
         })
     }
 }

@@ -10,7 +10,7 @@ mod pod;
 mod status;
 mod vm;
 
-pub use cell::volumes;
+pub use cell::{volume_files, volumes};
 pub use instance::*;
 pub use pod::*;
 pub use status::*;

@@ -124,6 +124,7 @@ fn container(n: usize, c: pb::Container, volumes: &[pb::Volume]) -> Result<Conta
         requests,
         limits,
         mounts,
+        volumes: Vec::new(),
         user: None,
     })
 }
@@ -212,6 +213,7 @@ impl TryFrom<Timed<pb::Pod>> for PodSpec {
             networks: super::attachments(&p.networks)?,
             hostname: None,
             ports: Vec::new(),
+            host_network: false,
         })
     }
 }
@@ -305,6 +307,7 @@ mod tests {
                 name: "www".into(),
                 mount_path: "/www".into(),
                 read_only: true,
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -320,6 +323,7 @@ mod tests {
             volumes: vec![pb::Volume {
                 name: "www".into(),
                 empty_dir: None,
+                ..Default::default()
             }],
             ..Default::default()
         }

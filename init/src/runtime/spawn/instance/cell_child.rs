@@ -12,12 +12,19 @@ pub(super) async fn start_cell_child(
     pki_dir: &std::path::Path,
     bridge: &str,
     net: addressing::ChildNet,
+    address: SocketAddr,
 ) -> Result<(Arc<Process>, Vec<String>)> {
+    // In the node's network namespace it listens on its loopback port only, and makes no
+    // bridge (the node's would be in the way).
+    let listen = match spec.host_network {
+        true => address.to_string(),
+        false => format!("0.0.0.0:{CHILD_PORT}"),
+    };
     let mut argv: Vec<String> = vec![
         "auraed".into(),
         "daemon".into(),
         "--listen".into(),
-        format!("0.0.0.0:{CHILD_PORT}"),
+        listen,
         "--pki-dir".into(),
         pki_dir.to_string_lossy().into_owned(),
         "--spawned-in-cell".into(),
@@ -26,9 +33,10 @@ pub(super) async fn start_cell_child(
         "/run/aurae/images".into(),
         "--image-store-mib".into(),
         "32".into(),
-        "--bridge-ip".into(),
-        net.bridge.to_string(),
     ];
+    if !spec.host_network {
+        argv.extend(["--bridge-ip".into(), net.bridge.to_string()]);
+    }
     if let Some(h) = &spec.hostname {
         argv.extend(["--hostname".into(), h.clone()]);
     }
@@ -40,7 +48,10 @@ pub(super) async fn start_cell_child(
         host,
         &spec.name,
         argv,
-        Isolation::default(),
+        Isolation {
+            network: !spec.host_network,
+            ..Isolation::default()
+        },
         resources,
         logs::Stream::Stdout,
         None,
@@ -50,6 +61,7 @@ pub(super) async fn start_cell_child(
     .await?;
     let mut veths = Vec::new();
     let plumbed = match e.own_cell_holder_pid(host.sys.as_ref()) {
+        _ if spec.host_network => Ok(()),
         None => Err(RuntimeError::StartFailed(
             "the child's cell has no holder to take its network namespace from".into(),
         )),

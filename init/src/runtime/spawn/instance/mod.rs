@@ -54,6 +54,9 @@ pub struct InstanceSpec {
     pub attachments: Vec<NetAttachment>,
     /// The child's hostname (a pod's, as the CRI gives it); None: its name.
     pub hostname: Option<String>,
+    /// In the node's network namespace (a CRI `hostNetwork` pod; a cell only): no veth,
+    /// and the child serves its API on a loopback port of the node.
+    pub host_network: bool,
 }
 
 /// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
@@ -321,6 +324,12 @@ pub(crate) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instanc
         .into());
     };
     let kvm = host.devices.kvm_usable();
+    if spec.host_network && spec.isolation != Some(IsolationKind::Cell) {
+        return Err(RuntimeError::invalid(
+            "isolation",
+            "an instance in the node's network namespace is a cell; ask for CELL",
+        ));
+    }
     let isolation = match (spec.isolation, kvm) {
         (Some(IsolationKind::Vm), Err(why)) => return Err(Lack::KvmForInstance(why.to_string()).into()),
         (Some(i), _) => i,
@@ -362,8 +371,15 @@ async fn spawn_on(
     deadline: tokio::time::Instant,
 ) -> Result<Arc<Instance>> {
     let spiffe_id = id.child_id(spec.name.as_str());
-    let pki = id.mint_child(spec.name.as_str(), net.ip, spec.svid_ttl)?;
-    let address = SocketAddr::from((net.ip, CHILD_PORT));
+    let address = match spec.host_network {
+        true => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_loopback_port()?)),
+        false => SocketAddr::from((net.ip, CHILD_PORT)),
+    };
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => net.ip,
+    };
+    let pki = id.mint_child(spec.name.as_str(), ip, spec.svid_ttl)?;
     let channel = child::channel(id, spec.name.as_str(), &spiffe_id, address)?;
     std::fs::create_dir_all(&host.instance_dir).map_err(SpawnError::io("mkdir", &host.instance_dir))?;
     tracing::info!(
@@ -422,7 +438,7 @@ async fn spawn_on(
         IsolationKind::Cell => {
             let dir = host.instance_dir.join(spec.name.as_str());
             crate::runtime::spawn::image::write_pki_dir(&dir, &pki)?;
-            match start_cell_child(host, spec, &dir, bridge, net).await {
+            match start_cell_child(host, spec, &dir, bridge, net, address).await {
                 Ok((e, veths)) => (Body::Cell(e), dir, veths),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -468,4 +484,12 @@ async fn spawn_on(
             Err(e.into())
         }
     }
+}
+
+/// A loopback port of the node no one listens on now, for a host-network child's API.
+fn free_loopback_port() -> Result<u16> {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| RuntimeError::StartFailed(format!("no free loopback port for the child's API: {e}")))
 }
