@@ -1123,6 +1123,17 @@ mod cri_replay {
         ]
     }
 
+    /// The pod CIDR the CRI tests give the node (kubelet's node.spec.podCIDR).
+    pub(super) const POD_CIDR: &str = "10.244.7.0/24";
+
+    pub(super) fn pod_cidr(cidr: &str) -> cri::UpdateRuntimeConfigRequest {
+        cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig { pod_cidr: cidr.into() }),
+            }),
+        }
+    }
+
     /// RunPodSandbox with the test's budget as its deadline, then its verbose status,
     /// READY: (id, the runtime pod behind it, its status).
     pub(super) async fn run_sandbox(
@@ -1296,6 +1307,29 @@ mod cri_replay {
                 .into_inner();
             let conds = st.status.unwrap().conditions;
             assert!(conds.iter().all(|c| c.status), "the node is Ready: {conds:?}");
+            // The node's pod CIDR, as kubelet passes it once the node has one (dual
+            // stack: the IPv4 one is used); one instances cannot use is refused by field.
+            let e = run.update_runtime_config(pod_cidr("192.168.7.0/24")).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.message().starts_with("runtime_config.network_config.pod_cidr:"), "{e:?}");
+            run.update_runtime_config(pod_cidr(&format!("{POD_CIDR},fd00:10:244:7::/64")))
+                .await
+                .unwrap();
+            let bridge = c.on_node("ip -4 addr show aurae0").await;
+            assert!(bridge.contains("10.244.7.1/24") && !bridge.contains("192.168."), "{bridge}");
+            // A pull aimed at a pod's address (a registry a pod could serve) is refused
+            // like one at the bridge's own subnet, before any connection.
+            let e = img
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: "10.244.7.50:5000/test/busybox:1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert!(e.message().contains("one of this node's instance bridges"), "{e:?}");
 
             // A handler the node does not have is refused by name, and nothing is made.
             let e = run
@@ -1311,7 +1345,7 @@ mod cri_replay {
             // RunPodSandbox → PodSandboxStatus, as SyncPod does.
             let (sid, pod, sst) = run_sandbox(a, &mut run, sandbox_config(), "").await;
             let ip = sst.network.as_ref().unwrap().ip.clone();
-            assert!(ip.starts_with("10.254.0."), "the pod's IP on the node's bridge: {ip}");
+            assert!(ip.starts_with("10.244.7."), "the pod's IP from the pod CIDR, on the node's bridge: {ip}");
             let want = sandbox_config();
             assert_eq!(sst.metadata, want.metadata);
             assert_eq!(sst.labels, want.labels, "labels echoed byte for byte");
@@ -1836,9 +1870,13 @@ mod cri_cell {
             };
             let made = c.on_node(&KUBELET_FILES.replace("$UID_", "u-celled-1")).await;
             assert_eq!(made.trim(), "made", "{made}");
+            run.update_runtime_config(super::cri_replay::pod_cidr(super::cri_replay::POD_CIDR))
+                .await
+                .unwrap();
             let (sid, pod, st) = run_sandbox(a, &mut run, config.clone(), "cell").await;
             assert_eq!(st.runtime_handler, "cell");
-            assert!(st.network.unwrap().ip.starts_with("10.254.0."));
+            let ip = st.network.unwrap().ip;
+            assert!(ip.starts_with("10.244.7."), "from the pod CIDR: {ip}");
             let ps = pod_status(&c, &pod).await;
             assert_eq!(ps.isolation, pb::IsolationKind::Cell as i32, "{ps:?}");
 

@@ -2,6 +2,7 @@
 //! `UpdateRuntimeConfig`.
 
 use super::{Cri, CriError, HANDLERS, KUBELET_API_VERSION, RUNTIME_API_VERSION};
+use crate::runtime::error::{Lack, RuntimeError};
 use aurae_proto::cri;
 
 /// A condition of `Status`: true, or false with a CamelCase reason and a sentence.
@@ -72,11 +73,26 @@ impl Cri {
         if cidr.is_empty() {
             return Ok(());
         }
-        let parsed: crate::net::Ipv4Cidr = cidr.parse().map_err(|e| CriError::Invalid {
+        // Dual-stack kubelets send "v4,v6": the IPv4 one is used.
+        let first = cidr
+            .split(',')
+            .map(str::trim)
+            .find(|c| !c.contains(':'))
+            .unwrap_or(&cidr);
+        let parsed: crate::net::Ipv4Cidr = first.parse().map_err(|e| CriError::Invalid {
             field: "runtime_config.network_config.pod_cidr",
             why: format!("{e}; send an IPv4 CIDR such as 10.244.1.0/24"),
         })?;
-        tracing::info!("CRI: pod CIDR {parsed}");
+        match self.rt.use_pod_subnet(parsed) {
+            Ok(on_bridge) => {
+                tracing::info!("CRI: pod CIDR {parsed}; sandboxes' addresses from it ({on_bridge} on the bridge)")
+            }
+            // Without a bridge no sandbox runs (Status says NetworkReady false): kept only.
+            Err(RuntimeError::NodeLacks(Lack::Bridge { .. })) => {
+                tracing::info!("CRI: pod CIDR {parsed} kept; this node has no bridge")
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.set_pod_cidr(parsed);
         Ok(())
     }

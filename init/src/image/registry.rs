@@ -91,6 +91,7 @@ pub fn refused_address(ip: std::net::IpAddr, bridges: &[crate::net::Ipv4Cidr]) -
         IpAddr::V4(a)
             if bridges
                 .iter()
+                .chain(&subnets_beside(bridges))
                 .any(|b| b.overlaps(crate::net::Ipv4Cidr { addr: a, prefix: 32 })) =>
         {
             Some("one of this node's instance bridges")
@@ -102,6 +103,20 @@ pub fn refused_address(ip: std::net::IpAddr, bridges: &[crate::net::Ipv4Cidr]) -
         _ if own() => Some("this node's own address"),
         _ => None,
     }
+}
+
+/// The other subnets the interfaces carrying `bridges` have (a pod CIDR kubelet gave,
+/// added to the node's bridge beside its own).
+fn subnets_beside(bridges: &[crate::net::Ipv4Cidr]) -> Vec<crate::net::Ipv4Cidr> {
+    let v4 = crate::net::interface_subnets();
+    let on: Vec<&str> = (v4.iter())
+        .filter(|(_, c)| bridges.iter().any(|b| b.overlaps(*c)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    v4.iter()
+        .filter(|(n, _)| on.contains(&n.as_str()))
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// `host[:port]` without its port (a bare IPv6 address keeps its colons).

@@ -13,6 +13,20 @@ pub mod proxy;
 pub use cidr::Ipv4Cidr;
 use std::net::Ipv4Addr;
 
+/// Every IPv4 address of this node's interfaces, as (interface, address/prefix).
+pub fn interface_subnets() -> Vec<(String, Ipv4Cidr)> {
+    let Ok(all) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    all.filter_map(|i| {
+        let addr = i.address.as_ref()?.as_sockaddr_in()?.ip();
+        let mask = i.netmask.as_ref()?.as_sockaddr_in()?.ip();
+        let prefix = u32::from(mask).leading_ones() as u8;
+        Some((i.interface_name, Ipv4Cidr { addr, prefix }))
+    })
+    .collect()
+}
+
 /// `aurae.ip=dhcp`.
 #[derive(Debug, Clone, Copy)]
 pub struct DhcpPlan {

@@ -7,6 +7,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
@@ -75,6 +78,29 @@ pub fn delete_link(name: &str) -> io::Result<()> {
     }
 }
 
+/// The request to add `addr/prefix` to link number `index`: ifaddrmsg and its attributes.
+fn address_request(index: u32, addr: std::net::Ipv4Addr, prefix: u8) -> Vec<u8> {
+    let mut b = vec![libc::AF_INET as u8, prefix, 0, 0];
+    b.extend(index.to_ne_bytes());
+    attr(&mut b, IFA_LOCAL, |b| b.extend(addr.octets()));
+    attr(&mut b, IFA_ADDRESS, |b| b.extend(addr.octets()));
+    b
+}
+
+/// Adds `addr/prefix` to link `name` beside the addresses it has (its connected route
+/// comes with it). An address it has already is not an error.
+pub fn add_ipv4(name: &str, addr: std::net::Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let index = nix::net::if_::if_nametoindex(name).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    match request(
+        RTM_NEWADDR,
+        NLM_F_CREATE | NLM_F_EXCL,
+        &address_request(index, addr, prefix),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("add {addr}/{prefix} to {name}: {e}"))),
+    }
+}
+
 /// Sends one rtnetlink request (`body` = ifinfomsg and attributes) and reads its ack.
 fn request(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
     let mut msg = Vec::with_capacity(16 + body.len());
@@ -135,6 +161,14 @@ fn request(kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_request_carries_local_and_address() {
+        let b = address_request(7, std::net::Ipv4Addr::new(10, 244, 1, 1), 24);
+        assert_eq!(&b[..8], &[libc::AF_INET as u8, 24, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(&b[8..16], &[8, 0, 2, 0, 10, 244, 1, 1]);
+        assert_eq!(&b[16..24], &[8, 0, 1, 0, 10, 244, 1, 1]);
+    }
 
     #[test]
     fn veth_request_nests_the_peer_with_its_namespace() {

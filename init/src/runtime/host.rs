@@ -67,6 +67,9 @@ pub struct Allocations {
     userns_ranges: AtomicU32,
     /// Scratch volumes cells share, with how many cells list each.
     volumes: Mutex<volume::Volumes>,
+    /// The subnet CRI sandboxes take their addresses from (kubelet's pod CIDR, carried by
+    /// the bridge beside its own), once kubelet gave one.
+    pod_subnet: Mutex<Option<crate::net::Ipv4Cidr>>,
 }
 
 impl Allocations {
@@ -89,6 +92,10 @@ impl Allocations {
     }
 
     /// The volumes cells share.
+    pub fn pod_subnet(&self) -> std::sync::MutexGuard<'_, Option<crate::net::Ipv4Cidr>> {
+        self.pod_subnet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn volumes(&self) -> std::sync::MutexGuard<'_, volume::Volumes> {
         self.volumes.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -130,6 +130,8 @@ pub(crate) trait Devices: Send + Sync {
     ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>>;
     /// Removes the veth pair whose host end is `host_end` (both ends go).
     fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::runtime::spawn::SpawnError>;
+    /// Adds `address` to `bridge` beside its own (a pod CIDR's gateway).
+    fn add_address(&self, bridge: &str, address: crate::net::Ipv4Cidr) -> std::io::Result<()>;
 }
 
 /// /dev/kvm and TAPs made with ioctls.
@@ -168,6 +170,21 @@ impl Devices for NodeDevices {
 
     fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::runtime::spawn::SpawnError> {
         crate::runtime::spawn::veth::remove(host_end)
+    }
+
+    fn add_address(&self, bridge: &str, address: crate::net::Ipv4Cidr) -> std::io::Result<()> {
+        // A subnet the node is on already (its uplink, a named bridge) would take its
+        // routes away: refused. The bridge having this very address is done already.
+        let taken = (crate::net::interface_subnets().into_iter())
+            .find(|(n, on)| on.overlaps(address) && !(n == bridge && on.addr == address.addr))
+            .map(|(n, on)| format!("{} on {n}", on.addr));
+        if let Some(t) = taken {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("this node is on that subnet already ({t})"),
+            ));
+        }
+        crate::net::netlink::add_ipv4(bridge, address.addr, address.prefix)
     }
 }
 
@@ -740,6 +757,8 @@ pub(crate) mod testing {
         /// The veth made after this many succeed fails (a bridge gone, say).
         pub veths_fail_after: Mutex<Option<usize>>,
         veths_made: std::sync::atomic::AtomicUsize,
+        /// Addresses added to bridges: (bridge, address).
+        pub addresses: Mutex<Vec<(String, String)>>,
     }
 
     impl FakeDevices {
@@ -821,6 +840,14 @@ pub(crate) mod testing {
                     std::io::Error::from_raw_os_error(libc::ENODEV),
                 )),
             }
+        }
+
+        fn add_address(&self, bridge: &str, address: crate::net::Ipv4Cidr) -> std::io::Result<()> {
+            self.addresses
+                .lock()
+                .unwrap()
+                .push((bridge.into(), address.to_string()));
+            Ok(())
         }
     }
 

@@ -332,6 +332,12 @@ impl Runtime {
         attach::end(&self.host, p).await
     }
 
+    /// Makes kubelet's pod CIDR the subnet CRI sandboxes take their addresses from (its
+    /// first address joins the bridge); what the bridge then carries for them.
+    pub fn use_pod_subnet(&self, cidr: crate::net::Ipv4Cidr) -> Result<crate::net::Ipv4Cidr> {
+        spawn::instance::use_pod_subnet(&self.host, cidr)
+    }
+
     /// Replaces files of files volume `name` and reads files back from it.
     pub fn volume_files(
         &self,

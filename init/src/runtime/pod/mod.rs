@@ -418,6 +418,7 @@ async fn make(
         attachments: p.spec.networks.clone(),
         hostname: p.spec.hostname.clone(),
         host_network: p.spec.host_network,
+        pod_subnet: p.spec.sandbox,
     };
     let i = instance::boot(host, &ispec).await?;
     let _ = p.instance.set(i.clone());

@@ -80,6 +80,7 @@ pub(crate) fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
         attachments: Vec::new(),
         hostname: None,
         host_network: false,
+        pod_subnet: false,
     }
 }
 
@@ -263,6 +264,51 @@ async fn an_instance_in_the_nodes_network_has_no_veth_and_serves_on_loopback() {
         .unwrap();
     r.rt.free(Kind::Instance, "hostnet").await.unwrap();
     nothing_left(&r, "hostnet");
+}
+
+/// kubelet's pod CIDR: its first address joins the bridge and CRI sandboxes' instances
+/// take their addresses from it, other instances from the bridge's own subnet; a CIDR
+/// instances cannot use, or where this node's children put their bridges, is refused by
+/// field and nothing is added.
+#[tokio::test]
+async fn sandboxes_take_their_addresses_from_the_pod_cidr() {
+    let r = rig();
+    let cidr = |s: &str| s.parse::<crate::net::Ipv4Cidr>().unwrap();
+    for bad in [
+        "10.244.7.0/16",
+        "192.168.7.0/24",
+        "10.244.7.5/24",
+        "10.253.7.0/24",
+        "10.9.7.0/24",
+    ] {
+        let e = r.rt.use_pod_subnet(cidr(bad)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("runtime_config.network_config.pod_cidr:"),
+            "{bad}: {e}"
+        );
+    }
+    assert!(r.devices.addresses.lock().unwrap().is_empty(), "nothing added");
+    assert_eq!(
+        r.rt.use_pod_subnet(cidr("10.244.7.0/24")).unwrap().to_string(),
+        "10.244.7.1/24"
+    );
+    assert_eq!(
+        *r.devices.addresses.lock().unwrap(),
+        [("aurae0".to_owned(), "10.244.7.1/24".to_owned())]
+    );
+    let mut spec = instance("sbx", Duration::from_secs(10));
+    spec.pod_subnet = true;
+    let v = r.rt.spawn(spec).await.unwrap();
+    assert!(v.address.starts_with("10.244.7."), "{}", v.address);
+    let plain = r.rt.spawn(instance("plain", Duration::from_secs(10))).await.unwrap();
+    assert!(plain.address.starts_with("10.254.0."), "{}", plain.address);
+    for name in ["sbx", "plain"] {
+        powers_off_when_asked(&r, name);
+        r.rt.stop(Kind::Instance, name, libc::SIGTERM, Duration::ZERO)
+            .await
+            .unwrap();
+        r.rt.free(Kind::Instance, name).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -86,6 +86,7 @@ impl TryFrom<Timed<pb::Instance>> for InstanceSpec {
             attachments: attachments(&i.networks)?,
             hostname: None,
             host_network: false,
+            pod_subnet: false,
         })
     }
 }

@@ -51,6 +51,57 @@ pub(super) fn give_back(host: &Host, name: &str, attachments: &[NetAttachment], 
     }
 }
 
+/// Makes `cidr` (kubelet's pod CIDR, `10.D.X.0/24`) the subnet CRI sandboxes' instances
+/// take their addresses from: its first address joins the node's bridge beside the
+/// bridge's own (their connected route with it). The bridge's own subnet needs nothing; a
+/// CIDR instances cannot use, or where this node's children put their own bridges, is
+/// refused naming the field, and nothing changes.
+pub(crate) fn use_pod_subnet(host: &Host, cidr: crate::net::Ipv4Cidr) -> Result<crate::net::Ipv4Cidr> {
+    const FIELD: &str = "runtime_config.network_config.pod_cidr";
+    let Some((bridge, own)) = host.bridge.clone() else {
+        return Err(Lack::Bridge {
+            field: "runtime_config.network_config.pod_cidr: ",
+            what: "pods",
+        }
+        .into());
+    };
+    let [a, d, x, h] = cidr.addr.octets();
+    if cidr.prefix != 24 || h != 0 {
+        return Err(RuntimeError::invalid(
+            FIELD,
+            format!("{cidr}: pods' instances take their addresses from a /24 of 10.0.0.0/8 (10.D.X.0/24); give the node such a pod CIDR"),
+        ));
+    }
+    let gateway = crate::net::Ipv4Cidr {
+        addr: std::net::Ipv4Addr::new(a, d, x, 1),
+        prefix: 24,
+    };
+    addressing::child_net(gateway, 2).map_err(|e| RuntimeError::invalid(FIELD, format!("{cidr}: {e}")))?;
+    let [_, own_d, own_x, _] = own.addr.octets();
+    if (d, x) == (own_d, own_x) {
+        *host.alloc.pod_subnet() = None;
+        return Ok(own);
+    }
+    if d == own_d.wrapping_sub(1) {
+        return Err(RuntimeError::invalid(
+            FIELD,
+            format!(
+                "{cidr} is among the subnets this node's instances give their own bridges (10.{}.N.0/24); give the node a pod CIDR with another second octet",
+                own_d.wrapping_sub(1)
+            ),
+        ));
+    }
+    host.devices.add_address(&bridge, gateway).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            RuntimeError::invalid(FIELD, format!("{cidr}: {e}; give the node another pod CIDR"))
+        }
+        _ => RuntimeError::Network(format!("{FIELD}: add {gateway} to bridge {bridge}: {e}")),
+    })?;
+    *host.alloc.pod_subnet() = Some(gateway);
+    tracing::info!("pod CIDR {cidr}: sandboxes' instances take addresses from it, {gateway} on {bridge}");
+    Ok(gateway)
+}
+
 pub(super) fn take_host_number(host: &Host) -> Result<u8> {
     let mut t = host.table();
     // From the top down, away from addresses people pick by hand for plain VMs.

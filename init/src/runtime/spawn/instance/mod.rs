@@ -11,6 +11,7 @@ mod cell_child;
 mod renew;
 
 use crate::runtime::error::Lack;
+pub(crate) use addresses::use_pod_subnet;
 use addresses::{give_back, take_attachments, take_host_number};
 use cell_child::start_cell_child;
 use renew::{half_life, renew_at_half_life, svid_expiry};
@@ -57,6 +58,9 @@ pub struct InstanceSpec {
     /// In the node's network namespace (a CRI `hostNetwork` pod; a cell only): no veth,
     /// and the child serves its API on a loopback port of the node.
     pub host_network: bool,
+    /// Its address from the pod subnet kubelet gave (a CRI sandbox's), once there is one;
+    /// else from the bridge's own subnet.
+    pub pod_subnet: bool,
 }
 
 /// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
@@ -322,6 +326,10 @@ pub(crate) async fn boot(host: &Host, spec: &InstanceSpec) -> Result<Arc<Instanc
             what: "instances",
         }
         .into());
+    };
+    let subnet = match spec.pod_subnet {
+        true => host.alloc.pod_subnet().unwrap_or(subnet),
+        false => subnet,
     };
     let kvm = host.devices.kvm_usable();
     if spec.host_network && spec.isolation != Some(IsolationKind::Cell) {
