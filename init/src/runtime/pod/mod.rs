@@ -261,6 +261,10 @@ impl Pod {
         }
         self.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
         i.stop(host, INSTANCE_GRACE).await;
+        // A CRI sandbox's network is reclaimed at its stop (StopPodSandbox), not its free.
+        if self.spec.sandbox {
+            i.release_network(host);
+        }
         self.changed.send_replace(());
     }
 

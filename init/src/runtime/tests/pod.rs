@@ -344,10 +344,19 @@ async fn a_sandbox_takes_containers_one_at_a_time_and_restarts_none() {
     assert_eq!(*pods.cells.lock().unwrap(), ["c2"]);
     assert_eq!(view(&r, "sb").containers.len(), 1);
 
-    // A stopped sandbox takes no container; then it frees and leaves nothing.
+    // A stopped sandbox takes no container; its address is free for the next one at once
+    // (the CRI's StopPodSandbox reclaims the network); then it frees and leaves nothing.
+    let ip = view(&r, "sb").pod_ip;
     r.rt.stop(Kind::Pod, "sb", libc::SIGTERM, Duration::from_secs(1))
         .await
         .unwrap();
+    powers_off_when_asked(&r, "sb-next");
+    let next = run(&r, sandbox("sb-next")).await.unwrap();
+    assert_eq!(next.pod_ip, ip, "the stopped sandbox's address, taken again");
+    r.rt.stop(Kind::Pod, "sb-next", libc::SIGTERM, Duration::from_secs(1))
+        .await
+        .unwrap();
+    r.rt.free(Kind::Pod, "sb-next").await.unwrap();
     let e = create_container(host, "sb", container("c3"), img, t).await.unwrap_err();
     assert!(e.to_string().contains("is stopped"), "{e}");
     assert_eq!(view(&r, "sb").phase, PodPhase::Succeeded);

@@ -138,6 +138,10 @@ pub struct Instance {
     /// Its extra interfaces (eth1, ...), whose addresses it holds on their bridges.
     pub attachments: Vec<NetAttachment>,
     stop_requested: AtomicBool,
+    /// Its veths and addresses went back once it ended (a stopped CRI sandbox's), before
+    /// Free: not again.
+    network_released: AtomicBool,
+    veths_removed: AtomicBool,
     /// Every certificate this node issued the child (SVID and spawn CA, each renewal's
     /// too), DER: revoked when it is freed.
     issued: std::sync::Mutex<Vec<Vec<u8>>>,
@@ -213,7 +217,35 @@ impl Instance {
         if let Err(e) = self.discard(host).await {
             tracing::warn!("instance {}: {e}", self.name);
         }
-        give_back(host, self.name.as_str(), &self.attachments, Some(self.host));
+        self.give_network_back(host);
+    }
+
+    /// Gives an ended child's veths and addresses back (once), so the next instance may
+    /// take them while this one is kept for its status (the CRI reclaims a sandbox's
+    /// network at StopPodSandbox, before RemovePodSandbox). A running child keeps them.
+    pub(crate) fn release_network(&self, host: &Host) {
+        if self.body.ended() {
+            self.give_network_back(host);
+        }
+    }
+
+    fn give_network_back(&self, host: &Host) {
+        self.remove_veths(host);
+        if !self.network_released.swap(true, Ordering::Relaxed) {
+            give_back(host, self.name.as_str(), &self.attachments, Some(self.host));
+        }
+    }
+
+    /// Removes a cell child's veths (once).
+    fn remove_veths(&self, host: &Host) {
+        if self.veths_removed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        for veth in &self.veths {
+            if let Err(e) = host.devices.remove_veth(veth) {
+                tracing::warn!("instance {}: {e}", self.name);
+            }
+        }
     }
 
     pub(crate) async fn kill(&self) {
@@ -232,11 +264,7 @@ impl Instance {
             Body::Vm(vm) => vm.discard(host).await?,
             Body::Cell(e) => e.discard(host, self.name.as_str()).await?,
         }
-        for veth in &self.veths {
-            if let Err(e) = host.devices.remove_veth(veth) {
-                tracing::warn!("instance {}: {e}", self.name);
-            }
-        }
+        self.remove_veths(host);
         let _ = if self.files.is_dir() {
             std::fs::remove_dir_all(&self.files)
         } else {
@@ -466,6 +494,8 @@ async fn spawn_on(
         veths,
         attachments: spec.attachments.clone(),
         stop_requested: AtomicBool::new(false),
+        network_released: AtomicBool::new(false),
+        veths_removed: AtomicBool::new(false),
         issued: Default::default(),
         svid_ttl: spec.svid_ttl,
     };
