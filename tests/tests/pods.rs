@@ -1103,6 +1103,8 @@ mod cri_replay {
         echo colour=blue > $P/volumes/kubernetes.io~configmap/conf/..2026_1/app.conf && \
         ln -s ..2026_1 $P/volumes/kubernetes.io~configmap/conf/..data && \
         ln -s ..data/app.conf $P/volumes/kubernetes.io~configmap/conf/app.conf && \
+        echo old > $P/volumes/kubernetes.io~configmap/conf/..2026_1/extra && \
+        ln -s ..data/extra $P/volumes/kubernetes.io~configmap/conf/extra && \
         ln -s /etc/aurae/pki $P/volumes/kubernetes.io~configmap/evil/keys && echo made";
 
     /// kubelet's mounts for a container of pod `uid`: /etc/hosts and the termination log
@@ -1583,15 +1585,15 @@ mod cri_replay {
             assert_ne!(o.exit_code, 0, "a read-only mount");
             let conf = "/var/lib/kubelet/pods/u-web-1/volumes/kubernetes.io~configmap/conf";
             c.on_node(&format!(
-                "mkdir {conf}/..2026_2 && echo colour=green > {conf}/..2026_2/app.conf && ln -sfn ..2026_2 {conf}/..data"
+                "mkdir {conf}/..2026_2 && echo colour=green > {conf}/..2026_2/app.conf && ln -sfn ..2026_2 {conf}/..data && rm {conf}/extra"
             ))
             .await;
             let refreshed = eventually(a.budget(Duration::from_secs(30)), || {
-                let (mut run, req) = (run.clone(), sync("cat /etc/conf/app.conf", 10));
+                let (mut run, req) = (run.clone(), sync("cat /etc/conf/app.conf; test -e /etc/conf/extra && echo extra", 10));
                 async move { run.exec_sync(req).await.unwrap().into_inner().stdout == b"colour=green\n" }
             })
             .await;
-            assert!(refreshed, "the configmap's update reached the container");
+            assert!(refreshed, "the configmap's update reached the container, its removed key gone");
             // Past its timeout: DEADLINE_EXCEEDED, and the command is killed.
             let e = run.exec_sync(sync("sleep 27", 1)).await.unwrap_err();
             assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");

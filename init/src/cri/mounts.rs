@@ -420,6 +420,7 @@ impl Cri {
             let req = pb::VolumeFilesRequest {
                 volume: r.volume.clone(),
                 write: files.iter().map(crate::runtime::pod::container::file_pb).collect(),
+                replace: true,
                 ..Default::default()
             };
             match crate::runtime::spawn::child::volume_files(&ch.channel, req, CALL).await {

@@ -343,11 +343,12 @@ impl Runtime {
         &self,
         name: &str,
         write: &[volume::VolumeFile],
+        replace: bool,
         read: &[String],
         max: usize,
     ) -> Result<Vec<volume::VolumeFile>> {
         let volumes = self.host.alloc.volumes();
-        volume::files(&volumes, name, write, read, max)
+        volume::files(&volumes, name, write, replace, read, max)
     }
 
     pub async fn freeze(&self, name: &str, frozen: bool) -> Result<CellView> {

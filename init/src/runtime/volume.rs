@@ -128,16 +128,14 @@ fn make(s: &VolumeSpec) -> Result<()> {
     }
     std::fs::create_dir_all(&dir).map_err(io("make the volume", &dir))?;
     if let Some(files) = &s.files {
-        // Its files and their directories, a page each at least, and room to rename a
-        // refreshed file in beside the old one.
-        let pages: u64 = files
-            .iter()
-            .map(|f| (f.content.len() as u64).div_ceil(4096) * 2 + 2)
-            .sum();
+        // Its files, a page each at least, and room for a refresh of the most a files
+        // volume holds beside them while it is renamed in (a limit: only what is written
+        // is memory, charged to whoever writes it).
+        let pages: u64 = files.iter().map(|f| (f.content.len() as u64).div_ceil(4096) + 1).sum();
         let data = format!(
             "mode=0755,size={},nr_inodes={}",
-            (pages + 16) * 4096,
-            files.len() * 4 + 64
+            (pages + 16) * 4096 + 2 * crate::values::volume::MAX_VOLUME_FILES_BYTES as u64,
+            crate::values::volume::MAX_VOLUME_FILES * 4 + 64
         );
         let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
         let written = nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), flags, Some(data.as_str()))
@@ -188,6 +186,7 @@ pub(crate) fn files(
     volumes: &Volumes,
     name: &str,
     write: &[VolumeFile],
+    replace: bool,
     read: &[String],
     max: usize,
 ) -> Result<Vec<VolumeFile>> {
@@ -198,6 +197,10 @@ pub(crate) fn files(
     }
     let dir = dir_of(name);
     write_files(&dir, write)?;
+    if replace {
+        let keep: std::collections::HashSet<&str> = write.iter().map(|f| f.path.as_str()).collect();
+        remove_others(&dir, &keep).map_err(|e| RuntimeError::sys("remove a file of a files volume", e))?;
+    }
     let mut out = Vec::new();
     for r in read {
         if let Some(f) = read_beneath(&dir, r, max.min(MAX_READ_BYTES))? {
@@ -282,6 +285,48 @@ fn write_beneath(dir: &Path, f: &VolumeFile) -> nix::Result<()> {
         let _ = nix::unistd::unlinkat(&at, temp.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     }
     written
+}
+
+/// Removes every file beneath `dir` that `keep` does not name (directories stay; symlinks
+/// and other entries are removed as files are, never followed).
+pub fn remove_others(dir: &Path, keep: &std::collections::HashSet<&str>) -> nix::Result<()> {
+    fn walk(at: &OwnedFd, rel: &str, keep: &std::collections::HashSet<&str>, depth: usize) -> nix::Result<()> {
+        if depth > 16 {
+            return Ok(());
+        }
+        let names: Vec<std::ffi::OsString> = {
+            let mut d = nix::dir::Dir::openat(
+                at,
+                ".",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            d.iter()
+                .filter_map(|e| e.ok())
+                .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_owned())
+                .filter(|n| n != "." && n != "..")
+                .collect()
+        };
+        for n in names {
+            let Some(s) = n.to_str() else { continue };
+            let sub = if rel.is_empty() {
+                s.to_owned()
+            } else {
+                format!("{rel}/{s}")
+            };
+            match open_dir_at(at.as_fd(), &n) {
+                Ok(d) => walk(&d, &sub, keep, depth + 1)?,
+                Err(_) if !keep.contains(sub.as_str()) => {
+                    nix::unistd::unlinkat(at, n.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)?
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let root = open_dir_at(nix::fcntl::AT_FDCWD, dir.as_os_str())?;
+    walk(&root, "", keep, 0)
 }
 
 /// Reads up to `max` bytes of regular file `rel` beneath `dir` (symlinks never followed,
@@ -390,6 +435,9 @@ mod tests {
         let mode = std::fs::metadata(t.path().join("hosts")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
         write_files(t.path(), &[file("a/b/token", "two")]).unwrap();
+        // A refresh whose source lost `hosts`: replaced, it goes; the other stays.
+        remove_others(t.path(), &["a/b/token"].into_iter().collect()).unwrap();
+        assert!(!t.path().join("hosts").exists());
         assert_eq!(std::fs::read_to_string(t.path().join("a/b/token")).unwrap(), "two");
         let names: Vec<_> = std::fs::read_dir(t.path().join("a/b"))
             .unwrap()

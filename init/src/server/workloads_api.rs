@@ -239,7 +239,7 @@ impl Workloads for WorkloadsApi {
             }
             m => m,
         };
-        let read = self.rt.volume_files(&r.volume, &write, &r.read, max)?;
+        let read = self.rt.volume_files(&r.volume, &write, r.replace, &r.read, max)?;
         Ok(Response::new(pb::VolumeFilesResponse {
             read: read.iter().map(crate::runtime::pod::container::file_pb).collect(),
         }))
