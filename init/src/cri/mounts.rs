@@ -73,6 +73,8 @@ pub struct Refresh {
     pub volume: String,
     pub source: PathBuf,
     pub digest: [u8; 32],
+    /// The source's `stamp_of` when it was last read.
+    pub stamp: [u8; 32],
 }
 
 /// A file to copy back to the node when the container has exited.
@@ -106,20 +108,59 @@ fn volume_name(s: String) -> Result<ExecName, CriError> {
 /// it, kubelet's `..data` and timestamped directories left out but followed through the
 /// symlinks that name their files), with every symlink resolved inside `root`.
 pub fn copy_of(path: &Path) -> Result<(Vec<VolumeFile>, bool), CopyError> {
-    let root = std::fs::canonicalize(path).map_err(io_at(path))?;
-    let md = std::fs::metadata(&root).map_err(io_at(&root))?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
+    let dir = each_file(path, &mut |real, rel, md| {
+        if out.len() >= crate::values::volume::MAX_VOLUME_FILES {
+            return Err(CopyError::TooMany);
+        }
+        out.push(read_file(real, rel, md, &mut bytes)?);
+        Ok(())
+    })?;
+    Ok((out, dir))
+}
+
+/// What changes when a file of `path` does (each file's name, size, modification time,
+/// inode, mode and owner), read without reading the files: a refresh reads them only when
+/// this moved.
+pub fn stamp_of(path: &Path) -> Result<[u8; 32], CopyError> {
+    let mut h = Sha256::new();
+    each_file(path, &mut |_, rel, md| {
+        h.update(rel.as_bytes());
+        for n in [
+            md.len(),
+            md.mtime() as u64,
+            md.mtime_nsec() as u64,
+            md.ino(),
+            md.mode() as u64,
+        ] {
+            h.update(n.to_le_bytes());
+        }
+        h.update(md.uid().to_le_bytes());
+        h.update(md.gid().to_le_bytes());
+        Ok(())
+    })?;
+    Ok(h.finalize().into())
+}
+
+/// Calls `each` for every regular file of `path` (a file: itself, named `FILE`), with its
+/// real path, its path in the copy and its metadata; answers whether `path` is a
+/// directory.
+fn each_file(path: &Path, each: &mut EachFile<'_>) -> Result<bool, CopyError> {
+    let root = std::fs::canonicalize(path).map_err(io_at(path))?;
+    let md = std::fs::metadata(&root).map_err(io_at(&root))?;
     if md.is_file() {
-        out.push(read_file(&root, FILE, &md, &mut bytes)?);
-        return Ok((out, false));
+        each(&root, FILE, &md)?;
+        return Ok(false);
     }
     if !md.is_dir() {
         return Err(CopyError::Special(path.display().to_string()));
     }
-    walk(&root, &root, "", 0, &mut out, &mut bytes)?;
-    Ok((out, true))
+    walk(&root, &root, "", 0, each)?;
+    Ok(true)
 }
+
+type EachFile<'a> = dyn FnMut(&Path, &str, &std::fs::Metadata) -> Result<(), CopyError> + 'a;
 
 fn read_file(path: &Path, rel: &str, md: &std::fs::Metadata, bytes: &mut usize) -> Result<VolumeFile, CopyError> {
     *bytes += md.len() as usize;
@@ -136,14 +177,7 @@ fn read_file(path: &Path, rel: &str, md: &std::fs::Metadata, bytes: &mut usize) 
     })
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    rel: &str,
-    depth: usize,
-    out: &mut Vec<VolumeFile>,
-    bytes: &mut usize,
-) -> Result<(), CopyError> {
+fn walk(root: &Path, dir: &Path, rel: &str, depth: usize, each: &mut EachFile<'_>) -> Result<(), CopyError> {
     if depth > MAX_DEPTH {
         return Err(CopyError::TooDeep(rel.to_owned()));
     }
@@ -173,12 +207,9 @@ fn walk(
         }
         let md = std::fs::metadata(&real).map_err(io_at(Path::new(&sub)))?;
         if md.is_dir() {
-            walk(root, &real, &sub, depth + 1, out, bytes)?;
+            walk(root, &real, &sub, depth + 1, each)?;
         } else if md.is_file() {
-            if out.len() >= crate::values::volume::MAX_VOLUME_FILES {
-                return Err(CopyError::TooMany);
-            }
-            out.push(read_file(&real, &sub, &md, bytes)?);
+            each(&real, &sub, &md)?;
         } else {
             return Err(CopyError::Special(sub));
         }
@@ -323,6 +354,7 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
                 volume: name.to_string(),
                 source: host.to_owned(),
                 digest: digest(&files),
+                stamp: stamp_of(host).unwrap_or_default(),
             });
         }
         p.volumes.push(VolumeSpec {
@@ -406,12 +438,25 @@ impl Cri {
                 .collect()
         };
         for (id, pod, r) in work {
-            // Gone from the node: kubelet is tearing the pod down.
-            let Ok(files) = recopy(&r.source, Path::new(KUBELET_PODS)) else {
+            // Off PID 1's thread: the files are read only when their stamp moved. Gone
+            // from the node (kubelet tearing the pod down, or half way through its atomic
+            // update): the next round looks again.
+            let (source, known) = (r.source.clone(), r.stamp);
+            let probe = tokio::task::spawn_blocking(move || {
+                let stamp = stamp_of(&source).ok()?;
+                if stamp == known {
+                    return Some((stamp, None));
+                }
+                let files = recopy(&source, Path::new(KUBELET_PODS)).ok()?;
+                Some((stamp, Some(files)))
+            });
+            let Ok(Some((stamp, files))) = probe.await else {
                 continue;
             };
+            let Some(files) = files else { continue };
             let d = digest(&files);
             if d == r.digest {
+                self.note_read(&id, &r.volume, stamp, None);
                 continue;
             }
             let Ok(ch) = self.rt.channel(crate::runtime::Kind::Pod, &pod) else {
@@ -431,14 +476,21 @@ impl Cri {
                         r.volume,
                         r.source.display()
                     );
-                    let mut t = self.table();
-                    if let Some(c) = t.containers.iter_mut().find(|c| c.id == id) {
-                        if let Some(x) = c.refresh.iter_mut().find(|x| x.volume == r.volume) {
-                            x.digest = d;
-                        }
-                    }
+                    self.note_read(&id, &r.volume, stamp, Some(d));
                 }
                 Err(s) => tracing::warn!("CRI: container {}: refresh {}: {}", &id[..12], r.volume, s.message()),
+            }
+        }
+    }
+
+    /// Records what container `id`'s copy `volume` was read as (and sent as, `digest`).
+    fn note_read(&self, id: &str, volume: &str, stamp: [u8; 32], digest: Option<[u8; 32]>) {
+        let mut t = self.table();
+        let c = t.containers.iter_mut().find(|c| c.id == id);
+        if let Some(x) = c.and_then(|c| c.refresh.iter_mut().find(|x| x.volume == volume)) {
+            x.stamp = stamp;
+            if let Some(d) = digest {
+                x.digest = d;
             }
         }
     }
@@ -625,6 +677,25 @@ mod tests {
         let mut m = mount(&cm, "/x", true);
         m.propagation = cri::MountPropagation::PropagationBidirectional as i32;
         assert!(plan("c-1", &[m], None, &pods).is_err());
+    }
+
+    /// The stamp stays while nothing changes and moves with kubelet's atomic update, so a
+    /// refresh reads the files only then.
+    #[test]
+    fn the_stamp_moves_with_kubelets_update_only() {
+        let (_t, pods) = pod_dir();
+        let cm = pods.join("uid-1/volumes/kubernetes.io~configmap/conf");
+        let first = stamp_of(&cm).unwrap();
+        assert_eq!(stamp_of(&cm).unwrap(), first);
+        std::fs::create_dir(cm.join("..2026_12_07_00_01_00.2")).unwrap();
+        std::fs::write(cm.join("..2026_12_07_00_01_00.2/app.conf"), "a=2\n").unwrap();
+        std::fs::create_dir(cm.join("..2026_12_07_00_01_00.2/sub")).unwrap();
+        std::fs::write(cm.join("..2026_12_07_00_01_00.2/sub/x"), "x\n").unwrap();
+        std::fs::remove_file(cm.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..2026_12_07_00_01_00.2", cm.join("..data")).unwrap();
+        assert_ne!(stamp_of(&cm).unwrap(), first);
+        let files = recopy(&cm, &pods).unwrap();
+        assert_eq!(files[0].content, b"a=2\n");
     }
 
     #[test]
