@@ -2028,6 +2028,7 @@ mod cri_cell {
             assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
             let ps = pod_status(&c, &hpod).await;
             assert_eq!(ps.isolation, pb::IsolationKind::Cell as i32, "{ps:?}");
+            assert_eq!(ps.pod_ip, "", "the node's addresses, none of its own");
             let hcid = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: hsid.clone(),

@@ -228,7 +228,12 @@ impl Pod {
             name: self.name.to_string(),
             phase,
             reason,
-            pod_ip: self.instance().map(|i| i.address.ip().to_string()).unwrap_or_default(),
+            // A pod in the node's network has the node's addresses, none of its own (its
+            // instance's loopback API address is not one to reach it at).
+            pod_ip: (self.instance())
+                .filter(|_| !self.spec.host_network)
+                .map(|i| i.address.ip().to_string())
+                .unwrap_or_default(),
             isolation: instance.as_ref().and_then(|i| i.isolation),
             ports,
             containers,

@@ -364,6 +364,28 @@ async fn a_sandbox_takes_containers_one_at_a_time_and_restarts_none() {
     nothing_left(&r, "sb");
 }
 
+/// A sandbox in the node's network: its instance a cell with no address of its own, so
+/// the pod shows none (not its loopback API address).
+#[tokio::test]
+async fn a_host_network_sandbox_has_no_address_of_its_own() {
+    let r = rig();
+    powers_off_when_asked(&r, "hn");
+    let spec = PodSpec {
+        host_network: true,
+        isolation: Some(IsolationKind::Cell),
+        ..sandbox("hn")
+    };
+    let v = run(&r, spec).await.unwrap();
+    assert_eq!(v.phase, PodPhase::Running, "{v:?}");
+    assert_eq!(v.pod_ip, "", "{v:?}");
+    assert_eq!(v.isolation, Some(IsolationKind::Cell));
+    r.rt.stop(Kind::Pod, "hn", libc::SIGTERM, Duration::from_secs(1))
+        .await
+        .unwrap();
+    r.rt.free(Kind::Pod, "hn").await.unwrap();
+    nothing_left(&r, "hn");
+}
+
 /// A container whose cell the instance refuses is not kept (not its name, not its cell);
 /// a refused start leaves a created container created; a pod made with its containers
 /// takes none one at a time.
