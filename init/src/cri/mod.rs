@@ -126,6 +126,11 @@ pub fn plain_path(path: &str, absolute: bool) -> bool {
             .all(|c| !matches!(c, std::path::Component::ParentDir))
 }
 
+/// `b` in lowercase hex (ids, names made from digests).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Nanoseconds since the Unix epoch, as the CRI's timestamps are.
 pub fn unix_nanos(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)

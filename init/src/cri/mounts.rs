@@ -313,7 +313,7 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
             && parts.get(2).is_some_and(|c| *c == "kubernetes.io~empty-dir");
         if empty_dir {
             let hash = Sha256::digest(m.host_path.as_bytes());
-            let name = volume_name(format!("e-{}", hex(&hash[..8])))?;
+            let name = volume_name(format!("e-{}", super::hex(&hash[..8])))?;
             if !p.volumes.iter().any(|v| v.name == name) {
                 p.volumes.push(VolumeSpec {
                     name: name.clone(),
@@ -396,10 +396,6 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
         }
     }
     Ok(p)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The files to send for a refreshed copy of `source` (as `copy_of` made them), which

@@ -232,7 +232,6 @@ impl Cri {
         let pod = format!("cri-{}", &id[..12]);
         let spec = sandbox_spec(&config, &r.runtime_handler, &pod, caller.unwrap_or(READY_DEFAULT))?;
         let resolv = super::mounts::resolv_conf(config.dns_config.as_ref())?;
-        let host_network = spec.host_network;
         // What Status says (RuntimeReady false) is the answer here too.
         if let Some(why) = &self.facts.runtime_not_ready {
             return Err(CriError::NodeLacks(why.clone()));
@@ -253,11 +252,8 @@ impl Cri {
             created_at: view.created_unix_nanos,
             log_directory: config.log_directory,
             namespaces: linux.security_context.and_then(|s| s.namespace_options),
-            // kubelet gives a hostNetwork pod the node's addresses itself.
-            ip: match host_network {
-                true => String::new(),
-                false => view.pod_ip.clone(),
-            },
+            // None for a hostNetwork pod: kubelet gives it the node's addresses itself.
+            ip: view.pod_ip.clone(),
             stopped: false,
             last_cpu: None,
             resolv,

@@ -137,7 +137,7 @@ pub fn new_id() -> std::io::Result<String> {
     use std::io::Read;
     let mut b = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(super::hex(&b))
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ pub(super) fn in_root(dirfd: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> nix::R
 }
 
 /// The names in directory `fd` (not `.` and `..`).
-pub(super) fn children(fd: &OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
+pub(crate) fn children(fd: &OwnedFd) -> nix::Result<Vec<std::ffi::OsString>> {
     let dup = fd
         .try_clone()
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))?;

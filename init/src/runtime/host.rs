@@ -91,11 +91,12 @@ impl Allocations {
         1_000_000 + n * 65_536
     }
 
-    /// The volumes cells share.
+    /// The pod subnet kubelet gave, once it gave one.
     pub fn pod_subnet(&self) -> std::sync::MutexGuard<'_, Option<crate::net::Ipv4Cidr>> {
         self.pod_subnet.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The volumes cells share.
     pub fn volumes(&self) -> std::sync::MutexGuard<'_, volume::Volumes> {
         self.volumes.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -5,8 +5,10 @@
 //! it sees them; nothing else of the node becomes visible.
 
 use super::error::{Result, RuntimeError};
+use crate::image::paths::children;
+use crate::image::tree::{is_dir_at, open_dir};
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Where volumes live on the node (RAM on the appliance).
@@ -221,21 +223,11 @@ pub fn write_files(dir: &Path, files: &[VolumeFile]) -> Result<()> {
     Ok(())
 }
 
-fn open_dir_at(at: BorrowedFd<'_>, name: &std::ffi::OsStr) -> nix::Result<OwnedFd> {
-    use nix::fcntl::OFlag;
-    nix::fcntl::openat(
-        at,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-}
-
 /// The directory of `rel`'s last component, beneath `dir` (made as needed, symlinks never
 /// followed), and that component.
 fn parent_beneath(dir: &Path, rel: &str, make: bool) -> nix::Result<(OwnedFd, std::ffi::OsString)> {
     use std::path::Component;
-    let mut at = open_dir_at(nix::fcntl::AT_FDCWD, dir.as_os_str())?;
+    let mut at = open_dir(nix::fcntl::AT_FDCWD, dir.as_os_str())?;
     let parts: Vec<&std::ffi::OsStr> = Path::new(rel)
         .components()
         .map(|c| match c {
@@ -253,7 +245,7 @@ fn parent_beneath(dir: &Path, rel: &str, make: bool) -> nix::Result<(OwnedFd, st
                 Err(e) => return Err(e),
             }
         }
-        at = open_dir_at(at.as_fd(), p)?;
+        at = open_dir(at.as_fd(), p)?;
     }
     Ok((at, last.to_os_string()))
 }
@@ -294,38 +286,24 @@ pub fn remove_others(dir: &Path, keep: &std::collections::HashSet<&str>) -> nix:
         if depth > 16 {
             return Ok(());
         }
-        let names: Vec<std::ffi::OsString> = {
-            let mut d = nix::dir::Dir::openat(
-                at,
-                ".",
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-                nix::sys::stat::Mode::empty(),
-            )?;
-            d.iter()
-                .filter_map(|e| e.ok())
-                .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_owned())
-                .filter(|n| n != "." && n != "..")
-                .collect()
-        };
-        for n in names {
+        for n in children(at)? {
             let Some(s) = n.to_str() else { continue };
             let sub = if rel.is_empty() {
                 s.to_owned()
             } else {
                 format!("{rel}/{s}")
             };
-            match open_dir_at(at.as_fd(), &n) {
-                Ok(d) => walk(&d, &sub, keep, depth + 1)?,
-                Err(_) if !keep.contains(sub.as_str()) => {
+            match is_dir_at(at.as_fd(), &n)? {
+                Some(true) => walk(&open_dir(at.as_fd(), &n)?, &sub, keep, depth + 1)?,
+                Some(false) if !keep.contains(sub.as_str()) => {
                     nix::unistd::unlinkat(at, n.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)?
                 }
-                Err(_) => {}
+                _ => {}
             }
         }
         Ok(())
     }
-    use std::os::unix::ffi::OsStrExt;
-    let root = open_dir_at(nix::fcntl::AT_FDCWD, dir.as_os_str())?;
+    let root = open_dir(nix::fcntl::AT_FDCWD, dir.as_os_str())?;
     walk(&root, "", keep, 0)
 }
 

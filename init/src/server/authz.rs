@@ -210,6 +210,23 @@ impl Caller {
         req.extensions().get::<Caller>()
     }
 
+    /// OK when `req` comes from this node's own parent, directly (not a call it forwards
+    /// for someone else); else PERMISSION_DENIED saying who may not `what`, and who may.
+    pub fn parent_only<T>(req: &tonic::Request<T>, auth: &Authorizer, what: &str) -> Result<(), Status> {
+        let parent = auth.policy().and_then(|p| p.parent.as_deref());
+        let caller = Caller::of(req);
+        match (caller, parent) {
+            (Some(c), Some(p)) if c.via.is_none() && c.id == p => Ok(()),
+            _ => {
+                let who = caller.map_or("the caller", |c| c.id.as_str());
+                Err(Status::permission_denied(match parent {
+                    Some(p) => format!("{who} may not {what}: only its parent {p} may, directly"),
+                    None => format!("{who} may not {what}: no node spawned it"),
+                }))
+            }
+        }
+    }
+
     /// Refuses unless the caller has the role every field the request asks for needs
     /// (`FIELDS`): the one evaluation of that table.
     pub fn authorize<T: Asks>(req: &tonic::Request<T>) -> Result<(), Status> {

@@ -61,18 +61,7 @@ impl Node for NodeApi {
         &self,
         req: Request<pb::RenewIdentityRequest>,
     ) -> Result<Response<pb::RenewIdentityResponse>, Status> {
-        let parent = self.ctx.auth.policy().and_then(|p| p.parent.clone());
-        let from_parent = match (Caller::of(&req), &parent) {
-            (Some(c), Some(p)) => c.via.is_none() && &c.id == p,
-            _ => false,
-        };
-        if !from_parent {
-            let who = Caller::of(&req).map_or("the caller", |c| c.id.as_str());
-            return Err(Status::permission_denied(match parent {
-                Some(p) => format!("{who} may not renew this node's identity: only its parent {p} may, directly"),
-                None => format!("{who} may not renew this node's identity: no node spawned it"),
-            }));
-        }
+        Caller::parent_only(&req, &self.ctx.auth, "renew this node's identity")?;
         let r = req.into_inner();
         let renewed = renew::check(&self.ctx, &r)?;
         renew::install(&self.ctx, &r)?;

@@ -207,19 +207,7 @@ impl Workloads for WorkloadsApi {
         &self,
         req: Request<pb::VolumeFilesRequest>,
     ) -> Result<Response<pb::VolumeFilesResponse>, Status> {
-        let parent = self.auth.policy().and_then(|p| p.parent.clone());
-        let caller = super::authz::Caller::of(&req);
-        let from_parent = match (caller, &parent) {
-            (Some(c), Some(p)) => c.via.is_none() && &c.id == p,
-            _ => false,
-        };
-        if !from_parent {
-            let who = caller.map_or("the caller", |c| c.id.as_str());
-            return Err(Status::permission_denied(match parent {
-                Some(p) => format!("{who} may not reach this node's files volumes: only its parent {p} may, directly"),
-                None => format!("{who} may not reach this node's files volumes: no node spawned it"),
-            }));
-        }
+        super::authz::Caller::parent_only(&req, &self.auth, "reach this node's files volumes")?;
         let r = req.into_inner();
         let write = convert::volume_files("write", &r.write)?;
         for (n, p) in r.read.iter().enumerate() {

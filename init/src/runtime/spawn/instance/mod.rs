@@ -407,14 +407,11 @@ async fn spawn_on(
     deadline: tokio::time::Instant,
 ) -> Result<Arc<Instance>> {
     let spiffe_id = id.child_id(spec.name.as_str());
-    let address = match spec.host_network {
-        true => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_loopback_port()?)),
-        false => SocketAddr::from((net.ip, CHILD_PORT)),
+    let (ip, port) = match spec.host_network {
+        true => (std::net::Ipv4Addr::LOCALHOST, free_loopback_port()?),
+        false => (net.ip, CHILD_PORT),
     };
-    let ip = match address.ip() {
-        std::net::IpAddr::V4(ip) => ip,
-        std::net::IpAddr::V6(_) => net.ip,
-    };
+    let address = SocketAddr::from((ip, port));
     let pki = id.mint_child(spec.name.as_str(), ip, spec.svid_ttl)?;
     let channel = child::channel(id, spec.name.as_str(), &spiffe_id, address)?;
     std::fs::create_dir_all(&host.instance_dir).map_err(SpawnError::io("mkdir", &host.instance_dir))?;
