@@ -1176,6 +1176,18 @@ mod cri_replay {
         .unwrap()
     }
 
+    /// ExecSync of `/bin/sh -c script` in container `id` (10 s), as a probe runs it.
+    pub(super) async fn sh(run: &mut Run, id: &str, script: &str) -> cri::ExecSyncResponse {
+        run.exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
     /// kubelet's relist (generic PLEG, every second): all sandboxes and containers, then
     /// the pod's by its uid label, each one's status. Returns the container states.
     async fn relist(run: &mut Run) -> Vec<(String, i32)> {
@@ -1843,7 +1855,7 @@ mod cri_cell {
     //! crictl's order: `runp`, `create --with-pull` (PullImage, then CreateContainer),
     //! `start`, `logs` (ContainerStatus, then the file), `exec -s`, `stopp`, `rmp`.
 
-    use super::cri_replay::{kubelet_mounts, log_lines, run_sandbox, status, KUBELET_FILES};
+    use super::cri_replay::{kubelet_mounts, log_lines, run_sandbox, sh, status, KUBELET_FILES};
     use super::*;
     use aurae_proto::cri;
     use cri::runtime_service_client::RuntimeServiceClient;
@@ -1934,30 +1946,10 @@ mod cri_cell {
                 log[0],
                 ("stdout".into(), "F".into(), "hello from a cell named celled-0".into())
             );
-            let o = run
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: cid.clone(),
-                    cmd: vec!["/bin/sh".into(), "-c".into(), "echo probe from $(hostname)".into()],
-                    timeout: 10,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let o = sh(&mut run, &cid, "echo probe from $(hostname)").await;
             assert_eq!((o.stdout.as_slice(), o.exit_code), (&b"probe from celled-0\n"[..], 0));
             // kubelet's files, copied into the instance's own root as in a microVM.
-            let o = run
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: cid.clone(),
-                    cmd: vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        "cat /etc/conf/app.conf; grep web /etc/hosts".into(),
-                    ],
-                    timeout: 10,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let o = sh(&mut run, &cid, "cat /etc/conf/app.conf; grep web /etc/hosts").await;
             assert_eq!(String::from_utf8_lossy(&o.stdout), "colour=blue\n10.254.0.9 web\n");
             // stopp: the running container is killed with its sandbox; rmp takes both.
             run.stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -2055,15 +2047,7 @@ mod cri_cell {
             })
             .await
             .unwrap();
-            let o = run
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: hcid.clone(),
-                    cmd: vec!["/bin/sh".into(), "-c".into(), "ls /sys/class/net".into()],
-                    timeout: 10,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let o = sh(&mut run, &hcid, "ls /sys/class/net").await;
             let nets = String::from_utf8_lossy(&o.stdout);
             assert!(
                 nets.split_whitespace().any(|n| n == "aurae0"),
@@ -2071,19 +2055,12 @@ mod cri_cell {
             );
             // The attack: in the node's network, change it (a link, an address on the
             // node's bridge). Each refused (no NET_ADMIN), and the node unchanged.
-            let o = run
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: hcid.clone(),
-                    cmd: vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        "ip link add evil0 type dummy; echo $?; ip addr add 10.254.0.250/24 dev aurae0; echo $?".into(),
-                    ],
-                    timeout: 10,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let o = sh(
+                &mut run,
+                &hcid,
+                "ip link add evil0 type dummy; echo $?; ip addr add 10.254.0.250/24 dev aurae0; echo $?",
+            )
+            .await;
             let codes: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
             assert!(
                 codes.len() == 2 && codes.iter().all(|c| c != "0"),
