@@ -100,6 +100,12 @@ pub fn run_pid1() -> ! {
                 report.fail(&format!("kubelet's {dir}"), e);
             }
         }
+        // Shared, so what kubelet mounts in a pod's directory after its sandbox started
+        // (a container's subPaths) reaches a `cell` sandbox's instance as well.
+        let (root, _) = crate::cri::KUBELET_DIRS[0];
+        if let Err(e) = init::data::share(std::path::Path::new(root)) {
+            report.fail(&format!("kubelet's {root}"), e.to_string());
+        }
     }
     let images = match &disk {
         Some(d) => ImageOptions {

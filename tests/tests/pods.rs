@@ -1856,6 +1856,9 @@ mod cri_cell {
     //! `start`, `logs` (ContainerStatus, then the file), `exec -s`, `stopp`, `rmp`.
 
     use super::cri_replay::{kubelet_mounts, log_lines, run_sandbox, sh, status, KUBELET_FILES};
+
+    /// kubelet's directory for the pod with the `cell` handler.
+    const CELLED: &str = "/var/lib/kubelet/pods/u-celled-1";
     use super::*;
     use aurae_proto::cri;
     use cri::runtime_service_client::RuntimeServiceClient;
@@ -1907,6 +1910,23 @@ mod cri_cell {
                 .unwrap()
                 .into_inner()
                 .image_ref;
+            // What kubelet mounts in the pod's directory after the sandbox started (a
+            // container's subPath, bound when the container is made) reaches the
+            // instance too.
+            let made = c
+                .on_node(&format!(
+                    "P={CELLED}; mkdir -p $P/volume-subpaths/conf/app && echo from-a-subpath > $P/sub-src && \
+                     : > $P/volume-subpaths/conf/app/0 && mount -o bind $P/sub-src $P/volume-subpaths/conf/app/0 && echo made"
+                ))
+                .await;
+            assert_eq!(made.trim(), "made", "{made}");
+            let mut mounts = kubelet_mounts("u-celled-1");
+            mounts.push(cri::Mount {
+                container_path: "/etc/sub.conf".into(),
+                host_path: format!("{CELLED}/volume-subpaths/conf/app/0"),
+                readonly: true,
+                ..Default::default()
+            });
             let cid = run
                 .create_container(cri::CreateContainerRequest {
                     pod_sandbox_id: sid.clone(),
@@ -1925,10 +1945,10 @@ mod cri_cell {
                             "echo hello from a cell named $(hostname); exec sleep 600".into(),
                         ],
                         log_path: "hello/0.log".into(),
-                        mounts: kubelet_mounts("u-celled-1"),
+                        mounts: mounts.clone(),
                         ..Default::default()
                     }),
-                    sandbox_config: Some(config),
+                    sandbox_config: Some(config.clone()),
                 })
                 .await
                 .unwrap()
@@ -1948,9 +1968,80 @@ mod cri_cell {
             );
             let o = sh(&mut run, &cid, "echo probe from $(hostname)").await;
             assert_eq!((o.stdout.as_slice(), o.exit_code), (&b"probe from celled-0\n"[..], 0));
-            // kubelet's files, copied into the instance's own root as in a microVM.
-            let o = sh(&mut run, &cid, "cat /etc/conf/app.conf; grep web /etc/hosts").await;
-            assert_eq!(String::from_utf8_lossy(&o.stdout), "colour=blue\n10.254.0.9 web\n");
+            // kubelet's files, bound from its pod directory (which is bound into the
+            // instance): the subPath too; the container's writes reach the node (its
+            // /etc/hosts, the termination log at once, the emptyDir kubelet measures);
+            // kubelet's update of a configmap is seen at once.
+            let o = sh(&mut run, &cid, "cat /etc/conf/app.conf /etc/sub.conf; grep web /etc/hosts").await;
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                "colour=blue\nfrom-a-subpath\n10.254.0.9 web\n"
+            );
+            let o = sh(
+                &mut run,
+                &cid,
+                "echo '10.254.0.10 extra' >> /etc/hosts && echo bye > /dev/termination-log && echo kept > /cache/x && ln -s / /cache/root && echo ok",
+            )
+            .await;
+            assert_eq!(o.stdout, b"ok\n", "{:?}", String::from_utf8_lossy(&o.stderr));
+            let node = c
+                .on_node(&format!(
+                    "P={CELLED}; tail -n 1 $P/etc-hosts; cat $P/containers/app/t0 $P/volumes/kubernetes.io~empty-dir/cache/x"
+                ))
+                .await;
+            assert_eq!(node.trim_end(), "10.254.0.10 extra\nbye\nkept");
+            let conf = format!("{CELLED}/volumes/kubernetes.io~configmap/conf");
+            c.on_node(&format!(
+                "mkdir {conf}/..2026_2 && echo colour=red > {conf}/..2026_2/app.conf && ln -sfn ..2026_2 {conf}/..data"
+            ))
+            .await;
+            let o = sh(&mut run, &cid, "cat /etc/conf/app.conf").await;
+            assert_eq!(o.stdout, b"colour=red\n", "no copy to wait for");
+            // The attack: the symlink the container planted in its emptyDir, sent as a
+            // mount (as a kubelet would send a subPath it did not check): it leads to the
+            // node's /etc, so it is refused, and nothing is made.
+            let mut evil = kubelet_mounts("u-celled-1");
+            evil.push(cri::Mount {
+                container_path: "/host-etc".into(),
+                host_path: format!("{CELLED}/volumes/kubernetes.io~empty-dir/cache/root/etc"),
+                ..Default::default()
+            });
+            let e = run
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sid.clone(),
+                    config: Some(cri::ContainerConfig {
+                        metadata: Some(cri::ContainerMetadata {
+                            name: "evil".into(),
+                            attempt: 0,
+                        }),
+                        image: Some(cri::ImageSpec {
+                            image: image.clone(),
+                            ..Default::default()
+                        }),
+                        mounts: evil,
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(config.clone()),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.message().contains("is not a file or directory kubelet made for this pod"),
+                "{e:?}"
+            );
+            let listed = run
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        pod_sandbox_id: sid.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            assert_eq!(listed.len(), 1, "nothing made: {listed:?}");
             // stopp: the running container is killed with its sandbox; rmp takes both.
             run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: sid.clone(),
@@ -2079,7 +2170,10 @@ mod cri_cell {
                 .unwrap();
             let (workloads, cgroups) = c.leftovers().await;
             assert!(workloads.is_empty() && cgroups.is_empty(), "{workloads:?} {cgroups:?}");
-            c.on_node("rm -rf /var/lib/kubelet/pods/u-celled-1").await;
+            c.on_node(&format!(
+                "umount {CELLED}/volume-subpaths/conf/app/0; rm -rf {CELLED}"
+            ))
+            .await;
         });
     }
 }

@@ -170,7 +170,7 @@ impl Cri {
             field: "config",
             why: "missing; send the ContainerConfig".into(),
         })?;
-        let (sandbox_id, pod, log_directory, resolv) = {
+        let (sandbox_id, pod, log_directory, resolv, (uid, bound)) = {
             let t = self.table();
             let s = t
                 .sandbox(&r.pod_sandbox_id)
@@ -181,7 +181,13 @@ impl Cri {
                     r.pod_sandbox_id
                 )));
             }
-            (s.id.clone(), s.pod.clone(), s.log_directory.clone(), s.resolv.clone())
+            (
+                s.id.clone(),
+                s.pod.clone(),
+                s.log_directory.clone(),
+                s.resolv.clone(),
+                (s.metadata.uid.clone(), s.pod_dir_bound),
+            )
         };
         let asked = config.image.clone().unwrap_or_default();
         let images = self.images()?;
@@ -194,12 +200,9 @@ impl Cri {
         let id = new_id().map_err(|e| CriError::NodeLacks(format!("no randomness for an id: {e}")))?;
         let name = format!("c-{}", &id[..12]);
         let mut spec = container_spec(&config, &name, &record.reference)?;
-        let planned = super::mounts::plan(
-            &name,
-            &config.mounts,
-            resolv.as_deref(),
-            std::path::Path::new(super::mounts::KUBELET_PODS),
-        )?;
+        let pod_dir = super::mounts::pod_dir_of(&uid);
+        let at = super::mounts::PodDir { path: &pod_dir, bound };
+        let planned = super::mounts::plan(&name, &config.mounts, resolv.as_deref(), at)?;
         spec.volumes = planned.volumes;
         spec.mounts = planned.mounts;
         let rt = self.rt.clone();

@@ -9,6 +9,7 @@
 //! `docs/cri.md` (and the facts behind it in the project's notes on the CRI).
 
 pub mod container;
+pub mod copy;
 pub mod images;
 pub mod logfile;
 pub mod mounts;

@@ -1,6 +1,13 @@
 //! The mounts kubelet sends with a container, and the sandbox's resolv.conf, as volumes of
-//! the container's cell in the sandbox's instance. The instance (a microVM, or a cell with
-//! a root of its own) does not see the node's files, so what kubelet made is copied in:
+//! the container's cell in the sandbox's instance.
+//!
+//! With the `cell` handler the instance is given the pod's directory (kubelet's
+//! `pods/UID`, bound in when the sandbox is made and kept a slave of the node's mount, so
+//! subPaths kubelet mounts later appear): each mount binds its own path of it, so the
+//! container's writes reach the node and kubelet's updates are seen at once.
+//!
+//! A microVM (`vm`) cannot be given a directory of the node, so what kubelet made is
+//! copied in (`copy.rs`):
 //!
 //! - a file (`/etc/hosts`, the termination log) or a directory of files (configmaps,
 //!   secrets, the service-account token, the downward API): a files volume holding a copy.
@@ -10,10 +17,11 @@
 //! - an emptyDir: an emptyDir of the instance, which every container of the sandbox that
 //!   mounts the same directory joins.
 //!
-//! Only paths kubelet made for a pod, under `/var/lib/kubelet/pods/`, are taken (after
-//! following symlinks); a symlink in a volume that leads out of it, a writable directory
-//! other than an emptyDir (its writes would never reach the node), and mount options the
-//! instance cannot give are refused, naming the mount.
+//! Either way only paths kubelet made for this sandbox's pod, under
+//! `/var/lib/kubelet/pods/UID/`, are taken (after following symlinks); a symlink in a
+//! copied volume that leads out of it, a writable directory other than an emptyDir to
+//! copy (its writes would never reach the node), and mount options the instance cannot
+//! give are refused, naming the mount.
 
 use super::{Cri, CriError};
 use crate::pb;
@@ -21,50 +29,15 @@ use crate::values::names::ExecName;
 use crate::values::volume::{VolumeFile, VolumeMount, VolumeSpec};
 use aurae_proto::cri;
 use sha2::{Digest, Sha256};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use super::copy::FILE;
+use super::copy::{copy_of, digest, recopy, stamp_of, write_back};
 
 /// Where kubelet makes its pods' files.
 pub const KUBELET_PODS: &str = "/var/lib/kubelet/pods";
-/// The most bytes one mount copies (Kubernetes caps a configmap or secret at 1 MiB).
-pub const MAX_MOUNT_BYTES: usize = 1 << 20;
-/// How many directories deep a mounted directory is copied.
-const MAX_DEPTH: usize = 8;
 /// What kubelet reads of a termination log (its `maxTerminationMessagePerContainer`).
 pub const TERMINATION_LOG_BYTES: u32 = 4096;
-/// The file a single-file mount's volume holds.
-const FILE: &str = "file";
-
-/// Why kubelet's files could not be copied.
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    #[error("'{path}': {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("holds more than {MAX_MOUNT_BYTES} bytes, the most a mount copies")]
-    TooLarge,
-    #[error(
-        "holds more than {} files, the most a mount copies",
-        crate::values::volume::MAX_VOLUME_FILES
-    )]
-    TooMany,
-    #[error("'{0}' is more than {MAX_DEPTH} directories deep")]
-    TooDeep(String),
-    #[error("'{0}' leads out of the volume (to '{1}')")]
-    LeadsOut(String, String),
-    #[error("'{0}' is neither a file nor a directory")]
-    Special(String),
-    #[error("'{0}' has a name that is not UTF-8")]
-    NotUtf8(String),
-    #[error("now leads to '{0}', outside {1}")]
-    Moved(String, String),
-}
-
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
-    move |source| CopyError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
 
 /// A read-only copy to keep up to date: its volume, its source, and the digest of what
 /// was sent last.
@@ -104,134 +77,6 @@ fn volume_name(s: String) -> Result<ExecName, CriError> {
     ExecName::parse(&s).map_err(|e| CriError::NodeLacks(format!("volume name '{s}': {e}")))
 }
 
-/// The files of `path` (a file: one, named `FILE`; a directory: each regular file beneath
-/// it, kubelet's `..data` and timestamped directories left out but followed through the
-/// symlinks that name their files), with every symlink resolved inside `root`.
-pub fn copy_of(path: &Path) -> Result<(Vec<VolumeFile>, bool), CopyError> {
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    let dir = each_file(path, &mut |real, rel, md| {
-        if out.len() >= crate::values::volume::MAX_VOLUME_FILES {
-            return Err(CopyError::TooMany);
-        }
-        out.push(read_file(real, rel, md, &mut bytes)?);
-        Ok(())
-    })?;
-    Ok((out, dir))
-}
-
-/// What changes when a file of `path` does (each file's name, size, modification time,
-/// inode, mode and owner), read without reading the files: a refresh reads them only when
-/// this moved.
-pub fn stamp_of(path: &Path) -> Result<[u8; 32], CopyError> {
-    let mut h = Sha256::new();
-    each_file(path, &mut |_, rel, md| {
-        h.update(rel.as_bytes());
-        for n in [
-            md.len(),
-            md.mtime() as u64,
-            md.mtime_nsec() as u64,
-            md.ino(),
-            md.mode() as u64,
-        ] {
-            h.update(n.to_le_bytes());
-        }
-        h.update(md.uid().to_le_bytes());
-        h.update(md.gid().to_le_bytes());
-        Ok(())
-    })?;
-    Ok(h.finalize().into())
-}
-
-/// Calls `each` for every regular file of `path` (a file: itself, named `FILE`), with its
-/// real path, its path in the copy and its metadata; answers whether `path` is a
-/// directory.
-fn each_file(path: &Path, each: &mut EachFile<'_>) -> Result<bool, CopyError> {
-    let root = std::fs::canonicalize(path).map_err(io_at(path))?;
-    let md = std::fs::metadata(&root).map_err(io_at(&root))?;
-    if md.is_file() {
-        each(&root, FILE, &md)?;
-        return Ok(false);
-    }
-    if !md.is_dir() {
-        return Err(CopyError::Special(path.display().to_string()));
-    }
-    walk(&root, &root, "", 0, each)?;
-    Ok(true)
-}
-
-type EachFile<'a> = dyn FnMut(&Path, &str, &std::fs::Metadata) -> Result<(), CopyError> + 'a;
-
-fn read_file(path: &Path, rel: &str, md: &std::fs::Metadata, bytes: &mut usize) -> Result<VolumeFile, CopyError> {
-    *bytes += md.len() as usize;
-    if *bytes > MAX_MOUNT_BYTES {
-        return Err(CopyError::TooLarge);
-    }
-    let content = std::fs::read(path).map_err(io_at(path))?;
-    Ok(VolumeFile {
-        path: rel.to_owned(),
-        content,
-        mode: md.mode() & 0o777,
-        uid: md.uid(),
-        gid: md.gid(),
-    })
-}
-
-fn walk(root: &Path, dir: &Path, rel: &str, depth: usize, each: &mut EachFile<'_>) -> Result<(), CopyError> {
-    if depth > MAX_DEPTH {
-        return Err(CopyError::TooDeep(rel.to_owned()));
-    }
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
-        .map_err(io_at(dir))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
-    for name in names {
-        let Some(n) = name.to_str() else {
-            return Err(CopyError::NotUtf8(dir.join(&name).display().to_string()));
-        };
-        // kubelet's atomic writer: `..data` and `..<timestamp>` hold what the symlinks
-        // beside them name.
-        if n.starts_with("..") {
-            continue;
-        }
-        let sub = if rel.is_empty() {
-            n.to_owned()
-        } else {
-            format!("{rel}/{n}")
-        };
-        let at = dir.join(&name);
-        let real = std::fs::canonicalize(&at).map_err(io_at(Path::new(&sub)))?;
-        if !real.starts_with(root) {
-            return Err(CopyError::LeadsOut(sub, real.display().to_string()));
-        }
-        let md = std::fs::metadata(&real).map_err(io_at(Path::new(&sub)))?;
-        if md.is_dir() {
-            walk(root, &real, &sub, depth + 1, each)?;
-        } else if md.is_file() {
-            each(&real, &sub, &md)?;
-        } else {
-            return Err(CopyError::Special(sub));
-        }
-    }
-    Ok(())
-}
-
-/// The digest of a copy, to tell whether it changed.
-pub fn digest(files: &[VolumeFile]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for f in files {
-        h.update((f.path.len() as u64).to_le_bytes());
-        h.update(f.path.as_bytes());
-        h.update((f.content.len() as u64).to_le_bytes());
-        h.update(&f.content);
-        h.update(f.mode.to_le_bytes());
-        h.update(f.uid.to_le_bytes());
-        h.update(f.gid.to_le_bytes());
-    }
-    h.finalize().into()
-}
-
 /// The resolv.conf of a sandbox's DNS configuration; None when kubelet gave none.
 pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Option<String>, CriError> {
     let Some(d) = dns else { return Ok(None) };
@@ -267,13 +112,28 @@ pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<Option<String>, CriEr
     Ok(Some(text))
 }
 
+/// A sandbox's pod directory on the node (kubelet's `pods/UID`), and whether it is bound
+/// into the sandbox's instance (the `cell` handler) rather than copied in.
+#[derive(Debug, Clone, Copy)]
+pub struct PodDir<'a> {
+    pub path: &'a Path,
+    pub bound: bool,
+}
+
+/// The directory kubelet makes for pod `uid` (a single path component, checked when the
+/// sandbox was made).
+pub fn pod_dir_of(uid: &str) -> PathBuf {
+    Path::new(KUBELET_PODS).join(uid)
+}
+
 /// The volumes and mounts of container `cell` (its cell's name in the instance) for
 /// kubelet's `mounts` and the sandbox's `resolv` (mounted at /etc/resolv.conf unless a
 /// mount of kubelet's is there). Refused, naming the mount, for a path kubelet did not
-/// make for a pod and for what the instance cannot give.
-pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path) -> Result<Planned, CriError> {
+/// make for this sandbox's pod and for what the instance cannot give.
+pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pod: PodDir<'_>) -> Result<Planned, CriError> {
     let mut p = Planned::default();
-    let pods_real = std::fs::canonicalize(pods).unwrap_or_else(|_| pods.to_owned());
+    let pod_real = std::fs::canonicalize(pod.path).ok();
+    let pods_real = std::fs::canonicalize(KUBELET_PODS).unwrap_or_else(|_| KUBELET_PODS.into());
     for (n, m) in mounts.iter().enumerate() {
         let target = m.container_path.as_str();
         if !target.starts_with('/') || !crate::values::volume::relative_normal(target.trim_start_matches('/')) {
@@ -296,21 +156,58 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
         }
         let host = Path::new(&m.host_path);
         let real = std::fs::canonicalize(host).ok();
-        let under = real.as_deref().and_then(|r| r.strip_prefix(&pods_real).ok());
-        // pods/<uid>/<something>: a file or directory kubelet made for a pod.
-        let Some(under) = under.filter(|u| u.components().count() >= 2) else {
+        let under = real
+            .as_deref()
+            .zip(pod_real.as_deref())
+            .and_then(|(r, own)| r.strip_prefix(own).ok());
+        // pods/<uid>/<something>: a file or directory kubelet made for this pod.
+        let Some(under) = under.filter(|u| u.components().count() >= 1) else {
+            let another = real.as_deref().is_some_and(|r| r.starts_with(&pods_real));
             return Err(bad(
                 n,
-                format!(
-                    "host_path '{}' is not a file or directory kubelet made for a pod (under {}); hostPath volumes and the node's own files are not given to pods",
-                    m.host_path,
-                    pods.display()
-                ),
+                match another {
+                    true => format!(
+                        "host_path '{}' is not in this sandbox's pod directory ({}); a container is given only its own pod's files",
+                        m.host_path,
+                        pod.path.display()
+                    ),
+                    false => format!(
+                        "host_path '{}' is not a file or directory kubelet made for this pod (under {}); hostPath volumes and the node's own files are not given to pods",
+                        m.host_path,
+                        pod.path.display()
+                    ),
+                },
             ));
         };
+        if pod.bound {
+            // The pod directory is bound into the instance: the same file or directory,
+            // bound again, so writes reach the node and kubelet's updates are seen at once.
+            let Some(rel) = under.to_str() else {
+                return Err(bad(n, format!("host_path '{}' is not UTF-8", m.host_path)));
+            };
+            let hash = Sha256::digest(rel.as_bytes());
+            let name = volume_name(format!("p-{}", super::hex(&hash[..8])))?;
+            if !p.volumes.iter().any(|v| v.name == name) {
+                p.volumes.push(VolumeSpec {
+                    name: name.clone(),
+                    memory: false,
+                    size_limit: 0,
+                    owner: String::new(),
+                    files: None,
+                    pod_path: Some(rel.to_owned()),
+                });
+            }
+            p.mounts.push(VolumeMount {
+                volume: name,
+                path: target.trim_end_matches('/').to_owned(),
+                read_only: m.readonly,
+                sub_path: None,
+            });
+            continue;
+        }
         let parts: Vec<&std::ffi::OsStr> = under.iter().collect();
-        let empty_dir = parts.get(1).is_some_and(|c| *c == "volumes")
-            && parts.get(2).is_some_and(|c| *c == "kubernetes.io~empty-dir");
+        let empty_dir = parts.first().is_some_and(|c| *c == "volumes")
+            && parts.get(1).is_some_and(|c| *c == "kubernetes.io~empty-dir");
         if empty_dir {
             let hash = Sha256::digest(m.host_path.as_bytes());
             let name = volume_name(format!("e-{}", super::hex(&hash[..8])))?;
@@ -321,6 +218,7 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
                     size_limit: 0,
                     owner: String::new(),
                     files: None,
+                    pod_path: None,
                 });
             }
             p.mounts.push(VolumeMount {
@@ -343,7 +241,7 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
         }
         let name = volume_name(format!("{cell}-m{n}"))?;
         // The termination log, under pods/<uid>/containers/: read back when it has exited.
-        if !dir && !m.readonly && parts.get(1).is_some_and(|c| *c == "containers") {
+        if !dir && !m.readonly && parts.first().is_some_and(|c| *c == "containers") {
             p.read_back.push(ReadBack {
                 volume: name.to_string(),
                 host: real.clone().unwrap_or_default(),
@@ -363,6 +261,7 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
             size_limit: 0,
             owner: String::new(),
             files: Some(files),
+            pod_path: None,
         });
         p.mounts.push(VolumeMount {
             volume: name,
@@ -386,6 +285,7 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
                     uid: 0,
                     gid: 0,
                 }]),
+                pod_path: None,
             });
             p.mounts.push(VolumeMount {
                 volume: name,
@@ -396,17 +296,6 @@ pub fn plan(cell: &str, mounts: &[cri::Mount], resolv: Option<&str>, pods: &Path
         }
     }
     Ok(p)
-}
-
-/// The files to send for a refreshed copy of `source` (as `copy_of` made them), which
-/// must still be under `pods`.
-pub fn recopy(source: &Path, pods: &Path) -> Result<Vec<VolumeFile>, CopyError> {
-    let real = std::fs::canonicalize(source).map_err(io_at(source))?;
-    let pods = std::fs::canonicalize(pods).map_err(io_at(pods))?;
-    if !real.starts_with(&pods) {
-        return Err(CopyError::Moved(real.display().to_string(), pods.display().to_string()));
-    }
-    copy_of(&real).map(|(files, _)| files)
 }
 
 /// How often read-only copies are compared with kubelet's files (kubelet itself updates
@@ -549,22 +438,10 @@ impl Cri {
     }
 }
 
-/// Writes a termination log read back from the instance to `host` (the file kubelet made:
-/// opened without following a symlink, never created).
-pub fn write_back(host: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(host)?;
-    f.write_all(content)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cri::copy::MAX_MOUNT_BYTES;
 
     fn mount(host: &Path, at: &str, ro: bool) -> cri::Mount {
         cri::Mount {
@@ -595,6 +472,13 @@ mod tests {
         (t, pods)
     }
 
+    fn copied(pod: &Path) -> PodDir<'_> {
+        PodDir {
+            path: pod,
+            bound: false,
+        }
+    }
+
     #[test]
     fn kubelets_mounts_become_copies_and_emptydirs() {
         let (_t, pods) = pod_dir();
@@ -605,7 +489,7 @@ mod tests {
             mount(&pod.join("volumes/kubernetes.io~configmap/conf"), "/etc/conf", true),
             mount(&pod.join("volumes/kubernetes.io~empty-dir/cache"), "/cache", false),
         ];
-        let p = plan("c-1", &mounts, Some("nameserver 10.96.0.10\n"), &pods).unwrap();
+        let p = plan("c-1", &mounts, Some("nameserver 10.96.0.10\n"), copied(&pod)).unwrap();
         let names: Vec<&str> = p.volumes.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names[..3], ["c-1-m0", "c-1-m1", "c-1-m2"]);
         assert!(names[3].starts_with("e-") && names[4] == "c-1-dns", "{names:?}");
@@ -661,18 +545,78 @@ mod tests {
                 "is not a file or directory kubelet made",
             ),
             (mount(&pods, "/x", true), "is not a file or directory kubelet made"),
+            (mount(&pod, "/x", true), "is not a file or directory kubelet made"),
+            (
+                mount(&pods.join("uid-2/etc-hosts"), "/x", true),
+                "is not a file or directory kubelet made",
+            ),
             (mount(&evil, "/x", true), "'key' leads out of the volume"),
             (mount(&cm, "/x", false), "writable directory that is not an emptyDir"),
             (mount(&cm, "x", true), "container_path 'x' must be an absolute path"),
             (mount(&cm, "/a/../etc", true), "must be an absolute path"),
         ];
         for (m, want) in cases {
-            let e = plan("c-1", &[m], None, &pods).err().expect("refused").to_string();
+            let e = plan("c-1", &[m], None, copied(&pod))
+                .err()
+                .expect("refused")
+                .to_string();
             assert!(e.contains("config.mounts") && e.contains(want), "{e}");
         }
         let mut m = mount(&cm, "/x", true);
         m.propagation = cri::MountPropagation::PropagationBidirectional as i32;
-        assert!(plan("c-1", &[m], None, &pods).is_err());
+        assert!(plan("c-1", &[m], None, copied(&pod)).is_err());
+    }
+
+    /// With the pod directory bound into the instance (the `cell` handler), each mount
+    /// binds its own path of it, writable ones too: nothing is copied, refreshed or read
+    /// back, and a path mounted twice is one volume. What is not this pod's is refused as
+    /// it is for a copy.
+    #[test]
+    fn with_the_pod_directory_bound_each_mount_binds_its_path() {
+        let (_t, pods) = pod_dir();
+        let pod = pods.join("uid-1");
+        std::fs::create_dir_all(pods.join("uid-2")).unwrap();
+        std::fs::write(pods.join("uid-2/etc-hosts"), "other\n").unwrap();
+        let bound = PodDir {
+            path: &pod,
+            bound: true,
+        };
+        let cm = pod.join("volumes/kubernetes.io~configmap/conf");
+        let mounts = [
+            mount(&pod.join("etc-hosts"), "/etc/hosts", false),
+            mount(&cm, "/etc/conf", true),
+            mount(&cm, "/etc/conf2", false),
+            mount(&pod.join("volumes/kubernetes.io~empty-dir/cache"), "/cache", false),
+        ];
+        let p = plan("c-1", &mounts, None, bound).unwrap();
+        let paths: Vec<&str> = p.volumes.iter().map(|v| v.pod_path.as_deref().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "etc-hosts",
+                "volumes/kubernetes.io~configmap/conf",
+                "volumes/kubernetes.io~empty-dir/cache"
+            ]
+        );
+        assert!(p
+            .volumes
+            .iter()
+            .all(|v| v.files.is_none() && v.name.as_str().starts_with("p-")));
+        assert_eq!(p.mounts.len(), 4);
+        assert_eq!(p.mounts[1].volume, p.mounts[2].volume);
+        assert!(p.mounts[1].read_only && !p.mounts[2].read_only);
+        assert!(p.refresh.is_empty() && p.read_back.is_empty());
+        for m in [
+            mount(&pods.join("uid-2/etc-hosts"), "/x", true),
+            mount(&pod.join("../uid-2/etc-hosts"), "/x", true),
+            mount(Path::new("/etc/aurae"), "/x", true),
+        ] {
+            let e = plan("c-1", &[m], None, bound).err().expect("refused").to_string();
+            assert!(
+                e.contains("is not a file or directory kubelet made for this pod"),
+                "{e}"
+            );
+        }
     }
 
     /// The stamp stays while nothing changes and moves with kubelet's atomic update, so a
@@ -701,7 +645,7 @@ mod tests {
         std::fs::create_dir_all(&big).unwrap();
         std::fs::write(big.join("a"), vec![0u8; MAX_MOUNT_BYTES]).unwrap();
         std::fs::write(big.join("b"), b"1").unwrap();
-        let e = plan("c-1", &[mount(&big, "/s", true)], None, &pods)
+        let e = plan("c-1", &[mount(&big, "/s", true)], None, copied(&pods.join("uid-1")))
             .err()
             .unwrap()
             .to_string();

@@ -121,6 +121,13 @@ pub fn sandbox_spec(
             });
         }
     }
+    // It names the pod's directory under /var/lib/kubelet/pods: one component.
+    if m.uid.contains('/') || m.uid.contains('\0') || m.uid == "." || m.uid == ".." || m.uid.len() > 255 {
+        return Err(CriError::Invalid {
+            field: "config.metadata.uid",
+            why: format!("'{}' is not a pod UID (kubelet sends a UUID)", m.uid.escape_debug()),
+        });
+    }
     if !config.log_directory.is_empty() && !super::plain_path(&config.log_directory, true) {
         return Err(CriError::Invalid {
             field: "config.log_directory",
@@ -197,6 +204,7 @@ pub fn sandbox_spec(
         hostname,
         ports,
         host_network,
+        pod_dir: None,
     })
 }
 
@@ -230,12 +238,21 @@ impl Cri {
         })?;
         let id = new_id().map_err(|e| CriError::NodeLacks(format!("no randomness for an id: {e}")))?;
         let pod = format!("cri-{}", &id[..12]);
-        let spec = sandbox_spec(&config, &r.runtime_handler, &pod, caller.unwrap_or(READY_DEFAULT))?;
+        let mut spec = sandbox_spec(&config, &r.runtime_handler, &pod, caller.unwrap_or(READY_DEFAULT))?;
+        // With the `cell` handler the instance is given kubelet's directory for the pod
+        // (made before the sandbox, volumes mounted in it), and its containers bind from
+        // it. A microVM cannot be given a directory: its containers get copies.
+        if spec.isolation == Some(IsolationKind::Cell) {
+            let uid = config.metadata.as_ref().map(|m| m.uid.as_str()).unwrap_or_default();
+            let dir = super::mounts::pod_dir_of(uid);
+            spec.pod_dir = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir()).then_some(dir);
+        }
         let resolv = super::mounts::resolv_conf(config.dns_config.as_ref())?;
         // What Status says (RuntimeReady false) is the answer here too.
         if let Some(why) = &self.facts.runtime_not_ready {
             return Err(CriError::NodeLacks(why.clone()));
         }
+        let spec_pod_dir = spec.pod_dir.is_some();
         let rt = self.rt.clone();
         let made = tokio::spawn(async move { rt.run_pod(spec).await });
         let view = made
@@ -257,6 +274,7 @@ impl Cri {
             stopped: false,
             last_cpu: None,
             resolv,
+            pod_dir_bound: spec_pod_dir,
         };
         tracing::info!(
             "CRI: sandbox {} ({}/{}) is pod {} at {}",

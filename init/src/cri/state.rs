@@ -28,6 +28,9 @@ pub struct Sandbox {
     pub last_cpu: Option<(i64, u64)>,
     /// The resolv.conf of its DNS configuration, given to each container.
     pub resolv: Option<String>,
+    /// Its pod directory is bound into its instance (the `cell` handler, when kubelet had
+    /// made the directory): containers' mounts bind from it rather than copy.
+    pub pod_dir_bound: bool,
 }
 
 pub struct Container {
@@ -159,6 +162,7 @@ mod tests {
             stopped: false,
             last_cpu: None,
             resolv: None,
+            pod_dir_bound: false,
         }
     }
 

@@ -120,6 +120,25 @@ pub fn bind_from_data(dir: &Path, name: &str) -> Result<(), DataError> {
     .map_err(sys("remount"))
 }
 
+/// Makes `dir` a mount of its own (bound onto itself unless it is on another filesystem
+/// than its parent already) with shared propagation: what is mounted beneath it later
+/// reaches the copies a cell took of it (kubelet's pod directory in a `cell` sandbox's
+/// instance), as kubelet itself expects of its root directory.
+pub fn share(dir: &Path) -> Result<(), DataError> {
+    use std::os::unix::fs::MetadataExt;
+    let sys = |what: &'static str| {
+        move |e: nix::Error| DataError::Dir {
+            what,
+            why: format!("{}: {e}", dir.display()),
+        }
+    };
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    if dev(dir).is_none() || dev(dir) == dev(&dir.join("..")) {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind onto itself"))?;
+    }
+    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(sys("share"))
+}
+
 /// Makes the data disk read-only after the last sync (power-off), so its filesystem is
 /// clean on the next boot. Nothing is mounted there: nothing to do.
 pub fn quiesce() {

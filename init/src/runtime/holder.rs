@@ -39,8 +39,8 @@ pub struct Config {
     pub hostname: String,
     /// A root from the node's: node directories its own root covers (keys, VM files).
     pub hidden: Vec<PathBuf>,
-    /// Node directories bound into its `/run`.
-    pub binds: Vec<PathBuf>,
+    /// Node directories bound into its own root.
+    pub binds: super::spec::NodeBinds,
     /// A root from an image: its layers, bottom first.
     pub layers: Vec<PathBuf>,
     /// Volumes bound into an image root.
@@ -87,6 +87,12 @@ pub fn main(_args: &[String]) -> ! {
     };
     let (setup, hostname) = (config.setup, config.hostname.as_str());
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // The node's pod directory is taken first, while it is still a peer of the node's mount
+    // (a private copy would never see what the node mounts in it later).
+    let pod_tree = match &config.binds.pod {
+        Some(dir) if setup.new_mount && setup.own_root => Some(check(root::clone_tree(dir), Stage::MountVolumes)),
+        _ => None,
+    };
     if setup.new_mount {
         check(
             mount(
@@ -112,7 +118,7 @@ pub fn main(_args: &[String]) -> ! {
         } else {
             root::Source::Image(layers, volumes)
         };
-        if let Err((step, errno)) = root::enter(source, hidden, binds, setup.userns) {
+        if let Err((step, errno)) = root::enter(source, hidden, &binds.run, pod_tree, setup.userns) {
             let stage = match step {
                 root::Step::Image => Stage::MountImage,
                 root::Step::Volumes => Stage::MountVolumes,
@@ -207,7 +213,10 @@ mod tests {
             },
             hostname: "web".into(),
             hidden: vec![],
-            binds: vec!["/run/aurae/x".into()],
+            binds: crate::runtime::spec::NodeBinds {
+                run: vec!["/run/aurae/x".into()],
+                pod: Some("/var/lib/kubelet/pods/u 1".into()),
+            },
             layers: vec!["/var/lib/aurae/data/images/layers/a b".into(), "/l/+^%:".into()],
             volumes: vec![("/run/aurae/volumes/www".into(), "/srv/www".into(), true)],
         };

@@ -68,8 +68,8 @@ pub(super) struct Launch {
     pub listed: bool,
     /// Handed to the program as fd 3 (a VMM's control socket).
     pub control: Option<std::os::fd::OwnedFd>,
-    /// Node directories bound into the private cell's `/run` (see `CellSpec::binds`).
-    pub binds: Vec<std::path::PathBuf>,
+    /// Node directories bound into the private cell's root (see `CellSpec::binds`).
+    pub binds: super::spec::NodeBinds,
     /// stdin, stdout and stderr given by the caller (Exec) instead of /dev/null and the
     /// logs; its leaf cgroup is `_a.NAME` (unlisted, never a listed executable's).
     pub attach: Option<Attach>,
@@ -88,7 +88,7 @@ impl Launch {
             stdout_as: logs::Stream::Stdout,
             listed,
             control: None,
-            binds: Vec::new(),
+            binds: Default::default(),
             attach,
         }
     }
@@ -304,7 +304,7 @@ pub(super) async fn launch_self(
     stdout_as: logs::Stream,
     control: Option<std::os::fd::OwnedFd>,
     confinement: Confinement,
-    binds: Vec<std::path::PathBuf>,
+    binds: super::spec::NodeBinds,
 ) -> Result<Arc<Process>> {
     let spec = ExecutableSpec {
         name: name.clone(),

@@ -92,15 +92,28 @@ impl Default for Isolation {
     }
 }
 
+/// Directories of the node bound into a cell's own root, for auraed's own use only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeBinds {
+    /// Bound read-write at the same path in the cell's own `/run` (a cell child's PKI
+    /// directory).
+    pub run: Vec<PathBuf>,
+    /// Bound with what is mounted beneath it, read-write, at
+    /// [`POD_DIR`](crate::values::volume::POD_DIR), and a slave of the node's mount, so what the
+    /// node mounts beneath it later appears too (a CRI sandbox's kubelet pod directory,
+    /// with the `cell` handler: kubelet mounts a container's subPaths when it makes it).
+    pub pod: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct CellSpec {
     pub name: CellName,
     pub resources: Resources,
     pub isolation: Isolation,
     pub confinement: Confinement,
-    /// Directories of the node bound (read-write) at the same path into the cell's own
-    /// `/run`: auraed's own use, a cell child's PKI directory. Empty for API cells.
-    pub binds: Vec<std::path::PathBuf>,
+    /// Directories of the node bound into the cell's own root, for auraed's own use (a
+    /// cell child's PKI directory, a CRI sandbox's pod directory). None for API cells.
+    pub binds: NodeBinds,
     /// How long its init may take to report ready (from the caller's deadline; `READY_MAX`
     /// without one). One that does not is killed and the cell discarded.
     pub ready_within: std::time::Duration,
@@ -119,7 +132,7 @@ impl CellSpec {
             resources: Default::default(),
             isolation: Default::default(),
             confinement: Default::default(),
-            binds: Vec::new(),
+            binds: NodeBinds::default(),
             ready_within: READY_MAX,
             image: None,
             ports: Vec::new(),

@@ -471,7 +471,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
         logs::Stream::Console,
         Some(theirs.into()), // The VMM needs the node until it jails itself (`vmm::jail`).
         Confinement::PRIVILEGED,
-        Vec::new(),
+        Default::default(),
     )
     .await;
     let vmm = launched.map_err(|e| match e {

@@ -16,7 +16,7 @@ pub const VOLUMES_DIR: &str = "/run/aurae/volumes";
 /// A memory volume's size when its request gives none.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
 
-pub use crate::values::volume::{VolumeFile, VolumeMount, VolumeSpec};
+pub use crate::values::volume::{VolumeFile, VolumeMount, VolumeSpec, POD_DIR};
 
 /// Volumes in use: each one's definition and how many cells list it.
 #[derive(Default)]
@@ -112,6 +112,9 @@ impl Volumes {
 }
 
 fn describe(s: &VolumeSpec) -> String {
+    if let Some(p) = &s.pod_path {
+        return format!("'{p}' of the pod directory");
+    }
     if let Some(files) = &s.files {
         return format!("a files volume of {} files", files.len());
     }
@@ -121,12 +124,28 @@ fn describe(s: &VolumeSpec) -> String {
     }
 }
 
+/// Unmounts whatever is mounted on `at` (binds stack), until nothing is.
+fn unmount_all(at: &Path) {
+    for _ in 0..8 {
+        if nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            return;
+        }
+    }
+}
+
 fn make(s: &VolumeSpec) -> Result<()> {
     let dir = dir_of(s.name.as_str());
     // A leftover of an earlier boot or daemon run holds nothing anyone wants.
-    if dir.exists() {
-        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
-        std::fs::remove_dir_all(&dir).map_err(io("remove a stale volume", &dir))?;
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        unmount_all(&dir);
+        let gone = match std::fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&dir),
+            _ => std::fs::remove_file(&dir),
+        };
+        gone.map_err(io("remove a stale volume", &dir))?;
+    }
+    if let Some(rel) = &s.pod_path {
+        return bind_pod_path(rel, &dir);
     }
     std::fs::create_dir_all(&dir).map_err(io("make the volume", &dir))?;
     if let Some(files) = &s.files {
@@ -167,8 +186,85 @@ fn make(s: &VolumeSpec) -> Result<()> {
     Ok(())
 }
 
+/// Binds `rel` of the pod directory at `dir` (made: a directory, or an empty file for a
+/// file), from the file `open_beneath` opened, so nothing can swap the path in between.
+fn bind_pod_path(rel: &str, dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let (source, is_dir) = open_beneath(Path::new(POD_DIR), rel)?;
+    let made = match is_dir {
+        true => std::fs::create_dir_all(dir),
+        false => {
+            std::fs::create_dir_all(Path::new(VOLUMES_DIR)).and_then(|()| std::fs::File::create_new(dir).map(drop))
+        }
+    };
+    made.map_err(io("make the volume", dir))?;
+    let from = format!("/proc/self/fd/{}", source.as_raw_fd());
+    let bound = nix::mount::mount(
+        Some(from.as_str()),
+        dir,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    if let Err(e) = bound {
+        let _ = std::fs::remove_dir(dir).or_else(|_| std::fs::remove_file(dir));
+        return Err(RuntimeError::sys("bind a path of the pod directory", e));
+    }
+    tracing::info!("volume {} bound from {POD_DIR}/{rel}", dir.display());
+    Ok(())
+}
+
+/// Opens `rel` beneath the pod directory `pod` (O_PATH) without following any symlink on
+/// the way or at its end (a container may write symlinks into an emptyDir there): the
+/// file and whether it is a directory. NOT_FOUND, naming the field, for what is not a
+/// file or directory there.
+fn open_beneath(pod: &Path, rel: &str) -> Result<(OwnedFd, bool)> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::SFlag;
+    let root = open_dir(nix::fcntl::AT_FDCWD, pod.as_os_str()).map_err(|e| match e {
+        nix::errno::Errno::ENOENT => RuntimeError::NotFound(format!(
+            "image.volumes: pod_path '{rel}': this instance has no pod directory of its node (only a CRI sandbox with the 'cell' handler has one)"
+        )),
+        e => RuntimeError::sys("open the pod directory", e),
+    })?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let not_there = |why: String| {
+        RuntimeError::NotFound(format!(
+            "image.volumes: pod_path '{rel}' is not a file or directory of the pod directory ({why})"
+        ))
+    };
+    let source = nix::fcntl::openat2(root.as_fd(), rel, how).map_err(|e| match e {
+        nix::errno::Errno::ENOENT => not_there("nothing is there".into()),
+        nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV => {
+            not_there("a symlink is on its way, or it leads out".into())
+        }
+        e => RuntimeError::sys("open a path of the pod directory", e),
+    })?;
+    let st = nix::sys::stat::fstat(&source).map_err(|e| RuntimeError::sys("stat a path of the pod directory", e))?;
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => Ok((source, true)),
+        SFlag::S_IFREG => Ok((source, false)),
+        _ => Err(not_there("it is neither a file nor a directory".into())),
+    }
+}
+
 fn remove(s: &VolumeSpec) {
     let dir = dir_of(s.name.as_str());
+    if s.pod_path.is_some() {
+        // Never a recursive removal: what is bound here is the node's kubelet's.
+        unmount_all(&dir);
+        let gone = match std::fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => std::fs::remove_dir(&dir),
+            _ => std::fs::remove_file(&dir),
+        };
+        match gone {
+            Ok(()) => tracing::info!("volume {} unbound", s.name),
+            Err(e) => tracing::warn!("volume {}: remove {}: {e}", s.name, dir.display()),
+        }
+        return;
+    }
     if s.memory || s.files.is_some() {
         let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -351,6 +447,44 @@ mod tests {
     use super::*;
     use crate::values::names::ExecName;
 
+    /// A pod-path volume's path is opened beneath the pod directory only: through a
+    /// symlink a container could have planted (at the end or on the way), by `..`, or to
+    /// something neither a file nor a directory, refused before anything is bound.
+    #[test]
+    fn a_pod_path_never_leads_out_of_the_pod_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let pod = t.path().join("pod");
+        let cache = pod.join("volumes/kubernetes.io~empty-dir/cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(pod.join("etc-hosts"), "x").unwrap();
+        std::fs::write(t.path().join("outside"), "node's").unwrap();
+        std::os::unix::fs::symlink("/", cache.join("root")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), cache.join("file")).unwrap();
+        std::os::unix::fs::symlink("volumes", pod.join("vols")).unwrap();
+        nix::unistd::mkfifo(&pod.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(!open_beneath(&pod, "etc-hosts").unwrap().1);
+        assert!(open_beneath(&pod, "volumes/kubernetes.io~empty-dir/cache").unwrap().1);
+        for rel in [
+            "volumes/kubernetes.io~empty-dir/cache/root",
+            "volumes/kubernetes.io~empty-dir/cache/root/etc",
+            "volumes/kubernetes.io~empty-dir/cache/file",
+            "vols/kubernetes.io~empty-dir/cache",
+            "../outside",
+            "fifo",
+            "missing",
+        ] {
+            let e = open_beneath(&pod, rel).err().unwrap_or_else(|| panic!("{rel} opened"));
+            assert!(matches!(e, RuntimeError::NotFound(_)), "{rel}: {e:?}");
+            assert!(
+                e.to_string()
+                    .contains("is not a file or directory of the pod directory"),
+                "{e}"
+            );
+        }
+        let e = open_beneath(&t.path().join("none"), "etc-hosts").unwrap_err();
+        assert!(e.to_string().contains("this instance has no pod directory"), "{e}");
+    }
+
     /// A volume in use by one client's cells is not joinable by another client's cell by
     /// name: refused, naming the field, and the volume's count unchanged. The same
     /// client's next cell joins it.
@@ -363,6 +497,7 @@ mod tests {
             size_limit: 0,
             owner: owner.into(),
             files: None,
+            pod_path: None,
         };
         let alice = "spiffe://t.test/client/alice";
         volumes.0.insert("scratch".into(), (spec(alice), 1));

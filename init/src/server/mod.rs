@@ -295,6 +295,7 @@ pub async fn serve(
         .add_service(pb::node_server::NodeServer::new(node_api::NodeApi { ctx: ctx.clone() }))
         .add_service(pb::runtime_server::RuntimeServer::new(runtime_api::RuntimeApi {
             rt: ctx.runtime.clone(),
+            auth: ctx.auth.clone(),
         }))
         .add_service(pb::workloads_server::WorkloadsServer::new(
             workloads_api::WorkloadsApi {

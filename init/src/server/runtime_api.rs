@@ -105,6 +105,7 @@ const UNDO_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
+    pub auth: Arc<super::authz::Authorizer>,
 }
 
 #[tonic::async_trait]
@@ -132,8 +133,21 @@ impl RuntimeRpc for RuntimeApi {
         Caller::authorize(&r)?;
         let owner = Caller::of(&r).map(|c| c.id.clone()).unwrap_or_default();
         let caller = super::deadline::caller_timeout(r.metadata());
+        // The node's pod directory bound into this instance is its parent's to hand out
+        // (the CRI's kubelet files), not any client's.
+        let from_parent = Caller::parent_only(
+            &r,
+            &self.auth,
+            "mount the pod directory its node bound in (image.volumes[].pod_path)",
+        );
         let mut c = r.into_inner();
         let image = c.image.take().map(ImageRequest::try_from).transpose()?;
+        if image
+            .as_ref()
+            .is_some_and(|i| i.volumes.iter().any(|v| v.pod_path.is_some()))
+        {
+            from_parent?;
+        }
         let mut spec = CellSpec::try_from(c)?;
         spec.ready_within = super::deadline::wait_budget(None, caller, crate::runtime::spec::READY_MAX);
         // The image is pulled (as its policy says) only once the whole request is known to
@@ -199,6 +213,80 @@ mod tests {
 
     fn spec(name: &str) -> CellSpec {
         CellSpec::named(name)
+    }
+
+    /// A cell's pod-path volume (the node's pod directory its parent bound into this
+    /// instance) is its parent's to ask for, directly: an admin of the instance, a call
+    /// the parent forwards for someone else and any caller of a node no one spawned are
+    /// refused before anything is made; the parent's own call goes on to the usual checks.
+    #[tokio::test]
+    async fn pod_path_volumes_are_the_parents_alone() {
+        use crate::pki::policy::Policy;
+        use crate::pki::policy::Role;
+        use crate::server::authz::{Authorizer, Caller};
+        const PARENT: &str = "spiffe://t.test/node/n";
+        const ADMIN: &str = "spiffe://t.test/client/admin";
+        let (_dir, rt) = runtime();
+        let top = Policy::parse(&format!("[[allow]]\nid = \"{ADMIN}\"\nrole = \"admin\"\n"), "p").unwrap();
+        let api = |policy: Policy| RuntimeApi {
+            rt: rt.clone(),
+            auth: Arc::new(Authorizer::new(
+                Ok(policy),
+                "spiffe://t.test/node/n/instance/c1",
+                None,
+                Default::default(),
+            )),
+        };
+        let call = |id: &str, via: Option<&str>, path: &str| {
+            let mut r = Request::new(pb::Cell {
+                name: "c-1".into(),
+                image: Some(pb::OciImage {
+                    reference: "registry.test/busybox:1".into(),
+                    pull_policy: pb::PullPolicy::Never as i32,
+                    volumes: vec![pb::Volume {
+                        name: "p-1".into(),
+                        pod_path: path.into(),
+                        ..Default::default()
+                    }],
+                    volume_mounts: vec![pb::VolumeMount {
+                        name: "p-1".into(),
+                        mount_path: "/etc/hosts".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            r.extensions_mut().insert(Caller {
+                id: id.into(),
+                role: Role::Admin,
+                via: via.map(Into::into),
+            });
+            r
+        };
+        let child = api(top.for_child(PARENT));
+        for (who, via) in [(ADMIN, None), (ADMIN, Some(PARENT)), (PARENT, Some(PARENT))] {
+            let e = child.run_cell(call(who, via, "etc-hosts")).await.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{who} via {via:?}");
+            assert!(
+                e.message().contains("only its parent") && e.message().contains("pod_path"),
+                "{e:?}"
+            );
+        }
+        let e = api(top.clone())
+            .run_cell(call(PARENT, None, "etc-hosts"))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("no node spawned it"), "{e:?}");
+        let e = child
+            .run_cell(call(PARENT, None, "../../etc/passwd"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("image.volumes[0].pod_path:"), "{e:?}");
+        let e = child.run_cell(call(PARENT, None, "etc-hosts")).await.unwrap_err();
+        assert_ne!(e.code(), Code::PermissionDenied, "past the gate: {e:?}");
+        assert!(rt.status(Kind::Cell, "c-1").is_err(), "nothing made");
     }
 
     /// A start that is ready only after the caller's deadline (less the margin) is not

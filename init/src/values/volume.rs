@@ -3,6 +3,11 @@
 
 use super::names::ExecName;
 
+/// Where the node's pod directory is bound in an instance that has one (a CRI sandbox's
+/// kubelet directory, with the `cell` handler): a pod-path volume binds a file or
+/// directory of it.
+pub const POD_DIR: &str = "/run/aurae/pod";
+
 /// A volume a cell makes or joins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
@@ -17,6 +22,10 @@ pub struct VolumeSpec {
     /// A files volume: a tmpfs of its own made holding these (checked at the edge), rather
     /// than an empty one.
     pub files: Option<Vec<VolumeFile>>,
+    /// A file or directory of the node's pod directory bound into this instance
+    /// (`runtime::volume::POD_DIR`), relative to it: bound where it is rather than made
+    /// (checked at the edge, and given only by the instance's parent).
+    pub pod_path: Option<String>,
 }
 
 /// A file a files volume holds.

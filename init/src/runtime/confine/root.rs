@@ -113,8 +113,15 @@ fn tmpfs(target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
 /// (nodes made in a user namespace do not open).
 /// `binds` (node directories, each under `/run`) are bound read-write at the same path in
 /// the cell's own `/run`; anything else is refused (EINVAL): creating its mount point would
-/// write to the node's filesystem through the bound source.
-pub fn enter(source: Source<'_>, hide: &[PathBuf], binds: &[PathBuf], userns: bool) -> StepResult {
+/// write to the node's filesystem through the bound source. `pod` (a tree `clone_tree`
+/// took) is attached at [`POD_DIR`](crate::values::volume::POD_DIR).
+pub fn enter(
+    source: Source<'_>,
+    hide: &[PathBuf],
+    binds: &[PathBuf],
+    pod: Option<std::os::fd::OwnedFd>,
+    userns: bool,
+) -> StepResult {
     let stage = Path::new(STAGE);
     let image_root = stage.join("root");
     let (root, hide) = match source {
@@ -161,6 +168,9 @@ pub fn enter(source: Source<'_>, hide: &[PathBuf], binds: &[PathBuf], userns: bo
     tmpfs(&root.join("run"), nodev, &format!("mode=0755,size={RUN_SIZE}")).map_err(at(Step::Root))?;
     for b in binds {
         bind_into_run(root, b).map_err(at(Step::Root))?;
+    }
+    if let Some(tree) = pod {
+        attach_pod(root, tree).map_err(at(Step::Volumes))?;
     }
     // After the root's own mounts, so a volume at /dev/termination-log or under /tmp is
     // seen rather than covered by them; before /dev is sealed, so its file can be made.
@@ -329,6 +339,39 @@ fn bind_into_run(root: &Path, dir: &Path) -> nix::Result<()> {
         &target,
         None::<&str>,
         MsFlags::MS_REMOUNT | MsFlags::MS_BIND | NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+}
+
+/// A copy of the node's directory `dir` with every mount beneath it, detached (not yet
+/// anywhere in this namespace), still a peer of the node's mount when that is shared. Take
+/// it before making the namespace's mounts private.
+pub fn clone_tree(dir: &Path) -> nix::Result<std::os::fd::OwnedFd> {
+    crate::os::open_tree_clone(dir)
+}
+
+/// Attaches `tree` (from `clone_tree`) at the pod directory in `root`'s own `/run`
+/// (nosuid, nodev), a slave of the node's mount: the node's later mounts beneath it
+/// appear, the cell's never reach the node.
+fn attach_pod(root: &Path, tree: std::os::fd::OwnedFd) -> nix::Result<()> {
+    let rel = Path::new(crate::values::volume::POD_DIR)
+        .strip_prefix("/")
+        .map_err(|_| Errno::EINVAL)?;
+    let target = root.join(rel);
+    std::fs::create_dir_all(&target).map_err(io_errno)?;
+    crate::os::move_mount_to(&tree, &target)?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None::<&str>,
     )
 }

@@ -67,24 +67,30 @@ pub fn container_cell(pod: &PodSpec, c: &ContainerSpec) -> pb::Cell {
     }
 }
 
-/// A volume as the instance is asked for it: a files volume with its files, else an
-/// emptyDir.
+/// A volume as the instance is asked for it: a files volume with its files, a path of the
+/// pod directory bound into it, else an emptyDir.
 fn volume(v: &VolumeSpec) -> pb::Volume {
-    match &v.files {
-        Some(files) => pb::Volume {
-            name: v.name.to_string(),
-            empty_dir: None,
+    let name = v.name.to_string();
+    match (&v.files, &v.pod_path) {
+        (Some(files), _) => pb::Volume {
+            name,
             files: Some(pb::FilesVolume {
                 files: files.iter().map(file_pb).collect(),
             }),
+            ..Default::default()
         },
-        None => pb::Volume {
-            name: v.name.to_string(),
+        (None, Some(path)) => pb::Volume {
+            name,
+            pod_path: path.clone(),
+            ..Default::default()
+        },
+        (None, None) => pb::Volume {
+            name,
             empty_dir: Some(pb::EmptyDirVolume {
                 memory: v.memory,
                 size_limit_bytes: v.size_limit,
             }),
-            files: None,
+            ..Default::default()
         },
     }
 }

@@ -428,6 +428,7 @@ async fn make(
         hostname: p.spec.hostname.clone(),
         host_network: p.spec.host_network,
         pod_subnet: p.spec.sandbox,
+        pod_dir: p.spec.pod_dir.clone(),
     };
     let i = instance::boot(host, &ispec).await?;
     let _ = p.instance.set(i.clone());

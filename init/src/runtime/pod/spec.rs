@@ -93,6 +93,9 @@ pub struct PodSpec {
     /// Its instance in the node's network namespace (a CRI `hostNetwork` sandbox, with the
     /// `cell` handler): its containers use the node's network, addresses and ports.
     pub host_network: bool,
+    /// A directory of the node bound into its instance (a cell), for its containers'
+    /// pod-path volumes: a CRI sandbox's kubelet pod directory, with the `cell` handler.
+    pub pod_dir: Option<std::path::PathBuf>,
 }
 
 /// The instance a pod needs: (vCPUs, memory bytes in whole MiB).
@@ -298,6 +301,7 @@ mod tests {
             hostname: None,
             ports: vec![],
             host_network: false,
+            pod_dir: None,
         };
         assert_eq!(size(&spec), (2, (64 + 128 + 96) * MIB));
         spec.containers = vec![c(None, Some(MIB + 1))];

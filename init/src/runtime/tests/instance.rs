@@ -81,6 +81,7 @@ pub(crate) fn instance(name: &str, serving_within: Duration) -> InstanceSpec {
         hostname: None,
         host_network: false,
         pod_subnet: false,
+        pod_dir: None,
     }
 }
 

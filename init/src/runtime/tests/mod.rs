@@ -360,7 +360,7 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
         crate::runtime::logs::Stream::Stdout,
         None,
         crate::runtime::spec::Confinement::INSTANCE,
-        Vec::new(),
+        Default::default(),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));

@@ -51,6 +51,7 @@ fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
         ready_within: Duration::from_secs(30),
         networks: Vec::new(),
         host_network: false,
+        pod_dir: None,
     }
 }
 
@@ -372,6 +373,7 @@ async fn a_host_network_sandbox_has_no_address_of_its_own() {
     powers_off_when_asked(&r, "hn");
     let spec = PodSpec {
         host_network: true,
+        pod_dir: None,
         isolation: Some(IsolationKind::Cell),
         ..sandbox("hn")
     };

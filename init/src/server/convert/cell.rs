@@ -173,7 +173,7 @@ impl TryFrom<pb::Cell> for CellSpec {
                 uts: !i.share_host_uts,
                 cgroup: !i.share_host_cgroup,
             },
-            binds: Vec::new(),
+            binds: Default::default(),
             ready_within: crate::runtime::spec::READY_MAX,
             image: None,
             ports: Vec::new(),
@@ -253,10 +253,10 @@ pub fn volumes(
             return Err(invalid(format!("{f}.name"), format!("volume '{name}' is listed twice")));
         }
         if let Some(files) = &v.files {
-            if v.empty_dir.is_some() {
+            if v.empty_dir.is_some() || !v.pod_path.is_empty() {
                 return Err(invalid(
                     format!("{f}.files"),
-                    "a volume is an empty_dir or a files volume, not both; send one",
+                    "a volume is an empty_dir, a files volume or a pod_path, one of them; send one",
                 ));
             }
             specs.push(VolumeSpec {
@@ -265,6 +265,31 @@ pub fn volumes(
                 size_limit: 0,
                 owner: String::new(),
                 files: Some(volume_files(&format!("{f}.files.files"), &files.files)?),
+                pod_path: None,
+            });
+            continue;
+        }
+        if !v.pod_path.is_empty() {
+            let p = v.pod_path.trim_end_matches('/');
+            if v.empty_dir.is_some() {
+                return Err(invalid(
+                    format!("{f}.pod_path"),
+                    "a volume is an empty_dir, a files volume or a pod_path, one of them; send one",
+                ));
+            }
+            if !relative_normal(p) || p.len() > 4096 {
+                return Err(invalid(
+                    format!("{f}.pod_path"),
+                    format!("'{p}' must be a path relative to the pod directory, without '.' or '..'"),
+                ));
+            }
+            specs.push(VolumeSpec {
+                name,
+                memory: false,
+                size_limit: 0,
+                owner: String::new(),
+                files: None,
+                pod_path: Some(p.to_owned()),
             });
             continue;
         }
@@ -286,6 +311,7 @@ pub fn volumes(
             // The handler names the caller (`owned_by`).
             owner: String::new(),
             files: None,
+            pod_path: None,
         });
     }
     let mut out: Vec<VolumeMount> = Vec::with_capacity(mounts.len());

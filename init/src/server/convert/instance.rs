@@ -87,6 +87,7 @@ impl TryFrom<Timed<pb::Instance>> for InstanceSpec {
             hostname: None,
             host_network: false,
             pod_subnet: false,
+            pod_dir: None,
         })
     }
 }

@@ -145,6 +145,12 @@ impl TryFrom<Timed<pb::Pod>> for PodSpec {
             ));
         }
         let (volumes, _) = convert::volumes("volumes", &p.volumes, "volume_mounts", &[])?;
+        if let Some(n) = volumes.iter().position(|v| v.pod_path.is_some()) {
+            return Err(invalid(
+                format!("volumes[{n}].pod_path"),
+                "a pod's volumes are empty_dirs or files volumes; pod_path is the node's CRI's, for the cells of a sandbox it made",
+            ));
+        }
         let mut containers: Vec<ContainerSpec> = Vec::with_capacity(p.containers.len());
         for (n, c) in p.containers.into_iter().enumerate() {
             let c = container(n, c, &p.volumes)?;
@@ -214,6 +220,7 @@ impl TryFrom<Timed<pb::Pod>> for PodSpec {
             hostname: None,
             ports: Vec::new(),
             host_network: false,
+            pod_dir: None,
         })
     }
 }

@@ -56,7 +56,10 @@ pub(super) async fn start_cell_child(
         logs::Stream::Stdout,
         None,
         Confinement::INSTANCE,
-        vec![pki_dir.to_owned()],
+        crate::runtime::spec::NodeBinds {
+            run: vec![pki_dir.to_owned()],
+            pod: spec.pod_dir.clone(),
+        },
     )
     .await?;
     let mut veths = Vec::new();

@@ -61,6 +61,10 @@ pub struct InstanceSpec {
     /// Its address from the pod subnet kubelet gave (a CRI sandbox's), once there is one;
     /// else from the bridge's own subnet.
     pub pod_subnet: bool,
+    /// A directory of the node bound into a cell instance at
+    /// [`POD_DIR`](crate::runtime::volume::POD_DIR) (a CRI sandbox's kubelet pod directory,
+    /// with the `cell` handler), which its cells' pod-path volumes bind from.
+    pub pod_dir: Option<std::path::PathBuf>,
 }
 
 /// What the child runs in: a microVM, or (the fallback) an auraed process in a cell of its
