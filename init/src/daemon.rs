@@ -36,6 +36,10 @@ pub struct DaemonArgs {
     /// off unless given. /run/aurae/cri.sock is where the appliance puts it.
     #[arg(long, value_name = "PATH")]
     pub cri_socket: Option<PathBuf>,
+    /// Where the CRI's streaming server (exec through kubelet) listens; port 0: any free
+    /// port. The URLs `Exec` answers name this address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::cri::DEFAULT_STREAM)]
+    pub cri_stream: SocketAddr,
     /// Set by Spawn's cell fallback: this auraed is a child instance in its own cell.
     #[arg(long, hide = true)]
     pub spawned_in_cell: bool,
@@ -114,6 +118,7 @@ pub fn run_pid1() -> ! {
             registries: REGISTRIES_FILE.into(),
             insecure: cfg.insecure_registries.clone(),
             cri_socket: cfg.cri_socket.clone(),
+            cri_stream: cfg.cri_stream,
         },
         None => ImageOptions {
             store: IMAGE_STORE.into(),
@@ -123,6 +128,7 @@ pub fn run_pid1() -> ! {
             registries: REGISTRIES_FILE.into(),
             insecure: cfg.insecure_registries.clone(),
             cri_socket: cfg.cri_socket.clone(),
+            cri_stream: cfg.cri_stream,
         },
     };
     let (action, grace) = match runtime() {
@@ -172,6 +178,7 @@ pub fn run_daemon(args: DaemonArgs) -> std::process::ExitCode {
         registries: args.registries.clone(),
         insecure: Vec::new(),
         cri_socket: args.cri_socket.clone(),
+        cri_stream: args.cri_stream,
     };
     match rt.block_on(serve_until_power_action(false, args.listen, files, report, images)) {
         Ok(_) => {
@@ -201,6 +208,8 @@ struct ImageOptions {
     /// Insecure registries from the kernel command line, besides the file's.
     insecure: Vec<String>,
     cri_socket: Option<PathBuf>,
+    /// Where the CRI's streaming server listens.
+    cri_stream: SocketAddr,
 }
 
 async fn serve_until_power_action(
@@ -235,6 +244,16 @@ async fn serve_until_power_action(
                 None
             }
         },
+    };
+    let stream_listener = match tokio::net::TcpListener::bind(image_options.cri_stream).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            report.fail(
+                "aurae.cri_stream",
+                format!("listen on {}: {e}; the CRI's Exec is refused", image_options.cri_stream),
+            );
+            None
+        }
     };
     if let Err(e) = init::reaper::spawn_reaper_task() {
         tracing::error!("cannot watch SIGCHLD: {e}");
@@ -297,6 +316,17 @@ async fn serve_until_power_action(
     };
     let cri = Arc::new(crate::cri::Cri::new(runtime.clone(), images.clone(), facts));
     tokio::spawn(cri.clone().keep_mounts_fresh());
+    if let Some(l) = stream_listener {
+        match l.local_addr() {
+            Ok(addr) => {
+                let streams = Arc::new(crate::cri::stream::Streams::new(addr, Default::default()));
+                cri.set_streams(streams.clone());
+                tokio::spawn(crate::cri::stream::serve(l, streams, cri.clone()));
+                tracing::info!("CRI streaming (exec) on {addr}");
+            }
+            Err(e) => tracing::error!("CRI streaming: its listener has no address: {e}"),
+        }
+    }
     let root = root_pem.as_deref().and_then(crate::pki::first_der);
     let auth = server::authz::Authorizer::new(policy, &spiffe_id, root, revoked);
     let mut ctx = NodeContext::new(pid1, report, spiffe_id, tx, runtime, auth, identity);

@@ -30,7 +30,12 @@ struct Shared {
     _dir: tempfile::TempDir,
     /// The host's loopback port QEMU forwards to the node's port 8080.
     web: u16,
+    /// The host's loopback port QEMU forwards to the node's CRI streaming server.
+    stream: u16,
 }
+
+/// Where the node's CRI streaming server listens (`aurae.cri_stream`).
+const STREAM_PORT: u32 = 10010;
 
 fn shared() -> Option<&'static Shared> {
     static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
@@ -50,13 +55,20 @@ fn shared() -> Option<&'static Shared> {
         let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
         // lab0: a node bridge for pods' eth1, with no address of the node on it; the CRI
         // on its socket for a kubelet on the node (aurae.cri=1).
-        let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.bridges={LAB} aurae.cri=1");
+        let cmdline = format!(
+            "aurae.insecure_registries={REGISTRY} aurae.bridges={LAB} aurae.cri=1 aurae.cri_stream=0.0.0.0:{STREAM_PORT}"
+        );
         let web = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let hostfwd = format!("{web}:{NODE_PORT}");
+        let stream = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hostfwd = format!("{web}:{NODE_PORT},{stream}:{STREAM_PORT}");
         let a = Appliance::boot_with(
             &build,
             BOOT_DEADLINE,
@@ -72,6 +84,7 @@ fn shared() -> Option<&'static Shared> {
             log,
             _dir: dir,
             web,
+            stream,
         }
     }))
 }
@@ -2174,6 +2187,337 @@ mod cri_cell {
                 "umount {CELLED}/volume-subpaths/conf/app/0; rm -rf {CELLED}"
             ))
             .await;
+        });
+    }
+}
+
+/// The CRI's streaming `Exec` as kubelet and crictl use it (`kubectl exec`, `kubectl cp`,
+/// `crictl exec -it`): the URL `Exec` answers, reached through QEMU's forward of the
+/// node's streaming port (the URL's path alone names the session), spoken with the test
+/// tier's WebSocket client (`src/ws.rs`), for a container in a microVM sandbox (`vm`) and
+/// in a cell sandbox (`cell`).
+mod cri_stream {
+    use super::cri_replay::{run_sandbox, status, Run};
+    use super::*;
+    use aurae_appliance_tests::ws::{split_url, WsClient, STDIN};
+    use aurae_proto::cri;
+    use cri::runtime_service_client::RuntimeServiceClient;
+
+    const V5: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+    const V4: &[&str] = &["v4.channel.k8s.io"];
+
+    /// `Exec` for `cmd` in container `id`: the URL's path.
+    async fn exec_url(run: &mut Run, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
+        let url = run
+            .exec(cri::ExecRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                tty,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let (host, path) = split_url(&url);
+        assert_eq!(host, format!("0.0.0.0:{STREAM_PORT}"), "the address it listens on");
+        path
+    }
+
+    /// A sandbox with `handler` and one busybox container sleeping: (sandbox, container).
+    async fn sleeper(a: &Appliance, run: &mut Run, img: &str, handler: &str) -> (String, String) {
+        let uid = format!("u-stream-{handler}");
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: format!("stream-{handler}"),
+                uid: uid.clone(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: format!("stream-{handler}"),
+            ..Default::default()
+        };
+        let (sid, _, _) = run_sandbox(a, run, config.clone(), handler).await;
+        let cid = run
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sid.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "main".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: img.into(),
+                        ..Default::default()
+                    }),
+                    command: vec!["/bin/sleep".into(), "600".into()],
+                    ..Default::default()
+                }),
+                sandbox_config: Some(config),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        run.start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            status(run, &cid).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+        (sid, cid)
+    }
+
+    /// A directory of files (one of random bytes, one empty, one nested), as `tar` packs it.
+    fn tree() -> (tempfile::TempDir, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("src");
+        std::fs::create_dir_all(d.join("nested/deeper")).unwrap();
+        let mut noise = vec![0u8; 300_000];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut noise).unwrap();
+        std::fs::write(d.join("noise.bin"), &noise).unwrap();
+        std::fs::write(d.join("empty"), b"").unwrap();
+        std::fs::write(d.join("nested/deeper/note.txt"), b"copied with kubectl cp\n").unwrap();
+        let out = std::process::Command::new("tar")
+            .args(["cf", "-", "-C"])
+            .arg(&d)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (t, out.stdout)
+    }
+
+    #[test]
+    fn exec_with_and_without_a_terminal_and_kubectl_cp_in_both_handlers() {
+        let s = shared_or_skip!();
+        let a = &s.a;
+        let addr = format!("127.0.0.1:{}", s.stream);
+        rt().block_on(async {
+            let ch = a.target().connect().await.unwrap();
+            let mut run: Run = RuntimeServiceClient::new(ch.clone());
+            let mut img = cri::image_service_client::ImageServiceClient::new(ch);
+            let c = Client::connect(a).await;
+            let image = img
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: busybox(),
+                        ..Default::default()
+                    }),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .image_ref;
+            let (t, tarball) = tree();
+            for handler in ["vm", "cell"] {
+                let (sid, cid) = sleeper(a, &mut run, &image, handler).await;
+                // No terminal: each stream on its channel, the exit code as kubelet reads it.
+                let path = exec_url(
+                    &mut run,
+                    &cid,
+                    &["sh", "-c", "echo out; echo err >&2; exit 3"],
+                    false,
+                    false,
+                )
+                .await;
+                let mut ws = WsClient::connect(&addr, &path, V4).await.unwrap();
+                let o = ws.outcome().await;
+                assert_eq!(
+                    (o.stdout.as_slice(), o.stderr.as_slice(), o.exit_code()),
+                    (&b"out\n"[..], &b"err\n"[..], Some(3)),
+                    "{handler}: {:?}",
+                    o.status
+                );
+                // A terminal: the size a resize set, Ctrl-C reaching the foreground
+                // process (the shell's `sleep` ends with SIGINT, 130), the exit code.
+                let path = exec_url(&mut run, &cid, &["sh"], true, true).await;
+                let mut ws = WsClient::connect(&addr, &path, V5).await.unwrap();
+                ws.resize(100, 33).await.unwrap();
+                ws.send(STDIN, b"stty size\n").await.unwrap();
+                let seen = ws.stdout_until("33 100").await;
+                assert!(seen.contains("33 100"), "{handler}: {seen:?}");
+                // Ctrl-C once `sleep` is the terminal's foreground process group (before
+                // that the shell's line editor, or the shell itself, would take it).
+                ws.send(STDIN, b"sleep 100\n").await.unwrap();
+                let foreground = "for s in /proc/[0-9]*/stat; do set -- $(cat $s); \
+                    [ \"$2\" = \"(sleep)\" ] && [ \"$5\" = \"$8\" ] && echo fg; done; true";
+                let in_front = eventually(a.budget(Duration::from_secs(30)), || {
+                    let (mut run, cid) = (run.clone(), cid.clone());
+                    async move { super::cri_replay::sh(&mut run, &cid, foreground).await.stdout == b"fg\n" }
+                })
+                .await;
+                assert!(in_front, "{handler}: sleep is in the foreground");
+                ws.send(STDIN, b"\x03").await.unwrap();
+                ws.send(STDIN, b"echo back $?\n").await.unwrap();
+                let seen = ws.stdout_until("back 130").await;
+                assert!(seen.contains("back 130"), "{handler}: {seen:?}");
+                ws.send(STDIN, b"exit 7\n").await.unwrap();
+                assert_eq!(ws.outcome().await.exit_code(), Some(7), "{handler}");
+                // kubectl cp: tar over exec, in and back out, byte for byte (through
+                // `sh`: the test's busybox has the applet but no /bin/tar link).
+                let path = exec_url(
+                    &mut run,
+                    &cid,
+                    &["sh", "-c", "mkdir -p /tmp/cp && tar xf - -C /tmp/cp"],
+                    false,
+                    true,
+                )
+                .await;
+                let mut ws = WsClient::connect(&addr, &path, V5).await.unwrap();
+                for piece in tarball.chunks(64 * 1024) {
+                    ws.send(STDIN, piece).await.unwrap();
+                }
+                ws.close_stdin().await.unwrap();
+                let o = ws.outcome().await;
+                assert_eq!(
+                    o.exit_code(),
+                    Some(0),
+                    "{handler}: {:?}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                let path = exec_url(&mut run, &cid, &["sh", "-c", "tar cf - -C /tmp/cp ."], false, false).await;
+                let mut ws = WsClient::connect(&addr, &path, V5).await.unwrap();
+                let since = std::time::Instant::now();
+                let o = ws.outcome().await;
+                assert_eq!(
+                    o.exit_code(),
+                    Some(0),
+                    "{handler}: {} bytes of stdout in {:?}, closed {}, stderr {:?}, status {:?}",
+                    o.stdout.len(),
+                    since.elapsed(),
+                    o.closed,
+                    String::from_utf8_lossy(&o.stderr),
+                    o.status
+                );
+                let back = t.path().join(format!("back-{handler}"));
+                std::fs::create_dir_all(&back).unwrap();
+                let mut untar = std::process::Command::new("tar")
+                    .args(["xf", "-", "-C"])
+                    .arg(&back)
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::io::Write::write_all(untar.stdin.as_mut().unwrap(), &o.stdout).unwrap();
+                drop(untar.stdin.take());
+                assert!(untar.wait().unwrap().success());
+                for f in ["noise.bin", "empty", "nested/deeper/note.txt"] {
+                    assert_eq!(
+                        std::fs::read(back.join(f)).unwrap(),
+                        std::fs::read(t.path().join("src").join(f)).unwrap(),
+                        "{handler}: {f}"
+                    );
+                }
+                run.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: sid.clone(),
+                })
+                .await
+                .unwrap();
+                run.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sid })
+                    .await
+                    .unwrap();
+            }
+            let (workloads, cgroups) = c.leftovers().await;
+            assert!(workloads.is_empty() && cgroups.is_empty(), "{workloads:?} {cgroups:?}");
+        });
+    }
+
+    /// The attacks on the streaming server: a URL used twice, a token altered, a URL
+    /// re-aimed at another kind of session, a request for a container that is not
+    /// running; 1000 connections that send nothing. Each refused with nothing run; PID 1's
+    /// API serves throughout, and the streaming server serves again after the flood.
+    #[test]
+    fn streaming_urls_are_single_use_and_a_flood_leaves_pid1_serving() {
+        let s = shared_or_skip!();
+        let a = &s.a;
+        let addr = format!("127.0.0.1:{}", s.stream);
+        rt().block_on(async {
+            let ch = a.target().connect().await.unwrap();
+            let mut run: Run = RuntimeServiceClient::new(ch.clone());
+            let mut img = cri::image_service_client::ImageServiceClient::new(ch);
+            let c = Client::connect(a).await;
+            let image = img
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: busybox(),
+                        ..Default::default()
+                    }),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .image_ref;
+            let (sid, cid) = sleeper(a, &mut run, &image, "cell").await;
+            let marker = "/tmp/ran";
+            let path = exec_url(&mut run, &cid, &["sh", "-c", "echo once >> /tmp/ran"], false, false).await;
+            let mut ws = WsClient::connect(&addr, &path, V5).await.unwrap();
+            assert_eq!(ws.outcome().await.exit_code(), Some(0));
+            let again = WsClient::connect(&addr, &path, V5).await.err().expect("refused");
+            assert_eq!(again.status, 404, "{}", again.body);
+            let path = exec_url(&mut run, &cid, &["sh", "-c", "echo twice >> /tmp/ran"], false, false).await;
+            let flipped = match path.chars().last() {
+                Some('a') => 'b',
+                _ => 'a',
+            };
+            let altered = format!("{}{flipped}", &path[..path.len() - 1]);
+            assert_eq!(WsClient::connect(&addr, &altered, V5).await.err().unwrap().status, 404);
+            let as_attach = path.replacen("/exec/", "/attach/", 1);
+            assert_eq!(
+                WsClient::connect(&addr, &as_attach, V5).await.err().unwrap().status,
+                404
+            );
+            assert_eq!(WsClient::connect(&addr, &path, V5).await.err().unwrap().status, 404);
+            let o = super::cri_replay::sh(&mut run, &cid, &format!("cat {marker}")).await;
+            assert_eq!(o.stdout, b"once\n", "nothing ran but the first");
+            // A container that does not run: no URL.
+            let e = run
+                .exec(cri::ExecRequest {
+                    container_id: "no-such".into(),
+                    cmd: vec!["true".into()],
+                    stdout: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+            // 1000 connections that never send a request, from the node itself (through
+            // QEMU's forward each would take half a second to open): `nc` reading from a
+            // pipe no one writes. PID 1's API serves throughout; the streaming server
+            // holds at most 64 and closes each within its head's time, so every `nc` ends.
+            c.on_node("rm -f /tmp/flood.fifo; mkfifo /tmp/flood.fifo").await;
+            let flood = format!(
+                "exec 3<>/tmp/flood.fifo; i=0; while [ $i -lt 1000 ]; do \
+                 nc 127.0.0.1 {STREAM_PORT} <&3 >/dev/null 2>&1 & i=$((i+1)); done; wait; echo all-closed"
+            );
+            c.exec(aurae_appliance_tests::sh("flood", "probe", &flood))
+                .await
+                .unwrap();
+            let info = c.node.clone().info(pb::NodeInfoRequest::default()).await;
+            assert!(info.is_ok(), "PID 1's API serves during the flood: {info:?}");
+            let ended = tokio::time::timeout(a.budget(Duration::from_secs(120)), c.wait("flood")).await;
+            assert!(ended.is_ok(), "the server closed every idle connection");
+            assert_eq!(c.stdout("flood").await.trim_end(), "all-closed");
+            c.free("flood").await;
+            let path = exec_url(&mut run, &cid, &["echo", "after"], false, false).await;
+            let mut ws = WsClient::connect(&addr, &path, V5).await.unwrap();
+            assert_eq!(ws.outcome().await.stdout, b"after\n", "served again after the flood");
+            run.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: sid.clone(),
+            })
+            .await
+            .unwrap();
+            run.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sid })
+                .await
+                .unwrap();
         });
     }
 }

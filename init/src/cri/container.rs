@@ -246,10 +246,15 @@ impl Cri {
 
     /// (runtime pod, name in it) of container `id`.
     fn placed(&self, id: &str) -> Option<(String, String)> {
+        self.placed_by_id(id).map(|(_, pod, name)| (pod, name))
+    }
+
+    /// (its full id, runtime pod, name in it) of container `id` (or a prefix of it).
+    pub(super) fn placed_by_id(&self, id: &str) -> Option<(String, String, String)> {
         let t = self.table();
         let c = t.container(id)?;
         let pod = t.sandbox(&c.sandbox_id)?.pod.clone();
-        Some((pod, c.name.clone()))
+        Some((c.id.clone(), pod, c.name.clone()))
     }
 
     /// Starts the entrypoint, and the writer of its log file (from its first line).
@@ -300,10 +305,7 @@ impl Cri {
             let pod = t.sandbox(&c.sandbox_id).map(|s| s.pod.clone()).unwrap_or_default();
             (pod, c.name.clone(), c.reopen.clone())
         };
-        let running = view(self, &pod)
-            .and_then(|v| v.containers.into_iter().find(|c| c.name == name))
-            .is_some_and(|c| matches!(c.state, ContainerState::Running { .. }));
-        match reopen.filter(|_| running) {
+        match reopen.filter(|_| running(self, &pod, &name)) {
             Some(tx) => {
                 tx.send_modify(|n| *n += 1);
                 Ok(())
@@ -464,7 +466,14 @@ impl Cri {
     }
 }
 
-fn no_container(id: &str) -> CriError {
+/// Whether container `name` of runtime pod `pod` runs now.
+pub(super) fn running(cri: &Cri, pod: &str, name: &str) -> bool {
+    view(cri, pod)
+        .and_then(|v| v.containers.into_iter().find(|c| c.name == name))
+        .is_some_and(|c| matches!(c.state, ContainerState::Running { .. }))
+}
+
+pub(super) fn no_container(id: &str) -> CriError {
     CriError::NotFound(format!("container_id: no container '{id}' on this node"))
 }
 

@@ -10,6 +10,7 @@
 
 pub mod container;
 pub mod copy;
+pub mod exec;
 pub mod images;
 pub mod logfile;
 pub mod mounts;
@@ -17,6 +18,7 @@ pub mod sandbox;
 pub mod state;
 pub mod stats;
 pub mod status;
+pub mod stream;
 
 use crate::image::ImageError;
 use crate::runtime::error::RuntimeError;
@@ -28,6 +30,10 @@ pub const KUBELET_API_VERSION: &str = "0.1.0";
 pub const RUNTIME_API_VERSION: &str = "v1";
 /// Where a kubelet on the appliance finds the CRI when `aurae.cri` names no other path.
 pub const DEFAULT_SOCKET: &str = "/run/aurae/cri.sock";
+
+/// Where the streaming server listens unless told: the node's loopback, any free port (as
+/// containerd and CRI-O do; kubelet on the node reaches it).
+pub const DEFAULT_STREAM: &str = "127.0.0.1:0";
 
 /// Where a kubelet on the node keeps pods' volumes, and their logs (kubelet's defaults),
 /// and their directories on a data disk: made at boot when the CRI is served on its
@@ -53,6 +59,9 @@ pub enum CriError {
     /// The sandbox or container is not in a state that allows this.
     #[error("{0}")]
     WrongState(String),
+    /// A limit of the node's is reached (streaming URLs waiting for their clients).
+    #[error("{0}")]
+    Exhausted(String),
     /// A method this auraed does not serve (yet), and what to use instead.
     #[error("{method}: {why}")]
     Unimplemented { method: &'static str, why: &'static str },
@@ -83,6 +92,8 @@ pub struct Cri {
     /// Wakes the refresher of read-only copies when a container has some (it sleeps
     /// otherwise).
     pub(crate) copies: tokio::sync::Notify,
+    /// The streaming server `Exec` URLs point to, once it listens.
+    streams: std::sync::OnceLock<Arc<stream::Streams>>,
 }
 
 impl Cri {
@@ -94,6 +105,7 @@ impl Cri {
             pod_cidr: Mutex::new(None),
             table: Mutex::new(state::Table::default()),
             copies: tokio::sync::Notify::new(),
+            streams: std::sync::OnceLock::new(),
         }
     }
 

@@ -16,6 +16,7 @@
 //! | `aurae.data=/dev/NAME` | a disk whose filesystem holds the image store | none (RAM) |
 //! | `aurae.bridges=NAME[=A.B.C.D/N],...` | named bridges pods attach extra interfaces to (`Pod.networks`), with the node's address on each if given | none |
 //! | `aurae.cri=PATH` | serve the Kubernetes CRI to a kubelet on this unix socket (root only); `aurae.cri=1` is `/run/aurae/cri.sock` | off |
+//! | `aurae.cri_stream=ADDR:PORT` | where the CRI's streaming server (exec through kubelet) listens; port 0 picks a free one | `127.0.0.1:0` |
 //! | `aurae.nic=NAME,MAC,A.B.C.D/N` | (set by the parent for a spawned instance, repeatable) name the NIC with this MAC and give it this address | none |
 
 pub use crate::net::cidr::{Ipv4Cidr, ValueError};
@@ -57,6 +58,8 @@ pub struct BootConfig {
     pub nics: Vec<crate::net::Nic>,
     /// Where to serve the Kubernetes CRI (`aurae.cri=`); None: only on the API port.
     pub cri_socket: Option<std::path::PathBuf>,
+    /// Where the CRI's streaming server listens (`aurae.cri_stream=`).
+    pub cri_stream: SocketAddr,
 }
 
 /// The default of `aurae.max_workloads`: room for the bench's 1000 kept executables and
@@ -88,6 +91,7 @@ impl Default for BootConfig {
             bridges: Vec::new(),
             nics: Vec::new(),
             cri_socket: None,
+            cri_stream: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -193,6 +197,15 @@ impl BootConfig {
                         ))
                     }
                 }
+                "cri_stream" => match val.parse::<SocketAddr>() {
+                    Ok(a) => {
+                        cfg.cri_stream = a;
+                        Ok(())
+                    }
+                    Err(_) => Err(not(
+                        "ADDR:PORT for the CRI's streaming server (127.0.0.1:0 picks a free port)",
+                    )),
+                },
                 "bridges" => parse_bridges(val).map(|b| cfg.bridges = b),
                 "nic" => parse_nic(val).map(|n| cfg.nics.push(n)),
                 "vmm" => match val {
@@ -360,9 +373,10 @@ mod tests {
             "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
              aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40 \
              aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local aurae.data=/dev/vdb \
-             aurae.cri=/run/k/cri.sock",
+             aurae.cri=/run/k/cri.sock aurae.cri_stream=10.0.2.15:10010",
         );
         assert!(w.is_empty(), "{w:?}");
+        assert_eq!(cfg.cri_stream.to_string(), "10.0.2.15:10010");
         assert_eq!(cfg.log_level, Level::DEBUG);
         assert_eq!(cfg.hostname, "node-1");
         assert_eq!(cfg.iface, "eth1");
@@ -391,6 +405,11 @@ mod tests {
             let (cfg, w) = BootConfig::parse(&format!("aurae.cri={bad}"));
             assert_eq!(cfg.cri_socket, None, "{bad}");
             assert!(w[0].contains("absolute path"), "{w:?}");
+        }
+        for bad in ["10010", "localhost:10010", "1.2.3.4"] {
+            let (cfg, w) = BootConfig::parse(&format!("aurae.cri_stream={bad}"));
+            assert_eq!(cfg.cri_stream, BootConfig::default().cri_stream, "{bad}");
+            assert!(w[0].contains("ADDR:PORT"), "{w:?}");
         }
         for bad in ["vdb", "/dev/", "/dev/../etc/passwd", "/etc/x"] {
             let (cfg, w) = BootConfig::parse(&format!("aurae.data={bad}"));

@@ -322,6 +322,20 @@ impl Runtime {
         pod::exec_in_container(&self.host, pod, name, argv, timeout, cap).await
     }
 
+    /// A process started in running container `name` of sandbox `pod`, attached (the
+    /// CRI's streaming Exec): what to send it, and its output.
+    pub async fn exec_session(
+        &self,
+        pod: &str,
+        name: &str,
+        start: crate::pb::ExecStart,
+    ) -> Result<(
+        tokio::sync::mpsc::Sender<crate::pb::ExecRequest>,
+        tonic::Streaming<crate::pb::ExecResponse>,
+    )> {
+        pod::exec_session(&self.host, pod, name, start).await
+    }
+
     /// Exec: a process started in a running cell, attached to the caller.
     pub async fn attach(&self, spec: attach::AttachSpec) -> Result<attach::Attached> {
         attach::start(&self.host, spec).await

@@ -30,7 +30,7 @@ pub fn image_service(cri: Arc<Cri>) -> ImageServiceServer<ImageApi> {
 }
 
 const STREAMING: &str =
-    "streaming (exec, attach, port-forward) is not served by this auraed yet; use the Aurae API's Exec";
+    "attach and port-forward are not served by this auraed yet (exec is); use the Aurae API's Exec, or a published port";
 const NOT_HERE: &str = "not served by auraed (optional in the CRI; kubelet falls back)";
 
 /// Not served by this auraed (yet): UNIMPLEMENTED with what to use instead.
@@ -175,8 +175,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Ok(Response::new(self.cri.exec_sync(r.into_inner(), caller).await?))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        not_served("Exec", STREAMING)
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        Ok(Response::new(self.cri.exec(r.into_inner())?))
     }
 
     async fn attach(&self, _: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {

@@ -91,6 +91,7 @@ fn cri_code(e: &CriError) -> Code {
         CriError::Invalid { .. } => Code::InvalidArgument,
         CriError::NodeLacks(_) | CriError::WrongState(_) => Code::FailedPrecondition,
         CriError::NotFound(_) => Code::NotFound,
+        CriError::Exhausted(_) => Code::ResourceExhausted,
         CriError::Unimplemented { .. } => Code::Unimplemented,
         CriError::Image(i) => image_code(i),
         CriError::Runtime(r) => runtime_code(r),

@@ -8,6 +8,7 @@
 
 use super::spec::{ContainerSpec, ContainerState};
 use super::{give_image, make_cell, refused, supervise, ContainerView, Pod, PodImage, Slot, CALL_TIMEOUT};
+use crate::pb;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
 use std::sync::atomic::Ordering;
@@ -222,6 +223,33 @@ pub(crate) async fn exec_in_container(
             timeout.as_secs_f64()
         ))),
     }
+}
+
+/// Starts `start` attached in running container `name` of sandbox `pod` (the CRI's
+/// streaming Exec).
+pub(crate) async fn exec_session(
+    host: &Host,
+    pod: &str,
+    name: &str,
+    start: pb::ExecStart,
+) -> Result<(
+    tokio::sync::mpsc::Sender<pb::ExecRequest>,
+    tonic::Streaming<pb::ExecResponse>,
+)> {
+    let (p, ch) = running_sandbox(host, pod)?;
+    match p.state().slot(name).map(|c| c.state.clone()) {
+        None => return Err(no_container(pod, name)),
+        Some(ContainerState::Running { .. }) => {}
+        Some(other) => {
+            return Err(RuntimeError::WrongPhase(format!(
+                "container '{name}' of pod '{pod}' is {}; a command runs only in a running container",
+                describe(&other)
+            )))
+        }
+    }
+    crate::runtime::spawn::child::exec_session(&ch, start)
+        .await
+        .map_err(|s| refused(&format!("a session in container '{name}'"), s))
 }
 
 /// What container `name` of sandbox `pod` uses now (its cell in the instance).

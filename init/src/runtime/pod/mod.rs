@@ -18,7 +18,8 @@ pub(crate) mod spec;
 mod supervise;
 
 pub(crate) use containers::{
-    container_usage, create_container, exec_in_container, remove_container, start_container, stop_container,
+    container_usage, create_container, exec_in_container, exec_session, remove_container, start_container,
+    stop_container,
 };
 
 pub use images::PodImage;

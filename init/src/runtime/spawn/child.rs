@@ -357,6 +357,33 @@ pub async fn exec_in(ch: &Channel, container: &str, argv: Vec<String>, cap: usiz
     )))
 }
 
+/// Starts `start` in the instance attached (its Exec): what to send it, and its output. The
+/// process is killed when the sender is dropped or the output is.
+pub async fn exec_session(
+    ch: &Channel,
+    start: pb::ExecStart,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::ExecRequest>,
+        tonic::Streaming<pb::ExecResponse>,
+    ),
+    Status,
+> {
+    let mut client = pb::runtime_client::RuntimeClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let first = pb::ExecRequest {
+        request: Some(pb::exec_request::Request::Start(start)),
+    };
+    tx.send(first)
+        .await
+        .map_err(|_| Status::internal("the exec request stream closed at once"))?;
+    let out = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, out))
+}
+
 /// What a container's cell uses now (its cgroup in the instance).
 pub async fn cell_usage(ch: &Channel, container: &str, timeout: Duration) -> Result<pb::CellUsage, Status> {
     let mut client = pb::workloads_client::WorkloadsClient::new(ch.clone());

@@ -1,0 +1,354 @@
+//! The streaming server over real loopback connections, with a fake backend standing for
+//! the sandbox's instance, driven by the test tier's WebSocket client (written from the
+//! RFC, `tests/src/ws.rs`): sessions with and without a terminal, exit codes, resizes,
+//! and the attacks (a reused, altered, expired or re-aimed URL; floods of connections and
+//! sessions) refused with nothing run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../../../tests/src/ws.rs"]
+mod ws_client;
+
+use super::*;
+use crate::pb::{exec_request::Request as In, exec_response::Response as Out};
+use std::sync::atomic::AtomicBool;
+use tokio::sync::mpsc;
+use ws_client::{Msg, WsClient, STDIN};
+
+/// Runs what it is asked in a few words: `echo WORDS`, `cat` (stdin back until it ends),
+/// `exit N`, `size` (each resize as "ROWS COLS"), `sleep` (until killed). It records
+/// every start and whether a process was killed by its client going.
+#[derive(Default)]
+struct Fake {
+    started: Mutex<Vec<(Target, pb::ExecStart)>>,
+    killed: Arc<AtomicBool>,
+}
+
+fn out(r: Out) -> Result<pb::ExecResponse, tonic::Status> {
+    Ok(pb::ExecResponse { response: Some(r) })
+}
+
+fn exit(code: i32) -> Out {
+    Out::Exit(pb::ExecExit {
+        exit_code: Some(code),
+        ..Default::default()
+    })
+}
+
+impl Backend for Fake {
+    fn exec<'a>(&'a self, target: &'a Target, start: pb::ExecStart) -> BoxFuture<'a, Result<ExecIo, tonic::Status>> {
+        Box::pin(async move {
+            self.started.lock().unwrap().push((target.clone(), start.clone()));
+            let (input, mut rx) = mpsc::channel::<pb::ExecRequest>(16);
+            let (tx, orx) = mpsc::channel(16);
+            let killed = self.killed.clone();
+            let argv = start.argv.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(out(Out::StartedPid(7))).await;
+                match argv.first().map(String::as_str) {
+                    Some("echo") => {
+                        let _ = tx
+                            .send(out(Out::Stdout(format!("{}\n", argv[1..].join(" ")).into())))
+                            .await;
+                        let _ = tx.send(out(Out::Stderr(b"to stderr\n".to_vec()))).await;
+                        let _ = tx.send(out(exit(0))).await;
+                    }
+                    Some("exit") => {
+                        let _ = tx.send(out(exit(argv[1].parse().unwrap()))).await;
+                    }
+                    Some("cat") => loop {
+                        match rx.recv().await.and_then(|r| r.request) {
+                            Some(In::Stdin(b)) => {
+                                let _ = tx.send(out(Out::Stdout(b))).await;
+                            }
+                            Some(In::CloseStdin(_)) => {
+                                let _ = tx.send(out(exit(0))).await;
+                                break;
+                            }
+                            Some(_) => {}
+                            None => {
+                                killed.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                        }
+                    },
+                    Some("size") => {
+                        while let Some(r) = rx.recv().await.and_then(|r| r.request) {
+                            if let In::Resize(s) = r {
+                                let _ = tx
+                                    .send(out(Out::Stdout(format!("{} {}\n", s.rows, s.columns).into())))
+                                    .await;
+                                let _ = tx.send(out(exit(0))).await;
+                                return;
+                            }
+                        }
+                        killed.store(true, Ordering::SeqCst);
+                    }
+                    _ => {
+                        // sleep: until the client's side is gone.
+                        while rx.recv().await.is_some() {}
+                        killed.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+            Ok(ExecIo {
+                input,
+                output: Box::pin(tokio_stream::wrappers::ReceiverStream::new(orx)),
+            })
+        })
+    }
+}
+
+/// A server on a loopback port with `limits`, serving `fake`.
+async fn server(limits: Limits) -> (Arc<Streams>, Arc<Fake>, String) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let streams = Arc::new(Streams::new(addr, limits));
+    let fake = Arc::new(Fake::default());
+    tokio::spawn(serve(l, streams.clone(), fake.clone()));
+    (streams, fake, addr.to_string())
+}
+
+fn target(id: &str) -> Target {
+    Target {
+        container_id: id.into(),
+        pod: "cri-1".into(),
+        name: "c-1".into(),
+    }
+}
+
+fn exec(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> What {
+    What::Exec {
+        target: target(id),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    }
+}
+
+const V5: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const V4: &[&str] = &["v4.channel.k8s.io"];
+
+async fn open(streams: &Streams, addr: &str, what: What, protocols: &[&str]) -> WsClient {
+    let url = streams.issue(what).unwrap();
+    let (host, path) = ws_client::split_url(&url);
+    assert_eq!(host, addr, "the URL names the server's own address");
+    WsClient::connect(addr, &path, protocols).await.unwrap()
+}
+
+/// Without a terminal: stdout and stderr on their channels, the exit status on the error
+/// channel (v5 chosen when offered), then a close; v4 gets the same and says a non-zero
+/// exit code the way kubelet reads it.
+#[tokio::test]
+async fn an_exec_session_carries_each_stream_and_the_exit_status() {
+    let (streams, fake, addr) = server(Limits::default()).await;
+    let mut c = open(&streams, &addr, exec("abc", &["echo", "hello"], false, false), V5).await;
+    assert_eq!(c.subprotocol, "v5.channel.k8s.io");
+    let o = c.outcome().await;
+    assert_eq!(
+        (o.stdout.as_slice(), o.stderr.as_slice()),
+        (&b"hello\n"[..], &b"to stderr\n"[..])
+    );
+    assert_eq!(o.exit_code(), Some(0));
+    assert!(o.closed);
+    let (t, start) = fake.started.lock().unwrap()[0].clone();
+    assert_eq!(
+        (t.pod.as_str(), start.cell.as_str(), start.tty),
+        ("cri-1", "c-1", false)
+    );
+
+    let mut c = open(&streams, &addr, exec("abc", &["exit", "3"], false, false), V4).await;
+    assert_eq!(c.subprotocol, "v4.channel.k8s.io");
+    let o = c.outcome().await;
+    assert_eq!(o.exit_code(), Some(3), "{:?}", o.status);
+    let s = o.status.unwrap();
+    assert_eq!(
+        (s["status"].as_str(), s["reason"].as_str()),
+        (Some("Failure"), Some("NonZeroExitCode"))
+    );
+}
+
+/// stdin reaches the process and its end (v5's close of channel 0) ends it; a resize
+/// reaches a terminal's process as rows and columns.
+#[tokio::test]
+async fn stdin_and_resizes_reach_the_process() {
+    let (streams, _fake, addr) = server(Limits::default()).await;
+    let mut c = open(&streams, &addr, exec("abc", &["cat"], false, true), V5).await;
+    c.send(STDIN, b"line one\n").await.unwrap();
+    assert_eq!(c.stdout_until("line one\n").await, "line one\n");
+    c.send(STDIN, b"two").await.unwrap();
+    c.close_stdin().await.unwrap();
+    let o = c.outcome().await;
+    assert_eq!((o.stdout.as_slice(), o.exit_code()), (&b"two"[..], Some(0)));
+
+    let mut c = open(&streams, &addr, exec("abc", &["size"], true, true), V5).await;
+    c.resize(100, 33).await.unwrap();
+    let o = c.outcome().await;
+    assert_eq!(o.stdout, b"33 100\n");
+}
+
+/// A client that goes away mid-session: the process is killed (its input ends), and the
+/// container's session count falls back so it can open more.
+#[tokio::test]
+async fn a_client_that_goes_kills_its_process() {
+    let (streams, fake, addr) = server(Limits::default()).await;
+    let c = open(&streams, &addr, exec("abc", &["sleep"], false, true), V5).await;
+    drop(c);
+    for _ in 0..200 {
+        if fake.killed.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fake.killed.load(Ordering::SeqCst), "the process was killed");
+    for _ in 0..200 {
+        if streams.open.lock().unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the session was not counted off");
+}
+
+/// The attacks on a URL: used twice, a token altered by one character, expired, or aimed
+/// at another kind of session; the wrong protocols. Each refused (404 for every URL that
+/// is not a pending one, whatever the reason, so nothing is learnt), with nothing run.
+#[tokio::test]
+async fn a_url_is_served_once_for_what_it_was_issued_and_nothing_else() {
+    let limits = Limits {
+        ttl: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (streams, fake, addr) = server(limits).await;
+    let url = streams.issue(exec("abc", &["echo", "once"], false, false)).unwrap();
+    let (_, path) = ws_client::split_url(&url);
+    let mut c = WsClient::connect(&addr, &path, V5).await.unwrap();
+    assert_eq!(c.outcome().await.exit_code(), Some(0));
+    let again = WsClient::connect(&addr, &path, V5).await.err().expect("refused");
+    assert_eq!(again.status, 404, "{}", again.body);
+
+    let url = streams.issue(exec("abc", &["echo", "x"], false, false)).unwrap();
+    let (_, path) = ws_client::split_url(&url);
+    let last = path.chars().last().unwrap();
+    let altered = format!("{}{}", &path[..path.len() - 1], if last == '0' { '1' } else { '0' });
+    assert_eq!(WsClient::connect(&addr, &altered, V5).await.err().unwrap().status, 404);
+    let as_attach = path.replacen("/exec/", "/attach/", 1);
+    assert_eq!(
+        WsClient::connect(&addr, &as_attach, V5).await.err().unwrap().status,
+        404
+    );
+    assert_eq!(
+        WsClient::connect(&addr, &path, V5).await.err().unwrap().status,
+        404,
+        "the re-aimed try used it up"
+    );
+
+    let url = streams.issue(exec("abc", &["echo", "late"], false, false)).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, path) = ws_client::split_url(&url);
+    assert_eq!(WsClient::connect(&addr, &path, V5).await.err().unwrap().status, 404);
+
+    for (protocols, status) in [(&["channel.k8s.io"][..], 400), (&["base64.channel.k8s.io"][..], 400)] {
+        let url = streams.issue(exec("abc", &["echo", "p"], false, false)).unwrap();
+        let (_, path) = ws_client::split_url(&url);
+        let e = WsClient::connect(&addr, &path, protocols).await.err().unwrap();
+        assert_eq!(e.status, status);
+        assert!(e.body.contains("v5.channel.k8s.io"), "{}", e.body);
+    }
+    // SPDY: refused by name until it is served.
+    let url = streams.issue(exec("abc", &["echo", "s"], false, false)).unwrap();
+    let (_, path) = ws_client::split_url(&url);
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 501") && answer.contains("WebSocket"),
+        "{answer}"
+    );
+    assert_eq!(fake.started.lock().unwrap().len(), 1, "only the first URL ran anything");
+}
+
+/// Floods: connections that never send their request are closed after the head's time,
+/// those past the most at once are closed at accept; a container's sessions past its most
+/// are refused (429); URLs past the most pending are refused. The server serves again
+/// once the flood is gone.
+#[tokio::test]
+async fn floods_of_connections_sessions_and_urls_are_bounded() {
+    let limits = Limits {
+        max_connections: 16,
+        max_per_container: 2,
+        max_pending: 8,
+        head_within: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (streams, _fake, addr) = server(limits).await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        streams.connections.load(Ordering::Relaxed) <= 16,
+        "at most 16 held: {}",
+        streams.connections.load(Ordering::Relaxed)
+    );
+    // Past the head's time the idle ones are closed, and a session is served again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(idle);
+    let mut c = open(&streams, &addr, exec("abc", &["echo", "after"], false, false), V5).await;
+    assert_eq!(c.outcome().await.stdout, b"after\n");
+
+    let _a = open(&streams, &addr, exec("abc", &["sleep"], false, true), V5).await;
+    let _b = open(&streams, &addr, exec("abc", &["sleep"], false, true), V5).await;
+    let url = streams.issue(exec("abc", &["echo", "third"], false, false)).unwrap();
+    let (_, path) = ws_client::split_url(&url);
+    let e = WsClient::connect(&addr, &path, V5).await.err().unwrap();
+    assert_eq!(e.status, 429, "{}", e.body);
+    let mut other = open(&streams, &addr, exec("def", &["echo", "other"], false, false), V5).await;
+    assert_eq!(
+        other.outcome().await.stdout,
+        b"other\n",
+        "another container is not held up"
+    );
+
+    for _ in 0..8 {
+        streams.issue(exec("abc", &["echo"], false, false)).unwrap();
+    }
+    let e = streams.issue(exec("abc", &["echo"], false, false)).unwrap_err();
+    assert!(matches!(e, CriError::Exhausted(_)), "{e:?}");
+}
+
+/// The error channel's words: kubelet reads the exit code from `details.causes`.
+#[test]
+fn the_exit_status_is_what_kubelet_reads() {
+    let ok = ws::exit_status(&pb::ExecExit {
+        exit_code: Some(0),
+        ..Default::default()
+    });
+    assert_eq!(ok, r#"{"metadata":{},"status":"Success"}"#);
+    let killed: serde_json::Value = serde_json::from_str(&ws::exit_status(&pb::ExecExit {
+        signal: Some(9),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(killed["details"]["causes"][0]["message"], "137");
+    assert_eq!(
+        ws::resize(br#"{"Width":80,"Height":24}"#).map(|s| (s.rows, s.columns)),
+        Some((24, 80))
+    );
+    assert_eq!(ws::resize(b"{}"), None);
+    // RFC 6455's own example.
+    assert_eq!(
+        ws::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    let _ = Msg::Close(None);
+}
