@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod spdy;
 pub mod ws;
 
 /// The project's top level (where qemu/, rootfs/ and kernel/ are).

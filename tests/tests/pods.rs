@@ -2199,6 +2199,7 @@ mod cri_cell {
 mod cri_stream {
     use super::cri_replay::{run_sandbox, status, Run};
     use super::*;
+    use aurae_appliance_tests::spdy::SpdyClient;
     use aurae_appliance_tests::ws::{split_url, WsClient, STDIN};
     use aurae_proto::cri;
     use cri::runtime_service_client::RuntimeServiceClient;
@@ -2361,6 +2362,33 @@ mod cri_stream {
                 assert!(seen.contains("back 130"), "{handler}: {seen:?}");
                 ws.send(STDIN, b"exit 7\n").await.unwrap();
                 assert_eq!(ws.outcome().await.exit_code(), Some(7), "{handler}");
+                // The same over SPDY/3.1, what kubelet speaks to the runtime.
+                let path = exec_url(
+                    &mut run,
+                    &cid,
+                    &["sh", "-c", "echo out; echo err >&2; exit 3"],
+                    false,
+                    false,
+                )
+                .await;
+                let mut sp = SpdyClient::connect(&addr, &path, &["v4.channel.k8s.io"]).await.unwrap();
+                sp.open_exec(false, false).await;
+                let o = sp.outcome().await;
+                assert_eq!(
+                    (o.stdout.as_slice(), o.stderr.as_slice(), o.exit_code()),
+                    (&b"out\n"[..], &b"err\n"[..], Some(3)),
+                    "{handler} over SPDY: {:?}",
+                    o.status
+                );
+                let path = exec_url(&mut run, &cid, &["sh"], true, true).await;
+                let mut sp = SpdyClient::connect(&addr, &path, &["v4.channel.k8s.io"]).await.unwrap();
+                sp.open_exec(true, true).await;
+                sp.resize(90, 21).await;
+                sp.send("stdin", b"stty size\n", false).await;
+                let seen = sp.stdout_until("21 90").await;
+                assert!(seen.contains("21 90"), "{handler} over SPDY: {seen:?}");
+                sp.send("stdin", b"exit 5\n", false).await;
+                assert_eq!(sp.outcome().await.exit_code(), Some(5), "{handler} over SPDY");
                 // kubectl cp: tar over exec, in and back out, byte for byte (through
                 // `sh`: the test's busybox has the applet but no /bin/tar link).
                 let path = exec_url(
@@ -2371,12 +2399,14 @@ mod cri_stream {
                     true,
                 )
                 .await;
-                let mut ws = WsClient::connect(&addr, &path, V5).await.unwrap();
+                // In over SPDY (stdin's FIN ends tar's input), back out over WebSocket.
+                let mut sp = SpdyClient::connect(&addr, &path, &["v4.channel.k8s.io"]).await.unwrap();
+                sp.open_exec(true, false).await;
                 for piece in tarball.chunks(64 * 1024) {
-                    ws.send(STDIN, piece).await.unwrap();
+                    sp.send("stdin", piece, false).await;
                 }
-                ws.close_stdin().await.unwrap();
-                let o = ws.outcome().await;
+                sp.send("stdin", b"", true).await;
+                let o = sp.outcome().await;
                 assert_eq!(
                     o.exit_code(),
                     Some(0),

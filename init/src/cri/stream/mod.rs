@@ -10,10 +10,12 @@
 //! - The server serves at most [`MAX_CONNECTIONS`] connections at once (one that has not
 //!   sent its request within [`HEAD_WITHIN`] is closed), at most [`MAX_PER_CONTAINER`]
 //!   sessions per container, and closes a session idle for [`IDLE`].
-//! - Protocols: WebSocket with the `v5.channel.k8s.io` and `v4.channel.k8s.io` subprotocols
-//!   (`ws.rs`). SPDY/3.1 is refused, naming WebSocket, until it is served.
+//! - Protocols: SPDY/3.1 with `v4.channel.k8s.io` (`spdy.rs`: what kubelet speaks to a
+//!   runtime, so `kubectl exec`), and WebSocket with the `v5.channel.k8s.io` and
+//!   `v4.channel.k8s.io` subprotocols (`ws.rs`: crictl `--transport websocket`).
 
 mod http;
+pub mod spdy;
 pub mod ws;
 
 use super::CriError;
@@ -308,21 +310,31 @@ async fn connection(
         );
         return http::refuse(&mut conn, &r).await;
     };
-    let protocol = match ws::accept(&head) {
-        Ok(p) => p,
-        Err(r) => return http::refuse(&mut conn, &r).await,
-    };
-    if let Err(e) = http::write_all(&mut conn, protocol.response.as_bytes()).await {
+    let spdy = head.lists("upgrade", "SPDY/3.1");
+    let (response, protocol) = match spdy {
+        true => spdy::accept(&head).map(|r| (r, spdy::PROTOCOL)),
+        false => ws::accept(&head).map(|a| (a.response, a.subprotocol)),
+    }
+    .unwrap_or_else(|r| (http::refusal(&r), ""));
+    if let Err(e) = http::write_all(&mut conn, response.as_bytes()).await {
         tracing::debug!("CRI streaming: {peer}: {e}");
         return;
     }
+    if protocol.is_empty() {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
+        return;
+    }
+    let over = if spdy { "SPDY/3.1" } else { "WebSocket" };
     tracing::info!(
-        "CRI streaming: {peer} {} in container {} ({})",
+        "CRI streaming: {peer} {} in container {} ({over}, {protocol})",
         what.kind(),
         what.target().container_id,
-        protocol.subprotocol
     );
-    ws::session(conn, protocol, what, backend, streams.limits.idle).await;
+    let idle = streams.limits.idle;
+    match spdy {
+        true => spdy::session(conn, what, backend, idle).await,
+        false => ws::session(conn, protocol, what, backend, idle).await,
+    }
     drop(slot);
 }
 

@@ -6,8 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The test tier's clients, as the appliance tier uses them (`spdy_client` reaches
+// `ws_client` as `super::ws`, as it does in the test crate).
+#[path = "../../../../tests/src/spdy.rs"]
+mod spdy_client;
 #[path = "../../../../tests/src/ws.rs"]
 mod ws_client;
+use spdy_client::SpdyClient;
+use ws_client as ws;
 
 use super::*;
 use crate::pb::{exec_request::Request as In, exec_response::Response as Out};
@@ -257,22 +263,6 @@ async fn a_url_is_served_once_for_what_it_was_issued_and_nothing_else() {
         assert_eq!(e.status, status);
         assert!(e.body.contains("v5.channel.k8s.io"), "{}", e.body);
     }
-    // SPDY: refused by name until it is served.
-    let url = streams.issue(exec("abc", &["echo", "s"], false, false)).unwrap();
-    let (_, path) = ws_client::split_url(&url);
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).await.unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 501") && answer.contains("WebSocket"),
-        "{answer}"
-    );
     assert_eq!(fake.started.lock().unwrap().len(), 1, "only the first URL ran anything");
 }
 
@@ -329,26 +319,134 @@ async fn floods_of_connections_sessions_and_urls_are_bounded() {
 /// The error channel's words: kubelet reads the exit code from `details.causes`.
 #[test]
 fn the_exit_status_is_what_kubelet_reads() {
-    let ok = ws::exit_status(&pb::ExecExit {
+    let ok = super::ws::exit_status(&pb::ExecExit {
         exit_code: Some(0),
         ..Default::default()
     });
     assert_eq!(ok, r#"{"metadata":{},"status":"Success"}"#);
-    let killed: serde_json::Value = serde_json::from_str(&ws::exit_status(&pb::ExecExit {
+    let killed: serde_json::Value = serde_json::from_str(&super::ws::exit_status(&pb::ExecExit {
         signal: Some(9),
         ..Default::default()
     }))
     .unwrap();
     assert_eq!(killed["details"]["causes"][0]["message"], "137");
     assert_eq!(
-        ws::resize(br#"{"Width":80,"Height":24}"#).map(|s| (s.rows, s.columns)),
+        super::ws::resize(br#"{"Width":80,"Height":24}"#).map(|s| (s.rows, s.columns)),
         Some((24, 80))
     );
-    assert_eq!(ws::resize(b"{}"), None);
+    assert_eq!(super::ws::resize(b"{}"), None);
     // RFC 6455's own example.
     assert_eq!(
-        ws::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+        super::ws::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     );
     let _ = Msg::Close(None);
+}
+
+/// SPDY/3's dictionary as the draft gives it (1423 bytes; zlib names it by its Adler-32),
+/// built the same way by the server and the test's client.
+#[test]
+fn the_spdy_dictionary_is_the_drafts() {
+    let d = spdy::dictionary();
+    assert_eq!((d.len(), spdy::adler32(d)), (1423, 0xe3c6_a7c2));
+    assert_eq!(spdy_client::dictionary(), d);
+    assert_eq!(spdy_client::adler32(d), 0xe3c6_a7c2);
+}
+
+/// The client's header blocks, compressed with the dictionary (matches reaching back into
+/// it) and across blocks, come out whole; a block for another dictionary, or not zlib at
+/// all, is refused.
+#[test]
+fn header_blocks_inflate_with_the_dictionary_across_a_connection() {
+    let mut c = spdy_client::Deflater::default();
+    let mut s = spdy::Inflater::default();
+    for kind in ["error", "stdin", "stdout", "stderr", "resize", "stdout"] {
+        let plain = spdy_client::header_block(&[("streamtype", kind), ("version", "HTTP/1.1")]);
+        let got = s.inflate(&c.compress(&plain)).unwrap();
+        assert_eq!(got, plain);
+        assert_eq!(
+            spdy::parse_headers(&got).unwrap(),
+            [
+                ("streamtype".to_owned(), kind.to_owned()),
+                ("version".into(), "HTTP/1.1".into())
+            ]
+        );
+    }
+    assert!(c.dictionary_matches > 0, "the dictionary was used");
+    let mut other = spdy::Inflater::default();
+    let mut block = spdy_client::Deflater::default().compress(b"\0\0\0\0");
+    block[2] ^= 1;
+    assert!(other
+        .inflate(&block)
+        .unwrap_err()
+        .0
+        .contains("dictionary other than SPDY/3's"));
+    assert!(spdy::Inflater::default().inflate(b"\x1f\x8b\x08\0").is_err());
+    assert!(spdy::parse_headers(&[0, 0, 0, 1, 0, 0, 0, 9, b'x']).is_err());
+}
+
+/// Over SPDY/3.1 (what kubelet speaks): each stream answered, stdout and stderr on theirs,
+/// the status on the error stream, then GOAWAY; stdin's FIN ends the process's stdin; a
+/// resize stream's JSON sizes reach a terminal; a non-zero exit code as kubelet reads it.
+#[tokio::test]
+async fn an_exec_session_over_spdy() {
+    let (streams, _fake, addr) = server(Limits::default()).await;
+    let path = |what| ws_client::split_url(&streams.issue(what).unwrap()).1;
+    let p = path(exec("abc", &["echo", "over", "spdy"], false, false));
+    let mut c = SpdyClient::connect(&addr, &p, &["v4.channel.k8s.io"]).await.unwrap();
+    c.open_exec(false, false).await;
+    let o = c.outcome().await;
+    assert_eq!(
+        (o.stdout.as_slice(), o.stderr.as_slice()),
+        (&b"over spdy\n"[..], &b"to stderr\n"[..])
+    );
+    assert_eq!((o.exit_code(), o.closed), (Some(0), true));
+
+    let p = path(exec("abc", &["exit", "4"], false, false));
+    let mut c = SpdyClient::connect(&addr, &p, &["v4.channel.k8s.io"]).await.unwrap();
+    c.open_exec(false, false).await;
+    assert_eq!(c.outcome().await.exit_code(), Some(4));
+
+    let p = path(exec("abc", &["cat"], false, true));
+    let mut c = SpdyClient::connect(&addr, &p, &["v4.channel.k8s.io"]).await.unwrap();
+    c.open_exec(true, false).await;
+    c.send("stdin", b"piped", false).await;
+    assert_eq!(c.stdout_until("piped").await, "piped");
+    c.send("stdin", b" and closed", true).await;
+    let o = c.outcome().await;
+    assert_eq!((o.stdout.as_slice(), o.exit_code()), (&b" and closed"[..], Some(0)));
+
+    let p = path(exec("abc", &["size"], true, true));
+    let mut c = SpdyClient::connect(&addr, &p, &["v4.channel.k8s.io"]).await.unwrap();
+    c.open_exec(true, true).await;
+    c.resize(120, 40).await;
+    assert_eq!(c.outcome().await.stdout, b"40 120\n");
+
+    // Only v4 over SPDY: an older protocol alone is refused, naming it.
+    let p = path(exec("abc", &["echo"], false, false));
+    let e = SpdyClient::connect(&addr, &p, &["v3.channel.k8s.io"])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.status, 400);
+    assert!(e.body.contains("v4.channel.k8s.io"), "{}", e.body);
+}
+
+/// Output arriving while a frame is half read does not lose the rest of it: 2 MiB of stdin
+/// in 64 KiB frames, each echoed back as it comes, all arrive in order.
+#[tokio::test]
+async fn spdy_frames_survive_output_arriving_mid_frame() {
+    let (streams, _fake, addr) = server(Limits::default()).await;
+    let url = streams.issue(exec("abc", &["cat"], false, true)).unwrap();
+    let (_, p) = ws_client::split_url(&url);
+    let mut c = SpdyClient::connect(&addr, &p, &["v4.channel.k8s.io"]).await.unwrap();
+    c.open_exec(true, false).await;
+    let sent: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    for piece in sent.chunks(64 * 1024) {
+        c.send("stdin", piece, false).await;
+    }
+    c.send("stdin", b"", true).await;
+    let o = c.outcome().await;
+    assert_eq!(o.exit_code(), Some(0));
+    assert!(o.stdout == sent, "{} of {} bytes back", o.stdout.len(), sent.len());
 }

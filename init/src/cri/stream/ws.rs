@@ -45,12 +45,6 @@ pub fn accept_key(key: &str) -> String {
 
 /// Checks the upgrade `head` asks for and picks its subprotocol.
 pub fn accept(head: &Head) -> Result<Accepted, Refusal> {
-    if head.lists("upgrade", "SPDY/3.1") {
-        return Err(Refusal::new(
-            501,
-            "SPDY/3.1 is not served by this node yet; use WebSocket (crictl --transport websocket)",
-        ));
-    }
     if !head.lists("upgrade", "websocket") || !head.lists("connection", "upgrade") {
         return Err(Refusal::new(
             426,
@@ -145,7 +139,7 @@ fn req(r: In) -> pb::ExecRequest {
 /// Runs `what` over the upgraded connection `conn`.
 pub async fn session(
     conn: tokio::net::TcpStream,
-    accepted: Accepted,
+    subprotocol: &str,
     what: What,
     backend: Arc<dyn Backend>,
     idle: std::time::Duration,
@@ -154,7 +148,7 @@ pub async fn session(
         .max_message_size(Some(MAX_MESSAGE + 1))
         .max_frame_size(Some(MAX_MESSAGE + 1));
     let mut ws = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
-    let v5 = accepted.subprotocol == SUBPROTOCOLS[0];
+    let v5 = subprotocol == SUBPROTOCOLS[0];
     let What::Exec {
         target,
         cmd,
