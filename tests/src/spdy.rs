@@ -376,26 +376,78 @@ impl SpdyClient {
 
     /// Opens a stream of `kind` (its `streamtype`) and waits for the server's reply.
     pub async fn open(&mut self, kind: &str) -> u32 {
+        let id = self
+            .open_with(&[("streamtype", kind)])
+            .await
+            .unwrap_or_else(|status| panic!("stream {kind} reset: {status}"));
+        self.streams.insert(kind.to_owned(), id);
+        id
+    }
+
+    /// Opens a stream with `headers`: its id once the server replied, or the status it
+    /// reset it with.
+    pub async fn open_with(&mut self, headers: &[(&str, &str)]) -> Result<u32, u32> {
         let id = self.next;
         self.next += 2;
-        let block = self.deflater.compress(&header_block(&[("streamtype", kind)]));
+        let block = self.deflater.compress(&header_block(headers));
         let mut body = id.to_be_bytes().to_vec();
         body.extend_from_slice(&0u32.to_be_bytes()); // associated-to
         body.extend_from_slice(&[0, 0]); // priority, slot
         body.extend_from_slice(&block);
         self.conn.write_all(&control(1, 0, &body)).await.unwrap();
-        loop {
+        let mut waiting = Vec::new();
+        let answer = loop {
             match self.event().await.expect("the reply to a new stream") {
                 Event::Reply { stream, headers } if stream == id => {
                     assert_eq!(&headers[..4], &[0, 0, 0, 0][..], "a reply with no headers");
-                    break;
+                    break Ok(id);
                 }
-                Event::Reset { stream, status } if stream == id => panic!("stream {kind} reset: {status}"),
-                other => self.backlog.push(other),
+                Event::Reset { stream, status } if stream == id => break Err(status),
+                other => waiting.push(other),
+            }
+        };
+        self.backlog.extend(waiting);
+        answer
+    }
+
+    /// port-forward: the error and data streams of one connection to `port`.
+    pub async fn forward(&mut self, port: u16, request: u32) -> Result<(u32, u32), u32> {
+        let (p, r) = (port.to_string(), request.to_string());
+        let error = self
+            .open_with(&[("streamtype", "error"), ("port", &p), ("requestid", &r)])
+            .await?;
+        let data = self
+            .open_with(&[("streamtype", "data"), ("port", &p), ("requestid", &r)])
+            .await?;
+        Ok((error, data))
+    }
+
+    /// Sends `bytes` on stream `id`, with its FIN if `fin`.
+    pub async fn send_on(&mut self, id: u32, bytes: &[u8], fin: bool) {
+        let mut f = id.to_be_bytes().to_vec();
+        f.push(u8::from(fin));
+        f.extend_from_slice(&(bytes.len() as u32).to_be_bytes()[1..]);
+        f.extend_from_slice(bytes);
+        self.conn.write_all(&f).await.unwrap();
+    }
+
+    /// Reads until each of `streams` has its FIN (or the session ends): what each carried.
+    pub async fn until_fin(&mut self, streams: &[u32]) -> HashMap<u32, Vec<u8>> {
+        let mut got: HashMap<u32, Vec<u8>> = streams.iter().map(|s| (*s, Vec::new())).collect();
+        let mut open: Vec<u32> = streams.to_vec();
+        while !open.is_empty() {
+            match self.event().await {
+                Some(Event::Data { stream, fin, data }) if got.contains_key(&stream) => {
+                    got.get_mut(&stream).unwrap().extend_from_slice(&data);
+                    if fin {
+                        open.retain(|s| *s != stream);
+                    }
+                }
+                Some(Event::GoAway) | None => break,
+                Some(_) => {}
             }
         }
-        self.streams.insert(kind.to_owned(), id);
-        id
+        got
     }
 
     /// Opens the streams an exec with these options needs, error first, as clients do.
@@ -415,11 +467,7 @@ impl SpdyClient {
 
     pub async fn send(&mut self, kind: &str, bytes: &[u8], fin: bool) {
         let id = self.streams[kind];
-        let mut f = id.to_be_bytes().to_vec();
-        f.push(u8::from(fin));
-        f.extend_from_slice(&(bytes.len() as u32).to_be_bytes()[1..]);
-        f.extend_from_slice(bytes);
-        self.conn.write_all(&f).await.unwrap();
+        self.send_on(id, bytes, fin).await;
     }
 
     /// A new terminal size on the resize stream, as a JSON value of its own.

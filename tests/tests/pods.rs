@@ -2227,7 +2227,8 @@ mod cri_stream {
         path
     }
 
-    /// A sandbox with `handler` and one busybox container sleeping: (sandbox, container).
+    /// A sandbox with `handler` and one busybox container sleeping, its httpd serving
+    /// "forwarded" on port 80: (sandbox, container).
     async fn sleeper(a: &Appliance, run: &mut Run, img: &str, handler: &str) -> (String, String) {
         let uid = format!("u-stream-{handler}");
         let config = cri::PodSandboxConfig {
@@ -2253,7 +2254,13 @@ mod cri_stream {
                         image: img.into(),
                         ..Default::default()
                     }),
-                    command: vec!["/bin/sleep".into(), "600".into()],
+                    // A page for port-forward to fetch (httpd leaves for the background).
+                    command: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        "mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p 80 -h /tmp/www; exec sleep 600"
+                            .into(),
+                    ],
                     ..Default::default()
                 }),
                 sandbox_config: Some(config),
@@ -2295,7 +2302,7 @@ mod cri_stream {
     }
 
     #[test]
-    fn exec_with_and_without_a_terminal_and_kubectl_cp_in_both_handlers() {
+    fn exec_with_and_without_a_terminal_kubectl_cp_and_port_forward_in_both_handlers() {
         let s = shared_or_skip!();
         let a = &s.a;
         let addr = format!("127.0.0.1:{}", s.stream);
@@ -2445,6 +2452,28 @@ mod cri_stream {
                         "{handler}: {f}"
                     );
                 }
+                // kubectl port-forward: HTTP through the pod's port 80, over SPDY.
+                let url = run
+                    .port_forward(cri::PortForwardRequest {
+                        pod_sandbox_id: sid.clone(),
+                        port: vec![80],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url;
+                let (_, path) = split_url(&url);
+                let mut sp = SpdyClient::connect(&addr, &path, &["portforward.k8s.io"])
+                    .await
+                    .unwrap();
+                let (e, d) = sp.forward(80, 0).await.unwrap();
+                sp.send_on(d, b"GET /index.html HTTP/1.0\r\n\r\n", true).await;
+                let got = sp.until_fin(&[d, e]).await;
+                let page = String::from_utf8_lossy(&got[&d]).into_owned();
+                assert!(
+                    page.starts_with("HTTP/1.") && page.contains("forwarded"),
+                    "{handler}: {page:?}"
+                );
                 run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                     pod_sandbox_id: sid.clone(),
                 })

@@ -81,3 +81,57 @@ impl Backend for Cri {
         })
     }
 }
+
+impl Cri {
+    /// A URL on the streaming server forwarding TCP to `port`s of the sandbox's pod.
+    pub fn port_forward(&self, r: cri::PortForwardRequest) -> Result<cri::PortForwardResponse, CriError> {
+        let mut ports = Vec::with_capacity(r.port.len());
+        for p in &r.port {
+            match u16::try_from(*p) {
+                Ok(p) if p > 0 => ports.push(p),
+                _ => {
+                    return Err(CriError::Invalid {
+                        field: "port",
+                        why: format!("{p} is not a TCP port (1..=65535)"),
+                    })
+                }
+            }
+        }
+        let (id, pod, ip) = {
+            let t = self.table();
+            let s = t.sandbox(&r.pod_sandbox_id).ok_or_else(|| {
+                CriError::NotFound(format!(
+                    "pod_sandbox_id: no sandbox '{}' on this node",
+                    r.pod_sandbox_id
+                ))
+            })?;
+            if s.stopped {
+                return Err(CriError::WrongState(format!(
+                    "pod_sandbox_id: sandbox '{}' is stopped; nothing listens in it",
+                    r.pod_sandbox_id
+                )));
+            }
+            (s.id.clone(), s.pod.clone(), s.ip.clone())
+        };
+        // A hostNetwork pod has no address of its own: its ports are the node's.
+        let address = match ip.as_str() {
+            "" => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip
+                .parse()
+                .map_err(|_| CriError::NodeLacks(format!("sandbox '{id}' has no usable address ('{ip}')")))?,
+        };
+        let streams = self.streams.get().ok_or_else(|| {
+            CriError::NodeLacks("this node's streaming server is not listening (aer node info says why)".into())
+        })?;
+        let url = streams.issue(What::PortForward {
+            target: Target {
+                container_id: id,
+                pod,
+                name: String::new(),
+            },
+            address,
+            ports,
+        })?;
+        Ok(cri::PortForwardResponse { url })
+    }
+}

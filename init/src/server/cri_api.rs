@@ -29,8 +29,7 @@ pub fn image_service(cri: Arc<Cri>) -> ImageServiceServer<ImageApi> {
     ImageServiceServer::new(ImageApi { cri })
 }
 
-const STREAMING: &str =
-    "attach and port-forward are not served by this auraed yet (exec is); use the Aurae API's Exec, or a published port";
+const STREAMING: &str = "attach is not served by this auraed yet (exec and port-forward are); use the Aurae API's Exec";
 const NOT_HERE: &str = "not served by auraed (optional in the CRI; kubelet falls back)";
 
 /// Not served by this auraed (yet): UNIMPLEMENTED with what to use instead.
@@ -185,9 +184,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        not_served("PortForward", STREAMING)
+        Ok(Response::new(self.cri.port_forward(r.into_inner())?))
     }
 
     async fn container_stats(

@@ -86,18 +86,26 @@ pub enum What {
         stdout: bool,
         stderr: bool,
     },
+    /// TCP to `ports` (any, when empty) at the pod's `address`; `target` names the
+    /// sandbox (its id in `container_id`).
+    PortForward {
+        target: Target,
+        address: std::net::IpAddr,
+        ports: Vec<u16>,
+    },
 }
 
 impl What {
     fn kind(&self) -> &'static str {
         match self {
             What::Exec { .. } => "exec",
+            What::PortForward { .. } => "portforward",
         }
     }
 
     fn target(&self) -> &Target {
         match self {
-            What::Exec { target, .. } => target,
+            What::Exec { target, .. } | What::PortForward { target, .. } => target,
         }
     }
 }
@@ -311,9 +319,19 @@ async fn connection(
         return http::refuse(&mut conn, &r).await;
     };
     let spdy = head.lists("upgrade", "SPDY/3.1");
-    let (response, protocol) = match spdy {
-        true => spdy::accept(&head).map(|r| (r, spdy::PROTOCOL)),
-        false => ws::accept(&head).map(|a| (a.response, a.subprotocol)),
+    let forward = matches!(what, What::PortForward { .. });
+    let wanted = if forward {
+        spdy::forward::PROTOCOL
+    } else {
+        spdy::PROTOCOL
+    };
+    let (response, protocol) = match (spdy, forward) {
+        (true, _) => spdy::accept(&head, wanted).map(|r| (r, wanted)),
+        (false, false) => ws::accept(&head).map(|a| (a.response, a.subprotocol)),
+        (false, true) => Err(Refusal::new(
+            400,
+            format!("port-forward is served over SPDY/3.1 ({wanted}); upgrade to SPDY/3.1"),
+        )),
     }
     .unwrap_or_else(|r| (http::refusal(&r), ""));
     if let Err(e) = http::write_all(&mut conn, response.as_bytes()).await {

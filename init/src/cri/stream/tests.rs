@@ -450,3 +450,82 @@ async fn spdy_frames_survive_output_arriving_mid_frame() {
     assert_eq!(o.exit_code(), Some(0));
     assert!(o.stdout == sent, "{} of {} bytes back", o.stdout.len(), sent.len());
 }
+
+/// port-forward over SPDY/3.1: two connections at once on one session, each to its port
+/// on the pod's address, bytes both ways and a FIN each way; a port nothing listens on
+/// said on its error stream; a port the request did not name, refused; an exec URL's
+/// session does not forward.
+#[tokio::test]
+async fn port_forward_carries_concurrent_connections_to_the_pods_ports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (streams, _fake, addr) = server(Limits::default()).await;
+    // An echo server that shouts, standing for the pod's.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let _ = c.read_to_end(&mut all).await;
+                let _ = c.write_all(&all.to_ascii_uppercase()).await;
+            });
+        }
+    });
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = streams
+        .issue(What::PortForward {
+            target: target("sandbox-1"),
+            address: [127, 0, 0, 1].into(),
+            ports: vec![port, closed],
+        })
+        .unwrap();
+    let (_, p) = ws_client::split_url(&url);
+    assert!(p.starts_with("/portforward/"), "{p}");
+    let mut c = SpdyClient::connect(&addr, &p, &["portforward.k8s.io"]).await.unwrap();
+    let (e1, d1) = c.forward(port, 0).await.unwrap();
+    let (e2, d2) = c.forward(port, 1).await.unwrap();
+    c.send_on(d1, b"first ", false).await;
+    c.send_on(d2, b"second", true).await;
+    c.send_on(d1, b"one", true).await;
+    let got = c.until_fin(&[d1, d2, e1, e2]).await;
+    assert_eq!(
+        (got[&d1].as_slice(), got[&d2].as_slice()),
+        (&b"FIRST ONE"[..], &b"SECOND"[..])
+    );
+    assert!(got[&e1].is_empty() && got[&e2].is_empty());
+
+    let (e3, d3) = c.forward(closed, 2).await.unwrap();
+    let got = c.until_fin(&[e3, d3]).await;
+    let said = String::from_utf8_lossy(&got[&e3]).into_owned();
+    assert!(
+        said.contains(&format!("error forwarding port {closed} to pod")),
+        "{said}"
+    );
+    assert_eq!(
+        c.forward(22, 3).await.unwrap_err(),
+        3,
+        "a port not asked for: REFUSED_STREAM"
+    );
+
+    // An exec's URL speaks exec, and a port-forward's is refused over WebSocket.
+    let url = streams.issue(exec("abc", &["echo"], false, false)).unwrap();
+    let (_, p) = ws_client::split_url(&url);
+    let e = SpdyClient::connect(&addr, &p, &["portforward.k8s.io"])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.status, 400, "{}", e.body);
+    let url = streams
+        .issue(What::PortForward {
+            target: target("sandbox-1"),
+            address: [127, 0, 0, 1].into(),
+            ports: vec![],
+        })
+        .unwrap();
+    let (_, p) = ws_client::split_url(&url);
+    let e = WsClient::connect(&addr, &p, V5).await.err().unwrap();
+    assert!(e.status == 400 && e.body.contains("SPDY/3.1"), "{}", e.body);
+}

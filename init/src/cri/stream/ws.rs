@@ -149,14 +149,18 @@ pub async fn session(
         .max_frame_size(Some(MAX_MESSAGE + 1));
     let mut ws = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
     let v5 = subprotocol == SUBPROTOCOLS[0];
-    let What::Exec {
-        target,
-        cmd,
-        tty,
-        stdin,
-        stdout,
-        stderr,
-    } = what;
+    let (target, cmd, tty, stdin, stdout, stderr) = match what {
+        What::Exec {
+            target,
+            cmd,
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        } => (target, cmd, tty, stdin, stdout, stderr),
+        // Refused at the upgrade (`connection`): port-forward is served over SPDY only.
+        What::PortForward { .. } => return,
+    };
     let start = pb::ExecStart {
         cell: target.name.clone(),
         argv: cmd,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
+pub mod forward;
 mod frame;
 #[cfg(test)]
 pub use frame::{adler32, dictionary, parse_headers};
@@ -35,19 +36,19 @@ const STREAMS_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 const PROTOCOL_ERROR: u32 = 1;
 const REFUSED_STREAM: u32 = 3;
 
-/// Checks the upgrade `head` asks for.
-pub fn accept(head: &Head) -> Result<String, Refusal> {
+/// Checks the upgrade `head` asks for, offering `protocol` (the session's kind's).
+pub fn accept(head: &Head, protocol: &str) -> Result<String, Refusal> {
     if !head.lists("connection", "upgrade") {
         return Err(Refusal::new(426, "Connection: Upgrade is missing"));
     }
-    if !head.lists("x-stream-protocol-version", PROTOCOL) {
+    if !head.lists("x-stream-protocol-version", protocol) {
         return Err(Refusal::new(
             400,
-            format!("X-Stream-Protocol-Version: offer {PROTOCOL} (the only one served over SPDY/3.1)"),
+            format!("X-Stream-Protocol-Version: offer {protocol} (the one served for this session over SPDY/3.1)"),
         ));
     }
     Ok(format!(
-        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {PROTOCOL}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\n\r\n"
     ))
 }
 
@@ -77,17 +78,20 @@ async fn send(w: &mut OwnedWriteHalf, frame: &[u8]) -> bool {
 
 /// Runs `what` over the upgraded connection `conn`.
 pub async fn session(conn: tokio::net::TcpStream, what: What, backend: Arc<dyn Backend>, idle: std::time::Duration) {
+    let (target, cmd, tty, stdin, stdout, stderr) = match what {
+        What::Exec {
+            target,
+            cmd,
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        } => (target, cmd, tty, stdin, stdout, stderr),
+        What::PortForward { address, ports, .. } => return forward::session(conn, address, ports, idle).await,
+    };
     let (mut r, mut w) = conn.into_split();
     let mut inflater = Inflater::default();
     let mut deflater = Deflater::default();
-    let What::Exec {
-        target,
-        cmd,
-        tty,
-        stdin,
-        stdout,
-        stderr,
-    } = what;
     // The streams first: each answered as it opens, the process started once all are.
     let mut s = Streams::default();
     let mut early: Vec<Frame> = Vec::new();
