@@ -306,16 +306,7 @@ impl SpdyClient {
         }
         req += "Content-Length: 0\r\n\r\n";
         conn.write_all(req.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match conn.read(&mut byte).await {
-                Ok(1) => head.push(byte[0]),
-                _ => break,
-            }
-        }
-        let text = String::from_utf8_lossy(&head).to_string();
-        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (status, text) = super::ws::read_head(&mut conn).await;
         if status != 101 {
             let mut body = String::new();
             let _ = conn.read_to_string(&mut body).await;

@@ -64,6 +64,22 @@ pub fn expected_accept(key: &str) -> String {
     b64(&h.finalize())
 }
 
+/// Reads an HTTP response's status line and headers, byte by byte (nothing past them):
+/// its status and its text.
+pub async fn read_head(conn: &mut TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
 /// `http://HOST:PORT/PATH` → (HOST:PORT, /PATH).
 pub fn split_url(url: &str) -> (String, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
@@ -81,16 +97,7 @@ impl WsClient {
             protocols.join(", ")
         );
         conn.write_all(req.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match conn.read(&mut byte).await {
-                Ok(1) => head.push(byte[0]),
-                _ => break,
-            }
-        }
-        let text = String::from_utf8_lossy(&head).to_string();
-        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (status, text) = read_head(&mut conn).await;
         let header = |name: &str| {
             text.lines()
                 .find_map(|l| {

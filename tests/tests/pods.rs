@@ -2207,6 +2207,26 @@ mod cri_stream {
     const V5: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
     const V4: &[&str] = &["v4.channel.k8s.io"];
 
+    /// The CRI's runtime service, and busybox pulled through its image service (its id).
+    async fn connect(a: &Appliance) -> (Run, String) {
+        let ch = a.target().connect().await.unwrap();
+        let mut img = cri::image_service_client::ImageServiceClient::new(ch.clone());
+        let image = img
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: busybox(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image_ref;
+        (RuntimeServiceClient::new(ch), image)
+    }
+
     /// `Exec` for `cmd` in container `id`: the URL's path.
     async fn exec_url(run: &mut Run, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
         let url = run
@@ -2307,23 +2327,8 @@ mod cri_stream {
         let a = &s.a;
         let addr = format!("127.0.0.1:{}", s.stream);
         rt().block_on(async {
-            let ch = a.target().connect().await.unwrap();
-            let mut run: Run = RuntimeServiceClient::new(ch.clone());
-            let mut img = cri::image_service_client::ImageServiceClient::new(ch);
+            let (mut run, image) = connect(a).await;
             let c = Client::connect(a).await;
-            let image = img
-                .pull_image(cri::PullImageRequest {
-                    image: Some(cri::ImageSpec {
-                        image: busybox(),
-                        ..Default::default()
-                    }),
-                    auth: None,
-                    sandbox_config: None,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .image_ref;
             let (t, tarball) = tree();
             for handler in ["vm", "cell"] {
                 let (sid, cid) = sleeper(a, &mut run, &image, handler).await;
@@ -2498,23 +2503,8 @@ mod cri_stream {
         let a = &s.a;
         let addr = format!("127.0.0.1:{}", s.stream);
         rt().block_on(async {
-            let ch = a.target().connect().await.unwrap();
-            let mut run: Run = RuntimeServiceClient::new(ch.clone());
-            let mut img = cri::image_service_client::ImageServiceClient::new(ch);
+            let (mut run, image) = connect(a).await;
             let c = Client::connect(a).await;
-            let image = img
-                .pull_image(cri::PullImageRequest {
-                    image: Some(cri::ImageSpec {
-                        image: busybox(),
-                        ..Default::default()
-                    }),
-                    auth: None,
-                    sandbox_config: None,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .image_ref;
             let (sid, cid) = sleeper(a, &mut run, &image, "cell").await;
             let marker = "/tmp/ran";
             let path = exec_url(&mut run, &cid, &["sh", "-c", "echo once >> /tmp/ran"], false, false).await;

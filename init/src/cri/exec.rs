@@ -3,7 +3,7 @@
 //! (a PTY as the controlling terminal with `tty`; the process killed when the client goes).
 
 use super::container::{no_container, running};
-use super::stream::{Backend, ExecIo, Streams, Target, What};
+use super::stream::{Backend, Exec, ExecIo, Streams, Target, What};
 use super::{Cri, CriError};
 use aurae_proto::cri;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl Cri {
         let streams = self.streams.get().ok_or_else(|| {
             CriError::NodeLacks("this node's streaming server is not listening (aer node info says why)".into())
         })?;
-        let url = streams.issue(What::Exec {
+        let url = streams.issue(What::Exec(Exec {
             target: Target {
                 container_id,
                 pod,
@@ -57,7 +57,7 @@ impl Cri {
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
-        })?;
+        }))?;
         Ok(cri::ExecResponse { url })
     }
 }

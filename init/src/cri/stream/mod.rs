@@ -75,17 +75,21 @@ pub struct Target {
     pub name: String,
 }
 
+/// A command to run attached in a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub target: Target,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
 /// What a URL was issued for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
-    Exec {
-        target: Target,
-        cmd: Vec<String>,
-        tty: bool,
-        stdin: bool,
-        stdout: bool,
-        stderr: bool,
-    },
+    Exec(Exec),
     /// TCP to `ports` (any, when empty) at the pod's `address`; `target` names the
     /// sandbox (its id in `container_id`).
     PortForward {
@@ -98,14 +102,14 @@ pub enum What {
 impl What {
     fn kind(&self) -> &'static str {
         match self {
-            What::Exec { .. } => "exec",
+            What::Exec(_) => "exec",
             What::PortForward { .. } => "portforward",
         }
     }
 
     fn target(&self) -> &Target {
         match self {
-            What::Exec { target, .. } | What::PortForward { target, .. } => target,
+            What::Exec(Exec { target, .. }) | What::PortForward { target, .. } => target,
         }
     }
 }
@@ -349,9 +353,10 @@ async fn connection(
         what.target().container_id,
     );
     let idle = streams.limits.idle;
-    match spdy {
-        true => spdy::session(conn, what, backend, idle).await,
-        false => ws::session(conn, protocol, what, backend, idle).await,
+    match (what, spdy) {
+        (What::Exec(e), true) => spdy::session(conn, e, backend, idle).await,
+        (What::Exec(e), false) => ws::session(conn, protocol, e, backend, idle).await,
+        (What::PortForward { address, ports, .. }, _) => spdy::forward::session(conn, address, ports, idle).await,
     }
     drop(slot);
 }

@@ -124,14 +124,14 @@ fn target(id: &str) -> Target {
 }
 
 fn exec(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> What {
-    What::Exec {
+    What::Exec(Exec {
         target: target(id),
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
         tty,
         stdin,
         stdout: true,
         stderr: !tty,
-    }
+    })
 }
 
 const V5: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];

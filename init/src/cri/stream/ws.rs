@@ -6,7 +6,7 @@
 //! tungstenite frames the messages; the handshake is ours (`accept`).
 
 use super::http::Head;
-use super::{Backend, ExecIo, Refusal, What};
+use super::{Backend, Exec, ExecIo, Refusal};
 use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -136,11 +136,11 @@ fn req(r: In) -> pb::ExecRequest {
     pb::ExecRequest { request: Some(r) }
 }
 
-/// Runs `what` over the upgraded connection `conn`.
+/// Runs `exec` over the upgraded connection `conn`.
 pub async fn session(
     conn: tokio::net::TcpStream,
     subprotocol: &str,
-    what: What,
+    exec: Exec,
     backend: Arc<dyn Backend>,
     idle: std::time::Duration,
 ) {
@@ -149,18 +149,14 @@ pub async fn session(
         .max_frame_size(Some(MAX_MESSAGE + 1));
     let mut ws = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
     let v5 = subprotocol == SUBPROTOCOLS[0];
-    let (target, cmd, tty, stdin, stdout, stderr) = match what {
-        What::Exec {
-            target,
-            cmd,
-            tty,
-            stdin,
-            stdout,
-            stderr,
-        } => (target, cmd, tty, stdin, stdout, stderr),
-        // Refused at the upgrade (`connection`): port-forward is served over SPDY only.
-        What::PortForward { .. } => return,
-    };
+    let Exec {
+        target,
+        cmd,
+        tty,
+        stdin,
+        stdout,
+        stderr,
+    } = exec;
     let start = pb::ExecStart {
         cell: target.name.clone(),
         argv: cmd,

@@ -14,7 +14,7 @@
 
 use super::http::Head;
 use super::ws::{exit_status, failure, resize};
-use super::{Backend, ExecIo, Refusal, What};
+use super::{Backend, Exec, ExecIo, Refusal};
 use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -76,19 +76,16 @@ async fn send(w: &mut OwnedWriteHalf, frame: &[u8]) -> bool {
     w.write_all(frame).await.is_ok()
 }
 
-/// Runs `what` over the upgraded connection `conn`.
-pub async fn session(conn: tokio::net::TcpStream, what: What, backend: Arc<dyn Backend>, idle: std::time::Duration) {
-    let (target, cmd, tty, stdin, stdout, stderr) = match what {
-        What::Exec {
-            target,
-            cmd,
-            tty,
-            stdin,
-            stdout,
-            stderr,
-        } => (target, cmd, tty, stdin, stdout, stderr),
-        What::PortForward { address, ports, .. } => return forward::session(conn, address, ports, idle).await,
-    };
+/// Runs `exec` over the upgraded connection `conn`.
+pub async fn session(conn: tokio::net::TcpStream, exec: Exec, backend: Arc<dyn Backend>, idle: std::time::Duration) {
+    let Exec {
+        target,
+        cmd,
+        tty,
+        stdin,
+        stdout,
+        stderr,
+    } = exec;
     let (mut r, mut w) = conn.into_split();
     let mut inflater = Inflater::default();
     let mut deflater = Deflater::default();
