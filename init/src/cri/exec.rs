@@ -14,6 +14,13 @@ impl Cri {
         let _ = self.streams.set(streams);
     }
 
+    /// The streaming server the URLs point to.
+    fn streams(&self) -> Result<&Arc<Streams>, CriError> {
+        self.streams.get().ok_or_else(|| {
+            CriError::NodeLacks("this node's streaming server is not listening (aer node info says why)".into())
+        })
+    }
+
     /// A URL on the streaming server for `cmd` in the container, good once for a minute.
     pub fn exec(&self, r: cri::ExecRequest) -> Result<cri::ExecResponse, CriError> {
         if r.cmd.is_empty() {
@@ -43,9 +50,7 @@ impl Cri {
                 r.container_id
             )));
         }
-        let streams = self.streams.get().ok_or_else(|| {
-            CriError::NodeLacks("this node's streaming server is not listening (aer node info says why)".into())
-        })?;
+        let streams = self.streams()?;
         let url = streams.issue(What::Exec(Exec {
             target: Target {
                 container_id,
@@ -120,9 +125,7 @@ impl Cri {
                 .parse()
                 .map_err(|_| CriError::NodeLacks(format!("sandbox '{id}' has no usable address ('{ip}')")))?,
         };
-        let streams = self.streams.get().ok_or_else(|| {
-            CriError::NodeLacks("this node's streaming server is not listening (aer node info says why)".into())
-        })?;
+        let streams = self.streams()?;
         let url = streams.issue(What::PortForward {
             target: Target {
                 container_id: id,

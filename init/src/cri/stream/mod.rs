@@ -1,19 +1,23 @@
-//! The CRI's streaming server: `Exec` (and later `Attach` and `PortForward`) answer a URL
+//! The CRI's streaming server: `Exec` and `PortForward` (and later `Attach`) answer a URL
 //! on it; kubelet (or crictl) then connects there and upgrades the connection to the
 //! protocol it speaks, and the session runs over that connection.
 //!
-//! - A URL is `http://ADDR/exec/TOKEN`: the token (32 random bytes) alone names the
-//!   session, so a client that reaches the port through a forward is served the same. A
-//!   token is good once, for [`TOKEN_TTL`], for the one request it was issued for (the
-//!   container, the command, which streams); taken the moment its request line is read,
-//!   whatever happens next.
+//! - A URL is `http://ADDR/exec/TOKEN` or `http://ADDR/portforward/TOKEN`: the token (32
+//!   random bytes) alone names the session, so a client that reaches the port through a
+//!   forward is served the same. A token is good once, for [`TOKEN_TTL`], for the one
+//!   request it was issued for (the container, the command, which streams; or the
+//!   sandbox and its ports); taken the moment its request line is read, whatever happens
+//!   next.
 //! - The server serves at most [`MAX_CONNECTIONS`] connections at once (one that has not
 //!   sent its request within [`HEAD_WITHIN`] is closed), at most [`MAX_PER_CONTAINER`]
 //!   sessions per container, and closes a session idle for [`IDLE`].
-//! - Protocols: SPDY/3.1 with `v4.channel.k8s.io` (`spdy.rs`: what kubelet speaks to a
-//!   runtime, so `kubectl exec`), and WebSocket with the `v5.channel.k8s.io` and
-//!   `v4.channel.k8s.io` subprotocols (`ws.rs`: crictl `--transport websocket`).
+//! - Protocols: SPDY/3.1 with `v4.channel.k8s.io` and `portforward.k8s.io` (`spdy/`:
+//!   what kubelet speaks to a runtime, so `kubectl exec` and `kubectl port-forward`), and
+//!   for exec WebSocket with the `v5.channel.k8s.io` and `v4.channel.k8s.io`
+//!   subprotocols (`ws.rs`: crictl `--transport websocket`); what both carry for an exec
+//!   is `channel.rs`'s.
 
+pub mod channel;
 mod http;
 pub mod spdy;
 pub mod ws;
@@ -329,21 +333,20 @@ async fn connection(
     } else {
         spdy::PROTOCOL
     };
-    let (response, protocol) = match (spdy, forward) {
+    let accepted = match (spdy, forward) {
         (true, _) => spdy::accept(&head, wanted).map(|r| (r, wanted)),
         (false, false) => ws::accept(&head).map(|a| (a.response, a.subprotocol)),
         (false, true) => Err(Refusal::new(
             400,
             format!("port-forward is served over SPDY/3.1 ({wanted}); upgrade to SPDY/3.1"),
         )),
-    }
-    .unwrap_or_else(|r| (http::refusal(&r), ""));
+    };
+    let (response, protocol) = match accepted {
+        Ok(a) => a,
+        Err(r) => return http::refuse(&mut conn, &r).await,
+    };
     if let Err(e) = http::write_all(&mut conn, response.as_bytes()).await {
         tracing::debug!("CRI streaming: {peer}: {e}");
-        return;
-    }
-    if protocol.is_empty() {
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
         return;
     }
     let over = if spdy { "SPDY/3.1" } else { "WebSocket" };

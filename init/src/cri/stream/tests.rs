@@ -319,22 +319,22 @@ async fn floods_of_connections_sessions_and_urls_are_bounded() {
 /// The error channel's words: kubelet reads the exit code from `details.causes`.
 #[test]
 fn the_exit_status_is_what_kubelet_reads() {
-    let ok = super::ws::exit_status(&pb::ExecExit {
+    let ok = super::channel::exit_status(&pb::ExecExit {
         exit_code: Some(0),
         ..Default::default()
     });
     assert_eq!(ok, r#"{"metadata":{},"status":"Success"}"#);
-    let killed: serde_json::Value = serde_json::from_str(&super::ws::exit_status(&pb::ExecExit {
+    let killed: serde_json::Value = serde_json::from_str(&super::channel::exit_status(&pb::ExecExit {
         signal: Some(9),
         ..Default::default()
     }))
     .unwrap();
     assert_eq!(killed["details"]["causes"][0]["message"], "137");
     assert_eq!(
-        super::ws::resize(br#"{"Width":80,"Height":24}"#).map(|s| (s.rows, s.columns)),
+        super::channel::resize(br#"{"Width":80,"Height":24}"#).map(|s| (s.rows, s.columns)),
         Some((24, 80))
     );
-    assert_eq!(super::ws::resize(b"{}"), None);
+    assert_eq!(super::channel::resize(b"{}"), None);
     // RFC 6455's own example.
     assert_eq!(
         super::ws::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),

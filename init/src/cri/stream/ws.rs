@@ -5,9 +5,10 @@
 //! process's end is a Kubernetes `Status` (JSON) on the error channel, then a close.
 //! tungstenite frames the messages; the handshake is ours (`accept`).
 
+use super::channel::{failure, idle_status, req, resize, said, Said};
 use super::http::Head;
 use super::{Backend, Exec, ExecIo, Refusal};
-use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
+use crate::pb::{self, exec_request::Request as In};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
@@ -82,58 +83,11 @@ pub fn accept(head: &Head) -> Result<Accepted, Refusal> {
     Ok(Accepted { response, subprotocol })
 }
 
-/// The Kubernetes `Status` the error channel carries when the process ended.
-pub fn exit_status(exit: &pb::ExecExit) -> String {
-    let code = exit.exit_code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0));
-    if code == 0 {
-        return r#"{"metadata":{},"status":"Success"}"#.to_owned();
-    }
-    serde_json::json!({
-        "metadata": {},
-        "status": "Failure",
-        "message": format!("command terminated with non-zero exit code: exit status {code}"),
-        "reason": "NonZeroExitCode",
-        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
-    })
-    .to_string()
-}
-
-/// The `Status` for a session that could not run or broke off.
-pub fn failure(why: &str) -> String {
-    serde_json::json!({
-        "metadata": {},
-        "status": "Failure",
-        "message": why,
-        "reason": "InternalError",
-        "code": 500,
-    })
-    .to_string()
-}
-
 fn framed(channel: u8, bytes: &[u8]) -> Message {
     let mut v = Vec::with_capacity(bytes.len() + 1);
     v.push(channel);
     v.extend_from_slice(bytes);
     Message::binary(v)
-}
-
-/// A resize message's size (`{"Width":W,"Height":H}`).
-pub fn resize(bytes: &[u8]) -> Option<pb::TerminalSize> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Size {
-        width: u16,
-        height: u16,
-    }
-    let s: Size = serde_json::from_slice(bytes).ok()?;
-    Some(pb::TerminalSize {
-        rows: s.height.into(),
-        columns: s.width.into(),
-    })
-}
-
-fn req(r: In) -> pb::ExecRequest {
-    pb::ExecRequest { request: Some(r) }
 }
 
 /// Runs `exec` over the upgraded connection `conn`.
@@ -217,29 +171,21 @@ async fn relay(
             }
             r = output.next() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_for);
-                let msg = match r {
-                    Some(Ok(pb::ExecResponse { response: Some(Out::Stdout(b)) })) if stdout => framed(STDOUT, &b),
-                    Some(Ok(pb::ExecResponse { response: Some(Out::Stderr(b)) })) if stderr => framed(STDERR, &b),
-                    Some(Ok(pb::ExecResponse { response: Some(Out::Exit(e)) })) => {
-                        let _ = ws.send(framed(ERROR, exit_status(&e).as_bytes())).await;
+                let msg = match said(r) {
+                    Said::Stdout(b) if stdout => framed(STDOUT, &b),
+                    Said::Stderr(b) if stderr => framed(STDERR, &b),
+                    Said::End(status) => {
+                        let _ = ws.send(framed(ERROR, status.as_bytes())).await;
                         return;
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(s)) => {
-                        let _ = ws.send(framed(ERROR, failure(s.message()).as_bytes())).await;
-                        return;
-                    }
-                    None => {
-                        let _ = ws.send(framed(ERROR, failure("the process's output ended without its exit status").as_bytes())).await;
-                        return;
-                    }
+                    Said::Stdout(_) | Said::Stderr(_) | Said::Nothing => continue,
                 };
                 if ws.send(msg).await.is_err() {
                     return;
                 }
             }
             _ = &mut idle => {
-                let _ = ws.send(framed(ERROR, failure("closed after no traffic either way for the idle timeout").as_bytes())).await;
+                let _ = ws.send(framed(ERROR, idle_status().as_bytes())).await;
                 return;
             }
         }

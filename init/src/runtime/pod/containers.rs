@@ -187,6 +187,21 @@ pub(crate) async fn remove_container(host: &Host, pod: &str, name: &str) -> Resu
     Ok(())
 }
 
+/// The channel to sandbox `pod`'s instance, when its container `name` runs (a command
+/// runs only in a running container).
+fn running_container(host: &Host, pod: &str, name: &str) -> Result<Channel> {
+    let (p, ch) = running_sandbox(host, pod)?;
+    let state = p.state().slot(name).map(|c| c.state.clone());
+    match state {
+        None => Err(no_container(pod, name)),
+        Some(ContainerState::Running { .. }) => Ok(ch),
+        Some(other) => Err(RuntimeError::WrongPhase(format!(
+            "container '{name}' of pod '{pod}' is {}; a command runs only in a running container",
+            describe(&other)
+        ))),
+    }
+}
+
 /// Runs `argv` in running container `name` to its end, within `timeout` (then it is
 /// killed and the answer is DEADLINE_EXCEEDED), keeping `cap` bytes of each stream.
 pub(crate) async fn exec_in_container(
@@ -197,18 +212,7 @@ pub(crate) async fn exec_in_container(
     timeout: Duration,
     cap: usize,
 ) -> Result<crate::runtime::spawn::child::ExecOutput> {
-    let (p, ch) = running_sandbox(host, pod)?;
-    let state = p.state().slot(name).map(|c| c.state.clone());
-    match state {
-        None => return Err(no_container(pod, name)),
-        Some(ContainerState::Running { .. }) => {}
-        Some(other) => {
-            return Err(RuntimeError::WrongPhase(format!(
-                "container '{name}' of pod '{pod}' is {}; a command runs only in a running container",
-                describe(&other)
-            )))
-        }
-    }
+    let ch = running_container(host, pod, name)?;
     if argv.is_empty() {
         return Err(RuntimeError::invalid(
             "cmd",
@@ -236,17 +240,7 @@ pub(crate) async fn exec_session(
     tokio::sync::mpsc::Sender<pb::ExecRequest>,
     tonic::Streaming<pb::ExecResponse>,
 )> {
-    let (p, ch) = running_sandbox(host, pod)?;
-    match p.state().slot(name).map(|c| c.state.clone()) {
-        None => return Err(no_container(pod, name)),
-        Some(ContainerState::Running { .. }) => {}
-        Some(other) => {
-            return Err(RuntimeError::WrongPhase(format!(
-                "container '{name}' of pod '{pod}' is {}; a command runs only in a running container",
-                describe(&other)
-            )))
-        }
-    }
+    let ch = running_container(host, pod, name)?;
     crate::runtime::spawn::child::exec_session(&ch, start)
         .await
         .map_err(|s| refused(&format!("a session in container '{name}'"), s))

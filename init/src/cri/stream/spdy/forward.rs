@@ -6,7 +6,7 @@
 //! a FIN either way half-closes the other side; a failure to connect is said on the error
 //! stream. Many pairs may run at once on one connection.
 
-use super::{data, ping, read_frame, rst_stream, Broken, Deflater, Frame, Inflater};
+use super::{data, ping, read_frames, rst_stream, Deflater, Frame, Inflater};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +31,7 @@ struct Pair {
 
 /// Forwards connections to `address` (only to `ports`, unless it is empty) over `conn`.
 pub async fn session(conn: tokio::net::TcpStream, address: IpAddr, ports: Vec<u16>, idle: std::time::Duration) {
-    let (mut r, mut w) = conn.into_split();
+    let (r, mut w) = conn.into_split();
     // Every frame goes out through one writer; frames come in on a task of their own.
     let (out, mut outgoing) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
@@ -42,17 +42,7 @@ pub async fn session(conn: tokio::net::TcpStream, address: IpAddr, ports: Vec<u1
         }
         let _ = w.shutdown().await;
     });
-    let (tx, mut frames) = mpsc::channel::<Result<Option<Frame>, Broken>>(16);
-    let reader = tokio::spawn(async move {
-        let mut inflater = Inflater::default();
-        loop {
-            let f = read_frame(&mut r, &mut inflater).await;
-            let end = !matches!(f, Ok(Some(_)));
-            if tx.send(f).await.is_err() || end {
-                break;
-            }
-        }
-    });
+    let (mut frames, reader) = read_frames(r, Inflater::default());
     let mut deflater = Deflater::default();
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Data stream → what its connection is to write (None: the client's FIN).

@@ -329,6 +329,28 @@ pub fn goaway(last: u32) -> Vec<u8> {
     control(GOAWAY, 0, &body)
 }
 
+/// Frames as read, in order, each `read_frame`'s answer; the last one is the end of the
+/// connection or why it broke.
+pub type Frames = tokio::sync::mpsc::Receiver<Result<Option<Frame>, Broken>>;
+
+/// Reads `r`'s frames on a task of their own, so a session can wait on them beside other
+/// things: a `read_frame` cut off half way (by the process's output arriving first) would
+/// lose the rest of its frame. The task ends with the connection or when its frames are
+/// no longer wanted.
+pub fn read_frames(mut r: OwnedReadHalf, mut inflater: Inflater) -> (Frames, tokio::task::JoinHandle<()>) {
+    let (tx, frames) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let f = read_frame(&mut r, &mut inflater).await;
+            let end = !matches!(f, Ok(Some(_)));
+            if tx.send(f).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    (frames, reader)
+}
+
 /// Reads one frame (None at the end of the connection).
 pub async fn read_frame(r: &mut OwnedReadHalf, inflater: &mut Inflater) -> Result<Option<Frame>, Broken> {
     let mut h = [0u8; 8];

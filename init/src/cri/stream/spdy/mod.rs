@@ -12,10 +12,10 @@
 //! what is sent is zlib stored blocks, which a client reads with or without it. Flow
 //! control (WINDOW_UPDATE) is not enforced either way, as kubelet's own server does not.
 
+use super::channel::{failure, idle_status, req, said, size_of, Said};
 use super::http::Head;
-use super::ws::{exit_status, failure, resize};
 use super::{Backend, Exec, ExecIo, Refusal};
-use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
+use crate::pb::{self, exec_request::Request as In};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -24,7 +24,7 @@ pub mod forward;
 mod frame;
 #[cfg(test)]
 pub use frame::{adler32, dictionary, parse_headers};
-pub use frame::{data, goaway, ping, read_frame, rst_stream, Broken, Deflater, Frame, Inflater};
+pub use frame::{data, goaway, ping, read_frame, read_frames, rst_stream, Deflater, Frame, Frames, Inflater};
 
 /// The channel protocols served over SPDY (`X-Stream-Protocol-Version`).
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -152,18 +152,7 @@ pub async fn session(conn: tokio::net::TcpStream, exec: Exec, backend: Arc<dyn B
             return;
         }
     };
-    // Frames are read on a task of their own: a read cut off half way (by the process's
-    // output arriving first) would lose the rest of its frame.
-    let (tx, frames) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let f = read_frame(&mut r, &mut inflater).await;
-            let end = !matches!(f, Ok(Some(_)));
-            if tx.send(f).await.is_err() || end {
-                break;
-            }
-        }
-    });
+    let (frames, reader) = read_frames(r, inflater);
     let status = relay(frames, &mut w, &s, io, early, idle).await;
     reader.abort();
     if let Some(status) = status {
@@ -189,15 +178,11 @@ async fn finish(w: &mut OwnedWriteHalf, s: &Streams, status: &[u8]) {
     let _ = w.shutdown().await;
 }
 
-fn req(r: In) -> pb::ExecRequest {
-    pb::ExecRequest { request: Some(r) }
-}
-
 /// Feeds the client's frames to the process and its output to the client, until the
 /// process ends (its status returned), the client goes (None: the process is killed as
 /// its input ends) or nothing moves either way for `idle_for`.
 async fn relay(
-    mut frames: tokio::sync::mpsc::Receiver<Result<Option<Frame>, Broken>>,
+    mut frames: Frames,
     w: &mut OwnedWriteHalf,
     s: &Streams,
     io: ExecIo,
@@ -220,13 +205,11 @@ async fn relay(
                 f = frames.recv() => f.unwrap_or(Ok(None)),
                 o = output.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_for);
-                    let (stream, bytes) = match o {
-                        Some(Ok(pb::ExecResponse { response: Some(Out::Stdout(b)) })) => (s.stdout, b),
-                        Some(Ok(pb::ExecResponse { response: Some(Out::Stderr(b)) })) => (s.stderr, b),
-                        Some(Ok(pb::ExecResponse { response: Some(Out::Exit(e)) })) => return Some(exit_status(&e)),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Some(failure(e.message())),
-                        None => return Some(failure("the process's output ended without its exit status")),
+                    let (stream, bytes) = match said(o) {
+                        Said::Stdout(b) => (s.stdout, b),
+                        Said::Stderr(b) => (s.stderr, b),
+                        Said::End(status) => return Some(status),
+                        Said::Nothing => continue,
                     };
                     if let Some(id) = stream {
                         if !send(w, &data(id, false, &bytes)).await {
@@ -235,7 +218,7 @@ async fn relay(
                     }
                     continue;
                 }
-                _ = &mut idle => return Some(failure("closed after no traffic either way for the idle timeout")),
+                _ = &mut idle => return Some(idle_status()),
             },
         };
         idle.as_mut().reset(tokio::time::Instant::now() + idle_for);
@@ -260,7 +243,7 @@ async fn relay(
                 let mut used = 0;
                 while let Some(Ok(v)) = it.next() {
                     used = it.byte_offset();
-                    if let Some(size) = resize(v.to_string().as_bytes()) {
+                    if let Some(size) = size_of(v) {
                         let _ = input.send(req(In::Resize(size))).await;
                     }
                 }
