@@ -996,6 +996,202 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
     });
 }
 
+/// An Attach stream to `name` (with stdin when `stdin`): the sender for later
+/// messages, and the answers.
+async fn attach_to(
+    c: &Client,
+    name: &str,
+    stdin: bool,
+) -> (
+    tokio::sync::mpsc::Sender<pb::AttachRequest>,
+    Result<tonic::Streaming<pb::ExecResponse>, tonic::Status>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AttachRequest {
+        request: Some(pb::attach_request::Request::Start(pb::AttachStart {
+            executable: name.into(),
+            stdin,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let s = c
+        .runtime
+        .clone()
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map(|r| r.into_inner());
+    (tx, s)
+}
+
+fn stdin_msg(b: &[u8]) -> pb::AttachRequest {
+    pb::AttachRequest {
+        request: Some(pb::attach_request::Request::Stdin(b.to_vec())),
+    }
+}
+
+/// Reads `s`'s stdout until it holds `needle` (stderr kept apart).
+async fn stdout_until(s: &mut tonic::Streaming<pb::ExecResponse>, needle: &str) -> (String, String) {
+    use pb::exec_response::Response as Out;
+    let (mut out, mut err) = (String::new(), String::new());
+    while !out.contains(needle) {
+        match s.message().await.unwrap().and_then(|m| m.response) {
+            Some(Out::Stdout(b)) => out.push_str(&String::from_utf8_lossy(&b)),
+            Some(Out::Stderr(b)) => err.push_str(&String::from_utf8_lossy(&b)),
+            Some(_) => {}
+            None => panic!("ended before {needle:?}: {out:?} {err:?}"),
+        }
+    }
+    (out, err)
+}
+
+/// Attach joins a running executable started with stdin: every client sees its output
+/// from when it joined, a client's stdin reaches it, a client closing its stdin leaves
+/// it open for the next (without stdin_once), and its end reaches every client. A client
+/// without stdin that sends some, a client asking stdin of an executable that has none,
+/// and an ended executable are refused. PortForward carries a TCP connection both ways
+/// into a cell's own network; a private cell and a bad port are refused.
+#[test]
+fn attach_joins_a_running_executable_and_port_forward_reaches_into_a_cell() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        c.cell(cell("tap", Default::default())).await.unwrap();
+        let talk = pb::Executable {
+            stdin: true,
+            ..sh(
+                "talk",
+                "tap",
+                "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo bye",
+            )
+        };
+        c.exec(talk).await.unwrap();
+        let (a_tx, a_s) = attach_to(&c, "talk", true).await;
+        let mut a_s = a_s.unwrap();
+        let (b_tx, b_s) = attach_to(&c, "talk", false).await;
+        let mut b_s = b_s.unwrap();
+        for s in [&mut a_s, &mut b_s] {
+            let first = s.message().await.unwrap().unwrap();
+            assert!(matches!(first.response, Some(pb::exec_response::Response::StartedPid(p)) if p > 0));
+        }
+        a_tx.send(stdin_msg(b"one\n")).await.unwrap();
+        let (out, _) = stdout_until(&mut a_s, "got one").await;
+        assert_eq!(out, "got one\n");
+        let (out, _) = stdout_until(&mut b_s, "got one").await;
+        assert_eq!(out, "got one\n", "every client sees the output");
+        // A closes its stdin: without stdin_once the pipe stays open for the next.
+        a_tx.send(pb::AttachRequest {
+            request: Some(pb::attach_request::Request::CloseStdin(true)),
+        })
+        .await
+        .unwrap();
+        let (c_tx, c_s) = attach_to(&c, "talk", true).await;
+        let mut c_s = c_s.unwrap();
+        c_tx.send(stdin_msg(b"two\n")).await.unwrap();
+        let (out, err) = stdout_until(&mut c_s, "got two").await;
+        assert!(out.ends_with("got two\n"), "{out:?} {err:?}");
+        stdout_until(&mut a_s, "got two").await;
+        // B attached without stdin and sends some: refused, its stream ends.
+        b_tx.send(stdin_msg(b"sneak\n")).await.unwrap();
+        let e = loop {
+            match b_s.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without the refusal"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with("stdin:"), "{}", e.message());
+        // Its end reaches the clients still attached, with how it ended.
+        c.workloads
+            .clone()
+            .stop(pb::StopRequest {
+                workload: Some(pb::WorkloadRef {
+                    kind: pb::WorkloadKind::Executable as i32,
+                    name: "talk".into(),
+                }),
+                signal: 15,
+                grace_period_millis: 5000,
+            })
+            .await
+            .unwrap();
+        let (_, _, exit) = collect(a_s).await;
+        assert_eq!(exit.unwrap().signal, Some(15));
+        drop((a_tx, b_tx, c_tx, c_s));
+        let (_, s) = attach_to(&c, "talk", false).await;
+        let e = s.expect_err("an ended executable is not attached to");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        c.free("talk").await;
+        // stdin of one started without: refused, naming the field.
+        c.exec(sh("plain", "tap", "sleep 600")).await.unwrap();
+        let (_, s) = attach_to(&c, "plain", true).await;
+        let e = s.expect_err("refused");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().starts_with("start.stdin:"), "{}", e.message());
+
+        // PortForward into the cell's own network: bytes both ways, the half-close
+        // reaching the server, the server's close ending the stream.
+        c.exec(sh("srv", "tap", "echo through | nc -l -p 8080")).await.unwrap();
+        let forward = |cell: &str, port: u32, data: &[u8]| {
+            let msgs = vec![
+                pb::PortForwardRequest {
+                    request: Some(pb::port_forward_request::Request::Start(pb::PortForwardStart {
+                        cell: cell.into(),
+                        port,
+                        ..Default::default()
+                    })),
+                },
+                pb::PortForwardRequest {
+                    request: Some(pb::port_forward_request::Request::Data(data.to_vec())),
+                },
+            ];
+            let mut rt = c.runtime.clone();
+            async move {
+                let mut s = rt.port_forward(tokio_stream::iter(msgs)).await?.into_inner();
+                let mut got = Vec::new();
+                while let Some(m) = s.message().await? {
+                    got.extend(m.data);
+                }
+                Ok::<Vec<u8>, tonic::Status>(got)
+            }
+        };
+        // nc listens a moment after it starts: until then the connection is refused.
+        let mut got = forward("tap", 8080, b"hello\n").await;
+        let until = std::time::Instant::now() + a.budget(Duration::from_secs(20));
+        while got.as_ref().is_err_and(|e| e.code() == Code::Unavailable) && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            got = forward("tap", 8080, b"hello\n").await;
+        }
+        assert_eq!(got.unwrap(), b"through\n");
+        assert_eq!(c.wait("srv").await.exit_code, Some(0));
+        assert_eq!(c.stdout("srv").await, "hello", "the server read what the client sent");
+        c.free("srv").await;
+        for (cell, port, code, field) in [
+            ("tap", 0, Code::InvalidArgument, "start.port"),
+            ("nope", 80, Code::NotFound, ""),
+            // A process's private cell is auraed's, not a client's to reach into.
+            ("solo", 80, Code::FailedPrecondition, ""),
+        ] {
+            if cell == "solo" {
+                c.exec(sh("solo", "", "sleep 600")).await.unwrap();
+            }
+            let e = forward(cell, port, b"").await.unwrap_err();
+            assert_eq!(e.code(), code, "{cell}: {e:?}");
+            assert!(e.message().starts_with(field), "{}", e.message());
+        }
+        for name in ["plain", "solo"] {
+            let r = pb::WorkloadRef {
+                kind: pb::WorkloadKind::Executable as i32,
+                name: name.into(),
+            };
+            c.stop_and_free(r, 0).await;
+        }
+        c.remove_cell("tap").await;
+        c.assert_left_nothing("attach").await;
+    });
+}
+
 /// Give-ups at every point of a cell's start: 200 `RunCell`s whose deadlines sweep from 0
 /// to three times a measured start, one after another. Each answer agrees with the node:
 /// an answered cell is running (then freed), a refused one leaves nothing. Afterwards no

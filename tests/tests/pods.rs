@@ -787,11 +787,11 @@ fn a_volume_mount_through_a_symlink_of_the_image_is_refused_and_touches_nothing(
     });
 }
 
-/// `aer` as the appliance's admin client, with `args`; (exit code, stdout + stderr).
-fn aer(a: &Appliance, args: &[&str]) -> (Option<i32>, String) {
+/// `aer` as the appliance's admin client, with `args`.
+fn aer_cmd(a: &Appliance, args: &[&str]) -> std::process::Command {
     let pki = a.build.join("pki");
-    let o = std::process::Command::new(a.build.join("bin/auraed"))
-        .arg("aer")
+    let mut cmd = std::process::Command::new(a.build.join("bin/auraed"));
+    cmd.arg("aer")
         .args(["--addr", &format!("127.0.0.1:{}", a.port), "--server-name", "localhost"])
         .arg("--ca")
         .arg(pki.join("ca.crt"))
@@ -799,9 +799,13 @@ fn aer(a: &Appliance, args: &[&str]) -> (Option<i32>, String) {
         .arg(pki.join("client.crt"))
         .arg("--key")
         .arg(pki.join("client.key"))
-        .args(args)
-        .output()
-        .unwrap();
+        .args(args);
+    cmd
+}
+
+/// `aer` with `args` run to its end: (exit code, stdout + stderr).
+fn aer(a: &Appliance, args: &[&str]) -> (Option<i32>, String) {
+    let o = aer_cmd(a, args).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -810,8 +814,34 @@ fn aer(a: &Appliance, args: &[&str]) -> (Option<i32>, String) {
     (o.status.code(), text)
 }
 
+/// `aer` with `args` left running, its stdin and stdout piped.
+fn aer_child(a: &Appliance, args: &[&str]) -> std::process::Child {
+    use std::process::Stdio;
+    aer_cmd(a, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `f` every 100 ms until it gives something or `deadline` passes.
+fn eventually_some<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// What an operator types: a manifest with Kubernetes' names, `aer pod run -f`, `ls`,
-/// `logs`, `status`, `stop`, `free`; and the one-container form with flags.
+/// `logs`, `status`, `exec`, `port-forward`, `attach`, `stop`, `free`; and the
+/// one-container form with flags.
 #[test]
 fn aer_pod_runs_a_manifest_and_a_one_container_pod() {
     let s = shared_or_skip!();
@@ -834,7 +864,9 @@ spec:
     - name: greeter
       image: {}
       command: ["/bin/sh", "-c"]
-      args: ["echo hello from $(hostname) with $GREETING; sleep 100000"]
+      args: ["echo hello from $(hostname) with $GREETING; mkdir -p /tmp/w; echo forwarded-by-aer > /tmp/w/index.html; httpd -p 8088 -h /tmp/w; while read l; do echo heard $l; done; echo stdin-ended"]
+      stdin: true
+      stdinOnce: true
       env:
         - name: GREETING
           value: yaml
@@ -875,6 +907,40 @@ spec:
     let (_, out) = aer(a, &["--json", "pod", "status", "hello"]);
     assert!(out.contains(r#""isolation":"ISOLATION_KIND_CELL""#), "{out}");
     assert!(out.contains(r#""state":"Running""#), "{out}");
+    // A command in the container (its only one implied), with its exit code.
+    let (code, out) = aer(
+        a,
+        &["pod", "exec", "hello", "--", "sh", "-c", "echo in $(hostname); exit 4"],
+    );
+    assert_eq!((code, out.as_str()), (Some(4), "in hello\n"));
+    // Port-forward: this machine's loopback port to the pod's 8088, until interrupted.
+    let mut fwd = aer_child(a, &["pod", "port-forward", "hello", ":8088"]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(fwd.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let local: u16 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|at| at.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("Forwarding from ADDR -> PORT: {line:?}"));
+    let page = eventually_some(a.budget(Duration::from_secs(20)), || http_get(local, "/index.html"));
+    assert_eq!(page.as_deref(), Some("forwarded-by-aer\n"), "{line}");
+    fwd.kill().unwrap();
+    fwd.wait().unwrap();
+    // Attach with stdin (the container keeps it, once): what is typed reaches the
+    // entrypoint; its end (stdin closed) ends aer with its code.
+    let mut att = aer_child(a, &["pod", "attach", "-i", "hello"]);
+    std::io::Write::write_all(att.stdin.as_mut().unwrap(), b"ping\n").unwrap();
+    drop(att.stdin.take());
+    let o = att.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(text, "heard ping\nstdin-ended\n");
     let (code, out) = aer(a, &["pod", "stop", "hello", "--grace-ms", "1000"]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = aer(a, &["pod", "free", "hello"]);
@@ -2261,29 +2327,46 @@ mod cri_stream {
             hostname: format!("stream-{handler}"),
             ..Default::default()
         };
-        let (sid, _, _) = run_sandbox(a, run, config.clone(), handler).await;
+        let (sid, _, _) = run_sandbox(a, run, config, handler).await;
+        // A page for port-forward to fetch (httpd leaves for the background).
+        let script =
+            "mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p 80 -h /tmp/www; exec sleep 600";
+        let cid = start_new(run, &sid, "main", img, script, false).await;
+        assert_eq!(
+            status(run, &cid).await.state,
+            cri::ContainerState::ContainerRunning as i32
+        );
+        (sid, cid)
+    }
+
+    /// A second container of sandbox `sid` that keeps stdin (once): it answers each line
+    /// with "heard LINE" (and "err LINE" on stderr), and says "stdin-ended" at its EOF.
+    async fn talker(run: &mut Run, sid: &str, img: &str) -> String {
+        let script = "while read l; do echo heard $l; echo err $l >&2; done; echo stdin-ended";
+        start_new(run, sid, "talker", img, script, true).await
+    }
+
+    /// Creates and starts container `name` of sandbox `sid`: `img` running `script` with
+    /// `sh -c`, keeping stdin (once) when `stdin`.
+    async fn start_new(run: &mut Run, sid: &str, name: &str, img: &str, script: &str, stdin: bool) -> String {
         let cid = run
             .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sid.clone(),
+                pod_sandbox_id: sid.into(),
                 config: Some(cri::ContainerConfig {
                     metadata: Some(cri::ContainerMetadata {
-                        name: "main".into(),
+                        name: name.into(),
                         attempt: 0,
                     }),
                     image: Some(cri::ImageSpec {
                         image: img.into(),
                         ..Default::default()
                     }),
-                    // A page for port-forward to fetch (httpd leaves for the background).
-                    command: vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        "mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p 80 -h /tmp/www; exec sleep 600"
-                            .into(),
-                    ],
+                    command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    stdin,
+                    stdin_once: stdin,
                     ..Default::default()
                 }),
-                sandbox_config: Some(config),
+                sandbox_config: None,
             })
             .await
             .unwrap()
@@ -2294,11 +2377,23 @@ mod cri_stream {
         })
         .await
         .unwrap();
-        assert_eq!(
-            status(run, &cid).await.state,
-            cri::ContainerState::ContainerRunning as i32
-        );
-        (sid, cid)
+        cid
+    }
+
+    /// `Attach` to container `id`: the URL's path.
+    async fn attach_url(run: &mut Run, id: &str, stdin: bool) -> Result<String, tonic::Status> {
+        let url = run
+            .attach(cri::AttachRequest {
+                container_id: id.into(),
+                stdin,
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await?
+            .into_inner()
+            .url;
+        Ok(split_url(&url).1)
     }
 
     /// A directory of files (one of random bytes, one empty, one nested), as `tar` packs it.
@@ -2457,6 +2552,68 @@ mod cri_stream {
                         "{handler}: {f}"
                     );
                 }
+                // kubectl attach: to the entrypoint of a container that keeps stdin
+                // (once), over SPDY (kubelet's) with stdin and over WebSocket without;
+                // both see the output from when they joined; the end of the one stdin
+                // ends the entrypoint, and both sessions with Success.
+                let talk = talker(&mut run, &sid, &image).await;
+                let path = attach_url(&mut run, &talk, false).await.unwrap();
+                assert!(path.starts_with("/attach/"), "{path}");
+                let mut watcher = WsClient::connect(&addr, &path, V5).await.unwrap();
+                let path = attach_url(&mut run, &talk, true).await.unwrap();
+                let mut sp = SpdyClient::connect(&addr, &path, &["v4.channel.k8s.io"]).await.unwrap();
+                sp.open_exec(true, false).await;
+                sp.send("stdin", b"one\n", true).await;
+                let o = sp.outcome().await;
+                assert_eq!(o.stdout, b"heard one\nstdin-ended\n", "{handler}");
+                assert_eq!(o.stderr, b"err one\n", "{handler}");
+                assert_eq!(o.exit_code(), Some(0), "{handler}: {:?}", o.status);
+                // (When the watcher's join reached the instance is not known here: it sees
+                // at least the end. The Aurae API's Attach, which says when it joined,
+                // shows every client getting all output in cells.rs.)
+                let o = watcher.outcome().await;
+                assert!(o.stdout.ends_with(b"stdin-ended\n"), "{handler}: {:?}", o.stdout);
+                assert_eq!(o.exit_code(), Some(0), "{handler}: {:?}", o.status);
+                let ended = eventually(a.budget(Duration::from_secs(20)), || {
+                    let (mut run, talk) = (run.clone(), talk.clone());
+                    async move { status(&mut run, &talk).await.state == cri::ContainerState::ContainerExited as i32 }
+                })
+                .await;
+                assert!(ended, "{handler}: its stdin closed once, it ended");
+                // Refused: stdin of a container without it; a container that ended.
+                let e = attach_url(&mut run, &cid, true).await.unwrap_err();
+                assert_eq!(e.code(), Code::FailedPrecondition, "{handler}: {e:?}");
+                assert!(e.message().starts_with("stdin:"), "{}", e.message());
+                let e = attach_url(&mut run, &talk, false).await.unwrap_err();
+                assert_eq!(e.code(), Code::FailedPrecondition, "{handler}: {e:?}");
+                // kubelet's sandboxes are the CRI's: the Aurae API does not reach into them.
+                let sandbox_pod = format!("cri-{}", &sid[..12]);
+                let e = c
+                    .runtime
+                    .clone()
+                    .port_forward(tokio_stream::iter(vec![pb::PortForwardRequest {
+                        request: Some(pb::port_forward_request::Request::Start(pb::PortForwardStart {
+                            pod: sandbox_pod.clone(),
+                            port: 80,
+                            ..Default::default()
+                        })),
+                    }]))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::InvalidArgument, "{handler}: {e:?}");
+                let e = c
+                    .runtime
+                    .clone()
+                    .attach(tokio_stream::iter(vec![pb::AttachRequest {
+                        request: Some(pb::attach_request::Request::Start(pb::AttachStart {
+                            executable: "main".into(),
+                            pod: sandbox_pod,
+                            stdin: false,
+                        })),
+                    }]))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::InvalidArgument, "{handler}: {e:?}");
                 // kubectl port-forward: HTTP through the pod's port 80, over SPDY.
                 let url = run
                     .port_forward(cri::PortForwardRequest {

@@ -1,8 +1,9 @@
-//! The client side of `Exec`: a process in a cell attached to this terminal (`aer exec -it`,
-//! `aer run -it`). With `-t` this terminal goes raw, so every key (Ctrl-C too) reaches the
-//! process, and window-size changes follow; without, SIGINT and SIGTERM to `aer` are
-//! passed on. stdin goes to the process until it ends here (EOF). `aer` exits with the
-//! process's exit code (128 + N when signal N ended it).
+//! The client side of `Exec` and `Attach`: a process attached to this terminal (`aer exec
+//! -it`, `aer run -it`, `aer attach`). With `-t` this terminal goes raw, so every key
+//! (Ctrl-C too) reaches the process, and window-size changes follow; without, SIGINT and
+//! SIGTERM to `aer` are passed on to a process it started, and end `aer` alone when it
+//! attached to a running one. stdin goes to the process until it ends here (EOF). `aer`
+//! exits with the process's exit code (128 + N when signal N ended it).
 
 use super::CliError;
 use crate::pb::{self, exec_request::Request as In, exec_response::Response as Out};
@@ -10,20 +11,21 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 
-/// What to start, and how.
+/// What to attach to, and how.
 pub struct Session {
-    pub cell: String,
-    /// Empty: the cell image's entrypoint and cmd.
-    pub argv: Vec<String>,
-    pub env: std::collections::HashMap<String, String>,
-    pub cwd: String,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+    pub start: Start,
     /// -i: send this terminal's stdin.
     pub stdin: bool,
     /// -t: a terminal for the process.
     pub tty: bool,
+}
+
+/// A process started for the session (Exec), or one already running (Attach).
+pub enum Start {
+    Exec(pb::ExecStart),
+    Attach(pb::AttachStart),
 }
 
 /// This terminal in raw mode while it lives; restored when dropped.
@@ -70,43 +72,58 @@ fn msg(r: In) -> pb::ExecRequest {
     pb::ExecRequest { request: Some(r) }
 }
 
+/// What Attach takes of what the terminal sends: stdin and its end.
+fn for_attach(r: In) -> Option<pb::AttachRequest> {
+    use pb::attach_request::Request as A;
+    let r = match r {
+        In::Stdin(b) => A::Stdin(b),
+        In::CloseStdin(c) => A::CloseStdin(c),
+        In::Start(_) | In::Resize(_) | In::Signal(_) => return None,
+    };
+    Some(pb::AttachRequest { request: Some(r) })
+}
+
 /// Runs `s` attached; Ok only when it exited 0, else the exit code to leave with.
 pub async fn attach(target: &super::Target, s: Session) -> Result<(), CliError> {
     let ch = target.connect_unbounded().await?;
-    let (tx, rx) = mpsc::channel::<pb::ExecRequest>(16);
+    let (tx, rx) = mpsc::channel::<In>(16);
     let tty = s.tty && nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
-    let start = pb::ExecStart {
-        cell: s.cell,
-        argv: s.argv,
-        env: s.env,
-        cwd: s.cwd,
-        uid: s.uid,
-        gid: s.gid,
-        tty: s.tty,
-        size: if s.tty { size() } else { None },
+    let mut client = pb::runtime_client::RuntimeClient::new(ch);
+    let input = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let signals = matches!(s.start, Start::Exec(_)) && !s.tty;
+    let started = match s.start {
+        Start::Exec(mut start) => {
+            start.tty = s.tty;
+            start.size = if s.tty { size() } else { None };
+            let _ = tx.send(In::Start(start)).await;
+            client.exec(input.map(msg)).await
+        }
+        Start::Attach(start) => {
+            let first = pb::AttachRequest {
+                request: Some(pb::attach_request::Request::Start(start)),
+            };
+            client
+                .attach(tokio_stream::once(first).chain(input.filter_map(for_attach)))
+                .await
+        }
     };
-    let _ = tx.send(msg(In::Start(start))).await;
-    let mut output = pb::runtime_client::RuntimeClient::new(ch)
-        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(CliError::Remote)?
-        .into_inner();
+    let mut output = started.map_err(CliError::Remote)?.into_inner();
     let raw = Raw::enter(tty);
-    // Input: stdin (with -i), window changes (with -t), SIGINT/SIGTERM (without -t).
+    // Input: stdin (with -i), window changes (with -t), SIGINT/SIGTERM (without -t, to a
+    // process started here; attached to a running one, they end aer by default).
     let feeder = {
         let tx = tx.clone();
         let with_stdin = s.stdin;
-        let with_tty = s.tty;
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut winch = signal(SignalKind::window_change()).ok();
-            let mut int = (!with_tty).then(|| signal(SignalKind::interrupt()).ok()).flatten();
-            let mut term = (!with_tty).then(|| signal(SignalKind::terminate()).ok()).flatten();
+            let mut int = signals.then(|| signal(SignalKind::interrupt()).ok()).flatten();
+            let mut term = signals.then(|| signal(SignalKind::terminate()).ok()).flatten();
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; 16 * 1024];
             let mut reading = with_stdin;
             if !with_stdin {
-                let _ = tx.send(msg(In::CloseStdin(true))).await;
+                let _ = tx.send(In::CloseStdin(true)).await;
             }
             loop {
                 let next = async {
@@ -124,14 +141,14 @@ pub async fn attach(target: &super::Target, s: Session) -> Result<(), CliError> 
                 };
                 match next.await {
                     Some(Some(m)) => {
-                        if tx.send(msg(m)).await.is_err() {
+                        if tx.send(m).await.is_err() {
                             return;
                         }
                     }
                     // stdin ended: EOF for the process, then only signals and resizes.
                     Some(None) if reading => {
                         reading = false;
-                        let _ = tx.send(msg(In::CloseStdin(true))).await;
+                        let _ = tx.send(In::CloseStdin(true)).await;
                     }
                     Some(None) => {}
                     None => return,

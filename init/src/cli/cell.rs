@@ -28,6 +28,15 @@ pub enum CellCmd {
     Thaw {
         name: String,
     },
+    /// Forward local ports into the cell's network: CELL [LOCAL:]PORT... until Ctrl-C.
+    PortForward {
+        name: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// Where to listen on this machine.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +203,9 @@ pub async fn cell(cmd: &CellCmd, target: &super::Target, as_json: bool) -> Resul
         CellCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
         CellCmd::Freeze { name } => lifecycle(target, k, name, Op::Freeze, as_json).await,
         CellCmd::Thaw { name } => lifecycle(target, k, name, Op::Thaw, as_json).await,
+        CellCmd::PortForward { name, ports, address } => {
+            super::forward::port_forward(target, super::forward::Dest::Cell(name.clone()), ports, address).await
+        }
     }
 }
 

@@ -65,12 +65,15 @@ pub async fn exec(a: &ExecArgs, target: &super::Target, as_json: bool) -> Result
             ));
         }
         let session = super::attach::Session {
-            cell: a.cell.clone().unwrap_or_else(|| a.name.clone()),
-            argv: a.argv.clone(),
-            env,
-            cwd: a.cwd.clone().unwrap_or_default(),
-            uid: a.uid,
-            gid: a.gid,
+            start: super::attach::Start::Exec(pb::ExecStart {
+                cell: a.cell.clone().unwrap_or_else(|| a.name.clone()),
+                argv: a.argv.clone(),
+                env,
+                cwd: a.cwd.clone().unwrap_or_default(),
+                uid: a.uid,
+                gid: a.gid,
+                ..Default::default()
+            }),
             stdin: a.interactive,
             tty: a.tty,
         };
@@ -86,6 +89,7 @@ pub async fn exec(a: &ExecArgs, target: &super::Target, as_json: bool) -> Result
             uid: a.uid,
             gid: a.gid,
             cell: a.cell.clone().unwrap_or_default(),
+            ..Default::default()
         })
         .await
         .map_err(CliError::Remote)?

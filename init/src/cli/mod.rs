@@ -9,6 +9,7 @@ mod cell;
 pub mod config;
 mod exec;
 mod fleet;
+mod forward;
 mod image;
 mod instance;
 mod node;
@@ -108,6 +109,14 @@ enum Command {
     /// A cell from an image, its entrypoint running (like docker run):
     /// aer run NAME --image REF [-e K=V] [-it] [-d] [--rm] -- [ARGS]
     Run(Box<run::RunArgs>),
+    /// Attach to a running executable (a cell's entrypoint: the cell's name): its output
+    /// from now on; with -i this terminal's stdin (it must have been started with stdin).
+    /// Ctrl-C detaches; it runs on. aer exits with its code if it ends meanwhile.
+    Attach {
+        name: String,
+        #[arg(short = 'i', long)]
+        interactive: bool,
+    },
     /// List cells and executables.
     Ps,
     /// An executable's status.
@@ -370,6 +379,18 @@ async fn run(a: &Aer) -> Result<(), CliError> {
     let exe = pb::WorkloadKind::Executable;
     match &a.command {
         Command::Exec(e) => exec::exec(e, &target, a.json).await,
+        Command::Attach { name, interactive } => {
+            let session = attach::Session {
+                start: attach::Start::Attach(pb::AttachStart {
+                    executable: name.clone(),
+                    stdin: *interactive,
+                    ..Default::default()
+                }),
+                stdin: *interactive,
+                tty: false,
+            };
+            attach::attach(&target, session).await
+        }
         Command::Run(r) => run::run(r, &target, a.json).await,
         Command::Ps => exec::ps(target.connect().await?, a.json).await,
         Command::Status { name } => workload::lifecycle(&target, exe, name, Op::Status, a.json).await,

@@ -44,6 +44,37 @@ pub enum PodCmd {
         #[arg(long, conflicts_with = "container")]
         console: bool,
     },
+    /// A command in a running container, attached: POD [CONTAINER] [-i] [-t] -- CMD ARGS...
+    /// (the only container when the pod has one).
+    Exec {
+        pod: String,
+        container: Option<String>,
+        /// This terminal's stdin goes to the command (until EOF).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// A terminal for the command (Ctrl-C and window size reach it).
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(required = true, last = true)]
+        argv: Vec<String>,
+    },
+    /// Attach to a container's running entrypoint: its output from now on, with -i this
+    /// terminal's stdin (the container must keep stdin: `stdin: true`). Ctrl-C detaches.
+    Attach {
+        pod: String,
+        container: Option<String>,
+        #[arg(short = 'i', long)]
+        interactive: bool,
+    },
+    /// Forward local ports to the pod's: POD [LOCAL:]PORT... until Ctrl-C.
+    PortForward {
+        pod: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// Where to listen on this machine.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
     /// Stop: SIGTERM (or --signal) to every container, --grace-ms, then the instance.
     Stop(StopArgs),
     /// Wait until the pod has ended (its containers, or its instance).
@@ -222,13 +253,59 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             };
             stream_logs(ch, k, &l.name, l.follow, l.tail).await
         }
+        PodCmd::Exec {
+            pod,
+            container,
+            interactive,
+            tty,
+            argv,
+        } => {
+            let container = match container {
+                Some(c) => c.clone(),
+                None => only_container(target, pod).await?,
+            };
+            let session = super::attach::Session {
+                start: super::attach::Start::Exec(pb::ExecStart {
+                    cell: container,
+                    argv: argv.clone(),
+                    pod: pod.clone(),
+                    ..Default::default()
+                }),
+                stdin: *interactive,
+                tty: *tty,
+            };
+            super::attach::attach(target, session).await
+        }
+        PodCmd::Attach {
+            pod,
+            container,
+            interactive,
+        } => {
+            let container = match container {
+                Some(c) => c.clone(),
+                None => only_container(target, pod).await?,
+            };
+            let session = super::attach::Session {
+                start: super::attach::Start::Attach(pb::AttachStart {
+                    executable: container,
+                    pod: pod.clone(),
+                    stdin: *interactive,
+                }),
+                stdin: *interactive,
+                tty: false,
+            };
+            super::attach::attach(target, session).await
+        }
+        PodCmd::PortForward { pod, ports, address } => {
+            super::forward::port_forward(target, super::forward::Dest::Pod(pod.clone()), ports, address).await
+        }
         PodCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
         PodCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
         PodCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
     }
 }
 
-/// The pod's one container, for `aer pod logs POD`.
+/// The pod's one container, for `aer pod logs|exec|attach POD`.
 async fn only_container(target: &super::Target, pod: &str) -> Result<String, CliError> {
     let w = pb::workloads_client::WorkloadsClient::new(target.connect().await?)
         .status(pb::WorkloadRef {

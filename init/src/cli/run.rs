@@ -56,12 +56,10 @@ pub async fn run(a: &RunArgs, target: &super::Target, as_json: bool) -> Result<(
     }
     let result = if attached {
         let session = super::attach::Session {
-            cell: a.name.clone(),
-            argv: Vec::new(),
-            env: Default::default(),
-            cwd: String::new(),
-            uid: None,
-            gid: None,
+            start: super::attach::Start::Exec(pb::ExecStart {
+                cell: a.name.clone(),
+                ..Default::default()
+            }),
             stdin: a.interactive,
             tty: a.tty,
         };

@@ -126,6 +126,12 @@ pub fn container_spec(config: &cri::ContainerConfig, name: &str, image: &str) ->
         mounts: Vec::new(),
         volumes: Vec::new(),
         user: user(linux.and_then(|l| l.security_context.as_ref())),
+        // kubelet sends stdin_once only with stdin.
+        stdin: match (config.stdin, config.stdin_once) {
+            (false, _) => crate::runtime::spec::Stdin::Null,
+            (true, false) => crate::runtime::spec::Stdin::Open,
+            (true, true) => crate::runtime::spec::Stdin::Once,
+        },
     })
 }
 
@@ -239,6 +245,8 @@ impl Cri {
             mounts: config.mounts,
             refresh: planned.refresh,
             read_back: planned.read_back,
+            stdin: config.stdin,
+            tty: config.tty,
         });
         self.copies.notify_one();
         Ok(cri::CreateContainerResponse { container_id: id })

@@ -58,12 +58,71 @@ impl Cri {
                 name,
             },
             cmd: r.cmd,
+            attach: false,
             tty: r.tty,
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
         }))?;
         Ok(cri::ExecResponse { url })
+    }
+}
+
+impl Cri {
+    /// A URL on the streaming server joining the container's running entrypoint: its
+    /// output from then on, its stdin when it keeps one.
+    pub fn attach(&self, r: cri::AttachRequest) -> Result<cri::AttachResponse, CriError> {
+        if !(r.stdin || r.stdout || r.stderr) {
+            return Err(CriError::Invalid {
+                field: "stdout",
+                why: "stdin, stdout and stderr are all false; ask for one of them at least".into(),
+            });
+        }
+        let (container_id, pod, name) = self
+            .placed_by_id(&r.container_id)
+            .ok_or_else(|| no_container(&r.container_id))?;
+        let (stdin, tty) = self
+            .table()
+            .container(&container_id)
+            .map(|c| (c.stdin, c.tty))
+            .unwrap_or_default();
+        if r.stdin && !stdin {
+            return Err(CriError::WrongState(format!(
+                "stdin: container '{}' was created without stdin (its config's stdin is false); attach without stdin",
+                r.container_id
+            )));
+        }
+        if r.tty && !tty {
+            return Err(CriError::Invalid {
+                field: "tty",
+                why: format!(
+                    "container '{}' was created without a terminal; attach without tty",
+                    r.container_id
+                ),
+            });
+        }
+        if !running(self, &pod, &name) {
+            return Err(CriError::WrongState(format!(
+                "container_id: container '{}' is not running; attach only to a running container (its output so far: its log)",
+                r.container_id
+            )));
+        }
+        let url = self.streams()?.issue(What::Exec(Exec {
+            target: Target {
+                container_id,
+                pod,
+                name,
+            },
+            cmd: Vec::new(),
+            attach: true,
+            // The client's streams as it asked (with tty: no stderr, a resize stream); the
+            // entrypoint has no terminal, so its stderr comes on stdout then.
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr && !r.tty,
+        }))?;
+        Ok(cri::AttachResponse { url })
     }
 }
 
@@ -74,14 +133,54 @@ impl Backend for Cri {
         start: crate::pb::ExecStart,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExecIo, tonic::Status>> + Send + 'a>> {
         Box::pin(async move {
-            let (input, output) = self
+            let ch = self
                 .rt
-                .exec_session(&target.pod, &target.name, start)
-                .await
+                .container_channel(&target.pod, &target.name, true)
                 .map_err(|e| tonic::Status::from(CriError::from(e)))?;
+            let (input, output) = crate::runtime::spawn::child::exec_session(&ch, start).await?;
             Ok(ExecIo {
                 input,
                 output: Box::pin(output),
+                attached: false,
+            })
+        })
+    }
+
+    fn attach<'a>(
+        &'a self,
+        target: &'a Target,
+        stdin: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExecIo, tonic::Status>> + Send + 'a>> {
+        Box::pin(async move {
+            use crate::pb::{attach_request::Request as A, exec_request::Request as In};
+            let ch = self
+                .rt
+                .container_channel(&target.pod, &target.name, true)
+                .map_err(|e| tonic::Status::from(CriError::from(e)))?;
+            let start = crate::pb::AttachStart {
+                executable: target.name.clone(),
+                pod: String::new(),
+                stdin,
+            };
+            let (tx, output) = crate::runtime::spawn::child::attach_session(&ch, start).await?;
+            // The session speaks Exec's requests; Attach takes their stdin and its end.
+            let (input, mut rx) = tokio::sync::mpsc::channel::<crate::pb::ExecRequest>(16);
+            tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    let r = match m.request {
+                        Some(In::Stdin(b)) => A::Stdin(b),
+                        Some(In::CloseStdin(c)) => A::CloseStdin(c),
+                        _ => continue,
+                    };
+                    if tx.send(crate::pb::AttachRequest { request: Some(r) }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(ExecIo {
+                input,
+                output: Box::pin(output),
+                attached: true,
             })
         })
     }

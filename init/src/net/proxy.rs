@@ -71,7 +71,8 @@ impl Dialer {
         Ok(Dialer::Namespace(tx))
     }
 
-    async fn dial(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    /// A connection to `port` where this dialer reaches.
+    pub async fn dial(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
         let tx_dial = match self {
             Dialer::Address(ip) => return tokio::net::TcpStream::connect((*ip, port)).await,
             Dialer::Namespace(tx) => tx,

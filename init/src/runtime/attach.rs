@@ -141,6 +141,7 @@ pub(crate) async fn start(host: &Host, spec: AttachSpec) -> Result<Attached> {
         uid: spec.uid,
         gid: spec.gid,
         cell: Some(spec.cell),
+        stdin: Default::default(),
     };
     let process = process::launch(host, exec, Launch::new(true, Some(attach))).await?;
     Ok(Attached { process, io })
@@ -170,4 +171,28 @@ fn node_pty() -> Result<(OwnedFd, OwnedFd)> {
     )
     .map_err(|errno| RuntimeError::sys("open /dev/ptmx", errno))?;
     super::rootfs::pty_peer(master)
+}
+
+/// A running executable a client attaches to (`Attach`): the executable itself, and its
+/// output from now on. Subscribed before its phase is read, so nothing written after a
+/// client is told it runs is missed.
+pub(crate) fn to_running(
+    host: &Host,
+    name: &str,
+    stdin: bool,
+) -> Result<(Arc<Process>, tokio::sync::broadcast::Receiver<super::tap::Piece>)> {
+    let p = host.table().get::<Process>(name)?;
+    let rx = p.tap.subscribe();
+    if p.phase() != Phase::Running {
+        return Err(RuntimeError::WrongPhase(format!(
+            "executable '{name}' is {:?}; attach only to a running one (its output so far: aer logs {name})",
+            p.phase()
+        )));
+    }
+    if stdin && p.tap.mode() == super::spec::Stdin::Null {
+        return Err(RuntimeError::WrongPhase(format!(
+            "start.stdin: executable '{name}' was started without stdin (its stdin is /dev/null); attach without stdin, or start it with stdin"
+        )));
+    }
+    Ok((p, rx))
 }

@@ -244,6 +244,7 @@ pub(crate) trait PodCalls: Send + Sync {
         ch: &'a Channel,
         container: &'a str,
         argv: Vec<String>,
+        stdin: super::spec::Stdin,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>>;
     /// Until the current run of `container` has ended.
@@ -352,9 +353,10 @@ impl PodCalls for ChildApi {
         ch: &'a Channel,
         container: &'a str,
         argv: Vec<String>,
+        stdin: super::spec::Stdin,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
-        Box::pin(child::start_run(ch, container, argv, timeout))
+        Box::pin(child::start_run(ch, container, argv, stdin, timeout))
     }
 
     fn wait_run<'a>(
@@ -1063,6 +1065,7 @@ pub(crate) mod testing {
             _ch: &'a Channel,
             container: &'a str,
             _argv: Vec<String>,
+            _stdin: crate::runtime::spec::Stdin,
             _timeout: Duration,
         ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
             let started = if *self.refuse_starts.lock().unwrap() {

@@ -103,6 +103,9 @@ impl LogPool {
     }
 }
 
+/// A piece of output as a pipe gave it, for attached clients (`tap.rs`).
+pub type Piece = (Stream, std::sync::Arc<[u8]>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
@@ -305,6 +308,11 @@ impl LogBuffer {
         }
     }
 
+    /// No writer is left: nothing more can come.
+    pub fn writers_closed(&self) -> bool {
+        self.lock().open_writers == 0
+    }
+
     /// The cursor just past the newest line.
     pub fn end_cursor(&self) -> u64 {
         self.lock().next_seq
@@ -333,7 +341,12 @@ impl LogBuffer {
 
 /// Reads a pipe to EOF, splitting it into lines. Runs as a tokio task; a flood only fills
 /// the bounded buffer, and the pipe's writer waits when the kernel pipe is full.
-pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Arc<LogBuffer>, stream: Stream) {
+pub async fn pump(
+    mut pipe: tokio::net::unix::pipe::Receiver,
+    buf: std::sync::Arc<LogBuffer>,
+    stream: Stream,
+    tap: Option<tokio::sync::broadcast::Sender<Piece>>,
+) {
     let mut chunk = vec![0u8; 64 << 10];
     let mut partial: Vec<u8> = Vec::new();
     loop {
@@ -341,6 +354,12 @@ pub async fn pump(mut pipe: tokio::net::unix::pipe::Receiver, buf: std::sync::Ar
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Attached clients get it as it came, before the logs (whose end they wait for).
+        if let Some(t) = &tap {
+            if t.receiver_count() > 0 {
+                let _ = t.send((stream, std::sync::Arc::from(&chunk[..n])));
+            }
+        }
         let mut rest = &chunk[..n];
         while let Some(i) = rest.iter().position(|b| *b == b'\n') {
             partial.extend_from_slice(&rest[..i]);
@@ -513,7 +532,7 @@ mod tests {
     async fn pumped(writes: &[&[u8]]) -> Vec<Vec<u8>> {
         let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
         let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
-        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
+        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout, None));
         {
             use tokio::io::AsyncWriteExt;
             let mut tx = tx;
@@ -530,7 +549,7 @@ mod tests {
     async fn pieces_of_a_long_line_say_the_next_continues_them_and_a_whole_line_does_not() {
         let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
         let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
-        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
+        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout, None));
         {
             use tokio::io::AsyncWriteExt;
             let mut tx = tx;
@@ -585,7 +604,7 @@ mod tests {
     async fn pump_splits_lines_and_flushes_the_last_partial_one() {
         let (tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
         let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &pool());
-        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout));
+        let task = tokio::spawn(pump(rx, b.clone(), Stream::Stdout, None));
         {
             use tokio::io::AsyncWriteExt;
             let mut tx = tx;

@@ -35,6 +35,7 @@ pub(crate) mod spawn;
 pub(crate) mod spec;
 pub(crate) mod sys;
 pub(crate) mod table;
+pub(crate) mod tap;
 pub(crate) mod vm;
 pub(crate) mod volume;
 
@@ -322,23 +323,37 @@ impl Runtime {
         pod::exec_in_container(&self.host, pod, name, argv, timeout, cap).await
     }
 
-    /// A process started in running container `name` of sandbox `pod`, attached (the
-    /// CRI's streaming Exec): what to send it, and its output.
-    pub async fn exec_session(
-        &self,
-        pod: &str,
-        name: &str,
-        start: crate::pb::ExecStart,
-    ) -> Result<(
-        tokio::sync::mpsc::Sender<crate::pb::ExecRequest>,
-        tonic::Streaming<crate::pb::ExecResponse>,
-    )> {
-        pod::exec_session(&self.host, pod, name, start).await
+    /// The channel to the instance of pod `pod` while its container `name` runs: where
+    /// a client's Exec and Attach go (`kubelets`: the CRI's, to its sandboxes too).
+    pub fn container_channel(&self, pod: &str, name: &str, kubelets: bool) -> Result<tonic::transport::Channel> {
+        pod::running_container(&self.host, pod, name, kubelets)
+    }
+
+    /// Connections to a port of running pod `pod` (its address) or cell `cell` (inside its
+    /// network namespace): PortForward's.
+    pub fn dialer(&self, pod: Option<&str>, cell: Option<&str>) -> Result<crate::net::proxy::Dialer> {
+        match (pod, cell) {
+            (Some(p), _) => pod::dialer(&self.host, p),
+            (None, Some(c)) => cell::dialer(&self.host, c),
+            (None, None) => Err(error::RuntimeError::invalid(
+                "start.pod",
+                "empty; name the pod or the cell",
+            )),
+        }
     }
 
     /// Exec: a process started in a running cell, attached to the caller.
     pub async fn attach(&self, spec: attach::AttachSpec) -> Result<attach::Attached> {
         attach::start(&self.host, spec).await
+    }
+
+    /// Attach: running executable `name` and its output from now on.
+    pub fn attach_to(
+        &self,
+        name: &str,
+        stdin: bool,
+    ) -> Result<(Arc<Process>, tokio::sync::broadcast::Receiver<tap::Piece>)> {
+        attach::to_running(&self.host, name, stdin)
     }
 
     /// Ends an attached process and forgets it.

@@ -52,6 +52,8 @@ pub struct Process {
     stdout_as: logs::Stream,
     state: watch::Sender<ExecView>,
     op: tokio::sync::Mutex<()>,
+    /// Its live output and kept stdin, for attached clients.
+    pub tap: super::tap::Tap,
 }
 
 /// How to start an executable (see [`Runtime::launch`]).
@@ -133,6 +135,7 @@ impl Process {
     /// Records how the main process ended, with final usage from its cgroup. A private
     /// cell ends first, so whoever waits on the executable finds its cell ended too.
     async fn finish(&self, exit: Option<Exit>) {
+        self.tap.end().await;
         let u = self.dir.usage();
         if let Some(c) = &self.own_cell {
             c.end_with_owner();
@@ -314,6 +317,7 @@ pub(super) async fn launch_self(
         uid: None,
         gid: None,
         cell: None,
+        stdin: Default::default(),
     };
     let how = Launch {
         program: Some(host.own_exe.to_string_lossy().into_owned()),
@@ -404,6 +408,7 @@ pub(super) async fn launch(host: &Host, spec: ExecutableSpec, how: Launch) -> Re
         })
         .0,
         op: tokio::sync::Mutex::new(()),
+        tap: super::tap::Tap::new(spec.stdin),
     });
     if listed {
         // Checked again: another request may have taken the name while the cell was made.
@@ -449,12 +454,25 @@ async fn start_exec(
                 || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno));
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
-            let devnull = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Io {
-                what: "open",
-                path: "/dev/null".into(),
-                source,
-            })?;
-            (devnull.into(), out_w, err_w, false, Some((out_r, err_r)))
+            let stdin = match spec.stdin {
+                super::spec::Stdin::Null => std::fs::File::open("/dev/null")
+                    .map_err(|source| RuntimeError::Io {
+                        what: "open",
+                        path: "/dev/null".into(),
+                        source,
+                    })?
+                    .into(),
+                super::spec::Stdin::Open | super::spec::Stdin::Once => {
+                    let (r, w) = pipe()?;
+                    e.tap.keep(w).map_err(|source| RuntimeError::Io {
+                        what: "keep",
+                        path: "its stdin pipe".into(),
+                        source,
+                    })?;
+                    r
+                }
+            };
+            (stdin, out_w, err_w, false, Some((out_r, err_r)))
         }
     };
     let input = ExecInput {
@@ -501,7 +519,7 @@ async fn start_exec(
     for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
         match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => {
-                tokio::spawn(logs::pump(rx, e.logs.clone(), stream));
+                tokio::spawn(logs::pump(rx, e.logs.clone(), stream, Some(e.tap.output())));
             }
             Err(err) => {
                 tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);

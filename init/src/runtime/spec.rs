@@ -37,6 +37,32 @@ pub struct ExecutableSpec {
     pub gid: Option<u32>,
     /// None: a fresh cell of its own, named after the executable, with default isolation.
     pub cell: Option<CellName>,
+    /// What its stdin is.
+    pub stdin: Stdin,
+}
+
+/// An executable's stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stdin {
+    /// /dev/null.
+    #[default]
+    Null,
+    /// A pipe auraed keeps open, written by attached clients (`Attach`).
+    Open,
+    /// The same, closed for good when the first attached client closes its stdin.
+    Once,
+}
+
+impl Stdin {
+    /// From the API's two flags; `stdin_once` needs `stdin`.
+    pub fn of(stdin: bool, once: bool) -> Option<Stdin> {
+        match (stdin, once) {
+            (false, false) => Some(Stdin::Null),
+            (true, false) => Some(Stdin::Open),
+            (true, true) => Some(Stdin::Once),
+            (false, true) => None,
+        }
+    }
 }
 
 /// cgroup v2 limits; `None` leaves the kernel default.
@@ -151,6 +177,8 @@ pub struct ImageRequest {
     pub working_dir: Option<String>,
     pub user: Option<String>,
     pub no_entrypoint: bool,
+    /// The entrypoint's stdin.
+    pub stdin: Stdin,
     pub ports: Vec<(u16, u16)>,
     pub volumes: Vec<crate::values::volume::VolumeSpec>,
     pub mounts: Vec<crate::values::volume::VolumeMount>,
@@ -179,6 +207,8 @@ pub struct ImageRoot {
     pub argv: Vec<String>,
     /// Start `argv` when the cell is made (false: processes come with RunExecutable or Exec).
     pub start: bool,
+    /// The entrypoint's stdin.
+    pub stdin: Stdin,
     /// Scratch volumes the cell makes or joins, and where they appear in its root.
     pub volumes: Vec<super::volume::VolumeSpec>,
     pub mounts: Vec<super::volume::VolumeMount>,
@@ -246,6 +276,7 @@ impl ImageRoot {
             exposed_ports: p.config.exposed_ports.clone(),
             argv,
             start: !r.no_entrypoint,
+            stdin: r.stdin,
             volumes: r.volumes,
             mounts: r.mounts,
         })

@@ -18,32 +18,90 @@ use tonic::{Status, Streaming};
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecResponse, Status>> + Send>>;
 
 /// The most stdin one message may carry.
-const MAX_STDIN: usize = 1 << 20;
+pub(super) const MAX_STDIN: usize = 1 << 20;
 /// Output is sent in pieces of at most this much.
 const CHUNK: usize = 32 * 1024;
 /// How long output may take to drain once the process is gone.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn out(r: Out) -> Result<pb::ExecResponse, Status> {
+pub(super) fn out(r: Out) -> Result<pb::ExecResponse, Status> {
     Ok(pb::ExecResponse { response: Some(r) })
 }
 
 /// Starts the process the stream's first message asks for; the rest runs in a task.
 pub async fn exec(rt: Arc<Runtime>, mut input: Streaming<pb::ExecRequest>) -> Result<ExecStream, Status> {
-    let first = input
-        .message()
-        .await?
-        .ok_or_else(|| Status::invalid_argument("start: the stream ended before its first message, `start`"))?;
-    let Some(In::Start(start)) = first.request else {
-        return Err(Status::invalid_argument(
-            "start: the first message must be `start` (the cell, argv, tty); stdin, resize and signal come after it",
-        ));
+    let pick = |m: pb::ExecRequest| match m.request {
+        Some(In::Start(s)) => Some(s),
+        _ => None,
     };
+    let start = start_of(
+        &mut input,
+        pick,
+        "(the cell, argv, tty); stdin, resize and signal come after it",
+    )
+    .await?;
+    if !start.pod.is_empty() {
+        // A pod's container: the session runs in the pod's instance, relayed.
+        let ch = container_channel(&rt, &start.pod, &start.cell, "start.cell")?;
+        let start = pb::ExecStart {
+            pod: String::new(),
+            ..start
+        };
+        let (tx, out) = crate::runtime::spawn::child::exec_session(&ch, start).await?;
+        tokio::spawn(relay(input, tx));
+        return Ok(Box::pin(out));
+    }
     let spec = AttachSpec::try_from(start)?;
     let attached = rt.attach(spec).await?;
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(session(rt, attached, input, tx));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// The stream's first message, which must be its `start` (`pick` takes it out; `what`
+/// says what it holds and what comes after, for the error).
+pub(super) async fn start_of<T, S>(
+    input: &mut Streaming<T>,
+    pick: impl FnOnce(T) -> Option<S>,
+    what: &str,
+) -> Result<S, Status> {
+    let first = input
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("start: the stream ended before its first message, `start`"))?;
+    pick(first).ok_or_else(|| Status::invalid_argument(format!("start: the first message must be `start` {what}")))
+}
+
+/// The channel to the instance of `pod`, whose running container `container` names
+/// (`field` in the request).
+pub(super) fn container_channel(
+    rt: &Runtime,
+    pod: &str,
+    container: &str,
+    field: &str,
+) -> Result<tonic::transport::Channel, Status> {
+    use crate::values::names::ExecName;
+    ExecName::parse(pod).map_err(|e| Status::invalid_argument(format!("start.pod: {e}")))?;
+    ExecName::parse(container).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+    Ok(rt.container_channel(pod, container, false)?)
+}
+
+/// Passes the caller's messages on to `tx` (a session in a pod's instance) until either
+/// side ends; dropping `tx` ends that session's input, as the caller's going would.
+pub(super) async fn relay<T>(mut input: Streaming<T>, tx: mpsc::Sender<T>) {
+    loop {
+        tokio::select! {
+            m = input.message() => match m {
+                Ok(Some(m)) => {
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            },
+            _ = tx.closed() => return,
+        }
+    }
 }
 
 /// A terminal's master, read by the output pump and written by the feeder.

@@ -35,6 +35,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Runtime/Spawn", Role::Operator),
     ("/aurae.v0.Runtime/RunPod", Role::Operator),
     ("/aurae.v0.Runtime/Exec", Role::Operator),
+    ("/aurae.v0.Runtime/Attach", Role::Operator),
+    ("/aurae.v0.Runtime/PortForward", Role::Operator),
     ("/aurae.v0.Workloads/Status", Role::Reader),
     ("/aurae.v0.Workloads/List", Role::Reader),
     ("/aurae.v0.Workloads/Stop", Role::Operator),
@@ -595,7 +597,17 @@ mod tests {
                 "QUICK names {m}, which METHODS lacks"
             );
         }
-        for lasting in ["Wait", "Logs", "Exec", "Pull", "Load", "Stop", "Watch"] {
+        for lasting in [
+            "Wait",
+            "Logs",
+            "Exec",
+            "Attach",
+            "PortForward",
+            "Pull",
+            "Load",
+            "Stop",
+            "Watch",
+        ] {
             assert!(!QUICK.iter().any(|m| m.ends_with(&format!("/{lasting}"))), "{lasting}");
         }
     }

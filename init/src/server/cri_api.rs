@@ -29,7 +29,6 @@ pub fn image_service(cri: Arc<Cri>) -> ImageServiceServer<ImageApi> {
     ImageServiceServer::new(ImageApi { cri })
 }
 
-const STREAMING: &str = "attach is not served by this auraed yet (exec and port-forward are); use the Aurae API's Exec";
 const NOT_HERE: &str = "not served by auraed (optional in the CRI; kubelet falls back)";
 
 /// Not served by this auraed (yet): UNIMPLEMENTED with what to use instead.
@@ -178,8 +177,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Ok(Response::new(self.cri.exec(r.into_inner())?))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        not_served("Attach", STREAMING)
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        Ok(Response::new(self.cri.attach(r.into_inner())?))
     }
 
     async fn port_forward(

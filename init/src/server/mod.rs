@@ -12,7 +12,9 @@ pub mod forward;
 pub mod images_api;
 pub mod listen;
 pub mod node_api;
+pub mod port_forward;
 pub mod runtime_api;
+pub mod tap;
 pub mod workloads_api;
 
 use crate::init::{power::PowerSender, InitReport};

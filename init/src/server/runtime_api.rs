@@ -118,6 +118,28 @@ impl RuntimeRpc for RuntimeApi {
         ))
     }
 
+    type AttachStream = super::attach::ExecStream;
+
+    async fn attach(
+        &self,
+        r: Request<tonic::Streaming<pb::AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Ok(Response::new(
+            super::tap::attach(self.rt.clone(), r.into_inner()).await?,
+        ))
+    }
+
+    type PortForwardStream = super::port_forward::ForwardStream;
+
+    async fn port_forward(
+        &self,
+        r: Request<tonic::Streaming<pb::PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        Ok(Response::new(
+            super::port_forward::port_forward(self.rt.clone(), r.into_inner()).await?,
+        ))
+    }
+
     async fn run_executable(&self, r: Request<pb::Executable>) -> Result<Response<pb::ExecutableStatus>, Status> {
         let since = Instant::now();
         let caller = super::deadline::caller_timeout(r.metadata());

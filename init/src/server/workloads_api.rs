@@ -418,6 +418,7 @@ mod tests {
                 uid: None,
                 gid: None,
                 cell: None,
+                stdin: Default::default(),
             })
             .await
             .unwrap();

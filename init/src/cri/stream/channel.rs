@@ -14,8 +14,9 @@ pub enum Said {
     Nothing,
 }
 
-/// Sorts the next item of the process's output (None: the output ended).
-pub fn said(item: Option<Result<pb::ExecResponse, tonic::Status>>) -> Said {
+/// Sorts the next item of the process's output (None: the output ended); the end of a
+/// process `attached` to is a success whatever its code, as kubelet reports it.
+pub fn said(item: Option<Result<pb::ExecResponse, tonic::Status>>, attached: bool) -> Said {
     match item {
         Some(Ok(pb::ExecResponse {
             response: Some(Out::Stdout(b)),
@@ -23,6 +24,12 @@ pub fn said(item: Option<Result<pb::ExecResponse, tonic::Status>>) -> Said {
         Some(Ok(pb::ExecResponse {
             response: Some(Out::Stderr(b)),
         })) => Said::Stderr(b),
+        Some(Ok(pb::ExecResponse {
+            response: Some(Out::Exit(_)),
+        })) if attached => Said::End(exit_status(&pb::ExecExit {
+            exit_code: Some(0),
+            ..Default::default()
+        })),
         Some(Ok(pb::ExecResponse {
             response: Some(Out::Exit(e)),
         })) => Said::End(exit_status(&e)),

@@ -1,8 +1,8 @@
-//! The CRI's streaming server: `Exec` and `PortForward` (and later `Attach`) answer a URL
+//! The CRI's streaming server: `Exec`, `Attach` and `PortForward` answer a URL
 //! on it; kubelet (or crictl) then connects there and upgrades the connection to the
 //! protocol it speaks, and the session runs over that connection.
 //!
-//! - A URL is `http://ADDR/exec/TOKEN` or `http://ADDR/portforward/TOKEN`: the token (32
+//! - A URL is `http://ADDR/KIND/TOKEN` (`exec`, `attach`, `portforward`): the token (32
 //!   random bytes) alone names the session, so a client that reaches the port through a
 //!   forward is served the same. A token is good once, for [`TOKEN_TTL`], for the one
 //!   request it was issued for (the container, the command, which streams; or the
@@ -12,10 +12,10 @@
 //!   sent its request within [`HEAD_WITHIN`] is closed), at most [`MAX_PER_CONTAINER`]
 //!   sessions per container, and closes a session idle for [`IDLE`].
 //! - Protocols: SPDY/3.1 with `v4.channel.k8s.io` and `portforward.k8s.io` (`spdy/`:
-//!   what kubelet speaks to a runtime, so `kubectl exec` and `kubectl port-forward`), and
-//!   for exec WebSocket with the `v5.channel.k8s.io` and `v4.channel.k8s.io`
-//!   subprotocols (`ws.rs`: crictl `--transport websocket`); what both carry for an exec
-//!   is `channel.rs`'s.
+//!   what kubelet speaks to a runtime, so `kubectl exec`, `attach` and `port-forward`),
+//!   and for exec and attach WebSocket with the `v5.channel.k8s.io` and
+//!   `v4.channel.k8s.io` subprotocols (`ws.rs`: crictl `--transport websocket`); what both
+//!   carry for a session is `channel.rs`'s.
 
 pub mod channel;
 mod http;
@@ -79,11 +79,14 @@ pub struct Target {
     pub name: String,
 }
 
-/// A command to run attached in a container.
+/// A command to run attached in a container, or (`attach`) its running entrypoint to
+/// join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exec {
     pub target: Target,
+    /// Empty with `attach`.
     pub cmd: Vec<String>,
+    pub attach: bool,
     pub tty: bool,
     pub stdin: bool,
     pub stdout: bool,
@@ -106,6 +109,7 @@ pub enum What {
 impl What {
     fn kind(&self) -> &'static str {
         match self {
+            What::Exec(e) if e.attach => "attach",
             What::Exec(_) => "exec",
             What::PortForward { .. } => "portforward",
         }
@@ -123,6 +127,23 @@ impl What {
 pub struct ExecIo {
     pub input: tokio::sync::mpsc::Sender<pb::ExecRequest>,
     pub output: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::ExecResponse, tonic::Status>> + Send>>,
+    /// Joined, not started (Attach): its end is the session's success, whatever its code,
+    /// as kubelet reports an attach.
+    pub attached: bool,
+}
+
+/// Opens the process of session `e`: its command started, or its entrypoint joined.
+async fn open(backend: &dyn Backend, e: &Exec) -> Result<ExecIo, tonic::Status> {
+    if e.attach {
+        return backend.attach(&e.target, e.stdin).await;
+    }
+    let start = pb::ExecStart {
+        cell: e.target.name.clone(),
+        argv: e.cmd.clone(),
+        tty: e.tty,
+        ..Default::default()
+    };
+    backend.exec(&e.target, start).await
 }
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -131,6 +152,8 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 pub trait Backend: Send + Sync + 'static {
     /// Starts `start` in `target`'s container, attached.
     fn exec<'a>(&'a self, target: &'a Target, start: pb::ExecStart) -> BoxFuture<'a, Result<ExecIo, tonic::Status>>;
+    /// Joins the running entrypoint of `target`'s container (its stdin too with `stdin`).
+    fn attach<'a>(&'a self, target: &'a Target, stdin: bool) -> BoxFuture<'a, Result<ExecIo, tonic::Status>>;
 }
 
 /// The URLs issued and the sessions open.

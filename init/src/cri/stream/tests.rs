@@ -100,6 +100,41 @@ impl Backend for Fake {
             Ok(ExecIo {
                 input,
                 output: Box::pin(tokio_stream::wrappers::ReceiverStream::new(orx)),
+                attached: false,
+            })
+        })
+    }
+
+    /// An entrypoint that says "attached" on stdout and stderr, echoes stdin, and exits 3
+    /// when its stdin ends.
+    fn attach<'a>(&'a self, target: &'a Target, stdin: bool) -> BoxFuture<'a, Result<ExecIo, tonic::Status>> {
+        Box::pin(async move {
+            let start = pb::ExecStart {
+                cell: target.name.clone(),
+                argv: vec![format!("(attach, stdin {stdin})")],
+                ..Default::default()
+            };
+            self.started.lock().unwrap().push((target.clone(), start));
+            let (input, mut rx) = mpsc::channel::<pb::ExecRequest>(16);
+            let (tx, orx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                let _ = tx.send(out(Out::Stdout(b"attached\n".to_vec()))).await;
+                let _ = tx.send(out(Out::Stderr(b"on stderr\n".to_vec()))).await;
+                while let Some(r) = rx.recv().await.and_then(|r| r.request) {
+                    match r {
+                        In::Stdin(b) => {
+                            let _ = tx.send(out(Out::Stdout(b))).await;
+                        }
+                        In::CloseStdin(_) if stdin => break,
+                        _ => {}
+                    }
+                }
+                let _ = tx.send(out(exit(3))).await;
+            });
+            Ok(ExecIo {
+                input,
+                output: Box::pin(tokio_stream::wrappers::ReceiverStream::new(orx)),
+                attached: true,
             })
         })
     }
@@ -127,6 +162,7 @@ fn exec(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> What {
     What::Exec(Exec {
         target: target(id),
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        attach: false,
         tty,
         stdin,
         stdout: true,
@@ -193,6 +229,50 @@ async fn stdin_and_resizes_reach_the_process() {
     c.resize(100, 33).await.unwrap();
     let o = c.outcome().await;
     assert_eq!(o.stdout, b"33 100\n");
+}
+
+fn attach(id: &str, tty: bool) -> What {
+    What::Exec(Exec {
+        target: target(id),
+        cmd: Vec::new(),
+        attach: true,
+        tty,
+        stdin: true,
+        stdout: true,
+        stderr: !tty,
+    })
+}
+
+/// Attach joins the entrypoint (not a command): its output on its channels, stdin to it,
+/// and its end reported as a success whatever its code, as kubelet reports an attach.
+/// With a terminal there is no stderr channel, and an entrypoint without one has its
+/// stderr shown on stdout. An attach URL is served only as an attach.
+#[tokio::test]
+async fn attach_joins_the_entrypoint_and_ends_as_a_success() {
+    let (streams, fake, addr) = server(Limits::default()).await;
+    let url = streams.issue(attach("abc", false)).unwrap();
+    let (_, path) = ws_client::split_url(&url);
+    assert!(path.starts_with("/attach/"), "{path}");
+    let mut c = WsClient::connect(&addr, &path, V5).await.unwrap();
+    c.send(STDIN, b"typed\n").await.unwrap();
+    c.close_stdin().await.unwrap();
+    let o = c.outcome().await;
+    assert_eq!(o.stdout, b"attached\ntyped\n");
+    assert_eq!(o.stderr, b"on stderr\n");
+    assert_eq!(o.exit_code(), Some(0), "{:?}", o.status);
+    let (_, start) = fake.started.lock().unwrap()[0].clone();
+    assert_eq!(start.argv, ["(attach, stdin true)"], "joined, nothing started");
+
+    let mut c = open(&streams, &addr, attach("abc", true), V5).await;
+    c.close_stdin().await.unwrap();
+    let o = c.outcome().await;
+    assert_eq!(o.stdout, b"attached\non stderr\n");
+
+    let url = streams.issue(attach("abc", false)).unwrap();
+    let (_, path) = ws_client::split_url(&url);
+    let as_exec = path.replacen("/attach/", "/exec/", 1);
+    assert_eq!(WsClient::connect(&addr, &as_exec, V5).await.err().unwrap().status, 404);
+    assert_eq!(fake.started.lock().unwrap().len(), 2, "nothing more joined");
 }
 
 /// A client that goes away mid-session: the process is killed (its input ends), and the

@@ -8,7 +8,7 @@
 use super::channel::{failure, idle_status, req, resize, said, Said};
 use super::http::Head;
 use super::{Backend, Exec, ExecIo, Refusal};
-use crate::pb::{self, exec_request::Request as In};
+use crate::pb::exec_request::Request as In;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
@@ -103,21 +103,7 @@ pub async fn session(
         .max_frame_size(Some(MAX_MESSAGE + 1));
     let mut ws = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
     let v5 = subprotocol == SUBPROTOCOLS[0];
-    let Exec {
-        target,
-        cmd,
-        tty,
-        stdin,
-        stdout,
-        stderr,
-    } = exec;
-    let start = pb::ExecStart {
-        cell: target.name.clone(),
-        argv: cmd,
-        tty,
-        ..Default::default()
-    };
-    let io = match backend.exec(&target, start).await {
+    let io = match super::open(&*backend, &exec).await {
         Ok(io) => io,
         Err(s) => {
             let _ = ws.send(framed(ERROR, failure(s.message()).as_bytes())).await;
@@ -125,7 +111,10 @@ pub async fn session(
             return;
         }
     };
-    relay(&mut ws, io, v5, (stdin, stdout, stderr), idle).await;
+    // With a terminal there is no stderr channel: what a process without one (an attached
+    // entrypoint) writes there shares stdout.
+    let streams = (exec.stdin, exec.stdout, exec.stderr, exec.tty && !exec.stderr);
+    relay(&mut ws, io, v5, streams, idle).await;
     let _ = ws.close(None).await;
 }
 
@@ -136,10 +125,14 @@ async fn relay(
     ws: &mut WebSocketStream<tokio::net::TcpStream>,
     io: ExecIo,
     v5: bool,
-    (stdin, stdout, stderr): (bool, bool, bool),
+    (stdin, stdout, stderr, merged): (bool, bool, bool, bool),
     idle_for: std::time::Duration,
 ) {
-    let ExecIo { input, mut output } = io;
+    let ExecIo {
+        input,
+        mut output,
+        attached,
+    } = io;
     if !stdin {
         let _ = input.send(req(In::CloseStdin(true))).await;
     }
@@ -171,9 +164,10 @@ async fn relay(
             }
             r = output.next() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_for);
-                let msg = match said(r) {
+                let msg = match said(r, attached) {
                     Said::Stdout(b) if stdout => framed(STDOUT, &b),
                     Said::Stderr(b) if stderr => framed(STDERR, &b),
+                    Said::Stderr(b) if merged && stdout => framed(STDOUT, &b),
                     Said::End(status) => {
                         let _ = ws.send(framed(ERROR, status.as_bytes())).await;
                         return;

@@ -41,6 +41,30 @@ pub(super) fn publish(cell: &Cell, bound: Vec<crate::net::proxy::Bound>) -> Resu
     Ok(())
 }
 
+/// Connections inside running cell `name`'s network namespace (PortForward): a cell a
+/// client made, never a private cell of auraed's own, and one with a network of its own
+/// (else its ports are the node's, reached without auraed).
+pub(in crate::runtime) fn dialer(host: &Host, name: &str) -> Result<crate::net::proxy::Dialer> {
+    let cell = super::target(host, name, "start.cell")?;
+    if cell.phase() != Phase::Running {
+        return Err(RuntimeError::WrongPhase(format!(
+            "cell '{name}' is {:?}; forward only to a running cell",
+            cell.phase()
+        )));
+    }
+    if !cell.isolation.network {
+        return Err(RuntimeError::invalid(
+            "start.cell",
+            format!("cell '{name}' shares the node's network; connect to the node's port itself"),
+        ));
+    }
+    let pidfd = cell
+        .pidfd()
+        .ok_or_else(|| RuntimeError::WrongPhase(format!("cell '{name}' is not running")))?;
+    crate::net::proxy::Dialer::new(pidfd)
+        .map_err(|e| RuntimeError::Network(format!("cell '{name}': join its network: {e}")))
+}
+
 /// Refuses limits whose controller is not among those `offered` to the new cell.
 pub(super) fn check_controllers(r: &Resources, offered: &[String]) -> Result<()> {
     for c in CONTROLLERS {

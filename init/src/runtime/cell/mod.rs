@@ -24,8 +24,8 @@ use tokio::time::Instant;
 /// The leaf cgroup of a cell's holder.
 mod checks;
 
-pub(super) use checks::port_error;
 use checks::{check, publish};
+pub(super) use checks::{dialer, port_error};
 
 pub const HOLDER_LEAF: &str = "_init";
 
@@ -454,20 +454,25 @@ pub(crate) async fn prepare_image(
 }
 
 pub(crate) async fn run(host: &Host, spec: CellSpec) -> Result<CellView> {
-    let entrypoint = match spec.image.as_ref().filter(|i| i.start).map(|i| i.argv.clone()) {
+    let entrypoint = match spec
+        .image
+        .as_ref()
+        .filter(|i| i.start)
+        .map(|i| (i.argv.clone(), i.stdin))
+    {
         None => None,
-        Some(argv) => {
+        Some((argv, stdin)) => {
             let name = ExecName::parse(spec.name.leaf()).map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
             if !executable::name_free(host, &name) {
                 return Err(RuntimeError::AlreadyExists(format!(
                     "an executable named '{name}' exists, and a cell's image entrypoint runs as the executable named after the cell; free it or choose another cell name"
                 )));
             }
-            Some((name, argv))
+            Some((name, argv, stdin))
         }
     };
     let c = create(host, spec, false).await?;
-    if let Some((name, argv)) = entrypoint {
+    if let Some((name, argv, stdin)) = entrypoint {
         let e = ExecutableSpec {
             name,
             argv,
@@ -476,6 +481,7 @@ pub(crate) async fn run(host: &Host, spec: CellSpec) -> Result<CellView> {
             uid: None,
             gid: None,
             cell: Some(c.name.clone()),
+            stdin,
         };
         if let Err(err) = executable::run(host, e).await {
             c.discard_now(host).await;

@@ -8,7 +8,6 @@
 
 use super::spec::{ContainerSpec, ContainerState};
 use super::{give_image, make_cell, refused, supervise, ContainerView, Pod, PodImage, Slot, CALL_TIMEOUT};
-use crate::pb;
 use crate::runtime::error::{Result, RuntimeError};
 use crate::runtime::host::Host;
 use std::sync::atomic::Ordering;
@@ -22,20 +21,54 @@ pub const MAX_SANDBOX_CONTAINERS: usize = 64;
 /// The sandbox `pod`, running, and the channel to its instance: where a container can be
 /// made, started, run a command or be measured.
 fn running_sandbox(host: &Host, pod: &str) -> Result<(Arc<Pod>, Channel)> {
-    let p = host.table().get::<Pod>(pod)?;
+    let (p, ch) = running_pod(host, pod)?;
     if !p.spec.sandbox {
         return Err(RuntimeError::WrongPhase(format!(
             "pod '{pod}' was made with its containers; only a sandbox takes containers one at a time"
         )));
     }
+    Ok((p, ch))
+}
+
+/// A client of the Aurae API reaching into a CRI sandbox: refused, kubelet's pods are
+/// the CRI's (admin) to reach.
+fn kubelets_pod(pod: &str) -> RuntimeError {
+    RuntimeError::invalid(
+        "start.pod",
+        format!("pod '{pod}' is a Kubernetes sandbox; reach it through the CRI (kubectl exec, crictl exec)"),
+    )
+}
+
+/// Pod `pod`, its instance running, and the channel to it.
+fn running_pod(host: &Host, pod: &str) -> Result<(Arc<Pod>, Channel)> {
+    let p = host.table().get::<Pod>(pod)?;
     match p.instance().filter(|i| !i.body.ended()) {
         Some(i) if !p.stopping.load(Ordering::Relaxed) => {
             let ch = i.channel.clone();
             Ok((p, ch))
         }
         _ => Err(RuntimeError::WrongPhase(format!(
-            "pod '{pod}' is stopped; its containers cannot be made or started"
+            "pod '{pod}' is stopped; its containers cannot be made, started or reached"
         ))),
+    }
+}
+
+/// Connections to pod `pod`'s ports: to its address. A pod in the node's network has
+/// none: its ports are the node's, and the node's loopback is not a client's to reach.
+pub(crate) fn dialer(host: &Host, pod: &str) -> Result<crate::net::proxy::Dialer> {
+    let (p, _) = running_pod(host, pod)?;
+    if p.spec.sandbox {
+        return Err(kubelets_pod(pod));
+    }
+    if p.spec.host_network {
+        return Err(RuntimeError::invalid(
+            "start.pod",
+            format!("pod '{pod}' is in the node's network; connect to the node's port itself"),
+        ));
+    }
+    match p.instance().map(|i| i.address.ip()) {
+        Some(std::net::IpAddr::V4(a)) => Ok(crate::net::proxy::Dialer::Address(a)),
+        _ => Err(RuntimeError::Network(format!("pod '{pod}' has no IPv4 address"))),
     }
 }
 
@@ -106,7 +139,7 @@ pub(crate) async fn create_container(
 /// Starts container `name`'s entrypoint (once: a created container only).
 pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout: Duration) -> Result<ContainerView> {
     let (p, ch) = running_sandbox(host, pod)?;
-    let argv = {
+    let (argv, stdin) = {
         let mut s = p.state();
         let c = s.slot(name).ok_or_else(|| no_container(pod, name))?;
         if c.state != ContainerState::Created {
@@ -115,12 +148,12 @@ pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout:
                 describe(&c.state)
             )));
         }
-        c.argv.clone()
+        (c.argv.clone(), c.spec.stdin)
     };
     let run = host
         .children
         .pod_calls()
-        .start_run(&ch, name, argv, timeout)
+        .start_run(&ch, name, argv, stdin, timeout)
         .await
         .map_err(|s| refused(&format!("container '{name}'"), s))?;
     p.update(|s| {
@@ -187,10 +220,13 @@ pub(crate) async fn remove_container(host: &Host, pod: &str, name: &str) -> Resu
     Ok(())
 }
 
-/// The channel to sandbox `pod`'s instance, when its container `name` runs (a command
-/// runs only in a running container).
-fn running_container(host: &Host, pod: &str, name: &str) -> Result<Channel> {
-    let (p, ch) = running_sandbox(host, pod)?;
+/// The channel to pod `pod`'s instance, when its container `name` runs (a command runs
+/// only in a running container).
+pub(crate) fn running_container(host: &Host, pod: &str, name: &str, kubelets: bool) -> Result<Channel> {
+    let (p, ch) = running_pod(host, pod)?;
+    if p.spec.sandbox && !kubelets {
+        return Err(kubelets_pod(pod));
+    }
     let state = p.state().slot(name).map(|c| c.state.clone());
     match state {
         None => Err(no_container(pod, name)),
@@ -212,7 +248,7 @@ pub(crate) async fn exec_in_container(
     timeout: Duration,
     cap: usize,
 ) -> Result<crate::runtime::spawn::child::ExecOutput> {
-    let ch = running_container(host, pod, name)?;
+    let ch = running_container(host, pod, name, true)?;
     if argv.is_empty() {
         return Err(RuntimeError::invalid(
             "cmd",
@@ -227,23 +263,6 @@ pub(crate) async fn exec_in_container(
             timeout.as_secs_f64()
         ))),
     }
-}
-
-/// Starts `start` attached in running container `name` of sandbox `pod` (the CRI's
-/// streaming Exec).
-pub(crate) async fn exec_session(
-    host: &Host,
-    pod: &str,
-    name: &str,
-    start: pb::ExecStart,
-) -> Result<(
-    tokio::sync::mpsc::Sender<pb::ExecRequest>,
-    tonic::Streaming<pb::ExecResponse>,
-)> {
-    let ch = running_container(host, pod, name)?;
-    crate::runtime::spawn::child::exec_session(&ch, start)
-        .await
-        .map_err(|s| refused(&format!("a session in container '{name}'"), s))
 }
 
 /// What container `name` of sandbox `pod` uses now (its cell in the instance).

@@ -159,6 +159,11 @@ struct ContainerFile {
     resources: Option<ResourcesFile>,
     #[serde(default, alias = "volumeMounts")]
     volume_mounts: Vec<MountFile>,
+    /// Keep stdin open for `aer attach -i` (Kubernetes' stdin, stdinOnce).
+    #[serde(default)]
+    stdin: bool,
+    #[serde(default, alias = "stdinOnce")]
+    stdin_once: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -388,6 +393,8 @@ pub fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, ManifestError> {
                 })
                 .collect(),
             image_pull_credentials: None,
+            stdin: c.stdin,
+            stdin_once: c.stdin_once,
         });
     }
     let mut volumes = Vec::with_capacity(f.volumes.len());

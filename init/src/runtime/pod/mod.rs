@@ -18,7 +18,7 @@ pub(crate) mod spec;
 mod supervise;
 
 pub(crate) use containers::{
-    container_usage, create_container, exec_in_container, exec_session, remove_container, start_container,
+    container_usage, create_container, dialer, exec_in_container, remove_container, running_container, start_container,
     stop_container,
 };
 
@@ -443,11 +443,15 @@ async fn make(
     for (n, (name, image)) in names.iter().enumerate() {
         let field = format!("containers[{n}]");
         make_cell(host, p, &ch, name, image, &field, left()).await?;
-        let argv = p.state().slot(name).map(|c| c.argv.clone()).unwrap_or_default();
+        let (argv, stdin) = p
+            .state()
+            .slot(name)
+            .map(|c| (c.argv.clone(), c.spec.stdin))
+            .unwrap_or_default();
         let run = host
             .children
             .pod_calls()
-            .start_run(&ch, name, argv, left())
+            .start_run(&ch, name, argv, stdin, left())
             .await
             .map_err(|s| refused(&format!("{field} ({name})"), s))?;
         p.update(|s| {

@@ -60,6 +60,7 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
         let restart = !p.stopping.load(Ordering::Relaxed) && p.spec.restart.restarts(&t);
         let mut restarts: u32 = 0;
         let mut argv = Vec::new();
+        let mut stdin = crate::runtime::spec::Stdin::Null;
         p.update(|s| {
             s.lost = false;
             if let Some(r) = s.slot(&container) {
@@ -67,6 +68,7 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
                 r.state = ContainerState::Terminated;
                 restarts = r.restarts;
                 argv = r.argv.clone();
+                stdin = r.spec.stdin;
             }
         });
         tracing::info!(
@@ -111,7 +113,10 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
             }
             restarts += 1;
             let _ = calls.free_run(&ch, &container, CALL_TIMEOUT).await;
-            match calls.start_run(&ch, &container, argv.clone(), CALL_TIMEOUT).await {
+            match calls
+                .start_run(&ch, &container, argv.clone(), stdin, CALL_TIMEOUT)
+                .await
+            {
                 Ok(run) => {
                     p.update(|s| {
                         if let Some(r) = s.slot(&container) {

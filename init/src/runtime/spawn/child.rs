@@ -225,13 +225,17 @@ pub async fn start_run(
     ch: &Channel,
     container: &str,
     argv: Vec<String>,
+    stdin: crate::runtime::spec::Stdin,
     timeout: Duration,
 ) -> Result<pb::ExecutableStatus, Status> {
+    use crate::runtime::spec::Stdin;
     let mut client = pb::runtime_client::RuntimeClient::new(ch.clone());
     let e = pb::Executable {
         name: container.to_owned(),
         argv,
         cell: container.to_owned(),
+        stdin: stdin != Stdin::Null,
+        stdin_once: stdin == Stdin::Once,
         ..Default::default()
     };
     Ok(client
@@ -379,6 +383,33 @@ pub async fn exec_session(
         .map_err(|_| Status::internal("the exec request stream closed at once"))?;
     let out = client
         .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, out))
+}
+
+/// Attaches to `start.executable` in the instance (its Attach): what to send it, and its
+/// output. Dropping either detaches; the executable runs on.
+pub async fn attach_session(
+    ch: &Channel,
+    start: pb::AttachStart,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::AttachRequest>,
+        tonic::Streaming<pb::ExecResponse>,
+    ),
+    Status,
+> {
+    let mut client = pb::runtime_client::RuntimeClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let first = pb::AttachRequest {
+        request: Some(pb::attach_request::Request::Start(start)),
+    };
+    tx.send(first)
+        .await
+        .map_err(|_| Status::internal("the attach request stream closed at once"))?;
+    let out = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
     Ok((tx, out))

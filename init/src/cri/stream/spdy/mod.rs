@@ -15,7 +15,7 @@
 use super::channel::{failure, idle_status, req, said, size_of, Said};
 use super::http::Head;
 use super::{Backend, Exec, ExecIo, Refusal};
-use crate::pb::{self, exec_request::Request as In};
+use crate::pb::exec_request::Request as In;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -78,14 +78,7 @@ async fn send(w: &mut OwnedWriteHalf, frame: &[u8]) -> bool {
 
 /// Runs `exec` over the upgraded connection `conn`.
 pub async fn session(conn: tokio::net::TcpStream, exec: Exec, backend: Arc<dyn Backend>, idle: std::time::Duration) {
-    let Exec {
-        target,
-        cmd,
-        tty,
-        stdin,
-        stdout,
-        stderr,
-    } = exec;
+    let (stdin, stdout, stderr, tty) = (exec.stdin, exec.stdout, exec.stderr, exec.tty);
     let (mut r, mut w) = conn.into_split();
     let mut inflater = Inflater::default();
     let mut deflater = Deflater::default();
@@ -139,13 +132,7 @@ pub async fn session(conn: tokio::net::TcpStream, exec: Exec, backend: Arc<dyn B
         let _ = send(&mut w, &goaway(0)).await;
         return;
     }
-    let start = pb::ExecStart {
-        cell: target.name.clone(),
-        argv: cmd,
-        tty,
-        ..Default::default()
-    };
-    let io = match backend.exec(&target, start).await {
+    let io = match super::open(&*backend, &exec).await {
         Ok(io) => io,
         Err(e) => {
             finish(&mut w, &s, failure(e.message()).as_bytes()).await;
@@ -190,7 +177,11 @@ async fn relay(
     idle_for: std::time::Duration,
 ) -> Option<String> {
     use futures_util::StreamExt;
-    let ExecIo { input, mut output } = io;
+    let ExecIo {
+        input,
+        mut output,
+        attached,
+    } = io;
     if s.stdin.is_none() {
         let _ = input.send(req(In::CloseStdin(true))).await;
     }
@@ -205,9 +196,11 @@ async fn relay(
                 f = frames.recv() => f.unwrap_or(Ok(None)),
                 o = output.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_for);
-                    let (stream, bytes) = match said(o) {
+                    let (stream, bytes) = match said(o, attached) {
                         Said::Stdout(b) => (s.stdout, b),
-                        Said::Stderr(b) => (s.stderr, b),
+                        // With a terminal there is no stderr stream: what a process
+                        // without one (an attached entrypoint) writes there shares stdout.
+                        Said::Stderr(b) => (s.stderr.or(s.resize.and(s.stdout)), b),
                         Said::End(status) => return Some(status),
                         Said::Nothing => continue,
                     };
