@@ -5,6 +5,7 @@
 
 pub mod cri;
 pub mod soak;
+mod stream;
 
 use crate::cli::Conn as Channel;
 use crate::cli::{config::FileConfig, workload::wref, CliError, Target};

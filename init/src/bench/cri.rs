@@ -33,9 +33,12 @@ pub struct CriArgs {
     /// Sandboxes held while relists are timed.
     #[arg(long, default_value_t = 20)]
     relist_pods: usize,
+    /// Execs timed each way (port-forward: at most 5 pages each way).
+    #[arg(long, default_value_t = 20)]
+    stream_n: usize,
 }
 
-type Run = RuntimeServiceClient<crate::cli::Conn>;
+pub(super) type Run = RuntimeServiceClient<crate::cli::Conn>;
 
 fn sandbox(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
@@ -59,6 +62,19 @@ fn sandbox(name: &str) -> cri::PodSandboxConfig {
 
 /// A sandbox with one container sleeping in it, through the CRI as kubelet makes one.
 async fn cri_pod(run: &mut Run, name: &str, handler: &str, image_id: &str) -> Result<String, tonic::Status> {
+    Ok(cri_pod_running(run, name, handler, image_id, "exec sleep 100000")
+        .await?
+        .0)
+}
+
+/// A sandbox with one container running `script` (sh -c): (sandbox, container).
+async fn cri_pod_running(
+    run: &mut Run,
+    name: &str,
+    handler: &str,
+    image_id: &str,
+    script: &str,
+) -> Result<(String, String), tonic::Status> {
     let config = sandbox(name);
     let sid = run
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -80,7 +96,7 @@ async fn cri_pod(run: &mut Run, name: &str, handler: &str, image_id: &str) -> Re
                     image: image_id.into(),
                     ..Default::default()
                 }),
-                command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 100000".into()],
+                command: vec!["/bin/sh".into(), "-c".into(), script.into()],
                 ..Default::default()
             }),
             sandbox_config: Some(config),
@@ -88,9 +104,11 @@ async fn cri_pod(run: &mut Run, name: &str, handler: &str, image_id: &str) -> Re
         .await?
         .into_inner()
         .container_id;
-    run.start_container(cri::StartContainerRequest { container_id: cid })
-        .await?;
-    Ok(sid)
+    run.start_container(cri::StartContainerRequest {
+        container_id: cid.clone(),
+    })
+    .await?;
+    Ok((sid, cid))
 }
 
 async fn remove(run: &mut Run, sid: &str) -> Result<(), tonic::Status> {
@@ -243,7 +261,72 @@ async fn bench(a: CriArgs) -> Result<(), CliError> {
     for sid in held {
         remove(&mut run, &sid).await.map_err(r)?;
     }
-    Ok(())
+    streaming(&mut run, &mut rt, &mut wl, &a, &image_id).await
+}
+
+/// The streaming figures (`stream.rs`) on a cell sandbox and a cell pod, both serving the
+/// page, the pod's port 80 published on the node.
+async fn streaming(
+    run: &mut Run,
+    rt: &mut pb::runtime_client::RuntimeClient<crate::cli::Conn>,
+    wl: &mut pb::workloads_client::WorkloadsClient<crate::cli::Conn>,
+    a: &CriArgs,
+    image_id: &str,
+) -> Result<(), CliError> {
+    use super::stream::{figures, server_script, Targets};
+    let r = CliError::Remote;
+    let script = server_script();
+    let (sid, cid) = cri_pod_running(run, "s0", "cell", image_id, &script).await.map_err(r)?;
+    const PUBLISHED: u16 = 18_099;
+    let pod = pb::Pod {
+        name: "bs".into(),
+        containers: vec![pb::Container {
+            name: "app".into(),
+            image: a.image.clone(),
+            command: vec!["/bin/sh".into(), "-c".into(), script],
+            ports: vec![pb::ContainerPort {
+                container_port: 80,
+                host_port: u32::from(PUBLISHED),
+                protocol: String::new(),
+            }],
+            ..Default::default()
+        }],
+        restart_policy: pb::RestartPolicy::Never as i32,
+        isolation: pb::IsolationKind::Cell as i32,
+        ..Default::default()
+    };
+    let st = rt.run_pod(pod).await.map_err(r)?.into_inner();
+    let pod_address = st
+        .pod_ip
+        .parse()
+        .map_err(|_| CliError::Workload(format!("bench: pod bs has no address ('{}')", st.pod_ip)))?;
+    // Until httpd serves the page (its file written first).
+    let page = std::net::SocketAddr::from((pod_address, 80));
+    let until = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(page).await.is_err() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!();
+    let targets = Targets {
+        sandbox: &sid,
+        container: &cid,
+        pod: "bs",
+        pod_container: "app",
+        pod_address,
+        published: PUBLISHED,
+    };
+    let measured = figures(run, rt, &targets, a.stream_n.max(1)).await;
+    remove(run, &sid).await.map_err(r)?;
+    let w = crate::cli::workload::wref(pb::WorkloadKind::Pod, "bs");
+    wl.stop(pb::StopRequest {
+        workload: Some(w.clone()),
+        signal: 9,
+        grace_period_millis: 0,
+    })
+    .await
+    .map_err(r)?;
+    wl.free(w).await.map_err(r)?;
+    measured
 }
 
 pub fn main(a: CriArgs) -> ExitCode {

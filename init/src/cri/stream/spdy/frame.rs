@@ -297,19 +297,43 @@ pub struct Deflater {
 impl Deflater {
     /// A SYN_REPLY for `stream` with no headers.
     pub fn syn_reply(&mut self, stream: u32) -> Vec<u8> {
-        let raw = 0u32.to_be_bytes();
         let mut body = stream.to_be_bytes().to_vec();
+        body.extend_from_slice(&self.block(&[]));
+        control(SYN_REPLY, 0, &body)
+    }
+
+    /// A SYN_STREAM opening `stream` with `headers` (what a client sends: the bench's).
+    #[cfg(any(test, feature = "bench"))]
+    pub fn syn_stream(&mut self, stream: u32, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = stream.to_be_bytes().to_vec();
+        // No associated stream; priority 0, no slot.
+        body.extend_from_slice(&[0; 6]);
+        body.extend_from_slice(&self.block(headers));
+        control(SYN_STREAM, 0, &body)
+    }
+
+    /// A header block: the count, then length-prefixed names and values, as one zlib
+    /// stored block of the connection's stream.
+    fn block(&mut self, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
+        for (n, v) in headers {
+            for s in [n, v] {
+                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                raw.extend_from_slice(s.as_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len() + 7);
         if !self.started {
             // zlib: deflate with a 32 KiB window, no dictionary, FCHECK right.
-            body.extend_from_slice(&[0x78, 0x01]);
+            out.extend_from_slice(&[0x78, 0x01]);
             self.started = true;
         }
         // A stored block that does not end the stream: its header byte, LEN and NLEN.
-        body.push(0);
-        body.extend_from_slice(&(raw.len() as u16).to_le_bytes());
-        body.extend_from_slice(&(!(raw.len() as u16)).to_le_bytes());
-        body.extend_from_slice(&raw);
-        control(SYN_REPLY, 0, &body)
+        out.push(0);
+        out.extend_from_slice(&(raw.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(!(raw.len() as u16)).to_le_bytes());
+        out.extend_from_slice(&raw);
+        out
     }
 }
 
@@ -397,4 +421,58 @@ pub async fn read_frame(r: &mut OwnedReadHalf, inflater: &mut Inflater) -> Resul
         GOAWAY => Frame::GoAway,
         _ => Frame::Other,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the bench's client sends is what the server reads: a SYN_STREAM's headers
+    /// through the connection's zlib stream, across several frames, then DATA.
+    #[tokio::test]
+    async fn a_clients_frames_read_back() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let mut d = Deflater::default();
+        c.write_all(&d.syn_stream(1, &[("streamtype", "error")])).await.unwrap();
+        c.write_all(&d.syn_stream(3, &[("streamtype", "data"), ("port", "80")]))
+            .await
+            .unwrap();
+        c.write_all(&data(3, true, b"GET /")).await.unwrap();
+        drop(c);
+        let (mut r, _w) = s.into_split();
+        let mut i = Inflater::default();
+        let mut got = Vec::new();
+        while let Some(f) = read_frame(&mut r, &mut i).await.unwrap() {
+            got.push(f);
+        }
+        let h = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            got,
+            vec![
+                Frame::SynStream {
+                    stream: 1,
+                    fin: false,
+                    headers: h(&[("streamtype", "error")])
+                },
+                Frame::SynStream {
+                    stream: 3,
+                    fin: false,
+                    headers: h(&[("streamtype", "data"), ("port", "80")])
+                },
+                Frame::Data {
+                    stream: 3,
+                    fin: true,
+                    data: b"GET /".to_vec()
+                },
+            ]
+        );
+    }
 }

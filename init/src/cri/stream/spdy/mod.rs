@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 pub mod forward;
-mod frame;
+pub mod frame;
 #[cfg(test)]
 pub use frame::{adler32, dictionary, parse_headers};
 pub use frame::{data, goaway, ping, read_frame, read_frames, rst_stream, Deflater, Frame, Frames, Inflater};
