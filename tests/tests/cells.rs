@@ -1123,6 +1123,34 @@ fn attach_joins_a_running_executable_and_port_forward_reaches_into_a_cell() {
         let e = s.expect_err("an ended executable is not attached to");
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         c.free("talk").await;
+        // On a terminal of the cell's own: what a client types is echoed, its size is the
+        // client's, the output is one stream, and it ends with its code.
+        let term = pb::Executable {
+            stdin: true,
+            tty: true,
+            ..sh("term", "tap", "read l; stty size; echo got $l; tty; exit 3")
+        };
+        c.exec(term).await.unwrap();
+        let (t_tx, t_s) = attach_to(&c, "term", true).await;
+        let t_s = t_s.unwrap();
+        t_tx.send(pb::AttachRequest {
+            request: Some(pb::attach_request::Request::Resize(pb::TerminalSize {
+                rows: 40,
+                columns: 100,
+            })),
+        })
+        .await
+        .unwrap();
+        t_tx.send(stdin_msg(b"go\r")).await.unwrap();
+        let (out, _, exit) = collect(t_s).await;
+        assert!(out.starts_with("go\r\n40 100\r\ngot go\r\n/dev/pts/"), "{out:?}");
+        assert_eq!(exit.unwrap().exit_code, Some(3));
+        assert!(
+            c.stdout("term").await.contains("40 100"),
+            "the logs have its terminal's output"
+        );
+        drop(t_tx);
+        c.free("term").await;
         // stdin of one started without: refused, naming the field.
         c.exec(sh("plain", "tap", "sleep 600")).await.unwrap();
         let (_, s) = attach_to(&c, "plain", true).await;

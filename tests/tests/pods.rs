@@ -2331,7 +2331,7 @@ mod cri_stream {
         // A page for port-forward to fetch (httpd leaves for the background).
         let script =
             "mkdir -p /tmp/www && echo forwarded > /tmp/www/index.html && httpd -p 80 -h /tmp/www; exec sleep 600";
-        let cid = start_new(run, &sid, "main", img, script, false).await;
+        let cid = start_new(run, &sid, "main", img, script, (false, false)).await;
         assert_eq!(
             status(run, &cid).await.state,
             cri::ContainerState::ContainerRunning as i32
@@ -2343,12 +2343,19 @@ mod cri_stream {
     /// with "heard LINE" (and "err LINE" on stderr), and says "stdin-ended" at its EOF.
     async fn talker(run: &mut Run, sid: &str, img: &str) -> String {
         let script = "while read l; do echo heard $l; echo err $l >&2; done; echo stdin-ended";
-        start_new(run, sid, "talker", img, script, true).await
+        start_new(run, sid, "talker", img, script, (true, false)).await
     }
 
     /// Creates and starts container `name` of sandbox `sid`: `img` running `script` with
-    /// `sh -c`, keeping stdin (once) when `stdin`.
-    async fn start_new(run: &mut Run, sid: &str, name: &str, img: &str, script: &str, stdin: bool) -> String {
+    /// `sh -c`, keeping stdin (once) and on a terminal as `(stdin, tty)` say.
+    async fn start_new(
+        run: &mut Run,
+        sid: &str,
+        name: &str,
+        img: &str,
+        script: &str,
+        (stdin, tty): (bool, bool),
+    ) -> String {
         let cid = run
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: sid.into(),
@@ -2364,6 +2371,7 @@ mod cri_stream {
                     command: vec!["/bin/sh".into(), "-c".into(), script.into()],
                     stdin,
                     stdin_once: stdin,
+                    tty,
                     ..Default::default()
                 }),
                 sandbox_config: None,
@@ -2586,6 +2594,41 @@ mod cri_stream {
                 assert!(e.message().starts_with("stdin:"), "{}", e.message());
                 let e = attach_url(&mut run, &talk, false).await.unwrap_err();
                 assert_eq!(e.code(), Code::FailedPrecondition, "{handler}: {e:?}");
+                // kubectl attach -it to a container on a terminal (kubectl run -it): the
+                // client's size, the shell's answers, its end.
+                let term = start_new(&mut run, &sid, "term", &image, "exec sh", (true, true)).await;
+                let url = run
+                    .attach(cri::AttachRequest {
+                        container_id: term.clone(),
+                        stdin: true,
+                        tty: true,
+                        stdout: true,
+                        stderr: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url;
+                let mut sp = SpdyClient::connect(&addr, &split_url(&url).1, &["v4.channel.k8s.io"])
+                    .await
+                    .unwrap();
+                sp.open_exec(true, true).await;
+                sp.resize(90, 21).await;
+                sp.send("stdin", b"stty size\n", false).await;
+                let seen = sp.stdout_until("21 90").await;
+                assert!(seen.contains("21 90"), "{handler}: {seen:?}");
+                sp.send("stdin", b"exit 5\n", false).await;
+                assert_eq!(
+                    sp.outcome().await.exit_code(),
+                    Some(0),
+                    "{handler}: an attach ends as a success"
+                );
+                let ended = eventually(a.budget(Duration::from_secs(20)), || {
+                    let (mut run, term) = (run.clone(), term.clone());
+                    async move { status(&mut run, &term).await.exit_code == 5 }
+                })
+                .await;
+                assert!(ended, "{handler}: the shell's code is the container's");
                 // kubelet's sandboxes are the CRI's: the Aurae API does not reach into them.
                 let sandbox_pod = format!("cri-{}", &sid[..12]);
                 let e = c

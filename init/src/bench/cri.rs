@@ -38,7 +38,7 @@ pub struct CriArgs {
     stream_n: usize,
 }
 
-pub(super) type Run = RuntimeServiceClient<crate::cli::Conn>;
+use super::stream::Run;
 
 fn sandbox(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {

@@ -19,6 +19,9 @@ use aurae_proto::cri;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The CRI's runtime service as a client of the node.
+pub type Run = cri::runtime_service_client::RuntimeServiceClient<crate::cli::Conn>;
+
 /// The page port-forward fetches, and what serves it in each container.
 pub const PAGE_MIB: usize = 32;
 pub fn server_script() -> String {
@@ -102,7 +105,7 @@ impl Spdy {
 
 /// One exec of `true` through the CRI: the call, the session, the status. Ok once the
 /// status says Success.
-async fn cri_exec(run: &mut super::cri::Run, container: &str) -> Result<(), CliError> {
+async fn cri_exec(run: &mut Run, container: &str) -> Result<(), CliError> {
     let url = run
         .exec(cri::ExecRequest {
             container_id: container.into(),
@@ -181,7 +184,7 @@ async fn aurae_exec(
 const GET: &[u8] = b"GET /big HTTP/1.0\r\n\r\n";
 
 /// The page over the CRI's PortForward (SPDY/3.1): bytes received.
-async fn cri_forward(run: &mut super::cri::Run, sandbox: &str) -> Result<u64, CliError> {
+async fn cri_forward(run: &mut Run, sandbox: &str) -> Result<u64, CliError> {
     let url = run
         .port_forward(cri::PortForwardRequest {
             pod_sandbox_id: sandbox.into(),
@@ -263,7 +266,7 @@ fn rate(bytes: u64, d: Duration) -> f64 {
 
 /// Times each way `n` times (alternated, so each sees the same machine) and prints them.
 pub async fn figures(
-    run: &mut super::cri::Run,
+    run: &mut Run,
     rt: &mut pb::runtime_client::RuntimeClient<crate::cli::Conn>,
     t: &Targets<'_>,
     n: usize,

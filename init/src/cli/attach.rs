@@ -72,13 +72,14 @@ fn msg(r: In) -> pb::ExecRequest {
     pb::ExecRequest { request: Some(r) }
 }
 
-/// What Attach takes of what the terminal sends: stdin and its end.
+/// What Attach takes of what the terminal sends: stdin, its end, and window sizes.
 fn for_attach(r: In) -> Option<pb::AttachRequest> {
     use pb::attach_request::Request as A;
     let r = match r {
         In::Stdin(b) => A::Stdin(b),
         In::CloseStdin(c) => A::CloseStdin(c),
-        In::Start(_) | In::Resize(_) | In::Signal(_) => return None,
+        In::Resize(s) => A::Resize(s),
+        In::Start(_) | In::Signal(_) => return None,
     };
     Some(pb::AttachRequest { request: Some(r) })
 }
@@ -102,6 +103,10 @@ pub async fn attach(target: &super::Target, s: Session) -> Result<(), CliError> 
             let first = pb::AttachRequest {
                 request: Some(pb::attach_request::Request::Start(start)),
             };
+            // On a terminal: this one's size first.
+            if let Some(size) = size().filter(|_| s.tty) {
+                let _ = tx.send(In::Resize(size)).await;
+            }
             client
                 .attach(tokio_stream::once(first).chain(input.filter_map(for_attach)))
                 .await

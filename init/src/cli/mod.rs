@@ -116,6 +116,10 @@ enum Command {
         name: String,
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Raw terminal: every key (Ctrl-C too) goes to it, window sizes follow (it must
+        /// have been started with a terminal: Executable.tty).
+        #[arg(short = 't', long)]
+        tty: bool,
     },
     /// List cells and executables.
     Ps,
@@ -379,7 +383,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
     let exe = pb::WorkloadKind::Executable;
     match &a.command {
         Command::Exec(e) => exec::exec(e, &target, a.json).await,
-        Command::Attach { name, interactive } => {
+        Command::Attach { name, interactive, tty } => {
             let session = attach::Session {
                 start: attach::Start::Attach(pb::AttachStart {
                     executable: name.clone(),
@@ -387,7 +391,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
                     ..Default::default()
                 }),
                 stdin: *interactive,
-                tty: false,
+                tty: *tty,
             };
             attach::attach(&target, session).await
         }

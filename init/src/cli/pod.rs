@@ -65,6 +65,9 @@ pub enum PodCmd {
         container: Option<String>,
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Raw terminal (the container must run on one: `tty: true`).
+        #[arg(short = 't', long)]
+        tty: bool,
     },
     /// Forward local ports to the pod's: POD [LOCAL:]PORT... until Ctrl-C.
     PortForward {
@@ -280,6 +283,7 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             pod,
             container,
             interactive,
+            tty,
         } => {
             let container = match container {
                 Some(c) => c.clone(),
@@ -292,7 +296,7 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
                     stdin: *interactive,
                 }),
                 stdin: *interactive,
-                tty: false,
+                tty: *tty,
             };
             super::attach::attach(target, session).await
         }

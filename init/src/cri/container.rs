@@ -127,10 +127,13 @@ pub fn container_spec(config: &cri::ContainerConfig, name: &str, image: &str) ->
         volumes: Vec::new(),
         user: user(linux.and_then(|l| l.security_context.as_ref())),
         // kubelet sends stdin_once only with stdin.
-        stdin: match (config.stdin, config.stdin_once) {
-            (false, _) => crate::runtime::spec::Stdin::Null,
-            (true, false) => crate::runtime::spec::Stdin::Open,
-            (true, true) => crate::runtime::spec::Stdin::Once,
+        io: crate::runtime::spec::Io {
+            stdin: match (config.stdin, config.stdin_once) {
+                (false, _) => crate::runtime::spec::Stdin::Null,
+                (true, false) => crate::runtime::spec::Stdin::Open,
+                (true, true) => crate::runtime::spec::Stdin::Once,
+            },
+            tty: config.tty,
         },
     })
 }

@@ -96,7 +96,7 @@ impl Cri {
             return Err(CriError::Invalid {
                 field: "tty",
                 why: format!(
-                    "container '{}' was created without a terminal; attach without tty",
+                    "container '{}' was created without a terminal (its config's tty is false); attach without tty",
                     r.container_id
                 ),
             });
@@ -115,8 +115,7 @@ impl Cri {
             },
             cmd: Vec::new(),
             attach: true,
-            // The client's streams as it asked (with tty: no stderr, a resize stream); the
-            // entrypoint has no terminal, so its stderr comes on stdout then.
+            // The client's streams as it asked (with tty: no stderr, a resize stream).
             tty: r.tty,
             stdin: r.stdin,
             stdout: r.stdout,
@@ -170,6 +169,7 @@ impl Backend for Cri {
                     let r = match m.request {
                         Some(In::Stdin(b)) => A::Stdin(b),
                         Some(In::CloseStdin(c)) => A::CloseStdin(c),
+                        Some(In::Resize(s)) => A::Resize(s),
                         _ => continue,
                     };
                     if tx.send(crate::pb::AttachRequest { request: Some(r) }).await.is_err() {

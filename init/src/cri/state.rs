@@ -56,8 +56,7 @@ pub struct Container {
     pub refresh: Vec<super::mounts::Refresh>,
     /// Its termination log, copied back once it has exited (then emptied).
     pub read_back: Vec<super::mounts::ReadBack>,
-    /// Its entrypoint keeps stdin open for Attach; it asked for a terminal (which this
-    /// node does not give: an attach with tty is served without one).
+    /// Its entrypoint keeps stdin open for Attach; it runs on a terminal.
     pub stdin: bool,
     pub tty: bool,
 }

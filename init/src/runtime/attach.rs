@@ -78,12 +78,7 @@ pub(crate) async fn start(host: &Host, spec: AttachSpec) -> Result<Attached> {
         }
     };
     let (io, attach) = if spec.tty {
-        let (master, peer) = match &cell.image {
-            // The cell's own devpts, so the process's terminal is /dev/pts/N there.
-            Some(_) => cell.root()?.pty()?,
-            None if cell.confinement.privileged || !cell.isolation.mount => node_pty()?,
-            None => cell.root()?.pty()?,
-        };
+        let (master, peer) = super::tap::cell_pty(&cell)?;
         if let Some((rows, columns)) = spec.size {
             crate::os::tty::set_window_size(master.as_fd(), rows, columns)
                 .map_err(|errno| RuntimeError::sys("set the terminal's size", errno))?;
@@ -141,7 +136,7 @@ pub(crate) async fn start(host: &Host, spec: AttachSpec) -> Result<Attached> {
         uid: spec.uid,
         gid: spec.gid,
         cell: Some(spec.cell),
-        stdin: Default::default(),
+        io: Default::default(),
     };
     let process = process::launch(host, exec, Launch::new(true, Some(attach))).await?;
     Ok(Attached { process, io })
@@ -160,17 +155,6 @@ pub(crate) async fn end(host: &Host, p: &Process) {
     {
         t.remove::<Process>(p.name.as_str());
     }
-}
-
-/// A pseudo-terminal of the node's devpts (cells on the node's filesystem).
-fn node_pty() -> Result<(OwnedFd, OwnedFd)> {
-    let master = nix::fcntl::open(
-        "/dev/ptmx",
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|errno| RuntimeError::sys("open /dev/ptmx", errno))?;
-    super::rootfs::pty_peer(master)
 }
 
 /// A running executable a client attaches to (`Attach`): the executable itself, and its

@@ -244,7 +244,7 @@ pub(crate) trait PodCalls: Send + Sync {
         ch: &'a Channel,
         container: &'a str,
         argv: Vec<String>,
-        stdin: super::spec::Stdin,
+        io: super::spec::Io,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>>;
     /// Until the current run of `container` has ended.
@@ -353,10 +353,10 @@ impl PodCalls for ChildApi {
         ch: &'a Channel,
         container: &'a str,
         argv: Vec<String>,
-        stdin: super::spec::Stdin,
+        io: super::spec::Io,
         timeout: Duration,
     ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
-        Box::pin(child::start_run(ch, container, argv, stdin, timeout))
+        Box::pin(child::start_run(ch, container, argv, io, timeout))
     }
 
     fn wait_run<'a>(
@@ -1065,7 +1065,7 @@ pub(crate) mod testing {
             _ch: &'a Channel,
             container: &'a str,
             _argv: Vec<String>,
-            _stdin: crate::runtime::spec::Stdin,
+            _io: crate::runtime::spec::Io,
             _timeout: Duration,
         ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
             let started = if *self.refuse_starts.lock().unwrap() {

@@ -339,18 +339,42 @@ impl LogBuffer {
     }
 }
 
-/// Reads a pipe to EOF, splitting it into lines. Runs as a tokio task; a flood only fills
-/// the bounded buffer, and the pipe's writer waits when the kernel pipe is full.
+/// What a process's output is read from: a pipe, or its terminal's master.
+pub enum Source {
+    Pipe(tokio::net::unix::pipe::Receiver),
+    Tty(std::sync::Arc<crate::os::tty::AsyncTty>),
+}
+
+impl From<tokio::net::unix::pipe::Receiver> for Source {
+    fn from(p: tokio::net::unix::pipe::Receiver) -> Source {
+        Source::Pipe(p)
+    }
+}
+
+impl Source {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Pipe(p) => p.read(buf).await,
+            // EIO once every holder of the terminal's other end has gone: its end.
+            Source::Tty(m) => m.read(buf).await,
+        }
+    }
+}
+
+/// Reads a pipe (or a terminal) to its end, splitting it into lines. Runs as a tokio task;
+/// a flood only fills the bounded buffer, and the writer waits when the kernel's buffer is
+/// full.
 pub async fn pump(
-    mut pipe: tokio::net::unix::pipe::Receiver,
+    source: impl Into<Source>,
     buf: std::sync::Arc<LogBuffer>,
     stream: Stream,
     tap: Option<tokio::sync::broadcast::Sender<Piece>>,
 ) {
+    let mut source = source.into();
     let mut chunk = vec![0u8; 64 << 10];
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        let n = match pipe.read(&mut chunk).await {
+        let n = match source.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };

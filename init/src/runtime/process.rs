@@ -317,7 +317,7 @@ pub(super) async fn launch_self(
         uid: None,
         gid: None,
         cell: None,
-        stdin: Default::default(),
+        io: Default::default(),
     };
     let how = Launch {
         program: Some(host.own_exe.to_string_lossy().into_owned()),
@@ -408,7 +408,7 @@ pub(super) async fn launch(host: &Host, spec: ExecutableSpec, how: Launch) -> Re
         })
         .0,
         op: tokio::sync::Mutex::new(()),
-        tap: super::tap::Tap::new(spec.stdin),
+        tap: super::tap::Tap::new(spec.io.stdin),
     });
     if listed {
         // Checked again: another request may have taken the name while the cell was made.
@@ -437,6 +437,12 @@ pub(super) async fn launch(host: &Host, spec: ExecutableSpec, how: Launch) -> Re
     }
 }
 
+/// Where a listed process's output is read from.
+enum Logged {
+    Pipes(std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    Tty(Arc<crate::os::tty::AsyncTty>),
+}
+
 async fn start_exec(
     e: &Arc<Process>,
     cell: &Arc<Cell>,
@@ -449,12 +455,32 @@ async fn start_exec(
     e.dir.create()?;
     let (stdin, stdout, stderr, tty, logged) = match attach {
         Some(a) => (a.stdin, a.stdout, a.stderr, a.tty, None),
+        None if spec.io.tty => {
+            let (master, peer) = super::tap::cell_pty(cell)?;
+            let io_err = |what: &'static str| {
+                move |source: std::io::Error| RuntimeError::Io {
+                    what,
+                    path: "its terminal".into(),
+                    source,
+                }
+            };
+            // A terminal's usual size until a client says its own.
+            crate::os::tty::set_window_size(std::os::fd::AsFd::as_fd(&master), 24, 80)
+                .map_err(|errno| RuntimeError::sys("set its terminal's size", errno))?;
+            let m = Arc::new(crate::os::tty::AsyncTty::new(master).map_err(io_err("register"))?);
+            e.tap.keep_terminal(m.clone()).map_err(io_err("keep"))?;
+            let (a, b) = (
+                peer.try_clone().map_err(io_err("dup"))?,
+                peer.try_clone().map_err(io_err("dup"))?,
+            );
+            (a, b, peer, true, Some(Logged::Tty(m)))
+        }
         None => {
             let pipe =
                 || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| RuntimeError::sys("pipe2", errno));
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
-            let stdin = match spec.stdin {
+            let stdin = match spec.io.stdin {
                 super::spec::Stdin::Null => std::fs::File::open("/dev/null")
                     .map_err(|source| RuntimeError::Io {
                         what: "open",
@@ -472,7 +498,7 @@ async fn start_exec(
                     r
                 }
             };
-            (stdin, out_w, err_w, false, Some((out_r, err_r)))
+            (stdin, out_w, err_w, false, Some(Logged::Pipes(out_r, err_r)))
         }
     };
     let input = ExecInput {
@@ -507,7 +533,7 @@ async fn start_exec(
         s.pid = started.pid.as_raw() as u32;
         s.started_unix_nanos = started_at;
     });
-    let Some((out_r, err_r)) = logged else {
+    let Some(logged) = logged else {
         // Attached: its output goes to whoever holds the other ends, not to the logs.
         e.logs.close_writer();
         e.logs.close_writer();
@@ -516,15 +542,25 @@ async fn start_exec(
         tokio::spawn(async move { watcher.finish(exit.await.ok()).await });
         return Ok(());
     };
-    for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
-        match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-            Ok(rx) => {
-                tokio::spawn(logs::pump(rx, e.logs.clone(), stream, Some(e.tap.output())));
+    match logged {
+        Logged::Pipes(out_r, err_r) => {
+            for (fd, stream) in [(out_r, e.stdout_as), (err_r, logs::Stream::Stderr)] {
+                match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                    Ok(rx) => {
+                        tokio::spawn(logs::pump(rx, e.logs.clone(), stream, Some(e.tap.output())));
+                    }
+                    Err(err) => {
+                        tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);
+                        e.logs.close_writer();
+                    }
+                }
             }
-            Err(err) => {
-                tracing::error!("executable {}: cannot read its {stream:?}: {err}", e.name);
-                e.logs.close_writer();
-            }
+        }
+        // One stream, read from the terminal's master: one writer of the two.
+        Logged::Tty(m) => {
+            e.logs.close_writer();
+            let source = logs::Source::Tty(m);
+            tokio::spawn(logs::pump(source, e.logs.clone(), e.stdout_as, Some(e.tap.output())));
         }
     }
     let watcher = e.clone();

@@ -37,8 +37,16 @@ pub struct ExecutableSpec {
     pub gid: Option<u32>,
     /// None: a fresh cell of its own, named after the executable, with default isolation.
     pub cell: Option<CellName>,
-    /// What its stdin is.
+    /// Its stdin, and whether a terminal carries all three fds.
+    pub io: Io,
+}
+
+/// An executable's standard fds: its stdin, and whether they are a terminal of its cell's
+/// own (kept by auraed: its output read from it, clients type into it and resize it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Io {
     pub stdin: Stdin,
+    pub tty: bool,
 }
 
 /// An executable's stdin.
@@ -177,8 +185,8 @@ pub struct ImageRequest {
     pub working_dir: Option<String>,
     pub user: Option<String>,
     pub no_entrypoint: bool,
-    /// The entrypoint's stdin.
-    pub stdin: Stdin,
+    /// The entrypoint's stdin and terminal.
+    pub io: Io,
     pub ports: Vec<(u16, u16)>,
     pub volumes: Vec<crate::values::volume::VolumeSpec>,
     pub mounts: Vec<crate::values::volume::VolumeMount>,
@@ -207,8 +215,8 @@ pub struct ImageRoot {
     pub argv: Vec<String>,
     /// Start `argv` when the cell is made (false: processes come with RunExecutable or Exec).
     pub start: bool,
-    /// The entrypoint's stdin.
-    pub stdin: Stdin,
+    /// The entrypoint's stdin and terminal.
+    pub io: Io,
     /// Scratch volumes the cell makes or joins, and where they appear in its root.
     pub volumes: Vec<super::volume::VolumeSpec>,
     pub mounts: Vec<super::volume::VolumeMount>,
@@ -276,7 +284,7 @@ impl ImageRoot {
             exposed_ports: p.config.exposed_ports.clone(),
             argv,
             start: !r.no_entrypoint,
-            stdin: r.stdin,
+            io: r.io,
             volumes: r.volumes,
             mounts: r.mounts,
         })

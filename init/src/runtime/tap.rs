@@ -1,14 +1,16 @@
 //! What clients attached to a running executable share (`Attach`, `docker attach`,
 //! `kubectl attach`): its output as it comes, in the pieces its pipes gave (a prompt with
 //! no newline too, which the logs hold back until its line ends), and its stdin when it was
-//! started with one kept open.
+//! started with one kept open (or the terminal it was started on: then resizes too).
 //!
 //! Output goes to every attached client through a bounded broadcast: a client that reads
 //! slower than the process writes loses the oldest pieces and is told how many; the process
 //! never waits for a client (the logs keep everything, as always).
 
 use super::spec::Stdin;
+use crate::os::tty::AsyncTty;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 
@@ -17,19 +19,29 @@ const PIECES: usize = 256;
 
 pub use super::logs::Piece;
 
+/// Where a client's stdin goes.
+enum Input {
+    None,
+    Pipe(tokio::net::unix::pipe::Sender),
+    Tty(Arc<AsyncTty>),
+}
+
 pub struct Tap {
     out: broadcast::Sender<Piece>,
-    stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    input: tokio::sync::Mutex<Input>,
     mode: Stdin,
+    /// Its terminal's master while it runs (with `tty`): what resizes set.
+    terminal: std::sync::Mutex<Option<Arc<AsyncTty>>>,
 }
 
 impl Tap {
-    /// A tap for a process whose stdin is `mode` (its pipe kept with `keep`).
+    /// A tap for a process whose stdin is `mode` (its pipe or terminal kept with `keep`).
     pub fn new(mode: Stdin) -> Tap {
         Tap {
             out: broadcast::channel(PIECES).0,
-            stdin: tokio::sync::Mutex::new(None),
+            input: tokio::sync::Mutex::new(Input::None),
             mode,
+            terminal: std::sync::Mutex::new(None),
         }
     }
 
@@ -37,15 +49,28 @@ impl Tap {
         self.mode
     }
 
+    fn set(&self, input: Input) -> std::io::Result<()> {
+        let mut g = self
+            .input
+            .try_lock()
+            .map_err(|_| std::io::Error::other("the stdin is in use at the start"))?;
+        *g = input;
+        Ok(())
+    }
+
     /// Keeps `writer`, the write end of the process's stdin pipe (at its start).
     pub fn keep(&self, writer: OwnedFd) -> std::io::Result<()> {
-        let pipe = tokio::net::unix::pipe::Sender::from_owned_fd(writer)?;
-        let mut g = self
-            .stdin
-            .try_lock()
-            .map_err(|_| std::io::Error::other("the stdin pipe is in use at the start"))?;
-        *g = Some(pipe);
-        Ok(())
+        self.set(Input::Pipe(tokio::net::unix::pipe::Sender::from_owned_fd(writer)?))
+    }
+
+    /// Keeps the master of the process's terminal (at its start): resizes go to it, and
+    /// stdin when the process takes some.
+    pub fn keep_terminal(&self, master: Arc<AsyncTty>) -> std::io::Result<()> {
+        *self.terminal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(master.clone());
+        match self.mode {
+            Stdin::Null => Ok(()),
+            Stdin::Open | Stdin::Once => self.set(Input::Tty(master)),
+        }
     }
 
     /// Where the output pumps send what they read.
@@ -61,35 +86,76 @@ impl Tap {
     /// Whether its stdin takes input (it was started with one, and it is still open).
     #[cfg(test)]
     pub async fn takes_stdin(&self) -> bool {
-        self.mode != Stdin::Null && self.stdin.lock().await.is_some()
+        !matches!(*self.input.lock().await, Input::None)
     }
 
     /// Writes `bytes` to its stdin; false when it has none (any more): the process closed
     /// its end or ended, or a client closed it for good.
     pub async fn write(&self, bytes: &[u8]) -> bool {
-        let mut g = self.stdin.lock().await;
-        let Some(pipe) = g.as_mut() else {
-            return false;
+        let mut g = self.input.lock().await;
+        let written = match &mut *g {
+            Input::None => return false,
+            Input::Pipe(pipe) => pipe.write_all(bytes).await,
+            Input::Tty(m) => m.write_all(bytes).await,
         };
-        if pipe.write_all(bytes).await.is_err() {
-            *g = None;
+        if written.is_err() {
+            *g = Input::None;
             return false;
         }
         true
     }
 
-    /// A client closed its stdin: with `stdin_once` the process reads EOF now; otherwise
-    /// the pipe stays open for the next client.
+    /// A client closed its stdin: with `stdin_once` the process reads EOF now (a
+    /// terminal's end-of-file character); otherwise its stdin stays open for the next
+    /// client.
     pub async fn client_closed(&self) {
-        if self.mode == Stdin::Once {
-            self.stdin.lock().await.take();
+        if self.mode != Stdin::Once {
+            return;
+        }
+        let mut g = self.input.lock().await;
+        if let Input::Tty(m) = &*g {
+            let _ = m.write_all(b"\x04").await;
+        }
+        *g = Input::None;
+    }
+
+    /// Its terminal's new size (rows, columns); nothing without one.
+    pub fn resize(&self, rows: u16, columns: u16) {
+        let t = self.terminal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(m) = &*t {
+            let _ = crate::os::tty::set_window_size(m.fd(), rows, columns);
         }
     }
 
-    /// The process ended: nobody writes to its stdin any more.
+    /// The process ended: nobody writes to its stdin or resizes it any more.
     pub async fn end(&self) {
-        self.stdin.lock().await.take();
+        *self.input.lock().await = Input::None;
+        self.terminal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
+}
+
+/// A pseudo-terminal for a process of `cell`: (master, peer).
+pub(super) fn cell_pty(cell: &super::cell::Cell) -> super::error::Result<(OwnedFd, OwnedFd)> {
+    match &cell.image {
+        // The cell's own devpts, so the process's terminal is /dev/pts/N there.
+        Some(_) => cell.root()?.pty(),
+        None if cell.confinement.privileged || !cell.isolation.mount => node_pty(),
+        None => cell.root()?.pty(),
+    }
+}
+
+/// A pseudo-terminal of the node's devpts (cells on the node's filesystem).
+fn node_pty() -> super::error::Result<(OwnedFd, OwnedFd)> {
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| super::error::RuntimeError::sys("open /dev/ptmx", errno))?;
+    super::rootfs::pty_peer(master)
 }
 
 /// What a client's receiver gave next.
@@ -123,7 +189,6 @@ pub fn ready(rx: &mut broadcast::Receiver<Piece>) -> Option<Next> {
 mod tests {
     use super::super::logs;
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn stdin_once_closes_with_the_first_client_and_open_stays_open() {

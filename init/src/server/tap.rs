@@ -93,6 +93,10 @@ async fn session(
                     }
                     reading = false;
                 }
+                Ok(Some(pb::AttachRequest { request: Some(In::Resize(size)) })) => {
+                    let clamp = |v: u32| v.min(u32::from(u16::MAX)) as u16;
+                    p.tap.resize(clamp(size.rows), clamp(size.columns));
+                }
                 Ok(Some(pb::AttachRequest { request: Some(In::Start(_)) })) => {
                     let _ = tx
                         .send(Err(Status::invalid_argument("start: sent twice; it comes first and once")))

@@ -418,7 +418,7 @@ mod tests {
                 uid: None,
                 gid: None,
                 cell: None,
-                stdin: Default::default(),
+                io: Default::default(),
             })
             .await
             .unwrap();

@@ -454,25 +454,20 @@ pub(crate) async fn prepare_image(
 }
 
 pub(crate) async fn run(host: &Host, spec: CellSpec) -> Result<CellView> {
-    let entrypoint = match spec
-        .image
-        .as_ref()
-        .filter(|i| i.start)
-        .map(|i| (i.argv.clone(), i.stdin))
-    {
+    let entrypoint = match spec.image.as_ref().filter(|i| i.start).map(|i| (i.argv.clone(), i.io)) {
         None => None,
-        Some((argv, stdin)) => {
+        Some((argv, io)) => {
             let name = ExecName::parse(spec.name.leaf()).map_err(|e| RuntimeError::invalid("name", e.to_string()))?;
             if !executable::name_free(host, &name) {
                 return Err(RuntimeError::AlreadyExists(format!(
                     "an executable named '{name}' exists, and a cell's image entrypoint runs as the executable named after the cell; free it or choose another cell name"
                 )));
             }
-            Some((name, argv, stdin))
+            Some((name, argv, io))
         }
     };
     let c = create(host, spec, false).await?;
-    if let Some((name, argv, stdin)) = entrypoint {
+    if let Some((name, argv, io)) = entrypoint {
         let e = ExecutableSpec {
             name,
             argv,
@@ -481,7 +476,7 @@ pub(crate) async fn run(host: &Host, spec: CellSpec) -> Result<CellView> {
             uid: None,
             gid: None,
             cell: Some(c.name.clone()),
-            stdin,
+            io,
         };
         if let Err(err) = executable::run(host, e).await {
             c.discard_now(host).await;

@@ -139,7 +139,7 @@ pub(crate) async fn create_container(
 /// Starts container `name`'s entrypoint (once: a created container only).
 pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout: Duration) -> Result<ContainerView> {
     let (p, ch) = running_sandbox(host, pod)?;
-    let (argv, stdin) = {
+    let (argv, io) = {
         let mut s = p.state();
         let c = s.slot(name).ok_or_else(|| no_container(pod, name))?;
         if c.state != ContainerState::Created {
@@ -148,12 +148,12 @@ pub(crate) async fn start_container(host: &Host, pod: &str, name: &str, timeout:
                 describe(&c.state)
             )));
         }
-        (c.argv.clone(), c.spec.stdin)
+        (c.argv.clone(), c.spec.io)
     };
     let run = host
         .children
         .pod_calls()
-        .start_run(&ch, name, argv, stdin, timeout)
+        .start_run(&ch, name, argv, io, timeout)
         .await
         .map_err(|s| refused(&format!("container '{name}'"), s))?;
     p.update(|s| {

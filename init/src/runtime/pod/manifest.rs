@@ -164,6 +164,9 @@ struct ContainerFile {
     stdin: bool,
     #[serde(default, alias = "stdinOnce")]
     stdin_once: bool,
+    /// A terminal for the entrypoint (Kubernetes' tty).
+    #[serde(default)]
+    tty: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -395,6 +398,7 @@ pub fn from_manifest(text: &str, path: &str) -> Result<pb::Pod, ManifestError> {
             image_pull_credentials: None,
             stdin: c.stdin,
             stdin_once: c.stdin_once,
+            tty: c.tty,
         });
     }
     let mut volumes = Vec::with_capacity(f.volumes.len());

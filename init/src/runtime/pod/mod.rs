@@ -443,15 +443,15 @@ async fn make(
     for (n, (name, image)) in names.iter().enumerate() {
         let field = format!("containers[{n}]");
         make_cell(host, p, &ch, name, image, &field, left()).await?;
-        let (argv, stdin) = p
+        let (argv, io) = p
             .state()
             .slot(name)
-            .map(|c| (c.argv.clone(), c.spec.stdin))
+            .map(|c| (c.argv.clone(), c.spec.io))
             .unwrap_or_default();
         let run = host
             .children
             .pod_calls()
-            .start_run(&ch, name, argv, stdin, left())
+            .start_run(&ch, name, argv, io, left())
             .await
             .map_err(|s| refused(&format!("{field} ({name})"), s))?;
         p.update(|s| {

@@ -66,8 +66,8 @@ pub struct ContainerSpec {
     pub volumes: Vec<VolumeSpec>,
     /// Who its processes run as (`uid[:gid]` or a name in the image); None: the image's.
     pub user: Option<String>,
-    /// Every run's stdin.
-    pub stdin: crate::runtime::spec::Stdin,
+    /// Every run's stdin and terminal.
+    pub io: crate::runtime::spec::Io,
 }
 
 #[derive(Debug, Clone)]
@@ -288,7 +288,7 @@ mod tests {
             mounts: vec![],
             volumes: vec![],
             user: None,
-            stdin: Default::default(),
+            io: Default::default(),
         };
         let mut spec = PodSpec {
             name: ExecName::parse("p").unwrap(),

@@ -60,7 +60,7 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
         let restart = !p.stopping.load(Ordering::Relaxed) && p.spec.restart.restarts(&t);
         let mut restarts: u32 = 0;
         let mut argv = Vec::new();
-        let mut stdin = crate::runtime::spec::Stdin::Null;
+        let mut io = crate::runtime::spec::Io::default();
         p.update(|s| {
             s.lost = false;
             if let Some(r) = s.slot(&container) {
@@ -68,7 +68,7 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
                 r.state = ContainerState::Terminated;
                 restarts = r.restarts;
                 argv = r.argv.clone();
-                stdin = r.spec.stdin;
+                io = r.spec.io;
             }
         });
         tracing::info!(
@@ -113,10 +113,7 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
             }
             restarts += 1;
             let _ = calls.free_run(&ch, &container, CALL_TIMEOUT).await;
-            match calls
-                .start_run(&ch, &container, argv.clone(), stdin, CALL_TIMEOUT)
-                .await
-            {
+            match calls.start_run(&ch, &container, argv.clone(), io, CALL_TIMEOUT).await {
                 Ok(run) => {
                     p.update(|s| {
                         if let Some(r) = s.slot(&container) {

@@ -225,7 +225,7 @@ pub async fn start_run(
     ch: &Channel,
     container: &str,
     argv: Vec<String>,
-    stdin: crate::runtime::spec::Stdin,
+    io: crate::runtime::spec::Io,
     timeout: Duration,
 ) -> Result<pb::ExecutableStatus, Status> {
     use crate::runtime::spec::Stdin;
@@ -234,8 +234,9 @@ pub async fn start_run(
         name: container.to_owned(),
         argv,
         cell: container.to_owned(),
-        stdin: stdin != Stdin::Null,
-        stdin_once: stdin == Stdin::Once,
+        stdin: io.stdin != Stdin::Null,
+        stdin_once: io.stdin == Stdin::Once,
+        tty: io.tty,
         ..Default::default()
     };
     Ok(client

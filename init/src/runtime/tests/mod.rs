@@ -62,7 +62,7 @@ fn exe(name: &str, cell: Option<&str>) -> ExecutableSpec {
         uid: None,
         gid: None,
         cell: cell.map(|c| CellName::parse(c).unwrap()),
-        stdin: Default::default(),
+        io: Default::default(),
     }
 }
 

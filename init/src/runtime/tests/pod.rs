@@ -33,7 +33,7 @@ fn container(name: &str) -> ContainerSpec {
         mounts: Vec::new(),
         volumes: Vec::new(),
         user: None,
-        stdin: Default::default(),
+        io: Default::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::pb;
 use crate::runtime::confine::{caps::CapSet, seccomp};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{CellSpec, Confinement, ImageRequest, IoMax, Isolation, Resources, Stdin};
+use crate::runtime::spec::{CellSpec, Confinement, ImageRequest, Io, IoMax, Isolation, Resources, Stdin};
 use crate::runtime::volume::{VolumeFile, VolumeMount, VolumeSpec, DEFAULT_MEMORY_LIMIT as VOLUME_DEFAULT_BYTES};
 use crate::values::volume::{relative_normal, MAX_VOLUME_FILES, MAX_VOLUME_FILES_BYTES};
 
@@ -462,12 +462,15 @@ impl TryFrom<pb::OciImage> for ImageRequest {
             working_dir,
             user,
             no_entrypoint: i.no_entrypoint,
-            stdin: Stdin::of(i.stdin, i.stdin_once).ok_or_else(|| {
-                invalid(
-                    "image.stdin_once",
-                    "needs image.stdin; set it too, or leave stdin_once out",
-                )
-            })?,
+            io: Io {
+                stdin: Stdin::of(i.stdin, i.stdin_once).ok_or_else(|| {
+                    invalid(
+                        "image.stdin_once",
+                        "needs image.stdin; set it too, or leave stdin_once out",
+                    )
+                })?,
+                tty: i.tty,
+            },
             ports,
         })
     }

@@ -5,7 +5,7 @@ use crate::pb;
 use crate::runtime::attach::AttachSpec;
 use crate::runtime::error::RuntimeError;
 use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{ExecutableSpec, Stdin};
+use crate::runtime::spec::{ExecutableSpec, Io, Stdin};
 use std::path::PathBuf;
 
 impl TryFrom<pb::Executable> for ExecutableSpec {
@@ -59,8 +59,11 @@ impl TryFrom<pb::Executable> for ExecutableSpec {
             uid: e.uid,
             gid: e.gid.or(e.uid),
             cell,
-            stdin: Stdin::of(e.stdin, e.stdin_once)
-                .ok_or_else(|| invalid("stdin_once", "needs stdin; set stdin too, or leave stdin_once out"))?,
+            io: Io {
+                stdin: Stdin::of(e.stdin, e.stdin_once)
+                    .ok_or_else(|| invalid("stdin_once", "needs stdin; set stdin too, or leave stdin_once out"))?,
+                tty: e.tty,
+            },
         })
     }
 }

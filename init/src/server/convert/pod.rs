@@ -126,8 +126,11 @@ fn container(n: usize, c: pb::Container, volumes: &[pb::Volume]) -> Result<Conta
         mounts,
         volumes: Vec::new(),
         user: None,
-        stdin: crate::runtime::spec::Stdin::of(c.stdin, c.stdin_once)
-            .ok_or_else(|| invalid(f("stdin_once"), "needs stdin; set it too, or leave stdin_once out"))?,
+        io: crate::runtime::spec::Io {
+            stdin: crate::runtime::spec::Stdin::of(c.stdin, c.stdin_once)
+                .ok_or_else(|| invalid(f("stdin_once"), "needs stdin; set it too, or leave stdin_once out"))?,
+            tty: c.tty,
+        },
     })
 }
 
