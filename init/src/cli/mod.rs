@@ -206,6 +206,9 @@ impl std::fmt::Display for CliError {
     }
 }
 
+/// What this client lets a node send on one stream before it reads (HTTP/2's window).
+const RECEIVE_WINDOW: u32 = 1 << 20;
+
 /// How to reach a node: resolved from flags and config.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -259,7 +262,11 @@ impl Target {
         // Plain "http": the connector does TLS itself, checking the node's SPIFFE ID too.
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| CliError::Usage(format!("--addr '{}': {e}", self.addr)))?
-            .connect_timeout(self.timeout);
+            .connect_timeout(self.timeout)
+            // HTTP/2's default 64 KiB receive window holds a download (a port-forward, a
+            // followed log) to one window per round trip; this client can buffer more.
+            .initial_stream_window_size(Some(RECEIVE_WINDOW))
+            .initial_connection_window_size(Some(2 * RECEIVE_WINDOW));
         let endpoint = match call_timeout {
             Some(t) => endpoint.timeout(t),
             None => endpoint,

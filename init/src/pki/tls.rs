@@ -97,8 +97,40 @@ pub enum TlsSetupError {
     Verifier(String),
 }
 
+/// ring's provider, its cipher suites ordered for this CPU (`by_cpu`).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    by_cpu(&mut p.cipher_suites, aes_in_hardware());
+    Arc::new(p)
+}
+
+/// AES-GCM first only where the CPU has AES and carry-less multiplication instructions;
+/// without them (an emulated CPU such as QEMU's qemu64, small cores) ChaCha20-Poly1305
+/// is several times faster in software, and every byte of the API pays it. The server
+/// follows its own order (`ignore_client_order`), so the node's CPU decides.
+fn by_cpu(suites: &mut [rustls::SupportedCipherSuite], aes: bool) {
+    use rustls::CipherSuite as C;
+    if !aes {
+        suites.sort_by_key(|s| {
+            !matches!(
+                s.suite(),
+                C::TLS13_CHACHA20_POLY1305_SHA256
+                    | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+        });
+    }
+}
+
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
 }
 
 fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
@@ -280,6 +312,8 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(identity);
     c.alpn_protocols = vec![b"h2".to_vec()];
+    // The node's CPU picks the cipher (`by_cpu`).
+    c.ignore_client_order = true;
     Ok(c)
 }
 
@@ -443,6 +477,19 @@ impl tower_service::Service<http::Uri> for TlsConnector {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chacha_leads_without_aes_instructions_and_aes_leads_with_them() {
+        use rustls::CipherSuite as C;
+        let first = |aes| {
+            let mut p = rustls::crypto::ring::default_provider();
+            super::by_cpu(&mut p.cipher_suites, aes);
+            p.cipher_suites[0].suite()
+        };
+        assert_eq!(first(false), C::TLS13_CHACHA20_POLY1305_SHA256);
+        assert_ne!(first(true), C::TLS13_CHACHA20_POLY1305_SHA256);
+    }
+
     use super::ServerId;
 
     /// A renewed spawn CA with someone else's key is refused before it is written.

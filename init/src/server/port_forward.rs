@@ -18,7 +18,7 @@ pub type ForwardStream = Pin<Box<dyn Stream<Item = Result<pb::PortForwardRespons
 /// The most one message may carry, either way.
 const MAX_DATA: usize = 1 << 20;
 /// What is read from the connection at once.
-const CHUNK: usize = 32 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// Connects as the stream's first message asks; the bytes then flow in a task.
 pub async fn port_forward(
