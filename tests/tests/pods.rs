@@ -2679,6 +2679,35 @@ mod cri_stream {
                     page.starts_with("HTTP/1.") && page.contains("forwarded"),
                     "{handler}: {page:?}"
                 );
+                // The same over WebSocket (crictl --transport websocket): the port in the
+                // query, announced on its two channels, the page on the data channel.
+                let url = run
+                    .port_forward(cri::PortForwardRequest {
+                        pod_sandbox_id: sid.clone(),
+                        port: vec![80],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url;
+                let path = format!("{}?port=80", split_url(&url).1);
+                let mut ws = WsClient::connect(&addr, &path, &["v4.channel.k8s.io"]).await.unwrap();
+                ws.send(0, b"GET /index.html HTTP/1.0\r\n\r\n").await.unwrap();
+                let mut page = Vec::new();
+                let mut announced = 0;
+                while !String::from_utf8_lossy(&page).contains("forwarded") {
+                    match ws.recv().await.unwrap() {
+                        Some(aurae_appliance_tests::ws::Msg::Binary(b))
+                            if b.len() == 3 && b[1..] == [80, 0] && announced < 2 =>
+                        {
+                            announced += 1
+                        }
+                        Some(aurae_appliance_tests::ws::Msg::Binary(b)) if b[0] == 0 => page.extend_from_slice(&b[1..]),
+                        other => panic!("{handler}: {other:?} after {:?}", String::from_utf8_lossy(&page)),
+                    }
+                }
+                assert_eq!(announced, 2, "{handler}: the port on its data and error channels");
+                assert!(page.starts_with(b"HTTP/1."), "{handler}");
                 run.stop_pod_sandbox(cri::StopPodSandboxRequest {
                     pod_sandbox_id: sid.clone(),
                 })

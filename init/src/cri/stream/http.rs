@@ -9,10 +9,12 @@ const MAX_HEAD: usize = 16 * 1024;
 /// The most headers a request may have.
 const MAX_HEADERS: usize = 32;
 
-/// A request's path and headers (names lower-cased).
+/// A request's path, query and headers (names lower-cased).
 #[derive(Debug, Default)]
 pub struct Head {
     pub path: String,
+    /// What follows `?`, if anything.
+    pub query: String,
     pub headers: Vec<(String, String)>,
 }
 
@@ -45,13 +47,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Refusal> {
                     "a streaming session opens with GET (or POST) and an Upgrade",
                 ));
             }
-            let path = req
-                .path
-                .unwrap_or_default()
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+            let (path, query) = match req.path.unwrap_or_default().split_once('?') {
+                Some((p, q)) => (p.to_owned(), q.to_owned()),
+                None => (req.path.unwrap_or_default().to_owned(), String::new()),
+            };
             let headers = req
                 .headers
                 .iter()
@@ -62,7 +61,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Refusal> {
                     )
                 })
                 .collect();
-            Ok(Some(Head { path, headers }))
+            Ok(Some(Head { path, query, headers }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(Refusal::new(431, format!("more than {MAX_HEADERS} headers"))),
         Err(e) => Err(Refusal::new(400, format!("not an HTTP/1.1 request: {e}"))),

@@ -13,14 +13,16 @@
 //!   sessions per container, and closes a session idle for [`IDLE`].
 //! - Protocols: SPDY/3.1 with `v4.channel.k8s.io` and `portforward.k8s.io` (`spdy/`:
 //!   what kubelet speaks to a runtime, so `kubectl exec`, `attach` and `port-forward`),
-//!   and for exec and attach WebSocket with the `v5.channel.k8s.io` and
-//!   `v4.channel.k8s.io` subprotocols (`ws.rs`: crictl `--transport websocket`); what both
-//!   carry for a session is `channel.rs`'s.
+//!   and WebSocket (crictl `--transport websocket`): for exec and attach with the
+//!   `v5.channel.k8s.io` and `v4.channel.k8s.io` subprotocols (`ws.rs`), for port-forward
+//!   with `v4.channel.k8s.io` and the ports in the query (`ws_forward.rs`); what both
+//!   protocols carry for an exec or attach is `channel.rs`'s.
 
 pub mod channel;
 mod http;
 pub mod spdy;
 pub mod ws;
+pub mod ws_forward;
 
 use super::CriError;
 use crate::pb;
@@ -356,13 +358,15 @@ async fn connection(
     } else {
         spdy::PROTOCOL
     };
-    let accepted = match (spdy, forward) {
+    // Over WebSocket, the ports a port-forward asks for are in the query.
+    let mut ws_ports = Vec::new();
+    let accepted = match (spdy, &what) {
         (true, _) => spdy::accept(&head, wanted).map(|r| (r, wanted)),
-        (false, false) => ws::accept(&head).map(|a| (a.response, a.subprotocol)),
-        (false, true) => Err(Refusal::new(
-            400,
-            format!("port-forward is served over SPDY/3.1 ({wanted}); upgrade to SPDY/3.1"),
-        )),
+        (false, What::Exec(_)) => ws::accept(&head).map(|a| (a.response, a.subprotocol)),
+        (false, What::PortForward { ports, .. }) => ws_forward::ports(&head, ports).and_then(|p| {
+            ws_ports = p;
+            ws::accept_from(&head, &[ws_forward::SUBPROTOCOL]).map(|a| (a.response, a.subprotocol))
+        }),
     };
     let (response, protocol) = match accepted {
         Ok(a) => a,
@@ -382,7 +386,8 @@ async fn connection(
     match (what, spdy) {
         (What::Exec(e), true) => spdy::session(conn, e, backend, idle).await,
         (What::Exec(e), false) => ws::session(conn, protocol, e, backend, idle).await,
-        (What::PortForward { address, ports, .. }, _) => spdy::forward::session(conn, address, ports, idle).await,
+        (What::PortForward { address, ports, .. }, true) => spdy::forward::session(conn, address, ports, idle).await,
+        (What::PortForward { address, .. }, false) => ws_forward::session(conn, address, ws_ports, idle).await,
     }
     drop(slot);
 }

@@ -607,5 +607,84 @@ async fn port_forward_carries_concurrent_connections_to_the_pods_ports() {
         .unwrap();
     let (_, p) = ws_client::split_url(&url);
     let e = WsClient::connect(&addr, &p, V5).await.err().unwrap();
-    assert!(e.status == 400 && e.body.contains("SPDY/3.1"), "{}", e.body);
+    assert!(e.status == 400 && e.body.contains("?port="), "{}", e.body);
+}
+
+/// port-forward over WebSocket (crictl `--transport websocket`): the ports in the query,
+/// each announced on its two channels, bytes both ways on the data channel; a port nothing
+/// listens on said on its error channel; a port the request did not name, and none at all,
+/// refused before the upgrade.
+#[tokio::test]
+async fn port_forward_over_websocket_names_its_ports_in_the_query() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (streams, _fake, addr) = server(Limits::default()).await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 64];
+                while let Ok(n @ 1..) = c.read(&mut b).await {
+                    let _ = c.write_all(&b[..n].to_ascii_uppercase()).await;
+                }
+            });
+        }
+    });
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let issue = |ports: Vec<u16>| {
+        let url = streams
+            .issue(What::PortForward {
+                target: target("sandbox-1"),
+                address: [127, 0, 0, 1].into(),
+                ports,
+            })
+            .unwrap();
+        ws_client::split_url(&url).1
+    };
+    const V4PF: &[&str] = &["v4.channel.k8s.io"];
+    let p = issue(vec![port, closed]);
+    let mut c = WsClient::connect(&addr, &format!("{p}?port={port}&port={closed}"), V4PF)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match c.recv().await.unwrap() {
+            Some(Msg::Binary(b)) => seen.push(b),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (lo, hi) = (port.to_le_bytes(), closed.to_le_bytes());
+    assert_eq!(
+        &seen[..4],
+        &[
+            vec![0, lo[0], lo[1]],
+            vec![1, lo[0], lo[1]],
+            vec![2, hi[0], hi[1]],
+            vec![3, hi[0], hi[1]]
+        ]
+    );
+    let said = String::from_utf8_lossy(&seen[4][1..]).into_owned();
+    assert!(
+        seen[4][0] == 3 && said.contains(&format!("error forwarding port {closed} to pod")),
+        "{said}"
+    );
+    c.send(0, b"shout").await.unwrap();
+    match c.recv().await.unwrap() {
+        Some(Msg::Binary(b)) => assert_eq!(b, b"\0SHOUT"),
+        other => panic!("{other:?}"),
+    }
+    for (query, why) in [
+        (format!("?port={}", port + 1), "issued for ports"),
+        (String::new(), "?port="),
+    ] {
+        let p = issue(vec![port]);
+        let e = WsClient::connect(&addr, &format!("{p}{query}"), V4PF)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.status == 400 && e.body.contains(why), "{}", e.body);
+    }
 }

@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 /// The subprotocols served, most preferred first.
 pub const SUBPROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// The most one message may carry (stdin arrives in pieces of at most this).
-const MAX_MESSAGE: usize = 1 << 20;
+pub(super) const MAX_MESSAGE: usize = 1 << 20;
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -44,14 +44,19 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// Checks the upgrade `head` asks for and picks its subprotocol.
+/// Checks the upgrade `head` asks for and picks its subprotocol (an exec's or attach's).
 pub fn accept(head: &Head) -> Result<Accepted, Refusal> {
+    accept_from(head, &SUBPROTOCOLS)
+}
+
+/// The same, picking from `served` (most preferred first).
+pub fn accept_from(head: &Head, served: &[&'static str]) -> Result<Accepted, Refusal> {
     if !head.lists("upgrade", "websocket") || !head.lists("connection", "upgrade") {
         return Err(Refusal::new(
             426,
             format!(
                 "upgrade the connection to WebSocket (Upgrade: websocket) with one of the subprotocols {}",
-                SUBPROTOCOLS.join(", ")
+                served.join(", ")
             ),
         ));
     }
@@ -66,14 +71,10 @@ pub fn accept(head: &Head) -> Result<Accepted, Refusal> {
     if decoded.map(|k| k.len()) != Ok(16) {
         return Err(Refusal::new(400, "Sec-WebSocket-Key: not 16 bytes in base64"));
     }
-    let Some(subprotocol) = SUBPROTOCOLS
-        .iter()
-        .copied()
-        .find(|p| head.lists("sec-websocket-protocol", p))
-    else {
+    let Some(subprotocol) = served.iter().copied().find(|p| head.lists("sec-websocket-protocol", p)) else {
         return Err(Refusal::new(
             400,
-            format!("Sec-WebSocket-Protocol: offer one of {}", SUBPROTOCOLS.join(", ")),
+            format!("Sec-WebSocket-Protocol: offer one of {}", served.join(", ")),
         ));
     };
     let response = format!(
@@ -83,7 +84,7 @@ pub fn accept(head: &Head) -> Result<Accepted, Refusal> {
     Ok(Accepted { response, subprotocol })
 }
 
-fn framed(channel: u8, bytes: &[u8]) -> Message {
+pub(super) fn framed(channel: u8, bytes: &[u8]) -> Message {
     let mut v = Vec::with_capacity(bytes.len() + 1);
     v.push(channel);
     v.extend_from_slice(bytes);
