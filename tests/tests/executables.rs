@@ -106,6 +106,84 @@ fn output_exit_status_and_a_private_cell_that_ends_with_it() {
     });
 }
 
+/// `Workloads.Events` tells an executable's life as it happens (created, started, its
+/// end with the code, freed; its private cell's too), and a client that reconnects after
+/// the last event it saw gets the rest and nothing twice.
+#[test]
+fn events_tell_an_executables_life_and_a_reconnect_resumes_after_the_last_seen() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let mut s = c
+            .workloads
+            .clone()
+            .events(pb::EventsRequest {
+                after: 0,
+                from_now: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        c.exec(sh("told", "", "exit 4")).await.unwrap();
+        c.wait("told").await;
+        c.free("told").await;
+        let mut seen = Vec::new();
+        while seen
+            .iter()
+            .filter(|e: &&pb::Event| e.kind == pb::WorkloadKind::Executable as i32)
+            .count()
+            < 4
+        {
+            let e = tokio::time::timeout(a.budget(Duration::from_secs(10)), s.message())
+                .await
+                .expect("the events arrive")
+                .unwrap()
+                .unwrap();
+            if e.name == "told" {
+                seen.push(e);
+            }
+        }
+        let exe: Vec<(i32, Option<i32>)> = seen
+            .iter()
+            .filter(|e| e.kind == pb::WorkloadKind::Executable as i32)
+            .map(|e| (e.r#type, e.exit_code))
+            .collect();
+        use pb::EventType as T;
+        assert_eq!(
+            exe,
+            [
+                (T::Created as i32, None),
+                (T::Started as i32, None),
+                (T::Exited as i32, Some(4)),
+                (T::Freed as i32, None)
+            ]
+        );
+        assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "numbered in order");
+        drop(s);
+        // Reconnect after the start: the end and the frees follow, nothing before.
+        let started = seen.iter().find(|e| e.r#type == T::Started as i32).unwrap().seq;
+        let mut s = c
+            .workloads
+            .clone()
+            .events(pb::EventsRequest {
+                after: started,
+                from_now: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let next = s.message().await.unwrap().unwrap();
+        assert_eq!(next.seq, started + 1);
+        assert_eq!(next.missed, 0);
+        let resumed: Vec<u64> = seen.iter().map(|e| e.seq).filter(|q| *q > started).collect();
+        assert_eq!(
+            resumed.first(),
+            Some(&next.seq),
+            "the first after the point is the one seen next"
+        );
+    });
+}
+
 #[test]
 fn argv_env_cwd_and_ids_are_as_asked_with_nothing_inherited() {
     let a = shared_or_skip!();

@@ -7,6 +7,7 @@
 mod attach;
 mod cell;
 pub mod config;
+mod events;
 mod exec;
 mod fleet;
 mod forward;
@@ -120,6 +121,16 @@ enum Command {
         /// have been started with a terminal: Executable.tty).
         #[arg(short = 't', long)]
         tty: bool,
+    },
+    /// What happens to workloads (created, started, exited, killed, failed, freed), a line
+    /// each, until Ctrl-C; a broken stream resumes after the last event printed.
+    Events {
+        /// Start after this event number (0: the oldest the node holds).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only events from now on.
+        #[arg(long, conflicts_with = "after")]
+        from_now: bool,
     },
     /// List cells and executables.
     Ps,
@@ -390,6 +401,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
     let exe = pb::WorkloadKind::Executable;
     match &a.command {
         Command::Exec(e) => exec::exec(e, &target, a.json).await,
+        Command::Events { after, from_now } => events::events(&target, *after, *from_now, a.json).await,
         Command::Attach { name, interactive, tty } => {
             let session = attach::Session {
                 start: attach::Start::Attach(pb::AttachStart {

@@ -22,6 +22,7 @@ pub(crate) mod cell;
 pub(crate) mod cgroup;
 pub(crate) mod confine;
 pub(crate) mod error;
+pub(crate) mod events;
 pub(crate) mod executable;
 pub mod holder;
 pub(crate) mod host;
@@ -354,6 +355,11 @@ impl Runtime {
         stdin: bool,
     ) -> Result<(Arc<Process>, tokio::sync::broadcast::Receiver<tap::Piece>)> {
         attach::to_running(&self.host, name, stdin)
+    }
+
+    /// What happens to workloads (`Workloads.Events`).
+    pub fn events(&self) -> Arc<events::Events<Kind>> {
+        self.host.table().events.clone()
     }
 
     /// Ends an attached process and forgets it.

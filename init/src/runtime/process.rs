@@ -54,6 +54,8 @@ pub struct Process {
     op: tokio::sync::Mutex<()>,
     /// Its live output and kept stdin, for attached clients.
     pub tap: super::tap::Tap,
+    /// Where its start and end are told (a listed one's: the table's).
+    events: Option<Arc<super::events::Events<super::Kind>>>,
 }
 
 /// How to start an executable (see [`Runtime::launch`]).
@@ -163,7 +165,26 @@ impl Process {
                 }
             }
         });
+        let v = self.state.borrow().clone();
+        self.tell(match (v.exit_code, v.signal) {
+            (Some(code), _) => super::events::What::Exited {
+                code,
+                oom: v.oom_killed,
+            },
+            (None, Some(signal)) => super::events::What::Killed {
+                signal,
+                oom: v.oom_killed,
+            },
+            (None, None) => super::events::What::Failed(v.error),
+        });
         tracing::info!("executable {} ended: {exit:?}", self.name);
+    }
+
+    /// Tells what happened to it, if it is listed.
+    fn tell(&self, what: super::events::What) {
+        if let Some(e) = &self.events {
+            e.emit(super::Kind::Executable, self.name.as_str(), what);
+        }
     }
 
     /// Sends `signal` (1..=64) to the main process while it runs.
@@ -409,6 +430,7 @@ pub(super) async fn launch(host: &Host, spec: ExecutableSpec, how: Launch) -> Re
         .0,
         op: tokio::sync::Mutex::new(()),
         tap: super::tap::Tap::new(spec.io.stdin),
+        events: listed.then(|| host.table().events.clone()),
     });
     if listed {
         // Checked again: another request may have taken the name while the cell was made.
@@ -533,6 +555,7 @@ async fn start_exec(
         s.pid = started.pid.as_raw() as u32;
         s.started_unix_nanos = started_at;
     });
+    e.tell(super::events::What::Started);
     let Some(logged) = logged else {
         // Attached: its output goes to whoever holds the other ends, not to the logs.
         e.logs.close_writer();

@@ -116,6 +116,8 @@ pub(crate) struct Table {
     /// At most this many entries (`aurae.max_workloads`): each holds memory (status, logs)
     /// until it is freed, so their number is bounded.
     pub max: usize,
+    /// What happens to them: created and freed here, the rest where it happens.
+    pub events: std::sync::Arc<super::events::Events<Kind>>,
 }
 
 impl Default for Table {
@@ -125,6 +127,7 @@ impl Default for Table {
             hosts: BTreeSet::new(),
             attached: BTreeMap::new(),
             max: crate::init::cmdline::DEFAULT_MAX_WORKLOADS,
+            events: Default::default(),
         }
     }
 }
@@ -165,12 +168,15 @@ impl Table {
                 self.entries.len()
             )));
         }
+        self.events.emit(key.0, &key.1, super::events::What::Created);
         self.entries.insert(key, w);
         Ok(())
     }
 
     pub fn remove<T: Entry>(&mut self, name: &str) {
-        self.entries.remove(&(T::KIND, name.to_owned()));
+        if self.entries.remove(&(T::KIND, name.to_owned())).is_some() {
+            self.events.emit(T::KIND, name, super::events::What::Freed);
+        }
     }
 
     /// Every workload of `kind` (all when None), cells first, each kind by name.

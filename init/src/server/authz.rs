@@ -43,6 +43,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/aurae.v0.Workloads/Wait", Role::Reader),
     ("/aurae.v0.Workloads/Free", Role::Operator),
     ("/aurae.v0.Workloads/Logs", Role::Reader),
+    ("/aurae.v0.Workloads/Events", Role::Reader),
     ("/aurae.v0.Workloads/Freeze", Role::Operator),
     ("/aurae.v0.Workloads/Thaw", Role::Operator),
     // And only from the node's own parent, directly (see `workloads_api`).
@@ -600,6 +601,7 @@ mod tests {
         for lasting in [
             "Wait",
             "Logs",
+            "Events",
             "Exec",
             "Attach",
             "PortForward",

@@ -30,13 +30,14 @@ impl WorkloadsApi {
         match self.watches.take(ip, WATCHES_PER_PEER) {
             Some(slot) => Ok(Some(slot)),
             None => Err(Status::resource_exhausted(format!(
-                "{what}: {ip} has {WATCHES_PER_PEER} Wait and followed Logs calls open on this node, the most one address may; end some (they end with their workload, or when the client closes them)"
+                "{what}: {ip} has {WATCHES_PER_PEER} Wait, followed Logs and Events calls open on this node, the most one address may; end some (they end with their workload, or when the client closes them)"
             ))),
         }
     }
 }
 
 type LogStream = Pin<Box<dyn TokioStream<Item = Result<pb::LogEntry, Status>> + Send>>;
+type EventStream = Pin<Box<dyn TokioStream<Item = Result<pb::Event, Status>> + Send>>;
 
 /// Lines per message batch read from a log buffer.
 const LOG_BATCH: usize = 256;
@@ -185,6 +186,42 @@ impl Workloads for WorkloadsApi {
                     if closed {
                         return;
                     }
+                    tokio::select! {
+                        r = changed.changed() => if r.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type EventsStream = EventStream;
+    async fn events(&self, r: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let slot = self.watch_slot(&r, "events")?;
+        let r = r.into_inner();
+        let events = self.rt.events();
+        let mut after = if r.from_now { events.last() } else { r.after };
+        let mut changed = events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut first = true;
+            loop {
+                changed.borrow_and_update();
+                let read = events.read(after, 64);
+                let empty = read.events.is_empty();
+                for (i, e) in read.events.into_iter().enumerate() {
+                    after = e.seq;
+                    let missed = if first && i == 0 { read.missed } else { 0 };
+                    if tx.send(Ok(convert::event(e, missed))).await.is_err() {
+                        return;
+                    }
+                }
+                if !empty {
+                    first = false;
+                }
+                if empty {
                     tokio::select! {
                         r = changed.changed() => if r.is_err() { return },
                         _ = tx.closed() => return,
@@ -472,7 +509,7 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(
             e.message().starts_with(&format!(
-                "wait: 10.0.2.2 has {WATCHES_PER_PEER} Wait and followed Logs calls open"
+                "wait: 10.0.2.2 has {WATCHES_PER_PEER} Wait, followed Logs and Events calls open"
             )),
             "{}",
             e.message()

@@ -151,6 +151,57 @@ async fn an_executable_gets_a_private_cell_that_ends_with_it_and_goes_at_free() 
     );
 }
 
+/// An executable's life as events, in order, after the point a reader had: its private
+/// cell made, it made and started, its end with the code, both freed; a reader resuming
+/// after the start sees the rest.
+#[tokio::test]
+async fn an_executables_life_is_told_as_events_in_order() {
+    use crate::runtime::events::What;
+    let r = rig();
+    let events = r.rt.events();
+    let before = events.last();
+    r.rt.run_executable(exe("job", None)).await.unwrap();
+    let pid = r.fake.pids_in(&r.root.join("job/_x.job"))[0];
+    r.fake.exit(pid, 3);
+    r.rt.wait(Kind::Executable, "job").await.unwrap();
+    r.rt.free(Kind::Executable, "job").await.unwrap();
+    let got: Vec<(Kind, String, What)> = events
+        .read(before, 100)
+        .events
+        .into_iter()
+        .map(|e| (e.kind, e.name, e.what))
+        .collect();
+    let exe_events: Vec<&What> = got.iter().filter(|e| e.0 == Kind::Executable).map(|e| &e.2).collect();
+    assert_eq!(
+        exe_events,
+        [
+            &What::Created,
+            &What::Started,
+            &What::Exited { code: 3, oom: false },
+            &What::Freed
+        ],
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|e| e.0 == Kind::Cell)
+            .map(|e| &e.2)
+            .collect::<Vec<_>>(),
+        [&What::Created, &What::Freed],
+        "its private cell: {got:?}"
+    );
+    let started = events
+        .read(before, 100)
+        .events
+        .into_iter()
+        .find(|e| e.what == What::Started)
+        .unwrap()
+        .seq;
+    let rest = events.read(started, 100);
+    assert_eq!(rest.missed, 0);
+    assert_eq!(rest.events[0].what, What::Exited { code: 3, oom: false });
+}
+
 /// A cell whose init never says it is ready (blocked before it could) costs its caller
 /// only the deadline: then it is killed, the cell removed and the name free again.
 #[tokio::test]

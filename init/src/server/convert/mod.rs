@@ -114,3 +114,44 @@ pub fn phase(p: Option<Phase>) -> i32 {
 
 #[cfg(test)]
 mod tests;
+
+/// A workload event as the API sends it (`missed`: events before it a reader lost).
+pub fn event(e: crate::runtime::events::Event<Kind>, missed: u64) -> pb::Event {
+    use crate::runtime::events::What;
+    let kind = match e.kind {
+        Kind::Cell => pb::WorkloadKind::Cell,
+        Kind::Executable => pb::WorkloadKind::Executable,
+        Kind::VirtualMachine => pb::WorkloadKind::VirtualMachine,
+        Kind::Instance => pb::WorkloadKind::Instance,
+        Kind::Pod => pb::WorkloadKind::Pod,
+    };
+    let mut out = pb::Event {
+        seq: e.seq,
+        unix_nanos: e.unix_nanos,
+        kind: kind as i32,
+        name: e.name,
+        missed,
+        ..Default::default()
+    };
+    let t = match e.what {
+        What::Created => pb::EventType::Created,
+        What::Started => pb::EventType::Started,
+        What::Exited { code, oom } => {
+            out.exit_code = Some(code);
+            out.oom_killed = oom;
+            pb::EventType::Exited
+        }
+        What::Killed { signal, oom } => {
+            out.signal = Some(signal);
+            out.oom_killed = oom;
+            pb::EventType::Killed
+        }
+        What::Failed(why) => {
+            out.reason = why;
+            pb::EventType::Failed
+        }
+        What::Freed => pb::EventType::Freed,
+    };
+    out.r#type = t as i32;
+    out
+}
