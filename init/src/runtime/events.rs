@@ -24,6 +24,8 @@ pub enum What {
         oom: bool,
     },
     Failed(String),
+    /// A cell stopped as asked.
+    Stopped,
     Freed,
 }
 

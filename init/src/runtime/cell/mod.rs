@@ -7,6 +7,7 @@ use crate::runtime::cgroup::{CgroupDir, Usage, CONTROLLERS};
 use crate::runtime::confine::ExecLimits;
 use crate::runtime::error::Lack;
 use crate::runtime::error::{Result, RuntimeError};
+use crate::runtime::events::What;
 use crate::runtime::executable;
 use crate::runtime::holder::Setup;
 use crate::runtime::host::Host;
@@ -60,6 +61,8 @@ pub struct Cell {
     state: watch::Sender<CellState>,
     /// Serialises stop, freeze and thaw.
     op: tokio::sync::Mutex<()>,
+    /// Where its start and end are told (the table's).
+    events: Arc<crate::runtime::events::Events<Kind>>,
 }
 
 /// A cell's status.
@@ -95,7 +98,9 @@ fn clone_flags(i: &Isolation) -> libc::c_int {
 }
 
 impl Cell {
-    fn new(spec: &CellSpec, limits: ExecLimits, implicit: bool, dir: CgroupDir, sys: Arc<dyn Launcher>) -> Cell {
+    fn new(spec: &CellSpec, limits: ExecLimits, implicit: bool, dir: CgroupDir, host: &Host) -> Cell {
+        let sys = host.sys.clone();
+        let events = host.table().events.clone();
         Cell {
             name: spec.name.clone(),
             isolation: spec.isolation,
@@ -116,6 +121,7 @@ impl Cell {
             })
             .0,
             op: tokio::sync::Mutex::new(()),
+            events,
         }
     }
 
@@ -181,6 +187,11 @@ impl Cell {
                 s.error = format!("the cell's init process ended unexpectedly ({exit:?}); its processes were killed");
             }
         });
+        let what = match stopping {
+            true => What::Stopped,
+            false => What::Failed(self.state.borrow().error.clone()),
+        };
+        self.events.emit(Kind::Cell, self.name.as_str(), what);
     }
 
     /// Ends a private cell because its executable ended: everything left in it is killed.
@@ -277,6 +288,7 @@ impl Cell {
         let _ = self.holder.set(pidfd);
         *self.starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(starter?);
         self.set_phase(Phase::Running);
+        self.events.emit(Kind::Cell, self.name.as_str(), What::Started);
         let watcher = self.clone();
         let exit = started.exit;
         tokio::spawn(async move { watcher.holder_ended(exit.await.ok()) });
@@ -499,7 +511,7 @@ pub(super) async fn create(host: &Host, spec: CellSpec, implicit: bool) -> Resul
                 .map_err(|e| port_error(&format!("image.ports[{i}].host_port"), *node_port, e))?,
         );
     }
-    let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, host.sys.clone()));
+    let cell = Arc::new(Cell::new(&spec, limits, implicit, dir, host));
     host.table().insert(cell.clone())?;
     if let Err(e) = host.alloc.volumes().take(cell.volumes()) {
         host.table().remove::<Cell>(cell.name.as_str());

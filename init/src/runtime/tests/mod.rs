@@ -152,8 +152,8 @@ async fn an_executable_gets_a_private_cell_that_ends_with_it_and_goes_at_free() 
 }
 
 /// An executable's life as events, in order, after the point a reader had: its private
-/// cell made, it made and started, its end with the code, both freed; a reader resuming
-/// after the start sees the rest.
+/// cell made and started, it made and started, its end with the code, the cell stopped,
+/// both freed; a reader resuming after the start sees the rest.
 #[tokio::test]
 async fn an_executables_life_is_told_as_events_in_order() {
     use crate::runtime::events::What;
@@ -187,19 +187,21 @@ async fn an_executables_life_is_told_as_events_in_order() {
             .filter(|e| e.0 == Kind::Cell)
             .map(|e| &e.2)
             .collect::<Vec<_>>(),
-        [&What::Created, &What::Freed],
+        [&What::Created, &What::Started, &What::Stopped, &What::Freed],
         "its private cell: {got:?}"
     );
     let started = events
         .read(before, 100)
         .events
         .into_iter()
-        .find(|e| e.what == What::Started)
+        .find(|e| e.what == What::Started && e.kind == Kind::Executable)
         .unwrap()
         .seq;
     let rest = events.read(started, 100);
     assert_eq!(rest.missed, 0);
-    assert_eq!(rest.events[0].what, What::Exited { code: 3, oom: false });
+    assert_eq!(rest.events[0].seq, started + 1, "nothing skipped");
+    let next = rest.events.iter().find(|e| e.kind == Kind::Executable).unwrap();
+    assert_eq!(next.what, What::Exited { code: 3, oom: false });
 }
 
 /// A cell whose init never says it is ready (blocked before it could) costs its caller

@@ -150,6 +150,7 @@ pub fn event(e: crate::runtime::events::Event<Kind>, missed: u64) -> pb::Event {
             out.reason = why;
             pb::EventType::Failed
         }
+        What::Stopped => pb::EventType::Stopped,
         What::Freed => pb::EventType::Freed,
     };
     out.r#type = t as i32;
