@@ -212,15 +212,7 @@ async fn bench(a: CriArgs) -> Result<(), CliError> {
         let t = Instant::now();
         rt.run_pod(pod).await.map_err(r)?;
         pod_times.push(t.elapsed());
-        let w = crate::cli::workload::wref(pb::WorkloadKind::Pod, &format!("p{i}"));
-        wl.stop(pb::StopRequest {
-            workload: Some(w.clone()),
-            signal: 9,
-            grace_period_millis: 0,
-        })
-        .await
-        .map_err(r)?;
-        wl.free(w).await.map_err(r)?;
+        kill_pod(&mut wl, &format!("p{i}")).await.map_err(r)?;
     }
     cri_times.sort();
     pod_times.sort();
@@ -317,16 +309,24 @@ async fn streaming(
     };
     let measured = figures(run, rt, &targets, a.stream_n.max(1)).await;
     remove(run, &sid).await.map_err(r)?;
-    let w = crate::cli::workload::wref(pb::WorkloadKind::Pod, "bs");
+    kill_pod(wl, "bs").await.map_err(r)?;
+    measured
+}
+
+/// Kills pod `name` at once and frees it.
+async fn kill_pod(
+    wl: &mut pb::workloads_client::WorkloadsClient<crate::cli::Conn>,
+    name: &str,
+) -> Result<(), tonic::Status> {
+    let w = crate::cli::workload::wref(pb::WorkloadKind::Pod, name);
     wl.stop(pb::StopRequest {
         workload: Some(w.clone()),
         signal: 9,
         grace_period_millis: 0,
     })
-    .await
-    .map_err(r)?;
-    wl.free(w).await.map_err(r)?;
-    measured
+    .await?;
+    wl.free(w).await?;
+    Ok(())
 }
 
 pub fn main(a: CriArgs) -> ExitCode {

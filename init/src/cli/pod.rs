@@ -263,10 +263,7 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             tty,
             argv,
         } => {
-            let container = match container {
-                Some(c) => c.clone(),
-                None => only_container(target, pod).await?,
-            };
+            let container = named_or_only(target, pod, container.as_deref()).await?;
             let session = super::attach::Session {
                 start: super::attach::Start::Exec(pb::ExecStart {
                     cell: container,
@@ -285,10 +282,7 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
             interactive,
             tty,
         } => {
-            let container = match container {
-                Some(c) => c.clone(),
-                None => only_container(target, pod).await?,
-            };
+            let container = named_or_only(target, pod, container.as_deref()).await?;
             let session = super::attach::Session {
                 start: super::attach::Start::Attach(pb::AttachStart {
                     executable: container,
@@ -306,6 +300,14 @@ pub async fn pod(cmd: &PodCmd, target: &super::Target, as_json: bool) -> Result<
         PodCmd::Stop(s) => lifecycle(target, k, &s.name, Op::Stop(s), as_json).await,
         PodCmd::Wait { name } => lifecycle(target, k, name, Op::Wait, as_json).await,
         PodCmd::Free { name } => lifecycle(target, k, name, Op::Free, as_json).await,
+    }
+}
+
+/// The container named, else the pod's one container (`aer pod exec|attach POD`).
+async fn named_or_only(target: &super::Target, pod: &str, container: Option<&str>) -> Result<String, CliError> {
+    match container {
+        Some(c) => Ok(c.to_owned()),
+        None => only_container(target, pod).await,
     }
 }
 

@@ -29,12 +29,7 @@ impl Cri {
                 why: "empty; give the command to run".into(),
             });
         }
-        if !(r.stdin || r.stdout || r.stderr) {
-            return Err(CriError::Invalid {
-                field: "stdout",
-                why: "stdin, stdout and stderr are all false; ask for one of them at least".into(),
-            });
-        }
+        some_stream(r.stdin, r.stdout, r.stderr)?;
         if r.tty && r.stderr {
             return Err(CriError::Invalid {
                 field: "stderr",
@@ -72,12 +67,7 @@ impl Cri {
     /// A URL on the streaming server joining the container's running entrypoint: its
     /// output from then on, its stdin when it keeps one.
     pub fn attach(&self, r: cri::AttachRequest) -> Result<cri::AttachResponse, CriError> {
-        if !(r.stdin || r.stdout || r.stderr) {
-            return Err(CriError::Invalid {
-                field: "stdout",
-                why: "stdin, stdout and stderr are all false; ask for one of them at least".into(),
-            });
-        }
+        some_stream(r.stdin, r.stdout, r.stderr)?;
         let (container_id, pod, name) = self
             .placed_by_id(&r.container_id)
             .ok_or_else(|| no_container(&r.container_id))?;
@@ -125,6 +115,26 @@ impl Cri {
     }
 }
 
+/// A session carries at least one of the three streams.
+fn some_stream(stdin: bool, stdout: bool, stderr: bool) -> Result<(), CriError> {
+    if stdin || stdout || stderr {
+        return Ok(());
+    }
+    Err(CriError::Invalid {
+        field: "stdout",
+        why: "stdin, stdout and stderr are all false; ask for one of them at least".into(),
+    })
+}
+
+impl Cri {
+    /// The channel to the instance where `target`'s container runs.
+    fn channel_to(&self, target: &Target) -> Result<tonic::transport::Channel, tonic::Status> {
+        self.rt
+            .container_channel(&target.pod, &target.name, true)
+            .map_err(|e| tonic::Status::from(CriError::from(e)))
+    }
+}
+
 impl Backend for Cri {
     fn exec<'a>(
         &'a self,
@@ -132,10 +142,7 @@ impl Backend for Cri {
         start: crate::pb::ExecStart,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExecIo, tonic::Status>> + Send + 'a>> {
         Box::pin(async move {
-            let ch = self
-                .rt
-                .container_channel(&target.pod, &target.name, true)
-                .map_err(|e| tonic::Status::from(CriError::from(e)))?;
+            let ch = self.channel_to(target)?;
             let (input, output) = crate::runtime::spawn::child::exec_session(&ch, start).await?;
             Ok(ExecIo {
                 input,
@@ -152,10 +159,7 @@ impl Backend for Cri {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExecIo, tonic::Status>> + Send + 'a>> {
         Box::pin(async move {
             use crate::pb::{attach_request::Request as A, exec_request::Request as In};
-            let ch = self
-                .rt
-                .container_channel(&target.pod, &target.name, true)
-                .map_err(|e| tonic::Status::from(CriError::from(e)))?;
+            let ch = self.channel_to(target)?;
             let start = crate::pb::AttachStart {
                 executable: target.name.clone(),
                 pod: String::new(),
