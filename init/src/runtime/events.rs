@@ -24,9 +24,27 @@ pub enum What {
         oom: bool,
     },
     Failed(String),
-    /// A cell stopped as asked.
+    /// A cell, VM, instance or pod stopped as asked.
     Stopped,
+    /// A VM, instance or pod ended on its own: how (the guest reset or powered off, every
+    /// container of a pod completed).
+    Ended(String),
     Freed,
+}
+
+/// How a VM or an instance ended, from its phase, its error and what it said at its end.
+pub fn end_of(phase: Option<super::Phase>, error: &str, said: &str) -> What {
+    use super::Phase;
+    let or = |s: &str, default: &str| match s.trim() {
+        "" => default.to_owned(),
+        s => s.to_owned(),
+    };
+    match phase {
+        Some(Phase::Stopped) => What::Stopped,
+        Some(Phase::Exited) => What::Ended(or(said, "it ended")),
+        Some(Phase::Failed | Phase::Killed) => What::Failed(or(error, "it failed without saying why")),
+        p => What::Failed(format!("it ended while {p:?}")),
+    }
 }
 
 /// An event of a workload of kind `K` (the table's `Kind`).

@@ -118,6 +118,9 @@ pub(crate) struct Table {
     pub max: usize,
     /// What happens to them: created and freed here, the rest where it happens.
     pub events: std::sync::Arc<super::events::Events<Kind>>,
+    /// Followed workloads whose end is not told yet: told by whichever comes first, the
+    /// end or the Free (so the end always comes before Freed).
+    untold: Arc<std::sync::Mutex<BTreeSet<(Kind, String)>>>,
 }
 
 impl Default for Table {
@@ -128,6 +131,7 @@ impl Default for Table {
             attached: BTreeMap::new(),
             max: crate::init::cmdline::DEFAULT_MAX_WORKLOADS,
             events: Default::default(),
+            untold: Default::default(),
         }
     }
 }
@@ -173,8 +177,23 @@ impl Table {
         Ok(())
     }
 
+    /// Tells that workload `w` (a VM, instance or pod; executables and cells tell their
+    /// own) has started, and its end when it comes.
+    pub fn follow<T: Entry>(&self, x: &Arc<T>) {
+        let w = T::wrap(x.clone());
+        let (kind, name) = (w.kind(), w.name());
+        self.events.emit(kind, &name, super::events::What::Started);
+        let (events, untold) = (self.events.clone(), self.untold.clone());
+        lock(&untold).insert((kind, name.clone()));
+        tokio::spawn(async move {
+            w.wait().await;
+            tell_end(&events, &untold, &w);
+        });
+    }
+
     pub fn remove<T: Entry>(&mut self, name: &str) {
-        if self.entries.remove(&(T::KIND, name.to_owned())).is_some() {
+        if let Some(w) = self.entries.remove(&(T::KIND, name.to_owned())) {
+            tell_end(&self.events, &self.untold, &w);
             self.events.emit(T::KIND, name, super::events::What::Freed);
         }
     }
@@ -194,6 +213,32 @@ impl Table {
             .take_while(|((k, _), _)| *k == T::KIND)
             .filter_map(|(_, w)| T::of(w))
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tells how followed workload `w` ended, unless that was told already.
+fn tell_end(events: &super::events::Events<Kind>, untold: &std::sync::Mutex<BTreeSet<(Kind, String)>>, w: &Workload) {
+    let (kind, name) = (w.kind(), w.name());
+    if !lock(untold).remove(&(kind, name.clone())) {
+        return;
+    }
+    let end = match w {
+        Workload::VirtualMachine(v) => {
+            let v = v.view();
+            super::events::end_of(v.phase, &v.error, &v.exit_reason)
+        }
+        Workload::Instance(i) => {
+            let v = i.view();
+            let said = v.vm.as_ref().map_or("its auraed exited", |m| m.exit_reason.as_str());
+            super::events::end_of(v.phase, &v.error, said)
+        }
+        Workload::Pod(p) => p.end(),
+        Workload::Cell(_) | Workload::Executable(_) => return,
+    };
+    events.emit(kind, &name, end);
 }
 
 impl Workload {

@@ -517,6 +517,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
             let _ = vm.vmm.discard(host, vm.name.as_str()).await;
             return Err(taken);
         }
+        host.table().follow(&vm);
     }
     tracing::info!("vm {} running", vm.name);
     Ok(vm)

@@ -183,6 +183,20 @@ impl Pod {
         }
     }
 
+    /// How it ended (once `wait` has returned): stopped as asked, completed, or failed.
+    pub fn end(&self) -> crate::runtime::events::What {
+        use crate::runtime::events::What;
+        let v = self.view();
+        let reason = v.reason.trim().to_owned();
+        match v.phase {
+            _ if self.stopping.load(Ordering::Relaxed) => What::Stopped,
+            PodPhase::Succeeded if reason.is_empty() => What::Ended("every container completed".into()),
+            PodPhase::Succeeded => What::Ended(reason),
+            _ if reason.is_empty() => What::Failed(format!("it ended {:?}", v.phase)),
+            _ => What::Failed(reason),
+        }
+    }
+
     pub fn view(&self) -> PodView {
         let instance = self.instance().map(|i| i.view());
         let s = self.state();
@@ -392,6 +406,7 @@ pub(crate) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage
                 supervise::watch(&p, name, host);
             }
             tracing::info!("pod {} running", p.name);
+            host.table().follow(&p);
             Ok(p.view())
         }
         Err(e) => {

@@ -129,6 +129,11 @@ async fn an_instance_spawns_stops_and_frees_and_gives_its_address_back() {
     );
     r.rt.free(Kind::Instance, "c1").await.unwrap();
     nothing_left(&r, "c1");
+    use crate::runtime::events::What;
+    assert_eq!(
+        super::vm::told_by(&r.rt, Kind::Instance, "c1"),
+        [What::Created, What::Started, What::Stopped, What::Freed]
+    );
     // The next instance gets the address back.
     let again = r.rt.spawn(instance("c2", Duration::from_secs(10))).await.unwrap();
     assert_eq!(again.address, first);

@@ -163,6 +163,15 @@ async fn a_pod_runs_stops_and_frees_and_leaves_nothing() {
     r.rt.free(Kind::Pod, "web").await.unwrap();
     assert!(matches!(r.rt.status(Kind::Pod, "web"), Err(RuntimeError::NotFound(_))));
     nothing_left(&r, "web");
+    use crate::runtime::events::What;
+    assert_eq!(
+        super::vm::told_by(&r.rt, Kind::Pod, "web"),
+        [What::Created, What::Started, What::Stopped, What::Freed]
+    );
+    assert!(
+        super::vm::told_by(&r.rt, Kind::Instance, "web").is_empty(),
+        "a pod's instance is its own, not listed"
+    );
 }
 
 #[tokio::test]
@@ -257,6 +266,11 @@ async fn a_pod_whose_instance_dies_fails_with_the_reason_restarts_nothing_and_fr
     assert!(e.to_string().contains("has no running instance"), "{e}");
     r.rt.free(Kind::Pod, "lost").await.unwrap();
     nothing_left(&r, "lost");
+    let told = super::vm::told_by(&r.rt, Kind::Pod, "lost");
+    assert!(
+        matches!(&told[..], [_, _, crate::runtime::events::What::Failed(why), _] if why.starts_with("its instance ended")),
+        "the failure is told with its reason: {told:?}"
+    );
 }
 
 #[tokio::test]

@@ -103,6 +103,23 @@ async fn a_vm_runs_stops_and_frees_and_its_tap_goes_with_its_vmm() {
     }
     r.rt.free(Kind::VirtualMachine, "web").await.unwrap();
     nothing_left(&r, "web");
+    use crate::runtime::events::What;
+    assert_eq!(
+        told(&r, Kind::VirtualMachine, "web"),
+        [What::Created, What::Started, What::Stopped, What::Freed]
+    );
+}
+
+/// What the events said of workload `kind`/`name`, in order.
+pub(super) fn told(r: &Rig, kind: Kind, name: &str) -> Vec<crate::runtime::events::What> {
+    told_by(&r.rt, kind, name)
+}
+
+pub(super) fn told_by(rt: &crate::runtime::Runtime, kind: Kind, name: &str) -> Vec<crate::runtime::events::What> {
+    (rt.events().read(0, 4096).events.into_iter())
+        .filter(|e| e.kind == kind && e.name == name)
+        .map(|e| e.what)
+        .collect()
 }
 
 #[tokio::test]
@@ -143,6 +160,11 @@ async fn a_vmm_that_dies_while_running_ends_the_vm_with_the_reason() {
     assert!(s.error.contains("exited with Some(101)"), "{s:?}");
     r.rt.free(Kind::VirtualMachine, "crash").await.unwrap();
     nothing_left(&r, "crash");
+    let told = told(&r, Kind::VirtualMachine, "crash");
+    assert!(
+        matches!(&told[..], [_, crate::runtime::events::What::Started, crate::runtime::events::What::Failed(why), _] if why.contains("exited with Some(101)")),
+        "the end is told with its reason: {told:?}"
+    );
 }
 
 #[tokio::test]

@@ -146,6 +146,10 @@ pub fn event(e: crate::runtime::events::Event<Kind>, missed: u64) -> pb::Event {
             out.oom_killed = oom;
             pb::EventType::Killed
         }
+        What::Ended(how) => {
+            out.reason = how;
+            pb::EventType::Ended
+        }
         What::Failed(why) => {
             out.reason = why;
             pb::EventType::Failed

@@ -191,12 +191,15 @@ impl Instance {
             attachments: self.attachments.clone(),
             ..Default::default()
         };
+        let stopped = self.stop_requested.load(Ordering::Relaxed);
         match &self.body {
             Body::Vm(vm) => {
                 let vm = vm.view();
                 v.isolation = Some(IsolationKind::Vm);
-                v.phase = vm.phase;
-                v.error = vm.error.clone();
+                // Asked to stop, it powered off (or was killed after the grace period).
+                let asked = stopped && vm.phase.is_some_and(Phase::ended);
+                v.phase = if asked { Some(Phase::Stopped) } else { vm.phase };
+                v.error = if asked { String::new() } else { vm.error.clone() };
                 v.pid = vm.pid;
                 v.vm = Some(vm);
             }
@@ -206,7 +209,7 @@ impl Instance {
                 v.pid = e.pid;
                 v.error = e.error;
                 v.phase = match e.phase {
-                    Some(p) if p.ended() && self.stop_requested.load(Ordering::Relaxed) => Some(Phase::Stopped),
+                    Some(p) if p.ended() && stopped => Some(Phase::Stopped),
                     p => p,
                 };
             }
@@ -342,6 +345,7 @@ pub(crate) async fn spawn(host: &Host, spec: InstanceSpec) -> Result<InstanceVie
         i.release(host).await;
         return Err(taken);
     }
+    host.table().follow(&i);
     Ok(v)
 }
 
