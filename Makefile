@@ -14,7 +14,7 @@ APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl
                 musl-tools cpio zstd busybox-static iproute2 binutils file crun \
                 ca-certificates docker-registry skopeo umoci python3 tmux e2fsprogs \
                 dnsmasq-base ipxe-qemu openssl ipxe ovmf systemd-boot-efi mtools dosfstools \
-                fdisk shellcheck python3-pip sbsigntool
+                fdisk shellcheck python3-pip sbsigntool python3-prometheus-client
 KCONFIGLIB := kconfiglib==14.1.0
 
 .PHONY: deps build kernel kernel-metal pki image uefi pxe run stop test test-host test-buildroot \

@@ -43,6 +43,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The metric families `GET /metrics` serves, with their types (docs/metrics.md).
+pub use server::metrics::FAMILIES as METRIC_FAMILIES;
+
 /// The version reported by `NodeInfo` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

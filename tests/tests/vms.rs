@@ -690,3 +690,131 @@ fn an_operator_cannot_become_root_on_the_node() {
             .await;
     });
 }
+
+/// `aer metrics` with client files `tls`: (exit code, stdout, stderr).
+fn aer_metrics(a: &Appliance, tls: &auraed::pki::tls::TlsFiles) -> (Option<i32>, String, String) {
+    let o = std::process::Command::new(a.build.join("bin/auraed"))
+        .arg("aer")
+        .args(["--addr", &format!("127.0.0.1:{}", a.port), "--server-name", "localhost"])
+        .arg("--ca")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.cert)
+        .arg("--key")
+        .arg(&tls.key)
+        .arg("metrics")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (o.status.code(), text(&o.stdout), text(&o.stderr))
+}
+
+/// The Prometheus project's own OpenMetrics parser (Python's prometheus_client, strict):
+/// each family as "name type samples".
+fn parsed(scrape: &str) -> Vec<(String, String, usize)> {
+    use std::io::Write;
+    let mut p = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as f\n\
+             for m in f(sys.stdin.read()): print(m.name, m.type, len(m.samples))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (make deps installs python3-prometheus-client)");
+    p.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "the OpenMetrics parser refused the scrape: {}\n{scrape}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// `GET /metrics` as Prometheus scrapes it (HTTP/1.1, mTLS), on a node with a VM, a cell
+/// and an executable: a real parser finds every listed family with samples; a reader may
+/// scrape, an identity with no role may not and learns nothing.
+#[test]
+fn a_reader_scrapes_every_listed_metric_with_a_vm_a_cell_and_an_executable_running() {
+    let a = shared_or_skip!();
+    let roles = aurae_appliance_tests::shared_roles().unwrap();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let img = guest_initramfs(&c, "scraped", "sleep 1000").await;
+        c.runtime
+            .clone()
+            .run_virtual_machine(vm("scraped", &img, 1))
+            .await
+            .unwrap();
+        c.cell(pb::Cell {
+            name: "scraped-cell".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.exec(aurae_appliance_tests::sh("scraped-exe", "scraped-cell", "sleep 1000"))
+            .await
+            .unwrap();
+        let (code, scrape, err) = aer_metrics(a, &roles.tls("test-reader"));
+        assert_eq!(code, Some(0), "{err}");
+        let families = parsed(&scrape);
+        for (name, kind) in auraed::METRIC_FAMILIES {
+            assert!(
+                families
+                    .iter()
+                    .any(|(n, t, samples)| n == name && t == kind && *samples > 0),
+                "{name} ({kind}) with samples in:\n{scrape}"
+            );
+        }
+        for line in [
+            "aurae_workloads{kind=\"vm\",phase=\"running\"} 1",
+            "aurae_workloads{kind=\"executable\",phase=\"running\"} 1",
+            "aurae_vm_guest_memory_bytes{kind=\"vm\",vm=\"scraped\"} 134217728",
+            "aurae_vm_vcpus{kind=\"vm\",vm=\"scraped\"} 1",
+            "aurae_cell_pids{cell=\"scraped-cell\"}",
+        ] {
+            assert!(scrape.contains(line), "{line} in:\n{scrape}");
+        }
+        let overhead: f64 = (scrape.lines())
+            .find_map(|l| l.strip_prefix("aurae_vm_vmm_overhead_bytes{kind=\"vm\",vm=\"scraped\"} "))
+            .expect("the VMM's overhead")
+            .parse()
+            .unwrap();
+        assert!(
+            overhead > 100e3 && overhead < 64e6,
+            "the VMM's own memory, guest RAM left out: {overhead}"
+        );
+
+        // An identity of the node's trust domain that the policy gives no role.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = auraed::pki::read_pair(&a.build.join("pki"), "ca").unwrap();
+        let id = auraed::pki::spiffe_id(auraed::pki::DEFAULT_TRUST_DOMAIN, "client/nobody");
+        let m = auraed::pki::mint_leaf(&ca, &id, "nobody", auraed::pki::LeafKind::Client, 1).unwrap();
+        auraed::pki::write_pair(dir.path(), "nobody", &m).unwrap();
+        std::fs::copy(a.build.join("pki/ca.crt"), dir.path().join("ca.crt")).unwrap();
+        let (code, out, err) = aer_metrics(a, &auraed::pki::tls::TlsFiles::in_dir(dir.path(), "nobody"));
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(
+            err.contains("permission denied") && err.contains("client/nobody"),
+            "{err}"
+        );
+        assert!(!out.contains("aurae_"), "nothing measured reaches it: {out}");
+
+        remove_vm(&c, "scraped").await;
+        c.stop_and_free(aurae_appliance_tests::exe_ref("scraped-exe"), 500)
+            .await;
+        c.remove_cell("scraped-cell").await;
+        c.on_node("rm -f /var/lib/aurae/vm/scraped.cpio").await;
+        c.assert_left_nothing("a_reader_scrapes_every_listed_metric_with_a_vm_a_cell_and_an_executable_running")
+            .await;
+    });
+}

@@ -13,6 +13,7 @@ mod fleet;
 mod forward;
 mod image;
 mod instance;
+mod metrics;
 mod node;
 mod pod;
 mod print;
@@ -132,6 +133,9 @@ enum Command {
         #[arg(long, conflicts_with = "after")]
         from_now: bool,
     },
+    /// The node's metrics as a Prometheus server scrapes them (GET /metrics over HTTP/1.1,
+    /// this client's certificate; reader role).
+    Metrics,
     /// List cells and executables.
     Ps,
     /// An executable's status.
@@ -259,15 +263,20 @@ impl Target {
         ))
     }
 
-    async fn channel(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
+    /// This client's TLS configuration: its certificate, and the node it must reach.
+    fn tls_config(&self) -> Result<rustls::ClientConfig, CliError> {
         let material = self.tls.load().map_err(|e| CliError::Usage(e.to_string()))?;
         let expect = match &self.server_id {
             Some(id) => ServerId::Exact(id.clone()),
             None => ServerId::TopNode,
         };
-        let config = material
+        material
             .checked_client_config(expect)
-            .map_err(|e| CliError::Usage(format!("TLS config: {e}")))?;
+            .map_err(|e| CliError::Usage(format!("TLS config: {e}")))
+    }
+
+    async fn channel(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
+        let config = self.tls_config()?;
         let connector = TlsConnector::new(&self.addr, &self.server_name, config)
             .map_err(|e| CliError::Usage(format!("--server-name: {e}")))?;
         // Plain "http": the connector does TLS itself, checking the node's SPIFFE ID too.
@@ -415,6 +424,7 @@ async fn run(a: &Aer) -> Result<(), CliError> {
             attach::attach(&target, session).await
         }
         Command::Run(r) => run::run(r, &target, a.json).await,
+        Command::Metrics => metrics::metrics(&target).await,
         Command::Ps => exec::ps(target.connect().await?, a.json).await,
         Command::Status { name } => workload::lifecycle(&target, exe, name, Op::Status, a.json).await,
         Command::Logs(l) => exec::logs(l, &target).await,

@@ -311,7 +311,8 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(identity);
-    c.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/1.1 too, for a Prometheus scrape of `/metrics` (the API itself is HTTP/2).
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // The node's CPU picks the cipher (`by_cpu`).
     c.ignore_client_order = true;
     Ok(c)

@@ -48,6 +48,8 @@ pub struct LogPool {
     /// Live logs: counted as they are made and dropped, so a push learns its share
     /// without walking `buffers`.
     live: AtomicUsize,
+    /// Bytes of lines evicted to make room, or never stored for want of it.
+    dropped: std::sync::atomic::AtomicU64,
     /// The logs, for trimming; dead entries go when it is walked or grows.
     buffers: Mutex<Vec<Weak<LogBuffer>>>,
 }
@@ -58,6 +60,7 @@ impl LogPool {
             cap,
             held: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
+            dropped: Default::default(),
             buffers: Mutex::new(Vec::new()),
         })
     }
@@ -65,6 +68,15 @@ impl LogPool {
     /// The ceiling and what all logs hold now.
     pub fn usage(&self) -> (usize, usize) {
         (self.cap, self.held.load(Ordering::Relaxed))
+    }
+
+    /// Bytes of log lines lost so far: evicted for newer ones, or with no room at all.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn lost(&self, n: usize) {
+        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn fair_share(&self) -> usize {
@@ -226,7 +238,10 @@ impl LogBuffer {
     fn evict_to(&self, g: &mut Inner, share: usize, extra: usize) {
         while g.cost() + extra > share {
             match g.lines.pop_front() {
-                Some(old) => g.bytes -= heap_cost(old.bytes.capacity()),
+                Some(old) => {
+                    g.bytes -= heap_cost(old.bytes.capacity());
+                    self.pool.lost(old.bytes.len());
+                }
                 None => break,
             }
         }
@@ -265,6 +280,7 @@ impl LogBuffer {
                 need = cost + growth(&g);
                 if !self.pool.take(need) {
                     // No room anywhere: this line is dropped, and counted as lost.
+                    self.pool.lost(bytes.len());
                     let seq = g.next_seq;
                     g.next_seq += 1;
                     drop(g);
@@ -532,6 +548,25 @@ mod tests {
         );
         let held: usize = floods.iter().map(|b| b.held_bytes()).sum::<usize>() + late.held_bytes();
         assert!(held <= POOL, "{held} > {POOL}");
+        let pushed: usize = (0..20_000usize).map(|r| 8 * (50 + r % 200)).sum::<usize>()
+            + (0..2000u32).map(|i| format!("late {i}").len()).sum::<usize>();
+        let kept: usize = floods
+            .iter()
+            .chain([&late])
+            .map(|b| {
+                let mut c = 0;
+                b.read(&mut c, usize::MAX)
+                    .lines
+                    .iter()
+                    .map(|l| l.bytes.len())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(
+            p.dropped() as usize,
+            pushed - kept,
+            "every byte not kept is counted as dropped"
+        );
         // A pool with no room for a single line: it is dropped, and a reader is told.
         let tiny = LogPool::new(64);
         let b = LogBuffer::new(DEFAULT_CAPACITY, 1, &tiny);
@@ -540,6 +575,7 @@ mod tests {
         let batch = b.read(&mut c, 10);
         assert_eq!((batch.dropped, batch.lines.len()), (1, 0));
         assert_eq!(tiny.usage().1, 0);
+        assert_eq!(tiny.dropped(), 7);
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Usage {
     /// The node-wide log ceiling and what all logs hold now (bytes).
     pub log_budget: usize,
     pub log_held: usize,
+    /// Log bytes lost so far (evicted for newer lines, or never stored).
+    pub log_dropped: u64,
     /// Every image a cell or pod runs from, and who runs it (what a removal keeps).
     pub images: Vec<crate::image::catalog::InUse>,
 }
@@ -401,6 +403,7 @@ impl Runtime {
         Usage {
             log_budget,
             log_held,
+            log_dropped: self.host.logs.dropped(),
             images,
         }
     }

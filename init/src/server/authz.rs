@@ -90,6 +90,8 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/runtime.v1.ImageService/PullImage", Role::Admin),
     ("/runtime.v1.ImageService/RemoveImage", Role::Admin),
     ("/runtime.v1.ImageService/ImageFsInfo", Role::Admin),
+    // Not an rpc: the Prometheus scrape (HTTP/1.1 GET, see `metrics`).
+    ("/metrics", Role::Reader),
     ("/grpc.health.v1.Health/Check", Role::Reader),
     ("/grpc.health.v1.Health/Watch", Role::Reader),
     (
@@ -397,7 +399,7 @@ impl Authorizer {
 
 /// The SPIFFE ID of the peer of an http request served over mTLS, once its chain passed
 /// the subtree rule; Ok(None) when it presented no certificate.
-fn peer_id(auth: &Authorizer, req: &Request<Body>) -> Result<Option<String>, Status> {
+pub(super) fn peer_id(auth: &Authorizer, req: &Request<Body>) -> Result<Option<String>, Status> {
     let Some(certs) = req
         .extensions()
         .get::<super::listen::PeerInfo>()
@@ -771,6 +773,8 @@ mod tests {
                 }
             }
         }
+        // The scrape is served beside the services (`metrics`).
+        served.push("/metrics".to_owned());
         for m in &served {
             assert!(
                 METHODS.iter().any(|(p, _)| p == m),

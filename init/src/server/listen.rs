@@ -166,14 +166,14 @@ struct Pending {
     tasks: VecDeque<(u64, AbortHandle)>,
 }
 
-/// The established connections of `listener`, handshakes done; ends when the server drops
-/// the stream.
+/// The established connections of `listener`, handshakes done, each holding one of
+/// `slots` (`CONNECTIONS` of them); ends when the server drops the stream.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    slots: Arc<Semaphore>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let slots = Arc::new(Semaphore::new(CONNECTIONS));
     let peers = PeerCounts::default();
     let pending = Arc::new(Mutex::new(Pending::default()));
     tokio::spawn(async move {

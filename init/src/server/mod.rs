@@ -11,6 +11,7 @@ pub mod errors;
 pub mod forward;
 pub mod images_api;
 pub mod listen;
+pub mod metrics;
 pub mod node_api;
 pub mod port_forward;
 pub mod runtime_api;
@@ -57,6 +58,10 @@ pub struct NodeContext {
     pub images: crate::image::Catalog,
     /// The Kubernetes CRI, served on the API port (admin only) beside its own socket.
     pub cri: Option<Arc<crate::cri::Cri>>,
+    /// Calls by method and code, and their durations (`/metrics`).
+    pub rpcs: Arc<metrics::Rpcs>,
+    /// The listener's `listen::CONNECTIONS` slots (what is taken is what is open).
+    pub slots: Arc<tokio::sync::Semaphore>,
     serving_since_boot_micros: AtomicU64,
     grace_ms: AtomicU32,
 }
@@ -88,6 +93,8 @@ impl NodeContext {
             report,
             spiffe_id,
             power,
+            rpcs: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(listen::CONNECTIONS)),
             serving_since_boot_micros: AtomicU64::new(0),
             grace_ms: AtomicU32::new(DEFAULT_GRACE_MS),
         }
@@ -287,7 +294,12 @@ pub async fn serve(
         .max_concurrent_streams(Some(MAX_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        // Outermost: nothing runs, here or in a child, before the caller is authorized.
+        // HTTP/1.1 for `GET /metrics` alone (a Prometheus scrape); every other HTTP/1
+        // request is answered 404 by the metrics layer.
+        .accept_http1(true)
+        // Outermost: `/metrics`, and each call counted by method, code and time.
+        .layer(metrics::MetricsLayer { ctx: ctx.clone() })
+        // Then: nothing runs, here or in a child, before the caller is authorized.
         .layer(authz::AuthzLayer { auth: ctx.auth.clone() })
         .layer(forward::ForwardLayer {
             rt: ctx.runtime.clone(),
@@ -312,7 +324,7 @@ pub async fn serve(
         }))
         .add_optional_service(ctx.cri.clone().map(cri_api::runtime_service))
         .add_optional_service(ctx.cri.clone().map(cri_api::image_service))
-        .serve_with_incoming_shutdown(listen::incoming(listener, acceptor), shutdown)
+        .serve_with_incoming_shutdown(listen::incoming(listener, acceptor, ctx.slots.clone()), shutdown)
         .await?;
     Ok(())
 }

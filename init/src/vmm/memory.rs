@@ -61,3 +61,49 @@ pub(super) fn report(mem: &GuestMemoryMmap, status: Option<&std::fs::File>) -> S
         rss_kib.saturating_sub(guest_kib)
     )
 }
+
+/// The VMM's own memory, seen from outside (auraed, for `/metrics`): the resident memory of
+/// every mapping of process `pid` but its guest RAM (the one mapping of `guest_bytes`, or
+/// else the largest). None when its `smaps` cannot be read (the VMM has ended).
+pub fn overhead_of(pid: u32, guest_bytes: u64) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    Some(overhead_in(&smaps, guest_bytes))
+}
+
+/// `overhead_of` over the text of an `smaps` file.
+fn overhead_in(smaps: &str, guest_bytes: u64) -> u64 {
+    let kib = |l: &str, key: &str| {
+        l.strip_prefix(key)
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    // (size, rss) of each mapping, in KiB.
+    let mut maps: Vec<(u64, u64)> = Vec::new();
+    for l in smaps.lines() {
+        if let Some(size) = kib(l, "Size:") {
+            maps.push((size, 0));
+        } else if let (Some(rss), Some(last)) = (kib(l, "Rss:"), maps.last_mut()) {
+            last.1 = rss;
+        }
+    }
+    let total: u64 = maps.iter().map(|m| m.1).sum();
+    let guest = maps
+        .iter()
+        .find(|m| m.0 * 1024 == guest_bytes)
+        .or_else(|| maps.iter().max_by_key(|m| m.0))
+        .map_or(0, |m| m.1);
+    total.saturating_sub(guest) * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_overhead_is_every_mapping_but_the_guests() {
+        let smaps = "55d0-55d8 r-xp 0 08:01 1 /aurae-vmm\nSize:  2048 kB\nRss:  900 kB\n\
+                     7f00-7f40 rw-p 0 00:00 0\nSize:  262144 kB\nRss:  50000 kB\n\
+                     7ffc-7ffd rw-p 0 00:00 0 [stack]\nSize:  132 kB\nRss:  20 kB\n";
+        assert_eq!(super::overhead_in(smaps, 256 << 20), 920 * 1024);
+        // No mapping of the guest's size: the largest is taken for it.
+        assert_eq!(super::overhead_in(smaps, 1 << 30), 920 * 1024);
+        assert_eq!(super::overhead_in("", 1 << 20), 0);
+    }
+}

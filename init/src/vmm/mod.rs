@@ -173,3 +173,4 @@ pub fn kvm_usable() -> Result<(), KvmUnusable> {
 }
 
 pub use kernel::{check_kernel, check_kernel_file};
+pub use memory::overhead_of;
