@@ -184,6 +184,130 @@ fn events_tell_an_executables_life_and_a_reconnect_resumes_after_the_last_seen()
     });
 }
 
+/// A TCP relay to the appliance's API whose connections the test can cut at once (as a
+/// flaky link or a restarted proxy would), the listener staying up.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn to(port: u16) -> Relay {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            port: l.local_addr().unwrap().port(),
+            open: Default::default(),
+        };
+        let open = relay.open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = l.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut node) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+                    }
+                });
+                open.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        relay
+    }
+
+    /// Closes every connection open through it.
+    fn cut(&self) -> usize {
+        let open: Vec<_> = self.open.lock().unwrap().drain(..).collect();
+        open.iter().for_each(|t| t.abort());
+        open.len()
+    }
+}
+
+/// `aer events` through a connection that breaks: it says so, opens the stream again after
+/// the last event it printed, and prints every event once, numbers in a row, those made
+/// while it was cut off included.
+#[test]
+fn aer_events_resumes_through_a_broken_connection_and_misses_nothing() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let relay = Relay::to(a.port).await;
+        let pki = a.build.join("pki");
+        let mut aer = std::process::Command::new(a.build.join("bin/auraed"))
+            .arg("aer")
+            .args([
+                "--addr",
+                &format!("127.0.0.1:{}", relay.port),
+                "--server-name",
+                "localhost",
+            ])
+            .arg("--ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("client.crt"))
+            .arg("--key")
+            .arg(pki.join("client.key"))
+            .args(["--json", "events", "--from-now"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let out = aer.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(serde_json::from_str(&l).expect("a JSON event a line"));
+            }
+        });
+        let err = aer.stderr.take().unwrap();
+        let said = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+        let mut seen: Vec<serde_json::Value> = Vec::new();
+        // Until aer prints anything it may not have asked yet: an event every round.
+        let mut n = 0;
+        while seen.is_empty() {
+            n += 1;
+            let name = format!("ev-probe{n}");
+            c.exec(sh(&name, "", "true")).await.unwrap();
+            c.wait(&name).await;
+            c.free(&name).await;
+            if let Ok(Some(e)) = tokio::time::timeout(a.budget(Duration::from_secs(2)), lines.recv()).await {
+                seen.push(e);
+            }
+        }
+        assert!(relay.cut() >= 1, "aer's connection went through the relay");
+        c.exec(sh("ev-cut", "", "exit 5")).await.unwrap();
+        c.wait("ev-cut").await;
+        c.free("ev-cut").await;
+        let done = |seen: &[serde_json::Value]| {
+            seen.iter().any(|e| {
+                e["name"] == "ev-cut" && e["kind"] == "WORKLOAD_KIND_EXECUTABLE" && e["type"] == "EVENT_TYPE_FREED"
+            })
+        };
+        while !done(&seen) {
+            let e = tokio::time::timeout(a.budget(Duration::from_secs(20)), lines.recv())
+                .await
+                .expect("aer resumed and printed the events made while cut off")
+                .expect("aer runs on");
+            seen.push(e);
+        }
+        aer.kill().unwrap();
+        let _ = aer.wait();
+        let said = said.join().unwrap();
+        assert!(
+            said.contains("the stream broke") && said.contains("resuming after"),
+            "{said}"
+        );
+        let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "every event once, in a row, across the cut: {seqs:?}"
+        );
+        let exited = seen
+            .iter()
+            .find(|e| e["name"] == "ev-cut" && e["type"] == "EVENT_TYPE_EXITED")
+            .expect("its end");
+        assert_eq!(exited["exit_code"], 5);
+    });
+}
+
 #[test]
 fn argv_env_cwd_and_ids_are_as_asked_with_nothing_inherited() {
     let a = shared_or_skip!();
