@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use aurae_appliance_tests::{appliance_or_skip, rt, Appliance, Client, Fields, TestRoles};
+use aurae_appliance_tests::{appliance_or_skip, eventually, rt, Appliance, Client, Fields, TestRoles};
 use auraed::pb;
 use auraed::pki::policy::Role;
 use std::time::Duration;
@@ -53,6 +53,67 @@ async fn stop_and_free(c: &Client, name: &str) -> pb::InstanceStatus {
         Some(pb::workload_status::Status::Instance(i)) => i,
         other => panic!("{other:?}"),
     }
+}
+
+/// Kills instance `i`'s VMM with SIGKILL and checks what the issue promises of that fault.
+async fn vmm_killed(a: &Appliance, c: &Client, through: &Client, i: &pb::InstanceStatus) {
+    let vm = i.vm.clone().expect("a VM instance");
+    let mut events = c
+        .workloads
+        .clone()
+        .events(pb::EventsRequest {
+            after: 0,
+            from_now: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.on_node(&format!("kill -9 {}", vm.vmm_pid)).await;
+    let status = || async {
+        match c
+            .workloads
+            .clone()
+            .status(instance_ref(&i.name))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        {
+            Some(pb::workload_status::Status::Instance(st)) => st,
+            other => panic!("{other:?}"),
+        }
+    };
+    let failed = eventually(a.budget(Duration::from_secs(10)), || async {
+        status().await.state == pb::WorkloadState::Failed as i32
+    })
+    .await;
+    let st = status().await;
+    assert!(failed, "reported FAILED within seconds: {st:?}");
+    let why = st.error.clone();
+    assert!(why.contains("killed by signal 9"), "the reason: {st:?}");
+    let told = tokio::time::timeout(a.budget(Duration::from_secs(10)), async {
+        while let Some(e) = events.message().await.unwrap() {
+            if e.name == i.name && e.kind == pb::WorkloadKind::Instance as i32 {
+                return e;
+            }
+        }
+        panic!("the events stream ended")
+    })
+    .await
+    .expect("the failure is told");
+    assert_eq!(told.r#type, pb::EventType::Failed as i32, "{told:?}");
+    assert!(told.reason.contains("killed by signal 9"), "{told:?}");
+    let links = c.on_node("ip -o link | cut -d: -f2").await;
+    assert!(!links.contains(&vm.tap_device), "its TAP went with its VMM: {links}");
+    let e = tokio::time::timeout(
+        a.budget(Duration::from_secs(5)),
+        through.node.clone().info(pb::NodeInfoRequest {}),
+    )
+    .await
+    .expect("answered at once, not at a timeout")
+    .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("has ended"), "{e:?}");
 }
 
 /// Runs `argv` inside instance `cc` in a privileged cell sharing the instance's network and
@@ -377,7 +438,11 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &c, PARENT).await;
         assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &sc, c2).await;
         assert_forged_admin_refused(&cc, pki, &[(&c, PARENT), (&sc, c2)]).await;
-        assert_eq!(stop_and_free(&c, "c2").await.state, pb::WorkloadState::Stopped as i32);
+        // c2's VMM is SIGKILLed, as the OOM killer would: the instance reports FAILED with
+        // the reason, the events tell it, its TAP is gone, and a call forwarded to it is
+        // UNAVAILABLE at once. (c1 is stopped gracefully below.)
+        vmm_killed(&a, &c, &sc, &sibling).await;
+        c.workloads.clone().free(instance_ref("c2")).await.unwrap();
 
         // An executable in the child.
         cc.exec(pb::Executable {

@@ -589,6 +589,11 @@ pub(crate) mod testing {
             self.end(|p| p.pid == pid, Exit::Code(code));
         }
 
+        /// Fake process `pid` is killed by `signal` (the OOM killer, someone's kill -9).
+        pub fn kill_pid(&self, pid: i32, signal: i32) {
+            self.end(|p| p.pid == pid, Exit::Signal(signal));
+        }
+
         /// Ends every fake process `which` picks, as the kernel would: gone from the
         /// fixture's files, then its exit delivered.
         fn end(&self, which: impl Fn(&Proc) -> bool, how: Exit) {

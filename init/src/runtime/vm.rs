@@ -97,7 +97,7 @@ impl VirtualMachine {
             }
             p => p,
         });
-        v.exit_reason = match (phase, said.exit, e.signal) {
+        let exit_reason = match (phase, said.exit, e.signal) {
             (Phase::Exited, Some(r), _) => r.describe().to_owned(),
             (Phase::Exited, None, _) => "the VMM failed (see error)".into(),
             (Phase::Killed, _, _) if stopped => "stopped (the VMM was killed after the grace period)".into(),
@@ -105,6 +105,12 @@ impl VirtualMachine {
             (Phase::Killed, _, Some(s)) => format!("the VMM was killed by signal {s}"),
             _ => String::new(),
         };
+        // A VMM killed unasked (the OOM killer, an operator's kill -9) is a failure.
+        if v.phase == Some(Phase::Killed) {
+            v.phase = Some(Phase::Failed);
+            v.error = exit_reason.clone();
+        }
+        v.exit_reason = exit_reason;
         v
     }
 

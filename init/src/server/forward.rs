@@ -125,8 +125,11 @@ where
             let crate::runtime::ChildChannel { mut channel, ended } = match channel {
                 Ok(c) => c,
                 Err(e) => {
+                    // An instance that has ended is not coming back: UNAVAILABLE, at once.
+                    let ended = matches!(e, crate::runtime::error::RuntimeError::WrongPhase(_));
                     let s: tonic::Status = e.into();
-                    let s = tonic::Status::new(s.code(), format!("{HEADER}: {}", s.message()));
+                    let code = if ended { tonic::Code::Unavailable } else { s.code() };
+                    let s = tonic::Status::new(code, format!("{HEADER}: {}", s.message()));
                     return Ok(s.into_http());
                 }
             };

@@ -183,18 +183,9 @@ impl Pod {
         }
     }
 
-    /// How it ended (once `wait` has returned): stopped as asked, completed, or failed.
+    /// How it ended (once `wait` has returned).
     pub fn end(&self) -> crate::runtime::events::What {
-        use crate::runtime::events::What;
-        let v = self.view();
-        let reason = v.reason.trim().to_owned();
-        match v.phase {
-            _ if self.stopping.load(Ordering::Relaxed) => What::Stopped,
-            PodPhase::Succeeded if reason.is_empty() => What::Ended("every container completed".into()),
-            PodPhase::Succeeded => What::Ended(reason),
-            _ if reason.is_empty() => What::Failed(format!("it ended {:?}", v.phase)),
-            _ => What::Failed(reason),
-        }
+        spec::end(&self.view(), self.stopping.load(Ordering::Relaxed))
     }
 
     pub fn view(&self) -> PodView {
@@ -219,7 +210,13 @@ impl Pod {
         } else if body_ended && !stopping {
             let how = instance
                 .as_ref()
-                .and_then(|i| i.vm.as_ref().map(|v| format!("{} {}", v.exit_reason, v.error)))
+                .and_then(|i| {
+                    i.vm.as_ref().map(|v| match v.error.as_str() {
+                        "" => v.exit_reason.clone(),
+                        e if e == v.exit_reason => e.to_owned(),
+                        e => format!("{} {e}", v.exit_reason),
+                    })
+                })
                 .unwrap_or_else(|| "its auraed exited".into());
             (PodPhase::Failed, format!("its instance ended: {}", how.trim()))
         } else if s.lost && !body_ended {

@@ -191,6 +191,19 @@ pub enum PodPhase {
     Unknown,
 }
 
+/// How an ended pod ended: stopped as asked, completed, or failed (with why).
+pub fn end(v: &super::PodView, stopping: bool) -> crate::runtime::events::What {
+    use crate::runtime::events::What;
+    let reason = v.reason.trim().to_owned();
+    match v.phase {
+        _ if stopping => What::Stopped,
+        PodPhase::Succeeded if reason.is_empty() => What::Ended("every container completed".into()),
+        PodPhase::Succeeded => What::Ended(reason),
+        _ if reason.is_empty() => What::Failed(format!("it ended {:?}", v.phase)),
+        _ => What::Failed(reason),
+    }
+}
+
 /// The phase of a made pod from its containers' states and last terminations (the
 /// instance's own end and a lost contact are decided by the caller).
 pub fn phase(containers: &[(ContainerState, Option<Termination>)]) -> PodPhase {

@@ -167,6 +167,36 @@ async fn a_vmm_that_dies_while_running_ends_the_vm_with_the_reason() {
     );
 }
 
+/// The fault of a VMM SIGKILLed as the OOM killer would: the VM fails, saying so, and it
+/// is told; its TAP closes with the VMM; Free leaves nothing.
+#[tokio::test]
+async fn a_vmm_killed_by_a_signal_fails_the_vm_with_the_reason_and_is_told() {
+    let r = rig();
+    r.rt.run_vm(vm(&r, "oom", Duration::from_secs(10))).await.unwrap();
+    let pid = r.fake.pids_in(&r.root.join("oom").join("_x.oom"));
+    r.fake.kill_pid(pid[0], libc::SIGKILL);
+    let v = r.rt.wait(Kind::VirtualMachine, "oom").await.unwrap();
+    let View::VirtualMachine(s) = v else { panic!("{v:?}") };
+    assert_eq!(s.phase, Some(Phase::Failed), "{s:?}");
+    assert_eq!(s.error, "the VMM was killed by signal 9", "{s:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.devices.tap_alive("atap0") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    r.rt.free(Kind::VirtualMachine, "oom").await.unwrap();
+    nothing_left(&r, "oom");
+    use crate::runtime::events::What;
+    assert_eq!(
+        told(&r, Kind::VirtualMachine, "oom"),
+        [
+            What::Created,
+            What::Started,
+            What::Failed("the VMM was killed by signal 9".into()),
+            What::Freed
+        ]
+    );
+}
+
 #[tokio::test]
 async fn without_kvm_a_vm_is_refused_and_nothing_is_made() {
     let r = rig();

@@ -317,7 +317,8 @@ impl Instance {
 pub(crate) fn channel(host: &Host, name: &str) -> Result<crate::runtime::ChildChannel> {
     let i = host.table().get::<Instance>(name)?;
     if i.body.ended() {
-        return Err(RuntimeError::WrongPhase(format!("instance '{name}' has ended")));
+        let how = child::Watched::outcome(&i.body).unwrap_or_else(|| "ended".into());
+        return Err(RuntimeError::WrongPhase(format!("instance '{name}' has ended: {how}")));
     }
     Ok(Instance::child_channel(i))
 }
