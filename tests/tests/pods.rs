@@ -742,6 +742,8 @@ fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
         c.on_node(&format!("kill -9 {vmm}")).await;
         let p = until_status(a, &c, "victim", "Failed", |p| p.phase == pb::PodPhase::Failed as i32).await;
         assert!(p.reason.starts_with("its instance ended"), "{p:?}");
+        assert!(p.reason.contains("the VMM was killed by signal 9"), "said once: {p:?}");
+        assert_eq!(p.reason.matches("killed").count(), 1, "said once: {p:?}");
         c.workloads.clone().free(pod_ref("victim")).await.unwrap();
         c.assert_left_nothing("a killed pod").await;
     });
