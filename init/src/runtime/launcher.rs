@@ -432,6 +432,43 @@ pub(crate) mod testing {
 
     type LateStart = oneshot::Sender<std::result::Result<Started, StartError>>;
 
+    /// Failures injected at the fakes' steps (`runtime/tests/steps.rs`): every step that
+    /// makes something (a process, a TAP, a veth, an address, a wait for a child, a call
+    /// to a pod's instance) is recorded in order, and the one armed fails.
+    #[derive(Default)]
+    pub(crate) struct Faults {
+        seen: Mutex<Vec<&'static str>>,
+        armed: Mutex<Option<usize>>,
+    }
+
+    impl Faults {
+        /// The `n`th step from now on (counted from 0 since the last `arm`) fails.
+        pub fn arm(&self, n: usize) {
+            self.seen.lock().unwrap().clear();
+            *self.armed.lock().unwrap() = Some(n);
+        }
+
+        /// The steps seen since the last `arm` (or since the start).
+        pub fn seen(&self) -> Vec<&'static str> {
+            self.seen.lock().unwrap().clone()
+        }
+
+        fn hit(&self, step: &'static str) -> Option<String> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(step);
+            let n = seen.len() - 1;
+            (*self.armed.lock().unwrap() == Some(n)).then(|| format!("injected failure of step {n}, {step}"))
+        }
+    }
+
+    /// Where a fake keeps the faults a test gave it (none: nothing is injected).
+    pub(crate) type FaultSlot = Mutex<Option<Arc<Faults>>>;
+
+    /// Records `step` in `slot`'s faults; the injected failure's words when it is armed.
+    fn injected(slot: &FaultSlot, step: &'static str) -> Option<String> {
+        slot.lock().unwrap().as_ref()?.hit(step)
+    }
+
     /// Pids start far above any kernel's pid_max, so a signal the runtime sends to one
     /// (ESRCH) can never reach a real process.
     const FIRST_PID: i32 = 1 << 28;
@@ -460,6 +497,7 @@ pub(crate) mod testing {
             Mutex<std::collections::HashMap<i32, (crate::vmm::protocol::VmFiles, std::os::unix::net::UnixStream)>>,
         /// The stand-in pidfds handed out: descriptor number -> fake pid.
         pidfds: Mutex<std::collections::HashMap<std::os::fd::RawFd, i32>>,
+        pub faults: FaultSlot,
     }
 
     /// A fake VMM: it takes its configuration and files (TAPs included) from the control
@@ -490,6 +528,7 @@ pub(crate) mod testing {
                 vmm: Mutex::new(FakeVmm::Ready),
                 vmm_held: Mutex::new(Default::default()),
                 pidfds: Mutex::new(Default::default()),
+                faults: Default::default(),
             })
         }
 
@@ -665,7 +704,16 @@ pub(crate) mod testing {
                 .flatten();
             // The pipes' write ends go now: the log readers see EOF, as after a quiet exit.
             drop(input);
-            let r = match self.0.fail_next_exec.lock().unwrap().take() {
+            let step = if vmm.is_some() {
+                "start the VMM"
+            } else {
+                "start an executable"
+            };
+            let fault = injected(&self.0.faults, step).map(|_| StartError::Sys {
+                what: "clone3 (injected)",
+                errno: Errno::EIO,
+            });
+            let r = match fault.or_else(|| self.0.fail_next_exec.lock().unwrap().take()) {
                 Some(e) => Err(e),
                 None if missing => Err(StartError::Child {
                     stage: crate::runtime::sys::child::Stage::Exec,
@@ -682,6 +730,12 @@ pub(crate) mod testing {
 
     impl Launcher for FakeLauncher {
         fn starter(&self, _join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
+            if injected(&self.faults, "prepare the cell's starter").is_some() {
+                return Err(StartError::Sys {
+                    what: "pidfd_open (injected)",
+                    errno: Errno::EIO,
+                });
+            }
             let me = self.me.upgrade().ok_or(StartError::Vanished)?;
             Ok(Arc::new(FakeStarter(me)))
         }
@@ -695,6 +749,14 @@ pub(crate) mod testing {
             _config: crate::runtime::holder::Config,
             _userns: Option<u32>,
         ) -> Starting {
+            if injected(&self.faults, "start the cell's init").is_some() {
+                return Box::pin(async {
+                    Err(StartError::Sys {
+                        what: "clone3 (injected)",
+                        errno: Errno::EIO,
+                    })
+                });
+            }
             if std::mem::take(&mut *self.hang_next_holder.lock().unwrap()) {
                 // An init that is there but never reports ready: its report pipe closes
                 // only when it dies.
@@ -766,6 +828,7 @@ pub(crate) mod testing {
         veths_made: std::sync::atomic::AtomicUsize,
         /// Addresses added to bridges: (bridge, address).
         pub addresses: Mutex<Vec<(String, String)>>,
+        pub faults: FaultSlot,
     }
 
     impl FakeDevices {
@@ -793,6 +856,11 @@ pub(crate) mod testing {
         }
 
         fn open_kvm(&self) -> Result<std::fs::File> {
+            if let Some(why) = injected(&self.faults, "open /dev/kvm") {
+                return Err(crate::runtime::error::RuntimeError::from(
+                    crate::runtime::error::Lack::Kvm(why),
+                ));
+            }
             std::fs::File::open("/dev/null").map_err(|source| crate::runtime::error::RuntimeError::Io {
                 what: "open",
                 path: "/dev/null".into(),
@@ -801,6 +869,12 @@ pub(crate) mod testing {
         }
 
         fn make_tap(&self, n: &crate::vmm::NetConfig) -> Result<OwnedFd> {
+            if let Some(why) = injected(&self.faults, "make the TAP") {
+                return Err(crate::runtime::error::RuntimeError::Network(format!(
+                    "network: TAP {}: {why}",
+                    n.tap
+                )));
+            }
             let (ours, peer) =
                 std::os::unix::net::UnixStream::pair().map_err(|source| crate::runtime::error::RuntimeError::Io {
                     what: "socketpair",
@@ -819,7 +893,9 @@ pub(crate) mod testing {
             inside: crate::runtime::spawn::veth::Inside<'a>,
         ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
             let made = self.veths_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let r = if self.veths_fail_after.lock().unwrap().is_some_and(|n| made >= n) {
+            let r = if let Some(why) = injected(&self.faults, "make the veth") {
+                Err(crate::runtime::spawn::SpawnError::Veth(std::io::Error::other(why)))
+            } else if self.veths_fail_after.lock().unwrap().is_some_and(|n| made >= n) {
                 Err(crate::runtime::spawn::SpawnError::Veth(
                     std::io::Error::from_raw_os_error(libc::ENODEV),
                 ))
@@ -850,6 +926,9 @@ pub(crate) mod testing {
         }
 
         fn add_address(&self, bridge: &str, address: crate::net::Ipv4Cidr) -> std::io::Result<()> {
+            if let Some(why) = injected(&self.faults, "add an address to the bridge") {
+                return Err(std::io::Error::other(why));
+            }
             self.addresses
                 .lock()
                 .unwrap()
@@ -875,6 +954,7 @@ pub(crate) mod testing {
         pub renewals: Mutex<Vec<String>>,
         /// Renewals are refused with this while set.
         pub refuse_renewals: Mutex<Option<Status>>,
+        pub faults: FaultSlot,
     }
 
     impl Default for FakeChildren {
@@ -887,6 +967,7 @@ pub(crate) mod testing {
                 pods: FakePodChild::default(),
                 renewals: Mutex::new(Vec::new()),
                 refuse_renewals: Mutex::new(None),
+                faults: Default::default(),
             }
         }
     }
@@ -900,6 +981,9 @@ pub(crate) mod testing {
             deadline: tokio::time::Instant,
         ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
             self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(why) = injected(&self.faults, "wait for the child to serve") {
+                return Box::pin(async move { Err(crate::runtime::spawn::SpawnError::NotServing(why)) });
+            }
             Box::pin(async move {
                 loop {
                     if let Some(how) = body.outcome() {
@@ -975,6 +1059,7 @@ pub(crate) mod testing {
         pub refuse_starts: Mutex<bool>,
         /// Cells are refused (a bad image in the instance, say) while set.
         pub refuse_cells: Mutex<bool>,
+        pub faults: FaultSlot,
     }
 
     impl Default for FakePodChild {
@@ -989,6 +1074,7 @@ pub(crate) mod testing {
                 stops: Default::default(),
                 refuse_starts: Mutex::new(false),
                 refuse_cells: Mutex::new(false),
+                faults: Default::default(),
             }
         }
     }
@@ -1035,6 +1121,9 @@ pub(crate) mod testing {
             _paths: &'a [std::path::PathBuf],
             _timeout: Duration,
         ) -> Call<'a, std::result::Result<(), Status>> {
+            if let Some(why) = injected(&self.faults, "give the instance an image") {
+                return Box::pin(async move { Err(Status::unavailable(why)) });
+            }
             self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(async { Ok(()) })
         }
@@ -1045,6 +1134,9 @@ pub(crate) mod testing {
             cell: crate::pb::Cell,
             _timeout: Duration,
         ) -> Call<'a, std::result::Result<crate::pb::CellStatus, Status>> {
+            if let Some(why) = injected(&self.faults, "make a container's cell") {
+                return Box::pin(async move { Err(Status::unavailable(why)) });
+            }
             if *self.refuse_cells.lock().unwrap() {
                 let e = Status::invalid_argument(format!(
                     "image.user: no such user in the image (fake, cell {})",
@@ -1073,7 +1165,10 @@ pub(crate) mod testing {
             _io: crate::runtime::spec::Io,
             _timeout: Duration,
         ) -> Call<'a, std::result::Result<crate::pb::ExecutableStatus, Status>> {
-            let started = if *self.refuse_starts.lock().unwrap() {
+            let fault = injected(&self.faults, "start a container's entrypoint");
+            let started = if let Some(why) = fault {
+                Err(Status::unavailable(why))
+            } else if *self.refuse_starts.lock().unwrap() {
                 Err(Status::failed_precondition(format!(
                     "cell '{container}' is not running (fake)"
                 )))

@@ -428,4 +428,5 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
 }
 pub(crate) mod instance;
 mod pod;
+mod steps;
 mod vm;

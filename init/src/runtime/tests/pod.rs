@@ -37,7 +37,7 @@ fn container(name: &str) -> ContainerSpec {
     }
 }
 
-fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
+pub(super) fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
     PodSpec {
         name: ExecName::parse_instance(name).unwrap(),
         containers: containers.iter().map(|c| container(c)).collect(),
@@ -58,7 +58,7 @@ fn pod(name: &str, restart: RestartPolicy, containers: &[&str]) -> PodSpec {
 
 /// The pod's image as this node's store would hand it over: one layer, one entry per
 /// container (containers sharing an image share the entry).
-fn images(n: usize) -> Vec<Arc<PodImage>> {
+pub(super) fn images(n: usize) -> Vec<Arc<PodImage>> {
     let layer = crate::image::Digest::of(b"layer");
     let img = Arc::new(PodImage {
         reference: "registry.test/app:1".into(),

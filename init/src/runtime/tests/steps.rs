@@ -1,0 +1,297 @@
+//! Every step of a lifecycle can fail, and a failure leaves nothing (issue #27). For each
+//! call below, a run without faults records the steps the fakes see, in order: processes
+//! started, /dev/kvm opened, TAPs and veths made, addresses added, waits for a child,
+//! calls to a pod's instance. The list is checked against the one written here (and in
+//! docs/faults.md). Then, for each step, a fresh rig fails exactly that step; the call
+//! must fail with the injected cause in its error, and the node must be as it was before:
+//! the table, the cgroups, the processes, TAPs, veths, bridge addresses, host numbers and
+//! the instances' files.
+
+use super::instance::{instance, rig, Rig};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::launcher::testing::Faults;
+use crate::runtime::names::{CellName, ExecName};
+use crate::runtime::spec::{CellSpec, ExecutableSpec, Resources, VmSpec};
+use crate::runtime::Kind;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Made<'a> = Pin<Box<dyn Future<Output = Result<(), RuntimeError>> + 'a>>;
+
+/// What a failed call must not leave behind.
+#[derive(Debug, PartialEq, Eq)]
+struct Node {
+    table: Vec<(Kind, String)>,
+    cgroups: Vec<String>,
+    processes: usize,
+    taps_open: Vec<String>,
+    veths: Vec<String>,
+    addresses: Vec<(String, String)>,
+    host_numbers: Vec<u8>,
+    files: Vec<String>,
+}
+
+fn node(r: &Rig) -> Node {
+    let table = r.rt.host.table();
+    let mut cgroups = Vec::new();
+    let mut todo = vec![r.root.clone()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                cgroups.push(e.path().strip_prefix(&r.root).unwrap().to_string_lossy().into_owned());
+                todo.push(e.path());
+            }
+        }
+    }
+    cgroups.sort();
+    Node {
+        table: (table.list(None).iter()).map(|w| (w.kind(), w.name())).collect(),
+        cgroups,
+        processes: r.fake.running(),
+        taps_open: (r.devices.taps().into_iter())
+            .filter(|t| r.devices.tap_alive(t))
+            .collect(),
+        veths: r.devices.veths.lock().unwrap().keys().cloned().collect(),
+        addresses: r.devices.addresses.lock().unwrap().clone(),
+        host_numbers: table.hosts.iter().copied().collect(),
+        files: (std::fs::read_dir(&r.instances).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+    }
+}
+
+fn wire(r: &Rig) -> Arc<Faults> {
+    let f = Arc::new(Faults::default());
+    *r.fake.faults.lock().unwrap() = Some(f.clone());
+    *r.devices.faults.lock().unwrap() = Some(f.clone());
+    *r.children.faults.lock().unwrap() = Some(f.clone());
+    *r.children.pods.faults.lock().unwrap() = Some(f.clone());
+    f
+}
+
+/// Runs `call` once to record its steps (they must be `steps`), then fails each in turn.
+async fn each_step_fails_and_leaves_nothing(
+    what: &str,
+    prepare: fn(&Rig),
+    call: for<'a> fn(&'a Rig) -> Made<'a>,
+    steps: &[&str],
+) {
+    let r = rig();
+    prepare(&r);
+    let faults = wire(&r);
+    call(&r).await.unwrap_or_else(|e| panic!("{what} without faults: {e}"));
+    assert_eq!(
+        faults.seen(),
+        steps,
+        "the steps of {what} (list them here and in docs/faults.md)"
+    );
+    for (n, step) in steps.iter().enumerate() {
+        let r = rig();
+        prepare(&r);
+        let faults = wire(&r);
+        let before = node(&r);
+        faults.arm(n);
+        let e = match call(&r).await {
+            Err(e) => e,
+            Ok(()) => panic!("{what}: step {n} ({step}) failed, yet the call succeeded"),
+        };
+        assert!(
+            e.to_string().contains("injected"),
+            "{what}: step {n} ({step}): the error says what failed: {e}"
+        );
+        // Processes end as their exits are delivered; give the reaping a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while node(&r) != before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            node(&r),
+            before,
+            "{what}: step {n} ({step}) left something (error: {e})"
+        );
+    }
+}
+
+/// A cell's steps: its init (the holder of its namespaces), then the starter of its
+/// executables.
+const CELL: &[&str] = &["start the cell's init", "prepare the cell's starter"];
+/// A VM's: /dev/kvm, its TAP, its VMM's cell, the VMM.
+const VM: &[&str] = &[
+    "open /dev/kvm",
+    "make the TAP",
+    "start the cell's init",
+    "prepare the cell's starter",
+    "start the VMM",
+];
+const SERVES: &str = "wait for the child to serve";
+
+fn nothing(_: &Rig) {}
+
+fn no_kvm(r: &Rig) {
+    *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
+}
+
+fn run_executable(r: &Rig) -> Made<'_> {
+    Box::pin(async move {
+        let spec = ExecutableSpec {
+            name: ExecName::parse("job").unwrap(),
+            argv: vec!["/bin/true".into()],
+            env: Default::default(),
+            cwd: None,
+            uid: None,
+            gid: None,
+            cell: None,
+            io: Default::default(),
+        };
+        r.rt.run_executable(spec).await.map(drop)
+    })
+}
+
+fn run_executable_in_a_cell(r: &Rig) -> Made<'_> {
+    Box::pin(async move {
+        r.rt.run_cell(CellSpec::named("web"), None, "owner").await?;
+        let spec = ExecutableSpec {
+            name: ExecName::parse("job").unwrap(),
+            argv: vec!["/bin/true".into()],
+            env: Default::default(),
+            cwd: None,
+            uid: None,
+            gid: None,
+            cell: Some(CellName::parse("web").unwrap()),
+            io: Default::default(),
+        };
+        match r.rt.run_executable(spec).await {
+            Ok(_) => Ok(()),
+            // The cell was there before the executable: only the executable must go.
+            Err(e) => {
+                r.rt.stop(Kind::Cell, "web", libc::SIGKILL, Duration::ZERO).await?;
+                r.rt.free(Kind::Cell, "web").await?;
+                Err(e)
+            }
+        }
+    })
+}
+
+fn run_cell(r: &Rig) -> Made<'_> {
+    Box::pin(async move { r.rt.run_cell(CellSpec::named("web"), None, "owner").await.map(drop) })
+}
+
+fn run_vm(r: &Rig) -> Made<'_> {
+    Box::pin(async move {
+        let spec = VmSpec {
+            name: ExecName::parse_vm("v1").unwrap(),
+            kernel: r.rt.host.node_kernel.clone(),
+            initramfs: None,
+            cmdline: "console=ttyS0".into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            network: true,
+            extra_nics: Vec::new(),
+            disks: Vec::new(),
+            resources: Resources::default(),
+            ready_within: Duration::from_secs(10),
+        };
+        r.rt.run_vm(spec).await.map(drop)
+    })
+}
+
+fn spawn(r: &Rig) -> Made<'_> {
+    Box::pin(async move { r.rt.spawn(instance("c1", Duration::from_secs(10))).await.map(drop) })
+}
+
+fn spawn_cell(r: &Rig) -> Made<'_> {
+    Box::pin(async move {
+        let mut spec = instance("c1", Duration::from_secs(10));
+        spec.isolation = None;
+        r.rt.spawn(spec).await.map(drop)
+    })
+}
+
+fn run_pod(r: &Rig) -> Made<'_> {
+    Box::pin(async move {
+        use crate::runtime::pod::spec::RestartPolicy;
+        let spec = super::pod::pod("web", RestartPolicy::Always, &["app", "side"]);
+        crate::runtime::pod::run(&r.rt.host, spec, super::pod::images(2))
+            .await
+            .map(drop)
+    })
+}
+
+#[tokio::test]
+async fn run_executable_each_step() {
+    each_step_fails_and_leaves_nothing(
+        "RunExecutable",
+        nothing,
+        run_executable,
+        &[CELL[0], CELL[1], "start an executable"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn run_executable_in_a_cell_each_step() {
+    each_step_fails_and_leaves_nothing(
+        "RunExecutable in a cell",
+        nothing,
+        run_executable_in_a_cell,
+        &[CELL[0], CELL[1], "start an executable"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn run_cell_each_step() {
+    each_step_fails_and_leaves_nothing("RunCell", nothing, run_cell, CELL).await;
+}
+
+#[tokio::test]
+async fn run_virtual_machine_each_step() {
+    each_step_fails_and_leaves_nothing("RunVirtualMachine", nothing, run_vm, VM).await;
+}
+
+#[tokio::test]
+async fn spawn_vm_each_step() {
+    each_step_fails_and_leaves_nothing(
+        "Spawn (VM)",
+        nothing,
+        spawn,
+        &[VM[0], VM[1], VM[2], VM[3], VM[4], SERVES],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn spawn_cell_each_step() {
+    each_step_fails_and_leaves_nothing(
+        "Spawn (cell)",
+        no_kvm,
+        spawn_cell,
+        &[CELL[0], CELL[1], "start an executable", "make the veth", SERVES],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn run_pod_each_step() {
+    each_step_fails_and_leaves_nothing(
+        "RunPod",
+        nothing,
+        run_pod,
+        &[
+            VM[0],
+            VM[1],
+            VM[2],
+            VM[3],
+            VM[4],
+            SERVES,
+            "give the instance an image",
+            "make a container's cell",
+            "start a container's entrypoint",
+            "make a container's cell",
+            "start a container's entrypoint",
+        ],
+    )
+    .await;
+}
