@@ -203,6 +203,8 @@ pub(crate) trait ChildLink: Send + Sync {
         body: &'a (dyn child::Watched + Sync),
         deadline: tokio::time::Instant,
     ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>>;
+    /// One health check of a served child: Ok when it answers SERVING within `answer`.
+    fn probe<'a>(&'a self, channel: &'a Channel, answer: Duration) -> Call<'a, std::result::Result<(), child::Missed>>;
     /// Asks the child to power off, its workloads given `grace`.
     fn request_shutdown<'a>(
         &'a self,
@@ -304,6 +306,10 @@ impl ChildLink for ChildApi {
         deadline: tokio::time::Instant,
     ) -> Call<'a, std::result::Result<(), crate::runtime::spawn::SpawnError>> {
         Box::pin(child::wait_serving(channel, address, body, deadline))
+    }
+
+    fn probe<'a>(&'a self, channel: &'a Channel, answer: Duration) -> Call<'a, std::result::Result<(), child::Missed>> {
+        Box::pin(child::probe(channel, answer))
     }
 
     fn request_shutdown<'a>(
@@ -955,6 +961,8 @@ pub(crate) mod testing {
         /// Renewals are refused with this while set.
         pub refuse_renewals: Mutex<Option<Status>>,
         pub faults: FaultSlot,
+        /// Whether a served child answers its health checks (a hung one does not).
+        pub answers: Mutex<bool>,
     }
 
     impl Default for FakeChildren {
@@ -968,6 +976,7 @@ pub(crate) mod testing {
                 renewals: Mutex::new(Vec::new()),
                 refuse_renewals: Mutex::new(None),
                 faults: Default::default(),
+                answers: Mutex::new(true),
             }
         }
     }
@@ -1001,6 +1010,14 @@ pub(crate) mod testing {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             })
+        }
+
+        fn probe<'a>(&'a self, _channel: &'a Channel, _answer: Duration) -> Call<'a, std::result::Result<(), child::Missed>> {
+            let r = match *self.answers.lock().unwrap() {
+                true => Ok(()),
+                false => Err(child::Missed::Silent(0)),
+            };
+            Box::pin(async move { r })
         }
 
         fn request_shutdown<'a>(

@@ -210,12 +210,9 @@ impl Pod {
         } else if body_ended && !stopping {
             let how = instance
                 .as_ref()
-                .and_then(|i| {
-                    i.vm.as_ref().map(|v| match v.error.as_str() {
-                        "" => v.exit_reason.clone(),
-                        e if e == v.exit_reason => e.to_owned(),
-                        e => format!("{} {e}", v.exit_reason),
-                    })
+                .and_then(|i| match (i.error.as_str(), &i.vm) {
+                    ("", v) => v.as_ref().map(|v| v.exit_reason.clone()),
+                    (e, _) => Some(e.to_owned()),
                 })
                 .unwrap_or_else(|| "its auraed exited".into());
             (PodPhase::Failed, format!("its instance ended: {}", how.trim()))

@@ -86,6 +86,29 @@ pub async fn wait_serving(
     }
 }
 
+/// Why a health check of a served child failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Missed {
+    #[error("it answered health status {0}, not SERVING")]
+    NotServing(i32),
+    #[error("the call failed: {0}")]
+    Call(String),
+    #[error("no answer within {0} s")]
+    Silent(u64),
+}
+
+/// One health check: Ok when the child answers SERVING within `answer`.
+pub async fn probe(channel: &tonic::transport::Channel, answer: Duration) -> Result<(), Missed> {
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    match tokio::time::timeout(answer, h.check(req)).await {
+        Ok(Ok(r)) if r.get_ref().status == 1 => Ok(()),
+        Ok(Ok(r)) => Err(Missed::NotServing(r.get_ref().status)),
+        Ok(Err(e)) => Err(Missed::Call(e.message().to_owned())),
+        Err(_) => Err(Missed::Silent(answer.as_secs())),
+    }
+}
+
 /// Asks the child to power off; its workloads get `grace`. The answer comes at once (the
 /// child powers off after replying); a child that does not answer is ended by the caller.
 pub async fn request_shutdown(channel: &tonic::transport::Channel, grace: Duration) -> Result<(), SpawnError> {

@@ -395,3 +395,43 @@ async fn a_renewal_the_child_refuses_is_retried_after_a_tenth_of_its_lifetime() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(r.children.renewals.lock().unwrap().len(), 1, "and takes");
 }
+
+/// A child that stops answering while its VMM runs (a kernel panic, a stopped VMM, a hung
+/// auraed): after `MISSES` health checks without an answer it is killed, and the instance
+/// fails saying so; the event tells it. A child that answers again in time is left alone.
+#[tokio::test]
+async fn a_child_that_stops_answering_is_killed_and_the_instance_fails_saying_why() {
+    use crate::runtime::spawn::instance::health::{ANSWER, EVERY, MISSES};
+    let r = rig();
+    r.rt.spawn(instance("hung", Duration::from_secs(10))).await.unwrap();
+    tokio::time::pause();
+    // Two missed checks, then an answer: the count starts again.
+    *r.children.answers.lock().unwrap() = false;
+    tokio::time::sleep(EVERY * (MISSES - 1) + Duration::from_millis(1)).await;
+    *r.children.answers.lock().unwrap() = true;
+    tokio::time::sleep(EVERY * 2).await;
+    let Ok(View::Instance(v)) = r.rt.status(Kind::Instance, "hung") else {
+        panic!()
+    };
+    assert_eq!(v.phase, Some(Phase::Running), "{v:?}");
+    // Now it stops answering for good.
+    *r.children.answers.lock().unwrap() = false;
+    tokio::time::sleep((EVERY + ANSWER) * MISSES).await;
+    tokio::time::resume();
+    let v = r.rt.wait(Kind::Instance, "hung").await.unwrap();
+    let View::Instance(v) = v else { panic!("{v:?}") };
+    assert_eq!(v.phase, Some(Phase::Failed), "{v:?}");
+    assert!(
+        v.error
+            .starts_with("the child stopped answering: 3 health checks in a row"),
+        "{v:?}"
+    );
+    assert_eq!(r.fake.running(), 0, "its VMM was killed");
+    r.rt.free(Kind::Instance, "hung").await.unwrap();
+    nothing_left(&r, "hung");
+    let told = super::vm::told_by(&r.rt, Kind::Instance, "hung");
+    assert!(
+        matches!(&told[..], [_, _, crate::runtime::events::What::Failed(why), _] if why.starts_with("the child stopped answering")),
+        "{told:?}"
+    );
+}

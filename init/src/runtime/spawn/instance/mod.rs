@@ -8,6 +8,7 @@
 
 mod addresses;
 mod cell_child;
+pub(crate) mod health;
 mod renew;
 
 use crate::runtime::error::Lack;
@@ -150,6 +151,8 @@ pub struct Instance {
     /// too), DER: revoked when it is freed.
     issued: std::sync::Mutex<Vec<Vec<u8>>>,
     svid_ttl: Duration,
+    /// Why it was killed for not answering its health checks (`health.rs`).
+    unresponsive: std::sync::Mutex<Option<String>>,
 }
 
 impl Instance {
@@ -192,6 +195,7 @@ impl Instance {
             ..Default::default()
         };
         let stopped = self.stop_requested.load(Ordering::Relaxed);
+        let unresponsive = self.unresponsive.lock().ok().and_then(|u| u.clone());
         match &self.body {
             Body::Vm(vm) => {
                 let vm = vm.view();
@@ -213,6 +217,10 @@ impl Instance {
                     p => p,
                 };
             }
+        }
+        if let Some(why) = unresponsive.filter(|_| v.phase.is_some_and(Phase::ended)) {
+            v.phase = Some(Phase::Failed);
+            v.error = why;
         }
         v
     }
@@ -504,6 +512,7 @@ async fn spawn_on(
         veths_removed: AtomicBool::new(false),
         issued: Default::default(),
         svid_ttl: spec.svid_ttl,
+        unresponsive: Default::default(),
     };
     instance.record_issued(&pki);
     match host
@@ -520,6 +529,7 @@ async fn spawn_on(
                 host.children.clone(),
                 first,
             ));
+            tokio::spawn(health::watch(Arc::downgrade(&instance), host.children.clone()));
             Ok(instance)
         }
         Err(e) => {
