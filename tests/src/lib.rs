@@ -204,6 +204,24 @@ impl Appliance {
         reference.mul_f64(self.slowness())
     }
 
+    /// `aer` (the build's auraed) pointed at this appliance, or at `port` on the test's
+    /// loopback (a relay to it), as client `tls` (the build's admin client when None).
+    pub fn aer(&self, port: Option<u16>, tls: Option<&TlsFiles>) -> Command {
+        let admin = TlsFiles::in_dir(&self.build.join("pki"), "client");
+        let tls = tls.unwrap_or(&admin);
+        let mut cmd = Command::new(self.build.join("bin/auraed"));
+        cmd.arg("aer")
+            .args(["--addr", &format!("127.0.0.1:{}", port.unwrap_or(self.port))])
+            .args(["--server-name", "localhost"])
+            .arg("--ca")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key);
+        cmd
+    }
+
     pub fn target(&self) -> Target {
         self.target_as(TlsFiles::in_dir(&self.build.join("pki"), "client"))
     }

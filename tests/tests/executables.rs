@@ -229,21 +229,8 @@ fn aer_events_resumes_through_a_broken_connection_and_misses_nothing() {
     rt().block_on(async {
         let c = Client::connect(a).await;
         let relay = Relay::to(a.port).await;
-        let pki = a.build.join("pki");
-        let mut aer = std::process::Command::new(a.build.join("bin/auraed"))
-            .arg("aer")
-            .args([
-                "--addr",
-                &format!("127.0.0.1:{}", relay.port),
-                "--server-name",
-                "localhost",
-            ])
-            .arg("--ca")
-            .arg(pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(pki.join("client.crt"))
-            .arg("--key")
-            .arg(pki.join("client.key"))
+        let mut aer = a
+            .aer(Some(relay.port), None)
             .args(["--json", "events", "--from-now"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -791,17 +791,8 @@ fn a_volume_mount_through_a_symlink_of_the_image_is_refused_and_touches_nothing(
 
 /// `aer` as the appliance's admin client, with `args`.
 fn aer_cmd(a: &Appliance, args: &[&str]) -> std::process::Command {
-    let pki = a.build.join("pki");
-    let mut cmd = std::process::Command::new(a.build.join("bin/auraed"));
-    cmd.arg("aer")
-        .args(["--addr", &format!("127.0.0.1:{}", a.port), "--server-name", "localhost"])
-        .arg("--ca")
-        .arg(pki.join("ca.crt"))
-        .arg("--cert")
-        .arg(pki.join("client.crt"))
-        .arg("--key")
-        .arg(pki.join("client.key"))
-        .args(args);
+    let mut cmd = a.aer(None, None);
+    cmd.args(args);
     cmd
 }
 

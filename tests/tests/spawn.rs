@@ -91,7 +91,10 @@ async fn child_hangs(a: &Appliance, c: &Client, through: &Client, i: &pb::Instan
     .await;
     let st = status().await;
     assert!(failed, "reported FAILED: {st:?}");
-    assert!(st.error.starts_with("the child stopped answering: 3 health checks"), "the reason: {st:?}");
+    assert!(
+        st.error.starts_with("the child stopped answering: 3 health checks"),
+        "the reason: {st:?}"
+    );
     let told = tokio::time::timeout(a.budget(Duration::from_secs(90)), async {
         while let Some(e) = events.message().await.unwrap() {
             if e.name == i.name && e.kind == pb::WorkloadKind::Instance as i32 {

@@ -693,18 +693,7 @@ fn an_operator_cannot_become_root_on_the_node() {
 
 /// `aer metrics` with client files `tls`: (exit code, stdout, stderr).
 fn aer_metrics(a: &Appliance, tls: &auraed::pki::tls::TlsFiles) -> (Option<i32>, String, String) {
-    let o = std::process::Command::new(a.build.join("bin/auraed"))
-        .arg("aer")
-        .args(["--addr", &format!("127.0.0.1:{}", a.port), "--server-name", "localhost"])
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("metrics")
-        .output()
-        .unwrap();
+    let o = a.aer(None, Some(tls)).arg("metrics").output().unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (o.status.code(), text(&o.stdout), text(&o.stderr))
 }

@@ -1012,7 +1012,11 @@ pub(crate) mod testing {
             })
         }
 
-        fn probe<'a>(&'a self, _channel: &'a Channel, _answer: Duration) -> Call<'a, std::result::Result<(), child::Missed>> {
+        fn probe<'a>(
+            &'a self,
+            _channel: &'a Channel,
+            _answer: Duration,
+        ) -> Call<'a, std::result::Result<(), child::Missed>> {
             let r = match *self.answers.lock().unwrap() {
                 true => Ok(()),
                 false => Err(child::Missed::Silent(0)),
