@@ -18,6 +18,64 @@ fn cell(name: &str, r: pb::CellResources) -> pb::Cell {
     }
 }
 
+/// Node memory pressure: workloads without limits together allocate half again the node's
+/// RAM. The kernel's OOM killer ends some of them inside their cell (never PID 1 or a
+/// cell's init), PID 1 and its API keep serving, and `Node.Info` says what happened.
+#[test]
+fn under_node_memory_pressure_workloads_are_oom_killed_and_pid1_serves_on() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let info = || async { c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap().into_inner() };
+        let before = info().await;
+        assert!(
+            before.memory_total_bytes > 0 && before.memory_available_bytes > 0,
+            "{before:?}"
+        );
+        c.cell(pb::Cell {
+            name: "press".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let chunk = before.memory_total_bytes / 2;
+        c.exec(sh(
+            "hogs",
+            "press",
+            &format!("for i in 1 2 3; do dd if=/dev/zero of=/dev/null bs={chunk} count=1 2>/dev/null & done; wait"),
+        ))
+        .await
+        .unwrap();
+        tokio::time::timeout(a.budget(Duration::from_secs(60)), c.wait("hogs"))
+            .await
+            .expect("the hogs ended");
+        let after = info().await;
+        assert!(
+            after.oom_kills > before.oom_kills,
+            "Node.Info counts the kills: {} then {}",
+            before.oom_kills,
+            after.oom_kills
+        );
+        assert_eq!(
+            (after.pid, after.mode),
+            (1, pb::Mode::Pid1 as i32),
+            "PID 1 is still PID 1"
+        );
+        assert!(after.uptime_millis > before.uptime_millis, "the same boot");
+        let u = c.cell_status("press").await.usage.unwrap();
+        assert!(u.memory_oom_kill_events >= 1, "the victims were the cell's: {u:?}");
+        assert_eq!(
+            c.cell_status("press").await.state,
+            pb::WorkloadState::Running as i32,
+            "its init lives"
+        );
+        c.free("hogs").await;
+        c.remove_cell("press").await;
+        c.assert_left_nothing("under_node_memory_pressure_workloads_are_oom_killed_and_pid1_serves_on")
+            .await;
+    });
+}
+
 #[test]
 fn memory_max_oom_kills_the_hog_and_the_cell_counts_it() {
     let a = shared_or_skip!();

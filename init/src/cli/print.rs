@@ -346,6 +346,8 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
                 "identity_note": i.identity_note, "bridges": i.bridges,
                 "uplink": i.uplink, "uplink_address": i.uplink_address,
                 "dhcp_lease": dhcp_lease, "auraed_open_fds": i.auraed_open_fds,
+                "memory_total_bytes": i.memory_total_bytes,
+                "memory_available_bytes": i.memory_available_bytes, "oom_kills": i.oom_kills,
             })
         );
         return;
@@ -415,6 +417,12 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
         "auraed      {:.1} MiB resident, {} open descriptors",
         i.auraed_rss_bytes as f64 / 1048576.0,
         i.auraed_open_fds
+    );
+    println!(
+        "memory      {:.0} of {:.0} MiB available; {} processes OOM-killed since boot",
+        i.memory_available_bytes as f64 / 1048576.0,
+        i.memory_total_bytes as f64 / 1048576.0,
+        i.oom_kills
     );
     println!(
         "logs        {:.1} of {:.0} MiB",

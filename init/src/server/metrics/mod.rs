@@ -33,6 +33,9 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("aurae_auraed_open_fds", "gauge"),
     ("aurae_auraed_threads", "gauge"),
     ("aurae_auraed_uptime_seconds", "gauge"),
+    ("aurae_node_memory_total_bytes", "gauge"),
+    ("aurae_node_memory_available_bytes", "gauge"),
+    ("aurae_node_oom_kills", "counter"),
     ("aurae_api_connections", "gauge"),
     ("aurae_api_connections_limit", "gauge"),
     ("aurae_rpc_calls", "counter"),
@@ -340,6 +343,25 @@ pub fn render(ctx: &NodeContext) -> String {
         "auraed_uptime_seconds",
         "Seconds since the kernel started",
         crate::logging::boot_clock().as_secs(),
+    );
+    gauge(
+        &mut r,
+        "node_memory_total_bytes",
+        "The node's RAM (MemTotal)",
+        crate::node::mem_total_bytes(),
+    );
+    gauge(
+        &mut r,
+        "node_memory_available_bytes",
+        "What the node could give a new workload now (MemAvailable)",
+        crate::node::mem_available_bytes(),
+    );
+    let ooms: Counter = Counter::default();
+    ooms.inc_by(crate::node::oom_kills());
+    r.register(
+        "node_oom_kills",
+        "Processes the OOM killer ended since boot, node-wide",
+        ooms,
     );
     let limit = super::listen::CONNECTIONS;
     let open = limit.saturating_sub(ctx.slots.available_permits());
