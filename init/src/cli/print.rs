@@ -419,7 +419,7 @@ pub(crate) fn print_info(i: &pb::NodeInfo, as_json: bool) {
         i.auraed_open_fds
     );
     println!(
-        "memory      {:.0} of {:.0} MiB available; {} processes OOM-killed since boot",
+        "memory      {:.0} of {:.0} MiB available; {} workload processes OOM-killed since boot",
         i.memory_available_bytes as f64 / 1048576.0,
         i.memory_total_bytes as f64 / 1048576.0,
         i.oom_kills

@@ -49,15 +49,6 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Processes the OOM killer ended since boot (`oom_kill` in /proc/vmstat; 0 when unknown).
-pub fn oom_kills() -> u64 {
-    let s = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Threads of this process (`Threads:` in /proc/self/status; 0 when unknown).
 pub fn threads() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

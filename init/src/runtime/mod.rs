@@ -143,6 +143,8 @@ pub struct Usage {
     pub log_held: usize,
     /// Log bytes lost so far (evicted for newer lines, or never stored).
     pub log_dropped: u64,
+    /// The whole workloads tree's cgroup figures (its OOM kills count every cell's).
+    pub workloads: cgroup::Usage,
     /// Every image a cell or pod runs from, and who runs it (what a removal keeps).
     pub images: Vec<crate::image::catalog::InUse>,
 }
@@ -404,6 +406,7 @@ impl Runtime {
             log_budget,
             log_held,
             log_dropped: self.host.logs.dropped(),
+            workloads: self.host.root.usage(),
             images,
         }
     }

@@ -146,7 +146,7 @@ impl NodeContext {
             auraed_open_fds: crate::node::open_fds(),
             memory_total_bytes: crate::node::mem_total_bytes(),
             memory_available_bytes: crate::node::mem_available_bytes(),
-            oom_kills: crate::node::oom_kills(),
+            oom_kills: usage.workloads.memory_oom_kill_events,
             log_budget_bytes: usage.log_budget as u64,
             log_held_bytes: usage.log_held as u64,
             isolation: self.report.spawned_as.unwrap_or(pb::IsolationKind::Unspecified) as i32,

@@ -35,7 +35,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("aurae_auraed_uptime_seconds", "gauge"),
     ("aurae_node_memory_total_bytes", "gauge"),
     ("aurae_node_memory_available_bytes", "gauge"),
-    ("aurae_node_oom_kills", "counter"),
+    ("aurae_workloads_oom_kills", "counter"),
     ("aurae_api_connections", "gauge"),
     ("aurae_api_connections_limit", "gauge"),
     ("aurae_rpc_calls", "counter"),
@@ -356,13 +356,6 @@ pub fn render(ctx: &NodeContext) -> String {
         "What the node could give a new workload now (MemAvailable)",
         crate::node::mem_available_bytes(),
     );
-    let ooms: Counter = Counter::default();
-    ooms.inc_by(crate::node::oom_kills());
-    r.register(
-        "node_oom_kills",
-        "Processes the OOM killer ended since boot, node-wide",
-        ooms,
-    );
     let limit = super::listen::CONNECTIONS;
     let open = limit.saturating_sub(ctx.slots.available_permits());
     gauge(
@@ -461,6 +454,13 @@ pub fn render(ctx: &NodeContext) -> String {
     );
 
     let usage = rt.usage();
+    let ooms: Counter = Counter::default();
+    ooms.inc_by(usage.workloads.memory_oom_kill_events);
+    r.register(
+        "workloads_oom_kills",
+        "Workload processes the OOM killer ended since boot, in any cell",
+        ooms,
+    );
     gauge(
         &mut r,
         "log_held_bytes",
