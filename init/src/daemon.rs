@@ -439,6 +439,7 @@ fn assemble_runtime(
         bridge: report.bridge.clone(),
         named_bridges: report.named_bridges.clone(),
         max_workloads: report.max_workloads,
+        child_check: report.child_check,
         pki_dir,
         spawn_identity,
         images,

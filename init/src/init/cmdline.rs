@@ -11,6 +11,7 @@
 //! | `aurae.bridge=NAME` | bridge that child instances' TAPs attach to | `aurae0` |
 //! | `aurae.bridge_ip=A.B.C.D/N` | the bridge's address | `10.254.0.1/24` |
 //! | `aurae.max_workloads=N` | workloads the node keeps at once (1..=65536) | `4096` |
+//! | `aurae.child_check=SECS` | how often a served child's health is checked, and how long it has to answer (1..=300); three misses in a row and it is killed | `10` |
 //! | `aurae.images_mib=N` | the image store's limit, in MiB | a quarter of the RAM |
 //! | `aurae.insecure_registries=H:P,...` | registries pulled from over plain HTTP | none |
 //! | `aurae.data=/dev/NAME` | a disk whose filesystem holds the image store | none (RAM) |
@@ -45,6 +46,8 @@ pub struct BootConfig {
     /// How many workloads (table entries: cells, private cells included, executables,
     /// VMs, instances) the node keeps at once.
     pub max_workloads: usize,
+    /// Seconds between a served child's health checks, and for each answer.
+    pub child_check_secs: u64,
     /// The image store's size limit (`aurae.images_mib`); None: a quarter of the RAM.
     pub images_max_bytes: Option<u64>,
     /// Registries reached over plain HTTP (`aurae.insecure_registries=HOST:PORT,...`),
@@ -85,6 +88,7 @@ impl Default for BootConfig {
             },
             vmm: false,
             max_workloads: DEFAULT_MAX_WORKLOADS,
+            child_check_secs: 10,
             images_max_bytes: None,
             insecure_registries: Vec::new(),
             data_device: None,
@@ -151,6 +155,13 @@ impl BootConfig {
                         Ok(())
                     }
                     _ => Err(not("a number of workloads, 1..=65536")),
+                },
+                "child_check" => match val.parse::<u64>() {
+                    Ok(n) if (1..=300).contains(&n) => {
+                        cfg.child_check_secs = n;
+                        Ok(())
+                    }
+                    _ => Err(not("seconds, 1..=300")),
                 },
                 "insecure_registries" => {
                     let hosts: Vec<String> = val.split(',').map(str::to_owned).collect();
@@ -371,7 +382,7 @@ mod tests {
     fn parses_every_parameter() {
         let (cfg, w) = BootConfig::parse(
             "console=ttyS0 aurae.log=debug aurae.hostname=node-1 aurae.iface=eth1 aurae.ip=10.0.2.15/24 \
-             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40 \
+             aurae.gw=10.0.2.2 aurae.listen=0.0.0.0:9000 aurae.bridge=br9 aurae.bridge_ip=10.9.0.1/16 aurae.max_workloads=40 aurae.child_check=3 \
              aurae.images_mib=256 aurae.insecure_registries=10.0.2.100:5000,reg.local aurae.data=/dev/vdb \
              aurae.cri=/run/k/cri.sock aurae.cri_stream=10.0.2.15:10010",
         );
@@ -392,6 +403,7 @@ mod tests {
         assert_eq!(cfg.bridge, "br9");
         assert_eq!(cfg.bridge_ip.to_string(), "10.9.0.1/16");
         assert_eq!(cfg.max_workloads, 40);
+        assert_eq!(cfg.child_check_secs, 3);
         assert_eq!(cfg.images_max_bytes, Some(256 << 20));
         assert_eq!(cfg.insecure_registries, ["10.0.2.100:5000", "reg.local"]);
         assert_eq!(cfg.data_device.as_deref(), Some(std::path::Path::new("/dev/vdb")));

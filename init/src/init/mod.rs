@@ -38,6 +38,8 @@ pub struct InitReport {
     pub spawned_as: Option<crate::pb::IsolationKind>,
     /// `aurae.max_workloads` (None: the default).
     pub max_workloads: Option<usize>,
+    /// `aurae.child_check` (None: the default).
+    pub child_check: Option<std::time::Duration>,
 }
 
 impl InitReport {
@@ -85,6 +87,7 @@ pub fn pid1_bringup() -> (BootConfig, InitReport) {
         report.spawned_as = Some(crate::pb::IsolationKind::Vm);
     }
     report.max_workloads = Some(cfg.max_workloads);
+    report.child_check = Some(std::time::Duration::from_secs(cfg.child_check_secs));
     report.uplink = Some((cfg.iface.clone(), cfg.ip, cfg.dhcp));
     let net_failures = crate::net::bring_up(&crate::net::Plan {
         iface: &cfg.iface,

@@ -32,6 +32,8 @@ pub struct Host {
     pub(super) instance_dir: PathBuf,
     /// The kernel instances boot (and are given, to spawn in turn).
     pub(super) node_kernel: PathBuf,
+    /// Between a served child's health checks, and for each answer (`aurae.child_check`).
+    pub(super) child_check: std::time::Duration,
     /// auraed's own executable as a file: what `process::launch_self` runs (a VMM, a cell
     /// fallback's child) and an instance's `/init`; `exe` is the same file, opened once.
     pub(super) own_exe: PathBuf,

@@ -128,6 +128,8 @@ pub struct Settings {
     pub named_bridges: Vec<crate::net::NamedBridge>,
     /// At most this many workloads at once (see `table::Table::insert`).
     pub max_workloads: Option<usize>,
+    /// How often served children are checked (`spawn::instance::health`).
+    pub child_check: Option<Duration>,
     /// The node's PKI directory, added to what confined cells never see.
     pub pki_dir: Option<PathBuf>,
     /// Spawn's CA and policy; without it Spawn is refused.
@@ -189,6 +191,7 @@ impl Runtime {
             children: Arc::new(launcher::ChildApi),
             instance_dir: PathBuf::from(spawn::instance::INSTANCE_DIR),
             node_kernel: PathBuf::from(crate::vmm::NODE_KERNEL),
+            child_check: spawn::instance::health::DEFAULT_EVERY,
             own_exe,
             vm_file_dirs: vm::VM_FILE_DIRS.iter().map(PathBuf::from).collect(),
             bridge: None,
@@ -245,6 +248,7 @@ impl Runtime {
         if let Some(max) = s.max_workloads {
             self.host.table().max = max;
         }
+        self.host.child_check = s.child_check.unwrap_or(self.host.child_check);
         if let Some(d) = &s.pki_dir {
             self.host.hidden = confine::hidden_paths(d);
         }

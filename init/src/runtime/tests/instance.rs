@@ -401,7 +401,7 @@ async fn a_renewal_the_child_refuses_is_retried_after_a_tenth_of_its_lifetime() 
 /// fails saying so; the event tells it. A child that answers again in time is left alone.
 #[tokio::test]
 async fn a_child_that_stops_answering_is_killed_and_the_instance_fails_saying_why() {
-    use crate::runtime::spawn::instance::health::{ANSWER, EVERY, MISSES};
+    use crate::runtime::spawn::instance::health::{DEFAULT_EVERY as EVERY, MISSES};
     let r = rig();
     r.rt.spawn(instance("hung", Duration::from_secs(10))).await.unwrap();
     tokio::time::pause();
@@ -416,7 +416,7 @@ async fn a_child_that_stops_answering_is_killed_and_the_instance_fails_saying_wh
     assert_eq!(v.phase, Some(Phase::Running), "{v:?}");
     // Now it stops answering for good.
     *r.children.answers.lock().unwrap() = false;
-    tokio::time::sleep((EVERY + ANSWER) * MISSES).await;
+    tokio::time::sleep(EVERY * 2 * MISSES).await;
     tokio::time::resume();
     let v = r.rt.wait(Kind::Instance, "hung").await.unwrap();
     let View::Instance(v) = v else { panic!("{v:?}") };

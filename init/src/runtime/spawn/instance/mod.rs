@@ -529,7 +529,11 @@ async fn spawn_on(
                 host.children.clone(),
                 first,
             ));
-            tokio::spawn(health::watch(Arc::downgrade(&instance), host.children.clone()));
+            tokio::spawn(health::watch(
+                Arc::downgrade(&instance),
+                host.children.clone(),
+                host.child_check,
+            ));
             Ok(instance)
         }
         Err(e) => {
