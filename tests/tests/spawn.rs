@@ -55,11 +55,11 @@ async fn stop_and_free(c: &Client, name: &str) -> pb::InstanceStatus {
     }
 }
 
-/// Stops instance `i`'s VMM (SIGSTOP: the process is there, its guest answers nothing) and
-/// checks what the issue promises of a child that stops answering.
-async fn child_hangs(a: &Appliance, c: &Client, through: &Client, i: &pb::InstanceStatus) {
+/// Stops instance `i`'s VMM (SIGSTOP: the process is there, its guest answers nothing);
+/// the node's events from then on, for `found_hung`.
+async fn hang(c: &Client, i: &pb::InstanceStatus) -> tonic::Streaming<pb::Event> {
     let vm = i.vm.clone().expect("a VM instance");
-    let mut events = c
+    let events = c
         .workloads
         .clone()
         .events(pb::EventsRequest {
@@ -70,6 +70,19 @@ async fn child_hangs(a: &Appliance, c: &Client, through: &Client, i: &pb::Instan
         .unwrap()
         .into_inner();
     c.on_node(&format!("kill -STOP {}", vm.vmm_pid)).await;
+    events
+}
+
+/// What the issue promises of a child that stopped answering (`hang`): found, killed,
+/// FAILED saying why, told, its TAP gone, forwarding to it UNAVAILABLE at once.
+async fn found_hung(
+    a: &Appliance,
+    c: &Client,
+    through: &Client,
+    i: &pb::InstanceStatus,
+    mut events: tonic::Streaming<pb::Event>,
+) {
+    let vm = i.vm.clone().expect("a VM instance");
     let status = || async {
         match c
             .workloads
@@ -453,11 +466,11 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         assert_instance_has_no_rights(&cc, pki, &child.spiffe_id, &sc, c2).await;
         assert_forged_admin_refused(&cc, pki, &[(&c, PARENT), (&sc, c2)]).await;
         // c2 hangs: its VMM is SIGSTOPped (a guest that stops answering while its VMM
-        // runs). The parent's health checks find it, kill it, and the instance reports
-        // FAILED saying why, the events tell it, its TAP is gone, and a call forwarded to
-        // it is UNAVAILABLE at once. (A VMM SIGKILLed: pods.rs; c1 stops gracefully below.)
-        child_hangs(&a, &c, &sc, &sibling).await;
-        c.workloads.clone().free(instance_ref("c2")).await.unwrap();
+        // runs). While the parent's health checks find it, the test goes on with c1; then
+        // c2 must have been killed, FAILED saying why, told as an event, its TAP gone, and
+        // a call forwarded to it UNAVAILABLE at once. (A VMM SIGKILLed: pods.rs; c1 stops
+        // gracefully below.)
+        let c2_events = hang(&c, &sibling).await;
 
         // An executable in the child.
         cc.exec(pb::Executable {
@@ -485,6 +498,8 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         );
         assert_roles_hold(&a, &roles, Some("c1"), &me.spiffe_id).await;
         assert_roles_hold(&a, &roles, Some("c1/g1"), &child.spiffe_id).await;
+        found_hung(&a, &c, &sc, &sibling, c2_events).await;
+        c.workloads.clone().free(instance_ref("c2")).await.unwrap();
 
         // A child that cannot serve within the time allowed: DEADLINE_EXCEEDED, saying how
         // far it got, and nothing left behind (no instance, cell, TAP or image).
