@@ -95,7 +95,7 @@ fn shared() -> Option<&'static Shared> {
         let mut registries = registries;
         registries.push(registry::Registry::start(&bad_storage, registry::Options::default()));
         let cutter = registry::Cutter::start(&registries[0].addr, 256 * 1024);
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let closed = format!("127.0.0.1:{}", aurae_appliance_tests::free_port());
         let addrs: Vec<String> = registries
             .iter()
             .map(|r| r.addr.clone())
@@ -126,11 +126,7 @@ fn shared() -> Option<&'static Shared> {
                 ("/etc/aurae/registry-ca.crt", &ca, 0o644),
             ],
         );
-        let web = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let web = aurae_appliance_tests::free_port();
         let hostfwd = format!("{web}:8080");
         let a = Appliance::boot_with(
             &build,

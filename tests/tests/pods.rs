@@ -58,16 +58,8 @@ fn shared() -> Option<&'static Shared> {
         let cmdline = format!(
             "aurae.insecure_registries={REGISTRY} aurae.bridges={LAB} aurae.cri=1 aurae.cri_stream=0.0.0.0:{STREAM_PORT}"
         );
-        let web = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let stream = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let web = aurae_appliance_tests::free_port();
+        let stream = aurae_appliance_tests::free_port();
         let hostfwd = format!("{web}:{NODE_PORT},{stream}:{STREAM_PORT}");
         let a = Appliance::boot_with(
             &build,
