@@ -53,7 +53,7 @@ fn session(name: &str) -> crate::runtime::attach::AttachSpec {
     }
 }
 
-fn exe(name: &str, cell: Option<&str>) -> ExecutableSpec {
+pub(super) fn exe(name: &str, cell: Option<&str>) -> ExecutableSpec {
     ExecutableSpec {
         name: ExecName::parse(name).unwrap(),
         argv: vec!["/bin/true".into()],

@@ -10,8 +10,7 @@
 use super::instance::{instance, rig, Rig};
 use crate::runtime::error::RuntimeError;
 use crate::runtime::launcher::testing::Faults;
-use crate::runtime::names::{CellName, ExecName};
-use crate::runtime::spec::{CellSpec, ExecutableSpec, Resources, VmSpec};
+use crate::runtime::spec::CellSpec;
 use crate::runtime::Kind;
 use std::future::Future;
 use std::pin::Pin;
@@ -134,35 +133,13 @@ fn no_kvm(r: &Rig) {
 }
 
 fn run_executable(r: &Rig) -> Made<'_> {
-    Box::pin(async move {
-        let spec = ExecutableSpec {
-            name: ExecName::parse("job").unwrap(),
-            argv: vec!["/bin/true".into()],
-            env: Default::default(),
-            cwd: None,
-            uid: None,
-            gid: None,
-            cell: None,
-            io: Default::default(),
-        };
-        r.rt.run_executable(spec).await.map(drop)
-    })
+    Box::pin(async move { r.rt.run_executable(super::exe("job", None)).await.map(drop) })
 }
 
 fn run_executable_in_a_cell(r: &Rig) -> Made<'_> {
     Box::pin(async move {
         r.rt.run_cell(CellSpec::named("web"), None, "owner").await?;
-        let spec = ExecutableSpec {
-            name: ExecName::parse("job").unwrap(),
-            argv: vec!["/bin/true".into()],
-            env: Default::default(),
-            cwd: None,
-            uid: None,
-            gid: None,
-            cell: Some(CellName::parse("web").unwrap()),
-            io: Default::default(),
-        };
-        match r.rt.run_executable(spec).await {
+        match r.rt.run_executable(super::exe("job", Some("web"))).await {
             Ok(_) => Ok(()),
             // The cell was there before the executable: only the executable must go.
             Err(e) => {
@@ -180,19 +157,7 @@ fn run_cell(r: &Rig) -> Made<'_> {
 
 fn run_vm(r: &Rig) -> Made<'_> {
     Box::pin(async move {
-        let spec = VmSpec {
-            name: ExecName::parse_vm("v1").unwrap(),
-            kernel: r.rt.host.node_kernel.clone(),
-            initramfs: None,
-            cmdline: "console=ttyS0".into(),
-            vcpus: 1,
-            memory_bytes: 64 << 20,
-            network: true,
-            extra_nics: Vec::new(),
-            disks: Vec::new(),
-            resources: Resources::default(),
-            ready_within: Duration::from_secs(10),
-        };
+        let spec = super::vm::vm_spec(&r.rt.host.node_kernel, "v1", Duration::from_secs(10));
         r.rt.run_vm(spec).await.map(drop)
     })
 }

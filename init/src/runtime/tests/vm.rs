@@ -52,9 +52,14 @@ pub(super) fn rig() -> Rig {
 }
 
 fn vm(r: &Rig, name: &str, ready_within: Duration) -> VmSpec {
+    vm_spec(&r.kernel, name, ready_within)
+}
+
+/// A one-vCPU, 64 MiB VM on the bridge booting `kernel`.
+pub(super) fn vm_spec(kernel: &std::path::Path, name: &str, ready_within: Duration) -> VmSpec {
     VmSpec {
         name: ExecName::parse_vm(name).unwrap(),
-        kernel: r.kernel.clone(),
+        kernel: kernel.to_owned(),
         initramfs: None,
         cmdline: "console=ttyS0".into(),
         vcpus: 1,
