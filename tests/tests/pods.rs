@@ -1048,6 +1048,16 @@ mod cri_replay {
 
     pub(super) type Run = RuntimeServiceClient<auraed::cli::Conn>;
 
+    /// The channel a kubelet would hold: each call bounded as kubelet bounds it (its
+    /// runtime-request-timeout), here the pod budget. The harness's usual 10 s cap
+    /// would cut a VM sandbox's RunPodSandbox short on a slow machine, whatever
+    /// deadline the request itself carries (the channel keeps the smaller one).
+    pub(super) async fn kubelet_channel(a: &Appliance) -> auraed::cli::Conn {
+        let mut t = a.target();
+        t.timeout = a.budget(POD_BUDGET);
+        t.connect().await.unwrap()
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
     }
@@ -1353,7 +1363,7 @@ mod cri_replay {
         let s = shared_or_skip!();
         let a = &s.a;
         rt().block_on(async {
-            let ch = a.target().connect().await.unwrap();
+            let ch = kubelet_channel(a).await;
             let mut run: Run = RuntimeServiceClient::new(ch.clone());
             let mut img = ImageServiceClient::new(ch);
             let c = Client::connect(a).await;
@@ -1919,7 +1929,7 @@ mod cri_cell {
     //! crictl's order: `runp`, `create --with-pull` (PullImage, then CreateContainer),
     //! `start`, `logs` (ContainerStatus, then the file), `exec -s`, `stopp`, `rmp`.
 
-    use super::cri_replay::{kubelet_mounts, log_lines, run_sandbox, sh, status, KUBELET_FILES};
+    use super::cri_replay::{kubelet_channel, kubelet_mounts, log_lines, run_sandbox, sh, status, KUBELET_FILES};
 
     /// kubelet's directory for the pod with the `cell` handler.
     const CELLED: &str = "/var/lib/kubelet/pods/u-celled-1";
@@ -1932,7 +1942,7 @@ mod cri_cell {
         let s = shared_or_skip!();
         let a = &s.a;
         rt().block_on(async {
-            let ch = a.target().connect().await.unwrap();
+            let ch = kubelet_channel(a).await;
             let mut run = RuntimeServiceClient::new(ch.clone());
             let mut img = cri::image_service_client::ImageServiceClient::new(ch);
             let c = Client::connect(a).await;
@@ -2248,7 +2258,7 @@ mod cri_cell {
 /// tier's WebSocket client (`src/ws.rs`), for a container in a microVM sandbox (`vm`) and
 /// in a cell sandbox (`cell`).
 mod cri_stream {
-    use super::cri_replay::{run_sandbox, status, Run};
+    use super::cri_replay::{kubelet_channel, run_sandbox, status, Run};
     use super::*;
     use aurae_appliance_tests::spdy::SpdyClient;
     use aurae_appliance_tests::ws::{split_url, WsClient, STDIN};
@@ -2260,7 +2270,7 @@ mod cri_stream {
 
     /// The CRI's runtime service, and busybox pulled through its image service (its id).
     async fn connect(a: &Appliance) -> (Run, String) {
-        let ch = a.target().connect().await.unwrap();
+        let ch = kubelet_channel(a).await;
         let mut img = cri::image_service_client::ImageServiceClient::new(ch.clone());
         let image = img
             .pull_image(cri::PullImageRequest {
