@@ -95,8 +95,10 @@ test-buildroot: image
 	PYTHONPATH=$(BUILD)/pylib python3 tests/buildroot/check.py $(BUILD)
 
 # Boots the real image under QEMU (TCG) and drives the real API. Never skipped here.
+# Two test binaries at a time (tests/appliance.sh says why); LANES=1 for one at a time.
+LANES ?= 2
 test-appliance: image uefi
-	AURAE_APPLIANCE=$(BUILD) cargo test --locked -p aurae-appliance-tests -- --test-threads=1 --nocapture
+	tests/appliance.sh $(BUILD) $(LANES)
 
 # Every tier, each phase timed (tests/all.sh: the kernels build beside the first phases).
 test:

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../init/tests/common/port.rs"]
+mod port;
 pub mod spdy;
 pub mod ws;
+pub use port::free_port;
 
 /// The project's top level (where qemu/, rootfs/ and kernel/ are).
 pub fn project_root() -> PathBuf {
@@ -104,24 +107,6 @@ pub struct Appliance {
     pub qmp: PathBuf,
     pub build: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-/// A loopback port nothing listens on now, never one this process handed out before:
-/// the kernel may give a port just released again, and two forwards on one port (the API
-/// and a published port) make QEMU refuse to start.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 impl Appliance {

@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod registry;
+#[allow(unused_imports)] // not every test binary starts a server of its own
+pub use registry::free_port;
 
 use auraed::pki;
 use auraed::pki::policy::{Policy, Role};
@@ -23,14 +25,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn mint(dir: &Path, domain: &str) {

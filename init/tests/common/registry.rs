@@ -11,13 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "port.rs"]
+mod port;
+pub use port::free_port;
 
 pub fn run(cmd: &mut Command) {
     let out = cmd
@@ -131,7 +127,12 @@ pub fn fixture() -> &'static Fixture {
             env!("CARGO_MANIFEST_DIR").hash(&mut h);
             h.finish()
         };
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("images-fixture-{checkout:016x}"));
+        // And one per test binary: `make test` runs binaries side by side.
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("images-fixture-{checkout:016x}-{binary}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let images = root.join("images");
