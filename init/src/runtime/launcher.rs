@@ -440,11 +440,15 @@ pub(crate) mod testing {
 
     /// Failures injected at the fakes' steps (`runtime/tests/steps.rs`): every step that
     /// makes something (a process, a TAP, a veth, an address, a wait for a child, a call
-    /// to a pod's instance) is recorded in order, and the one armed fails.
+    /// to a pod's instance) or removes something (a cgroup, a veth) is recorded in order,
+    /// and the one armed fails.
     #[derive(Default)]
     pub(crate) struct Faults {
         seen: Mutex<Vec<&'static str>>,
         armed: Mutex<Option<usize>>,
+        /// Fails every time from its armed step on (a cgroup that stays busy, a device
+        /// that will not go), until `disarm`: what a retry inside the runtime cannot mend.
+        sticky: Mutex<Option<Option<&'static str>>>,
     }
 
     impl Faults {
@@ -452,6 +456,19 @@ pub(crate) mod testing {
         pub fn arm(&self, n: usize) {
             self.seen.lock().unwrap().clear();
             *self.armed.lock().unwrap() = Some(n);
+            *self.sticky.lock().unwrap() = None;
+        }
+
+        /// As `arm`, and that step keeps failing each time it is taken again.
+        pub fn arm_sticky(&self, n: usize) {
+            self.arm(n);
+            *self.sticky.lock().unwrap() = Some(None);
+        }
+
+        /// Nothing fails any more (the fault went away).
+        pub fn disarm(&self) {
+            *self.armed.lock().unwrap() = None;
+            *self.sticky.lock().unwrap() = None;
         }
 
         /// The steps seen since the last `arm` (or since the start).
@@ -463,7 +480,14 @@ pub(crate) mod testing {
             let mut seen = self.seen.lock().unwrap();
             seen.push(step);
             let n = seen.len() - 1;
-            (*self.armed.lock().unwrap() == Some(n)).then(|| format!("injected failure of step {n}, {step}"))
+            let mut sticky = self.sticky.lock().unwrap();
+            if *self.armed.lock().unwrap() == Some(n) {
+                if let Some(s) = sticky.as_mut() {
+                    *s = Some(step);
+                }
+                return Some(format!("injected failure of step {n}, {step}"));
+            }
+            (*sticky == Some(Some(step))).then(|| format!("injected failure of step {step}, again"))
         }
     }
 
@@ -798,6 +822,12 @@ pub(crate) mod testing {
         /// As rmdir on cgroupfs: EBUSY while a fake process is in the tree; otherwise the
         /// directories go with the interface files the runtime wrote into them.
         fn remove(&self, dir: &CgroupDir) -> Result<()> {
+            if let Some(why) = injected(&self.faults, "remove a cgroup") {
+                return Err(crate::runtime::error::RuntimeError::Sys {
+                    what: format!("rmdir {} ({why})", dir.path().display()),
+                    errno: nix::errno::Errno::EBUSY,
+                });
+            }
             if self
                 .procs
                 .lock()
@@ -923,6 +953,9 @@ pub(crate) mod testing {
         }
 
         fn remove_veth(&self, host_end: &str) -> std::result::Result<(), crate::runtime::spawn::SpawnError> {
+            if let Some(why) = injected(&self.faults, "remove the veth") {
+                return Err(crate::runtime::spawn::SpawnError::Veth(std::io::Error::other(why)));
+            }
             match self.veths.lock().unwrap().remove(host_end) {
                 Some(_) => Ok(()),
                 None => Err(crate::runtime::spawn::SpawnError::Veth(

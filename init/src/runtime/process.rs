@@ -308,7 +308,7 @@ impl Process {
         let _op = self.op.lock().await;
         super::remove_for_good(&*host.sys, &self.dir).await?;
         if let Some(c) = &self.own_cell {
-            c.discard_now(host).await;
+            c.discard(host).await?;
         }
         Ok(())
     }

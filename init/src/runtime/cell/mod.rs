@@ -298,18 +298,26 @@ impl Cell {
 
     /// Kills whatever a cell holds and removes it from the node and the table.
     pub(super) async fn discard_now(&self, host: &Host) {
+        if let Err(e) = self.discard(host).await {
+            tracing::error!("cell {}: {e}", self.name);
+        }
+    }
+
+    /// As `discard_now`, saying why the cell could not be removed. It is then still
+    /// listed (as failed) so the name is not reused over a cgroup that holds processes;
+    /// another try (Free) removes it. An executable's own cell is discarded this way, and
+    /// the executable stays listed on failure: its cell can never be freed on its own.
+    pub(super) async fn discard(&self, host: &Host) -> Result<()> {
         self.state.send_modify(|s| s.stopping = true);
         self.ports.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if let Err(e) = super::remove_for_good(&*host.sys, &self.dir).await {
-            // Still listed (as failed) so the name is not reused over a cgroup that holds
-            // processes; `free` retries the removal.
-            tracing::error!("cell {}: {e}", self.name);
             self.state.send_modify(|s| s.error = e.to_string());
             self.set_phase(Phase::Failed);
-            return;
+            return Err(e);
         }
         host.table().remove::<Cell>(self.name.as_str());
         host.alloc.volumes().release(self.volumes());
+        Ok(())
     }
 
     pub(crate) fn view(&self, host: &Host) -> CellView {

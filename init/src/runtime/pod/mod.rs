@@ -305,7 +305,9 @@ impl Pod {
             if !i.body.ended() {
                 i.stop(host, INSTANCE_GRACE).await;
             }
-            i.release(host).await;
+            // A failure keeps the pod listed: what its instance left is found, and freed
+            // by another try.
+            i.release(host).await?;
         }
         self.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
         host.table().remove::<Pod>(self.name.as_str());
@@ -409,7 +411,9 @@ pub(crate) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage
             p.ports.lock().unwrap_or_else(|x| x.into_inner()).clear();
             if let Some(i) = p.instance() {
                 i.kill().await;
-                i.release(host).await;
+                if let Err(e) = i.release(host).await {
+                    tracing::warn!("pod {}: its instance: {e}", p.name);
+                }
             }
             host.table().remove::<Pod>(p.name.as_str());
             Err(e)

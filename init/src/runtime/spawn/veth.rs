@@ -9,8 +9,12 @@ use std::net::Ipv4Addr;
 
 /// Removes the pair by its host end (the peer goes with it). The kernel would remove it
 /// when the child's network namespace dies, but asynchronously; Free must leave nothing.
+/// A pair the kernel removed already (ENODEV) is removed.
 pub fn remove(host_end: &str) -> Result<(), SpawnError> {
-    netlink::delete_link(host_end).map_err(SpawnError::Veth)
+    match netlink::delete_link(host_end) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        r => r.map_err(SpawnError::Veth),
+    }
 }
 
 /// One end of a veth pair, in the child.

@@ -6,6 +6,12 @@
 //! must fail with the injected cause in its error, and the node must be as it was before:
 //! the table, the cgroups, the processes, TAPs, veths, bridge addresses, host numbers and
 //! the instances' files.
+//!
+//! Free's steps (removing cgroups and veths) are failed for good instead, as a cgroup
+//! that stays busy or a device that will not go does (the runtime retries a removal, so a
+//! one-time failure mends itself): Free must fail naming the step, keep the workload
+//! listed, and a second Free once the fault is gone must leave the node as it was before
+//! the workload was made.
 
 use super::instance::{instance, rig, Rig};
 use crate::runtime::error::RuntimeError;
@@ -259,4 +265,99 @@ async fn run_pod_each_step() {
         ],
     )
     .await;
+}
+
+/// Makes `kind` `name` with `make` (no faults), stops it, then frees it: once without
+/// faults to record Free's steps (they must be `steps`), then with each step failing for
+/// good in turn, and again once the fault is gone.
+async fn each_free_step_fails_and_a_retry_frees(
+    what: &str,
+    prepare: fn(&Rig),
+    make: for<'a> fn(&'a Rig) -> Made<'a>,
+    (kind, name): (Kind, &str),
+    steps: &[&str],
+) {
+    for armed in std::iter::once(None).chain((0..steps.len()).map(Some)) {
+        let r = rig();
+        prepare(&r);
+        super::instance::powers_off_when_asked(&r, name);
+        let empty = node(&r);
+        make(&r).await.unwrap_or_else(|e| panic!("{what}: making it: {e}"));
+        (r.rt.stop(kind, name, libc::SIGTERM, Duration::from_secs(1)).await)
+            .unwrap_or_else(|e| panic!("{what}: stopping it: {e}"));
+        let faults = wire(&r);
+        if let Some(n) = armed {
+            faults.arm_sticky(n);
+            let step = steps[n];
+            let e = match r.rt.free(kind, name).await {
+                Err(e) => e,
+                Ok(()) => panic!("{what}: step {n} ({step}) failed for good, yet Free succeeded"),
+            };
+            assert!(
+                e.to_string().contains("injected"),
+                "{what}: step {n} ({step}): the error says what failed: {e}"
+            );
+            assert!(
+                r.rt.status(kind, name).is_ok(),
+                "{what}: step {n} ({step}): a Free that failed keeps it listed, to be tried again"
+            );
+            faults.disarm();
+        }
+        r.rt.free(kind, name)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: Free ({armed:?} failed before): {e}"));
+        if armed.is_none() {
+            assert_eq!(
+                faults.seen(),
+                steps,
+                "the steps of {what} (list them here and in docs/faults.md)"
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while node(&r) != empty && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(node(&r), empty, "{what}: after Free ({armed:?} failed before)");
+    }
+}
+
+const REMOVE: &str = "remove a cgroup";
+
+#[tokio::test]
+async fn free_each_step() {
+    let free = each_free_step_fails_and_a_retry_frees;
+    free(
+        "Free executable",
+        nothing,
+        run_executable,
+        (Kind::Executable, "job"),
+        &[REMOVE, REMOVE],
+    )
+    .await;
+    free("Free cell", nothing, run_cell, (Kind::Cell, "web"), &[REMOVE]).await;
+    free(
+        "Free virtual machine",
+        nothing,
+        run_vm,
+        (Kind::VirtualMachine, "v1"),
+        &[REMOVE, REMOVE],
+    )
+    .await;
+    free(
+        "Free instance (VM)",
+        nothing,
+        spawn,
+        (Kind::Instance, "c1"),
+        &[REMOVE, REMOVE],
+    )
+    .await;
+    free(
+        "Free instance (cell)",
+        no_kvm,
+        spawn_cell,
+        (Kind::Instance, "c1"),
+        &[REMOVE, REMOVE, "remove the veth"],
+    )
+    .await;
+    free("Free pod", nothing, run_pod, (Kind::Pod, "web"), &[REMOVE, REMOVE]).await;
 }

@@ -138,15 +138,16 @@ pub struct Instance {
     host: u8,
     /// The child's image (VM) or PKI directory (cell): it holds the child's keys.
     files: PathBuf,
-    /// The host ends of a cell child's veths (eth0's first), removed at Free.
-    veths: Vec<String>,
+    /// The host ends of a cell child's veths (eth0's first) not removed yet: removed at
+    /// Free (or when a stopped sandbox's network goes back); one that could not be is
+    /// kept here for Free to try again.
+    veths: std::sync::Mutex<Vec<String>>,
     /// Its extra interfaces (eth1, ...), whose addresses it holds on their bridges.
     pub attachments: Vec<NetAttachment>,
     stop_requested: AtomicBool,
     /// Its veths and addresses went back once it ended (a stopped CRI sandbox's), before
     /// Free: not again.
     network_released: AtomicBool,
-    veths_removed: AtomicBool,
     /// Every certificate this node issued the child (SVID and spawn CA, each renewal's
     /// too), DER: revoked when it is freed.
     issued: std::sync::Mutex<Vec<Vec<u8>>>,
@@ -227,12 +228,11 @@ impl Instance {
 }
 
 impl Instance {
-    /// Removes an ended child's files, veths and addresses (its VM or cell too).
-    pub(crate) async fn release(&self, host: &Host) {
-        if let Err(e) = self.discard(host).await {
-            tracing::warn!("instance {}: {e}", self.name);
-        }
-        self.give_network_back(host);
+    /// Removes an ended child's files, veths and addresses (its VM or cell too). On
+    /// failure what is left stays the instance's, for another try.
+    pub(crate) async fn release(&self, host: &Host) -> Result<()> {
+        self.discard(host).await?;
+        self.give_network_back(host)
     }
 
     /// Gives an ended child's veths and addresses back (once), so the next instance may
@@ -240,27 +240,35 @@ impl Instance {
     /// network at StopPodSandbox, before RemovePodSandbox). A running child keeps them.
     pub(crate) fn release_network(&self, host: &Host) {
         if self.body.ended() {
-            self.give_network_back(host);
-        }
-    }
-
-    fn give_network_back(&self, host: &Host) {
-        self.remove_veths(host);
-        if !self.network_released.swap(true, Ordering::Relaxed) {
-            give_back(host, self.name.as_str(), &self.attachments, Some(self.host));
-        }
-    }
-
-    /// Removes a cell child's veths (once).
-    fn remove_veths(&self, host: &Host) {
-        if self.veths_removed.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        for veth in &self.veths {
-            if let Err(e) = host.devices.remove_veth(veth) {
+            if let Err(e) = self.give_network_back(host) {
+                // Kept: Free tries again, and fails naming it while it stays.
                 tracing::warn!("instance {}: {e}", self.name);
             }
         }
+    }
+
+    fn give_network_back(&self, host: &Host) -> Result<()> {
+        let removed = self.remove_veths(host);
+        if !self.network_released.swap(true, Ordering::Relaxed) {
+            give_back(host, self.name.as_str(), &self.attachments, Some(self.host));
+        }
+        removed
+    }
+
+    /// Removes a cell child's veths; one that cannot be is kept (the first error).
+    fn remove_veths(&self, host: &Host) -> Result<()> {
+        let mut veths = self.veths.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = Ok(());
+        veths.retain(|veth| match host.devices.remove_veth(veth) {
+            Ok(()) => false,
+            Err(e) => {
+                if first.is_ok() {
+                    first = Err(RuntimeError::from(e));
+                }
+                true
+            }
+        });
+        first
     }
 
     pub(crate) async fn kill(&self) {
@@ -279,7 +287,7 @@ impl Instance {
             Body::Vm(vm) => vm.discard(host).await?,
             Body::Cell(e) => e.discard(host, self.name.as_str()).await?,
         }
-        self.remove_veths(host);
+        self.remove_veths(host)?;
         let _ = if self.files.is_dir() {
             std::fs::remove_dir_all(&self.files)
         } else {
@@ -351,7 +359,9 @@ pub(crate) async fn spawn(host: &Host, spec: InstanceSpec) -> Result<InstanceVie
     let inserted = host.table().insert(i.clone());
     if let Err(taken) = inserted {
         i.kill().await;
-        i.release(host).await;
+        if let Err(e) = i.release(host).await {
+            tracing::warn!("instance {}: {e}", i.name);
+        }
         return Err(taken);
     }
     host.table().follow(&i);
@@ -505,11 +515,10 @@ async fn spawn_on(
         channel,
         host: host_no,
         files,
-        veths,
+        veths: std::sync::Mutex::new(veths),
         attachments: spec.attachments.clone(),
         stop_requested: AtomicBool::new(false),
         network_released: AtomicBool::new(false),
-        veths_removed: AtomicBool::new(false),
         issued: Default::default(),
         svid_ttl: spec.svid_ttl,
         unresponsive: Default::default(),
