@@ -599,8 +599,28 @@ fn registries_over_https_and_with_basic_auth_serve_cells() {
     });
 }
 
+/// Checks every blob in the node's store against its name (its SHA-256): what the store
+/// keeps is verified content only. How many there are.
+async fn blobs_verified(c: &Client, store: &str) -> usize {
+    let sums = c.on_node(&format!("cd {store}/blobs/sha256 && sha256sum *")).await;
+    let mut n = 0;
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (sum, name) = line.split_once("  ").unwrap_or_else(|| panic!("{sums}"));
+        assert_eq!(
+            sum,
+            name.trim(),
+            "a blob in the store is not what its name says:\n{sums}"
+        );
+        n += 1;
+    }
+    n
+}
+
+/// The data disk, through a full disk under a pull, a power cut in the middle of a pull,
+/// a leftover of an unpack, and reboots: the store keeps verified content only, `tmp/` is
+/// emptied, the filesystem is clean, and the same pull works again.
 #[test]
-fn images_on_the_data_disk_survive_a_reboot() {
+fn images_on_the_data_disk_survive_a_full_disk_a_power_cut_and_a_reboot() {
     let Some(build) = aurae_appliance_tests::build_dir() else {
         eprintln!(
             "SKIP {}: AURAE_APPLIANCE is not set (run `make test-appliance`)",
@@ -616,6 +636,8 @@ fn images_on_the_data_disk_survive_a_reboot() {
     // With the CRI's socket, a kubelet's directories are kept on the disk too.
     let cmdline = format!("aurae.insecure_registries={REGISTRY} aurae.data=/dev/vda aurae.cri=1");
     let reference = format!("{REGISTRY}/test/busybox:1");
+    // The same busybox, its layer compressed with zstd: another blob.
+    let zstd = format!("{REGISTRY}/test/busybox:zstd");
     let boot = |fwd: &str| {
         Appliance::boot_with(
             &build,
@@ -658,6 +680,24 @@ fn images_on_the_data_disk_survive_a_reboot() {
             assert_eq!(kubelet.trim(), "2", "kubelet's directories on the disk");
             c.on_node("echo kept > /var/lib/kubelet/pod-state && echo kept > /var/log/pods/log")
                 .await;
+            // The disk fills (something else on it takes every block) and a pull runs
+            // into it: RESOURCE_EXHAUSTED, nothing of the refused blob kept, the store's
+            // blobs all verified; once there is room the same pull works.
+            let store = "/var/lib/aurae/data/images";
+            c.on_node("dd if=/dev/zero of=/var/lib/aurae/data/fill bs=64k 2>/dev/null; sync")
+                .await;
+            let e = pull_error(&c, &zstd).await;
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            assert_eq!(c.on_node(&format!("ls -A {store}/tmp | wc -l")).await.trim(), "0");
+            // The refused pull's manifest and config may be kept: verified, as all are.
+            assert!(
+                blobs_verified(&c, store).await >= 3,
+                "busybox's manifest, config and layer"
+            );
+            c.on_node("rm /var/lib/aurae/data/fill").await;
+            let (_, done) = pull(&c, &zstd).await;
+            done.unwrap();
+            c.remove_image(&zstd).await.unwrap();
             c.shutdown().await;
         });
         a.wait_exit(a.budget(std::time::Duration::from_secs(60)));
@@ -676,10 +716,47 @@ fn images_on_the_data_disk_survive_a_reboot() {
             .arg(&script)
             .arg(&disk),
     );
-    // Again from the same disk, with no registry anywhere: the node starts and serves
-    // (the leftover is moved out of tmp/ and removed on a thread of its own, without
-    // recursion), the image is there, and a cell runs from it without pulling.
-    let mut a = boot("");
+    // Then the power goes (QEMU SIGKILLed) in the middle of a pull: the registry stalls
+    // after 300 KiB of the 1 MiB layer, with its first bytes written to the store's tmp/.
+    // (After debugfs: it writes past the journal, so it needs the clean disk it has now.)
+    {
+        let r = registry::Registry::start(&f.storage, registry::Options::default());
+        let stall = registry::Cutter::stalling(&r.addr, 300 * 1024);
+        let port = stall.addr.rsplit(':').next().unwrap().to_owned();
+        let mut a = boot(&format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}"));
+        rt().block_on(async {
+            let c = Client::connect(&a).await;
+            let mut images = c.images.clone();
+            let pulling = zstd.clone();
+            let pull = tokio::spawn(async move {
+                let mut s = images
+                    .pull(pb::PullRequest {
+                        reference: pulling,
+                        credentials: None,
+                    })
+                    .await?
+                    .into_inner();
+                while s.message().await?.is_some() {}
+                Ok::<(), tonic::Status>(())
+            });
+            let partial = "find /var/lib/aurae/data/images/tmp -type f -size +64k | wc -l";
+            let midway = aurae_appliance_tests::eventually(a.budget(std::time::Duration::from_secs(60)), || async {
+                c.on_node(partial).await.trim() != "0"
+            })
+            .await;
+            assert!(midway, "the pull writes its blob:\n{}", a.console_log());
+            registry::run(std::process::Command::new("pkill").args(["-KILL", "-P", &a.child.id().to_string()]));
+            a.wait_exit(a.budget(std::time::Duration::from_secs(30)));
+            pull.abort();
+        });
+    }
+    // Again from the same disk: the node starts and serves (the leftovers, the cut pull's
+    // and the deep one, are moved out of tmp/ and removed on a thread of its own,
+    // without recursion), the image is there, and a cell runs from it without pulling.
+    // Then the pull the power cut stopped works.
+    let r = registry::Registry::start(&f.storage, registry::Options::default());
+    let port = r.addr.rsplit(':').next().unwrap().to_owned();
+    let mut a = boot(&format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}"));
     rt().block_on(async {
         let c = Client::connect(&a).await;
         let store = "/var/lib/aurae/data/images";
@@ -707,6 +784,9 @@ fn images_on_the_data_disk_survive_a_reboot() {
         .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
         assert_eq!(c.wait("kept").await.exit_code, Some(0));
         assert_eq!(c.stdout("kept").await, "hello from image in /srv");
+        assert!(blobs_verified(&c, store).await >= 3, "verified blobs only");
+        let (_, done) = pull(&c, &zstd).await;
+        done.unwrap_or_else(|e| panic!("the pull the power cut stopped: {e:?}\n{}", a.console_log()));
         c.shutdown().await;
     });
     a.wait_exit(a.budget(std::time::Duration::from_secs(60)));

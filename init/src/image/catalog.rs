@@ -195,9 +195,16 @@ impl Images {
         let json = serde_json::to_vec_pretty(record).map_err(|e| ImageError::Registry(e.to_string()))?;
         let tmp = self.store.tmp_name("ref");
         let before = std::fs::symlink_metadata(&path).map_or(0, |m| super::store::cost(&m));
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(ImageError::io("record the image", &path))?;
+        // On the disk before its name: after a power cut a record is whole or absent.
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &json)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ImageError::io("record the image", &path)(e));
+        }
+        super::store::sync_dir(path.parent().unwrap_or(self.store.root()));
         self.store.count_out(before);
         self.store.count_in(&path);
         Ok(())

@@ -157,6 +157,11 @@ impl Store {
         }
         let _ = super::tree::remove_tree(&scratch);
         let _ = std::fs::remove_dir(&mnt);
+        // Its files on the disk before its name (a blob's are, too): after a power cut a
+        // committed layer is whole. One syncfs: nothing on a RAM store.
+        std::fs::File::open(&work.0)
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from))
+            .map_err(ImageError::io("sync an unpacked layer", &work.0))?;
         let dest = self.layer_dir(&chain);
         match std::fs::rename(&work.0, &dest) {
             // Counted in as it now is, its reservation given back in the same step.

@@ -192,6 +192,16 @@ pub struct Cutter {
 
 impl Cutter {
     pub fn start(to: &str, limit: u64) -> Cutter {
+        Cutter::with(to, limit, false)
+    }
+
+    /// Like `start`, but past `limit` the connection is held open with nothing more sent
+    /// (a pull stuck in the middle of a blob, for a power cut to find it there).
+    pub fn stalling(to: &str, limit: u64) -> Cutter {
+        Cutter::with(to, limit, true)
+    }
+
+    fn with(to: &str, limit: u64, stall: bool) -> Cutter {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
@@ -222,6 +232,7 @@ impl Cutter {
                     let _ = s_out.shutdown(std::net::Shutdown::Both);
                 });
                 let (mut s_in, mut c_out) = (server, client);
+                let halt = halt.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
                     while let Ok(n) = s_in.read(&mut buf) {
@@ -229,8 +240,12 @@ impl Cutter {
                             break;
                         }
                         if count.fetch_add(n as u64, Ordering::Relaxed) + n as u64 > limit {
-                            // Half of what fits, then the connection is gone.
+                            // Half of what fits, then the connection is gone (or stalls
+                            // until the proxy is dropped).
                             let _ = c_out.write_all(&buf[..n / 2]);
+                            while stall && !halt.load(Ordering::Relaxed) {
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                            }
                             break;
                         }
                         if c_out.write_all(&buf[..n]).is_err() {
