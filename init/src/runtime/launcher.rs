@@ -83,6 +83,9 @@ pub(crate) type Starting = Pin<Box<dyn Future<Output = std::result::Result<Start
 pub(crate) trait ExecStarter: Send + Sync {
     /// Starts an executable in the cgroup `cgroup`, inside the cell's namespaces.
     fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting;
+    /// The root the cell's processes see (its init's), from the node; None once the init
+    /// has ended.
+    fn root(&self) -> Option<Result<crate::runtime::rootfs::CellRoot>>;
 }
 
 pub(crate) trait Launcher: Send + Sync {
@@ -527,6 +530,8 @@ pub(crate) mod testing {
             Mutex<std::collections::HashMap<i32, (crate::vmm::protocol::VmFiles, std::os::unix::net::UnixStream)>>,
         /// The stand-in pidfds handed out: descriptor number -> fake pid.
         pidfds: Mutex<std::collections::HashMap<std::os::fd::RawFd, i32>>,
+        /// The root a cell's init was started with, by its fake pid (an image's top layer).
+        roots: Mutex<std::collections::HashMap<i32, std::path::PathBuf>>,
         pub faults: FaultSlot,
     }
 
@@ -558,6 +563,7 @@ pub(crate) mod testing {
                 vmm: Mutex::new(FakeVmm::Ready),
                 vmm_held: Mutex::new(Default::default()),
                 pidfds: Mutex::new(Default::default()),
+                roots: Mutex::new(Default::default()),
                 faults: Default::default(),
             })
         }
@@ -723,12 +729,19 @@ pub(crate) mod testing {
     }
 
     /// A cell's starter: the fake itself.
-    struct FakeStarter(Arc<FakeLauncher>);
+    /// A cell's starter, and the root its processes see: the node's, or the top layer of
+    /// the cell's image (a one-layer image's whole root; enough for the fakes).
+    struct FakeStarter(Arc<FakeLauncher>, Option<std::path::PathBuf>);
 
     impl ExecStarter for FakeStarter {
+        fn root(&self) -> Option<Result<crate::runtime::rootfs::CellRoot>> {
+            self.1.as_deref().map(crate::runtime::rootfs::CellRoot::at)
+        }
+
         fn start_exec(&self, cgroup: OwnedFd, mut input: ExecInput) -> Starting {
             // execve of a program that is not there fails as the real one does.
-            let missing = input.path.starts_with('/') && !std::path::Path::new(&input.path).exists();
+            let root = self.1.clone().unwrap_or_else(|| "/".into());
+            let missing = input.path.starts_with('/') && !root.join(input.path.trim_start_matches('/')).exists();
             let vmm = (input.argv.first().map(String::as_str) == Some(crate::vmm::ARGV0))
                 .then(|| input.control.take())
                 .flatten();
@@ -759,7 +772,7 @@ pub(crate) mod testing {
     }
 
     impl Launcher for FakeLauncher {
-        fn starter(&self, _join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
+        fn starter(&self, join: Arc<OwnedFd>) -> std::result::Result<Arc<dyn ExecStarter>, StartError> {
             if injected(&self.faults, "prepare the cell's starter").is_some() {
                 return Err(StartError::Sys {
                     what: "pidfd_open (injected)",
@@ -767,7 +780,8 @@ pub(crate) mod testing {
                 });
             }
             let me = self.me.upgrade().ok_or(StartError::Vanished)?;
-            Ok(Arc::new(FakeStarter(me)))
+            let root = (self.pid_of(&join)).and_then(|pid| self.roots.lock().unwrap().get(&pid).cloned());
+            Ok(Arc::new(FakeStarter(me, root)))
         }
 
         fn start_holder(
@@ -776,7 +790,7 @@ pub(crate) mod testing {
             cgroup: OwnedFd,
             _flags: libc::c_int,
             _exe: Arc<OwnedFd>,
-            _config: crate::runtime::holder::Config,
+            config: crate::runtime::holder::Config,
             _userns: Option<u32>,
         ) -> Starting {
             if injected(&self.faults, "start the cell's init").is_some() {
@@ -802,6 +816,9 @@ pub(crate) mod testing {
                 return Box::pin(async move { rx.await.unwrap_or(Err(StartError::Vanished)) });
             }
             let r = self.start(cgroup);
+            if let (Ok(started), Some(top)) = (&r, config.layers.last()) {
+                self.roots.lock().unwrap().insert(started.pid.as_raw(), top.clone());
+            }
             Box::pin(async move { r })
         }
 

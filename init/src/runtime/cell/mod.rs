@@ -150,11 +150,8 @@ impl Cell {
 
     /// The root its processes see, from the node (see `rootfs`).
     pub fn root(&self) -> Result<super::rootfs::CellRoot> {
-        let pid = self
-            .pidfd()
-            .and_then(|fd| super::sys::pidfd_pid(&fd))
-            .ok_or_else(|| RuntimeError::WrongPhase(format!("cell '{}' is not running", self.name)))?;
-        super::rootfs::CellRoot::of_pid(pid)
+        let not_running = || RuntimeError::WrongPhase(format!("cell '{}' is not running", self.name));
+        self.starter().and_then(|s| s.root()).ok_or_else(not_running)?
     }
 
     /// Pids of the cell's workloads (everything but holders), here and in nested cells.

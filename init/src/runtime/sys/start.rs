@@ -32,6 +32,8 @@ const ALL_NS: libc::c_int =
 /// the thread ends (and lets go of the cell's namespaces) when the `Starter` is dropped.
 pub struct Starter {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// The cell's init, whose root is the cell's.
+    init: Arc<OwnedFd>,
 }
 
 struct Job {
@@ -43,6 +45,7 @@ struct Job {
 impl Starter {
     pub fn new(join: Arc<OwnedFd>) -> Result<Starter, StartError> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let init = join.clone();
         std::thread::Builder::new()
             .name("aurae-starter".into())
             .spawn(move || {
@@ -61,7 +64,7 @@ impl Starter {
                 what: "start a thread",
                 errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
             })?;
-        Ok(Starter { jobs })
+        Ok(Starter { jobs, init })
     }
 
     /// Queues a start; the answer comes on the receiver once the child has exec'd or failed.
@@ -304,6 +307,10 @@ fn launch(
 pub(crate) struct SysLauncher;
 
 impl ExecStarter for Starter {
+    fn root(&self) -> Option<crate::runtime::error::Result<crate::runtime::rootfs::CellRoot>> {
+        super::pidfd_pid(&self.init).map(crate::runtime::rootfs::CellRoot::of_pid)
+    }
+
     fn start_exec(&self, cgroup: OwnedFd, input: ExecInput) -> Starting {
         let queued: std::result::Result<oneshot::Receiver<_>, StartError> = self.submit(cgroup, input);
         Box::pin(async move {

@@ -27,6 +27,11 @@ pub(crate) struct Rig {
 /// `vm.rs`'s rig, with a spawn identity, a directory for the instances' files, a small
 /// stand-in for auraed as the child's /init, and children that serve.
 pub(crate) fn rig() -> Rig {
+    rig_with(|_| {})
+}
+
+/// `rig`, with `edit` given the runtime before it is shared (an image store, say).
+pub(crate) fn rig_with(edit: impl FnOnce(&mut Runtime)) -> Rig {
     let super::vm::Rig {
         dir,
         root,
@@ -47,6 +52,7 @@ pub(crate) fn rig() -> Rig {
     rt.host.node_kernel = kernel;
     rt.host.own_exe = exe;
     rt.host.spawn_identity = Some(id);
+    edit(&mut rt);
     Rig {
         _dir: dir,
         root,

@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 type Made<'a> = Pin<Box<dyn Future<Output = Result<(), RuntimeError>> + 'a>>;
+/// A fresh node for one run.
+type Rigged = Pin<Box<dyn Future<Output = Rig>>>;
 
 /// What a failed call must not leave behind.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ struct Node {
     addresses: Vec<(String, String)>,
     host_numbers: Vec<u8>,
     files: Vec<String>,
+    /// What the image store holds in `tmp/` (a node without one: nothing).
+    store_tmp: Vec<String>,
 }
 
 fn node(r: &Rig) -> Node {
@@ -64,6 +68,15 @@ fn node(r: &Rig) -> Node {
         files: (std::fs::read_dir(&r.instances).into_iter().flatten().flatten())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
+        store_tmp: (r.rt.host.images.as_ref().ok().into_iter())
+            .flat_map(|i| {
+                std::fs::read_dir(i.store_usage().0.join("tmp"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
     }
 }
 
@@ -79,12 +92,11 @@ fn wire(r: &Rig) -> Arc<Faults> {
 /// Runs `call` once to record its steps (they must be `steps`), then fails each in turn.
 async fn each_step_fails_and_leaves_nothing(
     what: &str,
-    prepare: fn(&Rig),
+    node_for: fn() -> Rigged,
     call: for<'a> fn(&'a Rig) -> Made<'a>,
     steps: &[&str],
 ) {
-    let r = rig();
-    prepare(&r);
+    let r = node_for().await;
     let faults = wire(&r);
     call(&r).await.unwrap_or_else(|e| panic!("{what} without faults: {e}"));
     assert_eq!(
@@ -93,8 +105,7 @@ async fn each_step_fails_and_leaves_nothing(
         "the steps of {what} (list them here and in docs/faults.md)"
     );
     for (n, step) in steps.iter().enumerate() {
-        let r = rig();
-        prepare(&r);
+        let r = node_for().await;
         let faults = wire(&r);
         let before = node(&r);
         faults.arm(n);
@@ -132,10 +143,73 @@ const VM: &[&str] = &[
 ];
 const SERVES: &str = "wait for the child to serve";
 
-fn nothing(_: &Rig) {}
+fn plain() -> Rigged {
+    Box::pin(async { rig() })
+}
 
-fn no_kvm(r: &Rig) {
-    *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
+fn no_kvm() -> Rigged {
+    Box::pin(async {
+        let r = rig();
+        *r.devices.kvm_missing.lock().unwrap() = Some("/dev/kvm: no such device".into());
+        r
+    })
+}
+
+/// The image `with_an_image` holds.
+const IMAGE: &str = "registry.test/app:1";
+
+/// A node with an image store holding `IMAGE` (one small layer, `/bin/app` its command),
+/// loaded as a parent gives a child one: no registry.
+fn with_an_image() -> Rigged {
+    Box::pin(async {
+        use crate::image::load::{Offer, OfferedLayer};
+        use crate::image::unpack::testing::{tar_of, E};
+        use crate::image::Digest;
+        let mut images = None;
+        let r = super::instance::rig_with(|rt| {
+            let dir = rt.host.root.path().parent().unwrap().to_owned();
+            let i = crate::image::catalog::Images::open(
+                &dir.join("images"),
+                64 << 20,
+                &dir.join("registries.toml"),
+                &[],
+                &[],
+            );
+            let i = Arc::new(i.unwrap());
+            rt.host.images = Ok(i.clone());
+            images = Some(i);
+        });
+        let layer = tar_of(&[E::Dir("bin/"), E::File("bin/app", b"#!/bin/sh\n", 0o755)]);
+        let diff = Digest::of(&layer);
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/app"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff.to_string()]},
+        });
+        let config = config.to_string().into_bytes();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": Digest::of(&config).to_string(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": diff.to_string(), "size": layer.len()}],
+        });
+        let manifest = manifest.to_string().into_bytes();
+        let offer = Offer {
+            reference: IMAGE.into(),
+            digest: Digest::of(&manifest),
+            manifest_json: manifest,
+            config_json: config,
+            layers: vec![OfferedLayer {
+                digest: diff,
+                size: layer.len() as u64,
+                sent: true,
+            }],
+        };
+        let mut data = futures_util::stream::iter(vec![Ok(layer)]);
+        images.unwrap().load(offer, &mut data).await.unwrap();
+        r
+    })
 }
 
 fn run_executable(r: &Rig) -> Made<'_> {
@@ -159,6 +233,29 @@ fn run_executable_in_a_cell(r: &Rig) -> Made<'_> {
 
 fn run_cell(r: &Rig) -> Made<'_> {
     Box::pin(async move { r.rt.run_cell(CellSpec::named("web"), None, "owner").await.map(drop) })
+}
+
+fn run_cell_from_an_image(r: &Rig) -> Made<'_> {
+    Box::pin(async move {
+        let image = crate::runtime::spec::ImageRequest {
+            reference: IMAGE.into(),
+            policy: crate::image::catalog::PullPolicy::Never,
+            credentials: None,
+            command: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            user: None,
+            no_entrypoint: false,
+            io: Default::default(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            mounts: Vec::new(),
+        };
+        r.rt.run_cell(CellSpec::named("web"), Some(image), "owner")
+            .await
+            .map(drop)
+    })
 }
 
 fn run_vm(r: &Rig) -> Made<'_> {
@@ -194,7 +291,7 @@ fn run_pod(r: &Rig) -> Made<'_> {
 async fn run_executable_each_step() {
     each_step_fails_and_leaves_nothing(
         "RunExecutable",
-        nothing,
+        plain,
         run_executable,
         &[CELL[0], CELL[1], "start an executable"],
     )
@@ -205,7 +302,7 @@ async fn run_executable_each_step() {
 async fn run_executable_in_a_cell_each_step() {
     each_step_fails_and_leaves_nothing(
         "RunExecutable in a cell",
-        nothing,
+        plain,
         run_executable_in_a_cell,
         &[CELL[0], CELL[1], "start an executable"],
     )
@@ -214,23 +311,31 @@ async fn run_executable_in_a_cell_each_step() {
 
 #[tokio::test]
 async fn run_cell_each_step() {
-    each_step_fails_and_leaves_nothing("RunCell", nothing, run_cell, CELL).await;
+    each_step_fails_and_leaves_nothing("RunCell", plain, run_cell, CELL).await;
+}
+
+/// The image's root and entrypoint: the cell's steps, then its entrypoint's start. The
+/// pull (here: none, the image is there) and the unpack are the store's, failed in
+/// `image/`'s own tests.
+#[tokio::test]
+async fn run_cell_from_an_image_each_step() {
+    each_step_fails_and_leaves_nothing(
+        "RunCell (image)",
+        with_an_image,
+        run_cell_from_an_image,
+        &[CELL[0], CELL[1], "start an executable"],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn run_virtual_machine_each_step() {
-    each_step_fails_and_leaves_nothing("RunVirtualMachine", nothing, run_vm, VM).await;
+    each_step_fails_and_leaves_nothing("RunVirtualMachine", plain, run_vm, VM).await;
 }
 
 #[tokio::test]
 async fn spawn_vm_each_step() {
-    each_step_fails_and_leaves_nothing(
-        "Spawn (VM)",
-        nothing,
-        spawn,
-        &[VM[0], VM[1], VM[2], VM[3], VM[4], SERVES],
-    )
-    .await;
+    each_step_fails_and_leaves_nothing("Spawn (VM)", plain, spawn, &[VM[0], VM[1], VM[2], VM[3], VM[4], SERVES]).await;
 }
 
 #[tokio::test]
@@ -248,7 +353,7 @@ async fn spawn_cell_each_step() {
 async fn run_pod_each_step() {
     each_step_fails_and_leaves_nothing(
         "RunPod",
-        nothing,
+        plain,
         run_pod,
         &[
             VM[0],
@@ -272,14 +377,13 @@ async fn run_pod_each_step() {
 /// good in turn, and again once the fault is gone.
 async fn each_free_step_fails_and_a_retry_frees(
     what: &str,
-    prepare: fn(&Rig),
+    node_for: fn() -> Rigged,
     make: for<'a> fn(&'a Rig) -> Made<'a>,
     (kind, name): (Kind, &str),
     steps: &[&str],
 ) {
     for armed in std::iter::once(None).chain((0..steps.len()).map(Some)) {
-        let r = rig();
-        prepare(&r);
+        let r = node_for().await;
         super::instance::powers_off_when_asked(&r, name);
         let empty = node(&r);
         make(&r).await.unwrap_or_else(|e| panic!("{what}: making it: {e}"));
@@ -328,16 +432,24 @@ async fn free_each_step() {
     let free = each_free_step_fails_and_a_retry_frees;
     free(
         "Free executable",
-        nothing,
+        plain,
         run_executable,
         (Kind::Executable, "job"),
         &[REMOVE, REMOVE],
     )
     .await;
-    free("Free cell", nothing, run_cell, (Kind::Cell, "web"), &[REMOVE]).await;
+    free("Free cell", plain, run_cell, (Kind::Cell, "web"), &[REMOVE]).await;
+    free(
+        "Free cell (image)",
+        with_an_image,
+        run_cell_from_an_image,
+        (Kind::Cell, "web"),
+        &[REMOVE],
+    )
+    .await;
     free(
         "Free virtual machine",
-        nothing,
+        plain,
         run_vm,
         (Kind::VirtualMachine, "v1"),
         &[REMOVE, REMOVE],
@@ -345,7 +457,7 @@ async fn free_each_step() {
     .await;
     free(
         "Free instance (VM)",
-        nothing,
+        plain,
         spawn,
         (Kind::Instance, "c1"),
         &[REMOVE, REMOVE],
@@ -359,5 +471,5 @@ async fn free_each_step() {
         &[REMOVE, REMOVE, "remove the veth"],
     )
     .await;
-    free("Free pod", nothing, run_pod, (Kind::Pod, "web"), &[REMOVE, REMOVE]).await;
+    free("Free pod", plain, run_pod, (Kind::Pod, "web"), &[REMOVE, REMOVE]).await;
 }
