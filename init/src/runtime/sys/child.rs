@@ -422,16 +422,22 @@ pub fn exec_child(p: &ExecPlan) -> ! {
                 fail(report, Stage::Capabilities);
             }
         }
+        // Raw system calls, never libc's setuid/setgid/setgroups: POSIX makes those apply
+        // to every thread, so musl (and glibc) signal each thread of the process and run
+        // the change there. In this child, which shares auraed's memory, "every thread"
+        // is auraed's: its threads were signalled into changing their own ids, with
+        // libc's bookkeeping raced by every child doing the same. Three VMMs started at
+        // once crashed PID 1 that way (vms.rs: many_vms_…).
         if let Some(gid) = gid {
-            if libc::setgroups(0, std::ptr::null()) < 0 {
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0 {
                 fail(report, Stage::Groups);
             }
-            if libc::setgid(gid) < 0 {
+            if libc::syscall(libc::SYS_setgid, gid as libc::c_long) < 0 {
                 fail(report, Stage::Gid);
             }
         }
         if let Some(uid) = uid {
-            if libc::setuid(uid) < 0 {
+            if libc::syscall(libc::SYS_setuid, uid as libc::c_long) < 0 {
                 fail(report, Stage::Uid);
             }
         }
