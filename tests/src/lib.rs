@@ -155,6 +155,17 @@ impl Appliance {
             .env("QMP", &qmp)
             .env("NO_REBOOT", "1")
             .env("ACCEL", "tcg")
+            // Guests of the appliance's KVM without nested paging: QEMU's emulated one
+            // triple-faults side-by-side guests now and then (docs/faults.md).
+            // AURAE_TEST_NPT=1 keeps it, to see that happen.
+            .env(
+                "GUEST_NPT",
+                if std::env::var("AURAE_TEST_NPT").is_ok_and(|v| v == "1") {
+                    "1"
+                } else {
+                    "0"
+                },
+            )
             .env("WATCH_PID", std::process::id().to_string())
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -131,6 +131,44 @@ fn a_guest_prints_from_both_vcpus_and_its_reboot_ends_the_vm() {
     });
 }
 
+/// Issue #27: a pod's VM once died 2 s into its kernel with "guest triple fault" (one run
+/// in three of three pods in a row). Many short VMs, one after another and three side by
+/// side, with one and two vCPUs: each must boot its kernel, run its init and end by its
+/// own reboot (the i8042 reset), never by a triple fault.
+#[test]
+fn many_vms_in_a_row_and_side_by_side_each_boot_and_end_by_their_own_reboot() {
+    let a = shared_or_skip!();
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        let img = guest_initramfs(&c, "many", "echo booted-ok; reboot -f").await;
+        let run = |name: String, vcpus: u32| {
+            let (c, img) = (&c, img.clone());
+            async move {
+                (c.runtime.clone().run_virtual_machine(vm(&name, &img, vcpus)).await)
+                    .unwrap_or_else(|e| panic!("{name}: {e:?}\n{}", a.console_log()));
+                let mut w = c.workloads.clone();
+                let ended = tokio::time::timeout(a.budget(GUEST_DEADLINE), w.wait(vm_ref(&name))).await;
+                let st = match ended.map(|r| r.map(|w| w.into_inner().status)) {
+                    Ok(Ok(Some(pb::workload_status::Status::VirtualMachine(v)))) => v,
+                    other => panic!("{name}: {other:?}\n{}", a.console_log()),
+                };
+                let log = console(c, &name).await;
+                assert!(
+                    st.exit_reason.contains("reset") && log.contains("booted-ok"),
+                    "{name} ({vcpus} vCPU): {st:?}\n{log}"
+                );
+                c.workloads.clone().free(vm_ref(&name)).await.unwrap();
+            }
+        };
+        for i in 0..6 {
+            run(format!("row{i}"), 1 + i % 2).await;
+        }
+        tokio::join!(run("side0".into(), 1), run("side1".into(), 2), run("side2".into(), 1));
+        c.on_node("rm -f /var/lib/aurae/vm/many.cpio").await;
+        c.assert_left_nothing("many_vms_in_a_row_and_side_by_side_…").await;
+    });
+}
+
 #[test]
 fn a_guest_on_the_bridge_is_reachable_accounted_and_stopped_gracefully() {
     let a = shared_or_skip!();
