@@ -397,6 +397,61 @@ async fn node_view(c: &Client) -> String {
         .await
 }
 
+/// The link between this node and `child` goes down (its TAP, on the node's bridge) and
+/// comes back. Meanwhile a call forwarded to the child ends at the caller's deadline,
+/// saying so, and the child stays Running: an outage shorter than the health checks'
+/// three misses is not a death. Once the link is up, calls reach the child again.
+async fn link_down_and_up(a: &Appliance, c: &Client, child: &pb::InstanceStatus) {
+    let tap = &child.vm.as_ref().unwrap().tap_device;
+    let cc = Client::connect_to(a, Some(&child.name)).await;
+    let info = |deadline: Duration| {
+        let mut req = tonic::Request::new(pb::NodeInfoRequest {});
+        req.set_timeout(deadline);
+        let mut node = cc.node.clone();
+        async move { node.info(req).await }
+    };
+    info(a.budget(Duration::from_secs(10))).await.unwrap();
+    c.on_node(&format!("ip link set {tap} down")).await;
+    // The call ends at its deadline (the node's DEADLINE_EXCEEDED, or this client's own
+    // timer, which fires at the same moment): nothing hangs.
+    let began = std::time::Instant::now();
+    let e = info(Duration::from_secs(2)).await.unwrap_err();
+    let took = began.elapsed();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled),
+        "a call while the link is down: {e:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2) + a.budget(Duration::from_secs(1)),
+        "{took:?}"
+    );
+    // The node itself serves on.
+    c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap();
+    let state = || async {
+        match (c.workloads.clone().status(instance_ref(&child.name)).await)
+            .unwrap()
+            .into_inner()
+            .status
+        {
+            Some(pb::workload_status::Status::Instance(st)) => st.state,
+            other => panic!("{other:?}"),
+        }
+    };
+    let running = pb::WorkloadState::Running as i32;
+    assert_eq!(state().await, running, "the child is not taken for dead");
+    c.on_node(&format!("ip link set {tap} up")).await;
+    let back = eventually(a.budget(Duration::from_secs(30)), || async {
+        info(Duration::from_secs(2)).await.is_ok()
+    })
+    .await;
+    assert!(
+        back,
+        "calls reach the child again once the link is up:\n{}",
+        a.console_log()
+    );
+    assert_eq!(state().await, running);
+}
+
 #[test]
 fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
     let build = appliance_or_skip!();
@@ -542,6 +597,7 @@ fn spawn_a_child_and_a_grandchild_and_reach_them_through_the_appliance() {
         );
         let again = spawn(&a, &c, "c9").await;
         assert_eq!(again.state, pb::WorkloadState::Running as i32, "{again:?}");
+        link_down_and_up(&a, &c, &again).await;
         assert_eq!(stop_and_free(&c, "c9").await.state, pb::WorkloadState::Stopped as i32);
 
         // Unknown instances and bad requests: clear errors, nothing created.
