@@ -323,6 +323,13 @@ fn argv_env_cwd_and_ids_are_as_asked_with_nothing_inherited() {
             vars <= 4,
             "only GREETING, PATH and what sh sets itself (PWD, SHLVL): {out}"
         );
+        // The ids were set in the child alone: every thread of PID 1 is still root (the
+        // child shares PID 1's memory until its exec, and libc's setuid acts on every
+        // thread it knows of).
+        let ids = c
+            .on_node("grep -h '^Uid:\\|^Gid:' /proc/1/task/*/status | sort -u")
+            .await;
+        assert_eq!(ids.trim(), "Gid:\t0\t0\t0\t0\nUid:\t0\t0\t0\t0", "{ids}");
         c.free("who").await;
         c.assert_left_nothing("argv_env_cwd").await;
     });
