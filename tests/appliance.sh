@@ -17,7 +17,7 @@
 # Usage: tests/appliance.sh BUILD_DIR [LANES]
 set -euo pipefail
 BUILD=$(realpath "${1:?usage: tests/appliance.sh BUILD_DIR [LANES]}")
-LANES=${2:-${AURAE_TEST_LANES:-2}}
+LANES=${2:-2}
 cd "$(dirname "$0")"
 ORDER=(pods spawn fleet executables appliance images uefi vms cells)
 

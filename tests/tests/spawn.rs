@@ -55,6 +55,18 @@ async fn stop_and_free(c: &Client, name: &str) -> pb::InstanceStatus {
     }
 }
 
+/// Instance `name`'s status, as `Workloads.Status` gives it.
+async fn instance_status(c: &Client, name: &str) -> pb::InstanceStatus {
+    match (c.workloads.clone().status(instance_ref(name)).await)
+        .unwrap()
+        .into_inner()
+        .status
+    {
+        Some(pb::workload_status::Status::Instance(st)) => st,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Stops instance `i`'s VMM (SIGSTOP: the process is there, its guest answers nothing);
 /// the node's events from then on, for `found_hung`.
 async fn hang(c: &Client, i: &pb::InstanceStatus) -> tonic::Streaming<pb::Event> {
@@ -83,20 +95,7 @@ async fn found_hung(
     mut events: tonic::Streaming<pb::Event>,
 ) {
     let vm = i.vm.clone().expect("a VM instance");
-    let status = || async {
-        match c
-            .workloads
-            .clone()
-            .status(instance_ref(&i.name))
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-        {
-            Some(pb::workload_status::Status::Instance(st)) => st,
-            other => panic!("{other:?}"),
-        }
-    };
+    let status = || instance_status(c, &i.name);
     // Found within 3 × (5 s apart + 5 s to answer) of its last answer.
     let failed = eventually(a.budget(Duration::from_secs(45)), || async {
         status().await.state == pb::WorkloadState::Failed as i32
@@ -427,16 +426,7 @@ async fn link_down_and_up(a: &Appliance, c: &Client, child: &pb::InstanceStatus)
     );
     // The node itself serves on.
     c.node.clone().info(pb::NodeInfoRequest {}).await.unwrap();
-    let state = || async {
-        match (c.workloads.clone().status(instance_ref(&child.name)).await)
-            .unwrap()
-            .into_inner()
-            .status
-        {
-            Some(pb::workload_status::Status::Instance(st)) => st.state,
-            other => panic!("{other:?}"),
-        }
-    };
+    let state = || async { instance_status(c, &child.name).await.state };
     let running = pb::WorkloadState::Running as i32;
     assert_eq!(state().await, running, "the child is not taken for dead");
     c.on_node(&format!("ip link set {tap} up")).await;

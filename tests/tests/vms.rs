@@ -83,15 +83,14 @@ async fn stream(c: &Client, name: &str, which: pb::LogStream) -> String {
     out
 }
 
+/// VM `name`'s status once it has ended (within the guest deadline); anything else fails
+/// with the appliance's console, which says what happened to the node meanwhile.
 async fn wait_vm(a: &Appliance, c: &Client, name: &str) -> pb::VirtualMachineStatus {
-    let w = tokio::time::timeout(a.budget(GUEST_DEADLINE), c.workloads.clone().wait(vm_ref(name)))
-        .await
-        .expect("the VM ended in time")
-        .unwrap()
-        .into_inner();
-    match w.status {
-        Some(pb::workload_status::Status::VirtualMachine(v)) => v,
-        other => panic!("Wait returned {other:?}"),
+    let mut w = c.workloads.clone();
+    let ended = tokio::time::timeout(a.budget(GUEST_DEADLINE), w.wait(vm_ref(name))).await;
+    match ended.map(|r| r.map(|w| w.into_inner().status)) {
+        Ok(Ok(Some(pb::workload_status::Status::VirtualMachine(v)))) => v,
+        other => panic!("Wait for {name} returned {other:?}\n{}", a.console_log()),
     }
 }
 
@@ -146,12 +145,7 @@ fn many_vms_in_a_row_and_side_by_side_each_boot_and_end_by_their_own_reboot() {
             async move {
                 (c.runtime.clone().run_virtual_machine(vm(&name, &img, vcpus)).await)
                     .unwrap_or_else(|e| panic!("{name}: {e:?}\n{}", a.console_log()));
-                let mut w = c.workloads.clone();
-                let ended = tokio::time::timeout(a.budget(GUEST_DEADLINE), w.wait(vm_ref(&name))).await;
-                let st = match ended.map(|r| r.map(|w| w.into_inner().status)) {
-                    Ok(Ok(Some(pb::workload_status::Status::VirtualMachine(v)))) => v,
-                    other => panic!("{name}: {other:?}\n{}", a.console_log()),
-                };
+                let st = wait_vm(a, c, &name).await;
                 let log = console(c, &name).await;
                 assert!(
                     st.exit_reason.contains("reset") && log.contains("booted-ok"),

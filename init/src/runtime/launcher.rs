@@ -728,7 +728,6 @@ pub(crate) mod testing {
         }
     }
 
-    /// A cell's starter: the fake itself.
     /// A cell's starter, and the root its processes see: the node's, or the top layer of
     /// the cell's image (a one-layer image's whole root; enough for the fakes).
     struct FakeStarter(Arc<FakeLauncher>, Option<std::path::PathBuf>);

@@ -80,6 +80,16 @@ fn node(r: &Rig) -> Node {
     }
 }
 
+/// The node once it is `want` again, or as it is after 5 s: processes end as their exits
+/// are delivered, so the reaping gets a moment.
+async fn settled(r: &Rig, want: &Node) -> Node {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while node(r) != *want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node(r)
+}
+
 fn wire(r: &Rig) -> Arc<Faults> {
     let f = Arc::new(Faults::default());
     *r.fake.faults.lock().unwrap() = Some(f.clone());
@@ -117,13 +127,8 @@ async fn each_step_fails_and_leaves_nothing(
             e.to_string().contains("injected"),
             "{what}: step {n} ({step}): the error says what failed: {e}"
         );
-        // Processes end as their exits are delivered; give the reaping a moment.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while node(&r) != before && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         assert_eq!(
-            node(&r),
+            settled(&r, &before).await,
             before,
             "{what}: step {n} ({step}) left something (error: {e})"
         );
@@ -417,11 +422,11 @@ async fn each_free_step_fails_and_a_retry_frees(
                 "the steps of {what} (list them here and in docs/faults.md)"
             );
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while node(&r) != empty && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(node(&r), empty, "{what}: after Free ({armed:?} failed before)");
+        assert_eq!(
+            settled(&r, &empty).await,
+            empty,
+            "{what}: after Free ({armed:?} failed before)"
+        );
     }
 }
 
