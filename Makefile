@@ -18,7 +18,7 @@ APT_PACKAGES := qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl
 KCONFIGLIB := kconfiglib==14.1.0
 
 .PHONY: deps build kernel kernel-metal pki image uefi pxe run stop test test-host test-buildroot \
-        test-appliance bench lint clean
+        test-appliance bench soak lint clean
 
 # Installs what the build needs (Debian 12, as root). Quick when everything is present.
 deps:
@@ -107,6 +107,12 @@ test:
 bench: image uefi
 	rootfs/pack-bench.sh $(BUILD)
 	tests/bench.sh $(BUILD)
+
+# An hour of mixed churn after a load part, on one boot: the node sampled every minute, a plot
+# (build/soak/soak.svg) and a pass line (tests/soak.sh, docs/soak.md). Not part of make test.
+soak: image
+	rootfs/pack-bench.sh $(BUILD)
+	tests/soak.sh $(BUILD)
 
 lint: deps
 	cargo fmt --all -- --check

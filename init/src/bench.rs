@@ -3,6 +3,7 @@
 //! kernel, CPU and moment. `tests/bench.sh` starts it as an executable in a cell that shares
 //! the node's network (to reach 127.0.0.1) and mounts (for crun's cgroups).
 
+pub mod churn;
 pub mod cri;
 pub mod soak;
 mod stream;

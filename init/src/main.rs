@@ -46,6 +46,11 @@ enum Cmd {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchCri(auraed::bench::cri::CriArgs),
+    /// `make soak`: load, an hour of churn and the pass line, inside the appliance (see
+    /// bench/churn/).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchChurn(auraed::bench::churn::ChurnArgs),
     /// The client, as `auraed aer ...` (same as running the binary as `aer`).
     #[command(disable_help_flag = true)]
     Aer {
@@ -168,6 +173,8 @@ fn main() -> ExitCode {
         Some(Cmd::BenchSoak(b)) => auraed::bench::soak::main(b),
         #[cfg(feature = "bench")]
         Some(Cmd::BenchCri(b)) => auraed::bench::cri::main(b),
+        #[cfg(feature = "bench")]
+        Some(Cmd::BenchChurn(b)) => auraed::bench::churn::main(b),
     }
 }
 

@@ -74,7 +74,7 @@ const STORM_RATIO_MAX: f64 = 2.0;
 const SOAK_RATIO_MAX: f64 = 4.0;
 
 /// Runs `f` on a thread with a current-thread runtime of its own.
-fn on_thread<F, T>(name: &str, f: F) -> std::thread::JoinHandle<Result<T, CliError>>
+pub(super) fn on_thread<F, T>(name: &str, f: F) -> std::thread::JoinHandle<Result<T, CliError>>
 where
     F: FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CliError>>>> + Send + 'static,
     T: Send + 'static,
@@ -89,7 +89,7 @@ where
     })
 }
 
-fn joined<T>(h: std::thread::JoinHandle<Result<T, CliError>>) -> Result<T, CliError> {
+pub(super) fn joined<T>(h: std::thread::JoinHandle<Result<T, CliError>>) -> Result<T, CliError> {
     h.join().map_err(|_| CliError::Usage("a soak thread panicked".into()))?
 }
 
@@ -145,7 +145,7 @@ async fn probe(target: Target, probes: Arc<Probes>) -> Result<(), CliError> {
     Ok(())
 }
 
-fn quantile(v: &[Duration], q: f64) -> Duration {
+pub(super) fn quantile(v: &[Duration], q: f64) -> Duration {
     let mut s = v.to_vec();
     s.sort();
     match s.len() {
