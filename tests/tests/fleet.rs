@@ -260,10 +260,88 @@ fn a_fleet_boots_over_the_network_each_node_with_its_own_identity() {
     }));
     assert!(renewed, "fleet-1 renewed its lease:\n{}", fleet.console(1));
 
+    dhcp_server_goes_away_and_returns(&build, &netns, &fleet, budget);
+
     drop(fleet);
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&left.stdout).contains(&netns),
         "the fleet's namespace is removed"
     );
+}
+
+/// The uplink's DHCP server goes away (docs/faults.md). fleet-1's 2-minute lease runs
+/// out: the node says so and its uplink address goes. auraed serves on all along: a cell
+/// on the node (in its network) reaches the API on the bridge's address every second. Once
+/// the server is back the node has its address again, in the same boot, and the
+/// workload started before the outage still runs.
+fn dhcp_server_goes_away_and_returns(build: &Path, netns: &str, fleet: &Fleet, budget: Duration) {
+    let node = ["--addr", "10.44.0.11:8443"];
+    let on_node = |args: &[&str]| aer(build, netns, &[&node[..], args].concat());
+    let info = || -> Option<serde_json::Value> {
+        let (code, json, _) = on_node(&["--timeout", "5", "--json", "node", "info"]);
+        (code == Some(0)).then(|| serde_json::from_str(&json).ok()).flatten()
+    };
+    let before = info().expect("fleet-1 answers before the outage");
+    let (code, _, err) = on_node(&["cell", "create", "dprobe", "--share", "net"]);
+    assert_eq!(code, Some(0), "{err}");
+    // busybox nc ends when the server closes; a TLS server closes on a plain request.
+    let probe = "while :; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 10.254.0.1 8443 >/dev/null 2>&1; \
+                 then echo up; else echo down; fi; sleep 1; done";
+    let (code, _, err) = on_node(&["exec", "dprobe", "--cell", "dprobe", "--", "/bin/sh", "-c", probe]);
+    assert_eq!(code, Some(0), "{err}");
+    let probe_log = || on_node(&["logs", "dprobe"]).1;
+    let ups = |log: &str| log.lines().filter(|l| l.trim() == "up").count();
+    let downs = |log: &str| log.lines().filter(|l| l.trim() == "down").count();
+    let probing = rt().block_on(eventually(budget, || async { ups(&probe_log()) > 0 }));
+    assert!(probing, "the probe reaches the API on the bridge: {}", probe_log());
+
+    // The server goes away.
+    std::fs::write(fleet.out.join("dhcp-off"), "").unwrap();
+    let pid = std::fs::read_to_string(fleet.out.join("dnsmasq.pid")).unwrap();
+    let killed = Command::new("kill").arg(pid.trim()).status().unwrap();
+    assert!(killed.success(), "dnsmasq ended");
+    let off = Instant::now();
+    // The lease runs out (at most its 2 minutes after the last renewal, then the budget).
+    let lost = rt().block_on(eventually(budget + Duration::from_secs(120), || async {
+        fleet.console(1).contains("lost its lease on 10.44.0.11")
+    }));
+    assert!(lost, "fleet-1's lease ran out:\n{}", fleet.console(1));
+    let (code, _, _) = on_node(&["--timeout", "2", "health"]);
+    assert_ne!(code, Some(0), "with no lease, fleet-1 has no address on the uplink");
+
+    // The server returns: the node asks anew and gets its address back.
+    std::fs::remove_file(fleet.out.join("dhcp-off")).unwrap();
+    let mut after = None;
+    let back = rt().block_on(eventually(budget, || {
+        let i = info();
+        let ok = i
+            .as_ref()
+            .is_some_and(|i| i["uplink_address"] == "10.44.0.11/24" && i["dhcp_lease"]["renewals"].as_u64() == Some(0));
+        if ok {
+            after = i;
+        }
+        async move { ok }
+    }));
+    assert!(back, "fleet-1 has its lease again:\n{}", fleet.console(1));
+    let after = after.unwrap();
+    let (b, a) = (
+        before["uptime_millis"].as_u64().unwrap(),
+        after["uptime_millis"].as_u64().unwrap(),
+    );
+    assert!(
+        a >= b + off.elapsed().as_millis() as u64 - 2000,
+        "the same boot: uptime {b} ms before, {a} ms after an outage of {:?}",
+        off.elapsed()
+    );
+    let log = probe_log();
+    assert_eq!(downs(&log), 0, "the API answered on the bridge all along:\n{log}");
+    assert!(
+        ups(&log) as u64 >= off.elapsed().as_secs() / 4,
+        "the probe kept probing through the outage ({} answers in {:?}):\n{log}",
+        ups(&log),
+        off.elapsed()
+    );
+    let (code, _, err) = on_node(&["cell", "stop", "dprobe"]);
+    assert_eq!(code, Some(0), "{err}");
 }
