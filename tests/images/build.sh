@@ -74,12 +74,17 @@ layer("whiteouts.tar", [
 ])
 layer("through.tar", [("lib/b.so", "file", b"b\n")])
 layer("escape.tar", [("../escaped", "file", b"x\n")])
+# 8,000 empty files in 80 directories: a layer that takes seconds to unpack under TCG
+# (images.rs cuts the power in the middle of it).
+layer("many.tar", [(f"many/{d}", "dir", b"") for d in range(80)]
+      + [(f"many/{i % 80}/f{i}", "file", b"") for i in range(8000)])
 PY
-for tag in layered malicious; do umoci tag --image "$L:busybox" "$tag"; done
+for tag in layered malicious many; do umoci tag --image "$L:busybox" "$tag"; done
 umoci raw add-layer --image "$L:layered" whiteouts.tar
 umoci raw add-layer --image "$L:layered" through.tar
 umoci raw add-layer --image "$L:malicious" escape.tar
-rm -f whiteouts.tar through.tar escape.tar
+umoci raw add-layer --image "$L:many" many.tar
+rm -f whiteouts.tar through.tar escape.tar many.tar
 umoci gc --layout "$L"
 # busybox-zstd: busybox with its layer recompressed with zstd (skopeo 1.9 reuses the
 # gzip blob instead of recompressing).

@@ -617,7 +617,7 @@ async fn blobs_verified(c: &Client, store: &str) -> usize {
 }
 
 /// The data disk, through a full disk under a pull, a power cut in the middle of a pull,
-/// a leftover of an unpack, and reboots: the store keeps verified content only, `tmp/` is
+/// a leftover of an unpack, a power cut in the middle of an unpack, and reboots: the store keeps verified content only, `tmp/` is
 /// emptied, the filesystem is clean, and the same pull works again.
 #[test]
 fn images_on_the_data_disk_survive_a_full_disk_a_power_cut_and_a_reboot() {
@@ -750,6 +750,48 @@ fn images_on_the_data_disk_survive_a_full_disk_a_power_cut_and_a_reboot() {
             pull.abort();
         });
     }
+    // Then the power goes in the middle of an unpack: a layer of 8,000 empty files (seconds
+    // to unpack here), QEMU SIGKILLed as soon as the node says it unpacks it.
+    let many = format!("{REGISTRY}/test/many:1");
+    {
+        let r = registry::Registry::start(&f.storage, registry::Options::default());
+        let port = r.addr.rsplit(':').next().unwrap().to_owned();
+        let mut a = boot(&format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}"));
+        rt().block_on(async {
+            let c = Client::connect(&a).await;
+            let mut s = c
+                .images
+                .clone()
+                .pull(pb::PullRequest {
+                    reference: many.clone(),
+                    credentials: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            loop {
+                let m = s.message().await.unwrap();
+                let m = m.unwrap_or_else(|| panic!("the pull ended before its unpack:\n{}", a.console_log()));
+                match m.event {
+                    Some(pb::pull_progress::Event::Unpacking(_)) => break,
+                    Some(pb::pull_progress::Event::Done(_)) => panic!("the pull ended before its unpack"),
+                    _ => {}
+                }
+            }
+            // Once the unpack has written some of its files, they are flushed (as the
+            // kernel's own writeback would, given time) and the power goes.
+            let store = "/var/lib/aurae/data/images";
+            let begun = c
+                .on_node(&format!(
+                    "for i in $(seq 200); do [ $(find {store}/tmp -path '*/layer-*/*' 2>/dev/null | head -50 | wc -l) -ge 50 ] && break; \
+                     sleep 0.05; done; sync; find {store}/tmp -path '*/layer-*/*' | head -50 | wc -l"
+                ))
+                .await;
+            assert_eq!(begun.trim(), "50", "the unpack had begun:\n{}", a.console_log());
+            registry::run(std::process::Command::new("pkill").args(["-KILL", "-P", &a.child.id().to_string()]));
+            a.wait_exit(a.budget(std::time::Duration::from_secs(30)));
+        });
+    }
     // Again from the same disk: the node starts and serves (the leftovers, the cut pull's
     // and the deep one, are moved out of tmp/ and removed on a thread of its own,
     // without recursion), the image is there, and a cell runs from it without pulling.
@@ -761,6 +803,12 @@ fn images_on_the_data_disk_survive_a_full_disk_a_power_cut_and_a_reboot() {
         let c = Client::connect(&a).await;
         let store = "/var/lib/aurae/data/images";
         assert_eq!(c.on_node(&format!("ls -A {store}/tmp | wc -l")).await.trim(), "0");
+        // The power cut landed inside the unpack: its directory was left in tmp/.
+        let console = a.console_log();
+        assert!(
+            console.contains("image store: layer-") && console.contains("was left by a write cut short"),
+            "the unpack's leftover is found at start:\n{console}"
+        );
         let kept = c.on_node("cat /var/lib/kubelet/pod-state /var/log/pods/log").await;
         assert_eq!(kept.trim_end(), "kept\nkept", "kubelet's files survived the reboot");
         let emptied = aurae_appliance_tests::eventually(a.budget(std::time::Duration::from_secs(120)), || async {
@@ -787,6 +835,17 @@ fn images_on_the_data_disk_survive_a_full_disk_a_power_cut_and_a_reboot() {
         assert!(blobs_verified(&c, store).await >= 3, "verified blobs only");
         let (_, done) = pull(&c, &zstd).await;
         done.unwrap_or_else(|e| panic!("the pull the power cut stopped: {e:?}\n{}", a.console_log()));
+        let (_, done) = pull(&c, &many).await;
+        done.unwrap_or_else(|e| {
+            panic!(
+                "the pull whose unpack the power cut stopped: {e:?}\n{}",
+                a.console_log()
+            )
+        });
+        let files = c
+            .on_node(&format!("find {store}/layers -path '*/many/*' -type f | wc -l"))
+            .await;
+        assert_eq!(files.trim(), "8000", "the layer, whole");
         c.shutdown().await;
     });
     a.wait_exit(a.budget(std::time::Duration::from_secs(60)));

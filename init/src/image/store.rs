@@ -153,6 +153,12 @@ impl Store {
         if let Ok(rd) = std::fs::read_dir(self.tmp_dir()) {
             for e in rd.flatten() {
                 let p = e.path();
+                // What a crash or power cut cut short: a blob's download (`blob-…`) or a
+                // layer's unpack (`layer-…`).
+                tracing::info!(
+                    "image store: {} in tmp/ was left by a write cut short; removing it",
+                    e.file_name().to_string_lossy()
+                );
                 let _ = nix::mount::umount2(&p.join("mnt"), nix::mount::MntFlags::MNT_DETACH);
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -165,6 +165,7 @@ pub fn fixture() -> &'static Fixture {
             ("busybox-zstd", "test/busybox:zstd"),
             ("layered", "test/layered:1"),
             ("malicious", "test/malicious:1"),
+            ("many", "test/many:1"),
         ] {
             run(Command::new("skopeo").args([
                 "copy",
