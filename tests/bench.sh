@@ -157,16 +157,12 @@ pod_bench() {
 # QEMU guestfwd rule (as the appliance tests do): the busybox test image and a generated
 # ~64 MiB image of 4 random layers.
 REG_GUEST=10.0.2.100:5000
-reg_dir=$(mktemp -d)
-reg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-    "$reg_dir/storage" "$reg_port" > "$reg_dir/config.yml"
-docker-registry serve "$reg_dir/config.yml" >/dev/null 2>&1 &
-reg_pid=$!
+# shellcheck source=tests/registry.sh
+. "$here/tests/registry.sh"
 trap 'rm -f "$log"; kill $reg_pid 2>/dev/null; rm -rf "$reg_dir"' EXIT
 "$here/tests/images/build.sh" "$B/test-images" >/dev/null
 "$here/tests/images/bench-image.sh" "$B/bench-image" >/dev/null
-until python3 -c "import socket; socket.create_connection(('127.0.0.1', $reg_port), 1)" 2>/dev/null; do sleep 0.1; done
+registry_ready
 skopeo copy -q --dest-tls-verify=false "oci:$B/test-images/layout:busybox" "docker://127.0.0.1:$reg_port/test/busybox:1"
 skopeo copy -q --dest-tls-verify=false "oci:$B/bench-image/layout:big" "docker://127.0.0.1:$reg_port/bench/big:1"
 big_layers=$(python3 - "$B/bench-image/layout" <<'PY'

@@ -15,17 +15,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 B=$(cd "${1:?usage: soak.sh BUILD_DIR}" && pwd)
 out=$B/soak; rm -rf "$out"; mkdir -p "$out"
 minutes=${SOAK_MINUTES:-60}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 aer() { "$B/bin/aer" --addr "127.0.0.1:$port" --server-name localhost --ca "$B/pki/ca.crt" \
         --cert "$B/pki/client.crt" --key "$B/pki/client.key" "$@"; }
 
 REG_GUEST=10.0.2.100:5000
-reg_dir=$(mktemp -d)
-reg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-    "$reg_dir/storage" "$reg_port" > "$reg_dir/config.yml"
-docker-registry serve "$reg_dir/config.yml" >/dev/null 2>&1 &
-reg_pid=$!
+# shellcheck source=tests/registry.sh
+. "$here/tests/registry.sh"
+port=$(free_port)
 qpid=
 cleanup() {
     [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
@@ -34,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$here/tests/images/build.sh" "$B/test-images" >/dev/null
-until python3 -c "import socket; socket.create_connection(('127.0.0.1', $reg_port), 1)" 2>/dev/null; do sleep 0.1; done
+registry_ready
 # The image cells and pods run; the one removed and pulled again each minute (busybox
 # with its layer in zstd: a blob of its own); the one disconnecting clients start to pull.
 for pair in busybox:test/busybox:1 busybox-zstd:test/churn:1 layered:test/dropped:1; do
@@ -74,4 +70,7 @@ set -e
 grep '^csv,' "$out/soak.log" | cut -d, -f2- > "$out/samples.csv"
 python3 "$here/tests/soak/plot.py" "$out/samples.csv" "$out/soak.svg" "$minutes min of churn, $(date -u +%F)"
 echo "soak: plot $out/soak.svg, samples $out/samples.csv, log $out/soak.log"
-grep -q 'soak: PASS' "$out/soak.log" && [ "$rc" = 0 ] || { echo "soak: failed (exit $rc; see above)"; exit 1; }
+if ! grep -q 'soak: PASS' "$out/soak.log" || [ "$rc" != 0 ]; then
+    echo "soak: failed (exit $rc; see above)"
+    exit 1
+fi

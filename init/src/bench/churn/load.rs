@@ -5,8 +5,8 @@
 //! - `clients`: N concurrent clients, each on its own mTLS connection, each calling
 //!   `Node.Info`, `Workloads.List`, `Workloads.Status` and `Images.List` in turn;
 //! - `cells`: N cells made one after another (`RunCell`), then, with all of them in the
-//!   table, `Workloads.List`, `Node.Info` and an executable's cycle, then each stopped and
-//!   freed;
+//!   table, `Workloads.List` (and another client's `Node.Info` while it is read),
+//!   `Node.Info` and an executable's cycle, then each stopped and freed;
 //! - `executables`: N executables in sequence, each run, waited for and freed.
 
 use super::actors::{PLAIN, SLEEPER};
@@ -106,8 +106,27 @@ pub async fn cells(target: &Target, n: usize) -> Result<Lat, CliError> {
         };
         timed(&mut lat, "RunCell", rt.run_cell(cell)).await?;
     }
+    // Another client's Node.Info, on a connection of its own, while each List is read.
+    let mut other = NodeClient::new(target.connect().await?);
     for i in 0..50 {
-        timed(&mut lat, "Workloads.List", wl.list(pb::ListRequest::default())).await?;
+        let mut beside = Lat::new();
+        let (listed, other_info) = tokio::join!(
+            timed(&mut lat, "Workloads.List", wl.list(pb::ListRequest::default())),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                timed(
+                    &mut beside,
+                    "Node.Info beside a List",
+                    other.info(pb::NodeInfoRequest {}),
+                )
+                .await
+            }
+        );
+        listed?;
+        other_info?;
+        for (k, v) in beside {
+            lat.entry(k).or_default().extend(v);
+        }
         timed(&mut lat, "Node.Info", node.info(pb::NodeInfoRequest {})).await?;
         cycle(&mut lat, &mut rt, &mut wl, &format!("load-cx-{i}"), PLAIN).await?;
     }

@@ -132,7 +132,7 @@ impl Tally {
     }
 }
 
-/// The phase the sampler labels its samples with.
+/// The phase the sampler labels its samples with (the settle's are taken by the main thread).
 static PHASE: Mutex<&str> = Mutex::new("start");
 
 fn set_phase(p: &'static str) {
@@ -272,17 +272,17 @@ fn churn(a: ChurnArgs) -> Result<bool, CliError> {
     }
     let churn_took = churned.elapsed();
 
-    // Everything freed; back to the start?
-    set_phase("settle");
-    rt()?.block_on(actors::clean(&target, &a.dropped_image))?;
-    let settling = Instant::now();
-    let mut end = sample_now(&target, began, "settle", port, false)?;
-    while !beyond(&start, &end).is_empty() && settling.elapsed() < Duration::from_secs(a.settle_secs) {
-        std::thread::sleep(Duration::from_secs(2));
-        end = sample_now(&target, began, "settle", port, false)?;
-    }
+    // Everything freed; back to the start? (The sampler stops first: its connection is
+    // not the node's.) Sampled every 2 s until within the margins, each sample plotted.
     stop_sampling.store(true, Ordering::Relaxed);
     joined(sampling)?;
+    rt()?.block_on(actors::clean(&target, &a.dropped_image))?;
+    let settling = Instant::now();
+    let mut end = sample_now(&target, began, "settle", port, true)?;
+    while !beyond(&start, &end).is_empty() && settling.elapsed() < Duration::from_secs(a.settle_secs) {
+        std::thread::sleep(Duration::from_secs(2));
+        end = sample_now(&target, began, "settle", port, true)?;
+    }
     let end = sample_now(&target, began, "end", port, true)?;
 
     println!(
