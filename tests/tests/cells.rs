@@ -975,14 +975,8 @@ fn exec_attaches_stdin_output_a_terminal_and_ends_with_its_caller() {
             start("att", &["sh", "-c", "tty; stty size; read l; stty size"], true),
         )
         .await;
-        let mut first = String::new();
-        while !first.contains("24 80") {
-            match s.message().await.unwrap().and_then(|m| m.response) {
-                Some(pb::exec_response::Response::Stdout(b)) => first.push_str(&String::from_utf8_lossy(&b)),
-                Some(_) => {}
-                None => panic!("ended early: {first:?}"),
-            }
-        }
+        // Until the size's whole line: the pty may hand "24 80" and its "\r\n" over apart.
+        let (first, _) = stdout_until(&mut s, "24 80\r\n").await;
         assert_eq!(first, "/dev/pts/0\r\n24 80\r\n");
         tx.send(pb::ExecRequest {
             request: Some(In::Resize(pb::TerminalSize { rows: 40, columns: 120 })),
