@@ -84,8 +84,9 @@ stop:
 	@$(BUILD)/bin/aer --config $(BUILD)/aer.toml node shutdown || { [ -f $(BUILD)/run/qemu.pid ] && kill $$(cat $(BUILD)/run/qemu.pid); }
 	@rm -f $(BUILD)/run/qemu.pid
 
+# --all-features: the bench drivers' own unit tests (make soak's pass line and plot) run too.
 test-host: deps
-	cargo test --workspace --locked --exclude aurae-appliance-tests
+	cargo test --workspace --locked --exclude aurae-appliance-tests --all-features
 
 # The buildroot/ tree, checked offline (no Buildroot source is reachable here): kconfiglib
 # from PyPI parses it, and its post-image script must make make image's layers, byte for byte.
