@@ -204,7 +204,7 @@ image_bench() {
 # (tests/soak/registry.py) listens on the host's loopback and is reached, like the
 # registry above, through a guestfwd rule.
 HOSTILE_GUEST=10.0.2.101:5001
-hostile_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+hostile_port=$(free_port)
 python3 "$here/tests/soak/registry.py" "$hostile_port" >/dev/null 2>&1 &
 hostile_pid=$!
 trap 'rm -f "$log"; kill $reg_pid $hostile_pid 2>/dev/null; rm -rf "$reg_dir"' EXIT

@@ -95,6 +95,13 @@ fn stop_req(kind: K, name: &str) -> pb::StopRequest {
     }
 }
 
+/// A workload stopped (1 s of grace) and freed.
+async fn stop_and_free(c: &mut Clients, kind: K, name: &str) -> R {
+    c.wl.stop(stop_req(kind, name)).await?;
+    c.wl.free(wref(kind, name)).await?;
+    Ok(())
+}
+
 async fn round(name: &'static str, i: u64, ctx: &Ctx, c: &mut Clients) {
     let t = std::time::Instant::now();
     let r: R = match name {
@@ -141,8 +148,7 @@ async fn cell(c: &mut Clients, i: u64) -> R {
     .await?;
     let x = format!("churn-cx-{i}");
     let ran = executable(c, &x, &name).await;
-    c.wl.stop(stop_req(K::Cell, &name)).await?;
-    c.wl.free(wref(K::Cell, &name)).await?;
+    stop_and_free(c, K::Cell, &name).await?;
     ran
 }
 
@@ -174,8 +180,7 @@ async fn image_cell(c: &mut Clients, i: u64, image: &str) -> R {
         Ok::<(), tonic::Status>(())
     }
     .await;
-    c.wl.stop(stop_req(K::Cell, &name)).await?;
-    c.wl.free(wref(K::Cell, &name)).await?;
+    stop_and_free(c, K::Cell, &name).await?;
     cycle
 }
 
@@ -313,8 +318,7 @@ async fn vm(c: &mut Clients, i: u64, initramfs: &str) -> R {
         ..Default::default()
     })
     .await?;
-    c.wl.stop(stop_req(K::VirtualMachine, &name)).await?;
-    c.wl.free(wref(K::VirtualMachine, &name)).await?;
+    stop_and_free(c, K::VirtualMachine, &name).await?;
     Ok(())
 }
 
@@ -339,8 +343,7 @@ async fn spawn(c: &mut Clients, ctx: &Ctx, i: u64) -> R {
         Ok::<(), tonic::Status>(())
     }
     .await;
-    c.wl.stop(stop_req(K::Instance, &name)).await?;
-    c.wl.free(wref(K::Instance, &name)).await?;
+    stop_and_free(c, K::Instance, &name).await?;
     used
 }
 
@@ -371,8 +374,7 @@ async fn pod(c: &mut Clients, i: u64, image: &str) -> R {
         },
     )
     .await;
-    c.wl.stop(stop_req(K::Pod, &name)).await?;
-    c.wl.free(wref(K::Pod, &name)).await?;
+    stop_and_free(c, K::Pod, &name).await?;
     used
 }
 
