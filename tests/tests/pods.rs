@@ -54,9 +54,10 @@ fn shared() -> Option<&'static Shared> {
         let port = r.addr.rsplit(':').next().unwrap().to_owned();
         let fwd = format!("tcp:{REGISTRY}-cmd:busybox nc 127.0.0.1 {port}");
         // lab0: a node bridge for pods' eth1, with no address of the node on it; the CRI
-        // on its socket for a kubelet on the node (aurae.cri=1).
+        // on its socket for a kubelet on the node (aurae.cri=1); instances checked every
+        // 5 s (10 by default), so a hung one is found in at most 30 s.
         let cmdline = format!(
-            "aurae.insecure_registries={REGISTRY} aurae.bridges={LAB} aurae.cri=1 aurae.cri_stream=0.0.0.0:{STREAM_PORT}"
+            "aurae.insecure_registries={REGISTRY} aurae.bridges={LAB} aurae.cri=1 aurae.cri_stream=0.0.0.0:{STREAM_PORT} aurae.child_check=5"
         );
         let web = aurae_appliance_tests::free_port();
         let stream = aurae_appliance_tests::free_port();
@@ -695,6 +696,87 @@ fn containers_restart_as_the_policy_says_after_their_back_off_and_oom_kills_are_
     });
 }
 
+/// A pod whose child stops answering (its VMM SIGSTOPped: the process is there, its guest
+/// answers nothing) is found by the node's health checks and killed; the pod (ALWAYS)
+/// runs again in a new instance at once: its container restarted, the lost run said, its
+/// node port leading to the new instance.
+#[test]
+fn a_pod_whose_instance_hangs_is_found_and_runs_again_in_a_new_instance() {
+    let s = shared_or_skip!();
+    let a = &s.a;
+    rt().block_on(async {
+        let c = Client::connect(a).await;
+        // Each instance's kernel has its own boot id: the page says which one serves.
+        let mut web = container(
+            "web",
+            "mkdir -p /srv; cat /proc/sys/kernel/random/boot_id > /srv/boot; exec httpd -f -p 80 -h /srv",
+        );
+        web.ports = vec![pb::ContainerPort {
+            container_port: 80,
+            host_port: NODE_PORT,
+            protocol: String::new(),
+        }];
+        let p = run_pod(
+            a,
+            &c,
+            pb::Pod {
+                name: "phoenix".into(),
+                containers: vec![web],
+                restart_policy: pb::RestartPolicy::Always as i32,
+                isolation: pb::IsolationKind::Vm as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", a.console_log()));
+        let budget = a.budget(Duration::from_secs(30));
+        let served = |port: u16| async move {
+            tokio::task::spawn_blocking(move || eventually_some(budget, || http_get(port, "/boot")))
+                .await
+                .unwrap()
+        };
+        let first = served(s.web).await.expect("the first instance serves");
+        let old = p.instance.clone().unwrap();
+        let old_tap = old.vm.clone().unwrap().tap_device;
+        c.on_node(&format!("kill -STOP {}", old.pid)).await;
+        let began = std::time::Instant::now();
+        let p = until_status(a, &c, "phoenix", "in a new instance", |p| {
+            p.instance_restarts == 1 && p.containers[0].state == pb::ContainerState::Running as i32
+        })
+        .await;
+        let took = began.elapsed();
+        eprintln!("phoenix: hang found and a new instance serving in {took:?}");
+        assert_eq!(p.phase, pb::PodPhase::Running as i32, "{p:?}");
+        assert!(
+            p.last_instance_end
+                .starts_with("the child stopped answering: 3 health checks in a row, 5 s apart"),
+            "{p:?}"
+        );
+        let w = &p.containers[0];
+        assert_eq!(w.restart_count, 1, "{p:?}");
+        let last = w.last_termination.clone().unwrap();
+        assert_eq!(last.reason, "ContainerStatusUnknown", "{p:?}");
+        let new = p.instance.clone().unwrap();
+        assert_ne!(new.pid, old.pid, "{p:?}");
+        assert_eq!(new.spiffe_id, old.spiffe_id, "{p:?}");
+        let gone = c
+            .on_node(&format!("kill -0 {} 2>/dev/null || echo gone", old.pid))
+            .await;
+        assert_eq!(gone.trim(), "gone", "the hung VMM was killed");
+        let links = c.on_node("ip -o link | cut -d: -f2").await;
+        let new_tap = new.vm.clone().unwrap().tap_device;
+        assert!(
+            old_tap == new_tap || !links.contains(&old_tap),
+            "its TAP went with it: {links}"
+        );
+        let second = served(s.web).await.expect("the node port leads to the new instance");
+        assert_ne!(second, first, "another kernel serves the page");
+        stop_and_free(&c, "phoenix").await;
+        c.assert_left_nothing("a pod given a new instance").await;
+    });
+}
+
+/// NEVER: a pod whose VMM is killed (as the OOM killer would) fails, saying why.
 #[test]
 fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
     let s = shared_or_skip!();
@@ -719,6 +801,7 @@ fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
                     ..container("c", "exec sleep 100000")
                 }],
                 isolation: pb::IsolationKind::Vm as i32,
+                restart_policy: pb::RestartPolicy::Never as i32,
                 ..Default::default()
             },
         )
@@ -736,6 +819,17 @@ fn a_pod_whose_vm_is_killed_fails_with_the_reason_and_frees_cleanly() {
         assert!(p.reason.starts_with("its instance ended"), "{p:?}");
         assert!(p.reason.contains("the VMM was killed by signal 9"), "said once: {p:?}");
         assert_eq!(p.reason.matches("killed").count(), 1, "said once: {p:?}");
+        let p = until_status(a, &c, "victim", "its run lost", |p| {
+            p.containers[0].state == pb::ContainerState::Terminated as i32
+        })
+        .await;
+        let last = p.containers[0].last_termination.clone();
+        assert_eq!(
+            last.map(|t| t.reason).as_deref(),
+            Some("ContainerStatusUnknown"),
+            "{p:?}"
+        );
+        assert_eq!(p.instance_restarts, 0, "NEVER: no new instance: {p:?}");
         c.workloads.clone().free(pod_ref("victim")).await.unwrap();
         c.assert_left_nothing("a killed pod").await;
     });

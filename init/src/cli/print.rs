@@ -539,6 +539,8 @@ pub fn pod_json(p: &pb::PodStatus) -> Value {
             })),
         })).collect::<Vec<_>>(),
         "instance": p.instance.as_ref().map(instance_json),
+        "instance_restarts": p.instance_restarts,
+        "last_instance_end": p.last_instance_end,
         "networks": networks_json(&p.networks),
     })
 }
@@ -580,5 +582,11 @@ pub fn print_pod(p: &pb::PodStatus, as_json: bool) {
     }
     if let Some(i) = &p.instance {
         println!("instance    {} {}", i.address, i.spiffe_id);
+    }
+    if p.instance_restarts > 0 {
+        println!(
+            "replaced    {} time(s); the last instance lost: {}",
+            p.instance_restarts, p.last_instance_end
+        );
     }
 }

@@ -584,6 +584,7 @@ mod tests {
             exit_code: code,
             signal,
             oom_killed: oom,
+            lost: false,
             started_unix_nanos: 5,
             finished_unix_nanos: 9,
         };

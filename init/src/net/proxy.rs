@@ -39,12 +39,17 @@ pub fn bind(host_port: u16, cell_port: u16) -> std::io::Result<Bound> {
 
 type Dial = (u16, oneshot::Sender<std::io::Result<TcpStream>>);
 
+/// Where a pod's ports lead: its instance's address, which changes when the pod is given
+/// a new instance; none while it has none (a connection is then closed at once).
+pub type Target = Arc<std::sync::RwLock<Option<Ipv4Addr>>>;
+
 /// Makes connections inside one cell's network namespace, or (a pod) to an address the
-/// node reaches itself.
+/// node reaches itself, fixed or as a pod's `Target` says at each connection.
 #[derive(Clone)]
 pub enum Dialer {
     Namespace(std::sync::mpsc::Sender<Dial>),
     Address(Ipv4Addr),
+    Follow(Target),
 }
 
 impl Dialer {
@@ -75,6 +80,16 @@ impl Dialer {
     pub async fn dial(&self, port: u16) -> std::io::Result<tokio::net::TcpStream> {
         let tx_dial = match self {
             Dialer::Address(ip) => return tokio::net::TcpStream::connect((*ip, port)).await,
+            Dialer::Follow(target) => {
+                let ip = *target.read().unwrap_or_else(|p| p.into_inner());
+                return match ip {
+                    Some(ip) => tokio::net::TcpStream::connect((ip, port)).await,
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "the pod has no running instance now",
+                    )),
+                };
+            }
             Dialer::Namespace(tx) => tx,
         };
         let (tx, rx) = oneshot::channel();

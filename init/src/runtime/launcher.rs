@@ -1160,6 +1160,12 @@ pub(crate) mod testing {
             self.changed.send_modify(|n| *n += 1);
         }
 
+        /// The instance died: its runs went with it (a wait for one fails).
+        pub fn lose_runs(&self) {
+            self.runs.lock().unwrap().clear();
+            self.changed.send_modify(|n| *n += 1);
+        }
+
         /// Whether `container` has a run that has not ended.
         pub fn running(&self, container: &str) -> bool {
             self.runs

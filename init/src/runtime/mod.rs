@@ -160,7 +160,9 @@ pub struct ChildChannel {
 /// The runtime as the server sees it: one method per rpc, each handing the node's `Host` to
 /// the kind that does the work.
 pub struct Runtime {
-    host: Host,
+    /// Shared with what outlives a call: a pod's keeper, which makes the pod a new instance
+    /// when its own ends.
+    host: Arc<Host>,
 }
 
 impl Runtime {
@@ -206,15 +208,21 @@ impl Runtime {
                 m => m,
             })),
         };
-        Runtime { host }
+        Runtime { host: Arc::new(host) }
+    }
+
+    /// The host while nothing else holds it: before the runtime serves (tests only).
+    #[cfg(test)]
+    pub(crate) fn host_mut(&mut self) -> &mut Host {
+        Arc::get_mut(&mut self.host).expect("the host is not shared yet")
     }
 
     /// A runtime on a fixture directory whose processes `sys` fakes (tests only).
     #[cfg(test)]
     pub(crate) fn with_launcher(root: PathBuf, sys: Arc<dyn Launcher>) -> Runtime {
         let mut rt = Runtime::new(root, None);
-        rt.host.unusable = None;
-        rt.host.sys = sys;
+        rt.host_mut().unusable = None;
+        rt.host_mut().sys = sys;
         rt
     }
 
@@ -228,9 +236,10 @@ impl Runtime {
         vm_files: PathBuf,
     ) -> Runtime {
         let mut rt = Runtime::with_launcher(root, sys);
-        rt.host.devices = devices;
-        rt.host.vm_file_dirs = vec![vm_files];
-        rt.host.bridge = Some((
+        let host = rt.host_mut();
+        host.devices = devices;
+        host.vm_file_dirs = vec![vm_files];
+        host.bridge = Some((
             "aurae0".into(),
             crate::net::Ipv4Cidr {
                 addr: std::net::Ipv4Addr::new(10, 254, 0, 1),
@@ -242,18 +251,24 @@ impl Runtime {
 
     /// What the node's bring-up and PKI give the runtime: bridges, the workload ceiling,
     /// what cells never see, Spawn's identity and the image store.
+    /// Called once, before the runtime is shared (auraed's bring-up); later it changes
+    /// nothing and says so.
     pub fn configure(&mut self, s: Settings) {
-        self.host.bridge = s.bridge;
-        self.host.named_bridges = s.named_bridges;
+        let Some(host) = Arc::get_mut(&mut self.host) else {
+            tracing::error!("the runtime is configured once, before it serves; these settings are ignored");
+            return;
+        };
+        host.bridge = s.bridge;
+        host.named_bridges = s.named_bridges;
         if let Some(max) = s.max_workloads {
-            self.host.table().max = max;
+            host.table().max = max;
         }
-        self.host.child_check = s.child_check.unwrap_or(self.host.child_check);
+        host.child_check = s.child_check.unwrap_or(host.child_check);
         if let Some(d) = &s.pki_dir {
-            self.host.hidden = confine::hidden_paths(d);
+            host.hidden = confine::hidden_paths(d);
         }
-        self.host.spawn_identity = s.spawn_identity;
-        self.host.images = s.images;
+        host.spawn_identity = s.spawn_identity;
+        host.images = s.images;
     }
 
     pub async fn run_executable(&self, spec: spec::ExecutableSpec) -> Result<ExecView> {

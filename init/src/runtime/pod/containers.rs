@@ -106,7 +106,7 @@ pub(crate) async fn create_container(
                 "pod '{pod}' has {MAX_SANDBOX_CONTAINERS} containers, the most a sandbox keeps; remove exited ones first"
             )));
         }
-        s.containers.push(Slot::new(spec, &image));
+        s.containers.push(Slot::new(spec, image.clone()));
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -123,18 +123,23 @@ pub struct Termination {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub oom_killed: bool,
+    /// The run went with its instance (killed, or found unresponsive): how it ended is
+    /// not known, only when the pod lost it.
+    pub lost: bool,
     pub started_unix_nanos: i64,
     pub finished_unix_nanos: i64,
 }
 
 impl Termination {
     pub fn succeeded(&self) -> bool {
-        self.exit_code == Some(0) && !self.oom_killed
+        self.exit_code == Some(0) && !self.oom_killed && !self.lost
     }
 
-    /// Kubernetes' words for it.
+    /// Kubernetes' words for it (kubelet's for a container lost with its sandbox).
     pub fn reason(&self) -> &'static str {
-        if self.oom_killed {
+        if self.lost {
+            "ContainerStatusUnknown"
+        } else if self.oom_killed {
             "OOMKilled"
         } else if self.succeeded() {
             "Completed"
@@ -247,6 +252,12 @@ mod tests {
         assert_eq!(oom.reason(), "OOMKilled");
         assert_eq!(ended(0).reason(), "Completed");
         assert_eq!(ended(3).reason(), "Error");
+        let lost = Termination {
+            lost: true,
+            ..Default::default()
+        };
+        assert!(RestartPolicy::OnFailure.restarts(&lost));
+        assert_eq!(lost.reason(), "ContainerStatusUnknown");
     }
 
     #[test]

@@ -24,14 +24,14 @@ pub(super) fn watch(p: &Arc<Pod>, container: String, host: &Host) {
 /// removal too.
 async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel, children: Arc<dyn ChildLink>) {
     let calls = children.pod_calls();
-    let Some(instance) = p.instance().cloned() else { return };
+    let Some(instance) = p.instance() else { return };
     let mut stop = p.changed.subscribe();
     loop {
         let ended = tokio::select! {
             r = calls.wait_run(&ch, &container) => r,
             _ = instance.body.wait() => return,
         };
-        if p.state().slot(&container).is_none() {
+        if p.state().slot(&container).is_none() || !current(&p, &instance) {
             return;
         }
         let st = match ended {
@@ -53,6 +53,7 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
             exit_code: st.exit_code,
             signal: st.signal,
             oom_killed: st.oom_killed,
+            lost: false,
             started_unix_nanos: st.started_at_unix_nanos,
             finished_unix_nanos: st.ended_at_unix_nanos,
         };
@@ -113,7 +114,12 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
             }
             restarts += 1;
             let _ = calls.free_run(&ch, &container, CALL_TIMEOUT).await;
-            match calls.start_run(&ch, &container, argv.clone(), io, CALL_TIMEOUT).await {
+            let started = calls.start_run(&ch, &container, argv.clone(), io, CALL_TIMEOUT).await;
+            // Its instance was lost meanwhile: the pod's keeper runs it in the next.
+            if !current(&p, &instance) {
+                return;
+            }
+            match started {
                 Ok(run) => {
                     p.update(|s| {
                         if let Some(r) = s.slot(&container) {
@@ -136,4 +142,9 @@ async fn supervise(p: Arc<Pod>, container: String, ch: tonic::transport::Channel
             }
         }
     }
+}
+
+/// Whether `instance` is still `p`'s (a lost one's supervisors change nothing).
+fn current(p: &Pod, instance: &Arc<crate::runtime::spawn::instance::Instance>) -> bool {
+    p.instance().is_some_and(|i| Arc::ptr_eq(&i, instance))
 }

@@ -47,11 +47,12 @@ pub(crate) fn rig_with(edit: impl FnOnce(&mut Runtime)) -> Rig {
     std::fs::write(&exe, b"\x7fELF stand-in").unwrap();
     let (id, _, _) = crate::runtime::spawn::identity::test_spawn_identity(&pki, Default::default());
     let children = Arc::new(FakeChildren::default());
-    rt.host.children = children.clone();
-    rt.host.instance_dir = instances.clone();
-    rt.host.node_kernel = kernel;
-    rt.host.own_exe = exe;
-    rt.host.spawn_identity = Some(id);
+    let host = rt.host_mut();
+    host.children = children.clone();
+    host.instance_dir = instances.clone();
+    host.node_kernel = kernel;
+    host.own_exe = exe;
+    host.spawn_identity = Some(id);
     edit(&mut rt);
     Rig {
         _dir: dir,

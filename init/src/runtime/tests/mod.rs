@@ -428,5 +428,6 @@ async fn auraed_runs_itself_again_in_a_private_cell() {
 }
 pub(crate) mod instance;
 mod pod;
+mod pod_renew;
 mod steps;
 mod vm;

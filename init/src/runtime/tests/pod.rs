@@ -81,12 +81,12 @@ pub(super) fn images(n: usize) -> Vec<Arc<PodImage>> {
 }
 
 /// Makes pod `spec` as `RunPod` does once its images are on this node.
-async fn run(r: &Rig, spec: PodSpec) -> crate::runtime::error::Result<PodView> {
+pub(super) async fn run(r: &Rig, spec: PodSpec) -> crate::runtime::error::Result<PodView> {
     let n = spec.containers.len();
     crate::runtime::pod::run(&r.rt.host, spec, images(n)).await
 }
 
-fn view(r: &Rig, name: &str) -> PodView {
+pub(super) fn view(r: &Rig, name: &str) -> PodView {
     match r.rt.status(Kind::Pod, name).unwrap() {
         View::Pod(p) => *p,
         other => panic!("{other:?}"),
@@ -94,7 +94,7 @@ fn view(r: &Rig, name: &str) -> PodView {
 }
 
 /// Yields (without moving the paused clock) until `cond` holds of the pod's view.
-async fn until(r: &Rig, name: &str, what: &str, cond: impl Fn(&PodView) -> bool) -> PodView {
+pub(super) async fn until(r: &Rig, name: &str, what: &str, cond: impl Fn(&PodView) -> bool) -> PodView {
     for _ in 0..10_000 {
         let v = view(r, name);
         if cond(&v) {
@@ -105,7 +105,7 @@ async fn until(r: &Rig, name: &str, what: &str, cond: impl Fn(&PodView) -> bool)
     panic!("pod {name}: never {what}: {:?}", view(r, name));
 }
 
-fn waiting_until(v: &PodView, n: usize) -> Option<i64> {
+pub(super) fn waiting_until(v: &PodView, n: usize) -> Option<i64> {
     match &v.containers[n].state {
         ContainerState::Waiting {
             reason,
@@ -244,17 +244,34 @@ async fn a_restart_the_instance_refuses_counts_as_a_failure_and_backs_off_again(
     assert_eq!(v.containers[0].restarts, 2);
 }
 
-#[tokio::test]
-async fn a_pod_whose_instance_dies_fails_with_the_reason_restarts_nothing_and_frees() {
-    let r = rig();
-    let v = run(&r, pod("lost", RestartPolicy::Always, &["app"])).await.unwrap();
-    assert_eq!(v.phase, PodPhase::Running);
-    // Its VM dies (the VMM is killed).
-    for pid in r.fake.pids_in(&r.root.join("lost").join("_x.lost")) {
+/// Pod `name`'s instance dies: its VMM is killed, and the runs in it go with it.
+pub(super) fn kill_instance(r: &Rig, name: &str) {
+    for pid in r.fake.pids_in(&r.root.join(name).join(format!("_x.{name}"))) {
         r.fake.exit(pid, 9);
     }
-    let v = until(&r, "lost", "failed", |v| v.phase == PodPhase::Failed).await;
+    r.children.pods.lose_runs();
+}
+
+/// NEVER: a pod whose instance dies fails (its run lost); a new instance is `pod_renew.rs`'s.
+#[tokio::test]
+async fn a_never_pod_whose_instance_dies_fails_with_the_reason_restarts_nothing_and_frees() {
+    let r = rig();
+    let v = run(&r, pod("lost", RestartPolicy::Never, &["app"])).await.unwrap();
+    assert_eq!(v.phase, PodPhase::Running);
+    kill_instance(&r, "lost");
+    let v = until(&r, "lost", "failed, its run lost", |v| {
+        v.phase == PodPhase::Failed && v.containers[0].state == ContainerState::Terminated
+    })
+    .await;
     assert!(v.reason.starts_with("its instance ended"), "{v:?}");
+    assert_eq!(v.containers[0].state, ContainerState::Terminated, "{v:?}");
+    let last = v.containers[0].last.clone().unwrap();
+    assert_eq!(
+        last.reason(),
+        "ContainerStatusUnknown",
+        "the run went with it: {last:?}"
+    );
+    assert_eq!((v.instance_restarts, v.pod_ip.as_str()), (0, ""), "{v:?}");
     tokio::time::pause();
     tokio::time::sleep(BACKOFF_BASE * 4).await;
     assert_eq!(

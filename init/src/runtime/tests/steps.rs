@@ -181,7 +181,7 @@ fn with_an_image() -> Rigged {
                 &[],
             );
             let i = Arc::new(i.unwrap());
-            rt.host.images = Ok(i.clone());
+            rt.host_mut().images = Ok(i.clone());
             images = Some(i);
         });
         let layer = tar_of(&[E::Dir("bin/"), E::File("bin/app", b"#!/bin/sh\n", 0o755)]);
@@ -375,6 +375,74 @@ async fn run_pod_each_step() {
         ],
     )
     .await;
+}
+
+/// A pod whose instance died is given a new one (`pod/replace.rs`): the dead one taken
+/// apart (its cgroups), then RunPod's steps but the ports. Each of the new instance's
+/// steps fails in turn: nothing of the attempt stays (the node is as before the pod was
+/// made, the pod listed), the pod says why, and after its back-off it gets one.
+#[tokio::test]
+async fn a_pods_new_instance_each_step() {
+    const RELEASE: [&str; 2] = [REMOVE, REMOVE];
+    let steps = [
+        VM[0],
+        VM[1],
+        VM[2],
+        VM[3],
+        VM[4],
+        SERVES,
+        "give the instance an image",
+        "make a container's cell",
+        "start a container's entrypoint",
+        "make a container's cell",
+        "start a container's entrypoint",
+    ];
+    use crate::runtime::pod::spec::BACKOFF_BASE;
+    use crate::runtime::tests::pod::{kill_instance, until};
+    for armed in std::iter::once(None).chain((0..steps.len()).map(Some)) {
+        let r = rig();
+        let empty = node(&r);
+        run_pod(&r).await.unwrap();
+        let faults = wire(&r);
+        faults.arm(armed.map_or(usize::MAX, |n| n + RELEASE.len()));
+        kill_instance(&r, "web");
+        if let Some(n) = armed {
+            let step = steps[n];
+            let v = until(&r, "web", "told why", |v| v.reason.contains("injected")).await;
+            assert!(
+                v.reason.contains("the new one could not be made"),
+                "step {n} ({step}): {v:?}"
+            );
+            let want = Node {
+                table: vec![(Kind::Pod, "web".into())],
+                ..empty
+            };
+            assert_eq!(
+                settled(&r, &want).await,
+                want,
+                "a new instance, step {n} ({step}) failed: something was left"
+            );
+            // The failed instance was killed: what it ran went with it.
+            r.children.pods.lose_runs();
+            tokio::time::pause();
+            tokio::time::advance(BACKOFF_BASE).await;
+            tokio::time::resume();
+        }
+        let v = until(&r, "web", "in a new instance", |v| {
+            v.instance_restarts == 1 && v.reason.is_empty()
+        })
+        .await;
+        assert!(v.containers.iter().all(|c| c.restarts == 1), "{armed:?}: {v:?}");
+        if armed.is_none() {
+            let seen = faults.seen();
+            assert_eq!(seen[..2], RELEASE, "the dead instance taken apart first");
+            assert_eq!(
+                seen[2..],
+                steps,
+                "the steps of a pod's new instance (and in docs/faults.md)"
+            );
+        }
+    }
 }
 
 /// Makes `kind` `name` with `make` (no faults), stops it, then frees it: once without

@@ -299,6 +299,8 @@ pub fn pod_status(v: PodView) -> pb::PodStatus {
         } as i32,
         created_at_unix_nanos: v.created_unix_nanos,
         networks: super::network_status(&v.networks),
+        instance_restarts: v.instance_restarts,
+        last_instance_end: v.last_instance_end,
     }
 }
 
