@@ -52,7 +52,48 @@ impl Default for I8042 {
     }
 }
 
+/// The controller's registers and output buffer, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    pub ctr: u8,
+    pub status: u8,
+    pub out: Vec<u8>,
+    pub pending: Option<u8>,
+    pub last: u8,
+}
+
+impl Default for State {
+    fn default() -> State {
+        I8042::default().state()
+    }
+}
+
+/// Whether controller command `cmd` takes a parameter (the next data write).
+pub fn takes_parameter(cmd: u8) -> bool {
+    matches!(cmd, 0x60 | 0xd1 | 0xd2 | 0xd3 | 0xd4)
+}
+
+impl State {
+    #[cfg(test)]
+    pub fn hostile_for_tests() -> State {
+        State {
+            out: vec![0; 4096],
+            ..State::default()
+        }
+    }
+}
+
 impl I8042 {
+    pub fn state(&self) -> State {
+        State {
+            ctr: self.ctr,
+            status: self.status,
+            out: self.out.iter().copied().collect(),
+            pending: self.pending,
+            last: self.last,
+        }
+    }
+
     fn push(&mut self, b: u8) -> Action {
         if self.out.len() >= OUT_CAP {
             return Action::None;
@@ -98,7 +139,7 @@ impl I8042 {
                     let c = self.ctr;
                     self.push(c)
                 }
-                0x60 | 0xd1 | 0xd2 | 0xd3 | 0xd4 => {
+                c if takes_parameter(c) => {
                     self.pending = Some(v);
                     Action::None
                 }

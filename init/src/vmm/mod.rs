@@ -19,6 +19,7 @@ mod jail;
 mod kernel;
 mod memory;
 pub mod protocol;
+pub mod snapshot;
 mod vcpu;
 pub mod virtio_blk;
 pub mod virtio_mmio;

@@ -12,7 +12,7 @@ pub const FIRST_IRQ: u32 = 5;
 /// IO-APIC pins 5..=23 minus nothing else in use: 19 device slots.
 pub const MAX_DEVICES: usize = 19;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-const QUEUE_MAX: u16 = 256;
+pub const QUEUE_MAX: u16 = 256;
 
 pub fn slot_base(slot: usize) -> u64 {
     MMIO_BASE + slot as u64 * MMIO_SIZE
