@@ -38,6 +38,7 @@ UNSAFE_HOMES = {
     "vmm/memory.rs": "guest memory mapped into KVM",
     "vmm/jail.rs": "the VMM's jail: capability drops, no_new_privs, its seccomp filter",
     "vmm/protocol.rs": "descriptors the VMM receives from auraed (SCM_RIGHTS, fd 3)",
+    "vmm/snapshot/kvm.rs": "KVM_SET_XSAVE (kvm-ioctls marks it unsafe: the kernel reads the whole struct)",
 }
 
 # Code that runs in a CLONE_VM child, sharing auraed's memory and threads' bookkeeping.

@@ -22,6 +22,8 @@
 // checked and tested on its own first (issue #28's first slice).
 #![cfg_attr(not(test), allow(dead_code))]
 
+pub mod kvm;
+
 use super::{i8042, virtio_mmio};
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
