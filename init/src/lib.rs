@@ -58,4 +58,6 @@ pub mod roles {
     pub use crate::runtime::holder::{main as cell_init, ARGV0 as CELL_INIT};
     /// A VM's VMM, one process per VM.
     pub use crate::vmm::{main as vmm, ARGV0 as VMM};
+    /// What the runtime tells a VMM, for tests that run one as a process.
+    pub use crate::vmm::{protocol as vmm_protocol, SnapshotRole, VmConfig};
 }

@@ -453,6 +453,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
         cmdline: spec.cmdline.clone(),
         vcpus: spec.vcpus,
         memory_bytes: spec.memory_bytes,
+        snapshot: None,
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|source| RuntimeError::Io {
         what: "socketpair",
@@ -501,6 +502,7 @@ pub(super) async fn boot(host: &Host, spec: VmSpec, listed: bool) -> Result<Arc<
         initramfs: opened.initramfs.map(Into::into),
         disks: opened.disks.into_iter().map(Into::into).collect(),
         taps: tap_fds,
+        snapshot: None,
     };
     if let Err(e) = vmm::protocol::send_config(&ours, &config, files) {
         vm.vmm.stop(libc::SIGKILL, Duration::ZERO).await;

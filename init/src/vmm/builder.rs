@@ -4,8 +4,11 @@
 
 use super::devices::{self, ConsoleOut, GuestExit, IrqTrigger, PortBus};
 use super::protocol::VmFiles;
+use super::snapshot::{kvm, take, VmSnapshot};
 use super::vcpu::{self, Machine};
-use super::{boot, cpu, i8042, io, jail, kvm_err, memory, virtio_blk, virtio_mmio, virtio_net, VmConfig, VmmError};
+use super::{
+    boot, cpu, i8042, io, jail, kvm_err, memory, virtio_blk, virtio_mmio, virtio_net, SnapshotRole, VmConfig, VmmError,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
@@ -25,7 +28,16 @@ pub(super) fn run(
     // SAFETY: the runtime opened /dev/kvm for this VMM and passed it; this is its only owner.
     let kvm = unsafe { Kvm::from_raw_fd(files.kvm.into_raw_fd()) };
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-    let mem = Arc::new(boot::memory(cfg.memory_bytes)?);
+    let (memory_file, state_file) = match files.snapshot {
+        Some((m, s)) => (Some(std::fs::File::from(m)), Some(std::fs::File::from(s))),
+        None => (None, None),
+    };
+    // A restored machine's state, read and checked before anything is made of it.
+    let restored = match (cfg.snapshot, &state_file) {
+        (Some(SnapshotRole::Restore), Some(f)) => Some(snapshot_in(f, cfg)?),
+        _ => None,
+    };
+    let mem = Arc::new(guest_memory(cfg, memory_file)?);
     memory::register(&vm, &mem)?;
     vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set TSS address"))?;
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
@@ -62,17 +74,26 @@ pub(super) fn run(
         let dev = virtio_blk::VirtioBlk::new(mem.clone(), file.into(), d.read_only, &serial, irq)?;
         mmio.push(dev);
     }
+    if let Some(s) = &restored {
+        for (d, t) in mmio.iter().zip(&s.devices.mmio) {
+            d.transport().lock().unwrap_or_else(|p| p.into_inner()).restore(t)?;
+        }
+    }
     let initramfs = match (files.initramfs, &cfg.initramfs) {
         (Some(f), Some(name)) => Some((std::fs::File::from(f), name.as_str())),
         _ => None,
     };
-    let entry = boot::load(
-        &mem,
-        (std::fs::File::from(files.kernel), &cfg.kernel),
-        initramfs,
-        &cmdline,
-        cfg.vcpus,
-    )?;
+    // A restored guest is past its boot: its kernel is in memory already.
+    let entry = match &restored {
+        Some(_) => None,
+        None => Some(boot::load(
+            &mem,
+            (std::fs::File::from(files.kernel), &cfg.kernel),
+            initramfs,
+            &cmdline,
+            cfg.vcpus,
+        )?),
+    };
 
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
     vm.register_irqfd(&irq, devices::COM1_IRQ)
@@ -82,11 +103,35 @@ pub(super) fn run(
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
     vm.register_irqfd(&kbd_irq, devices::KBD_IRQ)
         .map_err(kvm_err("register keyboard irqfd"))?;
-    let bus = Arc::new(Mutex::new(PortBus {
-        serial: vm_superio::Serial::new(IrqTrigger(irq), ConsoleOut::new(stdout)),
-        kbd: i8042::I8042::default(),
-        kbd_irq,
-    }));
+    let (serial, kbd) = match &restored {
+        Some(s) => (
+            vm_superio::Serial::from_state(
+                &take::serial_state(&s.devices.serial),
+                IrqTrigger(irq),
+                vm_superio::serial::NoEvents,
+                ConsoleOut::new(stdout),
+            )
+            .map_err(|e| VmmError::Io {
+                what: "restore the serial port",
+                source: std::io::Error::other(format!("{e:?}")),
+            })?,
+            i8042::I8042::from_state(&s.devices.kbd),
+        ),
+        None => (
+            vm_superio::Serial::new(IrqTrigger(irq), ConsoleOut::new(stdout)),
+            i8042::I8042::default(),
+        ),
+    };
+    let bus = Arc::new(Mutex::new(PortBus { serial, kbd, kbd_irq }));
+    let taker = match (cfg.snapshot, state_file) {
+        (Some(SnapshotRole::Take), Some(f)) => {
+            on_kick()?;
+            let msrs = kvm::msr_list(&kvm).map_err(snap_err)?;
+            Some(take::Taker::new(usize::from(cfg.vcpus), msrs, f, cfg.memory_bytes))
+        }
+        _ => None,
+    };
+    let taking = taker.is_some();
 
     let (end_tx, end_rx) = mpsc::channel();
     let machine = Arc::new(Machine {
@@ -94,20 +139,28 @@ pub(super) fn run(
         bus: bus.clone(),
         mmio,
         end: end_tx,
+        taker,
     });
     let cpuid = cpu::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
         let fd = machine.vm.create_vcpu(u64::from(id)).map_err(kvm_err("create vCPU"))?;
-        cpu::setup(&fd, &cpuid, id, cfg.vcpus, entry.rip).map_err(kvm_err("set up vCPU"))?;
+        match (&restored, &entry) {
+            (Some(s), _) => kvm::restore_vcpu(&fd, &s.vcpus[usize::from(id)]).map_err(snap_err)?,
+            (None, Some(e)) => cpu::setup(&fd, &cpuid, id, cfg.vcpus, e.rip).map_err(kvm_err("set up vCPU"))?,
+            (None, None) => {}
+        }
         vcpus.push(fd);
+    }
+    if let Some(s) = &restored {
+        kvm::restore_vm(&machine.vm, &s.vm).map_err(snap_err)?;
     }
     for (id, fd) in vcpus.into_iter().enumerate() {
         let m = machine.clone();
         threads.push((
             format!("vcpu{id}"),
             jail::Kind::Vcpu,
-            Box::new(move || vcpu::run(fd, &m)),
+            Box::new(move || vcpu::run(fd, &m, id)),
         ));
     }
     // SIGTERM: the graceful stop. The VMM presses Power on the guest's keyboard and lets the
@@ -146,7 +199,7 @@ pub(super) fn run(
     let gate = Arc::new(std::sync::Barrier::new(threads.len() + 1));
     for (name, kind, body) in threads {
         let g = gate.clone();
-        let own = jail::thread_filter(kind);
+        let own = jail::thread_filter(kind, taking);
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -161,8 +214,8 @@ pub(super) fn run(
             .map_err(io("start a VMM thread"))?;
     }
     // On failure the threads stay at the gate and end with the process.
-    jail::install(&jail::filter())?;
-    let main_filter = jail::thread_filter(jail::Kind::Main);
+    jail::install(&jail::filter(taking))?;
+    let main_filter = jail::thread_filter(jail::Kind::Main, taking);
     gate.wait();
     jail::install_thread(&main_filter)?;
     ready(cfg.vcpus).map_err(io("report ready on the control socket"))?;
@@ -201,4 +254,97 @@ fn pit_discard_lost_ticks(vm: &VmFd) -> Result<(), VmmError> {
         });
     }
     Ok(())
+}
+
+/// Guest memory: anonymous; a template's memory file, shared (it is the snapshot's memory);
+/// or a restored machine's, a copy-on-write mapping of the snapshot's memory file.
+fn guest_memory(cfg: &VmConfig, file: Option<std::fs::File>) -> Result<vm_memory::GuestMemoryMmap, VmmError> {
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+    let size = cfg.memory_bytes as usize;
+    let memory = |e: String| VmmError::Io {
+        what: "guest memory",
+        source: std::io::Error::other(e),
+    };
+    let Some(f) = file.filter(|_| cfg.snapshot.is_some()) else {
+        return Ok(boot::memory(cfg.memory_bytes)?);
+    };
+    // Beyond a file's end a mapping faults: the file must hold all of the guest's memory.
+    let len = f.metadata().map_err(io("the memory file"))?.len();
+    if len < cfg.memory_bytes {
+        return Err(memory(format!(
+            "the memory file has {len} bytes, and the guest has {}",
+            cfg.memory_bytes
+        )));
+    }
+    let file = FileOffset::new(f, 0);
+    match cfg.snapshot {
+        Some(SnapshotRole::Restore) => {
+            let region = MmapRegion::build(
+                Some(file),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_NORESERVE | libc::MAP_PRIVATE,
+            )
+            .map_err(|e| memory(e.to_string()))?;
+            let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or_else(|| memory("no region".into()))?;
+            GuestMemoryMmap::from_regions(vec![region]).map_err(|e| memory(e.to_string()))
+        }
+        _ => GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), size, Some(file))])
+            .map_err(|e| memory(e.to_string())),
+    }
+}
+
+/// The snapshot in state file `f`, checked, and fit for `cfg` (its vCPUs and memory).
+fn snapshot_in(mut f: &std::fs::File, cfg: &VmConfig) -> Result<VmSnapshot, VmmError> {
+    let mut bytes = Vec::new();
+    std::io::Seek::rewind(&mut f).map_err(io("read the state file"))?;
+    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(io("read the state file"))?;
+    let s = super::snapshot::decode(&bytes, env!("CARGO_PKG_VERSION")).map_err(|e| VmmError::Io {
+        what: "the state file",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if s.vcpus.len() != usize::from(cfg.vcpus) || s.memory_bytes != cfg.memory_bytes {
+        return Err(VmmError::Io {
+            what: "the state file",
+            source: std::io::Error::other(format!(
+                "a machine of {} vCPUs and {} bytes, not {} and {}",
+                s.vcpus.len(),
+                s.memory_bytes,
+                cfg.vcpus,
+                cfg.memory_bytes
+            )),
+        });
+    }
+    if s.devices.mmio.len() != cfg.nets.len() + cfg.disks.len() {
+        return Err(VmmError::Io {
+            what: "the state file",
+            source: std::io::Error::other(format!(
+                "{} virtio devices, and the configuration has {}",
+                s.devices.mmio.len(),
+                cfg.nets.len() + cfg.disks.len()
+            )),
+        });
+    }
+    Ok(s)
+}
+
+fn snap_err(e: kvm::StateError) -> VmmError {
+    VmmError::Io {
+        what: "snapshot",
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+extern "C" fn kicked(_: libc::c_int) {}
+
+/// The signal that kicks a vCPU out of KVM_RUN for a pause does nothing else (its default
+/// would end the VMM).
+fn on_kick() -> Result<(), VmmError> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let sa = SigAction::new(SigHandler::Handler(kicked), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler does nothing, which is async-signal-safe; no SA_RESTART, so a
+    // KVM_RUN it interrupts returns EINTR.
+    unsafe { sigaction(take::KICK, &sa) }
+        .map(drop)
+        .map_err(|e| io("the kick signal's handler")(std::io::Error::from(e)))
 }

@@ -15,6 +15,9 @@ pub const KBD_IRQ: u32 = 1;
 pub const POWER_PORT: u16 = 0x600;
 pub const POWER_OFF: u8 = 1;
 pub const REBOOT: u8 = 2;
+/// A template guest's request to be paused and taken (`SnapshotRole::Take`); elsewhere
+/// ignored.
+pub const SNAPSHOT: u8 = 3;
 const PCI_CONFIG: std::ops::RangeInclusive<u16> = 0xcf8..=0xcff;
 
 /// Why the guest stopped running.
@@ -23,6 +26,8 @@ pub enum GuestExit {
     PowerOff,
     Reset,
     TripleFault,
+    /// The guest asked to be taken (`SNAPSHOT`); once it has been, how it ended.
+    Snapshot,
 }
 
 pub struct IrqTrigger(pub EventFd);
@@ -131,6 +136,7 @@ impl PortBus {
             }
             POWER_PORT if v == POWER_OFF => Some(GuestExit::PowerOff),
             POWER_PORT if v == REBOOT => Some(GuestExit::Reset),
+            POWER_PORT if v == SNAPSHOT => Some(GuestExit::Snapshot),
             _ => None,
         }
     }

@@ -84,6 +84,17 @@ impl State {
 }
 
 impl I8042 {
+    /// The controller as `s` says (a snapshot's, checked: `VmSnapshot::check`).
+    pub fn from_state(s: &State) -> I8042 {
+        I8042 {
+            ctr: s.ctr,
+            status: s.status,
+            out: s.out.iter().copied().take(OUT_CAP).collect(),
+            pending: s.pending,
+            last: s.last,
+        }
+    }
+
     pub fn state(&self) -> State {
         State {
             ctr: self.ctr,

@@ -29,6 +29,63 @@ vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 /// The only ioctl a running VMM makes.
 static IOCTLS: std::sync::OnceLock<[u32; 1]> = std::sync::OnceLock::new();
 
+// What a template's VMM reads of its vCPUs and VM when its guest asks to be taken
+// (`snapshot::take`): state out of KVM, nothing into it.
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+};
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+
+static TAKE_IOCTLS: std::sync::OnceLock<[u32; 14]> = std::sync::OnceLock::new();
+
+/// fcntl(F_GETFD) only: reading a descriptor's flags, which std does when a debug build
+/// closes one (a VMM thread that ends drops its vCPU).
+fn fd_flags() -> (u32, Verdict) {
+    (libc::SYS_fcntl as u32, Verdict::ArgOneOf(1, &[libc::F_GETFD as u32]))
+}
+
+/// KVM_RUN, and for a template (`take`) the reads that take its state.
+fn kvm_ioctls(take: bool) -> Verdict {
+    if !take {
+        return kvm_run_only();
+    }
+    Verdict::ArgOneOf(
+        1,
+        TAKE_IOCTLS.get_or_init(|| {
+            [
+                KVM_RUN(),
+                KVM_GET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_GET_MSRS(),
+                KVM_GET_CPUID2(),
+                KVM_GET_LAPIC(),
+                KVM_GET_MP_STATE(),
+                KVM_GET_VCPU_EVENTS(),
+                KVM_GET_DEBUGREGS(),
+                KVM_GET_XSAVE(),
+                KVM_GET_XCRS(),
+                KVM_GET_IRQCHIP(),
+                KVM_GET_PIT2(),
+                KVM_GET_CLOCK(),
+            ]
+            .map(|n| n as u32)
+        }),
+    )
+}
+
 /// Enters the mount namespace, root and credentials of the jail. Call on the only thread.
 pub fn enter(uid: u32) -> Result<(), JailError> {
     use nix::sched::{unshare, CloneFlags};
@@ -166,14 +223,16 @@ fn kvm_run_only() -> Verdict {
 
 /// The filter for the whole process: the union of every kind's calls, plus thread names
 /// (std sets them with prctl) and seccomp itself (each thread then narrows its own).
-pub fn filter() -> Vec<bpf::Insn> {
+/// `take`: a template's, whose vCPU threads also read its state out of KVM.
+pub fn filter(take: bool) -> Vec<bpf::Insn> {
     let mut rules: Vec<(u32, Verdict)> = COMMON
         .iter()
         .chain(Kind::ALL.iter().flat_map(|k| k.extra().iter()))
         .chain(sys!(SYS_seccomp))
         .map(|n| (*n as u32, Verdict::Allow))
         .collect();
-    rules.push((libc::SYS_ioctl as u32, kvm_run_only()));
+    rules.push((libc::SYS_ioctl as u32, kvm_ioctls(take)));
+    rules.push(fd_flags());
     rules.push((
         libc::SYS_prctl as u32,
         Verdict::AllowIfOneOf(&[libc::PR_SET_NAME as u32]),
@@ -182,15 +241,16 @@ pub fn filter() -> Vec<bpf::Insn> {
 }
 
 /// The filter a thread of `kind` adds once it runs in the jail.
-pub fn thread_filter(kind: Kind) -> Vec<bpf::Insn> {
+pub fn thread_filter(kind: Kind, take: bool) -> Vec<bpf::Insn> {
     let mut rules: Vec<(u32, Verdict)> = COMMON
         .iter()
         .chain(kind.extra())
         .map(|n| (*n as u32, Verdict::Allow))
         .collect();
     if kind == Kind::Vcpu {
-        rules.push((libc::SYS_ioctl as u32, kvm_run_only()));
+        rules.push((libc::SYS_ioctl as u32, kvm_ioctls(take)));
     }
+    rules.push(fd_flags());
     bpf::compile(rules, bpf::RET_TRAP)
 }
 
@@ -281,7 +341,7 @@ mod tests {
 
     #[test]
     fn the_vmm_filter_allows_kvm_run_and_traps_everything_else() {
-        let f = filter();
+        let f = filter(false);
         let x86 = 0xc000_003e;
         let run = |nr: libc::c_long, a0: u64, a1: u64| bpf::run_args(&f, nr as u32, x86, [a0, a1]).0;
         assert_eq!(run(libc::SYS_ioctl, 9, u64::from(KVM_RUN() as u32)), bpf::RET_ALLOW);
@@ -299,10 +359,15 @@ mod tests {
             assert_eq!(run(nr, 0, a1), bpf::RET_TRAP, "{nr}");
         }
         assert_eq!(run(libc::SYS_prctl, libc::PR_SET_NAME as u64, 0), bpf::RET_ALLOW);
+        assert_eq!(run(libc::SYS_fcntl, 3, libc::F_GETFD as u64), bpf::RET_ALLOW);
+        for cmd in [libc::F_SETFD, libc::F_DUPFD, libc::F_DUPFD_CLOEXEC, libc::F_SETFL] {
+            assert_eq!(run(libc::SYS_fcntl, 3, cmd as u64), bpf::RET_TRAP, "fcntl {cmd}");
+        }
         assert_eq!(run(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS as u64, 0), bpf::RET_TRAP);
         // Each kind of thread is narrower: only a vCPU may KVM_RUN or touch a disk, only
         // the signal thread may wait for signals.
-        let on = |k: Kind, nr: libc::c_long, a1: u64| bpf::run_args(&thread_filter(k), nr as u32, x86, [0, a1]).0;
+        let on =
+            |k: Kind, nr: libc::c_long, a1: u64| bpf::run_args(&thread_filter(k, false), nr as u32, x86, [0, a1]).0;
         let kvm_run = u64::from(KVM_RUN() as u32);
         assert_eq!(on(Kind::Vcpu, libc::SYS_ioctl, kvm_run), bpf::RET_ALLOW);
         assert_eq!(on(Kind::NetRx, libc::SYS_ioctl, kvm_run), bpf::RET_TRAP);
@@ -311,6 +376,44 @@ mod tests {
         assert_eq!(on(Kind::Signals, libc::SYS_rt_sigtimedwait, 0), bpf::RET_ALLOW);
         for k in Kind::ALL {
             assert_eq!(on(k, libc::SYS_seccomp, 0), bpf::RET_TRAP, "{k:?} cannot install more");
+        }
+        // Only a template's vCPUs read their state out of KVM; none may write it, or
+        // reach the VM's memory map, anywhere.
+        let get_regs = u64::from(KVM_GET_REGS() as u32);
+        assert_eq!(on(Kind::Vcpu, libc::SYS_ioctl, get_regs), bpf::RET_TRAP);
+        assert_eq!(run(libc::SYS_ioctl, 9, get_regs), bpf::RET_TRAP);
+        let take = filter(true);
+        let vcpu = thread_filter(Kind::Vcpu, true);
+        for (what, nr) in [("get regs", KVM_GET_REGS()), ("get clock", KVM_GET_CLOCK())] {
+            let a1 = u64::from(nr as u32);
+            assert_eq!(
+                bpf::run_args(&take, libc::SYS_ioctl as u32, x86, [9, a1]).0,
+                bpf::RET_ALLOW,
+                "{what}"
+            );
+            assert_eq!(
+                bpf::run_args(&vcpu, libc::SYS_ioctl as u32, x86, [9, a1]).0,
+                bpf::RET_ALLOW,
+                "{what}"
+            );
+        }
+        vmm_sys_util::ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+        vmm_sys_util::ioctl_iow_nr!(
+            KVM_SET_USER_MEMORY_REGION,
+            KVMIO,
+            0x46,
+            kvm_bindings::kvm_userspace_memory_region
+        );
+        for nr in [KVM_SET_REGS(), KVM_SET_USER_MEMORY_REGION()] {
+            let a1 = u64::from(nr as u32);
+            assert_eq!(
+                bpf::run_args(&take, libc::SYS_ioctl as u32, x86, [9, a1]).0,
+                bpf::RET_TRAP
+            );
+            assert_eq!(
+                bpf::run_args(&vcpu, libc::SYS_ioctl as u32, x86, [9, a1]).0,
+                bpf::RET_TRAP
+            );
         }
     }
 }

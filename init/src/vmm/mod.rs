@@ -59,6 +59,21 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The unprivileged uid (and gid) the VMM runs the guest as (see `jail`).
     pub jail_uid: u32,
+    /// A machine taken when its guest asks (a template), or one restored from a snapshot
+    /// (`snapshot`); its two files come with it (`protocol::VmFiles::snapshot`).
+    #[serde(default)]
+    pub snapshot: Option<SnapshotRole>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotRole {
+    /// Guest memory is the memory file (shared); when the guest writes
+    /// `devices::SNAPSHOT` to the power port the machine is paused and its state written
+    /// to the state file, and the VMM ends (`ExitReason::Snapshotted`).
+    Take,
+    /// The machine is the state file's, over a copy-on-write mapping of the memory file;
+    /// no kernel is loaded (the kernel file is not read).
+    Restore,
 }
 
 /// Paths in the configuration only name the files for messages: the files themselves come
@@ -144,6 +159,7 @@ pub fn main(_args: &[String]) -> ! {
                 GuestExit::PowerOff => protocol::ExitReason::PowerOff,
                 GuestExit::Reset => protocol::ExitReason::Reset,
                 GuestExit::TripleFault => protocol::ExitReason::TripleFault,
+                GuestExit::Snapshot => protocol::ExitReason::Snapshotted,
             };
             eprintln!("aurae-vmm: {}", reason.describe());
             let _ = events.write_all(&protocol::encode(&protocol::Event::Exit { reason }));

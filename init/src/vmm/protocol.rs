@@ -19,6 +19,8 @@ pub enum ExitReason {
     PowerOff,
     Reset,
     TripleFault,
+    /// The guest asked to be taken (a template): paused, its state written.
+    Snapshotted,
 }
 
 impl ExitReason {
@@ -27,6 +29,7 @@ impl ExitReason {
             ExitReason::PowerOff => "guest powered off",
             ExitReason::Reset => "guest reset (reboot ends the VM)",
             ExitReason::TripleFault => "guest triple fault",
+            ExitReason::Snapshotted => "guest paused and taken (its snapshot is written)",
         }
     }
 }
@@ -72,6 +75,9 @@ pub struct VmFiles {
     pub disks: Vec<OwnedFd>,
     /// The TAPs, already on their bridges and up, in the order of `VmConfig::nets`.
     pub taps: Vec<OwnedFd>,
+    /// With `VmConfig::snapshot`: guest memory's file (as big as the guest's memory) and
+    /// the state file (written by a Take, read by a Restore).
+    pub snapshot: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// The most files one configuration carries: /dev/kvm, kernel, initramfs, the TAPs (at
@@ -84,12 +90,19 @@ impl VmFiles {
         v.extend(self.initramfs);
         v.extend(self.disks);
         v.extend(self.taps);
+        if let Some((memory, state)) = self.snapshot {
+            v.extend([memory, state]);
+        }
         v
     }
 
     /// The files in the order `into_vec` put them, as `cfg` says which are there.
     fn from_vec(cfg: &super::VmConfig, fds: Vec<OwnedFd>) -> Result<VmFiles, ConfigError> {
-        let want = 2 + usize::from(cfg.initramfs.is_some()) + cfg.disks.len() + cfg.nets.len();
+        let want = 2
+            + usize::from(cfg.initramfs.is_some())
+            + cfg.disks.len()
+            + cfg.nets.len()
+            + 2 * usize::from(cfg.snapshot.is_some());
         if fds.len() != want {
             return Err(ConfigError::Files { got: fds.len(), want });
         }
@@ -101,6 +114,10 @@ impl VmFiles {
             initramfs: cfg.initramfs.as_ref().map(|_| next()).transpose()?,
             disks: cfg.disks.iter().map(|_| next()).collect::<Result<_, _>>()?,
             taps: cfg.nets.iter().map(|_| next()).collect::<Result<_, _>>()?,
+            snapshot: match cfg.snapshot {
+                Some(_) => Some((next()?, next()?)),
+                None => None,
+            },
         })
     }
 }
@@ -232,6 +249,7 @@ mod tests {
                 read_only: true,
             }],
             jail_uid: 200_000,
+            snapshot: None,
         };
         let back: super::super::VmConfig = decode(encode(&c).trim_ascii_end()).unwrap();
         assert_eq!(back.disks[0].path, "/var/a.img");
@@ -252,6 +270,7 @@ mod tests {
                 read_only: false,
             }],
             jail_uid: 200_001,
+            snapshot: None,
         };
         let file = |text: &str| {
             let mut f = tempfile::tempfile().unwrap();
@@ -264,6 +283,7 @@ mod tests {
             initramfs: Some(file("initramfs")),
             disks: vec![file("disk")],
             taps: Vec::new(),
+            snapshot: None,
         };
         let (a, b) = UnixStream::pair().unwrap();
         send_config(&a, &c, files).unwrap();
@@ -288,6 +308,7 @@ mod tests {
             initramfs: None,
             disks: Vec::new(),
             taps: Vec::new(),
+            snapshot: None,
         };
         send_config(&a, &c, one).unwrap();
         assert!(recv_config(&b).unwrap_err().to_string().contains("2 files came"));

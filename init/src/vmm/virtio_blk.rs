@@ -201,6 +201,10 @@ impl VirtioBlk {
 }
 
 impl MmioDevice for VirtioBlk {
+    fn transport(&self) -> &Mutex<Transport> {
+        &self.state
+    }
+
     fn read(&self, offset: u64, data: &mut [u8]) {
         self.lock().read(offset, data, &self.config);
     }

@@ -34,12 +34,44 @@ pub enum DeviceError {
     Queue(#[from] virtio_queue::Error),
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
+    #[error("the snapshot has {0}")]
+    Restore(String),
 }
 
 /// A device behind an MMIO window (offsets are relative to its base).
 pub trait MmioDevice: Send + Sync {
     fn read(&self, offset: u64, data: &mut [u8]);
     fn write(&self, offset: u64, data: &[u8]);
+    /// Its transport (what a snapshot keeps of it).
+    fn transport(&self) -> &std::sync::Mutex<Transport>;
+}
+
+/// A virtio-mmio transport: what the driver negotiated and set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_id: u32,
+    pub features: u64,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub status: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueState>,
+}
+
+/// A split virtqueue (virtio-queue's `QueueState`, which has no serde of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueState {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
 }
 
 /// What a register write asks the device to do.
@@ -158,6 +190,74 @@ impl Transport {
             _ => {}
         }
         Event::None
+    }
+
+    /// What a snapshot keeps of it.
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            device_id: self.device_id,
+            features: self.features,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel as u32,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            queues: (self.queues.iter())
+                .map(|q| {
+                    let s = q.state();
+                    QueueState {
+                        max_size: s.max_size,
+                        size: s.size,
+                        ready: s.ready,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                        event_idx: s.event_idx_enabled,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes the state `s` (checked: `VmSnapshot::check`) of the same kind of device.
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), DeviceError> {
+        if s.device_id != self.device_id || s.features != self.features || s.queues.len() != self.queues.len() {
+            return Err(DeviceError::Restore(format!(
+                "a device of kind {} with features {:#x} and {} queues, not kind {} with {:#x} and {}",
+                s.device_id,
+                s.features,
+                s.queues.len(),
+                self.device_id,
+                self.features,
+                self.queues.len()
+            )));
+        }
+        let queues = (s.queues.iter())
+            .map(|q| {
+                Queue::try_from(virtio_queue::QueueState {
+                    max_size: q.max_size,
+                    next_avail: q.next_avail,
+                    next_used: q.next_used,
+                    event_idx_enabled: q.event_idx,
+                    size: q.size,
+                    ready: q.ready,
+                    desc_table: q.desc_table,
+                    avail_ring: q.avail_ring,
+                    used_ring: q.used_ring,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.queues = queues;
+        self.driver_features = s.driver_features & self.features;
+        self.queue_sel = s.queue_sel as usize;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.status = s.status;
+        self.interrupt_status = s.interrupt_status;
+        Ok(())
     }
 
     /// Marks used buffers and raises the device's (edge) interrupt.

@@ -139,6 +139,10 @@ impl VirtioNet {
 }
 
 impl MmioDevice for VirtioNet {
+    fn transport(&self) -> &Mutex<Transport> {
+        &self.state
+    }
+
     fn read(&self, offset: u64, data: &mut [u8]) {
         self.lock().read(offset, data, &self.config);
     }

@@ -18,11 +18,8 @@
 //! register state it is given itself. Every refusal says why; none panics (the property
 //! tests below feed it truncations, flipped bits and hostile bodies with good checksums).
 
-// The VMM does not take or restore snapshots yet: this is the file they will be kept in,
-// checked and tested on its own first (issue #28's first slice).
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub mod kvm;
+pub mod take;
 
 use super::{i8042, virtio_mmio};
 use kvm_bindings::{
@@ -31,6 +28,7 @@ use kvm_bindings::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+pub use virtio_mmio::{QueueState, TransportState};
 
 pub const MAGIC: &[u8; 8] = b"AURAESNP";
 pub const VERSION: u32 = 1;
@@ -154,34 +152,6 @@ pub struct SerialState {
     pub modem_status: u8,
     pub scratch: u8,
     pub in_buffer: Vec<u8>,
-}
-
-/// A virtio-mmio transport: what the driver negotiated and set up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransportState {
-    pub device_id: u32,
-    pub features: u64,
-    pub driver_features: u64,
-    pub queue_sel: u32,
-    pub device_features_sel: u32,
-    pub driver_features_sel: u32,
-    pub status: u32,
-    pub interrupt_status: u32,
-    pub queues: Vec<QueueState>,
-}
-
-/// A split virtqueue (virtio-queue's `QueueState`, which has no serde of its own).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueState {
-    pub max_size: u16,
-    pub size: u16,
-    pub ready: bool,
-    pub next_avail: u16,
-    pub next_used: u16,
-    pub event_idx: bool,
-    pub desc_table: u64,
-    pub avail_ring: u64,
-    pub used_ring: u64,
 }
 
 impl QueueState {
