@@ -35,8 +35,9 @@ pub enum TakeError {
 
 pub struct Taker {
     requested: AtomicBool,
-    /// Each vCPU's thread, once it runs (by id).
-    threads: Mutex<Vec<Option<nix::sys::pthread::Pthread>>>,
+    /// Each vCPU's thread, once it runs (by id), as a number: musl's pthread_t is a
+    /// pointer, which is not Send.
+    threads: Mutex<Vec<Option<usize>>>,
     parked: Mutex<Vec<Option<VcpuState>>>,
     cv: Condvar,
     msrs: Vec<u32>,
@@ -64,7 +65,7 @@ impl Taker {
     /// Called by vCPU thread `id` before its first run.
     pub fn register(&self, id: usize) {
         if let Some(t) = lock(&self.threads).get_mut(id) {
-            *t = Some(nix::sys::pthread::pthread_self());
+            *t = Some(nix::sys::pthread::pthread_self() as usize);
         }
     }
 
@@ -105,7 +106,7 @@ impl Taker {
             for (n, t) in lock(&self.threads).iter().enumerate() {
                 if let (Some(t), true) = (t, n != id) {
                     // ESRCH: it has parked and ended already.
-                    let _ = nix::sys::pthread::pthread_kill(*t, KICK);
+                    let _ = nix::sys::pthread::pthread_kill(*t as nix::sys::pthread::Pthread, KICK);
                 }
             }
             parked = lock(&self.parked);
