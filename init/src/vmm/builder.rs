@@ -106,7 +106,7 @@ pub(super) fn run(
     let (serial, kbd) = match &restored {
         Some(s) => (
             vm_superio::Serial::from_state(
-                &take::serial_state(&s.devices.serial),
+                &s.devices.serial,
                 IrqTrigger(irq),
                 vm_superio::serial::NoEvents,
                 ConsoleOut::new(stdout),

@@ -147,6 +147,21 @@ const VM: &[&str] = &[
     "start the VMM",
 ];
 const SERVES: &str = "wait for the child to serve";
+/// RunPod's for `run_pod`'s two containers: Spawn's, the image given, then each
+/// container's cell and entrypoint.
+const RUN_POD: [&str; 11] = [
+    VM[0],
+    VM[1],
+    VM[2],
+    VM[3],
+    VM[4],
+    SERVES,
+    "give the instance an image",
+    "make a container's cell",
+    "start a container's entrypoint",
+    "make a container's cell",
+    "start a container's entrypoint",
+];
 
 fn plain() -> Rigged {
     Box::pin(async { rig() })
@@ -356,25 +371,7 @@ async fn spawn_cell_each_step() {
 
 #[tokio::test]
 async fn run_pod_each_step() {
-    each_step_fails_and_leaves_nothing(
-        "RunPod",
-        plain,
-        run_pod,
-        &[
-            VM[0],
-            VM[1],
-            VM[2],
-            VM[3],
-            VM[4],
-            SERVES,
-            "give the instance an image",
-            "make a container's cell",
-            "start a container's entrypoint",
-            "make a container's cell",
-            "start a container's entrypoint",
-        ],
-    )
-    .await;
+    each_step_fails_and_leaves_nothing("RunPod", plain, run_pod, &RUN_POD).await;
 }
 
 /// A pod whose instance died is given a new one (`pod/replace.rs`): the dead one taken
@@ -384,19 +381,7 @@ async fn run_pod_each_step() {
 #[tokio::test]
 async fn a_pods_new_instance_each_step() {
     const RELEASE: [&str; 2] = [REMOVE, REMOVE];
-    let steps = [
-        VM[0],
-        VM[1],
-        VM[2],
-        VM[3],
-        VM[4],
-        SERVES,
-        "give the instance an image",
-        "make a container's cell",
-        "start a container's entrypoint",
-        "make a container's cell",
-        "start a container's entrypoint",
-    ];
+    let steps = RUN_POD;
     use crate::runtime::pod::spec::BACKOFF_BASE;
     use crate::runtime::tests::pod::{kill_instance, until};
     for armed in std::iter::once(None).chain((0..steps.len()).map(Some)) {

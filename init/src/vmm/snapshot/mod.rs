@@ -133,25 +133,28 @@ pub struct VmState {
 /// The devices the VMM models.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevicesState {
-    pub serial: SerialState,
+    #[serde(with = "SerialDef")]
+    pub serial: vm_superio::serial::SerialState,
     pub kbd: i8042::State,
     /// By slot: the NICs first, then the disks, as the configuration lists them.
     pub mmio: Vec<TransportState>,
 }
 
-/// vm-superio's 16550 registers and receive buffer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialState {
-    pub baud_divisor_low: u8,
-    pub baud_divisor_high: u8,
-    pub interrupt_enable: u8,
-    pub interrupt_identification: u8,
-    pub line_control: u8,
-    pub line_status: u8,
-    pub modem_control: u8,
-    pub modem_status: u8,
-    pub scratch: u8,
-    pub in_buffer: Vec<u8>,
+/// vm-superio's 16550 state, kept as its own fields (serde's remote derive: the crate
+/// has no serde of its own).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "vm_superio::serial::SerialState")]
+struct SerialDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
 }
 
 impl QueueState {
@@ -388,7 +391,7 @@ pub(crate) mod tests {
                 },
             },
             devices: DevicesState {
-                serial: SerialState {
+                serial: vm_superio::serial::SerialState {
                     line_status: 0x60,
                     in_buffer: b"ok".to_vec(),
                     ..Default::default()

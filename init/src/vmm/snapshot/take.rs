@@ -10,7 +10,7 @@
 //! needs no copy: a template's is its memory file, mapped shared.
 
 use super::kvm::{capture_vcpu, capture_vm, complete_io, StateError};
-use super::{DevicesState, SerialState, VcpuState, VmSnapshot};
+use super::{DevicesState, VcpuState, VmSnapshot};
 use crate::vmm::devices::PortBus;
 use crate::vmm::virtio_mmio::MmioDevice;
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -134,37 +134,9 @@ impl Taker {
 
 /// The port devices' and virtio transports' state.
 fn devices_state(bus: &PortBus, mmio: &[Arc<dyn MmioDevice>]) -> DevicesState {
-    let s = bus.serial.state();
     DevicesState {
-        serial: SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        },
+        serial: bus.serial.state(),
         kbd: bus.kbd.state(),
         mmio: (mmio.iter()).map(|d| lock(d.transport()).state()).collect(),
-    }
-}
-
-/// vm-superio's serial state from a snapshot's.
-pub fn serial_state(s: &SerialState) -> vm_superio::serial::SerialState {
-    vm_superio::serial::SerialState {
-        baud_divisor_low: s.baud_divisor_low,
-        baud_divisor_high: s.baud_divisor_high,
-        interrupt_enable: s.interrupt_enable,
-        interrupt_identification: s.interrupt_identification,
-        line_control: s.line_control,
-        line_status: s.line_status,
-        modem_control: s.modem_control,
-        modem_status: s.modem_status,
-        scratch: s.scratch,
-        in_buffer: s.in_buffer.clone(),
     }
 }
