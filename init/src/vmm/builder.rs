@@ -169,13 +169,14 @@ pub(super) fn run(
     let guest = mem.clone();
     let keys = bus.clone();
     let status = std::fs::File::open("/proc/self/status").ok();
+    let smaps = std::fs::File::open("/proc/self/smaps").ok();
     threads.push((
         "signals".into(),
         jail::Kind::Signals,
         Box::new(move || loop {
             match term.wait() {
                 Ok(nix::sys::signal::Signal::SIGUSR1) => {
-                    eprintln!("aurae-vmm: {}", memory::report(&guest, status.as_ref()))
+                    eprintln!("aurae-vmm: {}", memory::report(&guest, status.as_ref(), smaps.as_ref()))
                 }
                 Ok(_) => {
                     eprintln!("aurae-vmm: asked to stop: pressing the guest's Power key");
