@@ -108,8 +108,8 @@ fn beyond_guest(smaps: &str, guest_bytes: u64) -> Beyond {
             last.2 = anon;
         }
     }
-    let guest = (maps.iter().position(|m| m.0 * 1024 == guest_bytes))
-        .or_else(|| (0..maps.len()).max_by_key(|&i| maps[i].0));
+    let guest =
+        (maps.iter().position(|m| m.0 * 1024 == guest_bytes)).or_else(|| (0..maps.len()).max_by_key(|&i| maps[i].0));
     let others = maps.iter().enumerate().filter(|(i, _)| Some(*i) != guest);
     let (rss_kib, anon_kib) = others.fold((0, 0), |(r, a), (_, m)| (r + m.1, a + m.2));
     Beyond { rss_kib, anon_kib }
