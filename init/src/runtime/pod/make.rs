@@ -97,7 +97,7 @@ pub(super) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage
         created_unix_nanos: crate::runtime::logs::now_unix_nanos(),
     });
     host.table().insert(p.clone())?;
-    match make(host, &p, vcpus, memory, bound, deadline).await {
+    match make(host, &p, bound, deadline).await {
         Ok(()) => {
             p.update(|s| {
                 s.making = false;
@@ -130,12 +130,10 @@ pub(super) async fn run(host: &Host, mut spec: PodSpec, images: Vec<Arc<PodImage
 async fn make(
     host: &Host,
     p: &Arc<Pod>,
-    vcpus: u8,
-    memory: u64,
     bound: Vec<(String, proxy::Bound)>,
     deadline: tokio::time::Instant,
 ) -> Result<()> {
-    let i = boot(host, p, vcpus, memory, deadline).await?;
+    let i = boot(host, p, deadline).await?;
     p.set_instance(Some(i.clone()));
     let names: Vec<String> = (p.state().containers.iter()).map(|c| c.spec.name.to_string()).collect();
     fill(host, p, &i, &names, deadline).await?;
@@ -155,14 +153,9 @@ async fn make(
     Ok(())
 }
 
-/// Boots pod `p` an instance of `vcpus` and `memory` bytes, serving by `deadline`.
-pub(super) async fn boot(
-    host: &Host,
-    p: &Pod,
-    vcpus: u8,
-    memory: u64,
-    deadline: tokio::time::Instant,
-) -> Result<Arc<Instance>> {
+/// Boots pod `p` an instance of its size, serving by `deadline`.
+pub(super) async fn boot(host: &Host, p: &Pod, deadline: tokio::time::Instant) -> Result<Arc<Instance>> {
+    let (vcpus, memory) = p.size;
     let ispec = InstanceSpec {
         name: p.name.clone(),
         isolation: p.spec.isolation,

@@ -111,6 +111,22 @@ fn lose_runs(p: &Pod, how: &str) -> bool {
     replace
 }
 
+/// Every container yet to end for good waits to run again (`reason`, until when).
+fn wait_again(p: &Pod, reason: &str, until_unix_nanos: i64) {
+    p.update(|s| {
+        for c in s
+            .containers
+            .iter_mut()
+            .filter(|c| c.state != ContainerState::Terminated)
+        {
+            c.state = ContainerState::Waiting {
+                reason: reason.into(),
+                until_unix_nanos,
+            };
+        }
+    });
+}
+
 /// Waits `wait` with the containers waiting to run again (as Kubernetes shows a back-off);
 /// false when the pod is stopped meanwhile.
 async fn back_off(p: &Pod, wait: Duration) -> bool {
@@ -119,16 +135,7 @@ async fn back_off(p: &Pod, wait: Duration) -> bool {
         true => "ContainerCreating",
         false => "CrashLoopBackOff",
     };
-    p.update(|s| {
-        for c in s.containers.iter_mut() {
-            if c.state != ContainerState::Terminated {
-                c.state = ContainerState::Waiting {
-                    reason: reason.into(),
-                    until_unix_nanos: until,
-                };
-            }
-        }
-    });
+    wait_again(p, reason, until);
     let mut stop = p.changed.subscribe();
     let sleep = tokio::time::sleep(wait);
     tokio::pin!(sleep);
@@ -167,10 +174,9 @@ async fn renew(host: &Host, p: &Pod) -> crate::runtime::error::Result<bool> {
         s.blobs.clear();
         s.reason = format!("its instance ended: {}; making a new one", s.instance_end);
     });
-    let (vcpus, memory) = p.size;
     let deadline = tokio::time::Instant::now() + p.spec.ready_within;
     let made = async {
-        let i = make::boot(host, p, vcpus, memory, deadline).await?;
+        let i = make::boot(host, p, deadline).await?;
         p.set_instance(Some(i.clone()));
         make::fill(host, p, &i, &names, deadline).await.map(|()| i)
     }
@@ -184,16 +190,7 @@ async fn renew(host: &Host, p: &Pod) -> crate::runtime::error::Result<bool> {
                 Err(e) => tracing::warn!("pod {}: {why}: its new instance: {e}", p.name),
             }
         }
-        p.update(|s| {
-            for c in s.containers.iter_mut() {
-                if c.state != ContainerState::Terminated {
-                    c.state = ContainerState::Waiting {
-                        reason: "ContainerCreating".into(),
-                        until_unix_nanos: 0,
-                    };
-                }
-            }
-        });
+        wait_again(p, "ContainerCreating", 0);
     };
     match made {
         Err(e) => {
